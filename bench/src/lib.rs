@@ -1,0 +1,1 @@
+//! Benchmarks of vdrep; see bench/README.md.

@@ -1,0 +1,98 @@
+//! The `vdrep` command line. Conventions (DESIGN.md §4): exit 0 done, 1 non-recoverable
+//! error, 2 usage, 75 recoverable error given up on; errors are one line naming the file or
+//! peer, the offset and the problem.
+
+mod cat;
+mod convert;
+mod inspect;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code for a non-recoverable error.
+pub const EXIT_FATAL: i32 = 1;
+/// Exit code for a usage error.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code for a recoverable error that was retried until given up on (EX_TEMPFAIL).
+pub const EXIT_TEMPFAIL: i32 = 75;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vdrep",
+    version,
+    about = "Replicates VM disks (VHD, VHDX, raw) to Azure page blobs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Describe a disk image or an HRL change log.
+    Inspect(inspect::Args),
+    /// Write any readable image as an Azure-ready fixed VHD.
+    Convert(convert::Args),
+    /// Print the virtual disk's bytes (or a range of them).
+    Cat(cat::Args),
+}
+
+/// An error at the binary's edge, with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    /// The one-line message.
+    pub error: anyhow::Error,
+    /// Whether retrying later could help (exit 75 instead of 1).
+    pub recoverable: bool,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for CliError {
+    fn from(e: E) -> Self {
+        let error = e.into();
+        let recoverable = error
+            .downcast_ref::<crate::disk::DiskError>()
+            .map(|d| d.is_recoverable())
+            .unwrap_or(false);
+        CliError { error, recoverable }
+    }
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging();
+    let res = match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Cat(a) => cat::run(a),
+    };
+    match res {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("vdrep: error: {:#}", e.error);
+            if e.recoverable {
+                EXIT_TEMPFAIL
+            } else {
+                EXIT_FATAL
+            }
+        }
+    }
+}
+
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VDREP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,159 @@
+//! Virtual-disk readers: what the guest sees, byte for byte, from raw, VHD and VHDX images and
+//! their differencing chains.
+//!
+//! Every reader answers two questions through [`VirtualDisk`]: which ranges hold something
+//! (so the pipeline reads only those), and what the bytes at any offset are. Formats are
+//! detected by content, never by file name ([`open`]).
+
+mod chain;
+mod error;
+pub mod extent;
+mod overlay;
+pub mod raw;
+pub mod vhd;
+pub mod vhdx;
+
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use serde::Serialize;
+use vdrep_proto::Guid;
+
+pub use chain::{resolve_parent_path, OpenContext};
+pub use error::DiskError;
+pub use extent::{all_extents, merge_overlay, normalize, Extent, ExtentKind, ExtentWalker};
+pub use overlay::{read_overlay, SectorRuns};
+
+/// The image formats vdrep reads, as `inspect` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskFormat {
+    /// A plain image: the file is the disk.
+    Raw,
+    /// VHD with type 2.
+    VhdFixed,
+    /// VHD with type 3.
+    VhdDynamic,
+    /// VHD with type 4.
+    VhdDifferencing,
+    /// VHDX whose blocks are all fully present.
+    VhdxFixed,
+    /// VHDX with a BAT that allocates on demand.
+    VhdxDynamic,
+    /// VHDX with a parent.
+    VhdxDifferencing,
+}
+
+impl DiskFormat {
+    /// The name `inspect` prints.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::VhdFixed => "vhd-fixed",
+            DiskFormat::VhdDynamic => "vhd-dynamic",
+            DiskFormat::VhdDifferencing => "vhd-differencing",
+            DiskFormat::VhdxFixed => "vhdx-fixed",
+            DiskFormat::VhdxDynamic => "vhdx-dynamic",
+            DiskFormat::VhdxDifferencing => "vhdx-differencing",
+        }
+    }
+}
+
+/// What a reader knows about its virtual disk.
+#[derive(Debug, Clone)]
+pub struct DiskInfo {
+    /// The image file.
+    pub path: PathBuf,
+    /// Detected format.
+    pub format: DiskFormat,
+    /// Size the guest sees, in bytes.
+    pub virtual_size: u64,
+    /// Logical sector size (512, or 4096 for 4Kn VHDX disks).
+    pub logical_sector_size: u32,
+    /// Physical sector size (4096 for 512e disks).
+    pub physical_sector_size: u32,
+    /// Allocation unit of dynamic and differencing formats.
+    pub block_size: Option<u64>,
+    /// Resolved absolute path of the parent image.
+    pub parent: Option<PathBuf>,
+    /// The image's own identity (VHD unique id, VHDX data write GUID), checked by children.
+    pub identity: Option<Guid>,
+}
+
+/// A readable virtual disk.
+///
+/// Implementations are shared between pipeline workers, hence `&self` everywhere.
+pub trait VirtualDisk: Send + Sync {
+    /// Static facts about the disk.
+    fn info(&self) -> &DiskInfo;
+
+    /// The ranges intersecting `[start, end)` that hold something, clipped to the window, in
+    /// offset order, never overlapping, adjacent ranges of one kind merged. Windows keep memory
+    /// bounded on multi-TiB disks: callers walk a disk with [`ExtentWalker`].
+    fn extents_in(&self, start: u64, end: u64) -> Result<Vec<Extent>, DiskError>;
+
+    /// Fills `buf` with the virtual disk's bytes at `offset`. Reads past the virtual size are
+    /// errors, never silently zero.
+    fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError>;
+
+    /// Reads `len` bytes into a fresh buffer. This is the one place a payload is materialised
+    /// on the sender: the file's bytes land directly in the `Bytes` that travels to the socket.
+    fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, DiskError> {
+        let mut buf = BytesMut::zeroed(len);
+        self.read_into(offset, &mut buf)?;
+        Ok(buf.freeze())
+    }
+}
+
+/// How [`open`] treats disks that vdrep can read but not replicate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Open 4096-byte-logical-sector disks (for `inspect`); replication refuses them because
+    /// Azure page blobs only take 512-byte sectors.
+    pub allow_4k_logical: bool,
+}
+
+/// Opens any supported image, detecting the format by content and resolving parents.
+pub fn open(path: &Path, opts: OpenOptions) -> Result<Box<dyn VirtualDisk>, DiskError> {
+    let disk = open_with(path, &mut OpenContext::default())?;
+    let info = disk.info();
+    if info.logical_sector_size != 512 && !opts.allow_4k_logical {
+        return Err(DiskError::Unsupported {
+            path: path.to_path_buf(),
+            what: format!(
+                "logical sector size {} bytes: Azure page blobs take only 512-byte logical \
+                 sectors (512e disks are fine); convert the disk to 512-byte sectors first",
+                info.logical_sector_size
+            ),
+        });
+    }
+    Ok(disk)
+}
+
+/// Opens `path` as part of a chain walk (`ctx` detects cycles and limits depth).
+pub(crate) fn open_with(
+    path: &Path,
+    ctx: &mut OpenContext,
+) -> Result<Box<dyn VirtualDisk>, DiskError> {
+    ctx.enter(path)?;
+    let file = crate::io::open(path).map_err(|e| DiskError::io(path, 0, e))?;
+    let len = file.len().map_err(|e| DiskError::io(path, 0, e))?;
+    let mut head = [0u8; 8];
+    if len >= 8 {
+        file.read_exact_at(&mut head, 0)
+            .map_err(|e| DiskError::io(path, 0, e))?;
+    }
+    if &head == b"vhdxfile" {
+        return Ok(Box::new(vhdx::VhdxDisk::open(file, ctx)?));
+    }
+    if len >= 512 {
+        let mut tail = [0u8; 8];
+        file.read_exact_at(&mut tail, len - 512)
+            .map_err(|e| DiskError::io(path, len - 512, e))?;
+        // Some old writers leave a 511-byte footer; the spec's copy at offset 0 also says VHD.
+        if &tail == b"conectix" || &head == b"conectix" {
+            return Ok(Box::new(vhd::VhdDisk::open(file, ctx)?));
+        }
+    }
+    Ok(Box::new(raw::RawDisk::new(file)?))
+}

@@ -1,0 +1,1 @@
+//! Hyper-V Replica Log files: reader, writer, chains and coalescing. TODO(helper).

@@ -1,0 +1,14 @@
+//! vdrep's data plane: everything that touches files, sockets and clocks.
+//!
+//! - [`io`]: positional reads behind one trait (pread today, io_uring where it pays), with a
+//!   fault-injecting backend for tests.
+//! - [`disk`]: virtual-disk readers for raw, VHD and VHDX images and differencing chains,
+//!   built on the sans-IO structures of `vdrep-proto`.
+//! - [`hrl`]: Hyper-V Replica Log reader, writer, chains and coalescing.
+//! - [`cli`]: the `vdrep` command line.
+
+pub mod cli;
+pub mod disk;
+pub mod hrl;
+pub mod io;
+pub mod layout;

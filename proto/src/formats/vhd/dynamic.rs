@@ -1,0 +1,1 @@
+//! TODO(helper): dynamic header, BAT, locators, bitmaps.

@@ -1,0 +1,14 @@
+//! Sans-IO core of vdrep: the on-disk record formats (VHD, VHDX, [MS-HRL]) and, later, the wire
+//! protocol. Nothing here does IO or reads a clock, so every decoder can be fuzzed and every
+//! state machine driven deterministically in memory (the quinn-proto / rustls model).
+//!
+//! Decoders take byte slices and return typed structures or a [`FormatError`] that says which
+//! structure, at which offset inside the buffer, and what is wrong; the IO layer adds the file
+//! name and the absolute offset. No decoder panics on any input.
+
+pub mod error;
+pub mod formats;
+pub mod guid;
+
+pub use error::FormatError;
+pub use guid::Guid;

@@ -1,0 +1,205 @@
+//! Helpers shared by the end-to-end tests: locating the `vdrep` binary, requiring external
+//! tools with an install hint, making images with qemu-img and writing them with qemu-io.
+//!
+//! Tests fail (never skip) when a tool is missing: the message says how to install it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+/// The `vdrep` binary built from this workspace (`cargo build --bins` puts it next to the
+/// test executables' `deps` folder).
+pub fn vdrep_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("VDREP_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
+    let bin = dir.join("vdrep");
+    assert!(
+        bin.is_file(),
+        "{} not found: build it first with `cargo build --bins` (the README's test command does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Fails the test with an install hint if `tool` is not on PATH.
+pub fn require_tool(tool: &str, install_hint: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "required tool `{tool}` is not installed: {install_hint} (or run `bash ops/setup.sh`)"
+    );
+}
+
+/// qemu-img and qemu-io, from Debian's qemu-utils.
+pub fn require_qemu() {
+    require_tool("qemu-img", "apt-get install qemu-utils");
+    require_tool("qemu-io", "apt-get install qemu-utils");
+}
+
+/// Runs a command, panicking with its stderr if it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `vdrep ARGS`, returning its output whatever the exit status.
+pub fn vdrep(args: &[&str]) -> Output {
+    Command::new(vdrep_bin())
+        .args(args)
+        .output()
+        .expect("cannot start vdrep")
+}
+
+/// Runs `vdrep ARGS` and requires success.
+pub fn vdrep_ok(args: &[&str]) -> Output {
+    run(Command::new(vdrep_bin()).args(args))
+}
+
+/// `vdrep inspect PATH --json`, parsed.
+pub fn inspect_json(path: &Path) -> serde_json::Value {
+    let out = vdrep_ok(&["inspect", path.to_str().unwrap(), "--json"]);
+    serde_json::from_slice(&out.stdout).expect("inspect --json prints JSON")
+}
+
+/// `qemu-img create -f FMT [-o OPTS] PATH SIZE`.
+pub fn qemu_img_create(path: &Path, fmt: &str, opts: &str, size: &str) {
+    require_qemu();
+    let mut c = Command::new("qemu-img");
+    c.args(["create", "-q", "-f", fmt]);
+    if !opts.is_empty() {
+        c.args(["-o", opts]);
+    }
+    run(c.arg(path).arg(size));
+}
+
+/// qemu-io driver name for vdrep's notion of a format (qemu calls VHD `vpc`).
+pub fn qemu_fmt(fmt: &str) -> &str {
+    match fmt {
+        "vhd" => "vpc",
+        f => f,
+    }
+}
+
+/// Writes `len` bytes of the byte `pattern` at `offset` through qemu-io.
+pub fn qemu_io_write(path: &Path, fmt: &str, pattern: u8, offset: u64, len: u64) {
+    require_qemu();
+    run(Command::new("qemu-io").args([
+        "-f",
+        qemu_fmt(fmt),
+        "-c",
+        &format!("write -P {pattern} {offset} {len}"),
+        path.to_str().unwrap(),
+    ]));
+}
+
+/// Writes zeros at `offset` through qemu-io (`write -z`, which may deallocate or mark zero).
+pub fn qemu_io_write_zeroes(path: &Path, fmt: &str, offset: u64, len: u64) {
+    run(Command::new("qemu-io").args([
+        "-f",
+        qemu_fmt(fmt),
+        "-c",
+        &format!("write -z {offset} {len}"),
+        path.to_str().unwrap(),
+    ]));
+}
+
+/// The whole virtual disk as qemu sees it (`qemu-img convert -O raw`), written to `out`.
+pub fn qemu_to_raw(src: &Path, fmt: &str, out: &Path) {
+    require_qemu();
+    run(Command::new("qemu-img").args([
+        "convert",
+        "-f",
+        qemu_fmt(fmt),
+        "-O",
+        "raw",
+        src.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]));
+}
+
+/// SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> String {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// The folder of the shared test images (`../shared/testdata` beside the repository, or
+/// `VDREP_TESTDATA`).
+pub fn testdata_dir() -> PathBuf {
+    if let Ok(p) = std::env::var("VDREP_TESTDATA") {
+        return PathBuf::from(p);
+    }
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let d = here.join("../../shared/testdata");
+    assert!(
+        d.is_dir(),
+        "test images not found at {}: set VDREP_TESTDATA to the shared/testdata folder",
+        d.display()
+    );
+    d
+}
+
+/// Decompresses `hyperv/NAME.bz2` from the shared test images into `dir` and returns the
+/// path; the originals are never touched.
+pub fn testdata_image(name: &str, dir: &Path) -> PathBuf {
+    require_tool("bunzip2", "apt-get install bzip2");
+    let src = testdata_dir().join("hyperv").join(format!("{name}.bz2"));
+    let dst = dir.join(name);
+    let out = run(Command::new("bunzip2").arg("-c").arg(&src));
+    std::fs::write(&dst, out.stdout).unwrap();
+    dst
+}
+
+/// Compares `vdrep cat` of an image with qemu's raw conversion, byte for byte.
+pub fn assert_reads_like_qemu(img: &Path, fmt: &str, work: &Path) {
+    let qraw = work.join("qemu.raw");
+    let vraw = work.join("vdrep.raw");
+    qemu_to_raw(img, fmt, &qraw);
+    vdrep_ok(&[
+        "cat",
+        img.to_str().unwrap(),
+        "--out",
+        vraw.to_str().unwrap(),
+    ]);
+    let q = std::fs::read(&qraw).unwrap();
+    let v = std::fs::read(&vraw).unwrap();
+    assert_eq!(
+        q.len(),
+        v.len(),
+        "virtual size differs from qemu's for {}",
+        img.display()
+    );
+    if let Some(i) = q.iter().zip(&v).position(|(a, b)| a != b) {
+        panic!(
+            "{}: vdrep reads differ from qemu at offset {i} (qemu {:#04x}, vdrep {:#04x})",
+            img.display(),
+            q[i],
+            v[i]
+        );
+    }
+}
