@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs everything vdrep's tests need on a fresh Debian machine of this kind, pinned:
+#   - Debian: qemu-utils (qemu-img, qemu-io), libvhdi-utils (vhdiinfo), prometheus (promtool),
+#     rsync, socat, zstd, bzip2, iproute2 (ip netns, tc)
+#   - npm: Azurite, pinned in ops/package.json + ops/package-lock.json (`npm ci`)
+#   - PyPI: libvhdi-python built from its sdist with the VHD-bitmap fix (ops/build-libvhdi.sh)
+# Idempotent: a second run only checks.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+# Debian packages: name=version. A pinned version that the archive no longer serves (a
+# security update replaced it) falls back to the archive's candidate with a warning, so a
+# routine Debian update does not break CI.
+debs=(
+  "qemu-utils="
+  "libvhdi-utils=20210425-1+b2"
+  "prometheus=2.42.0+ds-5+deb12u1"
+  "rsync="
+  "socat="
+  "zstd="
+  "bzip2="
+  "iproute2="
+)
+missing=()
+for spec in "${debs[@]}"; do
+  name=${spec%%=*}
+  dpkg -s "$name" >/dev/null 2>&1 || missing+=("$spec")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  for spec in "${missing[@]}"; do
+    name=${spec%%=*}
+    ver=${spec#*=}
+    if [ -n "$ver" ] && apt-get install -y -qq --no-install-recommends "$name=$ver" >/dev/null; then
+      continue
+    fi
+    [ -n "$ver" ] && echo "setup: warning: $name=$ver not available, installing the archive's candidate"
+    apt-get install -y -qq --no-install-recommends "$name" >/dev/null
+  done
+fi
+for tool in qemu-img qemu-io vhdiinfo promtool rsync socat zstd bunzip2 ip tc; do
+  command -v "$tool" >/dev/null || { echo "setup: $tool still missing after install" >&2; exit 1; }
+done
+
+# Azurite, exactly as locked.
+if [ ! -x "$here/node_modules/.bin/azurite-blob" ] || [ "$here/package-lock.json" -nt "$here/node_modules/.package-lock.json" ]; then
+  echo "setup: installing Azurite (npm ci)"
+  (cd "$here" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error)
+fi
+
+# libvhdi-python with the bitmap fix, the independent reader for differencing fixtures.
+if [ -f "$here/build-libvhdi.sh" ]; then
+  bash "$here/build-libvhdi.sh"
+fi
+echo "setup: ok"
