@@ -9,6 +9,7 @@
 pub mod error;
 pub mod formats;
 pub mod guid;
+pub mod wire;
 
 pub use error::FormatError;
 pub use guid::Guid;

@@ -1,0 +1,40 @@
+//! The vdrep wire protocol, sans-IO: frames, their codecs and version negotiation.
+//!
+//! One QUIC connection per sender. The sender opens one bidirectional **control stream**
+//! first (hello, disk open, commit) and then any number of bidirectional **data streams**,
+//! each carrying one batch of extents for one disk and answered by one batch result. Every
+//! frame is `type: u8, length: u32 LE, body`; an extent frame's body is a fixed header
+//! followed by its payload, so the sender can hand header and payload to the socket as
+//! separate buffers without copying the payload.
+//!
+//! Every length read from the network is checked against a limit before anything is
+//! allocated; decoders never panic (see the property tests).
+
+mod codec;
+mod msg;
+
+pub use codec::{decode_frame, encode_frame, FrameHeader, FRAME_HEADER_LEN};
+pub use msg::*;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The oldest version this build still accepts.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// ALPN token of the protocol.
+pub const ALPN: &[u8] = b"vdrep/1";
+/// Largest control frame body.
+pub const MAX_CONTROL_BODY: u32 = 1 << 20;
+/// Largest uncompressed extent: one Azure Put Page.
+pub const MAX_EXTENT_LEN: u32 = 4 << 20;
+/// Largest extent payload on the wire (compression may expand incompressible data slightly,
+/// but the sender stores such extents raw, so the payload never exceeds the extent).
+pub const MAX_EXTENT_PAYLOAD: u32 = MAX_EXTENT_LEN;
+/// Longest string field (names, messages).
+pub const MAX_STRING: usize = 4096;
+
+/// Picks the version both sides speak, or `None` when the ranges do not overlap.
+pub fn negotiate(peer_min: u16, peer_max: u16) -> Option<u16> {
+    let hi = peer_max.min(PROTOCOL_VERSION);
+    let lo = peer_min.max(MIN_PROTOCOL_VERSION);
+    (hi >= lo).then_some(hi)
+}

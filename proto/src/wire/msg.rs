@@ -1,0 +1,712 @@
+//! The messages of the protocol and their bodies.
+
+use super::codec::{Reader, Writer};
+use super::{MAX_CONTROL_BODY, MAX_EXTENT_LEN, MAX_EXTENT_PAYLOAD, MAX_STRING};
+use crate::{FormatError, Guid};
+
+/// Why a request failed, as both ends classify it. The class decides whether the sender
+/// retries (DESIGN.md §1): authorisation, missing disks and invalid state never heal by
+/// themselves; a full or busy target and transient faults do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// The sender is not allowed this VM or disk.
+    Unauthorized,
+    /// The disk or VM does not exist where it must.
+    NotFound,
+    /// The replica's state does not allow the request (e.g. a different source disk).
+    InvalidState,
+    /// The peer broke the protocol.
+    Protocol,
+    /// No common protocol version.
+    VersionMismatch,
+    /// The disk's virtual size changed (resizing is not supported).
+    SizeChanged,
+    /// The target has no space left.
+    TargetFull,
+    /// The target is busy or throttling.
+    TargetBusy,
+    /// An unexpected receiver-side failure that may pass.
+    Internal,
+}
+
+impl ErrorClass {
+    fn code(self) -> u16 {
+        match self {
+            ErrorClass::Unauthorized => 1,
+            ErrorClass::NotFound => 2,
+            ErrorClass::InvalidState => 3,
+            ErrorClass::Protocol => 4,
+            ErrorClass::VersionMismatch => 5,
+            ErrorClass::SizeChanged => 6,
+            ErrorClass::TargetFull => 7,
+            ErrorClass::TargetBusy => 8,
+            ErrorClass::Internal => 9,
+        }
+    }
+    fn from_code(c: u16) -> Option<Self> {
+        Some(match c {
+            1 => ErrorClass::Unauthorized,
+            2 => ErrorClass::NotFound,
+            3 => ErrorClass::InvalidState,
+            4 => ErrorClass::Protocol,
+            5 => ErrorClass::VersionMismatch,
+            6 => ErrorClass::SizeChanged,
+            7 => ErrorClass::TargetFull,
+            8 => ErrorClass::TargetBusy,
+            9 => ErrorClass::Internal,
+            _ => return None,
+        })
+    }
+    /// Whether the sender should retry later.
+    pub fn is_recoverable(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::TargetFull | ErrorClass::TargetBusy | ErrorClass::Internal
+        )
+    }
+    /// Lower-case name for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Unauthorized => "unauthorized",
+            ErrorClass::NotFound => "not_found",
+            ErrorClass::InvalidState => "invalid_state",
+            ErrorClass::Protocol => "protocol",
+            ErrorClass::VersionMismatch => "version_mismatch",
+            ErrorClass::SizeChanged => "size_changed",
+            ErrorClass::TargetFull => "target_full",
+            ErrorClass::TargetBusy => "target_busy",
+            ErrorClass::Internal => "internal",
+        }
+    }
+}
+
+/// Messages on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Sender → receiver, first frame: the versions the sender speaks.
+    Hello {
+        /// Oldest version.
+        min_version: u16,
+        /// Newest version.
+        max_version: u16,
+        /// Software version, for logs.
+        software: String,
+    },
+    /// Receiver → sender: the chosen version.
+    HelloAck {
+        /// Negotiated version.
+        version: u16,
+    },
+    /// Sender → receiver: open (creating if needed) the replica of one disk.
+    OpenDisk {
+        /// Request id echoed in the answer.
+        req: u32,
+        /// VM name.
+        vm: String,
+        /// Disk name inside the VM.
+        disk: String,
+        /// Virtual size of the source disk.
+        virtual_size: u64,
+        /// Identity of the source disk.
+        source_id: Guid,
+        /// Start a new full copy even if one is committed.
+        full_copy: bool,
+    },
+    /// Receiver → sender: the replica's durable state.
+    DiskOpened {
+        /// The request.
+        req: u32,
+        /// Handle for data streams.
+        handle: u32,
+        /// Initial replication already committed.
+        initial_committed: bool,
+        /// Last committed cycle.
+        committed_cycle: u64,
+        /// Copy generation; data streams carry it so stale batches are refused.
+        generation: u64,
+        /// The replica is known to hold only zeros outside `progress` (a fresh copy), so
+        /// zero ranges need no clear.
+        known_empty: bool,
+        /// Ranges already durable in this generation: the sender skips them.
+        progress: Vec<(u64, u64)>,
+    },
+    /// Sender → receiver: every extent of the initial copy was accepted; commit it.
+    CommitInitial {
+        /// Request id.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// Generation being committed.
+        generation: u64,
+    },
+    /// Receiver → sender: the commit is durable.
+    Committed {
+        /// The request.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// Committed cycle (0 for the initial replication).
+        cycle: u64,
+    },
+    /// Receiver → sender: a request failed.
+    Error {
+        /// The request (0 when none).
+        req: u32,
+        /// Classification.
+        class: ErrorClass,
+        /// Human-readable reason.
+        message: String,
+    },
+}
+
+const K_HELLO: u8 = 1;
+const K_HELLO_ACK: u8 = 2;
+const K_OPEN_DISK: u8 = 3;
+const K_DISK_OPENED: u8 = 4;
+const K_COMMIT_INITIAL: u8 = 5;
+const K_COMMITTED: u8 = 6;
+const K_ERROR: u8 = 7;
+/// Frame kind of [`BatchStart`].
+pub const K_BATCH_START: u8 = 0x40;
+/// Frame kind of an extent (header + payload).
+pub const K_EXTENT: u8 = 0x41;
+/// Frame kind of [`BatchResult`].
+pub const K_BATCH_RESULT: u8 = 0x42;
+
+/// Most ranges a progress list may carry (bounded decode).
+pub const MAX_RANGES: usize = 1 << 16;
+
+fn ranges_w(w: &mut Writer, r: &[(u64, u64)]) {
+    w.u32(r.len() as u32);
+    for &(a, b) in r {
+        w.u64(a).u64(b);
+    }
+}
+
+fn ranges_r(r: &mut Reader<'_>, what: &str) -> Result<Vec<(u64, u64)>, FormatError> {
+    let n = r.u32()? as usize;
+    if n > MAX_RANGES {
+        return Err(FormatError::new(
+            what,
+            0,
+            format!("{n} ranges exceed the limit"),
+        ));
+    }
+    let mut v = Vec::with_capacity(n);
+    let mut last = 0u64;
+    for i in 0..n {
+        let (a, b) = (r.u64()?, r.u64()?);
+        if a >= b || (i > 0 && a < last) {
+            return Err(FormatError::new(
+                what,
+                0,
+                format!("range {i} [{a}, {b}) is empty or out of order"),
+            ));
+        }
+        last = b;
+        v.push((a, b));
+    }
+    Ok(v)
+}
+
+impl Control {
+    /// Encodes the message as a whole frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        let kind = match self {
+            Control::Hello {
+                min_version,
+                max_version,
+                software,
+            } => {
+                w.u16(*min_version).u16(*max_version).str(software);
+                K_HELLO
+            }
+            Control::HelloAck { version } => {
+                w.u16(*version);
+                K_HELLO_ACK
+            }
+            Control::OpenDisk {
+                req,
+                vm,
+                disk,
+                virtual_size,
+                source_id,
+                full_copy,
+            } => {
+                w.u32(*req)
+                    .str(vm)
+                    .str(disk)
+                    .u64(*virtual_size)
+                    .raw(&source_id.0)
+                    .u8(*full_copy as u8);
+                K_OPEN_DISK
+            }
+            Control::DiskOpened {
+                req,
+                handle,
+                initial_committed,
+                committed_cycle,
+                generation,
+                known_empty,
+                progress,
+            } => {
+                w.u32(*req)
+                    .u32(*handle)
+                    .u8(*initial_committed as u8)
+                    .u64(*committed_cycle)
+                    .u64(*generation)
+                    .u8(*known_empty as u8);
+                ranges_w(&mut w, progress);
+                K_DISK_OPENED
+            }
+            Control::CommitInitial {
+                req,
+                handle,
+                generation,
+            } => {
+                w.u32(*req).u32(*handle).u64(*generation);
+                K_COMMIT_INITIAL
+            }
+            Control::Committed { req, handle, cycle } => {
+                w.u32(*req).u32(*handle).u64(*cycle);
+                K_COMMITTED
+            }
+            Control::Error {
+                req,
+                class,
+                message,
+            } => {
+                w.u32(*req).u16(class.code()).str(message);
+                K_ERROR
+            }
+        };
+        let mut out = Vec::with_capacity(w.buf.len() + 5);
+        super::encode_frame(kind, &w.buf, &mut out);
+        out
+    }
+
+    /// Decodes a control frame body of type `kind`.
+    pub fn decode(kind: u8, body: &[u8]) -> Result<Control, FormatError> {
+        if body.len() > MAX_CONTROL_BODY as usize {
+            return Err(FormatError::new("control frame", 0, "body too large"));
+        }
+        let what = "control frame";
+        let mut r = Reader::new(body, what);
+        let m = match kind {
+            K_HELLO => Control::Hello {
+                min_version: r.u16()?,
+                max_version: r.u16()?,
+                software: r.str(MAX_STRING)?,
+            },
+            K_HELLO_ACK => Control::HelloAck { version: r.u16()? },
+            K_OPEN_DISK => Control::OpenDisk {
+                req: r.u32()?,
+                vm: r.str(MAX_STRING)?,
+                disk: r.str(MAX_STRING)?,
+                virtual_size: r.u64()?,
+                source_id: Guid(r.array()?),
+                full_copy: r.bool()?,
+            },
+            K_DISK_OPENED => Control::DiskOpened {
+                req: r.u32()?,
+                handle: r.u32()?,
+                initial_committed: r.bool()?,
+                committed_cycle: r.u64()?,
+                generation: r.u64()?,
+                known_empty: r.bool()?,
+                progress: ranges_r(&mut r, what)?,
+            },
+            K_COMMIT_INITIAL => Control::CommitInitial {
+                req: r.u32()?,
+                handle: r.u32()?,
+                generation: r.u64()?,
+            },
+            K_COMMITTED => Control::Committed {
+                req: r.u32()?,
+                handle: r.u32()?,
+                cycle: r.u64()?,
+            },
+            K_ERROR => {
+                let req = r.u32()?;
+                let code = r.u16()?;
+                let class = ErrorClass::from_code(code).ok_or_else(|| {
+                    FormatError::new(what, 4, format!("unknown error class {code}"))
+                })?;
+                Control::Error {
+                    req,
+                    class,
+                    message: r.str(MAX_STRING)?,
+                }
+            }
+            k => {
+                return Err(FormatError::new(
+                    what,
+                    0,
+                    format!("unknown control frame type {k}"),
+                ))
+            }
+        };
+        r.finish()?;
+        Ok(m)
+    }
+}
+
+/// First frame of a data stream: which disk and copy generation the batch belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchStart {
+    /// Disk handle from [`Control::DiskOpened`].
+    pub handle: u32,
+    /// Generation from [`Control::DiskOpened`].
+    pub generation: u64,
+}
+
+impl BatchStart {
+    /// Encodes as a whole frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u32(self.handle).u64(self.generation);
+        let mut out = Vec::with_capacity(17);
+        super::encode_frame(K_BATCH_START, &w.buf, &mut out);
+        out
+    }
+    /// Decodes a body.
+    pub fn decode(body: &[u8]) -> Result<Self, FormatError> {
+        let mut r = Reader::new(body, "batch start");
+        let m = BatchStart {
+            handle: r.u32()?,
+            generation: r.u64()?,
+        };
+        r.finish()?;
+        Ok(m)
+    }
+}
+
+/// What an extent does to the replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtentOp {
+    /// Write the payload.
+    Write,
+    /// Zero the range (no payload).
+    Clear,
+}
+
+/// How an extent's payload is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// As is.
+    Raw,
+    /// One zstd frame.
+    Zstd,
+}
+
+/// Fixed header of an extent frame; `payload_len` bytes of payload follow it in the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtentHeader {
+    /// Virtual-disk offset, 512-aligned.
+    pub offset: u64,
+    /// Uncompressed length, 512-aligned, ≤ [`MAX_EXTENT_LEN`].
+    pub length: u32,
+    /// Write or clear.
+    pub op: ExtentOp,
+    /// Payload encoding.
+    pub codec: Codec,
+    /// BLAKE3 of the uncompressed bytes (of `length` zeros for a clear).
+    pub hash: [u8; 32],
+    /// Bytes of payload that follow.
+    pub payload_len: u32,
+}
+
+/// Encoded size of [`ExtentHeader`].
+pub const EXTENT_HEADER_LEN: usize = 8 + 4 + 1 + 1 + 32 + 4;
+
+impl ExtentHeader {
+    /// Encodes the frame header and the extent header; the payload is sent after it as its
+    /// own buffer (no copy).
+    pub fn encode_frame_prefix(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u64(self.offset)
+            .u32(self.length)
+            .u8(match self.op {
+                ExtentOp::Write => 0,
+                ExtentOp::Clear => 1,
+            })
+            .u8(match self.codec {
+                Codec::Raw => 0,
+                Codec::Zstd => 1,
+            })
+            .raw(&self.hash)
+            .u32(self.payload_len);
+        let mut out = Vec::with_capacity(5 + EXTENT_HEADER_LEN);
+        out.push(K_EXTENT);
+        out.extend_from_slice(&((EXTENT_HEADER_LEN as u32 + self.payload_len).to_le_bytes()));
+        out.extend_from_slice(&w.buf);
+        out
+    }
+
+    /// Decodes and validates the fixed header (the first [`EXTENT_HEADER_LEN`] body bytes);
+    /// `frame_len` is the frame's body length, which must match the payload length.
+    pub fn decode(b: &[u8], frame_len: u32) -> Result<Self, FormatError> {
+        let what = "extent header";
+        let mut r = Reader::new(b, what);
+        let offset = r.u64()?;
+        let length = r.u32()?;
+        let op = match r.u8()? {
+            0 => ExtentOp::Write,
+            1 => ExtentOp::Clear,
+            v => return Err(FormatError::new(what, 12, format!("unknown op {v}"))),
+        };
+        let codec = match r.u8()? {
+            0 => Codec::Raw,
+            1 => Codec::Zstd,
+            v => return Err(FormatError::new(what, 13, format!("unknown codec {v}"))),
+        };
+        let hash = r.array()?;
+        let payload_len = r.u32()?;
+        r.finish()?;
+        let h = ExtentHeader {
+            offset,
+            length,
+            op,
+            codec,
+            hash,
+            payload_len,
+        };
+        h.validate(frame_len)?;
+        Ok(h)
+    }
+
+    fn validate(&self, frame_len: u32) -> Result<(), FormatError> {
+        let what = "extent header";
+        let bad = |o, p: String| Err(FormatError::new(what, o, p));
+        if self.offset % 512 != 0 || self.length % 512 != 0 || self.length == 0 {
+            return bad(
+                0,
+                format!(
+                    "extent at {} of {} bytes is not a non-empty multiple of 512 bytes at a 512-byte boundary",
+                    self.offset, self.length
+                ),
+            );
+        }
+        if self.length > MAX_EXTENT_LEN || self.payload_len > MAX_EXTENT_PAYLOAD {
+            return bad(
+                8,
+                format!("extent of {} bytes exceeds the limit", self.length),
+            );
+        }
+        if self.offset.checked_add(self.length as u64).is_none() {
+            return bad(0, "offset + length overflows".into());
+        }
+        if EXTENT_HEADER_LEN as u64 + self.payload_len as u64 != frame_len as u64 {
+            return bad(
+                46,
+                format!(
+                    "payload length {} does not match the frame length {frame_len}",
+                    self.payload_len
+                ),
+            );
+        }
+        match (self.op, self.codec) {
+            (ExtentOp::Clear, _) if self.payload_len != 0 => {
+                bad(46, "a clear carries no payload".into())
+            }
+            (ExtentOp::Write, Codec::Raw) if self.payload_len != self.length => bad(
+                46,
+                "a raw payload must be exactly the extent's length".into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why the receiver refused one extent of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The BLAKE3 of the decoded bytes did not match: resend.
+    HashMismatch,
+    /// The payload did not decompress to the extent's length: resend.
+    BadPayload,
+}
+
+/// Receiver → sender at the end of a data stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchResult {
+    /// Extents written (not yet necessarily durable).
+    pub written: u32,
+    /// Extents refused, with their offset and length; the sender resends them.
+    pub rejected: Vec<(u64, u32, Rejection)>,
+    /// A failure that ended the batch early; extents after it were not written.
+    pub error: Option<(ErrorClass, String)>,
+}
+
+impl BatchResult {
+    /// Encodes as a whole frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u32(self.written).u32(self.rejected.len() as u32);
+        for &(o, l, why) in &self.rejected {
+            w.u64(o).u32(l).u8(match why {
+                Rejection::HashMismatch => 1,
+                Rejection::BadPayload => 2,
+            });
+        }
+        match &self.error {
+            None => {
+                w.u8(0);
+            }
+            Some((c, m)) => {
+                w.u8(1).u16(c.code()).str(m);
+            }
+        }
+        let mut out = Vec::new();
+        super::encode_frame(K_BATCH_RESULT, &w.buf, &mut out);
+        out
+    }
+
+    /// Decodes a body.
+    pub fn decode(body: &[u8]) -> Result<Self, FormatError> {
+        let what = "batch result";
+        let mut r = Reader::new(body, what);
+        let written = r.u32()?;
+        let n = r.u32()? as usize;
+        if n > MAX_RANGES {
+            return Err(FormatError::new(
+                what,
+                4,
+                format!("{n} rejections exceed the limit"),
+            ));
+        }
+        let mut rejected = Vec::with_capacity(n);
+        for _ in 0..n {
+            let o = r.u64()?;
+            let l = r.u32()?;
+            let why = match r.u8()? {
+                1 => Rejection::HashMismatch,
+                2 => Rejection::BadPayload,
+                v => return Err(FormatError::new(what, 0, format!("unknown rejection {v}"))),
+            };
+            rejected.push((o, l, why));
+        }
+        let error = if r.bool()? {
+            let code = r.u16()?;
+            let class = ErrorClass::from_code(code)
+                .ok_or_else(|| FormatError::new(what, 0, format!("unknown error class {code}")))?;
+            Some((class, r.str(MAX_STRING)?))
+        } else {
+            None
+        };
+        r.finish()?;
+        Ok(BatchResult {
+            written,
+            rejected,
+            error,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::decode_frame;
+    use proptest::prelude::*;
+
+    fn roundtrip(m: Control) {
+        let f = m.encode();
+        let (k, body, used) = decode_frame(&f, MAX_CONTROL_BODY).unwrap().unwrap();
+        assert_eq!(used, f.len());
+        assert_eq!(Control::decode(k, body).unwrap(), m);
+    }
+
+    #[test]
+    fn control_messages_round_trip() {
+        roundtrip(Control::Hello {
+            min_version: 1,
+            max_version: 3,
+            software: "vdrep 0.1".into(),
+        });
+        roundtrip(Control::OpenDisk {
+            req: 7,
+            vm: "vm1".into(),
+            disk: "os".into(),
+            virtual_size: 1 << 40,
+            source_id: Guid([3; 16]),
+            full_copy: true,
+        });
+        roundtrip(Control::DiskOpened {
+            req: 7,
+            handle: 2,
+            initial_committed: false,
+            committed_cycle: 0,
+            generation: 4,
+            known_empty: true,
+            progress: vec![(0, 512), (4096, 8192)],
+        });
+        roundtrip(Control::Error {
+            req: 1,
+            class: ErrorClass::Unauthorized,
+            message: "no".into(),
+        });
+    }
+
+    #[test]
+    fn extent_header_validates_alignment_and_payload_length() {
+        let h = ExtentHeader {
+            offset: 4096,
+            length: 1024,
+            op: ExtentOp::Write,
+            codec: Codec::Raw,
+            hash: [9; 32],
+            payload_len: 1024,
+        };
+        let f = h.encode_frame_prefix();
+        let frame_len = u32::from_le_bytes(f[1..5].try_into().unwrap());
+        assert_eq!(ExtentHeader::decode(&f[5..], frame_len).unwrap(), h);
+        let mut bad = h;
+        bad.offset = 100;
+        let f = bad.encode_frame_prefix();
+        assert!(ExtentHeader::decode(&f[5..], frame_len).is_err());
+        let mut bad = h;
+        bad.payload_len = 10;
+        let f = bad.encode_frame_prefix();
+        assert!(ExtentHeader::decode(&f[5..], EXTENT_HEADER_LEN as u32 + 10).is_err());
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_buffering() {
+        let mut f = vec![K_HELLO];
+        f.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_frame(&f, MAX_CONTROL_BODY).is_err());
+    }
+
+    #[test]
+    fn version_negotiation_picks_the_highest_common_version() {
+        assert_eq!(
+            super::super::negotiate(1, 9),
+            Some(super::super::PROTOCOL_VERSION)
+        );
+        assert_eq!(super::super::negotiate(50, 60), None);
+    }
+
+    proptest! {
+        #[test]
+        fn control_decode_never_panics(kind in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Control::decode(kind, &body);
+            let _ = BatchResult::decode(&body);
+            let _ = BatchStart::decode(&body);
+            let _ = ExtentHeader::decode(&body, body.len() as u32);
+        }
+
+        #[test]
+        fn batch_result_round_trips(written in any::<u32>(), rej in proptest::collection::vec((any::<u64>(), any::<u32>(), any::<bool>()), 0..20)) {
+            let m = BatchResult {
+                written,
+                rejected: rej.into_iter().map(|(o, l, b)| (o, l, if b { Rejection::HashMismatch } else { Rejection::BadPayload })).collect(),
+                error: Some((ErrorClass::TargetFull, "full".into())),
+            };
+            let f = m.encode();
+            let (_, body, _) = decode_frame(&f, MAX_CONTROL_BODY).unwrap().unwrap();
+            prop_assert_eq!(BatchResult::decode(body).unwrap(), m);
+        }
+    }
+}
