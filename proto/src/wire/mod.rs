@@ -26,6 +26,8 @@ pub const ALPN: &[u8] = b"vdrep/1";
 pub const MAX_CONTROL_BODY: u32 = 1 << 20;
 /// Largest uncompressed extent: one Azure Put Page.
 pub const MAX_EXTENT_LEN: u32 = 4 << 20;
+/// Largest clear: clears carry no payload, so they may span far more than a write.
+pub const MAX_CLEAR_LEN: u32 = 1 << 30;
 /// Largest extent payload on the wire (compression may expand incompressible data slightly,
 /// but the sender stores such extents raw, so the payload never exceeds the extent).
 pub const MAX_EXTENT_PAYLOAD: u32 = MAX_EXTENT_LEN;

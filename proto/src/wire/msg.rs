@@ -489,7 +489,11 @@ impl ExtentHeader {
                 ),
             );
         }
-        if self.length > MAX_EXTENT_LEN || self.payload_len > MAX_EXTENT_PAYLOAD {
+        let max = match self.op {
+            ExtentOp::Write => MAX_EXTENT_LEN,
+            ExtentOp::Clear => super::MAX_CLEAR_LEN,
+        };
+        if self.length > max || self.payload_len > MAX_EXTENT_PAYLOAD {
             return bad(
                 8,
                 format!("extent of {} bytes exceeds the limit", self.length),

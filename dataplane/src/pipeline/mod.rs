@@ -1,0 +1,17 @@
+//! The sender's pipeline: extents → chunks → (read, zero-detect, compress, hash) → frames.
+//!
+//! The CPU stages run on a small pool of threads (one per core) fed by a bounded queue, so the
+//! number of chunks in flight — and with it memory — is fixed whatever the disk size. Payloads
+//! stay in `bytes::Bytes` from the read to the socket: the read fills the buffer once, zero
+//! detection and hashing borrow it, splitting slices it, and only compression produces new
+//! bytes (it transforms them).
+
+mod adapt;
+mod plan;
+mod prepare;
+mod stats;
+
+pub use adapt::{AdaptiveLevel, Compression};
+pub use plan::{plan_disk, PlanOptions, WorkItem};
+pub use prepare::{prepare, Prepared, ZERO_BLOCK};
+pub use stats::Stats;

@@ -1,0 +1,141 @@
+//! Turning a disk's extents into work items of bounded size.
+
+use vdrep_proto::wire::MAX_CLEAR_LEN;
+
+use crate::disk::{DiskError, ExtentKind, VirtualDisk};
+
+/// One unit of work for the CPU stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkItem {
+    /// Read `len` bytes at `offset` and send what is not zero.
+    Read {
+        /// Virtual offset.
+        offset: u64,
+        /// Length, ≤ the chunk size.
+        len: u32,
+    },
+    /// Zero `len` bytes at `offset` on the replica (the replica may hold older data there).
+    Clear {
+        /// Virtual offset.
+        offset: u64,
+        /// Length.
+        len: u32,
+    },
+}
+
+/// How to plan a disk.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// Largest read (and so largest extent); 1 MiB balances compression ratio and the
+    /// parallelism of the CPU stages.
+    pub chunk: u32,
+    /// The replica is known to hold zeros wherever nothing was written: unallocated and zero
+    /// ranges need nothing. Otherwise they become clears.
+    pub known_empty: bool,
+    /// Ranges already durable at the receiver: skipped (resume).
+    pub done: Vec<(u64, u64)>,
+}
+
+/// Subtracts sorted disjoint `done` ranges from `[s, e)`.
+fn minus_done(s: u64, e: u64, done: &[(u64, u64)], out: &mut Vec<(u64, u64)>) {
+    let mut cur = s;
+    let i = done.partition_point(|&(_, de)| de <= s);
+    for &(ds, de) in &done[i..] {
+        if ds >= e {
+            break;
+        }
+        if ds > cur {
+            out.push((cur, ds));
+        }
+        cur = cur.max(de);
+        if cur >= e {
+            return;
+        }
+    }
+    if cur < e {
+        out.push((cur, e));
+    }
+}
+
+fn push_split(out: &mut Vec<WorkItem>, s: u64, e: u64, max: u64, clear: bool) {
+    let mut o = s;
+    while o < e {
+        let n = (e - o).min(max);
+        out.push(if clear {
+            WorkItem::Clear {
+                offset: o,
+                len: n as u32,
+            }
+        } else {
+            WorkItem::Read {
+                offset: o,
+                len: n as u32,
+            }
+        });
+        o += n;
+    }
+}
+
+/// Plans the whole disk window by window and hands each window's items to `emit`, so the
+/// plan of a multi-TiB disk is never held in memory at once. Ranges are aligned to 512 bytes
+/// (every format vdrep reads allocates in whole sectors).
+pub fn plan_disk(
+    disk: &dyn VirtualDisk,
+    opts: &PlanOptions,
+    mut emit: impl FnMut(Vec<WorkItem>) -> bool,
+) -> Result<(), DiskError> {
+    let size = disk.info().virtual_size;
+    let window = 1u64 << 30;
+    let chunk = opts.chunk.max(512) as u64;
+    let mut start = 0u64;
+    while start < size {
+        let end = (start + window).min(size);
+        let mut items = Vec::new();
+        let mut cursor = start;
+        let mut ranges = Vec::new();
+        let mut handle = |s: u64, e: u64, kind: Option<ExtentKind>, items: &mut Vec<WorkItem>| {
+            ranges.clear();
+            minus_done(s, e, &opts.done, &mut ranges);
+            for &(a, b) in ranges.iter() {
+                match kind {
+                    Some(ExtentKind::Data) => push_split(items, a, b, chunk, false),
+                    _ if !opts.known_empty => push_split(items, a, b, MAX_CLEAR_LEN as u64, true),
+                    _ => {}
+                }
+            }
+        };
+        for ext in disk.extents_in(start, end)? {
+            if ext.offset > cursor {
+                handle(cursor, ext.offset, None, &mut items);
+            }
+            handle(ext.offset, ext.end(), Some(ext.kind), &mut items);
+            cursor = ext.end();
+        }
+        if cursor < end {
+            handle(cursor, end, None, &mut items);
+        }
+        if !emit(items) {
+            return Ok(());
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn done_ranges_are_subtracted() {
+        let mut out = vec![];
+        minus_done(0, 100, &[(10, 20), (30, 40), (90, 200)], &mut out);
+        assert_eq!(out, vec![(0, 10), (20, 30), (40, 90)]);
+        out.clear();
+        minus_done(15, 35, &[(10, 20), (30, 40)], &mut out);
+        assert_eq!(out, vec![(20, 30)]);
+        out.clear();
+        minus_done(0, 10, &[(0, 10)], &mut out);
+        assert!(out.is_empty());
+    }
+}

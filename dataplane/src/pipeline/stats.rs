@@ -1,0 +1,57 @@
+//! Counters of one replication run, shared by the pipeline's threads; the summary and the
+//! progress bar read them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Byte counters (all relaxed atomics: they are statistics, not synchronisation).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Bytes read from disks.
+    pub read: AtomicU64,
+    /// Bytes found zero inside allocated ranges.
+    pub skipped_zero: AtomicU64,
+    /// Bytes not read because the format says unallocated (or clears).
+    pub skipped_unallocated: AtomicU64,
+    /// Uncompressed bytes of write extents.
+    pub data: AtomicU64,
+    /// Payload bytes after compression.
+    pub payload: AtomicU64,
+    /// Bytes on the wire (frames, as counted by the sender).
+    pub wire: AtomicU64,
+    /// Extents acknowledged.
+    pub extents: AtomicU64,
+    /// Extents resent after a refusal.
+    pub resent: AtomicU64,
+    /// Reconnects.
+    pub retries: AtomicU64,
+    /// Source bytes acknowledged (progress).
+    pub done: AtomicU64,
+}
+
+macro_rules! adder {
+    ($name:ident, $field:ident) => {
+        #[doc = concat!("Adds to `", stringify!($field), "`.")]
+        pub fn $name(&self, n: u64) {
+            self.$field.fetch_add(n, Ordering::Relaxed);
+        }
+    };
+}
+
+impl Stats {
+    adder!(add_read, read);
+    adder!(add_skipped_zero, skipped_zero);
+    adder!(add_skipped_unallocated, skipped_unallocated);
+    adder!(add_wire, wire);
+    adder!(add_done, done);
+
+    /// Records a write extent's sizes.
+    pub fn add_payload(&self, data: u64, payload: u64) {
+        self.data.fetch_add(data, Ordering::Relaxed);
+        self.payload.fetch_add(payload, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
