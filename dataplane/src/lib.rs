@@ -13,3 +13,7 @@ pub mod hrl;
 pub mod io;
 pub mod layout;
 pub mod pipeline;
+pub mod receiver;
+pub mod sender;
+pub mod signals;
+pub mod transport;

@@ -3,7 +3,10 @@
 //! peer, the offset and the problem.
 
 mod cat;
+mod config;
 mod convert;
+mod receive;
+mod send;
 mod inspect;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +39,10 @@ enum Command {
     Convert(convert::Args),
     /// Print the virtual disk's bytes (or a range of them).
     Cat(cat::Args),
+    /// Replicate disks to a receiver (initial replication).
+    Send(send::Args),
+    /// Run a receiver that writes replicas into a store.
+    Receive(receive::Args),
 }
 
 /// An error at the binary's edge, with the exit code it maps to.
@@ -45,6 +52,8 @@ pub struct CliError {
     pub error: anyhow::Error,
     /// Whether retrying later could help (exit 75 instead of 1).
     pub recoverable: bool,
+    /// A usage error (exit 2).
+    pub usage: bool,
 }
 
 impl<E: Into<anyhow::Error>> From<E> for CliError {
@@ -54,7 +63,11 @@ impl<E: Into<anyhow::Error>> From<E> for CliError {
             .downcast_ref::<crate::disk::DiskError>()
             .map(|d| d.is_recoverable())
             .unwrap_or(false);
-        CliError { error, recoverable }
+        CliError {
+            error,
+            recoverable,
+            usage: false,
+        }
     }
 }
 
@@ -73,18 +86,31 @@ pub fn main() -> i32 {
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Cat(a) => cat::run(a),
+        Command::Send(a) => send::run(a),
+        Command::Receive(a) => receive::run(a),
     };
     match res {
         Ok(()) => EXIT_OK,
         Err(e) => {
             eprintln!("vdrep: error: {:#}", e.error);
-            if e.recoverable {
+            if e.usage {
+                EXIT_USAGE
+            } else if e.recoverable {
                 EXIT_TEMPFAIL
             } else {
                 EXIT_FATAL
             }
         }
     }
+}
+
+/// The async runtime of the network roles: two worker threads suffice (the CPU stages have
+/// their own threads) and keep the process small.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 fn init_logging() {

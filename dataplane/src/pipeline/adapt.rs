@@ -14,12 +14,18 @@ pub enum Compression {
     Zstd(i32),
 }
 
+/// Signals in a row that move the level one step.
+pub const HYSTERESIS: i32 = 8;
+
 /// Shared, lock-free compression level controller.
 #[derive(Debug)]
 pub struct AdaptiveLevel {
     /// Steps from "off" up to the configured level.
     ladder: Vec<Compression>,
     step: AtomicI32,
+    /// Consecutive signals in one direction (positive: saturated, negative: starved); a
+    /// step needs [`HYSTERESIS`] of them so that one slow read does not flip the level.
+    votes: AtomicI32,
     adaptive: bool,
     incompressible: AtomicU32,
 }
@@ -42,6 +48,7 @@ impl AdaptiveLevel {
         AdaptiveLevel {
             ladder,
             step: AtomicI32::new(top),
+            votes: AtomicI32::new(0),
             adaptive,
             incompressible: AtomicU32::new(0),
         }
@@ -98,13 +105,19 @@ mod tests {
     fn adaptive_level_moves_between_off_and_the_configured_level() {
         let a = AdaptiveLevel::new(3, true);
         assert_eq!(a.current(), Compression::Zstd(3));
-        for _ in 0..10 {
+        for _ in 0..HYSTERESIS - 1 {
+            a.link_starved();
+        }
+        assert_eq!(a.current(), Compression::Zstd(3), "one step needs {HYSTERESIS} votes");
+        for _ in 0..10 * HYSTERESIS {
             a.link_starved();
         }
         assert_eq!(a.current(), Compression::Off);
-        a.link_saturated();
+        for _ in 0..HYSTERESIS {
+            a.link_saturated();
+        }
         assert_eq!(a.current(), Compression::Zstd(-3));
-        for _ in 0..10 {
+        for _ in 0..10 * HYSTERESIS {
             a.link_saturated();
         }
         assert_eq!(a.current(), Compression::Zstd(3));

@@ -13,5 +13,5 @@ mod stats;
 
 pub use adapt::{AdaptiveLevel, Compression};
 pub use plan::{plan_disk, PlanOptions, WorkItem};
-pub use prepare::{prepare, Prepared, ZERO_BLOCK};
+pub use prepare::{prepare, zero_hash, Prepared, ZERO_BLOCK};
 pub use stats::Stats;

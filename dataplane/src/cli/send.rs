@@ -1,0 +1,149 @@
+//! `vdrep send --to ADDR --tls DIR --identity NAME --vm VM DISK... [--threads N]`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use super::config::{self, duration_str};
+use super::CliError;
+use crate::sender::{self, SendOptions, VmSpec};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Receiver address HOST:PORT.
+    #[arg(long)]
+    to: Option<String>,
+    /// Folder with ca.pem and this sender's NAME.pem/NAME.key.
+    #[arg(long)]
+    tls: Option<PathBuf>,
+    /// This sender's name (its certificate's CN).
+    #[arg(long)]
+    identity: Option<String>,
+    /// Name to check in the receiver's certificate (default: the host in --to).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// The VM the disks belong to.
+    #[arg(long)]
+    vm: Option<String>,
+    /// Disk images of the VM, replicated in this order.
+    disks: Vec<PathBuf>,
+    /// Parallel streams per disk (upload threads per VM), 1..=32.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// zstd level; 0 turns compression off.
+    #[arg(long)]
+    compression_level: Option<i32>,
+    /// Keep the compression level fixed instead of adapting it to the link.
+    #[arg(long)]
+    fixed_compression: bool,
+    /// Retry recoverable errors this long, then exit 75 (e.g. 10m, 30s).
+    #[arg(long, value_parser = config::parse_duration)]
+    give_up_after: Option<Duration>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// TOML file with any of the options above (flags win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileVm {
+    name: String,
+    disks: Vec<PathBuf>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct File {
+    to: Option<String>,
+    tls: Option<PathBuf>,
+    identity: Option<String>,
+    server_name: Option<String>,
+    threads: Option<usize>,
+    compression_level: Option<i32>,
+    fixed_compression: Option<bool>,
+    #[serde(with = "duration_str")]
+    give_up_after: Option<Duration>,
+    vm: Vec<FileVm>,
+}
+
+fn options(a: &Args) -> anyhow::Result<(Vec<VmSpec>, SendOptions)> {
+    let f: File = config::load(a.config.as_deref())?;
+    let d = SendOptions::default();
+    let opts = SendOptions {
+        to: a.to.clone().or(f.to).context("--to ADDR is required")?,
+        server_name: a.server_name.clone().or(f.server_name),
+        tls: a.tls.clone().or(f.tls).context("--tls DIR is required")?,
+        identity: a
+            .identity
+            .clone()
+            .or(f.identity)
+            .context("--identity NAME is required")?,
+        threads: a.threads.or(f.threads).unwrap_or(d.threads),
+        level: a.compression_level.or(f.compression_level).unwrap_or(d.level),
+        adaptive: !(a.fixed_compression || f.fixed_compression.unwrap_or(false)),
+        chunk: d.chunk,
+        give_up_after: a.give_up_after.or(f.give_up_after).unwrap_or(d.give_up_after),
+        progress: !a.no_progress,
+    };
+    if !(1..=32).contains(&opts.threads) {
+        bail!("--threads {}: upload threads per VM range from 1 to 32", opts.threads);
+    }
+    if !(-7..=22).contains(&opts.level) {
+        bail!("--compression-level {}: zstd levels range from -7 to 22 (0 = off)", opts.level);
+    }
+    let mut vms: Vec<VmSpec> = f
+        .vm
+        .into_iter()
+        .map(|v| VmSpec {
+            name: v.name,
+            disks: v.disks,
+        })
+        .collect();
+    match (&a.vm, a.disks.is_empty()) {
+        (Some(vm), false) => {
+            vms.retain(|v| &v.name != vm);
+            vms.push(VmSpec {
+                name: vm.clone(),
+                disks: a.disks.clone(),
+            });
+        }
+        (Some(vm), true) => bail!("--vm {vm}: name at least one DISK"),
+        (None, false) => bail!("DISK given without --vm VM"),
+        (None, true) => {}
+    }
+    if vms.is_empty() {
+        bail!("nothing to send: give --vm VM DISK... or [[vm]] entries in --config");
+    }
+    Ok((vms, opts))
+}
+
+pub fn run(a: Args) -> Result<(), CliError> {
+    let (vms, opts) = options(&a).map_err(|e| CliError {
+        error: e,
+        recoverable: false,
+        usage: true,
+    })?;
+    let rt = super::runtime()?;
+    let summary = rt.block_on(sender::run(&vms, &opts)).map_err(|e| {
+        let recoverable = e.is_recoverable();
+        CliError {
+            error: anyhow::Error::new(e),
+            recoverable,
+            usage: false,
+        }
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprintln!("{}", summary.one_line());
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Data streams: one batch of extents for one disk, verified and written, then answered.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::warn;
+use vdrep_proto::wire::{
+    BatchResult, BatchStart, Codec, ErrorClass, ExtentHeader, ExtentOp, Rejection,
+    EXTENT_HEADER_LEN, K_EXTENT, MAX_EXTENT_PAYLOAD,
+};
+
+use super::control::ConnState;
+use super::disk::DiskSession;
+use super::Receiver;
+use crate::pipeline::zero_hash;
+use crate::sink::SinkError;
+use crate::transport::{read_frame, write_frame, FrameError};
+
+enum Outcome {
+    Written(u64),
+    Rejected(Rejection),
+}
+
+/// Decodes, verifies and writes one extent. Runs on a blocking thread: decompression,
+/// hashing and the write are CPU and disk work.
+fn apply(s: &DiskSession, h: ExtentHeader, payload: Bytes) -> Result<Outcome, SinkError> {
+    match h.op {
+        ExtentOp::Clear => {
+            if h.hash != zero_hash(h.length) {
+                return Ok(Outcome::Rejected(Rejection::HashMismatch));
+            }
+            s.replica.clear(h.offset, h.length as u64)?;
+        }
+        ExtentOp::Write => {
+            let data: Bytes = match h.codec {
+                Codec::Raw => payload,
+                // Bounded: the decompressor may not produce more than the declared length.
+                Codec::Zstd => match zstd::bulk::decompress(&payload, h.length as usize) {
+                    Ok(v) if v.len() == h.length as usize => Bytes::from(v),
+                    _ => return Ok(Outcome::Rejected(Rejection::BadPayload)),
+                },
+            };
+            if blake3::hash(&data).as_bytes() != &h.hash {
+                return Ok(Outcome::Rejected(Rejection::HashMismatch));
+            }
+            s.replica.write(h.offset, &data)?;
+        }
+    }
+    s.mark_written(h.offset, h.offset + h.length as u64);
+    Ok(Outcome::Written(h.length as u64))
+}
+
+impl Receiver {
+    pub(crate) async fn handle_batch(
+        self: Arc<Self>,
+        conn: Arc<ConnState>,
+        start: BatchStart,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let mut result = BatchResult {
+            written: 0,
+            rejected: Vec::new(),
+            error: None,
+        };
+        let session = match conn.disk(start.handle) {
+            Some(s) if s.generation == start.generation => Some(s),
+            Some(s) => {
+                result.error = Some((
+                    ErrorClass::InvalidState,
+                    format!(
+                        "batch for copy generation {}, but generation {} is open",
+                        start.generation, s.generation
+                    ),
+                ));
+                None
+            }
+            None => {
+                result.error = Some((
+                    ErrorClass::Protocol,
+                    format!("unknown disk handle {}", start.handle),
+                ));
+                None
+            }
+        };
+        if let Some(s) = session {
+            if let Err(e) = self.batch_loop(&conn, &s, &mut recv, &mut result).await {
+                if result.error.is_none() {
+                    result.error = Some((
+                        if e.is_recoverable() {
+                            ErrorClass::Internal
+                        } else {
+                            ErrorClass::Protocol
+                        },
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
+        if result.error.is_some() {
+            let _ = recv.stop(1u32.into());
+        }
+        if let Err(e) = write_frame(&mut send, &result.encode()).await {
+            warn!(sender = %conn.sender, error = %e, "cannot answer a batch");
+        }
+        let _ = send.finish();
+    }
+
+    async fn batch_loop(
+        &self,
+        conn: &ConnState,
+        s: &Arc<DiskSession>,
+        recv: &mut quinn::RecvStream,
+        result: &mut BatchResult,
+    ) -> Result<(), FrameError> {
+        loop {
+            let (kind, body) =
+                match read_frame(recv, EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD).await {
+                    Ok(f) => f,
+                    Err(FrameError::End) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+            if kind != K_EXTENT {
+                result.error = Some((
+                    ErrorClass::Protocol,
+                    format!("frame type {kind} inside a batch"),
+                ));
+                return Ok(());
+            }
+            let h = ExtentHeader::decode(
+                body.get(..EXTENT_HEADER_LEN).unwrap_or(&body),
+                body.len() as u32,
+            )?;
+            let end = h.offset + h.length as u64;
+            if end > s.virtual_size.div_ceil(512) * 512 {
+                result.error = Some((
+                    ErrorClass::Protocol,
+                    format!(
+                        "extent [{}, {end}) lies outside the disk of {} bytes",
+                        h.offset, s.virtual_size
+                    ),
+                ));
+                return Ok(());
+            }
+            let payload = body.slice(EXTENT_HEADER_LEN..);
+            let s2 = s.clone();
+            let out = tokio::task::spawn_blocking(move || apply(&s2, h, payload)).await;
+            match out {
+                Ok(Ok(Outcome::Written(n))) => {
+                    result.written += 1;
+                    self.stats.written.fetch_add(n, Ordering::Relaxed);
+                }
+                Ok(Ok(Outcome::Rejected(why))) => {
+                    if why == Rejection::HashMismatch {
+                        self.stats.hash_mismatches.fetch_add(1, Ordering::Relaxed);
+                    }
+                    warn!(sender = %conn.sender, disk = %s.replica.key(), offset = h.offset,
+                          length = h.length, reason = ?why, "extent refused; the sender will resend it");
+                    result.rejected.push((h.offset, h.length, why));
+                }
+                Ok(Err(e)) => {
+                    warn!(sender = %conn.sender, disk = %s.replica.key(), offset = h.offset, error = %e, "write failed");
+                    result.error = Some((
+                        if e.is_recoverable() {
+                            ErrorClass::TargetFull
+                        } else {
+                            ErrorClass::InvalidState
+                        },
+                        e.to_string(),
+                    ));
+                    return Ok(());
+                }
+                Err(e) => {
+                    result.error = Some((ErrorClass::Internal, format!("write task failed: {e}")));
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Waits for in-flight work to settle at shutdown: a final checkpoint happens as each
+    /// connection closes.
+    pub(crate) async fn drain(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(8);
+        while self.active.load(Ordering::Acquire) > 0 {
+            if tokio::time::timeout_at(deadline, self.idle.notified()).await.is_err() {
+                warn!("connections still busy after 8 s; exiting anyway");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The control stream: hello, disk open, commit.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use tracing::{info, warn};
+use vdrep_proto::wire::{
+    self, BatchStart, Control, ErrorClass, EXTENT_HEADER_LEN, K_BATCH_START, MAX_CONTROL_BODY,
+    MAX_EXTENT_PAYLOAD,
+};
+
+use super::disk::{checkpoint_loop, DiskSession};
+use super::Receiver;
+use crate::sink::{DiskKey, SinkError};
+use crate::transport::{read_frame, write_frame, FrameError};
+
+/// Per-connection state: the authenticated sender and its open disks.
+pub struct ConnState {
+    pub(crate) sender: String,
+    disks: Mutex<HashMap<u32, Arc<DiskSession>>>,
+    sessions: Arc<Mutex<Vec<Arc<DiskSession>>>>,
+    next_handle: Mutex<u32>,
+    stop: Arc<tokio::sync::Notify>,
+    checkpointer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl ConnState {
+    pub(crate) fn new(sender: String) -> Self {
+        let sessions = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let h = tokio::spawn(checkpoint_loop(sessions.clone(), stop.clone()));
+        ConnState {
+            sender,
+            disks: Mutex::new(HashMap::new()),
+            sessions,
+            next_handle: Mutex::new(1),
+            stop,
+            checkpointer: Mutex::new(Some(h)),
+        }
+    }
+
+    pub(crate) fn disk(&self, handle: u32) -> Option<Arc<DiskSession>> {
+        self.disks.lock().ok()?.get(&handle).cloned()
+    }
+
+    /// Final checkpoint of every disk when the connection ends, so progress acknowledged to
+    /// the sender is kept for its reconnect.
+    pub(crate) async fn shutdown(&self) {
+        self.stop.notify_one();
+        let h = self.checkpointer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = h {
+            let _ = h.await;
+        }
+        let list: Vec<_> = self.sessions.lock().map(|s| s.clone()).unwrap_or_default();
+        for s in list {
+            if let Err(e) = s.checkpoint(false).await {
+                warn!(disk = %s.replica.key(), error = %e, "final checkpoint failed");
+            }
+        }
+        if let Ok(mut d) = self.disks.lock() {
+            d.clear();
+        }
+        if let Ok(mut s) = self.sessions.lock() {
+            s.clear();
+        }
+    }
+}
+
+fn class_of(e: &SinkError) -> ErrorClass {
+    if e.is_recoverable() {
+        ErrorClass::TargetBusy
+    } else {
+        ErrorClass::InvalidState
+    }
+}
+
+impl Receiver {
+    /// Dispatches a new stream by its first frame.
+    pub(crate) async fn handle_stream(
+        self: Arc<Self>,
+        conn: Arc<ConnState>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let max = (EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD).max(MAX_CONTROL_BODY);
+        let (kind, body) = match read_frame(&mut recv, max).await {
+            Ok(f) => f,
+            Err(FrameError::End) => return,
+            Err(e) => {
+                warn!(sender = %conn.sender, error = %e, "bad first frame on a stream");
+                return;
+            }
+        };
+        if kind == K_BATCH_START {
+            match BatchStart::decode(&body) {
+                Ok(b) => self.handle_batch(conn, b, send, recv).await,
+                Err(e) => warn!(sender = %conn.sender, error = %e, "malformed batch start"),
+            }
+            return;
+        }
+        let first = match Control::decode(kind, &body) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(sender = %conn.sender, error = %e, "malformed control frame");
+                return;
+            }
+        };
+        if let Err(e) = self.control_loop(&conn, first, &mut send, &mut recv).await {
+            if !matches!(e, FrameError::End) {
+                warn!(sender = %conn.sender, error = %e, "control stream ended");
+            }
+        }
+    }
+
+    async fn control_loop(
+        &self,
+        conn: &ConnState,
+        first: Control,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<(), FrameError> {
+        let mut msg = first;
+        loop {
+            let reply = self.answer(conn, msg).await;
+            write_frame(send, &reply.encode()).await?;
+            if let Control::Error {
+                class: ErrorClass::VersionMismatch | ErrorClass::Protocol,
+                ..
+            } = reply
+            {
+                let _ = send.finish();
+                return Ok(());
+            }
+            let (kind, body) = read_frame(recv, MAX_CONTROL_BODY).await?;
+            msg = Control::decode(kind, &body)?;
+        }
+    }
+
+    async fn answer(&self, conn: &ConnState, msg: Control) -> Control {
+        match msg {
+            Control::Hello {
+                min_version,
+                max_version,
+                software,
+            } => match wire::negotiate(min_version, max_version) {
+                Some(version) => {
+                    info!(sender = %conn.sender, %software, version, "hello");
+                    Control::HelloAck { version }
+                }
+                None => Control::Error {
+                    req: 0,
+                    class: ErrorClass::VersionMismatch,
+                    message: format!(
+                        "sender speaks protocol versions {min_version}..={max_version}, this \
+                         receiver {}..={}: upgrade the older side",
+                        wire::MIN_PROTOCOL_VERSION,
+                        wire::PROTOCOL_VERSION
+                    ),
+                },
+            },
+            Control::OpenDisk {
+                req,
+                vm,
+                disk,
+                virtual_size,
+                source_id,
+                full_copy,
+            } => {
+                if !self.allow.allows(&conn.sender, &vm) {
+                    self.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+                    warn!(sender = %conn.sender, %vm, %disk, "refused: sender is not authorised for this VM");
+                    return Control::Error {
+                        req,
+                        class: ErrorClass::Unauthorized,
+                        message: format!(
+                            "sender {} is not authorised for VM {vm} on this receiver",
+                            conn.sender
+                        ),
+                    };
+                }
+                match self.open(conn, &vm, &disk, virtual_size, source_id, full_copy).await {
+                    Ok((handle, s, committed, cycle, known_empty)) => Control::DiskOpened {
+                        req,
+                        handle,
+                        initial_committed: committed,
+                        committed_cycle: cycle,
+                        generation: s.generation,
+                        known_empty,
+                        progress: s
+                            .progress_snapshot()
+                            .iter()
+                            .map(|r| (r.start, r.end))
+                            .collect(),
+                    },
+                    Err(e) => Control::Error {
+                        req,
+                        class: e.0,
+                        message: e.1,
+                    },
+                }
+            }
+            Control::CommitInitial {
+                req,
+                handle,
+                generation,
+            } => {
+                let Some(s) = conn.disk(handle) else {
+                    return Control::Error {
+                        req,
+                        class: ErrorClass::Protocol,
+                        message: format!("unknown disk handle {handle}"),
+                    };
+                };
+                if s.generation != generation {
+                    return Control::Error {
+                        req,
+                        class: ErrorClass::InvalidState,
+                        message: format!(
+                            "commit of copy generation {generation}, but generation {} is open",
+                            s.generation
+                        ),
+                    };
+                }
+                match s.commit_initial().await {
+                    Ok(()) => {
+                        info!(sender = %conn.sender, disk = %s.replica.key(), "initial replication committed");
+                        Control::Committed {
+                            req,
+                            handle,
+                            cycle: 0,
+                        }
+                    }
+                    Err(e) => Control::Error {
+                        req,
+                        class: class_of(&e),
+                        message: e.to_string(),
+                    },
+                }
+            }
+            other => Control::Error {
+                req: 0,
+                class: ErrorClass::Protocol,
+                message: format!("unexpected control message from a sender: {other:?}"),
+            },
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn open(
+        &self,
+        conn: &ConnState,
+        vm: &str,
+        disk: &str,
+        virtual_size: u64,
+        source_id: vdrep_proto::Guid,
+        full_copy: bool,
+    ) -> Result<(u32, Arc<DiskSession>, bool, u64, bool), (ErrorClass, String)> {
+        let key = DiskKey::new(vm, disk).map_err(|e| (ErrorClass::InvalidState, e.to_string()))?;
+        let store = self.store.clone();
+        let k2 = key.clone();
+        let replica = tokio::task::spawn_blocking(move || {
+            let r = store.open_disk(&k2, virtual_size, source_id)?;
+            let st = r.state();
+            // A full copy resumes an uncommitted one, or starts a new generation beside the
+            // committed replica, which stays intact until the new copy commits.
+            if !st.initial_in_progress && (!st.initial_committed || full_copy) {
+                r.begin_initial()?;
+            }
+            Ok::<_, SinkError>(r)
+        })
+        .await
+        .map_err(|e| (ErrorClass::Internal, format!("open task failed: {e}")))?
+        .map_err(|e| {
+            let class = match &e {
+                e if e.is_recoverable() => ErrorClass::TargetBusy,
+                SinkError::SizeMismatch { .. } => ErrorClass::SizeChanged,
+                _ => ErrorClass::InvalidState,
+            };
+            (class, e.to_string())
+        })?;
+        let st = replica.state();
+        let session = Arc::new(DiskSession::new(
+            replica,
+            st.generation,
+            virtual_size,
+            st.progress.clone(),
+        ));
+        let handle = {
+            let mut h = conn
+                .next_handle
+                .lock()
+                .map_err(|_| (ErrorClass::Internal, "lock poisoned".to_string()))?;
+            let v = *h;
+            *h += 1;
+            v
+        };
+        if let Ok(mut d) = conn.disks.lock() {
+            d.insert(handle, session.clone());
+        }
+        if let Ok(mut s) = conn.sessions.lock() {
+            s.push(session.clone());
+        }
+        info!(sender = %conn.sender, disk = %key, generation = st.generation,
+              resumed_bytes = st.progress.covered_len(), "disk opened");
+        // The working image of an in-progress copy starts as an empty sparse file.
+        Ok((
+            handle,
+            session,
+            st.initial_committed,
+            st.committed_cycle,
+            st.initial_in_progress,
+        ))
+    }
+}

@@ -1,0 +1,103 @@
+//! One replica open for writing by one connection, with its checkpointing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vdrep_proto::ranges::RangeSet;
+
+use crate::sink::{ReplicaDisk, SinkError};
+
+/// How often written ranges are made durable and recorded (resume granularity: a crash
+/// loses at most this much acknowledged-but-unsynced progress, which is simply resent).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A replica being written.
+pub struct DiskSession {
+    /// The replica.
+    pub replica: Arc<dyn ReplicaDisk>,
+    /// Copy generation the sender must name.
+    pub generation: u64,
+    /// Virtual size of the source.
+    pub virtual_size: u64,
+    /// Ranges written (not necessarily durable) in this generation.
+    written: Mutex<RangeSet>,
+    dirty: AtomicBool,
+    /// Serialises checkpoints and commits.
+    sync: tokio::sync::Mutex<()>,
+}
+
+impl DiskSession {
+    /// Wraps an opened replica; `progress` is what is already durable.
+    pub fn new(
+        replica: Arc<dyn ReplicaDisk>,
+        generation: u64,
+        virtual_size: u64,
+        progress: RangeSet,
+    ) -> Self {
+        DiskSession {
+            replica,
+            generation,
+            virtual_size,
+            written: Mutex::new(progress),
+            dirty: AtomicBool::new(false),
+            sync: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Records a completed write.
+    pub fn mark_written(&self, start: u64, end: u64) {
+        if let Ok(mut w) = self.written.lock() {
+            w.insert(start, end);
+        }
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Makes written ranges durable and records them (no-op when nothing changed).
+    pub async fn checkpoint(&self, force: bool) -> Result<(), SinkError> {
+        let _g = self.sync.lock().await;
+        if !force && !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.dirty.store(false, Ordering::Release);
+        // Snapshot *before* syncing: everything in the snapshot was written before the sync.
+        let snap = self.written.lock().map(|w| w.clone()).unwrap_or_default();
+        let r = self.replica.clone();
+        tokio::task::spawn_blocking(move || r.checkpoint(&snap))
+            .await
+            .map_err(|e| SinkError::internal(format!("checkpoint task failed: {e}")))?
+    }
+
+    /// Checkpoints, then commits the initial copy.
+    pub async fn commit_initial(&self) -> Result<(), SinkError> {
+        self.checkpoint(true).await?;
+        let _g = self.sync.lock().await;
+        let r = self.replica.clone();
+        tokio::task::spawn_blocking(move || r.commit_initial())
+            .await
+            .map_err(|e| SinkError::internal(format!("commit task failed: {e}")))?
+    }
+}
+
+/// Periodic checkpoints of the sessions of a connection, until `stop` fires.
+pub async fn checkpoint_loop(sessions: Arc<Mutex<Vec<Arc<DiskSession>>>>, stop: Arc<tokio::sync::Notify>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
+            _ = stop.notified() => return,
+        }
+        let list: Vec<_> = sessions.lock().map(|s| s.clone()).unwrap_or_default();
+        for s in list {
+            if let Err(e) = s.checkpoint(false).await {
+                tracing::warn!(disk = %s.replica.key(), error = %e, "checkpoint failed");
+            }
+        }
+    }
+}
+
+impl DiskSession {
+    /// Ranges written so far (durable or about to be).
+    pub fn progress_snapshot(&self) -> RangeSet {
+        self.written.lock().map(|w| w.clone()).unwrap_or_default()
+    }
+}

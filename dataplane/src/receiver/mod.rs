@@ -1,0 +1,195 @@
+//! The receiver: a QUIC server that authenticates senders by certificate, authorises each
+//! for its own VMs, verifies every extent's BLAKE3 and writes replicas through a
+//! [`ReplicaStore`](crate::sink::ReplicaStore).
+
+mod batch;
+mod control;
+mod disk;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use crate::sink::ReplicaStore;
+
+pub use disk::DiskSession;
+
+/// Which sender may replicate which VMs (`--allow NAME=VM[,VM...]`).
+#[derive(Debug, Clone, Default)]
+pub struct Authorizations {
+    map: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Authorizations {
+    /// Parses `NAME=VM[,VM...]` entries; a sender may appear in several.
+    pub fn parse(entries: &[String]) -> Result<Self, String> {
+        let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for e in entries {
+            let (name, vms) = e
+                .split_once('=')
+                .ok_or_else(|| format!("--allow {e:?}: expected NAME=VM[,VM...]"))?;
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(format!("--allow {e:?}: empty sender name"));
+            }
+            let set = map.entry(name.to_string()).or_default();
+            for vm in vms.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                set.insert(vm.to_string());
+            }
+        }
+        Ok(Authorizations { map })
+    }
+
+    /// Whether `sender` may write `vm`.
+    pub fn allows(&self, sender: &str, vm: &str) -> bool {
+        self.map.get(sender).is_some_and(|s| s.contains(vm))
+    }
+
+    /// True when no sender is allowed anything.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Whether `sender` is known at all.
+    pub fn knows(&self, sender: &str) -> bool {
+        self.map.contains_key(sender)
+    }
+}
+
+/// Everything a receiver needs.
+pub struct ReceiverConfig {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Folder with `ca.pem`, `receiver.pem`, `receiver.key`.
+    pub tls: PathBuf,
+    /// Sender → VMs.
+    pub allow: Authorizations,
+}
+
+/// Shared state of a running receiver.
+pub struct Receiver {
+    pub(crate) store: Arc<dyn ReplicaStore>,
+    pub(crate) allow: Authorizations,
+    pub(crate) stats: Arc<ReceiverStats>,
+    /// Connections being served, for draining at shutdown.
+    pub(crate) active: std::sync::atomic::AtomicUsize,
+    pub(crate) idle: tokio::sync::Notify,
+}
+
+/// Counters of a receiver.
+#[derive(Debug, Default)]
+pub struct ReceiverStats {
+    /// Connections refused at the TLS handshake or for an unknown sender.
+    pub refused_peers: std::sync::atomic::AtomicU64,
+    /// Requests refused because the sender is not allowed the VM.
+    pub unauthorized: std::sync::atomic::AtomicU64,
+    /// Extents refused for a BLAKE3 mismatch.
+    pub hash_mismatches: std::sync::atomic::AtomicU64,
+    /// Bytes written to replicas.
+    pub written: std::sync::atomic::AtomicU64,
+}
+
+impl Receiver {
+    /// A receiver over `store`.
+    pub fn new(store: Arc<dyn ReplicaStore>, allow: Authorizations) -> Arc<Self> {
+        Arc::new(Receiver {
+            store,
+            allow,
+            stats: Arc::new(ReceiverStats::default()),
+            active: std::sync::atomic::AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ReceiverStats {
+        &self.stats
+    }
+
+    /// Accepts connections on `endpoint` until it is closed.
+    pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
+        while let Some(incoming) = endpoint.accept().await {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match incoming.await {
+                    Ok(conn) => {
+                        me.active.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                        me.clone().handle_connection(conn).await;
+                        me.active.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                        me.idle.notify_waiters();
+                    }
+                    Err(e) => {
+                        me.stats
+                            .refused_peers
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        warn!(peer = %remote, error = %e, "refused connection: handshake failed");
+                    }
+                }
+            });
+        }
+    }
+
+    async fn handle_connection(self: Arc<Self>, conn: quinn::Connection) {
+        let remote = conn.remote_address();
+        let name = match crate::tls::identity::peer_identity(&conn) {
+            Ok(id) => id.name,
+            Err(e) => {
+                self.stats
+                    .refused_peers
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(peer = %remote, error = %e, "refused connection: no usable client certificate");
+                conn.close(1u32.into(), b"no usable client certificate");
+                return;
+            }
+        };
+        if !self.allow.knows(&name) {
+            self.stats
+                .refused_peers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!(peer = %remote, sender = %name, "refused connection: sender is not in --allow");
+            conn.close(
+                2u32.into(),
+                format!("sender {name} is not authorised on this receiver").as_bytes(),
+            );
+            return;
+        }
+        info!(peer = %remote, sender = %name, "sender connected");
+        let conn_state = Arc::new(control::ConnState::new(name.clone()));
+        loop {
+            let (send, recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(e) => {
+                    info!(peer = %remote, sender = %name, reason = %e, "sender disconnected");
+                    break;
+                }
+            };
+            let me = self.clone();
+            let st = conn_state.clone();
+            tokio::spawn(async move { me.handle_stream(st, send, recv).await });
+        }
+        conn_state.shutdown().await;
+    }
+}
+
+/// Builds the endpoint and serves until the process is told to stop.
+pub async fn run(cfg: ReceiverConfig, store: Arc<dyn ReplicaStore>) -> anyhow::Result<()> {
+    let server = crate::tls::config::receiver_quic(&crate::tls::config::ReceiverFiles::in_dir(&cfg.tls))?;
+    let endpoint = crate::transport::server_endpoint(cfg.listen, server)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let local = endpoint.local_addr()?;
+    info!(listen = %local, store = %store.describe(), "receiver ready");
+    // Tests and scripts read this line to learn the bound port.
+    println!("listening on {local}");
+    let rx = Receiver::new(store, cfg.allow);
+    let serve = tokio::spawn(rx.clone().serve(endpoint.clone()));
+    crate::signals::shutdown().await;
+    info!("shutting down: closing connections");
+    endpoint.close(0u32.into(), b"receiver shutting down");
+    serve.abort();
+    rx.drain().await;
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! The sender: opens the source disks, connects to the receiver over one QUIC connection and
+//! replicates each VM's disks (one after another, several streams each; VMs in parallel),
+//! reconnecting and resuming on recoverable errors until `give_up_after`.
+
+mod control;
+mod disk;
+mod error;
+mod progress;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+pub use control::ControlStream;
+pub use disk::{DiskJob, DiskOutcome};
+pub use error::SendError;
+pub use progress::Summary;
+
+use crate::disk::{self as vdisk, OpenOptions};
+use crate::pipeline::{AdaptiveLevel, Stats};
+
+/// One VM and its disks.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// VM name (the receiver authorises senders per VM).
+    pub name: String,
+    /// Disk image paths, replicated in this order.
+    pub disks: Vec<PathBuf>,
+}
+
+/// How to send.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// Receiver address, `HOST:PORT`.
+    pub to: String,
+    /// Name checked against the receiver's certificate (default: the host in `to`).
+    pub server_name: Option<String>,
+    /// Folder with `ca.pem` and `IDENTITY.pem`/`.key`.
+    pub tls: PathBuf,
+    /// This sender's name (its certificate).
+    pub identity: String,
+    /// Parallel streams per disk (upload threads per VM), 1..=32.
+    pub threads: usize,
+    /// zstd level (0 = off).
+    pub level: i32,
+    /// Let the level follow the link.
+    pub adaptive: bool,
+    /// Largest extent read at once.
+    pub chunk: u32,
+    /// Keep retrying recoverable errors this long, then exit 75.
+    pub give_up_after: Duration,
+    /// Show progress bars (when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        SendOptions {
+            to: String::new(),
+            server_name: None,
+            tls: PathBuf::new(),
+            identity: String::new(),
+            threads: 4,
+            level: 1,
+            adaptive: true,
+            chunk: 1 << 20,
+            give_up_after: Duration::from_secs(600),
+            progress: true,
+        }
+    }
+}
+
+/// Names disks by their file stem; a stem used twice in one VM gets `-2`, `-3`, … in the
+/// order the disks were given, so names are stable across runs with the same command line.
+pub fn disk_names(disks: &[PathBuf]) -> Vec<String> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut used: HashSet<String> = HashSet::new();
+    disks
+        .iter()
+        .map(|p| {
+            let stem: String = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "disk".into())
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let stem = stem.trim_start_matches('.').to_string();
+            let stem = if stem.is_empty() { "disk".into() } else { stem };
+            let n = seen.entry(stem.clone()).or_insert(0);
+            *n += 1;
+            let mut name = if *n == 1 {
+                stem.clone()
+            } else {
+                format!("{stem}-{n}")
+            };
+            while !used.insert(name.clone()) {
+                *n += 1;
+                name = format!("{stem}-{n}");
+            }
+            name
+        })
+        .collect()
+}
+
+fn resolve(to: &str) -> Result<(SocketAddr, String), SendError> {
+    let addr = to
+        .to_socket_addrs()
+        .map_err(|e| SendError::Resolve(format!("{to}: {e}")))?
+        .next()
+        .ok_or_else(|| SendError::Resolve(to.to_string()))?;
+    let host = to
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(to)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok((addr, host))
+}
+
+/// Fast reconnect delays: a restarted receiver is found again within seconds.
+const FAST_RETRY: [u64; 6] = [200, 500, 1000, 2000, 3000, 5000];
+
+/// Replicates every disk of `vms` (initial replication) and returns the summary.
+pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendError> {
+    let started = Instant::now();
+    // Prerequisites: every disk opens, its format is supported, it has 512-byte sectors.
+    let mut jobs: Vec<Vec<DiskJob>> = Vec::new();
+    for vm in vms {
+        let names = disk_names(&vm.disks);
+        let mut v = Vec::new();
+        for (p, name) in vm.disks.iter().zip(names) {
+            let d = vdisk::open(p, OpenOptions::default())?;
+            v.push(DiskJob {
+                vm: vm.name.clone(),
+                name,
+                disk: Arc::from(d),
+            });
+        }
+        jobs.push(v);
+    }
+    let total: u64 = jobs
+        .iter()
+        .flatten()
+        .map(|j| j.disk.info().virtual_size)
+        .sum();
+    let stats = Arc::new(Stats::default());
+    let level = Arc::new(AdaptiveLevel::new(opts.level, opts.adaptive));
+    let (addr, host) = resolve(&opts.to)?;
+    let server_name = opts.server_name.clone().unwrap_or(host);
+    let client = crate::tls::config::sender_quic(&crate::tls::config::SenderFiles::in_dir(
+        &opts.tls,
+        &opts.identity,
+    ))?;
+    let endpoint = crate::transport::client_endpoint(addr, client)
+        .map_err(|e| SendError::Internal(format!("cannot bind a UDP socket: {e}")))?;
+    let peer = opts.to.clone();
+    let bar = progress::Progress::new(opts.progress, total, stats.clone());
+    let done: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Default::default();
+    let deadline = Instant::now() + opts.give_up_after;
+    let mut attempt = 0usize;
+    loop {
+        let res = attempt_once(&endpoint, addr, &server_name, &peer, &jobs, opts, &stats, &level, &done).await;
+        match res {
+            Ok(()) => break,
+            Err(e) if e.is_recoverable() && Instant::now() < deadline => {
+                let delay = Duration::from_millis(FAST_RETRY[attempt.min(FAST_RETRY.len() - 1)]);
+                attempt += 1;
+                stats.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(error = %e, class = e.class(), retry_in_ms = delay.as_millis() as u64,
+                      "recoverable error; reconnecting and resuming");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => {
+                bar.finish();
+                endpoint.close(0u32.into(), b"sender giving up");
+                return Err(e);
+            }
+        }
+    }
+    bar.finish();
+    endpoint.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    let summary = Summary::from_stats(&stats, total, started.elapsed());
+    info!("{}", summary.one_line());
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempt_once(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+    peer: &str,
+    jobs: &[Vec<DiskJob>],
+    opts: &SendOptions,
+    stats: &Arc<Stats>,
+    level: &Arc<AdaptiveLevel>,
+    done: &Arc<std::sync::Mutex<HashSet<(String, String)>>>,
+) -> Result<(), SendError> {
+    let connecting = endpoint
+        .connect(addr, server_name)
+        .map_err(|e| SendError::Connect {
+            peer: peer.to_string(),
+            source: e,
+        })?;
+    let conn = connecting.await.map_err(|e| SendError::Connection {
+        peer: peer.to_string(),
+        source: e,
+    })?;
+    info!(receiver = %peer, "connected");
+    let mut vms = tokio::task::JoinSet::new();
+    for vm_jobs in jobs {
+        let conn = conn.clone();
+        let jobs: Vec<(String, String, Arc<dyn crate::disk::VirtualDisk>)> = vm_jobs
+            .iter()
+            .map(|j| (j.vm.clone(), j.name.clone(), j.disk.clone()))
+            .collect();
+        let opts = opts.clone();
+        let stats = stats.clone();
+        let level = level.clone();
+        let done = done.clone();
+        let peer = peer.to_string();
+        vms.spawn(async move {
+            let mut ctrl = ControlStream::open(&conn, &peer).await?;
+            for (vm, name, disk) in jobs {
+                let key = (vm.clone(), name.clone());
+                if done.lock().map(|d| d.contains(&key)).unwrap_or(false) {
+                    continue;
+                }
+                let job = DiskJob { vm, name, disk };
+                let t0 = Instant::now();
+                let out = disk::replicate(&conn, &mut ctrl, &job, &opts, &stats, &level, &peer).await?;
+                info!(vm = %job.vm, disk = %job.name, resumed_bytes = out.resumed,
+                      seconds = t0.elapsed().as_secs_f64(), "disk committed at the receiver");
+                if let Ok(mut d) = done.lock() {
+                    d.insert(key);
+                }
+            }
+            ctrl.finish();
+            Ok::<(), SendError>(())
+        });
+    }
+    let mut first_err = None;
+    while let Some(r) = vms.join_next().await {
+        let r = r.unwrap_or_else(|e| Err(SendError::Internal(format!("VM task: {e}"))));
+        if let Err(e) = r {
+            if first_err.is_none() {
+                first_err = Some(e);
+                vms.abort_all();
+            }
+        }
+    }
+    match first_err {
+        Some(e) => {
+            conn.close(0u32.into(), b"sender error");
+            Err(e)
+        }
+        None => {
+            conn.close(0u32.into(), b"done");
+            Ok(())
+        }
+    }
+}
+
+/// The default state folder name beside a path, for tools that need one.
+pub fn default_state_dir(base: &Path) -> PathBuf {
+    base.join(".vdrep")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clashing_stems_get_numbered_in_command_line_order() {
+        let v: Vec<PathBuf> = ["/a/os.vhdx", "/b/os.vhd", "/c/data.raw", "/d/os.vhdx", "/e/os-2.vhd"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(disk_names(&v), vec!["os", "os-2", "data", "os-3", "os-2-2"]);
+    }
+}

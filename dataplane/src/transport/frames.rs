@@ -1,0 +1,68 @@
+//! Reading and writing whole frames on quinn streams, with limits checked before buffering.
+
+use bytes::Bytes;
+use vdrep_proto::wire::{FrameHeader, FRAME_HEADER_LEN};
+use vdrep_proto::FormatError;
+
+/// Failure to read or write a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The stream ended cleanly before a frame started.
+    #[error("stream ended")]
+    End,
+    /// The stream ended or broke inside a frame.
+    #[error("stream read failed: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    /// Writing failed.
+    #[error("stream write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The peer sent something malformed.
+    #[error("malformed frame from peer: {0}")]
+    Malformed(#[from] FormatError),
+}
+
+impl FrameError {
+    /// Connection-level faults are worth a reconnect; malformed frames are not.
+    pub fn is_recoverable(&self) -> bool {
+        !matches!(self, FrameError::Malformed(_))
+    }
+}
+
+/// Reads one frame: `(kind, body)`. A clean end of stream before the header is
+/// [`FrameError::End`]. Bodies longer than `max_body` are refused before any allocation.
+pub async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    max_body: u32,
+) -> Result<(u8, Bytes), FrameError> {
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    // Distinguish a clean end (no byte of a new frame) from a torn frame.
+    match recv.read(&mut h[..1]).await {
+        Ok(Some(1)) => {}
+        Ok(None) => return Err(FrameError::End),
+        Ok(Some(_)) => return Err(FrameError::End),
+        Err(e) => return Err(FrameError::Read(quinn::ReadExactError::ReadError(e))),
+    }
+    recv.read_exact(&mut h[1..]).await?;
+    let hdr = FrameHeader::decode(&h);
+    if hdr.len > max_body {
+        return Err(FrameError::Malformed(FormatError::new(
+            "frame header",
+            1,
+            format!(
+                "frame type {} with a body of {} bytes exceeds the limit of {max_body}",
+                hdr.kind, hdr.len
+            ),
+        )));
+    }
+    // Receive side: the one copy of a payload, from QUIC's packet buffers into one
+    // contiguous buffer that the decompressor and hasher read.
+    let mut body = vec![0u8; hdr.len as usize];
+    recv.read_exact(&mut body).await?;
+    Ok((hdr.kind, Bytes::from(body)))
+}
+
+/// Writes an encoded frame.
+pub async fn write_frame(send: &mut quinn::SendStream, frame: &[u8]) -> Result<(), FrameError> {
+    send.write_all(frame).await?;
+    Ok(())
+}
