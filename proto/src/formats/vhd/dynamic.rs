@@ -269,7 +269,7 @@ pub fn encode_locator_path(path: &str) -> Vec<u8> {
 }
 
 fn decode_utf16(buf: &[u8], unit: fn([u8; 2]) -> u16) -> Result<String, String> {
-    if buf.len() % 2 != 0 {
+    if !buf.len().is_multiple_of(2) {
         return Err(format!("odd length {} for UTF-16 text", buf.len()));
     }
     let mut units: Vec<u16> = buf.chunks_exact(2).map(|c| unit([c[0], c[1]])).collect();
