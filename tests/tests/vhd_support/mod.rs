@@ -87,7 +87,7 @@ impl Fixture {
     /// Stores `data` at virtual offset `voff` (whole sectors), allocating blocks and setting
     /// their bitmap bits.
     pub fn write(&mut self, voff: u64, data: &[u8]) {
-        assert!(voff % 512 == 0 && data.len() % 512 == 0);
+        assert!(voff.is_multiple_of(512) && data.len().is_multiple_of(512));
         let bm_len = (self.block / 512).div_ceil(8).div_ceil(512) as usize * 512;
         for (k, sector) in data.chunks(512).enumerate() {
             let v = voff + 512 * k as u64;
