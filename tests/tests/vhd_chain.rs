@@ -342,3 +342,38 @@ fn random_damage_never_panics_and_exits_cleanly() {
         assert!(matches!(out.status.code(), Some(0) | Some(1)), "{err}");
     }
 }
+
+#[test]
+fn a_child_larger_than_its_parent_reads_zeros_past_the_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, mut model) = parent(dir.path());
+    let mut c = Fixture::differencing(6 * MIB, MIB, 0xC5, &base);
+    c.write(5 * MIB, &[0x99; 1024]);
+    let child = dir.path().join("grown.vhd");
+    c.build().save(&child);
+    model.resize(6 * MIB as usize, 0);
+    model[5 * MIB as usize..5 * MIB as usize + 1024].fill(0x99);
+    assert!(cat(&child) == model);
+    assert_eq!(inspect_json(&child)["virtual_size"], 6 * MIB);
+}
+
+#[test]
+fn a_child_over_a_qemu_written_parent_overrides_single_sectors() {
+    require_qemu();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("qbase.vhd");
+    qemu_img_create(&base, "vpc", "subformat=dynamic", "8M");
+    qemu_io_write(&base, "vhd", 0x42, 1000, 3 * MIB);
+    let qraw = dir.path().join("q.raw");
+    qemu_to_raw(&base, "vhd", &qraw);
+    let mut model = std::fs::read(&qraw).unwrap();
+    let size = model.len() as u64;
+    let mut c = Fixture::differencing(size, 2 * MIB, 0xC6, &base);
+    for off in [512u64, 2 * MIB - 512, 2 * MIB, size - 512] {
+        c.write(off, &[0xEE; 512]);
+        model[off as usize..off as usize + 512].fill(0xEE);
+    }
+    let child = dir.path().join("qchild.vhd");
+    c.build().save(&child);
+    assert!(cat(&child) == model, "child over qemu parent differs");
+}

@@ -320,3 +320,24 @@ pub(super) fn parent_candidates(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_block_spans_only_the_part_inside_the_virtual_size() {
+        let bat = [4u32, BAT_ABSENT, 9000];
+        let mib = 1u64 << 20;
+        assert_eq!(
+            block_span(&bat, 0, mib, 2 * mib + 512),
+            Some((2048, 2048 + 512 + mib))
+        );
+        assert_eq!(block_span(&bat, 1, mib, 2 * mib + 512), None);
+        assert_eq!(
+            block_span(&bat, 2, mib, 2 * mib + 512),
+            Some((9000 * 512, 9000 * 512 + 512 + 512))
+        );
+        assert_eq!(block_span(&bat, 3, mib, 2 * mib + 512), None);
+    }
+}

@@ -168,3 +168,29 @@ impl VirtualDisk for ParentView {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::raw::RawDisk;
+
+    #[test]
+    fn a_parent_smaller_than_its_child_reads_zeros_and_has_no_extents_past_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.raw");
+        std::fs::write(&p, vec![7u8; 4096]).unwrap();
+        let inner = Box::new(RawDisk::new(crate::io::open(&p).unwrap()).unwrap());
+        let mut info = inner.info().clone();
+        info.virtual_size = 8192;
+        let view = ParentView { inner, info };
+        let mut buf = vec![1u8; 2048];
+        view.read_into(3072, &mut buf).unwrap();
+        assert_eq!(&buf[..1024], &[7u8; 1024][..]);
+        assert_eq!(&buf[1024..], &[0u8; 1024][..]);
+        view.read_into(5000, &mut buf[..100]).unwrap();
+        assert_eq!(&buf[..100], &[0u8; 100][..]);
+        let ext = view.extents_in(0, 8192).unwrap();
+        assert_eq!(ext.iter().map(|e| e.end()).max(), Some(4096));
+        assert!(view.extents_in(4096, 8192).unwrap().is_empty());
+    }
+}
