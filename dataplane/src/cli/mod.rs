@@ -92,7 +92,7 @@ pub fn main() -> i32 {
     match res {
         Ok(()) => EXIT_OK,
         Err(e) => {
-            eprintln!("vdrep: error: {:#}", e.error);
+            eprintln!("vdrep: error: {}", one_line(&e.error));
             if e.usage {
                 EXIT_USAGE
             } else if e.recoverable {
@@ -111,6 +111,24 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .worker_threads(2)
         .enable_all()
         .build()?)
+}
+
+/// The error and its causes on one line. Disk errors already print their cause inside their
+/// own message (`file: structure at offset N: problem`), so a cause whose text is already
+/// shown is not repeated (anyhow's `{:#}` would print it twice).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
 }
 
 fn init_logging() {
