@@ -113,7 +113,7 @@ impl LogHeader {
             ));
         }
         let m = self.metadata_size;
-        if m < 512 || m % 512 != 0 || m > 16 << 20 {
+        if m < 512 || m & 511 != 0 || m > 16 << 20 {
             return Err((56, Defect::BadMetadataSize(m)));
         }
         if self.error_code != 0 {

@@ -155,7 +155,7 @@ impl MetadataEntry {
         if self.data_length == 0 {
             return Err((12, Defect::ZeroLength { slot }));
         }
-        if self.data_length % 512 != 0 {
+        if self.data_length & 511 != 0 {
             return Err((
                 12,
                 Defect::UnalignedLength {
