@@ -306,3 +306,38 @@ fn header_written_by_the_writer_decodes_with_the_proto_decoder() {
     assert_eq!(h.total_metadata_entries, 1);
     assert_eq!(&h.creator_application[..2], b"ct");
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn mutated_logs_never_panic_the_reader_or_the_scan(
+            flips in proptest::collection::vec((0usize..20_000, any::<u8>()), 1..6),
+            closed in any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("m.hrl");
+            let mut w = HrlWriter::create(&p, &WriterOptions::new(gid(1), gid(0), 1 << 30, now())).unwrap();
+            w.append(&[(0, data(1024, 1)), (512, data(512, 2))], now()).unwrap();
+            w.append(&[(4096, data(2048, 3))], now()).unwrap();
+            if closed {
+                w.close(now()).unwrap();
+            } else {
+                drop(w);
+            }
+            let mut raw = std::fs::read(&p).unwrap();
+            let n = raw.len();
+            for (at, v) in flips {
+                raw[at % n] = v;
+            }
+            std::fs::write(&p, &raw).unwrap();
+            let _ = HrlLog::open(&p, &ReadOptions::default());
+            if let Ok(s) = scan_valid_prefix(&p, &ReadOptions::default()) {
+                let _ = coalesce_log(&s.log);
+            }
+        }
+    }
+}
