@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::CliError;
 use crate::disk::{self, OpenOptions};
+use crate::hrl;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -17,9 +18,63 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
-    let v = inspect_disk(&a.path)?;
+    let v = if is_hrl(&a.path)? {
+        inspect_hrl(&a.path)?
+    } else {
+        inspect_disk(&a.path)?
+    };
     print(&v, a.json);
     Ok(())
+}
+
+/// Formats are detected by content: an HRL log starts with the cookie "msctlog".
+fn is_hrl(path: &std::path::Path) -> Result<bool, CliError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot open: {e}", path.display()))?;
+    let mut head = [0u8; 8];
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(anyhow::anyhow!("{}: read failed: {e}", path.display()).into()),
+        }
+    }
+    Ok(hrl::has_hrl_cookie(&head[..n]))
+}
+
+/// Describes a log. A closed log is verified completely (any defect is an error); an
+/// unclosed one (`EOLLocation` 0) is shown as far as it is valid, with `closed: false`, so
+/// an operator can see what a crashed tracker left behind.
+fn inspect_hrl(path: &std::path::Path) -> Result<serde_json::Value, CliError> {
+    let s = hrl::scan_valid_prefix(path, &hrl::ReadOptions::default())?;
+    let h = s.log.header();
+    let version = match h.version {
+        vdrep_proto::formats::hrl::VERSION_1 => "1.0",
+        _ => "2.0",
+    };
+    let extents = hrl::coalesce_log(&s.log);
+    Ok(json!({
+        "path": path,
+        "format": "hrl",
+        "version": version,
+        "unique_id": h.unique_id.to_string(),
+        "previous_unique_id": h.previous_unique_id.to_string(),
+        "vhd2_data_write_guid": h.vhd2_data_write_guid.map(|g| g.to_string()),
+        "closed": s.closed,
+        "eol_location": h.eol_location,
+        "valid_end": s.log.valid_end(),
+        "trailing_bytes": s.trailing_bytes,
+        "metadata_size": h.metadata_size,
+        "disk_size": h.current_size,
+        "timestamp": h.timestamp,
+        "last_modified_timestamp": h.last_modified_timestamp,
+        "entries": s.log.entries().len(),
+        "data_bytes": s.log.data_bytes(),
+        "extents": extents,
+    }))
 }
 
 fn inspect_disk(path: &std::path::Path) -> Result<serde_json::Value, CliError> {

@@ -62,6 +62,11 @@ impl<E: Into<anyhow::Error>> From<E> for CliError {
         let recoverable = error
             .downcast_ref::<crate::disk::DiskError>()
             .map(|d| d.is_recoverable())
+            .or_else(|| {
+                error
+                    .downcast_ref::<crate::hrl::HrlError>()
+                    .map(|h| h.is_recoverable())
+            })
             .unwrap_or(false);
         CliError {
             error,
