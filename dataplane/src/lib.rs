@@ -5,6 +5,7 @@
 //! - [`disk`]: virtual-disk readers for raw, VHD and VHDX images and differencing chains,
 //!   built on the sans-IO structures of `vdrep-proto`.
 //! - [`hrl`]: Hyper-V Replica Log reader, writer, chains and coalescing.
+//! - [`tls`]: certificates and the mutual-TLS configuration of the QUIC transport.
 //! - [`cli`]: the `vdrep` command line.
 
 pub mod cli;
@@ -12,3 +13,4 @@ pub mod disk;
 pub mod hrl;
 pub mod io;
 pub mod layout;
+pub mod tls;
