@@ -30,8 +30,10 @@ pub const CA_VALIDITY_DAYS: u32 = 3650;
 pub const RECEIVER_DEFAULT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 /// Subject CN of the receiver's certificate (clients check SANs, never this).
 pub const RECEIVER_CN: &str = "vdrep receiver";
-/// Subject CN of a CA made by `init`.
-pub const CA_CN: &str = "vdrep CA";
+/// Subject CN of a CA made by `init`, followed by a random tag: two CAs must never share a
+/// subject, or a certificate from one would be checked against the other's key and refused
+/// as "BadSignature" instead of the clearer "UnknownIssuer".
+pub const CA_CN_PREFIX: &str = "vdrep CA";
 
 /// Backdating of `not_before`, so a peer whose clock runs a little behind accepts a fresh
 /// certificate.
@@ -115,7 +117,12 @@ impl Ca {
     /// Returns the CA and its certificate and key in PEM.
     pub fn generate(validity: Validity) -> Result<(Ca, String, String), TlsError> {
         let key = new_key("CA key")?;
-        let mut params = base_params(CA_CN, validity);
+        let tag: [u8; 4] = rand::random();
+        let cn = format!(
+            "{CA_CN_PREFIX} {}",
+            tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let mut params = base_params(&cn, validity);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,

@@ -114,7 +114,7 @@ fn init_certificates_have_the_specified_names_and_usages() {
 
     let ca = parse(&files::ca_cert(d.path()));
     assert!(ca.is_ca);
-    assert_eq!(ca.cn, CA_CN);
+    assert!(ca.cn.starts_with("vdrep CA "), "{}", ca.cn);
 
     let r = parse(&files::receiver_cert(d.path()));
     assert!(!r.is_ca && r.server_auth && !r.client_auth);
@@ -134,7 +134,7 @@ fn init_certificates_have_the_specified_names_and_usages() {
     assert_eq!(s.dns, ["hv01"]);
     assert!(s.ips.is_empty());
     assert!(!s.is_ca && s.client_auth && !s.server_auth);
-    assert_eq!(s.issuer, format!("CN={CA_CN}"));
+    assert_eq!(s.issuer, format!("CN={}", ca.cn));
     assert!(signed_by_ca(
         d.path(),
         &files::sender_cert(d.path(), "hv01")
