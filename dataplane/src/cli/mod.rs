@@ -3,6 +3,7 @@
 //! peer, the offset and the problem.
 
 mod cat;
+mod certs;
 mod convert;
 mod inspect;
 
@@ -36,6 +37,8 @@ enum Command {
     Convert(convert::Args),
     /// Print the virtual disk's bytes (or a range of them).
     Cat(cat::Args),
+    /// Create and add the certificates of mutual TLS between senders and the receiver.
+    Certs(certs::Args),
 }
 
 /// An error at the binary's edge, with the exit code it maps to.
@@ -73,6 +76,7 @@ pub fn main() -> i32 {
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Cat(a) => cat::run(a),
+        Command::Certs(a) => certs::run(a),
     };
     match res {
         Ok(()) => EXIT_OK,
