@@ -5,6 +5,7 @@
 //! - [`disk`]: virtual-disk readers for raw, VHD and VHDX images and differencing chains,
 //!   built on the sans-IO structures of `vdrep-proto`.
 //! - [`hrl`]: Hyper-V Replica Log reader, writer, chains and coalescing.
+//! - [`tls`]: certificates and the mutual-TLS configuration of the QUIC transport.
 //! - [`cli`]: the `vdrep` command line.
 
 pub mod cli;
@@ -17,3 +18,4 @@ pub mod receiver;
 pub mod sender;
 pub mod signals;
 pub mod transport;
+pub mod tls;

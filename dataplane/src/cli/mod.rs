@@ -4,6 +4,7 @@
 
 mod cat;
 mod config;
+mod certs;
 mod convert;
 mod receive;
 mod send;
@@ -43,6 +44,8 @@ enum Command {
     Send(send::Args),
     /// Run a receiver that writes replicas into a store.
     Receive(receive::Args),
+    /// Create and add the certificates of mutual TLS between senders and the receiver.
+    Certs(certs::Args),
 }
 
 /// An error at the binary's edge, with the exit code it maps to.
@@ -93,6 +96,7 @@ pub fn main() -> i32 {
         Command::Cat(a) => cat::run(a),
         Command::Send(a) => send::run(a),
         Command::Receive(a) => receive::run(a),
+        Command::Certs(a) => certs::run(a),
     };
     match res {
         Ok(()) => EXIT_OK,

@@ -1,0 +1,81 @@
+//! `vdrep certs init DIR --sender NAME... [--host H]... [--days N] [--force]` and
+//! `vdrep certs add-sender DIR NAME [--days N] [--force]`: the certificates of mutual TLS
+//! between senders and the receiver (layout and rules in `crate::tls`).
+
+use std::path::{Path, PathBuf};
+
+use super::CliError;
+use crate::tls::certs::{self, DEFAULT_VALIDITY_DAYS};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Create a CA, the receiver's certificate and one certificate per sender in DIR.
+    Init(InitArgs),
+    /// Issue a certificate for one more sender with the CA already in DIR.
+    AddSender(AddSenderArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct InitArgs {
+    /// Directory to write into (created if missing).
+    dir: PathBuf,
+    /// A sender's name (its certificate's CN and DNS name); repeat for each sender.
+    #[arg(long = "sender", value_name = "NAME", required = true)]
+    senders: Vec<String>,
+    /// A DNS name or IP address the receiver is reached by (besides localhost, 127.0.0.1 and
+    /// ::1); repeat for each.
+    #[arg(long = "host", value_name = "H")]
+    hosts: Vec<String>,
+    /// Validity of the receiver's and senders' certificates, in days.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_VALIDITY_DAYS,
+          value_parser = clap::value_parser!(u32).range(1..=36500))]
+    days: u32,
+    /// Replace an existing CA (every certificate it signed stops being accepted).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct AddSenderArgs {
+    /// Directory holding ca.pem and ca.key.
+    dir: PathBuf,
+    /// The new sender's name.
+    name: String,
+    /// Validity of the certificate, in days (never beyond the CA's).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_VALIDITY_DAYS,
+          value_parser = clap::value_parser!(u32).range(1..=36500))]
+    days: u32,
+    /// Replace this sender's existing certificate and key (renewal).
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(a: Args) -> Result<(), CliError> {
+    let written = match a.command {
+        Command::Init(i) => certs::init(&i.dir, &i.senders, &i.hosts, i.days, i.force)?,
+        Command::AddSender(s) => certs::add_sender(&s.dir, &s.name, s.days, s.force)?,
+    };
+    print_written(&written);
+    Ok(())
+}
+
+fn print_written(files: &[PathBuf]) {
+    for f in files {
+        println!("wrote {}", f.display());
+    }
+    if files.iter().any(|f| is_ca_key(f)) {
+        println!(
+            "keep ca.key off the replicating machines: only `vdrep certs add-sender` needs it"
+        );
+    }
+}
+
+fn is_ca_key(f: &Path) -> bool {
+    f.file_name().is_some_and(|n| n == "ca.key")
+}

@@ -1,0 +1,254 @@
+//! `vdrep certs init` and `vdrep certs add-sender`, checked with OpenSSL: the files exist with
+//! the right modes, names and usages, chain to the CA, and an existing CA is never replaced
+//! by accident.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use vdrep_tests::{require_tool, run, vdrep, vdrep_ok};
+
+fn require_openssl() {
+    require_tool("openssl", "apt-get install openssl");
+}
+
+/// `openssl x509 -noout -text` of a PEM file.
+fn x509_text(file: &Path) -> String {
+    let out = run(Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(file));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The line after `header` in `openssl x509 -text` output (e.g. the SAN list).
+fn field_after(text: &str, header: &str) -> String {
+    let mut lines = text.lines();
+    lines
+        .by_ref()
+        .find(|l| l.trim_start().starts_with(header))
+        .unwrap_or_else(|| panic!("no {header} in:\n{text}"));
+    lines.next().unwrap().trim().to_string()
+}
+
+/// `openssl verify -CAfile ca.pem -purpose P FILE` succeeds.
+fn verifies(dir: &Path, purpose: &str, file: &str) -> bool {
+    Command::new("openssl")
+        .args(["verify", "-purpose", purpose, "-CAfile"])
+        .arg(dir.join("ca.pem"))
+        .arg(dir.join(file))
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn mode(file: &Path) -> u32 {
+    fs::metadata(file).unwrap().permissions().mode() & 0o777
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn init_writes_a_ca_a_receiver_and_each_sender_with_the_specified_names() {
+    require_openssl();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("etc/vdrep/certs");
+    let out = vdrep_ok(&[
+        "certs",
+        "init",
+        s(&dir),
+        "--sender",
+        "hv01",
+        "--sender",
+        "hv02.lab",
+        "--host",
+        "repl.example",
+        "--host",
+        "10.9.8.7",
+        "--days",
+        "40",
+    ]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("ca.key"), "{stdout}");
+
+    for (f, m) in [
+        ("ca.pem", 0o644),
+        ("ca.key", 0o600),
+        ("receiver.pem", 0o644),
+        ("receiver.key", 0o600),
+        ("hv01.pem", 0o644),
+        ("hv01.key", 0o600),
+        ("hv02.lab.pem", 0o644),
+        ("hv02.lab.key", 0o600),
+    ] {
+        assert_eq!(mode(&dir.join(f)), m, "{f}");
+    }
+
+    let ca = x509_text(&dir.join("ca.pem"));
+    assert!(ca.contains("CA:TRUE"), "{ca}");
+
+    let r = x509_text(&dir.join("receiver.pem"));
+    assert_eq!(
+        field_after(&r, "X509v3 Subject Alternative Name"),
+        "DNS:localhost, IP Address:127.0.0.1, IP Address:0:0:0:0:0:0:0:1, DNS:repl.example, IP Address:10.9.8.7"
+    );
+    assert_eq!(
+        field_after(&r, "X509v3 Extended Key Usage"),
+        "TLS Web Server Authentication"
+    );
+    assert!(verifies(&dir, "sslserver", "receiver.pem"));
+
+    for name in ["hv01", "hv02.lab"] {
+        let c = x509_text(&dir.join(format!("{name}.pem")));
+        assert!(c.contains(&format!("Subject: CN = {name}\n")), "{c}");
+        assert_eq!(
+            field_after(&c, "X509v3 Subject Alternative Name"),
+            format!("DNS:{name}")
+        );
+        assert_eq!(
+            field_after(&c, "X509v3 Extended Key Usage"),
+            "TLS Web Client Authentication"
+        );
+        assert!(verifies(&dir, "sslclient", &format!("{name}.pem")));
+        // A sender certificate cannot impersonate the receiver.
+        assert!(!verifies(&dir, "sslserver", &format!("{name}.pem")));
+    }
+
+    // --days 40: valid for 40 days from now, give or take the test's run time.
+    let out = run(Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-checkend",
+            &(39 * 86_400).to_string(),
+            "-in",
+        ])
+        .arg(dir.join("hv01.pem")));
+    assert!(out.status.success());
+    let expires_by_41_days = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-checkend",
+            &(41 * 86_400).to_string(),
+            "-in",
+        ])
+        .arg(dir.join("hv01.pem"))
+        .output()
+        .unwrap();
+    assert!(!expires_by_41_days.status.success());
+}
+
+#[test]
+fn add_sender_issues_with_the_existing_ca_without_replacing_it() {
+    require_openssl();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    vdrep_ok(&["certs", "init", s(dir), "--sender", "hv01"]);
+    let ca_before = fs::read(dir.join("ca.pem")).unwrap();
+    let key_before = fs::read(dir.join("ca.key")).unwrap();
+
+    vdrep_ok(&["certs", "add-sender", s(dir), "hv-new"]);
+    assert_eq!(fs::read(dir.join("ca.pem")).unwrap(), ca_before);
+    assert_eq!(fs::read(dir.join("ca.key")).unwrap(), key_before);
+    assert_eq!(mode(&dir.join("hv-new.key")), 0o600);
+    let c = x509_text(&dir.join("hv-new.pem"));
+    assert!(c.contains("Subject: CN = hv-new\n"), "{c}");
+    assert!(verifies(dir, "sslclient", "hv-new.pem"));
+    assert!(
+        verifies(dir, "sslclient", "hv01.pem"),
+        "older senders stay valid"
+    );
+
+    // An existing sender is renewed only on request.
+    let out = vdrep(&["certs", "add-sender", s(dir), "hv01"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hv01.pem: already exists"));
+    vdrep_ok(&["certs", "add-sender", s(dir), "hv01", "--force"]);
+    assert!(verifies(dir, "sslclient", "hv01.pem"));
+}
+
+#[test]
+fn init_twice_refuses_to_replace_the_ca_unless_forced() {
+    require_openssl();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    vdrep_ok(&["certs", "init", s(dir), "--sender", "hv01"]);
+    let ca_before = fs::read(dir.join("ca.pem")).unwrap();
+
+    let out = vdrep(&["certs", "init", s(dir), "--sender", "hv01"]);
+    assert_eq!(out.status.code(), Some(1), "non-recoverable error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ca.pem: already exists") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(fs::read(dir.join("ca.pem")).unwrap(), ca_before);
+
+    vdrep_ok(&["certs", "init", s(dir), "--sender", "hv01", "--force"]);
+    assert_ne!(fs::read(dir.join("ca.pem")).unwrap(), ca_before);
+    assert!(verifies(dir, "sslclient", "hv01.pem"));
+}
+
+#[test]
+fn bad_sender_names_and_missing_senders_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("c");
+    for (args, code, msg) in [
+        (vec!["--sender", "../etc"], 1, "only letters, digits"),
+        (vec!["--sender", "receiver"], 1, "reserved"),
+        (vec![], 2, "--sender"),
+    ] {
+        let mut all = vec!["certs", "init", s(&dir)];
+        all.extend(args);
+        let out = vdrep(&all);
+        assert_eq!(out.status.code(), Some(code), "{all:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(msg),
+            "{all:?}"
+        );
+        assert!(!dir.exists(), "nothing written for {all:?}");
+    }
+}
+
+#[test]
+fn add_sender_works_with_an_operators_own_openssl_ca() {
+    require_openssl();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    run(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(dir.join("ca.key")));
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-new", "-key"])
+        .arg(dir.join("ca.key"))
+        .args([
+            "-subj",
+            "/O=Contoso/CN=Contoso Replication CA",
+            "-days",
+            "365",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+        ])
+        .arg(dir.join("ca.pem")));
+    vdrep_ok(&["certs", "add-sender", s(dir), "hv07"]);
+    let c = x509_text(&dir.join("hv07.pem"));
+    assert!(
+        c.contains("Issuer: O = Contoso, CN = Contoso Replication CA"),
+        "{c}"
+    );
+    assert!(verifies(dir, "sslclient", "hv07.pem"));
+}
