@@ -9,6 +9,8 @@
 pub mod error;
 pub mod formats;
 pub mod guid;
+pub mod ranges;
 
 pub use error::FormatError;
 pub use guid::Guid;
+pub use ranges::RangeSet;
