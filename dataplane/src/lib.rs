@@ -12,3 +12,4 @@ pub mod disk;
 pub mod hrl;
 pub mod io;
 pub mod layout;
+pub mod sink;
