@@ -19,3 +19,4 @@ pub mod sender;
 pub mod signals;
 pub mod transport;
 pub mod tls;
+pub mod sink;

@@ -10,6 +10,8 @@ pub mod error;
 pub mod formats;
 pub mod guid;
 pub mod wire;
+pub mod ranges;
 
 pub use error::FormatError;
 pub use guid::Guid;
+pub use ranges::RangeSet;

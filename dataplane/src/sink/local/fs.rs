@@ -1,0 +1,202 @@
+//! The filesystem calls of the local store, behind one trait, so that the same store logic
+//! runs on the real filesystem ([`RealFs`]) and on the durability model of crash tests
+//! ([`crate::sink::fault::SimFs`]), which tracks what a crash would keep.
+//!
+//! The contract is POSIX's: data written is durable only after [`DataFile::sync_data`] or
+//! [`StoreFs::sync_file`]; a new, renamed or removed name is durable only after
+//! [`StoreFs::sync_dir`] of its directory. Directories themselves are created durably.
+
+use std::any::Any;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Holds a lock until dropped.
+pub type LockGuard = Box<dyn Any + Send + Sync>;
+
+/// Directory and small-file operations of the store.
+pub trait StoreFs: Send + Sync {
+    /// Creates `dir` and its parents, durably.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// The whole content of a small file, or `None` if it does not exist.
+    fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+    /// Creates or truncates `path` and writes `data` (not yet durable).
+    fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// fsync of a file by name.
+    fn sync_file(&self, path: &Path) -> io::Result<()>;
+    /// Renames within one directory, replacing `to` (not yet durable).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes the directory's entries durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Removes a file; an absent file is not an error.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// True if a file or directory exists at `path`.
+    fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// Names of the entries of `dir`, unsorted.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens a data file read-write; with `create_size`, creates (or truncates) it as a sparse
+    /// file of that size first.
+    fn open_data(&self, path: &Path, create_size: Option<u64>) -> io::Result<Arc<dyn DataFile>>;
+    /// Takes an exclusive lock named by `path` without waiting: `None` if someone holds it.
+    fn try_lock(&self, path: &Path) -> io::Result<Option<LockGuard>>;
+}
+
+/// Positional IO on one open data file.
+pub trait DataFile: Send + Sync {
+    /// Writes all of `data` at `offset`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Fills `buf` from `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Zeroes a range, deallocating it where the filesystem can.
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// fdatasync: makes completed writes (and the size) durable.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Current length.
+    fn len(&self) -> io::Result<u64>;
+}
+
+/// The real filesystem.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealFs;
+
+impl StoreFs for RealFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        fs::create_dir_all(dir)?;
+        if let Some(parent) = dir.parent() {
+            self.sync_dir(parent)?;
+        }
+        Ok(())
+    }
+    fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(path) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut f = File::create(path)?;
+        f.write_all(data)
+    }
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        OpenOptions::new().write(true).open(path)?.sync_all()
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        match fs::remove_file(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        path.try_exists()
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            if let Ok(n) = entry?.file_name().into_string() {
+                names.push(n);
+            }
+        }
+        Ok(names)
+    }
+    fn open_data(&self, path: &Path, create_size: Option<u64>) -> io::Result<Arc<dyn DataFile>> {
+        let mut o = OpenOptions::new();
+        o.read(true).write(true);
+        if create_size.is_some() {
+            o.create(true).truncate(true);
+        }
+        let file = o.open(path)?;
+        if let Some(size) = create_size {
+            file.set_len(size)?;
+        }
+        Ok(Arc::new(RealDataFile { file }))
+    }
+    fn try_lock(&self, path: &Path) -> io::Result<Option<LockGuard>> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        // SAFETY: flock on a valid, owned descriptor; no memory is passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            // The lock lives as long as the descriptor: the guard owns the file.
+            return Ok(Some(Box::new(file)));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    }
+}
+
+/// A data file on the real filesystem.
+struct RealDataFile {
+    file: File,
+}
+
+impl DataFile for RealDataFile {
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        // SAFETY: fallocate on a valid, owned descriptor; no memory is passed.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                l,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if !matches!(
+            e.raw_os_error(),
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+        ) {
+            return Err(e);
+        }
+        // No hole punching here: write zeros in bounded chunks.
+        let chunk = vec![0u8; 1 << 20];
+        let mut pos = offset;
+        let end = offset.saturating_add(len);
+        while pos < end {
+            let n = (end - pos).min(chunk.len() as u64) as usize;
+            self.file.write_all_at(&chunk[..n], pos)?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+}

@@ -1,0 +1,199 @@
+//! The local page-blob store: one sparse fixed-VHD file per disk plus a durable state record,
+//! laid out exactly as the Azure page blob will be (see `LAYOUT.md` beside this file, the
+//! versioned description of the directory).
+//!
+//! All file access goes through [`fs::StoreFs`], so crash tests run this very code on the
+//! durability model ([`crate::sink::fault::SimFs`]).
+
+mod disk;
+pub mod fs;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use vdrep_proto::Guid;
+
+use crate::sink::{validate_name, DiskKey, ReplicaDisk, ReplicaStore, SinkError};
+pub use disk::LocalDisk;
+use fs::{RealFs, StoreFs};
+
+/// Content of `STORE/FORMAT` written by this build.
+pub const STORE_FORMAT: &str = "vdrep-store 1";
+
+/// The files of one disk (see `LAYOUT.md`).
+#[derive(Debug, Clone)]
+pub struct DiskPaths {
+    /// `STORE/VM`.
+    pub dir: PathBuf,
+    /// `STORE/VM/NAME.vhd`: the committed replica.
+    pub vhd: PathBuf,
+    /// `STORE/VM/NAME.vhd.partial`: an initial copy in progress.
+    pub partial: PathBuf,
+    /// `STORE/VM/NAME.state`: the state record.
+    pub state: PathBuf,
+    /// `STORE/VM/NAME.state.tmp`: where a new state record is written before its rename.
+    pub state_tmp: PathBuf,
+    /// `STORE/VM/NAME.lock`: flock'd while a receiver has the disk open.
+    pub lock: PathBuf,
+}
+
+impl DiskPaths {
+    /// The paths of `key` under `root`.
+    pub fn new(root: &Path, key: &DiskKey) -> DiskPaths {
+        let dir = root.join(&key.vm);
+        let f = |suffix: &str| dir.join(format!("{}{suffix}", key.disk));
+        DiskPaths {
+            vhd: f(".vhd"),
+            partial: f(".vhd.partial"),
+            state: f(".state"),
+            state_tmp: f(".state.tmp"),
+            lock: f(".lock"),
+            dir,
+        }
+    }
+}
+
+/// A store in a local directory.
+pub struct LocalStore {
+    root: PathBuf,
+    fs: Arc<dyn StoreFs>,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+impl LocalStore {
+    /// Opens the store at `root` on the real filesystem, creating it if absent.
+    pub fn open(root: &Path) -> Result<LocalStore, SinkError> {
+        LocalStore::open_with_fs(root, Arc::new(RealFs))
+    }
+
+    /// Opens the store at `root` on `fs` (the real one or a model). An empty or absent
+    /// directory becomes a store; a directory with a different `FORMAT` is refused, and so
+    /// is a non-empty directory without one (it is not a vdrep store).
+    pub fn open_with_fs(root: &Path, fs: Arc<dyn StoreFs>) -> Result<LocalStore, SinkError> {
+        let format = root.join("FORMAT");
+        fs.create_dir_all(root)
+            .map_err(|e| SinkError::io(root, "create store directory", 0, e))?;
+        match fs
+            .read_file(&format)
+            .map_err(|e| SinkError::io(&format, "read", 0, e))?
+        {
+            Some(bytes) => {
+                let found = String::from_utf8_lossy(&bytes).trim_end().to_string();
+                if found != STORE_FORMAT {
+                    return Err(SinkError::StoreVersion {
+                        path: format,
+                        found,
+                        expected: STORE_FORMAT.into(),
+                    });
+                }
+            }
+            None => {
+                let entries = fs
+                    .list_dir(root)
+                    .map_err(|e| SinkError::io(root, "list", 0, e))?;
+                if entries.iter().any(|n| !n.starts_with('.')) {
+                    return Err(SinkError::StoreVersion {
+                        path: format,
+                        found: "(missing, directory not empty: not a vdrep store)".into(),
+                        expected: STORE_FORMAT.into(),
+                    });
+                }
+                let tmp = root.join(format!(".FORMAT.tmp.{}", std::process::id()));
+                let data = format!("{STORE_FORMAT}\n");
+                fs.write_file(&tmp, data.as_bytes())
+                    .and_then(|_| fs.sync_file(&tmp))
+                    .and_then(|_| fs.rename(&tmp, &format))
+                    .and_then(|_| fs.sync_dir(root))
+                    .map_err(|e| SinkError::io(&format, "write", 0, e))?;
+            }
+        }
+        Ok(LocalStore {
+            root: root.to_path_buf(),
+            fs,
+        })
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The files of a disk.
+    pub fn paths(&self, key: &DiskKey) -> DiskPaths {
+        DiskPaths::new(&self.root, key)
+    }
+
+    /// Opens a disk, returning the concrete type (tests and tools that need more than the
+    /// trait).
+    pub fn open_local(
+        &self,
+        key: &DiskKey,
+        virtual_size: u64,
+        source_id: Guid,
+    ) -> Result<LocalDisk, SinkError> {
+        key.validate()?;
+        let paths = self.paths(key);
+        self.fs
+            .create_dir_all(&paths.dir)
+            .map_err(|e| SinkError::io(&paths.dir, "create VM directory", 0, e))?;
+        LocalDisk::open(self.fs.clone(), key.clone(), paths, virtual_size, source_id)
+    }
+}
+
+impl ReplicaStore for LocalStore {
+    fn open_disk(
+        &self,
+        key: &DiskKey,
+        virtual_size: u64,
+        source_id: Guid,
+    ) -> Result<Arc<dyn ReplicaDisk>, SinkError> {
+        Ok(Arc::new(self.open_local(key, virtual_size, source_id)?))
+    }
+
+    fn list_disks(&self, vm: Option<&str>) -> Result<Vec<DiskKey>, SinkError> {
+        let vms = match vm {
+            Some(v) => {
+                validate_name("VM name", v)?;
+                vec![v.to_string()]
+            }
+            None => self
+                .fs
+                .list_dir(&self.root)
+                .map_err(|e| SinkError::io(&self.root, "list", 0, e))?
+                .into_iter()
+                .filter(|n| validate_name("VM name", n).is_ok())
+                .collect(),
+        };
+        let mut keys = Vec::new();
+        for v in vms {
+            let dir = self.root.join(&v);
+            let names = match self.fs.list_dir(&dir) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
+                Err(e) => return Err(SinkError::io(&dir, "list", 0, e)),
+            };
+            for n in names {
+                if let Some(disk) = n.strip_suffix(".state") {
+                    if let Ok(k) = DiskKey::new(&v, disk) {
+                        keys.push(k);
+                    }
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn describe(&self) -> String {
+        format!("local store {}", self.root.display())
+    }
+}

@@ -1,0 +1,199 @@
+//! Receiver sinks: where replicated disks land.
+//!
+//! One trait per IO boundary (the neon `remote_storage` model): [`ReplicaStore`] opens and
+//! lists disks, [`ReplicaDisk`] writes, clears, checkpoints and commits one disk. Backends:
+//! [`local`] (a sparse fixed-VHD file per disk plus durable state, the embedded default) and,
+//! later, Azure page blobs; [`fault`] wraps any backend to fail chosen calls on purpose, and
+//! holds the in-memory filesystem that models durability for crash tests.
+//!
+//! The traits are synchronous: the receiver calls them from `tokio::task::spawn_blocking`,
+//! so a slow fsync never stalls the runtime.
+//!
+//! ## Lifecycle of a disk
+//! 1. [`ReplicaStore::open_disk`] creates the replica on first use: an *initial copy* of
+//!    generation 1 is then in progress ([`DiskState::initial_in_progress`]).
+//! 2. The sender writes and clears extents ([`ReplicaDisk::write`], [`ReplicaDisk::clear`]);
+//!    every write is absolute, so resending converges (DESIGN §5, idempotence).
+//! 3. Now and then the receiver calls [`ReplicaDisk::checkpoint`] with the ranges that are
+//!    done: data first made durable, then the progress record. A reconnecting sender asks
+//!    [`ReplicaDisk::state`] and resumes from the gaps of `progress`, not from zero.
+//! 4. [`ReplicaDisk::commit_initial`] requires the whole disk to be done, writes the VHD
+//!    footer and publishes the copy as the committed replica (cycle 0, the first recovery
+//!    point).
+//! 5. Delta cycles write in place and are recorded with [`ReplicaDisk::commit_cycle`].
+//! 6. A resynchronisation or a fresh full copy starts with [`ReplicaDisk::begin_initial`]:
+//!    a new generation is written beside the committed replica, which stays readable until
+//!    the new copy commits.
+
+pub mod error;
+pub mod fault;
+pub mod local;
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+pub use error::SinkError;
+use vdrep_proto::{Guid, RangeSet};
+
+/// Sector size of replicas: writes and clears are aligned to it (Azure pages are 512 bytes).
+pub const SECTOR: u64 = 512;
+
+/// Identifies a replicated disk: its VM and its name within the VM.
+///
+/// Both parts become file or blob names, so they are validated: 1..=64 characters of
+/// `[A-Za-z0-9._-]`, not starting with a dot (no hidden files, no `.`/`..`, no path tricks).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DiskKey {
+    /// The VM the disk belongs to.
+    pub vm: String,
+    /// The disk's name inside the VM (without extension).
+    pub disk: String,
+}
+
+impl DiskKey {
+    /// A validated key; a bad name is a non-recoverable [`SinkError::InvalidName`].
+    pub fn new(vm: &str, disk: &str) -> Result<DiskKey, SinkError> {
+        validate_name("VM name", vm)?;
+        validate_name("disk name", disk)?;
+        Ok(DiskKey {
+            vm: vm.to_string(),
+            disk: disk.to_string(),
+        })
+    }
+
+    /// Re-checks a key built with the public fields.
+    pub fn validate(&self) -> Result<(), SinkError> {
+        validate_name("VM name", &self.vm)?;
+        validate_name("disk name", &self.disk)
+    }
+}
+
+impl fmt::Display for DiskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.vm, self.disk)
+    }
+}
+
+/// Checks one component of a [`DiskKey`].
+pub fn validate_name(what: &'static str, name: &str) -> Result<(), SinkError> {
+    let problem = if name.is_empty() {
+        Some("is empty")
+    } else if name.len() > 64 {
+        Some("is longer than 64 characters")
+    } else if name.starts_with('.') {
+        Some("starts with a dot")
+    } else if !name
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+    {
+        Some("has characters outside [A-Za-z0-9._-]")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(SinkError::InvalidName {
+            what,
+            name: name.to_string(),
+            problem: p,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The durable state of one replica, as last persisted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskState {
+    /// Version of the state record this was read from (or will be written as).
+    pub format_version: u32,
+    /// Size of the source disk in bytes (the replica is rounded up to 1 MiB).
+    pub virtual_size: u64,
+    /// Identity of the source disk (e.g. its VHD/VHDX unique id); a different one is refused.
+    pub source_id: Guid,
+    /// True once an initial copy has been committed: a readable replica exists.
+    pub initial_committed: bool,
+    /// The newest committed cycle (0 = the initial copy). Meaningful when
+    /// `initial_committed`.
+    pub committed_cycle: u64,
+    /// Durable, done ranges of the ongoing initial copy (empty when none is in progress).
+    pub progress: RangeSet,
+    /// Number of the current full copy; bumps when a new one starts.
+    pub generation: u64,
+    /// True while a full copy (generation `generation`) is being written and not committed.
+    pub initial_in_progress: bool,
+    /// Unique id in the footer of the committed replica ([`Guid::NIL`] if none).
+    pub replica_id: Guid,
+    /// Unique id the in-progress copy's footer will carry ([`Guid::NIL`] if none); lets
+    /// recovery recognise a copy whose commit was interrupted after it was published.
+    pub copy_id: Guid,
+}
+
+impl DiskState {
+    /// Sector-rounded end of the addressable range: writes must lie below it.
+    pub fn writable_end(&self) -> u64 {
+        self.virtual_size.div_ceil(SECTOR) * SECTOR
+    }
+
+    /// Bytes of the ongoing initial copy still missing.
+    pub fn remaining(&self) -> u64 {
+        self.writable_end()
+            .saturating_sub(self.progress.clipped(0, self.writable_end()).covered_len())
+    }
+}
+
+/// A store of replicas (one backend: a local directory, an Azure container, …).
+pub trait ReplicaStore: Send + Sync {
+    /// Opens (creating if absent) the replica of a disk. A different virtual size (resize is
+    /// unsupported) or source identity than recorded is a non-recoverable error; so is a disk
+    /// already open elsewhere, until that holder closes it (recoverable: it will).
+    fn open_disk(
+        &self,
+        key: &DiskKey,
+        virtual_size: u64,
+        source_id: Guid,
+    ) -> Result<Arc<dyn ReplicaDisk>, SinkError>;
+    /// The disks of the store (of one VM if given), sorted.
+    fn list_disks(&self, vm: Option<&str>) -> Result<Vec<DiskKey>, SinkError>;
+    /// Where the store is, for logs and summaries, e.g. `local store /srv/vdrep`.
+    fn describe(&self) -> String;
+}
+
+/// One open replica. Dropping the last handle releases the disk for other receivers.
+///
+/// Reads and writes address the *working image*: the in-progress copy while an initial copy
+/// runs, else the committed replica. [`ReplicaDisk::read_committed`] reads the committed one.
+pub trait ReplicaDisk: Send + Sync {
+    /// The disk's key.
+    fn key(&self) -> &DiskKey;
+    /// The durable state (a copy).
+    fn state(&self) -> DiskState;
+    /// Writes `data` at `offset` of the working image. Offset and length must be multiples of
+    /// 512 and lie inside the disk, else [`SinkError::OutOfRange`] and nothing is written.
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), SinkError>;
+    /// Zeroes `[offset, offset+len)` (punching a hole where the filesystem can); same checks
+    /// as [`ReplicaDisk::write`].
+    fn clear(&self, offset: u64, len: u64) -> Result<(), SinkError>;
+    /// Makes every completed write durable (fdatasync), *then* atomically records `durable`
+    /// as the progress of the ongoing initial copy. Without a copy in progress only the data
+    /// is synced, and a non-empty `durable` is an invalid-state error.
+    fn checkpoint(&self, durable: &RangeSet) -> Result<(), SinkError>;
+    /// Publishes the ongoing initial copy as the committed replica (cycle 0): requires the
+    /// recorded progress to cover the whole disk, syncs the data, writes the fixed-VHD
+    /// footer, and durably switches the state. Afterwards the replica is a valid fixed VHD.
+    fn commit_initial(&self) -> Result<(), SinkError>;
+    /// Reads `len` bytes of the working image at `offset` (same range checks as writes,
+    /// except that any alignment is allowed).
+    fn read(&self, offset: u64, len: usize) -> Result<Bytes, SinkError>;
+    /// Reads the committed replica (for failover and verification), even while a new copy
+    /// is in progress; an error if nothing is committed.
+    fn read_committed(&self, offset: u64, len: usize) -> Result<Bytes, SinkError>;
+    /// Starts a new full copy (generation + 1) with empty progress, beside the committed
+    /// replica, which stays readable and unchanged until [`ReplicaDisk::commit_initial`].
+    /// Any uncommitted copy is discarded.
+    fn begin_initial(&self) -> Result<(), SinkError>;
+    /// Records delta cycle `cycle` as committed after syncing its writes (applied in place
+    /// on the committed replica). Cycles must increase; no initial copy may be in progress.
+    fn commit_cycle(&self, cycle: u64) -> Result<(), SinkError>;
+    /// Where the replica is (file path, blob URL), for summaries.
+    fn path_hint(&self) -> String;
+}
