@@ -17,6 +17,6 @@ pub mod pipeline;
 pub mod receiver;
 pub mod sender;
 pub mod signals;
-pub mod transport;
-pub mod tls;
 pub mod sink;
+pub mod tls;
+pub mod transport;

@@ -9,8 +9,8 @@
 pub mod error;
 pub mod formats;
 pub mod guid;
-pub mod wire;
 pub mod ranges;
+pub mod wire;
 
 pub use error::FormatError;
 pub use guid::Guid;

@@ -3,12 +3,12 @@
 //! peer, the offset and the problem.
 
 mod cat;
-mod config;
 mod certs;
+mod config;
 mod convert;
+mod inspect;
 mod receive;
 mod send;
-mod inspect;
 
 use clap::{Parser, Subcommand};
 

@@ -87,26 +87,37 @@ fn options(a: &Args) -> anyhow::Result<(Vec<VmSpec>, SendOptions)> {
             .or(f.identity)
             .context("--identity NAME is required")?,
         threads: a.threads.or(f.threads).unwrap_or(d.threads),
-        level: a.compression_level.or(f.compression_level).unwrap_or(d.level),
+        level: a
+            .compression_level
+            .or(f.compression_level)
+            .unwrap_or(d.level),
         adaptive: !(a.fixed_compression || f.fixed_compression.unwrap_or(false)),
         chunk: d.chunk,
-        give_up_after: a.give_up_after.or(f.give_up_after).unwrap_or(d.give_up_after),
+        give_up_after: a
+            .give_up_after
+            .or(f.give_up_after)
+            .unwrap_or(d.give_up_after),
         progress: !a.no_progress,
     };
     if !(1..=32).contains(&opts.threads) {
-        bail!("--threads {}: upload threads per VM range from 1 to 32", opts.threads);
+        bail!(
+            "--threads {}: upload threads per VM range from 1 to 32",
+            opts.threads
+        );
     }
     if !(-7..=22).contains(&opts.level) {
-        bail!("--compression-level {}: zstd levels range from -7 to 22 (0 = off)", opts.level);
+        bail!(
+            "--compression-level {}: zstd levels range from -7 to 22 (0 = off)",
+            opts.level
+        );
     }
-    let mut vms: Vec<VmSpec> = f
-        .vm
-        .into_iter()
-        .map(|v| VmSpec {
-            name: v.name,
-            disks: v.disks,
-        })
-        .collect();
+    let mut vms: Vec<VmSpec> =
+        f.vm.into_iter()
+            .map(|v| VmSpec {
+                name: v.name,
+                disks: v.disks,
+            })
+            .collect();
     match (&a.vm, a.disks.is_empty()) {
         (Some(vm), false) => {
             vms.retain(|v| &v.name != vm);

@@ -68,27 +68,33 @@ impl AdaptiveLevel {
         self.ladder[s as usize]
     }
 
-    /// The senders found no prepared extent waiting: the CPU stages are the bottleneck.
-    pub fn link_starved(&self) {
-        if self.adaptive {
+    fn vote(&self, dir: i32) {
+        if !self.adaptive {
+            return;
+        }
+        let v = self.votes.load(Ordering::Relaxed);
+        let v = if v.signum() == dir { v + dir } else { dir };
+        if v.abs() >= HYSTERESIS {
+            self.votes.store(0, Ordering::Relaxed);
+            let top = self.top();
             let _ = self
                 .step
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
-                    Some((s - 1).max(0))
+                    Some((s + dir).clamp(0, top))
                 });
+        } else {
+            self.votes.store(v, Ordering::Relaxed);
         }
+    }
+
+    /// The senders found no prepared extent waiting: the CPU stages are the bottleneck.
+    pub fn link_starved(&self) {
+        self.vote(-1);
     }
 
     /// The prepared queue is full: the link is the bottleneck, spend CPU on ratio.
     pub fn link_saturated(&self) {
-        if self.adaptive {
-            let m = self.top();
-            let _ = self
-                .step
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
-                    Some((s + 1).min(m))
-                });
-        }
+        self.vote(1);
     }
 
     /// An extent did not compress; counted for the summary.
@@ -108,7 +114,11 @@ mod tests {
         for _ in 0..HYSTERESIS - 1 {
             a.link_starved();
         }
-        assert_eq!(a.current(), Compression::Zstd(3), "one step needs {HYSTERESIS} votes");
+        assert_eq!(
+            a.current(),
+            Compression::Zstd(3),
+            "one step needs {HYSTERESIS} votes"
+        );
         for _ in 0..10 * HYSTERESIS {
             a.link_starved();
         }

@@ -161,14 +161,7 @@ impl Receiver {
                 }
                 Ok(Err(e)) => {
                     warn!(sender = %conn.sender, disk = %s.replica.key(), offset = h.offset, error = %e, "write failed");
-                    result.error = Some((
-                        if e.is_recoverable() {
-                            ErrorClass::TargetFull
-                        } else {
-                            ErrorClass::InvalidState
-                        },
-                        e.to_string(),
-                    ));
+                    result.error = Some((super::control::class_of(&e), e.to_string()));
                     return Ok(());
                 }
                 Err(e) => {
@@ -184,7 +177,10 @@ impl Receiver {
     pub(crate) async fn drain(&self) {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(8);
         while self.active.load(Ordering::Acquire) > 0 {
-            if tokio::time::timeout_at(deadline, self.idle.notified()).await.is_err() {
+            if tokio::time::timeout_at(deadline, self.idle.notified())
+                .await
+                .is_err()
+            {
                 warn!("connections still busy after 8 s; exiting anyway");
                 return;
             }

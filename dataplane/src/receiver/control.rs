@@ -67,11 +67,21 @@ impl ConnState {
     }
 }
 
-fn class_of(e: &SinkError) -> ErrorClass {
-    if e.is_recoverable() {
-        ErrorClass::TargetBusy
-    } else {
-        ErrorClass::InvalidState
+/// The wire class of a store failure: a full target and a busy one are retried by the
+/// sender, everything else needs an operator.
+pub(crate) fn class_of(e: &SinkError) -> ErrorClass {
+    match e {
+        SinkError::Io { source, .. }
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::ENOSPC) | Some(libc::EDQUOT)
+            ) =>
+        {
+            ErrorClass::TargetFull
+        }
+        SinkError::SizeMismatch { .. } => ErrorClass::SizeChanged,
+        e if e.is_recoverable() => ErrorClass::TargetBusy,
+        _ => ErrorClass::InvalidState,
     }
 }
 
@@ -179,7 +189,10 @@ impl Receiver {
                         ),
                     };
                 }
-                match self.open(conn, &vm, &disk, virtual_size, source_id, full_copy).await {
+                match self
+                    .open(conn, &vm, &disk, virtual_size, source_id, full_copy)
+                    .await
+                {
                     Ok((handle, s, committed, cycle, known_empty)) => Control::DiskOpened {
                         req,
                         handle,
@@ -271,14 +284,7 @@ impl Receiver {
         })
         .await
         .map_err(|e| (ErrorClass::Internal, format!("open task failed: {e}")))?
-        .map_err(|e| {
-            let class = match &e {
-                e if e.is_recoverable() => ErrorClass::TargetBusy,
-                SinkError::SizeMismatch { .. } => ErrorClass::SizeChanged,
-                _ => ErrorClass::InvalidState,
-            };
-            (class, e.to_string())
-        })?;
+        .map_err(|e| (class_of(&e), e.to_string()))?;
         let st = replica.state();
         let session = Arc::new(DiskSession::new(
             replica,

@@ -65,22 +65,38 @@ impl DiskSession {
         let r = self.replica.clone();
         tokio::task::spawn_blocking(move || r.checkpoint(&snap))
             .await
-            .map_err(|e| SinkError::internal(format!("checkpoint task failed: {e}")))?
+            .map_err(|e| task_failed(self, "checkpoint", e))?
     }
 
-    /// Checkpoints, then commits the initial copy.
+    /// Checkpoints, then commits the initial copy. The sender asks for the commit only after
+    /// every extent it planned was acknowledged; ranges it never sent are those a fresh
+    /// working image already holds (zeros), so the whole disk is recorded as done.
     pub async fn commit_initial(&self) -> Result<(), SinkError> {
+        self.mark_written(0, self.virtual_size.div_ceil(512) * 512);
         self.checkpoint(true).await?;
         let _g = self.sync.lock().await;
         let r = self.replica.clone();
         tokio::task::spawn_blocking(move || r.commit_initial())
             .await
-            .map_err(|e| SinkError::internal(format!("commit task failed: {e}")))?
+            .map_err(|e| task_failed(self, "commit", e))?
+    }
+}
+
+/// A blocking task that panicked or was cancelled, as a sink error of its disk.
+fn task_failed(s: &DiskSession, op: &'static str, e: tokio::task::JoinError) -> SinkError {
+    SinkError::Io {
+        path: s.replica.path_hint().into(),
+        op,
+        offset: 0,
+        source: std::io::Error::other(format!("{op} task failed: {e}")),
     }
 }
 
 /// Periodic checkpoints of the sessions of a connection, until `stop` fires.
-pub async fn checkpoint_loop(sessions: Arc<Mutex<Vec<Arc<DiskSession>>>>, stop: Arc<tokio::sync::Notify>) {
+pub async fn checkpoint_loop(
+    sessions: Arc<Mutex<Vec<Arc<DiskSession>>>>,
+    stop: Arc<tokio::sync::Notify>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}

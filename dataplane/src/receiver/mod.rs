@@ -177,7 +177,8 @@ impl Receiver {
 
 /// Builds the endpoint and serves until the process is told to stop.
 pub async fn run(cfg: ReceiverConfig, store: Arc<dyn ReplicaStore>) -> anyhow::Result<()> {
-    let server = crate::tls::config::receiver_quic(&crate::tls::config::ReceiverFiles::in_dir(&cfg.tls))?;
+    let server =
+        crate::tls::config::receiver_quic(&crate::tls::config::ReceiverFiles::in_dir(&cfg.tls))?;
     let endpoint = crate::transport::server_endpoint(cfg.listen, server)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     let local = endpoint.local_addr()?;

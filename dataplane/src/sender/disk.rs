@@ -204,7 +204,9 @@ async fn run_pass(
     drop(work_tx);
 
     // CPU stages: one thread per core.
-    let workers = thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let workers = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     let mut cpu = Vec::new();
     for i in 0..workers {
         let rx = work_rx.clone();
@@ -253,7 +255,10 @@ async fn run_pass(
         let refused = refused.clone();
         let peer = peer.to_string();
         tasks.spawn(async move {
-            stream_worker(&conn, handle, generation, rx, &stats, &level, &refused, &peer).await
+            stream_worker(
+                &conn, handle, generation, rx, &stats, &level, &refused, &peer,
+            )
+            .await
         });
     }
     let mut result = Ok(());

@@ -171,13 +171,26 @@ pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendErro
     let deadline = Instant::now() + opts.give_up_after;
     let mut attempt = 0usize;
     loop {
-        let res = attempt_once(&endpoint, addr, &server_name, &peer, &jobs, opts, &stats, &level, &done).await;
+        let res = attempt_once(
+            &endpoint,
+            addr,
+            &server_name,
+            &peer,
+            &jobs,
+            opts,
+            &stats,
+            &level,
+            &done,
+        )
+        .await;
         match res {
             Ok(()) => break,
             Err(e) if e.is_recoverable() && Instant::now() < deadline => {
                 let delay = Duration::from_millis(FAST_RETRY[attempt.min(FAST_RETRY.len() - 1)]);
                 attempt += 1;
-                stats.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                stats
+                    .retries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 warn!(error = %e, class = e.class(), retry_in_ms = delay.as_millis() as u64,
                       "recoverable error; reconnecting and resuming");
                 tokio::time::sleep(delay).await;
@@ -241,7 +254,8 @@ async fn attempt_once(
                 }
                 let job = DiskJob { vm, name, disk };
                 let t0 = Instant::now();
-                let out = disk::replicate(&conn, &mut ctrl, &job, &opts, &stats, &level, &peer).await?;
+                let out =
+                    disk::replicate(&conn, &mut ctrl, &job, &opts, &stats, &level, &peer).await?;
                 info!(vm = %job.vm, disk = %job.name, resumed_bytes = out.resumed,
                       seconds = t0.elapsed().as_secs_f64(), "disk committed at the receiver");
                 if let Ok(mut d) = done.lock() {
@@ -285,10 +299,16 @@ mod tests {
 
     #[test]
     fn clashing_stems_get_numbered_in_command_line_order() {
-        let v: Vec<PathBuf> = ["/a/os.vhdx", "/b/os.vhd", "/c/data.raw", "/d/os.vhdx", "/e/os-2.vhd"]
-            .iter()
-            .map(PathBuf::from)
-            .collect();
+        let v: Vec<PathBuf> = [
+            "/a/os.vhdx",
+            "/b/os.vhd",
+            "/c/data.raw",
+            "/d/os.vhdx",
+            "/e/os-2.vhd",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
         assert_eq!(disk_names(&v), vec!["os", "os-2", "data", "os-3", "os-2-2"]);
     }
 }

@@ -108,7 +108,11 @@ impl Summary {
             skipped_unallocated_bytes: total.saturating_sub(Stats::get(&s.read)),
             data_bytes: data,
             wire_bytes: Stats::get(&s.wire),
-            compression_ratio: if data == 0 { 1.0 } else { data as f64 / payload as f64 },
+            compression_ratio: if data == 0 {
+                1.0
+            } else {
+                data as f64 / payload as f64
+            },
             extents: Stats::get(&s.extents),
             resent_extents: Stats::get(&s.resent),
             retries: Stats::get(&s.retries),

@@ -68,9 +68,12 @@ impl StoreFs for RealFs {
             return Ok(());
         }
         fs::create_dir_all(dir)?;
-        if let Some(parent) = dir.parent() {
-            self.sync_dir(parent)?;
-        }
+        // A relative path's parent may be "": that is the current directory.
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        self.sync_dir(parent)?;
         Ok(())
     }
     fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
