@@ -6,7 +6,9 @@ writes the whole virtual disk as raw.
 
 With no PARENT arguments, parents are found from libvhdi's parent file name: the path as
 written (backslashes read as slashes, a drive letter dropped) relative to the child's folder,
-then the bare file name in the child's folder. Tests pass the chain explicitly so the oracle
+then each shorter tail of it there, down to the bare file name. libvhdi reports one name per
+image (VHD: the dynamic header's parent name; VHDX: absolute_win32_path, else volume_path,
+else relative_path). Tests pass the chain explicitly so the oracle
 does not depend on the same path mapping as vdrep.
 
 Use the patched build (`bash ops/build-libvhdi.sh`): upstream libvhdi 20260901 misreads VHD
@@ -36,9 +38,11 @@ def parent_candidates(child_path, name):
     out = []
     if unix and not unix.startswith("/"):
         out.append(os.path.normpath(os.path.join(child_dir, unix)))
-    base = unix.rsplit("/", 1)[-1]
-    if base:
-        out.append(os.path.join(child_dir, base))
+    # An absolute Windows path cannot exist here: try its tails (`store/base.vhd`, then
+    # `base.vhd`) in the child's folder.
+    parts = [p for p in unix.split("/") if p]
+    for k in range(len(parts)):
+        out.append(os.path.join(child_dir, *parts[k:]))
     return out
 
 
@@ -69,7 +73,11 @@ def open_chain(image, parents):
             tried = parent_candidates(path, f.get_parent_filename() or "")
             found = [p for p in tried if os.path.isfile(p)]
             if not found:
-                sys.exit(f"vhdi_read: parent of {path} not found (tried {tried})")
+                sys.exit(
+                    f"vhdi_read: parent of {path} not found (tried {tried}); pass the chain "
+                    "explicitly (libvhdi never reports a VHDX relative_path: it looks the key "
+                    "up with length 12 instead of 13)"
+                )
             path = found[0]
         if len(files) > 64:
             sys.exit("vhdi_read: chain deeper than 64")

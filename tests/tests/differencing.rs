@@ -145,6 +145,69 @@ fn the_models_hold_what_each_level_wrote() {
     }
 }
 
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+#[test]
+fn the_fixtures_contain_the_cases_that_upstream_libvhdi_misreads() {
+    // Read back with a tiny parse of our own, so editing the scenarios cannot silently drop
+    // the cases that ops/patches/*.patch exist for.
+    for (name, spec) in chains() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = spec.build(dir.path());
+        let child1 = std::fs::read(&chain.levels[1].path).unwrap();
+        let child2 = std::fs::read(&chain.levels[2].path).unwrap();
+        match spec.format {
+            Format::Vhd => {
+                // Block 0's bitmap starts 0b0111_1110: set bits followed by clear ones.
+                let bat = u64::from_be_bytes(child1[512 + 16..512 + 24].try_into().unwrap());
+                let b0 = be32(&child1, bat as usize) as usize * 512;
+                assert_eq!(child1[b0], 0x7E, "{name}: child1 bitmap byte 0");
+                // Locator data space in sectors in child1, in bytes in child2.
+                assert_eq!(&child1[512 + 576..512 + 580], b"W2ru");
+                assert_eq!(be32(&child1, 512 + 580), 1, "{name}: sectors");
+                assert_eq!(&child2[512 + 576..512 + 580], b"W2ku");
+                assert_eq!(be32(&child2, 512 + 580), 512, "{name}: bytes");
+            }
+            Format::Vhdx => {
+                // child2: block 0 NOT_PRESENT and no sector bitmap block in chunk 0.
+                let ratio = vdrep_tests::fixtures::vhdx::chunk_ratio(spec.block_size) as usize;
+                let bat = 3 << 20;
+                assert_eq!(le64(&child2, bat) & 7, 0, "{name}: child2 block 0 state");
+                assert_eq!(le64(&child2, bat + ratio * 8), 0, "{name}: child2 SB entry");
+                assert!(
+                    (0..spec.block_count() as usize).any(|b| le64(&child2, bat + b * 8) & 7 == 6),
+                    "{name}: child2 has fully present blocks"
+                );
+                // child1 has partially present blocks and a present sector bitmap block.
+                assert_eq!(le64(&child1, bat) & 7, 7, "{name}: child1 block 0 state");
+                assert_eq!(
+                    le64(&child1, bat + ratio * 8) & 7,
+                    6,
+                    "{name}: child1 SB entry"
+                );
+                // child2's current header is the second one; its parent_linkage is upper case.
+                let seq = |at: usize| le64(&child2, at + 8);
+                assert!(seq(128 << 10) > seq(64 << 10), "{name}: header order");
+                let text = String::from_utf16_lossy(
+                    &child2[2 << 20..3 << 20]
+                        .chunks_exact(2)
+                        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                        .collect::<Vec<_>>(),
+                );
+                let at = text.find('{').expect("parent_linkage");
+                let guid = &text[at..at + 38];
+                assert_eq!(guid, guid.to_uppercase(), "{name}: linkage case");
+            }
+        }
+    }
+}
+
 fn check_vdrep_cat(format: Format) {
     for (name, spec) in chains_of(format) {
         let dir = tempfile::tempdir().unwrap();
