@@ -3,6 +3,8 @@
 //!
 //! Tests fail (never skip) when a tool is missing: the message says how to install it.
 
+pub mod fixtures;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
