@@ -247,3 +247,23 @@ async fn a_peer_speaking_another_protocol_version_is_refused() {
     assert!(s.contains("peer doesn't support any known protocol"), "{s}");
     assert!(c.contains("error 120"), "{c}"); // no_application_protocol alert
 }
+
+#[tokio::test]
+async fn the_receivers_certificate_cannot_act_as_a_sender() {
+    // Same CA, valid dates, but the certificate is for server authentication only: a stolen
+    // receiver key must not let its holder replicate as a sender.
+    let d = fixture();
+    let cfg = config::sender_quic(&SenderFiles {
+        ca: files::ca_cert(d.path()),
+        cert: files::receiver_cert(d.path()),
+        key: files::receiver_key(d.path()),
+    })
+    .unwrap();
+    let o = handshake(d.path(), cfg, "localhost").await;
+    let s = o.server.expect_err("refused");
+    o.client.expect_err("told");
+    assert!(
+        s.contains("does not allow extended key usage for client authentication"),
+        "{s}"
+    );
+}
