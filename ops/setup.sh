@@ -20,6 +20,7 @@ debs=(
   "zstd="
   "bzip2="
   "iproute2="
+  "openssl="
 )
 missing=()
 for spec in "${debs[@]}"; do
@@ -40,7 +41,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "$name" >/dev/null
   done
 fi
-for tool in qemu-img qemu-io vhdiinfo promtool rsync socat zstd bunzip2 ip tc; do
+for tool in qemu-img qemu-io vhdiinfo promtool rsync socat zstd bunzip2 ip tc openssl; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing after install" >&2; exit 1; }
 done
 
