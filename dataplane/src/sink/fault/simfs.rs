@@ -452,7 +452,7 @@ impl DataFile for SimFile {
             Ok(())
         })
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         self.with(|i| Ok(i.current.len))
     }
 }
