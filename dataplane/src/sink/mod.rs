@@ -165,7 +165,9 @@ pub trait ReplicaStore: Send + Sync {
 pub trait ReplicaDisk: Send + Sync {
     /// The disk's key.
     fn key(&self) -> &DiskKey;
-    /// The durable state (a copy).
+    /// The durable state (a copy). A resuming sender trusts only `progress`: ranges outside
+    /// it hold unspecified content (zeros, or data written since the last checkpoint), so it
+    /// must write or clear them, never skip them as known-zero.
     fn state(&self) -> DiskState;
     /// Writes `data` at `offset` of the working image. Offset and length must be multiples of
     /// 512 and lie inside the disk, else [`SinkError::OutOfRange`] and nothing is written.

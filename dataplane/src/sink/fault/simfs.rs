@@ -452,7 +452,32 @@ impl DataFile for SimFile {
             Ok(())
         })
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         self.with(|i| Ok(i.current.len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crash_keeps_only_synced_data_and_synced_names() {
+        let fs = SimFs::new();
+        let d = Path::new("/d");
+        fs.create_dir_all(d).unwrap();
+        let f = fs.open_data(&d.join("a"), Some(1024)).unwrap();
+        f.write_at(0, &[1; 512]).unwrap();
+        f.sync_data().unwrap();
+        fs.sync_dir(d).unwrap();
+        f.write_at(512, &[2; 512]).unwrap(); // never synced
+        fs.write_file(&d.join("b"), b"x").unwrap();
+        fs.sync_file(&d.join("b")).unwrap(); // data synced, name not
+        fs.crash(Crash::DropVolatile);
+        assert!(f.write_at(0, &[3; 512]).is_err(), "old handles are stale");
+        let bytes = fs.file_bytes(&d.join("a")).unwrap();
+        assert_eq!(&bytes[..512], &[1; 512]);
+        assert_eq!(&bytes[512..], &[0; 512]);
+        assert!(!fs.exists(&d.join("b")).unwrap());
     }
 }

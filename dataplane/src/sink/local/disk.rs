@@ -1,21 +1,24 @@
 //! One open disk of the local store: range checks, write/clear/read, and the ordered,
 //! crash-safe steps of checkpoint, commit and a new full copy.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use vdrep_proto::formats::vhd::{Footer, FOOTER_SIZE};
 use vdrep_proto::{Guid, RangeSet};
 
+use super::files::{
+    check_len, check_range, committed_state, corrupt, create_partial, footer_id, io_err, persist,
+    remove_partial,
+};
 use super::fs::{DataFile, LockGuard, StoreFs};
 use super::state::{self, STATE_VERSION};
 use super::DiskPaths;
 use crate::layout::{
     random_guid, replica_file_size, replica_footer, replica_virtual_size, vhd_timestamp, MAX_BLOB,
 };
-use crate::sink::{DiskKey, DiskState, ReplicaDisk, SinkError, SECTOR};
+use crate::sink::{DiskKey, DiskState, ReplicaDisk, SinkError};
 
 /// The mutable part of a disk: its durable state and the open images.
 struct Inner {
@@ -36,19 +39,6 @@ pub struct LocalDisk {
     paths: DiskPaths,
     inner: RwLock<Inner>,
     _lock: LockGuard,
-}
-
-fn io_err(path: &Path, op: &'static str, offset: u64) -> impl FnOnce(std::io::Error) -> SinkError {
-    let path = path.to_path_buf();
-    move |e| SinkError::io(path, op, offset, e)
-}
-
-fn corrupt(path: &Path, offset: u64, problem: impl Into<String>) -> SinkError {
-    SinkError::CorruptState {
-        path: path.to_path_buf(),
-        offset,
-        problem: problem.into(),
-    }
 }
 
 impl LocalDisk {
@@ -279,124 +269,6 @@ impl LocalDisk {
 
     fn persist(&self, st: &DiskState) -> Result<(), SinkError> {
         persist(self.fs.as_ref(), &self.paths, st)
-    }
-}
-
-/// Refuses a range that is unaligned (when `aligned`) or outside `[0, end)`.
-fn check_range(
-    path: &Path,
-    op: &'static str,
-    offset: u64,
-    len: u64,
-    st: &DiskState,
-    aligned: bool,
-) -> Result<(), SinkError> {
-    let problem = if aligned && (offset % SECTOR != 0 || len % SECTOR != 0) {
-        Some("offset and length must be multiples of 512 bytes")
-    } else if offset
-        .checked_add(len)
-        .is_none_or(|e| e > st.writable_end())
-    {
-        Some("the range ends beyond the disk")
-    } else {
-        None
-    };
-    match problem {
-        Some(problem) => Err(SinkError::OutOfRange {
-            path: path.to_path_buf(),
-            op,
-            offset,
-            len,
-            size: st.virtual_size,
-            problem,
-        }),
-        None => Ok(()),
-    }
-}
-
-/// Creates a fresh sparse in-progress copy (a new file, never a truncated old one, so no
-/// stale byte of an earlier copy can survive a crash) and makes its name and size durable.
-fn create_partial(
-    fs: &dyn StoreFs,
-    paths: &DiskPaths,
-    size: u64,
-) -> Result<Arc<dyn DataFile>, SinkError> {
-    remove_partial(fs, paths)?;
-    let f =
-        fs.open_data(&paths.partial, Some(size))
-            .map_err(io_err(&paths.partial, "create", 0))?;
-    f.sync_data()
-        .map_err(io_err(&paths.partial, "fdatasync", 0))?;
-    fs.sync_dir(&paths.dir)
-        .map_err(io_err(&paths.dir, "fsync directory", 0))?;
-    Ok(f)
-}
-
-/// Removes the in-progress copy durably, if there is one.
-fn remove_partial(fs: &dyn StoreFs, paths: &DiskPaths) -> Result<(), SinkError> {
-    if fs
-        .exists(&paths.partial)
-        .map_err(io_err(&paths.partial, "stat", 0))?
-    {
-        fs.remove_file(&paths.partial)
-            .and_then(|_| fs.sync_dir(&paths.dir))
-            .map_err(io_err(&paths.partial, "remove", 0))?;
-    }
-    Ok(())
-}
-
-fn check_len(f: &dyn DataFile, path: &Path, want: u64) -> Result<(), SinkError> {
-    let len = f.len().map_err(io_err(path, "stat", 0))?;
-    if len != want {
-        return Err(corrupt(
-            path,
-            len,
-            format!("file is {len} bytes, the disk needs {want}"),
-        ));
-    }
-    Ok(())
-}
-
-/// The footer's unique id if `path` exists, has the replica's size and a valid footer.
-fn footer_id(fs: &dyn StoreFs, path: &Path, virtual_size: u64) -> Result<Option<Guid>, SinkError> {
-    if !fs.exists(path).map_err(io_err(path, "stat", 0))? {
-        return Ok(None);
-    }
-    let f = fs.open_data(path, None).map_err(io_err(path, "open", 0))?;
-    check_len(f.as_ref(), path, replica_file_size(virtual_size))?;
-    let at = replica_virtual_size(virtual_size);
-    let mut buf = [0u8; FOOTER_SIZE];
-    f.read_at(at, &mut buf)
-        .map_err(io_err(path, "read footer", at))?;
-    Ok(Footer::decode(&buf)
-        .ok()
-        .filter(|ft| ft.current_size == at)
-        .map(|ft| ft.unique_id))
-}
-
-/// Writes the state record atomically: temp file, fsync, rename, fsync directory.
-fn persist(fs: &dyn StoreFs, paths: &DiskPaths, st: &DiskState) -> Result<(), SinkError> {
-    let bytes = state::encode(st);
-    fs.write_file(&paths.state_tmp, &bytes)
-        .map_err(io_err(&paths.state_tmp, "write", 0))?;
-    fs.sync_file(&paths.state_tmp)
-        .map_err(io_err(&paths.state_tmp, "fsync", 0))?;
-    fs.rename(&paths.state_tmp, &paths.state)
-        .map_err(io_err(&paths.state, "rename state", 0))?;
-    fs.sync_dir(&paths.dir)
-        .map_err(io_err(&paths.dir, "fsync directory", 0))
-}
-
-/// The state after the in-progress copy of `st` has become the committed replica.
-fn committed_state(st: &DiskState) -> DiskState {
-    DiskState {
-        initial_committed: true,
-        committed_cycle: 0,
-        progress: RangeSet::new(),
-        initial_in_progress: false,
-        replica_id: st.copy_id,
-        copy_id: Guid::NIL,
-        ..st.clone()
     }
 }
 

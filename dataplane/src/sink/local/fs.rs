@@ -55,7 +55,7 @@ pub trait DataFile: Send + Sync {
     /// fdatasync: makes completed writes (and the size) durable.
     fn sync_data(&self) -> io::Result<()>;
     /// Current length.
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
 }
 
 /// The real filesystem.
@@ -199,7 +199,7 @@ impl DataFile for RealDataFile {
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 }

@@ -2,10 +2,13 @@
 //! laid out exactly as the Azure page blob will be (see `LAYOUT.md` beside this file, the
 //! versioned description of the directory).
 //!
+#![doc = include_str!("LAYOUT.md")]
+//!
 //! All file access goes through [`fs::StoreFs`], so crash tests run this very code on the
 //! durability model ([`crate::sink::fault::SimFs`]).
 
 mod disk;
+mod files;
 pub mod fs;
 pub mod state;
 

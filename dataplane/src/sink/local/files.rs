@@ -1,0 +1,158 @@
+//! The file-level steps of the local store, shared by open/recovery and the disk
+//! operations: range checks, the in-progress copy file, footer checks and the atomic state
+//! write. Their ordering is the crash-safety argument of `LAYOUT.md`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use vdrep_proto::formats::vhd::{Footer, FOOTER_SIZE};
+use vdrep_proto::{Guid, RangeSet};
+
+use super::fs::{DataFile, StoreFs};
+use super::state;
+use super::DiskPaths;
+use crate::layout::{replica_file_size, replica_virtual_size};
+use crate::sink::{DiskState, SinkError, SECTOR};
+
+pub(super) fn io_err(
+    path: &Path,
+    op: &'static str,
+    offset: u64,
+) -> impl FnOnce(std::io::Error) -> SinkError {
+    let path = path.to_path_buf();
+    move |e| SinkError::io(path, op, offset, e)
+}
+
+pub(super) fn corrupt(path: &Path, offset: u64, problem: impl Into<String>) -> SinkError {
+    SinkError::CorruptState {
+        path: path.to_path_buf(),
+        offset,
+        problem: problem.into(),
+    }
+}
+
+/// Refuses a range that is unaligned (when `aligned`) or outside `[0, end)`.
+pub(super) fn check_range(
+    path: &Path,
+    op: &'static str,
+    offset: u64,
+    len: u64,
+    st: &DiskState,
+    aligned: bool,
+) -> Result<(), SinkError> {
+    let problem = if aligned && ((offset | len) & (SECTOR - 1) != 0) {
+        Some("offset and length must be multiples of 512 bytes")
+    } else if offset
+        .checked_add(len)
+        .is_none_or(|e| e > st.writable_end())
+    {
+        Some("the range ends beyond the disk")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(SinkError::OutOfRange {
+            path: path.to_path_buf(),
+            op,
+            offset,
+            len,
+            size: st.virtual_size,
+            problem,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Creates a fresh sparse in-progress copy (a new file, never a truncated old one, so no
+/// stale byte of an earlier copy can survive a crash) and makes its name and size durable.
+pub(super) fn create_partial(
+    fs: &dyn StoreFs,
+    paths: &DiskPaths,
+    size: u64,
+) -> Result<Arc<dyn DataFile>, SinkError> {
+    remove_partial(fs, paths)?;
+    let f =
+        fs.open_data(&paths.partial, Some(size))
+            .map_err(io_err(&paths.partial, "create", 0))?;
+    f.sync_data()
+        .map_err(io_err(&paths.partial, "fdatasync", 0))?;
+    fs.sync_dir(&paths.dir)
+        .map_err(io_err(&paths.dir, "fsync directory", 0))?;
+    Ok(f)
+}
+
+/// Removes the in-progress copy durably, if there is one.
+pub(super) fn remove_partial(fs: &dyn StoreFs, paths: &DiskPaths) -> Result<(), SinkError> {
+    if fs
+        .exists(&paths.partial)
+        .map_err(io_err(&paths.partial, "stat", 0))?
+    {
+        fs.remove_file(&paths.partial)
+            .and_then(|_| fs.sync_dir(&paths.dir))
+            .map_err(io_err(&paths.partial, "remove", 0))?;
+    }
+    Ok(())
+}
+
+pub(super) fn check_len(f: &dyn DataFile, path: &Path, want: u64) -> Result<(), SinkError> {
+    let len = f.size().map_err(io_err(path, "stat", 0))?;
+    if len != want {
+        return Err(corrupt(
+            path,
+            len,
+            format!("file is {len} bytes, the disk needs {want}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The footer's unique id if `path` exists, has the replica's size and a valid footer.
+pub(super) fn footer_id(
+    fs: &dyn StoreFs,
+    path: &Path,
+    virtual_size: u64,
+) -> Result<Option<Guid>, SinkError> {
+    if !fs.exists(path).map_err(io_err(path, "stat", 0))? {
+        return Ok(None);
+    }
+    let f = fs.open_data(path, None).map_err(io_err(path, "open", 0))?;
+    check_len(f.as_ref(), path, replica_file_size(virtual_size))?;
+    let at = replica_virtual_size(virtual_size);
+    let mut buf = [0u8; FOOTER_SIZE];
+    f.read_at(at, &mut buf)
+        .map_err(io_err(path, "read footer", at))?;
+    Ok(Footer::decode(&buf)
+        .ok()
+        .filter(|ft| ft.current_size == at)
+        .map(|ft| ft.unique_id))
+}
+
+/// Writes the state record atomically: temp file, fsync, rename, fsync directory.
+pub(super) fn persist(
+    fs: &dyn StoreFs,
+    paths: &DiskPaths,
+    st: &DiskState,
+) -> Result<(), SinkError> {
+    let bytes = state::encode(st);
+    fs.write_file(&paths.state_tmp, &bytes)
+        .map_err(io_err(&paths.state_tmp, "write", 0))?;
+    fs.sync_file(&paths.state_tmp)
+        .map_err(io_err(&paths.state_tmp, "fsync", 0))?;
+    fs.rename(&paths.state_tmp, &paths.state)
+        .map_err(io_err(&paths.state, "rename state", 0))?;
+    fs.sync_dir(&paths.dir)
+        .map_err(io_err(&paths.dir, "fsync directory", 0))
+}
+
+/// The state after the in-progress copy of `st` has become the committed replica.
+pub(super) fn committed_state(st: &DiskState) -> DiskState {
+    DiskState {
+        initial_committed: true,
+        committed_cycle: 0,
+        progress: RangeSet::new(),
+        initial_in_progress: false,
+        replica_id: st.copy_id,
+        copy_id: Guid::NIL,
+        ..st.clone()
+    }
+}
