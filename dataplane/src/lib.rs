@@ -9,6 +9,7 @@
 //! - [`cli`]: the `vdrep` command line.
 
 pub mod cli;
+pub mod demo;
 pub mod disk;
 pub mod hrl;
 pub mod io;

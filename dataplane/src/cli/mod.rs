@@ -6,6 +6,7 @@ mod cat;
 mod certs;
 mod config;
 mod convert;
+mod demo;
 mod inspect;
 mod receive;
 mod send;
@@ -40,6 +41,9 @@ enum Command {
     Convert(convert::Args),
     /// Print the virtual disk's bytes (or a range of them).
     Cat(cat::Args),
+    /// Run the whole product on this machine: make a VHDX, replicate it over QUIC into a local
+    /// store, verify the replica.
+    Demo(demo::Args),
     /// Replicate disks to a receiver (initial replication).
     Send(send::Args),
     /// Run a receiver that writes replicas into a store.
@@ -95,6 +99,7 @@ pub fn main() -> i32 {
         Command::Convert(a) => convert::run(a),
         Command::Cat(a) => cat::run(a),
         Command::Send(a) => send::run(a),
+        Command::Demo(a) => demo::run(a),
         Command::Receive(a) => receive::run(a),
         Command::Certs(a) => certs::run(a),
     };
@@ -115,7 +120,7 @@ pub fn main() -> i32 {
 
 /// The async runtime of the network roles: two worker threads suffice (the CPU stages have
 /// their own threads) and keep the process small.
-pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

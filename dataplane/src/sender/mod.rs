@@ -18,7 +18,7 @@ use tracing::{info, warn};
 pub use control::ControlStream;
 pub use disk::{DiskJob, DiskOutcome};
 pub use error::SendError;
-pub use progress::Summary;
+pub use progress::{human, Summary};
 
 use crate::disk::{self as vdisk, OpenOptions};
 use crate::pipeline::{AdaptiveLevel, Stats};
