@@ -20,4 +20,5 @@ pub mod sender;
 pub mod signals;
 pub mod sink;
 pub mod tls;
+pub mod tracking;
 pub mod transport;

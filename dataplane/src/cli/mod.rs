@@ -8,6 +8,7 @@ mod config;
 mod convert;
 mod demo;
 mod inspect;
+mod log_write;
 mod receive;
 mod send;
 
@@ -46,6 +47,8 @@ enum Command {
     Demo(demo::Args),
     /// Replicate disks to a receiver (initial replication).
     Send(send::Args),
+    /// Record a write in a disk's active change log (and write raw / fixed-VHD disks).
+    LogWrite(log_write::Args),
     /// Run a receiver that writes replicas into a store.
     Receive(receive::Args),
     /// Create and add the certificates of mutual TLS between senders and the receiver.
@@ -100,6 +103,7 @@ pub fn main() -> i32 {
         Command::Cat(a) => cat::run(a),
         Command::Send(a) => send::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::LogWrite(a) => log_write::run(a),
         Command::Receive(a) => receive::run(a),
         Command::Certs(a) => certs::run(a),
     };
