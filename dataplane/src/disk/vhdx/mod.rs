@@ -287,3 +287,6 @@ impl VirtualDisk for VhdxDisk {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,8 +12,10 @@
 //!   sector sizes, parent locator).
 //! - [`bat`]: BAT entries, the chunk ratio and where payload and sector-bitmap entries sit.
 //! - [`log`]: log entries and the search for the active sequence that must be replayed.
+//! - [`builder`]: whole images assembled in memory, for tests and fixtures.
 
 pub mod bat;
+pub mod builder;
 pub mod header;
 pub mod log;
 pub mod metadata;
