@@ -66,7 +66,9 @@ impl VhdxDisk {
         };
         let format = if l.meta.has_parent {
             DiskFormat::VhdxDifferencing
-        } else if l.all_present {
+        } else if l.all_present || l.meta.leave_blocks_allocated {
+            // Disk2VHD allocates every block without setting LeaveBlocksAllocated; qemu's
+            // fixed images set it but mark blocks ZERO (its non-standard block_state_zero).
             DiskFormat::VhdxFixed
         } else {
             DiskFormat::VhdxDynamic
