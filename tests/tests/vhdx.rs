@@ -133,7 +133,8 @@ fn disk2vhd_image_with_identical_headers_reads_like_its_documented_hash() {
     let t = tempfile::tempdir().unwrap();
     let img = testdata_image("test-disk2vhd.vhdx", t.path());
     let j = inspect_json(&img);
-    assert_eq!(j["format"], "vhdx-fixed");
+    // Every block is present, but LeaveBlockAllocated is clear: a dynamic disk.
+    assert_eq!(j["format"], "vhdx-dynamic");
     assert_eq!(j["virtual_size"], 268435456u64);
     assert_eq!(j["block_size"], 2 << 20);
     assert_eq!(

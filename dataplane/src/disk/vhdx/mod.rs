@@ -66,9 +66,10 @@ impl VhdxDisk {
         };
         let format = if l.meta.has_parent {
             DiskFormat::VhdxDifferencing
-        } else if l.all_present || l.meta.leave_blocks_allocated {
-            // Disk2VHD allocates every block without setting LeaveBlocksAllocated; qemu's
-            // fixed images set it but mark blocks ZERO (its non-standard block_state_zero).
+        } else if l.meta.leave_blocks_allocated {
+            // [MS-VHDX] defines a fixed disk by LeaveBlockAllocated, not by its BAT: qemu's
+            // fixed images set the flag but mark blocks ZERO, and Disk2VHD allocates every
+            // block of what is still a dynamic disk (shared/testdata/README.md).
             DiskFormat::VhdxFixed
         } else {
             DiskFormat::VhdxDynamic

@@ -200,7 +200,7 @@ fn log_is_replayed_in_memory_and_the_file_is_not_changed() {
 }
 
 #[test]
-fn fixed_means_every_block_fully_present() {
+fn every_block_present_without_leave_allocated_is_still_dynamic() {
     let t = tempfile::tempdir().unwrap();
     let mut b = ImageBuilder::new(2 * MIB + 512, MIB as u32);
     for i in 0..3 {
@@ -208,7 +208,7 @@ fn fixed_means_every_block_fully_present() {
     }
     let p = write(t.path(), "f.vhdx", &b.build());
     let d = open(&p, OpenOptions::default()).unwrap();
-    assert_eq!(d.info().format, DiskFormat::VhdxFixed);
+    assert_eq!(d.info().format, DiskFormat::VhdxDynamic);
     assert_eq!(d.read_at(2 * MIB, 512).unwrap()[511], 3);
     assert!(
         d.read_at(2 * MIB, 513).is_err(),
