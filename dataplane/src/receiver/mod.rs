@@ -191,9 +191,13 @@ impl Receiver {
 
 /// Builds the endpoint and serves until the process is told to stop.
 pub async fn run(cfg: ReceiverConfig, store: Arc<dyn ReplicaStore>) -> anyhow::Result<()> {
-    let server =
-        crate::tls::config::receiver_quic(&crate::tls::config::ReceiverFiles::in_dir(&cfg.tls))?;
-    let endpoint = crate::transport::server_endpoint(cfg.listen, server)
+    let files = crate::tls::config::ReceiverFiles::in_dir(&cfg.tls);
+    let server = crate::tls::config::receiver_quic(&files)?;
+    // The key file was just read successfully by receiver_quic.
+    let reset_key = std::fs::read(&files.key)
+        .ok()
+        .map(|k| crate::transport::StatelessResetKey::derive(&k));
+    let endpoint = crate::transport::server_endpoint_with_reset_key(cfg.listen, server, reset_key)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     let local = endpoint.local_addr()?;
     info!(listen = %local, store = %store.describe(), "receiver ready");

@@ -175,6 +175,7 @@ pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendErro
     let deadline = Instant::now() + opts.give_up_after;
     let mut attempt = 0usize;
     loop {
+        let done_before = Stats::get(&stats.done);
         let res = attempt_once(
             &endpoint,
             addr,
@@ -191,6 +192,11 @@ pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendErro
         match res {
             Ok(()) => break,
             Err(e) if e.is_recoverable() && Instant::now() < deadline => {
+                // An attempt that made progress starts the fast schedule again: each outage
+                // is met with fast reconnects, not with the delay the previous one reached.
+                if Stats::get(&stats.done) > done_before {
+                    attempt = 0;
+                }
                 let delay = Duration::from_millis(FAST_RETRY[attempt.min(FAST_RETRY.len() - 1)]);
                 attempt += 1;
                 stats
