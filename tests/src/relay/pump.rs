@@ -63,7 +63,7 @@ pub async fn frames(mut from: quinn::RecvStream, mut to: quinn::SendStream, c: A
 /// Flips one bit in the payload of every `c.every`-th extent, once per offset.
 fn maybe_flip(body: &mut [u8], c: &Corruption) {
     let n = c.extents.fetch_add(1, Ordering::Relaxed) + 1;
-    if n % c.every != 0 {
+    if n.checked_rem(c.every) != Some(0) {
         return;
     }
     let offset = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
