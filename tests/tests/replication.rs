@@ -302,12 +302,15 @@ fn an_unreachable_receiver_is_retried_then_given_up_with_exit_75() {
         "gave up after {:?}, expected about 3 s",
         r.elapsed
     );
-    assert!(r.log.contains(&format!("receiver {to}")), "{}", r.log);
-    assert!(
-        r.log.contains("reconnecting"),
-        "no retry was logged:\n{}",
-        r.log
-    );
+    // One handshake that never completes is bounded by the deadline (QUIC ignores ICMP, so
+    // without that bound the 15 s idle timeout would decide).
+    let err = r
+        .log
+        .lines()
+        .find(|l| l.starts_with("vdrep: error:"))
+        .unwrap_or_default();
+    assert!(err.contains(&format!("receiver {to}")), "{}", r.log);
+    assert!(err.contains("timed out"), "{}", r.log);
 }
 
 #[test]
