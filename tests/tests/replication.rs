@@ -278,7 +278,7 @@ fn sending_a_committed_disk_again_copies_it_again_and_follows_the_changed_source
 }
 
 #[test]
-fn an_unreachable_receiver_is_retried_then_given_up_with_exit_75() {
+fn an_unreachable_receiver_is_given_up_on_after_give_up_after_with_exit_75() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     let tls = certs(&d.join("tls"), &["hv01"]);
