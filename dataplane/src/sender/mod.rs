@@ -172,10 +172,10 @@ pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendErro
     let peer = opts.to.clone();
     let bar = progress::Progress::new(opts.progress, total, stats.clone());
     let done: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Default::default();
-    let deadline = Instant::now() + opts.give_up_after;
+    let mut deadline = Instant::now() + opts.give_up_after;
     let mut attempt = 0usize;
     loop {
-        let done_before = Stats::get(&stats.done);
+        let acked_before = Stats::get(&stats.extents);
         let res = attempt_once(
             &endpoint,
             addr,
@@ -189,14 +189,16 @@ pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendErro
             deadline,
         )
         .await;
+        // An attempt that got extents acknowledged (resumed ranges do not count) starts the fast schedule again, and --give-up-after
+        // counts from now: each outage is met with fast reconnects and its own give-up
+        // window, not with what earlier outages (or a long copy) used up.
+        if res.is_err() && Stats::get(&stats.extents) > acked_before {
+            attempt = 0;
+            deadline = Instant::now() + opts.give_up_after;
+        }
         match res {
             Ok(()) => break,
             Err(e) if e.is_recoverable() && Instant::now() < deadline => {
-                // An attempt that made progress starts the fast schedule again: each outage
-                // is met with fast reconnects, not with the delay the previous one reached.
-                if Stats::get(&stats.done) > done_before {
-                    attempt = 0;
-                }
                 let delay = Duration::from_millis(FAST_RETRY[attempt.min(FAST_RETRY.len() - 1)]);
                 attempt += 1;
                 stats
