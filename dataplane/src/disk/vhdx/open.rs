@@ -31,8 +31,6 @@ pub(super) struct Layout {
     pub meta: VhdxMetadata,
     pub geo: BatGeometry,
     pub bat_offset: u64,
-    /// Every payload block is fully present.
-    pub all_present: bool,
     /// Sectors and ranges the log replay changed (0, 0 without replay).
     pub replayed: (usize, usize),
 }
@@ -244,14 +242,13 @@ pub(super) fn open_layout(file: Box<dyn ReadAt>) -> Result<Layout, DiskError> {
             ),
         ));
     }
-    let all_present = validate_bat(file.as_ref(), p, len, &header, &regions, &geo)?;
+    validate_bat(file.as_ref(), p, len, &header, &regions, &geo)?;
     Ok(Layout {
         file,
         header,
         meta,
         geo,
         bat_offset: regions.bat.file_offset,
-        all_present,
         replayed,
     })
 }
@@ -292,7 +289,7 @@ fn validate_bat(
     header: &Header,
     regions: &Regions,
     geo: &BatGeometry,
-) -> Result<bool, DiskError> {
+) -> Result<(), DiskError> {
     let units = len.div_ceil(MIB) as usize;
     let mut owner = vec![Owner::Free; units];
     let mut mark = |s: u64, e: u64, who: Owner| -> Result<(), Owner> {
@@ -323,7 +320,6 @@ fn validate_bat(
     let _ = mark(regions.bat.file_offset, regions.bat.end(), Owner::Bat);
 
     let total = geo.total_entries();
-    let mut all_present = true;
     let mut i = 0u64;
     while i < total {
         let n = (total - i).min(BAT_PAGE_ENTRIES);
@@ -364,7 +360,6 @@ fn validate_bat(
                     match e.payload_state() {
                         PayloadState::FullyPresent => (Owner::Payload(block), span),
                         PayloadState::PartiallyPresent if geo.has_parent => {
-                            all_present = false;
                             (Owner::Payload(block), span)
                         }
                         PayloadState::PartiallyPresent => {
@@ -387,7 +382,6 @@ fn validate_bat(
                             ))
                         }
                         _ => {
-                            all_present = false;
                             continue;
                         }
                     }
@@ -422,5 +416,5 @@ fn validate_bat(
         }
         i += n;
     }
-    Ok(all_present)
+    Ok(())
 }
