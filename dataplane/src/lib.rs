@@ -19,6 +19,7 @@ pub mod receiver;
 pub mod sender;
 pub mod signals;
 pub mod sink;
+pub mod throttle;
 pub mod tls;
 pub mod tracking;
 pub mod transport;

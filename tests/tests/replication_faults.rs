@@ -43,12 +43,15 @@ fn kill_sender_repeatedly(seed: u64, size: u64, kills: usize, budget: Duration) 
     let img = random_raw(&d.join("disk.raw"), size);
     let send = Send::new(&rx.to(), &tls, "hv01", "vm1", &[&img], &d.join("s.log"))
         .arg("--give-up-after")
-        .arg("30s");
+        .arg("30s")
+        // Paced so that every seeded kill lands mid-copy whatever the machine's speed.
+        .arg("--bandwidth")
+        .arg("250Mbit");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let t0 = Instant::now();
     for i in 0..kills {
         let mut child = send.spawn();
-        // Past the 1 s checkpoint interval, so each run leaves durable progress behind.
+        // Past the 0.5 s checkpoint interval, so each run leaves durable progress behind.
         let ms = rng.gen_range(1300..2600);
         std::thread::sleep(Duration::from_millis(ms));
         if let Ok(Some(st)) = child.try_wait() {
@@ -105,7 +108,10 @@ fn kill_receiver_repeatedly(seed: u64, size: u64, kills: usize, budget: Duration
     let img = random_raw(&d.join("disk.raw"), size);
     let send = Send::new(&rx.to(), &tls, "hv01", "vm1", &[&img], &d.join("s.log"))
         .arg("--give-up-after")
-        .arg("30s");
+        .arg("30s")
+        // Paced so that every seeded kill lands mid-copy whatever the machine's speed.
+        .arg("--bandwidth")
+        .arg("250Mbit");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let t0 = Instant::now();
     let mut child = send.spawn();

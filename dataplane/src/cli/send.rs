@@ -41,6 +41,9 @@ pub struct Args {
     /// Retry recoverable errors this long, then exit 75 (e.g. 10m, 30s).
     #[arg(long, value_parser = config::parse_duration)]
     give_up_after: Option<Duration>,
+    /// Bandwidth limit at all times, e.g. 40Mbit, 5MB, unlimited (decimal SI; MiB/Mibit binary).
+    #[arg(long, value_parser = crate::throttle::parse_rate)]
+    bandwidth: Option<crate::throttle::Rate>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -71,6 +74,7 @@ struct File {
     fixed_compression: Option<bool>,
     #[serde(with = "duration_str")]
     give_up_after: Option<Duration>,
+    bandwidth: Option<String>,
     vm: Vec<FileVm>,
 }
 
@@ -98,6 +102,15 @@ fn options(a: &Args) -> anyhow::Result<(Vec<VmSpec>, SendOptions)> {
             .or(f.give_up_after)
             .unwrap_or(d.give_up_after),
         progress: !a.no_progress,
+        bandwidth: match (a.bandwidth, f.bandwidth.as_deref()) {
+            (Some(r), _) => r.0,
+            (None, Some(s)) => {
+                crate::throttle::parse_rate(s)
+                    .map_err(anyhow::Error::msg)?
+                    .0
+            }
+            (None, None) => None,
+        },
     };
     if !(1..=32).contains(&opts.threads) {
         bail!(

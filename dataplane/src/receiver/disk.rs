@@ -10,7 +10,7 @@ use crate::sink::{ReplicaDisk, SinkError};
 
 /// How often written ranges are made durable and recorded (resume granularity: a crash
 /// loses at most this much acknowledged-but-unsynced progress, which is simply resent).
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A replica being written.
 pub struct DiskSession {

@@ -1,5 +1,6 @@
 //! Replicating one disk over an established connection.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -10,15 +11,31 @@ use vdrep_proto::wire::{BatchResult, BatchStart, Control, K_BATCH_RESULT, MAX_CO
 use super::{ControlStream, SendError, SendOptions};
 use crate::disk::{DiskError, VirtualDisk};
 use crate::pipeline::{plan_disk, prepare, AdaptiveLevel, PlanOptions, Prepared, Stats, WorkItem};
+use crate::throttle::Throttle;
 use crate::transport::{read_frame, write_frame};
 
 /// Source bytes per data stream before it is finished and answered: big enough to amortise
 /// the round trip, small enough that a refused batch costs little.
-const BATCH_SOURCE_BYTES: u64 = 32 << 20;
+const BATCH_SOURCE_BYTES: u64 = 16 << 20;
 /// Resend passes for refused extents before giving up.
 const MAX_PASSES: usize = 4;
 
+/// What every disk and stream of a run shares.
+pub struct Shared {
+    /// The options.
+    pub opts: SendOptions,
+    /// Run counters.
+    pub stats: Arc<Stats>,
+    /// The compression level controller.
+    pub level: Arc<AdaptiveLevel>,
+    /// The host's bandwidth limit.
+    pub throttle: Arc<Throttle>,
+    /// The receiver, for error messages.
+    pub peer: String,
+}
+
 /// One disk to replicate.
+#[derive(Clone)]
 pub struct DiskJob {
     /// VM name.
     pub vm: String,
@@ -26,6 +43,36 @@ pub struct DiskJob {
     pub name: String,
     /// The source.
     pub disk: Arc<dyn VirtualDisk>,
+    /// Progress bookkeeping that survives reconnects.
+    pub progress: Arc<DiskProgress>,
+}
+
+/// What a disk has contributed to the run's progress, kept across attempts so that a
+/// reconnect neither counts resumed bytes twice nor hides progress made durable.
+#[derive(Debug, Default)]
+pub struct DiskProgress {
+    /// Bytes of this disk counted in `Stats::done`.
+    counted: AtomicU64,
+    /// Largest durable progress the receiver reported for this disk.
+    durable: AtomicU64,
+}
+
+impl DiskProgress {
+    fn count(&self, stats: &Stats, n: u64) {
+        self.counted.fetch_add(n, Ordering::Relaxed);
+        stats.add_done(n);
+    }
+
+    /// Restarts the count at what the receiver holds durably; returns whether that grew
+    /// since the last attempt (an attempt that made progress durable did useful work).
+    fn reset_to(&self, stats: &Stats, resumed: u64) -> bool {
+        let prev = self.counted.swap(resumed, Ordering::Relaxed);
+        stats
+            .done
+            .fetch_sub(prev.min(Stats::get(&stats.done)), Ordering::Relaxed);
+        stats.add_done(resumed);
+        self.durable.fetch_max(resumed, Ordering::Relaxed) < resumed
+    }
 }
 
 /// Outcome of a disk's replication.
@@ -54,11 +101,9 @@ pub async fn replicate(
     conn: &quinn::Connection,
     ctrl: &mut ControlStream,
     job: &DiskJob,
-    opts: &SendOptions,
-    stats: &Arc<Stats>,
-    level: &Arc<AdaptiveLevel>,
-    peer: &str,
+    sh: &Arc<Shared>,
 ) -> Result<DiskOutcome, SendError> {
+    let stats = &sh.stats;
     let info = job.disk.info().clone();
     let req = ctrl.req();
     let opened = ctrl
@@ -82,7 +127,9 @@ pub async fn replicate(
         return Err(ctrl.unexpected(opened));
     };
     let resumed: u64 = progress.iter().map(|(a, b)| b - a).sum();
-    stats.add_done(resumed);
+    if job.progress.reset_to(stats, resumed) {
+        stats.durable_growth.fetch_add(1, Ordering::Relaxed);
+    }
     debug!(vm = %job.vm, disk = %job.name, handle, generation, resumed, "disk opened");
 
     let mut items: Option<Vec<WorkItem>> = None; // None: the whole plan
@@ -95,10 +142,7 @@ pub async fn replicate(
             known_empty,
             &progress,
             items.take(),
-            opts,
-            stats,
-            level,
-            peer,
+            sh,
         )
         .await?;
         if refused.is_empty() {
@@ -153,11 +197,9 @@ async fn run_pass(
     known_empty: bool,
     progress: &[(u64, u64)],
     items: Option<Vec<WorkItem>>,
-    opts: &SendOptions,
-    stats: &Arc<Stats>,
-    level: &Arc<AdaptiveLevel>,
-    peer: &str,
+    sh: &Arc<Shared>,
 ) -> Result<Vec<(u64, u32)>, SendError> {
+    let opts = &sh.opts;
     let (work_tx, work_rx) = async_channel::bounded::<WorkItem>(64);
     let (prep_tx, prep_rx) = async_channel::bounded::<Prepared>(opts.threads * 2 + 4);
     let _closer = Closer {
@@ -213,8 +255,8 @@ async fn run_pass(
         let tx = prep_tx.clone();
         let disk = job.disk.clone();
         let failure = failure.clone();
-        let stats = stats.clone();
-        let level = level.clone();
+        let stats = sh.stats.clone();
+        let level = sh.level.clone();
         cpu.push(
             thread::Builder::new()
                 .name(format!("vdrep-cpu-{i}"))
@@ -250,15 +292,11 @@ async fn run_pass(
     for _ in 0..opts.threads {
         let conn = conn.clone();
         let rx = prep_rx.clone();
-        let stats = stats.clone();
-        let level = level.clone();
         let refused = refused.clone();
-        let peer = peer.to_string();
+        let progress = job.progress.clone();
+        let sh = sh.clone();
         tasks.spawn(async move {
-            stream_worker(
-                &conn, handle, generation, rx, &stats, &level, &refused, &peer,
-            )
-            .await
+            stream_worker(&conn, handle, generation, rx, &refused, &progress, &sh).await
         });
     }
     let mut result = Ok(());
@@ -285,6 +323,10 @@ async fn run_pass(
     Ok(v)
 }
 
+/// Batches whose results a stream may await while it already sends the next one: the
+/// round trip of a batch result then costs no link time.
+const OUTSTANDING_BATCHES: usize = 2;
+
 /// Sends prepared extents in batches on fresh streams until the queue closes.
 #[allow(clippy::too_many_arguments)]
 async fn stream_worker(
@@ -292,11 +334,11 @@ async fn stream_worker(
     handle: u32,
     generation: u64,
     rx: async_channel::Receiver<Prepared>,
-    stats: &Stats,
-    level: &AdaptiveLevel,
-    refused: &Mutex<Vec<(u64, u32)>>,
-    peer: &str,
+    refused: &Arc<Mutex<Vec<(u64, u32)>>>,
+    progress: &Arc<DiskProgress>,
+    sh: &Shared,
 ) -> Result<(), SendError> {
+    let (stats, level, peer) = (&sh.stats, &sh.level, sh.peer.as_str());
     let conn_err = |e| SendError::Connection {
         peer: peer.to_string(),
         source: e,
@@ -305,10 +347,11 @@ async fn stream_worker(
         peer: peer.to_string(),
         source: e,
     };
+    let mut pending = tokio::task::JoinSet::new();
     loop {
         let first = match rx.recv().await {
             Ok(p) => p,
-            Err(_) => return Ok(()),
+            Err(_) => break,
         };
         let (mut send, mut recv) = conn.open_bi().await.map_err(conn_err)?;
         write_frame(&mut send, &BatchStart { handle, generation }.encode())
@@ -320,11 +363,14 @@ async fn stream_worker(
         while let Some(p) = next.take() {
             batch_bytes += p.source_len;
             match p.header {
-                None => stats.add_done(p.source_len),
+                None => progress.count(stats, p.source_len),
                 Some(h) => {
                     let prefix = Bytes::from(h.encode_frame_prefix());
                     stats.add_wire((prefix.len() + p.payload.len()) as u64);
                     // Header and payload go out as two buffers: the payload is not copied.
+                    sh.throttle
+                        .acquire((prefix.len() + p.payload.len()) as u64)
+                        .await;
                     let mut chunks = [prefix, p.payload];
                     if let Err(e) = send.write_all_chunks(&mut chunks).await {
                         // A receiver that fails a batch (store full, bad state) stops the
@@ -350,44 +396,79 @@ async fn stream_worker(
             next = rx.recv().await.ok();
         }
         let _ = send.finish();
-        let (kind, body) = read_frame(&mut recv, MAX_CONTROL_BODY)
-            .await
-            .map_err(frame_err)?;
-        if kind != K_BATCH_RESULT {
-            return Err(SendError::Protocol {
-                peer: peer.to_string(),
-                message: format!("frame type {kind} where a batch result was due"),
-            });
-        }
-        let res = BatchResult::decode(&body).map_err(|e| SendError::Protocol {
-            peer: peer.to_string(),
-            message: e.to_string(),
-        })?;
-        if let Some((class, message)) = res.error {
-            return Err(SendError::Remote {
-                peer: peer.to_string(),
-                class,
-                message,
-            });
-        }
-        let mut bad = Vec::new();
-        for &(o, l, _) in &res.rejected {
-            bad.push((o, l));
-        }
-        for &(o, src) in &in_batch {
-            if !bad.iter().any(|&(bo, _)| bo == o) {
-                stats.add_done(src);
-                stats
-                    .extents
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        if !bad.is_empty() {
-            if let Ok(mut r) = refused.lock() {
-                r.extend(bad);
-            }
+        pending.spawn(settle_batch(
+            recv,
+            in_batch,
+            stats.clone(),
+            refused.clone(),
+            progress.clone(),
+            peer.to_string(),
+        ));
+        while pending.len() >= OUTSTANDING_BATCHES {
+            join_one(&mut pending).await?;
         }
     }
+    while !pending.is_empty() {
+        join_one(&mut pending).await?;
+    }
+    Ok(())
+}
+
+async fn join_one(set: &mut tokio::task::JoinSet<Result<(), SendError>>) -> Result<(), SendError> {
+    match set.join_next().await {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => Err(SendError::Internal(format!("batch task: {e}"))),
+        None => Ok(()),
+    }
+}
+
+/// Awaits a batch's result: acknowledged extents count as progress, refused ones are
+/// queued for the next pass, a batch error ends the attempt.
+async fn settle_batch(
+    mut recv: quinn::RecvStream,
+    in_batch: Vec<(u64, u64)>,
+    stats: Arc<Stats>,
+    refused: Arc<Mutex<Vec<(u64, u32)>>>,
+    progress: Arc<DiskProgress>,
+    peer: String,
+) -> Result<(), SendError> {
+    let (kind, body) =
+        read_frame(&mut recv, MAX_CONTROL_BODY)
+            .await
+            .map_err(|e| SendError::Frame {
+                peer: peer.clone(),
+                source: e,
+            })?;
+    if kind != K_BATCH_RESULT {
+        return Err(SendError::Protocol {
+            peer,
+            message: format!("frame type {kind} where a batch result was due"),
+        });
+    }
+    let res = BatchResult::decode(&body).map_err(|e| SendError::Protocol {
+        peer: peer.clone(),
+        message: e.to_string(),
+    })?;
+    if let Some((class, message)) = res.error {
+        return Err(SendError::Remote {
+            peer,
+            class,
+            message,
+        });
+    }
+    let bad: std::collections::HashSet<u64> = res.rejected.iter().map(|r| r.0).collect();
+    for &(o, src) in &in_batch {
+        if !bad.contains(&o) {
+            progress.count(&stats, src);
+            stats.extents.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    if !res.rejected.is_empty() {
+        if let Ok(mut r) = refused.lock() {
+            r.extend(res.rejected.iter().map(|&(o, l, _)| (o, l)));
+        }
+    }
+    Ok(())
 }
 
 /// The receiver's error from the batch result of a stream it stopped, if it sent one

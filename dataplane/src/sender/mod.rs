@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 pub use control::ControlStream;
-pub use disk::{DiskJob, DiskOutcome};
+pub use disk::{DiskJob, DiskOutcome, Shared};
 pub use error::SendError;
 pub use progress::{human, Summary};
 
 use crate::disk::{self as vdisk, OpenOptions};
 use crate::pipeline::{AdaptiveLevel, Stats};
+use crate::throttle::Throttle;
 
 /// One VM and its disks.
 #[derive(Debug, Clone)]
@@ -55,6 +56,8 @@ pub struct SendOptions {
     pub give_up_after: Duration,
     /// Show progress bars (when stderr is a terminal).
     pub progress: bool,
+    /// Bandwidth limit shared by all streams of this sender (bytes per second).
+    pub bandwidth: Option<u64>,
 }
 
 impl Default for SendOptions {
@@ -70,6 +73,7 @@ impl Default for SendOptions {
             chunk: 1 << 20,
             give_up_after: Duration::from_secs(600),
             progress: true,
+            bandwidth: None,
         }
     }
 }
@@ -150,6 +154,7 @@ pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendErro
                 vm: vm.name.clone(),
                 name,
                 disk: Arc::from(d),
+                progress: Default::default(),
             });
         }
         jobs.push(v);
@@ -159,8 +164,14 @@ pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendErro
         .flatten()
         .map(|j| j.disk.info().virtual_size)
         .sum();
-    let stats = Arc::new(Stats::default());
-    let level = Arc::new(AdaptiveLevel::new(opts.level, opts.adaptive));
+    let sh = Arc::new(Shared {
+        opts: opts.clone(),
+        stats: Arc::new(Stats::default()),
+        level: Arc::new(AdaptiveLevel::new(opts.level, opts.adaptive)),
+        throttle: Arc::new(Throttle::new(opts.bandwidth)),
+        peer: opts.to.clone(),
+    });
+    let stats = &sh.stats;
     let (addr, host) = resolve(&opts.to)?;
     let server_name = opts.server_name.clone().unwrap_or(host);
     let client = crate::tls::config::sender_quic(&crate::tls::config::SenderFiles::in_dir(
@@ -169,30 +180,22 @@ pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendErro
     ))?;
     let endpoint = crate::transport::client_endpoint(addr, client)
         .map_err(|e| SendError::Internal(format!("cannot bind a UDP socket: {e}")))?;
-    let peer = opts.to.clone();
     let bar = progress::Progress::new(opts.progress, total, stats.clone());
     let done: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Default::default();
     let mut deadline = Instant::now() + opts.give_up_after;
     let mut attempt = 0usize;
     loop {
-        let acked_before = Stats::get(&stats.extents);
-        let res = attempt_once(
-            &endpoint,
-            addr,
-            &server_name,
-            &peer,
-            &jobs,
-            opts,
-            &stats,
-            &level,
-            &done,
-            deadline,
-        )
-        .await;
-        // An attempt that got extents acknowledged (resumed ranges do not count) starts the fast schedule again, and --give-up-after
-        // counts from now: each outage is met with fast reconnects and its own give-up
-        // window, not with what earlier outages (or a long copy) used up.
-        if res.is_err() && Stats::get(&stats.extents) > acked_before {
+        let committed_before = done.lock().map(|d| d.len()).unwrap_or(0);
+        let durable_before = Stats::get(&stats.durable_growth);
+        let res = attempt_once(&endpoint, addr, &server_name, &jobs, &sh, &done, deadline).await;
+        // An attempt that committed a disk, or found more progress durable at the receiver
+        // than the attempt before, starts the fast schedule again, and --give-up-after counts
+        // from now: each outage is met with fast reconnects and its own give-up window, not
+        // with what earlier outages (or a long copy) used up. Acknowledged extents alone do
+        // not count: a full target acknowledges rewrites of ranges it already holds forever.
+        let progressed = done.lock().map(|d| d.len()).unwrap_or(0) > committed_before
+            || Stats::get(&stats.durable_growth) > durable_before;
+        if res.is_err() && progressed {
             attempt = 0;
             deadline = Instant::now() + opts.give_up_after;
         }
@@ -218,24 +221,21 @@ pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendErro
     bar.finish();
     endpoint.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
-    let summary = Summary::from_stats(&stats, total, started.elapsed());
+    let summary = Summary::from_stats(stats, total, started.elapsed());
     info!("{}", summary.one_line());
     Ok(summary)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn attempt_once(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
     server_name: &str,
-    peer: &str,
     jobs: &[Vec<DiskJob>],
-    opts: &SendOptions,
-    stats: &Arc<Stats>,
-    level: &Arc<AdaptiveLevel>,
+    sh: &Arc<Shared>,
     done: &Arc<std::sync::Mutex<HashSet<(String, String)>>>,
     deadline: Instant,
 ) -> Result<(), SendError> {
+    let peer = sh.peer.as_str();
     let connecting = endpoint
         .connect(addr, server_name)
         .map_err(|e| SendError::Connect {
@@ -257,26 +257,18 @@ async fn attempt_once(
     let mut vms = tokio::task::JoinSet::new();
     for vm_jobs in jobs {
         let conn = conn.clone();
-        let jobs: Vec<(String, String, Arc<dyn crate::disk::VirtualDisk>)> = vm_jobs
-            .iter()
-            .map(|j| (j.vm.clone(), j.name.clone(), j.disk.clone()))
-            .collect();
-        let opts = opts.clone();
-        let stats = stats.clone();
-        let level = level.clone();
+        let jobs: Vec<DiskJob> = vm_jobs.to_vec();
+        let sh = sh.clone();
         let done = done.clone();
-        let peer = peer.to_string();
         vms.spawn(async move {
-            let mut ctrl = ControlStream::open(&conn, &peer).await?;
-            for (vm, name, disk) in jobs {
-                let key = (vm.clone(), name.clone());
+            let mut ctrl = ControlStream::open(&conn, &sh.peer).await?;
+            for job in jobs {
+                let key = (job.vm.clone(), job.name.clone());
                 if done.lock().map(|d| d.contains(&key)).unwrap_or(false) {
                     continue;
                 }
-                let job = DiskJob { vm, name, disk };
                 let t0 = Instant::now();
-                let out =
-                    disk::replicate(&conn, &mut ctrl, &job, &opts, &stats, &level, &peer).await?;
+                let out = disk::replicate(&conn, &mut ctrl, &job, &sh).await?;
                 info!(vm = %job.vm, disk = %job.name, resumed_bytes = out.resumed,
                       seconds = t0.elapsed().as_secs_f64(), "disk committed at the receiver");
                 if let Ok(mut d) = done.lock() {
