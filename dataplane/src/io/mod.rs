@@ -19,7 +19,21 @@
 //! adds no runtime.
 //!
 //! # Which is faster (bench/results/io_backends.md, `cargo run --release -p vdrep-bench --bin io_backends`)
-//! DECISION-PLACEHOLDER
+//! No backend wins on the project's machine (2 shared cores, virtio disk), so `auto` takes
+//! io_uring as the design asks, at no measurable cost, and O_DIRECT stays opt-in:
+//! - As the pipeline uses it (2 threads × 1 MiB reads): cold io_uring 3.15 GB/s vs pread 2.91
+//!   (+8 %), cached 10.2 vs 10.0 (+2.5 %), both inside the run-to-run spread: a tie.
+//! - O_DIRECT runs at 1.1–1.3 GB/s at every depth (1–32) and size (64 KiB–1 MiB), for pread and
+//!   io_uring alike, while page-cache reads with the device's 8 MiB readahead reach 3–3.8 GB/s
+//!   cold; so the design's case for io_uring, cold O_DIRECT at depth, does not hold on this
+//!   device (it may on a local NVMe: `VDREP_IO=uring-direct`).
+//! - Deep queues hurt cached-path io_uring (one thread does every copy; pread threads spread
+//!   them over the cores): at depth 16–32 with 1 MiB pieces it loses 2–3×. Hence the default of
+//!   4 pieces of 256 KiB per call: a 1 MiB read is one batch, the pipeline's threads do the rest.
+//!
+//! O_DIRECT needs aligned memory; pipeline buffers (`BytesMut`) are not, so direct mode reads
+//! unaligned requests through a per-thread 1 MiB bounce buffer and copies (one memcpy, ~10 GB/s,
+//! small next to the device) and reads aligned ones (see [`direct::aligned_bytes_mut`]) in place.
 
 pub mod direct;
 pub mod fault;
