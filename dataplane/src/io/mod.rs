@@ -176,11 +176,13 @@ pub fn selected_backend() -> io::Result<Backend> {
 
 /// Opens a file with the backend chosen for this host (see the module docs).
 pub fn open(path: &Path) -> io::Result<Box<dyn ReadAt>> {
+    // Debug level: commands like `inspect` print exactly one line on stderr when they fail;
+    // `RUST_LOG=vdrep::io=debug` shows the choice, and `ReadAt::backend` names it.
     static LOGGED: Once = Once::new();
     let backend = selected_backend()?;
     LOGGED.call_once(|| match uring_status() {
-        Ok(()) => tracing::info!(backend = ?backend, "disk read backend"),
-        Err(why) => tracing::info!(backend = ?backend, io_uring = why, "disk read backend"),
+        Ok(()) => tracing::debug!(backend = ?backend, "disk read backend"),
+        Err(why) => tracing::debug!(backend = ?backend, io_uring = why, "disk read backend"),
     });
     open_with(path, backend)
 }

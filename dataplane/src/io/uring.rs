@@ -108,7 +108,7 @@ impl UringFile {
             match open_direct(path) {
                 Ok(f) => Some(f),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    tracing::info!(path = %path.display(), "O_DIRECT refused by the filesystem; reading through the page cache");
+                    tracing::debug!(path = %path.display(), "O_DIRECT refused by the filesystem; reading through the page cache");
                     None
                 }
                 Err(e) => return Err(e),
