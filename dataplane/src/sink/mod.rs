@@ -141,6 +141,23 @@ impl DiskState {
     }
 }
 
+/// A recovery point: a committed state of a replica that failover can materialise.
+///
+/// The committed initial replication is point 0; every committed delta cycle (empty ones
+/// too) is the next. Points are listed oldest first and pruned by age, never the newest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryPoint {
+    /// 0 for the initial replication, then the delta cycle number.
+    pub cycle: u64,
+    /// When the point was committed, Unix seconds (receiver clock).
+    pub created_unix: u64,
+    /// Bytes the cycle changed (the virtual size for the initial copy).
+    pub bytes: u64,
+    /// BLAKE3 digest of the disk at this point as the sender computed it (all zero when the
+    /// sender sent none); failover output is checked against it.
+    pub digest: [u8; 32],
+}
+
 /// A store of replicas (one backend: a local directory, an Azure container, …).
 pub trait ReplicaStore: Send + Sync {
     /// Opens (creating if absent) the replica of a disk. A different virtual size (resize is
@@ -181,8 +198,9 @@ pub trait ReplicaDisk: Send + Sync {
     fn checkpoint(&self, durable: &RangeSet) -> Result<(), SinkError>;
     /// Publishes the ongoing initial copy as the committed replica (cycle 0): requires the
     /// recorded progress to cover the whole disk, syncs the data, writes the fixed-VHD
-    /// footer, and durably switches the state. Afterwards the replica is a valid fixed VHD.
-    fn commit_initial(&self) -> Result<(), SinkError>;
+    /// footer, and durably switches the state. Afterwards the replica is a valid fixed VHD
+    /// and `point` (cycle 0) is its first recovery point; older points are dropped.
+    fn commit_initial(&self, point: &RecoveryPoint) -> Result<(), SinkError>;
     /// Reads `len` bytes of the working image at `offset` (same range checks as writes,
     /// except that any alignment is allowed).
     fn read(&self, offset: u64, len: usize) -> Result<Bytes, SinkError>;
@@ -193,9 +211,22 @@ pub trait ReplicaDisk: Send + Sync {
     /// replica, which stays readable and unchanged until [`ReplicaDisk::commit_initial`].
     /// Any uncommitted copy is discarded.
     fn begin_initial(&self) -> Result<(), SinkError>;
-    /// Records delta cycle `cycle` as committed after syncing its writes (applied in place
-    /// on the committed replica). Cycles must increase; no initial copy may be in progress.
-    fn commit_cycle(&self, cycle: u64) -> Result<(), SinkError>;
+    /// Opens delta cycle `cycle` (the committed cycle + 1, or the open one again after a
+    /// restart): from now on `write`/`clear` belong to it, and `checkpoint` records its
+    /// progress. Returns the ranges of this cycle already durable (a resent cycle skips
+    /// them). The latest recovery point stays intact whatever happens until the commit.
+    fn begin_cycle(&self, cycle: u64) -> Result<RangeSet, SinkError>;
+    /// Commits the open cycle atomically as recovery point `point` (its `cycle` is the open
+    /// one): after a crash the replica shows either the previous point or this one, never a
+    /// mix. Committing an already committed cycle again is a no-op.
+    fn commit_cycle(&self, point: &RecoveryPoint) -> Result<(), SinkError>;
+    /// The recovery points, oldest first.
+    fn points(&self) -> Result<Vec<RecoveryPoint>, SinkError>;
+    /// Drops the points committed before `older_than_unix`, never the newest; returns the
+    /// cycles dropped.
+    fn prune_points(&self, older_than_unix: u64) -> Result<Vec<u64>, SinkError>;
+    /// Reads `len` bytes at `offset` of the disk as it was at recovery point `cycle`.
+    fn read_point(&self, cycle: u64, offset: u64, len: usize) -> Result<Bytes, SinkError>;
     /// Where the replica is (file path, blob URL), for summaries.
     fn path_hint(&self) -> String;
 }
