@@ -20,7 +20,11 @@
 //! 4. [`ReplicaDisk::commit_initial`] requires the whole disk to be done, writes the VHD
 //!    footer and publishes the copy as the committed replica (cycle 0, the first recovery
 //!    point).
-//! 5. Delta cycles write in place and are recorded with [`ReplicaDisk::commit_cycle`].
+//! 5. Delta cycle N opens with [`ReplicaDisk::begin_cycle`]; its writes are held aside (the
+//!    local store logs them) and reach the replica only in [`ReplicaDisk::commit_cycle`],
+//!    atomically, which makes the cycle the next recovery point. Older points stay readable
+//!    ([`ReplicaDisk::read_point`]) until [`ReplicaDisk::prune_points`] drops them
+//!    (retention [`DEFAULT_RETENTION`] unless the policy says otherwise).
 //! 6. A resynchronisation or a fresh full copy starts with [`ReplicaDisk::begin_initial`]:
 //!    a new generation is written beside the committed replica, which stays readable until
 //!    the new copy commits.
@@ -35,6 +39,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 pub use error::SinkError;
 use vdrep_proto::{Guid, RangeSet};
+
+/// How long recovery points are kept unless a policy says otherwise (DESIGN §6: 0..24 h).
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Sector size of replicas: writes and clears are aligned to it (Azure pages are 512 bytes).
 pub const SECTOR: u64 = 512;
@@ -115,7 +122,8 @@ pub struct DiskState {
     /// The newest committed cycle (0 = the initial copy). Meaningful when
     /// `initial_committed`.
     pub committed_cycle: u64,
-    /// Durable, done ranges of the ongoing initial copy (empty when none is in progress).
+    /// Durable, done ranges of the ongoing initial copy or of the open delta cycle (empty
+    /// when neither is in progress).
     pub progress: RangeSet,
     /// Number of the current full copy; bumps when a new one starts.
     pub generation: u64,
@@ -126,6 +134,9 @@ pub struct DiskState {
     /// Unique id the in-progress copy's footer will carry ([`Guid::NIL`] if none); lets
     /// recovery recognise a copy whose commit was interrupted after it was published.
     pub copy_id: Guid,
+    /// The delta cycle being written (its writes are not part of any recovery point yet),
+    /// if one is open; it is always `committed_cycle + 1`.
+    pub open_cycle: Option<u64>,
 }
 
 impl DiskState {
