@@ -450,6 +450,7 @@ impl ReplicaDisk for LocalDisk {
         inner.working_path = p.vhd.clone();
         inner.redo = None;
         // The previous generation's points are gone with its replica: drop their logs.
+        self.forget_all_undo();
         self.remove_orphans(&inner)?;
         Ok(())
     }

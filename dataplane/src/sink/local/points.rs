@@ -39,7 +39,7 @@ impl LocalDisk {
         self.undo_cache().entries.retain(|(p, _)| *p != point);
     }
 
-    fn forget_all_undo(&self) {
+    pub(super) fn forget_all_undo(&self) {
         self.undo_cache().entries.clear();
     }
 
