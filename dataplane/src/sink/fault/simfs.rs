@@ -258,6 +258,12 @@ impl SimFs {
         self.lock().budget = Some(ops);
     }
 
+    /// Lifts a [`SimFs::power_cut_after`] budget without a crash: the failed calls were
+    /// transient errors (EIO, a full disk), and the store's own retry must now succeed.
+    pub fn restore_power(&self) {
+        self.lock().budget = None;
+    }
+
     /// True once a [`SimFs::power_cut_after`] budget is spent.
     pub fn power_is_cut(&self) -> bool {
         self.lock().budget == Some(0)
