@@ -465,3 +465,28 @@ fn a_commit_failing_at_any_call_completes_when_retried_without_a_restart() {
     }
     assert!(ops > 5, "the commit made only {ops} filesystem calls");
 }
+
+#[test]
+fn a_rotten_redo_log_is_reported_and_the_previous_point_stays_readable() {
+    let fs = SimFs::new();
+    let (d, sh) = setup(&fs);
+    d.begin_cycle(1).unwrap();
+    send(d.as_ref(), 3, 77).unwrap();
+    d.checkpoint(&ranges(&BTreeSet::from([3]))).unwrap();
+    // One flipped byte in the data of the first record (after the 64 + 32 header bytes).
+    let redo = root().join("vm/d.c1.redo");
+    let mut b = fs.file_bytes(&redo).unwrap()[100..101].to_vec();
+    b[0] ^= 0x10;
+    fs.tamper(&redo, 100, &b).unwrap();
+    let e = d.commit_cycle(&point(1)).unwrap_err();
+    assert!(
+        matches!(e, vdrep::sink::SinkError::CorruptState { .. }) && !e.is_recoverable(),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("d.c1.redo") && e.to_string().contains("checksum"),
+        "{e}"
+    );
+    let got = d.read_point(0, 0, SIZE as usize).unwrap();
+    assert!(got[..] == expand(&sh.images[&0])[..], "point 0 changed");
+}

@@ -98,7 +98,8 @@ impl Redo {
             return Ok(());
         }
         let mut buf = Vec::with_capacity(log::REC_HEADER as usize + data.map_or(0, |d| d.len()));
-        buf.extend_from_slice(&log::rec_header(offset, len, data));
+        let header = log::rec_header(offset, len, data);
+        buf.extend_from_slice(&header);
         if let Some(d) = data {
             buf.extend_from_slice(d);
         }
@@ -112,7 +113,7 @@ impl Redo {
             len,
             data: data.is_some(),
             pos: self.end + log::REC_HEADER,
-            dcrc: 0,
+            dcrc: u32::from_le_bytes([header[20], header[21], header[22], header[23]]),
         };
         self.end += rec.stored();
         self.recs.push(rec);
@@ -135,7 +136,6 @@ impl Redo {
 
     /// Replays the log onto `replica` in order, checking every data record's CRC.
     fn apply(&self, replica: &dyn DataFile, replica_path: &Path) -> Result<(), SinkError> {
-        let mut h = [0u8; log::REC_HEADER as usize];
         let mut buf = vec![0u8; CHUNK];
         for r in &self.recs {
             if !r.data {
@@ -147,12 +147,6 @@ impl Redo {
                 continue;
             }
             let hdr_at = r.pos - log::REC_HEADER;
-            self.file.read_at(hdr_at, &mut h).map_err(io_err(
-                &self.path,
-                "read redo log",
-                hdr_at,
-            ))?;
-            let want = u32::from_le_bytes([h[20], h[21], h[22], h[23]]);
             let mut crc = 0u32;
             let mut done = 0u64;
             while done < r.len {
@@ -171,7 +165,7 @@ impl Redo {
                 ))?;
                 done += n as u64;
             }
-            if crc != want {
+            if crc != r.dcrc {
                 return Err(corrupt(
                     &self.path,
                     hdr_at,
