@@ -14,7 +14,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use vdrep::layout::replica_virtual_size;
 use vdrep::sink::fault::{Crash, SimFs};
 use vdrep::sink::local::LocalStore;
-use vdrep::sink::{DiskKey, ReplicaDisk, ReplicaStore, SinkError};
+use vdrep::sink::{DiskKey, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError};
 use vdrep_proto::formats::vhd::Footer;
 use vdrep_proto::{Guid, RangeSet};
 
@@ -22,6 +22,15 @@ const SIZE: u64 = 64 << 10;
 const CHUNK: u64 = 8 << 10;
 const CHUNKS: usize = (SIZE / CHUNK) as usize;
 const SRC: Guid = Guid([5; 16]);
+
+fn point(cycle: u64) -> RecoveryPoint {
+    RecoveryPoint {
+        cycle,
+        created_unix: 1_700_000_000 + cycle,
+        bytes: 0,
+        digest: [0; 32],
+    }
+}
 
 fn root() -> &'static Path {
     Path::new("/store")
@@ -134,16 +143,22 @@ fn run(fs: &SimFs, steps: &[Step]) -> (Arc<dyn ReplicaDisk>, Shadow) {
                     _ => unreachable!(),
                 };
                 let off = c as u64 * CHUNK;
-                if id == 0 {
-                    d.clear(off, CHUNK).unwrap();
+                let r = if id == 0 {
+                    d.clear(off, CHUNK)
                 } else {
-                    d.write(off, &data(id)).unwrap();
-                }
+                    d.write(off, &data(id))
+                };
                 if sh.in_progress {
+                    r.unwrap();
                     sh.copy.put(c, id);
                     sh.done[c] = true;
-                } else if let Some((_, img)) = &mut sh.committed {
-                    img.put(c, id);
+                } else {
+                    // Outside a copy, writes belong to delta cycles (tests/store_cycles.rs):
+                    // without an open cycle they are refused and change nothing.
+                    assert!(
+                        !ok_or_invalid(r),
+                        "a write outside a copy or cycle was taken"
+                    );
                 }
             }
             Step::Checkpoint | Step::Commit => {
@@ -158,7 +173,7 @@ fn run(fs: &SimFs, steps: &[Step]) -> (Arc<dyn ReplicaDisk>, Shadow) {
                 } else if let Some((_, img)) = &mut sh.committed {
                     img.sync();
                 }
-                if matches!(s, Step::Commit) && ok_or_invalid(d.commit_initial()) {
+                if matches!(s, Step::Commit) && ok_or_invalid(d.commit_initial(&point(0))) {
                     sh.copy.sync();
                     sh.committed = Some((d.state().replica_id, sh.copy.clone()));
                     sh.in_progress = false;
@@ -175,11 +190,11 @@ fn run(fs: &SimFs, steps: &[Step]) -> (Arc<dyn ReplicaDisk>, Shadow) {
                 sh.claims = RangeSet::new();
             }
             Step::CommitCycle => {
-                if ok_or_invalid(d.commit_cycle(sh.cycle + 1)) {
-                    sh.cycle += 1;
-                    if let Some((_, img)) = &mut sh.committed {
-                        img.sync();
-                    }
+                // An empty cycle: it becomes the next recovery point.
+                let n = sh.cycle + 1;
+                if ok_or_invalid(d.begin_cycle(n).map(|_| ())) {
+                    d.commit_cycle(&point(n)).unwrap();
+                    sh.cycle = n;
                 }
             }
             Step::Reopen => {
@@ -258,7 +273,7 @@ fn check_after_crash(fs: &SimFs, sh: &Shadow, ctx: &str) {
         d.write(c as u64 * CHUNK, &data(251)).unwrap();
     }
     d.checkpoint(&RangeSet::from_range(0, SIZE)).unwrap();
-    d.commit_initial().unwrap();
+    d.commit_initial(&point(0)).unwrap();
     assert_eq!(
         &d.read_committed(SIZE - CHUNK, CHUNK as usize).unwrap()[..],
         &data(251)[..]

@@ -9,10 +9,22 @@ use std::sync::Arc;
 use vdrep::layout::{replica_file_size, replica_virtual_size};
 use vdrep::sink::fault::{FaultPlan, FaultStore, Op};
 use vdrep::sink::local::LocalStore;
-use vdrep::sink::{DiskKey, ReplicaDisk, ReplicaStore, SinkError};
+use vdrep::sink::{DiskKey, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError};
 use vdrep_proto::{Guid, RangeSet};
 
 const SRC: Guid = Guid([9; 16]);
+
+fn point(cycle: u64) -> RecoveryPoint {
+    RecoveryPoint {
+        cycle,
+        created_unix: 1_700_000_000 + cycle,
+        bytes: 0,
+        digest: [0; 32],
+    }
+}
+fn point0() -> RecoveryPoint {
+    point(0)
+}
 
 fn key(d: &str) -> DiskKey {
     DiskKey::new("vm-1", d).unwrap()
@@ -186,14 +198,14 @@ fn a_second_store_instance_cannot_open_an_open_disk() {
 #[test]
 fn a_store_of_another_version_or_a_foreign_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("FORMAT"), "vdrep-store 2\n").unwrap();
+    std::fs::write(dir.path().join("FORMAT"), "vdrep-store 99\n").unwrap();
     let e = LocalStore::open(dir.path()).unwrap_err();
     assert!(
         matches!(e, SinkError::StoreVersion { .. }) && !e.is_recoverable(),
         "{e}"
     );
     assert!(
-        e.to_string().contains("vdrep-store 2") && e.to_string().contains("FORMAT"),
+        e.to_string().contains("vdrep-store 99") && e.to_string().contains("FORMAT"),
         "{e}"
     );
     let foreign = tempfile::tempdir().unwrap();
@@ -206,7 +218,7 @@ fn a_store_of_another_version_or_a_foreign_directory_is_refused() {
     LocalStore::open(&fresh.path().join("new/store")).unwrap();
     assert_eq!(
         std::fs::read_to_string(fresh.path().join("new/store/FORMAT")).unwrap(),
-        "vdrep-store 1\n"
+        format!("{}\n", vdrep::sink::local::STORE_FORMAT)
     );
 }
 
@@ -236,7 +248,7 @@ fn commit_needs_a_complete_copy() {
     let store = LocalStore::open(dir.path()).unwrap();
     let d = store.open_disk(&key("d0"), 1 << 20, SRC).unwrap();
     d.checkpoint(&RangeSet::from_range(0, 512 << 10)).unwrap();
-    let e = d.commit_initial().unwrap_err();
+    let e = d.commit_initial(&point0()).unwrap_err();
     assert!(
         matches!(e, SinkError::InvalidState { offset, .. } if offset == 512 << 10),
         "{e}"
@@ -263,7 +275,7 @@ fn replicate_raw(store: &LocalStore, src: &[u8], k: &DiskKey) -> Arc<dyn Replica
         }
     }
     d.checkpoint(&done).unwrap();
-    d.commit_initial().unwrap();
+    d.commit_initial(&point0()).unwrap();
     d
 }
 
@@ -357,15 +369,16 @@ fn a_new_full_copy_leaves_the_committed_replica_intact_until_it_commits() {
     v2[..65536].copy_from_slice(&pattern(2, 65536));
     d.write(65536, &v2[65536..]).unwrap();
     d.checkpoint(&RangeSet::from_range(0, size as u64)).unwrap();
-    d.commit_initial().unwrap();
+    d.commit_initial(&point0()).unwrap();
     assert_ne!(d.state().replica_id, id1);
     let raw2 = dir.path().join("v2.raw");
     std::fs::write(&raw2, &v2).unwrap();
     qemu_compare(&vhd, &raw2);
-    d.commit_cycle(1).unwrap();
-    d.commit_cycle(1).unwrap(); // a resent commit is idempotent
+    assert_eq!(d.begin_cycle(1).unwrap(), RangeSet::new());
+    d.commit_cycle(&point(1)).unwrap();
+    d.commit_cycle(&point(1)).unwrap(); // a resent commit is idempotent
     assert!(matches!(
-        d.commit_cycle(0).unwrap_err(),
+        d.commit_cycle(&point(0)).unwrap_err(),
         SinkError::InvalidState { .. }
     ));
     assert_eq!(d.state().committed_cycle, 1);

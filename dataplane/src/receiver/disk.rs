@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use vdrep_proto::ranges::RangeSet;
 
-use crate::sink::{ReplicaDisk, SinkError};
+use crate::sink::{RecoveryPoint, ReplicaDisk, SinkError};
 
 /// How often written ranges are made durable and recorded (resume granularity: a crash
 /// loses at most this much acknowledged-but-unsynced progress, which is simply resent).
@@ -76,7 +76,17 @@ impl DiskSession {
         self.checkpoint(true).await?;
         let _g = self.sync.lock().await;
         let r = self.replica.clone();
-        tokio::task::spawn_blocking(move || r.commit_initial())
+        // Digests are wired later: an all-zero digest means "none sent".
+        let point = RecoveryPoint {
+            cycle: 0,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            bytes: self.virtual_size,
+            digest: [0; 32],
+        };
+        tokio::task::spawn_blocking(move || r.commit_initial(&point))
             .await
             .map_err(|e| task_failed(self, "commit", e))?
     }

@@ -20,7 +20,11 @@
 //! 4. [`ReplicaDisk::commit_initial`] requires the whole disk to be done, writes the VHD
 //!    footer and publishes the copy as the committed replica (cycle 0, the first recovery
 //!    point).
-//! 5. Delta cycles write in place and are recorded with [`ReplicaDisk::commit_cycle`].
+//! 5. Delta cycle N opens with [`ReplicaDisk::begin_cycle`]; its writes are held aside (the
+//!    local store logs them) and reach the replica only in [`ReplicaDisk::commit_cycle`],
+//!    atomically, which makes the cycle the next recovery point. Older points stay readable
+//!    ([`ReplicaDisk::read_point`]) until [`ReplicaDisk::prune_points`] drops them
+//!    (retention [`DEFAULT_RETENTION`] unless the policy says otherwise).
 //! 6. A resynchronisation or a fresh full copy starts with [`ReplicaDisk::begin_initial`]:
 //!    a new generation is written beside the committed replica, which stays readable until
 //!    the new copy commits.
@@ -35,6 +39,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 pub use error::SinkError;
 use vdrep_proto::{Guid, RangeSet};
+
+/// How long recovery points are kept unless a policy says otherwise (DESIGN §6: 0..24 h).
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Sector size of replicas: writes and clears are aligned to it (Azure pages are 512 bytes).
 pub const SECTOR: u64 = 512;
@@ -115,7 +122,8 @@ pub struct DiskState {
     /// The newest committed cycle (0 = the initial copy). Meaningful when
     /// `initial_committed`.
     pub committed_cycle: u64,
-    /// Durable, done ranges of the ongoing initial copy (empty when none is in progress).
+    /// Durable, done ranges of the ongoing initial copy or of the open delta cycle (empty
+    /// when neither is in progress).
     pub progress: RangeSet,
     /// Number of the current full copy; bumps when a new one starts.
     pub generation: u64,
@@ -126,6 +134,9 @@ pub struct DiskState {
     /// Unique id the in-progress copy's footer will carry ([`Guid::NIL`] if none); lets
     /// recovery recognise a copy whose commit was interrupted after it was published.
     pub copy_id: Guid,
+    /// The delta cycle being written (its writes are not part of any recovery point yet),
+    /// if one is open; it is always `committed_cycle + 1`.
+    pub open_cycle: Option<u64>,
 }
 
 impl DiskState {
@@ -139,6 +150,23 @@ impl DiskState {
         self.writable_end()
             .saturating_sub(self.progress.clipped(0, self.writable_end()).covered_len())
     }
+}
+
+/// A recovery point: a committed state of a replica that failover can materialise.
+///
+/// The committed initial replication is point 0; every committed delta cycle (empty ones
+/// too) is the next. Points are listed oldest first and pruned by age, never the newest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryPoint {
+    /// 0 for the initial replication, then the delta cycle number.
+    pub cycle: u64,
+    /// When the point was committed, Unix seconds (receiver clock).
+    pub created_unix: u64,
+    /// Bytes the cycle changed (the virtual size for the initial copy).
+    pub bytes: u64,
+    /// BLAKE3 digest of the disk at this point as the sender computed it (all zero when the
+    /// sender sent none); failover output is checked against it.
+    pub digest: [u8; 32],
 }
 
 /// A store of replicas (one backend: a local directory, an Azure container, …).
@@ -181,8 +209,9 @@ pub trait ReplicaDisk: Send + Sync {
     fn checkpoint(&self, durable: &RangeSet) -> Result<(), SinkError>;
     /// Publishes the ongoing initial copy as the committed replica (cycle 0): requires the
     /// recorded progress to cover the whole disk, syncs the data, writes the fixed-VHD
-    /// footer, and durably switches the state. Afterwards the replica is a valid fixed VHD.
-    fn commit_initial(&self) -> Result<(), SinkError>;
+    /// footer, and durably switches the state. Afterwards the replica is a valid fixed VHD
+    /// and `point` (cycle 0) is its first recovery point; older points are dropped.
+    fn commit_initial(&self, point: &RecoveryPoint) -> Result<(), SinkError>;
     /// Reads `len` bytes of the working image at `offset` (same range checks as writes,
     /// except that any alignment is allowed).
     fn read(&self, offset: u64, len: usize) -> Result<Bytes, SinkError>;
@@ -193,9 +222,22 @@ pub trait ReplicaDisk: Send + Sync {
     /// replica, which stays readable and unchanged until [`ReplicaDisk::commit_initial`].
     /// Any uncommitted copy is discarded.
     fn begin_initial(&self) -> Result<(), SinkError>;
-    /// Records delta cycle `cycle` as committed after syncing its writes (applied in place
-    /// on the committed replica). Cycles must increase; no initial copy may be in progress.
-    fn commit_cycle(&self, cycle: u64) -> Result<(), SinkError>;
+    /// Opens delta cycle `cycle` (the committed cycle + 1, or the open one again after a
+    /// restart): from now on `write`/`clear` belong to it, and `checkpoint` records its
+    /// progress. Returns the ranges of this cycle already durable (a resent cycle skips
+    /// them). The latest recovery point stays intact whatever happens until the commit.
+    fn begin_cycle(&self, cycle: u64) -> Result<RangeSet, SinkError>;
+    /// Commits the open cycle atomically as recovery point `point` (its `cycle` is the open
+    /// one): after a crash the replica shows either the previous point or this one, never a
+    /// mix. Committing an already committed cycle again is a no-op.
+    fn commit_cycle(&self, point: &RecoveryPoint) -> Result<(), SinkError>;
+    /// The recovery points, oldest first.
+    fn points(&self) -> Result<Vec<RecoveryPoint>, SinkError>;
+    /// Drops the points committed before `older_than_unix`, never the newest; returns the
+    /// cycles dropped.
+    fn prune_points(&self, older_than_unix: u64) -> Result<Vec<u64>, SinkError>;
+    /// Reads `len` bytes at `offset` of the disk as it was at recovery point `cycle`.
+    fn read_point(&self, cycle: u64, offset: u64, len: usize) -> Result<Bytes, SinkError>;
     /// Where the replica is (file path, blob URL), for summaries.
     fn path_hint(&self) -> String;
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use vdrep_proto::{Guid, RangeSet};
 
-use crate::sink::{DiskKey, DiskState, ReplicaDisk, ReplicaStore, SinkError};
+use crate::sink::{DiskKey, DiskState, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError};
 
 /// The operations faults can target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,6 +33,14 @@ pub enum Op {
     BeginInitial,
     /// [`ReplicaDisk::commit_cycle`].
     CommitCycle,
+    /// [`ReplicaDisk::begin_cycle`].
+    BeginCycle,
+    /// [`ReplicaDisk::points`].
+    Points,
+    /// [`ReplicaDisk::prune_points`].
+    PrunePoints,
+    /// [`ReplicaDisk::read_point`].
+    ReadPoint,
 }
 
 #[derive(Debug, Default)]
@@ -169,9 +177,9 @@ impl ReplicaDisk for FaultDisk {
         self.fail(Op::Checkpoint, "fdatasync", 0)?;
         self.inner.checkpoint(durable)
     }
-    fn commit_initial(&self) -> Result<(), SinkError> {
+    fn commit_initial(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
         self.fail(Op::CommitInitial, "commit", 0)?;
-        self.inner.commit_initial()
+        self.inner.commit_initial(point)
     }
     fn read(&self, offset: u64, len: usize) -> Result<Bytes, SinkError> {
         self.fail(Op::Read, "read", offset)?;
@@ -185,9 +193,25 @@ impl ReplicaDisk for FaultDisk {
         self.fail(Op::BeginInitial, "begin initial copy", 0)?;
         self.inner.begin_initial()
     }
-    fn commit_cycle(&self, cycle: u64) -> Result<(), SinkError> {
+    fn begin_cycle(&self, cycle: u64) -> Result<RangeSet, SinkError> {
+        self.fail(Op::BeginCycle, "begin cycle", 0)?;
+        self.inner.begin_cycle(cycle)
+    }
+    fn commit_cycle(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
         self.fail(Op::CommitCycle, "commit cycle", 0)?;
-        self.inner.commit_cycle(cycle)
+        self.inner.commit_cycle(point)
+    }
+    fn points(&self) -> Result<Vec<RecoveryPoint>, SinkError> {
+        self.fail(Op::Points, "list recovery points", 0)?;
+        self.inner.points()
+    }
+    fn prune_points(&self, older_than_unix: u64) -> Result<Vec<u64>, SinkError> {
+        self.fail(Op::PrunePoints, "prune recovery points", 0)?;
+        self.inner.prune_points(older_than_unix)
+    }
+    fn read_point(&self, cycle: u64, offset: u64, len: usize) -> Result<Bytes, SinkError> {
+        self.fail(Op::ReadPoint, "read recovery point", offset)?;
+        self.inner.read_point(cycle, offset, len)
     }
     fn path_hint(&self) -> String {
         self.inner.path_hint()

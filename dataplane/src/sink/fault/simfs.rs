@@ -8,6 +8,9 @@
 //! a random prefix of pending name changes ([`Crash::Random`]), since a real disk may have
 //! persisted some of them — releases all locks and makes every open handle stale.
 //!
+//! [`SimFs::power_cut_after`] stops the machine after a given number of changing
+//! operations, so a crash can be placed between any two filesystem calls of one store call.
+//!
 //! Simplifications (documented, deliberate): directories are durable when created; a single
 //! write either persists whole or not at all at a crash (sector-atomic writes are not
 //! modelled below the granularity of one call).
@@ -164,6 +167,25 @@ struct State {
     pending_ns: Vec<NsOp>,
     inodes: HashMap<u64, Inode>,
     locks: BTreeSet<PathBuf>,
+    /// Changing operations left before the simulated power cut (`None`: unlimited).
+    budget: Option<u64>,
+}
+
+impl State {
+    /// Counts one changing operation against the budget; once it is spent, the machine is
+    /// "off": the operation fails and changes nothing.
+    fn spend(&mut self) -> io::Result<()> {
+        match &mut self.budget {
+            Some(0) => Err(io::Error::other(
+                "simulated power cut: the machine stopped before this operation",
+            )),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// The durability model (see the module docs). Cheap to clone: clones share the filesystem.
@@ -226,6 +248,25 @@ impl SimFs {
         st.inodes.retain(|ino, _| live.contains(ino));
         st.locks.clear();
         st.epoch += 1;
+        st.budget = None;
+    }
+
+    /// Lets only the next `ops` changing operations (writes, syncs, creates, renames,
+    /// removals) happen; every later one fails without effect until [`SimFs::crash`]. With
+    /// a crash afterwards this cuts the power at an exact point *inside* a store call.
+    pub fn power_cut_after(&self, ops: u64) {
+        self.lock().budget = Some(ops);
+    }
+
+    /// Lifts a [`SimFs::power_cut_after`] budget without a crash: the failed calls were
+    /// transient errors (EIO, a full disk), and the store's own retry must now succeed.
+    pub fn restore_power(&self) {
+        self.lock().budget = None;
+    }
+
+    /// True once a [`SimFs::power_cut_after`] budget is spent.
+    pub fn power_is_cut(&self) -> bool {
+        self.lock().budget == Some(0)
     }
 
     /// The current bytes of a file (what a read sees now), for assertions.
@@ -273,6 +314,7 @@ impl StoreFs for SimFs {
     }
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let mut st = self.lock();
+        st.spend()?;
         if !path.parent().is_some_and(|d| st.dirs.contains(d)) {
             return Err(not_found(path));
         }
@@ -296,6 +338,7 @@ impl StoreFs for SimFs {
     }
     fn sync_file(&self, path: &Path) -> io::Result<()> {
         let mut st = self.lock();
+        st.spend()?;
         let ino = SimFs::ino(&st, path)?;
         let inode = st.inodes.get_mut(&ino).ok_or_else(|| not_found(path))?;
         inode.durable = inode.current.clone();
@@ -304,6 +347,7 @@ impl StoreFs for SimFs {
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = self.lock();
+        st.spend()?;
         let ino = st.names.remove(from).ok_or_else(|| not_found(from))?;
         st.names.insert(to.to_path_buf(), ino);
         st.pending_ns
@@ -312,6 +356,7 @@ impl StoreFs for SimFs {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.lock();
+        st.spend()?;
         let pending = std::mem::take(&mut st.pending_ns);
         let (mine, rest): (Vec<_>, Vec<_>) =
             pending.into_iter().partition(|op| op.dir() == Some(dir));
@@ -323,6 +368,7 @@ impl StoreFs for SimFs {
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut st = self.lock();
+        st.spend()?;
         if st.names.remove(path).is_some() {
             st.pending_ns.push(NsOp::Unlink(path.to_path_buf()));
         }
@@ -355,6 +401,7 @@ impl StoreFs for SimFs {
             (Some(ino), None) => ino,
             (None, None) => return Err(not_found(path)),
             (existing, Some(size)) => {
+                st.spend()?;
                 if !path.parent().is_some_and(|d| st.dirs.contains(d)) {
                     return Err(not_found(path));
                 }
@@ -419,15 +466,26 @@ struct SimFile {
 
 impl SimFile {
     fn with<T>(&self, f: impl FnOnce(&mut Inode) -> io::Result<T>) -> io::Result<T> {
+        self.with_state(false, f)
+    }
+    /// Runs `f` on the inode; a changing call (`spend`) counts against the power budget.
+    fn with_state<T>(
+        &self,
+        spend: bool,
+        f: impl FnOnce(&mut Inode) -> io::Result<T>,
+    ) -> io::Result<T> {
         let mut st = self.fs.lock();
         if st.epoch != self.epoch {
             return Err(stale());
+        }
+        if spend {
+            st.spend()?;
         }
         let inode = st.inodes.get_mut(&self.ino).ok_or_else(stale)?;
         f(inode)
     }
     fn push(&self, op: DataOp) -> io::Result<()> {
-        self.with(|i| {
+        self.with_state(true, |i| {
             i.current.apply(&op);
             i.pending.push(op);
             Ok(())
@@ -446,7 +504,7 @@ impl DataFile for SimFile {
         self.push(DataOp::Zero(offset, len))
     }
     fn sync_data(&self) -> io::Result<()> {
-        self.with(|i| {
+        self.with_state(true, |i| {
             i.durable = i.current.clone();
             i.pending.clear();
             Ok(())

@@ -2,42 +2,48 @@
 //! crash-safe steps of checkpoint, commit and a new full copy.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use vdrep_proto::{Guid, RangeSet};
 
+use super::cycle::Redo;
 use super::files::{
-    check_len, check_range, committed_state, corrupt, create_partial, footer_id, io_err, persist,
-    remove_partial,
+    check_len, check_range, committed_record, corrupt, create_partial, footer_id, invalid, io_err,
+    now_unix, persist, remove_partial,
 };
 use super::fs::{DataFile, LockGuard, StoreFs};
-use super::state::{self, STATE_VERSION};
+use super::points::UndoCache;
+use super::state::{self, CyclePhase, Record, STATE_VERSION};
 use super::DiskPaths;
 use crate::layout::{
     random_guid, replica_file_size, replica_footer, replica_virtual_size, vhd_timestamp, MAX_BLOB,
 };
-use crate::sink::{DiskKey, DiskState, ReplicaDisk, SinkError};
+use crate::sink::{DiskKey, DiskState, RecoveryPoint, ReplicaDisk, SinkError};
 
 /// The mutable part of a disk: its durable state and the open images.
-struct Inner {
-    state: DiskState,
+pub(super) struct Inner {
+    /// The durable state record, as last persisted.
+    pub(super) rec: Record,
     /// Where writes go: the partial copy while one is in progress, else the replica. `None`
     /// after a new copy's file could not be created (e.g. disk full): the next call that
     /// needs it creates it again.
     working: Option<Arc<dyn DataFile>>,
     working_path: PathBuf,
-    /// The committed replica, if any.
-    committed: Option<Arc<dyn DataFile>>,
+    /// The committed replica (the newest recovery point), if any.
+    pub(super) committed: Option<Arc<dyn DataFile>>,
+    /// The open (or applying) delta cycle's redo log.
+    pub(super) redo: Option<Mutex<Redo>>,
 }
 
 /// A disk of the [`super::LocalStore`]; holds the disk's lock until dropped.
 pub struct LocalDisk {
     key: DiskKey,
-    fs: Arc<dyn StoreFs>,
-    paths: DiskPaths,
+    pub(super) fs: Arc<dyn StoreFs>,
+    pub(super) paths: DiskPaths,
     inner: RwLock<Inner>,
+    undo: Mutex<UndoCache>,
     _lock: LockGuard,
 }
 
@@ -88,17 +94,17 @@ impl LocalDisk {
             }
             Some(bytes) => {
                 let s = state::decode(&bytes).map_err(|(o, p)| corrupt(&paths.state, o, p))?;
-                if s.virtual_size != virtual_size {
+                if s.disk.virtual_size != virtual_size {
                     return Err(SinkError::SizeMismatch {
                         path: paths.state.clone(),
-                        recorded: s.virtual_size,
+                        recorded: s.disk.virtual_size,
                         requested: virtual_size,
                     });
                 }
-                if s.source_id != source_id {
+                if s.disk.source_id != source_id {
                     return Err(SinkError::IdentityMismatch {
                         path: paths.state.clone(),
-                        recorded: s.source_id,
+                        recorded: s.disk.source_id,
                         requested: source_id,
                     });
                 }
@@ -106,24 +112,31 @@ impl LocalDisk {
             }
         };
         let new_disk = disk_state.is_none();
-        let mut st = disk_state.take().unwrap_or(DiskState {
-            format_version: STATE_VERSION,
-            virtual_size,
-            source_id,
-            initial_committed: false,
-            committed_cycle: 0,
-            progress: RangeSet::new(),
-            generation: 1,
-            initial_in_progress: true,
-            replica_id: Guid::NIL,
-            copy_id: random_guid(),
+        let mut st = disk_state.take().unwrap_or(Record {
+            disk: DiskState {
+                format_version: STATE_VERSION,
+                virtual_size,
+                source_id,
+                initial_committed: false,
+                committed_cycle: 0,
+                progress: RangeSet::new(),
+                generation: 1,
+                initial_in_progress: true,
+                replica_id: Guid::NIL,
+                copy_id: random_guid(),
+                open_cycle: None,
+            },
+            phase: CyclePhase::Idle,
+            redo_len: 0,
+            pending: None,
+            points: Vec::new(),
         });
         let mut partial = None;
         if new_disk {
             partial = Some(create_partial(fs.as_ref(), &paths, file_size)?);
             persist(fs.as_ref(), &paths, &st)?;
-        } else if st.initial_in_progress {
-            if st.progress.is_empty() {
+        } else if st.disk.initial_in_progress {
+            if st.disk.progress.is_empty() {
                 // Nothing is claimed: start from a fresh sparse file, whatever is there.
                 partial = Some(create_partial(fs.as_ref(), &paths, file_size)?);
             } else if fs
@@ -137,9 +150,16 @@ impl LocalDisk {
                 ))?;
                 check_len(f.as_ref(), &paths.partial, file_size)?;
                 partial = Some(f);
-            } else if footer_id(fs.as_ref(), &paths.vhd, virtual_size)? == Some(st.copy_id) {
-                // The commit published the copy (rename) but crashed before recording it.
-                st = committed_state(&st);
+            } else if footer_id(fs.as_ref(), &paths.vhd, virtual_size)? == Some(st.disk.copy_id) {
+                // The commit published the copy (rename) but crashed before recording it;
+                // the point was recorded before the rename.
+                let point = st.pending.clone().unwrap_or(RecoveryPoint {
+                    cycle: 0,
+                    created_unix: now_unix(),
+                    bytes: virtual_size,
+                    digest: [0; 32],
+                });
+                st = committed_record(&st, &point);
                 persist(fs.as_ref(), &paths, &st)?;
             } else {
                 tracing::warn!(
@@ -147,7 +167,7 @@ impl LocalDisk {
                     "the in-progress copy is missing; restarting it from zero"
                 );
                 // Forget the claims before making the new (empty) file, never after.
-                st.progress = RangeSet::new();
+                st.disk.progress = RangeSet::new();
                 persist(fs.as_ref(), &paths, &st)?;
                 partial = Some(create_partial(fs.as_ref(), &paths, file_size)?);
             }
@@ -156,16 +176,16 @@ impl LocalDisk {
             // begin_initial: it was never recorded, so it holds nothing anyone relies on.
             remove_partial(fs.as_ref(), &paths)?;
         }
-        let committed = if st.initial_committed {
+        let committed = if st.disk.initial_committed {
             match footer_id(fs.as_ref(), &paths.vhd, virtual_size)? {
-                Some(id) if id == st.replica_id => {}
+                Some(id) if id == st.disk.replica_id => {}
                 Some(id) => {
                     return Err(corrupt(
                         &paths.vhd,
                         replica_virtual_size(virtual_size),
                         format!(
                             "footer unique id {id} differs from the recorded replica {}",
-                            st.replica_id
+                            st.disk.replica_id
                         ),
                     ))
                 }
@@ -195,18 +215,23 @@ impl LocalDisk {
                 ))
             }
         };
-        Ok(LocalDisk {
+        let disk = LocalDisk {
             key,
             fs,
             paths,
             inner: RwLock::new(Inner {
-                state: st,
+                rec: st,
                 working: Some(working),
                 working_path,
                 committed,
+                redo: None,
             }),
+            undo: Mutex::new(UndoCache::default()),
             _lock: lock,
-        })
+        };
+        disk.recover_cycle()?;
+        disk.remove_orphans(&disk.read_inner())?;
+        Ok(disk)
     }
 
     /// The files of this disk.
@@ -214,11 +239,14 @@ impl LocalDisk {
         &self.paths
     }
 
-    fn read_inner(&self) -> RwLockReadGuard<'_, Inner> {
+    pub(super) fn read_inner(&self) -> RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
-    fn write_inner(&self) -> RwLockWriteGuard<'_, Inner> {
+    pub(super) fn write_inner(&self) -> RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+    pub(super) fn undo_cache(&self) -> MutexGuard<'_, UndoCache> {
+        self.undo.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes sure the working image exists (see [`Inner::working`]).
@@ -226,23 +254,21 @@ impl LocalDisk {
         if let Some(w) = &inner.working {
             return Ok(w.clone());
         }
-        if !inner.state.initial_in_progress {
+        if !inner.rec.disk.initial_in_progress {
             if let Some(c) = &inner.committed {
                 inner.working = Some(c.clone());
                 inner.working_path = self.paths.vhd.clone();
                 return Ok(c.clone());
             }
         }
-        if !inner.state.progress.is_empty() {
+        if !inner.rec.disk.progress.is_empty() {
             // A fresh file holds none of the claimed data: forget the claims first.
-            let next = DiskState {
-                progress: RangeSet::new(),
-                ..inner.state.clone()
-            };
+            let mut next = inner.rec.clone();
+            next.disk.progress = RangeSet::new();
             self.persist(&next)?;
-            inner.state = next;
+            inner.rec = next;
         }
-        let size = replica_file_size(inner.state.virtual_size);
+        let size = replica_file_size(inner.rec.disk.virtual_size);
         let f = create_partial(self.fs.as_ref(), &self.paths, size)?;
         inner.working = Some(f.clone());
         inner.working_path = self.paths.partial.clone();
@@ -267,8 +293,8 @@ impl LocalDisk {
         Ok((g, w))
     }
 
-    fn persist(&self, st: &DiskState) -> Result<(), SinkError> {
-        persist(self.fs.as_ref(), &self.paths, st)
+    pub(super) fn persist(&self, rec: &Record) -> Result<(), SinkError> {
+        persist(self.fs.as_ref(), &self.paths, rec)
     }
 }
 
@@ -278,17 +304,20 @@ impl ReplicaDisk for LocalDisk {
     }
 
     fn state(&self) -> DiskState {
-        self.read_inner().state.clone()
+        self.read_inner().rec.disk.clone()
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
+        if let Some(r) = self.cycle_write("write", offset, data.len() as u64, Some(data)) {
+            return r;
+        }
         let (inner, w) = self.working()?;
         check_range(
             &inner.working_path,
             "write",
             offset,
             data.len() as u64,
-            &inner.state,
+            &inner.rec.disk,
             true,
         )?;
         w.write_at(offset, data)
@@ -296,13 +325,16 @@ impl ReplicaDisk for LocalDisk {
     }
 
     fn clear(&self, offset: u64, len: u64) -> Result<(), SinkError> {
+        if let Some(r) = self.cycle_write("clear", offset, len, None) {
+            return r;
+        }
         let (inner, w) = self.working()?;
         check_range(
             &inner.working_path,
             "clear",
             offset,
             len,
-            &inner.state,
+            &inner.rec.disk,
             true,
         )?;
         w.zero_range(offset, len)
@@ -318,53 +350,62 @@ impl ReplicaDisk for LocalDisk {
                 "checkpoint",
                 b.start,
                 b.end - b.start,
-                &inner.state,
+                &inner.rec.disk,
                 false,
             )?;
         }
-        if !inner.state.initial_in_progress && !durable.is_empty() {
-            return Err(SinkError::InvalidState {
-                path,
-                offset: durable.bounds().map(|b| b.start).unwrap_or(0),
-                problem: "checkpoint with progress, but no initial copy is in progress".into(),
-            });
+        if self.cycle_checkpoint(&mut inner, durable)? {
+            return Ok(());
+        }
+        if !inner.rec.disk.initial_in_progress && !durable.is_empty() {
+            return Err(invalid(
+                &path,
+                durable.bounds().map(|b| b.start).unwrap_or(0),
+                "checkpoint with progress, but no initial copy or delta cycle is in progress",
+            ));
         }
         let w = self.ensure_working(&mut inner)?;
         w.sync_data().map_err(io_err(&path, "fdatasync", 0))?;
-        if inner.state.initial_in_progress && inner.state.progress != *durable {
-            let next = DiskState {
-                progress: durable.clone(),
-                ..inner.state.clone()
-            };
+        if inner.rec.disk.initial_in_progress && inner.rec.disk.progress != *durable {
+            let mut next = inner.rec.clone();
+            next.disk.progress = durable.clone();
             self.persist(&next)?;
-            inner.state = next;
+            inner.rec = next;
         }
         Ok(())
     }
 
-    fn commit_initial(&self) -> Result<(), SinkError> {
+    fn commit_initial(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
         let mut inner = self.write_inner();
-        let st = inner.state.clone();
+        let rec = inner.rec.clone();
+        let st = &rec.disk;
         let p = &self.paths;
         if !st.initial_in_progress {
-            return Err(SinkError::InvalidState {
-                path: p.vhd.clone(),
-                offset: 0,
-                problem: "commit_initial without an initial copy in progress".into(),
-            });
+            return Err(invalid(
+                &p.vhd,
+                0,
+                "commit_initial without an initial copy in progress",
+            ));
+        }
+        if point.cycle != 0 {
+            return Err(invalid(
+                &p.partial,
+                0,
+                format!("the initial copy is recovery point 0, not {}", point.cycle),
+            ));
         }
         if let Some(gap) = st.progress.gaps_in(0, st.writable_end()).first() {
-            return Err(SinkError::InvalidState {
-                path: p.partial.clone(),
-                offset: gap.start,
-                problem: format!(
+            return Err(invalid(
+                &p.partial,
+                gap.start,
+                format!(
                     "the initial copy is incomplete: {} bytes not checkpointed, first gap \
                      [{}, {})",
                     st.remaining(),
                     gap.start,
                     gap.end
                 ),
-            });
+            ));
         }
         let at = replica_virtual_size(st.virtual_size);
         let footer = replica_footer(
@@ -379,7 +420,15 @@ impl ReplicaDisk for LocalDisk {
             .map_err(io_err(&p.partial, "stat", 0))?
             && footer_id(self.fs.as_ref(), &p.vhd, st.virtual_size)? == Some(st.copy_id);
         if !published {
-            // (A retried commit whose rename already happened skips straight to the state.)
+            // The point is recorded first, so that recovery can finish a commit whose rename
+            // happened with the right point. (A retried commit whose rename already
+            // happened skips straight to the state.)
+            if inner.rec.pending.as_ref() != Some(point) {
+                let mut next = inner.rec.clone();
+                next.pending = Some(point.clone());
+                self.persist(&next)?;
+                inner.rec = next;
+            }
             f.sync_data().map_err(io_err(&p.partial, "fdatasync", 0))?;
             f.write_at(at, &footer)
                 .map_err(io_err(&p.partial, "write footer", at))?;
@@ -393,11 +442,16 @@ impl ReplicaDisk for LocalDisk {
                 .sync_dir(&p.dir)
                 .map_err(io_err(&p.dir, "fsync directory", 0))?;
         }
-        let next = committed_state(&st);
+        let point = inner.rec.pending.clone().unwrap_or_else(|| point.clone());
+        let next = committed_record(&inner.rec, &point);
         self.persist(&next)?;
-        inner.state = next;
+        inner.rec = next;
         inner.committed = Some(f);
         inner.working_path = p.vhd.clone();
+        inner.redo = None;
+        // The previous generation's points are gone with its replica: drop their logs.
+        self.forget_all_undo();
+        self.remove_orphans(&inner)?;
         Ok(())
     }
 
@@ -408,93 +462,82 @@ impl ReplicaDisk for LocalDisk {
             "read",
             offset,
             len as u64,
-            &inner.state,
+            &inner.rec.disk,
             false,
         )?;
         let mut buf = BytesMut::zeroed(len);
         w.read_at(offset, &mut buf)
             .map_err(io_err(&inner.working_path, "read", offset))?;
+        if !inner.rec.disk.initial_in_progress {
+            self.cycle_overlay(&inner, offset, &mut buf)?;
+        }
         Ok(buf.freeze())
     }
 
     fn read_committed(&self, offset: u64, len: usize) -> Result<Bytes, SinkError> {
         let inner = self.read_inner();
         let path = &self.paths.vhd;
-        check_range(path, "read", offset, len as u64, &inner.state, false)?;
-        let Some(c) = &inner.committed else {
-            return Err(SinkError::InvalidState {
-                path: path.clone(),
+        check_range(path, "read", offset, len as u64, &inner.rec.disk, false)?;
+        if inner.committed.is_none() || !inner.rec.disk.initial_committed {
+            return Err(invalid(
+                path,
                 offset,
-                problem: "no initial copy has been committed yet".into(),
-            });
-        };
-        let mut buf = BytesMut::zeroed(len);
-        c.read_at(offset, &mut buf)
-            .map_err(io_err(path, "read", offset))?;
-        Ok(buf.freeze())
+                "no initial copy has been committed yet",
+            ));
+        }
+        let newest = inner.rec.disk.committed_cycle;
+        self.read_point_locked(&inner, newest, offset, len)
     }
 
     fn begin_initial(&self) -> Result<(), SinkError> {
         let mut inner = self.write_inner();
-        let st = inner.state.clone();
-        let size = replica_file_size(st.virtual_size);
+        // An open cycle is dropped (the new copy supersedes it); one being applied is
+        // finished first, so the committed replica is a whole recovery point.
+        self.discard_cycle(&mut inner)?;
+        let rec = inner.rec.clone();
+        let size = replica_file_size(rec.disk.virtual_size);
         // Order: drop the old copy, record the new generation with nothing claimed, then
         // create its file. A crash anywhere leaves claims only about durable data, and the
         // committed replica is not touched.
-        if st.initial_in_progress {
+        if rec.disk.initial_in_progress {
             inner.working = None;
         }
         remove_partial(self.fs.as_ref(), &self.paths)?;
-        let next = DiskState {
-            progress: RangeSet::new(),
-            generation: st.generation.saturating_add(1),
-            initial_in_progress: true,
-            copy_id: random_guid(),
-            ..st
-        };
+        let mut next = rec;
+        next.disk.progress = RangeSet::new();
+        next.disk.generation = next.disk.generation.saturating_add(1);
+        next.disk.initial_in_progress = true;
+        next.disk.copy_id = random_guid();
+        next.pending = None;
         self.persist(&next)?;
-        inner.state = next;
+        inner.rec = next;
         // From here writes must never reach the committed replica.
         inner.working = None;
         inner.working_path = self.paths.partial.clone();
+        self.remove_orphans(&inner)?;
         let f = create_partial(self.fs.as_ref(), &self.paths, size)?;
         inner.working = Some(f);
         Ok(())
     }
 
-    fn commit_cycle(&self, cycle: u64) -> Result<(), SinkError> {
-        let mut inner = self.write_inner();
-        let st = inner.state.clone();
-        let path = self.paths.vhd.clone();
-        let problem = if st.initial_in_progress || !st.initial_committed {
-            Some("cycles apply to a committed replica with no initial copy in progress".to_string())
-        } else if cycle < st.committed_cycle || cycle == 0 {
-            Some(format!(
-                "cycle {cycle} is not after the committed cycle {}",
-                st.committed_cycle
-            ))
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
-            return Err(SinkError::InvalidState {
-                path,
-                offset: 0,
-                problem,
-            });
-        }
-        if cycle == st.committed_cycle {
-            return Ok(()); // a resent commit: already durable
-        }
-        let w = self.ensure_working(&mut inner)?;
-        w.sync_data().map_err(io_err(&path, "fdatasync", 0))?;
-        let next = DiskState {
-            committed_cycle: cycle,
-            ..st
-        };
-        self.persist(&next)?;
-        inner.state = next;
-        Ok(())
+    fn begin_cycle(&self, cycle: u64) -> Result<RangeSet, SinkError> {
+        self.begin_cycle_impl(cycle)
+    }
+
+    fn commit_cycle(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
+        self.commit_cycle_impl(point)
+    }
+
+    fn points(&self) -> Result<Vec<RecoveryPoint>, SinkError> {
+        Ok(self.points_impl())
+    }
+
+    fn prune_points(&self, older_than_unix: u64) -> Result<Vec<u64>, SinkError> {
+        self.prune_impl(older_than_unix)
+    }
+
+    fn read_point(&self, cycle: u64, offset: u64, len: usize) -> Result<Bytes, SinkError> {
+        self.read_point_impl(cycle, offset, len)
     }
 
     fn path_hint(&self) -> String {

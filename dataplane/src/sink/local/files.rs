@@ -9,10 +9,10 @@ use vdrep_proto::formats::vhd::{Footer, FOOTER_SIZE};
 use vdrep_proto::{Guid, RangeSet};
 
 use super::fs::{DataFile, StoreFs};
-use super::state;
+use super::state::{self, CyclePhase, Listed, Record};
 use super::DiskPaths;
 use crate::layout::{replica_file_size, replica_virtual_size};
-use crate::sink::{DiskState, SinkError, SECTOR};
+use crate::sink::{DiskState, RecoveryPoint, SinkError, SECTOR};
 
 pub(super) fn io_err(
     path: &Path,
@@ -128,12 +128,8 @@ pub(super) fn footer_id(
 }
 
 /// Writes the state record atomically: temp file, fsync, rename, fsync directory.
-pub(super) fn persist(
-    fs: &dyn StoreFs,
-    paths: &DiskPaths,
-    st: &DiskState,
-) -> Result<(), SinkError> {
-    let bytes = state::encode(st);
+pub(super) fn persist(fs: &dyn StoreFs, paths: &DiskPaths, rec: &Record) -> Result<(), SinkError> {
+    let bytes = state::encode(rec);
     fs.write_file(&paths.state_tmp, &bytes)
         .map_err(io_err(&paths.state_tmp, "write", 0))?;
     fs.sync_file(&paths.state_tmp)
@@ -144,15 +140,65 @@ pub(super) fn persist(
         .map_err(io_err(&paths.dir, "fsync directory", 0))
 }
 
-/// The state after the in-progress copy of `st` has become the committed replica.
-pub(super) fn committed_state(st: &DiskState) -> DiskState {
-    DiskState {
-        initial_committed: true,
-        committed_cycle: 0,
-        progress: RangeSet::new(),
-        initial_in_progress: false,
-        replica_id: st.copy_id,
-        copy_id: Guid::NIL,
-        ..st.clone()
+/// The record after the in-progress copy of `rec` has become the committed replica: `point`
+/// (as cycle 0) is its only recovery point, the previous generation's points are gone.
+pub(super) fn committed_record(rec: &Record, point: &RecoveryPoint) -> Record {
+    Record {
+        disk: DiskState {
+            initial_committed: true,
+            committed_cycle: 0,
+            progress: RangeSet::new(),
+            initial_in_progress: false,
+            replica_id: rec.disk.copy_id,
+            copy_id: Guid::NIL,
+            open_cycle: None,
+            ..rec.disk.clone()
+        },
+        phase: CyclePhase::Idle,
+        redo_len: 0,
+        pending: None,
+        points: vec![Listed {
+            point: RecoveryPoint {
+                cycle: 0,
+                ..point.clone()
+            },
+            undo_len: 0,
+        }],
     }
+}
+
+/// Unix seconds now (receiver clock).
+pub(super) fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub(super) fn invalid(path: &Path, offset: u64, problem: impl Into<String>) -> SinkError {
+    SinkError::InvalidState {
+        path: path.to_path_buf(),
+        offset,
+        problem: problem.into(),
+    }
+}
+
+/// Creates a log file afresh (never reusing an old file's bytes) with its header, durably:
+/// data and name are synced before any state record names it.
+pub(super) fn create_log(
+    fs: &dyn StoreFs,
+    dir: &Path,
+    path: &Path,
+    header: &[u8],
+) -> Result<Arc<dyn DataFile>, SinkError> {
+    fs.remove_file(path).map_err(io_err(path, "remove", 0))?;
+    let f = fs
+        .open_data(path, Some(0))
+        .map_err(io_err(path, "create", 0))?;
+    f.write_at(0, header)
+        .map_err(io_err(path, "write header", 0))?;
+    f.sync_data().map_err(io_err(path, "fdatasync", 0))?;
+    fs.sync_dir(dir)
+        .map_err(io_err(dir, "fsync directory", 0))?;
+    Ok(f)
 }

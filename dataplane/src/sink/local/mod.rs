@@ -7,9 +7,12 @@
 //! All file access goes through [`fs::StoreFs`], so crash tests run this very code on the
 //! durability model ([`crate::sink::fault::SimFs`]).
 
+mod cycle;
 mod disk;
 mod files;
 pub mod fs;
+mod log;
+mod points;
 pub mod state;
 
 use std::path::{Path, PathBuf};
@@ -22,7 +25,10 @@ pub use disk::LocalDisk;
 use fs::{RealFs, StoreFs};
 
 /// Content of `STORE/FORMAT` written by this build.
-pub const STORE_FORMAT: &str = "vdrep-store 1";
+///
+/// Version 2 added delta cycles (redo logs), recovery points (undo logs) and the state
+/// record version 2; version 1 stores are refused (no version 1 store was ever deployed).
+pub const STORE_FORMAT: &str = "vdrep-store 2";
 
 /// The files of one disk (see `LAYOUT.md`).
 #[derive(Debug, Clone)]
@@ -39,6 +45,8 @@ pub struct DiskPaths {
     pub state_tmp: PathBuf,
     /// `STORE/VM/NAME.lock`: flock'd while a receiver has the disk open.
     pub lock: PathBuf,
+    /// `NAME`: the prefix of the disk's cycle logs.
+    pub stem: String,
 }
 
 impl DiskPaths {
@@ -52,8 +60,35 @@ impl DiskPaths {
             state: f(".state"),
             state_tmp: f(".state.tmp"),
             lock: f(".lock"),
+            stem: key.disk.clone(),
             dir,
         }
+    }
+
+    /// `STORE/VM/NAME.cN.redo`: the writes of open delta cycle N.
+    pub fn redo(&self, cycle: u64) -> PathBuf {
+        self.dir.join(format!("{}.c{cycle}.redo", self.stem))
+    }
+
+    /// `STORE/VM/NAME.pK.undo`: what cycle K+1 overwrote, to rebuild recovery point K.
+    pub fn undo(&self, point: u64) -> PathBuf {
+        self.dir.join(format!("{}.p{point}.undo", self.stem))
+    }
+
+    /// Which cycle log of this disk a directory entry is, if any: `(true, N)` for
+    /// `NAME.cN.redo`, `(false, K)` for `NAME.pK.undo` (strictly parsed, so another disk's
+    /// files, whose names may share the prefix, never match).
+    pub fn parse_log(&self, file_name: &str) -> Option<(bool, u64)> {
+        let rest = file_name.strip_prefix(&self.stem)?.strip_prefix('.')?;
+        let (redo, num) = if let Some(n) = rest.strip_prefix('c') {
+            (true, n.strip_suffix(".redo")?)
+        } else {
+            (false, rest.strip_prefix('p')?.strip_suffix(".undo")?)
+        };
+        if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) || num.len() > 20 {
+            return None;
+        }
+        Some((redo, num.parse().ok()?))
     }
 }
 

@@ -3,25 +3,86 @@
 
 use vdrep_proto::{Guid, RangeSet};
 
-use crate::sink::DiskState;
+use crate::sink::{DiskState, RecoveryPoint};
 
 /// Magic at offset 0 of a state record.
 pub const STATE_MAGIC: &[u8; 8] = b"vdrepDS\0";
 /// The record version this build writes and reads.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 /// Flag bit: an initial copy has been committed.
 const FLAG_COMMITTED: u32 = 1;
 /// Flag bit: an initial copy is in progress.
 const FLAG_IN_PROGRESS: u32 = 2;
+/// Flag bit: delta cycle `open_cycle` is open (its writes go to its redo log).
+const FLAG_CYCLE_OPEN: u32 = 4;
+/// Flag bit: delta cycle `open_cycle` is being applied to the replica (its undo log is
+/// complete; recovery re-applies the redo log and finishes the commit).
+const FLAG_CYCLE_APPLYING: u32 = 8;
+/// Flag bit: `pending` holds the point being committed.
+const FLAG_PENDING: u32 = 16;
+const KNOWN_FLAGS: u32 =
+    FLAG_COMMITTED | FLAG_IN_PROGRESS | FLAG_CYCLE_OPEN | FLAG_CYCLE_APPLYING | FLAG_PENDING;
+/// Bytes of an encoded point (cycle, created, bytes, digest).
+const POINT_LEN: usize = 8 + 8 + 8 + 32;
+/// Bytes of a listed point: a point and its undo log length.
+const LISTED_LEN: usize = POINT_LEN + 8;
 /// Fixed part of the body: see [`encode`].
-const FIXED_BODY: usize = 4 + 8 + 16 + 16 + 16 + 4 + 8 + 8;
+const FIXED_BODY: usize = 4 + 8 + 16 + 16 + 16 + 4 + 8 + 8 + 8 + 8 + POINT_LEN;
 
-/// Encodes `state`: header (magic, version u32, body length u32), body, CRC-32C u32 of all
-/// preceding bytes. Body: virtual_size u64, source_id, replica_id, copy_id (16 bytes each,
-/// on-disk GUID order), flags u32, committed_cycle u64, generation u64 — after a leading
-/// format_version u32 — then the progress as a `RangeSet` encoding.
-pub fn encode(state: &DiskState) -> Vec<u8> {
-    let mut body = Vec::with_capacity(FIXED_BODY + state.progress.encoded_len());
+/// Where the delta cycle of a disk stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CyclePhase {
+    /// No cycle is open.
+    Idle,
+    /// Cycle `open_cycle` collects writes in its redo log.
+    Open,
+    /// Cycle `open_cycle` is being applied to the replica.
+    Applying,
+}
+
+/// A recovery point as listed in the state record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The point.
+    pub point: RecoveryPoint,
+    /// Length of its undo log `NAME.pK.undo` (0: none, the next cycle changed nothing or
+    /// this is the newest point).
+    pub undo_len: u64,
+}
+
+/// Everything the state record holds: the public [`DiskState`] plus the cycle machinery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The public part (`open_cycle` is `Some` unless `phase` is idle).
+    pub disk: DiskState,
+    /// The cycle's phase.
+    pub phase: CyclePhase,
+    /// Durable length of the open cycle's redo log (0 when idle).
+    pub redo_len: u64,
+    /// The point being committed: the initial copy's while it is published, the cycle's while
+    /// it is applied.
+    pub pending: Option<RecoveryPoint>,
+    /// Recovery points of the committed replica, oldest first.
+    pub points: Vec<Listed>,
+}
+
+fn put_point(body: &mut Vec<u8>, p: &RecoveryPoint) {
+    body.extend_from_slice(&p.cycle.to_le_bytes());
+    body.extend_from_slice(&p.created_unix.to_le_bytes());
+    body.extend_from_slice(&p.bytes.to_le_bytes());
+    body.extend_from_slice(&p.digest);
+}
+
+/// Encodes `rec`: header (magic, version u32, body length u32), body, CRC-32C u32 of all
+/// preceding bytes. Body: format_version u32, virtual_size u64, source_id, replica_id,
+/// copy_id (16 bytes each, on-disk GUID order), flags u32, committed_cycle u64,
+/// generation u64, open_cycle u64, redo_len u64, pending point (56 bytes), the point list
+/// (count u32, 64 bytes each), then the progress as a `RangeSet` encoding.
+pub fn encode(rec: &Record) -> Vec<u8> {
+    let state = &rec.disk;
+    let mut body = Vec::with_capacity(
+        FIXED_BODY + 4 + LISTED_LEN * rec.points.len() + state.progress.encoded_len(),
+    );
     body.extend_from_slice(&STATE_VERSION.to_le_bytes());
     body.extend_from_slice(&state.virtual_size.to_le_bytes());
     body.extend_from_slice(&state.source_id.0);
@@ -34,9 +95,32 @@ pub fn encode(state: &DiskState) -> Vec<u8> {
     if state.initial_in_progress {
         flags |= FLAG_IN_PROGRESS;
     }
+    match rec.phase {
+        CyclePhase::Idle => {}
+        CyclePhase::Open => flags |= FLAG_CYCLE_OPEN,
+        CyclePhase::Applying => flags |= FLAG_CYCLE_APPLYING,
+    }
+    if rec.pending.is_some() {
+        flags |= FLAG_PENDING;
+    }
     body.extend_from_slice(&flags.to_le_bytes());
     body.extend_from_slice(&state.committed_cycle.to_le_bytes());
     body.extend_from_slice(&state.generation.to_le_bytes());
+    body.extend_from_slice(&state.open_cycle.unwrap_or(0).to_le_bytes());
+    body.extend_from_slice(&rec.redo_len.to_le_bytes());
+    let none = RecoveryPoint {
+        cycle: 0,
+        created_unix: 0,
+        bytes: 0,
+        digest: [0; 32],
+    };
+    put_point(&mut body, rec.pending.as_ref().unwrap_or(&none));
+    let count = u32::try_from(rec.points.len()).unwrap_or(u32::MAX);
+    body.extend_from_slice(&count.to_le_bytes());
+    for l in &rec.points {
+        put_point(&mut body, &l.point);
+        body.extend_from_slice(&l.undo_len.to_le_bytes());
+    }
     state.progress.encode_into(&mut body);
     let mut out = Vec::with_capacity(16 + body.len() + 4);
     out.extend_from_slice(STATE_MAGIC);
@@ -68,9 +152,17 @@ fn u32_at(b: &[u8], at: usize) -> Result<u32, DecodeError> {
 fn u64_at(b: &[u8], at: usize) -> Result<u64, DecodeError> {
     Ok(u64::from_le_bytes(take(b, at)?))
 }
+fn point_at(b: &[u8], at: usize) -> Result<RecoveryPoint, DecodeError> {
+    Ok(RecoveryPoint {
+        cycle: u64_at(b, at)?,
+        created_unix: u64_at(b, at + 8)?,
+        bytes: u64_at(b, at + 16)?,
+        digest: take(b, at + 24)?,
+    })
+}
 
 /// Decodes and validates a record (checksum first, then every field).
-pub fn decode(b: &[u8]) -> Result<DiskState, DecodeError> {
+pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
     if take::<8>(b, 0)? != *STATE_MAGIC {
         return Err((0, "not a vdrep disk state record (bad magic)".into()));
     }
@@ -101,10 +193,14 @@ pub fn decode(b: &[u8]) -> Result<DiskState, DecodeError> {
         ));
     }
     let body = b.get(16..crc_at).unwrap_or_default();
-    if body.len() < FIXED_BODY {
+    if body.len() < FIXED_BODY + 4 {
         return Err((
             16,
-            format!("body of {} bytes is shorter than {FIXED_BODY}", body.len()),
+            format!(
+                "body of {} bytes is shorter than {}",
+                body.len(),
+                FIXED_BODY + 4
+            ),
         ));
     }
     let format_version = u32_at(body, 0)?;
@@ -115,6 +211,9 @@ pub fn decode(b: &[u8]) -> Result<DiskState, DecodeError> {
     let flags = u32_at(body, 60)?;
     let committed_cycle = u64_at(body, 64)?;
     let generation = u64_at(body, 72)?;
+    let open_cycle = u64_at(body, 80)?;
+    let redo_len = u64_at(body, 88)?;
+    let pending = point_at(body, 96)?;
     let at = |o: usize| (16 + o) as u64;
     if format_version != STATE_VERSION {
         return Err((
@@ -122,7 +221,7 @@ pub fn decode(b: &[u8]) -> Result<DiskState, DecodeError> {
             format!("body version {format_version} differs from header {STATE_VERSION}"),
         ));
     }
-    if flags & !(FLAG_COMMITTED | FLAG_IN_PROGRESS) != 0 {
+    if flags & !KNOWN_FLAGS != 0 {
         return Err((at(60), format!("unknown flags {flags:#x}")));
     }
     let initial_committed = flags & FLAG_COMMITTED != 0;
@@ -133,14 +232,51 @@ pub fn decode(b: &[u8]) -> Result<DiskState, DecodeError> {
             "neither committed nor copying: no replica is described".into(),
         ));
     }
+    let phase = match (
+        flags & FLAG_CYCLE_OPEN != 0,
+        flags & FLAG_CYCLE_APPLYING != 0,
+    ) {
+        (false, false) => CyclePhase::Idle,
+        (true, false) => CyclePhase::Open,
+        (false, true) => CyclePhase::Applying,
+        (true, true) => return Err((at(60), "a cycle both open and applying".into())),
+    };
     if generation == 0 {
         return Err((at(72), "generation 0 (generations start at 1)".into()));
     }
     if virtual_size == 0 {
         return Err((at(4), "virtual size 0".into()));
     }
-    let progress = RangeSet::decode(body.get(FIXED_BODY..).unwrap_or_default())
-        .map_err(|e| (at(FIXED_BODY) + e.offset, e.to_string()))?;
+    let count = u32_at(body, FIXED_BODY)? as usize;
+    let points_at = FIXED_BODY + 4;
+    let progress_at = count
+        .checked_mul(LISTED_LEN)
+        .and_then(|n| n.checked_add(points_at))
+        .filter(|&n| n <= body.len())
+        .ok_or_else(|| {
+            (
+                at(FIXED_BODY),
+                format!("{count} points do not fit the record"),
+            )
+        })?;
+    let mut points = Vec::with_capacity(count);
+    for k in 0..count {
+        let o = points_at + k * LISTED_LEN;
+        let point = point_at(body, o)?;
+        let undo_len = u64_at(body, o + POINT_LEN)?;
+        if points
+            .last()
+            .is_some_and(|p: &Listed| p.point.cycle >= point.cycle)
+        {
+            return Err((
+                at(o),
+                format!("point {k} (cycle {}) is out of order", point.cycle),
+            ));
+        }
+        points.push(Listed { point, undo_len });
+    }
+    let progress = RangeSet::decode(body.get(progress_at..).unwrap_or_default())
+        .map_err(|e| (at(progress_at) + e.offset, e.to_string()))?;
     let state = DiskState {
         format_version,
         virtual_size,
@@ -152,56 +288,156 @@ pub fn decode(b: &[u8]) -> Result<DiskState, DecodeError> {
         initial_in_progress,
         replica_id,
         copy_id,
+        open_cycle: (phase != CyclePhase::Idle).then_some(open_cycle),
     };
-    if let Some(b) = state.progress.bounds() {
-        if b.end > state.writable_end() {
+    let rec = Record {
+        disk: state,
+        phase,
+        redo_len,
+        pending: (flags & FLAG_PENDING != 0).then_some(pending),
+        points,
+    };
+    validate(&rec).map_err(|p| (at(60), p))?;
+    if let Some(b) = rec.disk.progress.bounds() {
+        if b.end > rec.disk.writable_end() {
             return Err((
-                at(FIXED_BODY),
+                at(progress_at),
                 format!(
                     "progress reaches {} beyond the disk end {}",
                     b.end,
-                    state.writable_end()
+                    rec.disk.writable_end()
                 ),
             ));
         }
     }
-    if !initial_in_progress && !state.progress.is_empty() {
-        return Err((
-            at(FIXED_BODY),
-            "progress recorded without a copy in progress".into(),
+    Ok(rec)
+}
+
+/// The invariants between the fields of a record.
+fn validate(rec: &Record) -> Result<(), String> {
+    let st = &rec.disk;
+    let cycling = rec.phase != CyclePhase::Idle;
+    if cycling && (st.initial_in_progress || !st.initial_committed) {
+        return Err("a cycle is open without a committed replica or during a full copy".into());
+    }
+    if cycling && st.open_cycle != st.committed_cycle.checked_add(1) {
+        return Err(format!(
+            "open cycle {:?} does not follow the committed cycle {}",
+            st.open_cycle, st.committed_cycle
         ));
     }
-    Ok(state)
+    if !st.initial_in_progress && !cycling && !st.progress.is_empty() {
+        return Err("progress recorded without a copy or cycle in progress".into());
+    }
+    match (&rec.pending, rec.phase) {
+        (Some(p), CyclePhase::Applying) if Some(p.cycle) == st.open_cycle => {}
+        (None, CyclePhase::Applying) => return Err("a cycle applies without its point".into()),
+        (Some(p), CyclePhase::Idle) if st.initial_in_progress && p.cycle == 0 => {}
+        (Some(p), _) => return Err(format!("unexpected pending point {}", p.cycle)),
+        (None, _) => {}
+    }
+    if cycling && rec.redo_len < super::log::FILE_HEADER {
+        return Err(format!("redo log length {} below its header", rec.redo_len));
+    }
+    match rec.points.last() {
+        None if st.initial_committed => Err("a committed replica without recovery points".into()),
+        Some(_) if !st.initial_committed => Err("recovery points without a replica".into()),
+        Some(l) if l.point.cycle != st.committed_cycle => Err(format!(
+            "newest point {} is not the committed cycle {}",
+            l.point.cycle, st.committed_cycle
+        )),
+        Some(l) if l.undo_len != 0 && rec.phase != CyclePhase::Applying => {
+            Err("the newest point has an undo log outside a commit".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sample() -> DiskState {
-        DiskState {
-            format_version: STATE_VERSION,
-            virtual_size: 3 << 20,
-            source_id: Guid([7; 16]),
-            initial_committed: true,
-            committed_cycle: 5,
-            progress: RangeSet::from_range(0, 4096),
-            generation: 2,
-            initial_in_progress: true,
-            replica_id: Guid([1; 16]),
-            copy_id: Guid([2; 16]),
+    fn point(cycle: u64) -> RecoveryPoint {
+        RecoveryPoint {
+            cycle,
+            created_unix: 1_700_000_000 + cycle,
+            bytes: 4096 * cycle,
+            digest: [cycle as u8; 32],
         }
+    }
+
+    fn copying() -> Record {
+        Record {
+            disk: DiskState {
+                format_version: STATE_VERSION,
+                virtual_size: 3 << 20,
+                source_id: Guid([7; 16]),
+                initial_committed: true,
+                committed_cycle: 5,
+                progress: RangeSet::from_range(0, 4096),
+                generation: 2,
+                initial_in_progress: true,
+                replica_id: Guid([1; 16]),
+                copy_id: Guid([2; 16]),
+                open_cycle: None,
+            },
+            phase: CyclePhase::Idle,
+            redo_len: 0,
+            pending: Some(point(0)),
+            points: vec![
+                Listed {
+                    point: point(4),
+                    undo_len: 999,
+                },
+                Listed {
+                    point: point(5),
+                    undo_len: 0,
+                },
+            ],
+        }
+    }
+
+    fn applying() -> Record {
+        let mut r = copying();
+        r.disk.initial_in_progress = false;
+        r.disk.copy_id = Guid::NIL;
+        r.disk.open_cycle = Some(6);
+        r.phase = CyclePhase::Applying;
+        r.redo_len = 4096;
+        r.pending = Some(point(6));
+        r.points[1].undo_len = 77;
+        r
     }
 
     #[test]
     fn state_record_round_trips() {
-        let s = sample();
-        assert_eq!(decode(&encode(&s)).unwrap(), s);
+        for r in [copying(), applying()] {
+            assert_eq!(decode(&encode(&r)).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn contradictory_cycle_fields_are_refused() {
+        let mut r = applying();
+        r.pending = None;
+        assert!(decode(&encode(&r)).is_err());
+        let mut r = applying();
+        r.disk.open_cycle = Some(9);
+        assert!(decode(&encode(&r)).is_err());
+        let mut r = applying();
+        r.phase = CyclePhase::Open;
+        assert!(
+            decode(&encode(&r)).is_err(),
+            "an open cycle has no pending point"
+        );
+        let mut r = copying();
+        r.points.swap(0, 1);
+        assert!(decode(&encode(&r)).is_err());
     }
 
     #[test]
     fn every_single_bit_flip_and_truncation_is_detected() {
-        let b = encode(&sample());
+        let b = encode(&copying());
         for i in 0..b.len() * 8 {
             let mut c = b.clone();
             c[i / 8] ^= 1 << (i % 8);

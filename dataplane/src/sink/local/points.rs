@@ -1,0 +1,222 @@
+//! Recovery points of the local store: reading the disk as it was at a point, pruning old
+//! points, and removing log files no state record names.
+//!
+//! The replica is always the newest point. Point K is the replica with the undo logs of
+//! points K, K+1, …, newest-1 laid over it, newest first, so that for every byte the oldest
+//! pre-image at or after K wins: that is the byte as it was when K was committed (cycle K+1
+//! saved it before overwriting it; later cycles saved later values).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::disk::{Inner, LocalDisk};
+use super::files::{check_range, corrupt, invalid, io_err};
+use super::fs::DataFile;
+use super::log::{self, LogKind, LogRec};
+use super::state::CyclePhase;
+use crate::sink::{RecoveryPoint, SinkError};
+
+/// Most undo logs kept open with their index (each holds a descriptor and its record list).
+const CACHE_FILES: usize = 32;
+
+/// An undo log, opened and indexed: records sorted by offset, disjoint.
+pub(super) struct UndoIndex {
+    file: Arc<dyn DataFile>,
+    recs: Vec<LogRec>,
+}
+
+/// Recently used undo logs, by point, most recent last.
+#[derive(Default)]
+pub(super) struct UndoCache {
+    entries: Vec<(u64, Arc<UndoIndex>)>,
+}
+
+impl LocalDisk {
+    /// Forgets the cached index of `point`'s undo log (it was rewritten or removed).
+    pub(super) fn forget_undo(&self, point: u64) {
+        self.undo_cache().entries.retain(|(p, _)| *p != point);
+    }
+
+    pub(super) fn forget_all_undo(&self) {
+        self.undo_cache().entries.clear();
+    }
+
+    /// The index of `point`'s undo log of `len` bytes, loading it on first use.
+    fn undo_index(&self, point: u64, len: u64, end: u64) -> Result<Arc<UndoIndex>, SinkError> {
+        {
+            let mut c = self.undo_cache();
+            if let Some(i) = c.entries.iter().position(|(p, _)| *p == point) {
+                let e = c.entries.remove(i);
+                let idx = e.1.clone();
+                c.entries.push(e);
+                return Ok(idx);
+            }
+        }
+        let path = self.paths.undo(point);
+        let file = self.fs.open_data(&path, None).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => corrupt(
+                &path,
+                0,
+                format!("the undo log of recovery point {point} is missing"),
+            ),
+            _ => SinkError::io(&path, "open", 0, e),
+        })?;
+        let size = file.size().map_err(io_err(&path, "stat", 0))?;
+        if size != len {
+            return Err(corrupt(
+                &path,
+                size,
+                format!("undo log is {size} bytes, the state records {len}"),
+            ));
+        }
+        log::check_file_header(file.as_ref(), LogKind::Undo, point)
+            .map_err(|(o, p)| corrupt(&path, o, p))?;
+        let recs = log::scan(file.as_ref(), len, end).map_err(|(o, p)| corrupt(&path, o, p))?;
+        if let Some(w) = recs.windows(2).find(|w| w[0].end() > w[1].offset) {
+            return Err(corrupt(
+                &path,
+                w[1].pos - log::REC_HEADER,
+                "undo records are not sorted and disjoint",
+            ));
+        }
+        let idx = Arc::new(UndoIndex { file, recs });
+        let mut c = self.undo_cache();
+        if c.entries.len() >= CACHE_FILES {
+            c.entries.remove(0);
+        }
+        c.entries.push((point, idx.clone()));
+        Ok(idx)
+    }
+
+    /// See [`crate::sink::ReplicaDisk::read_point`].
+    pub(super) fn read_point_impl(
+        &self,
+        cycle: u64,
+        offset: u64,
+        len: usize,
+    ) -> Result<Bytes, SinkError> {
+        let inner = self.read_inner();
+        self.read_point_locked(&inner, cycle, offset, len)
+    }
+
+    pub(super) fn read_point_locked(
+        &self,
+        inner: &Inner,
+        cycle: u64,
+        offset: u64,
+        len: usize,
+    ) -> Result<Bytes, SinkError> {
+        let path = &self.paths.vhd;
+        check_range(path, "read", offset, len as u64, &inner.rec.disk, false)?;
+        let points = &inner.rec.points;
+        let Some(at) = points.iter().position(|l| l.point.cycle == cycle) else {
+            return Err(invalid(
+                path,
+                offset,
+                match (points.first(), points.last()) {
+                    (Some(a), Some(b)) => format!(
+                        "recovery point {cycle} does not exist (points {}..={} are kept)",
+                        a.point.cycle, b.point.cycle
+                    ),
+                    _ => format!("recovery point {cycle} does not exist: nothing is committed"),
+                },
+            ));
+        };
+        let Some(replica) = &inner.committed else {
+            return Err(invalid(path, offset, "the committed replica is not open"));
+        };
+        let mut buf = BytesMut::zeroed(len);
+        replica
+            .read_at(offset, &mut buf)
+            .map_err(io_err(path, "read", offset))?;
+        // Newest first, so older pre-images overwrite newer ones. While a commit is being
+        // applied the newest point's undo log is already complete and is laid over too.
+        let end = offset + len as u64;
+        for l in points[at..].iter().rev().filter(|l| l.undo_len > 0) {
+            let idx = self.undo_index(l.point.cycle, l.undo_len, inner.rec.disk.writable_end())?;
+            let first = idx.recs.partition_point(|r| r.end() <= offset);
+            for r in idx.recs[first..].iter().take_while(|r| r.offset < end) {
+                log::overlay(idx.file.as_ref(), r, offset, &mut buf).map_err(io_err(
+                    &self.paths.undo(l.point.cycle),
+                    "read",
+                    r.pos,
+                ))?;
+            }
+        }
+        Ok(buf.freeze())
+    }
+
+    /// See [`crate::sink::ReplicaDisk::points`].
+    pub(super) fn points_impl(&self) -> Vec<RecoveryPoint> {
+        let inner = self.read_inner();
+        inner.rec.points.iter().map(|l| l.point.clone()).collect()
+    }
+
+    /// See [`crate::sink::ReplicaDisk::prune_points`]. Drops the oldest points while they
+    /// are older than `older_than_unix`, never the newest: only a prefix can go, because
+    /// reading a point needs the undo logs of every later one.
+    pub(super) fn prune_impl(&self, older_than_unix: u64) -> Result<Vec<u64>, SinkError> {
+        let mut inner = self.write_inner();
+        let keep_from = inner
+            .rec
+            .points
+            .iter()
+            .take(inner.rec.points.len().saturating_sub(1))
+            .take_while(|l| l.point.created_unix < older_than_unix)
+            .count();
+        if keep_from == 0 {
+            return Ok(Vec::new());
+        }
+        let mut next = inner.rec.clone();
+        let dropped: Vec<u64> = next
+            .points
+            .drain(..keep_from)
+            .map(|l| l.point.cycle)
+            .collect();
+        self.persist(&next)?;
+        inner.rec = next;
+        self.forget_all_undo();
+        self.remove_orphans(&inner)?;
+        Ok(dropped)
+    }
+
+    /// Removes this disk's redo and undo logs that the state does not name (left by a
+    /// crash, a prune, a new full copy or a failed commit step).
+    pub(super) fn remove_orphans(&self, inner: &Inner) -> Result<(), SinkError> {
+        let dir = &self.paths.dir;
+        let rec = &inner.rec;
+        let undo: BTreeSet<u64> = rec
+            .points
+            .iter()
+            .filter(|l| l.undo_len > 0)
+            .map(|l| l.point.cycle)
+            .collect();
+        let redo = rec
+            .disk
+            .open_cycle
+            .filter(|_| rec.phase != CyclePhase::Idle);
+        let names = self.fs.list_dir(dir).map_err(io_err(dir, "list", 0))?;
+        let mut removed = false;
+        for n in names {
+            let keep = match self.paths.parse_log(&n) {
+                None => true,
+                Some((true, c)) => redo == Some(c),
+                Some((false, p)) => undo.contains(&p),
+            };
+            if !keep {
+                let p = dir.join(&n);
+                self.fs.remove_file(&p).map_err(io_err(&p, "remove", 0))?;
+                removed = true;
+            }
+        }
+        if removed {
+            self.fs
+                .sync_dir(dir)
+                .map_err(io_err(dir, "fsync directory", 0))?;
+            self.forget_all_undo();
+        }
+        Ok(())
+    }
+}
