@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::config::{self, duration_str};
 use super::CliError;
+use crate::sender::protect::Policy;
 use crate::sender::{self, SendOptions, VmSpec};
 
 #[derive(clap::Args, Debug)]
@@ -44,6 +45,16 @@ pub struct Args {
     /// Bandwidth limit at all times, e.g. 40Mbit, 5MB, unlimited (decimal SI; MiB/Mibit binary).
     #[arg(long, value_parser = crate::throttle::parse_rate)]
     bandwidth: Option<crate::throttle::Rate>,
+    /// Keep replicating: initial copy, then a delta cycle every interval (30s, 5m, 15m, or
+    /// any duration). Without it, one initial replication.
+    #[arg(long, value_parser = config::parse_duration)]
+    interval: Option<Duration>,
+    /// Recovery-point retention (0 to 24h, default 24h).
+    #[arg(long, value_parser = config::parse_duration)]
+    retention: Option<Duration>,
+    /// With --interval: stop after this many cycles (default: run until SIGTERM).
+    #[arg(long)]
+    max_cycles: Option<u64>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -75,12 +86,33 @@ struct File {
     #[serde(with = "duration_str")]
     give_up_after: Option<Duration>,
     bandwidth: Option<String>,
+    #[serde(with = "duration_str")]
+    interval: Option<Duration>,
+    #[serde(with = "duration_str")]
+    retention: Option<Duration>,
     vm: Vec<FileVm>,
 }
 
-fn options(a: &Args) -> anyhow::Result<(Vec<VmSpec>, SendOptions)> {
+fn options(a: &Args) -> anyhow::Result<(Vec<VmSpec>, SendOptions, Option<Policy>)> {
     let f: File = config::load(a.config.as_deref())?;
     let d = SendOptions::default();
+    let retention = a
+        .retention
+        .or(f.retention)
+        .unwrap_or(Duration::from_secs(86_400));
+    if retention > Duration::from_secs(86_400) {
+        bail!("--retention {retention:?}: recovery points are kept 0 to 24 hours");
+    }
+    let policy = match a.interval.or(f.interval) {
+        Some(interval) if interval.is_zero() => bail!("--interval must be longer than zero"),
+        Some(interval) => Some(Policy {
+            interval,
+            retention,
+            max_cycles: a.max_cycles,
+        }),
+        None if a.max_cycles.is_some() => bail!("--max-cycles needs --interval"),
+        None => None,
+    };
     let opts = SendOptions {
         to: a.to.clone().or(f.to).context("--to ADDR is required")?,
         server_name: a.server_name.clone().or(f.server_name),
@@ -146,24 +178,26 @@ fn options(a: &Args) -> anyhow::Result<(Vec<VmSpec>, SendOptions)> {
     if vms.is_empty() {
         bail!("nothing to send: give --vm VM DISK... or [[vm]] entries in --config");
     }
-    Ok((vms, opts))
+    Ok((vms, opts, policy))
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
-    let (vms, opts) = options(&a).map_err(|e| CliError {
+    let (vms, opts, policy) = options(&a).map_err(|e| CliError {
         error: e,
         recoverable: false,
         usage: true,
     })?;
     let rt = super::runtime()?;
-    let summary = rt.block_on(sender::run(&vms, &opts)).map_err(|e| {
-        let recoverable = e.is_recoverable();
-        CliError {
-            error: anyhow::Error::new(e),
-            recoverable,
-            usage: false,
-        }
-    })?;
+    let summary = rt
+        .block_on(sender::run_with(&vms, &opts, policy))
+        .map_err(|e| {
+            let recoverable = e.is_recoverable();
+            CliError {
+                error: anyhow::Error::new(e),
+                recoverable,
+                usage: false,
+            }
+        })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

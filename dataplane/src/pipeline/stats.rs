@@ -26,6 +26,8 @@ pub struct Stats {
     pub retries: AtomicU64,
     /// Source bytes acknowledged (progress).
     pub done: AtomicU64,
+    /// Delta cycles committed.
+    pub cycles: AtomicU64,
     /// Times a reconnect found more durable progress at the receiver than before.
     pub durable_growth: AtomicU64,
 }

@@ -87,6 +87,14 @@ pub(crate) fn class_of(e: &SinkError) -> ErrorClass {
     }
 }
 
+fn unknown_handle(req: u32, handle: u32) -> Control {
+    Control::Error {
+        req,
+        class: ErrorClass::Protocol,
+        message: format!("unknown disk handle {handle}"),
+    }
+}
+
 impl Receiver {
     /// Dispatches a new stream by its first frame.
     pub(crate) async fn handle_stream(
@@ -245,6 +253,59 @@ impl Receiver {
                             handle,
                             cycle: 0,
                         }
+                    }
+                    Err(e) => Control::Error {
+                        req,
+                        class: class_of(&e),
+                        message: e.to_string(),
+                    },
+                }
+            }
+            Control::BeginCycle { req, handle, cycle } => {
+                let Some(s) = conn.disk(handle) else {
+                    return unknown_handle(req, handle);
+                };
+                match s.begin_cycle(cycle).await {
+                    Ok(progress) => Control::CycleOpened {
+                        req,
+                        handle,
+                        cycle,
+                        progress: progress.iter().map(|r| (r.start, r.end)).collect(),
+                    },
+                    Err(e) => Control::Error {
+                        req,
+                        class: class_of(&e),
+                        message: e.to_string(),
+                    },
+                }
+            }
+            Control::CommitCycle {
+                req,
+                handle,
+                cycle,
+                bytes,
+                digest,
+                retention_secs,
+            } => {
+                let Some(s) = conn.disk(handle) else {
+                    return unknown_handle(req, handle);
+                };
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let point = crate::sink::RecoveryPoint {
+                    cycle,
+                    created_unix: now,
+                    bytes,
+                    digest,
+                };
+                let keep_after = now.saturating_sub(retention_secs.min(86_400) as u64);
+                match s.commit_cycle(point, keep_after).await {
+                    Ok(pruned) => {
+                        info!(sender = %conn.sender, disk = %s.replica.key(), cycle, bytes,
+                              pruned = pruned.len(), "cycle committed as a recovery point");
+                        Control::Committed { req, handle, cycle }
                     }
                     Err(e) => Control::Error {
                         req,

@@ -122,6 +122,43 @@ pub async fn checkpoint_loop(
 }
 
 impl DiskSession {
+    /// Opens delta cycle `cycle` at the store; the ranges already durable of it become the
+    /// session's written set.
+    pub async fn begin_cycle(&self, cycle: u64) -> Result<RangeSet, SinkError> {
+        let _g = self.sync.lock().await;
+        let r = self.replica.clone();
+        let progress = tokio::task::spawn_blocking(move || r.begin_cycle(cycle))
+            .await
+            .map_err(|e| task_failed(self, "begin cycle", e))??;
+        if let Ok(mut w) = self.written.lock() {
+            *w = progress.clone();
+        }
+        self.dirty.store(false, Ordering::Release);
+        Ok(progress)
+    }
+
+    /// Checkpoints the cycle's writes, commits it as `point`, then prunes points created
+    /// before `keep_after` (never the newest). Returns the pruned cycles.
+    pub async fn commit_cycle(
+        &self,
+        point: RecoveryPoint,
+        keep_after: u64,
+    ) -> Result<Vec<u64>, SinkError> {
+        self.checkpoint(true).await?;
+        let _g = self.sync.lock().await;
+        let r = self.replica.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            r.commit_cycle(&point)?;
+            r.prune_points(keep_after)
+        })
+        .await
+        .map_err(|e| task_failed(self, "commit cycle", e))??;
+        if let Ok(mut w) = self.written.lock() {
+            *w = RangeSet::new();
+        }
+        Ok(pruned)
+    }
+
     /// Ranges written so far (durable or about to be).
     pub fn progress_snapshot(&self) -> RangeSet {
         self.written.lock().map(|w| w.clone()).unwrap_or_default()

@@ -96,15 +96,31 @@ impl Drop for Closer {
     }
 }
 
-/// Replicates `job` (initial copy, resumable) and commits it.
-pub async fn replicate(
-    conn: &quinn::Connection,
+/// The receiver's view of a disk, from `OpenDisk`.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// Handle for data streams and requests.
+    pub handle: u32,
+    /// Copy generation.
+    pub generation: u64,
+    /// The working image holds zeros wherever nothing was written.
+    pub known_empty: bool,
+    /// Durable ranges of the ongoing initial copy.
+    pub progress: Vec<(u64, u64)>,
+    /// An initial copy is committed.
+    pub initial_committed: bool,
+    /// The newest committed cycle.
+    pub committed_cycle: u64,
+}
+
+/// Opens `job`'s replica at the receiver. `full_copy` starts a new copy of a committed disk
+/// (a one-shot send); without it a committed replica is kept for delta cycles.
+pub async fn open_disk(
     ctrl: &mut ControlStream,
     job: &DiskJob,
-    sh: &Arc<Shared>,
-) -> Result<DiskOutcome, SendError> {
-    let stats = &sh.stats;
-    let info = job.disk.info().clone();
+    full_copy: bool,
+) -> Result<Opened, SendError> {
+    let info = job.disk.info();
     let req = ctrl.req();
     let opened = ctrl
         .call(Control::OpenDisk {
@@ -113,7 +129,7 @@ pub async fn replicate(
             disk: job.name.clone(),
             virtual_size: info.virtual_size,
             source_id: info.identity.unwrap_or_default(),
-            full_copy: true,
+            full_copy,
         })
         .await?;
     let Control::DiskOpened {
@@ -121,49 +137,94 @@ pub async fn replicate(
         generation,
         known_empty,
         progress,
+        initial_committed,
+        committed_cycle,
         ..
     } = opened
     else {
         return Err(ctrl.unexpected(opened));
     };
-    let resumed: u64 = progress.iter().map(|(a, b)| b - a).sum();
+    Ok(Opened {
+        handle,
+        generation,
+        known_empty,
+        progress,
+        initial_committed,
+        committed_cycle,
+    })
+}
+
+/// Replicates `job` (initial copy, resumable) and commits it.
+pub async fn replicate(
+    conn: &quinn::Connection,
+    ctrl: &mut ControlStream,
+    job: &DiskJob,
+    sh: &Arc<Shared>,
+) -> Result<DiskOutcome, SendError> {
+    let opened = open_disk(ctrl, job, true).await?;
+    copy_initial(conn, ctrl, job, &opened, sh).await
+}
+
+/// The initial copy of an opened disk, resumed from its durable progress, then committed.
+pub async fn copy_initial(
+    conn: &quinn::Connection,
+    ctrl: &mut ControlStream,
+    job: &DiskJob,
+    o: &Opened,
+    sh: &Arc<Shared>,
+) -> Result<DiskOutcome, SendError> {
+    let stats = &sh.stats;
+    let resumed: u64 = o.progress.iter().map(|(a, b)| b - a).sum();
     if job.progress.reset_to(stats, resumed) {
         stats.durable_growth.fetch_add(1, Ordering::Relaxed);
     }
-    debug!(vm = %job.vm, disk = %job.name, handle, generation, resumed, "disk opened");
+    debug!(vm = %job.vm, disk = %job.name, handle = o.handle, generation = o.generation, resumed, "initial copy");
+    send_all(conn, job, o, None, &o.progress, sh).await?;
+    let req = ctrl.req();
+    let ans = ctrl
+        .call(Control::CommitInitial {
+            req,
+            handle: o.handle,
+            generation: o.generation,
+        })
+        .await?;
+    match ans {
+        Control::Committed { .. } => Ok(DiskOutcome { resumed }),
+        other => Err(ctrl.unexpected(other)),
+    }
+}
 
-    let mut items: Option<Vec<WorkItem>> = None; // None: the whole plan
+/// Sends `items` (or the disk's whole plan) until the receiver has accepted every extent,
+/// resending refused ones for a few passes.
+pub async fn send_all(
+    conn: &quinn::Connection,
+    job: &DiskJob,
+    o: &Opened,
+    items: Option<Vec<WorkItem>>,
+    done: &[(u64, u64)],
+    sh: &Arc<Shared>,
+) -> Result<(), SendError> {
+    let mut items = items;
     for pass in 0..MAX_PASSES {
         let refused = run_pass(
             conn,
             job,
-            handle,
-            generation,
-            known_empty,
-            &progress,
+            o.handle,
+            o.generation,
+            o.known_empty,
+            done,
             items.take(),
             sh,
         )
         .await?;
         if refused.is_empty() {
-            let req = ctrl.req();
-            let ans = ctrl
-                .call(Control::CommitInitial {
-                    req,
-                    handle,
-                    generation,
-                })
-                .await?;
-            return match ans {
-                Control::Committed { .. } => Ok(DiskOutcome { resumed }),
-                other => Err(ctrl.unexpected(other)),
-            };
+            return Ok(());
         }
         warn!(vm = %job.vm, disk = %job.name, count = refused.len(), pass,
               "receiver refused extents (integrity); resending them");
-        stats
+        sh.stats
             .resent
-            .fetch_add(refused.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(refused.len() as u64, Ordering::Relaxed);
         items = Some(
             refused
                 .iter()

@@ -5,7 +5,9 @@
 mod control;
 mod disk;
 mod error;
+mod logimage;
 mod progress;
+pub mod protect;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -142,6 +144,30 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Replicates every disk of `vms` (initial replication) and returns the summary.
 pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendError> {
+    run_with(vms, opts, None).await
+}
+
+/// What the VM tasks of an attempt do.
+enum Mode {
+    /// One initial copy per disk; the set holds the disks committed so far.
+    OneShot(Arc<std::sync::Mutex<HashSet<(String, String)>>>),
+    /// Continuous protection: per VM its disks and switch schedule.
+    Protect {
+        policy: protect::Policy,
+        vms: Vec<(
+            Arc<Vec<Arc<std::sync::Mutex<protect::Protected>>>>,
+            Arc<protect::Schedule>,
+        )>,
+    },
+}
+
+/// Replicates `vms`: one initial copy (`policy` `None`), or continuous protection with delta
+/// cycles under `policy`.
+pub async fn run_with(
+    vms: &[VmSpec],
+    opts: &SendOptions,
+    policy: Option<protect::Policy>,
+) -> Result<Summary, SendError> {
     let started = Instant::now();
     // Prerequisites: every disk opens, its format is supported, it has 512-byte sectors.
     let mut jobs: Vec<Vec<DiskJob>> = Vec::new();
@@ -172,6 +198,40 @@ pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendErro
         peer: opts.to.clone(),
     });
     let stats = &sh.stats;
+    let done: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Default::default();
+    let mode = match policy {
+        None => Mode::OneShot(done.clone()),
+        Some(policy) => {
+            let mut out = Vec::new();
+            for vm_jobs in &jobs {
+                let disks: Vec<protect::Protected> = vm_jobs
+                    .iter()
+                    .zip(
+                        vms.iter()
+                            .find(|v| Some(&v.name) == vm_jobs.first().map(|j| &j.vm))
+                            .map(|v| v.disks.clone())
+                            .unwrap_or_default(),
+                    )
+                    .map(|(j, path)| protect::Protected {
+                        tracker: crate::tracking::Tracker::new(&path, j.disk.info().virtual_size),
+                        job: j.clone(),
+                        committed_cycle: None,
+                        fresh: false,
+                    })
+                    .collect();
+                let mut disks = disks;
+                protect::start_tracking(&mut disks)?;
+                let disks = Arc::new(
+                    disks
+                        .into_iter()
+                        .map(|d| Arc::new(std::sync::Mutex::new(d)))
+                        .collect(),
+                );
+                out.push((disks, Arc::new(protect::Schedule::new(policy.interval))));
+            }
+            Mode::Protect { policy, vms: out }
+        }
+    };
     let (addr, host) = resolve(&opts.to)?;
     let server_name = opts.server_name.clone().unwrap_or(host);
     let client = crate::tls::config::sender_quic(&crate::tls::config::SenderFiles::in_dir(
@@ -180,20 +240,26 @@ pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendErro
     ))?;
     let endpoint = crate::transport::client_endpoint(addr, client)
         .map_err(|e| SendError::Internal(format!("cannot bind a UDP socket: {e}")))?;
-    let bar = progress::Progress::new(opts.progress, total, stats.clone());
-    let done: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Default::default();
+    let bar = progress::Progress::new(
+        opts.progress && matches!(mode, Mode::OneShot(_)),
+        total,
+        stats.clone(),
+    );
     let mut deadline = Instant::now() + opts.give_up_after;
     let mut attempt = 0usize;
     loop {
-        let committed_before = done.lock().map(|d| d.len()).unwrap_or(0);
+        let committed_before =
+            done.lock().map(|d| d.len()).unwrap_or(0) as u64 + Stats::get(&stats.cycles);
         let durable_before = Stats::get(&stats.durable_growth);
-        let res = attempt_once(&endpoint, addr, &server_name, &jobs, &sh, &done, deadline).await;
+        let res = attempt_once(&endpoint, addr, &server_name, &jobs, &sh, &mode, deadline).await;
         // An attempt that committed a disk, or found more progress durable at the receiver
         // than the attempt before, starts the fast schedule again, and --give-up-after counts
         // from now: each outage is met with fast reconnects and its own give-up window, not
         // with what earlier outages (or a long copy) used up. Acknowledged extents alone do
         // not count: a full target acknowledges rewrites of ranges it already holds forever.
-        let progressed = done.lock().map(|d| d.len()).unwrap_or(0) > committed_before
+        let committed_after =
+            done.lock().map(|d| d.len()).unwrap_or(0) as u64 + Stats::get(&stats.cycles);
+        let progressed = committed_after > committed_before
             || Stats::get(&stats.durable_growth) > durable_before;
         if res.is_err() && progressed {
             attempt = 0;
@@ -232,7 +298,7 @@ async fn attempt_once(
     server_name: &str,
     jobs: &[Vec<DiskJob>],
     sh: &Arc<Shared>,
-    done: &Arc<std::sync::Mutex<HashSet<(String, String)>>>,
+    mode: &Mode,
     deadline: Instant,
 ) -> Result<(), SendError> {
     let peer = sh.peer.as_str();
@@ -255,6 +321,24 @@ async fn attempt_once(
     })?;
     info!(receiver = %peer, "connected");
     let mut vms = tokio::task::JoinSet::new();
+    let done = match mode {
+        Mode::OneShot(d) => d,
+        Mode::Protect { policy, vms: list } => {
+            for (disks, sched) in list {
+                let (conn, sh, disks, sched, policy) = (
+                    conn.clone(),
+                    sh.clone(),
+                    disks.clone(),
+                    sched.clone(),
+                    policy.clone(),
+                );
+                vms.spawn(
+                    async move { protect::protect_vm(&conn, &disks, &sched, &policy, &sh).await },
+                );
+            }
+            return finish_vms(vms, conn).await;
+        }
+    };
     for vm_jobs in jobs {
         let conn = conn.clone();
         let jobs: Vec<DiskJob> = vm_jobs.to_vec();
@@ -279,6 +363,14 @@ async fn attempt_once(
             Ok::<(), SendError>(())
         });
     }
+    finish_vms(vms, conn).await
+}
+
+/// Waits for the VM tasks of an attempt; the first error aborts the others.
+async fn finish_vms(
+    mut vms: tokio::task::JoinSet<Result<(), SendError>>,
+    conn: quinn::Connection,
+) -> Result<(), SendError> {
     let mut first_err = None;
     while let Some(r) = vms.join_next().await {
         let r = r.unwrap_or_else(|e| Err(SendError::Internal(format!("VM task: {e}"))));

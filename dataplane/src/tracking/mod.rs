@@ -7,6 +7,8 @@
 //! | `D.hrl` | the **active** log: writers append here (open, `EOLLocation` 0) |
 //! | `D.NNNNNNNN.hrl` | a **closed** log of cycle N, waiting to be shipped; deleted once the receiver has committed cycle N |
 //! | `D.hrl.lock` | the lock that makes an append atomic with respect to a log switch |
+//! | `D.hrl.shipped` | the `UniqueId` of the last log whose cycle is committed (chain check) |
+//! | `D.hrl.resync` | present when the disk needs a resync; holds the reason |
 //!
 //! The writer (a host agent, `vdrep log-write`, or a test) takes the lock, writes the disk
 //! (where vdrep writes it), appends the same bytes to the active log, and releases. The sender
@@ -139,6 +141,30 @@ impl Tracker {
         n
     }
 
+    /// The id of the last log whose cycle the receiver committed (`None`: not recorded).
+    pub fn shipped_id(&self) -> Option<Guid> {
+        std::fs::read_to_string(&self.paths.shipped)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Records the last committed log's id durably (write, fsync, rename).
+    pub fn set_shipped_id(&self, id: Guid) -> Result<(), TrackingError> {
+        write_small(&self.paths.shipped, &format!("{id}\n"))
+    }
+
+    /// Marks the disk "resync required" with a reason; delta replication stops for it.
+    pub fn mark_resync(&self, reason: &str) -> Result<(), TrackingError> {
+        write_small(&self.paths.resync, &format!("{reason}\n"))
+    }
+
+    /// The reason a resync is required, if one is.
+    pub fn resync_reason(&self) -> Option<String> {
+        std::fs::read_to_string(&self.paths.resync)
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
     /// Deletes the closed log of a committed cycle.
     pub fn remove_shipped(&self, path: &Path) -> Result<(), TrackingError> {
         match std::fs::remove_file(path) {
@@ -151,6 +177,23 @@ impl Tracker {
             }),
         }
     }
+}
+
+fn write_small(path: &Path, text: &str) -> Result<(), TrackingError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let io = |op, e| TrackingError::Io {
+        path: path.to_path_buf(),
+        op,
+        source: e,
+    };
+    std::fs::write(&tmp, text).map_err(|e| io("write", e))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("sync", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
+    Ok(())
 }
 
 /// The tracker with its lock held: appends and switches.

@@ -10,6 +10,11 @@ pub struct LogPaths {
     pub active: PathBuf,
     /// `D.hrl.lock`.
     pub lock: PathBuf,
+    /// `D.hrl.shipped`: the `UniqueId` of the last log whose cycle the receiver committed
+    /// (the next log's `PreviousUniqueId` must equal it).
+    pub shipped: PathBuf,
+    /// `D.hrl.resync`: present when delta replication stopped; holds the reason.
+    pub resync: PathBuf,
     dir: PathBuf,
     stem: String,
 }
@@ -29,6 +34,8 @@ impl LogPaths {
         LogPaths {
             active: dir.join(format!("{stem}.hrl")),
             lock: dir.join(format!("{stem}.hrl.lock")),
+            shipped: dir.join(format!("{stem}.hrl.shipped")),
+            resync: dir.join(format!("{stem}.hrl.resync")),
             dir,
             stem,
         }

@@ -149,6 +149,43 @@ pub enum Control {
         /// Committed cycle (0 for the initial replication).
         cycle: u64,
     },
+    /// Sender → receiver: open delta cycle `cycle` of a committed replica (the committed
+    /// cycle + 1, or the open one again after an interruption).
+    BeginCycle {
+        /// Request id.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// The cycle.
+        cycle: u64,
+    },
+    /// Receiver → sender: the cycle is open; `progress` is what is already durable of it.
+    CycleOpened {
+        /// The request.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// The cycle.
+        cycle: u64,
+        /// Ranges of this cycle already durable: the sender skips them.
+        progress: Vec<(u64, u64)>,
+    },
+    /// Sender → receiver: every extent of the cycle was accepted; commit it as a recovery
+    /// point and prune points older than the retention.
+    CommitCycle {
+        /// Request id.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// The cycle.
+        cycle: u64,
+        /// Bytes the cycle changed.
+        bytes: u64,
+        /// BLAKE3 digest of the disk at the cycle's switch (all zero: none).
+        digest: [u8; 32],
+        /// Recovery-point retention in seconds (0..=86400).
+        retention_secs: u32,
+    },
     /// Receiver → sender: a request failed.
     Error {
         /// The request (0 when none).
@@ -167,6 +204,9 @@ const K_DISK_OPENED: u8 = 4;
 const K_COMMIT_INITIAL: u8 = 5;
 const K_COMMITTED: u8 = 6;
 const K_ERROR: u8 = 7;
+const K_BEGIN_CYCLE: u8 = 8;
+const K_CYCLE_OPENED: u8 = 9;
+const K_COMMIT_CYCLE: u8 = 10;
 /// Frame kind of [`BatchStart`].
 pub const K_BATCH_START: u8 = 0x40;
 /// Frame kind of an extent (header + payload).
@@ -281,6 +321,36 @@ impl Control {
                 w.u32(*req).u16(class.code()).str(message);
                 K_ERROR
             }
+            Control::BeginCycle { req, handle, cycle } => {
+                w.u32(*req).u32(*handle).u64(*cycle);
+                K_BEGIN_CYCLE
+            }
+            Control::CycleOpened {
+                req,
+                handle,
+                cycle,
+                progress,
+            } => {
+                w.u32(*req).u32(*handle).u64(*cycle);
+                ranges_w(&mut w, progress);
+                K_CYCLE_OPENED
+            }
+            Control::CommitCycle {
+                req,
+                handle,
+                cycle,
+                bytes,
+                digest,
+                retention_secs,
+            } => {
+                w.u32(*req)
+                    .u32(*handle)
+                    .u64(*cycle)
+                    .u64(*bytes)
+                    .raw(digest)
+                    .u32(*retention_secs);
+                K_COMMIT_CYCLE
+            }
         };
         let mut out = Vec::with_capacity(w.buf.len() + 5);
         super::encode_frame(kind, &w.buf, &mut out);
@@ -340,6 +410,25 @@ impl Control {
                     message: r.str(MAX_STRING)?,
                 }
             }
+            K_BEGIN_CYCLE => Control::BeginCycle {
+                req: r.u32()?,
+                handle: r.u32()?,
+                cycle: r.u64()?,
+            },
+            K_CYCLE_OPENED => Control::CycleOpened {
+                req: r.u32()?,
+                handle: r.u32()?,
+                cycle: r.u64()?,
+                progress: ranges_r(&mut r, what)?,
+            },
+            K_COMMIT_CYCLE => Control::CommitCycle {
+                req: r.u32()?,
+                handle: r.u32()?,
+                cycle: r.u64()?,
+                bytes: r.u64()?,
+                digest: r.array()?,
+                retention_secs: r.u32()?,
+            },
             k => {
                 return Err(FormatError::new(
                     what,
@@ -646,6 +735,25 @@ mod tests {
             generation: 4,
             known_empty: true,
             progress: vec![(0, 512), (4096, 8192)],
+        });
+        roundtrip(Control::BeginCycle {
+            req: 2,
+            handle: 1,
+            cycle: 9,
+        });
+        roundtrip(Control::CycleOpened {
+            req: 2,
+            handle: 1,
+            cycle: 9,
+            progress: vec![(512, 1024)],
+        });
+        roundtrip(Control::CommitCycle {
+            req: 3,
+            handle: 1,
+            cycle: 9,
+            bytes: 4096,
+            digest: [7; 32],
+            retention_secs: 3600,
         });
         roundtrip(Control::Error {
             req: 1,

@@ -1,0 +1,403 @@
+//! Continuous protection: change tracking starts, the initial copy runs, then every interval
+//! each disk's active log is switched and the closed logs are shipped as cycles, each
+//! committed by the receiver as a recovery point.
+//!
+//! A disk whose change history has a gap (a log lost, corrupt or out of chain, or logs
+//! reaching half the disk's size) is marked "resync required" (`D.hrl.resync`) and its
+//! delta replication stops: shipping a cycle across a gap would make a recovery point that
+//! never existed on the source.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+use vdrep_proto::wire::Control;
+use vdrep_proto::Guid;
+
+use super::disk::{copy_initial, open_disk, send_all, DiskJob, Opened, Shared};
+use super::logimage::LogImage;
+use super::{ControlStream, SendError};
+use crate::hrl::coalesce_log;
+use crate::pipeline::WorkItem;
+use crate::tracking::{Tracker, TrackingError};
+
+/// Cycle policy of a protected VM.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Time between log switches (30 s, 5 min, 15 min; any duration for tests).
+    pub interval: Duration,
+    /// Recovery points older than this are pruned (0..=24 h).
+    pub retention: Duration,
+    /// Stop after this many cycles (tests, one-off catch-up); `None` runs until SIGTERM.
+    pub max_cycles: Option<u64>,
+}
+
+/// One protected disk across reconnects.
+pub struct Protected {
+    /// The disk.
+    pub job: DiskJob,
+    /// Its change logs.
+    pub tracker: Tracker,
+    /// Newest cycle the receiver committed (known after the first open).
+    pub committed_cycle: Option<u64>,
+    /// Tracking started in this run: whatever replica the receiver holds predates it, so
+    /// the disk is copied in full before cycles can follow.
+    pub fresh: bool,
+}
+
+/// Starts change tracking of every disk (before its initial copy, so no write is missed).
+pub fn start_tracking(disks: &mut [Protected]) -> Result<(), SendError> {
+    for d in disks.iter_mut() {
+        let locked = d.tracker.lock().map_err(tracking_err(&d.job))?;
+        if !d.tracker.is_active() {
+            locked
+                .start(Guid::NIL, SystemTime::now())
+                .map_err(tracking_err(&d.job))?;
+            d.tracker
+                .set_shipped_id(Guid::NIL)
+                .map_err(tracking_err(&d.job))?;
+            info!(vm = %d.job.vm, disk = %d.job.name, log = %d.tracker.paths().active.display(),
+                  "change tracking started");
+            drop(locked);
+            d.fresh = true;
+        }
+    }
+    Ok(())
+}
+
+fn tracking_err(job: &DiskJob) -> impl Fn(TrackingError) -> SendError + '_ {
+    move |e| SendError::Internal(format!("{}/{}: change tracking: {e}", job.vm, job.name))
+}
+
+/// The schedule of one VM's switches, kept across reconnects.
+#[derive(Debug)]
+pub struct Schedule {
+    next: Mutex<Instant>,
+    cycles: std::sync::atomic::AtomicU64,
+}
+
+impl Schedule {
+    /// The first switch one interval from now.
+    pub fn new(interval: Duration) -> Self {
+        Schedule {
+            next: Mutex::new(Instant::now() + interval),
+            cycles: Default::default(),
+        }
+    }
+}
+
+/// Why a disk left delta replication.
+fn resync_required(d: &Protected, reason: String) {
+    error!(vm = %d.job.vm, disk = %d.job.name, %reason,
+           "resync required: delta replication stops for this disk");
+    if let Err(e) = d.tracker.mark_resync(&reason) {
+        warn!(error = %e, "cannot record the resync mark");
+    }
+}
+
+/// Runs one VM's protection on an established connection until `policy.max_cycles` or an
+/// error. Disks that need a resync are skipped.
+pub async fn protect_vm(
+    conn: &quinn::Connection,
+    disks: &Arc<Vec<Arc<Mutex<Protected>>>>,
+    sched: &Schedule,
+    policy: &Policy,
+    sh: &Arc<Shared>,
+) -> Result<(), SendError> {
+    let mut ctrl = ControlStream::open(conn, &sh.peer).await?;
+    let mut opened: Vec<Option<Opened>> = Vec::new();
+    for d in disks.iter() {
+        let (job, fresh) = d
+            .lock()
+            .map(|g| (g.job.clone(), g.fresh))
+            .map_err(poisoned)?;
+        if skip(d) {
+            opened.push(None);
+            continue;
+        }
+        let o = open_disk(&mut ctrl, &job, fresh).await?;
+        // `known_empty` is set while an initial copy is in progress.
+        let committed = if o.initial_committed && !o.known_empty {
+            o.committed_cycle
+        } else {
+            info!(vm = %job.vm, disk = %job.name, "initial replication (writes are tracked meanwhile)");
+            copy_initial(conn, &mut ctrl, &job, &o, sh).await?;
+            0
+        };
+        if let Ok(mut g) = d.lock() {
+            g.committed_cycle = Some(committed);
+            g.fresh = false;
+        }
+        opened.push(Some(o));
+    }
+    // Ship whatever is pending (a previous run's closed logs), then cycle.
+    ship_all(conn, &mut ctrl, disks, &opened, policy, sh).await?;
+    loop {
+        if let Some(max) = policy.max_cycles {
+            if sched.cycles.load(Ordering::Relaxed) >= max {
+                ctrl.finish();
+                return Ok(());
+            }
+        }
+        let at = *sched.next.lock().map_err(poisoned)?;
+        tokio::time::sleep_until(at).await;
+        for d in disks.iter() {
+            if skip(d) {
+                continue;
+            }
+            switch(d).await;
+        }
+        if let Ok(mut n) = sched.next.lock() {
+            // Fixed cadence; a late switch does not pile up a burst of switches after it.
+            *n = (*n + policy.interval).max(Instant::now());
+        }
+        ship_all(conn, &mut ctrl, disks, &opened, policy, sh).await?;
+        sched.cycles.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn poisoned<T>(_: T) -> SendError {
+    SendError::Internal("a lock was poisoned by a panicked task".into())
+}
+
+fn skip(d: &Mutex<Protected>) -> bool {
+    d.lock()
+        .map(|g| g.tracker.resync_reason().is_some())
+        .unwrap_or(true)
+}
+
+/// Closes the active log as the next cycle and starts the next log.
+async fn switch(d: &Arc<Mutex<Protected>>) {
+    let d2 = d.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let g = d2.lock().map_err(|_| "lock poisoned".to_string())?;
+        let pending = g.tracker.pending().map_err(|e| e.to_string())?;
+        let last_pending = pending.last().map(|(c, _)| *c).unwrap_or(0);
+        let next = g.committed_cycle.unwrap_or(0).max(last_pending) + 1;
+        let size = g.job.disk.info().virtual_size;
+        if g.tracker.log_bytes() >= size / 2 {
+            return Err(format!(
+                "change logs hold {} bytes, half of the disk's {size}: shipping them would cost more than a resync",
+                g.tracker.log_bytes()
+            ));
+        }
+        let locked = g.tracker.lock().map_err(|e| e.to_string())?;
+        locked
+            .switch(next, SystemTime::now())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let reason = match res {
+        Ok(Ok(())) => return,
+        Ok(Err(r)) => r,
+        Err(e) => format!("switch task failed: {e}"),
+    };
+    if let Ok(g) = d.lock() {
+        resync_required(&g, format!("log switch failed: {reason}"));
+    }
+}
+
+async fn ship_all(
+    conn: &quinn::Connection,
+    ctrl: &mut ControlStream,
+    disks: &Arc<Vec<Arc<Mutex<Protected>>>>,
+    opened: &[Option<Opened>],
+    policy: &Policy,
+    sh: &Arc<Shared>,
+) -> Result<(), SendError> {
+    for (d, o) in disks.iter().zip(opened) {
+        let Some(o) = o else { continue };
+        if skip(d) {
+            continue;
+        }
+        ship_pending(conn, ctrl, d, o, policy, sh).await?;
+    }
+    Ok(())
+}
+
+/// Ships every closed log of a disk as its cycle, oldest first.
+async fn ship_pending(
+    conn: &quinn::Connection,
+    ctrl: &mut ControlStream,
+    d: &Arc<Mutex<Protected>>,
+    o: &Opened,
+    policy: &Policy,
+    sh: &Arc<Shared>,
+) -> Result<(), SendError> {
+    let (job, tracker) = {
+        let g = d.lock().map_err(poisoned)?;
+        (g.job.clone(), g.tracker.clone())
+    };
+    let pending = tracker
+        .pending()
+        .map_err(|e| SendError::Internal(e.to_string()))?;
+    for (cycle, path) in pending {
+        let committed = d.lock().map_err(poisoned)?.committed_cycle.unwrap_or(0);
+        let log = match tracker.open_closed(&path) {
+            Ok(l) => l,
+            Err(e) if e.needs_resync() => {
+                resync_required(&*d.lock().map_err(poisoned)?, format!("cycle {cycle}: {e}"));
+                return Ok(());
+            }
+            Err(e) => return Err(SendError::Internal(e.to_string())),
+        };
+        let id = log.header().unique_id;
+        if cycle <= committed {
+            // Committed before a crash deleted the log: record the chain and drop it.
+            let _ = tracker.set_shipped_id(id);
+            let _ = tracker.remove_shipped(&path);
+            continue;
+        }
+        let expected = tracker.shipped_id().unwrap_or(Guid::NIL);
+        if log.header().previous_unique_id != expected {
+            resync_required(
+                &*d.lock().map_err(poisoned)?,
+                format!(
+                    "cycle {cycle}: log {} follows {} but the last shipped log is {expected}: a log is missing",
+                    path.display(),
+                    log.header().previous_unique_id
+                ),
+            );
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let extents = coalesce_log(&log);
+        let bytes: u64 = extents.iter().map(|e| e.length).sum();
+        let req = ctrl.req();
+        let ans = ctrl
+            .call(Control::BeginCycle {
+                req,
+                handle: o.handle,
+                cycle,
+            })
+            .await?;
+        let Control::CycleOpened { progress, .. } = ans else {
+            return Err(ctrl.unexpected(ans));
+        };
+        let items = cycle_items(&extents, &progress, sh.opts.chunk as u64);
+        let image = LogImage::new(log, extents, job.disk.info().clone());
+        let cjob = DiskJob {
+            vm: job.vm.clone(),
+            name: job.name.clone(),
+            disk: Arc::new(image),
+            progress: Default::default(),
+        };
+        // A cycle's zeros are real writes: never "known empty".
+        let co = Opened {
+            known_empty: false,
+            ..o.clone()
+        };
+        send_all(conn, &cjob, &co, Some(items), &[], sh).await?;
+        let req = ctrl.req();
+        let ans = ctrl
+            .call(Control::CommitCycle {
+                req,
+                handle: o.handle,
+                cycle,
+                bytes,
+                digest: [0; 32],
+                retention_secs: policy.retention.as_secs().min(86_400) as u32,
+            })
+            .await?;
+        if !matches!(ans, Control::Committed { .. }) {
+            return Err(ctrl.unexpected(ans));
+        }
+        tracker
+            .set_shipped_id(id)
+            .map_err(|e| SendError::Internal(e.to_string()))?;
+        tracker
+            .remove_shipped(&path)
+            .map_err(|e| SendError::Internal(e.to_string()))?;
+        if let Ok(mut g) = d.lock() {
+            g.committed_cycle = Some(cycle);
+        }
+        sh.stats.cycles.fetch_add(1, Ordering::Relaxed);
+        info!(vm = %job.vm, disk = %job.name, cycle, bytes,
+              seconds = t0.elapsed().as_secs_f64(), "cycle committed");
+    }
+    Ok(())
+}
+
+/// The work items of a cycle: its extents less what the receiver already holds, in pieces of
+/// at most `chunk` bytes.
+fn cycle_items(
+    extents: &[crate::hrl::CoalescedExtent],
+    done: &[(u64, u64)],
+    chunk: u64,
+) -> Vec<WorkItem> {
+    let mut out = Vec::new();
+    for e in extents {
+        let mut gaps = vec![(e.offset, e.end())];
+        for &(ds, de) in done {
+            gaps = gaps
+                .into_iter()
+                .flat_map(|(s, t)| {
+                    if de <= s || ds >= t {
+                        vec![(s, t)]
+                    } else {
+                        let mut v = Vec::new();
+                        if ds > s {
+                            v.push((s, ds));
+                        }
+                        if de < t {
+                            v.push((de, t));
+                        }
+                        v
+                    }
+                })
+                .collect();
+        }
+        for (s, t) in gaps {
+            let mut o = s;
+            while o < t {
+                let n = (t - o).min(chunk);
+                out.push(WorkItem::Read {
+                    offset: o,
+                    len: n as u32,
+                });
+                o += n;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hrl::CoalescedExtent;
+
+    #[test]
+    fn cycle_items_skip_durable_ranges_and_respect_the_chunk() {
+        let ext = |o, l| CoalescedExtent {
+            offset: o,
+            length: l,
+            pieces: vec![],
+        };
+        let v = cycle_items(
+            &[ext(0, 4096), ext(8192, 3 << 20)],
+            &[(1024, 2048), (8192, 9216)],
+            1 << 20,
+        );
+        let got: Vec<(u64, u32)> = v
+            .iter()
+            .map(|w| match *w {
+                WorkItem::Read { offset, len } => (offset, len),
+                WorkItem::Clear { offset, len } => (offset, len),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 1024),
+                (2048, 2048),
+                (9216, 1 << 20),
+                (9216 + (1 << 20), 1 << 20),
+                (9216 + (2 << 20), (3 << 20) - 1024 - (2 << 20)),
+            ]
+        );
+    }
+}
