@@ -76,7 +76,16 @@ impl DiskSession {
         self.checkpoint(true).await?;
         let _g = self.sync.lock().await;
         let r = self.replica.clone();
-        tokio::task::spawn_blocking(move || r.commit_initial())
+        let point = crate::sink::RecoveryPoint {
+            cycle: 0,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            bytes: self.virtual_size,
+            digest: [0; 32],
+        };
+        tokio::task::spawn_blocking(move || r.commit_initial(&point))
             .await
             .map_err(|e| task_failed(self, "commit", e))?
     }

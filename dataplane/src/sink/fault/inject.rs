@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use vdrep_proto::{Guid, RangeSet};
 
-use crate::sink::{DiskKey, DiskState, ReplicaDisk, ReplicaStore, SinkError};
+use crate::sink::{DiskKey, DiskState, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError};
 
 /// The operations faults can target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -169,9 +169,9 @@ impl ReplicaDisk for FaultDisk {
         self.fail(Op::Checkpoint, "fdatasync", 0)?;
         self.inner.checkpoint(durable)
     }
-    fn commit_initial(&self) -> Result<(), SinkError> {
+    fn commit_initial(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
         self.fail(Op::CommitInitial, "commit", 0)?;
-        self.inner.commit_initial()
+        self.inner.commit_initial(point)
     }
     fn read(&self, offset: u64, len: usize) -> Result<Bytes, SinkError> {
         self.fail(Op::Read, "read", offset)?;
@@ -185,9 +185,21 @@ impl ReplicaDisk for FaultDisk {
         self.fail(Op::BeginInitial, "begin initial copy", 0)?;
         self.inner.begin_initial()
     }
-    fn commit_cycle(&self, cycle: u64) -> Result<(), SinkError> {
+    fn commit_cycle(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
         self.fail(Op::CommitCycle, "commit cycle", 0)?;
-        self.inner.commit_cycle(cycle)
+        self.inner.commit_cycle(point)
+    }
+    fn begin_cycle(&self, cycle: u64) -> Result<RangeSet, SinkError> {
+        self.inner.begin_cycle(cycle)
+    }
+    fn points(&self) -> Result<Vec<RecoveryPoint>, SinkError> {
+        self.inner.points()
+    }
+    fn prune_points(&self, older_than_unix: u64) -> Result<Vec<u64>, SinkError> {
+        self.inner.prune_points(older_than_unix)
+    }
+    fn read_point(&self, cycle: u64, offset: u64, len: usize) -> Result<Bytes, SinkError> {
+        self.inner.read_point(cycle, offset, len)
     }
     fn path_hint(&self) -> String {
         self.inner.path_hint()

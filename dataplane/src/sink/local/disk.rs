@@ -18,7 +18,7 @@ use super::DiskPaths;
 use crate::layout::{
     random_guid, replica_file_size, replica_footer, replica_virtual_size, vhd_timestamp, MAX_BLOB,
 };
-use crate::sink::{DiskKey, DiskState, ReplicaDisk, SinkError};
+use crate::sink::{DiskKey, DiskState, RecoveryPoint, ReplicaDisk, SinkError};
 
 /// The mutable part of a disk: its durable state and the open images.
 struct Inner {
@@ -342,7 +342,7 @@ impl ReplicaDisk for LocalDisk {
         Ok(())
     }
 
-    fn commit_initial(&self) -> Result<(), SinkError> {
+    fn commit_initial(&self, _point: &RecoveryPoint) -> Result<(), SinkError> {
         let mut inner = self.write_inner();
         let st = inner.state.clone();
         let p = &self.paths;
@@ -462,7 +462,20 @@ impl ReplicaDisk for LocalDisk {
         Ok(())
     }
 
-    fn commit_cycle(&self, cycle: u64) -> Result<(), SinkError> {
+    fn begin_cycle(&self, _cycle: u64) -> Result<RangeSet, SinkError> {
+        Ok(RangeSet::new()) // TEMPORARY stub on branch azure: the store worker implements it
+    }
+    fn points(&self) -> Result<Vec<RecoveryPoint>, SinkError> {
+        Ok(Vec::new()) // TEMPORARY stub on branch azure
+    }
+    fn prune_points(&self, _older_than_unix: u64) -> Result<Vec<u64>, SinkError> {
+        Ok(Vec::new()) // TEMPORARY stub on branch azure
+    }
+    fn read_point(&self, _cycle: u64, offset: u64, len: usize) -> Result<Bytes, SinkError> {
+        self.read_committed(offset, len) // TEMPORARY stub on branch azure
+    }
+    fn commit_cycle(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
+        let cycle = point.cycle;
         let mut inner = self.write_inner();
         let st = inner.state.clone();
         let path = self.paths.vhd.clone();
