@@ -80,7 +80,11 @@ fn text_block(rng: &mut Rng, b: &mut [u8]) {
     let mut i = 0;
     while i < b.len() {
         let w = WORDS[(rng.next_u64() % WORDS.len() as u64) as usize].as_bytes();
-        let sep: &[u8] = if rng.next_u64().is_multiple_of(9) { b"\n" } else { b" " };
+        let sep: &[u8] = if rng.next_u64().is_multiple_of(9) {
+            b"\n"
+        } else {
+            b" "
+        };
         for &c in w.iter().chain(sep) {
             if i < b.len() {
                 b[i] = c;
