@@ -299,54 +299,92 @@ impl AzureDisk {
         Ok(())
     }
 
-    /// The recovery-point snapshots of the blob (any generation), oldest first, one per
-    /// (replica, cycle): a retried snapshot request may have made two.
+    /// The snapshots of the blob (any generation), oldest first.
     fn list_snaps(&self) -> Result<Vec<Snap>, SinkError> {
-        let items = self.c.list(&self.blob, true).map_err(rest_err)?;
-        let mut out: Vec<Snap> = Vec::new();
-        for i in items {
-            if i.name != self.blob {
-                continue;
-            }
-            let (Some(id), Some(cycle)) = (
-                i.snapshot.clone(),
-                i.metadata.get("vdrepcycle").and_then(|v| v.parse().ok()),
-            ) else {
-                continue;
-            };
-            let m = |k: &str| i.metadata.get(k).cloned().unwrap_or_default();
-            let replica = m("vdrepreplica").parse().unwrap_or(Guid::NIL);
-            let point = RecoveryPoint {
-                cycle,
-                created_unix: m("vdrepcreated").parse().unwrap_or(0),
-                bytes: m("vdrepbytes").parse().unwrap_or(0),
-                digest: unhex32(&m("vdrepdigest")),
-            };
-            // Snapshot ids are ISO timestamps: lexical order is time order.
-            out.retain(|s| !(s.replica == replica && s.point.cycle == cycle && s.id < id));
-            if !out
-                .iter()
-                .any(|s| s.replica == replica && s.point.cycle == cycle)
-            {
-                out.push(Snap { point, id, replica });
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        list_snaps(&self.c, &self.blob)
     }
 
     /// The snapshots of the committed generation up to the committed cycle.
     fn committed_snaps(&self, st: &AzState) -> Result<Vec<Snap>, SinkError> {
-        if !st.disk.initial_committed {
-            return Ok(Vec::new());
-        }
-        Ok(self
-            .list_snaps()?
-            .into_iter()
-            .filter(|s| s.replica == st.disk.replica_id && s.point.cycle <= st.disk.committed_cycle)
-            .collect())
+        committed_snaps(&self.c, &self.blob, st)
     }
+}
 
+/// The recovery-point snapshots of the blob (any generation), oldest first, one per
+/// (replica, cycle): a retried snapshot request may have made two.
+fn list_snaps(c: &Container, blob: &str) -> Result<Vec<Snap>, SinkError> {
+    let items = c.list(blob, true).map_err(rest_err)?;
+    let mut out: Vec<Snap> = Vec::new();
+    for i in items {
+        if i.name != blob {
+            continue;
+        }
+        let (Some(id), Some(cycle)) = (
+            i.snapshot.clone(),
+            i.metadata.get("vdrepcycle").and_then(|v| v.parse().ok()),
+        ) else {
+            continue;
+        };
+        let m = |k: &str| i.metadata.get(k).cloned().unwrap_or_default();
+        let replica = m("vdrepreplica").parse().unwrap_or(Guid::NIL);
+        let point = RecoveryPoint {
+            cycle,
+            created_unix: m("vdrepcreated").parse().unwrap_or(0),
+            bytes: m("vdrepbytes").parse().unwrap_or(0),
+            digest: unhex32(&m("vdrepdigest")),
+        };
+        // Snapshot ids are ISO timestamps: lexical order is time order.
+        out.retain(|s| !(s.replica == replica && s.point.cycle == cycle && s.id < id));
+        if !out
+            .iter()
+            .any(|s| s.replica == replica && s.point.cycle == cycle)
+        {
+            out.push(Snap { point, id, replica });
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// The snapshots of the committed generation up to the committed cycle.
+fn committed_snaps(c: &Container, blob: &str, st: &AzState) -> Result<Vec<Snap>, SinkError> {
+    if !st.disk.initial_committed {
+        return Ok(Vec::new());
+    }
+    Ok(list_snaps(c, blob)?
+        .into_iter()
+        .filter(|s| s.replica == st.disk.replica_id && s.point.cycle <= st.disk.committed_cycle)
+        .collect())
+}
+
+/// Read-only access to a disk's recovery points without opening it (no lease): what
+/// failover and `points` use, so they never disturb the replicating receiver.
+pub fn read_only_points(
+    c: &Container,
+    key: &DiskKey,
+) -> Result<Vec<(RecoveryPoint, String, u64)>, SinkError> {
+    let blob = format!("{}/{}.vhd", key.vm, key.disk);
+    let sblob = format!("{}/{}.state", key.vm, key.disk);
+    let Some((bytes, _)) = c.get_blob(&sblob).map_err(rest_err)? else {
+        return Err(SinkError::InvalidState {
+            path: c.url(&sblob).into(),
+            offset: 0,
+            problem: "no such replica (state blob missing)".into(),
+        });
+    };
+    let st = state::decode(&bytes).map_err(|problem| SinkError::CorruptState {
+        path: c.url(&sblob).into(),
+        offset: 0,
+        problem,
+    })?;
+    let size = replica_file_size(st.disk.virtual_size);
+    Ok(committed_snaps(c, &blob, &st)?
+        .into_iter()
+        .map(|s| (s.point, s.id, size))
+        .collect())
+}
+
+impl AzureDisk {
     fn snapshot(&self, point: &RecoveryPoint, replica: Guid) -> Result<String, SinkError> {
         let mut m = BTreeMap::new();
         m.insert("vdrepcycle".to_string(), point.cycle.to_string());
@@ -453,42 +491,18 @@ impl AzureDisk {
         }
     }
 
-    /// Downloads recovery point `cycle` into a local fixed VHD at `out` (replaced like
-    /// `qemu-img convert` does), reading only the ranges Get Page Ranges reports.
-    /// Returns the bytes downloaded.
+    /// Downloads recovery point `cycle` into a local fixed VHD at `out` (see
+    /// [`download_snapshot`]). Returns the bytes downloaded.
     pub fn download_point(&self, cycle: u64, out: &Path) -> Result<u64, SinkError> {
         let st = self.lock().st.clone();
         let snap = self.find_point(&st, cycle)?;
-        let size = replica_file_size(st.disk.virtual_size);
-        let tmp = out.with_extension("vhd.download");
-        let io = |op, e| SinkError::io(out, op, 0, e);
-        let f = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
-        f.set_len(size).map_err(|e| io("truncate", e))?;
-        let mut done = 0u64;
-        let ranges = self
-            .c
-            .page_ranges(&self.blob, Some(&snap.id))
-            .map_err(rest_err)?;
-        for r in ranges {
-            let mut at = r.start;
-            let end = r.end.min(size);
-            while at < end {
-                let n = (end - at).min(MAX_PUT_PAGE as u64);
-                let data = self
-                    .c
-                    .get_range(&self.blob, Some(&snap.id), at, n)
-                    .map_err(rest_err)?;
-                std::os::unix::fs::FileExt::write_all_at(&f, &data, at)
-                    .map_err(|e| io("write", e))?;
-                done += data.len() as u64;
-                at += n;
-            }
-        }
-        let mut f = f;
-        f.flush().map_err(|e| io("flush", e))?;
-        f.sync_all().map_err(|e| io("fsync", e))?;
-        std::fs::rename(&tmp, out).map_err(|e| io("rename", e))?;
-        Ok(done)
+        download_snapshot(
+            &self.c,
+            &self.blob,
+            &snap.id,
+            replica_file_size(st.disk.virtual_size),
+            out,
+        )
     }
 
     fn find_point(&self, st: &AzState, cycle: u64) -> Result<Snap, SinkError> {
@@ -512,6 +526,39 @@ impl AzureDisk {
             .map_err(rest_err)?;
         Ok(Bytes::from(data))
     }
+}
+
+/// Downloads snapshot `snap` of `blob` into a local file at `out` (written beside it, then
+/// renamed over it, like `qemu-img convert`), reading only the ranges Get Page Ranges
+/// reports on the snapshot; the rest stays sparse zeros. Returns the bytes downloaded.
+pub fn download_snapshot(
+    c: &Container,
+    blob: &str,
+    snap: &str,
+    size: u64,
+    out: &Path,
+) -> Result<u64, SinkError> {
+    let tmp = out.with_extension("vhd.download");
+    let io = |op, e| SinkError::io(out, op, 0, e);
+    let f = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
+    f.set_len(size).map_err(|e| io("truncate", e))?;
+    let mut done = 0u64;
+    for r in c.page_ranges(blob, Some(snap)).map_err(rest_err)? {
+        let mut at = r.start;
+        let end = r.end.min(size);
+        while at < end {
+            let n = (end - at).min(MAX_PUT_PAGE as u64);
+            let data = c.get_range(blob, Some(snap), at, n).map_err(rest_err)?;
+            std::os::unix::fs::FileExt::write_all_at(&f, &data, at).map_err(|e| io("write", e))?;
+            done += data.len() as u64;
+            at += n;
+        }
+    }
+    let mut f = f;
+    f.flush().map_err(|e| io("flush", e))?;
+    f.sync_all().map_err(|e| io("fsync", e))?;
+    std::fs::rename(&tmp, out).map_err(|e| io("rename", e))?;
+    Ok(done)
 }
 
 /// Takes the lease again if it merely *expired* (the service was unreachable for longer than

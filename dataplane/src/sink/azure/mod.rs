@@ -151,6 +151,45 @@ impl AzureStore {
         &self.container
     }
 
+    /// The recovery points of a disk, oldest first, read without opening it (no lease).
+    pub fn points_of(&self, key: &DiskKey) -> Result<Vec<crate::sink::RecoveryPoint>, SinkError> {
+        key.validate()?;
+        Ok(disk::read_only_points(&self.container, key)?
+            .into_iter()
+            .map(|p| p.0)
+            .collect())
+    }
+
+    /// Test failover: downloads recovery point `cycle` of a disk into a local fixed VHD,
+    /// without opening the disk (replication goes on). Returns the bytes downloaded.
+    pub fn download_point(
+        &self,
+        key: &DiskKey,
+        cycle: u64,
+        out: &std::path::Path,
+    ) -> Result<u64, SinkError> {
+        key.validate()?;
+        let pts = disk::read_only_points(&self.container, key)?;
+        let (_, snap, size) = pts
+            .into_iter()
+            .find(|p| p.0.cycle == cycle)
+            .ok_or_else(|| SinkError::InvalidState {
+                path: self
+                    .container
+                    .url(&format!("{}/{}.vhd", key.vm, key.disk))
+                    .into(),
+                offset: 0,
+                problem: format!("no recovery point for cycle {cycle}"),
+            })?;
+        disk::download_snapshot(
+            &self.container,
+            &format!("{}/{}.vhd", key.vm, key.disk),
+            &snap,
+            size,
+            out,
+        )
+    }
+
     /// Opens a disk, returning the concrete type.
     pub fn open_azure(
         &self,
