@@ -246,3 +246,20 @@ fn azurite_killed_and_restarted_mid_operation_the_writes_complete() {
     }
     assert_eq!(d.state().progress.covered_len(), 8 * 65536);
 }
+
+#[test]
+fn shared_key_authorisation_works_like_a_sas() {
+    let az = Azurite::start();
+    let mut cfg = AzureConfig::new(&az.url(), "cont-7");
+    cfg.shared_key = Some(vdrep_tests::azurite::KEY.to_string());
+    let s = AzureStore::open(cfg).unwrap();
+    let d = s
+        .open_azure(&DiskKey::new("vm", "d").unwrap(), SIZE, Guid::NIL)
+        .unwrap();
+    d.write(512, &pattern(4, 1024)).unwrap();
+    assert!(d.read(512, 1024).unwrap()[..] == pattern(4, 1024)[..]);
+    let mut bad = AzureConfig::new(&az.url(), "cont-7");
+    bad.shared_key = Some(vdrep_tests::azurite::KEY.replace('E', "F"));
+    let e = AzureStore::open(bad).err().unwrap();
+    assert!(!e.is_recoverable() && e.to_string().contains("403"), "{e}");
+}

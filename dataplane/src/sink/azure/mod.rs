@@ -32,6 +32,7 @@
 
 mod blob;
 mod disk;
+mod points;
 pub mod rest;
 mod state;
 
@@ -154,7 +155,7 @@ impl AzureStore {
     /// The recovery points of a disk, oldest first, read without opening it (no lease).
     pub fn points_of(&self, key: &DiskKey) -> Result<Vec<crate::sink::RecoveryPoint>, SinkError> {
         key.validate()?;
-        Ok(disk::read_only_points(&self.container, key)?
+        Ok(points::read_only_points(&self.container, key)?
             .into_iter()
             .map(|p| p.0)
             .collect())
@@ -169,7 +170,7 @@ impl AzureStore {
         out: &std::path::Path,
     ) -> Result<u64, SinkError> {
         key.validate()?;
-        let pts = disk::read_only_points(&self.container, key)?;
+        let pts = points::read_only_points(&self.container, key)?;
         let (_, snap, size) = pts
             .into_iter()
             .find(|p| p.0.cycle == cycle)
@@ -181,7 +182,7 @@ impl AzureStore {
                 offset: 0,
                 problem: format!("no recovery point for cycle {cycle}"),
             })?;
-        disk::download_snapshot(
+        points::download_snapshot(
             &self.container,
             &format!("{}/{}.vhd", key.vm, key.disk),
             &snap,
