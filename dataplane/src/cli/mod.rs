@@ -11,6 +11,7 @@ mod inspect;
 mod log_write;
 mod receive;
 mod send;
+pub mod store_args;
 
 use clap::{Parser, Subcommand};
 
@@ -76,6 +77,11 @@ impl<E: Into<anyhow::Error>> From<E> for CliError {
                 error
                     .downcast_ref::<crate::hrl::HrlError>()
                     .map(|h| h.is_recoverable())
+            })
+            .or_else(|| {
+                error
+                    .downcast_ref::<crate::sink::SinkError>()
+                    .map(|s| s.is_recoverable())
             })
             .unwrap_or(false);
         CliError {

@@ -1,13 +1,14 @@
-//! `vdrep receive --listen ADDR --store DIR --tls DIR --allow NAME=VM[,VM...]...`.
+//! `vdrep receive --listen ADDR (--store DIR | --azure-url URL --azure-container NAME
+//! [--azure-sas TOKEN]) --tls DIR --allow NAME=VM[,VM...]...`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Deserialize;
 
 use super::config;
+use super::store_args::{AzureFile, StoreArgs};
 use super::CliError;
 use crate::receiver::{self, Authorizations, ReceiverConfig};
 
@@ -16,9 +17,8 @@ pub struct Args {
     /// UDP address to listen on (port 0 picks a free one; the bound address is printed).
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Local page-blob store folder (created if missing).
-    #[arg(long)]
-    store: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Folder with ca.pem, receiver.pem and receiver.key.
     #[arg(long)]
     tls: Option<PathBuf>,
@@ -36,6 +36,7 @@ pub struct Args {
 struct File {
     listen: Option<SocketAddr>,
     store: Option<PathBuf>,
+    azure: Option<AzureFile>,
     tls: Option<PathBuf>,
     allow: Vec<String>,
 }
@@ -55,11 +56,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         .or(f.listen)
         .context("--listen ADDR is required")
         .map_err(usage)?;
-    let store_dir = a
-        .store
-        .or(f.store)
-        .context("--store DIR is required")
-        .map_err(usage)?;
+    let store_args = a.store.merge(f.store, f.azure);
     let tls = a
         .tls
         .or(f.tls)
@@ -73,11 +70,14 @@ pub fn run(a: Args) -> Result<(), CliError> {
     if allow.is_empty() {
         tracing::warn!("no --allow given: this receiver accepts no sender");
     }
-    let store = crate::sink::local::LocalStore::open(&store_dir)?;
+    if store_args.store.is_none() && store_args.azure_url.is_none() {
+        return Err(usage(anyhow::anyhow!(
+            "--store DIR or --azure-url URL --azure-container NAME is required"
+        )));
+    }
+    let store = store_args.open()?;
+    tracing::info!(store = %store.describe(), "replica store");
     let rt = super::runtime()?;
-    rt.block_on(receiver::run(
-        ReceiverConfig { listen, tls, allow },
-        Arc::new(store),
-    ))?;
+    rt.block_on(receiver::run(ReceiverConfig { listen, tls, allow }, store))?;
     Ok(())
 }

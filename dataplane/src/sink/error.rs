@@ -117,6 +117,48 @@ pub enum SinkError {
         /// What is unsupported.
         problem: String,
     },
+    /// Azure Storage refused a request, or stayed unreachable through the retries. 403
+    /// (credentials), 404 (account or container) and 409 (conflicts) are not recoverable;
+    /// throttling, server errors and transport failures are.
+    #[error("{url}: {op} at offset {offset} failed: {}{problem}{hint}",
+        azure_status(*status, code), hint = azure_hint(*status, code))]
+    Azure {
+        /// The blob or container URL (no credentials).
+        url: String,
+        /// What was being done, e.g. "put page", "snapshot blob".
+        op: &'static str,
+        /// Byte offset concerned (0 for whole-blob operations).
+        offset: u64,
+        /// HTTP status, `None` for transport failures.
+        status: Option<u16>,
+        /// `x-ms-error-code` (or "Transport").
+        code: String,
+        /// The service's message.
+        problem: String,
+        /// Whether retrying later may help.
+        recoverable: bool,
+    },
+}
+
+fn azure_status(status: Option<u16>, code: &str) -> String {
+    match status {
+        Some(s) => format!("HTTP {s} {code}: "),
+        None => format!("{code}: "),
+    }
+}
+
+/// Advice for Azure answers an operator can act on.
+fn azure_hint(status: Option<u16>, code: &str) -> &'static str {
+    match (status, code) {
+        (Some(403), _) => " (authorisation failed: check the SAS token (expiry, permissions racwdl, resource types sco) or the account key, and the clock; not retried)",
+        (Some(404), "ContainerNotFound") => " (the container does not exist: create it or fix --azure-container; not retried)",
+        (Some(404), _) => " (not found: check the account URL and container; not retried)",
+        (Some(409), _) => " (conflict with the blob's current state; not retried)",
+        (Some(412), c) if c.starts_with("Lease") => " (this receiver lost its lease on the blob: another receiver may have taken the disk; it is reopened and the lease re-acquired on retry)",
+        (None, _) => " (Azure Storage unreachable: retried automatically)",
+        (Some(500), _) | (Some(503), _) => " (the service is busy or failing: retried automatically with back-off)",
+        _ => "",
+    }
 }
 
 /// Extra advice for IO errors an operator can fix.
@@ -141,6 +183,7 @@ impl SinkError {
         match self {
             SinkError::Io { source, .. } => io_is_recoverable(source),
             SinkError::Locked { .. } => true,
+            SinkError::Azure { recoverable, .. } => *recoverable,
             _ => false,
         }
     }

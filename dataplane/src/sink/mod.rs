@@ -29,6 +29,7 @@
 //!    a new generation is written beside the committed replica, which stays readable until
 //!    the new copy commits.
 
+pub mod azure;
 pub mod error;
 pub mod fault;
 pub mod local;
