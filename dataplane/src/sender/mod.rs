@@ -147,6 +147,12 @@ pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendErro
     run_with(vms, opts, None).await
 }
 
+/// One protected VM: its disks (shared across reconnects) and its switch schedule.
+type ProtectedVm = (
+    Arc<Vec<Arc<std::sync::Mutex<protect::Protected>>>>,
+    Arc<protect::Schedule>,
+);
+
 /// What the VM tasks of an attempt do.
 enum Mode {
     /// One initial copy per disk; the set holds the disks committed so far.
@@ -154,10 +160,7 @@ enum Mode {
     /// Continuous protection: per VM its disks and switch schedule.
     Protect {
         policy: protect::Policy,
-        vms: Vec<(
-            Arc<Vec<Arc<std::sync::Mutex<protect::Protected>>>>,
-            Arc<protect::Schedule>,
-        )>,
+        vms: Vec<ProtectedVm>,
     },
 }
 
