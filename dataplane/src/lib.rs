@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod demo;
+pub mod digest;
 pub mod disk;
 pub mod hrl;
 pub mod io;

@@ -127,7 +127,9 @@ impl Receiver {
             }
         };
         if let Err(e) = self.control_loop(&conn, first, &mut send, &mut recv).await {
-            if !matches!(e, FrameError::End) {
+            if e.is_peer_close() {
+                tracing::debug!(sender = %conn.sender, "control stream closed by the sender");
+            } else {
                 warn!(sender = %conn.sender, error = %e, "control stream ended");
             }
         }

@@ -21,7 +21,7 @@ use super::logimage::LogImage;
 use super::{ControlStream, SendError};
 use crate::hrl::coalesce_log;
 use crate::pipeline::WorkItem;
-use crate::tracking::{Tracker, TrackingError};
+use crate::tracking::{HashTable, Tracker, TrackingError};
 
 /// Cycle policy of a protected VM.
 #[derive(Debug, Clone)]
@@ -130,6 +130,7 @@ pub async fn protect_vm(
             g.committed_cycle = Some(committed);
             g.fresh = false;
         }
+        ensure_hash_table(d).await;
         opened.push(Some(o));
     }
     // Ship whatever is pending (a previous run's closed logs), then cycle.
@@ -184,10 +185,21 @@ async fn switch(d: &Arc<Mutex<Protected>>) {
             ));
         }
         let locked = g.tracker.lock().map_err(|e| e.to_string())?;
-        locked
+        let (closed, _) = locked
             .switch(next, SystemTime::now())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        // Still under the lock: the disk is exactly the new recovery point.
+        match switch_digest(&g, &closed) {
+            Ok(Some(digest)) => {
+                if let Err(e) = locked.record_digest(next, digest) {
+                    warn!(error = %e, "cannot record the cycle digest");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => warn!(vm = %g.job.vm, disk = %g.job.name, cycle = next, error = %e,
+                            "no digest for this cycle (failover cannot verify it)"),
+        }
+        Ok(())
     })
     .await;
     let reason = match res {
@@ -198,6 +210,51 @@ async fn switch(d: &Arc<Mutex<Protected>>) {
     if let Ok(g) = d.lock() {
         resync_required(&g, format!("log switch failed: {reason}"));
     }
+}
+
+/// Computes the block-hash table once tracking runs (blocks changing meanwhile are in the
+/// logs and are recomputed at the next switch).
+async fn ensure_hash_table(d: &Arc<Mutex<Protected>>) {
+    let d2 = d.clone();
+    let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let (path, hashes) = {
+            let g = d2.lock().map_err(|_| "lock poisoned".to_string())?;
+            (
+                g.job.disk.info().path.clone(),
+                g.tracker.paths().hashes.clone(),
+            )
+        };
+        let disk = crate::disk::open(&path, crate::disk::OpenOptions::default())
+            .map_err(|e| e.to_string())?;
+        let mut t =
+            HashTable::open(&hashes, disk.info().virtual_size).map_err(|e| e.to_string())?;
+        if !t.is_complete() {
+            t.compute_all(disk.as_ref()).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+    .await;
+    if let Ok(Err(e)) | Err(e) = res.map_err(|e| e.to_string()) {
+        warn!(error = %e, "cannot compute the block-hash table; cycles carry no digest");
+    }
+}
+
+/// The digest of the disk right after a switch: the table's entries for the blocks the
+/// closed log touched are recomputed from a fresh reader first.
+fn switch_digest(g: &Protected, closed: &std::path::Path) -> Result<Option<[u8; 32]>, String> {
+    let path = &g.job.disk.info().path;
+    let disk =
+        crate::disk::open(path, crate::disk::OpenOptions::default()).map_err(|e| e.to_string())?;
+    let mut t = HashTable::open(&g.tracker.paths().hashes, disk.info().virtual_size)
+        .map_err(|e| e.to_string())?;
+    if !t.is_complete() {
+        return Ok(None);
+    }
+    let log = g.tracker.open_closed(closed).map_err(|e| e.to_string())?;
+    let ranges = coalesce_log(&log).into_iter().map(|e| (e.offset, e.end()));
+    t.refresh(disk.as_ref(), ranges)
+        .map_err(|e| e.to_string())?;
+    t.digest().map_err(|e| e.to_string())
 }
 
 async fn ship_all(
@@ -298,7 +355,7 @@ async fn ship_pending(
                 handle: o.handle,
                 cycle,
                 bytes,
-                digest: [0; 32],
+                digest: tracker.cycle_digest(cycle).unwrap_or([0; 32]),
                 retention_secs: policy.retention.as_secs().min(86_400) as u32,
             })
             .await?;

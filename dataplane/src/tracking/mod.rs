@@ -9,6 +9,8 @@
 //! | `D.hrl.lock` | the lock that makes an append atomic with respect to a log switch |
 //! | `D.hrl.shipped` | the `UniqueId` of the last log whose cycle is committed (chain check) |
 //! | `D.hrl.resync` | present when the disk needs a resync; holds the reason |
+//! | `D.hrl.hashes` | block hashes of the disk, for the per-cycle digests ([`HashTable`]) |
+//! | `D.NNNNNNNN.hrl.digest` | the disk digest at the switch that closed cycle N (hex) |
 //!
 //! The writer (a host agent, `vdrep log-write`, or a test) takes the lock, writes the disk
 //! (where vdrep writes it), appends the same bytes to the active log, and releases. The sender
@@ -17,6 +19,7 @@
 //! either wholly before it or wholly after it, and the disk under the lock equals the
 //! replica's next recovery point.
 
+mod hashes;
 mod lock;
 mod paths;
 
@@ -28,6 +31,7 @@ use vdrep_proto::Guid;
 
 use crate::hrl::{HrlError, HrlLog, HrlWriter, ReadOptions, WriterOptions};
 
+pub use hashes::{HashTable, HashTableError};
 pub use lock::LockGuard;
 pub use paths::LogPaths;
 
@@ -165,8 +169,22 @@ impl Tracker {
             .map(|s| s.trim().to_string())
     }
 
+    /// The digest recorded at the switch that closed `cycle`, if any.
+    pub fn cycle_digest(&self, cycle: u64) -> Option<[u8; 32]> {
+        let s = std::fs::read_to_string(self.paths.digest(cycle)).ok()?;
+        let v = hex_decode(s.trim())?;
+        v.try_into().ok()
+    }
+
     /// Deletes the closed log of a committed cycle.
     pub fn remove_shipped(&self, path: &Path) -> Result<(), TrackingError> {
+        if let Some((c, _)) = self
+            .pending()
+            .ok()
+            .and_then(|v| v.into_iter().find(|(_, p)| p == path))
+        {
+            let _ = std::fs::remove_file(self.paths.digest(c));
+        }
         match std::fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -177,6 +195,21 @@ impl Tracker {
             }),
         }
     }
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn write_small(path: &Path, text: &str) -> Result<(), TrackingError> {
@@ -233,6 +266,14 @@ impl Locked<'_> {
         let mut w = HrlWriter::reopen(p, Some(self.tracker.disk_size))?;
         w.append(writes, now)?;
         Ok(())
+    }
+
+    /// Records the digest of the disk at this switch (call with the lock still held).
+    pub fn record_digest(&self, cycle: u64, digest: [u8; 32]) -> Result<(), TrackingError> {
+        write_small(
+            &self.tracker.paths.digest(cycle),
+            &format!("{}\n", hex(&digest)),
+        )
     }
 
     /// Closes the active log as cycle `cycle` and starts the next one chained to it.

@@ -15,6 +15,8 @@ pub struct LogPaths {
     pub shipped: PathBuf,
     /// `D.hrl.resync`: present when delta replication stopped; holds the reason.
     pub resync: PathBuf,
+    /// `D.hrl.hashes`: the block-hash table behind the per-cycle digests.
+    pub hashes: PathBuf,
     dir: PathBuf,
     stem: String,
 }
@@ -36,6 +38,7 @@ impl LogPaths {
             lock: dir.join(format!("{stem}.hrl.lock")),
             shipped: dir.join(format!("{stem}.hrl.shipped")),
             resync: dir.join(format!("{stem}.hrl.resync")),
+            hashes: dir.join(format!("{stem}.hrl.hashes")),
             dir,
             stem,
         }
@@ -44,6 +47,12 @@ impl LogPaths {
     /// `D.NNNNNNNN.hrl`: the closed log of `cycle`.
     pub fn closed(&self, cycle: u64) -> PathBuf {
         self.dir.join(format!("{}.{cycle:08}.hrl", self.stem))
+    }
+
+    /// `D.NNNNNNNN.hrl.digest`: the disk digest at the switch that closed `cycle`'s log.
+    pub fn digest(&self, cycle: u64) -> PathBuf {
+        self.dir
+            .join(format!("{}.{cycle:08}.hrl.digest", self.stem))
     }
 
     /// Closed logs, oldest cycle first.

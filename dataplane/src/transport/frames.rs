@@ -22,6 +22,18 @@ pub enum FrameError {
 }
 
 impl FrameError {
+    /// The peer closed the connection on purpose (or the stream ended cleanly): not a fault.
+    pub fn is_peer_close(&self) -> bool {
+        use quinn::{ConnectionError, ReadError, ReadExactError};
+        matches!(
+            self,
+            FrameError::End
+                | FrameError::Read(ReadExactError::ReadError(ReadError::ConnectionLost(
+                    ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed
+                )))
+        )
+    }
+
     /// Connection-level faults are worth a reconnect; malformed frames are not.
     pub fn is_recoverable(&self) -> bool {
         !matches!(self, FrameError::Malformed(_))

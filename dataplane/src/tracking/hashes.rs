@@ -1,0 +1,212 @@
+//! The sender's block-hash table of a protected disk (`D.hrl.hashes`), from which each
+//! cycle's digest is computed: BLAKE3 over the virtual size and the BLAKE3 of every 1 MiB
+//! block (`crate::digest` defines it; the receiver verifies failover output with it).
+//!
+//! The full table is computed once after tracking starts, without the lock: any block that
+//! changes while it is read is in the change logs and is recomputed at the next switch. At
+//! each switch, with the lock held (no write in flight), the blocks the closing log touched
+//! are read again from a freshly opened reader (a dynamic disk's BAT may have grown), so the
+//! digest is exactly the disk at the switch. The table lives on disk and is read and written
+//! by entry, so memory stays small whatever the disk size.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::digest::{block_hash, zero_block_hash, DigestBuilder, DIGEST_BLOCK};
+use crate::disk::{DiskError, ExtentKind, VirtualDisk};
+
+const MAGIC: &[u8; 8] = b"vdrephsh";
+const VERSION: u32 = 1;
+const HEADER: u64 = 64;
+
+/// Errors of the table.
+#[derive(Debug, thiserror::Error)]
+pub enum HashTableError {
+    /// Reading the disk failed.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// The table file failed.
+    #[error("{}: {op} failed: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What.
+        op: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The table of one disk.
+pub struct HashTable {
+    path: PathBuf,
+    file: File,
+    virtual_size: u64,
+    complete: bool,
+}
+
+fn blocks(size: u64) -> u64 {
+    size.div_ceil(DIGEST_BLOCK)
+}
+
+impl HashTable {
+    /// Opens the table at `path` for a disk of `virtual_size` bytes; a table for another
+    /// size or version is discarded (it will be recomputed).
+    pub fn open(path: &Path, virtual_size: u64) -> Result<HashTable, HashTableError> {
+        let io = |op, e| HashTableError::Io {
+            path: path.to_path_buf(),
+            op,
+            source: e,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io("open", e))?;
+        let mut h = [0u8; HEADER as usize];
+        let ok = file.read_exact_at(&mut h, 0).is_ok()
+            && &h[0..8] == MAGIC
+            && u32::from_le_bytes([h[8], h[9], h[10], h[11]]) == VERSION
+            && u64::from_le_bytes(h[16..24].try_into().unwrap_or_default()) == virtual_size;
+        let complete = ok && h[24] == 1;
+        let mut t = HashTable {
+            path: path.to_path_buf(),
+            file,
+            virtual_size,
+            complete,
+        };
+        if !ok {
+            t.write_header(false)?;
+            t.file
+                .set_len(HEADER + blocks(virtual_size) * 32)
+                .map_err(|e| io("size", e))?;
+        }
+        Ok(t)
+    }
+
+    /// Whether every entry has been computed.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    fn io(&self, op: &'static str) -> impl Fn(std::io::Error) -> HashTableError + '_ {
+        move |e| HashTableError::Io {
+            path: self.path.clone(),
+            op,
+            source: e,
+        }
+    }
+
+    fn write_header(&mut self, complete: bool) -> Result<(), HashTableError> {
+        let mut h = [0u8; HEADER as usize];
+        h[0..8].copy_from_slice(MAGIC);
+        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        h[12..16].copy_from_slice(&(DIGEST_BLOCK as u32).to_le_bytes());
+        h[16..24].copy_from_slice(&self.virtual_size.to_le_bytes());
+        h[24] = complete as u8;
+        self.file
+            .write_all_at(&h, 0)
+            .map_err(self.io("write header"))?;
+        self.file.sync_data().map_err(self.io("sync"))?;
+        self.complete = complete;
+        Ok(())
+    }
+
+    fn hash_block(&self, disk: &dyn VirtualDisk, b: u64) -> Result<[u8; 32], HashTableError> {
+        let off = b * DIGEST_BLOCK;
+        let len = DIGEST_BLOCK.min(self.virtual_size - off);
+        // Blocks the format says hold nothing hash as zeros without being read.
+        let ext = disk.extents_in(off, off + len)?;
+        if ext.iter().all(|e| e.kind == ExtentKind::Zero) {
+            return Ok(zero_block_hash(len as usize));
+        }
+        let data = disk.read_at(off, len as usize)?;
+        Ok(block_hash(&data))
+    }
+
+    /// Computes every entry from `disk`.
+    pub fn compute_all(&mut self, disk: &dyn VirtualDisk) -> Result<(), HashTableError> {
+        self.write_header(false)?;
+        let mut buf = Vec::with_capacity(32 * 1024);
+        let n = blocks(self.virtual_size);
+        let mut first = 0u64;
+        for b in 0..n {
+            buf.extend_from_slice(&self.hash_block(disk, b)?);
+            if buf.len() == buf.capacity() || b + 1 == n {
+                self.file
+                    .write_all_at(&buf, HEADER + first * 32)
+                    .map_err(self.io("write entries"))?;
+                buf.clear();
+                first = b + 1;
+            }
+        }
+        self.file.sync_data().map_err(self.io("sync"))?;
+        self.write_header(true)
+    }
+
+    /// Recomputes the blocks overlapping the given disk ranges. A failure leaves the table
+    /// marked incomplete, so no later digest is computed from stale entries.
+    pub fn refresh(
+        &mut self,
+        disk: &dyn VirtualDisk,
+        ranges: impl IntoIterator<Item = (u64, u64)>,
+    ) -> Result<(), HashTableError> {
+        let r = self.refresh_inner(disk, ranges);
+        if r.is_err() {
+            let _ = self.write_header(false);
+        }
+        r
+    }
+
+    fn refresh_inner(
+        &mut self,
+        disk: &dyn VirtualDisk,
+        ranges: impl IntoIterator<Item = (u64, u64)>,
+    ) -> Result<(), HashTableError> {
+        let mut last = u64::MAX;
+        for (s, e) in ranges {
+            if e <= s {
+                continue;
+            }
+            let from = (s / DIGEST_BLOCK).max(if last == u64::MAX { 0 } else { last + 1 });
+            let to = (e - 1) / DIGEST_BLOCK;
+            for b in from..=to.min(blocks(self.virtual_size).saturating_sub(1)) {
+                let h = self.hash_block(disk, b)?;
+                self.file
+                    .write_all_at(&h, HEADER + b * 32)
+                    .map_err(self.io("write entry"))?;
+                last = b;
+            }
+        }
+        self.file.sync_data().map_err(self.io("sync"))
+    }
+
+    /// The disk digest from the table (`None` while the table is incomplete).
+    pub fn digest(&self) -> Result<Option<[u8; 32]>, HashTableError> {
+        if !self.complete {
+            return Ok(None);
+        }
+        let mut d = DigestBuilder::new(self.virtual_size);
+        let n = blocks(self.virtual_size);
+        let mut buf = vec![0u8; 32 * 4096];
+        let mut b = 0u64;
+        while b < n {
+            let k = (n - b).min(4096);
+            let part = &mut buf[..(k * 32) as usize];
+            self.file
+                .read_exact_at(part, HEADER + b * 32)
+                .map_err(self.io("read entries"))?;
+            for h in part.chunks_exact(32) {
+                let mut a = [0u8; 32];
+                a.copy_from_slice(h);
+                d.push_hash(a);
+            }
+            b += k;
+        }
+        Ok(Some(d.finish()))
+    }
+}
