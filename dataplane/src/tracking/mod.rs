@@ -172,7 +172,7 @@ impl Tracker {
     /// The digest recorded at the switch that closed `cycle`, if any.
     pub fn cycle_digest(&self, cycle: u64) -> Option<[u8; 32]> {
         let s = std::fs::read_to_string(self.paths.digest(cycle)).ok()?;
-        let v = hex_decode(s.trim())?;
+        let v = hex::decode(s.trim()).ok()?;
         v.try_into().ok()
     }
 
@@ -195,21 +195,6 @@ impl Tracker {
             }),
         }
     }
-}
-
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn write_small(path: &Path, text: &str) -> Result<(), TrackingError> {
