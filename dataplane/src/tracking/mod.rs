@@ -257,7 +257,7 @@ impl Locked<'_> {
     pub fn record_digest(&self, cycle: u64, digest: [u8; 32]) -> Result<(), TrackingError> {
         write_small(
             &self.tracker.paths.digest(cycle),
-            &format!("{}\n", hex(&digest)),
+            &format!("{}\n", hex::encode(digest)),
         )
     }
 
