@@ -1,9 +1,18 @@
-//! Compression that adapts to the link: when the link waits for the compressor, compress
-//! less (down to not at all); when the compressor waits for the link, compress more (up to
-//! the configured level). The ladder is zstd's fast levels, which keep the CPU cost per byte
-//! below the link's cost on anything slower than loopback.
+//! Compression that adapts to the link.
+//!
+//! The stream workers report how long they waited for the CPU stages (a prepared extent)
+//! and how long they waited for the link (the throttle and QUIC's send window). A controller
+//! looks at the shares every [`TICK`]: when the link waits for the compressor, it compresses
+//! less, down to not at all (loopback, fast LANs); when the compressor waits for the link, it
+//! spends the idle CPU on ratio, up past the configured level to [`MAX_ADAPTIVE_LEVEL`]. The
+//! configured level is where the controller starts; `--fixed-compression` pins it.
+//!
+//! Time shares, not queue fill, drive it: a stream that has just handed bytes to QUIC's send
+//! buffer looks fast although the link is the bottleneck, so queue fill alone walks the level
+//! the wrong way on slow links (measured in bench/results/ANALYSIS.md).
 
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 /// The encoding choice for the next extent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,42 +23,57 @@ pub enum Compression {
     Zstd(i32),
 }
 
-/// Signals in a row that move the level one step.
-pub const HYSTERESIS: i32 = 8;
+/// How often the controller decides.
+pub const TICK: Duration = Duration::from_millis(250);
+/// Highest level the controller climbs to on a slow link.
+pub const MAX_ADAPTIVE_LEVEL: i32 = 9;
+/// Share of wait time on one side that moves the level.
+const MOVE_SHARE: f64 = 0.6;
 
 /// Shared, lock-free compression level controller.
 #[derive(Debug)]
 pub struct AdaptiveLevel {
-    /// Steps from "off" up to the configured level.
+    /// Steps from "off" upwards.
     ladder: Vec<Compression>,
     step: AtomicI32,
-    /// Consecutive signals in one direction (positive: saturated, negative: starved); a
-    /// step needs [`HYSTERESIS`] of them so that one slow read does not flip the level.
-    votes: AtomicI32,
     adaptive: bool,
+    /// Nanoseconds the streams waited for prepared extents since the last tick.
+    wait_cpu: AtomicU64,
+    /// Nanoseconds the streams waited for the link since the last tick.
+    wait_link: AtomicU64,
     incompressible: AtomicU32,
 }
 
 impl AdaptiveLevel {
-    /// `level`: the configured zstd level (0 = off). `adaptive`: move between off and
-    /// `level` with the link; otherwise always `level`.
+    /// `level`: the configured zstd level (0 = off). `adaptive`: follow the link between off
+    /// and [`MAX_ADAPTIVE_LEVEL`], starting at `level`; otherwise always `level`.
     pub fn new(level: i32, adaptive: bool) -> Self {
         let mut ladder = vec![Compression::Off];
-        if level != 0 {
-            ladder.extend(
-                [-3, -1, 1]
-                    .into_iter()
-                    .filter(|&l| l < level)
-                    .map(Compression::Zstd),
-            );
-            ladder.push(Compression::Zstd(level));
+        let mut levels: Vec<i32> = vec![-3, -1, 1, 3, 6, MAX_ADAPTIVE_LEVEL];
+        if level != 0 && !levels.contains(&level) {
+            levels.push(level);
+            levels.sort_unstable();
         }
-        let top = ladder.len() as i32 - 1;
+        if !adaptive {
+            levels.retain(|&l| l == level);
+        }
+        ladder.extend(levels.into_iter().map(Compression::Zstd));
+        let start = ladder
+            .iter()
+            .position(|&c| {
+                c == if level == 0 {
+                    Compression::Off
+                } else {
+                    Compression::Zstd(level)
+                }
+            })
+            .unwrap_or(0) as i32;
         AdaptiveLevel {
             ladder,
-            step: AtomicI32::new(top),
-            votes: AtomicI32::new(0),
+            step: AtomicI32::new(start),
             adaptive,
+            wait_cpu: AtomicU64::new(0),
+            wait_link: AtomicU64::new(0),
             incompressible: AtomicU32::new(0),
         }
     }
@@ -60,41 +84,45 @@ impl AdaptiveLevel {
 
     /// The level to use now.
     pub fn current(&self) -> Compression {
-        let s = if self.adaptive {
-            self.step.load(Ordering::Relaxed).clamp(0, self.top())
-        } else {
-            self.top()
-        };
+        let s = self.step.load(Ordering::Relaxed).clamp(0, self.top());
         self.ladder[s as usize]
     }
 
-    fn vote(&self, dir: i32) {
-        if !self.adaptive {
-            return;
+    /// A stream waited `d` for a prepared extent (the CPU stages are behind).
+    pub fn waited_for_cpu(&self, d: Duration) {
+        self.wait_cpu
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// A stream waited `d` for the link (throttle or send window).
+    pub fn waited_for_link(&self, d: Duration) {
+        self.wait_link
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Decides from the waits since the last tick; returns the step taken (-1, 0, +1).
+    pub fn tick(&self) -> i32 {
+        let cpu = self.wait_cpu.swap(0, Ordering::Relaxed) as f64;
+        let link = self.wait_link.swap(0, Ordering::Relaxed) as f64;
+        if !self.adaptive || cpu + link < 1e6 {
+            return 0;
         }
-        let v = self.votes.load(Ordering::Relaxed);
-        let v = if v.signum() == dir { v + dir } else { dir };
-        if v.abs() >= HYSTERESIS {
-            self.votes.store(0, Ordering::Relaxed);
+        let dir = if link / (cpu + link) > MOVE_SHARE {
+            1
+        } else if cpu / (cpu + link) > MOVE_SHARE {
+            -1
+        } else {
+            0
+        };
+        if dir != 0 {
             let top = self.top();
             let _ = self
                 .step
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
                     Some((s + dir).clamp(0, top))
                 });
-        } else {
-            self.votes.store(v, Ordering::Relaxed);
         }
-    }
-
-    /// The senders found no prepared extent waiting: the CPU stages are the bottleneck.
-    pub fn link_starved(&self) {
-        self.vote(-1);
-    }
-
-    /// The prepared queue is full: the link is the bottleneck, spend CPU on ratio.
-    pub fn link_saturated(&self) {
-        self.vote(1);
+        dir
     }
 
     /// An extent did not compress; counted for the summary.
@@ -107,33 +135,44 @@ impl AdaptiveLevel {
 mod tests {
     use super::*;
 
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     #[test]
-    fn adaptive_level_moves_between_off_and_the_configured_level() {
-        let a = AdaptiveLevel::new(3, true);
-        assert_eq!(a.current(), Compression::Zstd(3));
-        for _ in 0..HYSTERESIS - 1 {
-            a.link_starved();
+    fn the_level_climbs_past_the_configured_one_while_the_link_is_the_bottleneck() {
+        let a = AdaptiveLevel::new(1, true);
+        assert_eq!(a.current(), Compression::Zstd(1));
+        for _ in 0..10 {
+            a.waited_for_link(ms(200));
+            a.waited_for_cpu(ms(10));
+            a.tick();
         }
-        assert_eq!(
-            a.current(),
-            Compression::Zstd(3),
-            "one step needs {HYSTERESIS} votes"
-        );
-        for _ in 0..10 * HYSTERESIS {
-            a.link_starved();
+        assert_eq!(a.current(), Compression::Zstd(MAX_ADAPTIVE_LEVEL));
+    }
+
+    #[test]
+    fn the_level_falls_to_off_while_the_link_waits_for_the_compressor() {
+        let a = AdaptiveLevel::new(3, true);
+        for _ in 0..10 {
+            a.waited_for_cpu(ms(200));
+            a.waited_for_link(ms(5));
+            a.tick();
         }
         assert_eq!(a.current(), Compression::Off);
-        for _ in 0..HYSTERESIS {
-            a.link_saturated();
-        }
-        assert_eq!(a.current(), Compression::Zstd(-3));
-        for _ in 0..10 * HYSTERESIS {
-            a.link_saturated();
-        }
-        assert_eq!(a.current(), Compression::Zstd(3));
+        // Balanced waits hold the level; no waits at all decide nothing.
+        a.waited_for_cpu(ms(100));
+        a.waited_for_link(ms(100));
+        assert_eq!(a.tick(), 0);
+        assert_eq!(a.tick(), 0);
+    }
+
+    #[test]
+    fn a_fixed_level_never_moves() {
         let f = AdaptiveLevel::new(1, false);
-        f.link_starved();
+        f.waited_for_link(ms(500));
+        f.tick();
         assert_eq!(f.current(), Compression::Zstd(1));
-        assert_eq!(AdaptiveLevel::new(0, true).current(), Compression::Off);
+        assert_eq!(AdaptiveLevel::new(0, false).current(), Compression::Off);
     }
 }

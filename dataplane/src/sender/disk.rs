@@ -410,10 +410,12 @@ async fn stream_worker(
     };
     let mut pending = tokio::task::JoinSet::new();
     loop {
+        let t = std::time::Instant::now();
         let first = match rx.recv().await {
             Ok(p) => p,
             Err(_) => break,
         };
+        level.waited_for_cpu(t.elapsed());
         let (mut send, mut recv) = conn.open_bi().await.map_err(conn_err)?;
         write_frame(&mut send, &BatchStart { handle, generation }.encode())
             .await
@@ -429,11 +431,14 @@ async fn stream_worker(
                     let prefix = Bytes::from(h.encode_frame_prefix());
                     stats.add_wire((prefix.len() + p.payload.len()) as u64);
                     // Header and payload go out as two buffers: the payload is not copied.
+                    let t = std::time::Instant::now();
                     sh.throttle
                         .acquire((prefix.len() + p.payload.len()) as u64)
                         .await;
                     let mut chunks = [prefix, p.payload];
-                    if let Err(e) = send.write_all_chunks(&mut chunks).await {
+                    let written = send.write_all_chunks(&mut chunks).await;
+                    level.waited_for_link(t.elapsed());
+                    if let Err(e) = written {
                         // A receiver that fails a batch (store full, bad state) stops the
                         // stream and says why in its batch result: report that, not the stop.
                         if matches!(e, quinn::WriteError::Stopped(_)) {
@@ -449,12 +454,9 @@ async fn stream_worker(
             if batch_bytes >= BATCH_SOURCE_BYTES {
                 break;
             }
-            if rx.is_full() {
-                level.link_saturated();
-            } else if rx.is_empty() {
-                level.link_starved();
-            }
+            let t = std::time::Instant::now();
             next = rx.recv().await.ok();
+            level.waited_for_cpu(t.elapsed());
         }
         let _ = send.finish();
         pending.spawn(settle_batch(

@@ -147,6 +147,15 @@ pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendErro
     run_with(vms, opts, None).await
 }
 
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One protected VM: its disks (shared across reconnects) and its switch schedule.
 type ProtectedVm = (
     Arc<Vec<Arc<std::sync::Mutex<protect::Protected>>>>,
@@ -201,6 +210,17 @@ pub async fn run_with(
         peer: opts.to.clone(),
     });
     let stats = &sh.stats;
+    // The compression controller decides every tick for the whole run.
+    let controller = {
+        let level = sh.level.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::pipeline::TICK).await;
+                level.tick();
+            }
+        })
+    };
+    let _stop_controller = AbortOnDrop(controller);
     let done: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Default::default();
     let mode = match policy {
         None => Mode::OneShot(done.clone()),
