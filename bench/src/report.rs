@@ -15,6 +15,8 @@ pub struct Environment {
     pub kernel: String,
     pub cpus: usize,
     pub tools: Vec<String>,
+    /// /proc/loadavg at the end of the run: the machine is shared, so a high load explains noise.
+    pub loadavg: String,
 }
 
 fn first_line(program: &str, args: &[&str]) -> String {
@@ -48,6 +50,10 @@ pub fn environment(tools: &[(&str, &str)]) -> Environment {
             .map(|n| n.get())
             .unwrap_or(1),
         tools: tools.iter().map(|(p, f)| first_line(p, &[f])).collect(),
+        loadavg: std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
     }
 }
 
@@ -68,7 +74,9 @@ pub fn table(head: &[&str], rows: &[Vec<String>]) -> String {
     let mut s = format!("| {} |\n", head.join(" | "));
     s += &format!("|{}\n", " --- |".repeat(head.len()));
     for r in rows {
-        s += &format!("| {} |\n", r.join(" | "));
+        // A `|` inside a cell (the zstd pipe) would split the column.
+        let cells: Vec<String> = r.iter().map(|c| c.replace('|', "\\|")).collect();
+        s += &format!("| {} |\n", cells.join(" | "));
     }
     s
 }
