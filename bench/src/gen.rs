@@ -209,8 +209,12 @@ fn write_raw(spec: &GenSpec, path: &Path, sparse: bool) -> anyhow::Result<()> {
                         let n = (blocks - first).min(16) as usize;
                         let mut any_zero = false;
                         for b in 0..n {
-                            let k =
-                                fill(spec, vocab, first + b as u64, &mut buf[b * BLOCK..][..BLOCK]);
+                            let k = fill(
+                                spec,
+                                vocab,
+                                first + b as u64,
+                                &mut buf[b * BLOCK..][..BLOCK],
+                            );
                             any_zero |= k == Kind::Zero;
                         }
                         if !sparse || !any_zero {
@@ -230,7 +234,8 @@ fn write_raw(spec: &GenSpec, path: &Path, sparse: bool) -> anyhow::Result<()> {
             })
             .collect();
         for h in hs {
-            h.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
+            h.join()
+                .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
         }
         Ok(())
     })?;

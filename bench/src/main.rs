@@ -14,7 +14,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "vdrep-bench", about = "Benchmarks of vdrep against same-run baselines")]
+#[command(
+    name = "vdrep-bench",
+    about = "Benchmarks of vdrep against same-run baselines"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -219,8 +219,12 @@ fn bench_image(a: &Args, img: &Path, dir: &Path) -> anyhow::Result<ImageResult> 
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let tmp = match &a.tmp {
-        Some(t) => tempfile::Builder::new().prefix("vdrep-bench-read").tempdir_in(t)?,
-        None => tempfile::Builder::new().prefix("vdrep-bench-read").tempdir()?,
+        Some(t) => tempfile::Builder::new()
+            .prefix("vdrep-bench-read")
+            .tempdir_in(t)?,
+        None => tempfile::Builder::new()
+            .prefix("vdrep-bench-read")
+            .tempdir()?,
     };
     let mut images = a.image.clone();
     if images.is_empty() {
@@ -257,14 +261,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = results
         .iter()
         .map(|r| {
-            let mv = |u: &[Usage], f: fn(&Usage) -> f64| {
-                median(&u.iter().map(f).collect::<Vec<_>>())
-            };
+            let mv =
+                |u: &[Usage], f: fn(&Usage) -> f64| median(&u.iter().map(f).collect::<Vec<_>>());
             vec![
                 r.image.clone(),
                 r.format.clone(),
                 format!("{:.1}", report::gib(r.virtual_size)),
-                format!("{:.0} %", 100.0 * r.allocated_bytes as f64 / r.virtual_size as f64),
+                format!(
+                    "{:.0} %",
+                    100.0 * r.allocated_bytes as f64 / r.virtual_size as f64
+                ),
                 format!("{:.2}", r.qemu_gbps),
                 format!("{:.2}", r.vdrep_gbps),
                 format!("**{:.2}×**", r.ratio),

@@ -26,8 +26,12 @@ pub struct Args {
     #[arg(long, default_value = "1GiB", value_parser = crate::parse_size)]
     size_slow: u64,
     /// Contenders, in run order.
-    #[arg(long, value_enum, value_delimiter = ',',
-          default_value = "vdrep,rsync-whole,rsync-z,zstd-socat")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "vdrep,rsync-whole,rsync-z,zstd-socat"
+    )]
     tools: Vec<Tool>,
     /// Runs per tool and shape (medians reported).
     #[arg(long, default_value_t = 3)]
@@ -165,11 +169,7 @@ fn targets(sums: &[Summary]) -> Vec<(String, f64, Option<f64>)> {
     t
 }
 
-fn image_for(
-    tmp: &Path,
-    size: u64,
-    cache: &mut Vec<(u64, PathBuf)>,
-) -> anyhow::Result<PathBuf> {
+fn image_for(tmp: &Path, size: u64, cache: &mut Vec<(u64, PathBuf)>) -> anyhow::Result<PathBuf> {
     if let Some((_, p)) = cache.iter().find(|(s, _)| *s == size) {
         return Ok(p.clone());
     }
@@ -185,7 +185,11 @@ fn image_for(
         allocated: 1.0,
         sparse: false,
     };
-    eprintln!("generating {} ({} MiB, raw, dense)", p.display(), size >> 20);
+    eprintln!(
+        "generating {} ({} MiB, raw, dense)",
+        p.display(),
+        size >> 20
+    );
     gen::generate(&spec, &p)?;
     cache.push((size, p.clone()));
     Ok(p)
@@ -193,8 +197,12 @@ fn image_for(
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let tmp = match &a.tmp {
-        Some(t) => tempfile::Builder::new().prefix("vdrep-bench-repl").tempdir_in(t)?,
-        None => tempfile::Builder::new().prefix("vdrep-bench-repl").tempdir()?,
+        Some(t) => tempfile::Builder::new()
+            .prefix("vdrep-bench-repl")
+            .tempdir_in(t)?,
+        None => tempfile::Builder::new()
+            .prefix("vdrep-bench-repl")
+            .tempdir()?,
     };
     let vdrep = match &a.vdrep {
         Some(p) => p.clone(),
@@ -265,8 +273,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let md = markdown(&a, &sums, &env);
     let tg: Vec<_> = targets(&sums)
         .into_iter()
-        .map(|(what, target, got)| serde_json::json!({"what": what, "target": target, "measured": got,
-            "met": got.map(|g| g >= target)}))
+        .map(|(what, target, got)| {
+            serde_json::json!({"what": what, "target": target, "measured": got,
+            "met": got.map(|g| g >= target)})
+        })
         .collect();
     let json = serde_json::json!({ "benchmark": "replicate", "environment": env,
         "runs": a.runs, "vdrep_args": a.vdrep_arg, "summary": sums, "targets": tg, "rows": rows });

@@ -44,7 +44,10 @@ fn first_line(program: &str, args: &[&str]) -> String {
 pub fn environment(tools: &[(&str, &str)]) -> Environment {
     Environment {
         date_utc: first_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-        git_commit: first_line("git", &["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"]),
+        git_commit: first_line(
+            "git",
+            &["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"],
+        ),
         kernel: first_line("uname", &["-r"]),
         cpus: std::thread::available_parallelism()
             .map(|n| n.get())

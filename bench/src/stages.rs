@@ -15,7 +15,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-
 use anyhow::Context;
 use bytes::Bytes;
 use serde::Serialize;
@@ -35,7 +34,12 @@ pub struct Args {
     #[arg(long, default_value = "1GiB", value_parser = crate::parse_size)]
     size: u64,
     /// zstd levels to time (the adaptive ladder is off, -3, -1, 1, then the configured one).
-    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, default_value = "-3,-1,1,3")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        default_value = "-3,-1,1,3"
+    )]
     levels: Vec<i32>,
     /// The vdrep binary for the loopback runs (default: beside this binary).
     #[arg(long)]
@@ -69,7 +73,10 @@ struct Stage {
 /// load on a shared machine does not inflate them (and they compare with the loopback runs'
 /// CPU seconds from `/usr/bin/time`).
 fn cpu_now() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
@@ -119,7 +126,14 @@ fn loopback(ctx: &Ctx, image: &Path, extra: &[&str]) -> anyhow::Result<(Usage, U
         "loop-receive",
         &bin,
         &sv(&[
-            "receive", "--listen", "127.0.0.1:0", "--store", &st, "--tls", &ce, "--allow",
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &st,
+            "--tls",
+            &ce,
+            "--allow",
             "bench=vm",
         ]),
     )?;
@@ -134,7 +148,16 @@ fn loopback(ctx: &Ctx, image: &Path, extra: &[&str]) -> anyhow::Result<(Usage, U
     };
     std::thread::spawn(move || lines.for_each(drop));
     let mut args = sv(&[
-        "send", "--to", &addr, "--tls", &ce, "--identity", "bench", "--vm", "vm", "--json",
+        "send",
+        "--to",
+        &addr,
+        "--tls",
+        &ce,
+        "--identity",
+        "bench",
+        "--vm",
+        "vm",
+        "--json",
         "--no-progress",
     ]);
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -155,8 +178,12 @@ fn loopback(ctx: &Ctx, image: &Path, extra: &[&str]) -> anyhow::Result<(Usage, U
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let tmp = match &a.tmp {
-        Some(t) => tempfile::Builder::new().prefix("vdrep-bench-stages").tempdir_in(t)?,
-        None => tempfile::Builder::new().prefix("vdrep-bench-stages").tempdir()?,
+        Some(t) => tempfile::Builder::new()
+            .prefix("vdrep-bench-stages")
+            .tempdir_in(t)?,
+        None => tempfile::Builder::new()
+            .prefix("vdrep-bench-stages")
+            .tempdir()?,
     };
     let image = match &a.image {
         Some(p) => p.clone(),
@@ -200,8 +227,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .map(|&(o, n)| Ok((o, d.read_at(o, n)?)))
         .collect::<anyhow::Result<_>>()?;
     let read_b: u64 = data.iter().map(|(_, b)| b.len() as u64).sum();
-    out.push(stage("read", "sender", read_b, t.secs(), size,
-        "VirtualDisk::read_at, 1 MiB, page cache warm".into()));
+    out.push(stage(
+        "read",
+        "sender",
+        read_b,
+        t.secs(),
+        size,
+        "VirtualDisk::read_at, 1 MiB, page cache warm".into(),
+    ));
     let t = Cpu::start();
     let mut runs: Vec<(u64, Bytes)> = Vec::new();
     for (o, b) in &data {
@@ -221,8 +254,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             runs.push((o + s as u64, b.slice(s..)));
         }
     }
-    out.push(stage("zero-detect", "sender", read_b, t.secs(), size,
-        "64 KiB OR-fold".into()));
+    out.push(stage(
+        "zero-detect",
+        "sender",
+        read_b,
+        t.secs(),
+        size,
+        "64 KiB OR-fold".into(),
+    ));
     let data_b: u64 = runs.iter().map(|(_, r)| r.len() as u64).sum();
     for &l in &a.levels {
         let t = Cpu::start();
@@ -231,16 +270,36 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             c += zstd::bulk::compress(r, l)?.len() as u64;
         }
         let secs = t.secs();
-        out.push(stage(&format!("compress zstd {l}"), "sender", data_b, secs, size,
-            format!("ratio {:.2} on non-zero data", data_b as f64 / c as f64)));
+        out.push(stage(
+            &format!("compress zstd {l}"),
+            "sender",
+            data_b,
+            secs,
+            size,
+            format!("ratio {:.2} on non-zero data", data_b as f64 / c as f64),
+        ));
     }
     let t = Cpu::start();
     for (_, r) in &runs {
         std::hint::black_box(blake3::hash(r));
     }
     let hs = t.secs();
-    out.push(stage("hash BLAKE3", "sender", data_b, hs, size, "blake3::hash per run".into()));
-    out.push(stage("verify BLAKE3", "receiver", data_b, hs, size, "same cost as hash".into()));
+    out.push(stage(
+        "hash BLAKE3",
+        "sender",
+        data_b,
+        hs,
+        size,
+        "blake3::hash per run".into(),
+    ));
+    out.push(stage(
+        "verify BLAKE3",
+        "receiver",
+        data_b,
+        hs,
+        size,
+        "same cost as hash".into(),
+    ));
     let wf = tmp.path().join("write-test.img");
     let f = std::fs::File::create(&wf)?;
     f.set_len(size)?;
@@ -251,31 +310,73 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let cpu = t.secs();
     f.sync_data()?;
-    out.push(stage("write", "receiver", data_b, cpu, size,
-        format!("pwrite of non-zero runs (CPU); with fdatasync {:.2} s/GiB wall",
-            w0.elapsed().as_secs_f64() / report::gib(size))));
+    out.push(stage(
+        "write",
+        "receiver",
+        data_b,
+        cpu,
+        size,
+        format!(
+            "pwrite of non-zero runs (CPU); with fdatasync {:.2} s/GiB wall",
+            w0.elapsed().as_secs_f64() / report::gib(size)
+        ),
+    ));
     drop(f);
     let _ = std::fs::remove_file(&wf);
     drop(data);
     drop(runs);
     let vdrep = match &a.vdrep {
         Some(p) => p.clone(),
-        None => std::env::current_exe()?.parent().context("exe dir")?.join("vdrep"),
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .join("vdrep"),
     };
-    let ctx = Ctx { dir: tmp.path().to_path_buf(), vdrep, vdrep_args: vec![] };
+    let ctx = Ctx {
+        dir: tmp.path().to_path_buf(),
+        vdrep,
+        vdrep_args: vec![],
+    };
     let g = report::gib(size);
     let (s0, r0) = loopback(&ctx, &image, &["--compression-level", "0"])?;
-    let cost = |n: &str| out.iter().filter(|s| s.stage == n).map(|s| s.s_per_gib).sum::<f64>();
+    let cost = |n: &str| {
+        out.iter()
+            .filter(|s| s.stage == n)
+            .map(|s| s.s_per_gib)
+            .sum::<f64>()
+    };
     // A derived cost at or below zero is within the noise of the subtraction.
-    let per_core = |c: f64| if c > 0.0 { data_b as f64 / 1e9 / (c * g) } else { f64::NAN };
+    let per_core = |c: f64| {
+        if c > 0.0 {
+            data_b as f64 / 1e9 / (c * g)
+        } else {
+            f64::NAN
+        }
+    };
     let send = s0.cpu_s / g - cost("read") - cost("zero-detect") - cost("hash BLAKE3");
     let recv = r0.cpu_s / g - cost("verify BLAKE3") - cost("write");
-    out.push(Stage { stage: "send (QUIC+TLS+framing, derived)".into(), side: "sender",
-        bytes: data_b, s_per_gib: send, gbps_per_core: per_core(send),
-        note: format!("loopback level 0: sender {:.2} CPU-s minus read, zero-detect, hash", s0.cpu_s) });
-    out.push(Stage { stage: "receive (QUIC+TLS+framing, derived)".into(), side: "receiver",
-        bytes: data_b, s_per_gib: recv, gbps_per_core: per_core(recv),
-        note: format!("loopback level 0: receiver {:.2} CPU-s minus verify, write", r0.cpu_s) });
+    out.push(Stage {
+        stage: "send (QUIC+TLS+framing, derived)".into(),
+        side: "sender",
+        bytes: data_b,
+        s_per_gib: send,
+        gbps_per_core: per_core(send),
+        note: format!(
+            "loopback level 0: sender {:.2} CPU-s minus read, zero-detect, hash",
+            s0.cpu_s
+        ),
+    });
+    out.push(Stage {
+        stage: "receive (QUIC+TLS+framing, derived)".into(),
+        side: "receiver",
+        bytes: data_b,
+        s_per_gib: recv,
+        gbps_per_core: per_core(recv),
+        note: format!(
+            "loopback level 0: receiver {:.2} CPU-s minus verify, write",
+            r0.cpu_s
+        ),
+    });
     let (s1, r1) = loopback(&ctx, &image, &[])?;
     let e2e = serde_json::json!({
         "loopback_level0": {"wall_s": s0.wall_s, "source_mbps": report::mbps(size, s0.wall_s),
@@ -294,17 +395,33 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     let rows: Vec<Vec<String>> = out
         .iter()
-        .map(|s| vec![s.stage.clone(), s.side.into(), format!("{:.3}", s.s_per_gib),
-            format!("{:.2}", s.gbps_per_core), s.note.clone()])
+        .map(|s| {
+            vec![
+                s.stage.clone(),
+                s.side.into(),
+                format!("{:.3}", s.s_per_gib),
+                format!("{:.2}", s.gbps_per_core),
+                s.note.clone(),
+            ]
+        })
         .collect();
-    md += &report::table(&["stage", "side", "s/GiB (1 core)", "GB/s per core", "how"], &rows);
+    md += &report::table(
+        &["stage", "side", "s/GiB (1 core)", "GB/s per core", "how"],
+        &rows,
+    );
     md += &format!(
         "\nLoopback end to end (127.0.0.1, no shaping): compression off {:.0} MB/s \
          (CPU s sender {:.2} / receiver {:.2}); default {:.0} MB/s (CPU s {:.2} / {:.2}).\n\
          Machine: {} CPUs, kernel {}; {}.\n",
-        report::mbps(size, s0.wall_s), s0.cpu_s, r0.cpu_s,
-        report::mbps(size, s1.wall_s), s1.cpu_s, r1.cpu_s,
-        env.cpus, env.kernel, env.date_utc
+        report::mbps(size, s0.wall_s),
+        s0.cpu_s,
+        r0.cpu_s,
+        report::mbps(size, s1.wall_s),
+        s1.cpu_s,
+        r1.cpu_s,
+        env.cpus,
+        env.kernel,
+        env.date_utc
     );
     let json = serde_json::json!({"benchmark": "stages", "environment": env, "image_bytes": size,
         "data_bytes": data_b, "stages": out, "end_to_end": e2e});

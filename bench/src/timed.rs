@@ -157,11 +157,7 @@ fn parse(out: &Path, wall: f64) -> anyhow::Result<Usage> {
     let s = std::fs::read_to_string(out)
         .with_context(|| format!("{}: /usr/bin/time wrote no report", out.display()))?;
     // time prefixes notes like "Command exited with non-zero status 1"; the numbers are last.
-    let line = s
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
+    let line = s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
     let v: Vec<f64> = line
         .split_whitespace()
         .filter_map(|x| x.parse().ok())
