@@ -9,6 +9,7 @@
 //! - [`cli`]: the `vdrep` command line.
 
 pub mod cli;
+pub mod demo;
 pub mod disk;
 pub mod hrl;
 pub mod io;
@@ -19,4 +20,5 @@ pub mod sender;
 pub mod signals;
 pub mod sink;
 pub mod tls;
+pub mod tracking;
 pub mod transport;

@@ -4,6 +4,9 @@
 //! Tests fail (never skip) when a tool is missing: the message says how to install it.
 
 pub mod fixtures;
+pub mod images;
+pub mod procs;
+pub mod relay;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -6,7 +6,9 @@ mod cat;
 mod certs;
 mod config;
 mod convert;
+mod demo;
 mod inspect;
+mod log_write;
 mod receive;
 mod send;
 
@@ -40,8 +42,13 @@ enum Command {
     Convert(convert::Args),
     /// Print the virtual disk's bytes (or a range of them).
     Cat(cat::Args),
+    /// Run the whole product on this machine: make a VHDX, replicate it over QUIC into a local
+    /// store, verify the replica.
+    Demo(demo::Args),
     /// Replicate disks to a receiver (initial replication).
     Send(send::Args),
+    /// Record a write in a disk's active change log (and write raw / fixed-VHD disks).
+    LogWrite(log_write::Args),
     /// Run a receiver that writes replicas into a store.
     Receive(receive::Args),
     /// Create and add the certificates of mutual TLS between senders and the receiver.
@@ -95,6 +102,8 @@ pub fn main() -> i32 {
         Command::Convert(a) => convert::run(a),
         Command::Cat(a) => cat::run(a),
         Command::Send(a) => send::run(a),
+        Command::Demo(a) => demo::run(a),
+        Command::LogWrite(a) => log_write::run(a),
         Command::Receive(a) => receive::run(a),
         Command::Certs(a) => certs::run(a),
     };
@@ -115,7 +124,7 @@ pub fn main() -> i32 {
 
 /// The async runtime of the network roles: two worker threads suffice (the CPU stages have
 /// their own threads) and keep the process small.
-pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

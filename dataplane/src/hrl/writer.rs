@@ -144,6 +144,45 @@ impl HrlWriter {
         Ok(w)
     }
 
+    /// Reopens an open (not closed) log to append to it, as another process left it: the
+    /// valid prefix is kept and a torn append after it is cut off, so the log stays valid.
+    /// A closed log is refused: appending after `EOLLocation` would lose writes.
+    pub fn reopen(path: &Path, disk_size: Option<u64>) -> Result<HrlWriter, HrlError> {
+        let scanned = super::scan_valid_prefix(
+            path,
+            &super::ReadOptions {
+                disk_size,
+                ..Default::default()
+            },
+        )?;
+        if scanned.closed {
+            return Err(HrlError::InvalidWrite {
+                path: path.to_path_buf(),
+                problem: "the log is closed (EOLLocation set); writes go to the next log".into(),
+            });
+        }
+        let header = scanned.log.header().clone();
+        let end = scanned.log.valid_end();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| HrlError::io(path, "open", 0, e))?;
+        if scanned.trailing_bytes > 0 {
+            file.set_len(end)
+                .map_err(|e| HrlError::io(path, "truncate torn append", end, e))?;
+        }
+        Ok(HrlWriter {
+            path: path.to_path_buf(),
+            file,
+            data_checksums: true,
+            last_block: end - header.metadata_size as u64,
+            total_entries: scanned.log.entries().len() as u64,
+            end,
+            header,
+        })
+    }
+
     /// The log file.
     pub fn path(&self) -> &Path {
         &self.path

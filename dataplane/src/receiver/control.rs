@@ -18,6 +18,7 @@ use crate::transport::{read_frame, write_frame, FrameError};
 /// Per-connection state: the authenticated sender and its open disks.
 pub struct ConnState {
     pub(crate) sender: String,
+    pub(crate) conn: quinn::Connection,
     disks: Mutex<HashMap<u32, Arc<DiskSession>>>,
     sessions: Arc<Mutex<Vec<Arc<DiskSession>>>>,
     next_handle: Mutex<u32>,
@@ -26,12 +27,13 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    pub(crate) fn new(sender: String) -> Self {
+    pub(crate) fn new(sender: String, conn: quinn::Connection) -> Self {
         let sessions = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(tokio::sync::Notify::new());
         let h = tokio::spawn(checkpoint_loop(sessions.clone(), stop.clone()));
         ConnState {
             sender,
+            conn,
             disks: Mutex::new(HashMap::new()),
             sessions,
             next_handle: Mutex::new(1),
@@ -270,6 +272,8 @@ impl Receiver {
         full_copy: bool,
     ) -> Result<(u32, Arc<DiskSession>, bool, u64, bool), (ErrorClass, String)> {
         let key = DiskKey::new(vm, disk).map_err(|e| (ErrorClass::InvalidState, e.to_string()))?;
+        self.take_over_from_own_stale_connection(conn, &key.to_string())
+            .await;
         let store = self.store.clone();
         let k2 = key.clone();
         let replica = tokio::task::spawn_blocking(move || {
@@ -307,6 +311,15 @@ impl Receiver {
         if let Ok(mut s) = conn.sessions.lock() {
             s.push(session.clone());
         }
+        if let Ok(mut h) = self.holders.lock() {
+            h.insert(
+                key.to_string(),
+                super::Holder {
+                    sender: conn.sender.clone(),
+                    conn: conn.conn.clone(),
+                },
+            );
+        }
         info!(sender = %conn.sender, disk = %key, generation = st.generation,
               resumed_bytes = st.progress.covered_len(), "disk opened");
         // The working image of an in-progress copy starts as an empty sparse file.
@@ -317,5 +330,40 @@ impl Receiver {
             st.committed_cycle,
             st.initial_in_progress,
         ))
+    }
+}
+
+impl Receiver {
+    /// A sender replicates a disk over one connection. When the same sender opens a disk that
+    /// an older connection of its own still holds, that process died (kill -9, reboot) or
+    /// lost its path, and the receiver has not noticed yet (the idle timeout is 15 s): the
+    /// old connection is closed so its final checkpoint runs and the disk's lock is
+    /// released. Another sender's connection is never touched (it is refused as busy).
+    async fn take_over_from_own_stale_connection(&self, conn: &ConnState, key: &str) {
+        let old = self.holders.lock().ok().and_then(|h| {
+            h.get(key)
+                .filter(|o| o.sender == conn.sender && o.conn.stable_id() != conn.conn.stable_id())
+                .map(|o| o.conn.clone())
+        });
+        let Some(old) = old else { return };
+        warn!(sender = %conn.sender, disk = %key, old_peer = %old.remote_address(),
+              "the sender reconnected: closing its previous connection, which still holds the disk");
+        old.close(
+            3u32.into(),
+            b"superseded by a newer connection of the same sender",
+        );
+        // Wait (bounded) until that connection's shutdown released the disk; if it takes
+        // longer, the store's lock answers "busy" and the sender simply retries.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while tokio::time::Instant::now() < deadline {
+            let held = self.holders.lock().map(|h| {
+                h.get(key)
+                    .is_some_and(|o| o.conn.stable_id() == old.stable_id())
+            });
+            if !held.unwrap_or(false) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }

@@ -77,6 +77,16 @@ pub struct Receiver {
     /// Connections being served, for draining at shutdown.
     pub(crate) active: std::sync::atomic::AtomicUsize,
     pub(crate) idle: tokio::sync::Notify,
+    /// Which connection has each disk (`VM/NAME`) open, so a sender that reconnects after a
+    /// crash can take its disks over from its own dead connection at once instead of waiting
+    /// for the idle timeout to release them.
+    pub(crate) holders: std::sync::Mutex<std::collections::HashMap<String, Holder>>,
+}
+
+/// The connection holding a disk open.
+pub(crate) struct Holder {
+    pub(crate) sender: String,
+    pub(crate) conn: quinn::Connection,
 }
 
 /// Counters of a receiver.
@@ -101,6 +111,7 @@ impl Receiver {
             stats: Arc::new(ReceiverStats::default()),
             active: std::sync::atomic::AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
+            holders: Default::default(),
         })
     }
 
@@ -158,7 +169,7 @@ impl Receiver {
             return;
         }
         info!(peer = %remote, sender = %name, "sender connected");
-        let conn_state = Arc::new(control::ConnState::new(name.clone()));
+        let conn_state = Arc::new(control::ConnState::new(name.clone(), conn.clone()));
         loop {
             let (send, recv) = match conn.accept_bi().await {
                 Ok(s) => s,
@@ -172,14 +183,21 @@ impl Receiver {
             tokio::spawn(async move { me.handle_stream(st, send, recv).await });
         }
         conn_state.shutdown().await;
+        if let Ok(mut h) = self.holders.lock() {
+            h.retain(|_, v| v.conn.stable_id() != conn.stable_id());
+        }
     }
 }
 
 /// Builds the endpoint and serves until the process is told to stop.
 pub async fn run(cfg: ReceiverConfig, store: Arc<dyn ReplicaStore>) -> anyhow::Result<()> {
-    let server =
-        crate::tls::config::receiver_quic(&crate::tls::config::ReceiverFiles::in_dir(&cfg.tls))?;
-    let endpoint = crate::transport::server_endpoint(cfg.listen, server)
+    let files = crate::tls::config::ReceiverFiles::in_dir(&cfg.tls);
+    let server = crate::tls::config::receiver_quic(&files)?;
+    // The key file was just read successfully by receiver_quic.
+    let reset_key = std::fs::read(&files.key)
+        .ok()
+        .map(|k| crate::transport::StatelessResetKey::derive(&k));
+    let endpoint = crate::transport::server_endpoint_with_reset_key(cfg.listen, server, reset_key)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     let local = endpoint.local_addr()?;
     info!(listen = %local, store = %store.describe(), "receiver ready");

@@ -326,9 +326,16 @@ async fn stream_worker(
                     stats.add_wire((prefix.len() + p.payload.len()) as u64);
                     // Header and payload go out as two buffers: the payload is not copied.
                     let mut chunks = [prefix, p.payload];
-                    send.write_all_chunks(&mut chunks)
-                        .await
-                        .map_err(|e| frame_err(e.into()))?;
+                    if let Err(e) = send.write_all_chunks(&mut chunks).await {
+                        // A receiver that fails a batch (store full, bad state) stops the
+                        // stream and says why in its batch result: report that, not the stop.
+                        if matches!(e, quinn::WriteError::Stopped(_)) {
+                            if let Some(reason) = stopped_reason(&mut recv, peer).await {
+                                return Err(reason);
+                            }
+                        }
+                        return Err(frame_err(e.into()));
+                    }
                     in_batch.push((p.offset, p.source_len));
                 }
             }
@@ -381,4 +388,23 @@ async fn stream_worker(
             }
         }
     }
+}
+
+/// The receiver's error from the batch result of a stream it stopped, if it sent one
+/// within a second.
+async fn stopped_reason(recv: &mut quinn::RecvStream, peer: &str) -> Option<SendError> {
+    let read = read_frame(recv, MAX_CONTROL_BODY);
+    let (kind, body) = tokio::time::timeout(std::time::Duration::from_secs(1), read)
+        .await
+        .ok()?
+        .ok()?;
+    if kind != K_BATCH_RESULT {
+        return None;
+    }
+    let (class, message) = BatchResult::decode(&body).ok()?.error?;
+    Some(SendError::Remote {
+        peer: peer.to_string(),
+        class,
+        message,
+    })
 }

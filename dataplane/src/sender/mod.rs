@@ -18,7 +18,7 @@ use tracing::{info, warn};
 pub use control::ControlStream;
 pub use disk::{DiskJob, DiskOutcome};
 pub use error::SendError;
-pub use progress::Summary;
+pub use progress::{human, Summary};
 
 use crate::disk::{self as vdisk, OpenOptions};
 use crate::pipeline::{AdaptiveLevel, Stats};
@@ -131,6 +131,10 @@ fn resolve(to: &str) -> Result<(SocketAddr, String), SendError> {
 
 /// Fast reconnect delays: a restarted receiver is found again within seconds.
 const FAST_RETRY: [u64; 6] = [200, 500, 1000, 2000, 3000, 5000];
+/// Longest wait for a handshake. QUIC ignores ICMP, so an unreachable receiver would only
+/// show as the 15 s idle timeout; a shorter bound keeps reconnects fast and lets
+/// `--give-up-after` be honoured within about a second.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Replicates every disk of `vms` (initial replication) and returns the summary.
 pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendError> {
@@ -168,9 +172,10 @@ pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendErro
     let peer = opts.to.clone();
     let bar = progress::Progress::new(opts.progress, total, stats.clone());
     let done: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Default::default();
-    let deadline = Instant::now() + opts.give_up_after;
+    let mut deadline = Instant::now() + opts.give_up_after;
     let mut attempt = 0usize;
     loop {
+        let acked_before = Stats::get(&stats.extents);
         let res = attempt_once(
             &endpoint,
             addr,
@@ -181,8 +186,16 @@ pub async fn run(vms: &[VmSpec], opts: &SendOptions) -> Result<Summary, SendErro
             &stats,
             &level,
             &done,
+            deadline,
         )
         .await;
+        // An attempt that got extents acknowledged (resumed ranges do not count) starts the fast schedule again, and --give-up-after
+        // counts from now: each outage is met with fast reconnects and its own give-up
+        // window, not with what earlier outages (or a long copy) used up.
+        if res.is_err() && Stats::get(&stats.extents) > acked_before {
+            attempt = 0;
+            deadline = Instant::now() + opts.give_up_after;
+        }
         match res {
             Ok(()) => break,
             Err(e) if e.is_recoverable() && Instant::now() < deadline => {
@@ -221,6 +234,7 @@ async fn attempt_once(
     stats: &Arc<Stats>,
     level: &Arc<AdaptiveLevel>,
     done: &Arc<std::sync::Mutex<HashSet<(String, String)>>>,
+    deadline: Instant,
 ) -> Result<(), SendError> {
     let connecting = endpoint
         .connect(addr, server_name)
@@ -228,7 +242,14 @@ async fn attempt_once(
             peer: peer.to_string(),
             source: e,
         })?;
-    let conn = connecting.await.map_err(|e| SendError::Connection {
+    let wait = CONNECT_TIMEOUT
+        .min(deadline.saturating_duration_since(Instant::now()))
+        .max(Duration::from_millis(500));
+    let conn = match tokio::time::timeout(wait, connecting).await {
+        Ok(r) => r,
+        Err(_) => Err(quinn::ConnectionError::TimedOut),
+    }
+    .map_err(|e| SendError::Connection {
         peer: peer.to_string(),
         source: e,
     })?;

@@ -74,19 +74,91 @@ fn set_buffers(sock: &UdpSocket) {
     }
 }
 
-/// A server endpoint on `addr`.
+/// A server endpoint on `addr` with a random stateless-reset key.
 pub fn server_endpoint(
     addr: SocketAddr,
+    cfg: quinn::ServerConfig,
+) -> std::io::Result<quinn::Endpoint> {
+    server_endpoint_with_reset_key(addr, cfg, None)
+}
+
+/// The key of QUIC stateless resets, keyed BLAKE3 over the connection id.
+///
+/// quinn draws a random key per process by default, so after a receiver restarts (crash,
+/// kill -9, upgrade) its resets carry tokens the sender does not know and are ignored: the
+/// sender then waits out the 15 s idle timeout before it reconnects. A key derived from
+/// something stable (the receiver's private key) makes the restarted receiver's reset
+/// effective at once, and lets receivers behind one UDP load balancer reset each other's
+/// connections.
+pub struct StatelessResetKey([u8; 32]);
+
+impl StatelessResetKey {
+    /// Derives the key from secret material (never used for anything else).
+    pub fn derive(secret: &[u8]) -> Self {
+        StatelessResetKey(blake3::derive_key(
+            "vdrep 1 QUIC stateless reset key",
+            secret,
+        ))
+    }
+}
+
+impl quinn::crypto::HmacKey for StatelessResetKey {
+    fn sign(&self, data: &[u8], out: &mut [u8]) {
+        let mac = blake3::keyed_hash(&self.0, data);
+        let n = out.len().min(32);
+        out[..n].copy_from_slice(&mac.as_bytes()[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        // blake3::Hash compares in constant time.
+        let mac = blake3::keyed_hash(&self.0, data);
+        match <[u8; 32]>::try_from(signature) {
+            Ok(sig) if mac == blake3::Hash::from(sig) => Ok(()),
+            _ => Err(quinn::crypto::CryptoError),
+        }
+    }
+}
+
+/// Random 8-byte connection ids, valid for any endpoint instance.
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&rand::random::<[u8; 8]>())
+    }
+    fn cid_len(&self) -> usize {
+        8
+    }
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// A server endpoint on `addr`; with `reset_key`, stateless resets stay valid across
+/// restarts (see [`StatelessResetKey`]).
+pub fn server_endpoint_with_reset_key(
+    addr: SocketAddr,
     mut cfg: quinn::ServerConfig,
+    reset_key: Option<StatelessResetKey>,
 ) -> std::io::Result<quinn::Endpoint> {
     cfg.transport_config(Arc::new(transport_config()));
     let sock = bind_udp(addr)?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(cfg),
-        sock,
-        Arc::new(quinn::TokioRuntime),
-    )
+    let ep_cfg = match reset_key {
+        Some(k) => {
+            let mut c = quinn::EndpointConfig::new(Arc::new(k));
+            // quinn's default generator signs CIDs with a per-process key and drops packets
+            // of CIDs it cannot verify *before* answering with a reset; random CIDs let the
+            // restarted endpoint answer every stray packet (resets are rate-limited by quinn).
+            c.cid_generator(|| Box::new(RandomCids));
+            c
+        }
+        None => quinn::EndpointConfig::default(),
+    };
+    quinn::Endpoint::new(ep_cfg, Some(cfg), sock, Arc::new(quinn::TokioRuntime))
 }
 
 /// A client endpoint bound to an ephemeral port of the right address family.

@@ -33,9 +33,12 @@ pub fn encode_frame(kind: u8, body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(body);
 }
 
+/// One frame split off a buffer: its type, its body, and the bytes it used.
+pub type SplitFrame<'a> = (u8, &'a [u8], usize);
+
 /// Splits one whole frame off the front of `buf`: `Ok(None)` if more bytes are needed.
 /// `max_body` bounds the body length before anything is buffered.
-pub fn decode_frame(buf: &[u8], max_body: u32) -> Result<Option<(u8, &[u8], usize)>, FormatError> {
+pub fn decode_frame(buf: &[u8], max_body: u32) -> Result<Option<SplitFrame<'_>>, FormatError> {
     if buf.len() < FRAME_HEADER_LEN {
         return Ok(None);
     }

@@ -480,7 +480,8 @@ impl ExtentHeader {
     fn validate(&self, frame_len: u32) -> Result<(), FormatError> {
         let what = "extent header";
         let bad = |o, p: String| Err(FormatError::new(what, o, p));
-        if self.offset % 512 != 0 || self.length % 512 != 0 || self.length == 0 {
+        if !self.offset.is_multiple_of(512) || !self.length.is_multiple_of(512) || self.length == 0
+        {
             return bad(
                 0,
                 format!(

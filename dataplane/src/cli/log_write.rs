@@ -1,0 +1,87 @@
+//! `vdrep log-write DISK --offset N --file F [--log-only]`: records a write in the disk's
+//! active change log, atomically with respect to a log switch, and writes it into the disk
+//! where vdrep can (raw and fixed VHD, whose bytes sit at their virtual offsets).
+
+use std::fs::OpenOptions as FsOpen;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+
+use super::CliError;
+use crate::disk::{self, DiskFormat, OpenOptions};
+use crate::tracking::Tracker;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The protected disk.
+    disk: PathBuf,
+    /// Disk offset of the write (multiple of 512).
+    #[arg(long)]
+    offset: u64,
+    /// File holding the bytes (length a multiple of 512).
+    #[arg(long)]
+    file: PathBuf,
+    /// Only log the write: the bytes were written into the disk by someone else (needed for
+    /// dynamic VHD and VHDX disks, which vdrep does not write).
+    #[arg(long)]
+    log_only: bool,
+}
+
+pub fn run(a: Args) -> Result<(), CliError> {
+    Ok(log_write(a)?)
+}
+
+fn log_write(a: Args) -> anyhow::Result<()> {
+    let d = disk::open(&a.disk, OpenOptions::default())?;
+    let info = d.info().clone();
+    drop(d);
+    let data =
+        std::fs::read(&a.file).with_context(|| format!("{}: cannot read", a.file.display()))?;
+    if data.is_empty() || !data.len().is_multiple_of(512) || !a.offset.is_multiple_of(512) {
+        bail!(
+            "{}: write of {} bytes at offset {}: offsets and lengths must be non-zero multiples of 512",
+            a.disk.display(),
+            data.len(),
+            a.offset
+        );
+    }
+    let end = a
+        .offset
+        .checked_add(data.len() as u64)
+        .context("offset overflows")?;
+    if end > info.virtual_size {
+        bail!(
+            "{}: write of {} bytes at offset {} ends past the disk's {} bytes",
+            a.disk.display(),
+            data.len(),
+            a.offset,
+            info.virtual_size
+        );
+    }
+    let writes_disk = matches!(info.format, DiskFormat::Raw | DiskFormat::VhdFixed);
+    if !writes_disk && !a.log_only {
+        bail!(
+            "{}: a {} disk is written by its hypervisor (or qemu-io), not by vdrep: write it there and log the same bytes with --log-only",
+            a.disk.display(),
+            info.format.as_str()
+        );
+    }
+    let tracker = Tracker::new(&a.disk, info.virtual_size);
+    let locked = tracker.lock()?;
+    if writes_disk && !a.log_only {
+        let f = FsOpen::new()
+            .write(true)
+            .open(&a.disk)
+            .with_context(|| format!("{}: cannot open for writing", a.disk.display()))?;
+        f.write_all_at(&data, a.offset).with_context(|| {
+            format!("{}: write at offset {} failed", a.disk.display(), a.offset)
+        })?;
+        f.sync_data()
+            .with_context(|| format!("{}: sync failed", a.disk.display()))?;
+    }
+    locked.append(&[(a.offset, Bytes::from(data))], SystemTime::now())?;
+    Ok(())
+}
