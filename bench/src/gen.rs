@@ -148,7 +148,7 @@ pub fn fill(spec: &GenSpec, vocab: &[Vec<u8>], i: u64, buf: &mut [u8]) -> Kind {
                 } as usize;
                 let mut word: &[u8] = &vocab[idx];
                 let mut num = [0u8; 8];
-                if (r >> 40) % 23 == 0 {
+                if (r >> 40).is_multiple_of(23) {
                     let n = (r >> 20) % 100_000;
                     let s = format!("{n}");
                     let l = s.len().min(8);
