@@ -228,8 +228,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         for run in 0..a.runs {
             for &tool in &a.tools {
                 let (s0, r0) = link.tx_bytes()?;
-                let t = tools::run(tool, &ctx, &image)
-                    .with_context(|| format!("{} on {name}", tool.label()))?;
+                let t = match tools::run(tool, &ctx, &image) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        keep_logs(
+                            tmp.path(),
+                            &a.results.join(format!("{}-failure-logs", a.name)),
+                        );
+                        return Err(e.context(format!("{} on {name}", tool.label())));
+                    }
+                };
                 let (s1, r1) = link.tx_bytes()?;
                 if a.verify {
                     tools::verify(tool, &image, &t)?;
@@ -358,6 +366,21 @@ fn markdown(a: &Args, sums: &[Summary], env: &report::Environment) -> String {
         env.date_utc
     );
     md
+}
+
+/// Copies the tools' stderr logs out of the temporary folder before it is deleted, so a
+/// failed transfer can be diagnosed.
+fn keep_logs(tmp: &Path, to: &Path) {
+    let _ = std::fs::create_dir_all(to);
+    if let Ok(rd) = std::fs::read_dir(tmp) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "stderr" || x == "log") {
+                let _ = std::fs::copy(&p, to.join(e.file_name()));
+            }
+        }
+    }
+    eprintln!("logs of the failed run kept in {}", to.display());
 }
 
 /// Draws NAME.png with bench/plot.py in bench/.venv when it is there.
