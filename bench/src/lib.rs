@@ -1,1 +1,0 @@
-//! Benchmarks of vdrep; see bench/README.md.
