@@ -13,7 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::digest::{block_hash, zero_block_hash, DigestBuilder, DIGEST_BLOCK};
+use crate::digest::{block_hash, zero_block_hash, DIGEST_BLOCK};
 use crate::disk::{DiskError, ExtentKind, VirtualDisk};
 
 const MAGIC: &[u8; 8] = b"vdrephsh";
@@ -122,7 +122,11 @@ impl HashTable {
         // Blocks the format says hold nothing hash as zeros without being read.
         let ext = disk.extents_in(off, off + len)?;
         if ext.iter().all(|e| e.kind == ExtentKind::Zero) {
-            return Ok(zero_block_hash(len as usize));
+            return Ok(if len == DIGEST_BLOCK {
+                zero_block_hash()
+            } else {
+                block_hash(&vec![0u8; len as usize])
+            });
         }
         let data = disk.read_at(off, len as usize)?;
         Ok(block_hash(&data))
@@ -190,7 +194,9 @@ impl HashTable {
         if !self.complete {
             return Ok(None);
         }
-        let mut d = DigestBuilder::new(self.virtual_size);
+        // The definition of `crate::digest`: BLAKE3(size LE ‖ block hashes).
+        let mut d = blake3::Hasher::new();
+        d.update(&self.virtual_size.to_le_bytes());
         let n = blocks(self.virtual_size);
         let mut buf = vec![0u8; 32 * 4096];
         let mut b = 0u64;
@@ -201,12 +207,10 @@ impl HashTable {
                 .read_exact_at(part, HEADER + b * 32)
                 .map_err(self.io("read entries"))?;
             for h in part.chunks_exact(32) {
-                let mut a = [0u8; 32];
-                a.copy_from_slice(h);
-                d.push_hash(a);
+                d.update(h);
             }
             b += k;
         }
-        Ok(Some(d.finish()))
+        Ok(Some(*d.finalize().as_bytes()))
     }
 }
