@@ -79,7 +79,7 @@ impl Rig {
         .arg("--interval")
         .arg("1s")
         .arg("--give-up-after")
-        .arg("60s");
+        .arg("120s");
         for a in extra {
             s = s.arg(a);
         }
@@ -339,6 +339,11 @@ fn dynamic_vhd_twelve_cycles_of_varied_patterns_each_match_the_source_frozen_at_
     replicate_cycles(Kind::VhdDynamic, 256 * MIB, 22, &long_cycles());
 }
 
+fn tail(log: &str, n: usize) -> String {
+    let v: Vec<&str> = log.lines().collect();
+    v[v.len().saturating_sub(n)..].join("\n")
+}
+
 fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
@@ -389,38 +394,57 @@ fn kill_receiver_during_cycle(
     let t0 = Instant::now();
     let child = send.spawn();
     let mut rng = StdRng::seed_from_u64(33);
-    let undo = vdrep::sink::local::DiskPaths::new(
+    let paths = vdrep::sink::local::DiskPaths::new(
         &rig.store,
         &vdrep::sink::DiskKey::new("vm1", "disk").unwrap(),
-    )
-    .undo(c1);
+    );
+    let undo = paths.undo(c1);
+    let redo = paths.redo(c1 + 1);
     let mut found = Vec::new();
     let mut during_apply = 0;
     let mut opens = count(&rig.rx.log_text(), "disk opened");
     for k in 0..transfer + apply {
         // The sender (re)opened the disk on this receiver instance.
         let w = wait_count(&rig.rx, "disk opened", opens, Duration::from_secs(30))
-            .unwrap_or_else(|| panic!("kill {k}: the sender did not come back within 30 s"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "kill {k}: the sender did not come back within 30 s\nsender log:\n{}\nreceiver log:\n{}",
+                    tail(&rig.send_log(), 30),
+                    tail(&rig.rx.log_text(), 30)
+                )
+            });
         if k > 0 {
             found.push(w);
         }
         let started = SystemTime::now();
-        if k < transfer {
-            std::thread::sleep(Duration::from_millis(rng.gen_range(900..2000)));
+        // The cycle's writes land in its redo log, the commit (re)writes the undo log of
+        // the previous point: wait until this receiver instance writes the one or the
+        // other, then kill (during the transfer after a random 1..2 s, so a checkpoint
+        // can make progress durable; inside the commit at once).
+        let (file, what) = if k < transfer {
+            (&redo, "transfer")
         } else {
-            // The commit (re)writes the undo log of the previous point: kill inside it.
-            let end = Instant::now() + Duration::from_secs(60);
-            loop {
-                let fresh = std::fs::metadata(&undo)
-                    .and_then(|m| m.modified())
-                    .map(|t| t > started)
-                    .unwrap_or(false);
-                if fresh {
-                    break;
-                }
-                assert!(Instant::now() < end, "kill {k}: no commit within 60 s");
-                std::thread::sleep(Duration::from_millis(1));
+            (&undo, "commit")
+        };
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let fresh = std::fs::metadata(file)
+                .and_then(|m| m.modified())
+                .map(|t| t > started)
+                .unwrap_or(false);
+            if fresh {
+                break;
             }
+            assert!(
+                Instant::now() < end,
+                "kill {k}: no {what} within 60 s\nsender log:\n{}",
+                tail(&rig.send_log(), 30)
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if k < transfer {
+            std::thread::sleep(Duration::from_millis(rng.gen_range(1000..2000)));
+        } else {
             std::thread::sleep(Duration::from_millis(rng.gen_range(0..40)));
         }
         let committed_before_kill =

@@ -85,13 +85,19 @@ fn main() -> Result<()> {
             .join("vdrep"),
     };
     if !vdrep.is_file() {
-        bail!("{} missing: run `cargo build --bins` first", vdrep.display());
+        bail!(
+            "{} missing: run `cargo build --bins` first",
+            vdrep.display()
+        );
     }
     let w = &a.work;
     let _ = std::fs::remove_dir_all(w);
     std::fs::create_dir_all(w)?;
     let tls = w.join("tls");
-    run(Command::new(&vdrep).args(["certs", "init"]).arg(&tls).args(["--sender", "hv01"]))?;
+    run(Command::new(&vdrep)
+        .args(["certs", "init"])
+        .arg(&tls)
+        .args(["--sender", "hv01"]))?;
     let store = w.join("store");
     let (mut rx, addr) = receiver(&vdrep, &store, &tls, &w.join("receiver.log"))?;
     let res = measure(&a, &vdrep, &addr, &tls, &store, &w.join("receiver.log"));
@@ -155,7 +161,15 @@ fn measure(
     }
     f.sync_all()?;
     let send_log = w.join("send.log");
-    sender(vdrep, addr, tls, "vm1", &disk, &["--interval", "1s", "--max-cycles", "1"], &send_log)?;
+    sender(
+        vdrep,
+        addr,
+        tls,
+        "vm1",
+        &disk,
+        &["--interval", "1s", "--max-cycles", "1"],
+        &send_log,
+    )?;
     eprintln!("initial replication done");
 
     // 2. Bytes B, tracked; the baseline file holds the same bytes densely.
@@ -281,7 +295,14 @@ fn measure(
 fn cycle_seconds(log: &str) -> Vec<f64> {
     log.lines()
         .filter(|l| l.contains("cycle committed"))
-        .filter_map(|l| l.split("seconds=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .filter_map(|l| {
+            l.split("seconds=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
@@ -308,7 +329,13 @@ fn receiver(vdrep: &Path, store: &Path, tls: &Path, log: &Path) -> Result<(Child
     let mut c = Command::new(vdrep)
         .env("NO_COLOR", "1")
         .env("VDREP_LOG", "info")
-        .args(["receive", "--listen", "127.0.0.1:0", "--allow", "hv01=vm1,vm2"])
+        .args([
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow",
+            "hv01=vm1,vm2",
+        ])
         .arg("--store")
         .arg(store)
         .arg("--tls")
@@ -379,7 +406,10 @@ fn write_results(out: &Path, r: &Results) -> Result<()> {
     }
     std::fs::write(out.with_extension("json"), serde_json::to_string_pretty(r)?)?;
     let mut m = std::fs::File::create(out.with_extension("md"))?;
-    writeln!(m, "# Delta cycles on loopback (`bench/src/bin/cycle_bench.rs`)\n")?;
+    writeln!(
+        m,
+        "# Delta cycles on loopback (`bench/src/bin/cycle_bench.rs`)\n"
+    )?;
     writeln!(
         m,
         "Binary `{}`; raw disk of {} GiB; {} disjoint extents of 4 KiB..1 MiB, {} MiB changed, random bytes.\n",
