@@ -5,11 +5,13 @@
 //! - [`disk`]: virtual-disk readers for raw, VHD and VHDX images and differencing chains,
 //!   built on the sans-IO structures of `vdrep-proto`.
 //! - [`hrl`]: Hyper-V Replica Log reader, writer, chains and coalescing.
+//! - [`digest`]: the whole-disk BLAKE3 digest of a recovery point (sender and failover).
 //! - [`tls`]: certificates and the mutual-TLS configuration of the QUIC transport.
 //! - [`cli`]: the `vdrep` command line.
 
 pub mod cli;
 pub mod demo;
+pub mod digest;
 pub mod disk;
 pub mod hrl;
 pub mod io;

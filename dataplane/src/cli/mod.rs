@@ -7,11 +7,14 @@ mod certs;
 mod config;
 mod convert;
 mod demo;
+mod failover;
 mod inspect;
 mod log_write;
+mod points;
 mod receive;
 mod send;
 pub mod store_args;
+mod unprotect;
 
 use clap::{Parser, Subcommand};
 
@@ -54,6 +57,14 @@ enum Command {
     Receive(receive::Args),
     /// Create and add the certificates of mutual TLS between senders and the receiver.
     Certs(certs::Args),
+    /// List the recovery points of every disk of a VM (replication goes on).
+    Points(points::Args),
+    /// Test failover: write every disk of a VM at a recovery point as a fixed VHD, verified
+    /// against the sender's digest (replication goes on).
+    Failover(failover::Args),
+    /// Disable protection of a VM: remove its replicas, points and state, and the change
+    /// logs beside the source disks given with --disk.
+    Unprotect(unprotect::Args),
 }
 
 /// An error at the binary's edge, with the exit code it maps to.
@@ -112,6 +123,9 @@ pub fn main() -> i32 {
         Command::LogWrite(a) => log_write::run(a),
         Command::Receive(a) => receive::run(a),
         Command::Certs(a) => certs::run(a),
+        Command::Points(a) => points::run(a),
+        Command::Failover(a) => failover::run(a),
+        Command::Unprotect(a) => unprotect::run(a),
     };
     match res {
         Ok(()) => EXIT_OK,

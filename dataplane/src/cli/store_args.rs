@@ -60,6 +60,21 @@ impl StoreArgs {
         self
     }
 
+    /// Opens the chosen store for an operator command that reads or removes replicas: a
+    /// local store folder must already exist (a typo must not create an empty store that
+    /// then "has no disks").
+    pub fn open_existing(&self) -> anyhow::Result<Arc<dyn ReplicaStore>> {
+        if let (None, Some(dir)) = (&self.azure_url, &self.store) {
+            if !dir.join("FORMAT").is_file() {
+                anyhow::bail!(
+                    "{}: no vdrep store here (no FORMAT file); check --store",
+                    dir.display()
+                );
+            }
+        }
+        self.open()
+    }
+
     /// Opens the chosen store.
     pub fn open(&self) -> anyhow::Result<Arc<dyn ReplicaStore>> {
         if let Some(url) = &self.azure_url {

@@ -97,6 +97,15 @@ pub enum SinkError {
         /// The lock file.
         path: PathBuf,
     },
+    /// The disk, or the recovery point asked for, does not exist (never replicated, removed,
+    /// or pruned by retention).
+    #[error("{path}: {problem}")]
+    NotFound {
+        /// The replica or its state.
+        path: PathBuf,
+        /// What is missing, and what exists instead.
+        problem: String,
+    },
     /// The call does not fit the disk's state (e.g. commit before the copy is complete).
     #[error("{path}: {problem} (offset {offset})")]
     InvalidState {

@@ -185,6 +185,42 @@ pub trait ReplicaStore: Send + Sync {
     fn list_disks(&self, vm: Option<&str>) -> Result<Vec<DiskKey>, SinkError>;
     /// Where the store is, for logs and summaries, e.g. `local store /srv/vdrep`.
     fn describe(&self) -> String;
+    /// Read-only access to a disk's recovery points that takes no lock or lease, so
+    /// `points` and test failover never pause replication (DESIGN §1). An unknown disk is
+    /// [`SinkError::NotFound`].
+    fn point_reader(&self, key: &DiskKey) -> Result<Box<dyn PointReader>, SinkError>;
+    /// Removes a disk entirely: replica, in-progress copy, recovery points, state (the
+    /// state last, so a removal cut short still lists the disk and can be run again).
+    /// Refused with [`SinkError::Locked`] while a receiver has the disk open: unprotecting
+    /// is an operator action with replication stopped. An absent disk is not an error.
+    fn remove_disk(&self, key: &DiskKey) -> Result<(), SinkError>;
+}
+
+/// A read-only view of one disk's recovery points, consistent while a receiver commits and
+/// prunes concurrently: every successful [`PointReader::read_point`] returns exactly the
+/// bytes of that point (never a mix of two), or an error if the point was pruned meanwhile.
+///
+/// The view is pinned to the committed replica it was opened on: once a new full copy
+/// (resynchronisation) replaces it, its points are gone and reads fail with
+/// [`SinkError::NotFound`].
+pub trait PointReader: Send + Sync {
+    /// The disk.
+    fn key(&self) -> &DiskKey;
+    /// Size of the source disk in bytes (reads may reach its sector-rounded end).
+    fn virtual_size(&self) -> u64;
+    /// The current recovery points, oldest first (empty while nothing is committed).
+    fn points(&self) -> Result<Vec<RecoveryPoint>, SinkError>;
+    /// Reads `len` bytes at `offset` of the disk as it was at point `cycle`.
+    fn read_point(&self, cycle: u64, offset: u64, len: usize) -> Result<Bytes, SinkError>;
+    /// Ranges of point `cycle` that may hold non-zero bytes, if the backend knows them
+    /// cheaply (Azure's page ranges); `None` means "read everything". Outside them the
+    /// point reads as zeros.
+    fn allocated(&self, cycle: u64) -> Result<Option<RangeSet>, SinkError> {
+        let _ = cycle;
+        Ok(None)
+    }
+    /// Where the replica is, for messages.
+    fn describe(&self) -> String;
 }
 
 /// One open replica. Dropping the last handle releases the disk for other receivers.

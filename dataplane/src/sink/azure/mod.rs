@@ -33,6 +33,7 @@
 mod blob;
 mod disk;
 mod points;
+mod reader;
 pub mod rest;
 mod state;
 
@@ -43,9 +44,10 @@ use vdrep_proto::Guid;
 
 pub use blob::{check_put_page, BlobItem, Container, PageRuleError, MAX_PUT_PAGE};
 pub use disk::AzureDisk;
+pub use reader::AzurePointReader;
 use rest::{Client, Credential, RestError, RetryPolicy};
 
-use crate::sink::{validate_name, DiskKey, ReplicaDisk, ReplicaStore, SinkError};
+use crate::sink::{validate_name, DiskKey, PointReader, ReplicaDisk, ReplicaStore, SinkError};
 
 /// How to reach the container.
 #[derive(Debug, Clone)]
@@ -278,6 +280,19 @@ impl ReplicaStore for AzureStore {
                 .url(&format!("/{}", self.container.name)),
             self.container.client.credential_kind()
         )
+    }
+
+    fn point_reader(&self, key: &DiskKey) -> Result<Box<dyn PointReader>, SinkError> {
+        key.validate()?;
+        Ok(Box::new(AzurePointReader::open(
+            self.container.clone(),
+            key.clone(),
+        )?))
+    }
+
+    fn remove_disk(&self, key: &DiskKey) -> Result<(), SinkError> {
+        key.validate()?;
+        reader::remove_disk(&self.container, key)
     }
 }
 

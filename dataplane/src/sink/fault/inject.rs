@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use vdrep_proto::{Guid, RangeSet};
 
-use crate::sink::{DiskKey, DiskState, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError};
+use crate::sink::{
+    DiskKey, DiskState, PointReader, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError,
+};
 
 /// The operations faults can target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -143,6 +145,12 @@ impl ReplicaStore for FaultStore {
     }
     fn describe(&self) -> String {
         format!("fault-injecting {}", self.inner.describe())
+    }
+    fn point_reader(&self, key: &DiskKey) -> Result<Box<dyn PointReader>, SinkError> {
+        self.inner.point_reader(key)
+    }
+    fn remove_disk(&self, key: &DiskKey) -> Result<(), SinkError> {
+        self.inner.remove_disk(key)
     }
 }
 

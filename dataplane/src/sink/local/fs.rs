@@ -42,6 +42,17 @@ pub trait StoreFs: Send + Sync {
     fn open_data(&self, path: &Path, create_size: Option<u64>) -> io::Result<Arc<dyn DataFile>>;
     /// Takes an exclusive lock named by `path` without waiting: `None` if someone holds it.
     fn try_lock(&self, path: &Path) -> io::Result<Option<LockGuard>>;
+    /// Opens a data file for reading only (readers that must not need write permission,
+    /// such as failover); models without permissions open it as usual.
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn DataFile>> {
+        self.open_data(path, None)
+    }
+    /// Removes a directory if it is empty; absent or non-empty is not an error. Models whose
+    /// directories exist implicitly do nothing.
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        let _ = dir;
+        Ok(())
+    }
 }
 
 /// Positional IO on one open data file.
@@ -143,6 +154,21 @@ impl StoreFs for RealFs {
             Ok(None)
         } else {
             Err(e)
+        }
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn DataFile>> {
+        let file = File::open(path)?;
+        Ok(Arc::new(RealDataFile { file }))
+    }
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        match fs::remove_dir(dir) {
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTEMPTY) =>
+            {
+                Ok(())
+            }
+            r => r,
         }
     }
 }

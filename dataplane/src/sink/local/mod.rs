@@ -13,6 +13,7 @@ mod files;
 pub mod fs;
 mod log;
 mod points;
+mod reader;
 pub mod state;
 
 use std::path::{Path, PathBuf};
@@ -20,9 +21,10 @@ use std::sync::Arc;
 
 use vdrep_proto::Guid;
 
-use crate::sink::{validate_name, DiskKey, ReplicaDisk, ReplicaStore, SinkError};
+use crate::sink::{validate_name, DiskKey, PointReader, ReplicaDisk, ReplicaStore, SinkError};
 pub use disk::LocalDisk;
 use fs::{RealFs, StoreFs};
+pub use reader::LocalPointReader;
 
 /// Content of `STORE/FORMAT` written by this build.
 ///
@@ -233,5 +235,57 @@ impl ReplicaStore for LocalStore {
 
     fn describe(&self) -> String {
         format!("local store {}", self.root.display())
+    }
+
+    fn point_reader(&self, key: &DiskKey) -> Result<Box<dyn PointReader>, SinkError> {
+        key.validate()?;
+        Ok(Box::new(LocalPointReader::open(
+            self.fs.clone(),
+            self.paths(key),
+            key.clone(),
+        )?))
+    }
+
+    fn remove_disk(&self, key: &DiskKey) -> Result<(), SinkError> {
+        key.validate()?;
+        let p = self.paths(key);
+        let io = |path: &Path, op| {
+            let path = path.to_path_buf();
+            move |e| SinkError::io(path, op, 0, e)
+        };
+        let names = match self.fs.list_dir(&p.dir) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(SinkError::io(&p.dir, "list", 0, e)),
+        };
+        // Held until the end: no receiver can open the disk while its files go.
+        let _lock = self
+            .fs
+            .try_lock(&p.lock)
+            .map_err(io(&p.lock, "lock"))?
+            .ok_or_else(|| SinkError::Locked {
+                path: p.lock.clone(),
+            })?;
+        let mut doomed = vec![p.vhd.clone(), p.partial.clone(), p.state_tmp.clone()];
+        doomed.extend(
+            names
+                .iter()
+                .filter(|n| p.parse_log(n).is_some())
+                .map(|n| p.dir.join(n)),
+        );
+        doomed.push(p.state.clone());
+        for f in &doomed {
+            self.fs.remove_file(f).map_err(io(f, "remove"))?;
+        }
+        self.fs
+            .remove_file(&p.lock)
+            .map_err(io(&p.lock, "remove"))?;
+        self.fs
+            .sync_dir(&p.dir)
+            .map_err(io(&p.dir, "fsync directory"))?;
+        drop(_lock);
+        // The VM's folder goes with its last disk.
+        self.fs.remove_dir(&p.dir).map_err(io(&p.dir, "remove"))?;
+        Ok(())
     }
 }

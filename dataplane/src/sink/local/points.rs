@@ -13,9 +13,10 @@ use bytes::{Bytes, BytesMut};
 
 use super::disk::{Inner, LocalDisk};
 use super::files::{check_range, corrupt, invalid, io_err};
-use super::fs::DataFile;
+use super::fs::{DataFile, StoreFs};
 use super::log::{self, LogKind, LogRec};
-use super::state::CyclePhase;
+use super::state::{CyclePhase, Listed, Record};
+use super::DiskPaths;
 use crate::sink::{RecoveryPoint, SinkError};
 
 /// Most undo logs kept open with their index (each holds a descriptor and its record list).
@@ -54,34 +55,14 @@ impl LocalDisk {
                 return Ok(idx);
             }
         }
-        let path = self.paths.undo(point);
-        let file = self.fs.open_data(&path, None).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => corrupt(
-                &path,
-                0,
-                format!("the undo log of recovery point {point} is missing"),
-            ),
-            _ => SinkError::io(&path, "open", 0, e),
-        })?;
-        let size = file.size().map_err(io_err(&path, "stat", 0))?;
-        if size != len {
-            return Err(corrupt(
-                &path,
-                size,
-                format!("undo log is {size} bytes, the state records {len}"),
-            ));
-        }
-        log::check_file_header(file.as_ref(), LogKind::Undo, point)
-            .map_err(|(o, p)| corrupt(&path, o, p))?;
-        let recs = log::scan(file.as_ref(), len, end).map_err(|(o, p)| corrupt(&path, o, p))?;
-        if let Some(w) = recs.windows(2).find(|w| w[0].end() > w[1].offset) {
-            return Err(corrupt(
-                &path,
-                w[1].pos - log::REC_HEADER,
-                "undo records are not sorted and disjoint",
-            ));
-        }
-        let idx = Arc::new(UndoIndex { file, recs });
+        let idx = Arc::new(load_undo(
+            self.fs.as_ref(),
+            &self.paths,
+            point,
+            len,
+            end,
+            false,
+        )?);
         let mut c = self.undo_cache();
         if c.entries.len() >= CACHE_FILES {
             c.entries.remove(0);
@@ -108,44 +89,23 @@ impl LocalDisk {
         offset: u64,
         len: usize,
     ) -> Result<Bytes, SinkError> {
-        let path = &self.paths.vhd;
-        check_range(path, "read", offset, len as u64, &inner.rec.disk, false)?;
-        let points = &inner.rec.points;
-        let Some(at) = points.iter().position(|l| l.point.cycle == cycle) else {
+        let Some(replica) = &inner.committed else {
             return Err(invalid(
-                path,
+                &self.paths.vhd,
                 offset,
-                match (points.first(), points.last()) {
-                    (Some(a), Some(b)) => format!(
-                        "recovery point {cycle} does not exist (points {}..={} are kept)",
-                        a.point.cycle, b.point.cycle
-                    ),
-                    _ => format!("recovery point {cycle} does not exist: nothing is committed"),
-                },
+                "the committed replica is not open",
             ));
         };
-        let Some(replica) = &inner.committed else {
-            return Err(invalid(path, offset, "the committed replica is not open"));
-        };
-        let mut buf = BytesMut::zeroed(len);
-        replica
-            .read_at(offset, &mut buf)
-            .map_err(io_err(path, "read", offset))?;
-        // Newest first, so older pre-images overwrite newer ones. While a commit is being
-        // applied the newest point's undo log is already complete and is laid over too.
-        let end = offset + len as u64;
-        for l in points[at..].iter().rev().filter(|l| l.undo_len > 0) {
-            let idx = self.undo_index(l.point.cycle, l.undo_len, inner.rec.disk.writable_end())?;
-            let first = idx.recs.partition_point(|r| r.end() <= offset);
-            for r in idx.recs[first..].iter().take_while(|r| r.offset < end) {
-                log::overlay(idx.file.as_ref(), r, offset, &mut buf).map_err(io_err(
-                    &self.paths.undo(l.point.cycle),
-                    "read",
-                    r.pos,
-                ))?;
-            }
-        }
-        Ok(buf.freeze())
+        let end = inner.rec.disk.writable_end();
+        read_point_from(
+            &self.paths,
+            &inner.rec,
+            replica.as_ref(),
+            cycle,
+            offset,
+            len,
+            |point, len| self.undo_index(point, len, end),
+        )
     }
 
     /// See [`crate::sink::ReplicaDisk::points`].
@@ -218,5 +178,103 @@ impl LocalDisk {
             self.forget_all_undo();
         }
         Ok(())
+    }
+}
+
+/// Opens and indexes `point`'s undo log, which the state records as `len` bytes (`end`: the
+/// disk's writable end). `read_only` opens it without write access (failover).
+pub(super) fn load_undo(
+    fs: &dyn StoreFs,
+    paths: &DiskPaths,
+    point: u64,
+    len: u64,
+    end: u64,
+    read_only: bool,
+) -> Result<UndoIndex, SinkError> {
+    let path = paths.undo(point);
+    let opened = if read_only {
+        fs.open_read(&path)
+    } else {
+        fs.open_data(&path, None)
+    };
+    let file = opened.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => corrupt(
+            &path,
+            0,
+            format!("the undo log of recovery point {point} is missing"),
+        ),
+        _ => SinkError::io(&path, "open", 0, e),
+    })?;
+    let size = file.size().map_err(io_err(&path, "stat", 0))?;
+    if size != len {
+        return Err(corrupt(
+            &path,
+            size,
+            format!("undo log is {size} bytes, the state records {len}"),
+        ));
+    }
+    log::check_file_header(file.as_ref(), LogKind::Undo, point)
+        .map_err(|(o, p)| corrupt(&path, o, p))?;
+    let recs = log::scan(file.as_ref(), len, end).map_err(|(o, p)| corrupt(&path, o, p))?;
+    if let Some(w) = recs.windows(2).find(|w| w[0].end() > w[1].offset) {
+        return Err(corrupt(
+            &path,
+            w[1].pos - log::REC_HEADER,
+            "undo records are not sorted and disjoint",
+        ));
+    }
+    Ok(UndoIndex { file, recs })
+}
+
+/// Reads `len` bytes at `offset` of point `cycle` as `rec` describes the disk: the
+/// `replica`'s bytes with the undo logs of `cycle` and every later point laid over them,
+/// newest first, so older pre-images overwrite newer ones. While a commit is being applied
+/// the newest point's undo log is already complete and is laid over too. `undo` yields the
+/// index of a point's undo log of the given length.
+pub(super) fn read_point_from(
+    paths: &DiskPaths,
+    rec: &Record,
+    replica: &dyn DataFile,
+    cycle: u64,
+    offset: u64,
+    len: usize,
+    mut undo: impl FnMut(u64, u64) -> Result<Arc<UndoIndex>, SinkError>,
+) -> Result<Bytes, SinkError> {
+    let path = &paths.vhd;
+    check_range(path, "read", offset, len as u64, &rec.disk, false)?;
+    let points = &rec.points;
+    let Some(at) = points.iter().position(|l| l.point.cycle == cycle) else {
+        return Err(no_point(path, points, cycle));
+    };
+    let mut buf = BytesMut::zeroed(len);
+    replica
+        .read_at(offset, &mut buf)
+        .map_err(io_err(path, "read", offset))?;
+    let end = offset + len as u64;
+    for l in points[at..].iter().rev().filter(|l| l.undo_len > 0) {
+        let idx = undo(l.point.cycle, l.undo_len)?;
+        let first = idx.recs.partition_point(|r| r.end() <= offset);
+        for r in idx.recs[first..].iter().take_while(|r| r.offset < end) {
+            log::overlay(idx.file.as_ref(), r, offset, &mut buf).map_err(io_err(
+                &paths.undo(l.point.cycle),
+                "read",
+                r.pos,
+            ))?;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// The error for a point that is not (or no longer) kept.
+pub(super) fn no_point(path: &std::path::Path, points: &[Listed], cycle: u64) -> SinkError {
+    SinkError::NotFound {
+        path: path.to_path_buf(),
+        problem: match (points.first(), points.last()) {
+            (Some(a), Some(b)) => format!(
+                "recovery point {cycle} does not exist (points {}..={} are kept)",
+                a.point.cycle, b.point.cycle
+            ),
+            _ => format!("recovery point {cycle} does not exist: nothing is committed"),
+        },
     }
 }

@@ -1,0 +1,297 @@
+//! `vdrep failover --test (--store DIR | --azure-*) --vm VM [--point ID|latest] --out DIR`:
+//! materialises every disk of a VM at one recovery point as an Azure-ready fixed VHD
+//! `DIR/NAME.vhd`, without pausing replication (the store is read through
+//! [`crate::sink::PointReader`], which takes no lock or lease).
+//!
+//! Every output is checked before it gets its name: its BLAKE3 disk digest
+//! ([`crate::digest`]), computed by reading the written file back, must equal the digest the
+//! sender computed for that point. A mismatch fails the command (exit 1) and no output is
+//! left; a point without a sender digest is written and says so.
+//!
+//! All disks use the same point, so a multi-disk VM comes up crash-consistent across its
+//! disks: `latest` is the newest point that every disk has committed.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use super::points::{has_digest, rfc3339, vm_readers};
+use super::store_args::StoreArgs;
+use super::CliError;
+use crate::digest::{self, DigestBuilder};
+use crate::disk::{self, OpenOptions};
+use crate::layout;
+use crate::sink::{PointReader, RecoveryPoint, SECTOR};
+
+/// Largest read per step: memory stays bounded whatever the disk size.
+const CHUNK: u64 = 4 << 20;
+/// Granularity of the zero check: all-zero pieces stay holes in the sparse output.
+const ZERO_PIECE: usize = 64 << 10;
+
+/// Which recovery point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointSel {
+    /// The newest point every disk has.
+    Latest,
+    /// The point with this id (its cycle number).
+    Id(u64),
+}
+
+impl FromStr for PointSel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("latest") {
+            return Ok(PointSel::Latest);
+        }
+        s.parse().map(PointSel::Id).map_err(|_| {
+            format!("{s:?} is not a recovery point id: give a cycle number as `vdrep points` lists it, or `latest`")
+        })
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Test failover: write the disks out, replication goes on (planned and unplanned
+    /// failover are not supported yet, so this flag is required).
+    #[arg(long)]
+    test: bool,
+    /// The protected VM; all its disks are written.
+    #[arg(long)]
+    vm: String,
+    /// Recovery point id (see `vdrep points`) or `latest`.
+    #[arg(long, default_value = "latest")]
+    point: PointSel,
+    /// Output folder (created if missing); each disk becomes DIR/NAME.vhd, replaced if it
+    /// exists.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print a JSON summary instead of lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct DiskOut {
+    disk: String,
+    path: PathBuf,
+    point: u64,
+    time: String,
+    virtual_size: u64,
+    /// The output's digest (read back from the file when it was verified).
+    digest: String,
+    /// True when it equals the sender's digest; false when the point carries none.
+    verified: bool,
+}
+
+pub fn run(a: Args) -> Result<(), CliError> {
+    if !a.test {
+        return Err(CliError {
+            error: anyhow::anyhow!(
+                "only test failover is supported: add --test (planned and unplanned failover \
+                 are later goals)"
+            ),
+            recoverable: false,
+            usage: true,
+        });
+    }
+    let store = a.store.open_existing()?;
+    let readers = vm_readers(store.as_ref(), &a.vm)?;
+    let mut listed = Vec::new();
+    for r in &readers {
+        listed.push(r.points()?);
+    }
+    let cycle = choose(&readers, &listed, a.point)?;
+    fs::create_dir_all(&a.out)
+        .with_context(|| format!("{}: cannot create folder", a.out.display()))?;
+    // Written beside their destinations and renamed only once every disk is verified: a
+    // failed run leaves no output (and replaces nothing).
+    let mut staged = Vec::new();
+    for (r, pts) in readers.iter().zip(&listed) {
+        let Some(point) = pts.iter().find(|p| p.cycle == cycle) else {
+            return Err(
+                anyhow::anyhow!("{}: recovery point {cycle} vanished", r.describe()).into(),
+            );
+        };
+        let dst = a.out.join(format!("{}.vhd", r.key().disk));
+        let (tmp, out) = write_disk(r.as_ref(), point, &dst)?;
+        staged.push((tmp, dst, out));
+    }
+    let mut done = Vec::new();
+    for (tmp, dst, out) in staged {
+        tmp.persist(&dst)
+            .map_err(|e| e.error)
+            .with_context(|| format!("{}: cannot replace the destination", dst.display()))?;
+        done.push(out);
+    }
+    let _ = File::open(&a.out).and_then(|f| f.sync_all());
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    } else {
+        for d in &done {
+            let check = if d.verified {
+                "digest verified against the sender's"
+            } else {
+                "the point carries no sender digest: not verified"
+            };
+            println!(
+                "{}: point {} ({}) written to {} ({} bytes; {check}; digest {})",
+                d.disk,
+                d.point,
+                d.time,
+                d.path.display(),
+                d.virtual_size,
+                d.digest
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The cycle to write: the one asked for (every disk must have it) or the newest that all
+/// disks share.
+fn choose(
+    readers: &[Box<dyn PointReader>],
+    listed: &[Vec<RecoveryPoint>],
+    sel: PointSel,
+) -> anyhow::Result<u64> {
+    let kept = |pts: &[RecoveryPoint]| match (pts.first(), pts.last()) {
+        (Some(a), Some(b)) => format!("points {}..={} are kept", a.cycle, b.cycle),
+        _ => "nothing is committed yet".to_string(),
+    };
+    match sel {
+        PointSel::Id(c) => {
+            for (r, pts) in readers.iter().zip(listed) {
+                if !pts.iter().any(|p| p.cycle == c) {
+                    bail!(
+                        "{}: recovery point {c} does not exist ({}; see `vdrep points`)",
+                        r.describe(),
+                        kept(pts)
+                    );
+                }
+            }
+            Ok(c)
+        }
+        PointSel::Latest => {
+            let (first, rest) = listed.split_first().context("the VM has no disks")?;
+            let common = first
+                .iter()
+                .rev()
+                .map(|p| p.cycle)
+                .find(|c| rest.iter().all(|pts| pts.iter().any(|p| p.cycle == *c)));
+            match common {
+                Some(c) => Ok(c),
+                None => {
+                    let what: Vec<String> = readers
+                        .iter()
+                        .zip(listed)
+                        .map(|(r, pts)| format!("{}: {}", r.key(), kept(pts)))
+                        .collect();
+                    bail!(
+                        "VM has no recovery point that all its disks share ({})",
+                        what.join("; ")
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// Writes point `point` of `r` as a fixed VHD into a temporary file beside `dst` and
+/// verifies it; returns the file (not yet renamed) and its summary.
+fn write_disk(
+    r: &dyn PointReader,
+    point: &RecoveryPoint,
+    dst: &Path,
+) -> anyhow::Result<(tempfile::NamedTempFile, DiskOut)> {
+    let size = r.virtual_size();
+    let dir = dst.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".vdrep-failover-")
+        .tempfile_in(dir)
+        .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
+    let out: &File = tmp.as_file();
+    out.set_len(layout::replica_file_size(size))
+        .with_context(|| format!("{}: cannot size the output", dst.display()))?;
+    let end = size.div_ceil(SECTOR) * SECTOR;
+    let allocated = r.allocated(point.cycle)?;
+    let mut streamed = DigestBuilder::new(size);
+    let mut off = 0u64;
+    while off < end {
+        let n = (end - off).min(CHUNK);
+        let needed = allocated
+            .as_ref()
+            .is_none_or(|a| !a.clipped(off, off + n).is_empty());
+        if !needed {
+            streamed.zeros(n);
+            off += n;
+            continue;
+        }
+        let data = r.read_point(point.cycle, off, n as usize)?;
+        streamed.update(&data);
+        for (i, piece) in data.chunks(ZERO_PIECE).enumerate() {
+            if piece.iter().any(|&b| b != 0) {
+                let at = off + (i * ZERO_PIECE) as u64;
+                out.write_all_at(piece, at)
+                    .with_context(|| format!("{}: write at offset {at} failed", dst.display()))?;
+            }
+        }
+        off += n;
+    }
+    let footer = layout::replica_footer(
+        size,
+        layout::random_guid(),
+        layout::vhd_timestamp(SystemTime::now()),
+    );
+    let foff = layout::replica_virtual_size(size);
+    out.write_all_at(&footer, foff).with_context(|| {
+        format!(
+            "{}: write of the footer at offset {foff} failed",
+            dst.display()
+        )
+    })?;
+    tmp.as_file_mut().flush()?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("{}: fsync failed", dst.display()))?;
+    let streamed = streamed.finish()?;
+    let verified = has_digest(point);
+    let got = if verified {
+        // Read back what landed in the file, through the VHD reader: the check covers the
+        // store, the copy and the output's layout.
+        let written = disk::open(tmp.path(), OpenOptions::default())?;
+        let got = digest::digest_of_first(written.as_ref(), size)?;
+        if got != point.digest {
+            bail!(
+                "{}: the output of recovery point {} does not match the sender's digest \
+                 (sender {}, output {}, read from the store {}); nothing was written — the \
+                 replica may be damaged: check the store and resynchronise the disk",
+                dst.display(),
+                point.cycle,
+                digest::hex(&point.digest),
+                digest::hex(&got),
+                digest::hex(&streamed)
+            );
+        }
+        got
+    } else {
+        streamed
+    };
+    let summary = DiskOut {
+        disk: r.key().disk.clone(),
+        path: dst.to_path_buf(),
+        point: point.cycle,
+        time: rfc3339(point.created_unix),
+        virtual_size: size,
+        digest: digest::hex(&got),
+        verified,
+    };
+    Ok((tmp, summary))
+}
