@@ -8,10 +8,10 @@
 //! are part of its cycle; a concurrent writer (`TrackedDisk::write_until_switch`) keeps
 //! writing during the run and, under the tracking lock, notices the switch (the active log's
 //! inode changed) before its next batch: the disk at that moment is the disk at the switch,
-//! and it is copied as the frozen source. After each run the receiver is stopped (kill -9),
-//! the newest recovery point is materialised from the store (test failover at store level:
-//! `LocalStore` + `read_point`) and compared with the frozen source by `qemu-img compare`;
-//! then the receiver is started again on the same port.
+//! and it is copied as the frozen source. After each run the newest recovery point is
+//! materialised by `vdrep failover --test --point latest` (a fixed VHD; the receiver keeps
+//! running) and compared with the frozen source by `qemu-img compare`. Kill tests check the
+//! store right after kill -9 of the receiver, at store level (`LocalStore` + `read_point`).
 //!
 //! Not covered here: clock jumps (the test-only clock offset does not exist yet).
 
@@ -27,6 +27,7 @@ use vdrep_tests::cycles::{
 };
 use vdrep_tests::images::{make_image, scattered_writes, seeded_raw, Kind};
 use vdrep_tests::procs::{certs, finish, read_log, wait_for_log, Receiver, Send};
+use vdrep_tests::vdrep_ok;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1 << 20;
@@ -116,11 +117,32 @@ impl Rig {
         (c, out)
     }
 
-    /// The newest recovery point, failed over, equals `frozen`; returns its cycle.
+    /// The newest recovery point, failed over by `vdrep failover --test` while the receiver
+    /// runs, equals `frozen`; returns its cycle.
     fn check_newest(&mut self, frozen: &Path, what: &str) -> u64 {
-        let (c, out) = self.newest_point_stopped();
-        assert_same(frozen, &out, "raw", &format!("{what}: point {c}"));
-        self.rx.restart();
+        let out = self.dir.join("failover");
+        let _ = std::fs::remove_dir_all(&out);
+        let o = vdrep_ok(&[
+            "failover",
+            "--test",
+            "--store",
+            self.store.to_str().unwrap(),
+            "--vm",
+            "vm1",
+            "--point",
+            "latest",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("failover --json");
+        let c = v[0]["point"].as_u64().expect("point");
+        assert_same(
+            frozen,
+            &out.join("disk.vhd"),
+            "vpc",
+            &format!("{what}: point {c}"),
+        );
         c
     }
 
