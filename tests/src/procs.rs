@@ -53,9 +53,17 @@ pub struct Receiver {
     pub addr: SocketAddr,
     /// Its stderr log (appended to across restarts).
     pub log: PathBuf,
-    store: PathBuf,
+    store: Store,
     tls: PathBuf,
     allow: Vec<String>,
+}
+
+/// Where a receiver keeps replicas.
+#[derive(Clone)]
+enum Store {
+    Local(PathBuf),
+    /// Account URL, container, SAS.
+    Azure(String, String, String),
 }
 
 impl Receiver {
@@ -64,16 +72,35 @@ impl Receiver {
     pub fn start(store: &Path, tls: &Path, allow: &[&str]) -> Receiver {
         Self::start_on(
             "127.0.0.1:0".parse().unwrap(),
-            store,
+            &Store::Local(store.to_path_buf()),
             tls,
             &allow.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             &store.with_extension("receiver.log"),
         )
     }
 
+    /// Starts a receiver on 127.0.0.1 whose replicas are page blobs in `container` of the
+    /// account at `url` (Azurite), authorised by `sas` (passed in the environment).
+    pub fn start_azure(
+        url: &str,
+        container: &str,
+        sas: &str,
+        tls: &Path,
+        allow: &[&str],
+        log: &Path,
+    ) -> Receiver {
+        Self::start_on(
+            "127.0.0.1:0".parse().unwrap(),
+            &Store::Azure(url.into(), container.into(), sas.into()),
+            tls,
+            &allow.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            log,
+        )
+    }
+
     fn start_on(
         listen: SocketAddr,
-        store: &Path,
+        store: &Store,
         tls: &Path,
         allow: &[String],
         log: &Path,
@@ -86,10 +113,17 @@ impl Receiver {
         let mut c = Command::new(vdrep_bin());
         quiet_env(&mut c)
             .args(["receive", "--listen", &listen.to_string()])
-            .arg("--store")
-            .arg(store)
             .arg("--tls")
             .arg(tls);
+        match store {
+            Store::Local(dir) => {
+                c.arg("--store").arg(dir);
+            }
+            Store::Azure(url, container, sas) => {
+                c.args(["--azure-url", url, "--azure-container", container])
+                    .env("VDREP_AZURE_SAS", sas);
+            }
+        }
         for a in allow {
             c.args(["--allow", a]);
         }
@@ -133,7 +167,7 @@ impl Receiver {
             child: Some(child),
             addr,
             log: log.to_path_buf(),
-            store: store.to_path_buf(),
+            store: store.clone(),
             tls: tls.to_path_buf(),
             allow: allow.to_vec(),
         }
@@ -147,6 +181,11 @@ impl Receiver {
     /// The receiver's log so far.
     pub fn log_text(&self) -> String {
         read_log(&self.log)
+    }
+
+    /// The process id (None once killed).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// kill -9, no chance to checkpoint or drain.

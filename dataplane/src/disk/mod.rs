@@ -78,6 +78,11 @@ pub struct DiskInfo {
     pub parent: Option<PathBuf>,
     /// The image's own identity (VHD unique id, VHDX data write GUID), checked by children.
     pub identity: Option<Guid>,
+    /// The virtual disk's identity that writes never change (VHD unique id, VHDX
+    /// `VirtualDiskId`): the receiver ties a replica to it. A VHDX's `DataWriteGuid`
+    /// (`identity`) changes at the first write of every session, so a sender restarted after
+    /// the guest wrote would otherwise be refused as another disk.
+    pub disk_id: Option<Guid>,
 }
 
 /// A readable virtual disk.

@@ -22,6 +22,7 @@ impl RawDisk {
             block_size: None,
             parent: None,
             identity: None,
+            disk_id: None,
         };
         Ok(RawDisk { file, info })
     }

@@ -128,7 +128,7 @@ pub async fn open_disk(
             vm: job.vm.clone(),
             disk: job.name.clone(),
             virtual_size: info.virtual_size,
-            source_id: info.identity.unwrap_or_default(),
+            source_id: info.disk_id.unwrap_or_default(),
             full_copy,
         })
         .await?;

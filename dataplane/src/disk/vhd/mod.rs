@@ -51,6 +51,7 @@ impl VhdDisk {
             block_size: None,
             parent: None,
             identity: Some(footer.unique_id),
+            disk_id: Some(footer.unique_id),
         };
         if footer.disk_type == DiskType::Fixed {
             let data = len - FOOTER_SIZE as u64;

@@ -86,6 +86,7 @@ impl VhdxDisk {
             block_size: Some(u64::from(l.meta.block_size)),
             parent: parent.as_ref().map(|p| p.info().path.clone()),
             identity: Some(l.header.data_write_guid),
+            disk_id: Some(l.meta.virtual_disk_id),
         };
         Ok(VhdxDisk {
             file: l.file,
