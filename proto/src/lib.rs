@@ -9,6 +9,8 @@
 pub mod error;
 pub mod formats;
 pub mod guid;
+#[cfg(test)]
+mod mutate;
 pub mod ranges;
 pub mod wire;
 

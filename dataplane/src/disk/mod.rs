@@ -13,11 +13,16 @@ pub mod raw;
 pub mod vhd;
 pub mod vhdx;
 
+#[cfg(test)]
+pub(crate) mod tests;
+
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use vdrep_proto::Guid;
+
+use crate::io::ReadAt;
 
 pub use chain::{resolve_parent_path, OpenContext};
 pub use error::DiskError;
@@ -120,7 +125,28 @@ pub struct OpenOptions {
 
 /// Opens any supported image, detecting the format by content and resolving parents.
 pub fn open(path: &Path, opts: OpenOptions) -> Result<Box<dyn VirtualDisk>, DiskError> {
-    let disk = open_with(path, &mut OpenContext::default())?;
+    check_sectors(open_with(path, &mut OpenContext::default())?, path, opts)
+}
+
+/// Opens an image from an already opened source (an in-memory image in tests and fuzz targets,
+/// or a caller's own [`ReadAt`] backend), detecting the format by content like [`open`].
+/// Parents of differencing images are still looked up on the file system, relative to
+/// [`ReadAt::path`].
+pub fn open_from(
+    file: Box<dyn ReadAt>,
+    opts: OpenOptions,
+) -> Result<Box<dyn VirtualDisk>, DiskError> {
+    let path = file.path().to_path_buf();
+    let mut ctx = OpenContext::default();
+    ctx.enter(&path)?;
+    check_sectors(detect(file, &path, &mut ctx)?, &path, opts)
+}
+
+fn check_sectors(
+    disk: Box<dyn VirtualDisk>,
+    path: &Path,
+    opts: OpenOptions,
+) -> Result<Box<dyn VirtualDisk>, DiskError> {
     let info = disk.info();
     if info.logical_sector_size != 512 && !opts.allow_4k_logical {
         return Err(DiskError::Unsupported {
@@ -142,6 +168,16 @@ pub(crate) fn open_with(
 ) -> Result<Box<dyn VirtualDisk>, DiskError> {
     ctx.enter(path)?;
     let file = crate::io::open(path).map_err(|e| DiskError::io(path, 0, e))?;
+    detect(file, path, ctx)
+}
+
+/// Picks the reader by the file's content: `vhdxfile` at 0, `conectix` at the end (or at 0),
+/// raw otherwise.
+fn detect(
+    file: Box<dyn ReadAt>,
+    path: &Path,
+    ctx: &mut OpenContext,
+) -> Result<Box<dyn VirtualDisk>, DiskError> {
     let len = file.len().map_err(|e| DiskError::io(path, 0, e))?;
     let mut head = [0u8; 8];
     if len >= 8 {

@@ -339,5 +339,59 @@ mod fuzz {
                 let _ = coalesce_log(&s.log);
             }
         }
+
+        #[test]
+        fn resized_and_random_logs_never_panic_and_what_opens_reads_inside_the_file(
+            ms in proptest::collection::vec((0u8..20, any::<usize>(), any::<u8>()), 1..6),
+            closed in any::<bool>(),
+            random in proptest::option::weighted(0.2, proptest::collection::vec(any::<u8>(), 0..9000)),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("r.hrl");
+            let raw = match random {
+                Some(bytes) => {
+                    // A valid header followed by noise, so the block walk is reached.
+                    let mut h = LogHeader::decode(&{
+                        write_log(&p, 1, 0, &[(0, data(512, 1))]);
+                        std::fs::read(&p).unwrap()
+                    }[..4096]).unwrap();
+                    h.eol_location = if closed { 4096 + bytes.len() as u64 } else { 0 };
+                    let mut raw = h.encode();
+                    raw.extend_from_slice(&bytes);
+                    raw
+                }
+                None => {
+                    let mut w = HrlWriter::create(&p, &WriterOptions::new(gid(1), gid(0), 1 << 30, now())).unwrap();
+                    w.append(&[(0, data(1024, 1)), (512, data(512, 2))], now()).unwrap();
+                    w.append(&[(4096, data(2048, 3))], now()).unwrap();
+                    if closed {
+                        w.close(now()).unwrap();
+                    } else {
+                        drop(w);
+                    }
+                    let mut raw = std::fs::read(&p).unwrap();
+                    // Header fields, the first block's header and entries, the data, the end.
+                    let n = raw.len();
+                    let focus = [(0, 128), (4096, 4096), (8192, 4096), (n.saturating_sub(4096), 4096)];
+                    crate::disk::tests::mutate(&mut raw, &ms, &focus);
+                    raw
+                }
+            };
+            std::fs::write(&p, &raw).unwrap();
+            for opts in [ReadOptions::default(), ReadOptions { disk_size: Some(1 << 20), verify_data: true }] {
+                if let Ok(log) = HrlLog::open(&p, &opts) {
+                    prop_assert!(log.valid_end() <= raw.len() as u64);
+                    for e in log.entries() {
+                        prop_assert!(e.file_offset + e.length as u64 <= raw.len() as u64);
+                        let _ = log.read_data(e);
+                    }
+                    let _ = coalesce_log(&log);
+                }
+                if let Ok(s) = scan_valid_prefix(&p, &opts) {
+                    prop_assert!(s.log.valid_end() + s.trailing_bytes <= raw.len() as u64);
+                    let _ = coalesce_log(&s.log);
+                }
+            }
+        }
     }
 }

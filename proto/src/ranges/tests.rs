@@ -165,3 +165,22 @@ fn ranges_near_u64_max_work() {
     assert!(!s.contains(u64::MAX));
     assert_eq!(s.gaps_in(0, u64::MAX), vec![1..u64::MAX - 10]);
 }
+
+proptest! {
+    #[test]
+    fn mutated_encodings_never_panic_and_what_decodes_round_trips(
+        ops in prop::collection::vec(op(), 0..40), ms in crate::mutate::mutations(),
+    ) {
+        let (set, _) = build(&ops);
+        let bytes = crate::mutate::mutated(&set.encode(), &ms);
+        if let Ok(d) = RangeSet::decode(&bytes) {
+            assert_canonical(&d);
+            prop_assert_eq!(d.encode(), bytes.clone());
+        }
+        if let Ok((d, used)) = RangeSet::decode_prefix(&bytes) {
+            assert_canonical(&d);
+            prop_assert!(used <= bytes.len());
+            prop_assert_eq!(d.encode(), bytes[..used].to_vec());
+        }
+    }
+}

@@ -407,4 +407,39 @@ mod tests {
             let _ = decode_block(&b, 4096, Some(1 << 20));
         }
     }
+
+    proptest! {
+        #[test]
+        fn mutated_and_resized_blocks_never_panic_and_round_trip(
+            ms in crate::mutate::mutations(), n in 0usize..20, fix in any::<bool>(),
+            msize in prop_oneof![Just(4096u32), Just(512)],
+        ) {
+            let mut es: Vec<MetadataEntry> = (0..n as u64)
+                .map(|i| MetadataEntry { byte_offset: i * 512, data_length: 512, meta_operation: OP_WRITE, data_checksum: i as u32, ..Default::default() })
+                .collect();
+            let n = n.min(msize as usize / ENTRY_SIZE - 1);
+            let mut b = crate::mutate::mutated(&encode_block(4096, &mut es[..n], msize), &ms);
+            if fix {
+                // Re-seal every checksum so the field checks behind them are reached.
+                if let Some(h) = b.get(..BLOCK_HEADER_SIZE) {
+                    let sum = BlockHeader::compute_checksum(h);
+                    b[12..16].copy_from_slice(&sum.to_le_bytes());
+                }
+                let mut at = BLOCK_HEADER_SIZE;
+                while at + ENTRY_SIZE <= b.len() {
+                    let sum = MetadataEntry::compute_checksum(&b[at..at + ENTRY_SIZE]);
+                    b[at + 8..at + 12].copy_from_slice(&sum.to_le_bytes());
+                    at += ENTRY_SIZE;
+                }
+            }
+            let _ = MetadataEntry::parse(&b);
+            if let Ok((h, mut got)) = decode_block(&b, msize, Some(1 << 20)) {
+                prop_assert_eq!(got.len(), h.valid_metadata_entries as usize);
+                let again = encode_block(h.previous_metadata_location, &mut got, msize);
+                let (h2, got2) = decode_block(&again, msize, Some(1 << 20)).unwrap();
+                prop_assert_eq!(h2.previous_metadata_location, h.previous_metadata_location);
+                prop_assert_eq!(got2, got);
+            }
+        }
+    }
 }

@@ -499,4 +499,46 @@ mod tests {
             }
         }
     }
+
+    proptest! {
+        #[test]
+        fn mutated_and_resized_headers_never_panic_and_round_trip(ms in crate::mutate::mutations(), fix in any::<bool>()) {
+            let mut b = crate::mutate::mutated(&sample().encode(), &ms);
+            if fix && b.len() >= HEADER_SIZE {
+                let sum = vhd_checksum(&b[..HEADER_SIZE], CHECKSUM_AT);
+                b[CHECKSUM_AT..CHECKSUM_AT + 4].copy_from_slice(&sum.to_be_bytes());
+            }
+            if let Ok(h) = DynamicHeader::decode(&b) {
+                let _ = h.bitmap_bytes();
+                prop_assert_eq!(DynamicHeader::decode(&h.encode()).unwrap(), h);
+            }
+        }
+
+        #[test]
+        fn mutated_bats_never_panic_and_round_trip(
+            entries in proptest::collection::vec(any::<u32>(), 0..300),
+            ms in crate::mutate::mutations(), extra in 0usize..200,
+        ) {
+            let b = encode_bat(&entries);
+            prop_assert_eq!(&decode_bat(&b, entries.len()).unwrap(), &entries);
+            let m = crate::mutate::mutated(&b, &ms);
+            let n = entries.len() + extra;
+            if let Ok(d) = decode_bat(&m, n) {
+                prop_assert_eq!(d.len(), n);
+                prop_assert_eq!(decode_bat(&encode_bat(&d), n).unwrap(), d);
+            }
+            prop_assert!(decode_bat(&m, usize::MAX).is_err());
+        }
+
+        #[test]
+        fn locator_paths_round_trip_and_mutations_never_panic(
+            path in "[^\u{0}]{0,40}", ms in crate::mutate::mutations(),
+        ) {
+            let b = encode_locator_path(&path);
+            prop_assert_eq!(&decode_locator_path(&b).unwrap(), &path);
+            if let Ok(p) = decode_locator_path(&crate::mutate::mutated(&b, &ms)) {
+                prop_assert_eq!(decode_locator_path(&encode_locator_path(&p)).unwrap(), p);
+            }
+        }
+    }
 }

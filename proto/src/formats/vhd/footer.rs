@@ -263,4 +263,26 @@ mod tests {
             let _ = Footer::decode(&bytes);
         }
     }
+
+    proptest! {
+        #[test]
+        fn mutated_footers_never_panic_and_what_decodes_round_trips(
+            ms in crate::mutate::mutations(), fix in any::<bool>(), dynamic in any::<bool>(),
+        ) {
+            let mut f = Footer::hyperv_fixed(1 << 30, Guid([7; 16]), 1234);
+            if dynamic {
+                f.disk_type = DiskType::Dynamic;
+                f.data_offset = 512;
+            }
+            let mut b = crate::mutate::mutated(&f.encode(), &ms);
+            if fix && b.len() >= FOOTER_SIZE {
+                let sum = vhd_checksum(&b[..FOOTER_SIZE], 64);
+                b[64..68].copy_from_slice(&sum.to_be_bytes());
+            }
+            if let Ok(d) = Footer::decode(&b) {
+                let _ = d.virtual_size();
+                prop_assert_eq!(Footer::decode(&d.encode()).unwrap(), d);
+            }
+        }
+    }
 }

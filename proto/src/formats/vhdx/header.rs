@@ -266,4 +266,37 @@ mod tests {
             let _ = Header::decode(&b);
         }
     }
+
+    proptest! {
+        #[test]
+        fn mutated_and_resized_headers_never_panic_and_round_trip(
+            ms in crate::mutate::mutations(), ms2 in crate::mutate::mutations(), fix in any::<bool>(),
+        ) {
+            let mut b = crate::mutate::mutated(&sample(3).encode(), &ms);
+            if fix && b.len() >= HEADER_SIZE {
+                let crc = crc32c_with_zeroed_field(&b[..HEADER_SIZE], 4);
+                b[4..8].copy_from_slice(&crc.to_le_bytes());
+            }
+            if let Ok(h) = Header::decode(&b) {
+                prop_assert_eq!(Header::decode(&h.encode()).unwrap(), h);
+            }
+            let other = crate::mutate::mutated(&sample(4).encode(), &ms2);
+            if let Ok((h, i)) = current_header(&b, &other) {
+                prop_assert!(i < 2);
+                prop_assert_eq!(Header::decode(&h.encode()).unwrap(), h);
+            }
+        }
+
+        #[test]
+        fn mutated_identifiers_never_panic_and_round_trip(creator in "[^\u{0}]{0,40}", ms in crate::mutate::mutations()) {
+            let b = encode_identifier(&creator);
+            prop_assert_eq!(&decode_identifier(&b).unwrap(), &creator);
+            if let Ok(c) = decode_identifier(&crate::mutate::mutated(&b, &ms)) {
+                // Creators past 255 code units are cut on encode; others survive.
+                if c.encode_utf16().count() < 255 {
+                    prop_assert_eq!(decode_identifier(&encode_identifier(&c)).unwrap(), c);
+                }
+            }
+        }
+    }
 }

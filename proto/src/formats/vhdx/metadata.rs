@@ -505,4 +505,35 @@ mod tests {
             let _ = decode_parent_locator(&b);
         }
     }
+
+    proptest! {
+        #[test]
+        fn mutated_and_resized_regions_never_panic_and_round_trip(ms in crate::mutate::mutations(), parent in any::<bool>()) {
+            let b = crate::mutate::mutated(&encode_metadata(&sample(parent)), &ms);
+            if let Ok(m) = decode_metadata(&b) {
+                let small = m.parent_locator.as_ref().is_none_or(|p| {
+                    p.entries.iter().map(|(k, v)| k.len() + v.len() + 12).sum::<usize>() < (256 << 10)
+                });
+                if small {
+                    prop_assert_eq!(decode_metadata(&encode_metadata(&m)).unwrap(), m);
+                }
+            }
+        }
+
+        #[test]
+        fn mutated_parent_locators_never_panic_and_round_trip(
+            entries in proptest::collection::vec(("[a-z_]{1,12}", "[^\u{0}]{0,30}"), 0..6),
+            ms in crate::mutate::mutations(),
+        ) {
+            let e: Vec<(&str, &str)> = entries.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let b = encode_parent_locator(&e);
+            let d = decode_parent_locator(&b).unwrap();
+            prop_assert_eq!(d.entries, entries);
+            if let Ok(p) = decode_parent_locator(&crate::mutate::mutated(&b, &ms)) {
+                let _ = (p.parent_linkage(), p.parent_linkage2(), p.path_candidates());
+                let e: Vec<(&str, &str)> = p.entries.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                prop_assert_eq!(decode_parent_locator(&encode_parent_locator(&e)).unwrap(), p);
+            }
+        }
+    }
 }

@@ -269,4 +269,18 @@ mod tests {
             let _ = decode_region_table(&bytes);
         }
     }
+
+    proptest! {
+        #[test]
+        fn mutated_and_resized_tables_never_panic_and_round_trip(ms in crate::mutate::mutations(), fix in any::<bool>()) {
+            let mut b = crate::mutate::mutated(&encode_region_table(&sample()), &ms);
+            if fix && b.len() >= REGION_TABLE_SIZE {
+                let crc = crc32c_with_zeroed_field(&b[..REGION_TABLE_SIZE], 4);
+                b[4..8].copy_from_slice(&crc.to_le_bytes());
+            }
+            if let Ok(r) = decode_region_table(&b) {
+                prop_assert_eq!(decode_region_table(&encode_region_table(&[r.bat, r.metadata])).unwrap(), r);
+            }
+        }
+    }
 }
