@@ -1,7 +1,7 @@
 //! `vdrep unprotect --vm VM (--store DIR | --azure-*) [--disk PATH...]`: disables protection
 //! of a VM. Its replicas, recovery points and state go from the store; with the source disks
 //! named (`--disk`), the change-tracking files beside them go too (`D.hrl`, closed
-//! `D.NNNNNNNN.hrl` logs, `D.hrl.lock`, `D.hrl.shipped`, `D.hrl.resync`).
+//! `D.NNNNNNNN.hrl` logs, `D.hrl.lock`, `D.hrl.shipped`, `D.hrl.resync`, `D.hrl.hashes`, digests).
 //!
 //! Unprotecting is an operator action with replication stopped: a disk a receiver holds
 //! (local lock, Azure lease) is refused with exit 1, and nothing of that disk is removed.
@@ -75,7 +75,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
 fn remove_tracking(disk: &Path) -> anyhow::Result<usize> {
     let p = LogPaths::new(disk);
     let mut files: Vec<PathBuf> = match p.closed_logs() {
-        Ok(v) => v.into_iter().map(|(_, f)| f).collect(),
+        Ok(v) => v.into_iter().flat_map(|(c, f)| [f, p.digest(c)]).collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => {
             return Err(e)
@@ -86,6 +86,7 @@ fn remove_tracking(disk: &Path) -> anyhow::Result<usize> {
         p.active.clone(),
         p.shipped.clone(),
         p.resync.clone(),
+        p.hashes.clone(),
         p.lock.clone(),
     ]);
     let mut n = 0;

@@ -355,7 +355,11 @@ async fn ship_pending(
                 handle: o.handle,
                 cycle,
                 bytes,
-                digest: tracker.cycle_digest(cycle).unwrap_or([0; 32]),
+                // Per-cycle digests are recorded beside the logs (`D.NNNNNNNN.hrl.digest`) but
+                // not sent yet: in tests they disagreed with correct replicas, so sending them
+                // would fail good failovers. Until that is found, points carry no digest and
+                // failover says it could not verify.
+                digest: [0; 32],
                 retention_secs: policy.retention.as_secs().min(86_400) as u32,
             })
             .await?;
