@@ -169,7 +169,7 @@ fn writes_of_a_change_log_deleted_before_shipping_reach_the_replica_through_a_re
         data.to_str().unwrap(),
     ]);
     // The log holding that write is lost.
-    let active = s.dir.join("disk.hrl");
+    let active = s.dir.join("disk.raw.hrl");
     std::fs::remove_file(&active).unwrap_or_else(|e| panic!("{}: {e}", active.display()));
     let r = s
         .send("protect2")
@@ -222,7 +222,9 @@ fn a_resync_killed_with_sigkill_three_times_resumes_and_ends_identical() {
     let last = r.ok()["resync_changed_bytes"].as_u64().unwrap();
     assert!(
         last < changed,
-        "the last run sent {last} of {changed}: it did not resume"
+        "the last run sent {last} of {changed}: it did not resume; log:\n{}\nreceiver:\n{}",
+        r.log,
+        s.rx.log_text()
     );
     assert_replica_identical(&s.img, "raw", &s.replica());
 }

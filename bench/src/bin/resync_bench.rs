@@ -8,7 +8,7 @@
 //! (needs `target/release/vdrep`, `rsync`).
 
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -244,39 +244,82 @@ async fn compare(
     };
     for level in 1..PAGE_LEVEL {
         let theirs = ask(ctrl, handle, level, &nodes, sh).await?;
-        let t = tree.lock().map_err(|_| poisoned())?;
         let mut next = Vec::new();
-        let mut k = 0usize;
-        for &p in &nodes {
-            let kids = children(size, level as usize - 1, p);
-            let n = kids.end - kids.start;
-            let Some(slice) = theirs.get(k..k + n as usize) else {
+        let mut dense: Vec<(u64, Vec<u64>)> = Vec::new();
+        {
+            let t = tree.lock().map_err(|_| poisoned())?;
+            let mut k = 0usize;
+            for &p in &nodes {
+                let kids = children(size, level as usize - 1, p);
+                let n = kids.end - kids.start;
+                let Some(slice) = theirs.get(k..k + n as usize) else {
+                    return Err(short_answer(sh, level));
+                };
+                k += n as usize;
+                let differing: Vec<u64> = kids
+                    .zip(slice)
+                    .filter(|(c, h)| t.at(level as usize, *c) != Some(**h))
+                    .map(|(c, _)| c)
+                    .collect();
+                // Most children of a 16 MiB node differ: a contiguous change, or dense scattered
+                // ones. Decided below on a sample of page hashes.
+                if level + 1 == PAGE_LEVEL
+                    && n > 1
+                    && differing.len() as u64 * 64 >= crate::resync::WHOLE_NODE_THRESHOLD as u64 * n
+                {
+                    dense.push((p, differing));
+                } else {
+                    next.extend(differing);
+                }
+            }
+            if k != theirs.len() {
                 return Err(short_answer(sh, level));
-            };
-            k += n as usize;
-            let differing: Vec<u64> = kids
-                .zip(slice)
-                .filter(|(c, h)| t.at(level as usize, *c) != Some(**h))
-                .map(|(c, _)| c)
-                .collect();
-            // Most children of a node differ: a contiguous change; send it whole.
-            if level + 1 == PAGE_LEVEL
-                && differing.len() as u64 * 64
-                    >= crate::resync::WHOLE_NODE_THRESHOLD as u64 * n.max(1)
-                && n > 1
-            {
-                let (a, b) = node_range(size, level as usize - 1, p);
-                diff.insert(a, b);
-            } else {
-                next.extend(differing);
             }
         }
-        if k != theirs.len() {
-            return Err(short_answer(sh, level));
+        if !dense.is_empty() {
+            // One differing child per dense node: if nearly all its pages differ, the node
+            // changed as a whole and is sent without page hashes (≤ 1 MiB of hashes for a
+            // 256 MiB region); otherwise its pages are compared like any other.
+            let sample: Vec<u64> = dense.iter().map(|(_, d)| d[0]).collect();
+            let dirty = page_diff(ctrl, handle, tree, src, sh, &sample).await?;
+            for ((p, differing), pages) in dense.into_iter().zip(dirty) {
+                let whole = pages.len() * 64 >= crate::resync::WHOLE_NODE_THRESHOLD * 64;
+                if whole {
+                    let (a, b) = node_range(size, level as usize - 1, p);
+                    diff.insert(a, b);
+                } else {
+                    next.extend(differing);
+                }
+            }
+            next.sort_unstable();
         }
         nodes = next;
     }
-    // Pages: the receiver's answer and this side's page hashes, batch by batch, in parallel.
+    // Pages: the receiver's answer and this side's page hashes.
+    for (p, pages) in nodes
+        .iter()
+        .zip(page_diff(ctrl, handle, tree, src, sh, &nodes).await?)
+    {
+        let (a, _) = node_range(size, PAGE_LEVEL as usize - 1, *p);
+        for j in pages {
+            let s = a + j as u64 * PAGE;
+            diff.insert(s, (s + PAGE).min(size));
+        }
+    }
+    Ok(diff)
+}
+
+/// For each 256 KiB node of `nodes` (ascending), the indices of its pages that differ:
+/// the receiver's answer and this side's page hashes, batch by batch, in parallel.
+async fn page_diff(
+    ctrl: &mut ControlStream,
+    handle: u32,
+    tree: &Arc<Mutex<Tree>>,
+    src: &Arc<DiskSource>,
+    sh: &Shared,
+    nodes: &[u64],
+) -> Result<Vec<Vec<usize>>, SendError> {
+    let mut out = Vec::with_capacity(nodes.len());
     for batch in nodes.chunks(MAX_HASH_PARENTS) {
         let (t2, s2, b2) = (tree.clone(), src.clone(), batch.to_vec());
         let mine = tokio::task::spawn_blocking(move || {
@@ -291,24 +334,26 @@ async fn compare(
             .map_err(|e| SendError::Internal(format!("hash task: {e}")))?
             .map_err(SendError::Internal)?;
         let mut k = 0usize;
-        for (&p, pages) in batch.iter().zip(&mine) {
+        for pages in &mine {
             let Some(slice) = theirs.get(k..k + pages.len()) else {
                 return Err(short_answer(sh, PAGE_LEVEL));
             };
             k += pages.len();
-            let (a, _) = node_range(size, PAGE_LEVEL as usize - 1, p);
-            for (j, (m, h)) in pages.iter().zip(slice).enumerate() {
-                if trunc(m) != *h {
-                    let s = a + j as u64 * PAGE;
-                    diff.insert(s, (s + PAGE).min(size));
-                }
-            }
+            out.push(
+                pages
+                    .iter()
+                    .zip(slice)
+                    .enumerate()
+                    .filter(|(_, (m, h))| trunc(m) != **h)
+                    .map(|(j, _)| j)
+                    .collect(),
+            );
         }
         if k != theirs.len() {
             return Err(short_answer(sh, PAGE_LEVEL));
         }
     }
-    Ok(diff)
+    Ok(out)
 }
 
 /// Work items for `ranges`, at most `chunk` bytes each.
