@@ -299,7 +299,7 @@ mod tests {
         let l1b = tb.answer(&b, 1, &[0]).unwrap();
         let d: Vec<usize> = (0..l1a.len()).filter(|&i| l1a[i] != l1b[i]).collect();
         assert_eq!(d, vec![1]);
-        let p = (off as u64 / (256 << 10)) as u64;
+        let p = off as u64 / (256 << 10);
         let pa = ta.answer(&a, 3, &[p]).unwrap();
         let pb = tb.answer(&b, 3, &[p]).unwrap();
         let d: Vec<usize> = (0..pa.len()).filter(|&i| pa[i] != pb[i]).collect();

@@ -208,13 +208,7 @@ fn main() -> anyhow::Result<()> {
             .lines()
             .find(|l| l.starts_with(key))
             .and_then(|l| l.split(':').nth(1))
-            .map(|s| {
-                s.trim()
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("0")
-                    .replace(',', "")
-            })
+            .map(|s| s.split_whitespace().next().unwrap_or("0").replace(',', ""))
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
     };
