@@ -228,3 +228,67 @@ fn a_resync_killed_with_sigkill_three_times_resumes_and_ends_identical() {
     );
     assert_replica_identical(&s.img, "raw", &s.replica());
 }
+
+/// The same resync against Azure page blobs (Azurite): the resync cycle becomes a snapshot
+/// (recovery point 1) equal to the changed source, and point 0 stays as it was.
+#[test]
+fn on_azurite_scattered_pages_are_resynced_and_the_previous_point_is_kept() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use vdrep::sink::azure::{AzureConfig, AzureStore};
+    use vdrep::sink::DiskKey;
+
+    let az = vdrep_tests::azurite::Azurite::start();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let size = 24 * MIB;
+    let img = seeded_raw(&dir.join("disk.raw"), size, 9, MIB as usize, 6);
+    let before = dir.join("before.raw");
+    std::fs::copy(&img, &before).unwrap();
+    let tls = certs(&dir.join("tls"), &["hv01"]);
+    let mut child = Command::new(vdrep_tests::vdrep_bin())
+        .args(["receive", "--listen", "127.0.0.1:0", "--allow", "hv01=vm1"])
+        .arg("--tls")
+        .arg(&tls)
+        .args(["--azure-url", &az.url(), "--azure-container", "replicas"])
+        .env("VDREP_AZURE_SAS", format!("?{}", az.sas()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().trim_start_matches("listening on ").to_string();
+    let send = Send::new(&addr, &tls, "hv01", "vm1", &[&img], &dir.join("s.log"))
+        .arg("--server-name")
+        .arg("localhost");
+    send.run(Duration::from_secs(120)).ok();
+    let changed = scatter_pages(&img, size, (size / PAGE / 100) as usize, 4) * PAGE;
+    let r = send.clone().arg("--resync").run(Duration::from_secs(120));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(r.count("resync_changed_bytes"), changed, "{}", r.log);
+    let mut cfg = AzureConfig::new(&az.url(), "replicas");
+    cfg.sas = Some(az.sas());
+    let store = AzureStore::open(cfg).unwrap();
+    let key = DiskKey::new("vm1", "disk").unwrap();
+    let pts = store.points_of(&key).unwrap();
+    assert_eq!(pts.iter().map(|p| p.cycle).collect::<Vec<_>>(), vec![0, 1]);
+    for (cycle, want) in [(1, &img), (0, &before)] {
+        let out = dir.join(format!("point{cycle}.vhd"));
+        store.download_point(&key, cycle, &out).unwrap();
+        let o = Command::new("qemu-img")
+            .args(["compare", "-f", "vpc", "-F", "raw"])
+            .arg(&out)
+            .arg(want)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "point {cycle}: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+}
