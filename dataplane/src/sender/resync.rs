@@ -108,6 +108,16 @@ pub async fn resync(
         known_empty: false,
         ..o.clone()
     };
+    // Scattered pages trickle through the pipeline, which the adaptive controller reads as
+    // a starved link and answers by turning compression off; a resync sends little data and
+    // its wire bytes are what counts, so it compresses at the configured level throughout.
+    let sh = &Arc::new(Shared {
+        opts: sh.opts.clone(),
+        stats: sh.stats.clone(),
+        level: Arc::new(crate::pipeline::AdaptiveLevel::new(sh.opts.level, false)),
+        throttle: sh.throttle.clone(),
+        peer: sh.peer.clone(),
+    });
     loop {
         out.rounds += 1;
         let diff = compare(ctrl, o.handle, &tree, &src, sh).await?;
