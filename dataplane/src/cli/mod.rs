@@ -4,7 +4,7 @@
 
 mod cat;
 mod certs;
-mod config;
+pub(crate) mod config;
 mod convert;
 mod demo;
 mod inspect;
