@@ -158,7 +158,8 @@ impl Throttle {
                     b.tokens -= cost;
                     return;
                 }
-                Duration::from_secs_f64((-b.tokens / rate.max(1) as f64).min(0.25))
+                // At least 1 ms: a debt of a rounding error must not spin on zero sleeps.
+                Duration::from_secs_f64((-b.tokens / rate.max(1) as f64).clamp(0.001, 0.25))
             };
             tokio::time::sleep(wait).await;
         }
