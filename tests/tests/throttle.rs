@@ -318,7 +318,7 @@ fn wan_copy(size: u64) -> (Duration, u64) {
         },
     );
     let t0 = Instant::now();
-    let r = finish(s.send.spawn(), t0, Duration::from_secs(150), &s.send.log);
+    let r = finish(s.send.spawn(), t0, Duration::from_secs(120), &s.send.log);
     r.ok();
     assert_replica_identical(&s.disks[0], "raw", &s.store.join("vm1").join("disk1.vhd"));
     assert!(s.relay.dropped() > 0, "the relay dropped nothing");
@@ -335,5 +335,7 @@ fn wan_copy(size: u64) -> (Duration, u64) {
 
 #[test]
 fn an_initial_replication_over_50_ms_delay_and_1_percent_loss_ends_bit_exact() {
-    wan_copy(24 * MIB);
+    // Loss-based congestion control (quinn's default, like TCP's) gets about
+    // MSS/RTT × 1.22/√p ≈ 1.2 Mbit/s here (Mathis): a few MiB keep the test short.
+    wan_copy(4 * MIB);
 }
