@@ -316,6 +316,9 @@ async fn reload_on_sighup(flags: PolicySpec, path: PathBuf, ctl: Arc<BandwidthCo
         return;
     };
     while hup.recv().await.is_some() {
+        if flags != PolicySpec::default() {
+            tracing::warn!("SIGHUP: bandwidth flags on the command line win over the config");
+        }
         match reload_policy(&flags, &path) {
             Ok(p) => {
                 tracing::info!(config = %path.display(), policy = %p, "SIGHUP: bandwidth policy reloaded");
