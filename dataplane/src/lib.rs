@@ -15,6 +15,7 @@ pub mod disk;
 pub mod hrl;
 pub mod io;
 pub mod layout;
+pub mod metrics;
 pub mod pipeline;
 pub mod receiver;
 pub mod sender;

@@ -137,6 +137,7 @@ impl Receiver {
                         me.stats
                             .refused_peers
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        crate::metrics::events::refused_peer("handshake");
                         warn!(peer = %remote, error = %e, "refused connection: handshake failed");
                     }
                 }
@@ -147,8 +148,12 @@ impl Receiver {
     async fn handle_connection(self: Arc<Self>, conn: quinn::Connection) {
         let remote = conn.remote_address();
         let name = match crate::tls::identity::peer_identity(&conn) {
-            Ok(id) => id.name,
+            Ok(id) => {
+                crate::metrics::events::certificate("peer", &id.name, id.not_after_unix);
+                id.name
+            }
             Err(e) => {
+                crate::metrics::events::refused_peer("no_certificate");
                 self.stats
                     .refused_peers
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -158,6 +163,7 @@ impl Receiver {
             }
         };
         if !self.allow.knows(&name) {
+            crate::metrics::events::refused_peer("unknown_sender");
             self.stats
                 .refused_peers
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -203,12 +209,20 @@ pub async fn run(cfg: ReceiverConfig, store: Arc<dyn ReplicaStore>) -> anyhow::R
     info!(listen = %local, store = %store.describe(), "receiver ready");
     // Tests and scripts read this line to learn the bound port.
     println!("listening on {local}");
+    crate::metrics::certs::export_files(&files.ca, &files.cert);
+    let rpo = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            crate::metrics::events::rpo_tick(crate::metrics::events::now_unix());
+        }
+    });
     let rx = Receiver::new(store, cfg.allow);
     let serve = tokio::spawn(rx.clone().serve(endpoint.clone()));
     crate::signals::shutdown().await;
     info!("shutting down: closing connections");
     endpoint.close(0u32.into(), b"receiver shutting down");
     serve.abort();
+    rpo.abort();
     rx.drain().await;
     Ok(())
 }

@@ -32,6 +32,8 @@ pub struct Shared {
     pub throttle: Arc<Throttle>,
     /// The receiver, for error messages.
     pub peer: String,
+    /// Status of every disk (health, RPO, progress) for metrics and the control channel.
+    pub board: Arc<super::Board>,
 }
 
 /// One disk to replicate.
@@ -58,9 +60,23 @@ pub struct DiskProgress {
 }
 
 impl DiskProgress {
+    /// Source bytes of the disk's current copy acknowledged or resumed.
+    pub fn counted(&self) -> u64 {
+        self.counted.load(Ordering::Relaxed)
+    }
+
     fn count(&self, stats: &Stats, n: u64) {
         self.counted.fetch_add(n, Ordering::Relaxed);
         stats.add_done(n);
+    }
+
+    /// A new full copy starts (resync): nothing of it is done yet.
+    pub fn reset_for_copy(&self, stats: &Stats) {
+        let prev = self.counted.swap(0, Ordering::Relaxed);
+        stats
+            .done
+            .fetch_sub(prev.min(Stats::get(&stats.done)), Ordering::Relaxed);
+        self.durable.store(0, Ordering::Relaxed);
     }
 
     /// Restarts the count at what the receiver holds durably; returns whether that grew
@@ -306,6 +322,11 @@ async fn run_pass(
     };
     drop(work_tx);
 
+    // This disk's view of the counters: its adds also reach the run's and its metrics.
+    let dstats = Stats::for_disk(
+        &sh.stats,
+        crate::metrics::events::disk_meter(&job.vm, &job.name),
+    );
     // CPU stages: one thread per core.
     let workers = thread::available_parallelism()
         .map(|n| n.get())
@@ -316,7 +337,7 @@ async fn run_pass(
         let tx = prep_tx.clone();
         let disk = job.disk.clone();
         let failure = failure.clone();
-        let stats = sh.stats.clone();
+        let stats = dstats.clone();
         let level = sh.level.clone();
         cpu.push(
             thread::Builder::new()
@@ -356,8 +377,12 @@ async fn run_pass(
         let refused = refused.clone();
         let progress = job.progress.clone();
         let sh = sh.clone();
+        let dstats = dstats.clone();
         tasks.spawn(async move {
-            stream_worker(&conn, handle, generation, rx, &refused, &progress, &sh).await
+            stream_worker(
+                &conn, handle, generation, rx, &refused, &progress, &sh, dstats,
+            )
+            .await
         });
     }
     let mut result = Ok(());
@@ -398,6 +423,7 @@ async fn stream_worker(
     refused: &Arc<Mutex<Vec<(u64, u32)>>>,
     progress: &Arc<DiskProgress>,
     sh: &Shared,
+    dstats: Arc<Stats>,
 ) -> Result<(), SendError> {
     let (stats, level, peer) = (&sh.stats, &sh.level, sh.peer.as_str());
     let conn_err = |e| SendError::Connection {
@@ -427,7 +453,7 @@ async fn stream_worker(
                 None => progress.count(stats, p.source_len),
                 Some(h) => {
                     let prefix = Bytes::from(h.encode_frame_prefix());
-                    stats.add_wire((prefix.len() + p.payload.len()) as u64);
+                    dstats.add_wire((prefix.len() + p.payload.len()) as u64);
                     // Header and payload go out as two buffers: the payload is not copied.
                     sh.throttle
                         .acquire((prefix.len() + p.payload.len()) as u64)
@@ -461,6 +487,7 @@ async fn stream_worker(
             recv,
             in_batch,
             stats.clone(),
+            dstats.clone(),
             refused.clone(),
             progress.clone(),
             peer.to_string(),
@@ -489,6 +516,7 @@ async fn settle_batch(
     mut recv: quinn::RecvStream,
     in_batch: Vec<(u64, u64)>,
     stats: Arc<Stats>,
+    dstats: Arc<Stats>,
     refused: Arc<Mutex<Vec<(u64, u32)>>>,
     progress: Arc<DiskProgress>,
     peer: String,
@@ -521,7 +549,7 @@ async fn settle_batch(
     for &(o, src) in &in_batch {
         if !bad.contains(&o) {
             progress.count(&stats, src);
-            stats.extents.fetch_add(1, Ordering::Relaxed);
+            dstats.add_extents(1);
         }
     }
     if !res.rejected.is_empty() {

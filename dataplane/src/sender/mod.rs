@@ -5,9 +5,12 @@
 mod control;
 mod disk;
 mod error;
+pub mod local_control;
 mod logimage;
 mod progress;
 pub mod protect;
+mod resync;
+pub mod status;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -21,6 +24,7 @@ pub use control::ControlStream;
 pub use disk::{DiskJob, DiskOutcome, Shared};
 pub use error::SendError;
 pub use progress::{human, Summary};
+pub use status::{Board, DiskStatus};
 
 use crate::disk::{self as vdisk, OpenOptions};
 use crate::pipeline::{AdaptiveLevel, Stats};
@@ -171,6 +175,17 @@ pub async fn run_with(
     opts: &SendOptions,
     policy: Option<protect::Policy>,
 ) -> Result<Summary, SendError> {
+    run_controlled(vms, opts, policy, None).await
+}
+
+/// [`run_with`], answering the local control channel on the unix socket `control` (status,
+/// bandwidth, resync requests; see [`local_control`]) while it runs.
+pub async fn run_controlled(
+    vms: &[VmSpec],
+    opts: &SendOptions,
+    policy: Option<protect::Policy>,
+    control: Option<PathBuf>,
+) -> Result<Summary, SendError> {
     let started = Instant::now();
     // Prerequisites: every disk opens, its format is supported, it has 512-byte sectors.
     let mut jobs: Vec<Vec<DiskJob>> = Vec::new();
@@ -199,7 +214,11 @@ pub async fn run_with(
         level: Arc::new(AdaptiveLevel::new(opts.level, opts.adaptive)),
         throttle: Arc::new(Throttle::new(opts.bandwidth)),
         peer: opts.to.clone(),
+        board: Arc::new(Board::default()),
     });
+    if let Some(p) = &policy {
+        sh.board.set_interval(p.interval);
+    }
     let stats = &sh.stats;
     let done: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Default::default();
     let mode = match policy {
@@ -234,6 +253,15 @@ pub async fn run_with(
             }
             Mode::Protect { policy, vms: out }
         }
+    };
+    register_disks(&sh.board, &jobs, &mode);
+    let files = crate::tls::config::SenderFiles::in_dir(&opts.tls, &opts.identity);
+    crate::metrics::certs::export_files(&files.ca, &files.cert);
+    let sampler = tokio::spawn(status::sample(sh.board.clone(), sh.clone()));
+    let _sampler = AbortOnDrop(sampler);
+    let _control = match &control {
+        Some(path) => Some(AbortOnDrop(local_control::serve(path, sh.clone())?)),
+        None => None,
     };
     let (addr, host) = resolve(&opts.to)?;
     let server_name = opts.server_name.clone().unwrap_or(host);
@@ -273,6 +301,7 @@ pub async fn run_with(
             Err(e) if e.is_recoverable() && Instant::now() < deadline => {
                 let delay = Duration::from_millis(FAST_RETRY[attempt.min(FAST_RETRY.len() - 1)]);
                 attempt += 1;
+                sh.board.failed(e.class(), e.to_string(), true, Some(delay));
                 stats
                     .retries
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -281,6 +310,8 @@ pub async fn run_with(
                 tokio::time::sleep(delay).await;
             }
             Err(e) => {
+                sh.board
+                    .failed(e.class(), e.to_string(), e.is_recoverable(), None);
                 bar.finish();
                 endpoint.close(0u32.into(), b"sender giving up");
                 return Err(e);
@@ -323,6 +354,7 @@ async fn attempt_once(
         source: e,
     })?;
     info!(receiver = %peer, "connected");
+    sh.board.connected(&conn);
     let mut vms = tokio::task::JoinSet::new();
     let done = match mode {
         Mode::OneShot(d) => d,
@@ -358,6 +390,7 @@ async fn attempt_once(
                 let out = disk::replicate(&conn, &mut ctrl, &job, &sh).await?;
                 info!(vm = %job.vm, disk = %job.name, resumed_bytes = out.resumed,
                       seconds = t0.elapsed().as_secs_f64(), "disk committed at the receiver");
+                sh.board.committed(&job.vm, &job.name, 0);
                 if let Ok(mut d) = done.lock() {
                     d.insert(key);
                 }
@@ -392,6 +425,35 @@ async fn finish_vms(
         None => {
             conn.close(0u32.into(), b"done");
             Ok(())
+        }
+    }
+}
+
+/// Aborts a helper task (sampler, control channel) when the run ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Puts every disk on the status board (with its change tracker when protecting).
+fn register_disks(board: &Board, jobs: &[Vec<DiskJob>], mode: &Mode) {
+    match mode {
+        Mode::OneShot(_) => {
+            for j in jobs.iter().flatten() {
+                board.add_disk(j, None);
+            }
+        }
+        Mode::Protect { vms, .. } => {
+            for (disks, _) in vms {
+                for d in disks.iter() {
+                    if let Ok(g) = d.lock() {
+                        board.add_disk(&g.job, Some(g.tracker.clone()));
+                    }
+                }
+            }
         }
     }
 }

@@ -120,10 +120,13 @@ pub async fn protect_vm(
         let o = open_disk(&mut ctrl, &job, fresh).await?;
         // `known_empty` is set while an initial copy is in progress.
         let committed = if o.initial_committed && !o.known_empty {
+            sh.board.known_cycle(&job.vm, &job.name, o.committed_cycle);
             o.committed_cycle
         } else {
             info!(vm = %job.vm, disk = %job.name, "initial replication (writes are tracked meanwhile)");
+            sh.board.copy_started(&job.vm, &job.name, false);
             copy_initial(conn, &mut ctrl, &job, &o, sh).await?;
+            sh.board.committed(&job.vm, &job.name, 0);
             0
         };
         if let Ok(mut g) = d.lock() {
@@ -143,6 +146,28 @@ pub async fn protect_vm(
             }
         }
         let at = *sched.next.lock().map_err(poisoned)?;
+        if let Some(vm) = disks
+            .first()
+            .and_then(|d| d.lock().ok().map(|g| g.job.vm.clone()))
+        {
+            let left = at.saturating_duration_since(Instant::now()).as_secs();
+            sh.board
+                .next_switch(&vm, crate::metrics::events::now_unix() + left);
+            // An operator's resync request interrupts the wait; the switch stays on schedule.
+            loop {
+                let woken = sh.board.wake.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                if sh.board.resync_pending(&vm) {
+                    super::resync::resync_requested(conn, &mut ctrl, disks, &mut opened, sh)
+                        .await?;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => break,
+                    _ = &mut woken => {}
+                }
+            }
+        }
         tokio::time::sleep_until(at).await;
         for d in disks.iter() {
             if skip(d) {
@@ -214,7 +239,7 @@ async fn switch(d: &Arc<Mutex<Protected>>) {
 
 /// Computes the block-hash table once tracking runs (blocks changing meanwhile are in the
 /// logs and are recomputed at the next switch).
-async fn ensure_hash_table(d: &Arc<Mutex<Protected>>) {
+pub(super) async fn ensure_hash_table(d: &Arc<Mutex<Protected>>) {
     let d2 = d.clone();
     let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
         let (path, hashes) = {
@@ -372,6 +397,8 @@ async fn ship_pending(
             g.committed_cycle = Some(cycle);
         }
         sh.stats.cycles.fetch_add(1, Ordering::Relaxed);
+        sh.board.committed(&job.vm, &job.name, cycle);
+        crate::metrics::events::cycle_committed(&job.vm, &job.name, t0.elapsed().as_secs_f64());
         info!(vm = %job.vm, disk = %job.name, cycle, bytes,
               seconds = t0.elapsed().as_secs_f64(), "cycle committed");
     }
