@@ -148,10 +148,7 @@ impl Receiver {
     async fn handle_connection(self: Arc<Self>, conn: quinn::Connection) {
         let remote = conn.remote_address();
         let name = match crate::tls::identity::peer_identity(&conn) {
-            Ok(id) => {
-                crate::metrics::events::certificate("peer", &id.name, id.not_after_unix);
-                id.name
-            }
+            Ok(id) => id,
             Err(e) => {
                 crate::metrics::events::refused_peer("no_certificate");
                 self.stats
@@ -162,6 +159,7 @@ impl Receiver {
                 return;
             }
         };
+        let (name, not_after) = (name.name, name.not_after_unix);
         if !self.allow.knows(&name) {
             crate::metrics::events::refused_peer("unknown_sender");
             self.stats
@@ -174,6 +172,8 @@ impl Receiver {
             );
             return;
         }
+        // Known senders only: the label values stay bounded by --allow.
+        crate::metrics::events::certificate("peer", &name, not_after);
         info!(peer = %remote, sender = %name, "sender connected");
         let conn_state = Arc::new(control::ConnState::new(name.clone(), conn.clone()));
         loop {

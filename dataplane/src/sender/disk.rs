@@ -285,8 +285,14 @@ async fn run_pass(
     };
     let failure: Arc<Mutex<Option<DiskError>>> = Arc::new(Mutex::new(None));
 
+    // This disk's view of the counters: its adds also reach the run's and its metrics.
+    let dstats = Stats::for_disk(
+        &sh.stats,
+        crate::metrics::events::disk_meter(&job.vm, &job.name),
+    );
     // Producer: the plan, window by window.
     let producer = {
+        let pstats = dstats.clone();
         let disk = job.disk.clone();
         let plan = PlanOptions {
             chunk: opts.chunk,
@@ -307,9 +313,29 @@ async fn run_pass(
                         }
                         Ok(())
                     }
-                    None => plan_disk(disk.as_ref(), &plan, |batch| {
-                        batch.into_iter().all(|it| tx.send_blocking(it).is_ok())
-                    }),
+                    None => {
+                        // What the plan leaves out (unallocated on a known-empty replica,
+                        // or already durable) is counted as skipped, never read.
+                        let mut planned = 0u64;
+                        let r = plan_disk(disk.as_ref(), &plan, |batch| {
+                            batch.into_iter().all(|it| {
+                                planned += match it {
+                                    WorkItem::Read { len, .. } | WorkItem::Clear { len, .. } => {
+                                        len as u64
+                                    }
+                                };
+                                tx.send_blocking(it).is_ok()
+                            })
+                        });
+                        if r.is_ok() {
+                            let durable: u64 = plan.done.iter().map(|(a, b)| b - a).sum();
+                            let size = disk.info().virtual_size;
+                            pstats.add_skipped_unallocated(
+                                size.saturating_sub(durable).saturating_sub(planned),
+                            );
+                        }
+                        r
+                    }
                 };
                 if let Err(e) = res {
                     if let Ok(mut f) = failure.lock() {
@@ -322,11 +348,6 @@ async fn run_pass(
     };
     drop(work_tx);
 
-    // This disk's view of the counters: its adds also reach the run's and its metrics.
-    let dstats = Stats::for_disk(
-        &sh.stats,
-        crate::metrics::events::disk_meter(&job.vm, &job.name),
-    );
     // CPU stages: one thread per core.
     let workers = thread::available_parallelism()
         .map(|n| n.get())

@@ -276,7 +276,12 @@ impl Board {
                     last_cycle_unix: newest,
                     next_cycle_unix: g.next_switch_unix.get(&vm).copied(),
                     next_retry_unix: g.failure.as_ref().and_then(|f| f.next_retry_unix),
-                    copied_bytes: e.job.progress.counted(),
+                    // A committed copy is whole, including what it never had to send.
+                    copied_bytes: if e.copying {
+                        e.job.progress.counted()
+                    } else {
+                        e.job.disk.info().virtual_size
+                    },
                     size_bytes: e.job.disk.info().virtual_size,
                     vm,
                     disk,
