@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod receiver;
 pub mod sender;
+pub mod sidecar;
 pub mod signals;
 pub mod sink;
 pub mod throttle;

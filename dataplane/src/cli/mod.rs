@@ -9,8 +9,10 @@ mod convert;
 mod demo;
 mod inspect;
 mod log_write;
+mod ops;
 mod receive;
 mod send;
+mod sidecar;
 pub mod store_args;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +56,17 @@ enum Command {
     Receive(receive::Args),
     /// Create and add the certificates of mutual TLS between senders and the receiver.
     Certs(certs::Args),
+    /// Run the control sidecar: the HTTP/JSON API over VMs, jobs and policies.
+    Sidecar(sidecar::Args),
+    /// Show VMs and disks with health, RPO and cycles (asks the sidecar).
+    Status(ops::StatusArgs),
+    /// List jobs, or show one with its steps and errors (asks the sidecar).
+    Jobs(ops::JobsArgs),
+    /// Resynchronise a VM, now or in its resync window (asks the sidecar).
+    Resync(ops::ResyncArgs),
+    /// Fail a VM over; `--test` materialises a recovery point without disturbing
+    /// replication (asks the sidecar).
+    Failover(ops::FailoverArgs),
 }
 
 /// An error at the binary's edge, with the exit code it maps to.
@@ -112,6 +125,11 @@ pub fn main() -> i32 {
         Command::LogWrite(a) => log_write::run(a),
         Command::Receive(a) => receive::run(a),
         Command::Certs(a) => certs::run(a),
+        Command::Sidecar(a) => sidecar::run(a),
+        Command::Status(a) => ops::status(a),
+        Command::Jobs(a) => ops::jobs(a),
+        Command::Resync(a) => ops::resync(a),
+        Command::Failover(a) => ops::failover(a),
     };
     match res {
         Ok(()) => EXIT_OK,

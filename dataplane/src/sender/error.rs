@@ -78,6 +78,10 @@ pub enum SendError {
     /// A local failure of the pipeline's threads.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The attempt ends on purpose so the next one starts afresh (an operator's resync:
+    /// the disks are reopened as new copies). Not a failure.
+    #[error("restarting the connection: {0}")]
+    Restart(String),
 }
 
 impl SendError {
@@ -106,6 +110,7 @@ impl SendError {
             SendError::Remote { class, .. } => class.is_recoverable(),
             SendError::Integrity { .. } => true,
             SendError::Internal(_) => false,
+            SendError::Restart(_) => true,
         }
     }
 
@@ -122,6 +127,7 @@ impl SendError {
             SendError::Protocol { .. } => "protocol",
             SendError::Integrity { .. } => "integrity",
             SendError::Internal(_) => "internal",
+            SendError::Restart(_) => "restart",
         }
     }
 }

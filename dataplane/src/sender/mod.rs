@@ -298,6 +298,11 @@ pub async fn run_controlled(
         }
         match res {
             Ok(()) => break,
+            Err(SendError::Restart(why)) => {
+                info!(%why, "reconnecting to start afresh");
+                attempt = 0;
+                deadline = Instant::now() + opts.give_up_after;
+            }
             Err(e) if e.is_recoverable() && Instant::now() < deadline => {
                 let delay = Duration::from_millis(FAST_RETRY[attempt.min(FAST_RETRY.len() - 1)]);
                 attempt += 1;

@@ -50,6 +50,10 @@ pub struct Protected {
 /// Starts change tracking of every disk (before its initial copy, so no write is missed).
 pub fn start_tracking(disks: &mut [Protected]) -> Result<(), SendError> {
     for d in disks.iter_mut() {
+        // A resync that a crash interrupted: the history restarted, the copy must follow.
+        if super::resync::full_copy_marker(&d.tracker).exists() {
+            d.fresh = true;
+        }
         let locked = d.tracker.lock().map_err(tracking_err(&d.job))?;
         if !d.tracker.is_active() {
             locked
@@ -126,6 +130,11 @@ pub async fn protect_vm(
             info!(vm = %job.vm, disk = %job.name, "initial replication (writes are tracked meanwhile)");
             sh.board.copy_started(&job.vm, &job.name, false);
             copy_initial(conn, &mut ctrl, &job, &o, sh).await?;
+            let marker = d
+                .lock()
+                .map(|g| super::resync::full_copy_marker(&g.tracker))
+                .map_err(poisoned)?;
+            let _ = std::fs::remove_file(marker);
             sh.board.committed(&job.vm, &job.name, 0);
             0
         };
@@ -159,8 +168,8 @@ pub async fn protect_vm(
                 tokio::pin!(woken);
                 woken.as_mut().enable();
                 if sh.board.resync_pending(&vm) {
-                    super::resync::resync_requested(conn, &mut ctrl, disks, &mut opened, sh)
-                        .await?;
+                    // Ends the attempt (SendError::Restart) when a disk's history restarted.
+                    super::resync::resync_requested(disks, sh).await?;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => break,
@@ -239,7 +248,7 @@ async fn switch(d: &Arc<Mutex<Protected>>) {
 
 /// Computes the block-hash table once tracking runs (blocks changing meanwhile are in the
 /// logs and are recomputed at the next switch).
-pub(super) async fn ensure_hash_table(d: &Arc<Mutex<Protected>>) {
+async fn ensure_hash_table(d: &Arc<Mutex<Protected>>) {
     let d2 = d.clone();
     let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
         let (path, hashes) = {

@@ -18,6 +18,7 @@ struct Entry {
     last_cycle: Option<u64>,
     copying: bool,
     resyncs: u64,
+    resyncs_completed: u64,
 }
 
 /// The last failed attempt, while the sender has not connected since.
@@ -77,6 +78,8 @@ pub struct DiskStatus {
     pub copied_bytes: u64,
     /// Virtual size of the disk.
     pub size_bytes: u64,
+    /// Resyncs completed since the sender started.
+    pub resyncs_completed: u64,
 }
 
 impl Board {
@@ -91,6 +94,7 @@ impl Board {
                     last_cycle: None,
                     copying: true,
                     resyncs: 0,
+                    resyncs_completed: 0,
                 },
             );
         }
@@ -115,6 +119,9 @@ impl Board {
             if let Some(e) = g.disks.get_mut(&(vm.to_string(), disk.to_string())) {
                 e.last_cycle = Some(cycle);
                 if cycle == 0 {
+                    if e.copying && e.resyncs > e.resyncs_completed {
+                        e.resyncs_completed = e.resyncs;
+                    }
                     e.copying = false;
                 }
             }
@@ -283,6 +290,7 @@ impl Board {
                         e.job.disk.info().virtual_size
                     },
                     size_bytes: e.job.disk.info().virtual_size,
+                    resyncs_completed: e.resyncs_completed,
                     vm,
                     disk,
                 }
