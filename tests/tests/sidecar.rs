@@ -243,7 +243,7 @@ fn every_endpoint_answers_and_state_changes_need_the_token() {
         true
     );
     let all_days = json!({"no_throttle": false, "work_days": ["mon","tue","wed","thu","fri","sat","sun"],
-        "work_hour_start": 0, "work_hour_end": 24, "work_hour_bandwidth": "80Mbit", "non_work_hour_bandwidth": "80Mbit"});
+        "work_hour_start": 0, "work_hour_end": 24, "work_hour_bytes_per_second": 10_000_000, "non_work_hour_bytes_per_second": 10_000_000});
     let b = st.call("PUT", "/v1/bandwidth", Some(TOKEN), Some(all_days.clone()));
     assert_eq!(b.status, 200, "{}", b.body);
     assert_eq!(b.json()["current_bytes_per_second"], 10_000_000);
@@ -257,7 +257,7 @@ fn every_endpoint_answers_and_state_changes_need_the_token() {
         "PUT",
         "/v1/bandwidth",
         Some(TOKEN),
-        Some(json!({"no_throttle": false, "work_hour_bandwidth": "100kbit"})),
+        Some(json!({"no_throttle": false, "work_hour_bytes_per_second": 12_500})),
     );
     assert_eq!(bad.status, 400, "below 512 Kbit/s is refused: {}", bad.body);
 
@@ -425,7 +425,7 @@ fn jobs_and_policy_survive_sidecar_and_sender_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let mut st = Stack::start(dir.path());
     let limit = json!({"no_throttle": false, "work_days": ["mon","tue","wed","thu","fri","sat","sun"],
-        "work_hour_start": 0, "work_hour_end": 24, "work_hour_bandwidth": "40Mbit", "non_work_hour_bandwidth": "40Mbit"});
+        "work_hour_start": 0, "work_hour_end": 24, "work_hour_bytes_per_second": 5_000_000, "non_work_hour_bytes_per_second": 5_000_000});
     assert_eq!(
         st.call("PUT", "/v1/bandwidth", Some(TOKEN), Some(limit))
             .status,
@@ -595,4 +595,50 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[test]
+fn a_property_based_client_from_the_openapi_description_finds_no_errors() {
+    let st_bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/.venv-schemathesis/bin/st");
+    assert!(
+        st_bin.is_file(),
+        "schemathesis is not installed at {}: run `bash ops/setup.sh`",
+        st_bin.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let st = Stack::start(dir.path());
+    let api = st.api();
+    // Every check (server errors, response schemas, status codes, content types, and that
+    // schema-valid requests are accepted and invalid ones refused), with the token.
+    let out = std::process::Command::new(&st_bin)
+        .args([
+            "run",
+            &format!("http://{api}/openapi.json"),
+            "--url",
+            &format!("http://{api}"),
+        ])
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args([
+            "--checks",
+            "all",
+            "--max-examples",
+            "25",
+            "--seed",
+            "1",
+            "--no-color",
+        ])
+        .env("SCHEMATHESIS_HOOKS", "")
+        // Its report folder (.schemathesis/) goes to the test's temporary folder.
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "schemathesis found problems:\n{text}");
+    assert!(text.contains("No issues found"), "{text}");
+    // The sidecar is still fine afterwards.
+    assert_eq!(get(&api, "/v1/vms").status, 200);
 }

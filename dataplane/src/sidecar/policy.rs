@@ -24,15 +24,18 @@ pub struct BandwidthPolicy {
     /// First work hour, 0..=23.
     #[serde(default = "default_start")]
     pub work_hour_start: u8,
-    /// End of work hours (exclusive), 1..=24, after the start.
+    /// End of work hours (exclusive), 0..=24; an end before the start wraps past midnight,
+    /// an end equal to the start means no work hours.
     #[serde(default = "default_end")]
     pub work_hour_end: u8,
-    /// Limit during work hours, e.g. `40Mbit` (decimal SI) or `unlimited`.
-    #[serde(default = "default_unlimited")]
-    pub work_hour_bandwidth: String,
+    /// Limit during work hours in bytes per second (`null`: none), 64,000 (512 Kbit/s) to
+    /// 127,875,000 (1023 Mbit/s). Numbers, not rate strings, so the range is part of the
+    /// API's schema.
+    #[serde(default)]
+    pub work_hour_bytes_per_second: Option<u64>,
     /// Limit outside work hours.
-    #[serde(default = "default_unlimited")]
-    pub non_work_hour_bandwidth: String,
+    #[serde(default)]
+    pub non_work_hour_bytes_per_second: Option<u64>,
     /// Offset of the site's local time from UTC, minutes (work hours are local).
     #[serde(default)]
     pub utc_offset_minutes: i32,
@@ -49,9 +52,6 @@ fn default_start() -> u8 {
 fn default_end() -> u8 {
     18
 }
-fn default_unlimited() -> String {
-    "unlimited".into()
-}
 
 impl Default for BandwidthPolicy {
     fn default() -> Self {
@@ -60,8 +60,8 @@ impl Default for BandwidthPolicy {
             work_days: default_days(),
             work_hour_start: default_start(),
             work_hour_end: default_end(),
-            work_hour_bandwidth: default_unlimited(),
-            non_work_hour_bandwidth: default_unlimited(),
+            work_hour_bytes_per_second: None,
+            non_work_hour_bytes_per_second: None,
             utc_offset_minutes: 0,
         }
     }
@@ -69,16 +69,18 @@ impl Default for BandwidthPolicy {
 
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
-fn rate(field: &str, s: &str) -> Result<Option<u64>, String> {
-    let r = parse_rate(s).map_err(|e| format!("{field}: {e}"))?.0;
-    if let Some(b) = r {
-        if !(MIN_RATE..=MAX_RATE).contains(&b) {
-            return Err(format!(
-                "{field} {s:?}: settable limits range from 512Kbit to 1023Mbit (or unlimited)"
-            ));
-        }
+fn check_rate(field: &str, r: Option<u64>) -> Result<(), String> {
+    match r {
+        Some(b) if !(MIN_RATE..=MAX_RATE).contains(&b) => Err(format!(
+            "{field} {b}: settable limits range from 64000 (512 Kbit/s) to 127875000 (1023 Mbit/s) bytes per second, or null for none"
+        )),
+        _ => Ok(()),
     }
-    Ok(r)
+}
+
+/// A rate written as operators do (`40Mbit`, `5MB`, `unlimited`), in bytes per second.
+pub fn rate_from_text(s: &str) -> Result<Option<u64>, String> {
+    Ok(parse_rate(s)?.0)
 }
 
 impl BandwidthPolicy {
@@ -89,17 +91,20 @@ impl BandwidthPolicy {
                 return Err(format!("work_days: {d:?} is not one of {DAYS:?}"));
             }
         }
-        if self.work_hour_start > 23
-            || self.work_hour_end > 24
-            || self.work_hour_end <= self.work_hour_start
-        {
-            return Err("work_hour_start (0..23) must come before work_hour_end (1..24)".into());
+        if self.work_hour_start > 23 || self.work_hour_end > 24 {
+            return Err("work_hour_start ranges from 0 to 23, work_hour_end from 0 to 24".into());
         }
         if !(-14 * 60..=14 * 60).contains(&self.utc_offset_minutes) {
             return Err("utc_offset_minutes ranges from -840 to 840".into());
         }
-        rate("work_hour_bandwidth", &self.work_hour_bandwidth)?;
-        rate("non_work_hour_bandwidth", &self.non_work_hour_bandwidth)?;
+        check_rate(
+            "work_hour_bytes_per_second",
+            self.work_hour_bytes_per_second,
+        )?;
+        check_rate(
+            "non_work_hour_bytes_per_second",
+            self.non_work_hour_bytes_per_second,
+        )?;
         Ok(())
     }
 
@@ -113,15 +118,17 @@ impl BandwidthPolicy {
         // 1970-01-01 was a Thursday (index 3 from Monday).
         let weekday = DAYS[((days + 3).rem_euclid(7)) as usize];
         let hour = (local.rem_euclid(86_400) / 3600) as u8;
-        let work = self.work_days.iter().any(|d| d == weekday)
-            && hour >= self.work_hour_start
-            && hour < self.work_hour_end;
-        let s = if work {
-            &self.work_hour_bandwidth
+        let (s, e) = (self.work_hour_start, self.work_hour_end);
+        let in_hours = if s <= e {
+            hour >= s && hour < e
         } else {
-            &self.non_work_hour_bandwidth
+            hour >= s || hour < e
         };
-        rate("", s).ok().flatten()
+        if self.work_days.iter().any(|d| d == weekday) && in_hours {
+            self.work_hour_bytes_per_second
+        } else {
+            self.non_work_hour_bytes_per_second
+        }
     }
 }
 
@@ -236,8 +243,8 @@ mod tests {
     fn work_hours_pick_the_work_hour_rate_on_work_days_only() {
         let p = BandwidthPolicy {
             no_throttle: false,
-            work_hour_bandwidth: "8Mbit".into(),
-            non_work_hour_bandwidth: "80Mbit".into(),
+            work_hour_bytes_per_second: rate_from_text("8Mbit").unwrap(),
+            non_work_hour_bytes_per_second: rate_from_text("80Mbit").unwrap(),
             ..Default::default()
         };
         p.validate().unwrap();
@@ -259,8 +266,19 @@ mod tests {
             Some(1_000_000),
             "09:00 at UTC+2"
         );
+        let night = BandwidthPolicy {
+            work_hour_start: 22,
+            work_hour_end: 6,
+            ..p.clone()
+        };
+        assert_eq!(
+            night.rate_at(monday + 23 * 3600),
+            Some(1_000_000),
+            "wraps past midnight"
+        );
+        assert_eq!(night.rate_at(monday + 12 * 3600), Some(10_000_000));
         assert!(BandwidthPolicy {
-            work_hour_bandwidth: "100kbit".into(),
+            work_hour_bytes_per_second: Some(12_500),
             ..p
         }
         .validate()
