@@ -103,7 +103,7 @@ specs! {
         "Extents refused because their BLAKE3 did not match the bytes received.";
     REFUSED_PEERS = "vdrep_refused_peers_total", Counter, "count", ["reason"], [Receiver],
         "Connections refused: reason handshake (bad or untrusted certificate), no_certificate, unknown_sender, unauthorized_vm.";
-    CERT_EXPIRY = "vdrep_certificate_expiry_seconds", Gauge, "seconds", ["cert", "name"], [Sender, Receiver, Sidecar],
+    CERT_EXPIRY = "vdrep_certificate_expiry_seconds", Gauge, "seconds", ["cert", "name"], [Sender, Receiver],
         "Seconds until the certificate expires (negative once expired): cert is identity, ca or peer.";
     API_REQUESTS = "vdrep_api_requests_total", Counter, "count", ["method", "status"], [Sidecar],
         "Requests served by the sidecar's HTTP API, by method and status code.";
