@@ -146,7 +146,7 @@ pub fn digest_of_first(disk: &dyn VirtualDisk, size: u64) -> Result<[u8; 32], Di
 
 /// Lower-case hex of a digest, as `points --json` and logs print it.
 pub fn hex(d: &[u8; 32]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(d)
 }
 
 #[cfg(test)]

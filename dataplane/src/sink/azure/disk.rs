@@ -13,7 +13,7 @@ use vdrep_proto::{Guid, RangeSet};
 use super::blob::{check_put_page, Container, PutPageError, MAX_PUT_PAGE};
 use super::points::download_snapshot;
 use super::points::{
-    committed_snaps, hex, list_snaps, reacquire_if_expired, renew_loop, unreachable_rule, Snap,
+    committed_snaps, list_snaps, reacquire_if_expired, renew_loop, unreachable_rule, Snap,
 };
 use super::rest::RestError;
 use super::rest_err;
@@ -297,7 +297,7 @@ impl AzureDisk {
         m.insert("vdrepcycle".to_string(), point.cycle.to_string());
         m.insert("vdrepcreated".to_string(), point.created_unix.to_string());
         m.insert("vdrepbytes".to_string(), point.bytes.to_string());
-        m.insert("vdrepdigest".to_string(), hex(&point.digest));
+        m.insert("vdrepdigest".to_string(), crate::digest::hex(&point.digest));
         m.insert("vdrepreplica".to_string(), replica.to_string());
         self.leased(|| self.c.snapshot(&self.blob, &m, Some(&self.lease)))
             .map_err(rest_err)

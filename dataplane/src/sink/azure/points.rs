@@ -24,10 +24,6 @@ pub(super) struct Snap {
     pub(super) replica: Guid,
 }
 
-pub(super) fn hex(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex32(s: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     for (i, o) in out.iter_mut().enumerate() {
