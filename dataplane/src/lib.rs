@@ -10,14 +10,17 @@
 //! - [`cli`]: the `vdrep` command line.
 
 pub mod cli;
+pub mod clock;
 pub mod demo;
 pub mod digest;
 pub mod disk;
+pub mod health;
 pub mod hrl;
 pub mod io;
 pub mod layout;
 pub mod pipeline;
 pub mod receiver;
+pub mod retry;
 pub mod sender;
 pub mod signals;
 pub mod sink;

@@ -9,6 +9,7 @@ pub mod fixtures;
 pub mod images;
 pub mod procs;
 pub mod relay;
+pub mod udprelay;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -232,6 +232,8 @@ pub struct Send {
     pub extra: Vec<String>,
     /// Where stderr goes.
     pub log: PathBuf,
+    /// Extra environment (e.g. `VDREP_TEST_CLOCK_OFFSET`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Send {
@@ -252,7 +254,14 @@ impl Send {
             disks: disks.iter().map(|p| p.to_path_buf()).collect(),
             extra: Vec::new(),
             log: log.into(),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable of the sender process.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
     }
 
     /// Adds flags.
@@ -277,6 +286,9 @@ impl Send {
             c.args(["--vm", vm]);
         }
         c.args(&self.extra).args(&self.disks);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         c.stdout(Stdio::piped()).stderr(logf);
         c
     }

@@ -107,6 +107,7 @@ pub async fn protect_vm(
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
     let mut ctrl = ControlStream::open(conn, &sh.peer).await?;
+    report_resync(disks, sh);
     let mut opened: Vec<Option<Opened>> = Vec::new();
     for d in disks.iter() {
         let (job, fresh) = d
@@ -124,6 +125,7 @@ pub async fn protect_vm(
         } else {
             info!(vm = %job.vm, disk = %job.name, "initial replication (writes are tracked meanwhile)");
             copy_initial(conn, &mut ctrl, &job, &o, sh).await?;
+            sh.health.committed(&job.vm, &job.name, sh.clock.now_utc());
             0
         };
         if let Ok(mut g) = d.lock() {
@@ -148,14 +150,30 @@ pub async fn protect_vm(
             if skip(d) {
                 continue;
             }
-            switch(d).await;
+            if let Some(cycle) = switch(d).await {
+                if let Ok(g) = d.lock() {
+                    sh.health
+                        .switched(&g.job.vm, &g.job.name, cycle, sh.clock.now_utc());
+                }
+            }
         }
         if let Ok(mut n) = sched.next.lock() {
             // Fixed cadence; a late switch does not pile up a burst of switches after it.
             *n = (*n + policy.interval).max(Instant::now());
         }
         ship_all(conn, &mut ctrl, disks, &opened, policy, sh).await?;
+        report_resync(disks, sh);
         sched.cycles.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Tells health which disks need a resync (the marks live beside the disks).
+fn report_resync(disks: &[Arc<Mutex<Protected>>], sh: &Shared) {
+    for d in disks {
+        if let Ok(g) = d.lock() {
+            sh.health
+                .resync_required(&g.job.vm, &g.job.name, g.tracker.resync_reason());
+        }
     }
 }
 
@@ -169,8 +187,8 @@ fn skip(d: &Mutex<Protected>) -> bool {
         .unwrap_or(true)
 }
 
-/// Closes the active log as the next cycle and starts the next log.
-async fn switch(d: &Arc<Mutex<Protected>>) {
+/// Closes the active log as the next cycle and starts the next log; returns the cycle.
+async fn switch(d: &Arc<Mutex<Protected>>) -> Option<u64> {
     let d2 = d.clone();
     let res = tokio::task::spawn_blocking(move || {
         let g = d2.lock().map_err(|_| "lock poisoned".to_string())?;
@@ -199,17 +217,18 @@ async fn switch(d: &Arc<Mutex<Protected>>) {
             Err(e) => warn!(vm = %g.job.vm, disk = %g.job.name, cycle = next, error = %e,
                             "no digest for this cycle (failover cannot verify it)"),
         }
-        Ok(())
+        Ok(next)
     })
     .await;
     let reason = match res {
-        Ok(Ok(())) => return,
+        Ok(Ok(next)) => return Some(next),
         Ok(Err(r)) => r,
         Err(e) => format!("switch task failed: {e}"),
     };
     if let Ok(g) = d.lock() {
         resync_required(&g, format!("log switch failed: {reason}"));
     }
+    None
 }
 
 /// Computes the block-hash table once tracking runs (blocks changing meanwhile are in the
@@ -376,6 +395,7 @@ async fn ship_pending(
             g.committed_cycle = Some(cycle);
         }
         sh.stats.cycles.fetch_add(1, Ordering::Relaxed);
+        sh.health.cycle_committed(&job.vm, &job.name, cycle);
         info!(vm = %job.vm, disk = %job.name, cycle, bytes,
               seconds = t0.elapsed().as_secs_f64(), "cycle committed");
     }
