@@ -11,10 +11,16 @@
 //! Processes take a test-only offset from the environment, `VDREP_TEST_CLOCK_OFFSET`
 //! (`+3h`, `-90m`, `+1h30m`, `+12345s`, `-2.5s`), added to every wall-clock read and to
 //! nothing else: end-to-end tests cross a work-hour boundary in seconds without touching the
-//! host clock. It is meant for tests only; a process that uses it says so in its log.
+//! host clock. To make the clock of a *running* process jump, name a file instead with
+//! `VDREP_TEST_CLOCK_OFFSET_FILE`: it holds an offset in the same syntax, and is re-read at
+//! most every [`OFFSET_FILE_POLL`] (a missing, empty or unparsable file leaves the last good
+//! offset in force; both variables together add up). Both are meant for tests only; a
+//! process that uses them says so in its log. The sender reads its clock through this
+//! (work hours, health, RPO), the receiver too (recovery-point times and retention).
 
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use jiff::{SignedDuration, Timestamp};
@@ -22,6 +28,11 @@ use tokio::time::Instant;
 
 /// The environment variable of the test-only wall-clock offset.
 pub const TEST_OFFSET_ENV: &str = "VDREP_TEST_CLOCK_OFFSET";
+/// The environment variable naming a file that holds a test-only offset, re-read while the
+/// process runs.
+pub const TEST_OFFSET_FILE_ENV: &str = "VDREP_TEST_CLOCK_OFFSET_FILE";
+/// How often the offset file is re-read at most.
+pub const OFFSET_FILE_POLL: Duration = Duration::from_millis(100);
 
 /// A source of time.
 pub trait Clock: Send + Sync + Debug {
@@ -37,10 +48,42 @@ pub trait Clock: Send + Sync + Debug {
 /// A shared clock.
 pub type SharedClock = Arc<dyn Clock>;
 
-/// The host clock, plus the test-only offset.
-#[derive(Debug, Clone, Copy, Default)]
+/// The host clock, plus the test-only offset(s).
+#[derive(Debug, Clone, Default)]
 pub struct SystemClock {
     offset: SignedDuration,
+    file: Option<Arc<OffsetFile>>,
+}
+
+/// An offset read from a file, cached for [`OFFSET_FILE_POLL`].
+#[derive(Debug)]
+struct OffsetFile {
+    path: PathBuf,
+    /// When the file was last read (std time: the poll is real time even in a paused-time
+    /// test), and the last good offset.
+    cached: Mutex<(Option<std::time::Instant>, SignedDuration)>,
+}
+
+impl OffsetFile {
+    fn offset(&self) -> SignedDuration {
+        let Ok(mut c) = self.cached.lock() else {
+            return SignedDuration::ZERO;
+        };
+        let due = c.0.is_none_or(|t| t.elapsed() >= OFFSET_FILE_POLL);
+        if due {
+            c.0 = Some(std::time::Instant::now());
+            if let Ok(text) = std::fs::read_to_string(&self.path) {
+                if let Ok(off) = parse_offset(&text) {
+                    if off != c.1 {
+                        tracing::warn!(offset = %text.trim(), file = %self.path.display(),
+                                       "test-only wall-clock offset changed");
+                    }
+                    c.1 = off;
+                }
+            }
+        }
+        c.1
+    }
 }
 
 impl SystemClock {
@@ -51,31 +94,64 @@ impl SystemClock {
 
     /// The host clock shifted by `offset` (tests only).
     pub fn with_offset(offset: SignedDuration) -> Self {
-        SystemClock { offset }
+        SystemClock { offset, file: None }
     }
 
-    /// The host clock with the offset from `VDREP_TEST_CLOCK_OFFSET`, if set.
+    /// The host clock shifted by the offset in `path`, re-read while running (tests only).
+    pub fn with_offset_file(offset: SignedDuration, path: PathBuf) -> Self {
+        SystemClock {
+            offset,
+            file: Some(Arc::new(OffsetFile {
+                path,
+                cached: Mutex::new((None, SignedDuration::ZERO)),
+            })),
+        }
+    }
+
+    /// The host clock with the offsets from `VDREP_TEST_CLOCK_OFFSET` and
+    /// `VDREP_TEST_CLOCK_OFFSET_FILE`, if set.
     pub fn from_env() -> Result<Self, String> {
-        match std::env::var(TEST_OFFSET_ENV) {
+        let offset = match std::env::var(TEST_OFFSET_ENV) {
             Ok(s) if !s.trim().is_empty() => {
                 let off = parse_offset(&s).map_err(|e| format!("{TEST_OFFSET_ENV}: {e}"))?;
                 tracing::warn!(offset = %s, "test-only wall-clock offset in effect");
-                Ok(SystemClock::with_offset(off))
+                off
             }
-            _ => Ok(SystemClock::new()),
+            _ => SignedDuration::ZERO,
+        };
+        match std::env::var_os(TEST_OFFSET_FILE_ENV) {
+            Some(p) if !p.is_empty() => {
+                let path = PathBuf::from(p);
+                tracing::warn!(file = %path.display(), "test-only wall-clock offset file in effect");
+                Ok(SystemClock::with_offset_file(offset, path))
+            }
+            _ => Ok(SystemClock::with_offset(offset)),
         }
     }
 
     /// The offset in effect.
     pub fn offset(&self) -> SignedDuration {
-        self.offset
+        let file = self.file.as_ref().map(|f| f.offset()).unwrap_or_default();
+        self.offset.checked_add(file).unwrap_or(self.offset)
     }
+}
+
+/// The process's clock, from the environment on first use (an invalid offset is logged
+/// and ignored here; `vdrep send` refuses it up front).
+pub fn process() -> &'static SystemClock {
+    static CLOCK: OnceLock<SystemClock> = OnceLock::new();
+    CLOCK.get_or_init(|| {
+        SystemClock::from_env().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "ignoring the test-only clock offset");
+            SystemClock::new()
+        })
+    })
 }
 
 impl Clock for SystemClock {
     fn now_utc(&self) -> Timestamp {
         let now = Timestamp::try_from(SystemTime::now()).unwrap_or(Timestamp::UNIX_EPOCH);
-        now.checked_add(self.offset).unwrap_or(now)
+        now.checked_add(self.offset()).unwrap_or(now)
     }
 }
 
@@ -145,6 +221,25 @@ mod tests {
             (d - SignedDuration::from_hours(3)).abs() < SignedDuration::from_secs(1),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn an_offset_file_is_re_read_while_the_process_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("offset");
+        let c = SystemClock::with_offset_file(SignedDuration::from_hours(1), f.clone());
+        // No file yet: only the fixed offset.
+        assert!((c.offset() - SignedDuration::from_hours(1)).abs() < SignedDuration::from_secs(1));
+        std::fs::write(&f, "+2h\n").unwrap();
+        std::thread::sleep(OFFSET_FILE_POLL + Duration::from_millis(20));
+        assert_eq!(c.offset(), SignedDuration::from_hours(3));
+        std::fs::write(&f, "-5h").unwrap();
+        std::thread::sleep(OFFSET_FILE_POLL + Duration::from_millis(20));
+        assert_eq!(c.offset(), SignedDuration::from_hours(-4));
+        // Garbage keeps the last good offset.
+        std::fs::write(&f, "soon").unwrap();
+        std::thread::sleep(OFFSET_FILE_POLL + Duration::from_millis(20));
+        assert_eq!(c.offset(), SignedDuration::from_hours(-4));
     }
 
     #[tokio::test(start_paused = true)]
