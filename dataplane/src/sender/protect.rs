@@ -45,6 +45,8 @@ pub struct Protected {
     /// Tracking started in this run: whatever replica the receiver holds predates it, so
     /// the disk is copied in full before cycles can follow.
     pub fresh: bool,
+    /// Resynchronise before the next cycle even without a mark (`send --resync`).
+    pub force_resync: bool,
 }
 
 /// Starts change tracking of every disk (before its initial copy, so no write is missed).
@@ -113,17 +115,24 @@ pub async fn protect_vm(
             .lock()
             .map(|g| (g.job.clone(), g.fresh))
             .map_err(poisoned)?;
-        if skip(d) {
-            opened.push(None);
-            continue;
-        }
-        let o = open_disk(&mut ctrl, &job, fresh).await?;
+        let o = open_disk(&mut ctrl, &job, false).await?;
         // `known_empty` is set while an initial copy is in progress.
         let committed = if o.initial_committed && !o.known_empty {
+            if fresh {
+                // Tracking started now: the replica predates it and is brought in line.
+                if let Ok(mut g) = d.lock() {
+                    g.force_resync = true;
+                }
+            }
             o.committed_cycle
         } else {
+            if needs_resync(d) {
+                // The copy reads the disk as it is: a fresh chain follows it.
+                restart_chain(d).await?;
+            }
             info!(vm = %job.vm, disk = %job.name, "initial replication (writes are tracked meanwhile)");
             copy_initial(conn, &mut ctrl, &job, &o, sh).await?;
+            clear_resync(d);
             0
         };
         if let Ok(mut g) = d.lock() {
@@ -133,6 +142,7 @@ pub async fn protect_vm(
         ensure_hash_table(d).await;
         opened.push(Some(o));
     }
+    resync_marked(conn, &mut ctrl, disks, &opened, policy, sh).await?;
     // Ship whatever is pending (a previous run's closed logs), then cycle.
     ship_all(conn, &mut ctrl, disks, &opened, policy, sh).await?;
     loop {
@@ -155,8 +165,85 @@ pub async fn protect_vm(
             *n = (*n + policy.interval).max(Instant::now());
         }
         ship_all(conn, &mut ctrl, disks, &opened, policy, sh).await?;
+        // A gap found while shipping: resynchronise now, then cycles resume.
+        resync_marked(conn, &mut ctrl, disks, &opened, policy, sh).await?;
         sched.cycles.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+fn needs_resync(d: &Mutex<Protected>) -> bool {
+    d.lock()
+        .map(|g| g.force_resync || g.tracker.resync_reason().is_some())
+        .unwrap_or(false)
+}
+
+/// Starts a fresh change-log chain under the tracking lock (see `Locked::restart_chain`).
+async fn restart_chain(d: &Arc<Mutex<Protected>>) -> Result<(), SendError> {
+    let d2 = d.clone();
+    tokio::task::spawn_blocking(move || {
+        let g = d2.lock().map_err(poisoned)?;
+        let locked = g.tracker.lock().map_err(tracking_err(&g.job))?;
+        locked
+            .restart_chain(SystemTime::now())
+            .map_err(tracking_err(&g.job))?;
+        drop(locked);
+        g.tracker
+            .set_shipped_id(Guid::NIL)
+            .map_err(tracking_err(&g.job))
+    })
+    .await
+    .map_err(|e| SendError::Internal(format!("restart chain task: {e}")))?
+}
+
+fn clear_resync(d: &Mutex<Protected>) {
+    if let Ok(mut g) = d.lock() {
+        g.force_resync = false;
+        if let Err(e) = g.tracker.clear_resync() {
+            warn!(error = %e, "cannot clear the resync mark");
+        }
+    }
+}
+
+/// Resynchronises every disk marked "resync required" (or forced): a fresh log chain starts
+/// under the lock, the replica is brought in line by block checksums as the next cycle, and
+/// the mark is cleared once that cycle is committed. A crash in between leaves the mark, so
+/// the next run starts over (the comparison skips what already arrived).
+async fn resync_marked(
+    conn: &quinn::Connection,
+    ctrl: &mut ControlStream,
+    disks: &Arc<Vec<Arc<Mutex<Protected>>>>,
+    opened: &[Option<Opened>],
+    policy: &Policy,
+    sh: &Arc<Shared>,
+) -> Result<(), SendError> {
+    for (d, o) in disks.iter().zip(opened) {
+        let Some(o) = o else { continue };
+        if !needs_resync(d) {
+            continue;
+        }
+        let (job, committed) = {
+            let g = d.lock().map_err(poisoned)?;
+            (
+                g.job.clone(),
+                g.committed_cycle.unwrap_or(o.committed_cycle),
+            )
+        };
+        info!(vm = %job.vm, disk = %job.name, "resync started");
+        restart_chain(d).await?;
+        let o = Opened {
+            committed_cycle: committed,
+            ..o.clone()
+        };
+        let out = super::resync::resync(conn, ctrl, &job, &o, sh, policy.retention, false).await?;
+        if let Ok(mut g) = d.lock() {
+            g.committed_cycle = Some(out.cycle);
+        }
+        clear_resync(d);
+        ensure_hash_table(d).await;
+        info!(vm = %job.vm, disk = %job.name, cycle = out.cycle, changed_bytes = out.changed,
+              "resync committed; delta replication resumes");
+    }
+    Ok(())
 }
 
 fn poisoned<T>(_: T) -> SendError {
