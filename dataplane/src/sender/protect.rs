@@ -19,6 +19,7 @@ use vdrep_proto::Guid;
 use super::disk::{copy_initial, open_disk, send_all, DiskJob, Opened, Shared};
 use super::logimage::LogImage;
 use super::{ControlStream, SendError};
+use crate::disk::VirtualDisk;
 use crate::hrl::coalesce_log;
 use crate::pipeline::WorkItem;
 use crate::tracking::{HashTable, Tracker, TrackingError};
@@ -272,11 +273,11 @@ async fn switch(d: &Arc<Mutex<Protected>>) {
             ));
         }
         let locked = g.tracker.lock().map_err(|e| e.to_string())?;
-        let (closed, _) = locked
+        locked
             .switch(next, SystemTime::now())
             .map_err(|e| e.to_string())?;
         // Still under the lock: the disk is exactly the new recovery point.
-        match switch_digest(&g, &closed) {
+        match switch_digest(&g, next) {
             Ok(Some(digest)) => {
                 if let Err(e) = locked.record_digest(next, digest) {
                     warn!(error = %e, "cannot record the cycle digest");
@@ -300,25 +301,38 @@ async fn switch(d: &Arc<Mutex<Protected>>) {
 }
 
 /// Computes the block-hash table once tracking runs (blocks changing meanwhile are in the
-/// logs and are recomputed at the next switch).
+/// logs and are recomputed at the next switch), or brings a kept table up to date with the
+/// closed logs it has not seen (a sender killed between a switch and its refresh).
 async fn ensure_hash_table(d: &Arc<Mutex<Protected>>) {
     let d2 = d.clone();
     let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let (path, hashes) = {
+        // A snapshot: hashing a whole disk must not hold the disk's state.
+        let (path, tracker, committed) = {
             let g = d2.lock().map_err(|_| "lock poisoned".to_string())?;
-            (
-                g.job.disk.info().path.clone(),
-                g.tracker.paths().hashes.clone(),
-            )
+            let info = g.job.disk.info();
+            (info.path.clone(), g.tracker.clone(), g.committed_cycle)
         };
         let disk = crate::disk::open(&path, crate::disk::OpenOptions::default())
             .map_err(|e| e.to_string())?;
-        let mut t =
-            HashTable::open(&hashes, disk.info().virtual_size).map_err(|e| e.to_string())?;
-        if !t.is_complete() {
-            t.compute_all(disk.as_ref()).map_err(|e| e.to_string())?;
+        let mut t = HashTable::open(&tracker.paths().hashes, disk.info().virtual_size)
+            .map_err(|e| e.to_string())?;
+        let pending = tracker.pending().map_err(|e| e.to_string())?;
+        let newest = pending
+            .last()
+            .map(|(c, _)| *c)
+            .unwrap_or(0)
+            .max(committed.unwrap_or(0));
+        if t.is_complete() && t.through() > newest {
+            // Cycle numbers restarted (a new protection): the table belongs to another chain.
+            t.invalidate().map_err(|e| e.to_string())?;
         }
-        Ok(())
+        if t.is_complete() {
+            catch_up(&tracker, disk.as_ref(), &mut t)
+        } else {
+            // Writes after this point are in the active log or later ones: cycles > newest.
+            t.compute_all(disk.as_ref(), newest)
+                .map_err(|e| e.to_string())
+        }
     })
     .await;
     if let Ok(Err(e)) | Err(e) = res.map_err(|e| e.to_string()) {
@@ -326,9 +340,33 @@ async fn ensure_hash_table(d: &Arc<Mutex<Protected>>) {
     }
 }
 
-/// The digest of the disk right after a switch: the table's entries for the blocks the
-/// closed log touched are recomputed from a fresh reader first.
-fn switch_digest(g: &Protected, closed: &std::path::Path) -> Result<Option<[u8; 32]>, String> {
+/// Refreshes the table's entries for every block written by a closed log it has not seen
+/// (cycles past `through`). On failure the table is left incomplete: no digest from stale
+/// entries.
+fn catch_up(tracker: &Tracker, disk: &dyn VirtualDisk, t: &mut HashTable) -> Result<(), String> {
+    let res = (|| {
+        let mut ranges = Vec::new();
+        let mut newest = t.through();
+        for (c, p) in tracker.pending().map_err(|e| e.to_string())? {
+            if c <= t.through() {
+                continue;
+            }
+            let log = tracker.open_closed(&p).map_err(|e| e.to_string())?;
+            ranges.extend(coalesce_log(&log).into_iter().map(|e| (e.offset, e.end())));
+            newest = newest.max(c);
+        }
+        ranges.sort_unstable();
+        t.refresh(disk, ranges, newest).map_err(|e| e.to_string())
+    })();
+    if res.is_err() {
+        let _ = t.invalidate();
+    }
+    res
+}
+
+/// The digest of the disk right after a switch (call under the tracking lock): the entries
+/// of the blocks the closed logs touched are recomputed from a fresh reader first.
+fn switch_digest(g: &Protected, cycle: u64) -> Result<Option<[u8; 32]>, String> {
     let path = &g.job.disk.info().path;
     let disk =
         crate::disk::open(path, crate::disk::OpenOptions::default()).map_err(|e| e.to_string())?;
@@ -337,10 +375,14 @@ fn switch_digest(g: &Protected, closed: &std::path::Path) -> Result<Option<[u8; 
     if !t.is_complete() {
         return Ok(None);
     }
-    let log = g.tracker.open_closed(closed).map_err(|e| e.to_string())?;
-    let ranges = coalesce_log(&log).into_iter().map(|e| (e.offset, e.end()));
-    t.refresh(disk.as_ref(), ranges)
-        .map_err(|e| e.to_string())?;
+    if t.through() >= cycle {
+        t.invalidate().map_err(|e| e.to_string())?;
+        return Err(format!(
+            "the block-hash table claims cycle {} already; it is recomputed at the next start",
+            t.through()
+        ));
+    }
+    catch_up(&g.tracker, disk.as_ref(), &mut t)?;
     t.digest().map_err(|e| e.to_string())
 }
 
@@ -442,11 +484,8 @@ async fn ship_pending(
                 handle: o.handle,
                 cycle,
                 bytes,
-                // Per-cycle digests are recorded beside the logs (`D.NNNNNNNN.hrl.digest`) but
-                // not sent yet: in tests they disagreed with correct replicas, so sending them
-                // would fail good failovers. Until that is found, points carry no digest and
-                // failover says it could not verify.
-                digest: [0; 32],
+                // Recorded at the switch; none (zeros) when the table was not ready then.
+                digest: tracker.cycle_digest(cycle).unwrap_or([0; 32]),
                 retention_secs: policy.retention.as_secs().min(86_400) as u32,
             })
             .await?;
