@@ -18,6 +18,7 @@ pub mod io;
 pub mod layout;
 pub mod pipeline;
 pub mod receiver;
+pub mod resync;
 pub mod sender;
 pub mod signals;
 pub mod sink;

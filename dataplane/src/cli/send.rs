@@ -55,6 +55,14 @@ pub struct Args {
     /// With --interval: stop after this many cycles (default: run until SIGTERM).
     #[arg(long)]
     max_cycles: Option<u64>,
+    /// Resynchronise each disk's committed replica by block checksums (only differing 4 KiB
+    /// pages are sent) and exit once committed. A one-shot send of a committed disk does
+    /// this anyway; with --interval the resync runs before delta cycles start.
+    #[arg(long)]
+    resync: bool,
+    /// With --resync: rehash the target's data (the receiver currently always does).
+    #[arg(long)]
+    verify: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -134,6 +142,8 @@ fn options(a: &Args) -> anyhow::Result<(Vec<VmSpec>, SendOptions, Option<Policy>
             .or(f.give_up_after)
             .unwrap_or(d.give_up_after),
         progress: !a.no_progress,
+        resync: a.resync,
+        verify: a.verify,
         bandwidth: match (a.bandwidth, f.bandwidth.as_deref()) {
             (Some(r), _) => r.0,
             (None, Some(s)) => {
@@ -144,6 +154,9 @@ fn options(a: &Args) -> anyhow::Result<(Vec<VmSpec>, SendOptions, Option<Policy>
             (None, None) => None,
         },
     };
+    if a.verify && !a.resync {
+        bail!("--verify applies to --resync");
+    }
     if !(1..=32).contains(&opts.threads) {
         bail!(
             "--threads {}: upload threads per VM range from 1 to 32",

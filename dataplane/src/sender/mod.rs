@@ -8,6 +8,7 @@ mod error;
 mod logimage;
 mod progress;
 pub mod protect;
+pub mod resync;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -60,6 +61,11 @@ pub struct SendOptions {
     pub progress: bool,
     /// Bandwidth limit shared by all streams of this sender (bytes per second).
     pub bandwidth: Option<u64>,
+    /// Resynchronise committed replicas at once (`--resync`).
+    pub resync: bool,
+    /// Rehash the target's data during a resync (`--verify`). The receiver has no durable
+    /// hash index yet, so it always rehashes: the flag is accepted and changes nothing.
+    pub verify: bool,
 }
 
 impl Default for SendOptions {
@@ -76,6 +82,8 @@ impl Default for SendOptions {
             give_up_after: Duration::from_secs(600),
             progress: true,
             bandwidth: None,
+            resync: false,
+            verify: false,
         }
     }
 }
@@ -240,6 +248,7 @@ pub async fn run_with(
                         job: j.clone(),
                         committed_cycle: None,
                         fresh: false,
+                        force_resync: opts.resync,
                     })
                     .collect();
                 let mut disks = disks;
@@ -375,9 +384,27 @@ async fn attempt_once(
                     continue;
                 }
                 let t0 = Instant::now();
-                let out = disk::replicate(&conn, &mut ctrl, &job, &sh).await?;
-                info!(vm = %job.vm, disk = %job.name, resumed_bytes = out.resumed,
-                      seconds = t0.elapsed().as_secs_f64(), "disk committed at the receiver");
+                // A committed replica is brought in line by a resync, not copied again.
+                let o = disk::open_disk(&mut ctrl, &job, false).await?;
+                if o.initial_committed && !o.known_empty {
+                    let out = resync::resync(
+                        &conn,
+                        &mut ctrl,
+                        &job,
+                        &o,
+                        &sh,
+                        crate::sink::DEFAULT_RETENTION,
+                        true,
+                    )
+                    .await?;
+                    info!(vm = %job.vm, disk = %job.name, cycle = out.cycle, changed_bytes = out.changed,
+                          rounds = out.rounds, seconds = t0.elapsed().as_secs_f64(),
+                          "resync committed at the receiver");
+                } else {
+                    let out = disk::copy_initial(&conn, &mut ctrl, &job, &o, &sh).await?;
+                    info!(vm = %job.vm, disk = %job.name, resumed_bytes = out.resumed,
+                          seconds = t0.elapsed().as_secs_f64(), "disk committed at the receiver");
+                }
                 if let Ok(mut d) = done.lock() {
                     d.insert(key);
                 }

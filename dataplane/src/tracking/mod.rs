@@ -162,6 +162,19 @@ impl Tracker {
         write_small(&self.paths.resync, &format!("{reason}\n"))
     }
 
+    /// Clears the "resync required" mark (after the resync committed).
+    pub fn clear_resync(&self) -> Result<(), TrackingError> {
+        match std::fs::remove_file(&self.paths.resync) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(TrackingError::Io {
+                path: self.paths.resync.clone(),
+                op: "remove resync mark",
+                source: e,
+            }),
+        }
+    }
+
     /// The reason a resync is required, if one is.
     pub fn resync_reason(&self) -> Option<String> {
         std::fs::read_to_string(&self.paths.resync)
@@ -259,6 +272,37 @@ impl Locked<'_> {
             &self.tracker.paths.digest(cycle),
             &format!("{}\n", hex::encode(digest)),
         )
+    }
+
+    /// Starts a fresh chain for a resync: drops every closed log and the active one (the
+    /// resync reads the disk as it is, which holds all they recorded) and starts an empty
+    /// active log chained to nothing. Under the lock, so writes after it are all in the new
+    /// log, and the cycles after the resync carry them.
+    pub fn restart_chain(&self, now: SystemTime) -> Result<Guid, TrackingError> {
+        let paths = &self.tracker.paths;
+        for (_, p) in self.tracker.pending()? {
+            self.tracker.remove_shipped(&p)?;
+        }
+        // The block-hash table was kept current by the dropped logs: recompute it later.
+        let _ = std::fs::remove_file(&paths.hashes);
+        match std::fs::remove_file(&paths.active) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(TrackingError::Io {
+                    path: paths.active.clone(),
+                    op: "remove active log",
+                    source: e,
+                })
+            }
+        }
+        let w = HrlWriter::create(&paths.active, &self.writer_options(Guid::NIL, now))?;
+        paths.sync_dir().map_err(|e| TrackingError::Io {
+            path: paths.active.clone(),
+            op: "sync folder",
+            source: e,
+        })?;
+        Ok(w.unique_id())
     }
 
     /// Closes the active log as cycle `cycle` and starts the next one chained to it.
