@@ -54,6 +54,13 @@ pub struct Protected {
 pub fn start_tracking(disks: &mut [Protected]) -> Result<(), SendError> {
     for d in disks.iter_mut() {
         let locked = d.tracker.lock().map_err(tracking_err(&d.job))?;
+        if let Some(cycle) = locked
+            .finish_switch(SystemTime::now())
+            .map_err(tracking_err(&d.job))?
+        {
+            warn!(vm = %d.job.vm, disk = %d.job.name, cycle,
+                  "the switch of this cycle was interrupted; it is completed and tracking continues");
+        }
         if !d.tracker.is_active() {
             locked
                 .start(Guid::NIL, SystemTime::now())
