@@ -20,6 +20,7 @@ pub mod io;
 pub mod layout;
 pub mod pipeline;
 pub mod receiver;
+pub mod resync;
 pub mod retry;
 pub mod sender;
 pub mod signals;

@@ -165,7 +165,10 @@ fn test_failover_writes_every_point_as_the_source_was_while_replication_runs() {
     let mut last = 0;
     for c in 0..=3u64 {
         let out = d.join(format!("fo-{c}"));
-        failover(&store, "vm1", Some(&c.to_string()), &out);
+        let text = failover(&store, "vm1", Some(&c.to_string()), &out);
+        if c > 0 {
+            assert!(text.contains("digest verified"), "point {c}: {text}");
+        }
         let got = disk_bytes(&out.join("d1.vhd"), size);
         let at = states
             .iter()
@@ -180,7 +183,8 @@ fn test_failover_writes_every_point_as_the_source_was_while_replication_runs() {
     let latest = d.join("fo-latest");
     let text = failover(&store, "vm1", None, &latest);
     assert!(text.contains("point 3"), "{text}");
-    assert!(text.contains("no sender digest"), "{text}");
+    // Cycle points carry the digest the sender computed at the switch (issue 4).
+    assert!(text.contains("digest verified"), "{text}");
     assert!(text.contains(s(&latest.join("d1.vhd"))), "{text}");
     assert!(disk_bytes(&latest.join("d1.vhd"), size) == *states.last().unwrap());
     run(Command::new("qemu-img").args([

@@ -223,7 +223,7 @@ fn a_sparse_disk_over_4_gib_with_data_near_the_end_replicates_reading_only_its_d
 }
 
 #[test]
-fn sending_a_committed_disk_again_copies_it_again_and_follows_the_changed_source() {
+fn sending_a_committed_disk_again_resyncs_only_the_changed_pages_and_follows_the_source() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     let tls = certs(&d.join("tls"), &["hv01"]);
@@ -265,14 +265,26 @@ fn sending_a_committed_disk_again_copies_it_again_and_follows_the_changed_source
         ],
     );
     let second = send.run(RUN_LIMIT);
-    // A one-shot send of a committed disk is a full copy, not a no-op.
-    assert!(second.count("read_bytes") >= read1, "{:?}", second.summary);
+    // A one-shot send of a committed disk is a resync (issue 6): only the changed pages
+    // (5 MiB, one range not page-aligned) travel, committed as the next recovery point.
+    let changed = second.count("resync_changed_bytes");
+    assert!(
+        (5 * MIB..=6 * MIB).contains(&changed),
+        "{:?}",
+        second.summary
+    );
+    assert!(second.count("wire_bytes") < read1, "{:?}", second.summary);
     assert_eq!(second.count("retries"), 0);
     assert_replica_identical(&img, "vhd", &replica(&store, "vm1", "os"));
     let log = rx.log_text();
     assert_eq!(
         log.matches("initial replication committed").count(),
-        2,
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("cycle committed as a recovery point").count(),
+        1,
         "{log}"
     );
 }

@@ -71,6 +71,16 @@ fn log_write(a: Args) -> anyhow::Result<()> {
     }
     let tracker = Tracker::new(&a.disk, info.virtual_size);
     let locked = tracker.lock()?;
+    // Checked under the lock before the disk is touched: a write with no log to record it
+    // would be a gap in the replica's history.
+    if !tracker.is_active() {
+        bail!(
+            "{}: change tracking is not active (no {}): start protection with `vdrep send --interval` first",
+            a.disk.display(),
+            tracker.paths().active.display()
+        );
+    }
+    locked.check_appendable()?;
     if writes_disk && !a.log_only {
         let f = FsOpen::new()
             .write(true)
@@ -82,6 +92,16 @@ fn log_write(a: Args) -> anyhow::Result<()> {
         f.sync_data()
             .with_context(|| format!("{}: sync failed", a.disk.display()))?;
     }
-    locked.append(&[(a.offset, Bytes::from(data))], SystemTime::now())?;
+    if let Err(e) = locked.append(&[(a.offset, Bytes::from(data))], SystemTime::now()) {
+        if writes_disk && !a.log_only {
+            // The disk holds a write its log does not: only a resync can bring the replica
+            // in line again.
+            let _ = tracker.mark_resync(&format!(
+                "a write at offset {} reached the disk but not its change log: {e}",
+                a.offset
+            ));
+        }
+        return Err(e.into());
+    }
     Ok(())
 }

@@ -91,6 +91,14 @@ pub struct Args {
     /// With --interval: stop after this many cycles (default: run until SIGTERM).
     #[arg(long)]
     max_cycles: Option<u64>,
+    /// Resynchronise each disk's committed replica by block checksums (only differing 4 KiB
+    /// pages are sent) and exit once committed. A one-shot send of a committed disk does
+    /// this anyway; with --interval the resync runs before delta cycles start.
+    #[arg(long)]
+    resync: bool,
+    /// With --resync: rehash the target's data (the receiver currently always does).
+    #[arg(long)]
+    verify: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -234,7 +242,12 @@ fn options(a: &Args) -> anyhow::Result<(Vec<VmSpec>, SendOptions, Option<Policy>
         bandwidth: merged_policy(&flag_policy(a), file_spec)?,
         state: a.state.clone().or(f.state),
         rpo_threshold: a.rpo_threshold.or(f.rpo_threshold),
+        resync: a.resync,
+        verify: a.verify,
     };
+    if a.verify && !a.resync {
+        bail!("--verify applies to --resync");
+    }
     if !(1..=32).contains(&opts.threads) {
         bail!(
             "--threads {}: upload threads per VM range from 1 to 32",

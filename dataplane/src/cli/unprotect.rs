@@ -82,6 +82,9 @@ fn remove_tracking(disk: &Path) -> anyhow::Result<usize> {
                 .with_context(|| format!("{}: cannot list the change logs", disk.display()))
         }
     };
+    if let Ok(Some((_, next))) = p.find_next() {
+        files.push(next);
+    }
     files.extend([
         p.active.clone(),
         p.shipped.clone(),

@@ -28,6 +28,10 @@ pub struct Stats {
     pub done: AtomicU64,
     /// Delta cycles committed.
     pub cycles: AtomicU64,
+    /// Resync hash-exchange bytes on the wire (requests and answers, both directions).
+    pub hash_wire: AtomicU64,
+    /// Bytes a resync found different and sent (uncompressed).
+    pub resync_changed: AtomicU64,
     /// Times a reconnect found more durable progress at the receiver than before.
     pub durable_growth: AtomicU64,
 }
@@ -47,6 +51,7 @@ impl Stats {
     adder!(add_skipped_unallocated, skipped_unallocated);
     adder!(add_wire, wire);
     adder!(add_done, done);
+    adder!(add_hash_wire, hash_wire);
 
     /// Records a write extent's sizes.
     pub fn add_payload(&self, data: u64, payload: u64) {

@@ -314,6 +314,56 @@ impl Receiver {
                     },
                 }
             }
+            Control::HashRequest {
+                req,
+                handle,
+                level,
+                parents,
+            } => {
+                let Some(s) = conn.disk(handle) else {
+                    return unknown_handle(req, handle);
+                };
+                if s.replica.state().initial_in_progress {
+                    return Control::Error {
+                        req,
+                        class: ErrorClass::InvalidState,
+                        message:
+                            "resync needs a committed replica, but an initial copy is in progress"
+                                .into(),
+                    };
+                }
+                match s.hashes(level, parents).await {
+                    Ok(hashes) if hashes.len() <= wire::MAX_HASHES => Control::Hashes {
+                        req,
+                        handle,
+                        level,
+                        hashes,
+                    },
+                    Ok(_) => Control::Error {
+                        req,
+                        class: ErrorClass::Protocol,
+                        message: "too many hashes asked for at once".into(),
+                    },
+                    Err(message) => Control::Error {
+                        req,
+                        class: ErrorClass::Internal,
+                        message,
+                    },
+                }
+            }
+            Control::RootRequest { req, handle } => {
+                let Some(s) = conn.disk(handle) else {
+                    return unknown_handle(req, handle);
+                };
+                match s.root().await {
+                    Ok(root) => Control::Root { req, handle, root },
+                    Err(message) => Control::Error {
+                        req,
+                        class: ErrorClass::Internal,
+                        message,
+                    },
+                }
+            }
             other => Control::Error {
                 req: 0,
                 class: ErrorClass::Protocol,

@@ -25,6 +25,21 @@ pub struct DiskSession {
     dirty: AtomicBool,
     /// Serialises checkpoints and commits.
     sync: tokio::sync::Mutex<()>,
+    /// The resync hash tree of the working image, built at a resync's first hash request
+    /// and refreshed from the written ranges before each root answer.
+    tree: Arc<Mutex<Option<crate::resync::Tree>>>,
+}
+
+/// The working image of a replica as a resync [`crate::resync::Source`].
+struct ReplicaSource(Arc<dyn ReplicaDisk>, u64);
+
+impl crate::resync::Source for ReplicaSource {
+    fn size(&self) -> u64 {
+        self.1
+    }
+    fn read(&self, off: u64, len: usize) -> Result<bytes::Bytes, String> {
+        self.0.read(off, len).map_err(|e| e.to_string())
+    }
 }
 
 impl DiskSession {
@@ -42,6 +57,7 @@ impl DiskSession {
             written: Mutex::new(progress),
             dirty: AtomicBool::new(false),
             sync: tokio::sync::Mutex::new(()),
+            tree: Default::default(),
         }
     }
 
@@ -140,10 +156,10 @@ impl DiskSession {
         Ok(progress)
     }
 
-    /// Checkpoints the cycle's writes, commits it as `point`, then prunes points created
-    /// before `keep_after` (never the newest). Returns the pruned cycles.
-    /// `point`'s time is stamped here (`sink::retention::stamp`), and the points then older
-    /// than `retention_secs` on the store's timeline are pruned.
+    /// Checkpoints the cycle's writes, commits it as `point`, then prunes the points older
+    /// than `retention_secs` on the store's timeline (never the newest; `sink::retention`).
+    /// `point`'s time is stamped here, never before the newest point's. Returns the pruned
+    /// cycles.
     pub async fn commit_cycle(
         &self,
         mut point: RecoveryPoint,
@@ -174,4 +190,51 @@ impl DiskSession {
     pub fn progress_snapshot(&self) -> RangeSet {
         self.written.lock().map(|w| w.clone()).unwrap_or_default()
     }
+}
+
+impl DiskSession {
+    /// Answers a resync hash request, building the tree on the first one (level 0). The
+    /// ranges written before are part of the image read, so they need no refresh.
+    pub async fn hashes(&self, level: u8, parents: Vec<u64>) -> Result<Vec<u64>, String> {
+        let src = ReplicaSource(self.replica.clone(), self.virtual_size);
+        let tree = self.tree.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut t = tree.lock().map_err(|_| "tree lock poisoned".to_string())?;
+            if level == 0 || t.is_none() {
+                *t = Some(crate::resync::Tree::build(&src, build_threads())?);
+            }
+            let t = t.as_ref().ok_or("no tree")?;
+            t.answer(&src, level, &parents)
+        })
+        .await
+        .map_err(|e| format!("hash task failed: {e}"))?
+    }
+
+    /// The full-strength root of the working image now: the tree's nodes under every range
+    /// written in this session are read again first.
+    pub async fn root(&self) -> Result<[u8; 32], String> {
+        let src = ReplicaSource(self.replica.clone(), self.virtual_size);
+        let tree = self.tree.clone();
+        let written: Vec<(u64, u64)> = self
+            .progress_snapshot()
+            .iter()
+            .map(|r| (r.start, r.end))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let mut t = tree.lock().map_err(|_| "tree lock poisoned".to_string())?;
+            match t.as_mut() {
+                Some(t) => t.refresh(&src, written)?,
+                None => *t = Some(crate::resync::Tree::build(&src, build_threads())?),
+            }
+            Ok(t.as_ref().map(|t| t.root()).unwrap_or_default())
+        })
+        .await
+        .map_err(|e| format!("root task failed: {e}"))?
+    }
+}
+
+fn build_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
 }

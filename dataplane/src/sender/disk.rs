@@ -158,17 +158,6 @@ pub async fn open_disk(
     })
 }
 
-/// Replicates `job` (initial copy, resumable) and commits it.
-pub async fn replicate(
-    conn: &quinn::Connection,
-    ctrl: &mut ControlStream,
-    job: &DiskJob,
-    sh: &Arc<Shared>,
-) -> Result<DiskOutcome, SendError> {
-    let opened = open_disk(ctrl, job, true).await?;
-    copy_initial(conn, ctrl, job, &opened, sh).await
-}
-
 /// The initial copy of an opened disk, resumed from its durable progress, then committed.
 pub async fn copy_initial(
     conn: &quinn::Connection,

@@ -11,6 +11,7 @@ mod error;
 mod logimage;
 mod progress;
 pub mod protect;
+pub mod resync;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -73,6 +74,11 @@ pub struct SendOptions {
     pub state: Option<PathBuf>,
     /// RPO above which a VM warns (default: twice the interval).
     pub rpo_threshold: Option<Duration>,
+    /// Resynchronise committed replicas at once (`--resync`).
+    pub resync: bool,
+    /// Rehash the target's data during a resync (`--verify`). The receiver has no durable
+    /// hash index yet, so it always rehashes: the flag is accepted and changes nothing.
+    pub verify: bool,
 }
 
 impl Default for SendOptions {
@@ -92,6 +98,8 @@ impl Default for SendOptions {
             bandwidth: BandwidthPolicy::NoThrottle,
             state: None,
             rpo_threshold: None,
+            resync: false,
+            verify: false,
         }
     }
 }
@@ -290,6 +298,7 @@ pub async fn run_controlled(
                         job: j.clone(),
                         committed_cycle: None,
                         fresh: false,
+                        force_resync: opts.resync,
                     })
                     .collect();
                 let mut disks = disks;
@@ -473,9 +482,27 @@ async fn attempt_once(
                     continue;
                 }
                 let t0 = Instant::now();
-                let out = disk::replicate(&conn, &mut ctrl, &job, &sh).await?;
-                info!(vm = %job.vm, disk = %job.name, resumed_bytes = out.resumed,
-                      seconds = t0.elapsed().as_secs_f64(), "disk committed at the receiver");
+                // A committed replica is brought in line by a resync, not copied again.
+                let o = disk::open_disk(&mut ctrl, &job, false).await?;
+                if o.initial_committed && !o.known_empty {
+                    let out = resync::resync(
+                        &conn,
+                        &mut ctrl,
+                        &job,
+                        &o,
+                        &sh,
+                        crate::sink::DEFAULT_RETENTION,
+                        true,
+                    )
+                    .await?;
+                    info!(vm = %job.vm, disk = %job.name, cycle = out.cycle, changed_bytes = out.changed,
+                          rounds = out.rounds, seconds = t0.elapsed().as_secs_f64(),
+                          "resync committed at the receiver");
+                } else {
+                    let out = disk::copy_initial(&conn, &mut ctrl, &job, &o, &sh).await?;
+                    info!(vm = %job.vm, disk = %job.name, resumed_bytes = out.resumed,
+                          seconds = t0.elapsed().as_secs_f64(), "disk committed at the receiver");
+                }
                 if let Ok(mut d) = done.lock() {
                     d.insert(key);
                 }

@@ -82,6 +82,10 @@ pub struct Summary {
     pub data_bytes: u64,
     /// Bytes on the wire (frames; QUIC/TLS overhead not included).
     pub wire_bytes: u64,
+    /// Resync hash-exchange bytes on the wire, both directions (not in `wire_bytes`).
+    pub hash_bytes: u64,
+    /// Bytes resyncs found different and sent (uncompressed).
+    pub resync_changed_bytes: u64,
     /// data / payload.
     pub compression_ratio: f64,
     /// Extents acknowledged.
@@ -108,6 +112,8 @@ impl Summary {
             skipped_unallocated_bytes: total.saturating_sub(Stats::get(&s.read)),
             data_bytes: data,
             wire_bytes: Stats::get(&s.wire),
+            hash_bytes: Stats::get(&s.hash_wire),
+            resync_changed_bytes: Stats::get(&s.resync_changed),
             compression_ratio: if data == 0 {
                 1.0
             } else {
@@ -124,7 +130,7 @@ impl Summary {
     /// One line for logs.
     pub fn one_line(&self) -> String {
         format!(
-            "replicated {} in {:.1} s ({}/s): read {}, skipped {} zero + {} unallocated, wire {}, compression {:.2}x, {} extents, {} resent, {} retries",
+            "replicated {} in {:.1} s ({}/s): read {}, skipped {} zero + {} unallocated, wire {} data + {} hashes, compression {:.2}x, {} extents, {} resent, {} retries",
             human(self.total_bytes),
             self.seconds,
             human(self.throughput_bytes_per_sec as u64),
@@ -132,6 +138,7 @@ impl Summary {
             human(self.skipped_zero_bytes),
             human(self.skipped_unallocated_bytes),
             human(self.wire_bytes),
+            human(self.hash_bytes),
             self.compression_ratio,
             self.extents,
             self.resent_extents,

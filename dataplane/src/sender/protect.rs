@@ -19,6 +19,7 @@ use vdrep_proto::Guid;
 use super::disk::{copy_initial, open_disk, send_all, DiskJob, Opened, Shared};
 use super::logimage::LogImage;
 use super::{ControlStream, SendError};
+use crate::disk::VirtualDisk;
 use crate::hrl::coalesce_log;
 use crate::pipeline::WorkItem;
 use crate::tracking::{HashTable, Tracker, TrackingError};
@@ -45,12 +46,21 @@ pub struct Protected {
     /// Tracking started in this run: whatever replica the receiver holds predates it, so
     /// the disk is copied in full before cycles can follow.
     pub fresh: bool,
+    /// Resynchronise before the next cycle even without a mark (`send --resync`).
+    pub force_resync: bool,
 }
 
 /// Starts change tracking of every disk (before its initial copy, so no write is missed).
 pub fn start_tracking(disks: &mut [Protected]) -> Result<(), SendError> {
     for d in disks.iter_mut() {
         let locked = d.tracker.lock().map_err(tracking_err(&d.job))?;
+        if let Some(cycle) = locked
+            .finish_switch(SystemTime::now())
+            .map_err(tracking_err(&d.job))?
+        {
+            warn!(vm = %d.job.vm, disk = %d.job.name, cycle,
+                  "the switch of this cycle was interrupted; it is completed and tracking continues");
+        }
         if !d.tracker.is_active() {
             locked
                 .start(Guid::NIL, SystemTime::now())
@@ -114,18 +124,25 @@ pub async fn protect_vm(
             .lock()
             .map(|g| (g.job.clone(), g.fresh))
             .map_err(poisoned)?;
-        if skip(d) {
-            opened.push(None);
-            continue;
-        }
-        let o = open_disk(&mut ctrl, &job, fresh).await?;
+        let o = open_disk(&mut ctrl, &job, false).await?;
         // `known_empty` is set while an initial copy is in progress.
         let committed = if o.initial_committed && !o.known_empty {
+            if fresh {
+                // Tracking started now: the replica predates it and is brought in line.
+                if let Ok(mut g) = d.lock() {
+                    g.force_resync = true;
+                }
+            }
             o.committed_cycle
         } else {
+            if needs_resync(d) {
+                // The copy reads the disk as it is: a fresh chain follows it.
+                restart_chain(d).await?;
+            }
             info!(vm = %job.vm, disk = %job.name, "initial replication (writes are tracked meanwhile)");
             copy_initial(conn, &mut ctrl, &job, &o, sh).await?;
             sh.health.committed(&job.vm, &job.name, sh.clock.now_utc());
+            clear_resync(d);
             0
         };
         if let Ok(mut g) = d.lock() {
@@ -135,6 +152,7 @@ pub async fn protect_vm(
         ensure_hash_table(d).await;
         opened.push(Some(o));
     }
+    resync_marked(conn, &mut ctrl, disks, &opened, policy, sh).await?;
     // Ship whatever is pending (a previous run's closed logs), then cycle.
     ship_all(conn, &mut ctrl, disks, &opened, policy, sh).await?;
     loop {
@@ -162,6 +180,8 @@ pub async fn protect_vm(
             *n = (*n + policy.interval).max(Instant::now());
         }
         ship_all(conn, &mut ctrl, disks, &opened, policy, sh).await?;
+        // A gap found while shipping: resynchronise now, then cycles resume.
+        resync_marked(conn, &mut ctrl, disks, &opened, policy, sh).await?;
         report_resync(disks, sh);
         sched.cycles.fetch_add(1, Ordering::Relaxed);
     }
@@ -175,6 +195,84 @@ fn report_resync(disks: &[Arc<Mutex<Protected>>], sh: &Shared) {
                 .resync_required(&g.job.vm, &g.job.name, g.tracker.resync_reason());
         }
     }
+}
+
+fn needs_resync(d: &Mutex<Protected>) -> bool {
+    d.lock()
+        .map(|g| g.force_resync || g.tracker.resync_reason().is_some())
+        .unwrap_or(false)
+}
+
+/// Starts a fresh change-log chain under the tracking lock (see `Locked::restart_chain`).
+async fn restart_chain(d: &Arc<Mutex<Protected>>) -> Result<(), SendError> {
+    let d2 = d.clone();
+    tokio::task::spawn_blocking(move || {
+        let g = d2.lock().map_err(poisoned)?;
+        let locked = g.tracker.lock().map_err(tracking_err(&g.job))?;
+        locked
+            .restart_chain(SystemTime::now())
+            .map_err(tracking_err(&g.job))?;
+        drop(locked);
+        g.tracker
+            .set_shipped_id(Guid::NIL)
+            .map_err(tracking_err(&g.job))
+    })
+    .await
+    .map_err(|e| SendError::Internal(format!("restart chain task: {e}")))?
+}
+
+fn clear_resync(d: &Mutex<Protected>) {
+    if let Ok(mut g) = d.lock() {
+        g.force_resync = false;
+        if let Err(e) = g.tracker.clear_resync() {
+            warn!(error = %e, "cannot clear the resync mark");
+        }
+    }
+}
+
+/// Resynchronises every disk marked "resync required" (or forced): a fresh log chain starts
+/// under the lock, the replica is brought in line by block checksums as the next cycle, and
+/// the mark is cleared once that cycle is committed. A crash in between leaves the mark, so
+/// the next run starts over (the comparison skips what already arrived).
+async fn resync_marked(
+    conn: &quinn::Connection,
+    ctrl: &mut ControlStream,
+    disks: &Arc<Vec<Arc<Mutex<Protected>>>>,
+    opened: &[Option<Opened>],
+    policy: &Policy,
+    sh: &Arc<Shared>,
+) -> Result<(), SendError> {
+    for (d, o) in disks.iter().zip(opened) {
+        let Some(o) = o else { continue };
+        if !needs_resync(d) {
+            continue;
+        }
+        let (job, committed) = {
+            let g = d.lock().map_err(poisoned)?;
+            (
+                g.job.clone(),
+                g.committed_cycle.unwrap_or(o.committed_cycle),
+            )
+        };
+        info!(vm = %job.vm, disk = %job.name, "resync started");
+        restart_chain(d).await?;
+        let o = Opened {
+            committed_cycle: committed,
+            ..o.clone()
+        };
+        sh.health.resync_running(&job.vm, &job.name, true);
+        let out = super::resync::resync(conn, ctrl, &job, &o, sh, policy.retention, false).await;
+        sh.health.resync_running(&job.vm, &job.name, false);
+        let out = out?;
+        if let Ok(mut g) = d.lock() {
+            g.committed_cycle = Some(out.cycle);
+        }
+        clear_resync(d);
+        ensure_hash_table(d).await;
+        info!(vm = %job.vm, disk = %job.name, cycle = out.cycle, changed_bytes = out.changed,
+              "resync committed; delta replication resumes");
+    }
+    Ok(())
 }
 
 fn poisoned<T>(_: T) -> SendError {
@@ -203,11 +301,11 @@ async fn switch(d: &Arc<Mutex<Protected>>) -> Option<u64> {
             ));
         }
         let locked = g.tracker.lock().map_err(|e| e.to_string())?;
-        let (closed, _) = locked
+        locked
             .switch(next, SystemTime::now())
             .map_err(|e| e.to_string())?;
         // Still under the lock: the disk is exactly the new recovery point.
-        match switch_digest(&g, &closed) {
+        match switch_digest(&g, next) {
             Ok(Some(digest)) => {
                 if let Err(e) = locked.record_digest(next, digest) {
                     warn!(error = %e, "cannot record the cycle digest");
@@ -232,25 +330,38 @@ async fn switch(d: &Arc<Mutex<Protected>>) -> Option<u64> {
 }
 
 /// Computes the block-hash table once tracking runs (blocks changing meanwhile are in the
-/// logs and are recomputed at the next switch).
+/// logs and are recomputed at the next switch), or brings a kept table up to date with the
+/// closed logs it has not seen (a sender killed between a switch and its refresh).
 async fn ensure_hash_table(d: &Arc<Mutex<Protected>>) {
     let d2 = d.clone();
     let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let (path, hashes) = {
+        // A snapshot: hashing a whole disk must not hold the disk's state.
+        let (path, tracker, committed) = {
             let g = d2.lock().map_err(|_| "lock poisoned".to_string())?;
-            (
-                g.job.disk.info().path.clone(),
-                g.tracker.paths().hashes.clone(),
-            )
+            let info = g.job.disk.info();
+            (info.path.clone(), g.tracker.clone(), g.committed_cycle)
         };
         let disk = crate::disk::open(&path, crate::disk::OpenOptions::default())
             .map_err(|e| e.to_string())?;
-        let mut t =
-            HashTable::open(&hashes, disk.info().virtual_size).map_err(|e| e.to_string())?;
-        if !t.is_complete() {
-            t.compute_all(disk.as_ref()).map_err(|e| e.to_string())?;
+        let mut t = HashTable::open(&tracker.paths().hashes, disk.info().virtual_size)
+            .map_err(|e| e.to_string())?;
+        let pending = tracker.pending().map_err(|e| e.to_string())?;
+        let newest = pending
+            .last()
+            .map(|(c, _)| *c)
+            .unwrap_or(0)
+            .max(committed.unwrap_or(0));
+        if t.is_complete() && t.through() > newest {
+            // Cycle numbers restarted (a new protection): the table belongs to another chain.
+            t.invalidate().map_err(|e| e.to_string())?;
         }
-        Ok(())
+        if t.is_complete() {
+            catch_up(&tracker, disk.as_ref(), &mut t)
+        } else {
+            // Writes after this point are in the active log or later ones: cycles > newest.
+            t.compute_all(disk.as_ref(), newest)
+                .map_err(|e| e.to_string())
+        }
     })
     .await;
     if let Ok(Err(e)) | Err(e) = res.map_err(|e| e.to_string()) {
@@ -258,9 +369,33 @@ async fn ensure_hash_table(d: &Arc<Mutex<Protected>>) {
     }
 }
 
-/// The digest of the disk right after a switch: the table's entries for the blocks the
-/// closed log touched are recomputed from a fresh reader first.
-fn switch_digest(g: &Protected, closed: &std::path::Path) -> Result<Option<[u8; 32]>, String> {
+/// Refreshes the table's entries for every block written by a closed log it has not seen
+/// (cycles past `through`). On failure the table is left incomplete: no digest from stale
+/// entries.
+fn catch_up(tracker: &Tracker, disk: &dyn VirtualDisk, t: &mut HashTable) -> Result<(), String> {
+    let res = (|| {
+        let mut ranges = Vec::new();
+        let mut newest = t.through();
+        for (c, p) in tracker.pending().map_err(|e| e.to_string())? {
+            if c <= t.through() {
+                continue;
+            }
+            let log = tracker.open_closed(&p).map_err(|e| e.to_string())?;
+            ranges.extend(coalesce_log(&log).into_iter().map(|e| (e.offset, e.end())));
+            newest = newest.max(c);
+        }
+        ranges.sort_unstable();
+        t.refresh(disk, ranges, newest).map_err(|e| e.to_string())
+    })();
+    if res.is_err() {
+        let _ = t.invalidate();
+    }
+    res
+}
+
+/// The digest of the disk right after a switch (call under the tracking lock): the entries
+/// of the blocks the closed logs touched are recomputed from a fresh reader first.
+fn switch_digest(g: &Protected, cycle: u64) -> Result<Option<[u8; 32]>, String> {
     let path = &g.job.disk.info().path;
     let disk =
         crate::disk::open(path, crate::disk::OpenOptions::default()).map_err(|e| e.to_string())?;
@@ -269,10 +404,14 @@ fn switch_digest(g: &Protected, closed: &std::path::Path) -> Result<Option<[u8; 
     if !t.is_complete() {
         return Ok(None);
     }
-    let log = g.tracker.open_closed(closed).map_err(|e| e.to_string())?;
-    let ranges = coalesce_log(&log).into_iter().map(|e| (e.offset, e.end()));
-    t.refresh(disk.as_ref(), ranges)
-        .map_err(|e| e.to_string())?;
+    if t.through() >= cycle {
+        t.invalidate().map_err(|e| e.to_string())?;
+        return Err(format!(
+            "the block-hash table claims cycle {} already; it is recomputed at the next start",
+            t.through()
+        ));
+    }
+    catch_up(&g.tracker, disk.as_ref(), &mut t)?;
     t.digest().map_err(|e| e.to_string())
 }
 
@@ -374,11 +513,8 @@ async fn ship_pending(
                 handle: o.handle,
                 cycle,
                 bytes,
-                // Per-cycle digests are recorded beside the logs (`D.NNNNNNNN.hrl.digest`) but
-                // not sent yet: in tests they disagreed with correct replicas, so sending them
-                // would fail good failovers. Until that is found, points carry no digest and
-                // failover says it could not verify.
-                digest: [0; 32],
+                // Recorded at the switch; none (zeros) when the table was not ready then.
+                digest: tracker.cycle_digest(cycle).unwrap_or([0; 32]),
                 retention_secs: policy.retention.as_secs().min(86_400) as u32,
             })
             .await?;

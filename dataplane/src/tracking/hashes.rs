@@ -8,6 +8,11 @@
 //! are read again from a freshly opened reader (a dynamic disk's BAT may have grown), so the
 //! digest is exactly the disk at the switch. The table lives on disk and is read and written
 //! by entry, so memory stays small whatever the disk size.
+//!
+//! The header records the last cycle whose log the entries reflect (`through`). A sender
+//! killed between a switch and the refresh leaves a closed log the table has not seen; the
+//! next refresh (at start or at the next switch) takes every pending log past `through`, so
+//! such a crash costs one cycle without a digest, never a wrong digest later.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -17,7 +22,7 @@ use crate::digest::{block_hash, zero_block_hash, DIGEST_BLOCK};
 use crate::disk::{DiskError, ExtentKind, VirtualDisk};
 
 const MAGIC: &[u8; 8] = b"vdrephsh";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER: u64 = 64;
 
 /// Errors of the table.
@@ -45,6 +50,7 @@ pub struct HashTable {
     file: File,
     virtual_size: u64,
     complete: bool,
+    through: u64,
 }
 
 fn blocks(size: u64) -> u64 {
@@ -73,13 +79,16 @@ impl HashTable {
             && u32::from_le_bytes([h[8], h[9], h[10], h[11]]) == VERSION
             && u64::from_le_bytes(h[16..24].try_into().unwrap_or_default()) == virtual_size;
         let complete = ok && h[24] == 1;
+        let through = u64::from_le_bytes(h[32..40].try_into().unwrap_or_default());
         let mut t = HashTable {
             path: path.to_path_buf(),
             file,
             virtual_size,
             complete,
+            through,
         };
         if !ok {
+            t.through = 0;
             t.write_header(false)?;
             t.file
                 .set_len(HEADER + blocks(virtual_size) * 32)
@@ -91,6 +100,17 @@ impl HashTable {
     /// Whether every entry has been computed.
     pub fn is_complete(&self) -> bool {
         self.complete
+    }
+
+    /// The last cycle whose closed log the entries reflect.
+    pub fn through(&self) -> u64 {
+        self.through
+    }
+
+    /// Marks the table stale (it will be recomputed in full): for when its cycle numbers
+    /// no longer fit the logs beside the disk.
+    pub fn invalidate(&mut self) -> Result<(), HashTableError> {
+        self.write_header(false)
     }
 
     fn io(&self, op: &'static str) -> impl Fn(std::io::Error) -> HashTableError + '_ {
@@ -108,6 +128,7 @@ impl HashTable {
         h[12..16].copy_from_slice(&(DIGEST_BLOCK as u32).to_le_bytes());
         h[16..24].copy_from_slice(&self.virtual_size.to_le_bytes());
         h[24] = complete as u8;
+        h[32..40].copy_from_slice(&self.through.to_le_bytes());
         self.file
             .write_all_at(&h, 0)
             .map_err(self.io("write header"))?;
@@ -132,8 +153,13 @@ impl HashTable {
         Ok(block_hash(&data))
     }
 
-    /// Computes every entry from `disk`.
-    pub fn compute_all(&mut self, disk: &dyn VirtualDisk) -> Result<(), HashTableError> {
+    /// Computes every entry from `disk`, which already holds every write of the logs closed
+    /// up to cycle `through` (later writes must be in logs of later cycles).
+    pub fn compute_all(
+        &mut self,
+        disk: &dyn VirtualDisk,
+        through: u64,
+    ) -> Result<(), HashTableError> {
         self.write_header(false)?;
         let mut buf = Vec::with_capacity(32 * 1024);
         let n = blocks(self.virtual_size);
@@ -149,21 +175,29 @@ impl HashTable {
             }
         }
         self.file.sync_data().map_err(self.io("sync"))?;
+        self.through = through;
         self.write_header(true)
     }
 
-    /// Recomputes the blocks overlapping the given disk ranges. A failure leaves the table
+    /// Recomputes the blocks overlapping the given disk ranges (sorted by offset), which
+    /// cover every write of the logs up to cycle `through`. A failure leaves the table
     /// marked incomplete, so no later digest is computed from stale entries.
     pub fn refresh(
         &mut self,
         disk: &dyn VirtualDisk,
         ranges: impl IntoIterator<Item = (u64, u64)>,
+        through: u64,
     ) -> Result<(), HashTableError> {
         let r = self.refresh_inner(disk, ranges);
         if r.is_err() {
             let _ = self.write_header(false);
+            return r;
         }
-        r
+        if through != self.through {
+            self.through = through;
+            self.write_header(self.complete)?;
+        }
+        Ok(())
     }
 
     fn refresh_inner(
@@ -212,5 +246,73 @@ impl HashTable {
             b += k;
         }
         Ok(Some(*d.finalize().as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+    use crate::digest::digest_of;
+
+    const SIZE: u64 = 3 * DIGEST_BLOCK + 512;
+
+    fn disk(path: &Path) -> Box<dyn VirtualDisk> {
+        crate::disk::open(path, crate::disk::OpenOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn digest_follows_refreshed_writes_and_the_cycle_it_reflects_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("d.raw");
+        let data: Vec<u8> = (0..SIZE).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&raw, &data).unwrap();
+        let tp = dir.path().join("d.hrl.hashes");
+        let mut t = HashTable::open(&tp, SIZE).unwrap();
+        assert!(!t.is_complete());
+        assert_eq!(
+            t.digest().unwrap(),
+            None,
+            "no digest from an incomplete table"
+        );
+        t.compute_all(disk(&raw).as_ref(), 4).unwrap();
+        assert_eq!(
+            t.digest().unwrap(),
+            Some(digest_of(disk(&raw).as_ref()).unwrap())
+        );
+
+        // A write into the short last block and one across a block boundary.
+        let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+        f.write_all_at(&[0xAB; 512], SIZE - 512).unwrap();
+        f.write_all_at(&[0xCD; 4096], DIGEST_BLOCK - 1024).unwrap();
+        let stale = t.digest().unwrap();
+        t.refresh(
+            disk(&raw).as_ref(),
+            [
+                (DIGEST_BLOCK - 1024, DIGEST_BLOCK + 3072),
+                (SIZE - 512, SIZE),
+            ],
+            5,
+        )
+        .unwrap();
+        let fresh = Some(digest_of(disk(&raw).as_ref()).unwrap());
+        assert_ne!(stale, fresh);
+        assert_eq!(t.digest().unwrap(), fresh);
+        drop(t);
+
+        let mut t = HashTable::open(&tp, SIZE).unwrap();
+        assert!(t.is_complete());
+        assert_eq!(t.through(), 5);
+        assert_eq!(t.digest().unwrap(), fresh);
+        t.invalidate().unwrap();
+        drop(t);
+        let t = HashTable::open(&tp, SIZE).unwrap();
+        assert!(!t.is_complete(), "invalidation is durable");
+        // A table for another size is discarded.
+        drop(t);
+        let t = HashTable::open(&tp, SIZE + 512).unwrap();
+        assert!(!t.is_complete());
+        assert_eq!(t.through(), 0);
     }
 }

@@ -11,11 +11,14 @@
 //! | `D.hrl.resync` | present when the disk needs a resync; holds the reason |
 //! | `D.hrl.hashes` | block hashes of the disk, for the per-cycle digests ([`HashTable`]) |
 //! | `D.NNNNNNNN.hrl.digest` | the disk digest at the switch that closed cycle N (hex) |
+//! | `D.hrl.next.N` | the next log, prepared by the switch closing cycle N; present only while a switch runs or after one was killed |
 //!
 //! The writer (a host agent, `vdrep log-write`, or a test) takes the lock, writes the disk
 //! (where vdrep writes it), appends the same bytes to the active log, and releases. The sender
-//! takes the same lock to switch: it closes the active log, renames it to its cycle's name and
-//! starts the next one chained by `PreviousUniqueId`. A switch therefore sees every write
+//! takes the same lock to switch: it prepares the next log chained by `PreviousUniqueId`,
+//! closes the active log, renames it to its cycle's name and renames the prepared one to
+//! `D.hrl` (a switch killed half-way is completed by [`Locked::finish_switch`] at the next
+//! start). A switch therefore sees every write
 //! either wholly before it or wholly after it, and the disk under the lock equals the
 //! replica's next recovery point.
 
@@ -162,6 +165,19 @@ impl Tracker {
         write_small(&self.paths.resync, &format!("{reason}\n"))
     }
 
+    /// Clears the "resync required" mark (after the resync committed).
+    pub fn clear_resync(&self) -> Result<(), TrackingError> {
+        match std::fs::remove_file(&self.paths.resync) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(TrackingError::Io {
+                path: self.paths.resync.clone(),
+                op: "remove resync mark",
+                source: e,
+            }),
+        }
+    }
+
     /// The reason a resync is required, if one is.
     pub fn resync_reason(&self) -> Option<String> {
         std::fs::read_to_string(&self.paths.resync)
@@ -242,6 +258,17 @@ impl Locked<'_> {
         Ok(w.unique_id())
     }
 
+    /// Fails unless the active log exists and takes appends (not closed by a switch that was
+    /// killed half-way, not damaged), so a writer can refuse before it touches the disk.
+    pub fn check_appendable(&self) -> Result<(), TrackingError> {
+        let p = &self.tracker.paths.active;
+        if !p.is_file() {
+            return Err(TrackingError::ActiveMissing { path: p.clone() });
+        }
+        HrlWriter::reopen(p, Some(self.tracker.disk_size))?;
+        Ok(())
+    }
+
     /// Appends writes (disk offset, data), oldest first, to the active log.
     pub fn append(&self, writes: &[(u64, Bytes)], now: SystemTime) -> Result<(), TrackingError> {
         let p = &self.tracker.paths.active;
@@ -261,6 +288,37 @@ impl Locked<'_> {
         )
     }
 
+    /// Starts a fresh chain for a resync: drops every closed log and the active one (the
+    /// resync reads the disk as it is, which holds all they recorded) and starts an empty
+    /// active log chained to nothing. Under the lock, so writes after it are all in the new
+    /// log, and the cycles after the resync carry them.
+    pub fn restart_chain(&self, now: SystemTime) -> Result<Guid, TrackingError> {
+        let paths = &self.tracker.paths;
+        for (_, p) in self.tracker.pending()? {
+            self.tracker.remove_shipped(&p)?;
+        }
+        // The block-hash table was kept current by the dropped logs: recompute it later.
+        let _ = std::fs::remove_file(&paths.hashes);
+        match std::fs::remove_file(&paths.active) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(TrackingError::Io {
+                    path: paths.active.clone(),
+                    op: "remove active log",
+                    source: e,
+                })
+            }
+        }
+        let w = HrlWriter::create(&paths.active, &self.writer_options(Guid::NIL, now))?;
+        paths.sync_dir().map_err(|e| TrackingError::Io {
+            path: paths.active.clone(),
+            op: "sync folder",
+            source: e,
+        })?;
+        Ok(w.unique_id())
+    }
+
     /// Closes the active log as cycle `cycle` and starts the next one chained to it.
     /// Returns the closed log's path and id.
     pub fn switch(&self, cycle: u64, now: SystemTime) -> Result<(PathBuf, Guid), TrackingError> {
@@ -272,17 +330,164 @@ impl Locked<'_> {
         }
         let w = HrlWriter::reopen(&paths.active, Some(self.tracker.disk_size))?;
         let id = w.unique_id();
-        w.close(now)?;
         let closed = paths.closed(cycle);
         let io = |op, e| TrackingError::Io {
             path: closed.clone(),
             op,
             source: e,
         };
+        // The next log is complete before the active one is closed and moved, and takes its
+        // place by a rename: killed anywhere here, `finish_switch` at the next start
+        // completes the switch, and a writer in between finds no appendable log and fails
+        // rather than write unrecorded.
+        let next = paths.next(cycle);
+        HrlWriter::create(&next, &self.writer_options(id, now))?;
+        w.close(now)?;
         std::fs::rename(&paths.active, &closed).map_err(|e| io("rename closed log", e))?;
-        // The next log exists before the lock is released: no write can go unrecorded.
-        HrlWriter::create(&paths.active, &self.writer_options(id, now))?;
+        std::fs::rename(&next, &paths.active).map_err(|e| io("rename next log", e))?;
         paths.sync_dir().map_err(|e| io("sync folder", e))?;
         Ok((closed, id))
+    }
+
+    /// Completes a switch that was killed half-way (the prepared `D.hrl.next.N` exists):
+    /// the active log, if still in place, is closed as cycle N and the prepared log takes
+    /// its place. Returns the cycle whose switch was completed. Call before deciding
+    /// whether tracking is active.
+    pub fn finish_switch(&self, now: SystemTime) -> Result<Option<u64>, TrackingError> {
+        let paths = &self.tracker.paths;
+        let listed = paths.find_next().map_err(|e| TrackingError::Io {
+            path: paths.active.clone(),
+            op: "list prepared logs",
+            source: e,
+        })?;
+        let Some((cycle, next)) = listed else {
+            return Ok(None);
+        };
+        let closed = paths.closed(cycle);
+        let io = |op, e| TrackingError::Io {
+            path: next.clone(),
+            op,
+            source: e,
+        };
+        if paths.active.is_file() {
+            // Killed before the active log moved: close it unless it already is (a log
+            // that cannot be reopened is moved as it is; shipping judges it) and move it.
+            if let Ok(w) = HrlWriter::reopen(&paths.active, Some(self.tracker.disk_size)) {
+                w.close(now)?;
+            }
+            std::fs::rename(&paths.active, &closed).map_err(|e| io("rename closed log", e))?;
+        }
+        std::fs::rename(&next, &paths.active).map_err(|e| io("rename next log", e))?;
+        paths.sync_dir().map_err(|e| io("sync folder", e))?;
+        Ok(Some(cycle))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZE: u64 = 8 << 20;
+
+    fn tracker(dir: &Path) -> Tracker {
+        let disk = dir.join("d.raw");
+        std::fs::write(&disk, vec![0u8; SIZE as usize]).unwrap();
+        let t = Tracker::new(&disk, SIZE);
+        t.lock()
+            .unwrap()
+            .start(Guid::NIL, SystemTime::now())
+            .unwrap();
+        t
+    }
+
+    fn write(t: &Tracker, off: u64) {
+        t.lock()
+            .unwrap()
+            .append(&[(off, Bytes::from(vec![7u8; 512]))], SystemTime::now())
+            .unwrap();
+    }
+
+    /// The states a switch passes through, as a kill -9 would leave them.
+    #[test]
+    fn a_switch_killed_at_any_step_is_completed_at_the_next_start_without_losing_a_write() {
+        for step in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let t = tracker(dir.path());
+            write(&t, 0);
+            let p = t.paths().clone();
+            let w = HrlWriter::reopen(&p.active, Some(SIZE)).unwrap();
+            let id = w.unique_id();
+            let l = t.lock().unwrap();
+            HrlWriter::create(&p.next(5), &l.writer_options(id, SystemTime::now())).unwrap();
+            if step >= 1 {
+                w.close(SystemTime::now()).unwrap();
+                // A writer now finds no appendable log and refuses before touching the disk.
+                assert!(l.check_appendable().is_err(), "step {step}");
+            } else {
+                drop(w);
+            }
+            if step >= 2 {
+                std::fs::rename(&p.active, p.closed(5)).unwrap();
+                assert!(!t.is_active());
+            }
+            drop(l);
+
+            let l = t.lock().unwrap();
+            assert_eq!(
+                l.finish_switch(SystemTime::now()).unwrap(),
+                Some(5),
+                "step {step}"
+            );
+            assert_eq!(
+                l.finish_switch(SystemTime::now()).unwrap(),
+                None,
+                "idempotent"
+            );
+            l.check_appendable().unwrap();
+            drop(l);
+            let pending = t.pending().unwrap();
+            assert_eq!(pending.len(), 1, "step {step}");
+            let closed = t.open_closed(&pending[0].1).unwrap();
+            assert_eq!(closed.header().unique_id, id);
+            assert_eq!(
+                coalesce_len(&closed),
+                1,
+                "step {step}: the write is in cycle 5"
+            );
+            let active = HrlWriter::reopen(&p.active, Some(SIZE)).unwrap();
+            assert_ne!(active.unique_id(), id);
+            write(&t, 4096);
+            assert!(p.find_next().unwrap().is_none());
+        }
+    }
+
+    fn coalesce_len(log: &HrlLog) -> usize {
+        crate::hrl::coalesce_log(log).len()
+    }
+
+    #[test]
+    fn a_prepared_log_is_chained_to_the_log_it_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tracker(dir.path());
+        let first = HrlWriter::reopen(&t.paths().active, Some(SIZE))
+            .unwrap()
+            .unique_id();
+        let (closed, id) = t.lock().unwrap().switch(1, SystemTime::now()).unwrap();
+        assert_eq!(id, first);
+        assert_eq!(closed, t.paths().closed(1));
+        // The active log is open (unclosed): its valid prefix holds the header.
+        let prev = crate::hrl::scan_valid_prefix(
+            &t.paths().active,
+            &ReadOptions {
+                disk_size: Some(SIZE),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .log
+        .header()
+        .previous_unique_id;
+        assert_eq!(prev, first);
+        assert!(t.paths().find_next().unwrap().is_none());
     }
 }

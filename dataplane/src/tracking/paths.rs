@@ -55,6 +55,25 @@ impl LogPaths {
             .join(format!("{}.{cycle:08}.hrl.digest", self.stem))
     }
 
+    /// `D.hrl.next.N`: the next active log, made before the switch that closes cycle N
+    /// moves the active one, so a switch killed half-way is finished at the next start.
+    pub fn next(&self, cycle: u64) -> PathBuf {
+        self.dir.join(format!("{}.hrl.next.{cycle}", self.stem))
+    }
+
+    /// A prepared next log left by an interrupted switch, with its cycle.
+    pub fn find_next(&self) -> io::Result<Option<(u64, PathBuf)>> {
+        let prefix = format!("{}.hrl.next.", self.stem);
+        for e in std::fs::read_dir(&self.dir)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(c) = name.strip_prefix(&prefix).and_then(|n| n.parse().ok()) {
+                return Ok(Some((c, e.path())));
+            }
+        }
+        Ok(None)
+    }
+
     /// Closed logs, oldest cycle first.
     pub fn closed_logs(&self) -> io::Result<Vec<(u64, PathBuf)>> {
         let prefix = format!("{}.", self.stem);

@@ -34,6 +34,14 @@ pub const MAX_EXTENT_PAYLOAD: u32 = MAX_EXTENT_LEN;
 /// Longest string field (names, messages).
 pub const MAX_STRING: usize = 4096;
 
+/// Node sizes of the resynchronisation hash tree, top level first: 1 GiB → 16 MiB → 256 KiB
+/// → 4 KiB pages. Each node's children are the [`RESYNC_FANOUT`] nodes of the next level
+/// inside it; a comparison descends only where a node differs, so hash traffic follows the
+/// number of differing pages, not the disk size (see `vdrep::resync`).
+pub const RESYNC_NODE_SIZES: [u64; 4] = [1 << 30, 1 << 24, 1 << 18, 1 << 12];
+/// Children per node of the resynchronisation tree.
+pub const RESYNC_FANOUT: u64 = 64;
+
 /// Picks the version both sides speak, or `None` when the ranges do not overlap.
 pub fn negotiate(peer_min: u16, peer_max: u16) -> Option<u16> {
     let hi = peer_max.min(PROTOCOL_VERSION);

@@ -186,6 +186,47 @@ pub enum Control {
         /// Recovery-point retention in seconds (0..=86400).
         retention_secs: u32,
     },
+    /// Sender → receiver (resync): the truncated tree hashes of the replica's working image
+    /// at `level` (geometry in [`super::RESYNC_NODE_SIZES`]): of every top node when
+    /// `parents` is empty, else of the children of each listed node of level `level - 1`.
+    HashRequest {
+        /// Request id.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// Tree level of the hashes asked for (0 = top).
+        level: u8,
+        /// Parent node indices at `level - 1`, ascending, at most [`MAX_HASH_PARENTS`].
+        parents: Vec<u64>,
+    },
+    /// Receiver → sender: the hashes asked for, in order ([`super::RESYNC_FANOUT`] per parent,
+    /// fewer at the disk's end).
+    Hashes {
+        /// The request.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// Their level.
+        level: u8,
+        /// First 8 bytes (LE) of each node's BLAKE3.
+        hashes: Vec<u64>,
+    },
+    /// Sender → receiver (resync): the full-strength root hash of the working image now.
+    RootRequest {
+        /// Request id.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+    },
+    /// Receiver → sender: the root.
+    Root {
+        /// The request.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// BLAKE3 root of the tree over the whole disk.
+        root: [u8; 32],
+    },
     /// Receiver → sender: a request failed.
     Error {
         /// The request (0 when none).
@@ -207,6 +248,39 @@ const K_ERROR: u8 = 7;
 const K_BEGIN_CYCLE: u8 = 8;
 const K_CYCLE_OPENED: u8 = 9;
 const K_COMMIT_CYCLE: u8 = 10;
+const K_HASH_REQUEST: u8 = 11;
+const K_HASHES: u8 = 12;
+const K_ROOT_REQUEST: u8 = 13;
+const K_ROOT: u8 = 14;
+
+/// Most parents one [`Control::HashRequest`] may list: the answer (64 × 8 bytes each) stays
+/// at half of [`MAX_CONTROL_BODY`].
+pub const MAX_HASH_PARENTS: usize = 1024;
+/// Most hashes one [`Control::Hashes`] may carry (also bounds the top level: 64 TiB disks).
+pub const MAX_HASHES: usize = 1 << 16;
+
+fn u64s_w(w: &mut Writer, v: &[u64]) {
+    w.u32(v.len() as u32);
+    for &x in v {
+        w.u64(x);
+    }
+}
+
+fn u64s_r(r: &mut Reader<'_>, max: usize, what: &str) -> Result<Vec<u64>, FormatError> {
+    let n = r.u32()? as usize;
+    if n > max {
+        return Err(FormatError::new(
+            what,
+            0,
+            format!("{n} entries exceed the limit of {max}"),
+        ));
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(r.u64()?);
+    }
+    Ok(v)
+}
 /// Frame kind of [`BatchStart`].
 pub const K_BATCH_START: u8 = 0x40;
 /// Frame kind of an extent (header + payload).
@@ -351,6 +425,34 @@ impl Control {
                     .u32(*retention_secs);
                 K_COMMIT_CYCLE
             }
+            Control::HashRequest {
+                req,
+                handle,
+                level,
+                parents,
+            } => {
+                w.u32(*req).u32(*handle).u8(*level);
+                u64s_w(&mut w, parents);
+                K_HASH_REQUEST
+            }
+            Control::Hashes {
+                req,
+                handle,
+                level,
+                hashes,
+            } => {
+                w.u32(*req).u32(*handle).u8(*level);
+                u64s_w(&mut w, hashes);
+                K_HASHES
+            }
+            Control::RootRequest { req, handle } => {
+                w.u32(*req).u32(*handle);
+                K_ROOT_REQUEST
+            }
+            Control::Root { req, handle, root } => {
+                w.u32(*req).u32(*handle).raw(root);
+                K_ROOT
+            }
         };
         let mut out = Vec::with_capacity(w.buf.len() + 5);
         super::encode_frame(kind, &w.buf, &mut out);
@@ -428,6 +530,27 @@ impl Control {
                 bytes: r.u64()?,
                 digest: r.array()?,
                 retention_secs: r.u32()?,
+            },
+            K_HASH_REQUEST => Control::HashRequest {
+                req: r.u32()?,
+                handle: r.u32()?,
+                level: r.u8()?,
+                parents: u64s_r(&mut r, MAX_HASH_PARENTS, what)?,
+            },
+            K_HASHES => Control::Hashes {
+                req: r.u32()?,
+                handle: r.u32()?,
+                level: r.u8()?,
+                hashes: u64s_r(&mut r, MAX_HASHES, what)?,
+            },
+            K_ROOT_REQUEST => Control::RootRequest {
+                req: r.u32()?,
+                handle: r.u32()?,
+            },
+            K_ROOT => Control::Root {
+                req: r.u32()?,
+                handle: r.u32()?,
+                root: r.array()?,
             },
             k => {
                 return Err(FormatError::new(
