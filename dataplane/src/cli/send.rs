@@ -55,6 +55,12 @@ pub struct Args {
     /// With --interval: stop after this many cycles (default: run until SIGTERM).
     #[arg(long)]
     max_cycles: Option<u64>,
+    /// State folder: jobs that failed before they could be reported to the receiver (disk
+    /// unreadable, receiver unreachable, certificate refused) wait here and are reported at
+    /// the next connection. Default: $XDG_STATE_HOME/vdrep, else ~/.local/state/vdrep, else
+    /// /var/lib/vdrep.
+    #[arg(long)]
+    state: Option<PathBuf>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -90,6 +96,7 @@ struct File {
     interval: Option<Duration>,
     #[serde(with = "duration_str")]
     retention: Option<Duration>,
+    state: Option<PathBuf>,
     vm: Vec<FileVm>,
 }
 
@@ -143,6 +150,7 @@ fn options(a: &Args) -> anyhow::Result<(Vec<VmSpec>, SendOptions, Option<Policy>
             }
             (None, None) => None,
         },
+        state_dir: a.state.clone().or(f.state),
     };
     if !(1..=32).contains(&opts.threads) {
         bail!(

@@ -111,7 +111,11 @@ impl JobFile {
 
     /// Removes the file (and its lock).
     pub fn remove_all(&self) -> Result<(), SinkError> {
-        for p in [self.path(), self.dir.join("jobs.json.tmp"), self.lock_path()] {
+        for p in [
+            self.path(),
+            self.dir.join("jobs.json.tmp"),
+            self.lock_path(),
+        ] {
             self.fs
                 .remove_file(&p)
                 .map_err(|e| SinkError::io(&p, "remove", 0, e))?;
@@ -137,9 +141,7 @@ impl JobFile {
                 .map_err(|e| SinkError::io(&lock, "lock", 0, e))?
             {
                 Some(g) => break g,
-                None if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
                 None => return Err(SinkError::Locked { path: lock }),
             }
         };
@@ -228,11 +230,18 @@ mod tests {
     fn a_corrupt_job_file_is_a_clear_error_naming_the_file() {
         let d = tempfile::tempdir().unwrap();
         let f = JobFile::new(Arc::new(RealFs), d.path());
-        std::fs::write(f.path(), b"{\"format\": \"vdrep-jobs 1\", \"jobs\": [ {\"id\": ").unwrap();
+        std::fs::write(
+            f.path(),
+            b"{\"format\": \"vdrep-jobs 1\", \"jobs\": [ {\"id\": ",
+        )
+        .unwrap();
         let e = f.load().unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains(&f.path().display().to_string()), "{msg}");
-        assert!(msg.contains("corrupt job record") && msg.contains("line 1"), "{msg}");
+        assert!(
+            msg.contains("corrupt job record") && msg.contains("line 1"),
+            "{msg}"
+        );
         assert!(!e.is_recoverable());
         // A write does not silently replace a file it cannot read.
         assert!(f.upsert(&job(1)).is_err());
@@ -262,7 +271,10 @@ mod tests {
             if done {
                 assert_eq!(after, before + 1, "cut after {cut}");
             } else {
-                assert!(after == before || after == before + 1, "cut after {cut}: {after}");
+                assert!(
+                    after == before || after == before + 1,
+                    "cut after {cut}: {after}"
+                );
             }
             f.upsert(&job(1 + cut)).unwrap();
         }

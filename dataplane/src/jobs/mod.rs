@@ -111,8 +111,31 @@ impl Job {
         }
     }
 
-    /// Starts a step (finishing nothing: steps of a job may overlap).
+    /// Adds steps that will run, queued, so a listing shows the plan.
+    pub fn plan(&mut self, names: &[&str]) {
+        for n in names {
+            self.steps.push(Step {
+                name: n.to_string(),
+                state: JobState::Queued,
+                start_ms: None,
+                end_ms: None,
+                detail: String::new(),
+            });
+        }
+    }
+
+    /// Starts a step: the queued one of that name, or a new one.
     pub fn begin(&mut self, name: &str) {
+        let now = now_ms();
+        if let Some(s) = self
+            .steps
+            .iter_mut()
+            .find(|s| s.name == name && s.state == JobState::Queued)
+        {
+            s.state = JobState::Running;
+            s.start_ms = Some(now);
+            return;
+        }
         self.steps.push(Step {
             name: name.to_string(),
             state: JobState::Running,
@@ -132,6 +155,7 @@ impl Job {
         {
             Some(s) => {
                 s.state = state;
+                s.start_ms = s.start_ms.or(Some(now));
                 s.end_ms = Some(now);
                 s.detail = detail.to_string();
             }
@@ -261,7 +285,8 @@ mod kind_str {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<JobKind, D::Error> {
         let s = String::deserialize(d)?;
-        JobKind::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown job kind {s:?}")))
+        JobKind::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown job kind {s:?}")))
     }
 }
 

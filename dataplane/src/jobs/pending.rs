@@ -93,13 +93,16 @@ mod tests {
         let mut j = Job::start(JobKind::EnableProtection, "vm1");
         j.fail("os.vhdx: cannot open", false);
         p.save(&j).unwrap();
-        p.save(&Job::start(JobKind::EnableProtection, "vm2")).unwrap();
+        p.save(&Job::start(JobKind::EnableProtection, "vm2"))
+            .unwrap();
         assert_eq!(p.list(None).unwrap().len(), 2);
         assert_eq!(p.list(Some("vm1")).unwrap(), vec![j.clone()]);
         assert!(d.path().join("pending/vm1/jobs.json").is_file());
         p.remove("vm1", &j.id).unwrap();
         assert!(p.list(Some("vm1")).unwrap().is_empty());
         p.remove("vm3", "nothing").unwrap();
-        assert!(p.save(&Job::start(JobKind::EnableProtection, "../x")).is_err());
+        assert!(p
+            .save(&Job::start(JobKind::EnableProtection, "../x"))
+            .is_err());
     }
 }

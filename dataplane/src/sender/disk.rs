@@ -32,6 +32,8 @@ pub struct Shared {
     pub throttle: Arc<Throttle>,
     /// The receiver, for error messages.
     pub peer: String,
+    /// The run's jobs per VM.
+    pub jobs: Arc<super::jobs::SenderJobs>,
 }
 
 /// One disk to replicate.
@@ -152,17 +154,6 @@ pub async fn open_disk(
         initial_committed,
         committed_cycle,
     })
-}
-
-/// Replicates `job` (initial copy, resumable) and commits it.
-pub async fn replicate(
-    conn: &quinn::Connection,
-    ctrl: &mut ControlStream,
-    job: &DiskJob,
-    sh: &Arc<Shared>,
-) -> Result<DiskOutcome, SendError> {
-    let opened = open_disk(ctrl, job, true).await?;
-    copy_initial(conn, ctrl, job, &opened, sh).await
 }
 
 /// The initial copy of an opened disk, resumed from its durable progress, then committed.
