@@ -316,12 +316,12 @@ impl ReplicaStore for LocalStore {
         let mut out = Vec::new();
         for v in vms {
             let dir = self.root.join(&v);
-            if !self
-                .fs
-                .exists(&dir.join(crate::jobs::file::JOBS_FILE))
-                .map_err(|e| SinkError::io(&dir, "stat", 0, e))?
-            {
-                continue;
+            // `FORMAT` and other plain files are not VM folders.
+            match self.fs.exists(&dir.join(crate::jobs::file::JOBS_FILE)) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
+                Err(e) => return Err(SinkError::io(&dir, "stat", 0, e)),
             }
             out.extend(JobFile::new(self.fs.clone(), &dir).load()?);
         }
