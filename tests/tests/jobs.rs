@@ -424,3 +424,67 @@ fn test_failover_records_a_succeeded_job_and_an_unknown_point_a_failed_one() {
     );
     assert!(!store.join("nope").exists());
 }
+
+#[test]
+fn on_the_azure_sink_jobs_live_in_a_blob_beside_the_replicas() {
+    let az = vdrep_tests::azurite::Azurite::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tls = certs(&d.join("tls"), &["hv01"]);
+    let rx = Receiver::start_azure(
+        &az.url(),
+        "replicas",
+        &az.sas(),
+        &tls,
+        &["hv01=vm1"],
+        &d.join("rx.log"),
+    );
+    std::fs::create_dir_all(d.join("src")).unwrap();
+    let disk = seeded_raw(&d.join("src/os.raw"), 2 * MIB, 6, 64 << 10, 3);
+    Send::new(&rx.to(), &tls, "hv01", "vm1", &[&disk], &d.join("send.log"))
+        .arg("--state")
+        .arg(s(&d.join("state")))
+        .run(Duration::from_secs(90))
+        .ok();
+    let url = az.url();
+    let az_args = ["--azure-url", url.as_str(), "--azure-container", "replicas"];
+    let with_az = |extra: &[&str]| -> std::process::Output {
+        std::process::Command::new(vdrep_tests::vdrep_bin())
+            .args(extra)
+            .args(az_args)
+            .env("VDREP_AZURE_SAS", format!("?{}", az.sas()))
+            .output()
+            .unwrap()
+    };
+    let list = |vm: &str| -> Vec<Value> {
+        let out = with_az(&["jobs", "--vm", vm, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        v.iter().for_each(check_schema);
+        v
+    };
+    let jobs = list("vm1");
+    assert_eq!(jobs.len(), 3, "{jobs:#?}");
+    assert_protection_jobs(&jobs, &["os"], false);
+    let out = with_az(&[
+        "failover",
+        "--test",
+        "--vm",
+        "vm1",
+        "--out",
+        s(&d.join("out")),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jobs = list("vm1");
+    let fo = of_kind(&jobs, "test-failover");
+    assert_eq!(fo.len(), 1);
+    assert_eq!(fo[0]["state"], "succeeded");
+}

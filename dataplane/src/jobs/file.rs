@@ -72,30 +72,14 @@ impl JobFile {
         else {
             return Ok(Vec::new());
         };
-        let doc: Doc = serde_json::from_slice(&bytes).map_err(|e| SinkError::CorruptJobs {
-            path: path.clone(),
-            problem: format!("line {} column {}: {e}", e.line(), e.column()),
-        })?;
-        if doc.format != JOBS_FORMAT {
-            return Err(SinkError::CorruptJobs {
-                path,
-                problem: format!(
-                    "format {:?} is not {JOBS_FORMAT:?} (written by another vdrep version?)",
-                    doc.format
-                ),
-            });
-        }
-        Ok(doc.jobs)
+        decode(&bytes, &path)
     }
 
     /// Records `job`, replacing the job with its id, and drops the oldest jobs beyond the
     /// limit.
     pub fn upsert(&self, job: &Job) -> Result<(), SinkError> {
         self.update(|jobs| {
-            match jobs.iter_mut().find(|j| j.id == job.id) {
-                Some(j) => *j = job.clone(),
-                None => jobs.push(job.clone()),
-            }
+            upsert(jobs, job);
             true
         })
     }
@@ -149,17 +133,8 @@ impl JobFile {
         if !f(&mut jobs) {
             return Ok(());
         }
-        jobs.sort_by(|a, b| (a.start_ms, &a.id).cmp(&(b.start_ms, &b.id)));
-        let excess = jobs.len().saturating_sub(self.max);
-        jobs.drain(..excess);
-        let doc = Doc {
-            format: JOBS_FORMAT.into(),
-            jobs,
-        };
-        let data = serde_json::to_vec_pretty(&doc).map_err(|e| SinkError::CorruptJobs {
-            path: self.path(),
-            problem: format!("cannot encode: {e}"),
-        })?;
+        bound(&mut jobs, self.max);
+        let data = encode(jobs);
         let path = self.path();
         let tmp = self.dir.join("jobs.json.tmp");
         let io = |op| {
@@ -172,6 +147,49 @@ impl JobFile {
         self.fs.sync_dir(&self.dir).map_err(io("fsync folder"))?;
         Ok(())
     }
+}
+
+/// Decodes a job file's bytes (`path` names it in errors).
+pub fn decode(bytes: &[u8], path: &Path) -> Result<Vec<Job>, SinkError> {
+    let doc: Doc = serde_json::from_slice(bytes).map_err(|e| SinkError::CorruptJobs {
+        path: path.to_path_buf(),
+        problem: format!("line {} column {}: {e}", e.line(), e.column()),
+    })?;
+    if doc.format != JOBS_FORMAT {
+        return Err(SinkError::CorruptJobs {
+            path: path.to_path_buf(),
+            problem: format!(
+                "format {:?} is not {JOBS_FORMAT:?} (written by another vdrep version?)",
+                doc.format
+            ),
+        });
+    }
+    Ok(doc.jobs)
+}
+
+/// Encodes a job list as a job file.
+pub fn encode(jobs: Vec<Job>) -> Vec<u8> {
+    let doc = Doc {
+        format: JOBS_FORMAT.into(),
+        jobs,
+    };
+    // Plain strings, integers and enums as strings: serialising cannot fail.
+    serde_json::to_vec_pretty(&doc).unwrap_or_default()
+}
+
+/// Replaces the job with `job`'s id, or adds it.
+pub fn upsert(jobs: &mut Vec<Job>, job: &Job) {
+    match jobs.iter_mut().find(|j| j.id == job.id) {
+        Some(j) => *j = job.clone(),
+        None => jobs.push(job.clone()),
+    }
+}
+
+/// Sorts oldest first and keeps the newest `max`.
+pub fn bound(jobs: &mut Vec<Job>, max: usize) {
+    jobs.sort_by(|a, b| (a.start_ms, &a.id).cmp(&(b.start_ms, &b.id)));
+    let excess = jobs.len().saturating_sub(max);
+    jobs.drain(..excess);
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@
 
 mod blob;
 mod disk;
+mod jobs;
 mod points;
 mod reader;
 pub mod rest;
@@ -293,6 +294,18 @@ impl ReplicaStore for AzureStore {
     fn remove_disk(&self, key: &DiskKey) -> Result<(), SinkError> {
         key.validate()?;
         reader::remove_disk(&self.container, key)
+    }
+
+    fn record_job(&self, job: &crate::jobs::Job) -> Result<(), SinkError> {
+        jobs::record(&self.container, job)
+    }
+
+    fn jobs(&self, vm: Option<&str>) -> Result<Vec<crate::jobs::Job>, SinkError> {
+        jobs::list(&self.container, vm)
+    }
+
+    fn remove_jobs(&self, vm: &str) -> Result<(), SinkError> {
+        jobs::remove(&self.container, vm)
     }
 }
 
