@@ -8,6 +8,8 @@
 //!                        snapshots are the recovery points (metadata below)
 //! VM/NAME.state          block blob, JSON (state.rs): committed cycle, generation, progress
 //!                        of the copy or cycle in progress, footer ids
+//! VM/jobs.json           block blob, the VM's jobs (the local store's job file format),
+//!                        replaced with If-Match on its ETag (jobs.rs)
 //! ```
 //! Snapshot metadata: `vdrepcycle`, `vdrepcreated` (Unix s), `vdrepbytes`, `vdrepdigest`
 //! (hex BLAKE3), `vdrepreplica` (footer id of the generation it belongs to).
