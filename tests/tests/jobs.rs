@@ -488,3 +488,104 @@ fn on_the_azure_sink_jobs_live_in_a_blob_beside_the_replicas() {
     assert_eq!(fo.len(), 1);
     assert_eq!(fo[0]["state"], "succeeded");
 }
+
+#[test]
+fn an_unreachable_receiver_fails_enable_protection_recoverably_in_the_state_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tls = certs(&d.join("tls"), &["hv01"]);
+    std::fs::create_dir_all(d.join("src")).unwrap();
+    let disk = seeded_raw(&d.join("src/os.raw"), MIB, 7, 64 << 10, 3);
+    // A UDP port nobody answers on.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let state = d.join("state");
+    let r = Send::new(
+        &format!("127.0.0.1:{port}"),
+        &tls,
+        "hv01",
+        "vm1",
+        &[&disk],
+        &d.join("send.log"),
+    )
+    .arg("--state")
+    .arg(s(&state))
+    .arg("--give-up-after")
+    .arg("2s")
+    .run(Duration::from_secs(60));
+    assert_eq!(r.code(), Some(75), "{}", r.log);
+    let pending = jobs(&["--state", s(&state)]);
+    assert_eq!(pending.len(), 1, "{pending:#?}");
+    let j = &pending[0];
+    assert_eq!(j["state"], "failed");
+    assert_eq!(j["steps"][2]["name"], "receiver reachable and authorised");
+    assert_eq!(j["steps"][2]["state"], "failed");
+    assert_eq!(j["error"]["recoverable"], true, "{j:#}");
+}
+
+#[test]
+fn a_job_left_running_by_a_killed_sender_is_reported_interrupted_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tls = certs(&d.join("tls"), &["hv01"]);
+    let store = d.join("store");
+    let rx = Receiver::start(&store, &tls, &["hv01=vm1"]);
+    std::fs::create_dir_all(d.join("src")).unwrap();
+    let disk = seeded_raw(&d.join("src/os.raw"), 16 * MIB, 8, 64 << 10, 1000);
+    let state = d.join("state");
+    // Slow enough (about 8 s) to be killed in the middle of the copy.
+    let mut child = Send::new(&rx.to(), &tls, "hv01", "vm1", &[&disk], &d.join("slow.log"))
+        .arg("--state")
+        .arg(s(&state))
+        .arg("--bandwidth")
+        .arg("2MB")
+        .spawn();
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = vdrep(&["jobs", "--store", s(&store), "--vm", "vm1", "--json"]);
+        let running = out.status.success()
+            && serde_json::from_slice::<Vec<Value>>(&out.stdout)
+                .unwrap_or_default()
+                .iter()
+                .any(|j| j["kind"] == "initial-replication" && j["state"] == "running");
+        if running {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the copy never showed as running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = jobs(&["--state", s(&state)]);
+    assert_eq!(
+        left.len(),
+        1,
+        "the running job stays in the state folder: {left:#?}"
+    );
+    assert_eq!(left[0]["state"], "running");
+
+    Send::new(&rx.to(), &tls, "hv01", "vm1", &[&disk], &d.join("good.log"))
+        .arg("--state")
+        .arg(s(&state))
+        .run(Duration::from_secs(60))
+        .ok();
+    let list = jobs(&["--store", s(&store), "--vm", "vm1"]);
+    let initial = of_kind(&list, "initial-replication");
+    assert_eq!(initial.len(), 2, "{list:#?}");
+    let old = initial.iter().find(|j| j["id"] == left[0]["id"]).unwrap();
+    assert_eq!(old["state"], "failed");
+    assert_eq!(old["steps"][0]["state"], "failed");
+    assert_eq!(old["error"]["recoverable"], true);
+    assert!(old["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("interrupted"));
+    assert!(initial.iter().any(|j| j["state"] == "succeeded"));
+    assert!(jobs(&["--state", s(&state)]).is_empty());
+}

@@ -124,16 +124,19 @@ impl Job {
         }
     }
 
-    /// Starts a step: the queued one of that name, or a new one.
+    /// Starts a step: the queued one of that name, or a new one. A step of that name
+    /// already running stays as it is (a copy resumed after a reconnect is one step).
     pub fn begin(&mut self, name: &str) {
         let now = now_ms();
         if let Some(s) = self
             .steps
             .iter_mut()
-            .find(|s| s.name == name && s.state == JobState::Queued)
+            .find(|s| s.name == name && !s.state.is_final())
         {
-            s.state = JobState::Running;
-            s.start_ms = Some(now);
+            if s.state == JobState::Queued {
+                s.state = JobState::Running;
+                s.start_ms = Some(now);
+            }
             return;
         }
         self.steps.push(Step {
@@ -320,6 +323,20 @@ mod tests {
         assert_eq!(j.steps[1].state, JobState::Failed);
         assert!(j.end_ms.is_some());
         assert_eq!(Job::from_report(&j.to_report()), j);
+    }
+
+    #[test]
+    fn beginning_a_running_step_again_keeps_one_step() {
+        let mut j = Job::start(JobKind::InitialReplication, "vm1");
+        j.plan(&["copy os"]);
+        j.begin("copy os");
+        let started = j.steps[0].start_ms;
+        j.begin("copy os");
+        assert_eq!(j.steps.len(), 1);
+        assert_eq!(j.steps[0].start_ms, started);
+        j.step_ok("copy os", "done");
+        j.begin("copy os");
+        assert_eq!(j.steps.len(), 2, "a finished step is not restarted");
     }
 
     #[test]

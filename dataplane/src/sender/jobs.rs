@@ -4,6 +4,10 @@
 //! in an error fails the job that was running and keeps it in the state folder
 //! ([`PendingJobs`]); the next connection reports it first.
 //!
+//! Every job is also written to the state folder before it is reported, and forgotten once
+//! the receiver recorded it finished: a sender killed while a job runs leaves it there, and
+//! the next run reports it failed ("interrupted") instead of leaving it running forever.
+//!
 //! Reporting never stops replication: a store that cannot record jobs (or a lost report) is
 //! logged, and the next report of the same job supersedes it.
 
@@ -49,6 +53,9 @@ struct VmJobs {
 pub struct SenderJobs {
     vms: Mutex<BTreeMap<String, VmJobs>>,
     pending: PendingJobs,
+    /// Ids of the jobs this process started (the others in the state folder are from
+    /// earlier runs).
+    own: Mutex<std::collections::HashSet<String>>,
 }
 
 impl SenderJobs {
@@ -57,6 +64,24 @@ impl SenderJobs {
         SenderJobs {
             vms: Mutex::new(BTreeMap::new()),
             pending: PendingJobs::new(state),
+            own: Mutex::new(Default::default()),
+        }
+    }
+
+    fn mine(&self, job: &Job) {
+        if let Ok(mut o) = self.own.lock() {
+            o.insert(job.id.clone());
+        }
+    }
+
+    fn is_mine(&self, id: &str) -> bool {
+        self.own.lock().map(|o| o.contains(id)).unwrap_or(false)
+    }
+
+    /// Writes a job to the state folder (before reporting it).
+    fn persist(&self, job: &Job) {
+        if let Err(e) = self.pending.save(job) {
+            warn!(error = %e, job = %job.id, "cannot keep the job in the state folder");
         }
     }
 
@@ -68,6 +93,7 @@ impl SenderJobs {
     /// Starts a VM's enable-protection job (its steps queued, the disk check running).
     pub fn start_vm(&self, vm: &str) {
         let mut enable = Job::start(JobKind::EnableProtection, vm);
+        self.mine(&enable);
         enable.plan(&[STEP_READABLE, STEP_FORMATS, STEP_RECEIVER, STEP_CAPACITY]);
         enable.begin(STEP_READABLE);
         let mut g = self.vms.lock().unwrap_or_else(|p| p.into_inner());
@@ -156,7 +182,8 @@ impl SenderJobs {
         }
     }
 
-    /// Reports the state folder's pending jobs of `vm`, forgetting each once recorded.
+    /// Reports the state folder's jobs of `vm` left by earlier runs, forgetting each once
+    /// recorded; one still running there was interrupted (that sender process ended).
     async fn flush_pending(&self, ctrl: &mut ControlStream, vm: &str) {
         let list = match self.pending.list(Some(vm)) {
             Ok(l) => l,
@@ -165,7 +192,18 @@ impl SenderJobs {
                 return;
             }
         };
-        for job in list {
+        for mut job in list {
+            if self.is_mine(&job.id) {
+                continue;
+            }
+            if !job.state.is_final() {
+                job.fail(
+                    "interrupted: the sender process ended while this job ran (killed, crashed \
+                     or stopped); a later run took over",
+                    true,
+                );
+                self.persist(&job);
+            }
             if report(ctrl, &job).await {
                 if let Err(e) = self.pending.remove(vm, &job.id) {
                     warn!(error = %e, job = %job.id, "cannot forget a reported job");
@@ -181,8 +219,13 @@ impl SenderJobs {
         pick: impl FnOnce(&VmJobs) -> Option<&Job>,
     ) {
         let job = self.with(vm, |v| pick(v).cloned()).flatten();
-        if let Some(job) = job {
-            report(ctrl, &job).await;
+        let Some(job) = job else { return };
+        // Durable on this side first: a crash from here on leaves the job to the next run.
+        self.persist(&job);
+        if report(ctrl, &job).await && job.state.is_final() {
+            if let Err(e) = self.pending.remove(vm, &job.id) {
+                warn!(error = %e, job = %job.id, "cannot forget a reported job");
+            }
         }
     }
 
@@ -267,6 +310,7 @@ impl SenderJobs {
                     return false;
                 }
                 let mut j = Job::start(JobKind::InitialReplication, vm);
+                self.mine(&j);
                 let names: Vec<&str> = copies.iter().map(String::as_str).collect();
                 j.plan(&names);
                 v.initial = Some(j);
@@ -318,6 +362,7 @@ impl SenderJobs {
                 }
                 j.succeed();
                 let mut f = Job::start(JobKind::FinalizeProtection, vm);
+                self.mine(&f);
                 f.step_ok(
                     STEP_POINTS,
                     &format!("recovery point 0 of {}", disks.join(", ")),
