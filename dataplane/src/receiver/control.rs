@@ -15,6 +15,9 @@ use super::Receiver;
 use crate::sink::{DiskKey, SinkError};
 use crate::transport::{read_frame, write_frame, FrameError};
 
+/// Most text one recorded job may hold (ids, names, details, error).
+const MAX_JOB_BYTES: usize = 64 << 10;
+
 /// Per-connection state: the authenticated sender and its open disks.
 pub struct ConnState {
     pub(crate) sender: String,
@@ -369,6 +372,25 @@ impl Receiver {
     async fn record_job(&self, conn: &ConnState, req: u32, job: wire::JobReport) -> Control {
         if let Some(e) = self.refuse_vm(conn, req, &job.vm) {
             return e;
+        }
+        // A VM keeps 100 jobs: bounding each keeps its job file small whatever a sender
+        // sends (a frame alone may hold 1 MiB).
+        let bytes: usize = job.id.len()
+            + job.error.as_ref().map_or(0, |e| e.message.len())
+            + job
+                .steps
+                .iter()
+                .map(|s| s.name.len() + s.detail.len() + 32)
+                .sum::<usize>();
+        if bytes > MAX_JOB_BYTES {
+            return Control::Error {
+                req,
+                class: ErrorClass::InvalidState,
+                message: format!(
+                    "job {} of VM {} holds {bytes} bytes of text, more than the {MAX_JOB_BYTES} a job may",
+                    job.id, job.vm
+                ),
+            };
         }
         let job = crate::jobs::Job::from_report(&job);
         let store = self.store.clone();
