@@ -423,6 +423,10 @@ fn test_failover_records_a_succeeded_job_and_an_unknown_point_a_failed_one() {
         Some(1)
     );
     assert!(!store.join("nope").exists());
+    // Unprotecting the VM removes its job history with its replicas.
+    vdrep_ok(&["unprotect", "--store", s(&store), "--vm", "vm1"]);
+    assert!(jobs(&["--store", s(&store), "--vm", "vm1"]).is_empty());
+    assert!(!store.join("vm1").exists());
 }
 
 #[test]
