@@ -7,6 +7,7 @@
 //! - [`hrl`]: Hyper-V Replica Log reader, writer, chains and coalescing.
 //! - [`digest`]: the whole-disk BLAKE3 digest of a recovery point (sender and failover).
 //! - [`tls`]: certificates and the mutual-TLS configuration of the QUIC transport.
+//! - [`jobs`]: enable protection, initial replication, finalize and test failover jobs.
 //! - [`cli`]: the `vdrep` command line.
 
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod digest;
 pub mod disk;
 pub mod hrl;
 pub mod io;
+pub mod jobs;
 pub mod layout;
 pub mod pipeline;
 pub mod receiver;

@@ -277,6 +277,11 @@ impl Send {
             c.args(["--vm", vm]);
         }
         c.args(&self.extra).args(&self.disks);
+        // The default state folder (unreported failed jobs) is the test's own folder, never
+        // the runner's home: one test's failed jobs must not reach another test's store.
+        if let Some(dir) = self.log.parent() {
+            c.env("XDG_STATE_HOME", dir);
+        }
         c.stdout(Stdio::piped()).stderr(logf);
         c
     }

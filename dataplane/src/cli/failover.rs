@@ -26,8 +26,10 @@ use super::store_args::StoreArgs;
 use super::CliError;
 use crate::digest::{self, DigestBuilder};
 use crate::disk::{self, OpenOptions};
+use crate::jobs::Job;
 use crate::layout;
-use crate::sink::{PointReader, RecoveryPoint, SECTOR};
+use crate::sink::{PointReader, RecoveryPoint, ReplicaStore, SECTOR};
+use vdrep_proto::wire::JobKind;
 
 /// Largest read per step: memory stays bounded whatever the disk size.
 const CHUNK: u64 = 4 << 20;
@@ -104,34 +106,20 @@ pub fn run(a: Args) -> Result<(), CliError> {
     }
     let store = a.store.open_existing()?;
     let readers = vm_readers(store.as_ref(), &a.vm)?;
-    let mut listed = Vec::new();
-    for r in &readers {
-        listed.push(r.points()?);
+    // The VM exists in the store: from here on the failover is a job recorded beside it.
+    let mut job = Job::start(JobKind::TestFailover, &a.vm);
+    let mut plan = vec![STEP_CHOOSE.to_string()];
+    plan.extend(readers.iter().map(|r| write_step(&r.key().disk)));
+    plan.push(STEP_PUBLISH.to_string());
+    job.plan(&plan.iter().map(String::as_str).collect::<Vec<_>>());
+    record(store.as_ref(), &job);
+    let res = materialise(&a, &readers, &mut job);
+    match &res {
+        Ok(_) => job.succeed(),
+        Err(e) => job.fail(&super::one_line(e), super::is_recoverable(e)),
     }
-    let cycle = choose(&readers, &listed, a.point)?;
-    fs::create_dir_all(&a.out)
-        .with_context(|| format!("{}: cannot create folder", a.out.display()))?;
-    // Written beside their destinations and renamed only once every disk is verified: a
-    // failed run leaves no output (and replaces nothing).
-    let mut staged = Vec::new();
-    for (r, pts) in readers.iter().zip(&listed) {
-        let Some(point) = pts.iter().find(|p| p.cycle == cycle) else {
-            return Err(
-                anyhow::anyhow!("{}: recovery point {cycle} vanished", r.describe()).into(),
-            );
-        };
-        let dst = a.out.join(format!("{}.vhd", r.key().disk));
-        let (tmp, out) = write_disk(r.as_ref(), point, &dst)?;
-        staged.push((tmp, dst, out));
-    }
-    let mut done = Vec::new();
-    for (tmp, dst, out) in staged {
-        tmp.persist(&dst)
-            .map_err(|e| e.error)
-            .with_context(|| format!("{}: cannot replace the destination", dst.display()))?;
-        done.push(out);
-    }
-    let _ = File::open(&a.out).and_then(|f| f.sync_all());
+    record(store.as_ref(), &job);
+    let done = res?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&done)?);
     } else {
@@ -153,6 +141,75 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+const STEP_CHOOSE: &str = "choose recovery point";
+const STEP_PUBLISH: &str = "publish outputs";
+
+fn write_step(disk: &str) -> String {
+    format!("write and verify {disk}")
+}
+
+/// Records the failover's job in the store; a store that cannot is only a warning (the
+/// failover's output is what the operator asked for).
+fn record(store: &dyn ReplicaStore, job: &Job) {
+    if let Err(e) = store.record_job(job) {
+        tracing::warn!(error = %e, job = %job.id, "the test-failover job was not recorded");
+    }
+}
+
+/// Chooses the point and writes every disk (staged, then renamed once all are verified).
+fn materialise(
+    a: &Args,
+    readers: &[Box<dyn PointReader>],
+    job: &mut Job,
+) -> anyhow::Result<Vec<DiskOut>> {
+    job.begin(STEP_CHOOSE);
+    let mut listed = Vec::new();
+    for r in readers {
+        listed.push(r.points()?);
+    }
+    let cycle = choose(readers, &listed, a.point)?;
+    job.step_ok(
+        STEP_CHOOSE,
+        &format!("recovery point {cycle} ({:?} asked)", a.point),
+    );
+    fs::create_dir_all(&a.out)
+        .with_context(|| format!("{}: cannot create folder", a.out.display()))?;
+    // Written beside their destinations and renamed only once every disk is verified: a
+    // failed run leaves no output (and replaces nothing).
+    let mut staged = Vec::new();
+    for (r, pts) in readers.iter().zip(&listed) {
+        let step = write_step(&r.key().disk);
+        job.begin(&step);
+        let Some(point) = pts.iter().find(|p| p.cycle == cycle) else {
+            bail!("{}: recovery point {cycle} vanished", r.describe());
+        };
+        let dst = a.out.join(format!("{}.vhd", r.key().disk));
+        let (tmp, out) = write_disk(r.as_ref(), point, &dst)?;
+        let check = if out.verified {
+            "digest verified against the sender's"
+        } else {
+            "the point carries no sender digest: not verified"
+        };
+        job.step_ok(
+            &step,
+            &format!("{} bytes, {check}, digest {}", out.virtual_size, out.digest),
+        );
+        staged.push((tmp, dst, out));
+    }
+    job.begin(STEP_PUBLISH);
+    let mut done = Vec::new();
+    for (tmp, dst, out) in staged {
+        tmp.persist(&dst)
+            .map_err(|e| e.error)
+            .with_context(|| format!("{}: cannot replace the destination", dst.display()))?;
+        done.push(out);
+    }
+    let _ = File::open(&a.out).and_then(|f| f.sync_all());
+    let paths: Vec<String> = done.iter().map(|d| d.path.display().to_string()).collect();
+    job.step_ok(STEP_PUBLISH, &paths.join(", "));
+    Ok(done)
 }
 
 /// The cycle to write: the one asked for (every disk must have it) or the newest that all

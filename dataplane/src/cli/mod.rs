@@ -9,6 +9,7 @@ mod convert;
 mod demo;
 mod failover;
 mod inspect;
+mod jobs;
 mod log_write;
 mod points;
 mod receive;
@@ -62,6 +63,8 @@ enum Command {
     /// Test failover: write every disk of a VM at a recovery point as a fixed VHD, verified
     /// against the sender's digest (replication goes on).
     Failover(failover::Args),
+    /// List the jobs recorded in the store (or kept in a sender's --state folder).
+    Jobs(jobs::Args),
     /// Disable protection of a VM: remove its replicas, points and state, and the change
     /// logs beside the source disks given with --disk.
     Unprotect(unprotect::Args),
@@ -81,26 +84,31 @@ pub struct CliError {
 impl<E: Into<anyhow::Error>> From<E> for CliError {
     fn from(e: E) -> Self {
         let error = e.into();
-        let recoverable = error
-            .downcast_ref::<crate::disk::DiskError>()
-            .map(|d| d.is_recoverable())
-            .or_else(|| {
-                error
-                    .downcast_ref::<crate::hrl::HrlError>()
-                    .map(|h| h.is_recoverable())
-            })
-            .or_else(|| {
-                error
-                    .downcast_ref::<crate::sink::SinkError>()
-                    .map(|s| s.is_recoverable())
-            })
-            .unwrap_or(false);
+        let recoverable = is_recoverable(&error);
         CliError {
             error,
             recoverable,
             usage: false,
         }
     }
+}
+
+/// Whether the error's source says a retry may help (disk, log and store errors know).
+pub fn is_recoverable(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<crate::disk::DiskError>()
+        .map(|d| d.is_recoverable())
+        .or_else(|| {
+            error
+                .downcast_ref::<crate::hrl::HrlError>()
+                .map(|h| h.is_recoverable())
+        })
+        .or_else(|| {
+            error
+                .downcast_ref::<crate::sink::SinkError>()
+                .map(|s| s.is_recoverable())
+        })
+        .unwrap_or(false)
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -125,6 +133,7 @@ pub fn main() -> i32 {
         Command::Certs(a) => certs::run(a),
         Command::Points(a) => points::run(a),
         Command::Failover(a) => failover::run(a),
+        Command::Jobs(a) => jobs::run(a),
         Command::Unprotect(a) => unprotect::run(a),
     };
     match res {

@@ -63,6 +63,12 @@ pub struct Args {
     /// With --resync: rehash the target's data (the receiver currently always does).
     #[arg(long)]
     verify: bool,
+    /// State folder: jobs that failed before they could be reported to the receiver (disk
+    /// unreadable, receiver unreachable, certificate refused) wait here and are reported at
+    /// the next connection. Default: $XDG_STATE_HOME/vdrep, else ~/.local/state/vdrep, else
+    /// /var/lib/vdrep.
+    #[arg(long)]
+    state: Option<PathBuf>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -98,6 +104,7 @@ struct File {
     interval: Option<Duration>,
     #[serde(with = "duration_str")]
     retention: Option<Duration>,
+    state: Option<PathBuf>,
     vm: Vec<FileVm>,
 }
 
@@ -153,6 +160,7 @@ fn options(a: &Args) -> anyhow::Result<(Vec<VmSpec>, SendOptions, Option<Policy>
             }
             (None, None) => None,
         },
+        state_dir: a.state.clone().or(f.state),
     };
     if a.verify && !a.resync {
         bail!("--verify applies to --resync");

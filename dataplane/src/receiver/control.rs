@@ -15,6 +15,9 @@ use super::Receiver;
 use crate::sink::{DiskKey, SinkError};
 use crate::transport::{read_frame, write_frame, FrameError};
 
+/// Most text one recorded job may hold (ids, names, details, error).
+const MAX_JOB_BYTES: usize = 64 << 10;
+
 /// Per-connection state: the authenticated sender and its open disks.
 pub struct ConnState {
     pub(crate) sender: String,
@@ -366,10 +369,96 @@ impl Receiver {
                     },
                 }
             }
+            Control::ReportJob { req, job } => self.record_job(conn, req, job).await,
+            Control::QueryCapacity { req, vm, needed } => {
+                if let Some(e) = self.refuse_vm(conn, req, &vm) {
+                    return e;
+                }
+                let store = self.store.clone();
+                match tokio::task::spawn_blocking(move || store.available_bytes()).await {
+                    Ok(Ok(a)) => {
+                        let available = a.unwrap_or(u64::MAX);
+                        info!(sender = %conn.sender, %vm, needed, available, "capacity check");
+                        Control::Capacity { req, available }
+                    }
+                    Ok(Err(e)) => Control::Error {
+                        req,
+                        class: class_of(&e),
+                        message: e.to_string(),
+                    },
+                    Err(e) => Control::Error {
+                        req,
+                        class: ErrorClass::Internal,
+                        message: format!("capacity task failed: {e}"),
+                    },
+                }
+            }
             other => Control::Error {
                 req: 0,
                 class: ErrorClass::Protocol,
                 message: format!("unexpected control message from a sender: {other:?}"),
+            },
+        }
+    }
+
+    /// The refusal for a VM this sender is not authorised for, if it is not.
+    fn refuse_vm(&self, conn: &ConnState, req: u32, vm: &str) -> Option<Control> {
+        if self.allow.allows(&conn.sender, vm) {
+            return None;
+        }
+        self.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+        warn!(sender = %conn.sender, %vm, "refused: sender is not authorised for this VM");
+        Some(Control::Error {
+            req,
+            class: ErrorClass::Unauthorized,
+            message: format!(
+                "sender {} is not authorised for VM {vm} on this receiver",
+                conn.sender
+            ),
+        })
+    }
+
+    /// Records a sender's job in the store beside the VM's replicas.
+    async fn record_job(&self, conn: &ConnState, req: u32, job: wire::JobReport) -> Control {
+        if let Some(e) = self.refuse_vm(conn, req, &job.vm) {
+            return e;
+        }
+        // A VM keeps 100 jobs: bounding each keeps its job file small whatever a sender
+        // sends (a frame alone may hold 1 MiB).
+        let bytes: usize = job.id.len()
+            + job.error.as_ref().map_or(0, |e| e.message.len())
+            + job
+                .steps
+                .iter()
+                .map(|s| s.name.len() + s.detail.len() + 32)
+                .sum::<usize>();
+        if bytes > MAX_JOB_BYTES {
+            return Control::Error {
+                req,
+                class: ErrorClass::InvalidState,
+                message: format!(
+                    "job {} of VM {} holds {bytes} bytes of text, more than the {MAX_JOB_BYTES} a job may",
+                    job.id, job.vm
+                ),
+            };
+        }
+        let job = crate::jobs::Job::from_report(&job);
+        let store = self.store.clone();
+        let (id, vm, state) = (job.id.clone(), job.vm.clone(), job.state);
+        match tokio::task::spawn_blocking(move || store.record_job(&job)).await {
+            Ok(Ok(())) => {
+                tracing::debug!(sender = %conn.sender, %vm, job = %id, state = state.as_str(), "job recorded");
+                Control::JobRecorded { req }
+            }
+            Ok(Err(e)) => Control::Error {
+                req,
+                class: class_of(&e),
+                message: e.to_string(),
+            },
+            Err(e) => Control::Error {
+                req,
+                class: ErrorClass::Internal,
+                message: format!("job task failed: {e}"),
             },
         }
     }

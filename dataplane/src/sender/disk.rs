@@ -32,6 +32,8 @@ pub struct Shared {
     pub throttle: Arc<Throttle>,
     /// The receiver, for error messages.
     pub peer: String,
+    /// The run's jobs per VM.
+    pub jobs: Arc<super::jobs::SenderJobs>,
 }
 
 /// One disk to replicate.

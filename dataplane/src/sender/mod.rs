@@ -5,6 +5,7 @@
 mod control;
 mod disk;
 mod error;
+pub mod jobs;
 mod logimage;
 mod progress;
 pub mod protect;
@@ -66,6 +67,9 @@ pub struct SendOptions {
     /// Rehash the target's data during a resync (`--verify`). The receiver has no durable
     /// hash index yet, so it always rehashes: the flag is accepted and changes nothing.
     pub verify: bool,
+    /// State folder: jobs that failed before they could be reported wait here
+    /// (default [`crate::jobs::pending::default_state_dir`]).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for SendOptions {
@@ -84,6 +88,7 @@ impl Default for SendOptions {
             bandwidth: None,
             resync: false,
             verify: false,
+            state_dir: None,
         }
     }
 }
@@ -188,14 +193,38 @@ pub async fn run_with(
     opts: &SendOptions,
     policy: Option<protect::Policy>,
 ) -> Result<Summary, SendError> {
+    let state = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(crate::jobs::pending::default_state_dir);
+    let sj = Arc::new(jobs::SenderJobs::new(&state));
+    let res = run_jobs(vms, opts, policy, sj.clone()).await;
+    if let Err(e) = &res {
+        // The job that was running fails with the run and waits in the state folder for
+        // the next connection.
+        sj.fail_all(e);
+    }
+    res
+}
+
+async fn run_jobs(
+    vms: &[VmSpec],
+    opts: &SendOptions,
+    policy: Option<protect::Policy>,
+    sj: Arc<jobs::SenderJobs>,
+) -> Result<Summary, SendError> {
     let started = Instant::now();
-    // Prerequisites: every disk opens, its format is supported, it has 512-byte sectors.
+    // Prerequisites (enable protection's first checks): every disk opens, its format is
+    // supported, it has 512-byte sectors.
     let mut jobs: Vec<Vec<DiskJob>> = Vec::new();
     for vm in vms {
+        sj.start_vm(&vm.name);
         let names = disk_names(&vm.disks);
         let mut v = Vec::new();
         for (p, name) in vm.disks.iter().zip(names) {
-            let d = vdisk::open(p, OpenOptions::default())?;
+            let d = vdisk::open(p, OpenOptions::default()).inspect_err(|e| {
+                sj.disk_failed(&vm.name, e);
+            })?;
             v.push(DiskJob {
                 vm: vm.name.clone(),
                 name,
@@ -203,6 +232,7 @@ pub async fn run_with(
                 progress: Default::default(),
             });
         }
+        sj.disks_checked(&vm.name, &v);
         jobs.push(v);
     }
     let total: u64 = jobs
@@ -216,6 +246,7 @@ pub async fn run_with(
         level: Arc::new(AdaptiveLevel::new(opts.level, opts.adaptive)),
         throttle: Arc::new(Throttle::new(opts.bandwidth)),
         peer: opts.to.clone(),
+        jobs: sj,
     });
     let stats = &sh.stats;
     // The compression controller decides every tick for the whole run.
@@ -378,20 +409,35 @@ async fn attempt_once(
         let done = done.clone();
         vms.spawn(async move {
             let mut ctrl = ControlStream::open(&conn, &sh.peer).await?;
-            for job in jobs {
+            let Some(vm) = jobs.first().map(|j| j.vm.clone()) else {
+                return Ok(());
+            };
+            // Open every disk first: the receiver authorises the VM, and the capacity
+            // check knows what is left to copy.
+            let mut opened = Vec::new();
+            for job in &jobs {
                 let key = (job.vm.clone(), job.name.clone());
                 if done.lock().map(|d| d.contains(&key)).unwrap_or(false) {
                     continue;
                 }
+                // Not fresh: a committed replica is kept and resynchronised.
+                let o = disk::open_disk(&mut ctrl, job, false).await?;
+                let copy = !o.initial_committed || o.known_empty;
+                opened.push((job.clone(), o, copy));
+            }
+            sh.jobs
+                .connected(&mut ctrl, &vm, &opened, &sh.opts.identity)
+                .await?;
+            for (job, o, _) in &opened {
+                let key = (job.vm.clone(), job.name.clone());
                 let t0 = Instant::now();
-                // A committed replica is brought in line by a resync, not copied again.
-                let o = disk::open_disk(&mut ctrl, &job, false).await?;
                 if o.initial_committed && !o.known_empty {
+                    // A committed replica is brought in line by a resync, not copied again.
                     let out = resync::resync(
                         &conn,
                         &mut ctrl,
-                        &job,
-                        &o,
+                        job,
+                        o,
                         &sh,
                         crate::sink::DEFAULT_RETENTION,
                         true,
@@ -401,14 +447,24 @@ async fn attempt_once(
                           rounds = out.rounds, seconds = t0.elapsed().as_secs_f64(),
                           "resync committed at the receiver");
                 } else {
-                    let out = disk::copy_initial(&conn, &mut ctrl, &job, &o, &sh).await?;
+                    sh.jobs.copy_started(&mut ctrl, &vm, &job.name).await;
+                    let out = disk::copy_initial(&conn, &mut ctrl, job, o, &sh).await?;
                     info!(vm = %job.vm, disk = %job.name, resumed_bytes = out.resumed,
                           seconds = t0.elapsed().as_secs_f64(), "disk committed at the receiver");
+                    let detail = format!(
+                        "{} bytes committed as recovery point 0 in {:.1} s ({} bytes resumed)",
+                        job.disk.info().virtual_size,
+                        t0.elapsed().as_secs_f64(),
+                        out.resumed
+                    );
+                    sh.jobs.copy_done(&mut ctrl, &vm, &job.name, &detail).await;
                 }
                 if let Ok(mut d) = done.lock() {
                     d.insert(key);
                 }
             }
+            let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+            sh.jobs.finalize(&mut ctrl, &vm, &names, None).await;
             ctrl.finish();
             Ok::<(), SendError>(())
         });

@@ -108,7 +108,7 @@ fn resync_required(d: &Protected, reason: String) {
 }
 
 /// Runs one VM's protection on an established connection until `policy.max_cycles` or an
-/// error. Disks that need a resync are skipped.
+/// error. Disks that need a resync are resynchronised before cycles resume.
 pub async fn protect_vm(
     conn: &quinn::Connection,
     disks: &Arc<Vec<Arc<Mutex<Protected>>>>,
@@ -117,14 +117,35 @@ pub async fn protect_vm(
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
     let mut ctrl = ControlStream::open(conn, &sh.peer).await?;
+    // Open every disk first (the receiver authorises the VM; enable protection's checks),
+    // then copy those whose initial replication is not committed.
     let mut opened: Vec<Option<Opened>> = Vec::new();
+    let mut to_check = Vec::new();
     for d in disks.iter() {
-        let (job, fresh) = d
-            .lock()
-            .map(|g| (g.job.clone(), g.fresh))
-            .map_err(poisoned)?;
+        let job = d.lock().map(|g| g.job.clone()).map_err(poisoned)?;
         let o = open_disk(&mut ctrl, &job, false).await?;
         // `known_empty` is set while an initial copy is in progress.
+        let copy = !o.initial_committed || o.known_empty;
+        to_check.push((job, o.clone(), copy));
+        opened.push(Some(o));
+    }
+    let vm = disks
+        .first()
+        .and_then(|d| d.lock().ok().map(|g| g.job.vm.clone()))
+        .unwrap_or_default();
+    sh.jobs
+        .connected(&mut ctrl, &vm, &to_check, &sh.opts.identity)
+        .await?;
+    let mut names = Vec::new();
+    let mut logs = Vec::new();
+    for (d, o) in disks.iter().zip(&opened) {
+        let Some(o) = o else { continue };
+        let (job, log, fresh) = d
+            .lock()
+            .map(|g| (g.job.clone(), g.tracker.paths().active.clone(), g.fresh))
+            .map_err(poisoned)?;
+        names.push(job.name.clone());
+        logs.push(log.display().to_string());
         let committed = if o.initial_committed && !o.known_empty {
             if fresh {
                 // Tracking started now: the replica predates it and is brought in line.
@@ -139,7 +160,16 @@ pub async fn protect_vm(
                 restart_chain(d).await?;
             }
             info!(vm = %job.vm, disk = %job.name, "initial replication (writes are tracked meanwhile)");
-            copy_initial(conn, &mut ctrl, &job, &o, sh).await?;
+            let t0 = Instant::now();
+            sh.jobs.copy_started(&mut ctrl, &vm, &job.name).await;
+            let out = copy_initial(conn, &mut ctrl, &job, o, sh).await?;
+            let detail = format!(
+                "{} bytes committed as recovery point 0 in {:.1} s ({} bytes resumed)",
+                job.disk.info().virtual_size,
+                t0.elapsed().as_secs_f64(),
+                out.resumed
+            );
+            sh.jobs.copy_done(&mut ctrl, &vm, &job.name, &detail).await;
             clear_resync(d);
             0
         };
@@ -148,9 +178,16 @@ pub async fn protect_vm(
             g.fresh = false;
         }
         ensure_hash_table(d).await;
-        opened.push(Some(o));
     }
     resync_marked(conn, &mut ctrl, disks, &opened, policy, sh).await?;
+    sh.jobs
+        .finalize(
+            &mut ctrl,
+            &vm,
+            &names,
+            Some(format!("change logs: {}", logs.join(", "))),
+        )
+        .await;
     // Ship whatever is pending (a previous run's closed logs), then cycle.
     ship_all(conn, &mut ctrl, disks, &opened, policy, sh).await?;
     loop {

@@ -126,6 +126,22 @@ pub enum SinkError {
         /// What is unsupported.
         problem: String,
     },
+    /// A job file does not decode. Jobs are history: replication does not depend on them.
+    #[error("{path}: corrupt job record: {problem}; move the file aside to start a new job history (replication does not need it)")]
+    CorruptJobs {
+        /// The job file.
+        path: PathBuf,
+        /// What is wrong, with the line and column.
+        problem: String,
+    },
+    /// The store does not implement this operation yet.
+    #[error("{store}: {what} is not supported by this store yet")]
+    NotSupported {
+        /// The store, as [`crate::sink::ReplicaStore::describe`] says.
+        store: String,
+        /// The operation.
+        what: &'static str,
+    },
     /// Azure Storage refused a request, or stayed unreachable through the retries. 403
     /// (credentials), 404 (account or container) and 409 (conflicts) are not recoverable;
     /// throttling, server errors and transport failures are.

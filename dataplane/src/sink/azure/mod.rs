@@ -8,6 +8,8 @@
 //!                        snapshots are the recovery points (metadata below)
 //! VM/NAME.state          block blob, JSON (state.rs): committed cycle, generation, progress
 //!                        of the copy or cycle in progress, footer ids
+//! VM/jobs.json           block blob, the VM's jobs (the local store's job file format),
+//!                        replaced with If-Match on its ETag (jobs.rs)
 //! ```
 //! Snapshot metadata: `vdrepcycle`, `vdrepcreated` (Unix s), `vdrepbytes`, `vdrepdigest`
 //! (hex BLAKE3), `vdrepreplica` (footer id of the generation it belongs to).
@@ -32,6 +34,7 @@
 
 mod blob;
 mod disk;
+mod jobs;
 mod points;
 mod reader;
 pub mod rest;
@@ -293,6 +296,18 @@ impl ReplicaStore for AzureStore {
     fn remove_disk(&self, key: &DiskKey) -> Result<(), SinkError> {
         key.validate()?;
         reader::remove_disk(&self.container, key)
+    }
+
+    fn record_job(&self, job: &crate::jobs::Job) -> Result<(), SinkError> {
+        jobs::record(&self.container, job)
+    }
+
+    fn jobs(&self, vm: Option<&str>) -> Result<Vec<crate::jobs::Job>, SinkError> {
+        jobs::list(&self.container, vm)
+    }
+
+    fn remove_jobs(&self, vm: &str) -> Result<(), SinkError> {
+        jobs::remove(&self.container, vm)
     }
 }
 

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use vdrep_proto::Guid;
 
+use crate::jobs::JobFile;
 use crate::sink::{validate_name, DiskKey, PointReader, ReplicaDisk, ReplicaStore, SinkError};
 pub use disk::LocalDisk;
 use fs::{RealFs, StoreFs};
@@ -288,4 +289,80 @@ impl ReplicaStore for LocalStore {
         self.fs.remove_dir(&p.dir).map_err(io(&p.dir, "remove"))?;
         Ok(())
     }
+
+    fn record_job(&self, job: &crate::jobs::Job) -> Result<(), SinkError> {
+        validate_name("VM name", &job.vm)?;
+        JobFile::new(self.fs.clone(), &self.root.join(&job.vm)).upsert(job)
+    }
+
+    fn jobs(&self, vm: Option<&str>) -> Result<Vec<crate::jobs::Job>, SinkError> {
+        let vms = match vm {
+            Some(v) => {
+                validate_name("VM name", v)?;
+                vec![v.to_string()]
+            }
+            None => {
+                let mut v: Vec<String> = self
+                    .fs
+                    .list_dir(&self.root)
+                    .map_err(|e| SinkError::io(&self.root, "list", 0, e))?
+                    .into_iter()
+                    .filter(|n| validate_name("VM name", n).is_ok())
+                    .collect();
+                v.sort();
+                v
+            }
+        };
+        let mut out = Vec::new();
+        for v in vms {
+            let dir = self.root.join(&v);
+            // `FORMAT` and other plain files are not VM folders.
+            match self.fs.exists(&dir.join(crate::jobs::file::JOBS_FILE)) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
+                Err(e) => return Err(SinkError::io(&dir, "stat", 0, e)),
+            }
+            out.extend(JobFile::new(self.fs.clone(), &dir).load()?);
+        }
+        Ok(out)
+    }
+
+    fn remove_jobs(&self, vm: &str) -> Result<(), SinkError> {
+        validate_name("VM name", vm)?;
+        let dir = self.root.join(vm);
+        JobFile::new(self.fs.clone(), &dir).remove_all()?;
+        self.fs
+            .remove_dir(&dir)
+            .map_err(|e| SinkError::io(&dir, "remove", 0, e))
+    }
+
+    fn available_bytes(&self) -> Result<Option<u64>, SinkError> {
+        free_bytes(&self.root).map(Some)
+    }
+}
+
+/// Free bytes for an unprivileged writer on the filesystem holding `dir` (statvfs).
+fn free_bytes(dir: &Path) -> Result<u64, SinkError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
+        SinkError::io(
+            dir,
+            "statvfs",
+            0,
+            std::io::Error::from_raw_os_error(libc::EINVAL),
+        )
+    })?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(SinkError::io(
+            dir,
+            "statvfs",
+            0,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
