@@ -128,7 +128,7 @@ fn a_contiguous_region_is_sent_whole_with_few_hash_bytes() {
 }
 
 #[test]
-fn a_replica_block_corrupted_behind_the_receivers_back_is_found_and_repaired() {
+fn a_replica_block_corrupted_behind_the_receivers_back_is_found_only_by_verify() {
     let size = 32 * MIB;
     let s = setup(size);
     let f = std::fs::OpenOptions::new()
@@ -137,6 +137,21 @@ fn a_replica_block_corrupted_behind_the_receivers_back_is_found_and_repaired() {
         .unwrap();
     f.write_all_at(&[0xffu8; 512], 9 * MIB + 1024).unwrap();
     drop(f);
+    // The receiver's index still describes the block as it wrote it: a plain resync finds
+    // nothing to do, and the replica stays corrupt.
+    let r = s
+        .send("plain")
+        .arg("--resync")
+        .run(Duration::from_secs(120));
+    assert_eq!(r.ok()["resync_changed_bytes"].as_u64().unwrap(), 0);
+    let o = std::process::Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "vpc"])
+        .arg(&s.img)
+        .arg(s.replica())
+        .output()
+        .expect("qemu-img (Debian: qemu-utils)");
+    assert!(!o.status.success(), "the corruption should still be there");
+    // --verify rehashes the replica: the page is found, resent, and the index repaired.
     let r = s
         .send("verify")
         .arg("--resync")
@@ -144,6 +159,43 @@ fn a_replica_block_corrupted_behind_the_receivers_back_is_found_and_repaired() {
         .run(Duration::from_secs(120));
     assert_eq!(r.ok()["resync_changed_bytes"].as_u64().unwrap(), PAGE);
     assert_replica_identical(&s.img, "raw", &s.replica());
+    assert!(
+        hash_read_bytes(&s.rx.log_text()).last().copied().unwrap() >= size,
+        "--verify should read the whole replica"
+    );
+}
+
+/// The `hash_read_bytes` the receiver logged at each resync's root answer, in order.
+fn hash_read_bytes(receiver_log: &str) -> Vec<u64> {
+    receiver_log
+        .lines()
+        .filter_map(|l| {
+            let v = l.split("hash_read_bytes=").nth(1)?;
+            v.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn a_resync_reads_back_only_the_replica_nodes_around_the_differences() {
+    let size = 256 * MIB;
+    let s = setup(size);
+    let changed = scatter_pages(&s.img, size, 32, 21) * PAGE;
+    let r = s
+        .send("resync")
+        .arg("--resync")
+        .run(Duration::from_secs(120));
+    assert_eq!(r.ok()["resync_changed_bytes"].as_u64().unwrap(), changed);
+    assert_replica_identical(&s.img, "raw", &s.replica());
+    // The index says every node is as written: the receiver reads only the 256 KiB nodes
+    // whose page hashes the sender asks for, and those the resync wrote (for the root).
+    let log = s.rx.log_text();
+    let read = *hash_read_bytes(&log).last().expect("no root answer logged");
+    eprintln!("receiver read {read} bytes of {size} to hash, for {changed} changed bytes");
+    assert!(
+        read <= 2 * 32 * (256 << 10) && read * 8 < size,
+        "the receiver read {read} bytes of a {size}-byte replica to hash it:\n{log}"
+    );
 }
 
 #[test]

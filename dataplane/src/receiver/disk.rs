@@ -287,7 +287,19 @@ impl DiskSession {
                 *t = Some(ix.tree()?);
             }
             let t = t.as_ref().ok_or("no tree")?;
-            Ok::<_, String>((t.answer(&src, level, &parents)?, read))
+            let out = t.answer(&src, level, &parents)?;
+            // Page hashes are computed by reading their 256 KiB parents.
+            if level == crate::resync::PAGE_LEVEL {
+                let size = t.size();
+                read += parents
+                    .iter()
+                    .map(|&p| {
+                        let (a, b) = crate::resync::node_range(size, crate::resync::KEPT, p);
+                        b - a
+                    })
+                    .sum::<u64>();
+            }
+            Ok::<_, String>((out, read))
         })
         .await
         .map_err(|e| format!("hash task failed: {e}"))??;
