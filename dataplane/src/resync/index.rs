@@ -353,8 +353,10 @@ mod tests {
     use bytes::Bytes;
     use std::sync::{Arc, Mutex};
 
+    /// Bytes written, and bytes durable (as of the last sync; `None` before any).
+    type Written = (Vec<u8>, Option<Vec<u8>>);
     #[derive(Clone, Default)]
-    struct MemFile(Arc<Mutex<(Vec<u8>, Option<Vec<u8>>)>>);
+    struct MemFile(Arc<Mutex<Written>>);
     impl IndexFile for MemFile {
         fn read_all(&self) -> io::Result<Option<Vec<u8>>> {
             Ok(self.0.lock().unwrap().1.clone())
