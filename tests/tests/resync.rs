@@ -269,7 +269,11 @@ fn uninterrupted_resync_bytes() -> u64 {
 fn wait_for_comparison(log: &Path, before: usize, within: Duration) {
     let t0 = Instant::now();
     while read_log(log).matches("resync comparison done").count() == before {
-        assert!(t0.elapsed() < within, "no comparison within {within:?}");
+        assert!(
+            t0.elapsed() < within,
+            "no comparison within {within:?}; sender log:\n{}",
+            read_log(log)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -316,7 +320,8 @@ fn a_resync_killed_with_sigkill_three_times_resumes_within_1_2x_the_bytes_of_an_
 }
 
 #[test]
-#[ignore = "long: three link cuts outlasting the 15 s QUIC idle timeout (about a minute)"]
+#[ignore = "long: three link cuts outlasting the 15 s QUIC idle timeout (about a minute); \
+            fails today: the sender survives the first cut but hangs after the second"]
 fn a_resync_cut_off_the_link_three_times_resumes_within_1_2x_the_bytes_of_an_uninterrupted_one() {
     let base = uninterrupted_resync_bytes();
     let (s, relay, changed) = diverged_behind_a_relay();
@@ -330,7 +335,12 @@ fn a_resync_cut_off_the_link_three_times_resumes_within_1_2x_the_bytes_of_an_uni
     let t0 = Instant::now();
     let mut rng = rand::rngs::StdRng::seed_from_u64(8);
     for i in 0..3 {
-        wait_for_comparison(&log, i, Duration::from_secs(60));
+        if let Err(e) =
+            std::panic::catch_unwind(|| wait_for_comparison(&log, i, Duration::from_secs(60)))
+        {
+            eprintln!("receiver log:\n{}", s.rx.log_text());
+            std::panic::resume_unwind(e);
+        }
         std::thread::sleep(Duration::from_millis(rng.gen_range(500..1200)));
         // Longer than the idle timeout: the connection dies and the sender reconnects.
         relay.set_cut(true);
