@@ -7,8 +7,9 @@
 //! committed, the resync is itself the next recovery point.
 //!
 //! **Resume.** After a cut or a kill the sender reopens the same cycle and runs the
-//! comparison again: the receiver hashes its working image *including* the cycle's durable
-//! writes, so pages already sent now match and are not resent; only the hash exchange (whose
+//! comparison again: the receiver's side covers its working image *including* the cycle's
+//! durable writes (its index marks the nodes they touched dirty, and they are rehashed), so
+//! pages already sent now match and are not resent; only the hash exchange (whose
 //! volume shrinks with the remaining differences) is repeated. The cycle's progress list is
 //! deliberately not used to skip ranges: an open cycle left by an interrupted delta cycle
 //! holds a log's data, not necessarily the source's.
