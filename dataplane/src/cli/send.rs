@@ -60,7 +60,8 @@ pub struct Args {
     /// this anyway; with --interval the resync runs before delta cycles start.
     #[arg(long)]
     resync: bool,
-    /// With --resync: rehash the target's data (the receiver currently always does).
+    /// With --resync: the receiver rehashes its whole replica instead of trusting its
+    /// durable hash index (finds a replica changed behind its back) and repairs the index.
     #[arg(long)]
     verify: bool,
     /// State folder: jobs that failed before they could be reported to the receiver (disk

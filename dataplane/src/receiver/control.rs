@@ -59,7 +59,7 @@ impl ConnState {
         }
         let list: Vec<_> = self.sessions.lock().map(|s| s.clone()).unwrap_or_default();
         for s in list {
-            if let Err(e) = s.checkpoint(false).await {
+            if let Err(e) = s.close().await {
                 warn!(disk = %s.replica.key(), error = %e, "final checkpoint failed");
             }
         }
@@ -324,6 +324,7 @@ impl Receiver {
                 handle,
                 level,
                 parents,
+                verify,
             } => {
                 let Some(s) = conn.disk(handle) else {
                     return unknown_handle(req, handle);
@@ -337,7 +338,7 @@ impl Receiver {
                                 .into(),
                     };
                 }
-                match s.hashes(level, parents).await {
+                match s.hashes(level, parents, verify).await {
                     Ok(hashes) if hashes.len() <= wire::MAX_HASHES => Control::Hashes {
                         req,
                         handle,
@@ -486,17 +487,29 @@ impl Receiver {
             if !st.initial_in_progress && (!st.initial_committed || full_copy) {
                 r.begin_initial()?;
             }
-            Ok::<_, SinkError>(r)
+            // A copy with no durable progress starts from a fresh all-zero file, whose
+            // hashes are known; anything else is described by the durable index, if valid.
+            let st = r.state();
+            let fresh = st.initial_in_progress && st.progress.is_empty();
+            let index = crate::resync::index::Index::open(
+                r.resync_index(),
+                virtual_size,
+                st.generation,
+                fresh,
+            );
+            Ok::<_, SinkError>((r, index))
         })
         .await
         .map_err(|e| (ErrorClass::Internal, format!("open task failed: {e}")))?
         .map_err(|e| (class_of(&e), e.to_string()))?;
+        let (replica, index) = replica;
         let st = replica.state();
         let session = Arc::new(DiskSession::new(
             replica,
             st.generation,
             virtual_size,
             st.progress.clone(),
+            index,
         ));
         let handle = {
             let mut h = conn

@@ -64,8 +64,9 @@ pub struct SendOptions {
     pub bandwidth: Option<u64>,
     /// Resynchronise committed replicas at once (`--resync`).
     pub resync: bool,
-    /// Rehash the target's data during a resync (`--verify`). The receiver has no durable
-    /// hash index yet, so it always rehashes: the flag is accepted and changes nothing.
+    /// Rehash the target's data during a resync (`--verify`): the receiver ignores its
+    /// durable hash index, reads its whole working image, and repairs the index (catches a
+    /// replica changed behind the receiver's back).
     pub verify: bool,
     /// State folder: jobs that failed before they could be reported wait here
     /// (default [`crate::jobs::pending::default_state_dir`]).

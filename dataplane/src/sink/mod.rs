@@ -304,4 +304,10 @@ pub trait ReplicaDisk: Send + Sync {
     fn read_point(&self, cycle: u64, offset: u64, len: usize) -> Result<Bytes, SinkError>;
     /// Where the replica is (file path, blob URL), for summaries.
     fn path_hint(&self) -> String;
+    /// Where the receiver keeps this replica's durable resync index
+    /// ([`crate::resync::index`]), or why the sink keeps none (the receiver then rehashes
+    /// the working image at every resync).
+    fn resync_index(&self) -> Result<Box<dyn crate::resync::index::IndexFile>, String> {
+        Err("this sink keeps no resync index".into())
+    }
 }

@@ -198,6 +198,10 @@ pub enum Control {
         level: u8,
         /// Parent node indices at `level - 1`, ascending, at most [`MAX_HASH_PARENTS`].
         parents: Vec<u64>,
+        /// At level 0 (the start of a comparison): rehash the whole working image instead of
+        /// trusting the receiver's durable index, and repair the index (`send --verify`).
+        /// A trailing byte, absent in frames of senders that predate it (read as false).
+        verify: bool,
     },
     /// Receiver → sender: the hashes asked for, in order ([`super::RESYNC_FANOUT`] per parent,
     /// fewer at the disk's end).
@@ -464,9 +468,11 @@ impl Control {
                 handle,
                 level,
                 parents,
+                verify,
             } => {
                 w.u32(*req).u32(*handle).u8(*level);
                 u64s_w(&mut w, parents);
+                w.u8(*verify as u8);
                 K_HASH_REQUEST
             }
             Control::Hashes {
@@ -587,6 +593,7 @@ impl Control {
                 handle: r.u32()?,
                 level: r.u8()?,
                 parents: u64s_r(&mut r, MAX_HASH_PARENTS, what)?,
+                verify: if r.at_end() { false } else { r.bool()? },
             },
             K_HASHES => Control::Hashes {
                 req: r.u32()?,

@@ -742,4 +742,11 @@ impl ReplicaDisk for AzureDisk {
     fn path_hint(&self) -> String {
         self.c.url(&self.blob)
     }
+
+    /// None yet: keeping the index in a blob beside the replica would cost a Put per
+    /// persisted change, and the blob's page ranges already spare the reading of zeros; each
+    /// resync rehashes the working blob (logged with this reason).
+    fn resync_index(&self) -> Result<Box<dyn crate::resync::index::IndexFile>, String> {
+        Err("the Azure sink keeps no resync index: the page blob is read and hashed".into())
+    }
 }

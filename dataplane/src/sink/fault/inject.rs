@@ -236,4 +236,7 @@ impl ReplicaDisk for FaultDisk {
     fn path_hint(&self) -> String {
         self.inner.path_hint()
     }
+    fn resync_index(&self) -> Result<Box<dyn crate::resync::index::IndexFile>, String> {
+        self.inner.resync_index()
+    }
 }

@@ -544,4 +544,11 @@ impl ReplicaDisk for LocalDisk {
         let inner = self.read_inner();
         inner.working_path.display().to_string()
     }
+
+    fn resync_index(&self) -> Result<Box<dyn crate::resync::index::IndexFile>, String> {
+        Ok(Box::new(super::files::IndexFile::new(
+            self.fs.clone(),
+            &self.paths,
+        )))
+    }
 }

@@ -48,6 +48,8 @@ pub struct DiskPaths {
     pub state_tmp: PathBuf,
     /// `STORE/VM/NAME.lock`: flock'd while a receiver has the disk open.
     pub lock: PathBuf,
+    /// `STORE/VM/NAME.hidx`: the receiver's resync index of the working image.
+    pub hidx: PathBuf,
     /// `NAME`: the prefix of the disk's cycle logs.
     pub stem: String,
 }
@@ -63,6 +65,7 @@ impl DiskPaths {
             state: f(".state"),
             state_tmp: f(".state.tmp"),
             lock: f(".lock"),
+            hidx: f(".hidx"),
             stem: key.disk.clone(),
             dir,
         }
@@ -267,7 +270,12 @@ impl ReplicaStore for LocalStore {
             .ok_or_else(|| SinkError::Locked {
                 path: p.lock.clone(),
             })?;
-        let mut doomed = vec![p.vhd.clone(), p.partial.clone(), p.state_tmp.clone()];
+        let mut doomed = vec![
+            p.vhd.clone(),
+            p.partial.clone(),
+            p.state_tmp.clone(),
+            p.hidx.clone(),
+        ];
         doomed.extend(
             names
                 .iter()
