@@ -5,10 +5,12 @@
 mod control;
 mod disk;
 mod error;
+pub mod local_control;
 mod logimage;
 mod progress;
 pub mod protect;
 pub mod resync;
+pub mod status;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -22,6 +24,7 @@ pub use control::ControlStream;
 pub use disk::{DiskJob, DiskOutcome, Shared};
 pub use error::SendError;
 pub use progress::{human, Summary};
+pub use status::{Board, DiskStatus};
 
 use crate::disk::{self as vdisk, OpenOptions};
 use crate::pipeline::{AdaptiveLevel, Stats};
@@ -188,6 +191,17 @@ pub async fn run_with(
     opts: &SendOptions,
     policy: Option<protect::Policy>,
 ) -> Result<Summary, SendError> {
+    run_controlled(vms, opts, policy, None).await
+}
+
+/// [`run_with`], answering the local control channel on the unix socket `control` (status,
+/// bandwidth, resync requests; see [`local_control`]) while it runs.
+pub async fn run_controlled(
+    vms: &[VmSpec],
+    opts: &SendOptions,
+    policy: Option<protect::Policy>,
+    control: Option<PathBuf>,
+) -> Result<Summary, SendError> {
     let started = Instant::now();
     // Prerequisites: every disk opens, its format is supported, it has 512-byte sectors.
     let mut jobs: Vec<Vec<DiskJob>> = Vec::new();
@@ -216,7 +230,11 @@ pub async fn run_with(
         level: Arc::new(AdaptiveLevel::new(opts.level, opts.adaptive)),
         throttle: Arc::new(Throttle::new(opts.bandwidth)),
         peer: opts.to.clone(),
+        board: Arc::new(Board::default()),
     });
+    if let Some(p) = &policy {
+        sh.board.set_interval(p.interval);
+    }
     let stats = &sh.stats;
     // The compression controller decides every tick for the whole run.
     let controller = {
@@ -264,6 +282,15 @@ pub async fn run_with(
             Mode::Protect { policy, vms: out }
         }
     };
+    register_disks(&sh.board, &jobs, &mode);
+    let files = crate::tls::config::SenderFiles::in_dir(&opts.tls, &opts.identity);
+    crate::metrics::certs::export_files(&files.ca, &files.cert);
+    let sampler = tokio::spawn(status::sample(sh.board.clone(), sh.clone()));
+    let _sampler = AbortOnDrop(sampler);
+    let _control = match &control {
+        Some(path) => Some(AbortOnDrop(local_control::serve(path, sh.clone())?)),
+        None => None,
+    };
     let (addr, host) = resolve(&opts.to)?;
     let server_name = opts.server_name.clone().unwrap_or(host);
     let client = crate::tls::config::sender_quic(&crate::tls::config::SenderFiles::in_dir(
@@ -302,6 +329,7 @@ pub async fn run_with(
             Err(e) if e.is_recoverable() && Instant::now() < deadline => {
                 let delay = Duration::from_millis(FAST_RETRY[attempt.min(FAST_RETRY.len() - 1)]);
                 attempt += 1;
+                sh.board.failed(e.class(), e.to_string(), true, Some(delay));
                 stats
                     .retries
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -310,6 +338,8 @@ pub async fn run_with(
                 tokio::time::sleep(delay).await;
             }
             Err(e) => {
+                sh.board
+                    .failed(e.class(), e.to_string(), e.is_recoverable(), None);
                 bar.finish();
                 endpoint.close(0u32.into(), b"sender giving up");
                 return Err(e);
@@ -352,6 +382,7 @@ async fn attempt_once(
         source: e,
     })?;
     info!(receiver = %peer, "connected");
+    sh.board.connected(&conn);
     let mut vms = tokio::task::JoinSet::new();
     let done = match mode {
         Mode::OneShot(d) => d,
@@ -400,10 +431,12 @@ async fn attempt_once(
                     info!(vm = %job.vm, disk = %job.name, cycle = out.cycle, changed_bytes = out.changed,
                           rounds = out.rounds, seconds = t0.elapsed().as_secs_f64(),
                           "resync committed at the receiver");
+                    sh.board.committed(&job.vm, &job.name, out.cycle);
                 } else {
                     let out = disk::copy_initial(&conn, &mut ctrl, &job, &o, &sh).await?;
                     info!(vm = %job.vm, disk = %job.name, resumed_bytes = out.resumed,
                           seconds = t0.elapsed().as_secs_f64(), "disk committed at the receiver");
+                    sh.board.committed(&job.vm, &job.name, 0);
                 }
                 if let Ok(mut d) = done.lock() {
                     d.insert(key);
@@ -439,6 +472,26 @@ async fn finish_vms(
         None => {
             conn.close(0u32.into(), b"done");
             Ok(())
+        }
+    }
+}
+
+/// Puts every disk on the status board (with its change tracker when protecting).
+fn register_disks(board: &Board, jobs: &[Vec<DiskJob>], mode: &Mode) {
+    match mode {
+        Mode::OneShot(_) => {
+            for j in jobs.iter().flatten() {
+                board.add_disk(j, None);
+            }
+        }
+        Mode::Protect { vms, .. } => {
+            for (disks, _) in vms {
+                for d in disks.iter() {
+                    if let Ok(g) = d.lock() {
+                        board.add_disk(&g.job, Some(g.tracker.clone()));
+                    }
+                }
+            }
         }
     }
 }

@@ -117,6 +117,7 @@ pub async fn resync(
         level: Arc::new(crate::pipeline::AdaptiveLevel::new(sh.opts.level, false)),
         throttle: sh.throttle.clone(),
         peer: sh.peer.clone(),
+        board: sh.board.clone(),
     });
     loop {
         out.rounds += 1;
