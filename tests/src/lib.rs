@@ -11,6 +11,7 @@ pub mod images;
 pub mod procs;
 pub mod relay;
 pub mod roles;
+pub mod sidecar;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -3,150 +3,14 @@
 //! restart, `vdrep status` / `vdrep jobs` as API clients, and a real Prometheus server
 //! scraping the three roles during a replication.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use vdrep_tests::http::{get, request, sample, Response};
-use vdrep_tests::images::seeded_raw;
-use vdrep_tests::procs::certs;
+use vdrep_tests::http::{get, request, sample};
 use vdrep_tests::require_tool;
-use vdrep_tests::roles::{eventually, Role};
-
-const TOKEN: &str = "s3cret-token";
-
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| x.to_string()).collect()
-}
-
-/// A receiver, a protecting sender (control socket, metrics) and a sidecar.
-struct Stack {
-    dir: PathBuf,
-    tls: PathBuf,
-    disk: PathBuf,
-    rx: Role,
-    tx: Role,
-    sc: Role,
-}
-
-impl Stack {
-    fn start(d: &Path) -> Stack {
-        let tls = certs(&d.join("tls"), &["hv01"]);
-        let disk = seeded_raw(&d.join("os.raw"), 8 << 20, 3, 1 << 20, 3);
-        std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
-        let rx = Role::start(
-            &s(&[
-                "receive",
-                "--listen",
-                "127.0.0.1:0",
-                "--store",
-                d.join("store").to_str().unwrap(),
-                "--tls",
-                tls.to_str().unwrap(),
-                "--allow",
-                "hv01=web",
-                "--metrics",
-                "127.0.0.1:0",
-            ]),
-            &d.join("receiver.log"),
-            &["listening on ", "metrics on "],
-        );
-        let mut st = Stack {
-            dir: d.to_path_buf(),
-            tx: Self::sender(d, &tls, &disk, &rx),
-            sc: Self::sidecar(d),
-            tls,
-            disk,
-            rx,
-        };
-        st.wait_protected();
-        st
-    }
-
-    fn sender(d: &Path, tls: &Path, disk: &Path, rx: &Role) -> Role {
-        Role::start(
-            &s(&[
-                "send",
-                "--to",
-                &rx.addr("listening on "),
-                "--tls",
-                tls.to_str().unwrap(),
-                "--identity",
-                "hv01",
-                "--vm",
-                "web",
-                disk.to_str().unwrap(),
-                "--interval",
-                "1s",
-                "--no-progress",
-                "--control",
-                d.join("run/sender.sock").to_str().unwrap(),
-                "--metrics",
-                "127.0.0.1:0",
-            ]),
-            &d.join("sender.log"),
-            &["metrics on "],
-        )
-    }
-
-    fn sidecar(d: &Path) -> Role {
-        Role::start(
-            &s(&[
-                "sidecar",
-                "--listen",
-                "127.0.0.1:0",
-                "--sender-control",
-                d.join("run/sender.sock").to_str().unwrap(),
-                "--token-file",
-                d.join("token").to_str().unwrap(),
-                "--state",
-                d.join("sidecar-state").to_str().unwrap(),
-                "--metrics",
-                "127.0.0.1:0",
-            ]),
-            &d.join("sidecar.log"),
-            &["sidecar on ", "metrics on "],
-        )
-    }
-
-    fn api(&self) -> String {
-        self.sc.addr("sidecar on ")
-    }
-
-    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Response {
-        let b = body.map(|v| v.to_string());
-        request(&self.api(), method, path, token, b.as_deref()).unwrap()
-    }
-
-    fn vm(&self) -> Option<Value> {
-        let r = self.call("GET", "/v1/vms/web", None, None);
-        (r.status == 200).then(|| r.json())
-    }
-
-    fn wait_protected(&mut self) {
-        let ok = eventually(Duration::from_secs(60), || {
-            self.vm().filter(|v| {
-                v["protected"] == true && v["disks"][0]["last_cycle"].as_u64() >= Some(1)
-            })
-        });
-        assert!(
-            ok.is_some(),
-            "never protected; sender log:\n{}\nsidecar log:\n{}",
-            self.tx.log_text(),
-            self.sc.log_text()
-        );
-    }
-
-    fn wait_job(&self, id: &str, secs: u64) -> Value {
-        eventually(Duration::from_secs(secs), || {
-            let j = self
-                .call("GET", &format!("/v1/jobs/{id}"), None, None)
-                .json();
-            (j["state"] == "succeeded" || j["state"] == "failed").then_some(j)
-        })
-        .unwrap_or_else(|| panic!("job {id} did not end; sidecar log:\n{}", self.sc.log_text()))
-    }
-}
+use vdrep_tests::roles::eventually;
+use vdrep_tests::sidecar::{Stack, TOKEN};
 
 #[test]
 fn every_endpoint_answers_and_state_changes_need_the_token() {
@@ -294,8 +158,7 @@ fn every_endpoint_answers_and_state_changes_need_the_token() {
     let sched = r.json();
     assert!(sched["state"] == "queued");
 
-    // Test failover: a job; this build's receiver cannot materialise points on request,
-    // and the job says so instead of pretending.
+    // Test failover: a job that writes the point where the store is and says where.
     let r = st.call(
         "POST",
         "/v1/vms/web/test-failover",
@@ -303,9 +166,13 @@ fn every_endpoint_answers_and_state_changes_need_the_token() {
         Some(json!({"point": null})),
     );
     assert_eq!(r.status, 202, "{}", r.body);
-    let j = st.wait_job(r.json()["id"].as_str().unwrap(), 20);
+    let fid = r.json()["id"].as_str().unwrap().to_string();
+    let j = st.wait_job(&fid, 30);
     assert_eq!(j["kind"], "test_failover");
-    assert!(!j["errors"].as_array().unwrap().is_empty());
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    let folder = st.dir.join("store-failover/web").join(&fid);
+    assert_eq!(j["result"]["folder"], folder.to_str().unwrap());
+    assert!(folder.join("os.vhd").is_file());
     assert_eq!(
         st.call("POST", "/v1/vms/ghost/test-failover", Some(TOKEN), None)
             .status,

@@ -1,5 +1,5 @@
 //! `vdrep sidecar --listen ADDR --sender-control PATH --token-file F --state DIR
-//! [--metrics ADDR]`.
+//! [--metrics ADDR] [--store DIR | --azure-url …] [--failover-dir DIR]`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,7 +8,9 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use super::config;
+use super::store_args::{AzureFile, StoreArgs};
 use super::CliError;
+use crate::sidecar::failover::FailoverTarget;
 use crate::sidecar::{self, SidecarConfig};
 
 #[derive(clap::Args, Debug)]
@@ -29,6 +31,14 @@ pub struct Args {
     /// Serve Prometheus metrics on this TCP address (`GET /metrics`).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// The receiver's replica store, read (never written) for test failovers asked through
+    /// the API; without it those jobs fail saying so.
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Where test failovers write: DIR/VM/JOB-ID/NAME.vhd (default: the folder
+    /// `STORE-failover` beside a local `--store`; required with `--azure-url`).
+    #[arg(long)]
+    failover_dir: Option<PathBuf>,
     /// TOML file with any of the options above (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -42,6 +52,9 @@ struct File {
     token_file: Option<PathBuf>,
     state: Option<PathBuf>,
     metrics: Option<SocketAddr>,
+    store: Option<PathBuf>,
+    azure: Option<AzureFile>,
+    failover_dir: Option<PathBuf>,
 }
 
 fn usage(e: anyhow::Error) -> CliError {
@@ -86,6 +99,11 @@ pub fn run(a: Args) -> Result<(), CliError> {
         .map_err(usage)?;
     let token = read_token(&token_file)?;
     let metrics = a.metrics.or(f.metrics);
+    let failover = failover_target(
+        a.store.merge(f.store, f.azure),
+        a.failover_dir.or(f.failover_dir),
+    )
+    .map_err(usage)?;
     let rt = super::runtime()?;
     rt.block_on(async {
         if let Some(addr) = metrics {
@@ -96,8 +114,48 @@ pub fn run(a: Args) -> Result<(), CliError> {
             sender_control,
             token,
             state,
+            failover,
         })
         .await
     })?;
     Ok(())
+}
+
+/// The test-failover target: the store to read and the documented output folder.
+fn failover_target(
+    store: StoreArgs,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<Option<FailoverTarget>> {
+    let dir = match (&store.store, &store.azure_url, dir) {
+        (None, None, _) => return Ok(None),
+        (_, _, Some(d)) => d,
+        (Some(s), None, None) => {
+            let name = s
+                .file_name()
+                .with_context(|| format!("{}: name the store folder itself", s.display()))?;
+            let mut n = name.to_os_string();
+            n.push("-failover");
+            s.with_file_name(n)
+        }
+        (_, Some(_), None) => {
+            anyhow::bail!(
+                "--failover-dir DIR is required with --azure-url (where test failovers write)"
+            )
+        }
+    };
+    // The store is opened for each failover: it may come up after the sidecar.
+    let run = std::sync::Arc::new(move |vm: &str, point: Option<u64>, out: &std::path::Path| {
+        let sel = point.map_or(
+            super::failover::PointSel::Latest,
+            super::failover::PointSel::Id,
+        );
+        let s = store.open_existing().map_err(|e| format!("{e:#}"))?;
+        let disks =
+            super::failover::materialise(s.as_ref(), vm, sel, out).map_err(|e| format!("{e:#}"))?;
+        Ok(disks
+            .iter()
+            .map(|d| serde_json::to_value(d).unwrap_or_default())
+            .collect())
+    });
+    Ok(Some(FailoverTarget { run, dir }))
 }

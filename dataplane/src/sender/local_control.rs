@@ -34,13 +34,6 @@ pub enum Request {
         /// The VM.
         vm: String,
     },
-    /// Asks the receiver to materialise a recovery point of a VM beside its store.
-    TestFailover {
-        /// The VM.
-        vm: String,
-        /// The recovery point (cycle); `None`: the newest.
-        point: Option<u64>,
-    },
 }
 
 /// The sender's state as `status` reports it.
@@ -135,13 +128,6 @@ fn answer(req: Request, sh: &Shared) -> serde_json::Value {
             );
             serde_json::json!({"ok": true, "bandwidth_bytes_per_second": bytes_per_second})
         }
-        Request::TestFailover { vm, .. } => serde_json::json!({
-            "ok": false,
-            "error": format!(
-                "test failover of {vm}: this receiver cannot materialise recovery points on request yet \
-                 (the wire protocol has no test-failover request); run the failover on the receiver's host"
-            )
-        }),
         Request::Resync { vm } => match sh.board.request_resync(&vm) {
             Ok(disks) => {
                 info!(%vm, ?disks, "resync requested over the control channel");

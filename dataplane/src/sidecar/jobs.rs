@@ -20,8 +20,8 @@ pub const RESYNC_STEPS: [&str; 4] = [
 ];
 /// Steps of a test failover.
 pub const FAILOVER_STEPS: [&str; 2] = [
-    "ask the receiver to materialise the recovery point beside the store",
-    "check the materialised disks",
+    "materialise the recovery point in the failover folder beside the store",
+    "verify the disks against the sender's digests",
 ];
 /// Steps of enabling protection.
 pub const PROTECT_STEPS: [&str; 4] = [
@@ -36,7 +36,7 @@ fn vm_disks<'a>(st: &'a SenderStatus, vm: &str) -> Vec<&'a DiskStatus> {
 }
 
 /// Advances every unfinished job and saves what changed.
-pub async fn advance(sc: &Sidecar, now: u64, up: bool) {
+pub async fn advance(sc: &std::sync::Arc<Sidecar>, now: u64, up: bool) {
     let open: Vec<Job> = sc
         .read(|s| {
             s.jobs
@@ -51,7 +51,7 @@ pub async fn advance(sc: &Sidecar, now: u64, up: bool) {
         let before = serde_json::to_string(&job).unwrap_or_default();
         match job.kind {
             JobKind::Resync => resync(sc, &mut job, status.as_ref(), now).await,
-            JobKind::TestFailover => failover(sc, &mut job, status.as_ref(), now).await,
+            JobKind::TestFailover => super::failover::advance(sc, &mut job, now),
             JobKind::EnableProtection => protect(&mut job, status.as_ref(), now),
         }
         if serde_json::to_string(&job).unwrap_or_default() != before {
@@ -64,7 +64,8 @@ pub async fn advance(sc: &Sidecar, now: u64, up: bool) {
     }
 }
 
-fn note_error(job: &mut Job, msg: String) {
+/// Records an error once (a retried one is not repeated).
+pub fn note_error(job: &mut Job, msg: String) {
     if job.errors.last() != Some(&msg) {
         job.errors.push(msg);
     }
@@ -182,48 +183,6 @@ async fn resync(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u64
             format!("{copied} of {size} bytes"),
             now,
         );
-    }
-}
-
-async fn failover(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u64) {
-    if st.is_none() {
-        job.step(
-            0,
-            JobState::Running,
-            "the sender is unreachable; retrying",
-            now,
-        );
-        return;
-    }
-    let point = job
-        .result
-        .as_ref()
-        .and_then(|r| r["requested_point"].as_u64());
-    let req = Request::TestFailover {
-        vm: job.vm.clone(),
-        point,
-    };
-    match sc.client.call(&req).await {
-        Ok(v) => {
-            job.step(0, JobState::Succeeded, "materialised", now);
-            job.step(1, JobState::Succeeded, "checked", now);
-            job.result = Some(v);
-            job.finish(JobState::Succeeded, now);
-        }
-        Err(ClientError::Refused(m)) => {
-            note_error(job, m.clone());
-            job.step(0, JobState::Failed, m, now);
-            job.finish(JobState::Failed, now);
-        }
-        Err(e) => {
-            note_error(job, e.to_string());
-            job.step(
-                0,
-                JobState::Running,
-                "the sender is unreachable; retrying",
-                now,
-            );
-        }
     }
 }
 

@@ -12,6 +12,7 @@
 
 mod api;
 pub mod client;
+pub mod failover;
 mod jobs;
 pub mod policy;
 pub mod state;
@@ -43,6 +44,8 @@ pub struct SidecarConfig {
     pub token: String,
     /// Folder of the durable state.
     pub state: PathBuf,
+    /// Where test failovers run (`None`: the sidecar cannot read the store).
+    pub failover: Option<failover::FailoverTarget>,
 }
 
 /// The running sidecar's shared state.
@@ -56,6 +59,9 @@ pub struct Sidecar {
     sender_up: AtomicBool,
     /// The bandwidth last applied: (sender pid, rate).
     applied: Mutex<Option<(u32, Option<u64>)>>,
+    failover: Option<failover::FailoverTarget>,
+    /// Jobs whose work runs in a task now (test failovers).
+    running: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Sidecar {
@@ -70,6 +76,8 @@ impl Sidecar {
             status: Mutex::new(None),
             sender_up: AtomicBool::new(false),
             applied: Mutex::new(None),
+            failover: cfg.failover.clone(),
+            running: Mutex::new(Default::default()),
         }))
     }
 
@@ -91,7 +99,7 @@ impl Sidecar {
 
     /// One round: poll the sender, apply the bandwidth policy, advance jobs, export
     /// metrics.
-    pub async fn tick(&self) {
+    pub async fn tick(self: &Arc<Self>) {
         let now = events::now_unix();
         match self.client.status().await {
             Ok(st) => {
