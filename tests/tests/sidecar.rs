@@ -370,6 +370,29 @@ fn jobs_and_policy_survive_sidecar_and_sender_restarts() {
         st.sc.log_text()
     );
     st.wait_protected();
+
+    // Receiver gone: `vdrep status` shows the disk retrying, why, and when it retries next.
+    st.rx.kill();
+    let bin = vdrep_tests::vdrep_bin();
+    let row = eventually(Duration::from_secs(30), || {
+        let out = std::process::Command::new(&bin)
+            .args(["status", "--sidecar", &st.api()])
+            .output()
+            .ok()?;
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        let row = table.lines().nth(1)?.to_string();
+        let cols: Vec<&str> = row.split("  ").filter(|c| !c.is_empty()).collect();
+        (row.starts_with("web  os    warning  retrying (")
+            && cols
+                .last()
+                .is_some_and(|c| *c == "now" || c.starts_with("in ")))
+        .then_some(row)
+    });
+    assert!(
+        row.is_some(),
+        "status never showed the retry; sender log:\n{}",
+        st.tx.log_text()
+    );
 }
 
 #[test]

@@ -171,7 +171,11 @@ pub fn status(a: StatusArgs) -> Result<(), CliError> {
                     Some(c) => format!("#{c} {}", ago(now, &d["last_cycle_unix"])),
                     None => "-".into(),
                 },
-                ago(now, &d["next_retry_unix"]),
+                // A retry whose time has passed is under way.
+                match d["next_retry_unix"].as_u64() {
+                    Some(t) if t <= now => "now".into(),
+                    _ => ago(now, &d["next_retry_unix"]),
+                },
             ]);
         }
     }
