@@ -237,13 +237,23 @@ fn protect(job: &mut Job, st: Option<&SenderStatus>, now: u64) {
             format!("{size} bytes replicated"),
             now,
         );
-        job.step(
-            3,
-            JobState::Succeeded,
-            "protected: test failover is possible",
-            now,
-        );
-        job.finish(JobState::Succeeded, now);
+        // Finalized once delta replication runs: a cycle after the copy is committed.
+        if disks.iter().all(|d| d.last_cycle.unwrap_or(0) >= 1) {
+            job.step(
+                3,
+                JobState::Succeeded,
+                "protected: delta cycles commit recovery points; test failover is possible",
+                now,
+            );
+            job.finish(JobState::Succeeded, now);
+        } else {
+            job.step(
+                3,
+                JobState::Running,
+                "waiting for the first delta cycle",
+                now,
+            );
+        }
     } else {
         job.step(
             2,
