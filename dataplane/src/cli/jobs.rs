@@ -14,8 +14,13 @@ use crate::jobs::Job;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// With neither a store nor --state: show this job of the sidecar with its steps.
+    id: Option<String>,
     #[command(flatten)]
     store: StoreArgs,
+    /// The sidecar's API address, asked when neither a store nor --state is given.
+    #[arg(long, env = "VDREP_SIDECAR", default_value = "127.0.0.1:9640")]
+    sidecar: String,
     /// A sender's state folder (`send --state`): list its unreported jobs instead.
     #[arg(long, conflicts_with_all = ["store", "azure_url"])]
     state: Option<PathBuf>,
@@ -87,6 +92,18 @@ pub fn rfc3339_ms(ms: u64) -> String {
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
+    if a.state.is_none() && a.store.store.is_none() && a.store.azure_url.is_none() {
+        return super::ops::jobs(&a.sidecar, a.id.as_deref(), a.json);
+    }
+    if a.id.is_some() {
+        return Err(CliError {
+            error: anyhow::anyhow!(
+                "a job id is shown by the sidecar: drop --store/--azure-url/--state"
+            ),
+            recoverable: false,
+            usage: true,
+        });
+    }
     let jobs = match &a.state {
         Some(dir) => PendingJobs::new(dir).list(a.vm.as_deref())?,
         None => a.store.open_existing()?.jobs(a.vm.as_deref())?,

@@ -76,6 +76,13 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Unix socket of the local control channel (the sidecar talks to the sender here).
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Serve Prometheus metrics on this TCP address (`GET /metrics`; port 0 picks one, the
+    /// bound address is printed as `metrics on ADDR`).
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
     /// TOML file with any of the options above (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -106,11 +113,25 @@ struct File {
     #[serde(with = "duration_str")]
     retention: Option<Duration>,
     state: Option<PathBuf>,
+    control: Option<PathBuf>,
+    metrics: Option<std::net::SocketAddr>,
     vm: Vec<FileVm>,
 }
 
-fn options(a: &Args) -> anyhow::Result<(Vec<VmSpec>, SendOptions, Option<Policy>)> {
+/// Where the sender answers besides the data path.
+struct Endpoints {
+    control: Option<PathBuf>,
+    metrics: Option<std::net::SocketAddr>,
+}
+
+type Options = (Vec<VmSpec>, SendOptions, Option<Policy>, Endpoints);
+
+fn options(a: &Args) -> anyhow::Result<Options> {
     let f: File = config::load(a.config.as_deref())?;
+    let endpoints = Endpoints {
+        control: a.control.clone().or(f.control.clone()),
+        metrics: a.metrics.or(f.metrics),
+    };
     let d = SendOptions::default();
     let retention = a
         .retention
@@ -200,18 +221,25 @@ fn options(a: &Args) -> anyhow::Result<(Vec<VmSpec>, SendOptions, Option<Policy>
     if vms.is_empty() {
         bail!("nothing to send: give --vm VM DISK... or [[vm]] entries in --config");
     }
-    Ok((vms, opts, policy))
+    Ok((vms, opts, policy, endpoints))
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
-    let (vms, opts, policy) = options(&a).map_err(|e| CliError {
+    let (vms, opts, policy, ends) = options(&a).map_err(|e| CliError {
         error: e,
         recoverable: false,
         usage: true,
     })?;
     let rt = super::runtime()?;
     let summary = rt
-        .block_on(sender::run_with(&vms, &opts, policy))
+        .block_on(async {
+            if let Some(addr) = ends.metrics {
+                crate::metrics::serve(addr, crate::metrics::Role::Sender)
+                    .await
+                    .map_err(|e| sender::SendError::Internal(e.to_string()))?;
+            }
+            sender::run_controlled(&vms, &opts, policy, ends.control).await
+        })
         .map_err(|e| {
             let recoverable = e.is_recoverable();
             CliError {

@@ -149,10 +149,14 @@ impl Receiver {
                 Ok(Ok(Outcome::Written(n))) => {
                     result.written += 1;
                     self.stats.written.fetch_add(n, Ordering::Relaxed);
+                    let k = s.replica.key();
+                    crate::metrics::events::written(&k.vm, &k.disk, n);
                 }
                 Ok(Ok(Outcome::Rejected(why))) => {
                     if why == Rejection::HashMismatch {
                         self.stats.hash_mismatches.fetch_add(1, Ordering::Relaxed);
+                        let k = s.replica.key();
+                        crate::metrics::events::blake3_mismatch(&k.vm, &k.disk);
                     }
                     warn!(sender = %conn.sender, disk = %s.replica.key(), offset = h.offset,
                           length = h.length, reason = ?why, "extent refused; the sender will resend it");

@@ -194,6 +194,7 @@ impl Receiver {
             } => {
                 if !self.allow.allows(&conn.sender, &vm) {
                     self.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::events::refused_peer("unauthorized_vm");
                     warn!(sender = %conn.sender, %vm, %disk, "refused: sender is not authorised for this VM");
                     return Control::Error {
                         req,
@@ -208,19 +209,22 @@ impl Receiver {
                     .open(conn, &vm, &disk, virtual_size, source_id, full_copy)
                     .await
                 {
-                    Ok((handle, s, committed, cycle, known_empty)) => Control::DiskOpened {
-                        req,
-                        handle,
-                        initial_committed: committed,
-                        committed_cycle: cycle,
-                        generation: s.generation,
-                        known_empty,
-                        progress: s
-                            .progress_snapshot()
-                            .iter()
-                            .map(|r| (r.start, r.end))
-                            .collect(),
-                    },
+                    Ok((handle, s, committed, cycle, known_empty)) => {
+                        s.export_points().await;
+                        Control::DiskOpened {
+                            req,
+                            handle,
+                            initial_committed: committed,
+                            committed_cycle: cycle,
+                            generation: s.generation,
+                            known_empty,
+                            progress: s
+                                .progress_snapshot()
+                                .iter()
+                                .map(|r| (r.start, r.end))
+                                .collect(),
+                        }
+                    }
                     Err(e) => Control::Error {
                         req,
                         class: e.0,
@@ -253,6 +257,7 @@ impl Receiver {
                 match s.commit_initial().await {
                     Ok(()) => {
                         info!(sender = %conn.sender, disk = %s.replica.key(), "initial replication committed");
+                        s.export_points().await;
                         Control::Committed {
                             req,
                             handle,
@@ -310,6 +315,7 @@ impl Receiver {
                     Ok(pruned) => {
                         info!(sender = %conn.sender, disk = %s.replica.key(), cycle, bytes,
                               pruned = pruned.len(), "cycle committed as a recovery point");
+                        s.export_points().await;
                         Control::Committed { req, handle, cycle }
                     }
                     Err(e) => Control::Error {

@@ -251,6 +251,18 @@ impl DiskSession {
         Ok(pruned)
     }
 
+    /// Exports the disk's recovery points (count, and the newest's age as RPO).
+    pub async fn export_points(&self) {
+        let r = self.replica.clone();
+        if let Ok(Ok(points)) = tokio::task::spawn_blocking(move || r.points()).await {
+            let k = self.replica.key();
+            crate::metrics::events::recovery_points(&k.vm, &k.disk, points.len());
+            if let Some(newest) = points.iter().map(|p| p.created_unix).max() {
+                crate::metrics::events::recovery_point(&k.vm, &k.disk, newest);
+            }
+        }
+    }
+
     /// Ranges written so far (durable or about to be).
     pub fn progress_snapshot(&self) -> RangeSet {
         self.written.lock().map(|w| w.clone()).unwrap_or_default()

@@ -34,6 +34,8 @@ pub struct Shared {
     pub peer: String,
     /// The run's jobs per VM.
     pub jobs: Arc<super::jobs::SenderJobs>,
+    /// Status of every disk (health, RPO, progress) for metrics and the control channel.
+    pub board: Arc<super::Board>,
 }
 
 /// One disk to replicate.
@@ -60,6 +62,11 @@ pub struct DiskProgress {
 }
 
 impl DiskProgress {
+    /// Source bytes of the disk's current copy acknowledged or resumed.
+    pub fn counted(&self) -> u64 {
+        self.counted.load(Ordering::Relaxed)
+    }
+
     fn count(&self, stats: &Stats, n: u64) {
         self.counted.fetch_add(n, Ordering::Relaxed);
         stats.add_done(n);
@@ -260,8 +267,14 @@ async fn run_pass(
     };
     let failure: Arc<Mutex<Option<DiskError>>> = Arc::new(Mutex::new(None));
 
+    // This disk's view of the counters: its adds also reach the run's and its metrics.
+    let dstats = Stats::for_disk(
+        &sh.stats,
+        crate::metrics::events::disk_meter(&job.vm, &job.name),
+    );
     // Producer: the plan, window by window.
     let producer = {
+        let pstats = dstats.clone();
         let disk = job.disk.clone();
         let plan = PlanOptions {
             chunk: opts.chunk,
@@ -282,9 +295,29 @@ async fn run_pass(
                         }
                         Ok(())
                     }
-                    None => plan_disk(disk.as_ref(), &plan, |batch| {
-                        batch.into_iter().all(|it| tx.send_blocking(it).is_ok())
-                    }),
+                    None => {
+                        // What the plan leaves out (unallocated on a known-empty replica,
+                        // or already durable) is counted as skipped, never read.
+                        let mut planned = 0u64;
+                        let r = plan_disk(disk.as_ref(), &plan, |batch| {
+                            batch.into_iter().all(|it| {
+                                planned += match it {
+                                    WorkItem::Read { len, .. } | WorkItem::Clear { len, .. } => {
+                                        len as u64
+                                    }
+                                };
+                                tx.send_blocking(it).is_ok()
+                            })
+                        });
+                        if r.is_ok() {
+                            let durable: u64 = plan.done.iter().map(|(a, b)| b - a).sum();
+                            let size = disk.info().virtual_size;
+                            pstats.add_skipped_unallocated(
+                                size.saturating_sub(durable).saturating_sub(planned),
+                            );
+                        }
+                        r
+                    }
                 };
                 if let Err(e) = res {
                     if let Ok(mut f) = failure.lock() {
@@ -307,7 +340,7 @@ async fn run_pass(
         let tx = prep_tx.clone();
         let disk = job.disk.clone();
         let failure = failure.clone();
-        let stats = sh.stats.clone();
+        let stats = dstats.clone();
         let level = sh.level.clone();
         cpu.push(
             thread::Builder::new()
@@ -347,8 +380,12 @@ async fn run_pass(
         let refused = refused.clone();
         let progress = job.progress.clone();
         let sh = sh.clone();
+        let dstats = dstats.clone();
         tasks.spawn(async move {
-            stream_worker(&conn, handle, generation, rx, &refused, &progress, &sh).await
+            stream_worker(
+                &conn, handle, generation, rx, &refused, &progress, &sh, dstats,
+            )
+            .await
         });
     }
     let mut result = Ok(());
@@ -389,6 +426,7 @@ async fn stream_worker(
     refused: &Arc<Mutex<Vec<(u64, u32)>>>,
     progress: &Arc<DiskProgress>,
     sh: &Shared,
+    dstats: Arc<Stats>,
 ) -> Result<(), SendError> {
     let (stats, level, peer) = (&sh.stats, &sh.level, sh.peer.as_str());
     let conn_err = |e| SendError::Connection {
@@ -420,7 +458,7 @@ async fn stream_worker(
                 None => progress.count(stats, p.source_len),
                 Some(h) => {
                     let prefix = Bytes::from(h.encode_frame_prefix());
-                    stats.add_wire((prefix.len() + p.payload.len()) as u64);
+                    dstats.add_wire((prefix.len() + p.payload.len()) as u64);
                     // Header and payload go out as two buffers: the payload is not copied.
                     let t = std::time::Instant::now();
                     sh.throttle
@@ -454,6 +492,7 @@ async fn stream_worker(
             recv,
             in_batch,
             stats.clone(),
+            dstats.clone(),
             refused.clone(),
             progress.clone(),
             peer.to_string(),
@@ -482,6 +521,7 @@ async fn settle_batch(
     mut recv: quinn::RecvStream,
     in_batch: Vec<(u64, u64)>,
     stats: Arc<Stats>,
+    dstats: Arc<Stats>,
     refused: Arc<Mutex<Vec<(u64, u32)>>>,
     progress: Arc<DiskProgress>,
     peer: String,
@@ -514,7 +554,7 @@ async fn settle_batch(
     for &(o, src) in &in_batch {
         if !bad.contains(&o) {
             progress.count(&stats, src);
-            stats.extents.fetch_add(1, Ordering::Relaxed);
+            dstats.add_extents(1);
         }
     }
     if !res.rejected.is_empty() {

@@ -6,10 +6,12 @@ mod control;
 mod disk;
 mod error;
 pub mod jobs;
+pub mod local_control;
 mod logimage;
 mod progress;
 pub mod protect;
 pub mod resync;
+pub mod status;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -23,6 +25,7 @@ pub use control::ControlStream;
 pub use disk::{DiskJob, DiskOutcome, Shared};
 pub use error::SendError;
 pub use progress::{human, Summary};
+pub use status::{Board, DiskStatus};
 
 use crate::disk::{self as vdisk, OpenOptions};
 use crate::pipeline::{AdaptiveLevel, Stats};
@@ -194,12 +197,23 @@ pub async fn run_with(
     opts: &SendOptions,
     policy: Option<protect::Policy>,
 ) -> Result<Summary, SendError> {
+    run_controlled(vms, opts, policy, None).await
+}
+
+/// [`run_with`], answering the local control channel on the unix socket `control` (status,
+/// bandwidth, resync requests; see [`local_control`]) while it runs.
+pub async fn run_controlled(
+    vms: &[VmSpec],
+    opts: &SendOptions,
+    policy: Option<protect::Policy>,
+    control: Option<PathBuf>,
+) -> Result<Summary, SendError> {
     let state = opts
         .state_dir
         .clone()
         .unwrap_or_else(crate::jobs::pending::default_state_dir);
     let sj = Arc::new(jobs::SenderJobs::new(&state));
-    let res = run_jobs(vms, opts, policy, sj.clone()).await;
+    let res = run_jobs(vms, opts, policy, sj.clone(), control).await;
     if let Err(e) = &res {
         // The job that was running fails with the run and waits in the state folder for
         // the next connection.
@@ -213,6 +227,7 @@ async fn run_jobs(
     opts: &SendOptions,
     policy: Option<protect::Policy>,
     sj: Arc<jobs::SenderJobs>,
+    control: Option<PathBuf>,
 ) -> Result<Summary, SendError> {
     let started = Instant::now();
     // Prerequisites (enable protection's first checks): every disk opens, its format is
@@ -248,7 +263,11 @@ async fn run_jobs(
         throttle: Arc::new(Throttle::new(opts.bandwidth)),
         peer: opts.to.clone(),
         jobs: sj,
+        board: Arc::new(Board::default()),
     });
+    if let Some(p) = &policy {
+        sh.board.set_interval(p.interval);
+    }
     let stats = &sh.stats;
     // The compression controller decides every tick for the whole run.
     let controller = {
@@ -296,6 +315,15 @@ async fn run_jobs(
             Mode::Protect { policy, vms: out }
         }
     };
+    register_disks(&sh.board, &jobs, &mode);
+    let files = crate::tls::config::SenderFiles::in_dir(&opts.tls, &opts.identity);
+    crate::metrics::certs::export_files(&files.ca, &files.cert);
+    let sampler = tokio::spawn(status::sample(sh.board.clone(), sh.clone()));
+    let _sampler = AbortOnDrop(sampler);
+    let _control = match &control {
+        Some(path) => Some(AbortOnDrop(local_control::serve(path, sh.clone())?)),
+        None => None,
+    };
     let (addr, host) = resolve(&opts.to)?;
     let server_name = opts.server_name.clone().unwrap_or(host);
     let client = crate::tls::config::sender_quic(&crate::tls::config::SenderFiles::in_dir(
@@ -334,6 +362,7 @@ async fn run_jobs(
             Err(e) if e.is_recoverable() && Instant::now() < deadline => {
                 let delay = Duration::from_millis(FAST_RETRY[attempt.min(FAST_RETRY.len() - 1)]);
                 attempt += 1;
+                sh.board.failed(e.class(), e.to_string(), true, Some(delay));
                 stats
                     .retries
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -342,6 +371,8 @@ async fn run_jobs(
                 tokio::time::sleep(delay).await;
             }
             Err(e) => {
+                sh.board
+                    .failed(e.class(), e.to_string(), e.is_recoverable(), None);
                 bar.finish();
                 endpoint.close(0u32.into(), b"sender giving up");
                 return Err(e);
@@ -384,6 +415,7 @@ async fn attempt_once(
         source: e,
     })?;
     info!(receiver = %peer, "connected");
+    sh.board.connected(&conn);
     let mut vms = tokio::task::JoinSet::new();
     let done = match mode {
         Mode::OneShot(d) => d,
@@ -447,6 +479,7 @@ async fn attempt_once(
                     info!(vm = %job.vm, disk = %job.name, cycle = out.cycle, changed_bytes = out.changed,
                           rounds = out.rounds, seconds = t0.elapsed().as_secs_f64(),
                           "resync committed at the receiver");
+                    sh.board.committed(&job.vm, &job.name, out.cycle);
                 } else {
                     sh.jobs.copy_started(&mut ctrl, &vm, &job.name).await;
                     let out = disk::copy_initial(&conn, &mut ctrl, job, o, &sh).await?;
@@ -459,6 +492,7 @@ async fn attempt_once(
                         out.resumed
                     );
                     sh.jobs.copy_done(&mut ctrl, &vm, &job.name, &detail).await;
+                    sh.board.committed(&job.vm, &job.name, 0);
                 }
                 if let Ok(mut d) = done.lock() {
                     d.insert(key);
@@ -496,6 +530,26 @@ async fn finish_vms(
         None => {
             conn.close(0u32.into(), b"done");
             Ok(())
+        }
+    }
+}
+
+/// Puts every disk on the status board (with its change tracker when protecting).
+fn register_disks(board: &Board, jobs: &[Vec<DiskJob>], mode: &Mode) {
+    match mode {
+        Mode::OneShot(_) => {
+            for j in jobs.iter().flatten() {
+                board.add_disk(j, None);
+            }
+        }
+        Mode::Protect { vms, .. } => {
+            for (disks, _) in vms {
+                for d in disks.iter() {
+                    if let Ok(g) = d.lock() {
+                        board.add_disk(&g.job, Some(g.tracker.clone()));
+                    }
+                }
+            }
         }
     }
 }

@@ -153,6 +153,7 @@ pub async fn protect_vm(
                     g.force_resync = true;
                 }
             }
+            sh.board.known_cycle(&job.vm, &job.name, o.committed_cycle);
             o.committed_cycle
         } else {
             if needs_resync(d) {
@@ -161,6 +162,7 @@ pub async fn protect_vm(
             }
             info!(vm = %job.vm, disk = %job.name, "initial replication (writes are tracked meanwhile)");
             let t0 = Instant::now();
+            sh.board.copy_started(&job.vm, &job.name, false);
             sh.jobs.copy_started(&mut ctrl, &vm, &job.name).await;
             let out = copy_initial(conn, &mut ctrl, &job, o, sh).await?;
             let detail = format!(
@@ -171,6 +173,7 @@ pub async fn protect_vm(
             );
             sh.jobs.copy_done(&mut ctrl, &vm, &job.name, &detail).await;
             clear_resync(d);
+            sh.board.committed(&job.vm, &job.name, 0);
             0
         };
         if let Ok(mut g) = d.lock() {
@@ -198,6 +201,27 @@ pub async fn protect_vm(
             }
         }
         let at = *sched.next.lock().map_err(poisoned)?;
+        if let Some(vm) = disks
+            .first()
+            .and_then(|d| d.lock().ok().map(|g| g.job.vm.clone()))
+        {
+            let left = at.saturating_duration_since(Instant::now()).as_secs();
+            sh.board
+                .next_switch(&vm, crate::metrics::events::now_unix() + left);
+            // An operator's resync request interrupts the wait; the switch stays on schedule.
+            loop {
+                let woken = sh.board.wake.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                if mark_requested(disks, sh) {
+                    resync_marked(conn, &mut ctrl, disks, &opened, policy, sh).await?;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => break,
+                    _ = &mut woken => {}
+                }
+            }
+        }
         tokio::time::sleep_until(at).await;
         for d in disks.iter() {
             if skip(d) {
@@ -215,6 +239,30 @@ pub async fn protect_vm(
         sched.cycles.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// Marks `D.hrl.resync` on every disk an operator asked to resynchronise (the control
+/// channel's `resync`), so [`resync_marked`] runs the block-checksum resync and a sender
+/// that stops before it commits resumes it on restart. Returns whether any disk was marked.
+fn mark_requested(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> bool {
+    let mut any = false;
+    for d in disks {
+        let Ok(mut g) = d.lock() else { continue };
+        if !sh.board.take_resync(&g.job.vm, &g.job.name) {
+            continue;
+        }
+        info!(vm = %g.job.vm, disk = %g.job.name, "resync requested by an operator");
+        if let Err(e) = g.tracker.mark_resync(OPERATOR_RESYNC) {
+            // Still resynchronised now; only a crash before the commit would forget it.
+            warn!(error = %e, "cannot record the resync mark");
+            g.force_resync = true;
+        }
+        any = true;
+    }
+    any
+}
+
+/// The `D.hrl.resync` reason of an operator's request.
+pub const OPERATOR_RESYNC: &str = "requested by an operator";
 
 fn needs_resync(d: &Mutex<Protected>) -> bool {
     d.lock()
@@ -274,6 +322,7 @@ async fn resync_marked(
             )
         };
         info!(vm = %job.vm, disk = %job.name, "resync started");
+        sh.board.copy_started(&job.vm, &job.name, true);
         restart_chain(d).await?;
         let o = Opened {
             committed_cycle: committed,
@@ -284,6 +333,7 @@ async fn resync_marked(
             g.committed_cycle = Some(out.cycle);
         }
         clear_resync(d);
+        sh.board.committed(&job.vm, &job.name, out.cycle);
         ensure_hash_table(d).await;
         info!(vm = %job.vm, disk = %job.name, cycle = out.cycle, changed_bytes = out.changed,
               "resync committed; delta replication resumes");
@@ -546,6 +596,8 @@ async fn ship_pending(
             g.committed_cycle = Some(cycle);
         }
         sh.stats.cycles.fetch_add(1, Ordering::Relaxed);
+        sh.board.committed(&job.vm, &job.name, cycle);
+        crate::metrics::events::cycle_committed(&job.vm, &job.name, t0.elapsed().as_secs_f64());
         info!(vm = %job.vm, disk = %job.name, cycle, bytes,
               seconds = t0.elapsed().as_secs_f64(), "cycle committed");
     }

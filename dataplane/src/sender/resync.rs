@@ -119,6 +119,7 @@ pub async fn resync(
         throttle: sh.throttle.clone(),
         peer: sh.peer.clone(),
         jobs: sh.jobs.clone(),
+        board: sh.board.clone(),
     });
     loop {
         out.rounds += 1;
