@@ -27,7 +27,9 @@ pub struct StoreArgs {
     #[arg(long, requires = "azure_url")]
     pub azure_container: Option<String>,
     /// SAS token (with or without its leading `?`). Without it (or an account key) the
-    /// receiver uses the managed identity of the Azure VM it runs on.
+    /// Azure identity chain is used: workload identity (AZURE_FEDERATED_TOKEN_FILE,
+    /// AZURE_CLIENT_ID, AZURE_TENANT_ID), the VM's managed identity, then the Azure CLI
+    /// (`az login`).
     #[arg(long, env = "VDREP_AZURE_SAS", hide_env_values = true)]
     pub azure_sas: Option<String>,
     /// Account key for Shared Key authorisation (alternative to a SAS).

@@ -30,10 +30,13 @@
 //! - **Crash order** (state after data): commit snapshots before recording the commit; open
 //!   rolls a snapshot forward if it carries the copy id (initial) or the open cycle.
 
+mod auth;
 mod blob;
 mod disk;
+pub mod identity;
 mod points;
 mod reader;
+mod replica;
 pub mod rest;
 mod state;
 
@@ -57,7 +60,8 @@ pub struct AzureConfig {
     pub account_url: String,
     /// Container name.
     pub container: String,
-    /// SAS token (with or without `?`); if `None` and no key, managed identity is used.
+    /// SAS token (with or without `?`); if `None` and no key, the identity chain is used
+    /// (workload identity, managed identity, Azure CLI: see [`identity`]).
     pub sas: Option<String>,
     /// Base64 account key (Shared Key), an alternative to the SAS.
     pub shared_key: Option<String>,
@@ -130,10 +134,7 @@ impl AzureStore {
                     rest::parse_account_url(&cfg.account_url).map_err(|p| bad_url(&cfg, p))?;
                 Credential::SharedKey { account, key }
             }
-            (None, None) => Credential::ManagedIdentity {
-                client_id: std::env::var("AZURE_CLIENT_ID").ok(),
-                cache: Default::default(),
-            },
+            (None, None) => Credential::Identity(identity::IdentityChain::from_env()),
         };
         let client =
             Client::new(&cfg.account_url, cred, cfg.retry.clone()).map_err(|p| bad_url(&cfg, p))?;
