@@ -180,10 +180,14 @@ fn a_lost_lease_fences_the_writer_with_a_clear_error() {
     let d = s.open_azure(&key, SIZE, Guid::NIL).unwrap();
     d.write(0, &pattern(1, 4096)).unwrap();
     s.container().break_lease("vm/d.vhd").unwrap();
-    let e = d.write(4096, &pattern(2, 4096)).unwrap_err();
+    // Writes are buffered into Put Pages: the checkpoint that must make them durable fails,
+    // and records no progress.
+    d.write(4096, &pattern(2, 4096)).unwrap();
+    let e = d.checkpoint(&RangeSet::from_range(0, 8192)).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("412") && msg.contains("lease"), "{msg}");
     assert!(e.is_recoverable(), "reopening re-acquires the lease: {msg}");
+    assert!(d.state().progress.is_empty());
 }
 
 #[test]
@@ -262,4 +266,60 @@ fn shared_key_authorisation_works_like_a_sas() {
     bad.shared_key = Some(vdrep_tests::azurite::KEY.replace('E', "F"));
     let e = AzureStore::open(bad).err().unwrap();
     assert!(!e.is_recoverable() && e.to_string().contains("403"), "{e}");
+}
+
+#[test]
+fn adjacent_writes_are_joined_into_4_mib_put_pages_and_read_back_exactly() {
+    let az = Azurite::start();
+    let s = AzureStore::open(config(&az, "cont-8")).unwrap();
+    let d = s
+        .open_azure(&DiskKey::new("vm", "d").unwrap(), 20 << 20, Guid::NIL)
+        .unwrap();
+    let count = || {
+        s.container()
+            .put_pages
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = count();
+    // Two interleaved streams of 512 KiB extents (8 MiB each), then a lone 4 KiB write.
+    let (a, b) = (pattern(3, 8 << 20), pattern(4, 8 << 20));
+    let (a_at, b_at, lone_at) = (0u64, 10u64 << 20, 19u64 << 20);
+    for (i, (ca, cb)) in a.chunks(512 << 10).zip(b.chunks(512 << 10)).enumerate() {
+        let off = (i as u64) * (512 << 10);
+        d.write(a_at + off, ca).unwrap();
+        d.write(b_at + off, cb).unwrap();
+    }
+    let lone = pattern(5, 4096);
+    d.write(lone_at, &lone).unwrap();
+    let mut done = RangeSet::from_range(a_at, a_at + (8 << 20));
+    done.insert(b_at, b_at + (8 << 20));
+    done.insert(lone_at, lone_at + 4096);
+    d.checkpoint(&done).unwrap();
+    // 33 extents, 5 Put Pages: 2 × 4 MiB per stream and the lone one.
+    assert_eq!(count() - before, 5);
+    assert_eq!(d.read(a_at, 8 << 20).unwrap()[..], a[..]);
+    assert_eq!(d.read(b_at, 8 << 20).unwrap()[..], b[..]);
+    assert_eq!(d.read(lone_at, 4096).unwrap()[..], lone[..]);
+    assert!(d.read(8 << 20, 2 << 20).unwrap().iter().all(|&x| x == 0));
+    assert_eq!(d.state().progress, done);
+}
+
+#[test]
+fn a_rewrite_of_buffered_bytes_lands_last_and_a_clear_after_buffered_writes_wins() {
+    let az = Azurite::start();
+    let s = AzureStore::open(config(&az, "cont-9")).unwrap();
+    let d = s
+        .open_azure(&DiskKey::new("vm", "d").unwrap(), 8 << 20, Guid::NIL)
+        .unwrap();
+    d.write(0, &[1u8; 1 << 20]).unwrap();
+    d.write(4096, &[2u8; 8192]).unwrap(); // overlaps the buffered run
+    d.write(2 << 20, &[3u8; 1 << 20]).unwrap();
+    d.clear(2 << 20, 4096).unwrap(); // the buffered write must not land after it
+    d.checkpoint(&RangeSet::from_range(0, 3 << 20)).unwrap();
+    let got = d.read(0, 3 << 20).unwrap();
+    assert!(got[..4096].iter().all(|&x| x == 1));
+    assert!(got[4096..12288].iter().all(|&x| x == 2));
+    assert!(got[12288..1 << 20].iter().all(|&x| x == 1));
+    assert!(got[2 << 20..(2 << 20) + 4096].iter().all(|&x| x == 0));
+    assert!(got[(2 << 20) + 4096..].iter().all(|&x| x == 3));
 }

@@ -9,14 +9,14 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use vdrep_proto::{Guid, RangeSet};
 
-use super::blob::{check_put_page, Container, PutPageError, MAX_PUT_PAGE};
+use super::blob::Container;
+use super::coalesce::Coalescer;
 use super::points::download_snapshot;
-use super::points::{
-    committed_snaps, list_snaps, reacquire_if_expired, renew_loop, unreachable_rule, Snap,
-};
+use super::points::{committed_snaps, list_snaps, reacquire_if_expired, renew_loop, Snap};
 use super::rest::RestError;
 use super::rest_err;
 use super::state::{self, AzState, AZURE_STATE_VERSION};
+use super::writes::Permits;
 use crate::layout::{random_guid, replica_file_size, MAX_BLOB};
 use crate::sink::{DiskKey, DiskState, RecoveryPoint, SinkError, SECTOR};
 
@@ -26,31 +26,6 @@ pub(super) struct Inner {
     pub(super) etag: Option<String>,
     /// Ranges of the base blob known to be zero (fresh blob, not written since).
     pub(super) fresh: RangeSet,
-}
-
-/// A counting semaphore bounding parallel Put Pages on the blob.
-pub(super) struct Permits {
-    free: Mutex<usize>,
-    cv: Condvar,
-}
-
-impl Permits {
-    pub(super) fn take(&self) -> PermitGuard<'_> {
-        let mut f = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *f == 0 {
-            f = self.cv.wait(f).unwrap_or_else(|p| p.into_inner());
-        }
-        *f -= 1;
-        PermitGuard(self)
-    }
-}
-
-pub(super) struct PermitGuard<'a>(&'a Permits);
-impl Drop for PermitGuard<'_> {
-    fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.0.cv.notify_one();
-    }
 }
 
 /// A disk of the [`super::AzureStore`]; holds the blob's lease until dropped.
@@ -63,6 +38,14 @@ pub struct AzureDisk {
     pub(super) lease_secs: u32,
     pub(super) inner: Mutex<Inner>,
     pub(super) permits: Permits,
+    /// Writes waiting to be sent as Put Pages of up to 4 MiB (see [`super::coalesce`]).
+    pub(super) pending: Mutex<Coalescer>,
+    /// Signalled when a run in flight is done.
+    pub(super) sent: Condvar,
+    /// Set when buffered data was lost (a failed send that could not be put back): every
+    /// later operation fails until the disk is reopened, which resumes from the last
+    /// recorded progress.
+    pub(super) poisoned: Mutex<Option<String>>,
     pub(super) stop: Arc<(Mutex<bool>, Condvar)>,
     pub(super) lease_lost: Arc<AtomicBool>,
     pub(super) renewer: Mutex<Option<JoinHandle<()>>>,
@@ -76,6 +59,7 @@ impl AzureDisk {
         source_id: Guid,
         lease_secs: u32,
         max_parallel: usize,
+        max_pending: usize,
     ) -> Result<AzureDisk, SinkError> {
         let blob = format!("{}/{}.vhd", key.vm, key.disk);
         let state_blob = format!("{}/{}.state", key.vm, key.disk);
@@ -151,6 +135,9 @@ impl AzureDisk {
                 free: Mutex::new(max_parallel),
                 cv: Condvar::new(),
             },
+            pending: Mutex::new(Coalescer::new(max_pending)),
+            sent: Condvar::new(),
+            poisoned: Mutex::new(None),
             stop,
             lease_lost,
             renewer: Mutex::new(renewer),
@@ -347,40 +334,6 @@ impl AzureDisk {
             });
         }
         Ok(())
-    }
-
-    /// Writes `data` at `offset` as Put Pages of at most 4 MiB, bounded in parallel.
-    pub(super) fn put_pages(&self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
-        for (i, chunk) in data.chunks(MAX_PUT_PAGE).enumerate() {
-            let at = offset + (i * MAX_PUT_PAGE) as u64;
-            self.put_page_raw(at, chunk)?;
-        }
-        Ok(())
-    }
-
-    /// One Put Page (the page rules are enforced before sending).
-    pub fn put_page_raw(&self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
-        if let Err(r) = check_put_page(offset, data.len()) {
-            return Err(SinkError::OutOfRange {
-                path: self.url(),
-                op: "put page",
-                offset: r.offset,
-                len: r.len,
-                size: replica_file_size(self.lock().st.disk.virtual_size),
-                problem: r.problem,
-            });
-        }
-        self.lease_check()?;
-        let _p = self.permits.take();
-        self.leased(|| {
-            self.c
-                .put_page(&self.blob, offset, data, Some(&self.lease))
-                .map_err(|e| match e {
-                    PutPageError::Rest(e) => e,
-                    PutPageError::Rule(r) => unreachable_rule(r),
-                })
-        })
-        .map_err(rest_err)
     }
 
     /// Runs `f`; if the service says our lease *expired* with nobody else holding one (the

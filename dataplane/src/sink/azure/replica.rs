@@ -39,7 +39,9 @@ impl ReplicaDisk for AzureDisk {
         if data.is_empty() {
             return Ok(());
         }
-        self.put_pages(offset, data)
+        // Buffered: joined with adjacent writes into Put Pages of up to 4 MiB; durable by
+        // the next checkpoint (which sends whatever is pending before recording progress).
+        self.buffered_write(offset, data)
     }
 
     fn clear(&self, offset: u64, len: u64) -> Result<(), SinkError> {
@@ -50,6 +52,8 @@ impl ReplicaDisk for AzureDisk {
             inner.fresh.gaps_in(offset, offset + len)
         };
         self.lease_check()?;
+        // Buffered writes of this range go first: the clear must land after them.
+        self.flush_range(offset..offset + len)?;
         for g in gaps {
             let _p = self.permits.take();
             self.leased(|| {
@@ -62,7 +66,9 @@ impl ReplicaDisk for AzureDisk {
     }
 
     fn checkpoint(&self, durable: &RangeSet) -> Result<(), SinkError> {
-        // A Put Page that returned is durable: only the progress record is written.
+        // A Put Page that returned is durable: send what is buffered, then record progress.
+        self.flush_all()?;
+        self.none_pending_in(durable)?;
         let mut inner = self.lock();
         let st = inner.st.clone();
         if let Some(b) = durable.bounds() {
@@ -87,6 +93,8 @@ impl ReplicaDisk for AzureDisk {
     }
 
     fn commit_initial(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
+        self.flush_all()?;
+        self.none_pending_in(&RangeSet::from_range(0, u64::MAX))?;
         let inner = self.lock();
         let st = inner.st.clone();
         if !st.disk.initial_in_progress {
@@ -136,6 +144,8 @@ impl ReplicaDisk for AzureDisk {
 
     fn read(&self, offset: u64, len: usize) -> Result<Bytes, SinkError> {
         self.check("read", offset, len as u64, &self.lock().st.disk, false)?;
+        // The working image includes what is buffered.
+        self.flush_range(offset..offset + len as u64)?;
         if len == 0 {
             return Ok(Bytes::new());
         }
@@ -161,6 +171,8 @@ impl ReplicaDisk for AzureDisk {
     }
 
     fn begin_initial(&self) -> Result<(), SinkError> {
+        // Buffered writes belong to the copy being discarded.
+        self.discard_pending();
         let mut inner = self.lock();
         let st = inner.st.clone();
         // Record the new generation with nothing claimed, then recreate the blob: the
@@ -181,6 +193,7 @@ impl ReplicaDisk for AzureDisk {
     }
 
     fn begin_cycle(&self, cycle: u64) -> Result<RangeSet, SinkError> {
+        self.flush_all()?;
         let mut inner = self.lock();
         let st = inner.st.clone();
         let problem = if st.disk.initial_in_progress || !st.disk.initial_committed {
@@ -213,6 +226,9 @@ impl ReplicaDisk for AzureDisk {
     }
 
     fn commit_cycle(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
+        // The snapshot must hold every page of the cycle: send what is buffered first.
+        self.flush_all()?;
+        self.none_pending_in(&RangeSet::from_range(0, u64::MAX))?;
         let st = self.lock().st.clone();
         let cycle = point.cycle;
         if st.disk.initial_committed
