@@ -35,6 +35,10 @@ pub struct StoreArgs {
     /// Account key for Shared Key authorisation (alternative to a SAS).
     #[arg(long, env = "VDREP_AZURE_KEY", hide_env_values = true)]
     pub azure_key: Option<String>,
+    /// PEM file of the CA certificates of the storage endpoint, instead of the public roots
+    /// (an emulator or a private endpoint with its own CA).
+    #[arg(long, env = "VDREP_AZURE_CA_FILE", requires = "azure_url")]
+    pub azure_ca_file: Option<PathBuf>,
 }
 
 /// The same choices in a TOML config file (`[azure]` table or `store = "DIR"`).
@@ -87,6 +91,7 @@ impl StoreArgs {
             let mut cfg = AzureConfig::new(url, container);
             cfg.sas = self.azure_sas.clone().filter(|s| !s.trim().is_empty());
             cfg.shared_key = self.azure_key.clone().filter(|s| !s.trim().is_empty());
+            cfg.ca_file = self.azure_ca_file.clone();
             return Ok(Arc::new(AzureStore::open(cfg)?));
         }
         let dir = self

@@ -76,6 +76,14 @@ pub struct AzureConfig {
     /// 4 MiB (sent when a run is full, when this bound is reached, and at every checkpoint
     /// and commit). Default 32 MiB: a 4 MiB run for each of 8 parallel streams.
     pub max_pending: usize,
+    /// PEM file of the CA certificates that sign the endpoint's TLS certificate, replacing
+    /// the public (Mozilla) roots: for an emulator or a private endpoint with its own CA
+    /// (`--azure-ca-file`, `VDREP_AZURE_CA_FILE`). Azurite needs HTTPS for bearer tokens.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The identity chain's sources when neither a SAS nor a key is given; `None` is the
+    /// default chain read from the environment ([`identity::IdentityChain::from_env`]).
+    /// Tests and embedders set their own.
+    pub identity: Option<Vec<identity::Source>>,
     /// Retry policy for throttling, server errors and timeouts.
     pub retry: RetryPolicy,
 }
@@ -91,6 +99,8 @@ impl AzureConfig {
             lease_secs: 15,
             max_parallel: 8,
             max_pending: 32 << 20,
+            ca_file: None,
+            identity: None,
             retry: RetryPolicy::default(),
         }
     }
@@ -141,10 +151,21 @@ impl AzureStore {
                     rest::parse_account_url(&cfg.account_url).map_err(|p| bad_url(&cfg, p))?;
                 Credential::SharedKey { account, key }
             }
-            (None, None) => Credential::Identity(identity::IdentityChain::from_env()),
+            (None, None) => Credential::Identity(match &cfg.identity {
+                Some(sources) => identity::IdentityChain::new(sources.clone()),
+                None => identity::IdentityChain::from_env(),
+            }),
         };
-        let client =
-            Client::new(&cfg.account_url, cred, cfg.retry.clone()).map_err(|p| bad_url(&cfg, p))?;
+        let ca = match &cfg.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| SinkError::Unsupported {
+                path: path.clone(),
+                offset: 0,
+                problem: format!("cannot read the CA file: {e}"),
+            })?),
+            None => None,
+        };
+        let client = Client::new(&cfg.account_url, cred, cfg.retry.clone(), ca.as_deref())
+            .map_err(|p| bad_url(&cfg, p))?;
         let container = Arc::new(Container {
             client,
             name: cfg.container.clone(),

@@ -203,9 +203,31 @@ pub fn parse_account_url(url: &str) -> Result<(String, String, bool), String> {
 
 impl Client {
     /// A client for the account at `url`.
-    pub fn new(url: &str, cred: Credential, retry: RetryPolicy) -> Result<Client, String> {
+    /// `ca_pem`, if given, replaces the public roots for the endpoint's TLS certificate.
+    pub fn new(
+        url: &str,
+        cred: Credential,
+        retry: RetryPolicy,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Client, String> {
         let (base, account, path_style) = parse_account_url(url)?;
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(pem) = ca_pem {
+            let certs = ureq::tls::parse_pem(pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("the CA file is not PEM: {e}"))?;
+            if certs.is_empty() {
+                return Err("the CA file holds no certificate".into());
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
         let config = ureq::Agent::config_builder()
+            .tls_config(tls.build())
             .http_status_as_error(false)
             .timeout_global(Some(retry.request_timeout))
             .timeout_connect(Some(Duration::from_secs(10)))
@@ -353,6 +375,13 @@ impl Client {
         })?;
         let mut resp = match self.agent.run(request) {
             Ok(r) => r,
+            // A refused certificate does not heal by retrying: say so at once.
+            Err(e) if is_tls_failure(&e) => {
+                let m = format!(
+                    "{e} (TLS: give the endpoint's CA with --azure-ca-file if it has its own)"
+                );
+                return Err((mk_err(None, "Tls".into(), m, false), None));
+            }
             Err(e) => return Err((mk_err(None, "Transport".into(), e.to_string(), true), None)),
         };
         let status = resp.status().as_u16();
@@ -400,6 +429,18 @@ impl Client {
             mk_err(Some(status), code, message, recoverable),
             retry_after,
         ))
+    }
+}
+
+/// True for a TLS handshake failure (a certificate refused, no common protocol): not cured
+/// by retrying. rustls errors come wrapped in an `io::Error`.
+fn is_tls_failure(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Rustls(_) | ureq::Error::Tls(_) => true,
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
     }
 }
 
