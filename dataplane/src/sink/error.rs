@@ -175,7 +175,7 @@ fn azure_status(status: Option<u16>, code: &str) -> String {
 /// Advice for Azure answers an operator can act on.
 fn azure_hint(status: Option<u16>, code: &str) -> &'static str {
     match (status, code) {
-        (Some(403), _) => " (authorisation failed: check the SAS token (expiry, permissions racwdl, resource types sco) or the account key, and the clock; not retried)",
+        (Some(403), _) => " (authorisation failed: check the SAS token (expiry, permissions racwdl, resource types sco), the account key, or the identity's role (Storage Blob Data Contributor) and token, and the clock; not retried)",
         (Some(404), "ContainerNotFound") => " (the container does not exist: create it or fix --azure-container; not retried)",
         (Some(404), _) => " (not found: check the account URL and container; not retried)",
         (Some(409), _) => " (conflict with the blob's current state; not retried)",
