@@ -139,8 +139,11 @@ impl OpenCycle {
                     }
                     i = j;
                 }
-                file.write_at(self.end, &out)
-                    .map_err(io_err(&self.path, "append to undo log", self.end))?;
+                file.write_at(self.end, &out).map_err(io_err(
+                    &self.path,
+                    "append to undo log",
+                    self.end,
+                ))?;
                 self.end += out.len() as u64;
                 self.covered.insert(pos, pos + n as u64);
                 pos += n as u64;
@@ -152,12 +155,18 @@ impl OpenCycle {
     /// Lays the buffered writes over `buf` (bytes of the replica at `off`).
     fn overlay(&self, off: u64, buf: &mut [u8]) {
         let end = off + buf.len() as u64;
-        for p in self.ops.iter().filter(|p| p.offset < end && p.offset + p.len > off) {
+        for p in self
+            .ops
+            .iter()
+            .filter(|p| p.offset < end && p.offset + p.len > off)
+        {
             let s = p.offset.max(off);
             let e = (p.offset + p.len).min(end);
             let out = &mut buf[(s - off) as usize..(e - off) as usize];
             match &p.data {
-                Some(d) => out.copy_from_slice(&d[(s - p.offset) as usize..(e - p.offset) as usize]),
+                Some(d) => {
+                    out.copy_from_slice(&d[(s - p.offset) as usize..(e - p.offset) as usize])
+                }
                 None => out.fill(0),
             }
         }

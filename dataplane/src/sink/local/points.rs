@@ -212,8 +212,7 @@ pub(super) fn load_undo(
     log::check_file_header(file.as_ref(), LogKind::Undo, point)
         .map_err(|(o, p)| corrupt(&path, o, p))?;
     // Records are written in the order writes arrived; they are disjoint.
-    let mut recs =
-        log::scan(file.as_ref(), len, end).map_err(|(o, p)| corrupt(&path, o, p))?;
+    let mut recs = log::scan(file.as_ref(), len, end).map_err(|(o, p)| corrupt(&path, o, p))?;
     recs.sort_unstable_by_key(|r| r.offset);
     if let Some(w) = recs.windows(2).find(|w| w[0].end() > w[1].offset) {
         return Err(corrupt(
