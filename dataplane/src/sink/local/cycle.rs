@@ -42,7 +42,7 @@ struct Pending {
 /// The open cycle: its undo log (of the newest point) and its buffered writes.
 pub(super) struct OpenCycle {
     /// The point whose undo log this is (the newest committed cycle).
-    point: u64,
+    pub(super) point: u64,
     path: PathBuf,
     /// Created at the first write that needs a pre-image (an empty cycle has none).
     undo: Option<Arc<dyn DataFile>>,
@@ -183,14 +183,11 @@ impl LocalDisk {
         len: u64,
         data: Option<&[u8]>,
     ) -> Option<Result<(), SinkError>> {
-        {
-            let inner = self.read_inner();
-            let st = &inner.rec.disk;
-            if st.initial_in_progress || !st.initial_committed {
-                return None;
-            }
-        }
         let mut inner = self.write_inner();
+        let st = &inner.rec.disk;
+        if st.initial_in_progress || !st.initial_committed {
+            return None;
+        }
         Some(self.cycle_write_locked(&mut inner, op, offset, len, data))
     }
 

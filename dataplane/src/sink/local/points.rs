@@ -145,12 +145,15 @@ impl LocalDisk {
     pub(super) fn remove_orphans(&self, inner: &Inner) -> Result<(), SinkError> {
         let dir = &self.paths.dir;
         let rec = &inner.rec;
-        let undo: BTreeSet<u64> = rec
+        let mut undo: BTreeSet<u64> = rec
             .points
             .iter()
             .filter(|l| l.undo_len > 0)
             .map(|l| l.point.cycle)
             .collect();
+        // The open cycle's undo log may hold records no state names yet (before its first
+        // flush): it is in use, not an orphan.
+        undo.extend(inner.cycle.as_ref().map(|c| c.point));
         let names = self.fs.list_dir(dir).map_err(io_err(dir, "list", 0))?;
         let mut removed = false;
         for n in names {
