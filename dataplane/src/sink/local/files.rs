@@ -155,7 +155,6 @@ pub(super) fn committed_record(rec: &Record, point: &RecoveryPoint) -> Record {
             ..rec.disk.clone()
         },
         phase: CyclePhase::Idle,
-        redo_len: 0,
         pending: None,
         points: vec![Listed {
             point: RecoveryPoint {

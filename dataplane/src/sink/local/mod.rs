@@ -23,6 +23,7 @@ use vdrep_proto::Guid;
 
 use crate::jobs::JobFile;
 use crate::sink::{validate_name, DiskKey, PointReader, ReplicaDisk, ReplicaStore, SinkError};
+pub use cycle::CYCLE_BUFFER;
 pub use disk::LocalDisk;
 use fs::{RealFs, StoreFs};
 pub use reader::LocalPointReader;
@@ -30,8 +31,11 @@ pub use reader::LocalPointReader;
 /// Content of `STORE/FORMAT` written by this build.
 ///
 /// Version 2 added delta cycles (redo logs), recovery points (undo logs) and the state
-/// record version 2; version 1 stores are refused (no version 1 store was ever deployed).
-pub const STORE_FORMAT: &str = "vdrep-store 2";
+/// record version 2. Version 3 writes cycles in place behind the newest point's undo log
+/// (no redo log, no "applying" phase; state record version 3). Versions 1 and 2 are
+/// refused: neither was deployed, and a version 2 store could hold a half-applied cycle
+/// only its redo log can finish.
+pub const STORE_FORMAT: &str = "vdrep-store 3";
 
 /// The files of one disk (see `LAYOUT.md`).
 #[derive(Debug, Clone)]
@@ -71,19 +75,15 @@ impl DiskPaths {
         }
     }
 
-    /// `STORE/VM/NAME.cN.redo`: the writes of open delta cycle N.
-    pub fn redo(&self, cycle: u64) -> PathBuf {
-        self.dir.join(format!("{}.c{cycle}.redo", self.stem))
-    }
-
     /// `STORE/VM/NAME.pK.undo`: what cycle K+1 overwrote, to rebuild recovery point K.
     pub fn undo(&self, point: u64) -> PathBuf {
         self.dir.join(format!("{}.p{point}.undo", self.stem))
     }
 
     /// Which cycle log of this disk a directory entry is, if any: `(true, N)` for
-    /// `NAME.cN.redo`, `(false, K)` for `NAME.pK.undo` (strictly parsed, so another disk's
-    /// files, whose names may share the prefix, never match).
+    /// `NAME.cN.redo` (store version 2; never made now), `(false, K)` for `NAME.pK.undo`
+    /// (strictly parsed, so another disk's files, whose names may share the prefix, never
+    /// match).
     pub fn parse_log(&self, file_name: &str) -> Option<(bool, u64)> {
         let rest = file_name.strip_prefix(&self.stem)?.strip_prefix('.')?;
         let (redo, num) = if let Some(n) = rest.strip_prefix('c') {
@@ -102,6 +102,7 @@ impl DiskPaths {
 pub struct LocalStore {
     root: PathBuf,
     fs: Arc<dyn StoreFs>,
+    cycle_buffer: usize,
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -162,7 +163,17 @@ impl LocalStore {
         Ok(LocalStore {
             root: root.to_path_buf(),
             fs,
+            cycle_buffer: CYCLE_BUFFER,
         })
+    }
+
+    /// Sets how many bytes of an open cycle's writes each disk buffers before moving them
+    /// into the replica (default [`CYCLE_BUFFER`]; at least 1). Small values make
+    /// tests exercise the mid-cycle flush; each flush costs an undo-log sync and a state
+    /// record.
+    pub fn with_cycle_buffer(mut self, bytes: usize) -> LocalStore {
+        self.cycle_buffer = bytes.max(1);
+        self
     }
 
     /// The store's directory.
@@ -188,7 +199,14 @@ impl LocalStore {
         self.fs
             .create_dir_all(&paths.dir)
             .map_err(|e| SinkError::io(&paths.dir, "create VM directory", 0, e))?;
-        LocalDisk::open(self.fs.clone(), key.clone(), paths, virtual_size, source_id)
+        LocalDisk::open(
+            self.fs.clone(),
+            key.clone(),
+            paths,
+            virtual_size,
+            source_id,
+            self.cycle_buffer,
+        )
     }
 }
 
