@@ -3,7 +3,8 @@
 #   - Debian: qemu-utils (qemu-img, qemu-io), libvhdi-utils (vhdiinfo), prometheus (promtool),
 #     rsync, socat, zstd, bzip2, iproute2 (ip netns, tc)
 #   - npm: Azurite, pinned in ops/package.json + ops/package-lock.json (`npm ci`)
-#   - PyPI: libvhdi-python built from its sdist with the VHD-bitmap fix (ops/build-libvhdi.sh)
+#   - PyPI: libvhdi-python built from its sdist with the VHD-bitmap fix (ops/build-libvhdi.sh);
+#     schemathesis (pinned) in ops/.venv-schemathesis for the sidecar's API property tests
 # Idempotent: a second run only checks.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -41,7 +42,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "$name" >/dev/null
   done
 fi
-for tool in qemu-img qemu-io vhdiinfo promtool rsync socat zstd bunzip2 ip tc openssl; do
+for tool in qemu-img qemu-io vhdiinfo promtool prometheus rsync socat zstd bunzip2 ip tc openssl; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing after install" >&2; exit 1; }
 done
 
@@ -54,5 +55,13 @@ fi
 # libvhdi-python with the bitmap fix, the independent reader for differencing fixtures.
 if [ -f "$here/build-libvhdi.sh" ]; then
   bash "$here/build-libvhdi.sh"
+fi
+# schemathesis: a property-based client generated from the sidecar's OpenAPI description.
+schemathesis_version=4.32.5
+venv="$here/.venv-schemathesis"
+if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$schemathesis_version"; then
+  echo "setup: installing schemathesis $schemathesis_version into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$schemathesis_version"
 fi
 echo "setup: ok"

@@ -7,6 +7,7 @@
 //! - [`hrl`]: Hyper-V Replica Log reader, writer, chains and coalescing.
 //! - [`digest`]: the whole-disk BLAKE3 digest of a recovery point (sender and failover).
 //! - [`tls`]: certificates and the mutual-TLS configuration of the QUIC transport.
+//! - [`jobs`]: enable protection, initial replication, finalize and test failover jobs.
 //! - [`cli`]: the `vdrep` command line.
 
 pub mod cli;
@@ -17,12 +18,15 @@ pub mod disk;
 pub mod health;
 pub mod hrl;
 pub mod io;
+pub mod jobs;
 pub mod layout;
+pub mod metrics;
 pub mod pipeline;
 pub mod receiver;
 pub mod resync;
 pub mod retry;
 pub mod sender;
+pub mod sidecar;
 pub mod signals;
 pub mod sink;
 pub mod throttle;

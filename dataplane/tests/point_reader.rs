@@ -75,8 +75,21 @@ fn plan(rng: &mut StdRng, base: &[u8], cycles: u64) -> (Vec<Vec<u8>>, Vec<Change
 
 #[test]
 fn reads_are_exactly_one_point_while_a_receiver_commits_and_prunes() {
+    reads_are_exact_while_cycles_run(vdrep::sink::local::CYCLE_BUFFER);
+}
+
+/// With a 16 KiB cycle buffer most writes move into the replica while their cycle is open,
+/// each behind a state record naming the undo log that covers them.
+#[test]
+fn reads_are_exactly_one_point_while_open_cycles_write_into_the_replica() {
+    reads_are_exact_while_cycles_run(16 << 10);
+}
+
+fn reads_are_exact_while_cycles_run(buffer: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path()).unwrap();
+    let store = LocalStore::open(dir.path())
+        .unwrap()
+        .with_cycle_buffer(buffer);
     let mut rng = StdRng::seed_from_u64(11);
     let (disk, base) = initial(&store, &mut rng);
     let cycles = 60;
@@ -129,6 +142,8 @@ fn reads_are_exactly_one_point_while_a_receiver_commits_and_prunes() {
             } else {
                 disk.write(*off, data).unwrap();
             }
+            // Let the reader run while the cycle is open and partly in the replica.
+            std::thread::sleep(Duration::from_micros(300));
         }
         disk.checkpoint(&RangeSet::new()).unwrap();
         disk.commit_cycle(&point(c)).unwrap();

@@ -531,3 +531,35 @@ fn injected_faults_in_cycle_calls_change_nothing_and_retries_succeed() {
     assert_points_read_as_model(d.as_ref(), &m);
     assert_eq!(plan.calls(Op::CommitCycle), 2);
 }
+
+#[test]
+fn pruning_while_a_cycle_is_open_keeps_the_open_cycles_undo_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
+    let size = 1 << 20;
+    let (d, mut m) = initial(&store, size, &mut rng);
+    for n in 1..=3 {
+        let ch = random_changes(&mut rng, size, 4, 32);
+        cycle(d.as_ref(), &mut m, n, &ch);
+    }
+    // Cycle 4 saves pre-images in point 3's undo log, still buffered (no state names the
+    // log yet) when old points are pruned.
+    d.begin_cycle(4).unwrap();
+    let ch = random_changes(&mut rng, size, 4, 32);
+    let mut img = m.latest().1.clone();
+    for c in &ch {
+        c.send(d.as_ref()).unwrap();
+        c.apply_to(&mut img);
+    }
+    assert_eq!(d.prune_points(T0 + 100).unwrap(), vec![0, 1]);
+    m.points.retain(|&c, _| c >= 2);
+    d.commit_cycle(&point(4, 0)).unwrap();
+    m.points.insert(4, img);
+    assert_points_read_as_model(d.as_ref(), &m);
+    drop(d);
+    let d = store
+        .open_disk(&key(), size, SRC)
+        .unwrap_or_else(|e| panic!("reopen: {e}"));
+    assert_points_read_as_model(d.as_ref(), &m);
+}

@@ -30,6 +30,8 @@ pub struct Azurite {
     /// Its port.
     pub port: u16,
     dir: tempfile::TempDir,
+    /// HTTPS with `--oauth basic`: the CA file that signs its certificate.
+    ca_file: Option<PathBuf>,
 }
 
 impl Azurite {
@@ -41,13 +43,59 @@ impl Azurite {
             child: None,
             port,
             dir,
+            ca_file: None,
         };
         a.spawn();
         a
     }
 
+    /// Starts Azurite over HTTPS with `--oauth basic`, which accepts a bearer JWT whose
+    /// audience, issuer and lifetime are right without checking its signature (Azurite's
+    /// `BlobTokenAuthenticator.authenticateBasic`). The certificate for 127.0.0.1 is signed
+    /// by a test CA written to [`Azurite::ca_file`].
+    pub fn start_oauth() -> Azurite {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).expect("CA cert");
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("cert");
+        let tls = dir.path().join("tls");
+        std::fs::create_dir(&tls).expect("tls dir");
+        std::fs::write(tls.join("ca.pem"), ca_cert.pem()).expect("ca.pem");
+        std::fs::write(tls.join("cert.pem"), cert.pem()).expect("cert.pem");
+        std::fs::write(tls.join("key.pem"), key.serialize_pem()).expect("key.pem");
+        let mut a = Azurite {
+            child: None,
+            port: free_port(),
+            dir,
+            ca_file: Some(tls.join("ca.pem")),
+        };
+        a.spawn();
+        a
+    }
+
+    /// The CA file of an [`Azurite::start_oauth`] server.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
+    }
+
     fn spawn(&mut self) {
-        let child = Command::new(azurite_bin())
+        let mut cmd = Command::new(azurite_bin());
+        if let Some(ca) = &self.ca_file {
+            let tls = ca.parent().expect("tls dir");
+            cmd.args(["--oauth", "basic", "--cert"])
+                .arg(tls.join("cert.pem"))
+                .arg("--key")
+                .arg(tls.join("key.pem"));
+        }
+        let child = cmd
             .args(["--blobHost", "127.0.0.1", "--blobPort"])
             .arg(self.port.to_string())
             .arg("--location")
@@ -75,7 +123,12 @@ impl Azurite {
 
     /// The account URL (path style).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
+        let scheme = if self.ca_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}/{ACCOUNT}", self.port)
     }
 
     /// An account SAS for the development account.

@@ -6,9 +6,12 @@
 pub mod azurite;
 pub mod cycles;
 pub mod fixtures;
+pub mod http;
 pub mod images;
 pub mod procs;
 pub mod relay;
+pub mod roles;
+pub mod sidecar;
 pub mod udprelay;
 
 use std::path::{Path, PathBuf};

@@ -312,6 +312,11 @@ impl Send {
         for (k, v) in &self.env {
             c.env(k, v);
         }
+        // The default state folder (unreported failed jobs) is the test's own folder, never
+        // the runner's home: one test's failed jobs must not reach another test's store.
+        if let Some(dir) = self.log.parent() {
+            c.env("XDG_STATE_HOME", dir);
+        }
         c.stdout(Stdio::piped()).stderr(logf);
         c
     }

@@ -180,10 +180,14 @@ fn a_lost_lease_fences_the_writer_with_a_clear_error() {
     let d = s.open_azure(&key, SIZE, Guid::NIL).unwrap();
     d.write(0, &pattern(1, 4096)).unwrap();
     s.container().break_lease("vm/d.vhd").unwrap();
-    let e = d.write(4096, &pattern(2, 4096)).unwrap_err();
+    // Writes are buffered into Put Pages: the checkpoint that must make them durable fails,
+    // and records no progress.
+    d.write(4096, &pattern(2, 4096)).unwrap();
+    let e = d.checkpoint(&RangeSet::from_range(0, 8192)).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("412") && msg.contains("lease"), "{msg}");
     assert!(e.is_recoverable(), "reopening re-acquires the lease: {msg}");
+    assert!(d.state().progress.is_empty());
 }
 
 #[test]
@@ -262,4 +266,178 @@ fn shared_key_authorisation_works_like_a_sas() {
     bad.shared_key = Some(vdrep_tests::azurite::KEY.replace('E', "F"));
     let e = AzureStore::open(bad).err().unwrap();
     assert!(!e.is_recoverable() && e.to_string().contains("403"), "{e}");
+}
+
+#[test]
+fn adjacent_writes_are_joined_into_4_mib_put_pages_and_read_back_exactly() {
+    let az = Azurite::start();
+    let s = AzureStore::open(config(&az, "cont-8")).unwrap();
+    let d = s
+        .open_azure(&DiskKey::new("vm", "d").unwrap(), 20 << 20, Guid::NIL)
+        .unwrap();
+    let count = || {
+        s.container()
+            .put_pages
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = count();
+    // Two interleaved streams of 512 KiB extents (8 MiB each), then a lone 4 KiB write.
+    let (a, b) = (pattern(3, 8 << 20), pattern(4, 8 << 20));
+    let (a_at, b_at, lone_at) = (0u64, 10u64 << 20, 19u64 << 20);
+    for (i, (ca, cb)) in a.chunks(512 << 10).zip(b.chunks(512 << 10)).enumerate() {
+        let off = (i as u64) * (512 << 10);
+        d.write(a_at + off, ca).unwrap();
+        d.write(b_at + off, cb).unwrap();
+    }
+    let lone = pattern(5, 4096);
+    d.write(lone_at, &lone).unwrap();
+    let mut done = RangeSet::from_range(a_at, a_at + (8 << 20));
+    done.insert(b_at, b_at + (8 << 20));
+    done.insert(lone_at, lone_at + 4096);
+    d.checkpoint(&done).unwrap();
+    // 33 extents, 5 Put Pages: 2 × 4 MiB per stream and the lone one.
+    assert_eq!(count() - before, 5);
+    assert_eq!(d.read(a_at, 8 << 20).unwrap()[..], a[..]);
+    assert_eq!(d.read(b_at, 8 << 20).unwrap()[..], b[..]);
+    assert_eq!(d.read(lone_at, 4096).unwrap()[..], lone[..]);
+    assert!(d.read(8 << 20, 2 << 20).unwrap().iter().all(|&x| x == 0));
+    assert_eq!(d.state().progress, done);
+}
+
+#[test]
+fn a_rewrite_of_buffered_bytes_lands_last_and_a_clear_after_buffered_writes_wins() {
+    let az = Azurite::start();
+    let s = AzureStore::open(config(&az, "cont-9")).unwrap();
+    let d = s
+        .open_azure(&DiskKey::new("vm", "d").unwrap(), 8 << 20, Guid::NIL)
+        .unwrap();
+    d.write(0, &[1u8; 1 << 20]).unwrap();
+    d.write(4096, &[2u8; 8192]).unwrap(); // overlaps the buffered run
+    d.write(2 << 20, &[3u8; 1 << 20]).unwrap();
+    d.clear(2 << 20, 4096).unwrap(); // the buffered write must not land after it
+    d.checkpoint(&RangeSet::from_range(0, 3 << 20)).unwrap();
+    let got = d.read(0, 3 << 20).unwrap();
+    assert!(got[..4096].iter().all(|&x| x == 1));
+    assert!(got[4096..12288].iter().all(|&x| x == 2));
+    assert!(got[12288..1 << 20].iter().all(|&x| x == 1));
+    assert!(got[2 << 20..(2 << 20) + 4096].iter().all(|&x| x == 0));
+    assert!(got[(2 << 20) + 4096..].iter().all(|&x| x == 3));
+}
+
+/// A JWT as Entra ID would issue for Azure Storage (unsigned: Azurite's `--oauth basic`
+/// checks audience, issuer and lifetime only).
+fn storage_jwt(lifetime_s: u64) -> String {
+    use base64::Engine;
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = serde_json::json!({"alg": "RS256", "typ": "JWT"});
+    let claims = serde_json::json!({
+        "aud": "https://storage.azure.com",
+        "iss": "https://sts.windows.net/00000000-0000-0000-0000-000000000001/",
+        "iat": now - 60, "nbf": now - 60, "exp": now + lifetime_s,
+        "oid": "00000000-0000-0000-0000-000000000002",
+    });
+    format!("{}.{}.c2lnbmF0dXJl", b64(&header), b64(&claims))
+}
+
+/// A token endpoint on 127.0.0.1 answering every request with `token`; counts requests.
+fn token_endpoint(token: String) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            h.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let answer =
+                format!(r#"{{"token_type":"Bearer","expires_in":3600,"access_token":"{token}"}}"#);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    (url, hits)
+}
+
+#[test]
+fn workload_identity_tokens_authorise_the_sink_against_azurite_over_https() {
+    use vdrep::sink::azure::identity::Source;
+    let az = Azurite::start_oauth();
+    let dir = tempfile::tempdir().unwrap();
+    let federated = dir.path().join("federated-token");
+    std::fs::write(&federated, "kubernetes.service.account.token").unwrap();
+    let (authority, hits) = token_endpoint(storage_jwt(3600));
+    let mut cfg = AzureConfig::new(&az.url(), "oauth");
+    cfg.ca_file = az.ca_file().map(Path::to_path_buf);
+    cfg.identity = Some(vec![Source::Workload {
+        token_file: federated,
+        client_id: "11111111-2222-3333-4444-555555555555".into(),
+        tenant_id: "00000000-0000-0000-0000-000000000001".into(),
+        authority,
+    }]);
+    let s = AzureStore::open(cfg.clone()).unwrap();
+    assert!(
+        s.describe().contains("workload identity"),
+        "{}",
+        s.describe()
+    );
+    let d = s
+        .open_azure(&DiskKey::new("vm", "d").unwrap(), SIZE, Guid::NIL)
+        .unwrap();
+    let mut image = vec![0u8; d.state().writable_end() as usize];
+    write_all_and_commit(&d, &mut image);
+    assert_eq!(d.read_committed(0, image.len()).unwrap()[..], image[..]);
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the token is cached"
+    );
+
+    // Without the CA the endpoint's certificate is refused; with an expired token Azurite
+    // refuses the request: both say what failed.
+    let mut no_ca = cfg.clone();
+    no_ca.ca_file = None;
+    let t = Instant::now();
+    let e = AzureStore::open(no_ca).err().unwrap();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("--azure-ca-file") && !e.is_recoverable(),
+        "{msg}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(10), "not retried: {msg}");
+    let (stale, _) = token_endpoint(storage_jwt(0));
+    let mut expired = cfg.clone();
+    if let Some([Source::Workload { authority, .. }]) = expired.identity.as_deref_mut() {
+        *authority = stale;
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let e = AzureStore::open(expired).err().unwrap();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("403") && msg.contains("AuthenticationFailed"),
+        "{msg}"
+    );
+    assert!(!e.is_recoverable(), "{msg}");
 }

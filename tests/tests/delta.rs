@@ -396,16 +396,18 @@ fn big_cycle(size: u64, total: u64, seed: u64) -> Vec<Change> {
 }
 
 /// kill -9 of the receiver while a large cycle is shipped (`transfer` times, at seeded
-/// moments after the sender found it again) and while it is applied (`apply` times, as soon
-/// as the commit writes its undo log); after each kill the newest point is the previous
-/// cycle's or the new one's, whole; the restarted receiver on the same port is found again
-/// within seconds; the cycle completes and equals the source.
+/// moments after the receiver started saving the cycle's pre-images in the undo log) and
+/// just after it moved buffered writes into the replica (`flush` times, as soon as the
+/// replica file is written, i.e. right after a state record named the undo log covering
+/// them); after each kill the newest point is the previous cycle's or the new one's, whole;
+/// the restarted receiver on the same port is found again within seconds; the cycle
+/// completes and equals the source.
 fn kill_receiver_during_cycle(
     size: u64,
     change: u64,
     bandwidth: &str,
     transfer: usize,
-    apply: usize,
+    flush: usize,
 ) {
     let mut rig = Rig::new(Kind::Raw, size, 31);
     let before = rig.quiet_run(&[]);
@@ -421,11 +423,11 @@ fn kill_receiver_during_cycle(
         &vdrep::sink::DiskKey::new("vm1", "disk").unwrap(),
     );
     let undo = paths.undo(c1);
-    let redo = paths.redo(c1 + 1);
+    let replica = rig.store.join("vm1").join("disk.vhd");
     let mut found = Vec::new();
-    let mut during_apply = 0;
+    let mut during_flush = 0;
     let mut opens = count(&rig.rx.log_text(), "disk opened");
-    for k in 0..transfer + apply {
+    for k in 0..transfer + flush {
         // The sender (re)opened the disk on this receiver instance.
         let w = wait_count(&rig.rx, "disk opened", opens, Duration::from_secs(30))
             .unwrap_or_else(|| {
@@ -439,14 +441,15 @@ fn kill_receiver_during_cycle(
             found.push(w);
         }
         let started = SystemTime::now();
-        // The cycle's writes land in its redo log, the commit (re)writes the undo log of
-        // the previous point: wait until this receiver instance writes the one or the
-        // other, then kill (during the transfer after a random 1..2 s, so a checkpoint
-        // can make progress durable; inside the commit at once).
+        // The cycle's pre-images land in the undo log of the previous point as writes
+        // arrive; the writes reach the replica in batches, each after a state record names
+        // the undo log covering them: wait until this receiver instance writes the one or
+        // the other, then kill (during the transfer after a random 1..2 s, so a checkpoint
+        // can make progress durable; after a replica write at once).
         let (file, what) = if k < transfer {
-            (&redo, "transfer")
+            (&undo, "transfer")
         } else {
-            (&undo, "commit")
+            (&replica, "replica write")
         };
         let end = Instant::now() + Duration::from_secs(60);
         loop {
@@ -479,7 +482,7 @@ fn kill_receiver_during_cycle(
             assert!(c > c1);
         }
         if k >= transfer && c == c1 {
-            during_apply += 1;
+            during_flush += 1;
         }
         let _ = committed_before_kill;
         opens = count(&rig.rx.log_text(), "disk opened");
@@ -494,7 +497,7 @@ fn kill_receiver_during_cycle(
     let c = rig.check_newest(&after, "after the kills");
     assert!(c > c1);
     eprintln!(
-        "receiver found again after restarts in {:?}; kills inside the commit: {during_apply}",
+        "receiver found again after restarts in {:?}; kills after a replica write: {during_flush}",
         found
     );
     assert!(
@@ -508,8 +511,9 @@ fn kill_receiver_during_cycle(
         );
     }
     assert!(
-        during_apply >= 1,
-        "no kill landed inside a commit (the commit finished first every time)"
+        during_flush >= 1,
+        "no kill landed after a replica write before the commit (the commit finished first \
+         every time)"
     );
 }
 

@@ -241,10 +241,22 @@ fn a_full_store_is_a_recoverable_error_given_up_with_exit_75_and_nothing_committ
         err.contains("target_full"),
         "error does not say the store is full: {err}"
     );
+    // Enable protection's capacity check sees the store cannot hold the disk's allocated
+    // bytes before anything is sent (a store that fills up later fails a write, naming the
+    // replica): recoverable either way.
     assert!(
-        err.contains("disk.vhd"),
-        "error does not name the replica: {err}"
+        err.contains("disk.vhd") || err.contains("bytes free: free space at the receiver"),
+        "error names neither the replica nor the store's free space: {err}"
     );
+    let state = d.join("vdrep"); // XDG_STATE_HOME of the test's sender
+    let out = vdrep_tests::vdrep_ok(&["jobs", "--state", state.to_str().unwrap(), "--json"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let job = &jobs[0];
+    assert_eq!(job["kind"], "enable-protection", "{jobs:#}");
+    assert_eq!(job["state"], "failed");
+    assert_eq!(job["error"]["recoverable"], true, "{jobs:#}");
+    assert_eq!(job["steps"][3]["name"], "target capacity");
+    assert_eq!(job["steps"][3]["state"], "failed");
     assert!(
         r.log.contains("reconnecting"),
         "a full store was not retried:\n{}",

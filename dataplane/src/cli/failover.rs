@@ -26,8 +26,10 @@ use super::store_args::StoreArgs;
 use super::CliError;
 use crate::digest::{self, DigestBuilder};
 use crate::disk::{self, OpenOptions};
+use crate::jobs::Job;
 use crate::layout;
-use crate::sink::{PointReader, RecoveryPoint, SECTOR};
+use crate::sink::{PointReader, RecoveryPoint, ReplicaStore, SECTOR};
+use vdrep_proto::wire::JobKind;
 
 /// Largest read per step: memory stays bounded whatever the disk size.
 const CHUNK: u64 = 4 << 20;
@@ -70,16 +72,28 @@ pub struct Args {
     #[arg(long, default_value = "latest")]
     point: PointSel,
     /// Output folder (created if missing); each disk becomes DIR/NAME.vhd, replaced if it
-    /// exists.
+    /// exists. Required with a store; through the sidecar the output goes to its documented
+    /// folder beside the store and the job says where.
     #[arg(long)]
-    out: PathBuf,
+    out: Option<PathBuf>,
     /// Print a JSON summary instead of lines.
     #[arg(long)]
     json: bool,
+    /// Without --store or --azure-url: the sidecar's API address (it runs the failover).
+    #[arg(long, env = "VDREP_SIDECAR", default_value = "127.0.0.1:9640")]
+    sidecar: String,
+    /// Token file for the sidecar (without --store or --azure-url).
+    #[arg(
+        long,
+        env = "VDREP_TOKEN_FILE",
+        default_value = "/etc/vdrep/sidecar.token"
+    )]
+    token_file: PathBuf,
 }
 
-#[derive(Serialize)]
-struct DiskOut {
+/// One materialised disk.
+#[derive(Serialize, Debug, Clone)]
+pub struct DiskOut {
     disk: String,
     path: PathBuf,
     point: u64,
@@ -102,36 +116,22 @@ pub fn run(a: Args) -> Result<(), CliError> {
             usage: true,
         });
     }
-    let store = a.store.open_existing()?;
-    let readers = vm_readers(store.as_ref(), &a.vm)?;
-    let mut listed = Vec::new();
-    for r in &readers {
-        listed.push(r.points()?);
-    }
-    let cycle = choose(&readers, &listed, a.point)?;
-    fs::create_dir_all(&a.out)
-        .with_context(|| format!("{}: cannot create folder", a.out.display()))?;
-    // Written beside their destinations and renamed only once every disk is verified: a
-    // failed run leaves no output (and replaces nothing).
-    let mut staged = Vec::new();
-    for (r, pts) in readers.iter().zip(&listed) {
-        let Some(point) = pts.iter().find(|p| p.cycle == cycle) else {
-            return Err(
-                anyhow::anyhow!("{}: recovery point {cycle} vanished", r.describe()).into(),
-            );
+    if a.store.store.is_none() && a.store.azure_url.is_none() {
+        let point = match a.point {
+            PointSel::Latest => None,
+            PointSel::Id(c) => Some(c),
         };
-        let dst = a.out.join(format!("{}.vhd", r.key().disk));
-        let (tmp, out) = write_disk(r.as_ref(), point, &dst)?;
-        staged.push((tmp, dst, out));
+        return super::ops::failover(&a.sidecar, &a.token_file, &a.vm, point, a.json);
     }
-    let mut done = Vec::new();
-    for (tmp, dst, out) in staged {
-        tmp.persist(&dst)
-            .map_err(|e| e.error)
-            .with_context(|| format!("{}: cannot replace the destination", dst.display()))?;
-        done.push(out);
-    }
-    let _ = File::open(&a.out).and_then(|f| f.sync_all());
+    let Some(out) = &a.out else {
+        return Err(CliError {
+            error: anyhow::anyhow!("--out DIR is required with --store or --azure-url"),
+            recoverable: false,
+            usage: true,
+        });
+    };
+    let store = a.store.open_existing()?;
+    let done = materialise(store.as_ref(), &a.vm, a.point, out)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&done)?);
     } else {
@@ -153,6 +153,104 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+const STEP_CHOOSE: &str = "choose recovery point";
+const STEP_PUBLISH: &str = "publish outputs";
+
+fn write_step(disk: &str) -> String {
+    format!("write and verify {disk}")
+}
+
+/// Records the failover's job in the store; a store that cannot is only a warning (the
+/// failover's output is what the operator asked for).
+fn record(store: &dyn ReplicaStore, job: &Job) {
+    if let Err(e) = store.record_job(job) {
+        tracing::warn!(error = %e, job = %job.id, "the test-failover job was not recorded");
+    }
+}
+
+/// Writes every disk of `vm` at the chosen point into `out` as verified fixed VHDs
+/// (`out/NAME.vhd`); a failure leaves no output. The run is a job recorded in the store
+/// once the VM is known there. Also what the sidecar runs for a test failover asked
+/// through its API.
+pub fn materialise(
+    store: &dyn ReplicaStore,
+    vm: &str,
+    sel: PointSel,
+    out: &Path,
+) -> anyhow::Result<Vec<DiskOut>> {
+    let readers = vm_readers(store, vm)?;
+    let mut job = Job::start(JobKind::TestFailover, vm);
+    let mut plan = vec![STEP_CHOOSE.to_string()];
+    plan.extend(readers.iter().map(|r| write_step(&r.key().disk)));
+    plan.push(STEP_PUBLISH.to_string());
+    job.plan(&plan.iter().map(String::as_str).collect::<Vec<_>>());
+    record(store, &job);
+    let res = write_point(&readers, sel, out, &mut job);
+    match &res {
+        Ok(_) => job.succeed(),
+        Err(e) => job.fail(&super::one_line(e), super::is_recoverable(e)),
+    }
+    record(store, &job);
+    res
+}
+
+/// Chooses the point and writes every disk (staged, then renamed once all are verified).
+fn write_point(
+    readers: &[Box<dyn PointReader>],
+    sel: PointSel,
+    out: &Path,
+    job: &mut Job,
+) -> anyhow::Result<Vec<DiskOut>> {
+    job.begin(STEP_CHOOSE);
+    let mut listed = Vec::new();
+    for r in readers {
+        listed.push(r.points()?);
+    }
+    let cycle = choose(readers, &listed, sel)?;
+    job.step_ok(
+        STEP_CHOOSE,
+        &format!("recovery point {cycle} ({sel:?} asked)"),
+    );
+    fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
+    // Written beside their destinations and renamed only once every disk is verified: a
+    // failed run leaves no output (and replaces nothing).
+    let mut staged = Vec::new();
+    for (r, pts) in readers.iter().zip(&listed) {
+        let step = write_step(&r.key().disk);
+        job.begin(&step);
+        let Some(point) = pts.iter().find(|p| p.cycle == cycle) else {
+            bail!("{}: recovery point {cycle} vanished", r.describe());
+        };
+        let dst = out.join(format!("{}.vhd", r.key().disk));
+        let (tmp, written) = write_disk(r.as_ref(), point, &dst)?;
+        let check = if written.verified {
+            "digest verified against the sender's"
+        } else {
+            "the point carries no sender digest: not verified"
+        };
+        job.step_ok(
+            &step,
+            &format!(
+                "{} bytes, {check}, digest {}",
+                written.virtual_size, written.digest
+            ),
+        );
+        staged.push((tmp, dst, written));
+    }
+    job.begin(STEP_PUBLISH);
+    let mut done = Vec::new();
+    for (tmp, dst, summary) in staged {
+        tmp.persist(&dst)
+            .map_err(|e| e.error)
+            .with_context(|| format!("{}: cannot replace the destination", dst.display()))?;
+        done.push(summary);
+    }
+    let _ = File::open(out).and_then(|f| f.sync_all());
+    let paths: Vec<String> = done.iter().map(|d| d.path.display().to_string()).collect();
+    job.step_ok(STEP_PUBLISH, &paths.join(", "));
+    Ok(done)
 }
 
 /// The cycle to write: the one asked for (every disk must have it) or the newest that all

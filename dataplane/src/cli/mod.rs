@@ -7,12 +7,15 @@ mod certs;
 pub(crate) mod config;
 mod convert;
 mod demo;
-mod failover;
+pub mod failover;
 mod inspect;
+mod jobs;
 mod log_write;
+mod ops;
 mod points;
 mod receive;
 mod send;
+mod sidecar;
 pub mod store_args;
 mod unprotect;
 
@@ -60,11 +63,21 @@ enum Command {
     /// List the recovery points of every disk of a VM (replication goes on).
     Points(points::Args),
     /// Test failover: write every disk of a VM at a recovery point as a fixed VHD, verified
-    /// against the sender's digest (replication goes on).
+    /// against the sender's digest (replication goes on); without --store or --azure-url the
+    /// sidecar runs it where the store is.
     Failover(failover::Args),
+    /// List the jobs recorded in the store (or kept in a sender's --state folder); without
+    /// either, the sidecar's jobs, or one of them with its steps.
+    Jobs(jobs::Args),
     /// Disable protection of a VM: remove its replicas, points and state, and the change
     /// logs beside the source disks given with --disk.
     Unprotect(unprotect::Args),
+    /// Run the control sidecar: the HTTP/JSON API over VMs, jobs and policies.
+    Sidecar(sidecar::Args),
+    /// Show VMs and disks with health, RPO and cycles (asks the sidecar).
+    Status(ops::StatusArgs),
+    /// Resynchronise a VM, now or in its resync window (asks the sidecar).
+    Resync(ops::ResyncArgs),
 }
 
 /// An error at the binary's edge, with the exit code it maps to.
@@ -81,26 +94,31 @@ pub struct CliError {
 impl<E: Into<anyhow::Error>> From<E> for CliError {
     fn from(e: E) -> Self {
         let error = e.into();
-        let recoverable = error
-            .downcast_ref::<crate::disk::DiskError>()
-            .map(|d| d.is_recoverable())
-            .or_else(|| {
-                error
-                    .downcast_ref::<crate::hrl::HrlError>()
-                    .map(|h| h.is_recoverable())
-            })
-            .or_else(|| {
-                error
-                    .downcast_ref::<crate::sink::SinkError>()
-                    .map(|s| s.is_recoverable())
-            })
-            .unwrap_or(false);
+        let recoverable = is_recoverable(&error);
         CliError {
             error,
             recoverable,
             usage: false,
         }
     }
+}
+
+/// Whether the error's source says a retry may help (disk, log and store errors know).
+pub fn is_recoverable(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<crate::disk::DiskError>()
+        .map(|d| d.is_recoverable())
+        .or_else(|| {
+            error
+                .downcast_ref::<crate::hrl::HrlError>()
+                .map(|h| h.is_recoverable())
+        })
+        .or_else(|| {
+            error
+                .downcast_ref::<crate::sink::SinkError>()
+                .map(|s| s.is_recoverable())
+        })
+        .unwrap_or(false)
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -125,7 +143,11 @@ pub fn main() -> i32 {
         Command::Certs(a) => certs::run(a),
         Command::Points(a) => points::run(a),
         Command::Failover(a) => failover::run(a),
+        Command::Jobs(a) => jobs::run(a),
         Command::Unprotect(a) => unprotect::run(a),
+        Command::Sidecar(a) => sidecar::run(a),
+        Command::Status(a) => ops::status(a),
+        Command::Resync(a) => ops::resync(a),
     };
     match res {
         Ok(()) => EXIT_OK,

@@ -26,6 +26,10 @@ pub struct Args {
     /// no sender is accepted.
     #[arg(long)]
     allow: Vec<String>,
+    /// Serve Prometheus metrics on this TCP address (`GET /metrics`; port 0 picks one, the
+    /// bound address is printed as `metrics on ADDR`).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// TOML file with any of the options above (flags win; `allow` entries add up).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -39,6 +43,7 @@ struct File {
     azure: Option<AzureFile>,
     tls: Option<PathBuf>,
     allow: Vec<String>,
+    metrics: Option<SocketAddr>,
 }
 
 fn usage(e: anyhow::Error) -> CliError {
@@ -78,6 +83,12 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let store = store_args.open()?;
     tracing::info!(store = %store.describe(), "replica store");
     let rt = super::runtime()?;
-    rt.block_on(receiver::run(ReceiverConfig { listen, tls, allow }, store))?;
+    let metrics = a.metrics.or(f.metrics);
+    rt.block_on(async {
+        if let Some(addr) = metrics {
+            crate::metrics::serve(addr, crate::metrics::Role::Receiver).await?;
+        }
+        receiver::run(ReceiverConfig { listen, tls, allow }, store).await
+    })?;
     Ok(())
 }

@@ -75,9 +75,6 @@ pub struct Args {
     /// No bandwidth limit.
     #[arg(long)]
     no_throttle: bool,
-    /// Folder for the sender's state: health.json (per VM and disk health, RPO, errors).
-    #[arg(long)]
-    state: Option<PathBuf>,
     /// RPO above which a VM warns (default: twice --interval).
     #[arg(long, value_parser = config::parse_duration)]
     rpo_threshold: Option<Duration>,
@@ -96,15 +93,30 @@ pub struct Args {
     /// this anyway; with --interval the resync runs before delta cycles start.
     #[arg(long)]
     resync: bool,
-    /// With --resync: rehash the target's data (the receiver currently always does).
+    /// With --resync: the receiver rehashes its whole replica instead of trusting its
+    /// durable hash index (finds a replica changed behind its back) and repairs the index.
     #[arg(long)]
     verify: bool,
+    /// State folder: jobs that failed before they could be reported to the receiver (disk
+    /// unreadable, receiver unreachable, certificate refused) wait here and are reported at
+    /// the next connection; health.json (per VM and disk health, RPO, errors) is written
+    /// here every second. Default: $XDG_STATE_HOME/vdrep, else ~/.local/state/vdrep, else
+    /// /var/lib/vdrep.
+    #[arg(long)]
+    state: Option<PathBuf>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Unix socket of the local control channel (the sidecar talks to the sender here).
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Serve Prometheus metrics on this TCP address (`GET /metrics`; port 0 picks one, the
+    /// bound address is printed as `metrics on ADDR`).
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
     /// TOML file with any of the options above (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -130,13 +142,15 @@ struct File {
     #[serde(with = "duration_str")]
     give_up_after: Option<Duration>,
     bandwidth: Option<BandwidthConf>,
-    state: Option<PathBuf>,
     #[serde(with = "duration_str")]
     rpo_threshold: Option<Duration>,
     #[serde(with = "duration_str")]
     interval: Option<Duration>,
     #[serde(with = "duration_str")]
     retention: Option<Duration>,
+    state: Option<PathBuf>,
+    control: Option<PathBuf>,
+    metrics: Option<std::net::SocketAddr>,
     vm: Vec<FileVm>,
 }
 
@@ -191,8 +205,20 @@ fn reload_policy(flags: &PolicySpec, path: &std::path::Path) -> anyhow::Result<B
     )
 }
 
-fn options(a: &Args) -> anyhow::Result<(Vec<VmSpec>, SendOptions, Option<Policy>)> {
+/// Where the sender answers besides the data path.
+struct Endpoints {
+    control: Option<PathBuf>,
+    metrics: Option<std::net::SocketAddr>,
+}
+
+type Options = (Vec<VmSpec>, SendOptions, Option<Policy>, Endpoints);
+
+fn options(a: &Args) -> anyhow::Result<Options> {
     let mut f: File = config::load(a.config.as_deref())?;
+    let endpoints = Endpoints {
+        control: a.control.clone().or(f.control.clone()),
+        metrics: a.metrics.or(f.metrics),
+    };
     let file_spec = f
         .bandwidth
         .take()
@@ -240,10 +266,10 @@ fn options(a: &Args) -> anyhow::Result<(Vec<VmSpec>, SendOptions, Option<Policy>
         protect_give_up_after: policy.as_ref().and(a.give_up_after.or(f.give_up_after)),
         progress: !a.no_progress,
         bandwidth: merged_policy(&flag_policy(a), file_spec)?,
-        state: a.state.clone().or(f.state),
         rpo_threshold: a.rpo_threshold.or(f.rpo_threshold),
         resync: a.resync,
         verify: a.verify,
+        state_dir: a.state.clone().or(f.state),
     };
     if a.verify && !a.resync {
         bail!("--verify applies to --resync");
@@ -282,11 +308,11 @@ fn options(a: &Args) -> anyhow::Result<(Vec<VmSpec>, SendOptions, Option<Policy>
     if vms.is_empty() {
         bail!("nothing to send: give --vm VM DISK... or [[vm]] entries in --config");
     }
-    Ok((vms, opts, policy))
+    Ok((vms, opts, policy, endpoints))
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
-    let (vms, opts, policy) = options(&a).map_err(|e| CliError {
+    let (vms, opts, policy, ends) = options(&a).map_err(|e| CliError {
         error: e,
         recoverable: false,
         usage: true,
@@ -308,7 +334,14 @@ pub fn run(a: Args) -> Result<(), CliError> {
         rt.spawn(reload_on_sighup(flag_policy(&a), path, ctl.clone()));
     }
     let summary = rt
-        .block_on(sender::run_controlled(&vms, &opts, policy, ctl))
+        .block_on(async {
+            if let Some(addr) = ends.metrics {
+                crate::metrics::serve(addr, crate::metrics::Role::Sender)
+                    .await
+                    .map_err(|e| sender::SendError::Internal(e.to_string()))?;
+            }
+            sender::run_controlled(&vms, &opts, policy, ctl, ends.control).await
+        })
         .map_err(|e| {
             let recoverable = e.is_recoverable();
             CliError {

@@ -27,12 +27,18 @@ pub struct StoreArgs {
     #[arg(long, requires = "azure_url")]
     pub azure_container: Option<String>,
     /// SAS token (with or without its leading `?`). Without it (or an account key) the
-    /// receiver uses the managed identity of the Azure VM it runs on.
+    /// Azure identity chain is used: workload identity (AZURE_FEDERATED_TOKEN_FILE,
+    /// AZURE_CLIENT_ID, AZURE_TENANT_ID), the VM's managed identity, then the Azure CLI
+    /// (`az login`).
     #[arg(long, env = "VDREP_AZURE_SAS", hide_env_values = true)]
     pub azure_sas: Option<String>,
     /// Account key for Shared Key authorisation (alternative to a SAS).
     #[arg(long, env = "VDREP_AZURE_KEY", hide_env_values = true)]
     pub azure_key: Option<String>,
+    /// PEM file of the CA certificates of the storage endpoint, instead of the public roots
+    /// (an emulator or a private endpoint with its own CA).
+    #[arg(long, env = "VDREP_AZURE_CA_FILE", requires = "azure_url")]
+    pub azure_ca_file: Option<PathBuf>,
 }
 
 /// The same choices in a TOML config file (`[azure]` table or `store = "DIR"`).
@@ -85,6 +91,7 @@ impl StoreArgs {
             let mut cfg = AzureConfig::new(url, container);
             cfg.sas = self.azure_sas.clone().filter(|s| !s.trim().is_empty());
             cfg.shared_key = self.azure_key.clone().filter(|s| !s.trim().is_empty());
+            cfg.ca_file = self.azure_ca_file.clone();
             return Ok(Arc::new(AzureStore::open(cfg)?));
         }
         let dir = self

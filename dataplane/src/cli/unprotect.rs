@@ -60,6 +60,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
     if keys.is_empty() {
         println!("{} holds no disks of VM {:?}", store.describe(), a.vm);
     }
+    // The VM's job history goes with its protection (after the replicas: a removal cut
+    // short still lists the VM and can be run again).
+    store.remove_jobs(&a.vm)?;
     for d in &a.disks {
         let n = remove_tracking(d)?;
         println!(

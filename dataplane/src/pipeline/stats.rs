@@ -2,6 +2,9 @@
 //! progress bar read them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::metrics::events::DiskMeter;
 
 /// Byte counters (all relaxed atomics: they are statistics, not synchronisation).
 #[derive(Debug, Default)]
@@ -34,29 +37,69 @@ pub struct Stats {
     pub resync_changed: AtomicU64,
     /// Times a reconnect found more durable progress at the receiver than before.
     pub durable_growth: AtomicU64,
+    /// For one disk's view: the run's counters, which every add reaches too.
+    parent: Option<Arc<Stats>>,
+    /// For one disk's view: its metrics (the one place pipeline events become metrics).
+    meter: Option<Arc<DiskMeter>>,
 }
 
 macro_rules! adder {
-    ($name:ident, $field:ident) => {
-        #[doc = concat!("Adds to `", stringify!($field), "`.")]
+    ($name:ident, $field:ident, $meter:ident) => {
+        #[doc = concat!("Adds to `", stringify!($field), "` (and the parent's, and the disk's metric).")]
         pub fn $name(&self, n: u64) {
             self.$field.fetch_add(n, Ordering::Relaxed);
+            if let Some(m) = &self.meter {
+                m.$meter(n);
+            }
+            if let Some(p) = &self.parent {
+                p.$name(n);
+            }
+        }
+    };
+    ($name:ident, $field:ident) => {
+        #[doc = concat!("Adds to `", stringify!($field), "` (and the parent's).")]
+        pub fn $name(&self, n: u64) {
+            self.$field.fetch_add(n, Ordering::Relaxed);
+            if let Some(p) = &self.parent {
+                p.$name(n);
+            }
         }
     };
 }
 
 impl Stats {
-    adder!(add_read, read);
-    adder!(add_skipped_zero, skipped_zero);
-    adder!(add_skipped_unallocated, skipped_unallocated);
-    adder!(add_wire, wire);
+    adder!(add_read, read, read);
+    adder!(add_skipped_zero, skipped_zero, skipped_zero);
+    adder!(
+        add_skipped_unallocated,
+        skipped_unallocated,
+        skipped_unallocated
+    );
+    adder!(add_wire, wire, wire);
+    adder!(add_extents, extents, extents);
     adder!(add_done, done);
     adder!(add_hash_wire, hash_wire);
+
+    /// One disk's view of the run's counters: what it adds reaches `parent` and the disk's
+    /// metrics (`vm`, `disk` labels).
+    pub fn for_disk(parent: &Arc<Stats>, meter: Arc<DiskMeter>) -> Arc<Stats> {
+        Arc::new(Stats {
+            parent: Some(parent.clone()),
+            meter: Some(meter),
+            ..Default::default()
+        })
+    }
 
     /// Records a write extent's sizes.
     pub fn add_payload(&self, data: u64, payload: u64) {
         self.data.fetch_add(data, Ordering::Relaxed);
         self.payload.fetch_add(payload, Ordering::Relaxed);
+        if let Some(m) = &self.meter {
+            m.payload(data, payload);
+        }
+        if let Some(p) = &self.parent {
+            p.add_payload(data, payload);
+        }
     }
 
     /// Reads a counter.

@@ -30,7 +30,7 @@ fn apply(s: &DiskSession, h: ExtentHeader, payload: Bytes) -> Result<Outcome, Si
             if h.hash != zero_hash(h.length) {
                 return Ok(Outcome::Rejected(Rejection::HashMismatch));
             }
-            s.replica.clear(h.offset, h.length as u64)?;
+            s.apply_write(h.offset, h.length as u64, None)?;
         }
         ExtentOp::Write => {
             let data: Bytes = match h.codec {
@@ -44,10 +44,9 @@ fn apply(s: &DiskSession, h: ExtentHeader, payload: Bytes) -> Result<Outcome, Si
             if blake3::hash(&data).as_bytes() != &h.hash {
                 return Ok(Outcome::Rejected(Rejection::HashMismatch));
             }
-            s.replica.write(h.offset, &data)?;
+            s.apply_write(h.offset, h.length as u64, Some(&data))?;
         }
     }
-    s.mark_written(h.offset, h.offset + h.length as u64);
     Ok(Outcome::Written(h.length as u64))
 }
 
@@ -150,10 +149,14 @@ impl Receiver {
                 Ok(Ok(Outcome::Written(n))) => {
                     result.written += 1;
                     self.stats.written.fetch_add(n, Ordering::Relaxed);
+                    let k = s.replica.key();
+                    crate::metrics::events::written(&k.vm, &k.disk, n);
                 }
                 Ok(Ok(Outcome::Rejected(why))) => {
                     if why == Rejection::HashMismatch {
                         self.stats.hash_mismatches.fetch_add(1, Ordering::Relaxed);
+                        let k = s.replica.key();
+                        crate::metrics::events::blake3_mismatch(&k.vm, &k.disk);
                     }
                     warn!(sender = %conn.sender, disk = %s.replica.key(), offset = h.offset,
                           length = h.length, reason = ?why, "extent refused; the sender will resend it");

@@ -15,6 +15,9 @@ use super::Receiver;
 use crate::sink::{DiskKey, SinkError};
 use crate::transport::{read_frame, write_frame, FrameError};
 
+/// Most text one recorded job may hold (ids, names, details, error).
+const MAX_JOB_BYTES: usize = 64 << 10;
+
 /// Per-connection state: the authenticated sender and its open disks.
 pub struct ConnState {
     pub(crate) sender: String,
@@ -56,7 +59,7 @@ impl ConnState {
         }
         let list: Vec<_> = self.sessions.lock().map(|s| s.clone()).unwrap_or_default();
         for s in list {
-            if let Err(e) = s.checkpoint(false).await {
+            if let Err(e) = s.close().await {
                 warn!(disk = %s.replica.key(), error = %e, "final checkpoint failed");
             }
         }
@@ -191,6 +194,7 @@ impl Receiver {
             } => {
                 if !self.allow.allows(&conn.sender, &vm) {
                     self.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::events::refused_peer("unauthorized_vm");
                     warn!(sender = %conn.sender, %vm, %disk, "refused: sender is not authorised for this VM");
                     return Control::Error {
                         req,
@@ -205,19 +209,22 @@ impl Receiver {
                     .open(conn, &vm, &disk, virtual_size, source_id, full_copy)
                     .await
                 {
-                    Ok((handle, s, committed, cycle, known_empty)) => Control::DiskOpened {
-                        req,
-                        handle,
-                        initial_committed: committed,
-                        committed_cycle: cycle,
-                        generation: s.generation,
-                        known_empty,
-                        progress: s
-                            .progress_snapshot()
-                            .iter()
-                            .map(|r| (r.start, r.end))
-                            .collect(),
-                    },
+                    Ok((handle, s, committed, cycle, known_empty)) => {
+                        s.export_points().await;
+                        Control::DiskOpened {
+                            req,
+                            handle,
+                            initial_committed: committed,
+                            committed_cycle: cycle,
+                            generation: s.generation,
+                            known_empty,
+                            progress: s
+                                .progress_snapshot()
+                                .iter()
+                                .map(|r| (r.start, r.end))
+                                .collect(),
+                        }
+                    }
                     Err(e) => Control::Error {
                         req,
                         class: e.0,
@@ -250,6 +257,7 @@ impl Receiver {
                 match s.commit_initial().await {
                     Ok(()) => {
                         info!(sender = %conn.sender, disk = %s.replica.key(), "initial replication committed");
+                        s.export_points().await;
                         Control::Committed {
                             req,
                             handle,
@@ -305,6 +313,7 @@ impl Receiver {
                     Ok(pruned) => {
                         info!(sender = %conn.sender, disk = %s.replica.key(), cycle, bytes,
                               pruned = pruned.len(), "cycle committed as a recovery point");
+                        s.export_points().await;
                         Control::Committed { req, handle, cycle }
                     }
                     Err(e) => Control::Error {
@@ -319,6 +328,7 @@ impl Receiver {
                 handle,
                 level,
                 parents,
+                verify,
             } => {
                 let Some(s) = conn.disk(handle) else {
                     return unknown_handle(req, handle);
@@ -332,7 +342,7 @@ impl Receiver {
                                 .into(),
                     };
                 }
-                match s.hashes(level, parents).await {
+                match s.hashes(level, parents, verify).await {
                     Ok(hashes) if hashes.len() <= wire::MAX_HASHES => Control::Hashes {
                         req,
                         handle,
@@ -364,10 +374,96 @@ impl Receiver {
                     },
                 }
             }
+            Control::ReportJob { req, job } => self.record_job(conn, req, job).await,
+            Control::QueryCapacity { req, vm, needed } => {
+                if let Some(e) = self.refuse_vm(conn, req, &vm) {
+                    return e;
+                }
+                let store = self.store.clone();
+                match tokio::task::spawn_blocking(move || store.available_bytes()).await {
+                    Ok(Ok(a)) => {
+                        let available = a.unwrap_or(u64::MAX);
+                        info!(sender = %conn.sender, %vm, needed, available, "capacity check");
+                        Control::Capacity { req, available }
+                    }
+                    Ok(Err(e)) => Control::Error {
+                        req,
+                        class: class_of(&e),
+                        message: e.to_string(),
+                    },
+                    Err(e) => Control::Error {
+                        req,
+                        class: ErrorClass::Internal,
+                        message: format!("capacity task failed: {e}"),
+                    },
+                }
+            }
             other => Control::Error {
                 req: 0,
                 class: ErrorClass::Protocol,
                 message: format!("unexpected control message from a sender: {other:?}"),
+            },
+        }
+    }
+
+    /// The refusal for a VM this sender is not authorised for, if it is not.
+    fn refuse_vm(&self, conn: &ConnState, req: u32, vm: &str) -> Option<Control> {
+        if self.allow.allows(&conn.sender, vm) {
+            return None;
+        }
+        self.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+        warn!(sender = %conn.sender, %vm, "refused: sender is not authorised for this VM");
+        Some(Control::Error {
+            req,
+            class: ErrorClass::Unauthorized,
+            message: format!(
+                "sender {} is not authorised for VM {vm} on this receiver",
+                conn.sender
+            ),
+        })
+    }
+
+    /// Records a sender's job in the store beside the VM's replicas.
+    async fn record_job(&self, conn: &ConnState, req: u32, job: wire::JobReport) -> Control {
+        if let Some(e) = self.refuse_vm(conn, req, &job.vm) {
+            return e;
+        }
+        // A VM keeps 100 jobs: bounding each keeps its job file small whatever a sender
+        // sends (a frame alone may hold 1 MiB).
+        let bytes: usize = job.id.len()
+            + job.error.as_ref().map_or(0, |e| e.message.len())
+            + job
+                .steps
+                .iter()
+                .map(|s| s.name.len() + s.detail.len() + 32)
+                .sum::<usize>();
+        if bytes > MAX_JOB_BYTES {
+            return Control::Error {
+                req,
+                class: ErrorClass::InvalidState,
+                message: format!(
+                    "job {} of VM {} holds {bytes} bytes of text, more than the {MAX_JOB_BYTES} a job may",
+                    job.id, job.vm
+                ),
+            };
+        }
+        let job = crate::jobs::Job::from_report(&job);
+        let store = self.store.clone();
+        let (id, vm, state) = (job.id.clone(), job.vm.clone(), job.state);
+        match tokio::task::spawn_blocking(move || store.record_job(&job)).await {
+            Ok(Ok(())) => {
+                tracing::debug!(sender = %conn.sender, %vm, job = %id, state = state.as_str(), "job recorded");
+                Control::JobRecorded { req }
+            }
+            Ok(Err(e)) => Control::Error {
+                req,
+                class: class_of(&e),
+                message: e.to_string(),
+            },
+            Err(e) => Control::Error {
+                req,
+                class: ErrorClass::Internal,
+                message: format!("job task failed: {e}"),
             },
         }
     }
@@ -395,17 +491,29 @@ impl Receiver {
             if !st.initial_in_progress && (!st.initial_committed || full_copy) {
                 r.begin_initial()?;
             }
-            Ok::<_, SinkError>(r)
+            // A copy with no durable progress starts from a fresh all-zero file, whose
+            // hashes are known; anything else is described by the durable index, if valid.
+            let st = r.state();
+            let fresh = st.initial_in_progress && st.progress.is_empty();
+            let index = crate::resync::index::Index::open(
+                r.resync_index(),
+                virtual_size,
+                st.generation,
+                fresh,
+            );
+            Ok::<_, SinkError>((r, index))
         })
         .await
         .map_err(|e| (ErrorClass::Internal, format!("open task failed: {e}")))?
         .map_err(|e| (class_of(&e), e.to_string()))?;
+        let (replica, index) = replica;
         let st = replica.state();
         let session = Arc::new(DiskSession::new(
             replica,
             st.generation,
             virtual_size,
             st.progress.clone(),
+            index,
         ));
         let handle = {
             let mut h = conn

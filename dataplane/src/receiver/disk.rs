@@ -1,11 +1,12 @@
 //! One replica open for writing by one connection, with its checkpointing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vdrep_proto::ranges::RangeSet;
 
+use crate::resync::index::{full_node_hashes, Index};
 use crate::sink::{retention, RecoveryPoint, ReplicaDisk, SinkError};
 
 /// How often written ranges are made durable and recorded (resume granularity: a crash
@@ -25,9 +26,14 @@ pub struct DiskSession {
     dirty: AtomicBool,
     /// Serialises checkpoints and commits.
     sync: tokio::sync::Mutex<()>,
-    /// The resync hash tree of the working image, built at a resync's first hash request
-    /// and refreshed from the written ranges before each root answer.
+    /// The resync hash tree of the working image, built from the index at a resync's
+    /// first hash request and again before each root answer.
     tree: Arc<Mutex<Option<crate::resync::Tree>>>,
+    /// The durable resync index ([`crate::resync::index`]). Its lock also serialises the
+    /// disk's writes, so an index persisted as clean reflects exactly the writes made.
+    index: Arc<Mutex<Index>>,
+    /// Bytes of the working image read to hash it during this session.
+    hash_read: AtomicU64,
 }
 
 /// The working image of a replica as a resync [`crate::resync::Source`].
@@ -49,6 +55,7 @@ impl DiskSession {
         generation: u64,
         virtual_size: u64,
         progress: RangeSet,
+        index: Index,
     ) -> Self {
         DiskSession {
             replica,
@@ -58,7 +65,55 @@ impl DiskSession {
             dirty: AtomicBool::new(false),
             sync: tokio::sync::Mutex::new(()),
             tree: Default::default(),
+            index: Arc::new(Mutex::new(index)),
+            hash_read: AtomicU64::new(0),
         }
+    }
+
+    /// Applies a write (`data`) or clear (`None`) of `[off, off+len)` to the working image
+    /// and keeps the resync index in step: the index stops claiming to be clean (durably)
+    /// before the bytes reach the replica, and learns the new hashes of the whole nodes
+    /// written. Writes of one disk are serialised here.
+    pub fn apply_write(&self, off: u64, len: u64, data: Option<&[u8]>) -> Result<(), SinkError> {
+        let full = full_node_hashes(self.virtual_size, off, len, data);
+        let mut ix = self.index.lock().map_err(|_| self.index_poisoned())?;
+        ix.before_write()
+            .map_err(|e| SinkError::io(ix.describe(), "mark the resync index unclean", 0, e))?;
+        let r = match data {
+            Some(d) => self.replica.write(off, d),
+            None => self.replica.clear(off, len),
+        };
+        ix.after_write(off, len, &full, r.is_ok());
+        r?;
+        self.mark_written(off, off + len);
+        Ok(())
+    }
+
+    fn index_poisoned(&self) -> SinkError {
+        SinkError::io(
+            self.replica.path_hint(),
+            "lock the resync index",
+            0,
+            std::io::Error::other("lock poisoned"),
+        )
+    }
+
+    /// The final checkpoint when the connection ends: the written ranges are made durable
+    /// and, with writes held off, the resync index is persisted as clean.
+    pub async fn close(self: &Arc<Self>) -> Result<(), SinkError> {
+        let _g = self.sync.lock().await;
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut ix = s.index.lock().map_err(|_| s.index_poisoned())?;
+            if s.dirty.swap(false, Ordering::AcqRel) {
+                let snap = s.written.lock().map(|w| w.clone()).unwrap_or_default();
+                s.replica.checkpoint(&snap)?;
+            }
+            ix.persist_clean()
+                .map_err(|e| SinkError::io(ix.describe(), "persist the resync index", 0, e))
+        })
+        .await
+        .map_err(|e| task_failed(self, "close", e))?
     }
 
     /// Records a completed write.
@@ -99,9 +154,15 @@ impl DiskSession {
             bytes: self.virtual_size,
             digest: [0; 32],
         };
-        tokio::task::spawn_blocking(move || r.commit_initial(&point))
-            .await
-            .map_err(|e| task_failed(self, "commit", e))?
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut ix = index.lock().map_err(|_| lock_err(&r))?;
+            r.commit_initial(&point)?;
+            ix.persist_clean()
+                .map_err(|e| SinkError::io(ix.describe(), "persist the resync index", 0, e))
+        })
+        .await
+        .map_err(|e| task_failed(self, "commit", e))?
     }
 }
 
@@ -119,6 +180,15 @@ fn task_failed(s: &DiskSession, op: &'static str, e: tokio::task::JoinError) -> 
         offset: 0,
         source: std::io::Error::other(format!("{op} task failed: {e}")),
     }
+}
+
+fn lock_err(r: &Arc<dyn ReplicaDisk>) -> SinkError {
+    SinkError::io(
+        r.path_hint(),
+        "lock the resync index",
+        0,
+        std::io::Error::other("lock poisoned"),
+    )
 }
 
 /// Periodic checkpoints of the sessions of a connection, until `stop` fires.
@@ -168,10 +238,16 @@ impl DiskSession {
         self.checkpoint(true).await?;
         let _g = self.sync.lock().await;
         let r = self.replica.clone();
+        let index = self.index.clone();
         let pruned = tokio::task::spawn_blocking(move || {
             let before = r.points()?;
             point.created_unix = retention::stamp(point.created_unix, before.last());
-            r.commit_cycle(&point)?;
+            {
+                let mut ix = index.lock().map_err(|_| lock_err(&r))?;
+                r.commit_cycle(&point)?;
+                ix.persist_clean()
+                    .map_err(|e| SinkError::io(ix.describe(), "persist the resync index", 0, e))?;
+            }
             let cutoff = retention::prune_cutoff(&r.points()?, retention_secs);
             if cutoff == 0 {
                 return Ok(Vec::new());
@@ -186,6 +262,18 @@ impl DiskSession {
         Ok(pruned)
     }
 
+    /// Exports the disk's recovery points (count, and the newest's age as RPO).
+    pub async fn export_points(&self) {
+        let r = self.replica.clone();
+        if let Ok(Ok(points)) = tokio::task::spawn_blocking(move || r.points()).await {
+            let k = self.replica.key();
+            crate::metrics::events::recovery_points(&k.vm, &k.disk, points.len());
+            if let Some(newest) = points.iter().map(|p| p.created_unix).max() {
+                crate::metrics::events::recovery_point(&k.vm, &k.disk, newest);
+            }
+        }
+    }
+
     /// Ranges written so far (durable or about to be).
     pub fn progress_snapshot(&self) -> RangeSet {
         self.written.lock().map(|w| w.clone()).unwrap_or_default()
@@ -193,43 +281,78 @@ impl DiskSession {
 }
 
 impl DiskSession {
-    /// Answers a resync hash request, building the tree on the first one (level 0). The
-    /// ranges written before are part of the image read, so they need no refresh.
-    pub async fn hashes(&self, level: u8, parents: Vec<u64>) -> Result<Vec<u64>, String> {
+    /// Answers a resync hash request. At level 0 (a comparison starts) the index's dirty
+    /// nodes are rehashed from the working image — every node with `verify` — and the tree
+    /// is built from the index.
+    pub async fn hashes(
+        &self,
+        level: u8,
+        parents: Vec<u64>,
+        verify: bool,
+    ) -> Result<Vec<u64>, String> {
         let src = ReplicaSource(self.replica.clone(), self.virtual_size);
         let tree = self.tree.clone();
-        tokio::task::spawn_blocking(move || {
+        let index = self.index.clone();
+        let key = self.replica.key().to_string();
+        let (out, read) = tokio::task::spawn_blocking(move || {
             let mut t = tree.lock().map_err(|_| "tree lock poisoned".to_string())?;
+            let mut read = 0;
             if level == 0 || t.is_none() {
-                *t = Some(crate::resync::Tree::build(&src, build_threads())?);
+                let mut ix = index
+                    .lock()
+                    .map_err(|_| "index lock poisoned".to_string())?;
+                let dirty = ix.dirty_count();
+                let reason = ix.stale_reason().map(str::to_string);
+                read = ix.rehash(&src, verify, build_threads())?;
+                tracing::info!(disk = %key, verify, dirty_nodes = dirty, read_bytes = read,
+                               stale = reason.as_deref().unwrap_or("no"),
+                               "resync index rehashed");
+                *t = Some(ix.tree()?);
             }
             let t = t.as_ref().ok_or("no tree")?;
-            t.answer(&src, level, &parents)
+            let out = t.answer(&src, level, &parents)?;
+            // Page hashes are computed by reading their 256 KiB parents.
+            if level == crate::resync::PAGE_LEVEL {
+                let size = t.size();
+                read += parents
+                    .iter()
+                    .map(|&p| {
+                        let (a, b) = crate::resync::node_range(size, crate::resync::KEPT, p);
+                        b - a
+                    })
+                    .sum::<u64>();
+            }
+            Ok::<_, String>((out, read))
         })
         .await
-        .map_err(|e| format!("hash task failed: {e}"))?
+        .map_err(|e| format!("hash task failed: {e}"))??;
+        self.hash_read.fetch_add(read, Ordering::Relaxed);
+        Ok(out)
     }
 
-    /// The full-strength root of the working image now: the tree's nodes under every range
-    /// written in this session are read again first.
+    /// The full-strength root of the working image now: the nodes written since the tree
+    /// was built (dirty in the index) are read again first.
     pub async fn root(&self) -> Result<[u8; 32], String> {
         let src = ReplicaSource(self.replica.clone(), self.virtual_size);
         let tree = self.tree.clone();
-        let written: Vec<(u64, u64)> = self
-            .progress_snapshot()
-            .iter()
-            .map(|r| (r.start, r.end))
-            .collect();
-        tokio::task::spawn_blocking(move || {
+        let index = self.index.clone();
+        let (root, read) = tokio::task::spawn_blocking(move || {
             let mut t = tree.lock().map_err(|_| "tree lock poisoned".to_string())?;
-            match t.as_mut() {
-                Some(t) => t.refresh(&src, written)?,
-                None => *t = Some(crate::resync::Tree::build(&src, build_threads())?),
-            }
-            Ok(t.as_ref().map(|t| t.root()).unwrap_or_default())
+            let mut ix = index
+                .lock()
+                .map_err(|_| "index lock poisoned".to_string())?;
+            let read = ix.rehash(&src, false, build_threads())?;
+            let nt = ix.tree()?;
+            let root = nt.root();
+            *t = Some(nt);
+            Ok::<_, String>((root, read))
         })
         .await
-        .map_err(|e| format!("root task failed: {e}"))?
+        .map_err(|e| format!("root task failed: {e}"))??;
+        let total = self.hash_read.fetch_add(read, Ordering::Relaxed) + read;
+        tracing::info!(disk = %self.replica.key(), hash_read_bytes = total,
+                       "resync root answered (hash_read_bytes: working-image bytes read to hash it in this session)");
+        Ok(root)
     }
 }
 

@@ -137,6 +137,7 @@ impl Receiver {
                         me.stats
                             .refused_peers
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        crate::metrics::events::refused_peer("handshake");
                         warn!(peer = %remote, error = %e, "refused connection: handshake failed");
                     }
                 }
@@ -147,8 +148,9 @@ impl Receiver {
     async fn handle_connection(self: Arc<Self>, conn: quinn::Connection) {
         let remote = conn.remote_address();
         let name = match crate::tls::identity::peer_identity(&conn) {
-            Ok(id) => id.name,
+            Ok(id) => id,
             Err(e) => {
+                crate::metrics::events::refused_peer("no_certificate");
                 self.stats
                     .refused_peers
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -157,7 +159,9 @@ impl Receiver {
                 return;
             }
         };
+        let (name, not_after) = (name.name, name.not_after_unix);
         if !self.allow.knows(&name) {
+            crate::metrics::events::refused_peer("unknown_sender");
             self.stats
                 .refused_peers
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -168,6 +172,8 @@ impl Receiver {
             );
             return;
         }
+        // Known senders only: the label values stay bounded by --allow.
+        crate::metrics::events::certificate("peer", &name, not_after);
         info!(peer = %remote, sender = %name, "sender connected");
         let conn_state = Arc::new(control::ConnState::new(name.clone(), conn.clone()));
         loop {
@@ -203,12 +209,20 @@ pub async fn run(cfg: ReceiverConfig, store: Arc<dyn ReplicaStore>) -> anyhow::R
     info!(listen = %local, store = %store.describe(), "receiver ready");
     // Tests and scripts read this line to learn the bound port.
     println!("listening on {local}");
+    crate::metrics::certs::export_files(&files.ca, &files.cert);
+    let rpo = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            crate::metrics::events::rpo_tick(crate::metrics::events::now_unix());
+        }
+    });
     let rx = Receiver::new(store, cfg.allow);
     let serve = tokio::spawn(rx.clone().serve(endpoint.clone()));
     crate::signals::shutdown().await;
     info!("shutting down: closing connections");
     endpoint.close(0u32.into(), b"receiver shutting down");
     serve.abort();
+    rpo.abort();
     rx.drain().await;
     Ok(())
 }

@@ -39,6 +39,11 @@ impl ControlStream {
         }
     }
 
+    /// The receiver, for messages.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
     /// A fresh request id.
     pub fn req(&mut self) -> u32 {
         let r = self.next_req;

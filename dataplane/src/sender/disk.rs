@@ -36,6 +36,12 @@ pub struct Shared {
     pub health: Arc<crate::health::Health>,
     /// The run's clock.
     pub clock: crate::clock::SharedClock,
+    /// The host's bandwidth policy (the local control channel changes it).
+    pub bandwidth: Arc<crate::throttle::BandwidthControl>,
+    /// The run's jobs per VM.
+    pub jobs: Arc<super::jobs::SenderJobs>,
+    /// Status of every disk (health, RPO, progress) for metrics and the control channel.
+    pub board: Arc<super::Board>,
 }
 
 /// One disk to replicate.
@@ -62,6 +68,11 @@ pub struct DiskProgress {
 }
 
 impl DiskProgress {
+    /// Source bytes of the disk's current copy acknowledged or resumed.
+    pub fn counted(&self) -> u64 {
+        self.counted.load(Ordering::Relaxed)
+    }
+
     fn count(&self, stats: &Stats, n: u64) {
         self.counted.fetch_add(n, Ordering::Relaxed);
         stats.add_done(n);
@@ -262,8 +273,14 @@ async fn run_pass(
     };
     let failure: Arc<Mutex<Option<DiskError>>> = Arc::new(Mutex::new(None));
 
+    // This disk's view of the counters: its adds also reach the run's and its metrics.
+    let dstats = Stats::for_disk(
+        &sh.stats,
+        crate::metrics::events::disk_meter(&job.vm, &job.name),
+    );
     // Producer: the plan, window by window.
     let producer = {
+        let pstats = dstats.clone();
         let disk = job.disk.clone();
         let plan = PlanOptions {
             chunk: opts.chunk,
@@ -284,9 +301,29 @@ async fn run_pass(
                         }
                         Ok(())
                     }
-                    None => plan_disk(disk.as_ref(), &plan, |batch| {
-                        batch.into_iter().all(|it| tx.send_blocking(it).is_ok())
-                    }),
+                    None => {
+                        // What the plan leaves out (unallocated on a known-empty replica,
+                        // or already durable) is counted as skipped, never read.
+                        let mut planned = 0u64;
+                        let r = plan_disk(disk.as_ref(), &plan, |batch| {
+                            batch.into_iter().all(|it| {
+                                planned += match it {
+                                    WorkItem::Read { len, .. } | WorkItem::Clear { len, .. } => {
+                                        len as u64
+                                    }
+                                };
+                                tx.send_blocking(it).is_ok()
+                            })
+                        });
+                        if r.is_ok() {
+                            let durable: u64 = plan.done.iter().map(|(a, b)| b - a).sum();
+                            let size = disk.info().virtual_size;
+                            pstats.add_skipped_unallocated(
+                                size.saturating_sub(durable).saturating_sub(planned),
+                            );
+                        }
+                        r
+                    }
                 };
                 if let Err(e) = res {
                     if let Ok(mut f) = failure.lock() {
@@ -309,7 +346,7 @@ async fn run_pass(
         let tx = prep_tx.clone();
         let disk = job.disk.clone();
         let failure = failure.clone();
-        let stats = sh.stats.clone();
+        let stats = dstats.clone();
         let level = sh.level.clone();
         cpu.push(
             thread::Builder::new()
@@ -349,8 +386,12 @@ async fn run_pass(
         let refused = refused.clone();
         let progress = job.progress.clone();
         let sh = sh.clone();
+        let dstats = dstats.clone();
         tasks.spawn(async move {
-            stream_worker(&conn, handle, generation, rx, &refused, &progress, &sh).await
+            stream_worker(
+                &conn, handle, generation, rx, &refused, &progress, &sh, dstats,
+            )
+            .await
         });
     }
     let mut result = Ok(());
@@ -391,6 +432,7 @@ async fn stream_worker(
     refused: &Arc<Mutex<Vec<(u64, u32)>>>,
     progress: &Arc<DiskProgress>,
     sh: &Shared,
+    dstats: Arc<Stats>,
 ) -> Result<(), SendError> {
     let (stats, level, peer) = (&sh.stats, &sh.level, sh.peer.as_str());
     let conn_err = |e| SendError::Connection {
@@ -422,7 +464,7 @@ async fn stream_worker(
                 None => progress.count(stats, p.source_len),
                 Some(h) => {
                     let prefix = Bytes::from(h.encode_frame_prefix());
-                    stats.add_wire((prefix.len() + p.payload.len()) as u64);
+                    dstats.add_wire((prefix.len() + p.payload.len()) as u64);
                     // Header and payload go out unmodified, in throttle-admitted pieces.
                     let t = std::time::Instant::now();
                     let written = write_paced(&mut send, prefix, p.payload, &sh.throttle).await;
@@ -452,6 +494,7 @@ async fn stream_worker(
             recv,
             in_batch,
             stats.clone(),
+            dstats.clone(),
             refused.clone(),
             progress.clone(),
             peer.to_string(),
@@ -504,6 +547,7 @@ async fn settle_batch(
     mut recv: quinn::RecvStream,
     in_batch: Vec<(u64, u64)>,
     stats: Arc<Stats>,
+    dstats: Arc<Stats>,
     refused: Arc<Mutex<Vec<(u64, u32)>>>,
     progress: Arc<DiskProgress>,
     peer: String,
@@ -536,7 +580,7 @@ async fn settle_batch(
     for &(o, src) in &in_batch {
         if !bad.contains(&o) {
             progress.count(&stats, src);
-            stats.extents.fetch_add(1, Ordering::Relaxed);
+            dstats.add_extents(1);
         }
     }
     if !res.rejected.is_empty() {

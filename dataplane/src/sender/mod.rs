@@ -8,10 +8,13 @@
 mod control;
 mod disk;
 mod error;
+pub mod jobs;
+pub mod local_control;
 mod logimage;
 mod progress;
 pub mod protect;
 pub mod resync;
+pub mod status;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -25,6 +28,7 @@ pub use control::ControlStream;
 pub use disk::{DiskJob, DiskOutcome, Shared};
 pub use error::SendError;
 pub use progress::{human, Summary};
+pub use status::{Board, DiskStatus};
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::disk::{self as vdisk, OpenOptions};
@@ -70,15 +74,17 @@ pub struct SendOptions {
     pub protect_give_up_after: Option<Duration>,
     /// Bandwidth policy of the host, shared by all streams and VMs of this sender.
     pub bandwidth: BandwidthPolicy,
-    /// Folder for `health.json` (none: no file).
-    pub state: Option<PathBuf>,
     /// RPO above which a VM warns (default: twice the interval).
     pub rpo_threshold: Option<Duration>,
     /// Resynchronise committed replicas at once (`--resync`).
     pub resync: bool,
-    /// Rehash the target's data during a resync (`--verify`). The receiver has no durable
-    /// hash index yet, so it always rehashes: the flag is accepted and changes nothing.
+    /// Rehash the target's data during a resync (`--verify`): the receiver ignores its
+    /// durable hash index, reads its whole working image, and repairs the index (catches a
+    /// replica changed behind the receiver's back).
     pub verify: bool,
+    /// State folder: jobs that failed before they could be reported wait here
+    /// (default [`crate::jobs::pending::default_state_dir`]).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for SendOptions {
@@ -96,10 +102,10 @@ impl Default for SendOptions {
             progress: true,
             protect_give_up_after: None,
             bandwidth: BandwidthPolicy::NoThrottle,
-            state: None,
             rpo_threshold: None,
             resync: false,
             verify: false,
+            state_dir: None,
         }
     }
 }
@@ -204,27 +210,57 @@ pub async fn run_with(
 ) -> Result<Summary, SendError> {
     let clock: SharedClock = Arc::new(SystemClock::new());
     let ctl = BandwidthControl::new(opts.bandwidth.clone(), Arc::new(Throttle::new(None)), clock);
-    run_controlled(vms, opts, policy, ctl).await
+    run_controlled(vms, opts, policy, ctl, None).await
 }
 
 /// [`run_with`] under a bandwidth control the caller keeps, to change the policy while the
-/// transfer runs (SIGHUP, the sidecar's control socket); its clock is the run's clock.
+/// transfer runs (SIGHUP, the local control channel), answering the local control channel on
+/// the unix socket `control` (status, bandwidth, resync requests; see [`local_control`]).
 pub async fn run_controlled(
     vms: &[VmSpec],
     opts: &SendOptions,
     policy: Option<protect::Policy>,
     ctl: Arc<BandwidthControl>,
+    control: Option<PathBuf>,
+) -> Result<Summary, SendError> {
+    let state = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(crate::jobs::pending::default_state_dir);
+    let sj = Arc::new(jobs::SenderJobs::new(&state));
+    let res = run_jobs(vms, opts, policy, sj.clone(), ctl, control, &state).await;
+    if let Err(e) = &res {
+        // The job that was running fails with the run and waits in the state folder for
+        // the next connection.
+        sj.fail_all(e);
+    }
+    res
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_jobs(
+    vms: &[VmSpec],
+    opts: &SendOptions,
+    policy: Option<protect::Policy>,
+    sj: Arc<jobs::SenderJobs>,
+    ctl: Arc<BandwidthControl>,
+    control: Option<PathBuf>,
+    state: &Path,
 ) -> Result<Summary, SendError> {
     let started = Instant::now();
     let clock = ctl.clock().clone();
     let schedule_task = AbortOnDrop(tokio::spawn(ctl.clone().run()));
-    // Prerequisites: every disk opens, its format is supported, it has 512-byte sectors.
+    // Prerequisites (enable protection's first checks): every disk opens, its format is
+    // supported, it has 512-byte sectors.
     let mut jobs: Vec<Vec<DiskJob>> = Vec::new();
     for vm in vms {
+        sj.start_vm(&vm.name);
         let names = disk_names(&vm.disks);
         let mut v = Vec::new();
         for (p, name) in vm.disks.iter().zip(names) {
-            let d = vdisk::open(p, OpenOptions::default())?;
+            let d = vdisk::open(p, OpenOptions::default()).inspect_err(|e| {
+                sj.disk_failed(&vm.name, e);
+            })?;
             v.push(DiskJob {
                 vm: vm.name.clone(),
                 name,
@@ -232,6 +268,7 @@ pub async fn run_controlled(
                 progress: Default::default(),
             });
         }
+        sj.disks_checked(&vm.name, &v);
         jobs.push(v);
     }
     let total: u64 = jobs
@@ -254,10 +291,8 @@ pub async fn run_controlled(
         .collect();
     let health = Arc::new(Health::new(clock.clone(), threshold, &names));
     health.set_bandwidth(ctl.policy().to_string());
-    let _health_task = opts
-        .state
-        .clone()
-        .map(|dir| AbortOnDrop(tokio::spawn(health.clone().run_writer(dir))));
+    // health.json lives in the state folder, beside the pending jobs.
+    let _health_task = AbortOnDrop(tokio::spawn(health.clone().run_writer(state.to_path_buf())));
     let sh = Arc::new(Shared {
         opts: opts.clone(),
         stats: Arc::new(Stats::default()),
@@ -266,7 +301,13 @@ pub async fn run_controlled(
         peer: opts.to.clone(),
         health: health.clone(),
         clock: clock.clone(),
+        jobs: sj,
+        board: Arc::new(Board::default()),
+        bandwidth: ctl.clone(),
     });
+    if let Some(p) = &policy {
+        sh.board.set_interval(p.interval);
+    }
     let stats = &sh.stats;
     // The compression controller decides every tick for the whole run.
     let controller = {
@@ -313,6 +354,15 @@ pub async fn run_controlled(
             }
             Mode::Protect { policy, vms: out }
         }
+    };
+    register_disks(&sh.board, &jobs, &mode);
+    let files = crate::tls::config::SenderFiles::in_dir(&opts.tls, &opts.identity);
+    crate::metrics::certs::export_files(&files.ca, &files.cert);
+    let sampler = tokio::spawn(status::sample(sh.board.clone(), sh.clone()));
+    let _sampler = AbortOnDrop(sampler);
+    let _control = match &control {
+        Some(path) => Some(AbortOnDrop(local_control::serve(path, sh.clone())?)),
+        None => None,
     };
     let (addr, host) = resolve(&opts.to)?;
     let server_name = opts.server_name.clone().unwrap_or(host);
@@ -382,6 +432,8 @@ pub async fn run_controlled(
         match backoff.next_delay(class.recoverable) {
             Some(delay) => {
                 health.failed(&class, &e.to_string(), Some(delay));
+                sh.board
+                    .failed(class.class, e.to_string(), true, Some(delay));
                 stats
                     .retries
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -391,9 +443,9 @@ pub async fn run_controlled(
             }
             None => {
                 health.failed(&class, &e.to_string(), None);
-                if let Some(dir) = &opts.state {
-                    let _ = health.write(dir);
-                }
+                sh.board
+                    .failed(class.class, e.to_string(), class.recoverable, None);
+                let _ = health.write(state);
                 if class.recoverable {
                     error!(error = %e, class = class.class, "giving up after --give-up-after");
                 } else {
@@ -407,9 +459,7 @@ pub async fn run_controlled(
         }
     }
     drop(schedule_task);
-    if let Some(dir) = &opts.state {
-        let _ = health.write(dir);
-    }
+    let _ = health.write(state);
     bar.finish();
     endpoint.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
@@ -450,6 +500,7 @@ async fn attempt_once(
     info!(receiver = %peer, "connected");
     *connected = true;
     let _meter = crate::throttle::wire::MeterGuard::start(&conn, &sh.throttle);
+    sh.board.connected(&conn);
     let mut vms = tokio::task::JoinSet::new();
     let done = match mode {
         Mode::OneShot(d) => d,
@@ -476,20 +527,35 @@ async fn attempt_once(
         let done = done.clone();
         vms.spawn(async move {
             let mut ctrl = ControlStream::open(&conn, &sh.peer).await?;
-            for job in jobs {
+            let Some(vm) = jobs.first().map(|j| j.vm.clone()) else {
+                return Ok(());
+            };
+            // Open every disk first: the receiver authorises the VM, and the capacity
+            // check knows what is left to copy.
+            let mut opened = Vec::new();
+            for job in &jobs {
                 let key = (job.vm.clone(), job.name.clone());
                 if done.lock().map(|d| d.contains(&key)).unwrap_or(false) {
                     continue;
                 }
+                // Not fresh: a committed replica is kept and resynchronised.
+                let o = disk::open_disk(&mut ctrl, job, false).await?;
+                let copy = !o.initial_committed || o.known_empty;
+                opened.push((job.clone(), o, copy));
+            }
+            sh.jobs
+                .connected(&mut ctrl, &vm, &opened, &sh.opts.identity)
+                .await?;
+            for (job, o, _) in &opened {
+                let key = (job.vm.clone(), job.name.clone());
                 let t0 = Instant::now();
-                // A committed replica is brought in line by a resync, not copied again.
-                let o = disk::open_disk(&mut ctrl, &job, false).await?;
                 if o.initial_committed && !o.known_empty {
+                    // A committed replica is brought in line by a resync, not copied again.
                     let out = resync::resync(
                         &conn,
                         &mut ctrl,
-                        &job,
-                        &o,
+                        job,
+                        o,
                         &sh,
                         crate::sink::DEFAULT_RETENTION,
                         true,
@@ -498,16 +564,28 @@ async fn attempt_once(
                     info!(vm = %job.vm, disk = %job.name, cycle = out.cycle, changed_bytes = out.changed,
                           rounds = out.rounds, seconds = t0.elapsed().as_secs_f64(),
                           "resync committed at the receiver");
+                    sh.board.committed(&job.vm, &job.name, out.cycle);
                 } else {
-                    let out = disk::copy_initial(&conn, &mut ctrl, &job, &o, &sh).await?;
+                    sh.jobs.copy_started(&mut ctrl, &vm, &job.name).await;
+                    let out = disk::copy_initial(&conn, &mut ctrl, job, o, &sh).await?;
                     info!(vm = %job.vm, disk = %job.name, resumed_bytes = out.resumed,
                           seconds = t0.elapsed().as_secs_f64(), "disk committed at the receiver");
+                    let detail = format!(
+                        "{} bytes committed as recovery point 0 in {:.1} s ({} bytes resumed)",
+                        job.disk.info().virtual_size,
+                        t0.elapsed().as_secs_f64(),
+                        out.resumed
+                    );
+                    sh.jobs.copy_done(&mut ctrl, &vm, &job.name, &detail).await;
+                    sh.board.committed(&job.vm, &job.name, 0);
                 }
                 if let Ok(mut d) = done.lock() {
                     d.insert(key);
                 }
                 sh.health.committed(&job.vm, &job.name, sh.clock.now_utc());
             }
+            let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+            sh.jobs.finalize(&mut ctrl, &vm, &names, None).await;
             ctrl.finish();
             Ok::<(), SendError>(())
         });
@@ -538,6 +616,26 @@ async fn finish_vms(
         None => {
             conn.close(0u32.into(), b"done");
             Ok(())
+        }
+    }
+}
+
+/// Puts every disk on the status board (with its change tracker when protecting).
+fn register_disks(board: &Board, jobs: &[Vec<DiskJob>], mode: &Mode) {
+    match mode {
+        Mode::OneShot(_) => {
+            for j in jobs.iter().flatten() {
+                board.add_disk(j, None);
+            }
+        }
+        Mode::Protect { vms, .. } => {
+            for (disks, _) in vms {
+                for d in disks.iter() {
+                    if let Ok(g) = d.lock() {
+                        board.add_disk(&g.job, Some(g.tracker.clone()));
+                    }
+                }
+            }
         }
     }
 }

@@ -108,7 +108,7 @@ fn resync_required(d: &Protected, reason: String) {
 }
 
 /// Runs one VM's protection on an established connection until `policy.max_cycles` or an
-/// error. Disks that need a resync are skipped.
+/// error. Disks that need a resync are resynchronised before cycles resume.
 pub async fn protect_vm(
     conn: &quinn::Connection,
     disks: &Arc<Vec<Arc<Mutex<Protected>>>>,
@@ -118,14 +118,35 @@ pub async fn protect_vm(
 ) -> Result<(), SendError> {
     let mut ctrl = ControlStream::open(conn, &sh.peer).await?;
     report_resync(disks, sh);
+    // Open every disk first (the receiver authorises the VM; enable protection's checks),
+    // then copy those whose initial replication is not committed.
     let mut opened: Vec<Option<Opened>> = Vec::new();
+    let mut to_check = Vec::new();
     for d in disks.iter() {
-        let (job, fresh) = d
-            .lock()
-            .map(|g| (g.job.clone(), g.fresh))
-            .map_err(poisoned)?;
+        let job = d.lock().map(|g| g.job.clone()).map_err(poisoned)?;
         let o = open_disk(&mut ctrl, &job, false).await?;
         // `known_empty` is set while an initial copy is in progress.
+        let copy = !o.initial_committed || o.known_empty;
+        to_check.push((job, o.clone(), copy));
+        opened.push(Some(o));
+    }
+    let vm = disks
+        .first()
+        .and_then(|d| d.lock().ok().map(|g| g.job.vm.clone()))
+        .unwrap_or_default();
+    sh.jobs
+        .connected(&mut ctrl, &vm, &to_check, &sh.opts.identity)
+        .await?;
+    let mut names = Vec::new();
+    let mut logs = Vec::new();
+    for (d, o) in disks.iter().zip(&opened) {
+        let Some(o) = o else { continue };
+        let (job, log, fresh) = d
+            .lock()
+            .map(|g| (g.job.clone(), g.tracker.paths().active.clone(), g.fresh))
+            .map_err(poisoned)?;
+        names.push(job.name.clone());
+        logs.push(log.display().to_string());
         let committed = if o.initial_committed && !o.known_empty {
             if fresh {
                 // Tracking started now: the replica predates it and is brought in line.
@@ -133,6 +154,7 @@ pub async fn protect_vm(
                     g.force_resync = true;
                 }
             }
+            sh.board.known_cycle(&job.vm, &job.name, o.committed_cycle);
             o.committed_cycle
         } else {
             if needs_resync(d) {
@@ -140,9 +162,20 @@ pub async fn protect_vm(
                 restart_chain(d).await?;
             }
             info!(vm = %job.vm, disk = %job.name, "initial replication (writes are tracked meanwhile)");
-            copy_initial(conn, &mut ctrl, &job, &o, sh).await?;
+            let t0 = Instant::now();
+            sh.board.copy_started(&job.vm, &job.name, false);
+            sh.jobs.copy_started(&mut ctrl, &vm, &job.name).await;
+            let out = copy_initial(conn, &mut ctrl, &job, o, sh).await?;
             sh.health.committed(&job.vm, &job.name, sh.clock.now_utc());
+            let detail = format!(
+                "{} bytes committed as recovery point 0 in {:.1} s ({} bytes resumed)",
+                job.disk.info().virtual_size,
+                t0.elapsed().as_secs_f64(),
+                out.resumed
+            );
+            sh.jobs.copy_done(&mut ctrl, &vm, &job.name, &detail).await;
             clear_resync(d);
+            sh.board.committed(&job.vm, &job.name, 0);
             0
         };
         if let Ok(mut g) = d.lock() {
@@ -150,9 +183,16 @@ pub async fn protect_vm(
             g.fresh = false;
         }
         ensure_hash_table(d).await;
-        opened.push(Some(o));
     }
     resync_marked(conn, &mut ctrl, disks, &opened, policy, sh).await?;
+    sh.jobs
+        .finalize(
+            &mut ctrl,
+            &vm,
+            &names,
+            Some(format!("change logs: {}", logs.join(", "))),
+        )
+        .await;
     // Ship whatever is pending (a previous run's closed logs), then cycle.
     ship_all(conn, &mut ctrl, disks, &opened, policy, sh).await?;
     loop {
@@ -163,6 +203,27 @@ pub async fn protect_vm(
             }
         }
         let at = *sched.next.lock().map_err(poisoned)?;
+        if let Some(vm) = disks
+            .first()
+            .and_then(|d| d.lock().ok().map(|g| g.job.vm.clone()))
+        {
+            let left = at.saturating_duration_since(Instant::now()).as_secs();
+            sh.board
+                .next_switch(&vm, crate::metrics::events::now_unix() + left);
+            // An operator's resync request interrupts the wait; the switch stays on schedule.
+            loop {
+                let woken = sh.board.wake.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                if mark_requested(disks, sh) {
+                    resync_marked(conn, &mut ctrl, disks, &opened, policy, sh).await?;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => break,
+                    _ = &mut woken => {}
+                }
+            }
+        }
         tokio::time::sleep_until(at).await;
         for d in disks.iter() {
             if skip(d) {
@@ -196,6 +257,30 @@ fn report_resync(disks: &[Arc<Mutex<Protected>>], sh: &Shared) {
         }
     }
 }
+
+/// Marks `D.hrl.resync` on every disk an operator asked to resynchronise (the control
+/// channel's `resync`), so [`resync_marked`] runs the block-checksum resync and a sender
+/// that stops before it commits resumes it on restart. Returns whether any disk was marked.
+fn mark_requested(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> bool {
+    let mut any = false;
+    for d in disks {
+        let Ok(mut g) = d.lock() else { continue };
+        if !sh.board.take_resync(&g.job.vm, &g.job.name) {
+            continue;
+        }
+        info!(vm = %g.job.vm, disk = %g.job.name, "resync requested by an operator");
+        if let Err(e) = g.tracker.mark_resync(OPERATOR_RESYNC) {
+            // Still resynchronised now; only a crash before the commit would forget it.
+            warn!(error = %e, "cannot record the resync mark");
+            g.force_resync = true;
+        }
+        any = true;
+    }
+    any
+}
+
+/// The `D.hrl.resync` reason of an operator's request.
+pub const OPERATOR_RESYNC: &str = "requested by an operator";
 
 fn needs_resync(d: &Mutex<Protected>) -> bool {
     d.lock()
@@ -255,6 +340,7 @@ async fn resync_marked(
             )
         };
         info!(vm = %job.vm, disk = %job.name, "resync started");
+        sh.board.copy_started(&job.vm, &job.name, true);
         restart_chain(d).await?;
         let o = Opened {
             committed_cycle: committed,
@@ -268,6 +354,7 @@ async fn resync_marked(
             g.committed_cycle = Some(out.cycle);
         }
         clear_resync(d);
+        sh.board.committed(&job.vm, &job.name, out.cycle);
         ensure_hash_table(d).await;
         info!(vm = %job.vm, disk = %job.name, cycle = out.cycle, changed_bytes = out.changed,
               "resync committed; delta replication resumes");
@@ -532,6 +619,8 @@ async fn ship_pending(
         }
         sh.stats.cycles.fetch_add(1, Ordering::Relaxed);
         sh.health.cycle_committed(&job.vm, &job.name, cycle);
+        sh.board.committed(&job.vm, &job.name, cycle);
+        crate::metrics::events::cycle_committed(&job.vm, &job.name, t0.elapsed().as_secs_f64());
         info!(vm = %job.vm, disk = %job.name, cycle, bytes,
               seconds = t0.elapsed().as_secs_f64(), "cycle committed");
     }

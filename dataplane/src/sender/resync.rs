@@ -7,8 +7,9 @@
 //! committed, the resync is itself the next recovery point.
 //!
 //! **Resume.** After a cut or a kill the sender reopens the same cycle and runs the
-//! comparison again: the receiver hashes its working image *including* the cycle's durable
-//! writes, so pages already sent now match and are not resent; only the hash exchange (whose
+//! comparison again: the receiver's side covers its working image *including* the cycle's
+//! durable writes (its index marks the nodes they touched dirty, and they are rehashed), so
+//! pages already sent now match and are not resent; only the hash exchange (whose
 //! volume shrinks with the remaining differences) is repeated. The cycle's progress list is
 //! deliberately not used to skip ranges: an open cycle left by an interrupted delta cycle
 //! holds a log's data, not necessarily the source's.
@@ -119,10 +120,15 @@ pub async fn resync(
         peer: sh.peer.clone(),
         health: sh.health.clone(),
         clock: sh.clock.clone(),
+        bandwidth: sh.bandwidth.clone(),
+        jobs: sh.jobs.clone(),
+        board: sh.board.clone(),
     });
     loop {
         out.rounds += 1;
-        let diff = compare(ctrl, o.handle, &tree, &src, sh).await?;
+        // `--verify`: the receiver rehashes its whole working image once, in the first round.
+        let verify = sh.opts.verify && out.rounds == 1;
+        let diff = compare(ctrl, o.handle, &tree, &src, sh, verify).await?;
         let ranges: Vec<(u64, u64)> = diff.iter().map(|r| (r.start, r.end)).collect();
         let bytes: u64 = ranges.iter().map(|(a, b)| b - a).sum();
         out.changed += bytes;
@@ -199,6 +205,7 @@ async fn ask(
     level: u8,
     parents: &[u64],
     sh: &Shared,
+    verify: bool,
 ) -> Result<Vec<u64>, SendError> {
     let mut out = Vec::new();
     let batches: Vec<&[u64]> = if parents.is_empty() {
@@ -213,6 +220,7 @@ async fn ask(
             handle,
             level,
             parents: b.to_vec(),
+            verify,
         };
         sh.stats.add_hash_wire(msg.encode().len() as u64);
         let ans = ctrl.call(msg).await?;
@@ -239,12 +247,13 @@ async fn compare(
     tree: &Arc<Mutex<Tree>>,
     src: &Arc<DiskSource>,
     sh: &Shared,
+    verify: bool,
 ) -> Result<RangeSet, SendError> {
     let size = src.size();
     let poisoned = || SendError::Internal("tree lock poisoned".into());
     let mut diff = RangeSet::new();
     // Levels 0 and 1: plain descent.
-    let theirs = ask(ctrl, handle, 0, &[], sh).await?;
+    let theirs = ask(ctrl, handle, 0, &[], sh, verify).await?;
     if theirs.len() as u64 != count(size, 0) {
         return Err(short_answer(sh, 0));
     }
@@ -255,7 +264,7 @@ async fn compare(
             .collect()
     };
     for level in 1..PAGE_LEVEL {
-        let theirs = ask(ctrl, handle, level, &nodes, sh).await?;
+        let theirs = ask(ctrl, handle, level, &nodes, sh, false).await?;
         let mut next = Vec::new();
         let mut dense: Vec<(u64, Vec<u64>)> = Vec::new();
         {
@@ -340,7 +349,7 @@ async fn page_diff(
                 .map(|&p| t.pages(s2.as_ref(), p))
                 .collect::<Result<Vec<_>, String>>()
         });
-        let theirs = ask(ctrl, handle, PAGE_LEVEL, batch, sh).await?;
+        let theirs = ask(ctrl, handle, PAGE_LEVEL, batch, sh, false).await?;
         let mine = mine
             .await
             .map_err(|e| SendError::Internal(format!("hash task: {e}")))?

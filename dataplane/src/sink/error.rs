@@ -126,6 +126,22 @@ pub enum SinkError {
         /// What is unsupported.
         problem: String,
     },
+    /// A job file does not decode. Jobs are history: replication does not depend on them.
+    #[error("{path}: corrupt job record: {problem}; move the file aside to start a new job history (replication does not need it)")]
+    CorruptJobs {
+        /// The job file.
+        path: PathBuf,
+        /// What is wrong, with the line and column.
+        problem: String,
+    },
+    /// The store does not implement this operation yet.
+    #[error("{store}: {what} is not supported by this store yet")]
+    NotSupported {
+        /// The store, as [`crate::sink::ReplicaStore::describe`] says.
+        store: String,
+        /// The operation.
+        what: &'static str,
+    },
     /// Azure Storage refused a request, or stayed unreachable through the retries. 403
     /// (credentials), 404 (account or container) and 409 (conflicts) are not recoverable;
     /// throttling, server errors and transport failures are.
@@ -159,7 +175,7 @@ fn azure_status(status: Option<u16>, code: &str) -> String {
 /// Advice for Azure answers an operator can act on.
 fn azure_hint(status: Option<u16>, code: &str) -> &'static str {
     match (status, code) {
-        (Some(403), _) => " (authorisation failed: check the SAS token (expiry, permissions racwdl, resource types sco) or the account key, and the clock; not retried)",
+        (Some(403), _) => " (authorisation failed: check the SAS token (expiry, permissions racwdl, resource types sco), the account key, or the identity's role (Storage Blob Data Contributor) and token, and the clock; not retried)",
         (Some(404), "ContainerNotFound") => " (the container does not exist: create it or fix --azure-container; not retried)",
         (Some(404), _) => " (not found: check the account URL and container; not retried)",
         (Some(409), _) => " (conflict with the blob's current state; not retried)",

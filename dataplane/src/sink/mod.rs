@@ -196,6 +196,33 @@ pub trait ReplicaStore: Send + Sync {
     /// Refused with [`SinkError::Locked`] while a receiver has the disk open: unprotecting
     /// is an operator action with replication stopped. An absent disk is not an error.
     fn remove_disk(&self, key: &DiskKey) -> Result<(), SinkError>;
+    /// Records a job of `job.vm` beside its replicas, replacing the job with the same id
+    /// (DESIGN §1: jobs live where the protection lives). At most
+    /// [`crate::jobs::MAX_JOBS_PER_VM`] jobs are kept per VM, the newest.
+    fn record_job(&self, job: &crate::jobs::Job) -> Result<(), SinkError> {
+        let _ = job;
+        Err(SinkError::NotSupported {
+            store: self.describe(),
+            what: "recording jobs",
+        })
+    }
+    /// The jobs of one VM, or of every VM, oldest first within a VM.
+    fn jobs(&self, vm: Option<&str>) -> Result<Vec<crate::jobs::Job>, SinkError> {
+        let _ = vm;
+        Err(SinkError::NotSupported {
+            store: self.describe(),
+            what: "listing jobs",
+        })
+    }
+    /// Removes the jobs of a VM (unprotect). Absent is not an error.
+    fn remove_jobs(&self, vm: &str) -> Result<(), SinkError> {
+        let _ = vm;
+        Ok(())
+    }
+    /// Free bytes for replicas, if the store can tell (enable protection's capacity check).
+    fn available_bytes(&self) -> Result<Option<u64>, SinkError> {
+        Ok(None)
+    }
 }
 
 /// A read-only view of one disk's recovery points, consistent while a receiver commits and
@@ -279,4 +306,10 @@ pub trait ReplicaDisk: Send + Sync {
     fn read_point(&self, cycle: u64, offset: u64, len: usize) -> Result<Bytes, SinkError>;
     /// Where the replica is (file path, blob URL), for summaries.
     fn path_hint(&self) -> String;
+    /// Where the receiver keeps this replica's durable resync index
+    /// ([`crate::resync::index`]), or why the sink keeps none (the receiver then rehashes
+    /// the working image at every resync).
+    fn resync_index(&self) -> Result<Box<dyn crate::resync::index::IndexFile>, String> {
+        Err("this sink keeps no resync index".into())
+    }
 }

@@ -169,6 +169,10 @@ impl<'a> Reader<'a> {
             )),
         }
     }
+    /// True once the whole body was read (for optional trailing fields).
+    pub(crate) fn at_end(&self) -> bool {
+        self.pos >= self.len
+    }
     /// Requires that the whole body was consumed: trailing bytes mean a confused peer.
     pub(crate) fn finish(&self) -> Result<(), FormatError> {
         if self.pos != self.len {

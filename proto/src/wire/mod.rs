@@ -11,9 +11,11 @@
 //! allocated; decoders never panic (see the property tests).
 
 mod codec;
+pub mod job;
 mod msg;
 
 pub use codec::{decode_frame, encode_frame, FrameHeader, FRAME_HEADER_LEN};
+pub use job::{JobError, JobKind, JobReport, JobState, JobStep, MAX_JOB_STEPS};
 pub use msg::*;
 
 /// The protocol version this build speaks.

@@ -198,6 +198,10 @@ pub enum Control {
         level: u8,
         /// Parent node indices at `level - 1`, ascending, at most [`MAX_HASH_PARENTS`].
         parents: Vec<u64>,
+        /// At level 0 (the start of a comparison): rehash the whole working image instead of
+        /// trusting the receiver's durable index, and repair the index (`send --verify`).
+        /// A trailing byte, absent in frames of senders that predate it (read as false).
+        verify: bool,
     },
     /// Receiver → sender: the hashes asked for, in order ([`super::RESYNC_FANOUT`] per parent,
     /// fewer at the disk's end).
@@ -235,6 +239,36 @@ pub enum Control {
         class: ErrorClass,
         /// Human-readable reason.
         message: String,
+    },
+    /// Sender → receiver: record this job (replacing an earlier report with its id) in the
+    /// store beside the VM's replicas. See [`super::job`].
+    ReportJob {
+        /// Request id.
+        req: u32,
+        /// The whole job.
+        job: super::JobReport,
+    },
+    /// Receiver → sender: the job report is durable in the store.
+    JobRecorded {
+        /// The request.
+        req: u32,
+    },
+    /// Sender → receiver (enable protection's capacity check): how many bytes the store
+    /// has left for a VM that needs about `needed` more.
+    QueryCapacity {
+        /// Request id.
+        req: u32,
+        /// The VM (authorised like its disks).
+        vm: String,
+        /// Bytes the sender expects to write (allocated bytes of its disks).
+        needed: u64,
+    },
+    /// Receiver → sender: free bytes of the store (`u64::MAX`: the store does not say).
+    Capacity {
+        /// The request.
+        req: u32,
+        /// Free bytes.
+        available: u64,
     },
 }
 
@@ -281,6 +315,10 @@ fn u64s_r(r: &mut Reader<'_>, max: usize, what: &str) -> Result<Vec<u64>, Format
     }
     Ok(v)
 }
+const K_REPORT_JOB: u8 = 15;
+const K_JOB_RECORDED: u8 = 16;
+const K_QUERY_CAPACITY: u8 = 17;
+const K_CAPACITY: u8 = 18;
 /// Frame kind of [`BatchStart`].
 pub const K_BATCH_START: u8 = 0x40;
 /// Frame kind of an extent (header + payload).
@@ -430,9 +468,11 @@ impl Control {
                 handle,
                 level,
                 parents,
+                verify,
             } => {
                 w.u32(*req).u32(*handle).u8(*level);
                 u64s_w(&mut w, parents);
+                w.u8(*verify as u8);
                 K_HASH_REQUEST
             }
             Control::Hashes {
@@ -452,6 +492,23 @@ impl Control {
             Control::Root { req, handle, root } => {
                 w.u32(*req).u32(*handle).raw(root);
                 K_ROOT
+            }
+            Control::ReportJob { req, job } => {
+                w.u32(*req);
+                job.write(&mut w);
+                K_REPORT_JOB
+            }
+            Control::JobRecorded { req } => {
+                w.u32(*req);
+                K_JOB_RECORDED
+            }
+            Control::QueryCapacity { req, vm, needed } => {
+                w.u32(*req).str(vm).u64(*needed);
+                K_QUERY_CAPACITY
+            }
+            Control::Capacity { req, available } => {
+                w.u32(*req).u64(*available);
+                K_CAPACITY
             }
         };
         let mut out = Vec::with_capacity(w.buf.len() + 5);
@@ -536,6 +593,7 @@ impl Control {
                 handle: r.u32()?,
                 level: r.u8()?,
                 parents: u64s_r(&mut r, MAX_HASH_PARENTS, what)?,
+                verify: if r.at_end() { false } else { r.bool()? },
             },
             K_HASHES => Control::Hashes {
                 req: r.u32()?,
@@ -551,6 +609,20 @@ impl Control {
                 req: r.u32()?,
                 handle: r.u32()?,
                 root: r.array()?,
+            },
+            K_REPORT_JOB => Control::ReportJob {
+                req: r.u32()?,
+                job: super::JobReport::read(&mut r, what)?,
+            },
+            K_JOB_RECORDED => Control::JobRecorded { req: r.u32()? },
+            K_QUERY_CAPACITY => Control::QueryCapacity {
+                req: r.u32()?,
+                vm: r.str(MAX_STRING)?,
+                needed: r.u64()?,
+            },
+            K_CAPACITY => Control::Capacity {
+                req: r.u32()?,
+                available: r.u64()?,
             },
             k => {
                 return Err(FormatError::new(

@@ -11,6 +11,7 @@
 //! first time an offset passes, so the sender's resend heals it.
 
 mod pump;
+pub mod udp;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

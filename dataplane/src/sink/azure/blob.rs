@@ -68,6 +68,9 @@ pub struct Container {
     pub client: Client,
     /// Container name.
     pub name: String,
+    /// Put Page requests sent (a retried one counts once, whatever its attempts): tests and
+    /// benchmarks compare it with the data written.
+    pub put_pages: std::sync::atomic::AtomicU64,
 }
 
 fn lease_h<'a>(r: Req<'a>, lease: Option<&str>) -> Req<'a> {
@@ -132,6 +135,8 @@ impl Container {
             .h("content-md5", md5);
         r.body = data;
         r.offset = offset;
+        self.put_pages
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.client
             .send(&lease_h(r, lease))
             .map(|_| ())

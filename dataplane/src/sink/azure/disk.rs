@@ -5,70 +5,50 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use vdrep_proto::{Guid, RangeSet};
 
-use super::blob::{check_put_page, Container, PutPageError, MAX_PUT_PAGE};
+use super::blob::Container;
+use super::coalesce::Coalescer;
 use super::points::download_snapshot;
-use super::points::{
-    committed_snaps, list_snaps, reacquire_if_expired, renew_loop, unreachable_rule, Snap,
-};
+use super::points::{committed_snaps, list_snaps, reacquire_if_expired, renew_loop, Snap};
 use super::rest::RestError;
 use super::rest_err;
 use super::state::{self, AzState, AZURE_STATE_VERSION};
-use crate::layout::{
-    random_guid, replica_file_size, replica_footer, replica_virtual_size, vhd_timestamp, MAX_BLOB,
-};
-use crate::sink::{DiskKey, DiskState, RecoveryPoint, ReplicaDisk, SinkError, SECTOR};
+use super::writes::Permits;
+use crate::layout::{random_guid, replica_file_size, MAX_BLOB};
+use crate::sink::{DiskKey, DiskState, RecoveryPoint, SinkError, SECTOR};
 
-struct Inner {
-    st: AzState,
+pub(super) struct Inner {
+    pub(super) st: AzState,
     /// ETag of the state blob as last written by us.
-    etag: Option<String>,
+    pub(super) etag: Option<String>,
     /// Ranges of the base blob known to be zero (fresh blob, not written since).
-    fresh: RangeSet,
-}
-
-/// A counting semaphore bounding parallel Put Pages on the blob.
-struct Permits {
-    free: Mutex<usize>,
-    cv: Condvar,
-}
-
-impl Permits {
-    fn take(&self) -> PermitGuard<'_> {
-        let mut f = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *f == 0 {
-            f = self.cv.wait(f).unwrap_or_else(|p| p.into_inner());
-        }
-        *f -= 1;
-        PermitGuard(self)
-    }
-}
-
-struct PermitGuard<'a>(&'a Permits);
-impl Drop for PermitGuard<'_> {
-    fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.0.cv.notify_one();
-    }
+    pub(super) fresh: RangeSet,
 }
 
 /// A disk of the [`super::AzureStore`]; holds the blob's lease until dropped.
 pub struct AzureDisk {
-    key: DiskKey,
-    c: Arc<Container>,
-    blob: String,
-    state_blob: String,
-    lease: String,
-    lease_secs: u32,
-    inner: Mutex<Inner>,
-    permits: Permits,
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    lease_lost: Arc<AtomicBool>,
-    renewer: Mutex<Option<JoinHandle<()>>>,
+    pub(super) key: DiskKey,
+    pub(super) c: Arc<Container>,
+    pub(super) blob: String,
+    pub(super) state_blob: String,
+    pub(super) lease: String,
+    pub(super) lease_secs: u32,
+    pub(super) inner: Mutex<Inner>,
+    pub(super) permits: Permits,
+    /// Writes waiting to be sent as Put Pages of up to 4 MiB (see [`super::coalesce`]).
+    pub(super) pending: Mutex<Coalescer>,
+    /// Signalled when a run in flight is done.
+    pub(super) sent: Condvar,
+    /// Set when buffered data was lost (a failed send that could not be put back): every
+    /// later operation fails until the disk is reopened, which resumes from the last
+    /// recorded progress.
+    pub(super) poisoned: Mutex<Option<String>>,
+    pub(super) stop: Arc<(Mutex<bool>, Condvar)>,
+    pub(super) lease_lost: Arc<AtomicBool>,
+    pub(super) renewer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl AzureDisk {
@@ -79,6 +59,7 @@ impl AzureDisk {
         source_id: Guid,
         lease_secs: u32,
         max_parallel: usize,
+        max_pending: usize,
     ) -> Result<AzureDisk, SinkError> {
         let blob = format!("{}/{}.vhd", key.vm, key.disk);
         let state_blob = format!("{}/{}.state", key.vm, key.disk);
@@ -154,6 +135,9 @@ impl AzureDisk {
                 free: Mutex::new(max_parallel),
                 cv: Condvar::new(),
             },
+            pending: Mutex::new(Coalescer::new(max_pending)),
+            sent: Condvar::new(),
+            poisoned: Mutex::new(None),
             stop,
             lease_lost,
             renewer: Mutex::new(renewer),
@@ -163,7 +147,7 @@ impl AzureDisk {
     }
 
     /// Reads the state (or starts a new disk) and rolls interrupted commits forward.
-    fn recover(&mut self, virtual_size: u64, source_id: Guid) -> Result<(), SinkError> {
+    pub(super) fn recover(&mut self, virtual_size: u64, source_id: Guid) -> Result<(), SinkError> {
         let spath: PathBuf = self.c.url(&self.state_blob).into();
         let raw = self.c.get_blob(&self.state_blob).map_err(rest_err)?;
         let file_size = replica_file_size(virtual_size);
@@ -237,16 +221,16 @@ impl AzureDisk {
         Ok(())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn url(&self) -> PathBuf {
+    pub(super) fn url(&self) -> PathBuf {
         self.c.url(&self.blob).into()
     }
 
     /// Replaces the base blob by an all-zero one (snapshots stay) under our lease.
-    fn recreate_blob(&self, inner: &mut Inner) -> Result<(), SinkError> {
+    pub(super) fn recreate_blob(&self, inner: &mut Inner) -> Result<(), SinkError> {
         let size = replica_file_size(inner.st.disk.virtual_size);
         self.leased(|| self.c.create_page_blob(&self.blob, size, Some(&self.lease)))
             .map_err(rest_err)?;
@@ -255,7 +239,7 @@ impl AzureDisk {
     }
 
     /// Writes the state blob (If-Match on our last ETag).
-    fn persist(&self, inner: &mut Inner, next: AzState) -> Result<(), SinkError> {
+    pub(super) fn persist(&self, inner: &mut Inner, next: AzState) -> Result<(), SinkError> {
         let body = state::encode(&next);
         let etag = self
             .c
@@ -281,18 +265,22 @@ impl AzureDisk {
     }
 
     /// The snapshots of the blob (any generation), oldest first.
-    fn list_snaps(&self) -> Result<Vec<Snap>, SinkError> {
+    pub(super) fn list_snaps(&self) -> Result<Vec<Snap>, SinkError> {
         list_snaps(&self.c, &self.blob)
     }
 
     /// The snapshots of the committed generation up to the committed cycle.
-    fn committed_snaps(&self, st: &AzState) -> Result<Vec<Snap>, SinkError> {
+    pub(super) fn committed_snaps(&self, st: &AzState) -> Result<Vec<Snap>, SinkError> {
         committed_snaps(&self.c, &self.blob, st)
     }
 }
 
 impl AzureDisk {
-    fn snapshot(&self, point: &RecoveryPoint, replica: Guid) -> Result<String, SinkError> {
+    pub(super) fn snapshot(
+        &self,
+        point: &RecoveryPoint,
+        replica: Guid,
+    ) -> Result<String, SinkError> {
         let mut m = BTreeMap::new();
         m.insert("vdrepcycle".to_string(), point.cycle.to_string());
         m.insert("vdrepcreated".to_string(), point.created_unix.to_string());
@@ -303,7 +291,7 @@ impl AzureDisk {
             .map_err(rest_err)
     }
 
-    fn check(
+    pub(super) fn check(
         &self,
         op: &'static str,
         offset: u64,
@@ -333,7 +321,7 @@ impl AzureDisk {
         }
     }
 
-    fn lease_check(&self) -> Result<(), SinkError> {
+    pub(super) fn lease_check(&self) -> Result<(), SinkError> {
         if self.lease_lost.load(Ordering::Relaxed) {
             return Err(SinkError::Azure {
                 url: self.c.url(&self.blob),
@@ -348,45 +336,11 @@ impl AzureDisk {
         Ok(())
     }
 
-    /// Writes `data` at `offset` as Put Pages of at most 4 MiB, bounded in parallel.
-    fn put_pages(&self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
-        for (i, chunk) in data.chunks(MAX_PUT_PAGE).enumerate() {
-            let at = offset + (i * MAX_PUT_PAGE) as u64;
-            self.put_page_raw(at, chunk)?;
-        }
-        Ok(())
-    }
-
-    /// One Put Page (the page rules are enforced before sending).
-    pub fn put_page_raw(&self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
-        if let Err(r) = check_put_page(offset, data.len()) {
-            return Err(SinkError::OutOfRange {
-                path: self.url(),
-                op: "put page",
-                offset: r.offset,
-                len: r.len,
-                size: replica_file_size(self.lock().st.disk.virtual_size),
-                problem: r.problem,
-            });
-        }
-        self.lease_check()?;
-        let _p = self.permits.take();
-        self.leased(|| {
-            self.c
-                .put_page(&self.blob, offset, data, Some(&self.lease))
-                .map_err(|e| match e {
-                    PutPageError::Rest(e) => e,
-                    PutPageError::Rule(r) => unreachable_rule(r),
-                })
-        })
-        .map_err(rest_err)
-    }
-
     /// Runs `f`; if the service says our lease *expired* with nobody else holding one (the
     /// service was unreachable for longer than the lease), re-acquires the same lease id
     /// and runs `f` again. A lease someone else holds is never taken over (409 → fenced);
     /// a successor that came and went is caught by the state blob's ETag at the next write.
-    fn leased<T>(&self, f: impl Fn() -> Result<T, RestError>) -> Result<T, RestError> {
+    pub(super) fn leased<T>(&self, f: impl Fn() -> Result<T, RestError>) -> Result<T, RestError> {
         match f() {
             Err(e) if e.status == Some(412) && e.code == "LeaseNotPresentWithBlobOperation" => {
                 reacquire_if_expired(&self.c, &self.blob, &self.lease, self.lease_secs)
@@ -412,7 +366,7 @@ impl AzureDisk {
         )
     }
 
-    fn find_point(&self, st: &AzState, cycle: u64) -> Result<Snap, SinkError> {
+    pub(super) fn find_point(&self, st: &AzState, cycle: u64) -> Result<Snap, SinkError> {
         self.committed_snaps(st)?
             .into_iter()
             .find(|s| s.point.cycle == cycle)
@@ -423,7 +377,12 @@ impl AzureDisk {
             })
     }
 
-    fn read_snapshot(&self, snap: &str, offset: u64, len: usize) -> Result<Bytes, SinkError> {
+    pub(super) fn read_snapshot(
+        &self,
+        snap: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Bytes, SinkError> {
         if len == 0 {
             return Ok(Bytes::new());
         }
@@ -435,7 +394,7 @@ impl AzureDisk {
     }
 }
 
-fn committed_after_initial(st: &AzState, cycle: u64) -> AzState {
+pub(super) fn committed_after_initial(st: &AzState, cycle: u64) -> AzState {
     AzState {
         disk: DiskState {
             initial_committed: true,
@@ -463,283 +422,5 @@ impl Drop for AzureDisk {
         {
             let _ = h.join();
         }
-    }
-}
-
-impl ReplicaDisk for AzureDisk {
-    fn key(&self) -> &DiskKey {
-        &self.key
-    }
-
-    fn state(&self) -> DiskState {
-        let inner = self.lock();
-        let mut d = inner.st.disk.clone();
-        // The trait reports an open cycle's progress in `progress` (the Azure state keeps
-        // the two apart because an initial copy and a cycle never overlap).
-        d.open_cycle = inner.st.open_cycle;
-        if inner.st.open_cycle.is_some() {
-            d.progress = inner.st.cycle_progress.clone();
-        }
-        d
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
-        {
-            let mut inner = self.lock();
-            self.check("write", offset, data.len() as u64, &inner.st.disk, true)?;
-            // Forget zero-knowledge first: a concurrent clear must not skip this range.
-            inner.fresh.remove(offset, offset + data.len() as u64);
-        }
-        if data.is_empty() {
-            return Ok(());
-        }
-        self.put_pages(offset, data)
-    }
-
-    fn clear(&self, offset: u64, len: u64) -> Result<(), SinkError> {
-        let gaps = {
-            let inner = self.lock();
-            self.check("clear", offset, len, &inner.st.disk, true)?;
-            // Ranges of a fresh blob are zero already: send nothing for them.
-            inner.fresh.gaps_in(offset, offset + len)
-        };
-        self.lease_check()?;
-        for g in gaps {
-            let _p = self.permits.take();
-            self.leased(|| {
-                self.c
-                    .clear_pages(&self.blob, g.start, g.end - g.start, Some(&self.lease))
-            })
-            .map_err(rest_err)?;
-        }
-        Ok(())
-    }
-
-    fn checkpoint(&self, durable: &RangeSet) -> Result<(), SinkError> {
-        // A Put Page that returned is durable: only the progress record is written.
-        let mut inner = self.lock();
-        let st = inner.st.clone();
-        if let Some(b) = durable.bounds() {
-            self.check("checkpoint", b.start, b.end - b.start, &st.disk, false)?;
-        }
-        let mut next = st.clone();
-        if st.disk.initial_in_progress {
-            next.disk.progress = durable.clone();
-        } else if st.open_cycle.is_some() {
-            next.cycle_progress = durable.clone();
-        } else if !durable.is_empty() {
-            return Err(SinkError::InvalidState {
-                path: self.url(),
-                offset: durable.bounds().map(|b| b.start).unwrap_or(0),
-                problem: "checkpoint with progress, but neither a copy nor a cycle is open".into(),
-            });
-        }
-        if next != st {
-            self.persist(&mut inner, next)?;
-        }
-        Ok(())
-    }
-
-    fn commit_initial(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
-        let inner = self.lock();
-        let st = inner.st.clone();
-        if !st.disk.initial_in_progress {
-            return Err(SinkError::InvalidState {
-                path: self.url(),
-                offset: 0,
-                problem: "commit_initial without an initial copy in progress".into(),
-            });
-        }
-        if let Some(gap) = st.disk.progress.gaps_in(0, st.disk.writable_end()).first() {
-            return Err(SinkError::InvalidState {
-                path: self.url(),
-                offset: gap.start,
-                problem: format!(
-                    "the initial copy is incomplete: {} bytes not checkpointed, first gap [{}, {})",
-                    st.disk.remaining(),
-                    gap.start,
-                    gap.end
-                ),
-            });
-        }
-        let vs = st.disk.virtual_size;
-        let footer = replica_footer(vs, st.disk.copy_id, vhd_timestamp(SystemTime::now()));
-        let at = replica_virtual_size(vs);
-        drop(inner);
-        self.put_page_raw(at, &footer)?;
-        let point0 = RecoveryPoint {
-            cycle: 0,
-            ..point.clone()
-        };
-        self.snapshot(&point0, st.disk.copy_id)?;
-        let mut inner = self.lock();
-        let next = committed_after_initial(&st, 0);
-        self.persist(&mut inner, next.clone())?;
-        inner.fresh = RangeSet::new();
-        drop(inner);
-        // Older generations' points go once the new one is recorded.
-        for s in self.list_snaps()? {
-            if s.replica != next.disk.replica_id {
-                self.c
-                    .delete_snapshot(&self.blob, &s.id)
-                    .map_err(rest_err)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn read(&self, offset: u64, len: usize) -> Result<Bytes, SinkError> {
-        self.check("read", offset, len as u64, &self.lock().st.disk, false)?;
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
-        let data = self
-            .c
-            .get_range(&self.blob, None, offset, len as u64)
-            .map_err(rest_err)?;
-        Ok(Bytes::from(data))
-    }
-
-    fn read_committed(&self, offset: u64, len: usize) -> Result<Bytes, SinkError> {
-        let st = self.lock().st.clone();
-        self.check("read", offset, len as u64, &st.disk, false)?;
-        let newest = self
-            .committed_snaps(&st)?
-            .pop()
-            .ok_or_else(|| SinkError::InvalidState {
-                path: self.url(),
-                offset,
-                problem: "no initial copy has been committed yet".into(),
-            })?;
-        self.read_snapshot(&newest.id, offset, len)
-    }
-
-    fn begin_initial(&self) -> Result<(), SinkError> {
-        let mut inner = self.lock();
-        let st = inner.st.clone();
-        // Record the new generation with nothing claimed, then recreate the blob: the
-        // committed points are snapshots and stay untouched.
-        let next = AzState {
-            disk: DiskState {
-                progress: RangeSet::new(),
-                generation: st.disk.generation.saturating_add(1),
-                initial_in_progress: true,
-                copy_id: random_guid(),
-                ..st.disk.clone()
-            },
-            open_cycle: None,
-            cycle_progress: RangeSet::new(),
-        };
-        self.persist(&mut inner, next)?;
-        self.recreate_blob(&mut inner)
-    }
-
-    fn begin_cycle(&self, cycle: u64) -> Result<RangeSet, SinkError> {
-        let mut inner = self.lock();
-        let st = inner.st.clone();
-        let problem = if st.disk.initial_in_progress || !st.disk.initial_committed {
-            Some("cycles apply to a committed replica with no initial copy in progress".to_string())
-        } else if cycle != st.disk.committed_cycle + 1 {
-            Some(format!(
-                "cycle {cycle} does not follow the committed cycle {}",
-                st.disk.committed_cycle
-            ))
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
-            return Err(SinkError::InvalidState {
-                path: self.url(),
-                offset: 0,
-                problem,
-            });
-        }
-        if st.open_cycle == Some(cycle) {
-            return Ok(st.cycle_progress);
-        }
-        let next = AzState {
-            open_cycle: Some(cycle),
-            cycle_progress: RangeSet::new(),
-            ..st
-        };
-        self.persist(&mut inner, next)?;
-        Ok(RangeSet::new())
-    }
-
-    fn commit_cycle(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
-        let st = self.lock().st.clone();
-        let cycle = point.cycle;
-        if st.disk.initial_committed
-            && !st.disk.initial_in_progress
-            && cycle == st.disk.committed_cycle
-            && cycle > 0
-        {
-            return Ok(()); // a resent commit
-        }
-        let problem = if st.disk.initial_in_progress || !st.disk.initial_committed {
-            Some("cycles apply to a committed replica with no initial copy in progress".to_string())
-        } else if cycle != st.disk.committed_cycle + 1 || st.open_cycle.is_some_and(|o| o != cycle)
-        {
-            Some(format!(
-                "cycle {cycle} is not the open cycle after the committed cycle {}",
-                st.disk.committed_cycle
-            ))
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
-            return Err(SinkError::InvalidState {
-                path: self.url(),
-                offset: 0,
-                problem,
-            });
-        }
-        self.snapshot(point, st.disk.replica_id)?;
-        let mut inner = self.lock();
-        let next = AzState {
-            disk: DiskState {
-                committed_cycle: cycle,
-                ..inner.st.disk.clone()
-            },
-            open_cycle: None,
-            cycle_progress: RangeSet::new(),
-        };
-        self.persist(&mut inner, next)
-    }
-
-    fn points(&self) -> Result<Vec<RecoveryPoint>, SinkError> {
-        let st = self.lock().st.clone();
-        Ok(self
-            .committed_snaps(&st)?
-            .into_iter()
-            .map(|s| s.point)
-            .collect())
-    }
-
-    fn prune_points(&self, older_than_unix: u64) -> Result<Vec<u64>, SinkError> {
-        let st = self.lock().st.clone();
-        let mut snaps = self.committed_snaps(&st)?;
-        snaps.pop(); // never the newest
-        let mut dropped = Vec::new();
-        for s in snaps {
-            if s.point.created_unix < older_than_unix {
-                self.c
-                    .delete_snapshot(&self.blob, &s.id)
-                    .map_err(rest_err)?;
-                dropped.push(s.point.cycle);
-            }
-        }
-        Ok(dropped)
-    }
-
-    fn read_point(&self, cycle: u64, offset: u64, len: usize) -> Result<Bytes, SinkError> {
-        let st = self.lock().st.clone();
-        self.check("read", offset, len as u64, &st.disk, false)?;
-        let snap = self.find_point(&st, cycle)?;
-        self.read_snapshot(&snap.id, offset, len)
-    }
-
-    fn path_hint(&self) -> String {
-        self.c.url(&self.blob)
     }
 }

@@ -8,6 +8,8 @@
 //!                        snapshots are the recovery points (metadata below)
 //! VM/NAME.state          block blob, JSON (state.rs): committed cycle, generation, progress
 //!                        of the copy or cycle in progress, footer ids
+//! VM/jobs.json           block blob, the VM's jobs (the local store's job file format),
+//!                        replaced with If-Match on its ETag (jobs.rs)
 //! ```
 //! Snapshot metadata: `vdrepcycle`, `vdrepcreated` (Unix s), `vdrepbytes`, `vdrepdigest`
 //! (hex BLAKE3), `vdrepreplica` (footer id of the generation it belongs to).
@@ -30,12 +32,18 @@
 //! - **Crash order** (state after data): commit snapshots before recording the commit; open
 //!   rolls a snapshot forward if it carries the copy id (initial) or the open cycle.
 
+mod auth;
 mod blob;
+mod coalesce;
 mod disk;
+pub mod identity;
+mod jobs;
 mod points;
 mod reader;
+mod replica;
 pub mod rest;
 mod state;
+mod writes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +65,8 @@ pub struct AzureConfig {
     pub account_url: String,
     /// Container name.
     pub container: String,
-    /// SAS token (with or without `?`); if `None` and no key, managed identity is used.
+    /// SAS token (with or without `?`); if `None` and no key, the identity chain is used
+    /// (workload identity, managed identity, Azure CLI: see [`identity`]).
     pub sas: Option<String>,
     /// Base64 account key (Shared Key), an alternative to the SAS.
     pub shared_key: Option<String>,
@@ -66,6 +75,18 @@ pub struct AzureConfig {
     /// Parallel Put Pages per blob (Azure's target: ~500 requests/s and 60 MiB/s per page
     /// blob; 8 × 4 MiB in flight is enough to reach it).
     pub max_parallel: usize,
+    /// Bytes of received writes buffered per disk to be joined into Put Pages of up to
+    /// 4 MiB (sent when a run is full, when this bound is reached, and at every checkpoint
+    /// and commit). Default 32 MiB: a 4 MiB run for each of 8 parallel streams.
+    pub max_pending: usize,
+    /// PEM file of the CA certificates that sign the endpoint's TLS certificate, replacing
+    /// the public (Mozilla) roots: for an emulator or a private endpoint with its own CA
+    /// (`--azure-ca-file`, `VDREP_AZURE_CA_FILE`). Azurite needs HTTPS for bearer tokens.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The identity chain's sources when neither a SAS nor a key is given; `None` is the
+    /// default chain read from the environment ([`identity::IdentityChain::from_env`]).
+    /// Tests and embedders set their own.
+    pub identity: Option<Vec<identity::Source>>,
     /// Retry policy for throttling, server errors and timeouts.
     pub retry: RetryPolicy,
 }
@@ -80,6 +101,9 @@ impl AzureConfig {
             shared_key: None,
             lease_secs: 15,
             max_parallel: 8,
+            max_pending: 32 << 20,
+            ca_file: None,
+            identity: None,
             retry: RetryPolicy::default(),
         }
     }
@@ -130,16 +154,25 @@ impl AzureStore {
                     rest::parse_account_url(&cfg.account_url).map_err(|p| bad_url(&cfg, p))?;
                 Credential::SharedKey { account, key }
             }
-            (None, None) => Credential::ManagedIdentity {
-                client_id: std::env::var("AZURE_CLIENT_ID").ok(),
-                cache: Default::default(),
-            },
+            (None, None) => Credential::Identity(match &cfg.identity {
+                Some(sources) => identity::IdentityChain::new(sources.clone()),
+                None => identity::IdentityChain::from_env(),
+            }),
         };
-        let client =
-            Client::new(&cfg.account_url, cred, cfg.retry.clone()).map_err(|p| bad_url(&cfg, p))?;
+        let ca = match &cfg.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| SinkError::Unsupported {
+                path: path.clone(),
+                offset: 0,
+                problem: format!("cannot read the CA file: {e}"),
+            })?),
+            None => None,
+        };
+        let client = Client::new(&cfg.account_url, cred, cfg.retry.clone(), ca.as_deref())
+            .map_err(|p| bad_url(&cfg, p))?;
         let container = Arc::new(Container {
             client,
             name: cfg.container.clone(),
+            put_pages: Default::default(),
         });
         match container.list("\u{7f}", false) {
             Ok(_) => {}
@@ -208,6 +241,7 @@ impl AzureStore {
             source_id,
             self.cfg.lease_secs.clamp(15, 60),
             self.cfg.max_parallel.max(1),
+            self.cfg.max_pending,
         )
     }
 }
@@ -293,6 +327,18 @@ impl ReplicaStore for AzureStore {
     fn remove_disk(&self, key: &DiskKey) -> Result<(), SinkError> {
         key.validate()?;
         reader::remove_disk(&self.container, key)
+    }
+
+    fn record_job(&self, job: &crate::jobs::Job) -> Result<(), SinkError> {
+        jobs::record(&self.container, job)
+    }
+
+    fn jobs(&self, vm: Option<&str>) -> Result<Vec<crate::jobs::Job>, SinkError> {
+        jobs::list(&self.container, vm)
+    }
+
+    fn remove_jobs(&self, vm: &str) -> Result<(), SinkError> {
+        jobs::remove(&self.container, vm)
     }
 }
 

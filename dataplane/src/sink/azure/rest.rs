@@ -11,59 +11,23 @@
 //! Blob ranges, Get Page Ranges, snapshots, leases, metadata, list, a small block blob) and
 //! their wire format is stable (`x-ms-version` pinned below).
 //!
-//! Identity: without a SAS or key, [`Credential::ManagedIdentity`] fetches tokens from the
-//! Azure instance metadata service (IMDS), which is what `azure_identity`'s
-//! `ManagedIdentityCredential` does on a VM. Not covered (documented gap): workload identity
-//! federation (AKS) and Azure CLI credentials — use a SAS there.
+//! The SDK does have page blobs (`PageBlobClient` with `upload_pages`, `clear_pages` and page
+//! ranges in 0.8 and 1.x), so that is not what it lacks; but its API moved between those
+//! releases (`get_page_ranges` became `list_page_ranges`, options types renamed), and it
+//! takes only a `TokenCredential`, so Shared Key would still be hand-written here.
+//!
+//! Authorisation lives in [`super::auth`] (SAS, Shared Key) and [`super::identity`] (the
+//! Entra ID identity chain: workload identity, managed identity, Azure CLI).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use super::auth::shared_key_signature;
+pub use super::auth::{account_sas, hmac_sha256, Credential};
 
 /// The service version every request asks for (supported by Azure and by Azurite with
 /// `--skipApiVersionCheck`).
 pub const API_VERSION: &str = "2021-08-06";
-
-/// How requests are authorised.
-pub enum Credential {
-    /// A SAS query string (without the leading `?`), appended to every URL.
-    Sas(String),
-    /// Shared Key: the account name and its decoded key.
-    SharedKey {
-        /// Storage account name.
-        account: String,
-        /// The account key (base64-decoded).
-        key: Vec<u8>,
-    },
-    /// Entra ID token from the instance metadata service (managed identity).
-    ManagedIdentity {
-        /// Client id of a user-assigned identity, if any.
-        client_id: Option<String>,
-        /// Cached token and its expiry.
-        cache: Mutex<Option<(String, Instant)>>,
-    },
-}
-
-impl Credential {
-    /// A SAS credential; accepts the token with or without its leading `?`.
-    pub fn sas(token: &str) -> Credential {
-        Credential::Sas(token.trim().trim_start_matches('?').to_string())
-    }
-
-    /// Short name for messages.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Credential::Sas(_) => "SAS token",
-            Credential::SharedKey { .. } => "shared key",
-            Credential::ManagedIdentity { .. } => "managed identity",
-        }
-    }
-}
 
 /// Retry policy for 500/503/408/429 and transport errors (timeouts, resets, refused).
 #[derive(Debug, Clone)]
@@ -239,9 +203,31 @@ pub fn parse_account_url(url: &str) -> Result<(String, String, bool), String> {
 
 impl Client {
     /// A client for the account at `url`.
-    pub fn new(url: &str, cred: Credential, retry: RetryPolicy) -> Result<Client, String> {
+    /// `ca_pem`, if given, replaces the public roots for the endpoint's TLS certificate.
+    pub fn new(
+        url: &str,
+        cred: Credential,
+        retry: RetryPolicy,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Client, String> {
         let (base, account, path_style) = parse_account_url(url)?;
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(pem) = ca_pem {
+            let certs = ureq::tls::parse_pem(pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("the CA file is not PEM: {e}"))?;
+            if certs.is_empty() {
+                return Err("the CA file holds no certificate".into());
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
         let config = ureq::Agent::config_builder()
+            .tls_config(tls.build())
             .http_status_as_error(false)
             .timeout_global(Some(retry.request_timeout))
             .timeout_connect(Some(Duration::from_secs(10)))
@@ -352,13 +338,23 @@ impl Client {
             }
             Credential::SharedKey { account, key } => {
                 query.sort();
-                let sig = self.shared_key_signature(req, &headers, &query, account, key);
+                // Path-style endpoints (Azurite) keep the account in the path, and the
+                // canonical resource still starts with the account: `/acct/acct/container`.
+                let canonical = if self.path_style {
+                    format!("/{}{}", self.account, req.path)
+                } else {
+                    req.path.clone()
+                };
+                let sig = shared_key_signature(req, &canonical, &headers, &query, account, key);
                 headers.push(("authorization".into(), format!("SharedKey {account}:{sig}")));
             }
-            Credential::ManagedIdentity { client_id, cache } => {
-                let token = self
-                    .imds_token(client_id.as_deref(), cache)
-                    .map_err(|m| (mk_err(None, "ManagedIdentity".into(), m, true), None))?;
+            Credential::Identity(chain) => {
+                let token = chain.token().map_err(|e| {
+                    (
+                        mk_err(None, "NoAzureToken".into(), e.to_string(), e.recoverable),
+                        None,
+                    )
+                })?;
                 headers.push(("authorization".into(), format!("Bearer {token}")));
             }
         }
@@ -379,6 +375,13 @@ impl Client {
         })?;
         let mut resp = match self.agent.run(request) {
             Ok(r) => r,
+            // A refused certificate does not heal by retrying: say so at once.
+            Err(e) if is_tls_failure(&e) => {
+                let m = format!(
+                    "{e} (TLS: give the endpoint's CA with --azure-ca-file if it has its own)"
+                );
+                return Err((mk_err(None, "Tls".into(), m, false), None));
+            }
             Err(e) => return Err((mk_err(None, "Transport".into(), e.to_string(), true), None)),
         };
         let status = resp.status().as_u16();
@@ -427,142 +430,18 @@ impl Client {
             retry_after,
         ))
     }
-
-    /// Shared Key signature (the 2009-09-19+ string-to-sign).
-    fn shared_key_signature(
-        &self,
-        req: &Req<'_>,
-        headers: &[(String, String)],
-        sorted_query: &[(String, String)],
-        account: &str,
-        key: &[u8],
-    ) -> String {
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-                .unwrap_or("")
-        };
-        let len = if req.body.is_empty() {
-            String::new()
-        } else {
-            req.body.len().to_string()
-        };
-        let mut ms: Vec<(&str, &str)> = headers
-            .iter()
-            .filter(|(k, _)| k.starts_with("x-ms-"))
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        ms.sort();
-        let mut s = format!(
-            "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n",
-            req.method,
-            get("content-encoding"),
-            get("content-language"),
-            len,
-            get("content-md5"),
-            get("content-type"),
-            "", // Date: x-ms-date is used instead
-            get("if-modified-since"),
-            get("if-match"),
-            get("if-none-match"),
-            get("if-unmodified-since"),
-            get("range"),
-        );
-        for (k, v) in ms {
-            s.push_str(&format!("{k}:{}\n", v.trim()));
-        }
-        // Path-style endpoints (Azurite) keep the account in the path, and the canonical
-        // resource still starts with the account: `/acct/acct/container/blob`.
-        let path = if self.path_style {
-            format!("/{}{}", self.account, req.path)
-        } else {
-            req.path.clone()
-        };
-        s.push_str(&format!("/{account}{path}"));
-        let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (k, v) in sorted_query {
-            grouped
-                .entry(k.to_ascii_lowercase())
-                .or_default()
-                .push(v.clone());
-        }
-        for (k, mut vs) in grouped {
-            vs.sort();
-            s.push_str(&format!("\n{k}:{}", vs.join(",")));
-        }
-        B64.encode(hmac_sha256(key, s.as_bytes()))
-    }
-
-    /// A token for `https://storage.azure.com/` from IMDS (cached until 5 minutes before its
-    /// expiry).
-    fn imds_token(
-        &self,
-        client_id: Option<&str>,
-        cache: &Mutex<Option<(String, Instant)>>,
-    ) -> Result<String, String> {
-        let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((t, exp)) = c.as_ref() {
-            if Instant::now() < *exp {
-                return Ok(t.clone());
-            }
-        }
-        let mut url = "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fstorage.azure.com%2F".to_string();
-        if let Some(id) = client_id {
-            url.push_str(&format!("&client_id={}", encode_query_value(id)));
-        }
-        let mut resp = self
-            .agent
-            .get(&url)
-            .header("Metadata", "true")
-            .call()
-            .map_err(|e| format!("managed identity endpoint (IMDS) unreachable: {e}; outside Azure give --azure-sas"))?;
-        let body = resp
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("IMDS refused a token: {body}"));
-        }
-        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-        let token = v["access_token"]
-            .as_str()
-            .ok_or("IMDS answer without access_token")?
-            .to_string();
-        let secs = v["expires_in"]
-            .as_str()
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(3600);
-        *c = Some((
-            token.clone(),
-            Instant::now() + Duration::from_secs(secs.saturating_sub(300)),
-        ));
-        Ok(token)
-    }
 }
 
-/// An account SAS for the Blob service (all resource types, permissions `rwdlac`) signed
-/// with the account key, valid until `expiry` (`2030-01-01T00:00:00Z`). Meant for Azurite
-/// and tests; in production the operator issues a SAS with the narrowest rights.
-pub fn account_sas(account: &str, key_b64: &str, expiry: &str) -> Result<String, String> {
-    let key = B64.decode(key_b64.trim()).map_err(|e| e.to_string())?;
-    let (sv, ss, srt, sp, spr) = ("2019-12-12", "b", "sco", "rwdlac", "https,http");
-    let to_sign = format!("{account}\n{sp}\n{ss}\n{srt}\n\n{expiry}\n\n{spr}\n{sv}\n");
-    let sig = B64.encode(hmac_sha256(&key, to_sign.as_bytes()));
-    Ok(format!(
-        "sv={sv}&ss={ss}&srt={srt}&sp={sp}&se={}&spr={}&sig={}",
-        encode_query_value(expiry),
-        encode_query_value(spr),
-        encode_query_value(&sig)
-    ))
-}
-
-/// HMAC-SHA256.
-pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-    m.update(msg);
-    m.finalize().into_bytes().into()
+/// True for a TLS handshake failure (a certificate refused, no common protocol): not cured
+/// by retrying. rustls errors come wrapped in an `io::Error`.
+fn is_tls_failure(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Rustls(_) | ureq::Error::Tls(_) => true,
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
+    }
 }
 
 /// Percent-encodes a query value (RFC 3986 unreserved kept).
@@ -638,18 +517,6 @@ mod tests {
     }
 
     #[test]
-    fn sas_is_accepted_with_or_without_question_mark() {
-        let (Credential::Sas(a), Credential::Sas(b)) = (
-            Credential::sas("?sv=1&sig=x"),
-            Credential::sas("sv=1&sig=x"),
-        ) else {
-            panic!()
-        };
-        assert_eq!(a, b);
-        assert_eq!(a, "sv=1&sig=x");
-    }
-
-    #[test]
     fn xml_helpers_read_service_answers() {
         let body = b"<?xml version=\"1.0\"?><Error><Code>AuthenticationFailed</Code><Message>Server failed &amp; more\nTime:x</Message></Error>";
         assert_eq!(xml_text(body, "Code").unwrap(), "AuthenticationFailed");
@@ -658,14 +525,5 @@ mod tests {
             .starts_with("Server failed & more"));
         let s = "<PageList><PageRange><Start>0</Start><End>511</End></PageRange><PageRange><Start>1024</Start><End>2047</End></PageRange></PageList>";
         assert_eq!(xml_sections(s, "PageRange").len(), 2);
-    }
-
-    #[test]
-    fn hmac_matches_rfc4231_case_2() {
-        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(
-            mac.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
     }
 }

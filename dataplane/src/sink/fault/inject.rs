@@ -152,6 +152,18 @@ impl ReplicaStore for FaultStore {
     fn remove_disk(&self, key: &DiskKey) -> Result<(), SinkError> {
         self.inner.remove_disk(key)
     }
+    fn record_job(&self, job: &crate::jobs::Job) -> Result<(), SinkError> {
+        self.inner.record_job(job)
+    }
+    fn jobs(&self, vm: Option<&str>) -> Result<Vec<crate::jobs::Job>, SinkError> {
+        self.inner.jobs(vm)
+    }
+    fn remove_jobs(&self, vm: &str) -> Result<(), SinkError> {
+        self.inner.remove_jobs(vm)
+    }
+    fn available_bytes(&self) -> Result<Option<u64>, SinkError> {
+        self.inner.available_bytes()
+    }
 }
 
 /// A disk whose calls fail according to a [`FaultPlan`]. Failed calls do nothing.
@@ -223,5 +235,8 @@ impl ReplicaDisk for FaultDisk {
     }
     fn path_hint(&self) -> String {
         self.inner.path_hint()
+    }
+    fn resync_index(&self) -> Result<Box<dyn crate::resync::index::IndexFile>, String> {
+        self.inner.resync_index()
     }
 }

@@ -1,244 +1,179 @@
-//! Delta cycles of the local store: the redo log of an open cycle, and the ordered steps
-//! that commit it atomically as the next recovery point (see `LAYOUT.md`, "Cycles").
+//! Delta cycles of the local store: writes go into the replica itself, behind an undo log
+//! of the newest point, so a cycle costs about one write of its bytes, done while they
+//! arrive (see `LAYOUT.md`, "Cycles").
 //!
-//! While cycle N is open the replica still *is* point N-1: writes go to `NAME.cN.redo`.
-//! Commit: sync the redo log; save the replica's bytes under every range the cycle touches
-//! in `NAME.p(N-1).undo` and sync it; record "applying N" durably; apply the redo log to the
-//! replica and sync; record "committed N"; delete the redo log. A crash before the
-//! "applying" record leaves the cycle open (its durable progress intact) and point N-1
-//! untouched; a crash after it is finished at open by applying the redo log again (every
-//! record is absolute, so replay is idempotent).
+//! While cycle N is open, point K = N-1 is the replica with `NAME.pK.undo` laid over it.
+//! The undo-first rule keeps that exact at every instant, and after a crash: a write saves
+//! the replica's bytes under every range no undo record covers yet (appending records), and
+//! is buffered in memory; the buffer reaches the replica only after the undo log is synced
+//! and a state record naming its new length is durable. So every replica byte that differs
+//! from point K lies under a durable undo record the durable state names, whatever a crash
+//! keeps of the unsynced writes. Commit: flush the buffer that way, fdatasync the replica,
+//! persist "committed N" (point K keeps its undo log, N is the newest point).
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use vdrep_proto::RangeSet;
 
 use super::disk::{Inner, LocalDisk};
 use super::files::{check_range, corrupt, create_log, invalid, io_err};
 use super::fs::{DataFile, StoreFs};
-use super::log::{self, LogKind, LogRec, LogWriter, CHUNK, FILE_HEADER};
-use super::state::{CyclePhase, Listed, Record};
+use super::log::{self, LogKind, CHUNK, FILE_HEADER};
+use super::state::{CyclePhase, Listed};
 use super::DiskPaths;
 use crate::sink::{RecoveryPoint, SinkError, SECTOR};
 
-/// The redo log of the open cycle, indexed in memory.
-pub(super) struct Redo {
-    file: Arc<dyn DataFile>,
-    path: PathBuf,
-    /// Where the next record goes (everything before it was written completely).
-    end: u64,
-    /// The records in log order (later ones win where they overlap).
-    recs: Vec<LogRec>,
-    /// The union of the ranges the cycle wrote or cleared.
-    touched: RangeSet,
+/// Default bound on the bytes of writes an open cycle holds in memory before they go to the
+/// replica (per disk). Each flush costs an undo-log sync and a state record, so it is large
+/// enough to make those few per gigabyte, small enough to bound a receiver's memory.
+pub const CYCLE_BUFFER: usize = 32 << 20;
+/// Most buffered operations (clears carry no bytes but are counted here).
+const MAX_OPS: usize = 1 << 16;
+
+/// A write or clear of the open cycle not yet in the replica.
+struct Pending {
+    offset: u64,
+    len: u64,
+    /// `None`: a clear.
+    data: Option<Vec<u8>>,
 }
 
-impl Redo {
-    /// A new, empty redo log for `cycle` (durable before the state names it).
-    fn create(fs: &dyn StoreFs, paths: &DiskPaths, cycle: u64) -> Result<Redo, SinkError> {
-        let path = paths.redo(cycle);
-        let file = create_log(
-            fs,
-            &paths.dir,
-            &path,
-            &log::file_header(LogKind::Redo, cycle),
-        )?;
-        Ok(Redo {
-            file,
-            path,
-            end: FILE_HEADER,
-            recs: Vec::new(),
-            touched: RangeSet::new(),
-        })
+/// The open cycle: its undo log (of the newest point) and its buffered writes.
+pub(super) struct OpenCycle {
+    /// The point whose undo log this is (the newest committed cycle).
+    pub(super) point: u64,
+    path: PathBuf,
+    /// Created at the first write that needs a pre-image (an empty cycle has none).
+    undo: Option<Arc<dyn DataFile>>,
+    /// Where the next undo record goes; the state names the durable prefix.
+    end: u64,
+    /// Ranges whose pre-image is in the undo log (durable or not yet).
+    covered: RangeSet,
+    /// Writes and clears not yet in the replica, in arrival order (later ones win).
+    ops: Vec<Pending>,
+    /// Data bytes in `ops`.
+    buffered: usize,
+}
+
+impl OpenCycle {
+    fn new(paths: &DiskPaths, point: u64) -> OpenCycle {
+        OpenCycle {
+            point,
+            path: paths.undo(point),
+            undo: None,
+            end: 0,
+            covered: RangeSet::new(),
+            ops: Vec::new(),
+            buffered: 0,
+        }
     }
 
-    /// The redo log of `cycle` as far as the state says it is durable; `None` if the file is
-    /// missing. Bytes beyond `len` (writes after the last checkpoint) are ignored and will be
-    /// overwritten by the next append.
+    /// The open cycle as a crash left it: the undo log's first `len` bytes (0: none) are
+    /// durable; bytes after them are a torn tail the next append overwrites.
     fn load(
         fs: &dyn StoreFs,
         paths: &DiskPaths,
-        cycle: u64,
+        point: u64,
         len: u64,
         disk_end: u64,
-    ) -> Result<Option<Redo>, SinkError> {
-        let path = paths.redo(cycle);
-        if !fs.exists(&path).map_err(io_err(&path, "stat", 0))? {
-            return Ok(None);
+    ) -> Result<OpenCycle, SinkError> {
+        let mut c = OpenCycle::new(paths, point);
+        if len == 0 {
+            return Ok(c);
         }
-        let file = fs
-            .open_data(&path, None)
-            .map_err(io_err(&path, "open", 0))?;
-        let size = file.size().map_err(io_err(&path, "stat", 0))?;
-        if size < len {
-            return Err(corrupt(
-                &path,
-                size,
-                format!("redo log is {size} bytes, the state says {len} are durable"),
-            ));
-        }
-        log::check_file_header(file.as_ref(), LogKind::Redo, cycle)
-            .map_err(|(o, p)| corrupt(&path, o, p))?;
-        let recs =
-            log::scan(file.as_ref(), len, disk_end).map_err(|(o, p)| corrupt(&path, o, p))?;
-        let touched = recs.iter().map(|r| r.offset..r.end()).collect();
-        Ok(Some(Redo {
-            file,
-            path,
-            end: len,
-            recs,
-            touched,
-        }))
+        let idx = super::points::load_undo(fs, paths, point, len, disk_end, false)?;
+        c.covered = idx.recs.iter().map(|r| r.offset..r.end()).collect();
+        c.undo = Some(idx.file);
+        c.end = len;
+        Ok(c)
     }
 
-    /// Appends one write (`data`) or clear (`None`, `len` zeros).
-    fn append(&mut self, offset: u64, len: u64, data: Option<&[u8]>) -> Result<(), SinkError> {
-        if len == 0 {
+    /// Saves the replica's bytes under the parts of `[offset, offset + len)` not yet covered
+    /// (zero runs at sector granularity as zero records), appending to the undo log.
+    fn save_pre_image(
+        &mut self,
+        fs: &dyn StoreFs,
+        paths: &DiskPaths,
+        replica: &dyn DataFile,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), SinkError> {
+        let gaps = self.covered.gaps_in(offset, offset + len);
+        if gaps.is_empty() {
             return Ok(());
         }
-        let mut buf = Vec::with_capacity(log::REC_HEADER as usize + data.map_or(0, |d| d.len()));
-        let header = log::rec_header(offset, len, data);
-        buf.extend_from_slice(&header);
-        if let Some(d) = data {
-            buf.extend_from_slice(d);
-        }
-        self.file.write_at(self.end, &buf).map_err(io_err(
-            &self.path,
-            "append to redo log",
-            self.end,
-        ))?;
-        let rec = LogRec {
-            offset,
-            len,
-            data: data.is_some(),
-            pos: self.end + log::REC_HEADER,
-            dcrc: u32::from_le_bytes([header[20], header[21], header[22], header[23]]),
+        let file = match &self.undo {
+            Some(f) => f.clone(),
+            None => {
+                let header = log::file_header(LogKind::Undo, self.point);
+                let f = create_log(fs, &paths.dir, &self.path, &header)?;
+                self.end = FILE_HEADER;
+                self.undo = Some(f.clone());
+                f
+            }
         };
-        self.end += rec.stored();
-        self.recs.push(rec);
-        self.touched.insert(offset, offset + len);
-        Ok(())
-    }
-
-    /// Lays the cycle's writes over `buf` (bytes of the replica at `off`).
-    fn overlay(&self, off: u64, buf: &mut [u8]) -> Result<(), SinkError> {
-        let end = off + buf.len() as u64;
-        for r in self.recs.iter().filter(|r| r.offset < end && r.end() > off) {
-            log::overlay(self.file.as_ref(), r, off, buf).map_err(io_err(
-                &self.path,
-                "read redo log",
-                r.pos,
-            ))?;
-        }
-        Ok(())
-    }
-
-    /// Replays the log onto `replica` in order, checking every data record's CRC.
-    fn apply(&self, replica: &dyn DataFile, replica_path: &Path) -> Result<(), SinkError> {
-        let mut buf = vec![0u8; CHUNK];
-        for r in &self.recs {
-            if !r.data {
-                replica.zero_range(r.offset, r.len).map_err(io_err(
-                    replica_path,
-                    "apply clear",
-                    r.offset,
-                ))?;
-                continue;
-            }
-            let hdr_at = r.pos - log::REC_HEADER;
-            let mut crc = 0u32;
-            let mut done = 0u64;
-            while done < r.len {
-                let n = (r.len - done).min(CHUNK as u64) as usize;
+        let mut buf = vec![0u8; CHUNK.min(len as usize)];
+        let mut out = Vec::new();
+        for g in gaps {
+            let mut pos = g.start;
+            while pos < g.end {
+                let n = (g.end - pos).min(buf.len() as u64) as usize;
                 let b = &mut buf[..n];
-                self.file.read_at(r.pos + done, b).map_err(io_err(
+                replica
+                    .read_at(pos, b)
+                    .map_err(io_err(&paths.vhd, "read pre-image", pos))?;
+                out.clear();
+                let mut i = 0;
+                while i < n {
+                    let sector = |k: usize| &b[k..(k + SECTOR as usize).min(n)];
+                    let zero = sector(i).iter().all(|&x| x == 0);
+                    let mut j = i;
+                    while j < n && sector(j).iter().all(|&x| x == 0) == zero {
+                        j = (j + SECTOR as usize).min(n);
+                    }
+                    let data = (!zero).then(|| &b[i..j]);
+                    out.extend_from_slice(&log::rec_header(pos + i as u64, (j - i) as u64, data));
+                    if let Some(d) = data {
+                        out.extend_from_slice(d);
+                    }
+                    i = j;
+                }
+                file.write_at(self.end, &out).map_err(io_err(
                     &self.path,
-                    "read redo log",
-                    r.pos + done,
+                    "append to undo log",
+                    self.end,
                 ))?;
-                crc = crc32c::crc32c_append(crc, b);
-                replica.write_at(r.offset + done, b).map_err(io_err(
-                    replica_path,
-                    "apply write",
-                    r.offset + done,
-                ))?;
-                done += n as u64;
-            }
-            if crc != r.dcrc {
-                return Err(corrupt(
-                    &self.path,
-                    hdr_at,
-                    format!(
-                        "data of the record for [{}, {}) fails its checksum",
-                        r.offset,
-                        r.end()
-                    ),
-                ));
+                self.end += out.len() as u64;
+                self.covered.insert(pos, pos + n as u64);
+                pos += n as u64;
             }
         }
         Ok(())
     }
-}
 
-/// Writes the replica's current bytes under `touched` as undo log `path` for `point`; zero
-/// runs (at sector granularity) are stored as zero records, without bytes. Returns its length.
-fn write_undo(
-    fs: &dyn StoreFs,
-    paths: &DiskPaths,
-    point: u64,
-    replica: &dyn DataFile,
-    touched: &RangeSet,
-) -> Result<u64, SinkError> {
-    let path = paths.undo(point);
-    let file = create_log(
-        fs,
-        &paths.dir,
-        &path,
-        &log::file_header(LogKind::Undo, point),
-    )?;
-    let mut w = LogWriter::new(file.as_ref(), FILE_HEADER);
-    let mut buf = vec![0u8; CHUNK];
-    let werr = |at| io_err(&path, "write undo log", at);
-    for r in touched.iter() {
-        let mut pos = r.start;
-        while pos < r.end {
-            let n = (r.end - pos).min(CHUNK as u64) as usize;
-            let b = &mut buf[..n];
-            replica
-                .read_at(pos, b)
-                .map_err(io_err(&paths.vhd, "read pre-image", pos))?;
-            // Runs of all-zero or non-zero sectors (the last piece may be shorter).
-            let mut i = 0;
-            while i < n {
-                let sector = |k: usize| &b[k..(k + SECTOR as usize).min(n)];
-                let zero = sector(i).iter().all(|&x| x == 0);
-                let mut j = i;
-                while j < n && sector(j).iter().all(|&x| x == 0) == zero {
-                    j = (j + SECTOR as usize).min(n);
+    /// Lays the buffered writes over `buf` (bytes of the replica at `off`).
+    fn overlay(&self, off: u64, buf: &mut [u8]) {
+        let end = off + buf.len() as u64;
+        for p in self
+            .ops
+            .iter()
+            .filter(|p| p.offset < end && p.offset + p.len > off)
+        {
+            let s = p.offset.max(off);
+            let e = (p.offset + p.len).min(end);
+            let out = &mut buf[(s - off) as usize..(e - off) as usize];
+            match &p.data {
+                Some(d) => {
+                    out.copy_from_slice(&d[(s - p.offset) as usize..(e - p.offset) as usize])
                 }
-                let at = pos + i as u64;
-                let data = (!zero).then(|| &b[i..j]);
-                w.push(at, (j - i) as u64, data).map_err(werr(at))?;
-                i = j;
+                None => out.fill(0),
             }
-            pos += n as u64;
         }
     }
-    let len = w.flush().map_err(werr(0))?;
-    file.sync_data().map_err(io_err(&path, "fdatasync", 0))?;
-    Ok(len)
 }
 
 impl LocalDisk {
-    /// The open cycle's redo log, if a cycle is open.
-    fn redo<'a>(&self, inner: &'a Inner) -> Option<MutexGuard<'a, Redo>> {
-        inner
-            .redo
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
     /// Routes a write or clear to the open cycle. `None` when the disk takes the write
     /// directly (an initial copy is in progress).
     pub(super) fn cycle_write(
@@ -248,26 +183,26 @@ impl LocalDisk {
         len: u64,
         data: Option<&[u8]>,
     ) -> Option<Result<(), SinkError>> {
-        let inner = self.read_inner();
+        let mut inner = self.write_inner();
         let st = &inner.rec.disk;
         if st.initial_in_progress || !st.initial_committed {
             return None;
         }
+        Some(self.cycle_write_locked(&mut inner, op, offset, len, data))
+    }
+
+    fn cycle_write_locked(
+        &self,
+        inner: &mut Inner,
+        op: &'static str,
+        offset: u64,
+        len: u64,
+        data: Option<&[u8]>,
+    ) -> Result<(), SinkError> {
         let vhd = &self.paths.vhd;
-        let result = match (inner.rec.phase, self.redo(&inner)) {
-            (CyclePhase::Open, Some(mut redo)) => {
-                check_range(&redo.path, op, offset, len, st, true)
-                    .and_then(|()| redo.append(offset, len, data))
-            }
-            (CyclePhase::Applying, _) => Err(invalid(
-                vhd,
-                offset,
-                format!(
-                    "cycle {} is being committed: call commit_cycle again before writing",
-                    st.committed_cycle + 1
-                ),
-            )),
-            _ => Err(invalid(
+        let st = &inner.rec.disk;
+        if inner.rec.phase != CyclePhase::Open || inner.cycle.is_none() {
+            return Err(invalid(
                 vhd,
                 offset,
                 format!(
@@ -276,54 +211,108 @@ impl LocalDisk {
                     st.committed_cycle,
                     st.committed_cycle + 1
                 ),
-            )),
+            ));
+        }
+        check_range(vhd, op, offset, len, st, true)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let replica = self.require_replica(inner, op)?;
+        let limit = self.cycle_buffer;
+        let full = {
+            let Some(c) = inner.cycle.as_mut() else {
+                return Ok(());
+            };
+            c.save_pre_image(self.fs.as_ref(), &self.paths, replica.as_ref(), offset, len)?;
+            c.ops.push(Pending {
+                offset,
+                len,
+                data: data.map(|d| d.to_vec()),
+            });
+            c.buffered += data.map_or(0, |d| d.len());
+            c.buffered >= limit || c.ops.len() >= MAX_OPS
         };
-        Some(result)
+        if full {
+            self.flush_cycle(inner)?;
+        }
+        Ok(())
     }
 
-    /// Lays the open cycle's writes over bytes read from the replica.
-    pub(super) fn cycle_overlay(
-        &self,
-        inner: &Inner,
-        off: u64,
-        buf: &mut [u8],
-    ) -> Result<(), SinkError> {
-        match self.redo(inner) {
-            Some(redo) => redo.overlay(off, buf),
-            None => Ok(()),
+    /// Moves the buffered writes into the replica, undo first: fdatasync the undo log,
+    /// persist its length in the state record, then write the replica (not synced here).
+    /// On an error the buffer is kept, so a retry replays it whole, in order.
+    fn flush_cycle(&self, inner: &mut Inner) -> Result<(), SinkError> {
+        let replica = self.require_replica(inner, "flush")?;
+        let Some(c) = inner.cycle.as_ref() else {
+            return Ok(());
+        };
+        let durable = inner.rec.points.last().map_or(0, |l| l.undo_len);
+        if c.end > durable {
+            if let Some(f) = &c.undo {
+                f.sync_data().map_err(io_err(&c.path, "fdatasync", 0))?;
+            }
+            let mut next = inner.rec.clone();
+            if let Some(last) = next.points.last_mut() {
+                last.undo_len = c.end;
+            }
+            self.persist(&next)?;
+            inner.rec = next;
+        }
+        let Some(c) = inner.cycle.as_mut() else {
+            return Ok(());
+        };
+        let vhd = &self.paths.vhd;
+        for p in &c.ops {
+            match &p.data {
+                Some(d) => replica
+                    .write_at(p.offset, d)
+                    .map_err(io_err(vhd, "write", p.offset))?,
+                None => replica
+                    .zero_range(p.offset, p.len)
+                    .map_err(io_err(vhd, "clear", p.offset))?,
+            }
+        }
+        c.ops.clear();
+        c.buffered = 0;
+        Ok(())
+    }
+
+    /// Lays the open cycle's buffered writes over bytes read from the replica.
+    pub(super) fn cycle_overlay(&self, inner: &Inner, off: u64, buf: &mut [u8]) {
+        if let Some(c) = &inner.cycle {
+            c.overlay(off, buf);
         }
     }
 
-    /// Syncs the open cycle's log and records `durable` as its progress. `false` if no cycle
-    /// is open.
+    /// Flushes the open cycle, syncs the replica and records `durable` as its progress.
+    /// `false` if no cycle is open.
     pub(super) fn cycle_checkpoint(
         &self,
         inner: &mut Inner,
         durable: &RangeSet,
     ) -> Result<bool, SinkError> {
-        if inner.rec.phase != CyclePhase::Open {
+        if inner.rec.phase != CyclePhase::Open || inner.cycle.is_none() {
             return Ok(false);
         }
-        let end = match self.redo(inner) {
-            Some(redo) => {
-                redo.file
-                    .sync_data()
-                    .map_err(io_err(&redo.path, "fdatasync", 0))?;
-                redo.end
-            }
-            None => return Ok(false),
-        };
-        if inner.rec.disk.progress != *durable || inner.rec.redo_len != end {
+        self.flush_cycle(inner)?;
+        let replica = self.require_replica(inner, "checkpoint")?;
+        replica
+            .sync_data()
+            .map_err(io_err(&self.paths.vhd, "fdatasync", 0))?;
+        if inner.rec.disk.progress != *durable {
             let mut next = inner.rec.clone();
             next.disk.progress = durable.clone();
-            next.redo_len = end;
             self.persist(&next)?;
             inner.rec = next;
         }
         Ok(true)
     }
 
-    fn require_replica(&self, inner: &Inner, what: &str) -> Result<Arc<dyn DataFile>, SinkError> {
+    pub(super) fn require_replica(
+        &self,
+        inner: &Inner,
+        what: &str,
+    ) -> Result<Arc<dyn DataFile>, SinkError> {
         let st = &inner.rec.disk;
         match &inner.committed {
             Some(c) if st.initial_committed && !st.initial_in_progress => Ok(c.clone()),
@@ -338,14 +327,11 @@ impl LocalDisk {
         }
     }
 
-    /// See [`crate::sink::ReplicaDisk::begin_cycle`].
+    /// See [`crate::sink::ReplicaDisk::begin_cycle`]. Only the state changes: the undo log
+    /// is made by the first write, so an empty cycle costs two state records.
     pub(super) fn begin_cycle_impl(&self, cycle: u64) -> Result<RangeSet, SinkError> {
         let mut inner = self.write_inner();
         self.require_replica(&inner, "begin_cycle")?;
-        if inner.rec.phase == CyclePhase::Applying {
-            // An earlier commit failed half-way (e.g. disk full): finish it first.
-            self.finish_apply(&mut inner)?;
-        }
         let st = inner.rec.disk.clone();
         let next_cycle = st.committed_cycle + 1;
         if inner.rec.phase == CyclePhase::Open && st.open_cycle == Some(cycle) {
@@ -364,15 +350,13 @@ impl LocalDisk {
             };
             return Err(invalid(&self.paths.vhd, 0, problem));
         }
-        let redo = Redo::create(self.fs.as_ref(), &self.paths, cycle)?;
         let mut next = inner.rec.clone();
         next.phase = CyclePhase::Open;
         next.disk.open_cycle = Some(cycle);
         next.disk.progress = RangeSet::new();
-        next.redo_len = redo.end;
         self.persist(&next)?;
         inner.rec = next;
-        inner.redo = Some(Mutex::new(redo));
+        inner.cycle = Some(OpenCycle::new(&self.paths, st.committed_cycle));
         Ok(RangeSet::new())
     }
 
@@ -384,14 +368,15 @@ impl LocalDisk {
         if point.cycle <= st.committed_cycle && point.cycle > 0 {
             return Ok(()); // a resent commit: already durable
         }
-        if st.open_cycle != Some(point.cycle) {
+        if st.open_cycle != Some(point.cycle) || inner.cycle.is_none() {
             return Err(invalid(
                 &self.paths.vhd,
                 0,
                 match st.open_cycle {
-                    Some(open) => {
+                    Some(open) if open != point.cycle => {
                         format!("commit of cycle {} while cycle {open} is open", point.cycle)
                     }
+                    Some(_) => "the open cycle is not loaded".to_string(),
                     None => format!(
                         "commit of cycle {} but no cycle is open (begin_cycle first)",
                         point.cycle
@@ -399,68 +384,7 @@ impl LocalDisk {
                 },
             ));
         }
-        if inner.rec.phase == CyclePhase::Open {
-            let (end, touched) = {
-                let redo = self.redo(&inner).ok_or_else(|| {
-                    invalid(
-                        &self.paths.vhd,
-                        0,
-                        "the open cycle's redo log is not loaded",
-                    )
-                })?;
-                redo.file
-                    .sync_data()
-                    .map_err(io_err(&redo.path, "fdatasync", 0))?;
-                (redo.end, redo.touched.clone())
-            };
-            let prev = st.committed_cycle;
-            let undo_len = if touched.is_empty() {
-                0
-            } else {
-                write_undo(
-                    self.fs.as_ref(),
-                    &self.paths,
-                    prev,
-                    replica.as_ref(),
-                    &touched,
-                )?
-            };
-            let mut next = inner.rec.clone();
-            next.phase = CyclePhase::Applying;
-            next.redo_len = end;
-            next.pending = Some(point.clone());
-            if let Some(last) = next.points.last_mut() {
-                last.undo_len = undo_len;
-            }
-            self.persist(&next)?;
-            inner.rec = next;
-            self.forget_undo(prev);
-        }
-        self.finish_apply(&mut inner)
-    }
-
-    /// Applies the redo log of the cycle being committed, syncs the replica, records the
-    /// cycle as the newest point and deletes the redo log.
-    pub(super) fn finish_apply(&self, inner: &mut Inner) -> Result<(), SinkError> {
-        let replica = self.require_replica(inner, "commit_cycle")?;
-        let point = inner.rec.pending.clone().ok_or_else(|| {
-            invalid(
-                &self.paths.vhd,
-                0,
-                "a cycle is being applied without its point",
-            )
-        })?;
-        let redo_path = {
-            let redo = self.redo(inner).ok_or_else(|| {
-                invalid(
-                    &self.paths.vhd,
-                    0,
-                    "the applying cycle's redo log is not loaded",
-                )
-            })?;
-            redo.apply(replica.as_ref(), &self.paths.vhd)?;
-            redo.path.clone()
-        };
+        self.flush_cycle(&mut inner)?;
         replica
             .sync_data()
             .map_err(io_err(&self.paths.vhd, "fdatasync", 0))?;
@@ -469,76 +393,41 @@ impl LocalDisk {
         next.disk.committed_cycle = point.cycle;
         next.disk.open_cycle = None;
         next.disk.progress = RangeSet::new();
-        next.redo_len = 0;
-        next.pending = None;
-        next.points.push(Listed { point, undo_len: 0 });
+        next.points.push(Listed {
+            point: point.clone(),
+            undo_len: 0,
+        });
         self.persist(&next)?;
         inner.rec = next;
-        inner.redo = None;
-        // Left over after a failure here, the log is an orphan that the next open removes.
-        if let Err(e) = self
-            .fs
-            .remove_file(&redo_path)
-            .and_then(|()| self.fs.sync_dir(&self.paths.dir))
-        {
-            tracing::warn!(path = %redo_path.display(), error = %e, "cannot remove a committed redo log");
-        }
+        inner.cycle = None;
         Ok(())
     }
 
-    /// Drops the open cycle (a new full copy replaces everything it would have written).
-    pub(super) fn discard_cycle(&self, inner: &mut Inner) -> Result<(), SinkError> {
-        if inner.rec.phase == CyclePhase::Applying {
-            self.finish_apply(inner)?;
-        }
-        if inner.rec.phase == CyclePhase::Open {
-            let mut next = inner.rec.clone();
-            next.phase = CyclePhase::Idle;
-            next.disk.open_cycle = None;
-            next.disk.progress = RangeSet::new();
-            next.redo_len = 0;
-            self.persist(&next)?;
-            inner.rec = next;
-            inner.redo = None;
-        }
-        Ok(())
-    }
-
-    /// At open: loads the open cycle's redo log, or finishes a commit a crash interrupted.
+    /// At open: loads the open cycle's undo log as far as the state says it is durable.
+    /// Ranges it covers may hold the cycle's bytes or the point's (a crash keeps any subset
+    /// of unsynced writes); the sender resends everything outside the progress, and every
+    /// resent write falls in covered ranges, so nothing else changes before the commit.
     pub(super) fn recover_cycle(&self) -> Result<(), SinkError> {
         let mut inner = self.write_inner();
-        let rec: Record = inner.rec.clone();
-        let Some(cycle) = rec.disk.open_cycle else {
+        if inner.rec.phase != CyclePhase::Open {
             return Ok(());
+        }
+        let Some(last) = inner.rec.points.last() else {
+            return Err(corrupt(
+                &self.paths.state,
+                0,
+                "a cycle is open without points",
+            ));
         };
-        let end = rec.disk.writable_end();
-        let loaded = Redo::load(self.fs.as_ref(), &self.paths, cycle, rec.redo_len, end)?;
-        match (rec.phase, loaded) {
-            (_, Some(redo)) => inner.redo = Some(Mutex::new(redo)),
-            (CyclePhase::Applying, None) => {
-                return Err(corrupt(
-                    &self.paths.redo(cycle),
-                    0,
-                    format!("cycle {cycle} was being applied but its redo log is missing"),
-                ))
-            }
-            (_, None) => {
-                tracing::warn!(
-                    redo = %self.paths.redo(cycle).display(),
-                    "the open cycle's redo log is missing; the cycle restarts from nothing"
-                );
-                let redo = Redo::create(self.fs.as_ref(), &self.paths, cycle)?;
-                let mut next = rec.clone();
-                next.disk.progress = RangeSet::new();
-                next.redo_len = redo.end;
-                self.persist(&next)?;
-                inner.rec = next;
-                inner.redo = Some(Mutex::new(redo));
-            }
-        }
-        if inner.rec.phase == CyclePhase::Applying {
-            self.finish_apply(&mut inner)?;
-        }
+        let end = inner.rec.disk.writable_end();
+        let c = OpenCycle::load(
+            self.fs.as_ref(),
+            &self.paths,
+            last.point.cycle,
+            last.undo_len,
+            end,
+        )?;
+        inner.cycle = Some(c);
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use vdrep_proto::{Guid, RangeSet};
 
-use super::cycle::Redo;
+use super::cycle::OpenCycle;
 use super::files::{
     check_len, check_range, committed_record, corrupt, create_partial, footer_id, invalid, io_err,
     now_unix, persist, remove_partial,
@@ -33,8 +33,8 @@ pub(super) struct Inner {
     working_path: PathBuf,
     /// The committed replica (the newest recovery point), if any.
     pub(super) committed: Option<Arc<dyn DataFile>>,
-    /// The open (or applying) delta cycle's redo log.
-    pub(super) redo: Option<Mutex<Redo>>,
+    /// The open delta cycle: the newest point's undo log and the buffered writes.
+    pub(super) cycle: Option<OpenCycle>,
 }
 
 /// A disk of the [`super::LocalStore`]; holds the disk's lock until dropped.
@@ -44,6 +44,8 @@ pub struct LocalDisk {
     pub(super) paths: DiskPaths,
     inner: RwLock<Inner>,
     undo: Mutex<UndoCache>,
+    /// Bytes an open cycle buffers before writing them into the replica.
+    pub(super) cycle_buffer: usize,
     _lock: LockGuard,
 }
 
@@ -56,6 +58,7 @@ impl LocalDisk {
         paths: DiskPaths,
         virtual_size: u64,
         source_id: Guid,
+        cycle_buffer: usize,
     ) -> Result<LocalDisk, SinkError> {
         let lock = fs
             .try_lock(&paths.lock)
@@ -127,7 +130,6 @@ impl LocalDisk {
                 open_cycle: None,
             },
             phase: CyclePhase::Idle,
-            redo_len: 0,
             pending: None,
             points: Vec::new(),
         });
@@ -224,9 +226,10 @@ impl LocalDisk {
                 working: Some(working),
                 working_path,
                 committed,
-                redo: None,
+                cycle: None,
             }),
             undo: Mutex::new(UndoCache::default()),
+            cycle_buffer,
             _lock: lock,
         };
         disk.recover_cycle()?;
@@ -448,7 +451,7 @@ impl ReplicaDisk for LocalDisk {
         inner.rec = next;
         inner.committed = Some(f);
         inner.working_path = p.vhd.clone();
-        inner.redo = None;
+        inner.cycle = None;
         // The previous generation's points are gone with its replica: drop their logs.
         self.forget_all_undo();
         self.remove_orphans(&inner)?;
@@ -469,7 +472,7 @@ impl ReplicaDisk for LocalDisk {
         w.read_at(offset, &mut buf)
             .map_err(io_err(&inner.working_path, "read", offset))?;
         if !inner.rec.disk.initial_in_progress {
-            self.cycle_overlay(&inner, offset, &mut buf)?;
+            self.cycle_overlay(&inner, offset, &mut buf);
         }
         Ok(buf.freeze())
     }
@@ -491,9 +494,6 @@ impl ReplicaDisk for LocalDisk {
 
     fn begin_initial(&self) -> Result<(), SinkError> {
         let mut inner = self.write_inner();
-        // An open cycle is dropped (the new copy supersedes it); one being applied is
-        // finished first, so the committed replica is a whole recovery point.
-        self.discard_cycle(&mut inner)?;
         let rec = inner.rec.clone();
         let size = replica_file_size(rec.disk.virtual_size);
         // Order: drop the old copy, record the new generation with nothing claimed, then
@@ -509,8 +509,14 @@ impl ReplicaDisk for LocalDisk {
         next.disk.initial_in_progress = true;
         next.disk.copy_id = random_guid();
         next.pending = None;
+        // An open cycle is dropped (the new copy supersedes it): its buffered writes never
+        // reached the replica, and the newest point keeps its undo log over what did, so
+        // the committed generation's points stay exact until the new copy commits.
+        next.phase = CyclePhase::Idle;
+        next.disk.open_cycle = None;
         self.persist(&next)?;
         inner.rec = next;
+        inner.cycle = None;
         // From here writes must never reach the committed replica.
         inner.working = None;
         inner.working_path = self.paths.partial.clone();
@@ -543,5 +549,12 @@ impl ReplicaDisk for LocalDisk {
     fn path_hint(&self) -> String {
         let inner = self.read_inner();
         inner.working_path.display().to_string()
+    }
+
+    fn resync_index(&self) -> Result<Box<dyn crate::resync::index::IndexFile>, String> {
+        Ok(Box::new(super::files::IndexFile::new(
+            self.fs.clone(),
+            &self.paths,
+        )))
     }
 }

@@ -155,7 +155,6 @@ pub(super) fn committed_record(rec: &Record, point: &RecoveryPoint) -> Record {
             ..rec.disk.clone()
         },
         phase: CyclePhase::Idle,
-        redo_len: 0,
         pending: None,
         points: vec![Listed {
             point: RecoveryPoint {
@@ -201,4 +200,66 @@ pub(super) fn create_log(
     fs.sync_dir(dir)
         .map_err(io_err(dir, "fsync directory", 0))?;
     Ok(f)
+}
+
+/// `NAME.hidx`, the receiver's resync index of the disk (layout in
+/// [`crate::resync::index`]), on the store's filesystem so crash models see it too.
+pub(super) struct IndexFile {
+    fs: Arc<dyn StoreFs>,
+    path: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    /// The open file and whether it was created since the directory was last synced.
+    file: std::sync::Mutex<Option<(Arc<dyn DataFile>, bool)>>,
+}
+
+impl IndexFile {
+    pub(super) fn new(fs: Arc<dyn StoreFs>, paths: &DiskPaths) -> IndexFile {
+        IndexFile {
+            fs,
+            path: paths.hidx.clone(),
+            dir: paths.dir.clone(),
+            file: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut (Arc<dyn DataFile>, bool)) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let mut g = self
+            .file
+            .lock()
+            .map_err(|_| std::io::Error::other("index file lock poisoned"))?;
+        if g.is_none() {
+            let created = !self.fs.exists(&self.path)?;
+            let size = if created { Some(0) } else { None };
+            *g = Some((self.fs.open_data(&self.path, size)?, created));
+        }
+        match g.as_mut() {
+            Some(h) => f(h),
+            None => Err(std::io::Error::other("index file not open")),
+        }
+    }
+}
+
+impl crate::resync::index::IndexFile for IndexFile {
+    fn read_all(&self) -> std::io::Result<Option<Vec<u8>>> {
+        self.fs.read_file(&self.path)
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.with(|(f, _)| f.write_at(offset, data))
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.with(|(f, created)| {
+            f.sync_data()?;
+            if *created {
+                self.fs.sync_dir(&self.dir)?;
+                *created = false;
+            }
+            Ok(())
+        })
+    }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
 }

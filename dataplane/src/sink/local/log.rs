@@ -1,12 +1,11 @@
-//! The extent log format shared by a cycle's redo file (`NAME.cN.redo`, the writes of open
-//! cycle N, not yet applied) and a point's undo file (`NAME.pK.undo`, the bytes that cycle
-//! K+1 overwrote, so point K can be rebuilt from the replica). See `LAYOUT.md`.
+//! The extent log format of a point's undo file (`NAME.pK.undo`, the bytes that cycle K+1
+//! overwrote, so point K can be rebuilt from the replica). See `LAYOUT.md`. (Store version
+//! 2 also had redo logs of the same format with another magic; version 3 has none.)
 //!
 //! A log is a 64-byte file header, then records: a 32-byte header (offset, length, kind, data
 //! CRC-32C, header CRC-32C) followed, for data records, by the bytes. Zero records carry no
-//! bytes: a clear in a redo log, an all-zero pre-image in an undo log. Both CRCs let a
-//! scrubber or the apply step detect rot; torn tails are never read because the state record
-//! says how far each log is durable.
+//! bytes: an all-zero pre-image. Both CRCs let a scrubber detect rot; torn tails are never
+//! read because the state record says how far each log is durable.
 
 use super::fs::DataFile;
 
@@ -22,11 +21,10 @@ pub const CHUNK: usize = 1 << 20;
 const KIND_DATA: u32 = 1;
 const KIND_ZERO: u32 = 2;
 
-/// Which log a file is: they differ only in their magic, so one is never taken for the other.
+/// Which log a file is (one kind left; the magic keeps a version 2 redo log, `vdrepRL`,
+/// from ever being taken for an undo log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogKind {
-    /// The writes of an open cycle.
-    Redo,
     /// The pre-images of a point.
     Undo,
 }
@@ -34,7 +32,6 @@ pub enum LogKind {
 impl LogKind {
     fn magic(self) -> &'static [u8; 8] {
         match self {
-            LogKind::Redo => b"vdrepRL\0",
             LogKind::Undo => b"vdrepUL\0",
         }
     }
@@ -184,44 +181,5 @@ pub fn overlay(file: &dyn DataFile, rec: &LogRec, off: u64, buf: &mut [u8]) -> s
     } else {
         out.fill(0);
         Ok(())
-    }
-}
-
-/// Appends records to a log through a bounded buffer (one write call per few MiB).
-pub struct LogWriter<'a> {
-    file: &'a dyn DataFile,
-    /// File position of the buffer's first byte.
-    pos: u64,
-    buf: Vec<u8>,
-}
-
-impl<'a> LogWriter<'a> {
-    /// Appends at `pos` of `file`.
-    pub fn new(file: &'a dyn DataFile, pos: u64) -> Self {
-        LogWriter {
-            file,
-            pos,
-            buf: Vec::with_capacity(2 * CHUNK),
-        }
-    }
-    /// Adds a record (data if `data` is given, else zeros of `len`).
-    pub fn push(&mut self, offset: u64, len: u64, data: Option<&[u8]>) -> std::io::Result<()> {
-        self.buf.extend_from_slice(&rec_header(offset, len, data));
-        if let Some(d) = data {
-            self.buf.extend_from_slice(d);
-        }
-        if self.buf.len() >= CHUNK {
-            self.flush()?;
-        }
-        Ok(())
-    }
-    /// Writes the buffer out; returns the log's end.
-    pub fn flush(&mut self) -> std::io::Result<u64> {
-        if !self.buf.is_empty() {
-            self.file.write_at(self.pos, &self.buf)?;
-            self.pos += self.buf.len() as u64;
-            self.buf.clear();
-        }
-        Ok(self.pos)
     }
 }

@@ -21,7 +21,9 @@ use std::sync::Arc;
 
 use vdrep_proto::Guid;
 
+use crate::jobs::JobFile;
 use crate::sink::{validate_name, DiskKey, PointReader, ReplicaDisk, ReplicaStore, SinkError};
+pub use cycle::CYCLE_BUFFER;
 pub use disk::LocalDisk;
 use fs::{RealFs, StoreFs};
 pub use reader::LocalPointReader;
@@ -29,8 +31,11 @@ pub use reader::LocalPointReader;
 /// Content of `STORE/FORMAT` written by this build.
 ///
 /// Version 2 added delta cycles (redo logs), recovery points (undo logs) and the state
-/// record version 2; version 1 stores are refused (no version 1 store was ever deployed).
-pub const STORE_FORMAT: &str = "vdrep-store 2";
+/// record version 2. Version 3 writes cycles in place behind the newest point's undo log
+/// (no redo log, no "applying" phase; state record version 3). Versions 1 and 2 are
+/// refused: neither was deployed, and a version 2 store could hold a half-applied cycle
+/// only its redo log can finish.
+pub const STORE_FORMAT: &str = "vdrep-store 3";
 
 /// The files of one disk (see `LAYOUT.md`).
 #[derive(Debug, Clone)]
@@ -47,6 +52,8 @@ pub struct DiskPaths {
     pub state_tmp: PathBuf,
     /// `STORE/VM/NAME.lock`: flock'd while a receiver has the disk open.
     pub lock: PathBuf,
+    /// `STORE/VM/NAME.hidx`: the receiver's resync index of the working image.
+    pub hidx: PathBuf,
     /// `NAME`: the prefix of the disk's cycle logs.
     pub stem: String,
 }
@@ -62,14 +69,10 @@ impl DiskPaths {
             state: f(".state"),
             state_tmp: f(".state.tmp"),
             lock: f(".lock"),
+            hidx: f(".hidx"),
             stem: key.disk.clone(),
             dir,
         }
-    }
-
-    /// `STORE/VM/NAME.cN.redo`: the writes of open delta cycle N.
-    pub fn redo(&self, cycle: u64) -> PathBuf {
-        self.dir.join(format!("{}.c{cycle}.redo", self.stem))
     }
 
     /// `STORE/VM/NAME.pK.undo`: what cycle K+1 overwrote, to rebuild recovery point K.
@@ -78,8 +81,9 @@ impl DiskPaths {
     }
 
     /// Which cycle log of this disk a directory entry is, if any: `(true, N)` for
-    /// `NAME.cN.redo`, `(false, K)` for `NAME.pK.undo` (strictly parsed, so another disk's
-    /// files, whose names may share the prefix, never match).
+    /// `NAME.cN.redo` (store version 2; never made now), `(false, K)` for `NAME.pK.undo`
+    /// (strictly parsed, so another disk's files, whose names may share the prefix, never
+    /// match).
     pub fn parse_log(&self, file_name: &str) -> Option<(bool, u64)> {
         let rest = file_name.strip_prefix(&self.stem)?.strip_prefix('.')?;
         let (redo, num) = if let Some(n) = rest.strip_prefix('c') {
@@ -98,6 +102,7 @@ impl DiskPaths {
 pub struct LocalStore {
     root: PathBuf,
     fs: Arc<dyn StoreFs>,
+    cycle_buffer: usize,
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -158,7 +163,17 @@ impl LocalStore {
         Ok(LocalStore {
             root: root.to_path_buf(),
             fs,
+            cycle_buffer: CYCLE_BUFFER,
         })
+    }
+
+    /// Sets how many bytes of an open cycle's writes each disk buffers before moving them
+    /// into the replica (default [`CYCLE_BUFFER`]; at least 1). Small values make
+    /// tests exercise the mid-cycle flush; each flush costs an undo-log sync and a state
+    /// record.
+    pub fn with_cycle_buffer(mut self, bytes: usize) -> LocalStore {
+        self.cycle_buffer = bytes.max(1);
+        self
     }
 
     /// The store's directory.
@@ -184,7 +199,14 @@ impl LocalStore {
         self.fs
             .create_dir_all(&paths.dir)
             .map_err(|e| SinkError::io(&paths.dir, "create VM directory", 0, e))?;
-        LocalDisk::open(self.fs.clone(), key.clone(), paths, virtual_size, source_id)
+        LocalDisk::open(
+            self.fs.clone(),
+            key.clone(),
+            paths,
+            virtual_size,
+            source_id,
+            self.cycle_buffer,
+        )
     }
 }
 
@@ -266,7 +288,12 @@ impl ReplicaStore for LocalStore {
             .ok_or_else(|| SinkError::Locked {
                 path: p.lock.clone(),
             })?;
-        let mut doomed = vec![p.vhd.clone(), p.partial.clone(), p.state_tmp.clone()];
+        let mut doomed = vec![
+            p.vhd.clone(),
+            p.partial.clone(),
+            p.state_tmp.clone(),
+            p.hidx.clone(),
+        ];
         doomed.extend(
             names
                 .iter()
@@ -288,4 +315,80 @@ impl ReplicaStore for LocalStore {
         self.fs.remove_dir(&p.dir).map_err(io(&p.dir, "remove"))?;
         Ok(())
     }
+
+    fn record_job(&self, job: &crate::jobs::Job) -> Result<(), SinkError> {
+        validate_name("VM name", &job.vm)?;
+        JobFile::new(self.fs.clone(), &self.root.join(&job.vm)).upsert(job)
+    }
+
+    fn jobs(&self, vm: Option<&str>) -> Result<Vec<crate::jobs::Job>, SinkError> {
+        let vms = match vm {
+            Some(v) => {
+                validate_name("VM name", v)?;
+                vec![v.to_string()]
+            }
+            None => {
+                let mut v: Vec<String> = self
+                    .fs
+                    .list_dir(&self.root)
+                    .map_err(|e| SinkError::io(&self.root, "list", 0, e))?
+                    .into_iter()
+                    .filter(|n| validate_name("VM name", n).is_ok())
+                    .collect();
+                v.sort();
+                v
+            }
+        };
+        let mut out = Vec::new();
+        for v in vms {
+            let dir = self.root.join(&v);
+            // `FORMAT` and other plain files are not VM folders.
+            match self.fs.exists(&dir.join(crate::jobs::file::JOBS_FILE)) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
+                Err(e) => return Err(SinkError::io(&dir, "stat", 0, e)),
+            }
+            out.extend(JobFile::new(self.fs.clone(), &dir).load()?);
+        }
+        Ok(out)
+    }
+
+    fn remove_jobs(&self, vm: &str) -> Result<(), SinkError> {
+        validate_name("VM name", vm)?;
+        let dir = self.root.join(vm);
+        JobFile::new(self.fs.clone(), &dir).remove_all()?;
+        self.fs
+            .remove_dir(&dir)
+            .map_err(|e| SinkError::io(&dir, "remove", 0, e))
+    }
+
+    fn available_bytes(&self) -> Result<Option<u64>, SinkError> {
+        free_bytes(&self.root).map(Some)
+    }
+}
+
+/// Free bytes for an unprivileged writer on the filesystem holding `dir` (statvfs).
+fn free_bytes(dir: &Path) -> Result<u64, SinkError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
+        SinkError::io(
+            dir,
+            "statvfs",
+            0,
+            std::io::Error::from_raw_os_error(libc::EINVAL),
+        )
+    })?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(SinkError::io(
+            dir,
+            "statvfs",
+            0,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }

@@ -15,7 +15,7 @@ use super::disk::{Inner, LocalDisk};
 use super::files::{check_range, corrupt, invalid, io_err};
 use super::fs::{DataFile, StoreFs};
 use super::log::{self, LogKind, LogRec};
-use super::state::{CyclePhase, Listed, Record};
+use super::state::{Listed, Record};
 use super::DiskPaths;
 use crate::sink::{RecoveryPoint, SinkError};
 
@@ -24,22 +24,19 @@ const CACHE_FILES: usize = 32;
 
 /// An undo log, opened and indexed: records sorted by offset, disjoint.
 pub(super) struct UndoIndex {
-    file: Arc<dyn DataFile>,
-    recs: Vec<LogRec>,
+    pub(super) file: Arc<dyn DataFile>,
+    pub(super) recs: Vec<LogRec>,
 }
 
-/// Recently used undo logs, by point, most recent last.
+/// Recently used undo logs, by point and durable length (the open cycle's grows), most
+/// recent last.
 #[derive(Default)]
 pub(super) struct UndoCache {
-    entries: Vec<(u64, Arc<UndoIndex>)>,
+    entries: Vec<((u64, u64), Arc<UndoIndex>)>,
 }
 
 impl LocalDisk {
     /// Forgets the cached index of `point`'s undo log (it was rewritten or removed).
-    pub(super) fn forget_undo(&self, point: u64) {
-        self.undo_cache().entries.retain(|(p, _)| *p != point);
-    }
-
     pub(super) fn forget_all_undo(&self) {
         self.undo_cache().entries.clear();
     }
@@ -48,7 +45,7 @@ impl LocalDisk {
     fn undo_index(&self, point: u64, len: u64, end: u64) -> Result<Arc<UndoIndex>, SinkError> {
         {
             let mut c = self.undo_cache();
-            if let Some(i) = c.entries.iter().position(|(p, _)| *p == point) {
+            if let Some(i) = c.entries.iter().position(|(k, _)| *k == (point, len)) {
                 let e = c.entries.remove(i);
                 let idx = e.1.clone();
                 c.entries.push(e);
@@ -64,10 +61,11 @@ impl LocalDisk {
             false,
         )?);
         let mut c = self.undo_cache();
+        c.entries.retain(|((p, _), _)| *p != point);
         if c.entries.len() >= CACHE_FILES {
             c.entries.remove(0);
         }
-        c.entries.push((point, idx.clone()));
+        c.entries.push(((point, len), idx.clone()));
         Ok(idx)
     }
 
@@ -142,27 +140,26 @@ impl LocalDisk {
         Ok(dropped)
     }
 
-    /// Removes this disk's redo and undo logs that the state does not name (left by a
-    /// crash, a prune, a new full copy or a failed commit step).
+    /// Removes this disk's undo logs that the state does not name (left by a crash, a
+    /// prune or a new full copy), and redo logs (no cycle uses them since store version 3).
     pub(super) fn remove_orphans(&self, inner: &Inner) -> Result<(), SinkError> {
         let dir = &self.paths.dir;
         let rec = &inner.rec;
-        let undo: BTreeSet<u64> = rec
+        let mut undo: BTreeSet<u64> = rec
             .points
             .iter()
             .filter(|l| l.undo_len > 0)
             .map(|l| l.point.cycle)
             .collect();
-        let redo = rec
-            .disk
-            .open_cycle
-            .filter(|_| rec.phase != CyclePhase::Idle);
+        // The open cycle's undo log may hold records no state names yet (before its first
+        // flush): it is in use, not an orphan.
+        undo.extend(inner.cycle.as_ref().map(|c| c.point));
         let names = self.fs.list_dir(dir).map_err(io_err(dir, "list", 0))?;
         let mut removed = false;
         for n in names {
             let keep = match self.paths.parse_log(&n) {
                 None => true,
-                Some((true, c)) => redo == Some(c),
+                Some((true, _)) => false,
                 Some((false, p)) => undo.contains(&p),
             };
             if !keep {
@@ -205,22 +202,32 @@ pub(super) fn load_undo(
         ),
         _ => SinkError::io(&path, "open", 0, e),
     })?;
+    // Longer is fine: the open cycle appends beyond the durable length, and a crash may
+    // leave a torn tail that the next append overwrites.
     let size = file.size().map_err(io_err(&path, "stat", 0))?;
-    if size != len {
+    if size < len {
         return Err(corrupt(
             &path,
             size,
-            format!("undo log is {size} bytes, the state records {len}"),
+            format!("undo log is {size} bytes, the state records {len} as durable"),
         ));
     }
     log::check_file_header(file.as_ref(), LogKind::Undo, point)
         .map_err(|(o, p)| corrupt(&path, o, p))?;
-    let recs = log::scan(file.as_ref(), len, end).map_err(|(o, p)| corrupt(&path, o, p))?;
+    // Records are written in the order writes arrived; they are disjoint.
+    let mut recs = log::scan(file.as_ref(), len, end).map_err(|(o, p)| corrupt(&path, o, p))?;
+    recs.sort_unstable_by_key(|r| r.offset);
     if let Some(w) = recs.windows(2).find(|w| w[0].end() > w[1].offset) {
         return Err(corrupt(
             &path,
             w[1].pos - log::REC_HEADER,
-            "undo records are not sorted and disjoint",
+            format!(
+                "undo records [{}, {}) and [{}, {}) overlap",
+                w[0].offset,
+                w[0].end(),
+                w[1].offset,
+                w[1].end()
+            ),
         ));
     }
     Ok(UndoIndex { file, recs })
@@ -228,9 +235,10 @@ pub(super) fn load_undo(
 
 /// Reads `len` bytes at `offset` of point `cycle` as `rec` describes the disk: the
 /// `replica`'s bytes with the undo logs of `cycle` and every later point laid over them,
-/// newest first, so older pre-images overwrite newer ones. While a commit is being applied
-/// the newest point's undo log is already complete and is laid over too. `undo` yields the
-/// index of a point's undo log of the given length.
+/// newest first, so older pre-images overwrite newer ones. While a cycle is open the newest
+/// point's undo log (as far as it is durable) is laid over too: it covers every byte the
+/// cycle has written into the replica. `undo` yields the index of a point's undo log of
+/// the given length.
 pub(super) fn read_point_from(
     paths: &DiskPaths,
     rec: &Record,

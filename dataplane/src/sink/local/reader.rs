@@ -5,14 +5,16 @@
 //! ## Why every read is exact
 //! A read takes the state record (replaced atomically by rename, so it is always one whole
 //! record), reads the replica and the undo logs it names, then takes the record again. The
-//! receiver changes the replica only between persisting "cycle N applying" and "committed
-//! N" (LAYOUT.md, commit step 4), and removes or recreates undo logs only after a record
-//! that no longer names them. So if the two records agree on everything a point read
-//! depends on ([`View`]), no byte read came from a change the first record did not account
-//! for: the result is exactly the point. Otherwise the read is retried with the newer
-//! record (the point itself never changes, only where its bytes are). A read that failed
-//! because a file vanished under it is retried the same way; one that fails against an
-//! unchanged record is a real error.
+//! receiver writes a range of the replica only after persisting a record whose undo length
+//! (of the newest point) covers that range's pre-image (LAYOUT.md, "undo first"), never
+//! changes the first `undo_len` bytes of an undo log, and removes or recreates undo logs
+//! only after a record that no longer names them. So if the two records agree on
+//! everything a point read depends on ([`View`]), every byte read from the replica that the
+//! open cycle had already changed is under an undo record the first record names: the
+//! result is exactly the point. Otherwise the read is retried with the newer record (the
+//! point itself never changes, only where its bytes are). A read that failed because a
+//! file vanished under it is retried the same way; one that fails against an unchanged
+//! record is a real error.
 //!
 //! A new full copy (resynchronisation) replaces the replica and drops its points: the
 //! reader is pinned to the replica it was opened on and then fails with `NotFound`.
@@ -26,7 +28,7 @@ use vdrep_proto::Guid;
 use super::files::{corrupt, io_err};
 use super::fs::{DataFile, StoreFs};
 use super::points::{load_undo, no_point, read_point_from, UndoIndex};
-use super::state::{self, CyclePhase, Record};
+use super::state::{self, Record};
 use super::DiskPaths;
 use crate::sink::{DiskKey, PointReader, RecoveryPoint, SinkError};
 
@@ -41,7 +43,6 @@ const CACHE_FILES: usize = 32;
 struct View {
     replica_id: Guid,
     committed_cycle: u64,
-    applying: bool,
     points: Vec<(u64, u64)>,
 }
 
@@ -50,7 +51,6 @@ impl View {
         View {
             replica_id: rec.disk.replica_id,
             committed_cycle: rec.disk.committed_cycle,
-            applying: rec.phase == CyclePhase::Applying,
             points: rec
                 .points
                 .iter()
@@ -63,8 +63,9 @@ impl View {
 #[derive(Default)]
 struct Cache {
     replica: Option<Arc<dyn DataFile>>,
-    /// (point, undo_len) → index; an undo log named with a length never changes while the
-    /// replica is the same (the reader is pinned to it).
+    /// (point, undo_len) → index; the first `undo_len` bytes of an undo log never change
+    /// while the replica is the same (the reader is pinned to it), the open cycle only
+    /// appends.
     undo: Vec<((u64, u64), Arc<UndoIndex>)>,
 }
 

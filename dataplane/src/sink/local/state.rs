@@ -7,37 +7,34 @@ use crate::sink::{DiskState, RecoveryPoint};
 
 /// Magic at offset 0 of a state record.
 pub const STATE_MAGIC: &[u8; 8] = b"vdrepDS\0";
-/// The record version this build writes and reads.
-pub const STATE_VERSION: u32 = 2;
+/// The record version this build writes and reads (3: cycles write in place behind the
+/// newest point's undo log; version 2 had redo logs and an "applying" phase).
+pub const STATE_VERSION: u32 = 3;
 /// Flag bit: an initial copy has been committed.
 const FLAG_COMMITTED: u32 = 1;
 /// Flag bit: an initial copy is in progress.
 const FLAG_IN_PROGRESS: u32 = 2;
-/// Flag bit: delta cycle `open_cycle` is open (its writes go to its redo log).
+/// Flag bit: delta cycle `open_cycle` is open (its writes go into the replica, behind the
+/// newest point's undo log).
 const FLAG_CYCLE_OPEN: u32 = 4;
-/// Flag bit: delta cycle `open_cycle` is being applied to the replica (its undo log is
-/// complete; recovery re-applies the redo log and finishes the commit).
-const FLAG_CYCLE_APPLYING: u32 = 8;
-/// Flag bit: `pending` holds the point being committed.
+/// Flag bit: `pending` holds the point of the initial copy being published.
 const FLAG_PENDING: u32 = 16;
-const KNOWN_FLAGS: u32 =
-    FLAG_COMMITTED | FLAG_IN_PROGRESS | FLAG_CYCLE_OPEN | FLAG_CYCLE_APPLYING | FLAG_PENDING;
+const KNOWN_FLAGS: u32 = FLAG_COMMITTED | FLAG_IN_PROGRESS | FLAG_CYCLE_OPEN | FLAG_PENDING;
 /// Bytes of an encoded point (cycle, created, bytes, digest).
 const POINT_LEN: usize = 8 + 8 + 8 + 32;
 /// Bytes of a listed point: a point and its undo log length.
 const LISTED_LEN: usize = POINT_LEN + 8;
 /// Fixed part of the body: see [`encode`].
-const FIXED_BODY: usize = 4 + 8 + 16 + 16 + 16 + 4 + 8 + 8 + 8 + 8 + POINT_LEN;
+const FIXED_BODY: usize = 4 + 8 + 16 + 16 + 16 + 4 + 8 + 8 + 8 + POINT_LEN;
 
 /// Where the delta cycle of a disk stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CyclePhase {
     /// No cycle is open.
     Idle,
-    /// Cycle `open_cycle` collects writes in its redo log.
+    /// Cycle `open_cycle` writes into the replica; the newest point's undo log holds what
+    /// it overwrote.
     Open,
-    /// Cycle `open_cycle` is being applied to the replica.
-    Applying,
 }
 
 /// A recovery point as listed in the state record.
@@ -45,8 +42,8 @@ pub enum CyclePhase {
 pub struct Listed {
     /// The point.
     pub point: RecoveryPoint,
-    /// Length of its undo log `NAME.pK.undo` (0: none, the next cycle changed nothing or
-    /// this is the newest point).
+    /// Durable length of its undo log `NAME.pK.undo` (0: none, the next cycle changed
+    /// nothing, or this is the newest point and the open cycle has not written yet).
     pub undo_len: u64,
 }
 
@@ -57,10 +54,7 @@ pub struct Record {
     pub disk: DiskState,
     /// The cycle's phase.
     pub phase: CyclePhase,
-    /// Durable length of the open cycle's redo log (0 when idle).
-    pub redo_len: u64,
-    /// The point being committed: the initial copy's while it is published, the cycle's while
-    /// it is applied.
+    /// The initial copy's point while the copy is published (see `commit_initial`).
     pub pending: Option<RecoveryPoint>,
     /// Recovery points of the committed replica, oldest first.
     pub points: Vec<Listed>,
@@ -76,7 +70,7 @@ fn put_point(body: &mut Vec<u8>, p: &RecoveryPoint) {
 /// Encodes `rec`: header (magic, version u32, body length u32), body, CRC-32C u32 of all
 /// preceding bytes. Body: format_version u32, virtual_size u64, source_id, replica_id,
 /// copy_id (16 bytes each, on-disk GUID order), flags u32, committed_cycle u64,
-/// generation u64, open_cycle u64, redo_len u64, pending point (56 bytes), the point list
+/// generation u64, open_cycle u64, pending point (56 bytes), the point list
 /// (count u32, 64 bytes each), then the progress as a `RangeSet` encoding.
 pub fn encode(rec: &Record) -> Vec<u8> {
     let state = &rec.disk;
@@ -98,7 +92,6 @@ pub fn encode(rec: &Record) -> Vec<u8> {
     match rec.phase {
         CyclePhase::Idle => {}
         CyclePhase::Open => flags |= FLAG_CYCLE_OPEN,
-        CyclePhase::Applying => flags |= FLAG_CYCLE_APPLYING,
     }
     if rec.pending.is_some() {
         flags |= FLAG_PENDING;
@@ -107,7 +100,6 @@ pub fn encode(rec: &Record) -> Vec<u8> {
     body.extend_from_slice(&state.committed_cycle.to_le_bytes());
     body.extend_from_slice(&state.generation.to_le_bytes());
     body.extend_from_slice(&state.open_cycle.unwrap_or(0).to_le_bytes());
-    body.extend_from_slice(&rec.redo_len.to_le_bytes());
     let none = RecoveryPoint {
         cycle: 0,
         created_unix: 0,
@@ -212,8 +204,7 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
     let committed_cycle = u64_at(body, 64)?;
     let generation = u64_at(body, 72)?;
     let open_cycle = u64_at(body, 80)?;
-    let redo_len = u64_at(body, 88)?;
-    let pending = point_at(body, 96)?;
+    let pending = point_at(body, 88)?;
     let at = |o: usize| (16 + o) as u64;
     if format_version != STATE_VERSION {
         return Err((
@@ -232,14 +223,10 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
             "neither committed nor copying: no replica is described".into(),
         ));
     }
-    let phase = match (
-        flags & FLAG_CYCLE_OPEN != 0,
-        flags & FLAG_CYCLE_APPLYING != 0,
-    ) {
-        (false, false) => CyclePhase::Idle,
-        (true, false) => CyclePhase::Open,
-        (false, true) => CyclePhase::Applying,
-        (true, true) => return Err((at(60), "a cycle both open and applying".into())),
+    let phase = if flags & FLAG_CYCLE_OPEN != 0 {
+        CyclePhase::Open
+    } else {
+        CyclePhase::Idle
     };
     if generation == 0 {
         return Err((at(72), "generation 0 (generations start at 1)".into()));
@@ -293,7 +280,6 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
     let rec = Record {
         disk: state,
         phase,
-        redo_len,
         pending: (flags & FLAG_PENDING != 0).then_some(pending),
         points,
     };
@@ -330,14 +316,19 @@ fn validate(rec: &Record) -> Result<(), String> {
         return Err("progress recorded without a copy or cycle in progress".into());
     }
     match (&rec.pending, rec.phase) {
-        (Some(p), CyclePhase::Applying) if Some(p.cycle) == st.open_cycle => {}
-        (None, CyclePhase::Applying) => return Err("a cycle applies without its point".into()),
         (Some(p), CyclePhase::Idle) if st.initial_in_progress && p.cycle == 0 => {}
         (Some(p), _) => return Err(format!("unexpected pending point {}", p.cycle)),
         (None, _) => {}
     }
-    if cycling && rec.redo_len < super::log::FILE_HEADER {
-        return Err(format!("redo log length {} below its header", rec.redo_len));
+    if let Some(l) = rec
+        .points
+        .iter()
+        .find(|l| l.undo_len != 0 && l.undo_len < super::log::FILE_HEADER)
+    {
+        return Err(format!(
+            "undo log length {} of point {} is below its header",
+            l.undo_len, l.point.cycle
+        ));
     }
     match rec.points.last() {
         None if st.initial_committed => Err("a committed replica without recovery points".into()),
@@ -346,8 +337,10 @@ fn validate(rec: &Record) -> Result<(), String> {
             "newest point {} is not the committed cycle {}",
             l.point.cycle, st.committed_cycle
         )),
-        Some(l) if l.undo_len != 0 && rec.phase != CyclePhase::Applying => {
-            Err("the newest point has an undo log outside a commit".into())
+        // An open cycle writes behind it; a new full copy keeps a dropped cycle's undo log
+        // until it commits (the old generation's points stay readable meanwhile).
+        Some(l) if l.undo_len != 0 && !cycling && !st.initial_in_progress => {
+            Err("the newest point has an undo log with no cycle open".into())
         }
         _ => Ok(()),
     }
@@ -382,7 +375,6 @@ mod tests {
                 open_cycle: None,
             },
             phase: CyclePhase::Idle,
-            redo_len: 0,
             pending: Some(point(0)),
             points: vec![
                 Listed {
@@ -397,39 +389,45 @@ mod tests {
         }
     }
 
-    fn applying() -> Record {
+    fn open() -> Record {
         let mut r = copying();
         r.disk.initial_in_progress = false;
         r.disk.copy_id = Guid::NIL;
         r.disk.open_cycle = Some(6);
-        r.phase = CyclePhase::Applying;
-        r.redo_len = 4096;
-        r.pending = Some(point(6));
-        r.points[1].undo_len = 77;
+        r.phase = CyclePhase::Open;
+        r.pending = None;
+        r.points[1].undo_len = 4096;
         r
     }
 
     #[test]
     fn state_record_round_trips() {
-        for r in [copying(), applying()] {
+        for r in [copying(), open()] {
             assert_eq!(decode(&encode(&r)).unwrap(), r);
         }
     }
 
     #[test]
     fn contradictory_cycle_fields_are_refused() {
-        let mut r = applying();
-        r.pending = None;
-        assert!(decode(&encode(&r)).is_err());
-        let mut r = applying();
-        r.disk.open_cycle = Some(9);
-        assert!(decode(&encode(&r)).is_err());
-        let mut r = applying();
-        r.phase = CyclePhase::Open;
+        let mut r = open();
+        r.pending = Some(point(6));
         assert!(
             decode(&encode(&r)).is_err(),
             "an open cycle has no pending point"
         );
+        let mut r = open();
+        r.disk.open_cycle = Some(9);
+        assert!(decode(&encode(&r)).is_err());
+        let mut r = open();
+        r.phase = CyclePhase::Idle;
+        r.disk.open_cycle = None;
+        assert!(
+            decode(&encode(&r)).is_err(),
+            "the newest point has no undo log without a cycle or copy"
+        );
+        let mut r = open();
+        r.points[1].undo_len = 10;
+        assert!(decode(&encode(&r)).is_err(), "undo log below its header");
         let mut r = copying();
         r.points.swap(0, 1);
         assert!(decode(&encode(&r)).is_err());

@@ -19,10 +19,17 @@
 //! 16 GiB disk) and the levels above in memory for the session; page hashes are computed on
 //! demand by reading the 256 KiB nodes that differ again. All-zero ranges hash to constants
 //! without hashing (a cheap zero test), and ranges the source format reports unallocated
-//! are not even read. The receiver builds its tree by reading its working image (the
-//! committed replica plus the open cycle's writes), so a block corrupted behind its back is
-//! always found: every resync has `--verify` semantics. (A durable receiver-side index
-//! updated with each write, sparing that read, is not built yet.)
+//! are not even read.
+//!
+//! **The receiver's side** comes from its durable [`index`] of the 256 KiB level: updated
+//! with every write it applies (a write covering whole nodes sets their hashes, any other
+//! marks them dirty), so a resync reads back only the dirty nodes, not the whole replica.
+//! A block changed behind the receiver's back is therefore *not* seen unless the sender asks
+//! for `--verify`, which rehashes the whole working image (the committed replica plus the
+//! open cycle's writes) and repairs the index. Where no index can be kept (a sink without
+//! one, a receiver that stopped uncleanly), the receiver rehashes everything and logs why.
+
+pub mod index;
 
 use bytes::Bytes;
 pub use vdrep_proto::wire::{RESYNC_FANOUT, RESYNC_NODE_SIZES};
@@ -33,8 +40,8 @@ pub const LEVELS: usize = RESYNC_NODE_SIZES.len();
 pub const PAGE_LEVEL: u8 = (LEVELS - 1) as u8;
 /// Page size.
 pub const PAGE: u64 = RESYNC_NODE_SIZES[LEVELS - 1];
-/// The level kept in memory (256 KiB nodes).
-const KEPT: usize = LEVELS - 2;
+/// The level kept in memory and in the receiver's index (256 KiB nodes).
+pub const KEPT: usize = LEVELS - 2;
 /// Differing 256 KiB children (of 64) from which a 16 MiB node is sent whole.
 pub const WHOLE_NODE_THRESHOLD: usize = 56;
 /// Bytes read at once while building.
@@ -93,7 +100,7 @@ fn page_hashes(data: &[u8]) -> Vec<Hash> {
 }
 
 /// Hash of a 256 KiB-level node from its bytes (zero test first: zeros are common).
-fn kept_hash(data: &[u8]) -> Hash {
+pub fn kept_hash(data: &[u8]) -> Hash {
     static ZERO: std::sync::OnceLock<Hash> = std::sync::OnceLock::new();
     let full = RESYNC_NODE_SIZES[KEPT] as usize;
     if data.len() == full && data.iter().all(|&b| b == 0) {
@@ -150,6 +157,23 @@ impl Tree {
         let kept = out
             .into_inner()
             .map_err(|_| "hash worker panicked".to_string())?;
+        let mut t = Tree {
+            size,
+            levels: vec![Vec::new(); KEPT + 1],
+        };
+        t.levels[KEPT] = kept;
+        t.derive_upper();
+        Ok(t)
+    }
+
+    /// The tree whose 256 KiB level is `kept` (one hash per node of a `size`-byte disk).
+    pub fn from_kept(size: u64, kept: Vec<Hash>) -> Result<Tree, String> {
+        if kept.len() as u64 != count(size, KEPT) {
+            return Err(format!(
+                "{} node hashes for a disk of {size} bytes",
+                kept.len()
+            ));
+        }
         let mut t = Tree {
             size,
             levels: vec![Vec::new(); KEPT + 1],
@@ -257,6 +281,66 @@ impl Tree {
         }
         Ok(page_hashes(&src.read(a, (b - a) as usize)?))
     }
+}
+
+/// The 256 KiB-level hashes of `nodes` (ascending indices), read from `src` on `threads`
+/// threads in runs of up to 4 MiB of adjacent nodes. Returns them in order and the bytes
+/// read (ranges `src` knows to be zero are not read).
+pub fn hash_nodes(
+    src: &dyn Source,
+    nodes: &[u64],
+    threads: usize,
+) -> Result<(Vec<Hash>, u64), String> {
+    let size = src.size();
+    let per_unit = (READ_UNIT / RESYNC_NODE_SIZES[KEPT]) as usize;
+    // Runs of adjacent nodes, at most `per_unit` long: (first index into `nodes`, length).
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (k, &n) in nodes.iter().enumerate() {
+        match runs.last_mut() {
+            Some((f, l)) if *l < per_unit && nodes[*f + *l - 1] + 1 == n => *l += 1,
+            _ => runs.push((k, 1)),
+        }
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let read = std::sync::atomic::AtomicU64::new(0);
+    let out = std::sync::Mutex::new(vec![[0u8; 32]; nodes.len()]);
+    let err = std::sync::Mutex::new(None::<String>);
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, runs.len().max(1)) {
+            s.spawn(|| loop {
+                let u = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if u >= runs.len() || err.lock().map(|e| e.is_some()).unwrap_or(true) {
+                    return;
+                }
+                let (first, len) = runs[u];
+                let (off, _) = node_range(size, KEPT, nodes[first]);
+                let (_, end) = node_range(size, KEPT, nodes[first + len - 1]);
+                if !src.known_zero(off, end - off) {
+                    read.fetch_add(end - off, std::sync::atomic::Ordering::Relaxed);
+                }
+                match unit_hashes(src, off, end) {
+                    Ok(h) => {
+                        if let Ok(mut o) = out.lock() {
+                            o[first..first + len].copy_from_slice(&h);
+                        }
+                    }
+                    Err(e) => {
+                        if let Ok(mut g) = err.lock() {
+                            g.get_or_insert(e);
+                        }
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = err.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let hashes = out
+        .into_inner()
+        .map_err(|_| "hash worker panicked".to_string())?;
+    Ok((hashes, read.into_inner()))
 }
 
 /// The 256 KiB-level hashes of `[off, end)` (a whole number of such nodes, but for the last).

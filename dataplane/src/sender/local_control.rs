@@ -1,0 +1,144 @@
+//! The sender's local control channel (`vdrep send ... --control PATH`): a unix socket that
+//! speaks JSON lines, one request and one answer per line. The sidecar is its client; so is
+//! `socat` for an operator. Only processes that may open the socket file (mode 0600, owned
+//! by the sender's user) can talk to it.
+//!
+//! Requests (`op`): `status`; `set_bandwidth` with `bytes_per_second` (null = no limit);
+//! `resync` with `vm`. Answers: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tracing::{info, warn};
+
+use super::disk::Shared;
+use super::status::DiskStatus;
+use super::SendError;
+
+/// A request on the control channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Every disk's status and the sender's settings.
+    Status,
+    /// Changes the host's bandwidth limit at once (`None`: no limit).
+    SetBandwidth {
+        /// Bytes per second.
+        bytes_per_second: Option<u64>,
+    },
+    /// Resynchronises every disk of a VM now.
+    Resync {
+        /// The VM.
+        vm: String,
+    },
+}
+
+/// The sender's state as `status` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SenderStatus {
+    /// This sender's name.
+    pub identity: String,
+    /// The receiver.
+    pub receiver: String,
+    /// Process id (the sidecar notices a restarted sender by it).
+    pub pid: u32,
+    /// The current bandwidth limit (`None`: no limit).
+    pub bandwidth_bytes_per_second: Option<u64>,
+    /// Cycle interval in seconds (`None`: one initial copy).
+    pub interval_seconds: Option<u64>,
+    /// Every disk.
+    pub disks: Vec<DiskStatus>,
+}
+
+/// Bounded request line: nothing legitimate comes near it.
+const MAX_LINE: usize = 64 << 10;
+
+/// Binds `path` (replacing a stale socket) and answers requests until aborted.
+pub fn serve(path: &Path, sh: Arc<Shared>) -> Result<tokio::task::JoinHandle<()>, SendError> {
+    let err =
+        |e: std::io::Error| SendError::Internal(format!("control socket {}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    }
+    info!(path = %path.display(), "control channel ready");
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let sh = sh.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut lines = BufReader::new(r.take(MAX_LINE as u64 * 64)).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let answer = if line.len() > MAX_LINE {
+                        serde_json::json!({"ok": false, "error": "request too long"})
+                    } else {
+                        match serde_json::from_str::<Request>(&line) {
+                            Ok(req) => answer(req, &sh),
+                            Err(e) => {
+                                serde_json::json!({"ok": false, "error": format!("bad request: {e}")})
+                            }
+                        }
+                    };
+                    let mut out = answer.to_string();
+                    out.push('\n');
+                    if w.write_all(out.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }))
+}
+
+use tokio::io::AsyncReadExt as _;
+
+fn answer(req: Request, sh: &Shared) -> serde_json::Value {
+    match req {
+        Request::Status => {
+            let st = SenderStatus {
+                identity: sh.opts.identity.clone(),
+                receiver: sh.peer.clone(),
+                pid: std::process::id(),
+                bandwidth_bytes_per_second: sh.throttle.rate(),
+                interval_seconds: sh.board.interval().map(|i| i.as_secs()),
+                disks: sh.board.disks(),
+            };
+            serde_json::json!({"ok": true, "status": st})
+        }
+        Request::SetBandwidth { bytes_per_second } => {
+            // Through the policy: a direct rate would be undone by the schedule's next tick.
+            sh.bandwidth
+                .set_policy(crate::throttle::BandwidthPolicy::Fixed(bytes_per_second));
+            info!(
+                ?bytes_per_second,
+                "bandwidth limit changed over the control channel"
+            );
+            serde_json::json!({"ok": true, "bandwidth_bytes_per_second": bytes_per_second})
+        }
+        Request::Resync { vm } => match sh.board.request_resync(&vm) {
+            Ok(disks) => {
+                info!(%vm, ?disks, "resync requested over the control channel");
+                serde_json::json!({"ok": true, "disks": disks})
+            }
+            Err(e) => {
+                warn!(%vm, error = %e, "resync request refused");
+                serde_json::json!({"ok": false, "error": e})
+            }
+        },
+    }
+}

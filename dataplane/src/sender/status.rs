@@ -1,0 +1,347 @@
+//! What the sender knows about its VMs, disks and connection: the source of the health and
+//! RPO metrics (sampled every second) and of the control channel's `status` answer.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::disk::DiskJob;
+use crate::metrics::events::{self, Health};
+use crate::tracking::Tracker;
+
+/// One disk as the sender sees it.
+struct Entry {
+    job: DiskJob,
+    tracker: Option<Tracker>,
+    last_cycle: Option<u64>,
+    copying: bool,
+    resyncs: u64,
+    resyncs_completed: u64,
+}
+
+/// The last failed attempt, while the sender has not connected since.
+#[derive(Debug, Clone)]
+struct Failure {
+    class: &'static str,
+    message: String,
+    recoverable: bool,
+    next_retry_unix: Option<u64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    disks: BTreeMap<(String, String), Entry>,
+    failure: Option<Failure>,
+    next_switch_unix: BTreeMap<String, u64>,
+    conn: Option<quinn::Connection>,
+    interval: Option<Duration>,
+    resync_requested: std::collections::BTreeSet<(String, String)>,
+}
+
+/// The sender's status board, shared by the replication tasks, the sampler and the control
+/// channel.
+#[derive(Default)]
+pub struct Board {
+    inner: Mutex<Inner>,
+    /// Woken when an operator asks for something the protection loops act on (a resync).
+    pub wake: tokio::sync::Notify,
+}
+
+/// A disk's status as the control channel reports it (and the sidecar serves it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DiskStatus {
+    /// VM name.
+    pub vm: String,
+    /// Disk name (the replica's name at the receiver).
+    pub disk: String,
+    /// Source image.
+    pub path: String,
+    /// Normal, warning or critical.
+    pub health: Health,
+    /// Why the health is not normal (empty when it is).
+    pub reason: String,
+    /// `initial` (copying), `protected` (delta cycles), `resync_required`, `resyncing`.
+    pub phase: String,
+    /// Age of the newest recovery point, seconds (`None`: no point yet).
+    pub rpo_seconds: Option<u64>,
+    /// Newest committed cycle (0 = the initial copy).
+    pub last_cycle: Option<u64>,
+    /// When the newest recovery point was committed (Unix seconds).
+    pub last_cycle_unix: Option<u64>,
+    /// When the next log switch is due (Unix seconds).
+    pub next_cycle_unix: Option<u64>,
+    /// When the next reconnect is due after a recoverable error (Unix seconds).
+    pub next_retry_unix: Option<u64>,
+    /// Bytes of the current (or last) full copy done.
+    pub copied_bytes: u64,
+    /// Virtual size of the disk.
+    pub size_bytes: u64,
+    /// Resyncs completed since the sender started.
+    pub resyncs_completed: u64,
+}
+
+impl Board {
+    /// Registers a disk (once per run).
+    pub fn add_disk(&self, job: &DiskJob, tracker: Option<Tracker>) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.disks.insert(
+                (job.vm.clone(), job.name.clone()),
+                Entry {
+                    job: job.clone(),
+                    tracker,
+                    last_cycle: None,
+                    copying: true,
+                    resyncs: 0,
+                    resyncs_completed: 0,
+                },
+            );
+        }
+    }
+
+    /// Sets the cycle interval (continuous protection).
+    pub fn set_interval(&self, interval: Duration) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.interval = Some(interval);
+        }
+    }
+
+    /// The cycle interval (`None`: one initial copy).
+    pub fn interval(&self) -> Option<Duration> {
+        self.inner.lock().ok()?.interval
+    }
+
+    /// The receiver acknowledged cycle `cycle` (0 = the initial copy) of a disk as committed.
+    pub fn committed(&self, vm: &str, disk: &str, cycle: u64) {
+        events::recovery_point(vm, disk, events::now_unix());
+        if let Ok(mut g) = self.inner.lock() {
+            if let Some(e) = g.disks.get_mut(&(vm.to_string(), disk.to_string())) {
+                e.last_cycle = Some(cycle);
+                // A resync commits as a cycle, an initial copy as cycle 0.
+                if e.copying {
+                    e.resyncs_completed = e.resyncs;
+                    e.copying = false;
+                }
+            }
+        }
+    }
+
+    /// The receiver already holds cycle `cycle` of a disk (found at open).
+    pub fn known_cycle(&self, vm: &str, disk: &str, cycle: u64) {
+        if let Ok(mut g) = self.inner.lock() {
+            if let Some(e) = g.disks.get_mut(&(vm.to_string(), disk.to_string())) {
+                e.last_cycle = Some(cycle);
+                e.copying = false;
+            }
+        }
+    }
+
+    /// An operator asks to resynchronise every disk of `vm` now. Only a protecting sender
+    /// (with `--interval`) resynchronises; returns the disks marked.
+    pub fn request_resync(&self, vm: &str) -> Result<Vec<String>, String> {
+        let mut g = self
+            .inner
+            .lock()
+            .map_err(|_| "status lock poisoned".to_string())?;
+        if g.interval.is_none() {
+            return Err(
+                "this sender makes one initial copy (no --interval): run it again to copy anew"
+                    .into(),
+            );
+        }
+        let disks: Vec<(String, String)> =
+            g.disks.keys().filter(|(v, _)| v == vm).cloned().collect();
+        if disks.is_empty() {
+            return Err(format!("VM {vm} is not replicated by this sender"));
+        }
+        let names = disks.iter().map(|(_, d)| d.clone()).collect();
+        g.resync_requested.extend(disks);
+        drop(g);
+        self.wake.notify_waiters();
+        Ok(names)
+    }
+
+    /// Takes a pending resync request of a disk.
+    pub fn take_resync(&self, vm: &str, disk: &str) -> bool {
+        self.inner
+            .lock()
+            .map(|mut g| {
+                g.resync_requested
+                    .remove(&(vm.to_string(), disk.to_string()))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Whether any disk of `vm` waits for a resync.
+    pub fn resync_pending(&self, vm: &str) -> bool {
+        self.inner
+            .lock()
+            .map(|g| g.resync_requested.iter().any(|(v, _)| v == vm))
+            .unwrap_or(false)
+    }
+
+    /// A full copy or a resync (block-checksum comparison) of the disk starts.
+    pub fn copy_started(&self, vm: &str, disk: &str, resync: bool) {
+        if let Ok(mut g) = self.inner.lock() {
+            if let Some(e) = g.disks.get_mut(&(vm.to_string(), disk.to_string())) {
+                e.copying = true;
+                if resync {
+                    e.resyncs += 1;
+                }
+            }
+        }
+    }
+
+    /// The next log switch of `vm`.
+    pub fn next_switch(&self, vm: &str, unix: u64) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.next_switch_unix.insert(vm.to_string(), unix);
+        }
+    }
+
+    /// A connection is up: the last failure is over.
+    pub fn connected(&self, conn: &quinn::Connection) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.failure = None;
+            g.conn = Some(conn.clone());
+        }
+    }
+
+    /// An attempt failed.
+    pub fn failed(
+        &self,
+        class: &'static str,
+        message: String,
+        recoverable: bool,
+        retry_in: Option<Duration>,
+    ) {
+        events::attempt_failed(class, retry_in.is_some());
+        if let Ok(mut g) = self.inner.lock() {
+            g.failure = Some(Failure {
+                class,
+                message,
+                recoverable,
+                next_retry_unix: retry_in.map(|d| events::now_unix() + d.as_secs().max(1)),
+            });
+        }
+    }
+
+    /// The current connection, for path statistics.
+    pub fn connection(&self) -> Option<quinn::Connection> {
+        self.inner.lock().ok()?.conn.clone()
+    }
+
+    /// Every disk's status now.
+    pub fn disks(&self) -> Vec<DiskStatus> {
+        let Ok(g) = self.inner.lock() else {
+            return Vec::new();
+        };
+        let now = events::now_unix();
+        g.disks
+            .values()
+            .map(|e| {
+                let (vm, disk) = (e.job.vm.clone(), e.job.name.clone());
+                let resync = e.tracker.as_ref().and_then(|t| t.resync_reason());
+                let newest = events::newest_point(&vm, &disk);
+                let resyncing = e.copying && e.resyncs > e.resyncs_completed;
+                let (health, reason) = if let (true, Some(r)) = (resyncing, &resync) {
+                    // Running: the replica is behind until it commits, not lost.
+                    (Health::Warning, format!("resync in progress: {r}"))
+                } else if let Some(r) = &resync {
+                    (Health::Critical, format!("resync required: {r}"))
+                } else if let Some(f) = g.failure.as_ref().filter(|f| !f.recoverable) {
+                    (Health::Critical, format!("{}: {}", f.class, f.message))
+                } else if let Some(f) = &g.failure {
+                    (
+                        Health::Warning,
+                        format!("retrying ({}): {}", f.class, f.message),
+                    )
+                } else if let (Some(i), Some(t)) = (g.interval, newest) {
+                    // ASR warns when the RPO passes twice the replication interval.
+                    if now.saturating_sub(t) > 2 * i.as_secs().max(1) + 60 {
+                        (
+                            Health::Warning,
+                            format!("RPO {} s exceeds twice the interval", now - t),
+                        )
+                    } else {
+                        (Health::Normal, String::new())
+                    }
+                } else {
+                    (Health::Normal, String::new())
+                };
+                let phase = match (&resync, e.copying, resyncing) {
+                    (_, _, true) => "resyncing",
+                    (Some(_), _, _) => "resync_required",
+                    (None, true, false) => "initial",
+                    (None, false, _) => "protected",
+                };
+                DiskStatus {
+                    path: e.job.disk.info().path.display().to_string(),
+                    health,
+                    reason,
+                    phase: phase.into(),
+                    rpo_seconds: newest.map(|t| now.saturating_sub(t)),
+                    last_cycle: e.last_cycle,
+                    last_cycle_unix: newest,
+                    next_cycle_unix: g.next_switch_unix.get(&vm).copied(),
+                    next_retry_unix: g.failure.as_ref().and_then(|f| f.next_retry_unix),
+                    // A committed copy is whole, including what it never had to send.
+                    copied_bytes: if e.copying {
+                        e.job.progress.counted()
+                    } else {
+                        e.job.disk.info().virtual_size
+                    },
+                    size_bytes: e.job.disk.info().virtual_size,
+                    resyncs_completed: e.resyncs_completed,
+                    vm,
+                    disk,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Samples the board, the throttle and the QUIC path into metrics every second until the
+/// task is aborted.
+pub async fn sample(board: Arc<Board>, sh: Arc<super::Shared>) {
+    let mut last_wire = crate::pipeline::Stats::get(&sh.stats.wire);
+    let mut last_at = tokio::time::Instant::now();
+    let mut last_lost: Option<(usize, u64)> = None;
+    loop {
+        for d in board.disks() {
+            let progress = if d.size_bytes == 0 {
+                1.0
+            } else {
+                d.copied_bytes as f64 / d.size_bytes as f64
+            };
+            events::disk_state(
+                &d.vm,
+                &d.disk,
+                d.health,
+                d.phase == "resync_required",
+                progress,
+            );
+        }
+        events::rpo_tick(events::now_unix());
+        let wire = crate::pipeline::Stats::get(&sh.stats.wire);
+        let dt = last_at.elapsed().as_secs_f64().max(1e-3);
+        events::throttle(
+            sh.throttle.rate(),
+            wire.saturating_sub(last_wire) as f64 / dt,
+        );
+        (last_wire, last_at) = (wire, tokio::time::Instant::now());
+        if let Some(conn) = board.connection() {
+            let s = conn.stats();
+            let id = conn.stable_id();
+            let lost = s.path.lost_packets;
+            let delta = match last_lost {
+                Some((i, l)) if i == id => lost.saturating_sub(l),
+                _ => lost,
+            };
+            last_lost = Some((id, lost));
+            events::quic_path(s.path.rtt.as_secs_f64(), s.path.cwnd, delta);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

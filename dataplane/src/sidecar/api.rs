@@ -1,0 +1,398 @@
+//! The HTTP/JSON routes. Reads are open (the API listens on loopback); every call that
+//! changes state needs `Authorization: Bearer <token>` and gets 401 without it. Errors are
+//! `{"error": "..."}` with a 4xx status; bodies are parsed here (not by extractors) so every
+//! malformed request gets the documented JSON error.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use super::jobs::{FAILOVER_STEPS, PROTECT_STEPS, RESYNC_STEPS};
+use super::policy::{BandwidthPolicy, ReplicationPolicy};
+use super::state::{new_job, JobKind};
+use super::{Sidecar, OPENAPI};
+use crate::metrics::events::{self, Health};
+
+type Sc = State<Arc<Sidecar>>;
+
+/// The API's routes.
+pub fn router(sc: Arc<Sidecar>) -> Router {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/v1/vms", get(list_vms))
+        .route("/v1/vms/{vm}", get(get_vm))
+        .route("/v1/vms/{vm}/policy", get(get_policy).put(put_policy))
+        .route("/v1/vms/{vm}/protection", post(enable_protection))
+        .route("/v1/vms/{vm}/resync", post(resync))
+        .route("/v1/vms/{vm}/test-failover", post(test_failover))
+        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/bandwidth", get(get_bandwidth).put(put_bandwidth))
+        .fallback(|| async {
+            err(
+                StatusCode::NOT_FOUND,
+                "no such endpoint (see /openapi.json)",
+            )
+        })
+        .layer(axum::middleware::from_fn(count_requests))
+        .with_state(sc)
+}
+
+async fn count_requests(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().as_str().to_string();
+    let resp = next.run(req).await;
+    events::api_request(&method, resp.status().as_u16());
+    resp
+}
+
+fn err(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+/// A refusal before a handler's work: status and message, answered as `{"error": ...}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        err(self.0, self.1)
+    }
+}
+
+fn authorized(sc: &Sidecar, h: &HeaderMap) -> Result<(), ApiError> {
+    let given = h
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    // Compare in time independent of where the strings differ.
+    let ok = given.is_some_and(|g| {
+        g.len() == sc.token.len()
+            && g.bytes()
+                .zip(sc.token.bytes())
+                .fold(0u8, |a, (x, y)| a | (x ^ y))
+                == 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "this call changes state: send Authorization: Bearer <token> (the sidecar's --token-file)".into(),
+        ))
+    }
+}
+
+fn body<T: DeserializeOwned + Default>(b: &Bytes) -> Result<T, ApiError> {
+    if b.iter().all(|c| c.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(b)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))
+}
+
+fn valid_vm(vm: &str) -> Result<(), ApiError> {
+    crate::sink::validate_name("VM name", vm)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+fn worse(a: Health, b: Health) -> Health {
+    let rank = |h: Health| Health::ALL.iter().position(|x| *x == h).unwrap_or(0);
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+/// The VMs as the sender last reported them, with their policies applied (RPO threshold).
+fn vms_view(sc: &Sidecar) -> (Value, Vec<Value>) {
+    let now = events::now_unix();
+    let cached = sc.cached_status();
+    let up = sc.sender_up.load(std::sync::atomic::Ordering::Relaxed);
+    let sender = match &cached {
+        Some((st, at)) => json!({
+            "reachable": up, "pid": st.pid, "identity": st.identity, "receiver": st.receiver,
+            "status_age_seconds": now.saturating_sub(*at),
+            "bandwidth_bytes_per_second": st.bandwidth_bytes_per_second,
+        }),
+        None => json!({ "reachable": false, "pid": null, "identity": null, "receiver": null,
+                        "status_age_seconds": null, "bandwidth_bytes_per_second": null }),
+    };
+    let policies = sc.read(|s| s.policies.clone()).unwrap_or_default();
+    let mut vms: std::collections::BTreeMap<String, Vec<crate::sender::DiskStatus>> =
+        Default::default();
+    if let Some((st, _)) = cached {
+        for d in st.disks {
+            vms.entry(d.vm.clone()).or_default().push(d);
+        }
+    }
+    let list = vms
+        .into_iter()
+        .map(|(vm, mut disks)| {
+            let policy = policies.get(&vm).cloned().unwrap_or_default();
+            for d in disks.iter_mut() {
+                if let Some(r) = d.rpo_seconds.filter(|r| *r > policy.rpo_threshold_seconds) {
+                    if d.health == Health::Normal {
+                        d.health = Health::Warning;
+                        d.reason = format!(
+                            "RPO {r} s is over the threshold of {} s",
+                            policy.rpo_threshold_seconds
+                        );
+                    }
+                }
+            }
+            let health = disks.iter().fold(Health::Normal, |a, d| worse(a, d.health));
+            let reason = disks
+                .iter()
+                .find(|d| d.health == health && !d.reason.is_empty())
+                .map(|d| d.reason.clone())
+                .unwrap_or_default();
+            json!({
+                "vm": vm,
+                "health": health,
+                "reason": reason,
+                "protected": disks.iter().all(|d| d.phase == "protected"),
+                "rpo_seconds": disks.iter().filter_map(|d| d.rpo_seconds).max(),
+                "last_cycle_unix": disks.iter().filter_map(|d| d.last_cycle_unix).min(),
+                "next_cycle_unix": disks.iter().filter_map(|d| d.next_cycle_unix).min(),
+                "next_retry_unix": disks.iter().filter_map(|d| d.next_retry_unix).min(),
+                "policy": policy,
+                "disks": disks,
+            })
+        })
+        .collect();
+    (sender, list)
+}
+
+async fn list_vms(State(sc): Sc) -> Response {
+    let (sender, vms) = vms_view(&sc);
+    Json(json!({ "sender": sender, "vms": vms })).into_response()
+}
+
+async fn get_vm(State(sc): Sc, Path(vm): Path<String>) -> Response {
+    let (_, vms) = vms_view(&sc);
+    match vms.into_iter().find(|v| v["vm"] == vm.as_str()) {
+        Some(mut v) => {
+            let jobs: Vec<Value> = sc
+                .read(|s| {
+                    s.jobs
+                        .iter()
+                        .rev()
+                        .filter(|j| j.vm == vm)
+                        .take(20)
+                        .map(|j| json!(j))
+                        .collect()
+                })
+                .unwrap_or_default();
+            v["jobs"] = json!(jobs);
+            Json(v).into_response()
+        }
+        None => err(
+            StatusCode::NOT_FOUND,
+            format!("VM {vm} is not replicated by this host's sender"),
+        ),
+    }
+}
+
+async fn get_policy(State(sc): Sc, Path(vm): Path<String>) -> Response {
+    if let Err(r) = valid_vm(&vm) {
+        return r.into_response();
+    }
+    let p = sc
+        .read(|s| s.policies.get(&vm).cloned())
+        .flatten()
+        .unwrap_or_default();
+    Json(json!(p)).into_response()
+}
+
+async fn put_policy(State(sc): Sc, Path(vm): Path<String>, h: HeaderMap, b: Bytes) -> Response {
+    if let Err(r) = authorized(&sc, &h).and_then(|_| valid_vm(&vm)) {
+        return r.into_response();
+    }
+    let p: ReplicationPolicy = match body(&b) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    if let Err(e) = p.validate() {
+        return err(StatusCode::BAD_REQUEST, e);
+    }
+    match sc.update(|s| s.policies.insert(vm.clone(), p.clone())) {
+        Ok(_) => Json(json!(p)).into_response(),
+        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+fn created(sc: &Sidecar, job: super::state::Job) -> Response {
+    let view = json!(job);
+    match sc.update(|s| s.jobs.push(job)) {
+        Ok(()) => (StatusCode::ACCEPTED, Json(view)).into_response(),
+        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn enable_protection(
+    State(sc): Sc,
+    Path(vm): Path<String>,
+    h: HeaderMap,
+    b: Bytes,
+) -> Response {
+    if let Err(r) = authorized(&sc, &h).and_then(|_| valid_vm(&vm)) {
+        return r.into_response();
+    }
+    let p: ReplicationPolicy = match body(&b) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    if let Err(e) = p.validate() {
+        return err(StatusCode::BAD_REQUEST, e);
+    }
+    let now = events::now_unix();
+    let job = match sc.update(|s| {
+        s.policies.insert(vm.clone(), p.clone());
+        new_job(s, JobKind::EnableProtection, &vm, &PROTECT_STEPS, now)
+    }) {
+        Ok(j) => j,
+        Err(e) => return err(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    created(&sc, job)
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ResyncBody {
+    #[serde(default)]
+    now: bool,
+}
+
+/// A VM the sender is known not to replicate gets 404; while the sender is unreachable the
+/// request is queued and checked when it answers.
+fn known_vm(sc: &Sidecar, vm: &str) -> Result<(), ApiError> {
+    valid_vm(vm)?;
+    match sc.cached_status() {
+        Some((st, _)) if !st.disks.iter().any(|d| d.vm == vm) => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("VM {vm} is not replicated by this host's sender"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn resync(State(sc): Sc, Path(vm): Path<String>, h: HeaderMap, b: Bytes) -> Response {
+    if let Err(r) = authorized(&sc, &h).and_then(|_| known_vm(&sc, &vm)) {
+        return r.into_response();
+    }
+    let rb: ResyncBody = match body(&b) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let now = events::now_unix();
+    let Some(policy) = sc.read(|s| s.policies.get(&vm).cloned().unwrap_or_default()) else {
+        return err(StatusCode::SERVICE_UNAVAILABLE, "state lock poisoned");
+    };
+    let job = match sc.update(|s| new_job(s, JobKind::Resync, &vm, &RESYNC_STEPS, now)) {
+        Ok(mut j) => {
+            if !rb.now {
+                j.not_before_unix = Some(policy.next_resync_window(now as i64).max(0) as u64);
+            }
+            j
+        }
+        Err(e) => return err(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    created(&sc, job)
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FailoverBody {
+    #[serde(default)]
+    point: Option<u64>,
+}
+
+async fn test_failover(State(sc): Sc, Path(vm): Path<String>, h: HeaderMap, b: Bytes) -> Response {
+    if let Err(r) = authorized(&sc, &h).and_then(|_| known_vm(&sc, &vm)) {
+        return r.into_response();
+    }
+    let fb: FailoverBody = match body(&b) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let now = events::now_unix();
+    match sc.update(|s| new_job(s, JobKind::TestFailover, &vm, &FAILOVER_STEPS, now)) {
+        Ok(mut j) => {
+            j.result = Some(json!({ "requested_point": fb.point }));
+            created(&sc, j)
+        }
+        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn list_jobs(State(sc): Sc) -> Response {
+    let jobs: Vec<Value> = sc
+        .read(|s| s.jobs.iter().rev().map(|j| json!(j)).collect())
+        .unwrap_or_default();
+    Json(json!({ "jobs": jobs })).into_response()
+}
+
+async fn get_job(State(sc): Sc, Path(id): Path<String>) -> Response {
+    match sc
+        .read(|s| s.jobs.iter().find(|j| j.id == id).cloned())
+        .flatten()
+    {
+        Some(j) => Json(json!(j)).into_response(),
+        None => err(StatusCode::NOT_FOUND, format!("no job {id}")),
+    }
+}
+
+fn bandwidth_view(sc: &Sidecar) -> Value {
+    let p = sc.read(|s| s.bandwidth.clone()).unwrap_or_default();
+    let now = events::now_unix() as i64;
+    json!({
+        "policy": p,
+        "current_bytes_per_second": p.rate_at(now),
+        "applied": sc.applied.lock().ok().and_then(|a| *a).map(|(_, r)| r == p.rate_at(now)).unwrap_or(false),
+    })
+}
+
+async fn get_bandwidth(State(sc): Sc) -> Response {
+    Json(bandwidth_view(&sc)).into_response()
+}
+
+async fn put_bandwidth(State(sc): Sc, h: HeaderMap, b: Bytes) -> Response {
+    if let Err(r) = authorized(&sc, &h) {
+        return r.into_response();
+    }
+    if b.iter().all(|c| c.is_ascii_whitespace()) {
+        return err(StatusCode::BAD_REQUEST, "a bandwidth policy is required");
+    }
+    let p: BandwidthPolicy = match serde_json::from_slice(&b) {
+        Ok(p) => p,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
+    };
+    if let Err(e) = p.validate() {
+        return err(StatusCode::BAD_REQUEST, e);
+    }
+    if let Err(e) = sc.update(|s| s.bandwidth = p) {
+        return err(StatusCode::SERVICE_UNAVAILABLE, e);
+    }
+    sc.policy_changed();
+    // Apply at once rather than at the next tick, so the answer says whether it took.
+    if sc.sender_up.load(std::sync::atomic::Ordering::Relaxed) {
+        sc.apply_bandwidth(events::now_unix()).await;
+    }
+    Json(bandwidth_view(&sc)).into_response()
+}

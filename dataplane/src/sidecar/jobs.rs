@@ -1,0 +1,265 @@
+//! Advancing jobs from the sender's status, once per tick. Each job's progress is derived
+//! from what the sender reports (phases, commits, completed resyncs), so a job survives the
+//! sidecar's restart (it is re-read from the state file) and the sender's (a request the old
+//! sender process took but did not finish is handed to the new one).
+
+use serde_json::json;
+
+use super::client::ClientError;
+use super::state::{Job, JobKind, JobState};
+use super::Sidecar;
+use crate::sender::local_control::{Request, SenderStatus};
+use crate::sender::DiskStatus;
+
+/// Steps of each job kind.
+pub const RESYNC_STEPS: [&str; 4] = [
+    "wait for the resync window",
+    "hand the resync to the sender",
+    "compare block checksums and send the differing pages",
+    "resume delta replication",
+];
+/// Steps of a test failover.
+pub const FAILOVER_STEPS: [&str; 2] = [
+    "materialise the recovery point in the failover folder beside the store",
+    "verify the disks against the sender's digests",
+];
+/// Steps of enabling protection.
+pub const PROTECT_STEPS: [&str; 4] = [
+    "check prerequisites (sender reachable, disks readable)",
+    "create the replication relationship (policy stored)",
+    "initial replication",
+    "finalize protection",
+];
+
+fn vm_disks<'a>(st: &'a SenderStatus, vm: &str) -> Vec<&'a DiskStatus> {
+    st.disks.iter().filter(|d| d.vm == vm).collect()
+}
+
+/// Advances every unfinished job and saves what changed.
+pub async fn advance(sc: &std::sync::Arc<Sidecar>, now: u64, up: bool) {
+    let open: Vec<Job> = sc
+        .read(|s| {
+            s.jobs
+                .iter()
+                .filter(|j| !j.state.is_final())
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let status = sc.cached_status().map(|(s, _)| s).filter(|_| up);
+    for mut job in open {
+        let before = serde_json::to_string(&job).unwrap_or_default();
+        match job.kind {
+            JobKind::Resync => resync(sc, &mut job, status.as_ref(), now).await,
+            JobKind::TestFailover => super::failover::advance(sc, &mut job, now),
+            JobKind::EnableProtection => protect(&mut job, status.as_ref(), now),
+        }
+        if serde_json::to_string(&job).unwrap_or_default() != before {
+            let _ = sc.update(|s| {
+                if let Some(j) = s.jobs.iter_mut().find(|j| j.id == job.id) {
+                    *j = job;
+                }
+            });
+        }
+    }
+}
+
+/// Records an error once (a retried one is not repeated).
+pub fn note_error(job: &mut Job, msg: String) {
+    if job.errors.last() != Some(&msg) {
+        job.errors.push(msg);
+    }
+}
+
+async fn resync(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u64) {
+    if job.state == JobState::Queued {
+        if let Some(t) = job.not_before_unix.filter(|t| *t > now) {
+            job.step(
+                0,
+                JobState::Queued,
+                format!("scheduled for {t} (Unix time)"),
+                now,
+            );
+            return;
+        }
+        job.step(0, JobState::Succeeded, "window open", now);
+        let Some(st) = st else {
+            job.step(
+                1,
+                JobState::Running,
+                "the sender is unreachable; retrying",
+                now,
+            );
+            return;
+        };
+        let baseline: serde_json::Map<String, serde_json::Value> = vm_disks(st, &job.vm)
+            .iter()
+            .map(|d| (d.disk.clone(), json!(d.resyncs_completed)))
+            .collect();
+        match sc
+            .client
+            .call(&Request::Resync { vm: job.vm.clone() })
+            .await
+        {
+            Ok(_) => {
+                job.state = JobState::Running;
+                job.sender_pid = Some(st.pid);
+                job.requested_unix = Some(now);
+                job.result = Some(json!({ "baseline": baseline }));
+                job.step(
+                    1,
+                    JobState::Succeeded,
+                    format!("sender pid {} took it", st.pid),
+                    now,
+                );
+                job.step(2, JobState::Running, "starting", now);
+            }
+            Err(ClientError::Refused(m)) => {
+                note_error(job, m.clone());
+                job.step(1, JobState::Failed, m, now);
+                job.finish(JobState::Failed, now);
+            }
+            Err(e) => {
+                note_error(job, e.to_string());
+                job.step(
+                    1,
+                    JobState::Running,
+                    "the sender is unreachable; retrying",
+                    now,
+                );
+            }
+        }
+        return;
+    }
+    let Some(st) = st else {
+        job.step(
+            2,
+            JobState::Running,
+            "the sender is unreachable; waiting",
+            now,
+        );
+        return;
+    };
+    if Some(st.pid) != job.sender_pid {
+        // A new sender process: the request died with the old one. Hand it over again.
+        note_error(
+            job,
+            format!(
+                "the sender restarted (pid {}); handing the resync to it again",
+                st.pid
+            ),
+        );
+        job.state = JobState::Queued;
+        job.not_before_unix = None;
+        return;
+    }
+    let disks = vm_disks(st, &job.vm);
+    let baseline = job.result.clone().unwrap_or_default();
+    let done = |d: &DiskStatus| {
+        let b = baseline["baseline"][&d.disk].as_u64().unwrap_or(0);
+        d.resyncs_completed > b
+    };
+    let (copied, size): (u64, u64) = disks
+        .iter()
+        .map(|d| {
+            (
+                if done(d) {
+                    d.size_bytes
+                } else {
+                    d.copied_bytes.min(d.size_bytes)
+                },
+                d.size_bytes,
+            )
+        })
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    if !disks.is_empty() && disks.iter().all(|d| done(d)) {
+        job.step(2, JobState::Succeeded, format!("copied {size} bytes"), now);
+        job.step(3, JobState::Succeeded, "delta cycles continue", now);
+        job.finish(JobState::Succeeded, now);
+    } else {
+        job.step(
+            2,
+            JobState::Running,
+            format!("{copied} of {size} bytes"),
+            now,
+        );
+    }
+}
+
+fn protect(job: &mut Job, st: Option<&SenderStatus>, now: u64) {
+    let Some(st) = st else {
+        job.state = JobState::Running;
+        job.step(
+            0,
+            JobState::Running,
+            "the sender is unreachable; waiting",
+            now,
+        );
+        return;
+    };
+    job.state = JobState::Running;
+    let disks = vm_disks(st, &job.vm);
+    if disks.is_empty() {
+        let m = format!(
+            "VM {} is not configured on the sender: add a [[vm]] entry with its disks to the \
+             sender's config and restart it, then enable protection again",
+            job.vm
+        );
+        note_error(job, m.clone());
+        job.step(0, JobState::Failed, m, now);
+        job.finish(JobState::Failed, now);
+        return;
+    }
+    job.step(
+        0,
+        JobState::Succeeded,
+        format!("{} disks readable", disks.len()),
+        now,
+    );
+    job.step(1, JobState::Succeeded, "policy stored", now);
+    if let Some(d) = disks
+        .iter()
+        .find(|d| d.health == crate::metrics::events::Health::Critical)
+    {
+        let m = format!("{}/{}: {}", d.vm, d.disk, d.reason);
+        note_error(job, m.clone());
+        job.step(2, JobState::Failed, m, now);
+        job.finish(JobState::Failed, now);
+        return;
+    }
+    let (copied, size) = disks
+        .iter()
+        .fold((0, 0), |a, d| (a.0 + d.copied_bytes, a.1 + d.size_bytes));
+    if disks.iter().all(|d| d.phase == "protected") {
+        job.step(
+            2,
+            JobState::Succeeded,
+            format!("{size} bytes replicated"),
+            now,
+        );
+        // Finalized once delta replication runs: a cycle after the copy is committed.
+        if disks.iter().all(|d| d.last_cycle.unwrap_or(0) >= 1) {
+            job.step(
+                3,
+                JobState::Succeeded,
+                "protected: delta cycles commit recovery points; test failover is possible",
+                now,
+            );
+            job.finish(JobState::Succeeded, now);
+        } else {
+            job.step(
+                3,
+                JobState::Running,
+                "waiting for the first delta cycle",
+                now,
+            );
+        }
+    } else {
+        job.step(
+            2,
+            JobState::Running,
+            format!("{copied} of {size} bytes"),
+            now,
+        );
+    }
+}

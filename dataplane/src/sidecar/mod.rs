@@ -1,0 +1,192 @@
+//! `vdrep sidecar`: the control API beside the sender (DESIGN.md §1, §7, §8).
+//!
+//! An HTTP/JSON API (loopback by default; state-changing calls need the bearer token from
+//! `--token-file`) over VMs and disks with their health, RPO and progress, jobs with steps
+//! and errors, the bandwidth and replication policies, and requests for resync, test
+//! failover and protection. The sender does the data work; the sidecar reaches it over its
+//! local control channel every second ([`client`]), re-applies the bandwidth policy and
+//! re-hands unfinished requests to a restarted sender, and keeps jobs and policies in
+//! `--state DIR` ([`state`]) so its own restart loses nothing.
+//!
+//! The OpenAPI description is `ops/openapi.json`, compiled in and served at `/openapi.json`.
+
+mod api;
+pub mod client;
+pub mod failover;
+mod jobs;
+pub mod policy;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::metrics::events;
+use crate::sender::local_control::SenderStatus;
+use client::SenderClient;
+use state::{State, Store};
+
+/// The OpenAPI description of the API (`ops/openapi.json`).
+pub const OPENAPI: &str = include_str!("../../../ops/openapi.json");
+
+/// What `vdrep sidecar` needs.
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    /// TCP address of the API.
+    pub listen: SocketAddr,
+    /// The sender's control socket.
+    pub sender_control: PathBuf,
+    /// The bearer token for state-changing calls.
+    pub token: String,
+    /// Folder of the durable state.
+    pub state: PathBuf,
+    /// Where test failovers run (`None`: the sidecar cannot read the store).
+    pub failover: Option<failover::FailoverTarget>,
+}
+
+/// The running sidecar's shared state.
+pub struct Sidecar {
+    store: Store,
+    state: Mutex<State>,
+    client: SenderClient,
+    token: String,
+    /// The sender's last status and when it was fetched.
+    status: Mutex<Option<(SenderStatus, u64)>>,
+    sender_up: AtomicBool,
+    /// The bandwidth last applied: (sender pid, rate).
+    applied: Mutex<Option<(u32, Option<u64>)>>,
+    failover: Option<failover::FailoverTarget>,
+    /// Jobs whose work runs in a task now (test failovers).
+    running: Mutex<std::collections::HashSet<String>>,
+}
+
+impl Sidecar {
+    /// Loads the state and prepares the client.
+    pub fn open(cfg: &SidecarConfig) -> Result<Arc<Self>, String> {
+        let (store, state) = Store::open(&cfg.state)?;
+        Ok(Arc::new(Sidecar {
+            store,
+            state: Mutex::new(state),
+            client: SenderClient::new(&cfg.sender_control),
+            token: cfg.token.clone(),
+            status: Mutex::new(None),
+            sender_up: AtomicBool::new(false),
+            applied: Mutex::new(None),
+            failover: cfg.failover.clone(),
+            running: Mutex::new(Default::default()),
+        }))
+    }
+
+    /// Runs `f` on the state and saves it.
+    fn update<T>(&self, f: impl FnOnce(&mut State) -> T) -> Result<T, String> {
+        let mut g = self.state.lock().map_err(|_| "state lock poisoned")?;
+        let out = f(&mut g);
+        self.store.save(&mut g)?;
+        Ok(out)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> Option<T> {
+        self.state.lock().ok().map(|g| f(&g))
+    }
+
+    fn cached_status(&self) -> Option<(SenderStatus, u64)> {
+        self.status.lock().ok()?.clone()
+    }
+
+    /// One round: poll the sender, apply the bandwidth policy, advance jobs, export
+    /// metrics.
+    pub async fn tick(self: &Arc<Self>) {
+        let now = events::now_unix();
+        match self.client.status().await {
+            Ok(st) => {
+                if !self.sender_up.swap(true, Ordering::Relaxed) {
+                    info!(pid = st.pid, "sender reachable");
+                }
+                if let Ok(mut s) = self.status.lock() {
+                    *s = Some((st, now));
+                }
+            }
+            Err(e) => {
+                if self.sender_up.swap(false, Ordering::Relaxed) {
+                    warn!(error = %e, "sender unreachable; jobs and policy wait for it");
+                }
+            }
+        }
+        let up = self.sender_up.load(Ordering::Relaxed);
+        events::sender_up(up);
+        if up {
+            self.apply_bandwidth(now).await;
+        }
+        jobs::advance(self, now, up).await;
+        if let Some(counts) = self.read(|s| {
+            state::JobState::ALL
+                .map(|st| (st.as_str(), s.jobs.iter().filter(|j| j.state == st).count()))
+        }) {
+            events::jobs(&counts);
+        }
+    }
+
+    async fn apply_bandwidth(&self, now: u64) {
+        let Some((st, _)) = self.cached_status() else {
+            return;
+        };
+        let Some(want) = self.read(|s| s.bandwidth.rate_at(now as i64)) else {
+            return;
+        };
+        let applied = self.applied.lock().ok().and_then(|a| *a);
+        if applied == Some((st.pid, want)) {
+            return;
+        }
+        let req = crate::sender::local_control::Request::SetBandwidth {
+            bytes_per_second: want,
+        };
+        match self.client.call(&req).await {
+            Ok(_) => {
+                info!(pid = st.pid, bytes_per_second = ?want, "bandwidth policy applied to the sender");
+                if let Ok(mut a) = self.applied.lock() {
+                    *a = Some((st.pid, want));
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot apply the bandwidth policy; retrying"),
+        }
+    }
+
+    /// Forgets what was applied, so the next tick applies the policy again.
+    fn policy_changed(&self) {
+        if let Ok(mut a) = self.applied.lock() {
+            *a = None;
+        }
+    }
+}
+
+/// Serves the API on `cfg.listen` until SIGTERM/SIGINT; prints `sidecar on ADDR` once bound.
+pub async fn run(cfg: SidecarConfig) -> anyhow::Result<()> {
+    let sc = Sidecar::open(&cfg).map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let local = listener.local_addr()?;
+    if !local.ip().is_loopback() {
+        warn!(listen = %local, "the API listens beyond loopback: protect it (firewall, TLS proxy)");
+    }
+    let ticker = {
+        let sc = sc.clone();
+        tokio::spawn(async move {
+            loop {
+                sc.tick().await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    let app = api::router(sc.clone());
+    info!(listen = %local, state = %cfg.state.display(), "sidecar ready");
+    println!("sidecar on {local}");
+    let serve = axum::serve(listener, app).with_graceful_shutdown(crate::signals::shutdown());
+    let res = serve.await;
+    ticker.abort();
+    res.map_err(|e| anyhow::anyhow!("API server: {e}"))
+}

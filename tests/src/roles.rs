@@ -1,0 +1,141 @@
+//! Long-running `vdrep` roles for the observability and sidecar tests: a process whose stdout
+//! announcements (`listening on ADDR`, `metrics on ADDR`, `sidecar on ADDR`) are collected,
+//! whose stderr goes to a log file, and which is killed when dropped.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::procs::read_log;
+use crate::vdrep_bin;
+
+/// A running `vdrep` process.
+pub struct Role {
+    child: Option<Child>,
+    announced: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Its stderr log.
+    pub log: PathBuf,
+}
+
+/// The announcements a role prints on stdout, by prefix.
+pub const ANNOUNCEMENTS: [&str; 3] = ["listening on ", "metrics on ", "sidecar on "];
+
+impl Role {
+    /// Starts `vdrep ARGS` and waits (20 s at most) until it announced every prefix in
+    /// `expect` (from [`ANNOUNCEMENTS`]).
+    pub fn start(args: &[String], log: &Path, expect: &[&str]) -> Role {
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = Command::new(vdrep_bin())
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("VDREP_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(logf)
+            .spawn()
+            .expect("cannot start vdrep");
+        let stdout = child.stdout.take().unwrap();
+        let announced: Arc<Mutex<BTreeMap<String, String>>> = Default::default();
+        let a2 = announced.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                for p in ANNOUNCEMENTS {
+                    if let Some(v) = line.trim().strip_prefix(p) {
+                        a2.lock().unwrap().insert(p.to_string(), v.to_string());
+                    }
+                }
+            }
+        });
+        let mut r = Role {
+            child: Some(child),
+            announced,
+            log: log.to_path_buf(),
+        };
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let done = {
+                let a = r.announced.lock().unwrap();
+                expect.iter().all(|p| a.contains_key(*p))
+            };
+            if done {
+                break;
+            }
+            if Instant::now() > end || r.try_wait().is_some() {
+                r.kill();
+                panic!(
+                    "vdrep {args:?} did not announce {expect:?} in 20 s; log:\n{}",
+                    read_log(log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    /// The address announced after `prefix` (e.g. `"metrics on "`).
+    pub fn addr(&self, prefix: &str) -> String {
+        self.announced
+            .lock()
+            .unwrap()
+            .get(prefix)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {prefix:?} announcement"))
+    }
+
+    /// The exit status if it has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(s) = self.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        read_log(&self.log)
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until `f` returns `Some`, polling every 100 ms up to `timeout`.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

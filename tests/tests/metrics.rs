@@ -1,0 +1,230 @@
+//! Metrics of the sender and receiver during a real replication: each role's live
+//! exposition passes `promtool check metrics` (lint included) and carries the expected
+//! series and values.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use vdrep_tests::http::{get, sample};
+use vdrep_tests::images::seeded_raw;
+use vdrep_tests::procs::certs;
+use vdrep_tests::require_tool;
+use vdrep_tests::roles::{eventually, Role};
+
+/// `promtool check metrics` on `text`; returns its complaints (empty = accepted).
+fn promtool_check(text: &str) -> String {
+    require_tool("promtool", "apt-get install prometheus");
+    let mut c = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    let msg = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        msg
+    } else {
+        format!("promtool failed ({}): {msg}", out.status)
+    }
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+#[test]
+fn sender_and_receiver_expose_lint_clean_metrics_with_the_replication_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tls = certs(&d.join("tls"), &["hv01"]);
+    let size = 12u64 << 20;
+    // Every 4th MiB stays zero: skipped bytes are counted, data bytes are the rest.
+    let disk = seeded_raw(&d.join("os.raw"), size, 7, 1 << 20, 4);
+    let store = d.join("store");
+    let rx = Role::start(
+        &s(&[
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            store.to_str().unwrap(),
+            "--tls",
+            tls.to_str().unwrap(),
+            "--allow",
+            "hv01=web",
+            "--metrics",
+            "127.0.0.1:0",
+        ]),
+        &d.join("receiver.log"),
+        &["listening on ", "metrics on "],
+    );
+    let tx = Role::start(
+        &s(&[
+            "send",
+            "--to",
+            &rx.addr("listening on "),
+            "--tls",
+            tls.to_str().unwrap(),
+            "--identity",
+            "hv01",
+            "--vm",
+            "web",
+            disk.to_str().unwrap(),
+            "--interval",
+            "1s",
+            "--no-progress",
+            "--metrics",
+            "127.0.0.1:0",
+        ]),
+        &d.join("sender.log"),
+        &["metrics on "],
+    );
+    let (sm, rm) = (tx.addr("metrics on "), rx.addr("metrics on "));
+    let web = [("vm", "web"), ("disk", "os")];
+    // Two cycles committed and the sampler has run since: every series is there.
+    let sender = eventually(Duration::from_secs(60), || {
+        let t = get(&sm, "/metrics").body;
+        (sample(&t, "vdrep_cycles_total", &web)? >= 2.0
+            && sample(&t, "vdrep_health", &[("state", "normal")])? == 1.0)
+            .then_some(t)
+    })
+    .unwrap_or_else(|| panic!("no cycles in the sender's metrics; log:\n{}", tx.log_text()));
+    let receiver = get(&rm, "/metrics").body;
+
+    assert_eq!(promtool_check(&sender), "", "sender exposition:\n{sender}");
+    assert_eq!(
+        promtool_check(&receiver),
+        "",
+        "receiver exposition:\n{receiver}"
+    );
+
+    let v = |t: &str, n: &str, l: &[(&str, &str)]| {
+        sample(t, n, l).unwrap_or_else(|| panic!("{n}{l:?} missing in:\n{t}"))
+    };
+    // Initial copy of a sparse raw file: the holes (every 4th MiB) are skipped unread, the
+    // rest is read, sent as data and written.
+    assert_eq!(
+        v(&sender, "vdrep_read_bytes_total", &web),
+        (size * 3 / 4) as f64
+    );
+    assert_eq!(
+        v(
+            &sender,
+            "vdrep_skipped_bytes_total",
+            &[("vm", "web"), ("reason", "unallocated")]
+        ),
+        (size / 4) as f64
+    );
+    let data = v(&sender, "vdrep_data_bytes_total", &web);
+    assert_eq!(data, (size * 3 / 4) as f64);
+    assert!(v(&sender, "vdrep_wire_bytes_total", &web) >= data * 0.99);
+    assert!(v(&sender, "vdrep_extents_total", &web) >= 9.0);
+    assert!((0.9..1.1).contains(&v(&sender, "vdrep_compression_ratio", &web)));
+    assert!(v(&sender, "vdrep_rpo_seconds", &web) <= 5.0);
+    assert!(v(&sender, "vdrep_cycle_duration_seconds_count", &web) >= 2.0);
+    assert_eq!(v(&sender, "vdrep_health", &[("state", "critical")]), 0.0);
+    assert_eq!(v(&sender, "vdrep_resync_required", &web), 0.0);
+    assert_eq!(v(&sender, "vdrep_resync_progress_ratio", &web), 1.0);
+    assert_eq!(
+        v(&sender, "vdrep_throttle_limit_bytes_per_second", &[]),
+        0.0
+    );
+    let rtt = v(&sender, "vdrep_quic_rtt_seconds", &[]);
+    assert!(rtt > 0.0 && rtt < 1.0, "rtt {rtt}");
+    assert!(v(&sender, "vdrep_quic_congestion_window_bytes", &[]) > 0.0);
+    let days = v(
+        &sender,
+        "vdrep_certificate_expiry_seconds",
+        &[("cert", "identity"), ("name", "hv01")],
+    ) / 86400.0;
+    assert!(days > 300.0, "identity expires in {days} days");
+
+    // The replica started empty: zero runs need no write.
+    assert_eq!(v(&receiver, "vdrep_written_bytes_total", &web), data);
+    assert!(v(&receiver, "vdrep_recovery_points", &web) >= 2.0);
+    assert!(v(&receiver, "vdrep_rpo_seconds", &web) <= 5.0);
+    assert!(
+        v(
+            &receiver,
+            "vdrep_certificate_expiry_seconds",
+            &[("cert", "peer"), ("name", "hv01")]
+        ) > 0.0
+    );
+    // Every series is described: a HELP line per metric family.
+    for t in [&sender, &receiver] {
+        for l in t.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = l.split_whitespace().nth(2).unwrap();
+            assert!(t.contains(&format!("# HELP {name} ")), "{name} has no HELP");
+            assert!(
+                vdrep::metrics::lookup(name).is_some(),
+                "{name} is not in the spec table"
+            );
+        }
+    }
+}
+
+#[test]
+fn receiver_counts_refused_peers_by_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tls = certs(&d.join("tls"), &["hv01", "intruder"]);
+    let disk = seeded_raw(&d.join("os.raw"), 1 << 20, 1, 1 << 20, 0);
+    let rx = Role::start(
+        &s(&[
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            d.join("store").to_str().unwrap(),
+            "--tls",
+            tls.to_str().unwrap(),
+            "--allow",
+            "hv01=web",
+            "--metrics",
+            "127.0.0.1:0",
+        ]),
+        &d.join("receiver.log"),
+        &["listening on ", "metrics on "],
+    );
+    let out = Command::new(vdrep_tests::vdrep_bin())
+        .args([
+            "send",
+            "--to",
+            &rx.addr("listening on "),
+            "--tls",
+            tls.to_str().unwrap(),
+            "--identity",
+            "intruder",
+            "--vm",
+            "web",
+            disk.to_str().unwrap(),
+            "--no-progress",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unknown sender is non-recoverable"
+    );
+    let t = get(&rx.addr("metrics on "), "/metrics").body;
+    let refused = sample(
+        &t,
+        "vdrep_refused_peers_total",
+        &[("reason", "unknown_sender")],
+    );
+    assert!(refused >= Some(1.0), "{t}");
+    assert!(
+        !t.contains("intruder"),
+        "an unknown sender's certificate is not exported:\n{t}"
+    );
+    assert_eq!(promtool_check(&t), "");
+}
