@@ -340,6 +340,7 @@ async fn run_jobs(
                         committed_cycle: None,
                         fresh: false,
                         force_resync: opts.resync,
+                        digest_task: None,
                     })
                     .collect();
                 let mut disks = disks;

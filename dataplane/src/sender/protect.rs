@@ -48,6 +48,9 @@ pub struct Protected {
     pub fresh: bool,
     /// Resynchronise before the next cycle even without a mark (`send --resync`).
     pub force_resync: bool,
+    /// The digest of the last switch, computed under the tracking lock while the closed log
+    /// already ships; awaited before its cycle commits (the commit carries it).
+    pub digest_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts change tracking of every disk (before its initial copy, so no write is missed).
@@ -372,43 +375,77 @@ fn skip(d: &Mutex<Protected>) -> bool {
         .unwrap_or(true)
 }
 
-/// Closes the active log as the next cycle and starts the next log; returns the cycle.
+/// Closes the active log as the next cycle and starts the next log. Returns once the switch
+/// is durable; the cycle's digest is computed after it, still under the tracking lock (the
+/// disk must stay as the switch left it), while the closed log ships: hashing the blocks a
+/// large cycle touched takes about as long as reading them. Returns the cycle switched to.
 async fn switch(d: &Arc<Mutex<Protected>>) -> Option<u64> {
     let d2 = d.clone();
-    let res = tokio::task::spawn_blocking(move || {
-        let g = d2.lock().map_err(|_| "lock poisoned".to_string())?;
-        let pending = g.tracker.pending().map_err(|e| e.to_string())?;
-        let last_pending = pending.last().map(|(c, _)| *c).unwrap_or(0);
-        let next = g.committed_cycle.unwrap_or(0).max(last_pending) + 1;
-        let size = g.job.disk.info().virtual_size;
-        if g.tracker.log_bytes() >= size / 2 {
-            return Err(format!(
-                "change logs hold {} bytes, half of the disk's {size}: shipping them would cost more than a resync",
-                g.tracker.log_bytes()
-            ));
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
+    let task = tokio::task::spawn_blocking(move || {
+        let prepared = (|| {
+            let g = d2.lock().map_err(|_| "lock poisoned".to_string())?;
+            let pending = g.tracker.pending().map_err(|e| e.to_string())?;
+            let last_pending = pending.last().map(|(c, _)| *c).unwrap_or(0);
+            let next = g.committed_cycle.unwrap_or(0).max(last_pending) + 1;
+            let size = g.job.disk.info().virtual_size;
+            if g.tracker.log_bytes() >= size / 2 {
+                return Err(format!(
+                    "change logs hold {} bytes, half of the disk's {size}: shipping them would cost more than a resync",
+                    g.tracker.log_bytes()
+                ));
+            }
+            Ok((
+                next,
+                g.tracker.clone(),
+                g.job.disk.info().path.clone(),
+                g.job.vm.clone(),
+                g.job.name.clone(),
+            ))
+        })();
+        let (next, tracker, path, vm, name) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        let locked = match tracker.lock() {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        if let Err(e) = locked.switch(next, SystemTime::now()) {
+            let _ = tx.send(Err(e.to_string()));
+            return;
         }
-        let locked = g.tracker.lock().map_err(|e| e.to_string())?;
-        locked
-            .switch(next, SystemTime::now())
-            .map_err(|e| e.to_string())?;
+        let _ = tx.send(Ok(next));
         // Still under the lock: the disk is exactly the new recovery point.
-        match switch_digest(&g, next) {
+        match switch_digest(&tracker, &path, next) {
             Ok(Some(digest)) => {
                 if let Err(e) = locked.record_digest(next, digest) {
                     warn!(error = %e, "cannot record the cycle digest");
                 }
             }
             Ok(None) => {}
-            Err(e) => warn!(vm = %g.job.vm, disk = %g.job.name, cycle = next, error = %e,
+            Err(e) => warn!(%vm, disk = %name, cycle = next, error = %e,
                             "no digest for this cycle (failover cannot verify it)"),
         }
-        Ok(next)
-    })
-    .await;
-    let reason = match res {
-        Ok(Ok(next)) => return Some(next),
+    });
+    let reason = match rx.await {
+        Ok(Ok(next)) => {
+            if let Ok(mut g) = d.lock() {
+                g.digest_task = Some(task);
+            }
+            return Some(next);
+        }
         Ok(Err(r)) => r,
-        Err(e) => format!("switch task failed: {e}"),
+        Err(_) => match task.await {
+            Err(e) => format!("switch task failed: {e}"),
+            Ok(()) => "switch task ended without an answer".to_string(),
+        },
     };
     if let Ok(g) = d.lock() {
         resync_required(&g, format!("log switch failed: {reason}"));
@@ -416,10 +453,21 @@ async fn switch(d: &Arc<Mutex<Protected>>) -> Option<u64> {
     None
 }
 
+/// Waits for the digest of the last switch (see [`switch`]).
+async fn await_digest(d: &Arc<Mutex<Protected>>) {
+    let task = d.lock().ok().and_then(|mut g| g.digest_task.take());
+    if let Some(t) = task {
+        if let Err(e) = t.await {
+            warn!(error = %e, "the cycle digest task failed");
+        }
+    }
+}
+
 /// Computes the block-hash table once tracking runs (blocks changing meanwhile are in the
 /// logs and are recomputed at the next switch), or brings a kept table up to date with the
 /// closed logs it has not seen (a sender killed between a switch and its refresh).
 async fn ensure_hash_table(d: &Arc<Mutex<Protected>>) {
+    await_digest(d).await;
     let d2 = d.clone();
     let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
         // A snapshot: hashing a whole disk must not hold the disk's state.
@@ -482,11 +530,14 @@ fn catch_up(tracker: &Tracker, disk: &dyn VirtualDisk, t: &mut HashTable) -> Res
 
 /// The digest of the disk right after a switch (call under the tracking lock): the entries
 /// of the blocks the closed logs touched are recomputed from a fresh reader first.
-fn switch_digest(g: &Protected, cycle: u64) -> Result<Option<[u8; 32]>, String> {
-    let path = &g.job.disk.info().path;
+fn switch_digest(
+    tracker: &Tracker,
+    path: &std::path::Path,
+    cycle: u64,
+) -> Result<Option<[u8; 32]>, String> {
     let disk =
         crate::disk::open(path, crate::disk::OpenOptions::default()).map_err(|e| e.to_string())?;
-    let mut t = HashTable::open(&g.tracker.paths().hashes, disk.info().virtual_size)
+    let mut t = HashTable::open(&tracker.paths().hashes, disk.info().virtual_size)
         .map_err(|e| e.to_string())?;
     if !t.is_complete() {
         return Ok(None);
@@ -498,7 +549,7 @@ fn switch_digest(g: &Protected, cycle: u64) -> Result<Option<[u8; 32]>, String> 
             t.through()
         ));
     }
-    catch_up(&g.tracker, disk.as_ref(), &mut t)?;
+    catch_up(tracker, disk.as_ref(), &mut t)?;
     t.digest().map_err(|e| e.to_string())
 }
 
@@ -593,6 +644,9 @@ async fn ship_pending(
             ..o.clone()
         };
         send_all(conn, &cjob, &co, Some(items), &[], sh).await?;
+        // The switch's digest was computed while the cycle shipped.
+        await_digest(d).await;
+        let digest = tracker.cycle_digest(cycle);
         let req = ctrl.req();
         let ans = ctrl
             .call(Control::CommitCycle {
@@ -601,7 +655,7 @@ async fn ship_pending(
                 cycle,
                 bytes,
                 // Recorded at the switch; none (zeros) when the table was not ready then.
-                digest: tracker.cycle_digest(cycle).unwrap_or([0; 32]),
+                digest: digest.unwrap_or([0; 32]),
                 retention_secs: policy.retention.as_secs().min(86_400) as u32,
             })
             .await?;
