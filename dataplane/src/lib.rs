@@ -11,9 +11,11 @@
 //! - [`cli`]: the `vdrep` command line.
 
 pub mod cli;
+pub mod clock;
 pub mod demo;
 pub mod digest;
 pub mod disk;
+pub mod health;
 pub mod hrl;
 pub mod io;
 pub mod jobs;
@@ -22,6 +24,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod receiver;
 pub mod resync;
+pub mod retry;
 pub mod sender;
 pub mod sidecar;
 pub mod signals;

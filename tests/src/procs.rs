@@ -56,6 +56,8 @@ pub struct Receiver {
     store: Store,
     tls: PathBuf,
     allow: Vec<String>,
+    /// Extra environment (kept across restarts).
+    env: Vec<(String, String)>,
 }
 
 /// Where a receiver keeps replicas.
@@ -70,12 +72,20 @@ impl Receiver {
     /// Starts a receiver on 127.0.0.1 (port 0: any free port) with `--allow` entries like
     /// `hv01=vm1,vm2`, and waits for it to listen.
     pub fn start(store: &Path, tls: &Path, allow: &[&str]) -> Receiver {
+        Self::start_env(store, tls, allow, &[])
+    }
+
+    /// [`Self::start`] with extra environment (e.g. `VDREP_TEST_CLOCK_OFFSET_FILE`).
+    pub fn start_env(store: &Path, tls: &Path, allow: &[&str], env: &[(&str, &str)]) -> Receiver {
         Self::start_on(
             "127.0.0.1:0".parse().unwrap(),
             &Store::Local(store.to_path_buf()),
             tls,
             &allow.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             &store.with_extension("receiver.log"),
+            &env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>(),
         )
     }
 
@@ -95,6 +105,7 @@ impl Receiver {
             tls,
             &allow.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             log,
+            &[],
         )
     }
 
@@ -104,6 +115,7 @@ impl Receiver {
         tls: &Path,
         allow: &[String],
         log: &Path,
+        env: &[(String, String)],
     ) -> Receiver {
         let logf = std::fs::OpenOptions::new()
             .create(true)
@@ -126,6 +138,9 @@ impl Receiver {
         }
         for a in allow {
             c.args(["--allow", a]);
+        }
+        for (k, v) in env {
+            c.env(k, v);
         }
         let mut child = c
             .stdout(Stdio::piped())
@@ -170,6 +185,7 @@ impl Receiver {
             store: store.clone(),
             tls: tls.to_path_buf(),
             allow: allow.to_vec(),
+            env: env.to_vec(),
         }
     }
 
@@ -200,7 +216,14 @@ impl Receiver {
     /// UDP ports are free again at once; a few tries cover a slow kernel.
     pub fn restart(&mut self) {
         self.kill9();
-        let r = Self::start_on(self.addr, &self.store, &self.tls, &self.allow, &self.log);
+        let r = Self::start_on(
+            self.addr,
+            &self.store,
+            &self.tls,
+            &self.allow,
+            &self.log,
+            &self.env,
+        );
         self.child = r.into_child();
     }
 
@@ -232,6 +255,8 @@ pub struct Send {
     pub extra: Vec<String>,
     /// Where stderr goes.
     pub log: PathBuf,
+    /// Extra environment (e.g. `VDREP_TEST_CLOCK_OFFSET`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Send {
@@ -252,7 +277,14 @@ impl Send {
             disks: disks.iter().map(|p| p.to_path_buf()).collect(),
             extra: Vec::new(),
             log: log.into(),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable of the sender process.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
     }
 
     /// Adds flags.
@@ -277,6 +309,9 @@ impl Send {
             c.args(["--vm", vm]);
         }
         c.args(&self.extra).args(&self.disks);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         // The default state folder (unreported failed jobs) is the test's own folder, never
         // the runner's home: one test's failed jobs must not reach another test's store.
         if let Some(dir) = self.log.parent() {

@@ -13,7 +13,7 @@
 //! running) and compared with the frozen source by `qemu-img compare`. Kill tests check the
 //! store right after kill -9 of the receiver, at store level (`LocalStore` + `read_point`).
 //!
-//! Not covered here: clock jumps (the test-only clock offset does not exist yet).
+//! Clock jumps are covered in `clock.rs` (through the test-only clock offset file).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,7 +4,7 @@
 
 mod cat;
 mod certs;
-mod config;
+pub(crate) mod config;
 mod convert;
 mod demo;
 pub mod failover;
@@ -53,7 +53,7 @@ enum Command {
     /// store, verify the replica.
     Demo(demo::Args),
     /// Replicate disks to a receiver (initial replication).
-    Send(send::Args),
+    Send(Box<send::Args>),
     /// Record a write in a disk's active change log (and write raw / fixed-VHD disks).
     LogWrite(log_write::Args),
     /// Run a receiver that writes replicas into a store.
@@ -136,7 +136,7 @@ pub fn main() -> i32 {
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Cat(a) => cat::run(a),
-        Command::Send(a) => send::run(a),
+        Command::Send(a) => send::run(*a),
         Command::Demo(a) => demo::run(a),
         Command::LogWrite(a) => log_write::run(a),
         Command::Receive(a) => receive::run(a),

@@ -1,4 +1,10 @@
 //! `vdrep send --to ADDR --tls DIR --identity NAME --vm VM DISK... [--threads N]`.
+//!
+//! Bandwidth: `--bandwidth RATE` (one limit at all times), or `--work-days mon-fri
+//! --work-hours 09:00-18:00 --tz Europe/Berlin --work-bandwidth RATE --off-bandwidth RATE`,
+//! or `--no-throttle`; the same keys under `[bandwidth]` in `--config`. SIGHUP re-reads the
+//! config and applies its bandwidth policy at once (flags given on the command line still
+//! win); an invalid file is reported and the policy in force stays.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,8 +14,11 @@ use serde::Deserialize;
 
 use super::config::{self, duration_str};
 use super::CliError;
+use crate::clock::SystemClock;
 use crate::sender::protect::Policy;
 use crate::sender::{self, SendOptions, VmSpec};
+use crate::throttle::{BandwidthControl, BandwidthPolicy, PolicySpec, Throttle};
+use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -39,12 +48,36 @@ pub struct Args {
     /// Keep the compression level fixed instead of adapting it to the link.
     #[arg(long)]
     fixed_compression: bool,
-    /// Retry recoverable errors this long, then exit 75 (e.g. 10m, 30s).
+    /// Retry recoverable errors this long without progress, then exit 75 (e.g. 10m, 30s).
+    /// A one-shot send defaults to 10m; with --interval, protection retries forever on the
+    /// retry schedule (1, 2, 4, 8, 10, then every 30 minutes) unless this is given.
     #[arg(long, value_parser = config::parse_duration)]
     give_up_after: Option<Duration>,
-    /// Bandwidth limit at all times, e.g. 40Mbit, 5MB, unlimited (decimal SI; MiB/Mibit binary).
-    #[arg(long, value_parser = crate::throttle::parse_rate)]
-    bandwidth: Option<crate::throttle::Rate>,
+    /// Bandwidth limit at all times, e.g. 40Mbit, 5MB, unlimited (decimal SI; MiB/Mibit
+    /// binary; 512Kbit..1023Mbit). Counts bytes on the wire, shared by all streams and VMs.
+    #[arg(long)]
+    bandwidth: Option<String>,
+    /// Work days of the bandwidth schedule: mon-fri, mon,wed,fri, all.
+    #[arg(long)]
+    work_days: Option<String>,
+    /// Work hours, local time in --tz: 09:00-18:00 (22:00-06:00 for a night shift).
+    #[arg(long)]
+    work_hours: Option<String>,
+    /// Time zone of the work hours (IANA name, e.g. Europe/Berlin, or UTC).
+    #[arg(long)]
+    tz: Option<String>,
+    /// Limit during work hours (512Kbit..1023Mbit or unlimited).
+    #[arg(long)]
+    work_bandwidth: Option<String>,
+    /// Limit outside work hours (512Kbit..1023Mbit or unlimited).
+    #[arg(long)]
+    off_bandwidth: Option<String>,
+    /// No bandwidth limit.
+    #[arg(long)]
+    no_throttle: bool,
+    /// RPO above which a VM warns (default: twice --interval).
+    #[arg(long, value_parser = config::parse_duration)]
+    rpo_threshold: Option<Duration>,
     /// Keep replicating: initial copy, then a delta cycle every interval (30s, 5m, 15m, or
     /// any duration). Without it, one initial replication.
     #[arg(long, value_parser = config::parse_duration)]
@@ -66,7 +99,8 @@ pub struct Args {
     verify: bool,
     /// State folder: jobs that failed before they could be reported to the receiver (disk
     /// unreadable, receiver unreachable, certificate refused) wait here and are reported at
-    /// the next connection. Default: $XDG_STATE_HOME/vdrep, else ~/.local/state/vdrep, else
+    /// the next connection; health.json (per VM and disk health, RPO, errors) is written
+    /// here every second. Default: $XDG_STATE_HOME/vdrep, else ~/.local/state/vdrep, else
     /// /var/lib/vdrep.
     #[arg(long)]
     state: Option<PathBuf>,
@@ -107,7 +141,9 @@ struct File {
     fixed_compression: Option<bool>,
     #[serde(with = "duration_str")]
     give_up_after: Option<Duration>,
-    bandwidth: Option<String>,
+    bandwidth: Option<BandwidthConf>,
+    #[serde(with = "duration_str")]
+    rpo_threshold: Option<Duration>,
     #[serde(with = "duration_str")]
     interval: Option<Duration>,
     #[serde(with = "duration_str")]
@@ -116,6 +152,57 @@ struct File {
     control: Option<PathBuf>,
     metrics: Option<std::net::SocketAddr>,
     vm: Vec<FileVm>,
+}
+
+/// `bandwidth = "40Mbit"` or a `[bandwidth]` table with the schedule keys.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum BandwidthConf {
+    Rate(String),
+    Table(PolicySpec),
+}
+
+impl BandwidthConf {
+    fn spec(self) -> PolicySpec {
+        match self {
+            BandwidthConf::Rate(r) => PolicySpec {
+                bandwidth: Some(r),
+                ..Default::default()
+            },
+            BandwidthConf::Table(t) => t,
+        }
+    }
+}
+
+/// The bandwidth settings given as flags.
+fn flag_policy(a: &Args) -> PolicySpec {
+    PolicySpec {
+        bandwidth: a.bandwidth.clone(),
+        work_days: a.work_days.clone(),
+        work_hours: a.work_hours.clone(),
+        tz: a.tz.clone(),
+        work_bandwidth: a.work_bandwidth.clone(),
+        off_bandwidth: a.off_bandwidth.clone(),
+        no_throttle: a.no_throttle.then_some(true),
+    }
+}
+
+/// The policy of flags over a config file's `[bandwidth]`: a flag replaces the whole
+/// file section when it names a different kind of policy, so `--bandwidth` on the command
+/// line is not refused for a schedule in the file.
+fn merged_policy(flags: &PolicySpec, file: PolicySpec) -> anyhow::Result<BandwidthPolicy> {
+    let flags_set = *flags != PolicySpec::default();
+    let spec = if flags_set { flags.clone() } else { file };
+    spec.build().map_err(anyhow::Error::new)
+}
+
+/// Re-reads `--config` for its bandwidth policy (SIGHUP).
+fn reload_policy(flags: &PolicySpec, path: &std::path::Path) -> anyhow::Result<BandwidthPolicy> {
+    let f: File = config::load(Some(path))?;
+    merged_policy(
+        flags,
+        f.bandwidth.map(BandwidthConf::spec).unwrap_or_default(),
+    )
 }
 
 /// Where the sender answers besides the data path.
@@ -127,11 +214,16 @@ struct Endpoints {
 type Options = (Vec<VmSpec>, SendOptions, Option<Policy>, Endpoints);
 
 fn options(a: &Args) -> anyhow::Result<Options> {
-    let f: File = config::load(a.config.as_deref())?;
+    let mut f: File = config::load(a.config.as_deref())?;
     let endpoints = Endpoints {
         control: a.control.clone().or(f.control.clone()),
         metrics: a.metrics.or(f.metrics),
     };
+    let file_spec = f
+        .bandwidth
+        .take()
+        .map(BandwidthConf::spec)
+        .unwrap_or_default();
     let d = SendOptions::default();
     let retention = a
         .retention
@@ -170,18 +262,13 @@ fn options(a: &Args) -> anyhow::Result<Options> {
             .give_up_after
             .or(f.give_up_after)
             .unwrap_or(d.give_up_after),
+        // Protection retries forever on the retry schedule unless a window is asked for.
+        protect_give_up_after: policy.as_ref().and(a.give_up_after.or(f.give_up_after)),
         progress: !a.no_progress,
+        bandwidth: merged_policy(&flag_policy(a), file_spec)?,
+        rpo_threshold: a.rpo_threshold.or(f.rpo_threshold),
         resync: a.resync,
         verify: a.verify,
-        bandwidth: match (a.bandwidth, f.bandwidth.as_deref()) {
-            (Some(r), _) => r.0,
-            (None, Some(s)) => {
-                crate::throttle::parse_rate(s)
-                    .map_err(anyhow::Error::msg)?
-                    .0
-            }
-            (None, None) => None,
-        },
         state_dir: a.state.clone().or(f.state),
     };
     if a.verify && !a.resync {
@@ -230,7 +317,22 @@ pub fn run(a: Args) -> Result<(), CliError> {
         recoverable: false,
         usage: true,
     })?;
+    let clock = SystemClock::from_env().map_err(|e| CliError {
+        error: anyhow::anyhow!(e),
+        recoverable: false,
+        usage: true,
+    })?;
     let rt = super::runtime()?;
+    let ctl = rt.block_on(async {
+        BandwidthControl::new(
+            opts.bandwidth.clone(),
+            Arc::new(Throttle::new(None)),
+            Arc::new(clock),
+        )
+    });
+    if let Some(path) = a.config.clone() {
+        rt.spawn(reload_on_sighup(flag_policy(&a), path, ctl.clone()));
+    }
     let summary = rt
         .block_on(async {
             if let Some(addr) = ends.metrics {
@@ -238,7 +340,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
                     .await
                     .map_err(|e| sender::SendError::Internal(e.to_string()))?;
             }
-            sender::run_controlled(&vms, &opts, policy, ends.control).await
+            sender::run_controlled(&vms, &opts, policy, ctl, ends.control).await
         })
         .map_err(|e| {
             let recoverable = e.is_recoverable();
@@ -254,4 +356,26 @@ pub fn run(a: Args) -> Result<(), CliError> {
         eprintln!("{}", summary.one_line());
     }
     Ok(())
+}
+
+/// Applies the config's bandwidth policy on every SIGHUP.
+async fn reload_on_sighup(flags: PolicySpec, path: PathBuf, ctl: Arc<BandwidthControl>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot handle SIGHUP; the bandwidth policy is fixed for this run");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        if flags != PolicySpec::default() {
+            tracing::warn!("SIGHUP: bandwidth flags on the command line win over the config");
+        }
+        match reload_policy(&flags, &path) {
+            Ok(p) => {
+                tracing::info!(config = %path.display(), policy = %p, "SIGHUP: bandwidth policy reloaded");
+                ctl.set_policy(p);
+            }
+            Err(e) => tracing::error!(config = %path.display(), error = format!("{e:#}"),
+                                      "SIGHUP: config not applied; the policy in force stays"),
+        }
+    }
 }

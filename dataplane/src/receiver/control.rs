@@ -300,18 +300,16 @@ impl Receiver {
                 let Some(s) = conn.disk(handle) else {
                     return unknown_handle(req, handle);
                 };
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
                 let point = crate::sink::RecoveryPoint {
                     cycle,
-                    created_unix: now,
+                    created_unix: super::disk::unix_now(),
                     bytes,
                     digest,
                 };
-                let keep_after = now.saturating_sub(retention_secs.min(86_400) as u64);
-                match s.commit_cycle(point, keep_after).await {
+                match s
+                    .commit_cycle(point, retention_secs.min(86_400) as u64)
+                    .await
+                {
                     Ok(pruned) => {
                         info!(sender = %conn.sender, disk = %s.replica.key(), cycle, bytes,
                               pruned = pruned.len(), "cycle committed as a recovery point");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use vdrep_proto::ranges::RangeSet;
 
 use crate::resync::index::{full_node_hashes, Index};
-use crate::sink::{RecoveryPoint, ReplicaDisk, SinkError};
+use crate::sink::{retention, RecoveryPoint, ReplicaDisk, SinkError};
 
 /// How often written ranges are made durable and recorded (resume granularity: a crash
 /// loses at most this much acknowledged-but-unsynced progress, which is simply resent).
@@ -150,10 +150,7 @@ impl DiskSession {
         // Digests are wired later: an all-zero digest means "none sent".
         let point = RecoveryPoint {
             cycle: 0,
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created_unix: unix_now(),
             bytes: self.virtual_size,
             digest: [0; 32],
         };
@@ -167,6 +164,12 @@ impl DiskSession {
         .await
         .map_err(|e| task_failed(self, "commit", e))?
     }
+}
+
+/// The receiver's wall clock in Unix seconds (with the test-only offset, `crate::clock`).
+pub fn unix_now() -> u64 {
+    use crate::clock::Clock;
+    crate::clock::process().now_utc().as_second().max(0) as u64
 }
 
 /// A blocking task that panicked or was cancelled, as a sink error of its disk.
@@ -223,25 +226,33 @@ impl DiskSession {
         Ok(progress)
     }
 
-    /// Checkpoints the cycle's writes, commits it as `point`, then prunes points created
-    /// before `keep_after` (never the newest). Returns the pruned cycles.
+    /// Checkpoints the cycle's writes, commits it as `point`, then prunes the points older
+    /// than `retention_secs` on the store's timeline (never the newest; `sink::retention`).
+    /// `point`'s time is stamped here, never before the newest point's. Returns the pruned
+    /// cycles.
     pub async fn commit_cycle(
         &self,
-        point: RecoveryPoint,
-        keep_after: u64,
+        mut point: RecoveryPoint,
+        retention_secs: u64,
     ) -> Result<Vec<u64>, SinkError> {
         self.checkpoint(true).await?;
         let _g = self.sync.lock().await;
         let r = self.replica.clone();
         let index = self.index.clone();
         let pruned = tokio::task::spawn_blocking(move || {
+            let before = r.points()?;
+            point.created_unix = retention::stamp(point.created_unix, before.last());
             {
                 let mut ix = index.lock().map_err(|_| lock_err(&r))?;
                 r.commit_cycle(&point)?;
                 ix.persist_clean()
                     .map_err(|e| SinkError::io(ix.describe(), "persist the resync index", 0, e))?;
             }
-            r.prune_points(keep_after)
+            let cutoff = retention::prune_cutoff(&r.points()?, retention_secs);
+            if cutoff == 0 {
+                return Ok(Vec::new());
+            }
+            r.prune_points(cutoff)
         })
         .await
         .map_err(|e| task_failed(self, "commit cycle", e))??;

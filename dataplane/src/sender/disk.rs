@@ -32,6 +32,12 @@ pub struct Shared {
     pub throttle: Arc<Throttle>,
     /// The receiver, for error messages.
     pub peer: String,
+    /// Health of the VMs and disks.
+    pub health: Arc<crate::health::Health>,
+    /// The run's clock.
+    pub clock: crate::clock::SharedClock,
+    /// The host's bandwidth policy (the local control channel changes it).
+    pub bandwidth: Arc<crate::throttle::BandwidthControl>,
     /// The run's jobs per VM.
     pub jobs: Arc<super::jobs::SenderJobs>,
     /// Status of every disk (health, RPO, progress) for metrics and the control channel.
@@ -459,13 +465,9 @@ async fn stream_worker(
                 Some(h) => {
                     let prefix = Bytes::from(h.encode_frame_prefix());
                     dstats.add_wire((prefix.len() + p.payload.len()) as u64);
-                    // Header and payload go out as two buffers: the payload is not copied.
+                    // Header and payload go out unmodified, in throttle-admitted pieces.
                     let t = std::time::Instant::now();
-                    sh.throttle
-                        .acquire((prefix.len() + p.payload.len()) as u64)
-                        .await;
-                    let mut chunks = [prefix, p.payload];
-                    let written = send.write_all_chunks(&mut chunks).await;
+                    let written = write_paced(&mut send, prefix, p.payload, &sh.throttle).await;
                     level.waited_for_link(t.elapsed());
                     if let Err(e) = written {
                         // A receiver that fails a batch (store full, bad state) stops the
@@ -503,6 +505,30 @@ async fn stream_worker(
     }
     while !pending.is_empty() {
         join_one(&mut pending).await?;
+    }
+    Ok(())
+}
+
+/// Writes a frame (header and payload, never copied) in pieces the throttle admits one by
+/// one, so a large frame does not leave in one burst.
+async fn write_paced(
+    send: &mut quinn::SendStream,
+    prefix: Bytes,
+    payload: Bytes,
+    throttle: &Throttle,
+) -> Result<(), quinn::WriteError> {
+    let piece = throttle.piece();
+    let first = payload.len().min(piece.saturating_sub(prefix.len()));
+    throttle.acquire((prefix.len() + first) as u64).await;
+    send.write_all_chunks(&mut [prefix, payload.slice(..first)])
+        .await?;
+    let mut off = first;
+    while off < payload.len() {
+        let n = (payload.len() - off).min(throttle.piece());
+        throttle.acquire(n as u64).await;
+        send.write_all_chunks(&mut [payload.slice(off..off + n)])
+            .await?;
+        off += n;
     }
     Ok(())
 }

@@ -121,7 +121,9 @@ fn answer(req: Request, sh: &Shared) -> serde_json::Value {
             serde_json::json!({"ok": true, "status": st})
         }
         Request::SetBandwidth { bytes_per_second } => {
-            sh.throttle.set_rate(bytes_per_second);
+            // Through the policy: a direct rate would be undone by the schedule's next tick.
+            sh.bandwidth
+                .set_policy(crate::throttle::BandwidthPolicy::Fixed(bytes_per_second));
             info!(
                 ?bytes_per_second,
                 "bandwidth limit changed over the control channel"

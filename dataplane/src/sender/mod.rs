@@ -1,6 +1,9 @@
 //! The sender: opens the source disks, connects to the receiver over one QUIC connection and
 //! replicates each VM's disks (one after another, several streams each; VMs in parallel),
-//! reconnecting and resuming on recoverable errors until `give_up_after`.
+//! reconnecting and resuming on recoverable errors: a one-shot send until `give_up_after`,
+//! continuous protection on the retry schedule forever (`crate::retry`). Health goes to
+//! `state/health.json` (`crate::health`); the bandwidth policy is applied by a
+//! [`BandwidthControl`] that can be changed while the transfer runs.
 
 mod control;
 mod disk;
@@ -19,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use control::ControlStream;
 pub use disk::{DiskJob, DiskOutcome, Shared};
@@ -27,9 +30,12 @@ pub use error::SendError;
 pub use progress::{human, Summary};
 pub use status::{Board, DiskStatus};
 
+use crate::clock::{SharedClock, SystemClock};
 use crate::disk::{self as vdisk, OpenOptions};
+use crate::health::Health;
 use crate::pipeline::{AdaptiveLevel, Stats};
-use crate::throttle::Throttle;
+use crate::retry::{classify, Backoff, RetrySchedule};
+use crate::throttle::{BandwidthControl, BandwidthPolicy, Throttle};
 
 /// One VM and its disks.
 #[derive(Debug, Clone)]
@@ -63,8 +69,13 @@ pub struct SendOptions {
     pub give_up_after: Duration,
     /// Show progress bars (when stderr is a terminal).
     pub progress: bool,
-    /// Bandwidth limit shared by all streams of this sender (bytes per second).
-    pub bandwidth: Option<u64>,
+    /// Continuous protection: give up (exit 75) after this long without progress, retrying
+    /// at the fast pace meanwhile. `None` (the default): retry forever on the retry schedule.
+    pub protect_give_up_after: Option<Duration>,
+    /// Bandwidth policy of the host, shared by all streams and VMs of this sender.
+    pub bandwidth: BandwidthPolicy,
+    /// RPO above which a VM warns (default: twice the interval).
+    pub rpo_threshold: Option<Duration>,
     /// Resynchronise committed replicas at once (`--resync`).
     pub resync: bool,
     /// Rehash the target's data during a resync (`--verify`): the receiver ignores its
@@ -89,7 +100,9 @@ impl Default for SendOptions {
             chunk: 1 << 20,
             give_up_after: Duration::from_secs(600),
             progress: true,
-            bandwidth: None,
+            protect_give_up_after: None,
+            bandwidth: BandwidthPolicy::NoThrottle,
+            rpo_threshold: None,
             resync: false,
             verify: false,
             state_dir: None,
@@ -152,8 +165,6 @@ fn resolve(to: &str) -> Result<(SocketAddr, String), SendError> {
     Ok((addr, host))
 }
 
-/// Fast reconnect delays: a restarted receiver is found again within seconds.
-const FAST_RETRY: [u64; 6] = [200, 500, 1000, 2000, 3000, 5000];
 /// Longest wait for a handshake. QUIC ignores ICMP, so an unreachable receiver would only
 /// show as the 15 s idle timeout; a shorter bound keeps reconnects fast and lets
 /// `--give-up-after` be honoured within about a second.
@@ -191,21 +202,25 @@ enum Mode {
 }
 
 /// Replicates `vms`: one initial copy (`policy` `None`), or continuous protection with delta
-/// cycles under `policy`.
+/// cycles under `policy`; bandwidth per `opts.bandwidth` on the host clock.
 pub async fn run_with(
     vms: &[VmSpec],
     opts: &SendOptions,
     policy: Option<protect::Policy>,
 ) -> Result<Summary, SendError> {
-    run_controlled(vms, opts, policy, None).await
+    let clock: SharedClock = Arc::new(SystemClock::new());
+    let ctl = BandwidthControl::new(opts.bandwidth.clone(), Arc::new(Throttle::new(None)), clock);
+    run_controlled(vms, opts, policy, ctl, None).await
 }
 
-/// [`run_with`], answering the local control channel on the unix socket `control` (status,
-/// bandwidth, resync requests; see [`local_control`]) while it runs.
+/// [`run_with`] under a bandwidth control the caller keeps, to change the policy while the
+/// transfer runs (SIGHUP, the local control channel), answering the local control channel on
+/// the unix socket `control` (status, bandwidth, resync requests; see [`local_control`]).
 pub async fn run_controlled(
     vms: &[VmSpec],
     opts: &SendOptions,
     policy: Option<protect::Policy>,
+    ctl: Arc<BandwidthControl>,
     control: Option<PathBuf>,
 ) -> Result<Summary, SendError> {
     let state = opts
@@ -213,7 +228,7 @@ pub async fn run_controlled(
         .clone()
         .unwrap_or_else(crate::jobs::pending::default_state_dir);
     let sj = Arc::new(jobs::SenderJobs::new(&state));
-    let res = run_jobs(vms, opts, policy, sj.clone(), control).await;
+    let res = run_jobs(vms, opts, policy, sj.clone(), ctl, control, &state).await;
     if let Err(e) = &res {
         // The job that was running fails with the run and waits in the state folder for
         // the next connection.
@@ -222,14 +237,19 @@ pub async fn run_controlled(
     res
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_jobs(
     vms: &[VmSpec],
     opts: &SendOptions,
     policy: Option<protect::Policy>,
     sj: Arc<jobs::SenderJobs>,
+    ctl: Arc<BandwidthControl>,
     control: Option<PathBuf>,
+    state: &Path,
 ) -> Result<Summary, SendError> {
     let started = Instant::now();
+    let clock = ctl.clock().clone();
+    let schedule_task = AbortOnDrop(tokio::spawn(ctl.clone().run()));
     // Prerequisites (enable protection's first checks): every disk opens, its format is
     // supported, it has 512-byte sectors.
     let mut jobs: Vec<Vec<DiskJob>> = Vec::new();
@@ -256,14 +276,34 @@ async fn run_jobs(
         .flatten()
         .map(|j| j.disk.info().virtual_size)
         .sum();
+    let threshold = opts.rpo_threshold.unwrap_or_else(|| {
+        policy
+            .as_ref()
+            .map(|p| p.interval * 2)
+            .unwrap_or(Duration::from_secs(3600))
+    });
+    let names: Vec<(String, Vec<String>)> = jobs
+        .iter()
+        .flat_map(|v| {
+            v.first()
+                .map(|j| (j.vm.clone(), v.iter().map(|j| j.name.clone()).collect()))
+        })
+        .collect();
+    let health = Arc::new(Health::new(clock.clone(), threshold, &names));
+    health.set_bandwidth(ctl.policy().to_string());
+    // health.json lives in the state folder, beside the pending jobs.
+    let _health_task = AbortOnDrop(tokio::spawn(health.clone().run_writer(state.to_path_buf())));
     let sh = Arc::new(Shared {
         opts: opts.clone(),
         stats: Arc::new(Stats::default()),
         level: Arc::new(AdaptiveLevel::new(opts.level, opts.adaptive)),
-        throttle: Arc::new(Throttle::new(opts.bandwidth)),
+        throttle: ctl.throttle().clone(),
         peer: opts.to.clone(),
+        health: health.clone(),
+        clock: clock.clone(),
         jobs: sj,
         board: Arc::new(Board::default()),
+        bandwidth: ctl.clone(),
     });
     if let Some(p) = &policy {
         sh.board.set_interval(p.interval);
@@ -338,13 +378,32 @@ async fn run_jobs(
         total,
         stats.clone(),
     );
-    let mut deadline = Instant::now() + opts.give_up_after;
-    let mut attempt = 0usize;
+    // One-shot sends give up after `give_up_after`; protection retries forever unless asked.
+    let mut backoff = Backoff::new(
+        RetrySchedule::default(),
+        match mode {
+            Mode::OneShot(_) => Some(opts.give_up_after),
+            Mode::Protect { .. } => opts.protect_give_up_after,
+        },
+    );
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
+        let deadline = backoff.deadline().map(|d| d.into_std()).unwrap_or(far);
         let committed_before =
             done.lock().map(|d| d.len()).unwrap_or(0) as u64 + Stats::get(&stats.cycles);
         let durable_before = Stats::get(&stats.durable_growth);
-        let res = attempt_once(&endpoint, addr, &server_name, &jobs, &sh, &mode, deadline).await;
+        let mut connected = false;
+        let res = attempt_once(
+            &endpoint,
+            addr,
+            &server_name,
+            &jobs,
+            &sh,
+            &mode,
+            deadline,
+            &mut connected,
+        )
+        .await;
         // An attempt that committed a disk, or found more progress durable at the receiver
         // than the attempt before, starts the fast schedule again, and --give-up-after counts
         // from now: each outage is met with fast reconnects and its own give-up window, not
@@ -355,31 +414,53 @@ async fn run_jobs(
         let progressed = committed_after > committed_before
             || Stats::get(&stats.durable_growth) > durable_before;
         if res.is_err() && progressed {
-            attempt = 0;
-            deadline = Instant::now() + opts.give_up_after;
+            backoff.reset();
+            health.progressed();
         }
-        match res {
+        let e = match res {
             Ok(()) => break,
-            Err(e) if e.is_recoverable() && Instant::now() < deadline => {
-                let delay = Duration::from_millis(FAST_RETRY[attempt.min(FAST_RETRY.len() - 1)]);
-                attempt += 1;
-                sh.board.failed(e.class(), e.to_string(), true, Some(delay));
+            Err(e) => e,
+        };
+        let class = classify(&e);
+        // A connection that was up and then lost (a receiver killed or restarted, a link cut)
+        // is a new outage: it gets the fast burst again, so a restarted receiver is found
+        // within seconds however many outages came before. The give-up window still counts
+        // from the last durable progress, and refusals or a busy target (the receiver answered)
+        // move on along the schedule.
+        if connected && matches!(class.class, "network") {
+            backoff.restart_burst();
+        }
+        match backoff.next_delay(class.recoverable) {
+            Some(delay) => {
+                health.failed(&class, &e.to_string(), Some(delay));
+                sh.board
+                    .failed(class.class, e.to_string(), true, Some(delay));
                 stats
                     .retries
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                warn!(error = %e, class = e.class(), retry_in_ms = delay.as_millis() as u64,
+                warn!(error = %e, class = class.class, retry_in_ms = delay.as_millis() as u64,
                       "recoverable error; reconnecting and resuming");
                 tokio::time::sleep(delay).await;
             }
-            Err(e) => {
+            None => {
+                health.failed(&class, &e.to_string(), None);
                 sh.board
-                    .failed(e.class(), e.to_string(), e.is_recoverable(), None);
+                    .failed(class.class, e.to_string(), class.recoverable, None);
+                let _ = health.write(state);
+                if class.recoverable {
+                    error!(error = %e, class = class.class, "giving up after --give-up-after");
+                } else {
+                    error!(error = %e, class = class.class, advice = class.advice,
+                           "non-recoverable error; not retried (VM Critical)");
+                }
                 bar.finish();
                 endpoint.close(0u32.into(), b"sender giving up");
                 return Err(e);
             }
         }
     }
+    drop(schedule_task);
+    let _ = health.write(state);
     bar.finish();
     endpoint.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
@@ -388,6 +469,7 @@ async fn run_jobs(
     Ok(summary)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn attempt_once(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
@@ -396,6 +478,7 @@ async fn attempt_once(
     sh: &Arc<Shared>,
     mode: &Mode,
     deadline: Instant,
+    connected: &mut bool,
 ) -> Result<(), SendError> {
     let peer = sh.peer.as_str();
     let connecting = endpoint
@@ -416,6 +499,8 @@ async fn attempt_once(
         source: e,
     })?;
     info!(receiver = %peer, "connected");
+    *connected = true;
+    let _meter = crate::throttle::wire::MeterGuard::start(&conn, &sh.throttle);
     sh.board.connected(&conn);
     let mut vms = tokio::task::JoinSet::new();
     let done = match mode {
@@ -498,6 +583,7 @@ async fn attempt_once(
                 if let Ok(mut d) = done.lock() {
                     d.insert(key);
                 }
+                sh.health.committed(&job.vm, &job.name, sh.clock.now_utc());
             }
             let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
             sh.jobs.finalize(&mut ctrl, &vm, &names, None).await;

@@ -120,6 +120,7 @@ pub async fn protect_vm(
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
     let mut ctrl = ControlStream::open(conn, &sh.peer).await?;
+    report_resync(disks, sh);
     // Open every disk first (the receiver authorises the VM; enable protection's checks),
     // then copy those whose initial replication is not committed.
     let mut opened: Vec<Option<Opened>> = Vec::new();
@@ -168,6 +169,7 @@ pub async fn protect_vm(
             sh.board.copy_started(&job.vm, &job.name, false);
             sh.jobs.copy_started(&mut ctrl, &vm, &job.name).await;
             let out = copy_initial(conn, &mut ctrl, &job, o, sh).await?;
+            sh.health.committed(&job.vm, &job.name, sh.clock.now_utc());
             let detail = format!(
                 "{} bytes committed as recovery point 0 in {:.1} s ({} bytes resumed)",
                 job.disk.info().virtual_size,
@@ -230,7 +232,12 @@ pub async fn protect_vm(
             if skip(d) {
                 continue;
             }
-            switch(d).await;
+            if let Some(cycle) = switch(d).await {
+                if let Ok(g) = d.lock() {
+                    sh.health
+                        .switched(&g.job.vm, &g.job.name, cycle, sh.clock.now_utc());
+                }
+            }
         }
         if let Ok(mut n) = sched.next.lock() {
             // Fixed cadence; a late switch does not pile up a burst of switches after it.
@@ -239,7 +246,18 @@ pub async fn protect_vm(
         ship_all(conn, &mut ctrl, disks, &opened, policy, sh).await?;
         // A gap found while shipping: resynchronise now, then cycles resume.
         resync_marked(conn, &mut ctrl, disks, &opened, policy, sh).await?;
+        report_resync(disks, sh);
         sched.cycles.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Tells health which disks need a resync (the marks live beside the disks).
+fn report_resync(disks: &[Arc<Mutex<Protected>>], sh: &Shared) {
+    for d in disks {
+        if let Ok(g) = d.lock() {
+            sh.health
+                .resync_required(&g.job.vm, &g.job.name, g.tracker.resync_reason());
+        }
     }
 }
 
@@ -331,7 +349,10 @@ async fn resync_marked(
             committed_cycle: committed,
             ..o.clone()
         };
-        let out = super::resync::resync(conn, ctrl, &job, &o, sh, policy.retention, false).await?;
+        sh.health.resync_running(&job.vm, &job.name, true);
+        let out = super::resync::resync(conn, ctrl, &job, &o, sh, policy.retention, false).await;
+        sh.health.resync_running(&job.vm, &job.name, false);
+        let out = out?;
         if let Ok(mut g) = d.lock() {
             g.committed_cycle = Some(out.cycle);
         }
@@ -357,10 +378,10 @@ fn skip(d: &Mutex<Protected>) -> bool {
 /// Closes the active log as the next cycle and starts the next log. Returns once the switch
 /// is durable; the cycle's digest is computed after it, still under the tracking lock (the
 /// disk must stay as the switch left it), while the closed log ships: hashing the blocks a
-/// large cycle touched takes about as long as reading them.
-async fn switch(d: &Arc<Mutex<Protected>>) {
+/// large cycle touched takes about as long as reading them. Returns the cycle switched to.
+async fn switch(d: &Arc<Mutex<Protected>>) -> Option<u64> {
     let d2 = d.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
     let task = tokio::task::spawn_blocking(move || {
         let prepared = (|| {
             let g = d2.lock().map_err(|_| "lock poisoned".to_string())?;
@@ -400,7 +421,7 @@ async fn switch(d: &Arc<Mutex<Protected>>) {
             let _ = tx.send(Err(e.to_string()));
             return;
         }
-        let _ = tx.send(Ok(()));
+        let _ = tx.send(Ok(next));
         // Still under the lock: the disk is exactly the new recovery point.
         match switch_digest(&tracker, &path, next) {
             Ok(Some(digest)) => {
@@ -414,11 +435,11 @@ async fn switch(d: &Arc<Mutex<Protected>>) {
         }
     });
     let reason = match rx.await {
-        Ok(Ok(())) => {
+        Ok(Ok(next)) => {
             if let Ok(mut g) = d.lock() {
                 g.digest_task = Some(task);
             }
-            return;
+            return Some(next);
         }
         Ok(Err(r)) => r,
         Err(_) => match task.await {
@@ -429,6 +450,7 @@ async fn switch(d: &Arc<Mutex<Protected>>) {
     if let Ok(g) = d.lock() {
         resync_required(&g, format!("log switch failed: {reason}"));
     }
+    None
 }
 
 /// Waits for the digest of the last switch (see [`switch`]).
@@ -650,6 +672,7 @@ async fn ship_pending(
             g.committed_cycle = Some(cycle);
         }
         sh.stats.cycles.fetch_add(1, Ordering::Relaxed);
+        sh.health.cycle_committed(&job.vm, &job.name, cycle);
         sh.board.committed(&job.vm, &job.name, cycle);
         crate::metrics::events::cycle_committed(&job.vm, &job.name, t0.elapsed().as_secs_f64());
         info!(vm = %job.vm, disk = %job.name, cycle, bytes,

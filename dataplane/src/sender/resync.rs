@@ -118,6 +118,9 @@ pub async fn resync(
         level: Arc::new(crate::pipeline::AdaptiveLevel::new(sh.opts.level, false)),
         throttle: sh.throttle.clone(),
         peer: sh.peer.clone(),
+        health: sh.health.clone(),
+        clock: sh.clock.clone(),
+        bandwidth: sh.bandwidth.clone(),
         jobs: sh.jobs.clone(),
         board: sh.board.clone(),
     });

@@ -33,6 +33,7 @@ pub mod azure;
 pub mod error;
 pub mod fault;
 pub mod local;
+pub mod retention;
 
 use std::fmt;
 use std::sync::Arc;
@@ -161,7 +162,8 @@ impl DiskState {
 pub struct RecoveryPoint {
     /// 0 for the initial replication, then the delta cycle number.
     pub cycle: u64,
-    /// When the point was committed, Unix seconds (receiver clock).
+    /// When the point was committed, Unix seconds (receiver clock, never before the
+    /// previous point's: [`retention`]).
     pub created_unix: u64,
     /// Bytes the cycle changed (the virtual size for the initial copy).
     pub bytes: u64,

@@ -3,7 +3,8 @@
 //! One connection per sender; its control and data streams carry the frames of
 //! `vdrep_proto::wire`. Socket buffers are raised to 8 MiB (the default ~208 KiB drops packets
 //! at GB/s rates, DESIGN.md §5) and stream windows sized for bandwidth × RTT rather than as
-//! large as possible, which hurts on loopback.
+//! large as possible, which hurts on loopback. Congestion control is quinn's CUBIC unless
+//! `VDREP_QUIC_CONGESTION=bbr` (see `congestion_controller`: 13× the goodput on a lossy WAN).
 
 mod frames;
 
@@ -30,7 +31,36 @@ pub fn transport_config() -> quinn::TransportConfig {
                 .try_into()
                 .expect("15 s is a valid idle timeout"),
         ));
+    t.congestion_controller_factory(congestion_controller());
     t
+}
+
+/// The environment variable that chooses the congestion controller: `cubic` (quinn's
+/// default, also when unset), `bbr` or `newreno`. Read by both ends; the sender's matters.
+pub const CONGESTION_ENV: &str = "VDREP_QUIC_CONGESTION";
+
+/// CUBIC unless `VDREP_QUIC_CONGESTION` says otherwise. Loss-based controllers (CUBIC,
+/// NewReno) halve their window on every lost packet, so 1 % random loss on a 100 ms path
+/// holds them near MSS/RTT × 1.22/√p ≈ 1.2 Mbit/s (Mathis); BBR paces at the measured
+/// bottleneck rate and keeps the queue near one bandwidth-delay product. On that path BBR
+/// is 13× faster (`bench/results/wan.md`), but it is not the default yet: quinn calls it
+/// experimental, and at start-up it lets the wire overshoot the throttle's limit (up to
+/// +55 % in a 1-second window at 50 Mbit/s with 96 streams, where the bandwidth issue
+/// allows +10 %), which the long throttle matrix catches.
+fn congestion_controller() -> Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> {
+    use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
+    match std::env::var(CONGESTION_ENV).as_deref() {
+        Ok("bbr") => Arc::new(BbrConfig::default()),
+        Ok("newreno") => Arc::new(NewRenoConfig::default()),
+        Ok("cubic") | Ok("") | Err(_) => Arc::new(CubicConfig::default()),
+        Ok(other) => {
+            tracing::warn!(
+                value = other,
+                "{CONGESTION_ENV}: not cubic, bbr or newreno; using cubic"
+            );
+            Arc::new(CubicConfig::default())
+        }
+    }
 }
 
 /// Binds a UDP socket with large buffers. As root SO_*BUFFORCE lifts the sysctl cap; else

@@ -1,0 +1,461 @@
+//! Health of each protected VM and disk: Normal, Warning or Critical, with the reasons, the
+//! last error, the next retry and the RPO (the age of the newest recovery point the receiver
+//! committed), written as `health.json` into the sender's `--state DIR` for `vdrep status`.
+//!
+//! - **Critical**: a non-recoverable error (the VM waits for an operator), or an RPO more
+//!   than [`CRITICAL_FACTOR`] times the threshold.
+//! - **Warning**: retrying a recoverable error, an RPO above the threshold, a disk that
+//!   needs (or runs) a resync.
+//! - **Normal** otherwise.
+//!
+//! The RPO threshold is per policy: by default twice the replication interval. Before the
+//! first recovery point the RPO counts from the start of protection.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::clock::SharedClock;
+
+/// An RPO this many times the threshold makes a VM Critical.
+pub const CRITICAL_FACTOR: u32 = 4;
+
+/// The health states, worst last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum State {
+    /// Replicating within its RPO.
+    Normal,
+    /// Needs attention soon, or is recovering by itself.
+    Warning,
+    /// Needs an operator.
+    Critical,
+}
+
+/// The last error seen.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LastError {
+    /// When (RFC 3339, UTC).
+    pub at: String,
+    /// Short class (`network`, `unauthorized`, …).
+    pub class: String,
+    /// Whether it is retried.
+    pub recoverable: bool,
+    /// The error.
+    pub message: String,
+    /// What to do.
+    pub advice: String,
+}
+
+/// One disk's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskHealth {
+    /// Disk name.
+    pub disk: String,
+    /// State.
+    pub state: State,
+    /// Why it is not Normal.
+    pub reasons: Vec<String>,
+    /// The newest recovery point's time (RFC 3339).
+    pub newest_point: Option<String>,
+    /// Age of the newest recovery point in seconds.
+    pub rpo_seconds: Option<f64>,
+    /// Why a resync is required, if it is.
+    pub resync_required: Option<String>,
+    /// A resync is running.
+    pub resync_running: bool,
+}
+
+/// One VM's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmHealth {
+    /// VM name.
+    pub vm: String,
+    /// Worst state of the VM and its disks.
+    pub state: State,
+    /// Why it is not Normal.
+    pub reasons: Vec<String>,
+    /// The last error, until progress is made again.
+    pub last_error: Option<LastError>,
+    /// When the next attempt is due (RFC 3339), while retrying.
+    pub next_retry: Option<String>,
+    /// The largest RPO of its disks, in seconds.
+    pub rpo_seconds: Option<f64>,
+    /// The RPO threshold in seconds.
+    pub rpo_threshold_seconds: f64,
+    /// Per disk.
+    pub disks: Vec<DiskHealth>,
+}
+
+/// The file `health.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// When it was written (RFC 3339).
+    pub updated: String,
+    /// The bandwidth policy in force.
+    pub bandwidth: String,
+    /// Per VM.
+    pub vms: Vec<VmHealth>,
+}
+
+#[derive(Debug, Default)]
+struct DiskState {
+    newest_point: Option<Timestamp>,
+    /// Switch times of cycles not committed yet: a cycle's recovery point is the moment
+    /// its log was closed.
+    switched: BTreeMap<u64, Timestamp>,
+    resync: Option<String>,
+    resync_running: bool,
+}
+
+#[derive(Debug, Default)]
+struct VmState {
+    disks: BTreeMap<String, DiskState>,
+    last_error: Option<LastError>,
+    critical: bool,
+    next_retry: Option<Timestamp>,
+}
+
+/// The health of every VM of a sender.
+#[derive(Debug)]
+pub struct Health {
+    clock: SharedClock,
+    threshold: Duration,
+    started: Timestamp,
+    vms: Mutex<BTreeMap<String, VmState>>,
+    bandwidth: Mutex<String>,
+}
+
+impl Health {
+    /// Health of `vms` (name, disk names), RPO threshold `threshold`.
+    pub fn new(clock: SharedClock, threshold: Duration, vms: &[(String, Vec<String>)]) -> Self {
+        let mut m = BTreeMap::new();
+        for (vm, disks) in vms {
+            let mut s = VmState::default();
+            for d in disks {
+                s.disks.insert(d.clone(), DiskState::default());
+            }
+            m.insert(vm.clone(), s);
+        }
+        Health {
+            started: clock.now_utc(),
+            clock,
+            threshold,
+            vms: Mutex::new(m),
+            bandwidth: Mutex::new(String::new()),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<String, VmState>) -> R) -> Option<R> {
+        self.vms.lock().ok().map(|mut g| f(&mut g))
+    }
+
+    fn disk<R>(&self, vm: &str, disk: &str, f: impl FnOnce(&mut DiskState) -> R) -> Option<R> {
+        self.with(|m| {
+            m.entry(vm.to_string())
+                .or_default()
+                .disks
+                .entry(disk.to_string())
+                .or_default();
+            m.get_mut(vm).and_then(|v| v.disks.get_mut(disk)).map(f)
+        })
+        .flatten()
+    }
+
+    /// The receiver committed a recovery point of `vm`/`disk` taken at `at`; an error of
+    /// the past is over.
+    pub fn committed(&self, vm: &str, disk: &str, at: Timestamp) {
+        self.disk(vm, disk, |d| {
+            d.newest_point = Some(d.newest_point.map_or(at, |p| p.max(at)));
+            d.resync_running = false;
+        });
+        self.progressed();
+    }
+
+    /// The log of `cycle` was closed at `at`: that is the recovery point's time.
+    pub fn switched(&self, vm: &str, disk: &str, cycle: u64, at: Timestamp) {
+        self.disk(vm, disk, |d| {
+            d.switched.insert(cycle, at);
+        });
+    }
+
+    /// The receiver committed `cycle`: its recovery point (the switch time, or now when the
+    /// switch happened in an earlier run) is the newest.
+    pub fn cycle_committed(&self, vm: &str, disk: &str, cycle: u64) {
+        let now = self.clock.now_utc();
+        let at = self
+            .disk(vm, disk, |d| {
+                let at = d.switched.get(&cycle).copied();
+                d.switched.retain(|&c, _| c > cycle);
+                at
+            })
+            .flatten()
+            .unwrap_or(now);
+        self.committed(vm, disk, at);
+    }
+
+    /// Durable progress was made: errors are over.
+    pub fn progressed(&self) {
+        self.with(|m| {
+            for v in m.values_mut() {
+                if !v.critical {
+                    v.last_error = None;
+                    v.next_retry = None;
+                }
+            }
+        });
+    }
+
+    /// An attempt failed with an error affecting every VM of the connection; `next_retry`
+    /// `None` means no retry (Critical when not recoverable).
+    pub fn failed(
+        &self,
+        class: &crate::retry::Classified,
+        message: &str,
+        next_retry: Option<Duration>,
+    ) {
+        let now = self.clock.now_utc();
+        let err = LastError {
+            at: now.to_string(),
+            class: class.class.to_string(),
+            recoverable: class.recoverable,
+            message: message.to_string(),
+            advice: class.advice.to_string(),
+        };
+        let next = next_retry.and_then(|d| {
+            jiff::SignedDuration::try_from(d)
+                .ok()
+                .and_then(|d| now.checked_add(d).ok())
+        });
+        self.with(|m| {
+            for v in m.values_mut() {
+                v.last_error = Some(err.clone());
+                v.critical = !class.recoverable;
+                v.next_retry = next;
+            }
+        });
+    }
+
+    /// `vm`/`disk` needs a resync (`reason`), or no longer does (`None`).
+    pub fn resync_required(&self, vm: &str, disk: &str, reason: Option<String>) {
+        self.disk(vm, disk, |d| d.resync = reason);
+    }
+
+    /// A resync of `vm`/`disk` runs.
+    pub fn resync_running(&self, vm: &str, disk: &str, running: bool) {
+        self.disk(vm, disk, |d| d.resync_running = running);
+    }
+
+    /// Records the bandwidth policy for the report.
+    pub fn set_bandwidth(&self, policy: String) {
+        if let Ok(mut b) = self.bandwidth.lock() {
+            *b = policy;
+        }
+    }
+
+    /// The report as of now.
+    pub fn report(&self) -> Report {
+        let now = self.clock.now_utc();
+        let th = self.threshold.as_secs_f64();
+        let vms = self
+            .with(|m| {
+                m.iter()
+                    .map(|(name, v)| vm_report(name, v, now, self.started, th))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Report {
+            updated: now.to_string(),
+            bandwidth: self.bandwidth.lock().map(|b| b.clone()).unwrap_or_default(),
+            vms,
+        }
+    }
+
+    /// Writes `DIR/health.json` (replaced atomically).
+    pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("health.json");
+        let tmp = dir.join(".health.json.tmp");
+        let text = serde_json::to_vec_pretty(&self.report()).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+
+    /// Writes the report every second until dropped.
+    pub async fn run_writer(self: std::sync::Arc<Self>, dir: PathBuf) {
+        loop {
+            if let Err(e) = self.write(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot write health.json");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+fn vm_report(name: &str, v: &VmState, now: Timestamp, started: Timestamp, th: f64) -> VmHealth {
+    let mut disks = Vec::new();
+    for (dname, d) in &v.disks {
+        let mut reasons = Vec::new();
+        let mut state = State::Normal;
+        let since = d.newest_point.unwrap_or(started);
+        let rpo = now.duration_since(since).as_secs_f64().max(0.0);
+        if rpo > th * CRITICAL_FACTOR as f64 {
+            state = State::Critical;
+            reasons.push(format!(
+                "RPO {rpo:.0} s is more than {CRITICAL_FACTOR}× the threshold {th:.0} s"
+            ));
+        } else if rpo > th {
+            state = State::Warning;
+            reasons.push(format!("RPO {rpo:.0} s is above the threshold {th:.0} s"));
+        }
+        if let Some(r) = &d.resync {
+            state = state.max(State::Warning);
+            reasons.push(format!("resync required: {r}"));
+        }
+        if d.resync_running {
+            state = state.max(State::Warning);
+            reasons.push("resync running".into());
+        }
+        disks.push(DiskHealth {
+            disk: dname.clone(),
+            state,
+            reasons,
+            newest_point: d.newest_point.map(|p| p.to_string()),
+            rpo_seconds: Some(rpo),
+            resync_required: d.resync.clone(),
+            resync_running: d.resync_running,
+        });
+    }
+    let mut state = disks.iter().map(|d| d.state).max().unwrap_or(State::Normal);
+    let mut reasons: Vec<String> = disks
+        .iter()
+        .flat_map(|d| d.reasons.iter().map(move |r| format!("{}: {r}", d.disk)))
+        .collect();
+    if let Some(e) = &v.last_error {
+        if v.critical {
+            state = State::Critical;
+            reasons.insert(0, format!("not retried ({}): {}", e.class, e.advice));
+        } else {
+            state = state.max(State::Warning);
+            reasons.insert(0, format!("retrying ({}): {}", e.class, e.message));
+        }
+    }
+    VmHealth {
+        vm: name.to_string(),
+        state,
+        reasons,
+        last_error: v.last_error.clone(),
+        next_retry: v.next_retry.map(|t| t.to_string()),
+        rpo_seconds: disks
+            .iter()
+            .filter_map(|d| d.rpo_seconds)
+            .fold(None, |a: Option<f64>, r| Some(a.map_or(r, |a| a.max(r)))),
+        rpo_threshold_seconds: th,
+        disks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::TokioClock;
+    use crate::retry::Classified;
+    use std::sync::Arc;
+
+    fn health() -> Health {
+        let clock = Arc::new(TokioClock::starting_at(
+            "2025-01-06T12:00:00Z".parse().unwrap(),
+        ));
+        Health::new(
+            clock,
+            Duration::from_secs(60),
+            &[("vm1".into(), vec!["os".into(), "data".into()])],
+        )
+    }
+
+    fn vm(h: &Health) -> VmHealth {
+        h.report().vms.remove(0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rpo_above_the_threshold_warns_and_far_above_is_critical() {
+        let h = health();
+        let t0 = "2025-01-06T12:00:00Z".parse().unwrap();
+        h.committed("vm1", "os", t0);
+        h.committed("vm1", "data", t0);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(vm(&h).state, State::Normal);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let v = vm(&h);
+        assert_eq!(v.state, State::Warning);
+        assert_eq!(v.rpo_seconds, Some(90.0));
+        assert!(
+            v.reasons[0].contains("above the threshold"),
+            "{:?}",
+            v.reasons
+        );
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        assert_eq!(vm(&h).state, State::Critical);
+        h.committed("vm1", "os", h.clock.now_utc());
+        h.committed("vm1", "data", h.clock.now_utc());
+        assert_eq!(vm(&h).state, State::Normal);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retried_error_warns_with_the_next_retry_and_a_refusal_is_critical() {
+        let h = health();
+        let net = Classified {
+            class: "network",
+            recoverable: true,
+            advice: "retrying",
+        };
+        h.failed(
+            &net,
+            "receiver rx: timed out",
+            Some(Duration::from_secs(120)),
+        );
+        let v = vm(&h);
+        assert_eq!(v.state, State::Warning);
+        assert_eq!(v.next_retry.as_deref(), Some("2025-01-06T12:02:00Z"));
+        assert_eq!(v.last_error.as_ref().unwrap().class, "network");
+        h.progressed();
+        assert_eq!(vm(&h).state, State::Normal);
+        let auth = Classified {
+            class: "unauthorized",
+            recoverable: false,
+            advice: "check --allow",
+        };
+        h.failed(&auth, "refused", None);
+        let v = vm(&h);
+        assert_eq!(v.state, State::Critical);
+        assert_eq!(v.next_retry, None);
+        h.progressed();
+        assert_eq!(
+            vm(&h).state,
+            State::Critical,
+            "a refusal waits for an operator"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disk_needing_resync_warns_and_health_json_is_written() {
+        let h = health();
+        h.committed("vm1", "os", h.clock.now_utc());
+        h.committed("vm1", "data", h.clock.now_utc());
+        h.resync_required("vm1", "data", Some("log 3 missing".into()));
+        let v = vm(&h);
+        assert_eq!(v.state, State::Warning);
+        assert_eq!(v.disks[0].disk, "data");
+        assert_eq!(v.disks[0].state, State::Warning);
+        assert_eq!(v.disks[1].state, State::Normal);
+        let dir = tempfile::tempdir().unwrap();
+        let p = h.write(&dir.path().join("state")).unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        assert_eq!(j["vms"][0]["state"], "Warning");
+        assert_eq!(j["vms"][0]["disks"][0]["resync_required"], "log 3 missing");
+    }
+}

@@ -1,0 +1,272 @@
+//! Clock jumps during continuous protection, through the test-only clock offset (never the
+//! host clock): `vdrep send --interval 1s` and `vdrep receive` both read their wall clock
+//! through `VDREP_TEST_CLOCK_OFFSET_FILE`, a file the test rewrites while they run (the
+//! processes re-read it every 100 ms). One host, one clock: both processes share the file.
+//!
+//! The wall clock goes 20:00 (off hours) → the next day's 10:00 (a 14 h jump forward, into
+//! work hours) → 06:00 of the first day (a 28 h jump back, off hours). Cycles are driven by
+//! monotonic time and must keep committing through both jumps; recovery points must stay in
+//! cycle order with times that never go back; the forward jump must not make retention
+//! prune the history; and the bandwidth schedule must switch its limit with each jump.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use jiff::{civil, tz::TimeZone, Timestamp};
+use vdrep_tests::cycles::{changes, failover_local, same_bytes, Pattern, TrackedDisk};
+use vdrep_tests::images::{seeded_raw, Kind};
+use vdrep_tests::procs::{certs, read_log, Receiver, Send};
+use vdrep_tests::vdrep_ok;
+
+const MIB: u64 = 1 << 20;
+const SIZE: u64 = 16 * MIB;
+
+/// Writes the offset that makes the wall clock read `target` now.
+fn jump_to(file: &Path, target: Timestamp) {
+    let off = target.duration_since(Timestamp::now());
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, format!("{}ms", off.as_millis())).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+/// Waits until `log` holds `n` more lines with `needle` than it had (`before`); returns how
+/// long that took.
+fn wait_more(log: &Path, needle: &str, before: usize, n: usize, timeout: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if count(&read_log(log), needle) >= before + n {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "fewer than {n} new `{needle}` lines within {timeout:?}; log:\n{}",
+            read_log(log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `vdrep points --json` of vm1's only disk: (cycle, unix time) oldest first. Read while the
+/// receiver runs (the command takes no lock).
+fn points(store: &Path) -> Vec<(u64, u64)> {
+    let out = vdrep_ok(&[
+        "points",
+        "--store",
+        store.to_str().unwrap(),
+        "--vm",
+        "vm1",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["disks"][0]["points"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no points in {v}"))
+        .iter()
+        .map(|p| (p["cycle"].as_u64().unwrap(), p["unix"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Cycle numbers go up by one and times never go back.
+fn assert_ordered(pts: &[(u64, u64)], what: &str) {
+    for w in pts.windows(2) {
+        assert_eq!(
+            w[1].0,
+            w[0].0 + 1,
+            "{what}: cycles not consecutive: {pts:?}"
+        );
+        assert!(
+            w[1].1 >= w[0].1,
+            "{what}: a point's time went back: {pts:?}"
+        );
+    }
+}
+
+struct Rig {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    store: PathBuf,
+    offset: PathBuf,
+    rx: Receiver,
+    disk: TrackedDisk,
+}
+
+#[test]
+fn clock_jumps_forward_and_back_keep_cycles_committing_points_ordered_history_kept_and_switch_the_bandwidth_window(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let tls = certs(&dir.join("tls"), &["hv01"]);
+    let store = dir.join("store");
+    let offset = dir.join("clock.offset");
+    // Day one, 20:00 UTC: off hours.
+    let day = civil::date(2031, 3, 12);
+    let at = |d: civil::Date, h: i8| {
+        d.at(h, 0, 0, 0)
+            .to_zoned(TimeZone::UTC)
+            .unwrap()
+            .timestamp()
+    };
+    jump_to(&offset, at(day, 20));
+    let off_env = offset.to_str().unwrap().to_string();
+    let env = [("VDREP_TEST_CLOCK_OFFSET_FILE", off_env.as_str())];
+    let rx = Receiver::start_env(&store, &tls, &["hv01=vm1"], &env);
+    let path = seeded_raw(&dir.join("disk.raw"), SIZE, 71, MIB as usize, 3);
+    let disk = TrackedDisk::new(&path, Kind::Raw, SIZE, &dir.join("scratch"));
+    let r = Rig {
+        _tmp: tmp,
+        dir,
+        store,
+        offset,
+        rx,
+        disk,
+    };
+    let send_log = r.dir.join("send.log");
+    let state = r.dir.join("state");
+    let send = Send::new(&r.rx.to(), &tls, "hv01", "vm1", &[&r.disk.path], &send_log)
+        .env("VDREP_TEST_CLOCK_OFFSET_FILE", &off_env)
+        .arg("--interval")
+        .arg("1s")
+        .arg("--retention")
+        .arg("2h")
+        .arg("--give-up-after")
+        .arg("120s")
+        .arg("--rpo-threshold")
+        .arg("30s")
+        .arg("--state")
+        .arg(state.to_str().unwrap())
+        .arg("--work-days")
+        .arg("all")
+        .arg("--work-hours")
+        .arg("09:00-18:00")
+        .arg("--tz")
+        .arg("UTC")
+        .arg("--work-bandwidth")
+        .arg("8Mbit")
+        .arg("--off-bandwidth")
+        .arg("400Mbit");
+    let mut child = send.spawn();
+    let committed = "cycle committed as a recovery point";
+    let rx_log = r.rx.log.clone();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(72);
+    let mut write = |r: &Rig| {
+        r.disk.write(&changes(
+            Pattern::Scattered {
+                n: 8,
+                max: 256 << 10,
+            },
+            SIZE,
+            &mut rng,
+        ))
+    };
+
+    // Off hours: the initial copy, then three cycles with writes.
+    wait_more(&rx_log, committed, 0, 1, Duration::from_secs(60));
+    assert!(
+        read_log(&send_log).contains("bandwidth limit now 400000 kbit/s"),
+        "no off-hours limit at 20:00:\n{}",
+        read_log(&send_log)
+    );
+    for _ in 0..3 {
+        write(&r);
+        let n = count(&read_log(&rx_log), committed);
+        wait_more(&rx_log, committed, n, 1, Duration::from_secs(20));
+    }
+    let before_jump = points(&r.store);
+    assert_ordered(&before_jump, "before the jumps");
+    let t_evening = before_jump.last().unwrap().1;
+
+    // 14 h forward, into work hours: the limit drops within a second, cycles go on, and a
+    // retention of 2 h does not prune the points of "14 h ago".
+    let work = count(&read_log(&send_log), "bandwidth limit now 8000 kbit/s");
+    let n = count(&read_log(&rx_log), committed);
+    jump_to(&r.offset, at(day.tomorrow().unwrap(), 10));
+    let switched = wait_more(
+        &send_log,
+        "bandwidth limit now 8000 kbit/s",
+        work,
+        1,
+        Duration::from_secs(5),
+    );
+    assert!(
+        switched < Duration::from_millis(1500),
+        "work-hour limit only {switched:?} after the jump"
+    );
+    for _ in 0..3 {
+        write(&r);
+        let m = count(&read_log(&rx_log), committed);
+        wait_more(&rx_log, committed, m, 1, Duration::from_secs(20));
+    }
+    assert!(count(&read_log(&rx_log), committed) >= n + 3);
+    let after_forward = points(&r.store);
+    assert_ordered(&after_forward, "after the forward jump");
+    assert_eq!(
+        after_forward.first().map(|p| p.0),
+        Some(0),
+        "the forward jump pruned history: {after_forward:?}"
+    );
+    let t_morning = after_forward.last().unwrap().1;
+    assert!(
+        t_morning >= t_evening + 13 * 3600,
+        "points after the jump are not stamped with the jumped clock: {after_forward:?}"
+    );
+
+    // 28 h back, to 06:00 of day one (before every point so far): off hours again, cycles go
+    // on, and no point is stamped earlier than the one before it.
+    let off = count(&read_log(&send_log), "bandwidth limit now 400000 kbit/s");
+    jump_to(&r.offset, at(day, 6));
+    let switched = wait_more(
+        &send_log,
+        "bandwidth limit now 400000 kbit/s",
+        off,
+        1,
+        Duration::from_secs(5),
+    );
+    assert!(
+        switched < Duration::from_millis(1500),
+        "off-hours limit only {switched:?} after the jump back"
+    );
+    for _ in 0..3 {
+        write(&r);
+        let m = count(&read_log(&rx_log), committed);
+        wait_more(&rx_log, committed, m, 1, Duration::from_secs(20));
+    }
+    // Two quiet cycles, so the newest point holds every write.
+    let m = count(&read_log(&rx_log), committed);
+    wait_more(&rx_log, committed, m, 2, Duration::from_secs(20));
+    let after_back = points(&r.store);
+    assert_ordered(&after_back, "after the backward jump");
+    assert_eq!(after_back.first().map(|p| p.0), Some(0), "{after_back:?}");
+    assert!(
+        after_back.len() >= after_forward.len() + 5,
+        "cycles stopped after the jump back: {after_back:?}"
+    );
+    assert!(after_back.last().unwrap().1 >= t_morning, "{after_back:?}");
+    let health: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("health.json")).unwrap()).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = read_log(&send_log);
+    assert_eq!(
+        health["vms"][0]["state"], "Normal",
+        "health after the jumps: {health:#}\nsender log:\n{log}"
+    );
+    assert!(
+        !log.contains("giving up") && !log.contains("recoverable error"),
+        "the jumps caused errors:\n{log}"
+    );
+
+    // The newest point is the source as it is now.
+    let mut rx = r.rx;
+    rx.kill9();
+    let out = r.dir.join("newest.raw");
+    let c = failover_local(&r.store, "vm1", "disk", &r.disk.path, SIZE, None, &out);
+    assert!(c >= after_back.last().unwrap().0, "newest point {c}");
+    assert!(
+        same_bytes(&r.disk.path, &out),
+        "newest point {c} differs from the source"
+    );
+}
