@@ -270,3 +270,108 @@ fn clock_jumps_forward_and_back_keep_cycles_committing_points_ordered_history_ke
         "newest point {c} differs from the source"
     );
 }
+
+/// KB3056159 / issue 7: an automatic resync (here: the active change log lost, so the next
+/// switch marks the disk) waits for the next non-work period instead of reading the whole
+/// disk during work hours; delta replication for the disk stays stopped meanwhile; once the
+/// clock leaves work hours the resync runs and the replica equals the source again.
+#[test]
+fn an_automatic_resync_waits_for_non_work_hours_then_runs_and_the_replica_follows_the_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let tls = certs(&dir.join("tls"), &["hv01"]);
+    let store = dir.join("store");
+    let offset = dir.join("clock.offset");
+    let day = civil::date(2031, 3, 12);
+    let at = |h: i8| {
+        day.at(h, 0, 0, 0)
+            .to_zoned(TimeZone::UTC)
+            .unwrap()
+            .timestamp()
+    };
+    // 10:00: work hours.
+    jump_to(&offset, at(10));
+    let off_env = offset.to_str().unwrap().to_string();
+    let env = [("VDREP_TEST_CLOCK_OFFSET_FILE", off_env.as_str())];
+    let mut rx = Receiver::start_env(&store, &tls, &["hv01=vm1"], &env);
+    let path = seeded_raw(&dir.join("disk.raw"), SIZE, 81, MIB as usize, 3);
+    let disk = TrackedDisk::new(&path, Kind::Raw, SIZE, &dir.join("scratch"));
+    let send_log = dir.join("send.log");
+    let mut child = Send::new(&rx.to(), &tls, "hv01", "vm1", &[&disk.path], &send_log)
+        .env("VDREP_TEST_CLOCK_OFFSET_FILE", &off_env)
+        .arg("--interval")
+        .arg("1s")
+        .arg("--give-up-after")
+        .arg("120s")
+        .arg("--state")
+        .arg(dir.join("state").to_str().unwrap())
+        .arg("--work-days")
+        .arg("all")
+        .arg("--work-hours")
+        .arg("09:00-18:00")
+        .arg("--tz")
+        .arg("UTC")
+        .arg("--work-bandwidth")
+        .arg("100Mbit")
+        .arg("--off-bandwidth")
+        .arg("400Mbit")
+        .spawn();
+    let committed = "cycle committed as a recovery point";
+    let rx_log = rx.log.clone();
+    wait_more(&rx_log, committed, 0, 2, Duration::from_secs(60));
+
+    // Tracked writes, then their log is lost before the switch that would close it.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(82);
+    disk.write(&changes(
+        Pattern::Scattered {
+            n: 16,
+            max: 256 << 10,
+        },
+        SIZE,
+        &mut rng,
+    ));
+    {
+        // Under the tracking lock, so no switch is half-way.
+        let _l = disk.tracker().lock().unwrap();
+        std::fs::remove_file(&disk.tracker().paths().active).unwrap();
+    }
+    wait_more(
+        &send_log,
+        "it waits for the next non-work period",
+        0,
+        1,
+        Duration::from_secs(20),
+    );
+    // Work hours go on: no resync, no cycle for the disk.
+    let n = count(&read_log(&rx_log), committed);
+    std::thread::sleep(Duration::from_secs(4));
+    let log = read_log(&send_log);
+    assert!(
+        !log.contains("resync started"),
+        "the resync started during work hours:\n{log}"
+    );
+    assert_eq!(
+        count(&read_log(&rx_log), committed),
+        n,
+        "cycles were committed across the lost log"
+    );
+    assert!(disk.tracker().resync_reason().is_some(), "no resync mark");
+
+    // 19:00: off hours. The resync runs at the next cycle's turn.
+    jump_to(&offset, at(19));
+    let took = wait_more(&send_log, "resync committed", 0, 1, Duration::from_secs(30));
+    assert!(
+        took < Duration::from_secs(10),
+        "the resync began {took:?} after work hours ended"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    rx.kill9();
+    let out = dir.join("newest.raw");
+    failover_local(&store, "vm1", "disk", &disk.path, SIZE, None, &out);
+    assert!(
+        same_bytes(&disk.path, &out),
+        "after the resync the newest point differs from the source"
+    );
+    drop(tmp);
+}

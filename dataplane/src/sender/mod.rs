@@ -341,6 +341,7 @@ async fn run_jobs(
                         fresh: false,
                         force_resync: opts.resync,
                         digest_task: None,
+                        resync_waiting: false,
                     })
                     .collect();
                 let mut disks = disks;

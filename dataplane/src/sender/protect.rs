@@ -51,6 +51,8 @@ pub struct Protected {
     /// The digest of the last switch, computed under the tracking lock while the closed log
     /// already ships; awaited before its cycle commits (the commit carries it).
     pub digest_task: Option<tokio::task::JoinHandle<()>>,
+    /// A required resync is waiting for non-work hours (said once).
+    pub resync_waiting: bool,
 }
 
 /// Starts change tracking of every disk (before its initial copy, so no write is missed).
@@ -335,13 +337,31 @@ async fn resync_marked(
         if !needs_resync(d) {
             continue;
         }
-        let (job, committed) = {
+        let (job, committed, forced, reason) = {
             let g = d.lock().map_err(poisoned)?;
             (
                 g.job.clone(),
                 g.committed_cycle.unwrap_or(o.committed_cycle),
+                g.force_resync,
+                g.tracker.resync_reason(),
             )
         };
+        // An automatic resync waits for the next non-work period (KB3056159: it reads the
+        // whole disk); `send --resync`, a new protection and an operator's request do not.
+        let asked = forced || reason.as_deref() == Some(OPERATOR_RESYNC);
+        if !asked && !sh.bandwidth.resync_allowed_now() {
+            let mut g = d.lock().map_err(poisoned)?;
+            if !g.resync_waiting {
+                g.resync_waiting = true;
+                warn!(vm = %job.vm, disk = %job.name, reason = reason.as_deref().unwrap_or(""),
+                      "resync required: it waits for the next non-work period (send --resync \
+                       starts it now); delta replication stays stopped for this disk");
+            }
+            continue;
+        }
+        if let Ok(mut g) = d.lock() {
+            g.resync_waiting = false;
+        }
         info!(vm = %job.vm, disk = %job.name, "resync started");
         sh.board.copy_started(&job.vm, &job.name, true);
         restart_chain(d).await?;
