@@ -7,6 +7,10 @@
 //! spends the idle CPU on ratio, up past the configured level to [`MAX_ADAPTIVE_LEVEL`]. The
 //! configured level is where the controller starts; `--fixed-compression` pins it.
 //!
+//! It climbs only while the host has spare CPU ([`CpuIdle`]): a receiver that is the
+//! bottleneck also makes the streams wait, and on a host that shares its cores with that
+//! receiver (or with guests) a higher level would take CPU from it rather than buy ratio.
+//!
 //! Time shares, not queue fill, drive it: a stream that has just handed bytes to QUIC's send
 //! buffer looks fast although the link is the bottleneck, so queue fill alone walks the level
 //! the wrong way on slow links (measured in bench/results/ANALYSIS.md).
@@ -100,15 +104,21 @@ impl AdaptiveLevel {
             .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
 
-    /// Decides from the waits since the last tick; returns the step taken (-1, 0, +1).
+    /// Decides from the waits since the last tick, assuming spare CPU; returns the step
+    /// taken (-1, 0, +1).
     pub fn tick(&self) -> i32 {
+        self.tick_with_spare_cpu(true)
+    }
+
+    /// As [`AdaptiveLevel::tick`]; without spare CPU the level never climbs.
+    pub fn tick_with_spare_cpu(&self, spare: bool) -> i32 {
         let cpu = self.wait_cpu.swap(0, Ordering::Relaxed) as f64;
         let link = self.wait_link.swap(0, Ordering::Relaxed) as f64;
         if !self.adaptive || cpu + link < 1e6 {
             return 0;
         }
         let dir = if link / (cpu + link) > MOVE_SHARE {
-            1
+            i32::from(spare)
         } else if cpu / (cpu + link) > MOVE_SHARE {
             -1
         } else {
@@ -129,6 +139,52 @@ impl AdaptiveLevel {
     pub fn note_incompressible(&self) {
         self.incompressible.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Share of the host's CPU time idle between samples (from `/proc/stat`): above
+/// [`SPARE_IDLE`] there is CPU to spend on a higher level.
+#[derive(Debug, Default)]
+pub struct CpuIdle {
+    last: Option<(u64, u64)>,
+}
+
+/// Idle share of the host's CPU above which compression may climb.
+pub const SPARE_IDLE: f64 = 0.3;
+
+impl CpuIdle {
+    /// Whether the host was idle more than [`SPARE_IDLE`] since the last call (true when it
+    /// cannot tell: no `/proc/stat`, first call).
+    pub fn spare(&mut self) -> bool {
+        let Some((idle, total)) = read_proc_stat() else {
+            return true;
+        };
+        let prev = self.last.replace((idle, total));
+        match prev {
+            Some((i0, t0)) if total > t0 => {
+                (idle.saturating_sub(i0)) as f64 / (total - t0) as f64 > SPARE_IDLE
+            }
+            _ => true,
+        }
+    }
+}
+
+/// (idle + iowait, total) jiffies of the first `cpu` line of `/proc/stat`.
+fn read_proc_stat() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_proc_stat(&text)
+}
+
+fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 5 {
+        return None;
+    }
+    Some((v[3] + v[4], v.iter().sum()))
 }
 
 #[cfg(test)]
@@ -165,6 +221,26 @@ mod tests {
         a.waited_for_link(ms(100));
         assert_eq!(a.tick(), 0);
         assert_eq!(a.tick(), 0);
+    }
+
+    #[test]
+    fn without_spare_cpu_a_waiting_link_holds_the_level_but_a_waiting_link_still_lowers_it() {
+        let a = AdaptiveLevel::new(1, true);
+        for _ in 0..5 {
+            a.waited_for_link(ms(200));
+            assert_eq!(a.tick_with_spare_cpu(false), 0);
+        }
+        assert_eq!(a.current(), Compression::Zstd(1));
+        a.waited_for_cpu(ms(200));
+        assert_eq!(a.tick_with_spare_cpu(false), -1);
+    }
+
+    #[test]
+    fn proc_stat_gives_idle_and_total() {
+        let text = "cpu  100 5 50 800 45 0 0 0 0 0\ncpu0 1 2 3 4 5\n";
+        assert_eq!(parse_proc_stat(text), Some((845, 1000)));
+        assert_eq!(parse_proc_stat("intr 1 2\n"), None);
+        assert!(CpuIdle::default().spare(), "the first sample cannot tell");
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod plan;
 mod prepare;
 mod stats;
 
-pub use adapt::{AdaptiveLevel, Compression, TICK};
+pub use adapt::{AdaptiveLevel, Compression, CpuIdle, TICK};
 pub use plan::{plan_disk, PlanOptions, WorkItem};
 pub use prepare::{prepare, zero_hash, Prepared, ZERO_BLOCK};
 pub use stats::Stats;

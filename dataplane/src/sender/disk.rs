@@ -499,9 +499,14 @@ async fn stream_worker(
             progress.clone(),
             peer.to_string(),
         ));
+        // Waiting for the receiver to acknowledge earlier batches is waiting for the link
+        // (or the receiver): with QUIC's large send buffers this, not the write, is where a
+        // slow link shows, so it must count, or the controller never climbs on slow links.
+        let t = std::time::Instant::now();
         while pending.len() >= OUTSTANDING_BATCHES {
             join_one(&mut pending).await?;
         }
+        level.waited_for_link(t.elapsed());
     }
     while !pending.is_empty() {
         join_one(&mut pending).await?;

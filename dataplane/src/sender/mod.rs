@@ -313,9 +313,10 @@ async fn run_jobs(
     let controller = {
         let level = sh.level.clone();
         tokio::spawn(async move {
+            let mut idle = crate::pipeline::CpuIdle::default();
             loop {
                 tokio::time::sleep(crate::pipeline::TICK).await;
-                level.tick();
+                level.tick_with_spare_cpu(idle.spare());
             }
         })
     };
