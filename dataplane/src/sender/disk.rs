@@ -65,6 +65,8 @@ pub struct DiskProgress {
     counted: AtomicU64,
     /// Largest durable progress the receiver reported for this disk.
     durable: AtomicU64,
+    /// Fewest differing bytes a resync comparison of this disk found (0: none yet).
+    resync_left: AtomicU64,
 }
 
 impl DiskProgress {
@@ -76,6 +78,22 @@ impl DiskProgress {
     fn count(&self, stats: &Stats, n: u64) {
         self.counted.fetch_add(n, Ordering::Relaxed);
         stats.add_done(n);
+    }
+
+    /// Records a resync comparison's differing bytes; returns whether fewer remain than any
+    /// earlier attempt found: the resync's writes before an interruption became durable,
+    /// which is progress (it resets the give-up window like a resumed copy does).
+    pub fn resync_remaining(&self, stats: &Stats, left: u64) -> bool {
+        let stored = left.saturating_add(1);
+        let prev = self.resync_left.load(Ordering::Relaxed);
+        if prev == 0 || stored < prev {
+            self.resync_left.store(stored, Ordering::Relaxed);
+        }
+        let grew = prev != 0 && stored < prev;
+        if grew {
+            stats.durable_growth.fetch_add(1, Ordering::Relaxed);
+        }
+        grew
     }
 
     /// Restarts the count at what the receiver holds durably; returns whether that grew
@@ -613,4 +631,27 @@ async fn stopped_reason(recv: &mut quinn::RecvStream, peer: &str) -> Option<Send
         class,
         message,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fewer_differing_bytes_than_any_earlier_resync_attempt_count_as_durable_progress() {
+        let stats = Stats::default();
+        let p = DiskProgress::default();
+        assert!(
+            !p.resync_remaining(&stats, 1000),
+            "the first comparison is the baseline"
+        );
+        assert!(!p.resync_remaining(&stats, 1000), "no change: no progress");
+        assert!(p.resync_remaining(&stats, 600));
+        assert!(
+            !p.resync_remaining(&stats, 800),
+            "more than the best is no progress"
+        );
+        assert!(p.resync_remaining(&stats, 0), "nothing left differs");
+        assert_eq!(Stats::get(&stats.durable_growth), 2);
+    }
 }

@@ -134,6 +134,9 @@ pub async fn resync(
         out.changed += bytes;
         info!(vm = %job.vm, disk = %job.name, round = out.rounds, differing_bytes = bytes,
               ranges = ranges.len(), "resync comparison done");
+        if out.rounds == 1 {
+            job.progress.resync_remaining(&sh.stats, bytes);
+        }
         if !ranges.is_empty() {
             let items = split(&ranges, sh.opts.chunk as u64);
             send_all(conn, job, &co, Some(items), &[], sh).await?;
