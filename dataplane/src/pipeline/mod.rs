@@ -12,6 +12,6 @@ mod prepare;
 mod stats;
 
 pub use adapt::{AdaptiveLevel, Compression, CpuIdle, TICK};
-pub use plan::{plan_disk, PlanOptions, WorkItem};
+pub use plan::{plan_disk, push_split, PlanOptions, WorkItem};
 pub use prepare::{prepare, zero_hash, Prepared, ZERO_BLOCK};
 pub use stats::Stats;

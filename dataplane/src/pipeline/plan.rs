@@ -57,7 +57,9 @@ fn minus_done(s: u64, e: u64, done: &[(u64, u64)], out: &mut Vec<(u64, u64)>) {
     }
 }
 
-fn push_split(out: &mut Vec<WorkItem>, s: u64, e: u64, max: u64, clear: bool) {
+/// Appends the items covering `[s, e)` in pieces of at most `max` bytes: reads, or clears
+/// when `clear`. The one splitter of the plan, cycles and resyncs.
+pub fn push_split(out: &mut Vec<WorkItem>, s: u64, e: u64, max: u64, clear: bool) {
     let mut o = s;
     while o < e {
         let n = (e - o).min(max);

@@ -731,15 +731,7 @@ fn cycle_items(
                 .collect();
         }
         for (s, t) in gaps {
-            let mut o = s;
-            while o < t {
-                let n = (t - o).min(chunk);
-                out.push(WorkItem::Read {
-                    offset: o,
-                    len: n as u32,
-                });
-                o += n;
-            }
+            crate::pipeline::push_split(&mut out, s, t, chunk, false);
         }
     }
     out

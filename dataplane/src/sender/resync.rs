@@ -384,15 +384,7 @@ async fn page_diff(
 fn split(ranges: &[(u64, u64)], chunk: u64) -> Vec<WorkItem> {
     let mut out = Vec::new();
     for &(s, e) in ranges {
-        let mut o = s;
-        while o < e {
-            let n = (e - o).min(chunk);
-            out.push(WorkItem::Read {
-                offset: o,
-                len: n as u32,
-            });
-            o += n;
-        }
+        crate::pipeline::push_split(&mut out, s, e, chunk, false);
     }
     out
 }
