@@ -24,6 +24,33 @@ pub struct Role {
 pub const ANNOUNCEMENTS: [&str; 3] = ["listening on ", "metrics on ", "sidecar on "];
 
 impl Role {
+    /// `vdrep receive` on a free loopback port into `DIR/store`, allowing `allow`
+    /// (`SENDER=VM`), with `/metrics` on a free port when `metrics`; logs to
+    /// `DIR/receiver.log`.
+    pub fn receiver(dir: &Path, tls: &Path, allow: &str, metrics: bool) -> Role {
+        let store = dir.join("store");
+        let mut args: Vec<String> = [
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            store.to_str().unwrap(),
+            "--tls",
+            tls.to_str().unwrap(),
+            "--allow",
+            allow,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let mut expect = vec!["listening on "];
+        if metrics {
+            args.extend(["--metrics".to_string(), "127.0.0.1:0".to_string()]);
+            expect.push("metrics on ");
+        }
+        Role::start(&args, &dir.join("receiver.log"), &expect)
+    }
+
     /// Starts `vdrep ARGS` and waits (20 s at most) until it announced every prefix in
     /// `expect` (from [`ANNOUNCEMENTS`]).
     pub fn start(args: &[String], log: &Path, expect: &[&str]) -> Role {

@@ -41,23 +41,7 @@ impl Stack {
         let tls = certs(&d.join("tls"), &["hv01"]);
         let disk = seeded_raw(&d.join("os.raw"), 8 << 20, 3, 1 << 20, 3);
         std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
-        let rx = Role::start(
-            &s(&[
-                "receive",
-                "--listen",
-                "127.0.0.1:0",
-                "--store",
-                d.join("store").to_str().unwrap(),
-                "--tls",
-                tls.to_str().unwrap(),
-                "--allow",
-                "hv01=web",
-                "--metrics",
-                "127.0.0.1:0",
-            ]),
-            &d.join("receiver.log"),
-            &["listening on ", "metrics on "],
-        );
+        let rx = Role::receiver(d, &tls, "hv01=web", true);
         let mut st = Stack {
             dir: d.to_path_buf(),
             tx: Self::sender(d, &tls, &disk, &rx),

@@ -48,24 +48,7 @@ fn sender_and_receiver_expose_lint_clean_metrics_with_the_replication_figures() 
     let size = 12u64 << 20;
     // Every 4th MiB stays zero: skipped bytes are counted, data bytes are the rest.
     let disk = seeded_raw(&d.join("os.raw"), size, 7, 1 << 20, 4);
-    let store = d.join("store");
-    let rx = Role::start(
-        &s(&[
-            "receive",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            store.to_str().unwrap(),
-            "--tls",
-            tls.to_str().unwrap(),
-            "--allow",
-            "hv01=web",
-            "--metrics",
-            "127.0.0.1:0",
-        ]),
-        &d.join("receiver.log"),
-        &["listening on ", "metrics on "],
-    );
+    let rx = Role::receiver(d, &tls, "hv01=web", true);
     let tx = Role::start(
         &s(&[
             "send",
@@ -177,23 +160,7 @@ fn receiver_counts_refused_peers_by_reason() {
     let d = dir.path();
     let tls = certs(&d.join("tls"), &["hv01", "intruder"]);
     let disk = seeded_raw(&d.join("os.raw"), 1 << 20, 1, 1 << 20, 0);
-    let rx = Role::start(
-        &s(&[
-            "receive",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            d.join("store").to_str().unwrap(),
-            "--tls",
-            tls.to_str().unwrap(),
-            "--allow",
-            "hv01=web",
-            "--metrics",
-            "127.0.0.1:0",
-        ]),
-        &d.join("receiver.log"),
-        &["listening on ", "metrics on "],
-    );
+    let rx = Role::receiver(d, &tls, "hv01=web", true);
     let out = Command::new(vdrep_tests::vdrep_bin())
         .args([
             "send",

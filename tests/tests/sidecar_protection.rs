@@ -19,21 +19,7 @@ fn enabling_protection_is_a_job_through_checks_initial_replication_and_first_cyc
     // 24 MiB with 16 MiB of incompressible data at 2 MB/s: the copy takes seconds.
     let disk = seeded_raw(&d.join("os.raw"), 24 << 20, 7, 1 << 20, 3);
     std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
-    let rx = Role::start(
-        &s(&[
-            "receive",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            d.join("store").to_str().unwrap(),
-            "--tls",
-            tls.to_str().unwrap(),
-            "--allow",
-            "hv01=web",
-        ]),
-        &d.join("receiver.log"),
-        &["listening on "],
-    );
+    let rx = Role::receiver(d, &tls, "hv01=web", false);
     let sc = Stack::sidecar(d);
     let api = sc.addr("sidecar on ");
     let call = |method: &str, path: &str, body: Option<serde_json::Value>| {
