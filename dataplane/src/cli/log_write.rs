@@ -80,7 +80,7 @@ fn log_write(a: Args) -> anyhow::Result<()> {
             tracker.paths().active.display()
         );
     }
-    locked.check_appendable()?;
+    let mut log = locked.active_writer()?;
     if writes_disk && !a.log_only {
         let f = FsOpen::new()
             .write(true)
@@ -92,7 +92,7 @@ fn log_write(a: Args) -> anyhow::Result<()> {
         f.sync_data()
             .with_context(|| format!("{}: sync failed", a.disk.display()))?;
     }
-    if let Err(e) = locked.append(&[(a.offset, Bytes::from(data))], SystemTime::now()) {
+    if let Err(e) = log.append(&[(a.offset, Bytes::from(data))], SystemTime::now()) {
         if writes_disk && !a.log_only {
             // The disk holds a write its log does not: only a resync can bring the replica
             // in line again.

@@ -258,25 +258,20 @@ impl Locked<'_> {
         Ok(w.unique_id())
     }
 
-    /// Fails unless the active log exists and takes appends (not closed by a switch that was
-    /// killed half-way, not damaged), so a writer can refuse before it touches the disk.
-    pub fn check_appendable(&self) -> Result<(), TrackingError> {
+    /// The active log opened for appends; fails unless it exists and takes appends (not
+    /// closed by a switch that was killed half-way, not damaged), so a writer can refuse
+    /// before it touches the disk and then append through the same writer.
+    pub fn active_writer(&self) -> Result<HrlWriter, TrackingError> {
         let p = &self.tracker.paths.active;
         if !p.is_file() {
             return Err(TrackingError::ActiveMissing { path: p.clone() });
         }
-        HrlWriter::reopen(p, Some(self.tracker.disk_size))?;
-        Ok(())
+        Ok(HrlWriter::reopen(p, Some(self.tracker.disk_size))?)
     }
 
     /// Appends writes (disk offset, data), oldest first, to the active log.
     pub fn append(&self, writes: &[(u64, Bytes)], now: SystemTime) -> Result<(), TrackingError> {
-        let p = &self.tracker.paths.active;
-        if !p.is_file() {
-            return Err(TrackingError::ActiveMissing { path: p.clone() });
-        }
-        let mut w = HrlWriter::reopen(p, Some(self.tracker.disk_size))?;
-        w.append(writes, now)?;
+        self.active_writer()?.append(writes, now)?;
         Ok(())
     }
 
@@ -422,7 +417,7 @@ mod tests {
             if step >= 1 {
                 w.close(SystemTime::now()).unwrap();
                 // A writer now finds no appendable log and refuses before touching the disk.
-                assert!(l.check_appendable().is_err(), "step {step}");
+                assert!(l.active_writer().is_err(), "step {step}");
             } else {
                 drop(w);
             }
@@ -443,7 +438,7 @@ mod tests {
                 None,
                 "idempotent"
             );
-            l.check_appendable().unwrap();
+            l.active_writer().unwrap();
             drop(l);
             let pending = t.pending().unwrap();
             assert_eq!(pending.len(), 1, "step {step}");
