@@ -1,8 +1,10 @@
 //! Codec tests of the wire messages: round trips, limits, and decoders fed random and mutated
 //! frames.
 
+use super::control::K_HELLO;
 use super::*;
-use crate::wire::decode_frame;
+use crate::wire::{decode_frame, MAX_CONTROL_BODY, MAX_EXTENT_PAYLOAD};
+use crate::Guid;
 use proptest::prelude::*;
 
 fn roundtrip(m: Control) {

@@ -1,0 +1,556 @@
+//! Control-stream messages: the request/answer conversation of a sender with the receiver.
+
+use super::super::codec::{Reader, Writer};
+use super::super::{MAX_CONTROL_BODY, MAX_STRING};
+use super::ErrorClass;
+use crate::{FormatError, Guid};
+
+/// Messages on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Sender → receiver, first frame: the versions the sender speaks.
+    Hello {
+        /// Oldest version.
+        min_version: u16,
+        /// Newest version.
+        max_version: u16,
+        /// Software version, for logs.
+        software: String,
+    },
+    /// Receiver → sender: the chosen version.
+    HelloAck {
+        /// Negotiated version.
+        version: u16,
+    },
+    /// Sender → receiver: open (creating if needed) the replica of one disk.
+    OpenDisk {
+        /// Request id echoed in the answer.
+        req: u32,
+        /// VM name.
+        vm: String,
+        /// Disk name inside the VM.
+        disk: String,
+        /// Virtual size of the source disk.
+        virtual_size: u64,
+        /// Identity of the source disk.
+        source_id: Guid,
+        /// Start a new full copy even if one is committed.
+        full_copy: bool,
+    },
+    /// Receiver → sender: the replica's durable state.
+    DiskOpened {
+        /// The request.
+        req: u32,
+        /// Handle for data streams.
+        handle: u32,
+        /// Initial replication already committed.
+        initial_committed: bool,
+        /// Last committed cycle.
+        committed_cycle: u64,
+        /// Copy generation; data streams carry it so stale batches are refused.
+        generation: u64,
+        /// The replica is known to hold only zeros outside `progress` (a fresh copy), so
+        /// zero ranges need no clear.
+        known_empty: bool,
+        /// Ranges already durable in this generation: the sender skips them.
+        progress: Vec<(u64, u64)>,
+    },
+    /// Sender → receiver: every extent of the initial copy was accepted; commit it.
+    CommitInitial {
+        /// Request id.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// Generation being committed.
+        generation: u64,
+    },
+    /// Receiver → sender: the commit is durable.
+    Committed {
+        /// The request.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// Committed cycle (0 for the initial replication).
+        cycle: u64,
+    },
+    /// Sender → receiver: open delta cycle `cycle` of a committed replica (the committed
+    /// cycle + 1, or the open one again after an interruption).
+    BeginCycle {
+        /// Request id.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// The cycle.
+        cycle: u64,
+    },
+    /// Receiver → sender: the cycle is open; `progress` is what is already durable of it.
+    CycleOpened {
+        /// The request.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// The cycle.
+        cycle: u64,
+        /// Ranges of this cycle already durable: the sender skips them.
+        progress: Vec<(u64, u64)>,
+    },
+    /// Sender → receiver: every extent of the cycle was accepted; commit it as a recovery
+    /// point and prune points older than the retention.
+    CommitCycle {
+        /// Request id.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// The cycle.
+        cycle: u64,
+        /// Bytes the cycle changed.
+        bytes: u64,
+        /// BLAKE3 digest of the disk at the cycle's switch (all zero: none).
+        digest: [u8; 32],
+        /// Recovery-point retention in seconds (0..=86400).
+        retention_secs: u32,
+    },
+    /// Sender → receiver (resync): the truncated tree hashes of the replica's working image
+    /// at `level` (geometry in [`super::RESYNC_NODE_SIZES`]): of every top node when
+    /// `parents` is empty, else of the children of each listed node of level `level - 1`.
+    HashRequest {
+        /// Request id.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// Tree level of the hashes asked for (0 = top).
+        level: u8,
+        /// Parent node indices at `level - 1`, ascending, at most [`MAX_HASH_PARENTS`].
+        parents: Vec<u64>,
+        /// At level 0 (the start of a comparison): rehash the whole working image instead of
+        /// trusting the receiver's durable index, and repair the index (`send --verify`).
+        /// A trailing byte, absent in frames of senders that predate it (read as false).
+        verify: bool,
+    },
+    /// Receiver → sender: the hashes asked for, in order ([`super::RESYNC_FANOUT`] per parent,
+    /// fewer at the disk's end).
+    Hashes {
+        /// The request.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// Their level.
+        level: u8,
+        /// First 8 bytes (LE) of each node's BLAKE3.
+        hashes: Vec<u64>,
+    },
+    /// Sender → receiver (resync): the full-strength root hash of the working image now.
+    RootRequest {
+        /// Request id.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+    },
+    /// Receiver → sender: the root.
+    Root {
+        /// The request.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// BLAKE3 root of the tree over the whole disk.
+        root: [u8; 32],
+    },
+    /// Receiver → sender: a request failed.
+    Error {
+        /// The request (0 when none).
+        req: u32,
+        /// Classification.
+        class: ErrorClass,
+        /// Human-readable reason.
+        message: String,
+    },
+    /// Sender → receiver: record this job (replacing an earlier report with its id) in the
+    /// store beside the VM's replicas. See [`super::job`].
+    ReportJob {
+        /// Request id.
+        req: u32,
+        /// The whole job.
+        job: super::super::JobReport,
+    },
+    /// Receiver → sender: the job report is durable in the store.
+    JobRecorded {
+        /// The request.
+        req: u32,
+    },
+    /// Sender → receiver (enable protection's capacity check): how many bytes the store
+    /// has left for a VM that needs about `needed` more.
+    QueryCapacity {
+        /// Request id.
+        req: u32,
+        /// The VM (authorised like its disks).
+        vm: String,
+        /// Bytes the sender expects to write (allocated bytes of its disks).
+        needed: u64,
+    },
+    /// Receiver → sender: free bytes of the store (`u64::MAX`: the store does not say).
+    Capacity {
+        /// The request.
+        req: u32,
+        /// Free bytes.
+        available: u64,
+    },
+}
+
+pub(super) const K_HELLO: u8 = 1;
+const K_HELLO_ACK: u8 = 2;
+const K_OPEN_DISK: u8 = 3;
+const K_DISK_OPENED: u8 = 4;
+const K_COMMIT_INITIAL: u8 = 5;
+const K_COMMITTED: u8 = 6;
+const K_ERROR: u8 = 7;
+const K_BEGIN_CYCLE: u8 = 8;
+const K_CYCLE_OPENED: u8 = 9;
+const K_COMMIT_CYCLE: u8 = 10;
+const K_HASH_REQUEST: u8 = 11;
+const K_HASHES: u8 = 12;
+const K_ROOT_REQUEST: u8 = 13;
+const K_ROOT: u8 = 14;
+
+/// Most parents one [`Control::HashRequest`] may list: the answer (64 × 8 bytes each) stays
+/// at half of [`MAX_CONTROL_BODY`].
+pub const MAX_HASH_PARENTS: usize = 1024;
+/// Most hashes one [`Control::Hashes`] may carry (also bounds the top level: 64 TiB disks).
+pub const MAX_HASHES: usize = 1 << 16;
+
+fn u64s_w(w: &mut Writer, v: &[u64]) {
+    w.u32(v.len() as u32);
+    for &x in v {
+        w.u64(x);
+    }
+}
+
+fn u64s_r(r: &mut Reader<'_>, max: usize, what: &str) -> Result<Vec<u64>, FormatError> {
+    let n = r.u32()? as usize;
+    if n > max {
+        return Err(FormatError::new(
+            what,
+            0,
+            format!("{n} entries exceed the limit of {max}"),
+        ));
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(r.u64()?);
+    }
+    Ok(v)
+}
+const K_REPORT_JOB: u8 = 15;
+const K_JOB_RECORDED: u8 = 16;
+const K_QUERY_CAPACITY: u8 = 17;
+const K_CAPACITY: u8 = 18;
+
+/// Most ranges a progress list may carry (bounded decode).
+pub const MAX_RANGES: usize = 1 << 16;
+
+fn ranges_w(w: &mut Writer, r: &[(u64, u64)]) {
+    w.u32(r.len() as u32);
+    for &(a, b) in r {
+        w.u64(a).u64(b);
+    }
+}
+
+fn ranges_r(r: &mut Reader<'_>, what: &str) -> Result<Vec<(u64, u64)>, FormatError> {
+    let n = r.u32()? as usize;
+    if n > MAX_RANGES {
+        return Err(FormatError::new(
+            what,
+            0,
+            format!("{n} ranges exceed the limit"),
+        ));
+    }
+    let mut v = Vec::with_capacity(n);
+    let mut last = 0u64;
+    for i in 0..n {
+        let (a, b) = (r.u64()?, r.u64()?);
+        if a >= b || (i > 0 && a < last) {
+            return Err(FormatError::new(
+                what,
+                0,
+                format!("range {i} [{a}, {b}) is empty or out of order"),
+            ));
+        }
+        last = b;
+        v.push((a, b));
+    }
+    Ok(v)
+}
+
+impl Control {
+    /// Encodes the message as a whole frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        let kind = match self {
+            Control::Hello {
+                min_version,
+                max_version,
+                software,
+            } => {
+                w.u16(*min_version).u16(*max_version).str(software);
+                K_HELLO
+            }
+            Control::HelloAck { version } => {
+                w.u16(*version);
+                K_HELLO_ACK
+            }
+            Control::OpenDisk {
+                req,
+                vm,
+                disk,
+                virtual_size,
+                source_id,
+                full_copy,
+            } => {
+                w.u32(*req)
+                    .str(vm)
+                    .str(disk)
+                    .u64(*virtual_size)
+                    .raw(&source_id.0)
+                    .u8(*full_copy as u8);
+                K_OPEN_DISK
+            }
+            Control::DiskOpened {
+                req,
+                handle,
+                initial_committed,
+                committed_cycle,
+                generation,
+                known_empty,
+                progress,
+            } => {
+                w.u32(*req)
+                    .u32(*handle)
+                    .u8(*initial_committed as u8)
+                    .u64(*committed_cycle)
+                    .u64(*generation)
+                    .u8(*known_empty as u8);
+                ranges_w(&mut w, progress);
+                K_DISK_OPENED
+            }
+            Control::CommitInitial {
+                req,
+                handle,
+                generation,
+            } => {
+                w.u32(*req).u32(*handle).u64(*generation);
+                K_COMMIT_INITIAL
+            }
+            Control::Committed { req, handle, cycle } => {
+                w.u32(*req).u32(*handle).u64(*cycle);
+                K_COMMITTED
+            }
+            Control::Error {
+                req,
+                class,
+                message,
+            } => {
+                w.u32(*req).u16(class.code()).str(message);
+                K_ERROR
+            }
+            Control::BeginCycle { req, handle, cycle } => {
+                w.u32(*req).u32(*handle).u64(*cycle);
+                K_BEGIN_CYCLE
+            }
+            Control::CycleOpened {
+                req,
+                handle,
+                cycle,
+                progress,
+            } => {
+                w.u32(*req).u32(*handle).u64(*cycle);
+                ranges_w(&mut w, progress);
+                K_CYCLE_OPENED
+            }
+            Control::CommitCycle {
+                req,
+                handle,
+                cycle,
+                bytes,
+                digest,
+                retention_secs,
+            } => {
+                w.u32(*req)
+                    .u32(*handle)
+                    .u64(*cycle)
+                    .u64(*bytes)
+                    .raw(digest)
+                    .u32(*retention_secs);
+                K_COMMIT_CYCLE
+            }
+            Control::HashRequest {
+                req,
+                handle,
+                level,
+                parents,
+                verify,
+            } => {
+                w.u32(*req).u32(*handle).u8(*level);
+                u64s_w(&mut w, parents);
+                w.u8(*verify as u8);
+                K_HASH_REQUEST
+            }
+            Control::Hashes {
+                req,
+                handle,
+                level,
+                hashes,
+            } => {
+                w.u32(*req).u32(*handle).u8(*level);
+                u64s_w(&mut w, hashes);
+                K_HASHES
+            }
+            Control::RootRequest { req, handle } => {
+                w.u32(*req).u32(*handle);
+                K_ROOT_REQUEST
+            }
+            Control::Root { req, handle, root } => {
+                w.u32(*req).u32(*handle).raw(root);
+                K_ROOT
+            }
+            Control::ReportJob { req, job } => {
+                w.u32(*req);
+                job.write(&mut w);
+                K_REPORT_JOB
+            }
+            Control::JobRecorded { req } => {
+                w.u32(*req);
+                K_JOB_RECORDED
+            }
+            Control::QueryCapacity { req, vm, needed } => {
+                w.u32(*req).str(vm).u64(*needed);
+                K_QUERY_CAPACITY
+            }
+            Control::Capacity { req, available } => {
+                w.u32(*req).u64(*available);
+                K_CAPACITY
+            }
+        };
+        let mut out = Vec::with_capacity(w.buf.len() + 5);
+        super::super::encode_frame(kind, &w.buf, &mut out);
+        out
+    }
+
+    /// Decodes a control frame body of type `kind`.
+    pub fn decode(kind: u8, body: &[u8]) -> Result<Control, FormatError> {
+        if body.len() > MAX_CONTROL_BODY as usize {
+            return Err(FormatError::new("control frame", 0, "body too large"));
+        }
+        let what = "control frame";
+        let mut r = Reader::new(body, what);
+        let m = match kind {
+            K_HELLO => Control::Hello {
+                min_version: r.u16()?,
+                max_version: r.u16()?,
+                software: r.str(MAX_STRING)?,
+            },
+            K_HELLO_ACK => Control::HelloAck { version: r.u16()? },
+            K_OPEN_DISK => Control::OpenDisk {
+                req: r.u32()?,
+                vm: r.str(MAX_STRING)?,
+                disk: r.str(MAX_STRING)?,
+                virtual_size: r.u64()?,
+                source_id: Guid(r.array()?),
+                full_copy: r.bool()?,
+            },
+            K_DISK_OPENED => Control::DiskOpened {
+                req: r.u32()?,
+                handle: r.u32()?,
+                initial_committed: r.bool()?,
+                committed_cycle: r.u64()?,
+                generation: r.u64()?,
+                known_empty: r.bool()?,
+                progress: ranges_r(&mut r, what)?,
+            },
+            K_COMMIT_INITIAL => Control::CommitInitial {
+                req: r.u32()?,
+                handle: r.u32()?,
+                generation: r.u64()?,
+            },
+            K_COMMITTED => Control::Committed {
+                req: r.u32()?,
+                handle: r.u32()?,
+                cycle: r.u64()?,
+            },
+            K_ERROR => {
+                let req = r.u32()?;
+                let code = r.u16()?;
+                let class = ErrorClass::from_code(code).ok_or_else(|| {
+                    FormatError::new(what, 4, format!("unknown error class {code}"))
+                })?;
+                Control::Error {
+                    req,
+                    class,
+                    message: r.str(MAX_STRING)?,
+                }
+            }
+            K_BEGIN_CYCLE => Control::BeginCycle {
+                req: r.u32()?,
+                handle: r.u32()?,
+                cycle: r.u64()?,
+            },
+            K_CYCLE_OPENED => Control::CycleOpened {
+                req: r.u32()?,
+                handle: r.u32()?,
+                cycle: r.u64()?,
+                progress: ranges_r(&mut r, what)?,
+            },
+            K_COMMIT_CYCLE => Control::CommitCycle {
+                req: r.u32()?,
+                handle: r.u32()?,
+                cycle: r.u64()?,
+                bytes: r.u64()?,
+                digest: r.array()?,
+                retention_secs: r.u32()?,
+            },
+            K_HASH_REQUEST => Control::HashRequest {
+                req: r.u32()?,
+                handle: r.u32()?,
+                level: r.u8()?,
+                parents: u64s_r(&mut r, MAX_HASH_PARENTS, what)?,
+                verify: if r.at_end() { false } else { r.bool()? },
+            },
+            K_HASHES => Control::Hashes {
+                req: r.u32()?,
+                handle: r.u32()?,
+                level: r.u8()?,
+                hashes: u64s_r(&mut r, MAX_HASHES, what)?,
+            },
+            K_ROOT_REQUEST => Control::RootRequest {
+                req: r.u32()?,
+                handle: r.u32()?,
+            },
+            K_ROOT => Control::Root {
+                req: r.u32()?,
+                handle: r.u32()?,
+                root: r.array()?,
+            },
+            K_REPORT_JOB => Control::ReportJob {
+                req: r.u32()?,
+                job: super::super::JobReport::read(&mut r, what)?,
+            },
+            K_JOB_RECORDED => Control::JobRecorded { req: r.u32()? },
+            K_QUERY_CAPACITY => Control::QueryCapacity {
+                req: r.u32()?,
+                vm: r.str(MAX_STRING)?,
+                needed: r.u64()?,
+            },
+            K_CAPACITY => Control::Capacity {
+                req: r.u32()?,
+                available: r.u64()?,
+            },
+            k => {
+                return Err(FormatError::new(
+                    what,
+                    0,
+                    format!("unknown control frame type {k}"),
+                ))
+            }
+        };
+        r.finish()?;
+        Ok(m)
+    }
+}
