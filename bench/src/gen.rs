@@ -161,7 +161,7 @@ pub fn fill(spec: &GenSpec, vocab: &[Vec<u8>], i: u64, buf: &mut [u8]) -> Kind {
             let mut cap = true;
             while pos < buf.len() {
                 let r = rng.next();
-                let idx = if (r >> 32) % PHRASE_ONE_IN == 0 {
+                let idx = if (r >> 32).is_multiple_of(PHRASE_ONE_IN) {
                     WORDS + ((r >> 8) % PHRASES as u64) as usize
                 } else if r & 1 == 0 {
                     ((r >> 8) % 32) as usize

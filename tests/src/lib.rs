@@ -12,7 +12,6 @@ pub mod procs;
 pub mod relay;
 pub mod roles;
 pub mod sidecar;
-pub mod udprelay;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

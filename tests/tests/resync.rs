@@ -250,7 +250,7 @@ fn diverged_behind_a_relay() -> (Setup, UdpRelay, u64) {
     let s = setup(RESUME_SIZE);
     let n = (RESUME_SIZE / PAGE / 10) as usize;
     let changed = scatter_pages(&s.img, RESUME_SIZE, n, 5) * PAGE;
-    let relay = UdpRelay::start(s.rx.addr);
+    let relay = UdpRelay::start(s.rx.addr, Default::default());
     (s, relay, changed)
 }
 

@@ -1,6 +1,6 @@
 //! Bandwidth limits measured on the wire, outside vdrep: a real `vdrep send` replicates to a
 //! real `vdrep receive` over loopback QUIC through a counting UDP relay
-//! (`vdrep_tests::udprelay`), which counts every UDP payload byte the sender puts on the
+//! (`vdrep_tests::relay::udp`), which counts every UDP payload byte the sender puts on the
 //! wire per 100 ms. The limit must hold within −10 %/+3 % over every 10-second window after
 //! the first, no 1-second window may exceed it by more than 10 %, and a policy change
 //! (SIGHUP with a rewritten config) or a work-hour boundary (crossed through the test-only
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use vdrep_tests::images::random_raw;
 use vdrep_tests::procs::{assert_replica_identical, certs, finish, read_log, Receiver, Send};
-use vdrep_tests::udprelay::{window_rates, Impair, UdpRelay, BUCKET};
+use vdrep_tests::relay::udp::{window_rates, Impair, UdpRelay, BUCKET};
 
 const MIB: u64 = 1 << 20;
 

@@ -2,7 +2,7 @@
 //!
 //! This machine has no netem, so the path is made in user space:
 //! - `udp-relay`: vdrep through the test suite's counting UDP relay
-//!   (`vdrep_tests::udprelay`) with the delay and loss in each direction;
+//!   (`vdrep_tests::relay::udp`) with the delay and loss in each direction;
 //! - `tun`: two network namespaces joined by a pair of TUN devices and a bridge thread that
 //!   delays and drops IP packets. Both vdrep and the TCP pipe run over this same path, so
 //!   the comparison is like for like: the kernel's TCP sees the real round trip and the
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Serialize;
-use vdrep_tests::udprelay::{Impair, UdpRelay};
+use vdrep_tests::relay::udp::{Impair, UdpRelay};
 
 #[derive(Parser, Debug)]
 struct Args {
