@@ -15,6 +15,7 @@ mod progress;
 pub mod protect;
 pub mod resync;
 pub mod status;
+mod stream;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -1,0 +1,215 @@
+//! One QUIC data stream of a disk copy: it takes prepared extents off the shared queue,
+//! sends them in batches (paced by the host's throttle), and settles each batch's result —
+//! extents the receiver refused go back to the disk's resend list.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use vdrep_proto::wire::{BatchResult, BatchStart, K_BATCH_RESULT, MAX_CONTROL_BODY};
+
+use super::disk::{DiskProgress, Shared};
+use super::SendError;
+use crate::pipeline::{Prepared, Stats};
+use crate::throttle::Throttle;
+use crate::transport::{read_frame, write_frame};
+
+/// Source bytes per data stream before it is finished and answered: big enough to amortise
+/// the round trip, small enough that a refused batch costs little.
+const BATCH_SOURCE_BYTES: u64 = 16 << 20;
+
+/// Batches whose results a stream may await while it already sends the next one: the
+/// round trip of a batch result then costs no link time.
+const OUTSTANDING_BATCHES: usize = 2;
+
+/// Sends prepared extents in batches on fresh streams until the queue closes.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn stream_worker(
+    conn: &quinn::Connection,
+    handle: u32,
+    generation: u64,
+    rx: async_channel::Receiver<Prepared>,
+    refused: &Arc<Mutex<Vec<(u64, u32)>>>,
+    progress: &Arc<DiskProgress>,
+    sh: &Shared,
+    dstats: Arc<Stats>,
+) -> Result<(), SendError> {
+    let (stats, level, peer) = (&sh.stats, &sh.level, sh.peer.as_str());
+    let conn_err = |e| SendError::Connection {
+        peer: peer.to_string(),
+        source: e,
+    };
+    let frame_err = |e| SendError::Frame {
+        peer: peer.to_string(),
+        source: e,
+    };
+    let mut pending = tokio::task::JoinSet::new();
+    loop {
+        let t = std::time::Instant::now();
+        let first = match rx.recv().await {
+            Ok(p) => p,
+            Err(_) => break,
+        };
+        level.waited_for_cpu(t.elapsed());
+        let (mut send, mut recv) = conn.open_bi().await.map_err(conn_err)?;
+        write_frame(&mut send, &BatchStart { handle, generation }.encode())
+            .await
+            .map_err(frame_err)?;
+        let mut in_batch: Vec<(u64, u64)> = Vec::new(); // (offset, source_len) sent
+        let mut batch_bytes = 0u64;
+        let mut next = Some(first);
+        while let Some(p) = next.take() {
+            batch_bytes += p.source_len;
+            match p.header {
+                None => progress.count(stats, p.source_len),
+                Some(h) => {
+                    let prefix = Bytes::from(h.encode_frame_prefix());
+                    dstats.add_wire((prefix.len() + p.payload.len()) as u64);
+                    // Header and payload go out unmodified, in throttle-admitted pieces.
+                    let t = std::time::Instant::now();
+                    let written = write_paced(&mut send, prefix, p.payload, &sh.throttle).await;
+                    level.waited_for_link(t.elapsed());
+                    if let Err(e) = written {
+                        // A receiver that fails a batch (store full, bad state) stops the
+                        // stream and says why in its batch result: report that, not the stop.
+                        if matches!(e, quinn::WriteError::Stopped(_)) {
+                            if let Some(reason) = stopped_reason(&mut recv, peer).await {
+                                return Err(reason);
+                            }
+                        }
+                        return Err(frame_err(e.into()));
+                    }
+                    in_batch.push((p.offset, p.source_len));
+                }
+            }
+            if batch_bytes >= BATCH_SOURCE_BYTES {
+                break;
+            }
+            let t = std::time::Instant::now();
+            next = rx.recv().await.ok();
+            level.waited_for_cpu(t.elapsed());
+        }
+        let _ = send.finish();
+        pending.spawn(settle_batch(
+            recv,
+            in_batch,
+            stats.clone(),
+            dstats.clone(),
+            refused.clone(),
+            progress.clone(),
+            peer.to_string(),
+        ));
+        // Waiting for the receiver to acknowledge earlier batches is waiting for the link
+        // (or the receiver): with QUIC's large send buffers this, not the write, is where a
+        // slow link shows, so it must count, or the controller never climbs on slow links.
+        let t = std::time::Instant::now();
+        while pending.len() >= OUTSTANDING_BATCHES {
+            join_one(&mut pending).await?;
+        }
+        level.waited_for_link(t.elapsed());
+    }
+    while !pending.is_empty() {
+        join_one(&mut pending).await?;
+    }
+    Ok(())
+}
+
+/// Writes a frame (header and payload, never copied) in pieces the throttle admits one by
+/// one, so a large frame does not leave in one burst.
+async fn write_paced(
+    send: &mut quinn::SendStream,
+    prefix: Bytes,
+    payload: Bytes,
+    throttle: &Throttle,
+) -> Result<(), quinn::WriteError> {
+    let piece = throttle.piece();
+    let first = payload.len().min(piece.saturating_sub(prefix.len()));
+    throttle.acquire((prefix.len() + first) as u64).await;
+    send.write_all_chunks(&mut [prefix, payload.slice(..first)])
+        .await?;
+    let mut off = first;
+    while off < payload.len() {
+        let n = (payload.len() - off).min(throttle.piece());
+        throttle.acquire(n as u64).await;
+        send.write_all_chunks(&mut [payload.slice(off..off + n)])
+            .await?;
+        off += n;
+    }
+    Ok(())
+}
+
+async fn join_one(set: &mut tokio::task::JoinSet<Result<(), SendError>>) -> Result<(), SendError> {
+    match set.join_next().await {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => Err(SendError::Internal(format!("batch task: {e}"))),
+        None => Ok(()),
+    }
+}
+
+/// Awaits a batch's result: acknowledged extents count as progress, refused ones are
+/// queued for the next pass, a batch error ends the attempt.
+async fn settle_batch(
+    mut recv: quinn::RecvStream,
+    in_batch: Vec<(u64, u64)>,
+    stats: Arc<Stats>,
+    dstats: Arc<Stats>,
+    refused: Arc<Mutex<Vec<(u64, u32)>>>,
+    progress: Arc<DiskProgress>,
+    peer: String,
+) -> Result<(), SendError> {
+    let (kind, body) =
+        read_frame(&mut recv, MAX_CONTROL_BODY)
+            .await
+            .map_err(|e| SendError::Frame {
+                peer: peer.clone(),
+                source: e,
+            })?;
+    if kind != K_BATCH_RESULT {
+        return Err(SendError::Protocol {
+            peer,
+            message: format!("frame type {kind} where a batch result was due"),
+        });
+    }
+    let res = BatchResult::decode(&body).map_err(|e| SendError::Protocol {
+        peer: peer.clone(),
+        message: e.to_string(),
+    })?;
+    if let Some((class, message)) = res.error {
+        return Err(SendError::Remote {
+            peer,
+            class,
+            message,
+        });
+    }
+    let bad: std::collections::HashSet<u64> = res.rejected.iter().map(|r| r.0).collect();
+    for &(o, src) in &in_batch {
+        if !bad.contains(&o) {
+            progress.count(&stats, src);
+            dstats.add_extents(1);
+        }
+    }
+    if !res.rejected.is_empty() {
+        if let Ok(mut r) = refused.lock() {
+            r.extend(res.rejected.iter().map(|&(o, l, _)| (o, l)));
+        }
+    }
+    Ok(())
+}
+
+/// The receiver's error from the batch result of a stream it stopped, if it sent one
+/// within a second.
+async fn stopped_reason(recv: &mut quinn::RecvStream, peer: &str) -> Option<SendError> {
+    let read = read_frame(recv, MAX_CONTROL_BODY);
+    let (kind, body) = tokio::time::timeout(std::time::Duration::from_secs(1), read)
+        .await
+        .ok()?
+        .ok()?;
+    if kind != K_BATCH_RESULT {
+        return None;
+    }
+    let (class, message) = BatchResult::decode(&body).ok()?.error?;
+    Some(SendError::Remote {
+        peer: peer.to_string(),
+        class,
+        message,
+    })
+}
