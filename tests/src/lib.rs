@@ -5,6 +5,7 @@
 
 pub mod azurite;
 pub mod cycles;
+pub mod delta_rig;
 pub mod fixtures;
 pub mod http;
 pub mod images;

@@ -10,7 +10,6 @@
 //! is free, so the resume takes about the lease's length, not the retry schedule's minutes.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -19,6 +18,7 @@ use vdrep::sink::azure::{AzureConfig, AzureStore};
 use vdrep::sink::DiskKey;
 use vdrep_tests::azurite::Azurite;
 use vdrep_tests::cycles::{assert_same, changes, Change, Pattern, TrackedDisk};
+use vdrep_tests::delta_rig::{count, run_until_switch};
 use vdrep_tests::images::{make_image, scattered_writes, Kind};
 use vdrep_tests::procs::{certs, finish, Receiver, Send};
 
@@ -100,17 +100,8 @@ impl AzRig {
     fn concurrent_run(&mut self, extra: &[&str], seed: u64) -> PathBuf {
         let send = self.send(extra);
         let frozen = self.frozen();
-        let start = self.disk.active_ino();
-        let stop = AtomicBool::new(false);
-        let (res, (_, seen)) = std::thread::scope(|sc| {
-            let w = sc.spawn(|| self.disk.write_until_switch(seed, start, &stop, &frozen));
-            let t0 = Instant::now();
-            let res = finish(send.spawn(), t0, Duration::from_secs(180), &send.log);
-            stop.store(true, Ordering::Relaxed);
-            (res, w.join().unwrap())
-        });
+        let (res, _) = run_until_switch(&self.disk, &send, seed, &frozen, Duration::from_secs(180));
         res.ok();
-        assert!(seen, "the writer never saw the log switch");
         frozen
     }
 
@@ -120,10 +111,6 @@ impl AzRig {
         self.disk.freeze(&f);
         f
     }
-}
-
-fn count(log: &str, needle: &str) -> usize {
-    log.lines().filter(|l| l.contains(needle)).count()
 }
 
 #[test]
