@@ -375,3 +375,96 @@ fn an_automatic_resync_waits_for_non_work_hours_then_runs_and_the_replica_follow
     );
     drop(tmp);
 }
+
+/// `send --interval 1s --initial-at 22:00`: change tracking starts at once, the initial copy
+/// waits for the start time on the sender's clock (nothing reaches the replica before it),
+/// and starts when the clock gets there — here by a jump of the test-only offset; writes
+/// made while it waited are in the replica's first cycles.
+#[test]
+fn an_initial_replication_scheduled_for_later_waits_for_its_start_time_with_tracking_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let tls = certs(&dir.join("tls"), &["hv01"]);
+    let store = dir.join("store");
+    let offset = dir.join("clock.offset");
+    let day = civil::date(2031, 3, 12);
+    let at = |h: i8, m: i8| {
+        day.at(h, m, 0, 0)
+            .to_zoned(TimeZone::UTC)
+            .unwrap()
+            .timestamp()
+    };
+    jump_to(&offset, at(18, 0));
+    let off_env = offset.to_str().unwrap().to_string();
+    let env = [("VDREP_TEST_CLOCK_OFFSET_FILE", off_env.as_str())];
+    let mut rx = Receiver::start_env(&store, &tls, &["hv01=vm1"], &env);
+    let path = seeded_raw(&dir.join("disk.raw"), SIZE, 91, MIB as usize, 3);
+    let disk = TrackedDisk::new(&path, Kind::Raw, SIZE, &dir.join("scratch"));
+    let send_log = dir.join("send.log");
+    let mut child = Send::new(&rx.to(), &tls, "hv01", "vm1", &[&disk.path], &send_log)
+        .env("VDREP_TEST_CLOCK_OFFSET_FILE", &off_env)
+        .arg("--interval")
+        .arg("1s")
+        .arg("--give-up-after")
+        .arg("120s")
+        .arg("--initial-at")
+        .arg("22:00")
+        .arg("--tz")
+        .arg("UTC")
+        .spawn();
+    wait_more(
+        &send_log,
+        "initial replication scheduled",
+        0,
+        1,
+        Duration::from_secs(30),
+    );
+    // Tracked while it waits.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(92);
+    disk.write(&changes(
+        Pattern::Scattered { n: 8, max: MIB },
+        SIZE,
+        &mut rng,
+    ));
+    std::thread::sleep(Duration::from_secs(3));
+    let log = read_log(&send_log);
+    assert_eq!(
+        count(&log, "initial replication (writes are tracked"),
+        0,
+        "the copy started before its time:\n{log}"
+    );
+    assert!(
+        !store.join("vm1").join("disk.vhd").exists(),
+        "a replica was committed before the start time"
+    );
+    assert!(
+        log.contains("2031-03-12T22:00:00Z"),
+        "the log does not say when the copy starts:\n{log}"
+    );
+    // 21:59:58: two seconds before the start.
+    jump_to(&offset, at(21, 59) + jiff::SignedDuration::from_secs(58));
+    let waited = wait_more(
+        &send_log,
+        "initial replication (writes are tracked",
+        0,
+        1,
+        Duration::from_secs(30),
+    );
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "the copy started {waited:?} after 21:59:58, before 22:00"
+    );
+    let committed = "cycle committed as a recovery point";
+    wait_more(&rx.log.clone(), committed, 0, 2, Duration::from_secs(60));
+    let frozen = dir.join("frozen.raw");
+    disk.freeze(&frozen);
+    let _ = child.kill();
+    let _ = child.wait();
+    rx.kill9();
+    let out = dir.join("point.raw");
+    failover_local(&store, "vm1", "disk", &disk.path, SIZE, None, &out);
+    assert!(
+        same_bytes(&out, &frozen),
+        "the newest point differs from the source (writes made while the copy waited lost?)"
+    );
+}

@@ -63,7 +63,7 @@ pub struct Args {
     /// Work hours, local time in --tz: 09:00-18:00 (22:00-06:00 for a night shift).
     #[arg(long)]
     work_hours: Option<String>,
-    /// Time zone of the work hours (IANA name, e.g. Europe/Berlin, or UTC).
+    /// Time zone of the work hours and of --initial-at (IANA name, e.g. Europe/Berlin, or UTC).
     #[arg(long)]
     tz: Option<String>,
     /// Limit during work hours (512Kbit..1023Mbit or unlimited).
@@ -85,6 +85,11 @@ pub struct Args {
     /// Recovery-point retention (0 to 24h, default 24h).
     #[arg(long, value_parser = config::parse_duration)]
     retention: Option<Duration>,
+    /// With --interval: start the initial replication of disks without a committed replica
+    /// at this time instead of now (change tracking starts at once): an RFC 3339 time
+    /// (2026-11-27T22:00:00+01:00) or HH:MM, the next such time in --tz (default UTC).
+    #[arg(long)]
+    initial_at: Option<String>,
     /// With --interval: stop after this many cycles (default: run until SIGTERM).
     #[arg(long)]
     max_cycles: Option<u64>,
@@ -148,6 +153,7 @@ struct File {
     interval: Option<Duration>,
     #[serde(with = "duration_str")]
     retention: Option<Duration>,
+    initial_at: Option<String>,
     state: Option<PathBuf>,
     control: Option<PathBuf>,
     metrics: Option<std::net::SocketAddr>,
@@ -180,7 +186,11 @@ fn flag_policy(a: &Args) -> PolicySpec {
         bandwidth: a.bandwidth.clone(),
         work_days: a.work_days.clone(),
         work_hours: a.work_hours.clone(),
-        tz: a.tz.clone(),
+        // --tz alone is the site's zone for --initial-at, not a schedule.
+        tz: a
+            .tz
+            .clone()
+            .filter(|_| a.work_days.is_some() || a.work_hours.is_some()),
         work_bandwidth: a.work_bandwidth.clone(),
         off_bandwidth: a.off_bandwidth.clone(),
         no_throttle: a.no_throttle.then_some(true),
@@ -238,8 +248,20 @@ fn options(a: &Args) -> anyhow::Result<Options> {
             interval,
             retention,
             max_cycles: a.max_cycles,
+            initial_at: match a.initial_at.as_ref().or(f.initial_at.as_ref()) {
+                Some(t) => Some(
+                    start_time(
+                        t,
+                        a.tz.as_deref(),
+                        crate::clock::Clock::now_utc(crate::clock::process()),
+                    )
+                    .map_err(|e| anyhow::anyhow!("--initial-at {t}: {e}"))?,
+                ),
+                None => None,
+            },
         }),
         None if a.max_cycles.is_some() => bail!("--max-cycles needs --interval"),
+        None if a.initial_at.is_some() => bail!("--initial-at needs --interval"),
         None => None,
     };
     let opts = SendOptions {
@@ -377,5 +399,65 @@ async fn reload_on_sighup(flags: PolicySpec, path: PathBuf, ctl: Arc<BandwidthCo
             Err(e) => tracing::error!(config = %path.display(), error = format!("{e:#}"),
                                       "SIGHUP: config not applied; the policy in force stays"),
         }
+    }
+}
+
+/// An initial replication start time: RFC 3339 with an offset, or `HH:MM`, the next such
+/// civil time (after `now`) in the zone `tz` (IANA name; default UTC).
+fn start_time(s: &str, tz: Option<&str>, now: jiff::Timestamp) -> Result<jiff::Timestamp, String> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    let zone = jiff::tz::TimeZone::get(tz.unwrap_or("UTC")).map_err(|e| e.to_string())?;
+    let (h, m) = s
+        .split_once(':')
+        .and_then(|(h, m)| Some((h.parse::<i8>().ok()?, m.parse::<i8>().ok()?)))
+        .filter(|&(h, m)| (0..24).contains(&h) && (0..60).contains(&m))
+        .ok_or("expected an RFC 3339 time with an offset or HH:MM")?;
+    let today = now.to_zoned(zone.clone()).date();
+    for day in [today, today.tomorrow().map_err(|e| e.to_string())?] {
+        let t = day
+            .at(h, m, 0, 0)
+            .to_zoned(zone.clone())
+            .map_err(|e| e.to_string())?
+            .timestamp();
+        if t > now {
+            return Ok(t);
+        }
+    }
+    Err("no such time today or tomorrow".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::start_time;
+
+    #[test]
+    fn a_start_time_is_rfc3339_or_the_next_hh_mm_in_the_zone() {
+        let now: jiff::Timestamp = "2026-11-26T21:30:00Z".parse().unwrap();
+        let t = |s, tz| start_time(s, tz, now).map(|t| t.to_string());
+        assert_eq!(
+            t("2026-11-27T22:00:00+01:00", None).unwrap(),
+            "2026-11-27T21:00:00Z"
+        );
+        assert_eq!(t("22:00", None).unwrap(), "2026-11-26T22:00:00Z");
+        assert_eq!(
+            t("21:00", None).unwrap(),
+            "2026-11-27T21:00:00Z",
+            "passed today"
+        );
+        assert_eq!(
+            t("23:00", Some("Europe/Berlin")).unwrap(),
+            "2026-11-26T22:00:00Z",
+            "23:00 in Berlin (UTC+1) is 22:00 UTC, still ahead"
+        );
+        assert_eq!(
+            t("22:00", Some("Europe/Berlin")).unwrap(),
+            "2026-11-27T21:00:00Z",
+            "22:00 in Berlin (21:00 UTC) has passed today"
+        );
+        assert!(t("25:00", None).is_err());
+        assert!(t("tonight", None).is_err());
+        assert!(t("22:00", Some("Mars/Olympus")).is_err());
     }
 }

@@ -33,6 +33,10 @@ pub struct Policy {
     pub retention: Duration,
     /// Stop after this many cycles (tests, one-off catch-up); `None` runs until SIGTERM.
     pub max_cycles: Option<u64>,
+    /// Initial replication at a start time (ASR's "initial replication: later", to keep a
+    /// big first copy out of work hours): change tracking starts at once, so no write is
+    /// missed, and disks whose replica is not committed wait until then. `None`: now.
+    pub initial_at: Option<jiff::Timestamp>,
 }
 
 /// One protected disk across reconnects.
@@ -112,6 +116,26 @@ fn resync_required(d: &Protected, reason: String) {
     }
 }
 
+/// Waits until the wall clock reaches the initial replication's start time. Read every
+/// second through the sender's clock (so a clock that jumps, or the test-only offset, is
+/// followed); the connection stays up meanwhile (QUIC keep-alives).
+async fn wait_for_start(at: jiff::Timestamp, job: &DiskJob, sh: &Shared) {
+    let mut said = false;
+    loop {
+        let now = sh.clock.now_utc();
+        if now >= at {
+            return;
+        }
+        if !said {
+            info!(vm = %job.vm, disk = %job.name, start = %at,
+                "initial replication scheduled (writes are tracked meanwhile)");
+            said = true;
+        }
+        let left = now.duration_until(at).unsigned_abs();
+        tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+    }
+}
+
 /// Runs one VM's protection on an established connection until `policy.max_cycles` or an
 /// error. Disks that need a resync are resynchronised before cycles resume.
 pub async fn protect_vm(
@@ -165,6 +189,9 @@ pub async fn protect_vm(
             if needs_resync(d) {
                 // The copy reads the disk as it is: a fresh chain follows it.
                 restart_chain(d).await?;
+            }
+            if let Some(at) = policy.initial_at {
+                wait_for_start(at, &job, sh).await;
             }
             info!(vm = %job.vm, disk = %job.name, "initial replication (writes are tracked meanwhile)");
             let t0 = Instant::now();
