@@ -111,6 +111,10 @@ impl Index {
         if fresh_zero && ix.file.is_some() {
             ix.stale = None;
             ix.dirty.fill(0);
+            // The file is not read, so it may still say clean (an index persisted for a
+            // copy of this generation that was started again from zero): the first write
+            // must mark it unclean all the same.
+            ix.durable_clean = true;
             let full = zero_node(RESYNC_NODE_SIZES[KEPT] as usize);
             for i in 0..n {
                 let (a, b) = node_range(size, KEPT, i as u64);
@@ -415,6 +419,23 @@ mod tests {
         assert_eq!(again.rehash(&img, false, 1).unwrap(), 256 << 10);
         let built = Tree::build(&img, 1).unwrap();
         assert_eq!(again.tree().unwrap().root(), built.root());
+    }
+
+    #[test]
+    fn a_fresh_copy_marks_an_index_left_clean_for_its_generation_unclean_at_its_first_write() {
+        let size = 1 << 20;
+        let f = MemFile::default();
+        let mut img = Mem(vec![0; size]);
+        let mut ix = Index::open(Ok(Box::new(f.clone())), size as u64, 1, true);
+        ix.persist_clean().unwrap();
+        // The copy starts again from zero at the same generation; a write, then a crash.
+        let mut ix = Index::open(Ok(Box::new(f.clone())), size as u64, 1, true);
+        write(&mut ix, &mut img, 0, &[1u8; 4096]);
+        drop(ix);
+        let after = Index::open(Ok(Box::new(f)), size as u64, 1, false);
+        assert!(after
+            .stale_reason()
+            .is_some_and(|r| r.contains("not closed cleanly")));
     }
 
     #[test]
