@@ -47,12 +47,14 @@ use crate::resync::index::IndexFile;
 /// Metadata name of the index file's exact length.
 const LEN_META: &str = "x-ms-meta-vdreplen";
 
+/// A blob's bytes and the file length recorded with them (`None`: missing or not a number).
+pub(super) type Stored = (Vec<u8>, Option<u64>);
+
 /// The blob operations the index needs: a trait so that the page tracking is tested in
 /// memory, with faults.
 pub(super) trait IndexBlob: Send + Sync {
-    /// The whole blob and its recorded length (`None` if the metadata is missing or not a
-    /// number); `None` if there is no blob.
-    fn get(&self) -> Result<Option<(Vec<u8>, Option<u64>)>, RestError>;
+    /// The whole blob and its recorded length; `None` if there is no blob.
+    fn get(&self) -> Result<Option<Stored>, RestError>;
     /// Replaces the blob by an all-zero one of `size` bytes recording length `len`.
     fn create(&self, size: u64, len: u64) -> Result<(), RestError>;
     /// One Put Page (512-aligned, at most 4 MiB).
@@ -209,7 +211,7 @@ pub(super) struct LeasedBlob {
 }
 
 impl IndexBlob for LeasedBlob {
-    fn get(&self) -> Result<Option<(Vec<u8>, Option<u64>)>, RestError> {
+    fn get(&self) -> Result<Option<Stored>, RestError> {
         let r = Req::new("GET", self.c.path(&self.name), "read resync index");
         match self.c.client.send(&r) {
             Ok(resp) => {

@@ -35,7 +35,7 @@ fn refused(op: &'static str) -> RestError {
 }
 
 impl IndexBlob for MemBlob {
-    fn get(&self) -> Result<Option<(Vec<u8>, Option<u64>)>, RestError> {
+    fn get(&self) -> Result<Option<Stored>, RestError> {
         let b = self.0.lock().unwrap();
         Ok(b.exists.then(|| (b.data.clone(), b.len)))
     }
