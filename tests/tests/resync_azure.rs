@@ -4,7 +4,8 @@
 //! receiver's back is found only by `--verify`; a receiver killed in the middle of a
 //! resync's writes leaves the index unclean, and the next resync rehashes the whole blob
 //! and still ends with a replica identical to the source (`qemu-img compare` of the newest
-//! recovery point, downloaded as a test failover would).
+//! recovery point, downloaded as a test failover would). The index blob carries the
+//! disk's lease: only the disk's writer changes it, and it goes with the disk.
 //!
 //! What the receiver read back is taken from its log: `read_bytes` of "resync index
 //! rehashed" (the rehash when a comparison starts) and `hash_read_bytes` of "resync root
@@ -261,4 +262,53 @@ fn on_azure_a_receiver_killed_mid_write_leaves_the_index_unclean_and_the_next_re
     );
     let out = s.newest_point();
     assert_replica_identical(&s.img, "raw", &out);
+}
+
+#[test]
+fn the_index_blob_is_written_only_under_the_disks_lease_and_removed_with_the_disk() {
+    use vdrep::sink::{ReplicaDisk, ReplicaStore};
+    let az = Azurite::start();
+    let mut cfg = AzureConfig::new(&az.url(), "idx");
+    cfg.sas = Some(az.sas());
+    let store = AzureStore::open(cfg).unwrap();
+    let c = store.container();
+    let key = DiskKey::new("vm", "d").unwrap();
+    let d1 = store
+        .open_azure(&key, 16 * MIB, vdrep_proto::Guid::NIL)
+        .unwrap();
+    let f1 = d1.resync_index().expect("the Azure sink keeps an index");
+    assert_eq!(f1.read_all().unwrap(), None, "a new disk has no index yet");
+    f1.write_at(0, b"written by the first receiver").unwrap();
+    f1.sync().unwrap();
+    assert_eq!(c.lease_state("vm/d.hidx").unwrap(), "leased");
+    // Someone else writes the index blob without the lease: refused by the service.
+    let e = c
+        .put_page("vm/d.hidx", 0, &[0u8; 512], None)
+        .expect_err("an unleased write of the index went through");
+    assert!(format!("{e:?}").contains("Lease"), "{e:?}");
+    // A second receiver takes the disk over (the first one's lease was lost).
+    c.break_lease("vm/d.vhd").unwrap();
+    let d2 = store
+        .open_azure(&key, 16 * MIB, vdrep_proto::Guid::NIL)
+        .unwrap();
+    let f2 = d2
+        .resync_index()
+        .expect("the new writer takes the index over");
+    assert_eq!(
+        f2.read_all().unwrap().as_deref(),
+        Some(&b"written by the first receiver"[..])
+    );
+    // The fenced receiver can no longer change it.
+    f1.write_at(0, b"stale").unwrap();
+    let e = f1
+        .sync()
+        .expect_err("a fenced receiver's index write went through");
+    assert!(e.to_string().contains("Lease"), "{e}");
+    f2.write_at(0, b"the new writer").unwrap();
+    f2.sync().unwrap();
+    drop((f1, f2, d1, d2));
+    // Unprotect removes the index with the replica.
+    store.remove_disk(&key).unwrap();
+    assert_eq!(c.blob_size("vm/d.hidx").unwrap(), None);
+    assert_eq!(c.blob_size("vm/d.vhd").unwrap(), None);
 }
