@@ -6,7 +6,11 @@
 //! goes through [`Index::before_write`] and [`Index::after_write`]: a write or clear that
 //! covers whole nodes sets their hashes from the bytes it carries (the receiver has them in
 //! memory already); any other write marks the nodes it touches dirty. A resync rehashes the
-//! dirty nodes ([`Index::rehash`]), or every node with `--verify`.
+//! dirty nodes ([`Index::rehash`]), or every node with `--verify`. The one exception: the
+//! page hashes of the nodes a resync read for its page-level answers are remembered for the
+//! session ([`Index::remember_pages`]), so the resync's own pages written into those nodes
+//! set their hashes too ([`Index::after_write_data`]) and the root is answered without
+//! reading them a second time.
 //!
 //! **Durability.** The file's header carries a *clean* flag. Before the first write after
 //! the index was persisted clean, the header is rewritten as unclean and synced
