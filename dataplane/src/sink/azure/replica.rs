@@ -306,7 +306,7 @@ impl ReplicaDisk for AzureDisk {
     }
 
     /// The page blob `VM/NAME.hidx` beside the replica, under the replica's lease id
-    /// ([`super::hidx`]). If it cannot be taken, the receiver keeps the index in memory
+    /// (`sink/azure/hidx.rs`). If it cannot be taken, the receiver keeps the index in memory
     /// only and rehashes the working blob at each resync (logged with this reason).
     fn resync_index(&self) -> Result<Box<dyn crate::resync::index::IndexFile>, String> {
         let f = super::hidx::AzureIndexFile::open(
