@@ -83,7 +83,7 @@ impl DiskSession {
             Some(d) => self.replica.write(off, d),
             None => self.replica.clear(off, len),
         };
-        ix.after_write(off, len, &full, r.is_ok());
+        ix.after_write_data(off, len, data, &full, r.is_ok());
         r?;
         self.mark_written(off, off + len);
         Ok(())
@@ -304,13 +304,28 @@ impl DiskSession {
                 let dirty = ix.dirty_count();
                 let reason = ix.stale_reason().map(str::to_string);
                 read = ix.rehash(&src, verify, build_threads())?;
+                ix.forget_pages();
                 tracing::info!(disk = %key, verify, dirty_nodes = dirty, read_bytes = read,
                                stale = reason.as_deref().unwrap_or("no"),
                                "resync index rehashed");
                 *t = Some(ix.tree()?);
             }
             let t = t.as_ref().ok_or("no tree")?;
-            let out = t.answer(&src, level, &parents)?;
+            let out = if level == crate::resync::PAGE_LEVEL {
+                // Read with writes held off, so the index may remember the page hashes:
+                // the resync's pages written next set their nodes' hashes without a reread.
+                let mut ix = index
+                    .lock()
+                    .map_err(|_| "index lock poisoned".to_string())?;
+                let mut out = Vec::with_capacity(parents.len() * 64);
+                for (&p, pages) in parents.iter().zip(t.answer_pages(&src, &parents)?) {
+                    out.extend(pages.iter().map(crate::resync::trunc));
+                    ix.remember_pages(p, pages);
+                }
+                out
+            } else {
+                t.answer(&src, level, &parents)?
+            };
             // Page hashes are computed by reading their 256 KiB parents.
             if level == crate::resync::PAGE_LEVEL {
                 let size = t.size();

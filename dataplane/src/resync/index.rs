@@ -6,7 +6,11 @@
 //! goes through [`Index::before_write`] and [`Index::after_write`]: a write or clear that
 //! covers whole nodes sets their hashes from the bytes it carries (the receiver has them in
 //! memory already); any other write marks the nodes it touches dirty. A resync rehashes the
-//! dirty nodes ([`Index::rehash`]), or every node with `--verify`.
+//! dirty nodes ([`Index::rehash`]), or every node with `--verify`. The one exception: the
+//! page hashes of the nodes a resync read for its page-level answers are remembered for the
+//! session ([`Index::remember_pages`]), so the resync's own pages written into those nodes
+//! set their hashes too ([`Index::after_write_data`]) and the root is answered without
+//! reading them a second time.
 //!
 //! **Durability.** The file's header carries a *clean* flag. Before the first write after
 //! the index was persisted clean, the header is rewritten as unclean and synced
@@ -28,7 +32,14 @@
 
 use std::io;
 
-use super::{count, kept_hash, node_range, Hash, Source, Tree, KEPT, RESYNC_NODE_SIZES};
+use std::collections::HashMap;
+
+use super::{
+    combine, count, kept_hash, node_range, Hash, Source, Tree, KEPT, PAGE, RESYNC_NODE_SIZES,
+};
+
+/// Nodes whose page hashes a session remembers at most (2 KiB each: 16 MiB).
+const REMEMBERED_NODES: usize = 8192;
 
 const MAGIC: &[u8; 8] = b"vdrepHX\0";
 const VERSION: u32 = 1;
@@ -68,6 +79,10 @@ pub struct Index {
     file: Option<Box<dyn IndexFile>>,
     /// Why the index did not describe the replica when it was opened (then all dirty).
     stale: Option<String>,
+    /// Page hashes of nodes read for a resync's page-level answers in this session (not
+    /// persisted): a later write of whole pages into such a node (the resync's own data)
+    /// sets the node's hash from them instead of leaving it dirty to be read again.
+    pages: HashMap<u64, Vec<Hash>>,
 }
 
 fn bit(v: &[u8], i: usize) -> bool {
@@ -106,11 +121,16 @@ impl Index {
             rewrite_all: true,
             file,
             stale: why,
+            pages: HashMap::new(),
         };
         // Only a sink that keeps an index guarantees that a fresh copy starts all zero.
         if fresh_zero && ix.file.is_some() {
             ix.stale = None;
             ix.dirty.fill(0);
+            // The file is not read, so it may still say clean (an index persisted for a
+            // copy of this generation that was started again from zero): the first write
+            // must mark it unclean all the same.
+            ix.durable_clean = true;
             let full = zero_node(RESYNC_NODE_SIZES[KEPT] as usize);
             for i in 0..n {
                 let (a, b) = node_range(size, KEPT, i as u64);
@@ -248,6 +268,79 @@ impl Index {
                 }
             }
         }
+    }
+
+    /// Remembers the page hashes of node `node` as read from the working image, with writes
+    /// to the replica held off since the read (see [`Index::after_write_data`]).
+    pub fn remember_pages(&mut self, node: u64, pages: Vec<Hash>) {
+        let (a, b) = node_range(self.size, KEPT, node);
+        let fits = b > a && pages.len() as u64 == (b - a).div_ceil(PAGE);
+        if fits && (self.pages.len() < REMEMBERED_NODES || self.pages.contains_key(&node)) {
+            self.pages.insert(node, pages);
+        }
+    }
+
+    /// Drops the remembered page hashes (a new comparison starts).
+    pub fn forget_pages(&mut self) {
+        self.pages = HashMap::new();
+    }
+
+    /// [`Index::after_write`] for a write whose bytes (`data`, `None` for a clear) are at
+    /// hand: a node whose page hashes are remembered and that the write changes in whole
+    /// pages gets its new hash from them, without being read again.
+    pub fn after_write_data(
+        &mut self,
+        off: u64,
+        len: u64,
+        data: Option<&[u8]>,
+        full: &[(u64, Hash)],
+        ok: bool,
+    ) {
+        let k = RESYNC_NODE_SIZES[KEPT];
+        if self.pages.is_empty() || len == 0 || off >= self.size {
+            return self.after_write(off, len, full, ok);
+        }
+        let end = (off + len).min(self.size);
+        let mut all = full.to_vec();
+        for i in off / k..=(end - 1) / k {
+            let Some(mut ph) = self.pages.remove(&i) else {
+                continue;
+            };
+            if !ok || full.iter().any(|f| f.0 == i) {
+                continue;
+            }
+            let (a, b) = node_range(self.size, KEPT, i);
+            let (s, e) = (off.max(a), end.min(b));
+            if (s - a) % PAGE != 0 || ((e - a) % PAGE != 0 && e != b) {
+                continue; // part of a page: the node is dirty
+            }
+            let mut patched = true;
+            for p in (s - a) / PAGE..(e - a).div_ceil(PAGE) {
+                let (ps, pe) = (a + p * PAGE, (a + (p + 1) * PAGE).min(b));
+                let h = match data {
+                    Some(d) => match d.get((ps - off) as usize..(pe - off) as usize) {
+                        Some(bytes) => *blake3::hash(bytes).as_bytes(),
+                        None => {
+                            patched = false;
+                            break;
+                        }
+                    },
+                    None => *blake3::hash(&vec![0u8; (pe - ps) as usize]).as_bytes(),
+                };
+                match ph.get_mut(p as usize) {
+                    Some(slot) => *slot = h,
+                    None => {
+                        patched = false;
+                        break;
+                    }
+                }
+            }
+            if patched {
+                all.push((i, combine(&ph)));
+                self.pages.insert(i, ph);
+            }
+        }
+        self.after_write(off, len, &all, ok);
     }
 
     /// Rehashes the dirty nodes (every node when `all`) from `src`, the working image;
@@ -399,6 +492,47 @@ mod tests {
         ix.after_write(off, data.len() as u64, &full, true);
     }
 
+    /// A write (`Some`) or clear (`None`) as the receiver applies it, bytes at hand.
+    fn apply(ix: &mut Index, img: &mut Mem, off: u64, len: usize, data: Option<&[u8]>) {
+        let full = full_node_hashes(img.size(), off, len as u64, data);
+        ix.before_write().unwrap();
+        let zeros = vec![0u8; len];
+        img.0[off as usize..off as usize + len].copy_from_slice(data.unwrap_or(&zeros));
+        ix.after_write_data(off, len as u64, data, &full, true);
+    }
+
+    #[test]
+    fn whole_pages_written_into_nodes_whose_pages_were_read_set_their_hashes_without_a_reread() {
+        let k = 256 << 10;
+        let size = (1 << 20) + 4096 + 512; // five nodes, the last of a page and a half
+        let mut img = Mem((0..size).map(|i| (i * 7 % 251) as u8).collect());
+        let mut ix = Index::open(Ok(Box::new(MemFile::default())), size as u64, 1, false);
+        ix.rehash(&img, true, 1).unwrap();
+        // The page-level answer for nodes 1 and 4, remembered.
+        let pages = ix.tree().unwrap().answer_pages(&img, &[1, 4]).unwrap();
+        for (n, p) in [1, 4].into_iter().zip(pages) {
+            ix.remember_pages(n, p);
+        }
+        apply(&mut ix, &mut img, k + 8192, 8192, Some(&[3u8; 8192]));
+        apply(&mut ix, &mut img, k + 40960, 4096, None);
+        apply(&mut ix, &mut img, (1 << 20) + 4096, 512, Some(&[9u8; 512])); // the short page
+        assert_eq!(ix.dirty_count(), 0);
+        let built = Tree::build(&img, 1).unwrap();
+        assert_eq!(ix.tree().unwrap().root(), built.root());
+        // Part of a page, and a node whose pages were not read, stay dirty.
+        apply(&mut ix, &mut img, k + 512, 512, Some(&[4u8; 512]));
+        apply(&mut ix, &mut img, 2 * k + 4096, 4096, Some(&[5u8; 4096]));
+        assert_eq!(ix.dirty_count(), 2);
+        assert_eq!(ix.rehash(&img, false, 1).unwrap(), 2 * k);
+        assert_eq!(
+            ix.tree().unwrap().root(),
+            Tree::build(&img, 1).unwrap().root()
+        );
+        // Node 1's pages were forgotten at the write of part of a page: dirty again.
+        apply(&mut ix, &mut img, k, 4096, Some(&[6u8; 4096]));
+        assert_eq!(ix.dirty_count(), 1);
+    }
+
     #[test]
     fn an_index_kept_with_every_write_matches_a_tree_built_by_reading() {
         let size = (3 << 20) + 4096 + 512;
@@ -415,6 +549,23 @@ mod tests {
         assert_eq!(again.rehash(&img, false, 1).unwrap(), 256 << 10);
         let built = Tree::build(&img, 1).unwrap();
         assert_eq!(again.tree().unwrap().root(), built.root());
+    }
+
+    #[test]
+    fn a_fresh_copy_marks_an_index_left_clean_for_its_generation_unclean_at_its_first_write() {
+        let size = 1 << 20;
+        let f = MemFile::default();
+        let mut img = Mem(vec![0; size]);
+        let mut ix = Index::open(Ok(Box::new(f.clone())), size as u64, 1, true);
+        ix.persist_clean().unwrap();
+        // The copy starts again from zero at the same generation; a write, then a crash.
+        let mut ix = Index::open(Ok(Box::new(f.clone())), size as u64, 1, true);
+        write(&mut ix, &mut img, 0, &[1u8; 4096]);
+        drop(ix);
+        let after = Index::open(Ok(Box::new(f)), size as u64, 1, false);
+        assert!(after
+            .stale_reason()
+            .is_some_and(|r| r.contains("not closed cleanly")));
     }
 
     #[test]

@@ -273,6 +273,28 @@ impl Tree {
         Ok(out)
     }
 
+    /// Full page hashes under each of `parents` (256 KiB nodes, ascending), read from
+    /// `src`: the page level's answer before truncation.
+    pub fn answer_pages(
+        &self,
+        src: &dyn Source,
+        parents: &[u64],
+    ) -> Result<Vec<Vec<Hash>>, String> {
+        let np = count(self.size, KEPT);
+        let mut prev = None;
+        let mut out = Vec::with_capacity(parents.len());
+        for &p in parents {
+            if p >= np || prev.is_some_and(|q| p <= q) {
+                return Err(format!(
+                    "parent {p} at level {KEPT} is out of range or order"
+                ));
+            }
+            prev = Some(p);
+            out.push(self.pages(src, p)?);
+        }
+        Ok(out)
+    }
+
     /// Full page hashes under 256 KiB node `i`, read from `src`.
     pub fn pages(&self, src: &dyn Source, i: u64) -> Result<Vec<Hash>, String> {
         let (a, b) = node_range(self.size, KEPT, i);

@@ -10,6 +10,9 @@
 //!                        of the copy or cycle in progress, footer ids
 //! VM/jobs.json           block blob, the VM's jobs (the local store's job file format),
 //!                        replaced with If-Match on its ETag (jobs.rs)
+//! VM/NAME.hidx           page blob, the receiver's resync index of the working image
+//!                        (resync/index.rs's file, padded to whole pages; its exact length
+//!                        in metadata `vdreplen`), leased like the replica (hidx.rs)
 //! ```
 //! Snapshot metadata: `vdrepcycle`, `vdrepcreated` (Unix s), `vdrepbytes`, `vdrepdigest`
 //! (hex BLAKE3), `vdrepreplica` (footer id of the generation it belongs to).
@@ -29,6 +32,12 @@
 //!   The state blob is replaced with `If-Match` on its last ETag. A second receiver's
 //!   acquire is refused (`SinkError::Locked`, retried by the sender until the lease frees).
 //!   A receiver killed with -9 stops renewing: its lease expires within 15 s.
+//! - **Resync index**: every write the receiver applies keeps `NAME.hidx` in step (the
+//!   index's clean-flag protocol, `crate::resync::index`), so a resync reads back only the
+//!   256 KiB nodes written partially since they were hashed, not the whole blob; `send
+//!   --resync --verify` rehashes the blob. The index blob carries the replica's lease id, so
+//!   only the replica's writer changes it; a new copy generation (`begin_initial`) makes it
+//!   stale (its header names the generation), and `remove_disk` deletes it.
 //! - **Crash order** (state after data): commit snapshots before recording the commit; open
 //!   rolls a snapshot forward if it carries the copy id (initial) or the open cycle.
 
@@ -36,6 +45,7 @@ mod auth;
 mod blob;
 mod coalesce;
 mod disk;
+mod hidx;
 pub mod identity;
 mod jobs;
 mod points;
@@ -107,6 +117,11 @@ impl AzureConfig {
             retry: RetryPolicy::default(),
         }
     }
+}
+
+/// The resync index blob of a disk ([`hidx`]).
+pub(crate) fn hidx_name(key: &DiskKey) -> String {
+    format!("{}/{}.hidx", key.vm, key.disk)
 }
 
 /// Counts one retried Azure request (the metrics layer hooks here).

@@ -201,8 +201,8 @@ impl PointReader for AzurePointReader {
     }
 }
 
-/// Deletes a disk's page blob (with its snapshots, the recovery points) and its state blob,
-/// the state last. Refused while a receiver holds the blob's lease.
+/// Deletes a disk's page blob (with its snapshots, the recovery points), its resync index
+/// and its state blob, the state last. Refused while a receiver holds the blob's lease.
 pub(super) fn remove_disk(c: &Container, key: &DiskKey) -> Result<(), SinkError> {
     let (blob, sblob) = names(key);
     if c.blob_size(&blob).map_err(rest_err)?.is_some() {
@@ -216,6 +216,7 @@ pub(super) fn remove_disk(c: &Container, key: &DiskKey) -> Result<(), SinkError>
         // missing): nothing is deleted under a live receiver.
         c.delete_blob(&blob, None).map_err(rest_err)?;
     }
+    super::hidx::remove(c, &super::hidx_name(key)).map_err(rest_err)?;
     c.delete_blob(&sblob, None).map_err(rest_err)?;
     Ok(())
 }

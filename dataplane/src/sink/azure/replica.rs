@@ -305,10 +305,16 @@ impl ReplicaDisk for AzureDisk {
         self.c.url(&self.blob)
     }
 
-    /// None yet: keeping the index in a blob beside the replica would cost a Put per
-    /// persisted change, and the blob's page ranges already spare the reading of zeros; each
-    /// resync rehashes the working blob (logged with this reason).
+    /// The page blob `VM/NAME.hidx` beside the replica, under the replica's lease id
+    /// (`sink/azure/hidx.rs`). If it cannot be taken, the receiver keeps the index in memory
+    /// only and rehashes the working blob at each resync (logged with this reason).
     fn resync_index(&self) -> Result<Box<dyn crate::resync::index::IndexFile>, String> {
-        Err("the Azure sink keeps no resync index: the page blob is read and hashed".into())
+        let f = super::hidx::AzureIndexFile::open(
+            self.c.clone(),
+            super::hidx_name(&self.key),
+            self.lease.clone(),
+            self.lease_secs,
+        )?;
+        Ok(Box::new(f))
     }
 }
