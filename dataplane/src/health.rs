@@ -117,6 +117,10 @@ struct VmState {
     last_error: Option<LastError>,
     critical: bool,
     next_retry: Option<Timestamp>,
+    /// This VM's RPO threshold (`None`: the sender's).
+    threshold: Option<Duration>,
+    /// When its protection started (`None`: with the sender).
+    started: Option<Timestamp>,
 }
 
 /// The health of every VM of a sender.
@@ -163,6 +167,20 @@ impl Health {
             m.get_mut(vm).and_then(|v| v.disks.get_mut(disk)).map(f)
         })
         .flatten()
+    }
+
+    /// Adds a VM protected from now on (enabled at run time), with its own RPO threshold
+    /// (`None`: the sender's); its RPO counts from now until its first recovery point.
+    pub fn add_vm(&self, vm: &str, disks: &[String], threshold: Option<Duration>) {
+        let now = self.clock.now_utc();
+        self.with(|m| {
+            let v = m.entry(vm.to_string()).or_default();
+            v.threshold = threshold;
+            v.started = Some(now);
+            for d in disks {
+                v.disks.entry(d.clone()).or_default();
+            }
+        });
     }
 
     /// The receiver committed a recovery point of `vm`/`disk` taken at `at`; an error of
@@ -263,7 +281,10 @@ impl Health {
         let vms = self
             .with(|m| {
                 m.iter()
-                    .map(|(name, v)| vm_report(name, v, now, self.started, th))
+                    .map(|(name, v)| {
+                        let th = v.threshold.map_or(th, |t| t.as_secs_f64());
+                        vm_report(name, v, now, v.started.unwrap_or(self.started), th)
+                    })
                     .collect()
             })
             .unwrap_or_default();

@@ -4,7 +4,8 @@
 //! by the sender's user) can talk to it.
 //!
 //! Requests (`op`): `status`; `set_bandwidth` with `bytes_per_second` (null = no limit);
-//! `resync` with `vm`. Answers: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
+//! `resync` with `vm`; `protect` with `vm`, `disks`, `interval_seconds` and optionally
+//! `rpo_threshold_seconds`. Answers: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +35,20 @@ pub enum Request {
         /// The VM.
         vm: String,
     },
+    /// Protects a VM from now on (enable protection without a restart; see
+    /// [`super::vmset`]): checks its disks, starts tracking, keeps it in the state folder.
+    /// Asking again with the same disks is answered `already`; other disks are refused.
+    Protect {
+        /// The VM.
+        vm: String,
+        /// Absolute paths of its disk images, in disk order.
+        disks: Vec<std::path::PathBuf>,
+        /// Seconds between cycles.
+        interval_seconds: u64,
+        /// RPO above which the VM warns (`None`: twice the interval).
+        #[serde(default)]
+        rpo_threshold_seconds: Option<u64>,
+    },
 }
 
 /// The sender's state as `status` reports it.
@@ -51,6 +66,9 @@ pub struct SenderStatus {
     pub interval_seconds: Option<u64>,
     /// Every disk.
     pub disks: Vec<DiskStatus>,
+    /// Each VM's enable-protection job in this run (prerequisite checks and their results).
+    #[serde(default)]
+    pub enable_jobs: Vec<crate::jobs::Job>,
 }
 
 /// Bounded request line: nothing legitimate comes near it.
@@ -117,6 +135,7 @@ fn answer(req: Request, sh: &Shared) -> serde_json::Value {
                 bandwidth_bytes_per_second: sh.throttle.rate(),
                 interval_seconds: sh.board.interval().map(|i| i.as_secs()),
                 disks: sh.board.disks(),
+                enable_jobs: sh.jobs.enable_jobs(),
             };
             serde_json::json!({"ok": true, "status": st})
         }
@@ -129,6 +148,35 @@ fn answer(req: Request, sh: &Shared) -> serde_json::Value {
                 "bandwidth limit changed over the control channel"
             );
             serde_json::json!({"ok": true, "bandwidth_bytes_per_second": bytes_per_second})
+        }
+        Request::Protect {
+            vm,
+            disks,
+            interval_seconds,
+            rpo_threshold_seconds,
+        } => {
+            let Some(set) = &sh.vms else {
+                return serde_json::json!({"ok": false, "error":
+                    "this sender makes one initial copy (no --interval): start it with --interval to protect VMs"});
+            };
+            let req = super::vmset::AddedVm {
+                vm: vm.clone(),
+                disks,
+                interval_seconds,
+                rpo_threshold_seconds,
+            };
+            match super::vmset::add(sh, set, req) {
+                Ok(super::vmset::Added::Started(d)) => {
+                    serde_json::json!({"ok": true, "disks": d, "already": false})
+                }
+                Ok(super::vmset::Added::Already(d)) => {
+                    serde_json::json!({"ok": true, "disks": d, "already": true})
+                }
+                Err(e) => {
+                    warn!(%vm, error = %e, "protection request refused");
+                    serde_json::json!({"ok": false, "error": e})
+                }
+            }
         }
         Request::Resync { vm } => match sh.board.request_resync(&vm) {
             Ok(disks) => {

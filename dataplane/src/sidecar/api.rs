@@ -245,6 +245,40 @@ fn created(sc: &Sidecar, job: super::state::Job) -> Response {
     }
 }
 
+/// The body of an enable-protection request: the replication policy's fields plus
+/// `disks`, the absolute paths of the VM's disk images on the sender's host (needed for a
+/// VM the sender does not list yet).
+fn protection_body(b: &Bytes) -> Result<(ReplicationPolicy, Vec<String>), ApiError> {
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    if b.iter().all(|c| c.is_ascii_whitespace()) {
+        return Ok((ReplicationPolicy::default(), Vec::new()));
+    }
+    let mut v: Value = serde_json::from_slice(b).map_err(|e| bad(format!("invalid body: {e}")))?;
+    let disks = match v.as_object_mut().map(|o| o.remove("disks")) {
+        None => return Err(bad("invalid body: expected a JSON object".into())),
+        Some(None) | Some(Some(Value::Null)) => Vec::new(),
+        Some(Some(d)) => serde_json::from_value::<Vec<String>>(d)
+            .map_err(|e| bad(format!("invalid body: disks: {e}")))?,
+    };
+    let policy: ReplicationPolicy =
+        serde_json::from_value(v).map_err(|e| bad(format!("invalid body: {e}")))?;
+    policy.validate().map_err(bad)?;
+    if disks.len() > 64 {
+        return Err(bad("disks: at most 64 disks per VM".into()));
+    }
+    for (i, d) in disks.iter().enumerate() {
+        if !std::path::Path::new(d).is_absolute() || d.contains('\0') {
+            return Err(bad(format!(
+                "disks: {d:?} is not an absolute path on the sender's host"
+            )));
+        }
+        if disks[..i].contains(d) {
+            return Err(bad(format!("disks: {d:?} is named twice")));
+        }
+    }
+    Ok((policy, disks))
+}
+
 async fn enable_protection(
     State(sc): Sc,
     Path(vm): Path<String>,
@@ -254,19 +288,53 @@ async fn enable_protection(
     if let Err(r) = authorized(&sc, &h).and_then(|_| valid_vm(&vm)) {
         return r.into_response();
     }
-    let p: ReplicationPolicy = match body(&b) {
-        Ok(p) => p,
+    let (p, disks) = match protection_body(&b) {
+        Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    if let Err(e) = p.validate() {
-        return err(StatusCode::BAD_REQUEST, e);
+    // A VM the sender protects already with other disks is refused now; while the sender
+    // is unreachable the job finds out when it answers.
+    if let Some((st, _)) = sc.cached_status() {
+        let listed: Vec<String> = st
+            .disks
+            .iter()
+            .filter(|d| d.vm == vm)
+            .map(|d| d.path.clone())
+            .collect();
+        if !listed.is_empty() && !disks.is_empty() && listed != disks {
+            return err(
+                StatusCode::CONFLICT,
+                format!(
+                    "VM {vm} is already protected with other disks ({}): disable its protection first",
+                    listed.join(", ")
+                ),
+            );
+        }
+    }
+    let busy = sc
+        .read(|s| {
+            s.jobs
+                .iter()
+                .any(|j| j.vm == vm && j.kind == JobKind::EnableProtection && !j.state.is_final())
+        })
+        .unwrap_or(false);
+    if busy {
+        return err(
+            StatusCode::CONFLICT,
+            format!("an enable-protection job of VM {vm} is already running"),
+        );
     }
     let now = events::now_unix();
     let job = match sc.update(|s| {
         s.policies.insert(vm.clone(), p.clone());
         new_job(s, JobKind::EnableProtection, &vm, &PROTECT_STEPS, now)
     }) {
-        Ok(j) => j,
+        Ok(mut j) => {
+            if !disks.is_empty() {
+                j.result = Some(json!({ "disks": disks }));
+            }
+            j
+        }
         Err(e) => return err(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     created(&sc, job)
