@@ -8,8 +8,13 @@
 //!   needs (or runs) a resync.
 //! - **Normal** otherwise.
 //!
-//! The RPO threshold is per policy: by default twice the replication interval. Before the
-//! first recovery point the RPO counts from the start of protection.
+//! The RPO threshold is per policy: by default twice the replication interval plus a minute
+//! ([`default_rpo_threshold`]). Before the first recovery point (initial replication) there is
+//! no RPO and it does not count against health: a long initial copy is not an outage.
+//!
+//! This is the one health model of a sender: `health.json`, the control channel's status
+//! (each disk's health, reason, RPO and next retry, and [`Report::vms`] whole), the health
+//! gauge of the metrics and the sidecar's `/v1/vms` all come from [`Health::report`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,15 +22,21 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::SharedClock;
+
+/// The RPO threshold without one configured: twice the interval, plus a minute so that a
+/// short interval does not warn on every slow commit.
+pub fn default_rpo_threshold(interval: Duration) -> Duration {
+    interval * 2 + Duration::from_secs(60)
+}
 
 /// An RPO this many times the threshold makes a VM Critical.
 pub const CRITICAL_FACTOR: u32 = 4;
 
 /// The health states, worst last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum State {
     /// Replicating within its RPO.
     Normal,
@@ -36,7 +47,7 @@ pub enum State {
 }
 
 /// The last error seen.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastError {
     /// When (RFC 3339, UTC).
     pub at: String,
@@ -51,7 +62,7 @@ pub struct LastError {
 }
 
 /// One disk's report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiskHealth {
     /// Disk name.
     pub disk: String,
@@ -70,7 +81,7 @@ pub struct DiskHealth {
 }
 
 /// One VM's report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmHealth {
     /// VM name.
     pub vm: String,
@@ -322,14 +333,16 @@ fn vm_report(name: &str, v: &VmState, now: Timestamp, started: Timestamp, th: f6
     for (dname, d) in &v.disks {
         let mut reasons = Vec::new();
         let mut state = State::Normal;
-        let since = d.newest_point.unwrap_or(started);
-        let rpo = now.duration_since(since).as_secs_f64().max(0.0);
-        if rpo > th * CRITICAL_FACTOR as f64 {
+        let _ = started;
+        let rpo = d
+            .newest_point
+            .map(|p| now.duration_since(p).as_secs_f64().max(0.0));
+        if let Some(rpo) = rpo.filter(|r| *r > th * CRITICAL_FACTOR as f64) {
             state = State::Critical;
             reasons.push(format!(
                 "RPO {rpo:.0} s is more than {CRITICAL_FACTOR}× the threshold {th:.0} s"
             ));
-        } else if rpo > th {
+        } else if let Some(rpo) = rpo.filter(|r| *r > th) {
             state = State::Warning;
             reasons.push(format!("RPO {rpo:.0} s is above the threshold {th:.0} s"));
         }
@@ -346,7 +359,7 @@ fn vm_report(name: &str, v: &VmState, now: Timestamp, started: Timestamp, th: f6
             state,
             reasons,
             newest_point: d.newest_point.map(|p| p.to_string()),
-            rpo_seconds: Some(rpo),
+            rpo_seconds: rpo,
             resync_required: d.resync.clone(),
             resync_running: d.resync_running,
         });

@@ -73,6 +73,8 @@ fn enabling_protection_is_a_job_through_checks_initial_replication_and_first_cyc
             "--bandwidth",
             "2MB",
             "--no-progress",
+            "--state",
+            d.join("sender-state").to_str().unwrap(),
             "--control",
             d.join("run/sender.sock").to_str().unwrap(),
             "--metrics",

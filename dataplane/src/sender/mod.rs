@@ -305,7 +305,7 @@ async fn run_jobs(
     let threshold = opts.rpo_threshold.unwrap_or_else(|| {
         policy
             .as_ref()
-            .map(|p| p.interval * 2)
+            .map(|p| crate::health::default_rpo_threshold(p.interval))
             .unwrap_or(Duration::from_secs(3600))
     });
     let names: Vec<(String, Vec<String>)> = jobs
@@ -317,9 +317,13 @@ async fn run_jobs(
         .collect();
     let health = Arc::new(Health::new(clock.clone(), threshold, &names));
     for a in &added {
-        if let Some(t) = a.rpo_threshold_seconds {
-            health.add_vm(&a.vm, &disk_names(&a.disks), Some(Duration::from_secs(t)));
-        }
+        let t = a
+            .rpo_threshold_seconds
+            .map(Duration::from_secs)
+            .unwrap_or_else(|| {
+                crate::health::default_rpo_threshold(Duration::from_secs(a.interval_seconds))
+            });
+        health.add_vm(&a.vm, &disk_names(&a.disks), Some(t));
     }
     let set = policy
         .as_ref()
@@ -343,6 +347,11 @@ async fn run_jobs(
     });
     if let Some(p) = &policy {
         sh.board.set_interval(p.interval);
+    }
+    // The schedule a sidecar pushed to an earlier run applies at once.
+    if let Some(p) = local_control::load_schedule(state) {
+        info!(policy = %p.to_throttle(), "bandwidth schedule pushed by the sidecar (state folder) replaces the command line's");
+        local_control::apply_schedule(&sh, p);
     }
     let stats = &sh.stats;
     // The compression controller decides every tick for the whole run.
@@ -455,8 +464,7 @@ async fn run_jobs(
         match backoff.next_delay(class.recoverable) {
             Some(delay) => {
                 health.failed(&class, &e.to_string(), Some(delay));
-                sh.board
-                    .failed(class.class, e.to_string(), true, Some(delay));
+                sh.board.failed(class.class, Some(delay));
                 stats
                     .retries
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -466,8 +474,7 @@ async fn run_jobs(
             }
             None => {
                 health.failed(&class, &e.to_string(), None);
-                sh.board
-                    .failed(class.class, e.to_string(), class.recoverable, None);
+                sh.board.failed(class.class, None);
                 let _ = health.write(state);
                 if class.recoverable {
                     error!(error = %e, class = class.class, "giving up after --give-up-after");

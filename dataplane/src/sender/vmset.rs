@@ -257,11 +257,13 @@ pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
     })?;
     sh.jobs.start_vm(&req.vm);
     sh.jobs.disks_checked(&req.vm, &jobs);
-    sh.health.add_vm(
-        &req.vm,
-        &names,
-        req.rpo_threshold_seconds.map(Duration::from_secs),
-    );
+    let threshold = req
+        .rpo_threshold_seconds
+        .map(Duration::from_secs)
+        .unwrap_or_else(|| {
+            crate::health::default_rpo_threshold(Duration::from_secs(req.interval_seconds))
+        });
+    sh.health.add_vm(&req.vm, &names, Some(threshold));
     for d in disks.iter() {
         if let Ok(g) = d.lock() {
             sh.board.add_disk(&g.job, Some(g.tracker.clone()));

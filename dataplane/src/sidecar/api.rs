@@ -110,16 +110,7 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-fn worse(a: Health, b: Health) -> Health {
-    let rank = |h: Health| Health::ALL.iter().position(|x| *x == h).unwrap_or(0);
-    if rank(b) > rank(a) {
-        b
-    } else {
-        a
-    }
-}
-
-/// The VMs as the sender last reported them, with their policies applied (RPO threshold).
+/// The VMs as the sender last reported them, with their policies.
 fn vms_view(sc: &Sidecar) -> (Value, Vec<Value>) {
     let now = events::now_unix();
     let cached = sc.cached_status();
@@ -136,41 +127,39 @@ fn vms_view(sc: &Sidecar) -> (Value, Vec<Value>) {
     let policies = sc.read(|s| s.policies.clone()).unwrap_or_default();
     let mut vms: std::collections::BTreeMap<String, Vec<crate::sender::DiskStatus>> =
         Default::default();
+    let mut health: Vec<crate::health::VmHealth> = Vec::new();
     if let Some((st, _)) = cached {
         for d in st.disks {
             vms.entry(d.vm.clone()).or_default().push(d);
         }
+        health = st.health;
     }
+    let unix = |t: &str| {
+        t.parse::<jiff::Timestamp>()
+            .ok()
+            .map(|t| t.as_second().max(0) as u64)
+    };
     let list = vms
         .into_iter()
-        .map(|(vm, mut disks)| {
+        .map(|(vm, disks)| {
             let policy = policies.get(&vm).cloned().unwrap_or_default();
-            for d in disks.iter_mut() {
-                if let Some(r) = d.rpo_seconds.filter(|r| *r > policy.rpo_threshold_seconds) {
-                    if d.health == Health::Normal {
-                        d.health = Health::Warning;
-                        d.reason = format!(
-                            "RPO {r} s is over the threshold of {} s",
-                            policy.rpo_threshold_seconds
-                        );
-                    }
-                }
-            }
-            let health = disks.iter().fold(Health::Normal, |a, d| worse(a, d.health));
-            let reason = disks
-                .iter()
-                .find(|d| d.health == health && !d.reason.is_empty())
-                .map(|d| d.reason.clone())
-                .unwrap_or_default();
+            // Health, reason, RPO and next retry are the sender's health model's, as its
+            // health.json and health gauge say; nothing is recomputed here.
+            let h = health.iter().find(|h| h.vm == vm);
+            let state = match h.map(|h| h.state) {
+                Some(crate::health::State::Critical) => Health::Critical,
+                Some(crate::health::State::Warning) => Health::Warning,
+                _ => Health::Normal,
+            };
             json!({
                 "vm": vm,
-                "health": health,
-                "reason": reason,
+                "health": state,
+                "reason": h.and_then(|h| h.reasons.first().cloned()).unwrap_or_default(),
                 "protected": disks.iter().all(|d| d.phase == "protected"),
-                "rpo_seconds": disks.iter().filter_map(|d| d.rpo_seconds).max(),
+                "rpo_seconds": h.and_then(|h| h.rpo_seconds).map(|r| r as u64),
                 "last_cycle_unix": disks.iter().filter_map(|d| d.last_cycle_unix).min(),
                 "next_cycle_unix": disks.iter().filter_map(|d| d.next_cycle_unix).min(),
-                "next_retry_unix": disks.iter().filter_map(|d| d.next_retry_unix).min(),
+                "next_retry_unix": h.and_then(|h| h.next_retry.as_deref()).and_then(unix),
                 "policy": policy,
                 "disks": disks,
             })
@@ -426,13 +415,26 @@ async fn get_job(State(sc): Sc, Path(id): Path<String>) -> Response {
     }
 }
 
+/// The policy and what the sender runs: `applied` when the sender reports this schedule in
+/// force, and then its limit now; otherwise the limit the policy gives for now.
 fn bandwidth_view(sc: &Sidecar) -> Value {
     let p = sc.read(|s| s.bandwidth.clone()).unwrap_or_default();
     let now = events::now_unix() as i64;
+    let st = sc
+        .cached_status()
+        .filter(|_| sc.sender_up.load(std::sync::atomic::Ordering::Relaxed));
+    let applied = st
+        .as_ref()
+        .is_some_and(|(s, _)| s.bandwidth_schedule.as_ref() == Some(&p));
     json!({
+        "current_bytes_per_second": match &st {
+            Some((s, _)) if applied => s.bandwidth_bytes_per_second,
+            _ => p.rate_at(now),
+        },
+        "applied": applied,
+        "sender_policy": st.as_ref().map(|(s, _)| s.bandwidth_policy.clone()),
+        "work_hours_now": st.as_ref().map(|(s, _)| s.work_hours_now),
         "policy": p,
-        "current_bytes_per_second": p.rate_at(now),
-        "applied": sc.applied.lock().ok().and_then(|a| *a).map(|(_, r)| r == p.rate_at(now)).unwrap_or(false),
     })
 }
 
@@ -460,7 +462,7 @@ async fn put_bandwidth(State(sc): Sc, h: HeaderMap, b: Bytes) -> Response {
     sc.policy_changed();
     // Apply at once rather than at the next tick, so the answer says whether it took.
     if sc.sender_up.load(std::sync::atomic::Ordering::Relaxed) {
-        sc.apply_bandwidth(events::now_unix()).await;
+        sc.apply_bandwidth().await;
     }
     Json(bandwidth_view(&sc)).into_response()
 }
