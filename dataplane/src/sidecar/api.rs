@@ -245,7 +245,7 @@ fn protection_body(b: &Bytes) -> Result<(ReplicationPolicy, Vec<String>), ApiErr
     let mut v: Value = serde_json::from_slice(b).map_err(|e| bad(format!("invalid body: {e}")))?;
     let disks = match v.as_object_mut().map(|o| o.remove("disks")) {
         None => return Err(bad("invalid body: expected a JSON object".into())),
-        Some(None) | Some(Some(Value::Null)) => Vec::new(),
+        Some(None) => Vec::new(),
         Some(Some(d)) => serde_json::from_value::<Vec<String>>(d)
             .map_err(|e| bad(format!("invalid body: disks: {e}")))?,
     };
