@@ -245,26 +245,8 @@ async fn run_jobs(
     let schedule_task = AbortOnDrop(tokio::spawn(ctl.clone().run()));
     // VMs added at run time by earlier runs (protection only): protected again, unless the
     // command line names the VM itself.
-    let added: Vec<vmset::AddedVm> = match &policy {
-        Some(_) => vmset::load(state)?
-            .into_iter()
-            .filter(|a| {
-                let flagged = vms.iter().any(|v| v.name == a.vm);
-                if flagged {
-                    warn!(vm = %a.vm, "VM added over the control channel is also on the command line; the command line wins");
-                }
-                // A disk gone since it was added stops that VM only, not the whole sender.
-                let gone = a
-                    .disks
-                    .iter()
-                    .find_map(|p| vdisk::open(p, OpenOptions::default()).err().map(|e| (p, e)));
-                if let Some((p, e)) = &gone {
-                    error!(vm = %a.vm, disk = %p.display(), error = %e,
-                           "a VM enabled through the control channel cannot be protected: its disk does not open; enable it again once fixed");
-                }
-                !flagged && gone.is_none()
-            })
-            .collect(),
+    let added = match &policy {
+        Some(_) => vmset::load_for_start(state, vms)?,
         None => Vec::new(),
     };
     let all: Vec<VmSpec> = vms

@@ -125,6 +125,33 @@ pub fn load(state: &Path) -> Result<Vec<AddedVm>, SendError> {
     }
 }
 
+/// The added VMs a starting sender protects: those of `STATE/vms.json` the command line
+/// does not name itself (it wins) whose disks still open (a disk gone stops that VM only,
+/// not the whole sender).
+pub fn load_for_start(state: &Path, flagged: &[super::VmSpec]) -> Result<Vec<AddedVm>, SendError> {
+    Ok(load(state)?
+        .into_iter()
+        .filter(|a| {
+            if flagged.iter().any(|v| v.name == a.vm) {
+                warn!(vm = %a.vm, "VM added over the control channel is also on the command line; the command line wins");
+                return false;
+            }
+            match a
+                .disks
+                .iter()
+                .find_map(|p| vdisk::open(p, OpenOptions::default()).err().map(|e| (p, e)))
+            {
+                Some((p, e)) => {
+                    tracing::error!(vm = %a.vm, disk = %p.display(), error = %e,
+                        "a VM enabled through the control channel cannot be protected: its disk does not open; enable it again once fixed");
+                    false
+                }
+                None => true,
+            }
+        })
+        .collect())
+}
+
 /// Replaces `STATE/vms.json` durably (write, fsync, rename).
 fn save(state: &Path, vms: &[AddedVm]) -> std::io::Result<()> {
     use std::io::Write;

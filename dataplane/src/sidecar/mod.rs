@@ -4,8 +4,9 @@
 //! `--token-file`) over VMs and disks with their health, RPO and progress, jobs with steps
 //! and errors, the bandwidth and replication policies, and requests for resync, test
 //! failover and protection. The sender does the data work; the sidecar reaches it over its
-//! local control channel every second ([`client`]), re-applies the bandwidth policy and
-//! re-hands unfinished requests to a restarted sender, and keeps jobs and policies in
+//! local control channel every second ([`client`]), pushes the bandwidth schedule to a
+//! sender that does not run it yet (the sender applies and keeps it itself), hands VMs to
+//! protect and unfinished requests to the sender (again after its restart), and keeps jobs and policies in
 //! `--state DIR` ([`state`]) so its own restart loses nothing.
 //!
 //! The OpenAPI description is `ops/openapi.json`, compiled in and served at `/openapi.json`.
