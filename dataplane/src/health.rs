@@ -130,8 +130,6 @@ struct VmState {
     next_retry: Option<Timestamp>,
     /// This VM's RPO threshold (`None`: the sender's).
     threshold: Option<Duration>,
-    /// When its protection started (`None`: with the sender).
-    started: Option<Timestamp>,
 }
 
 /// The health of every VM of a sender.
@@ -139,7 +137,6 @@ struct VmState {
 pub struct Health {
     clock: SharedClock,
     threshold: Duration,
-    started: Timestamp,
     vms: Mutex<BTreeMap<String, VmState>>,
     bandwidth: Mutex<String>,
 }
@@ -156,7 +153,6 @@ impl Health {
             m.insert(vm.clone(), s);
         }
         Health {
-            started: clock.now_utc(),
             clock,
             threshold,
             vms: Mutex::new(m),
@@ -181,13 +177,11 @@ impl Health {
     }
 
     /// Adds a VM protected from now on (enabled at run time), with its own RPO threshold
-    /// (`None`: the sender's); its RPO counts from now until its first recovery point.
+    /// (`None`: the sender's).
     pub fn add_vm(&self, vm: &str, disks: &[String], threshold: Option<Duration>) {
-        let now = self.clock.now_utc();
         self.with(|m| {
             let v = m.entry(vm.to_string()).or_default();
             v.threshold = threshold;
-            v.started = Some(now);
             for d in disks {
                 v.disks.entry(d.clone()).or_default();
             }
@@ -294,7 +288,7 @@ impl Health {
                 m.iter()
                     .map(|(name, v)| {
                         let th = v.threshold.map_or(th, |t| t.as_secs_f64());
-                        vm_report(name, v, now, v.started.unwrap_or(self.started), th)
+                        vm_report(name, v, now, th)
                     })
                     .collect()
             })
@@ -328,12 +322,11 @@ impl Health {
     }
 }
 
-fn vm_report(name: &str, v: &VmState, now: Timestamp, started: Timestamp, th: f64) -> VmHealth {
+fn vm_report(name: &str, v: &VmState, now: Timestamp, th: f64) -> VmHealth {
     let mut disks = Vec::new();
     for (dname, d) in &v.disks {
         let mut reasons = Vec::new();
         let mut state = State::Normal;
-        let _ = started;
         let rpo = d
             .newest_point
             .map(|p| now.duration_since(p).as_secs_f64().max(0.0));
@@ -473,6 +466,26 @@ mod tests {
             State::Critical,
             "a refusal waits for an operator"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_initial_copy_has_no_rpo_and_an_added_vm_keeps_its_own_threshold() {
+        let h = health();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        let v = vm(&h);
+        assert_eq!(v.state, State::Normal, "{:?}", v.reasons);
+        assert_eq!(v.rpo_seconds, None);
+        h.add_vm("vm2", &["db".into()], Some(Duration::from_secs(600)));
+        let t0 = h.clock.now_utc();
+        h.committed("vm1", "os", t0);
+        h.committed("vm1", "data", t0);
+        h.committed("vm2", "db", t0);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let r = h.report();
+        assert_eq!(r.vms[0].state, State::Warning, "vm1: threshold 60 s");
+        assert_eq!(r.vms[1].vm, "vm2");
+        assert_eq!(r.vms[1].state, State::Normal, "vm2: threshold 600 s");
+        assert_eq!(r.vms[1].rpo_threshold_seconds, 600.0);
     }
 
     #[tokio::test(start_paused = true)]

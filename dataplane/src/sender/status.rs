@@ -220,6 +220,17 @@ impl Board {
         self.inner.lock().ok()?.conn.clone()
     }
 
+    /// Tells the health model which disks need a resync now (the marks live beside the
+    /// disks; an operator's request or a gap found shows within a second).
+    pub fn refresh_health(&self, health: &crate::health::Health) {
+        let Ok(g) = self.inner.lock() else { return };
+        for e in g.disks.values() {
+            if let Some(t) = &e.tracker {
+                health.resync_required(&e.job.vm, &e.job.name, t.resync_reason());
+            }
+        }
+    }
+
     /// Every disk's status now; health, reason, RPO and next retry are the health
     /// model's ([`crate::health::Health::report`]), not computed again here.
     pub fn disks(&self, health: &crate::health::Health) -> Vec<DiskStatus> {
@@ -293,6 +304,7 @@ pub async fn sample(board: Arc<Board>, sh: Arc<super::Shared>) {
     let mut last_at = tokio::time::Instant::now();
     let mut last_lost: Option<(usize, u64)> = None;
     loop {
+        board.refresh_health(&sh.health);
         for d in board.disks(&sh.health) {
             let progress = if d.size_bytes == 0 {
                 1.0

@@ -348,3 +348,50 @@ pub async fn run_all(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(disks: &[&str]) -> AddedVm {
+        AddedVm {
+            vm: "db".into(),
+            disks: disks.iter().map(PathBuf::from).collect(),
+            interval_seconds: 30,
+            rpo_threshold_seconds: None,
+        }
+    }
+
+    #[test]
+    fn requests_with_relative_repeated_or_no_disks_are_refused_with_the_reason() {
+        assert!(check_request(&req(&["/vms/db/os.vhdx"])).is_ok());
+        let e = check_request(&req(&["db/os.vhdx"])).unwrap_err();
+        assert!(e.contains("not absolute"), "{e}");
+        let e = check_request(&req(&["/a.vhd", "/a.vhd"])).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+        assert!(check_request(&req(&[]))
+            .unwrap_err()
+            .contains("at least one"));
+        let bad_name = AddedVm {
+            vm: "../x".into(),
+            ..req(&["/a.vhd"])
+        };
+        assert!(check_request(&bad_name).is_err());
+        let no_interval = AddedVm {
+            interval_seconds: 0,
+            ..req(&["/a.vhd"])
+        };
+        assert!(check_request(&no_interval).is_err());
+    }
+
+    #[test]
+    fn added_vms_are_kept_in_the_state_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Vec::new());
+        let v = vec![req(&["/vms/db/os.vhdx", "/vms/db/data.vhdx"])];
+        save(dir.path(), &v).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), v);
+        std::fs::write(dir.path().join(FILE), b"{").unwrap();
+        assert!(load(dir.path()).unwrap_err().to_string().contains(FILE));
+    }
+}

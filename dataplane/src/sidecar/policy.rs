@@ -303,6 +303,45 @@ mod tests {
     }
 
     #[test]
+    fn the_senders_schedule_keeps_the_api_policys_hours_days_and_offset() {
+        let ts = |u: i64| jiff::Timestamp::from_second(u).unwrap();
+        // 2024-01-01 was a Monday.
+        let monday = 1_704_067_200;
+        let p = BandwidthPolicy {
+            no_throttle: false,
+            work_days: vec!["mon".into()],
+            work_hour_start: 9,
+            work_hour_end: 24,
+            work_hour_bytes_per_second: Some(1_000_000),
+            non_work_hour_bytes_per_second: Some(5_000_000),
+            utc_offset_minutes: -60,
+        };
+        let t = p.to_throttle();
+        // 09:00 at UTC-1 is 10:00 UTC.
+        assert_eq!(t.rate_at(ts(monday + 10 * 3600 - 1)), Some(5_000_000));
+        assert_eq!(t.rate_at(ts(monday + 10 * 3600)), Some(1_000_000));
+        assert!(t.is_work_time(ts(monday + 24 * 3600 + 3599)), "23:59 local");
+        assert!(
+            !t.is_work_time(ts(monday + 25 * 3600)),
+            "Tuesday 00:00 local"
+        );
+        let none = BandwidthPolicy {
+            work_hour_end: 9,
+            ..p.clone()
+        };
+        assert!(!none.to_throttle().is_work_time(ts(monday + 10 * 3600)));
+        assert_eq!(
+            BandwidthPolicy::default().to_throttle(),
+            crate::throttle::BandwidthPolicy::NoThrottle
+        );
+        assert!(
+            p.to_throttle().to_string().contains("UTC-01"),
+            "{}",
+            p.to_throttle()
+        );
+    }
+
+    #[test]
     fn a_scheduled_resync_waits_for_the_night_window() {
         let p = ReplicationPolicy::default();
         let monday = 1_704_067_200;
