@@ -105,6 +105,8 @@ impl VmSet {
     pub fn policy_for(&self, a: &AddedVm) -> Policy {
         Policy {
             interval: Duration::from_secs(a.interval_seconds),
+            // Enabled through the API: the initial replication starts now.
+            initial_at: None,
             ..self.base.clone()
         }
     }
