@@ -249,6 +249,29 @@ fn a_vm_the_sender_does_not_list_is_protected_through_the_api_and_stays_protecte
         .unwrap()
         .contains("db.raw"));
 
+    // A policy change reaches the sender: interval and RPO threshold, kept for its restart.
+    let r = call(
+        "PUT",
+        "/v1/vms/db/policy",
+        Some(json!({"interval_seconds": 2, "rpo_threshold_seconds": 90})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("sender-state/vms.json")).unwrap()).unwrap();
+    assert_eq!(kept[0]["interval_seconds"], 2, "{kept:#}");
+    let threshold = eventually(Duration::from_secs(5), || {
+        let h: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("sender-state/health.json")).ok()?)
+                .ok()?;
+        let db = h["vms"]
+            .as_array()?
+            .iter()
+            .find(|v| v["vm"] == "db")?
+            .clone();
+        (db["rpo_threshold_seconds"] == 90.0).then_some(())
+    });
+    assert!(threshold.is_some(), "health.json keeps the old threshold");
+
     // Writes go on; the sender restarts (its command line still names only web) and keeps
     // protecting db from its state folder.
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);

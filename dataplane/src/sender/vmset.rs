@@ -232,6 +232,40 @@ pub enum Added {
     Already(Vec<String>),
 }
 
+/// A request for a VM protected with the same disks changes its interval and RPO threshold
+/// (a policy change through the API); kept in `STATE/vms.json` when the VM was added there.
+fn update_policy(
+    sh: &Shared,
+    set: &VmSet,
+    e: &VmEntry,
+    req: &AddedVm,
+    names: &[String],
+) -> Result<(), String> {
+    let interval = Duration::from_secs(req.interval_seconds);
+    if e.sched.interval() != interval {
+        info!(vm = %req.vm, interval_s = req.interval_seconds, "cycle interval changed over the control channel");
+        e.sched.set_interval(interval);
+    }
+    let threshold = req
+        .rpo_threshold_seconds
+        .map(Duration::from_secs)
+        .unwrap_or_else(|| crate::health::default_rpo_threshold(interval));
+    sh.health.add_vm(&req.vm, names, Some(threshold));
+    let mut kept = load(&set.state).map_err(|e| e.to_string())?;
+    if let Some(k) = kept.iter_mut().find(|k| k.vm == req.vm) {
+        if k != req {
+            *k = req.clone();
+            save(&set.state, &kept).map_err(|e| {
+                format!(
+                    "cannot record the VM in {}: {e}",
+                    set.state.join(FILE).display()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Handles a protection request: checks it, opens the disks, starts tracking, records the
 /// VM and wakes the attempt loop. The error is the refusal, said to the operator.
 pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
@@ -241,6 +275,7 @@ pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
     for e in set.list() {
         if e.name == req.vm {
             if e.paths == req.disks {
+                update_policy(sh, set, &e, &req, &names)?;
                 return Ok(Added::Already(names));
             }
             return Err(format!(

@@ -220,10 +220,11 @@ async fn put_policy(State(sc): Sc, Path(vm): Path<String>, h: HeaderMap, b: Byte
     if let Err(e) = p.validate() {
         return err(StatusCode::BAD_REQUEST, e);
     }
-    match sc.update(|s| s.policies.insert(vm.clone(), p.clone())) {
-        Ok(_) => Json(json!(p)).into_response(),
-        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e),
+    if let Err(e) = sc.update(|s| s.policies.insert(vm.clone(), p.clone())) {
+        return err(StatusCode::SERVICE_UNAVAILABLE, e);
     }
+    sc.push_policy(&vm, &p).await;
+    Json(json!(p)).into_response()
 }
 
 fn created(sc: &Sidecar, job: super::state::Job) -> Response {

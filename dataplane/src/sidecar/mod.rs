@@ -167,6 +167,45 @@ impl Sidecar {
         }
     }
 
+    /// Hands a changed replication policy (interval, RPO threshold) to the sender for a VM
+    /// enabled through the API with its disks; the next enable-protection hand-over carries
+    /// it anyway, so a sender that is down now gets it then (or at its next request).
+    async fn push_policy(&self, vm: &str, p: &policy::ReplicationPolicy) {
+        let disks: Option<Vec<String>> = self
+            .read(|s| {
+                s.jobs
+                    .iter()
+                    .rev()
+                    .filter(|j| {
+                        j.vm == vm
+                            && j.kind == state::JobKind::EnableProtection
+                            && j.state != state::JobState::Failed
+                    })
+                    .find_map(|j| j.result.as_ref()?.get("disks").cloned())
+            })
+            .flatten()
+            .and_then(|d| serde_json::from_value(d).ok());
+        let Some(disks) = disks else { return };
+        let listed = self
+            .cached_status()
+            .is_some_and(|(st, _)| st.disks.iter().any(|d| d.vm == vm));
+        if !listed {
+            return;
+        }
+        let req = crate::sender::local_control::Request::Protect {
+            vm: vm.to_string(),
+            disks: disks.into_iter().map(PathBuf::from).collect(),
+            interval_seconds: p.interval_seconds,
+            rpo_threshold_seconds: Some(p.rpo_threshold_seconds),
+        };
+        match self.client.call(&req).await {
+            Ok(_) => {
+                info!(%vm, interval_s = p.interval_seconds, "replication policy handed to the sender")
+            }
+            Err(e) => warn!(%vm, error = %e, "cannot hand the replication policy to the sender"),
+        }
+    }
+
     /// Forgets what was applied, so the next tick applies the policy again.
     fn policy_changed(&self) {
         if let Ok(mut a) = self.applied.lock() {
