@@ -8,8 +8,13 @@
 //!   needs (or runs) a resync.
 //! - **Normal** otherwise.
 //!
-//! The RPO threshold is per policy: by default twice the replication interval. Before the
-//! first recovery point the RPO counts from the start of protection.
+//! The RPO threshold is per policy: by default twice the replication interval plus a minute
+//! ([`default_rpo_threshold`]). Before the first recovery point (initial replication) there is
+//! no RPO and it does not count against health: a long initial copy is not an outage.
+//!
+//! This is the one health model of a sender: `health.json`, the control channel's status
+//! (each disk's health, reason, RPO and next retry, and [`Report::vms`] whole), the health
+//! gauge of the metrics and the sidecar's `/v1/vms` all come from [`Health::report`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,15 +22,21 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::SharedClock;
+
+/// The RPO threshold without one configured: twice the interval, plus a minute so that a
+/// short interval does not warn on every slow commit.
+pub fn default_rpo_threshold(interval: Duration) -> Duration {
+    interval * 2 + Duration::from_secs(60)
+}
 
 /// An RPO this many times the threshold makes a VM Critical.
 pub const CRITICAL_FACTOR: u32 = 4;
 
 /// The health states, worst last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum State {
     /// Replicating within its RPO.
     Normal,
@@ -36,7 +47,7 @@ pub enum State {
 }
 
 /// The last error seen.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastError {
     /// When (RFC 3339, UTC).
     pub at: String,
@@ -51,7 +62,7 @@ pub struct LastError {
 }
 
 /// One disk's report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiskHealth {
     /// Disk name.
     pub disk: String,
@@ -70,7 +81,7 @@ pub struct DiskHealth {
 }
 
 /// One VM's report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmHealth {
     /// VM name.
     pub vm: String,
@@ -117,6 +128,8 @@ struct VmState {
     last_error: Option<LastError>,
     critical: bool,
     next_retry: Option<Timestamp>,
+    /// This VM's RPO threshold (`None`: the sender's).
+    threshold: Option<Duration>,
 }
 
 /// The health of every VM of a sender.
@@ -124,7 +137,6 @@ struct VmState {
 pub struct Health {
     clock: SharedClock,
     threshold: Duration,
-    started: Timestamp,
     vms: Mutex<BTreeMap<String, VmState>>,
     bandwidth: Mutex<String>,
 }
@@ -141,7 +153,6 @@ impl Health {
             m.insert(vm.clone(), s);
         }
         Health {
-            started: clock.now_utc(),
             clock,
             threshold,
             vms: Mutex::new(m),
@@ -163,6 +174,18 @@ impl Health {
             m.get_mut(vm).and_then(|v| v.disks.get_mut(disk)).map(f)
         })
         .flatten()
+    }
+
+    /// Adds a VM protected from now on (enabled at run time), with its own RPO threshold
+    /// (`None`: the sender's).
+    pub fn add_vm(&self, vm: &str, disks: &[String], threshold: Option<Duration>) {
+        self.with(|m| {
+            let v = m.entry(vm.to_string()).or_default();
+            v.threshold = threshold;
+            for d in disks {
+                v.disks.entry(d.clone()).or_default();
+            }
+        });
     }
 
     /// The receiver committed a recovery point of `vm`/`disk` taken at `at`; an error of
@@ -263,7 +286,10 @@ impl Health {
         let vms = self
             .with(|m| {
                 m.iter()
-                    .map(|(name, v)| vm_report(name, v, now, self.started, th))
+                    .map(|(name, v)| {
+                        let th = v.threshold.map_or(th, |t| t.as_secs_f64());
+                        vm_report(name, v, now, th)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -296,19 +322,20 @@ impl Health {
     }
 }
 
-fn vm_report(name: &str, v: &VmState, now: Timestamp, started: Timestamp, th: f64) -> VmHealth {
+fn vm_report(name: &str, v: &VmState, now: Timestamp, th: f64) -> VmHealth {
     let mut disks = Vec::new();
     for (dname, d) in &v.disks {
         let mut reasons = Vec::new();
         let mut state = State::Normal;
-        let since = d.newest_point.unwrap_or(started);
-        let rpo = now.duration_since(since).as_secs_f64().max(0.0);
-        if rpo > th * CRITICAL_FACTOR as f64 {
+        let rpo = d
+            .newest_point
+            .map(|p| now.duration_since(p).as_secs_f64().max(0.0));
+        if let Some(rpo) = rpo.filter(|r| *r > th * CRITICAL_FACTOR as f64) {
             state = State::Critical;
             reasons.push(format!(
                 "RPO {rpo:.0} s is more than {CRITICAL_FACTOR}× the threshold {th:.0} s"
             ));
-        } else if rpo > th {
+        } else if let Some(rpo) = rpo.filter(|r| *r > th) {
             state = State::Warning;
             reasons.push(format!("RPO {rpo:.0} s is above the threshold {th:.0} s"));
         }
@@ -325,7 +352,7 @@ fn vm_report(name: &str, v: &VmState, now: Timestamp, started: Timestamp, th: f6
             state,
             reasons,
             newest_point: d.newest_point.map(|p| p.to_string()),
-            rpo_seconds: Some(rpo),
+            rpo_seconds: rpo,
             resync_required: d.resync.clone(),
             resync_running: d.resync_running,
         });
@@ -439,6 +466,26 @@ mod tests {
             State::Critical,
             "a refusal waits for an operator"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_initial_copy_has_no_rpo_and_an_added_vm_keeps_its_own_threshold() {
+        let h = health();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        let v = vm(&h);
+        assert_eq!(v.state, State::Normal, "{:?}", v.reasons);
+        assert_eq!(v.rpo_seconds, None);
+        h.add_vm("vm2", &["db".into()], Some(Duration::from_secs(600)));
+        let t0 = h.clock.now_utc();
+        h.committed("vm1", "os", t0);
+        h.committed("vm1", "data", t0);
+        h.committed("vm2", "db", t0);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let r = h.report();
+        assert_eq!(r.vms[0].state, State::Warning, "vm1: threshold 60 s");
+        assert_eq!(r.vms[1].vm, "vm2");
+        assert_eq!(r.vms[1].state, State::Normal, "vm2: threshold 600 s");
+        assert_eq!(r.vms[1].rpo_threshold_seconds, 600.0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -54,6 +54,11 @@ impl Role {
     /// Starts `vdrep ARGS` and waits (20 s at most) until it announced every prefix in
     /// `expect` (from [`ANNOUNCEMENTS`]).
     pub fn start(args: &[String], log: &Path, expect: &[&str]) -> Role {
+        Self::start_env(args, log, expect, &[])
+    }
+
+    /// [`Role::start`] with extra environment variables (e.g. the test clock offset).
+    pub fn start_env(args: &[String], log: &Path, expect: &[&str], env: &[(&str, &str)]) -> Role {
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -63,6 +68,7 @@ impl Role {
             .args(args)
             .env("NO_COLOR", "1")
             .env("VDREP_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(logf)
             .spawn()

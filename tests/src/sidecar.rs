@@ -71,6 +71,8 @@ impl Stack {
                 "--interval",
                 "1s",
                 "--no-progress",
+                "--state",
+                d.join("sender-state").to_str().unwrap(),
                 "--control",
                 d.join("run/sender.sock").to_str().unwrap(),
                 "--metrics",

@@ -73,6 +73,8 @@ fn enabling_protection_is_a_job_through_checks_initial_replication_and_first_cyc
             "--bandwidth",
             "2MB",
             "--no-progress",
+            "--state",
+            d.join("sender-state").to_str().unwrap(),
             "--control",
             d.join("run/sender.sock").to_str().unwrap(),
             "--metrics",
@@ -108,4 +110,201 @@ fn enabling_protection_is_a_job_through_checks_initial_replication_and_first_cyc
     assert_eq!(vm["protected"], true);
     assert!(vm["disks"][0]["last_cycle"].as_u64() >= Some(1), "{vm:#}");
     tx.kill();
+}
+
+/// Starts a protecting sender for `web` with its state in `d/sender-state`.
+fn sender_web(
+    d: &std::path::Path,
+    tls: &std::path::Path,
+    web: &std::path::Path,
+    rx: &Role,
+) -> Role {
+    Role::start(
+        &s(&[
+            "send",
+            "--to",
+            &rx.addr("listening on "),
+            "--tls",
+            tls.to_str().unwrap(),
+            "--identity",
+            "hv01",
+            "--vm",
+            "web",
+            web.to_str().unwrap(),
+            "--interval",
+            "1s",
+            "--no-progress",
+            "--state",
+            d.join("sender-state").to_str().unwrap(),
+            "--control",
+            d.join("run/sender.sock").to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ]),
+        &d.join("sender.log"),
+        &["metrics on "],
+    )
+}
+
+#[test]
+fn a_vm_the_sender_does_not_list_is_protected_through_the_api_and_stays_protected_after_a_sender_restart(
+) {
+    use vdrep_tests::cycles::{assert_same, changes, failover_local, Pattern, TrackedDisk};
+    use vdrep_tests::images::Kind;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tls = certs(&d.join("tls"), &["hv01"]);
+    let web = seeded_raw(&d.join("web.raw"), 4 << 20, 5, 1 << 20, 3);
+    const SIZE: u64 = 8 << 20;
+    let db_path = seeded_raw(&d.join("db.raw"), SIZE, 9, 1 << 20, 3);
+    let db = TrackedDisk::new(&db_path, Kind::Raw, SIZE, &d.join("scratch"));
+    std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
+    let mut rx = Role::receiver(d, &tls, "hv01=web,db", false);
+    let mut tx = sender_web(d, &tls, &web, &rx);
+    let sc = Stack::sidecar(d);
+    let api = sc.addr("sidecar on ");
+    let call = |method: &str, path: &str, body: Option<serde_json::Value>| {
+        let b = body.map(|v| v.to_string());
+        vdrep_tests::http::request(&api, method, path, Some(TOKEN), b.as_deref()).unwrap()
+    };
+    let vm = |name: &str| {
+        let r = vdrep_tests::http::get(&api, &format!("/v1/vms/{name}"));
+        (r.status == 200).then(|| r.json())
+    };
+    let protected_at = |name: &str, cycle: u64| {
+        eventually(Duration::from_secs(60), || {
+            vm(name).filter(|v| {
+                v["protected"] == true && v["disks"][0]["last_cycle"].as_u64() >= Some(cycle)
+            })
+        })
+    };
+    assert!(protected_at("web", 1).is_some(), "{}", tx.log_text());
+
+    // Refusals say why, before any job exists.
+    let r = call(
+        "POST",
+        "/v1/vms/db/protection",
+        Some(json!({"interval_seconds": 1, "disks": ["db.raw"]})),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("absolute"),
+        "{}",
+        r.body
+    );
+    let r = call(
+        "POST",
+        "/v1/vms/web/protection",
+        Some(json!({"disks": [db_path.to_str().unwrap()]})),
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("other disks"),
+        "{}",
+        r.body
+    );
+
+    // A missing disk fails the job at its prerequisite checks, with the sender's reason.
+    let r = call(
+        "POST",
+        "/v1/vms/db/protection",
+        Some(json!({"interval_seconds": 1, "disks": [d.join("nope.raw").to_str().unwrap()]})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let failed = eventually(Duration::from_secs(20), || {
+        let j = vdrep_tests::http::get(&api, &format!("/v1/jobs/{id}")).json();
+        (j["state"] == "failed").then_some(j)
+    })
+    .expect("the job fails");
+    assert!(
+        failed["steps"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope.raw"),
+        "{failed:#}"
+    );
+
+    // The VM with its disk: enabled without a restart, tracked through to finalize.
+    let r = call(
+        "POST",
+        "/v1/vms/db/protection",
+        Some(json!({"interval_seconds": 1, "rpo_threshold_seconds": 120,
+                    "disks": [db_path.to_str().unwrap()]})),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let done = eventually(Duration::from_secs(60), || {
+        let j = vdrep_tests::http::get(&api, &format!("/v1/jobs/{id}")).json();
+        (j["state"] == "succeeded" || j["state"] == "failed").then_some(j)
+    })
+    .expect("the protection job ends");
+    assert_eq!(done["state"], "succeeded", "{done:#}\n{}", tx.log_text());
+    let checks = done["steps"][0]["message"].as_str().unwrap();
+    assert!(
+        checks.contains("receiver reachable and authorised") && checks.contains("target capacity"),
+        "{done:#}"
+    );
+    assert!(std::fs::read_to_string(d.join("sender-state/vms.json"))
+        .unwrap()
+        .contains("db.raw"));
+
+    // A policy change reaches the sender: interval and RPO threshold, kept for its restart.
+    let r = call(
+        "PUT",
+        "/v1/vms/db/policy",
+        Some(json!({"interval_seconds": 2, "rpo_threshold_seconds": 90})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("sender-state/vms.json")).unwrap()).unwrap();
+    assert_eq!(kept[0]["interval_seconds"], 2, "{kept:#}");
+    let threshold = eventually(Duration::from_secs(5), || {
+        let h: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("sender-state/health.json")).ok()?)
+                .ok()?;
+        let db = h["vms"]
+            .as_array()?
+            .iter()
+            .find(|v| v["vm"] == "db")?
+            .clone();
+        (db["rpo_threshold_seconds"] == 90.0).then_some(())
+    });
+    assert!(threshold.is_some(), "health.json keeps the old threshold");
+
+    // Writes go on; the sender restarts (its command line still names only web) and keeps
+    // protecting db from its state folder.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
+    db.write(&changes(
+        Pattern::Scattered {
+            n: 40,
+            max: 64 << 10,
+        },
+        SIZE,
+        &mut rng,
+    ));
+    tx.kill();
+    let mut tx = sender_web(d, &tls, &web, &rx);
+    // The sidecar's view is at most a tick old.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = vm("db")
+        .and_then(|v| v["disks"][0]["last_cycle"].as_u64())
+        .unwrap_or(0);
+    db.write(&changes(
+        Pattern::HotSpots { spots: 8, times: 3 },
+        SIZE,
+        &mut rng,
+    ));
+    let after = protected_at("db", before + 4);
+    assert!(
+        after.is_some(),
+        "db not protected after the restart:\n{}",
+        tx.log_text()
+    );
+    // The replica's newest point equals the source (no writes since the last switch).
+    tx.kill();
+    rx.kill();
+    let out = d.join("db-replica.raw");
+    failover_local(&d.join("store"), "db", "db", &db_path, SIZE, None, &out);
+    assert_same(&out, &db_path, "raw", "db replica after the sender restart");
 }

@@ -327,8 +327,10 @@ fn options(a: &Args) -> anyhow::Result<Options> {
         (None, false) => bail!("DISK given without --vm VM"),
         (None, true) => {}
     }
-    if vms.is_empty() {
-        bail!("nothing to send: give --vm VM DISK... or [[vm]] entries in --config");
+    // A protecting sender with a control channel may start empty: the sidecar enables
+    // protection of VMs at run time (and the state folder keeps those it added before).
+    if vms.is_empty() && (policy.is_none() || endpoints.control.is_none()) {
+        bail!("nothing to send: give --vm VM DISK... or [[vm]] entries in --config (or --interval with --control, to protect VMs enabled through the sidecar)");
     }
     Ok((vms, opts, policy, endpoints))
 }

@@ -38,6 +38,10 @@ pub struct Shared {
     pub jobs: Arc<super::jobs::SenderJobs>,
     /// Status of every disk (health, RPO, progress) for metrics and the control channel.
     pub board: Arc<super::Board>,
+    /// The protected VMs, which the control channel adds to (`None`: one initial copy).
+    pub vms: Option<Arc<super::vmset::VmSet>>,
+    /// The state folder (`--state`): jobs, health, added VMs, the pushed bandwidth schedule.
+    pub state: std::path::PathBuf,
 }
 
 /// One disk to replicate.

@@ -90,6 +90,13 @@ impl SenderJobs {
         g.get_mut(vm).map(f)
     }
 
+    /// Every VM's enable-protection job as it stands (the control channel's status: the
+    /// sidecar follows the prerequisite checks through it).
+    pub fn enable_jobs(&self) -> Vec<Job> {
+        let g = self.vms.lock().unwrap_or_else(|p| p.into_inner());
+        g.values().map(|v| v.enable.clone()).collect()
+    }
+
     /// Starts a VM's enable-protection job (its steps queued, the disk check running).
     pub fn start_vm(&self, vm: &str) {
         let mut enable = Job::start(JobKind::EnableProtection, vm);

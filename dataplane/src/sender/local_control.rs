@@ -4,7 +4,8 @@
 //! by the sender's user) can talk to it.
 //!
 //! Requests (`op`): `status`; `set_bandwidth` with `bytes_per_second` (null = no limit);
-//! `resync` with `vm`. Answers: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
+//! `resync` with `vm`; `protect` with `vm`, `disks`, `interval_seconds` and optionally
+//! `rpo_threshold_seconds`. Answers: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,10 +30,32 @@ pub enum Request {
         /// Bytes per second.
         bytes_per_second: Option<u64>,
     },
+    /// Replaces the host's bandwidth schedule (the sidecar's policy, whole): the sender
+    /// applies it itself, switching rates at work-hour boundaries and letting automatic
+    /// resyncs wait for non-work hours, and keeps it in `STATE/bandwidth.json` so a restart
+    /// applies it at once (it wins over the command line's bandwidth flags from then on).
+    SetSchedule {
+        /// The schedule.
+        policy: crate::sidecar::policy::BandwidthPolicy,
+    },
     /// Resynchronises every disk of a VM now.
     Resync {
         /// The VM.
         vm: String,
+    },
+    /// Protects a VM from now on (enable protection without a restart; see
+    /// [`super::vmset`]): checks its disks, starts tracking, keeps it in the state folder.
+    /// Asking again with the same disks is answered `already`; other disks are refused.
+    Protect {
+        /// The VM.
+        vm: String,
+        /// Absolute paths of its disk images, in disk order.
+        disks: Vec<std::path::PathBuf>,
+        /// Seconds between cycles.
+        interval_seconds: u64,
+        /// RPO above which the VM warns (`None`: twice the interval).
+        #[serde(default)]
+        rpo_threshold_seconds: Option<u64>,
     },
 }
 
@@ -47,10 +70,27 @@ pub struct SenderStatus {
     pub pid: u32,
     /// The current bandwidth limit (`None`: no limit).
     pub bandwidth_bytes_per_second: Option<u64>,
+    /// The schedule the sidecar pushed, when it is the one in force (`None`: the command
+    /// line's or config's policy, or a fixed rate set over this channel).
+    #[serde(default)]
+    pub bandwidth_schedule: Option<crate::sidecar::policy::BandwidthPolicy>,
+    /// The policy in force, in words.
+    #[serde(default)]
+    pub bandwidth_policy: String,
+    /// Whether it is work time under that policy now (automatic resyncs wait otherwise).
+    #[serde(default)]
+    pub work_hours_now: bool,
     /// Cycle interval in seconds (`None`: one initial copy).
     pub interval_seconds: Option<u64>,
     /// Every disk.
     pub disks: Vec<DiskStatus>,
+    /// Each VM's health as the sender's health model reports it (`health.json`'s `vms`):
+    /// the sidecar's `/v1/vms` shows these, not a view of its own.
+    #[serde(default)]
+    pub health: Vec<crate::health::VmHealth>,
+    /// Each VM's enable-protection job in this run (prerequisite checks and their results).
+    #[serde(default)]
+    pub enable_jobs: Vec<crate::jobs::Job>,
 }
 
 /// Bounded request line: nothing legitimate comes near it.
@@ -115,8 +155,19 @@ fn answer(req: Request, sh: &Shared) -> serde_json::Value {
                 receiver: sh.peer.clone(),
                 pid: std::process::id(),
                 bandwidth_bytes_per_second: sh.throttle.rate(),
+                bandwidth_schedule: sh
+                    .board
+                    .schedule()
+                    .filter(|p| p.to_throttle() == sh.bandwidth.policy()),
+                bandwidth_policy: sh.bandwidth.policy().to_string(),
+                work_hours_now: sh
+                    .bandwidth
+                    .policy()
+                    .is_work_time(sh.bandwidth.clock().now_utc()),
                 interval_seconds: sh.board.interval().map(|i| i.as_secs()),
-                disks: sh.board.disks(),
+                disks: sh.board.disks(&sh.health),
+                health: sh.health.report().vms,
+                enable_jobs: sh.jobs.enable_jobs(),
             };
             serde_json::json!({"ok": true, "status": st})
         }
@@ -124,11 +175,53 @@ fn answer(req: Request, sh: &Shared) -> serde_json::Value {
             // Through the policy: a direct rate would be undone by the schedule's next tick.
             sh.bandwidth
                 .set_policy(crate::throttle::BandwidthPolicy::Fixed(bytes_per_second));
+            sh.board.set_schedule(None);
+            sh.health.set_bandwidth(sh.bandwidth.policy().to_string());
             info!(
                 ?bytes_per_second,
                 "bandwidth limit changed over the control channel"
             );
             serde_json::json!({"ok": true, "bandwidth_bytes_per_second": bytes_per_second})
+        }
+        Request::Protect {
+            vm,
+            disks,
+            interval_seconds,
+            rpo_threshold_seconds,
+        } => {
+            let Some(set) = &sh.vms else {
+                return serde_json::json!({"ok": false, "error":
+                    "this sender makes one initial copy (no --interval): start it with --interval to protect VMs"});
+            };
+            let req = super::vmset::AddedVm {
+                vm: vm.clone(),
+                disks,
+                interval_seconds,
+                rpo_threshold_seconds,
+            };
+            match super::vmset::add(sh, set, req) {
+                Ok(super::vmset::Added::Started(d)) => {
+                    serde_json::json!({"ok": true, "disks": d, "already": false})
+                }
+                Ok(super::vmset::Added::Already(d)) => {
+                    serde_json::json!({"ok": true, "disks": d, "already": true})
+                }
+                Err(e) => {
+                    warn!(%vm, error = %e, "protection request refused");
+                    serde_json::json!({"ok": false, "error": e})
+                }
+            }
+        }
+        Request::SetSchedule { policy } => {
+            if let Err(e) = policy.validate() {
+                return serde_json::json!({"ok": false, "error": e});
+            }
+            apply_schedule(sh, policy.clone());
+            if let Err(e) = save_schedule(&sh.state, &policy) {
+                warn!(error = %e, "cannot keep the bandwidth schedule in the state folder");
+            }
+            info!(policy = %sh.bandwidth.policy(), "bandwidth schedule set over the control channel");
+            serde_json::json!({"ok": true, "bandwidth_bytes_per_second": sh.throttle.rate()})
         }
         Request::Resync { vm } => match sh.board.request_resync(&vm) {
             Ok(disks) => {
@@ -140,5 +233,42 @@ fn answer(req: Request, sh: &Shared) -> serde_json::Value {
                 serde_json::json!({"ok": false, "error": e})
             }
         },
+    }
+}
+
+/// The file that keeps the pushed schedule in the state folder.
+pub const SCHEDULE_FILE: &str = "bandwidth.json";
+
+/// Applies a pushed schedule (throttle, status, health report).
+pub fn apply_schedule(sh: &Shared, policy: crate::sidecar::policy::BandwidthPolicy) {
+    sh.bandwidth.set_policy(policy.to_throttle());
+    sh.health.set_bandwidth(sh.bandwidth.policy().to_string());
+    sh.board.set_schedule(Some(policy));
+}
+
+fn save_schedule(
+    state: &Path,
+    policy: &crate::sidecar::policy::BandwidthPolicy,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(state)?;
+    let tmp = state.join(".bandwidth.json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(policy).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, state.join(SCHEDULE_FILE))
+}
+
+/// The schedule a sidecar pushed to an earlier run, if any (an unreadable file is logged
+/// and ignored: the command line's policy holds until the sidecar pushes again).
+pub fn load_schedule(state: &Path) -> Option<crate::sidecar::policy::BandwidthPolicy> {
+    let path = state.join(SCHEDULE_FILE);
+    let b = std::fs::read(&path).ok()?;
+    match serde_json::from_slice::<crate::sidecar::policy::BandwidthPolicy>(&b) {
+        Ok(p) if p.validate().is_ok() => Some(p),
+        Ok(_) | Err(_) => {
+            warn!(file = %path.display(), "ignoring an invalid pushed bandwidth schedule");
+            None
+        }
     }
 }

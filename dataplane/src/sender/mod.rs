@@ -16,6 +16,7 @@ pub mod protect;
 pub mod resync;
 pub mod status;
 mod stream;
+pub mod vmset;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -185,21 +186,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One protected VM: its disks (shared across reconnects) and its switch schedule.
-type ProtectedVm = (
-    Arc<Vec<Arc<std::sync::Mutex<protect::Protected>>>>,
-    Arc<protect::Schedule>,
-);
-
 /// What the VM tasks of an attempt do.
 enum Mode {
     /// One initial copy per disk; the set holds the disks committed so far.
     OneShot(Arc<std::sync::Mutex<HashSet<(String, String)>>>),
-    /// Continuous protection: per VM its disks and switch schedule.
-    Protect {
-        policy: protect::Policy,
-        vms: Vec<ProtectedVm>,
-    },
+    /// Continuous protection of a set of VMs that grows at run time.
+    Protect(Arc<vmset::VmSet>),
 }
 
 /// Replicates `vms`: one initial copy (`policy` `None`), or continuous protection with delta
@@ -251,6 +243,21 @@ async fn run_jobs(
     let started = Instant::now();
     let clock = ctl.clock().clone();
     let schedule_task = AbortOnDrop(tokio::spawn(ctl.clone().run()));
+    // VMs added at run time by earlier runs (protection only): protected again, unless the
+    // command line names the VM itself.
+    let added = match &policy {
+        Some(_) => vmset::load_for_start(state, vms)?,
+        None => Vec::new(),
+    };
+    let all: Vec<VmSpec> = vms
+        .iter()
+        .cloned()
+        .chain(added.iter().map(|a| VmSpec {
+            name: a.vm.clone(),
+            disks: a.disks.clone(),
+        }))
+        .collect();
+    let vms = &all[..];
     // Prerequisites (enable protection's first checks): every disk opens, its format is
     // supported, it has 512-byte sectors.
     let mut jobs: Vec<Vec<DiskJob>> = Vec::new();
@@ -280,7 +287,7 @@ async fn run_jobs(
     let threshold = opts.rpo_threshold.unwrap_or_else(|| {
         policy
             .as_ref()
-            .map(|p| p.interval * 2)
+            .map(|p| crate::health::default_rpo_threshold(p.interval))
             .unwrap_or(Duration::from_secs(3600))
     });
     let names: Vec<(String, Vec<String>)> = jobs
@@ -291,6 +298,18 @@ async fn run_jobs(
         })
         .collect();
     let health = Arc::new(Health::new(clock.clone(), threshold, &names));
+    for a in &added {
+        let t = a
+            .rpo_threshold_seconds
+            .map(Duration::from_secs)
+            .unwrap_or_else(|| {
+                crate::health::default_rpo_threshold(Duration::from_secs(a.interval_seconds))
+            });
+        health.add_vm(&a.vm, &disk_names(&a.disks), Some(t));
+    }
+    let set = policy
+        .as_ref()
+        .map(|p| Arc::new(vmset::VmSet::new(p.clone(), state)));
     health.set_bandwidth(ctl.policy().to_string());
     // health.json lives in the state folder, beside the pending jobs.
     let _health_task = AbortOnDrop(tokio::spawn(health.clone().run_writer(state.to_path_buf())));
@@ -305,9 +324,16 @@ async fn run_jobs(
         jobs: sj,
         board: Arc::new(Board::default()),
         bandwidth: ctl.clone(),
+        vms: set.clone(),
+        state: state.to_path_buf(),
     });
     if let Some(p) = &policy {
         sh.board.set_interval(p.interval);
+    }
+    // The schedule a sidecar pushed to an earlier run applies at once.
+    if let Some(p) = local_control::load_schedule(state) {
+        info!(policy = %p.to_throttle(), "bandwidth schedule pushed by the sidecar (state folder) replaces the command line's");
+        local_control::apply_schedule(&sh, p);
     }
     let stats = &sh.stats;
     // The compression controller decides every tick for the whole run.
@@ -323,41 +349,25 @@ async fn run_jobs(
     };
     let _stop_controller = AbortOnDrop(controller);
     let done: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Default::default();
-    let mode = match policy {
-        None => Mode::OneShot(done.clone()),
-        Some(policy) => {
-            let mut out = Vec::new();
-            for vm_jobs in &jobs {
-                let disks: Vec<protect::Protected> = vm_jobs
+    let mode = match (policy, set) {
+        (Some(policy), Some(set)) => {
+            for (vm_jobs, spec) in jobs.iter().zip(vms) {
+                let p = added
                     .iter()
-                    .zip(
-                        vms.iter()
-                            .find(|v| Some(&v.name) == vm_jobs.first().map(|j| &j.vm))
-                            .map(|v| v.disks.clone())
-                            .unwrap_or_default(),
-                    )
-                    .map(|(j, path)| protect::Protected {
-                        tracker: crate::tracking::Tracker::new(&path, j.disk.info().virtual_size),
-                        job: j.clone(),
-                        committed_cycle: None,
-                        fresh: false,
-                        force_resync: opts.resync,
-                        digest_task: None,
-                        resync_waiting: false,
-                    })
-                    .collect();
-                let mut disks = disks;
-                protect::start_tracking(&mut disks)?;
-                let disks = Arc::new(
-                    disks
-                        .into_iter()
-                        .map(|d| Arc::new(std::sync::Mutex::new(d)))
-                        .collect(),
-                );
-                out.push((disks, Arc::new(protect::Schedule::new(policy.interval))));
+                    .find(|a| a.vm == spec.name)
+                    .map(|a| set.policy_for(a))
+                    .unwrap_or_else(|| policy.clone());
+                set.push(vmset::VmEntry {
+                    name: spec.name.clone(),
+                    paths: spec.disks.clone(),
+                    disks: vmset::protected_disks(vm_jobs, &spec.disks, opts.resync)?,
+                    sched: Arc::new(protect::Schedule::new(p.interval)),
+                    policy: p,
+                });
             }
-            Mode::Protect { policy, vms: out }
+            Mode::Protect(set)
         }
+        _ => Mode::OneShot(done.clone()),
     };
     register_disks(&sh.board, &jobs, &mode);
     let files = crate::tls::config::SenderFiles::in_dir(&opts.tls, &opts.identity);
@@ -386,7 +396,7 @@ async fn run_jobs(
         RetrySchedule::default(),
         match mode {
             Mode::OneShot(_) => Some(opts.give_up_after),
-            Mode::Protect { .. } => opts.protect_give_up_after,
+            Mode::Protect(_) => opts.protect_give_up_after,
         },
     );
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
@@ -436,8 +446,7 @@ async fn run_jobs(
         match backoff.next_delay(class.recoverable) {
             Some(delay) => {
                 health.failed(&class, &e.to_string(), Some(delay));
-                sh.board
-                    .failed(class.class, e.to_string(), true, Some(delay));
+                sh.board.failed(class.class, Some(delay));
                 stats
                     .retries
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -447,8 +456,7 @@ async fn run_jobs(
             }
             None => {
                 health.failed(&class, &e.to_string(), None);
-                sh.board
-                    .failed(class.class, e.to_string(), class.recoverable, None);
+                sh.board.failed(class.class, None);
                 let _ = health.write(state);
                 if class.recoverable {
                     error!(error = %e, class = class.class, "giving up after --give-up-after");
@@ -508,20 +516,17 @@ async fn attempt_once(
     let mut vms = tokio::task::JoinSet::new();
     let done = match mode {
         Mode::OneShot(d) => d,
-        Mode::Protect { policy, vms: list } => {
-            for (disks, sched) in list {
-                let (conn, sh, disks, sched, policy) = (
-                    conn.clone(),
-                    sh.clone(),
-                    disks.clone(),
-                    sched.clone(),
-                    policy.clone(),
-                );
-                vms.spawn(
-                    async move { protect::protect_vm(&conn, &disks, &sched, &policy, &sh).await },
-                );
-            }
-            return finish_vms(vms, conn).await;
+        Mode::Protect(set) => {
+            let res = vmset::run_all(&conn, set, sh).await;
+            conn.close(
+                0u32.into(),
+                if res.is_ok() {
+                    b"done"
+                } else {
+                    b"sender error"
+                },
+            );
+            return res;
         }
     };
     for vm_jobs in jobs {
@@ -632,9 +637,9 @@ fn register_disks(board: &Board, jobs: &[Vec<DiskJob>], mode: &Mode) {
                 board.add_disk(j, None);
             }
         }
-        Mode::Protect { vms, .. } => {
-            for (disks, _) in vms {
-                for d in disks.iter() {
+        Mode::Protect(set) => {
+            for e in set.list() {
+                for d in e.disks.iter() {
                     if let Ok(g) = d.lock() {
                         board.add_disk(&g.job, Some(g.tracker.clone()));
                     }

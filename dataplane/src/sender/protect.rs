@@ -95,6 +95,9 @@ fn tracking_err(job: &DiskJob) -> impl Fn(TrackingError) -> SendError + '_ {
 pub struct Schedule {
     next: Mutex<Instant>,
     cycles: std::sync::atomic::AtomicU64,
+    /// Time between switches; a policy change (the control channel) replaces it, from the
+    /// switch after the one awaited now.
+    interval: Mutex<Duration>,
 }
 
 impl Schedule {
@@ -103,6 +106,22 @@ impl Schedule {
         Schedule {
             next: Mutex::new(Instant::now() + interval),
             cycles: Default::default(),
+            interval: Mutex::new(interval),
+        }
+    }
+
+    /// The interval now.
+    pub fn interval(&self) -> Duration {
+        self.interval
+            .lock()
+            .map(|i| *i)
+            .unwrap_or(Duration::from_secs(300))
+    }
+
+    /// Changes the interval.
+    pub fn set_interval(&self, interval: Duration) {
+        if let Ok(mut i) = self.interval.lock() {
+            *i = interval;
         }
     }
 }
@@ -270,7 +289,7 @@ pub async fn protect_vm(
         }
         if let Ok(mut n) = sched.next.lock() {
             // Fixed cadence; a late switch does not pile up a burst of switches after it.
-            *n = (*n + policy.interval).max(Instant::now());
+            *n = (*n + sched.interval()).max(Instant::now());
         }
         ship_all(conn, &mut ctrl, disks, &opened, policy, sh).await?;
         // A gap found while shipping: resynchronise now, then cycles resume.

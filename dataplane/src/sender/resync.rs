@@ -123,6 +123,8 @@ pub async fn resync(
         bandwidth: sh.bandwidth.clone(),
         jobs: sh.jobs.clone(),
         board: sh.board.clone(),
+        vms: sh.vms.clone(),
+        state: sh.state.clone(),
     });
     loop {
         out.rounds += 1;

@@ -21,23 +21,14 @@ struct Entry {
     resyncs_completed: u64,
 }
 
-/// The last failed attempt, while the sender has not connected since.
-#[derive(Debug, Clone)]
-struct Failure {
-    class: &'static str,
-    message: String,
-    recoverable: bool,
-    next_retry_unix: Option<u64>,
-}
-
 #[derive(Default)]
 struct Inner {
     disks: BTreeMap<(String, String), Entry>,
-    failure: Option<Failure>,
     next_switch_unix: BTreeMap<String, u64>,
     conn: Option<quinn::Connection>,
     interval: Option<Duration>,
     resync_requested: std::collections::BTreeSet<(String, String)>,
+    schedule: Option<crate::sidecar::policy::BandwidthPolicy>,
 }
 
 /// The sender's status board, shared by the replication tasks, the sampler and the control
@@ -105,6 +96,18 @@ impl Board {
         if let Ok(mut g) = self.inner.lock() {
             g.interval = Some(interval);
         }
+    }
+
+    /// Records the bandwidth schedule the sidecar pushed (in the API's form).
+    pub fn set_schedule(&self, p: Option<crate::sidecar::policy::BandwidthPolicy>) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.schedule = p;
+        }
+    }
+
+    /// The bandwidth schedule the sidecar pushed, last.
+    pub fn schedule(&self) -> Option<crate::sidecar::policy::BandwidthPolicy> {
+        self.inner.lock().ok()?.schedule.clone()
     }
 
     /// The cycle interval (`None`: one initial copy).
@@ -203,28 +206,13 @@ impl Board {
     /// A connection is up: the last failure is over.
     pub fn connected(&self, conn: &quinn::Connection) {
         if let Ok(mut g) = self.inner.lock() {
-            g.failure = None;
             g.conn = Some(conn.clone());
         }
     }
 
-    /// An attempt failed.
-    pub fn failed(
-        &self,
-        class: &'static str,
-        message: String,
-        recoverable: bool,
-        retry_in: Option<Duration>,
-    ) {
+    /// An attempt failed (counted; its health effect is the health model's).
+    pub fn failed(&self, class: &'static str, retry_in: Option<Duration>) {
         events::attempt_failed(class, retry_in.is_some());
-        if let Ok(mut g) = self.inner.lock() {
-            g.failure = Some(Failure {
-                class,
-                message,
-                recoverable,
-                next_retry_unix: retry_in.map(|d| events::now_unix() + d.as_secs().max(1)),
-            });
-        }
     }
 
     /// The current connection, for path statistics.
@@ -232,12 +220,29 @@ impl Board {
         self.inner.lock().ok()?.conn.clone()
     }
 
-    /// Every disk's status now.
-    pub fn disks(&self) -> Vec<DiskStatus> {
+    /// Tells the health model which disks need a resync now (the marks live beside the
+    /// disks; an operator's request or a gap found shows within a second).
+    pub fn refresh_health(&self, health: &crate::health::Health) {
+        let Ok(g) = self.inner.lock() else { return };
+        for e in g.disks.values() {
+            if let Some(t) = &e.tracker {
+                health.resync_required(&e.job.vm, &e.job.name, t.resync_reason());
+            }
+        }
+    }
+
+    /// Every disk's status now; health, reason, RPO and next retry are the health
+    /// model's ([`crate::health::Health::report`]), not computed again here.
+    pub fn disks(&self, health: &crate::health::Health) -> Vec<DiskStatus> {
+        let report = health.report();
         let Ok(g) = self.inner.lock() else {
             return Vec::new();
         };
-        let now = events::now_unix();
+        let unix = |t: &str| {
+            t.parse::<jiff::Timestamp>()
+                .ok()
+                .map(|t| t.as_second().max(0) as u64)
+        };
         g.disks
             .values()
             .map(|e| {
@@ -245,30 +250,20 @@ impl Board {
                 let resync = e.tracker.as_ref().and_then(|t| t.resync_reason());
                 let newest = events::newest_point(&vm, &disk);
                 let resyncing = e.copying && e.resyncs > e.resyncs_completed;
-                let (health, reason) = if let (true, Some(r)) = (resyncing, &resync) {
-                    // Running: the replica is behind until it commits, not lost.
-                    (Health::Warning, format!("resync in progress: {r}"))
-                } else if let Some(r) = &resync {
-                    (Health::Critical, format!("resync required: {r}"))
-                } else if let Some(f) = g.failure.as_ref().filter(|f| !f.recoverable) {
-                    (Health::Critical, format!("{}: {}", f.class, f.message))
-                } else if let Some(f) = &g.failure {
-                    (
-                        Health::Warning,
-                        format!("retrying ({}): {}", f.class, f.message),
-                    )
-                } else if let (Some(i), Some(t)) = (g.interval, newest) {
-                    // ASR warns when the RPO passes twice the replication interval.
-                    if now.saturating_sub(t) > 2 * i.as_secs().max(1) + 60 {
-                        (
-                            Health::Warning,
-                            format!("RPO {} s exceeds twice the interval", now - t),
-                        )
-                    } else {
-                        (Health::Normal, String::new())
-                    }
-                } else {
-                    (Health::Normal, String::new())
+                let vh = report.vms.iter().find(|v| v.vm == vm);
+                let dh = vh.and_then(|v| v.disks.iter().find(|d| d.disk == disk));
+                // The VM's error (retrying, or not retried) is every disk's too.
+                let (mut state, mut reason) = dh
+                    .map(|d| (d.state, d.reasons.first().cloned().unwrap_or_default()))
+                    .unwrap_or((crate::health::State::Normal, String::new()));
+                if let Some(v) = vh.filter(|v| v.last_error.is_some()) {
+                    state = state.max(v.state);
+                    reason = v.reasons.first().cloned().unwrap_or(reason);
+                }
+                let health = match state {
+                    crate::health::State::Normal => Health::Normal,
+                    crate::health::State::Warning => Health::Warning,
+                    crate::health::State::Critical => Health::Critical,
                 };
                 let phase = match (&resync, e.copying, resyncing) {
                     (_, _, true) => "resyncing",
@@ -281,11 +276,11 @@ impl Board {
                     health,
                     reason,
                     phase: phase.into(),
-                    rpo_seconds: newest.map(|t| now.saturating_sub(t)),
+                    rpo_seconds: dh.and_then(|d| d.rpo_seconds).map(|r| r as u64),
                     last_cycle: e.last_cycle,
                     last_cycle_unix: newest,
                     next_cycle_unix: g.next_switch_unix.get(&vm).copied(),
-                    next_retry_unix: g.failure.as_ref().and_then(|f| f.next_retry_unix),
+                    next_retry_unix: vh.and_then(|v| v.next_retry.as_deref()).and_then(unix),
                     // A committed copy is whole, including what it never had to send.
                     copied_bytes: if e.copying {
                         e.job.progress.counted()
@@ -309,7 +304,8 @@ pub async fn sample(board: Arc<Board>, sh: Arc<super::Shared>) {
     let mut last_at = tokio::time::Instant::now();
     let mut last_lost: Option<(usize, u64)> = None;
     loop {
-        for d in board.disks() {
+        board.refresh_health(&sh.health);
+        for d in board.disks(&sh.health) {
             let progress = if d.size_bytes == 0 {
                 1.0
             } else {

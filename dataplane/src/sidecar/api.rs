@@ -110,16 +110,7 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-fn worse(a: Health, b: Health) -> Health {
-    let rank = |h: Health| Health::ALL.iter().position(|x| *x == h).unwrap_or(0);
-    if rank(b) > rank(a) {
-        b
-    } else {
-        a
-    }
-}
-
-/// The VMs as the sender last reported them, with their policies applied (RPO threshold).
+/// The VMs as the sender last reported them, with their policies.
 fn vms_view(sc: &Sidecar) -> (Value, Vec<Value>) {
     let now = events::now_unix();
     let cached = sc.cached_status();
@@ -136,41 +127,39 @@ fn vms_view(sc: &Sidecar) -> (Value, Vec<Value>) {
     let policies = sc.read(|s| s.policies.clone()).unwrap_or_default();
     let mut vms: std::collections::BTreeMap<String, Vec<crate::sender::DiskStatus>> =
         Default::default();
+    let mut health: Vec<crate::health::VmHealth> = Vec::new();
     if let Some((st, _)) = cached {
         for d in st.disks {
             vms.entry(d.vm.clone()).or_default().push(d);
         }
+        health = st.health;
     }
+    let unix = |t: &str| {
+        t.parse::<jiff::Timestamp>()
+            .ok()
+            .map(|t| t.as_second().max(0) as u64)
+    };
     let list = vms
         .into_iter()
-        .map(|(vm, mut disks)| {
+        .map(|(vm, disks)| {
             let policy = policies.get(&vm).cloned().unwrap_or_default();
-            for d in disks.iter_mut() {
-                if let Some(r) = d.rpo_seconds.filter(|r| *r > policy.rpo_threshold_seconds) {
-                    if d.health == Health::Normal {
-                        d.health = Health::Warning;
-                        d.reason = format!(
-                            "RPO {r} s is over the threshold of {} s",
-                            policy.rpo_threshold_seconds
-                        );
-                    }
-                }
-            }
-            let health = disks.iter().fold(Health::Normal, |a, d| worse(a, d.health));
-            let reason = disks
-                .iter()
-                .find(|d| d.health == health && !d.reason.is_empty())
-                .map(|d| d.reason.clone())
-                .unwrap_or_default();
+            // Health, reason, RPO and next retry are the sender's health model's, as its
+            // health.json and health gauge say; nothing is recomputed here.
+            let h = health.iter().find(|h| h.vm == vm);
+            let state = match h.map(|h| h.state) {
+                Some(crate::health::State::Critical) => Health::Critical,
+                Some(crate::health::State::Warning) => Health::Warning,
+                _ => Health::Normal,
+            };
             json!({
                 "vm": vm,
-                "health": health,
-                "reason": reason,
+                "health": state,
+                "reason": h.and_then(|h| h.reasons.first().cloned()).unwrap_or_default(),
                 "protected": disks.iter().all(|d| d.phase == "protected"),
-                "rpo_seconds": disks.iter().filter_map(|d| d.rpo_seconds).max(),
+                "rpo_seconds": h.and_then(|h| h.rpo_seconds).map(|r| r as u64),
                 "last_cycle_unix": disks.iter().filter_map(|d| d.last_cycle_unix).min(),
                 "next_cycle_unix": disks.iter().filter_map(|d| d.next_cycle_unix).min(),
-                "next_retry_unix": disks.iter().filter_map(|d| d.next_retry_unix).min(),
+                "next_retry_unix": h.and_then(|h| h.next_retry.as_deref()).and_then(unix),
                 "policy": policy,
                 "disks": disks,
             })
@@ -231,10 +220,11 @@ async fn put_policy(State(sc): Sc, Path(vm): Path<String>, h: HeaderMap, b: Byte
     if let Err(e) = p.validate() {
         return err(StatusCode::BAD_REQUEST, e);
     }
-    match sc.update(|s| s.policies.insert(vm.clone(), p.clone())) {
-        Ok(_) => Json(json!(p)).into_response(),
-        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e),
+    if let Err(e) = sc.update(|s| s.policies.insert(vm.clone(), p.clone())) {
+        return err(StatusCode::SERVICE_UNAVAILABLE, e);
     }
+    sc.push_policy(&vm, &p).await;
+    Json(json!(p)).into_response()
 }
 
 fn created(sc: &Sidecar, job: super::state::Job) -> Response {
@@ -243,6 +233,40 @@ fn created(sc: &Sidecar, job: super::state::Job) -> Response {
         Ok(()) => (StatusCode::ACCEPTED, Json(view)).into_response(),
         Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e),
     }
+}
+
+/// The body of an enable-protection request: the replication policy's fields plus
+/// `disks`, the absolute paths of the VM's disk images on the sender's host (needed for a
+/// VM the sender does not list yet).
+fn protection_body(b: &Bytes) -> Result<(ReplicationPolicy, Vec<String>), ApiError> {
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    if b.iter().all(|c| c.is_ascii_whitespace()) {
+        return Ok((ReplicationPolicy::default(), Vec::new()));
+    }
+    let mut v: Value = serde_json::from_slice(b).map_err(|e| bad(format!("invalid body: {e}")))?;
+    let disks = match v.as_object_mut().map(|o| o.remove("disks")) {
+        None => return Err(bad("invalid body: expected a JSON object".into())),
+        Some(None) => Vec::new(),
+        Some(Some(d)) => serde_json::from_value::<Vec<String>>(d)
+            .map_err(|e| bad(format!("invalid body: disks: {e}")))?,
+    };
+    let policy: ReplicationPolicy =
+        serde_json::from_value(v).map_err(|e| bad(format!("invalid body: {e}")))?;
+    policy.validate().map_err(bad)?;
+    if disks.len() > 64 {
+        return Err(bad("disks: at most 64 disks per VM".into()));
+    }
+    for (i, d) in disks.iter().enumerate() {
+        if !std::path::Path::new(d).is_absolute() || d.contains('\0') {
+            return Err(bad(format!(
+                "disks: {d:?} is not an absolute path on the sender's host"
+            )));
+        }
+        if disks[..i].contains(d) {
+            return Err(bad(format!("disks: {d:?} is named twice")));
+        }
+    }
+    Ok((policy, disks))
 }
 
 async fn enable_protection(
@@ -254,19 +278,53 @@ async fn enable_protection(
     if let Err(r) = authorized(&sc, &h).and_then(|_| valid_vm(&vm)) {
         return r.into_response();
     }
-    let p: ReplicationPolicy = match body(&b) {
-        Ok(p) => p,
+    let (p, disks) = match protection_body(&b) {
+        Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    if let Err(e) = p.validate() {
-        return err(StatusCode::BAD_REQUEST, e);
+    // A VM the sender protects already with other disks is refused now; while the sender
+    // is unreachable the job finds out when it answers.
+    if let Some((st, _)) = sc.cached_status() {
+        let listed: Vec<String> = st
+            .disks
+            .iter()
+            .filter(|d| d.vm == vm)
+            .map(|d| d.path.clone())
+            .collect();
+        if !listed.is_empty() && !disks.is_empty() && listed != disks {
+            return err(
+                StatusCode::CONFLICT,
+                format!(
+                    "VM {vm} is already protected with other disks ({}): disable its protection first",
+                    listed.join(", ")
+                ),
+            );
+        }
+    }
+    let busy = sc
+        .read(|s| {
+            s.jobs
+                .iter()
+                .any(|j| j.vm == vm && j.kind == JobKind::EnableProtection && !j.state.is_final())
+        })
+        .unwrap_or(false);
+    if busy {
+        return err(
+            StatusCode::CONFLICT,
+            format!("an enable-protection job of VM {vm} is already running"),
+        );
     }
     let now = events::now_unix();
     let job = match sc.update(|s| {
         s.policies.insert(vm.clone(), p.clone());
         new_job(s, JobKind::EnableProtection, &vm, &PROTECT_STEPS, now)
     }) {
-        Ok(j) => j,
+        Ok(mut j) => {
+            if !disks.is_empty() {
+                j.result = Some(json!({ "disks": disks }));
+            }
+            j
+        }
         Err(e) => return err(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     created(&sc, job)
@@ -358,13 +416,26 @@ async fn get_job(State(sc): Sc, Path(id): Path<String>) -> Response {
     }
 }
 
+/// The policy and what the sender runs: `applied` when the sender reports this schedule in
+/// force, and then its limit now; otherwise the limit the policy gives for now.
 fn bandwidth_view(sc: &Sidecar) -> Value {
     let p = sc.read(|s| s.bandwidth.clone()).unwrap_or_default();
     let now = events::now_unix() as i64;
+    let st = sc
+        .cached_status()
+        .filter(|_| sc.sender_up.load(std::sync::atomic::Ordering::Relaxed));
+    let applied = st
+        .as_ref()
+        .is_some_and(|(s, _)| s.bandwidth_schedule.as_ref() == Some(&p));
     json!({
+        "current_bytes_per_second": match &st {
+            Some((s, _)) if applied => s.bandwidth_bytes_per_second,
+            _ => p.rate_at(now),
+        },
+        "applied": applied,
+        "sender_policy": st.as_ref().map(|(s, _)| s.bandwidth_policy.clone()),
+        "work_hours_now": st.as_ref().map(|(s, _)| s.work_hours_now),
         "policy": p,
-        "current_bytes_per_second": p.rate_at(now),
-        "applied": sc.applied.lock().ok().and_then(|a| *a).map(|(_, r)| r == p.rate_at(now)).unwrap_or(false),
     })
 }
 
@@ -392,7 +463,7 @@ async fn put_bandwidth(State(sc): Sc, h: HeaderMap, b: Bytes) -> Response {
     sc.policy_changed();
     // Apply at once rather than at the next tick, so the answer says whether it took.
     if sc.sender_up.load(std::sync::atomic::Ordering::Relaxed) {
-        sc.apply_bandwidth(events::now_unix()).await;
+        sc.apply_bandwidth().await;
     }
     Json(bandwidth_view(&sc)).into_response()
 }

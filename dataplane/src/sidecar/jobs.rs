@@ -52,7 +52,7 @@ pub async fn advance(sc: &std::sync::Arc<Sidecar>, now: u64, up: bool) {
         match job.kind {
             JobKind::Resync => resync(sc, &mut job, status.as_ref(), now).await,
             JobKind::TestFailover => super::failover::advance(sc, &mut job, now),
-            JobKind::EnableProtection => protect(&mut job, status.as_ref(), now),
+            JobKind::EnableProtection => protect(sc, &mut job, status.as_ref(), now).await,
         }
         if serde_json::to_string(&job).unwrap_or_default() != before {
             let _ = sc.update(|s| {
@@ -186,7 +186,38 @@ async fn resync(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u64
     }
 }
 
-fn protect(job: &mut Job, st: Option<&SenderStatus>, now: u64) {
+/// The disk paths an enable-protection request named (none: the sender's own VM).
+fn requested_disks(job: &Job) -> Vec<String> {
+    job.result
+        .as_ref()
+        .and_then(|r| r.get("disks"))
+        .and_then(|d| serde_json::from_value(d.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// The sender's enable-protection checks of a VM in words, and whether they are over.
+fn checks(st: &SenderStatus, vm: &str) -> Option<(JobState, String)> {
+    let j = st.enable_jobs.iter().rev().find(|j| j.vm == vm)?;
+    let words: Vec<String> = j
+        .steps
+        .iter()
+        .map(|s| {
+            if s.detail.is_empty() {
+                format!("{}: {}", s.name, s.state.as_str())
+            } else {
+                format!("{}: {}", s.name, s.detail)
+            }
+        })
+        .collect();
+    let state = match j.state {
+        vdrep_proto::wire::JobState::Succeeded => JobState::Succeeded,
+        vdrep_proto::wire::JobState::Failed => JobState::Failed,
+        _ => JobState::Running,
+    };
+    Some((state, words.join("; ")))
+}
+
+async fn protect(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u64) {
     let Some(st) = st else {
         job.state = JobState::Running;
         job.step(
@@ -198,11 +229,57 @@ fn protect(job: &mut Job, st: Option<&SenderStatus>, now: u64) {
         return;
     };
     job.state = JobState::Running;
+    let wanted = requested_disks(job);
     let disks = vm_disks(st, &job.vm);
+    if disks.is_empty() && !wanted.is_empty() {
+        // A VM the sender does not list: hand it the VM with its disks and policy; the
+        // sender checks the disks at once and answers a refusal.
+        let policy = sc
+            .read(|s| s.policies.get(&job.vm).cloned())
+            .flatten()
+            .unwrap_or_default();
+        let req = Request::Protect {
+            vm: job.vm.clone(),
+            disks: wanted.iter().map(std::path::PathBuf::from).collect(),
+            interval_seconds: policy.interval_seconds,
+            rpo_threshold_seconds: Some(policy.rpo_threshold_seconds),
+        };
+        match sc.client.call(&req).await {
+            Ok(_) => {
+                job.sender_pid = Some(st.pid);
+                job.requested_unix = Some(now);
+                job.step(
+                    0,
+                    JobState::Running,
+                    format!(
+                        "sender pid {} took the VM: disks readable, formats supported; checking the receiver",
+                        st.pid
+                    ),
+                    now,
+                );
+            }
+            Err(ClientError::Refused(m)) => {
+                note_error(job, m.clone());
+                job.step(0, JobState::Failed, m, now);
+                job.finish(JobState::Failed, now);
+            }
+            Err(e) => {
+                note_error(job, e.to_string());
+                job.step(
+                    0,
+                    JobState::Running,
+                    "the sender is unreachable; retrying",
+                    now,
+                );
+            }
+        }
+        return;
+    }
     if disks.is_empty() {
         let m = format!(
-            "VM {} is not configured on the sender: add a [[vm]] entry with its disks to the \
-             sender's config and restart it, then enable protection again",
+            "VM {} is not configured on the sender: name its disk images in the request's \
+             \"disks\" (absolute paths on the sender's host), or add a [[vm]] entry to the \
+             sender's config and restart it",
             job.vm
         );
         note_error(job, m.clone());
@@ -210,12 +287,38 @@ fn protect(job: &mut Job, st: Option<&SenderStatus>, now: u64) {
         job.finish(JobState::Failed, now);
         return;
     }
-    job.step(
-        0,
-        JobState::Succeeded,
-        format!("{} disks readable", disks.len()),
-        now,
-    );
+    let listed: Vec<String> = disks.iter().map(|d| d.path.clone()).collect();
+    if !wanted.is_empty() && listed != wanted {
+        let m = format!(
+            "VM {} is already protected with other disks ({}): disable its protection first",
+            job.vm,
+            listed.join(", ")
+        );
+        note_error(job, m.clone());
+        job.step(0, JobState::Failed, m, now);
+        job.finish(JobState::Failed, now);
+        return;
+    }
+    match checks(st, &job.vm) {
+        Some((JobState::Running, words)) => {
+            job.step(0, JobState::Running, words, now);
+            return;
+        }
+        Some((JobState::Failed, words)) => {
+            note_error(job, words.clone());
+            job.step(0, JobState::Failed, words, now);
+            job.finish(JobState::Failed, now);
+            return;
+        }
+        Some((_, words)) => job.step(0, JobState::Succeeded, words, now),
+        None => job.step(
+            0,
+            JobState::Succeeded,
+            format!("{} disks readable", disks.len()),
+            now,
+        ),
+    }
+
     job.step(1, JobState::Succeeded, "policy stored", now);
     if let Some(d) = disks
         .iter()

@@ -4,8 +4,9 @@
 //! `--token-file`) over VMs and disks with their health, RPO and progress, jobs with steps
 //! and errors, the bandwidth and replication policies, and requests for resync, test
 //! failover and protection. The sender does the data work; the sidecar reaches it over its
-//! local control channel every second ([`client`]), re-applies the bandwidth policy and
-//! re-hands unfinished requests to a restarted sender, and keeps jobs and policies in
+//! local control channel every second ([`client`]), pushes the bandwidth schedule to a
+//! sender that does not run it yet (the sender applies and keeps it itself), hands VMs to
+//! protect and unfinished requests to the sender (again after its restart), and keeps jobs and policies in
 //! `--state DIR` ([`state`]) so its own restart loses nothing.
 //!
 //! The OpenAPI description is `ops/openapi.json`, compiled in and served at `/openapi.json`.
@@ -57,8 +58,8 @@ pub struct Sidecar {
     /// The sender's last status and when it was fetched.
     status: Mutex<Option<(SenderStatus, u64)>>,
     sender_up: AtomicBool,
-    /// The bandwidth last applied: (sender pid, rate).
-    applied: Mutex<Option<(u32, Option<u64>)>>,
+    /// The bandwidth schedule last pushed: (sender pid, schedule).
+    applied: Mutex<Option<(u32, policy::BandwidthPolicy)>>,
     failover: Option<failover::FailoverTarget>,
     /// Jobs whose work runs in a task now (test failovers).
     running: Mutex<std::collections::HashSet<String>>,
@@ -119,7 +120,7 @@ impl Sidecar {
         let up = self.sender_up.load(Ordering::Relaxed);
         events::sender_up(up);
         if up {
-            self.apply_bandwidth(now).await;
+            self.apply_bandwidth().await;
         }
         jobs::advance(self, now, up).await;
         if let Some(counts) = self.read(|s| {
@@ -130,28 +131,78 @@ impl Sidecar {
         }
     }
 
-    async fn apply_bandwidth(&self, now: u64) {
+    /// Pushes the bandwidth schedule, whole, to a sender that does not run it yet (a new
+    /// policy, or a sender that never had it): the sender applies it itself from then on,
+    /// at every work-hour boundary, and keeps it across its restarts.
+    async fn apply_bandwidth(&self) {
         let Some((st, _)) = self.cached_status() else {
             return;
         };
-        let Some(want) = self.read(|s| s.bandwidth.rate_at(now as i64)) else {
+        let Some(want) = self.read(|s| s.bandwidth.clone()) else {
             return;
         };
-        let applied = self.applied.lock().ok().and_then(|a| *a);
-        if applied == Some((st.pid, want)) {
+        let pushed = self.applied.lock().ok().and_then(|a| a.clone());
+        if st.bandwidth_schedule.as_ref() == Some(&want) || pushed == Some((st.pid, want.clone())) {
             return;
         }
-        let req = crate::sender::local_control::Request::SetBandwidth {
-            bytes_per_second: want,
+        let req = crate::sender::local_control::Request::SetSchedule {
+            policy: want.clone(),
+        };
+        match self.client.call(&req).await {
+            Ok(ans) => {
+                info!(pid = st.pid, policy = %want.to_throttle(), "bandwidth schedule pushed to the sender");
+                if let Ok(mut a) = self.applied.lock() {
+                    *a = Some((st.pid, want.clone()));
+                }
+                // The view follows at once, not at the next status poll.
+                if let Ok(mut s) = self.status.lock() {
+                    if let Some((st, _)) = s.as_mut().filter(|(x, _)| x.pid == st.pid) {
+                        st.bandwidth_schedule = Some(want.clone());
+                        st.bandwidth_policy = want.to_throttle().to_string();
+                        st.bandwidth_bytes_per_second = ans["bandwidth_bytes_per_second"].as_u64();
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot push the bandwidth schedule; retrying"),
+        }
+    }
+
+    /// Hands a changed replication policy (interval, RPO threshold) to the sender for a VM
+    /// enabled through the API with its disks; the next enable-protection hand-over carries
+    /// it anyway, so a sender that is down now gets it then (or at its next request).
+    async fn push_policy(&self, vm: &str, p: &policy::ReplicationPolicy) {
+        let disks: Option<Vec<String>> = self
+            .read(|s| {
+                s.jobs
+                    .iter()
+                    .rev()
+                    .filter(|j| {
+                        j.vm == vm
+                            && j.kind == state::JobKind::EnableProtection
+                            && j.state != state::JobState::Failed
+                    })
+                    .find_map(|j| j.result.as_ref()?.get("disks").cloned())
+            })
+            .flatten()
+            .and_then(|d| serde_json::from_value(d).ok());
+        let Some(disks) = disks else { return };
+        let listed = self
+            .cached_status()
+            .is_some_and(|(st, _)| st.disks.iter().any(|d| d.vm == vm));
+        if !listed {
+            return;
+        }
+        let req = crate::sender::local_control::Request::Protect {
+            vm: vm.to_string(),
+            disks: disks.into_iter().map(PathBuf::from).collect(),
+            interval_seconds: p.interval_seconds,
+            rpo_threshold_seconds: Some(p.rpo_threshold_seconds),
         };
         match self.client.call(&req).await {
             Ok(_) => {
-                info!(pid = st.pid, bytes_per_second = ?want, "bandwidth policy applied to the sender");
-                if let Ok(mut a) = self.applied.lock() {
-                    *a = Some((st.pid, want));
-                }
+                info!(%vm, interval_s = p.interval_seconds, "replication policy handed to the sender")
             }
-            Err(e) => warn!(error = %e, "cannot apply the bandwidth policy; retrying"),
+            Err(e) => warn!(%vm, error = %e, "cannot hand the replication policy to the sender"),
         }
     }
 

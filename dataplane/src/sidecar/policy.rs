@@ -108,27 +108,44 @@ impl BandwidthPolicy {
         Ok(())
     }
 
-    /// The limit in force at `unix` seconds (`None`: no limit).
+    /// The limit in force at `unix` seconds (`None`: no limit), as the sender applies it.
     pub fn rate_at(&self, unix: i64) -> Option<u64> {
+        let at = jiff::Timestamp::from_second(unix).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        self.to_throttle().rate_at(at)
+    }
+
+    /// The sender's schedule for this policy: the one conversion between the API's form
+    /// (whole hours, a UTC offset) and the throttle's (civil times in a time zone), so the
+    /// sidecar's view and the sender's limits and non-work hours cannot drift apart.
+    /// Work hours ending at 24 end at midnight; equal start and end mean no work hours.
+    pub fn to_throttle(&self) -> crate::throttle::BandwidthPolicy {
+        use crate::throttle::{BandwidthPolicy as Sender, WorkSchedule};
+        use jiff::civil::Time;
         if self.no_throttle {
-            return None;
+            return Sender::NoThrottle;
         }
-        let local = unix + self.utc_offset_minutes as i64 * 60;
-        let days = local.div_euclid(86_400);
-        // 1970-01-01 was a Thursday (index 3 from Monday).
-        let weekday = DAYS[((days + 3).rem_euclid(7)) as usize];
-        let hour = (local.rem_euclid(86_400) / 3600) as u8;
-        let (s, e) = (self.work_hour_start, self.work_hour_end);
-        let in_hours = if s <= e {
-            hour >= s && hour < e
-        } else {
-            hour >= s || hour < e
+        let hour = |h: u8| match h {
+            24.. => Time::MAX,
+            h => Time::constant(h as i8, 0, 0, 0),
         };
-        if self.work_days.iter().any(|d| d == weekday) && in_hours {
-            self.work_hour_bytes_per_second
-        } else {
-            self.non_work_hour_bytes_per_second
+        let mut days = [false; 7];
+        if self.work_hour_start != self.work_hour_end {
+            for d in &self.work_days {
+                if let Some(i) = DAYS.iter().position(|x| x == d) {
+                    days[i] = true;
+                }
+            }
         }
+        let offset = jiff::tz::Offset::from_seconds(self.utc_offset_minutes.clamp(-840, 840) * 60)
+            .unwrap_or(jiff::tz::Offset::UTC);
+        Sender::Schedule(WorkSchedule {
+            days,
+            start: hour(self.work_hour_start.min(23)),
+            end: hour(self.work_hour_end),
+            tz: jiff::tz::TimeZone::fixed(offset),
+            work: self.work_hour_bytes_per_second,
+            off: self.non_work_hour_bytes_per_second,
+        })
     }
 }
 
@@ -283,6 +300,45 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[test]
+    fn the_senders_schedule_keeps_the_api_policys_hours_days_and_offset() {
+        let ts = |u: i64| jiff::Timestamp::from_second(u).unwrap();
+        // 2024-01-01 was a Monday.
+        let monday = 1_704_067_200;
+        let p = BandwidthPolicy {
+            no_throttle: false,
+            work_days: vec!["mon".into()],
+            work_hour_start: 9,
+            work_hour_end: 24,
+            work_hour_bytes_per_second: Some(1_000_000),
+            non_work_hour_bytes_per_second: Some(5_000_000),
+            utc_offset_minutes: -60,
+        };
+        let t = p.to_throttle();
+        // 09:00 at UTC-1 is 10:00 UTC.
+        assert_eq!(t.rate_at(ts(monday + 10 * 3600 - 1)), Some(5_000_000));
+        assert_eq!(t.rate_at(ts(monday + 10 * 3600)), Some(1_000_000));
+        assert!(t.is_work_time(ts(monday + 24 * 3600 + 3599)), "23:59 local");
+        assert!(
+            !t.is_work_time(ts(monday + 25 * 3600)),
+            "Tuesday 00:00 local"
+        );
+        let none = BandwidthPolicy {
+            work_hour_end: 9,
+            ..p.clone()
+        };
+        assert!(!none.to_throttle().is_work_time(ts(monday + 10 * 3600)));
+        assert_eq!(
+            BandwidthPolicy::default().to_throttle(),
+            crate::throttle::BandwidthPolicy::NoThrottle
+        );
+        assert!(
+            p.to_throttle().to_string().contains("UTC-01"),
+            "{}",
+            p.to_throttle()
+        );
     }
 
     #[test]

@@ -326,7 +326,11 @@ impl fmt::Display for BandwidthPolicy {
                     days.join(","),
                     s.start.strftime("%H:%M"),
                     s.end.strftime("%H:%M"),
-                    s.tz.iana_name().unwrap_or("?"),
+                    s.tz.iana_name().map(String::from).unwrap_or_else(|| s
+                        .tz
+                        .to_fixed_offset()
+                        .map(|o| format!("UTC{o}"))
+                        .unwrap_or_else(|_| "?".into())),
                     show_rate(s.work),
                     show_rate(s.off)
                 )

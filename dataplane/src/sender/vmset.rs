@@ -1,0 +1,434 @@
+//! The VMs a protecting sender replicates, a set that grows at run time: the sidecar asks
+//! over the local control channel ([`super::local_control::Request::Protect`]) to protect a
+//! VM the command line does not name, so enabling protection needs no restart.
+//!
+//! A request runs enable protection's local checks at once (every disk path is absolute and
+//! not protected yet, every disk opens and its format is supported) and answers with the
+//! refusal when one fails. Otherwise change tracking starts, the VM is recorded in
+//! `STATE/vms.json` (a restarted sender keeps protecting it), and the attempt loop is woken:
+//! it runs the VM on the current connection, where the receiver's checks (reachable,
+//! authorised for that VM, capacity), the initial copy and then cycles at the VM's interval
+//! follow as for any VM (the sender's jobs track each step).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::disk::{DiskJob, Shared};
+use super::protect::{self, Policy, Protected, Schedule};
+use super::SendError;
+use crate::disk::{self as vdisk, OpenOptions};
+
+/// One protected VM: its disks (shared across reconnects), switch schedule and policy.
+pub struct VmEntry {
+    /// VM name.
+    pub name: String,
+    /// Source images, in disk order.
+    pub paths: Vec<PathBuf>,
+    /// The disks.
+    pub disks: Arc<Vec<Arc<Mutex<Protected>>>>,
+    /// When its logs switch.
+    pub sched: Arc<Schedule>,
+    /// Its cycle policy.
+    pub policy: Policy,
+}
+
+/// A VM added at run time, as `STATE/vms.json` keeps it (and the control channel asks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddedVm {
+    /// VM name.
+    pub vm: String,
+    /// Absolute paths of its disk images, in disk order.
+    pub disks: Vec<PathBuf>,
+    /// Seconds between cycles.
+    pub interval_seconds: u64,
+    /// RPO above which the VM warns (`None`: twice the interval).
+    #[serde(default)]
+    pub rpo_threshold_seconds: Option<u64>,
+}
+
+/// Every protected VM of the run.
+pub struct VmSet {
+    list: Mutex<Vec<Arc<VmEntry>>>,
+    /// Additions serialise here (disks open while it is held, not the list).
+    adding: Mutex<()>,
+    /// The number of VMs, for the attempt loop to notice additions.
+    grew: tokio::sync::watch::Sender<usize>,
+    /// Retention and cycle limit of added VMs (the command line's).
+    base: Policy,
+    state: PathBuf,
+}
+
+/// The file of added VMs in the state folder.
+pub const FILE: &str = "vms.json";
+
+impl VmSet {
+    /// An empty set; added VMs take `base`'s retention and are kept in `state`.
+    pub fn new(base: Policy, state: &Path) -> Self {
+        VmSet {
+            list: Mutex::new(Vec::new()),
+            adding: Mutex::new(()),
+            grew: tokio::sync::watch::Sender::new(0),
+            base,
+            state: state.to_path_buf(),
+        }
+    }
+
+    /// Adds a VM (at start, or after a request was checked).
+    pub fn push(&self, e: VmEntry) {
+        let n = self
+            .list
+            .lock()
+            .map(|mut l| {
+                l.push(Arc::new(e));
+                l.len()
+            })
+            .unwrap_or(0);
+        self.grew.send_replace(n);
+    }
+
+    /// Every VM now.
+    pub fn list(&self) -> Vec<Arc<VmEntry>> {
+        self.list.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Changes whenever a VM is added.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.grew.subscribe()
+    }
+
+    /// The policy of an added VM.
+    pub fn policy_for(&self, a: &AddedVm) -> Policy {
+        Policy {
+            interval: Duration::from_secs(a.interval_seconds),
+            // Enabled through the API: the initial replication starts now.
+            initial_at: None,
+            ..self.base.clone()
+        }
+    }
+}
+
+/// The VMs added at run time by earlier runs (none when the file does not exist).
+pub fn load(state: &Path) -> Result<Vec<AddedVm>, SendError> {
+    let path = state.join(FILE);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            SendError::Internal(format!(
+                "{}: unreadable list of added VMs ({e}); fix or remove it",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(SendError::Internal(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// The added VMs a starting sender protects: those of `STATE/vms.json` the command line
+/// does not name itself (it wins) whose disks still open (a disk gone stops that VM only,
+/// not the whole sender).
+pub fn load_for_start(state: &Path, flagged: &[super::VmSpec]) -> Result<Vec<AddedVm>, SendError> {
+    Ok(load(state)?
+        .into_iter()
+        .filter(|a| {
+            if flagged.iter().any(|v| v.name == a.vm) {
+                warn!(vm = %a.vm, "VM added over the control channel is also on the command line; the command line wins");
+                return false;
+            }
+            match a
+                .disks
+                .iter()
+                .find_map(|p| vdisk::open(p, OpenOptions::default()).err().map(|e| (p, e)))
+            {
+                Some((p, e)) => {
+                    tracing::error!(vm = %a.vm, disk = %p.display(), error = %e,
+                        "a VM enabled through the control channel cannot be protected: its disk does not open; enable it again once fixed");
+                    false
+                }
+                None => true,
+            }
+        })
+        .collect())
+}
+
+/// Replaces `STATE/vms.json` durably (write, fsync, rename).
+fn save(state: &Path, vms: &[AddedVm]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(state)?;
+    let tmp = state.join(".vms.json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(vms).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, state.join(FILE))?;
+    if let Ok(d) = std::fs::File::open(state) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The protected disks of one VM, change tracking started.
+pub fn protected_disks(
+    jobs: &[DiskJob],
+    paths: &[PathBuf],
+    force_resync: bool,
+) -> Result<Arc<Vec<Arc<Mutex<Protected>>>>, SendError> {
+    let mut disks: Vec<Protected> = jobs
+        .iter()
+        .zip(paths)
+        .map(|(j, path)| Protected {
+            tracker: crate::tracking::Tracker::new(path, j.disk.info().virtual_size),
+            job: j.clone(),
+            committed_cycle: None,
+            fresh: false,
+            force_resync,
+            digest_task: None,
+            resync_waiting: false,
+        })
+        .collect();
+    protect::start_tracking(&mut disks)?;
+    Ok(Arc::new(
+        disks.into_iter().map(|d| Arc::new(Mutex::new(d))).collect(),
+    ))
+}
+
+/// Checks a request's shape: names, absolute and distinct paths, the interval.
+fn check_request(a: &AddedVm) -> Result<(), String> {
+    crate::sink::validate_name("VM name", &a.vm).map_err(|e| e.to_string())?;
+    if a.disks.is_empty() {
+        return Err(format!("VM {}: name at least one disk", a.vm));
+    }
+    if a.disks.len() > 64 {
+        return Err(format!("VM {}: at most 64 disks", a.vm));
+    }
+    for (i, p) in a.disks.iter().enumerate() {
+        if !p.is_absolute() {
+            return Err(format!(
+                "disk path {:?} is not absolute: the sender resolves no relative paths",
+                p.display().to_string()
+            ));
+        }
+        if a.disks[..i].contains(p) {
+            return Err(format!("disk {} is named twice", p.display()));
+        }
+    }
+    if !(1..=86_400).contains(&a.interval_seconds) {
+        return Err("interval_seconds ranges from 1 to 86400".into());
+    }
+    if a.rpo_threshold_seconds == Some(0) {
+        return Err("rpo_threshold_seconds must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// What a protection request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Added {
+    /// The VM is protected from now on; its disk names.
+    Started(Vec<String>),
+    /// The VM was already protected with these disks; its disk names.
+    Already(Vec<String>),
+}
+
+/// A request for a VM protected with the same disks changes its interval and RPO threshold
+/// (a policy change through the API); kept in `STATE/vms.json` when the VM was added there.
+fn update_policy(
+    sh: &Shared,
+    set: &VmSet,
+    e: &VmEntry,
+    req: &AddedVm,
+    names: &[String],
+) -> Result<(), String> {
+    let interval = Duration::from_secs(req.interval_seconds);
+    if e.sched.interval() != interval {
+        info!(vm = %req.vm, interval_s = req.interval_seconds, "cycle interval changed over the control channel");
+        e.sched.set_interval(interval);
+    }
+    let threshold = req
+        .rpo_threshold_seconds
+        .map(Duration::from_secs)
+        .unwrap_or_else(|| crate::health::default_rpo_threshold(interval));
+    sh.health.add_vm(&req.vm, names, Some(threshold));
+    let mut kept = load(&set.state).map_err(|e| e.to_string())?;
+    if let Some(k) = kept.iter_mut().find(|k| k.vm == req.vm) {
+        if k != req {
+            *k = req.clone();
+            save(&set.state, &kept).map_err(|e| {
+                format!(
+                    "cannot record the VM in {}: {e}",
+                    set.state.join(FILE).display()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Handles a protection request: checks it, opens the disks, starts tracking, records the
+/// VM and wakes the attempt loop. The error is the refusal, said to the operator.
+pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
+    check_request(&req)?;
+    let _adding = set.adding.lock().map_err(|_| "add lock poisoned")?;
+    let names = super::disk_names(&req.disks);
+    for e in set.list() {
+        if e.name == req.vm {
+            if e.paths == req.disks {
+                update_policy(sh, set, &e, &req, &names)?;
+                return Ok(Added::Already(names));
+            }
+            return Err(format!(
+                "VM {} is already protected with other disks ({}): disable its protection first",
+                req.vm,
+                e.paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(p) = req.disks.iter().find(|p| e.paths.contains(p)) {
+            return Err(format!(
+                "disk {} is already protected as part of VM {}",
+                p.display(),
+                e.name
+            ));
+        }
+    }
+    // Enable protection's local checks: every disk opens and its format is supported.
+    let mut jobs = Vec::new();
+    for (p, name) in req.disks.iter().zip(&names) {
+        let d = vdisk::open(p, OpenOptions::default())
+            .map_err(|e| format!("prerequisite check failed: {}: {e}", p.display()))?;
+        jobs.push(DiskJob {
+            vm: req.vm.clone(),
+            name: name.clone(),
+            disk: Arc::from(d),
+            progress: Default::default(),
+        });
+    }
+    let disks = protected_disks(&jobs, &req.disks, false).map_err(|e| e.to_string())?;
+    // Durable before it runs: a sender killed from here on protects it after its restart.
+    let mut kept = load(&set.state).map_err(|e| e.to_string())?;
+    kept.retain(|a| a.vm != req.vm);
+    kept.push(req.clone());
+    save(&set.state, &kept).map_err(|e| {
+        format!(
+            "cannot record the VM in {}: {e}",
+            set.state.join(FILE).display()
+        )
+    })?;
+    sh.jobs.start_vm(&req.vm);
+    sh.jobs.disks_checked(&req.vm, &jobs);
+    let threshold = req
+        .rpo_threshold_seconds
+        .map(Duration::from_secs)
+        .unwrap_or_else(|| {
+            crate::health::default_rpo_threshold(Duration::from_secs(req.interval_seconds))
+        });
+    sh.health.add_vm(&req.vm, &names, Some(threshold));
+    for d in disks.iter() {
+        if let Ok(g) = d.lock() {
+            sh.board.add_disk(&g.job, Some(g.tracker.clone()));
+        }
+    }
+    let policy = set.policy_for(&req);
+    info!(vm = %req.vm, disks = ?req.disks, interval_s = req.interval_seconds,
+          "protection enabled over the control channel");
+    set.push(VmEntry {
+        name: req.vm.clone(),
+        paths: req.disks.clone(),
+        sched: Arc::new(Schedule::new(policy.interval)),
+        disks,
+        policy,
+    });
+    Ok(Added::Started(names))
+}
+
+/// Runs every VM of `set` on `conn`, starting VMs added meanwhile; the first error aborts
+/// the others. Ends when every VM ended (`--max-cycles`), never while the set is empty.
+pub async fn run_all(
+    conn: &quinn::Connection,
+    set: &VmSet,
+    sh: &Arc<Shared>,
+) -> Result<(), SendError> {
+    let mut grew = set.subscribe();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut started = 0;
+    loop {
+        let list = set.list();
+        for e in list.iter().skip(started) {
+            let (conn, sh, e) = (conn.clone(), sh.clone(), e.clone());
+            tasks.spawn(async move {
+                protect::protect_vm(&conn, &e.disks, &e.sched, &e.policy, &sh).await
+            });
+        }
+        started = started.max(list.len());
+        if started > 0 && tasks.is_empty() {
+            return Ok(());
+        }
+        tokio::select! {
+            Some(r) = tasks.join_next(), if !tasks.is_empty() => {
+                let r = r.unwrap_or_else(|e| Err(SendError::Internal(format!("VM task: {e}"))));
+                if let Err(e) = r {
+                    tasks.abort_all();
+                    return Err(e);
+                }
+            }
+            changed = grew.changed() => {
+                if changed.is_err() {
+                    warn!("the VM set is gone; ending the attempt");
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(disks: &[&str]) -> AddedVm {
+        AddedVm {
+            vm: "db".into(),
+            disks: disks.iter().map(PathBuf::from).collect(),
+            interval_seconds: 30,
+            rpo_threshold_seconds: None,
+        }
+    }
+
+    #[test]
+    fn requests_with_relative_repeated_or_no_disks_are_refused_with_the_reason() {
+        assert!(check_request(&req(&["/vms/db/os.vhdx"])).is_ok());
+        let e = check_request(&req(&["db/os.vhdx"])).unwrap_err();
+        assert!(e.contains("not absolute"), "{e}");
+        let e = check_request(&req(&["/a.vhd", "/a.vhd"])).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+        assert!(check_request(&req(&[]))
+            .unwrap_err()
+            .contains("at least one"));
+        let bad_name = AddedVm {
+            vm: "../x".into(),
+            ..req(&["/a.vhd"])
+        };
+        assert!(check_request(&bad_name).is_err());
+        let no_interval = AddedVm {
+            interval_seconds: 0,
+            ..req(&["/a.vhd"])
+        };
+        assert!(check_request(&no_interval).is_err());
+    }
+
+    #[test]
+    fn added_vms_are_kept_in_the_state_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Vec::new());
+        let v = vec![req(&["/vms/db/os.vhdx", "/vms/db/data.vhdx"])];
+        save(dir.path(), &v).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), v);
+        std::fs::write(dir.path().join(FILE), b"{").unwrap();
+        assert!(load(dir.path()).unwrap_err().to_string().contains(FILE));
+    }
+}
