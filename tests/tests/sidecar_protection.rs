@@ -229,8 +229,11 @@ fn a_vm_the_sender_does_not_list_is_protected_through_the_api_and_stays_protecte
     let r = call(
         "POST",
         "/v1/vms/db/protection",
-        Some(json!({"interval_seconds": 1, "rpo_threshold_seconds": 120,
-                    "disks": [db_path.to_str().unwrap()]})),
+        Some(
+            json!({"interval_seconds": 1, "rpo_threshold_seconds": 120, "retention_hours": 2,
+                    "initial_replication_unix": 1_000_000_000u64,
+                    "disks": [db_path.to_str().unwrap()]}),
+        ),
     );
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.json()["id"].as_str().unwrap().to_string();
@@ -245,9 +248,14 @@ fn a_vm_the_sender_does_not_list_is_protected_through_the_api_and_stays_protecte
         checks.contains("receiver reachable and authorised") && checks.contains("target capacity"),
         "{done:#}"
     );
-    assert!(std::fs::read_to_string(d.join("sender-state/vms.json"))
-        .unwrap()
-        .contains("db.raw"));
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("sender-state/vms.json")).unwrap()).unwrap();
+    assert!(kept[0]["disks"][0].as_str().unwrap().ends_with("db.raw"));
+    assert_eq!(kept[0]["retention_hours"], 2, "{kept:#}");
+    assert_eq!(
+        kept[0]["initial_replication_unix"], 1_000_000_000u64,
+        "{kept:#}"
+    );
 
     // A policy change reaches the sender: interval and RPO threshold, kept for its restart.
     let r = call(
@@ -259,6 +267,10 @@ fn a_vm_the_sender_does_not_list_is_protected_through_the_api_and_stays_protecte
     let kept: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("sender-state/vms.json")).unwrap()).unwrap();
     assert_eq!(kept[0]["interval_seconds"], 2, "{kept:#}");
+    assert_eq!(
+        kept[0]["retention_hours"], 24,
+        "PUT replaces the whole policy: {kept:#}"
+    );
     let threshold = eventually(Duration::from_secs(5), || {
         let h: serde_json::Value =
             serde_json::from_slice(&std::fs::read(d.join("sender-state/health.json")).ok()?)

@@ -56,6 +56,12 @@ pub enum Request {
         /// RPO above which the VM warns (`None`: twice the interval).
         #[serde(default)]
         rpo_threshold_seconds: Option<u64>,
+        /// Recovery-point retention in hours (`None`: the sender's `--retention`).
+        #[serde(default)]
+        retention_hours: Option<u32>,
+        /// Start of the initial replication, Unix seconds (`None`: at once).
+        #[serde(default)]
+        initial_replication_unix: Option<u64>,
     },
 }
 
@@ -188,6 +194,8 @@ fn answer(req: Request, sh: &Shared) -> serde_json::Value {
             disks,
             interval_seconds,
             rpo_threshold_seconds,
+            retention_hours,
+            initial_replication_unix,
         } => {
             let Some(set) = &sh.vms else {
                 return serde_json::json!({"ok": false, "error":
@@ -198,6 +206,8 @@ fn answer(req: Request, sh: &Shared) -> serde_json::Value {
                 disks,
                 interval_seconds,
                 rpo_threshold_seconds,
+                retention_hours,
+                initial_replication_unix,
             };
             match super::vmset::add(sh, set, req) {
                 Ok(super::vmset::Added::Started(d)) => {

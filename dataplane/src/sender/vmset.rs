@@ -49,6 +49,12 @@ pub struct AddedVm {
     /// RPO above which the VM warns (`None`: twice the interval).
     #[serde(default)]
     pub rpo_threshold_seconds: Option<u64>,
+    /// Recovery-point retention in hours (`None`: the sender's `--retention`).
+    #[serde(default)]
+    pub retention_hours: Option<u32>,
+    /// Start of the initial replication, Unix seconds (`None`: at once).
+    #[serde(default)]
+    pub initial_replication_unix: Option<u64>,
 }
 
 /// Every protected VM of the run.
@@ -103,11 +109,17 @@ impl VmSet {
 
     /// The policy of an added VM.
     pub fn policy_for(&self, a: &AddedVm) -> Policy {
+        let base = self.base.clone();
         Policy {
             interval: Duration::from_secs(a.interval_seconds),
-            // Enabled through the API: the initial replication starts now.
-            initial_at: None,
-            ..self.base.clone()
+            retention: a
+                .retention_hours
+                .map(|h| Duration::from_secs(u64::from(h.min(24)) * 3600))
+                .unwrap_or(base.retention),
+            initial_at: a
+                .initial_replication_unix
+                .and_then(|t| jiff::Timestamp::from_second(i64::try_from(t).ok()?).ok()),
+            ..base
         }
     }
 }
@@ -396,6 +408,8 @@ mod tests {
             disks: disks.iter().map(PathBuf::from).collect(),
             interval_seconds: 30,
             rpo_threshold_seconds: None,
+            retention_hours: None,
+            initial_replication_unix: None,
         }
     }
 
@@ -419,6 +433,28 @@ mod tests {
             ..req(&["/a.vhd"])
         };
         assert!(check_request(&no_interval).is_err());
+    }
+
+    #[test]
+    fn an_added_vms_policy_takes_its_interval_retention_and_start_time_over_the_command_lines() {
+        let base = Policy {
+            interval: Duration::from_secs(300),
+            retention: Duration::from_secs(24 * 3600),
+            max_cycles: Some(7),
+            initial_at: None,
+        };
+        let set = VmSet::new(base, Path::new("/nonexistent"));
+        let p = set.policy_for(&req(&["/a.vhd"]));
+        assert_eq!(p.interval, Duration::from_secs(30));
+        assert_eq!(p.retention, Duration::from_secs(24 * 3600), "the sender's");
+        assert_eq!((p.max_cycles, p.initial_at), (Some(7), None));
+        let p = set.policy_for(&AddedVm {
+            retention_hours: Some(2),
+            initial_replication_unix: Some(1_900_000_000),
+            ..req(&["/a.vhd"])
+        });
+        assert_eq!(p.retention, Duration::from_secs(2 * 3600));
+        assert_eq!(p.initial_at.map(|t| t.as_second()), Some(1_900_000_000));
     }
 
     #[test]

@@ -243,6 +243,8 @@ async fn protect(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u6
             disks: wanted.iter().map(std::path::PathBuf::from).collect(),
             interval_seconds: policy.interval_seconds,
             rpo_threshold_seconds: Some(policy.rpo_threshold_seconds),
+            retention_hours: Some(policy.retention_hours),
+            initial_replication_unix: policy.initial_replication_unix,
         };
         match sc.client.call(&req).await {
             Ok(_) => {

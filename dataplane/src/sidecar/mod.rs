@@ -197,6 +197,8 @@ impl Sidecar {
             disks: disks.into_iter().map(PathBuf::from).collect(),
             interval_seconds: p.interval_seconds,
             rpo_threshold_seconds: Some(p.rpo_threshold_seconds),
+            retention_hours: Some(p.retention_hours),
+            initial_replication_unix: p.initial_replication_unix,
         };
         match self.client.call(&req).await {
             Ok(_) => {

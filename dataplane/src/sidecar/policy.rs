@@ -149,6 +149,9 @@ impl BandwidthPolicy {
     }
 }
 
+/// Latest initial-replication start the API takes: 9999-12-31T23:59:59Z.
+pub const LAST_START: u64 = 253_402_300_799;
+
 /// A VM's replication policy.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -171,6 +174,10 @@ pub struct ReplicationPolicy {
     /// Offset of the site's local time from UTC, minutes.
     #[serde(default)]
     pub utc_offset_minutes: i32,
+    /// When a VM enabled through the API starts its initial replication (Unix seconds;
+    /// `None`: at once). Change tracking starts at once either way.
+    #[serde(default)]
+    pub initial_replication_unix: Option<u64>,
 }
 
 fn default_interval() -> u64 {
@@ -198,6 +205,7 @@ impl Default for ReplicationPolicy {
             resync_window_start_hour: default_resync_start(),
             resync_window_end_hour: default_resync_end(),
             utc_offset_minutes: 0,
+            initial_replication_unix: None,
         }
     }
 }
@@ -210,6 +218,11 @@ impl ReplicationPolicy {
         }
         if self.retention_hours > 24 {
             return Err("retention_hours ranges from 0 to 24".into());
+        }
+        if self.initial_replication_unix > Some(LAST_START) {
+            return Err(format!(
+                "initial_replication_unix ranges from 0 to {LAST_START} (9999-12-31)"
+            ));
         }
         if self.rpo_threshold_seconds == 0 || self.rpo_threshold_seconds > 7 * 86_400 {
             return Err("rpo_threshold_seconds ranges from 1 to 604800".into());
