@@ -1,0 +1,140 @@
+//! What a sender is told: its VMs and disks, and how to send them (the command line and
+//! config file map onto [`SendOptions`]); and the stable names disks get at the receiver.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::throttle::BandwidthPolicy;
+
+/// One VM and its disks.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// VM name (the receiver authorises senders per VM).
+    pub name: String,
+    /// Disk image paths, replicated in this order.
+    pub disks: Vec<PathBuf>,
+}
+
+/// How to send.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// Receiver address, `HOST:PORT`.
+    pub to: String,
+    /// Name checked against the receiver's certificate (default: the host in `to`).
+    pub server_name: Option<String>,
+    /// Folder with `ca.pem` and `IDENTITY.pem`/`.key`.
+    pub tls: PathBuf,
+    /// This sender's name (its certificate).
+    pub identity: String,
+    /// Parallel streams per disk (upload threads per VM), 1..=32.
+    pub threads: usize,
+    /// zstd level (0 = off).
+    pub level: i32,
+    /// Let the level follow the link.
+    pub adaptive: bool,
+    /// Largest extent read at once.
+    pub chunk: u32,
+    /// Keep retrying recoverable errors this long, then exit 75.
+    pub give_up_after: Duration,
+    /// Show progress bars (when stderr is a terminal).
+    pub progress: bool,
+    /// Continuous protection: give up (exit 75) after this long without progress, retrying
+    /// at the fast pace meanwhile. `None` (the default): retry forever on the retry schedule.
+    pub protect_give_up_after: Option<Duration>,
+    /// Bandwidth policy of the host, shared by all streams and VMs of this sender.
+    pub bandwidth: BandwidthPolicy,
+    /// RPO above which a VM warns (default: twice the interval).
+    pub rpo_threshold: Option<Duration>,
+    /// Resynchronise committed replicas at once (`--resync`).
+    pub resync: bool,
+    /// Rehash the target's data during a resync (`--verify`): the receiver ignores its
+    /// durable hash index, reads its whole working image, and repairs the index (catches a
+    /// replica changed behind the receiver's back).
+    pub verify: bool,
+    /// State folder: jobs that failed before they could be reported wait here
+    /// (default [`crate::jobs::pending::default_state_dir`]).
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        SendOptions {
+            to: String::new(),
+            server_name: None,
+            tls: PathBuf::new(),
+            identity: String::new(),
+            threads: 4,
+            level: 1,
+            adaptive: true,
+            chunk: 1 << 20,
+            give_up_after: Duration::from_secs(600),
+            progress: true,
+            protect_give_up_after: None,
+            bandwidth: BandwidthPolicy::NoThrottle,
+            rpo_threshold: None,
+            resync: false,
+            verify: false,
+            state_dir: None,
+        }
+    }
+}
+
+/// Names disks by their file stem; a stem used twice in one VM gets `-2`, `-3`, … in the
+/// order the disks were given, so names are stable across runs with the same command line.
+pub fn disk_names(disks: &[PathBuf]) -> Vec<String> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut used: HashSet<String> = HashSet::new();
+    disks
+        .iter()
+        .map(|p| {
+            let stem: String = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "disk".into())
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let stem = stem.trim_start_matches('.').to_string();
+            let stem = if stem.is_empty() { "disk".into() } else { stem };
+            let n = seen.entry(stem.clone()).or_insert(0);
+            *n += 1;
+            let mut name = if *n == 1 {
+                stem.clone()
+            } else {
+                format!("{stem}-{n}")
+            };
+            while !used.insert(name.clone()) {
+                *n += 1;
+                name = format!("{stem}-{n}");
+            }
+            name
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clashing_stems_get_numbered_in_command_line_order() {
+        let v: Vec<PathBuf> = [
+            "/a/os.vhdx",
+            "/b/os.vhd",
+            "/c/data.raw",
+            "/d/os.vhdx",
+            "/e/os-2.vhd",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(disk_names(&v), vec!["os", "os-2", "data", "os-3", "os-2-2"]);
+    }
+}
