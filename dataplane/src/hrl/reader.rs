@@ -228,6 +228,12 @@ impl HrlLog {
         Ok(read_exact(&self.path, self.file.as_ref(), file_offset, len)?.freeze())
     }
 
+    /// Fills `buf` from the log file at `file_offset`, without allocating (the digest
+    /// refresh assembles 1 MiB blocks from many pieces).
+    pub fn read_range_into(&self, file_offset: u64, buf: &mut [u8]) -> Result<(), HrlError> {
+        read_into(&self.path, self.file.as_ref(), file_offset, buf)
+    }
+
     /// Reads one entry's data and checks its `DataChecksum` when recorded. The whole entry is
     /// held in memory: use [`HrlLog::read_range`] for bounded pieces of large entries.
     pub fn read_data(&self, e: &LogEntry) -> Result<Bytes, HrlError> {

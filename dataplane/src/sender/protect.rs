@@ -19,10 +19,9 @@ use vdrep_proto::Guid;
 use super::disk::{copy_initial, open_disk, send_all, DiskJob, Opened, Shared};
 use super::logimage::LogImage;
 use super::{ControlStream, SendError};
-use crate::disk::VirtualDisk;
 use crate::hrl::coalesce_log;
 use crate::pipeline::WorkItem;
-use crate::tracking::{HashTable, Tracker, TrackingError};
+use crate::tracking::{catch_up, switch_digest, HashTable, SwitchDigest, Tracker, TrackingError};
 
 /// Cycle policy of a protected VM.
 #[derive(Debug, Clone)]
@@ -441,10 +440,11 @@ fn skip(d: &Mutex<Protected>) -> bool {
         .unwrap_or(true)
 }
 
-/// Closes the active log as the next cycle and starts the next log. Returns once the switch
-/// is durable; the cycle's digest is computed after it, still under the tracking lock (the
-/// disk must stay as the switch left it), while the closed log ships: hashing the blocks a
-/// large cycle touched takes about as long as reading them. Returns the cycle switched to.
+/// Closes the active log as the next cycle and starts the next log, holding the tracking
+/// lock only for that (and to open a reader of the disk as the switch left it). The cycle's
+/// digest is computed after the lock is released (`tracking::switch_digest`), so writers
+/// never wait for hashing, and while the closed log already ships; it is awaited before
+/// the cycle commits. Returns the cycle switched to.
 async fn switch(d: &Arc<Mutex<Protected>>) -> Option<u64> {
     let d2 = d.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
@@ -487,15 +487,27 @@ async fn switch(d: &Arc<Mutex<Protected>>) -> Option<u64> {
             let _ = tx.send(Err(e.to_string()));
             return;
         }
+        // Opened under the lock: a dynamic disk's metadata as the switch left it.
+        let disk = crate::disk::open(&path, crate::disk::OpenOptions::default());
+        drop(locked);
         let _ = tx.send(Ok(next));
-        // Still under the lock: the disk is exactly the new recovery point.
-        match switch_digest(&tracker, &path, next) {
-            Ok(Some(digest)) => {
-                if let Err(e) = locked.record_digest(next, digest) {
+        let t0 = std::time::Instant::now();
+        let res = disk.map_err(|e| e.to_string()).and_then(|disk| {
+            switch_digest(&tracker, disk.as_ref(), next).map_err(|e| e.to_string())
+        });
+        let seconds = t0.elapsed().as_secs_f64();
+        match res {
+            Ok(SwitchDigest::Exact(digest)) => {
+                if let Err(e) = tracker.record_digest(next, digest) {
                     warn!(error = %e, "cannot record the cycle digest");
                 }
+                info!(%vm, disk = %name, cycle = next, seconds, "cycle digest computed");
             }
-            Ok(None) => {}
+            Ok(SwitchDigest::Overwritten { offset }) => {
+                warn!(%vm, disk = %name, cycle = next, offset, seconds,
+                      "no digest for this cycle: a write after the switch changed a block it touched before the block was hashed (failover cannot verify this point)");
+            }
+            Ok(_) => {}
             Err(e) => warn!(%vm, disk = %name, cycle = next, error = %e,
                             "no digest for this cycle (failover cannot verify it)"),
         }
@@ -557,7 +569,7 @@ async fn ensure_hash_table(d: &Arc<Mutex<Protected>>) {
             t.invalidate().map_err(|e| e.to_string())?;
         }
         if t.is_complete() {
-            catch_up(&tracker, disk.as_ref(), &mut t)
+            catch_up(&tracker, disk.as_ref(), &mut t).map_err(|e| e.to_string())
         } else {
             // Writes after this point are in the active log or later ones: cycles > newest.
             t.compute_all(disk.as_ref(), newest)
@@ -568,55 +580,6 @@ async fn ensure_hash_table(d: &Arc<Mutex<Protected>>) {
     if let Ok(Err(e)) | Err(e) = res.map_err(|e| e.to_string()) {
         warn!(error = %e, "cannot compute the block-hash table; cycles carry no digest");
     }
-}
-
-/// Refreshes the table's entries for every block written by a closed log it has not seen
-/// (cycles past `through`). On failure the table is left incomplete: no digest from stale
-/// entries.
-fn catch_up(tracker: &Tracker, disk: &dyn VirtualDisk, t: &mut HashTable) -> Result<(), String> {
-    let res = (|| {
-        let mut ranges = Vec::new();
-        let mut newest = t.through();
-        for (c, p) in tracker.pending().map_err(|e| e.to_string())? {
-            if c <= t.through() {
-                continue;
-            }
-            let log = tracker.open_closed(&p).map_err(|e| e.to_string())?;
-            ranges.extend(coalesce_log(&log).into_iter().map(|e| (e.offset, e.end())));
-            newest = newest.max(c);
-        }
-        ranges.sort_unstable();
-        t.refresh(disk, ranges, newest).map_err(|e| e.to_string())
-    })();
-    if res.is_err() {
-        let _ = t.invalidate();
-    }
-    res
-}
-
-/// The digest of the disk right after a switch (call under the tracking lock): the entries
-/// of the blocks the closed logs touched are recomputed from a fresh reader first.
-fn switch_digest(
-    tracker: &Tracker,
-    path: &std::path::Path,
-    cycle: u64,
-) -> Result<Option<[u8; 32]>, String> {
-    let disk =
-        crate::disk::open(path, crate::disk::OpenOptions::default()).map_err(|e| e.to_string())?;
-    let mut t = HashTable::open(&tracker.paths().hashes, disk.info().virtual_size)
-        .map_err(|e| e.to_string())?;
-    if !t.is_complete() {
-        return Ok(None);
-    }
-    if t.through() >= cycle {
-        t.invalidate().map_err(|e| e.to_string())?;
-        return Err(format!(
-            "the block-hash table claims cycle {} already; it is recomputed at the next start",
-            t.through()
-        ));
-    }
-    catch_up(tracker, disk.as_ref(), &mut t)?;
-    t.digest().map_err(|e| e.to_string())
 }
 
 async fn ship_all(
@@ -655,7 +618,19 @@ async fn ship_pending(
         .map_err(|e| SendError::Internal(e.to_string()))?;
     for (cycle, path) in pending {
         let committed = d.lock().map_err(poisoned)?.committed_cycle.unwrap_or(0);
-        let log = match tracker.open_closed(&path) {
+        let t0 = Instant::now();
+        // Opening verifies every data checksum (reads the whole log): off the async threads,
+        // which drive the connection meanwhile.
+        let (t, p) = (tracker.clone(), path.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            t.open_closed(&p).map(|log| {
+                let extents = coalesce_log(&log);
+                (log, extents)
+            })
+        })
+        .await
+        .map_err(|e| SendError::Internal(format!("open log task: {e}")))?;
+        let (log, extents) = match opened {
             Ok(l) => l,
             Err(e) if e.needs_resync() => {
                 resync_required(&*d.lock().map_err(poisoned)?, format!("cycle {cycle}: {e}"));
@@ -682,8 +657,7 @@ async fn ship_pending(
             );
             return Ok(());
         }
-        let t0 = Instant::now();
-        let extents = coalesce_log(&log);
+        let open_s = t0.elapsed().as_secs_f64();
         let bytes: u64 = extents.iter().map(|e| e.length).sum();
         let req = ctrl.req();
         let ans = ctrl
@@ -710,8 +684,10 @@ async fn ship_pending(
             ..o.clone()
         };
         send_all(conn, &cjob, &co, Some(items), &[], sh).await?;
+        let shipped_s = t0.elapsed().as_secs_f64();
         // The switch's digest was computed while the cycle shipped.
         await_digest(d).await;
+        let digest_wait_s = t0.elapsed().as_secs_f64() - shipped_s;
         let digest = tracker.cycle_digest(cycle);
         let req = ctrl.req();
         let ans = ctrl
@@ -741,8 +717,12 @@ async fn ship_pending(
         sh.health.cycle_committed(&job.vm, &job.name, cycle);
         sh.board.committed(&job.vm, &job.name, cycle);
         crate::metrics::events::cycle_committed(&job.vm, &job.name, t0.elapsed().as_secs_f64());
+        // `open_seconds`: reading and checking the log; `shipped_seconds`: to the last
+        // extent acknowledged; `digest_wait_seconds`: then waiting for the digest.
         info!(vm = %job.vm, disk = %job.name, cycle, bytes,
-              seconds = t0.elapsed().as_secs_f64(), "cycle committed");
+              seconds = t0.elapsed().as_secs_f64(), open_seconds = open_s,
+              shipped_seconds = shipped_s, digest_wait_seconds = digest_wait_s,
+              "cycle committed");
     }
     Ok(())
 }

@@ -223,6 +223,26 @@ impl HashTable {
         self.file.sync_data().map_err(self.io("sync"))
     }
 
+    /// Records the hash of block `b` (the caller computed it; see `tracking::refresh`).
+    pub(super) fn write_entry(&self, b: u64, hash: &[u8; 32]) -> Result<(), HashTableError> {
+        self.file
+            .write_all_at(hash, HEADER + b * 32)
+            .map_err(self.io("write entry"))
+    }
+
+    /// Makes the entries written so far durable and records that they reflect every log up
+    /// to cycle `through`.
+    pub(super) fn commit_entries(&mut self, through: u64) -> Result<(), HashTableError> {
+        self.file.sync_data().map_err(self.io("sync"))?;
+        self.through = through;
+        self.write_header(self.complete)
+    }
+
+    /// The disk's virtual size.
+    pub fn virtual_size(&self) -> u64 {
+        self.virtual_size
+    }
+
     /// The disk digest from the table (`None` while the table is incomplete).
     pub fn digest(&self) -> Result<Option<[u8; 32]>, HashTableError> {
         if !self.complete {

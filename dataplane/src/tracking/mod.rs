@@ -20,11 +20,14 @@
 //! `D.hrl` (a switch killed half-way is completed by [`Locked::finish_switch`] at the next
 //! start). A switch therefore sees every write
 //! either wholly before it or wholly after it, and the disk under the lock equals the
-//! replica's next recovery point.
+//! replica's next recovery point. The lock is held for the switch only (milliseconds):
+//! the cycle's digest is computed after it is released, from the closed log and the disk
+//! ([`switch_digest`]), so writers never wait for hashing.
 
 mod hashes;
 mod lock;
 mod paths;
+mod refresh;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -37,6 +40,7 @@ use crate::hrl::{HrlError, HrlLog, HrlWriter, ReadOptions, WriterOptions};
 pub use hashes::{HashTable, HashTableError};
 pub use lock::LockGuard;
 pub use paths::LogPaths;
+pub use refresh::{catch_up, switch_digest, SwitchDigest};
 
 /// Why tracking cannot go on; every variant says whether a resync is needed.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,17 @@ pub enum TrackingError {
         #[source]
         source: std::io::Error,
     },
+    /// The block-hash table failed (reading the disk or the table file).
+    #[error(transparent)]
+    Hashes(#[from] HashTableError),
+    /// The block-hash table does not fit the logs beside the disk.
+    #[error("{}: {problem}", path.display())]
+    Table {
+        /// The table or log concerned.
+        path: PathBuf,
+        /// What does not fit.
+        problem: String,
+    },
     /// The active log is missing while protection is on: writes may have gone unrecorded.
     #[error("{}: the active change log is missing: writes since the last switch are unknown; the disk needs a resync", path.display())]
     ActiveMissing {
@@ -70,7 +85,9 @@ impl TrackingError {
         match self {
             TrackingError::Log(e) => !e.is_recoverable(),
             TrackingError::ActiveMissing { .. } => true,
-            TrackingError::Io { .. } => false,
+            TrackingError::Io { .. } | TrackingError::Hashes(_) | TrackingError::Table { .. } => {
+                false
+            }
         }
     }
 }
@@ -123,15 +140,35 @@ impl Tracker {
         self.paths.active.is_file()
     }
 
-    /// Opens a closed log for shipping, checked against the disk size.
+    /// Opens a closed log for shipping, checked against the disk size, its data checksums
+    /// verified.
     pub fn open_closed(&self, path: &Path) -> Result<HrlLog, TrackingError> {
+        self.open_closed_with(path, true)
+    }
+
+    /// Opens a closed log; `verify_data` reads all its data to check the `DataChecksum`s
+    /// (the structure is always checked).
+    pub fn open_closed_with(
+        &self,
+        path: &Path,
+        verify_data: bool,
+    ) -> Result<HrlLog, TrackingError> {
         Ok(HrlLog::open(
             path,
             &ReadOptions {
                 disk_size: Some(self.disk_size),
-                ..Default::default()
+                verify_data,
             },
         )?)
+    }
+
+    /// Records the digest of the disk at the switch that closed `cycle` (write, fsync,
+    /// rename).
+    pub fn record_digest(&self, cycle: u64, digest: [u8; 32]) -> Result<(), TrackingError> {
+        write_small(
+            &self.paths.digest(cycle),
+            &format!("{}\n", hex::encode(digest)),
+        )
     }
 
     /// Bytes held in logs (active and closed): DESIGN.md §1 marks a disk for resync when
@@ -273,14 +310,6 @@ impl Locked<'_> {
     pub fn append(&self, writes: &[(u64, Bytes)], now: SystemTime) -> Result<(), TrackingError> {
         self.active_writer()?.append(writes, now)?;
         Ok(())
-    }
-
-    /// Records the digest of the disk at this switch (call with the lock still held).
-    pub fn record_digest(&self, cycle: u64, digest: [u8; 32]) -> Result<(), TrackingError> {
-        write_small(
-            &self.tracker.paths.digest(cycle),
-            &format!("{}\n", hex::encode(digest)),
-        )
     }
 
     /// Starts a fresh chain for a resync: drops every closed log and the active one (the
