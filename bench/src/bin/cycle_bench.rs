@@ -9,7 +9,13 @@
 //!    does, minus a process per write), in shuffled order.
 //! 3. **Cycle**: `vdrep send --interval 1s --max-cycles 1` switches the log and ships it; the
 //!    time from the switch (the closed log `D.00000002.hrl` appears; polled every ms) to
-//!    the receiver's "cycle committed" line (polled every 2 ms) is the cycle time.
+//!    the receiver's "cycle committed" line (polled every 2 ms) is the cycle time. Right
+//!    after the switch is seen, one `vdrep log-write` of 4 KiB (into a block the cycle does
+//!    not touch) is timed: a writer must not wait for the cycle's hashing. The breakdown
+//!    comes from the sender's log (`open_seconds`: reading and checking the closed log,
+//!    `shipped_seconds`, `digest_wait_seconds`, and the digest task's own `seconds`) and
+//!    from the store (first and last growth of the undo log: the first and last extent
+//!    written).
 //! 4. **Baseline** (same run, same binaries): a dense raw file holding exactly the bytes B,
 //!    replicated by a one-shot `vdrep send` (read + zstd + BLAKE3 + QUIC + write + commit);
 //!    its `--json` `seconds`. Ratio = cycle / baseline (target ≤ 1.2).
@@ -68,6 +74,12 @@ struct Results {
     cycle_switch_to_commit_s: f64,
     cycle_sender_ship_s: f64,
     cycle_receiver_commit_s: f64,
+    cycle_first_write_s: f64,
+    cycle_open_s: f64,
+    cycle_shipped_s: f64,
+    cycle_digest_wait_s: f64,
+    cycle_digest_s: f64,
+    log_write_during_switch_ms: f64,
     baseline_initial_copy_s: f64,
     ratio_cycle_to_baseline: f64,
     empty_cycle_seconds: Vec<f64>,
@@ -210,7 +222,15 @@ fn measure(
     }
     drop(f);
 
-    // 3. The cycle.
+    // 3. The cycle; the probe write goes into the first 1 MiB block no extent touches.
+    let probe_block = (0..size >> 20)
+        .find(|b| {
+            let (s, e) = (b << 20, (b + 1) << 20);
+            placed.iter().all(|&(o, l)| o + l <= s || o >= e)
+        })
+        .context("every block is touched: use a larger --disk-gib")?;
+    let probe = w.join("probe.bin");
+    std::fs::write(&probe, vec![0x5au8; 4096])?;
     let closed = tracker.paths().closed(2);
     let committed_before = count_lines(rx_log, "cycle committed as a recovery point");
     let mut child = spawn_sender(
@@ -230,16 +250,30 @@ fn measure(
         std::thread::sleep(Duration::from_millis(1));
     }
     let t_switch = Instant::now();
+    // In a thread: the store is watched meanwhile.
+    let mut lw_cmd = Command::new(vdrep);
+    lw_cmd
+        .arg("log-write")
+        .arg(&disk)
+        .arg("--offset")
+        .arg((probe_block << 20).to_string())
+        .arg("--file")
+        .arg(&probe);
+    let log_write = std::thread::spawn(move || {
+        let lw = Instant::now();
+        run(&mut lw_cmd).map(|_| lw.elapsed().as_secs_f64() * 1000.0)
+    });
     let undo = store.join("vm1").join("disk.p1.undo");
     // The receiver saves each write's pre-image in the undo log as the write arrives
     // (LAYOUT.md, "write/clear"): the last growth of that file is the last write, and what
     // follows until the commit is the receiver's tail (last flush, replica sync, state).
-    let (mut t_undo, mut undo_len) = (None, 0);
+    let (mut t_undo, mut t_first, mut undo_len) = (None, None, 0);
     while count_lines(rx_log, "cycle committed as a recovery point") <= committed_before {
         let len = std::fs::metadata(&undo).map(|m| m.len()).unwrap_or(0);
         if len != undo_len {
             undo_len = len;
             t_undo = Some(Instant::now());
+            t_first.get_or_insert(t_switch.elapsed().as_secs_f64());
         }
         if Instant::now() > end + Duration::from_secs(600) {
             bail!("cycle not committed within 10 min");
@@ -250,17 +284,35 @@ fn measure(
     let commit_s = t_undo
         .map(|t| t.elapsed().as_secs_f64())
         .unwrap_or(f64::NAN);
+    let log_write_ms = log_write
+        .join()
+        .map_err(|_| anyhow::anyhow!("log-write thread panicked"))??;
     let st = child.wait()?;
     if !st.success() {
         bail!("cycle sender failed: {st}; see {}", send_log.display());
     }
-    let ship = cycle_seconds(&std::fs::read_to_string(&send_log)?);
+    let slog = std::fs::read_to_string(&send_log)?;
+    let ship = cycle_field(&slog, "cycle committed", "seconds");
     let ship_s = *ship.last().context("no cycle line")?;
+    let last = |msg: &str, field: &str| {
+        cycle_field(&slog, msg, field)
+            .last()
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let open_s = last("cycle committed", "open_seconds");
+    let shipped_s = last("cycle committed", "shipped_seconds");
+    let digest_wait_s = last("cycle committed", "digest_wait_seconds");
+    let digest_s = last("cycle digest computed", "seconds");
     let undo_bytes = std::fs::metadata(&undo)
         .with_context(|| format!("{}", undo.display()))?
         .len();
     eprintln!(
-        "cycle: {cycle_s:.2} s switch to commit (sender ship {ship_s:.2} s, receiver commit {commit_s:.2} s)"
+        "cycle: {cycle_s:.2} s switch to commit (sender ship {ship_s:.2} s: open {open_s:.2}, \
+         shipped {shipped_s:.2}, digest wait {digest_wait_s:.2}; digest {digest_s:.2} s; \
+         receiver first write {:.2} s, tail {commit_s:.2} s); log-write during the switch \
+         {log_write_ms:.1} ms",
+        t_first.unwrap_or(f64::NAN)
     );
 
     // 4. Baseline: one initial copy of the same bytes.
@@ -280,7 +332,11 @@ fn measure(
         &["--interval", "200ms", "--max-cycles", "11"],
         &empty_log,
     )?;
-    let mut empty = cycle_seconds(&std::fs::read_to_string(&empty_log)?);
+    let mut empty = cycle_field(
+        &std::fs::read_to_string(&empty_log)?,
+        "cycle committed",
+        "seconds",
+    );
     if empty.len() > 10 {
         empty.drain(..empty.len() - 10);
     }
@@ -299,6 +355,12 @@ fn measure(
         cycle_switch_to_commit_s: cycle_s,
         cycle_sender_ship_s: ship_s,
         cycle_receiver_commit_s: commit_s,
+        cycle_first_write_s: t_first.unwrap_or(f64::NAN),
+        cycle_open_s: open_s,
+        cycle_shipped_s: shipped_s,
+        cycle_digest_wait_s: digest_wait_s,
+        cycle_digest_s: digest_s,
+        log_write_during_switch_ms: log_write_ms,
         baseline_initial_copy_s: base_s,
         ratio_cycle_to_baseline: cycle_s / base_s,
         empty_cycle_seconds: empty,
@@ -308,12 +370,13 @@ fn measure(
     })
 }
 
-/// `seconds=` of every "cycle committed" line of a sender log.
-fn cycle_seconds(log: &str) -> Vec<f64> {
+/// The value of `field=` on every line of a sender log containing `msg`.
+fn cycle_field(log: &str, msg: &str, field: &str) -> Vec<f64> {
+    let key = format!(" {field}=");
     log.lines()
-        .filter(|l| l.contains("cycle committed"))
+        .filter(|l| l.contains(msg))
         .filter_map(|l| {
-            l.split("seconds=")
+            l.split(key.as_str())
                 .nth(1)?
                 .split_whitespace()
                 .next()?
@@ -440,6 +503,21 @@ fn write_results(out: &Path, r: &Results) -> Result<()> {
         m,
         "| cycle: switch → commit | {:.2} s (sender ship {:.2} s; receiver tail after the last write {:.2} s: last flush + syncs) | |",
         r.cycle_switch_to_commit_s, r.cycle_sender_ship_s, r.cycle_receiver_commit_s
+    )?;
+    writeln!(
+        m,
+        "| … sender: open + check the closed log / to last extent acked / waiting for the digest | {:.2} / {:.2} / {:.2} s | |",
+        r.cycle_open_s, r.cycle_shipped_s, r.cycle_digest_wait_s
+    )?;
+    writeln!(
+        m,
+        "| … digest (concurrent with shipping) / switch → first extent written at the receiver | {:.2} / {:.2} s | |",
+        r.cycle_digest_s, r.cycle_first_write_s
+    )?;
+    writeln!(
+        m,
+        "| `vdrep log-write` of 4 KiB started right after the switch | {:.1} ms | |",
+        r.log_write_during_switch_ms
     )?;
     writeln!(
         m,

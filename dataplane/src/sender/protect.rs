@@ -51,8 +51,9 @@ pub struct Protected {
     pub fresh: bool,
     /// Resynchronise before the next cycle even without a mark (`send --resync`).
     pub force_resync: bool,
-    /// The digest of the last switch, computed under the tracking lock while the closed log
-    /// already ships; awaited before its cycle commits (the commit carries it).
+    /// The digest of the last switch, computed after the tracking lock is released while
+    /// the closed log already ships; awaited before its cycle commits (the commit carries
+    /// it).
     pub digest_task: Option<tokio::task::JoinHandle<()>>,
     /// A required resync is waiting for non-work hours (said once).
     pub resync_waiting: bool,

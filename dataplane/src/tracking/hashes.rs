@@ -3,11 +3,12 @@
 //! block (`crate::digest` defines it; the receiver verifies failover output with it).
 //!
 //! The full table is computed once after tracking starts, without the lock: any block that
-//! changes while it is read is in the change logs and is recomputed at the next switch. At
-//! each switch, with the lock held (no write in flight), the blocks the closing log touched
-//! are read again from a freshly opened reader (a dynamic disk's BAT may have grown), so the
-//! digest is exactly the disk at the switch. The table lives on disk and is read and written
-//! by entry, so memory stays small whatever the disk size.
+//! changes while it is read is in the change logs and is recomputed at the next switch. After
+//! each switch, without the lock, the blocks the closed log touched are rebuilt from the
+//! closed log and a reader opened at the switch (`super::refresh`), so the digest is exactly
+//! the disk at the switch, or withheld when a later write made that impossible. The table
+//! lives on disk and is read and written by entry, so memory stays small whatever the disk
+//! size.
 //!
 //! The header records the last cycle whose log the entries reflect (`through`). A sender
 //! killed between a switch and the refresh leaves a closed log the table has not seen; the
@@ -230,10 +231,17 @@ impl HashTable {
             .map_err(self.io("write entry"))
     }
 
-    /// Makes the entries written so far durable and records that they reflect every log up
-    /// to cycle `through`.
-    pub(super) fn commit_entries(&mut self, through: u64) -> Result<(), HashTableError> {
-        self.file.sync_data().map_err(self.io("sync"))?;
+    /// Makes the entries written so far durable (`wrote`: any were) and records that they
+    /// reflect every log up to cycle `through`.
+    pub(super) fn commit_entries(
+        &mut self,
+        wrote: bool,
+        through: u64,
+    ) -> Result<(), HashTableError> {
+        if wrote {
+            // An empty cycle costs one sync, not two.
+            self.file.sync_data().map_err(self.io("sync"))?;
+        }
         self.through = through;
         self.write_header(self.complete)
     }

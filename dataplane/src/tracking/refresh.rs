@@ -140,7 +140,7 @@ fn rebuild(
         compose_block(disk, &logs, &extents, start, block)?;
         t.write_entry(b, &block_hash(block))?;
     }
-    t.commit_entries(cycle)?;
+    t.commit_entries(!touched.is_empty(), cycle)?;
     Ok((touched, extents))
 }
 
