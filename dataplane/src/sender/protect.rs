@@ -620,11 +620,16 @@ async fn ship_pending(
     for (cycle, path) in pending {
         let committed = d.lock().map_err(poisoned)?.committed_cycle.unwrap_or(0);
         let t0 = Instant::now();
-        // Opening verifies every data checksum (reads the whole log): off the async threads,
-        // which drive the connection meanwhile.
+        // The log's structure is checked before anything ships; its data checksums (a read
+        // of the whole log) are checked while the cycle ships and before it commits: a
+        // damaged log's bytes then reach at most the receiver's open cycle, which is never
+        // committed — the resync that follows reopens that cycle and brings the replica in
+        // line (`sender/resync.rs`), so no recovery point holds the damage.
+        let (t, p) = (tracker.clone(), path.clone());
+        let data_check = tokio::task::spawn_blocking(move || t.open_closed(&p).map(|_| ()));
         let (t, p) = (tracker.clone(), path.clone());
         let opened = tokio::task::spawn_blocking(move || {
-            t.open_closed(&p).map(|log| {
+            t.open_closed_with(&p, false).map(|log| {
                 let extents = coalesce_log(&log);
                 (log, extents)
             })
@@ -686,6 +691,15 @@ async fn ship_pending(
         };
         send_all(conn, &cjob, &co, Some(items), &[], sh).await?;
         let shipped_s = t0.elapsed().as_secs_f64();
+        match data_check.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.needs_resync() => {
+                resync_required(&*d.lock().map_err(poisoned)?, format!("cycle {cycle}: {e}"));
+                return Ok(());
+            }
+            Ok(Err(e)) => return Err(SendError::Internal(e.to_string())),
+            Err(e) => return Err(SendError::Internal(format!("log check task: {e}"))),
+        }
         // The switch's digest was computed while the cycle shipped.
         await_digest(d).await;
         let digest_wait_s = t0.elapsed().as_secs_f64() - shipped_s;
@@ -718,8 +732,9 @@ async fn ship_pending(
         sh.health.cycle_committed(&job.vm, &job.name, cycle);
         sh.board.committed(&job.vm, &job.name, cycle);
         crate::metrics::events::cycle_committed(&job.vm, &job.name, t0.elapsed().as_secs_f64());
-        // `open_seconds`: reading and checking the log; `shipped_seconds`: to the last
-        // extent acknowledged; `digest_wait_seconds`: then waiting for the digest.
+        // `open_seconds`: reading the log's structure; `shipped_seconds`: to the last
+        // extent acknowledged; `digest_wait_seconds`: then waiting for the data check and
+        // the digest.
         info!(vm = %job.vm, disk = %job.name, cycle, bytes,
               seconds = t0.elapsed().as_secs_f64(), open_seconds = open_s,
               shipped_seconds = shipped_s, digest_wait_seconds = digest_wait_s,
