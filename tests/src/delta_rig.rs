@@ -49,6 +49,8 @@ pub struct LocalRig {
     pub disk: TrackedDisk,
     /// Frozen sources, one per check.
     frozen: usize,
+    /// Per check: whether failover verified the point against the sender's digest.
+    pub verified: Vec<bool>,
 }
 
 impl LocalRig {
@@ -71,6 +73,7 @@ impl LocalRig {
             rx,
             disk,
             frozen: 0,
+            verified: Vec::new(),
         }
     }
 
@@ -144,6 +147,7 @@ impl LocalRig {
         ]);
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("failover --json");
         let c = v[0]["point"].as_u64().expect("point");
+        self.verified.push(v[0]["verified"].as_bool() == Some(true));
         assert_same(
             frozen,
             &out.join("disk.vhd"),
