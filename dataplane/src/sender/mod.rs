@@ -6,6 +6,7 @@
 //! [`BandwidthControl`] that can be changed while the transfer runs.
 
 mod control;
+mod cycle;
 mod disk;
 mod error;
 pub mod jobs;

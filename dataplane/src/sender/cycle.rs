@@ -1,0 +1,395 @@
+//! One delta cycle of a protected disk: the log switch (the tracking lock held only to
+//! close and open logs), the cycle's digest computed beside the shipping, and shipping the
+//! closed logs' coalesced extents until the receiver commits each cycle as a recovery point.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+use vdrep_proto::wire::Control;
+use vdrep_proto::Guid;
+
+use super::disk::{send_all, DiskJob, Opened, Shared};
+use super::logimage::LogImage;
+use super::protect::{poisoned, resync_required, skip, Policy, Protected};
+use super::{ControlStream, SendError};
+use crate::hrl::coalesce_log;
+use crate::pipeline::WorkItem;
+use crate::tracking::{catch_up, switch_digest, HashTable, SwitchDigest};
+
+/// Closes the active log as the next cycle and starts the next log, holding the tracking
+/// lock only for that (and to open a reader of the disk as the switch left it). The cycle's
+/// digest is computed after the lock is released (`tracking::switch_digest`), so writers
+/// never wait for hashing, and while the closed log already ships; it is awaited before
+/// the cycle commits. Returns the cycle switched to.
+pub(super) async fn switch(d: &Arc<Mutex<Protected>>) -> Option<u64> {
+    let d2 = d.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
+    let task = tokio::task::spawn_blocking(move || {
+        let prepared = (|| {
+            let g = d2.lock().map_err(|_| "lock poisoned".to_string())?;
+            let pending = g.tracker.pending().map_err(|e| e.to_string())?;
+            let last_pending = pending.last().map(|(c, _)| *c).unwrap_or(0);
+            let next = g.committed_cycle.unwrap_or(0).max(last_pending) + 1;
+            let size = g.job.disk.info().virtual_size;
+            if g.tracker.log_bytes() >= size / 2 {
+                return Err(format!(
+                    "change logs hold {} bytes, half of the disk's {size}: shipping them would cost more than a resync",
+                    g.tracker.log_bytes()
+                ));
+            }
+            Ok((
+                next,
+                g.tracker.clone(),
+                g.job.disk.info().path.clone(),
+                g.job.vm.clone(),
+                g.job.name.clone(),
+            ))
+        })();
+        let (next, tracker, path, vm, name) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        let locked = match tracker.lock() {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        if let Err(e) = locked.switch(next, SystemTime::now()) {
+            let _ = tx.send(Err(e.to_string()));
+            return;
+        }
+        // Opened under the lock: a dynamic disk's metadata as the switch left it.
+        let disk = crate::disk::open(&path, crate::disk::OpenOptions::default());
+        drop(locked);
+        let _ = tx.send(Ok(next));
+        let t0 = std::time::Instant::now();
+        let res = disk.map_err(|e| e.to_string()).and_then(|disk| {
+            switch_digest(&tracker, disk.as_ref(), next).map_err(|e| e.to_string())
+        });
+        let seconds = t0.elapsed().as_secs_f64();
+        match res {
+            Ok(SwitchDigest::Exact(digest)) => {
+                if let Err(e) = tracker.record_digest(next, digest) {
+                    warn!(error = %e, "cannot record the cycle digest");
+                }
+                info!(%vm, disk = %name, cycle = next, seconds, "cycle digest computed");
+            }
+            Ok(SwitchDigest::Overwritten { offset }) => {
+                warn!(%vm, disk = %name, cycle = next, offset, seconds,
+                      "no digest for this cycle: a write after the switch changed a block it touched before the block was hashed (failover cannot verify this point)");
+            }
+            Ok(_) => {}
+            Err(e) => warn!(%vm, disk = %name, cycle = next, error = %e,
+                            "no digest for this cycle (failover cannot verify it)"),
+        }
+    });
+    let reason = match rx.await {
+        Ok(Ok(next)) => {
+            if let Ok(mut g) = d.lock() {
+                g.digest_task = Some(task);
+            }
+            return Some(next);
+        }
+        Ok(Err(r)) => r,
+        Err(_) => match task.await {
+            Err(e) => format!("switch task failed: {e}"),
+            Ok(()) => "switch task ended without an answer".to_string(),
+        },
+    };
+    if let Ok(g) = d.lock() {
+        resync_required(&g, format!("log switch failed: {reason}"));
+    }
+    None
+}
+
+/// Waits for the digest of the last switch (see [`switch`]).
+pub(super) async fn await_digest(d: &Arc<Mutex<Protected>>) {
+    let task = d.lock().ok().and_then(|mut g| g.digest_task.take());
+    if let Some(t) = task {
+        if let Err(e) = t.await {
+            warn!(error = %e, "the cycle digest task failed");
+        }
+    }
+}
+
+/// Computes the block-hash table once tracking runs (blocks changing meanwhile are in the
+/// logs and are recomputed at the next switch), or brings a kept table up to date with the
+/// closed logs it has not seen (a sender killed between a switch and its refresh).
+pub(super) async fn ensure_hash_table(d: &Arc<Mutex<Protected>>) {
+    await_digest(d).await;
+    let d2 = d.clone();
+    let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        // A snapshot: hashing a whole disk must not hold the disk's state.
+        let (path, tracker, committed) = {
+            let g = d2.lock().map_err(|_| "lock poisoned".to_string())?;
+            let info = g.job.disk.info();
+            (info.path.clone(), g.tracker.clone(), g.committed_cycle)
+        };
+        let disk = crate::disk::open(&path, crate::disk::OpenOptions::default())
+            .map_err(|e| e.to_string())?;
+        let mut t = HashTable::open(&tracker.paths().hashes, disk.info().virtual_size)
+            .map_err(|e| e.to_string())?;
+        let pending = tracker.pending().map_err(|e| e.to_string())?;
+        let newest = pending
+            .last()
+            .map(|(c, _)| *c)
+            .unwrap_or(0)
+            .max(committed.unwrap_or(0));
+        if t.is_complete() && t.through() > newest {
+            // Cycle numbers restarted (a new protection): the table belongs to another chain.
+            t.invalidate().map_err(|e| e.to_string())?;
+        }
+        if t.is_complete() {
+            catch_up(&tracker, disk.as_ref(), &mut t).map_err(|e| e.to_string())
+        } else {
+            // Writes after this point are in the active log or later ones: cycles > newest.
+            t.compute_all(disk.as_ref(), newest)
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    if let Ok(Err(e)) | Err(e) = res.map_err(|e| e.to_string()) {
+        warn!(error = %e, "cannot compute the block-hash table; cycles carry no digest");
+    }
+}
+
+pub(super) async fn ship_all(
+    conn: &quinn::Connection,
+    ctrl: &mut ControlStream,
+    disks: &Arc<Vec<Arc<Mutex<Protected>>>>,
+    opened: &[Option<Opened>],
+    policy: &Policy,
+    sh: &Arc<Shared>,
+) -> Result<(), SendError> {
+    for (d, o) in disks.iter().zip(opened) {
+        let Some(o) = o else { continue };
+        if skip(d) {
+            continue;
+        }
+        ship_pending(conn, ctrl, d, o, policy, sh).await?;
+    }
+    Ok(())
+}
+
+/// Ships every closed log of a disk as its cycle, oldest first.
+pub(super) async fn ship_pending(
+    conn: &quinn::Connection,
+    ctrl: &mut ControlStream,
+    d: &Arc<Mutex<Protected>>,
+    o: &Opened,
+    policy: &Policy,
+    sh: &Arc<Shared>,
+) -> Result<(), SendError> {
+    let (job, tracker) = {
+        let g = d.lock().map_err(poisoned)?;
+        (g.job.clone(), g.tracker.clone())
+    };
+    let pending = tracker
+        .pending()
+        .map_err(|e| SendError::Internal(e.to_string()))?;
+    for (cycle, path) in pending {
+        let committed = d.lock().map_err(poisoned)?.committed_cycle.unwrap_or(0);
+        let t0 = Instant::now();
+        // The log's structure is checked before anything ships; its data checksums (a read
+        // of the whole log) are checked while the cycle ships and before it commits: a
+        // damaged log's bytes then reach at most the receiver's open cycle, which is never
+        // committed — the resync that follows reopens that cycle and brings the replica in
+        // line (`sender/resync.rs`), so no recovery point holds the damage.
+        let (t, p) = (tracker.clone(), path.clone());
+        let data_check = tokio::task::spawn_blocking(move || t.open_closed(&p).map(|_| ()));
+        let (t, p) = (tracker.clone(), path.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            t.open_closed_with(&p, false).map(|log| {
+                let extents = coalesce_log(&log);
+                (log, extents)
+            })
+        })
+        .await
+        .map_err(|e| SendError::Internal(format!("open log task: {e}")))?;
+        let (log, extents) = match opened {
+            Ok(l) => l,
+            Err(e) if e.needs_resync() => {
+                resync_required(&*d.lock().map_err(poisoned)?, format!("cycle {cycle}: {e}"));
+                return Ok(());
+            }
+            Err(e) => return Err(SendError::Internal(e.to_string())),
+        };
+        let id = log.header().unique_id;
+        if cycle <= committed {
+            // Committed before a crash deleted the log: record the chain and drop it.
+            let _ = tracker.set_shipped_id(id);
+            let _ = tracker.remove_shipped(&path);
+            continue;
+        }
+        let expected = tracker.shipped_id().unwrap_or(Guid::NIL);
+        if log.header().previous_unique_id != expected {
+            resync_required(
+                &*d.lock().map_err(poisoned)?,
+                format!(
+                    "cycle {cycle}: log {} follows {} but the last shipped log is {expected}: a log is missing",
+                    path.display(),
+                    log.header().previous_unique_id
+                ),
+            );
+            return Ok(());
+        }
+        let open_s = t0.elapsed().as_secs_f64();
+        let bytes: u64 = extents.iter().map(|e| e.length).sum();
+        let req = ctrl.req();
+        let ans = ctrl
+            .call(Control::BeginCycle {
+                req,
+                handle: o.handle,
+                cycle,
+            })
+            .await?;
+        let Control::CycleOpened { progress, .. } = ans else {
+            return Err(ctrl.unexpected(ans));
+        };
+        let items = cycle_items(&extents, &progress, sh.opts.chunk as u64);
+        let image = LogImage::new(log, extents, job.disk.info().clone());
+        let cjob = DiskJob {
+            vm: job.vm.clone(),
+            name: job.name.clone(),
+            disk: Arc::new(image),
+            progress: Default::default(),
+        };
+        // A cycle's zeros are real writes: never "known empty".
+        let co = Opened {
+            known_empty: false,
+            ..o.clone()
+        };
+        send_all(conn, &cjob, &co, Some(items), &[], sh).await?;
+        let shipped_s = t0.elapsed().as_secs_f64();
+        match data_check.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.needs_resync() => {
+                resync_required(&*d.lock().map_err(poisoned)?, format!("cycle {cycle}: {e}"));
+                return Ok(());
+            }
+            Ok(Err(e)) => return Err(SendError::Internal(e.to_string())),
+            Err(e) => return Err(SendError::Internal(format!("log check task: {e}"))),
+        }
+        // The switch's digest was computed while the cycle shipped.
+        await_digest(d).await;
+        let digest_wait_s = t0.elapsed().as_secs_f64() - shipped_s;
+        let digest = tracker.cycle_digest(cycle);
+        let req = ctrl.req();
+        let ans = ctrl
+            .call(Control::CommitCycle {
+                req,
+                handle: o.handle,
+                cycle,
+                bytes,
+                // Recorded at the switch; none (zeros) when the table was not ready then.
+                digest: digest.unwrap_or([0; 32]),
+                retention_secs: policy.retention.as_secs().min(86_400) as u32,
+            })
+            .await?;
+        if !matches!(ans, Control::Committed { .. }) {
+            return Err(ctrl.unexpected(ans));
+        }
+        tracker
+            .set_shipped_id(id)
+            .map_err(|e| SendError::Internal(e.to_string()))?;
+        tracker
+            .remove_shipped(&path)
+            .map_err(|e| SendError::Internal(e.to_string()))?;
+        if let Ok(mut g) = d.lock() {
+            g.committed_cycle = Some(cycle);
+        }
+        sh.stats.cycles.fetch_add(1, Ordering::Relaxed);
+        sh.health.cycle_committed(&job.vm, &job.name, cycle);
+        sh.board.committed(&job.vm, &job.name, cycle);
+        crate::metrics::events::cycle_committed(&job.vm, &job.name, t0.elapsed().as_secs_f64());
+        // `open_seconds`: reading the log's structure; `shipped_seconds`: to the last
+        // extent acknowledged; `digest_wait_seconds`: then waiting for the data check and
+        // the digest.
+        info!(vm = %job.vm, disk = %job.name, cycle, bytes,
+              seconds = t0.elapsed().as_secs_f64(), open_seconds = open_s,
+              shipped_seconds = shipped_s, digest_wait_seconds = digest_wait_s,
+              "cycle committed");
+    }
+    Ok(())
+}
+
+/// The work items of a cycle: its extents less what the receiver already holds, in pieces of
+/// at most `chunk` bytes.
+fn cycle_items(
+    extents: &[crate::hrl::CoalescedExtent],
+    done: &[(u64, u64)],
+    chunk: u64,
+) -> Vec<WorkItem> {
+    let mut out = Vec::new();
+    for e in extents {
+        let mut gaps = vec![(e.offset, e.end())];
+        for &(ds, de) in done {
+            gaps = gaps
+                .into_iter()
+                .flat_map(|(s, t)| {
+                    if de <= s || ds >= t {
+                        vec![(s, t)]
+                    } else {
+                        let mut v = Vec::new();
+                        if ds > s {
+                            v.push((s, ds));
+                        }
+                        if de < t {
+                            v.push((de, t));
+                        }
+                        v
+                    }
+                })
+                .collect();
+        }
+        for (s, t) in gaps {
+            crate::pipeline::push_split(&mut out, s, t, chunk, false);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hrl::CoalescedExtent;
+
+    #[test]
+    fn cycle_items_skip_durable_ranges_and_respect_the_chunk() {
+        let ext = |o, l| CoalescedExtent {
+            offset: o,
+            length: l,
+            pieces: vec![],
+        };
+        let v = cycle_items(
+            &[ext(0, 4096), ext(8192, 3 << 20)],
+            &[(1024, 2048), (8192, 9216)],
+            1 << 20,
+        );
+        let got: Vec<(u64, u32)> = v
+            .iter()
+            .map(|w| match *w {
+                WorkItem::Read { offset, len } => (offset, len),
+                WorkItem::Clear { offset, len } => (offset, len),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 1024),
+                (2048, 2048),
+                (9216, 1 << 20),
+                (9216 + (1 << 20), 1 << 20),
+                (9216 + (2 << 20), (3 << 20) - 1024 - (2 << 20)),
+            ]
+        );
+    }
+}
