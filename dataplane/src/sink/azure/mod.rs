@@ -38,11 +38,13 @@ mod coalesce;
 mod disk;
 pub mod identity;
 mod jobs;
+mod pipe;
 mod points;
 mod reader;
 mod replica;
 pub mod rest;
 mod state;
+mod stats;
 mod writes;
 
 use std::sync::Arc;
