@@ -36,6 +36,9 @@ pub(super) struct Target {
 /// service was unreachable for longer than the lease), re-acquires the same lease id and
 /// runs `f` again. A lease someone else holds is never taken over (409 → fenced); a
 /// successor that came and went is caught by the state blob's ETag at the next write.
+/// Several sender threads may meet the expiry at once: one re-acquires, the others find
+/// the lease taken; `f` is retried by all of them, and carrying our lease id it succeeds
+/// only if the lease is ours again.
 pub(super) fn leased<T>(
     c: &Container,
     blob: &str,
@@ -46,9 +49,14 @@ pub(super) fn leased<T>(
 ) -> Result<T, RestError> {
     match f() {
         Err(e) if e.status == Some(412) && e.code == "LeaseNotPresentWithBlobOperation" => {
-            reacquire_if_expired(c, blob, lease, lease_secs).map_err(|_| e)?;
-            lease_lost.store(false, Ordering::Relaxed);
-            f()
+            let reacquired = reacquire_if_expired(c, blob, lease, lease_secs).is_ok();
+            let r = f();
+            if r.is_ok() {
+                lease_lost.store(false, Ordering::Relaxed);
+            } else if !reacquired {
+                return Err(e);
+            }
+            r
         }
         r => r,
     }
