@@ -114,7 +114,7 @@ def vdrep_run(url, container, path, tmp, log=None):
         subprocess.run([vdrep, "certs", "init", tls, "--sender", "bench"], check=True, capture_output=True)
     # --receiver-log: the receiver's Put Page statistics (sink/azure/stats.rs) go to a file.
     env = dict(os.environ, VDREP_AZURE_KEY=KEY,
-               VDREP_LOG="warn,vdrep::sink::azure=debug" if log else "warn")
+               VDREP_LOG=os.environ.get("BENCH_RECEIVER_LOG_FILTER", "warn,vdrep::sink::azure=debug") if log else "warn")
     err = open(log, "w") if log else subprocess.DEVNULL
     rc = subprocess.Popen([vdrep, "receive", "--listen", "127.0.0.1:0", "--tls", tls,
         "--allow", "bench=benchvm", "--azure-url", url, "--azure-container", container],
@@ -125,8 +125,11 @@ def vdrep_run(url, container, path, tmp, log=None):
         "--no-progress", path], check=True, capture_output=True)
     dt = time.time() - t0
     rcpu = cpu_secs(rc.pid) - c0
+    with open(f"/proc/{rc.pid}/status") as f:
+        hwm = [l for l in f if l.startswith("VmHWM:")]
+    rss_mib = int(hwm[0].split()[1]) // 1024 if hwm else None
     rc.terminate(); rc.wait()
-    return dt, rcpu
+    return dt, rcpu, rss_mib
 
 
 def main():
@@ -160,7 +163,8 @@ def main():
             time.sleep(0.5)
             rows.append({"name": name, "seconds": round(dt, 2), "MB_per_s": round(size / dt / 1e6, 1),
                          "put_pages": az.put_pages(), "azurite_cpu_s": round(acpu, 2),
-                         "receiver_cpu_s": round(v[1], 2) if v else None})
+                         "receiver_cpu_s": round(v[1], 2) if v else None,
+                         "receiver_peak_rss_mib": v[2] if v else None})
             az.stop()
             print(json.dumps(rows[-1]), flush=True)
         base = rows[-2]["MB_per_s"]
@@ -171,9 +175,9 @@ def main():
             json.dump(res, f, indent=2)
         with open(os.path.join(a.out, "azure.md"), "w") as f:
             f.write(f"# Azure sink into Azurite, {size >> 20} MiB realistic image\n\n")
-            f.write("| run | s | MB/s (source) | Put Pages | Azurite CPU s | receiver CPU s |\n|---|---|---|---|---|---|\n")
+            f.write("| run | s | MB/s (source) | Put Pages | Azurite CPU s | receiver CPU s | receiver peak RSS MiB |\n|---|---|---|---|---|---|---|\n")
             for r in rows:
-                f.write(f"| {r['name']} | {r['seconds']} | {r['MB_per_s']} | {r['put_pages']} | {r['azurite_cpu_s']} | {r['receiver_cpu_s'] or ''} |\n")
+                f.write(f"| {r['name']} | {r['seconds']} | {r['MB_per_s']} | {r['put_pages']} | {r['azurite_cpu_s']} | {r['receiver_cpu_s'] or ''} | {r['receiver_peak_rss_mib'] or ''} |\n")
             f.write(f"\nvdrep / SDK 4 threads: **{res['vdrep_vs_sdk_4_threads']}x**\n")
         print(json.dumps(res, indent=2))
     finally:

@@ -55,6 +55,29 @@ struct Run {
     data: Vec<u8>,
     /// Last time (push count) the run grew: eviction takes the stalest.
     touched: u64,
+    /// [`Coalescer::take_stale`] calls before the run last grew.
+    tick: u64,
+}
+
+/// A run untouched while this many writes went elsewhere is complete: neighbouring extents
+/// reach the receiver up to ~170 writes apart (the streams each carry every Nth extent;
+/// measured in the bench). Under a steady flow the memory bound sends runs sooner.
+pub const STALE_WRITES: u64 = 256;
+/// ... or untouched for this many [`Coalescer::take_stale`] calls (checkpoints), for the
+/// last runs of a slow or idle stream.
+pub const STALE_TICKS: u64 = 4;
+
+/// Why runs were taken out, counted for the statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The run reached 4 MiB.
+    Full = 0,
+    /// The memory bound took the stalest run.
+    Evicted = 1,
+    /// The run stopped growing ([`Coalescer::take_stale`]).
+    Stale = 2,
+    /// A flush, an overlapping write or a read needed it.
+    Flushed = 3,
 }
 
 /// Pending runs of one disk and the runs in flight.
@@ -70,8 +93,10 @@ pub struct Coalescer {
     taken_bytes: usize,
     /// Taken runs waiting for a sender, by id.
     queued: BTreeMap<u64, Taken>,
-    /// `clock` at the previous [`Coalescer::take_stale`].
-    stale_mark: u64,
+    /// [`Coalescer::take_stale`] calls so far.
+    ticks: u64,
+    /// Runs taken, by [`Why`], since [`Coalescer::take_counts`].
+    counts: [u64; 4],
 }
 
 fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
@@ -90,7 +115,8 @@ impl Coalescer {
             in_flight: BTreeMap::new(),
             taken_bytes: 0,
             queued: BTreeMap::new(),
-            stale_mark: 0,
+            ticks: 0,
+            counts: [0; 4],
         }
     }
 
@@ -100,8 +126,9 @@ impl Coalescer {
         self.bytes
     }
 
-    fn take(&mut self, start: u64) -> Option<Taken> {
+    fn take(&mut self, start: u64, why: Why) -> Option<Taken> {
         let run = self.runs.remove(&start)?;
+        self.counts[why as usize] += 1;
         self.bytes -= run.data.len();
         let id = self.next_id;
         self.next_id += 1;
@@ -123,13 +150,19 @@ impl Coalescer {
             .filter(|(s, run)| **s + run.data.len() as u64 > r.start)
             .map(|(s, _)| *s)
             .collect();
-        starts.into_iter().filter_map(|s| self.take(s)).collect()
+        starts
+            .into_iter()
+            .filter_map(|s| self.take(s, Why::Flushed))
+            .collect()
     }
 
     /// Takes every pending run.
     pub fn take_all(&mut self) -> Vec<Taken> {
         let starts: Vec<u64> = self.runs.keys().copied().collect();
-        starts.into_iter().filter_map(|s| self.take(s)).collect()
+        starts
+            .into_iter()
+            .filter_map(|s| self.take(s, Why::Flushed))
+            .collect()
     }
 
     /// Drops every pending and queued run (a discarded copy); returns the bytes dropped.
@@ -144,17 +177,28 @@ impl Coalescer {
         dropped
     }
 
-    /// Takes the pending runs not grown since the previous call: their neighbours, if
-    /// any, have had a whole checkpoint interval to arrive.
+    /// Takes the pending runs that stopped growing: untouched during the last
+    /// [`STALE_WRITES`] writes, or the last [`STALE_TICKS`] calls (called once per
+    /// checkpoint). Counting writes rather than time keeps a run that waits for a write
+    /// held up by back-pressure.
     pub fn take_stale(&mut self) -> Vec<Taken> {
-        let mark = std::mem::replace(&mut self.stale_mark, self.clock);
+        self.ticks += 1;
+        let (clock, ticks) = (self.clock, self.ticks);
         let starts: Vec<u64> = self
             .runs
             .iter()
-            .filter(|(_, r)| r.touched <= mark)
+            .filter(|(_, r)| clock - r.touched >= STALE_WRITES || ticks - r.tick >= STALE_TICKS)
             .map(|(s, _)| *s)
             .collect();
-        starts.into_iter().filter_map(|s| self.take(s)).collect()
+        starts
+            .into_iter()
+            .filter_map(|s| self.take(s, Why::Stale))
+            .collect()
+    }
+
+    /// Runs taken by [`Why`] since the previous call.
+    pub fn take_counts(&mut self) -> [u64; 4] {
+        std::mem::take(&mut self.counts)
     }
 
     /// Queues taken runs for the sender threads.
@@ -214,6 +258,7 @@ impl Coalescer {
                     let n = (MAX_PUT_PAGE - run.data.len()).min(rest.len());
                     run.data.extend_from_slice(&rest[..n]);
                     run.touched = self.clock;
+                    run.tick = self.ticks;
                     (s, n)
                 }
                 None => {
@@ -225,6 +270,7 @@ impl Coalescer {
                         Run {
                             data: buf,
                             touched: self.clock,
+                            tick: self.ticks,
                         },
                     );
                     (off, n)
@@ -251,7 +297,7 @@ impl Coalescer {
             }
             let full = self.runs[&start].data.len() == MAX_PUT_PAGE;
             if full {
-                out.extend(self.take(start));
+                out.extend(self.take(start, Why::Full));
             }
         }
         while self.bytes > self.limit {
@@ -261,7 +307,7 @@ impl Coalescer {
                 .min_by_key(|(_, r)| r.touched)
                 .map(|(s, _)| *s);
             match stalest {
-                Some(s) => out.extend(self.take(s)),
+                Some(s) => out.extend(self.take(s, Why::Evicted)),
                 None => break,
             }
         }
@@ -313,6 +359,7 @@ impl Coalescer {
             Run {
                 data: t.data,
                 touched: self.clock,
+                tick: self.ticks,
             },
         );
         true

@@ -105,17 +105,38 @@ fn a_run_meeting_a_longer_one_is_filled_to_a_whole_page_from_its_head() {
 }
 
 #[test]
-fn a_run_is_stale_after_a_whole_interval_without_growing() {
+fn a_run_is_stale_once_many_writes_went_elsewhere() {
+    let mut c = Coalescer::new(1 << 30);
+    c.push(0, &[1; 4096]);
+    // Writes elsewhere, each 8 KiB apart: none joins the first run.
+    for i in 1..STALE_WRITES {
+        c.push(i * 8192 + (1 << 20), &[2; 4096]);
+    }
+    assert!(
+        c.take_stale().is_empty(),
+        "{} writes only",
+        STALE_WRITES - 1
+    );
+    c.push(1 << 30, &[3; 4096]);
+    assert_eq!(shape(&c.take_stale()), vec![(0, 4096)]);
+    assert_eq!(c.take_counts(), [0, 0, 1, 0]);
+}
+
+#[test]
+fn a_run_is_stale_after_some_checkpoints_without_growing() {
     let mut c = Coalescer::new(32 * MIB);
     c.push(0, &[1; MIB]);
-    // Just written: its neighbours may still come.
-    assert!(c.take_stale().is_empty());
-    c.push(MIB as u64, &[1; MIB]); // grows
     c.push(10 * MIB as u64, &[2; MIB]);
-    assert!(c.take_stale().is_empty());
-    c.push(10 * MIB as u64 + MIB as u64, &[2; MIB]); // only the second run grows
+    for _ in 1..STALE_TICKS {
+        assert!(c.take_stale().is_empty());
+    }
+    c.push(MIB as u64, &[1; MIB]); // the first run grows
+                                   // The STALE_TICKS-th call after a run last grew takes it.
+    assert_eq!(shape(&c.take_stale()), vec![(10 * MIB as u64, MIB)]);
+    for _ in 2..STALE_TICKS {
+        assert!(c.take_stale().is_empty());
+    }
     assert_eq!(shape(&c.take_stale()), vec![(0, 2 * MIB)]);
-    assert_eq!(shape(&c.take_stale()), vec![(10 * MIB as u64, 2 * MIB)]);
     assert_eq!(c.pending_bytes(), 0);
 }
 

@@ -399,6 +399,7 @@ pub(super) fn committed_after_initial(st: &AzState, cycle: u64) -> AzState {
 
 impl Drop for AzureDisk {
     fn drop(&mut self) {
+        self.pipe.stats.taken(self.pipe.lock().take_counts());
         self.pipe.stats.report(&self.blob, true);
         // Senders first: no Put Page of ours may follow the lease's release.
         self.pipe.shutdown(std::time::Duration::from_secs(10));

@@ -176,9 +176,9 @@ impl Pipe {
     }
 
     /// Bytes queued or in flight beyond which writers wait: every sender busy with a full
-    /// page, and as many again ready.
+    /// page and one more ready (a longer queue only delays the writers' wake-up).
     pub(super) fn taken_limit(&self) -> usize {
-        2 * self.max_parallel * super::blob::MAX_PUT_PAGE
+        (self.max_parallel + 1) * super::blob::MAX_PUT_PAGE
     }
 
     /// Queues taken runs and wakes the senders (starting them at the first call).

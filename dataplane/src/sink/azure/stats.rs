@@ -28,6 +28,8 @@ struct Window {
     /// Time checkpoints and commits spent waiting for buffered pages.
     flush_wait: Duration,
     flushes: u64,
+    /// Runs taken out of the coalescer: full, evicted, stale, flushed.
+    taken: [u64; 4],
 }
 
 struct State {
@@ -95,6 +97,14 @@ impl PutStats {
         self.lock().window.writer_wait += d;
     }
 
+    /// Runs taken out of the coalescer, by reason ([`super::coalesce::Why`]).
+    pub(super) fn taken(&self, counts: [u64; 4]) {
+        let mut s = self.lock();
+        for (t, c) in s.window.taken.iter_mut().zip(counts) {
+            *t += c;
+        }
+    }
+
     /// A checkpoint or commit waited `d` for buffered pages.
     pub(super) fn flush_waited(&self, d: Duration) {
         let mut s = self.lock();
@@ -129,6 +139,7 @@ impl PutStats {
             writer_wait_s = format!("{:.2}", w.writer_wait.as_secs_f64()),
             flush_wait_s = format!("{:.2}", w.flush_wait.as_secs_f64()),
             flushes = w.flushes,
+            runs_full_evicted_stale_flushed = ?w.taken,
             "azure put page stats"
         );
     }

@@ -104,6 +104,7 @@ impl AzureDisk {
         self.wait_sent(id, &r);
         if all {
             self.pipe.stats.flush_waited(t.elapsed());
+            self.pipe.stats.taken(self.pipe.lock().take_counts());
         }
         self.pipe.failed_since(failures)?;
         self.poison_check()
@@ -133,9 +134,10 @@ impl AzureDisk {
     /// are late), and bytes still pending, queued or in flight are left out. Fails if
     /// buffered data was lost, or with a send failure not reported yet.
     pub(super) fn acknowledged(&self, written: &RangeSet) -> Result<RangeSet, SinkError> {
-        self.pipe.stats.report(&self.blob, false);
         let unacked = {
             let mut c = self.pipe.lock();
+            self.pipe.stats.taken(c.take_counts());
+            self.pipe.stats.report(&self.blob, false);
             let stale = c.take_stale();
             self.pipe.queue(&mut c, stale);
             // Under the lock: a failed send is put back (or poisons) atomically with done.
