@@ -107,29 +107,37 @@ def sdk_upload(url, container, path, size, threads, blob):
     return sent[0]
 
 
-def vdrep_run(url, container, path, tmp):
+def vdrep_run(url, container, path, tmp, log=None):
     vdrep = os.path.join(ROOT, "target/release/vdrep")
     tls = os.path.join(tmp, "tls")
     if not os.path.exists(tls):
         subprocess.run([vdrep, "certs", "init", tls, "--sender", "bench"], check=True, capture_output=True)
-    env = dict(os.environ, VDREP_AZURE_KEY=KEY, RUST_LOG="warn")
+    # --receiver-log: the receiver's Put Page statistics (sink/azure/stats.rs) go to a file.
+    env = dict(os.environ, VDREP_AZURE_KEY=KEY,
+               VDREP_LOG=os.environ.get("BENCH_RECEIVER_LOG_FILTER", "warn,vdrep::sink::azure=debug") if log else "warn")
+    err = open(log, "w") if log else subprocess.DEVNULL
     rc = subprocess.Popen([vdrep, "receive", "--listen", "127.0.0.1:0", "--tls", tls,
         "--allow", "bench=benchvm", "--azure-url", url, "--azure-container", container],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+        stdout=subprocess.PIPE, stderr=err, env=env, text=True)
     addr = rc.stdout.readline().strip().removeprefix("listening on ")
     t0 = time.time(); c0 = cpu_secs(rc.pid)
     subprocess.run([vdrep, "send", "--to", addr, "--tls", tls, "--identity", "bench", "--vm", "benchvm",
         "--no-progress", path], check=True, capture_output=True)
     dt = time.time() - t0
     rcpu = cpu_secs(rc.pid) - c0
+    with open(f"/proc/{rc.pid}/status") as f:
+        hwm = [l for l in f if l.startswith("VmHWM:")]
+    rss_mib = int(hwm[0].split()[1]) // 1024 if hwm else None
     rc.terminate(); rc.wait()
-    return dt, rcpu
+    return dt, rcpu, rss_mib
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))
+    ap.add_argument("--receiver-log", help="write the receiver's debug log (Put Page statistics) here")
+    ap.add_argument("--skip-1-thread", action="store_true", help="iterations: only the 4-thread baseline")
     a = ap.parse_args()
     size = a.size_mib << 20
     tmp = tempfile.mkdtemp(prefix="vdrep-azbench-")
@@ -137,11 +145,14 @@ def main():
         img = os.path.join(tmp, "disk0.raw")
         make_image(img, size)
         rows = []
-        for name, fn in [
+        runs = [
             ("python-sdk upload_page 1 thread", lambda u: (sdk_upload(u, "sdk1", img, size, 1, "d.vhd"), None)),
             ("python-sdk upload_page 4 threads", lambda u: (sdk_upload(u, "sdk4", img, size, 4, "d.vhd"), None)),
-            ("vdrep send -> receive --azure-url", lambda u: (None, vdrep_run(u, "vdrep", img, tmp))),
-        ]:
+            ("vdrep send -> receive --azure-url", lambda u: (None, vdrep_run(u, "vdrep", img, tmp, a.receiver_log))),
+        ]
+        if a.skip_1_thread:
+            runs = runs[1:]
+        for name, fn in runs:
             az = Azurite(tmp)
             c0 = cpu_secs(az.p.pid); t0 = time.time()
             pages, v = fn(az.url)
@@ -152,20 +163,21 @@ def main():
             time.sleep(0.5)
             rows.append({"name": name, "seconds": round(dt, 2), "MB_per_s": round(size / dt / 1e6, 1),
                          "put_pages": az.put_pages(), "azurite_cpu_s": round(acpu, 2),
-                         "receiver_cpu_s": round(v[1], 2) if v else None})
+                         "receiver_cpu_s": round(v[1], 2) if v else None,
+                         "receiver_peak_rss_mib": v[2] if v else None})
             az.stop()
             print(json.dumps(rows[-1]), flush=True)
-        base = rows[1]["MB_per_s"]
+        base = rows[-2]["MB_per_s"]
         res = {"image_bytes": size, "mix": "25% zero, 25% random, 50% text (1 MiB runs)", "rows": rows,
-               "vdrep_vs_sdk_4_threads": round(rows[2]["MB_per_s"] / base, 2)}
+               "vdrep_vs_sdk_4_threads": round(rows[-1]["MB_per_s"] / base, 2)}
         os.makedirs(a.out, exist_ok=True)
         with open(os.path.join(a.out, "azure.json"), "w") as f:
             json.dump(res, f, indent=2)
         with open(os.path.join(a.out, "azure.md"), "w") as f:
             f.write(f"# Azure sink into Azurite, {size >> 20} MiB realistic image\n\n")
-            f.write("| run | s | MB/s (source) | Put Pages | Azurite CPU s | receiver CPU s |\n|---|---|---|---|---|---|\n")
+            f.write("| run | s | MB/s (source) | Put Pages | Azurite CPU s | receiver CPU s | receiver peak RSS MiB |\n|---|---|---|---|---|---|---|\n")
             for r in rows:
-                f.write(f"| {r['name']} | {r['seconds']} | {r['MB_per_s']} | {r['put_pages']} | {r['azurite_cpu_s']} | {r['receiver_cpu_s'] or ''} |\n")
+                f.write(f"| {r['name']} | {r['seconds']} | {r['MB_per_s']} | {r['put_pages']} | {r['azurite_cpu_s']} | {r['receiver_cpu_s'] or ''} | {r['receiver_peak_rss_mib'] or ''} |\n")
             f.write(f"\nvdrep / SDK 4 threads: **{res['vdrep_vs_sdk_4_threads']}x**\n")
         print(json.dumps(res, indent=2))
     finally:

@@ -124,7 +124,11 @@ impl DiskSession {
         self.dirty.store(true, Ordering::Release);
     }
 
-    /// Makes written ranges durable and records them (no-op when nothing changed).
+    /// Records written ranges as progress (no-op when nothing changed). `force` (commits,
+    /// the end of a connection) makes every written range durable first; the periodic
+    /// checkpoint records only what is durable already and does not wait for the rest
+    /// ([`ReplicaDisk::checkpoint_acknowledged`]: the Azure sink's Put Pages keep flowing),
+    /// leaving the session dirty until a later one records it.
     pub async fn checkpoint(&self, force: bool) -> Result<(), SinkError> {
         let _g = self.sync.lock().await;
         if !force && !self.dirty.swap(false, Ordering::AcqRel) {
@@ -134,9 +138,19 @@ impl DiskSession {
         // Snapshot *before* syncing: everything in the snapshot was written before the sync.
         let snap = self.written.lock().map(|w| w.clone()).unwrap_or_default();
         let r = self.replica.clone();
-        tokio::task::spawn_blocking(move || r.checkpoint(&snap))
-            .await
-            .map_err(|e| task_failed(self, "checkpoint", e))?
+        let all = tokio::task::spawn_blocking(move || {
+            if force {
+                r.checkpoint(&snap).map(|()| true)
+            } else {
+                r.checkpoint_acknowledged(&snap)
+            }
+        })
+        .await
+        .map_err(|e| task_failed(self, "checkpoint", e))?;
+        if !matches!(all, Ok(true)) {
+            self.dirty.store(true, Ordering::Release);
+        }
+        all.map(|_| ())
     }
 
     /// Checkpoints, then commits the initial copy. The sender asks for the commit only after

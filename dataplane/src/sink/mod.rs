@@ -273,6 +273,14 @@ pub trait ReplicaDisk: Send + Sync {
     /// as the progress of the ongoing initial copy. Without a copy in progress only the data
     /// is synced, and a non-empty `durable` is an invalid-state error.
     fn checkpoint(&self, durable: &RangeSet) -> Result<(), SinkError>;
+    /// The periodic checkpoint: records as progress the part of `written` (completed
+    /// writes) that is durable already, without waiting for writes still on their way, and
+    /// returns true when that was all of it. Never claims a byte whose write is not
+    /// durable. Sinks that make writes durable only by a sync (the local store) do a whole
+    /// [`ReplicaDisk::checkpoint`]; the Azure sink keeps its Put Pages flowing.
+    fn checkpoint_acknowledged(&self, written: &RangeSet) -> Result<bool, SinkError> {
+        self.checkpoint(written).map(|()| true)
+    }
     /// Publishes the ongoing initial copy as the committed replica (cycle 0): requires the
     /// recorded progress to cover the whole disk, syncs the data, writes the fixed-VHD
     /// footer, and durably switches the state. Afterwards the replica is a valid fixed VHD

@@ -27,6 +27,19 @@ pub struct PageRuleError {
     pub problem: &'static str,
 }
 
+/// CRC-64/NVME: Azure Storage's transactional CRC64 (polynomial 0x9A6C9329AC4BC9B5
+/// reflected, the `StorageCrc64Calculator` of the Azure SDKs).
+const CRC64: crc::Crc<u64, crc::Table<16>> =
+    crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_NVME);
+
+/// The `x-ms-content-crc64` header of a body: its CRC-64/NVME as 8 little-endian bytes in
+/// base64. Put Page carries it instead of Content-MD5 (either one is allowed, not both):
+/// the service checks it the same way, and it costs a quarter of MD5's CPU on both ends
+/// (Azurite computes the CRC64 of every page anyway, and MD5 on top when one is sent).
+pub fn content_crc64(data: &[u8]) -> String {
+    B64.encode(CRC64.checksum(data).to_le_bytes())
+}
+
 /// Checks one Put Page against Azure's rules.
 pub fn check_put_page(offset: u64, len: usize) -> Result<(), PageRuleError> {
     let problem = if len == 0 {
@@ -115,7 +128,7 @@ impl Container {
         self.client.send(&lease_h(r, lease))
     }
 
-    /// One Put Page with Content-MD5. Refuses (without sending) what breaks the page rules.
+    /// One Put Page with its content CRC64 (see [`content_crc64`]). Refuses (without sending) what breaks the page rules.
     pub fn put_page(
         &self,
         blob: &str,
@@ -124,7 +137,6 @@ impl Container {
         lease: Option<&str>,
     ) -> Result<(), PutPageError> {
         check_put_page(offset, data.len()).map_err(PutPageError::Rule)?;
-        let md5 = B64.encode(Md5::digest(data));
         let mut r = Req::new("PUT", self.path(blob), "put page")
             .q("comp", "page")
             .h("x-ms-page-write", "update")
@@ -132,7 +144,7 @@ impl Container {
                 "x-ms-range",
                 format!("bytes={}-{}", offset, offset + data.len() as u64 - 1),
             )
-            .h("content-md5", md5);
+            .h("x-ms-content-crc64", content_crc64(data));
         r.body = data;
         r.offset = offset;
         self.put_pages
@@ -422,6 +434,16 @@ fn parse_metadata(s: &str, out: &mut BTreeMap<String, String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_content_crc64_is_crc_64_nvme_in_little_endian_base64() {
+        // The catalogue's check value of CRC-64/NVME for "123456789".
+        assert_eq!(CRC64.checksum(b"123456789"), 0xae8b_1486_0a79_9888);
+        assert_eq!(
+            content_crc64(b"123456789"),
+            B64.encode(0xae8b_1486_0a79_9888u64.to_le_bytes())
+        );
+    }
 
     #[test]
     fn a_put_page_of_4_mib_plus_512_is_refused_before_sending() {

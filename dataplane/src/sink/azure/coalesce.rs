@@ -1,26 +1,35 @@
-//! Coalescing of received extents into Put Pages of up to 4 MiB.
+//! Coalescing of received extents into Put Pages of up to 4 MiB, and the queue of runs
+//! waiting for a sender thread.
 //!
 //! The receiver gets extents of up to 4 MiB, often smaller (zero runs are skipped at 1 MiB
 //! granularity), and one Put Page per extent costs requests (Azure's target is ~500
 //! requests/s per page blob). A write is therefore buffered in a *run* of adjacent bytes
-//! and sent when the run reaches 4 MiB, when the memory bound evicts it, or when a
-//! checkpoint or commit needs it durable. Nothing here does IO: [`Coalescer`] hands back
-//! [`Taken`] runs, the disk sends them.
+//! and taken out for sending when the run reaches 4 MiB, when the memory bound evicts the
+//! stalest run, when a periodic checkpoint finds it untouched for a whole interval
+//! ([`Coalescer::take_stale`]: the extents that would have grown it came already, on
+//! whichever stream), or when a flush needs it durable. Extents of one run often arrive
+//! out of order on different streams; the pending runs are the reorder window: a run that
+//! meets the next one is joined to it, filling whole 4 MiB pages. Nothing here does IO:
+//! taken runs are [`queue`](Coalescer::queue)d and the disk's sender threads take them
+//! with [`Coalescer::next_to_send`].
 //!
 //! Order: two sends of overlapping bytes must reach the service in the order the writes
 //! arrived. Runs never overlap one another; a write overlapping a pending run first takes
 //! that run out (to be sent before); and every taken run has an increasing id, a run being
-//! sent only once no overlapping run with a smaller id is still in flight
+//! sent only once no overlapping run with a smaller id is still queued or in flight
 //! ([`Coalescer::may_send`]).
 //!
 //! Durability: `write` returning means *buffered*, like a write into the page cache of the
-//! local store; `checkpoint` sends everything pending before it records progress, and the
-//! commits send everything before they snapshot. A failed send is put back (pending again)
-//! when nothing newer overlaps it, so the next checkpoint retries it; otherwise the disk is
-//! poisoned (errors until reopened, which resumes from the last recorded progress).
+//! local store. Progress may claim only bytes that no pending, queued or in-flight run
+//! covers ([`Coalescer::unacknowledged`]); the commits flush everything before they
+//! snapshot. A failed send is put back (pending again) when nothing newer overlaps it, so
+//! a later flush retries it; otherwise the disk is poisoned (errors until reopened, which
+//! resumes from the last recorded progress).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+
+use vdrep_proto::RangeSet;
 
 use super::blob::MAX_PUT_PAGE;
 
@@ -46,6 +55,29 @@ struct Run {
     data: Vec<u8>,
     /// Last time (push count) the run grew: eviction takes the stalest.
     touched: u64,
+    /// [`Coalescer::take_stale`] calls before the run last grew.
+    tick: u64,
+}
+
+/// A run untouched while this many writes went elsewhere is complete: neighbouring extents
+/// reach the receiver up to ~170 writes apart (the streams each carry every Nth extent;
+/// measured in the bench). Under a steady flow the memory bound sends runs sooner.
+pub const STALE_WRITES: u64 = 256;
+/// ... or untouched for this many [`Coalescer::take_stale`] calls (checkpoints), for the
+/// last runs of a slow or idle stream.
+pub const STALE_TICKS: u64 = 4;
+
+/// Why runs were taken out, counted for the statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The run reached 4 MiB.
+    Full = 0,
+    /// The memory bound took the stalest run.
+    Evicted = 1,
+    /// The run stopped growing ([`Coalescer::take_stale`]).
+    Stale = 2,
+    /// A flush, an overlapping write or a read needed it.
+    Flushed = 3,
 }
 
 /// Pending runs of one disk and the runs in flight.
@@ -55,7 +87,16 @@ pub struct Coalescer {
     limit: usize,
     clock: u64,
     next_id: u64,
+    /// Every taken run not yet done (queued or being sent), by id.
     in_flight: BTreeMap<u64, Range<u64>>,
+    /// Bytes of the runs in `in_flight`.
+    taken_bytes: usize,
+    /// Taken runs waiting for a sender, by id.
+    queued: BTreeMap<u64, Taken>,
+    /// [`Coalescer::take_stale`] calls so far.
+    ticks: u64,
+    /// Runs taken, by [`Why`], since [`Coalescer::take_counts`].
+    counts: [u64; 4],
 }
 
 fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
@@ -72,6 +113,10 @@ impl Coalescer {
             clock: 0,
             next_id: 0,
             in_flight: BTreeMap::new(),
+            taken_bytes: 0,
+            queued: BTreeMap::new(),
+            ticks: 0,
+            counts: [0; 4],
         }
     }
 
@@ -81,8 +126,9 @@ impl Coalescer {
         self.bytes
     }
 
-    fn take(&mut self, start: u64) -> Option<Taken> {
+    fn take(&mut self, start: u64, why: Why) -> Option<Taken> {
         let run = self.runs.remove(&start)?;
+        self.counts[why as usize] += 1;
         self.bytes -= run.data.len();
         let id = self.next_id;
         self.next_id += 1;
@@ -92,6 +138,7 @@ impl Coalescer {
             data: run.data,
         };
         self.in_flight.insert(id, t.range());
+        self.taken_bytes += t.data.len();
         Some(t)
     }
 
@@ -103,19 +150,90 @@ impl Coalescer {
             .filter(|(s, run)| **s + run.data.len() as u64 > r.start)
             .map(|(s, _)| *s)
             .collect();
-        starts.into_iter().filter_map(|s| self.take(s)).collect()
+        starts
+            .into_iter()
+            .filter_map(|s| self.take(s, Why::Flushed))
+            .collect()
     }
 
     /// Takes every pending run.
     pub fn take_all(&mut self) -> Vec<Taken> {
         let starts: Vec<u64> = self.runs.keys().copied().collect();
-        starts.into_iter().filter_map(|s| self.take(s)).collect()
+        starts
+            .into_iter()
+            .filter_map(|s| self.take(s, Why::Flushed))
+            .collect()
     }
 
-    /// Drops every pending run (a discarded copy); returns the bytes dropped.
+    /// Drops every pending and queued run (a discarded copy); returns the bytes dropped.
+    /// Runs being sent are not affected.
     pub fn discard(&mut self) -> usize {
         self.runs.clear();
-        std::mem::take(&mut self.bytes)
+        let mut dropped = std::mem::take(&mut self.bytes);
+        for (id, t) in std::mem::take(&mut self.queued) {
+            self.done(id);
+            dropped += t.data.len();
+        }
+        dropped
+    }
+
+    /// Takes the pending runs that stopped growing: untouched during the last
+    /// [`STALE_WRITES`] writes, or the last [`STALE_TICKS`] calls (called once per
+    /// checkpoint). Counting writes rather than time keeps a run that waits for a write
+    /// held up by back-pressure.
+    pub fn take_stale(&mut self) -> Vec<Taken> {
+        self.ticks += 1;
+        let (clock, ticks) = (self.clock, self.ticks);
+        let starts: Vec<u64> = self
+            .runs
+            .iter()
+            .filter(|(_, r)| clock - r.touched >= STALE_WRITES || ticks - r.tick >= STALE_TICKS)
+            .map(|(s, _)| *s)
+            .collect();
+        starts
+            .into_iter()
+            .filter_map(|s| self.take(s, Why::Stale))
+            .collect()
+    }
+
+    /// Runs taken by [`Why`] since the previous call.
+    pub fn take_counts(&mut self) -> [u64; 4] {
+        std::mem::take(&mut self.counts)
+    }
+
+    /// Queues taken runs for the sender threads.
+    pub fn queue(&mut self, runs: Vec<Taken>) {
+        for t in runs {
+            self.queued.insert(t.id, t);
+        }
+    }
+
+    /// The oldest queued run that may be sent now ([`Coalescer::may_send`]), if any. It
+    /// stays in flight until [`Coalescer::done`].
+    pub fn next_to_send(&mut self) -> Option<Taken> {
+        let id = self
+            .queued
+            .values()
+            .find(|t| self.may_send(t))
+            .map(|t| t.id)?;
+        self.queued.remove(&id)
+    }
+
+    /// Bytes taken out and not yet done (queued or being sent): the writers' back-pressure.
+    pub fn taken_bytes(&self) -> usize {
+        self.taken_bytes
+    }
+
+    /// The bytes not known to be on the blob: pending, queued or being sent.
+    pub fn unacknowledged(&self) -> RangeSet {
+        let mut u = RangeSet::new();
+        for (s, r) in &self.runs {
+            u.insert(*s, *s + r.data.len() as u64);
+        }
+        for r in self.in_flight.values() {
+            u.insert(r.start, r.end);
+        }
+        u
     }
 
     /// Buffers `data` (512-aligned, already range-checked) at `offset`. Returns the runs to
@@ -140,6 +258,7 @@ impl Coalescer {
                     let n = (MAX_PUT_PAGE - run.data.len()).min(rest.len());
                     run.data.extend_from_slice(&rest[..n]);
                     run.touched = self.clock;
+                    run.tick = self.ticks;
                     (s, n)
                 }
                 None => {
@@ -151,6 +270,7 @@ impl Coalescer {
                         Run {
                             data: buf,
                             touched: self.clock,
+                            tick: self.ticks,
                         },
                     );
                     (off, n)
@@ -159,18 +279,25 @@ impl Coalescer {
             self.bytes += n;
             off += n as u64;
             rest = &rest[n..];
-            // Join the run that starts where this one now ends, if both fit in one page.
+            // Join the run that starts where this one now ends (only when the write ended
+            // here: a pending run never overlaps the write): all of it if both fit in one
+            // page, else its head, to fill this run to a whole page.
             if let Some(next) = self.runs.get(&off) {
                 let cur = self.runs[&start].data.len();
-                if cur + next.data.len() <= MAX_PUT_PAGE {
-                    let next = self.runs.remove(&off).expect("run just seen");
+                let moved = (MAX_PUT_PAGE - cur).min(next.data.len());
+                if moved > 0 {
+                    let mut next = self.runs.remove(&off).expect("run just seen");
                     let run = self.runs.get_mut(&start).expect("run just written");
-                    run.data.extend_from_slice(&next.data);
+                    run.data.extend_from_slice(&next.data[..moved]);
+                    if moved < next.data.len() {
+                        next.data.drain(..moved);
+                        self.runs.insert(off + moved as u64, next);
+                    }
                 }
             }
             let full = self.runs[&start].data.len() == MAX_PUT_PAGE;
             if full {
-                out.extend(self.take(start));
+                out.extend(self.take(start, Why::Full));
             }
         }
         while self.bytes > self.limit {
@@ -180,7 +307,7 @@ impl Coalescer {
                 .min_by_key(|(_, r)| r.touched)
                 .map(|(s, _)| *s);
             match stalest {
-                Some(s) => out.extend(self.take(s)),
+                Some(s) => out.extend(self.take(s, Why::Evicted)),
                 None => break,
             }
         }
@@ -205,7 +332,9 @@ impl Coalescer {
 
     /// Marks `t` sent (successfully or not).
     pub fn done(&mut self, id: u64) {
-        self.in_flight.remove(&id);
+        if let Some(r) = self.in_flight.remove(&id) {
+            self.taken_bytes -= (r.end - r.start) as usize;
+        }
     }
 
     /// Puts a run whose send failed back as pending, unless something newer overlaps it
@@ -230,6 +359,7 @@ impl Coalescer {
             Run {
                 data: t.data,
                 touched: self.clock,
+                tick: self.ticks,
             },
         );
         true
@@ -244,95 +374,5 @@ impl Coalescer {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIB: usize = 1 << 20;
-
-    fn shape(t: &[Taken]) -> Vec<(u64, usize)> {
-        t.iter().map(|t| (t.start, t.data.len())).collect()
-    }
-
-    #[test]
-    fn adjacent_extents_become_one_4_mib_put_page() {
-        let mut c = Coalescer::new(32 * MIB);
-        for i in 0..3u64 {
-            assert!(c.push(i * MIB as u64, &vec![i as u8; MIB]).is_empty());
-        }
-        let out = c.push(3 * MIB as u64, &[3; MIB]);
-        assert_eq!(shape(&out), vec![(0, 4 * MIB)]);
-        assert_eq!(out[0].data[2 * MIB], 2);
-        assert_eq!(c.pending_bytes(), 0);
-    }
-
-    #[test]
-    fn a_write_crossing_the_4_mib_boundary_fills_the_run_and_starts_the_next() {
-        let mut c = Coalescer::new(32 * MIB);
-        assert!(c.push(0, &[1; 3 * MIB]).is_empty());
-        let out = c.push(3 * MIB as u64, &[2; 2 * MIB]);
-        assert_eq!(shape(&out), vec![(0, 4 * MIB)]);
-        assert_eq!(shape(&c.take_all()), vec![(4 * MIB as u64, MIB)]);
-    }
-
-    #[test]
-    fn extents_arriving_out_of_order_are_joined() {
-        let mut c = Coalescer::new(32 * MIB);
-        assert!(c.push(MIB as u64, &[2; MIB]).is_empty());
-        assert!(c.push(0, &[1; MIB]).is_empty());
-        let all = c.take_all();
-        assert_eq!(shape(&all), vec![(0, 2 * MIB)]);
-        assert_eq!((all[0].data[0], all[0].data[MIB]), (1, 2));
-    }
-
-    #[test]
-    fn interleaved_streams_keep_separate_runs() {
-        let mut c = Coalescer::new(32 * MIB);
-        let (a, b) = (0u64, 100 * MIB as u64);
-        for i in 0..3u64 {
-            assert!(c.push(a + i * MIB as u64, &[1; MIB]).is_empty());
-            assert!(c.push(b + i * MIB as u64, &[2; MIB]).is_empty());
-        }
-        assert_eq!(shape(&c.take_all()), vec![(a, 3 * MIB), (b, 3 * MIB)]);
-    }
-
-    #[test]
-    fn memory_stays_bounded_by_evicting_the_stalest_run() {
-        let mut c = Coalescer::new(8 * MIB);
-        let mut sent = 0;
-        for i in 0..20u64 {
-            // Gaps between extents: nothing joins.
-            sent += c.push(i * 2 * MIB as u64, &[1; MIB]).len();
-            assert!(c.pending_bytes() <= 8 * MIB);
-        }
-        assert_eq!(sent, 12);
-        assert_eq!(c.take_all()[0].start, 12 * 2 * MIB as u64);
-    }
-
-    #[test]
-    fn an_overlapping_rewrite_sends_the_older_bytes_first_and_in_order() {
-        let mut c = Coalescer::new(32 * MIB);
-        c.push(0, &[1; 2 * MIB]);
-        let out = c.push(MIB as u64, &[2; MIB]);
-        assert_eq!(shape(&out), vec![(0, 2 * MIB)]);
-        assert!(c.may_send(&out[0]));
-        let newer = c.take_all();
-        assert_eq!(shape(&newer), vec![(MIB as u64, MIB)]);
-        assert!(!c.may_send(&newer[0]), "must wait for the older send");
-        c.done(out[0].id);
-        assert!(c.may_send(&newer[0]));
-    }
-
-    #[test]
-    fn a_failed_run_is_put_back_unless_newer_bytes_overlap() {
-        let mut c = Coalescer::new(32 * MIB);
-        c.push(0, &[1; MIB]);
-        let t = c.take_all().pop().unwrap();
-        c.done(t.id);
-        assert!(c.put_back(t));
-        assert_eq!(c.pending_bytes(), MIB);
-        let t = c.take_all().pop().unwrap();
-        c.push(512, &[2; 512]);
-        c.done(t.id);
-        assert!(!c.put_back(t));
-    }
-}
+#[path = "coalesce_tests.rs"]
+mod tests;

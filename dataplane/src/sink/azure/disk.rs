@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -10,9 +10,9 @@ use bytes::Bytes;
 use vdrep_proto::{Guid, RangeSet};
 
 use super::blob::Container;
-use super::coalesce::Coalescer;
+use super::pipe::{leased, Pipe, Target};
 use super::points::download_snapshot;
-use super::points::{committed_snaps, list_snaps, reacquire_if_expired, renew_loop, Snap};
+use super::points::{committed_snaps, list_snaps, renew_loop, Snap};
 use super::rest::RestError;
 use super::rest_err;
 use super::state::{self, AzState, AZURE_STATE_VERSION};
@@ -38,14 +38,9 @@ pub struct AzureDisk {
     pub(super) lease_secs: u32,
     pub(super) inner: Mutex<Inner>,
     pub(super) permits: Permits,
-    /// Writes waiting to be sent as Put Pages of up to 4 MiB (see [`super::coalesce`]).
-    pub(super) pending: Mutex<Coalescer>,
-    /// Signalled when a run in flight is done.
-    pub(super) sent: Condvar,
-    /// Set when buffered data was lost (a failed send that could not be put back): every
-    /// later operation fails until the disk is reopened, which resumes from the last
-    /// recorded progress.
-    pub(super) poisoned: Mutex<Option<String>>,
+    /// Writes waiting to be sent as Put Pages of up to 4 MiB (see [`super::coalesce`]) and
+    /// the threads sending them ([`super::pipe`]).
+    pub(super) pipe: Arc<Pipe>,
     pub(super) stop: Arc<(Mutex<bool>, Condvar)>,
     pub(super) lease_lost: Arc<AtomicBool>,
     pub(super) renewer: Mutex<Option<JoinHandle<()>>>,
@@ -103,6 +98,15 @@ impl AzureDisk {
                 .spawn(move || renew_loop(&c, &blob, &lease, lease_secs, &stop, &lost))
                 .ok()
         };
+        let target = Target {
+            c: c.clone(),
+            blob: blob.clone(),
+            lease: lease.clone(),
+            lease_secs,
+            lease_lost: lease_lost.clone(),
+            virtual_size,
+        };
+        let pipe = Pipe::new(target, max_parallel, max_pending);
         let mut d = AzureDisk {
             key,
             c,
@@ -135,9 +139,7 @@ impl AzureDisk {
                 free: Mutex::new(max_parallel),
                 cv: Condvar::new(),
             },
-            pending: Mutex::new(Coalescer::new(max_pending)),
-            sent: Condvar::new(),
-            poisoned: Mutex::new(None),
+            pipe,
             stop,
             lease_lost,
             renewer: Mutex::new(renewer),
@@ -322,34 +324,19 @@ impl AzureDisk {
     }
 
     pub(super) fn lease_check(&self) -> Result<(), SinkError> {
-        if self.lease_lost.load(Ordering::Relaxed) {
-            return Err(SinkError::Azure {
-                url: self.c.url(&self.blob),
-                op: "renew lease",
-                offset: 0,
-                status: Some(412),
-                code: "LeaseLost".into(),
-                problem: "the lease on the blob could not be renewed".into(),
-                recoverable: true,
-            });
-        }
-        Ok(())
+        self.pipe.target.lease_check()
     }
 
-    /// Runs `f`; if the service says our lease *expired* with nobody else holding one (the
-    /// service was unreachable for longer than the lease), re-acquires the same lease id
-    /// and runs `f` again. A lease someone else holds is never taken over (409 → fenced);
-    /// a successor that came and went is caught by the state blob's ETag at the next write.
+    /// Runs `f` under the lease, re-acquiring an expired one ([`leased`]).
     pub(super) fn leased<T>(&self, f: impl Fn() -> Result<T, RestError>) -> Result<T, RestError> {
-        match f() {
-            Err(e) if e.status == Some(412) && e.code == "LeaseNotPresentWithBlobOperation" => {
-                reacquire_if_expired(&self.c, &self.blob, &self.lease, self.lease_secs)
-                    .map_err(|_| e)?;
-                self.lease_lost.store(false, Ordering::Relaxed);
-                f()
-            }
-            r => r,
-        }
+        leased(
+            &self.c,
+            &self.blob,
+            &self.lease,
+            self.lease_secs,
+            &self.lease_lost,
+            f,
+        )
     }
 
     /// Downloads recovery point `cycle` into a local fixed VHD at `out` (see
@@ -412,6 +399,10 @@ pub(super) fn committed_after_initial(st: &AzState, cycle: u64) -> AzState {
 
 impl Drop for AzureDisk {
     fn drop(&mut self) {
+        self.pipe.stats.taken(self.pipe.lock().take_counts());
+        self.pipe.stats.report(&self.blob, true);
+        // Senders first: no Put Page of ours may follow the lease's release.
+        self.pipe.shutdown(std::time::Duration::from_secs(10));
         *self.stop.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
         self.stop.1.notify_all();
         if let Some(h) = self

@@ -69,27 +69,14 @@ impl ReplicaDisk for AzureDisk {
         // A Put Page that returned is durable: send what is buffered, then record progress.
         self.flush_all()?;
         self.none_pending_in(durable)?;
-        let mut inner = self.lock();
-        let st = inner.st.clone();
-        if let Some(b) = durable.bounds() {
-            self.check("checkpoint", b.start, b.end - b.start, &st.disk, false)?;
-        }
-        let mut next = st.clone();
-        if st.disk.initial_in_progress {
-            next.disk.progress = durable.clone();
-        } else if st.open_cycle.is_some() {
-            next.cycle_progress = durable.clone();
-        } else if !durable.is_empty() {
-            return Err(SinkError::InvalidState {
-                path: self.url(),
-                offset: durable.bounds().map(|b| b.start).unwrap_or(0),
-                problem: "checkpoint with progress, but neither a copy nor a cycle is open".into(),
-            });
-        }
-        if next != st {
-            self.persist(&mut inner, next)?;
-        }
-        Ok(())
+        self.record_progress(durable)
+    }
+
+    fn checkpoint_acknowledged(&self, written: &RangeSet) -> Result<bool, SinkError> {
+        // Only what the service acknowledged; the rest is recorded by a later checkpoint.
+        let acked = self.acknowledged(written)?;
+        self.record_progress(&acked)?;
+        Ok(acked == *written)
     }
 
     fn commit_initial(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
@@ -316,5 +303,32 @@ impl ReplicaDisk for AzureDisk {
             self.lease_secs,
         )?;
         Ok(Box::new(f))
+    }
+}
+
+impl AzureDisk {
+    /// Records `durable` as the progress of the copy or cycle in progress.
+    fn record_progress(&self, durable: &RangeSet) -> Result<(), SinkError> {
+        let mut inner = self.lock();
+        let st = inner.st.clone();
+        if let Some(b) = durable.bounds() {
+            self.check("checkpoint", b.start, b.end - b.start, &st.disk, false)?;
+        }
+        let mut next = st.clone();
+        if st.disk.initial_in_progress {
+            next.disk.progress = durable.clone();
+        } else if st.open_cycle.is_some() {
+            next.cycle_progress = durable.clone();
+        } else if !durable.is_empty() {
+            return Err(SinkError::InvalidState {
+                path: self.url(),
+                offset: durable.bounds().map(|b| b.start).unwrap_or(0),
+                problem: "checkpoint with progress, but neither a copy nor a cycle is open".into(),
+            });
+        }
+        if next != st {
+            self.persist(&mut inner, next)?;
+        }
+        Ok(())
     }
 }

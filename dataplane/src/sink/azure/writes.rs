@@ -1,18 +1,18 @@
 //! The write path of an [`AzureDisk`]: writes buffered into runs ([`super::coalesce`]) and
-//! sent as Put Pages of up to 4 MiB, a bounded number in parallel.
+//! sent as Put Pages of up to 4 MiB by the disk's sender threads ([`super::pipe`]), a
+//! bounded number in parallel; flushes wait for them, checkpoints do not.
 
 use std::ops::Range;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
 
-use super::blob::{check_put_page, PutPageError, MAX_PUT_PAGE};
-use super::coalesce::{Coalescer, Taken};
+use vdrep_proto::RangeSet;
+
 use super::disk::AzureDisk;
-use super::points::unreachable_rule;
-use super::rest_err;
-use crate::layout::replica_file_size;
 use crate::sink::SinkError;
 
-/// A counting semaphore bounding parallel Put Pages on the blob.
+/// A counting semaphore bounding parallel requests the disk's callers make themselves
+/// (Clear Pages, the footer): the buffered Put Pages are bounded by the sender threads.
 pub(super) struct Permits {
     pub(super) free: Mutex<usize>,
     pub(super) cv: Condvar,
@@ -38,107 +38,82 @@ impl Drop for PermitGuard<'_> {
 }
 
 impl AzureDisk {
-    fn coalescer(&self) -> MutexGuard<'_, Coalescer> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Fails if buffered data was lost earlier.
     pub(super) fn poison_check(&self) -> Result<(), SinkError> {
-        match &*self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) {
-            None => Ok(()),
-            Some(problem) => Err(SinkError::Azure {
-                url: self.c.url(&self.blob),
-                op: "put page",
-                offset: 0,
-                status: None,
-                code: "BufferedWriteLost".into(),
-                problem: problem.clone(),
-                recoverable: true,
-            }),
-        }
+        self.pipe.poison_check()
     }
 
-    /// Buffers a write; sends (in this thread) the runs it completes or evicts.
+    /// Buffers a write and queues the runs it completes or evicts; waits while the senders
+    /// have more than [`super::pipe::Pipe::taken_limit`] bytes queued or in flight. Fails
+    /// with a background send's error not reported yet (the write is then not buffered:
+    /// the sender resends it, and the failed run is retried by the next flush).
     pub(super) fn buffered_write(&self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
         self.poison_check()?;
-        let runs = self.coalescer().push(offset, data);
-        self.send_runs(runs)
-    }
-
-    /// Sends taken runs in order, each once no older overlapping run is in flight. A
-    /// failed run is put back for the next flush (or poisons the disk, see [`Coalescer`]);
-    /// the first error is returned after all were tried.
-    pub(super) fn send_runs(&self, runs: Vec<Taken>) -> Result<(), SinkError> {
-        let mut first_err = None;
-        for t in runs {
-            {
-                let mut c = self.coalescer();
-                while !c.may_send(&t) {
-                    c = self.sent.wait(c).unwrap_or_else(|p| p.into_inner());
-                }
-            }
-            let r = self.put_pages(t.start, &t.data);
-            let mut c = self.coalescer();
-            c.done(t.id);
-            if let Err(e) = r {
-                let range = t.range();
-                if !c.put_back(t) {
-                    *self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
-                        "buffered pages [{}, {}) could not be written ({e}) and newer writes \
-                         overlap them: reopen the disk to resume from the last checkpoint",
-                        range.start, range.end
-                    ));
-                }
-                first_err.get_or_insert(e);
-            }
-            drop(c);
-            self.sent.notify_all();
+        if let Some(e) = self.pipe.take_failure() {
+            return Err(e);
         }
-        first_err.map_or(Ok(()), Err)
-    }
-
-    /// Waits until no run taken before `id` and overlapping `r` is in flight.
-    fn wait_sent(&self, id: u64, r: &Range<u64>) {
-        let mut c = self.coalescer();
-        while c.busy_before(id, r) {
-            c = self.sent.wait(c).unwrap_or_else(|p| p.into_inner());
+        let mut c = self.pipe.lock();
+        let runs = c.push(offset, data);
+        self.pipe.queue(&mut c, runs);
+        let limit = self.pipe.taken_limit();
+        if c.taken_bytes() > limit {
+            let t = Instant::now();
+            while c.taken_bytes() > limit && !self.pipe.stopped() {
+                c = self.pipe.wait(c);
+            }
+            self.pipe.stats.writer_waited(t.elapsed());
         }
-    }
-
-    /// Makes every write that returned before this call durable: sends all pending runs
-    /// and waits for those other threads are sending. Fails if any of it could not be
-    /// written (it stays pending, or the disk is poisoned).
-    pub(super) fn flush_all(&self) -> Result<(), SinkError> {
-        self.poison_check()?;
-        let (runs, id) = {
-            let mut c = self.coalescer();
-            let runs = c.take_all();
-            (runs, c.next_id())
-        };
-        let sent = self.send_runs(runs);
-        self.wait_sent(id, &(0..u64::MAX));
-        sent?;
-        self.poison_check()?;
         Ok(())
     }
 
-    /// Like [`AzureDisk::flush_all`] for the writes overlapping `r` only (before a clear).
+    /// Waits until no run taken before `id` and overlapping `r` is queued or in flight.
+    fn wait_sent(&self, id: u64, r: &Range<u64>) {
+        let mut c = self.pipe.lock();
+        while c.busy_before(id, r) && !self.pipe.stopped() {
+            c = self.pipe.wait(c);
+        }
+    }
+
+    /// Makes every write that returned before this call durable: queues all pending runs
+    /// and waits for them and those queued before. Fails if any send failed meanwhile (the
+    /// run stays pending, or the disk is poisoned).
+    pub(super) fn flush_all(&self) -> Result<(), SinkError> {
+        self.flush(0..u64::MAX, true)
+    }
+
+    /// Like [`AzureDisk::flush_all`] for the writes overlapping `r` only (before a clear or
+    /// a read).
     pub(super) fn flush_range(&self, r: Range<u64>) -> Result<(), SinkError> {
+        self.flush(r, false)
+    }
+
+    fn flush(&self, r: Range<u64>, all: bool) -> Result<(), SinkError> {
         self.poison_check()?;
-        let (runs, id) = {
-            let mut c = self.coalescer();
-            let runs = c.take_overlapping(r.clone());
-            (runs, c.next_id())
+        let failures = self.pipe.failure_count();
+        let id = {
+            let mut c = self.pipe.lock();
+            let runs = if all {
+                c.take_all()
+            } else {
+                c.take_overlapping(r.clone())
+            };
+            self.pipe.queue(&mut c, runs);
+            c.next_id()
         };
-        let sent = self.send_runs(runs);
+        let t = Instant::now();
         self.wait_sent(id, &r);
-        sent
+        if all {
+            self.pipe.stats.flush_waited(t.elapsed());
+            self.pipe.stats.taken(self.pipe.lock().take_counts());
+        }
+        self.pipe.failed_since(failures)?;
+        self.poison_check()
     }
 
     /// An error if bytes of `durable` are still only buffered (a send of them failed since
     /// they were acknowledged): progress must not claim them.
-    pub(super) fn none_pending_in(&self, durable: &vdrep_proto::RangeSet) -> Result<(), SinkError> {
-        let c = self.coalescer();
+    pub(super) fn none_pending_in(&self, durable: &RangeSet) -> Result<(), SinkError> {
+        let c = self.pipe.lock();
         if let Some(r) = durable.iter().find(|r| c.pending_in(r.start..r.end)) {
             return Err(SinkError::Azure {
                 url: self.c.url(&self.blob),
@@ -154,11 +129,36 @@ impl AzureDisk {
         Ok(())
     }
 
+    /// The part of `written` already on the blob, without waiting: runs not grown for a
+    /// whole checkpoint interval are queued first (they are complete, or their neighbours
+    /// are late), and bytes still pending, queued or in flight are left out. Fails if
+    /// buffered data was lost, or with a send failure not reported yet.
+    pub(super) fn acknowledged(&self, written: &RangeSet) -> Result<RangeSet, SinkError> {
+        let unacked = {
+            let mut c = self.pipe.lock();
+            self.pipe.stats.taken(c.take_counts());
+            self.pipe.stats.report(&self.blob, false);
+            let stale = c.take_stale();
+            self.pipe.queue(&mut c, stale);
+            // Under the lock: a failed send is put back (or poisons) atomically with done.
+            self.poison_check()?;
+            c.unacknowledged()
+        };
+        if let Some(e) = self.pipe.take_failure() {
+            return Err(e);
+        }
+        let mut acked = written.clone();
+        for r in unacked.iter() {
+            acked.remove(r.start, r.end);
+        }
+        Ok(acked)
+    }
+
     /// Drops buffered writes (the copy they belong to is discarded) and waits for the runs
     /// in flight, so nothing lands on the blob after it is recreated.
     pub(super) fn discard_pending(&self) {
         let id = {
-            let mut c = self.coalescer();
+            let mut c = self.pipe.lock();
             let dropped = c.discard();
             if dropped > 0 {
                 tracing::debug!(
@@ -169,40 +169,13 @@ impl AzureDisk {
             c.next_id()
         };
         self.wait_sent(id, &(0..u64::MAX));
-        *self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-
-    /// Writes `data` at `offset` as Put Pages of at most 4 MiB, bounded in parallel.
-    fn put_pages(&self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
-        for (i, chunk) in data.chunks(MAX_PUT_PAGE).enumerate() {
-            let at = offset + (i * MAX_PUT_PAGE) as u64;
-            self.put_page_raw(at, chunk)?;
-        }
-        Ok(())
+        self.pipe.unpoison();
+        self.pipe.take_failure();
     }
 
     /// One Put Page (the page rules are enforced before sending).
     pub fn put_page_raw(&self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
-        if let Err(r) = check_put_page(offset, data.len()) {
-            return Err(SinkError::OutOfRange {
-                path: self.url(),
-                op: "put page",
-                offset: r.offset,
-                len: r.len,
-                size: replica_file_size(self.lock().st.disk.virtual_size),
-                problem: r.problem,
-            });
-        }
-        self.lease_check()?;
         let _p = self.permits.take();
-        self.leased(|| {
-            self.c
-                .put_page(&self.blob, offset, data, Some(&self.lease))
-                .map_err(|e| match e {
-                    PutPageError::Rest(e) => e,
-                    PutPageError::Rule(r) => unreachable_rule(r),
-                })
-        })
-        .map_err(rest_err)
+        self.pipe.target.put_page(&self.pipe.stats, offset, data)
     }
 }
