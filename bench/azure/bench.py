@@ -138,6 +138,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))
     ap.add_argument("--receiver-log", help="write the receiver's debug log (Put Page statistics) here")
     ap.add_argument("--skip-1-thread", action="store_true", help="iterations: only the 4-thread baseline")
+    ap.add_argument("--vdrep-only", action="store_true",
+                    help="iterations on vdrep (e.g. its peak RSS): no SDK baseline, no results files")
     a = ap.parse_args()
     size = a.size_mib << 20
     tmp = tempfile.mkdtemp(prefix="vdrep-azbench-")
@@ -152,6 +154,8 @@ def main():
         ]
         if a.skip_1_thread:
             runs = runs[1:]
+        if a.vdrep_only:
+            runs = runs[-1:]
         for name, fn in runs:
             az = Azurite(tmp)
             c0 = cpu_secs(az.p.pid); t0 = time.time()
@@ -167,6 +171,8 @@ def main():
                          "receiver_peak_rss_mib": v[2] if v else None})
             az.stop()
             print(json.dumps(rows[-1]), flush=True)
+        if a.vdrep_only:
+            return
         base = rows[-2]["MB_per_s"]
         res = {"image_bytes": size, "mix": "25% zero, 25% random, 50% text (1 MiB runs)", "rows": rows,
                "vdrep_vs_sdk_4_threads": round(rows[-1]["MB_per_s"] / base, 2)}
