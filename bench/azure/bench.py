@@ -116,10 +116,15 @@ def vdrep_run(url, container, path, tmp, log=None):
     env = dict(os.environ, VDREP_AZURE_KEY=KEY,
                VDREP_LOG=os.environ.get("BENCH_RECEIVER_LOG_FILTER", "warn,vdrep::sink::azure=debug") if log else "warn")
     err = open(log, "w") if log else subprocess.DEVNULL
-    rc = subprocess.Popen([vdrep, "receive", "--listen", "127.0.0.1:0", "--tls", tls,
+    # BENCH_RECEIVER_WRAP: a command to run the receiver under, e.g. "heaptrack -o /tmp/rx".
+    wrap = os.environ.get("BENCH_RECEIVER_WRAP", "").split()
+    rc = subprocess.Popen(wrap + [vdrep, "receive", "--listen", "127.0.0.1:0", "--tls", tls,
         "--allow", "bench=benchvm", "--azure-url", url, "--azure-container", container],
         stdout=subprocess.PIPE, stderr=err, env=env, text=True)
-    addr = rc.stdout.readline().strip().removeprefix("listening on ")
+    line = rc.stdout.readline()
+    while line and not line.startswith("listening on "):  # a wrapper's own lines
+        line = rc.stdout.readline()
+    addr = line.strip().removeprefix("listening on ")
     t0 = time.time(); c0 = cpu_secs(rc.pid)
     subprocess.run([vdrep, "send", "--to", addr, "--tls", tls, "--identity", "bench", "--vm", "benchvm",
         "--no-progress", path], check=True, capture_output=True)
@@ -128,7 +133,12 @@ def vdrep_run(url, container, path, tmp, log=None):
     with open(f"/proc/{rc.pid}/status") as f:
         hwm = [l for l in f if l.startswith("VmHWM:")]
     rss_mib = int(hwm[0].split()[1]) // 1024 if hwm else None
-    rc.terminate(); rc.wait()
+    if wrap:  # the receiver itself exits on SIGTERM (so that e.g. heaptrack writes its file)
+        for child in subprocess.run(["pgrep", "-P", str(rc.pid)], capture_output=True, text=True).stdout.split():
+            os.kill(int(child), 15)
+    else:
+        rc.terminate()
+    rc.wait()
     return dt, rcpu, rss_mib
 
 
