@@ -3,8 +3,8 @@
 //! (QUIC windows, extents being decompressed, the Azure sink's coalesced runs and Put
 //! Pages in flight) and Azurite is slower than the sender, so they all fill. Its peak
 //! (VmHWM) is read at the end of a 512 MiB send with 16 streams: 328–356 MiB before the
-//! allocator setting of `dataplane/src/memory.rs` and the 32 MiB QUIC connection window,
-//! 171–173 MiB after (debug and release builds alike).
+//! allocator settings of `dataplane/src/memory.rs` and the 32 MiB QUIC connection window,
+//! 166–175 MiB after (debug and release builds alike).
 
 use std::time::Duration;
 
