@@ -116,10 +116,15 @@ def vdrep_run(url, container, path, tmp, log=None):
     env = dict(os.environ, VDREP_AZURE_KEY=KEY,
                VDREP_LOG=os.environ.get("BENCH_RECEIVER_LOG_FILTER", "warn,vdrep::sink::azure=debug") if log else "warn")
     err = open(log, "w") if log else subprocess.DEVNULL
-    rc = subprocess.Popen([vdrep, "receive", "--listen", "127.0.0.1:0", "--tls", tls,
+    # BENCH_RECEIVER_WRAP: a command to run the receiver under, e.g. "heaptrack -o /tmp/rx".
+    wrap = os.environ.get("BENCH_RECEIVER_WRAP", "").split()
+    rc = subprocess.Popen(wrap + [vdrep, "receive", "--listen", "127.0.0.1:0", "--tls", tls,
         "--allow", "bench=benchvm", "--azure-url", url, "--azure-container", container],
         stdout=subprocess.PIPE, stderr=err, env=env, text=True)
-    addr = rc.stdout.readline().strip().removeprefix("listening on ")
+    line = rc.stdout.readline()
+    while line and not line.startswith("listening on "):  # a wrapper's own lines
+        line = rc.stdout.readline()
+    addr = line.strip().removeprefix("listening on ")
     t0 = time.time(); c0 = cpu_secs(rc.pid)
     subprocess.run([vdrep, "send", "--to", addr, "--tls", tls, "--identity", "bench", "--vm", "benchvm",
         "--no-progress", path], check=True, capture_output=True)
@@ -128,7 +133,12 @@ def vdrep_run(url, container, path, tmp, log=None):
     with open(f"/proc/{rc.pid}/status") as f:
         hwm = [l for l in f if l.startswith("VmHWM:")]
     rss_mib = int(hwm[0].split()[1]) // 1024 if hwm else None
-    rc.terminate(); rc.wait()
+    if wrap:  # the receiver itself exits on SIGTERM (so that e.g. heaptrack writes its file)
+        for child in subprocess.run(["pgrep", "-P", str(rc.pid)], capture_output=True, text=True).stdout.split():
+            os.kill(int(child), 15)
+    else:
+        rc.terminate()
+    rc.wait()
     return dt, rcpu, rss_mib
 
 
@@ -138,6 +148,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))
     ap.add_argument("--receiver-log", help="write the receiver's debug log (Put Page statistics) here")
     ap.add_argument("--skip-1-thread", action="store_true", help="iterations: only the 4-thread baseline")
+    ap.add_argument("--vdrep-only", action="store_true",
+                    help="iterations on vdrep (e.g. its peak RSS): no SDK baseline, no results files")
     a = ap.parse_args()
     size = a.size_mib << 20
     tmp = tempfile.mkdtemp(prefix="vdrep-azbench-")
@@ -152,6 +164,8 @@ def main():
         ]
         if a.skip_1_thread:
             runs = runs[1:]
+        if a.vdrep_only:
+            runs = runs[-1:]
         for name, fn in runs:
             az = Azurite(tmp)
             c0 = cpu_secs(az.p.pid); t0 = time.time()
@@ -167,6 +181,8 @@ def main():
                          "receiver_peak_rss_mib": v[2] if v else None})
             az.stop()
             print(json.dumps(rows[-1]), flush=True)
+        if a.vdrep_only:
+            return
         base = rows[-2]["MB_per_s"]
         res = {"image_bytes": size, "mix": "25% zero, 25% random, 50% text (1 MiB runs)", "rows": rows,
                "vdrep_vs_sdk_4_threads": round(rows[-1]["MB_per_s"] / base, 2)}

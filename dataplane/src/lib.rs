@@ -20,6 +20,7 @@ pub mod hrl;
 pub mod io;
 pub mod jobs;
 pub mod layout;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod receiver;

@@ -123,6 +123,7 @@ pub fn is_recoverable(error: &anyhow::Error) -> bool {
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
+    crate::memory::tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

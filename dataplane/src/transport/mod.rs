@@ -17,14 +17,21 @@ pub use frames::{read_frame, write_frame, FrameError};
 /// Socket buffer size asked of the kernel.
 pub const SOCKET_BUFFER: usize = 8 << 20;
 
+/// Bytes a connection may have in flight (and buffered at the receiver) across all its
+/// streams. 32 MiB is bandwidth × RTT for 2.7 Gbit/s at 100 ms. It is also the most a
+/// receiver that falls behind (Azure slower than the link) holds for one sender, whatever
+/// `--threads` says: with 64 MiB the receiver into Azurite peaked 14 MiB higher at the
+/// same throughput (`bench/README.md`, "Peak RSS"); each stream stays at 8 MiB.
+pub const CONNECTION_WINDOW: usize = 32 << 20;
+
 /// Transport parameters shared by both ends.
 pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(256u32.into())
         .max_concurrent_uni_streams(0u32.into())
         .stream_receive_window((8u32 << 20).into())
-        .receive_window((64u32 << 20).into())
-        .send_window(64 << 20)
+        .receive_window((CONNECTION_WINDOW as u32).into())
+        .send_window(CONNECTION_WINDOW as u64)
         .keep_alive_interval(Some(Duration::from_secs(2)))
         .max_idle_timeout(Some(
             Duration::from_secs(15)
