@@ -214,3 +214,13 @@ pub fn assert_reads_like_qemu(img: &Path, fmt: &str, work: &Path) {
         );
     }
 }
+
+/// Writes the test-only clock offset file (`VDREP_TEST_CLOCK_OFFSET_FILE`) so that the wall
+/// clock of the processes reading it says `target` now (atomically: a rename, so a reader
+/// never sees half a file).
+pub fn jump_clock_to(file: &Path, target: jiff::Timestamp) {
+    let off = target.duration_since(jiff::Timestamp::now());
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, format!("{}ms", off.as_millis())).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}

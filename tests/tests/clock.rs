@@ -12,22 +12,15 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use jiff::{civil, tz::TimeZone, Timestamp};
+use jiff::{civil, tz::TimeZone};
 use vdrep_tests::cycles::{changes, failover_local, same_bytes, Pattern, TrackedDisk};
 use vdrep_tests::images::{seeded_raw, Kind};
+use vdrep_tests::jump_clock_to;
 use vdrep_tests::procs::{certs, read_log, Receiver, Send};
 use vdrep_tests::vdrep_ok;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;
-
-/// Writes the offset that makes the wall clock read `target` now.
-fn jump_to(file: &Path, target: Timestamp) {
-    let off = target.duration_since(Timestamp::now());
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, format!("{}ms", off.as_millis())).unwrap();
-    std::fs::rename(&tmp, file).unwrap();
-}
 
 fn count(text: &str, needle: &str) -> usize {
     text.matches(needle).count()
@@ -110,7 +103,7 @@ fn clock_jumps_forward_and_back_keep_cycles_committing_points_ordered_history_ke
             .unwrap()
             .timestamp()
     };
-    jump_to(&offset, at(day, 20));
+    jump_clock_to(&offset, at(day, 20));
     let off_env = offset.to_str().unwrap().to_string();
     let env = [("VDREP_TEST_CLOCK_OFFSET_FILE", off_env.as_str())];
     let rx = Receiver::start_env(&store, &tls, &["hv01=vm1"], &env);
@@ -183,7 +176,7 @@ fn clock_jumps_forward_and_back_keep_cycles_committing_points_ordered_history_ke
     // retention of 2 h does not prune the points of "14 h ago".
     let work = count(&read_log(&send_log), "bandwidth limit now 8000 kbit/s");
     let n = count(&read_log(&rx_log), committed);
-    jump_to(&r.offset, at(day.tomorrow().unwrap(), 10));
+    jump_clock_to(&r.offset, at(day.tomorrow().unwrap(), 10));
     let switched = wait_more(
         &send_log,
         "bandwidth limit now 8000 kbit/s",
@@ -217,7 +210,7 @@ fn clock_jumps_forward_and_back_keep_cycles_committing_points_ordered_history_ke
     // 28 h back, to 06:00 of day one (before every point so far): off hours again, cycles go
     // on, and no point is stamped earlier than the one before it.
     let off = count(&read_log(&send_log), "bandwidth limit now 400000 kbit/s");
-    jump_to(&r.offset, at(day, 6));
+    jump_clock_to(&r.offset, at(day, 6));
     let switched = wait_more(
         &send_log,
         "bandwidth limit now 400000 kbit/s",
@@ -290,7 +283,7 @@ fn an_automatic_resync_waits_for_non_work_hours_then_runs_and_the_replica_follow
             .timestamp()
     };
     // 10:00: work hours.
-    jump_to(&offset, at(10));
+    jump_clock_to(&offset, at(10));
     let off_env = offset.to_str().unwrap().to_string();
     let env = [("VDREP_TEST_CLOCK_OFFSET_FILE", off_env.as_str())];
     let mut rx = Receiver::start_env(&store, &tls, &["hv01=vm1"], &env);
@@ -358,7 +351,7 @@ fn an_automatic_resync_waits_for_non_work_hours_then_runs_and_the_replica_follow
     assert!(disk.tracker().resync_reason().is_some(), "no resync mark");
 
     // 19:00: off hours. The resync runs at the next cycle's turn.
-    jump_to(&offset, at(19));
+    jump_clock_to(&offset, at(19));
     let took = wait_more(&send_log, "resync committed", 0, 1, Duration::from_secs(30));
     assert!(
         took < Duration::from_secs(10),
@@ -394,7 +387,7 @@ fn an_initial_replication_scheduled_for_later_waits_for_its_start_time_with_trac
             .unwrap()
             .timestamp()
     };
-    jump_to(&offset, at(18, 0));
+    jump_clock_to(&offset, at(18, 0));
     let off_env = offset.to_str().unwrap().to_string();
     let env = [("VDREP_TEST_CLOCK_OFFSET_FILE", off_env.as_str())];
     let mut rx = Receiver::start_env(&store, &tls, &["hv01=vm1"], &env);
@@ -442,7 +435,7 @@ fn an_initial_replication_scheduled_for_later_waits_for_its_start_time_with_trac
         "the log does not say when the copy starts:\n{log}"
     );
     // 21:59:58: two seconds before the start.
-    jump_to(&offset, at(21, 59) + jiff::SignedDuration::from_secs(58));
+    jump_clock_to(&offset, at(21, 59) + jiff::SignedDuration::from_secs(58));
     let waited = wait_more(
         &send_log,
         "initial replication (writes are tracked",

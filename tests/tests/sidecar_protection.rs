@@ -112,40 +112,6 @@ fn enabling_protection_is_a_job_through_checks_initial_replication_and_first_cyc
     tx.kill();
 }
 
-/// Starts a protecting sender for `web` with its state in `d/sender-state`.
-fn sender_web(
-    d: &std::path::Path,
-    tls: &std::path::Path,
-    web: &std::path::Path,
-    rx: &Role,
-) -> Role {
-    Role::start(
-        &s(&[
-            "send",
-            "--to",
-            &rx.addr("listening on "),
-            "--tls",
-            tls.to_str().unwrap(),
-            "--identity",
-            "hv01",
-            "--vm",
-            "web",
-            web.to_str().unwrap(),
-            "--interval",
-            "1s",
-            "--no-progress",
-            "--state",
-            d.join("sender-state").to_str().unwrap(),
-            "--control",
-            d.join("run/sender.sock").to_str().unwrap(),
-            "--metrics",
-            "127.0.0.1:0",
-        ]),
-        &d.join("sender.log"),
-        &["metrics on "],
-    )
-}
-
 #[test]
 fn a_vm_the_sender_does_not_list_is_protected_through_the_api_and_stays_protected_after_a_sender_restart(
 ) {
@@ -160,7 +126,7 @@ fn a_vm_the_sender_does_not_list_is_protected_through_the_api_and_stays_protecte
     let db = TrackedDisk::new(&db_path, Kind::Raw, SIZE, &d.join("scratch"));
     std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
     let mut rx = Role::receiver(d, &tls, "hv01=web,db", false);
-    let mut tx = sender_web(d, &tls, &web, &rx);
+    let mut tx = Stack::sender(d, &tls, &web, &rx);
     let sc = Stack::sidecar(d);
     let api = sc.addr("sidecar on ");
     let call = |method: &str, path: &str, body: Option<serde_json::Value>| {
@@ -296,7 +262,7 @@ fn a_vm_the_sender_does_not_list_is_protected_through_the_api_and_stays_protecte
         &mut rng,
     ));
     tx.kill();
-    let mut tx = sender_web(d, &tls, &web, &rx);
+    let mut tx = Stack::sender(d, &tls, &web, &rx);
     // The sidecar's view is at most a tick old.
     std::thread::sleep(Duration::from_secs(2));
     let before = vm("db")

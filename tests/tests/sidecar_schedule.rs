@@ -10,6 +10,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde_json::{json, Value};
 use vdrep_tests::images::seeded_raw;
+use vdrep_tests::jump_clock_to;
 use vdrep_tests::procs::certs;
 use vdrep_tests::roles::{eventually, Role};
 use vdrep_tests::sidecar::{s, Stack, TOKEN};
@@ -28,14 +29,6 @@ fn sender_status(sock: &Path) -> Option<Value> {
     std::os::unix::net::UnixStream::connect(sock).ok()?;
     let a = control(sock, json!({"op": "status"}));
     (a["ok"] == true).then(|| a["status"].clone())
-}
-
-/// Sets the sender's clock (test offset file) to `at`.
-fn jump_to(file: &Path, at: Timestamp) {
-    let off = at.duration_since(Timestamp::now());
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, format!("{}ms", off.as_millis())).unwrap();
-    std::fs::rename(&tmp, file).unwrap();
 }
 
 fn sender(d: &Path, tls: &Path, disk: &Path, rx: &Role, offset: &Path) -> Role {
@@ -78,7 +71,7 @@ fn a_pushed_schedule_is_the_senders_own_it_switches_at_work_hours_without_the_si
     let offset = d.join("clock.offset");
     // 08:59:30 UTC on some day: just before work hours.
     let nine = Timestamp::from_second(1_900_000_000 / 86_400 * 86_400 + 9 * 3600).unwrap();
-    jump_to(&offset, nine - jiff::SignedDuration::from_secs(30));
+    jump_clock_to(&offset, nine - jiff::SignedDuration::from_secs(30));
     let rx = Role::receiver(d, &tls, "hv01=web", false);
     let mut tx = sender(d, &tls, &disk, &rx, &offset);
     let sock = d.join("run/sender.sock");
@@ -117,7 +110,7 @@ fn a_pushed_schedule_is_the_senders_own_it_switches_at_work_hours_without_the_si
 
     // No sidecar from here on: 09:00 comes on the sender's clock and it switches itself.
     sc.kill();
-    jump_to(&offset, nine - jiff::SignedDuration::from_secs(2));
+    jump_clock_to(&offset, nine - jiff::SignedDuration::from_secs(2));
     let switched = eventually(Duration::from_secs(15), || {
         sender_status(&sock)
             .filter(|s| s["bandwidth_bytes_per_second"] == 1_000_000 && s["work_hours_now"] == true)
