@@ -224,3 +224,23 @@ pub fn jump_clock_to(file: &Path, target: jiff::Timestamp) {
     std::fs::write(&tmp, format!("{}ms", off.as_millis())).unwrap();
     std::fs::rename(&tmp, file).unwrap();
 }
+
+/// `vdrep log-write` of 12 KiB at 5 MiB into the raw disk `img` (tracked in its active change
+/// log), then that log is deleted before anything shipped it: the "lost log" case of the
+/// resync tests. `dir` holds the data file.
+pub fn tracked_write_then_lose_the_log(img: &Path, dir: &Path) {
+    let data = dir.join("w.bin");
+    std::fs::write(&data, vec![0x42u8; 3 * 4096]).unwrap();
+    vdrep_ok(&[
+        "log-write",
+        img.to_str().unwrap(),
+        "--offset",
+        &(5u64 << 20).to_string(),
+        "--file",
+        data.to_str().unwrap(),
+    ]);
+    let mut active = img.as_os_str().to_owned();
+    active.push(".hrl");
+    let active = PathBuf::from(active);
+    std::fs::remove_file(&active).unwrap_or_else(|e| panic!("{}: {e}", active.display()));
+}

@@ -215,19 +215,7 @@ fn writes_of_a_change_log_deleted_before_shipping_reach_the_replica_through_a_re
         .arg("1")
         .run(Duration::from_secs(120))
         .ok();
-    let data = s.dir.join("w.bin");
-    std::fs::write(&data, vec![0x42u8; 3 * PAGE as usize]).unwrap();
-    vdrep_tests::vdrep_ok(&[
-        "log-write",
-        s.img.to_str().unwrap(),
-        "--offset",
-        &(5 * MIB).to_string(),
-        "--file",
-        data.to_str().unwrap(),
-    ]);
-    // The log holding that write is lost.
-    let active = s.dir.join("disk.raw.hrl");
-    std::fs::remove_file(&active).unwrap_or_else(|e| panic!("{}: {e}", active.display()));
+    vdrep_tests::tracked_write_then_lose_the_log(&s.img, &s.dir);
     let r = s
         .send("protect2")
         .arg("--interval")

@@ -360,18 +360,7 @@ fn on_azure_writes_of_a_change_log_deleted_before_shipping_reach_the_blob_throug
             .run(Duration::from_secs(120))
     };
     protect(&r, "protect").ok();
-    let data = r.dir.join("w.bin");
-    std::fs::write(&data, vec![0x42u8; 3 * PAGE as usize]).unwrap();
-    vdrep_tests::vdrep_ok(&[
-        "log-write",
-        r.img.to_str().unwrap(),
-        "--offset",
-        &(5 * MIB).to_string(),
-        "--file",
-        data.to_str().unwrap(),
-    ]);
-    let active = r.dir.join("disk.raw.hrl");
-    std::fs::remove_file(&active).unwrap_or_else(|e| panic!("{}: {e}", active.display()));
+    vdrep_tests::tracked_write_then_lose_the_log(&r.img, &r.dir);
     let res = protect(&r, "protect2");
     res.ok();
     assert!(res.log.contains("resync committed"), "{}", res.log);
