@@ -114,20 +114,7 @@ async fn resync(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u64
                 );
                 job.step(2, JobState::Running, "starting", now);
             }
-            Err(ClientError::Refused(m)) => {
-                note_error(job, m.clone());
-                job.step(1, JobState::Failed, m, now);
-                job.finish(JobState::Failed, now);
-            }
-            Err(e) => {
-                note_error(job, e.to_string());
-                job.step(
-                    1,
-                    JobState::Running,
-                    "the sender is unreachable; retrying",
-                    now,
-                );
-            }
+            Err(e) => handed_over_failed(job, 1, e, now),
         }
         return;
     }
@@ -187,6 +174,28 @@ async fn resync(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u64
 }
 
 /// The disk paths an enable-protection request named (none: the sender's own VM).
+/// A request handing step `step` of `job` to the sender failed: a refusal fails the job
+/// with the sender's reason; an unreachable sender leaves the step running, to be retried
+/// at the next tick.
+fn handed_over_failed(job: &mut Job, step: usize, e: ClientError, now: u64) {
+    match e {
+        ClientError::Refused(m) => {
+            note_error(job, m.clone());
+            job.step(step, JobState::Failed, m, now);
+            job.finish(JobState::Failed, now);
+        }
+        e => {
+            note_error(job, e.to_string());
+            job.step(
+                step,
+                JobState::Running,
+                "the sender is unreachable; retrying",
+                now,
+            );
+        }
+    }
+}
+
 fn requested_disks(job: &Job) -> Vec<String> {
     job.result
         .as_ref()
@@ -260,20 +269,7 @@ async fn protect(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u6
                     now,
                 );
             }
-            Err(ClientError::Refused(m)) => {
-                note_error(job, m.clone());
-                job.step(0, JobState::Failed, m, now);
-                job.finish(JobState::Failed, now);
-            }
-            Err(e) => {
-                note_error(job, e.to_string());
-                job.step(
-                    0,
-                    JobState::Running,
-                    "the sender is unreachable; retrying",
-                    now,
-                );
-            }
+            Err(e) => handed_over_failed(job, 0, e, now),
         }
         return;
     }
