@@ -223,6 +223,39 @@ fn a_sparse_disk_over_4_gib_with_data_near_the_end_replicates_reading_only_its_d
 }
 
 #[test]
+fn data_between_zero_blocks_travels_as_one_frame_per_read_and_the_replica_stays_sparse() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let tls = certs(&d.join("tls"), &["hv01"]);
+    let store = d.join("store");
+    let rx = Receiver::start(&store, &tls, &["hv01=vm1"]);
+    // 64 KiB of data every 128 KiB over 4 MiB: 32 data runs between 64 KiB zero gaps.
+    let writes: Vec<QWrite> = (0..32u64)
+        .map(|k| QWrite {
+            pattern: 0x10 + k as u8,
+            offset: k * 128 * 1024,
+            len: 64 * 1024,
+        })
+        .collect();
+    let img = make_image(d, "gaps", Kind::Vhdx, 64 * MIB, &writes);
+    let r = Send::new(&rx.to(), &tls, "hv01", "vm1", &[&img], &d.join("s.log")).run(RUN_LIMIT);
+    let s = r.ok();
+    // One sparse write per 1 MiB read, not one write per data run.
+    assert!(s["extents"].as_u64().unwrap() <= 8, "{s}");
+    assert_eq!(
+        s["skipped_zero_bytes"].as_u64().unwrap() % (64 * 1024),
+        0,
+        "{s}"
+    );
+    let rep = replica(&store, "vm1", "gaps");
+    assert_replica_identical(&img, "vhdx", &rep);
+    // The zero gaps inside the frames were not written: about 2 MiB allocated, not 4.
+    let allocated = std::fs::metadata(&rep).unwrap().blocks() * 512;
+    assert!(allocated < 3 * MIB, "replica allocates {allocated} bytes");
+}
+
+#[test]
 fn sending_a_committed_disk_again_resyncs_only_the_changed_pages_and_follows_the_source() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();

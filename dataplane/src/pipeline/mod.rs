@@ -13,5 +13,5 @@ mod stats;
 
 pub use adapt::{AdaptiveLevel, Compression, CpuIdle, TICK};
 pub use plan::{plan_disk, push_split, PlanOptions, WorkItem};
-pub use prepare::{prepare, zero_hash, Prepared, ZERO_BLOCK};
+pub use prepare::{is_zero, prepare, zero_hash, Prepared, Zeros, ZERO_BLOCK};
 pub use stats::Stats;

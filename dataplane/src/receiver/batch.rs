@@ -13,7 +13,7 @@ use vdrep_proto::wire::{
 use super::control::ConnState;
 use super::disk::DiskSession;
 use super::Receiver;
-use crate::pipeline::zero_hash;
+use crate::pipeline::{is_zero, zero_hash, ZERO_BLOCK};
 use crate::sink::SinkError;
 use crate::transport::{read_frame, write_frame, FrameError};
 
@@ -32,7 +32,7 @@ fn apply(s: &DiskSession, h: ExtentHeader, payload: Bytes) -> Result<Outcome, Si
             }
             s.apply_write(h.offset, h.length as u64, None)?;
         }
-        ExtentOp::Write => {
+        ExtentOp::Write | ExtentOp::WriteSparse => {
             let data: Bytes = match h.codec {
                 Codec::Raw => payload,
                 // Bounded: the decompressor may not produce more than the declared length.
@@ -44,10 +44,40 @@ fn apply(s: &DiskSession, h: ExtentHeader, payload: Bytes) -> Result<Outcome, Si
             if blake3::hash(&data).as_bytes() != &h.hash {
                 return Ok(Outcome::Rejected(Rejection::HashMismatch));
             }
-            s.apply_write(h.offset, h.length as u64, Some(&data))?;
+            if h.op == ExtentOp::Write {
+                s.apply_write(h.offset, h.length as u64, Some(&data))?;
+            } else {
+                write_sparse(s, h.offset, &data)?;
+            }
         }
     }
     Ok(Outcome::Written(h.length as u64))
+}
+
+/// Writes the data runs of a sparse write and skips its all-zero blocks, which the replica
+/// holds already (the sender sends sparse writes only into a known-empty copy); the whole
+/// range then counts as written.
+fn write_sparse(s: &DiskSession, offset: u64, data: &[u8]) -> Result<(), SinkError> {
+    let mut run: Option<usize> = None;
+    let mut pos = 0;
+    while pos < data.len() {
+        let end = (pos + ZERO_BLOCK).min(data.len());
+        let zero = is_zero(&data[pos..end]);
+        match (zero, run) {
+            (true, Some(r)) => {
+                s.apply_write(offset + r as u64, (pos - r) as u64, Some(&data[r..pos]))?;
+                run = None;
+            }
+            (false, None) => run = Some(pos),
+            _ => {}
+        }
+        pos = end;
+    }
+    if let Some(r) = run {
+        s.apply_write(offset + r as u64, (data.len() - r) as u64, Some(&data[r..]))?;
+    }
+    s.mark_written(offset, offset + data.len() as u64);
+    Ok(())
 }
 
 impl Receiver {

@@ -11,6 +11,7 @@ pub struct ControlStream {
     recv: quinn::RecvStream,
     peer: String,
     next_req: u32,
+    version: u16,
 }
 
 impl ControlStream {
@@ -25,6 +26,7 @@ impl ControlStream {
             recv,
             peer: peer.to_string(),
             next_req: 1,
+            version: 1,
         };
         let ack = c
             .call(Control::Hello {
@@ -34,9 +36,17 @@ impl ControlStream {
             })
             .await?;
         match ack {
-            Control::HelloAck { .. } => Ok(c),
+            Control::HelloAck { version } => {
+                c.version = version;
+                Ok(c)
+            }
             other => Err(c.unexpected(other)),
         }
+    }
+
+    /// The negotiated protocol version: what the receiver understands.
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     /// The receiver, for messages.

@@ -265,6 +265,7 @@ pub(super) async fn ship_pending(
         // A cycle's zeros are real writes: never "known empty".
         let co = Opened {
             known_empty: false,
+            sparse_writes: false,
             ..o.clone()
         };
         send_all(conn, &cjob, &co, Some(items), &[], sh).await?;

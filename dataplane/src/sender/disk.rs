@@ -10,7 +10,9 @@ use vdrep_proto::wire::Control;
 use super::stream::stream_worker;
 use super::{ControlStream, SendError, SendOptions};
 use crate::disk::{DiskError, VirtualDisk};
-use crate::pipeline::{plan_disk, prepare, AdaptiveLevel, PlanOptions, Prepared, Stats, WorkItem};
+use crate::pipeline::{
+    plan_disk, prepare, AdaptiveLevel, PlanOptions, Prepared, Stats, WorkItem, Zeros,
+};
 use crate::throttle::Throttle;
 
 /// Resend passes for refused extents before giving up.
@@ -138,6 +140,11 @@ pub struct Opened {
     pub generation: u64,
     /// The working image holds zeros wherever nothing was written.
     pub known_empty: bool,
+    /// `known_empty` and a receiver that takes [`ExtentOp::WriteSparse`] (protocol ≥ 2):
+    /// one zstd frame may span the zero blocks of a read.
+    ///
+    /// [`ExtentOp::WriteSparse`]: vdrep_proto::wire::ExtentOp::WriteSparse
+    pub sparse_writes: bool,
     /// Durable ranges of the ongoing initial copy.
     pub progress: Vec<(u64, u64)>,
     /// An initial copy is committed.
@@ -181,6 +188,7 @@ pub async fn open_disk(
         handle,
         generation,
         known_empty,
+        sparse_writes: known_empty && ctrl.version() >= 2,
         progress,
         initial_committed,
         committed_cycle,
@@ -233,7 +241,13 @@ pub async fn send_all(
             job,
             o.handle,
             o.generation,
-            o.known_empty,
+            if o.sparse_writes {
+                Zeros::Span
+            } else if o.known_empty {
+                Zeros::Skip
+            } else {
+                Zeros::Clear
+            },
             done,
             items.take(),
             sh,
@@ -277,7 +291,7 @@ async fn run_pass(
     job: &DiskJob,
     handle: u32,
     generation: u64,
-    known_empty: bool,
+    zeros: Zeros,
     progress: &[(u64, u64)],
     items: Option<Vec<WorkItem>>,
     sh: &Arc<Shared>,
@@ -302,7 +316,7 @@ async fn run_pass(
         let disk = job.disk.clone();
         let plan = PlanOptions {
             chunk: opts.chunk,
-            known_empty,
+            known_empty: zeros.known_empty(),
             done: progress.to_vec(),
         };
         let failure = failure.clone();
@@ -371,7 +385,7 @@ async fn run_pass(
                 .name(format!("vdrep-cpu-{i}"))
                 .spawn(move || {
                     while let Ok(item) = rx.recv_blocking() {
-                        match prepare(disk.as_ref(), item, known_empty, &level, &stats) {
+                        match prepare(disk.as_ref(), item, zeros, &level, &stats) {
                             Ok(v) => {
                                 for p in v {
                                     if tx.send_blocking(p).is_err() {

@@ -107,6 +107,7 @@ pub async fn resync(
     };
     let co = Opened {
         known_empty: false,
+        sparse_writes: false,
         ..o.clone()
     };
     // Scattered pages trickle through the pipeline, which the adaptive controller reads as

@@ -101,6 +101,8 @@ fn version_negotiation_picks_the_highest_common_version() {
         Some(super::super::PROTOCOL_VERSION)
     );
     assert_eq!(super::super::negotiate(50, 60), None);
+    // A version-1 peer still gets a connection (and no sparse writes).
+    assert_eq!(super::super::negotiate(1, 1), Some(1));
 }
 
 proptest! {
@@ -188,7 +190,7 @@ fn every_control() -> Vec<Control> {
     ]
 }
 
-/// A data stream as a sender writes it: batch start, a write, a clear.
+/// A data stream as a sender writes it: batch start, a write, a clear, a sparse write.
 fn sample_data_stream() -> Vec<u8> {
     let mut s = BatchStart {
         handle: 3,
@@ -214,6 +216,16 @@ fn sample_data_stream() -> Vec<u8> {
         payload_len: 0,
     };
     s.extend_from_slice(&c.encode_frame_prefix());
+    let z = ExtentHeader {
+        offset: 2 << 20,
+        length: 4096,
+        op: ExtentOp::WriteSparse,
+        codec: Codec::Zstd,
+        hash: [3; 32],
+        payload_len: 7,
+    };
+    s.extend_from_slice(&z.encode_frame_prefix());
+    s.extend_from_slice(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0]);
     s
 }
 
@@ -266,7 +278,7 @@ fn every_control_kind_and_a_data_stream_decode_whole() {
         s.extend_from_slice(&m.encode());
     }
     assert_eq!(decode_stream(&s).unwrap(), 10);
-    assert_eq!(decode_stream(&sample_data_stream()).unwrap(), 3);
+    assert_eq!(decode_stream(&sample_data_stream()).unwrap(), 4);
 }
 
 proptest! {
@@ -305,16 +317,16 @@ proptest! {
 
     #[test]
     fn valid_extent_headers_and_batch_starts_round_trip(
-        sector in 0u64..(1 << 40), sectors in 1u32..=8192, clear in any::<bool>(), zstd in any::<bool>(),
+        sector in 0u64..(1 << 40), sectors in 1u32..=8192, op in 0u8..3, zstd in any::<bool>(),
         hash in any::<[u8; 32]>(), plen in 0u32..(4 << 20), handle in any::<u32>(), generation in any::<u64>(),
     ) {
-        let op = if clear { ExtentOp::Clear } else { ExtentOp::Write };
+        let op = [ExtentOp::Write, ExtentOp::Clear, ExtentOp::WriteSparse][op as usize];
         let codec = if zstd { Codec::Zstd } else { Codec::Raw };
         let length = sectors * 512;
         let payload_len = match (op, codec) {
             (ExtentOp::Clear, _) => 0,
-            (ExtentOp::Write, Codec::Raw) => length,
-            (ExtentOp::Write, Codec::Zstd) => plen,
+            (_, Codec::Raw) => length,
+            (_, Codec::Zstd) => plen,
         };
         let h = ExtentHeader { offset: sector * 512, length, op, codec, hash, payload_len };
         let f = h.encode_frame_prefix();
