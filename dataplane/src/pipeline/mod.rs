@@ -10,6 +10,7 @@ mod adapt;
 mod plan;
 mod prepare;
 mod stats;
+pub mod zstd_ctx;
 
 pub use adapt::{AdaptiveLevel, Compression, CpuIdle, TICK};
 pub use plan::{plan_disk, push_split, PlanOptions, WorkItem};

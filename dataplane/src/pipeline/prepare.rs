@@ -181,7 +181,7 @@ fn encode_span(
         .map(|r| r.1 - r.0)
         .sum();
     // This compression is the one copy of the span's bytes (the sparse write's payload).
-    let c = match zstd::bulk::compress(span, l) {
+    let c = match super::zstd_ctx::compress(span, l) {
         Ok(c) if (c.len() as u64) * 100 < (nonzero as u64) * 97 => c,
         _ => {
             level.note_incompressible();
@@ -222,7 +222,7 @@ fn encode_write(offset: u64, raw: Bytes, level: &AdaptiveLevel, stats: &Stats) -
     let hash = *blake3::hash(&raw).as_bytes();
     let (codec, payload) = match level.current() {
         super::Compression::Off => (Codec::Raw, raw),
-        super::Compression::Zstd(l) => match zstd::bulk::compress(&raw, l) {
+        super::Compression::Zstd(l) => match super::zstd_ctx::compress(&raw, l) {
             // Store raw when compression saves less than 3 %: the receiver then skips the
             // decompression and the payload stays the zero-copy slice of the read.
             Ok(c) if (c.len() as u64) * 100 < (raw.len() as u64) * 97 => {

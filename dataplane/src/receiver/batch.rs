@@ -13,7 +13,7 @@ use vdrep_proto::wire::{
 use super::control::ConnState;
 use super::disk::DiskSession;
 use super::Receiver;
-use crate::pipeline::{is_zero, zero_hash, ZERO_BLOCK};
+use crate::pipeline::{is_zero, zero_hash, zstd_ctx, ZERO_BLOCK};
 use crate::sink::SinkError;
 use crate::transport::{read_frame, write_frame, FrameError};
 
@@ -33,21 +33,27 @@ fn apply(s: &DiskSession, h: ExtentHeader, payload: Bytes) -> Result<Outcome, Si
             s.apply_write(h.offset, h.length as u64, None)?;
         }
         ExtentOp::Write | ExtentOp::WriteSparse => {
-            let data: Bytes = match h.codec {
-                Codec::Raw => payload,
-                // Bounded: the decompressor may not produce more than the declared length.
-                Codec::Zstd => match zstd::bulk::decompress(&payload, h.length as usize) {
-                    Ok(v) if v.len() == h.length as usize => Bytes::from(v),
-                    _ => return Ok(Outcome::Rejected(Rejection::BadPayload)),
-                },
+            let write = |data: Option<&[u8]>| -> Result<Option<Rejection>, SinkError> {
+                let Some(data) = data else {
+                    return Ok(Some(Rejection::BadPayload));
+                };
+                if blake3::hash(data).as_bytes() != &h.hash {
+                    return Ok(Some(Rejection::HashMismatch));
+                }
+                if h.op == ExtentOp::Write {
+                    s.apply_write(h.offset, h.length as u64, Some(data))?;
+                } else {
+                    write_sparse(s, h.offset, data)?;
+                }
+                Ok(None)
             };
-            if blake3::hash(&data).as_bytes() != &h.hash {
-                return Ok(Outcome::Rejected(Rejection::HashMismatch));
-            }
-            if h.op == ExtentOp::Write {
-                s.apply_write(h.offset, h.length as u64, Some(&data))?;
-            } else {
-                write_sparse(s, h.offset, &data)?;
+            let refused = match h.codec {
+                Codec::Raw => write(Some(&payload))?,
+                // Bounded: the frame must yield exactly the declared length.
+                Codec::Zstd => zstd_ctx::with_decompressed(&payload, h.length as usize, write)?,
+            };
+            if let Some(why) = refused {
+                return Ok(Outcome::Rejected(why));
             }
         }
     }
