@@ -369,6 +369,8 @@ impl ReplicaDisk for LocalDisk {
         }
         let w = self.ensure_working(&mut inner)?;
         w.sync_data().map_err(io_err(&path, "fdatasync", 0))?;
+        // Clean now: the pages the copy wrote since the last checkpoint can go.
+        w.drop_cache();
         if inner.rec.disk.initial_in_progress && inner.rec.disk.progress != *durable {
             let mut next = inner.rec.clone();
             next.disk.progress = durable.clone();

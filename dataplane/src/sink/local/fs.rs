@@ -65,6 +65,12 @@ pub trait DataFile: Send + Sync {
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<()>;
     /// fdatasync: makes completed writes (and the size) durable.
     fn sync_data(&self) -> io::Result<()>;
+    /// Drops the file's clean cached pages. A receiver writes each byte once and reads it
+    /// back rarely (resync, failover): keeping gigabytes of replica in the page cache only
+    /// evicts what the host does read, and a cache that keeps growing takes fresh pages,
+    /// which on a virtual machine cost a hypervisor fault each (1.3 CPU-s per GiB written,
+    /// measured here) where recycled ones do not. A hint: errors are ignored.
+    fn drop_cache(&self) {}
     /// Current length.
     fn size(&self) -> io::Result<u64>;
 }
@@ -181,6 +187,12 @@ struct RealDataFile {
 impl DataFile for RealDataFile {
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, offset)
+    }
+    fn drop_cache(&self) {
+        // SAFETY: posix_fadvise on a valid, owned descriptor; no memory is passed.
+        unsafe {
+            libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
