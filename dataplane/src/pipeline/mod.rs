@@ -13,6 +13,6 @@ mod stats;
 pub mod zstd_ctx;
 
 pub use adapt::{AdaptiveLevel, Compression, CpuIdle, TICK};
-pub use plan::{plan_disk, push_split, PlanOptions, WorkItem};
+pub use plan::{join_reads, plan_disk, push_split, PlanOptions, WorkItem, JOIN_FROM_LEVEL};
 pub use prepare::{is_zero, prepare, zero_hash, Prepared, Zeros, ZERO_BLOCK};
 pub use stats::Stats;

@@ -78,6 +78,38 @@ pub fn push_split(out: &mut Vec<WorkItem>, s: u64, e: u64, max: u64, clear: bool
     }
 }
 
+/// Level from which a CPU worker joins consecutive reads into one extent of up to
+/// `MAX_EXTENT_LEN` (4 MiB): the controller only gets there when the link, not the CPU, is
+/// the bottleneck, and there a 4 MiB frame compresses 2 % better than four 1 MiB ones (the
+/// bench image at level 9: 358 against 366 MB per GiB), while the extra memory in flight
+/// (three more MiB per worker) is what a slow link leaves idle anyway.
+pub const JOIN_FROM_LEVEL: i32 = 6;
+
+/// Joins `item` with the reads that directly follow it, taken by `next` (which yields
+/// `None` when nothing is queued), up to `max` bytes. Returns the joined item and the
+/// first item taken that could not be joined (not contiguous, a clear, or too long).
+pub fn join_reads(
+    item: WorkItem,
+    max: u32,
+    mut next: impl FnMut() -> Option<WorkItem>,
+) -> (WorkItem, Option<WorkItem>) {
+    let WorkItem::Read { offset, mut len } = item else {
+        return (item, None);
+    };
+    while len < max {
+        match next() {
+            None => break,
+            Some(WorkItem::Read { offset: o, len: l })
+                if o == offset + len as u64 && l <= max - len =>
+            {
+                len += l;
+            }
+            Some(other) => return (WorkItem::Read { offset, len }, Some(other)),
+        }
+    }
+    (WorkItem::Read { offset, len }, None)
+}
+
 /// Plans the whole disk window by window and hands each window's items to `emit`, so the
 /// plan of a multi-TiB disk is never held in memory at once. Ranges are aligned to 512 bytes
 /// (every format vdrep reads allocates in whole sectors).
@@ -127,6 +159,50 @@ pub fn plan_disk(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vdrep_proto::wire::MAX_EXTENT_LEN;
+
+    #[test]
+    fn reads_join_while_contiguous_and_within_the_limit() {
+        let r = |offset, len| WorkItem::Read { offset, len };
+        let mib = 1u32 << 20;
+        let m = mib as u64;
+        let mut q = vec![r(m, mib), r(2 * m, mib), r(3 * m, mib), r(4 * m, mib)].into_iter();
+        assert_eq!(
+            join_reads(r(0, mib), MAX_EXTENT_LEN, || q.next()),
+            (r(0, 4 * mib), None)
+        );
+        // The fifth read stays queued: the limit was reached before it was taken.
+        assert_eq!(q.next(), Some(r(4 * m, mib)));
+        // A gap, a clear, or a read that would pass the limit ends the join and is handed back.
+        let mut q = vec![r(m, mib), r(3 * m, mib)].into_iter();
+        assert_eq!(
+            join_reads(r(0, mib), MAX_EXTENT_LEN, || q.next()),
+            (r(0, 2 * mib), Some(r(3 * m, mib)))
+        );
+        let c = WorkItem::Clear {
+            offset: m,
+            len: 512,
+        };
+        let mut q = vec![c].into_iter();
+        assert_eq!(
+            join_reads(r(0, mib), MAX_EXTENT_LEN, || q.next()),
+            (r(0, mib), Some(c))
+        );
+        let mut q = vec![r(3 * m, 2 * mib)].into_iter();
+        assert_eq!(
+            join_reads(r(0, 3 * mib), MAX_EXTENT_LEN, || q.next()),
+            (r(0, 3 * mib), Some(r(3 * m, 2 * mib)))
+        );
+        // Nothing queued, or a clear to start with: unchanged.
+        assert_eq!(
+            join_reads(r(0, mib), MAX_EXTENT_LEN, || None),
+            (r(0, mib), None)
+        );
+        assert_eq!(
+            join_reads(c, MAX_EXTENT_LEN, || panic!("not asked")),
+            (c, None)
+        );
+    }
 
     #[test]
     fn done_ranges_are_subtracted() {

@@ -5,13 +5,14 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use tracing::{debug, warn};
-use vdrep_proto::wire::Control;
+use vdrep_proto::wire::{Control, MAX_EXTENT_LEN};
 
 use super::stream::stream_worker;
 use super::{ControlStream, SendError, SendOptions};
 use crate::disk::{DiskError, VirtualDisk};
 use crate::pipeline::{
-    plan_disk, prepare, AdaptiveLevel, PlanOptions, Prepared, Stats, WorkItem, Zeros,
+    join_reads, plan_disk, prepare, AdaptiveLevel, Compression, PlanOptions, Prepared, Stats,
+    WorkItem, Zeros, JOIN_FROM_LEVEL,
 };
 use crate::throttle::Throttle;
 
@@ -384,7 +385,25 @@ async fn run_pass(
             thread::Builder::new()
                 .name(format!("vdrep-cpu-{i}"))
                 .spawn(move || {
-                    while let Ok(item) = rx.recv_blocking() {
+                    let mut held: Option<WorkItem> = None;
+                    loop {
+                        let item = match held.take() {
+                            Some(i) => i,
+                            None => match rx.recv_blocking() {
+                                Ok(i) => i,
+                                Err(_) => break,
+                            },
+                        };
+                        // On a slow link, larger frames buy ratio (see JOIN_FROM_LEVEL).
+                        let item = match level.current() {
+                            Compression::Zstd(l) if l >= JOIN_FROM_LEVEL => {
+                                let (joined, rest) =
+                                    join_reads(item, MAX_EXTENT_LEN, || rx.try_recv().ok());
+                                held = rest;
+                                joined
+                            }
+                            _ => item,
+                        };
                         match prepare(disk.as_ref(), item, zeros, &level, &stats) {
                             Ok(v) => {
                                 for p in v {
