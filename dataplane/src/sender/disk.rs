@@ -132,6 +132,11 @@ impl Drop for Closer {
     }
 }
 
+/// Bytes the queue of prepared extents may hold when reads are joined: with 4 streams, 12
+/// items of 4 MiB; with 32 streams, 68 items of 1 MiB (no joins) — either way well inside
+/// the sender's 256 MiB.
+const PREPARED_BUDGET: u64 = 64 << 20;
+
 /// The receiver's view of a disk, from `OpenDisk`.
 #[derive(Debug, Clone)]
 pub struct Opened {
@@ -299,7 +304,12 @@ async fn run_pass(
 ) -> Result<Vec<(u64, u32)>, SendError> {
     let opts = &sh.opts;
     let (work_tx, work_rx) = async_channel::bounded::<WorkItem>(64);
-    let (prep_tx, prep_rx) = async_channel::bounded::<Prepared>(opts.threads * 2 + 4);
+    let queue = opts.threads * 2 + 4;
+    let (prep_tx, prep_rx) = async_channel::bounded::<Prepared>(queue);
+    // Joined reads (see JOIN_FROM_LEVEL) stay within a byte budget for the prepared queue:
+    // incompressible extents travel raw, so an item can be as large as its read.
+    let join_max =
+        (PREPARED_BUDGET / queue as u64).clamp(opts.chunk as u64, MAX_EXTENT_LEN as u64) as u32;
     let _closer = Closer {
         work: work_tx.clone(),
         prep: prep_rx.clone(),
@@ -398,7 +408,7 @@ async fn run_pass(
                         let item = match level.current() {
                             Compression::Zstd(l) if l >= JOIN_FROM_LEVEL => {
                                 let (joined, rest) =
-                                    join_reads(item, MAX_EXTENT_LEN, || rx.try_recv().ok());
+                                    join_reads(item, join_max, || rx.try_recv().ok());
                                 held = rest;
                                 joined
                             }
