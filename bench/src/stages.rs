@@ -2,7 +2,9 @@
 //!
 //! Method: the CPU stages are timed in isolation, one thread, over the same bytes, with the
 //! same calls the pipeline makes (`VirtualDisk::read_at` of 1 MiB chunks; the 64 KiB OR-fold
-//! zero check of `pipeline::prepare`; `zstd::bulk::compress` of each non-zero run per level;
+//! zero check of `pipeline::prepare`; zstd per level of what the pipeline compresses into a
+//! fresh copy — per read, one frame from its first to its last non-zero block, reads joined to
+//! 4 MiB from `JOIN_FROM_LEVEL` up — with the pipeline's per-thread contexts;
 //! `blake3::hash` of each run; `pwrite` of the runs + `fdatasync` for the receiver's write).
 //! The network stages cannot run without the others, so they are measured by difference: a
 //! loopback `vdrep send` → `vdrep receive` with compression off (`--compression-level 0`)
@@ -34,12 +36,12 @@ pub struct Args {
     /// Size of the generated image (it is held in memory once).
     #[arg(long, default_value = "1GiB", value_parser = crate::parse_size)]
     size: u64,
-    /// zstd levels to time (the adaptive ladder is off, -3, -1, 1, then the configured one).
+    /// zstd levels to time (the adaptive ladder: off, -3, -1, 1, 3, 6, 9, 12).
     #[arg(
         long,
         value_delimiter = ',',
         allow_hyphen_values = true,
-        default_value = "-3,-1,1,3"
+        default_value = "-3,-1,1,3,6,9,12"
     )]
     levels: Vec<i32>,
     /// The vdrep binary for the loopback runs (default: beside this binary).
@@ -270,11 +272,31 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "64 KiB OR-fold".into(),
     ));
     let data_b: u64 = runs.iter().map(|(_, r)| r.len() as u64).sum();
+    // What the pipeline compresses: per read, its span from the first to the last non-zero
+    // block (zeros inside); from JOIN_FROM_LEVEL up, four consecutive reads joined.
+    let span = |b: &[u8]| -> Option<Bytes> {
+        let blocks: Vec<usize> = (0..b.len())
+            .step_by(64 << 10)
+            .filter(|&p| !is_zero(&b[p..(p + (64 << 10)).min(b.len())]))
+            .collect();
+        let (f, l) = (*blocks.first()?, *blocks.last()?);
+        Some(Bytes::copy_from_slice(&b[f..(l + (64 << 10)).min(b.len())]))
+    };
+    let spans1: Vec<Bytes> = data.iter().filter_map(|(_, b)| span(b)).collect();
+    let spans4: Vec<Bytes> = data
+        .chunks(4)
+        .filter_map(|g| span(&g.iter().flat_map(|(_, b)| b.iter().copied()).collect::<Vec<u8>>()))
+        .collect();
     for &l in &a.levels {
+        let (spans, frames) = if l >= vdrep::pipeline::JOIN_FROM_LEVEL {
+            (&spans4, "4 MiB")
+        } else {
+            (&spans1, "1 MiB")
+        };
         let t = Cpu::start();
         let mut c = 0u64;
-        for (_, r) in &runs {
-            c += zstd::bulk::compress(r, l)?.len() as u64;
+        for r in spans.iter() {
+            c += vdrep::pipeline::zstd_ctx::compress(r, l)?.len() as u64;
         }
         let secs = t.secs();
         out.push(stage(
@@ -283,7 +305,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             data_b,
             secs,
             size,
-            format!("ratio {:.2} on non-zero data", data_b as f64 / c as f64),
+            format!(
+                "ratio {:.2} on non-zero data, {frames} reads ({:.0} MB per GiB of image)",
+                data_b as f64 / c as f64,
+                c as f64 / 1e6 * (1u64 << 30) as f64 / size as f64
+            ),
         ));
     }
     let t = Cpu::start();
