@@ -294,7 +294,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let spans1: Vec<Bytes> = data.iter().filter_map(|(_, b)| span(b)).collect();
     let spans4: Vec<Bytes> = data
         .chunks(4)
-        .filter_map(|g| span(&g.iter().flat_map(|(_, b)| b.iter().copied()).collect::<Vec<u8>>()))
+        .filter_map(|g| {
+            span(
+                &g.iter()
+                    .flat_map(|(_, b)| b.iter().copied())
+                    .collect::<Vec<u8>>(),
+            )
+        })
         .collect();
     for &l in &a.levels {
         let (spans, frames) = if l >= vdrep::pipeline::JOIN_FROM_LEVEL {
