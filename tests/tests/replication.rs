@@ -256,6 +256,38 @@ fn data_between_zero_blocks_travels_as_one_frame_per_read_and_the_replica_stays_
 }
 
 #[test]
+fn at_high_levels_consecutive_reads_travel_as_joined_4_mib_extents_bit_exact() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let tls = certs(&d.join("tls"), &["hv01"]);
+    let store = d.join("store");
+    let rx = Receiver::start(&store, &tls, &["hv01=vm1"]);
+    // 12 MiB of data in one run (twelve 1 MiB reads), then a zero gap, then 3 MiB more that
+    // ends 512 bytes past a MiB boundary, so joins meet a gap and a short last read.
+    let writes = [
+        QWrite {
+            pattern: 0x5a,
+            offset: 0,
+            len: 12 * MIB,
+        },
+        QWrite {
+            pattern: 0x3c,
+            offset: 20 * MIB,
+            len: 3 * MIB + 512,
+        },
+    ];
+    let img = make_image(d, "joined", Kind::VhdDynamic, 32 * MIB, &writes);
+    let r = Send::new(&rx.to(), &tls, "hv01", "vm1", &[&img], &d.join("s.log"))
+        .arg("--fixed-compression")
+        .arg("--compression-level=6")
+        .run(RUN_LIMIT);
+    let s = r.ok();
+    // Without joins: 12 + 4 data extents of at most 1 MiB.
+    assert!(s["extents"].as_u64().unwrap() < 16, "{s}");
+    assert_replica_identical(&img, "vhd", &replica(&store, "vm1", "joined"));
+}
+
+#[test]
 fn sending_a_committed_disk_again_resyncs_only_the_changed_pages_and_follows_the_source() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();

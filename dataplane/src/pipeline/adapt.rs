@@ -29,10 +29,11 @@ pub enum Compression {
 
 /// How often the controller decides.
 pub const TICK: Duration = Duration::from_millis(250);
-/// Highest level the controller climbs to on a slow link. Level 12 costs about three times
-/// level 9's CPU for ~1 % fewer bytes (bench image, 4 MiB frames): worth it only where the
-/// link leaves the CPU idle, which is the only place the controller climbs.
-pub const MAX_ADAPTIVE_LEVEL: i32 = 12;
+/// Highest level the controller climbs to on a slow link. Not 12: on 4 MiB frames it saves
+/// under 1 % of the bytes of level 9 (bench image: 356 against 358 MB per GiB) for twice the
+/// CPU and a 40 MiB compression context per CPU thread (level 9: 10 MiB), which several VMs
+/// copying at once would carry past the sender's 256 MiB.
+pub const MAX_ADAPTIVE_LEVEL: i32 = 9;
 /// Share of wait time on one side that moves the level.
 const MOVE_SHARE: f64 = 0.6;
 
@@ -55,7 +56,7 @@ impl AdaptiveLevel {
     /// and [`MAX_ADAPTIVE_LEVEL`], starting at `level`; otherwise always `level`.
     pub fn new(level: i32, adaptive: bool) -> Self {
         let mut ladder = vec![Compression::Off];
-        let mut levels: Vec<i32> = vec![-3, -1, 1, 3, 6, 9, MAX_ADAPTIVE_LEVEL];
+        let mut levels: Vec<i32> = vec![-3, -1, 1, 3, 6, MAX_ADAPTIVE_LEVEL];
         if level != 0 && !levels.contains(&level) {
             levels.push(level);
             levels.sort_unstable();
