@@ -36,7 +36,7 @@ pub struct Args {
     /// Size of the generated image (it is held in memory once).
     #[arg(long, default_value = "1GiB", value_parser = crate::parse_size)]
     size: u64,
-    /// zstd levels to time (the adaptive ladder: off, -3, -1, 1, 3, 6, 9, 12).
+    /// zstd levels to time (the adaptive ladder: -3, -1, 1, 3, 6, 9; and 12 for comparison).
     #[arg(
         long,
         value_delimiter = ',',
