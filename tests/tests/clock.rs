@@ -78,49 +78,77 @@ fn assert_ordered(pts: &[(u64, u64)], what: &str) {
     }
 }
 
+/// A receiver and a tracked raw disk (seeded with `seed`) whose processes read the clock
+/// through the test offset file, which says `now` to begin with.
 struct Rig {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
+    tls: PathBuf,
     store: PathBuf,
     offset: PathBuf,
+    off_env: String,
     rx: Receiver,
     disk: TrackedDisk,
+}
+
+impl Rig {
+    fn start(seed: u64, now: jiff::Timestamp) -> Rig {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let tls = certs(&dir.join("tls"), &["hv01"]);
+        let store = dir.join("store");
+        let offset = dir.join("clock.offset");
+        jump_clock_to(&offset, now);
+        let off_env = offset.to_str().unwrap().to_string();
+        let env = [("VDREP_TEST_CLOCK_OFFSET_FILE", off_env.as_str())];
+        let rx = Receiver::start_env(&store, &tls, &["hv01=vm1"], &env);
+        let path = seeded_raw(&dir.join("disk.raw"), SIZE, seed, MIB as usize, 3);
+        let disk = TrackedDisk::new(&path, Kind::Raw, SIZE, &dir.join("scratch"));
+        Rig {
+            _tmp: tmp,
+            dir,
+            tls,
+            store,
+            offset,
+            off_env,
+            rx,
+            disk,
+        }
+    }
+
+    /// `vdrep send` of the disk to the receiver, on the same test clock.
+    fn send(&self, log: &Path) -> Send {
+        Send::new(
+            &self.rx.to(),
+            &self.tls,
+            "hv01",
+            "vm1",
+            &[&self.disk.path],
+            log,
+        )
+        .env("VDREP_TEST_CLOCK_OFFSET_FILE", &self.off_env)
+    }
+}
+
+/// `h:m` UTC on `day`.
+fn utc(day: civil::Date, h: i8, m: i8) -> jiff::Timestamp {
+    day.at(h, m, 0, 0)
+        .to_zoned(TimeZone::UTC)
+        .unwrap()
+        .timestamp()
 }
 
 #[test]
 fn clock_jumps_forward_and_back_keep_cycles_committing_points_ordered_history_kept_and_switch_the_bandwidth_window(
 ) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    let tls = certs(&dir.join("tls"), &["hv01"]);
-    let store = dir.join("store");
-    let offset = dir.join("clock.offset");
     // Day one, 20:00 UTC: off hours.
     let day = civil::date(2031, 3, 12);
-    let at = |d: civil::Date, h: i8| {
-        d.at(h, 0, 0, 0)
-            .to_zoned(TimeZone::UTC)
-            .unwrap()
-            .timestamp()
-    };
-    jump_clock_to(&offset, at(day, 20));
-    let off_env = offset.to_str().unwrap().to_string();
-    let env = [("VDREP_TEST_CLOCK_OFFSET_FILE", off_env.as_str())];
-    let rx = Receiver::start_env(&store, &tls, &["hv01=vm1"], &env);
-    let path = seeded_raw(&dir.join("disk.raw"), SIZE, 71, MIB as usize, 3);
-    let disk = TrackedDisk::new(&path, Kind::Raw, SIZE, &dir.join("scratch"));
-    let r = Rig {
-        _tmp: tmp,
-        dir,
-        store,
-        offset,
-        rx,
-        disk,
-    };
+    let at = |d: civil::Date, h: i8| utc(d, h, 0);
+    let r = Rig::start(71, at(day, 20));
     let send_log = r.dir.join("send.log");
     let state = r.dir.join("state");
-    let send = Send::new(&r.rx.to(), &tls, "hv01", "vm1", &[&r.disk.path], &send_log)
-        .env("VDREP_TEST_CLOCK_OFFSET_FILE", &off_env)
+    let send = r
+        .send(&send_log)
         .arg("--interval")
         .arg("1s")
         .arg("--retention")
@@ -270,34 +298,19 @@ fn clock_jumps_forward_and_back_keep_cycles_committing_points_ordered_history_ke
 /// clock leaves work hours the resync runs and the replica equals the source again.
 #[test]
 fn an_automatic_resync_waits_for_non_work_hours_then_runs_and_the_replica_follows_the_source() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    let tls = certs(&dir.join("tls"), &["hv01"]);
-    let store = dir.join("store");
-    let offset = dir.join("clock.offset");
     let day = civil::date(2031, 3, 12);
-    let at = |h: i8| {
-        day.at(h, 0, 0, 0)
-            .to_zoned(TimeZone::UTC)
-            .unwrap()
-            .timestamp()
-    };
+    let at = |h: i8| utc(day, h, 0);
     // 10:00: work hours.
-    jump_clock_to(&offset, at(10));
-    let off_env = offset.to_str().unwrap().to_string();
-    let env = [("VDREP_TEST_CLOCK_OFFSET_FILE", off_env.as_str())];
-    let mut rx = Receiver::start_env(&store, &tls, &["hv01=vm1"], &env);
-    let path = seeded_raw(&dir.join("disk.raw"), SIZE, 81, MIB as usize, 3);
-    let disk = TrackedDisk::new(&path, Kind::Raw, SIZE, &dir.join("scratch"));
-    let send_log = dir.join("send.log");
-    let mut child = Send::new(&rx.to(), &tls, "hv01", "vm1", &[&disk.path], &send_log)
-        .env("VDREP_TEST_CLOCK_OFFSET_FILE", &off_env)
+    let mut r = Rig::start(81, at(10));
+    let send_log = r.dir.join("send.log");
+    let mut child = r
+        .send(&send_log)
         .arg("--interval")
         .arg("1s")
         .arg("--give-up-after")
         .arg("120s")
         .arg("--state")
-        .arg(dir.join("state").to_str().unwrap())
+        .arg(r.dir.join("state").to_str().unwrap())
         .arg("--work-days")
         .arg("all")
         .arg("--work-hours")
@@ -310,12 +323,12 @@ fn an_automatic_resync_waits_for_non_work_hours_then_runs_and_the_replica_follow
         .arg("400Mbit")
         .spawn();
     let committed = "cycle committed as a recovery point";
-    let rx_log = rx.log.clone();
+    let rx_log = r.rx.log.clone();
     wait_more(&rx_log, committed, 0, 2, Duration::from_secs(60));
 
     // Tracked writes, then their log is lost before the switch that would close it.
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(82);
-    disk.write(&changes(
+    r.disk.write(&changes(
         Pattern::Scattered {
             n: 16,
             max: 256 << 10,
@@ -325,8 +338,8 @@ fn an_automatic_resync_waits_for_non_work_hours_then_runs_and_the_replica_follow
     ));
     {
         // Under the tracking lock, so no switch is half-way.
-        let _l = disk.tracker().lock().unwrap();
-        std::fs::remove_file(&disk.tracker().paths().active).unwrap();
+        let _l = r.disk.tracker().lock().unwrap();
+        std::fs::remove_file(&r.disk.tracker().paths().active).unwrap();
     }
     wait_more(
         &send_log,
@@ -348,10 +361,10 @@ fn an_automatic_resync_waits_for_non_work_hours_then_runs_and_the_replica_follow
         n,
         "cycles were committed across the lost log"
     );
-    assert!(disk.tracker().resync_reason().is_some(), "no resync mark");
+    assert!(r.disk.tracker().resync_reason().is_some(), "no resync mark");
 
     // 19:00: off hours. The resync runs at the next cycle's turn.
-    jump_clock_to(&offset, at(19));
+    jump_clock_to(&r.offset, at(19));
     let took = wait_more(&send_log, "resync committed", 0, 1, Duration::from_secs(30));
     assert!(
         took < Duration::from_secs(10),
@@ -359,14 +372,13 @@ fn an_automatic_resync_waits_for_non_work_hours_then_runs_and_the_replica_follow
     );
     let _ = child.kill();
     let _ = child.wait();
-    rx.kill9();
-    let out = dir.join("newest.raw");
-    failover_local(&store, "vm1", "disk", &disk.path, SIZE, None, &out);
+    r.rx.kill9();
+    let out = r.dir.join("newest.raw");
+    failover_local(&r.store, "vm1", "disk", &r.disk.path, SIZE, None, &out);
     assert!(
-        same_bytes(&disk.path, &out),
+        same_bytes(&r.disk.path, &out),
         "after the resync the newest point differs from the source"
     );
-    drop(tmp);
 }
 
 /// `send --interval 1s --initial-at 22:00`: change tracking starts at once, the initial copy
@@ -375,27 +387,12 @@ fn an_automatic_resync_waits_for_non_work_hours_then_runs_and_the_replica_follow
 /// made while it waited are in the replica's first cycles.
 #[test]
 fn an_initial_replication_scheduled_for_later_waits_for_its_start_time_with_tracking_on() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    let tls = certs(&dir.join("tls"), &["hv01"]);
-    let store = dir.join("store");
-    let offset = dir.join("clock.offset");
     let day = civil::date(2031, 3, 12);
-    let at = |h: i8, m: i8| {
-        day.at(h, m, 0, 0)
-            .to_zoned(TimeZone::UTC)
-            .unwrap()
-            .timestamp()
-    };
-    jump_clock_to(&offset, at(18, 0));
-    let off_env = offset.to_str().unwrap().to_string();
-    let env = [("VDREP_TEST_CLOCK_OFFSET_FILE", off_env.as_str())];
-    let mut rx = Receiver::start_env(&store, &tls, &["hv01=vm1"], &env);
-    let path = seeded_raw(&dir.join("disk.raw"), SIZE, 91, MIB as usize, 3);
-    let disk = TrackedDisk::new(&path, Kind::Raw, SIZE, &dir.join("scratch"));
-    let send_log = dir.join("send.log");
-    let mut child = Send::new(&rx.to(), &tls, "hv01", "vm1", &[&disk.path], &send_log)
-        .env("VDREP_TEST_CLOCK_OFFSET_FILE", &off_env)
+    let at = |h: i8, m: i8| utc(day, h, m);
+    let mut r = Rig::start(91, at(18, 0));
+    let send_log = r.dir.join("send.log");
+    let mut child = r
+        .send(&send_log)
         .arg("--interval")
         .arg("1s")
         .arg("--give-up-after")
@@ -414,7 +411,7 @@ fn an_initial_replication_scheduled_for_later_waits_for_its_start_time_with_trac
     );
     // Tracked while it waits.
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(92);
-    disk.write(&changes(
+    r.disk.write(&changes(
         Pattern::Scattered { n: 8, max: MIB },
         SIZE,
         &mut rng,
@@ -427,7 +424,7 @@ fn an_initial_replication_scheduled_for_later_waits_for_its_start_time_with_trac
         "the copy started before its time:\n{log}"
     );
     assert!(
-        !store.join("vm1").join("disk.vhd").exists(),
+        !r.store.join("vm1").join("disk.vhd").exists(),
         "a replica was committed before the start time"
     );
     assert!(
@@ -435,7 +432,7 @@ fn an_initial_replication_scheduled_for_later_waits_for_its_start_time_with_trac
         "the log does not say when the copy starts:\n{log}"
     );
     // 21:59:58: two seconds before the start.
-    jump_clock_to(&offset, at(21, 59) + jiff::SignedDuration::from_secs(58));
+    jump_clock_to(&r.offset, at(21, 59) + jiff::SignedDuration::from_secs(58));
     let waited = wait_more(
         &send_log,
         "initial replication (writes are tracked",
@@ -448,14 +445,14 @@ fn an_initial_replication_scheduled_for_later_waits_for_its_start_time_with_trac
         "the copy started {waited:?} after 21:59:58, before 22:00"
     );
     let committed = "cycle committed as a recovery point";
-    wait_more(&rx.log.clone(), committed, 0, 2, Duration::from_secs(60));
-    let frozen = dir.join("frozen.raw");
-    disk.freeze(&frozen);
+    wait_more(&r.rx.log.clone(), committed, 0, 2, Duration::from_secs(60));
+    let frozen = r.dir.join("frozen.raw");
+    r.disk.freeze(&frozen);
     let _ = child.kill();
     let _ = child.wait();
-    rx.kill9();
-    let out = dir.join("point.raw");
-    failover_local(&store, "vm1", "disk", &disk.path, SIZE, None, &out);
+    r.rx.kill9();
+    let out = r.dir.join("point.raw");
+    failover_local(&r.store, "vm1", "disk", &r.disk.path, SIZE, None, &out);
     assert!(
         same_bytes(&out, &frozen),
         "the newest point differs from the source (writes made while the copy waited lost?)"
