@@ -54,33 +54,35 @@ impl Stack {
         st
     }
 
-    /// Starts the sender (`--interval 1s`, control socket `d/run/sender.sock`).
+    /// The arguments of a protecting sender of VM `web`: `--interval 1s`, state in
+    /// `d/sender-state`, control socket `d/run/sender.sock`; callers add their own.
+    pub fn sender_args(d: &Path, tls: &Path, disk: &Path, rx: &Role) -> Vec<String> {
+        s(&[
+            "send",
+            "--to",
+            &rx.addr("listening on "),
+            "--tls",
+            tls.to_str().unwrap(),
+            "--identity",
+            "hv01",
+            "--vm",
+            "web",
+            disk.to_str().unwrap(),
+            "--interval",
+            "1s",
+            "--no-progress",
+            "--state",
+            d.join("sender-state").to_str().unwrap(),
+            "--control",
+            d.join("run/sender.sock").to_str().unwrap(),
+        ])
+    }
+
+    /// Starts the sender of [`Stack::sender_args`] with metrics on.
     pub fn sender(d: &Path, tls: &Path, disk: &Path, rx: &Role) -> Role {
-        Role::start(
-            &s(&[
-                "send",
-                "--to",
-                &rx.addr("listening on "),
-                "--tls",
-                tls.to_str().unwrap(),
-                "--identity",
-                "hv01",
-                "--vm",
-                "web",
-                disk.to_str().unwrap(),
-                "--interval",
-                "1s",
-                "--no-progress",
-                "--state",
-                d.join("sender-state").to_str().unwrap(),
-                "--control",
-                d.join("run/sender.sock").to_str().unwrap(),
-                "--metrics",
-                "127.0.0.1:0",
-            ]),
-            &d.join("sender.log"),
-            &["metrics on "],
-        )
+        let mut args = Self::sender_args(d, tls, disk, rx);
+        args.extend(s(&["--metrics", "127.0.0.1:0"]));
+        Role::start(&args, &d.join("sender.log"), &["metrics on "])
     }
 
     /// Starts the sidecar with state in `d/sidecar-state`, reading the store `d/store`

@@ -55,34 +55,10 @@ fn enabling_protection_is_a_job_through_checks_initial_replication_and_first_cyc
         "work_hour_start": 0, "work_hour_end": 24,
         "work_hour_bytes_per_second": 2_000_000, "non_work_hour_bytes_per_second": 2_000_000});
     assert_eq!(call("PUT", "/v1/bandwidth", Some(limit)).status, 200);
-    let mut tx = Role::start(
-        &s(&[
-            "send",
-            "--to",
-            &rx.addr("listening on "),
-            "--tls",
-            tls.to_str().unwrap(),
-            "--identity",
-            "hv01",
-            "--vm",
-            "web",
-            disk.to_str().unwrap(),
-            "--interval",
-            "1s",
-            // Until the sidecar applies its policy, the sender's own limit holds.
-            "--bandwidth",
-            "2MB",
-            "--no-progress",
-            "--state",
-            d.join("sender-state").to_str().unwrap(),
-            "--control",
-            d.join("run/sender.sock").to_str().unwrap(),
-            "--metrics",
-            "127.0.0.1:0",
-        ]),
-        &d.join("sender.log"),
-        &["metrics on "],
-    );
+    let mut args = Stack::sender_args(d, &tls, &disk, &rx);
+    // Until the sidecar applies its policy, the sender's own limit holds.
+    args.extend(s(&["--bandwidth", "2MB", "--metrics", "127.0.0.1:0"]));
+    let mut tx = Role::start(&args, &d.join("sender.log"), &["metrics on "]);
     // While the initial copy runs, the job reports its progress in bytes.
     let copying = eventually(Duration::from_secs(30), || {
         let j = job(&id);

@@ -32,28 +32,10 @@ fn sender_status(sock: &Path) -> Option<Value> {
 }
 
 fn sender(d: &Path, tls: &Path, disk: &Path, rx: &Role, offset: &Path) -> Role {
+    let mut args = Stack::sender_args(d, tls, disk, rx);
+    args.extend(s(&["--bandwidth", "20MB"]));
     Role::start_env(
-        &s(&[
-            "send",
-            "--to",
-            &rx.addr("listening on "),
-            "--tls",
-            tls.to_str().unwrap(),
-            "--identity",
-            "hv01",
-            "--vm",
-            "web",
-            disk.to_str().unwrap(),
-            "--interval",
-            "1s",
-            "--bandwidth",
-            "20MB",
-            "--no-progress",
-            "--state",
-            d.join("sender-state").to_str().unwrap(),
-            "--control",
-            d.join("run/sender.sock").to_str().unwrap(),
-        ]),
+        &args,
         &d.join("sender.log"),
         &[],
         &[("VDREP_TEST_CLOCK_OFFSET_FILE", offset.to_str().unwrap())],
