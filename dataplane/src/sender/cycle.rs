@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use vdrep_proto::wire::Control;
 use vdrep_proto::Guid;
 
-use super::disk::{send_all, DiskJob, Opened, Shared};
+use super::disk::{begin_cycle, send_all, DiskJob, Opened, Shared};
 use super::logimage::LogImage;
 use super::protect::{poisoned, resync_required, skip, Policy, Protected};
 use super::{ControlStream, SendError};
@@ -243,17 +243,7 @@ pub(super) async fn ship_pending(
         }
         let open_s = t0.elapsed().as_secs_f64();
         let bytes: u64 = extents.iter().map(|e| e.length).sum();
-        let req = ctrl.req();
-        let ans = ctrl
-            .call(Control::BeginCycle {
-                req,
-                handle: o.handle,
-                cycle,
-            })
-            .await?;
-        let Control::CycleOpened { progress, .. } = ans else {
-            return Err(ctrl.unexpected(ans));
-        };
+        let progress = begin_cycle(ctrl, o, cycle).await?;
         let items = cycle_items(&extents, &progress, sh.opts.chunk as u64);
         let image = LogImage::new(log, extents, job.disk.info().clone());
         let cjob = DiskJob {
@@ -265,7 +255,6 @@ pub(super) async fn ship_pending(
         // A cycle's zeros are real writes: never "known empty".
         let co = Opened {
             known_empty: false,
-            sparse_writes: false,
             ..o.clone()
         };
         send_all(conn, &cjob, &co, Some(items), &[], sh).await?;

@@ -146,17 +146,29 @@ pub struct Opened {
     pub generation: u64,
     /// The working image holds zeros wherever nothing was written.
     pub known_empty: bool,
-    /// `known_empty` and a receiver that takes [`ExtentOp::WriteSparse`] (protocol ≥ 2):
-    /// one zstd frame may span the zero blocks of a read.
-    ///
-    /// [`ExtentOp::WriteSparse`]: vdrep_proto::wire::ExtentOp::WriteSparse
-    pub sparse_writes: bool,
+    /// The protocol version negotiated with the receiver.
+    pub protocol: u16,
     /// Durable ranges of the ongoing initial copy.
     pub progress: Vec<(u64, u64)>,
     /// An initial copy is committed.
     pub initial_committed: bool,
     /// The newest committed cycle.
     pub committed_cycle: u64,
+}
+
+impl Opened {
+    /// How the zero blocks of a read travel: into a known-empty copy as nothing, and inside
+    /// one frame spanning them ([`Zeros::Span`]) where the receiver takes
+    /// [`ExtentOp::WriteSparse`] (protocol ≥ 2); elsewhere as clears.
+    ///
+    /// [`ExtentOp::WriteSparse`]: vdrep_proto::wire::ExtentOp::WriteSparse
+    pub fn zeros(&self) -> Zeros {
+        match (self.known_empty, self.protocol >= 2) {
+            (false, _) => Zeros::Clear,
+            (true, false) => Zeros::Skip,
+            (true, true) => Zeros::Span,
+        }
+    }
 }
 
 /// Opens `job`'s replica at the receiver. `full_copy` starts a new copy of a committed disk
@@ -194,11 +206,32 @@ pub async fn open_disk(
         handle,
         generation,
         known_empty,
-        sparse_writes: known_empty && ctrl.version() >= 2,
+        protocol: ctrl.version(),
         progress,
         initial_committed,
         committed_cycle,
     })
+}
+
+/// Opens cycle `cycle` of an opened disk at the receiver (a delta cycle, or a resync as the
+/// next cycle); returns the cycle's durable progress, for a resumed cycle.
+pub async fn begin_cycle(
+    ctrl: &mut ControlStream,
+    o: &Opened,
+    cycle: u64,
+) -> Result<Vec<(u64, u64)>, SendError> {
+    let req = ctrl.req();
+    let ans = ctrl
+        .call(Control::BeginCycle {
+            req,
+            handle: o.handle,
+            cycle,
+        })
+        .await?;
+    match ans {
+        Control::CycleOpened { progress, .. } => Ok(progress),
+        other => Err(ctrl.unexpected(other)),
+    }
 }
 
 /// The initial copy of an opened disk, resumed from its durable progress, then committed.
@@ -247,13 +280,7 @@ pub async fn send_all(
             job,
             o.handle,
             o.generation,
-            if o.sparse_writes {
-                Zeros::Span
-            } else if o.known_empty {
-                Zeros::Skip
-            } else {
-                Zeros::Clear
-            },
+            o.zeros(),
             done,
             items.take(),
             sh,

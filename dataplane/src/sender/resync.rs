@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use vdrep_proto::wire::{Control, MAX_HASH_PARENTS};
 use vdrep_proto::RangeSet;
 
-use super::disk::{send_all, DiskJob, Opened, Shared};
+use super::disk::{begin_cycle, send_all, DiskJob, Opened, Shared};
 use super::{ControlStream, SendError};
 use crate::disk::{ExtentKind, VirtualDisk};
 use crate::pipeline::WorkItem;
@@ -83,17 +83,7 @@ pub async fn resync(
     strict: bool,
 ) -> Result<ResyncOutcome, SendError> {
     let cycle = o.committed_cycle + 1;
-    let req = ctrl.req();
-    let ans = ctrl
-        .call(Control::BeginCycle {
-            req,
-            handle: o.handle,
-            cycle,
-        })
-        .await?;
-    if !matches!(ans, Control::CycleOpened { .. }) {
-        return Err(ctrl.unexpected(ans));
-    }
+    begin_cycle(ctrl, o, cycle).await?;
     let src = Arc::new(DiskSource(job.disk.clone()));
     let s2 = src.clone();
     let tree = tokio::task::spawn_blocking(move || Tree::build(s2.as_ref(), threads()))
@@ -107,7 +97,6 @@ pub async fn resync(
     };
     let co = Opened {
         known_empty: false,
-        sparse_writes: false,
         ..o.clone()
     };
     // Scattered pages trickle through the pipeline, which the adaptive controller reads as
