@@ -256,6 +256,18 @@ mod tests {
     use crate::disk::raw::RawDisk;
     use std::io::Write;
 
+    /// `n` incompressible bytes (xorshift from `seed`).
+    fn noise(n: usize, mut x: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     fn disk_with(content: &[u8]) -> (tempfile::NamedTempFile, RawDisk) {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(content).unwrap();
@@ -353,15 +365,7 @@ mod tests {
     #[test]
     fn an_incompressible_span_falls_back_to_raw_runs() {
         let z = ZERO_BLOCK;
-        let mut x = 0x2545f4914f6cdd1du64;
-        let mut c: Vec<u8> = (0..3 * z)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let mut c = noise(3 * z, 0x2545f4914f6cdd1d);
         c[z..2 * z].fill(0);
         let (_f, d) = disk_with(&c);
         let item = WorkItem::Read {
@@ -385,15 +389,7 @@ mod tests {
 
     #[test]
     fn incompressible_data_is_sent_raw_as_a_slice_of_the_read() {
-        let mut x = 0x9e3779b97f4a7c15u64;
-        let c: Vec<u8> = (0..ZERO_BLOCK)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let c = noise(ZERO_BLOCK, 0x9e3779b97f4a7c15);
         let (_f, d) = disk_with(&c);
         let v = prepare(
             &d,
