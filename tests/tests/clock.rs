@@ -116,7 +116,8 @@ impl Rig {
         }
     }
 
-    /// `vdrep send` of the disk to the receiver, on the same test clock.
+    /// `vdrep send --interval 1s --give-up-after 120s` of the disk to the receiver, on the
+    /// same test clock.
     fn send(&self, log: &Path) -> Send {
         Send::new(
             &self.rx.to(),
@@ -127,6 +128,10 @@ impl Rig {
             log,
         )
         .env("VDREP_TEST_CLOCK_OFFSET_FILE", &self.off_env)
+        .arg("--interval")
+        .arg("1s")
+        .arg("--give-up-after")
+        .arg("120s")
     }
 }
 
@@ -149,12 +154,8 @@ fn clock_jumps_forward_and_back_keep_cycles_committing_points_ordered_history_ke
     let state = r.dir.join("state");
     let send = r
         .send(&send_log)
-        .arg("--interval")
-        .arg("1s")
         .arg("--retention")
         .arg("2h")
-        .arg("--give-up-after")
-        .arg("120s")
         .arg("--rpo-threshold")
         .arg("30s")
         .arg("--state")
@@ -305,10 +306,6 @@ fn an_automatic_resync_waits_for_non_work_hours_then_runs_and_the_replica_follow
     let send_log = r.dir.join("send.log");
     let mut child = r
         .send(&send_log)
-        .arg("--interval")
-        .arg("1s")
-        .arg("--give-up-after")
-        .arg("120s")
         .arg("--state")
         .arg(r.dir.join("state").to_str().unwrap())
         .arg("--work-days")
@@ -393,10 +390,6 @@ fn an_initial_replication_scheduled_for_later_waits_for_its_start_time_with_trac
     let send_log = r.dir.join("send.log");
     let mut child = r
         .send(&send_log)
-        .arg("--interval")
-        .arg("1s")
-        .arg("--give-up-after")
-        .arg("120s")
         .arg("--initial-at")
         .arg("22:00")
         .arg("--tz")
