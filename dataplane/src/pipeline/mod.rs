@@ -14,5 +14,5 @@ pub mod zstd_ctx;
 
 pub use adapt::{AdaptiveLevel, Compression, CpuIdle, TICK};
 pub use plan::{join_reads, plan_disk, push_split, PlanOptions, WorkItem, JOIN_FROM_LEVEL};
-pub use prepare::{is_zero, prepare, zero_hash, Prepared, Zeros, ZERO_BLOCK};
+pub use prepare::{prepare, zero_hash, zero_runs, Prepared, Zeros, ZERO_BLOCK};
 pub use stats::Stats;

@@ -38,7 +38,7 @@ pub fn zero_hash(len: u32) -> [u8; 32] {
 }
 
 /// Whether a block is all zero; vectorised, ~35 GB/s.
-pub fn is_zero(b: &[u8]) -> bool {
+fn is_zero(b: &[u8]) -> bool {
     // OR-fold 16-byte words; the compiler vectorises this loop.
     let mut words = b.chunks_exact(16);
     let acc = words.by_ref().fold(0u128, |acc, w| {
@@ -129,7 +129,8 @@ pub fn prepare(
 }
 
 /// Splits a read into maximal runs of zero and non-zero [`ZERO_BLOCK`]s: `(start, end, zero)`.
-fn zero_runs(data: &[u8]) -> Vec<(usize, usize, bool)> {
+/// The receiver splits a sparse write with it on the same grid.
+pub fn zero_runs(data: &[u8]) -> Vec<(usize, usize, bool)> {
     let mut runs: Vec<(usize, usize, bool)> = Vec::new();
     let mut pos = 0usize;
     while pos < data.len() {

@@ -13,7 +13,7 @@ use vdrep_proto::wire::{
 use super::control::ConnState;
 use super::disk::DiskSession;
 use super::Receiver;
-use crate::pipeline::{is_zero, zero_hash, zstd_ctx, ZERO_BLOCK};
+use crate::pipeline::{zero_hash, zero_runs, zstd_ctx};
 use crate::sink::SinkError;
 use crate::transport::{read_frame, write_frame, FrameError};
 
@@ -64,23 +64,10 @@ fn apply(s: &DiskSession, h: ExtentHeader, payload: Bytes) -> Result<Outcome, Si
 /// holds already (the sender sends sparse writes only into a known-empty copy); the whole
 /// range then counts as written.
 fn write_sparse(s: &DiskSession, offset: u64, data: &[u8]) -> Result<(), SinkError> {
-    let mut run: Option<usize> = None;
-    let mut pos = 0;
-    while pos < data.len() {
-        let end = (pos + ZERO_BLOCK).min(data.len());
-        let zero = is_zero(&data[pos..end]);
-        match (zero, run) {
-            (true, Some(r)) => {
-                s.apply_write(offset + r as u64, (pos - r) as u64, Some(&data[r..pos]))?;
-                run = None;
-            }
-            (false, None) => run = Some(pos),
-            _ => {}
+    for (a, b, zero) in zero_runs(data) {
+        if !zero {
+            s.apply_write(offset + a as u64, (b - a) as u64, Some(&data[a..b]))?;
         }
-        pos = end;
-    }
-    if let Some(r) = run {
-        s.apply_write(offset + r as u64, (data.len() - r) as u64, Some(&data[r..]))?;
     }
     s.mark_written(offset, offset + data.len() as u64);
     Ok(())
