@@ -7,12 +7,14 @@
 //! `VDREP_QUIC_CONGESTION=bbr` (see `congestion_controller`: 13× the goodput on a lossy WAN).
 
 mod frames;
+mod window;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use frames::{read_frame, write_frame, FrameError};
+pub use window::{send_window_for, SendWindowGuard, MIN_SEND_WINDOW};
 
 /// Socket buffer size asked of the kernel.
 pub const SOCKET_BUFFER: usize = 8 << 20;
