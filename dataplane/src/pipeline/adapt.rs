@@ -29,11 +29,12 @@ pub enum Compression {
 
 /// How often the controller decides.
 pub const TICK: Duration = Duration::from_millis(250);
-/// Highest level the controller climbs to on a slow link. Not 12: on 4 MiB frames it saves
-/// under 1 % of the bytes of level 9 (bench image: 356 against 358 MB per GiB) for twice the
-/// CPU and a 40 MiB compression context per CPU thread (level 9: 10 MiB), which several VMs
-/// copying at once would carry past the sender's 256 MiB.
-pub const MAX_ADAPTIVE_LEVEL: i32 = 9;
+/// Highest level the controller climbs to on a slow link: level 9's match tables with a
+/// deeper search (`zstd_ctx` caps the tables of levels 10–12), 0.6 % fewer bytes than
+/// level 9 on the bench image's 4 MiB frames (356.5 against 358.6 MB per GiB) for 1.6× its
+/// CPU, which a link-bound sender has spare. Not 13 and up: their binary-tree match finders
+/// cost 4–7× level 9's CPU for another 0.3 %.
+pub const MAX_ADAPTIVE_LEVEL: i32 = 11;
 /// Share of wait time on one side that moves the level.
 const MOVE_SHARE: f64 = 0.6;
 
