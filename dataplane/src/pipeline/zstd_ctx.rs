@@ -1,20 +1,99 @@
-//! zstd contexts kept per thread.
+//! zstd contexts: compression contexts shared by the process, decompression per thread.
 //!
 //! `zstd::bulk::compress` and `decompress` create and free a context per call. A level-9
 //! compression context holds megabytes of match tables, and with the fixed 1 MiB mmap
 //! threshold of [`crate::memory`] every such allocation is a fresh mapping: page faults and
-//! zeroing on each 1 MiB extent, paid again on the next. The CPU threads of the pipeline and
-//! the receiver's blocking threads each keep one context (and the receiver one output
-//! buffer) instead.
+//! zeroing on each 1 MiB extent, paid again on the next. So contexts are kept.
+//!
+//! Compression contexts live in one pool for the whole process, at most one per CPU: every
+//! disk pass runs a CPU thread per core, and several VMs copy at once, so contexts per thread
+//! would be VMs × cores of them (14.7 MiB each from level 9: four VMs on two cores held 118
+//! MiB of match tables where two contexts keep both cores busy). A thread that finds every
+//! context in use waits; more threads than cores compressing would not go faster anyway.
+//! The receiver's blocking threads each keep one decompression context and output buffer.
 
 use std::cell::RefCell;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
 thread_local! {
-    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-        const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { RefCell::new(None) };
     static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A compression context and the level it is set up for.
+type Ctx = (i32, zstd::bulk::Compressor<'static>);
+
+/// The process's compression contexts.
+struct Pool {
+    state: Mutex<PoolState>,
+    returned: Condvar,
+    /// Most contexts that may exist: the host's CPUs.
+    limit: usize,
+}
+
+#[derive(Default)]
+struct PoolState {
+    idle: Vec<Ctx>,
+    /// Contexts in existence, idle or in use.
+    live: usize,
+    /// Highest `live` so far.
+    peak: usize,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| Pool {
+        state: Mutex::new(PoolState::default()),
+        returned: Condvar::new(),
+        limit: std::thread::available_parallelism().map_or(2, |n| n.get()),
+    })
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        // The state is a list and two counters, consistent after every statement.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A context set up for `level`: an idle one at that level, else any idle one, else a
+    /// new one while fewer than `limit` exist, else the next one returned.
+    fn take(&self, level: i32) -> std::io::Result<Ctx> {
+        let mut st = self.lock();
+        loop {
+            if let Some(i) = st.idle.iter().position(|(l, _)| *l == level) {
+                return Ok(st.idle.swap_remove(i));
+            }
+            let reuse = st.idle.pop();
+            if reuse.is_some() || st.live < self.limit {
+                if reuse.is_none() {
+                    st.live += 1;
+                    st.peak = st.peak.max(st.live);
+                }
+                drop(st);
+                let made = match reuse {
+                    Some((_, mut z)) => configure(&mut z, level).map(|()| z),
+                    None => zstd::bulk::Compressor::new(level)
+                        .and_then(|mut z| configure(&mut z, level).map(|()| z)),
+                };
+                return match made {
+                    Ok(z) => Ok((level, z)),
+                    Err(e) => {
+                        // The context is gone; let a waiting thread make another.
+                        self.lock().live -= 1;
+                        self.returned.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            st = self.returned.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn give(&self, ctx: Ctx) {
+        self.lock().idle.push(ctx);
+        self.returned.notify_one();
+    }
 }
 
 /// Largest match tables a compression context gets (log2 of entries, 4 bytes each): level
@@ -41,26 +120,13 @@ fn configure(z: &mut zstd::bulk::Compressor<'static>, level: i32) -> std::io::Re
     Ok(())
 }
 
-/// One zstd frame of `src` at `level`, with this thread's context.
+/// One zstd frame of `src` at `level`, with one of the process's contexts.
 pub fn compress(src: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    COMPRESSOR.with(|c| {
-        let mut c = c.borrow_mut();
-        match c.as_mut() {
-            Some((l, z)) if *l == level => z.compress(src),
-            Some((l, z)) => {
-                configure(z, level)?;
-                *l = level;
-                z.compress(src)
-            }
-            None => {
-                let mut z = zstd::bulk::Compressor::new(level)?;
-                configure(&mut z, level)?;
-                let out = z.compress(src);
-                *c = Some((level, z));
-                out
-            }
-        }
-    })
+    let p = pool();
+    let mut ctx = p.take(level)?;
+    let out = ctx.1.compress(src);
+    p.give(ctx);
+    out
 }
 
 /// Decompresses one frame that must yield exactly `len` bytes and hands them to `f`
@@ -128,26 +194,30 @@ mod tests {
         out
     }
 
-    fn context_bytes() -> usize {
-        COMPRESSOR.with(|c| {
-            c.borrow_mut()
-                .as_mut()
-                .map_or(0, |(_, z)| z.context_mut().sizeof())
-        })
+    /// Bytes of the largest idle context set up for `level`.
+    fn context_bytes(level: i32) -> usize {
+        pool()
+            .lock()
+            .idle
+            .iter_mut()
+            .filter(|(l, _)| *l == level)
+            .map(|(_, z)| z.context_mut().sizeof())
+            .max()
+            .unwrap_or(0)
     }
 
     #[test]
     fn levels_10_to_12_keep_level_9s_tables_and_the_cap_does_not_leak_into_other_levels() {
         let text = words(4 << 20);
         compress(&text, 9).unwrap();
-        let level9 = context_bytes();
+        let level9 = context_bytes(9);
         for level in [11, 12] {
             let c = compress(&text, level).unwrap();
             assert_eq!(zstd::bulk::decompress(&c, text.len()).unwrap(), text);
+            let bytes = context_bytes(level);
             assert!(
-                context_bytes() <= level9 + (1 << 20),
-                "level {level}: {} bytes of context against level 9's {level9}",
-                context_bytes()
+                bytes > 0 && bytes <= level9 + (1 << 20),
+                "level {level}: {bytes} bytes of context against level 9's {level9}"
             );
         }
         // Switching away from a capped level gives zstd's own parameters again.
@@ -159,5 +229,36 @@ mod tests {
                 "level {level} after a capped level"
             );
         }
+    }
+
+    #[test]
+    fn many_threads_share_at_most_one_context_per_cpu_and_all_frames_are_right() {
+        let text = words(256 << 10);
+        let threads = 4 * pool().limit + 2;
+        std::thread::scope(|sc| {
+            for t in 0..threads {
+                let text = &text;
+                sc.spawn(move || {
+                    for i in 0..8 {
+                        let level = [1, 3, 9, 11][(t + i) % 4];
+                        let c = compress(text, level).unwrap();
+                        assert_eq!(zstd::bulk::decompress(&c, text.len()).unwrap(), *text);
+                    }
+                });
+            }
+        });
+        let st = pool().lock();
+        assert!(
+            st.peak <= pool().limit && st.live <= pool().limit,
+            "{} contexts at most, {} now, for {} CPUs",
+            st.peak,
+            st.live,
+            pool().limit
+        );
+        assert_eq!(
+            st.idle.len(),
+            st.live,
+            "every context went back to the pool"
+        );
     }
 }
