@@ -7,12 +7,14 @@
 //! bytes (it transforms them).
 
 mod adapt;
+mod budget;
 mod plan;
 mod prepare;
 mod stats;
 pub mod zstd_ctx;
 
 pub use adapt::{AdaptiveLevel, Compression, CpuIdle, TICK};
+pub use budget::{MemoryBudget, Ticket, PREPARED_BUDGET};
 pub use plan::{join_reads, plan_disk, push_split, PlanOptions, WorkItem, JOIN_FROM_LEVEL};
 pub use prepare::{prepare, zero_hash, zero_runs, Prepared, Zeros, ZERO_BLOCK};
 pub use stats::Stats;

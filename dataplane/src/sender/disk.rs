@@ -11,8 +11,8 @@ use super::stream::stream_worker;
 use super::{ControlStream, SendError, SendOptions};
 use crate::disk::{DiskError, VirtualDisk};
 use crate::pipeline::{
-    join_reads, plan_disk, prepare, AdaptiveLevel, Compression, PlanOptions, Prepared, Stats,
-    WorkItem, Zeros, JOIN_FROM_LEVEL,
+    join_reads, plan_disk, prepare, AdaptiveLevel, Compression, MemoryBudget, PlanOptions,
+    Prepared, Stats, Ticket, WorkItem, Zeros, JOIN_FROM_LEVEL, PREPARED_BUDGET,
 };
 use crate::throttle::Throttle;
 
@@ -45,6 +45,8 @@ pub struct Shared {
     pub vms: Option<Arc<super::vmset::VmSet>>,
     /// The state folder (`--state`): jobs, health, added VMs, the pushed bandwidth schedule.
     pub state: std::path::PathBuf,
+    /// Bytes of prepared extents all disks of the run may hold together.
+    pub prepared: Arc<MemoryBudget>,
 }
 
 /// One disk to replicate.
@@ -122,7 +124,7 @@ pub struct DiskOutcome {
 /// sending side gives up.
 struct Closer {
     work: async_channel::Sender<WorkItem>,
-    prep: async_channel::Receiver<Prepared>,
+    prep: async_channel::Receiver<Queued>,
 }
 
 impl Drop for Closer {
@@ -132,10 +134,9 @@ impl Drop for Closer {
     }
 }
 
-/// Bytes the queue of prepared extents may hold when reads are joined: with 4 streams, 12
-/// items of 4 MiB; with 32 streams, 68 items of 1 MiB (no joins) — either way well inside
-/// the sender's 256 MiB.
-const PREPARED_BUDGET: u64 = 64 << 20;
+/// A prepared extent in its queue, with the bytes it holds of the run's
+/// [`MemoryBudget`] (`None` for a zero run, which carries no payload).
+pub(super) type Queued = (Prepared, Option<Ticket>);
 
 /// The receiver's view of a disk, from `OpenDisk`.
 #[derive(Debug, Clone)]
@@ -332,9 +333,9 @@ async fn run_pass(
     let opts = &sh.opts;
     let (work_tx, work_rx) = async_channel::bounded::<WorkItem>(64);
     let queue = opts.threads * 2 + 4;
-    let (prep_tx, prep_rx) = async_channel::bounded::<Prepared>(queue);
-    // Joined reads (see JOIN_FROM_LEVEL) stay within a byte budget for the prepared queue:
-    // incompressible extents travel raw, so an item can be as large as its read.
+    let (prep_tx, prep_rx) = async_channel::bounded::<Queued>(queue);
+    // Joined reads (see JOIN_FROM_LEVEL) are sized so that one pass's queue fits the run's
+    // budget: incompressible extents travel raw, so an item can be as large as its read.
     let join_max =
         (PREPARED_BUDGET / queue as u64).clamp(opts.chunk as u64, MAX_EXTENT_LEN as u64) as u32;
     let _closer = Closer {
@@ -418,6 +419,7 @@ async fn run_pass(
         let failure = failure.clone();
         let stats = dstats.clone();
         let level = sh.level.clone();
+        let budget = sh.prepared.clone();
         cpu.push(
             thread::Builder::new()
                 .name(format!("vdrep-cpu-{i}"))
@@ -444,7 +446,14 @@ async fn run_pass(
                         match prepare(disk.as_ref(), item, zeros, &level, &stats) {
                             Ok(v) => {
                                 for p in v {
-                                    if tx.send_blocking(p).is_err() {
+                                    let ticket = match p.payload.len() {
+                                        0 => None,
+                                        n => match budget.acquire(n as u64, || tx.is_closed()) {
+                                            Some(t) => Some(t),
+                                            None => return,
+                                        },
+                                    };
+                                    if tx.send_blocking((p, ticket)).is_err() {
                                         return;
                                     }
                                 }

@@ -220,6 +220,7 @@ async fn run_jobs(
         bandwidth: ctl.clone(),
         vms: set.clone(),
         state: state.to_path_buf(),
+        prepared: crate::pipeline::MemoryBudget::new(crate::pipeline::PREPARED_BUDGET),
     });
     if let Some(p) = &policy {
         sh.board.set_interval(p.interval);

@@ -115,6 +115,7 @@ pub async fn resync(
         board: sh.board.clone(),
         vms: sh.vms.clone(),
         state: sh.state.clone(),
+        prepared: sh.prepared.clone(),
     });
     loop {
         out.rounds += 1;

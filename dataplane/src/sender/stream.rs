@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use vdrep_proto::wire::{BatchResult, BatchStart, K_BATCH_RESULT, MAX_CONTROL_BODY};
 
-use super::disk::{DiskProgress, Shared};
+use super::disk::{DiskProgress, Queued, Shared};
 use super::SendError;
-use crate::pipeline::{Prepared, Stats};
+use crate::pipeline::Stats;
 use crate::throttle::Throttle;
 use crate::transport::{read_frame, write_frame};
 
@@ -27,7 +27,7 @@ pub(super) async fn stream_worker(
     conn: &quinn::Connection,
     handle: u32,
     generation: u64,
-    rx: async_channel::Receiver<Prepared>,
+    rx: async_channel::Receiver<Queued>,
     refused: &Arc<Mutex<Vec<(u64, u32)>>>,
     progress: &Arc<DiskProgress>,
     sh: &Shared,
@@ -57,7 +57,7 @@ pub(super) async fn stream_worker(
         let mut in_batch: Vec<(u64, u64)> = Vec::new(); // (offset, source_len) sent
         let mut batch_bytes = 0u64;
         let mut next = Some(first);
-        while let Some(p) = next.take() {
+        while let Some((p, ticket)) = next.take() {
             batch_bytes += p.source_len;
             match p.header {
                 None => progress.count(stats, p.source_len),
@@ -81,6 +81,10 @@ pub(super) async fn stream_worker(
                     in_batch.push((p.offset, p.source_len));
                 }
             }
+            // The payload is QUIC's now (bounded by the send window): its bytes go back to
+            // the run's budget before this stream waits for anything else, or streams that
+            // wait for their next extent could hold the budget the CPU threads wait for.
+            drop(ticket);
             if batch_bytes >= BATCH_SOURCE_BYTES {
                 break;
             }
