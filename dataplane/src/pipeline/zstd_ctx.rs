@@ -21,6 +21,12 @@ thread_local! {
     static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Most compression contexts on any host. Eight at level 9–12 are 118 MiB, which with the
+/// 64 MiB of prepared extents and the 32 MiB QUIC window keeps a sender on a many-core host
+/// under 256 MiB; eight compress faster than a 10 Gbit/s link at the levels fast links get
+/// (level 1: ~400 MB/s each), and slow links that get the high levels need few.
+const MAX_CONTEXTS: usize = 8;
+
 /// A compression context and the level it is set up for.
 type Ctx = (i32, zstd::bulk::Compressor<'static>);
 
@@ -28,7 +34,7 @@ type Ctx = (i32, zstd::bulk::Compressor<'static>);
 struct Pool {
     state: Mutex<PoolState>,
     returned: Condvar,
-    /// Most contexts that may exist: the host's CPUs.
+    /// Most contexts that may exist: the host's CPUs, at most [`MAX_CONTEXTS`].
     limit: usize,
 }
 
@@ -46,7 +52,7 @@ fn pool() -> &'static Pool {
     POOL.get_or_init(|| Pool {
         state: Mutex::new(PoolState::default()),
         returned: Condvar::new(),
-        limit: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        limit: std::thread::available_parallelism().map_or(2, |n| n.get().min(MAX_CONTEXTS)),
     })
 }
 
