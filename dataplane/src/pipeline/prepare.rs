@@ -75,12 +75,23 @@ pub enum Zeros {
     /// context the gaps would otherwise cut (with 25 % zero 64 KiB blocks, runs average
     /// ~256 KiB and split frames lost 4 % of ratio: bench/results/ANALYSIS.md).
     Span,
+    /// Protocol ≥ 3: a read's compressible blocks go as one [`ExtentOp::WritePacked`], its
+    /// incompressible ones raw, its zero runs as clears unless `known_empty` (see
+    /// [`super::pack`]).
+    Pack {
+        /// The replica holds zeros where nothing is written.
+        known_empty: bool,
+    },
 }
 
 impl Zeros {
     /// Whether the replica is known to hold zeros where nothing is written.
     pub fn known_empty(self) -> bool {
-        self != Zeros::Clear
+        match self {
+            Zeros::Clear => false,
+            Zeros::Skip | Zeros::Span => true,
+            Zeros::Pack { known_empty } => known_empty,
+        }
     }
 }
 
@@ -105,6 +116,11 @@ pub fn prepare(
     let data = disk.read_at(offset, len as usize)?;
     stats.add_read(len as u64);
     let runs = zero_runs(&data);
+    if let (Zeros::Pack { .. }, super::Compression::Zstd(l)) = (zeros, level.current()) {
+        return Ok(super::pack::encode(
+            offset, &data, &runs, l, zeros, level, stats,
+        ));
+    }
     if zeros == Zeros::Span && runs.iter().filter(|r| !r.2).count() > 1 {
         if let super::Compression::Zstd(l) = level.current() {
             if let Some(v) = encode_span(offset, &data, &runs, l, level, stats) {
@@ -146,7 +162,7 @@ pub fn zero_runs(data: &[u8]) -> Vec<(usize, usize, bool)> {
 }
 
 /// A zero run: counted, and a clear unless the replica is known to hold zeros.
-fn zero_run(offset: u64, len: u64, zeros: Zeros, stats: &Stats) -> Prepared {
+pub(super) fn zero_run(offset: u64, len: u64, zeros: Zeros, stats: &Stats) -> Prepared {
     stats.add_skipped_zero(len);
     if zeros.known_empty() {
         Prepared {
@@ -220,28 +236,26 @@ fn encode_span(
 /// Hashes and (maybe) compresses one run of bytes.
 fn encode_write(offset: u64, raw: Bytes, level: &AdaptiveLevel, stats: &Stats) -> Prepared {
     let len = raw.len() as u32;
-    let hash = *blake3::hash(&raw).as_bytes();
-    let (codec, payload) = match level.current() {
-        super::Compression::Off => (Codec::Raw, raw),
+    let payload = match level.current() {
+        super::Compression::Off => return raw_write(offset, raw, stats),
         super::Compression::Zstd(l) => match super::zstd_ctx::compress(&raw, l) {
+            Ok(c) if (c.len() as u64) * 100 < (raw.len() as u64) * 97 => Bytes::from(c),
             // Store raw when compression saves less than 3 %: the receiver then skips the
             // decompression and the payload stays the zero-copy slice of the read.
-            Ok(c) if (c.len() as u64) * 100 < (raw.len() as u64) * 97 => {
-                (Codec::Zstd, Bytes::from(c))
-            }
             _ => {
                 level.note_incompressible();
-                (Codec::Raw, raw)
+                return raw_write(offset, raw, stats);
             }
         },
     };
+    let hash = *blake3::hash(&raw).as_bytes();
     stats.add_payload(len as u64, payload.len() as u64);
     Prepared {
         header: Some(ExtentHeader {
             offset,
             length: len,
             op: ExtentOp::Write,
-            codec,
+            codec: Codec::Zstd,
             hash,
             payload_len: payload.len() as u32,
         }),
@@ -251,23 +265,31 @@ fn encode_write(offset: u64, raw: Bytes, level: &AdaptiveLevel, stats: &Stats) -
     }
 }
 
+/// A write of `raw` as it is: the payload is the slice of the read (no copy).
+pub(super) fn raw_write(offset: u64, raw: Bytes, stats: &Stats) -> Prepared {
+    let len = raw.len() as u32;
+    stats.add_payload(len as u64, len as u64);
+    Prepared {
+        header: Some(ExtentHeader {
+            offset,
+            length: len,
+            op: ExtentOp::Write,
+            codec: Codec::Raw,
+            hash: *blake3::hash(&raw).as_bytes(),
+            payload_len: len,
+        }),
+        offset,
+        payload: raw,
+        source_len: len as u64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::disk::raw::RawDisk;
+    use crate::pipeline::test_data::noise;
     use std::io::Write;
-
-    /// `n` incompressible bytes (xorshift from `seed`).
-    fn noise(n: usize, mut x: u64) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     fn disk_with(content: &[u8]) -> (tempfile::NamedTempFile, RawDisk) {
         let mut f = tempfile::NamedTempFile::new().unwrap();

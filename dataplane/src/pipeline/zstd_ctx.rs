@@ -135,6 +135,73 @@ pub fn compress(src: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     out
 }
 
+/// One zstd frame of `parts` back to back at `level`, after `prefix` in the same buffer:
+/// a packed write's map and frame without gathering its blocks into one buffer first
+/// (zstd's streaming mode reads them one after another; the frame is the same as of the
+/// joined bytes, its header names their total length).
+pub fn compress_parts(prefix: &[u8], parts: &[&[u8]], level: i32) -> std::io::Result<Vec<u8>> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(prefix.len() + zstd::zstd_safe::compress_bound(total));
+    out.extend_from_slice(prefix);
+    let p = pool();
+    let mut ctx = p.take(level)?;
+    let r = stream_parts(ctx.1.context_mut(), &mut out, parts, total as u64);
+    if r.is_err() {
+        // A failed frame leaves the session midway; the next user starts a new one.
+        let _ = ctx
+            .1
+            .context_mut()
+            .reset(zstd::zstd_safe::ResetDirective::SessionOnly);
+    }
+    p.give(ctx);
+    r.map(|()| out)
+}
+
+fn stream_parts(
+    cctx: &mut zstd::zstd_safe::CCtx<'static>,
+    out: &mut Vec<u8>,
+    parts: &[&[u8]],
+    total: u64,
+) -> std::io::Result<()> {
+    use zstd::zstd_safe::{zstd_sys::ZSTD_EndDirective, InBuffer, OutBuffer, ResetDirective};
+    let err = |e| std::io::Error::other(zstd::zstd_safe::get_error_name(e));
+    cctx.reset(ResetDirective::SessionOnly).map_err(err)?;
+    cctx.set_pledged_src_size(Some(total)).map_err(err)?;
+    for part in parts {
+        let mut input = InBuffer::around(part);
+        while input.pos < part.len() {
+            reserve_some(out);
+            let pos = out.len();
+            let mut o = OutBuffer::around_pos(out, pos);
+            cctx.compress_stream2(&mut o, &mut input, ZSTD_EndDirective::ZSTD_e_continue)
+                .map_err(err)?;
+        }
+    }
+    loop {
+        reserve_some(out);
+        let pos = out.len();
+        let mut o = OutBuffer::around_pos(out, pos);
+        let left = cctx
+            .compress_stream2(
+                &mut o,
+                &mut InBuffer::around(&[]),
+                ZSTD_EndDirective::ZSTD_e_end,
+            )
+            .map_err(err)?;
+        if left == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Room for zstd to write into; the initial capacity (the bound for the whole frame) makes
+/// this a no-op in practice.
+fn reserve_some(out: &mut Vec<u8>) {
+    if out.capacity() - out.len() < 1024 {
+        out.reserve(64 << 10);
+    }
+}
+
 /// Decompresses one frame that must yield exactly `len` bytes and hands them to `f`
 /// (`None` when the payload is not such a frame). The bytes live in this thread's buffer,
 /// which keeps its capacity for the next extent; the decompressor writes at most the
@@ -186,18 +253,36 @@ mod tests {
         with_decompressed(&small, 4096, |d| assert_eq!(d, Some(&text[..4096])));
     }
 
+    #[test]
+    fn a_frame_of_parts_is_the_frame_of_the_joined_bytes_after_the_prefix() {
+        let text = words(600_000);
+        let parts = [&text[..100_000], &text[250_000..600_000], &text[..4096]];
+        let joined: Vec<u8> = parts.concat();
+        for level in [1, 11, 3] {
+            let c = compress_parts(b"map", &parts, level).unwrap();
+            assert_eq!(&c[..3], b"map");
+            assert_eq!(
+                zstd::bulk::decompress(&c[3..], joined.len()).unwrap(),
+                joined
+            );
+            // The frame header names the length, and the ratio is the whole frame's.
+            let whole = compress(&joined, level).unwrap();
+            assert!(
+                c.len() - 3 <= whole.len() + whole.len() / 50,
+                "{} vs {}",
+                c.len(),
+                whole.len()
+            );
+            with_decompressed(&c[3..], joined.len(), |d| assert_eq!(d, Some(&joined[..])));
+        }
+        // A plain frame afterwards, on the same pooled contexts, is unaffected.
+        let c = compress(&text, 11).unwrap();
+        assert_eq!(zstd::bulk::decompress(&c, text.len()).unwrap(), text);
+    }
+
     /// Text with some variety, so the match finders' tables matter.
     fn words(len: usize) -> Vec<u8> {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut out = Vec::with_capacity(len);
-        while out.len() < len {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            out.extend_from_slice(format!("w{} ", x % 5000).as_bytes());
-        }
-        out.truncate(len);
-        out
+        crate::pipeline::test_data::words(len, 0x9e37_79b9_7f4a_7c15, 5000)
     }
 
     /// Bytes of the largest idle context set up for `level`.

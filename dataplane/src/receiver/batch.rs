@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::warn;
 use vdrep_proto::wire::{
-    BatchResult, BatchStart, Codec, ErrorClass, ExtentHeader, ExtentOp, Rejection,
+    BatchResult, BatchStart, Codec, ErrorClass, ExtentHeader, ExtentOp, PackedMap, Rejection,
     EXTENT_HEADER_LEN, K_EXTENT, MAX_EXTENT_PAYLOAD,
 };
 
@@ -56,8 +56,38 @@ fn apply(s: &DiskSession, h: ExtentHeader, payload: Bytes) -> Result<Outcome, Si
                 return Ok(Outcome::Rejected(why));
             }
         }
+        ExtentOp::WritePacked => return write_packed(s, h, &payload),
     }
     Ok(Outcome::Written(h.length as u64))
+}
+
+/// Verifies and writes the blocks a packed write carries; its other blocks are not this
+/// extent's (they come as their own extents, or are zero in a known-empty copy).
+fn write_packed(s: &DiskSession, h: ExtentHeader, payload: &[u8]) -> Result<Outcome, SinkError> {
+    let (map, frame) = match PackedMap::split(h.length, payload) {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(disk = %s.replica.key(), offset = h.offset, error = %e, "packed write refused");
+            return Ok(Outcome::Rejected(Rejection::BadPayload));
+        }
+    };
+    let carried = map.carried_len();
+    // Bounded: the frame must yield exactly the carried blocks.
+    zstd_ctx::with_decompressed(frame, carried as usize, |data| {
+        let Some(data) = data else {
+            return Ok(Outcome::Rejected(Rejection::BadPayload));
+        };
+        if blake3::hash(data).as_bytes() != &h.hash {
+            return Ok(Outcome::Rejected(Rejection::HashMismatch));
+        }
+        let mut at = 0usize;
+        for (a, b) in map.runs() {
+            let n = (b - a) as usize;
+            s.apply_write(h.offset + a as u64, n as u64, Some(&data[at..at + n]))?;
+            at += n;
+        }
+        Ok(Outcome::Written(carried as u64))
+    })
 }
 
 /// Writes the data runs of a sparse write and skips its all-zero blocks, which the replica

@@ -160,14 +160,16 @@ pub struct Opened {
 impl Opened {
     /// How the zero blocks of a read travel: into a known-empty copy as nothing, and inside
     /// one frame spanning them ([`Zeros::Span`]) where the receiver takes
-    /// [`ExtentOp::WriteSparse`] (protocol ≥ 2); elsewhere as clears.
+    /// [`ExtentOp::WriteSparse`] (protocol 2); elsewhere as clears. From protocol 3 reads
+    /// become packed writes ([`Zeros::Pack`]).
     ///
     /// [`ExtentOp::WriteSparse`]: vdrep_proto::wire::ExtentOp::WriteSparse
     pub fn zeros(&self) -> Zeros {
-        match (self.known_empty, self.protocol >= 2) {
+        match (self.known_empty, self.protocol) {
+            (known_empty, 3..) => Zeros::Pack { known_empty },
             (false, _) => Zeros::Clear,
-            (true, false) => Zeros::Skip,
-            (true, true) => Zeros::Span,
+            (true, 2) => Zeros::Span,
+            (true, _) => Zeros::Skip,
         }
     }
 }

@@ -5,7 +5,9 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use vdrep_proto::wire::{BatchResult, BatchStart, K_BATCH_RESULT, MAX_CONTROL_BODY};
+use vdrep_proto::wire::{
+    BatchResult, BatchStart, ExtentHeader, ExtentOp, PackedMap, K_BATCH_RESULT, MAX_CONTROL_BODY,
+};
 
 use super::disk::{DiskProgress, Queued, Shared};
 use super::SendError;
@@ -54,7 +56,7 @@ pub(super) async fn stream_worker(
         write_frame(&mut send, &BatchStart { handle, generation }.encode())
             .await
             .map_err(frame_err)?;
-        let mut in_batch: Vec<(u64, u64)> = Vec::new(); // (offset, source_len) sent
+        let mut in_batch: Vec<Sent> = Vec::new();
         let mut batch_bytes = 0u64;
         let mut next = Some(first);
         while let Some((p, ticket)) = next.take() {
@@ -63,10 +65,11 @@ pub(super) async fn stream_worker(
                 None => progress.count(stats, p.source_len),
                 Some(h) => {
                     let prefix = Bytes::from(h.encode_frame_prefix());
+                    let payload = p.payload.clone();
                     dstats.add_wire((prefix.len() + p.payload.len()) as u64);
                     // Header and payload go out unmodified, in throttle-admitted pieces.
                     let t = std::time::Instant::now();
-                    let written = write_paced(&mut send, prefix, p.payload, &sh.throttle).await;
+                    let written = write_paced(&mut send, prefix, payload, &sh.throttle).await;
                     level.waited_for_link(t.elapsed());
                     if let Err(e) = written {
                         // A receiver that fails a batch (store full, bad state) stops the
@@ -78,7 +81,11 @@ pub(super) async fn stream_worker(
                         }
                         return Err(frame_err(e.into()));
                     }
-                    in_batch.push((p.offset, p.source_len));
+                    in_batch.push(Sent {
+                        offset: p.offset,
+                        source_len: p.source_len,
+                        carried: carried_runs(&h, &p.payload),
+                    });
                 }
             }
             // The payload is QUIC's now (bounded by the send window): its bytes go back to
@@ -117,6 +124,29 @@ pub(super) async fn stream_worker(
     Ok(())
 }
 
+/// An extent on its way: what it counts for, and what to resend if it is refused.
+struct Sent {
+    offset: u64,
+    source_len: u64,
+    /// A packed write's carried blocks: a refusal names the whole range, whose other blocks
+    /// went as their own extents and must not be sent (or counted) twice.
+    carried: Option<Vec<(u64, u32)>>,
+}
+
+/// The ranges a packed write carries, for a resend; `None` for other extents.
+fn carried_runs(h: &ExtentHeader, payload: &[u8]) -> Option<Vec<(u64, u32)>> {
+    if h.op != ExtentOp::WritePacked {
+        return None;
+    }
+    let (map, _) = PackedMap::split(h.length, payload).ok()?;
+    Some(
+        map.runs()
+            .into_iter()
+            .map(|(a, b)| (h.offset + a as u64, b - a))
+            .collect(),
+    )
+}
+
 /// Writes a frame (header and payload, never copied) in pieces the throttle admits one by
 /// one, so a large frame does not leave in one burst.
 async fn write_paced(
@@ -153,7 +183,7 @@ async fn join_one(set: &mut tokio::task::JoinSet<Result<(), SendError>>) -> Resu
 /// queued for the next pass, a batch error ends the attempt.
 async fn settle_batch(
     mut recv: quinn::RecvStream,
-    in_batch: Vec<(u64, u64)>,
+    in_batch: Vec<Sent>,
     stats: Arc<Stats>,
     dstats: Arc<Stats>,
     refused: Arc<Mutex<Vec<(u64, u32)>>>,
@@ -185,15 +215,29 @@ async fn settle_batch(
         });
     }
     let bad: std::collections::HashSet<u64> = res.rejected.iter().map(|r| r.0).collect();
-    for &(o, src) in &in_batch {
-        if !bad.contains(&o) {
-            progress.count(&stats, src);
+    let mut again = Vec::new();
+    for sent in &in_batch {
+        if !bad.contains(&sent.offset) {
+            progress.count(&stats, sent.source_len);
             dstats.add_extents(1);
+        } else if let Some(runs) = &sent.carried {
+            again.extend_from_slice(runs);
         }
     }
-    if !res.rejected.is_empty() {
+    let packed: std::collections::HashSet<u64> = in_batch
+        .iter()
+        .filter(|s| s.carried.is_some())
+        .map(|s| s.offset)
+        .collect();
+    again.extend(
+        res.rejected
+            .iter()
+            .filter(|r| !packed.contains(&r.0))
+            .map(|&(o, l, _)| (o, l)),
+    );
+    if !again.is_empty() {
         if let Ok(mut r) = refused.lock() {
-            r.extend(res.rejected.iter().map(|&(o, l, _)| (o, l)));
+            r.extend(again);
         }
     }
     Ok(())

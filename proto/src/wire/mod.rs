@@ -18,8 +18,9 @@ pub use codec::{decode_frame, encode_frame, FrameHeader, FRAME_HEADER_LEN};
 pub use job::{JobError, JobKind, JobReport, JobState, JobStep, MAX_JOB_STEPS};
 pub use msg::*;
 
-/// The protocol version this build speaks. 2 added [`ExtentOp::WriteSparse`].
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The protocol version this build speaks. 2 added [`ExtentOp::WriteSparse`], 3
+/// [`ExtentOp::WritePacked`].
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest version this build still accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// ALPN token of the protocol.

@@ -3,10 +3,12 @@
 mod control;
 mod error;
 mod extent;
+mod packed;
 
 pub use control::*;
 pub use error::ErrorClass;
 pub use extent::*;
+pub use packed::{PackedMap, PACK_BLOCK};
 
 #[cfg(test)]
 mod tests;

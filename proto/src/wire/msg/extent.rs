@@ -55,6 +55,13 @@ pub enum ExtentOp {
     /// one zstd frame can span the zero gaps of a read: frames split at every zero block
     /// lost 4 % of ratio to the lost context (bench/results/ANALYSIS.md). Protocol ≥ 2.
     WriteSparse,
+    /// Write the blocks of the range that the payload's [`PackedMap`] names, from one zstd
+    /// frame of them back to back; the other blocks of the range are not touched (they
+    /// travel as their own extents, or are zero in a known-empty copy). The hash is of the
+    /// carried blocks back to back. Protocol ≥ 3.
+    ///
+    /// [`PackedMap`]: super::PackedMap
+    WritePacked,
 }
 
 /// How an extent's payload is encoded.
@@ -97,6 +104,7 @@ impl ExtentHeader {
                 ExtentOp::Write => 0,
                 ExtentOp::Clear => 1,
                 ExtentOp::WriteSparse => 2,
+                ExtentOp::WritePacked => 3,
             })
             .u8(match self.codec {
                 Codec::Raw => 0,
@@ -122,6 +130,7 @@ impl ExtentHeader {
             0 => ExtentOp::Write,
             1 => ExtentOp::Clear,
             2 => ExtentOp::WriteSparse,
+            3 => ExtentOp::WritePacked,
             v => return Err(FormatError::new(what, 12, format!("unknown op {v}"))),
         };
         let codec = match r.u8()? {
@@ -158,7 +167,7 @@ impl ExtentHeader {
             );
         }
         let max = match self.op {
-            ExtentOp::Write | ExtentOp::WriteSparse => MAX_EXTENT_LEN,
+            ExtentOp::Write | ExtentOp::WriteSparse | ExtentOp::WritePacked => MAX_EXTENT_LEN,
             ExtentOp::Clear => super::super::MAX_CLEAR_LEN,
         };
         if self.length > max || self.payload_len > MAX_EXTENT_PAYLOAD {
@@ -190,6 +199,9 @@ impl ExtentHeader {
                     46,
                     "a raw payload must be exactly the extent's length".into(),
                 )
+            }
+            (ExtentOp::WritePacked, Codec::Raw) => {
+                bad(13, "a packed write carries a zstd frame".into())
             }
             _ => Ok(()),
         }

@@ -317,11 +317,11 @@ proptest! {
 
     #[test]
     fn valid_extent_headers_and_batch_starts_round_trip(
-        sector in 0u64..(1 << 40), sectors in 1u32..=8192, op in 0u8..3, zstd in any::<bool>(),
+        sector in 0u64..(1 << 40), sectors in 1u32..=8192, op in 0u8..4, zstd in any::<bool>(),
         hash in any::<[u8; 32]>(), plen in 0u32..(4 << 20), handle in any::<u32>(), generation in any::<u64>(),
     ) {
-        let op = [ExtentOp::Write, ExtentOp::Clear, ExtentOp::WriteSparse][op as usize];
-        let codec = if zstd { Codec::Zstd } else { Codec::Raw };
+        let op = [ExtentOp::Write, ExtentOp::Clear, ExtentOp::WriteSparse, ExtentOp::WritePacked][op as usize];
+        let codec = if zstd || op == ExtentOp::WritePacked { Codec::Zstd } else { Codec::Raw };
         let length = sectors * 512;
         let payload_len = match (op, codec) {
             (ExtentOp::Clear, _) => 0,
@@ -335,4 +335,21 @@ proptest! {
         let b = BatchStart { handle, generation };
         prop_assert_eq!(BatchStart::decode(&b.encode()[5..]).unwrap(), b);
     }
+}
+
+#[test]
+fn a_packed_write_must_carry_a_zstd_frame() {
+    let h = ExtentHeader {
+        offset: 0,
+        length: 4096,
+        op: ExtentOp::WritePacked,
+        codec: Codec::Raw,
+        hash: [0; 32],
+        payload_len: 4096,
+    };
+    let f = h.encode_frame_prefix();
+    let frame_len = u32::from_le_bytes([f[1], f[2], f[3], f[4]]);
+    let e = ExtentHeader::decode(&f[5..], frame_len).unwrap_err();
+    assert_eq!(e.offset, 13);
+    assert!(e.problem.contains("zstd"), "{e}");
 }
