@@ -1,0 +1,69 @@
+//! The receiver's endpoint over real QUIC and TLS on 127.0.0.1.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::tls::config::{receiver_quic, sender_quic, ReceiverFiles, SenderFiles};
+
+/// A restarted receiver (same port, same key, no memory of the connection) resets the
+/// sender's connection at once with its short connection ids, instead of leaving it to the
+/// 15 s idle timeout.
+#[tokio::test]
+async fn a_restarted_receiver_resets_a_stale_connection_at_once() {
+    let t = tempfile::tempdir().unwrap();
+    crate::tls::certs::init(t.path(), &["hv01".into()], &[], 30, false).unwrap();
+    let rf = ReceiverFiles::in_dir(t.path());
+    let key = || Some(StatelessResetKey::derive(&std::fs::read(&rf.key).unwrap()));
+    // The first receiver runs on its own runtime, so it can die the way a killed process
+    // does: runtime gone first (nothing more is sent), then its socket closes.
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (die_tx, die_rx) = std::sync::mpsc::channel::<()>();
+    let first = std::thread::spawn({
+        let rf = rf.clone();
+        move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let (server, served) = rt.block_on(async {
+                let server = server_endpoint_with_reset_key(
+                    "127.0.0.1:0".parse().unwrap(),
+                    receiver_quic(&rf).unwrap(),
+                    Some(StatelessResetKey::derive(&std::fs::read(&rf.key).unwrap())),
+                )
+                .unwrap();
+                addr_tx.send(server.local_addr().unwrap()).unwrap();
+                let served = server.accept().await.unwrap().await.unwrap();
+                (server, served)
+            });
+            die_rx.recv().unwrap();
+            drop(rt);
+            drop((served, server));
+        }
+    });
+    let addr = addr_rx.recv().unwrap();
+    let client = client_endpoint(
+        addr,
+        sender_quic(&SenderFiles::in_dir(t.path(), "hv01")).unwrap(),
+    )
+    .unwrap();
+    let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+    die_tx.send(()).unwrap();
+    first.join().unwrap();
+    let again = server_endpoint_with_reset_key(addr, receiver_quic(&rf).unwrap(), key()).unwrap();
+    let t0 = Instant::now();
+    // The sender's next packet reaches the new endpoint, which answers with a reset.
+    // (Its acknowledgements may have drawn the reset already.)
+    if let Ok(mut s) = conn.open_uni().await {
+        let _ = s.write_all(b"extent").await;
+    }
+    let err = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("connection still open 5 s after the receiver restarted");
+    assert!(
+        matches!(err, quinn::ConnectionError::Reset),
+        "closed by {err:?}, not a stateless reset"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    drop(again);
+}
