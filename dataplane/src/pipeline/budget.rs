@@ -8,11 +8,17 @@
 //! buffer the send window bounds), so the bytes waiting between compression and the link
 //! stay within one budget however many disks, VMs and streams there are.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Bytes of prepared payload a sender holds at most, across all its disks.
 pub const PREPARED_BUDGET: u64 = 64 << 20;
+
+/// The budget while the compression controller warms up ([`super::WARMUP`]): the CPU
+/// threads fill any budget within milliseconds, at the configured level, before the
+/// controller has seen the link; a small one keeps that first batch small.
+pub const WARMUP_BUDGET: u64 = 4 << 20;
 
 /// How often a thread waiting for the budget checks whether its pass was cancelled.
 const RECHECK: Duration = Duration::from_millis(100);
@@ -20,7 +26,7 @@ const RECHECK: Duration = Duration::from_millis(100);
 /// The budget; shared by the disks of a run.
 #[derive(Debug)]
 pub struct MemoryBudget {
-    total: u64,
+    total: AtomicU64,
     used: Mutex<u64>,
     freed: Condvar,
 }
@@ -36,7 +42,7 @@ impl MemoryBudget {
     /// A budget of `total` bytes.
     pub fn new(total: u64) -> Arc<Self> {
         Arc::new(MemoryBudget {
-            total,
+            total: AtomicU64::new(total),
             used: Mutex::new(0),
             freed: Condvar::new(),
         })
@@ -51,9 +57,16 @@ impl MemoryBudget {
     /// budget, then takes all of it) and takes them. Returns `None` once `cancelled` says
     /// so, so a pass that was given up does not wait on other disks' extents.
     pub fn acquire(self: &Arc<Self>, bytes: u64, cancelled: impl Fn() -> bool) -> Option<Ticket> {
-        let bytes = bytes.min(self.total);
         let mut used = self.lock();
-        while *used + bytes > self.total {
+        let fits = |used: u64| {
+            let total = self.total.load(Ordering::Relaxed);
+            let bytes = bytes.min(total);
+            (used + bytes <= total).then_some(bytes)
+        };
+        let bytes = loop {
+            if let Some(b) = fits(*used) {
+                break b;
+            }
             if cancelled() {
                 return None;
             }
@@ -62,12 +75,20 @@ impl MemoryBudget {
                 .wait_timeout(used, RECHECK)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
-        }
+        };
         *used += bytes;
         Some(Ticket {
             budget: self.clone(),
             bytes,
         })
+    }
+
+    /// Changes the budget; tickets already taken stay valid (a smaller budget then waits
+    /// until enough of them are given back).
+    pub fn set_total(&self, total: u64) {
+        let _used = self.lock();
+        self.total.store(total, Ordering::Relaxed);
+        self.freed.notify_all();
     }
 
     /// Bytes taken now.
@@ -107,6 +128,34 @@ mod tests {
         });
         assert!(peak.load(Ordering::Relaxed) <= 10);
         assert_eq!(b.used(), 0, "every ticket was given back");
+    }
+
+    #[test]
+    fn a_grown_budget_lets_a_waiter_in_at_once_and_a_shrunk_one_holds_new_takers() {
+        let b = MemoryBudget::new(4);
+        let first = b.acquire(4, || false).unwrap();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let t0 = std::time::Instant::now();
+                (b.acquire(3, || false), t0.elapsed())
+            });
+            std::thread::sleep(Duration::from_millis(20));
+            b.set_total(8);
+            let (t, waited) = waiter.join().unwrap();
+            assert!(t.is_some());
+            assert!(
+                waited < RECHECK,
+                "woken by the change, not the recheck: {waited:?}"
+            );
+            assert_eq!(b.used(), 7);
+        });
+        // Shrunk below what is taken: nothing more until enough is given back.
+        b.set_total(4);
+        drop(first);
+        assert_eq!(b.used(), 0);
+        let t = b.acquire(4, || false).unwrap();
+        assert!(b.acquire(1, || true).is_none());
+        drop(t);
     }
 
     #[test]

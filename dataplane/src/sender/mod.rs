@@ -220,7 +220,8 @@ async fn run_jobs(
         bandwidth: ctl.clone(),
         vms: set.clone(),
         state: state.to_path_buf(),
-        prepared: crate::pipeline::MemoryBudget::new(crate::pipeline::PREPARED_BUDGET),
+        // Small until the compression controller has seen the link (see the controller).
+        prepared: crate::pipeline::MemoryBudget::new(crate::pipeline::WARMUP_BUDGET),
     });
     if let Some(p) = &policy {
         sh.board.set_interval(p.interval);
@@ -231,14 +232,26 @@ async fn run_jobs(
         local_control::apply_schedule(&sh, p);
     }
     let stats = &sh.stats;
-    // The compression controller decides every tick for the whole run.
+    // The compression controller decides every tick for the whole run: often at first,
+    // with a small prepared budget, so that little of the disk is compressed at a level
+    // chosen before the link was seen; then the whole budget.
     let controller = {
-        let level = sh.level.clone();
+        let (level, prepared) = (sh.level.clone(), sh.prepared.clone());
         tokio::spawn(async move {
-            let mut idle = crate::pipeline::CpuIdle::default();
+            use crate::pipeline::{tick_after, CpuIdle, PREPARED_BUDGET, WARMUP};
+            let mut idle = CpuIdle::default();
+            let start = std::time::Instant::now();
+            let mut warm = false;
+            tokio::time::sleep(tick_after(start.elapsed())).await;
+            level.discard_waits();
+            idle.spare();
             loop {
-                tokio::time::sleep(crate::pipeline::TICK).await;
+                tokio::time::sleep(tick_after(start.elapsed())).await;
                 level.tick_with_spare_cpu(idle.spare());
+                if !warm && start.elapsed() >= WARMUP {
+                    prepared.set_total(PREPARED_BUDGET);
+                    warm = true;
+                }
             }
         })
     };
