@@ -18,7 +18,8 @@ pub struct Prepared {
     pub header: Option<ExtentHeader>,
     /// First source byte this item accounts for.
     pub offset: u64,
-    /// Compressed or raw payload; a raw payload is a slice of the read buffer (no copy).
+    /// Compressed or raw payload; a raw payload is the read buffer or a slice of it (no copy),
+    /// except the raw runs of a packed read (see `pack`).
     pub payload: Bytes,
     /// Source bytes this extent accounts for (for progress).
     pub source_len: u64,
@@ -265,7 +266,7 @@ fn encode_write(offset: u64, raw: Bytes, level: &AdaptiveLevel, stats: &Stats) -
     }
 }
 
-/// A write of `raw` as it is: the payload is the slice of the read (no copy).
+/// A write of `raw` as it is: the payload is `raw` itself (no copy here).
 pub(super) fn raw_write(offset: u64, raw: Bytes, stats: &Stats) -> Prepared {
     let len = raw.len() as u32;
     stats.add_payload(len as u64, len as u64);
