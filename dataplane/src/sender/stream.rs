@@ -65,11 +65,11 @@ pub(super) async fn stream_worker(
                 None => progress.count(stats, p.source_len),
                 Some(h) => {
                     let prefix = Bytes::from(h.encode_frame_prefix());
-                    let payload = p.payload.clone();
+                    let carried = carried_runs(&h, &p.payload);
                     dstats.add_wire((prefix.len() + p.payload.len()) as u64);
                     // Header and payload go out unmodified, in throttle-admitted pieces.
                     let t = std::time::Instant::now();
-                    let written = write_paced(&mut send, prefix, payload, &sh.throttle).await;
+                    let written = write_paced(&mut send, prefix, p.payload, &sh.throttle).await;
                     level.waited_for_link(t.elapsed());
                     if let Err(e) = written {
                         // A receiver that fails a batch (store full, bad state) stops the
@@ -84,7 +84,7 @@ pub(super) async fn stream_worker(
                     in_batch.push(Sent {
                         offset: p.offset,
                         source_len: p.source_len,
-                        carried: carried_runs(&h, &p.payload),
+                        carried,
                     });
                 }
             }

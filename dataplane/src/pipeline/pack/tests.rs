@@ -104,7 +104,10 @@ fn a_mixed_read_becomes_one_packed_write_raw_writes_and_zero_runs() {
         assert_eq!(&v[2].payload[..], &c[2 * Z..3 * Z]);
         // ... copied out of the read buffer, not slices of it (which would keep the whole
         // buffer alive while QUIC holds them): two slices would lie 4 blocks apart.
-        let (a, b) = (v[2].payload.as_ptr() as usize, v[4].payload.as_ptr() as usize);
+        let (a, b) = (
+            v[2].payload.as_ptr() as usize,
+            v[4].payload.as_ptr() as usize,
+        );
         assert_ne!(b.wrapping_sub(a), 4 * Z, "raw runs share the read buffer");
         assert_eq!(v.iter().map(|p| p.source_len).sum::<u64>(), c.len() as u64);
     }
