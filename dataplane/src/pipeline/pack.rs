@@ -41,7 +41,7 @@ enum Class {
 
 /// Whether zstd will not shrink `b` enough to pay (see [`RAW_ENTROPY`]). Blocks of less
 /// than 16 KiB (a read's short tail) are left to the frame: their sample is too small.
-pub fn incompressible(b: &[u8]) -> bool {
+fn incompressible(b: &[u8]) -> bool {
     if b.len() < 16 << 10 {
         return false;
     }

@@ -65,7 +65,7 @@ fn control_messages_round_trip() {
 }
 
 #[test]
-fn extent_header_validates_alignment_and_payload_length() {
+fn extent_header_validates_alignment_payload_length_and_codec() {
     let h = ExtentHeader {
         offset: 4096,
         length: 1024,
@@ -85,6 +85,13 @@ fn extent_header_validates_alignment_and_payload_length() {
     bad.payload_len = 10;
     let f = bad.encode_frame_prefix();
     assert!(ExtentHeader::decode(&f[5..], EXTENT_HEADER_LEN as u32 + 10).is_err());
+    // A packed write must carry a zstd frame.
+    let mut bad = h;
+    bad.op = ExtentOp::WritePacked;
+    let f = bad.encode_frame_prefix();
+    let e = ExtentHeader::decode(&f[5..], frame_len).unwrap_err();
+    assert_eq!(e.offset, 13);
+    assert!(e.problem.contains("zstd"), "{e}");
 }
 
 #[test]
@@ -335,21 +342,4 @@ proptest! {
         let b = BatchStart { handle, generation };
         prop_assert_eq!(BatchStart::decode(&b.encode()[5..]).unwrap(), b);
     }
-}
-
-#[test]
-fn a_packed_write_must_carry_a_zstd_frame() {
-    let h = ExtentHeader {
-        offset: 0,
-        length: 4096,
-        op: ExtentOp::WritePacked,
-        codec: Codec::Raw,
-        hash: [0; 32],
-        payload_len: 4096,
-    };
-    let f = h.encode_frame_prefix();
-    let frame_len = u32::from_le_bytes([f[1], f[2], f[3], f[4]]);
-    let e = ExtentHeader::decode(&f[5..], frame_len).unwrap_err();
-    assert_eq!(e.offset, 13);
-    assert!(e.problem.contains("zstd"), "{e}");
 }
