@@ -15,6 +15,7 @@ pub mod clock;
 pub mod demo;
 pub mod digest;
 pub mod disk;
+pub mod error;
 pub mod health;
 pub mod hrl;
 pub mod io;

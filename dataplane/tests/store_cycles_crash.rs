@@ -16,6 +16,7 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
+use vdrep::error::Classify;
 
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use vdrep::sink::fault::{Crash, SimFs};
@@ -494,7 +495,7 @@ fn a_rotten_undo_log_of_an_open_cycle_is_reported_at_open_and_never_trusted() {
     let store = LocalStore::open_with_fs(root(), Arc::new(fs.clone())).unwrap();
     let e = store.open_disk(&key(), SIZE, SRC).map(|_| ()).unwrap_err();
     assert!(
-        matches!(e, vdrep::sink::SinkError::CorruptState { .. }) && !e.is_recoverable(),
+        matches!(e, vdrep::sink::SinkError::CorruptState { .. }) && !e.is_transient(),
         "{e}"
     );
     assert!(

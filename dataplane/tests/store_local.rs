@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use vdrep::error::Classify;
 
 use vdrep::layout::{replica_file_size, replica_virtual_size};
 use vdrep::sink::fault::{FaultPlan, FaultStore, Op};
@@ -80,7 +81,7 @@ fn unaligned_and_out_of_range_requests_are_refused_and_write_nothing() {
     for (off, len) in cases {
         let e = d.write(off, &vec![0xAA; len]).unwrap_err();
         assert!(matches!(e, SinkError::OutOfRange { .. }), "{e}");
-        assert!(!e.is_recoverable());
+        assert!(!e.is_transient());
         assert!(
             e.to_string().contains("d0.vhd.partial") && e.to_string().contains(&off.to_string()),
             "{e}"
@@ -148,7 +149,7 @@ fn a_different_size_or_source_is_refused_non_recoverably() {
     drop(store.open_disk(&key("d0"), 1 << 20, SRC).unwrap());
     let e = store.open_disk(&key("d0"), 2 << 20, SRC).err().unwrap();
     assert!(
-        matches!(e, SinkError::SizeMismatch { .. }) && !e.is_recoverable(),
+        matches!(e, SinkError::SizeMismatch { .. }) && !e.is_transient(),
         "{e}"
     );
     let e = store
@@ -156,7 +157,7 @@ fn a_different_size_or_source_is_refused_non_recoverably() {
         .err()
         .unwrap();
     assert!(
-        matches!(e, SinkError::IdentityMismatch { .. }) && !e.is_recoverable(),
+        matches!(e, SinkError::IdentityMismatch { .. }) && !e.is_transient(),
         "{e}"
     );
     assert!(e.to_string().contains("d0.state"));
@@ -173,7 +174,7 @@ fn bad_names_are_refused() {
     ] {
         let e = DiskKey::new(vm, d).unwrap_err();
         assert!(
-            matches!(e, SinkError::InvalidName { .. }) && !e.is_recoverable(),
+            matches!(e, SinkError::InvalidName { .. }) && !e.is_transient(),
             "{e}"
         );
     }
@@ -201,7 +202,7 @@ fn a_store_of_another_version_or_a_foreign_directory_is_refused() {
     std::fs::write(dir.path().join("FORMAT"), "vdrep-store 99\n").unwrap();
     let e = LocalStore::open(dir.path()).unwrap_err();
     assert!(
-        matches!(e, SinkError::StoreVersion { .. }) && !e.is_recoverable(),
+        matches!(e, SinkError::StoreVersion { .. }) && !e.is_transient(),
         "{e}"
     );
     assert!(
@@ -233,7 +234,7 @@ fn a_corrupt_state_file_is_detected_and_names_the_file() {
     std::fs::write(&state, &b).unwrap();
     let e = store.open_disk(&key("d0"), 1 << 20, SRC).err().unwrap();
     assert!(
-        matches!(e, SinkError::CorruptState { .. }) && !e.is_recoverable(),
+        matches!(e, SinkError::CorruptState { .. }) && !e.is_transient(),
         "{e}"
     );
     assert!(
@@ -396,7 +397,7 @@ fn injected_disk_full_is_recoverable_and_retries_succeed() {
     let d = store.open_disk(&key("d0"), 1 << 20, SRC).unwrap();
     for _ in 0..2 {
         let e = d.write(0, &pattern(1, 4096)).unwrap_err();
-        assert!(e.is_recoverable(), "{e}");
+        assert!(e.is_transient(), "{e}");
         assert!(
             e.to_string().contains("d0.vhd.partial") && e.to_string().contains("full"),
             "{e}"
@@ -446,7 +447,7 @@ fn a_full_filesystem_is_a_recoverable_error_naming_the_file() {
         }
     }
     let e = err.expect("a 2 MiB tmpfs cannot hold 16 MiB");
-    assert!(e.is_recoverable(), "{e}");
+    assert!(e.is_transient(), "{e}");
     assert!(
         matches!(&e, SinkError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC)),
         "{e}"

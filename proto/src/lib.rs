@@ -12,8 +12,10 @@ pub mod guid;
 #[cfg(test)]
 mod mutate;
 pub mod ranges;
+pub mod recovery;
 pub mod wire;
 
 pub use error::FormatError;
 pub use guid::Guid;
 pub use ranges::RangeSet;
+pub use recovery::Recovery;

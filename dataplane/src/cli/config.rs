@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use super::Context;
+use anyhow::bail;
 use serde::de::DeserializeOwned;
 
 /// Reads a TOML file into `T`.

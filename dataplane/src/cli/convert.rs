@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use anyhow::Context;
+use super::Context;
 
 use super::CliError;
 use crate::disk::{self, ExtentKind, ExtentWalker, OpenOptions, VirtualDisk};

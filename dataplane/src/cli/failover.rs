@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use anyhow::{bail, Context};
+use super::Context;
+use anyhow::bail;
 use serde::Serialize;
 
 use super::points::{has_digest, rfc3339, vm_readers};
@@ -112,7 +113,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 "only test failover is supported: add --test (planned and unplanned failover \
                  are later goals)"
             ),
-            recoverable: false,
+            recovery: crate::error::Recovery::Permanent,
             usage: true,
         });
     }
@@ -126,7 +127,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let Some(out) = &a.out else {
         return Err(CliError {
             error: anyhow::anyhow!("--out DIR is required with --store or --azure-url"),
-            recoverable: false,
+            recovery: crate::error::Recovery::Permanent,
             usage: true,
         });
     };
@@ -190,7 +191,10 @@ pub fn materialise(
     let res = write_point(&readers, sel, out, &mut job);
     match &res {
         Ok(_) => job.succeed(),
-        Err(e) => job.fail(&super::one_line(e), super::is_recoverable(e)),
+        Err(e) => job.fail(
+            &super::one_line(e),
+            super::error::recovery(e).is_transient(),
+        ),
     }
     record(store, &job);
     res

@@ -100,7 +100,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             error: anyhow::anyhow!(
                 "a job id is shown by the sidecar: drop --store/--azure-url/--state"
             ),
-            recoverable: false,
+            recovery: crate::error::Recovery::Permanent,
             usage: true,
         });
     }

@@ -7,7 +7,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use anyhow::{bail, Context};
+use super::Context;
+use anyhow::bail;
 use bytes::Bytes;
 
 use super::CliError;

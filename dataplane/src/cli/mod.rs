@@ -7,6 +7,7 @@ mod certs;
 pub(crate) mod config;
 mod convert;
 mod demo;
+mod error;
 pub mod failover;
 mod inspect;
 mod jobs;
@@ -20,6 +21,8 @@ pub mod store_args;
 mod unprotect;
 
 use clap::{Parser, Subcommand};
+
+pub use error::{CliError, Context, IntoAnyhow};
 
 /// Exit code for success.
 pub const EXIT_OK: i32 = 0;
@@ -80,47 +83,6 @@ enum Command {
     Resync(ops::ResyncArgs),
 }
 
-/// An error at the binary's edge, with the exit code it maps to.
-#[derive(Debug)]
-pub struct CliError {
-    /// The one-line message.
-    pub error: anyhow::Error,
-    /// Whether retrying later could help (exit 75 instead of 1).
-    pub recoverable: bool,
-    /// A usage error (exit 2).
-    pub usage: bool,
-}
-
-impl<E: Into<anyhow::Error>> From<E> for CliError {
-    fn from(e: E) -> Self {
-        let error = e.into();
-        let recoverable = is_recoverable(&error);
-        CliError {
-            error,
-            recoverable,
-            usage: false,
-        }
-    }
-}
-
-/// Whether the error's source says a retry may help (disk, log and store errors know).
-pub fn is_recoverable(error: &anyhow::Error) -> bool {
-    error
-        .downcast_ref::<crate::disk::DiskError>()
-        .map(|d| d.is_recoverable())
-        .or_else(|| {
-            error
-                .downcast_ref::<crate::hrl::HrlError>()
-                .map(|h| h.is_recoverable())
-        })
-        .or_else(|| {
-            error
-                .downcast_ref::<crate::sink::SinkError>()
-                .map(|s| s.is_recoverable())
-        })
-        .unwrap_or(false)
-}
-
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
     crate::memory::tune_allocator();
@@ -154,13 +116,7 @@ pub fn main() -> i32 {
         Ok(()) => EXIT_OK,
         Err(e) => {
             eprintln!("vdrep: error: {}", one_line(&e.error));
-            if e.usage {
-                EXIT_USAGE
-            } else if e.recoverable {
-                EXIT_TEMPFAIL
-            } else {
-                EXIT_FATAL
-            }
+            e.exit_code()
         }
     }
 }

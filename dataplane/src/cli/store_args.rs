@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
+use super::Context;
 use serde::Deserialize;
 
 use crate::sink::azure::{AzureConfig, AzureStore};

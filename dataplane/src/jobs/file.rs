@@ -195,6 +195,7 @@ pub fn bound(jobs: &mut Vec<Job>, max: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Classify;
     use crate::sink::fault::SimFs;
     use crate::sink::local::fs::RealFs;
     use vdrep_proto::wire::{JobKind, JobState};
@@ -260,7 +261,7 @@ mod tests {
             msg.contains("corrupt job record") && msg.contains("line 1"),
             "{msg}"
         );
-        assert!(!e.is_recoverable());
+        assert!(!e.is_transient());
         // A write does not silently replace a file it cannot read.
         assert!(f.upsert(&job(1)).is_err());
         std::fs::write(f.path(), b"{\"format\": \"vdrep-jobs 9\", \"jobs\": []}").unwrap();

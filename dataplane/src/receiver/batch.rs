@@ -140,7 +140,7 @@ impl Receiver {
             if let Err(e) = self.batch_loop(&conn, &s, &mut recv, &mut result).await {
                 if result.error.is_none() {
                     result.error = Some((
-                        if e.is_recoverable() {
+                        if crate::error::Classify::is_transient(&e) {
                             ErrorClass::Internal
                         } else {
                             ErrorClass::Protocol

@@ -170,7 +170,7 @@ impl SenderJobs {
     /// folder until a connection reports it.
     pub fn fail_all(&self, e: &SendError) {
         let msg = e.to_string();
-        let rec = e.is_recoverable();
+        let rec = crate::error::Classify::is_transient(e);
         let mut g = self.vms.lock().unwrap_or_else(|p| p.into_inner());
         for v in g.values_mut() {
             let job = if !v.enable.state.is_final() {

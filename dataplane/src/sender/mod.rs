@@ -39,7 +39,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::disk::{self as vdisk, OpenOptions};
 use crate::health::Health;
 use crate::pipeline::{AdaptiveLevel, Stats};
-use crate::retry::{classify, Backoff, RetrySchedule};
+use crate::retry::{Backoff, RetrySchedule};
 use crate::throttle::{BandwidthControl, Throttle};
 
 fn resolve(to: &str) -> Result<(SocketAddr, String), SendError> {
@@ -342,7 +342,7 @@ async fn run_jobs(
             Ok(()) => break,
             Err(e) => e,
         };
-        let class = classify(&e);
+        let class = e.verdict();
         // A connection that was up and then lost (a receiver killed or restarted, a link cut)
         // is a new outage: it gets the fast burst again, so a restarted receiver is found
         // within seconds however many outages came before. The give-up window still counts

@@ -199,20 +199,22 @@ fn io_hint(e: &io::Error) -> &'static str {
     }
 }
 
-impl SinkError {
-    /// True if retrying later may succeed: low space, quota, transient IO, memory pressure,
-    /// interruptions, and a disk held by another receiver. Bad names, size or identity
-    /// mismatches, corrupt state, version mismatches, range violations and permission
-    /// problems need an operator or a fixed caller and are not retried.
-    pub fn is_recoverable(&self) -> bool {
-        match self {
+impl crate::error::Classify for SinkError {
+    /// Transient: low space, quota, transient IO, memory pressure, interruptions, and a disk
+    /// held by another receiver. Bad names, size or identity mismatches, corrupt state,
+    /// version mismatches, range violations and permission problems need an operator or a
+    /// fixed caller and are not retried.
+    fn recovery(&self) -> crate::error::Recovery {
+        crate::error::Recovery::transient_if(match self {
             SinkError::Io { source, .. } => io_is_recoverable(source),
             SinkError::Locked { .. } => true,
             SinkError::Azure { recoverable, .. } => *recoverable,
             _ => false,
-        }
+        })
     }
+}
 
+impl SinkError {
     /// Builds an [`SinkError::Io`].
     pub fn io(path: impl Into<PathBuf>, op: &'static str, offset: u64, source: io::Error) -> Self {
         SinkError::Io {
@@ -253,6 +255,7 @@ pub fn io_is_recoverable(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Classify;
 
     #[test]
     fn low_space_and_transient_io_are_recoverable_bad_state_is_not() {
@@ -264,11 +267,11 @@ mod tests {
                 io::Error::from_raw_os_error(code),
             )
         };
-        assert!(e(libc::ENOSPC).is_recoverable());
-        assert!(e(libc::EDQUOT).is_recoverable());
-        assert!(e(libc::EIO).is_recoverable());
-        assert!(!e(libc::EACCES).is_recoverable());
-        assert!(!e(libc::EROFS).is_recoverable());
+        assert!(e(libc::ENOSPC).is_transient());
+        assert!(e(libc::EDQUOT).is_transient());
+        assert!(e(libc::EIO).is_transient());
+        assert!(!e(libc::EACCES).is_transient());
+        assert!(!e(libc::EROFS).is_transient());
         let msg = e(libc::ENOSPC).to_string();
         assert!(
             msg.contains("/s/vm/d.vhd") && msg.contains("4096") && msg.contains("full"),
@@ -279,10 +282,10 @@ mod tests {
             offset: 12,
             problem: "bad checksum".into(),
         };
-        assert!(!corrupt.is_recoverable());
+        assert!(!corrupt.is_transient());
         assert!(SinkError::Locked {
             path: "/s/vm/d.lock".into()
         }
-        .is_recoverable());
+        .is_transient());
     }
 }

@@ -49,6 +49,13 @@ pub enum PolicyError {
     Conflict(String),
 }
 
+impl crate::error::Classify for PolicyError {
+    /// An invalid setting stays invalid until it is edited.
+    fn recovery(&self) -> crate::error::Recovery {
+        crate::error::Recovery::Permanent
+    }
+}
+
 /// The bandwidth policy of a sender host.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BandwidthPolicy {

@@ -79,13 +79,15 @@ pub enum TlsError {
     },
 }
 
-impl TlsError {
-    /// Whether retrying the same operation later could succeed. Never: certificates and keys
-    /// do not fix themselves, and a refused peer stays refused until an operator acts.
-    pub fn is_recoverable(&self) -> bool {
-        false
+impl crate::error::Classify for TlsError {
+    /// Always permanent: certificates and keys do not fix themselves, and a refused peer
+    /// stays refused until an operator acts.
+    fn recovery(&self) -> crate::error::Recovery {
+        crate::error::Recovery::Permanent
     }
+}
 
+impl TlsError {
     pub(crate) fn io(file: &Path, problem: &'static str, source: std::io::Error) -> Self {
         TlsError::Io {
             file: file.to_path_buf(),

@@ -35,6 +35,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use vdrep_proto::Guid;
 
+use crate::error::{Classify, Recovery};
 use crate::hrl::{HrlError, HrlLog, HrlWriter, ReadOptions, WriterOptions};
 
 pub use hashes::{HashTable, HashTableError};
@@ -83,11 +84,25 @@ impl TrackingError {
     /// Whether the change history has a gap that only a resync can close.
     pub fn needs_resync(&self) -> bool {
         match self {
-            TrackingError::Log(e) => !e.is_recoverable(),
+            TrackingError::Log(e) => !e.is_transient(),
             TrackingError::ActiveMissing { .. } => true,
             TrackingError::Io { .. } | TrackingError::Hashes(_) | TrackingError::Table { .. } => {
                 false
             }
+        }
+    }
+}
+
+impl Classify for TrackingError {
+    /// A log or table that failed transiently may be read again; a gap in the history, a
+    /// table that does not fit and a failed lock or rename need the resync or an operator.
+    fn recovery(&self) -> Recovery {
+        match self {
+            TrackingError::Log(e) => e.recovery(),
+            TrackingError::Hashes(e) => e.recovery(),
+            TrackingError::Io { .. }
+            | TrackingError::Table { .. }
+            | TrackingError::ActiveMissing { .. } => Recovery::Permanent,
         }
     }
 }
