@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::disk::DiskJob;
-use crate::metrics::events::{self, Health};
+use crate::health::State as Health;
+use crate::metrics::events;
 use crate::tracking::Tracker;
 
 /// One disk as the sender sees it.
@@ -49,7 +50,8 @@ pub struct DiskStatus {
     pub disk: String,
     /// Source image.
     pub path: String,
-    /// Normal, warning or critical.
+    /// Normal, warning or critical (lower case, as the API has it).
+    #[serde(with = "crate::health::lowercase")]
     pub health: Health,
     /// Why the health is not normal (empty when it is).
     pub reason: String,
@@ -260,11 +262,7 @@ impl Board {
                     state = state.max(v.state);
                     reason = v.reasons.first().cloned().unwrap_or(reason);
                 }
-                let health = match state {
-                    crate::health::State::Normal => Health::Normal,
-                    crate::health::State::Warning => Health::Warning,
-                    crate::health::State::Critical => Health::Critical,
-                };
+                let health = state;
                 let phase = match (&resync, e.copying, resyncing) {
                     (_, _, true) => "resyncing",
                     (Some(_), _, _) => "resync_required",

@@ -18,7 +18,8 @@ use super::jobs::{FAILOVER_STEPS, PROTECT_STEPS, RESYNC_STEPS};
 use super::policy::{BandwidthPolicy, ReplicationPolicy};
 use super::state::{new_job, JobKind};
 use super::{Sidecar, OPENAPI};
-use crate::metrics::events::{self, Health};
+use crate::health::State as Health;
+use crate::metrics::events;
 
 type Sc = State<Arc<Sidecar>>;
 
@@ -146,11 +147,7 @@ fn vms_view(sc: &Sidecar) -> (Value, Vec<Value>) {
             // Health, reason, RPO and next retry are the sender's health model's, as its
             // health.json and health gauge say; nothing is recomputed here.
             let h = health.iter().find(|h| h.vm == vm);
-            let state = match h.map(|h| h.state) {
-                Some(crate::health::State::Critical) => Health::Critical,
-                Some(crate::health::State::Warning) => Health::Warning,
-                _ => Health::Normal,
-            };
+            let state = h.map_or(Health::Normal, |h| h.state).as_str();
             json!({
                 "vm": vm,
                 "health": state,
