@@ -228,7 +228,7 @@ async fn run_jobs(
     }
     // The schedule a sidecar pushed to an earlier run applies at once.
     if let Some(p) = local_control::load_schedule(state) {
-        info!(policy = %p.to_throttle(), "bandwidth schedule pushed by the sidecar (state folder) replaces the command line's");
+        info!(policy = %p.policy(), "bandwidth schedule pushed by the sidecar (state folder) replaces the command line's");
         local_control::apply_schedule(&sh, p);
     }
     let stats = &sh.stats;

@@ -29,7 +29,7 @@ struct Inner {
     conn: Option<quinn::Connection>,
     interval: Option<Duration>,
     resync_requested: std::collections::BTreeSet<(String, String)>,
-    schedule: Option<crate::sidecar::policy::BandwidthPolicy>,
+    schedule: Option<crate::throttle::PolicyDocument>,
 }
 
 /// The sender's status board, shared by the replication tasks, the sampler and the control
@@ -101,14 +101,14 @@ impl Board {
     }
 
     /// Records the bandwidth schedule the sidecar pushed (in the API's form).
-    pub fn set_schedule(&self, p: Option<crate::sidecar::policy::BandwidthPolicy>) {
+    pub fn set_schedule(&self, p: Option<crate::throttle::PolicyDocument>) {
         if let Ok(mut g) = self.inner.lock() {
             g.schedule = p;
         }
     }
 
     /// The bandwidth schedule the sidecar pushed, last.
-    pub fn schedule(&self) -> Option<crate::sidecar::policy::BandwidthPolicy> {
+    pub fn schedule(&self) -> Option<crate::throttle::PolicyDocument> {
         self.inner.lock().ok()?.schedule.clone()
     }
 

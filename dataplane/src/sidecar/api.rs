@@ -15,11 +15,12 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use super::jobs::{FAILOVER_STEPS, PROTECT_STEPS, RESYNC_STEPS};
-use super::policy::{BandwidthPolicy, ReplicationPolicy};
+use super::policy::ReplicationPolicy;
 use super::state::{new_job, JobKind};
 use super::{Sidecar, OPENAPI};
 use crate::health::State as Health;
 use crate::metrics::events;
+use crate::throttle::PolicyDocument;
 
 type Sc = State<Arc<Sidecar>>;
 
@@ -447,7 +448,7 @@ async fn put_bandwidth(State(sc): Sc, h: HeaderMap, b: Bytes) -> Response {
     if b.iter().all(|c| c.is_ascii_whitespace()) {
         return err(StatusCode::BAD_REQUEST, "a bandwidth policy is required");
     }
-    let p: BandwidthPolicy = match serde_json::from_slice(&b) {
+    let p: PolicyDocument = match serde_json::from_slice(&b) {
         Ok(p) => p,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
     };

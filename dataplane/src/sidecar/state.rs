@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::policy::{BandwidthPolicy, ReplicationPolicy};
+use super::policy::ReplicationPolicy;
+use crate::throttle::PolicyDocument;
 
 /// State of a job or step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,7 +140,7 @@ pub struct State {
     /// Every job, oldest first.
     pub jobs: Vec<Job>,
     /// The host's bandwidth policy.
-    pub bandwidth: BandwidthPolicy,
+    pub bandwidth: PolicyDocument,
     /// Replication policy per VM.
     pub policies: BTreeMap<String, ReplicationPolicy>,
 }

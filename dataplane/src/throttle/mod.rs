@@ -20,6 +20,7 @@
 //! most `rate × T` plus one piece and the 20 ms burst.
 
 mod control;
+mod document;
 mod rate;
 mod schedule;
 pub mod wire;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use control::BandwidthControl;
+pub use document::{rate_from_text, PolicyDocument};
 pub use rate::{parse_rate, Rate};
 pub use schedule::{
     resync_allowed_now, BandwidthPolicy, PolicyError, PolicySpec, WorkSchedule, MAX_RATE, MIN_RATE,
