@@ -17,6 +17,13 @@
 //! offset in force; both variables together add up). Both are meant for tests only; a
 //! process that uses them says so in its log. The sender reads its clock through this
 //! (work hours, health, RPO), the receiver too (recovery-point times and retention).
+//!
+//! This module is the only place that reads the system's clocks (`SystemTime::now`,
+//! `std::time::Instant::now`, `tokio::time::Instant::now`; `ops/check-layers.sh` checks it):
+//! everything else asks a [`Clock`] or one of the functions below, or takes the time as a
+//! value. The free functions read the host as it is, without the test offset: file and image
+//! timestamps, HTTP dates, token lifetimes and elapsed-time measurements must follow the real
+//! clock, and only the schedule-facing wall time ([`Clock::now_utc`]) is shifted.
 
 use std::fmt::Debug;
 use std::path::PathBuf;
@@ -33,6 +40,39 @@ pub const TEST_OFFSET_ENV: &str = "VDREP_TEST_CLOCK_OFFSET";
 pub const TEST_OFFSET_FILE_ENV: &str = "VDREP_TEST_CLOCK_OFFSET_FILE";
 /// How often the offset file is re-read at most.
 pub const OFFSET_FILE_POLL: Duration = Duration::from_millis(100);
+
+/// The host's wall-clock time, without the test offset: timestamps written into files and
+/// images, HTTP dates, token expiry.
+pub fn system_time() -> SystemTime {
+    SystemTime::now()
+}
+
+/// Seconds since the Unix epoch on the host's clock (0 before 1970).
+pub fn unix_secs() -> u64 {
+    system_time()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch on the host's clock (0 before 1970).
+pub fn unix_millis() -> u64 {
+    system_time()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Monotonic time for blocking code and threads (std's): elapsed-time measurements and
+/// deadlines that must hold in real time even inside a paused-time test.
+pub fn std_now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+/// Monotonic time for async code (tokio's): paused-time tests control it.
+pub fn tokio_now() -> Instant {
+    Instant::now()
+}
 
 /// A source of time.
 pub trait Clock: Send + Sync + Debug {
@@ -71,7 +111,7 @@ impl OffsetFile {
         };
         let due = c.0.is_none_or(|t| t.elapsed() >= OFFSET_FILE_POLL);
         if due {
-            c.0 = Some(std::time::Instant::now());
+            c.0 = Some(std_now());
             if let Ok(text) = std::fs::read_to_string(&self.path) {
                 if let Ok(off) = parse_offset(&text) {
                     if off != c.1 {
@@ -190,9 +230,60 @@ pub fn parse_offset(s: &str) -> Result<SignedDuration, String> {
         Some(b'+') => (false, &t[1..]),
         _ => (false, t),
     };
-    let d: Duration = crate::cli::config::parse_duration(rest).map_err(|e| e.to_string())?;
+    let d: Duration = parse_duration(rest)?;
     let d = SignedDuration::try_from(d).map_err(|e| e.to_string())?;
     Ok(if neg { -d } else { d })
+}
+
+/// Parses `30s`, `5m`, `15m`, `1h`, `250ms`, `1h30m` or plain seconds: the one duration
+/// syntax of flags, config files and the test offset.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut num = String::new();
+    let mut chars = t.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_alphabetic() {
+                unit.push(n);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let v: f64 = num
+            .parse()
+            .map_err(|_| format!("duration {s:?}: expected a number before {unit:?}"))?;
+        num.clear();
+        let secs = match unit.as_str() {
+            "ms" => v / 1000.0,
+            "s" => v,
+            "m" | "min" => v * 60.0,
+            "h" => v * 3600.0,
+            "d" => v * 86400.0,
+            _ => {
+                return Err(format!(
+                    "duration {s:?}: unknown unit {unit:?} (use ms, s, m, h, d)"
+                ))
+            }
+        };
+        total += Duration::from_secs_f64(secs);
+    }
+    if !num.is_empty() {
+        return Err(format!("duration {s:?}: number without a unit at the end"));
+    }
+    Ok(total)
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@ use std::fs::{self, File, OpenOptions as FsOpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use super::Context;
 
@@ -67,7 +66,7 @@ pub fn convert(d: &dyn VirtualDisk, dst: &Path) -> anyhow::Result<()> {
     let footer = layout::replica_footer(
         size,
         layout::random_guid(),
-        layout::vhd_timestamp(SystemTime::now()),
+        layout::vhd_timestamp(crate::clock::system_time()),
     );
     let foff = layout::replica_virtual_size(size);
     out.write_all_at(&footer, foff)

@@ -16,7 +16,6 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::SystemTime;
 
 use super::Context;
 use anyhow::bail;
@@ -350,7 +349,7 @@ fn write_disk(
     let footer = layout::replica_footer(
         size,
         layout::random_guid(),
-        layout::vhd_timestamp(SystemTime::now()),
+        layout::vhd_timestamp(crate::clock::system_time()),
     );
     let foff = layout::replica_virtual_size(size);
     out.write_all_at(&footer, foff).with_context(|| {

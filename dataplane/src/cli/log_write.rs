@@ -5,7 +5,6 @@
 use std::fs::OpenOptions as FsOpen;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::time::SystemTime;
 
 use super::Context;
 use anyhow::bail;
@@ -93,7 +92,10 @@ fn log_write(a: Args) -> anyhow::Result<()> {
         f.sync_data()
             .with_context(|| format!("{}: sync failed", a.disk.display()))?;
     }
-    if let Err(e) = log.append(&[(a.offset, Bytes::from(data))], SystemTime::now()) {
+    if let Err(e) = log.append(
+        &[(a.offset, Bytes::from(data))],
+        crate::clock::system_time(),
+    ) {
         if writes_disk && !a.log_only {
             // The disk holds a write its log does not: only a resync can bring the replica
             // in line again.

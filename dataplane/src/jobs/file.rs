@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -117,7 +117,7 @@ impl JobFile {
             .create_dir_all(&self.dir)
             .map_err(|e| SinkError::io(&self.dir, "create folder", 0, e))?;
         let lock = self.lock_path();
-        let deadline = Instant::now() + LOCK_WAIT;
+        let deadline = crate::clock::std_now() + LOCK_WAIT;
         let _guard = loop {
             match self
                 .fs
@@ -125,7 +125,9 @@ impl JobFile {
                 .map_err(|e| SinkError::io(&lock, "lock", 0, e))?
             {
                 Some(g) => break g,
-                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                None if crate::clock::std_now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
                 None => return Err(SinkError::Locked { path: lock }),
             }
         };

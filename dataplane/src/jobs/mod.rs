@@ -74,10 +74,7 @@ pub struct Job {
 /// Milliseconds since the Unix epoch (the job clock; times are for operators, never for
 /// ordering replication).
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::unix_millis()
 }
 
 /// Cuts a string to fit a wire string field (on a character boundary).

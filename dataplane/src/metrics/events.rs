@@ -108,10 +108,7 @@ pub fn rpo_tick(now_unix: u64) {
 
 /// Seconds since the Unix epoch.
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::clock::unix_secs()
 }
 
 /// A delta cycle was acknowledged as committed after `seconds` of shipping.

@@ -231,7 +231,7 @@ impl Receiver {
     /// Waits for in-flight work to settle at shutdown: a final checkpoint happens as each
     /// connection closes.
     pub(crate) async fn drain(&self) {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(8);
+        let deadline = crate::clock::tokio_now() + std::time::Duration::from_secs(8);
         while self.active.load(Ordering::Acquire) > 0 {
             if tokio::time::timeout_at(deadline, self.idle.notified())
                 .await

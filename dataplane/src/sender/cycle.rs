@@ -4,9 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
-use tokio::time::Instant;
 use tracing::{info, warn};
 use vdrep_proto::wire::Control;
 use vdrep_proto::Guid;
@@ -62,7 +60,7 @@ pub(super) async fn switch(d: &Arc<Mutex<Protected>>) -> Option<u64> {
                 return;
             }
         };
-        if let Err(e) = locked.switch(next, SystemTime::now()) {
+        if let Err(e) = locked.switch(next, crate::clock::system_time()) {
             let _ = tx.send(Err(e.to_string()));
             return;
         }
@@ -70,7 +68,7 @@ pub(super) async fn switch(d: &Arc<Mutex<Protected>>) -> Option<u64> {
         let disk = crate::disk::open(&path, crate::disk::OpenOptions::default());
         drop(locked);
         let _ = tx.send(Ok(next));
-        let t0 = std::time::Instant::now();
+        let t0 = crate::clock::std_now();
         let res = disk.map_err(|e| e.to_string()).and_then(|disk| {
             switch_digest(&tracker, disk.as_ref(), next).map_err(|e| e.to_string())
         });
@@ -197,7 +195,7 @@ pub(super) async fn ship_pending(
         .map_err(|e| SendError::Internal(e.to_string()))?;
     for (cycle, path) in pending {
         let committed = d.lock().map_err(poisoned)?.committed_cycle.unwrap_or(0);
-        let t0 = Instant::now();
+        let t0 = crate::clock::tokio_now();
         // The log's structure is checked before anything ships; its data checksums (a read
         // of the whole log) are checked while the cycle ships and before it commits: a
         // damaged log's bytes then reach at most the receiver's open cycle, which is never

@@ -134,7 +134,7 @@ async fn run_jobs(
     control: Option<PathBuf>,
     state: &Path,
 ) -> Result<Summary, SendError> {
-    let started = Instant::now();
+    let started = crate::clock::std_now();
     let clock = ctl.clock().clone();
     let schedule_task = AbortOnDrop(tokio::spawn(ctl.clone().run()));
     // VMs added at run time by earlier runs (protection only): protected again, unless the
@@ -240,7 +240,7 @@ async fn run_jobs(
         tokio::spawn(async move {
             use crate::pipeline::{tick_after, CpuIdle, PREPARED_BUDGET, WARMUP};
             let mut idle = CpuIdle::default();
-            let start = std::time::Instant::now();
+            let start = crate::clock::std_now();
             let mut warm = false;
             tokio::time::sleep(tick_after(start.elapsed())).await;
             level.discard_waits();
@@ -307,7 +307,7 @@ async fn run_jobs(
             Mode::Protect(_) => opts.protect_give_up_after,
         },
     );
-    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    let far = crate::clock::std_now() + Duration::from_secs(86_400 * 365);
     loop {
         let deadline = backoff.deadline().map(|d| d.into_std()).unwrap_or(far);
         let committed_before =
@@ -410,7 +410,7 @@ async fn attempt_once(
             source: e,
         })?;
     let wait = CONNECT_TIMEOUT
-        .min(deadline.saturating_duration_since(Instant::now()))
+        .min(deadline.saturating_duration_since(crate::clock::std_now()))
         .max(Duration::from_millis(500));
     let conn = match tokio::time::timeout(wait, connecting).await {
         Ok(r) => r,
@@ -469,7 +469,7 @@ async fn attempt_once(
                 .await?;
             for (job, o, _) in &opened {
                 let key = (job.vm.clone(), job.name.clone());
-                let t0 = Instant::now();
+                let t0 = crate::clock::std_now();
                 if o.initial_committed && !o.known_empty {
                     // A committed replica is brought in line by a resync, not copied again.
                     let out = resync::resync(

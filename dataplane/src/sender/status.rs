@@ -299,7 +299,7 @@ impl Board {
 /// task is aborted.
 pub async fn sample(board: Arc<Board>, sh: Arc<super::Shared>) {
     let mut last_wire = crate::pipeline::Stats::get(&sh.stats.wire);
-    let mut last_at = tokio::time::Instant::now();
+    let mut last_at = crate::clock::tokio_now();
     let mut last_lost: Option<(usize, u64)> = None;
     loop {
         board.refresh_health(&sh.health);
@@ -324,7 +324,7 @@ pub async fn sample(board: Arc<Board>, sh: Arc<super::Shared>) {
             sh.throttle.rate(),
             wire.saturating_sub(last_wire) as f64 / dt,
         );
-        (last_wire, last_at) = (wire, tokio::time::Instant::now());
+        (last_wire, last_at) = (wire, crate::clock::tokio_now());
         if let Some(conn) = board.connection() {
             let s = conn.stats();
             let id = conn.stable_id();

@@ -46,7 +46,7 @@ pub(super) async fn stream_worker(
     };
     let mut pending = tokio::task::JoinSet::new();
     loop {
-        let t = std::time::Instant::now();
+        let t = crate::clock::std_now();
         let first = match rx.recv().await {
             Ok(p) => p,
             Err(_) => break,
@@ -68,7 +68,7 @@ pub(super) async fn stream_worker(
                     let carried = carried_runs(&h, &p.payload);
                     dstats.add_wire((prefix.len() + p.payload.len()) as u64);
                     // Header and payload go out unmodified, in throttle-admitted pieces.
-                    let t = std::time::Instant::now();
+                    let t = crate::clock::std_now();
                     let written = write_paced(&mut send, prefix, p.payload, &sh.throttle).await;
                     level.waited_for_link(t.elapsed());
                     if let Err(e) = written {
@@ -95,7 +95,7 @@ pub(super) async fn stream_worker(
             if batch_bytes >= BATCH_SOURCE_BYTES {
                 break;
             }
-            let t = std::time::Instant::now();
+            let t = crate::clock::std_now();
             next = rx.recv().await.ok();
             level.waited_for_cpu(t.elapsed());
         }
@@ -112,7 +112,7 @@ pub(super) async fn stream_worker(
         // Waiting for the receiver to acknowledge earlier batches is waiting for the link
         // (or the receiver): with QUIC's large send buffers this, not the write, is where a
         // slow link shows, so it must count, or the controller never climbs on slow links.
-        let t = std::time::Instant::now();
+        let t = crate::clock::std_now();
         while pending.len() >= OUTSTANDING_BATCHES {
             join_one(&mut pending).await?;
         }

@@ -434,7 +434,7 @@ mod tests {
         let t = Tracker::new(&disk, SIZE);
         t.lock()
             .unwrap()
-            .start(Guid::NIL, SystemTime::now())
+            .start(Guid::NIL, crate::clock::system_time())
             .unwrap();
         t
     }
@@ -442,7 +442,10 @@ mod tests {
     fn write(t: &Tracker, off: u64) {
         t.lock()
             .unwrap()
-            .append(&[(off, Bytes::from(vec![7u8; 512]))], SystemTime::now())
+            .append(
+                &[(off, Bytes::from(vec![7u8; 512]))],
+                crate::clock::system_time(),
+            )
             .unwrap();
     }
 
@@ -457,9 +460,13 @@ mod tests {
             let w = HrlWriter::reopen(&p.active, Some(SIZE)).unwrap();
             let id = w.unique_id();
             let l = t.lock().unwrap();
-            HrlWriter::create(&p.next(5), &l.writer_options(id, SystemTime::now())).unwrap();
+            HrlWriter::create(
+                &p.next(5),
+                &l.writer_options(id, crate::clock::system_time()),
+            )
+            .unwrap();
             if step >= 1 {
-                w.close(SystemTime::now()).unwrap();
+                w.close(crate::clock::system_time()).unwrap();
                 // A writer now finds no appendable log and refuses before touching the disk.
                 assert!(l.active_writer().is_err(), "step {step}");
             } else {
@@ -473,12 +480,12 @@ mod tests {
 
             let l = t.lock().unwrap();
             assert_eq!(
-                l.finish_switch(SystemTime::now()).unwrap(),
+                l.finish_switch(crate::clock::system_time()).unwrap(),
                 Some(5),
                 "step {step}"
             );
             assert_eq!(
-                l.finish_switch(SystemTime::now()).unwrap(),
+                l.finish_switch(crate::clock::system_time()).unwrap(),
                 None,
                 "idempotent"
             );
@@ -511,7 +518,11 @@ mod tests {
         let first = HrlWriter::reopen(&t.paths().active, Some(SIZE))
             .unwrap()
             .unique_id();
-        let (closed, id) = t.lock().unwrap().switch(1, SystemTime::now()).unwrap();
+        let (closed, id) = t
+            .lock()
+            .unwrap()
+            .switch(1, crate::clock::system_time())
+            .unwrap();
         assert_eq!(id, first);
         assert_eq!(closed, t.paths().closed(1));
         // The active log is open (unclosed): its valid prefix holds the header.

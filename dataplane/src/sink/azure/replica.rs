@@ -1,8 +1,6 @@
 //! The [`ReplicaDisk`] operations of an [`AzureDisk`]: writes (coalesced into Put Pages),
 //! clears, checkpoints and commits as snapshots, reads of the blob and of its snapshots.
 
-use std::time::SystemTime;
-
 use bytes::Bytes;
 use vdrep_proto::RangeSet;
 
@@ -104,7 +102,11 @@ impl ReplicaDisk for AzureDisk {
             });
         }
         let vs = st.disk.virtual_size;
-        let footer = replica_footer(vs, st.disk.copy_id, vhd_timestamp(SystemTime::now()));
+        let footer = replica_footer(
+            vs,
+            st.disk.copy_id,
+            vhd_timestamp(crate::clock::system_time()),
+        );
         let at = replica_virtual_size(vs);
         drop(inner);
         self.put_page_raw(at, &footer)?;
