@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod codec;
 pub mod demo;
 pub mod digest;
 pub mod disk;

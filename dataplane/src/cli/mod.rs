@@ -121,13 +121,9 @@ pub fn main() -> i32 {
     }
 }
 
-/// The async runtime of the network roles: two worker threads suffice (the CPU stages have
-/// their own threads) and keep the process small.
+/// The async runtime of the network roles ([`crate::transport::runtime`]).
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
+    Ok(crate::transport::runtime()?)
 }
 
 /// The error and its causes on one line. Disk errors already print their cause inside their

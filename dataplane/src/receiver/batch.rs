@@ -13,7 +13,7 @@ use vdrep_proto::wire::{
 use super::control::ConnState;
 use super::disk::DiskSession;
 use super::Receiver;
-use crate::pipeline::{zero_hash, zero_runs, zstd_ctx};
+use crate::codec::{zero_hash, zero_runs, zstd_ctx};
 use crate::sink::SinkError;
 use crate::transport::{read_frame, write_frame, FrameError};
 
