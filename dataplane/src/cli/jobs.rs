@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::store_args::StoreArgs;
 use super::CliError;
-use crate::jobs::pending::PendingJobs;
 use crate::jobs::Job;
+use crate::sender::pending::PendingJobs;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

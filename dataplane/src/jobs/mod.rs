@@ -3,19 +3,18 @@
 //! can help.
 //!
 //! Jobs are recorded where the protection lives, in the store beside the VM's replicas
-//! ([`file::JobFile`], one file per VM, bounded to the newest [`MAX_JOBS_PER_VM`]). The
-//! sender reports its jobs over its control connection ([`vdrep_proto::wire::JobReport`]);
-//! what fails before any connection exists is kept in the sender's state folder
-//! ([`pending`]) and reported at the next connection. Test failover, which runs against the
-//! store directly, records its own job there.
-
-pub mod file;
-pub mod pending;
+//! ([`crate::sink::JobFile`], one file per VM, bounded to the newest [`MAX_JOBS_PER_VM`]).
+//! The sender reports its jobs over its control connection
+//! ([`vdrep_proto::wire::JobReport`]); what fails before any connection exists is kept in
+//! the sender's state folder ([`crate::sender::pending`]) and reported at the next
+//! connection. Test failover, which runs against the store directly, records its own job
+//! there.
+//!
+//! This module is the job *record*: a model below the stores (which keep it) and the roles
+//! (which run jobs); it imports neither.
 
 use serde::{Deserialize, Serialize};
 use vdrep_proto::wire::{self, JobKind, JobReport, JobState};
-
-pub use file::{JobFile, JobFileError};
 
 /// How many jobs a VM keeps (the newest by start time); older ones are dropped on write.
 pub const MAX_JOBS_PER_VM: usize = 100;

@@ -19,8 +19,8 @@ use tracing::warn;
 use vdrep_proto::wire::{Control, ErrorClass, JobKind};
 
 use super::disk::{DiskJob, Opened};
+use super::pending::PendingJobs;
 use super::{ControlStream, SendError};
-use crate::jobs::pending::PendingJobs;
 use crate::jobs::Job;
 
 /// Enable protection: every source disk opens.

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod local_control;
 mod logimage;
 mod options;
+pub mod pending;
 mod progress;
 pub mod protect;
 pub mod resync;
@@ -113,7 +114,7 @@ pub async fn run_controlled(
     let state = opts
         .state_dir
         .clone()
-        .unwrap_or_else(crate::jobs::pending::default_state_dir);
+        .unwrap_or_else(pending::default_state_dir);
     let sj = Arc::new(jobs::SenderJobs::new(&state));
     let res = run_jobs(vms, opts, policy, sj.clone(), ctl, control, &state).await;
     if let Err(e) = &res {

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Job, MAX_JOBS_PER_VM};
-use crate::sink::local::fs::StoreFs;
-use crate::sink::SinkError;
+use super::local::fs::StoreFs;
+use super::SinkError;
+use crate::jobs::{Job, MAX_JOBS_PER_VM};
 
 /// Names the file's format; another value is refused (never guessed at).
 pub const JOBS_FORMAT: &str = "vdrep-jobs 1";
