@@ -19,7 +19,7 @@
 //! (work hours, health, RPO), the receiver too (recovery-point times and retention).
 //!
 //! This module is the only place that reads the system's clocks (`SystemTime::now`,
-//! `std::time::Instant::now`, `tokio::time::Instant::now`; `ops/check-layers.sh` checks it):
+//! `std::time::Instant::now`, `tokio::time::Instant::now`; `dataplane/tests/layers.rs` checks it):
 //! everything else asks a [`Clock`] or one of the functions below, or takes the time as a
 //! value. The free functions read the host as it is, without the test offset: file and image
 //! timestamps, HTTP dates, token lifetimes and elapsed-time measurements must follow the real
