@@ -9,6 +9,7 @@
 pub mod error;
 pub mod formats;
 pub mod guid;
+pub mod job;
 #[cfg(test)]
 mod mutate;
 pub mod ranges;

@@ -26,7 +26,7 @@ use super::store_args::StoreArgs;
 use super::CliError;
 use crate::digest::{self, DigestBuilder};
 use crate::disk::{self, OpenOptions};
-use crate::jobs::Job;
+use crate::jobs::{Job, JobNow};
 use crate::layout;
 use crate::sink::{PointReader, RecoveryPoint, ReplicaStore, SECTOR};
 use vdrep_proto::wire::JobKind;

@@ -424,7 +424,7 @@ impl Receiver {
     }
 
     /// Records a sender's job in the store beside the VM's replicas.
-    async fn record_job(&self, conn: &ConnState, req: u32, job: wire::JobReport) -> Control {
+    async fn record_job(&self, conn: &ConnState, req: u32, job: crate::jobs::Job) -> Control {
         if let Some(e) = self.refuse_vm(conn, req, &job.vm) {
             return e;
         }
@@ -447,7 +447,6 @@ impl Receiver {
                 ),
             };
         }
-        let job = crate::jobs::Job::from_report(&job);
         let store = self.store.clone();
         let (id, vm, state) = (job.id.clone(), job.vm.clone(), job.state);
         match tokio::task::spawn_blocking(move || store.record_job(&job)).await {

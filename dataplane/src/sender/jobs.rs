@@ -21,7 +21,7 @@ use vdrep_proto::wire::{Control, ErrorClass, JobKind};
 use super::disk::{DiskJob, Opened};
 use super::pending::PendingJobs;
 use super::{ControlStream, SendError};
-use crate::jobs::Job;
+use crate::jobs::{Job, JobNow};
 
 /// Enable protection: every source disk opens.
 pub const STEP_READABLE: &str = "disks readable";
@@ -395,7 +395,7 @@ async fn report(ctrl: &mut ControlStream, job: &Job) -> bool {
     match ctrl
         .call(Control::ReportJob {
             req,
-            job: job.to_report(),
+            job: job.clone(),
         })
         .await
     {

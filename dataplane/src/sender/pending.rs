@@ -83,6 +83,7 @@ impl PendingJobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::JobNow;
     use vdrep_proto::wire::JobKind;
 
     #[test]

@@ -198,6 +198,7 @@ pub fn bound(jobs: &mut Vec<Job>, max: usize) {
 mod tests {
     use super::*;
     use crate::error::Classify;
+    use crate::jobs::JobNow;
     use crate::sink::fault::SimFs;
     use crate::sink::local::fs::RealFs;
     use vdrep_proto::wire::{JobKind, JobState};
