@@ -63,8 +63,10 @@ impl JobKind {
     }
 }
 
-/// Where a job or a step is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Where a job or a step is: one state for every job, the sender's and the sidecar's
+/// (whose API and `sidecar.json` write it in lower case, as [`JobState::as_str`] does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum JobState {
     /// Not started.
@@ -78,6 +80,14 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, for the jobs-by-state gauge.
+    pub const ALL: [JobState; 4] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+    ];
+
     pub(crate) fn code(self) -> u8 {
         match self {
             JobState::Queued => 0,

@@ -219,8 +219,7 @@ fn checks(st: &SenderStatus, vm: &str) -> Option<(JobState, String)> {
         })
         .collect();
     let state = match j.state {
-        vdrep_proto::wire::JobState::Succeeded => JobState::Succeeded,
-        vdrep_proto::wire::JobState::Failed => JobState::Failed,
+        JobState::Succeeded | JobState::Failed => j.state,
         _ => JobState::Running,
     };
     Some((state, words.join("; ")))
