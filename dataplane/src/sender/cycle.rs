@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 use vdrep_proto::wire::Control;
-use vdrep_proto::Guid;
+use vdrep_proto::{Guid, RangeSet};
 
 use super::disk::{begin_cycle, send_all, DiskJob, Opened, Shared};
 use super::logimage::LogImage;
@@ -255,7 +255,7 @@ pub(super) async fn ship_pending(
             known_empty: false,
             ..o.clone()
         };
-        send_all(conn, &cjob, &co, Some(items), &[], sh).await?;
+        send_all(conn, &cjob, &co, Some(items), &RangeSet::new(), sh).await?;
         let shipped_s = t0.elapsed().as_secs_f64();
         match data_check.await {
             Ok(Ok(())) => {}
@@ -313,33 +313,13 @@ pub(super) async fn ship_pending(
 /// at most `chunk` bytes.
 fn cycle_items(
     extents: &[crate::hrl::CoalescedExtent],
-    done: &[(u64, u64)],
+    done: &RangeSet,
     chunk: u64,
 ) -> Vec<WorkItem> {
     let mut out = Vec::new();
     for e in extents {
-        let mut gaps = vec![(e.offset, e.end())];
-        for &(ds, de) in done {
-            gaps = gaps
-                .into_iter()
-                .flat_map(|(s, t)| {
-                    if de <= s || ds >= t {
-                        vec![(s, t)]
-                    } else {
-                        let mut v = Vec::new();
-                        if ds > s {
-                            v.push((s, ds));
-                        }
-                        if de < t {
-                            v.push((de, t));
-                        }
-                        v
-                    }
-                })
-                .collect();
-        }
-        for (s, t) in gaps {
-            crate::pipeline::push_split(&mut out, s, t, chunk, false);
+        for g in done.gaps_in(e.offset, e.end()) {
+            crate::pipeline::push_split(&mut out, g.start, g.end, chunk, false);
         }
     }
     out
@@ -359,7 +339,7 @@ mod tests {
         };
         let v = cycle_items(
             &[ext(0, 4096), ext(8192, 3 << 20)],
-            &[(1024, 2048), (8192, 9216)],
+            &[1024..2048, 8192..9216].into_iter().collect(),
             1 << 20,
         );
         let got: Vec<(u64, u32)> = v

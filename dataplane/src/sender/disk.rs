@@ -6,6 +6,7 @@ use std::thread;
 
 use tracing::{debug, warn};
 use vdrep_proto::wire::{Control, MAX_EXTENT_LEN};
+use vdrep_proto::RangeSet;
 
 use super::stream::stream_worker;
 use super::{ControlStream, SendError, SendOptions};
@@ -150,7 +151,7 @@ pub struct Opened {
     /// The protocol version negotiated with the receiver.
     pub protocol: u16,
     /// Durable ranges of the ongoing initial copy.
-    pub progress: Vec<(u64, u64)>,
+    pub progress: RangeSet,
     /// An initial copy is committed.
     pub initial_committed: bool,
     /// The newest committed cycle.
@@ -210,10 +211,15 @@ pub async fn open_disk(
         generation,
         known_empty,
         protocol: ctrl.version(),
-        progress,
+        progress: durable(&progress),
         initial_committed,
         committed_cycle,
     })
+}
+
+/// The durable ranges a receiver reported (the wire's sorted disjoint pairs) as a set.
+fn durable(progress: &[(u64, u64)]) -> RangeSet {
+    progress.iter().map(|&(s, e)| s..e).collect()
 }
 
 /// Opens cycle `cycle` of an opened disk at the receiver (a delta cycle, or a resync as the
@@ -222,7 +228,7 @@ pub async fn begin_cycle(
     ctrl: &mut ControlStream,
     o: &Opened,
     cycle: u64,
-) -> Result<Vec<(u64, u64)>, SendError> {
+) -> Result<RangeSet, SendError> {
     let req = ctrl.req();
     let ans = ctrl
         .call(Control::BeginCycle {
@@ -232,7 +238,7 @@ pub async fn begin_cycle(
         })
         .await?;
     match ans {
-        Control::CycleOpened { progress, .. } => Ok(progress),
+        Control::CycleOpened { progress, .. } => Ok(durable(&progress)),
         other => Err(ctrl.unexpected(other)),
     }
 }
@@ -246,7 +252,7 @@ pub async fn copy_initial(
     sh: &Arc<Shared>,
 ) -> Result<DiskOutcome, SendError> {
     let stats = &sh.stats;
-    let resumed: u64 = o.progress.iter().map(|(a, b)| b - a).sum();
+    let resumed: u64 = o.progress.covered_len();
     if job.progress.reset_to(stats, resumed) {
         stats.durable_growth.fetch_add(1, Ordering::Relaxed);
     }
@@ -273,7 +279,7 @@ pub async fn send_all(
     job: &DiskJob,
     o: &Opened,
     items: Option<Vec<WorkItem>>,
-    done: &[(u64, u64)],
+    done: &RangeSet,
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
     let mut items = items;
@@ -328,7 +334,7 @@ async fn run_pass(
     handle: u32,
     generation: u64,
     zeros: Zeros,
-    progress: &[(u64, u64)],
+    progress: &RangeSet,
     items: Option<Vec<WorkItem>>,
     sh: &Arc<Shared>,
 ) -> Result<Vec<(u64, u32)>, SendError> {
@@ -358,7 +364,7 @@ async fn run_pass(
         let plan = PlanOptions {
             chunk: opts.chunk,
             known_empty: zeros.known_empty(),
-            done: progress.to_vec(),
+            done: progress.clone(),
         };
         let failure = failure.clone();
         let tx = work_tx.clone();
@@ -389,7 +395,7 @@ async fn run_pass(
                             })
                         });
                         if r.is_ok() {
-                            let durable: u64 = plan.done.iter().map(|(a, b)| b - a).sum();
+                            let durable: u64 = plan.done.covered_len();
                             let size = disk.info().virtual_size;
                             pstats.add_skipped_unallocated(
                                 size.saturating_sub(durable).saturating_sub(planned),

@@ -132,7 +132,15 @@ pub async fn resync(
         }
         if !ranges.is_empty() {
             let items = split(&ranges, sh.opts.chunk as u64);
-            send_all(conn, job, &co, Some(items), &[], sh).await?;
+            send_all(
+                conn,
+                job,
+                &co,
+                Some(items),
+                &vdrep_proto::RangeSet::new(),
+                sh,
+            )
+            .await?;
         }
         let (t2, s2, r2) = (tree.clone(), src.clone(), ranges.clone());
         let mine = tokio::task::spawn_blocking(move || {
