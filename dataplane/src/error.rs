@@ -42,6 +42,13 @@ impl Classify for vdrep_proto::FormatError {
     }
 }
 
+impl Classify for vdrep_proto::guid::GuidParseError {
+    /// A malformed GUID stays malformed.
+    fn recovery(&self) -> Recovery {
+        Recovery::Permanent
+    }
+}
+
 /// An error erased to a trait object that kept its [`Recovery`]: what a classified error
 /// becomes when it enters `anyhow`. Display and `source` are the inner error's, so messages
 /// read exactly as before.

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::Context;
+use super::{Classed, Context};
 
 use super::CliError;
 use crate::disk::{self, ExtentKind, ExtentWalker, OpenOptions, VirtualDisk};
@@ -47,7 +47,7 @@ pub fn convert(d: &dyn VirtualDisk, dst: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{}: cannot size output", dst.display()))?;
     let mut buf = vec![0u8; CHUNK];
     for ext in ExtentWalker::new(d, 1 << 30) {
-        let ext = ext?;
+        let ext = ext.classed()?;
         if ext.kind == ExtentKind::Zero {
             continue; // already zero in the sparse output
         }
@@ -55,7 +55,7 @@ pub fn convert(d: &dyn VirtualDisk, dst: &Path) -> anyhow::Result<()> {
         while off < ext.end() {
             let n = ((ext.end() - off) as usize).min(CHUNK);
             let b = &mut buf[..n];
-            d.read_into(off, b)?;
+            d.read_into(off, b).classed()?;
             if b.iter().any(|&x| x != 0) {
                 out.write_all_at(b, off)
                     .with_context(|| format!("{}: write at offset {off} failed", dst.display()))?;

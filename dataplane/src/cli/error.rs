@@ -104,6 +104,20 @@ pub fn recovery(error: &anyhow::Error) -> Recovery {
     recovery_of(error.chain())
 }
 
+/// `?` into `anyhow` inside the command line's helpers (functions returning
+/// `anyhow::Result`): `anyhow`'s own conversion would drop a typed error's class, so such a
+/// `?` goes through [`IntoAnyhow`] with `.classed()?`.
+pub trait Classed<T> {
+    /// The result with its error in `anyhow`, class kept.
+    fn classed(self) -> anyhow::Result<T>;
+}
+
+impl<T, E: IntoAnyhow> Classed<T> for Result<T, E> {
+    fn classed(self) -> anyhow::Result<T> {
+        self.map_err(IntoAnyhow::into_anyhow)
+    }
+}
+
 /// `anyhow::Context` for the command line: the same two methods, but a classified error
 /// keeps its class under the added context (through [`IntoAnyhow`]).
 pub trait Context<T> {
@@ -185,6 +199,18 @@ mod tests {
         );
         assert_eq!(CliError::from(anyhow::anyhow!("plain")).exit_code(), 1);
         assert_eq!(CliError::usage(anyhow::anyhow!("bad flag")).exit_code(), 2);
+    }
+
+    #[test]
+    fn a_typed_error_passed_up_by_a_helper_keeps_its_class() {
+        fn helper() -> anyhow::Result<()> {
+            let locked: Result<(), _> = Err(crate::sink::SinkError::Locked {
+                path: "/store/vm1/d.vhd".into(),
+            });
+            locked.classed()?;
+            Ok(())
+        }
+        assert_eq!(CliError::from(helper().unwrap_err()).exit_code(), 75);
     }
 
     #[test]

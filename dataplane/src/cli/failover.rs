@@ -17,7 +17,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::Context;
+use super::{Classed, Context};
 use anyhow::bail;
 use serde::Serialize;
 
@@ -209,7 +209,7 @@ fn write_point(
     job.begin(STEP_CHOOSE);
     let mut listed = Vec::new();
     for r in readers {
-        listed.push(r.points()?);
+        listed.push(r.points().classed()?);
     }
     let cycle = choose(readers, &listed, sel)?;
     job.step_ok(
@@ -322,7 +322,7 @@ fn write_disk(
     out.set_len(layout::replica_file_size(size))
         .with_context(|| format!("{}: cannot size the output", dst.display()))?;
     let end = size.div_ceil(SECTOR) * SECTOR;
-    let allocated = r.allocated(point.cycle)?;
+    let allocated = r.allocated(point.cycle).classed()?;
     let mut streamed = DigestBuilder::new(size);
     let mut off = 0u64;
     while off < end {
@@ -335,7 +335,7 @@ fn write_disk(
             off += n;
             continue;
         }
-        let data = r.read_point(point.cycle, off, n as usize)?;
+        let data = r.read_point(point.cycle, off, n as usize).classed()?;
         streamed.update(&data);
         for (i, piece) in data.chunks(ZERO_PIECE).enumerate() {
             if piece.iter().any(|&b| b != 0) {
@@ -362,13 +362,13 @@ fn write_disk(
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("{}: fsync failed", dst.display()))?;
-    let streamed = streamed.finish()?;
+    let streamed = streamed.finish().classed()?;
     let verified = has_digest(point);
     let got = if verified {
         // Read back what landed in the file, through the VHD reader: the check covers the
         // store, the copy and the output's layout.
-        let written = disk::open(tmp.path(), OpenOptions::default())?;
-        let got = digest::digest_of_first(written.as_ref(), size)?;
+        let written = disk::open(tmp.path(), OpenOptions::default()).classed()?;
+        let got = digest::digest_of_first(written.as_ref(), size).classed()?;
         if got != point.digest {
             bail!(
                 "{}: the output of recovery point {} does not match the sender's digest \

@@ -6,7 +6,7 @@ use std::fs::OpenOptions as FsOpen;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use super::Context;
+use super::{Classed, Context};
 use anyhow::bail;
 use bytes::Bytes;
 
@@ -35,7 +35,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
 }
 
 fn log_write(a: Args) -> anyhow::Result<()> {
-    let d = disk::open(&a.disk, OpenOptions::default())?;
+    let d = disk::open(&a.disk, OpenOptions::default()).classed()?;
     let info = d.info().clone();
     drop(d);
     let data =
@@ -70,7 +70,7 @@ fn log_write(a: Args) -> anyhow::Result<()> {
         );
     }
     let tracker = Tracker::new(&a.disk, info.virtual_size);
-    let locked = tracker.lock()?;
+    let locked = tracker.lock().classed()?;
     // Checked under the lock before the disk is touched: a write with no log to record it
     // would be a gap in the replica's history.
     if !tracker.is_active() {
@@ -80,7 +80,7 @@ fn log_write(a: Args) -> anyhow::Result<()> {
             tracker.paths().active.display()
         );
     }
-    let mut log = locked.active_writer()?;
+    let mut log = locked.active_writer().classed()?;
     if writes_disk && !a.log_only {
         let f = FsOpen::new()
             .write(true)

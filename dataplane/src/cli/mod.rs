@@ -22,7 +22,7 @@ mod unprotect;
 
 use clap::{Parser, Subcommand};
 
-pub use error::{CliError, Context, IntoAnyhow};
+pub use error::{Classed, CliError, Context, IntoAnyhow};
 
 /// Exit code for success.
 pub const EXIT_OK: i32 = 0;

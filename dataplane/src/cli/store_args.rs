@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::Context;
+use super::{Classed, Context};
 use serde::Deserialize;
 
 use crate::sink::azure::{AzureConfig, AzureStore};
@@ -92,12 +92,12 @@ impl StoreArgs {
             cfg.sas = self.azure_sas.clone().filter(|s| !s.trim().is_empty());
             cfg.shared_key = self.azure_key.clone().filter(|s| !s.trim().is_empty());
             cfg.ca_file = self.azure_ca_file.clone();
-            return Ok(Arc::new(AzureStore::open(cfg)?));
+            return Ok(Arc::new(AzureStore::open(cfg).classed()?));
         }
         let dir = self
             .store
             .as_ref()
             .context("--store DIR or --azure-url URL --azure-container NAME is required")?;
-        Ok(Arc::new(LocalStore::open(dir)?))
+        Ok(Arc::new(LocalStore::open(dir).classed()?))
     }
 }
