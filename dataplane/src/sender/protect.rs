@@ -273,9 +273,15 @@ pub async fn protect_vm(
             }
         }
         tokio::time::sleep_until(at).await;
-        for d in disks.iter() {
+        for (i, d) in disks.iter().enumerate() {
             if skip(d) {
                 continue;
+            }
+            if i > 0 {
+                let _ = tokio::task::spawn_blocking(|| {
+                    crate::tracking::test_hook::between_disks("previous")
+                })
+                .await;
             }
             if let Some(cycle) = switch(d).await {
                 if let Ok(g) = d.lock() {

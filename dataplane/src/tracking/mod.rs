@@ -28,6 +28,7 @@ mod hashes;
 mod lock;
 mod paths;
 mod refresh;
+pub mod test_hook;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
