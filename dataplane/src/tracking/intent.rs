@@ -111,9 +111,7 @@ impl SwitchIntent {
             .strip_prefix("blake3 ")
             .ok_or_else(|| bad("the checksum line does not start with `blake3 `".into()))?;
         if blake3::hash(body.as_bytes()).to_hex().as_str() != want {
-            return Err(bad(
-                "checksum mismatch: the file is torn or corrupt".into(),
-            ));
+            return Err(bad("checksum mismatch: the file is torn or corrupt".into()));
         }
         let intent: SwitchIntent = serde_json::from_str(body)
             .map_err(|e| bad(format!("body is not a switch intent: {e}")))?;
@@ -137,10 +135,16 @@ impl SwitchIntent {
                 return Err(format!("disk {:?} is listed twice", d.disk));
             }
             if d.cycle == 0 || d.size == 0 {
-                return Err(format!("disk {:?}: cycle and size must be positive", d.disk));
+                return Err(format!(
+                    "disk {:?}: cycle and size must be positive",
+                    d.disk
+                ));
             }
             let Some(vm) = self.vms.iter().find(|v| v.vm == d.vm) else {
-                return Err(format!("disk {:?} belongs to VM {:?}, which is not listed", d.disk, d.vm));
+                return Err(format!(
+                    "disk {:?} belongs to VM {:?}, which is not listed",
+                    d.disk, d.vm
+                ));
             };
             if d.cycle > vm.cycle {
                 return Err(format!(

@@ -152,7 +152,10 @@ pub fn switch_set(set: &[SwitchDisk<'_>], now: SystemTime) -> Result<SetSwitch, 
                 path: paths.active.clone(),
             });
         }
-        if let Some((_, stale)) = paths.find_next().map_err(io_err(&paths.active, "list prepared logs"))? {
+        if let Some((_, stale)) = paths
+            .find_next()
+            .map_err(io_err(&paths.active, "list prepared logs"))?
+        {
             // Prepared by a switch that never renamed (no intent is left): not a log.
             std::fs::remove_file(&stale).map_err(io_err(&stale, "remove stale prepared log"))?;
         }
@@ -400,7 +403,10 @@ pub(super) fn drop_unstarted(tracker: &Tracker) -> Result<bool, TrackingError> {
     if p.switch.exists() {
         return Ok(false);
     }
-    let Some((_, next)) = p.find_next().map_err(io_err(&p.active, "list prepared logs"))? else {
+    let Some((_, next)) = p
+        .find_next()
+        .map_err(io_err(&p.active, "list prepared logs"))?
+    else {
         return Ok(false);
     };
     // The active log still takes appends: nothing was renamed.
@@ -411,3 +417,7 @@ pub(super) fn drop_unstarted(tracker: &Tracker) -> Result<bool, TrackingError> {
     std::fs::remove_file(&next).map_err(io_err(&next, "remove unused prepared log"))?;
     Ok(true)
 }
+
+#[cfg(test)]
+#[path = "switch_tests.rs"]
+mod tests;
