@@ -101,14 +101,24 @@ fn sync_folders<'a>(trackers: impl Iterator<Item = &'a Tracker>) -> Result<(), T
 }
 
 /// Takes the tracking locks of `trackers` in the fixed order (absolute lock path).
-fn lock_all<'a>(trackers: &[&'a Tracker]) -> Result<Vec<Locked<'a>>, TrackingError> {
+/// Returns them with the instant the first was taken (from then on writers of that disk
+/// wait).
+fn lock_all<'a>(
+    trackers: &[&'a Tracker],
+) -> Result<(Vec<Locked<'a>>, tokio::time::Instant), TrackingError> {
     let mut order: Vec<(PathBuf, &Tracker)> = Vec::with_capacity(trackers.len());
     for t in trackers {
         order.push((absolute(&t.paths().lock)?, *t));
     }
     order.sort_by(|a, b| a.0.cmp(&b.0));
     order.dedup_by(|a, b| a.0 == b.0);
-    order.into_iter().map(|(_, t)| t.lock()).collect()
+    let mut locks = Vec::with_capacity(order.len());
+    let mut first = None;
+    for (_, t) in order {
+        locks.push(t.lock()?);
+        first.get_or_insert_with(now_mono);
+    }
+    Ok((locks, first.unwrap_or_else(now_mono)))
 }
 
 fn now_mono() -> tokio::time::Instant {
@@ -215,8 +225,7 @@ pub fn switch_set(set: &[SwitchDisk<'_>], now: SystemTime) -> Result<SetSwitch, 
 
     // 2. The hold: every lock in the fixed order, renames, one sync per folder.
     let trackers: Vec<&Tracker> = set.iter().map(|d| d.tracker).collect();
-    let locked_at = now_mono();
-    let locks = lock_all(&trackers)?;
+    let (locks, locked_at) = lock_all(&trackers)?;
     let mut order: Vec<usize> = (0..set.len()).collect();
     order.sort_by_key(|&i| absolute(&set[i].tracker.paths().lock).unwrap_or_default());
     for (k, &i) in order.iter().enumerate() {
@@ -320,7 +329,7 @@ pub fn complete_interrupted(
         }
         let trackers = trackers_of(&found.intent);
         let refs: Vec<&Tracker> = trackers.iter().collect();
-        let locks = lock_all(&refs)?;
+        let (locks, _) = lock_all(&refs)?;
         for (t, d) in trackers.iter().zip(&found.intent.disks) {
             let p = t.paths();
             let next = p.next(d.cycle);
