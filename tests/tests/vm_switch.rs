@@ -149,6 +149,13 @@ impl Writer {
         self.next.load(Ordering::SeqCst) - 1
     }
 
+    /// Writes until the sender's log at `log` shows `pauses` paused switches (or `stop`).
+    fn write_until_paused(&self, vm: &Vm, log: &Path, pauses: usize, stop: &AtomicBool) {
+        while read_log(log).matches(PAUSED).count() < pauses && !stop.load(Ordering::SeqCst) {
+            self.write_one(vm);
+        }
+    }
+
     /// Writes until `switches` switches of the first disk were seen (or `stop`).
     fn write_until_switches(&self, vm: &Vm, switches: usize, stop: &AtomicBool) {
         let mut seen = 0;
@@ -265,7 +272,7 @@ fn every_point_of_a_vm_holds_a_prefix_of_its_writes_even_with_a_switch_paused_be
     let send = vm
         .send("send.log")
         .arg("--max-cycles")
-        .arg("4")
+        .arg("5")
         .env("VDREP_TEST_SWITCH_PAUSE", "600");
     let w = Writer::new();
     let stop = AtomicBool::new(false);
@@ -275,7 +282,9 @@ fn every_point_of_a_vm_holds_a_prefix_of_its_writes_even_with_a_switch_paused_be
     // once it is committed, so every point is a switch's.
     vm.wait_initial(&send.log);
     let res = std::thread::scope(|sc| {
-        let h = sc.spawn(|| w.write_until_switches(&vm, 3, &stop));
+        // Writes through three switches; two more follow with the writer stopped, so the
+        // last point must hold every write.
+        let h = sc.spawn(|| w.write_until_paused(&vm, &send.log, 3, &stop));
         let res = finish(child, t0, Duration::from_secs(180), &send.log);
         stop.store(true, Ordering::SeqCst);
         h.join().unwrap();
@@ -288,7 +297,7 @@ fn every_point_of_a_vm_holds_a_prefix_of_its_writes_even_with_a_switch_paused_be
         res.log
     );
     let ms = check_prefixes(&vm);
-    assert_eq!(ms.len(), 5, "points 0..=4: {ms:?}");
+    assert_eq!(ms.len(), 6, "points 0..=5: {ms:?}");
     assert_eq!(
         ms.last().unwrap().1,
         w.written(),
@@ -362,9 +371,9 @@ fn a_sender_killed_inside_a_vm_switch_has_it_completed_by_the_next_write_and_los
         let closed = PathBuf::from(format!("{}.00000001.hrl", s(d)));
         assert!(closed.is_file(), "{} missing", closed.display());
     }
-    // A new sender (no hook) ships the completed cycle, then two more while the writer
-    // writes until one of them has passed; the last holds everything.
-    let send2 = vm.send("send2.log").arg("--max-cycles").arg("2");
+    // A new sender (no hook) ships the completed cycle, then three more while the writer
+    // writes until the first of them has passed; the last holds everything.
+    let send2 = vm.send("send2.log").arg("--max-cycles").arg("3");
     let stop = AtomicBool::new(false);
     let t0 = Instant::now();
     let child = send2.spawn();
@@ -377,7 +386,7 @@ fn a_sender_killed_inside_a_vm_switch_has_it_completed_by_the_next_write_and_los
     });
     res.ok();
     let ms = check_prefixes(&vm);
-    assert_eq!(ms.len(), 4, "points 0..=3: {ms:?}");
+    assert_eq!(ms.len(), 5, "points 0..=4: {ms:?}");
     assert_eq!(
         ms.last().unwrap().1,
         w.written(),
