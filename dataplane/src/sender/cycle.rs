@@ -34,6 +34,13 @@ struct Member {
 /// cheaper than shipping them).
 fn member(index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
     let g = d.lock().map_err(|_| "lock poisoned".to_string())?;
+    if !g.tracker.is_active() {
+        // This disk alone leaves delta replication; the VM's other disks still switch.
+        return Err(format!(
+            "the active change log {} is missing: writes since the last switch are unknown",
+            g.tracker.paths().active.display()
+        ));
+    }
     let pending = g.tracker.pending().map_err(|e| e.to_string())?;
     let last_pending = pending.last().map(|(c, _)| *c).unwrap_or(0);
     let size = g.job.disk.info().virtual_size;

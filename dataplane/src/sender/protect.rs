@@ -61,8 +61,9 @@ pub fn start_tracking(disks: &mut [Protected]) -> Result<(), SendError> {
     for d in disks.iter_mut() {
         // A VM switch interrupted by a crash is completed for all its disks (no lock held:
         // it takes them all).
-        if let Some(i) = crate::tracking::complete_interrupted(&d.tracker, SystemTime::now())
-            .map_err(tracking_err(&d.job))?
+        let now = SystemTime::from(crate::clock::Clock::now_utc(crate::clock::process()));
+        if let Some(i) =
+            crate::tracking::complete_interrupted(&d.tracker, now).map_err(tracking_err(&d.job))?
         {
             warn!(vm = %d.job.vm, disk = %d.job.name,
                   vm_cycles = ?i.vms.iter().map(|v| (&v.vm, v.cycle)).collect::<Vec<_>>(),
