@@ -369,8 +369,10 @@ impl Locked<'_> {
         Ok(w.unique_id())
     }
 
-    /// Closes the active log as cycle `cycle` and starts the next one chained to it.
-    /// Returns the closed log's path and id.
+    /// Closes the active log as cycle `cycle` and starts the next one chained to it, for
+    /// this one disk under a lock already held (tests and tools; the sender switches all
+    /// of a VM's disks at one instant with [`switch_set`]). Returns the closed log's path
+    /// and id.
     pub fn switch(&self, cycle: u64, now: SystemTime) -> Result<(PathBuf, Guid), TrackingError> {
         let paths = &self.tracker.paths;
         if !paths.active.is_file() {
