@@ -1,0 +1,1 @@
+//! Fleecing views.
