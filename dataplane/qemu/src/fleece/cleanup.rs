@@ -31,7 +31,10 @@ pub struct Leftovers {
 impl Leftovers {
     /// True when nothing was left.
     pub fn is_empty(&self) -> bool {
-        self.exports.is_empty() && self.jobs.is_empty() && self.nodes.is_empty() && self.files.is_empty()
+        self.exports.is_empty()
+            && self.jobs.is_empty()
+            && self.nodes.is_empty()
+            && self.files.is_empty()
     }
 }
 
@@ -91,7 +94,10 @@ pub fn cleanup_leftovers(qmp: &mut Qmp, wait_limit: Duration) -> Result<Leftover
 
 /// Removes every `vdrep-` bitmap of `nodes`: protection ends (`vdrep unprotect`), so
 /// nothing needs the writes they tracked.
-pub fn remove_all_bitmaps(qmp: &mut Qmp, nodes: &[String]) -> Result<Vec<(String, String)>, FleeceError> {
+pub fn remove_all_bitmaps(
+    qmp: &mut Qmp,
+    nodes: &[String],
+) -> Result<Vec<(String, String)>, FleeceError> {
     let mut removed = Vec::new();
     for n in qmp.named_block_nodes()? {
         let Some(name) = n.node_name.as_ref().filter(|x| nodes.contains(x)) else {

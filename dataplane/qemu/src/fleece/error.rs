@@ -66,7 +66,9 @@ pub enum FleeceError {
         detail: String,
     },
     /// qemu already runs an NBD server (qemu allows one): give its socket instead.
-    #[error("qemu already runs an NBD server; name its socket (--nbd) so vdrep adds its exports there")]
+    #[error(
+        "qemu already runs an NBD server; name its socket (--nbd) so vdrep adds its exports there"
+    )]
     NbdServerRunning,
     /// The request itself is wrong (no disks, a disk named twice, too many disks).
     #[error("invalid fleecing request: {0}")]

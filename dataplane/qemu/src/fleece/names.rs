@@ -67,7 +67,15 @@ mod tests {
     #[test]
     fn the_longest_names_fit_qemus_31_characters() {
         let v = ViewNames::new(u32::MAX, MAX_DISKS - 1);
-        for n in [&v.target_file, &v.target, &v.create_job, &v.job, &v.filter, &v.snapshot, &v.export] {
+        for n in [
+            &v.target_file,
+            &v.target,
+            &v.create_job,
+            &v.job,
+            &v.filter,
+            &v.snapshot,
+            &v.export,
+        ] {
             assert!(n.len() <= 31, "{n}");
             assert!(is_ours(n));
         }

@@ -126,7 +126,10 @@ pub(crate) fn remove_target(
 ) -> Result<(), FleeceError> {
     let nodes = qmp.named_block_nodes()?;
     for n in [&names.target, &names.target_file] {
-        if nodes.iter().any(|x| x.node_name.as_deref() == Some(n.as_str())) {
+        if nodes
+            .iter()
+            .any(|x| x.node_name.as_deref() == Some(n.as_str()))
+        {
             qmp.execute("blockdev-del", Some(json!({"node-name": n})))?;
         }
     }

@@ -153,9 +153,7 @@ impl Fleecer {
 
         let mut ready: Vec<&View> = Vec::new();
         for v in &views {
-            if let Err(e) =
-                create_target(qmp, &v.names, &v.scratch_path, v.size, self.wait_limit)
-            {
+            if let Err(e) = create_target(qmp, &v.names, &v.scratch_path, v.size, self.wait_limit) {
                 for r in ready {
                     let _ = remove_target(qmp, &r.names, &r.scratch_path);
                 }
@@ -299,8 +297,10 @@ impl Fleecer {
     fn export_view(&self, qmp: &mut Qmp, v: &View) -> Result<(), FleeceError> {
         qmp.execute(
             "blockdev-add",
-            Some(json!({"driver": "snapshot-access", "node-name": v.names.snapshot,
-                        "file": v.names.filter})),
+            Some(
+                json!({"driver": "snapshot-access", "node-name": v.names.snapshot,
+                        "file": v.names.filter}),
+            ),
         )?;
         let mut export = json!({
             "type": "nbd",
