@@ -4,6 +4,7 @@
 
 mod client;
 mod error;
+mod handshake;
 #[cfg(test)]
 mod hostile_tests;
 pub mod wire;

@@ -227,17 +227,15 @@ impl Qsd {
 
 /// Writes as the guest through export `guest-NODE` on the NBD server at `socket`.
 pub fn guest_write_via(socket: &Path, node: &str, writes: &[(u64, u64, u8)]) {
-    {
-        let url = format!("nbd+unix:///guest-{node}?socket={}", socket.display());
-        let mut args: Vec<String> = vec!["qemu-io".into(), "-f".into(), "raw".into()];
-        for (off, len, pat) in writes {
-            args.push("-c".into());
-            args.push(format!("write -q -P {pat} {off} {len}"));
-        }
-        args.push(url);
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        run(&refs);
+    let url = format!("nbd+unix:///guest-{node}?socket={}", socket.display());
+    let mut args: Vec<String> = vec!["qemu-io".into(), "-f".into(), "raw".into()];
+    for (off, len, pat) in writes {
+        args.push("-c".into());
+        args.push(format!("write -q -P {pat} {off} {len}"));
     }
+    args.push(url);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(&refs);
 }
 
 impl Drop for Qsd {
