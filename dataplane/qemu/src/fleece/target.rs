@@ -147,3 +147,24 @@ pub(crate) fn remove_file(path: &Path) -> Result<(), FleeceError> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filesystem_without_room_for_the_disks_is_refused_as_transient() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).unwrap();
+        assert!(free > 0);
+        check_room(dir.path(), free / 2).unwrap();
+        let e = check_room(dir.path(), u64::MAX).unwrap_err();
+        assert!(
+            matches!(e, FleeceError::NoRoom { need: u64::MAX, .. }),
+            "{e}"
+        );
+        assert!(e.is_transient());
+        let gone = check_room(&dir.path().join("missing"), 1).unwrap_err();
+        assert!(matches!(gone, FleeceError::Scratch { .. }), "{gone}");
+    }
+}
