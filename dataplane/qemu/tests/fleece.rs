@@ -515,7 +515,7 @@ fn a_restarted_daemon_reports_lost_bitmaps() {
 }
 
 #[test]
-fn a_switch_refuses_unknown_disks_and_existing_bitmaps_and_changes_nothing() {
+fn a_failed_switch_leaves_qemu_as_it_was() {
     watchdog(LIMIT);
     let dir = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
@@ -546,4 +546,35 @@ fn a_switch_refuses_unknown_disks_and_existing_bitmaps_and_changes_nothing() {
     assert!(
         matches!(bitmap_state(&mut qmp, "d", "vdrep-1").unwrap(), BitmapState::Present(b) if b.recording)
     );
+
+    // A failure after the transaction (the export cannot be added: its id is taken) undoes
+    // the switch: the new bitmap is merged back into the previous one, which records again.
+    q.guest_write("d", &[(0, 512, 3)]);
+    qmp.execute(
+        "block-export-add",
+        Some(serde_json::json!({"type": "nbd", "id": "vdrep-exp-2-0", "node-name": "d", "name": "planted"})),
+    )
+    .unwrap();
+    let e = f
+        .switch(&mut qmp, 2, &switch_disks(&[("d", Some("vdrep-1"))]))
+        .unwrap_err();
+    assert!(e.to_string().contains("vdrep-exp-2-0"), "{e}");
+    assert_eq!(
+        bitmap_state(&mut qmp, "d", "vdrep-2").unwrap(),
+        BitmapState::Missing
+    );
+    assert_only_bitmaps_left(&mut qmp);
+    assert!(scratch_files(scratch.path()).is_empty());
+    q.guest_write("d", &[(4 << 20, 512, 4)]);
+    match bitmap_state(&mut qmp, "d", "vdrep-1").unwrap() {
+        BitmapState::Present(b) => {
+            assert!(b.recording);
+            assert_eq!(
+                b.count,
+                2 * 65536,
+                "both writes, before and after the failed switch"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }
