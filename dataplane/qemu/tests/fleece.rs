@@ -514,6 +514,8 @@ fn a_restarted_daemon_reports_lost_bitmaps() {
         .is_empty());
 }
 
+/// An unknown disk, an existing bitmap, a transaction qemu refuses, an export that cannot be
+/// added after the transaction: each fails the switch and leaves qemu as it was.
 #[test]
 fn a_failed_switch_leaves_qemu_as_it_was() {
     watchdog(LIMIT);
