@@ -77,23 +77,35 @@ fn create_steps(
     size: u64,
     limit: Duration,
 ) -> Result<(), FleeceError> {
-    std::fs::File::create(path).map_err(|source| FleeceError::Scratch {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    // qemu creates the file itself, so it owns it with its own user and umask.
     let filename = path.to_string_lossy();
+    let file = json!({"driver": "file", "filename": filename, "size": 0});
+    run_create_job(qmp, &names.create_job, file, path, limit)?;
     qmp.execute(
         "blockdev-add",
         Some(json!({"driver": "file", "node-name": names.target_file, "filename": filename})),
     )?;
+    let qcow2 = json!({"driver": "qcow2", "file": names.target_file, "size": size});
+    run_create_job(qmp, &names.create_job, qcow2, path, limit)?;
+    qmp.execute(
+        "blockdev-add",
+        Some(json!({"driver": "qcow2", "node-name": names.target, "file": names.target_file})),
+    )?;
+    Ok(())
+}
+
+/// Runs one `blockdev-create` job to its end and dismisses it.
+fn run_create_job(
+    qmp: &mut Qmp,
+    job: &str,
+    options: serde_json::Value,
+    path: &Path,
+    limit: Duration,
+) -> Result<(), FleeceError> {
     qmp.execute(
         "blockdev-create",
-        Some(json!({
-            "job-id": names.create_job,
-            "options": {"driver": "qcow2", "file": names.target_file, "size": size},
-        })),
+        Some(json!({"job-id": job, "options": options})),
     )?;
-    let job = names.create_job.clone();
     poll_until(qmp, &format!("job {job} concluding"), limit, |q| {
         Ok(q.jobs()?
             .iter()
@@ -105,17 +117,13 @@ fn create_steps(
         .find(|j| j.id == job)
         .and_then(|j| j.error);
     qmp.execute("job-dismiss", Some(json!({"id": job})))?;
-    if let Some(detail) = failed {
-        return Err(FleeceError::TargetCreate {
+    match failed {
+        Some(detail) => Err(FleeceError::TargetCreate {
             path: path.to_path_buf(),
             detail,
-        });
+        }),
+        None => Ok(()),
     }
-    qmp.execute(
-        "blockdev-add",
-        Some(json!({"driver": "qcow2", "node-name": names.target, "file": names.target_file})),
-    )?;
-    Ok(())
 }
 
 /// Closes the scratch image's nodes (those that exist) and deletes its file.
