@@ -373,6 +373,8 @@ fn a_killed_clients_leftovers_are_removed_and_no_write_is_missed() {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid == 0 {
+        // SAFETY: the child dies with the test even if the test fails before killing it.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
         let r = std::panic::catch_unwind(|| {
             let mut qmp = q.qmp();
             let f = Fleecer::new(scratch.path(), &q.nbd_socket()).unwrap();
