@@ -582,3 +582,8 @@ fn a_failed_switch_leaves_qemu_as_it_was() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn vhdx_dirty_extents_cover_every_write_between_switches() {
+    dirty_extents_cover_every_write_between_switches("vhdx");
+}
