@@ -587,3 +587,55 @@ fn a_failed_switch_leaves_qemu_as_it_was() {
 fn vhdx_dirty_extents_cover_every_write_between_switches() {
     dirty_extents_cover_every_write_between_switches("vhdx");
 }
+
+#[test]
+fn a_vhdx_view_is_the_disk_at_the_switch_while_writes_continue() {
+    view_is_the_disk_at_the_switch_while_writes_continue("vhdx");
+}
+
+/// A disk larger than the scratch filesystem's free space: the switch is refused before
+/// anything changes in qemu (the filter would otherwise fail guest writes once the scratch
+/// image fills the filesystem), as a transient error the cycle waits out.
+#[test]
+fn a_switch_waits_when_the_scratch_filesystem_cannot_hold_the_disk() {
+    watchdog(LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let free = vdrep_qemu::fleece::free_bytes(scratch.path()).unwrap();
+    let size = (free + (1 << 30)).next_multiple_of(1 << 20);
+    let path = dir.path().join("big.raw");
+    support::run(&[
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "raw",
+        path.to_str().unwrap(),
+        &size.to_string(),
+    ]);
+    let q = Qsd::start(
+        dir.path(),
+        vec![Disk {
+            path,
+            format: "raw".into(),
+            node: "big".into(),
+        }],
+        true,
+    );
+    let mut qmp = q.qmp();
+    let f = Fleecer::new(scratch.path(), &q.nbd_socket()).unwrap();
+    let e = f
+        .switch(&mut qmp, 1, &switch_disks(&[("big", None)]))
+        .unwrap_err();
+    assert!(
+        matches!(e, FleeceError::NoRoom { need, .. } if need == size),
+        "{e}"
+    );
+    assert!(e.is_transient());
+    assert_eq!(
+        bitmap_state(&mut qmp, "big", "vdrep-1").unwrap(),
+        BitmapState::Missing
+    );
+    assert_only_bitmaps_left(&mut qmp);
+    assert!(scratch_files(scratch.path()).is_empty());
+}
