@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod checks;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
