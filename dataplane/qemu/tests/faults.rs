@@ -1,5 +1,6 @@
 //! Faults against a real qemu-storage-daemon: a client killed with its views in place, and a
-//! daemon restarted (cleanly or killed) under in-memory and persistent bitmaps.
+//! daemon restarted (cleanly or killed) under in-memory and persistent bitmaps, a switch the
+//! sender did not live to record.
 
 mod support;
 
@@ -8,8 +9,8 @@ use std::time::Duration;
 use support::checks::*;
 use support::{watchdog, Qsd};
 use vdrep_qemu::fleece::{
-    cleanup_leftovers, lost_bitmaps, remove_bitmap, start_nbd_server, stop_nbd_server, FleeceError,
-    Fleecer, LossReason,
+    bitmap_state, cleanup_leftovers, lost_bitmaps, reconcile_bitmaps, remove_bitmap,
+    start_nbd_server, stop_nbd_server, BitmapState, FleeceError, Fleecer, LossReason,
 };
 
 /// A process that took views and was killed with SIGKILL left exports, nodes, jobs and
@@ -176,4 +177,67 @@ fn a_restarted_daemon_reports_lost_bitmaps() {
     assert!(lost_bitmaps(&mut qmp, &[("c".into(), "vdrep-2".into())])
         .unwrap()
         .is_empty());
+}
+
+/// A sender that died after a switch's transaction but before it recorded the switch: the
+/// disk has the stopped previous bitmap and a newer recording one. Reconciling onto the
+/// previous bitmap merges the newer one into it; the next switch's dirty extents cover the
+/// writes of both windows.
+#[test]
+fn an_unrecorded_switch_is_reconciled_onto_the_previous_bitmap() {
+    watchdog(LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let q = Qsd::start(dir.path(), vec![disk(dir.path(), "d", "qcow2", 1)], true);
+    let mut qmp = q.qmp();
+    let f = Fleecer::new(scratch.path(), &q.nbd_socket()).unwrap();
+    let v1 = f
+        .switch(&mut qmp, 1, &switch_disks(&[("d", None)]))
+        .unwrap();
+    f.teardown(&mut qmp, &v1, false).unwrap();
+    let before = [(0, 4096, 21)];
+    q.guest_write("d", &before);
+    // The switch the sender did not live to record; its views stay behind.
+    let _lost = f
+        .switch(&mut qmp, 2, &switch_disks(&[("d", Some("vdrep-1"))]))
+        .unwrap();
+    let after = [(5 << 20, 100_000, 22)];
+    q.guest_write("d", &after);
+    drop(qmp);
+
+    let mut qmp = q.qmp();
+    // Retrying the unrecorded switch finds its bitmap.
+    let e = f
+        .switch(&mut qmp, 2, &switch_disks(&[("d", Some("vdrep-1"))]))
+        .unwrap_err();
+    assert!(matches!(e, FleeceError::BitmapExists { .. }), "{e}");
+    cleanup_leftovers(&mut qmp, Duration::from_secs(30)).unwrap();
+    let merged = reconcile_bitmaps(&mut qmp, "d", "vdrep-1").unwrap();
+    assert_eq!(merged, vec!["vdrep-2".to_string()]);
+    assert_eq!(
+        bitmap_state(&mut qmp, "d", "vdrep-2").unwrap(),
+        BitmapState::Missing
+    );
+    assert_eq!(
+        reconcile_bitmaps(&mut qmp, "d", "vdrep-1").unwrap(),
+        Vec::<String>::new()
+    );
+
+    let v2 = f
+        .switch(&mut qmp, 2, &switch_disks(&[("d", Some("vdrep-1"))]))
+        .unwrap();
+    let mut c = v2[0].connect(IO).unwrap();
+    let dirty = c.dirty_extents("vdrep-1").unwrap();
+    assert_covered(&before, &dirty);
+    assert_covered(&after, &dirty);
+    c.disconnect();
+    f.teardown(&mut qmp, &v2, true).unwrap();
+    assert_only_bitmaps_left(&mut qmp);
+    assert!(matches!(
+        reconcile_bitmaps(&mut qmp, "d", "vdrep-9"),
+        Err(FleeceError::BitmapLost {
+            reason: LossReason::Missing,
+            ..
+        })
+    ));
 }

@@ -104,6 +104,64 @@ pub fn remove_bitmap(qmp: &mut Qmp, node: &str, name: &str) -> Result<(), Fleece
     Ok(())
 }
 
+/// Makes `keep` the disk's only vdrep bitmap again, recording, holding every write any of
+/// the disk's `vdrep-` bitmaps tracked: the others are merged into it and removed, in one
+/// transaction. This is how a restarted sender resumes after a switch whose outcome it did
+/// not record (the transaction may have started a newer bitmap and stopped `keep`): the
+/// result over-approximates (a cycle may re-ship blocks) and never loses a write. Call
+/// [`super::cleanup_leftovers`] first: an exported bitmap is busy and cannot be removed.
+/// Returns the bitmaps merged into `keep`.
+pub fn reconcile_bitmaps(
+    qmp: &mut Qmp,
+    node: &str,
+    keep: &str,
+) -> Result<Vec<String>, FleeceError> {
+    let n = qmp.node(node)?.ok_or_else(|| FleeceError::NodeNotFound {
+        node: node.to_string(),
+    })?;
+    let lost = |bitmap: &str, reason| FleeceError::BitmapLost {
+        node: node.to_string(),
+        bitmap: bitmap.to_string(),
+        reason,
+    };
+    let kept = match state_in(&n.dirty_bitmaps, keep) {
+        BitmapState::Present(b) => b,
+        other => return Err(lost(keep, other.loss().unwrap_or(LossReason::Missing))),
+    };
+    let mut others = Vec::new();
+    for b in &n.dirty_bitmaps {
+        let Some(name) = b
+            .name
+            .as_deref()
+            .filter(|x| super::names::is_ours(x) && *x != keep)
+        else {
+            continue;
+        };
+        if b.inconsistent {
+            return Err(lost(name, LossReason::Inconsistent));
+        }
+        others.push(name.to_string());
+    }
+    let mut actions = Vec::new();
+    if !kept.recording {
+        actions.push(
+            json!({"type": "block-dirty-bitmap-enable", "data": {"node": node, "name": keep}}),
+        );
+    }
+    if !others.is_empty() {
+        actions.push(json!({"type": "block-dirty-bitmap-merge",
+                            "data": {"node": node, "target": keep, "bitmaps": others}}));
+    }
+    for o in &others {
+        actions
+            .push(json!({"type": "block-dirty-bitmap-remove", "data": {"node": node, "name": o}}));
+    }
+    if !actions.is_empty() {
+        qmp.execute("transaction", Some(json!({ "actions": actions })))?;
+    }
+    Ok(others)
+}
+
 /// Undoes a switch's bitmap part on one disk when its views could not be completed: the
 /// previous bitmap records again and takes over what the new one saw, and the new one goes,
 /// in one transaction, so no write is ever tracked by neither.

@@ -12,7 +12,9 @@ mod target;
 mod view;
 mod wait;
 
-pub use bitmap::{bitmap_state, lost_bitmaps, remove_bitmap, BitmapState, LossReason};
+pub use bitmap::{
+    bitmap_state, lost_bitmaps, reconcile_bitmaps, remove_bitmap, BitmapState, LossReason,
+};
 pub use cleanup::{cleanup_leftovers, remove_all_bitmaps, Leftovers};
 pub use error::FleeceError;
 pub use nbd_server::{start_nbd_server, stop_nbd_server};

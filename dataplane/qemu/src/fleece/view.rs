@@ -130,7 +130,9 @@ impl Fleecer {
     /// Switches all `disks` at one instant (one QMP transaction) to generation `generation`
     /// and exports a view of each. On error nothing of the switch is left in qemu: the
     /// bitmaps are as before (a failure after the transaction merges the new bitmap back
-    /// into the previous one).
+    /// into the previous one). When the connection breaks during the transaction its
+    /// outcome is unknown: reconnect, [`super::cleanup_leftovers`], then
+    /// [`super::reconcile_bitmaps`] onto the previous bitmap, and switch again.
     pub fn switch(
         &self,
         qmp: &mut Qmp,
