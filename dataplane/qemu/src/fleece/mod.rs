@@ -1,5 +1,5 @@
 //! Fleecing views: point-in-time views of a VM's disks taken at one instant, with the dirty
-//! bitmaps that say what changed since the previous view ([`view`] has the recipe and its
+//! bitmaps that say what changed since the previous view ([`Fleecer`] has the recipe and its
 //! invariant), their cleanup after a crash ([`cleanup_leftovers`]) and loss detection
 //! ([`bitmap_state`], [`lost_bitmaps`]).
 

@@ -95,7 +95,8 @@ impl View {
     }
 }
 
-/// Takes and removes views in one scratch directory, exporting them on one NBD server.
+/// Takes and removes views in one scratch directory, exporting them on one NBD server (the
+/// recipe and its invariant are at the top of `fleece/view.rs`).
 #[derive(Debug, Clone)]
 pub struct Fleecer {
     /// Where scratch images are created (absolute: qemu resolves paths from its own
