@@ -52,7 +52,7 @@ done
 # nothing here installs a version pin, so the archive's older qemu never replaces it.
 qemu_major() { qemu-img --version 2>/dev/null | sed -n 's/^qemu-img version \([0-9]*\)\..*/\1/p'; }
 if [ "$(qemu_major || true)" = "" ] || [ "$(qemu_major)" -lt 10 ]; then
-  if apt-cache policy 2>/dev/null | grep -q 'a=bookworm-backports'; then
+  if apt-cache policy 2>/dev/null | grep 'a=bookworm-backports' >/dev/null; then
     echo "setup: qemu-img $(qemu_major || echo missing) < 10: installing qemu-utils from bookworm-backports"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-utils >/dev/null
   fi
