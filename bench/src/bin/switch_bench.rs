@@ -85,6 +85,10 @@ fn dist(mut v: Vec<f64>) -> Dist {
 
 #[derive(Serialize)]
 struct Results {
+    /// `debug` or `release` (the hold is syscalls: renames and folder syncs).
+    build: &'static str,
+    /// `/proc/loadavg` at the start: this machine may be shared.
+    loadavg: String,
     disks: usize,
     folders: usize,
     switches: usize,
@@ -142,6 +146,10 @@ fn baseline(dir: &Path, n: usize) -> Result<Vec<f64>> {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let w = &a.work;
     let _ = std::fs::remove_dir_all(w);
     std::fs::create_dir_all(w)?;
@@ -234,6 +242,12 @@ fn main() -> Result<()> {
     let hold = dist(hold_ms);
     let baseline_dir_write = dist(base);
     let r = Results {
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        loadavg,
         disks: a.disks,
         folders: a.folders,
         switches: a.switches,
@@ -274,9 +288,10 @@ fn write_results(a: &Args, r: &Results) -> Result<()> {
     let mut md = format!(
         "# VM-wide log switch: lock hold and writer wait\n\n\
          {} switches of a {}-disk VM ({} folder(s)), a writer making tracked 4 KiB writes \
-         without pause ({} writes, {:.1} s). `bench/src/bin/switch_bench.rs`.\n\n\
+         without pause ({} writes, {:.1} s). `bench/src/bin/switch_bench.rs`, {} build, \
+         load average at the start {}.\n\n\
          | what | n | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|\n",
-        r.switches, r.disks, r.folders, r.writes, r.seconds
+        r.switches, r.disks, r.folders, r.writes, r.seconds, r.build, r.loadavg
     );
     md += &row(
         "hold: first lock taken → last released (target p99 ≤ 25)",
