@@ -393,3 +393,48 @@ fn a_sender_killed_inside_a_vm_switch_has_it_completed_by_the_next_write_and_los
         "the last point holds every write: {ms:?}"
     );
 }
+
+#[test]
+fn a_sender_killed_inside_a_vm_switch_completes_it_for_all_disks_when_it_starts_again() {
+    let vm = Vm::new();
+    let send = vm.send("send.log").env("VDREP_TEST_SWITCH_PAUSE", "20000");
+    let w = Writer::new();
+    let mut child = send.spawn();
+    vm.wait_initial(&send.log);
+    for _ in 0..6 {
+        w.write_one(&vm);
+    }
+    assert!(
+        wait_for_log(&send.log, PAUSED, Duration::from_secs(60)),
+        "the switch never paused: {}",
+        read_log(&send.log)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    // Half switched: the first disk (in lock order) renamed, the second not.
+    assert_eq!(intents(&vm).len(), 2);
+    let renamed = vm
+        .disks
+        .iter()
+        .filter(|d| PathBuf::from(format!("{}.00000001.hrl", s(d))).exists())
+        .count();
+    assert_eq!(renamed, 1, "the kill left one disk switched and one not");
+    let send2 = vm.send("send2.log").arg("--max-cycles").arg("1");
+    send2.run(Duration::from_secs(180)).ok();
+    let log = read_log(&send2.log);
+    assert!(
+        log.contains("completed for all its disks"),
+        "the restarted sender did not complete the switch:\n{log}"
+    );
+    assert!(intents(&vm).is_empty());
+    let ms = check_prefixes(&vm);
+    assert_eq!(
+        ms.iter().map(|&(p, _)| p).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(
+        ms[1].1, 6,
+        "the interrupted switch's point holds the writes before it"
+    );
+    assert_eq!(ms[2].1, 6);
+}
