@@ -65,6 +65,11 @@ impl Vm {
     }
 
     fn send(&self, log: &str) -> Send {
+        self.send_every(log, "1s")
+    }
+
+    /// `vdrep send --interval INTERVAL` of both disks.
+    fn send_every(&self, log: &str, interval: &str) -> Send {
         Send::new(
             &self.rx.to(),
             &self.tls,
@@ -74,7 +79,7 @@ impl Vm {
             &self.dir.join(log),
         )
         .arg("--interval")
-        .arg("1s")
+        .arg(interval)
         .arg("--give-up-after")
         .arg("120s")
     }
@@ -397,13 +402,21 @@ fn a_sender_killed_inside_a_vm_switch_has_it_completed_by_the_next_write_and_los
 #[test]
 fn a_sender_killed_inside_a_vm_switch_completes_it_for_all_disks_when_it_starts_again() {
     let vm = Vm::new();
-    let send = vm.send("send.log").env("VDREP_TEST_SWITCH_PAUSE", "20000");
+    // A longer first interval: the writes below come before the first switch.
+    let send = vm
+        .send_every("send.log", "8s")
+        .env("VDREP_TEST_SWITCH_PAUSE", "20000");
     let w = Writer::new();
     let mut child = send.spawn();
     vm.wait_initial(&send.log);
     for _ in 0..6 {
         w.write_one(&vm);
     }
+    assert!(
+        !read_log(&send.log).contains(PAUSED),
+        "the first switch came before the six writes were done (a slow machine): the test \
+         cannot tell which point holds them"
+    );
     assert!(
         wait_for_log(&send.log, PAUSED, Duration::from_secs(60)),
         "the switch never paused: {}",
