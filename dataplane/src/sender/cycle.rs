@@ -1,6 +1,7 @@
 //! Delta cycles of a protected VM: the log switch of all its disks at one instant (the
-//! tracking locks held only for renames), the cycle's digest computed beside the shipping, and shipping the
-//! closed logs' coalesced extents until the receiver commits each cycle as a recovery point.
+//! tracking locks held only for renames), each cycle's digest computed beside the shipping,
+//! and shipping the closed logs' coalesced extents until the receiver commits each cycle as
+//! a recovery point.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
