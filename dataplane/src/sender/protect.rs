@@ -283,7 +283,7 @@ pub async fn protect_vm(
             }
         }
         tokio::time::sleep_until(at).await;
-        // One switch for all the VM's disks: one instant, one recovery point.
+        // One switch for all the VM's disks: their next points are one instant.
         for (d, cycle) in disks.iter().zip(switch_vm(disks, sh).await) {
             if let (Some(cycle), Ok(g)) = (cycle, d.lock()) {
                 sh.health
