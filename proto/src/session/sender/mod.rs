@@ -6,9 +6,11 @@
 
 mod batch;
 mod control;
+mod passes;
 
 pub use batch::{BatchInFlight, BatchSender, Settled, BATCH_SOURCE_BYTES};
 pub use control::{SenderControl, SenderState};
+pub use passes::{PassVerdict, Passes, MAX_PASSES};
 
 use crate::wire::ErrorClass;
 
