@@ -297,9 +297,8 @@ impl ReceiverSession {
                 handle,
                 generation,
             } => {
-                let d = match self.known(stream, req, handle) {
-                    Ok(d) => d,
-                    Err(step) => return step,
+                let Some(d) = self.disks.get(&handle).cloned() else {
+                    return self.unknown_handle(stream, req, handle);
                 };
                 if d.generation != generation {
                     let open = d.generation;
@@ -320,8 +319,8 @@ impl ReceiverSession {
                 )
             }
             Control::BeginCycle { req, handle, cycle } => {
-                if let Err(step) = self.known(stream, req, handle) {
-                    return step;
+                if !self.disks.contains_key(&handle) {
+                    return self.unknown_handle(stream, req, handle);
                 }
                 (
                     Pending::BeginCycle { req, handle, cycle },
@@ -336,8 +335,8 @@ impl ReceiverSession {
                 digest,
                 retention_secs,
             } => {
-                if let Err(step) = self.known(stream, req, handle) {
-                    return step;
+                if !self.disks.contains_key(&handle) {
+                    return self.unknown_handle(stream, req, handle);
                 }
                 (
                     Pending::CommitCycle {
@@ -362,9 +361,8 @@ impl ReceiverSession {
                 parents,
                 verify,
             } => {
-                let d = match self.known(stream, req, handle) {
-                    Ok(d) => d,
-                    Err(step) => return step,
+                let Some(d) = self.disks.get(&handle).cloned() else {
+                    return self.unknown_handle(stream, req, handle);
                 };
                 if d.initial_in_progress {
                     return self.refuse(
@@ -390,8 +388,8 @@ impl ReceiverSession {
                 )
             }
             Control::RootRequest { req, handle } => {
-                if let Err(step) = self.known(stream, req, handle) {
-                    return step;
+                if !self.disks.contains_key(&handle) {
+                    return self.unknown_handle(stream, req, handle);
                 }
                 (Pending::Root { req, handle }, Effect::Root { handle })
             }
@@ -642,19 +640,16 @@ impl ReceiverSession {
         }
     }
 
-    /// The disk behind `handle`, or the fatal refusal of an unknown handle.
-    fn known(&mut self, stream: StreamId, req: u32, handle: u32) -> Result<OpenDisk, ControlStep> {
-        match self.disks.get(&handle) {
-            Some(d) => Ok(d.clone()),
-            None => Err(self.close(
-                stream,
-                req,
-                Refusal::new(
-                    ErrorClass::Protocol,
-                    format!("unknown disk handle {handle}"),
-                ),
-            )),
-        }
+    /// The fatal refusal of a handle not open on this connection.
+    fn unknown_handle(&mut self, stream: StreamId, req: u32, handle: u32) -> ControlStep {
+        self.close(
+            stream,
+            req,
+            Refusal::new(
+                ErrorClass::Protocol,
+                format!("unknown disk handle {handle}"),
+            ),
+        )
     }
 
     fn refuse_vm(&mut self, stream: StreamId, req: u32, vm: &str) -> Option<ControlStep> {
