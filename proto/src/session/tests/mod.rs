@@ -9,4 +9,5 @@ mod pair;
 mod pair_tests;
 mod receiver_batch;
 mod receiver_control;
+mod receiver_refusals;
 mod sender;
