@@ -9,6 +9,10 @@ use crate::wire::{Control, ErrorClass, JobReport, MAX_HASHES, RESYNC_FANOUT, RES
 /// hold 1 MiB).
 pub const MAX_JOB_BYTES: usize = 64 << 10;
 
+/// Largest disk a replica can hold: an Azure page blob is at most 8 TiB, and a replica is
+/// the disk rounded up to 1 MiB plus a 512-byte footer.
+pub const MAX_DISK_SIZE: u64 = (8 << 40) - (1 << 20);
+
 /// Longest retention a cycle commit may ask for: one day.
 pub const MAX_RETENTION_SECS: u32 = 86_400;
 
@@ -61,6 +65,21 @@ pub(super) fn check_hash_request(size: u64, level: u8, parents: &[u64]) -> Resul
         return Err(Refusal::new(
             ErrorClass::Protocol,
             "too many hashes asked for at once",
+        ));
+    }
+    Ok(())
+}
+
+/// A disk holds at least one byte and fits a page blob: checked before the store computes
+/// anything from the size (rounding it up could overflow).
+pub(super) fn check_disk_size(virtual_size: u64) -> Result<(), Refusal> {
+    if virtual_size == 0 || virtual_size > MAX_DISK_SIZE {
+        return Err(Refusal::new(
+            ErrorClass::InvalidState,
+            format!(
+                "disk size {virtual_size} bytes: replicas hold 1 byte up to {MAX_DISK_SIZE} \
+                 bytes (the 8 TiB page blob limit, footer included)"
+            ),
         ));
     }
     Ok(())

@@ -23,7 +23,7 @@ mod requests;
 
 pub use batch::{BatchEnd, BatchReceiver, BatchReport, BatchStep, ExtentWrite, WriteOutcome};
 pub(crate) use checks::name;
-pub use checks::{tree_nodes, MAX_JOB_BYTES, MAX_RETENTION_SECS};
+pub use checks::{tree_nodes, MAX_DISK_SIZE, MAX_JOB_BYTES, MAX_RETENTION_SECS};
 pub use effects::{ControlStep, Done, Effect, OpenedReplica, Report};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -1,7 +1,7 @@
 //! The receiver's checks of each request, made before any store work: what passes becomes
 //! an [`Effect`] and leaves the stream busy until [`ReceiverSession::handle_done`].
 
-use super::checks::{check_hash_request, check_job, name, MAX_RETENTION_SECS};
+use super::checks::{check_disk_size, check_hash_request, check_job, name, MAX_RETENTION_SECS};
 use super::{ControlStep, Effect, Pending, ReceiverSession, Stream};
 use crate::session::{Refusal, StreamId};
 use crate::wire::{Control, ErrorClass};
@@ -19,6 +19,9 @@ impl ReceiverSession {
             } => {
                 if let Some(step) = self.refuse_vm(stream, req, &vm) {
                     return step;
+                }
+                if let Err(r) = check_disk_size(virtual_size) {
+                    return self.refuse(stream, req, r);
                 }
                 (
                     Pending::Open {

@@ -356,3 +356,23 @@ fn a_second_handle_on_a_replica_sees_a_new_copy_started_through_another() {
     ));
     assert_eq!(class, ErrorClass::InvalidState);
 }
+
+#[test]
+fn a_disk_size_no_page_blob_can_hold_is_refused_before_the_store_computes_with_it() {
+    use crate::session::receiver::MAX_DISK_SIZE;
+    for size in [0, MAX_DISK_SIZE + 1, u64::MAX - (1 << 20) + 1, u64::MAX] {
+        let mut s = ready();
+        let (class, msg, close) = refusal(s.handle_message(S, open_msg("vm1", size)));
+        assert_eq!((class, close), (ErrorClass::InvalidState, false));
+        assert!(msg.contains(&format!("disk size {size} bytes")), "{msg}");
+    }
+    let mut s = ready();
+    let e = effect(s.handle_message(S, open_msg("vm1", MAX_DISK_SIZE)));
+    assert!(matches!(
+        e,
+        Effect::OpenReplica {
+            virtual_size: MAX_DISK_SIZE,
+            ..
+        }
+    ));
+}
