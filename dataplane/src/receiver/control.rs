@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
-use vdrep_proto::session::receiver::{ControlStep, Report};
+use vdrep_proto::session::receiver::{ControlStep, FirstStep, Report};
 use vdrep_proto::session::{Authorizations, ReceiverSession, Refusal, StreamId};
 use vdrep_proto::wire::{
-    Control, ErrorClass, EXTENT_HEADER_LEN, K_BATCH_START, MAX_CONTROL_BODY, MAX_EXTENT_PAYLOAD,
+    Control, ErrorClass, EXTENT_HEADER_LEN, MAX_CONTROL_BODY, MAX_EXTENT_PAYLOAD,
 };
 
 use super::disk::{checkpoint_loop, DiskSession};
@@ -134,8 +134,8 @@ pub(crate) fn refusal(e: &SinkError) -> Refusal {
 }
 
 impl Receiver {
-    /// Dispatches a new stream by its first frame: a batch start opens a data stream,
-    /// anything else is a control stream.
+    /// Serves a new stream: the session says from its first frame whether it is a data
+    /// stream (a batch) or a control stream.
     pub(crate) async fn handle_stream(
         self: Arc<Self>,
         conn: Arc<ConnState>,
@@ -151,17 +151,23 @@ impl Receiver {
                 return;
             }
         };
-        if kind == K_BATCH_START {
-            match conn.with_session(|s| s.start_batch(&body)) {
-                Ok(Ok(batch)) => self.handle_batch(conn, batch, send, recv).await,
-                Ok(Err(end)) => super::batch::answer(&conn, end, &mut send, &mut recv).await,
-                Err(r) => warn!(sender = %conn.sender, error = %r.message, "batch refused"),
-            }
-            return;
-        }
         let id: StreamId = recv.id().index();
+        let first = match conn.with_session(|s| s.handle_first_frame(id, kind, &body)) {
+            Ok(f) => f,
+            Err(r) => {
+                warn!(sender = %conn.sender, error = %r.message, "stream refused");
+                return;
+            }
+        };
+        let step = match first {
+            FirstStep::Batch(batch) => return self.handle_batch(conn, batch, send, recv).await,
+            FirstStep::BatchRefused(end) => {
+                return super::batch::answer(&conn, end, &mut send, &mut recv).await
+            }
+            FirstStep::Control(step) => step,
+        };
         let r = self
-            .control_loop(&conn, id, (kind, body), &mut send, &mut recv)
+            .control_loop(&conn, id, step, &mut send, &mut recv)
             .await;
         let _ = conn.with_session(|s| s.stream_ended(id));
         if let Err(e) = r {
@@ -178,13 +184,12 @@ impl Receiver {
         &self,
         conn: &ConnState,
         id: StreamId,
-        first: (u8, bytes::Bytes),
+        first: ControlStep,
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
     ) -> Result<(), FrameError> {
-        let (mut kind, mut body) = first;
+        let mut step = first;
         loop {
-            let mut step = conn.step(|s| s.handle_control(id, kind, &body));
             let mut opened = None;
             let (answer, close, report) = loop {
                 match step {
@@ -207,7 +212,8 @@ impl Receiver {
                 let _ = send.finish();
                 return Ok(());
             }
-            (kind, body) = read_frame(recv, MAX_CONTROL_BODY).await?;
+            let (kind, body) = read_frame(recv, MAX_CONTROL_BODY).await?;
+            step = conn.step(|s| s.handle_control(id, kind, &body));
         }
     }
 

@@ -29,7 +29,7 @@ pub use effects::{ControlStep, Done, Effect, OpenedReplica, Report};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Refusal, StreamId};
-use crate::wire::{self, BatchStart, Control, ErrorClass};
+use crate::wire::{self, BatchStart, Control, ErrorClass, K_BATCH_START};
 
 /// Where a control stream is, as [`ReceiverSession::control_state`] tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,18 @@ pub enum ControlState {
     },
     /// The stream ended on a fatal refusal; nothing more is read.
     Closed,
+}
+
+/// What a new stream turned out to be, from its first frame.
+#[must_use = "a first step carries a batch to run or an answer to send"]
+#[derive(Debug)]
+pub enum FirstStep {
+    /// A data stream: run the batch.
+    Batch(BatchReceiver),
+    /// A data stream whose batch is refused: send this result and stop the stream.
+    BatchRefused(BatchEnd),
+    /// A control stream: the step for its first frame.
+    Control(ControlStep),
 }
 
 /// The request whose store work is under way, with what its answer needs.
@@ -256,6 +268,19 @@ impl ReceiverSession {
                 ),
             ),
         }
+    }
+
+    /// Feeds the first frame of a new stream, which says what the stream is: a `BatchStart`
+    /// opens a data stream (WIRE.md §5), anything else is the first frame of a control
+    /// stream (§4).
+    pub fn handle_first_frame(&mut self, stream: StreamId, kind: u8, body: &[u8]) -> FirstStep {
+        if kind == K_BATCH_START {
+            return match self.start_batch(body) {
+                Ok(b) => FirstStep::Batch(b),
+                Err(end) => FirstStep::BatchRefused(end),
+            };
+        }
+        FirstStep::Control(self.handle_control(stream, kind, body))
     }
 
     /// Checks the first frame of a data stream: the batch's disk must be open on this

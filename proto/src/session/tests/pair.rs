@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 
 use super::model::{toy_hash, Model};
-use crate::session::receiver::{BatchReport, BatchStep, ControlStep, Report};
+use crate::session::receiver::{BatchReport, BatchStep, ControlStep, FirstStep, Report};
 use crate::session::sender::{SessionError, Settled};
 use crate::session::{Authorizations, BatchSender, ReceiverSession, SenderControl, StreamId};
 use crate::wire::{
@@ -113,7 +113,10 @@ impl Pair {
     /// Sends a control frame to the receiver session and drives it to its answer.
     pub fn deliver(&mut self, msg: &Control) -> Control {
         let (k, b) = self.wire(&msg.encode(), MAX_CONTROL_BODY);
-        let mut step = self.rx.handle_control(self.stream, k, &b);
+        let mut step = match self.rx.handle_first_frame(self.stream, k, &b) {
+            FirstStep::Control(step) => step,
+            other => panic!("a control frame read as a batch: {other:?}"),
+        };
         loop {
             match step {
                 ControlStep::Perform(e) => {
@@ -213,14 +216,16 @@ impl Pair {
         items: &[Item],
     ) -> Result<Settled, SessionError> {
         let mut bs = BatchSender::new(handle, generation);
-        let (_, start) = self.wire(&bs.start_frame(), MAX_CONTROL_BODY);
+        let (kind, start) = self.wire(&bs.start_frame(), MAX_CONTROL_BODY);
         let mut end = None;
-        let mut br = match self.rx.start_batch(&start) {
-            Ok(b) => Some(b),
-            Err(e) => {
+        // A data stream of its own: the session tells it from a control stream by this frame.
+        let mut br = match self.rx.handle_first_frame(self.stream + 1, kind, &start) {
+            FirstStep::Batch(b) => Some(b),
+            FirstStep::BatchRefused(e) => {
                 end = Some(e);
                 None
             }
+            FirstStep::Control(step) => panic!("a batch start read as control: {step:?}"),
         };
         for it in items {
             if end.is_some() {
