@@ -301,3 +301,36 @@ fn a_commit_and_a_cycle_move_the_disk_through_its_states() {
     let d = s.disk(1).unwrap();
     assert_eq!((d.open_cycle, d.committed_cycle), (None, 1));
 }
+
+#[test]
+fn a_handle_opened_on_one_control_stream_serves_every_stream_of_the_connection() {
+    let mut s = with_disk(1 << 20, true);
+    let other = S + 8;
+    let _ = answer(s.handle_message(other, hello()));
+    let e = effect(s.handle_message(
+        other,
+        Control::CommitInitial {
+            req: 1,
+            handle: 1,
+            generation: 4,
+        },
+    ));
+    assert_eq!(e, Effect::CommitInitial { handle: 1 });
+    // The first stream is still ready and independent of the second's pending request.
+    assert_eq!(
+        s.control_state(S),
+        ControlState::Ready {
+            version: PROTOCOL_VERSION
+        }
+    );
+    assert_eq!(
+        s.control_state(other),
+        ControlState::Busy {
+            version: PROTOCOL_VERSION
+        }
+    );
+    // A new session (another connection) knows no handle.
+    let mut s2 = ready();
+    let (class, ..) = refusal(s2.handle_message(S, Control::RootRequest { req: 1, handle: 1 }));
+    assert_eq!(class, ErrorClass::Protocol);
+}
