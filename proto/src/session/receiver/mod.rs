@@ -1,14 +1,11 @@
 //! The receiver's side of the protocol: one [`ReceiverSession`] per connection and one
 //! [`BatchReceiver`] per data stream.
 //!
-//! A control stream goes through these states (WIRE.md, "Receiver control stream"):
-//!
-//! ```text
-//!   AwaitingHello --Hello, versions overlap--> Ready --request--> Busy(effect) --done--> Ready
-//!        |                                       |                                 |
-//!        +--anything else / no overlap--+        +--malformed, unexpected frame,---+--> Closed
-//!                                       +--> Closed  unknown handle, bad level...
-//! ```
+//! A control stream (WIRE.md §4.2) starts `AwaitingHello`; a `Hello` whose versions overlap
+//! makes it `Ready`; a request that passes the checks makes it `Busy` until its store work
+//! is done ([`ReceiverSession::handle_done`]), then `Ready` again. A fatal refusal — no
+//! common version, a malformed or unexpected frame, an unknown handle, a hash request
+//! outside the tree — makes it `Closed`.
 //!
 //! Every refusal is an [`Control::Error`] answer; refusals of class `Protocol` or
 //! `VersionMismatch` also close the stream ([`Refusal::is_fatal`]). Checks that need no store
