@@ -63,11 +63,11 @@ pub(super) async fn stream_worker(
                     progress.count(stats, p.source_len)
                 }
                 Some(h) => {
-                    let prefix = Bytes::from(batch.extent(p.offset, p.source_len, &h, &p.payload));
-                    dstats.add_wire((prefix.len() + p.payload.len()) as u64);
+                    let f = batch.extent(p.offset, p.source_len, &h, p.payload);
+                    dstats.add_wire(f.len() as u64);
                     // Header and payload go out unmodified, in throttle-admitted pieces.
                     let t = std::time::Instant::now();
-                    let written = write_paced(&mut send, prefix, p.payload, &sh.throttle).await;
+                    let written = write_paced(&mut send, f.prefix, f.payload, &sh.throttle).await;
                     level.waited_for_link(t.elapsed());
                     if let Err(e) = written {
                         // A receiver that fails a batch (store full, bad state) stops the

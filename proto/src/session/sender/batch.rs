@@ -3,6 +3,8 @@
 //! for a packed write only the blocks it carried, since its other blocks travelled as their
 //! own extents and must be neither sent nor counted twice.
 
+use bytes::Bytes;
+
 use super::SessionError;
 use crate::wire::{BatchResult, BatchStart, ExtentHeader, ExtentOp, PackedMap, K_BATCH_RESULT};
 
@@ -17,6 +19,28 @@ struct Sent {
     source_len: u64,
     /// A packed write's carried blocks.
     carried: Option<Vec<(u64, u32)>>,
+}
+
+/// One extent frame to transmit, in two buffers so the payload is never copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "an extent frame must be sent"]
+pub struct ExtentFrame {
+    /// Frame header and extent header.
+    pub prefix: Bytes,
+    /// The payload, as the pipeline prepared it.
+    pub payload: Bytes,
+}
+
+impl ExtentFrame {
+    /// Bytes on the wire.
+    pub fn len(&self) -> usize {
+        self.prefix.len() + self.payload.len()
+    }
+
+    /// Never true: a frame has at least its headers.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
 }
 
 /// A batch being sent.
@@ -67,22 +91,25 @@ impl BatchSender {
     }
 
     /// Records an extent accounting for `source_len` source bytes from `offset`, about to be
-    /// sent; returns its frame prefix (frame and extent headers). The payload follows the
-    /// prefix on the stream as its own buffer, unmodified.
+    /// sent; returns the frame to send: its prefix (frame and extent headers) and the
+    /// payload, unmodified and uncopied, as separate buffers.
     pub fn extent(
         &mut self,
         offset: u64,
         source_len: u64,
         header: &ExtentHeader,
-        payload: &[u8],
-    ) -> Vec<u8> {
+        payload: Bytes,
+    ) -> ExtentFrame {
         self.source_bytes = self.source_bytes.saturating_add(source_len);
         self.sent.push(Sent {
             offset,
             source_len,
-            carried: carried_runs(header, payload),
+            carried: carried_runs(header, &payload),
         });
-        header.encode_frame_prefix()
+        ExtentFrame {
+            prefix: Bytes::from(header.encode_frame_prefix()),
+            payload,
+        }
     }
 
     /// The batch holds enough source bytes to be finished.

@@ -8,7 +8,7 @@ mod batch;
 mod control;
 mod passes;
 
-pub use batch::{BatchInFlight, BatchSender, Settled, BATCH_SOURCE_BYTES};
+pub use batch::{BatchInFlight, BatchSender, ExtentFrame, Settled, BATCH_SOURCE_BYTES};
 pub use control::{SenderControl, SenderState};
 pub use passes::{PassVerdict, Passes, MAX_PASSES};
 

@@ -243,9 +243,10 @@ impl Pair {
                     payload,
                 } => (*offset, *source_len, header, payload),
             };
-            let mut frame = bs.extent(offset, source_len, header, payload);
+            let f = bs.extent(offset, source_len, header, payload.clone());
+            let mut frame = f.prefix.to_vec();
             let at = frame.len();
-            frame.extend_from_slice(payload);
+            frame.extend_from_slice(&f.payload);
             if self.corrupt.remove(&header.offset) && frame.len() > at {
                 let last = frame.len() - 1;
                 frame[last] ^= 0xff;

@@ -214,9 +214,15 @@ fn a_batch_acknowledges_what_was_not_refused_and_fills_up_by_source_bytes() {
         hash: [0; 32],
         payload_len: 512,
     };
-    let prefix = b.extent(0, 512, &h(0), &[0; 512]);
-    assert_eq!(prefix, h(0).encode_frame_prefix());
-    let _ = b.extent(512, 512, &h(512), &[0; 512]);
+    let payload = bytes::Bytes::from(vec![0u8; 512]);
+    let f = b.extent(0, 512, &h(0), payload.clone());
+    assert_eq!(f.prefix, h(0).encode_frame_prefix());
+    assert_eq!(
+        f.payload.as_ptr(),
+        payload.as_ptr(),
+        "the payload is not copied"
+    );
+    let _ = b.extent(512, 512, &h(512), payload);
     b.skip(crate::session::sender::BATCH_SOURCE_BYTES);
     assert!(b.is_full());
     let f = b.finish();
