@@ -129,6 +129,8 @@ impl Receiver {
                 format!("disk handle {} has no open replica", batch.handle()),
             )),
         };
+        // Before the result goes out: the sender may commit as soon as it has read it.
+        let _ = conn.with_session(|s| s.batch_ended(batch.handle()));
         answer(&conn, end, &mut send, &mut recv).await;
     }
 

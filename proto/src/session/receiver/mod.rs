@@ -139,6 +139,8 @@ pub struct ReceiverSession {
     streams: HashMap<StreamId, Stream>,
     disks: BTreeMap<u32, OpenDisk>,
     next_handle: u32,
+    /// Batches running per disk handle: commits wait for them.
+    running: BTreeMap<u32, u32>,
 }
 
 impl ReceiverSession {
@@ -151,6 +153,7 @@ impl ReceiverSession {
             streams: HashMap::new(),
             disks: BTreeMap::new(),
             next_handle: 1,
+            running: BTreeMap::new(),
         }
     }
 
@@ -282,7 +285,8 @@ impl ReceiverSession {
 
     /// Checks the first frame of a data stream: the batch's disk must be open on this
     /// connection in the generation it names. The refusal is the stream's whole answer.
-    pub fn start_batch(&self, body: &[u8]) -> Result<BatchReceiver, BatchEnd> {
+    /// A running batch counts against its disk until [`ReceiverSession::batch_ended`].
+    pub fn start_batch(&mut self, body: &[u8]) -> Result<BatchReceiver, BatchEnd> {
         let start = BatchStart::decode(body).map_err(|e| {
             BatchEnd::failed(Refusal::new(
                 ErrorClass::Protocol,
@@ -290,11 +294,14 @@ impl ReceiverSession {
             ))
         })?;
         match self.disks.get(&start.handle) {
-            Some(d) if d.generation == start.generation => Ok(BatchReceiver::new(
-                start.handle,
-                start.generation,
-                d.virtual_size,
-            )),
+            Some(d) if d.generation == start.generation => {
+                *self.running.entry(start.handle).or_default() += 1;
+                Ok(BatchReceiver::new(
+                    start.handle,
+                    start.generation,
+                    d.virtual_size,
+                ))
+            }
             Some(d) => Err(BatchEnd::failed(Refusal::new(
                 ErrorClass::InvalidState,
                 format!(
@@ -307,6 +314,23 @@ impl ReceiverSession {
                 format!("unknown disk handle {}", start.handle),
             ))),
         }
+    }
+
+    /// A batch of disk `handle` wrote its last extent: the driver says so before it sends
+    /// the batch's result, so a commit the sender makes after reading every result never
+    /// finds a batch still writing.
+    pub fn batch_ended(&mut self, handle: u32) {
+        if let Some(n) = self.running.get_mut(&handle) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.running.remove(&handle);
+            }
+        }
+    }
+
+    /// Batches of disk `handle` still writing.
+    pub fn batches_running(&self, handle: u32) -> u32 {
+        self.running.get(&handle).copied().unwrap_or(0)
     }
 
     /// The fatal refusal of a handle not open on this connection.

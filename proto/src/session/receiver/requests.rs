@@ -60,6 +60,9 @@ impl ReceiverSession {
                         ),
                     );
                 }
+                if let Some(step) = self.refuse_while_writing(stream, req, handle) {
+                    return step;
+                }
                 (
                     Pending::CommitInitial { req, handle },
                     Effect::CommitInitial { handle },
@@ -84,6 +87,9 @@ impl ReceiverSession {
             } => {
                 if !self.disks.contains_key(&handle) {
                     return self.unknown_handle(stream, req, handle);
+                }
+                if let Some(step) = self.refuse_while_writing(stream, req, handle) {
+                    return step;
                 }
                 (
                     Pending::CommitCycle {
@@ -183,5 +189,29 @@ impl ReceiverSession {
         self.streams
             .insert(stream, Stream::Busy { version, pending });
         ControlStep::Perform(effect)
+    }
+
+    /// A commit while batches of its disk are still writing would record (or miss) bytes
+    /// still moving: the sender commits only after every batch result, so this is a peer
+    /// out of order or a batch it abandoned; it may retry once they end.
+    fn refuse_while_writing(
+        &mut self,
+        stream: StreamId,
+        req: u32,
+        handle: u32,
+    ) -> Option<ControlStep> {
+        let n = self.batches_running(handle);
+        (n > 0).then(|| {
+            self.refuse(
+                stream,
+                req,
+                Refusal::new(
+                    ErrorClass::TargetBusy,
+                    format!(
+                        "{n} batches of disk handle {handle} are still being written; commit after their results"
+                    ),
+                ),
+            )
+        })
     }
 }

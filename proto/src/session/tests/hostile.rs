@@ -76,7 +76,7 @@ proptest! {
         frames in proptest::collection::vec((any::<bool>(), proptest::collection::vec(any::<u8>(), 0..80)), 1..12),
         offsets in proptest::collection::vec(any::<u64>(), 12),
     ) {
-        let s = with_disk();
+        let mut s = with_disk();
         let mut b = s.start_batch(&crate::wire::BatchStart { handle: 1, generation: 1 }.encode()[5..]).unwrap();
         for (i, (extent, mut body)) in frames.into_iter().enumerate() {
             if body.len() >= 8 {

@@ -277,6 +277,9 @@ impl Pair {
             (None, Some(b)) => b.finish(),
             (None, None) => unreachable!("a batch without a receiver ended"),
         };
+        if br.is_some() {
+            self.rx.batch_ended(handle);
+        }
         let (k, body) = self.wire(&end.result.encode(), MAX_CONTROL_BODY);
         bs.finish().settle_frame(k, &body)
     }

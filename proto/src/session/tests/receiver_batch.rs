@@ -87,7 +87,7 @@ fn error_of(e: &BatchEnd) -> (ErrorClass, String) {
 
 #[test]
 fn a_batch_names_an_open_disk_in_its_current_generation() {
-    let s = session();
+    let mut s = session();
     let b = s.start_batch(&start_body(1, 4)).unwrap();
     assert_eq!((b.handle(), b.generation()), (1, 4));
     let e = s.start_batch(&start_body(1, 3)).unwrap_err();
@@ -290,4 +290,38 @@ fn a_broken_stream_ends_the_batch_with_the_drivers_class() {
         error_of(&e),
         (ErrorClass::Protocol, "frame of 9 GiB".to_string())
     );
+}
+
+#[test]
+fn a_commit_waits_until_every_batch_of_its_disk_has_ended() {
+    let mut s = session();
+    let _b1 = s.start_batch(&start_body(1, 4)).unwrap();
+    let _b2 = s.start_batch(&start_body(1, 4)).unwrap();
+    // A refused batch does not count.
+    let _ = s.start_batch(&start_body(1, 3)).unwrap_err();
+    assert_eq!(s.batches_running(1), 2);
+    let commit = Control::CommitInitial {
+        req: 2,
+        handle: 1,
+        generation: 4,
+    };
+    let step = s.handle_message(0, commit.clone());
+    let crate::session::receiver::ControlStep::Answer { answer, close, .. } = step else {
+        panic!("{step:?}")
+    };
+    let Control::Error { class, message, .. } = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!((class, close), (ErrorClass::TargetBusy, false));
+    assert!(message.contains("2 batches of disk handle 1"), "{message}");
+    s.batch_ended(1);
+    s.batch_ended(1);
+    s.batch_ended(1); // one too many is harmless
+    assert_eq!(s.batches_running(1), 0);
+    assert!(matches!(
+        s.handle_message(0, commit),
+        crate::session::receiver::ControlStep::Perform(
+            crate::session::receiver::Effect::CommitInitial { handle: 1 }
+        )
+    ));
 }
