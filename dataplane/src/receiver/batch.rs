@@ -99,7 +99,7 @@ fn write_sparse(s: &DiskSession, offset: u64, data: &[u8]) -> Result<(), SinkErr
 }
 
 /// Sends a batch's result, stopping the stream first when the batch failed.
-pub(super) async fn answer(
+pub(super) async fn send_result(
     conn: &ConnState,
     end: BatchEnd,
     send: &mut quinn::SendStream,
@@ -131,7 +131,7 @@ impl Receiver {
         };
         // Before the result goes out: the sender may commit as soon as it has read it.
         let _ = conn.with_session(|s| s.batch_ended(batch.handle()));
-        answer(&conn, end, &mut send, &mut recv).await;
+        send_result(&conn, end, &mut send, &mut recv).await;
     }
 
     async fn batch_loop(

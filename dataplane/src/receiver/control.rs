@@ -162,7 +162,7 @@ impl Receiver {
         let step = match first {
             FirstStep::Batch(batch) => return self.handle_batch(conn, batch, send, recv).await,
             FirstStep::BatchRefused(end) => {
-                return super::batch::answer(&conn, end, &mut send, &mut recv).await
+                return super::batch::send_result(&conn, end, &mut send, &mut recv).await
             }
             FirstStep::Control(step) => step,
         };
