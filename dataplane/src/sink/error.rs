@@ -1,5 +1,5 @@
 //! The one error type of the sinks. Every variant names the file (or blob), the offset where
-//! one applies, and the problem; [`SinkError::is_recoverable`] drives the retry schedule and
+//! one applies, and the problem; its [`Classify`](crate::error::Classify) impl drives the retry schedule and
 //! the health state (DESIGN §1: low disk space is recoverable, invalid replica state is not).
 
 use std::io;
@@ -12,7 +12,7 @@ use vdrep_proto::Guid;
 #[non_exhaustive]
 pub enum SinkError {
     /// An IO call failed; recoverability follows the OS error (see
-    /// [`SinkError::is_recoverable`]).
+    /// its `Classify` impl).
     #[error("{path}: {op} at offset {offset} failed: {source}{hint}", hint = io_hint(source))]
     Io {
         /// The file or blob.

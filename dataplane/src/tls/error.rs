@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// Every message names the file (or the peer) and the problem, so an operator can fix it
 /// without reading code: `ca.pem: no certificate found`, `laptop.key: unreadable: ...`.
 /// None of these is cured by retrying: a bad or missing certificate stays bad until someone
-/// replaces it, so [`TlsError::is_recoverable`] is `false` throughout (DESIGN.md §7).
+/// replaces it, so a `TlsError` is always permanent (its `Classify` impl) (DESIGN.md §7).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
