@@ -159,23 +159,19 @@ pub fn sha256_file(path: &Path) -> String {
     hex::encode(h.finalize())
 }
 
-/// The folder of the shared test images (`../shared/testdata` beside the repository, or
-/// `VDREP_TESTDATA`).
+/// The folder of the test images made by other tools (`tests/data`, in the repository so a
+/// clone alone runs every test; their origin and licence are in `tests/data/README.md`).
 pub fn testdata_dir() -> PathBuf {
-    if let Ok(p) = std::env::var("VDREP_TESTDATA") {
-        return PathBuf::from(p);
-    }
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let d = here.join("../../shared/testdata");
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
     assert!(
-        d.is_dir(),
-        "test images not found at {}: set VDREP_TESTDATA to the shared/testdata folder",
+        d.join("hyperv").is_dir(),
+        "test images not found at {}: they are part of the repository (tests/data/hyperv)",
         d.display()
     );
     d
 }
 
-/// Decompresses `hyperv/NAME.bz2` from the shared test images into `dir` and returns the
+/// Decompresses `hyperv/NAME.bz2` from the test images (`tests/data`) into `dir` and returns the
 /// path; the originals are never touched.
 pub fn testdata_image(name: &str, dir: &Path) -> PathBuf {
     require_tool("bunzip2", "apt-get install bzip2");
