@@ -8,6 +8,7 @@ pub(crate) mod config;
 mod convert;
 mod demo;
 pub mod failover;
+mod generate;
 mod inspect;
 mod jobs;
 mod log_write;
@@ -19,7 +20,7 @@ mod sidecar;
 pub mod store_args;
 mod unprotect;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Exit code for success.
 pub const EXIT_OK: i32 = 0;
@@ -78,6 +79,11 @@ enum Command {
     Status(ops::StatusArgs),
     /// Resynchronise a VM, now or in its resync window (asks the sidecar).
     Resync(ops::ResyncArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...), made from these definitions.
+    Completions(generate::CompletionsArgs),
+    /// Write the man pages (vdrep.1, vdrep-COMMAND.1) into a folder.
+    #[command(hide = true)]
+    Man(generate::ManArgs),
 }
 
 /// An error at the binary's edge, with the exit code it maps to.
@@ -149,6 +155,8 @@ pub fn main() -> i32 {
         Command::Sidecar(a) => sidecar::run(a),
         Command::Status(a) => ops::status(a),
         Command::Resync(a) => ops::resync(a),
+        Command::Completions(a) => generate::completions(a, Cli::command()),
+        Command::Man(a) => generate::man(a, Cli::command()),
     };
     match res {
         Ok(()) => EXIT_OK,
