@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything vdrep's tests need on a fresh Debian machine of this kind, pinned:
 #   - Debian: qemu-utils (qemu-img, qemu-io), libvhdi-utils (vhdiinfo), prometheus (promtool),
-#     rsync, socat, zstd, bzip2, iproute2 (ip netns, tc)
+#     rsync, socat, zstd, bzip2, iproute2 (ip netns, tc), systemd (systemd-analyze verify of
+#     the packaged units)
 #   - npm: Azurite, pinned in ops/package.json + ops/package-lock.json (`npm ci`)
 #   - PyPI: libvhdi-python built from its sdist with the VHD-bitmap fix (ops/build-libvhdi.sh);
 #     schemathesis (pinned) in ops/.venv-schemathesis for the sidecar's API property tests
@@ -22,6 +23,7 @@ debs=(
   "bzip2="
   "iproute2="
   "openssl="
+  "systemd="
 )
 missing=()
 for spec in "${debs[@]}"; do
@@ -42,7 +44,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "$name" >/dev/null
   done
 fi
-for tool in qemu-img qemu-io vhdiinfo promtool prometheus rsync socat zstd bunzip2 ip tc openssl; do
+for tool in qemu-img qemu-io vhdiinfo promtool prometheus rsync socat zstd bunzip2 ip tc openssl \
+    systemd-analyze dpkg-deb; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing after install" >&2; exit 1; }
 done
 

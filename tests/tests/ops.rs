@@ -89,10 +89,14 @@ fn systemd_units_run_each_role_hardened() {
             std::fs::read_to_string(ops().join(format!("systemd/vdrep-{role}.service"))).unwrap();
         assert!(
             text.contains(&format!(
-                "ExecStart=/usr/local/bin/vdrep {cmd} --config /etc/vdrep/"
+                "ExecStart=/usr/bin/vdrep {cmd} --config /etc/vdrep/"
             )),
             "{role}"
         );
+        // What each role writes is made for it (the sender's state folder included).
+        for key in ["StateDirectory=vdrep", "ConfigurationDirectory=vdrep"] {
+            assert!(text.contains(key), "vdrep-{role}.service lacks {key:?}");
+        }
         for key in [
             "NoNewPrivileges=yes",
             "ProtectSystem=strict",
@@ -105,6 +109,16 @@ fn systemd_units_run_each_role_hardened() {
         ] {
             assert!(text.contains(key), "vdrep-{role}.service lacks {key:?}");
         }
+    }
+    let sender = std::fs::read_to_string(ops().join("systemd/vdrep-sender.service")).unwrap();
+    for key in [
+        "StateDirectory=vdrep vdrep/sender\n",
+        "--state /var/lib/vdrep/sender ",
+        "RuntimeDirectory=vdrep\n",
+        // The sender re-reads its bandwidth policy on SIGHUP.
+        "ExecReload=/bin/kill -HUP $MAINPID\n",
+    ] {
+        assert!(sender.contains(key), "vdrep-sender.service lacks {key:?}");
     }
 }
 
