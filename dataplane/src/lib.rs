@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod receiver;
 pub mod resync;
 pub mod retry;
+pub mod secret;
 pub mod sender;
 pub mod sidecar;
 pub mod signals;

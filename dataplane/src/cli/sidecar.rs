@@ -97,6 +97,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         .or(f.state)
         .context("--state DIR is required")
         .map_err(usage)?;
+    crate::secret::check_private(&token_file, "token file")?;
     let token = read_token(&token_file)?;
     let metrics = a.metrics.or(f.metrics);
     let failover = failover_target(

@@ -16,11 +16,13 @@
 //! - [`certs`]: generating a CA, the receiver's and the senders' certificates (rcgen).
 //! - [`config`]: the rustls and quinn configurations both ends plug into the transport.
 //! - [`identity`]: the sender name and expiry of a connected peer's certificate.
+//! - [`owner`]: `--owner USER[:GROUP]`, handing the files to the account a role runs as.
 
 pub mod certs;
 pub mod config;
 mod error;
 pub mod identity;
+pub mod owner;
 mod pem;
 
 #[cfg(test)]
