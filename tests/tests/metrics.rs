@@ -123,12 +123,33 @@ fn sender_and_receiver_expose_lint_clean_metrics_with_the_replication_figures() 
     let rtt = v(&sender, "vdrep_quic_rtt_seconds", &[]);
     assert!(rtt > 0.0 && rtt < 1.0, "rtt {rtt}");
     assert!(v(&sender, "vdrep_quic_congestion_window_bytes", &[]) > 0.0);
-    let days = v(
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let days = (v(
         &sender,
-        "vdrep_certificate_expiry_seconds",
+        "vdrep_certificate_expiry_timestamp_seconds",
         &[("cert", "identity"), ("name", "hv01")],
-    ) / 86400.0;
-    assert!(days > 300.0, "identity expires in {days} days");
+    ) - now)
+        / 86400.0;
+    assert!(
+        (824.0..826.0).contains(&days),
+        "identity expires in {days} days"
+    );
+    // Each role names its build.
+    for t in [&sender, &receiver] {
+        let version = [("version", env!("CARGO_PKG_VERSION"))];
+        assert_eq!(v(t, "vdrep_build_info", &version), 1.0);
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("vdrep_build_info{"))
+            .unwrap();
+        assert!(
+            line.contains("commit=\"") && !line.contains("commit=\"\""),
+            "{line}"
+        );
+    }
 
     // The replica started empty: zero runs need no write.
     assert_eq!(v(&receiver, "vdrep_written_bytes_total", &web), data);
@@ -137,9 +158,9 @@ fn sender_and_receiver_expose_lint_clean_metrics_with_the_replication_figures() 
     assert!(
         v(
             &receiver,
-            "vdrep_certificate_expiry_seconds",
+            "vdrep_certificate_expiry_timestamp_seconds",
             &[("cert", "peer"), ("name", "hv01")]
-        ) > 0.0
+        ) > now + 300.0 * 86400.0
     );
     // Every series is described: a HELP line per metric family.
     for t in [&sender, &receiver] {
@@ -194,4 +215,77 @@ fn receiver_counts_refused_peers_by_reason() {
         "an unknown sender's certificate is not exported:\n{t}"
     );
     assert_eq!(promtool_check(&t), "");
+}
+
+/// The receiver's certificate expiry is a timestamp, and a renewed certificate file is taken
+/// without restart: the gauge moves to the new expiry (and a half-done replacement that does
+/// not load keeps the old one in use).
+#[test]
+fn receiver_rereads_a_replaced_certificate_and_exports_its_expiry_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tls = d.join("tls");
+    vdrep_tests::vdrep_ok(&[
+        "certs",
+        "init",
+        tls.to_str().unwrap(),
+        "--sender",
+        "hv01",
+        "--days",
+        "30",
+    ]);
+    let rx = Role::receiver(d, &tls, "hv01=web", true);
+    let m = rx.addr("metrics on ");
+    let identity = [("cert", "identity")];
+    let expiry = || {
+        let t = get(&m, "/metrics").body;
+        sample(&t, "vdrep_certificate_expiry_timestamp_seconds", &identity)
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let days_left = |ts: f64| (ts - now()) / 86400.0;
+    let first = expiry().unwrap_or_else(|| panic!("no identity expiry; log:\n{}", rx.log_text()));
+    assert!(
+        (29.0..=30.5).contains(&days_left(first)),
+        "{}",
+        days_left(first)
+    );
+
+    // A renewal: a certificate and key valid for 400 days replace the files in place.
+    let renewed = d.join("renewed");
+    vdrep_tests::vdrep_ok(&[
+        "certs",
+        "init",
+        renewed.to_str().unwrap(),
+        "--sender",
+        "hv01",
+        "--days",
+        "400",
+    ]);
+    // First only the certificate: it does not match the old key, so nothing changes.
+    std::fs::copy(renewed.join("receiver.pem"), tls.join("receiver.pem")).unwrap();
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(
+        expiry(),
+        Some(first),
+        "a certificate without its key was taken"
+    );
+    assert!(rx.log_text().contains("do not load"), "{}", rx.log_text());
+    std::fs::copy(renewed.join("receiver.key"), tls.join("receiver.key")).unwrap();
+    let second = eventually(Duration::from_secs(20), || expiry().filter(|t| *t != first))
+        .unwrap_or_else(|| {
+            panic!(
+                "the renewed certificate was not taken; log:\n{}",
+                rx.log_text()
+            )
+        });
+    assert!(
+        (399.0..=400.5).contains(&days_left(second)),
+        "{}",
+        days_left(second)
+    );
 }

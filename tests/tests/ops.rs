@@ -38,7 +38,7 @@ fn metric_names(text: &str) -> Vec<String> {
 #[test]
 fn prometheus_config_and_alert_rules_pass_promtool_and_their_unit_tests() {
     assert!(promtool(&["check", "config", "prometheus.yml"]).contains("SUCCESS"));
-    assert!(promtool(&["check", "rules", "rules.yml"]).contains("SUCCESS: 7 rules"));
+    assert!(promtool(&["check", "rules", "rules.yml"]).contains("SUCCESS: 9 rules"));
     assert!(promtool(&["test", "rules", "rules_test.yml"]).contains("SUCCESS"));
 }
 
@@ -62,6 +62,26 @@ fn alert_rules_and_dashboard_name_only_metrics_the_code_emits() {
             vdrep::metrics::lookup(n).is_some(),
             "{n} is not a metric vdrep emits (dataplane/src/metrics/spec.rs)"
         );
+    }
+    // Alerts for a role that is down or missing, and the expiry compared with time().
+    for needed in [
+        "up{job=~\"vdrep-.*\"} == 0",
+        "absent(up{job=\"vdrep-receiver\"})",
+        "(vdrep_certificate_expiry_timestamp_seconds) - time()",
+    ] {
+        assert!(rules.contains(needed), "rules.yml lacks {needed}");
+    }
+    // Rates are shown in Mbit/s, the unit limits are set in.
+    for p in dash["panels"].as_array().unwrap() {
+        if p["targets"][0]["expr"].as_str().unwrap().contains("bytes")
+            && p["title"].as_str().unwrap().contains("Throttle")
+        {
+            assert_eq!(
+                p["fieldConfig"]["defaults"]["unit"], "Mbits",
+                "{}",
+                p["title"]
+            );
+        }
     }
     // The dashboard shows what the issue asks for.
     for needed in [

@@ -208,6 +208,14 @@ pub fn server_endpoint_with_reset_key(
     quinn::Endpoint::new(ep_cfg, Some(cfg), sock, Arc::new(quinn::TokioRuntime))
 }
 
+/// Replaces a server endpoint's TLS configuration (a renewed certificate) with the same
+/// transport settings [`server_endpoint_with_reset_key`] gives; connections already open keep
+/// theirs, new handshakes get the new one.
+pub fn replace_server_config(endpoint: &quinn::Endpoint, mut cfg: quinn::ServerConfig) {
+    cfg.transport_config(Arc::new(transport_config()));
+    endpoint.set_server_config(Some(cfg));
+}
+
 /// The largest UDP payload on a 1500-byte path over IPv4 (20 bytes IP, 8 bytes UDP).
 const IPV4_MAX_UDP_PAYLOAD: u16 = 1500 - 20 - 8;
 
