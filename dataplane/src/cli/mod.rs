@@ -12,6 +12,7 @@ mod generate;
 mod inspect;
 mod jobs;
 mod log_write;
+mod logging;
 mod ops;
 mod points;
 mod receive;
@@ -38,6 +39,15 @@ pub const EXIT_TEMPFAIL: i32 = 75;
     about = "Replicates VM disks (VHD, VHDX, raw) to Azure page blobs"
 )]
 struct Cli {
+    /// Log lines on stderr as text (colours only on a terminal) or as JSON lines.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "VDREP_LOG_FORMAT"
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -138,7 +148,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    init_logging();
+    logging::init(cli.log_format);
     let res = match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
@@ -198,14 +208,4 @@ fn one_line(e: &anyhow::Error) -> String {
         out.push_str(&s);
     }
     out
-}
-
-fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VDREP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
 }
