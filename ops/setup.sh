@@ -3,6 +3,7 @@
 #   - Debian: qemu-utils (qemu-img, qemu-io), libvhdi-utils (vhdiinfo), prometheus (promtool),
 #     rsync, socat, zstd, bzip2, iproute2 (ip netns, tc), systemd (systemd-analyze verify of
 #     the packaged units)
+#   - crates.io: cargo-nextest (pinned), the test runner
 #   - npm: Azurite, pinned in ops/package.json + ops/package-lock.json (`npm ci`)
 #   - PyPI: libvhdi-python built from its sdist with the VHD-bitmap fix (ops/build-libvhdi.sh);
 #     schemathesis (pinned) in ops/.venv-schemathesis for the sidecar's API property tests
@@ -48,6 +49,13 @@ for tool in qemu-img qemu-io vhdiinfo promtool prometheus rsync socat zstd bunzi
     systemd-analyze dpkg-deb; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing after install" >&2; exit 1; }
 done
+
+# cargo-nextest, the test runner ops/test.sh uses, pinned (built from crates.io if missing).
+nextest_version=0.9.143
+if ! cargo nextest --version 2>/dev/null | grep -q "^cargo-nextest $nextest_version"; then
+  echo "setup: installing cargo-nextest $nextest_version"
+  cargo install --locked --quiet "cargo-nextest@$nextest_version"
+fi
 
 # Azurite, exactly as locked.
 if [ ! -x "$here/node_modules/.bin/azurite-blob" ] || [ "$here/package-lock.json" -nt "$here/node_modules/.package-lock.json" ]; then

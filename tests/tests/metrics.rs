@@ -182,7 +182,7 @@ fn receiver_counts_refused_peers_by_reason() {
     let tls = certs(&d.join("tls"), &["hv01", "intruder"]);
     let disk = seeded_raw(&d.join("os.raw"), 1 << 20, 1, 1 << 20, 0);
     let rx = Role::receiver(d, &tls, "hv01=web", true);
-    let out = Command::new(vdrep_tests::vdrep_bin())
+    let out = vdrep_tests::vdrep_command()
         .args([
             "send",
             "--to",

@@ -206,6 +206,17 @@ fn merged_policy(flags: &PolicySpec, file: PolicySpec) -> anyhow::Result<Bandwid
     spec.build().map_err(anyhow::Error::new)
 }
 
+/// Which of the two [`merged_policy`] takes: "flags", "config" or "default" (neither).
+fn policy_source(flags: &PolicySpec, file: &PolicySpec) -> &'static str {
+    if *flags != PolicySpec::default() {
+        "flags"
+    } else if *file != PolicySpec::default() {
+        "config"
+    } else {
+        "default"
+    }
+}
+
 /// Re-reads `--config` for its bandwidth policy (SIGHUP).
 fn reload_policy(flags: &PolicySpec, path: &std::path::Path) -> anyhow::Result<BandwidthPolicy> {
     let f: File = config::load(Some(path))?;
@@ -287,6 +298,7 @@ fn options(a: &Args) -> anyhow::Result<Options> {
         // Protection retries forever on the retry schedule unless a window is asked for.
         protect_give_up_after: policy.as_ref().and(a.give_up_after.or(f.give_up_after)),
         progress: !a.no_progress,
+        bandwidth_source: policy_source(&flag_policy(a), &file_spec),
         bandwidth: merged_policy(&flag_policy(a), file_spec)?,
         rpo_threshold: a.rpo_threshold.or(f.rpo_threshold),
         resync: a.resync,

@@ -226,10 +226,29 @@ async fn run_jobs(
     if let Some(p) = &policy {
         sh.board.set_interval(p.interval);
     }
-    // The schedule a sidecar pushed to an earlier run applies at once.
-    if let Some(p) = local_control::load_schedule(state) {
-        info!(policy = %p.to_throttle(), "bandwidth schedule pushed by the sidecar (state folder) replaces the command line's");
-        local_control::apply_schedule(&sh, p);
+    // Which bandwidth policy wins, said once. With --control (a sidecar manages this
+    // sender) the schedule it pushed to an earlier run, kept in STATE/bandwidth.json, wins
+    // over the flags, which win over the config; without --control the file is never read:
+    // a file left behind must not silently override the command line.
+    let pushed_file = state.join(local_control::SCHEDULE_FILE);
+    let pushed = match &control {
+        Some(_) => local_control::load_schedule(state),
+        None => None,
+    };
+    match pushed {
+        Some(p) => {
+            info!(policy = %p.to_throttle(), source = "pushed schedule", file = %pushed_file.display(),
+                  "bandwidth: the schedule the sidecar pushed wins over flags and config (delete the file to return to them)");
+            local_control::apply_schedule(&sh, p);
+        }
+        None if control.is_some() => {
+            info!(policy = %ctl.policy(), source = opts.bandwidth_source, file = %pushed_file.display(),
+                  "bandwidth: no pushed schedule yet; flags win over config")
+        }
+        None => {
+            info!(policy = %ctl.policy(), source = opts.bandwidth_source, file = %pushed_file.display(),
+                      "bandwidth: flags win over config; the pushed-schedule file is not read without --control")
+        }
     }
     let stats = &sh.stats;
     // The compression controller decides every tick for the whole run: often at first,
