@@ -2,7 +2,7 @@
 # Installs everything vdrep's tests need on a fresh Debian machine of this kind, pinned:
 #   - Debian: qemu-utils (qemu-img, qemu-io), libvhdi-utils (vhdiinfo), prometheus (promtool),
 #     rsync, socat, zstd, bzip2, iproute2 (ip netns, tc), systemd (systemd-analyze verify of
-#     the packaged units)
+#     the packaged units), xxd (the README's examples)
 #   - crates.io: cargo-nextest (pinned), the test runner
 #   - npm: Azurite, pinned in ops/package.json + ops/package-lock.json (`npm ci`)
 #   - PyPI: libvhdi-python built from its sdist with the VHD-bitmap fix (ops/build-libvhdi.sh);
@@ -25,6 +25,7 @@ debs=(
   "iproute2="
   "openssl="
   "systemd="
+  "xxd="
 )
 missing=()
 for spec in "${debs[@]}"; do
@@ -46,7 +47,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   done
 fi
 for tool in qemu-img qemu-io vhdiinfo promtool prometheus rsync socat zstd bunzip2 ip tc openssl \
-    systemd-analyze dpkg-deb; do
+    systemd-analyze dpkg-deb xxd; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing after install" >&2; exit 1; }
 done
 
