@@ -23,6 +23,9 @@ enum Command {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example:\n  vdrep certs init /etc/vdrep/tls --sender host1 --host receiver.example --owner vdrep"
+)]
 struct InitArgs {
     /// Directory to write into (created if missing).
     dir: PathBuf,
@@ -47,6 +50,7 @@ struct InitArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  vdrep certs add-sender /etc/vdrep/tls host2 --owner vdrep")]
 struct AddSenderArgs {
     /// Directory holding ca.pem and ca.key.
     dir: PathBuf,

@@ -9,6 +9,7 @@ use anyhow::Context;
 use super::CliError;
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  vdrep completions bash > /etc/bash_completion.d/vdrep")]
 pub struct CompletionsArgs {
     /// The shell to complete for.
     #[arg(value_enum)]

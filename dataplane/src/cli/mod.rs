@@ -20,6 +20,7 @@ mod send;
 mod sidecar;
 pub mod store_args;
 mod unprotect;
+mod watch;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -63,7 +64,8 @@ enum Command {
     /// Run the whole product on this machine: make a VHDX, replicate it over QUIC into a local
     /// store, verify the replica.
     Demo(demo::Args),
-    /// Replicate disks to a receiver (initial replication).
+    /// Replicate a VM's disks to a receiver: one copy, or continuous protection with
+    /// --interval.
     Send(Box<send::Args>),
     /// Record a write in a disk's active change log (and write raw / fixed-VHD disks).
     LogWrite(log_write::Args),

@@ -14,6 +14,7 @@ use crate::sidecar::failover::FailoverTarget;
 use crate::sidecar::{self, SidecarConfig};
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  vdrep sidecar --config /etc/vdrep/sidecar.toml")]
 pub struct Args {
     /// TCP address of the API (loopback by default; port 0 picks one, printed as
     /// `sidecar on ADDR`).

@@ -13,7 +13,7 @@ pub mod jobs;
 pub mod local_control;
 mod logimage;
 mod options;
-mod progress;
+pub mod progress;
 pub mod protect;
 pub mod resync;
 pub mod status;
