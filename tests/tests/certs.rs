@@ -398,3 +398,43 @@ fn every_role_refuses_a_private_key_or_token_that_others_can_access() {
         "0641",
     );
 }
+
+/// The sender refusing the receiver's certificate for its name says so, and how to fix it
+/// (not "the receiver refused ... check --allow").
+#[test]
+fn a_receiver_certificate_without_the_name_in_to_is_refused_by_the_sender_with_the_fix() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let tls = vdrep_tests::procs::certs(&d.join("tls"), &["hv01"]);
+    let rx = vdrep_tests::roles::Role::receiver(d, &tls, "hv01=vm1", false);
+    let addr = rx.addr("listening on ");
+    let disk = d.join("os.raw");
+    fs::write(&disk, vec![1u8; 1 << 20]).unwrap();
+    let out = vdrep(&[
+        "send",
+        "--to",
+        &addr,
+        "--server-name",
+        "receiver.example",
+        "--tls",
+        s(&tls),
+        "--identity",
+        "hv01",
+        "--vm",
+        "vm1",
+        s(&disk),
+        "--no-progress",
+        "--state",
+        s(&d.join("state")),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.contains("this sender refused the receiver's certificate")
+            && last.contains("--host NAME")
+            && last.contains("--server-name"),
+        "{last}"
+    );
+    assert!(!last.contains("check --allow"), "{last}");
+}
