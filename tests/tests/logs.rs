@@ -91,3 +91,36 @@ fn log_format_json_writes_one_object_per_line() {
     let err = String::from_utf8_lossy(&vdrep(&after).stderr).into_owned();
     assert!(err.lines().next().unwrap().starts_with('{'), "{err}");
 }
+
+/// A one-shot send ends with its summary once, and logs durations as plain numbers.
+#[test]
+fn a_send_prints_its_summary_once_and_seconds_for_people() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let tls = vdrep_tests::procs::certs(&d.join("tls"), &["hv01"]);
+    let rx = vdrep_tests::roles::Role::receiver(d, &tls, "hv01=vm1", false);
+    let disk = vdrep_tests::images::seeded_raw(&d.join("os.raw"), 4 << 20, 3, 1 << 20, 3);
+    let out = vdrep(&[
+        "send",
+        "--to",
+        &rx.addr("listening on "),
+        "--tls",
+        tls.to_str().unwrap(),
+        "--identity",
+        "hv01",
+        "--vm",
+        "vm1",
+        disk.to_str().unwrap(),
+        "--state",
+        d.join("state").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("replicated 4.0 MiB").count(), 1, "{err}");
+    assert!(
+        !err.contains("e-"),
+        "a number in scientific notation: {err}"
+    );
+    // No progress lines from a run shorter than a minute.
+    assert!(!err.contains(" progress "), "{err}");
+}

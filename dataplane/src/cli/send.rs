@@ -431,10 +431,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 usage: false,
             }
         })?;
+    // The summary is in the log already (its last line): printed again only as JSON.
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        eprintln!("{}", summary.one_line());
     }
     Ok(())
 }

@@ -502,14 +502,14 @@ async fn attempt_once(
                     )
                     .await?;
                     info!(vm = %job.vm, disk = %job.name, cycle = out.cycle, changed_bytes = out.changed,
-                          rounds = out.rounds, seconds = t0.elapsed().as_secs_f64(),
+                          rounds = out.rounds, seconds = progress::log_secs(t0.elapsed().as_secs_f64()),
                           "resync committed at the receiver");
                     sh.board.committed(&job.vm, &job.name, out.cycle);
                 } else {
                     sh.jobs.copy_started(&mut ctrl, &vm, &job.name).await;
                     let out = disk::copy_initial(&conn, &mut ctrl, job, o, &sh).await?;
                     info!(vm = %job.vm, disk = %job.name, resumed_bytes = out.resumed,
-                          seconds = t0.elapsed().as_secs_f64(), "disk committed at the receiver");
+                          seconds = progress::log_secs(t0.elapsed().as_secs_f64()), "disk committed at the receiver");
                     let detail = format!(
                         "{} bytes committed as recovery point 0 in {:.1} s ({} bytes resumed)",
                         job.disk.info().virtual_size,

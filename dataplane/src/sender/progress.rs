@@ -222,6 +222,12 @@ pub fn human_duration(d: Duration) -> String {
     }
 }
 
+/// Seconds for a log line: milliseconds at most (`0.004`, not `4.78e-6`), still a number
+/// for JSON logs.
+pub fn log_secs(secs: f64) -> f64 {
+    (secs * 1000.0).round() / 1000.0
+}
+
 /// Bytes in binary units for people.
 pub fn human(n: u64) -> String {
     const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -255,6 +261,8 @@ mod tests {
         assert!(progress_line(gib, gib, 0.0, 0.0).starts_with("progress 100.0 %"));
         assert_eq!(human_duration(Duration::from_secs(200)), "3m 20s");
         assert_eq!(human_duration(Duration::from_secs(7500)), "2h 05m");
+        assert_eq!(format!("{:?}", log_secs(4.78e-6)), "0.0");
+        assert_eq!(format!("{:?}", log_secs(1.23456)), "1.235");
     }
 
     #[tokio::test(start_paused = true)]
