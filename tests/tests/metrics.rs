@@ -289,3 +289,96 @@ fn receiver_rereads_a_replaced_certificate_and_exports_its_expiry_timestamp() {
         days_left(second)
     );
 }
+
+/// A protecting sender takes its renewed certificate at the next connection, without
+/// restart: after the receiver restarts on the same port, the receiver sees the new
+/// certificate (its peer expiry gauge) and the sender says it reloaded.
+#[test]
+fn a_protecting_sender_uses_its_renewed_certificate_at_the_next_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tls = d.join("tls");
+    let t = tls.to_str().unwrap();
+    vdrep_tests::vdrep_ok(&["certs", "init", t, "--sender", "hv01", "--days", "30"]);
+    let disk = seeded_raw(&d.join("os.raw"), 4 << 20, 5, 1 << 20, 3);
+    let rx_args = |listen: &str| {
+        s(&[
+            "receive",
+            "--listen",
+            listen,
+            "--store",
+            d.join("store").to_str().unwrap(),
+            "--tls",
+            t,
+            "--allow",
+            "hv01=web",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+    };
+    let mut rx = Role::start(
+        &rx_args("127.0.0.1:0"),
+        &d.join("rx1.log"),
+        &["listening on ", "metrics on "],
+    );
+    let listen = rx.addr("listening on ");
+    let tx = Role::start(
+        &s(&[
+            "send",
+            "--to",
+            &listen,
+            "--tls",
+            t,
+            "--identity",
+            "hv01",
+            "--vm",
+            "web",
+            disk.to_str().unwrap(),
+            "--interval",
+            "1s",
+            "--no-progress",
+            "--state",
+            d.join("state").to_str().unwrap(),
+        ]),
+        &d.join("sender.log"),
+        &[],
+    );
+    let peer_days = |rx: &Role| {
+        let t = get(&rx.addr("metrics on "), "/metrics").body;
+        let ts = sample(
+            &t,
+            "vdrep_certificate_expiry_timestamp_seconds",
+            &[("cert", "peer"), ("name", "hv01")],
+        )?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        Some((ts - now) / 86400.0)
+    };
+    let first = eventually(Duration::from_secs(30), || {
+        peer_days(&rx).filter(|d| *d < 31.0)
+    })
+    .unwrap_or_else(|| panic!("no peer certificate; sender:\n{}", tx.log_text()));
+    assert!(first > 29.0, "{first}");
+
+    // Renewal with the same CA, then a new connection: the receiver restarts on its port.
+    vdrep_tests::vdrep_ok(&["certs", "add-sender", t, "hv01", "--force", "--days", "400"]);
+    rx.kill();
+    let rx = Role::start(
+        &rx_args(&listen),
+        &d.join("rx2.log"),
+        &["listening on ", "metrics on "],
+    );
+    let renewed = eventually(Duration::from_secs(60), || {
+        peer_days(&rx).filter(|d| *d > 399.0)
+    });
+    assert!(
+        renewed.is_some(),
+        "the sender reconnected with its old certificate; sender:\n{}",
+        tx.log_text()
+    );
+    assert!(tx
+        .log_text()
+        .contains("certificate files changed: reloaded"));
+}

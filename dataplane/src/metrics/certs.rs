@@ -52,6 +52,33 @@ fn fingerprint(files: &[&Path]) -> Vec<Option<(u64, Option<SystemTime>)>> {
         .collect()
 }
 
+/// Tells whether a role's certificate files changed since it last asked (length or
+/// modification time of the CA, certificate and key).
+#[derive(Debug)]
+pub struct FileWatch {
+    files: [PathBuf; 3],
+    seen: Vec<Option<(u64, Option<SystemTime>)>>,
+}
+
+impl FileWatch {
+    /// Starts watching `ca`, `cert` and `key` as they are now.
+    pub fn new(ca: &Path, cert: &Path, key: &Path) -> Self {
+        let files = [ca.to_path_buf(), cert.to_path_buf(), key.to_path_buf()];
+        let seen = fingerprint(&[&files[0], &files[1], &files[2]]);
+        FileWatch { files, seen }
+    }
+
+    /// Whether any file changed since the last call (or since [`FileWatch::new`]).
+    pub fn changed(&mut self) -> bool {
+        let now = fingerprint(&[&self.files[0], &self.files[1], &self.files[2]]);
+        if now == self.seen {
+            return false;
+        }
+        self.seen = now;
+        true
+    }
+}
+
 /// Spawns a task on the current runtime that, every [`WATCH_EVERY`], checks `ca`, `cert` and
 /// `key`; when any changed it calls `reload` (which builds and installs the new TLS
 /// configuration) and, if that succeeds, exports the new expiry. A replacement that does not
@@ -62,14 +89,12 @@ where
     F: Fn() -> Result<(), String> + Send + 'static,
 {
     tokio::spawn(async move {
-        let mut seen = fingerprint(&[&ca, &cert, &key]);
+        let mut files = FileWatch::new(&ca, &cert, &key);
         loop {
             tokio::time::sleep(WATCH_EVERY).await;
-            let now = fingerprint(&[&ca, &cert, &key]);
-            if now == seen {
+            if !files.changed() {
                 continue;
             }
-            seen = now;
             match reload() {
                 Ok(()) => {
                     export_files(&ca, &cert);

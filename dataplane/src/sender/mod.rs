@@ -124,6 +124,24 @@ pub async fn run_controlled(
     res
 }
 
+/// Installs the sender's changed certificate files for the next connections and exports
+/// their expiry; files that do not load are logged and the certificate in use stays.
+fn reload_client_certificate(
+    endpoint: &mut quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    files: &crate::tls::config::SenderFiles,
+) {
+    match crate::tls::config::sender_quic(files) {
+        Ok(cfg) => {
+            endpoint.set_default_client_config(crate::transport::client_config(addr, cfg));
+            crate::metrics::certs::export_files(&files.ca, &files.cert);
+            info!(cert = %files.cert.display(), "certificate files changed: reloaded");
+        }
+        Err(e) => warn!(cert = %files.cert.display(), error = %e,
+                        "certificate files changed but do not load; keeping the certificate in use"),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_jobs(
     vms: &[VmSpec],
@@ -311,8 +329,10 @@ async fn run_jobs(
         &opts.tls,
         &opts.identity,
     ))?;
-    let endpoint = crate::transport::client_endpoint(addr, client)
+    let mut endpoint = crate::transport::client_endpoint(addr, client)
         .map_err(|e| SendError::Internal(format!("cannot bind a UDP socket: {e}")))?;
+    // A renewed certificate is taken at the next connection, without restart.
+    let mut cert_files = crate::metrics::certs::FileWatch::new(&files.ca, &files.cert, &files.key);
     let bar = progress::Progress::new(
         opts.progress && matches!(mode, Mode::OneShot(_)),
         total,
@@ -333,6 +353,9 @@ async fn run_jobs(
             done.lock().map(|d| d.len()).unwrap_or(0) as u64 + Stats::get(&stats.cycles);
         let durable_before = Stats::get(&stats.durable_growth);
         let mut connected = false;
+        if cert_files.changed() {
+            reload_client_certificate(&mut endpoint, addr, &files);
+        }
         let res = attempt_once(
             &endpoint,
             addr,
