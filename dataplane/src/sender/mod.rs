@@ -15,6 +15,7 @@ mod logimage;
 mod options;
 pub mod progress;
 pub mod protect;
+mod renew;
 pub mod resync;
 pub mod status;
 mod stream;
@@ -122,24 +123,6 @@ pub async fn run_controlled(
         sj.fail_all(e);
     }
     res
-}
-
-/// Installs the sender's changed certificate files for the next connections and exports
-/// their expiry; files that do not load are logged and the certificate in use stays.
-fn reload_client_certificate(
-    endpoint: &mut quinn::Endpoint,
-    addr: std::net::SocketAddr,
-    files: &crate::tls::config::SenderFiles,
-) {
-    match crate::tls::config::sender_quic(files) {
-        Ok(cfg) => {
-            endpoint.set_default_client_config(crate::transport::client_config(addr, cfg));
-            crate::metrics::certs::export_files(&files.ca, &files.cert);
-            info!(cert = %files.cert.display(), "certificate files changed: reloaded");
-        }
-        Err(e) => warn!(cert = %files.cert.display(), error = %e,
-                        "certificate files changed but do not load; keeping the certificate in use"),
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -354,7 +337,7 @@ async fn run_jobs(
         let durable_before = Stats::get(&stats.durable_growth);
         let mut connected = false;
         if cert_files.changed() {
-            reload_client_certificate(&mut endpoint, addr, &files);
+            renew::reload_client_certificate(&mut endpoint, addr, &files);
         }
         let res = attempt_once(
             &endpoint,
