@@ -233,6 +233,11 @@ fn every_endpoint_answers_and_state_changes_need_the_token() {
             .starts_with("web  os    normal  -"),
         "{table}"
     );
+    assert!(
+        table.lines().any(|l| l.starts_with("bandwidth limit now: ")
+            && (l.ends_with(" Mbit/s") || l.ends_with("unlimited"))),
+        "{table}"
+    );
     // --watch without a terminal: a timestamped plain line per disk per refresh.
     let out = std::process::Command::new(&bin)
         .args([

@@ -199,6 +199,16 @@ pub fn status(a: StatusArgs) -> Result<(), CliError> {
         }
     }
     println!("{}", table(&rows));
+    // The limit in force, in the unit limits are set in.
+    if v["sender"]["reachable"] == Value::Bool(true) {
+        match v["sender"]["bandwidth_bytes_per_second"].as_u64() {
+            Some(b) => println!(
+                "bandwidth limit now: {}",
+                crate::sender::progress::mbit(b as f64)
+            ),
+            None => println!("bandwidth limit now: unlimited"),
+        }
+    }
     if v["sender"]["reachable"] != Value::Bool(true) {
         eprintln!("vdrep: warning: the sender is unreachable; the status shown may be old");
     }
