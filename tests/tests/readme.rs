@@ -217,6 +217,8 @@ fn the_using_it_blocks_run_as_written_across_two_network_namespaces() {
         qemu_img_create(&p, "vhdx", "", "64M");
         qemu_io_write(&p, "vhdx", pattern, 1 << 20, 3 << 20);
     }
+    // The mount points of the private folders (Debian has /srv; a minimal image may not).
+    std::fs::create_dir_all("/srv").unwrap();
     let net = Net::new();
 
     let mut background = Vec::new();
