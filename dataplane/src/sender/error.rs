@@ -29,8 +29,9 @@ pub enum SendError {
         #[source]
         source: quinn::ConnectError,
     },
-    /// The connection failed or was closed.
-    #[error("receiver {peer}: {source}")]
+    /// The connection failed or was closed (a TLS refusal says which side refused and the
+    /// fix, `crate::tls::advice`).
+    #[error("receiver {peer}: {source}{}", crate::tls::advice::suffix(source))]
     Connection {
         /// The receiver.
         peer: String,
@@ -146,6 +147,11 @@ impl SendError {
         }
         SendError::Tls(_) => "the certificates or keys are unusable: check --tls and --identity",
         SendError::Resolve(_) => "the receiver's address does not resolve: check --to",
+        SendError::Connection { source, .. }
+            if crate::tls::advice::for_connection(source).is_some() =>
+        {
+            crate::tls::advice::for_connection(source).unwrap_or_default()
+        }
         SendError::Connect { .. } | SendError::Connection { .. } | SendError::Frame { .. } => {
             if recoverable {
                 "the receiver is unreachable or the link failed; retrying"
