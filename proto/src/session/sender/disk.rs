@@ -421,16 +421,21 @@ impl SenderDisk {
                 self.state = DiskState::Shipping { cycle };
                 DiskEvent::Hashes(hashes)
             }
-            (DiskState::Rooting { cycle }, Control::Root { handle: h, root, .. })
-                if Some(h) == handle =>
-            {
+            (
+                DiskState::Rooting { cycle },
+                Control::Root {
+                    handle: h, root, ..
+                },
+            ) if Some(h) == handle => {
                 self.state = DiskState::Shipping { cycle };
                 DiskEvent::Root(root)
             }
             (
                 DiskState::CycleCommitting { cycle },
                 Control::Committed {
-                    handle: h, cycle: c, ..
+                    handle: h,
+                    cycle: c,
+                    ..
                 },
             ) if Some(h) == handle && c == cycle => {
                 self.committed(cycle);

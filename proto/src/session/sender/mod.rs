@@ -13,9 +13,7 @@ mod passes;
 
 pub use batch::{BatchInFlight, BatchSender, ExtentFrame, Settled, BATCH_SOURCE_BYTES};
 pub use control::{SenderControl, SenderState};
-pub use disk::{
-    expected_hashes, DiskEvent, DiskState, OpenedDisk, Resume, SenderDisk, ZeroBlocks,
-};
+pub use disk::{expected_hashes, DiskEvent, DiskState, OpenedDisk, Resume, SenderDisk, ZeroBlocks};
 pub use passes::{PassVerdict, Passes, MAX_PASSES};
 
 use crate::wire::ErrorClass;

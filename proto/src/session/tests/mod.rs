@@ -11,3 +11,4 @@ mod receiver_batch;
 mod receiver_control;
 mod receiver_refusals;
 mod sender;
+mod sender_disk;
