@@ -240,7 +240,10 @@ pub async fn begin_cycle(
     cycle: u64,
 ) -> Result<Resume, SendError> {
     let req = ctrl.req();
-    let msg = o.session.begin_cycle(req, cycle).map_err(|e| ctrl.error(e))?;
+    let msg = o
+        .session
+        .begin_cycle(req, cycle)
+        .map_err(|e| ctrl.error(e))?;
     match disk_call(ctrl, &mut o.session, msg).await? {
         DiskEvent::CycleOpened { resume, .. } => Ok(resume),
         other => Err(out_of_order(other)),

@@ -27,7 +27,9 @@ use vdrep_proto::session::sender::{DiskEvent, SenderDisk};
 use vdrep_proto::wire::MAX_HASH_PARENTS;
 use vdrep_proto::RangeSet;
 
-use super::disk::{begin_cycle, commit_cycle, disk_call, out_of_order, send_all, DiskJob, Opened, Shared};
+use super::disk::{
+    begin_cycle, commit_cycle, disk_call, out_of_order, send_all, DiskJob, Opened, Shared,
+};
 use super::{ControlStream, SendError};
 use crate::disk::{ExtentKind, VirtualDisk};
 use crate::pipeline::WorkItem;

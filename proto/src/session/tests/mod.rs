@@ -6,6 +6,7 @@
 mod hostile;
 mod model;
 mod pair;
+mod pair_disk;
 mod pair_tests;
 mod receiver_batch;
 mod receiver_control;
