@@ -14,7 +14,7 @@
 //! --Committed{n}--> `Ready`. A refusal of a recoverable class returns to the state before
 //! the request; any other refusal, and any answer the state does not expect, → `Failed`.
 
-use super::SessionError;
+use super::{Resume, SessionError};
 use crate::session::receiver::{name, tree_nodes};
 use crate::wire::{Control, ErrorClass, RESYNC_FANOUT, RESYNC_NODE_SIZES};
 use crate::Guid;
@@ -121,31 +121,6 @@ impl ZeroBlocks {
             (false, _) => ZeroBlocks::Clear,
             (true, 2) => ZeroBlocks::Span,
             (true, _) => ZeroBlocks::Skip,
-        }
-    }
-}
-
-/// What the receiver holds durably of a copy or a cycle, and so what remains to send: the
-/// one place the progress of a `DiskOpened` or `CycleOpened` reply is interpreted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Resume {
-    /// Durable byte ranges `[start, end)`: not sent again.
-    pub done: Vec<(u64, u64)>,
-    /// Their total length.
-    pub resumed: u64,
-}
-
-impl Resume {
-    /// The progress of an opened reply. An inverted range counts for nothing (no underflow
-    /// on a peer's bytes).
-    pub fn from_progress(progress: Vec<(u64, u64)>) -> Self {
-        let resumed = progress
-            .iter()
-            .map(|&(a, b)| b.saturating_sub(a))
-            .fold(0u64, u64::saturating_add);
-        Resume {
-            done: progress,
-            resumed,
         }
     }
 }

@@ -10,11 +10,13 @@ mod batch;
 mod control;
 mod disk;
 mod passes;
+mod resume;
 
 pub use batch::{BatchInFlight, BatchSender, ExtentFrame, Settled, BATCH_SOURCE_BYTES};
 pub use control::{SenderControl, SenderState};
-pub use disk::{expected_hashes, DiskEvent, DiskState, OpenedDisk, Resume, SenderDisk, ZeroBlocks};
+pub use disk::{expected_hashes, DiskEvent, DiskState, OpenedDisk, SenderDisk, ZeroBlocks};
 pub use passes::{PassVerdict, Passes, MAX_PASSES};
+pub use resume::Resume;
 
 use crate::wire::ErrorClass;
 
