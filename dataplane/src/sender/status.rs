@@ -19,6 +19,36 @@ struct Entry {
     copying: bool,
     resyncs: u64,
     resyncs_completed: u64,
+    /// The copy's rate, measured by [`Board::measure_rates`].
+    rate: Rate,
+}
+
+/// The rate of a full copy or resync: the last sample of its progress and a smoothed rate
+/// (exponentially weighted, so one slow second does not swing the ETA).
+#[derive(Default, Clone, Copy)]
+struct Rate {
+    last: Option<(tokio::time::Instant, u64)>,
+    bytes_per_second: Option<f64>,
+}
+
+impl Rate {
+    /// Weight of the newest one-second sample.
+    const ALPHA: f64 = 0.3;
+
+    fn sample(&mut self, at: tokio::time::Instant, counted: u64) {
+        if let Some((t, c)) = self.last {
+            let dt = at.saturating_duration_since(t).as_secs_f64();
+            if dt < 0.5 {
+                return;
+            }
+            let now = counted.saturating_sub(c) as f64 / dt;
+            self.bytes_per_second = Some(match self.bytes_per_second {
+                Some(r) => r + Self::ALPHA * (now - r),
+                None => now,
+            });
+        }
+        self.last = Some((at, counted));
+    }
 }
 
 #[derive(Default)]
@@ -71,6 +101,17 @@ pub struct DiskStatus {
     pub size_bytes: u64,
     /// Resyncs completed since the sender started.
     pub resyncs_completed: u64,
+    /// The source image's format as `vdrep inspect` names it (`vhdx-dynamic`, `raw`, ...).
+    #[serde(default)]
+    pub format: String,
+    /// Source bytes per second of the full copy or resync under way, smoothed over a few
+    /// seconds (`None` when no copy runs: delta cycles are short and have their RPO).
+    #[serde(default)]
+    pub rate_bytes_per_second: Option<u64>,
+    /// When the copy under way should end at that rate (Unix seconds; `None` when idle or
+    /// not measured yet).
+    #[serde(default)]
+    pub eta_unix: Option<u64>,
 }
 
 impl Board {
@@ -86,6 +127,7 @@ impl Board {
                     copying: true,
                     resyncs: 0,
                     resyncs_completed: 0,
+                    rate: Rate::default(),
                 },
             );
         }
@@ -231,6 +273,19 @@ impl Board {
         }
     }
 
+    /// Samples the progress of every copy under way (called every second by [`sample`]):
+    /// the source of `rate_bytes_per_second` and `eta_unix`.
+    pub fn measure_rates(&self, at: tokio::time::Instant) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        for e in g.disks.values_mut() {
+            if e.copying {
+                e.rate.sample(at, e.job.progress.counted());
+            } else {
+                e.rate = Rate::default();
+            }
+        }
+    }
+
     /// Every disk's status now; health, reason, RPO and next retry are the health
     /// model's ([`crate::health::Health::report`]), not computed again here.
     pub fn disks(&self, health: &crate::health::Health) -> Vec<DiskStatus> {
@@ -271,8 +326,16 @@ impl Board {
                     (None, true, false) => "initial",
                     (None, false, _) => "protected",
                 };
+                let info = e.job.disk.info();
+                let rate = e.rate.bytes_per_second.filter(|_| e.copying);
+                let left = info.virtual_size.saturating_sub(e.job.progress.counted());
                 DiskStatus {
-                    path: e.job.disk.info().path.display().to_string(),
+                    format: info.format.as_str().into(),
+                    rate_bytes_per_second: rate.map(|r| r.round() as u64),
+                    eta_unix: rate
+                        .filter(|r| *r >= 1.0)
+                        .map(|r| events::now_unix() + (left as f64 / r).ceil() as u64),
+                    path: info.path.display().to_string(),
                     health,
                     reason,
                     phase: phase.into(),
@@ -304,6 +367,7 @@ pub async fn sample(board: Arc<Board>, sh: Arc<super::Shared>) {
     let mut last_at = tokio::time::Instant::now();
     let mut last_lost: Option<(usize, u64)> = None;
     loop {
+        board.measure_rates(tokio::time::Instant::now());
         board.refresh_health(&sh.health);
         for d in board.disks(&sh.health) {
             let progress = if d.size_bytes == 0 {
@@ -339,5 +403,27 @@ pub async fn sample(board: Arc<Board>, sh: Arc<super::Shared>) {
             events::quic_path(s.path.rtt.as_secs_f64(), s.path.cwnd, delta);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rate;
+    use std::time::Duration;
+
+    #[test]
+    fn a_copy_rate_is_measured_between_samples_and_smoothed() {
+        let t0 = tokio::time::Instant::now();
+        let mut r = Rate::default();
+        r.sample(t0, 0);
+        assert_eq!(r.bytes_per_second, None, "one sample gives no rate");
+        r.sample(t0 + Duration::from_millis(100), 50);
+        assert_eq!(r.bytes_per_second, None, "samples closer than 0.5 s are skipped");
+        r.sample(t0 + Duration::from_secs(1), 10_000_000);
+        assert_eq!(r.bytes_per_second, Some(10_000_000.0));
+        // One slow second moves the rate by ALPHA of the difference, not all the way.
+        r.sample(t0 + Duration::from_secs(2), 10_000_000);
+        let v = r.bytes_per_second.unwrap();
+        assert!((v - 7_000_000.0).abs() < 1.0, "{v}");
     }
 }
