@@ -3,6 +3,9 @@
 #   - Debian: qemu-utils (qemu-img, qemu-io), libvhdi-utils (vhdiinfo), prometheus (promtool),
 #     rsync, socat, zstd, bzip2, iproute2 (ip netns, tc)
 #   - npm: Azurite, pinned in ops/package.json + ops/package-lock.json (`npm ci`)
+#   - the sidecar console's browser tests: Debian chromium (pinned below) driven by npm
+#     playwright-core (pinned in ops/package.json; it uses /usr/bin/chromium, never
+#     `playwright install`)
 #   - PyPI: libvhdi-python built from its sdist with the VHD-bitmap fix (ops/build-libvhdi.sh);
 #     schemathesis (pinned) in ops/.venv-schemathesis for the sidecar's API property tests
 # Idempotent: a second run only checks.
@@ -22,6 +25,7 @@ debs=(
   "bzip2="
   "iproute2="
   "openssl="
+  "chromium=156.0.8078.114-1~deb12u1"
 )
 missing=()
 for spec in "${debs[@]}"; do
@@ -42,13 +46,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "$name" >/dev/null
   done
 fi
-for tool in qemu-img qemu-io vhdiinfo promtool prometheus rsync socat zstd bunzip2 ip tc openssl; do
+for tool in qemu-img qemu-io vhdiinfo promtool prometheus rsync socat zstd bunzip2 ip tc openssl chromium; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing after install" >&2; exit 1; }
 done
 
-# Azurite, exactly as locked.
-if [ ! -x "$here/node_modules/.bin/azurite-blob" ] || [ "$here/package-lock.json" -nt "$here/node_modules/.package-lock.json" ]; then
-  echo "setup: installing Azurite (npm ci)"
+# Azurite and playwright-core, exactly as locked.
+if [ ! -x "$here/node_modules/.bin/azurite-blob" ] || [ ! -f "$here/node_modules/playwright-core/package.json" ] || [ "$here/package-lock.json" -nt "$here/node_modules/.package-lock.json" ]; then
+  echo "setup: installing Azurite and playwright-core (npm ci)"
   (cd "$here" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error)
 fi
 
