@@ -259,7 +259,8 @@ function fieldError(form, name, text) {
 function showValidation(form, names, message) {
   for (const n of names) fieldError(form, n, '');
   fieldError(form, '_form', '');
-  const hit = names.find((n) => message.includes(n));
+  // The longest name first: `non_work_hour_...` also contains `work_hour_...`.
+  const hit = [...names].sort((a, b) => b.length - a.length).find((n) => message.includes(n));
   fieldError(form, hit || '_form', message);
   if (hit && form.elements[hit]) form.elements[hit].focus();
 }
