@@ -99,8 +99,11 @@ async function waitJobState(page, id, word, timeout) {
     .waitFor({ timeout });
 }
 
+let lastPage = null;
+
 async function main() {
   const { ctx, page, outside, problems } = await launch();
+  lastPage = page;
   const out = {};
 
   // The security headers reach the browser.
@@ -180,15 +183,21 @@ async function main() {
   await created.waitFor();
   const resyncId = await created.innerText();
   out.resync_job = resyncId;
-  await page.getByRole('link', { name: 'Jobs', exact: true }).click();
-  await page.getByLabel('Machine').selectOption('web');
-  await page.getByLabel('State').selectOption('');
-  await page.getByRole('button', { name: 'Filter' }).click();
+  // The Jobs view of this machine (a hash change: the token stays), while the job starts.
+  await page.evaluate(() => { location.hash = '#/jobs?vm=web'; });
   await waitJobState(page, resyncId, 'Running', 60000);
   step(resyncId + ' running');
-  await both(page, 'jobs');
   await waitJobState(page, resyncId, 'Done', 120000);
   step(resyncId + ' done');
+  // The filter form: machine and state.
+  await page.getByRole('link', { name: 'Jobs', exact: true }).click();
+  await page.locator('#filter-vm option[value="web"]').waitFor({ state: 'attached' });
+  await page.getByLabel('Machine').selectOption('web');
+  await page.getByLabel('State').selectOption('succeeded');
+  await page.getByRole('button', { name: 'Filter' }).click();
+  await page.waitForURL(/#\/jobs\?vm=web&state=succeeded$/);
+  await waitJobState(page, resyncId, 'Done', 10000);
+  await both(page, 'jobs');
   await page.getByRole('link', { name: resyncId }).click();
   await page.locator('#job-state', { hasText: 'Done' }).waitFor();
   await page.locator('#job tbody tr').first().waitFor();
@@ -262,7 +271,14 @@ async function unreachable() {
   await ctx.close();
 }
 
-(mode === 'unreachable' ? unreachable() : main()).then(() => step('ok'), (e) => {
+(mode === 'unreachable' ? unreachable() : main()).then(() => step('ok'), async (e) => {
   console.error('[console] FAILED: ' + (e && e.stack ? e.stack : e));
+  if (lastPage) {
+    // What the page showed when it failed.
+    try {
+      await lastPage.screenshot({ path: path.join(shots, 'failure.png'), fullPage: true });
+      console.error('[console] the page at ' + lastPage.url() + ':\n' + await lastPage.locator('body').innerText());
+    } catch (_) { /* the browser is gone */ }
+  }
   process.exit(1);
 });

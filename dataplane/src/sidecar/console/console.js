@@ -10,9 +10,12 @@
 'use strict';
 
 let token = null;
+// Every 2 s; every 0.5 s while a job on screen is unfinished, so its steps are followed.
 const REFRESH_MS = 2000;
+const BUSY_REFRESH_MS = 500;
 let refresher = null;
 let current = null;
+let busy = false;
 
 const $ = (id) => document.getElementById(id);
 
@@ -142,7 +145,9 @@ const PHASES = {
 function phase(d) {
   const name = PHASES[d.phase] || d.phase;
   if (d.phase !== 'initial' && d.phase !== 'resyncing') {
-    if (d.phase === 'protected' && d.next_cycle_unix) return name + ' (next ' + rel(d.next_cycle_unix) + ')';
+    if (d.phase === 'protected' && d.next_cycle_unix) {
+      return name + (d.next_cycle_unix > nowUnix() ? ' (next ' + rel(d.next_cycle_unix) + ')' : ' (switching now)');
+    }
     return name;
   }
   const pct = d.size_bytes ? Math.floor(d.copied_bytes * 100 / d.size_bytes) : 100;
@@ -246,9 +251,10 @@ const machines = {
 
 function fieldError(form, name, text) {
   const out = form.querySelector('[data-error-for="' + name + '"]');
+  // A group of checkboxes is a RadioNodeList, not one input: its message is enough.
   const input = form.elements[name];
   if (out) out.textContent = text || '';
-  if (input) {
+  if (input instanceof Element) {
     if (text) input.setAttribute('aria-invalid', 'true');
     else input.removeAttribute('aria-invalid');
   }
@@ -489,6 +495,7 @@ function jobs(query) {
       let v;
       try { v = await api('GET', '/v1/jobs' + (p.toString() ? '?' + p : '')); } catch (e) { setRegion('jobs', readError(e)); return; }
       loadVms().catch(() => {});
+      busy = v.jobs.some((j) => j.state === 'queued' || j.state === 'running');
       setRegion('jobs', v.jobs.length ? jobsTable(v.jobs, true) : el('p', {}, 'No jobs match.'));
     },
   };
@@ -505,6 +512,7 @@ function jobDetail(id) {
     async refresh() {
       let j;
       try { j = await api('GET', '/v1/jobs/' + encodeURIComponent(id)); } catch (e) { setRegion('job', e.status === 404 ? el('p', { class: 'error' }, e.message) : readError(e)); return; }
+      busy = j.state === 'queued' || j.state === 'running';
       const parts = [el('dl', { class: 'summary' },
         el('dt', {}, 'Kind'), el('dd', {}, KINDS[j.kind] || j.kind),
         el('dt', {}, 'Machine'), el('dd', {}, el('a', { href: '#/vm/' + encodeURIComponent(j.vm) }, j.vm)),
@@ -630,12 +638,26 @@ function route() {
 
 async function tick() {
   const view = current;
+  busy = false;
   try {
     await view.refresh();
-    if (view === current) $('updated').textContent = 'Updated ' + utc(nowUnix()) + ' · refreshes every ' + REFRESH_MS / 1000 + ' s';
+    if (view === current) {
+      $('updated').textContent = 'Updated ' + utc(nowUnix()) + ' · refreshes every '
+        + (busy ? BUSY_REFRESH_MS / 1000 + ' s while a job runs' : REFRESH_MS / 1000 + ' s');
+    }
   } catch (e) {
     $('updated').textContent = 'Refresh failed: ' + e.message;
   }
+  return view;
+}
+
+// The refresh loop: one tick at a time, the next one scheduled when it ended.
+function schedule() {
+  if (refresher) clearTimeout(refresher);
+  refresher = setTimeout(async () => {
+    const view = await tick();
+    if (view === current) schedule();
+  }, busy ? BUSY_REFRESH_MS : REFRESH_MS);
 }
 
 function show() {
@@ -651,9 +673,8 @@ function show() {
     const on = (view === 'machines' && (top === '' || top === 'vm')) || view === top;
     if (on) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
   }
-  tick();
-  if (refresher) clearInterval(refresher);
-  refresher = setInterval(tick, REFRESH_MS);
+  if (refresher) clearTimeout(refresher);
+  tick().then((view) => { if (view === current) schedule(); });
 }
 
 function tokenState() {
