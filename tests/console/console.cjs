@@ -101,6 +101,8 @@ async function waitJobState(page, id, word, timeout) {
 
 let lastPage = null;
 
+fs.rmSync(path.join(shots, 'failure.png'), { force: true });
+
 async function main() {
   const { ctx, page, outside, problems } = await launch();
   lastPage = page;
@@ -248,6 +250,7 @@ async function main() {
   await page.getByLabel('Off-hours limit (Mbit/s)').fill('');
   await page.getByRole('button', { name: 'Save schedule' }).click();
   await page.locator('#bw-current', { hasText: '400.0 Mbit/s' }).waitFor({ timeout: 20000 });
+  await page.locator('#bw-work-hours', { hasText: 'yes' }).waitFor({ timeout: 20000 });
   await both(page, 'bandwidth');
   await page.goto(base + '/#/');
   await row(page, 'vms', 'web').locator('td[data-label="Bandwidth"]', { hasText: '400.0 Mbit/s' }).waitFor({ timeout: 20000 });

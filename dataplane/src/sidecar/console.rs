@@ -27,6 +27,26 @@ const INDEX: &str = include_str!("console/index.html");
 /// The assets under `/assets/`: name, content type, bytes.
 const ASSETS: &[(&str, &str, &[u8])] = &[
     (
+        "core.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("console/core.js"),
+    ),
+    (
+        "machines.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("console/machines.js"),
+    ),
+    (
+        "jobs.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("console/jobs.js"),
+    ),
+    (
+        "bandwidth.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("console/bandwidth.js"),
+    ),
+    (
         "console.js",
         "text/javascript; charset=utf-8",
         include_bytes!("console/console.js"),
