@@ -108,7 +108,8 @@ const nowUnix = () => Math.floor(Date.now() / 1000);
 function rel(unix) {
   if (unix === null || unix === undefined) return '–';
   const d = unix - nowUnix();
-  return d >= 0 ? 'in ' + dur(d) : dur(-d) + ' ago';
+  if (d === 0) return 'now';
+  return d > 0 ? 'in ' + dur(d) : dur(-d) + ' ago';
 }
 
 function bytes(n) {

@@ -181,10 +181,10 @@ function detail(vmName) {
       const older = every.length - all.length;
       setRegion('vm-points', all.length
         ? table(null, ['Point', 'Time', 'Bytes changed', 'Digest'], all.map((a) => [
-          '#' + a.id, utc(a.unix), bytes(a.bytes),
-          a.digests === a.disks ? 'yes (failover verifies it)' : 'no (initial copy or resync)']))
+          '#' + a.id, utc(a.unix), bytes(a.bytes), a.digests === a.disks ? 'yes' : 'no']), 'compact')
         : el('p', {}, 'No recovery point yet: the initial replication has not been committed.'),
-      el('p', { class: 'muted' }, (older > 0 ? older + ' older points not shown (oldest #' + every[every.length - 1].id + '; `vdrep points` lists every one). ' : '')
+      el('p', { class: 'muted' }, 'Digest: a test failover verifies the disks against it (the initial copy and resyncs carry none). '
+        + (older > 0 ? older + ' older points not shown (oldest #' + every[every.length - 1].id + '; `vdrep points` lists every one). ' : '')
         + 'Read from ' + doc.store + '.'));
       const key = all.map((a) => a.id).join(',');
       if (key !== pointsKey) {
