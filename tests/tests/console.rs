@@ -55,7 +55,10 @@ fn browse(mode: &str, api: &str, d: &Path) -> Value {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "the browser run ({mode}) failed:\n{text}");
+    assert!(
+        out.status.success(),
+        "the browser run ({mode}) failed:\n{text}"
+    );
     serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap()
 }
 
@@ -72,7 +75,10 @@ fn the_console_in_chromium_shows_health_resyncs_and_fails_over_at_a_chosen_point
     let db = seeded_raw(&d.join("db.raw"), 4 << 20, 5, 1 << 20, 3);
     std::fs::write(
         d.join("sender.toml"),
-        format!("[[vm]]\nname = \"db\"\ndisks = [{:?}]\n", db.to_str().unwrap()),
+        format!(
+            "[[vm]]\nname = \"db\"\ndisks = [{:?}]\n",
+            db.to_str().unwrap()
+        ),
     )
     .unwrap();
     std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
@@ -93,13 +99,23 @@ fn the_console_in_chromium_shows_health_resyncs_and_fails_over_at_a_chosen_point
     });
     assert!(ready.is_some(), "web never protected:\n{}", tx.log_text());
 
+    // The disk's format; no copy runs, so no rate and no ETA.
+    let disk = &get(&api, "/v1/vms/web").json()["disks"][0];
+    assert_eq!(disk["format"], "vhdx-dynamic", "{disk:#}");
+    assert_eq!(disk["rate_bytes_per_second"], Value::Null, "{disk:#}");
+    assert_eq!(disk["eta_unix"], Value::Null, "{disk:#}");
+
     // The points the page lists are the document `vdrep points --json` prints.
     let cli = Command::new(vdrep_tests::vdrep_bin())
         .args(["points", "--store", d.join("store").to_str().unwrap()])
         .args(["--vm", "web", "--json"])
         .output()
         .unwrap();
-    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
     let cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
     let served = get(&api, "/v1/vms/web/points");
     assert_eq!(served.status, 200, "{}", served.body);
@@ -186,7 +202,10 @@ fn every_answer_carries_the_security_headers_and_sets_no_cookie() {
     let api = sc.addr("sidecar on ");
     let page = get(&api, "/");
     assert_eq!(page.status, 200);
-    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
     assert!(page.body.contains("<script src=\"/assets/console.js\""));
     let js = get(&api, "/assets/console.js");
     assert_eq!(js.status, 200);
@@ -215,7 +234,11 @@ fn every_answer_carries_the_security_headers_and_sets_no_cookie() {
             !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
             "{path}: {csp:?}"
         );
-        assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{path}");
+        assert_eq!(
+            r.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
         assert_eq!(r.header("x-frame-options"), Some("DENY"), "{path}");
         // The token is never put in a cookie: the page keeps it in memory.
         assert_eq!(r.header("set-cookie"), None, "{path}");
@@ -227,12 +250,18 @@ fn a_read_token_guards_the_api_reads_but_not_the_page() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("read-token"), "reader-token\n").unwrap();
-    let sc = lone_sidecar(d, &["--read-token-file", d.join("read-token").to_str().unwrap()]);
+    let sc = lone_sidecar(
+        d,
+        &["--read-token-file", d.join("read-token").to_str().unwrap()],
+    );
     let api = sc.addr("sidecar on ");
     for path in ["/v1/vms", "/v1/jobs", "/v1/bandwidth", "/v1/vms/web/policy"] {
         let r = get(&api, path);
         assert_eq!(r.status, 401, "{path} without a token: {}", r.body);
-        assert!(r.json()["error"].as_str().unwrap().contains("read-token-file"));
+        assert!(r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("read-token-file"));
         let r = request(&api, "GET", path, Some("wrong"), None).unwrap();
         assert_eq!(r.status, 401, "{path} with a wrong token");
         for t in ["reader-token", TOKEN] {
@@ -241,7 +270,12 @@ fn a_read_token_guards_the_api_reads_but_not_the_page() {
         }
     }
     // The page, its assets and the description stay open.
-    for path in ["/", "/assets/console.js", "/assets/console.css", "/openapi.json"] {
+    for path in [
+        "/",
+        "/assets/console.js",
+        "/assets/console.css",
+        "/openapi.json",
+    ] {
         assert_eq!(get(&api, path).status, 200, "{path}");
     }
     // The read token reads only: a change needs the write token.
@@ -254,7 +288,10 @@ fn a_read_token_guards_the_api_reads_but_not_the_page() {
     )
     .unwrap();
     assert_eq!(r.status, 401, "{}", r.body);
-    assert!(r.json()["error"].as_str().unwrap().contains("changes state"));
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("changes state"));
 
     // Without --read-token-file reads are open (as before).
     let open = tempfile::tempdir().unwrap();
@@ -286,7 +323,13 @@ fn jobs_filter_by_vm_and_state_and_points_need_a_store() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|j| format!("{}/{}", j["vm"].as_str().unwrap(), j["state"].as_str().unwrap()))
+            .map(|j| {
+                format!(
+                    "{}/{}",
+                    j["vm"].as_str().unwrap(),
+                    j["state"].as_str().unwrap()
+                )
+            })
             .collect()
     };
     assert_eq!(ids(""), ["db/queued", "app/queued", "app/queued"]);
@@ -306,4 +349,81 @@ fn jobs_filter_by_vm_and_state_and_points_need_a_store() {
         .as_str()
         .unwrap()
         .contains("cannot read the replica store"));
+}
+
+#[test]
+fn an_initial_copy_shows_its_rate_and_eta_in_the_api_and_vdrep_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tls = certs(&d.join("tls"), &["hv01"]);
+    // 96 MiB of incompressible bytes at 64 Mbit/s (8 MB/s) on one stream: a copy of about
+    // 12 s whose progress is acknowledged every 16 MiB batch.
+    const SIZE: u64 = 96 << 20;
+    let disk = seeded_raw(&d.join("os.raw"), SIZE, 11, 1 << 20, 0);
+    std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
+    let rx = Role::receiver(d, &tls, "hv01=web", false);
+    // The sidecar pushes its schedule to the sender: the same 64 Mbit/s at all hours.
+    let sc = Stack::sidecar(d);
+    let api = sc.addr("sidecar on ");
+    let all_day = json!({"no_throttle": false, "work_days": ["mon","tue","wed","thu","fri","sat","sun"],
+        "work_hour_start": 0, "work_hour_end": 24, "work_hour_bytes_per_second": 8_000_000,
+        "non_work_hour_bytes_per_second": 8_000_000});
+    let r = request(
+        &api,
+        "PUT",
+        "/v1/bandwidth",
+        Some(TOKEN),
+        Some(&all_day.to_string()),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut args = Stack::sender_args(d, &tls, &disk, &rx);
+    args.extend(s(&["--bandwidth", "64Mbit", "--threads", "1"]));
+    let tx = Role::start(&args, &d.join("sender.log"), &[]);
+    let mut seen = Vec::new();
+    let copying = eventually(Duration::from_secs(30), || {
+        let v = get(&api, "/v1/vms/web");
+        let d = (v.status == 200).then(|| v.json()["disks"][0].clone())?;
+        seen.push(d.clone());
+        (d["phase"] == "initial"
+            && d["rate_bytes_per_second"].as_u64() > Some(0)
+            && d["copied_bytes"].as_u64() > Some(0))
+        .then_some(d)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the copy never showed a rate; seen: {:#?}\nsender log:\n{}",
+            seen.last(),
+            tx.log_text()
+        )
+    });
+    let rate = copying["rate_bytes_per_second"].as_u64().unwrap();
+    assert!(
+        // An average over up to 10 s of acknowledged batches.
+        (3_000_000..=16_000_000).contains(&rate),
+        "rate {rate} B/s for an 8 MB/s limit: {copying:#}"
+    );
+    let now = jiff::Timestamp::now().as_second() as u64;
+    let eta = copying["eta_unix"].as_u64().expect("an ETA while copying");
+    let left = SIZE - copying["copied_bytes"].as_u64().unwrap();
+    // The ETA is what is left at the measured rate (a few seconds of slack for the sample).
+    let want = now + left / rate;
+    assert!(
+        eta + 3 >= want && eta <= want + 3,
+        "eta {eta}, expected about {want}: {copying:#}"
+    );
+    let out = Command::new(vdrep_tests::vdrep_bin())
+        .args(["status", "--sidecar", &api])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.lines().next().unwrap().ends_with("FORMAT  PHASE"),
+        "{table}"
+    );
+    let row = table.lines().nth(1).unwrap();
+    assert!(
+        row.contains(" raw ") && row.contains(" initial ") && row.contains(" MB/s ETA "),
+        "{table}"
+    );
 }

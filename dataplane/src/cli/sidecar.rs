@@ -157,7 +157,10 @@ fn failover_target(
     let st = store.clone();
     let points = std::sync::Arc::new(move |vm: &str| {
         let s = st.open_existing().map_err(|e| format!("{e:#}"))?;
-        if s.list_disks(Some(vm)).map_err(|e| format!("{e:#}"))?.is_empty() {
+        if s.list_disks(Some(vm))
+            .map_err(|e| format!("{e:#}"))?
+            .is_empty()
+        {
             return Ok(None);
         }
         let doc = super::points::document(s.as_ref(), vm).map_err(|e| format!("{e:#}"))?;

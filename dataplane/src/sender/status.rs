@@ -23,31 +23,36 @@ struct Entry {
     rate: Rate,
 }
 
-/// The rate of a full copy or resync: the last sample of its progress and a smoothed rate
-/// (exponentially weighted, so one slow second does not swing the ETA).
-#[derive(Default, Clone, Copy)]
+/// The rate of a full copy or resync: the average over the last [`Rate::WINDOW`] of
+/// one-second samples of its progress. Progress moves in bursts (an extent is counted when
+/// the receiver acknowledges it), so one second alone says little.
+#[derive(Default, Clone)]
 struct Rate {
-    last: Option<(tokio::time::Instant, u64)>,
-    bytes_per_second: Option<f64>,
+    samples: std::collections::VecDeque<(tokio::time::Instant, u64)>,
 }
 
 impl Rate {
-    /// Weight of the newest one-second sample.
-    const ALPHA: f64 = 0.3;
+    /// How far back the average reaches.
+    const WINDOW: Duration = Duration::from_secs(10);
+    /// The shortest span that gives a rate.
+    const MIN_SPAN: Duration = Duration::from_secs(2);
 
     fn sample(&mut self, at: tokio::time::Instant, counted: u64) {
-        if let Some((t, c)) = self.last {
-            let dt = at.saturating_duration_since(t).as_secs_f64();
-            if dt < 0.5 {
-                return;
-            }
-            let now = counted.saturating_sub(c) as f64 / dt;
-            self.bytes_per_second = Some(match self.bytes_per_second {
-                Some(r) => r + Self::ALPHA * (now - r),
-                None => now,
-            });
+        self.samples.push_back((at, counted));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| at.saturating_duration_since(*t) > Self::WINDOW)
+        {
+            self.samples.pop_front();
         }
-        self.last = Some((at, counted));
+    }
+
+    /// Bytes per second over the window (`None` before [`Rate::MIN_SPAN`] of samples).
+    fn bytes_per_second(&self) -> Option<f64> {
+        let ((t0, c0), (t1, c1)) = (self.samples.front()?, self.samples.back()?);
+        let span = t1.saturating_duration_since(*t0);
+        (span >= Self::MIN_SPAN).then(|| c1.saturating_sub(*c0) as f64 / span.as_secs_f64())
     }
 }
 
@@ -327,7 +332,7 @@ impl Board {
                     (None, false, _) => "protected",
                 };
                 let info = e.job.disk.info();
-                let rate = e.rate.bytes_per_second.filter(|_| e.copying);
+                let rate = e.rate.bytes_per_second().filter(|_| e.copying);
                 let left = info.virtual_size.saturating_sub(e.job.progress.counted());
                 DiskStatus {
                     format: info.format.as_str().into(),
@@ -412,18 +417,22 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn a_copy_rate_is_measured_between_samples_and_smoothed() {
+    fn a_copy_rate_is_the_average_over_the_last_ten_seconds() {
         let t0 = tokio::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
         let mut r = Rate::default();
-        r.sample(t0, 0);
-        assert_eq!(r.bytes_per_second, None, "one sample gives no rate");
-        r.sample(t0 + Duration::from_millis(100), 50);
-        assert_eq!(r.bytes_per_second, None, "samples closer than 0.5 s are skipped");
-        r.sample(t0 + Duration::from_secs(1), 10_000_000);
-        assert_eq!(r.bytes_per_second, Some(10_000_000.0));
-        // One slow second moves the rate by ALPHA of the difference, not all the way.
-        r.sample(t0 + Duration::from_secs(2), 10_000_000);
-        let v = r.bytes_per_second.unwrap();
-        assert!((v - 7_000_000.0).abs() < 1.0, "{v}");
+        r.sample(at(0), 0);
+        r.sample(at(1), 8_000_000);
+        assert_eq!(r.bytes_per_second(), None, "under two seconds: no rate yet");
+        // Bursts: nothing counted in one second, 16 MB in the next.
+        r.sample(at(2), 8_000_000);
+        assert_eq!(r.bytes_per_second(), Some(4_000_000.0));
+        r.sample(at(3), 24_000_000);
+        assert_eq!(r.bytes_per_second(), Some(8_000_000.0));
+        // Samples older than the window drop out.
+        for s in 4..=13 {
+            r.sample(at(s), 24_000_000 + (s - 3) * 1_000_000);
+        }
+        assert_eq!(r.bytes_per_second(), Some(1_000_000.0));
     }
 }

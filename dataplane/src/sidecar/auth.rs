@@ -18,11 +18,7 @@ pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.0,
-            axum::Json(serde_json::json!({ "error": self.1 })),
-        )
-            .into_response()
+        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
     }
 }
 

@@ -65,11 +65,7 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
 
 /// `GET /`: the page.
 pub async fn index() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        INDEX,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX).into_response()
 }
 
 /// `GET /assets/{name}`.
@@ -117,15 +113,24 @@ mod tests {
     fn the_page_loads_nothing_from_outside_and_runs_no_inline_script() {
         for (name, _, body) in ASSETS.iter().filter(|(n, _, _)| !n.ends_with(".svg")) {
             let text = std::str::from_utf8(body).unwrap();
-            assert!(!text.contains("http://") && !text.contains("https://"), "{name}");
+            assert!(
+                !text.contains("http://") && !text.contains("https://"),
+                "{name}"
+            );
         }
         assert!(!INDEX.contains("http://") && !INDEX.contains("https://"));
         // Every <script> has a src (the CSP refuses inline script anyway).
         for tag in INDEX.split("<script").skip(1) {
             let head = tag.split('>').next().unwrap_or("");
-            assert!(head.contains("src=\"/assets/"), "inline script: <script{head}>");
+            assert!(
+                head.contains("src=\"/assets/"),
+                "inline script: <script{head}>"
+            );
         }
-        assert!(!INDEX.contains(" style=\""), "inline styles are refused by the CSP");
+        assert!(
+            !INDEX.contains(" style=\""),
+            "inline styles are refused by the CSP"
+        );
         for (name, _, _) in ASSETS {
             assert!(
                 INDEX.contains(&format!("/assets/{name}")),

@@ -148,6 +148,12 @@ function phase(d) {
   }
   const pct = d.size_bytes ? Math.floor(d.copied_bytes * 100 / d.size_bytes) : 100;
   const parts = [name + ' ' + pct + ' %'];
+  if (d.health === 'critical') {
+    // Not retried: no rate, no ETA until an operator acts.
+    parts.push('stopped');
+    return el('span', {}, el('progress', { max: 100, value: pct, 'aria-label': name + ' progress' }),
+      ' ' + parts.join(' · '));
+  }
   if (d.rate_bytes_per_second !== null && d.rate_bytes_per_second !== undefined) {
     parts.push((d.rate_bytes_per_second / 1e6).toFixed(1) + ' MB/s');
   }
