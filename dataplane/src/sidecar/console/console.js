@@ -89,7 +89,9 @@ document.addEventListener('DOMContentLoaded', () => {
     tokenState();
     notify('Token forgotten.', 'ok');
   });
-  window.addEventListener('hashchange', show);
+  // A view change moves focus to the content, so keyboard and screen-reader users start
+  // there rather than on the link they used.
+  window.addEventListener('hashchange', () => { show(); $('main').focus({ preventScroll: true }); });
   tokenState();
   show();
 });
