@@ -88,9 +88,10 @@ function row(page, region, name) {
   });
 }
 
-async function enterToken(page, t) {
+async function enterToken(page, t, byKeyboard) {
   await page.getByLabel('Token', { exact: true }).fill(t);
-  await page.getByRole('button', { name: 'Use token' }).click();
+  if (byKeyboard) await page.getByLabel('Token', { exact: true }).press('Enter');
+  else await page.getByRole('button', { name: 'Use token' }).click();
   await page.locator('#token-state', { hasText: 'Token entered' }).waitFor();
 }
 
@@ -208,7 +209,7 @@ async function main() {
   // A reload forgets the token.
   await page.reload();
   await page.locator('#token-state', { hasText: 'No token' }).waitFor();
-  await enterToken(page, TOKEN);
+  await enterToken(page, TOKEN, true);
 
   // Test failover at a chosen point (not the newest: the oldest delta point listed).
   step('test failover');

@@ -137,6 +137,8 @@ fn vms_view(sc: &Sidecar) -> (Value, Vec<Value>) {
                 "reason": h.and_then(|h| h.reasons.first().cloned()).unwrap_or_default(),
                 "protected": disks.iter().all(|d| d.phase == "protected"),
                 "rpo_seconds": h.and_then(|h| h.rpo_seconds).map(|r| r as u64),
+                // The threshold the sender's health model applies (the console shows it).
+                "rpo_threshold_seconds": h.map(|h| h.rpo_threshold_seconds.round() as u64),
                 "last_cycle_unix": disks.iter().filter_map(|d| d.last_cycle_unix).min(),
                 "next_cycle_unix": disks.iter().filter_map(|d| d.next_cycle_unix).min(),
                 "next_retry_unix": h.and_then(|h| h.next_retry.as_deref()).and_then(unix),

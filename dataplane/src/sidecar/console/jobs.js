@@ -28,7 +28,8 @@ function jobs(query) {
     mount(main) {
       const vmSel = el('select', { id: 'filter-vm', name: 'vm' }, el('option', { value: '' }, 'All machines'));
       const stSel = el('select', { id: 'filter-state', name: 'state' }, el('option', { value: '' }, 'Any state'),
-        ...['queued', 'running', 'succeeded', 'failed'].map((s) => el('option', { value: s }, s)));
+        ...[['queued', 'Queued'], ['running', 'Running'], ['succeeded', 'Done'], ['failed', 'Failed']]
+          .map(([v, label]) => el('option', { value: v }, label)));
       stSel.value = q.get('state') || '';
       const f = el('form', { id: 'jobs-filter', class: 'filters', onsubmit: (ev) => {
         ev.preventDefault();
@@ -88,15 +89,21 @@ function jobDetail(id) {
       if (j.errors.length) {
         parts.push(el('h2', {}, 'Errors'), el('ol', { class: 'errors' }, j.errors.map((e) => el('li', {}, e))));
       }
-      if (j.result) parts.push(el('h2', {}, 'Result'), result(j));
+      const shown = j.result ? result(j) : null;
+      if (shown) parts.push(el('h2', {}, 'Result'), shown);
       setRegion('job', parts);
     },
   };
 }
 
-// A job's result: for a test failover, where every disk was written.
+// A job's result: for a test failover, where every disk was written; for enabling
+// protection, the disks. A resync's result is the sidecar's own bookkeeping: not shown.
 function result(j) {
   const r = j.result;
+  if (j.kind === 'resync') return null;
+  if (j.kind === 'enable_protection' && Array.isArray(r.disks)) {
+    return el('ul', { id: 'job-result' }, r.disks.map((d) => el('li', { class: 'mono' }, String(d))));
+  }
   if (j.kind === 'test_failover' && r.disks) {
     return el('div', { id: 'job-result' },
       el('p', {}, 'Point ', el('strong', {}, r.point === null ? '–' : '#' + r.point), ' written into ',

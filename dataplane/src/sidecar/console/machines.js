@@ -20,7 +20,7 @@ const machines = {
       el('a', { href: '#/vm/' + encodeURIComponent(vm.vm) }, vm.vm),
       healthBadge(vm.health, vm.reason),
       el('span', {}, vm.rpo_seconds === null ? 'no point yet' : dur(vm.rpo_seconds),
-        el('span', { class: 'muted' }, ' (threshold ' + dur(vm.policy.rpo_threshold_seconds) + ')')),
+        el('span', { class: 'muted' }, ' (threshold ' + dur(vm.rpo_threshold_seconds ?? vm.policy.rpo_threshold_seconds) + ')')),
       vm.last_cycle_unix ? el('span', {}, utc(vm.last_cycle_unix), el('span', { class: 'muted' }, ' ' + rel(vm.last_cycle_unix))) : '–',
       vmPhase(vm),
       bw,
@@ -134,7 +134,7 @@ function detail(vmName) {
       loadVms().catch(() => {});
       setRegion('vm-summary', el('dl', { class: 'summary' },
         el('dt', {}, 'Health'), el('dd', {}, healthBadge(vm.health, vm.reason)),
-        el('dt', {}, 'RPO'), el('dd', {}, vm.rpo_seconds === null ? 'no point yet' : dur(vm.rpo_seconds), ' (threshold ' + dur(vm.policy.rpo_threshold_seconds) + ')'),
+        el('dt', {}, 'RPO'), el('dd', {}, vm.rpo_seconds === null ? 'no point yet' : dur(vm.rpo_seconds), ' (threshold ' + dur(vm.rpo_threshold_seconds ?? vm.policy.rpo_threshold_seconds) + ')'),
         el('dt', {}, 'Latest recovery point'), el('dd', {}, utc(vm.last_cycle_unix)),
         el('dt', {}, 'Phase'), el('dd', {}, vmPhase(vm)),
         el('dt', {}, 'Next retry'), el('dd', {}, vm.next_retry_unix ? utc(vm.next_retry_unix) + ' (' + rel(vm.next_retry_unix) + ')' : '–')));
