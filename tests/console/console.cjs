@@ -120,7 +120,7 @@ async function main() {
   const web = row(page, 'vms', 'web');
   await web.locator('.health.normal', { hasText: 'Normal' }).waitFor({ timeout: 30000 });
   const rpo = await web.locator('td[data-label="RPO"]').innerText();
-  assert.match(rpo, /^\d+ s \(threshold /, 'RPO of web: ' + rpo);
+  assert.match(rpo, /^\d+\ss \(threshold /, 'RPO of web: ' + rpo);
   const db = row(page, 'vms', 'db');
   await db.locator('.health.critical', { hasText: 'Critical' }).waitFor({ timeout: 60000 });
   const dbHealth = await db.locator('td[data-label="Health"]').innerText();
@@ -250,11 +250,11 @@ async function main() {
   await page.getByLabel('Work-hour limit (Mbit/s)').fill('400');
   await page.getByLabel('Off-hours limit (Mbit/s)').fill('');
   await page.getByRole('button', { name: 'Save schedule' }).click();
-  await page.locator('#bw-current', { hasText: '400.0 Mbit/s' }).waitFor({ timeout: 20000 });
+  await page.locator('#bw-current', { hasText: /400\.0\sMbit\/s/ }).waitFor({ timeout: 20000 });
   await page.locator('#bw-work-hours', { hasText: 'yes' }).waitFor({ timeout: 20000 });
   await both(page, 'bandwidth');
   await page.goto(base + '/#/');
-  await row(page, 'vms', 'web').locator('td[data-label="Bandwidth"]', { hasText: '400.0 Mbit/s' }).waitFor({ timeout: 20000 });
+  await row(page, 'vms', 'web').locator('td[data-label="Bandwidth"]', { hasText: /400\.0\sMbit\/s/ }).waitFor({ timeout: 20000 });
 
   assert.deepEqual(outside, [], 'requests outside the sidecar');
   assert.deepEqual(problems, [], 'errors in the page');

@@ -97,10 +97,11 @@ function utc(unix) {
 function dur(s) {
   if (s === null || s === undefined) return '–';
   s = Math.max(0, Math.round(s));
-  if (s < 120) return s + ' s';
-  if (s < 7200) return Math.round(s / 60) + ' min';
-  if (s < 172800) return (s / 3600).toFixed(1) + ' h';
-  return Math.round(s / 86400) + ' d';
+  // A no-break space keeps a number with its unit.
+  if (s < 120) return s + '\u00a0s';
+  if (s < 7200) return Math.round(s / 60) + '\u00a0min';
+  if (s < 172800) return (s / 3600).toFixed(1) + '\u00a0h';
+  return Math.round(s / 86400) + '\u00a0d';
 }
 
 const nowUnix = () => Math.floor(Date.now() / 1000);
@@ -117,12 +118,12 @@ function bytes(n) {
   const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let i = 0;
   while (n >= 1024 && i < u.length - 1) { n /= 1024; i += 1; }
-  return (i ? n.toFixed(1) : n) + ' ' + u[i];
+  return (i ? n.toFixed(1) : n) + '\u00a0' + u[i];
 }
 
 function mbit(bps) {
   if (bps === null || bps === undefined) return 'no limit';
-  return (bps * 8 / 1e6).toFixed(1) + ' Mbit/s';
+  return (bps * 8 / 1e6).toFixed(1) + '\u00a0Mbit/s';
 }
 
 function healthBadge(h, reason) {
@@ -147,7 +148,7 @@ function phase(d) {
     return name;
   }
   const pct = d.size_bytes ? Math.floor(d.copied_bytes * 100 / d.size_bytes) : 100;
-  const parts = [name + ' ' + pct + ' %'];
+  const parts = [name + ' ' + pct + '\u00a0%'];
   if (d.health === 'critical') {
     // Not retried: no rate, no ETA until an operator acts.
     parts.push('stopped');
@@ -155,7 +156,7 @@ function phase(d) {
       ' ' + parts.join(' · '));
   }
   if (d.rate_bytes_per_second !== null && d.rate_bytes_per_second !== undefined) {
-    parts.push((d.rate_bytes_per_second / 1e6).toFixed(1) + ' MB/s');
+    parts.push((d.rate_bytes_per_second / 1e6).toFixed(1) + '\u00a0MB/s');
   }
   if (d.eta_unix) parts.push('ETA ' + utc(d.eta_unix).slice(11, 19) + ' (' + rel(d.eta_unix) + ')');
   return el('span', {}, el('progress', { max: 100, value: pct, 'aria-label': name + ' progress' }),
