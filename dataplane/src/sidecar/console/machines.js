@@ -38,6 +38,8 @@ function detail(vmName) {
   const enc = encodeURIComponent(vmName);
   let policyFilled = false;
   let pointsKey = '';
+  let pointsCycle;
+  let pointsAt = 0;
   return {
     title: 'Machine ' + vmName,
     mount(main) {
@@ -152,7 +154,13 @@ function detail(vmName) {
         ? jobsTable(vm.jobs.slice(0, 5), false)
         : el('p', { class: 'muted' }, 'No jobs yet.'),
       el('p', {}, el('a', { href: '#/jobs?vm=' + enc }, 'All jobs of ' + vmName)));
-      await this.points();
+      // Listing points reads the store (Azure: a listing of blob snapshots): only when a
+      // new point was committed, or every 30 s.
+      if (vm.last_cycle_unix !== pointsCycle || Date.now() - pointsAt > 30000) {
+        pointsCycle = vm.last_cycle_unix;
+        pointsAt = Date.now();
+        await this.points();
+      }
     },
     async points() {
       let doc;
