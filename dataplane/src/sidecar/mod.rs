@@ -10,8 +10,8 @@
 //! `--state DIR` ([`state`]) so its own restart loses nothing.
 //!
 //! The OpenAPI description is `ops/openapi.json`, compiled in and served at `/openapi.json`.
-//! The operator's console, a page over this API, is served at `/` ([`console`]); with
-//! `--read-token-file` the API's reads need a token too ([`auth`]).
+//! The operator's console, a page over this API, is served at `/` (`console.rs`); with
+//! `--read-token-file` the API's reads need a token too (`auth.rs`).
 
 mod api;
 mod auth;
