@@ -206,6 +206,13 @@ async function main() {
   await page.locator('#job tbody tr').first().waitFor();
   await both(page, 'job-detail');
 
+  // Resynchronize in the next off-hours window: a job that waits for it.
+  await page.goto(base + '/#/vm/web');
+  await page.getByLabel('In the next off-hours window').check();
+  await page.getByRole('button', { name: 'Resynchronize' }).click();
+  await page.locator('#action-result', { hasText: 'in the next off-hours window' }).waitFor();
+  out.window_job = await page.locator('#action-result a').innerText();
+
   // A reload forgets the token.
   await page.reload();
   await page.locator('#token-state', { hasText: 'No token' }).waitFor();

@@ -131,7 +131,7 @@ fn the_console_in_chromium_shows_health_resyncs_and_fails_over_at_a_chosen_point
 
     let out = browse("main", &api, d);
 
-    // The refused click made no job: the one resync is the one made with the token.
+    // The refused click made no job: the resyncs are the two made with the token.
     let jobs = get(&api, "/v1/jobs?vm=web").json();
     let resyncs: Vec<&Value> = jobs["jobs"]
         .as_array()
@@ -139,9 +139,13 @@ fn the_console_in_chromium_shows_health_resyncs_and_fails_over_at_a_chosen_point
         .iter()
         .filter(|j| j["kind"] == "resync")
         .collect();
-    assert_eq!(resyncs.len(), 1, "{jobs:#}");
-    assert_eq!(resyncs[0]["id"], out["resync_job"]);
-    assert_eq!(resyncs[0]["state"], "succeeded");
+    assert_eq!(resyncs.len(), 2, "{jobs:#}");
+    let now_job = resyncs.iter().find(|j| j["id"] == out["resync_job"]).unwrap();
+    assert_eq!(now_job["state"], "succeeded");
+    assert_eq!(now_job["not_before_unix"], Value::Null);
+    // The other waits for the VM's off-hours window.
+    let window_job = resyncs.iter().find(|j| j["id"] == out["window_job"]).unwrap();
+    assert!(window_job["not_before_unix"].is_u64(), "{window_job:#}");
 
     // The test failover's disks, where the page says they are, equal the source at that
     // point (the source was not written after the initial copy, so the point's content
