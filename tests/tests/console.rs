@@ -140,11 +140,17 @@ fn the_console_in_chromium_shows_health_resyncs_and_fails_over_at_a_chosen_point
         .filter(|j| j["kind"] == "resync")
         .collect();
     assert_eq!(resyncs.len(), 2, "{jobs:#}");
-    let now_job = resyncs.iter().find(|j| j["id"] == out["resync_job"]).unwrap();
+    let now_job = resyncs
+        .iter()
+        .find(|j| j["id"] == out["resync_job"])
+        .unwrap();
     assert_eq!(now_job["state"], "succeeded");
     assert_eq!(now_job["not_before_unix"], Value::Null);
     // The other waits for the VM's off-hours window.
-    let window_job = resyncs.iter().find(|j| j["id"] == out["window_job"]).unwrap();
+    let window_job = resyncs
+        .iter()
+        .find(|j| j["id"] == out["window_job"])
+        .unwrap();
     assert!(window_job["not_before_unix"].is_u64(), "{window_job:#}");
 
     // The test failover's disks, where the page says they are, equal the source at that
