@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything vdrep's tests need on a fresh Debian machine of this kind, pinned:
 #   - Debian: qemu-utils (qemu-img, qemu-io), libvhdi-utils (vhdiinfo), prometheus (promtool),
-#     rsync, socat, zstd, bzip2, iproute2 (ip netns, tc)
+#     rsync, socat, zstd, bzip2, iproute2 (ip netns, tc), systemd (systemd-analyze verify of
+#     the packaged units), xxd (the README's examples)
+#   - crates.io: cargo-nextest (pinned), the test runner
 #   - npm: Azurite, pinned in ops/package.json + ops/package-lock.json (`npm ci`)
 #   - the sidecar console's browser tests: Debian chromium (pinned below) driven by npm
 #     playwright-core (pinned in ops/package.json; it uses /usr/bin/chromium, never
@@ -25,6 +27,8 @@ debs=(
   "bzip2="
   "iproute2="
   "openssl="
+  "systemd="
+  "xxd="
   "chromium=156.0.8078.114-1~deb12u1"
 )
 missing=()
@@ -46,7 +50,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "$name" >/dev/null
   done
 fi
-for tool in qemu-img qemu-io vhdiinfo promtool prometheus rsync socat zstd bunzip2 ip tc openssl chromium; do
+for tool in qemu-img qemu-io vhdiinfo promtool prometheus rsync socat zstd bunzip2 ip tc openssl \
+    systemd-analyze dpkg-deb xxd chromium; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing after install" >&2; exit 1; }
 done
 
@@ -75,6 +80,13 @@ if [ ${#nbd_missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${nbd_missing[@]}" >/dev/null
 fi
 command -v nbdinfo >/dev/null || { echo "setup: nbdinfo still missing after install" >&2; exit 1; }
+
+# cargo-nextest, the test runner ops/test.sh uses, pinned (built from crates.io if missing).
+nextest_version=0.9.143
+if ! cargo nextest --version 2>/dev/null | grep "^cargo-nextest $nextest_version" >/dev/null; then
+  echo "setup: installing cargo-nextest $nextest_version"
+  cargo install --locked --quiet "cargo-nextest@$nextest_version"
+fi
 
 # Azurite and playwright-core, exactly as locked.
 if [ ! -x "$here/node_modules/.bin/azurite-blob" ] || [ ! -f "$here/node_modules/playwright-core/package.json" ] || [ "$here/package-lock.json" -nt "$here/node_modules/.package-lock.json" ]; then
