@@ -12,7 +12,7 @@ use vdrep_tests::http::{get, request};
 use vdrep_tests::images::{make_image, scattered_writes, seeded_raw, Kind};
 use vdrep_tests::procs::certs;
 use vdrep_tests::roles::{eventually, Role};
-use vdrep_tests::sidecar::{s, Stack, TOKEN};
+use vdrep_tests::sidecar::{s, write_token, Stack, TOKEN};
 use vdrep_tests::{require_qemu, require_tool, run};
 
 fn repo() -> PathBuf {
@@ -81,7 +81,7 @@ fn the_console_in_chromium_shows_health_resyncs_and_fails_over_at_a_chosen_point
         ),
     )
     .unwrap();
-    std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
+    write_token(d);
     let _rx = Role::receiver(d, &tls, "hv01=web", false);
     let mut args = Stack::sender_args(d, &tls, &web, &_rx);
     args.extend(s(&[
@@ -189,7 +189,7 @@ fn the_console_in_chromium_shows_health_resyncs_and_fails_over_at_a_chosen_point
 
 /// A sidecar with no sender behind it and no store: enough for the HTTP rules.
 fn lone_sidecar(d: &Path, extra: &[&str]) -> Role {
-    std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
+    write_token(d);
     let mut args = s(&[
         "sidecar",
         "--listen",
@@ -259,7 +259,18 @@ fn every_answer_carries_the_security_headers_and_sets_no_cookie() {
 fn a_read_token_guards_the_api_reads_but_not_the_page() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("read-token"), "reader-token\n").unwrap();
+    // Mode 0600, like the write token: the sidecar refuses a token file others can read.
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(d.join("read-token"))
+            .unwrap();
+        writeln!(f, "reader-token").unwrap();
+    }
     let sc = lone_sidecar(
         d,
         &["--read-token-file", d.join("read-token").to_str().unwrap()],
@@ -370,7 +381,7 @@ fn an_initial_copy_shows_its_rate_and_eta_in_the_api_and_vdrep_status() {
     // 12 s whose progress is acknowledged every 16 MiB batch.
     const SIZE: u64 = 96 << 20;
     let disk = seeded_raw(&d.join("os.raw"), SIZE, 11, 1 << 20, 0);
-    std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
+    write_token(d);
     let rx = Role::receiver(d, &tls, "hv01=web", false);
     // The sidecar pushes its schedule to the sender: the same 64 Mbit/s at all hours.
     let sc = Stack::sidecar(d);
