@@ -5,6 +5,9 @@
 #     the packaged units), xxd (the README's examples)
 #   - crates.io: cargo-nextest (pinned), the test runner
 #   - npm: Azurite, pinned in ops/package.json + ops/package-lock.json (`npm ci`)
+#   - the sidecar console's browser tests: Debian chromium (pinned below) driven by npm
+#     playwright-core (pinned in ops/package.json; it uses /usr/bin/chromium, never
+#     `playwright install`)
 #   - PyPI: libvhdi-python built from its sdist with the VHD-bitmap fix (ops/build-libvhdi.sh);
 #     schemathesis (pinned) in ops/.venv-schemathesis for the sidecar's API property tests
 # Idempotent: a second run only checks.
@@ -26,6 +29,7 @@ debs=(
   "openssl="
   "systemd="
   "xxd="
+  "chromium=156.0.8078.114-1~deb12u1"
 )
 missing=()
 for spec in "${debs[@]}"; do
@@ -47,7 +51,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   done
 fi
 for tool in qemu-img qemu-io vhdiinfo promtool prometheus rsync socat zstd bunzip2 ip tc openssl \
-    systemd-analyze dpkg-deb xxd; do
+    systemd-analyze dpkg-deb xxd chromium; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing after install" >&2; exit 1; }
 done
 
@@ -84,9 +88,9 @@ if ! cargo nextest --version 2>/dev/null | grep "^cargo-nextest $nextest_version
   cargo install --locked --quiet "cargo-nextest@$nextest_version"
 fi
 
-# Azurite, exactly as locked.
-if [ ! -x "$here/node_modules/.bin/azurite-blob" ] || [ "$here/package-lock.json" -nt "$here/node_modules/.package-lock.json" ]; then
-  echo "setup: installing Azurite (npm ci)"
+# Azurite and playwright-core, exactly as locked.
+if [ ! -x "$here/node_modules/.bin/azurite-blob" ] || [ ! -f "$here/node_modules/playwright-core/package.json" ] || [ "$here/package-lock.json" -nt "$here/node_modules/.package-lock.json" ]; then
+  echo "setup: installing Azurite and playwright-core (npm ci)"
   (cd "$here" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error)
 fi
 

@@ -12,9 +12,20 @@ pub struct Response {
     pub status: u16,
     /// Body (chunked encoding decoded).
     pub body: String,
+    /// Header lines as (lower-case name, value), in order.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Response {
+    /// The first header called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
@@ -62,7 +73,17 @@ pub fn request(
     } else {
         rest.to_string()
     };
-    Ok(Response { status, body })
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(Response {
+        status,
+        body,
+        headers,
+    })
 }
 
 fn dechunk(mut s: &str) -> String {

@@ -175,6 +175,7 @@ fn the_served_openapi_description_is_the_one_in_the_repo() {
         "/v1/jobs/{id}",
         "/v1/vms/{vm}/resync",
         "/v1/vms/{vm}/test-failover",
+        "/v1/vms/{vm}/points",
         "/v1/bandwidth",
         "/openapi.json",
     ] {

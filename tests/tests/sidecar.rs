@@ -418,8 +418,11 @@ fn jobs_and_policy_survive_sidecar_and_sender_restarts() {
         let row = table.lines().nth(1)?.to_string();
         let cols: Vec<&str> = row.split("  ").filter(|c| !c.is_empty()).collect();
         (row.starts_with("web  os    warning  retrying (")
+            // NEXT RETRY, before FORMAT and PHASE.
             && cols
-                .last()
+                .iter()
+                .rev()
+                .nth(2)
                 .is_some_and(|c| *c == "now" || c.starts_with("in ")))
         .then_some(row)
     });

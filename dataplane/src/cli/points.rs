@@ -56,6 +56,7 @@ impl PointJson {
     }
 }
 
+/// One disk as `--json` prints it.
 #[derive(Serialize)]
 struct DiskJson {
     disk: String,
@@ -64,8 +65,10 @@ struct DiskJson {
     points: Vec<PointJson>,
 }
 
+/// The document `--json` prints; the sidecar serves the same at `GET /v1/vms/{vm}/points`
+/// (built by [`document`], so the two cannot drift).
 #[derive(Serialize)]
-struct VmJson {
+pub struct VmJson {
     vm: String,
     store: String,
     disks: Vec<DiskJson>,
@@ -106,9 +109,9 @@ pub fn vm_readers(store: &dyn ReplicaStore, vm: &str) -> anyhow::Result<Vec<Box<
     Ok(out)
 }
 
-pub fn run(a: Args) -> Result<(), CliError> {
-    let store = a.store.open_existing()?;
-    let readers = vm_readers(store.as_ref(), &a.vm)?;
+/// The recovery points of every disk of `vm` in `store`: what `--json` prints.
+pub fn document(store: &dyn ReplicaStore, vm: &str) -> anyhow::Result<VmJson> {
+    let readers = vm_readers(store, vm)?;
     let mut disks = Vec::new();
     for r in &readers {
         disks.push(DiskJson {
@@ -118,17 +121,22 @@ pub fn run(a: Args) -> Result<(), CliError> {
             points: r.points()?.iter().map(PointJson::of).collect(),
         });
     }
+    Ok(VmJson {
+        vm: vm.to_string(),
+        store: store.describe(),
+        disks,
+    })
+}
+
+pub fn run(a: Args) -> Result<(), CliError> {
+    let store = a.store.open_existing()?;
+    let doc = document(store.as_ref(), &a.vm)?;
     if a.json {
-        let doc = VmJson {
-            vm: a.vm.clone(),
-            store: store.describe(),
-            disks,
-        };
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     println!("VM {} in {}", a.vm, store.describe());
-    for d in disks {
+    for d in doc.disks {
         println!(
             "disk {} ({} bytes, {}): {} recovery point{}",
             d.disk,

@@ -1,5 +1,5 @@
-//! `vdrep sidecar --listen ADDR --sender-control PATH --token-file F --state DIR
-//! [--metrics ADDR] [--store DIR | --azure-url …] [--failover-dir DIR]`.
+//! `vdrep sidecar --listen ADDR --sender-control PATH --token-file F [--read-token-file F]
+//! --state DIR [--metrics ADDR] [--store DIR | --azure-url …] [--failover-dir DIR]`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +26,10 @@ pub struct Args {
     /// File holding the bearer token that state-changing calls must send.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// File holding a token that the API's reads then need (or the `--token-file` one);
+    /// without it reads are open. The console page and its assets stay open either way.
+    #[arg(long)]
+    read_token_file: Option<PathBuf>,
     /// Folder of the sidecar's own state (jobs, policies); created if missing.
     #[arg(long)]
     state: Option<PathBuf>,
@@ -51,6 +55,7 @@ struct File {
     listen: Option<SocketAddr>,
     sender_control: Option<PathBuf>,
     token_file: Option<PathBuf>,
+    read_token_file: Option<PathBuf>,
     state: Option<PathBuf>,
     metrics: Option<SocketAddr>,
     store: Option<PathBuf>,
@@ -100,6 +105,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
         .map_err(usage)?;
     crate::secret::check_private(&token_file, "token file")?;
     let token = read_token(&token_file)?;
+    let read_token = match a.read_token_file.or(f.read_token_file) {
+        Some(p) => Some(read_token(&p)?),
+        None => None,
+    };
     let metrics = a.metrics.or(f.metrics);
     let failover = failover_target(
         a.store.merge(f.store, f.azure),
@@ -115,6 +124,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             listen,
             sender_control,
             token,
+            read_token,
             state,
             failover,
         })
@@ -145,7 +155,21 @@ fn failover_target(
             )
         }
     };
-    // The store is opened for each failover: it may come up after the sidecar.
+    // The store is opened for each failover and listing: it may come up after the sidecar.
+    let st = store.clone();
+    let points = std::sync::Arc::new(move |vm: &str| {
+        let s = st.open_existing().map_err(|e| format!("{e:#}"))?;
+        if s.list_disks(Some(vm))
+            .map_err(|e| format!("{e:#}"))?
+            .is_empty()
+        {
+            return Ok(None);
+        }
+        let doc = super::points::document(s.as_ref(), vm).map_err(|e| format!("{e:#}"))?;
+        serde_json::to_value(doc)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    });
     let run = std::sync::Arc::new(move |vm: &str, point: Option<u64>, out: &std::path::Path| {
         let sel = point.map_or(
             super::failover::PointSel::Latest,
@@ -159,5 +183,5 @@ fn failover_target(
             .map(|d| serde_json::to_value(d).unwrap_or_default())
             .collect())
     });
-    Ok(Some(FailoverTarget { run, dir }))
+    Ok(Some(FailoverTarget { run, points, dir }))
 }

@@ -255,6 +255,25 @@ impl Health {
         });
     }
 
+    /// The receiver refused VM `vm` alone (not authorised for it) while the other VMs of
+    /// the connection go on: that VM is Critical with the reason, and stays so until an
+    /// attempt that includes it ends otherwise.
+    pub fn vm_failed(&self, vm: &str, class: &crate::retry::Classified, message: &str) {
+        let err = LastError {
+            at: self.clock.now_utc().to_string(),
+            class: class.class.to_string(),
+            recoverable: class.recoverable,
+            message: message.to_string(),
+            advice: class.advice.to_string(),
+        };
+        self.with(|m| {
+            let v = m.entry(vm.to_string()).or_default();
+            v.last_error = Some(err);
+            v.critical = !class.recoverable;
+            v.next_retry = None;
+        });
+    }
+
     /// `vm`/`disk` needs a resync (`reason`), or no longer does (`None`).
     pub fn resync_required(&self, vm: &str, disk: &str, reason: Option<String>) {
         self.disk(vm, disk, |d| d.resync = reason);

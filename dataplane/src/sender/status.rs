@@ -20,6 +20,41 @@ struct Entry {
     copying: bool,
     resyncs: u64,
     resyncs_completed: u64,
+    /// The copy's rate, measured by [`Board::measure_rates`].
+    rate: Rate,
+}
+
+/// The rate of a full copy or resync: the average over the last [`Rate::WINDOW`] of
+/// one-second samples of its progress. Progress moves in bursts (an extent is counted when
+/// the receiver acknowledges it), so one second alone says little.
+#[derive(Default, Clone)]
+struct Rate {
+    samples: std::collections::VecDeque<(tokio::time::Instant, u64)>,
+}
+
+impl Rate {
+    /// How far back the average reaches.
+    const WINDOW: Duration = Duration::from_secs(10);
+    /// The shortest span that gives a rate.
+    const MIN_SPAN: Duration = Duration::from_secs(2);
+
+    fn sample(&mut self, at: tokio::time::Instant, counted: u64) {
+        self.samples.push_back((at, counted));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| at.saturating_duration_since(*t) > Self::WINDOW)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Bytes per second over the window (`None` before [`Rate::MIN_SPAN`] of samples).
+    fn bytes_per_second(&self) -> Option<f64> {
+        let ((t0, c0), (t1, c1)) = (self.samples.front()?, self.samples.back()?);
+        let span = t1.saturating_duration_since(*t0);
+        (span >= Self::MIN_SPAN).then(|| c1.saturating_sub(*c0) as f64 / span.as_secs_f64())
+    }
 }
 
 #[derive(Default)]
@@ -73,6 +108,17 @@ pub struct DiskStatus {
     pub size_bytes: u64,
     /// Resyncs completed since the sender started.
     pub resyncs_completed: u64,
+    /// The source image's format as `vdrep inspect` names it (`vhdx-dynamic`, `raw`, ...).
+    #[serde(default)]
+    pub format: String,
+    /// Source bytes per second of the full copy or resync under way, smoothed over a few
+    /// seconds (`None` when no copy runs: delta cycles are short and have their RPO).
+    #[serde(default)]
+    pub rate_bytes_per_second: Option<u64>,
+    /// When the copy under way should end at that rate (Unix seconds; `None` when idle or
+    /// not measured yet).
+    #[serde(default)]
+    pub eta_unix: Option<u64>,
 }
 
 impl Board {
@@ -88,6 +134,7 @@ impl Board {
                     copying: true,
                     resyncs: 0,
                     resyncs_completed: 0,
+                    rate: Rate::default(),
                 },
             );
         }
@@ -233,6 +280,19 @@ impl Board {
         }
     }
 
+    /// Samples the progress of every copy under way (called every second by [`sample`]):
+    /// the source of `rate_bytes_per_second` and `eta_unix`.
+    pub fn measure_rates(&self, at: tokio::time::Instant) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        for e in g.disks.values_mut() {
+            if e.copying {
+                e.rate.sample(at, e.job.progress.counted());
+            } else {
+                e.rate = Rate::default();
+            }
+        }
+    }
+
     /// Every disk's status now; health, reason, RPO and next retry are the health
     /// model's ([`crate::health::Health::report`]), not computed again here.
     pub fn disks(&self, health: &crate::health::Health) -> Vec<DiskStatus> {
@@ -269,8 +329,16 @@ impl Board {
                     (None, true, false) => "initial",
                     (None, false, _) => "protected",
                 };
+                let info = e.job.disk.info();
+                let rate = e.rate.bytes_per_second().filter(|_| e.copying);
+                let left = info.virtual_size.saturating_sub(e.job.progress.counted());
                 DiskStatus {
-                    path: e.job.disk.info().path.display().to_string(),
+                    format: info.format.as_str().into(),
+                    rate_bytes_per_second: rate.map(|r| r.round() as u64),
+                    eta_unix: rate
+                        .filter(|r| *r >= 1.0)
+                        .map(|r| events::now_unix() + (left as f64 / r).ceil() as u64),
+                    path: info.path.display().to_string(),
                     health,
                     reason,
                     phase: phase.into(),
@@ -303,6 +371,7 @@ pub async fn sample(board: Arc<Board>, sh: Arc<super::Shared>) {
     let mut last_at = crate::clock::tokio_now();
     let mut last_lost: Option<(usize, u64)> = None;
     loop {
+        board.measure_rates(crate::clock::tokio_now());
         board.refresh_health(&sh.health);
         for d in board.disks(&sh.health) {
             let progress = if d.size_bytes == 0 {
@@ -338,5 +407,31 @@ pub async fn sample(board: Arc<Board>, sh: Arc<super::Shared>) {
             events::quic_path(s.path.rtt.as_secs_f64(), s.path.cwnd, delta);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rate;
+    use std::time::Duration;
+
+    #[test]
+    fn a_copy_rate_is_the_average_over_the_last_ten_seconds() {
+        let t0 = crate::clock::tokio_now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut r = Rate::default();
+        r.sample(at(0), 0);
+        r.sample(at(1), 8_000_000);
+        assert_eq!(r.bytes_per_second(), None, "under two seconds: no rate yet");
+        // Bursts: nothing counted in one second, 16 MB in the next.
+        r.sample(at(2), 8_000_000);
+        assert_eq!(r.bytes_per_second(), Some(4_000_000.0));
+        r.sample(at(3), 24_000_000);
+        assert_eq!(r.bytes_per_second(), Some(8_000_000.0));
+        // Samples older than the window drop out.
+        for s in 4..=13 {
+            r.sample(at(s), 24_000_000 + (s - 3) * 1_000_000);
+        }
+        assert_eq!(r.bytes_per_second(), Some(1_000_000.0));
     }
 }

@@ -359,7 +359,10 @@ pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
 }
 
 /// Runs every VM of `set` on `conn`, starting VMs added meanwhile; the first error aborts
-/// the others. Ends when every VM ended (`--max-cycles`), never while the set is empty.
+/// the others, except a refusal of one VM alone (the receiver does not authorise this
+/// sender for it): that VM goes Critical with the receiver's reason and the others go on.
+/// Ends when every VM ended (`--max-cycles`), never while the set is empty; a VM refused
+/// alone then ends the run with its refusal.
 pub async fn run_all(
     conn: &quinn::Connection,
     set: &VmSet,
@@ -368,24 +371,38 @@ pub async fn run_all(
     let mut grew = set.subscribe();
     let mut tasks = tokio::task::JoinSet::new();
     let mut started = 0;
+    let mut refused: Option<SendError> = None;
     loop {
         let list = set.list();
         for e in list.iter().skip(started) {
             let (conn, sh, e) = (conn.clone(), sh.clone(), e.clone());
             tasks.spawn(async move {
-                protect::protect_vm(&conn, &e.disks, &e.sched, &e.policy, &sh).await
+                let r = protect::protect_vm(&conn, &e.disks, &e.sched, &e.policy, &sh).await;
+                (e.name.clone(), r)
             });
         }
         started = started.max(list.len());
         if started > 0 && tasks.is_empty() {
-            return Ok(());
+            return refused.map_or(Ok(()), Err);
         }
         tokio::select! {
             Some(r) = tasks.join_next(), if !tasks.is_empty() => {
-                let r = r.unwrap_or_else(|e| Err(SendError::Internal(format!("VM task: {e}"))));
-                if let Err(e) = r {
-                    tasks.abort_all();
-                    return Err(e);
+                let (vm, r) = r.unwrap_or_else(|e| {
+                    (String::new(), Err(SendError::Internal(format!("VM task: {e}"))))
+                });
+                match r {
+                    Ok(()) => {}
+                    Err(e) if refused_alone(&e) && !tasks.is_empty() => {
+                        let class = e.verdict();
+                        sh.health.vm_failed(&vm, &class, &e.to_string());
+                        warn!(%vm, error = %e, advice = class.advice,
+                              "VM refused by the receiver (Critical); the other VMs go on");
+                        refused = Some(e);
+                    }
+                    Err(e) => {
+                        tasks.abort_all();
+                        return Err(e);
+                    }
                 }
             }
             changed = grew.changed() => {
@@ -396,6 +413,17 @@ pub async fn run_all(
             }
         }
     }
+}
+
+/// A refusal that concerns one VM only: the receiver does not authorise this sender for it.
+fn refused_alone(e: &SendError) -> bool {
+    matches!(
+        e,
+        SendError::Remote {
+            class: vdrep_proto::wire::ErrorClass::Unauthorized,
+            ..
+        }
+    )
 }
 
 #[cfg(test)]

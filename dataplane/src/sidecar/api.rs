@@ -1,12 +1,14 @@
-//! The HTTP/JSON routes. Reads are open (the API listens on loopback); every call that
-//! changes state needs `Authorization: Bearer <token>` and gets 401 without it. Errors are
-//! `{"error": "..."}` with a 4xx status; bodies are parsed here (not by extractors) so every
-//! malformed request gets the documented JSON error.
+//! The HTTP/JSON routes, and the console page beside them ([`super::console`]). Who may
+//! call what is [`super::auth`]'s: state-changing calls need the bearer token, reads need
+//! one only with `--read-token-file`. Errors are `{"error": "..."}` with a 4xx status;
+//! bodies are parsed here (not by extractors) so every malformed request gets the
+//! documented JSON error.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,22 +16,23 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use super::auth::{authorized, ApiError};
 use super::jobs::{FAILOVER_STEPS, PROTECT_STEPS, RESYNC_STEPS};
 use super::policy::ReplicationPolicy;
-use super::state::{new_job, JobKind};
-use super::{Sidecar, OPENAPI};
+use super::state::{new_job, JobKind, JobState};
+use super::{console, Sidecar, OPENAPI};
 use crate::health::State as Health;
 use crate::metrics::events;
 use crate::throttle::PolicyDocument;
 
 type Sc = State<Arc<Sidecar>>;
 
-/// The API's routes.
+/// The API's routes and the console's.
 pub fn router(sc: Arc<Sidecar>) -> Router {
-    Router::new()
-        .route("/openapi.json", get(openapi))
+    let v1 = Router::new()
         .route("/v1/vms", get(list_vms))
         .route("/v1/vms/{vm}", get(get_vm))
+        .route("/v1/vms/{vm}/points", get(super::points::get_points))
         .route("/v1/vms/{vm}/policy", get(get_policy).put(put_policy))
         .route("/v1/vms/{vm}/protection", post(enable_protection))
         .route("/v1/vms/{vm}/resync", post(resync))
@@ -37,6 +40,15 @@ pub fn router(sc: Arc<Sidecar>) -> Router {
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/bandwidth", get(get_bandwidth).put(put_bandwidth))
+        .route_layer(axum::middleware::from_fn_with_state(
+            sc.clone(),
+            super::auth::reads,
+        ));
+    Router::new()
+        .route("/", get(console::index))
+        .route("/assets/{name}", get(console::asset))
+        .route("/openapi.json", get(openapi))
+        .merge(v1)
         .fallback(|| async {
             err(
                 StatusCode::NOT_FOUND,
@@ -44,6 +56,7 @@ pub fn router(sc: Arc<Sidecar>) -> Router {
             )
         })
         .layer(axum::middleware::from_fn(count_requests))
+        .layer(axum::middleware::from_fn(console::security_headers))
         .with_state(sc)
 }
 
@@ -54,41 +67,8 @@ async fn count_requests(req: axum::extract::Request, next: axum::middleware::Nex
     resp
 }
 
-fn err(code: StatusCode, msg: impl Into<String>) -> Response {
+pub(super) fn err(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(json!({ "error": msg.into() }))).into_response()
-}
-
-/// A refusal before a handler's work: status and message, answered as `{"error": ...}`.
-struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        err(self.0, self.1)
-    }
-}
-
-fn authorized(sc: &Sidecar, h: &HeaderMap) -> Result<(), ApiError> {
-    let given = h
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    // Compare in time independent of where the strings differ.
-    let ok = given.is_some_and(|g| {
-        g.len() == sc.token.len()
-            && g.bytes()
-                .zip(sc.token.bytes())
-                .fold(0u8, |a, (x, y)| a | (x ^ y))
-                == 0
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "this call changes state: send Authorization: Bearer <token> (the sidecar's --token-file)".into(),
-        ))
-    }
 }
 
 fn body<T: DeserializeOwned + Default>(b: &Bytes) -> Result<T, ApiError> {
@@ -99,7 +79,7 @@ fn body<T: DeserializeOwned + Default>(b: &Bytes) -> Result<T, ApiError> {
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))
 }
 
-fn valid_vm(vm: &str) -> Result<(), ApiError> {
+pub(super) fn valid_vm(vm: &str) -> Result<(), ApiError> {
     crate::sink::validate_name("VM name", vm)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
 }
@@ -155,6 +135,8 @@ fn vms_view(sc: &Sidecar) -> (Value, Vec<Value>) {
                 "reason": h.and_then(|h| h.reasons.first().cloned()).unwrap_or_default(),
                 "protected": disks.iter().all(|d| d.phase == "protected"),
                 "rpo_seconds": h.and_then(|h| h.rpo_seconds).map(|r| r as u64),
+                // The threshold the sender's health model applies (the console shows it).
+                "rpo_threshold_seconds": h.map(|h| h.rpo_threshold_seconds.round() as u64),
                 "last_cycle_unix": disks.iter().filter_map(|d| d.last_cycle_unix).min(),
                 "next_cycle_unix": disks.iter().filter_map(|d| d.next_cycle_unix).min(),
                 "next_retry_unix": h.and_then(|h| h.next_retry.as_deref()).and_then(unix),
@@ -397,9 +379,36 @@ async fn test_failover(State(sc): Sc, Path(vm): Path<String>, h: HeaderMap, b: B
     }
 }
 
-async fn list_jobs(State(sc): Sc) -> Response {
+/// `GET /v1/jobs?vm=&state=`: either filter may be left out.
+#[derive(serde::Deserialize, Default)]
+struct JobFilter {
+    vm: Option<String>,
+    state: Option<JobState>,
+}
+
+async fn list_jobs(State(sc): Sc, q: Result<Query<JobFilter>, QueryRejection>) -> Response {
+    let f = match q {
+        Ok(Query(f)) => f,
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("invalid filter (vm=NAME, state=queued|running|succeeded|failed): {e}"),
+            )
+        }
+    };
+    if let Some(Err(r)) = f.vm.as_deref().map(valid_vm) {
+        return r.into_response();
+    }
     let jobs: Vec<Value> = sc
-        .read(|s| s.jobs.iter().rev().map(|j| json!(j)).collect())
+        .read(|s| {
+            s.jobs
+                .iter()
+                .rev()
+                .filter(|j| f.vm.as_ref().is_none_or(|v| *v == j.vm))
+                .filter(|j| f.state.is_none_or(|st| st == j.state))
+                .map(|j| json!(j))
+                .collect()
+        })
         .unwrap_or_default();
     Json(json!({ "jobs": jobs })).into_response()
 }

@@ -24,11 +24,18 @@ use super::Sidecar;
 pub type Materialise =
     Arc<dyn Fn(&str, Option<u64>, &Path) -> Result<Vec<Value>, String> + Send + Sync>;
 
-/// Where the sidecar can run test failovers.
+/// Lists the recovery points of every disk of VM `vm`: the document `vdrep points --vm VM
+/// --json` prints (the caller hands in that very function, so the two cannot drift);
+/// `None` when the store holds no disk of the VM.
+pub type ListPoints = Arc<dyn Fn(&str) -> Result<Option<Value>, String> + Send + Sync>;
+
+/// Where the sidecar reads the receiver's store: test failovers and recovery points.
 #[derive(Clone)]
 pub struct FailoverTarget {
     /// The copy.
     pub run: Materialise,
+    /// The recovery points (`GET /v1/vms/{vm}/points`).
+    pub points: ListPoints,
     /// The documented output folder: each job writes into `dir/VM/JOB-ID/`.
     pub dir: PathBuf,
 }

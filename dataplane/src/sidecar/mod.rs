@@ -10,11 +10,16 @@
 //! `--state DIR` ([`state`]) so its own restart loses nothing.
 //!
 //! The OpenAPI description is `ops/openapi.json`, compiled in and served at `/openapi.json`.
+//! The operator's console, a page over this API, is served at `/` (`console.rs`); with
+//! `--read-token-file` the API's reads need a token too (`auth.rs`).
 
 mod api;
+mod auth;
 pub mod client;
+mod console;
 pub mod failover;
 mod jobs;
+mod points;
 pub mod policy;
 pub mod state;
 
@@ -43,6 +48,8 @@ pub struct SidecarConfig {
     pub sender_control: PathBuf,
     /// The bearer token for state-changing calls.
     pub token: String,
+    /// The token the API's reads need (`None`: reads are open); the write token reads too.
+    pub read_token: Option<String>,
     /// Folder of the durable state.
     pub state: PathBuf,
     /// Where test failovers run (`None`: the sidecar cannot read the store).
@@ -55,6 +62,7 @@ pub struct Sidecar {
     state: Mutex<State>,
     client: SenderClient,
     token: String,
+    read_token: Option<String>,
     /// The sender's last status and when it was fetched.
     status: Mutex<Option<(SenderStatus, u64)>>,
     sender_up: AtomicBool,
@@ -74,6 +82,7 @@ impl Sidecar {
             state: Mutex::new(state),
             client: SenderClient::new(&cfg.sender_control),
             token: cfg.token.clone(),
+            read_token: cfg.read_token.clone(),
             status: Mutex::new(None),
             sender_up: AtomicBool::new(false),
             applied: Mutex::new(None),
