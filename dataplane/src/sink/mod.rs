@@ -1,9 +1,11 @@
 //! Receiver sinks: where replicated disks land.
 //!
 //! One trait per IO boundary (the neon `remote_storage` model): [`ReplicaStore`] opens and
-//! lists disks, [`ReplicaDisk`] writes, clears, checkpoints and commits one disk. Backends:
-//! [`local`] (a sparse fixed-VHD file per disk plus durable state, the embedded default) and,
-//! later, Azure page blobs; [`fault`] wraps any backend to fail chosen calls on purpose, and
+//! lists disks, [`ReplicaDisk`] writes, clears, checkpoints and commits one disk. The
+//! lifecycle below is written once, in [`lifecycle`] (pure: which call is allowed in which
+//! state, the next state, one message per refusal); the backends keep only storage. Backends:
+//! [`local`] (a sparse fixed-VHD file per disk plus durable state, the embedded default) and
+//! [`azure`] (page blobs, recovery points as snapshots); [`fault`] wraps any backend to fail chosen calls on purpose, and
 //! holds the in-memory filesystem that models durability for crash tests.
 //!
 //! The traits are synchronous: the receiver calls them from `tokio::task::spawn_blocking`,
@@ -32,6 +34,7 @@
 pub mod azure;
 pub mod error;
 pub mod fault;
+pub mod lifecycle;
 pub mod local;
 pub mod retention;
 
