@@ -1,8 +1,11 @@
-//! Delta cycles and recovery points of the local store on the real filesystem: a cycle is
-//! invisible until it commits, every committed cycle (empty ones too) is the next point,
-//! every listed point reads back exactly as the disk was, retention prunes the oldest, an
-//! open cycle resumes from its durable progress, a point costs about the bytes its cycle
-//! changed, and a materialised point is a fixed VHD that qemu-img finds identical.
+//! Delta cycles and recovery points of the local store on the real filesystem, where they
+//! are the store's own: retention and a new full copy remove the undo logs they no longer
+//! need, a point costs about the bytes its cycle changed, a materialised point is a fixed
+//! VHD that qemu-img finds identical, and injected faults change nothing. The contract
+//! every backend shares (points read back exactly, cycle order, resume) is the
+//! conformance suite's (`store_conformance.rs`).
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -10,261 +13,16 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use rand::{rngs::StdRng, Rng, RngCore, SeedableRng};
+use common::model::*;
+use rand::{rngs::StdRng, SeedableRng};
 use vdrep::layout::{replica_file_size, replica_footer, replica_virtual_size};
 use vdrep::sink::fault::{FaultPlan, FaultStore, Op};
 use vdrep::sink::local::LocalStore;
-use vdrep::sink::{DiskKey, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError};
+use vdrep::sink::ReplicaStore;
 use vdrep_proto::{Guid, RangeSet};
 
-const SRC: Guid = Guid([3; 16]);
-const T0: u64 = 1_800_000_000;
-
-fn key() -> DiskKey {
-    DiskKey::new("vm", "d").unwrap()
-}
-
-fn point(cycle: u64, bytes: u64) -> RecoveryPoint {
-    RecoveryPoint {
-        cycle,
-        created_unix: T0 + 60 * cycle,
-        bytes,
-        digest: [cycle as u8; 32],
-    }
-}
-
-fn random(rng: &mut StdRng, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    rng.fill_bytes(&mut v);
-    v
-}
-
-/// A change of a cycle: data at an offset, or a clear.
-#[derive(Clone)]
-enum Change {
-    Write(u64, Vec<u8>),
-    Clear(u64, u64),
-}
-
-impl Change {
-    fn range(&self) -> (u64, u64) {
-        match self {
-            Change::Write(o, d) => (*o, *o + d.len() as u64),
-            Change::Clear(o, l) => (*o, *o + l),
-        }
-    }
-    fn apply_to(&self, img: &mut [u8]) {
-        match self {
-            Change::Write(o, d) => img[*o as usize..*o as usize + d.len()].copy_from_slice(d),
-            Change::Clear(o, l) => img[*o as usize..(*o + *l) as usize].fill(0),
-        }
-    }
-    fn send(&self, d: &dyn ReplicaDisk) -> Result<(), SinkError> {
-        match self {
-            Change::Write(o, data) => d.write(*o, data),
-            Change::Clear(o, l) => d.clear(*o, *l),
-        }
-    }
-}
-
-/// Disjoint (coalesced) random changes of `count` extents of up to `max` sectors, a fifth
-/// of them clears.
-fn random_changes(rng: &mut StdRng, size: u64, count: usize, max: u64) -> Vec<Change> {
-    random_extents(rng, size, count, max, 0.2)
-}
-
-fn random_extents(rng: &mut StdRng, size: u64, count: usize, max: u64, clears: f64) -> Vec<Change> {
-    let mut taken = RangeSet::new();
-    let mut out = Vec::new();
-    while out.len() < count {
-        let len = rng.gen_range(1..=max) * 512;
-        let off = rng.gen_range(0..(size - len) / 512) * 512;
-        if !taken.clipped(off, off + len).is_empty() {
-            continue;
-        }
-        taken.insert(off, off + len);
-        out.push(if rng.gen_bool(clears) {
-            Change::Clear(off, len)
-        } else {
-            Change::Write(off, random(rng, len as usize))
-        });
-    }
-    out
-}
-
-/// The disk as the test knows it: the image at every committed point.
-struct Model {
-    size: u64,
-    points: BTreeMap<u64, Vec<u8>>,
-}
-
-impl Model {
-    fn latest(&self) -> (u64, &Vec<u8>) {
-        let (c, img) = self.points.iter().next_back().unwrap();
-        (*c, img)
-    }
-}
-
-/// Opens a disk and commits an initial copy of random data (a few zero MiBs left zero).
-fn initial(store: &LocalStore, size: u64, rng: &mut StdRng) -> (Arc<dyn ReplicaDisk>, Model) {
-    let d = store.open_disk(&key(), size, SRC).unwrap();
-    let mut img = random(rng, size as usize);
-    if size >= 2 << 20 {
-        img[(1 << 20)..(2 << 20)].fill(0);
-    }
-    for (i, c) in img.chunks(1 << 20).enumerate() {
-        d.write((i << 20) as u64, c).unwrap();
-    }
-    d.checkpoint(&RangeSet::from_range(0, size)).unwrap();
-    d.commit_initial(&point(0, size)).unwrap();
-    let mut points = BTreeMap::new();
-    points.insert(0, img);
-    (d, Model { size, points })
-}
-
-/// Runs cycle `n` with `changes` sent in the given order, then commits it.
-fn cycle(d: &dyn ReplicaDisk, m: &mut Model, n: u64, changes: &[Change]) {
-    assert_eq!(d.begin_cycle(n).unwrap(), RangeSet::new());
-    let mut img = m.latest().1.clone();
-    let mut done = RangeSet::new();
-    for c in changes {
-        c.send(d).unwrap();
-        c.apply_to(&mut img);
-        let (s, e) = c.range();
-        done.insert(s, e);
-    }
-    d.checkpoint(&done).unwrap();
-    d.commit_cycle(&point(n, done.covered_len())).unwrap();
-    m.points.insert(n, img);
-}
-
-fn assert_points_read_as_model(d: &dyn ReplicaDisk, m: &Model) {
-    let listed: Vec<u64> = d.points().unwrap().iter().map(|p| p.cycle).collect();
-    let known: Vec<u64> = m.points.keys().copied().collect();
-    assert_eq!(listed, known, "points are listed oldest first");
-    for (&c, img) in &m.points {
-        let got = d.read_point(c, 0, m.size as usize).unwrap();
-        let bad = got.iter().zip(img).position(|(a, b)| a != b);
-        assert!(bad.is_none(), "point {c} differs at byte {bad:?}");
-    }
-    let (newest, img) = m.latest();
-    assert_eq!(&d.read_committed(0, m.size as usize).unwrap()[..], &img[..]);
-    assert_eq!(d.state().committed_cycle, newest);
-}
-
 #[test]
-fn every_committed_cycle_is_a_point_that_reads_back_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path()).unwrap();
-    let mut rng = StdRng::seed_from_u64(1);
-    let size = 4 << 20;
-    let (d, mut m) = initial(&store, size, &mut rng);
-    for n in 1..=8u64 {
-        let changes = if n == 4 {
-            Vec::new() // an empty cycle is a point too
-        } else {
-            let count = rng.gen_range(1..40);
-            random_changes(&mut rng, size, count, 256)
-        };
-        cycle(d.as_ref(), &mut m, n, &changes);
-        assert_points_read_as_model(d.as_ref(), &m);
-    }
-    let pts = d.points().unwrap();
-    assert_eq!(pts[0], point(0, size));
-    assert_eq!(pts[4].bytes, 0, "the empty cycle changed nothing");
-    // Points, their undo logs and the replica survive a reopen.
-    drop(d);
-    let d = store.open_disk(&key(), size, SRC).unwrap();
-    assert_points_read_as_model(d.as_ref(), &m);
-}
-
-#[test]
-fn resent_and_overlapping_writes_within_a_cycle_end_as_the_last_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path()).unwrap();
-    let mut rng = StdRng::seed_from_u64(2);
-    let size = 2 << 20;
-    let (d, mut m) = initial(&store, size, &mut rng);
-    let a = random(&mut rng, 64 << 10);
-    let b = random(&mut rng, 16 << 10);
-    // Written, partly overwritten, cleared and rewritten in one cycle, in this order.
-    let changes = [
-        Change::Write(8192, a.clone()),
-        Change::Write(8192 + 4096, b.clone()),
-        Change::Clear(8192 + 32768, 8192),
-        Change::Write(8192, a[..4096].to_vec()),
-        Change::Write(8192, a[..4096].to_vec()), // resent
-    ];
-    cycle(d.as_ref(), &mut m, 1, &changes);
-    assert_points_read_as_model(d.as_ref(), &m);
-    // Writers of one cycle may run in parallel (disjoint extents, any order).
-    let img_before = m.latest().1.clone();
-    d.begin_cycle(2).unwrap();
-    let changes = random_changes(&mut rng, size, 64, 64);
-    std::thread::scope(|s| {
-        for part in changes.chunks(16) {
-            let d = d.clone();
-            s.spawn(move || part.iter().for_each(|c| c.send(d.as_ref()).unwrap()));
-        }
-    });
-    assert_eq!(
-        &d.read_committed(0, size as usize).unwrap()[..],
-        &img_before[..],
-        "an open cycle is invisible in the newest point"
-    );
-    let mut img = img_before;
-    changes.iter().for_each(|c| c.apply_to(&mut img));
-    assert_eq!(
-        &d.read(0, size as usize).unwrap()[..],
-        &img[..],
-        "the working view shows it"
-    );
-    assert_eq!(d.state().open_cycle, Some(2));
-    d.checkpoint(&RangeSet::new()).unwrap();
-    d.commit_cycle(&point(2, 0)).unwrap();
-    m.points.insert(2, img);
-    assert_points_read_as_model(d.as_ref(), &m);
-    assert_eq!(d.state().open_cycle, None);
-}
-
-#[test]
-fn cycles_out_of_order_and_unknown_points_are_clear_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path()).unwrap();
-    let mut rng = StdRng::seed_from_u64(3);
-    let (d, mut m) = initial(&store, 1 << 20, &mut rng);
-    let invalid = |r: Result<(), SinkError>, what: &str| {
-        let e = r.unwrap_err();
-        assert!(
-            matches!(e, SinkError::InvalidState { .. }) && !e.is_recoverable(),
-            "{e}"
-        );
-        assert!(e.to_string().contains(what), "{e} lacks {what:?}");
-    };
-    invalid(d.write(0, &[1; 512]), "begin_cycle(1)");
-    invalid(d.begin_cycle(2).map(|_| ()), "next cycle is 1");
-    invalid(d.commit_cycle(&point(1, 0)), "no cycle is open");
-    cycle(d.as_ref(), &mut m, 1, &[]);
-    invalid(d.begin_cycle(1).map(|_| ()), "already committed");
-    d.commit_cycle(&point(1, 0)).unwrap(); // a resent commit is a no-op
-    d.begin_cycle(2).unwrap();
-    invalid(d.commit_cycle(&point(3, 0)), "cycle 2 is open");
-    invalid(d.begin_cycle(3).map(|_| ()), "cycle 2 is open");
-    let e = d.read_point(7, 0, 512).unwrap_err();
-    assert!(
-        e.to_string().contains("recovery point 7 does not exist")
-            && e.to_string().contains("0..=1"),
-        "{e}"
-    );
-    assert!(matches!(
-        d.read_point(0, 1 << 20, 1).unwrap_err(),
-        SinkError::OutOfRange { .. }
-    ));
-    assert_points_read_as_model(d.as_ref(), &m);
-}
-
-#[test]
-fn retention_prunes_the_oldest_points_but_never_the_newest() {
+fn pruned_points_take_their_undo_logs_with_them() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(dir.path()).unwrap();
     let mut rng = StdRng::seed_from_u64(4);
@@ -296,46 +54,6 @@ fn retention_prunes_the_oldest_points_but_never_the_newest() {
     m.points.retain(|&c, _| c == 5);
     assert_points_read_as_model(d.as_ref(), &m);
     assert!(undo_files().is_empty());
-}
-
-#[test]
-fn an_open_cycle_resumes_from_its_durable_progress_after_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut rng = StdRng::seed_from_u64(5);
-    let size = 1 << 20;
-    let store = LocalStore::open(dir.path()).unwrap();
-    let (d, mut m) = initial(&store, size, &mut rng);
-    let a = Change::Write(0, random(&mut rng, 8192));
-    let b = Change::Write(65536, random(&mut rng, 4096));
-    let c = Change::Clear(131072, 4096);
-    d.begin_cycle(1).unwrap();
-    a.send(d.as_ref()).unwrap();
-    c.send(d.as_ref()).unwrap();
-    d.checkpoint(&[0..8192, 131072..135168].into_iter().collect())
-        .unwrap();
-    b.send(d.as_ref()).unwrap(); // not checkpointed: resent after the restart
-    drop(d);
-    let d = store.open_disk(&key(), size, SRC).unwrap();
-    let st = d.state();
-    assert_eq!(st.open_cycle, Some(1));
-    let done = d.begin_cycle(1).unwrap();
-    assert_eq!(done, [0..8192, 131072..135168].into_iter().collect());
-    assert_eq!(st.progress, done);
-    assert_points_read_as_model(d.as_ref(), &m);
-    b.send(d.as_ref()).unwrap();
-    d.checkpoint(
-        &[0..8192, 65536..69632, 131072..135168]
-            .into_iter()
-            .collect(),
-    )
-    .unwrap();
-    d.commit_cycle(&point(1, 16384)).unwrap();
-    let mut img = m.latest().1.clone();
-    for ch in [&a, &b, &c] {
-        ch.apply_to(&mut img);
-    }
-    m.points.insert(1, img);
-    assert_points_read_as_model(d.as_ref(), &m);
 }
 
 /// Bytes a file takes: its length and what the filesystem allocated.
@@ -499,7 +217,7 @@ fn injected_faults_in_cycle_calls_change_nothing_and_retries_succeed() {
     let plan = FaultPlan::new();
     let local = Arc::new(LocalStore::open(dir.path()).unwrap());
     let mut rng = StdRng::seed_from_u64(9);
-    let (d0, mut m) = initial(&local, 1 << 20, &mut rng);
+    let (d0, mut m) = initial(local.as_ref(), 1 << 20, &mut rng);
     drop(d0);
     let store = FaultStore::new(local, plan.clone());
     let d = store.open_disk(&key(), 1 << 20, SRC).unwrap();
