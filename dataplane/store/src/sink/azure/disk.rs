@@ -253,7 +253,7 @@ impl AzureDisk {
         m.insert("vdrepcycle".to_string(), point.cycle.to_string());
         m.insert("vdrepcreated".to_string(), point.created_unix.to_string());
         m.insert("vdrepbytes".to_string(), point.bytes.to_string());
-        m.insert("vdrepdigest".to_string(), crate::digest::hex(&point.digest));
+        m.insert("vdrepdigest".to_string(), hex::encode(point.digest));
         m.insert("vdrepreplica".to_string(), replica.to_string());
         self.leased(|| self.c.snapshot(&self.blob, &m, Some(&self.lease)))
             .map_err(rest_err)
