@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rand::{rngs::StdRng, Rng, RngCore, SeedableRng};
-use vdrep::sink::{DiskKey, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError};
 use vdrep_proto::{Guid, RangeSet};
+use vdrep_store::sink::{DiskKey, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError};
 
 /// Source identity of the test disks.
 pub const SRC: Guid = Guid([3; 16]);

@@ -8,11 +8,11 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use vdrep::layout::{replica_file_size, replica_virtual_size};
-use vdrep::sink::fault::{FaultPlan, FaultStore, Op};
-use vdrep::sink::local::LocalStore;
-use vdrep::sink::{DiskKey, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError};
 use vdrep_proto::{Guid, RangeSet};
+use vdrep_store::layout::{replica_file_size, replica_virtual_size};
+use vdrep_store::sink::fault::{FaultPlan, FaultStore, Op};
+use vdrep_store::sink::local::LocalStore;
+use vdrep_store::sink::{DiskKey, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError};
 
 const SRC: Guid = Guid([9; 16]);
 
@@ -118,7 +118,7 @@ fn a_store_of_another_version_or_a_foreign_directory_is_refused() {
     LocalStore::open(&fresh.path().join("new/store")).unwrap();
     assert_eq!(
         std::fs::read_to_string(fresh.path().join("new/store/FORMAT")).unwrap(),
-        format!("{}\n", vdrep::sink::local::STORE_FORMAT)
+        format!("{}\n", vdrep_store::sink::local::STORE_FORMAT)
     );
 }
 

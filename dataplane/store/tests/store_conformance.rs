@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use common::backends::{Azure, Backend, Fault, Local};
 use common::model::*;
 use rand::Rng;
-use vdrep::sink::{DiskKey, ReplicaDisk, SinkError};
 use vdrep_proto::{Guid, RangeSet};
+use vdrep_store::sink::{DiskKey, ReplicaDisk, SinkError};
 
 /// One `#[test]` per case and backend: `local::case`, `azure::case`, `fault::case`.
 macro_rules! suite {

@@ -15,11 +15,11 @@ use std::sync::Arc;
 
 use common::model::*;
 use rand::{rngs::StdRng, SeedableRng};
-use vdrep::layout::{replica_file_size, replica_footer, replica_virtual_size};
-use vdrep::sink::fault::{FaultPlan, FaultStore, Op};
-use vdrep::sink::local::LocalStore;
-use vdrep::sink::ReplicaStore;
 use vdrep_proto::{Guid, RangeSet};
+use vdrep_store::layout::{replica_file_size, replica_footer, replica_virtual_size};
+use vdrep_store::sink::fault::{FaultPlan, FaultStore, Op};
+use vdrep_store::sink::local::LocalStore;
+use vdrep_store::sink::ReplicaStore;
 
 #[test]
 fn pruned_points_take_their_undo_logs_with_them() {

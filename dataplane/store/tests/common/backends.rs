@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use vdrep::sink::azure::rest::RetryPolicy;
-use vdrep::sink::azure::{AzureConfig, AzureStore};
-use vdrep::sink::fault::{FaultPlan, FaultStore};
-use vdrep::sink::local::LocalStore;
-use vdrep::sink::ReplicaStore;
+use vdrep_store::sink::azure::rest::RetryPolicy;
+use vdrep_store::sink::azure::{AzureConfig, AzureStore};
+use vdrep_store::sink::fault::{FaultPlan, FaultStore};
+use vdrep_store::sink::local::LocalStore;
+use vdrep_store::sink::ReplicaStore;
 
 use super::azurite::Azurite;
 

@@ -8,5 +8,5 @@ pub mod model;
 /// Azurite for the tests of the Azure sink: the same helper the end-to-end tests use (one
 /// file, compiled into both crates), which fails with the install hint when Azurite is
 /// missing.
-#[path = "../../../tests/src/azurite.rs"]
+#[path = "../../../../tests/src/azurite.rs"]
 pub mod azurite;
