@@ -111,12 +111,23 @@ pub fn check_range(
     st: &DiskState,
     aligned: bool,
 ) -> Result<(), SinkError> {
+    check_range_of(path, op, offset, len, st.virtual_size, aligned)
+}
+
+/// [`check_range`] for a disk of `virtual_size` bytes, where only the size is at hand (a
+/// read-only point reader).
+pub fn check_range_of(
+    path: &Path,
+    op: &'static str,
+    offset: u64,
+    len: u64,
+    virtual_size: u64,
+    aligned: bool,
+) -> Result<(), SinkError> {
+    let end = virtual_size.div_ceil(SECTOR) * SECTOR;
     let problem = if aligned && ((offset | len) & (SECTOR - 1) != 0) {
         Some("offset and length must be multiples of 512 bytes")
-    } else if offset
-        .checked_add(len)
-        .is_none_or(|e| e > st.writable_end())
-    {
+    } else if offset.checked_add(len).is_none_or(|e| e > end) {
         Some("the range ends beyond the disk")
     } else {
         None
@@ -127,7 +138,7 @@ pub fn check_range(
             op,
             offset,
             len,
-            size: st.virtual_size,
+            size: virtual_size,
             problem,
         }),
         None => Ok(()),

@@ -12,7 +12,7 @@ use super::blob::Container;
 use super::points::{committed_snaps, Snap};
 use super::rest_err;
 use super::state;
-use crate::sink::{lifecycle, DiskKey, DiskState, PointReader, RecoveryPoint, SinkError, SECTOR};
+use crate::sink::{lifecycle, DiskKey, DiskState, PointReader, RecoveryPoint, SinkError};
 
 /// A [`PointReader`] on a disk of the Azure store.
 pub struct AzurePointReader {
@@ -134,17 +134,9 @@ impl PointReader for AzurePointReader {
     }
 
     fn read_point(&self, cycle: u64, offset: u64, len: usize) -> Result<Bytes, SinkError> {
-        let end = self.virtual_size.div_ceil(SECTOR) * SECTOR;
-        if offset.checked_add(len as u64).is_none_or(|e| e > end) {
-            return Err(SinkError::OutOfRange {
-                path: self.c.url(&self.blob).into(),
-                op: "read",
-                offset,
-                len: len as u64,
-                size: self.virtual_size,
-                problem: "the range ends beyond the disk",
-            });
-        }
+        let url = self.c.url(&self.blob);
+        let path = std::path::Path::new(&url);
+        lifecycle::check_range_of(path, "read", offset, len as u64, self.virtual_size, false)?;
         if len == 0 {
             self.snap(cycle, false)?;
             return Ok(Bytes::new());
