@@ -18,10 +18,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
-use vdrep::sink::fault::{Crash, SimFs};
-use vdrep::sink::local::{LocalStore, CYCLE_BUFFER};
-use vdrep::sink::{DiskKey, RecoveryPoint, ReplicaDisk, ReplicaStore};
 use vdrep_proto::{Guid, RangeSet};
+use vdrep_store::sink::fault::{Crash, SimFs};
+use vdrep_store::sink::local::{LocalStore, CYCLE_BUFFER};
+use vdrep_store::sink::{DiskKey, RecoveryPoint, ReplicaDisk, ReplicaStore};
 
 const CHUNK: u64 = 4096;
 const CHUNKS: usize = 16;
@@ -156,7 +156,7 @@ fn open(fs: &SimFs) -> Arc<dyn ReplicaDisk> {
         .open_disk(&key(), SIZE, SRC)
         .expect("disk reopens after a crash")
 }
-fn send(d: &dyn ReplicaDisk, c: usize, id: u8) -> Result<(), vdrep::sink::SinkError> {
+fn send(d: &dyn ReplicaDisk, c: usize, id: u8) -> Result<(), vdrep_store::sink::SinkError> {
     if id == 0 {
         d.clear(range(c).0, CHUNK)
     } else {
@@ -199,7 +199,7 @@ fn step(
     sh: &mut Shadow,
     s: Step,
     plans: &[Plan],
-) -> Result<(), vdrep::sink::SinkError> {
+) -> Result<(), vdrep_store::sink::SinkError> {
     if matches!(s, Step::Reopen) {
         *slot = None; // releases the lock
         *slot = Some(open(fs));
@@ -494,7 +494,7 @@ fn a_rotten_undo_log_of_an_open_cycle_is_reported_at_open_and_never_trusted() {
     let store = LocalStore::open_with_fs(root(), Arc::new(fs.clone())).unwrap();
     let e = store.open_disk(&key(), SIZE, SRC).map(|_| ()).unwrap_err();
     assert!(
-        matches!(e, vdrep::sink::SinkError::CorruptState { .. }) && !e.is_recoverable(),
+        matches!(e, vdrep_store::sink::SinkError::CorruptState { .. }) && !e.is_recoverable(),
         "{e}"
     );
     assert!(

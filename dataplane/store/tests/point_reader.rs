@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{rngs::StdRng, Rng, RngCore, SeedableRng};
-use vdrep::sink::local::LocalStore;
-use vdrep::sink::{DiskKey, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError};
 use vdrep_proto::{Guid, RangeSet};
+use vdrep_store::sink::local::LocalStore;
+use vdrep_store::sink::{DiskKey, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError};
 
 const SRC: Guid = Guid([5; 16]);
 const SIZE: u64 = 4 << 20;
@@ -75,7 +75,7 @@ fn plan(rng: &mut StdRng, base: &[u8], cycles: u64) -> (Vec<Vec<u8>>, Vec<Change
 
 #[test]
 fn reads_are_exactly_one_point_while_a_receiver_commits_and_prunes() {
-    reads_are_exact_while_cycles_run(vdrep::sink::local::CYCLE_BUFFER);
+    reads_are_exact_while_cycles_run(vdrep_store::sink::local::CYCLE_BUFFER);
 }
 
 /// With a 16 KiB cycle buffer most writes move into the replica while their cycle is open,

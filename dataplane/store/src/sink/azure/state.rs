@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use vdrep_proto::{Guid, RangeSet};
 
-use crate::sink::DiskState;
+use crate::sink::{lifecycle, DiskState};
 
 /// Version of the state document.
 pub const AZURE_STATE_VERSION: u32 = 1;
@@ -38,17 +38,6 @@ pub struct StateDoc {
     pub cycle_progress: Vec<(u64, u64)>,
 }
 
-/// State plus the Azure-only cycle fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AzState {
-    /// The trait-level state.
-    pub disk: DiskState,
-    /// See [`StateDoc::open_cycle`].
-    pub open_cycle: Option<u64>,
-    /// See [`StateDoc::cycle_progress`].
-    pub cycle_progress: RangeSet,
-}
-
 fn ranges(r: &RangeSet) -> Vec<(u64, u64)> {
     r.iter().map(|x| (x.start, x.end)).collect()
 }
@@ -66,9 +55,13 @@ fn to_set(v: &[(u64, u64)], end: u64) -> Result<RangeSet, String> {
     Ok(s)
 }
 
-/// Encodes a state.
-pub fn encode(s: &AzState) -> Vec<u8> {
-    let d = &s.disk;
+/// Encodes a state. The document keeps an open cycle's progress apart from a copy's
+/// (`cycle_progress`, `progress`): the lifecycle never has both at once.
+pub fn encode(d: &DiskState) -> Vec<u8> {
+    let (progress, cycle_progress) = match d.open_cycle {
+        Some(_) => (Vec::new(), ranges(&d.progress)),
+        None => (ranges(&d.progress), Vec::new()),
+    };
     let doc = StateDoc {
         format: AZURE_STATE_VERSION,
         virtual_size: d.virtual_size,
@@ -79,15 +72,16 @@ pub fn encode(s: &AzState) -> Vec<u8> {
         initial_in_progress: d.initial_in_progress,
         replica_id: d.replica_id.to_string(),
         copy_id: d.copy_id.to_string(),
-        progress: ranges(&d.progress),
-        open_cycle: s.open_cycle,
-        cycle_progress: ranges(&s.cycle_progress),
+        progress,
+        open_cycle: d.open_cycle,
+        cycle_progress,
     };
     serde_json::to_vec_pretty(&doc).unwrap_or_default()
 }
 
-/// Decodes and checks a state document.
-pub fn decode(b: &[u8]) -> Result<AzState, String> {
+/// Decodes a state document and checks it against the lifecycle's invariants
+/// ([`lifecycle::check_record`]).
+pub fn decode(b: &[u8]) -> Result<DiskState, String> {
     let doc: StateDoc = serde_json::from_slice(b).map_err(|e| e.to_string())?;
     if doc.format != AZURE_STATE_VERSION {
         return Err(format!(
@@ -95,35 +89,33 @@ pub fn decode(b: &[u8]) -> Result<AzState, String> {
             doc.format
         ));
     }
-    if doc.virtual_size == 0 || !(doc.initial_committed || doc.initial_in_progress) {
-        return Err("neither a committed replica nor a copy in progress".into());
-    }
     let g = |s: &str| {
         s.parse::<Guid>()
             .map_err(|e| format!("bad GUID {s:?}: {e:?}"))
     };
     let end = doc.virtual_size.div_ceil(512) * 512;
-    let progress = to_set(&doc.progress, end)?;
-    if !doc.initial_in_progress && !progress.is_empty() {
-        return Err("progress recorded without a copy in progress".into());
-    }
-    Ok(AzState {
-        disk: DiskState {
-            format_version: doc.format,
-            virtual_size: doc.virtual_size,
-            source_id: g(&doc.source_id)?,
-            initial_committed: doc.initial_committed,
-            committed_cycle: doc.committed_cycle,
-            progress,
-            generation: doc.generation,
-            initial_in_progress: doc.initial_in_progress,
-            replica_id: g(&doc.replica_id)?,
-            copy_id: g(&doc.copy_id)?,
-            open_cycle: doc.open_cycle,
-        },
+    let copy = to_set(&doc.progress, end)?;
+    let cycle = to_set(&doc.cycle_progress, end)?;
+    let progress = match doc.open_cycle {
+        Some(_) if copy.is_empty() => cycle,
+        None if cycle.is_empty() => copy,
+        _ => return Err("progress recorded for both a copy and a cycle".into()),
+    };
+    let st = DiskState {
+        format_version: doc.format,
+        virtual_size: doc.virtual_size,
+        source_id: g(&doc.source_id)?,
+        initial_committed: doc.initial_committed,
+        committed_cycle: doc.committed_cycle,
+        progress,
+        generation: doc.generation,
+        initial_in_progress: doc.initial_in_progress,
+        replica_id: g(&doc.replica_id)?,
+        copy_id: g(&doc.copy_id)?,
         open_cycle: doc.open_cycle,
-        cycle_progress: to_set(&doc.cycle_progress, end)?,
-    })
+    };
+    lifecycle::check_record(&st)?;
+    Ok(st)
 }
 
 #[cfg(test)]
@@ -132,22 +124,18 @@ mod tests {
 
     #[test]
     fn state_round_trips_and_bad_documents_are_refused() {
-        let s = AzState {
-            disk: DiskState {
-                format_version: 1,
-                virtual_size: 10 << 20,
-                source_id: Guid::v4_from_bytes([7; 16]),
-                initial_committed: true,
-                committed_cycle: 4,
-                progress: RangeSet::new(),
-                generation: 2,
-                initial_in_progress: false,
-                replica_id: Guid::v4_from_bytes([1; 16]),
-                copy_id: Guid::NIL,
-                open_cycle: Some(5),
-            },
+        let s = DiskState {
+            format_version: 1,
+            virtual_size: 10 << 20,
+            source_id: Guid::v4_from_bytes([7; 16]),
+            initial_committed: true,
+            committed_cycle: 4,
+            progress: RangeSet::from_range(0, 4096),
+            generation: 2,
+            initial_in_progress: false,
+            replica_id: Guid::v4_from_bytes([1; 16]),
+            copy_id: Guid::NIL,
             open_cycle: Some(5),
-            cycle_progress: RangeSet::from_range(0, 4096),
         };
         assert_eq!(decode(&encode(&s)).unwrap(), s);
         assert!(decode(b"{").is_err());
@@ -155,5 +143,12 @@ mod tests {
             .unwrap()
             .replace("4096", "99999999999");
         assert!(decode(bad.as_bytes()).is_err());
+        // A cycle that does not follow the committed one breaks the lifecycle.
+        let bad = String::from_utf8(encode(&s))
+            .unwrap()
+            .replace("\"open_cycle\": 5", "\"open_cycle\": 7");
+        assert!(decode(bad.as_bytes())
+            .unwrap_err()
+            .contains("does not follow"));
     }
 }

@@ -12,9 +12,9 @@ use vdrep_proto::Guid;
 use super::blob::{Container, PageRuleError, MAX_PUT_PAGE};
 use super::rest::RestError;
 use super::rest_err;
-use super::state::{self, AzState};
+use super::state;
 use crate::layout::replica_file_size;
-use crate::sink::{DiskKey, RecoveryPoint, SinkError};
+use crate::sink::{DiskKey, DiskState, RecoveryPoint, SinkError};
 
 /// A recovery point and the snapshot that holds it.
 #[derive(Debug, Clone)]
@@ -75,14 +75,14 @@ pub(super) fn list_snaps(c: &Container, blob: &str) -> Result<Vec<Snap>, SinkErr
 pub(super) fn committed_snaps(
     c: &Container,
     blob: &str,
-    st: &AzState,
+    st: &DiskState,
 ) -> Result<Vec<Snap>, SinkError> {
-    if !st.disk.initial_committed {
+    if !st.initial_committed {
         return Ok(Vec::new());
     }
     Ok(list_snaps(c, blob)?
         .into_iter()
-        .filter(|s| s.replica == st.disk.replica_id && s.point.cycle <= st.disk.committed_cycle)
+        .filter(|s| s.replica == st.replica_id && s.point.cycle <= st.committed_cycle)
         .collect())
 }
 
@@ -106,7 +106,7 @@ pub fn read_only_points(
         offset: 0,
         problem,
     })?;
-    let size = replica_file_size(st.disk.virtual_size);
+    let size = replica_file_size(st.virtual_size);
     Ok(committed_snaps(c, &blob, &st)?
         .into_iter()
         .map(|s| (s.point, s.id, size))

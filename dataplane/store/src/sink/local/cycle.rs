@@ -17,11 +17,12 @@ use std::sync::Arc;
 use vdrep_proto::RangeSet;
 
 use super::disk::{Inner, LocalDisk};
-use super::files::{check_range, corrupt, create_log, invalid, io_err};
+use super::files::{corrupt, create_log, invalid, io_err};
 use super::fs::{DataFile, StoreFs};
 use super::log::{self, LogKind, CHUNK, FILE_HEADER};
-use super::state::{CyclePhase, Listed};
+use super::state::{Listed, Record};
 use super::DiskPaths;
+use crate::sink::lifecycle::{self, CycleCommit, CycleStart, Target};
 use crate::sink::{RecoveryPoint, SinkError, SECTOR};
 
 /// Default bound on the bytes of writes an open cycle holds in memory before they go to the
@@ -174,8 +175,9 @@ impl OpenCycle {
 }
 
 impl LocalDisk {
-    /// Routes a write or clear to the open cycle. `None` when the disk takes the write
-    /// directly (an initial copy is in progress).
+    /// Routes a write or clear as the lifecycle says ([`lifecycle::write_target`]): to the
+    /// open cycle (done here), or `None` when the disk takes it directly (an initial copy is
+    /// in progress).
     pub(super) fn cycle_write(
         &self,
         op: &'static str,
@@ -184,11 +186,13 @@ impl LocalDisk {
         data: Option<&[u8]>,
     ) -> Option<Result<(), SinkError>> {
         let mut inner = self.write_inner();
-        let st = &inner.rec.disk;
-        if st.initial_in_progress || !st.initial_committed {
-            return None;
+        match lifecycle::write_target(&inner.working_path, op, &inner.rec.disk, offset, len) {
+            Ok(Target::Copy) => None,
+            Ok(Target::Cycle(_)) => {
+                Some(self.cycle_write_locked(&mut inner, op, offset, len, data))
+            }
+            Err(e) => Some(Err(e)),
         }
-        Some(self.cycle_write_locked(&mut inner, op, offset, len, data))
     }
 
     fn cycle_write_locked(
@@ -199,21 +203,13 @@ impl LocalDisk {
         len: u64,
         data: Option<&[u8]>,
     ) -> Result<(), SinkError> {
-        let vhd = &self.paths.vhd;
-        let st = &inner.rec.disk;
-        if inner.rec.phase != CyclePhase::Open || inner.cycle.is_none() {
+        if inner.cycle.is_none() {
             return Err(invalid(
-                vhd,
+                &self.paths.vhd,
                 offset,
-                format!(
-                    "{op} with no delta cycle open: the replica is recovery point {}; call \
-                     begin_cycle({}) first",
-                    st.committed_cycle,
-                    st.committed_cycle + 1
-                ),
+                "the open cycle is not loaded",
             ));
         }
-        check_range(vhd, op, offset, len, st, true)?;
         if len == 0 {
             return Ok(());
         }
@@ -284,28 +280,14 @@ impl LocalDisk {
         }
     }
 
-    /// Flushes the open cycle, syncs the replica and records `durable` as its progress.
-    /// `false` if no cycle is open.
-    pub(super) fn cycle_checkpoint(
-        &self,
-        inner: &mut Inner,
-        durable: &RangeSet,
-    ) -> Result<bool, SinkError> {
-        if inner.rec.phase != CyclePhase::Open || inner.cycle.is_none() {
-            return Ok(false);
-        }
+    /// Makes the open cycle's writes durable: flushes its buffer into the replica (undo
+    /// first) and syncs the replica. The checkpoint then records the progress.
+    pub(super) fn cycle_sync(&self, inner: &mut Inner) -> Result<(), SinkError> {
         self.flush_cycle(inner)?;
         let replica = self.require_replica(inner, "checkpoint")?;
         replica
             .sync_data()
-            .map_err(io_err(&self.paths.vhd, "fdatasync", 0))?;
-        if inner.rec.disk.progress != *durable {
-            let mut next = inner.rec.clone();
-            next.disk.progress = durable.clone();
-            self.persist(&next)?;
-            inner.rec = next;
-        }
-        Ok(true)
+            .map_err(io_err(&self.paths.vhd, "fdatasync", 0))
     }
 
     pub(super) fn require_replica(
@@ -332,67 +314,41 @@ impl LocalDisk {
     pub(super) fn begin_cycle_impl(&self, cycle: u64) -> Result<RangeSet, SinkError> {
         let mut inner = self.write_inner();
         self.require_replica(&inner, "begin_cycle")?;
-        let st = inner.rec.disk.clone();
-        let next_cycle = st.committed_cycle + 1;
-        if inner.rec.phase == CyclePhase::Open && st.open_cycle == Some(cycle) {
-            return Ok(st.progress);
-        }
-        if cycle != next_cycle || inner.rec.phase != CyclePhase::Idle {
-            let problem = match st.open_cycle {
-                Some(open) => format!("cycle {open} is open; cycle {cycle} cannot begin"),
-                None if cycle <= st.committed_cycle => {
-                    format!(
-                        "cycle {cycle} is already committed (newest point {})",
-                        st.committed_cycle
-                    )
-                }
-                None => format!("cycle {cycle} cannot begin: the next cycle is {next_cycle}"),
-            };
-            return Err(invalid(&self.paths.vhd, 0, problem));
-        }
-        let mut next = inner.rec.clone();
-        next.phase = CyclePhase::Open;
-        next.disk.open_cycle = Some(cycle);
-        next.disk.progress = RangeSet::new();
+        let next = match lifecycle::begin_cycle(&self.paths.vhd, &inner.rec.disk, cycle)? {
+            CycleStart::Resume(progress) => return Ok(progress),
+            CycleStart::Open(disk) => Record {
+                disk,
+                ..inner.rec.clone()
+            },
+        };
+        let point = inner.rec.disk.committed_cycle;
         self.persist(&next)?;
         inner.rec = next;
-        inner.cycle = Some(OpenCycle::new(&self.paths, st.committed_cycle));
+        inner.cycle = Some(OpenCycle::new(&self.paths, point));
         Ok(RangeSet::new())
     }
 
-    /// See [`crate::sink::ReplicaDisk::commit_cycle`].
+    /// See [`crate::sink::ReplicaDisk::commit_cycle`]: the buffer goes into the replica,
+    /// the replica is synced, then one state record commits the cycle (the newest point's
+    /// undo log stays with it).
     pub(super) fn commit_cycle_impl(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
         let mut inner = self.write_inner();
         let replica = self.require_replica(&inner, "commit_cycle")?;
-        let st = inner.rec.disk.clone();
-        if point.cycle <= st.committed_cycle && point.cycle > 0 {
-            return Ok(()); // a resent commit: already durable
-        }
-        if st.open_cycle != Some(point.cycle) || inner.cycle.is_none() {
-            return Err(invalid(
-                &self.paths.vhd,
-                0,
-                match st.open_cycle {
-                    Some(open) if open != point.cycle => {
-                        format!("commit of cycle {} while cycle {open} is open", point.cycle)
-                    }
-                    Some(_) => "the open cycle is not loaded".to_string(),
-                    None => format!(
-                        "commit of cycle {} but no cycle is open (begin_cycle first)",
-                        point.cycle
-                    ),
-                },
-            ));
+        let disk = match lifecycle::commit_cycle(&self.paths.vhd, &inner.rec.disk, point)? {
+            CycleCommit::Resent => return Ok(()), // already durable
+            CycleCommit::Commit(disk) => disk,
+        };
+        if inner.cycle.is_none() {
+            return Err(invalid(&self.paths.vhd, 0, "the open cycle is not loaded"));
         }
         self.flush_cycle(&mut inner)?;
         replica
             .sync_data()
             .map_err(io_err(&self.paths.vhd, "fdatasync", 0))?;
-        let mut next = inner.rec.clone();
-        next.phase = CyclePhase::Idle;
-        next.disk.committed_cycle = point.cycle;
-        next.disk.open_cycle = None;
-        next.disk.progress = RangeSet::new();
+        let mut next = Record {
+            disk,
+            ..inner.rec.clone()
+        };
         next.points.push(Listed {
             point: point.clone(),
             undo_len: 0,
@@ -409,7 +365,7 @@ impl LocalDisk {
     /// resent write falls in covered ranges, so nothing else changes before the commit.
     pub(super) fn recover_cycle(&self) -> Result<(), SinkError> {
         let mut inner = self.write_inner();
-        if inner.rec.phase != CyclePhase::Open {
+        if inner.rec.disk.open_cycle.is_none() {
             return Ok(());
         }
         let Some(last) = inner.rec.points.last() else {

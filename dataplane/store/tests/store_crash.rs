@@ -11,12 +11,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use vdrep::layout::replica_virtual_size;
-use vdrep::sink::fault::{Crash, SimFs};
-use vdrep::sink::local::LocalStore;
-use vdrep::sink::{DiskKey, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError};
 use vdrep_proto::formats::vhd::Footer;
 use vdrep_proto::{Guid, RangeSet};
+use vdrep_store::layout::replica_virtual_size;
+use vdrep_store::sink::fault::{Crash, SimFs};
+use vdrep_store::sink::local::LocalStore;
+use vdrep_store::sink::{DiskKey, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError};
 
 const SIZE: u64 = 64 << 10;
 const CHUNK: u64 = 8 << 10;

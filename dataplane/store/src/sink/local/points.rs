@@ -17,7 +17,7 @@ use super::fs::{DataFile, StoreFs};
 use super::log::{self, LogKind, LogRec};
 use super::state::{Listed, Record};
 use super::DiskPaths;
-use crate::sink::{RecoveryPoint, SinkError};
+use crate::sink::{lifecycle, RecoveryPoint, SinkError};
 
 /// Most undo logs kept open with their index (each holds a descriptor and its record list).
 const CACHE_FILES: usize = 32;
@@ -117,13 +117,8 @@ impl LocalDisk {
     /// reading a point needs the undo logs of every later one.
     pub(super) fn prune_impl(&self, older_than_unix: u64) -> Result<Vec<u64>, SinkError> {
         let mut inner = self.write_inner();
-        let keep_from = inner
-            .rec
-            .points
-            .iter()
-            .take(inner.rec.points.len().saturating_sub(1))
-            .take_while(|l| l.point.created_unix < older_than_unix)
-            .count();
+        let listed: Vec<RecoveryPoint> = inner.rec.points.iter().map(|l| l.point.clone()).collect();
+        let keep_from = lifecycle::prune(&listed, older_than_unix);
         if keep_from == 0 {
             return Ok(Vec::new());
         }
@@ -275,14 +270,10 @@ pub(super) fn read_point_from(
 
 /// The error for a point that is not (or no longer) kept.
 pub(super) fn no_point(path: &std::path::Path, points: &[Listed], cycle: u64) -> SinkError {
-    SinkError::NotFound {
-        path: path.to_path_buf(),
-        problem: match (points.first(), points.last()) {
-            (Some(a), Some(b)) => format!(
-                "recovery point {cycle} does not exist (points {}..={} are kept)",
-                a.point.cycle, b.point.cycle
-            ),
-            _ => format!("recovery point {cycle} does not exist: nothing is committed"),
-        },
-    }
+    let kept = points.first().zip(points.last());
+    lifecycle::no_point(
+        path,
+        kept.map(|(a, b)| (a.point.cycle, b.point.cycle)),
+        cycle,
+    )
 }

@@ -1,9 +1,11 @@
 //! Receiver sinks: where replicated disks land.
 //!
 //! One trait per IO boundary (the neon `remote_storage` model): [`ReplicaStore`] opens and
-//! lists disks, [`ReplicaDisk`] writes, clears, checkpoints and commits one disk. Backends:
-//! [`local`] (a sparse fixed-VHD file per disk plus durable state, the embedded default) and,
-//! later, Azure page blobs; [`fault`] wraps any backend to fail chosen calls on purpose, and
+//! lists disks, [`ReplicaDisk`] writes, clears, checkpoints and commits one disk. The
+//! lifecycle below is written once, in [`lifecycle`] (pure: which call is allowed in which
+//! state, the next state, one message per refusal); the backends keep only storage. Backends:
+//! [`local`] (a sparse fixed-VHD file per disk plus durable state, the embedded default) and
+//! [`azure`] (page blobs, recovery points as snapshots); [`fault`] wraps any backend to fail chosen calls on purpose, and
 //! holds the in-memory filesystem that models durability for crash tests.
 //!
 //! The traits are synchronous: the receiver calls them from `tokio::task::spawn_blocking`,
@@ -32,6 +34,7 @@
 pub mod azure;
 pub mod error;
 pub mod fault;
+pub mod lifecycle;
 pub mod local;
 pub mod retention;
 
@@ -264,14 +267,16 @@ pub trait ReplicaDisk: Send + Sync {
     /// must write or clear them, never skip them as known-zero.
     fn state(&self) -> DiskState;
     /// Writes `data` at `offset` of the working image. Offset and length must be multiples of
-    /// 512 and lie inside the disk, else [`SinkError::OutOfRange`] and nothing is written.
+    /// 512 and lie inside the disk, else [`SinkError::OutOfRange`] and nothing is written. On
+    /// a committed replica with neither a copy in progress nor a cycle open it is an
+    /// invalid-state error: it would change a recovery point ([`lifecycle::write_target`]).
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), SinkError>;
     /// Zeroes `[offset, offset+len)` (punching a hole where the filesystem can); same checks
     /// as [`ReplicaDisk::write`].
     fn clear(&self, offset: u64, len: u64) -> Result<(), SinkError>;
     /// Makes every completed write durable (fdatasync), *then* atomically records `durable`
-    /// as the progress of the ongoing initial copy. Without a copy in progress only the data
-    /// is synced, and a non-empty `durable` is an invalid-state error.
+    /// as the progress of the ongoing initial copy or open cycle. Without either only the
+    /// data is synced, and a non-empty `durable` is an invalid-state error.
     fn checkpoint(&self, durable: &RangeSet) -> Result<(), SinkError>;
     /// The periodic checkpoint: records as progress the part of `written` (completed
     /// writes) that is durable already, without waiting for writes still on their way, and
@@ -303,7 +308,8 @@ pub trait ReplicaDisk: Send + Sync {
     fn begin_cycle(&self, cycle: u64) -> Result<RangeSet, SinkError>;
     /// Commits the open cycle atomically as recovery point `point` (its `cycle` is the open
     /// one): after a crash the replica shows either the previous point or this one, never a
-    /// mix. Committing an already committed cycle again is a no-op.
+    /// mix. Committing an already committed cycle again (`0 < cycle <= committed`) is a
+    /// no-op; a cycle that is not open is refused ([`lifecycle::commit_cycle`]).
     fn commit_cycle(&self, point: &RecoveryPoint) -> Result<(), SinkError>;
     /// The recovery points, oldest first.
     fn points(&self) -> Result<Vec<RecoveryPoint>, SinkError>;

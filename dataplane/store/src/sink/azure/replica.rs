@@ -6,10 +6,10 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use vdrep_proto::RangeSet;
 
-use super::disk::{committed_after_initial, AzureDisk};
+use super::disk::AzureDisk;
 use super::rest_err;
-use super::state::AzState;
 use crate::layout::{random_guid, replica_footer, replica_virtual_size, vhd_timestamp};
+use crate::sink::lifecycle::{self, CycleCommit, CycleStart};
 use crate::sink::{DiskKey, DiskState, RecoveryPoint, ReplicaDisk, SinkError};
 
 impl ReplicaDisk for AzureDisk {
@@ -18,23 +18,16 @@ impl ReplicaDisk for AzureDisk {
     }
 
     fn state(&self) -> DiskState {
-        let inner = self.lock();
-        let mut d = inner.st.disk.clone();
-        // The trait reports an open cycle's progress in `progress` (the Azure state keeps
-        // the two apart because an initial copy and a cycle never overlap).
-        d.open_cycle = inner.st.open_cycle;
-        if inner.st.open_cycle.is_some() {
-            d.progress = inner.st.cycle_progress.clone();
-        }
-        d
+        self.lock().st.clone()
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
         {
             let mut inner = self.lock();
-            self.check("write", offset, data.len() as u64, &inner.st.disk, true)?;
+            let len = data.len() as u64;
+            lifecycle::write_target(&self.url(), "write", &inner.st, offset, len)?;
             // Forget zero-knowledge first: a concurrent clear must not skip this range.
-            inner.fresh.remove(offset, offset + data.len() as u64);
+            inner.fresh.remove(offset, offset + len);
         }
         if data.is_empty() {
             return Ok(());
@@ -47,7 +40,7 @@ impl ReplicaDisk for AzureDisk {
     fn clear(&self, offset: u64, len: u64) -> Result<(), SinkError> {
         let gaps = {
             let inner = self.lock();
-            self.check("clear", offset, len, &inner.st.disk, true)?;
+            lifecycle::write_target(&self.url(), "clear", &inner.st, offset, len)?;
             // Ranges of a fresh blob are zero already: send nothing for them.
             inner.fresh.gaps_in(offset, offset + len)
         };
@@ -84,43 +77,22 @@ impl ReplicaDisk for AzureDisk {
         self.none_pending_in(&RangeSet::from_range(0, u64::MAX))?;
         let inner = self.lock();
         let st = inner.st.clone();
-        if !st.disk.initial_in_progress {
-            return Err(SinkError::InvalidState {
-                path: self.url(),
-                offset: 0,
-                problem: "commit_initial without an initial copy in progress".into(),
-            });
-        }
-        if let Some(gap) = st.disk.progress.gaps_in(0, st.disk.writable_end()).first() {
-            return Err(SinkError::InvalidState {
-                path: self.url(),
-                offset: gap.start,
-                problem: format!(
-                    "the initial copy is incomplete: {} bytes not checkpointed, first gap [{}, {})",
-                    st.disk.remaining(),
-                    gap.start,
-                    gap.end
-                ),
-            });
-        }
-        let vs = st.disk.virtual_size;
-        let footer = replica_footer(vs, st.disk.copy_id, vhd_timestamp(SystemTime::now()));
+        let next = lifecycle::commit_initial(&self.url(), &st, point)?;
+        let vs = st.virtual_size;
+        let footer = replica_footer(vs, st.copy_id, vhd_timestamp(SystemTime::now()));
         let at = replica_virtual_size(vs);
         drop(inner);
+        // Data, footer and point first; the state records the commit last (a takeover
+        // rolls a snapshot of the copy forward).
         self.put_page_raw(at, &footer)?;
-        let point0 = RecoveryPoint {
-            cycle: 0,
-            ..point.clone()
-        };
-        self.snapshot(&point0, st.disk.copy_id)?;
+        self.snapshot(point, st.copy_id)?;
         let mut inner = self.lock();
-        let next = committed_after_initial(&st, 0);
         self.persist(&mut inner, next.clone())?;
         inner.fresh = RangeSet::new();
         drop(inner);
         // Older generations' points go once the new one is recorded.
         for s in self.list_snaps()? {
-            if s.replica != next.disk.replica_id {
+            if s.replica != next.replica_id {
                 self.c
                     .delete_snapshot(&self.blob, &s.id)
                     .map_err(rest_err)?;
@@ -130,7 +102,8 @@ impl ReplicaDisk for AzureDisk {
     }
 
     fn read(&self, offset: u64, len: usize) -> Result<Bytes, SinkError> {
-        self.check("read", offset, len as u64, &self.lock().st.disk, false)?;
+        let st = self.lock().st.clone();
+        lifecycle::check_range(&self.url(), "read", offset, len as u64, &st, false)?;
         // The working image includes what is buffered.
         self.flush_range(offset..offset + len as u64)?;
         if len == 0 {
@@ -145,15 +118,12 @@ impl ReplicaDisk for AzureDisk {
 
     fn read_committed(&self, offset: u64, len: usize) -> Result<Bytes, SinkError> {
         let st = self.lock().st.clone();
-        self.check("read", offset, len as u64, &st.disk, false)?;
+        lifecycle::check_range(&self.url(), "read", offset, len as u64, &st, false)?;
+        lifecycle::check_committed(&self.url(), &st, offset)?;
         let newest = self
             .committed_snaps(&st)?
             .pop()
-            .ok_or_else(|| SinkError::InvalidState {
-                path: self.url(),
-                offset,
-                problem: "no initial copy has been committed yet".into(),
-            })?;
+            .ok_or_else(|| lifecycle::no_point(&self.url(), None, st.committed_cycle))?;
         self.read_snapshot(&newest.id, offset, len)
     }
 
@@ -161,20 +131,9 @@ impl ReplicaDisk for AzureDisk {
         // Buffered writes belong to the copy being discarded.
         self.discard_pending();
         let mut inner = self.lock();
-        let st = inner.st.clone();
         // Record the new generation with nothing claimed, then recreate the blob: the
         // committed points are snapshots and stay untouched.
-        let next = AzState {
-            disk: DiskState {
-                progress: RangeSet::new(),
-                generation: st.disk.generation.saturating_add(1),
-                initial_in_progress: true,
-                copy_id: random_guid(),
-                ..st.disk.clone()
-            },
-            open_cycle: None,
-            cycle_progress: RangeSet::new(),
-        };
+        let next = lifecycle::begin_initial(&inner.st, random_guid());
         self.persist(&mut inner, next)?;
         self.recreate_blob(&mut inner)
     }
@@ -182,34 +141,13 @@ impl ReplicaDisk for AzureDisk {
     fn begin_cycle(&self, cycle: u64) -> Result<RangeSet, SinkError> {
         self.flush_all()?;
         let mut inner = self.lock();
-        let st = inner.st.clone();
-        let problem = if st.disk.initial_in_progress || !st.disk.initial_committed {
-            Some("cycles apply to a committed replica with no initial copy in progress".to_string())
-        } else if cycle != st.disk.committed_cycle + 1 {
-            Some(format!(
-                "cycle {cycle} does not follow the committed cycle {}",
-                st.disk.committed_cycle
-            ))
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
-            return Err(SinkError::InvalidState {
-                path: self.url(),
-                offset: 0,
-                problem,
-            });
+        match lifecycle::begin_cycle(&self.url(), &inner.st, cycle)? {
+            CycleStart::Resume(progress) => Ok(progress),
+            CycleStart::Open(next) => {
+                self.persist(&mut inner, next)?;
+                Ok(RangeSet::new())
+            }
         }
-        if st.open_cycle == Some(cycle) {
-            return Ok(st.cycle_progress);
-        }
-        let next = AzState {
-            open_cycle: Some(cycle),
-            cycle_progress: RangeSet::new(),
-            ..st
-        };
-        self.persist(&mut inner, next)?;
-        Ok(RangeSet::new())
     }
 
     fn commit_cycle(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
@@ -217,42 +155,14 @@ impl ReplicaDisk for AzureDisk {
         self.flush_all()?;
         self.none_pending_in(&RangeSet::from_range(0, u64::MAX))?;
         let st = self.lock().st.clone();
-        let cycle = point.cycle;
-        if st.disk.initial_committed
-            && !st.disk.initial_in_progress
-            && cycle == st.disk.committed_cycle
-            && cycle > 0
-        {
-            return Ok(()); // a resent commit
-        }
-        let problem = if st.disk.initial_in_progress || !st.disk.initial_committed {
-            Some("cycles apply to a committed replica with no initial copy in progress".to_string())
-        } else if cycle != st.disk.committed_cycle + 1 || st.open_cycle.is_some_and(|o| o != cycle)
-        {
-            Some(format!(
-                "cycle {cycle} is not the open cycle after the committed cycle {}",
-                st.disk.committed_cycle
-            ))
-        } else {
-            None
+        let next = match lifecycle::commit_cycle(&self.url(), &st, point)? {
+            CycleCommit::Resent => return Ok(()),
+            CycleCommit::Commit(next) => next,
         };
-        if let Some(problem) = problem {
-            return Err(SinkError::InvalidState {
-                path: self.url(),
-                offset: 0,
-                problem,
-            });
-        }
-        self.snapshot(point, st.disk.replica_id)?;
+        // The point first; the state records the commit last (a takeover rolls a snapshot
+        // of the open cycle forward).
+        self.snapshot(point, st.replica_id)?;
         let mut inner = self.lock();
-        let next = AzState {
-            disk: DiskState {
-                committed_cycle: cycle,
-                ..inner.st.disk.clone()
-            },
-            open_cycle: None,
-            cycle_progress: RangeSet::new(),
-        };
         self.persist(&mut inner, next)
     }
 
@@ -267,23 +177,22 @@ impl ReplicaDisk for AzureDisk {
 
     fn prune_points(&self, older_than_unix: u64) -> Result<Vec<u64>, SinkError> {
         let st = self.lock().st.clone();
-        let mut snaps = self.committed_snaps(&st)?;
-        snaps.pop(); // never the newest
+        let snaps = self.committed_snaps(&st)?;
+        let points: Vec<RecoveryPoint> = snaps.iter().map(|s| s.point.clone()).collect();
+        let doomed = lifecycle::prune(&points, older_than_unix);
         let mut dropped = Vec::new();
-        for s in snaps {
-            if s.point.created_unix < older_than_unix {
-                self.c
-                    .delete_snapshot(&self.blob, &s.id)
-                    .map_err(rest_err)?;
-                dropped.push(s.point.cycle);
-            }
+        for s in &snaps[..doomed] {
+            self.c
+                .delete_snapshot(&self.blob, &s.id)
+                .map_err(rest_err)?;
+            dropped.push(s.point.cycle);
         }
         Ok(dropped)
     }
 
     fn read_point(&self, cycle: u64, offset: u64, len: usize) -> Result<Bytes, SinkError> {
         let st = self.lock().st.clone();
-        self.check("read", offset, len as u64, &st.disk, false)?;
+        lifecycle::check_range(&self.url(), "read", offset, len as u64, &st, false)?;
         let snap = self.find_point(&st, cycle)?;
         self.read_snapshot(&snap.id, offset, len)
     }
@@ -307,26 +216,11 @@ impl ReplicaDisk for AzureDisk {
 }
 
 impl AzureDisk {
-    /// Records `durable` as the progress of the copy or cycle in progress.
+    /// Records `durable` as the progress of the copy or cycle in progress (the lifecycle
+    /// decides whether that is allowed and whether anything changes).
     fn record_progress(&self, durable: &RangeSet) -> Result<(), SinkError> {
         let mut inner = self.lock();
-        let st = inner.st.clone();
-        if let Some(b) = durable.bounds() {
-            self.check("checkpoint", b.start, b.end - b.start, &st.disk, false)?;
-        }
-        let mut next = st.clone();
-        if st.disk.initial_in_progress {
-            next.disk.progress = durable.clone();
-        } else if st.open_cycle.is_some() {
-            next.cycle_progress = durable.clone();
-        } else if !durable.is_empty() {
-            return Err(SinkError::InvalidState {
-                path: self.url(),
-                offset: durable.bounds().map(|b| b.start).unwrap_or(0),
-                problem: "checkpoint with progress, but neither a copy nor a cycle is open".into(),
-            });
-        }
-        if next != st {
+        if let Some(next) = lifecycle::checkpoint(&self.url(), &inner.st, durable)? {
             self.persist(&mut inner, next)?;
         }
         Ok(())

@@ -67,7 +67,9 @@ pub use disk::AzureDisk;
 pub use reader::AzurePointReader;
 use rest::{Client, Credential, RestError, RetryPolicy};
 
-use crate::sink::{validate_name, DiskKey, PointReader, ReplicaDisk, ReplicaStore, SinkError};
+use crate::sink::{
+    lifecycle, validate_name, DiskKey, PointReader, ReplicaDisk, ReplicaStore, SinkError,
+};
 
 /// How to reach the container.
 #[derive(Debug, Clone)]
@@ -228,17 +230,13 @@ impl AzureStore {
     ) -> Result<u64, SinkError> {
         key.validate()?;
         let pts = points::read_only_points(&self.container, key)?;
+        let kept = pts.first().zip(pts.last());
+        let kept = kept.map(|(a, b)| (a.0.cycle, b.0.cycle));
+        let url = self.container.url(&format!("{}/{}.vhd", key.vm, key.disk));
         let (_, snap, size) = pts
             .into_iter()
             .find(|p| p.0.cycle == cycle)
-            .ok_or_else(|| SinkError::InvalidState {
-                path: self
-                    .container
-                    .url(&format!("{}/{}.vhd", key.vm, key.disk))
-                    .into(),
-                offset: 0,
-                problem: format!("no recovery point for cycle {cycle}"),
-            })?;
+            .ok_or_else(|| lifecycle::no_point(std::path::Path::new(&url), kept, cycle))?;
         points::download_snapshot(
             &self.container,
             &format!("{}/{}.vhd", key.vm, key.disk),

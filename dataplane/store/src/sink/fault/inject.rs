@@ -25,7 +25,7 @@ pub enum Op {
     Write,
     /// [`ReplicaDisk::clear`].
     Clear,
-    /// [`ReplicaDisk::checkpoint`].
+    /// [`ReplicaDisk::checkpoint`] and [`ReplicaDisk::checkpoint_acknowledged`].
     Checkpoint,
     /// [`ReplicaDisk::commit_initial`].
     CommitInitial,
@@ -106,7 +106,8 @@ impl FaultPlan {
     }
 }
 
-/// A store whose calls fail according to a [`FaultPlan`].
+/// A store whose calls fail according to a [`FaultPlan`]. Every trait method is forwarded,
+/// defaults included (`forward_tests.rs` checks each one).
 pub struct FaultStore {
     inner: Arc<dyn ReplicaStore>,
     plan: FaultPlan,
@@ -166,7 +167,8 @@ impl ReplicaStore for FaultStore {
     }
 }
 
-/// A disk whose calls fail according to a [`FaultPlan`]. Failed calls do nothing.
+/// A disk whose calls fail according to a [`FaultPlan`]. Failed calls do nothing. Every
+/// trait method is forwarded, defaults included (`forward_tests.rs` checks each one).
 pub struct FaultDisk {
     inner: Arc<dyn ReplicaDisk>,
     plan: FaultPlan,
@@ -196,6 +198,12 @@ impl ReplicaDisk for FaultDisk {
     fn checkpoint(&self, durable: &RangeSet) -> Result<(), SinkError> {
         self.fail(Op::Checkpoint, "fdatasync", 0)?;
         self.inner.checkpoint(durable)
+    }
+    fn checkpoint_acknowledged(&self, written: &RangeSet) -> Result<bool, SinkError> {
+        // Forwarded, never left to the trait's default: that would turn the Azure sink's
+        // periodic checkpoint (which does not wait for Put Pages) into a full flush.
+        self.fail(Op::Checkpoint, "checkpoint", 0)?;
+        self.inner.checkpoint_acknowledged(written)
     }
     fn commit_initial(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
         self.fail(Op::CommitInitial, "commit", 0)?;
@@ -240,3 +248,7 @@ impl ReplicaDisk for FaultDisk {
         self.inner.resync_index()
     }
 }
+
+#[cfg(test)]
+#[path = "forward_tests.rs"]
+mod forward_tests;

@@ -15,13 +15,13 @@ use super::points::download_snapshot;
 use super::points::{committed_snaps, list_snaps, renew_loop, Snap};
 use super::rest::RestError;
 use super::rest_err;
-use super::state::{self, AzState, AZURE_STATE_VERSION};
+use super::state::{self, AZURE_STATE_VERSION};
 use super::writes::Permits;
-use crate::layout::{random_guid, replica_file_size, MAX_BLOB};
-use crate::sink::{DiskKey, DiskState, RecoveryPoint, SinkError, SECTOR};
+use crate::layout::{random_guid, replica_file_size};
+use crate::sink::{lifecycle, DiskKey, DiskState, RecoveryPoint, SinkError};
 
 pub(super) struct Inner {
-    pub(super) st: AzState,
+    pub(super) st: DiskState,
     /// ETag of the state blob as last written by us.
     pub(super) etag: Option<String>,
     /// Ranges of the base blob known to be zero (fresh blob, not written since).
@@ -59,16 +59,7 @@ impl AzureDisk {
         let blob = format!("{}/{}.vhd", key.vm, key.disk);
         let state_blob = format!("{}/{}.state", key.vm, key.disk);
         let file_size = replica_file_size(virtual_size);
-        if virtual_size == 0 || file_size > MAX_BLOB {
-            return Err(SinkError::Unsupported {
-                path: c.url(&blob).into(),
-                offset: virtual_size,
-                problem: format!(
-                    "disk size {virtual_size} bytes: page blobs hold 1 byte up to {} bytes",
-                    MAX_BLOB - replica_file_size(0)
-                ),
-            });
-        }
+        lifecycle::check_size(Path::new(&c.url(&blob)), virtual_size)?;
         // The lease needs the blob: create it if absent (nobody writes before leasing).
         if c.blob_size(&blob).map_err(rest_err)?.is_none() {
             c.create_page_blob(&blob, file_size, None)
@@ -115,23 +106,12 @@ impl AzureDisk {
             lease,
             lease_secs,
             inner: Mutex::new(Inner {
-                st: AzState {
-                    disk: DiskState {
-                        format_version: AZURE_STATE_VERSION,
-                        virtual_size,
-                        source_id,
-                        initial_committed: false,
-                        committed_cycle: 0,
-                        progress: RangeSet::new(),
-                        generation: 1,
-                        initial_in_progress: true,
-                        replica_id: Guid::NIL,
-                        copy_id: random_guid(),
-                        open_cycle: None,
-                    },
-                    open_cycle: None,
-                    cycle_progress: RangeSet::new(),
-                },
+                st: lifecycle::new_replica(
+                    AZURE_STATE_VERSION,
+                    virtual_size,
+                    source_id,
+                    random_guid(),
+                ),
                 etag: None,
                 fresh: RangeSet::new(),
             }),
@@ -167,20 +147,7 @@ impl AzureDisk {
             problem,
         })?;
         inner.etag = Some(etag);
-        if st.disk.virtual_size != virtual_size {
-            return Err(SinkError::SizeMismatch {
-                path: spath,
-                recorded: st.disk.virtual_size,
-                requested: virtual_size,
-            });
-        }
-        if st.disk.source_id != source_id {
-            return Err(SinkError::IdentityMismatch {
-                path: spath,
-                recorded: st.disk.source_id,
-                requested: source_id,
-            });
-        }
+        lifecycle::check_reopen(&spath, &st, virtual_size, source_id)?;
         let size = self.c.blob_size(&self.blob).map_err(rest_err)?;
         if size != Some(file_size) {
             return Err(SinkError::CorruptState {
@@ -190,30 +157,29 @@ impl AzureDisk {
             });
         }
         let snaps = self.list_snaps()?;
-        let d = &st.disk;
+        // A commit whose snapshot exists but was not recorded: roll it forward (the
+        // lifecycle's takeover rule).
+        let d = &st;
         let mut changed = false;
         if d.initial_in_progress {
-            if let Some(s) = snaps
+            if snaps
                 .iter()
-                .find(|s| s.replica == d.copy_id && s.point.cycle == 0)
+                .any(|s| s.replica == d.copy_id && s.point.cycle == 0)
             {
-                // The commit's snapshot exists but was not recorded: roll forward.
-                st = committed_after_initial(&st, s.point.cycle);
+                st = lifecycle::committed_after_initial(&st);
                 changed = true;
             }
-        } else if let Some(open) = st.open_cycle {
+        } else if let Some(open) = d.open_cycle {
             if snaps
                 .iter()
                 .any(|s| s.replica == d.replica_id && s.point.cycle == open)
             {
-                st.disk.committed_cycle = open;
-                st.open_cycle = None;
-                st.cycle_progress = RangeSet::new();
+                st = lifecycle::committed_cycle(&st, open);
                 changed = true;
             }
         }
         inner.st = st.clone();
-        if st.disk.initial_in_progress && st.disk.progress.is_empty() {
+        if st.initial_in_progress && st.progress.is_empty() {
             // Nothing claimed: start the copy from a fresh all-zero blob.
             self.recreate_blob(&mut inner)?;
         }
@@ -233,15 +199,15 @@ impl AzureDisk {
 
     /// Replaces the base blob by an all-zero one (snapshots stay) under our lease.
     pub(super) fn recreate_blob(&self, inner: &mut Inner) -> Result<(), SinkError> {
-        let size = replica_file_size(inner.st.disk.virtual_size);
+        let size = replica_file_size(inner.st.virtual_size);
         self.leased(|| self.c.create_page_blob(&self.blob, size, Some(&self.lease)))
             .map_err(rest_err)?;
-        inner.fresh = RangeSet::from_range(0, inner.st.disk.writable_end());
+        inner.fresh = RangeSet::from_range(0, inner.st.writable_end());
         Ok(())
     }
 
     /// Writes the state blob (If-Match on our last ETag).
-    pub(super) fn persist(&self, inner: &mut Inner, next: AzState) -> Result<(), SinkError> {
+    pub(super) fn persist(&self, inner: &mut Inner, next: DiskState) -> Result<(), SinkError> {
         let body = state::encode(&next);
         let etag = self
             .c
@@ -272,7 +238,7 @@ impl AzureDisk {
     }
 
     /// The snapshots of the committed generation up to the committed cycle.
-    pub(super) fn committed_snaps(&self, st: &AzState) -> Result<Vec<Snap>, SinkError> {
+    pub(super) fn committed_snaps(&self, st: &DiskState) -> Result<Vec<Snap>, SinkError> {
         committed_snaps(&self.c, &self.blob, st)
     }
 }
@@ -287,40 +253,10 @@ impl AzureDisk {
         m.insert("vdrepcycle".to_string(), point.cycle.to_string());
         m.insert("vdrepcreated".to_string(), point.created_unix.to_string());
         m.insert("vdrepbytes".to_string(), point.bytes.to_string());
-        m.insert("vdrepdigest".to_string(), crate::digest::hex(&point.digest));
+        m.insert("vdrepdigest".to_string(), hex::encode(point.digest));
         m.insert("vdrepreplica".to_string(), replica.to_string());
         self.leased(|| self.c.snapshot(&self.blob, &m, Some(&self.lease)))
             .map_err(rest_err)
-    }
-
-    pub(super) fn check(
-        &self,
-        op: &'static str,
-        offset: u64,
-        len: u64,
-        st: &DiskState,
-        aligned: bool,
-    ) -> Result<(), SinkError> {
-        let size = st.writable_end();
-        let problem = if aligned && (!offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR))
-        {
-            Some("offset and length must be multiples of 512")
-        } else if offset.checked_add(len).is_none_or(|e| e > size) {
-            Some("the range ends beyond the disk")
-        } else {
-            None
-        };
-        match problem {
-            Some(problem) => Err(SinkError::OutOfRange {
-                path: self.url(),
-                op,
-                offset,
-                len,
-                size,
-                problem,
-            }),
-            None => Ok(()),
-        }
     }
 
     pub(super) fn lease_check(&self) -> Result<(), SinkError> {
@@ -348,20 +284,19 @@ impl AzureDisk {
             &self.c,
             &self.blob,
             &snap.id,
-            replica_file_size(st.disk.virtual_size),
+            replica_file_size(st.virtual_size),
             out,
         )
     }
 
-    pub(super) fn find_point(&self, st: &AzState, cycle: u64) -> Result<Snap, SinkError> {
-        self.committed_snaps(st)?
+    pub(super) fn find_point(&self, st: &DiskState, cycle: u64) -> Result<Snap, SinkError> {
+        let snaps = self.committed_snaps(st)?;
+        let kept = snaps.first().zip(snaps.last());
+        let kept = kept.map(|(a, b)| (a.point.cycle, b.point.cycle));
+        snaps
             .into_iter()
             .find(|s| s.point.cycle == cycle)
-            .ok_or_else(|| SinkError::InvalidState {
-                path: self.url(),
-                offset: 0,
-                problem: format!("no recovery point for cycle {cycle}"),
-            })
+            .ok_or_else(|| lifecycle::no_point(&self.url(), kept, cycle))
     }
 
     pub(super) fn read_snapshot(
@@ -378,22 +313,6 @@ impl AzureDisk {
             .get_range(&self.blob, Some(snap), offset, len as u64)
             .map_err(rest_err)?;
         Ok(Bytes::from(data))
-    }
-}
-
-pub(super) fn committed_after_initial(st: &AzState, cycle: u64) -> AzState {
-    AzState {
-        disk: DiskState {
-            initial_committed: true,
-            committed_cycle: cycle,
-            progress: RangeSet::new(),
-            initial_in_progress: false,
-            replica_id: st.disk.copy_id,
-            copy_id: Guid::NIL,
-            ..st.disk.clone()
-        },
-        open_cycle: None,
-        cycle_progress: RangeSet::new(),
     }
 }
 

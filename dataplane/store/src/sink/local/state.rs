@@ -3,7 +3,7 @@
 
 use vdrep_proto::{Guid, RangeSet};
 
-use crate::sink::{DiskState, RecoveryPoint};
+use crate::sink::{lifecycle, DiskState, RecoveryPoint};
 
 /// Magic at offset 0 of a state record.
 pub const STATE_MAGIC: &[u8; 8] = b"vdrepDS\0";
@@ -27,16 +27,6 @@ const LISTED_LEN: usize = POINT_LEN + 8;
 /// Fixed part of the body: see [`encode`].
 const FIXED_BODY: usize = 4 + 8 + 16 + 16 + 16 + 4 + 8 + 8 + 8 + POINT_LEN;
 
-/// Where the delta cycle of a disk stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CyclePhase {
-    /// No cycle is open.
-    Idle,
-    /// Cycle `open_cycle` writes into the replica; the newest point's undo log holds what
-    /// it overwrote.
-    Open,
-}
-
 /// A recovery point as listed in the state record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
@@ -50,10 +40,9 @@ pub struct Listed {
 /// Everything the state record holds: the public [`DiskState`] plus the cycle machinery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    /// The public part (`open_cycle` is `Some` unless `phase` is idle).
+    /// The public part; `open_cycle` is the flag [`FLAG_CYCLE_OPEN`] (cycle N writes into
+    /// the replica, behind the newest point's undo log).
     pub disk: DiskState,
-    /// The cycle's phase.
-    pub phase: CyclePhase,
     /// The initial copy's point while the copy is published (see `commit_initial`).
     pub pending: Option<RecoveryPoint>,
     /// Recovery points of the committed replica, oldest first.
@@ -89,9 +78,8 @@ pub fn encode(rec: &Record) -> Vec<u8> {
     if state.initial_in_progress {
         flags |= FLAG_IN_PROGRESS;
     }
-    match rec.phase {
-        CyclePhase::Idle => {}
-        CyclePhase::Open => flags |= FLAG_CYCLE_OPEN,
+    if state.open_cycle.is_some() {
+        flags |= FLAG_CYCLE_OPEN;
     }
     if rec.pending.is_some() {
         flags |= FLAG_PENDING;
@@ -217,23 +205,7 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
     }
     let initial_committed = flags & FLAG_COMMITTED != 0;
     let initial_in_progress = flags & FLAG_IN_PROGRESS != 0;
-    if !initial_committed && !initial_in_progress {
-        return Err((
-            at(60),
-            "neither committed nor copying: no replica is described".into(),
-        ));
-    }
-    let phase = if flags & FLAG_CYCLE_OPEN != 0 {
-        CyclePhase::Open
-    } else {
-        CyclePhase::Idle
-    };
-    if generation == 0 {
-        return Err((at(72), "generation 0 (generations start at 1)".into()));
-    }
-    if virtual_size == 0 {
-        return Err((at(4), "virtual size 0".into()));
-    }
+    let cycling = flags & FLAG_CYCLE_OPEN != 0;
     let count = u32_at(body, FIXED_BODY)? as usize;
     let points_at = FIXED_BODY + 4;
     let progress_at = count
@@ -275,15 +247,13 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
         initial_in_progress,
         replica_id,
         copy_id,
-        open_cycle: (phase != CyclePhase::Idle).then_some(open_cycle),
+        open_cycle: cycling.then_some(open_cycle),
     };
     let rec = Record {
         disk: state,
-        phase,
         pending: (flags & FLAG_PENDING != 0).then_some(pending),
         points,
     };
-    validate(&rec).map_err(|p| (at(60), p))?;
     if let Some(b) = rec.disk.progress.bounds() {
         if b.end > rec.disk.writable_end() {
             return Err((
@@ -296,27 +266,19 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
             ));
         }
     }
+    validate(&rec).map_err(|p| (at(60), p))?;
     Ok(rec)
 }
 
-/// The invariants between the fields of a record.
+/// The invariants between the fields of a record: the lifecycle's
+/// ([`lifecycle::check_record`]), then the local store's own (the pending point, the undo
+/// logs).
 fn validate(rec: &Record) -> Result<(), String> {
     let st = &rec.disk;
-    let cycling = rec.phase != CyclePhase::Idle;
-    if cycling && (st.initial_in_progress || !st.initial_committed) {
-        return Err("a cycle is open without a committed replica or during a full copy".into());
-    }
-    if cycling && st.open_cycle != st.committed_cycle.checked_add(1) {
-        return Err(format!(
-            "open cycle {:?} does not follow the committed cycle {}",
-            st.open_cycle, st.committed_cycle
-        ));
-    }
-    if !st.initial_in_progress && !cycling && !st.progress.is_empty() {
-        return Err("progress recorded without a copy or cycle in progress".into());
-    }
-    match (&rec.pending, rec.phase) {
-        (Some(p), CyclePhase::Idle) if st.initial_in_progress && p.cycle == 0 => {}
+    lifecycle::check_record(st)?;
+    let cycling = st.open_cycle.is_some();
+    match (&rec.pending, cycling) {
+        (Some(p), false) if st.initial_in_progress && p.cycle == 0 => {}
         (Some(p), _) => return Err(format!("unexpected pending point {}", p.cycle)),
         (None, _) => {}
     }
@@ -374,7 +336,6 @@ mod tests {
                 copy_id: Guid([2; 16]),
                 open_cycle: None,
             },
-            phase: CyclePhase::Idle,
             pending: Some(point(0)),
             points: vec![
                 Listed {
@@ -394,7 +355,6 @@ mod tests {
         r.disk.initial_in_progress = false;
         r.disk.copy_id = Guid::NIL;
         r.disk.open_cycle = Some(6);
-        r.phase = CyclePhase::Open;
         r.pending = None;
         r.points[1].undo_len = 4096;
         r
@@ -419,7 +379,6 @@ mod tests {
         r.disk.open_cycle = Some(9);
         assert!(decode(&encode(&r)).is_err());
         let mut r = open();
-        r.phase = CyclePhase::Idle;
         r.disk.open_cycle = None;
         assert!(
             decode(&encode(&r)).is_err(),

@@ -15,12 +15,12 @@ use super::files::{
 };
 use super::fs::{DataFile, LockGuard, StoreFs};
 use super::points::UndoCache;
-use super::state::{self, CyclePhase, Record, STATE_VERSION};
+use super::state::{self, Record, STATE_VERSION};
 use super::DiskPaths;
 use crate::layout::{
-    random_guid, replica_file_size, replica_footer, replica_virtual_size, vhd_timestamp, MAX_BLOB,
+    random_guid, replica_file_size, replica_footer, replica_virtual_size, vhd_timestamp,
 };
-use crate::sink::{DiskKey, DiskState, RecoveryPoint, ReplicaDisk, SinkError};
+use crate::sink::{lifecycle, DiskKey, DiskState, RecoveryPoint, ReplicaDisk, SinkError};
 
 /// The mutable part of a disk: its durable state and the open images.
 pub(super) struct Inner {
@@ -30,7 +30,7 @@ pub(super) struct Inner {
     /// after a new copy's file could not be created (e.g. disk full): the next call that
     /// needs it creates it again.
     working: Option<Arc<dyn DataFile>>,
-    working_path: PathBuf,
+    pub(super) working_path: PathBuf,
     /// The committed replica (the newest recovery point), if any.
     pub(super) committed: Option<Arc<dyn DataFile>>,
     /// The open delta cycle: the newest point's undo log and the buffered writes.
@@ -72,17 +72,7 @@ impl LocalDisk {
             .map_err(io_err(&paths.state, "read", 0))?;
         let mut disk_state = match raw {
             None => {
-                if virtual_size == 0 || file_size > MAX_BLOB {
-                    return Err(SinkError::Unsupported {
-                        path: paths.vhd.clone(),
-                        offset: virtual_size,
-                        problem: format!(
-                            "disk size {virtual_size} bytes: replicas hold 1 byte up to {} bytes \
-                             (the 8 TiB page blob limit, footer included)",
-                            MAX_BLOB - replica_file_size(0)
-                        ),
-                    });
-                }
+                lifecycle::check_size(&paths.vhd, virtual_size)?;
                 if fs
                     .exists(&paths.vhd)
                     .map_err(io_err(&paths.vhd, "stat", 0))?
@@ -97,39 +87,13 @@ impl LocalDisk {
             }
             Some(bytes) => {
                 let s = state::decode(&bytes).map_err(|(o, p)| corrupt(&paths.state, o, p))?;
-                if s.disk.virtual_size != virtual_size {
-                    return Err(SinkError::SizeMismatch {
-                        path: paths.state.clone(),
-                        recorded: s.disk.virtual_size,
-                        requested: virtual_size,
-                    });
-                }
-                if s.disk.source_id != source_id {
-                    return Err(SinkError::IdentityMismatch {
-                        path: paths.state.clone(),
-                        recorded: s.disk.source_id,
-                        requested: source_id,
-                    });
-                }
+                lifecycle::check_reopen(&paths.state, &s.disk, virtual_size, source_id)?;
                 Some(s)
             }
         };
         let new_disk = disk_state.is_none();
-        let mut st = disk_state.take().unwrap_or(Record {
-            disk: DiskState {
-                format_version: STATE_VERSION,
-                virtual_size,
-                source_id,
-                initial_committed: false,
-                committed_cycle: 0,
-                progress: RangeSet::new(),
-                generation: 1,
-                initial_in_progress: true,
-                replica_id: Guid::NIL,
-                copy_id: random_guid(),
-                open_cycle: None,
-            },
-            phase: CyclePhase::Idle,
+        let mut st = disk_state.take().unwrap_or_else(|| Record {
+            disk: lifecycle::new_replica(STATE_VERSION, virtual_size, source_id, random_guid()),
             pending: None,
             points: Vec::new(),
         });
@@ -347,33 +311,21 @@ impl ReplicaDisk for LocalDisk {
     fn checkpoint(&self, durable: &RangeSet) -> Result<(), SinkError> {
         let mut inner = self.write_inner();
         let path = inner.working_path.clone();
-        if let Some(b) = durable.bounds() {
-            check_range(
-                &path,
-                "checkpoint",
-                b.start,
-                b.end - b.start,
-                &inner.rec.disk,
-                false,
-            )?;
+        let next = lifecycle::checkpoint(&path, &inner.rec.disk, durable)?;
+        // Data first, then the progress that claims it.
+        if inner.rec.disk.open_cycle.is_some() {
+            self.cycle_sync(&mut inner)?;
+        } else {
+            let w = self.ensure_working(&mut inner)?;
+            w.sync_data().map_err(io_err(&path, "fdatasync", 0))?;
+            // Clean now: the pages the copy wrote since the last checkpoint can go.
+            w.drop_cache();
         }
-        if self.cycle_checkpoint(&mut inner, durable)? {
-            return Ok(());
-        }
-        if !inner.rec.disk.initial_in_progress && !durable.is_empty() {
-            return Err(invalid(
-                &path,
-                durable.bounds().map(|b| b.start).unwrap_or(0),
-                "checkpoint with progress, but no initial copy or delta cycle is in progress",
-            ));
-        }
-        let w = self.ensure_working(&mut inner)?;
-        w.sync_data().map_err(io_err(&path, "fdatasync", 0))?;
-        // Clean now: the pages the copy wrote since the last checkpoint can go.
-        w.drop_cache();
-        if inner.rec.disk.initial_in_progress && inner.rec.disk.progress != *durable {
-            let mut next = inner.rec.clone();
-            next.disk.progress = durable.clone();
+        if let Some(disk) = next {
+            let next = Record {
+                disk,
+                ..inner.rec.clone()
+            };
             self.persist(&next)?;
             inner.rec = next;
         }
@@ -385,33 +337,7 @@ impl ReplicaDisk for LocalDisk {
         let rec = inner.rec.clone();
         let st = &rec.disk;
         let p = &self.paths;
-        if !st.initial_in_progress {
-            return Err(invalid(
-                &p.vhd,
-                0,
-                "commit_initial without an initial copy in progress",
-            ));
-        }
-        if point.cycle != 0 {
-            return Err(invalid(
-                &p.partial,
-                0,
-                format!("the initial copy is recovery point 0, not {}", point.cycle),
-            ));
-        }
-        if let Some(gap) = st.progress.gaps_in(0, st.writable_end()).first() {
-            return Err(invalid(
-                &p.partial,
-                gap.start,
-                format!(
-                    "the initial copy is incomplete: {} bytes not checkpointed, first gap \
-                     [{}, {})",
-                    st.remaining(),
-                    gap.start,
-                    gap.end
-                ),
-            ));
-        }
+        lifecycle::commit_initial(&inner.working_path, st, point)?;
         let at = replica_virtual_size(st.virtual_size);
         let footer = replica_footer(
             st.virtual_size,
@@ -483,12 +409,9 @@ impl ReplicaDisk for LocalDisk {
         let inner = self.read_inner();
         let path = &self.paths.vhd;
         check_range(path, "read", offset, len as u64, &inner.rec.disk, false)?;
-        if inner.committed.is_none() || !inner.rec.disk.initial_committed {
-            return Err(invalid(
-                path,
-                offset,
-                "no initial copy has been committed yet",
-            ));
+        lifecycle::check_committed(path, &inner.rec.disk, offset)?;
+        if inner.committed.is_none() {
+            return Err(invalid(path, offset, "the committed replica is not open"));
         }
         let newest = inner.rec.disk.committed_cycle;
         self.read_point_locked(&inner, newest, offset, len)
@@ -505,17 +428,14 @@ impl ReplicaDisk for LocalDisk {
             inner.working = None;
         }
         remove_partial(self.fs.as_ref(), &self.paths)?;
-        let mut next = rec;
-        next.disk.progress = RangeSet::new();
-        next.disk.generation = next.disk.generation.saturating_add(1);
-        next.disk.initial_in_progress = true;
-        next.disk.copy_id = random_guid();
-        next.pending = None;
         // An open cycle is dropped (the new copy supersedes it): its buffered writes never
         // reached the replica, and the newest point keeps its undo log over what did, so
         // the committed generation's points stay exact until the new copy commits.
-        next.phase = CyclePhase::Idle;
-        next.disk.open_cycle = None;
+        let next = Record {
+            disk: lifecycle::begin_initial(&rec.disk, random_guid()),
+            pending: None,
+            ..rec
+        };
         self.persist(&next)?;
         inner.rec = next;
         inner.cycle = None;

@@ -11,8 +11,8 @@ use vdrep_proto::{Guid, RangeSet};
 use super::blob::Container;
 use super::points::{committed_snaps, Snap};
 use super::rest_err;
-use super::state::{self, AzState};
-use crate::sink::{DiskKey, PointReader, RecoveryPoint, SinkError, SECTOR};
+use super::state;
+use crate::sink::{lifecycle, DiskKey, DiskState, PointReader, RecoveryPoint, SinkError};
 
 /// A [`PointReader`] on a disk of the Azure store.
 pub struct AzurePointReader {
@@ -34,7 +34,7 @@ fn names(key: &DiskKey) -> (String, String) {
 }
 
 /// Reads the state blob of `key`; `NotFound` when there is none.
-fn load_state(c: &Container, key: &DiskKey) -> Result<AzState, SinkError> {
+fn load_state(c: &Container, key: &DiskKey) -> Result<DiskState, SinkError> {
     let (_, sblob) = names(key);
     let Some((bytes, _)) = c.get_blob(&sblob).map_err(rest_err)? else {
         return Err(SinkError::NotFound {
@@ -58,9 +58,9 @@ impl AzurePointReader {
             key,
             blob,
             state_blob,
-            virtual_size: st.disk.virtual_size,
-            replica_id: if st.disk.initial_committed {
-                st.disk.replica_id
+            virtual_size: st.virtual_size,
+            replica_id: if st.initial_committed {
+                st.replica_id
             } else {
                 Guid::NIL
             },
@@ -71,10 +71,10 @@ impl AzurePointReader {
     /// Lists the snapshots of the pinned replica afresh.
     fn refresh(&self) -> Result<Vec<Snap>, SinkError> {
         let st = load_state(&self.c, &self.key)?;
-        if !st.disk.initial_committed {
+        if !st.initial_committed {
             return Ok(Vec::new());
         }
-        if st.disk.replica_id != self.replica_id {
+        if st.replica_id != self.replica_id {
             return Err(SinkError::NotFound {
                 path: self.c.url(&self.state_blob).into(),
                 problem: format!(
@@ -114,16 +114,9 @@ impl AzurePointReader {
     }
 
     fn no_point(&self, snaps: &[Snap], cycle: u64) -> SinkError {
-        SinkError::NotFound {
-            path: self.c.url(&self.blob).into(),
-            problem: match (snaps.first(), snaps.last()) {
-                (Some(a), Some(b)) => format!(
-                    "recovery point {cycle} does not exist (points {}..={} are kept)",
-                    a.point.cycle, b.point.cycle
-                ),
-                _ => format!("recovery point {cycle} does not exist: nothing is committed"),
-            },
-        }
+        let kept = snaps.first().zip(snaps.last());
+        let kept = kept.map(|(a, b)| (a.point.cycle, b.point.cycle));
+        lifecycle::no_point(std::path::Path::new(&self.c.url(&self.blob)), kept, cycle)
     }
 }
 
@@ -141,17 +134,9 @@ impl PointReader for AzurePointReader {
     }
 
     fn read_point(&self, cycle: u64, offset: u64, len: usize) -> Result<Bytes, SinkError> {
-        let end = self.virtual_size.div_ceil(SECTOR) * SECTOR;
-        if offset.checked_add(len as u64).is_none_or(|e| e > end) {
-            return Err(SinkError::OutOfRange {
-                path: self.c.url(&self.blob).into(),
-                op: "read",
-                offset,
-                len: len as u64,
-                size: self.virtual_size,
-                problem: "the range ends beyond the disk",
-            });
-        }
+        let url = self.c.url(&self.blob);
+        let path = std::path::Path::new(&url);
+        lifecycle::check_range_of(path, "read", offset, len as u64, self.virtual_size, false)?;
         if len == 0 {
             self.snap(cycle, false)?;
             return Ok(Bytes::new());

@@ -6,13 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use vdrep_proto::formats::vhd::{Footer, FOOTER_SIZE};
-use vdrep_proto::{Guid, RangeSet};
+use vdrep_proto::Guid;
 
 use super::fs::{DataFile, StoreFs};
-use super::state::{self, CyclePhase, Listed, Record};
+use super::state::{self, Listed, Record};
 use super::DiskPaths;
 use crate::layout::{replica_file_size, replica_virtual_size};
-use crate::sink::{DiskState, RecoveryPoint, SinkError, SECTOR};
+use crate::sink::{lifecycle, RecoveryPoint, SinkError};
 
 pub(super) fn io_err(
     path: &Path,
@@ -31,37 +31,8 @@ pub(super) fn corrupt(path: &Path, offset: u64, problem: impl Into<String>) -> S
     }
 }
 
-/// Refuses a range that is unaligned (when `aligned`) or outside `[0, end)`.
-pub(super) fn check_range(
-    path: &Path,
-    op: &'static str,
-    offset: u64,
-    len: u64,
-    st: &DiskState,
-    aligned: bool,
-) -> Result<(), SinkError> {
-    let problem = if aligned && ((offset | len) & (SECTOR - 1) != 0) {
-        Some("offset and length must be multiples of 512 bytes")
-    } else if offset
-        .checked_add(len)
-        .is_none_or(|e| e > st.writable_end())
-    {
-        Some("the range ends beyond the disk")
-    } else {
-        None
-    };
-    match problem {
-        Some(problem) => Err(SinkError::OutOfRange {
-            path: path.to_path_buf(),
-            op,
-            offset,
-            len,
-            size: st.virtual_size,
-            problem,
-        }),
-        None => Ok(()),
-    }
-}
+/// The lifecycle's range check (one check and message for every sink).
+pub(super) use crate::sink::lifecycle::check_range;
 
 /// Creates a fresh sparse in-progress copy (a new file, never a truncated old one, so no
 /// stale byte of an earlier copy can survive a crash) and makes its name and size durable.
@@ -144,17 +115,7 @@ pub(super) fn persist(fs: &dyn StoreFs, paths: &DiskPaths, rec: &Record) -> Resu
 /// (as cycle 0) is its only recovery point, the previous generation's points are gone.
 pub(super) fn committed_record(rec: &Record, point: &RecoveryPoint) -> Record {
     Record {
-        disk: DiskState {
-            initial_committed: true,
-            committed_cycle: 0,
-            progress: RangeSet::new(),
-            initial_in_progress: false,
-            replica_id: rec.disk.copy_id,
-            copy_id: Guid::NIL,
-            open_cycle: None,
-            ..rec.disk.clone()
-        },
-        phase: CyclePhase::Idle,
+        disk: lifecycle::committed_after_initial(&rec.disk),
         pending: None,
         points: vec![Listed {
             point: RecoveryPoint {
