@@ -17,7 +17,7 @@ use super::rest::RestError;
 use super::rest_err;
 use super::state::{self, AzState, AZURE_STATE_VERSION};
 use super::writes::Permits;
-use crate::layout::{random_guid, replica_file_size, MAX_BLOB};
+use crate::layout::{check_disk_size, random_guid, replica_file_size};
 use crate::sink::{DiskKey, DiskState, RecoveryPoint, SinkError, SECTOR};
 
 pub(super) struct Inner {
@@ -58,17 +58,13 @@ impl AzureDisk {
     ) -> Result<AzureDisk, SinkError> {
         let blob = format!("{}/{}.vhd", key.vm, key.disk);
         let state_blob = format!("{}/{}.state", key.vm, key.disk);
+        // Before any arithmetic on a size that came from the wire.
+        check_disk_size(virtual_size).map_err(|problem| SinkError::Unsupported {
+            path: c.url(&blob).into(),
+            offset: virtual_size,
+            problem,
+        })?;
         let file_size = replica_file_size(virtual_size);
-        if virtual_size == 0 || file_size > MAX_BLOB {
-            return Err(SinkError::Unsupported {
-                path: c.url(&blob).into(),
-                offset: virtual_size,
-                problem: format!(
-                    "disk size {virtual_size} bytes: page blobs hold 1 byte up to {} bytes",
-                    MAX_BLOB - replica_file_size(0)
-                ),
-            });
-        }
         // The lease needs the blob: create it if absent (nobody writes before leasing).
         if c.blob_size(&blob).map_err(rest_err)?.is_none() {
             c.create_page_blob(&blob, file_size, None)

@@ -95,7 +95,8 @@ pub fn decode(b: &[u8]) -> Result<AzState, String> {
             doc.format
         ));
     }
-    if doc.virtual_size == 0 || !(doc.initial_committed || doc.initial_in_progress) {
+    crate::layout::check_disk_size(doc.virtual_size)?;
+    if !(doc.initial_committed || doc.initial_in_progress) {
         return Err("neither a committed replica nor a copy in progress".into());
     }
     let g = |s: &str| {

@@ -18,7 +18,8 @@ use super::points::UndoCache;
 use super::state::{self, CyclePhase, Record, STATE_VERSION};
 use super::DiskPaths;
 use crate::layout::{
-    random_guid, replica_file_size, replica_footer, replica_virtual_size, vhd_timestamp, MAX_BLOB,
+    check_disk_size, random_guid, replica_file_size, replica_footer, replica_virtual_size,
+    vhd_timestamp,
 };
 use crate::sink::{DiskKey, DiskState, RecoveryPoint, ReplicaDisk, SinkError};
 
@@ -66,23 +67,18 @@ impl LocalDisk {
             .ok_or_else(|| SinkError::Locked {
                 path: paths.lock.clone(),
             })?;
+        // Before any arithmetic on a size that came from the wire.
+        check_disk_size(virtual_size).map_err(|problem| SinkError::Unsupported {
+            path: paths.vhd.clone(),
+            offset: virtual_size,
+            problem,
+        })?;
         let file_size = replica_file_size(virtual_size);
         let raw = fs
             .read_file(&paths.state)
             .map_err(io_err(&paths.state, "read", 0))?;
         let mut disk_state = match raw {
             None => {
-                if virtual_size == 0 || file_size > MAX_BLOB {
-                    return Err(SinkError::Unsupported {
-                        path: paths.vhd.clone(),
-                        offset: virtual_size,
-                        problem: format!(
-                            "disk size {virtual_size} bytes: replicas hold 1 byte up to {} bytes \
-                             (the 8 TiB page blob limit, footer included)",
-                            MAX_BLOB - replica_file_size(0)
-                        ),
-                    });
-                }
                 if fs
                     .exists(&paths.vhd)
                     .map_err(io_err(&paths.vhd, "stat", 0))?

@@ -231,8 +231,8 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
     if generation == 0 {
         return Err((at(72), "generation 0 (generations start at 1)".into()));
     }
-    if virtual_size == 0 {
-        return Err((at(4), "virtual size 0".into()));
+    if let Err(why) = crate::layout::check_disk_size(virtual_size) {
+        return Err((at(4), why));
     }
     let count = u32_at(body, FIXED_BODY)? as usize;
     let points_at = FIXED_BODY + 4;
