@@ -71,15 +71,7 @@ fn authorized(sc: &Sidecar, h: &HeaderMap) -> Result<(), ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    // Compare in time independent of where the strings differ.
-    let ok = given.is_some_and(|g| {
-        g.len() == sc.token.len()
-            && g.bytes()
-                .zip(sc.token.bytes())
-                .fold(0u8, |a, (x, y)| a | (x ^ y))
-                == 0
-    });
-    if ok {
+    if token_matches(&sc.token, given) {
         Ok(())
     } else {
         Err(ApiError(
@@ -87,6 +79,13 @@ fn authorized(sc: &Sidecar, h: &HeaderMap) -> Result<(), ApiError> {
             "this call changes state: send Authorization: Bearer <token> (the sidecar's --token-file)".into(),
         ))
     }
+}
+
+/// Whether `given` is the token whose BLAKE3 is `expected`. Digests of equal width are
+/// compared in constant time (`blake3::Hash`'s equality): a byte-wise compare that first
+/// checks the lengths answers a wrong length sooner, which tells a caller the token's length.
+fn token_matches(expected: &blake3::Hash, given: Option<&str>) -> bool {
+    given.is_some_and(|g| blake3::hash(g.as_bytes()) == *expected)
 }
 
 fn body<T: DeserializeOwned + Default>(b: &Bytes) -> Result<T, ApiError> {
@@ -466,4 +465,25 @@ async fn put_bandwidth(State(sc): Sc, h: HeaderMap, b: Bytes) -> Response {
         sc.apply_bandwidth().await;
     }
     Json(bandwidth_view(&sc)).into_response()
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::token_matches;
+
+    #[test]
+    fn only_the_exact_token_matches_compared_as_fixed_width_digests() {
+        let token = "s3cret-token-of-some-length";
+        let expected = blake3::hash(token.as_bytes());
+        assert!(token_matches(&expected, Some(token)));
+        for wrong in [
+            "",
+            "s3cret",
+            "s3cret-token-of-some-lengtH",
+            "s3cret-token-of-some-length!",
+        ] {
+            assert!(!token_matches(&expected, Some(wrong)), "{wrong:?}");
+        }
+        assert!(!token_matches(&expected, None));
+    }
 }
