@@ -249,7 +249,7 @@ impl LocalDisk {
         let durable = inner.rec.points.last().map_or(0, |l| l.undo_len);
         if c.end > durable {
             if let Some(f) = &c.undo {
-                f.sync_data().map_err(io_err(&c.path, "fdatasync", 0))?;
+                self.sync(f.as_ref(), &c.path, 0)?;
             }
             let mut next = inner.rec.clone();
             if let Some(last) = next.points.last_mut() {
@@ -296,9 +296,7 @@ impl LocalDisk {
         }
         self.flush_cycle(inner)?;
         let replica = self.require_replica(inner, "checkpoint")?;
-        replica
-            .sync_data()
-            .map_err(io_err(&self.paths.vhd, "fdatasync", 0))?;
+        self.sync(replica.as_ref(), &self.paths.vhd, 0)?;
         if inner.rec.disk.progress != *durable {
             let mut next = inner.rec.clone();
             next.disk.progress = durable.clone();
@@ -385,9 +383,7 @@ impl LocalDisk {
             ));
         }
         self.flush_cycle(&mut inner)?;
-        replica
-            .sync_data()
-            .map_err(io_err(&self.paths.vhd, "fdatasync", 0))?;
+        self.sync(replica.as_ref(), &self.paths.vhd, 0)?;
         let mut next = inner.rec.clone();
         next.phase = CyclePhase::Idle;
         next.disk.committed_cycle = point.cycle;

@@ -47,6 +47,9 @@ pub struct LocalDisk {
     undo: Mutex<UndoCache>,
     /// Bytes an open cycle buffers before writing them into the replica.
     pub(super) cycle_buffer: usize,
+    /// The first failed fdatasync of this disk's files on this handle (path, message). Set
+    /// once, never cleared: see [`SinkError::SyncLost`].
+    pub(super) sync_lost: Mutex<Option<(PathBuf, String)>>,
     _lock: LockGuard,
 }
 
@@ -226,6 +229,7 @@ impl LocalDisk {
             }),
             undo: Mutex::new(UndoCache::default()),
             cycle_buffer,
+            sync_lost: Mutex::new(None),
             _lock: lock,
         };
         disk.recover_cycle()?;
@@ -307,6 +311,7 @@ impl ReplicaDisk for LocalDisk {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
+        self.usable("write")?;
         if let Some(r) = self.cycle_write("write", offset, data.len() as u64, Some(data)) {
             return r;
         }
@@ -324,6 +329,7 @@ impl ReplicaDisk for LocalDisk {
     }
 
     fn clear(&self, offset: u64, len: u64) -> Result<(), SinkError> {
+        self.usable("clear")?;
         if let Some(r) = self.cycle_write("clear", offset, len, None) {
             return r;
         }
@@ -341,6 +347,7 @@ impl ReplicaDisk for LocalDisk {
     }
 
     fn checkpoint(&self, durable: &RangeSet) -> Result<(), SinkError> {
+        self.usable("checkpoint")?;
         let mut inner = self.write_inner();
         let path = inner.working_path.clone();
         if let Some(b) = durable.bounds() {
@@ -364,7 +371,7 @@ impl ReplicaDisk for LocalDisk {
             ));
         }
         let w = self.ensure_working(&mut inner)?;
-        w.sync_data().map_err(io_err(&path, "fdatasync", 0))?;
+        self.sync(w.as_ref(), &path, 0)?;
         // Clean now: the pages the copy wrote since the last checkpoint can go.
         w.drop_cache();
         if inner.rec.disk.initial_in_progress && inner.rec.disk.progress != *durable {
@@ -377,6 +384,7 @@ impl ReplicaDisk for LocalDisk {
     }
 
     fn commit_initial(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
+        self.usable("commit")?;
         let mut inner = self.write_inner();
         let rec = inner.rec.clone();
         let st = &rec.disk;
@@ -430,10 +438,10 @@ impl ReplicaDisk for LocalDisk {
                 self.persist(&next)?;
                 inner.rec = next;
             }
-            f.sync_data().map_err(io_err(&p.partial, "fdatasync", 0))?;
+            self.sync(f.as_ref(), &p.partial, 0)?;
             f.write_at(at, &footer)
                 .map_err(io_err(&p.partial, "write footer", at))?;
-            f.sync_data().map_err(io_err(&p.partial, "fdatasync", at))?;
+            self.sync(f.as_ref(), &p.partial, at)?;
             self.fs.rename(&p.partial, &p.vhd).map_err(io_err(
                 &p.vhd,
                 "rename copy to replica",
@@ -491,6 +499,7 @@ impl ReplicaDisk for LocalDisk {
     }
 
     fn begin_initial(&self) -> Result<(), SinkError> {
+        self.usable("begin a copy")?;
         let mut inner = self.write_inner();
         let rec = inner.rec.clone();
         let size = replica_file_size(rec.disk.virtual_size);
@@ -525,10 +534,12 @@ impl ReplicaDisk for LocalDisk {
     }
 
     fn begin_cycle(&self, cycle: u64) -> Result<RangeSet, SinkError> {
+        self.usable("begin a cycle")?;
         self.begin_cycle_impl(cycle)
     }
 
     fn commit_cycle(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
+        self.usable("commit a cycle")?;
         self.commit_cycle_impl(point)
     }
 
