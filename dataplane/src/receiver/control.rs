@@ -12,6 +12,8 @@ use vdrep_proto::wire::{
 
 use super::disk::{checkpoint_loop, DiskSession};
 use super::Receiver;
+
+mod limits;
 use crate::sink::{DiskKey, SinkError};
 use crate::transport::{read_frame, write_frame, FrameError};
 
@@ -479,6 +481,7 @@ impl Receiver {
         full_copy: bool,
     ) -> Result<(u32, Arc<DiskSession>, bool, u64, bool), (ErrorClass, String)> {
         let key = DiskKey::new(vm, disk).map_err(|e| (ErrorClass::InvalidState, e.to_string()))?;
+        conn.check_disk_limit(&key, self.max_disks_per_connection.load(Ordering::Relaxed))?;
         self.take_over_from_own_stale_connection(conn, &key.to_string())
             .await;
         let store = self.store.clone();
