@@ -46,6 +46,32 @@ for tool in qemu-img qemu-io vhdiinfo promtool prometheus rsync socat zstd bunzi
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing after install" >&2; exit 1; }
 done
 
+# qemu >= 10 for the qemu change source's tests (dataplane/qemu: fleecing with a
+# snapshot-access node, export bitmaps named by node, qemu-storage-daemon), and libnbd's
+# tools (python3-libnbd, nbdinfo) that play the guest. An installed qemu >= 10 is kept as is:
+# nothing here installs a version pin, so the archive's older qemu never replaces it.
+qemu_major() { qemu-img --version 2>/dev/null | sed -n 's/^qemu-img version \([0-9]*\)\..*/\1/p'; }
+if [ "$(qemu_major || true)" = "" ] || [ "$(qemu_major)" -lt 10 ]; then
+  if apt-cache policy 2>/dev/null | grep 'a=bookworm-backports' >/dev/null; then
+    echo "setup: qemu-img $(qemu_major || echo missing) < 10: installing qemu-utils from bookworm-backports"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-utils >/dev/null
+  fi
+  if [ "$(qemu_major || true)" = "" ] || [ "$(qemu_major)" -lt 10 ]; then
+    echo "setup: qemu >= 10 is required (found $(qemu_major || echo none)): enable bookworm-backports and run apt-get install -t bookworm-backports qemu-utils" >&2
+    exit 1
+  fi
+fi
+command -v qemu-storage-daemon >/dev/null || { echo "setup: qemu-storage-daemon missing (qemu-utils >= 10 ships it)" >&2; exit 1; }
+nbd_missing=()
+for p in python3-libnbd libnbd-bin; do dpkg -s "$p" >/dev/null 2>&1 || nbd_missing+=("$p"); done
+if [ ${#nbd_missing[@]} -gt 0 ]; then
+  echo "setup: installing ${nbd_missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${nbd_missing[@]}" >/dev/null
+fi
+command -v nbdinfo >/dev/null || { echo "setup: nbdinfo still missing after install" >&2; exit 1; }
+
 # Azurite, exactly as locked.
 if [ ! -x "$here/node_modules/.bin/azurite-blob" ] || [ "$here/package-lock.json" -nt "$here/node_modules/.package-lock.json" ]; then
   echo "setup: installing Azurite (npm ci)"
