@@ -202,11 +202,9 @@ fn a_disk_named_jobs_does_not_share_the_vms_job_file_lock() {
     // The disk holds its lock (`jobs.lock`) for as long as it is open.
     let held = store.open_disk(&key("jobs"), 1 << 20, SRC).unwrap();
     let job = vdrep::jobs::Job::start(vdrep_proto::wire::JobKind::TestFailover, "vm-1");
-    let t = std::time::Instant::now();
     store
         .record_job(&job)
         .expect("the job file has a lock of its own");
-    assert!(t.elapsed() < std::time::Duration::from_secs(2));
     assert_eq!(store.jobs(Some("vm-1")).unwrap().len(), 1);
     // Removing the VM's jobs leaves the disk's lock alone: a second opener is still refused.
     store.remove_jobs("vm-1").ok();
