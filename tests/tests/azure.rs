@@ -158,6 +158,27 @@ fn another_receiver_takes_over_with_the_state_kept_in_azure() {
 }
 
 #[test]
+fn disk_sizes_that_wrap_or_exceed_a_page_blob_are_refused_before_any_blob_is_made() {
+    let az = Azurite::start();
+    let store = AzureStore::open(config(&az, "cont-size")).unwrap();
+    let key = DiskKey::new("vm", "big").unwrap();
+    // 2^64 − 2^20 + 1 wrapped to a 512-byte blob when rounded up to 1 MiB (issue 16).
+    for size in [
+        u64::MAX - (1 << 20) + 2,
+        u64::MAX,
+        (8 << 40) - (1 << 20) + 1,
+    ] {
+        let e = store.open_disk(&key, size, Guid::NIL).err().unwrap();
+        assert!(
+            matches!(e, SinkError::Unsupported { .. }) && !e.is_recoverable(),
+            "{size}: {e}"
+        );
+        assert!(e.to_string().contains("8 TiB"), "{e}");
+    }
+    assert!(store.list_disks(Some("vm")).unwrap().is_empty());
+}
+
+#[test]
 fn a_second_receiver_on_the_same_disk_is_refused_by_the_lease() {
     let az = Azurite::start();
     let key = DiskKey::new("vm", "d").unwrap();

@@ -78,6 +78,62 @@ fn an_initial_copy_is_a_partial_file_of_the_replica_size_that_refused_writes_lea
 }
 
 #[test]
+fn disk_sizes_that_wrap_or_exceed_a_page_blob_are_refused_non_recoverably_creating_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    // [2^64 − 2^20 + 1, 2^64 − 1] wrapped to a 512-byte replica when rounded up to 1 MiB;
+    // 8 TiB − 1 MiB + 1 is the first size whose replica no longer fits a page blob.
+    for size in [
+        u64::MAX - (1 << 20) + 2,
+        u64::MAX - 4096,
+        u64::MAX,
+        (8 << 40) - (1 << 20) + 1,
+        0,
+    ] {
+        let e = store.open_disk(&key("big"), size, SRC).err().unwrap();
+        assert!(
+            matches!(e, SinkError::Unsupported { .. }) && !e.is_recoverable(),
+            "{size}: {e}"
+        );
+        assert!(
+            e.to_string().contains(&format!("disk size {size} bytes")),
+            "{e}"
+        );
+        assert!(e.to_string().contains("8 TiB"), "{e}");
+    }
+    assert!(!store.paths(&key("big")).state.exists());
+    assert!(!store.paths(&key("big")).partial.exists());
+    // The largest disk a page blob holds opens (a sparse file: nothing is allocated).
+    let d = store
+        .open_local(&key("max"), (8 << 40) - (1 << 20), SRC)
+        .unwrap();
+    assert_eq!(d.state().virtual_size, (8 << 40) - (1 << 20));
+}
+
+#[test]
+fn a_disk_named_jobs_does_not_share_the_vms_job_file_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    // The disk holds its lock (`jobs.lock`) for as long as it is open.
+    let held = store.open_disk(&key("jobs"), 1 << 20, SRC).unwrap();
+    let job = vdrep_store::jobs::Job::start(vdrep_proto::wire::JobKind::TestFailover, "vm-1");
+    store
+        .record_job(&job)
+        .expect("the job file has a lock of its own");
+    assert_eq!(store.jobs(Some("vm-1")).unwrap().len(), 1);
+    // Removing the VM's jobs leaves the disk's lock alone: a second opener is still refused.
+    store.remove_jobs("vm-1").ok();
+    assert!(store.paths(&key("jobs")).lock.exists());
+    let e = LocalStore::open(dir.path())
+        .unwrap()
+        .open_disk(&key("jobs"), 1 << 20, SRC)
+        .err()
+        .unwrap();
+    assert!(matches!(e, SinkError::Locked { .. }), "{e}");
+    drop(held);
+}
+
+#[test]
 fn bad_names_are_refused() {
     for (vm, d) in [
         ("", "a"),

@@ -3,8 +3,9 @@
 //!
 //! Every change rewrites the whole file atomically (write `jobs.json.tmp`, fsync, rename,
 //! fsync the folder), so a crash leaves the old or the new list, never half of one. Writers
-//! in different processes (a receiver, `vdrep failover --test`) take `jobs.lock` (flock)
-//! first. The list is bounded: the newest [`MAX_JOBS_PER_VM`] jobs by start time are kept.
+//! in different processes (a receiver, `vdrep failover --test`) take `.jobs.lock` (flock)
+//! first: a dot file, because no disk's file can start with a dot (a disk named `jobs` has its
+//! own lock `jobs.lock`, which the job file used to share). The list is bounded: the newest [`MAX_JOBS_PER_VM`] jobs by start time are kept.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +21,10 @@ use crate::sink::SinkError;
 pub const JOBS_FORMAT: &str = "vdrep-jobs 1";
 /// The file name inside the VM's folder.
 pub const JOBS_FILE: &str = "jobs.json";
+/// The lock file writers take; see the module comment for why it starts with a dot.
+pub const JOBS_LOCK: &str = ".jobs.lock";
+/// The lock file of builds before issue 16, the same as a disk named `jobs` locks.
+const LEGACY_LOCK: &str = "jobs.lock";
 /// How long a writer waits for another process's lock before giving up (recoverable).
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
@@ -95,11 +100,22 @@ impl JobFile {
 
     /// Removes the file (and its lock).
     pub fn remove_all(&self) -> Result<(), SinkError> {
-        for p in [
+        let mut files = vec![
             self.path(),
             self.dir.join("jobs.json.tmp"),
             self.lock_path(),
-        ] {
+        ];
+        // The lock of earlier builds, unless it is the lock of a disk named `jobs`.
+        let legacy = self.dir.join(LEGACY_LOCK);
+        let disk_named_jobs = self.dir.join("jobs.state");
+        if !self
+            .fs
+            .exists(&disk_named_jobs)
+            .map_err(|e| SinkError::io(&disk_named_jobs, "stat", 0, e))?
+        {
+            files.push(legacy);
+        }
+        for p in files {
             self.fs
                 .remove_file(&p)
                 .map_err(|e| SinkError::io(&p, "remove", 0, e))?;
@@ -107,8 +123,9 @@ impl JobFile {
         Ok(())
     }
 
-    fn lock_path(&self) -> PathBuf {
-        self.dir.join("jobs.lock")
+    /// `DIR/.jobs.lock`: a name no disk file can take (disk names never start with a dot).
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join(JOBS_LOCK)
     }
 
     /// Read, change under the lock, write back atomically if `f` says it changed something.

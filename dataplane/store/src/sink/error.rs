@@ -35,6 +35,20 @@ pub enum SinkError {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// An earlier fdatasync of this disk's files failed on this handle. The kernel may have
+    /// dropped the pages it could not write (Linux marks them clean), so a later sync that
+    /// succeeds proves nothing about them: nothing written since the last good sync may
+    /// count as durable. Recoverable: the disk is opened again and the copy resumes from
+    /// the progress of the last good sync.
+    #[error("{path}: refused {op}: an earlier fdatasync of this disk failed ({first}); writes since the last good sync may be lost, so this handle records nothing more: the disk is reopened and resumes from the last good sync")]
+    SyncLost {
+        /// The file whose sync failed.
+        path: PathBuf,
+        /// The call refused.
+        op: &'static str,
+        /// The failed sync, as reported then.
+        first: String,
+    },
     /// A write, clear or read outside the disk, or not 512-byte aligned. Nothing was done.
     #[error("{path}: refused {op} of {len} bytes at offset {offset}: {problem} (disk size {size} bytes)")]
     OutOfRange {
@@ -207,7 +221,7 @@ impl SinkError {
     pub fn is_recoverable(&self) -> bool {
         match self {
             SinkError::Io { source, .. } => io_is_recoverable(source),
-            SinkError::Locked { .. } => true,
+            SinkError::Locked { .. } | SinkError::SyncLost { .. } => true,
             SinkError::Azure { recoverable, .. } => *recoverable,
             _ => false,
         }

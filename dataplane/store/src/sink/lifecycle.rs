@@ -34,7 +34,6 @@ use std::path::{Path, PathBuf};
 use vdrep_proto::{Guid, RangeSet};
 
 use super::{DiskState, RecoveryPoint, SinkError, SECTOR};
-use crate::layout::{replica_file_size, MAX_BLOB};
 
 /// The state of a replica created by its first open: an initial copy of generation 1 with
 /// nothing done; its footer will carry `copy_id`. `format_version` is the storage's.
@@ -62,18 +61,11 @@ pub fn new_replica(
 /// Refuses a disk size a replica cannot hold (zero, or beyond the 8 TiB page-blob limit
 /// once the footer is added): every sink has the limit of the Azure page blob it mirrors.
 pub fn check_size(path: &Path, virtual_size: u64) -> Result<(), SinkError> {
-    if virtual_size == 0 || replica_file_size(virtual_size) > MAX_BLOB {
-        return Err(SinkError::Unsupported {
-            path: path.to_path_buf(),
-            offset: virtual_size,
-            problem: format!(
-                "disk size {virtual_size} bytes: replicas hold 1 byte up to {} bytes (the 8 \
-                 TiB page blob limit, footer included)",
-                MAX_BLOB - replica_file_size(0)
-            ),
-        });
-    }
-    Ok(())
+    crate::layout::check_disk_size(virtual_size).map_err(|problem| SinkError::Unsupported {
+        path: path.to_path_buf(),
+        offset: virtual_size,
+        problem,
+    })
 }
 
 /// Refuses to reopen a replica for a disk of another size (resize is unsupported) or
@@ -398,9 +390,7 @@ pub fn no_point(path: &Path, kept: Option<(u64, u64)>, cycle: u64) -> SinkError 
 /// The invariants between the fields of a decoded state (1, 2, 3), for the storage
 /// decoders: a record that breaks one is corrupt, never trusted.
 pub fn check_record(st: &DiskState) -> Result<(), String> {
-    if st.virtual_size == 0 {
-        return Err("virtual size 0".into());
-    }
+    crate::layout::check_disk_size(st.virtual_size)?;
     if st.generation == 0 {
         return Err("generation 0 (generations start at 1)".into());
     }

@@ -1,6 +1,7 @@
 //! The lifecycle's invariants, one test each, on states alone (no storage).
 
 use super::*;
+use crate::layout::MAX_BLOB;
 
 const SIZE: u64 = 3 << 20;
 

@@ -58,8 +58,9 @@ impl AzureDisk {
     ) -> Result<AzureDisk, SinkError> {
         let blob = format!("{}/{}.vhd", key.vm, key.disk);
         let state_blob = format!("{}/{}.state", key.vm, key.disk);
-        let file_size = replica_file_size(virtual_size);
+        // Before any arithmetic on a size that came from the wire.
         lifecycle::check_size(Path::new(&c.url(&blob)), virtual_size)?;
+        let file_size = replica_file_size(virtual_size);
         // The lease needs the blob: create it if absent (nobody writes before leasing).
         if c.blob_size(&blob).map_err(rest_err)?.is_none() {
             c.create_page_blob(&blob, file_size, None)

@@ -11,6 +11,12 @@
 //! [`SimFs::power_cut_after`] stops the machine after a given number of changing
 //! operations, so a crash can be placed between any two filesystem calls of one store call.
 //!
+//! [`SimFs::fail_syncs`] makes the next data-file syncs fail with EIO as a failing disk does,
+//! and models what Linux then does: the pages that could not be written are dropped (marked
+//! clean, their bytes gone), so the file reads as of its last good sync and a later sync
+//! succeeds without writing them. A store that retries a failed fdatasync and then trusts it
+//! claims bytes that are not there (PostgreSQL's "fsyncgate").
+//!
 //! Simplifications (documented, deliberate): directories are durable when created; a single
 //! write either persists whole or not at all at a crash (sector-atomic writes are not
 //! modelled below the granularity of one call).
@@ -169,6 +175,8 @@ struct State {
     locks: BTreeSet<PathBuf>,
     /// Changing operations left before the simulated power cut (`None`: unlimited).
     budget: Option<u64>,
+    /// Data-file syncs left to fail (see [`SimFs::fail_syncs`]).
+    failing_syncs: u32,
 }
 
 impl State {
@@ -249,6 +257,12 @@ impl SimFs {
         st.locks.clear();
         st.epoch += 1;
         st.budget = None;
+    }
+
+    /// Fails the next `n` data-file syncs ([`DataFile::sync_data`]) with EIO, dropping the
+    /// writes each would have made durable (see the module docs).
+    pub fn fail_syncs(&self, n: u32) {
+        self.lock().failing_syncs = n;
     }
 
     /// Lets only the next `ops` changing operations (writes, syncs, creates, renames,
@@ -504,7 +518,19 @@ impl DataFile for SimFile {
         self.push(DataOp::Zero(offset, len))
     }
     fn sync_data(&self) -> io::Result<()> {
+        let failing = {
+            let mut st = self.fs.lock();
+            let f = st.failing_syncs > 0;
+            st.failing_syncs = st.failing_syncs.saturating_sub(1);
+            f
+        };
         self.with_state(true, |i| {
+            if failing {
+                // Writeback failed: the pages are dropped, as Linux does.
+                i.current = i.durable.clone();
+                i.pending.clear();
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
             i.durable = i.current.clone();
             i.pending.clear();
             Ok(())
@@ -537,5 +563,27 @@ mod tests {
         assert_eq!(&bytes[..512], &[1; 512]);
         assert_eq!(&bytes[512..], &[0; 512]);
         assert!(!fs.exists(&d.join("b")).unwrap());
+    }
+
+    #[test]
+    fn a_failed_sync_drops_the_unsynced_writes_and_the_next_sync_succeeds_without_them() {
+        let fs = SimFs::new();
+        let d = Path::new("/d");
+        fs.create_dir_all(d).unwrap();
+        let f = fs.open_data(&d.join("a"), Some(1024)).unwrap();
+        f.write_at(0, &[1; 512]).unwrap();
+        f.sync_data().unwrap();
+        fs.sync_dir(d).unwrap();
+        f.write_at(512, &[2; 512]).unwrap();
+        fs.fail_syncs(1);
+        let e = f.sync_data().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        f.sync_data().unwrap(); // "succeeds": nothing is left to write
+        let mut b = [9u8; 1024];
+        f.read_at(0, &mut b).unwrap();
+        assert_eq!(&b[..512], &[1; 512]);
+        assert_eq!(&b[512..], &[0; 512], "the failed pages are gone");
+        fs.crash(Crash::DropVolatile);
+        assert_eq!(fs.file_bytes(&d.join("a")).unwrap()[512..], [0; 512]);
     }
 }

@@ -245,7 +245,7 @@ impl LocalDisk {
         let durable = inner.rec.points.last().map_or(0, |l| l.undo_len);
         if c.end > durable {
             if let Some(f) = &c.undo {
-                f.sync_data().map_err(io_err(&c.path, "fdatasync", 0))?;
+                self.sync(f.as_ref(), &c.path, 0)?;
             }
             let mut next = inner.rec.clone();
             if let Some(last) = next.points.last_mut() {
@@ -285,9 +285,7 @@ impl LocalDisk {
     pub(super) fn cycle_sync(&self, inner: &mut Inner) -> Result<(), SinkError> {
         self.flush_cycle(inner)?;
         let replica = self.require_replica(inner, "checkpoint")?;
-        replica
-            .sync_data()
-            .map_err(io_err(&self.paths.vhd, "fdatasync", 0))
+        self.sync(replica.as_ref(), &self.paths.vhd, 0)
     }
 
     pub(super) fn require_replica(
@@ -342,9 +340,7 @@ impl LocalDisk {
             return Err(invalid(&self.paths.vhd, 0, "the open cycle is not loaded"));
         }
         self.flush_cycle(&mut inner)?;
-        replica
-            .sync_data()
-            .map_err(io_err(&self.paths.vhd, "fdatasync", 0))?;
+        self.sync(replica.as_ref(), &self.paths.vhd, 0)?;
         let mut next = Record {
             disk,
             ..inner.rec.clone()

@@ -46,6 +46,9 @@ pub struct LocalDisk {
     undo: Mutex<UndoCache>,
     /// Bytes an open cycle buffers before writing them into the replica.
     pub(super) cycle_buffer: usize,
+    /// The first failed fdatasync of this disk's files on this handle (path, message). Set
+    /// once, never cleared: see [`SinkError::SyncLost`].
+    pub(super) sync_lost: Mutex<Option<(PathBuf, String)>>,
     _lock: LockGuard,
 }
 
@@ -66,13 +69,14 @@ impl LocalDisk {
             .ok_or_else(|| SinkError::Locked {
                 path: paths.lock.clone(),
             })?;
+        // Before any arithmetic on a size that came from the wire.
+        lifecycle::check_size(&paths.vhd, virtual_size)?;
         let file_size = replica_file_size(virtual_size);
         let raw = fs
             .read_file(&paths.state)
             .map_err(io_err(&paths.state, "read", 0))?;
         let mut disk_state = match raw {
             None => {
-                lifecycle::check_size(&paths.vhd, virtual_size)?;
                 if fs
                     .exists(&paths.vhd)
                     .map_err(io_err(&paths.vhd, "stat", 0))?
@@ -194,6 +198,7 @@ impl LocalDisk {
             }),
             undo: Mutex::new(UndoCache::default()),
             cycle_buffer,
+            sync_lost: Mutex::new(None),
             _lock: lock,
         };
         disk.recover_cycle()?;
@@ -275,6 +280,7 @@ impl ReplicaDisk for LocalDisk {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
+        self.usable("write")?;
         if let Some(r) = self.cycle_write("write", offset, data.len() as u64, Some(data)) {
             return r;
         }
@@ -292,6 +298,7 @@ impl ReplicaDisk for LocalDisk {
     }
 
     fn clear(&self, offset: u64, len: u64) -> Result<(), SinkError> {
+        self.usable("clear")?;
         if let Some(r) = self.cycle_write("clear", offset, len, None) {
             return r;
         }
@@ -309,6 +316,7 @@ impl ReplicaDisk for LocalDisk {
     }
 
     fn checkpoint(&self, durable: &RangeSet) -> Result<(), SinkError> {
+        self.usable("checkpoint")?;
         let mut inner = self.write_inner();
         let path = inner.working_path.clone();
         let next = lifecycle::checkpoint(&path, &inner.rec.disk, durable)?;
@@ -317,7 +325,7 @@ impl ReplicaDisk for LocalDisk {
             self.cycle_sync(&mut inner)?;
         } else {
             let w = self.ensure_working(&mut inner)?;
-            w.sync_data().map_err(io_err(&path, "fdatasync", 0))?;
+            self.sync(w.as_ref(), &path, 0)?;
             // Clean now: the pages the copy wrote since the last checkpoint can go.
             w.drop_cache();
         }
@@ -333,6 +341,7 @@ impl ReplicaDisk for LocalDisk {
     }
 
     fn commit_initial(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
+        self.usable("commit")?;
         let mut inner = self.write_inner();
         let rec = inner.rec.clone();
         let st = &rec.disk;
@@ -360,10 +369,10 @@ impl ReplicaDisk for LocalDisk {
                 self.persist(&next)?;
                 inner.rec = next;
             }
-            f.sync_data().map_err(io_err(&p.partial, "fdatasync", 0))?;
+            self.sync(f.as_ref(), &p.partial, 0)?;
             f.write_at(at, &footer)
                 .map_err(io_err(&p.partial, "write footer", at))?;
-            f.sync_data().map_err(io_err(&p.partial, "fdatasync", at))?;
+            self.sync(f.as_ref(), &p.partial, at)?;
             self.fs.rename(&p.partial, &p.vhd).map_err(io_err(
                 &p.vhd,
                 "rename copy to replica",
@@ -418,6 +427,7 @@ impl ReplicaDisk for LocalDisk {
     }
 
     fn begin_initial(&self) -> Result<(), SinkError> {
+        self.usable("begin a copy")?;
         let mut inner = self.write_inner();
         let rec = inner.rec.clone();
         let size = replica_file_size(rec.disk.virtual_size);
@@ -449,10 +459,12 @@ impl ReplicaDisk for LocalDisk {
     }
 
     fn begin_cycle(&self, cycle: u64) -> Result<RangeSet, SinkError> {
+        self.usable("begin a cycle")?;
         self.begin_cycle_impl(cycle)
     }
 
     fn commit_cycle(&self, point: &RecoveryPoint) -> Result<(), SinkError> {
+        self.usable("commit a cycle")?;
         self.commit_cycle_impl(point)
     }
 

@@ -11,10 +11,11 @@ mod cycle;
 mod disk;
 mod files;
 pub mod fs;
-mod log;
+pub mod log;
 mod points;
 mod reader;
 pub mod state;
+mod synced;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -206,6 +206,9 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
     let initial_committed = flags & FLAG_COMMITTED != 0;
     let initial_in_progress = flags & FLAG_IN_PROGRESS != 0;
     let cycling = flags & FLAG_CYCLE_OPEN != 0;
+    if let Err(why) = crate::layout::check_disk_size(virtual_size) {
+        return Err((at(4), why));
+    }
     let count = u32_at(body, FIXED_BODY)? as usize;
     let points_at = FIXED_BODY + 4;
     let progress_at = count
