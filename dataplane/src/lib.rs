@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod cpu;
 pub mod demo;
 pub mod digest;
 pub mod disk;
