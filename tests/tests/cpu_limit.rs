@@ -10,8 +10,10 @@ use vdrep_tests::procs::{assert_replica_identical, certs, Receiver, Send};
 
 const MIB: u64 = 1 << 20;
 
-/// A 256 MiB copy with `--cpu-limit 0.3` spends at most 0.3 × 1.15 cores on average over
-/// the run. The margin covers what the budget cannot gate: the start credit (0.25 s at the
+/// A 256 MiB copy with `--cpu-limit 0.1` spends at most 0.1 × 1.15 cores on average over
+/// the run. 0.1, not 0.3: on this shared 2-core machine an unlimited sender of this debug
+/// build averaged only 0.31 cores here (the receiver, on the same cores, is its bottleneck),
+/// so a 0.3 budget would pass without the budget doing anything; 0.1 fails without it. The margin covers what the budget cannot gate: the start credit (0.25 s at the
 /// limit, spent before the first samples), the reads already admitted when the run ends
 /// (one 1 MiB extent per worker thread, read, hashed, compressed and sent after its gate),
 /// and the process's start-up before the run's clock starts. A loaded machine only lowers
@@ -27,7 +29,7 @@ fn a_cpu_limited_copy_stays_within_its_budget() {
     let rx = Receiver::start(&d.join("store"), &tls, &["hv01=vm1"]);
     let r = Send::new(&rx.to(), &tls, "hv01", "vm1", &[&disk], &d.join("send.log"))
         .arg("--cpu-limit")
-        .arg("0.3")
+        .arg("0.1")
         .run(Duration::from_secs(600));
     let s = r.ok();
     let cpu = s["cpu_seconds"]
@@ -35,11 +37,11 @@ fn a_cpu_limited_copy_stays_within_its_budget() {
         .expect("cpu_seconds in the summary");
     let wall = s["seconds"].as_f64().unwrap();
     let ratio = cpu / wall;
-    eprintln!("cpu-limit 0.3: {cpu:.2} CPU-s in {wall:.2} s = {ratio:.3} cores");
+    eprintln!("cpu-limit 0.1: {cpu:.2} CPU-s in {wall:.2} s = {ratio:.3} cores");
     assert!(cpu > 0.0, "{s}");
     assert!(
-        ratio <= 0.3 * 1.15,
-        "{cpu:.2} CPU-s in {wall:.2} s is {ratio:.3} cores, over 0.3 × 1.15:\n{}",
+        ratio <= 0.1 * 1.15,
+        "{cpu:.2} CPU-s in {wall:.2} s is {ratio:.3} cores, over 0.1 × 1.15:\n{}",
         r.log
     );
     assert_replica_identical(&disk, "raw", &d.join("store/vm1/disk.vhd"));
