@@ -1,6 +1,8 @@
-//! Sans-IO core of vdrep: the on-disk record formats (VHD, VHDX, [MS-HRL]) and, later, the wire
-//! protocol. Nothing here does IO or reads a clock, so every decoder can be fuzzed and every
-//! state machine driven deterministically in memory (the quinn-proto / rustls model).
+//! Sans-IO core of vdrep: the on-disk record formats (VHD, VHDX, [MS-HRL]), the wire frames
+//! ([`wire`], specified in `proto/WIRE.md`) and the protocol itself as sender and receiver
+//! session state machines ([`session`]). Nothing here does IO or reads a clock, so every
+//! decoder can be fuzzed and every state machine driven deterministically in memory (the
+//! quinn-proto / rustls model).
 //!
 //! Decoders take byte slices and return typed structures or a [`FormatError`] that says which
 //! structure, at which offset inside the buffer, and what is wrong; the IO layer adds the file
@@ -12,6 +14,7 @@ pub mod guid;
 #[cfg(test)]
 mod mutate;
 pub mod ranges;
+pub mod session;
 pub mod wire;
 
 pub use error::FormatError;

@@ -1,34 +1,33 @@
-//! Data streams: one batch of extents for one disk, verified and written, then answered.
+//! The driver of a data stream: frames go to the stream's [`BatchReceiver`]
+//! (`vdrep_proto::session`), which checks each extent against its disk; the extents it
+//! accepts are verified (BLAKE3, decompression) and written here on blocking threads, and
+//! the batch result it composes is sent back.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tracing::warn;
+use vdrep_proto::session::receiver::{BatchEnd, BatchReport, BatchStep, ExtentWrite, WriteOutcome};
+use vdrep_proto::session::{BatchReceiver, Refusal};
 use vdrep_proto::wire::{
-    BatchResult, BatchStart, Codec, ErrorClass, ExtentHeader, ExtentOp, PackedMap, Rejection,
-    EXTENT_HEADER_LEN, K_EXTENT, MAX_EXTENT_PAYLOAD,
+    Codec, ErrorClass, ExtentOp, Rejection, EXTENT_HEADER_LEN, MAX_EXTENT_PAYLOAD,
 };
 
-use super::control::ConnState;
+use super::control::{refusal, ConnState};
 use super::disk::DiskSession;
 use super::Receiver;
 use crate::pipeline::{zero_hash, zero_runs, zstd_ctx};
 use crate::sink::SinkError;
 use crate::transport::{read_frame, write_frame, FrameError};
 
-enum Outcome {
-    Written(u64),
-    Rejected(Rejection),
-}
-
-/// Decodes, verifies and writes one extent. Runs on a blocking thread: decompression,
-/// hashing and the write are CPU and disk work.
-fn apply(s: &DiskSession, h: ExtentHeader, payload: Bytes) -> Result<Outcome, SinkError> {
+/// Verifies and writes one extent the session accepted. Runs on a blocking thread:
+/// decompression, hashing and the write are CPU and disk work.
+fn apply(s: &DiskSession, w: ExtentWrite) -> Result<WriteOutcome, SinkError> {
+    let h = w.header;
     match h.op {
         ExtentOp::Clear => {
             if h.hash != zero_hash(h.length) {
-                return Ok(Outcome::Rejected(Rejection::HashMismatch));
+                return Ok(WriteOutcome::Rejected(Rejection::HashMismatch));
             }
             s.apply_write(h.offset, h.length as u64, None)?;
         }
@@ -48,45 +47,41 @@ fn apply(s: &DiskSession, h: ExtentHeader, payload: Bytes) -> Result<Outcome, Si
                 Ok(None)
             };
             let refused = match h.codec {
-                Codec::Raw => write(Some(&payload))?,
+                Codec::Raw => write(Some(&w.payload))?,
                 // Bounded: the frame must yield exactly the declared length.
-                Codec::Zstd => zstd_ctx::with_decompressed(&payload, h.length as usize, write)?,
+                Codec::Zstd => zstd_ctx::with_decompressed(&w.payload, h.length as usize, write)?,
             };
             if let Some(why) = refused {
-                return Ok(Outcome::Rejected(why));
+                return Ok(WriteOutcome::Rejected(why));
             }
         }
-        ExtentOp::WritePacked => return write_packed(s, h, &payload),
+        ExtentOp::WritePacked => {
+            let Some(map) = w.packed else {
+                return Ok(WriteOutcome::Rejected(Rejection::BadPayload));
+            };
+            let carried = map.carried_len();
+            // Bounded: the frame must yield exactly the carried blocks.
+            return zstd_ctx::with_decompressed(&w.payload, carried as usize, |data| {
+                let Some(data) = data else {
+                    return Ok(WriteOutcome::Rejected(Rejection::BadPayload));
+                };
+                if blake3::hash(data).as_bytes() != &h.hash {
+                    return Ok(WriteOutcome::Rejected(Rejection::HashMismatch));
+                }
+                let mut at = 0usize;
+                for (a, b) in map.runs() {
+                    let n = (b - a) as usize;
+                    s.apply_write(h.offset + a as u64, n as u64, Some(&data[at..at + n]))?;
+                    at += n;
+                }
+                Ok(WriteOutcome::Written {
+                    bytes: carried as u64,
+                })
+            });
+        }
     }
-    Ok(Outcome::Written(h.length as u64))
-}
-
-/// Verifies and writes the blocks a packed write carries; its other blocks are not this
-/// extent's (they come as their own extents, or are zero in a known-empty copy).
-fn write_packed(s: &DiskSession, h: ExtentHeader, payload: &[u8]) -> Result<Outcome, SinkError> {
-    let (map, frame) = match PackedMap::split(h.length, payload) {
-        Ok(x) => x,
-        Err(e) => {
-            warn!(disk = %s.replica.key(), offset = h.offset, error = %e, "packed write refused");
-            return Ok(Outcome::Rejected(Rejection::BadPayload));
-        }
-    };
-    let carried = map.carried_len();
-    // Bounded: the frame must yield exactly the carried blocks.
-    zstd_ctx::with_decompressed(frame, carried as usize, |data| {
-        let Some(data) = data else {
-            return Ok(Outcome::Rejected(Rejection::BadPayload));
-        };
-        if blake3::hash(data).as_bytes() != &h.hash {
-            return Ok(Outcome::Rejected(Rejection::HashMismatch));
-        }
-        let mut at = 0usize;
-        for (a, b) in map.runs() {
-            let n = (b - a) as usize;
-            s.apply_write(h.offset + a as u64, n as u64, Some(&data[at..at + n]))?;
-            at += n;
-        }
-        Ok(Outcome::Written(carried as u64))
+    Ok(WriteOutcome::Written {
+        bytes: h.length as u64,
     })
 }
 
@@ -103,127 +98,112 @@ fn write_sparse(s: &DiskSession, offset: u64, data: &[u8]) -> Result<(), SinkErr
     Ok(())
 }
 
+/// Sends a batch's result, stopping the stream first when the batch failed.
+pub(super) async fn send_result(
+    conn: &ConnState,
+    end: BatchEnd,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) {
+    if end.stop {
+        let _ = recv.stop(1u32.into());
+    }
+    if let Err(e) = write_frame(send, &end.result.encode()).await {
+        warn!(sender = %conn.sender, error = %e, "cannot answer a batch");
+    }
+    let _ = send.finish();
+}
+
 impl Receiver {
     pub(crate) async fn handle_batch(
         self: Arc<Self>,
         conn: Arc<ConnState>,
-        start: BatchStart,
+        mut batch: BatchReceiver,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let mut result = BatchResult {
-            written: 0,
-            rejected: Vec::new(),
-            error: None,
+        let end = match conn.disk(batch.handle()) {
+            Some(s) => self.batch_loop(&conn, &s, &mut batch, &mut recv).await,
+            None => batch.fail_stream(Refusal::new(
+                ErrorClass::Internal,
+                format!("disk handle {} has no open replica", batch.handle()),
+            )),
         };
-        let session = match conn.disk(start.handle) {
-            Some(s) if s.generation == start.generation => Some(s),
-            Some(s) => {
-                result.error = Some((
-                    ErrorClass::InvalidState,
-                    format!(
-                        "batch for copy generation {}, but generation {} is open",
-                        start.generation, s.generation
-                    ),
-                ));
-                None
-            }
-            None => {
-                result.error = Some((
-                    ErrorClass::Protocol,
-                    format!("unknown disk handle {}", start.handle),
-                ));
-                None
-            }
-        };
-        if let Some(s) = session {
-            if let Err(e) = self.batch_loop(&conn, &s, &mut recv, &mut result).await {
-                if result.error.is_none() {
-                    result.error = Some((
-                        if e.is_recoverable() {
-                            ErrorClass::Internal
-                        } else {
-                            ErrorClass::Protocol
-                        },
-                        e.to_string(),
-                    ));
-                }
-            }
-        }
-        if result.error.is_some() {
-            let _ = recv.stop(1u32.into());
-        }
-        if let Err(e) = write_frame(&mut send, &result.encode()).await {
-            warn!(sender = %conn.sender, error = %e, "cannot answer a batch");
-        }
-        let _ = send.finish();
+        // Before the result goes out: the sender may commit as soon as it has read it.
+        let _ = conn.with_session(|s| s.batch_ended(batch.handle()));
+        send_result(&conn, end, &mut send, &mut recv).await;
     }
 
     async fn batch_loop(
         &self,
         conn: &ConnState,
         s: &Arc<DiskSession>,
+        batch: &mut BatchReceiver,
         recv: &mut quinn::RecvStream,
-        result: &mut BatchResult,
-    ) -> Result<(), FrameError> {
+    ) -> BatchEnd {
         loop {
             let (kind, body) =
                 match read_frame(recv, EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD).await {
                     Ok(f) => f,
-                    Err(FrameError::End) => return Ok(()),
-                    Err(e) => return Err(e),
-                };
-            if kind != K_EXTENT {
-                result.error = Some((
-                    ErrorClass::Protocol,
-                    format!("frame type {kind} inside a batch"),
-                ));
-                return Ok(());
-            }
-            let h = ExtentHeader::decode(
-                body.get(..EXTENT_HEADER_LEN).unwrap_or(&body),
-                body.len() as u32,
-            )?;
-            let end = h.offset + h.length as u64;
-            if end > s.virtual_size.div_ceil(512) * 512 {
-                result.error = Some((
-                    ErrorClass::Protocol,
-                    format!(
-                        "extent [{}, {end}) lies outside the disk of {} bytes",
-                        h.offset, s.virtual_size
-                    ),
-                ));
-                return Ok(());
-            }
-            let payload = body.slice(EXTENT_HEADER_LEN..);
-            let s2 = s.clone();
-            let out = tokio::task::spawn_blocking(move || apply(&s2, h, payload)).await;
-            match out {
-                Ok(Ok(Outcome::Written(n))) => {
-                    result.written += 1;
-                    self.stats.written.fetch_add(n, Ordering::Relaxed);
-                    let k = s.replica.key();
-                    crate::metrics::events::written(&k.vm, &k.disk, n);
-                }
-                Ok(Ok(Outcome::Rejected(why))) => {
-                    if why == Rejection::HashMismatch {
-                        self.stats.hash_mismatches.fetch_add(1, Ordering::Relaxed);
-                        let k = s.replica.key();
-                        crate::metrics::events::blake3_mismatch(&k.vm, &k.disk);
+                    Err(FrameError::End) => return batch.finish(),
+                    Err(e) => {
+                        let class = if e.is_recoverable() {
+                            ErrorClass::Internal
+                        } else {
+                            ErrorClass::Protocol
+                        };
+                        return batch.fail_stream(Refusal::new(class, e.to_string()));
                     }
-                    warn!(sender = %conn.sender, disk = %s.replica.key(), offset = h.offset,
-                          length = h.length, reason = ?why, "extent refused; the sender will resend it");
-                    result.rejected.push((h.offset, h.length, why));
+                };
+            let mut step = batch.handle_frame(kind, body);
+            loop {
+                match step {
+                    BatchStep::Apply(w) => {
+                        let s2 = s.clone();
+                        let offset = w.header.offset;
+                        let out = match tokio::task::spawn_blocking(move || apply(&s2, w)).await {
+                            Ok(Ok(o)) => o,
+                            Ok(Err(e)) => {
+                                warn!(sender = %conn.sender, disk = %s.replica.key(), offset, error = %e, "write failed");
+                                WriteOutcome::Failed(refusal(&e))
+                            }
+                            Err(e) => WriteOutcome::Failed(Refusal::new(
+                                ErrorClass::Internal,
+                                format!("write task failed: {e}"),
+                            )),
+                        };
+                        step = batch.handle_write_done(out);
+                    }
+                    BatchStep::Continue(report) => {
+                        if let Some(r) = report {
+                            self.batch_report(conn, s, r);
+                        }
+                        break;
+                    }
+                    BatchStep::End(end) => return end,
                 }
-                Ok(Err(e)) => {
-                    warn!(sender = %conn.sender, disk = %s.replica.key(), offset = h.offset, error = %e, "write failed");
-                    result.error = Some((super::control::class_of(&e), e.to_string()));
-                    return Ok(());
+            }
+        }
+    }
+
+    fn batch_report(&self, conn: &ConnState, s: &DiskSession, r: BatchReport) {
+        let k = s.replica.key();
+        match r {
+            BatchReport::Written { bytes, .. } => {
+                self.stats.written.fetch_add(bytes, Ordering::Relaxed);
+                crate::metrics::events::written(&k.vm, &k.disk, bytes);
+            }
+            BatchReport::Rejected {
+                offset,
+                length,
+                why,
+            } => {
+                if why == Rejection::HashMismatch {
+                    self.stats.hash_mismatches.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::events::blake3_mismatch(&k.vm, &k.disk);
                 }
-                Err(e) => {
-                    result.error = Some((ErrorClass::Internal, format!("write task failed: {e}")));
-                    return Ok(());
-                }
+                warn!(sender = %conn.sender, disk = %k, offset, length, reason = ?why,
+                      "extent refused; the sender will resend it");
             }
         }
     }

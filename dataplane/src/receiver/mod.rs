@@ -5,8 +5,8 @@
 mod batch;
 mod control;
 mod disk;
+mod effects;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,48 +16,8 @@ use tracing::{info, warn};
 use crate::sink::ReplicaStore;
 
 pub use disk::DiskSession;
-
-/// Which sender may replicate which VMs (`--allow NAME=VM[,VM...]`).
-#[derive(Debug, Clone, Default)]
-pub struct Authorizations {
-    map: BTreeMap<String, BTreeSet<String>>,
-}
-
-impl Authorizations {
-    /// Parses `NAME=VM[,VM...]` entries; a sender may appear in several.
-    pub fn parse(entries: &[String]) -> Result<Self, String> {
-        let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for e in entries {
-            let (name, vms) = e
-                .split_once('=')
-                .ok_or_else(|| format!("--allow {e:?}: expected NAME=VM[,VM...]"))?;
-            let name = name.trim();
-            if name.is_empty() {
-                return Err(format!("--allow {e:?}: empty sender name"));
-            }
-            let set = map.entry(name.to_string()).or_default();
-            for vm in vms.split(',').map(str::trim).filter(|v| !v.is_empty()) {
-                set.insert(vm.to_string());
-            }
-        }
-        Ok(Authorizations { map })
-    }
-
-    /// Whether `sender` may write `vm`.
-    pub fn allows(&self, sender: &str, vm: &str) -> bool {
-        self.map.get(sender).is_some_and(|s| s.contains(vm))
-    }
-
-    /// True when no sender is allowed anything.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    /// Whether `sender` is known at all.
-    pub fn knows(&self, sender: &str) -> bool {
-        self.map.contains_key(sender)
-    }
-}
+/// The authorisation table is protocol input: it lives with the sessions in `vdrep_proto`.
+pub use vdrep_proto::session::Authorizations;
 
 /// Everything a receiver needs.
 pub struct ReceiverConfig {
@@ -175,7 +135,11 @@ impl Receiver {
         // Known senders only: the label values stay bounded by --allow.
         crate::metrics::events::certificate("peer", &name, not_after);
         info!(peer = %remote, sender = %name, "sender connected");
-        let conn_state = Arc::new(control::ConnState::new(name.clone(), conn.clone()));
+        let conn_state = Arc::new(control::ConnState::new(
+            name.clone(),
+            conn.clone(),
+            &self.allow,
+        ));
         loop {
             let (send, recv) = match conn.accept_bi().await {
                 Ok(s) => s,

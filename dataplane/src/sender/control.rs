@@ -1,6 +1,10 @@
-//! The sender's side of the control stream: one request at a time, answers matched by id.
+//! The driver of the sender's control stream: the protocol — hello, version, request ids,
+//! which answer each request expects — is the [`SenderControl`] session
+//! (`vdrep_proto::session`); this moves its frames over QUIC.
 
-use vdrep_proto::wire::{self, Control, MAX_CONTROL_BODY};
+use vdrep_proto::session::sender::SessionError;
+use vdrep_proto::session::SenderControl;
+use vdrep_proto::wire::{Control, MAX_CONTROL_BODY};
 
 use super::SendError;
 use crate::transport::{read_frame, write_frame};
@@ -10,8 +14,10 @@ pub struct ControlStream {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     peer: String,
-    next_req: u32,
-    version: u16,
+    session: SenderControl,
+    /// The stream failed under a request: later requests fail on the stream again (a
+    /// transport error, retried like any), not on the session's order.
+    broken: bool,
 }
 
 impl ControlStream {
@@ -25,28 +31,20 @@ impl ControlStream {
             send,
             recv,
             peer: peer.to_string(),
-            next_req: 1,
-            version: 1,
+            session: SenderControl::new(),
+            broken: false,
         };
-        let ack = c
-            .call(Control::Hello {
-                min_version: wire::MIN_PROTOCOL_VERSION,
-                max_version: wire::PROTOCOL_VERSION,
-                software: format!("vdrep {}", env!("CARGO_PKG_VERSION")),
-            })
-            .await?;
-        match ack {
-            Control::HelloAck { version } => {
-                c.version = version;
-                Ok(c)
-            }
-            other => Err(c.unexpected(other)),
-        }
+        let hello = c
+            .session
+            .hello(&format!("vdrep {}", env!("CARGO_PKG_VERSION")))
+            .map_err(|e| c.error(e))?;
+        c.exchange(&hello).await?;
+        Ok(c)
     }
 
     /// The negotiated protocol version: what the receiver understands.
     pub fn version(&self) -> u16 {
-        self.version
+        self.session.version().unwrap_or(1)
     }
 
     /// The receiver, for messages.
@@ -56,40 +54,54 @@ impl ControlStream {
 
     /// A fresh request id.
     pub fn req(&mut self) -> u32 {
-        let r = self.next_req;
-        self.next_req = self.next_req.wrapping_add(1);
-        r
+        self.session.next_req()
     }
 
-    /// Sends a request and waits for its answer; a receiver error becomes
-    /// [`SendError::Remote`].
+    /// Sends a request and waits for its answer, which the session checked against the
+    /// request; a receiver error becomes [`SendError::Remote`].
     pub async fn call(&mut self, msg: Control) -> Result<Control, SendError> {
+        if !self.broken {
+            self.session.request(&msg).map_err(|e| self.error(e))?;
+        }
+        self.exchange(&msg).await
+    }
+
+    async fn exchange(&mut self, msg: &Control) -> Result<Control, SendError> {
         let peer = self.peer.clone();
         let frame_err = |e| SendError::Frame {
             peer: peer.clone(),
             source: e,
         };
-        write_frame(&mut self.send, &msg.encode())
-            .await
-            .map_err(frame_err)?;
-        let (kind, body) = read_frame(&mut self.recv, MAX_CONTROL_BODY)
-            .await
-            .map_err(frame_err)?;
-        let reply = Control::decode(kind, &body).map_err(|e| SendError::Protocol {
-            peer: self.peer.clone(),
-            message: e.to_string(),
-        })?;
-        if let Control::Error { class, message, .. } = reply {
-            return Err(SendError::Remote {
-                peer: self.peer.clone(),
-                class,
-                message,
-            });
+        let r = async {
+            write_frame(&mut self.send, &msg.encode()).await?;
+            read_frame(&mut self.recv, MAX_CONTROL_BODY).await
         }
-        Ok(reply)
+        .await;
+        let (kind, body) = match r {
+            Ok(f) if !self.broken => f,
+            Ok(_) => {
+                return Err(SendError::Protocol {
+                    peer,
+                    message: "the control stream answered after it broke".into(),
+                })
+            }
+            Err(e) => {
+                self.broken = true;
+                return Err(frame_err(e));
+            }
+        };
+        self.session
+            .handle_frame(kind, &body)
+            .map_err(|e| self.error(e))
     }
 
-    /// The error for an answer of the wrong kind.
+    /// A session error as the sender's error, naming the receiver.
+    pub fn error(&self, e: SessionError) -> SendError {
+        session_error(&self.peer, e)
+    }
+
+    /// The error for an answer of the wrong kind (the session already refuses those; kept
+    /// for callers that destructure the answer).
     pub fn unexpected(&self, got: Control) -> SendError {
         SendError::Protocol {
             peer: self.peer.clone(),
@@ -100,5 +112,21 @@ impl ControlStream {
     /// Closes the stream politely.
     pub fn finish(mut self) {
         let _ = self.send.finish();
+    }
+}
+
+/// A sender session's error as a [`SendError`] for `peer`.
+pub(crate) fn session_error(peer: &str, e: SessionError) -> SendError {
+    match e {
+        SessionError::Refused { class, message } => SendError::Remote {
+            peer: peer.to_string(),
+            class,
+            message,
+        },
+        SessionError::Protocol(message) => SendError::Protocol {
+            peer: peer.to_string(),
+            message,
+        },
+        other => SendError::Internal(other.to_string()),
     }
 }

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use tracing::{debug, warn};
+use vdrep_proto::session::sender::{PassVerdict, Passes};
 use vdrep_proto::wire::{Control, MAX_EXTENT_LEN};
 
 use super::stream::stream_worker;
@@ -15,9 +16,6 @@ use crate::pipeline::{
     Prepared, Stats, Ticket, WorkItem, Zeros, JOIN_FROM_LEVEL, PREPARED_BUDGET,
 };
 use crate::throttle::Throttle;
-
-/// Resend passes for refused extents before giving up.
-const MAX_PASSES: usize = 4;
 
 /// What every disk and stream of a run shares.
 pub struct Shared {
@@ -279,7 +277,8 @@ pub async fn send_all(
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
     let mut items = items;
-    for pass in 0..MAX_PASSES {
+    let mut passes = Passes::new();
+    loop {
         let refused = run_pass(
             conn,
             job,
@@ -291,34 +290,37 @@ pub async fn send_all(
             sh,
         )
         .await?;
-        if refused.is_empty() {
-            return Ok(());
+        if !refused.is_empty() {
+            warn!(vm = %job.vm, disk = %job.name, count = refused.len(), pass = passes.made(),
+                  "receiver refused extents (integrity); resending them");
+            sh.stats
+                .resent
+                .fetch_add(refused.len() as u64, Ordering::Relaxed);
         }
-        warn!(vm = %job.vm, disk = %job.name, count = refused.len(), pass,
-              "receiver refused extents (integrity); resending them");
-        sh.stats
-            .resent
-            .fetch_add(refused.len() as u64, Ordering::Relaxed);
-        items = Some(
-            refused
-                .iter()
-                .map(|&(offset, len)| WorkItem::Read { offset, len })
-                .collect(),
-        );
+        match passes.settle(refused) {
+            PassVerdict::Done => return Ok(()),
+            PassVerdict::Resend(refused) => {
+                items = Some(
+                    refused
+                        .iter()
+                        .map(|&(offset, len)| WorkItem::Read { offset, len })
+                        .collect(),
+                );
+            }
+            PassVerdict::GiveUp {
+                count,
+                first_offset,
+                passes,
+            } => {
+                return Err(SendError::Integrity {
+                    disk: format!("{}/{}", job.vm, job.name),
+                    count,
+                    offset: first_offset,
+                    passes,
+                })
+            }
+        }
     }
-    let first = items
-        .as_ref()
-        .and_then(|v| v.first().copied())
-        .map(|w| match w {
-            WorkItem::Read { offset, .. } | WorkItem::Clear { offset, .. } => offset,
-        })
-        .unwrap_or(0);
-    Err(SendError::Integrity {
-        disk: format!("{}/{}", job.vm, job.name),
-        count: items.map(|v| v.len()).unwrap_or(0),
-        offset: first,
-        passes: MAX_PASSES,
-    })
 }
 
 /// One pass: the plan (or the given items) through the pipeline onto `opts.threads`

@@ -1,23 +1,21 @@
 //! One QUIC data stream of a disk copy: it takes prepared extents off the shared queue,
 //! sends them in batches (paced by the host's throttle), and settles each batch's result —
-//! extents the receiver refused go back to the disk's resend list.
+//! extents the receiver refused go back to the disk's resend list. What a batch carried and
+//! what its result means is the [`BatchSender`] session's (`vdrep_proto::session`); this
+//! moves its frames and counts its progress.
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use vdrep_proto::wire::{
-    BatchResult, BatchStart, ExtentHeader, ExtentOp, PackedMap, K_BATCH_RESULT, MAX_CONTROL_BODY,
-};
+use vdrep_proto::session::sender::BatchInFlight;
+use vdrep_proto::session::BatchSender;
+use vdrep_proto::wire::{BatchResult, K_BATCH_RESULT, MAX_CONTROL_BODY};
 
 use super::disk::{DiskProgress, Queued, Shared};
 use super::SendError;
 use crate::pipeline::Stats;
 use crate::throttle::Throttle;
 use crate::transport::{read_frame, write_frame};
-
-/// Source bytes per data stream before it is finished and answered: big enough to amortise
-/// the round trip, small enough that a refused batch costs little.
-const BATCH_SOURCE_BYTES: u64 = 16 << 20;
 
 /// Batches whose results a stream may await while it already sends the next one: the
 /// round trip of a batch result then costs no link time.
@@ -53,23 +51,23 @@ pub(super) async fn stream_worker(
         };
         level.waited_for_cpu(t.elapsed());
         let (mut send, mut recv) = conn.open_bi().await.map_err(conn_err)?;
-        write_frame(&mut send, &BatchStart { handle, generation }.encode())
+        let mut batch = BatchSender::new(handle, generation);
+        write_frame(&mut send, &batch.start_frame())
             .await
             .map_err(frame_err)?;
-        let mut in_batch: Vec<Sent> = Vec::new();
-        let mut batch_bytes = 0u64;
         let mut next = Some(first);
         while let Some((p, ticket)) = next.take() {
-            batch_bytes += p.source_len;
             match p.header {
-                None => progress.count(stats, p.source_len),
+                None => {
+                    batch.skip(p.source_len);
+                    progress.count(stats, p.source_len)
+                }
                 Some(h) => {
-                    let prefix = Bytes::from(h.encode_frame_prefix());
-                    let carried = carried_runs(&h, &p.payload);
-                    dstats.add_wire((prefix.len() + p.payload.len()) as u64);
+                    let f = batch.extent(p.offset, p.source_len, &h, p.payload);
+                    dstats.add_wire(f.len() as u64);
                     // Header and payload go out unmodified, in throttle-admitted pieces.
                     let t = std::time::Instant::now();
-                    let written = write_paced(&mut send, prefix, p.payload, &sh.throttle).await;
+                    let written = write_paced(&mut send, f.prefix, f.payload, &sh.throttle).await;
                     level.waited_for_link(t.elapsed());
                     if let Err(e) = written {
                         // A receiver that fails a batch (store full, bad state) stops the
@@ -81,18 +79,13 @@ pub(super) async fn stream_worker(
                         }
                         return Err(frame_err(e.into()));
                     }
-                    in_batch.push(Sent {
-                        offset: p.offset,
-                        source_len: p.source_len,
-                        carried,
-                    });
                 }
             }
             // The payload is QUIC's now (bounded by the send window): its bytes go back to
             // the run's budget before this stream waits for anything else, or streams that
             // wait for their next extent could hold the budget the CPU threads wait for.
             drop(ticket);
-            if batch_bytes >= BATCH_SOURCE_BYTES {
+            if batch.is_full() {
                 break;
             }
             let t = std::time::Instant::now();
@@ -102,7 +95,7 @@ pub(super) async fn stream_worker(
         let _ = send.finish();
         pending.spawn(settle_batch(
             recv,
-            in_batch,
+            batch.finish(),
             stats.clone(),
             dstats.clone(),
             refused.clone(),
@@ -122,29 +115,6 @@ pub(super) async fn stream_worker(
         join_one(&mut pending).await?;
     }
     Ok(())
-}
-
-/// An extent on its way: what it counts for, and what to resend if it is refused.
-struct Sent {
-    offset: u64,
-    source_len: u64,
-    /// A packed write's carried blocks: a refusal names the whole range, whose other blocks
-    /// went as their own extents and must not be sent (or counted) twice.
-    carried: Option<Vec<(u64, u32)>>,
-}
-
-/// The ranges a packed write carries, for a resend; `None` for other extents.
-fn carried_runs(h: &ExtentHeader, payload: &[u8]) -> Option<Vec<(u64, u32)>> {
-    if h.op != ExtentOp::WritePacked {
-        return None;
-    }
-    let (map, _) = PackedMap::split(h.length, payload).ok()?;
-    Some(
-        map.runs()
-            .into_iter()
-            .map(|(a, b)| (h.offset + a as u64, b - a))
-            .collect(),
-    )
 }
 
 /// Writes a frame (header and payload, never copied) in pieces the throttle admits one by
@@ -183,7 +153,7 @@ async fn join_one(set: &mut tokio::task::JoinSet<Result<(), SendError>>) -> Resu
 /// queued for the next pass, a batch error ends the attempt.
 async fn settle_batch(
     mut recv: quinn::RecvStream,
-    in_batch: Vec<Sent>,
+    batch: BatchInFlight,
     stats: Arc<Stats>,
     dstats: Arc<Stats>,
     refused: Arc<Mutex<Vec<(u64, u32)>>>,
@@ -197,47 +167,14 @@ async fn settle_batch(
                 peer: peer.clone(),
                 source: e,
             })?;
-    if kind != K_BATCH_RESULT {
-        return Err(SendError::Protocol {
-            peer,
-            message: format!("frame type {kind} where a batch result was due"),
-        });
-    }
-    let res = BatchResult::decode(&body).map_err(|e| SendError::Protocol {
-        peer: peer.clone(),
-        message: e.to_string(),
-    })?;
-    if let Some((class, message)) = res.error {
-        return Err(SendError::Remote {
-            peer,
-            class,
-            message,
-        });
-    }
-    let bad: std::collections::HashSet<u64> = res.rejected.iter().map(|r| r.0).collect();
-    let mut again = Vec::new();
-    for sent in &in_batch {
-        if !bad.contains(&sent.offset) {
-            progress.count(&stats, sent.source_len);
-            dstats.add_extents(1);
-        } else if let Some(runs) = &sent.carried {
-            again.extend_from_slice(runs);
-        }
-    }
-    let packed: std::collections::HashSet<u64> = in_batch
-        .iter()
-        .filter(|s| s.carried.is_some())
-        .map(|s| s.offset)
-        .collect();
-    again.extend(
-        res.rejected
-            .iter()
-            .filter(|r| !packed.contains(&r.0))
-            .map(|&(o, l, _)| (o, l)),
-    );
-    if !again.is_empty() {
+    let settled = batch
+        .settle_frame(kind, &body)
+        .map_err(|e| super::control::session_error(&peer, e))?;
+    progress.count(&stats, settled.acknowledged_bytes);
+    dstats.add_extents(settled.acknowledged_extents);
+    if !settled.resend.is_empty() {
         if let Ok(mut r) = refused.lock() {
-            r.extend(again);
+            r.extend(settled.resend);
         }
     }
     Ok(())

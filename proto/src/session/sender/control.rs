@@ -1,0 +1,253 @@
+//! The sender's control stream: hello and version negotiation, then one request at a time,
+//! each answered by the frame it expects (or an error) carrying its request id.
+//!
+//! States: `Start` --hello--> `AwaitingHelloAck` --HelloAck--> `Ready` --request-->
+//! `Awaiting` --answer--> `Ready`; a fatal refusal or a protocol violation → `Failed`.
+
+use super::SessionError;
+use crate::session::receiver::name;
+use crate::wire::{self, Control, ErrorClass};
+
+/// Where a sender's control stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderState {
+    /// Nothing sent yet.
+    Start,
+    /// Hello sent; the version is due.
+    AwaitingHelloAck,
+    /// Ready for a request.
+    Ready,
+    /// A request is out; its answer is due.
+    Awaiting {
+        /// Its id.
+        req: u32,
+    },
+    /// The stream is unusable (the receiver closed it, or broke the protocol).
+    Failed,
+}
+
+/// What answer a request expects, with the fields that must echo the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    DiskOpened,
+    Committed { handle: u32, cycle: u64 },
+    CycleOpened { handle: u32, cycle: u64 },
+    Hashes { handle: u32, level: u8 },
+    Root { handle: u32 },
+    JobRecorded,
+    Capacity,
+}
+
+/// The sender's protocol state on one control stream.
+#[derive(Debug)]
+pub struct SenderControl {
+    state: SenderState,
+    expect: Option<Expect>,
+    next_req: u32,
+    version: u16,
+}
+
+impl Default for SenderControl {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SenderControl {
+    /// A fresh stream.
+    pub fn new() -> Self {
+        SenderControl {
+            state: SenderState::Start,
+            expect: None,
+            next_req: 1,
+            version: 0,
+        }
+    }
+
+    /// Where the stream is.
+    pub fn state(&self) -> SenderState {
+        self.state
+    }
+
+    /// The negotiated version (`None` before the hello is answered).
+    pub fn version(&self) -> Option<u16> {
+        (self.version != 0).then_some(self.version)
+    }
+
+    /// The first frame: the versions this build speaks.
+    pub fn hello(&mut self, software: &str) -> Result<Control, SessionError> {
+        if self.state != SenderState::Start {
+            return Err(SessionError::Misuse("hello sent twice".into()));
+        }
+        self.state = SenderState::AwaitingHelloAck;
+        Ok(Control::Hello {
+            min_version: wire::MIN_PROTOCOL_VERSION,
+            max_version: wire::PROTOCOL_VERSION,
+            software: software.to_string(),
+        })
+    }
+
+    /// A fresh request id.
+    pub fn next_req(&mut self) -> u32 {
+        let r = self.next_req;
+        self.next_req = self.next_req.wrapping_add(1);
+        r
+    }
+
+    /// Records that `msg`, a request, is being sent; its answer is due next.
+    pub fn request(&mut self, msg: &Control) -> Result<(), SessionError> {
+        if self.state != SenderState::Ready {
+            return Err(SessionError::Misuse(format!(
+                "{} sent while the control stream is {:?}",
+                name(msg),
+                self.state
+            )));
+        }
+        let (req, expect) = match *msg {
+            Control::OpenDisk { req, .. } => (req, Expect::DiskOpened),
+            Control::CommitInitial { req, handle, .. } => {
+                (req, Expect::Committed { handle, cycle: 0 })
+            }
+            Control::BeginCycle { req, handle, cycle } => {
+                (req, Expect::CycleOpened { handle, cycle })
+            }
+            Control::CommitCycle {
+                req, handle, cycle, ..
+            } => (req, Expect::Committed { handle, cycle }),
+            Control::HashRequest {
+                req, handle, level, ..
+            } => (req, Expect::Hashes { handle, level }),
+            Control::RootRequest { req, handle } => (req, Expect::Root { handle }),
+            Control::ReportJob { req, .. } => (req, Expect::JobRecorded),
+            Control::QueryCapacity { req, .. } => (req, Expect::Capacity),
+            _ => {
+                return Err(SessionError::Misuse(format!(
+                    "{} is not a request a sender makes",
+                    name(msg)
+                )))
+            }
+        };
+        self.state = SenderState::Awaiting { req };
+        self.expect = Some(expect);
+        Ok(())
+    }
+
+    /// Feeds one frame received on the stream; returns the answer, checked against the
+    /// request it answers.
+    pub fn handle_frame(&mut self, kind: u8, body: &[u8]) -> Result<Control, SessionError> {
+        match Control::decode(kind, body) {
+            Ok(m) => self.handle_answer(m),
+            Err(e) => Err(self.broken(e.to_string())),
+        }
+    }
+
+    /// Feeds one decoded answer.
+    pub fn handle_answer(&mut self, msg: Control) -> Result<Control, SessionError> {
+        match self.state {
+            SenderState::AwaitingHelloAck => match msg {
+                Control::HelloAck { version }
+                    if (wire::MIN_PROTOCOL_VERSION..=wire::PROTOCOL_VERSION).contains(&version) =>
+                {
+                    self.version = version;
+                    self.state = SenderState::Ready;
+                    Ok(Control::HelloAck { version })
+                }
+                Control::HelloAck { version } => Err(self.broken(format!(
+                    "the receiver chose protocol version {version}, outside this sender's {}..={}",
+                    wire::MIN_PROTOCOL_VERSION,
+                    wire::PROTOCOL_VERSION
+                ))),
+                Control::Error { class, message, .. } => {
+                    self.state = SenderState::Failed;
+                    Err(SessionError::Refused { class, message })
+                }
+                other => Err(self.unexpected(&other)),
+            },
+            SenderState::Awaiting { req } => self.answer(req, msg),
+            SenderState::Start | SenderState::Ready | SenderState::Failed => {
+                Err(self.broken(format!("{} arrived when no answer was due", name(&msg))))
+            }
+        }
+    }
+
+    fn answer(&mut self, req: u32, msg: Control) -> Result<Control, SessionError> {
+        let expect = self.expect.take();
+        if let Control::Error {
+            req: r,
+            class,
+            message,
+        } = msg
+        {
+            if r != req && r != 0 {
+                return Err(self.broken(format!(
+                    "an error for request {r} while request {req} is pending"
+                )));
+            }
+            let fatal = matches!(class, ErrorClass::Protocol | ErrorClass::VersionMismatch);
+            self.state = if fatal {
+                SenderState::Failed
+            } else {
+                SenderState::Ready
+            };
+            return Err(SessionError::Refused { class, message });
+        }
+        let ok = match (expect, &msg) {
+            (Some(Expect::DiskOpened), Control::DiskOpened { req: r, .. })
+            | (Some(Expect::JobRecorded), Control::JobRecorded { req: r })
+            | (Some(Expect::Capacity), Control::Capacity { req: r, .. }) => *r == req,
+            (
+                Some(Expect::Committed { handle, cycle }),
+                Control::Committed {
+                    req: r,
+                    handle: h,
+                    cycle: c,
+                },
+            )
+            | (
+                Some(Expect::CycleOpened { handle, cycle }),
+                Control::CycleOpened {
+                    req: r,
+                    handle: h,
+                    cycle: c,
+                    ..
+                },
+            ) => *r == req && *h == handle && *c == cycle,
+            (
+                Some(Expect::Hashes { handle, level }),
+                Control::Hashes {
+                    req: r,
+                    handle: h,
+                    level: l,
+                    ..
+                },
+            ) => *r == req && *h == handle && *l == level,
+            (
+                Some(Expect::Root { handle }),
+                Control::Root {
+                    req: r, handle: h, ..
+                },
+            ) => *r == req && *h == handle,
+            _ => false,
+        };
+        if !ok {
+            return Err(self.unexpected(&msg));
+        }
+        self.state = SenderState::Ready;
+        Ok(msg)
+    }
+
+    fn unexpected(&mut self, got: &Control) -> SessionError {
+        let pending = match self.state {
+            SenderState::Awaiting { req } => format!("request {req}"),
+            SenderState::AwaitingHelloAck => "the hello".to_string(),
+            _ => "nothing".to_string(),
+        };
+        self.broken(format!("unexpected answer {} to {pending}", name(got)))
+    }
+
+    fn broken(&mut self, why: String) -> SessionError {
+        self.state = SenderState::Failed;
+        self.expect = None;
+        SessionError::Protocol(why)
+    }
+}

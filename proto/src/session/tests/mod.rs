@@ -1,0 +1,13 @@
+//! Session tests: the receiver session's states and refusals one by one, the batch
+//! receiver's checks, the sender's answer matching, and a [`pair::Pair`] running a sender and
+//! a receiver session against each other in memory — every frame crossing as bytes through
+//! the real codecs — over a model store.
+
+mod hostile;
+mod model;
+mod pair;
+mod pair_tests;
+mod receiver_batch;
+mod receiver_control;
+mod receiver_refusals;
+mod sender;
