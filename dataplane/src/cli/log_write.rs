@@ -16,6 +16,7 @@ use crate::disk::{self, DiskFormat, OpenOptions};
 use crate::tracking::Tracker;
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  vdrep log-write os.raw --offset 1048576 --file block.bin")]
 pub struct Args {
     /// The protected disk.
     disk: PathBuf,

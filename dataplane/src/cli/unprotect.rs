@@ -16,6 +16,9 @@ use crate::sink::SinkError;
 use crate::tracking::LogPaths;
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example:\n  vdrep unprotect --store /srv/vdrep --vm vm1 --disk /vms/vm1/os.vhdx"
+)]
 pub struct Args {
     #[command(flatten)]
     store: StoreArgs,

@@ -51,6 +51,11 @@ pub fn classify(e: &SendError) -> Classified {
         }
         SendError::Tls(_) => "the certificates or keys are unusable: check --tls and --identity",
         SendError::Resolve(_) => "the receiver's address does not resolve: check --to",
+        SendError::Connection { source, .. }
+            if crate::tls::advice::for_connection(source).is_some() =>
+        {
+            crate::tls::advice::for_connection(source).unwrap_or_default()
+        }
         SendError::Connect { .. } | SendError::Connection { .. } | SendError::Frame { .. } => {
             if recoverable {
                 "the receiver is unreachable or the link failed; retrying"

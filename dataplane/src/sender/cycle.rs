@@ -14,6 +14,7 @@ use vdrep_proto::Guid;
 
 use super::disk::{begin_cycle, send_all, DiskJob, Opened, Shared};
 use super::logimage::LogImage;
+use super::progress::log_secs;
 use super::protect::{poisoned, resync_required, skip, Policy, Protected};
 use super::{ControlStream, SendError};
 use crate::hrl::coalesce_log;
@@ -355,8 +356,8 @@ pub(super) async fn ship_pending(
         // extent acknowledged; `digest_wait_seconds`: then waiting for the data check and
         // the digest.
         info!(vm = %job.vm, disk = %job.name, cycle, bytes,
-              seconds = t0.elapsed().as_secs_f64(), open_seconds = open_s,
-              shipped_seconds = shipped_s, digest_wait_seconds = digest_wait_s,
+              seconds = log_secs(t0.elapsed().as_secs_f64()), open_seconds = log_secs(open_s),
+              shipped_seconds = log_secs(shipped_s), digest_wait_seconds = log_secs(digest_wait_s),
               "cycle committed");
     }
     Ok(())
