@@ -9,10 +9,9 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 use tracing::{info, warn};
-use vdrep_proto::wire::Control;
 use vdrep_proto::Guid;
 
-use super::disk::{begin_cycle, send_all, DiskJob, Opened, Shared};
+use super::disk::{begin_cycle, commit_cycle, send_all, DiskJob, Opened, Shared};
 use super::logimage::LogImage;
 use super::progress::log_secs;
 use super::protect::{poisoned, resync_required, skip, Policy, Protected};
@@ -217,11 +216,11 @@ pub(super) async fn ship_all(
     conn: &quinn::Connection,
     ctrl: &mut ControlStream,
     disks: &Arc<Vec<Arc<Mutex<Protected>>>>,
-    opened: &[Option<Opened>],
+    opened: &mut [Option<Opened>],
     policy: &Policy,
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
-    for (d, o) in disks.iter().zip(opened) {
+    for (d, o) in disks.iter().zip(opened.iter_mut()) {
         let Some(o) = o else { continue };
         if skip(d) {
             continue;
@@ -236,7 +235,7 @@ pub(super) async fn ship_pending(
     conn: &quinn::Connection,
     ctrl: &mut ControlStream,
     d: &Arc<Mutex<Protected>>,
-    o: &Opened,
+    o: &mut Opened,
     policy: &Policy,
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
@@ -295,8 +294,8 @@ pub(super) async fn ship_pending(
         }
         let open_s = t0.elapsed().as_secs_f64();
         let bytes: u64 = extents.iter().map(|e| e.length).sum();
-        let progress = begin_cycle(ctrl, o, cycle).await?;
-        let items = cycle_items(&extents, &progress, sh.opts.chunk as u64);
+        let resume = begin_cycle(ctrl, o, cycle).await?;
+        let items = cycle_items(&extents, &resume.done, sh.opts.chunk as u64);
         let image = LogImage::new(log, extents, job.disk.info().clone());
         let cjob = DiskJob {
             vm: job.vm.clone(),
@@ -324,21 +323,15 @@ pub(super) async fn ship_pending(
         await_digest(d).await;
         let digest_wait_s = t0.elapsed().as_secs_f64() - shipped_s;
         let digest = tracker.cycle_digest(cycle);
-        let req = ctrl.req();
-        let ans = ctrl
-            .call(Control::CommitCycle {
-                req,
-                handle: o.handle,
-                cycle,
-                bytes,
-                // Recorded at the switch; none (zeros) when the table was not ready then.
-                digest: digest.unwrap_or([0; 32]),
-                retention_secs: policy.retention.as_secs().min(86_400) as u32,
-            })
-            .await?;
-        if !matches!(ans, Control::Committed { .. }) {
-            return Err(ctrl.unexpected(ans));
-        }
+        commit_cycle(
+            ctrl,
+            o,
+            bytes,
+            // Recorded at the switch; none (zeros) when the table was not ready then.
+            digest.unwrap_or([0; 32]),
+            policy.retention.as_secs().min(86_400) as u32,
+        )
+        .await?;
         tracker
             .set_shipped_id(id)
             .map_err(|e| SendError::Internal(e.to_string()))?;

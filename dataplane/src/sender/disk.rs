@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use tracing::{debug, warn};
-use vdrep_proto::session::sender::{PassVerdict, Passes};
+use vdrep_proto::session::sender::{
+    DiskEvent, PassVerdict, Passes, Resume, SenderDisk, ZeroBlocks,
+};
 use vdrep_proto::wire::{Control, MAX_EXTENT_LEN};
 
 use super::stream::stream_worker;
@@ -138,7 +140,8 @@ impl Drop for Closer {
 /// [`MemoryBudget`] (`None` for a zero run, which carries no payload).
 pub(super) type Queued = (Prepared, Option<Ticket>);
 
-/// The receiver's view of a disk, from `OpenDisk`.
+/// The receiver's view of a disk, from `OpenDisk`, and the disk's protocol session
+/// ([`SenderDisk`]): which request the disk's state allows and which answer it expects.
 #[derive(Debug, Clone)]
 pub struct Opened {
     /// Handle for data streams and requests.
@@ -149,29 +152,54 @@ pub struct Opened {
     pub known_empty: bool,
     /// The protocol version negotiated with the receiver.
     pub protocol: u16,
-    /// Durable ranges of the ongoing initial copy.
-    pub progress: Vec<(u64, u64)>,
+    /// Durable ranges of the ongoing initial copy, and so what remains to send.
+    pub resume: Resume,
     /// An initial copy is committed.
     pub initial_committed: bool,
     /// The newest committed cycle.
     pub committed_cycle: u64,
+    /// The disk's protocol state on this connection.
+    pub(super) session: SenderDisk,
 }
 
 impl Opened {
-    /// How the zero blocks of a read travel: into a known-empty copy as nothing, and inside
-    /// one frame spanning them ([`Zeros::Span`]) where the receiver takes
-    /// [`ExtentOp::WriteSparse`] (protocol 2); elsewhere as clears. From protocol 3 reads
-    /// become packed writes ([`Zeros::Pack`]).
-    ///
-    /// [`ExtentOp::WriteSparse`]: vdrep_proto::wire::ExtentOp::WriteSparse
+    /// How the zero blocks of a read travel ([`ZeroBlocks::choose`]: by what the replica
+    /// holds and the protocol version), as the pipeline's [`Zeros`].
     pub fn zeros(&self) -> Zeros {
-        match (self.known_empty, self.protocol) {
-            (known_empty, 3..) => Zeros::Pack { known_empty },
-            (false, _) => Zeros::Clear,
-            (true, 2) => Zeros::Span,
-            (true, _) => Zeros::Skip,
+        match ZeroBlocks::choose(self.known_empty, self.protocol) {
+            ZeroBlocks::Pack { known_empty } => Zeros::Pack { known_empty },
+            ZeroBlocks::Clear => Zeros::Clear,
+            ZeroBlocks::Span => Zeros::Span,
+            ZeroBlocks::Skip => Zeros::Skip,
         }
     }
+}
+
+/// Sends a request the disk's session made and feeds it the answer. A refusal reaches the
+/// session too, so that its state stays that of the receiver.
+pub(super) async fn disk_call(
+    ctrl: &mut ControlStream,
+    session: &mut SenderDisk,
+    msg: Control,
+) -> Result<DiskEvent, SendError> {
+    match ctrl.call(msg).await {
+        Ok(ans) => session.handle_answer(ans).map_err(|e| ctrl.error(e)),
+        Err(e) => {
+            if let SendError::Remote { class, message, .. } = &e {
+                let _ = session.handle_answer(Control::Error {
+                    req: 0,
+                    class: *class,
+                    message: message.clone(),
+                });
+            }
+            Err(e)
+        }
+    }
+}
+
+/// An answer the session accepted for another request than the driver made: a bug here.
+pub(super) fn out_of_order(ev: DiskEvent) -> SendError {
+    SendError::Internal(format!("the disk session answered {ev:?} out of order"))
 }
 
 /// Opens `job`'s replica at the receiver. `full_copy` starts a new copy of a committed disk
@@ -182,58 +210,67 @@ pub async fn open_disk(
     full_copy: bool,
 ) -> Result<Opened, SendError> {
     let info = job.disk.info();
+    let mut session = SenderDisk::new(
+        &job.vm,
+        &job.name,
+        info.virtual_size,
+        info.disk_id.unwrap_or_default(),
+        ctrl.version(),
+    );
     let req = ctrl.req();
-    let opened = ctrl
-        .call(Control::OpenDisk {
-            req,
-            vm: job.vm.clone(),
-            disk: job.name.clone(),
-            virtual_size: info.virtual_size,
-            source_id: info.disk_id.unwrap_or_default(),
-            full_copy,
-        })
-        .await?;
-    let Control::DiskOpened {
-        handle,
-        generation,
-        known_empty,
-        progress,
-        initial_committed,
-        committed_cycle,
-        ..
-    } = opened
-    else {
-        return Err(ctrl.unexpected(opened));
-    };
-    Ok(Opened {
-        handle,
-        generation,
-        known_empty,
-        protocol: ctrl.version(),
-        progress,
-        initial_committed,
-        committed_cycle,
-    })
+    let msg = session.open(req, full_copy).map_err(|e| ctrl.error(e))?;
+    match disk_call(ctrl, &mut session, msg).await? {
+        DiskEvent::Opened { disk, resume } => Ok(Opened {
+            handle: disk.handle,
+            generation: disk.generation,
+            known_empty: disk.known_empty,
+            protocol: disk.protocol,
+            resume,
+            initial_committed: disk.initial_committed,
+            committed_cycle: disk.committed_cycle,
+            session,
+        }),
+        other => Err(out_of_order(other)),
+    }
 }
 
 /// Opens cycle `cycle` of an opened disk at the receiver (a delta cycle, or a resync as the
 /// next cycle); returns the cycle's durable progress, for a resumed cycle.
 pub async fn begin_cycle(
     ctrl: &mut ControlStream,
-    o: &Opened,
+    o: &mut Opened,
     cycle: u64,
-) -> Result<Vec<(u64, u64)>, SendError> {
+) -> Result<Resume, SendError> {
     let req = ctrl.req();
-    let ans = ctrl
-        .call(Control::BeginCycle {
-            req,
-            handle: o.handle,
-            cycle,
-        })
-        .await?;
-    match ans {
-        Control::CycleOpened { progress, .. } => Ok(progress),
-        other => Err(ctrl.unexpected(other)),
+    let msg = o
+        .session
+        .begin_cycle(req, cycle)
+        .map_err(|e| ctrl.error(e))?;
+    match disk_call(ctrl, &mut o.session, msg).await? {
+        DiskEvent::CycleOpened { resume, .. } => Ok(resume),
+        other => Err(out_of_order(other)),
+    }
+}
+
+/// Commits the open cycle of an opened disk as a recovery point.
+pub async fn commit_cycle(
+    ctrl: &mut ControlStream,
+    o: &mut Opened,
+    bytes: u64,
+    digest: [u8; 32],
+    retention_secs: u32,
+) -> Result<u64, SendError> {
+    let req = ctrl.req();
+    let msg = o
+        .session
+        .commit_cycle(req, bytes, digest, retention_secs)
+        .map_err(|e| ctrl.error(e))?;
+    match disk_call(ctrl, &mut o.session, msg).await? {
+        DiskEvent::CycleCommitted { cycle } => {
+            o.committed_cycle = cycle;
+            Ok(cycle)
+        }
+        other => Err(out_of_order(other)),
     }
 }
 
@@ -242,27 +279,24 @@ pub async fn copy_initial(
     conn: &quinn::Connection,
     ctrl: &mut ControlStream,
     job: &DiskJob,
-    o: &Opened,
+    o: &mut Opened,
     sh: &Arc<Shared>,
 ) -> Result<DiskOutcome, SendError> {
     let stats = &sh.stats;
-    let resumed: u64 = o.progress.iter().map(|(a, b)| b - a).sum();
+    let resumed = o.resume.resumed;
     if job.progress.reset_to(stats, resumed) {
         stats.durable_growth.fetch_add(1, Ordering::Relaxed);
     }
     debug!(vm = %job.vm, disk = %job.name, handle = o.handle, generation = o.generation, resumed, "initial copy");
-    send_all(conn, job, o, None, &o.progress, sh).await?;
+    send_all(conn, job, o, None, &o.resume.done, sh).await?;
     let req = ctrl.req();
-    let ans = ctrl
-        .call(Control::CommitInitial {
-            req,
-            handle: o.handle,
-            generation: o.generation,
-        })
-        .await?;
-    match ans {
-        Control::Committed { .. } => Ok(DiskOutcome { resumed }),
-        other => Err(ctrl.unexpected(other)),
+    let msg = o.session.commit_initial(req).map_err(|e| ctrl.error(e))?;
+    match disk_call(ctrl, &mut o.session, msg).await? {
+        DiskEvent::InitialCommitted => {
+            o.committed_cycle = 0;
+            Ok(DiskOutcome { resumed })
+        }
+        other => Err(out_of_order(other)),
     }
 }
 

@@ -263,7 +263,7 @@ impl SenderJobs {
                         .iter()
                         .filter(|(_, _, copy)| *copy)
                         .map(|(j, o, _)| {
-                            let done: u64 = o.progress.iter().map(|(a, b)| b - a).sum();
+                            let done = o.resume.resumed;
                             v.allocated
                                 .get(&j.name)
                                 .copied()

@@ -498,7 +498,7 @@ async fn attempt_once(
             sh.jobs
                 .connected(&mut ctrl, &vm, &opened, &sh.opts.identity)
                 .await?;
-            for (job, o, _) in &opened {
+            for (job, o, _) in opened.iter_mut() {
                 let key = (job.vm.clone(), job.name.clone());
                 let t0 = Instant::now();
                 if o.initial_committed && !o.known_empty {

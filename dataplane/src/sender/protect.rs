@@ -194,7 +194,7 @@ pub async fn protect_vm(
         .await?;
     let mut names = Vec::new();
     let mut logs = Vec::new();
-    for (d, o) in disks.iter().zip(&opened) {
+    for (d, o) in disks.iter().zip(opened.iter_mut()) {
         let Some(o) = o else { continue };
         let (job, log, fresh) = d
             .lock()
@@ -242,7 +242,7 @@ pub async fn protect_vm(
         }
         ensure_hash_table(d).await;
     }
-    resync_marked(conn, &mut ctrl, disks, &opened, policy, sh).await?;
+    resync_marked(conn, &mut ctrl, disks, &mut opened, policy, sh).await?;
     sh.jobs
         .finalize(
             &mut ctrl,
@@ -252,7 +252,7 @@ pub async fn protect_vm(
         )
         .await;
     // Ship whatever is pending (a previous run's closed logs), then cycle.
-    ship_all(conn, &mut ctrl, disks, &opened, policy, sh).await?;
+    ship_all(conn, &mut ctrl, disks, &mut opened, policy, sh).await?;
     loop {
         if let Some(max) = policy.max_cycles {
             if sched.cycles.load(Ordering::Relaxed) >= max {
@@ -274,7 +274,7 @@ pub async fn protect_vm(
                 tokio::pin!(woken);
                 woken.as_mut().enable();
                 if mark_requested(disks, sh) {
-                    resync_marked(conn, &mut ctrl, disks, &opened, policy, sh).await?;
+                    resync_marked(conn, &mut ctrl, disks, &mut opened, policy, sh).await?;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => break,
@@ -294,9 +294,9 @@ pub async fn protect_vm(
             // Fixed cadence; a late switch does not pile up a burst of switches after it.
             *n = (*n + sched.interval()).max(Instant::now());
         }
-        ship_all(conn, &mut ctrl, disks, &opened, policy, sh).await?;
+        ship_all(conn, &mut ctrl, disks, &mut opened, policy, sh).await?;
         // A gap found while shipping: resynchronise now, then cycles resume.
-        resync_marked(conn, &mut ctrl, disks, &opened, policy, sh).await?;
+        resync_marked(conn, &mut ctrl, disks, &mut opened, policy, sh).await?;
         report_resync(disks, sh);
         sched.cycles.fetch_add(1, Ordering::Relaxed);
     }
@@ -377,11 +377,11 @@ async fn resync_marked(
     conn: &quinn::Connection,
     ctrl: &mut ControlStream,
     disks: &Arc<Vec<Arc<Mutex<Protected>>>>,
-    opened: &[Option<Opened>],
+    opened: &mut [Option<Opened>],
     policy: &Policy,
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
-    for (d, o) in disks.iter().zip(opened) {
+    for (d, o) in disks.iter().zip(opened.iter_mut()) {
         let Some(o) = o else { continue };
         if !needs_resync(d) {
             continue;
@@ -414,12 +414,9 @@ async fn resync_marked(
         info!(vm = %job.vm, disk = %job.name, "resync started");
         sh.board.copy_started(&job.vm, &job.name, true);
         restart_chain(d).await?;
-        let o = Opened {
-            committed_cycle: committed,
-            ..o.clone()
-        };
+        o.committed_cycle = committed;
         sh.health.resync_running(&job.vm, &job.name, true);
-        let out = super::resync::resync(conn, ctrl, &job, &o, sh, policy.retention, false).await;
+        let out = super::resync::resync(conn, ctrl, &job, o, sh, policy.retention, false).await;
         sh.health.resync_running(&job.vm, &job.name, false);
         let out = out?;
         if let Ok(mut g) = d.lock() {

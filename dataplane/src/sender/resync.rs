@@ -23,14 +23,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tracing::{info, warn};
-use vdrep_proto::wire::{Control, MAX_HASH_PARENTS};
+use vdrep_proto::session::sender::{DiskEvent, SenderDisk};
+use vdrep_proto::wire::MAX_HASH_PARENTS;
 use vdrep_proto::RangeSet;
 
-use super::disk::{begin_cycle, send_all, DiskJob, Opened, Shared};
+use super::disk::{
+    begin_cycle, commit_cycle, disk_call, out_of_order, send_all, DiskJob, Opened, Shared,
+};
 use super::{ControlStream, SendError};
 use crate::disk::{ExtentKind, VirtualDisk};
 use crate::pipeline::WorkItem;
-use crate::resync::{children, count, node_range, trunc, Source, Tree, PAGE, PAGE_LEVEL};
+use crate::resync::{children, node_range, trunc, Source, Tree, PAGE, PAGE_LEVEL};
 
 /// Comparison rounds before the roots must agree.
 pub const MAX_ROUNDS: usize = 3;
@@ -77,7 +80,7 @@ pub async fn resync(
     conn: &quinn::Connection,
     ctrl: &mut ControlStream,
     job: &DiskJob,
-    o: &Opened,
+    o: &mut Opened,
     sh: &Arc<Shared>,
     retention: Duration,
     strict: bool,
@@ -124,7 +127,7 @@ pub async fn resync(
         out.rounds += 1;
         // `--verify`: the receiver rehashes its whole working image once, in the first round.
         let verify = sh.opts.verify && out.rounds == 1;
-        let diff = compare(ctrl, o.handle, &tree, &src, sh, verify).await?;
+        let diff = compare(ctrl, &mut o.session, &tree, &src, sh, verify).await?;
         let ranges: Vec<(u64, u64)> = diff.iter().map(|r| (r.start, r.end)).collect();
         let bytes: u64 = ranges.iter().map(|(a, b)| b - a).sum();
         out.changed += bytes;
@@ -147,15 +150,12 @@ pub async fn resync(
         .map_err(|e| SendError::Internal(format!("hash task: {e}")))?
         .map_err(SendError::Internal)?;
         let req = ctrl.req();
-        let msg = Control::RootRequest {
-            req,
-            handle: o.handle,
-        };
+        let msg = o.session.root_request(req).map_err(|e| ctrl.error(e))?;
         sh.stats
             .add_hash_wire(msg.encode().len() as u64 + 5 + 8 + 32);
-        let ans = ctrl.call(msg).await?;
-        let Control::Root { root, .. } = ans else {
-            return Err(ctrl.unexpected(ans));
+        let root = match disk_call(ctrl, &mut o.session, msg).await? {
+            DiskEvent::Root(root) => root,
+            other => return Err(out_of_order(other)),
         };
         if root == mine {
             break;
@@ -176,20 +176,14 @@ pub async fn resync(
         warn!(vm = %job.vm, disk = %job.name, round = out.rounds,
               "resync roots differ after the round; comparing again");
     }
-    let req = ctrl.req();
-    let ans = ctrl
-        .call(Control::CommitCycle {
-            req,
-            handle: o.handle,
-            cycle,
-            bytes: out.changed,
-            digest: [0; 32],
-            retention_secs: retention.as_secs().min(86_400) as u32,
-        })
-        .await?;
-    if !matches!(ans, Control::Committed { .. }) {
-        return Err(ctrl.unexpected(ans));
-    }
+    commit_cycle(
+        ctrl,
+        o,
+        out.changed,
+        [0; 32],
+        retention.as_secs().min(86_400) as u32,
+    )
+    .await?;
     sh.stats.cycles.fetch_add(1, Ordering::Relaxed);
     sh.stats
         .resync_changed
@@ -200,7 +194,7 @@ pub async fn resync(
 /// Asks the receiver for the hashes of `level` under `parents` (batched), counting the bytes.
 async fn ask(
     ctrl: &mut ControlStream,
-    handle: u32,
+    disk: &mut SenderDisk,
     level: u8,
     parents: &[u64],
     sh: &Shared,
@@ -214,17 +208,14 @@ async fn ask(
     };
     for b in batches {
         let req = ctrl.req();
-        let msg = Control::HashRequest {
-            req,
-            handle,
-            level,
-            parents: b.to_vec(),
-            verify,
-        };
+        // The session counts the answer's hashes against the tree's geometry.
+        let msg = disk
+            .hash_request(req, level, b.to_vec(), verify)
+            .map_err(|e| ctrl.error(e))?;
         sh.stats.add_hash_wire(msg.encode().len() as u64);
-        let ans = ctrl.call(msg).await?;
-        let Control::Hashes { hashes, .. } = ans else {
-            return Err(ctrl.unexpected(ans));
+        let hashes = match disk_call(ctrl, disk, msg).await? {
+            DiskEvent::Hashes(hashes) => hashes,
+            other => return Err(out_of_order(other)),
         };
         sh.stats.add_hash_wire(5 + 13 + 8 * hashes.len() as u64);
         out.extend(hashes);
@@ -242,7 +233,7 @@ fn short_answer(sh: &Shared, level: u8) -> SendError {
 /// Walks the trees down to pages where they differ; returns the byte ranges to send.
 async fn compare(
     ctrl: &mut ControlStream,
-    handle: u32,
+    disk: &mut SenderDisk,
     tree: &Arc<Mutex<Tree>>,
     src: &Arc<DiskSource>,
     sh: &Shared,
@@ -252,10 +243,9 @@ async fn compare(
     let poisoned = || SendError::Internal("tree lock poisoned".into());
     let mut diff = RangeSet::new();
     // Levels 0 and 1: plain descent.
-    let theirs = ask(ctrl, handle, 0, &[], sh, verify).await?;
-    if theirs.len() as u64 != count(size, 0) {
-        return Err(short_answer(sh, 0));
-    }
+    // The disk session checked every answer holds as many hashes as the tree has there
+    // (`SenderDisk::hash_request`); the slices below only stay in bounds.
+    let theirs = ask(ctrl, disk, 0, &[], sh, verify).await?;
     let mut nodes: Vec<u64> = {
         let t = tree.lock().map_err(|_| poisoned())?;
         (0..theirs.len() as u64)
@@ -263,7 +253,7 @@ async fn compare(
             .collect()
     };
     for level in 1..PAGE_LEVEL {
-        let theirs = ask(ctrl, handle, level, &nodes, sh, false).await?;
+        let theirs = ask(ctrl, disk, level, &nodes, sh, false).await?;
         let mut next = Vec::new();
         let mut dense: Vec<(u64, Vec<u64>)> = Vec::new();
         {
@@ -292,16 +282,13 @@ async fn compare(
                     next.extend(differing);
                 }
             }
-            if k != theirs.len() {
-                return Err(short_answer(sh, level));
-            }
         }
         if !dense.is_empty() {
             // One differing child per dense node: if nearly all its pages differ, the node
             // changed as a whole and is sent without page hashes (≤ 1 MiB of hashes for a
             // 256 MiB region); otherwise its pages are compared like any other.
             let sample: Vec<u64> = dense.iter().map(|(_, d)| d[0]).collect();
-            let dirty = page_diff(ctrl, handle, tree, src, sh, &sample).await?;
+            let dirty = page_diff(ctrl, disk, tree, src, sh, &sample).await?;
             for ((p, differing), pages) in dense.into_iter().zip(dirty) {
                 let whole = pages.len() * 64 >= crate::resync::WHOLE_NODE_THRESHOLD * 64;
                 if whole {
@@ -318,7 +305,7 @@ async fn compare(
     // Pages: the receiver's answer and this side's page hashes.
     for (p, pages) in nodes
         .iter()
-        .zip(page_diff(ctrl, handle, tree, src, sh, &nodes).await?)
+        .zip(page_diff(ctrl, disk, tree, src, sh, &nodes).await?)
     {
         let (a, _) = node_range(size, PAGE_LEVEL as usize - 1, *p);
         for j in pages {
@@ -333,7 +320,7 @@ async fn compare(
 /// the receiver's answer and this side's page hashes, batch by batch, in parallel.
 async fn page_diff(
     ctrl: &mut ControlStream,
-    handle: u32,
+    disk: &mut SenderDisk,
     tree: &Arc<Mutex<Tree>>,
     src: &Arc<DiskSource>,
     sh: &Shared,
@@ -348,7 +335,7 @@ async fn page_diff(
                 .map(|&p| t.pages(s2.as_ref(), p))
                 .collect::<Result<Vec<_>, String>>()
         });
-        let theirs = ask(ctrl, handle, PAGE_LEVEL, batch, sh, false).await?;
+        let theirs = ask(ctrl, disk, PAGE_LEVEL, batch, sh, false).await?;
         let mine = mine
             .await
             .map_err(|e| SendError::Internal(format!("hash task: {e}")))?
@@ -368,9 +355,6 @@ async fn page_diff(
                     .map(|(j, _)| j)
                     .collect(),
             );
-        }
-        if k != theirs.len() {
-            return Err(short_answer(sh, PAGE_LEVEL));
         }
     }
     Ok(out)

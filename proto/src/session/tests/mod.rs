@@ -6,8 +6,10 @@
 mod hostile;
 mod model;
 mod pair;
+mod pair_disk;
 mod pair_tests;
 mod receiver_batch;
 mod receiver_control;
 mod receiver_refusals;
 mod sender;
+mod sender_disk;
