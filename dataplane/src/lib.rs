@@ -15,6 +15,7 @@ pub mod cli;
 /// checkout): `vdrep_build_info` names it.
 pub const BUILD_COMMIT: &str = env!("VDREP_COMMIT");
 pub mod clock;
+pub mod cpu;
 pub mod demo;
 pub mod digest;
 pub mod disk;

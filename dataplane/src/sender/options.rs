@@ -58,6 +58,8 @@ pub struct SendOptions {
     /// State folder: jobs that failed before they could be reported wait here
     /// (default [`crate::jobs::pending::default_state_dir`]).
     pub state_dir: Option<PathBuf>,
+    /// CPU budget of the sender process (`--cpu-limit`; `None`: unlimited).
+    pub cpu_limit: Option<crate::cpu::CpuLimit>,
 }
 
 impl Default for SendOptions {
@@ -80,6 +82,7 @@ impl Default for SendOptions {
             resync: false,
             verify: false,
             state_dir: None,
+            cpu_limit: None,
         }
     }
 }
