@@ -1,5 +1,6 @@
 //! `vdrep-bench`: vdrep measured against baselines in the same run (see bench/README.md).
 
+mod cache;
 mod gen;
 mod netns;
 mod read;

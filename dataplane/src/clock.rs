@@ -28,7 +28,7 @@
 use std::fmt::Debug;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use tokio::time::Instant;
@@ -41,33 +41,9 @@ pub const TEST_OFFSET_FILE_ENV: &str = "VDREP_TEST_CLOCK_OFFSET_FILE";
 /// How often the offset file is re-read at most.
 pub const OFFSET_FILE_POLL: Duration = Duration::from_millis(100);
 
-/// The host's wall-clock time, without the test offset: timestamps written into files and
-/// images, HTTP dates, token expiry.
-pub fn system_time() -> SystemTime {
-    SystemTime::now()
-}
-
-/// Seconds since the Unix epoch on the host's clock (0 before 1970).
-pub fn unix_secs() -> u64 {
-    system_time()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Milliseconds since the Unix epoch on the host's clock (0 before 1970).
-pub fn unix_millis() -> u64 {
-    system_time()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Monotonic time for blocking code and threads (std's): elapsed-time measurements and
-/// deadlines that must hold in real time even inside a paused-time test.
-pub fn std_now() -> std::time::Instant {
-    std::time::Instant::now()
-}
+// The std readers live in the store crate, the lowest crate that reads a clock; this
+// re-exports them (one clock) and adds tokio's.
+pub use vdrep_store::clock::{std_now, system_time, unix_millis, unix_secs};
 
 /// Monotonic time for async code (tokio's): paused-time tests control it.
 pub fn tokio_now() -> Instant {
@@ -190,7 +166,7 @@ pub fn process() -> &'static SystemClock {
 
 impl Clock for SystemClock {
     fn now_utc(&self) -> Timestamp {
-        let now = Timestamp::try_from(SystemTime::now()).unwrap_or(Timestamp::UNIX_EPOCH);
+        let now = Timestamp::try_from(system_time()).unwrap_or(Timestamp::UNIX_EPOCH);
         now.checked_add(self.offset()).unwrap_or(now)
     }
 }

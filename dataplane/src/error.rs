@@ -49,6 +49,14 @@ impl Classify for vdrep_proto::guid::GuidParseError {
     }
 }
 
+impl Classify for vdrep_store::sink::SinkError {
+    /// The store's own classification ([`vdrep_store::sink::SinkError::recovery`]): the
+    /// store crate sits below this one and cannot see the trait.
+    fn recovery(&self) -> Recovery {
+        vdrep_store::sink::SinkError::recovery(self)
+    }
+}
+
 /// An error erased to a trait object that kept its [`Recovery`]: what a classified error
 /// becomes when it enters `anyhow`. Display and `source` are the inner error's, so messages
 /// read exactly as before.

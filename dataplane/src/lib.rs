@@ -16,6 +16,7 @@ pub mod cli;
 pub const BUILD_COMMIT: &str = env!("VDREP_COMMIT");
 pub mod clock;
 pub mod codec;
+pub mod cpu;
 pub mod demo;
 pub mod digest;
 pub mod disk;
@@ -23,20 +24,20 @@ pub mod error;
 pub mod health;
 pub mod hrl;
 pub mod io;
-pub mod jobs;
-pub mod layout;
 pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod receiver;
-pub mod resync;
 pub mod retry;
 pub mod secret;
 pub mod sender;
 pub mod sidecar;
 pub mod signals;
-pub mod sink;
 pub mod throttle;
 pub mod tls;
 pub mod tracking;
 pub mod transport;
+
+// The stores live in their own crate, below the roles (no QUIC, no async runtime); their
+// modules keep their paths here.
+pub use vdrep_store::{jobs, layout, resync, sink};

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Each top-level module of `dataplane/src` and its layer, lowest first. `vdrep-proto`
-/// (formats and protocol) lies below all of them.
+/// (formats and protocol) lies below all of them. `jobs`, `layout`, `resync` and `sink` are
+/// `vdrep-store`'s modules re-exported (that crate cannot import this one: Cargo keeps its
+/// arrows pointing down); they keep their layers here for the modules that name them.
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "0 shared models and services",
@@ -33,7 +35,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "1 sources and stores",
         &[
-            "io", "disk", "hrl", "tracking", "digest", "sink", "pipeline",
+            "io", "disk", "hrl", "tracking", "digest", "sink", "pipeline", "cpu",
         ],
     ),
     ("2 roles", &["sender", "receiver"]),
@@ -257,14 +259,19 @@ fn the_parser_sees_grouped_and_plain_imports() {
 #[test]
 fn only_the_clock_reads_the_system_clocks() {
     let dataplane = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let clock = dataplane.join("src/clock.rs");
+    // The one clock: `vdrep::clock`, which re-exports std's readers from the store crate's
+    // `clock.rs` (the lowest crate that needs them) and reads tokio's itself.
+    let clock = [
+        dataplane.join("src/clock.rs"),
+        dataplane.join("store/src/clock.rs"),
+    ];
     let mut files = Vec::new();
     rust_files(dataplane, &mut files);
     rust_files(&dataplane.join("../proto"), &mut files);
     let this = dataplane.join("tests/layers.rs");
     let patterns = [concat!("SystemTime", "::now"), concat!("Instant", "::now")];
     let mut hits = Vec::new();
-    for f in files.iter().filter(|f| **f != clock && **f != this) {
+    for f in files.iter().filter(|f| !clock.contains(f) && **f != this) {
         let text = std::fs::read_to_string(f).unwrap();
         for (i, line) in text.lines().enumerate() {
             if patterns.iter().any(|p| line.contains(p)) {
@@ -274,7 +281,7 @@ fn only_the_clock_reads_the_system_clocks() {
     }
     assert!(
         hits.is_empty(),
-        "read the time through dataplane/src/clock.rs (or take it as a value):\n{}",
+        "read the time through dataplane/src/clock.rs (or vdrep_store::clock below it, or take it as a value):\n{}",
         hits.join("\n")
     );
 }

@@ -14,7 +14,13 @@ pub const KEY: &str =
 
 /// The `azurite-blob` binary installed by `ops/setup.sh` (npm, pinned in `ops/`).
 pub fn azurite_bin() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The repository root: the nearest ancestor with `ops/` (this file is compiled into
+    // `vdrep-tests` and into `vdrep-store`'s tests, at different depths).
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = here
+        .ancestors()
+        .find(|d| d.join("ops").is_dir())
+        .unwrap_or(here);
     let bin = root.join("ops/node_modules/.bin/azurite-blob");
     assert!(
         bin.is_file(),
@@ -133,7 +139,8 @@ impl Azurite {
 
     /// An account SAS for the development account.
     pub fn sas(&self) -> String {
-        vdrep::sink::azure::rest::account_sas(ACCOUNT, KEY, "2035-01-01T00:00:00Z").expect("sas")
+        vdrep_store::sink::azure::rest::account_sas(ACCOUNT, KEY, "2035-01-01T00:00:00Z")
+            .expect("sas")
     }
 
     /// Pid of the server process.

@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vdrep::error::Classify;
 
 use vdrep::sink::azure::rest::RetryPolicy;
 use vdrep::sink::azure::{AzureConfig, AzureDisk, AzureStore, MAX_PUT_PAGE};
@@ -156,6 +155,27 @@ fn another_receiver_takes_over_with_the_state_kept_in_azure() {
     drop(d);
     let e = s2.open_azure(&key, SIZE * 2, id).err().unwrap();
     assert!(matches!(e, SinkError::SizeMismatch { .. }), "{e}");
+}
+
+#[test]
+fn disk_sizes_that_wrap_or_exceed_a_page_blob_are_refused_before_any_blob_is_made() {
+    let az = Azurite::start();
+    let store = AzureStore::open(config(&az, "cont-size")).unwrap();
+    let key = DiskKey::new("vm", "big").unwrap();
+    // 2^64 − 2^20 + 1 wrapped to a 512-byte blob when rounded up to 1 MiB (issue 16).
+    for size in [
+        u64::MAX - (1 << 20) + 2,
+        u64::MAX,
+        (8 << 40) - (1 << 20) + 1,
+    ] {
+        let e = store.open_disk(&key, size, Guid::NIL).err().unwrap();
+        assert!(
+            matches!(e, SinkError::Unsupported { .. }) && !e.is_transient(),
+            "{size}: {e}"
+        );
+        assert!(e.to_string().contains("8 TiB"), "{e}");
+    }
+    assert!(store.list_disks(Some("vm")).unwrap().is_empty());
 }
 
 #[test]

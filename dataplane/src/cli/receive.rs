@@ -33,6 +33,12 @@ pub struct Args {
     /// bound address is printed as `metrics on ADDR`).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Most disks one connection may hold open at once (default 256; also
+    /// VDREP_MAX_DISKS_PER_CONNECTION); one more is refused
+    /// with a non-recoverable error naming this limit. Bounds what one sender can make the
+    /// receiver hold (disk state, resync index) however many disks it announces.
+    #[arg(long, env = "VDREP_MAX_DISKS_PER_CONNECTION")]
+    max_disks_per_connection: Option<usize>,
     /// TOML file with any of the options above (flags win; `allow` entries add up).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -47,6 +53,7 @@ struct File {
     tls: Option<PathBuf>,
     allow: Vec<String>,
     metrics: Option<SocketAddr>,
+    max_disks_per_connection: Option<usize>,
 }
 
 fn usage(e: anyhow::Error) -> CliError {
@@ -91,7 +98,17 @@ pub fn run(a: Args) -> Result<(), CliError> {
         if let Some(addr) = metrics {
             crate::metrics::serve(addr, crate::metrics::Role::Receiver).await?;
         }
-        receiver::run(ReceiverConfig { listen, tls, allow }, store).await
+        let cfg = ReceiverConfig {
+            listen,
+            tls,
+            allow,
+            max_disks_per_connection: a
+                .max_disks_per_connection
+                .or(f.max_disks_per_connection)
+                .unwrap_or(receiver::DEFAULT_MAX_DISKS_PER_CONNECTION)
+                .max(1),
+        };
+        receiver::run(cfg, store).await
     })?;
     Ok(())
 }

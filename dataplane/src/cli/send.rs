@@ -122,7 +122,12 @@ pub struct Args {
     /// /var/lib/vdrep.
     #[arg(long, value_name = "DIR", help_heading = "Output")]
     state: Option<PathBuf>,
-    /// Print the summary as JSON on stdout.
+    /// Cap the sender process's CPU at this many cores (all threads, averaged over a few
+    /// seconds; a decimal ≥ 0.05, e.g. 0.5): compression gives way first, then reads are
+    /// paced. Default: no cap.
+    #[arg(long, value_name = "CORES", help_heading = "Transfer")]
+    cpu_limit: Option<String>,
+    /// Print the summary as JSON on stdout (with `cpu_seconds`, the sender's CPU time).
     #[arg(long, help_heading = "Output")]
     json: bool,
     /// No progress: no bar on a terminal, no progress lines (one a minute) otherwise.
@@ -168,6 +173,7 @@ struct File {
     state: Option<PathBuf>,
     control: Option<PathBuf>,
     metrics: Option<std::net::SocketAddr>,
+    cpu_limit: Option<f64>,
     vm: Vec<FileVm>,
 }
 
@@ -350,6 +356,16 @@ fn options(a: &Args) -> anyhow::Result<Options> {
         resync: a.resync,
         verify: a.verify,
         state_dir: a.state.clone().or(f.state),
+        cpu_limit: match (&a.cpu_limit, f.cpu_limit) {
+            (Some(s), _) => Some(
+                s.parse::<crate::cpu::CpuLimit>()
+                    .map_err(|e| anyhow::anyhow!("--cpu-limit {e}"))?,
+            ),
+            (None, Some(v)) => {
+                Some(crate::cpu::CpuLimit::new(v).map_err(|e| anyhow::anyhow!("cpu_limit {e}"))?)
+            }
+            (None, None) => None,
+        },
     };
     if a.verify && !a.resync {
         bail!("--verify applies to --resync");

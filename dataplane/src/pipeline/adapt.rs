@@ -60,6 +60,8 @@ pub struct AdaptiveLevel {
     /// Steps from "off" upwards.
     ladder: Vec<Compression>,
     step: AtomicI32,
+    /// Highest step allowed (the CPU budget's cap; the top of the ladder without one).
+    cap: AtomicI32,
     adaptive: bool,
     /// Nanoseconds the streams waited for prepared extents since the last tick.
     wait_cpu: AtomicU64,
@@ -92,9 +94,11 @@ impl AdaptiveLevel {
                 }
             })
             .unwrap_or(0) as i32;
+        let top = ladder.len() as i32 - 1;
         AdaptiveLevel {
             ladder,
             step: AtomicI32::new(start),
+            cap: AtomicI32::new(top),
             adaptive,
             wait_cpu: AtomicU64::new(0),
             wait_link: AtomicU64::new(0),
@@ -102,14 +106,31 @@ impl AdaptiveLevel {
         }
     }
 
-    fn top(&self) -> i32 {
+    /// The highest step of the ladder (step 0 is no compression).
+    pub fn top(&self) -> i32 {
         self.ladder.len() as i32 - 1
+    }
+
+    /// The ladder step in use now (after the cap).
+    pub fn step_in_use(&self) -> i32 {
+        let cap = self.cap.load(Ordering::Relaxed);
+        self.step
+            .load(Ordering::Relaxed)
+            .min(cap)
+            .clamp(0, self.top())
+    }
+
+    /// Caps the ladder at `step` (`None`: no cap), for the CPU budget (`crate::cpu`): the
+    /// level in use never exceeds the cap, and the controller does not climb past it.
+    pub fn set_cap(&self, step: Option<i32>) {
+        let top = self.top();
+        self.cap
+            .store(step.map_or(top, |s| s.clamp(0, top)), Ordering::Relaxed);
     }
 
     /// The level to use now.
     pub fn current(&self) -> Compression {
-        let s = self.step.load(Ordering::Relaxed).clamp(0, self.top());
-        self.ladder[s as usize]
+        self.ladder[self.step_in_use() as usize]
     }
 
     /// A stream waited `d` for a prepared extent (the CPU stages are behind).
@@ -152,7 +173,7 @@ impl AdaptiveLevel {
             0
         };
         if dir != 0 {
-            let top = self.top();
+            let top = self.top().min(self.cap.load(Ordering::Relaxed));
             let _ = self
                 .step
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
@@ -284,6 +305,26 @@ mod tests {
             a.tick();
         }
         assert!(t <= ms(150), "{t:?}");
+    }
+
+    #[test]
+    fn a_cap_holds_the_level_down_and_the_controller_below_it() {
+        let a = AdaptiveLevel::new(3, true);
+        a.set_cap(Some(1));
+        assert_eq!(a.current(), Compression::Zstd(-3));
+        assert_eq!(a.step_in_use(), 1);
+        // A waiting link does not climb past the cap; once lifted, it climbs from there.
+        for _ in 0..3 {
+            a.waited_for_link(ms(200));
+            a.tick();
+        }
+        assert_eq!(a.current(), Compression::Zstd(-3));
+        a.set_cap(None);
+        a.waited_for_link(ms(200));
+        a.tick();
+        assert_eq!(a.current(), Compression::Zstd(-1));
+        a.set_cap(Some(-5));
+        assert_eq!(a.current(), Compression::Off);
     }
 
     #[test]

@@ -34,12 +34,17 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    pub(crate) fn new(sender: String, conn: quinn::Connection, allow: &Authorizations) -> Self {
+    pub(crate) fn new(
+        sender: String,
+        conn: quinn::Connection,
+        allow: &Authorizations,
+        max_disks: usize,
+    ) -> Self {
         let sessions = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(tokio::sync::Notify::new());
         let h = tokio::spawn(checkpoint_loop(sessions.clone(), stop.clone()));
         ConnState {
-            session: Mutex::new(ReceiverSession::new(&sender, allow)),
+            session: Mutex::new(ReceiverSession::new(&sender, allow).with_max_disks(max_disks)),
             sender,
             conn,
             disks: Mutex::new(HashMap::new()),

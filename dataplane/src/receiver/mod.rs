@@ -27,7 +27,14 @@ pub struct ReceiverConfig {
     pub tls: PathBuf,
     /// Sender → VMs.
     pub allow: Authorizations,
+    /// Most disks one connection may hold open ([`DEFAULT_MAX_DISKS_PER_CONNECTION`]).
+    pub max_disks_per_connection: usize,
 }
+
+/// Default of `--max-disks-per-connection`. A connection opening more is refused by its
+/// protocol session (non-recoverable, the message names the limit), so one sender cannot
+/// make the receiver hold an unbounded number of replicas open.
+pub use vdrep_proto::session::receiver::DEFAULT_MAX_DISKS_PER_CONNECTION;
 
 /// Shared state of a running receiver.
 pub struct Receiver {
@@ -41,6 +48,8 @@ pub struct Receiver {
     /// crash can take its disks over from its own dead connection at once instead of waiting
     /// for the idle timeout to release them.
     pub(crate) holders: std::sync::Mutex<std::collections::HashMap<String, Holder>>,
+    /// See [`ReceiverConfig::max_disks_per_connection`].
+    pub(crate) max_disks_per_connection: std::sync::atomic::AtomicUsize,
 }
 
 /// The connection holding a disk open.
@@ -72,7 +81,14 @@ impl Receiver {
             active: std::sync::atomic::AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
             holders: Default::default(),
+            max_disks_per_connection: DEFAULT_MAX_DISKS_PER_CONNECTION.into(),
         })
+    }
+
+    /// Sets how many disks one connection may hold open (at least 1).
+    pub fn set_max_disks_per_connection(&self, n: usize) {
+        self.max_disks_per_connection
+            .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Counters.
@@ -139,6 +155,8 @@ impl Receiver {
             name.clone(),
             conn.clone(),
             &self.allow,
+            self.max_disks_per_connection
+                .load(std::sync::atomic::Ordering::Relaxed),
         ));
         loop {
             let (send, recv) = match conn.accept_bi().await {
@@ -195,6 +213,7 @@ pub async fn run(cfg: ReceiverConfig, store: Arc<dyn ReplicaStore>) -> anyhow::R
         }
     });
     let rx = Receiver::new(store, cfg.allow);
+    rx.set_max_disks_per_connection(cfg.max_disks_per_connection);
     let serve = tokio::spawn(rx.clone().serve(endpoint.clone()));
     crate::signals::shutdown().await;
     info!("shutting down: closing connections");

@@ -48,6 +48,8 @@ pub struct Shared {
     pub state: std::path::PathBuf,
     /// Bytes of prepared extents all disks of the run may hold together.
     pub prepared: Arc<MemoryBudget>,
+    /// The process's CPU budget (`--cpu-limit`), which holds back the reads.
+    pub cpu: Option<Arc<crate::cpu::CpuBudget>>,
 }
 
 /// One disk to replicate.
@@ -464,6 +466,7 @@ async fn run_pass(
         let stats = dstats.clone();
         let level = sh.level.clone();
         let budget = sh.prepared.clone();
+        let cpu_budget = sh.cpu.clone();
         cpu.push(
             thread::Builder::new()
                 .name(format!("vdrep-cpu-{i}"))
@@ -477,6 +480,9 @@ async fn run_pass(
                                 Err(_) => break,
                             },
                         };
+                        if let Some(b) = &cpu_budget {
+                            b.gate(|| tx.is_closed());
+                        }
                         // On a slow link, larger frames buy ratio (see JOIN_FROM_LEVEL).
                         let item = match level.current() {
                             Compression::Zstd(l) if l >= JOIN_FROM_LEVEL => {

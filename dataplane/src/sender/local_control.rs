@@ -102,6 +102,35 @@ pub struct SenderStatus {
 /// Bounded request line: nothing legitimate comes near it.
 const MAX_LINE: usize = 64 << 10;
 
+/// Binds a Unix socket at `path` that is never reachable with a mode other than 0600: it
+/// is bound inside a fresh 0700 folder beside `path` (so nobody else can reach it there, under
+/// any umask), made 0600, then renamed over `path` (replacing a stale socket atomically).
+/// Binding at `path` and chmod'ing afterwards left it open to every local user in between.
+/// Process-wide `umask` is not an option: the runtime's other threads create files meanwhile.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let dir = parent.join(format!(
+        ".{}.{:016x}",
+        name.as_deref().unwrap_or("control"),
+        rand::random::<u64>()
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let tmp = dir.join("s");
+    let bound = UnixListener::bind(&tmp).and_then(|l| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(l)
+    });
+    let _ = std::fs::remove_file(&tmp);
+    let _ = std::fs::remove_dir(&dir);
+    bound
+}
+
 /// Binds `path` (replacing a stale socket) and answers requests until aborted.
 pub fn serve(path: &Path, sh: Arc<Shared>) -> Result<tokio::task::JoinHandle<()>, SendError> {
     let err =
@@ -109,16 +138,7 @@ pub fn serve(path: &Path, sh: Arc<Shared>) -> Result<tokio::task::JoinHandle<()>
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
-    let listener = UnixListener::bind(path).map_err(err)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    }
+    let listener = bind_private(path).map_err(err)?;
     info!(path = %path.display(), "control channel ready");
     Ok(tokio::spawn(async move {
         loop {
@@ -277,5 +297,32 @@ pub fn load_schedule(state: &Path) -> Option<crate::throttle::PolicyDocument> {
             warn!(file = %path.display(), "ignoring an invalid pushed bandwidth schedule");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_private;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    #[tokio::test]
+    async fn the_control_socket_appears_at_its_path_already_0600_replacing_a_stale_one() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("control");
+        std::fs::write(&path, b"stale").unwrap();
+        let l = bind_private(&path).unwrap();
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        assert!(m.file_type().is_socket());
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        // The private folder it was bound in is gone; only the socket is left.
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["control"]);
+        // Reachable at its final path.
+        let c = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let (_s, _) = l.accept().await.unwrap();
+        drop(c);
     }
 }

@@ -209,10 +209,16 @@ async fn run_jobs(
     health.set_bandwidth(ctl.policy().to_string());
     // health.json lives in the state folder, beside the pending jobs.
     let _health_task = AbortOnDrop(tokio::spawn(health.clone().run_writer(state.to_path_buf())));
+    let level = Arc::new(AdaptiveLevel::new(opts.level, opts.adaptive));
+    let cpu = opts.cpu_limit.map(|l| {
+        info!(limit = %l, "CPU budget of the sender");
+        Arc::new(crate::cpu::CpuBudget::new(l, level.clone(), clock.clone()))
+    });
     let sh = Arc::new(Shared {
         opts: opts.clone(),
         stats: Arc::new(Stats::default()),
-        level: Arc::new(AdaptiveLevel::new(opts.level, opts.adaptive)),
+        level,
+        cpu,
         throttle: ctl.throttle().clone(),
         peer: opts.to.clone(),
         health: health.clone(),

@@ -58,6 +58,8 @@ pub struct SendOptions {
     /// State folder: jobs that failed before they could be reported wait here
     /// (default [`crate::sender::pending::default_state_dir`]).
     pub state_dir: Option<PathBuf>,
+    /// CPU budget of the sender process (`--cpu-limit`; `None`: unlimited).
+    pub cpu_limit: Option<crate::cpu::CpuLimit>,
 }
 
 impl Default for SendOptions {
@@ -80,12 +82,36 @@ impl Default for SendOptions {
             resync: false,
             verify: false,
             state_dir: None,
+            cpu_limit: None,
         }
     }
 }
 
+/// Longest disk name the receiver accepts (`sink::validate_name`).
+const MAX_NAME: usize = 64;
+
+/// `stem` with the collision `suffix` (`""`, `-2`, …), shortened when the two would pass
+/// [`MAX_NAME`]: the first (55 − k) characters, `-`, 8 hex digits of the stem's BLAKE3, then
+/// the k-character suffix: 64 characters, stable across runs, and two long stems that share
+/// their first characters still get different names.
+fn fit_name(stem: &str, suffix: &str) -> String {
+    if stem.len() + suffix.len() <= MAX_NAME {
+        return format!("{stem}{suffix}");
+    }
+    let hash = blake3::hash(stem.as_bytes());
+    let hex: String = hash.as_bytes()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // The stem is ASCII here (see `disk_names`), so characters are bytes.
+    let keep = (MAX_NAME - 9).saturating_sub(suffix.len()).min(stem.len());
+    format!("{}-{hex}{suffix}", &stem[..keep])
+}
+
 /// Names disks by their file stem; a stem used twice in one VM gets `-2`, `-3`, … in the
 /// order the disks were given, so names are stable across runs with the same command line.
+/// A name that would pass 64 characters is shortened by [`fit_name`] instead of being
+/// refused by the receiver.
 pub fn disk_names(disks: &[PathBuf]) -> Vec<String> {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut used: HashSet<String> = HashSet::new();
@@ -110,13 +136,13 @@ pub fn disk_names(disks: &[PathBuf]) -> Vec<String> {
             let n = seen.entry(stem.clone()).or_insert(0);
             *n += 1;
             let mut name = if *n == 1 {
-                stem.clone()
+                fit_name(&stem, "")
             } else {
-                format!("{stem}-{n}")
+                fit_name(&stem, &format!("-{n}"))
             };
             while !used.insert(name.clone()) {
                 *n += 1;
-                name = format!("{stem}-{n}");
+                name = fit_name(&stem, &format!("-{n}"));
             }
             name
         })
@@ -140,5 +166,37 @@ mod tests {
         .map(PathBuf::from)
         .collect();
         assert_eq!(disk_names(&v), vec!["os", "os-2", "data", "os-3", "os-2-2"]);
+    }
+
+    #[test]
+    fn stems_over_64_characters_are_shortened_with_a_hash_and_keep_their_collision_suffix() {
+        let long = "a".repeat(70);
+        let other = format!("{}b", "a".repeat(69)); // same first 69 characters
+        let exact = "c".repeat(64);
+        let v: Vec<PathBuf> = [
+            format!("/x/{long}.vhdx"),
+            format!("/y/{long}.vhd"),
+            format!("/z/{other}.raw"),
+            format!("/w/{exact}.vhdx"),
+            format!("/v/{exact}.raw"),
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        let names = disk_names(&v);
+        let hex = |s: &str| blake3::hash(s.as_bytes()).to_hex()[..8].to_string();
+        assert_eq!(names[0], format!("{}-{}", &long[..55], hex(&long)));
+        assert_eq!(names[1], format!("{}-{}-2", &long[..53], hex(&long)));
+        assert_eq!(names[2], format!("{}-{}", &other[..55], hex(&other)));
+        assert_eq!(names[3], exact, "64 characters fit as they are");
+        assert_eq!(names[4], format!("{}-{}-2", &exact[..53], hex(&exact)));
+        let unique: HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+        for n in &names {
+            assert!(n.len() <= 64, "{n}");
+            crate::sink::validate_name("disk name", n).unwrap();
+        }
+        // Stable across runs.
+        assert_eq!(disk_names(&v), names);
     }
 }

@@ -106,6 +106,9 @@ pub struct Summary {
     pub seconds: f64,
     /// Virtual bytes per second.
     pub throughput_bytes_per_sec: f64,
+    /// CPU seconds (user + system, all threads) the sender process used from its start to
+    /// the end of the run: what replication cost the host, beside what it achieved.
+    pub cpu_seconds: f64,
 }
 
 impl Summary {
@@ -132,13 +135,14 @@ impl Summary {
             retries: Stats::get(&s.retries),
             seconds: secs,
             throughput_bytes_per_sec: total as f64 / secs,
+            cpu_seconds: crate::cpu::process_cpu_time().as_secs_f64(),
         }
     }
 
     /// One line for logs.
     pub fn one_line(&self) -> String {
         format!(
-            "replicated {} in {:.1} s ({}/s): read {}, skipped {} zero + {} unallocated, wire {} data + {} hashes, compression {:.2}x, {} extents, {} resent, {} retries",
+            "replicated {} in {:.1} s ({}/s): read {}, skipped {} zero + {} unallocated, wire {} data + {} hashes, compression {:.2}x, {} extents, {} resent, {} retries, {:.1} CPU-s",
             human(self.total_bytes),
             self.seconds,
             human(self.throughput_bytes_per_sec as u64),
@@ -150,7 +154,8 @@ impl Summary {
             self.compression_ratio,
             self.extents,
             self.resent_extents,
-            self.retries
+            self.retries,
+            self.cpu_seconds
         )
     }
 }

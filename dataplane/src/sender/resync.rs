@@ -119,6 +119,9 @@ pub async fn resync(
         vms: sh.vms.clone(),
         state: sh.state.clone(),
         prepared: sh.prepared.clone(),
+        // The budget paces the resync's reads too (its cap acts on the run's level, which
+        // a resync does not use: a resync sends little, at its fixed level).
+        cpu: sh.cpu.clone(),
     });
     loop {
         out.rounds += 1;

@@ -61,8 +61,11 @@ pub struct Sidecar {
     store: Store,
     state: Mutex<State>,
     client: SenderClient,
-    token: String,
-    read_token: Option<String>,
+    /// BLAKE3 of the bearer token: requests are compared digest to digest (32 bytes, in
+    /// constant time), so neither the token's bytes nor its length show in response times.
+    token: blake3::Hash,
+    /// BLAKE3 of the `--read-token-file` token, compared the same way.
+    read_token: Option<blake3::Hash>,
     /// The sender's last status and when it was fetched.
     status: Mutex<Option<(SenderStatus, u64)>>,
     sender_up: AtomicBool,
@@ -81,8 +84,8 @@ impl Sidecar {
             store,
             state: Mutex::new(state),
             client: SenderClient::new(&cfg.sender_control),
-            token: cfg.token.clone(),
-            read_token: cfg.read_token.clone(),
+            token: blake3::hash(cfg.token.as_bytes()),
+            read_token: cfg.read_token.as_ref().map(|t| blake3::hash(t.as_bytes())),
             status: Mutex::new(None),
             sender_up: AtomicBool::new(false),
             applied: Mutex::new(None),

@@ -80,31 +80,39 @@ pub fn create_dir(dir: &Path) -> Result<(), TlsError> {
         .map_err(|e| TlsError::io(dir, "cannot create directory", e))
 }
 
-/// Writes `contents` to `file` atomically with the given mode.
+/// Writes `contents` to `file` atomically with the given mode. The temporary file has a
+/// random name and is created exclusively without following symlinks (`O_EXCL|O_NOFOLLOW`):
+/// with a fixed `NAME.tmp`, a symlink planted there by anyone who can write the folder made us
+/// write the key through it, chmod its target and rename the link over the key.
 pub fn write_atomic(file: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
     let tmp = tmp_path(file);
     let write = || -> std::io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(mode)
             .open(&tmp)?;
-        // An old temporary file keeps its old mode: set ours before writing any secret.
+        // The mode above is filtered by the umask: set ours before writing any secret.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(contents)?;
         f.sync_all()?;
         fs::rename(&tmp, file)
     };
     write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
+        // Only when we created it: an existing path there is never ours (create_new).
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            let _ = fs::remove_file(&tmp);
+        }
         TlsError::io(file, "cannot write", e)
     })
 }
 
+/// `.NAME.tmp.RANDOM` beside `file`: unpredictable, so nothing can be planted there.
 fn tmp_path(file: &Path) -> PathBuf {
-    let mut name = file.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
+    let mut name = std::ffi::OsString::from(".");
+    name.push(file.file_name().unwrap_or_default());
+    name.push(format!(".tmp.{:016x}", rand::random::<u64>()));
     file.with_file_name(name)
 }
 
@@ -178,15 +186,32 @@ mod tests {
     }
 
     #[test]
-    fn atomic_write_sets_key_mode_even_over_a_stale_temporary() {
+    fn atomic_write_sets_key_mode_and_leaves_no_temporary() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("x.key");
-        fs::write(tmp_path(&p), "stale").unwrap();
-        fs::set_permissions(tmp_path(&p), fs::Permissions::from_mode(0o666)).unwrap();
         write_atomic(&p, b"secret", KEY_MODE).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"secret");
         let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(!tmp_path(&p).exists());
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_old_temporary_name_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, "not yours").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+        let p = d.path().join("x.key");
+        let planted = d.path().join("x.key.tmp");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        write_atomic(&p, b"secret", KEY_MODE).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"not yours");
+        let vmode = fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+        assert_eq!(vmode, 0o644);
+        let m = fs::symlink_metadata(&p).unwrap();
+        assert!(m.file_type().is_file(), "the key must not be a symlink");
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read(&p).unwrap(), b"secret");
     }
 }

@@ -69,9 +69,22 @@ pub async fn read_frame(
         )));
     }
     // Receive side: the one copy of a payload, from QUIC's packet buffers into one
-    // contiguous buffer that the decompressor and hasher read.
-    let mut body = vec![0u8; hdr.len as usize];
-    recv.read_exact(&mut body).await?;
+    // contiguous buffer that the decompressor and hasher read. Chunks are appended to
+    // uninitialised capacity: zero-filling the buffer first (`vec![0; len]` for
+    // `read_exact`) cost the receiver 5.6 % of its instructions (bench/results/ANALYSIS.md,
+    // session 7).
+    let len = hdr.len as usize;
+    let mut body = Vec::with_capacity(len);
+    while body.len() < len {
+        match recv
+            .read_chunk(len - body.len(), true)
+            .await
+            .map_err(quinn::ReadExactError::ReadError)?
+        {
+            Some(c) => body.extend_from_slice(&c.bytes),
+            None => return Err(quinn::ReadExactError::FinishedEarly(body.len()).into()),
+        }
+    }
     Ok((hdr.kind, Bytes::from(body)))
 }
 

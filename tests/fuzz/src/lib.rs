@@ -2,6 +2,8 @@
 //! patch format that keeps libFuzzer inputs small while the images are megabytes, and the
 //! queries a reader must survive once an image opened.
 
+mod store;
+
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -15,6 +17,8 @@ use vdrep_proto::formats::vhdx::builder::{ImageBuilder, BAT_OFFSET, LOG_OFFSET};
 use vdrep_proto::formats::vhdx::log::{LogEntry, LogOp};
 use vdrep_proto::formats::vhdx::MIB;
 use vdrep_proto::Guid;
+
+pub use store::{reseal_hidx, reseal_state, valid_state_record, MemData, MemIndex};
 
 /// An image in memory.
 pub struct Mem(pub Vec<u8>, pub PathBuf);

@@ -270,87 +270,8 @@ pub fn encode_entry(e: &LogEntry) -> Vec<u8> {
     b
 }
 
-/// The entries to replay, oldest first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActiveSequence {
-    /// Log offsets and entries, tail to head.
-    pub entries: Vec<(u32, LogEntry)>,
-}
-
-impl ActiveSequence {
-    /// The newest entry (its FlushedFileOffset and LastFileOffset govern the replay).
-    pub fn head(&self) -> Option<&LogEntry> {
-        self.entries.last().map(|(_, e)| e)
-    }
-}
-
-/// Reads the entry that starts at `pos` of the circular `log`, if it is a valid entry.
-fn entry_at(log: &[u8], pos: usize) -> Option<LogEntry> {
-    let hdr = log.get(pos..pos.checked_add(ENTRY_HEADER_SIZE)?)?;
-    if &hdr[0..4] != ENTRY_SIGNATURE {
-        return None;
-    }
-    let len = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
-    if len == 0 || len > log.len() || !len.is_multiple_of(LOG_SECTOR) {
-        return None;
-    }
-    let first = (log.len() - pos).min(len);
-    let mut buf = Vec::with_capacity(len);
-    buf.extend_from_slice(log.get(pos..pos + first)?);
-    buf.extend_from_slice(log.get(..len - first)?);
-    decode_entry(&buf).ok()
-}
-
-/// Finds the active sequence of `log` (the whole log region) for the header's `log_guid`;
-/// `None` when nothing is to be replayed. Never panics; cost is one pass over the log plus
-/// one decode per valid entry.
-pub fn find_active_sequence(log: &[u8], log_guid: Guid) -> Option<ActiveSequence> {
-    if log_guid.is_nil() || log.len() < LOG_SECTOR {
-        return None;
-    }
-    let mut valid: Vec<(u32, LogEntry)> = Vec::new();
-    let mut pos = 0usize;
-    while pos + LOG_SECTOR <= log.len() {
-        if let Some(e) = entry_at(log, pos) {
-            if e.log_guid == log_guid {
-                valid.push((pos as u32, e));
-            }
-        }
-        pos += LOG_SECTOR;
-    }
-    let mut heads: Vec<usize> = (0..valid.len()).collect();
-    heads.sort_by_key(|&i| std::cmp::Reverse(valid[i].1.sequence_number));
-    let find = |p: u32| valid.iter().position(|(q, _)| *q == p);
-    for h in heads {
-        let (hpos, head) = &valid[h];
-        let Some(mut cur) = find(head.tail) else {
-            continue;
-        };
-        let mut chain = vec![cur];
-        let mut ok = false;
-        for _ in 0..valid.len() {
-            let (cpos, ce) = &valid[cur];
-            if *cpos == *hpos && ce.sequence_number == head.sequence_number {
-                ok = true;
-                break;
-            }
-            let next_pos = ((*cpos as usize + ce.entry_length as usize) % log.len()) as u32;
-            match find(next_pos) {
-                Some(n) if valid[n].1.sequence_number == ce.sequence_number.wrapping_add(1) => {
-                    cur = n;
-                    chain.push(n);
-                }
-                _ => break,
-            }
-        }
-        if ok {
-            return Some(ActiveSequence {
-                entries: chain.into_iter().map(|i| valid[i].clone()).collect(),
-            });
-        }
-    }
-    None
-}
+mod search;
+pub use search::{find_active_sequence, ActiveSequence};
 
 #[cfg(test)]
 mod tests {

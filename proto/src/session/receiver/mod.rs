@@ -16,12 +16,14 @@ mod answers;
 mod batch;
 mod checks;
 mod effects;
+mod limits;
 mod requests;
 
 pub use batch::{BatchEnd, BatchReceiver, BatchReport, BatchStep, ExtentWrite, WriteOutcome};
 pub(crate) use checks::name;
 pub use checks::{tree_nodes, MAX_DISK_SIZE, MAX_JOB_BYTES, MAX_RETENTION_SECS};
 pub use effects::{ControlStep, Done, Effect, OpenedReplica, Report};
+pub use limits::DEFAULT_MAX_DISKS_PER_CONNECTION;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -141,6 +143,8 @@ pub struct ReceiverSession {
     next_handle: u32,
     /// Batches running per disk handle: commits wait for them.
     running: BTreeMap<u32, u32>,
+    /// Distinct disks this connection may hold open ([`ReceiverSession::with_max_disks`]).
+    max_disks: usize,
 }
 
 impl ReceiverSession {
@@ -154,6 +158,7 @@ impl ReceiverSession {
             disks: BTreeMap::new(),
             next_handle: 1,
             running: BTreeMap::new(),
+            max_disks: DEFAULT_MAX_DISKS_PER_CONNECTION,
         }
     }
 

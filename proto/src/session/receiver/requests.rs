@@ -23,6 +23,9 @@ impl ReceiverSession {
                 if let Err(r) = check_disk_size(virtual_size) {
                     return self.refuse(stream, req, r);
                 }
+                if let Err(r) = self.check_disk_limit(&vm, &disk) {
+                    return self.refuse(stream, req, r);
+                }
                 (
                     Pending::Open {
                         req,

@@ -10,6 +10,7 @@ mod pair_disk;
 mod pair_tests;
 mod receiver_batch;
 mod receiver_control;
+mod receiver_limits;
 mod receiver_refusals;
 mod sender;
 mod sender_disk;

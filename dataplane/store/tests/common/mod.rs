@@ -1,0 +1,12 @@
+//! Helpers shared by the store tests: the disk model and the backends the conformance
+//! suite runs against. Each test binary uses a part of them.
+#![allow(dead_code)]
+
+pub mod backends;
+pub mod model;
+
+/// Azurite for the tests of the Azure sink: the same helper the end-to-end tests use (one
+/// file, compiled into both crates), which fails with the install hint when Azurite is
+/// missing.
+#[path = "../../../../tests/src/azurite.rs"]
+pub mod azurite;
