@@ -3,7 +3,7 @@
 //! it, the control stream that carries it (`Control::ReportJob`), the store that keeps it as
 //! JSON ([`crate::sink::JobFile`], one `jobs.json` per VM, bounded to the newest
 //! [`MAX_JOBS_PER_VM`]) and `vdrep jobs`. What fails before any connection exists is kept in
-//! the sender's state folder ([`crate::sender::pending`]) and reported at the next
+//! the sender's state folder (`vdrep::sender::pending`, in the same job file) and reported at the next
 //! connection. Test failover, which runs against the store directly, records its own job
 //! there.
 //!
