@@ -311,7 +311,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let t = Cpu::start();
         let mut c = 0u64;
         for r in spans.iter() {
-            c += vdrep::pipeline::zstd_ctx::compress(r, l)?.len() as u64;
+            c += vdrep::codec::zstd_ctx::compress(r, l)?.len() as u64;
         }
         let secs = t.secs();
         out.push(stage(

@@ -17,11 +17,18 @@
 //! offset in force; both variables together add up). Both are meant for tests only; a
 //! process that uses them says so in its log. The sender reads its clock through this
 //! (work hours, health, RPO), the receiver too (recovery-point times and retention).
+//!
+//! This module is the only place that reads the system's clocks (`SystemTime::now`,
+//! `std::time::Instant::now`, `tokio::time::Instant::now`; `dataplane/tests/layers.rs` checks it):
+//! everything else asks a [`Clock`] or one of the functions below, or takes the time as a
+//! value. The free functions read the host as it is, without the test offset: file and image
+//! timestamps, HTTP dates, token lifetimes and elapsed-time measurements must follow the real
+//! clock, and only the schedule-facing wall time ([`Clock::now_utc`]) is shifted.
 
 use std::fmt::Debug;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use tokio::time::Instant;
@@ -33,6 +40,15 @@ pub const TEST_OFFSET_ENV: &str = "VDREP_TEST_CLOCK_OFFSET";
 pub const TEST_OFFSET_FILE_ENV: &str = "VDREP_TEST_CLOCK_OFFSET_FILE";
 /// How often the offset file is re-read at most.
 pub const OFFSET_FILE_POLL: Duration = Duration::from_millis(100);
+
+// The std readers live in the store crate, the lowest crate that reads a clock; this
+// re-exports them (one clock) and adds tokio's.
+pub use vdrep_store::clock::{std_now, system_time, unix_millis, unix_secs};
+
+/// Monotonic time for async code (tokio's): paused-time tests control it.
+pub fn tokio_now() -> Instant {
+    Instant::now()
+}
 
 /// A source of time.
 pub trait Clock: Send + Sync + Debug {
@@ -71,7 +87,7 @@ impl OffsetFile {
         };
         let due = c.0.is_none_or(|t| t.elapsed() >= OFFSET_FILE_POLL);
         if due {
-            c.0 = Some(std::time::Instant::now());
+            c.0 = Some(std_now());
             if let Ok(text) = std::fs::read_to_string(&self.path) {
                 if let Ok(off) = parse_offset(&text) {
                     if off != c.1 {
@@ -150,7 +166,7 @@ pub fn process() -> &'static SystemClock {
 
 impl Clock for SystemClock {
     fn now_utc(&self) -> Timestamp {
-        let now = Timestamp::try_from(SystemTime::now()).unwrap_or(Timestamp::UNIX_EPOCH);
+        let now = Timestamp::try_from(system_time()).unwrap_or(Timestamp::UNIX_EPOCH);
         now.checked_add(self.offset()).unwrap_or(now)
     }
 }
@@ -190,9 +206,60 @@ pub fn parse_offset(s: &str) -> Result<SignedDuration, String> {
         Some(b'+') => (false, &t[1..]),
         _ => (false, t),
     };
-    let d: Duration = crate::cli::config::parse_duration(rest).map_err(|e| e.to_string())?;
+    let d: Duration = parse_duration(rest)?;
     let d = SignedDuration::try_from(d).map_err(|e| e.to_string())?;
     Ok(if neg { -d } else { d })
+}
+
+/// Parses `30s`, `5m`, `15m`, `1h`, `250ms`, `1h30m` or plain seconds: the one duration
+/// syntax of flags, config files and the test offset.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut num = String::new();
+    let mut chars = t.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_alphabetic() {
+                unit.push(n);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let v: f64 = num
+            .parse()
+            .map_err(|_| format!("duration {s:?}: expected a number before {unit:?}"))?;
+        num.clear();
+        let secs = match unit.as_str() {
+            "ms" => v / 1000.0,
+            "s" => v,
+            "m" | "min" => v * 60.0,
+            "h" => v * 3600.0,
+            "d" => v * 86400.0,
+            _ => {
+                return Err(format!(
+                    "duration {s:?}: unknown unit {unit:?} (use ms, s, m, h, d)"
+                ))
+            }
+        };
+        total += Duration::from_secs_f64(secs);
+    }
+    if !num.is_empty() {
+        return Err(format!("duration {s:?}: number without a unit at the end"));
+    }
+    Ok(total)
 }
 
 #[cfg(test)]

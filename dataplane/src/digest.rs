@@ -40,6 +40,13 @@ pub struct DigestLengthError {
     pub size: u64,
 }
 
+impl crate::error::Classify for DigestLengthError {
+    /// A caller that skipped or repeated data is a bug, not a passing condition.
+    fn recovery(&self) -> crate::error::Recovery {
+        crate::error::Recovery::Permanent
+    }
+}
+
 /// Builds a disk digest from the disk's bytes fed in order, in pieces of any size (a piece may
 /// span blocks); full zero blocks can be fed without bytes ([`DigestBuilder::zeros`]).
 /// Memory is constant: the current block is hashed as it streams.

@@ -15,10 +15,12 @@ pub mod cli;
 /// checkout): `vdrep_build_info` names it.
 pub const BUILD_COMMIT: &str = env!("VDREP_COMMIT");
 pub mod clock;
+pub mod codec;
 pub mod cpu;
 pub mod demo;
 pub mod digest;
 pub mod disk;
+pub mod error;
 pub mod health;
 pub mod hrl;
 pub mod io;

@@ -27,6 +27,13 @@ pub struct OpenToOthers {
     pub access: &'static str,
 }
 
+impl crate::error::Classify for OpenToOthers {
+    /// Permissions stay as they are until an operator changes them.
+    fn recovery(&self) -> crate::error::Recovery {
+        crate::error::Recovery::Permanent
+    }
+}
+
 /// Checks that `file` grants nothing to others. A file that cannot be examined passes: the
 /// read that follows reports why, naming the file.
 pub fn check_private(file: &Path, what: &'static str) -> Result<(), OpenToOthers> {

@@ -51,7 +51,7 @@ fn point0() -> RecoveryPoint {
 
 fn assert_sync_lost(e: &SinkError) {
     assert!(
-        matches!(e, SinkError::SyncLost { .. }) && e.is_recoverable(),
+        matches!(e, SinkError::SyncLost { .. }) && e.is_transient(),
         "want a recoverable SyncLost, got {e}"
     );
     let m = e.to_string();
@@ -79,7 +79,7 @@ fn after_a_failed_fdatasync_nothing_later_counts_and_a_reopened_disk_resumes_fro
                 op: "fdatasync",
                 ..
             }
-        ) && e.is_recoverable(),
+        ) && e.is_transient(),
         "{e}"
     );
     // A retried sync now "succeeds" (the failed pages are simply gone): it must not count.
@@ -125,7 +125,7 @@ async fn a_receiver_session_ends_with_a_recoverable_error_and_the_next_resumes_f
     s.apply_write(2 * CHUNK, CHUNK, Some(&chunk(2))).unwrap();
     fs.fail_syncs(1);
     let e = s.checkpoint(false).await.unwrap_err();
-    assert!(e.is_recoverable(), "{e}");
+    assert!(e.is_transient(), "{e}");
     // The periodic checkpoint tries again; later writes and the commit are refused too.
     assert_sync_lost(&s.checkpoint(false).await.unwrap_err());
     assert_sync_lost(

@@ -11,12 +11,15 @@
 pub mod error;
 pub mod formats;
 pub mod guid;
+pub mod job;
 #[cfg(test)]
 mod mutate;
 pub mod ranges;
+pub mod recovery;
 pub mod session;
 pub mod wire;
 
 pub use error::FormatError;
 pub use guid::Guid;
 pub use ranges::RangeSet;
+pub use recovery::Recovery;

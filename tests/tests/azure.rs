@@ -170,7 +170,7 @@ fn disk_sizes_that_wrap_or_exceed_a_page_blob_are_refused_before_any_blob_is_mad
     ] {
         let e = store.open_disk(&key, size, Guid::NIL).err().unwrap();
         assert!(
-            matches!(e, SinkError::Unsupported { .. }) && !e.is_recoverable(),
+            matches!(e, SinkError::Unsupported { .. }) && !e.is_transient(),
             "{size}: {e}"
         );
         assert!(e.to_string().contains("8 TiB"), "{e}");
@@ -188,7 +188,7 @@ fn a_second_receiver_on_the_same_disk_is_refused_by_the_lease() {
     let e = b.open_disk(&key, SIZE, Guid::NIL).err().unwrap();
     assert!(matches!(e, SinkError::Locked { .. }), "{e}");
     assert!(
-        e.is_recoverable() && e.to_string().contains("in use by another receiver"),
+        e.is_transient() && e.to_string().contains("in use by another receiver"),
         "{e}"
     );
 }
@@ -207,7 +207,7 @@ fn a_lost_lease_fences_the_writer_with_a_clear_error() {
     let e = d.checkpoint(&RangeSet::from_range(0, 8192)).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("412") && msg.contains("lease"), "{msg}");
-    assert!(e.is_recoverable(), "reopening re-acquires the lease: {msg}");
+    assert!(e.is_transient(), "reopening re-acquires the lease: {msg}");
     assert!(d.state().progress.is_empty());
 }
 
@@ -218,7 +218,7 @@ fn a_wrong_sas_is_a_non_recoverable_error_that_says_so() {
     cfg.sas = Some(az.sas().replace("sig=", "sig=AAAA"));
     let e = AzureStore::open(cfg).err().unwrap();
     let msg = e.to_string();
-    assert!(!e.is_recoverable(), "{msg}");
+    assert!(!e.is_transient(), "{msg}");
     assert!(msg.contains("403") && msg.contains("SAS"), "{msg}");
 }
 
@@ -286,7 +286,7 @@ fn shared_key_authorisation_works_like_a_sas() {
     let mut bad = AzureConfig::new(&az.url(), "cont-7");
     bad.shared_key = Some(vdrep_tests::azurite::KEY.replace('E', "F"));
     let e = AzureStore::open(bad).err().unwrap();
-    assert!(!e.is_recoverable() && e.to_string().contains("403"), "{e}");
+    assert!(!e.is_transient() && e.to_string().contains("403"), "{e}");
 }
 
 #[test]
@@ -444,7 +444,7 @@ fn workload_identity_tokens_authorise_the_sink_against_azurite_over_https() {
     let e = AzureStore::open(no_ca).err().unwrap();
     let msg = e.to_string();
     assert!(
-        msg.contains("--azure-ca-file") && !e.is_recoverable(),
+        msg.contains("--azure-ca-file") && !e.is_transient(),
         "{msg}"
     );
     assert!(t.elapsed() < Duration::from_secs(10), "not retried: {msg}");
@@ -460,5 +460,5 @@ fn workload_identity_tokens_authorise_the_sink_against_azurite_over_https() {
         msg.contains("403") && msg.contains("AuthenticationFailed"),
         "{msg}"
     );
-    assert!(!e.is_recoverable(), "{msg}");
+    assert!(!e.is_transient(), "{msg}");
 }

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Context;
+use super::Context;
 
 use super::CliError;
 use crate::disk::{self, OpenOptions};

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use super::Context;
 use serde::de::DeserializeOwned;
 
 /// Reads a TOML file into `T`.
@@ -20,50 +20,10 @@ pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Resul
     toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))
 }
 
-/// Parses `30s`, `5m`, `15m`, `1h`, `250ms`, `1h30m` or plain seconds.
+/// Parses `30s`, `5m`, `15m`, `1h`, `250ms`, `1h30m` or plain seconds
+/// ([`crate::clock::parse_duration`], the one duration syntax).
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let t = s.trim();
-    if t.is_empty() {
-        bail!("empty duration");
-    }
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut num = String::new();
-    let mut chars = t.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        while let Some(&n) = chars.peek() {
-            if n.is_ascii_alphabetic() {
-                unit.push(n);
-                chars.next();
-            } else {
-                break;
-            }
-        }
-        let v: f64 = num
-            .parse()
-            .with_context(|| format!("duration {s:?}: expected a number before {unit:?}"))?;
-        num.clear();
-        let secs = match unit.as_str() {
-            "ms" => v / 1000.0,
-            "s" => v,
-            "m" | "min" => v * 60.0,
-            "h" => v * 3600.0,
-            "d" => v * 86400.0,
-            _ => bail!("duration {s:?}: unknown unit {unit:?} (use ms, s, m, h, d)"),
-        };
-        total += Duration::from_secs_f64(secs);
-    }
-    if !num.is_empty() {
-        bail!("duration {s:?}: number without a unit at the end");
-    }
-    Ok(total)
+    crate::clock::parse_duration(s).map_err(anyhow::Error::msg)
 }
 
 /// Serde helper for durations written as strings in TOML.

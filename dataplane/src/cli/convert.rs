@@ -4,9 +4,8 @@ use std::fs::{self, File, OpenOptions as FsOpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
-use anyhow::Context;
+use super::{Classed, Context};
 
 use super::CliError;
 use crate::disk::{self, ExtentKind, ExtentWalker, OpenOptions, VirtualDisk};
@@ -49,7 +48,7 @@ pub fn convert(d: &dyn VirtualDisk, dst: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{}: cannot size output", dst.display()))?;
     let mut buf = vec![0u8; CHUNK];
     for ext in ExtentWalker::new(d, 1 << 30) {
-        let ext = ext?;
+        let ext = ext.classed()?;
         if ext.kind == ExtentKind::Zero {
             continue; // already zero in the sparse output
         }
@@ -57,7 +56,7 @@ pub fn convert(d: &dyn VirtualDisk, dst: &Path) -> anyhow::Result<()> {
         while off < ext.end() {
             let n = ((ext.end() - off) as usize).min(CHUNK);
             let b = &mut buf[..n];
-            d.read_into(off, b)?;
+            d.read_into(off, b).classed()?;
             if b.iter().any(|&x| x != 0) {
                 out.write_all_at(b, off)
                     .with_context(|| format!("{}: write at offset {off} failed", dst.display()))?;
@@ -68,7 +67,7 @@ pub fn convert(d: &dyn VirtualDisk, dst: &Path) -> anyhow::Result<()> {
     let footer = layout::replica_footer(
         size,
         layout::random_guid(),
-        layout::vhd_timestamp(SystemTime::now()),
+        layout::vhd_timestamp(crate::clock::system_time()),
     );
     let foff = layout::replica_virtual_size(size);
     out.write_all_at(&footer, foff)

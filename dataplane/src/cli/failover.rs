@@ -16,9 +16,9 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::SystemTime;
 
-use anyhow::{bail, Context};
+use super::{Classed, Context};
+use anyhow::bail;
 use serde::Serialize;
 
 use super::points::{has_digest, rfc3339, vm_readers};
@@ -26,7 +26,7 @@ use super::store_args::StoreArgs;
 use super::CliError;
 use crate::digest::{self, DigestBuilder};
 use crate::disk::{self, OpenOptions};
-use crate::jobs::Job;
+use crate::jobs::{Job, JobNow};
 use crate::layout;
 use crate::sink::{PointReader, RecoveryPoint, ReplicaStore, SECTOR};
 use vdrep_proto::wire::JobKind;
@@ -115,7 +115,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 "only test failover is supported: add --test (planned and unplanned failover \
                  are later goals)"
             ),
-            recoverable: false,
+            recovery: crate::error::Recovery::Permanent,
             usage: true,
         });
     }
@@ -129,7 +129,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let Some(out) = &a.out else {
         return Err(CliError {
             error: anyhow::anyhow!("--out DIR is required with --store or --azure-url"),
-            recoverable: false,
+            recovery: crate::error::Recovery::Permanent,
             usage: true,
         });
     };
@@ -193,7 +193,10 @@ pub fn materialise(
     let res = write_point(&readers, sel, out, &mut job);
     match &res {
         Ok(_) => job.succeed(),
-        Err(e) => job.fail(&super::one_line(e), super::is_recoverable(e)),
+        Err(e) => job.fail(
+            &super::one_line(e),
+            super::error::recovery(e).is_transient(),
+        ),
     }
     record(store, &job);
     res
@@ -209,7 +212,7 @@ fn write_point(
     job.begin(STEP_CHOOSE);
     let mut listed = Vec::new();
     for r in readers {
-        listed.push(r.points()?);
+        listed.push(r.points().classed()?);
     }
     let cycle = choose(readers, &listed, sel)?;
     job.step_ok(
@@ -322,7 +325,7 @@ fn write_disk(
     out.set_len(layout::replica_file_size(size))
         .with_context(|| format!("{}: cannot size the output", dst.display()))?;
     let end = size.div_ceil(SECTOR) * SECTOR;
-    let allocated = r.allocated(point.cycle)?;
+    let allocated = r.allocated(point.cycle).classed()?;
     let mut streamed = DigestBuilder::new(size);
     let mut off = 0u64;
     while off < end {
@@ -335,7 +338,7 @@ fn write_disk(
             off += n;
             continue;
         }
-        let data = r.read_point(point.cycle, off, n as usize)?;
+        let data = r.read_point(point.cycle, off, n as usize).classed()?;
         streamed.update(&data);
         for (i, piece) in data.chunks(ZERO_PIECE).enumerate() {
             if piece.iter().any(|&b| b != 0) {
@@ -349,7 +352,7 @@ fn write_disk(
     let footer = layout::replica_footer(
         size,
         layout::random_guid(),
-        layout::vhd_timestamp(SystemTime::now()),
+        layout::vhd_timestamp(crate::clock::system_time()),
     );
     let foff = layout::replica_virtual_size(size);
     out.write_all_at(&footer, foff).with_context(|| {
@@ -362,13 +365,13 @@ fn write_disk(
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("{}: fsync failed", dst.display()))?;
-    let streamed = streamed.finish()?;
+    let streamed = streamed.finish().classed()?;
     let verified = has_digest(point);
     let got = if verified {
         // Read back what landed in the file, through the VHD reader: the check covers the
         // store, the copy and the output's layout.
-        let written = disk::open(tmp.path(), OpenOptions::default())?;
-        let got = digest::digest_of_first(written.as_ref(), size)?;
+        let written = disk::open(tmp.path(), OpenOptions::default()).classed()?;
+        let got = digest::digest_of_first(written.as_ref(), size).classed()?;
         if got != point.digest {
             bail!(
                 "{}: the output of recovery point {} does not match the sender's digest \

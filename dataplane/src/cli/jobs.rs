@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::store_args::StoreArgs;
 use super::CliError;
-use crate::jobs::pending::PendingJobs;
 use crate::jobs::Job;
+use crate::sender::pending::PendingJobs;
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -103,7 +103,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             error: anyhow::anyhow!(
                 "a job id is shown by the sidecar: drop --store/--azure-url/--state"
             ),
-            recoverable: false,
+            recovery: crate::error::Recovery::Permanent,
             usage: true,
         });
     }

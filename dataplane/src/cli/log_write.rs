@@ -6,9 +6,9 @@
 use std::fs::OpenOptions as FsOpen;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::time::SystemTime;
 
-use anyhow::{bail, Context};
+use super::{Classed, Context};
+use anyhow::bail;
 use bytes::Bytes;
 
 use super::CliError;
@@ -37,7 +37,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
 }
 
 fn log_write(a: Args) -> anyhow::Result<()> {
-    let d = disk::open(&a.disk, OpenOptions::default())?;
+    let d = disk::open(&a.disk, OpenOptions::default()).classed()?;
     let info = d.info().clone();
     drop(d);
     let data =
@@ -74,8 +74,8 @@ fn log_write(a: Args) -> anyhow::Result<()> {
     let tracker = Tracker::new(&a.disk, info.virtual_size);
     // A log switch of the disk's VM interrupted by a crash is completed first (for all its
     // disks), so this write lands wholly after it on every disk.
-    let now = SystemTime::from(crate::clock::Clock::now_utc(crate::clock::process()));
-    let locked = tracker.lock_for_write(now)?;
+    let now = std::time::SystemTime::from(crate::clock::Clock::now_utc(crate::clock::process()));
+    let locked = tracker.lock_for_write(now).classed()?;
     // Checked under the lock before the disk is touched: a write with no log to record it
     // would be a gap in the replica's history.
     if !tracker.is_active() {
@@ -85,7 +85,7 @@ fn log_write(a: Args) -> anyhow::Result<()> {
             tracker.paths().active.display()
         );
     }
-    let mut log = locked.active_writer()?;
+    let mut log = locked.active_writer().classed()?;
     if writes_disk && !a.log_only {
         let f = FsOpen::new()
             .write(true)

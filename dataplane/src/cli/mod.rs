@@ -7,6 +7,7 @@ mod certs;
 pub(crate) mod config;
 mod convert;
 mod demo;
+mod error;
 pub mod failover;
 mod generate;
 mod inspect;
@@ -23,6 +24,8 @@ mod unprotect;
 mod watch;
 
 use clap::{CommandFactory, Parser, Subcommand};
+
+pub use error::{Classed, CliError, Context, IntoAnyhow};
 
 /// Exit code for success.
 pub const EXIT_OK: i32 = 0;
@@ -98,47 +101,6 @@ enum Command {
     Man(generate::ManArgs),
 }
 
-/// An error at the binary's edge, with the exit code it maps to.
-#[derive(Debug)]
-pub struct CliError {
-    /// The one-line message.
-    pub error: anyhow::Error,
-    /// Whether retrying later could help (exit 75 instead of 1).
-    pub recoverable: bool,
-    /// A usage error (exit 2).
-    pub usage: bool,
-}
-
-impl<E: Into<anyhow::Error>> From<E> for CliError {
-    fn from(e: E) -> Self {
-        let error = e.into();
-        let recoverable = is_recoverable(&error);
-        CliError {
-            error,
-            recoverable,
-            usage: false,
-        }
-    }
-}
-
-/// Whether the error's source says a retry may help (disk, log and store errors know).
-pub fn is_recoverable(error: &anyhow::Error) -> bool {
-    error
-        .downcast_ref::<crate::disk::DiskError>()
-        .map(|d| d.is_recoverable())
-        .or_else(|| {
-            error
-                .downcast_ref::<crate::hrl::HrlError>()
-                .map(|h| h.is_recoverable())
-        })
-        .or_else(|| {
-            error
-                .downcast_ref::<crate::sink::SinkError>()
-                .map(|s| s.is_recoverable())
-        })
-        .unwrap_or(false)
-}
-
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
     crate::memory::tune_allocator();
@@ -174,24 +136,14 @@ pub fn main() -> i32 {
         Ok(()) => EXIT_OK,
         Err(e) => {
             eprintln!("vdrep: error: {}", one_line(&e.error));
-            if e.usage {
-                EXIT_USAGE
-            } else if e.recoverable {
-                EXIT_TEMPFAIL
-            } else {
-                EXIT_FATAL
-            }
+            e.exit_code()
         }
     }
 }
 
-/// The async runtime of the network roles: two worker threads suffice (the CPU stages have
-/// their own threads) and keep the process small.
+/// The async runtime of the network roles ([`crate::transport::runtime`]).
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
+    Ok(crate::transport::runtime()?)
 }
 
 /// The error and its causes on one line. Disk errors already print their cause inside their

@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use super::Context;
+use anyhow::bail;
 use serde_json::Value;
 
 use super::CliError;

@@ -4,6 +4,7 @@
 //!
 //! A point's id is its cycle number (0 = the initial replication); `latest` names the newest.
 
+use super::Classed;
 use anyhow::bail;
 use serde::Serialize;
 
@@ -97,13 +98,13 @@ pub fn rfc3339(unix: u64) -> String {
 
 /// Point readers of every disk of `vm`, sorted by disk name; an error when there is none.
 pub fn vm_readers(store: &dyn ReplicaStore, vm: &str) -> anyhow::Result<Vec<Box<dyn PointReader>>> {
-    let keys = store.list_disks(Some(vm))?;
+    let keys = store.list_disks(Some(vm)).classed()?;
     if keys.is_empty() {
         bail!("{} holds no disks of VM {vm:?}", store.describe());
     }
     let mut out = Vec::new();
     for k in keys {
-        out.push(store.point_reader(&k)?);
+        out.push(store.point_reader(&k).classed()?);
     }
     Ok(out)
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
+use super::Context;
 use serde::Deserialize;
 
 use super::config;
@@ -59,7 +59,7 @@ struct File {
 fn usage(e: anyhow::Error) -> CliError {
     CliError {
         error: e,
-        recoverable: false,
+        recovery: crate::error::Recovery::Permanent,
         usage: true,
     }
 }

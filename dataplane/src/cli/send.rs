@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use super::Context;
+use anyhow::bail;
 use serde::Deserialize;
 
 use super::config::{self, duration_str};
@@ -411,12 +412,12 @@ fn options(a: &Args) -> anyhow::Result<Options> {
 pub fn run(a: Args) -> Result<(), CliError> {
     let (vms, opts, policy, ends) = options(&a).map_err(|e| CliError {
         error: e,
-        recoverable: false,
+        recovery: crate::error::Recovery::Permanent,
         usage: true,
     })?;
     let clock = SystemClock::from_env().map_err(|e| CliError {
         error: anyhow::anyhow!(e),
-        recoverable: false,
+        recovery: crate::error::Recovery::Permanent,
         usage: true,
     })?;
     let rt = super::runtime()?;
@@ -439,14 +440,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             }
             sender::run_controlled(&vms, &opts, policy, ctl, ends.control).await
         })
-        .map_err(|e| {
-            let recoverable = e.is_recoverable();
-            CliError {
-                error: anyhow::Error::new(e),
-                recoverable,
-                usage: false,
-            }
-        })?;
+        .map_err(CliError::from)?;
     // The summary is in the log already (its last line): printed again only as JSON.
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

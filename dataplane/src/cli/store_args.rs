@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
+use super::{Classed, Context};
 use serde::Deserialize;
 
 use crate::sink::azure::{AzureConfig, AzureStore};
@@ -113,13 +113,13 @@ impl StoreArgs {
             cfg.sas = secret(&self.azure_sas, &self.azure_sas_file, "--azure-sas")?;
             cfg.shared_key = secret(&self.azure_key, &self.azure_key_file, "--azure-key")?;
             cfg.ca_file = self.azure_ca_file.clone();
-            return Ok(Arc::new(AzureStore::open(cfg)?));
+            return Ok(Arc::new(AzureStore::open(cfg).classed()?));
         }
         let dir = self
             .store
             .as_ref()
             .context("--store DIR or --azure-url URL --azure-container NAME is required")?;
-        Ok(Arc::new(LocalStore::open(dir)?))
+        Ok(Arc::new(LocalStore::open(dir).classed()?))
     }
 }
 

@@ -8,7 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context};
+use super::Context;
+use anyhow::anyhow;
 
 use super::store_args::StoreArgs;
 use super::CliError;

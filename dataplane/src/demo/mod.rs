@@ -227,7 +227,7 @@ pub fn run_demo(o: &DemoOptions) -> anyhow::Result<(Summary, PathBuf)> {
         name: "demo-vm".into(),
         disks: vec![disk_path.clone()],
     }];
-    let rt = crate::cli::runtime()?;
+    let rt = crate::transport::runtime()?;
     let summary = rt.block_on(sender::run(&vms, &opts))?;
     let replica = store.join("demo-vm").join("disk0.vhd");
     let src = disk::open(&disk_path, OpenOptions::default())?;

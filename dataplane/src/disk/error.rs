@@ -89,12 +89,13 @@ impl DiskError {
             source: FormatError::new(structure, offset, problem),
         }
     }
+}
 
-    /// Whether retrying the same operation later may succeed. Corrupt images, broken chains
-    /// and unsupported features never heal by themselves (the VM goes Critical); transient OS
-    /// conditions (out of memory, interrupted, timed out) do.
-    pub fn is_recoverable(&self) -> bool {
-        match self {
+impl crate::error::Classify for DiskError {
+    /// Corrupt images, broken chains and unsupported features never heal by themselves (the
+    /// VM goes Critical); transient OS conditions (out of memory, interrupted, timed out) do.
+    fn recovery(&self) -> crate::error::Recovery {
+        crate::error::Recovery::transient_if(match self {
             DiskError::Io { source, .. } => matches!(
                 source.kind(),
                 io::ErrorKind::Interrupted
@@ -103,6 +104,6 @@ impl DiskError {
                     | io::ErrorKind::OutOfMemory
             ),
             _ => false,
-        }
+        })
     }
 }

@@ -258,3 +258,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_failed_disk_read_names_the_file_and_offset_and_keeps_the_errno() {
+    use crate::io::fault::FaultyReadAt;
+    use crate::io::PreadFile;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.bin");
+    std::fs::write(&path, vec![0x5a; 1 << 20]).unwrap();
+    let faulty = FaultyReadAt::new(PreadFile::open(&path).unwrap()).fail_reads_overlapping(
+        500_000..500_001,
+        libc::EIO,
+        None,
+    );
+    let disk = super::raw::RawDisk::new(Box::new(faulty)).unwrap();
+    disk.read_at(0, 4096).unwrap();
+    let err = disk.read_at(450_000, 100_000).unwrap_err();
+    match &err {
+        super::DiskError::Io {
+            path: p,
+            offset,
+            source,
+        } => {
+            assert_eq!(p, &path);
+            assert_eq!(*offset, 450_000);
+            assert_eq!(source.raw_os_error(), Some(libc::EIO));
+        }
+        other => panic!("expected an IO error, got {other}"),
+    }
+}

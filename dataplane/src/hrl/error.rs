@@ -123,11 +123,13 @@ impl HrlError {
             _ => None,
         }
     }
+}
 
-    /// Whether retrying later may succeed. Corruption, unclosed logs and broken chains never
-    /// heal by themselves; transient OS conditions do.
-    pub fn is_recoverable(&self) -> bool {
-        match self {
+impl crate::error::Classify for HrlError {
+    /// Corruption, unclosed logs and broken chains never heal by themselves; transient OS
+    /// conditions do.
+    fn recovery(&self) -> crate::error::Recovery {
+        crate::error::Recovery::transient_if(match self {
             HrlError::Io { source, .. } => matches!(
                 source.kind(),
                 io::ErrorKind::Interrupted
@@ -137,6 +139,6 @@ impl HrlError {
                     | io::ErrorKind::StorageFull
             ),
             _ => false,
-        }
+        })
     }
 }

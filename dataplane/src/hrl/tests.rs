@@ -8,6 +8,7 @@ use vdrep_proto::formats::hrl::{Defect, LogHeader, Structure, VERSION_1};
 use vdrep_proto::Guid;
 
 use super::*;
+use crate::error::Classify;
 
 fn now() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_700_000_000)
@@ -176,7 +177,7 @@ fn corruption_is_reported_with_structure_and_absolute_offset() {
         })
     ));
     assert!(e.to_string().contains("offset 9800"), "{e}");
-    assert!(!e.is_recoverable());
+    assert!(!e.is_transient());
     make();
     corrupt_at(&p, 8192 + 1024 + 3, 0x55);
     let e = HrlLog::open(&p, &ReadOptions::default()).unwrap_err();

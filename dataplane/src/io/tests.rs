@@ -288,30 +288,3 @@ fn fault_wrapper_corrupts_exactly_the_bytes_of_its_range() {
     assert_eq!(f.backend(), "fault");
     let _ = Fault::Corrupt;
 }
-
-#[test]
-fn a_failed_disk_read_names_the_file_and_offset_and_keeps_the_errno() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, _) = random_file(dir.path(), 1 << 20);
-    let faulty = FaultyReadAt::new(PreadFile::open(&path).unwrap()).fail_reads_overlapping(
-        500_000..500_001,
-        libc::EIO,
-        None,
-    );
-    let disk = crate::disk::raw::RawDisk::new(Box::new(faulty)).unwrap();
-    use crate::disk::VirtualDisk;
-    disk.read_at(0, 4096).unwrap();
-    let err = disk.read_at(450_000, 100_000).unwrap_err();
-    match &err {
-        crate::disk::DiskError::Io {
-            path: p,
-            offset,
-            source,
-        } => {
-            assert_eq!(p, &path);
-            assert_eq!(*offset, 450_000);
-            assert_eq!(source.raw_os_error(), Some(libc::EIO));
-        }
-        other => panic!("expected an IO error, got {other}"),
-    }
-}

@@ -10,31 +10,7 @@ use metrics::{counter, gauge, histogram, Counter, Gauge};
 
 use super::spec::*;
 
-/// Health of a protected disk (ASR's Normal / Warning / Critical).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    /// Replicating as configured.
-    Normal,
-    /// Retrying a recoverable error, or the RPO is over its threshold.
-    Warning,
-    /// Waiting for an operator: a non-recoverable error or a resync is required.
-    Critical,
-}
-
-impl Health {
-    /// Every state, for the one-gauge-per-state export.
-    pub const ALL: [Health; 3] = [Health::Normal, Health::Warning, Health::Critical];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Health::Normal => "normal",
-            Health::Warning => "warning",
-            Health::Critical => "critical",
-        }
-    }
-}
+use crate::health::State as Health;
 
 /// A disk's pipeline counters (sender), registered once per disk so the hot path only adds.
 #[derive(Debug)]
@@ -132,10 +108,7 @@ pub fn rpo_tick(now_unix: u64) {
 
 /// Seconds since the Unix epoch.
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::clock::unix_secs()
 }
 
 /// A delta cycle was acknowledged as committed after `seconds` of shipping.

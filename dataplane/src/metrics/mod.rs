@@ -43,6 +43,14 @@ pub enum MetricsError {
     },
 }
 
+impl crate::error::Classify for MetricsError {
+    /// A taken address or a second recorder stays so until the operator changes the
+    /// configuration.
+    fn recovery(&self) -> crate::error::Recovery {
+        crate::error::Recovery::Permanent
+    }
+}
+
 fn unit_of(s: &Spec) -> Option<Unit> {
     match s.unit {
         "bytes" => Some(Unit::Bytes),

@@ -12,12 +12,9 @@ mod pack;
 mod plan;
 mod prepare;
 mod stats;
-#[cfg(test)]
-mod test_data;
-pub mod zstd_ctx;
 
 pub use adapt::{tick_after, AdaptiveLevel, Compression, CpuIdle, TICK, WARMUP};
 pub use budget::{MemoryBudget, Ticket, PREPARED_BUDGET, WARMUP_BUDGET};
 pub use plan::{join_reads, plan_disk, push_split, PlanOptions, WorkItem, JOIN_FROM_LEVEL};
-pub use prepare::{prepare, zero_hash, zero_runs, Prepared, Zeros, ZERO_BLOCK};
+pub use prepare::{prepare, Prepared, Zeros, ZERO_BLOCK};
 pub use stats::Stats;

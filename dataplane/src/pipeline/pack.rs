@@ -154,7 +154,7 @@ fn packed_write(
     let carried = map.carried_len() as u64;
     // This compression is the one copy of the carried blocks (into the payload, after the
     // map); zstd reads the parts in place.
-    let c = super::zstd_ctx::compress_parts(map.as_bytes(), &parts, l).ok()?;
+    let c = crate::codec::zstd_ctx::compress_parts(map.as_bytes(), &parts, l).ok()?;
     let frame = (c.len() - map.as_bytes().len()) as u64;
     if frame * 100 >= carried * 97 {
         return None;

@@ -1,6 +1,7 @@
 //! Turning a disk's extents into work items of bounded size.
 
 use vdrep_proto::wire::MAX_CLEAR_LEN;
+use vdrep_proto::RangeSet;
 
 use crate::disk::{DiskError, ExtentKind, VirtualDisk};
 
@@ -33,28 +34,7 @@ pub struct PlanOptions {
     /// ranges need nothing. Otherwise they become clears.
     pub known_empty: bool,
     /// Ranges already durable at the receiver: skipped (resume).
-    pub done: Vec<(u64, u64)>,
-}
-
-/// Subtracts sorted disjoint `done` ranges from `[s, e)`.
-fn minus_done(s: u64, e: u64, done: &[(u64, u64)], out: &mut Vec<(u64, u64)>) {
-    let mut cur = s;
-    let i = done.partition_point(|&(_, de)| de <= s);
-    for &(ds, de) in &done[i..] {
-        if ds >= e {
-            break;
-        }
-        if ds > cur {
-            out.push((cur, ds));
-        }
-        cur = cur.max(de);
-        if cur >= e {
-            return;
-        }
-    }
-    if cur < e {
-        out.push((cur, e));
-    }
+    pub done: RangeSet,
 }
 
 /// Appends the items covering `[s, e)` in pieces of at most `max` bytes: reads, or clears
@@ -126,11 +106,9 @@ pub fn plan_disk(
         let end = (start + window).min(size);
         let mut items = Vec::new();
         let mut cursor = start;
-        let mut ranges = Vec::new();
-        let mut handle = |s: u64, e: u64, kind: Option<ExtentKind>, items: &mut Vec<WorkItem>| {
-            ranges.clear();
-            minus_done(s, e, &opts.done, &mut ranges);
-            for &(a, b) in ranges.iter() {
+        let handle = |s: u64, e: u64, kind: Option<ExtentKind>, items: &mut Vec<WorkItem>| {
+            for r in opts.done.gaps_in(s, e) {
+                let (a, b) = (r.start, r.end);
                 match kind {
                     Some(ExtentKind::Data) => push_split(items, a, b, chunk, false),
                     _ if !opts.known_empty => push_split(items, a, b, MAX_CLEAR_LEN as u64, true),
@@ -206,14 +184,10 @@ mod tests {
 
     #[test]
     fn done_ranges_are_subtracted() {
-        let mut out = vec![];
-        minus_done(0, 100, &[(10, 20), (30, 40), (90, 200)], &mut out);
-        assert_eq!(out, vec![(0, 10), (20, 30), (40, 90)]);
-        out.clear();
-        minus_done(15, 35, &[(10, 20), (30, 40)], &mut out);
-        assert_eq!(out, vec![(20, 30)]);
-        out.clear();
-        minus_done(0, 10, &[(0, 10)], &mut out);
-        assert!(out.is_empty());
+        let done: RangeSet = [10..20, 30..40, 90..200].into_iter().collect();
+        assert_eq!(done.gaps_in(0, 100), vec![0..10, 20..30, 40..90]);
+        assert_eq!(done.gaps_in(15, 35), vec![20..30]);
+        let all = RangeSet::from_range(0, 10);
+        assert!(all.gaps_in(0, 10).is_empty());
     }
 }

@@ -4,11 +4,9 @@ use bytes::Bytes;
 use vdrep_proto::wire::{Codec, ExtentHeader, ExtentOp};
 
 use super::{AdaptiveLevel, Stats, WorkItem};
+pub use crate::codec::ZERO_BLOCK;
+use crate::codec::{zero_hash, zero_runs};
 use crate::disk::{DiskError, VirtualDisk};
-
-/// Granularity of zero detection inside a chunk: 64 KiB is checked at ~35 GB/s and is small
-/// enough to catch zero-filled file-system regions inside allocated blocks.
-pub const ZERO_BLOCK: usize = 64 << 10;
 
 /// An extent ready for the wire: the header and, for writes, the payload.
 #[derive(Debug, Clone)]
@@ -23,29 +21,6 @@ pub struct Prepared {
     pub payload: Bytes,
     /// Source bytes this extent accounts for (for progress).
     pub source_len: u64,
-}
-
-/// BLAKE3 of `len` zero bytes, which is what a clear asks the receiver to produce.
-pub fn zero_hash(len: u32) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    let zeros = [0u8; 8192];
-    let mut left = len as usize;
-    while left > 0 {
-        let n = left.min(zeros.len());
-        h.update(&zeros[..n]);
-        left -= n;
-    }
-    *h.finalize().as_bytes()
-}
-
-/// Whether a block is all zero; vectorised, ~35 GB/s.
-fn is_zero(b: &[u8]) -> bool {
-    // OR-fold 16-byte words; the compiler vectorises this loop.
-    let mut words = b.chunks_exact(16);
-    let acc = words.by_ref().fold(0u128, |acc, w| {
-        acc | u128::from_ne_bytes(w.try_into().unwrap_or([0xff; 16]))
-    });
-    acc == 0 && words.remainder().iter().all(|&x| x == 0)
 }
 
 fn clear(offset: u64, len: u32) -> Prepared {
@@ -145,23 +120,6 @@ pub fn prepare(
     Ok(out)
 }
 
-/// Splits a read into maximal runs of zero and non-zero [`ZERO_BLOCK`]s: `(start, end, zero)`.
-/// The receiver splits a sparse write with it on the same grid.
-pub fn zero_runs(data: &[u8]) -> Vec<(usize, usize, bool)> {
-    let mut runs: Vec<(usize, usize, bool)> = Vec::new();
-    let mut pos = 0usize;
-    while pos < data.len() {
-        let end = (pos + ZERO_BLOCK).min(data.len());
-        let z = is_zero(&data[pos..end]);
-        match runs.last_mut() {
-            Some(r) if r.2 == z => r.1 = end,
-            _ => runs.push((pos, end, z)),
-        }
-        pos = end;
-    }
-    runs
-}
-
 /// A zero run: counted, and a clear unless the replica is known to hold zeros.
 pub(super) fn zero_run(offset: u64, len: u64, zeros: Zeros, stats: &Stats) -> Prepared {
     stats.add_skipped_zero(len);
@@ -199,7 +157,7 @@ fn encode_span(
         .map(|r| r.1 - r.0)
         .sum();
     // This compression is the one copy of the span's bytes (the sparse write's payload).
-    let c = match super::zstd_ctx::compress(span, l) {
+    let c = match crate::codec::zstd_ctx::compress(span, l) {
         Ok(c) if (c.len() as u64) * 100 < (nonzero as u64) * 97 => c,
         _ => {
             level.note_incompressible();
@@ -239,7 +197,7 @@ fn encode_write(offset: u64, raw: Bytes, level: &AdaptiveLevel, stats: &Stats) -
     let len = raw.len() as u32;
     let payload = match level.current() {
         super::Compression::Off => return raw_write(offset, raw, stats),
-        super::Compression::Zstd(l) => match super::zstd_ctx::compress(&raw, l) {
+        super::Compression::Zstd(l) => match crate::codec::zstd_ctx::compress(&raw, l) {
             Ok(c) if (c.len() as u64) * 100 < (raw.len() as u64) * 97 => Bytes::from(c),
             // Store raw when compression saves less than 3 %: the receiver then skips the
             // decompression and the payload stays the zero-copy slice of the read.
@@ -288,8 +246,8 @@ pub(super) fn raw_write(offset: u64, raw: Bytes, stats: &Stats) -> Prepared {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::test_data::noise;
     use crate::disk::raw::RawDisk;
-    use crate::pipeline::test_data::noise;
     use std::io::Write;
 
     fn disk_with(content: &[u8]) -> (tempfile::NamedTempFile, RawDisk) {

@@ -16,7 +16,7 @@ use vdrep_proto::wire::{
 use super::control::{refusal, ConnState};
 use super::disk::DiskSession;
 use super::Receiver;
-use crate::pipeline::{zero_hash, zero_runs, zstd_ctx};
+use crate::codec::{zero_hash, zero_runs, zstd_ctx};
 use crate::sink::SinkError;
 use crate::transport::{read_frame, write_frame, FrameError};
 
@@ -147,7 +147,7 @@ impl Receiver {
                     Ok(f) => f,
                     Err(FrameError::End) => return batch.finish(),
                     Err(e) => {
-                        let class = if e.is_recoverable() {
+                        let class = if crate::error::Classify::is_transient(&e) {
                             ErrorClass::Internal
                         } else {
                             ErrorClass::Protocol
@@ -211,7 +211,7 @@ impl Receiver {
     /// Waits for in-flight work to settle at shutdown: a final checkpoint happens as each
     /// connection closes.
     pub(crate) async fn drain(&self) {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(8);
+        let deadline = crate::clock::tokio_now() + std::time::Duration::from_secs(8);
         while self.active.load(Ordering::Acquire) > 0 {
             if tokio::time::timeout_at(deadline, self.idle.notified())
                 .await

@@ -128,7 +128,7 @@ pub(crate) fn class_of(e: &SinkError) -> ErrorClass {
             ErrorClass::TargetFull
         }
         SinkError::SizeMismatch { .. } => ErrorClass::SizeChanged,
-        e if e.is_recoverable() => ErrorClass::TargetBusy,
+        e if crate::error::Classify::is_transient(e) => ErrorClass::TargetBusy,
         _ => ErrorClass::InvalidState,
     }
 }

@@ -99,7 +99,6 @@ impl Receiver {
                 Err(r) => Err(r),
             }),
             Effect::RecordJob { job } => {
-                let job = crate::jobs::Job::from_report(&job);
                 let store = self.store.clone();
                 Done::JobRecorded(
                     match tokio::task::spawn_blocking(move || store.record_job(&job)).await {
@@ -217,8 +216,8 @@ impl Receiver {
         );
         // Wait (bounded) until that connection's shutdown released the disk; if it takes
         // longer, the store's lock answers "busy" and the sender simply retries.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
-        while tokio::time::Instant::now() < deadline {
+        let deadline = crate::clock::tokio_now() + std::time::Duration::from_secs(3);
+        while crate::clock::tokio_now() < deadline {
             let held = self.holders.lock().map(|h| {
                 h.get(key)
                     .is_some_and(|o| o.conn.stable_id() == old.stable_id())

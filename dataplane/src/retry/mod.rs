@@ -23,117 +23,16 @@ mod schedule;
 
 pub use schedule::{Backoff, RetrySchedule};
 
-use vdrep_proto::wire::ErrorClass;
-
-use crate::sender::SendError;
-
-/// What an error means for the VM.
+/// What an error means for the VM: built by the role from its error's
+/// [`Classify`](crate::error::Classify) (`sender::SendError::verdict`), read by the retry loop
+/// ([`Backoff::next_delay`]) and by health. This module knows no role, so it sits below them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Classified {
     /// Short class for logs, metrics and health (`network`, `unauthorized`, …).
     pub class: &'static str,
-    /// Whether retrying can help.
+    /// Whether retrying can help: the error's [`Recovery`](crate::error::Recovery) is
+    /// transient.
     pub recoverable: bool,
     /// What an operator should know or do.
     pub advice: &'static str,
-}
-
-/// Classifies a sender error.
-pub fn classify(e: &SendError) -> Classified {
-    let recoverable = e.is_recoverable();
-    let advice = match e {
-        SendError::Disk(_) => {
-            if recoverable {
-                "a transient read error of the source disk; retrying"
-            } else {
-                "the source disk or its chain is missing or broken: repair it and restart protection"
-            }
-        }
-        SendError::Tls(_) => "the certificates or keys are unusable: check --tls and --identity",
-        SendError::Resolve(_) => "the receiver's address does not resolve: check --to",
-        SendError::Connection { source, .. }
-            if crate::tls::advice::for_connection(source).is_some() =>
-        {
-            crate::tls::advice::for_connection(source).unwrap_or_default()
-        }
-        SendError::Connect { .. } | SendError::Connection { .. } | SendError::Frame { .. } => {
-            if recoverable {
-                "the receiver is unreachable or the link failed; retrying"
-            } else {
-                "the receiver refused the connection (certificate or authorisation): check --allow and the certificates"
-            }
-        }
-        SendError::Remote { class, .. } => match class {
-            ErrorClass::Unauthorized => {
-                "the receiver does not allow this sender this VM: check its --allow"
-            }
-            ErrorClass::NotFound => "the receiver has no such VM or disk",
-            ErrorClass::InvalidState | ErrorClass::SizeChanged => {
-                "the replica's state does not match the source: a new initial replication is needed"
-            }
-            ErrorClass::Protocol | ErrorClass::VersionMismatch => {
-                "sender and receiver do not speak the same protocol version: upgrade one"
-            }
-            ErrorClass::TargetFull => "the target is out of space; retrying",
-            ErrorClass::TargetBusy | ErrorClass::Internal => "the target is busy; retrying",
-            _ if recoverable => "the receiver failed; retrying",
-            _ => "the receiver refused: see its log",
-        },
-        SendError::Protocol { .. } => "the receiver broke the protocol: check both versions",
-        SendError::Integrity { .. } => "data kept arriving corrupted; retrying",
-        SendError::Internal(_) => "an internal failure of the sender: see its log",
-        #[allow(unreachable_patterns)]
-        _ => {
-            if recoverable {
-                "retrying"
-            } else {
-                "not retried"
-            }
-        }
-    };
-    Classified {
-        class: e.class(),
-        recoverable,
-        advice,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusals_are_final_and_busy_targets_are_retried() {
-        let remote = |class| SendError::Remote {
-            peer: "rx".into(),
-            class,
-            message: "m".into(),
-        };
-        for c in [
-            ErrorClass::Unauthorized,
-            ErrorClass::NotFound,
-            ErrorClass::InvalidState,
-            ErrorClass::VersionMismatch,
-        ] {
-            assert!(!classify(&remote(c)).recoverable, "{c:?}");
-        }
-        for c in [ErrorClass::TargetBusy, ErrorClass::TargetFull] {
-            let k = classify(&remote(c));
-            assert!(k.recoverable, "{c:?}");
-            assert!(k.advice.contains("retrying"));
-        }
-        let net = SendError::Connection {
-            peer: "rx".into(),
-            source: quinn::ConnectionError::TimedOut,
-        };
-        assert_eq!(
-            classify(&net),
-            Classified {
-                class: "network",
-                recoverable: true,
-                advice: "the receiver is unreachable or the link failed; retrying"
-            }
-        );
-        assert!(!classify(&SendError::Resolve("nowhere:1".into())).recoverable);
-    }
 }

@@ -61,7 +61,7 @@ impl Backoff {
             schedule,
             give_up_after,
             failures: 0,
-            deadline: give_up_after.map(|d| Instant::now() + d),
+            deadline: give_up_after.map(|d| crate::clock::tokio_now() + d),
             rng,
         }
     }
@@ -70,7 +70,7 @@ impl Backoff {
     /// window counts from now.
     pub fn reset(&mut self) {
         self.failures = 0;
-        self.deadline = self.give_up_after.map(|d| Instant::now() + d);
+        self.deadline = self.give_up_after.map(|d| crate::clock::tokio_now() + d);
     }
 
     /// A new outage began after the link was up again: the next failure starts the fast
@@ -96,7 +96,7 @@ impl Backoff {
             return None;
         }
         if let Some(d) = self.deadline {
-            if Instant::now() >= d {
+            if crate::clock::tokio_now() >= d {
                 return None;
             }
         }
@@ -127,11 +127,11 @@ mod tests {
     /// Runs a loop whose every attempt fails recoverably, in paused time, and returns the
     /// gaps between attempts.
     async fn gaps(mut b: Backoff, attempts: usize) -> Vec<Duration> {
-        let mut times = vec![Instant::now()];
+        let mut times = vec![crate::clock::tokio_now()];
         while times.len() < attempts {
             let Some(d) = b.next_delay(true) else { break };
             tokio::time::sleep(d).await;
-            times.push(Instant::now());
+            times.push(crate::clock::tokio_now());
         }
         times.windows(2).map(|w| w[1] - w[0]).collect()
     }
@@ -182,10 +182,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_one_shot_send_reconnects_every_5_s_until_its_window_closes() {
         let b = Backoff::new(RetrySchedule::default(), Some(Duration::from_secs(60)));
-        let start = Instant::now();
+        let start = crate::clock::tokio_now();
         let g = gaps(b, 1000).await;
         assert!(g[6..].iter().all(|d| *d == Duration::from_secs(5)), "{g:?}");
-        let total = Instant::now() - start;
+        let total = crate::clock::tokio_now() - start;
         assert!(
             (Duration::from_secs(60)..Duration::from_secs(66)).contains(&total),
             "gave up after {total:?}"

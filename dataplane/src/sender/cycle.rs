@@ -5,11 +5,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
-use tokio::time::Instant;
 use tracing::{info, warn};
-use vdrep_proto::Guid;
+use vdrep_proto::{Guid, RangeSet};
 
 use super::disk::{begin_cycle, commit_cycle, send_all, DiskJob, Opened, Shared};
 use super::logimage::LogImage;
@@ -85,7 +83,7 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
     if members.is_empty() {
         return out;
     }
-    let now = SystemTime::from(sh.clock.now_utc());
+    let now = std::time::SystemTime::from(sh.clock.now_utc());
     let ms = members.clone();
     let res = tokio::task::spawn_blocking(move || {
         let set: Vec<SwitchDisk<'_>> = ms
@@ -137,7 +135,7 @@ fn switch_failed(
 /// disk is opened after the locks were released: a write since then is in the active
 /// log, which `switch_digest` checks.
 fn digest(m: Member) {
-    let t0 = std::time::Instant::now();
+    let t0 = crate::clock::std_now();
     let disk = crate::disk::open(&m.path, crate::disk::OpenOptions::default());
     let res = disk.map_err(|e| e.to_string()).and_then(|disk| {
         switch_digest(&m.tracker, disk.as_ref(), m.cycle).map_err(|e| e.to_string())
@@ -248,7 +246,7 @@ pub(super) async fn ship_pending(
         .map_err(|e| SendError::Internal(e.to_string()))?;
     for (cycle, path) in pending {
         let committed = d.lock().map_err(poisoned)?.committed_cycle.unwrap_or(0);
-        let t0 = Instant::now();
+        let t0 = crate::clock::tokio_now();
         // The log's structure is checked before anything ships; its data checksums (a read
         // of the whole log) are checked while the cycle ships and before it commits: a
         // damaged log's bytes then reach at most the receiver's open cycle, which is never
@@ -295,7 +293,11 @@ pub(super) async fn ship_pending(
         let open_s = t0.elapsed().as_secs_f64();
         let bytes: u64 = extents.iter().map(|e| e.length).sum();
         let resume = begin_cycle(ctrl, o, cycle).await?;
-        let items = cycle_items(&extents, &resume.done, sh.opts.chunk as u64);
+        let items = cycle_items(
+            &extents,
+            &super::disk::durable(&resume.done),
+            sh.opts.chunk as u64,
+        );
         let image = LogImage::new(log, extents, job.disk.info().clone());
         let cjob = DiskJob {
             vm: job.vm.clone(),
@@ -308,7 +310,7 @@ pub(super) async fn ship_pending(
             known_empty: false,
             ..o.clone()
         };
-        send_all(conn, &cjob, &co, Some(items), &[], sh).await?;
+        send_all(conn, &cjob, &co, Some(items), &RangeSet::new(), sh).await?;
         let shipped_s = t0.elapsed().as_secs_f64();
         match data_check.await {
             Ok(Ok(())) => {}
@@ -360,33 +362,13 @@ pub(super) async fn ship_pending(
 /// at most `chunk` bytes.
 fn cycle_items(
     extents: &[crate::hrl::CoalescedExtent],
-    done: &[(u64, u64)],
+    done: &RangeSet,
     chunk: u64,
 ) -> Vec<WorkItem> {
     let mut out = Vec::new();
     for e in extents {
-        let mut gaps = vec![(e.offset, e.end())];
-        for &(ds, de) in done {
-            gaps = gaps
-                .into_iter()
-                .flat_map(|(s, t)| {
-                    if de <= s || ds >= t {
-                        vec![(s, t)]
-                    } else {
-                        let mut v = Vec::new();
-                        if ds > s {
-                            v.push((s, ds));
-                        }
-                        if de < t {
-                            v.push((de, t));
-                        }
-                        v
-                    }
-                })
-                .collect();
-        }
-        for (s, t) in gaps {
-            crate::pipeline::push_split(&mut out, s, t, chunk, false);
+        for g in done.gaps_in(e.offset, e.end()) {
+            crate::pipeline::push_split(&mut out, g.start, g.end, chunk, false);
         }
     }
     out
@@ -406,7 +388,7 @@ mod tests {
         };
         let v = cycle_items(
             &[ext(0, 4096), ext(8192, 3 << 20)],
-            &[(1024, 2048), (8192, 9216)],
+            &[1024..2048, 8192..9216].into_iter().collect(),
             1 << 20,
         );
         let got: Vec<(u64, u32)> = v

@@ -9,6 +9,7 @@ use vdrep_proto::session::sender::{
     DiskEvent, PassVerdict, Passes, Resume, SenderDisk, ZeroBlocks,
 };
 use vdrep_proto::wire::{Control, MAX_EXTENT_LEN};
+use vdrep_proto::RangeSet;
 
 use super::stream::stream_worker;
 use super::{ControlStream, SendError, SendOptions};
@@ -234,6 +235,11 @@ pub async fn open_disk(
     }
 }
 
+/// The durable ranges a receiver reported (the wire's sorted disjoint pairs) as a set.
+pub(super) fn durable(progress: &[(u64, u64)]) -> RangeSet {
+    progress.iter().map(|&(s, e)| s..e).collect()
+}
+
 /// Opens cycle `cycle` of an opened disk at the receiver (a delta cycle, or a resync as the
 /// next cycle); returns the cycle's durable progress, for a resumed cycle.
 pub async fn begin_cycle(
@@ -288,7 +294,7 @@ pub async fn copy_initial(
         stats.durable_growth.fetch_add(1, Ordering::Relaxed);
     }
     debug!(vm = %job.vm, disk = %job.name, handle = o.handle, generation = o.generation, resumed, "initial copy");
-    send_all(conn, job, o, None, &o.resume.done, sh).await?;
+    send_all(conn, job, o, None, &durable(&o.resume.done), sh).await?;
     let req = ctrl.req();
     let msg = o.session.commit_initial(req).map_err(|e| ctrl.error(e))?;
     match disk_call(ctrl, &mut o.session, msg).await? {
@@ -307,7 +313,7 @@ pub async fn send_all(
     job: &DiskJob,
     o: &Opened,
     items: Option<Vec<WorkItem>>,
-    done: &[(u64, u64)],
+    done: &RangeSet,
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
     let mut items = items;
@@ -366,7 +372,7 @@ async fn run_pass(
     handle: u32,
     generation: u64,
     zeros: Zeros,
-    progress: &[(u64, u64)],
+    progress: &RangeSet,
     items: Option<Vec<WorkItem>>,
     sh: &Arc<Shared>,
 ) -> Result<Vec<(u64, u32)>, SendError> {
@@ -396,7 +402,7 @@ async fn run_pass(
         let plan = PlanOptions {
             chunk: opts.chunk,
             known_empty: zeros.known_empty(),
-            done: progress.to_vec(),
+            done: progress.clone(),
         };
         let failure = failure.clone();
         let tx = work_tx.clone();
@@ -427,7 +433,7 @@ async fn run_pass(
                             })
                         });
                         if r.is_ok() {
-                            let durable: u64 = plan.done.iter().map(|(a, b)| b - a).sum();
+                            let durable: u64 = plan.done.covered_len();
                             let size = disk.info().virtual_size;
                             pstats.add_skipped_unallocated(
                                 size.saturating_sub(durable).saturating_sub(planned),

@@ -3,6 +3,8 @@
 use vdrep_proto::wire::ErrorClass;
 
 use crate::disk::DiskError;
+use crate::error::{Classify, Recovery};
+use crate::retry::Classified;
 use crate::transport::FrameError;
 
 /// Why a replication attempt failed.
@@ -81,12 +83,12 @@ pub enum SendError {
     Internal(String),
 }
 
-impl SendError {
-    /// Recoverable errors are retried until `--give-up-after`; the others stop at once
+impl Classify for SendError {
+    /// Transient errors are retried until `--give-up-after`; the others stop at once
     /// (authentication, authorisation, broken disks, invalid replica state).
-    pub fn is_recoverable(&self) -> bool {
-        match self {
-            SendError::Disk(e) => e.is_recoverable(),
+    fn recovery(&self) -> Recovery {
+        Recovery::transient_if(match self {
+            SendError::Disk(e) => e.is_transient(),
             SendError::Tls(_) | SendError::Resolve(_) | SendError::Protocol { .. } => false,
             SendError::Connect { .. } => true,
             SendError::Connection { source, .. } => match source {
@@ -103,13 +105,15 @@ impl SendError {
                 quinn::ConnectionError::VersionMismatch => false,
                 _ => true,
             },
-            SendError::Frame { source, .. } => source.is_recoverable(),
-            SendError::Remote { class, .. } => class.is_recoverable(),
+            SendError::Frame { source, .. } => source.is_transient(),
+            SendError::Remote { class, .. } => class.recovery().is_transient(),
             SendError::Integrity { .. } => true,
             SendError::Internal(_) => false,
-        }
+        })
     }
+}
 
+impl SendError {
     /// Short class name for logs and metrics.
     pub fn class(&self) -> &'static str {
         match self {
@@ -124,5 +128,110 @@ impl SendError {
             SendError::Integrity { .. } => "integrity",
             SendError::Internal(_) => "internal",
         }
+    }
+}
+
+impl SendError {
+    /// What the error means for the VM: its class, whether it is retried (its
+    /// [`Recovery`]) and the advice health shows the operator.
+    pub fn verdict(&self) -> Classified {
+        let e = self;
+        let recoverable = e.is_transient();
+        let advice = match e {
+        SendError::Disk(_) => {
+            if recoverable {
+                "a transient read error of the source disk; retrying"
+            } else {
+                "the source disk or its chain is missing or broken: repair it and restart protection"
+            }
+        }
+        SendError::Tls(_) => "the certificates or keys are unusable: check --tls and --identity",
+        SendError::Resolve(_) => "the receiver's address does not resolve: check --to",
+        SendError::Connection { source, .. }
+            if crate::tls::advice::for_connection(source).is_some() =>
+        {
+            crate::tls::advice::for_connection(source).unwrap_or_default()
+        }
+        SendError::Connect { .. } | SendError::Connection { .. } | SendError::Frame { .. } => {
+            if recoverable {
+                "the receiver is unreachable or the link failed; retrying"
+            } else {
+                "the receiver refused the connection (certificate or authorisation): check --allow and the certificates"
+            }
+        }
+        SendError::Remote { class, .. } => match class {
+            ErrorClass::Unauthorized => {
+                "the receiver does not allow this sender this VM: check its --allow"
+            }
+            ErrorClass::NotFound => "the receiver has no such VM or disk",
+            ErrorClass::InvalidState | ErrorClass::SizeChanged => {
+                "the replica's state does not match the source: a new initial replication is needed"
+            }
+            ErrorClass::Protocol | ErrorClass::VersionMismatch => {
+                "sender and receiver do not speak the same protocol version: upgrade one"
+            }
+            ErrorClass::TargetFull => "the target is out of space; retrying",
+            ErrorClass::TargetBusy | ErrorClass::Internal => "the target is busy; retrying",
+            _ if recoverable => "the receiver failed; retrying",
+            _ => "the receiver refused: see its log",
+        },
+        SendError::Protocol { .. } => "the receiver broke the protocol: check both versions",
+        SendError::Integrity { .. } => "data kept arriving corrupted; retrying",
+        SendError::Internal(_) => "an internal failure of the sender: see its log",
+        #[allow(unreachable_patterns)]
+        _ => {
+            if recoverable {
+                "retrying"
+            } else {
+                "not retried"
+            }
+        }
+    };
+        Classified {
+            class: e.class(),
+            recoverable,
+            advice,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::Classified;
+
+    #[test]
+    fn refusals_are_final_and_busy_targets_are_retried() {
+        let remote = |class| SendError::Remote {
+            peer: "rx".into(),
+            class,
+            message: "m".into(),
+        };
+        for c in [
+            ErrorClass::Unauthorized,
+            ErrorClass::NotFound,
+            ErrorClass::InvalidState,
+            ErrorClass::VersionMismatch,
+        ] {
+            assert!(!remote(c).verdict().recoverable, "{c:?}");
+        }
+        for c in [ErrorClass::TargetBusy, ErrorClass::TargetFull] {
+            let k = remote(c).verdict();
+            assert!(k.recoverable, "{c:?}");
+            assert!(k.advice.contains("retrying"));
+        }
+        let net = SendError::Connection {
+            peer: "rx".into(),
+            source: quinn::ConnectionError::TimedOut,
+        };
+        assert_eq!(
+            net.verdict(),
+            Classified {
+                class: "network",
+                recoverable: true,
+                advice: "the receiver is unreachable or the link failed; retrying"
+            }
+        );
+        assert!(!SendError::Resolve("nowhere:1".into()).verdict().recoverable);
     }
 }

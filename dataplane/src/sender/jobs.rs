@@ -19,9 +19,9 @@ use tracing::warn;
 use vdrep_proto::wire::{Control, ErrorClass, JobKind};
 
 use super::disk::{DiskJob, Opened};
+use super::pending::PendingJobs;
 use super::{ControlStream, SendError};
-use crate::jobs::pending::PendingJobs;
-use crate::jobs::Job;
+use crate::jobs::{Job, JobNow};
 
 /// Enable protection: every source disk opens.
 pub const STEP_READABLE: &str = "disks readable";
@@ -170,7 +170,7 @@ impl SenderJobs {
     /// folder until a connection reports it.
     pub fn fail_all(&self, e: &SendError) {
         let msg = e.to_string();
-        let rec = e.is_recoverable();
+        let rec = crate::error::Classify::is_transient(e);
         let mut g = self.vms.lock().unwrap_or_else(|p| p.into_inner());
         for v in g.values_mut() {
             let job = if !v.enable.state.is_final() {
@@ -395,7 +395,7 @@ async fn report(ctrl: &mut ControlStream, job: &Job) -> bool {
     match ctrl
         .call(Control::ReportJob {
             req,
-            job: job.to_report(),
+            job: job.clone(),
         })
         .await
     {

@@ -36,7 +36,7 @@ pub enum Request {
     /// applies it at once (it wins over the command line's bandwidth flags from then on).
     SetSchedule {
         /// The schedule.
-        policy: crate::sidecar::policy::BandwidthPolicy,
+        policy: crate::throttle::PolicyDocument,
     },
     /// Resynchronises every disk of a VM now.
     Resync {
@@ -79,7 +79,7 @@ pub struct SenderStatus {
     /// The schedule the sidecar pushed, when it is the one in force (`None`: the command
     /// line's or config's policy, or a fixed rate set over this channel).
     #[serde(default)]
-    pub bandwidth_schedule: Option<crate::sidecar::policy::BandwidthPolicy>,
+    pub bandwidth_schedule: Option<crate::throttle::PolicyDocument>,
     /// The policy in force, in words.
     #[serde(default)]
     pub bandwidth_policy: String,
@@ -184,7 +184,7 @@ fn answer(req: Request, sh: &Shared) -> serde_json::Value {
                 bandwidth_schedule: sh
                     .board
                     .schedule()
-                    .filter(|p| p.to_throttle() == sh.bandwidth.policy()),
+                    .filter(|p| p.policy() == sh.bandwidth.policy()),
                 bandwidth_policy: sh.bandwidth.policy().to_string(),
                 work_hours_now: sh
                     .bandwidth
@@ -270,16 +270,13 @@ fn answer(req: Request, sh: &Shared) -> serde_json::Value {
 pub const SCHEDULE_FILE: &str = "bandwidth.json";
 
 /// Applies a pushed schedule (throttle, status, health report).
-pub fn apply_schedule(sh: &Shared, policy: crate::sidecar::policy::BandwidthPolicy) {
-    sh.bandwidth.set_policy(policy.to_throttle());
+pub fn apply_schedule(sh: &Shared, policy: crate::throttle::PolicyDocument) {
+    sh.bandwidth.set_policy(policy.policy());
     sh.health.set_bandwidth(sh.bandwidth.policy().to_string());
     sh.board.set_schedule(Some(policy));
 }
 
-fn save_schedule(
-    state: &Path,
-    policy: &crate::sidecar::policy::BandwidthPolicy,
-) -> std::io::Result<()> {
+fn save_schedule(state: &Path, policy: &crate::throttle::PolicyDocument) -> std::io::Result<()> {
     std::fs::create_dir_all(state)?;
     let tmp = state.join(".bandwidth.json.tmp");
     std::fs::write(
@@ -291,10 +288,10 @@ fn save_schedule(
 
 /// The schedule a sidecar pushed to an earlier run, if any (an unreadable file is logged
 /// and ignored: the command line's policy holds until the sidecar pushes again).
-pub fn load_schedule(state: &Path) -> Option<crate::sidecar::policy::BandwidthPolicy> {
+pub fn load_schedule(state: &Path) -> Option<crate::throttle::PolicyDocument> {
     let path = state.join(SCHEDULE_FILE);
     let b = std::fs::read(&path).ok()?;
-    match serde_json::from_slice::<crate::sidecar::policy::BandwidthPolicy>(&b) {
+    match serde_json::from_slice::<crate::throttle::PolicyDocument>(&b) {
         Ok(p) if p.validate().is_ok() => Some(p),
         Ok(_) | Err(_) => {
             warn!(file = %path.display(), "ignoring an invalid pushed bandwidth schedule");

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod local_control;
 mod logimage;
 mod options;
+pub mod pending;
 pub mod progress;
 pub mod protect;
 mod renew;
@@ -40,7 +41,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::disk::{self as vdisk, OpenOptions};
 use crate::health::Health;
 use crate::pipeline::{AdaptiveLevel, Stats};
-use crate::retry::{classify, Backoff, RetrySchedule};
+use crate::retry::{Backoff, RetrySchedule};
 use crate::throttle::{BandwidthControl, Throttle};
 
 fn resolve(to: &str) -> Result<(SocketAddr, String), SendError> {
@@ -114,7 +115,7 @@ pub async fn run_controlled(
     let state = opts
         .state_dir
         .clone()
-        .unwrap_or_else(crate::jobs::pending::default_state_dir);
+        .unwrap_or_else(pending::default_state_dir);
     let sj = Arc::new(jobs::SenderJobs::new(&state));
     let res = run_jobs(vms, opts, policy, sj.clone(), ctl, control, &state).await;
     if let Err(e) = &res {
@@ -135,7 +136,7 @@ async fn run_jobs(
     control: Option<PathBuf>,
     state: &Path,
 ) -> Result<Summary, SendError> {
-    let started = Instant::now();
+    let started = crate::clock::std_now();
     let clock = ctl.clock().clone();
     let schedule_task = AbortOnDrop(tokio::spawn(ctl.clone().run()));
     // VMs added at run time by earlier runs (protection only): protected again, unless the
@@ -244,7 +245,7 @@ async fn run_jobs(
     };
     match pushed {
         Some(p) => {
-            info!(policy = %p.to_throttle(), source = "pushed schedule", file = %pushed_file.display(),
+            info!(policy = %p.policy(), source = "pushed schedule", file = %pushed_file.display(),
                   "bandwidth: the schedule the sidecar pushed wins over flags and config (delete the file to return to them)");
             local_control::apply_schedule(&sh, p);
         }
@@ -266,7 +267,7 @@ async fn run_jobs(
         tokio::spawn(async move {
             use crate::pipeline::{tick_after, CpuIdle, PREPARED_BUDGET, WARMUP};
             let mut idle = CpuIdle::default();
-            let start = std::time::Instant::now();
+            let start = crate::clock::std_now();
             let mut warm = false;
             tokio::time::sleep(tick_after(start.elapsed())).await;
             level.discard_waits();
@@ -335,7 +336,7 @@ async fn run_jobs(
             Mode::Protect(_) => opts.protect_give_up_after,
         },
     );
-    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    let far = crate::clock::std_now() + Duration::from_secs(86_400 * 365);
     loop {
         let deadline = backoff.deadline().map(|d| d.into_std()).unwrap_or(far);
         let committed_before =
@@ -373,7 +374,7 @@ async fn run_jobs(
             Ok(()) => break,
             Err(e) => e,
         };
-        let class = classify(&e);
+        let class = e.verdict();
         // A connection that was up and then lost (a receiver killed or restarted, a link cut)
         // is a new outage: it gets the fast burst again, so a restarted receiver is found
         // within seconds however many outages came before. The give-up window still counts
@@ -441,7 +442,7 @@ async fn attempt_once(
             source: e,
         })?;
     let wait = CONNECT_TIMEOUT
-        .min(deadline.saturating_duration_since(Instant::now()))
+        .min(deadline.saturating_duration_since(crate::clock::std_now()))
         .max(Duration::from_millis(500));
     let conn = match tokio::time::timeout(wait, connecting).await {
         Ok(r) => r,
@@ -500,7 +501,7 @@ async fn attempt_once(
                 .await?;
             for (job, o, _) in opened.iter_mut() {
                 let key = (job.vm.clone(), job.name.clone());
-                let t0 = Instant::now();
+                let t0 = crate::clock::std_now();
                 if o.initial_committed && !o.known_empty {
                     // A committed replica is brought in line by a resync, not copied again.
                     let out = resync::resync(

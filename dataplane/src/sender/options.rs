@@ -56,7 +56,7 @@ pub struct SendOptions {
     /// replica changed behind the receiver's back).
     pub verify: bool,
     /// State folder: jobs that failed before they could be reported wait here
-    /// (default [`crate::jobs::pending::default_state_dir`]).
+    /// (default [`crate::sender::pending::default_state_dir`]).
     pub state_dir: Option<PathBuf>,
     /// CPU budget of the sender process (`--cpu-limit`; `None`: unlimited).
     pub cpu_limit: Option<crate::cpu::CpuLimit>,

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -61,7 +61,8 @@ pub fn start_tracking(disks: &mut [Protected]) -> Result<(), SendError> {
     for d in disks.iter_mut() {
         // A VM switch interrupted by a crash is completed for all its disks (no lock held:
         // it takes them all).
-        let now = SystemTime::from(crate::clock::Clock::now_utc(crate::clock::process()));
+        let now =
+            std::time::SystemTime::from(crate::clock::Clock::now_utc(crate::clock::process()));
         if let Some(i) =
             crate::tracking::complete_interrupted(&d.tracker, now).map_err(tracking_err(&d.job))?
         {
@@ -71,7 +72,7 @@ pub fn start_tracking(disks: &mut [Protected]) -> Result<(), SendError> {
         }
         let locked = d.tracker.lock().map_err(tracking_err(&d.job))?;
         if let Some(cycle) = locked
-            .finish_switch(SystemTime::now())
+            .finish_switch(crate::clock::system_time())
             .map_err(tracking_err(&d.job))?
         {
             warn!(vm = %d.job.vm, disk = %d.job.name, cycle,
@@ -79,7 +80,7 @@ pub fn start_tracking(disks: &mut [Protected]) -> Result<(), SendError> {
         }
         if !d.tracker.is_active() {
             locked
-                .start(Guid::NIL, SystemTime::now())
+                .start(Guid::NIL, crate::clock::system_time())
                 .map_err(tracking_err(&d.job))?;
             d.tracker
                 .set_shipped_id(Guid::NIL)
@@ -111,7 +112,7 @@ impl Schedule {
     /// The first switch one interval from now.
     pub fn new(interval: Duration) -> Self {
         Schedule {
-            next: Mutex::new(Instant::now() + interval),
+            next: Mutex::new(crate::clock::tokio_now() + interval),
             cycles: Default::default(),
             interval: Mutex::new(interval),
         }
@@ -220,7 +221,7 @@ pub async fn protect_vm(
                 wait_for_start(at, &job, sh).await;
             }
             info!(vm = %job.vm, disk = %job.name, "initial replication (writes are tracked meanwhile)");
-            let t0 = Instant::now();
+            let t0 = crate::clock::tokio_now();
             sh.board.copy_started(&job.vm, &job.name, false);
             sh.jobs.copy_started(&mut ctrl, &vm, &job.name).await;
             let out = copy_initial(conn, &mut ctrl, &job, o, sh).await?;
@@ -265,7 +266,9 @@ pub async fn protect_vm(
             .first()
             .and_then(|d| d.lock().ok().map(|g| g.job.vm.clone()))
         {
-            let left = at.saturating_duration_since(Instant::now()).as_secs();
+            let left = at
+                .saturating_duration_since(crate::clock::tokio_now())
+                .as_secs();
             sh.board
                 .next_switch(&vm, crate::metrics::events::now_unix() + left);
             // An operator's resync request interrupts the wait; the switch stays on schedule.
@@ -292,7 +295,7 @@ pub async fn protect_vm(
         }
         if let Ok(mut n) = sched.next.lock() {
             // Fixed cadence; a late switch does not pile up a burst of switches after it.
-            *n = (*n + sched.interval()).max(Instant::now());
+            *n = (*n + sched.interval()).max(crate::clock::tokio_now());
         }
         ship_all(conn, &mut ctrl, disks, &mut opened, policy, sh).await?;
         // A gap found while shipping: resynchronise now, then cycles resume.
@@ -349,7 +352,7 @@ async fn restart_chain(d: &Arc<Mutex<Protected>>) -> Result<(), SendError> {
         let g = d2.lock().map_err(poisoned)?;
         let locked = g.tracker.lock().map_err(tracking_err(&g.job))?;
         locked
-            .restart_chain(SystemTime::now())
+            .restart_chain(crate::clock::system_time())
             .map_err(tracking_err(&g.job))?;
         drop(locked);
         g.tracker

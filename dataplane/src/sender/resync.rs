@@ -132,15 +132,16 @@ pub async fn resync(
         let bytes: u64 = ranges.iter().map(|(a, b)| b - a).sum();
         out.changed += bytes;
         info!(vm = %job.vm, disk = %job.name, round = out.rounds, differing_bytes = bytes,
-              ranges = ranges.len(), "resync comparison done");
+              ranges = diff.range_count(), "resync comparison done");
         if out.rounds == 1 {
             job.progress.resync_remaining(&sh.stats, bytes);
         }
-        if !ranges.is_empty() {
-            let items = split(&ranges, sh.opts.chunk as u64);
-            send_all(conn, job, &co, Some(items), &[], sh).await?;
+        if !diff.is_empty() {
+            let items = split(&diff, sh.opts.chunk as u64);
+            send_all(conn, job, &co, Some(items), &RangeSet::new(), sh).await?;
         }
-        let (t2, s2, r2) = (tree.clone(), src.clone(), ranges.clone());
+        let (t2, s2) = (tree.clone(), src.clone());
+        let r2: Vec<(u64, u64)> = diff.iter().map(|r| (r.start, r.end)).collect();
         let mine = tokio::task::spawn_blocking(move || {
             let mut t = t2.lock().map_err(|_| "tree lock poisoned".to_string())?;
             t.refresh(s2.as_ref(), r2)?;
@@ -361,10 +362,10 @@ async fn page_diff(
 }
 
 /// Work items for `ranges`, at most `chunk` bytes each.
-fn split(ranges: &[(u64, u64)], chunk: u64) -> Vec<WorkItem> {
+fn split(ranges: &RangeSet, chunk: u64) -> Vec<WorkItem> {
     let mut out = Vec::new();
-    for &(s, e) in ranges {
-        crate::pipeline::push_split(&mut out, s, e, chunk, false);
+    for r in ranges.iter() {
+        crate::pipeline::push_split(&mut out, r.start, r.end, chunk, false);
     }
     out
 }

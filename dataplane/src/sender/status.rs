@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::disk::DiskJob;
-use crate::metrics::events::{self, Health};
+use crate::health::State as Health;
+use crate::metrics::events;
 use crate::tracking::Tracker;
 
 /// One disk as the sender sees it.
@@ -63,7 +64,7 @@ struct Inner {
     conn: Option<quinn::Connection>,
     interval: Option<Duration>,
     resync_requested: std::collections::BTreeSet<(String, String)>,
-    schedule: Option<crate::sidecar::policy::BandwidthPolicy>,
+    schedule: Option<crate::throttle::PolicyDocument>,
 }
 
 /// The sender's status board, shared by the replication tasks, the sampler and the control
@@ -84,7 +85,8 @@ pub struct DiskStatus {
     pub disk: String,
     /// Source image.
     pub path: String,
-    /// Normal, warning or critical.
+    /// Normal, warning or critical (lower case, as the API has it).
+    #[serde(with = "crate::health::lowercase")]
     pub health: Health,
     /// Why the health is not normal (empty when it is).
     pub reason: String,
@@ -146,14 +148,14 @@ impl Board {
     }
 
     /// Records the bandwidth schedule the sidecar pushed (in the API's form).
-    pub fn set_schedule(&self, p: Option<crate::sidecar::policy::BandwidthPolicy>) {
+    pub fn set_schedule(&self, p: Option<crate::throttle::PolicyDocument>) {
         if let Ok(mut g) = self.inner.lock() {
             g.schedule = p;
         }
     }
 
     /// The bandwidth schedule the sidecar pushed, last.
-    pub fn schedule(&self) -> Option<crate::sidecar::policy::BandwidthPolicy> {
+    pub fn schedule(&self) -> Option<crate::throttle::PolicyDocument> {
         self.inner.lock().ok()?.schedule.clone()
     }
 
@@ -320,11 +322,7 @@ impl Board {
                     state = state.max(v.state);
                     reason = v.reasons.first().cloned().unwrap_or(reason);
                 }
-                let health = match state {
-                    crate::health::State::Normal => Health::Normal,
-                    crate::health::State::Warning => Health::Warning,
-                    crate::health::State::Critical => Health::Critical,
-                };
+                let health = state;
                 let phase = match (&resync, e.copying, resyncing) {
                     (_, _, true) => "resyncing",
                     (Some(_), _, _) => "resync_required",
@@ -370,10 +368,10 @@ impl Board {
 pub async fn sample(board: Arc<Board>, sh: Arc<super::Shared>) {
     // Bytes on the wire (what the limit counts), not extent-frame bytes.
     let mut last_wire = sh.throttle.wire_bytes();
-    let mut last_at = tokio::time::Instant::now();
+    let mut last_at = crate::clock::tokio_now();
     let mut last_lost: Option<(usize, u64)> = None;
     loop {
-        board.measure_rates(tokio::time::Instant::now());
+        board.measure_rates(crate::clock::tokio_now());
         board.refresh_health(&sh.health);
         for d in board.disks(&sh.health) {
             let progress = if d.size_bytes == 0 {
@@ -396,7 +394,7 @@ pub async fn sample(board: Arc<Board>, sh: Arc<super::Shared>) {
             sh.throttle.rate(),
             wire.saturating_sub(last_wire) as f64 / dt,
         );
-        (last_wire, last_at) = (wire, tokio::time::Instant::now());
+        (last_wire, last_at) = (wire, crate::clock::tokio_now());
         if let Some(conn) = board.connection() {
             let s = conn.stats();
             let id = conn.stable_id();
@@ -419,7 +417,7 @@ mod tests {
 
     #[test]
     fn a_copy_rate_is_the_average_over_the_last_ten_seconds() {
-        let t0 = tokio::time::Instant::now();
+        let t0 = crate::clock::tokio_now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut r = Rate::default();
         r.sample(at(0), 0);

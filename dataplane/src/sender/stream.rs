@@ -44,7 +44,7 @@ pub(super) async fn stream_worker(
     };
     let mut pending = tokio::task::JoinSet::new();
     loop {
-        let t = std::time::Instant::now();
+        let t = crate::clock::std_now();
         let first = match rx.recv().await {
             Ok(p) => p,
             Err(_) => break,
@@ -66,7 +66,7 @@ pub(super) async fn stream_worker(
                     let f = batch.extent(p.offset, p.source_len, &h, p.payload);
                     dstats.add_wire(f.len() as u64);
                     // Header and payload go out unmodified, in throttle-admitted pieces.
-                    let t = std::time::Instant::now();
+                    let t = crate::clock::std_now();
                     let written = write_paced(&mut send, f.prefix, f.payload, &sh.throttle).await;
                     level.waited_for_link(t.elapsed());
                     if let Err(e) = written {
@@ -88,7 +88,7 @@ pub(super) async fn stream_worker(
             if batch.is_full() {
                 break;
             }
-            let t = std::time::Instant::now();
+            let t = crate::clock::std_now();
             next = rx.recv().await.ok();
             level.waited_for_cpu(t.elapsed());
         }
@@ -105,7 +105,7 @@ pub(super) async fn stream_worker(
         // Waiting for the receiver to acknowledge earlier batches is waiting for the link
         // (or the receiver): with QUIC's large send buffers this, not the write, is where a
         // slow link shows, so it must count, or the controller never climbs on slow links.
-        let t = std::time::Instant::now();
+        let t = crate::clock::std_now();
         while pending.len() >= OUTSTANDING_BATCHES {
             join_one(&mut pending).await?;
         }

@@ -393,7 +393,7 @@ pub async fn run_all(
                 match r {
                     Ok(()) => {}
                     Err(e) if refused_alone(&e) && !tasks.is_empty() => {
-                        let class = crate::retry::classify(&e);
+                        let class = e.verdict();
                         sh.health.vm_failed(&vm, &class, &e.to_string());
                         warn!(%vm, error = %e, advice = class.advice,
                               "VM refused by the receiver (Critical); the other VMs go on");

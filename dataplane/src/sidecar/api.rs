@@ -18,10 +18,12 @@ use serde_json::{json, Value};
 
 use super::auth::{authorized, ApiError};
 use super::jobs::{FAILOVER_STEPS, PROTECT_STEPS, RESYNC_STEPS};
-use super::policy::{BandwidthPolicy, ReplicationPolicy};
+use super::policy::ReplicationPolicy;
 use super::state::{new_job, JobKind, JobState};
 use super::{console, Sidecar, OPENAPI};
-use crate::metrics::events::{self, Health};
+use crate::health::State as Health;
+use crate::metrics::events;
+use crate::throttle::PolicyDocument;
 
 type Sc = State<Arc<Sidecar>>;
 
@@ -126,11 +128,7 @@ fn vms_view(sc: &Sidecar) -> (Value, Vec<Value>) {
             // Health, reason, RPO and next retry are the sender's health model's, as its
             // health.json and health gauge say; nothing is recomputed here.
             let h = health.iter().find(|h| h.vm == vm);
-            let state = match h.map(|h| h.state) {
-                Some(crate::health::State::Critical) => Health::Critical,
-                Some(crate::health::State::Warning) => Health::Warning,
-                _ => Health::Normal,
-            };
+            let state = h.map_or(Health::Normal, |h| h.state).as_str();
             json!({
                 "vm": vm,
                 "health": state,
@@ -459,7 +457,7 @@ async fn put_bandwidth(State(sc): Sc, h: HeaderMap, b: Bytes) -> Response {
     if b.iter().all(|c| c.is_ascii_whitespace()) {
         return err(StatusCode::BAD_REQUEST, "a bandwidth policy is required");
     }
-    let p: BandwidthPolicy = match serde_json::from_slice(&b) {
+    let p: PolicyDocument = match serde_json::from_slice(&b) {
         Ok(p) => p,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
     };

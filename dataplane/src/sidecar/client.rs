@@ -27,6 +27,16 @@ pub enum ClientError {
     Refused(String),
 }
 
+impl crate::error::Classify for ClientError {
+    /// A sender that is not running may be started; a refusal needs an operator.
+    fn recovery(&self) -> crate::error::Recovery {
+        match self {
+            ClientError::Unreachable { .. } => crate::error::Recovery::Transient,
+            ClientError::Refused(_) => crate::error::Recovery::Permanent,
+        }
+    }
+}
+
 /// A client of one sender's control socket.
 #[derive(Debug, Clone)]
 pub struct SenderClient {

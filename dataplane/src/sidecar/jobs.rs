@@ -219,8 +219,7 @@ fn checks(st: &SenderStatus, vm: &str) -> Option<(JobState, String)> {
         })
         .collect();
     let state = match j.state {
-        vdrep_proto::wire::JobState::Succeeded => JobState::Succeeded,
-        vdrep_proto::wire::JobState::Failed => JobState::Failed,
+        JobState::Succeeded | JobState::Failed => j.state,
         _ => JobState::Running,
     };
     Some((state, words.join("; ")))
@@ -320,7 +319,7 @@ async fn protect(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u6
     job.step(1, JobState::Succeeded, "policy stored", now);
     if let Some(d) = disks
         .iter()
-        .find(|d| d.health == crate::metrics::events::Health::Critical)
+        .find(|d| d.health == crate::health::State::Critical)
     {
         let m = format!("{}/{}: {}", d.vm, d.disk, d.reason);
         note_error(job, m.clone());

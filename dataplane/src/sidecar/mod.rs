@@ -70,7 +70,7 @@ pub struct Sidecar {
     status: Mutex<Option<(SenderStatus, u64)>>,
     sender_up: AtomicBool,
     /// The bandwidth schedule last pushed: (sender pid, schedule).
-    applied: Mutex<Option<(u32, policy::BandwidthPolicy)>>,
+    applied: Mutex<Option<(u32, crate::throttle::PolicyDocument)>>,
     failover: Option<failover::FailoverTarget>,
     /// Jobs whose work runs in a task now (test failovers).
     running: Mutex<std::collections::HashSet<String>>,
@@ -162,7 +162,7 @@ impl Sidecar {
         };
         match self.client.call(&req).await {
             Ok(ans) => {
-                info!(pid = st.pid, policy = %want.to_throttle(), "bandwidth schedule pushed to the sender");
+                info!(pid = st.pid, policy = %want.policy(), "bandwidth schedule pushed to the sender");
                 if let Ok(mut a) = self.applied.lock() {
                     *a = Some((st.pid, want.clone()));
                 }
@@ -170,7 +170,7 @@ impl Sidecar {
                 if let Ok(mut s) = self.status.lock() {
                     if let Some((st, _)) = s.as_mut().filter(|(x, _)| x.pid == st.pid) {
                         st.bandwidth_schedule = Some(want.clone());
-                        st.bandwidth_policy = want.to_throttle().to_string();
+                        st.bandwidth_policy = want.policy().to_string();
                         st.bandwidth_bytes_per_second = ans["bandwidth_bytes_per_second"].as_u64();
                     }
                 }

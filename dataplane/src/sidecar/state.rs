@@ -9,46 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::policy::{BandwidthPolicy, ReplicationPolicy};
+use super::policy::ReplicationPolicy;
+use crate::throttle::PolicyDocument;
 
-/// State of a job or step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobState {
-    /// Waiting (for its time window, or for the sender).
-    Queued,
-    /// In progress.
-    Running,
-    /// Done.
-    Succeeded,
-    /// Ended with an error that needs an operator.
-    Failed,
-}
-
-impl JobState {
-    /// Every state, for the jobs-by-state gauge.
-    pub const ALL: [JobState; 4] = [
-        JobState::Queued,
-        JobState::Running,
-        JobState::Succeeded,
-        JobState::Failed,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-        }
-    }
-
-    /// Whether the job is over.
-    pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed)
-    }
-}
+pub use vdrep_proto::job::JobState;
 
 /// One step of a job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,7 +103,7 @@ pub struct State {
     /// Every job, oldest first.
     pub jobs: Vec<Job>,
     /// The host's bandwidth policy.
-    pub bandwidth: BandwidthPolicy,
+    pub bandwidth: PolicyDocument,
     /// Replication policy per VM.
     pub policies: BTreeMap<String, ReplicationPolicy>,
 }

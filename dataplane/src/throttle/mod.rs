@@ -20,6 +20,7 @@
 //! most `rate × T` plus one piece and the 20 ms burst.
 
 mod control;
+mod document;
 mod rate;
 mod schedule;
 pub mod wire;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use control::BandwidthControl;
+pub use document::{rate_from_text, PolicyDocument};
 pub use rate::{parse_rate, Rate};
 pub use schedule::{
     resync_allowed_now, BandwidthPolicy, PolicyError, PolicySpec, WorkSchedule, MAX_RATE, MIN_RATE,
@@ -79,7 +81,7 @@ impl Throttle {
             inner: Mutex::new(Bucket {
                 rate,
                 tokens: 0.0,
-                last: Instant::now(),
+                last: crate::clock::tokio_now(),
                 overhead: 1.0,
                 charged: 0.0,
                 payload: 0,
@@ -182,7 +184,7 @@ impl Bucket {
     }
 
     fn refill(&mut self) {
-        let now = Instant::now();
+        let now = crate::clock::tokio_now();
         let dt = now.duration_since(self.last).as_secs_f64();
         self.last = now;
         if let Some(r) = self.rate {
@@ -198,7 +200,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_average_rate_holds_and_a_change_applies_at_once() {
         let t = Throttle::new(Some(1_000_000));
-        let start = Instant::now();
+        let start = crate::clock::tokio_now();
         for _ in 0..100 {
             t.acquire(100_000).await;
         }
@@ -206,14 +208,14 @@ mod tests {
         let s = start.elapsed().as_secs_f64();
         assert!((9.8..=10.1).contains(&s), "took {s} s");
         t.set_rate(Some(10_000_000));
-        let start = Instant::now();
+        let start = crate::clock::tokio_now();
         for _ in 0..100 {
             t.acquire(100_000).await;
         }
         let s = start.elapsed().as_secs_f64();
         assert!((0.9..=1.1).contains(&s), "took {s} s after the change");
         t.set_rate(None);
-        let start = Instant::now();
+        let start = crate::clock::tokio_now();
         t.acquire(u64::MAX / 2).await;
         assert!(start.elapsed() < Duration::from_millis(1));
     }
@@ -221,7 +223,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn wire_bytes_beyond_the_frames_slow_the_bucket_down() {
         let t = Throttle::new(Some(1_000_000));
-        let start = Instant::now();
+        let start = crate::clock::tokio_now();
         // The meter sees 10 % more on the wire than the frames: after a few samples the
         // bucket charges the overhead, and 10 MB of frames take about 11 s.
         for i in 0..200 {

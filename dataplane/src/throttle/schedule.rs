@@ -49,6 +49,13 @@ pub enum PolicyError {
     Conflict(String),
 }
 
+impl crate::error::Classify for PolicyError {
+    /// An invalid setting stays invalid until it is edited.
+    fn recovery(&self) -> crate::error::Recovery {
+        crate::error::Recovery::Permanent
+    }
+}
+
 /// The bandwidth policy of a sender host.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BandwidthPolicy {
@@ -187,7 +194,7 @@ fn checked_rate(what: &'static str, s: &str) -> Result<Option<u64>, PolicyError>
     }
 }
 
-const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+pub(super) const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 fn day_index(s: &str) -> Option<usize> {
     let s = s.trim().to_ascii_lowercase();

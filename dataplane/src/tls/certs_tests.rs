@@ -1,5 +1,6 @@
 //! Specifications of `certs::init` and `certs::add_sender`, checked by parsing what they wrote.
 
+use crate::error::Classify;
 use std::fs;
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -161,7 +162,7 @@ fn init_refuses_to_replace_a_ca_without_force() {
         msg.contains("ca.pem: already exists") && msg.contains("--force"),
         "{msg}"
     );
-    assert!(!e.is_recoverable());
+    assert!(!e.is_transient());
     assert_eq!(fs::read(files::ca_cert(d.path())).unwrap(), before);
 
     init(d.path(), &["hv01".into()], &[], 30, true).unwrap();
@@ -231,7 +232,7 @@ fn add_sender_without_a_ca_names_the_missing_file() {
     let d = tempfile::tempdir().unwrap();
     let e = add_sender(d.path(), "hv01", 30, false).unwrap_err();
     assert!(e.to_string().contains("ca.pem: unreadable"), "{e}");
-    assert!(!e.is_recoverable());
+    assert!(!e.is_transient());
 }
 
 #[test]

@@ -189,6 +189,7 @@ fn config_error(what: &str, e: impl std::fmt::Display) -> TlsError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Classify;
     use crate::tls::certs;
 
     #[test]
@@ -226,7 +227,7 @@ mod tests {
         certs::init(d.path(), &["hv01".into()], &[], 30, false).unwrap();
         let e = sender_tls(&SenderFiles::in_dir(d.path(), "nobody")).unwrap_err();
         assert!(e.to_string().contains("nobody.pem: unreadable"), "{e}");
-        assert!(!e.is_recoverable());
+        assert!(!e.is_transient());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// Every message names the file (or the peer) and the problem, so an operator can fix it
 /// without reading code: `ca.pem: no certificate found`, `laptop.key: unreadable: ...`.
 /// None of these is cured by retrying: a bad or missing certificate stays bad until someone
-/// replaces it, so [`TlsError::is_recoverable`] is `false` throughout (DESIGN.md §7).
+/// replaces it, so a `TlsError` is always permanent (its `Classify` impl) (DESIGN.md §7).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
@@ -90,13 +90,15 @@ pub enum TlsError {
     },
 }
 
-impl TlsError {
-    /// Whether retrying the same operation later could succeed. Never: certificates and keys
-    /// do not fix themselves, and a refused peer stays refused until an operator acts.
-    pub fn is_recoverable(&self) -> bool {
-        false
+impl crate::error::Classify for TlsError {
+    /// Always permanent: certificates and keys do not fix themselves, and a refused peer
+    /// stays refused until an operator acts.
+    fn recovery(&self) -> crate::error::Recovery {
+        crate::error::Recovery::Permanent
     }
+}
 
+impl TlsError {
     pub(crate) fn io(file: &Path, problem: &'static str, source: std::io::Error) -> Self {
         TlsError::Io {
             file: file.to_path_buf(),

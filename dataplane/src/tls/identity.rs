@@ -100,6 +100,7 @@ fn single_dns_san(cert: &X509Certificate<'_>) -> Result<String, TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Classify;
     use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 
     fn cert_with(cn: &[&str], sans: &[&str]) -> CertificateDer<'static> {
@@ -141,7 +142,7 @@ mod tests {
         ] {
             let e = peer_name(&cert_with(cn, sans)).unwrap_err();
             assert!(e.to_string().contains(msg), "{e}");
-            assert!(!e.is_recoverable());
+            assert!(!e.is_transient());
         }
     }
 

@@ -79,6 +79,7 @@ pub fn validate_sender_name(name: &str) -> Result<(), TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Classify;
 
     #[test]
     fn sender_names_accept_hostnames_and_labels() {
@@ -101,7 +102,7 @@ mod tests {
         ] {
             let e = validate_sender_name(bad).expect_err(bad);
             assert!(e.to_string().starts_with("sender name"), "{e}");
-            assert!(!e.is_recoverable());
+            assert!(!e.is_transient());
         }
     }
 }

@@ -119,6 +119,7 @@ fn tmp_path(file: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Classify;
 
     #[test]
     fn missing_file_is_named_unreadable() {
@@ -126,7 +127,7 @@ mod tests {
         let e = load_certs(&d.path().join("ca.pem")).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("ca.pem: unreadable"), "{msg}");
-        assert!(!e.is_recoverable());
+        assert!(!e.is_transient());
     }
 
     #[test]

@@ -45,6 +45,16 @@ pub enum HashTableError {
     },
 }
 
+impl crate::error::Classify for HashTableError {
+    /// As the disk read says; a failing table file needs an operator.
+    fn recovery(&self) -> crate::error::Recovery {
+        match self {
+            HashTableError::Disk(e) => e.recovery(),
+            HashTableError::Io { .. } => crate::error::Recovery::Permanent,
+        }
+    }
+}
+
 /// The table of one disk.
 pub struct HashTable {
     path: PathBuf,

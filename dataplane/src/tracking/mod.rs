@@ -42,6 +42,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use vdrep_proto::Guid;
 
+use crate::error::{Classify, Recovery};
 use crate::hrl::{HrlError, HrlLog, HrlWriter, ReadOptions, WriterOptions};
 
 pub use hashes::{HashTable, HashTableError};
@@ -107,13 +108,30 @@ impl TrackingError {
     /// Whether the change history has a gap that only a resync can close.
     pub fn needs_resync(&self) -> bool {
         match self {
-            TrackingError::Log(e) => !e.is_recoverable(),
+            TrackingError::Log(e) => !e.is_transient(),
             TrackingError::ActiveMissing { .. } => true,
             TrackingError::Io { .. }
             | TrackingError::Hashes(_)
             | TrackingError::Table { .. }
             | TrackingError::Intent { .. }
             | TrackingError::Switch { .. } => false,
+        }
+    }
+}
+
+impl Classify for TrackingError {
+    /// A log or table that failed transiently may be read again; a gap in the history, a
+    /// table that does not fit, an unusable switch intent and a failed lock or rename need
+    /// the resync or an operator.
+    fn recovery(&self) -> Recovery {
+        match self {
+            TrackingError::Log(e) => e.recovery(),
+            TrackingError::Hashes(e) => e.recovery(),
+            TrackingError::Io { .. }
+            | TrackingError::Table { .. }
+            | TrackingError::Intent { .. }
+            | TrackingError::Switch { .. }
+            | TrackingError::ActiveMissing { .. } => Recovery::Permanent,
         }
     }
 }
@@ -453,7 +471,7 @@ mod tests {
         let t = Tracker::new(&disk, SIZE);
         t.lock()
             .unwrap()
-            .start(Guid::NIL, SystemTime::now())
+            .start(Guid::NIL, crate::clock::system_time())
             .unwrap();
         t
     }
@@ -461,7 +479,10 @@ mod tests {
     fn write(t: &Tracker, off: u64) {
         t.lock()
             .unwrap()
-            .append(&[(off, Bytes::from(vec![7u8; 512]))], SystemTime::now())
+            .append(
+                &[(off, Bytes::from(vec![7u8; 512]))],
+                crate::clock::system_time(),
+            )
             .unwrap();
     }
 
@@ -480,9 +501,13 @@ mod tests {
             let w = HrlWriter::reopen(&p.active, Some(SIZE)).unwrap();
             let id = w.unique_id();
             let l = t.lock().unwrap();
-            HrlWriter::create(&p.next(5), &l.writer_options(id, SystemTime::now())).unwrap();
+            HrlWriter::create(
+                &p.next(5),
+                &l.writer_options(id, crate::clock::system_time()),
+            )
+            .unwrap();
             if step >= 1 {
-                w.close(SystemTime::now()).unwrap();
+                w.close(crate::clock::system_time()).unwrap();
                 // A writer now finds no appendable log and refuses before touching the disk.
                 assert!(l.active_writer().is_err(), "step {step}");
             } else {
@@ -496,7 +521,7 @@ mod tests {
 
             let l = t.lock().unwrap();
             if step == 0 {
-                assert_eq!(l.finish_switch(SystemTime::now()).unwrap(), None);
+                assert_eq!(l.finish_switch(crate::clock::system_time()).unwrap(), None);
                 assert!(p.find_next().unwrap().is_none(), "prepared log dropped");
                 drop(l);
                 assert!(t.pending().unwrap().is_empty());
@@ -511,12 +536,12 @@ mod tests {
                 continue;
             }
             assert_eq!(
-                l.finish_switch(SystemTime::now()).unwrap(),
+                l.finish_switch(crate::clock::system_time()).unwrap(),
                 Some(5),
                 "step {step}"
             );
             assert_eq!(
-                l.finish_switch(SystemTime::now()).unwrap(),
+                l.finish_switch(crate::clock::system_time()).unwrap(),
                 None,
                 "idempotent"
             );
@@ -549,7 +574,11 @@ mod tests {
         let first = HrlWriter::reopen(&t.paths().active, Some(SIZE))
             .unwrap()
             .unique_id();
-        let (closed, id) = t.lock().unwrap().switch(1, SystemTime::now()).unwrap();
+        let (closed, id) = t
+            .lock()
+            .unwrap()
+            .switch(1, crate::clock::system_time())
+            .unwrap();
         assert_eq!(id, first);
         assert_eq!(closed, t.paths().closed(1));
         // The active log is open (unclosed): its valid prefix holds the header.

@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use vdrep_proto::Guid;
@@ -33,7 +33,7 @@ fn fixture() -> Fixture {
     tracker
         .lock()
         .unwrap()
-        .start(Guid::NIL, SystemTime::now())
+        .start(Guid::NIL, crate::clock::system_time())
         .unwrap();
     let mut t = HashTable::open(&tracker.paths().hashes, SIZE).unwrap();
     t.compute_all(open(&disk).as_ref(), 0).unwrap();
@@ -58,7 +58,7 @@ fn write(f: &Fixture, offset: u64, len: usize, seed: u8) {
         .unwrap();
     file.write_all_at(&data, offset).unwrap();
     locked
-        .append(&[(offset, Bytes::from(data))], SystemTime::now())
+        .append(&[(offset, Bytes::from(data))], crate::clock::system_time())
         .unwrap();
 }
 
@@ -66,7 +66,7 @@ fn write(f: &Fixture, offset: u64, len: usize, seed: u8) {
 /// opened under the lock (as the sender opens it).
 fn switch(f: &Fixture, cycle: u64) -> ([u8; 32], Box<dyn VirtualDisk>) {
     let locked = f.tracker.lock().unwrap();
-    locked.switch(cycle, SystemTime::now()).unwrap();
+    locked.switch(cycle, crate::clock::system_time()).unwrap();
     let frozen = digest_of(open(&f.disk).as_ref()).unwrap();
     (frozen, open(&f.disk))
 }
@@ -115,13 +115,16 @@ fn a_writer_is_not_blocked_while_the_switched_cycle_is_hashed() {
         d2.store(true, Ordering::SeqCst);
         r
     });
-    let end = Instant::now() + Duration::from_secs(10);
+    let end = crate::clock::std_now() + Duration::from_secs(10);
     while reads.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < end, "the hashing never started reading");
+        assert!(
+            crate::clock::std_now() < end,
+            "the hashing never started reading"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     // A write into a block the cycle did not touch, while the blocks are being read.
-    let t0 = Instant::now();
+    let t0 = crate::clock::std_now();
     write(&f, 50 * MIB, 4096, 0xEE);
     let took = t0.elapsed();
     let reads_then = reads.load(Ordering::SeqCst);

@@ -2,7 +2,7 @@
 //! them before the next tracked write.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use vdrep_proto::Guid;
@@ -23,7 +23,7 @@ fn disks(root: &Path, names: &[&str]) -> Vec<Tracker> {
             let t = Tracker::new(&disk, SIZE);
             t.lock()
                 .unwrap()
-                .start(Guid::NIL, SystemTime::now())
+                .start(Guid::NIL, crate::clock::system_time())
                 .unwrap();
             t
         })
@@ -32,11 +32,11 @@ fn disks(root: &Path, names: &[&str]) -> Vec<Tracker> {
 
 /// A tracked write of one sector holding `tag`, as a writer makes it.
 fn write(t: &Tracker, tag: u8) {
-    t.lock_for_write(SystemTime::now())
+    t.lock_for_write(crate::clock::system_time())
         .unwrap()
         .append(
             &[(tag as u64 * 512, Bytes::from(vec![tag; 512]))],
-            SystemTime::now(),
+            crate::clock::system_time(),
         )
         .unwrap();
 }
@@ -102,7 +102,7 @@ fn a_set_switch_closes_every_disks_log_into_its_own_cycle_at_one_instant() {
         .map(|(i, t)| (0, active_id(t), vec![i as u8 + 1]))
         .collect();
     let cycles = [4, 3, 9];
-    let sw = switch_set(&set(&ts, &cycles), SystemTime::now()).unwrap();
+    let sw = switch_set(&set(&ts, &cycles), crate::clock::system_time()).unwrap();
     assert_switched(&ts, &cycles, &before);
     assert_eq!(
         sw.vms,
@@ -130,10 +130,10 @@ fn a_set_switch_refuses_a_disk_named_twice_or_without_an_active_log() {
     let dir = tempfile::tempdir().unwrap();
     let ts = disks(dir.path(), &["os.raw", "data.raw"]);
     let twice = [ts[0].clone(), ts[0].clone()];
-    let e = switch_set(&set(&twice, &[1, 1]), SystemTime::now()).unwrap_err();
+    let e = switch_set(&set(&twice, &[1, 1]), crate::clock::system_time()).unwrap_err();
     assert!(e.to_string().contains("named twice"), "{e}");
     std::fs::remove_file(&ts[1].paths().active).unwrap();
-    let e = switch_set(&set(&ts, &[1, 1]), SystemTime::now()).unwrap_err();
+    let e = switch_set(&set(&ts, &[1, 1]), crate::clock::system_time()).unwrap_err();
     assert!(e.needs_resync(), "{e}");
     // Refused before any intent: nothing was renamed (a prepared log left behind is
     // dropped by the next switch or start).
@@ -156,7 +156,7 @@ enum Killed {
 /// Replays a set switch's steps by hand up to `k`, as a kill -9 would leave them (the
 /// intents' locks are released, as a dead process's are).
 fn kill_at(ts: &[Tracker], cycles: &[u64], k: Killed) {
-    let now = SystemTime::now();
+    let now = crate::clock::system_time();
     let mut intent = SwitchIntent {
         vms: vec![IntentVm {
             vm: "vm1".into(),
@@ -273,17 +273,20 @@ fn a_sender_start_completes_a_killed_set_switch_and_drops_an_unstarted_one() {
         },
     );
     // The start (sender/protect.rs): complete, then the single-disk recovery finds nothing.
-    let done = complete_interrupted(&ts[1], SystemTime::now())
+    let done = complete_interrupted(&ts[1], crate::clock::system_time())
         .unwrap()
         .unwrap();
     assert_eq!(done.disks.len(), 2);
     assert_switched(&ts, &[3, 3], &before);
-    assert!(complete_interrupted(&ts[0], SystemTime::now())
+    assert!(complete_interrupted(&ts[0], crate::clock::system_time())
         .unwrap()
         .is_none());
     for t in &ts {
         assert_eq!(
-            t.lock().unwrap().finish_switch(SystemTime::now()).unwrap(),
+            t.lock()
+                .unwrap()
+                .finish_switch(crate::clock::system_time())
+                .unwrap(),
             None
         );
     }
@@ -294,11 +297,14 @@ fn a_sender_start_completes_a_killed_set_switch_and_drops_an_unstarted_one() {
     kill_at(&ts, &[4, 4], Killed::Prepared);
     write(&ts[1], 5);
     for t in &ts {
-        assert!(complete_interrupted(t, SystemTime::now())
+        assert!(complete_interrupted(t, crate::clock::system_time())
             .unwrap()
             .is_none());
         assert_eq!(
-            t.lock().unwrap().finish_switch(SystemTime::now()).unwrap(),
+            t.lock()
+                .unwrap()
+                .finish_switch(crate::clock::system_time())
+                .unwrap(),
             None
         );
         assert!(t.paths().find_next().unwrap().is_none());
@@ -312,7 +318,7 @@ fn a_sender_start_completes_a_killed_set_switch_and_drops_an_unstarted_one() {
 fn a_writer_does_not_wait_for_a_live_switch_that_has_not_renamed_yet() {
     let dir = tempfile::tempdir().unwrap();
     let ts = disks(dir.path(), &["os.raw", "data.raw"]);
-    let now = SystemTime::now();
+    let now = crate::clock::system_time();
     // A live switch between its intents and its locks: the intent is held.
     let mut intent = SwitchIntent {
         vms: vec![IntentVm {
@@ -376,7 +382,7 @@ fn a_corrupt_intent_stops_writes_with_an_error_naming_it() {
     let ts = disks(dir.path(), &["os.raw"]);
     std::fs::write(&ts[0].paths().switch, b"vdrep-switch-intent 1\n{\"vms\":[").unwrap();
     let e = ts[0]
-        .lock_for_write(SystemTime::now())
+        .lock_for_write(crate::clock::system_time())
         .err()
         .unwrap()
         .to_string();

@@ -33,10 +33,12 @@ impl FrameError {
                 )))
         )
     }
+}
 
+impl crate::error::Classify for FrameError {
     /// Connection-level faults are worth a reconnect; malformed frames are not.
-    pub fn is_recoverable(&self) -> bool {
-        !matches!(self, FrameError::Malformed(_))
+    fn recovery(&self) -> crate::error::Recovery {
+        crate::error::Recovery::transient_if(!matches!(self, FrameError::Malformed(_)))
     }
 }
 

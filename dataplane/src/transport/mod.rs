@@ -26,6 +26,15 @@ pub const SOCKET_BUFFER: usize = 8 << 20;
 /// same throughput (`bench/README.md`, "Peak RSS"); each stream stays at 8 MiB.
 pub const CONNECTION_WINDOW: usize = 32 << 20;
 
+/// The async runtime of the network roles: two worker threads suffice (the CPU stages have
+/// their own threads) and keep the process small.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
 /// Transport parameters shared by both ends.
 pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();

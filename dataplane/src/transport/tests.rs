@@ -1,6 +1,6 @@
 //! The receiver's endpoint over real QUIC and TLS on 127.0.0.1.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::*;
 use crate::tls::config::{receiver_quic, sender_quic, ReceiverFiles, SenderFiles};
@@ -51,7 +51,7 @@ async fn a_restarted_receiver_resets_a_stale_connection_at_once() {
     die_tx.send(()).unwrap();
     first.join().unwrap();
     let again = server_endpoint_with_reset_key(addr, receiver_quic(&rf).unwrap(), key()).unwrap();
-    let t0 = Instant::now();
+    let t0 = crate::clock::std_now();
     // The sender's next packet reaches the new endpoint, which answers with a reset.
     // (Its acknowledgements may have drawn the reset already.)
     if let Ok(mut s) = conn.open_uni().await {

@@ -9,10 +9,12 @@
 //! - [`layout`]: the replica's on-disk form (a fixed VHD rounded to whole MiB, the footer).
 //! - [`resync`]: the hash tree of a resynchronisation and the replica's durable index of it,
 //!   kept by the store beside the replica.
+//! - [`clock`]: the host's clocks, read only here (`vdrep::clock` re-exports them).
 //! - [`jobs`]: the jobs of a VM, kept where its protection lives (the store).
 //!
 //! The `vdrep` crate re-exports these modules under the same names (`vdrep::sink`, …).
 
+pub mod clock;
 pub mod jobs;
 pub mod layout;
 pub mod resync;

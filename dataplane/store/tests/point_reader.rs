@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::{rngs::StdRng, Rng, RngCore, SeedableRng};
 use vdrep_proto::{Guid, RangeSet};
@@ -132,7 +132,7 @@ fn reads_are_exact_while_cycles_run(buffer: usize) {
             }
         })
     };
-    let t0 = Instant::now();
+    let t0 = vdrep_store::clock::std_now();
     for (i, ch) in changes.iter().enumerate() {
         let c = i as u64 + 1;
         disk.begin_cycle(c).unwrap();

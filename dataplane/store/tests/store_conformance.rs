@@ -85,7 +85,7 @@ fn unaligned_and_out_of_range_requests_are_refused_and_write_nothing(b: &dyn Bac
     for (off, len) in cases {
         let e = d.write(off, &vec![0xAA; len]).unwrap_err();
         assert!(matches!(e, SinkError::OutOfRange { .. }), "{e}");
-        assert!(!e.is_recoverable());
+        assert!(!e.is_transient());
         let msg = e.to_string();
         assert!(
             msg.contains(&d.path_hint()) && msg.contains(&off.to_string()),
@@ -141,7 +141,7 @@ fn a_different_size_or_source_is_refused_non_recoverably(b: &dyn Backend) {
     drop(store.open_disk(&key(), 1 << 20, SRC).unwrap());
     let e = store.open_disk(&key(), 2 << 20, SRC).err().unwrap();
     assert!(
-        matches!(e, SinkError::SizeMismatch { .. }) && !e.is_recoverable(),
+        matches!(e, SinkError::SizeMismatch { .. }) && !e.is_transient(),
         "{e}"
     );
     let e = store
@@ -149,7 +149,7 @@ fn a_different_size_or_source_is_refused_non_recoverably(b: &dyn Backend) {
         .err()
         .unwrap();
     assert!(
-        matches!(e, SinkError::IdentityMismatch { .. }) && !e.is_recoverable(),
+        matches!(e, SinkError::IdentityMismatch { .. }) && !e.is_transient(),
         "{e}"
     );
     assert!(e.to_string().contains("d.state"), "names the state: {e}");
@@ -166,7 +166,7 @@ fn a_second_store_cannot_open_an_open_disk_until_it_is_released(b: &dyn Backend)
     let held = a.open_disk(&key(), 1 << 20, SRC).unwrap();
     let e = other.open_disk(&key(), 1 << 20, SRC).err().unwrap();
     assert!(
-        matches!(e, SinkError::Locked { .. }) && e.is_recoverable(),
+        matches!(e, SinkError::Locked { .. }) && e.is_transient(),
         "{e}"
     );
     // Other disks of the VM are free, and the disk is free once released.
@@ -308,7 +308,7 @@ fn cycles_out_of_order_and_unknown_points_are_clear_errors(b: &dyn Backend) {
     let invalid = |r: Result<(), SinkError>, what: &str| {
         let e = r.unwrap_err();
         assert!(
-            matches!(e, SinkError::InvalidState { .. }) && !e.is_recoverable(),
+            matches!(e, SinkError::InvalidState { .. }) && !e.is_transient(),
             "{e}"
         );
         assert!(e.to_string().contains(what), "{e} lacks {what:?}");

@@ -230,22 +230,19 @@ fn injected_faults_in_cycle_calls_change_nothing_and_retries_succeed() {
     ] {
         plan.fail_first(op, 1, libc::ENOSPC);
     }
-    assert!(d.begin_cycle(1).unwrap_err().is_recoverable());
+    assert!(d.begin_cycle(1).unwrap_err().is_transient());
     assert_eq!(d.state().open_cycle, None);
     d.begin_cycle(1).unwrap();
     d.write(4096, &[9; 4096]).unwrap();
-    assert!(d
-        .commit_cycle(&point(1, 4096))
-        .unwrap_err()
-        .is_recoverable());
+    assert!(d.commit_cycle(&point(1, 4096)).unwrap_err().is_transient());
     assert_eq!(d.state().committed_cycle, 0);
     d.commit_cycle(&point(1, 4096)).unwrap();
     let mut img = m.latest().1.clone();
     img[4096..8192].fill(9);
     m.points.insert(1, img);
-    assert!(d.read_point(0, 0, 512).unwrap_err().is_recoverable());
-    assert!(d.prune_points(u64::MAX).unwrap_err().is_recoverable());
-    assert!(d.points().unwrap_err().is_recoverable());
+    assert!(d.read_point(0, 0, 512).unwrap_err().is_transient());
+    assert!(d.prune_points(u64::MAX).unwrap_err().is_transient());
+    assert!(d.points().unwrap_err().is_transient());
     assert_points_read_as_model(d.as_ref(), &m);
     assert_eq!(plan.calls(Op::CommitCycle), 2);
 }

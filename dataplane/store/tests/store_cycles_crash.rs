@@ -519,7 +519,7 @@ fn a_rotten_undo_log_of_an_open_cycle_is_reported_at_open_and_never_trusted() {
     let store = LocalStore::open_with_fs(root(), Arc::new(fs.clone())).unwrap();
     let e = store.open_disk(&key(), SIZE, SRC).map(|_| ()).unwrap_err();
     assert!(
-        matches!(e, vdrep_store::sink::SinkError::CorruptState { .. }) && !e.is_recoverable(),
+        matches!(e, vdrep_store::sink::SinkError::CorruptState { .. }) && !e.is_transient(),
         "{e}"
     );
     assert!(

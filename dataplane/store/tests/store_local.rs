@@ -92,7 +92,7 @@ fn disk_sizes_that_wrap_or_exceed_a_page_blob_are_refused_non_recoverably_creati
     ] {
         let e = store.open_disk(&key("big"), size, SRC).err().unwrap();
         assert!(
-            matches!(e, SinkError::Unsupported { .. }) && !e.is_recoverable(),
+            matches!(e, SinkError::Unsupported { .. }) && !e.is_transient(),
             "{size}: {e}"
         );
         assert!(
@@ -116,7 +116,10 @@ fn a_disk_named_jobs_does_not_share_the_vms_job_file_lock() {
     let store = LocalStore::open(dir.path()).unwrap();
     // The disk holds its lock (`jobs.lock`) for as long as it is open.
     let held = store.open_disk(&key("jobs"), 1 << 20, SRC).unwrap();
-    let job = vdrep_store::jobs::Job::start(vdrep_proto::wire::JobKind::TestFailover, "vm-1");
+    let job = <vdrep_store::jobs::Job as vdrep_store::jobs::JobNow>::start(
+        vdrep_proto::wire::JobKind::TestFailover,
+        "vm-1",
+    );
     store
         .record_job(&job)
         .expect("the job file has a lock of its own");
@@ -144,7 +147,7 @@ fn bad_names_are_refused() {
     ] {
         let e = DiskKey::new(vm, d).unwrap_err();
         assert!(
-            matches!(e, SinkError::InvalidName { .. }) && !e.is_recoverable(),
+            matches!(e, SinkError::InvalidName { .. }) && !e.is_transient(),
             "{e}"
         );
     }
@@ -157,7 +160,7 @@ fn a_store_of_another_version_or_a_foreign_directory_is_refused() {
     std::fs::write(dir.path().join("FORMAT"), "vdrep-store 99\n").unwrap();
     let e = LocalStore::open(dir.path()).unwrap_err();
     assert!(
-        matches!(e, SinkError::StoreVersion { .. }) && !e.is_recoverable(),
+        matches!(e, SinkError::StoreVersion { .. }) && !e.is_transient(),
         "{e}"
     );
     assert!(
@@ -189,7 +192,7 @@ fn a_corrupt_state_file_is_detected_and_names_the_file() {
     std::fs::write(&state, &b).unwrap();
     let e = store.open_disk(&key("d0"), 1 << 20, SRC).err().unwrap();
     assert!(
-        matches!(e, SinkError::CorruptState { .. }) && !e.is_recoverable(),
+        matches!(e, SinkError::CorruptState { .. }) && !e.is_transient(),
         "{e}"
     );
     assert!(
@@ -338,7 +341,7 @@ fn injected_disk_full_is_recoverable_and_retries_succeed() {
     let d = store.open_disk(&key("d0"), 1 << 20, SRC).unwrap();
     for _ in 0..2 {
         let e = d.write(0, &pattern(1, 4096)).unwrap_err();
-        assert!(e.is_recoverable(), "{e}");
+        assert!(e.is_transient(), "{e}");
         assert!(
             e.to_string().contains("d0.vhd.partial") && e.to_string().contains("full"),
             "{e}"
@@ -388,7 +391,7 @@ fn a_full_filesystem_is_a_recoverable_error_naming_the_file() {
         }
     }
     let e = err.expect("a 2 MiB tmpfs cannot hold 16 MiB");
-    assert!(e.is_recoverable(), "{e}");
+    assert!(e.is_transient(), "{e}");
     assert!(
         matches!(&e, SinkError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC)),
         "{e}"

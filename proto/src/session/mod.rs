@@ -34,7 +34,7 @@ use crate::wire::ErrorClass;
 pub type StreamId = u64;
 
 /// A refusal as it travels on the wire: the class decides whether the peer retries
-/// ([`ErrorClass::is_recoverable`]), the message tells the operator what is wrong.
+/// ([`ErrorClass::recovery`]), the message tells the operator what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// Classification.

@@ -15,7 +15,7 @@ pub mod job;
 mod msg;
 
 pub use codec::{decode_frame, encode_frame, FrameHeader, FRAME_HEADER_LEN};
-pub use job::{JobError, JobKind, JobReport, JobState, JobStep, MAX_JOB_STEPS};
+pub use job::{Job, JobError, JobKind, JobState, Step, MAX_JOB_STEPS};
 pub use msg::*;
 
 /// The protocol version this build speaks. 2 added [`ExtentOp::WriteSparse`], 3

@@ -1,6 +1,6 @@
 use super::*;
+use crate::codec::test_data::{noise, words};
 use crate::pipeline::prepare::prepare;
-use crate::pipeline::test_data::{noise, words};
 use crate::pipeline::WorkItem;
 use std::io::Write;
 

@@ -1,9 +1,11 @@
 //! The one error type of the sinks. Every variant names the file (or blob), the offset where
-//! one applies, and the problem; [`SinkError::is_recoverable`] drives the retry schedule and
+//! one applies, and the problem; its [`recovery`](SinkError::recovery) drives the retry schedule and
 //! the health state (DESIGN §1: low disk space is recoverable, invalid replica state is not).
 
 use std::io;
+
 use std::path::PathBuf;
+use vdrep_proto::Recovery;
 
 use vdrep_proto::Guid;
 
@@ -12,7 +14,7 @@ use vdrep_proto::Guid;
 #[non_exhaustive]
 pub enum SinkError {
     /// An IO call failed; recoverability follows the OS error (see
-    /// [`SinkError::is_recoverable`]).
+    /// its `recovery`).
     #[error("{path}: {op} at offset {offset} failed: {source}{hint}", hint = io_hint(source))]
     Io {
         /// The file or blob.
@@ -214,17 +216,25 @@ fn io_hint(e: &io::Error) -> &'static str {
 }
 
 impl SinkError {
-    /// True if retrying later may succeed: low space, quota, transient IO, memory pressure,
-    /// interruptions, and a disk held by another receiver. Bad names, size or identity
-    /// mismatches, corrupt state, version mismatches, range violations and permission
-    /// problems need an operator or a fixed caller and are not retried.
-    pub fn is_recoverable(&self) -> bool {
-        match self {
+    /// Transient: low space, quota, transient IO, memory pressure, interruptions, and a disk
+    /// held by another receiver. Bad names, size or identity mismatches, corrupt state,
+    /// version mismatches, range violations and permission problems need an operator or a
+    /// fixed caller and are not retried.
+    ///
+    /// The store sits below `vdrep`, whose `Classify` trait (`vdrep::error`) answers with
+    /// this method, as the wire's `ErrorClass::recovery` does for `vdrep-proto`.
+    pub fn recovery(&self) -> Recovery {
+        Recovery::transient_if(match self {
             SinkError::Io { source, .. } => io_is_recoverable(source),
             SinkError::Locked { .. } | SinkError::SyncLost { .. } => true,
             SinkError::Azure { recoverable, .. } => *recoverable,
             _ => false,
-        }
+        })
+    }
+
+    /// Shorthand for `self.recovery().is_transient()`.
+    pub fn is_transient(&self) -> bool {
+        self.recovery().is_transient()
     }
 
     /// Builds an [`SinkError::Io`].
@@ -278,11 +288,11 @@ mod tests {
                 io::Error::from_raw_os_error(code),
             )
         };
-        assert!(e(libc::ENOSPC).is_recoverable());
-        assert!(e(libc::EDQUOT).is_recoverable());
-        assert!(e(libc::EIO).is_recoverable());
-        assert!(!e(libc::EACCES).is_recoverable());
-        assert!(!e(libc::EROFS).is_recoverable());
+        assert!(e(libc::ENOSPC).is_transient());
+        assert!(e(libc::EDQUOT).is_transient());
+        assert!(e(libc::EIO).is_transient());
+        assert!(!e(libc::EACCES).is_transient());
+        assert!(!e(libc::EROFS).is_transient());
         let msg = e(libc::ENOSPC).to_string();
         assert!(
             msg.contains("/s/vm/d.vhd") && msg.contains("4096") && msg.contains("full"),
@@ -293,10 +303,10 @@ mod tests {
             offset: 12,
             problem: "bad checksum".into(),
         };
-        assert!(!corrupt.is_recoverable());
+        assert!(!corrupt.is_transient());
         assert!(SinkError::Locked {
             path: "/s/vm/d.lock".into()
         }
-        .is_recoverable());
+        .is_transient());
     }
 }

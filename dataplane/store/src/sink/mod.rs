@@ -34,6 +34,7 @@
 pub mod azure;
 pub mod error;
 pub mod fault;
+pub mod job_file;
 pub mod lifecycle;
 pub mod local;
 pub mod retention;
@@ -43,6 +44,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 pub use error::SinkError;
+pub use job_file::{JobFile, JobFileError};
 use vdrep_proto::{Guid, RangeSet};
 
 /// How long recovery points are kept unless a policy says otherwise (DESIGN §6: 0..24 h).

@@ -2,7 +2,7 @@
 //! size, plus the limits they enforce.
 
 use crate::session::Refusal;
-use crate::wire::{Control, ErrorClass, JobReport, MAX_HASHES, RESYNC_FANOUT, RESYNC_NODE_SIZES};
+use crate::wire::{Control, ErrorClass, Job, MAX_HASHES, RESYNC_FANOUT, RESYNC_NODE_SIZES};
 
 /// Most text one recorded job may hold (ids, names, details, error): a VM keeps 100 jobs,
 /// and bounding each keeps its job file small whatever a sender sends (a frame alone may
@@ -86,7 +86,7 @@ pub(super) fn check_disk_size(virtual_size: u64) -> Result<(), Refusal> {
 }
 
 /// A job's text is bounded (see [`MAX_JOB_BYTES`]).
-pub(super) fn check_job(job: &JobReport) -> Result<(), Refusal> {
+pub(super) fn check_job(job: &Job) -> Result<(), Refusal> {
     let bytes: usize = job.id.len()
         + job.error.as_ref().map_or(0, |e| e.message.len())
         + job

@@ -2,7 +2,7 @@
 //! session answers: the vocabulary between [`ReceiverSession`](super::ReceiverSession) and the
 //! IO that stores replicas.
 
-use crate::wire::{Control, JobReport};
+use crate::wire::{Control, Job};
 use crate::Guid;
 
 use super::super::Refusal;
@@ -79,7 +79,7 @@ pub enum Effect {
     /// checked). Answer with [`Done::JobRecorded`].
     RecordJob {
         /// The job.
-        job: JobReport,
+        job: Job,
     },
     /// Free bytes of the store. Answer with [`Done::Capacity`].
     QueryCapacity {

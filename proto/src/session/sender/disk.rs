@@ -475,7 +475,7 @@ impl SenderDisk {
                 | DiskState::Rooting { .. }
                 | DiskState::CycleCommitting { .. }
         );
-        self.state = if pending && class.is_recoverable() {
+        self.state = if pending && class.recovery().is_transient() {
             self.before
         } else {
             DiskState::Failed

@@ -47,7 +47,7 @@ impl SessionError {
     /// same peer or the same driver would do it again.
     pub fn is_transient(&self) -> bool {
         match self {
-            SessionError::Refused { class, .. } => class.is_recoverable(),
+            SessionError::Refused { class, .. } => class.recovery().is_transient(),
             SessionError::Protocol(_) | SessionError::Misuse(_) => false,
         }
     }

@@ -5,7 +5,7 @@ use super::pair::{extent, plan, source, Item, Pair};
 use crate::session::receiver::{BatchReport, ControlState, Report};
 use crate::session::sender::{SenderState, SessionError};
 use crate::wire::{
-    Codec, Control, ErrorClass, ExtentOp, JobKind, JobReport, JobState, Rejection, K_BATCH_RESULT,
+    Codec, Control, ErrorClass, ExtentOp, Job, JobKind, JobState, Rejection, K_BATCH_RESULT,
     K_BATCH_START, K_EXTENT, PROTOCOL_VERSION,
 };
 
@@ -355,13 +355,13 @@ fn every_frame_type_crosses_the_pair() {
         }
     ));
     let req = p.tx.next_req();
-    let job = JobReport {
+    let job = Job {
         id: "j1".into(),
         kind: JobKind::InitialReplication,
         vm: "vm1".into(),
         state: JobState::Succeeded,
         start_ms: 1,
-        end_ms: 2,
+        end_ms: Some(2),
         steps: vec![],
         error: None,
     };

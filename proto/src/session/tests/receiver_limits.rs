@@ -32,7 +32,7 @@ fn a_connection_may_hold_the_limit_of_disks_and_one_more_is_refused_naming_the_l
     }
     let (class, msg, _) = refusal(s.handle_message(S, open("d2")));
     assert_eq!(class, ErrorClass::InvalidState);
-    assert!(!class.is_recoverable());
+    assert!(!class.recovery().is_transient());
     assert!(msg.contains("--max-disks-per-connection 2"), "{msg}");
     assert!(msg.contains("vm1/d2"), "{msg}");
     // A disk already open may be opened again: it does not count twice.

@@ -5,7 +5,7 @@ use super::receiver_control::*;
 use crate::session::receiver::{ControlState, Done, Effect, OpenedReplica, Report, MAX_JOB_BYTES};
 use crate::session::Refusal;
 use crate::wire::{
-    Control, ErrorClass, JobKind, JobReport, JobState, JobStep, MAX_HASHES, PROTOCOL_VERSION,
+    Control, ErrorClass, Job, JobKind, JobState, Step, MAX_HASHES, PROTOCOL_VERSION,
 };
 
 // ---- Refusals, one per path.
@@ -88,13 +88,13 @@ fn a_request_while_one_is_being_answered_is_a_protocol_violation() {
 
 #[test]
 fn vms_of_other_senders_are_refused_as_unauthorized_and_the_stream_goes_on() {
-    let job = |vm: &str| JobReport {
+    let job = |vm: &str| Job {
         id: "j".into(),
         kind: JobKind::TestFailover,
         vm: vm.into(),
         state: JobState::Running,
         start_ms: 0,
-        end_ms: 0,
+        end_ms: None,
         steps: vec![],
         error: None,
     };
@@ -133,19 +133,19 @@ fn vms_of_other_senders_are_refused_as_unauthorized_and_the_stream_goes_on() {
 #[test]
 fn a_job_with_too_much_text_is_refused_before_the_store_sees_it() {
     let mut s = ready();
-    let big = JobReport {
+    let big = Job {
         id: "j".into(),
         kind: JobKind::EnableProtection,
         vm: "vm1".into(),
         state: JobState::Running,
         start_ms: 0,
-        end_ms: 0,
+        end_ms: None,
         steps: (0..20)
-            .map(|_| JobStep {
+            .map(|_| Step {
                 name: "n".into(),
                 state: JobState::Running,
-                start_ms: 0,
-                end_ms: 0,
+                start_ms: None,
+                end_ms: None,
                 detail: "x".repeat(MAX_JOB_BYTES / 16),
             })
             .collect(),

@@ -5,27 +5,27 @@ use super::*;
 use crate::wire::{decode_frame, Control, MAX_CONTROL_BODY};
 use proptest::prelude::*;
 
-fn sample_job() -> JobReport {
-    JobReport {
+fn sample_job() -> Job {
+    Job {
         id: "j-1764148516123-9f2a".into(),
         kind: JobKind::EnableProtection,
         vm: "vm1".into(),
         state: JobState::Failed,
         start_ms: 1_764_148_516_123,
-        end_ms: 1_764_148_517_000,
+        end_ms: Some(1_764_148_517_000),
         steps: vec![
-            JobStep {
+            Step {
                 name: "disks readable".into(),
                 state: JobState::Succeeded,
-                start_ms: 1_764_148_516_123,
-                end_ms: 1_764_148_516_200,
+                start_ms: Some(1_764_148_516_123),
+                end_ms: Some(1_764_148_516_200),
                 detail: "os.vhdx: 1073741824 bytes".into(),
             },
-            JobStep {
+            Step {
                 name: "receiver reachable and authorised".into(),
                 state: JobState::Failed,
-                start_ms: 1_764_148_516_200,
-                end_ms: 0,
+                start_ms: Some(1_764_148_516_200),
+                end_ms: None,
                 detail: String::new(),
             },
         ],
@@ -44,7 +44,7 @@ fn job_frames() -> Vec<Control> {
         },
         Control::ReportJob {
             req: 4,
-            job: JobReport {
+            job: Job {
                 steps: vec![],
                 error: None,
                 state: JobState::Queued,
@@ -105,7 +105,7 @@ fn job_kinds_and_states_have_stable_names() {
 fn a_report_claiming_more_steps_than_the_limit_is_refused_without_allocating() {
     let f = Control::ReportJob {
         req: 1,
-        job: JobReport {
+        job: Job {
             steps: vec![],
             error: None,
             ..sample_job()
@@ -167,20 +167,51 @@ proptest! {
     #[test]
     fn any_valid_job_round_trips(
         id in "[a-z0-9-]{1,40}", vm in "[a-z0-9]{1,20}", kind in 1u8..=4, state in 0u8..=3,
-        start in any::<u64>(), end in any::<u64>(),
-        steps in proptest::collection::vec(("[ -~]{0,30}", 0u8..=3, any::<u64>(), any::<u64>(), "\\PC{0,40}"), 0..10),
+        start in any::<u64>(), end in proptest::option::of(1u64..),
+        steps in proptest::collection::vec(("[ -~]{0,30}", 0u8..=3, proptest::option::of(1u64..), proptest::option::of(1u64..), "\\PC{0,40}"), 0..10),
         err in proptest::option::of(("\\PC{0,60}", any::<bool>())),
     ) {
-        let job = JobReport {
+        let job = Job {
             id, vm,
             kind: JobKind::from_code(kind).unwrap(),
             state: JobState::from_code(state).unwrap(),
             start_ms: start, end_ms: end,
-            steps: steps.into_iter().map(|(name, s, a, b, detail)| JobStep {
+            steps: steps.into_iter().map(|(name, s, a, b, detail)| Step {
                 name, state: JobState::from_code(s).unwrap(), start_ms: a, end_ms: b, detail,
             }).collect(),
             error: err.map(|(message, recoverable)| JobError { message, recoverable }),
         };
         roundtrip(&Control::ReportJob { req: 9, job })?;
     }
+}
+
+#[test]
+fn overlong_strings_are_cut_and_only_the_last_steps_are_sent() {
+    let mut job = sample_job();
+    job.error = Some(JobError {
+        message: "é".repeat(5000),
+        recoverable: true,
+    });
+    job.steps = (0..MAX_JOB_STEPS + 3)
+        .map(|i| Step {
+            name: format!("step {i}"),
+            state: JobState::Succeeded,
+            start_ms: Some(1),
+            end_ms: Some(2),
+            detail: String::new(),
+        })
+        .collect();
+    let f = Control::ReportJob { req: 1, job }.encode();
+    let (k, body, _) = decode_frame(&f, MAX_CONTROL_BODY).unwrap().unwrap();
+    let Control::ReportJob { job, .. } = Control::decode(k, body).unwrap() else {
+        panic!("not a job report");
+    };
+    let m = &job.error.unwrap().message;
+    assert!(
+        m.len() <= crate::wire::MAX_STRING && m.ends_with("..."),
+        "{}",
+        m.len()
+    );
+    assert_eq!(job.steps.len(), MAX_JOB_STEPS);
+    assert_eq!(job.steps[0].name, "step 3", "the last steps are kept");
 }

@@ -170,7 +170,7 @@ pub enum Control {
         /// Request id.
         req: u32,
         /// The whole job.
-        job: super::super::JobReport,
+        job: crate::job::Job,
     },
     /// Receiver → sender: the job report is durable in the store.
     JobRecorded {
@@ -413,7 +413,7 @@ impl Control {
             }
             Control::ReportJob { req, job } => {
                 w.u32(*req);
-                job.write(&mut w);
+                super::super::job::write(job, &mut w);
                 K_REPORT_JOB
             }
             Control::JobRecorded { req } => {
@@ -530,7 +530,7 @@ impl Control {
             },
             K_REPORT_JOB => Control::ReportJob {
                 req: r.u32()?,
-                job: super::super::JobReport::read(&mut r, what)?,
+                job: super::super::job::read(&mut r, what)?,
             },
             K_JOB_RECORDED => Control::JobRecorded { req: r.u32()? },
             K_QUERY_CAPACITY => Control::QueryCapacity {

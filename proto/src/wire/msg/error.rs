@@ -54,12 +54,13 @@ impl ErrorClass {
             _ => return None,
         })
     }
-    /// Whether the sender should retry later.
-    pub fn is_recoverable(self) -> bool {
-        matches!(
+    /// Whether the sender should retry later: a full or busy target and receiver-side
+    /// failures may pass; the other classes need an operator.
+    pub fn recovery(self) -> crate::Recovery {
+        crate::Recovery::transient_if(matches!(
             self,
             ErrorClass::TargetFull | ErrorClass::TargetBusy | ErrorClass::Internal
-        )
+        ))
     }
     /// Lower-case name for logs and metrics labels.
     pub fn as_str(self) -> &'static str {

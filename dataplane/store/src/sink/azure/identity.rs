@@ -41,7 +41,7 @@ pub struct Token {
 
 impl Token {
     fn expiring_in(secret: String, secs: u64) -> Token {
-        let now = Instant::now();
+        let now = crate::clock::std_now();
         let life = Duration::from_secs(secs);
         let refresh_in = if life > REFRESH_BEFORE * 2 {
             life - REFRESH_BEFORE
@@ -334,7 +334,7 @@ fn cli_token(program: &std::path::Path) -> Result<Token, (String, bool)> {
                 false,
             )
         })?;
-    let started = Instant::now();
+    let started = crate::clock::std_now();
     loop {
         match child.try_wait() {
             Ok(Some(_)) => break,
@@ -367,8 +367,11 @@ fn cli_token(program: &std::path::Path) -> Result<Token, (String, bool)> {
             false,
         ));
     }
-    parse_cli_token(&String::from_utf8_lossy(&out.stdout), SystemTime::now())
-        .map_err(|m| (m, false))
+    parse_cli_token(
+        &String::from_utf8_lossy(&out.stdout),
+        crate::clock::system_time(),
+    )
+    .map_err(|m| (m, false))
 }
 
 /// The Azure CLI's answer: `accessToken` with `expires_on` (Unix seconds, CLI ≥ 2.54) or else
@@ -479,7 +482,7 @@ impl IdentityChain {
     pub fn token(&self) -> Result<String, TokenError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = &st.token {
-            if Instant::now() < t.refresh_at {
+            if crate::clock::std_now() < t.refresh_at {
                 return Ok(t.secret.clone());
             }
         }
@@ -496,7 +499,7 @@ impl IdentityChain {
             }
             Err(e) => match &st.token {
                 // The refresh failed but the token in hand is still good: use it.
-                Some(t) if Instant::now() + Duration::from_secs(10) < t.expires => {
+                Some(t) if crate::clock::std_now() + Duration::from_secs(10) < t.expires => {
                     tracing::warn!(error = %e, "Azure token refresh failed; using the cached token until it expires");
                     Ok(t.secret.clone())
                 }

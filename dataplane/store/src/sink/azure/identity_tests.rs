@@ -162,7 +162,7 @@ fn fake_az(dir: &std::path::Path, ok: bool, text: &str) -> PathBuf {
 #[test]
 fn azure_cli_token_is_read_from_az_account_get_access_token() {
     let dir = tempfile::tempdir().unwrap();
-    let exp = SystemTime::now()
+    let exp = crate::clock::system_time()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
@@ -188,7 +188,7 @@ fn azure_cli_token_is_read_from_az_account_get_access_token() {
 
 #[test]
 fn azure_cli_expires_on_in_local_time_is_understood_without_expires_on() {
-    let now = SystemTime::now();
+    let now = crate::clock::system_time();
     // mktime of a local time one hour from now, formatted by the inverse (localtime_r).
     let t = now.duration_since(UNIX_EPOCH).unwrap().as_secs() as libc::time_t + 3600;
     // SAFETY: plain C struct, filled by localtime_r.
@@ -205,7 +205,9 @@ fn azure_cli_expires_on_in_local_time_is_understood_without_expires_on() {
         tm.tm_sec
     );
     let tok = parse_cli_token(&format!(r#"{{"accessToken":"a","expiresOn":"{s}"}}"#), now).unwrap();
-    let left = tok.expires.saturating_duration_since(Instant::now());
+    let left = tok
+        .expires
+        .saturating_duration_since(crate::clock::std_now());
     assert!(
         left > Duration::from_secs(3590) && left <= Duration::from_secs(3600),
         "{left:?}"

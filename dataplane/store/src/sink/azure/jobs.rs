@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use super::blob::Container;
 use super::rest_err;
-use crate::jobs::{file, Job, MAX_JOBS_PER_VM};
+use crate::jobs::{Job, MAX_JOBS_PER_VM};
+use crate::sink::job_file as file;
 use crate::sink::{validate_name, SinkError};
 
 /// Attempts of one read–modify–write against concurrent writers.

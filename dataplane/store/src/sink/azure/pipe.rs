@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::blob::{check_put_page, Container, PutPageError};
 use super::coalesce::{Coalescer, Taken};
@@ -339,10 +339,10 @@ impl Pipe {
     pub(super) fn shutdown(&self, grace: Duration) {
         self.stop.store(true, Ordering::Release);
         self.cv.notify_all();
-        let deadline = Instant::now() + grace;
+        let deadline = crate::clock::std_now() + grace;
         let mut c = self.lock();
         while self.running.load(Ordering::Acquire) > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(crate::clock::std_now());
             if left.is_zero() {
                 tracing::warn!(blob = %self.target.blob,
                     "Put Page senders still busy at close; they end on their own");

@@ -1,8 +1,6 @@
 //! The [`ReplicaDisk`] operations of an [`AzureDisk`]: writes (coalesced into Put Pages),
 //! clears, checkpoints and commits as snapshots, reads of the blob and of its snapshots.
 
-use std::time::SystemTime;
-
 use bytes::Bytes;
 use vdrep_proto::RangeSet;
 
@@ -79,7 +77,7 @@ impl ReplicaDisk for AzureDisk {
         let st = inner.st.clone();
         let next = lifecycle::commit_initial(&self.url(), &st, point)?;
         let vs = st.virtual_size;
-        let footer = replica_footer(vs, st.copy_id, vhd_timestamp(SystemTime::now()));
+        let footer = replica_footer(vs, st.copy_id, vhd_timestamp(crate::clock::system_time()));
         let at = replica_virtual_size(vs);
         drop(inner);
         // Data, footer and point first; the state records the commit last (a takeover

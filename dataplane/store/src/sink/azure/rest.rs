@@ -20,7 +20,7 @@
 //! Entra ID identity chain: workload identity, managed identity, Azure CLI).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use super::auth::shared_key_signature;
 pub use super::auth::{account_sas, hmac_sha256, Credential};
@@ -263,7 +263,7 @@ impl Client {
     /// `Retry-After`) until [`RetryPolicy::give_up_after`]. Non-2xx answers other than
     /// 408/429/500/503 are returned at once as non-recoverable errors.
     pub fn send(&self, req: &Req<'_>) -> Result<Resp, RestError> {
-        let started = Instant::now();
+        let started = crate::clock::std_now();
         let mut attempt: u32 = 0;
         loop {
             let result = self.send_once(req);
@@ -315,7 +315,7 @@ impl Client {
                 message,
                 recoverable,
             };
-        let date = httpdate::fmt_http_date(SystemTime::now());
+        let date = httpdate::fmt_http_date(crate::clock::system_time());
         let mut headers: Vec<(String, String)> = req.headers.clone();
         headers.push(("x-ms-date".into(), date));
         headers.push(("x-ms-version".into(), API_VERSION.into()));

@@ -55,7 +55,7 @@ fn class_of(len: usize) -> usize {
 
 impl PutStats {
     pub(super) fn new() -> PutStats {
-        let now = Instant::now();
+        let now = crate::clock::std_now();
         PutStats {
             s: Mutex::new(State {
                 window: Window::default(),
@@ -80,13 +80,13 @@ impl PutStats {
 
     /// A Put Page starts.
     pub(super) fn put_started(&self) {
-        Self::step(&mut self.lock(), Instant::now(), 1);
+        Self::step(&mut self.lock(), crate::clock::std_now(), 1);
     }
 
     /// A Put Page of `len` bytes ended (successfully or not).
     pub(super) fn put_ended(&self, len: usize) {
         let mut s = self.lock();
-        Self::step(&mut s, Instant::now(), -1);
+        Self::step(&mut s, crate::clock::std_now(), -1);
         s.window.puts += 1;
         s.window.bytes += len as u64;
         s.window.sizes[class_of(len)] += 1;
@@ -115,7 +115,7 @@ impl PutStats {
     /// Logs the window's summary if it is old enough (or `force`) and starts a new one.
     pub(super) fn report(&self, blob: &str, force: bool) {
         let mut s = self.lock();
-        let now = Instant::now();
+        let now = crate::clock::std_now();
         let secs = now.duration_since(s.started).as_secs_f64();
         if !force && (secs < REPORT_EVERY.as_secs_f64() || s.window.puts == 0) {
             return;

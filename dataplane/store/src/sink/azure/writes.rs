@@ -4,7 +4,6 @@
 
 use std::ops::Range;
 use std::sync::{Condvar, Mutex};
-use std::time::Instant;
 
 use vdrep_proto::RangeSet;
 
@@ -57,7 +56,7 @@ impl AzureDisk {
         self.pipe.queue(&mut c, runs);
         let limit = self.pipe.taken_limit();
         if c.taken_bytes() > limit {
-            let t = Instant::now();
+            let t = crate::clock::std_now();
             while c.taken_bytes() > limit && !self.pipe.stopped() {
                 c = self.pipe.wait(c);
             }
@@ -100,7 +99,7 @@ impl AzureDisk {
             self.pipe.queue(&mut c, runs);
             c.next_id()
         };
-        let t = Instant::now();
+        let t = crate::clock::std_now();
         self.wait_sent(id, &r);
         if all {
             self.pipe.stats.flush_waited(t.elapsed());

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use vdrep_proto::{Guid, RangeSet};
 
 use super::{FaultPlan, FaultStore};
-use crate::jobs::Job;
+use crate::jobs::{Job, JobNow};
 use crate::sink::{
     DiskKey, DiskState, PointReader, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError,
 };

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use vdrep_proto::{Guid, RangeSet};
@@ -351,7 +350,7 @@ impl ReplicaDisk for LocalDisk {
         let footer = replica_footer(
             st.virtual_size,
             st.copy_id,
-            vhd_timestamp(SystemTime::now()),
+            vhd_timestamp(crate::clock::system_time()),
         );
         let f = self.ensure_working(&mut inner)?;
         let published = !self

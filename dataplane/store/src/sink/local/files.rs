@@ -129,10 +129,7 @@ pub(super) fn committed_record(rec: &Record, point: &RecoveryPoint) -> Record {
 
 /// Unix seconds now (receiver clock).
 pub(super) fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::clock::unix_secs()
 }
 
 pub(super) fn invalid(path: &Path, offset: u64, problem: impl Into<String>) -> SinkError {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use vdrep_proto::Guid;
 
-use crate::jobs::JobFile;
+use super::JobFile;
 use crate::sink::{validate_name, DiskKey, PointReader, ReplicaDisk, ReplicaStore, SinkError};
 pub use cycle::CYCLE_BUFFER;
 pub use disk::LocalDisk;
@@ -344,7 +344,7 @@ impl ReplicaStore for LocalStore {
         for v in vms {
             let dir = self.root.join(&v);
             // `FORMAT` and other plain files are not VM folders.
-            match self.fs.exists(&dir.join(crate::jobs::file::JOBS_FILE)) {
+            match self.fs.exists(&dir.join(super::job_file::JOBS_FILE)) {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,

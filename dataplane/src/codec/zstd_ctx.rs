@@ -282,7 +282,7 @@ mod tests {
 
     /// Text with some variety, so the match finders' tables matter.
     fn words(len: usize) -> Vec<u8> {
-        crate::pipeline::test_data::words(len, 0x9e37_79b9_7f4a_7c15, 5000)
+        crate::codec::test_data::words(len, 0x9e37_79b9_7f4a_7c15, 5000)
     }
 
     /// Bytes of the largest idle context set up for `level`.

@@ -9,13 +9,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Job, MAX_JOBS_PER_VM};
-use crate::sink::local::fs::StoreFs;
-use crate::sink::SinkError;
+use super::local::fs::StoreFs;
+use super::SinkError;
+use crate::jobs::{Job, MAX_JOBS_PER_VM};
 
 /// Names the file's format; another value is refused (never guessed at).
 pub const JOBS_FORMAT: &str = "vdrep-jobs 1";
@@ -134,7 +134,7 @@ impl JobFile {
             .create_dir_all(&self.dir)
             .map_err(|e| SinkError::io(&self.dir, "create folder", 0, e))?;
         let lock = self.lock_path();
-        let deadline = Instant::now() + LOCK_WAIT;
+        let deadline = crate::clock::std_now() + LOCK_WAIT;
         let _guard = loop {
             match self
                 .fs
@@ -142,7 +142,9 @@ impl JobFile {
                 .map_err(|e| SinkError::io(&lock, "lock", 0, e))?
             {
                 Some(g) => break g,
-                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                None if crate::clock::std_now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
                 None => return Err(SinkError::Locked { path: lock }),
             }
         };
@@ -212,6 +214,7 @@ pub fn bound(jobs: &mut Vec<Job>, max: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::JobNow;
     use crate::sink::fault::SimFs;
     use crate::sink::local::fs::RealFs;
     use vdrep_proto::wire::{JobKind, JobState};
@@ -277,7 +280,7 @@ mod tests {
             msg.contains("corrupt job record") && msg.contains("line 1"),
             "{msg}"
         );
-        assert!(!e.is_recoverable());
+        assert!(!e.is_transient());
         // A write does not silently replace a file it cannot read.
         assert!(f.upsert(&job(1)).is_err());
         std::fs::write(f.path(), b"{\"format\": \"vdrep-jobs 9\", \"jobs\": []}").unwrap();

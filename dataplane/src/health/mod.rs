@@ -26,6 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::SharedClock;
 
+mod severity;
+
+pub use severity::{lowercase, Condition, State};
+
 /// The RPO threshold without one configured: twice the interval, plus a minute so that a
 /// short interval does not warn on every slow commit.
 pub fn default_rpo_threshold(interval: Duration) -> Duration {
@@ -34,17 +38,6 @@ pub fn default_rpo_threshold(interval: Duration) -> Duration {
 
 /// An RPO this many times the threshold makes a VM Critical.
 pub const CRITICAL_FACTOR: u32 = 4;
-
-/// The health states, worst last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum State {
-    /// Replicating within its RPO.
-    Normal,
-    /// Needs attention soon, or is recovering by itself.
-    Warning,
-    /// Needs an operator.
-    Critical,
-}
 
 /// The last error seen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -350,20 +343,20 @@ fn vm_report(name: &str, v: &VmState, now: Timestamp, th: f64) -> VmHealth {
             .newest_point
             .map(|p| now.duration_since(p).as_secs_f64().max(0.0));
         if let Some(rpo) = rpo.filter(|r| *r > th * CRITICAL_FACTOR as f64) {
-            state = State::Critical;
+            state = Condition::RpoFarAboveThreshold.severity();
             reasons.push(format!(
                 "RPO {rpo:.0} s is more than {CRITICAL_FACTOR}× the threshold {th:.0} s"
             ));
         } else if let Some(rpo) = rpo.filter(|r| *r > th) {
-            state = State::Warning;
+            state = Condition::RpoAboveThreshold.severity();
             reasons.push(format!("RPO {rpo:.0} s is above the threshold {th:.0} s"));
         }
         if let Some(r) = &d.resync {
-            state = state.max(State::Warning);
+            state = state.max(Condition::ResyncRequired.severity());
             reasons.push(format!("resync required: {r}"));
         }
         if d.resync_running {
-            state = state.max(State::Warning);
+            state = state.max(Condition::ResyncRunning.severity());
             reasons.push("resync running".into());
         }
         disks.push(DiskHealth {
@@ -383,10 +376,10 @@ fn vm_report(name: &str, v: &VmState, now: Timestamp, th: f64) -> VmHealth {
         .collect();
     if let Some(e) = &v.last_error {
         if v.critical {
-            state = State::Critical;
+            state = state.max(Condition::NotRetried.severity());
             reasons.insert(0, format!("not retried ({}): {}", e.class, e.advice));
         } else {
-            state = state.max(State::Warning);
+            state = state.max(Condition::Retrying.severity());
             reasons.insert(0, format!("retrying ({}): {}", e.class, e.message));
         }
     }

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Job, JobFile};
+use crate::jobs::Job;
 use crate::sink::local::fs::RealFs;
-use crate::sink::{validate_name, SinkError};
+use crate::sink::{validate_name, JobFile, SinkError};
 
 /// The sender's state folder when `send --state` is not given: `$XDG_STATE_HOME/vdrep`, else
 /// `$HOME/.local/state/vdrep`, else `/var/lib/vdrep` (a service without a home).
@@ -83,6 +83,7 @@ impl PendingJobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::JobNow;
     use vdrep_proto::wire::JobKind;
 
     #[test]

@@ -1,0 +1,10 @@
+//! The extent codec both roles share, below them both: zero detection on one grid and the
+//! process's zstd contexts. The sender's pipeline encodes with it, the receiver decodes with
+//! it; neither role reaches into the other.
+
+#[cfg(test)]
+pub(crate) mod test_data;
+mod zeros;
+pub mod zstd_ctx;
+
+pub use zeros::{zero_hash, zero_runs, ZERO_BLOCK};
