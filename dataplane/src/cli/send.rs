@@ -17,6 +17,7 @@ use super::config::{self, duration_str};
 use super::CliError;
 use crate::clock::SystemClock;
 use crate::sender::protect::Policy;
+use crate::sender::qemu::QemuSpec;
 use crate::sender::{self, SendOptions, VmSpec};
 use crate::throttle::{BandwidthControl, BandwidthPolicy, PolicySpec, Throttle};
 use std::sync::Arc;
@@ -47,9 +48,22 @@ pub struct Args {
     /// --config).
     #[arg(long, value_name = "VM", help_heading = "VM")]
     vm: Option<String>,
-    /// Disk images of the VM, replicated in this order (required with --vm).
+    /// Disk images of the VM, replicated in this order (required with --vm, unless --qmp).
     #[arg(value_name = "DISK")]
     disks: Vec<PathBuf>,
+    /// Protect the running qemu VM --vm through its QMP socket (with --interval): qemu's
+    /// dirty bitmaps track the writes and point-in-time views are read over NBD.
+    #[arg(long, value_name = "SOCKET", help_heading = "VM")]
+    qmp: Option<PathBuf>,
+    /// With --qmp: a block node to protect, stored as NAME [default: the node-name, else
+    /// the image's stem]. Repeatable; required with qemu-storage-daemon [default: the
+    /// guest's writable block devices].
+    #[arg(long = "drive", value_name = "NODE[=NAME]", help_heading = "VM")]
+    drives: Vec<crate::sender::qemu::Drive>,
+    /// With --qmp: the NBD server socket the VM already runs (qemu allows one) [default:
+    /// vdrep starts one on a private socket in --state and stops it when done].
+    #[arg(long, value_name = "SOCKET", help_heading = "VM")]
+    nbd: Option<PathBuf>,
     /// Parallel streams per disk (upload threads per VM), 1..=32 [default: 4].
     #[arg(long, value_name = "N", help_heading = "Transfer")]
     threads: Option<usize>,
@@ -147,7 +161,17 @@ pub struct Args {
 #[serde(deny_unknown_fields)]
 struct FileVm {
     name: String,
+    #[serde(default)]
     disks: Vec<PathBuf>,
+    /// qemu's QMP socket (then `disks` stays empty).
+    #[serde(default)]
+    qmp: Option<PathBuf>,
+    /// `NODE[=NAME]` entries, as `--drive`.
+    #[serde(default)]
+    drives: Vec<String>,
+    /// The VM's own NBD server socket, as `--nbd`.
+    #[serde(default)]
+    nbd: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -366,6 +390,7 @@ fn options(a: &Args) -> anyhow::Result<Options> {
             }
             (None, None) => None,
         },
+        qemu: Vec::new(),
     };
     if a.verify && !a.resync {
         bail!("--verify applies to --resync");
@@ -382,14 +407,66 @@ fn options(a: &Args) -> anyhow::Result<Options> {
             opts.level
         );
     }
-    let mut vms: Vec<VmSpec> =
-        f.vm.into_iter()
-            .map(|v| VmSpec {
-                name: v.name,
-                disks: v.disks,
-            })
-            .collect();
+    let mut vms: Vec<VmSpec> = Vec::new();
+    let mut qemu: Vec<QemuSpec> = Vec::new();
+    for v in f.vm {
+        match v.qmp {
+            Some(qmp) => {
+                if !v.disks.is_empty() {
+                    bail!("[[vm]] {}: give either disks or qmp, not both", v.name);
+                }
+                let drives = v
+                    .drives
+                    .iter()
+                    .map(|d| d.parse::<crate::sender::qemu::Drive>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!("[[vm]] {}: {e}", v.name))?;
+                qemu.push(QemuSpec {
+                    vm: v.name,
+                    qmp,
+                    drives,
+                    nbd: v.nbd,
+                });
+            }
+            None => {
+                if !v.drives.is_empty() || v.nbd.is_some() {
+                    bail!("[[vm]] {}: drives and nbd need qmp", v.name);
+                }
+                vms.push(VmSpec {
+                    name: v.name,
+                    disks: v.disks,
+                })
+            }
+        }
+    }
+    if a.qmp.is_none() && (!a.drives.is_empty() || a.nbd.is_some()) {
+        bail!("--drive and --nbd need --qmp");
+    }
+    match (&a.vm, &a.qmp) {
+        (Some(vm), Some(qmp)) => {
+            if !a.disks.is_empty() {
+                bail!("--vm {vm} --qmp: qemu's disks are named with --drive, not as DISK");
+            }
+            vms.retain(|v| &v.name != vm);
+            qemu.retain(|q| &q.vm != vm);
+            qemu.push(QemuSpec {
+                vm: vm.clone(),
+                qmp: qmp.clone(),
+                drives: a.drives.clone(),
+                nbd: a.nbd.clone(),
+            });
+        }
+        (None, Some(_)) => bail!("--qmp needs --vm VM"),
+        _ => {}
+    }
+    for q in &qemu {
+        crate::sink::validate_name("VM name", &q.vm)?;
+    }
+    if !qemu.is_empty() && policy.is_none() {
+        bail!("--qmp protects a running VM: give --interval");
+    }
     match (&a.vm, a.disks.is_empty()) {
+        _ if a.qmp.is_some() => {}
         (Some(vm), false) => {
             vms.retain(|v| &v.name != vm);
             vms.push(VmSpec {
@@ -403,9 +480,10 @@ fn options(a: &Args) -> anyhow::Result<Options> {
     }
     // A protecting sender with a control channel may start empty: the sidecar enables
     // protection of VMs at run time (and the state folder keeps those it added before).
-    if vms.is_empty() && (policy.is_none() || endpoints.control.is_none()) {
+    if vms.is_empty() && qemu.is_empty() && (policy.is_none() || endpoints.control.is_none()) {
         bail!("nothing to send: give --vm VM DISK... or [[vm]] entries in --config (or --interval with --control, to protect VMs enabled through the sidecar)");
     }
+    let opts = SendOptions { qemu, ..opts };
     Ok((vms, opts, policy, endpoints))
 }
 
@@ -438,7 +516,19 @@ pub fn run(a: Args) -> Result<(), CliError> {
                     .await
                     .map_err(|e| sender::SendError::Internal(e.to_string()))?;
             }
-            sender::run_controlled(&vms, &opts, policy, ctl, ends.control).await
+            if opts.qemu.is_empty() {
+                return sender::run_controlled(&vms, &opts, policy, ctl, ends.control).await;
+            }
+            // qemu VMs stop cleanly on SIGTERM: vdrep's views, jobs, exports and NBD
+            // server go, the bitmaps stay (writes made while stopped ship at the next start).
+            tokio::select! {
+                r = sender::run_controlled(&vms, &opts, policy, ctl, ends.control) => r,
+                _ = crate::signals::shutdown() => {
+                    let _ = tokio::task::spawn_blocking(sender::qemu::ctl::stop_all).await;
+                    tracing::info!("stopped");
+                    std::process::exit(0);
+                }
+            }
         })
         .map_err(CliError::from)?;
     // The summary is in the log already (its last line): printed again only as JSON.

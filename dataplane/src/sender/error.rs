@@ -81,6 +81,17 @@ pub enum SendError {
     /// A local failure of the pipeline's threads.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The change source failed (qemu: QMP or NBD); `transient` when retrying may help (the
+    /// socket went away, no room for a view yet).
+    #[error("{vm}: change source: {message}")]
+    Source {
+        /// The VM.
+        vm: String,
+        /// What failed and what to do.
+        message: String,
+        /// Whether to retry on the schedule.
+        transient: bool,
+    },
 }
 
 impl Classify for SendError {
@@ -109,6 +120,7 @@ impl Classify for SendError {
             SendError::Remote { class, .. } => class.recovery().is_transient(),
             SendError::Integrity { .. } => true,
             SendError::Internal(_) => false,
+            SendError::Source { transient, .. } => *transient,
         })
     }
 }
@@ -127,6 +139,7 @@ impl SendError {
             SendError::Protocol { .. } => "protocol",
             SendError::Integrity { .. } => "integrity",
             SendError::Internal(_) => "internal",
+            SendError::Source { .. } => "source",
         }
     }
 }
@@ -178,6 +191,8 @@ impl SendError {
         SendError::Protocol { .. } => "the receiver broke the protocol: check both versions",
         SendError::Integrity { .. } => "data kept arriving corrupted; retrying",
         SendError::Internal(_) => "an internal failure of the sender: see its log",
+        SendError::Source { transient: true, .. } => "the change source (qemu) is unreachable or busy; retrying",
+        SendError::Source { .. } => "the change source (qemu) refused: see the message",
         #[allow(unreachable_patterns)]
         _ => {
             if recoverable {

@@ -16,9 +16,10 @@ mod options;
 pub mod pending;
 pub mod progress;
 pub mod protect;
+pub mod qemu;
 mod renew;
-pub mod source;
 pub mod resync;
+pub mod source;
 pub mod status;
 mod stream;
 pub mod vmset;
@@ -299,6 +300,25 @@ async fn run_jobs(
                     disks: vmset::protected_disks(vm_jobs, &spec.disks, opts.resync)?,
                     sched: Arc::new(protect::Schedule::new(p.interval)),
                     policy: p,
+                    qemu: None,
+                });
+            }
+            for spec in &opts.qemu {
+                let (spec, st) = (spec.clone(), state.to_path_buf());
+                let q = tokio::task::spawn_blocking(move || qemu::QemuVm::open(spec, &st))
+                    .await
+                    .map_err(|e| SendError::Internal(format!("qemu task: {e}")))??;
+                let q = Arc::new(q);
+                qemu::ctl::register(&q);
+                let names: Vec<String> = q.disks.iter().map(|d| d.name.clone()).collect();
+                health.add_vm(&q.name, &names, opts.rpo_threshold.or(Some(threshold)));
+                set.push(vmset::VmEntry {
+                    name: q.name.clone(),
+                    paths: Vec::new(),
+                    disks: Arc::new(Vec::new()),
+                    sched: Arc::new(protect::Schedule::new(policy.interval)),
+                    policy: policy.clone(),
+                    qemu: Some(q),
                 });
             }
             Mode::Protect(set)
