@@ -18,6 +18,7 @@ pub mod cycle;
 pub mod discover;
 pub mod protect;
 pub mod state;
+pub mod test_hook;
 pub mod view;
 
 use std::path::PathBuf;

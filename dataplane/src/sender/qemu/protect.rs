@@ -94,6 +94,7 @@ pub async fn protect(
         first = false;
         info!(vm = %vm.name, generation = views.first().map(|v| v.generation).unwrap_or(0),
               disks = views.len(), "qemu switch of the VM's disks (one transaction)");
+        super::test_hook::after_switch().await;
         let mut advanced = vec![false; views.len()];
         let r = round(
             conn,
@@ -179,6 +180,9 @@ async fn round(
             sh.board.copy_started(&vm.name, name, false);
             sh.jobs.copy_started(ctrl, &vm.name, name).await;
             let out = copy_initial(conn, ctrl, job, o, sh).await?;
+            // The replica is point 0 now: later rounds ship cycles.
+            o.initial_committed = true;
+            o.known_empty = false;
             sh.health.committed(&vm.name, name, sh.clock.now_utc());
             let detail = format!(
                 "{} bytes committed as recovery point 0 in {:.1} s ({} bytes resumed)",
