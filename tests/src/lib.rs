@@ -10,6 +10,7 @@ pub mod fixtures;
 pub mod http;
 pub mod images;
 pub mod procs;
+pub mod qemu_rig;
 pub mod qsd;
 pub mod relay;
 pub mod roles;

@@ -122,7 +122,9 @@ impl Qsd {
         self.child = Some(cmd.spawn().expect("start qemu-storage-daemon"));
         for _ in 0..500 {
             let mounted = (0..self.disks.len()).all(|i| {
-                std::fs::metadata(self.guest(i)).map(|m| m.len() > 0).unwrap_or(false)
+                std::fs::metadata(self.guest(i))
+                    .map(|m| m.len() > 0)
+                    .unwrap_or(false)
             });
             if self.qmp_socket().exists() && mounted {
                 return;

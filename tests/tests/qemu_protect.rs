@@ -9,195 +9,17 @@
 //! clean stop (SIGTERM) leaves only the bitmaps in qemu, and the writes made while the
 //! sender was stopped are in the next point.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use vdrep_tests::procs::{certs, finish, read_log, wait_for_log, Receiver, Send};
-use vdrep_tests::qsd::{make_disk, Qsd};
-use vdrep_tests::vdrep;
+use vdrep_tests::procs::{finish, read_log, wait_for_log};
+use vdrep_tests::qemu_rig::{compare, counters, snapshot, wait_until, Rig, StopOnDrop, CYCLE_READ};
+use vdrep_tests::qsd::Qsd;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;
 /// Logged by the sender after each switch.
 const SWITCHED: &str = "qemu switch of the VM's disks";
-/// Logged by the sender per committed qemu cycle, with its counters.
-const CYCLE_READ: &str = "qemu cycle: bytes read from views against dirty bytes";
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-struct Rig {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    tls: PathBuf,
-    store: PathBuf,
-    _rx: Receiver,
-    qsd: Qsd,
-}
-
-impl Rig {
-    fn new() -> Rig {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        let tls = certs(&dir.join("tls"), &["hv01"]);
-        let store = dir.join("store");
-        let rx = Receiver::start(&store, &tls, &["hv01=vm1"]);
-        let q = dir.join("qsd");
-        std::fs::create_dir_all(&q).unwrap();
-        let disks = vec![
-            make_disk(&q, "os", "raw", SIZE, 0x11),
-            make_disk(&q, "data", "qcow2", SIZE, 0x22),
-        ];
-        let qsd = Qsd::start(&q, disks);
-        Rig {
-            _tmp: tmp,
-            dir,
-            tls,
-            store,
-            _rx: rx,
-            qsd,
-        }
-    }
-
-    fn send(&self, log: &str) -> Send {
-        let mut snd = Send::new(&self._rx.to(), &self.tls, "hv01", "vm1", &[], &self.dir.join(log));
-        for a in [
-            "--qmp",
-            s(&self.qsd.qmp_socket()),
-            "--drive",
-            "os",
-            "--drive",
-            "data",
-            "--interval",
-            "1s",
-            "--give-up-after",
-            "60s",
-            "--state",
-            s(&self.dir.join("state")),
-        ] {
-            snd = snd.arg(a);
-        }
-        snd
-    }
-
-    /// The VM's points (cycles), checked to be the same for both disks.
-    fn points(&self) -> Vec<u64> {
-        let out = vdrep(&["points", "--store", s(&self.store), "--vm", "vm1", "--json"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let list = |name: &str| -> Vec<u64> {
-            doc["disks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|d| d["disk"] == name)
-                .unwrap_or_else(|| panic!("no disk {name}: {doc:#}"))["points"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p["cycle"].as_u64().unwrap())
-                .collect()
-        };
-        let (a, b) = (list("os"), list("data"));
-        assert_eq!(a, b, "the disks' points differ: {doc:#}");
-        a
-    }
-
-    /// Fails point `p` over into `DIR/fo-P`; returns the folder (`os.vhd`, `data.vhd`).
-    fn failover(&self, p: u64) -> PathBuf {
-        let out_dir = self.dir.join(format!("fo-{p}"));
-        let _ = std::fs::remove_dir_all(&out_dir);
-        let out = vdrep(&[
-            "failover",
-            "--test",
-            "--store",
-            s(&self.store),
-            "--vm",
-            "vm1",
-            "--point",
-            &p.to_string(),
-            "--out",
-            s(&out_dir),
-        ]);
-        assert!(
-            out.status.success(),
-            "failover of point {p}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out_dir
-    }
-}
-
-/// `qemu-img compare -U` of a source image (in use by the daemon) and a replica.
-fn compare(src: &Path, fmt: &str, replica: &Path) -> Result<(), String> {
-    let out = Command::new("qemu-img")
-        .args(["compare", "-U", "-f", fmt, "-F", "vpc"])
-        .arg(src)
-        .arg(replica)
-        .output()
-        .expect("qemu-img compare");
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} vs {}: {}{}",
-            src.display(),
-            replica.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-/// Copies an image as raw bytes (`qemu-img convert -U`), to keep a disk's state.
-fn snapshot(src: &Path, fmt: &str, out: &Path) {
-    let ok = Command::new("qemu-img")
-        .args(["convert", "-U", "-f", fmt, "-O", "raw"])
-        .arg(src)
-        .arg(out)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "qemu-img convert {}", src.display());
-}
-
-/// The counters of the newest cycle-read line of disk `disk`: (dirty, read) bytes.
-fn counters(log: &str, disk: &str) -> Option<(u64, u64)> {
-    let line = log
-        .lines()
-        .filter(|l| l.contains(CYCLE_READ) && l.contains(&format!("disk={disk}")))
-        .last()?;
-    let field = |k: &str| -> u64 {
-        let at = line.find(&format!("{k}=")).unwrap() + k.len() + 1;
-        line[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    Some((field("dirty_bytes_total"), field("view_read_bytes_total")))
-}
-
-fn wait_until(what: &str, log: &Path, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}:\n{}", read_log(log));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Stops the guest when the test fails while it writes.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
 
 /// The guest: scattered writes of 4..64 KiB to both disks until `stop`.
 fn guest_writes(qsd: &Qsd, seed: u64, stop: &AtomicBool, max: usize) -> usize {
@@ -222,11 +44,15 @@ fn guest_writes(qsd: &Qsd, seed: u64, stop: &AtomicBool, max: usize) -> usize {
 #[test]
 fn initial_replication_holds_the_disks_at_protection_start_and_cycles_converge_reading_only_dirty_extents(
 ) {
-    let mut rig = Rig::new();
+    let mut rig = Rig::new(SIZE);
     let q = rig.dir.join("qsd");
     // The disks as protection finds them (nothing writes before the sender's first switch).
     snapshot(&q.join("os.raw"), "raw", &rig.dir.join("os-start.raw"));
-    snapshot(&q.join("data.qcow2"), "qcow2", &rig.dir.join("data-start.raw"));
+    snapshot(
+        &q.join("data.qcow2"),
+        "qcow2",
+        &rig.dir.join("data-start.raw"),
+    );
     let send = rig.send("send.log");
     let t0 = Instant::now();
     let child = send.spawn();
@@ -241,23 +67,33 @@ fn initial_replication_holds_the_disks_at_protection_start_and_cycles_converge_r
         let h = sc.spawn(|| guest_writes(&rig.qsd, 7, &stop, usize::MAX));
         let _stop = StopOnDrop(&stop);
         let switches = |n| read_log(&send.log).matches(SWITCHED).count() >= n;
-        wait_until("four switches", &send.log, Duration::from_secs(90), || switches(4));
+        wait_until("four switches", &send.log, Duration::from_secs(90), || {
+            switches(4)
+        });
         stop.store(true, Ordering::SeqCst);
         h.join().unwrap()
     });
     assert!(written > 50, "the guest wrote only {written} times");
     // Writes stopped: the next round that commits ships the rest.
     let seen = read_log(&send.log).matches(CYCLE_READ).count();
-    wait_until("two more committed rounds", &send.log, Duration::from_secs(60), || {
-        read_log(&send.log).matches(CYCLE_READ).count() >= seen + 4
-    });
+    wait_until(
+        "two more committed rounds",
+        &send.log,
+        Duration::from_secs(60),
+        || read_log(&send.log).matches(CYCLE_READ).count() >= seen + 4,
+    );
     // SIGTERM: a clean stop.
     // SAFETY: kill(2) of our own child.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
     let res = finish(child, t0, Duration::from_secs(30), &send.log);
-    assert!(res.status.success(), "clean stop failed: {}\n{}", res.status, res.log);
+    assert!(
+        res.status.success(),
+        "clean stop failed: {}\n{}",
+        res.status,
+        res.log
+    );
 
     let pts = rig.points();
     assert!(pts.len() >= 4, "points {pts:?}");
@@ -265,7 +101,12 @@ fn initial_replication_holds_the_disks_at_protection_start_and_cycles_converge_r
     // Point 0 is the disks at protection start, although the guest wrote during the copy.
     let first = rig.failover(0);
     compare(&rig.dir.join("os-start.raw"), "raw", &first.join("os.vhd")).unwrap();
-    compare(&rig.dir.join("data-start.raw"), "raw", &first.join("data.vhd")).unwrap();
+    compare(
+        &rig.dir.join("data-start.raw"),
+        "raw",
+        &first.join("data.vhd"),
+    )
+    .unwrap();
     assert!(
         compare(&q.join("os.raw"), "raw", &first.join("os.vhd")).is_err(),
         "the guest's writes are not visible: the test proves nothing"
