@@ -181,8 +181,7 @@ pub fn snapshot(src: &Path, fmt: &str, out: &Path) {
 pub fn counters(log: &str, disk: &str) -> Option<(u64, u64)> {
     let line = log
         .lines()
-        .filter(|l| l.contains(CYCLE_READ) && l.contains(&format!("disk={disk}")))
-        .last()?;
+        .rfind(|l| l.contains(CYCLE_READ) && l.contains(&format!("disk={disk}")))?;
     let field = |k: &str| -> u64 {
         let at = line.find(&format!("{k}=")).unwrap() + k.len() + 1;
         line[at..]
