@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::procs::{certs, read_log, Receiver, Send};
 use crate::qsd::{make_disk, Qsd};
 use crate::vdrep;
+use vdrep_store::sink::ReplicaDisk;
 
 /// Logged by the sender per committed qemu cycle, with its counters.
 pub const CYCLE_READ: &str = "qemu cycle: bytes read from views against dirty bytes";
@@ -323,5 +324,46 @@ impl Rig {
             out.push((p, m));
         }
         out
+    }
+}
+
+impl Rig {
+    /// Per disk (its points are its own until points are the VM's): every point of the
+    /// disk holds exactly the disk's first n numbered writes for some n, and the newest
+    /// holds all `written` writes. Returns the (point, n) of each point, per disk. Stops the
+    /// receiver (the store is read directly).
+    pub fn check_disk_prefixes(&mut self, size: u64, written: u64) -> [Vec<(u64, u64)>; 2] {
+        self.rx.kill9();
+        let store = vdrep_store::sink::local::LocalStore::open(&self.store).expect("open store");
+        let mut res: [Vec<(u64, u64)>; 2] = [Vec::new(), Vec::new()];
+        for (i, (name, fill)) in [("os", 0x11u8), ("data", 0x22u8)].iter().enumerate() {
+            let key = vdrep_store::sink::DiskKey::new("vm1", name).unwrap();
+            // qemu disks carry no identity of their own (NIL).
+            let d = store
+                .open_local(&key, size, vdrep_proto::Guid::default())
+                .expect("open replica");
+            for p in d.points().expect("points") {
+                let b = d.read_point(p.cycle, 0, size as usize).expect("read point");
+                let mut got = writes_in(&b, i as u64, *fill);
+                got.sort_unstable();
+                let want: Vec<u64> = (0..got.len() as u64)
+                    .map(|j| i as u64 + 1 + 2 * j)
+                    .collect();
+                assert_eq!(
+                    got, want,
+                    "{name} point {}: not a prefix of the disk's writes",
+                    p.cycle
+                );
+                res[i].push((p.cycle, got.len() as u64));
+            }
+            let all = (written + 1 - i as u64) / 2;
+            assert_eq!(
+                res[i].last().map(|x| x.1),
+                Some(all),
+                "{name}: the newest point misses writes: {:?}",
+                res[i]
+            );
+        }
+        res
     }
 }

@@ -96,7 +96,8 @@ impl Qsd {
         cmd.args(["--monitor", "chardev=mon"]);
         for (i, d) in self.disks.iter().enumerate() {
             let mount = self.guest(i);
-            std::fs::write(&mount, b"").unwrap();
+            std::fs::write(&mount, b"")
+                .unwrap_or_else(|e| panic!("guest mount point {}: {e}", mount.display()));
             cmd.arg("--blockdev").arg(format!(
                 "driver=file,filename={},node-name=file{i}",
                 d.path.display()
@@ -184,6 +185,32 @@ impl Qsd {
         (objs, bitmaps)
     }
 
+    /// Kills the daemon with `signal` (SIGTERM: persistent bitmaps are saved; SIGKILL: a
+    /// crash) and starts it again over the same images.
+    pub fn restart(&mut self, signal: i32) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe {
+                libc::kill(c.id() as i32, signal);
+            }
+            let _ = c.wait();
+        }
+        self.unmount();
+        self.spawn();
+    }
+
+    fn unmount(&self) {
+        for i in 0..self.disks.len() {
+            // A FUSE mount a killed daemon left behind (lazily: it may be dead).
+            if let Ok(c) = std::ffi::CString::new(self.guest(i).to_string_lossy().as_bytes()) {
+                // SAFETY: a valid NUL-terminated path; failure (not mounted) is ignored.
+                unsafe {
+                    libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+                }
+            }
+        }
+    }
+
     /// Stops the daemon (SIGTERM: persistent bitmaps are saved) and waits.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -209,13 +236,6 @@ impl Drop for Qsd {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for i in 0..self.disks.len() {
-            // A FUSE mount a killed daemon left behind.
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg(self.guest(i))
-                .stderr(Stdio::null())
-                .status();
-        }
+        self.unmount();
     }
 }

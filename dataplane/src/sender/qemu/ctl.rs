@@ -271,6 +271,8 @@ impl QemuVm {
 
     fn switch_locked(&self, g: &mut Inner) -> Result<Vec<View>, SendError> {
         for _ in 0..2 {
+            // Set up first: it may find a bitmap lost and change the state.
+            self.ready(g)?;
             let generation = g.st.generation.wrapping_add(1).max(1);
             let disks: Vec<SwitchDisk> = self
                 .disks

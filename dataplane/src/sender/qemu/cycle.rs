@@ -36,7 +36,7 @@ impl CycleSource for ViewCycle {
         let extents = self
             .view
             .dirty_extents()
-            .map_err(|e| SourceError::Failed(e.to_string()))?;
+            .map_err(|e| SourceError::Transient(e.to_string()))?;
         let dirty: u64 = extents.iter().map(|e| e.end - e.start).sum();
         self.vm.counters[self.index]
             .dirty
@@ -57,7 +57,7 @@ impl CycleSource for ViewCycle {
     fn committed(&self, cycle: u64) -> Result<(), SourceError> {
         self.vm
             .advance(self.index, &self.new_bitmap)
-            .map_err(|e| SourceError::Failed(e.to_string()))?;
+            .map_err(|e| SourceError::Transient(e.to_string()))?;
         let c = &self.vm.counters[self.index];
         let read = c.read.load(Ordering::Relaxed) + self.view.read_bytes() - self.read_before;
         info!(vm = %self.vm.name, disk = %self.vm.disks[self.index].name, cycle,

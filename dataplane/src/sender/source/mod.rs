@@ -69,9 +69,14 @@ pub enum SourceError {
     /// shipping would make a recovery point that never existed, so the disk needs a resync.
     #[error("{0}")]
     Gap(String),
-    /// Anything else (IO, qemu unreachable): the attempt fails and is retried.
+    /// A failure of the sender itself (a log unreadable for another reason): the attempt
+    /// fails and the VM goes Critical.
     #[error("{0}")]
     Failed(String),
+    /// A failure that retrying may cure (qemu or its NBD server unreachable): the attempt
+    /// fails and is retried on the schedule.
+    #[error("{0}")]
+    Transient(String),
 }
 
 /// One disk's closed cycles (the lifecycle is at the top of this module). Methods block
@@ -94,8 +99,15 @@ fn task_err(what: &str) -> impl Fn(tokio::task::JoinError) -> SendError + '_ {
     move |e| SendError::Internal(format!("{what} task: {e}"))
 }
 
-fn failed(e: SourceError) -> SendError {
-    SendError::Internal(e.to_string())
+fn failed(vm: &str, e: SourceError) -> SendError {
+    match e {
+        SourceError::Transient(message) => SendError::Source {
+            vm: vm.to_string(),
+            message,
+            transient: true,
+        },
+        e => SendError::Internal(e.to_string()),
+    }
 }
 
 /// Ships every closed cycle of a disk, oldest first, each committed as a recovery point.
@@ -114,7 +126,7 @@ pub async fn ship_pending(
     let pending = tokio::task::spawn_blocking(move || s.pending())
         .await
         .map_err(task_err("list cycles"))?
-        .map_err(failed)?;
+        .map_err(|e| failed(&job.vm, e))?;
     let gap = |reason: String| {
         error!(vm = %job.vm, disk = %job.name, %reason,
                "resync required: delta replication stops for this disk");
@@ -134,7 +146,7 @@ pub async fn ship_pending(
                 gap(format!("cycle {cycle}: {reason}"));
                 return Ok(last);
             }
-            Err(e) => return Err(failed(e)),
+            Err(e) => return Err(failed(&job.vm, e)),
         };
         // The structure is checked before anything ships, the data while it ships: damaged
         // bytes then reach at most the receiver's open cycle, which is never committed —
@@ -168,7 +180,7 @@ pub async fn ship_pending(
                     gap(format!("cycle {cycle}: {reason}"));
                     return Ok(last);
                 }
-                Err(e) => return Err(failed(e)),
+                Err(e) => return Err(failed(&job.vm, e)),
             }
         }
         let s = src.clone();
@@ -189,7 +201,7 @@ pub async fn ship_pending(
         tokio::task::spawn_blocking(move || s.committed(cycle))
             .await
             .map_err(task_err("release cycle"))?
-            .map_err(failed)?;
+            .map_err(|e| failed(&job.vm, e))?;
         last = Some(cycle);
         sh.stats.cycles.fetch_add(1, Ordering::Relaxed);
         sh.health.cycle_committed(&job.vm, &job.name, cycle);
