@@ -82,6 +82,21 @@ fn initial_replication_holds_the_disks_at_protection_start_and_cycles_converge_r
         Duration::from_secs(60),
         || read_log(&send.log).matches(CYCLE_READ).count() >= seen + 4,
     );
+    // The VM and its disks are in the sender's health like any other VM's.
+    let health: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(rig.dir.join("state/health.json")).expect("health.json"),
+    )
+    .unwrap();
+    let vm = &health["vms"][0];
+    assert_eq!(vm["vm"], "vm1", "{health:#}");
+    assert_eq!(vm["state"], "Normal", "{health:#}");
+    let disks: Vec<&str> = vm["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["disk"].as_str().unwrap())
+        .collect();
+    assert_eq!(disks, ["data", "os"], "{health:#}");
     // SIGTERM: a clean stop.
     // SAFETY: kill(2) of our own child.
     unsafe {

@@ -310,6 +310,22 @@ async fn run_jobs(
                     .map_err(|e| SendError::Internal(format!("qemu task: {e}")))??;
                 let q = Arc::new(q);
                 qemu::ctl::register(&q);
+                // Enable protection's local checks passed (QMP reachable, disks found).
+                sh.jobs.start_vm(&q.name);
+                let qjobs: Vec<DiskJob> = q
+                    .disks
+                    .iter()
+                    .map(|d| DiskJob {
+                        vm: q.name.clone(),
+                        name: d.name.clone(),
+                        disk: Arc::new(qemu::view::QemuDisk::new(&d.node, &d.file, d.size)),
+                        progress: Default::default(),
+                    })
+                    .collect();
+                sh.jobs.disks_checked(&q.name, &qjobs);
+                for j in &qjobs {
+                    sh.board.add_disk(j, None);
+                }
                 let names: Vec<String> = q.disks.iter().map(|d| d.name.clone()).collect();
                 health.add_vm(&q.name, &names, opts.rpo_threshold.or(Some(threshold)));
                 set.push(vmset::VmEntry {
