@@ -160,7 +160,38 @@ fn initial_replication_holds_the_disks_at_protection_start_and_cycles_converge_r
     let next = rig.failover(*pts2.last().unwrap());
     compare(&q.join("os.raw"), "raw", &next.join("os.vhd")).unwrap();
     compare(&q.join("data.qcow2"), "qcow2", &next.join("data.vhd")).unwrap();
-    let (objs, _) = rig.qsd.vdrep_objects();
+    let (objs, bitmaps) = rig.qsd.vdrep_objects();
     assert!(objs.is_empty(), "left in qemu after --max-cycles: {objs:?}");
+    assert_eq!(bitmaps.len(), 2, "{bitmaps:?}");
+
+    // Unprotect removes everything, the bitmaps too.
+    let state = rig.dir.join("state");
+    let qmp = rig.qsd.qmp_socket();
+    let out = vdrep_tests::vdrep(&[
+        "unprotect",
+        "--store",
+        rig.store.to_str().unwrap(),
+        "--vm",
+        "vm1",
+        "--qmp",
+        qmp.to_str().unwrap(),
+        "--drive",
+        "os",
+        "--drive",
+        "data",
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "unprotect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (objs, bitmaps) = rig.qsd.vdrep_objects();
+    assert!(
+        objs.is_empty() && bitmaps.is_empty(),
+        "left: {objs:?} {bitmaps:?}"
+    );
+    assert!(!state.join("qemu/vm1").exists());
     rig.qsd.stop();
 }

@@ -29,12 +29,30 @@ pub struct Args {
     /// A source disk of the VM whose change-tracking files are removed (repeatable).
     #[arg(long = "disk")]
     disks: Vec<PathBuf>,
+    /// A qemu VM: remove vdrep's bitmaps, views, jobs and exports from it through this
+    /// QMP socket, and its folder in --state.
+    #[arg(long, value_name = "SOCKET")]
+    qmp: Option<PathBuf>,
+    /// With --qmp: the nodes protected, as `send --drive` named them [default: the guest's
+    /// writable block devices].
+    #[arg(long = "drive", value_name = "NODE[=NAME]")]
+    drives: Vec<crate::sender::qemu::Drive>,
+    /// With --qmp: the sender's state folder [default: as `send`].
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
+    if a.qmp.is_none() && (!a.drives.is_empty() || a.state.is_some()) {
+        return Err(CliError {
+            error: anyhow!("--drive and --state need --qmp"),
+            recovery: crate::error::Recovery::Permanent,
+            usage: true,
+        });
+    }
     let store = a.store.open_existing()?;
     let keys = store.list_disks(Some(&a.vm))?;
-    if keys.is_empty() && a.disks.is_empty() {
+    if keys.is_empty() && a.disks.is_empty() && a.qmp.is_none() {
         return Err(anyhow!(
             "{} holds no disks of VM {:?}: nothing to unprotect",
             store.describe(),
@@ -73,6 +91,31 @@ pub fn run(a: Args) -> Result<(), CliError> {
             "removed change tracking of {} ({n} file{})",
             d.display(),
             if n == 1 { "" } else { "s" }
+        );
+    }
+    if let Some(qmp) = &a.qmp {
+        let spec = crate::sender::qemu::QemuSpec {
+            vm: a.vm.clone(),
+            qmp: qmp.clone(),
+            drives: a.drives.clone(),
+            nbd: None,
+        };
+        let state = a
+            .state
+            .clone()
+            .unwrap_or_else(crate::sender::pending::default_state_dir);
+        let r = crate::sender::qemu::unprotect::unprotect(&spec, &state).map_err(|e| anyhow!(e))?;
+        println!(
+            "removed from qemu: {} bitmap(s) {:?}, {} leftover(s){}{}",
+            r.bitmaps.len(),
+            r.bitmaps,
+            r.leftovers,
+            if r.nbd_server {
+                ", vdrep's NBD server"
+            } else {
+                ""
+            },
+            if r.state { ", its state folder" } else { "" }
         );
     }
     Ok(())

@@ -19,6 +19,7 @@ pub mod discover;
 pub mod protect;
 pub mod state;
 pub mod test_hook;
+pub mod unprotect;
 pub mod view;
 
 use std::path::PathBuf;
