@@ -199,6 +199,21 @@ impl Qsd {
         self.spawn();
     }
 
+    /// Kills the daemon (SIGKILL) without starting it again: the VM's QMP socket is gone.
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.unmount();
+    }
+
+    /// Starts a crashed daemon again.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the daemon still runs");
+        self.spawn();
+    }
+
     fn unmount(&self) {
         for i in 0..self.disks.len() {
             // A FUSE mount a killed daemon left behind (lazily: it may be dead).

@@ -200,3 +200,61 @@ fn a_restarted_qemu_storage_daemon_loses_in_memory_bitmaps_and_the_disks_are_res
         );
     }
 }
+
+/// The sender's health.json: (the VM's state, its last error).
+fn vm_health(rig: &Rig) -> Option<(String, String)> {
+    let h: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rig.dir.join("state/health.json")).ok()?).ok()?;
+    let vm = &h["vms"][0];
+    Some((
+        vm["state"].as_str()?.to_string(),
+        vm["last_error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+    ))
+}
+
+#[test]
+fn a_gone_qmp_socket_is_retried_with_a_warning_and_protection_resumes_when_qemu_is_back() {
+    let mut rig = Rig::new(SIZE);
+    let w = NumberedWriter::new(SIZE);
+    let send = rig.send_every("send.log", "300ms");
+    let t0 = Instant::now();
+    let mut child = send.spawn();
+    let rounds = |n: usize| read_log(&send.log).matches(SWITCHED).count() >= n;
+    wait_until("protection", &send.log, Duration::from_secs(60), || {
+        rounds(3)
+    });
+    for _ in 0..50 {
+        assert!(w.write_one(&rig.qsd));
+    }
+    rig.qsd.crash();
+    // The sender retries on the schedule; its health says why, as a warning.
+    wait_until("a warning", &send.log, Duration::from_secs(30), || {
+        vm_health(&rig).is_some_and(|(s, e)| s == "Warning" && e.contains("QMP"))
+    });
+    assert!(child.try_wait().unwrap().is_none(), "the sender gave up");
+    assert!(read_log(&send.log).contains("recoverable error; reconnecting and resuming"));
+    rig.qsd.start_again();
+    for _ in 0..50 {
+        assert!(w.write_one(&rig.qsd));
+    }
+    let n = read_log(&send.log).matches(SWITCHED).count();
+    wait_until(
+        "rounds after qemu is back",
+        &send.log,
+        Duration::from_secs(60),
+        || rounds(n + 3),
+    );
+    wait_until(
+        "health back to Normal",
+        &send.log,
+        Duration::from_secs(30),
+        || vm_health(&rig).is_some_and(|(s, _)| s == "Normal"),
+    );
+    child.kill().unwrap();
+    let _ = finish(child, t0, Duration::from_secs(10), &send.log);
+    let per_disk = rig.check_disk_prefixes(SIZE, w.written());
+    eprintln!("points per disk: {per_disk:?}; {} writes", w.written());
+}

@@ -77,13 +77,8 @@ impl QemuVm {
     /// reachable, disks found). Nothing is changed in qemu yet.
     pub fn open(spec: QemuSpec, state_root: &std::path::Path) -> Result<QemuVm, SendError> {
         let vm = spec.vm.clone();
-        let mut qmp = Qmp::connect(&spec.qmp, QMP_TIMEOUT).map_err(|e| {
-            source_err(
-                &vm,
-                e.is_transient(),
-                format!("QMP {}: {e}", spec.qmp.display()),
-            )
-        })?;
+        let mut qmp = Qmp::connect(&spec.qmp, QMP_TIMEOUT)
+            .map_err(|e| source_err(&vm, e.is_transient(), e.to_string()))?;
         let disks = discover(&mut qmp, &spec.drives).map_err(|e| {
             let transient = matches!(&e, DiscoverError::Qmp(q) if q.is_transient());
             source_err(&vm, transient, e.to_string())
@@ -131,13 +126,8 @@ impl QemuVm {
     /// Connects (again) and sets up (the steps at the top of this file) unless done.
     fn ready<'a>(&self, g: &'a mut Inner) -> Result<(&'a mut Qmp, &'a Fleecer), SendError> {
         if g.qmp.is_none() {
-            let q = Qmp::connect(&self.spec.qmp, QMP_TIMEOUT).map_err(|e| {
-                source_err(
-                    &self.name,
-                    e.is_transient(),
-                    format!("QMP {}: {e}", self.spec.qmp.display()),
-                )
-            })?;
+            let q = Qmp::connect(&self.spec.qmp, QMP_TIMEOUT)
+                .map_err(|e| source_err(&self.name, e.is_transient(), e.to_string()))?;
             g.qmp = Some(q);
             g.fleecer = None;
         }
