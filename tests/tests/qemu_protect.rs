@@ -195,3 +195,28 @@ fn initial_replication_holds_the_disks_at_protection_start_and_cycles_converge_r
     assert!(!state.join("qemu/vm1").exists());
     rig.qsd.stop();
 }
+
+#[test]
+fn qemu_storage_daemon_has_no_guest_devices_so_send_without_drive_is_refused_naming_it() {
+    let rig = Rig::new(MIB);
+    let mut snd = rig.send("send.log");
+    // Without the --drive pairs.
+    let mut extra = Vec::new();
+    let mut it = snd.extra.iter();
+    while let Some(a) = it.next() {
+        if a == "--drive" {
+            it.next();
+        } else {
+            extra.push(a.clone());
+        }
+    }
+    snd.extra = extra;
+    let res = snd.run(Duration::from_secs(30));
+    assert_eq!(res.code(), Some(1), "{}", res.log);
+    assert!(res.log.contains("--drive NODE"), "{}", res.log);
+    let (objs, bitmaps) = rig.qsd.vdrep_objects();
+    assert!(
+        objs.is_empty() && bitmaps.is_empty(),
+        "{objs:?} {bitmaps:?}"
+    );
+}

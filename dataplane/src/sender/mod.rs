@@ -308,6 +308,14 @@ async fn run_jobs(
                 let q = tokio::task::spawn_blocking(move || qemu::QemuVm::open(spec, &st))
                     .await
                     .map_err(|e| SendError::Internal(format!("qemu task: {e}")))??;
+                if opts.resync {
+                    // `send --resync`: every disk is resynchronised from the first view.
+                    for d in &q.disks {
+                        q.state
+                            .mark_resync(&d.name, protect::OPERATOR_RESYNC)
+                            .map_err(|e| SendError::Internal(format!("{}: {e}", q.name)))?;
+                    }
+                }
                 let q = Arc::new(q);
                 qemu::ctl::register(&q);
                 // Enable protection's local checks passed (QMP reachable, disks found).

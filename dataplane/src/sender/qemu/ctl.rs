@@ -250,16 +250,19 @@ impl QemuVm {
     /// disk order. A disk without a trusted bitmap gets one now (recorded at once: its
     /// next read is a full one from this view). A bitmap found lost marks its disk for a
     /// resync and the switch is taken again.
-    pub fn switch(&self) -> Result<Vec<View>, SendError> {
+    pub fn switch(&self) -> Result<Switched, SendError> {
         let mut g = self.lock();
-        let r = self.switch_locked(&mut g);
-        if let Err(e) = &r {
-            self.on_error(&mut g, e);
+        match self.switch_locked(&mut g) {
+            Ok(v) => Ok(Switched::Views(v)),
+            Err(Blocked::NoRoom(message)) => Ok(Switched::NoRoom(message)),
+            Err(Blocked::Failed(e)) => {
+                self.on_error(&mut g, &e);
+                Err(e)
+            }
         }
-        r
     }
 
-    fn switch_locked(&self, g: &mut Inner) -> Result<Vec<View>, SendError> {
+    fn switch_locked(&self, g: &mut Inner) -> Result<Vec<View>, Blocked> {
         for _ in 0..2 {
             // Set up first: it may find a bitmap lost and change the state.
             self.ready(g)?;
@@ -309,7 +312,8 @@ impl QemuVm {
                             &self.name,
                             false,
                             format!("bitmap {bitmap} lost on unknown node {node}"),
-                        ));
+                        )
+                        .into());
                     };
                     let why = format!("dirty bitmap {bitmap} on {node} {reason}");
                     tracing::error!(vm = %self.name, disk = %d.name, reason = %why,
@@ -335,14 +339,16 @@ impl QemuVm {
                     g.st.generation = generation;
                     self.save(&g.st)?;
                 }
-                Err(e) => return Err(self.fleece_err(e)),
+                Err(e @ FleeceError::NoRoom { .. }) => return Err(Blocked::NoRoom(e.to_string())),
+                Err(e) => return Err(self.fleece_err(e).into()),
             }
         }
         Err(source_err(
             &self.name,
             true,
             "the switch did not settle; retrying".into(),
-        ))
+        )
+        .into())
     }
 
     /// Disk `index`'s cycle (or copy, or resync) from the current view committed: its
@@ -421,6 +427,27 @@ impl QemuVm {
         }
         info!(vm = %self.name, "qemu: views, jobs and exports removed; bitmaps kept");
         Ok(())
+    }
+}
+
+/// What a switch gave.
+pub enum Switched {
+    /// The views, in disk order.
+    Views(Vec<View>),
+    /// The scratch filesystem cannot hold the disks' full size: no view was taken (a full
+    /// copy-before-write target would fail the guest's writes); the cycle waits.
+    NoRoom(String),
+}
+
+/// Why `switch_locked` took no views.
+enum Blocked {
+    NoRoom(String),
+    Failed(SendError),
+}
+
+impl From<SendError> for Blocked {
+    fn from(e: SendError) -> Blocked {
+        Blocked::Failed(e)
     }
 }
 

@@ -18,11 +18,11 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::ctl::QemuVm;
+use super::ctl::{QemuVm, Switched};
 use super::cycle::ViewCycle;
 use super::view::NbdView;
 use crate::sender::disk::{copy_initial, open_disk, DiskJob, Opened, Shared};
-use crate::sender::protect::{Policy, Schedule};
+use crate::sender::protect::{Policy, Schedule, OPERATOR_RESYNC};
 use crate::sender::source::ship_pending;
 use crate::sender::{ControlStream, SendError};
 
@@ -76,20 +76,21 @@ pub async fn protect(
         } else if let Ok(mut n) = sched.next.lock() {
             *n = crate::clock::tokio_now() + sched.interval();
         }
-        let views = match blocking(vm, |v| v.switch()).await {
-            Ok(v) => v,
-            Err(SendError::Source {
-                transient: true,
-                message,
-                ..
-            }) if message.contains("bytes free") => {
+        let views = match blocking(vm, |v| v.switch()).await? {
+            Switched::Views(v) => v,
+            Switched::NoRoom(message) => {
                 // No room for the views' scratch images: the cycle waits (a full target would
                 // fail the guest's writes).
                 warn!(vm = %vm.name, %message, "no room for the fleecing views: the cycle waits");
+                let class = crate::retry::Classified {
+                    class: "source",
+                    recoverable: true,
+                    advice: "free space in the sender's state folder (the views' scratch images need the disks' full size); the cycle waits",
+                };
+                sh.health.vm_failed(&vm.name, &class, &message);
                 first = false;
                 continue;
             }
-            Err(e) => return Err(e),
         };
         first = false;
         info!(vm = %vm.name, generation = views.first().map(|v| v.generation).unwrap_or(0),
@@ -202,6 +203,14 @@ async fn round(
             // A copy resumed from this later view: blocks copied from an earlier view and
             // written since are in the previous bitmap; its cycle follows.
         } else if mark.is_some() || view.previous_bitmap.is_none() {
+            // A resync vdrep starts by itself (a bitmap lost) waits for the next non-work
+            // period, as for change logs; a new protection and an operator's do not.
+            let automatic = mark.as_deref().is_some_and(|m| m != OPERATOR_RESYNC);
+            if automatic && !sh.bandwidth.resync_allowed_now() {
+                info!(vm = %vm.name, disk = %name, reason = mark.as_deref().unwrap_or(""),
+                      "resync required: it waits for the next non-work period (send --resync starts it now)");
+                continue;
+            }
             info!(vm = %vm.name, disk = %name, reason = mark.as_deref().unwrap_or("no bitmap of this protection yet"),
                   "resync from the view");
             sh.board.copy_started(&vm.name, name, true);
