@@ -17,7 +17,6 @@ use super::config::{self, duration_str};
 use super::CliError;
 use crate::clock::SystemClock;
 use crate::sender::protect::Policy;
-use crate::sender::qemu::QemuSpec;
 use crate::sender::{self, SendOptions, VmSpec};
 use crate::throttle::{BandwidthControl, BandwidthPolicy, PolicySpec, Throttle};
 use std::sync::Arc;
@@ -47,23 +46,23 @@ pub struct Args {
     /// The VM the disks belong to (required with its disks, unless --control; or [[vm]] in
     /// --config).
     #[arg(long, value_name = "VM", help_heading = "VM")]
-    vm: Option<String>,
+    pub(super) vm: Option<String>,
     /// Disk images of the VM, replicated in this order (required with --vm, unless --qmp).
     #[arg(value_name = "DISK")]
-    disks: Vec<PathBuf>,
+    pub(super) disks: Vec<PathBuf>,
     /// Protect the running qemu VM --vm through its QMP socket (with --interval): qemu's
     /// dirty bitmaps track the writes and point-in-time views are read over NBD.
     #[arg(long, value_name = "SOCKET", help_heading = "VM")]
-    qmp: Option<PathBuf>,
+    pub(super) qmp: Option<PathBuf>,
     /// With --qmp: a block node to protect, stored as NAME [default: the node-name, else
     /// the image's stem]. Repeatable; required with qemu-storage-daemon [default: the
     /// guest's writable block devices].
     #[arg(long = "drive", value_name = "NODE[=NAME]", help_heading = "VM")]
-    drives: Vec<crate::sender::qemu::Drive>,
+    pub(super) drives: Vec<crate::sender::qemu::Drive>,
     /// With --qmp: the NBD server socket the VM already runs (qemu allows one) [default:
     /// vdrep starts one on a private socket in --state and stops it when done].
     #[arg(long, value_name = "SOCKET", help_heading = "VM")]
-    nbd: Option<PathBuf>,
+    pub(super) nbd: Option<PathBuf>,
     /// Parallel streams per disk (upload threads per VM), 1..=32 [default: 4].
     #[arg(long, value_name = "N", help_heading = "Transfer")]
     threads: Option<usize>,
@@ -159,19 +158,19 @@ pub struct Args {
 
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
-struct FileVm {
-    name: String,
+pub(super) struct FileVm {
+    pub(super) name: String,
     #[serde(default)]
-    disks: Vec<PathBuf>,
+    pub(super) disks: Vec<PathBuf>,
     /// qemu's QMP socket (then `disks` stays empty).
     #[serde(default)]
-    qmp: Option<PathBuf>,
+    pub(super) qmp: Option<PathBuf>,
     /// `NODE[=NAME]` entries, as `--drive`.
     #[serde(default)]
-    drives: Vec<String>,
+    pub(super) drives: Vec<String>,
     /// The VM's own NBD server socket, as `--nbd`.
     #[serde(default)]
-    nbd: Option<PathBuf>,
+    pub(super) nbd: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -299,14 +298,14 @@ fn reload_policy(flags: &PolicySpec, path: &std::path::Path) -> anyhow::Result<B
 }
 
 /// Where the sender answers besides the data path.
-struct Endpoints {
+pub(super) struct Endpoints {
     control: Option<PathBuf>,
     metrics: Option<std::net::SocketAddr>,
 }
 
-type Options = (Vec<VmSpec>, SendOptions, Option<Policy>, Endpoints);
+pub(super) type Options = (Vec<VmSpec>, SendOptions, Option<Policy>, Endpoints);
 
-fn options(a: &Args) -> anyhow::Result<Options> {
+pub(super) fn options(a: &Args) -> anyhow::Result<Options> {
     let mut f: File = config::load(a.config.as_deref())?;
     let endpoints = Endpoints {
         control: a.control.clone().or(f.control.clone()),
@@ -407,64 +406,7 @@ fn options(a: &Args) -> anyhow::Result<Options> {
             opts.level
         );
     }
-    let mut vms: Vec<VmSpec> = Vec::new();
-    let mut qemu: Vec<QemuSpec> = Vec::new();
-    for v in f.vm {
-        match v.qmp {
-            Some(qmp) => {
-                if !v.disks.is_empty() {
-                    bail!("[[vm]] {}: give either disks or qmp, not both", v.name);
-                }
-                let drives = v
-                    .drives
-                    .iter()
-                    .map(|d| d.parse::<crate::sender::qemu::Drive>())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| anyhow::anyhow!("[[vm]] {}: {e}", v.name))?;
-                qemu.push(QemuSpec {
-                    vm: v.name,
-                    qmp,
-                    drives,
-                    nbd: v.nbd,
-                });
-            }
-            None => {
-                if !v.drives.is_empty() || v.nbd.is_some() {
-                    bail!("[[vm]] {}: drives and nbd need qmp", v.name);
-                }
-                vms.push(VmSpec {
-                    name: v.name,
-                    disks: v.disks,
-                })
-            }
-        }
-    }
-    if a.qmp.is_none() && (!a.drives.is_empty() || a.nbd.is_some()) {
-        bail!("--drive and --nbd need --qmp");
-    }
-    match (&a.vm, &a.qmp) {
-        (Some(vm), Some(qmp)) => {
-            if !a.disks.is_empty() {
-                bail!("--vm {vm} --qmp: qemu's disks are named with --drive, not as DISK");
-            }
-            vms.retain(|v| &v.name != vm);
-            qemu.retain(|q| &q.vm != vm);
-            qemu.push(QemuSpec {
-                vm: vm.clone(),
-                qmp: qmp.clone(),
-                drives: a.drives.clone(),
-                nbd: a.nbd.clone(),
-            });
-        }
-        (None, Some(_)) => bail!("--qmp needs --vm VM"),
-        _ => {}
-    }
-    for q in &qemu {
-        crate::sink::validate_name("VM name", &q.vm)?;
-    }
-    if !qemu.is_empty() && policy.is_none() {
-        bail!("--qmp protects a running VM: give --interval");
-    }
+    let (mut vms, qemu) = super::send_qemu::split_vms(a, f.vm, policy.is_some())?;
     match (&a.vm, a.disks.is_empty()) {
         _ if a.qmp.is_some() => {}
         (Some(vm), false) => {

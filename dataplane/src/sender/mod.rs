@@ -303,48 +303,14 @@ async fn run_jobs(
                     qemu: None,
                 });
             }
-            for spec in &opts.qemu {
-                let (spec, st) = (spec.clone(), state.to_path_buf());
-                let q = tokio::task::spawn_blocking(move || qemu::QemuVm::open(spec, &st))
-                    .await
-                    .map_err(|e| SendError::Internal(format!("qemu task: {e}")))??;
-                if opts.resync {
-                    // `send --resync`: every disk is resynchronised from the first view.
-                    for d in &q.disks {
-                        q.state
-                            .mark_resync(&d.name, protect::OPERATOR_RESYNC)
-                            .map_err(|e| SendError::Internal(format!("{}: {e}", q.name)))?;
-                    }
-                }
-                let q = Arc::new(q);
-                qemu::ctl::register(&q);
-                // Enable protection's local checks passed (QMP reachable, disks found).
-                sh.jobs.start_vm(&q.name);
-                let qjobs: Vec<DiskJob> = q
-                    .disks
-                    .iter()
-                    .map(|d| DiskJob {
-                        vm: q.name.clone(),
-                        name: d.name.clone(),
-                        disk: Arc::new(qemu::view::QemuDisk::new(&d.node, &d.file, d.size)),
-                        progress: Default::default(),
-                    })
-                    .collect();
-                sh.jobs.disks_checked(&q.name, &qjobs);
-                for j in &qjobs {
-                    sh.board.add_disk(j, None);
-                }
-                let names: Vec<String> = q.disks.iter().map(|d| d.name.clone()).collect();
-                health.add_vm(&q.name, &names, opts.rpo_threshold.or(Some(threshold)));
-                set.push(vmset::VmEntry {
-                    name: q.name.clone(),
-                    paths: Vec::new(),
-                    disks: Arc::new(Vec::new()),
-                    sched: Arc::new(protect::Schedule::new(policy.interval)),
-                    policy: policy.clone(),
-                    qemu: Some(q),
-                });
-            }
+            qemu::add_vms(
+                &sh,
+                &set,
+                state,
+                &policy,
+                opts.rpo_threshold.unwrap_or(threshold),
+            )
+            .await?;
             Mode::Protect(set)
         }
         _ => Mode::OneShot(done.clone()),

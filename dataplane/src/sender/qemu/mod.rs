@@ -22,9 +22,16 @@ pub mod test_hook;
 pub mod unprotect;
 pub mod view;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 pub use ctl::QemuVm;
+
+use super::disk::{DiskJob, Shared};
+use super::protect::{Policy, Schedule, OPERATOR_RESYNC};
+use super::vmset::{VmEntry, VmSet};
+use super::SendError;
 pub use discover::Drive;
 
 /// One qemu VM to protect, as the command line or config names it.
@@ -40,4 +47,57 @@ pub struct QemuSpec {
     /// The NBD server socket the VM already runs (qemu allows one); `None`: vdrep starts
     /// one on a private socket in its state folder and stops it when done.
     pub nbd: Option<PathBuf>,
+}
+
+/// Opens the qemu VMs of `sh.opts.qemu` (enable protection's local checks: QMP reachable,
+/// disks found) and adds them to `set`, with their jobs, status and health entries.
+pub async fn add_vms(
+    sh: &Shared,
+    set: &VmSet,
+    state: &Path,
+    policy: &Policy,
+    rpo_threshold: Duration,
+) -> Result<(), SendError> {
+    for spec in &sh.opts.qemu {
+        let (spec, st) = (spec.clone(), state.to_path_buf());
+        let q = tokio::task::spawn_blocking(move || QemuVm::open(spec, &st))
+            .await
+            .map_err(|e| SendError::Internal(format!("qemu task: {e}")))??;
+        if sh.opts.resync {
+            // `send --resync`: every disk is resynchronised from the first view.
+            for d in &q.disks {
+                q.state
+                    .mark_resync(&d.name, OPERATOR_RESYNC)
+                    .map_err(|e| SendError::Internal(format!("{}: {e}", q.name)))?;
+            }
+        }
+        let q = Arc::new(q);
+        ctl::register(&q);
+        sh.jobs.start_vm(&q.name);
+        let jobs: Vec<DiskJob> = q
+            .disks
+            .iter()
+            .map(|d| DiskJob {
+                vm: q.name.clone(),
+                name: d.name.clone(),
+                disk: Arc::new(view::QemuDisk::new(&d.node, &d.file, d.size)),
+                progress: Default::default(),
+            })
+            .collect();
+        sh.jobs.disks_checked(&q.name, &jobs);
+        for j in &jobs {
+            sh.board.add_disk(j, None);
+        }
+        let names: Vec<String> = q.disks.iter().map(|d| d.name.clone()).collect();
+        sh.health.add_vm(&q.name, &names, Some(rpo_threshold));
+        set.push(VmEntry {
+            name: q.name.clone(),
+            paths: Vec::new(),
+            disks: Arc::new(Vec::new()),
+            sched: Arc::new(Schedule::new(policy.interval)),
+            policy: policy.clone(),
+            qemu: Some(q),
+        });
+    }
+    Ok(())
 }
