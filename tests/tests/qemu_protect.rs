@@ -53,7 +53,13 @@ fn initial_replication_holds_the_disks_at_protection_start_and_cycles_converge_r
         "qcow2",
         &rig.dir.join("data-start.raw"),
     );
-    let send = rig.send("send.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let send = rig.send("send.log").arg("--metrics").arg(&metrics);
     let t0 = Instant::now();
     let child = send.spawn();
     assert!(
@@ -97,6 +103,18 @@ fn initial_replication_holds_the_disks_at_protection_start_and_cycles_converge_r
         .map(|d| d["disk"].as_str().unwrap())
         .collect();
     assert_eq!(disks, ["data", "os"], "{health:#}");
+    // The counters are metrics too: the views gave no more than the bitmaps marked dirty.
+    let text = vdrep_tests::http::get(&metrics, "/metrics").body;
+    for disk in ["os", "data"] {
+        let l = [("vm", "vm1"), ("disk", disk)];
+        let dirty = vdrep_tests::http::sample(&text, "vdrep_dirty_bytes_total", &l).unwrap_or(0.0);
+        let read =
+            vdrep_tests::http::sample(&text, "vdrep_view_read_bytes_total", &l).unwrap_or(0.0);
+        assert!(
+            dirty > 0.0 && read <= dirty * 1.05,
+            "{disk}: dirty {dirty}, read {read}"
+        );
+    }
     // SIGTERM: a clean stop.
     // SAFETY: kill(2) of our own child.
     unsafe {

@@ -244,10 +244,12 @@ async fn round(
             new_bitmap: view.bitmap.clone(),
             read_before: before,
         });
+        let dirty_before = vm.counters[i].dirty.load(Ordering::Relaxed);
         let last = ship_pending(conn, ctrl, job, src, o, policy, sh).await?;
-        vm.counters[i]
-            .read
-            .fetch_add(reader.read_bytes() - before, Ordering::Relaxed);
+        let read = reader.read_bytes() - before;
+        vm.counters[i].read.fetch_add(read, Ordering::Relaxed);
+        let dirty = vm.counters[i].dirty.load(Ordering::Relaxed) - dirty_before;
+        crate::metrics::events::view_cycle_read(&vm.name, name, dirty, read);
         advanced[i] = last == Some(cycle);
     }
     Ok(())
