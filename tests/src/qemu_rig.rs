@@ -302,18 +302,32 @@ pub fn writes_in(bytes: &[u8], disk: u64, fill: u8) -> Vec<u64> {
 }
 
 impl Rig {
-    /// Fails every point over and checks each holds exactly the writes 1..m for some m;
-    /// returns (point, m) per point.
-    pub fn check_prefixes(&self, size: u64) -> Vec<(u64, u64)> {
+    /// Checks every point holds exactly the writes 1..m for some m across both disks (the
+    /// disks' points paired by number); returns (point, m) per point. Stops the receiver
+    /// (the store is read directly).
+    pub fn check_prefixes(&mut self, size: u64) -> Vec<(u64, u64)> {
+        self.rx.kill9();
+        let store = vdrep_store::sink::local::LocalStore::open(&self.store).expect("open store");
+        let open = |name: &str| {
+            let key = vdrep_store::sink::DiskKey::new("vm1", name).unwrap();
+            // qemu disks carry no identity of their own (NIL).
+            store
+                .open_local(&key, size, vdrep_proto::Guid::default())
+                .expect("open replica")
+        };
+        let (os, data) = (open("os"), open("data"));
+        let cycles = |d: &vdrep_store::sink::local::LocalDisk| -> Vec<u64> {
+            d.points().unwrap().iter().map(|p| p.cycle).collect()
+        };
+        assert_eq!(cycles(&os), cycles(&data), "the disks' points differ");
         let mut out = Vec::new();
-        for p in self.points() {
-            let dir = self.failover(p);
-            let mut all = Vec::new();
-            for (i, (name, fill)) in [("os.vhd", 0x11), ("data.vhd", 0x22)].iter().enumerate() {
-                let b = std::fs::read(dir.join(name)).unwrap();
-                all.extend(writes_in(&b[..size as usize], i as u64, *fill));
-            }
-            let _ = std::fs::remove_dir_all(&dir);
+        for p in cycles(&os) {
+            let mut all = writes_in(&os.read_point(p, 0, size as usize).unwrap(), 0, 0x11);
+            all.extend(writes_in(
+                &data.read_point(p, 0, size as usize).unwrap(),
+                1,
+                0x22,
+            ));
             all.sort_unstable();
             let m = all.len() as u64;
             let want: Vec<u64> = (1..=m).collect();

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use vdrep_tests::procs::{finish, read_log, wait_for_log};
 use vdrep_tests::qemu_rig::{wait_until, NumberedWriter, Rig, StopOnDrop};
 
-const SIZE: u64 = 8 << 20;
+const SIZE: u64 = 16 << 20;
 const SWITCHED: &str = "qemu switch of the VM's disks";
 const ROUNDS: usize = 32;
 
 #[test]
 fn thirty_qemu_switches_of_two_disks_each_hold_a_prefix_of_ordered_writes() {
-    let rig = Rig::new(SIZE);
+    let mut rig = Rig::new(SIZE);
     let send = rig
         .send_every("send.log", "300ms")
         .arg("--max-cycles")
