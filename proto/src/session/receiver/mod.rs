@@ -16,6 +16,7 @@ mod answers;
 mod batch;
 mod checks;
 mod effects;
+mod progress;
 mod requests;
 
 pub use batch::{BatchEnd, BatchReceiver, BatchReport, BatchStep, ExtentWrite, WriteOutcome};
@@ -141,6 +142,9 @@ pub struct ReceiverSession {
     next_handle: u32,
     /// Batches running per disk handle: commits wait for them.
     running: BTreeMap<u32, u32>,
+    /// Per handle, the progress snapshot of its last `DiskOpened`/`CycleOpened` while pages
+    /// of it are still to be asked for (version 4, [`progress`]).
+    progress: BTreeMap<u32, Vec<(u64, u64)>>,
 }
 
 impl ReceiverSession {
@@ -154,6 +158,7 @@ impl ReceiverSession {
             disks: BTreeMap::new(),
             next_handle: 1,
             running: BTreeMap::new(),
+            progress: BTreeMap::new(),
         }
     }
 

@@ -7,6 +7,7 @@ mod hostile;
 mod model;
 mod pair;
 mod pair_tests;
+mod progress_pages;
 mod receiver_batch;
 mod receiver_control;
 mod receiver_refusals;
