@@ -1,4 +1,4 @@
-//! Progress of any size crosses in pages (WIRE.md §4.4): a `DiskOpened` or `CycleOpened`
+//! Progress of any size crosses in pages (WIRE.md §4.3): a `DiskOpened` or `CycleOpened`
 //! carries the first [`PROGRESS_PAGE`] ranges and says whether more follow; the session keeps
 //! the rest of that answer's snapshot per handle and serves it to `ProgressRequest`s. A peer
 //! older than version 4 cannot ask for pages, so it gets a subset that fits one frame — the
