@@ -6,9 +6,7 @@
 
 use super::{ControlStep, ReceiverSession};
 use crate::session::{Refusal, StreamId};
-use crate::wire::{
-    Control, ErrorClass, PAGED_PROGRESS_VERSION, PROGRESS_PAGE, V3_PROGRESS_RANGES,
-};
+use crate::wire::{Control, ErrorClass, PAGED_PROGRESS_VERSION, PROGRESS_PAGE, V3_PROGRESS_RANGES};
 
 /// The ranges an answer carries and whether more pages follow; keeps the rest for
 /// [`ReceiverSession::progress_page`].

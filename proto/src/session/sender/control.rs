@@ -121,7 +121,9 @@ impl SenderControl {
             Control::RootRequest { req, handle } => (req, Expect::Root { handle }),
             Control::ReportJob { req, .. } => (req, Expect::JobRecorded),
             Control::QueryCapacity { req, .. } => (req, Expect::Capacity),
-            Control::ProgressRequest { req, handle, .. } if self.version >= PAGED_PROGRESS_VERSION => {
+            Control::ProgressRequest { req, handle, .. }
+                if self.version >= PAGED_PROGRESS_VERSION =>
+            {
                 (req, Expect::Progress { handle })
             }
             _ => {

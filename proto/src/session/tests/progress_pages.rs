@@ -124,8 +124,14 @@ fn a_version_3_peer_gets_the_largest_durable_ranges_that_fit_one_frame() {
     assert!(!more_progress);
     assert_eq!(progress.len(), V3_PROGRESS_RANGES);
     assert!(progress.windows(2).all(|w| w[0].1 <= w[1].0), "canonical");
-    assert!(progress.iter().all(|r| all.binary_search(r).is_ok()), "a subset");
-    assert_eq!(progress.iter().filter(|r| r.1 - r.0 == 1000).count(), 10_000);
+    assert!(
+        progress.iter().all(|r| all.binary_search(r).is_ok()),
+        "a subset"
+    );
+    assert_eq!(
+        progress.iter().filter(|r| r.1 - r.0 == 1000).count(),
+        10_000
+    );
     // The answer fits one frame: a version-3 sender decodes it.
     let frame = a.encode();
     let (kind, body, _) = decode_frame(&frame, MAX_CONTROL_BODY).unwrap().unwrap();
@@ -240,7 +246,8 @@ fn the_sender_refuses_pages_out_of_order_or_empty_ones_that_announce_more() {
         Err(SessionError::Protocol(_))
     ));
     let mut a = opened(true);
-    tx.add_page(&mut a, page(vec![(8192, 9000)], false)).unwrap();
+    tx.add_page(&mut a, page(vec![(8192, 9000)], false))
+        .unwrap();
     assert_eq!(a, {
         let mut w = opened(false);
         if let Control::DiskOpened { progress, .. } = &mut w {

@@ -1,9 +1,9 @@
 //! Control-stream messages: the request/answer conversation of a sender with the receiver.
 
 use super::super::codec::{Reader, Writer};
+use super::super::{MAX_CONTROL_BODY, MAX_STRING};
 use super::fields::{ranges_r, ranges_w, u64s_r, u64s_w};
 pub use super::fields::{MAX_HASHES, MAX_HASH_PARENTS, MAX_RANGES, PROGRESS_PAGE};
-use super::super::{MAX_CONTROL_BODY, MAX_STRING};
 use super::ErrorClass;
 use crate::{FormatError, Guid};
 

@@ -69,7 +69,6 @@ pub(super) fn ranges_r(r: &mut Reader<'_>, what: &str) -> Result<Vec<(u64, u64)>
     Ok(v)
 }
 
-
 /// Most ranges one page of progress carries (protocol version 4: `DiskOpened`,
 /// `CycleOpened` and `ProgressPage`): 512 KiB of ranges, half the control frame limit, so
 /// progress of any shape crosses in pages instead of overflowing one frame.
