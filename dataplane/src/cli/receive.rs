@@ -30,6 +30,10 @@ pub struct Args {
     /// bound address is printed as `metrics on ADDR`).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Most sender connections served at once (1 to 64, default 16); one more is refused
+    /// as busy and its sender retries later. The connections share one memory budget.
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// TOML file with any of the options above (flags win; `allow` entries add up).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -44,6 +48,7 @@ struct File {
     tls: Option<PathBuf>,
     allow: Vec<String>,
     metrics: Option<SocketAddr>,
+    max_connections: Option<usize>,
 }
 
 fn usage(e: anyhow::Error) -> CliError {
@@ -80,6 +85,17 @@ pub fn run(a: Args) -> Result<(), CliError> {
             "--store DIR or --azure-url URL --azure-container NAME is required"
         )));
     }
+    let max_connections = a
+        .max_connections
+        .or(f.max_connections)
+        .unwrap_or(receiver::limits::DEFAULT_MAX_CONNECTIONS);
+    if !(1..=receiver::limits::MAX_CONNECTIONS).contains(&max_connections) {
+        return Err(usage(anyhow::anyhow!(
+            "--max-connections {max_connections}: must be 1 to {} (the connections share one \
+             memory budget)",
+            receiver::limits::MAX_CONNECTIONS
+        )));
+    }
     let store = store_args.open()?;
     tracing::info!(store = %store.describe(), "replica store");
     let rt = super::runtime()?;
@@ -88,7 +104,16 @@ pub fn run(a: Args) -> Result<(), CliError> {
         if let Some(addr) = metrics {
             crate::metrics::serve(addr, crate::metrics::Role::Receiver).await?;
         }
-        receiver::run(ReceiverConfig { listen, tls, allow }, store).await
+        receiver::run(
+            ReceiverConfig {
+                listen,
+                tls,
+                allow,
+                max_connections,
+            },
+            store,
+        )
+        .await
     })?;
     Ok(())
 }

@@ -9,8 +9,11 @@ use std::sync::Arc;
 use tracing::warn;
 use vdrep_proto::session::receiver::{BatchEnd, BatchReport, BatchStep, ExtentWrite, WriteOutcome};
 use vdrep_proto::session::{BatchReceiver, Refusal};
+use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
 use vdrep_proto::wire::{
-    Codec, ErrorClass, ExtentOp, Rejection, EXTENT_HEADER_LEN, MAX_EXTENT_PAYLOAD,
+    Codec, ErrorClass, ExtentHeader, ExtentOp, Rejection, EXTENT_HEADER_LEN, K_EXTENT,
+    MAX_EXTENT_LEN, MAX_EXTENT_PAYLOAD,
 };
 
 use super::control::{refusal, ConnState};
@@ -18,7 +21,7 @@ use super::disk::DiskSession;
 use super::Receiver;
 use crate::pipeline::{zero_hash, zero_runs, zstd_ctx};
 use crate::sink::SinkError;
-use crate::transport::{read_frame, write_frame, FrameError};
+use crate::transport::{read_body, read_frame_header, write_frame, FrameError};
 
 /// Verifies and writes one extent the session accepted. Runs on a blocking thread:
 /// decompression, hashing and the write are CPU and disk work.
@@ -131,6 +134,9 @@ impl Receiver {
         };
         // Before the result goes out: the sender may commit as soon as it has read it.
         let _ = conn.with_session(|s| s.batch_ended(batch.handle()));
+        if let Some((class, message)) = &end.result.error {
+            self.refused(&conn.sender, class.as_str(), message);
+        }
         send_result(&conn, end, &mut send, &mut recv).await;
     }
 
@@ -142,8 +148,8 @@ impl Receiver {
         recv: &mut quinn::RecvStream,
     ) -> BatchEnd {
         loop {
-            let (kind, body) =
-                match read_frame(recv, EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD).await {
+            let (kind, body, _permit) =
+                match self.read_extent_frame(recv).await {
                     Ok(f) => f,
                     Err(FrameError::End) => return batch.finish(),
                     Err(e) => {
@@ -161,7 +167,14 @@ impl Receiver {
                     BatchStep::Apply(w) => {
                         let s2 = s.clone();
                         let offset = w.header.offset;
-                        let out = match tokio::task::spawn_blocking(move || apply(&s2, w)).await {
+                        let slot = self.limits.apply_slot().await;
+                        let out = match tokio::task::spawn_blocking(move || {
+                            let r = apply(&s2, w);
+                            drop(slot);
+                            r
+                        })
+                        .await
+                        {
                             Ok(Ok(o)) => o,
                             Ok(Err(e)) => {
                                 warn!(sender = %conn.sender, disk = %s.replica.key(), offset, error = %e, "write failed");
@@ -184,6 +197,31 @@ impl Receiver {
                 }
             }
         }
+    }
+
+    /// Reads one frame of a data stream once the frame budget holds what it needs: its body
+    /// and, for a compressed extent, the bytes it may decompress to (its declared length,
+    /// at most one extent: the session refuses longer ones before decompressing).
+    async fn read_extent_frame(
+        &self,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<(u8, Bytes, OwnedSemaphorePermit), FrameError> {
+        let (kind, len) =
+            read_frame_header(recv, EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD).await?;
+        let mut head = [0u8; EXTENT_HEADER_LEN];
+        let n = (len as usize).min(EXTENT_HEADER_LEN);
+        recv.read_exact(&mut head[..n]).await?;
+        let decoded = match ExtentHeader::decode(&head[..n], len) {
+            Ok(h) if kind == K_EXTENT
+                && (h.codec == Codec::Zstd || h.op == ExtentOp::WritePacked) =>
+            {
+                (h.length as usize).min(MAX_EXTENT_LEN as usize)
+            }
+            _ => 0,
+        };
+        let permit = self.limits.frame_permit(len as usize + decoded).await;
+        let body = read_body(recv, len, &head[..n]).await?;
+        Ok((kind, body, permit))
     }
 
     fn batch_report(&self, conn: &ConnState, s: &DiskSession, r: BatchReport) {

@@ -18,7 +18,7 @@ use vdrep_proto::wire::{
 use super::disk::{checkpoint_loop, DiskSession};
 use super::Receiver;
 use crate::sink::SinkError;
-use crate::transport::{read_frame, write_frame, FrameError};
+use crate::transport::{read_body, read_frame_header, write_frame, FrameError};
 
 /// Per-connection state: the protocol session and the IO state of its open disks.
 pub struct ConnState {
@@ -143,11 +143,11 @@ impl Receiver {
         mut recv: quinn::RecvStream,
     ) {
         let max = (EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD).max(MAX_CONTROL_BODY);
-        let (kind, body) = match read_frame(&mut recv, max).await {
+        let (kind, body, permit) = match self.read_charged(&mut recv, max).await {
             Ok(f) => f,
             Err(FrameError::End) => return,
             Err(e) => {
-                warn!(sender = %conn.sender, error = %e, "bad first frame on a stream");
+                self.refused_stream(&conn.sender, &e, "bad first frame on a stream");
                 return;
             }
         };
@@ -159,10 +159,14 @@ impl Receiver {
                 return;
             }
         };
+        drop(permit);
         let step = match first {
             FirstStep::Batch(batch) => return self.handle_batch(conn, batch, send, recv).await,
             FirstStep::BatchRefused(end) => {
-                return super::batch::send_result(&conn, end, &mut send, &mut recv).await
+                if let Some((class, message)) = &end.result.error {
+                    self.refused(&conn.sender, class.as_str(), message);
+                }
+                return super::batch::send_result(&conn, end, &mut send, &mut recv).await;
             }
             FirstStep::Control(step) => step,
         };
@@ -174,7 +178,7 @@ impl Receiver {
             if e.is_peer_close() {
                 tracing::debug!(sender = %conn.sender, "control stream closed by the sender");
             } else {
-                warn!(sender = %conn.sender, error = %e, "control stream ended");
+                self.refused_stream(&conn.sender, &e, "control stream ended");
             }
         }
     }
@@ -207,14 +211,41 @@ impl Receiver {
             if let Some(r) = report {
                 self.report(conn, r, opened.take()).await;
             }
+            if let Control::Error { class, message, .. } = &answer {
+                self.refused(&conn.sender, class.as_str(), message);
+            }
             write_frame(send, &answer.encode()).await?;
             if close {
                 let _ = send.finish();
                 return Ok(());
             }
-            let (kind, body) = read_frame(recv, MAX_CONTROL_BODY).await?;
+            let (kind, body, _permit) = self.read_charged(recv, MAX_CONTROL_BODY).await?;
             step = conn.step(|s| s.handle_control(id, kind, &body));
         }
+    }
+
+    /// Reads a frame once the frame budget holds its body (`limits`): until then the bytes
+    /// stay in QUIC, whose flow control holds the peer back.
+    async fn read_charged(
+        &self,
+        recv: &mut quinn::RecvStream,
+        max: u32,
+    ) -> Result<(u8, bytes::Bytes, tokio::sync::OwnedSemaphorePermit), FrameError> {
+        let (kind, len) = read_frame_header(recv, max).await?;
+        let permit = self.limits.frame_permit(len as usize).await;
+        let body = read_body(recv, len, &[]).await?;
+        Ok((kind, body, permit))
+    }
+
+    /// A stream that broke on the peer's bytes (malformed or oversized frames, a torn
+    /// frame) counts as a refusal of its class.
+    pub(crate) fn refused_stream(&self, sender: &str, e: &FrameError, what: &str) {
+        let class = if e.is_recoverable() {
+            ErrorClass::Internal
+        } else {
+            ErrorClass::Protocol
+        };
+        self.refused(sender, class.as_str(), &format!("{what}: {e}"));
     }
 
     /// Logs and counts what the session reports; a disk it opened gets its IO state kept

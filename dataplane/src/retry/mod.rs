@@ -51,6 +51,9 @@ pub fn classify(e: &SendError) -> Classified {
         }
         SendError::Tls(_) => "the certificates or keys are unusable: check --tls and --identity",
         SendError::Resolve(_) => "the receiver's address does not resolve: check --to",
+        e if e.is_receiver_busy() => {
+            "the receiver is at its connection limit (--max-connections); retrying"
+        }
         SendError::Connect { .. } | SendError::Connection { .. } | SendError::Frame { .. } => {
             if recoverable {
                 "the receiver is unreachable or the link failed; retrying"

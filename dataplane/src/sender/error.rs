@@ -109,9 +109,22 @@ impl SendError {
         }
     }
 
+    /// The receiver closed the connection because it serves as many connections as it may
+    /// (`receiver::limits::BUSY_CLOSE_CODE`): retried, and a Warning, not a fault.
+    pub fn is_receiver_busy(&self) -> bool {
+        matches!(
+            self,
+            SendError::Connection {
+                source: quinn::ConnectionError::ApplicationClosed(c),
+                ..
+            } if u64::from(c.error_code) == u64::from(crate::receiver::limits::BUSY_CLOSE_CODE)
+        )
+    }
+
     /// Short class name for logs and metrics.
     pub fn class(&self) -> &'static str {
         match self {
+            e if e.is_receiver_busy() => ErrorClass::TargetBusy.as_str(),
             SendError::Disk(_) => "disk",
             SendError::Tls(_) => "tls",
             SendError::Resolve(_) => "resolve",

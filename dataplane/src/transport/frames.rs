@@ -46,6 +46,17 @@ pub async fn read_frame(
     recv: &mut quinn::RecvStream,
     max_body: u32,
 ) -> Result<(u8, Bytes), FrameError> {
+    let (kind, len) = read_frame_header(recv, max_body).await?;
+    Ok((kind, read_body(recv, len, &[]).await?))
+}
+
+/// Reads a frame's header: `(kind, body length)`, the length checked against `max_body`
+/// before anything else is read, so a caller can reserve memory for the body first
+/// ([`read_body`]).
+pub async fn read_frame_header(
+    recv: &mut quinn::RecvStream,
+    max_body: u32,
+) -> Result<(u8, u32), FrameError> {
     let mut h = [0u8; FRAME_HEADER_LEN];
     // Distinguish a clean end (no byte of a new frame) from a torn frame.
     match recv.read(&mut h[..1]).await {
@@ -66,11 +77,22 @@ pub async fn read_frame(
             ),
         )));
     }
+    Ok((hdr.kind, hdr.len))
+}
+
+/// Reads the rest of a body of `len` bytes whose first bytes, `head`, were read already.
+pub async fn read_body(
+    recv: &mut quinn::RecvStream,
+    len: u32,
+    head: &[u8],
+) -> Result<Bytes, FrameError> {
     // Receive side: the one copy of a payload, from QUIC's packet buffers into one
     // contiguous buffer that the decompressor and hasher read.
-    let mut body = vec![0u8; hdr.len as usize];
-    recv.read_exact(&mut body).await?;
-    Ok((hdr.kind, Bytes::from(body)))
+    let mut body = vec![0u8; len as usize];
+    let n = head.len().min(body.len());
+    body[..n].copy_from_slice(&head[..n]);
+    recv.read_exact(&mut body[n..]).await?;
+    Ok(Bytes::from(body))
 }
 
 /// Writes an encoded frame.
