@@ -9,11 +9,8 @@ use std::sync::Arc;
 use tracing::warn;
 use vdrep_proto::session::receiver::{BatchEnd, BatchReport, BatchStep, ExtentWrite, WriteOutcome};
 use vdrep_proto::session::{BatchReceiver, Refusal};
-use bytes::Bytes;
-use tokio::sync::OwnedSemaphorePermit;
 use vdrep_proto::wire::{
-    Codec, ErrorClass, ExtentHeader, ExtentOp, Rejection, EXTENT_HEADER_LEN, K_EXTENT,
-    MAX_EXTENT_LEN, MAX_EXTENT_PAYLOAD,
+    Codec, ErrorClass, ExtentOp, Rejection, EXTENT_HEADER_LEN, MAX_EXTENT_PAYLOAD,
 };
 
 use super::control::{refusal, ConnState};
@@ -21,7 +18,7 @@ use super::disk::DiskSession;
 use super::Receiver;
 use crate::pipeline::{zero_hash, zero_runs, zstd_ctx};
 use crate::sink::SinkError;
-use crate::transport::{read_body, read_frame_header, write_frame, FrameError};
+use crate::transport::{write_frame, FrameError};
 
 /// Verifies and writes one extent the session accepted. Runs on a blocking thread:
 /// decompression, hashing and the write are CPU and disk work.
@@ -148,8 +145,10 @@ impl Receiver {
         recv: &mut quinn::RecvStream,
     ) -> BatchEnd {
         loop {
-            let (kind, body, _permit) =
-                match self.read_extent_frame(recv).await {
+            let (kind, body, _permits) = match self
+                .read_charged(conn, recv, EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD)
+                .await
+            {
                     Ok(f) => f,
                     Err(FrameError::End) => return batch.finish(),
                     Err(e) => {
@@ -197,31 +196,6 @@ impl Receiver {
                 }
             }
         }
-    }
-
-    /// Reads one frame of a data stream once the frame budget holds what it needs: its body
-    /// and, for a compressed extent, the bytes it may decompress to (its declared length,
-    /// at most one extent: the session refuses longer ones before decompressing).
-    async fn read_extent_frame(
-        &self,
-        recv: &mut quinn::RecvStream,
-    ) -> Result<(u8, Bytes, OwnedSemaphorePermit), FrameError> {
-        let (kind, len) =
-            read_frame_header(recv, EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD).await?;
-        let mut head = [0u8; EXTENT_HEADER_LEN];
-        let n = (len as usize).min(EXTENT_HEADER_LEN);
-        recv.read_exact(&mut head[..n]).await?;
-        let decoded = match ExtentHeader::decode(&head[..n], len) {
-            Ok(h) if kind == K_EXTENT
-                && (h.codec == Codec::Zstd || h.op == ExtentOp::WritePacked) =>
-            {
-                (h.length as usize).min(MAX_EXTENT_LEN as usize)
-            }
-            _ => 0,
-        };
-        let permit = self.limits.frame_permit(len as usize + decoded).await;
-        let body = read_body(recv, len, &head[..n]).await?;
-        Ok((kind, body, permit))
     }
 
     fn batch_report(&self, conn: &ConnState, s: &DiskSession, r: BatchReport) {

@@ -16,6 +16,7 @@ use vdrep_proto::wire::{
 };
 
 use super::disk::{checkpoint_loop, DiskSession};
+use super::limits::FramePermits;
 use super::Receiver;
 use crate::sink::SinkError;
 use crate::transport::{read_body, read_frame_header, write_frame, FrameError};
@@ -31,10 +32,17 @@ pub struct ConnState {
     sessions: Arc<Mutex<Vec<Arc<DiskSession>>>>,
     stop: Arc<tokio::sync::Notify>,
     checkpointer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// This connection's share of the receiver's frame budget.
+    pub(crate) frames: Arc<tokio::sync::Semaphore>,
 }
 
 impl ConnState {
-    pub(crate) fn new(sender: String, conn: quinn::Connection, allow: &Authorizations) -> Self {
+    pub(crate) fn new(
+        sender: String,
+        conn: quinn::Connection,
+        allow: &Authorizations,
+        frames: Arc<tokio::sync::Semaphore>,
+    ) -> Self {
         let sessions = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(tokio::sync::Notify::new());
         let h = tokio::spawn(checkpoint_loop(sessions.clone(), stop.clone()));
@@ -46,6 +54,7 @@ impl ConnState {
             sessions,
             stop,
             checkpointer: Mutex::new(Some(h)),
+            frames,
         }
     }
 
@@ -143,7 +152,7 @@ impl Receiver {
         mut recv: quinn::RecvStream,
     ) {
         let max = (EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD).max(MAX_CONTROL_BODY);
-        let (kind, body, permit) = match self.read_charged(&mut recv, max).await {
+        let (kind, body, permit) = match self.read_charged(&conn, &mut recv, max).await {
             Ok(f) => f,
             Err(FrameError::End) => return,
             Err(e) => {
@@ -219,22 +228,23 @@ impl Receiver {
                 let _ = send.finish();
                 return Ok(());
             }
-            let (kind, body, _permit) = self.read_charged(recv, MAX_CONTROL_BODY).await?;
+            let (kind, body, _permits) = self.read_charged(conn, recv, MAX_CONTROL_BODY).await?;
             step = conn.step(|s| s.handle_control(id, kind, &body));
         }
     }
 
-    /// Reads a frame once the frame budget holds its body (`limits`): until then the bytes
+    /// Reads a frame once the frame budgets hold its body (`limits`): until then the bytes
     /// stay in QUIC, whose flow control holds the peer back.
-    async fn read_charged(
+    pub(crate) async fn read_charged(
         &self,
+        conn: &ConnState,
         recv: &mut quinn::RecvStream,
         max: u32,
-    ) -> Result<(u8, bytes::Bytes, tokio::sync::OwnedSemaphorePermit), FrameError> {
+    ) -> Result<(u8, bytes::Bytes, FramePermits), FrameError> {
         let (kind, len) = read_frame_header(recv, max).await?;
-        let permit = self.limits.frame_permit(len as usize).await;
+        let permits = self.limits.frame_permits(&conn.frames, len as usize).await;
         let body = read_body(recv, len, &[]).await?;
-        Ok((kind, body, permit))
+        Ok((kind, body, permits))
     }
 
     /// A stream that broke on the peer's bytes (malformed or oversized frames, a torn

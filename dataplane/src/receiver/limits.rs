@@ -9,12 +9,17 @@
 //!   divided among the connections admitted (at most [`CONNECTION_WINDOW`], at least
 //!   [`MIN_CONNECTION_WINDOW`]), re-set on every admission and departure. A new connection
 //!   starts at its share under a full receiver, so the sum stays within the budget.
-//! - **Frames being handled** (read off a stream, decompressed, written) share
-//!   [`FRAME_BUDGET`]: a stream reads a frame's body only once it holds permits for the body
-//!   and the bytes it may decompress to. Waiting leaves the bytes in QUIC, whose flow control
-//!   then holds the peer back: streams are never refused, only slowed.
+//! - **Frames being handled** (read off a stream, then verified and written) share
+//!   [`FRAME_BUDGET`], and one connection holds at most [`CONNECTION_FRAME_BUDGET`] of it: a
+//!   stream reads a frame's body only once it holds permits for it from both. Waiting leaves
+//!   the bytes in QUIC, whose flow control then holds the peer back: streams are never
+//!   refused, only slowed. Both queues are first come, first served, and the per-connection
+//!   share keeps one peer that starts frames and never finishes them (slowloris) from
+//!   holding the whole budget: it takes [`FRAME_BUDGET`] / [`CONNECTION_FRAME_BUDGET`] such
+//!   connections to stall the others.
 //! - **Writes** (decompression, hashing, the store write, on blocking threads) run at most
-//!   [`APPLY_SLOTS`] at once; each such thread keeps a 4 MiB decompression buffer.
+//!   [`APPLY_SLOTS`] at once; each such thread keeps a 4 MiB decompression buffer, so what
+//!   an extent decompresses to is bounded here, not by the frame budget.
 //! - **Answers**: the receiver's QUIC send window is [`SEND_WINDOW`] per connection (it only
 //!   sends answers and batch results), so a peer that never reads them holds little.
 //!
@@ -39,8 +44,10 @@ pub const WINDOW_BUDGET: u64 = 64 << 20;
 /// The least window of a connection: a 4 MiB extent still streams through it (the reader
 /// consumes as it arrives), only with more round trips.
 pub const MIN_CONNECTION_WINDOW: u64 = 1 << 20;
-/// Bytes of frames being read, decompressed and written at once, over all streams.
+/// Bytes of frames being read and written at once, over all streams of all connections.
 pub const FRAME_BUDGET: usize = 64 << 20;
+/// The part of [`FRAME_BUDGET`] one connection may hold: four extents of 4 MiB.
+pub const CONNECTION_FRAME_BUDGET: usize = (16 << 20) + 4096;
 /// Extent writes (decompress, hash, store) running at once on blocking threads.
 pub const APPLY_SLOTS: usize = 8;
 /// The receiver's QUIC send window per connection: it sends answers only.
@@ -141,12 +148,22 @@ impl Limits {
     /// Waits until `bytes` of the frame budget are free and holds them until the permit is
     /// dropped. A request larger than the budget waits for all of it.
     pub async fn frame_permit(&self, bytes: usize) -> OwnedSemaphorePermit {
-        let n = bytes.clamp(1, FRAME_BUDGET) as u32;
-        // The semaphore is never closed, so acquiring only fails if it were.
-        loop {
-            if let Ok(p) = self.frames.clone().acquire_many_owned(n).await {
-                return p;
-            }
+        acquire(&self.frames, bytes.clamp(1, FRAME_BUDGET)).await
+    }
+
+    /// A connection's share of the frame budget (see [`Limits::frame_permits`]).
+    pub fn connection_frames(&self) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(CONNECTION_FRAME_BUDGET))
+    }
+
+    /// Permits for a frame of `bytes` on a connection whose share is `conn`: the share
+    /// first, then the receiver's budget, both held until dropped.
+    pub async fn frame_permits(&self, conn: &Arc<Semaphore>, bytes: usize) -> FramePermits {
+        let own = acquire(conn, bytes.clamp(1, CONNECTION_FRAME_BUDGET)).await;
+        let all = self.frame_permit(bytes).await;
+        FramePermits {
+            _own: own,
+            _all: all,
         }
     }
 
@@ -162,6 +179,22 @@ impl Limits {
     /// Bytes of the frame budget free now (for tests and logs).
     pub fn frame_budget_free(&self) -> usize {
         self.frames.available_permits()
+    }
+}
+
+/// A frame's hold on its connection's share and on the receiver's frame budget.
+pub struct FramePermits {
+    _own: OwnedSemaphorePermit,
+    _all: OwnedSemaphorePermit,
+}
+
+async fn acquire(s: &Arc<Semaphore>, n: usize) -> OwnedSemaphorePermit {
+    let n = n.min(u32::MAX as usize) as u32;
+    // The semaphores are never closed, so acquiring only fails if one were.
+    loop {
+        if let Ok(p) = s.clone().acquire_many_owned(n).await {
+            return p;
+        }
     }
 }
 
@@ -200,5 +233,22 @@ mod tests {
         drop(a);
         let _b = l.frame_permit(usize::MAX).await;
         assert_eq!(l.frame_budget_free(), 0);
+    }
+
+    #[tokio::test]
+    async fn one_connection_holds_at_most_its_share() {
+        let l = Limits::new(4);
+        let (c1, c2) = (l.connection_frames(), l.connection_frames());
+        let _a = l.frame_permits(&c1, CONNECTION_FRAME_BUDGET).await;
+        let more = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            l.frame_permits(&c1, 1),
+        );
+        assert!(more.await.is_err(), "the first connection's share is used up");
+        let _b = l.frame_permits(&c2, 4 << 20).await;
+        assert_eq!(
+            l.frame_budget_free(),
+            FRAME_BUDGET - CONNECTION_FRAME_BUDGET - (4 << 20)
+        );
     }
 }

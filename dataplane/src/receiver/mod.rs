@@ -179,6 +179,7 @@ impl Receiver {
             name.clone(),
             conn.clone(),
             &self.allow,
+            self.limits.connection_frames(),
         ));
         loop {
             let (send, recv) = match conn.accept_bi().await {
