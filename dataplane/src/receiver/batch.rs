@@ -149,17 +149,17 @@ impl Receiver {
                 .read_charged(conn, recv, EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD)
                 .await
             {
-                    Ok(f) => f,
-                    Err(FrameError::End) => return batch.finish(),
-                    Err(e) => {
-                        let class = if e.is_recoverable() {
-                            ErrorClass::Internal
-                        } else {
-                            ErrorClass::Protocol
-                        };
-                        return batch.fail_stream(Refusal::new(class, e.to_string()));
-                    }
-                };
+                Ok(f) => f,
+                Err(FrameError::End) => return batch.finish(),
+                Err(e) => {
+                    let class = if e.is_recoverable() {
+                        ErrorClass::Internal
+                    } else {
+                        ErrorClass::Protocol
+                    };
+                    return batch.fail_stream(Refusal::new(class, e.to_string()));
+                }
+            };
             let mut step = batch.handle_frame(kind, body);
             loop {
                 match step {

@@ -228,7 +228,8 @@ mod tests {
         let l = Limits::new(4);
         let a = l.frame_permit(FRAME_BUDGET - 10).await;
         assert_eq!(l.frame_budget_free(), 10);
-        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), l.frame_permit(11));
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(50), l.frame_permit(11));
         assert!(waiting.await.is_err(), "over the budget: waits");
         drop(a);
         let _b = l.frame_permit(usize::MAX).await;
@@ -244,7 +245,10 @@ mod tests {
             std::time::Duration::from_millis(50),
             l.frame_permits(&c1, 1),
         );
-        assert!(more.await.is_err(), "the first connection's share is used up");
+        assert!(
+            more.await.is_err(),
+            "the first connection's share is used up"
+        );
         let _b = l.frame_permits(&c2, 4 << 20).await;
         assert_eq!(
             l.frame_budget_free(),
