@@ -80,6 +80,10 @@ async fn flood(to: SocketAddr, tls: &Path, n: usize, streams: usize) -> Peer {
 /// Thousands of short data streams naming a handle the connection was never given.
 async fn thousands(p: &mut Peer) {
     let mut set = tokio::task::JoinSet::new();
+    let mut refused = 0;
+    let count = |r: Result<Option<ErrorClass>, tokio::task::JoinError>| {
+        matches!(r, Ok(Some(ErrorClass::Protocol))) as usize
+    };
     for k in 0..THOUSANDS {
         let conn = p.conn.clone();
         set.spawn(async move {
@@ -101,14 +105,13 @@ async fn thousands(p: &mut Peer) {
                 .map(|e| e.0)
         });
         while set.len() >= 200 {
-            set.join_next().await;
+            if let Some(r) = set.join_next().await {
+                refused += count(r);
+            }
         }
     }
-    let mut refused = 0;
     while let Some(r) = set.join_next().await {
-        if let Ok(Some(ErrorClass::Protocol)) = r {
-            refused += 1;
-        }
+        refused += count(r);
     }
     p.tally("thousands_of_streams", THOUSANDS as u64);
     assert_eq!(refused, THOUSANDS, "every unknown-handle stream refused");
@@ -172,13 +175,16 @@ async fn control_attacks(p: &mut Peer, h: u32, g: u64) {
         )
         .await;
     assert_eq!(class(&got), Some(ErrorClass::InvalidState), "{got:?}");
-    // Repeated: the same open three times answers each time.
+    // Repeated: the same open three times.
     for _ in 0..3 {
         let got = p
             .request(&mut ctl, "repeated", open_disk("vm2", "d1", DISK))
             .await;
+        // The disk is open on this connection already: answered again, or refused as busy
+        // (its store lock is held), never a failure of the receiver.
         assert!(
-            matches!(got, Got::Answer(Control::DiskOpened { .. })),
+            matches!(got, Got::Answer(Control::DiskOpened { .. }))
+                || class(&got) == Some(ErrorClass::TargetBusy),
             "{got:?}"
         );
     }
