@@ -112,12 +112,21 @@ impl SendError {
     /// The receiver closed the connection because it serves as many connections as it may
     /// (`receiver::limits::BUSY_CLOSE_CODE`): retried, and a Warning, not a fault.
     pub fn is_receiver_busy(&self) -> bool {
-        matches!(
-            self,
-            SendError::Connection {
-                source: quinn::ConnectionError::ApplicationClosed(c),
+        use quinn::{ReadError, ReadExactError, WriteError};
+        let closed = match self {
+            SendError::Connection { source, .. } => source,
+            SendError::Frame {
+                source:
+                    FrameError::Read(ReadExactError::ReadError(ReadError::ConnectionLost(c)))
+                    | FrameError::Write(WriteError::ConnectionLost(c)),
                 ..
-            } if u64::from(c.error_code) == u64::from(crate::receiver::limits::BUSY_CLOSE_CODE)
+            } => c,
+            _ => return false,
+        };
+        matches!(
+            closed,
+            quinn::ConnectionError::ApplicationClosed(c)
+                if u64::from(c.error_code) == u64::from(crate::receiver::limits::BUSY_CLOSE_CODE)
         )
     }
 
