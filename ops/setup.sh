@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything vdrep's tests need on a fresh Debian machine of this kind, pinned:
 #   - Debian: qemu-utils (qemu-img, qemu-io), libvhdi-utils (vhdiinfo), prometheus (promtool),
-#     rsync, socat, zstd, bzip2, iproute2 (ip netns, tc)
+#     rsync, socat, zstd, bzip2, iproute2 (ip netns, tc), systemd (systemd-analyze verify of
+#     the packaged units), xxd (the README's examples)
+#   - crates.io: cargo-nextest (pinned), the test runner
 #   - npm: Azurite, pinned in ops/package.json + ops/package-lock.json (`npm ci`)
 #   - PyPI: libvhdi-python built from its sdist with the VHD-bitmap fix (ops/build-libvhdi.sh);
 #     schemathesis (pinned) in ops/.venv-schemathesis for the sidecar's API property tests
@@ -22,6 +24,8 @@ debs=(
   "bzip2="
   "iproute2="
   "openssl="
+  "systemd="
+  "xxd="
 )
 missing=()
 for spec in "${debs[@]}"; do
@@ -42,7 +46,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "$name" >/dev/null
   done
 fi
-for tool in qemu-img qemu-io vhdiinfo promtool prometheus rsync socat zstd bunzip2 ip tc openssl; do
+for tool in qemu-img qemu-io vhdiinfo promtool prometheus rsync socat zstd bunzip2 ip tc openssl \
+    systemd-analyze dpkg-deb xxd; do
   command -v "$tool" >/dev/null || { echo "setup: $tool still missing after install" >&2; exit 1; }
 done
 
@@ -71,6 +76,13 @@ if [ ${#nbd_missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${nbd_missing[@]}" >/dev/null
 fi
 command -v nbdinfo >/dev/null || { echo "setup: nbdinfo still missing after install" >&2; exit 1; }
+
+# cargo-nextest, the test runner ops/test.sh uses, pinned (built from crates.io if missing).
+nextest_version=0.9.143
+if ! cargo nextest --version 2>/dev/null | grep "^cargo-nextest $nextest_version" >/dev/null; then
+  echo "setup: installing cargo-nextest $nextest_version"
+  cargo install --locked --quiet "cargo-nextest@$nextest_version"
+fi
 
 # Azurite, exactly as locked.
 if [ ! -x "$here/node_modules/.bin/azurite-blob" ] || [ "$here/package-lock.json" -nt "$here/node_modules/.package-lock.json" ]; then

@@ -11,6 +11,9 @@
 //! - [`cli`]: the `vdrep` command line.
 
 pub mod cli;
+/// The git commit this binary was built from (`dataplane/build.rs`; "unknown" outside a git
+/// checkout): `vdrep_build_info` names it.
+pub const BUILD_COMMIT: &str = env!("VDREP_COMMIT");
 pub mod clock;
 pub mod demo;
 pub mod digest;
@@ -26,6 +29,7 @@ pub mod pipeline;
 pub mod receiver;
 pub mod resync;
 pub mod retry;
+pub mod secret;
 pub mod sender;
 pub mod sidecar;
 pub mod signals;

@@ -216,7 +216,10 @@ impl TrackedDisk {
     /// Writes `changes` into the disk and its active log, atomically with respect to a
     /// switch (one lock hold).
     pub fn write(&self, changes: &[Change]) {
-        let locked = self.tracker.lock().expect("tracking lock");
+        let locked = self
+            .tracker
+            .lock_for_write(SystemTime::now())
+            .expect("tracking lock");
         self.write_locked(&locked, changes);
     }
 
@@ -314,7 +317,10 @@ impl TrackedDisk {
         let mut n = 0;
         loop {
             {
-                let locked = self.tracker.lock().expect("tracking lock");
+                let locked = self
+                    .tracker
+                    .lock_for_write(SystemTime::now())
+                    .expect("tracking lock");
                 if self.active_ino() != Some(start) {
                     self.freeze(frozen);
                     return (n, true);

@@ -37,6 +37,30 @@ pub fn vdrep_bin() -> PathBuf {
     bin
 }
 
+/// `vdrep` as every test runs it: with the state folder of this test process
+/// ([`isolated_state_home`] as `XDG_STATE_HOME`), so no test reads or writes the invoking
+/// user's `~/.local/state/vdrep`, where a pending job or a `bandwidth.json` would change
+/// later runs.
+pub fn vdrep_command() -> Command {
+    let mut c = Command::new(vdrep_bin());
+    c.env("XDG_STATE_HOME", isolated_state_home());
+    c
+}
+
+/// `target/tmp/state-PID`, emptied when first used by this process (a PID seen before
+/// starts clean).
+pub fn isolated_state_home() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/tmp")
+            .join(format!("state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("test state folder");
+        d
+    })
+}
+
 /// Fails the test with an install hint if `tool` is not on PATH.
 pub fn require_tool(tool: &str, install_hint: &str) {
     let found = std::env::var_os("PATH")
@@ -71,7 +95,7 @@ pub fn run(cmd: &mut Command) -> Output {
 
 /// Runs `vdrep ARGS`, returning its output whatever the exit status.
 pub fn vdrep(args: &[&str]) -> Output {
-    Command::new(vdrep_bin())
+    vdrep_command()
         .args(args)
         .output()
         .expect("cannot start vdrep")
@@ -79,7 +103,7 @@ pub fn vdrep(args: &[&str]) -> Output {
 
 /// Runs `vdrep ARGS` and requires success.
 pub fn vdrep_ok(args: &[&str]) -> Output {
-    run(Command::new(vdrep_bin()).args(args))
+    run(vdrep_command().args(args))
 }
 
 /// `vdrep inspect PATH --json`, parsed.
@@ -160,23 +184,19 @@ pub fn sha256_file(path: &Path) -> String {
     hex::encode(h.finalize())
 }
 
-/// The folder of the shared test images (`../shared/testdata` beside the repository, or
-/// `VDREP_TESTDATA`).
+/// The folder of the test images made by other tools (`tests/data`, in the repository so a
+/// clone alone runs every test; their origin and licence are in `tests/data/README.md`).
 pub fn testdata_dir() -> PathBuf {
-    if let Ok(p) = std::env::var("VDREP_TESTDATA") {
-        return PathBuf::from(p);
-    }
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let d = here.join("../../shared/testdata");
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
     assert!(
-        d.is_dir(),
-        "test images not found at {}: set VDREP_TESTDATA to the shared/testdata folder",
+        d.join("hyperv").is_dir(),
+        "test images not found at {}: they are part of the repository (tests/data/hyperv)",
         d.display()
     );
     d
 }
 
-/// Decompresses `hyperv/NAME.bz2` from the shared test images into `dir` and returns the
+/// Decompresses `hyperv/NAME.bz2` from the test images (`tests/data`) into `dir` and returns the
 /// path; the originals are never touched.
 pub fn testdata_image(name: &str, dir: &Path) -> PathBuf {
     require_tool("bunzip2", "apt-get install bzip2");

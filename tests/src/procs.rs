@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{vdrep_bin, vdrep_ok};
+use crate::{vdrep_command, vdrep_ok};
 
 /// `vdrep certs init DIR --sender NAME...`: a CA, the receiver's and each sender's pair.
 pub fn certs(dir: &Path, senders: &[&str]) -> PathBuf {
@@ -122,7 +122,7 @@ impl Receiver {
             .append(true)
             .open(log)
             .unwrap();
-        let mut c = Command::new(vdrep_bin());
+        let mut c = vdrep_command();
         quiet_env(&mut c)
             .args(["receive", "--listen", &listen.to_string()])
             .arg("--tls")
@@ -299,7 +299,7 @@ impl Send {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut c = Command::new(vdrep_bin());
+        let mut c = vdrep_command();
         quiet_env(&mut c)
             .args(["send", "--to", &self.to, "--identity", &self.identity])
             .arg("--tls")

@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::procs::read_log;
-use crate::vdrep_bin;
+use crate::vdrep_command;
 
 /// A running `vdrep` process.
 pub struct Role {
@@ -64,7 +64,7 @@ impl Role {
             .append(true)
             .open(log)
             .unwrap();
-        let mut child = Command::new(vdrep_bin())
+        let mut child = vdrep_command()
             .args(args)
             .env("NO_COLOR", "1")
             .env("VDREP_LOG", "info")

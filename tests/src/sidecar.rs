@@ -14,6 +14,21 @@ use crate::roles::{eventually, Role};
 /// The sidecar's bearer token in these tests.
 pub const TOKEN: &str = "s3cret-token";
 
+/// Writes `TOKEN` to `DIR/token` with mode 0600: the sidecar refuses a token file that other
+/// users can read.
+pub fn write_token(dir: &Path) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join("token"))
+        .unwrap();
+    writeln!(f, "{TOKEN}").unwrap();
+}
+
 /// Owned arguments.
 pub fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
@@ -40,7 +55,7 @@ impl Stack {
     pub fn start(d: &Path) -> Stack {
         let tls = certs(&d.join("tls"), &["hv01"]);
         let disk = seeded_raw(&d.join("os.raw"), 8 << 20, 3, 1 << 20, 3);
-        std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
+        write_token(d);
         let rx = Role::receiver(d, &tls, "hv01=web", true);
         let mut st = Stack {
             dir: d.to_path_buf(),

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use vdrep::sink::azure::{AzureConfig, AzureStore};
 use vdrep::sink::DiskKey;
 use vdrep_tests::azurite::Azurite;
-use vdrep_tests::{qemu_img_create, qemu_io_write, run, vdrep_bin, vdrep_ok};
+use vdrep_tests::{qemu_img_create, qemu_io_write, run, vdrep_command, vdrep_ok};
 
 struct Kill(Child);
 impl Drop for Kill {
@@ -27,7 +27,7 @@ fn initial_replication_over_quic_lands_in_azurite_as_a_fixed_vhd_equal_to_the_so
     qemu_io_write(&disk, "vpc", 0x5c, 9 << 20, 1 << 20);
     let tls = tmp.path().join("tls");
     vdrep_ok(&["certs", "init", tls.to_str().unwrap(), "--sender", "host1"]);
-    let mut child = Command::new(vdrep_bin())
+    let mut child = vdrep_command()
         .args(["receive", "--listen", "127.0.0.1:0", "--allow", "host1=vm1"])
         .arg("--tls")
         .arg(&tls)
@@ -46,7 +46,7 @@ fn initial_replication_over_quic_lands_in_azurite_as_a_fixed_vhd_equal_to_the_so
         .strip_prefix("listening on ")
         .expect(&line)
         .to_string();
-    run(Command::new(vdrep_bin())
+    run(vdrep_command()
         .args([
             "send",
             "--to",

@@ -252,3 +252,189 @@ fn add_sender_works_with_an_operators_own_openssl_ca() {
     );
     assert!(verifies(dir, "sslclient", "hv07.pem"));
 }
+
+fn owner_of(file: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(file).unwrap();
+    (m.uid(), m.gid())
+}
+
+#[test]
+fn init_with_owner_gives_the_role_its_files_but_keeps_ca_key_roots() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("tls");
+    // `nobody:nogroup` (65534) stands for the packaged `vdrep` user.
+    vdrep_ok(&[
+        "certs",
+        "init",
+        s(&dir),
+        "--sender",
+        "hv01",
+        "--host",
+        "receiver.example",
+        "--owner",
+        "nobody:nogroup",
+    ]);
+    for f in [
+        "receiver.key",
+        "receiver.pem",
+        "hv01.key",
+        "hv01.pem",
+        "ca.pem",
+    ] {
+        assert_eq!(owner_of(&dir.join(f)), (65534, 65534), "{f}");
+    }
+    assert_eq!(mode(&dir.join("hv01.key")), 0o600);
+    assert_eq!(owner_of(&dir.join("ca.key")), (0, 0), "ca.key stays root's");
+    assert_eq!(owner_of(&dir).1, 65534);
+    assert_eq!(mode(&dir), 0o750);
+    // add-sender hands its files over too.
+    vdrep_ok(&["certs", "add-sender", s(&dir), "hv02", "--owner", "nobody"]);
+    assert_eq!(owner_of(&dir.join("hv02.key")), (65534, 65534));
+
+    // An unknown user is refused before anything is written.
+    let other = t.path().join("other");
+    let out = vdrep(&[
+        "certs",
+        "init",
+        s(&other),
+        "--sender",
+        "hv01",
+        "--owner",
+        "no-such-user-vdrep",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("owner \"no-such-user-vdrep\": no user named"),
+        "{err}"
+    );
+    assert!(!other.exists(), "files written despite the bad owner");
+}
+
+/// Each role started with a secret file open to others exits 1 naming the file, before it
+/// listens or connects.
+#[test]
+fn every_role_refuses_a_private_key_or_token_that_others_can_access() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let tls = d.join("tls");
+    vdrep_ok(&["certs", "init", s(&tls), "--sender", "hv01"]);
+    let refuses = |args: &[&str], file: &Path, mode_text: &str| {
+        let out = vdrep(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{}: mode {mode_text} lets other users",
+                file.display()
+            )),
+            "{args:?}: {err}"
+        );
+    };
+    let set = |f: &Path, m: u32| fs::set_permissions(f, fs::Permissions::from_mode(m)).unwrap();
+
+    let rx_key = tls.join("receiver.key");
+    set(&rx_key, 0o644);
+    let store = d.join("store");
+    refuses(
+        &[
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            s(&store),
+            "--tls",
+            s(&tls),
+            "--allow",
+            "hv01=vm1",
+        ],
+        &rx_key,
+        "0644",
+    );
+
+    let tx_key = tls.join("hv01.key");
+    set(&tx_key, 0o604);
+    let disk = d.join("os.raw");
+    fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let state = d.join("state");
+    refuses(
+        &[
+            "send",
+            "--to",
+            "127.0.0.1:9",
+            "--tls",
+            s(&tls),
+            "--identity",
+            "hv01",
+            "--vm",
+            "vm1",
+            s(&disk),
+            "--state",
+            s(&state),
+            "--no-progress",
+        ],
+        &tx_key,
+        "0604",
+    );
+
+    let token = d.join("token");
+    fs::write(&token, "t\n").unwrap();
+    // Group access is how the package shares it with `vdrep` (0640); others get nothing.
+    set(&token, 0o641);
+    refuses(
+        &[
+            "sidecar",
+            "--listen",
+            "127.0.0.1:0",
+            "--sender-control",
+            s(&d.join("s.sock")),
+            "--token-file",
+            s(&token),
+            "--state",
+            s(&d.join("sc")),
+        ],
+        &token,
+        "0641",
+    );
+}
+
+/// The sender refusing the receiver's certificate for its name says so, and how to fix it
+/// (not "the receiver refused ... check --allow").
+#[test]
+fn a_receiver_certificate_without_the_name_in_to_is_refused_by_the_sender_with_the_fix() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let tls = vdrep_tests::procs::certs(&d.join("tls"), &["hv01"]);
+    let rx = vdrep_tests::roles::Role::receiver(d, &tls, "hv01=vm1", false);
+    let addr = rx.addr("listening on ");
+    let disk = d.join("os.raw");
+    fs::write(&disk, vec![1u8; 1 << 20]).unwrap();
+    let out = vdrep(&[
+        "send",
+        "--to",
+        &addr,
+        "--server-name",
+        "receiver.example",
+        "--tls",
+        s(&tls),
+        "--identity",
+        "hv01",
+        "--vm",
+        "vm1",
+        s(&disk),
+        "--no-progress",
+        "--state",
+        s(&d.join("state")),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.contains("this sender refused the receiver's certificate")
+            && last.contains("--host NAME")
+            && last.contains("--server-name"),
+        "{last}"
+    );
+    assert!(!last.contains("check --allow"), "{last}");
+}

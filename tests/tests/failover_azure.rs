@@ -37,7 +37,7 @@ fn vdrep_az(az: &Azurite, args: &[&str]) -> std::process::Output {
     let mut all: Vec<&str> = args.to_vec();
     let url = az.url();
     all.extend(["--azure-url", &url, "--azure-container", "replicas"]);
-    std::process::Command::new(vdrep_tests::vdrep_bin())
+    vdrep_tests::vdrep_command()
         .args(&all)
         .env("VDREP_AZURE_SAS", format!("?{}", az.sas()))
         .output()

@@ -453,7 +453,7 @@ fn on_the_azure_sink_jobs_live_in_a_blob_beside_the_replicas() {
     let url = az.url();
     let az_args = ["--azure-url", url.as_str(), "--azure-container", "replicas"];
     let with_az = |extra: &[&str]| -> std::process::Output {
-        std::process::Command::new(vdrep_tests::vdrep_bin())
+        vdrep_tests::vdrep_command()
             .args(extra)
             .args(az_args)
             .env("VDREP_AZURE_SAS", format!("?{}", az.sas()))

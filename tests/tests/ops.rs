@@ -38,7 +38,7 @@ fn metric_names(text: &str) -> Vec<String> {
 #[test]
 fn prometheus_config_and_alert_rules_pass_promtool_and_their_unit_tests() {
     assert!(promtool(&["check", "config", "prometheus.yml"]).contains("SUCCESS"));
-    assert!(promtool(&["check", "rules", "rules.yml"]).contains("SUCCESS: 7 rules"));
+    assert!(promtool(&["check", "rules", "rules.yml"]).contains("SUCCESS: 9 rules"));
     assert!(promtool(&["test", "rules", "rules_test.yml"]).contains("SUCCESS"));
 }
 
@@ -62,6 +62,26 @@ fn alert_rules_and_dashboard_name_only_metrics_the_code_emits() {
             vdrep::metrics::lookup(n).is_some(),
             "{n} is not a metric vdrep emits (dataplane/src/metrics/spec.rs)"
         );
+    }
+    // Alerts for a role that is down or missing, and the expiry compared with time().
+    for needed in [
+        "up{job=~\"vdrep-.*\"} == 0",
+        "absent(up{job=\"vdrep-receiver\"})",
+        "(vdrep_certificate_expiry_timestamp_seconds) - time()",
+    ] {
+        assert!(rules.contains(needed), "rules.yml lacks {needed}");
+    }
+    // Rates are shown in Mbit/s, the unit limits are set in.
+    for p in dash["panels"].as_array().unwrap() {
+        if p["targets"][0]["expr"].as_str().unwrap().contains("bytes")
+            && p["title"].as_str().unwrap().contains("Throttle")
+        {
+            assert_eq!(
+                p["fieldConfig"]["defaults"]["unit"], "Mbits",
+                "{}",
+                p["title"]
+            );
+        }
     }
     // The dashboard shows what the issue asks for.
     for needed in [
@@ -89,10 +109,14 @@ fn systemd_units_run_each_role_hardened() {
             std::fs::read_to_string(ops().join(format!("systemd/vdrep-{role}.service"))).unwrap();
         assert!(
             text.contains(&format!(
-                "ExecStart=/usr/local/bin/vdrep {cmd} --config /etc/vdrep/"
+                "ExecStart=/usr/bin/vdrep {cmd} --config /etc/vdrep/"
             )),
             "{role}"
         );
+        // What each role writes is made for it (the sender's state folder included).
+        for key in ["StateDirectory=vdrep", "ConfigurationDirectory=vdrep"] {
+            assert!(text.contains(key), "vdrep-{role}.service lacks {key:?}");
+        }
         for key in [
             "NoNewPrivileges=yes",
             "ProtectSystem=strict",
@@ -105,6 +129,16 @@ fn systemd_units_run_each_role_hardened() {
         ] {
             assert!(text.contains(key), "vdrep-{role}.service lacks {key:?}");
         }
+    }
+    let sender = std::fs::read_to_string(ops().join("systemd/vdrep-sender.service")).unwrap();
+    for key in [
+        "StateDirectory=vdrep vdrep/sender\n",
+        "--state /var/lib/vdrep/sender ",
+        "RuntimeDirectory=vdrep\n",
+        // The sender re-reads its bandwidth policy on SIGHUP.
+        "ExecReload=/bin/kill -HUP $MAINPID\n",
+    ] {
+        assert!(sender.contains(key), "vdrep-sender.service lacks {key:?}");
     }
 }
 

@@ -368,7 +368,7 @@ fn on_azurite_scattered_pages_are_resynced_and_the_previous_point_is_kept() {
     let before = dir.join("before.raw");
     std::fs::copy(&img, &before).unwrap();
     let tls = certs(&dir.join("tls"), &["hv01"]);
-    let mut child = Command::new(vdrep_tests::vdrep_bin())
+    let mut child = vdrep_tests::vdrep_command()
         .args(["receive", "--listen", "127.0.0.1:0", "--allow", "hv01=vm1"])
         .arg("--tls")
         .arg(&tls)

@@ -233,6 +233,41 @@ fn every_endpoint_answers_and_state_changes_need_the_token() {
             .starts_with("web  os    normal  -"),
         "{table}"
     );
+    assert!(
+        table.lines().any(|l| l.starts_with("bandwidth limit now: ")
+            && (l.ends_with(" Mbit/s") || l.ends_with("unlimited"))),
+        "{table}"
+    );
+    // --watch without a terminal: a timestamped plain line per disk per refresh.
+    let out = std::process::Command::new(&bin)
+        .args([
+            "status",
+            "--sidecar",
+            &api,
+            "--watch",
+            "--every",
+            "1",
+            "--count",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+    for l in lines.lines() {
+        let (at, row) = l.split_once(' ').unwrap();
+        assert!(at.parse::<jiff::Timestamp>().is_ok(), "{l}");
+        assert!(
+            row.starts_with("web  os  protected  100.0 %  -  -  "),
+            "{l}"
+        );
+        assert!(row.ends_with("  normal") && !l.contains('\u{1b}'), "{l}");
+    }
     let out = std::process::Command::new(&bin)
         .args(["jobs", &id, "--sidecar", &api])
         .output()

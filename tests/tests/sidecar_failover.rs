@@ -6,15 +6,14 @@
 //! that exist.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::{json, Value};
 use vdrep_tests::roles::Role;
 use vdrep_tests::sidecar::{s, Stack, TOKEN};
-use vdrep_tests::vdrep_bin;
+use vdrep_tests::vdrep_command;
 
 fn vdrep(args: &[&str], dir: &Path) -> std::process::Output {
-    let out = Command::new(vdrep_bin())
+    let out = vdrep_command()
         .args(args)
         .env("VDREP_TOKEN_FILE", dir.join("token"))
         .output()

@@ -18,7 +18,7 @@ fn enabling_protection_is_a_job_through_checks_initial_replication_and_first_cyc
     let tls = certs(&d.join("tls"), &["hv01"]);
     // 24 MiB with 16 MiB of incompressible data at 2 MB/s: the copy takes seconds.
     let disk = seeded_raw(&d.join("os.raw"), 24 << 20, 7, 1 << 20, 3);
-    std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
+    vdrep_tests::sidecar::write_token(d);
     let rx = Role::receiver(d, &tls, "hv01=web", false);
     let sc = Stack::sidecar(d);
     let api = sc.addr("sidecar on ");
@@ -100,7 +100,7 @@ fn a_vm_the_sender_does_not_list_is_protected_through_the_api_and_stays_protecte
     const SIZE: u64 = 8 << 20;
     let db_path = seeded_raw(&d.join("db.raw"), SIZE, 9, 1 << 20, 3);
     let db = TrackedDisk::new(&db_path, Kind::Raw, SIZE, &d.join("scratch"));
-    std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
+    vdrep_tests::sidecar::write_token(d);
     let mut rx = Role::receiver(d, &tls, "hv01=web,db", false);
     let mut tx = Stack::sender(d, &tls, &web, &rx);
     let sc = Stack::sidecar(d);

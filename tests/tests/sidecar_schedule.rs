@@ -49,7 +49,7 @@ fn a_pushed_schedule_is_the_senders_own_it_switches_at_work_hours_without_the_si
     let d = dir.path();
     let tls = certs(&d.join("tls"), &["hv01"]);
     let disk = seeded_raw(&d.join("os.raw"), 4 << 20, 3, 1 << 20, 3);
-    std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
+    vdrep_tests::sidecar::write_token(d);
     let offset = d.join("clock.offset");
     // 08:59:30 UTC on some day: just before work hours.
     let nine = Timestamp::from_second(1_900_000_000 / 86_400 * 86_400 + 9 * 3600).unwrap();

@@ -48,7 +48,7 @@ fn cat_sha(img: &Path, dir: &Path) -> String {
 /// debug-built test binary would hash 10 GiB slowly).
 fn cat_stdout_sha(img: &Path) -> String {
     require_tool("sha256sum", "apt-get install coreutils");
-    let mut cat = Command::new(vdrep_bin())
+    let mut cat = vdrep_command()
         .args(["cat", s(img)])
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -11,6 +11,7 @@ use super::CliError;
 use crate::disk::{self, OpenOptions};
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  vdrep cat os.vhdx --offset 1048576 --length 64 | xxd")]
 pub struct Args {
     /// Disk image.
     path: PathBuf,

@@ -13,6 +13,7 @@ use crate::disk::{self, ExtentKind, ExtentWalker, OpenOptions, VirtualDisk};
 use crate::layout;
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  vdrep convert os.vhdx azure-ready.vhd")]
 pub struct Args {
     /// Source image (raw, VHD, VHDX; differencing chains are resolved).
     src: PathBuf,

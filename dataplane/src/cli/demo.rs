@@ -6,6 +6,7 @@ use super::CliError;
 use crate::demo::{run_demo, DemoOptions};
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  vdrep demo --dir /tmp/vdrep-demo --size-mib 256")]
 pub struct Args {
     /// Working folder; its contents are replaced.
     #[arg(long, default_value = "vdrep-demo")]

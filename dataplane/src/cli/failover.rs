@@ -58,6 +58,9 @@ impl FromStr for PointSel {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  vdrep failover --test --store /srv/vdrep --vm vm1 --point latest --out /tmp/vm1\n  vdrep failover --test --vm vm1 --point 3   # through the sidecar"
+)]
 pub struct Args {
     #[command(flatten)]
     store: StoreArgs,

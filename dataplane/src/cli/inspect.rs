@@ -9,6 +9,9 @@ use crate::disk::{self, OpenOptions};
 use crate::hrl;
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  vdrep inspect os.vhdx --json\n  vdrep inspect os.vhdx.hrl --json"
+)]
 pub struct Args {
     /// Disk image or HRL file.
     path: PathBuf,

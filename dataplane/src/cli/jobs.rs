@@ -13,6 +13,9 @@ use crate::jobs::pending::PendingJobs;
 use crate::jobs::Job;
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  vdrep jobs --store /srv/vdrep --vm vm1\n  vdrep jobs --state ~/.local/state/vdrep\n  vdrep jobs job-000004   # through the sidecar"
+)]
 pub struct Args {
     /// With neither a store nor --state: show this job of the sidecar with its steps.
     id: Option<String>,

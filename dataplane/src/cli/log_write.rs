@@ -1,6 +1,7 @@
 //! `vdrep log-write DISK --offset N --file F [--log-only]`: records a write in the disk's
 //! active change log, atomically with respect to a log switch, and writes it into the disk
-//! where vdrep can (raw and fixed VHD, whose bytes sit at their virtual offsets).
+//! where vdrep can (raw and fixed VHD, whose bytes sit at their virtual offsets). A switch
+//! intent beside the disk left by a crashed sender is completed before the write.
 
 use std::fs::OpenOptions as FsOpen;
 use std::os::unix::fs::FileExt;
@@ -15,6 +16,7 @@ use crate::disk::{self, DiskFormat, OpenOptions};
 use crate::tracking::Tracker;
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  vdrep log-write os.raw --offset 1048576 --file block.bin")]
 pub struct Args {
     /// The protected disk.
     disk: PathBuf,
@@ -70,7 +72,10 @@ fn log_write(a: Args) -> anyhow::Result<()> {
         );
     }
     let tracker = Tracker::new(&a.disk, info.virtual_size);
-    let locked = tracker.lock()?;
+    // A log switch of the disk's VM interrupted by a crash is completed first (for all its
+    // disks), so this write lands wholly after it on every disk.
+    let now = SystemTime::from(crate::clock::Clock::now_utc(crate::clock::process()));
+    let locked = tracker.lock_for_write(now)?;
     // Checked under the lock before the disk is touched: a write with no log to record it
     // would be a gap in the replica's history.
     if !tracker.is_active() {
@@ -92,7 +97,7 @@ fn log_write(a: Args) -> anyhow::Result<()> {
         f.sync_data()
             .with_context(|| format!("{}: sync failed", a.disk.display()))?;
     }
-    if let Err(e) = log.append(&[(a.offset, Bytes::from(data))], SystemTime::now()) {
+    if let Err(e) = log.append(&[(a.offset, Bytes::from(data))], now) {
         if writes_disk && !a.log_only {
             // The disk holds a write its log does not: only a resync can bring the replica
             // in line again.

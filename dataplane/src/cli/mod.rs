@@ -8,9 +8,11 @@ pub(crate) mod config;
 mod convert;
 mod demo;
 pub mod failover;
+mod generate;
 mod inspect;
 mod jobs;
 mod log_write;
+mod logging;
 mod ops;
 mod points;
 mod receive;
@@ -18,8 +20,9 @@ mod send;
 mod sidecar;
 pub mod store_args;
 mod unprotect;
+mod watch;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Exit code for success.
 pub const EXIT_OK: i32 = 0;
@@ -37,6 +40,15 @@ pub const EXIT_TEMPFAIL: i32 = 75;
     about = "Replicates VM disks (VHD, VHDX, raw) to Azure page blobs"
 )]
 struct Cli {
+    /// Log lines on stderr as text (colours only on a terminal) or as JSON lines.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "VDREP_LOG_FORMAT"
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,7 +64,8 @@ enum Command {
     /// Run the whole product on this machine: make a VHDX, replicate it over QUIC into a local
     /// store, verify the replica.
     Demo(demo::Args),
-    /// Replicate disks to a receiver (initial replication).
+    /// Replicate a VM's disks to a receiver: one copy, or continuous protection with
+    /// --interval.
     Send(Box<send::Args>),
     /// Record a write in a disk's active change log (and write raw / fixed-VHD disks).
     LogWrite(log_write::Args),
@@ -78,6 +91,11 @@ enum Command {
     Status(ops::StatusArgs),
     /// Resynchronise a VM, now or in its resync window (asks the sidecar).
     Resync(ops::ResyncArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...), made from these definitions.
+    Completions(generate::CompletionsArgs),
+    /// Write the man pages (vdrep.1, vdrep-COMMAND.1) into a folder.
+    #[command(hide = true)]
+    Man(generate::ManArgs),
 }
 
 /// An error at the binary's edge, with the exit code it maps to.
@@ -132,7 +150,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    init_logging();
+    logging::init(cli.log_format);
     let res = match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
@@ -149,6 +167,8 @@ pub fn main() -> i32 {
         Command::Sidecar(a) => sidecar::run(a),
         Command::Status(a) => ops::status(a),
         Command::Resync(a) => ops::resync(a),
+        Command::Completions(a) => generate::completions(a, Cli::command()),
+        Command::Man(a) => generate::man(a, Cli::command()),
     };
     match res {
         Ok(()) => EXIT_OK,
@@ -190,14 +210,4 @@ fn one_line(e: &anyhow::Error) -> String {
         out.push_str(&s);
     }
     out
-}
-
-fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VDREP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
 }

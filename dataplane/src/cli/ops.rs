@@ -32,9 +32,21 @@ pub struct Conn {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  vdrep status\n  vdrep status --watch")]
 pub struct StatusArgs {
     #[command(flatten)]
     conn: Conn,
+    /// Keep refreshing: a live table (phase, percent, rate, ETA, RPO, health) redrawn in
+    /// place on a terminal, timestamped plain lines otherwise.
+    #[arg(long)]
+    watch: bool,
+    /// With --watch: seconds between refreshes.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2, requires = "watch",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    every: u64,
+    /// With --watch: stop after this many refreshes [default: until interrupted].
+    #[arg(long, value_name = "N", requires = "watch")]
+    count: Option<u64>,
 }
 
 struct SidecarJobs<'a> {
@@ -43,6 +55,7 @@ struct SidecarJobs<'a> {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  vdrep resync --vm web --now")]
 pub struct ResyncArgs {
     /// The VM to resynchronise.
     #[arg(long)]
@@ -131,6 +144,15 @@ fn table(rows: &[Vec<String>]) -> String {
 }
 
 pub fn status(a: StatusArgs) -> Result<(), CliError> {
+    if a.watch {
+        super::watch::watch(
+            Duration::from_secs(a.every),
+            a.count,
+            || call(&a.conn, "GET", "/v1/vms", None),
+            table,
+        )?;
+        return Ok(());
+    }
     let v = call(&a.conn, "GET", "/v1/vms", None)?;
     if a.conn.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -177,6 +199,16 @@ pub fn status(a: StatusArgs) -> Result<(), CliError> {
         }
     }
     println!("{}", table(&rows));
+    // The limit in force, in the unit limits are set in.
+    if v["sender"]["reachable"] == Value::Bool(true) {
+        match v["sender"]["bandwidth_bytes_per_second"].as_u64() {
+            Some(b) => println!(
+                "bandwidth limit now: {}",
+                crate::sender::progress::mbit(b as f64)
+            ),
+            None => println!("bandwidth limit now: unlimited"),
+        }
+    }
     if v["sender"]["reachable"] != Value::Bool(true) {
         eprintln!("vdrep: warning: the sender is unreachable; the status shown may be old");
     }

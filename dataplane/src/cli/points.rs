@@ -13,6 +13,7 @@ use crate::digest;
 use crate::sink::{PointReader, RecoveryPoint, ReplicaStore};
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  vdrep points --store /srv/vdrep --vm vm1 --json")]
 pub struct Args {
     #[command(flatten)]
     store: StoreArgs,

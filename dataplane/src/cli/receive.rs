@@ -13,6 +13,9 @@ use super::CliError;
 use crate::receiver::{self, Authorizations, ReceiverConfig};
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  vdrep receive --listen 0.0.0.0:4433 --store /srv/vdrep --tls tls --allow host1=vm1\n  vdrep receive --config /etc/vdrep/receiver.toml"
+)]
 pub struct Args {
     /// UDP address to listen on (port 0 picks a free one; the bound address is printed).
     #[arg(long)]

@@ -21,110 +21,120 @@ use crate::throttle::{BandwidthControl, BandwidthPolicy, PolicySpec, Throttle};
 use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  vdrep send --to receiver.example:4433 --tls tls --identity host1 --vm vm1 os.vhdx data.vhdx
+  vdrep send --config /etc/vdrep/sender.toml --interval 5m --bandwidth 40Mbit
+Every option can also come from --config (flags win). Exit codes: 0 done, 1 not recoverable,
+2 usage, 75 recoverable error given up on.")]
 pub struct Args {
-    /// Receiver address HOST:PORT.
-    #[arg(long)]
+    /// Receiver address HOST:PORT (required unless in --config).
+    #[arg(long, value_name = "HOST:PORT", help_heading = "Connection")]
     to: Option<String>,
-    /// Folder with ca.pem and this sender's NAME.pem/NAME.key.
-    #[arg(long)]
+    /// Folder with ca.pem and this sender's NAME.pem/NAME.key (required unless in --config).
+    #[arg(long, value_name = "DIR", help_heading = "Connection")]
     tls: Option<PathBuf>,
-    /// This sender's name (its certificate's CN).
-    #[arg(long)]
+    /// This sender's name, its certificate's CN (required unless in --config).
+    #[arg(long, value_name = "NAME", help_heading = "Connection")]
     identity: Option<String>,
-    /// Name to check in the receiver's certificate (default: the host in --to).
-    #[arg(long)]
+    /// Name to check in the receiver's certificate [default: the host in --to].
+    #[arg(long, value_name = "NAME", help_heading = "Connection")]
     server_name: Option<String>,
-    /// The VM the disks belong to.
-    #[arg(long)]
+    /// TOML file with any of these options (flags win; unknown keys are errors).
+    #[arg(long, value_name = "FILE", help_heading = "Connection")]
+    config: Option<PathBuf>,
+    /// The VM the disks belong to (required with its disks, unless --control; or [[vm]] in
+    /// --config).
+    #[arg(long, value_name = "VM", help_heading = "VM")]
     vm: Option<String>,
-    /// Disk images of the VM, replicated in this order.
+    /// Disk images of the VM, replicated in this order (required with --vm).
+    #[arg(value_name = "DISK")]
     disks: Vec<PathBuf>,
-    /// Parallel streams per disk (upload threads per VM), 1..=32.
-    #[arg(long)]
+    /// Parallel streams per disk (upload threads per VM), 1..=32 [default: 4].
+    #[arg(long, value_name = "N", help_heading = "Transfer")]
     threads: Option<usize>,
-    /// zstd level; 0 turns compression off.
-    #[arg(long)]
+    /// zstd level, -7..=22; 0 turns compression off [default: 1].
+    #[arg(long, value_name = "LEVEL", help_heading = "Transfer")]
     compression_level: Option<i32>,
     /// Keep the compression level fixed instead of adapting it to the link.
-    #[arg(long)]
+    #[arg(long, help_heading = "Transfer")]
     fixed_compression: bool,
     /// Retry recoverable errors this long without progress, then exit 75 (e.g. 10m, 30s).
     /// A one-shot send defaults to 10m; with --interval, protection retries forever on the
     /// retry schedule (1, 2, 4, 8, 10, then every 30 minutes) unless this is given.
-    #[arg(long, value_parser = config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration, help_heading = "Retry")]
     give_up_after: Option<Duration>,
     /// Bandwidth limit at all times, e.g. 40Mbit, 5MB, unlimited (decimal SI; MiB/Mibit
-    /// binary; 512Kbit..1023Mbit). Counts bytes on the wire, shared by all streams and VMs.
-    #[arg(long)]
+    /// binary; 512Kbit..1023Mbit). Counts bytes on the wire, shared by all streams and VMs
+    /// [default: unlimited].
+    #[arg(long, value_name = "RATE", help_heading = "Bandwidth")]
     bandwidth: Option<String>,
     /// Work days of the bandwidth schedule: mon-fri, mon,wed,fri, all.
-    #[arg(long)]
+    #[arg(long, value_name = "DAYS", help_heading = "Bandwidth")]
     work_days: Option<String>,
     /// Work hours, local time in --tz: 09:00-18:00 (22:00-06:00 for a night shift).
-    #[arg(long)]
+    #[arg(long, value_name = "HH:MM-HH:MM", help_heading = "Bandwidth")]
     work_hours: Option<String>,
-    /// Time zone of the work hours and of --initial-at (IANA name, e.g. Europe/Berlin, or UTC).
-    #[arg(long)]
+    /// Time zone of the work hours and of --initial-at (IANA name, e.g. Europe/Berlin, or
+    /// UTC) [default: UTC].
+    #[arg(long, value_name = "ZONE", help_heading = "Bandwidth")]
     tz: Option<String>,
     /// Limit during work hours (512Kbit..1023Mbit or unlimited).
-    #[arg(long)]
+    #[arg(long, value_name = "RATE", help_heading = "Bandwidth")]
     work_bandwidth: Option<String>,
     /// Limit outside work hours (512Kbit..1023Mbit or unlimited).
-    #[arg(long)]
+    #[arg(long, value_name = "RATE", help_heading = "Bandwidth")]
     off_bandwidth: Option<String>,
     /// No bandwidth limit.
-    #[arg(long)]
+    #[arg(long, help_heading = "Bandwidth")]
     no_throttle: bool,
-    /// RPO above which a VM warns (default: twice --interval).
-    #[arg(long, value_parser = config::parse_duration)]
+    /// RPO above which a VM warns [default: twice --interval].
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration, help_heading = "Schedule")]
     rpo_threshold: Option<Duration>,
     /// Keep replicating: initial copy, then a delta cycle every interval (30s, 5m, 15m, or
     /// any duration). Without it, one initial replication.
-    #[arg(long, value_parser = config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration, help_heading = "Schedule")]
     interval: Option<Duration>,
-    /// Recovery-point retention (0 to 24h, default 24h).
-    #[arg(long, value_parser = config::parse_duration)]
+    /// Recovery-point retention, 0 to 24h [default: 24h].
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration, help_heading = "Schedule")]
     retention: Option<Duration>,
     /// With --interval: start the initial replication of disks without a committed replica
     /// at this time instead of now (change tracking starts at once): an RFC 3339 time
     /// (2026-11-27T22:00:00+01:00) or HH:MM, the next such time in --tz (default UTC).
-    #[arg(long)]
+    #[arg(long, value_name = "TIME", help_heading = "Schedule")]
     initial_at: Option<String>,
-    /// With --interval: stop after this many cycles (default: run until SIGTERM).
-    #[arg(long)]
+    /// With --interval: stop after this many cycles [default: run until SIGTERM].
+    #[arg(long, value_name = "N", help_heading = "Schedule")]
     max_cycles: Option<u64>,
     /// Resynchronise each disk's committed replica by block checksums (only differing 4 KiB
     /// pages are sent) and exit once committed. A one-shot send of a committed disk does
     /// this anyway; with --interval the resync runs before delta cycles start.
-    #[arg(long)]
+    #[arg(long, help_heading = "Schedule")]
     resync: bool,
     /// With --resync: the receiver rehashes its whole replica instead of trusting its
     /// durable hash index (finds a replica changed behind its back) and repairs the index.
-    #[arg(long)]
+    #[arg(long, help_heading = "Schedule")]
     verify: bool,
     /// State folder: jobs that failed before they could be reported to the receiver (disk
     /// unreadable, receiver unreachable, certificate refused) wait here and are reported at
     /// the next connection; health.json (per VM and disk health, RPO, errors) is written
     /// here every second. Default: $XDG_STATE_HOME/vdrep, else ~/.local/state/vdrep, else
     /// /var/lib/vdrep.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR", help_heading = "Output")]
     state: Option<PathBuf>,
     /// Print the summary as JSON on stdout.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     json: bool,
-    /// No progress bar.
-    #[arg(long)]
+    /// No progress: no bar on a terminal, no progress lines (one a minute) otherwise.
+    #[arg(long, help_heading = "Output")]
     no_progress: bool,
-    /// Unix socket of the local control channel (the sidecar talks to the sender here).
-    #[arg(long)]
+    /// Unix socket of the local control channel (the sidecar manages the sender through it;
+    /// a pushed bandwidth schedule in --state then wins over the flags).
+    #[arg(long, value_name = "SOCKET", help_heading = "Output")]
     control: Option<PathBuf>,
     /// Serve Prometheus metrics on this TCP address (`GET /metrics`; port 0 picks one, the
     /// bound address is printed as `metrics on ADDR`).
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR", help_heading = "Output")]
     metrics: Option<std::net::SocketAddr>,
-    /// TOML file with any of the options above (flags win).
-    #[arg(long)]
-    config: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -206,6 +216,48 @@ fn merged_policy(flags: &PolicySpec, file: PolicySpec) -> anyhow::Result<Bandwid
     spec.build().map_err(anyhow::Error::new)
 }
 
+/// Every required option that neither the flags nor `--config` give, so one usage error
+/// names them all (not one per attempt).
+fn missing_required(a: &Args, f: &File, control: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    let connection: Vec<&str> = [
+        (a.to.is_none() && f.to.is_none(), "--to HOST:PORT"),
+        (a.tls.is_none() && f.tls.is_none(), "--tls DIR"),
+        (
+            a.identity.is_none() && f.identity.is_none(),
+            "--identity NAME",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(missing, flag)| missing.then_some(flag))
+    .collect();
+    if !connection.is_empty() {
+        out.push(format!(
+            "{} (required unless in --config)",
+            connection.join(", ")
+        ));
+    }
+    let interval = a.interval.or(f.interval).is_some();
+    if a.vm.is_none() && a.disks.is_empty() && f.vm.is_empty() && !(interval && control) {
+        out.push(
+            "--vm VM DISK... (required unless [[vm]] in --config, or --interval with --control)"
+                .into(),
+        );
+    }
+    out
+}
+
+/// Which of the two [`merged_policy`] takes: "flags", "config" or "default" (neither).
+fn policy_source(flags: &PolicySpec, file: &PolicySpec) -> &'static str {
+    if *flags != PolicySpec::default() {
+        "flags"
+    } else if *file != PolicySpec::default() {
+        "config"
+    } else {
+        "default"
+    }
+}
+
 /// Re-reads `--config` for its bandwidth policy (SIGHUP).
 fn reload_policy(flags: &PolicySpec, path: &std::path::Path) -> anyhow::Result<BandwidthPolicy> {
     let f: File = config::load(Some(path))?;
@@ -229,6 +281,10 @@ fn options(a: &Args) -> anyhow::Result<Options> {
         control: a.control.clone().or(f.control.clone()),
         metrics: a.metrics.or(f.metrics),
     };
+    let missing = missing_required(a, &f, endpoints.control.is_some());
+    if !missing.is_empty() {
+        bail!("missing {}", missing.join("; "));
+    }
     let file_spec = f
         .bandwidth
         .take()
@@ -287,6 +343,7 @@ fn options(a: &Args) -> anyhow::Result<Options> {
         // Protection retries forever on the retry schedule unless a window is asked for.
         protect_give_up_after: policy.as_ref().and(a.give_up_after.or(f.give_up_after)),
         progress: !a.no_progress,
+        bandwidth_source: policy_source(&flag_policy(a), &file_spec),
         bandwidth: merged_policy(&flag_policy(a), file_spec)?,
         rpo_threshold: a.rpo_threshold.or(f.rpo_threshold),
         resync: a.resync,
@@ -374,10 +431,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 usage: false,
             }
         })?;
+    // The summary is in the log already (its last line): printed again only as JSON.
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        eprintln!("{}", summary.one_line());
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use crate::sidecar::failover::FailoverTarget;
 use crate::sidecar::{self, SidecarConfig};
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  vdrep sidecar --config /etc/vdrep/sidecar.toml")]
 pub struct Args {
     /// TCP address of the API (loopback by default; port 0 picks one, printed as
     /// `sidecar on ADDR`).
@@ -97,6 +98,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         .or(f.state)
         .context("--state DIR is required")
         .map_err(usage)?;
+    crate::secret::check_private(&token_file, "token file")?;
     let token = read_token(&token_file)?;
     let metrics = a.metrics.or(f.metrics);
     let failover = failover_target(

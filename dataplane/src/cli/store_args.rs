@@ -15,7 +15,8 @@ use crate::sink::ReplicaStore;
 /// Store selection flags.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct StoreArgs {
-    /// Local page-blob store folder (created if missing).
+    /// Local page-blob store folder (`receive` creates it if missing; the other commands only
+    /// open an existing store).
     #[arg(long, conflicts_with = "azure_url")]
     pub store: Option<PathBuf>,
     /// Azure Storage account URL: https://ACCOUNT.blob.core.windows.net, or path-style
@@ -23,7 +24,8 @@ pub struct StoreArgs {
     /// CONTAINER/VM/NAME.vhd, recovery points are their snapshots.
     #[arg(long)]
     pub azure_url: Option<String>,
-    /// Container for the replicas (created if missing and the credential allows it).
+    /// Container for the replicas (`receive` creates it if missing and the credential allows
+    /// it).
     #[arg(long, requires = "azure_url")]
     pub azure_container: Option<String>,
     /// SAS token (with or without its leading `?`). Without it (or an account key) the

@@ -1,7 +1,7 @@
 //! `vdrep unprotect --vm VM (--store DIR | --azure-*) [--disk PATH...]`: disables protection
 //! of a VM. Its replicas, recovery points and state go from the store; with the source disks
 //! named (`--disk`), the change-tracking files beside them go too (`D.hrl`, closed
-//! `D.NNNNNNNN.hrl` logs, `D.hrl.lock`, `D.hrl.shipped`, `D.hrl.resync`, `D.hrl.hashes`, digests).
+//! `D.NNNNNNNN.hrl` logs, `D.hrl.lock`, `D.hrl.shipped`, `D.hrl.resync`, `D.hrl.hashes`, `D.hrl.switch`, digests).
 //!
 //! Unprotecting is an operator action with replication stopped: a disk a receiver holds
 //! (local lock, Azure lease) is refused with exit 1, and nothing of that disk is removed.
@@ -16,6 +16,9 @@ use crate::sink::SinkError;
 use crate::tracking::LogPaths;
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example:\n  vdrep unprotect --store /srv/vdrep --vm vm1 --disk /vms/vm1/os.vhdx"
+)]
 pub struct Args {
     #[command(flatten)]
     store: StoreArgs,
@@ -93,6 +96,7 @@ fn remove_tracking(disk: &Path) -> anyhow::Result<usize> {
         p.shipped.clone(),
         p.resync.clone(),
         p.hashes.clone(),
+        p.switch.clone(),
         p.lock.clone(),
     ]);
     let mut n = 0;

@@ -219,6 +219,8 @@ pub fn run_demo(o: &DemoOptions) -> anyhow::Result<(Summary, PathBuf)> {
         identity: "demo-host".into(),
         threads: o.threads,
         give_up_after: Duration::from_secs(60),
+        // The demo's own state folder: never the invoking user's.
+        state_dir: Some(dir.join("state")),
         ..SendOptions::default()
     };
     let vms = [VmSpec {
@@ -246,5 +248,27 @@ pub fn run_demo(o: &DemoOptions) -> anyhow::Result<(Summary, PathBuf)> {
         .arg(&replica))
     .context("qemu-img compare found a difference")?;
     eprintln!("demo: qemu-img compare: images are identical");
+    eprintln!(
+        "demo: its files take {} in {} (source, replica, state): remove them with `rm -rf {}`",
+        crate::sender::human(du(&dir)),
+        dir.display(),
+        dir.display()
+    );
     Ok((summary, replica))
+}
+
+/// Bytes allocated under `dir` (what removing it frees; sparse files count what they use).
+fn du(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => du(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }

@@ -27,6 +27,6 @@ mod writer;
 pub use chain::HrlChain;
 pub use coalesce::{coalesce, coalesce_chain, coalesce_log, CoalescedExtent, SourcePiece, Write};
 pub use error::{ChainProblem, HrlError};
-pub use reader::{has_hrl_cookie, HrlLog, LogEntry, ReadOptions, READ_CHUNK};
+pub use reader::{has_hrl_cookie, read_log_header, HrlLog, LogEntry, ReadOptions, READ_CHUNK};
 pub use scan::{scan_valid_prefix, ScannedLog};
 pub use writer::{HrlWriter, WriterOptions};

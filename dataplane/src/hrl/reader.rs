@@ -266,6 +266,14 @@ pub(crate) fn effective_disk_size(header: &LogHeader, opts: &ReadOptions) -> Opt
         .or((header.current_size != 0).then_some(header.current_size))
 }
 
+/// Reads and validates only the header of the log at `path`, without scanning its
+/// entries: a log switch prepares the next log from the active one's `UniqueId` without the
+/// tracking lock (appends never rewrite the header; only closing does).
+pub fn read_log_header(path: &Path) -> Result<LogHeader, HrlError> {
+    let file = crate::io::PreadFile::open(path).map_err(|e| HrlError::io(path, "open", 0, e))?;
+    Ok(read_header(path, &file)?.0)
+}
+
 /// Reads and validates the header; returns it with the file length.
 pub(crate) fn read_header(path: &Path, file: &dyn ReadAt) -> Result<(LogHeader, u64), HrlError> {
     let len = file.len().map_err(|e| HrlError::io(path, "stat", 0, e))?;

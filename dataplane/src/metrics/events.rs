@@ -179,10 +179,17 @@ pub fn quic_path(rtt_secs: f64, cwnd_bytes: u64, lost_since_last: u64) {
     counter!(QUIC_LOST).increment(lost_since_last);
 }
 
-/// A certificate's expiry (`cert`: identity, ca or peer; `name`: its CN or sender name).
+/// A certificate's expiry (`cert`: identity, ca or peer; `name`: its CN or sender name), as
+/// the Unix time it expires: a timestamp stays true between scrapes and restarts, where a
+/// "seconds left" value set once would stand still.
 pub fn certificate(cert: &'static str, name: &str, not_after_unix: i64) {
-    gauge!(CERT_EXPIRY, "cert" => cert, "name" => name.to_string())
-        .set((not_after_unix - now_unix() as i64) as f64);
+    gauge!(CERT_EXPIRY, "cert" => cert, "name" => name.to_string()).set(not_after_unix as f64);
+}
+
+/// The running build (`vdrep_build_info{version,commit} 1`).
+pub fn build_info() {
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => crate::BUILD_COMMIT)
+        .set(1.0);
 }
 
 /// The receiver wrote `n` verified bytes to a replica.

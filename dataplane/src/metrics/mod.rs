@@ -78,6 +78,7 @@ pub fn install(role: Role) -> Result<PrometheusHandle, MetricsError> {
             (Kind::Histogram, None) => metrics::describe_histogram!(s.name, s.help),
         }
     }
+    events::build_info();
     let _ = HANDLE.set(handle.clone());
     Ok(HANDLE.get().cloned().unwrap_or(handle))
 }

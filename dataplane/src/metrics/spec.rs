@@ -80,7 +80,7 @@ specs! {
     THROTTLE_LIMIT = "vdrep_throttle_limit_bytes_per_second", Gauge, "bytes_per_second", [], [Sender],
         "Bandwidth limit of the host in bytes per second (0 = no throttle).";
     THROTTLE_RATE = "vdrep_throttle_rate_bytes_per_second", Gauge, "bytes_per_second", [], [Sender],
-        "Actual send rate over the last second, in bytes per second of extent frames.";
+        "Actual send rate over the last second, in bytes on the wire per second (UDP payload: QUIC and TLS included), the unit of the limit.";
     RETRIES = "vdrep_retries_total", Counter, "count", ["class"], [Sender],
         "Reconnect-and-resume attempts after a recoverable error, by error class.";
     ERRORS = "vdrep_errors_total", Counter, "count", ["class"], [Sender],
@@ -105,14 +105,16 @@ specs! {
         "Connections refused: reason handshake (bad or untrusted certificate), no_certificate, unknown_sender, unauthorized_vm, busy (at --max-connections).";
     REFUSALS = "vdrep_refusals_total", Counter, "count", ["class"], [Receiver],
         "Requests, batches and streams the receiver refused, by class: the wire error class (protocol, invalid_state, unauthorized, target_busy, ...), or connection_limit.";
-    CERT_EXPIRY = "vdrep_certificate_expiry_seconds", Gauge, "seconds", ["cert", "name"], [Sender, Receiver],
-        "Seconds until the certificate expires (negative once expired): cert is identity, ca or peer.";
+    CERT_EXPIRY = "vdrep_certificate_expiry_timestamp_seconds", Gauge, "seconds", ["cert", "name"], [Sender, Receiver],
+        "Unix time at which the certificate expires (compare with time()): cert is identity, ca or peer; re-read when the file changes.";
     API_REQUESTS = "vdrep_api_requests_total", Counter, "count", ["method", "status"], [Sidecar],
         "Requests served by the sidecar's HTTP API, by method and status code.";
     JOBS = "vdrep_jobs", Gauge, "count", ["state"], [Sidecar],
         "Jobs the sidecar knows, by state (queued, running, succeeded, failed).";
     SENDER_UP = "vdrep_sender_up", Gauge, "info", [], [Sidecar],
         "1 when the sidecar reached the sender's control channel at its last poll.";
+    BUILD_INFO = "vdrep_build_info", Gauge, "info", ["version", "commit"], [Sender, Receiver, Sidecar],
+        "Always 1; its labels name the running build: version and git commit (\"unknown\" outside a git checkout).";
 }
 
 /// The metric table (for tests and tools that check dashboards and rules against it).
@@ -168,7 +170,7 @@ mod tests {
                 assert!(
                     [
                         "vm", "disk", "class", "state", "reason", "cert", "name", "method",
-                        "status"
+                        "status", "version", "commit"
                     ]
                     .contains(l),
                     "{}: unbounded label {l}",

@@ -222,6 +222,20 @@ pub async fn run(cfg: ReceiverConfig, store: Arc<dyn ReplicaStore>) -> anyhow::R
     // Tests and scripts read this line to learn the bound port.
     println!("listening on {local}");
     crate::metrics::certs::export_files(&files.ca, &files.cert);
+    // A renewed certificate is taken without restart (and its expiry exported).
+    let cert_watch = {
+        let (ep, f) = (endpoint.clone(), files.clone());
+        crate::metrics::certs::watch(
+            files.ca.clone(),
+            files.cert.clone(),
+            files.key.clone(),
+            move || {
+                let cfg = crate::tls::config::receiver_quic(&f).map_err(|e| e.to_string())?;
+                crate::transport::replace_server_config(&ep, cfg);
+                Ok(())
+            },
+        )
+    };
     let rpo = tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -234,6 +248,7 @@ pub async fn run(cfg: ReceiverConfig, store: Arc<dyn ReplicaStore>) -> anyhow::R
     endpoint.close(0u32.into(), b"receiver shutting down");
     serve.abort();
     rpo.abort();
+    cert_watch.abort();
     rx.drain().await;
     Ok(())
 }

@@ -54,6 +54,11 @@ pub fn classify(e: &SendError) -> Classified {
         e if e.is_receiver_busy() => {
             "the receiver is at its connection limit (--max-connections); retrying"
         }
+        SendError::Connection { source, .. }
+            if crate::tls::advice::for_connection(source).is_some() =>
+        {
+            crate::tls::advice::for_connection(source).unwrap_or_default()
+        }
         SendError::Connect { .. } | SendError::Connection { .. } | SendError::Frame { .. } => {
             if recoverable {
                 "the receiver is unreachable or the link failed; retrying"

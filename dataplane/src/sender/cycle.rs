@@ -1,6 +1,7 @@
-//! One delta cycle of a protected disk: the log switch (the tracking lock held only to
-//! close and open logs), the cycle's digest computed beside the shipping, and shipping the
-//! closed logs' coalesced extents until the receiver commits each cycle as a recovery point.
+//! Delta cycles of a protected VM: the log switch of all its disks at one instant (the
+//! tracking locks held only for renames), each cycle's digest computed beside the shipping,
+//! and shipping the closed logs' coalesced extents until the receiver commits each cycle as
+//! a recovery point.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -13,101 +14,152 @@ use vdrep_proto::Guid;
 
 use super::disk::{begin_cycle, send_all, DiskJob, Opened, Shared};
 use super::logimage::LogImage;
+use super::progress::log_secs;
 use super::protect::{poisoned, resync_required, skip, Policy, Protected};
 use super::{ControlStream, SendError};
 use crate::hrl::coalesce_log;
 use crate::pipeline::WorkItem;
-use crate::tracking::{catch_up, switch_digest, HashTable, SwitchDigest};
+use crate::tracking::{catch_up, switch_digest, switch_set, HashTable, SwitchDigest, SwitchDisk};
 
-/// Closes the active log as the next cycle and starts the next log, holding the tracking
-/// lock only for that (and to open a reader of the disk as the switch left it). The cycle's
-/// digest is computed after the lock is released (`tracking::switch_digest`), so writers
-/// never wait for hashing, and while the closed log already ships; it is awaited before
-/// the cycle commits. Returns the cycle switched to.
-pub(super) async fn switch(d: &Arc<Mutex<Protected>>) -> Option<u64> {
-    let d2 = d.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
-    let task = tokio::task::spawn_blocking(move || {
-        let prepared = (|| {
-            let g = d2.lock().map_err(|_| "lock poisoned".to_string())?;
-            let pending = g.tracker.pending().map_err(|e| e.to_string())?;
-            let last_pending = pending.last().map(|(c, _)| *c).unwrap_or(0);
-            let next = g.committed_cycle.unwrap_or(0).max(last_pending) + 1;
-            let size = g.job.disk.info().virtual_size;
-            if g.tracker.log_bytes() >= size / 2 {
-                return Err(format!(
-                    "change logs hold {} bytes, half of the disk's {size}: shipping them would cost more than a resync",
-                    g.tracker.log_bytes()
-                ));
-            }
-            Ok((
-                next,
-                g.tracker.clone(),
-                g.job.disk.info().path.clone(),
-                g.job.vm.clone(),
-                g.job.name.clone(),
-            ))
-        })();
-        let (next, tracker, path, vm, name) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        };
-        let locked = match tracker.lock() {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = tx.send(Err(e.to_string()));
-                return;
-            }
-        };
-        if let Err(e) = locked.switch(next, SystemTime::now()) {
-            let _ = tx.send(Err(e.to_string()));
-            return;
-        }
-        // Opened under the lock: a dynamic disk's metadata as the switch left it.
-        let disk = crate::disk::open(&path, crate::disk::OpenOptions::default());
-        drop(locked);
-        let _ = tx.send(Ok(next));
-        let t0 = std::time::Instant::now();
-        let res = disk.map_err(|e| e.to_string()).and_then(|disk| {
-            switch_digest(&tracker, disk.as_ref(), next).map_err(|e| e.to_string())
-        });
-        let seconds = t0.elapsed().as_secs_f64();
-        match res {
-            Ok(SwitchDigest::Exact(digest)) => {
-                if let Err(e) = tracker.record_digest(next, digest) {
-                    warn!(error = %e, "cannot record the cycle digest");
-                }
-                info!(%vm, disk = %name, cycle = next, seconds, "cycle digest computed");
-            }
-            Ok(SwitchDigest::Overwritten { offset }) => {
-                warn!(%vm, disk = %name, cycle = next, offset, seconds,
-                      "no digest for this cycle: a write after the switch changed a block it touched before the block was hashed (failover cannot verify this point)");
-            }
-            Ok(_) => {}
-            Err(e) => warn!(%vm, disk = %name, cycle = next, error = %e,
-                            "no digest for this cycle (failover cannot verify it)"),
-        }
-    });
-    let reason = match rx.await {
-        Ok(Ok(next)) => {
-            if let Ok(mut g) = d.lock() {
-                g.digest_task = Some(task);
-            }
-            return Some(next);
-        }
-        Ok(Err(r)) => r,
-        Err(_) => match task.await {
-            Err(e) => format!("switch task failed: {e}"),
-            Ok(()) => "switch task ended without an answer".to_string(),
-        },
-    };
-    if let Ok(g) = d.lock() {
-        resync_required(&g, format!("log switch failed: {reason}"));
+/// A disk taking part in a VM switch.
+#[derive(Clone)]
+struct Member {
+    index: usize,
+    vm: String,
+    name: String,
+    path: std::path::PathBuf,
+    tracker: crate::tracking::Tracker,
+    cycle: u64,
+}
+
+/// The disk's next cycle, unless its logs already hold half the disk (then a resync is
+/// cheaper than shipping them).
+fn member(index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
+    let g = d.lock().map_err(|_| "lock poisoned".to_string())?;
+    if !g.tracker.is_active() {
+        // This disk alone leaves delta replication; the VM's other disks still switch.
+        return Err(format!(
+            "the active change log {} is missing: writes since the last switch are unknown",
+            g.tracker.paths().active.display()
+        ));
     }
-    None
+    let pending = g.tracker.pending().map_err(|e| e.to_string())?;
+    let last_pending = pending.last().map(|(c, _)| *c).unwrap_or(0);
+    let size = g.job.disk.info().virtual_size;
+    if g.tracker.log_bytes() >= size / 2 {
+        return Err(format!(
+            "change logs hold {} bytes, half of the disk's {size}: shipping them would cost more than a resync",
+            g.tracker.log_bytes()
+        ));
+    }
+    Ok(Member {
+        index,
+        vm: g.job.vm.clone(),
+        name: g.job.name.clone(),
+        path: g.job.disk.info().path.clone(),
+        tracker: g.tracker.clone(),
+        cycle: g.committed_cycle.unwrap_or(0).max(last_pending) + 1,
+    })
+}
+
+/// Switches the logs of every disk of the VM that takes part (not waiting for a resync) at
+/// one instant (`tracking::switch_set`: the tracking locks are held only for renames), so
+/// the VM's next recovery point is one instant of all its disks. Each disk's cycle digest
+/// is computed afterwards, without the locks, while the closed logs already ship; it is
+/// awaited before the cycle commits. Returns, per disk, the cycle switched to.
+pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> Vec<Option<u64>> {
+    let mut out = vec![None; disks.len()];
+    let mut members = Vec::new();
+    for (i, d) in disks.iter().enumerate() {
+        if skip(d) {
+            continue;
+        }
+        match member(i, d) {
+            Ok(m) => members.push(m),
+            Err(reason) => {
+                if let Ok(g) = d.lock() {
+                    resync_required(&g, format!("log switch failed: {reason}"));
+                }
+            }
+        }
+    }
+    if members.is_empty() {
+        return out;
+    }
+    let now = SystemTime::from(sh.clock.now_utc());
+    let ms = members.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let set: Vec<SwitchDisk<'_>> = ms
+            .iter()
+            .map(|m| SwitchDisk {
+                vm: &m.vm,
+                tracker: &m.tracker,
+                cycle: m.cycle,
+            })
+            .collect();
+        switch_set(&set, now)
+    })
+    .await;
+    let sw = match res {
+        Ok(Ok(sw)) => sw,
+        Ok(Err(e)) => return switch_failed(disks, &members, e.to_string(), out),
+        Err(e) => return switch_failed(disks, &members, format!("switch task failed: {e}"), out),
+    };
+    for v in &sw.vms {
+        info!(vm = %v.vm, vm_cycle = v.cycle, disks = members.len(),
+              hold_ms = sw.hold.as_secs_f64() * 1e3, "log switch of the VM's disks");
+    }
+    for m in members {
+        out[m.index] = Some(m.cycle);
+        let d = &disks[m.index];
+        let task = tokio::task::spawn_blocking(move || digest(m));
+        if let Ok(mut g) = d.lock() {
+            g.digest_task = Some(task);
+        }
+    }
+    out
+}
+
+fn switch_failed(
+    disks: &[Arc<Mutex<Protected>>],
+    members: &[Member],
+    reason: String,
+    out: Vec<Option<u64>>,
+) -> Vec<Option<u64>> {
+    for m in members {
+        if let Ok(g) = disks[m.index].lock() {
+            resync_required(&g, format!("log switch failed: {reason}"));
+        }
+    }
+    out
+}
+
+/// Computes and records the digest of the disk at the switch that closed `m.cycle`. The
+/// disk is opened after the locks were released: a write since then is in the active
+/// log, which `switch_digest` checks.
+fn digest(m: Member) {
+    let t0 = std::time::Instant::now();
+    let disk = crate::disk::open(&m.path, crate::disk::OpenOptions::default());
+    let res = disk.map_err(|e| e.to_string()).and_then(|disk| {
+        switch_digest(&m.tracker, disk.as_ref(), m.cycle).map_err(|e| e.to_string())
+    });
+    let seconds = t0.elapsed().as_secs_f64();
+    let (vm, name, next) = (&m.vm, &m.name, m.cycle);
+    match res {
+        Ok(SwitchDigest::Exact(digest)) => {
+            if let Err(e) = m.tracker.record_digest(next, digest) {
+                warn!(error = %e, "cannot record the cycle digest");
+            }
+            info!(%vm, disk = %name, cycle = next, seconds, "cycle digest computed");
+        }
+        Ok(SwitchDigest::Overwritten { offset }) => {
+            warn!(%vm, disk = %name, cycle = next, offset, seconds,
+                  "no digest for this cycle: a write after the switch changed a block it touched before the block was hashed (failover cannot verify this point)");
+        }
+        Ok(_) => {}
+        Err(e) => warn!(%vm, disk = %name, cycle = next, error = %e,
+                        "no digest for this cycle (failover cannot verify it)"),
+    }
 }
 
 /// Waits for the digest of the last switch (see [`switch`]).
@@ -304,8 +356,8 @@ pub(super) async fn ship_pending(
         // extent acknowledged; `digest_wait_seconds`: then waiting for the data check and
         // the digest.
         info!(vm = %job.vm, disk = %job.name, cycle, bytes,
-              seconds = t0.elapsed().as_secs_f64(), open_seconds = open_s,
-              shipped_seconds = shipped_s, digest_wait_seconds = digest_wait_s,
+              seconds = log_secs(t0.elapsed().as_secs_f64()), open_seconds = log_secs(open_s),
+              shipped_seconds = log_secs(shipped_s), digest_wait_seconds = log_secs(digest_wait_s),
               "cycle committed");
     }
     Ok(())

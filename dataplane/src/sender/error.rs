@@ -27,8 +27,9 @@ pub enum SendError {
         #[source]
         source: quinn::ConnectError,
     },
-    /// The connection failed or was closed.
-    #[error("receiver {peer}: {source}")]
+    /// The connection failed or was closed (a TLS refusal says which side refused and the
+    /// fix, `crate::tls::advice`).
+    #[error("receiver {peer}: {source}{}", crate::tls::advice::suffix(source))]
     Connection {
         /// The receiver.
         peer: String,

@@ -13,8 +13,9 @@ pub mod jobs;
 pub mod local_control;
 mod logimage;
 mod options;
-mod progress;
+pub mod progress;
 pub mod protect;
+mod renew;
 pub mod resync;
 pub mod status;
 mod stream;
@@ -226,10 +227,29 @@ async fn run_jobs(
     if let Some(p) = &policy {
         sh.board.set_interval(p.interval);
     }
-    // The schedule a sidecar pushed to an earlier run applies at once.
-    if let Some(p) = local_control::load_schedule(state) {
-        info!(policy = %p.to_throttle(), "bandwidth schedule pushed by the sidecar (state folder) replaces the command line's");
-        local_control::apply_schedule(&sh, p);
+    // Which bandwidth policy wins, said once. With --control (a sidecar manages this
+    // sender) the schedule it pushed to an earlier run, kept in STATE/bandwidth.json, wins
+    // over the flags, which win over the config; without --control the file is never read:
+    // a file left behind must not silently override the command line.
+    let pushed_file = state.join(local_control::SCHEDULE_FILE);
+    let pushed = match &control {
+        Some(_) => local_control::load_schedule(state),
+        None => None,
+    };
+    match pushed {
+        Some(p) => {
+            info!(policy = %p.to_throttle(), source = "pushed schedule", file = %pushed_file.display(),
+                  "bandwidth: the schedule the sidecar pushed wins over flags and config (delete the file to return to them)");
+            local_control::apply_schedule(&sh, p);
+        }
+        None if control.is_some() => {
+            info!(policy = %ctl.policy(), source = opts.bandwidth_source, file = %pushed_file.display(),
+                  "bandwidth: no pushed schedule yet; flags win over config")
+        }
+        None => {
+            info!(policy = %ctl.policy(), source = opts.bandwidth_source, file = %pushed_file.display(),
+                      "bandwidth: flags win over config; the pushed-schedule file is not read without --control")
+        }
     }
     let stats = &sh.stats;
     // The compression controller decides every tick for the whole run: often at first,
@@ -292,8 +312,10 @@ async fn run_jobs(
         &opts.tls,
         &opts.identity,
     ))?;
-    let endpoint = crate::transport::client_endpoint(addr, client)
+    let mut endpoint = crate::transport::client_endpoint(addr, client)
         .map_err(|e| SendError::Internal(format!("cannot bind a UDP socket: {e}")))?;
+    // A renewed certificate is taken at the next connection, without restart.
+    let mut cert_files = crate::metrics::certs::FileWatch::new(&files.ca, &files.cert, &files.key);
     let bar = progress::Progress::new(
         opts.progress && matches!(mode, Mode::OneShot(_)),
         total,
@@ -314,6 +336,9 @@ async fn run_jobs(
             done.lock().map(|d| d.len()).unwrap_or(0) as u64 + Stats::get(&stats.cycles);
         let durable_before = Stats::get(&stats.durable_growth);
         let mut connected = false;
+        if cert_files.changed() {
+            renew::reload_client_certificate(&mut endpoint, addr, &files);
+        }
         let res = attempt_once(
             &endpoint,
             addr,
@@ -483,14 +508,14 @@ async fn attempt_once(
                     )
                     .await?;
                     info!(vm = %job.vm, disk = %job.name, cycle = out.cycle, changed_bytes = out.changed,
-                          rounds = out.rounds, seconds = t0.elapsed().as_secs_f64(),
+                          rounds = out.rounds, seconds = progress::log_secs(t0.elapsed().as_secs_f64()),
                           "resync committed at the receiver");
                     sh.board.committed(&job.vm, &job.name, out.cycle);
                 } else {
                     sh.jobs.copy_started(&mut ctrl, &vm, &job.name).await;
                     let out = disk::copy_initial(&conn, &mut ctrl, job, o, &sh).await?;
                     info!(vm = %job.vm, disk = %job.name, resumed_bytes = out.resumed,
-                          seconds = t0.elapsed().as_secs_f64(), "disk committed at the receiver");
+                          seconds = progress::log_secs(t0.elapsed().as_secs_f64()), "disk committed at the receiver");
                     let detail = format!(
                         "{} bytes committed as recovery point 0 in {:.1} s ({} bytes resumed)",
                         job.disk.info().virtual_size,

@@ -44,6 +44,9 @@ pub struct SendOptions {
     pub protect_give_up_after: Option<Duration>,
     /// Bandwidth policy of the host, shared by all streams and VMs of this sender.
     pub bandwidth: BandwidthPolicy,
+    /// Where `bandwidth` came from ("flags", "config", "default"), for the one start-up
+    /// line that says which policy won (see `sender::run_jobs`).
+    pub bandwidth_source: &'static str,
     /// RPO above which a VM warns (default: twice the interval).
     pub rpo_threshold: Option<Duration>,
     /// Resynchronise committed replicas at once (`--resync`).
@@ -72,6 +75,7 @@ impl Default for SendOptions {
             progress: true,
             protect_give_up_after: None,
             bandwidth: BandwidthPolicy::NoThrottle,
+            bandwidth_source: "default",
             rpo_threshold: None,
             resync: false,
             verify: false,

@@ -1,6 +1,6 @@
 //! Continuous protection: change tracking starts, the initial copy runs, then every interval
-//! each disk's active log is switched and the closed logs are shipped as cycles, each
-//! committed by the receiver as a recovery point.
+//! the active logs of all the VM's disks are switched at one instant and the closed logs are
+//! shipped as cycles, each committed by the receiver as a recovery point.
 //!
 //! A disk whose change history has a gap (a log lost, corrupt or out of chain, or logs
 //! reaching half the disk's size) is marked "resync required" (`D.hrl.resync`) and its
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 use vdrep_proto::Guid;
 
-use super::cycle::{ensure_hash_table, ship_all, switch};
+use super::cycle::{ensure_hash_table, ship_all, switch_vm};
 use super::disk::{copy_initial, open_disk, DiskJob, Opened, Shared};
 use super::{ControlStream, SendError};
 use crate::tracking::{Tracker, TrackingError};
@@ -59,6 +59,16 @@ pub struct Protected {
 /// Starts change tracking of every disk (before its initial copy, so no write is missed).
 pub fn start_tracking(disks: &mut [Protected]) -> Result<(), SendError> {
     for d in disks.iter_mut() {
+        // A VM switch interrupted by a crash is completed for all its disks (no lock held:
+        // it takes them all).
+        let now = SystemTime::from(crate::clock::Clock::now_utc(crate::clock::process()));
+        if let Some(i) =
+            crate::tracking::complete_interrupted(&d.tracker, now).map_err(tracking_err(&d.job))?
+        {
+            warn!(vm = %d.job.vm, disk = %d.job.name,
+                  vm_cycles = ?i.vms.iter().map(|v| (&v.vm, v.cycle)).collect::<Vec<_>>(),
+                  "the VM's log switch was interrupted; it is completed for all its disks");
+        }
         let locked = d.tracker.lock().map_err(tracking_err(&d.job))?;
         if let Some(cycle) = locked
             .finish_switch(SystemTime::now())
@@ -273,15 +283,11 @@ pub async fn protect_vm(
             }
         }
         tokio::time::sleep_until(at).await;
-        for d in disks.iter() {
-            if skip(d) {
-                continue;
-            }
-            if let Some(cycle) = switch(d).await {
-                if let Ok(g) = d.lock() {
-                    sh.health
-                        .switched(&g.job.vm, &g.job.name, cycle, sh.clock.now_utc());
-                }
+        // One switch for all the VM's disks: their next points are one instant.
+        for (d, cycle) in disks.iter().zip(switch_vm(disks, sh).await) {
+            if let (Some(cycle), Ok(g)) = (cycle, d.lock()) {
+                sh.health
+                    .switched(&g.job.vm, &g.job.name, cycle, sh.clock.now_utc());
             }
         }
         if let Ok(mut n) = sched.next.lock() {

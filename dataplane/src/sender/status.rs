@@ -300,7 +300,8 @@ impl Board {
 /// Samples the board, the throttle and the QUIC path into metrics every second until the
 /// task is aborted.
 pub async fn sample(board: Arc<Board>, sh: Arc<super::Shared>) {
-    let mut last_wire = crate::pipeline::Stats::get(&sh.stats.wire);
+    // Bytes on the wire (what the limit counts), not extent-frame bytes.
+    let mut last_wire = sh.throttle.wire_bytes();
     let mut last_at = tokio::time::Instant::now();
     let mut last_lost: Option<(usize, u64)> = None;
     loop {
@@ -320,7 +321,7 @@ pub async fn sample(board: Arc<Board>, sh: Arc<super::Shared>) {
             );
         }
         events::rpo_tick(events::now_unix());
-        let wire = crate::pipeline::Stats::get(&sh.stats.wire);
+        let wire = sh.throttle.wire_bytes();
         let dt = last_at.elapsed().as_secs_f64().max(1e-3);
         events::throttle(
             sh.throttle.rate(),

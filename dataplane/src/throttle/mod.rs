@@ -110,6 +110,12 @@ impl Throttle {
         piece_for(self.rate())
     }
 
+    /// Bytes the wire meters reported so far (UDP payload), the unit of the limit: the
+    /// throttle's rate metric is their rate, so rate and limit compare like with like.
+    pub fn wire_bytes(&self) -> u64 {
+        self.inner.lock().map(|b| b.wire).unwrap_or(0)
+    }
+
     /// The overhead factor in use (wire bytes per frame byte).
     pub fn overhead(&self) -> f64 {
         self.inner.lock().map(|b| b.overhead).unwrap_or(1.0)

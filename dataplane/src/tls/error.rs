@@ -71,6 +71,17 @@ pub enum TlsError {
         /// The library's reason.
         problem: String,
     },
+    /// A private key file grants access to other users (`mode & 0o007 != 0`).
+    #[error(transparent)]
+    OpenToOthers(#[from] crate::secret::OpenToOthers),
+    /// `--owner USER[:GROUP]` names no such user or group, or the files cannot be given to it.
+    #[error("owner {owner:?}: {problem}")]
+    Owner {
+        /// The `--owner` value.
+        owner: String,
+        /// Why it cannot be applied.
+        problem: String,
+    },
     /// The peer's certificate is missing or cannot be parsed, or names no usable sender.
     #[error("peer certificate: {problem}")]
     PeerCertificate {

@@ -201,7 +201,12 @@ async fn an_expired_sender_certificate_is_refused() {
         .issue_sender("old", expired)
         .unwrap();
     std::fs::write(files::sender_cert(d.path(), "old"), pem).unwrap();
-    std::fs::write(files::sender_key(d.path(), "old"), key).unwrap();
+    super::pem::write_atomic(
+        &files::sender_key(d.path(), "old"),
+        key.as_bytes(),
+        super::pem::KEY_MODE,
+    )
+    .unwrap();
     let o = handshake(d.path(), client_for(d.path(), "old"), "localhost").await;
     let s = o.server.expect_err("refused");
     let c = o.client.expect_err("told");
@@ -225,7 +230,12 @@ async fn an_expired_receiver_certificate_is_refused_by_the_sender() {
         .issue_receiver(&[], expired)
         .unwrap();
     std::fs::write(files::receiver_cert(d.path()), pem).unwrap();
-    std::fs::write(files::receiver_key(d.path()), key).unwrap();
+    super::pem::write_atomic(
+        &files::receiver_key(d.path()),
+        key.as_bytes(),
+        super::pem::KEY_MODE,
+    )
+    .unwrap();
     let o = handshake(d.path(), client_for(d.path(), SENDER), "localhost").await;
     let c = o.client.expect_err("refused");
     o.server.expect_err("told");

@@ -13,14 +13,18 @@
 //! The receiver learns *who* a sender is from its certificate (subject CN, else its single
 //! DNS SAN — see [`identity`]) and authorises it for its own VMs only.
 //!
+//! - [`advice`]: which side refused a handshake, and the fix.
 //! - [`certs`]: generating a CA, the receiver's and the senders' certificates (rcgen).
 //! - [`config`]: the rustls and quinn configurations both ends plug into the transport.
 //! - [`identity`]: the sender name and expiry of a connected peer's certificate.
+//! - [`owner`]: `--owner USER[:GROUP]`, handing the files to the account a role runs as.
 
+pub mod advice;
 pub mod certs;
 pub mod config;
 mod error;
 pub mod identity;
+pub mod owner;
 mod pem;
 
 #[cfg(test)]

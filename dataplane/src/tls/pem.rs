@@ -54,8 +54,10 @@ pub fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
-/// The private key in a PEM file (PKCS#8, PKCS#1 RSA or SEC1 EC).
+/// The private key in a PEM file (PKCS#8, PKCS#1 RSA or SEC1 EC). A key file that grants
+/// anything to other users is refused (`crate::secret`), so no role starts with it.
 pub fn load_key(file: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    crate::secret::check_private(file, "private key")?;
     let bytes = read_small(file)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => {
@@ -137,8 +139,22 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
         )
         .unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(KEY_MODE)).unwrap();
         let msg = load_key(&p).unwrap_err().to_string();
         assert!(msg.ends_with("sender.key: no private key found"), "{msg}");
+    }
+
+    #[test]
+    fn a_key_readable_by_others_is_refused_before_it_is_read() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("hv01.key");
+        fs::write(&p, "not even a key").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        let msg = load_key(&p).unwrap_err().to_string();
+        assert!(
+            msg.contains("hv01.key: mode 0644 lets other users read"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -21,6 +21,12 @@ impl LockGuard {
             .read(true)
             .write(true)
             .open(path)?;
+        Self::on_file(file)
+    }
+
+    /// Blocks until the lock on the open `file` is ours (the lock belongs to the inode:
+    /// it stays with the file across a rename).
+    pub fn on_file(file: File) -> io::Result<LockGuard> {
         loop {
             // SAFETY: flock on a valid fd owned by `file`.
             let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
@@ -32,6 +38,28 @@ impl LockGuard {
                 return Err(e);
             }
         }
+    }
+
+    /// The lock on `file` if nobody holds it; `None` if a live process does.
+    pub fn try_on_file(file: File) -> io::Result<Option<LockGuard>> {
+        loop {
+            // SAFETY: as above.
+            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if r == 0 {
+                return Ok(Some(LockGuard { file }));
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+    }
+
+    /// The locked file.
+    pub fn file(&self) -> &File {
+        &self.file
     }
 }
 

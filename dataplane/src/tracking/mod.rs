@@ -12,22 +12,29 @@
 //! | `D.hrl.hashes` | block hashes of the disk, for the per-cycle digests ([`HashTable`]) |
 //! | `D.NNNNNNNN.hrl.digest` | the disk digest at the switch that closed cycle N (hex) |
 //! | `D.hrl.next.N` | the next log, prepared by the switch closing cycle N; present only while a switch runs or after one was killed |
+//! | `D.hrl.switch` | the intent of a switch of a set of disks (the VM's): the VM, its cycle and all its disks; present from before the first rename until the old logs are closed ([`SwitchIntent`]) |
 //!
-//! The writer (a host agent, `vdrep log-write`, or a test) takes the lock, writes the disk
-//! (where vdrep writes it), appends the same bytes to the active log, and releases. The sender
-//! takes the same lock to switch: it prepares the next log chained by `PreviousUniqueId`,
-//! closes the active log, renames it to its cycle's name and renames the prepared one to
-//! `D.hrl` (a switch killed half-way is completed by [`Locked::finish_switch`] at the next
-//! start). A switch therefore sees every write
-//! either wholly before it or wholly after it, and the disk under the lock equals the
-//! replica's next recovery point. The lock is held for the switch only (milliseconds):
-//! the cycle's digest is computed after it is released, from the closed log and the disk
-//! ([`switch_digest`]), so writers never wait for hashing.
+//! The writer (a host agent, `vdrep log-write`, or a test) takes the lock
+//! ([`Tracker::lock_for_write`]), writes the disk (where vdrep writes it), appends the same
+//! bytes to the active log, and releases. The sender switches all disks of a VM at one
+//! instant ([`switch_set`]): it prepares each next log chained by `PreviousUniqueId` and
+//! writes the intents, takes every disk's lock in a fixed order, renames each active log to
+//! its cycle's name and each prepared one to `D.hrl`, and releases; the old logs are closed
+//! afterwards. A switch killed half-way is completed for all the set's disks by the next
+//! tracked write or the next start ([`complete_interrupted`]). A switch therefore sees every
+//! write either wholly before it or wholly after it, on every disk of the VM, and the disks
+//! under the locks equal the replica's next recovery point. The locks are held for renames
+//! and folder syncs only (milliseconds): the cycle's digest is computed after they are
+//! released, from the closed log and the disk ([`switch_digest`]), so writers never wait
+//! for hashing.
 
 mod hashes;
+mod intent;
 mod lock;
 mod paths;
 mod refresh;
+mod switch;
+pub mod test_hook;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -38,9 +45,11 @@ use vdrep_proto::Guid;
 use crate::hrl::{HrlError, HrlLog, HrlWriter, ReadOptions, WriterOptions};
 
 pub use hashes::{HashTable, HashTableError};
+pub use intent::{IntentDisk, IntentVm, SwitchIntent};
 pub use lock::LockGuard;
 pub use paths::LogPaths;
 pub use refresh::{catch_up, switch_digest, SwitchDigest};
+pub use switch::{complete_interrupted, switch_set, SetSwitch, SwitchDisk, Switched};
 
 /// Why tracking cannot go on; every variant says whether a resync is needed.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +80,21 @@ pub enum TrackingError {
         /// What does not fit.
         problem: String,
     },
+    /// A switch intent (`D.hrl.switch`) cannot be read: torn or corrupt. Its disks' logs
+    /// are left as they are; writes to the disk are refused until an operator looks.
+    #[error("{}: switch intent unusable: {problem}; a log switch of this disk's VM was interrupted and this file cannot say which disks it concerned: remove it and resynchronise the VM's disks (`vdrep send --resync`)", path.display())]
+    Intent {
+        /// The intent file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A set switch was asked for something it cannot do.
+    #[error("log switch: {problem}")]
+    Switch {
+        /// What is wrong.
+        problem: String,
+    },
     /// The active log is missing while protection is on: writes may have gone unrecorded.
     #[error("{}: the active change log is missing: writes since the last switch are unknown; the disk needs a resync", path.display())]
     ActiveMissing {
@@ -85,9 +109,11 @@ impl TrackingError {
         match self {
             TrackingError::Log(e) => !e.is_recoverable(),
             TrackingError::ActiveMissing { .. } => true,
-            TrackingError::Io { .. } | TrackingError::Hashes(_) | TrackingError::Table { .. } => {
-                false
-            }
+            TrackingError::Io { .. }
+            | TrackingError::Hashes(_)
+            | TrackingError::Table { .. }
+            | TrackingError::Intent { .. }
+            | TrackingError::Switch { .. } => false,
         }
     }
 }
@@ -343,8 +369,10 @@ impl Locked<'_> {
         Ok(w.unique_id())
     }
 
-    /// Closes the active log as cycle `cycle` and starts the next one chained to it.
-    /// Returns the closed log's path and id.
+    /// Closes the active log as cycle `cycle` and starts the next one chained to it, for
+    /// this one disk under a lock already held (tests and tools; the sender switches all
+    /// of a VM's disks at one instant with [`switch_set`]). Returns the closed log's path
+    /// and id.
     pub fn switch(&self, cycle: u64, now: SystemTime) -> Result<(PathBuf, Guid), TrackingError> {
         let paths = &self.tracker.paths;
         if !paths.active.is_file() {
@@ -373,12 +401,18 @@ impl Locked<'_> {
         Ok((closed, id))
     }
 
-    /// Completes a switch that was killed half-way (the prepared `D.hrl.next.N` exists):
-    /// the active log, if still in place, is closed as cycle N and the prepared log takes
-    /// its place. Returns the cycle whose switch was completed. Call before deciding
-    /// whether tracking is active.
+    /// Completes a single-disk switch that was killed half-way (the prepared `D.hrl.next.N`
+    /// exists and the active log was closed or moved): the active log, if still in place,
+    /// is moved as cycle N and the prepared log takes its place. A prepared log whose
+    /// active log still takes appends was never switched to and is removed (a set switch
+    /// renames nothing before its intent exists; completing one disk alone would split
+    /// the set). Returns the cycle whose switch was completed. Call after
+    /// [`complete_interrupted`] and before deciding whether tracking is active.
     pub fn finish_switch(&self, now: SystemTime) -> Result<Option<u64>, TrackingError> {
         let paths = &self.tracker.paths;
+        if switch::drop_unstarted(self.tracker)? {
+            return Ok(None);
+        }
         let listed = paths.find_next().map_err(|e| TrackingError::Io {
             path: paths.active.clone(),
             op: "list prepared logs",
@@ -431,7 +465,11 @@ mod tests {
             .unwrap();
     }
 
-    /// The states a switch passes through, as a kill -9 would leave them.
+    /// The states a single-disk switch passes through, as a kill -9 would leave them
+    /// (a switch of a set also writes intents: `switch_tests.rs`). Killed after the next
+    /// log was prepared but before the active one was closed (step 0), nothing was
+    /// switched: the prepared log is dropped and the write stays in the active log (until
+    /// issue 17 that disk alone was switched, which would split a VM's switch).
     #[test]
     fn a_switch_killed_at_any_step_is_completed_at_the_next_start_without_losing_a_write() {
         for step in 0..3 {
@@ -457,6 +495,21 @@ mod tests {
             drop(l);
 
             let l = t.lock().unwrap();
+            if step == 0 {
+                assert_eq!(l.finish_switch(SystemTime::now()).unwrap(), None);
+                assert!(p.find_next().unwrap().is_none(), "prepared log dropped");
+                drop(l);
+                assert!(t.pending().unwrap().is_empty());
+                let active =
+                    crate::hrl::scan_valid_prefix(&p.active, &ReadOptions::default()).unwrap();
+                assert_eq!(active.log.header().unique_id, id);
+                assert_eq!(
+                    active.log.entries().len(),
+                    1,
+                    "the write is in the active log"
+                );
+                continue;
+            }
             assert_eq!(
                 l.finish_switch(SystemTime::now()).unwrap(),
                 Some(5),

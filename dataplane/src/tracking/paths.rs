@@ -17,6 +17,12 @@ pub struct LogPaths {
     pub resync: PathBuf,
     /// `D.hrl.hashes`: the block-hash table behind the per-cycle digests.
     pub hashes: PathBuf,
+    /// `D.hrl.switch`: the intent of a log switch of a set of disks (a VM's, a group's),
+    /// present from before its first rename until its old logs are closed
+    /// ([`super::SwitchIntent`]).
+    pub switch: PathBuf,
+    /// The disk `D` itself (named in switch intents).
+    pub disk: PathBuf,
     dir: PathBuf,
     stem: String,
 }
@@ -39,6 +45,8 @@ impl LogPaths {
             shipped: dir.join(format!("{stem}.hrl.shipped")),
             resync: dir.join(format!("{stem}.hrl.resync")),
             hashes: dir.join(format!("{stem}.hrl.hashes")),
+            switch: dir.join(format!("{stem}.hrl.switch")),
+            disk: disk.to_path_buf(),
             dir,
             stem,
         }
@@ -95,6 +103,11 @@ impl LogPaths {
         }
         v.sort();
         Ok(v)
+    }
+
+    /// The folder holding the disk and its logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Makes renames in the folder durable.

@@ -50,8 +50,9 @@ pub enum SwitchDigest {
 
 /// Brings the table of `tracker`'s disk up to the switch that closed `cycle` and returns
 /// the disk digest at that switch. Call after the switch, without the lock; `disk` is a
-/// reader of the source opened under the lock at the switch (its metadata as the switch
-/// left it). No other switch may run meanwhile (the sender switches one disk at a time).
+/// reader of the source opened after the switch (a write since then that changed what it
+/// reads is in the active log, which the barrier below checks). No other switch of this
+/// disk may run meanwhile (the sender awaits the digest before its next switch).
 pub fn switch_digest(
     tracker: &Tracker,
     disk: &dyn VirtualDisk,

@@ -245,25 +245,23 @@ fn endpoint_with(
     quinn::Endpoint::new(ep_cfg, Some(cfg), sock, Arc::new(quinn::TokioRuntime))
 }
 
+/// Replaces a server endpoint's TLS configuration (a renewed certificate) with the same
+/// transport settings [`server_endpoint_with_reset_key`] gives; connections already open keep
+/// theirs, new handshakes get the new one.
+pub fn replace_server_config(endpoint: &quinn::Endpoint, mut cfg: quinn::ServerConfig) {
+    cfg.transport_config(Arc::new(transport_config()));
+    endpoint.set_server_config(Some(cfg));
+}
+
 /// The largest UDP payload on a 1500-byte path over IPv4 (20 bytes IP, 8 bytes UDP).
 const IPV4_MAX_UDP_PAYLOAD: u16 = 1500 - 20 - 8;
 
 /// A client endpoint bound to an ephemeral port of the right address family.
 pub fn client_endpoint(
     peer: SocketAddr,
-    mut cfg: quinn::ClientConfig,
+    cfg: quinn::ClientConfig,
 ) -> std::io::Result<quinn::Endpoint> {
-    let mut t = transport_config();
-    if peer.is_ipv4() {
-        // quinn's path MTU discovery stops at 1452 bytes, IPv6's largest UDP payload on a
-        // 1500-byte Ethernet path; over IPv4 it is 1472. The sender's datagrams carry the
-        // data: 20 more bytes each are 0.19 % less on the link (fewer headers), and a path
-        // that cannot take them just fails the probe.
-        let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(IPV4_MAX_UDP_PAYLOAD);
-        t.mtu_discovery_config(Some(mtu));
-    }
-    cfg.transport_config(Arc::new(t));
+    let cfg = client_config(peer, cfg);
     let local: SocketAddr = if peer.is_ipv6() {
         "[::]:0".parse().expect("valid literal")
     } else {
@@ -278,6 +276,24 @@ pub fn client_endpoint(
     )?;
     ep.set_default_client_config(cfg);
     Ok(ep)
+}
+
+/// A client TLS configuration with the transport settings for `peer`: what
+/// [`client_endpoint`] installs, and what a renewed certificate replaces it with
+/// (`Endpoint::set_default_client_config`).
+pub fn client_config(peer: SocketAddr, mut cfg: quinn::ClientConfig) -> quinn::ClientConfig {
+    let mut t = transport_config();
+    if peer.is_ipv4() {
+        // quinn's path MTU discovery stops at 1452 bytes, IPv6's largest UDP payload on a
+        // 1500-byte Ethernet path; over IPv4 it is 1472. The sender's datagrams carry the
+        // data: 20 more bytes each are 0.19 % less on the link (fewer headers), and a path
+        // that cannot take them just fails the probe.
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(IPV4_MAX_UDP_PAYLOAD);
+        t.mtu_discovery_config(Some(mtu));
+    }
+    cfg.transport_config(Arc::new(t));
+    cfg
 }
 
 #[cfg(test)]

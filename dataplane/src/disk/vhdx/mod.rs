@@ -69,7 +69,7 @@ impl VhdxDisk {
         } else if l.meta.leave_blocks_allocated {
             // [MS-VHDX] defines a fixed disk by LeaveBlockAllocated, not by its BAT: qemu's
             // fixed images set the flag but mark blocks ZERO, and Disk2VHD allocates every
-            // block of what is still a dynamic disk (shared/testdata/README.md).
+            // block of what is still a dynamic disk (tests/data/README.md).
             DiskFormat::VhdxFixed
         } else {
             DiskFormat::VhdxDynamic
