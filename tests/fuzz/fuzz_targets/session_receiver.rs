@@ -235,7 +235,8 @@ fn extent(i: &mut In<'_>) -> (u8, Bytes) {
     let op = [ExtentOp::Write, ExtentOp::Clear, ExtentOp::WriteSparse, ExtentOp::WritePacked]
         [i.u8() as usize % 4];
     let codec = if i.u8() & 1 == 1 { Codec::Zstd } else { Codec::Raw };
-    let payload = i.bytes(i.u16() as usize % 8192);
+    let n = i.u16() as usize % 8192;
+    let payload = i.bytes(n);
     let h = ExtentHeader {
         offset: i.size(),
         length: (i.u16() as u32 % 9) * 512 + if i.u8() == 0 { 1 } else { 0 },
