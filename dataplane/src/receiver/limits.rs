@@ -3,12 +3,11 @@
 //! 256 MiB (DESIGN §5).
 //!
 //! - **Connections**: at most `--max-connections` authorised connections at once. One more is
-//!   closed with [`BUSY_CLOSE_CODE`] and a reason naming the limit; the sender retries on its
-//!   schedule (a full receiver is not the sender's fault: receivers scale out).
-//! - **QUIC receive windows** share [`WINDOW_BUDGET`]: each connection's window is the budget
-//!   divided among the connections admitted (at most [`CONNECTION_WINDOW`], at least
-//!   [`MIN_CONNECTION_WINDOW`]), re-set on every admission and departure. A new connection
-//!   starts at its share under a full receiver, so the sum stays within the budget.
+//!   closed with [`crate::transport::close::BUSY`] and a reason naming the limit; the sender
+//!   retries on its schedule (a full receiver is not the sender's fault: receivers scale out).
+//! - **QUIC receive windows**: each connection's window is its share of [`WINDOW_BUDGET`]
+//!   under a full receiver ([`connection_window`]`(max_connections)`), so all windows
+//!   together stay within the budget.
 //! - **Frames being handled** (read off a stream, then verified and written) share
 //!   [`FRAME_BUDGET`], and one connection holds at most [`CONNECTION_FRAME_BUDGET`] of it: a
 //!   stream reads a frame's body only once it holds permits for it from both. Waiting leaves
@@ -17,6 +16,19 @@
 //!   share keeps one peer that starts frames and never finishes them (slowloris) from
 //!   holding the whole budget: it takes [`FRAME_BUDGET`] / [`CONNECTION_FRAME_BUDGET`] such
 //!   connections to stall the others.
+//! - **Streams** (QUIC stream credit): a connection may have at most
+//!   [`TransportLimits::max_streams`] streams open, each with a receive window of
+//!   [`TransportLimits::stream_window`], and their product is at most the connection's
+//!   window. This is what keeps the frame budget from deadlocking QUIC: bytes QUIC holds
+//!   for a stream nobody reads (one waiting for permits, or for its write) still count
+//!   against the *connection's* window. Were the stream windows of all open streams larger
+//!   than it, the streams waiting for permits could fill it, and the few streams holding
+//!   permits would never receive the rest of their bodies: nothing would move again (32
+//!   streams sending 4 MiB extents at once did exactly that, `tests/tests/stream_flow.rs`).
+//!   With `streams × stream window ≤ connection window` the connection's window never runs
+//!   out before a stream's own does, so a stream holding permits always gets its bytes.
+//!   More streams than that wait in the sender's `open_bi` (QUIC flow control, not a
+//!   refusal) until one ends.
 //! - **Writes** (decompression, hashing, the store write, on blocking threads) run at most
 //!   [`APPLY_SLOTS`] at once; each such thread keeps a 4 MiB decompression buffer, so what
 //!   an extent decompresses to is bounded here, not by the frame budget.
@@ -52,19 +64,48 @@ pub const CONNECTION_FRAME_BUDGET: usize = (16 << 20) + 4096;
 pub const APPLY_SLOTS: usize = 8;
 /// The receiver's QUIC send window per connection: it sends answers only.
 pub const SEND_WINDOW: u64 = 256 << 10;
-/// QUIC application close code of a receiver at its connection limit (1: no usable
-/// certificate, 2: unknown sender, 3: replaced by the sender's newer connection).
-pub const BUSY_CLOSE_CODE: u32 = 4;
+/// Most streams a connection may have open: as many as before the limits (a sender with
+/// many VMs holds one control stream per VM, and up to three data streams per thread).
+pub const MAX_STREAMS: u64 = 256;
+/// The least receive window of a stream. A stream holding permits reads its body at about
+/// this much per round trip; with 32 KiB that is 250 MiB/s at 0.125 ms (loopback) and
+/// 26 Mbit/s at 10 ms, per stream. Below it a connection gets fewer streams instead.
+pub const MIN_STREAM_WINDOW: u64 = 32 << 10;
 
-/// The receive window of each of `n` admitted connections.
+/// The receive window of each of `n` connections sharing [`WINDOW_BUDGET`].
 pub fn connection_window(n: usize) -> u64 {
     (WINDOW_BUDGET / n.max(1) as u64).clamp(MIN_CONNECTION_WINDOW, CONNECTION_WINDOW as u64)
+}
+
+/// The QUIC bounds of every connection of a receiver (see the module's "Streams").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportLimits {
+    /// The connection's receive window.
+    pub window: u64,
+    /// Streams the connection may have open at once (QUIC stream credit).
+    pub max_streams: u64,
+    /// The receive window of each stream.
+    pub stream_window: u64,
+}
+
+impl TransportLimits {
+    /// The bounds of a connection whose receive window is `window`: the largest stream
+    /// window that still allows [`MAX_STREAMS`] streams, but at least
+    /// [`MIN_STREAM_WINDOW`], and as many streams as fit the window at that size.
+    pub fn for_window(window: u64) -> Self {
+        let stream_window = (window / MAX_STREAMS).max(MIN_STREAM_WINDOW);
+        TransportLimits {
+            window,
+            max_streams: (window / stream_window).clamp(1, MAX_STREAMS),
+            stream_window,
+        }
+    }
 }
 
 /// Connection admission and the shared budgets of one receiver.
 pub struct Limits {
     max_connections: usize,
-    admitted: Mutex<Vec<quinn::Connection>>,
+    admitted: Mutex<usize>,
     frames: Arc<Semaphore>,
     applies: Arc<Semaphore>,
 }
@@ -77,26 +118,16 @@ pub struct Busy {
     pub limit: usize,
 }
 
-/// An admitted connection; dropping it gives its share of the budget back.
+/// An admitted connection; dropping it frees its place.
 pub struct Admission<'a> {
     limits: &'a Limits,
-    id: usize,
 }
 
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
-        if let Ok(mut a) = self.limits.admitted.lock() {
-            a.retain(|c| c.stable_id() != self.id);
-            rebalance(&a);
+        if let Ok(mut n) = self.limits.admitted.lock() {
+            *n = n.saturating_sub(1);
         }
-    }
-}
-
-fn rebalance(conns: &[quinn::Connection]) {
-    let w = connection_window(conns.len());
-    let w = quinn::VarInt::from_u64(w).unwrap_or(quinn::VarInt::MAX);
-    for c in conns {
-        c.set_receive_window(w);
     }
 }
 
@@ -105,7 +136,7 @@ impl Limits {
     pub fn new(max_connections: usize) -> Self {
         Limits {
             max_connections: max_connections.clamp(1, MAX_CONNECTIONS),
-            admitted: Mutex::new(Vec::new()),
+            admitted: Mutex::new(0),
             frames: Arc::new(Semaphore::new(FRAME_BUDGET)),
             applies: Arc::new(Semaphore::new(APPLY_SLOTS)),
         }
@@ -116,33 +147,28 @@ impl Limits {
         self.max_connections
     }
 
-    /// The window a connection starts with: its share under a full receiver.
-    pub fn initial_window(&self) -> u64 {
-        connection_window(self.max_connections)
+    /// The QUIC bounds of each connection: its share of [`WINDOW_BUDGET`] under a full
+    /// receiver, and the streams that share allows.
+    pub fn transport(&self) -> TransportLimits {
+        TransportLimits::for_window(connection_window(self.max_connections))
     }
 
-    /// Admits `conn` unless the receiver is at its limit; the windows of every admitted
-    /// connection follow.
-    pub fn admit(&self, conn: &quinn::Connection) -> Result<Admission<'_>, Busy> {
-        let mut a = self.admitted.lock().map_err(|_| Busy {
+    /// Admits a connection unless the receiver is at its limit.
+    pub fn admit(&self) -> Result<Admission<'_>, Busy> {
+        let busy = Busy {
             limit: self.max_connections,
-        })?;
-        if a.len() >= self.max_connections {
-            return Err(Busy {
-                limit: self.max_connections,
-            });
+        };
+        let mut n = self.admitted.lock().map_err(|_| busy.clone())?;
+        if *n >= self.max_connections {
+            return Err(busy);
         }
-        a.push(conn.clone());
-        rebalance(&a);
-        Ok(Admission {
-            limits: self,
-            id: conn.stable_id(),
-        })
+        *n += 1;
+        Ok(Admission { limits: self })
     }
 
     /// Connections admitted now.
     pub fn admitted(&self) -> usize {
-        self.admitted.lock().map_or(0, |a| a.len())
+        self.admitted.lock().map_or(0, |n| *n)
     }
 
     /// Waits until `bytes` of the frame budget are free and holds them until the permit is
@@ -220,7 +246,39 @@ mod tests {
     fn the_connection_limit_is_clamped_to_what_the_budget_allows() {
         assert_eq!(Limits::new(0).max_connections(), 1);
         assert_eq!(Limits::new(1 << 20).max_connections(), MAX_CONNECTIONS);
-        assert_eq!(Limits::new(16).initial_window(), 4 << 20);
+        assert_eq!(Limits::new(16).transport().window, 4 << 20);
+    }
+
+    #[test]
+    fn open_streams_can_never_fill_their_connections_window() {
+        // The invariant that keeps the frame budget from deadlocking QUIC (module doc).
+        for n in 1..=MAX_CONNECTIONS {
+            let t = Limits::new(n).transport();
+            assert!(t.max_streams * t.stream_window <= t.window, "{n}: {t:?}");
+            assert!(t.stream_window >= MIN_STREAM_WINDOW, "{n}: {t:?}");
+            assert!(t.max_streams >= 32, "{n}: {t:?}");
+            assert!(t.window * n as u64 <= WINDOW_BUDGET, "{n}: {t:?}");
+        }
+        let default = Limits::new(DEFAULT_MAX_CONNECTIONS).transport();
+        assert_eq!(
+            (default.window, default.max_streams, default.stream_window),
+            (4 << 20, 128, 32 << 10)
+        );
+        // A receiver for few connections keeps the streams of before, with larger windows.
+        let few = Limits::new(4).transport();
+        assert_eq!((few.max_streams, few.stream_window), (256, 64 << 10));
+    }
+
+    #[test]
+    fn admission_stops_at_the_limit_and_a_departure_frees_a_place() {
+        let l = Limits::new(2);
+        let a = l.admit().unwrap();
+        let _b = l.admit().unwrap();
+        assert_eq!(l.admit().err(), Some(Busy { limit: 2 }));
+        assert_eq!(l.admitted(), 2);
+        drop(a);
+        assert_eq!(l.admitted(), 1);
+        assert!(l.admit().is_ok());
     }
 
     #[tokio::test]

@@ -159,7 +159,10 @@ impl Receiver {
                     .refused_peers
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 warn!(peer = %remote, error = %e, "refused connection: no usable client certificate");
-                conn.close(1u32.into(), b"no usable client certificate");
+                conn.close(
+                    crate::transport::close::NO_CERTIFICATE.into(),
+                    b"no usable client certificate",
+                );
                 return;
             }
         };
@@ -171,12 +174,12 @@ impl Receiver {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             warn!(peer = %remote, sender = %name, "refused connection: sender is not in --allow");
             conn.close(
-                2u32.into(),
+                crate::transport::close::UNKNOWN_SENDER.into(),
                 format!("sender {name} is not authorised on this receiver").as_bytes(),
             );
             return;
         }
-        let _admission = match self.limits.admit(&conn) {
+        let _admission = match self.limits.admit() {
             Ok(a) => a,
             Err(busy) => {
                 crate::metrics::events::refused_peer("busy");
@@ -184,7 +187,10 @@ impl Receiver {
                     .refused_peers
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.refused(&name, "connection_limit", &busy.to_string());
-                conn.close(limits::BUSY_CLOSE_CODE.into(), busy.to_string().as_bytes());
+                conn.close(
+                    crate::transport::close::BUSY.into(),
+                    busy.to_string().as_bytes(),
+                );
                 return;
             }
         };
@@ -228,8 +234,11 @@ pub async fn run(cfg: ReceiverConfig, store: Arc<dyn ReplicaStore>) -> anyhow::R
         .map(|k| crate::transport::StatelessResetKey::derive(&k));
     let rx = Receiver::with_limits(store.clone(), cfg.allow, cfg.max_connections);
     rx.set_max_disks_per_connection(cfg.max_disks_per_connection);
+    let t = rx.limits.transport();
     let bounds = crate::transport::ServerBounds {
-        receive_window: rx.limits.initial_window(),
+        receive_window: t.window,
+        stream_window: t.stream_window,
+        max_streams: t.max_streams,
         send_window: limits::SEND_WINDOW,
         max_incoming: 2 * rx.limits.max_connections(),
     };
@@ -237,7 +246,9 @@ pub async fn run(cfg: ReceiverConfig, store: Arc<dyn ReplicaStore>) -> anyhow::R
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     let local = endpoint.local_addr()?;
     info!(listen = %local, store = %store.describe(),
-          max_connections = rx.limits.max_connections(), "receiver ready");
+          max_connections = rx.limits.max_connections(), connection_window = t.window,
+          streams_per_connection = t.max_streams, stream_window = t.stream_window,
+          "receiver ready");
     // Tests and scripts read this line to learn the bound port.
     println!("listening on {local}");
     crate::metrics::certs::export_files(&files.ca, &files.cert);
@@ -250,7 +261,7 @@ pub async fn run(cfg: ReceiverConfig, store: Arc<dyn ReplicaStore>) -> anyhow::R
             files.key.clone(),
             move || {
                 let cfg = crate::tls::config::receiver_quic(&f).map_err(|e| e.to_string())?;
-                crate::transport::replace_server_config(&ep, cfg);
+                crate::transport::replace_server_config_bounded(&ep, cfg, bounds);
                 Ok(())
             },
         )

@@ -99,8 +99,7 @@ impl Classify for SendError {
                 }
                 // The receiver closed with a refusal code (see receiver::handle_connection).
                 quinn::ConnectionError::ApplicationClosed(c) => {
-                    let code: u64 = c.error_code.into();
-                    !(code == 1 || code == 2)
+                    !crate::transport::close::is_permanent_refusal(c.error_code.into())
                 }
                 quinn::ConnectionError::VersionMismatch => false,
                 _ => true,
@@ -115,7 +114,7 @@ impl Classify for SendError {
 
 impl SendError {
     /// The receiver closed the connection because it serves as many connections as it may
-    /// (`receiver::limits::BUSY_CLOSE_CODE`): retried, and a Warning, not a fault.
+    /// ([`crate::transport::close::BUSY`]): retried, and a Warning, not a fault.
     pub fn is_receiver_busy(&self) -> bool {
         use quinn::{ReadError, ReadExactError, WriteError};
         let closed = match self {
@@ -131,7 +130,7 @@ impl SendError {
         matches!(
             closed,
             quinn::ConnectionError::ApplicationClosed(c)
-                if u64::from(c.error_code) == u64::from(crate::receiver::limits::BUSY_CLOSE_CODE)
+                if u64::from(c.error_code) == u64::from(crate::transport::close::BUSY)
         )
     }
 
