@@ -47,14 +47,18 @@ fn class(g: &Got) -> Option<ErrorClass> {
 
 /// A connection that opens its own disk, then starts a 4 MiB extent on each of `streams`
 /// streams and sends all of it but the last byte, never finishing: the receiver must hold
-/// at most its share of these bodies and leave the rest in QUIC's flow control.
+/// at most its share of these bodies and leave the rest in QUIC's flow control. Streams
+/// past the receiver's stream credit never open (the peer stops asking after a second).
 async fn flood(to: SocketAddr, tls: &Path, n: usize, streams: usize) -> Peer {
     let mut p = Peer::connect(to, tls, "evil").await.unwrap();
     let mut ctl = p.control().await;
     let (h, g) = p.open(&mut ctl, "vm2", &format!("flood{n}"), DISK).await;
     let payload = bytes(MAX_EXTENT_LEN as usize, 0x5a);
     for k in 0..streams {
-        let Ok((mut send, recv)) = p.conn.open_bi().await else {
+        let Ok(Ok((mut send, recv))) =
+            tokio::time::timeout(Duration::from_secs(1), p.conn.open_bi()).await
+        else {
+            p.tally("streams_held_back_by_stream_credit", (streams - k) as u64);
             break;
         };
         let mut f = batch_start(h, g);
