@@ -28,7 +28,9 @@
 //!   With `streams × stream window ≤ connection window` the connection's window never runs
 //!   out before a stream's own does, so a stream holding permits always gets its bytes.
 //!   More streams than that wait in the sender's `open_bi` (QUIC flow control, not a
-//!   refusal) until one ends.
+//!   refusal) until one ends. The price is paid on long round trips: a stream reads about
+//!   one stream window per round trip, so a connection's throughput is about the streams
+//!   reading at once (those holding permits) × [`TransportLimits::stream_window`] / RTT.
 //! - **Writes** (decompression, hashing, the store write, on blocking threads) run at most
 //!   [`APPLY_SLOTS`] at once; each such thread keeps a 4 MiB decompression buffer, so what
 //!   an extent decompresses to is bounded here, not by the frame budget.
