@@ -211,7 +211,7 @@ impl Receiver {
         warn!(sender = %conn.sender, disk = %key, old_peer = %old.remote_address(),
               "the sender reconnected: closing its previous connection, which still holds the disk");
         old.close(
-            3u32.into(),
+            crate::transport::close::SUPERSEDED.into(),
             b"superseded by a newer connection of the same sender",
         );
         // Wait (bounded) until that connection's shutdown released the disk; if it takes

@@ -99,8 +99,7 @@ impl Classify for SendError {
                 }
                 // The receiver closed with a refusal code (see receiver::handle_connection).
                 quinn::ConnectionError::ApplicationClosed(c) => {
-                    let code: u64 = c.error_code.into();
-                    !(code == 1 || code == 2)
+                    !crate::transport::close::is_permanent_refusal(c.error_code.into())
                 }
                 quinn::ConnectionError::VersionMismatch => false,
                 _ => true,
@@ -114,9 +113,31 @@ impl Classify for SendError {
 }
 
 impl SendError {
+    /// The receiver closed the connection because it serves as many connections as it may
+    /// ([`crate::transport::close::BUSY`]): retried, and a Warning, not a fault.
+    pub fn is_receiver_busy(&self) -> bool {
+        use quinn::{ReadError, ReadExactError, WriteError};
+        let closed = match self {
+            SendError::Connection { source, .. } => source,
+            SendError::Frame {
+                source:
+                    FrameError::Read(ReadExactError::ReadError(ReadError::ConnectionLost(c)))
+                    | FrameError::Write(WriteError::ConnectionLost(c)),
+                ..
+            } => c,
+            _ => return false,
+        };
+        matches!(
+            closed,
+            quinn::ConnectionError::ApplicationClosed(c)
+                if u64::from(c.error_code) == u64::from(crate::transport::close::BUSY)
+        )
+    }
+
     /// Short class name for logs and metrics.
     pub fn class(&self) -> &'static str {
         match self {
+            e if e.is_receiver_busy() => ErrorClass::TargetBusy.as_str(),
             SendError::Disk(_) => "disk",
             SendError::Tls(_) => "tls",
             SendError::Resolve(_) => "resolve",
@@ -147,6 +168,9 @@ impl SendError {
         }
         SendError::Tls(_) => "the certificates or keys are unusable: check --tls and --identity",
         SendError::Resolve(_) => "the receiver's address does not resolve: check --to",
+        e if e.is_receiver_busy() => {
+            "the receiver is at its connection limit (--max-connections); retrying"
+        }
         SendError::Connection { source, .. }
             if crate::tls::advice::for_connection(source).is_some() =>
         {

@@ -52,6 +52,7 @@ impl ReceiverSession {
                     },
                 );
                 let resumed_bytes = r.progress.iter().map(|(a, b)| b.saturating_sub(*a)).sum();
+                let (progress, more_progress) = self.first_page(version, handle, r.progress);
                 (
                     Control::DiskOpened {
                         req,
@@ -60,7 +61,8 @@ impl ReceiverSession {
                         committed_cycle: r.committed_cycle,
                         generation: r.generation,
                         known_empty: r.initial_in_progress,
-                        progress: r.progress,
+                        progress,
+                        more_progress,
                     },
                     Some(Report::DiskOpened {
                         handle,
@@ -89,12 +91,14 @@ impl ReceiverSession {
                 if let Some(d) = self.disks.get_mut(&handle) {
                     d.open_cycle = Some(cycle);
                 }
+                let (progress, more_progress) = self.first_page(version, handle, progress);
                 (
                     Control::CycleOpened {
                         req,
                         handle,
                         cycle,
                         progress,
+                        more_progress,
                     },
                     None,
                 )

@@ -17,6 +17,7 @@ mod batch;
 mod checks;
 mod effects;
 mod limits;
+mod progress;
 mod requests;
 
 pub use batch::{BatchEnd, BatchReceiver, BatchReport, BatchStep, ExtentWrite, WriteOutcome};
@@ -145,6 +146,9 @@ pub struct ReceiverSession {
     running: BTreeMap<u32, u32>,
     /// Distinct disks this connection may hold open ([`ReceiverSession::with_max_disks`]).
     max_disks: usize,
+    /// Per handle, the progress snapshot of its last `DiskOpened`/`CycleOpened` while pages
+    /// of it are still to be asked for (version 4, [`progress`]).
+    progress: BTreeMap<u32, Vec<(u64, u64)>>,
 }
 
 impl ReceiverSession {
@@ -159,6 +163,7 @@ impl ReceiverSession {
             next_handle: 1,
             running: BTreeMap::new(),
             max_disks: DEFAULT_MAX_DISKS_PER_CONNECTION,
+            progress: BTreeMap::new(),
         }
     }
 

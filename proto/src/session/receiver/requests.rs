@@ -178,6 +178,9 @@ impl ReceiverSession {
                     Effect::QueryCapacity { vm, needed },
                 )
             }
+            Control::ProgressRequest { req, handle, after } => {
+                return self.progress_page(stream, version, req, handle, after)
+            }
             other => {
                 return self.close(
                     stream,

@@ -37,6 +37,7 @@ fn control_messages_round_trip() {
         generation: 4,
         known_empty: true,
         progress: vec![(0, 512), (4096, 8192)],
+        more_progress: false,
     });
     roundtrip(Control::BeginCycle {
         req: 2,
@@ -48,6 +49,7 @@ fn control_messages_round_trip() {
         handle: 1,
         cycle: 9,
         progress: vec![(512, 1024)],
+        more_progress: false,
     });
     roundtrip(Control::CommitCycle {
         req: 3,
@@ -159,6 +161,7 @@ fn every_control() -> Vec<Control> {
             generation: 4,
             known_empty: false,
             progress: vec![(0, 512), (4096, 8192)],
+            more_progress: false,
         },
         Control::CommitInitial {
             req: 8,
@@ -180,6 +183,7 @@ fn every_control() -> Vec<Control> {
             handle: 1,
             cycle: 9,
             progress: vec![(512, 1024)],
+            more_progress: false,
         },
         Control::CommitCycle {
             req: 3,
