@@ -494,7 +494,10 @@ mod tests {
         assert_eq!(v.rpo_seconds, Some(40.0));
         assert!(v.disks.iter().all(|d| d.rpo_seconds == Some(40.0)), "{v:?}");
         let p = v.latest_point.unwrap();
-        assert_eq!((p.id, p.unix, p.consistent), (4, t0.as_second() as u64, true));
+        assert_eq!(
+            (p.id, p.unix, p.consistent),
+            (4, t0.as_second() as u64, true)
+        );
         assert_eq!(p.time, "2025-01-06T12:00:00Z");
         // An older point reported late does not go back.
         h.point_committed("vm1", 3, t0, false);

@@ -86,6 +86,7 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
         return out;
     }
     let now = std::time::SystemTime::from(sh.clock.now_utc());
+    record_plan(disks.len(), &members, now);
     let ms = members.clone();
     let res = tokio::task::spawn_blocking(move || {
         let set: Vec<SwitchDisk<'_>> = ms
@@ -104,42 +105,9 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
         Ok(Err(e)) => return switch_failed(disks, &members, e.to_string(), out),
         Err(e) => return switch_failed(disks, &members, format!("switch task failed: {e}"), out),
     };
-    let switch_unix_ms = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
     for v in &sw.vms {
         info!(vm = %v.vm, vm_cycle = v.cycle, disks = members.len(),
               hold_ms = sw.hold.as_secs_f64() * 1e3, "log switch of the VM's disks");
-        // The switch becomes the VM's recovery point once every disk's part commits; a
-        // switch without every disk of the VM (one waits for a resync) is none.
-        if members.len() != disks.len() {
-            info!(vm = %v.vm, vm_cycle = v.cycle, "not every disk of the VM switched: no VM recovery point for this switch");
-            continue;
-        }
-        let plan = PointPlan {
-            vm: v.vm.clone(),
-            vm_cycle: v.cycle,
-            switch_unix_ms,
-            group: None,
-            group_cycle: None,
-            disks: members
-                .iter()
-                .filter(|m| m.vm == v.vm)
-                .map(|m| PlanDisk {
-                    name: m.name.clone(),
-                    cycle: m.cycle,
-                })
-                .collect(),
-        };
-        let at: Vec<(&crate::tracking::Tracker, u64)> = members
-            .iter()
-            .filter(|m| m.vm == v.vm)
-            .map(|m| (&m.tracker, m.cycle))
-            .collect();
-        if let Err(e) = super::points::record(&plan, &at) {
-            warn!(vm = %v.vm, vm_cycle = v.cycle, error = %e,
-                  "cannot record the VM point plan: this switch ships without a VM point");
-        }
     }
     for m in members {
         out[m.index] = Some(m.cycle);
@@ -150,6 +118,43 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
         }
     }
     out
+}
+
+/// Records the switch about to be made as the VM's point plan ([`super::points`]) beside
+/// each of its disks, *before* the switch: a switch completed by another process (a tracked
+/// write that finds the intent of a sender killed inside the switch) is still the VM's
+/// point. A plan whose switch never happened names cycles that never close: it is dropped
+/// as incomplete, or rewritten by the next switch of the same cycles. A switch without
+/// every disk of the VM (one waits for a resync) is no VM point: no plan.
+fn record_plan(vm_disks: usize, members: &[Member], now: std::time::SystemTime) {
+    let Some(first) = members.first() else { return };
+    if members.len() != vm_disks {
+        info!(vm = %first.vm, "not every disk of the VM switches: no VM recovery point for this switch");
+        return;
+    }
+    let plan = PointPlan {
+        vm: first.vm.clone(),
+        // As the switch numbers it (`switch_set`): the highest of its disks' cycles.
+        vm_cycle: members.iter().map(|m| m.cycle).max().unwrap_or(0),
+        switch_unix_ms: now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        group: None,
+        group_cycle: None,
+        disks: members
+            .iter()
+            .map(|m| PlanDisk {
+                name: m.name.clone(),
+                cycle: m.cycle,
+            })
+            .collect(),
+    };
+    let at: Vec<(&crate::tracking::Tracker, u64)> =
+        members.iter().map(|m| (&m.tracker, m.cycle)).collect();
+    if let Err(e) = super::points::record(&plan, &at) {
+        warn!(vm = %plan.vm, vm_cycle = plan.vm_cycle, error = %e,
+              "cannot record the VM point plan: this switch ships without a VM point");
+    }
 }
 
 fn switch_failed(
