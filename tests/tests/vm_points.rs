@@ -17,9 +17,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use vdrep_tests::azurite::Azurite;
 use vdrep_tests::images::{make_image, Kind};
-use vdrep_tests::procs::{certs, read_log, Receiver, Send};
-use vdrep_tests::{require_qemu, vdrep, vdrep_ok};
+use vdrep_tests::procs::{certs, finish, read_log, Receiver, Send};
+use vdrep_tests::{require_qemu, vdrep_ok};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;
@@ -37,6 +38,8 @@ struct Vm {
     dir: PathBuf,
     tls: PathBuf,
     store: PathBuf,
+    /// The Azurite holding the replicas, when they are on Azure.
+    az: Option<Azurite>,
     rx: Receiver,
     /// `os.raw`, `data.vhd`.
     disks: [PathBuf; 2],
@@ -44,12 +47,31 @@ struct Vm {
 
 impl Vm {
     fn new(rx_env: &[(&str, &str)]) -> Vm {
+        Self::with(rx_env, None)
+    }
+
+    /// The VM with its replicas on Azurite.
+    fn on_azure() -> Vm {
+        Self::with(&[], Some(Azurite::start()))
+    }
+
+    fn with(rx_env: &[(&str, &str)], az: Option<Azurite>) -> Vm {
         require_qemu();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let tls = certs(&dir.join("tls"), &["hv01"]);
         let store = dir.join("store");
-        let rx = Receiver::start_env(&store, &tls, &["hv01=vm1"], rx_env);
+        let rx = match &az {
+            None => Receiver::start_env(&store, &tls, &["hv01=vm1"], rx_env),
+            Some(az) => Receiver::start_azure(
+                &az.url(),
+                "replicas",
+                &format!("?{}", az.sas()),
+                &tls,
+                &["hv01=vm1"],
+                &dir.join("receiver.log"),
+            ),
+        };
         let src = dir.join("src");
         std::fs::create_dir_all(&src).unwrap();
         let os = src.join("os.raw");
@@ -60,9 +82,27 @@ impl Vm {
             dir,
             tls,
             store,
+            az,
             rx,
             disks: [os, data],
         }
+    }
+
+    /// `vdrep ARGS` on the VM's store (`--store`, or the Azure options with the SAS in the
+    /// environment).
+    fn vdrep(&self, args: &[&str]) -> std::process::Output {
+        let mut c = vdrep_tests::vdrep_command();
+        c.args(args);
+        match &self.az {
+            None => {
+                c.args(["--store", s(&self.store)]);
+            }
+            Some(az) => {
+                c.args(["--azure-url", &az.url(), "--azure-container", "replicas"])
+                    .env("VDREP_AZURE_SAS", format!("?{}", az.sas()));
+            }
+        }
+        c.output().unwrap()
     }
 
     fn send(&self, log: &str) -> Send {
@@ -82,7 +122,7 @@ impl Vm {
 
     /// `vdrep points --json`, parsed (`None` while the store cannot be read).
     fn doc(&self) -> Option<serde_json::Value> {
-        let out = vdrep(&["points", "--store", s(&self.store), "--vm", "vm1", "--json"]);
+        let out = self.vdrep(&["points", "--vm", "vm1", "--json"]);
         out.status
             .success()
             .then(|| serde_json::from_slice(&out.stdout).unwrap())
@@ -207,11 +247,9 @@ fn check_prefixes(vm: &Vm) -> (Vec<(u64, u64)>, PathBuf) {
     let mut last = PathBuf::new();
     for id in vm_ids(&doc) {
         let dir = vm.dir.join(format!("fo-{id}"));
-        let res = vdrep(&[
+        let res = vm.vdrep(&[
             "failover",
             "--test",
-            "--store",
-            s(&vm.store),
             "--vm",
             "vm1",
             "--point",
@@ -356,4 +394,44 @@ fn a_receiver_killed_between_two_disks_commits_keeps_the_previous_vm_point_five_
     qemu_same(&vm.disks[0], "raw", &last.join("os.vhd"));
     qemu_same(&vm.disks[1], "vpc", &last.join("data.vhd"));
     assert!(read_log(&send.log).contains("VM recovery point committed"));
+}
+
+#[test]
+fn on_azure_the_vm_points_and_their_failover_come_from_snapshots() {
+    let vm = Vm::on_azure();
+    let send = vm.send("send.log").arg("--max-cycles").arg("4");
+    let w = Writer {
+        next: AtomicU64::new(1),
+    };
+    let (disks, dir) = (vm.disks.clone(), vm.dir.clone());
+    let t0 = Instant::now();
+    let child = send.spawn();
+    vm.wait("both initial copies", 120, |d| {
+        disk_cycles(d, "os").len() >= 1 && disk_cycles(d, "data").len() >= 1
+    });
+    let stop = AtomicBool::new(false);
+    let res = std::thread::scope(|sc| {
+        // Writes through two VM points; the last two cycles come with the writer stopped.
+        let h = sc.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                w.write_one(&disks, &dir);
+            }
+        });
+        vm.wait("two VM points with writes", 120, |d| {
+            vm_ids(d).last().is_some_and(|&l| l >= 2)
+        });
+        stop.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        finish(child, t0, Duration::from_secs(180), &send.log)
+    });
+    res.ok();
+    let doc = vm.doc().unwrap();
+    assert_eq!(vm_ids(&doc), vec![0, 1, 2, 3, 4], "{doc:#}");
+    for p in doc["points"].as_array().unwrap() {
+        assert_eq!(p["consistent"], p["id"] != 0, "{p:#}");
+    }
+    let (ms, last) = check_prefixes(&vm);
+    assert_eq!(ms.last().unwrap().1, w.written(), "{ms:?}");
+    qemu_same(&vm.disks[0], "raw", &last.join("os.vhd"));
+    qemu_same(&vm.disks[1], "vpc", &last.join("data.vhd"));
 }
