@@ -105,7 +105,8 @@ impl Vm {
         c.output().unwrap()
     }
 
-    fn send(&self, log: &str) -> Send {
+    /// One replication of both disks (no protection).
+    fn send_once(&self, log: &str) -> Send {
         Send::new(
             &self.rx.to(),
             &self.tls,
@@ -114,10 +115,15 @@ impl Vm {
             &[&self.disks[0], &self.disks[1]],
             &self.dir.join(log),
         )
-        .arg("--interval")
-        .arg("1s")
-        .arg("--give-up-after")
-        .arg("180s")
+    }
+
+    /// Protection of both disks, `--interval 1s`.
+    fn send(&self, log: &str) -> Send {
+        self.send_once(log)
+            .arg("--interval")
+            .arg("1s")
+            .arg("--give-up-after")
+            .arg("180s")
     }
 
     /// `vdrep points --json`, parsed (`None` while the store cannot be read).
@@ -432,6 +438,51 @@ fn on_azure_the_vm_points_and_their_failover_come_from_snapshots() {
     }
     let (ms, last) = check_prefixes(&vm);
     assert_eq!(ms.last().unwrap().1, w.written(), "{ms:?}");
+    qemu_same(&vm.disks[0], "raw", &last.join("os.vhd"));
+    qemu_same(&vm.disks[1], "vpc", &last.join("data.vhd"));
+}
+
+#[test]
+fn a_receiver_upgrades_a_store_of_the_previous_format_and_vm_points_follow_its_points() {
+    let mut vm = Vm::new(&[]);
+    // The previous format's store: this build's one-shot replication writes the same files
+    // (no switch, so no `VM/points`); then FORMAT says version 3, as earlier builds wrote.
+    vm.send_once("initial.log")
+        .run(Duration::from_secs(120))
+        .ok();
+    vm.rx.kill9();
+    let format = vm.store.join("FORMAT");
+    std::fs::write(&format, "vdrep-store 3\n").unwrap();
+    assert!(!vm.store.join("vm1/points").exists());
+    let doc = vm.doc().expect("a format 3 store is read as it is");
+    assert_eq!(doc["points"][0]["id"], 0);
+    assert_eq!(doc["points"][0]["consistent"], false);
+    vm.rx.restart();
+    assert_eq!(std::fs::read_to_string(&format).unwrap(), "vdrep-store 4\n");
+    assert!(
+        vm.rx.log_text().contains("store upgraded from"),
+        "{}",
+        vm.rx.log_text()
+    );
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(vm.store.join("vm1/points")).unwrap()).unwrap();
+    assert_eq!(m["points"][0]["consistent"], false, "{m:#}");
+    // Protection from now on: VM points start at the first VM-wide switch.
+    let res = vm
+        .send("protect.log")
+        .arg("--max-cycles")
+        .arg("3")
+        .run(Duration::from_secs(180));
+    res.ok();
+    let doc = vm.doc().unwrap();
+    let pts = doc["points"].as_array().unwrap();
+    assert_eq!(
+        (pts[0]["id"].as_u64(), pts[0]["consistent"].as_bool()),
+        (Some(0), Some(false))
+    );
+    assert!(pts.len() >= 3, "{doc:#}");
+    assert!(pts[1..].iter().all(|p| p["consistent"] == true), "{doc:#}");
+    let (_, last) = check_prefixes(&vm);
     qemu_same(&vm.disks[0], "raw", &last.join("os.vhd"));
     qemu_same(&vm.disks[1], "vpc", &last.join("data.vhd"));
 }
