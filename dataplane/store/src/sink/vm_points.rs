@@ -371,14 +371,27 @@ pub fn disk_points(
     Ok(out)
 }
 
-/// The VM's recovery points, oldest first: its manifest's, or, in a store without one
-/// (made before VM points, or before the VM's first VM-wide switch committed), the
-/// [`legacy_points`] of its disks.
+/// The VM's recovery points, oldest first: its manifest's whose every part its disk still
+/// holds, or, in a store without one (made before VM points, or before the VM's first
+/// VM-wide switch committed), the [`legacy_points`] of its disks.
 pub fn list(store: &dyn ReplicaStore, vm: &str) -> Result<Vec<VmPoint>, SinkError> {
     validate_name("VM name", vm)?;
-    match store.vm_points(vm)? {
-        Some(m) => Ok(m.points),
-        None => Ok(legacy_points(&disk_points(store, vm)?)),
+    let manifest = store.vm_points(vm)?;
+    let disks = disk_points(store, vm)?;
+    match manifest {
+        Some(mut m) => {
+            // Retention pruned a part since the manifest was written (the next commit
+            // prunes the point too): not a point failover could write.
+            m.points.retain(|p| {
+                p.disks.iter().all(|part| {
+                    disks.iter().any(|(d, pts)| {
+                        *d == part.disk && pts.iter().any(|q| q.cycle == part.cycle)
+                    })
+                })
+            });
+            Ok(m.points)
+        }
+        None => Ok(legacy_points(&disks)),
     }
 }
 
