@@ -61,12 +61,8 @@ impl PointPlan {
     }
 }
 
-/// `D.NNNNNNNN.hrl.point` of `cycle`.
 fn plan_path(t: &Tracker, cycle: u64) -> PathBuf {
-    let closed = t.paths().closed(cycle);
-    let mut s = closed.into_os_string();
-    s.push(".point");
-    PathBuf::from(s)
+    t.paths().point_plan(cycle)
 }
 
 /// Writes `plan` beside every disk of the switch (`(tracker, cycle)` per disk): written,
@@ -90,34 +86,19 @@ pub fn pending(disks: &[Arc<Mutex<Protected>>]) -> Vec<PointPlan> {
     let mut out: BTreeMap<u64, PointPlan> = BTreeMap::new();
     for d in disks {
         let Ok(g) = d.lock() else { continue };
-        let p = g.tracker.paths();
-        let stem = p
-            .disk
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let Ok(rd) = std::fs::read_dir(p.dir()) else {
+        let Ok(plans) = g.tracker.paths().point_plans() else {
             continue;
         };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(num) = name
-                .strip_prefix(&format!("{stem}."))
-                .and_then(|r| r.strip_suffix(".hrl.point"))
-            else {
-                continue;
-            };
-            if num.len() < 8 || !num.bytes().all(|c| c.is_ascii_digit()) {
-                continue;
-            }
-            match std::fs::read(e.path())
+        for (_, path) in plans {
+            match std::fs::read(&path)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<PointPlan>(&b).ok())
             {
                 Some(plan) if plan.vm == g.job.vm => {
                     out.entry(plan.vm_cycle).or_insert(plan);
                 }
-                _ => warn!(file = %e.path().display(), "ignoring an unreadable VM point plan"),
+                Some(_) => {} // another VM's disk in the same folder, with the same stem
+                None => warn!(file = %path.display(), "ignoring an unreadable VM point plan"),
             }
         }
     }
@@ -262,8 +243,11 @@ mod tests {
         record(&plan, &[(&a, 7), (&b, 6)]).unwrap();
         assert!(dir.path().join("os.raw.00000007.hrl.point").is_file());
         assert!(dir.path().join("data.raw.00000006.hrl.point").is_file());
-        // The closed-log listing does not mistake a plan for a log.
+        // The closed-log listing does not mistake a plan for a log; the plans are listed.
         assert!(a.paths().closed_logs().unwrap().is_empty());
+        let listed = a.paths().point_plans().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, 7);
         assert_eq!(plan.cycle_of("data"), Some(6));
     }
 }
