@@ -65,7 +65,9 @@ fn member(index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
 /// one instant (`tracking::switch_set`: the tracking locks are held only for renames), so
 /// the VM's next recovery point is one instant of all its disks. Each disk's cycle digest
 /// is computed afterwards, without the locks, while the closed logs already ship; it is
-/// awaited before the cycle commits. Returns, per disk, the cycle switched to.
+/// awaited before the cycle commits. Before the switch, it is recorded as the VM's point
+/// plan ([`record_plan`]): [`ship_all`] commits it as the VM's recovery point once every
+/// disk's part is committed. Returns, per disk, the cycle switched to.
 pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> Vec<Option<u64>> {
     let mut out = vec![None; disks.len()];
     let mut members = Vec::new();
