@@ -486,3 +486,78 @@ fn a_receiver_upgrades_a_store_of_the_previous_format_and_vm_points_follow_its_p
     qemu_same(&vm.disks[0], "raw", &last.join("os.vhd"));
     qemu_same(&vm.disks[1], "vpc", &last.join("data.vhd"));
 }
+
+#[test]
+fn failover_never_mixes_points_a_disk_missing_from_a_vm_point_is_an_error_naming_it() {
+    use vdrep::sink::local::LocalStore;
+    use vdrep::sink::vm_points::{self, PointPart, VmPoint};
+    use vdrep::sink::{DiskKey, RecoveryPoint, ReplicaStore};
+    use vdrep_proto::{Guid, RangeSet};
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let point = |cycle| RecoveryPoint {
+        cycle,
+        created_unix: 1_800_000_000 + cycle,
+        bytes: 512,
+        digest: [0; 32],
+    };
+    let open = |name: &str| {
+        let d = store
+            .open_disk(&DiskKey::new("vm1", name).unwrap(), MIB, Guid([1; 16]))
+            .unwrap();
+        d.checkpoint(&RangeSet::from_range(0, MIB)).unwrap();
+        d.commit_initial(&point(0)).unwrap();
+        d
+    };
+    let (os, data) = (open("os"), open("data"));
+    for d in [&os, &data] {
+        d.begin_cycle(1).unwrap();
+        d.write(0, &[1u8; 512]).unwrap();
+        d.checkpoint(&RangeSet::from_range(0, 512)).unwrap();
+        d.commit_cycle(&point(1)).unwrap();
+    }
+    let vp = VmPoint {
+        vm_cycle: 1,
+        switch_unix_ms: 1_800_000_000_000,
+        committed_unix: 1_800_000_001,
+        group: None,
+        group_cycle: None,
+        consistent: true,
+        disks: vec![
+            PointPart::new("data", 1, 0, &[0; 32]),
+            PointPart::new("os", 1, 0, &[0; 32]),
+        ],
+    };
+    vm_points::commit(&store, "vm1", vp, 86_400).unwrap();
+    // A disk added to the VM later has no part in point 1.
+    drop(open("late"));
+    drop((os, data));
+    let out = dir.path().join("out");
+    let fo = |sel: &str| {
+        vdrep_tests::vdrep(&[
+            "failover",
+            "--test",
+            "--store",
+            s(dir.path()),
+            "--vm",
+            "vm1",
+            "--point",
+            sel,
+            "--out",
+            s(&out),
+        ])
+    };
+    let e = fo("1");
+    assert_eq!(e.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&e.stderr);
+    assert!(
+        msg.contains("VM point 1 has no part of disk(s) late"),
+        "{msg}"
+    );
+    let e = fo("latest");
+    assert_eq!(e.status.code(), Some(1), "no point holds every disk");
+    assert!(
+        !out.join("os.vhd").exists() && !out.join("late.vhd").exists(),
+        "nothing written"
+    );
+}
