@@ -485,6 +485,17 @@ fn a_receiver_upgrades_a_store_of_the_previous_format_and_vm_points_follow_its_p
     let (_, last) = check_prefixes(&vm);
     qemu_same(&vm.disks[0], "raw", &last.join("os.vhd"));
     qemu_same(&vm.disks[1], "vpc", &last.join("data.vhd"));
+    // The table says the same.
+    let text = String::from_utf8(vm.vdrep(&["points", "--vm", "vm1"]).stdout).unwrap();
+    assert!(
+        text.contains(&format!("{} recovery points of the VM", pts.len())),
+        "{text}"
+    );
+    let row0 = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("0 "))
+        .unwrap_or_else(|| panic!("no row for point 0: {text}"));
+    assert!(row0.contains(" no ") && row0.ends_with("data os"), "{row0}");
 }
 
 #[test]
