@@ -1,7 +1,8 @@
 //! `vdrep unprotect --vm VM (--store DIR | --azure-*) [--disk PATH...]`: disables protection
 //! of a VM. Its replicas, recovery points and state go from the store; with the source disks
 //! named (`--disk`), the change-tracking files beside them go too (`D.hrl`, closed
-//! `D.NNNNNNNN.hrl` logs, `D.hrl.lock`, `D.hrl.shipped`, `D.hrl.resync`, `D.hrl.hashes`, `D.hrl.switch`, digests).
+//! `D.NNNNNNNN.hrl` logs, `D.hrl.lock`, `D.hrl.shipped`, `D.hrl.resync`, `D.hrl.hashes`, `D.hrl.switch`, digests,
+//! VM point plans).
 //!
 //! Unprotecting is an operator action with replication stopped: a disk a receiver holds
 //! (local lock, Azure lease) is refused with exit 1, and nothing of that disk is removed.
@@ -92,6 +93,12 @@ fn remove_tracking(disk: &Path) -> anyhow::Result<usize> {
     if let Ok(Some((_, next))) = p.find_next() {
         files.push(next);
     }
+    files.extend(
+        p.point_plans()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, f)| f),
+    );
     files.extend([
         p.active.clone(),
         p.shipped.clone(),

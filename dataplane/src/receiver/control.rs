@@ -298,7 +298,17 @@ impl Receiver {
                     info!(sender = %conn.sender, disk = %s.replica.key(), cycle, bytes,
                           pruned, "cycle committed as a recovery point");
                     s.export_points().await;
+                    super::test_hook::after_disk_commit(&s.replica.key().to_string(), cycle).await;
                 }
+            }
+            Report::PointCommitted {
+                vm,
+                vm_cycle,
+                disks,
+                pruned,
+            } => {
+                info!(sender = %conn.sender, %vm, vm_cycle, disks, pruned,
+                      "VM recovery point committed");
             }
             Report::CapacityChecked {
                 vm,

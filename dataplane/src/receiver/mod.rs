@@ -7,6 +7,7 @@ mod control;
 mod disk;
 mod effects;
 pub mod limits;
+pub mod test_hook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -63,6 +63,35 @@ impl LogPaths {
             .join(format!("{}.{cycle:08}.hrl.digest", self.stem))
     }
 
+    /// `D.NNNNNNNN.hrl.point`: the VM switch that closes `cycle` (the sender's point plan,
+    /// `sender::points`), kept until the receiver recorded the VM's point.
+    pub fn point_plan(&self, cycle: u64) -> PathBuf {
+        self.dir.join(format!("{}.{cycle:08}.hrl.point", self.stem))
+    }
+
+    /// Point plans beside the disk, oldest cycle first.
+    pub fn point_plans(&self) -> io::Result<Vec<(u64, PathBuf)>> {
+        let prefix = format!("{}.", self.stem);
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(&self.dir)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(num) = name
+                .strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(".hrl.point"))
+            else {
+                continue;
+            };
+            if num.len() >= 8 && num.bytes().all(|c| c.is_ascii_digit()) {
+                if let Ok(c) = num.parse::<u64>() {
+                    v.push((c, e.path()));
+                }
+            }
+        }
+        v.sort();
+        Ok(v)
+    }
+
     /// `D.hrl.next.N`: the next active log, made before the switch that closes cycle N
     /// moves the active one, so a switch killed half-way is finished at the next start.
     pub fn next(&self, cycle: u64) -> PathBuf {

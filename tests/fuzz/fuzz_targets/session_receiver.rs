@@ -125,6 +125,7 @@ fn done(e: &Effect, i: &mut In<'_>) -> Done {
         Effect::Root { .. } => or!(Root, [1; 32]),
         Effect::RecordJob { .. } => or!(JobRecorded, ()),
         Effect::QueryCapacity { .. } => or!(Capacity, Some(5)),
+        Effect::CommitPoint { .. } => or!(PointCommitted, 1),
     }
 }
 

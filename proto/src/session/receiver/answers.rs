@@ -162,6 +162,23 @@ impl ReceiverSession {
                     }),
                 )
             }
+            (
+                Pending::CommitPoint {
+                    req,
+                    vm,
+                    vm_cycle,
+                    disks,
+                },
+                Done::PointCommitted(Ok(pruned)),
+            ) => (
+                Control::PointCommitted { req, vm_cycle },
+                Some(Report::PointCommitted {
+                    vm,
+                    vm_cycle,
+                    disks,
+                    pruned,
+                }),
+            ),
             (_, done) => match done.refusal() {
                 Some(r) => return self.refuse(stream, req, r),
                 None => {
@@ -194,7 +211,8 @@ impl Pending {
             | Pending::Hashes { req, .. }
             | Pending::Root { req, .. }
             | Pending::RecordJob { req, .. }
-            | Pending::Capacity { req, .. } => *req,
+            | Pending::Capacity { req, .. }
+            | Pending::CommitPoint { req, .. } => *req,
         }
     }
 }
@@ -210,7 +228,8 @@ impl Done {
             | Done::Hashes(Err(r))
             | Done::Root(Err(r))
             | Done::JobRecorded(Err(r))
-            | Done::Capacity(Err(r)) => Some(r),
+            | Done::Capacity(Err(r))
+            | Done::PointCommitted(Err(r)) => Some(r),
             _ => None,
         }
     }

@@ -129,5 +129,7 @@ pub(crate) fn name(m: &Control) -> &'static str {
         Control::Capacity { .. } => "Capacity",
         Control::ProgressRequest { .. } => "ProgressRequest",
         Control::ProgressPage { .. } => "ProgressPage",
+        Control::CommitPoint { .. } => "CommitPoint",
+        Control::PointCommitted { .. } => "PointCommitted",
     }
 }

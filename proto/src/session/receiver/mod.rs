@@ -23,7 +23,7 @@ mod requests;
 pub use batch::{BatchEnd, BatchReceiver, BatchReport, BatchStep, ExtentWrite, WriteOutcome};
 pub(crate) use checks::name;
 pub use checks::{tree_nodes, MAX_DISK_SIZE, MAX_JOB_BYTES, MAX_RETENTION_SECS};
-pub use effects::{ControlStep, Done, Effect, OpenedReplica, Report};
+pub use effects::{ControlStep, Done, Effect, OpenedReplica, PointDisk, Report};
 pub use limits::DEFAULT_MAX_DISKS_PER_CONNECTION;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -104,6 +104,12 @@ enum Pending {
         req: u32,
         vm: String,
         needed: u64,
+    },
+    CommitPoint {
+        req: u32,
+        vm: String,
+        vm_cycle: u64,
+        disks: usize,
     },
 }
 

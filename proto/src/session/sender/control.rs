@@ -6,7 +6,7 @@
 
 use super::SessionError;
 use crate::session::receiver::name;
-use crate::wire::{self, Control, ErrorClass, PAGED_PROGRESS_VERSION};
+use crate::wire::{self, Control, ErrorClass, PAGED_PROGRESS_VERSION, VM_POINTS_VERSION};
 
 /// Where a sender's control stream is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +37,7 @@ enum Expect {
     JobRecorded,
     Capacity,
     Progress { handle: u32 },
+    Point { vm_cycle: u64 },
 }
 
 /// The sender's protocol state on one control stream.
@@ -68,6 +69,12 @@ impl SenderControl {
     /// Where the stream is.
     pub fn state(&self) -> SenderState {
         self.state
+    }
+
+    /// Whether the receiver records VM points ([`Control::CommitPoint`], version 5); with an
+    /// older receiver the sender commits per-disk points only.
+    pub fn vm_points(&self) -> bool {
+        self.version >= VM_POINTS_VERSION
     }
 
     /// The negotiated version (`None` before the hello is answered).
@@ -125,6 +132,9 @@ impl SenderControl {
                 if self.version >= PAGED_PROGRESS_VERSION =>
             {
                 (req, Expect::Progress { handle })
+            }
+            Control::CommitPoint { req, vm_cycle, .. } if self.version >= VM_POINTS_VERSION => {
+                (req, Expect::Point { vm_cycle })
             }
             _ => {
                 return Err(SessionError::Misuse(format!(
@@ -239,6 +249,13 @@ impl SenderControl {
                     req: r, handle: h, ..
                 },
             ) => *r == req && *h == handle,
+            (
+                Some(Expect::Point { vm_cycle }),
+                Control::PointCommitted {
+                    req: r,
+                    vm_cycle: c,
+                },
+            ) => *r == req && *c == vm_cycle,
             _ => false,
         };
         if !ok {

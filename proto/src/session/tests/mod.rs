@@ -8,6 +8,7 @@ mod model;
 mod pair;
 mod pair_disk;
 mod pair_tests;
+mod points;
 mod progress_pages;
 mod receiver_batch;
 mod receiver_control;

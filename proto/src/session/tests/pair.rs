@@ -161,11 +161,21 @@ impl Pair {
     }
 
     pub fn open(&mut self, vm: &str, size: u64, full_copy: bool) -> Result<Opened, SessionError> {
+        self.open_disk(vm, "os.vhdx", size, full_copy)
+    }
+
+    pub fn open_disk(
+        &mut self,
+        vm: &str,
+        disk: &str,
+        size: u64,
+        full_copy: bool,
+    ) -> Result<Opened, SessionError> {
         let req = self.tx.next_req();
         match self.call(Control::OpenDisk {
             req,
             vm: vm.into(),
-            disk: "os.vhdx".into(),
+            disk: disk.into(),
             virtual_size: size,
             source_id: Guid([7; 16]),
             full_copy,

@@ -226,6 +226,50 @@ pub enum Control {
         /// Another page follows.
         more: bool,
     },
+    /// Sender → receiver (version 5): every disk's part of VM cycle `vm_cycle` is
+    /// committed (each by its `CommitCycle`); record them together as the VM's recovery
+    /// point, written last, so a point never holds some disks of a switch but not others
+    /// (WIRE.md §4.5). Resending it after a lost answer is harmless.
+    CommitPoint {
+        /// Request id.
+        req: u32,
+        /// The VM cycle: the switch's number, the point's id.
+        vm_cycle: u64,
+        /// The sender's switch instant, Unix milliseconds (the point's source time).
+        switch_unix_ms: u64,
+        /// The consistency group the switch was made for (`None` outside a group).
+        group: Option<String>,
+        /// The group's switch number (`None` outside a group).
+        group_cycle: Option<u64>,
+        /// Recovery-point retention in seconds (0..=86400): older VM points are pruned.
+        retention_secs: u32,
+        /// Every disk of the switch, at most [`MAX_POINT_DISKS`].
+        disks: Vec<PointPart>,
+    },
+    /// Receiver → sender (version 5): the VM point is durable.
+    PointCommitted {
+        /// The request.
+        req: u32,
+        /// The VM cycle recorded.
+        vm_cycle: u64,
+    },
+}
+
+/// Most disks one [`Control::CommitPoint`] may name (a VM has far fewer).
+pub const MAX_POINT_DISKS: usize = 256;
+
+/// One disk's part of a VM point: the disk (by its handle on this connection) at its own
+/// committed cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointPart {
+    /// Disk handle (open on this connection).
+    pub handle: u32,
+    /// The disk's cycle that belongs to the point (committed before the point).
+    pub cycle: u64,
+    /// Bytes that cycle changed.
+    pub bytes: u64,
+    /// BLAKE3 digest of the disk at the switch (all zero: none).
+    pub digest: [u8; 32],
 }
 
 pub(super) const K_HELLO: u8 = 1;
@@ -249,6 +293,8 @@ const K_QUERY_CAPACITY: u8 = 17;
 const K_CAPACITY: u8 = 18;
 const K_PROGRESS_REQUEST: u8 = 19;
 const K_PROGRESS_PAGE: u8 = 20;
+const K_COMMIT_POINT: u8 = 21;
+const K_POINT_COMMITTED: u8 = 22;
 
 /// A trailing flag sent only when set (WIRE.md §2): absent reads as false, present must be 1
 /// (a 0 would give one message two encodings).
@@ -437,6 +483,34 @@ impl Control {
                 w.u8(*more as u8);
                 K_PROGRESS_PAGE
             }
+            Control::CommitPoint {
+                req,
+                vm_cycle,
+                switch_unix_ms,
+                group,
+                group_cycle,
+                retention_secs,
+                disks,
+            } => {
+                w.u32(*req).u64(*vm_cycle).u64(*switch_unix_ms);
+                match group {
+                    Some(g) => w.u8(1).str(g),
+                    None => w.u8(0),
+                };
+                match group_cycle {
+                    Some(c) => w.u8(1).u64(*c),
+                    None => w.u8(0),
+                };
+                w.u32(*retention_secs).u32(disks.len() as u32);
+                for d in disks {
+                    w.u32(d.handle).u64(d.cycle).u64(d.bytes).raw(&d.digest);
+                }
+                K_COMMIT_POINT
+            }
+            Control::PointCommitted { req, vm_cycle } => {
+                w.u32(*req).u64(*vm_cycle);
+                K_POINT_COMMITTED
+            }
         };
         let mut out = Vec::with_capacity(w.buf.len() + 5);
         super::super::encode_frame(kind, &w.buf, &mut out);
@@ -563,6 +637,48 @@ impl Control {
                 handle: r.u32()?,
                 progress: ranges_r(&mut r, what)?,
                 more: r.bool()?,
+            },
+            K_COMMIT_POINT => {
+                let req = r.u32()?;
+                let vm_cycle = r.u64()?;
+                let switch_unix_ms = r.u64()?;
+                let group = if r.bool()? {
+                    Some(r.str(MAX_STRING)?)
+                } else {
+                    None
+                };
+                let group_cycle = if r.bool()? { Some(r.u64()?) } else { None };
+                let retention_secs = r.u32()?;
+                let n = r.u32()? as usize;
+                if n > MAX_POINT_DISKS {
+                    return Err(FormatError::new(
+                        what,
+                        0,
+                        format!("{n} disks in a point exceed the limit of {MAX_POINT_DISKS}"),
+                    ));
+                }
+                let mut disks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    disks.push(PointPart {
+                        handle: r.u32()?,
+                        cycle: r.u64()?,
+                        bytes: r.u64()?,
+                        digest: r.array()?,
+                    });
+                }
+                Control::CommitPoint {
+                    req,
+                    vm_cycle,
+                    switch_unix_ms,
+                    group,
+                    group_cycle,
+                    retention_secs,
+                    disks,
+                }
+            }
+            K_POINT_COMMITTED => Control::PointCommitted {
+                req: r.u32()?,
+                vm_cycle: r.u64()?,
             },
             k => {
                 return Err(FormatError::new(

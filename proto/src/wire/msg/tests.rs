@@ -198,6 +198,46 @@ fn every_control() -> Vec<Control> {
             class: ErrorClass::Unauthorized,
             message: "no".into(),
         },
+        Control::CommitPoint {
+            req: 4,
+            vm_cycle: 12,
+            switch_unix_ms: 1_700_000_000_123,
+            group: None,
+            group_cycle: None,
+            retention_secs: 3600,
+            disks: vec![
+                PointPart {
+                    handle: 1,
+                    cycle: 9,
+                    bytes: 4096,
+                    digest: [7; 32],
+                },
+                PointPart {
+                    handle: 2,
+                    cycle: 12,
+                    bytes: 0,
+                    digest: [0; 32],
+                },
+            ],
+        },
+        Control::CommitPoint {
+            req: 5,
+            vm_cycle: 13,
+            switch_unix_ms: 1,
+            group: Some("erp".into()),
+            group_cycle: Some(40),
+            retention_secs: 0,
+            disks: vec![PointPart {
+                handle: 1,
+                cycle: 10,
+                bytes: 1,
+                digest: [1; 32],
+            }],
+        },
+        Control::PointCommitted {
+            req: 5,
+            vm_cycle: 13,
+        },
     ]
 }
 
@@ -288,7 +328,7 @@ fn every_control_kind_and_a_data_stream_decode_whole() {
     for m in every_control() {
         s.extend_from_slice(&m.encode());
     }
-    assert_eq!(decode_stream(&s).unwrap(), 10);
+    assert_eq!(decode_stream(&s).unwrap(), every_control().len());
     assert_eq!(decode_stream(&sample_data_stream()).unwrap(), 4);
 }
 
