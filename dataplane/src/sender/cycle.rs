@@ -21,6 +21,8 @@ use crate::tracking::{catch_up, switch_digest, switch_set, HashTable, SwitchDige
 /// A disk taking part in a VM switch.
 #[derive(Clone)]
 struct Member {
+    /// Which VM of the switch (index into the sets given) and which of its disks.
+    set: usize,
     index: usize,
     vm: String,
     name: String,
@@ -31,7 +33,7 @@ struct Member {
 
 /// The disk's next cycle, unless its logs already hold half the disk (then a resync is
 /// cheaper than shipping them).
-fn member(index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
+fn member(set: usize, index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
     let g = d.lock().map_err(|_| "lock poisoned".to_string())?;
     if !g.tracker.is_active() {
         // This disk alone leaves delta replication; the VM's other disks still switch.
@@ -50,6 +52,7 @@ fn member(index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
         ));
     }
     Ok(Member {
+        set,
         index,
         vm: g.job.vm.clone(),
         name: g.job.name.clone(),
@@ -65,17 +68,36 @@ fn member(index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
 /// is computed afterwards, without the locks, while the closed logs already ship; it is
 /// awaited before the cycle commits. Returns, per disk, the cycle switched to.
 pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> Vec<Option<u64>> {
-    let mut out = vec![None; disks.len()];
+    let now = std::time::SystemTime::from(sh.clock.now_utc());
+    switch_vms(&[disks], now, |_| Ok(()))
+        .await
+        .pop()
+        .unwrap_or_default()
+}
+
+/// [`switch_vm`] for the disks of several VMs at one instant `now` (a consistency group:
+/// one `switch_set` over every member's disks, all their locks held at once). `before` is
+/// told each VM's cycle (the highest of its switching disks') before anything is prepared
+/// or renamed, so a record of the switch can be made durable first; an error from it
+/// cancels the switch (the writes stay in the active logs for the next one). Returns, per VM and disk, the cycle switched to.
+pub(super) async fn switch_vms(
+    vms: &[&[Arc<Mutex<Protected>>]],
+    now: std::time::SystemTime,
+    before: impl FnOnce(&[crate::tracking::IntentVm]) -> Result<(), String> + Send + 'static,
+) -> Vec<Vec<Option<u64>>> {
+    let mut out: Vec<Vec<Option<u64>>> = vms.iter().map(|d| vec![None; d.len()]).collect();
     let mut members = Vec::new();
-    for (i, d) in disks.iter().enumerate() {
-        if skip(d) {
-            continue;
-        }
-        match member(i, d) {
-            Ok(m) => members.push(m),
-            Err(reason) => {
-                if let Ok(g) = d.lock() {
-                    resync_required(&g, format!("log switch failed: {reason}"));
+    for (s, disks) in vms.iter().enumerate() {
+        for (i, d) in disks.iter().enumerate() {
+            if skip(d) {
+                continue;
+            }
+            match member(s, i, d) {
+                Ok(m) => members.push(m),
+                Err(reason) => {
+                    if let Ok(g) = d.lock() {
+                        resync_required(&g, format!("log switch failed: {reason}"));
+                    }
                 }
             }
         }
@@ -83,7 +105,6 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
     if members.is_empty() {
         return out;
     }
-    let now = std::time::SystemTime::from(sh.clock.now_utc());
     let ms = members.clone();
     let res = tokio::task::spawn_blocking(move || {
         let set: Vec<SwitchDisk<'_>> = ms
@@ -94,21 +115,39 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
                 cycle: m.cycle,
             })
             .collect();
-        switch_set(&set, now)
+        let mut cycles: std::collections::BTreeMap<&str, u64> = Default::default();
+        for m in &ms {
+            let c = cycles.entry(&m.vm).or_insert(0);
+            *c = (*c).max(m.cycle);
+        }
+        let intent_vms: Vec<crate::tracking::IntentVm> = cycles
+            .into_iter()
+            .map(|(vm, cycle)| crate::tracking::IntentVm {
+                vm: vm.to_string(),
+                cycle,
+            })
+            .collect();
+        before(&intent_vms).map_err(NoSwitch::Cancelled)?;
+        switch_set(&set, now).map_err(|e| NoSwitch::Failed(e.to_string()))
     })
     .await;
     let sw = match res {
         Ok(Ok(sw)) => sw,
-        Ok(Err(e)) => return switch_failed(disks, &members, e.to_string(), out),
-        Err(e) => return switch_failed(disks, &members, format!("switch task failed: {e}"), out),
+        Ok(Err(NoSwitch::Cancelled(e))) => {
+            // Nothing was renamed: the writes stay in the active logs for the next switch.
+            warn!(error = %e, "log switch cancelled before any log was renamed");
+            return out;
+        }
+        Ok(Err(NoSwitch::Failed(e))) => return switch_failed(vms, &members, e, out),
+        Err(e) => return switch_failed(vms, &members, format!("switch task failed: {e}"), out),
     };
     for v in &sw.vms {
         info!(vm = %v.vm, vm_cycle = v.cycle, disks = members.len(),
               hold_ms = sw.hold.as_secs_f64() * 1e3, "log switch of the VM's disks");
     }
     for m in members {
-        out[m.index] = Some(m.cycle);
-        let d = &disks[m.index];
+        out[m.set][m.index] = Some(m.cycle);
+        let d = &vms[m.set][m.index];
         let task = tokio::task::spawn_blocking(move || digest(m));
         if let Ok(mut g) = d.lock() {
             g.digest_task = Some(task);
@@ -117,14 +156,22 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
     out
 }
 
+/// Why a switch did not happen.
+enum NoSwitch {
+    /// `before` refused: nothing was prepared or renamed.
+    Cancelled(String),
+    /// The switch itself failed: its disks need a resync.
+    Failed(String),
+}
+
 fn switch_failed(
-    disks: &[Arc<Mutex<Protected>>],
+    vms: &[&[Arc<Mutex<Protected>>]],
     members: &[Member],
     reason: String,
-    out: Vec<Option<u64>>,
-) -> Vec<Option<u64>> {
+    out: Vec<Vec<Option<u64>>>,
+) -> Vec<Vec<Option<u64>>> {
     for m in members {
-        if let Ok(g) = disks[m.index].lock() {
+        if let Ok(g) = vms[m.set][m.index].lock() {
             resync_required(&g, format!("log switch failed: {reason}"));
         }
     }
