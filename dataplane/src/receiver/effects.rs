@@ -110,6 +110,13 @@ impl Receiver {
                     },
                 )
             }
+            Effect::ClaimGroup { group, vms, .. } => Done::GroupClaimed(
+                // The store keeps no group cycles yet: the sender's record numbers them.
+                super::groups::claim(&self.groups, &group, &conn.sender, &vms, &conn.conn)
+                    .map(|()| 0)
+                    .inspect_err(|r| warn!(sender = %conn.sender, %group, reason = %r.message,
+                                           "consistency group claim refused")),
+            ),
             Effect::QueryCapacity { .. } => {
                 let store = self.store.clone();
                 Done::Capacity(

@@ -6,6 +6,7 @@ mod batch;
 mod control;
 mod disk;
 mod effects;
+mod groups;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +51,8 @@ pub struct Receiver {
     pub(crate) holders: std::sync::Mutex<std::collections::HashMap<String, Holder>>,
     /// See [`ReceiverConfig::max_disks_per_connection`].
     pub(crate) max_disks_per_connection: std::sync::atomic::AtomicUsize,
+    /// Which connection protects each consistency group ([`groups`]).
+    pub(crate) groups: std::sync::Mutex<std::collections::HashMap<String, groups::GroupHolder>>,
 }
 
 /// The connection holding a disk open.
@@ -82,6 +85,7 @@ impl Receiver {
             idle: tokio::sync::Notify::new(),
             holders: Default::default(),
             max_disks_per_connection: DEFAULT_MAX_DISKS_PER_CONNECTION.into(),
+            groups: Default::default(),
         })
     }
 
@@ -173,6 +177,9 @@ impl Receiver {
         conn_state.shutdown().await;
         if let Ok(mut h) = self.holders.lock() {
             h.retain(|_, v| v.conn.stable_id() != conn.stable_id());
+        }
+        if let Ok(mut g) = self.groups.lock() {
+            g.retain(|_, v| v.conn.stable_id() != conn.stable_id());
         }
     }
 }

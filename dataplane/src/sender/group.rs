@@ -365,6 +365,42 @@ fn admissible(
     Ok(())
 }
 
+/// Claims every group of this sender at the receiver over `conn` (at the start of each
+/// connection, and again when a VM joins a group): the receiver refuses a group another
+/// sender's connection holds, so a group split across senders stops the second one at
+/// its start with the receiver's reason. A sender without groups sends nothing.
+pub async fn claim_all(
+    conn: &quinn::Connection,
+    groups: &Groups,
+    peer: &str,
+) -> Result<(), super::SendError> {
+    let list = groups.list();
+    if list.is_empty() {
+        return Ok(());
+    }
+    let mut ctrl = super::ControlStream::open(conn, peer).await?;
+    for g in list {
+        let vms = g.members();
+        let req = ctrl.req();
+        let ans = ctrl
+            .call(vdrep_proto::wire::Control::ClaimGroup {
+                req,
+                group: g.name.clone(),
+                vms: vms.clone(),
+                interval_secs: u32::try_from(g.interval.as_secs()).unwrap_or(u32::MAX),
+            })
+            .await?;
+        let vdrep_proto::wire::Control::GroupClaimed { group_cycle, .. } = ans else {
+            return Err(ctrl.unexpected(ans));
+        };
+        g.known_group_cycle(group_cycle);
+        info!(group = %g.name, ?vms, interval_s = g.interval.as_secs_f64(),
+              "consistency group claimed at the receiver (one sender protects it)");
+    }
+    ctrl.finish();
+    Ok(())
+}
+
 fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
 }

@@ -426,8 +426,16 @@ pub async fn run_all(
     let mut tasks = tokio::task::JoinSet::new();
     let mut started = 0;
     let mut refused: Option<SendError> = None;
+    let mut claimed = 0;
     loop {
         let list = set.list();
+        if claimed < list.len() {
+            // This connection protects the groups (again, when a VM joined one).
+            if list[claimed..].iter().any(|e| e.policy.group.is_some()) {
+                super::group::claim_all(conn, &set.groups, &sh.peer).await?;
+            }
+            claimed = list.len();
+        }
         for e in list.iter().skip(started) {
             let (conn, sh, e) = (conn.clone(), sh.clone(), e.clone());
             tasks.spawn(async move {

@@ -158,6 +158,10 @@ impl ReceiverSession {
                     }),
                 )
             }
+            (Pending::ClaimGroup { req, group, vms }, Done::GroupClaimed(Ok(group_cycle))) => (
+                Control::GroupClaimed { req, group_cycle },
+                Some(Report::GroupClaimed { group, vms }),
+            ),
             (_, done) => match done.refusal() {
                 Some(r) => return self.refuse(stream, req, r),
                 None => {
@@ -190,7 +194,8 @@ impl Pending {
             | Pending::Hashes { req, .. }
             | Pending::Root { req, .. }
             | Pending::RecordJob { req, .. }
-            | Pending::Capacity { req, .. } => *req,
+            | Pending::Capacity { req, .. }
+            | Pending::ClaimGroup { req, .. } => *req,
         }
     }
 }
@@ -206,7 +211,8 @@ impl Done {
             | Done::Hashes(Err(r))
             | Done::Root(Err(r))
             | Done::JobRecorded(Err(r))
-            | Done::Capacity(Err(r)) => Some(r),
+            | Done::Capacity(Err(r))
+            | Done::GroupClaimed(Err(r)) => Some(r),
             _ => None,
         }
     }

@@ -104,6 +104,11 @@ enum Pending {
         vm: String,
         needed: u64,
     },
+    ClaimGroup {
+        req: u32,
+        group: String,
+        vms: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -36,6 +36,7 @@ enum Expect {
     Root { handle: u32 },
     JobRecorded,
     Capacity,
+    GroupClaimed,
 }
 
 /// The sender's protocol state on one control stream.
@@ -120,6 +121,7 @@ impl SenderControl {
             Control::RootRequest { req, handle } => (req, Expect::Root { handle }),
             Control::ReportJob { req, .. } => (req, Expect::JobRecorded),
             Control::QueryCapacity { req, .. } => (req, Expect::Capacity),
+            Control::ClaimGroup { req, .. } => (req, Expect::GroupClaimed),
             _ => {
                 return Err(SessionError::Misuse(format!(
                     "{} is not a request a sender makes",
@@ -194,7 +196,8 @@ impl SenderControl {
         let ok = match (expect, &msg) {
             (Some(Expect::DiskOpened), Control::DiskOpened { req: r, .. })
             | (Some(Expect::JobRecorded), Control::JobRecorded { req: r })
-            | (Some(Expect::Capacity), Control::Capacity { req: r, .. }) => *r == req,
+            | (Some(Expect::Capacity), Control::Capacity { req: r, .. })
+            | (Some(Expect::GroupClaimed), Control::GroupClaimed { req: r, .. }) => *r == req,
             (
                 Some(Expect::Committed { handle, cycle }),
                 Control::Committed {

@@ -202,6 +202,7 @@ impl Model {
                 Done::JobRecorded(Ok(()))
             }
             Effect::QueryCapacity { .. } => Done::Capacity(Ok(self.available)),
+            Effect::ClaimGroup { .. } => Done::GroupClaimed(Ok(0)),
         }
     }
 
