@@ -114,8 +114,10 @@ impl Receiver {
                 // The store keeps no group cycles yet: the sender's record numbers them.
                 super::groups::claim(&self.groups, &group, &conn.sender, &vms, &conn.conn)
                     .map(|()| 0)
-                    .inspect_err(|r| warn!(sender = %conn.sender, %group, reason = %r.message,
-                                           "consistency group claim refused")),
+                    .inspect_err(|r| {
+                        warn!(sender = %conn.sender, %group, reason = %r.message,
+                                           "consistency group claim refused")
+                    }),
             ),
             Effect::QueryCapacity { .. } => {
                 let store = self.store.clone();

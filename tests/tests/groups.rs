@@ -1,0 +1,620 @@
+//! Consistency groups (issue 17 item 5): VMs of one group switch their change logs together,
+//! so every group switch is one instant of all their disks.
+//!
+//! The method: two VMs, each with a raw and a fixed VHD disk, in group `erp`; a writer logs
+//! numbered 4 KiB writes in strict order across the group's four disks, each complete
+//! before the next starts (`vdrep log-write`). Write `k` goes to disk `(k-1) % 4` at slot
+//! `(k-1) / 4` and carries its number. The sender's record of each group switch
+//! (`STATE/groups/erp.json`) names each member's VM cycle; failing both VMs over at those
+//! cycles must give exactly the writes 1..m for some m across all four disks.
+//!
+//! Deterministic with the test hook (`VDREP_TEST_SWITCH_PAUSE`: every switch pauses between
+//! disks) and with `vm2` enabled over the control channel a moment after `vm1`: VMs that
+//! switch alone then switch at different instants, and the writes between the two switches
+//! land in one VM's next point and the other's current one, which this test refuses (remove
+//! `group` from the request to see it fail); the group switch holds all four disks' locks
+//! through the pauses, so it passes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vdrep_tests::images::{make_image, Kind};
+use vdrep_tests::procs::{certs, read_log, wait_for_log, Receiver, Send};
+use vdrep_tests::{require_qemu, vdrep, vdrep_ok};
+
+const MIB: u64 = 1 << 20;
+const SIZE: u64 = 8 * MIB;
+const SLOT: u64 = 4096;
+const MAGIC: &[u8; 8] = b"VDREPG17";
+/// The hook's log line (`vdrep::tracking::test_hook::PAUSED_LOG`).
+const PAUSED: &str = "test hook: log switch paused between disks";
+const VMS: [&str; 2] = ["vm1", "vm2"];
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Two VMs' disks (`VM/os.raw`, `VM/data.vhd`), all zero, their receiver and certificates.
+struct Rig {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    tls: PathBuf,
+    store: PathBuf,
+    state: PathBuf,
+    sock: PathBuf,
+    rx: Receiver,
+    /// vm1's two disks, then vm2's.
+    disks: [PathBuf; 4],
+}
+
+impl Rig {
+    fn new(allow: &[&str]) -> Rig {
+        require_qemu();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let tls = certs(&dir.join("tls"), &["hv01", "hv02"]);
+        let store = dir.join("store");
+        let rx = Receiver::start(&store, &tls, allow);
+        let mut disks = Vec::new();
+        for vm in VMS {
+            let src = dir.join(vm);
+            std::fs::create_dir_all(&src).unwrap();
+            let os = src.join("os.raw");
+            std::fs::write(&os, vec![0u8; SIZE as usize]).unwrap();
+            disks.push(os);
+            disks.push(make_image(&src, "data", Kind::VhdFixed, SIZE, &[]));
+        }
+        Rig {
+            _tmp: tmp,
+            state: dir.join("state"),
+            sock: dir.join("sender.sock"),
+            dir,
+            tls,
+            store,
+            rx,
+            disks: disks.try_into().unwrap(),
+        }
+    }
+
+    fn vm_disks(&self, vm: usize) -> [&Path; 2] {
+        [&self.disks[2 * vm], &self.disks[2 * vm + 1]]
+    }
+
+    /// `vdrep send` of vm1 in group `erp` every 2 s, with the control socket and state.
+    fn send_vm1(&self, log: &str) -> Send {
+        Send::new(
+            &self.rx.to(),
+            &self.tls,
+            "hv01",
+            "vm1",
+            &self.vm_disks(0),
+            &self.dir.join(log),
+        )
+        .arg("--group")
+        .arg("erp")
+        .arg("--interval")
+        .arg("2s")
+        .arg("--control")
+        .arg(s(&self.sock))
+        .arg("--state")
+        .arg(s(&self.state))
+    }
+
+    /// `vdrep send --config` of both VMs in group `erp` every 2 s.
+    fn send_both(&self, log: &str) -> Send {
+        let cfg = self.dir.join("sender.toml");
+        let vm = |i: usize| {
+            let [a, b] = self.vm_disks(i);
+            format!(
+                "[[vm]]\nname = \"{}\"\ndisks = [\"{}\", \"{}\"]\ngroup = \"erp\"\n",
+                VMS[i],
+                s(a),
+                s(b)
+            )
+        };
+        std::fs::write(&cfg, format!("{}{}", vm(0), vm(1))).unwrap();
+        let mut send = Send::new(
+            &self.rx.to(),
+            &self.tls,
+            "hv01",
+            "vm1",
+            &[],
+            &self.dir.join(log),
+        )
+        .arg("--config")
+        .arg(s(&cfg))
+        .arg("--interval")
+        .arg("2s")
+        .arg("--state")
+        .arg(s(&self.state));
+        send.vm = None;
+        send
+    }
+
+    /// One request on the sender's control socket.
+    fn control(&self, req: Value) -> Value {
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut c = loop {
+            match std::os::unix::net::UnixStream::connect(&self.sock) {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(Instant::now() < end, "no control socket: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        writeln!(c, "{req}").unwrap();
+        let mut line = String::new();
+        BufReader::new(c).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Enables protection of vm2 over the control channel (the sidecar's request).
+    fn protect_vm2(&self, group: Option<&str>, interval_seconds: u64) -> Value {
+        let [a, b] = self.vm_disks(1);
+        let mut req = json!({"op": "protect", "vm": "vm2", "disks": [s(a), s(b)],
+                             "interval_seconds": interval_seconds});
+        if let Some(g) = group {
+            req["group"] = json!(g);
+        }
+        self.control(req)
+    }
+
+    /// The cycles of a VM's points (both disks must agree).
+    fn points(&self, vm: &str) -> Vec<u64> {
+        let out = vdrep(&["points", "--store", s(&self.store), "--vm", vm, "--json"]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let list = |i: usize| -> Vec<u64> {
+            doc["disks"][i]["points"]
+                .as_array()
+                .map(|a| a.iter().map(|p| p["cycle"].as_u64().unwrap()).collect())
+                .unwrap_or_default()
+        };
+        let (a, b) = (list(0), list(1));
+        // A cycle one disk committed and the other not yet is no point of the VM.
+        a.into_iter().filter(|c| b.contains(c)).collect()
+    }
+
+    fn wait_initial(&self, vm: &str, log: &Path) {
+        let end = Instant::now() + Duration::from_secs(90);
+        while !self.points(vm).contains(&0) {
+            assert!(
+                Instant::now() < end,
+                "no initial replication of {vm}: {}",
+                read_log(log)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The recorded group switches of both members: (group_cycle, vm1 cycle, vm2 cycle).
+    fn group_switches(&self) -> Vec<(u64, u64, u64)> {
+        let Ok(b) = std::fs::read(self.state.join("groups").join("erp.json")) else {
+            return Vec::new();
+        };
+        let doc: Value = serde_json::from_slice(&b).unwrap();
+        doc["switches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|sw| {
+                let cycle = |vm: &str| {
+                    sw["vms"].as_array()?.iter().find(|v| v["vm"] == vm)?["cycle"].as_u64()
+                };
+                Some((sw["group_cycle"].as_u64()?, cycle("vm1")?, cycle("vm2")?))
+            })
+            .collect()
+    }
+
+    /// The group switches of both members whose points both VMs committed.
+    fn group_points(&self) -> Vec<(u64, u64, u64)> {
+        let (p1, p2) = (self.points("vm1"), self.points("vm2"));
+        self.group_switches()
+            .into_iter()
+            .filter(|&(_, c1, c2)| p1.contains(&c1) && p2.contains(&c2))
+            .collect()
+    }
+
+    /// Waits until `n` group points of both members are committed.
+    fn wait_group_points(&self, n: usize, log: &Path) {
+        let end = Instant::now() + Duration::from_secs(120);
+        while self.group_points().len() < n {
+            assert!(
+                Instant::now() < end,
+                "fewer than {n} group points: {:?}\n{}",
+                self.group_switches(),
+                read_log(log)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits for two group points switched after the writer stopped (the newest switch
+    /// recorded then may have taken writes still; the next two hold them all).
+    fn wait_points_after_writes(&self, log: &Path) {
+        let n = self.group_switches().last().map_or(0, |s| s.0);
+        let end = Instant::now() + Duration::from_secs(60);
+        while self.group_points().iter().filter(|p| p.0 > n).count() < 2 {
+            assert!(
+                Instant::now() < end,
+                "no more group points: {}",
+                read_log(log)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Fails a VM over at its point `cycle`; returns each disk's bytes.
+    fn failover(&self, vm: &str, cycle: u64) -> [Vec<u8>; 2] {
+        let dir = self.dir.join(format!("fo-{vm}-{cycle}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let res = vdrep(&[
+            "failover",
+            "--test",
+            "--store",
+            s(&self.store),
+            "--vm",
+            vm,
+            "--point",
+            &cycle.to_string(),
+            "--out",
+            s(&dir),
+        ]);
+        assert!(
+            res.status.success(),
+            "failover of {vm} point {cycle}: {}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        let read = |n: &str| {
+            let mut b = std::fs::read(dir.join(n)).unwrap();
+            b.truncate(SIZE as usize);
+            b
+        };
+        let out = [read("os.vhd"), read("data.vhd")];
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    }
+
+    /// Fails every group point over and checks each holds writes 1..m across the four
+    /// disks; returns (group_cycle, m) per point, and the last point's disks.
+    fn check_group_prefixes(&self) -> (Vec<(u64, u64)>, Vec<Vec<u8>>) {
+        let mut out = Vec::new();
+        let mut last = Vec::new();
+        for (gc, c1, c2) in self.group_points() {
+            let mut disks = Vec::new();
+            disks.extend(self.failover("vm1", c1));
+            disks.extend(self.failover("vm2", c2));
+            let mut all: Vec<u64> = Vec::new();
+            for (i, b) in disks.iter().enumerate() {
+                all.extend(writes_in(b, i as u64));
+            }
+            all.sort_unstable();
+            let m = all.len() as u64;
+            assert_eq!(
+                all,
+                (1..=m).collect::<Vec<_>>(),
+                "group point {gc} (vm1 cycle {c1}, vm2 cycle {c2}) holds writes {all:?}: not a \
+                 prefix 1..{m} (the VMs switched at different instants)"
+            );
+            out.push((gc, m));
+            last = disks;
+        }
+        (out, last)
+    }
+}
+
+/// The numbered writer across the group's four disks.
+struct Writer {
+    next: AtomicU64,
+    longest_ms: AtomicU64,
+}
+
+impl Writer {
+    fn new() -> Writer {
+        Writer {
+            next: AtomicU64::new(1),
+            longest_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn write_one(&self, rig: &Rig) -> u64 {
+        let k = self.next.load(Ordering::SeqCst);
+        let disk = &rig.disks[((k - 1) % 4) as usize];
+        let offset = (k - 1) / 4 * SLOT;
+        assert!(offset + SLOT <= SIZE, "the test ran out of slots");
+        let file = rig.dir.join("w.bin");
+        std::fs::write(&file, payload(k)).unwrap();
+        let t0 = Instant::now();
+        vdrep_ok(&[
+            "log-write",
+            s(disk),
+            "--offset",
+            &offset.to_string(),
+            "--file",
+            s(&file),
+        ]);
+        self.longest_ms
+            .fetch_max(t0.elapsed().as_millis() as u64, Ordering::SeqCst);
+        self.next.store(k + 1, Ordering::SeqCst);
+        k
+    }
+
+    fn written(&self) -> u64 {
+        self.next.load(Ordering::SeqCst) - 1
+    }
+
+    /// Writes until `stop`.
+    fn run(&self, rig: &Rig, stop: &AtomicBool) {
+        while !stop.load(Ordering::SeqCst) {
+            self.write_one(rig);
+        }
+    }
+}
+
+fn payload(k: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(SLOT as usize);
+    while v.len() < SLOT as usize {
+        v.extend_from_slice(MAGIC);
+        v.extend_from_slice(&k.to_le_bytes());
+    }
+    v
+}
+
+/// The numbered writes a disk's bytes hold, checked to sit where the writer put them.
+fn writes_in(bytes: &[u8], disk: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    for (slot, b) in bytes.chunks(SLOT as usize).enumerate() {
+        if b.iter().all(|&x| x == 0) {
+            continue;
+        }
+        assert_eq!(
+            &b[..8],
+            MAGIC,
+            "disk {disk} slot {slot}: not a numbered write"
+        );
+        let k = u64::from_le_bytes(b[8..16].try_into().unwrap());
+        assert_eq!(
+            b,
+            &payload(k)[..],
+            "disk {disk} slot {slot}: torn write {k}"
+        );
+        assert_eq!(
+            ((k - 1) % 4, (k - 1) / 4),
+            (disk, slot as u64),
+            "write {k} is in the wrong place"
+        );
+        out.push(k);
+    }
+    out
+}
+
+#[test]
+fn every_group_point_holds_a_prefix_of_the_writes_across_both_vms_disks() {
+    let rig = Rig::new(&["hv01=vm1,vm2"]);
+    let send = rig
+        .send_vm1("send.log")
+        .env("VDREP_TEST_SWITCH_PAUSE", "300");
+    let mut child = send.spawn();
+    rig.wait_initial("vm1", &send.log);
+    // vm2 a moment later: alone, its switches would come at other instants than vm1's.
+    std::thread::sleep(Duration::from_millis(900));
+    let a = rig.protect_vm2(Some("erp"), 2);
+    assert_eq!(a["ok"], true, "{a}");
+    rig.wait_initial("vm2", &send.log);
+    let w = Writer::new();
+    let stop = AtomicBool::new(false);
+    let before = rig.group_points().len();
+    std::thread::scope(|sc| {
+        let h = sc.spawn(|| w.run(&rig, &stop));
+        // Writes through three group switches, then two more with the writer stopped: the
+        // last point must hold every write.
+        rig.wait_group_points(before + 3, &send.log);
+        stop.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+    });
+    rig.wait_points_after_writes(&send.log);
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = read_log(&send.log);
+    assert!(
+        log.contains(PAUSED),
+        "the test hook did not pause the switches:\n{log}"
+    );
+    assert!(log.contains("consistency group claimed"), "{log}");
+    let (ms, last) = rig.check_group_prefixes();
+    assert!(ms.len() >= 4, "group points: {ms:?}");
+    assert_eq!(
+        ms.last().unwrap().1,
+        w.written(),
+        "the last point holds every write: {ms:?}"
+    );
+    assert!(
+        ms.iter().any(|&(_, m)| m > 0 && m < w.written()),
+        "no point cut the writes: the test shows nothing ({ms:?})"
+    );
+    for (i, b) in last.iter().enumerate() {
+        let src = std::fs::read(&rig.disks[i]).unwrap();
+        assert!(
+            b[..] == src[..SIZE as usize],
+            "disk {i} of the last point differs from its source"
+        );
+    }
+    // Writes arrived inside group switches and waited for all four disks (3 × 300 ms).
+    assert!(
+        w.longest_ms.load(Ordering::SeqCst) >= 300,
+        "no write waited for a switch (longest {} ms)",
+        w.longest_ms.load(Ordering::SeqCst)
+    );
+}
+
+/// The switch intents beside the group's disks that exist now.
+fn intents(rig: &Rig) -> usize {
+    rig.disks
+        .iter()
+        .filter(|d| PathBuf::from(format!("{}.hrl.switch", s(d))).exists())
+        .count()
+}
+
+#[test]
+fn a_sender_killed_inside_a_group_switch_loses_nothing_and_the_final_failover_is_exact() {
+    let rig = Rig::new(&["hv01=vm1,vm2"]);
+    // Long pauses: the kill lands inside the first group switch, between two disks.
+    let send = rig
+        .send_both("send.log")
+        .env("VDREP_TEST_SWITCH_PAUSE", "20000");
+    let mut child = send.spawn();
+    rig.wait_initial("vm1", &send.log);
+    rig.wait_initial("vm2", &send.log);
+    let w = Writer::new();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let h = sc.spawn(|| w.run(&rig, &stop));
+        assert!(
+            wait_for_log(&send.log, PAUSED, Duration::from_secs(60)),
+            "the switch never paused: {}",
+            read_log(&send.log)
+        );
+        assert_eq!(
+            intents(&rig),
+            4,
+            "one intent beside each of the group's disks"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        let at = w.written();
+        // The writer goes on: its next write completes the switch for all four disks.
+        let end = Instant::now() + Duration::from_secs(60);
+        while w.written() < at + 8 {
+            assert!(Instant::now() < end, "the writer is stuck after the kill");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(intents(&rig), 0, "the switch was completed");
+        // A new sender (no hook) ships the completed switch and goes on while writes do.
+        let send2 = rig.send_both("send2.log");
+        child = send2.spawn();
+        let before = rig.group_points().len();
+        rig.wait_group_points(before + 2, &send2.log);
+        stop.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+    });
+    // Two more group switches after the writer stopped: the last holds everything.
+    rig.wait_points_after_writes(&rig.dir.join("send2.log"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let (ms, last) = rig.check_group_prefixes();
+    assert_eq!(
+        ms.first().map(|p| p.0),
+        Some(1),
+        "the interrupted switch is group point 1: {ms:?}"
+    );
+    assert_eq!(
+        ms.last().unwrap().1,
+        w.written(),
+        "the last point holds every write: {ms:?}"
+    );
+    for (i, b) in last.iter().enumerate() {
+        let src = std::fs::read(&rig.disks[i]).unwrap();
+        assert!(
+            b[..] == src[..SIZE as usize],
+            "disk {i} of the final failover differs from its source"
+        );
+    }
+}
+
+#[test]
+fn a_group_split_across_two_senders_is_refused_at_the_second_ones_start() {
+    let rig = Rig::new(&["hv01=vm1", "hv02=vm2"]);
+    let send = rig.send_vm1("send1.log");
+    let mut child = send.spawn();
+    assert!(
+        wait_for_log(
+            &send.log,
+            "consistency group claimed",
+            Duration::from_secs(60)
+        ),
+        "{}",
+        read_log(&send.log)
+    );
+    let second = Send::new(
+        &rig.rx.to(),
+        &rig.tls,
+        "hv02",
+        "vm2",
+        &rig.vm_disks(1),
+        &rig.dir.join("send2.log"),
+    )
+    .arg("--group")
+    .arg("erp")
+    .arg("--interval")
+    .arg("2s")
+    .arg("--state")
+    .arg(s(&rig.dir.join("state2")))
+    .run(Duration::from_secs(60));
+    assert_eq!(second.code(), Some(1), "{}", second.log);
+    assert!(
+        second
+            .log
+            .contains("consistency group erp is protected by sender hv01 (VMs vm1)"),
+        "the refusal names the group's sender:\n{}",
+        second.log
+    );
+    assert!(
+        rig.points("vm2").is_empty(),
+        "nothing of vm2 was replicated"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first sender goes on"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_member_with_another_interval_and_a_17th_vm_are_refused() {
+    let rig = Rig::new(&["hv01=vm1,vm2"]);
+    let send = rig.send_vm1("send.log");
+    let mut child = send.spawn();
+    let a = rig.protect_vm2(Some("erp"), 5);
+    assert_eq!(a["ok"], false, "{a}");
+    let e = a["error"].as_str().unwrap();
+    assert!(e.contains("interval 5s differs from the group's 2s"), "{e}");
+    // Not in the group, it may have its own interval.
+    let a = rig.protect_vm2(None, 5);
+    assert_eq!(a["ok"], true, "{a}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let mut cfg = String::new();
+    for i in 0..17 {
+        cfg.push_str(&format!(
+            "[[vm]]\nname = \"vm{i}\"\ndisks = [\"/nonexistent/vm{i}.raw\"]\ngroup = \"big\"\n"
+        ));
+    }
+    let path = rig.dir.join("big.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let out = vdrep(&[
+        "send",
+        "--to",
+        &rig.rx.to(),
+        "--tls",
+        s(&rig.tls),
+        "--identity",
+        "hv01",
+        "--config",
+        s(&path),
+        "--interval",
+        "30s",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("consistency group big names 17 VMs"), "{err}");
+    assert!(err.contains("at most 16"), "{err}");
+}
