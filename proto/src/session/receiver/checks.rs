@@ -150,5 +150,9 @@ pub(crate) fn name(m: &Control) -> &'static str {
         Control::Capacity { .. } => "Capacity",
         Control::ClaimGroup { .. } => "ClaimGroup",
         Control::GroupClaimed { .. } => "GroupClaimed",
+        Control::ProgressRequest { .. } => "ProgressRequest",
+        Control::ProgressPage { .. } => "ProgressPage",
+        Control::CommitPoint { .. } => "CommitPoint",
+        Control::PointCommitted { .. } => "PointCommitted",
     }
 }
