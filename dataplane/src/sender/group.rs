@@ -107,6 +107,21 @@ impl Group {
             .unwrap_or_else(|_| crate::clock::tokio_now())
     }
 
+    /// The group switch that closed `vm`'s VM cycle `vm_cycle`: its `group_cycle` and
+    /// instant go into that VM point (`CommitPoint`'s `group`, `group_cycle` and
+    /// `switch_unix_ms`), so every member's point of one switch carries the same ones.
+    /// `None` when the record has none (a switch of the VM before it joined the group).
+    pub fn switch_of(&self, vm: &str, vm_cycle: u64) -> Option<group_record::GroupSwitch> {
+        match group_record::lookup(&self.record, &self.name, vm, vm_cycle) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(group = %self.name, %vm, vm_cycle, error = %e,
+                      "cannot read the group's switch record; the point carries no group cycle");
+                None
+            }
+        }
+    }
+
     /// Raises the numbering floor to a group cycle a store holds.
     pub fn known_group_cycle(&self, group_cycle: u64) {
         self.floor
@@ -379,6 +394,13 @@ pub async fn claim_all(
         return Ok(());
     }
     let mut ctrl = super::ControlStream::open(conn, peer).await?;
+    let version = ctrl.version();
+    if version < vdrep_proto::wire::VM_POINTS_VERSION {
+        return Err(super::SendError::Group(format!(
+            "receiver {peer} speaks protocol version {version}; consistency groups need version {} (VM points): upgrade the receiver",
+            vdrep_proto::wire::VM_POINTS_VERSION
+        )));
+    }
     for g in list {
         let vms = g.members();
         let req = ctrl.req();

@@ -186,6 +186,16 @@ impl ReceiverSession {
                 vms,
                 interval_secs,
             } => {
+                if version < VM_POINTS_VERSION {
+                    return self.close(
+                        stream,
+                        req,
+                        Refusal::new(
+                            ErrorClass::Protocol,
+                            format!("ClaimGroup needs protocol version {VM_POINTS_VERSION}, this stream speaks {version}"),
+                        ),
+                    );
+                }
                 if let Err(r) = check_group(&group, &vms) {
                     return self.refuse(stream, req, r);
                 }
