@@ -194,31 +194,42 @@ impl Rig {
         }
     }
 
-    /// The recorded group switches of both members: (group_cycle, vm1 cycle, vm2 cycle).
-    fn group_switches(&self) -> Vec<(u64, u64, u64)> {
-        let Ok(b) = std::fs::read(self.state.join("groups").join("erp.json")) else {
-            return Vec::new();
-        };
-        let doc: Value = serde_json::from_slice(&b).unwrap();
-        doc["switches"]
+    /// The VM points of `vm` in group `erp`: group cycle → (VM point id, switch time).
+    fn vm_group_points(&self, vm: &str) -> std::collections::BTreeMap<u64, (u64, u64)> {
+        let out = vdrep(&["points", "--store", s(&self.store), "--vm", vm, "--json"]);
+        if !out.status.success() {
+            return Default::default();
+        }
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["points"]
             .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|sw| {
-                let cycle = |vm: &str| {
-                    sw["vms"].as_array()?.iter().find(|v| v["vm"] == vm)?["cycle"].as_u64()
-                };
-                Some((sw["group_cycle"].as_u64()?, cycle("vm1")?, cycle("vm2")?))
+            .map(|a| {
+                a.iter()
+                    .filter(|p| p["group"] == "erp")
+                    .map(|p| {
+                        (
+                            p["group_cycle"].as_u64().unwrap(),
+                            (p["id"].as_u64().unwrap(), p["unix"].as_u64().unwrap()),
+                        )
+                    })
+                    .collect()
             })
-            .collect()
+            .unwrap_or_default()
     }
 
-    /// The group switches of both members whose points both VMs committed.
+    /// The group points both members committed: (group_cycle, vm1 point, vm2 point), and
+    /// each has the same switch time in both VMs.
     fn group_points(&self) -> Vec<(u64, u64, u64)> {
-        let (p1, p2) = (self.points("vm1"), self.points("vm2"));
-        self.group_switches()
-            .into_iter()
-            .filter(|&(_, c1, c2)| p1.contains(&c1) && p2.contains(&c2))
+        let (a, b) = (self.vm_group_points("vm1"), self.vm_group_points("vm2"));
+        a.iter()
+            .filter_map(|(gc, (p1, t1))| {
+                let (p2, t2) = b.get(gc)?;
+                assert_eq!(
+                    t1, t2,
+                    "group point {gc}: the members' points differ in time"
+                );
+                Some((*gc, *p1, *p2))
+            })
             .collect()
     }
 
@@ -229,7 +240,7 @@ impl Rig {
             assert!(
                 Instant::now() < end,
                 "fewer than {n} group points: {:?}\n{}",
-                self.group_switches(),
+                self.group_points(),
                 read_log(log)
             );
             std::thread::sleep(Duration::from_millis(200));
@@ -239,7 +250,7 @@ impl Rig {
     /// Waits for two group points switched after the writer stopped (the newest switch
     /// recorded then may have taken writes still; the next two hold them all).
     fn wait_points_after_writes(&self, log: &Path) {
-        let n = self.group_switches().last().map_or(0, |s| s.0);
+        let n = self.group_points().last().map_or(0, |s| s.0);
         let end = Instant::now() + Duration::from_secs(60);
         while self.group_points().iter().filter(|p| p.0 > n).count() < 2 {
             assert!(
@@ -251,46 +262,49 @@ impl Rig {
         }
     }
 
-    /// Fails a VM over at its point `cycle`; returns each disk's bytes.
-    fn failover(&self, vm: &str, cycle: u64) -> [Vec<u8>; 2] {
-        let dir = self.dir.join(format!("fo-{vm}-{cycle}"));
+    /// `vdrep failover --test --group erp --point POINT`: the result and the four disks'
+    /// bytes (vm1's, then vm2's) when it succeeded.
+    fn group_failover(&self, point: &str) -> (std::process::Output, Vec<Vec<u8>>) {
+        let dir = self.dir.join(format!("fo-{point}"));
         let _ = std::fs::remove_dir_all(&dir);
         let res = vdrep(&[
             "failover",
             "--test",
             "--store",
             s(&self.store),
-            "--vm",
-            vm,
+            "--group",
+            "erp",
             "--point",
-            &cycle.to_string(),
+            point,
             "--out",
             s(&dir),
         ]);
-        assert!(
-            res.status.success(),
-            "failover of {vm} point {cycle}: {}",
-            String::from_utf8_lossy(&res.stderr)
-        );
-        let read = |n: &str| {
-            let mut b = std::fs::read(dir.join(n)).unwrap();
-            b.truncate(SIZE as usize);
-            b
-        };
-        let out = [read("os.vhd"), read("data.vhd")];
+        let mut disks = Vec::new();
+        if res.status.success() {
+            for vm in VMS {
+                for n in ["os.vhd", "data.vhd"] {
+                    let mut b = std::fs::read(dir.join(vm).join(n)).unwrap();
+                    b.truncate(SIZE as usize);
+                    disks.push(b);
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(&dir);
-        out
+        (res, disks)
     }
 
-    /// Fails every group point over and checks each holds writes 1..m across the four
-    /// disks; returns (group_cycle, m) per point, and the last point's disks.
+    /// Fails every group point over (`failover --group`) and checks each holds writes 1..m
+    /// across the four disks; returns (group_cycle, m) per point, and the last point's disks.
     fn check_group_prefixes(&self) -> (Vec<(u64, u64)>, Vec<Vec<u8>>) {
         let mut out = Vec::new();
         let mut last = Vec::new();
         for (gc, c1, c2) in self.group_points() {
-            let mut disks = Vec::new();
-            disks.extend(self.failover("vm1", c1));
-            disks.extend(self.failover("vm2", c2));
+            let (res, disks) = self.group_failover(&gc.to_string());
+            assert!(
+                res.status.success(),
+                "failover of group point {gc}: {}",
+                String::from_utf8_lossy(&res.stderr)
+            );
             let mut all: Vec<u64> = Vec::new();
             for (i, b) in disks.iter().enumerate() {
                 all.extend(writes_in(b, i as u64));
@@ -300,7 +314,7 @@ impl Rig {
             assert_eq!(
                 all,
                 (1..=m).collect::<Vec<_>>(),
-                "group point {gc} (vm1 cycle {c1}, vm2 cycle {c2}) holds writes {all:?}: not a \
+                "group point {gc} (vm1 point {c1}, vm2 point {c2}) holds writes {all:?}: not a \
                  prefix 1..{m} (the VMs switched at different instants)"
             );
             out.push((gc, m));
@@ -446,6 +460,27 @@ fn every_group_point_holds_a_prefix_of_the_writes_across_both_vms_disks() {
             "disk {i} of the last point differs from its source"
         );
     }
+    // `latest`: the newest group cycle both members hold.
+    let (res, disks) = rig.group_failover("latest");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(disks == last, "latest is the newest group point");
+    // vm1 switched in the group before vm2 joined: those group points lack vm2.
+    let (a, b) = (rig.vm_group_points("vm1"), rig.vm_group_points("vm2"));
+    let lone = a.keys().find(|gc| !b.contains_key(gc)).copied();
+    let lone = lone.expect("vm1 switched alone in its group before vm2 was enabled");
+    let (res, _) = rig.group_failover(&lone.to_string());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "group point {lone} of consistency group erp is missing for VMs vm2"
+        )),
+        "{err}"
+    );
     // Writes arrived inside group switches and waited for all four disks (3 × 300 ms).
     assert!(
         w.longest_ms.load(Ordering::SeqCst) >= 300,

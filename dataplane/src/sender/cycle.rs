@@ -71,7 +71,7 @@ fn member(set: usize, index: usize, d: &Mutex<Protected>) -> Result<Member, Stri
 /// awaited before the cycle commits. Returns, per disk, the cycle switched to.
 pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> Vec<Option<u64>> {
     let now = std::time::SystemTime::from(sh.clock.now_utc());
-    switch_vms(&[disks], now, |_| Ok(()))
+    switch_vms(&[disks], now, |_| Ok(None))
         .await
         .pop()
         .unwrap_or_default()
@@ -80,12 +80,18 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
 /// [`switch_vm`] for the disks of several VMs at one instant `now` (a consistency group:
 /// one `switch_set` over every member's disks, all their locks held at once). `before` is
 /// told each VM's cycle (the highest of its switching disks') before anything is prepared
-/// or renamed, so a record of the switch can be made durable first; an error from it
-/// cancels the switch (the writes stay in the active logs for the next one). Returns, per VM and disk, the cycle switched to.
+/// or renamed, so a record of the switch can be made durable first, and answers the
+/// consistency group and group cycle of the switch (`None` outside a group); an error from
+/// it cancels the switch (the writes stay in the active logs for the next one). Each VM
+/// whose every disk switches gets its point plan ([`super::points`]) before the renames
+/// too, so a switch interrupted by a crash and completed later still becomes a point.
+/// Returns, per VM and disk, the cycle switched to.
 pub(super) async fn switch_vms(
     vms: &[&[Arc<Mutex<Protected>>]],
     now: std::time::SystemTime,
-    before: impl FnOnce(&[crate::tracking::IntentVm]) -> Result<(), String> + Send + 'static,
+    before: impl FnOnce(&[crate::tracking::IntentVm]) -> Result<Option<(String, u64)>, String>
+        + Send
+        + 'static,
 ) -> Vec<Vec<Option<u64>>> {
     let mut out: Vec<Vec<Option<u64>>> = vms.iter().map(|d| vec![None; d.len()]).collect();
     let mut members = Vec::new();
@@ -108,6 +114,7 @@ pub(super) async fn switch_vms(
         return out;
     }
     let ms = members.clone();
+    let sizes: Vec<usize> = vms.iter().map(|d| d.len()).collect();
     let res = tokio::task::spawn_blocking(move || {
         let set: Vec<SwitchDisk<'_>> = ms
             .iter()
@@ -117,7 +124,7 @@ pub(super) async fn switch_vms(
                 cycle: m.cycle,
             })
             .collect();
-        let mut cycles: std::collections::BTreeMap<&str, u64> = Default::default();
+        let mut cycles: BTreeMap<&str, u64> = Default::default();
         for m in &ms {
             let c = cycles.entry(&m.vm).or_insert(0);
             *c = (*c).max(m.cycle);
@@ -129,7 +136,8 @@ pub(super) async fn switch_vms(
                 cycle,
             })
             .collect();
-        before(&intent_vms).map_err(NoSwitch::Cancelled)?;
+        let group = before(&intent_vms).map_err(NoSwitch::Cancelled)?;
+        record_plans(&ms, &sizes, &intent_vms, now, group);
         switch_set(&set, now).map_err(|e| NoSwitch::Failed(e.to_string()))
     })
     .await;
@@ -143,42 +151,9 @@ pub(super) async fn switch_vms(
         Ok(Err(NoSwitch::Failed(e))) => return switch_failed(vms, &members, e, out),
         Err(e) => return switch_failed(vms, &members, format!("switch task failed: {e}"), out),
     };
-    let switch_unix_ms = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
     for v in &sw.vms {
         info!(vm = %v.vm, vm_cycle = v.cycle, disks = members.len(),
               hold_ms = sw.hold.as_secs_f64() * 1e3, "log switch of the VM's disks");
-        // The switch becomes the VM's recovery point once every disk's part commits; a
-        // switch without every disk of the VM (one waits for a resync) is none.
-        if members.len() != disks.len() {
-            info!(vm = %v.vm, vm_cycle = v.cycle, "not every disk of the VM switched: no VM recovery point for this switch");
-            continue;
-        }
-        let plan = PointPlan {
-            vm: v.vm.clone(),
-            vm_cycle: v.cycle,
-            switch_unix_ms,
-            group: None,
-            group_cycle: None,
-            disks: members
-                .iter()
-                .filter(|m| m.vm == v.vm)
-                .map(|m| PlanDisk {
-                    name: m.name.clone(),
-                    cycle: m.cycle,
-                })
-                .collect(),
-        };
-        let at: Vec<(&crate::tracking::Tracker, u64)> = members
-            .iter()
-            .filter(|m| m.vm == v.vm)
-            .map(|m| (&m.tracker, m.cycle))
-            .collect();
-        if let Err(e) = super::points::record(&plan, &at) {
-            warn!(vm = %v.vm, vm_cycle = v.cycle, error = %e,
-                  "cannot record the VM point plan: this switch ships without a VM point");
-        }
     }
     for m in members {
         out[m.set][m.index] = Some(m.cycle);
@@ -189,6 +164,55 @@ pub(super) async fn switch_vms(
         }
     }
     out
+}
+
+/// Writes the point plan of each VM of a switch about to happen (`sizes`: each VM's
+/// number of disks): the switch becomes the VM's recovery point once every disk's part
+/// commits; a switch without every disk of the VM (one waits for a resync) is none. Written
+/// before the renames: a plan whose switch never happened (a crash before them) names
+/// cycles its disks never commit, and is dropped when shipping finds that; the next switch
+/// of the same cycles writes it again.
+fn record_plans(
+    members: &[Member],
+    sizes: &[usize],
+    vms: &[crate::tracking::IntentVm],
+    now: std::time::SystemTime,
+    group: Option<(String, u64)>,
+) {
+    let switch_unix_ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for v in vms {
+        let mine: Vec<&Member> = members.iter().filter(|m| m.vm == v.vm).collect();
+        let all = mine
+            .first()
+            .and_then(|m| sizes.get(m.set))
+            .is_some_and(|&n| n == mine.len());
+        if !all {
+            info!(vm = %v.vm, vm_cycle = v.cycle, "not every disk of the VM switched: no VM recovery point for this switch");
+            continue;
+        }
+        let plan = PointPlan {
+            vm: v.vm.clone(),
+            vm_cycle: v.cycle,
+            switch_unix_ms,
+            group: group.as_ref().map(|g| g.0.clone()),
+            group_cycle: group.as_ref().map(|g| g.1),
+            disks: mine
+                .iter()
+                .map(|m| PlanDisk {
+                    name: m.name.clone(),
+                    cycle: m.cycle,
+                })
+                .collect(),
+        };
+        let at: Vec<(&crate::tracking::Tracker, u64)> =
+            mine.iter().map(|m| (&m.tracker, m.cycle)).collect();
+        if let Err(e) = super::points::record(&plan, &at) {
+            warn!(vm = %v.vm, vm_cycle = v.cycle, error = %e,
+                  "cannot record the VM point plan: this switch ships without a VM point");
+        }
+    }
 }
 
 /// Why a switch did not happen.

@@ -159,7 +159,7 @@ impl Group {
                 .map_err(|e| format!("group {group}: cannot record the switch: {e}"))?;
             info!(%group, group_cycle = gc, vms = ?vms.iter().map(|v| (&v.vm, v.cycle)).collect::<Vec<_>>(),
                   "group switch: every member's disks at one instant");
-            Ok(())
+            Ok(Some((group, gc)))
         })
         .await;
         if let Ok(mut n) = self.next.lock() {
