@@ -176,10 +176,7 @@ pub async fn protect_vm(
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
     // A group member is waited for by the group's switches from now on.
-    let member = match &policy.group {
-        Some(g) => Some(g.enter(&vm_name(disks))),
-        None => None,
-    };
+    let member = policy.group.as_ref().map(|g| g.enter(&vm_name(disks)));
     let mut ctrl = ControlStream::open(conn, &sh.peer).await?;
     report_resync(disks, sh);
     // Open every disk first (the receiver authorises the VM; enable protection's checks),
