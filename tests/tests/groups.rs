@@ -624,6 +624,21 @@ fn a_member_with_another_interval_and_a_17th_vm_are_refused() {
     // Not in the group, it may have its own interval.
     let a = rig.protect_vm2(None, 5);
     assert_eq!(a["ok"], true, "{a}");
+    // A policy change of a member (the sidecar's, which may not name the group) keeps the
+    // group's interval.
+    let [d1, d2] = rig.vm_disks(0);
+    let a = rig.control(
+        json!({"op": "protect", "vm": "vm1", "disks": [s(d1), s(d2)],
+                               "interval_seconds": 5}),
+    );
+    assert_eq!(a["ok"], false, "{a}");
+    let e = a["error"].as_str().unwrap();
+    assert!(e.contains("its interval stays the group's 2 s"), "{e}");
+    let a = rig.control(
+        json!({"op": "protect", "vm": "vm1", "disks": [s(d1), s(d2)],
+                               "interval_seconds": 2, "rpo_threshold_seconds": 60}),
+    );
+    assert_eq!(a["ok"], true, "the group's interval is accepted: {a}");
     let _ = child.kill();
     let _ = child.wait();
 

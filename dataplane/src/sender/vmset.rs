@@ -293,7 +293,9 @@ fn update_policy(
             ));
         }
     }
-    if req.group.as_deref() != e.policy.group.as_ref().map(|g| g.name()) {
+    // No group in the request keeps the VM's (the sidecar may not know a group the command
+    // line gave); another group is refused.
+    if req.group.is_some() && req.group.as_deref() != e.policy.group.as_ref().map(|g| g.name()) {
         return Err(format!(
             "VM {} is protected {}; a VM changes its consistency group only when its protection is disabled and enabled again",
             req.vm,
@@ -312,6 +314,10 @@ fn update_policy(
         .map(Duration::from_secs)
         .unwrap_or_else(|| crate::health::default_rpo_threshold(interval));
     sh.health.add_vm(&req.vm, names, Some(threshold));
+    let req = &AddedVm {
+        group: e.policy.group.as_ref().map(|g| g.name().to_string()),
+        ..req.clone()
+    };
     let mut kept = load(&set.state).map_err(|e| e.to_string())?;
     if let Some(k) = kept.iter_mut().find(|k| k.vm == req.vm) {
         if k != req {
