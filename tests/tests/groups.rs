@@ -417,8 +417,18 @@ fn every_group_point_holds_a_prefix_of_the_writes_across_both_vms_disks() {
         .env("VDREP_TEST_SWITCH_PAUSE", "300");
     let mut child = send.spawn();
     rig.wait_initial("vm1", &send.log);
-    // vm2 a moment later: alone, its switches would come at other instants than vm1's.
-    std::thread::sleep(Duration::from_millis(900));
+    // vm2 a moment after vm1's first group switch committed: switching alone, its switches
+    // would come at other instants than vm1's; and that point of the group lacks vm2.
+    let end = Instant::now() + Duration::from_secs(60);
+    while rig.vm_group_points("vm1").is_empty() {
+        assert!(
+            Instant::now() < end,
+            "vm1 made no group point: {}",
+            read_log(&send.log)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(700));
     let a = rig.protect_vm2(Some("erp"), 2);
     assert_eq!(a["ok"], true, "{a}");
     rig.wait_initial("vm2", &send.log);
@@ -487,6 +497,28 @@ fn every_group_point_holds_a_prefix_of_the_writes_across_both_vms_disks() {
         "no write waited for a switch (longest {} ms)",
         w.longest_ms.load(Ordering::SeqCst)
     );
+    // The sender's record of the group's switches is lost: a restarted sender (vm2 comes
+    // back from the state folder, in its group) numbers the group's switches above the
+    // newest group cycle the store holds, which the receiver tells it.
+    let newest = rig.group_points().last().unwrap().0;
+    std::fs::remove_file(rig.state.join("groups").join("erp.json")).unwrap();
+    let send2 = rig.send_vm1("send2.log");
+    let mut child = send2.spawn();
+    let end = Instant::now() + Duration::from_secs(60);
+    while !rig.group_points().iter().any(|p| p.0 > newest) {
+        assert!(
+            Instant::now() < end,
+            "no group point after the restart: {}",
+            read_log(&send2.log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let gcs: Vec<u64> = rig.group_points().iter().map(|p| p.0).collect();
+    let mut sorted = gcs.clone();
+    sorted.dedup();
+    assert_eq!(gcs, sorted, "group cycles stay unique and ordered: {gcs:?}");
 }
 
 /// The switch intents beside the group's disks that exist now.

@@ -76,6 +76,33 @@ pub(crate) fn decide(
     ))
 }
 
+/// The newest `group_cycle` of `group` among the VM points of `vms` in `store` (0: none).
+/// A member the store holds nothing of yet has no points.
+pub(crate) fn newest_group_cycle(
+    store: &dyn crate::sink::ReplicaStore,
+    group: &str,
+    vms: &[String],
+) -> Result<u64, crate::sink::SinkError> {
+    let mut newest = 0;
+    for vm in vms {
+        if store.list_disks(Some(vm))?.is_empty() {
+            continue;
+        }
+        let points = match crate::sink::vm_points::list(store, vm) {
+            Ok(p) => p,
+            // A store without VM points holds no group cycles: the sender's record numbers.
+            Err(crate::sink::SinkError::NotSupported { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        for p in points {
+            if p.group.as_deref() == Some(group) {
+                newest = newest.max(p.group_cycle.unwrap_or(0));
+            }
+        }
+    }
+    Ok(newest)
+}
+
 /// Claims `group` in `holders` for the connection `conn` of `sender`.
 pub(crate) fn claim(
     holders: &std::sync::Mutex<HashMap<String, GroupHolder>>,
