@@ -482,6 +482,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn once_the_vm_has_a_point_its_rpo_is_that_points_age_for_every_disk() {
+        let h = health();
+        let t0: Timestamp = "2025-01-06T12:00:00Z".parse().unwrap();
+        assert_eq!(vm(&h).latest_point, None);
+        // Disk commits of the next switch arrive one by one: the VM's point is older.
+        h.point_committed("vm1", 4, t0, true);
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        h.committed("vm1", "os", h.clock.now_utc());
+        let v = vm(&h);
+        assert_eq!(v.rpo_seconds, Some(40.0));
+        assert!(v.disks.iter().all(|d| d.rpo_seconds == Some(40.0)), "{v:?}");
+        let p = v.latest_point.unwrap();
+        assert_eq!(
+            (p.id, p.unix, p.consistent),
+            (4, t0.as_second() as u64, true)
+        );
+        assert_eq!(p.time, "2025-01-06T12:00:00Z");
+        // An older point reported late does not go back.
+        h.point_committed("vm1", 3, t0, false);
+        assert_eq!(vm(&h).latest_point.unwrap().id, 4);
+        h.point_committed("vm1", 5, h.clock.now_utc(), true);
+        assert_eq!(vm(&h).rpo_seconds, Some(0.0));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_retried_error_warns_with_the_next_retry_and_a_refusal_is_critical() {
         let h = health();
         let net = Classified {

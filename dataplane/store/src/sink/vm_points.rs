@@ -244,6 +244,33 @@ impl VmPoints {
         n - self.points.len()
     }
 
+    /// Writes the manifest of every VM of `store` that has none, holding its
+    /// [`legacy_points`] (a store from before VM points: the disks switched one after another,
+    /// so none is consistent). VMs with no common point get none. Returns the VMs upgraded.
+    pub fn migrate(store: &dyn ReplicaStore) -> Result<Vec<String>, SinkError> {
+        let mut vms: Vec<String> = store.list_disks(None)?.into_iter().map(|k| k.vm).collect();
+        vms.dedup();
+        let mut out = Vec::new();
+        for vm in vms {
+            if store.vm_points(&vm)?.is_some() {
+                continue;
+            }
+            let legacy = legacy_points(&disk_points(store, &vm)?);
+            if legacy.is_empty() {
+                continue;
+            }
+            store.update_vm_points(&vm, &mut |m, existed| {
+                if existed {
+                    return Ok(false);
+                }
+                m.points = legacy.clone();
+                Ok(true)
+            })?;
+            out.push(vm);
+        }
+        Ok(out)
+    }
+
     /// Removes disk `disk`'s parts from every point (`unprotect --disk`); points left
     /// without a disk go. Returns true when anything changed.
     pub fn remove_disk(&mut self, disk: &str) -> bool {
@@ -344,19 +371,33 @@ pub fn disk_points(
     Ok(out)
 }
 
-/// The VM's recovery points, oldest first: its manifest's, or, in a store without one
-/// (made before VM points, or before the VM's first VM-wide switch committed), the
-/// [`legacy_points`] of its disks.
+/// The VM's recovery points, oldest first: its manifest's whose every part its disk still
+/// holds, or, in a store without one (made before VM points, or before the VM's first
+/// VM-wide switch committed), the [`legacy_points`] of its disks.
 pub fn list(store: &dyn ReplicaStore, vm: &str) -> Result<Vec<VmPoint>, SinkError> {
     validate_name("VM name", vm)?;
-    match store.vm_points(vm)? {
-        Some(m) => Ok(m.points),
-        None => Ok(legacy_points(&disk_points(store, vm)?)),
+    let manifest = store.vm_points(vm)?;
+    let disks = disk_points(store, vm)?;
+    match manifest {
+        Some(mut m) => {
+            // Retention pruned a part since the manifest was written (the next commit
+            // prunes the point too): not a point failover could write.
+            m.points.retain(|p| {
+                p.disks.iter().all(|part| {
+                    disks.iter().any(|(d, pts)| {
+                        *d == part.disk && pts.iter().any(|q| q.cycle == part.cycle)
+                    })
+                })
+            });
+            Ok(m.points)
+        }
+        None => Ok(legacy_points(&disks)),
     }
 }
 
 /// Records `point` as the newest recovery point of `vm` (a VM cycle whose every disk's
-/// part was committed), then prunes whole points committed more than `retention_secs`
+/// part was committed; each part's bytes and digest are taken from its disk's point), then
+/// prunes whole points committed more than `retention_secs`
 /// before it and points whose parts are gone. Every part must be a recovery point of its
 /// disk (else `InvalidState`: the manifest is not written). The first manifest of a VM
 /// starts with its [`legacy_points`] older than `point`. Returns how many points were
@@ -374,9 +415,14 @@ pub fn commit(
             .iter()
             .any(|(d, pts)| d == disk && pts.iter().any(|p| p.cycle == cycle))
     };
+    let mut point = point;
     let where_ = std::path::PathBuf::from(format!("{}: VM {vm} points", store.describe()));
-    for part in &point.disks {
-        if !has(&part.disk, part.cycle) {
+    for part in &mut point.disks {
+        let dp = disks
+            .iter()
+            .find(|(d, _)| *d == part.disk)
+            .and_then(|(_, pts)| pts.iter().find(|p| p.cycle == part.cycle));
+        let Some(dp) = dp else {
             return Err(SinkError::InvalidState {
                 path: where_.clone(),
                 offset: 0,
@@ -385,7 +431,10 @@ pub fn commit(
                     part.disk, part.cycle
                 ),
             });
-        }
+        };
+        // The disk's point is the record of its part: its bytes and digest (what failover
+        // verifies), whatever the request said.
+        *part = PointPart::new(&part.disk, dp.cycle, dp.bytes, &dp.digest);
     }
     let mut pruned = 0;
     store.update_vm_points(vm, &mut |m, existed| {
@@ -405,6 +454,33 @@ pub fn commit(
         }
     })?;
     Ok(pruned)
+}
+
+/// Writes the manifest of every VM of `store` that has none, holding its
+/// [`legacy_points`] (a store from before VM points: the disks switched one after another,
+/// so none is consistent). VMs with no common point get none. Returns the VMs upgraded.
+pub fn migrate(store: &dyn ReplicaStore) -> Result<Vec<String>, SinkError> {
+    let mut vms: Vec<String> = store.list_disks(None)?.into_iter().map(|k| k.vm).collect();
+    vms.dedup();
+    let mut out = Vec::new();
+    for vm in vms {
+        if store.vm_points(&vm)?.is_some() {
+            continue;
+        }
+        let legacy = legacy_points(&disk_points(store, &vm)?);
+        if legacy.is_empty() {
+            continue;
+        }
+        store.update_vm_points(&vm, &mut |m, existed| {
+            if existed {
+                return Ok(false);
+            }
+            m.points = legacy.clone();
+            Ok(true)
+        })?;
+        out.push(vm);
+    }
+    Ok(out)
 }
 
 /// Removes disk `disk`'s parts from the points of `vm` (`unprotect --disk`); points left
