@@ -95,6 +95,16 @@ fn every_group_point_holds_a_prefix_of_the_writes_across_both_vms_disks() {
         String::from_utf8_lossy(&res.stderr)
     );
     assert!(disks == last, "latest is the newest group point");
+    // Each member's part is a test-failover job beside its replicas.
+    for vm in ["vm1", "vm2"] {
+        let out = vdrep(&["jobs", "--store", s(&rig.store), "--vm", vm, "--json"]);
+        let jobs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            jobs.iter()
+                .any(|j| j["kind"] == "test-failover" && j["state"] == "succeeded"),
+            "{vm}: no test-failover job: {jobs:#?}"
+        );
+    }
     // vm1 switched in the group before vm2 joined: those group points lack vm2.
     let (a, b) = (rig.vm_group_points("vm1"), rig.vm_group_points("vm2"));
     let lone = a.keys().find(|gc| !b.contains_key(gc)).copied();

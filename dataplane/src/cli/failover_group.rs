@@ -21,8 +21,10 @@ use serde::Serialize;
 
 use super::failover::{write_disk, DiskOut, PointSel};
 use super::{Classed, Context};
+use crate::jobs::{Job, JobNow};
 use crate::sink::vm_points::{self, VmPoint};
 use crate::sink::{DiskKey, ReplicaStore};
+use vdrep_proto::wire::JobKind;
 
 /// One member VM's disks written at the group point.
 #[derive(Serialize, Debug, Clone)]
@@ -137,7 +139,8 @@ pub fn choose(
 }
 
 /// Writes every member of `group` at the chosen group point into `out/VM/NAME.vhd`; a
-/// failure leaves no output.
+/// failure leaves no output. Each member VM's part is a test-failover job recorded in the
+/// store beside its replicas, as a failover of that VM alone is.
 pub fn materialise(
     store: &dyn ReplicaStore,
     group: &str,
@@ -145,14 +148,69 @@ pub fn materialise(
     out: &Path,
 ) -> anyhow::Result<GroupOut> {
     let members = members(store, group)?;
-    let gc = choose(group, &members, sel)?;
+    let mut jobs: Vec<Job> = members
+        .keys()
+        .map(|vm| {
+            let mut j = Job::start(JobKind::TestFailover, vm);
+            j.plan(&[STEP_CHOOSE, STEP_WRITE, STEP_PUBLISH]);
+            j
+        })
+        .collect();
+    for j in &jobs {
+        record(store, j);
+    }
+    let res = write_group(store, group, &members, sel, out, &mut jobs);
+    for j in &mut jobs {
+        match &res {
+            Ok(_) => j.succeed(),
+            Err(e) => j.fail(
+                &super::one_line(e),
+                super::error::recovery(e).is_transient(),
+            ),
+        }
+        record(store, j);
+    }
+    res
+}
+
+const STEP_CHOOSE: &str = "choose group point";
+const STEP_WRITE: &str = "write and verify the VM's disks";
+const STEP_PUBLISH: &str = "publish outputs";
+
+/// Records a job; a store that cannot is only a warning (the output is what was asked for).
+fn record(store: &dyn ReplicaStore, job: &Job) {
+    if let Err(e) = store.record_job(job) {
+        tracing::warn!(error = %e, job = %job.id, "the test-failover job was not recorded");
+    }
+}
+
+/// Chooses the group point and writes every member (staged, then renamed once all are
+/// verified); `jobs` follow the members in order.
+fn write_group(
+    store: &dyn ReplicaStore,
+    group: &str,
+    members: &BTreeMap<String, Vec<VmPoint>>,
+    sel: PointSel,
+    out: &Path,
+    jobs: &mut [Job],
+) -> anyhow::Result<GroupOut> {
+    jobs.iter_mut().for_each(|j| j.begin(STEP_CHOOSE));
+    let gc = choose(group, members, sel)?;
     let mut staged: Vec<(tempfile::NamedTempFile, PathBuf)> = Vec::new();
     let mut vms = Vec::new();
     let mut switch_unix_ms = 0;
-    for (vm, pts) in &members {
+    for ((vm, pts), job) in members.iter().zip(jobs.iter_mut()) {
         let Some(point) = pts.iter().find(|p| p.group_cycle == Some(gc)) else {
             bail!("{vm}: group point {gc} vanished");
         };
+        job.step_ok(
+            STEP_CHOOSE,
+            &format!(
+                "group {group} point {gc} ({sel:?} asked): VM point {}",
+                point.vm_cycle
+            ),
+        );
+        job.begin(STEP_WRITE);
         switch_unix_ms = point.switch_unix_ms;
         let dir = out.join(vm);
         fs::create_dir_all(&dir)
@@ -174,19 +232,27 @@ pub fn materialise(
             staged.push((tmp, dst));
             disks.push(written);
         }
+        let names: Vec<&str> = point.disks.iter().map(|p| p.disk.as_str()).collect();
+        job.step_ok(STEP_WRITE, &names.join(", "));
         vms.push(VmOut {
             vm: vm.clone(),
             point: point.vm_cycle,
             disks,
         });
     }
+    jobs.iter_mut().for_each(|j| j.begin(STEP_PUBLISH));
     for (tmp, dst) in staged {
         tmp.persist(&dst)
             .map_err(|e| e.error)
             .with_context(|| format!("{}: cannot replace the destination", dst.display()))?;
     }
-    for v in &vms {
-        let _ = File::open(out.join(&v.vm)).and_then(|f| f.sync_all());
+    for (v, job) in vms.iter().zip(jobs.iter_mut()) {
+        let dir = out.join(&v.vm);
+        let _ = File::open(&dir).and_then(|f| f.sync_all());
+        job.step_ok(
+            STEP_PUBLISH,
+            &format!("{} disks in {}", v.disks.len(), dir.display()),
+        );
     }
     Ok(GroupOut {
         group: group.to_string(),
