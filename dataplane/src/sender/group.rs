@@ -3,7 +3,8 @@
 //! `group`) switch their change logs together — one `switch_set` over every member's
 //! disks, all their tracking locks held at once — so each group switch is one instant of
 //! every disk of every member, and the members' points of it carry the same `group_cycle`
-//! and `time` ([`super::group_record`]).
+//! and `time`: both are recorded ([`super::group_record`], and each member's point plan,
+//! `super::points`) before any log is renamed.
 //!
 //! **Rules**, checked where the members are named ([`check_members`], [`Groups::join`]): a
 //! group has at most [`MAX_VMS`] VMs; its members have the same interval; one sender
@@ -105,21 +106,6 @@ impl Group {
             .lock()
             .map(|n| *n)
             .unwrap_or_else(|_| crate::clock::tokio_now())
-    }
-
-    /// The group switch that closed `vm`'s VM cycle `vm_cycle`: its `group_cycle` and
-    /// instant go into that VM point (`CommitPoint`'s `group`, `group_cycle` and
-    /// `switch_unix_ms`), so every member's point of one switch carries the same ones.
-    /// `None` when the record has none (a switch of the VM before it joined the group).
-    pub fn switch_of(&self, vm: &str, vm_cycle: u64) -> Option<group_record::GroupSwitch> {
-        match group_record::lookup(&self.record, &self.name, vm, vm_cycle) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(group = %self.name, %vm, vm_cycle, error = %e,
-                      "cannot read the group's switch record; the point carries no group cycle");
-                None
-            }
-        }
     }
 
     /// Raises the numbering floor to a group cycle a store holds.
