@@ -128,11 +128,12 @@ fn every_group_point_holds_a_prefix_of_the_writes_across_both_vms_disks() {
     // back from the state folder, in its group) numbers the group's switches above the
     // newest group cycle the store holds, which the receiver tells it.
     let newest = rig.group_points().last().unwrap().0;
+    let before = rig.group_cycles_in_order("vm1").len();
     std::fs::remove_file(rig.state.join("groups").join("erp.json")).unwrap();
     let send2 = rig.send_vm1("send2.log");
     let mut child = send2.spawn();
     let end = Instant::now() + Duration::from_secs(60);
-    while !rig.group_points().iter().any(|p| p.0 > newest) {
+    while rig.group_cycles_in_order("vm1").len() < before + 2 {
         assert!(
             Instant::now() < end,
             "no group point after the restart: {}",
@@ -142,10 +143,15 @@ fn every_group_point_holds_a_prefix_of_the_writes_across_both_vms_disks() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    let gcs: Vec<u64> = rig.group_points().iter().map(|p| p.0).collect();
-    let mut sorted = gcs.clone();
-    sorted.dedup();
-    assert_eq!(gcs, sorted, "group cycles stay unique and ordered: {gcs:?}");
+    for vm in ["vm1", "vm2"] {
+        let gcs = rig.group_cycles_in_order(vm);
+        assert!(
+            gcs.windows(2).all(|w| w[0] < w[1]),
+            "{vm}: group cycles must grow from point to point: {gcs:?}"
+        );
+    }
+    let after = rig.group_cycles_in_order("vm1")[before];
+    assert_eq!(after, newest + 1, "the first group point after the restart");
 }
 
 /// The switch intents beside the group's disks that exist now.

@@ -204,6 +204,24 @@ impl Rig {
             .unwrap_or_default()
     }
 
+    /// The group cycles of `vm`'s points in group `erp`, in the order of its points.
+    pub fn group_cycles_in_order(&self, vm: &str) -> Vec<u64> {
+        let out = vdrep(&["points", "--store", s(&self.store), "--vm", vm, "--json"]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["points"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|p| p["group"] == "erp")
+                    .map(|p| p["group_cycle"].as_u64().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The group points both members committed: (group_cycle, vm1 point, vm2 point), and
     /// each has the same switch time in both VMs.
     pub fn group_points(&self) -> Vec<(u64, u64, u64)> {
