@@ -162,13 +162,20 @@ impl Receiver {
                         })
                         .collect(),
                 };
+                let switch_unix = switch_unix_ms / 1000;
+                let name = vm.clone();
                 Done::PointCommitted(
                     match tokio::task::spawn_blocking(move || {
                         crate::sink::vm_points::commit(store.as_ref(), &vm, point, retention_secs)
                     })
                     .await
                     {
-                        Ok(r) => r.map_err(|e| refusal(&e)),
+                        Ok(r) => r
+                            .inspect(|_| {
+                                // The VM's RPO, for each of its disks, is this point's age.
+                                crate::metrics::events::vm_point(&name, switch_unix)
+                            })
+                            .map_err(|e| refusal(&e)),
                         Err(e) => Err(Refusal::new(
                             ErrorClass::Internal,
                             format!("VM point task failed: {e}"),
