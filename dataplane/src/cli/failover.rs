@@ -71,8 +71,13 @@ pub struct Args {
     #[arg(long)]
     test: bool,
     /// The protected VM; all its disks are written.
-    #[arg(long)]
-    vm: String,
+    #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+    vm: Option<String>,
+    /// A consistency group instead of one VM: every member VM at the group point (a group
+    /// cycle, or `latest`: the newest every member has) as DIR/VM/NAME.vhd; a group cycle
+    /// some member lacks is refused, naming those VMs. Needs --store or --azure-url.
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
     /// Recovery point id (see `vdrep points`) or `latest`.
     #[arg(long, default_value = "latest")]
     point: PointSel,
@@ -125,12 +130,16 @@ pub fn run(a: Args) -> Result<(), CliError> {
             usage: true,
         });
     }
+    if let Some(group) = &a.group {
+        return run_group(&a, group);
+    }
+    let vm = a.vm.clone().unwrap_or_default();
     if a.store.store.is_none() && a.store.azure_url.is_none() {
         let point = match a.point {
             PointSel::Latest => None,
             PointSel::Id(c) => Some(c),
         };
-        return super::ops::failover(&a.sidecar, &a.token_file, &a.vm, point, a.json);
+        return super::ops::failover(&a.sidecar, &a.token_file, &vm, point, a.json);
     }
     let Some(out) = &a.out else {
         return Err(CliError {
@@ -140,7 +149,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         });
     };
     let store = a.store.open_existing()?;
-    let done = materialise(store.as_ref(), &a.vm, a.point, out)?;
+    let done = materialise(store.as_ref(), &vm, a.point, out)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&done)?);
     } else {
@@ -159,6 +168,49 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 d.path.display(),
                 d.virtual_size,
                 d.digest
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `failover --test --group NAME` (see [`super::failover_group`]).
+fn run_group(a: &Args, group: &str) -> Result<(), CliError> {
+    let usage = |m: &str| CliError {
+        error: anyhow::anyhow!("{m}"),
+        recovery: crate::error::Recovery::Permanent,
+        usage: true,
+    };
+    if a.store.store.is_none() && a.store.azure_url.is_none() {
+        return Err(usage(
+            "--group needs --store DIR or --azure-url: the sidecar fails over one VM",
+        ));
+    }
+    let Some(out) = &a.out else {
+        return Err(usage("--out DIR is required with --store or --azure-url"));
+    };
+    let store = a.store.open_existing()?;
+    let done = super::failover_group::materialise(store.as_ref(), group, a.point, out)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+        return Ok(());
+    }
+    for v in &done.vms {
+        for d in &v.disks {
+            let check = if d.verified {
+                "digest verified against the sender's"
+            } else {
+                "the point carries no sender digest: not verified"
+            };
+            println!(
+                "{}/{}: group point {} (VM point {}, disk point {}, {}) written to {} ({check})",
+                v.vm,
+                d.disk,
+                done.group_cycle,
+                v.point,
+                d.point,
+                d.time,
+                d.path.display()
             );
         }
     }
@@ -389,7 +441,7 @@ fn choose(
 
 /// Writes point `point` of `r` as a fixed VHD into a temporary file beside `dst` and
 /// verifies it; returns the file (not yet renamed) and its summary.
-fn write_disk(
+pub(super) fn write_disk(
     r: &dyn PointReader,
     point: &RecoveryPoint,
     dst: &Path,

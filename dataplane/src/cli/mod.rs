@@ -9,6 +9,7 @@ mod convert;
 mod demo;
 mod error;
 pub mod failover;
+mod failover_group;
 mod generate;
 mod inspect;
 mod jobs;

@@ -317,6 +317,9 @@ impl Receiver {
             } => {
                 info!(sender = %conn.sender, %vm, needed, available, "capacity check");
             }
+            Report::GroupClaimed { group, vms } => {
+                info!(sender = %conn.sender, %group, ?vms, "consistency group claimed by this connection");
+            }
             Report::JobRecorded { vm, id } => {
                 tracing::debug!(sender = %conn.sender, %vm, job = %id, "job recorded");
             }

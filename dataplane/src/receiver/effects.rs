@@ -110,6 +110,31 @@ impl Receiver {
                     },
                 )
             }
+            Effect::ClaimGroup { group, vms, .. } => Done::GroupClaimed(
+                match super::groups::claim(&self.groups, &group, &conn.sender, &vms, &conn.conn) {
+                    Ok(()) => {
+                        // The newest group cycle the members' points hold: the sender
+                        // numbers its switches above it even if its own record is lost.
+                        let (store, g) = (self.store.clone(), group.clone());
+                        match tokio::task::spawn_blocking(move || {
+                            super::groups::newest_group_cycle(store.as_ref(), &g, &vms)
+                        })
+                        .await
+                        {
+                            Ok(r) => r.map_err(|e| refusal(&e)),
+                            Err(e) => Err(Refusal::new(
+                                ErrorClass::Internal,
+                                format!("group claim task failed: {e}"),
+                            )),
+                        }
+                    }
+                    Err(r) => {
+                        warn!(sender = %conn.sender, %group, reason = %r.message,
+                              "consistency group claim refused");
+                        Err(r)
+                    }
+                },
+            ),
             Effect::CommitPoint {
                 vm,
                 vm_cycle,

@@ -6,6 +6,7 @@ mod batch;
 mod control;
 mod disk;
 mod effects;
+mod groups;
 pub mod limits;
 pub mod test_hook;
 
@@ -54,6 +55,8 @@ pub struct Receiver {
     pub(crate) holders: std::sync::Mutex<std::collections::HashMap<String, Holder>>,
     /// See [`ReceiverConfig::max_disks_per_connection`].
     pub(crate) max_disks_per_connection: std::sync::atomic::AtomicUsize,
+    /// Which connection protects each consistency group ([`groups`]).
+    pub(crate) groups: std::sync::Mutex<std::collections::HashMap<String, groups::GroupHolder>>,
     /// Connection admission and the shared memory budgets.
     pub(crate) limits: limits::Limits,
 }
@@ -101,6 +104,7 @@ impl Receiver {
             holders: Default::default(),
             limits: limits::Limits::new(max_connections),
             max_disks_per_connection: DEFAULT_MAX_DISKS_PER_CONNECTION.into(),
+            groups: Default::default(),
         })
     }
 
@@ -221,6 +225,9 @@ impl Receiver {
         conn_state.shutdown().await;
         if let Ok(mut h) = self.holders.lock() {
             h.retain(|_, v| v.conn.stable_id() != conn.stable_id());
+        }
+        if let Ok(mut g) = self.groups.lock() {
+            g.retain(|_, v| v.conn.stable_id() != conn.stable_id());
         }
     }
 }

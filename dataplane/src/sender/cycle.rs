@@ -23,6 +23,8 @@ use crate::tracking::{catch_up, switch_digest, switch_set, HashTable, SwitchDige
 /// A disk taking part in a VM switch.
 #[derive(Clone)]
 struct Member {
+    /// Which VM of the switch (index into the sets given) and which of its disks.
+    set: usize,
     index: usize,
     vm: String,
     name: String,
@@ -33,7 +35,7 @@ struct Member {
 
 /// The disk's next cycle, unless its logs already hold half the disk (then a resync is
 /// cheaper than shipping them).
-fn member(index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
+fn member(set: usize, index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
     let g = d.lock().map_err(|_| "lock poisoned".to_string())?;
     if !g.tracker.is_active() {
         // This disk alone leaves delta replication; the VM's other disks still switch.
@@ -52,6 +54,7 @@ fn member(index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
         ));
     }
     Ok(Member {
+        set,
         index,
         vm: g.job.vm.clone(),
         name: g.job.name.clone(),
@@ -69,17 +72,42 @@ fn member(index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
 /// plan ([`record_plan`]): [`ship_all`] commits it as the VM's recovery point once every
 /// disk's part is committed. Returns, per disk, the cycle switched to.
 pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> Vec<Option<u64>> {
-    let mut out = vec![None; disks.len()];
+    let now = std::time::SystemTime::from(sh.clock.now_utc());
+    switch_vms(&[disks], now, |_| Ok(None))
+        .await
+        .pop()
+        .unwrap_or_default()
+}
+
+/// [`switch_vm`] for the disks of several VMs at one instant `now` (a consistency group:
+/// one `switch_set` over every member's disks, all their locks held at once). `before` is
+/// told each VM's cycle (the highest of its switching disks') before anything is prepared
+/// or renamed, so a record of the switch can be made durable first, and answers the
+/// consistency group and group cycle of the switch (`None` outside a group); an error from
+/// it cancels the switch (the writes stay in the active logs for the next one). Each VM
+/// whose every disk switches gets its point plan ([`super::points`]) before the renames
+/// too, so a switch interrupted by a crash and completed later still becomes a point.
+/// Returns, per VM and disk, the cycle switched to.
+pub(super) async fn switch_vms(
+    vms: &[&[Arc<Mutex<Protected>>]],
+    now: std::time::SystemTime,
+    before: impl FnOnce(&[crate::tracking::IntentVm]) -> Result<Option<(String, u64)>, String>
+        + Send
+        + 'static,
+) -> Vec<Vec<Option<u64>>> {
+    let mut out: Vec<Vec<Option<u64>>> = vms.iter().map(|d| vec![None; d.len()]).collect();
     let mut members = Vec::new();
-    for (i, d) in disks.iter().enumerate() {
-        if skip(d) {
-            continue;
-        }
-        match member(i, d) {
-            Ok(m) => members.push(m),
-            Err(reason) => {
-                if let Ok(g) = d.lock() {
-                    resync_required(&g, format!("log switch failed: {reason}"));
+    for (s, disks) in vms.iter().enumerate() {
+        for (i, d) in disks.iter().enumerate() {
+            if skip(d) {
+                continue;
+            }
+            match member(s, i, d) {
+                Ok(m) => members.push(m),
+                Err(reason) => {
+                    if let Ok(g) = d.lock() {
+                        resync_required(&g, format!("log switch failed: {reason}"));
+                    }
                 }
             }
         }
@@ -87,9 +115,8 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
     if members.is_empty() {
         return out;
     }
-    let now = std::time::SystemTime::from(sh.clock.now_utc());
-    record_plan(disks.len(), &members, now);
     let ms = members.clone();
+    let sizes: Vec<usize> = vms.iter().map(|d| d.len()).collect();
     let res = tokio::task::spawn_blocking(move || {
         let set: Vec<SwitchDisk<'_>> = ms
             .iter()
@@ -99,21 +126,40 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
                 cycle: m.cycle,
             })
             .collect();
-        switch_set(&set, now)
+        let mut cycles: BTreeMap<&str, u64> = Default::default();
+        for m in &ms {
+            let c = cycles.entry(&m.vm).or_insert(0);
+            *c = (*c).max(m.cycle);
+        }
+        let intent_vms: Vec<crate::tracking::IntentVm> = cycles
+            .into_iter()
+            .map(|(vm, cycle)| crate::tracking::IntentVm {
+                vm: vm.to_string(),
+                cycle,
+            })
+            .collect();
+        let group = before(&intent_vms).map_err(NoSwitch::Cancelled)?;
+        record_plans(&ms, &sizes, &intent_vms, now, group);
+        switch_set(&set, now).map_err(|e| NoSwitch::Failed(e.to_string()))
     })
     .await;
     let sw = match res {
         Ok(Ok(sw)) => sw,
-        Ok(Err(e)) => return switch_failed(disks, &members, e.to_string(), out),
-        Err(e) => return switch_failed(disks, &members, format!("switch task failed: {e}"), out),
+        Ok(Err(NoSwitch::Cancelled(e))) => {
+            // Nothing was renamed: the writes stay in the active logs for the next switch.
+            warn!(error = %e, "log switch cancelled before any log was renamed");
+            return out;
+        }
+        Ok(Err(NoSwitch::Failed(e))) => return switch_failed(vms, &members, e, out),
+        Err(e) => return switch_failed(vms, &members, format!("switch task failed: {e}"), out),
     };
     for v in &sw.vms {
         info!(vm = %v.vm, vm_cycle = v.cycle, disks = members.len(),
               hold_ms = sw.hold.as_secs_f64() * 1e3, "log switch of the VM's disks");
     }
     for m in members {
-        out[m.index] = Some(m.cycle);
-        let d = &disks[m.index];
+        out[m.set][m.index] = Some(m.cycle);
+        let d = &vms[m.set][m.index];
         let task = tokio::task::spawn_blocking(move || digest(m));
         if let Ok(mut g) = d.lock() {
             g.digest_task = Some(task);
@@ -122,51 +168,71 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
     out
 }
 
-/// Records the switch about to be made as the VM's point plan ([`super::points`]) beside
-/// each of its disks, *before* the switch: a switch completed by another process (a tracked
-/// write that finds the intent of a sender killed inside the switch) is still the VM's
-/// point. A plan whose switch never happened names cycles that never close: it is dropped
-/// as incomplete, or rewritten by the next switch of the same cycles. A switch without
-/// every disk of the VM (one waits for a resync) is no VM point: no plan.
-fn record_plan(vm_disks: usize, members: &[Member], now: std::time::SystemTime) {
-    let Some(first) = members.first() else { return };
-    if members.len() != vm_disks {
-        info!(vm = %first.vm, "not every disk of the VM switches: no VM recovery point for this switch");
-        return;
-    }
-    let plan = PointPlan {
-        vm: first.vm.clone(),
-        // As the switch numbers it (`switch_set`): the highest of its disks' cycles.
-        vm_cycle: members.iter().map(|m| m.cycle).max().unwrap_or(0),
-        switch_unix_ms: now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-        group: None,
-        group_cycle: None,
-        disks: members
-            .iter()
-            .map(|m| PlanDisk {
-                name: m.name.clone(),
-                cycle: m.cycle,
-            })
-            .collect(),
-    };
-    let at: Vec<(&crate::tracking::Tracker, u64)> =
-        members.iter().map(|m| (&m.tracker, m.cycle)).collect();
-    if let Err(e) = super::points::record(&plan, &at) {
-        warn!(vm = %plan.vm, vm_cycle = plan.vm_cycle, error = %e,
-              "cannot record the VM point plan: this switch ships without a VM point");
+/// Writes the point plan of each VM of a switch about to happen (`sizes`: each VM's
+/// number of disks): the switch becomes the VM's recovery point once every disk's part
+/// commits; a switch without every disk of the VM (one waits for a resync) is none. Written
+/// before the renames: a plan whose switch never happened (a crash before them) names
+/// cycles its disks never commit, and is dropped when shipping finds that; the next switch
+/// of the same cycles writes it again.
+fn record_plans(
+    members: &[Member],
+    sizes: &[usize],
+    vms: &[crate::tracking::IntentVm],
+    now: std::time::SystemTime,
+    group: Option<(String, u64)>,
+) {
+    let switch_unix_ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for v in vms {
+        let mine: Vec<&Member> = members.iter().filter(|m| m.vm == v.vm).collect();
+        let all = mine
+            .first()
+            .and_then(|m| sizes.get(m.set))
+            .is_some_and(|&n| n == mine.len());
+        if !all {
+            info!(vm = %v.vm, vm_cycle = v.cycle, "not every disk of the VM switched: no VM recovery point for this switch");
+            continue;
+        }
+        let plan = PointPlan {
+            vm: v.vm.clone(),
+            vm_cycle: v.cycle,
+            switch_unix_ms,
+            group: group.as_ref().map(|g| g.0.clone()),
+            group_cycle: group.as_ref().map(|g| g.1),
+            disks: mine
+                .iter()
+                .map(|m| PlanDisk {
+                    name: m.name.clone(),
+                    cycle: m.cycle,
+                })
+                .collect(),
+        };
+        let at: Vec<(&crate::tracking::Tracker, u64)> =
+            mine.iter().map(|m| (&m.tracker, m.cycle)).collect();
+        if let Err(e) = super::points::record(&plan, &at) {
+            warn!(vm = %v.vm, vm_cycle = v.cycle, error = %e,
+                  "cannot record the VM point plan: this switch ships without a VM point");
+        }
     }
 }
 
+/// Why a switch did not happen.
+enum NoSwitch {
+    /// `before` refused: nothing was prepared or renamed.
+    Cancelled(String),
+    /// The switch itself failed: its disks need a resync.
+    Failed(String),
+}
+
 fn switch_failed(
-    disks: &[Arc<Mutex<Protected>>],
+    vms: &[&[Arc<Mutex<Protected>>]],
     members: &[Member],
     reason: String,
-    out: Vec<Option<u64>>,
-) -> Vec<Option<u64>> {
+    out: Vec<Vec<Option<u64>>>,
+) -> Vec<Vec<Option<u64>>> {
     for m in members {
-        if let Ok(g) = disks[m.index].lock() {
+        if let Ok(g) = vms[m.set][m.index].lock() {
             resync_required(&g, format!("log switch failed: {reason}"));
         }
     }

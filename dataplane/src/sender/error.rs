@@ -81,6 +81,10 @@ pub enum SendError {
     /// A local failure of the pipeline's threads.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A consistency group's rules are broken (more than 16 VMs, members with different
+    /// intervals): the configuration must change.
+    #[error("{0}")]
+    Group(String),
 }
 
 impl Classify for SendError {
@@ -107,7 +111,7 @@ impl Classify for SendError {
             SendError::Frame { source, .. } => source.is_transient(),
             SendError::Remote { class, .. } => class.recovery().is_transient(),
             SendError::Integrity { .. } => true,
-            SendError::Internal(_) => false,
+            SendError::Internal(_) | SendError::Group(_) => false,
         })
     }
 }
@@ -148,6 +152,7 @@ impl SendError {
             SendError::Protocol { .. } => "protocol",
             SendError::Integrity { .. } => "integrity",
             SendError::Internal(_) => "internal",
+            SendError::Group(_) => "group",
         }
     }
 }
@@ -202,6 +207,9 @@ impl SendError {
         SendError::Protocol { .. } => "the receiver broke the protocol: check both versions",
         SendError::Integrity { .. } => "data kept arriving corrupted; retrying",
         SendError::Internal(_) => "an internal failure of the sender: see its log",
+        SendError::Group(_) => {
+            "a consistency group has at most 16 VMs, one interval and one sender: fix its members"
+        }
         #[allow(unreachable_patterns)]
         _ => {
             if recoverable {

@@ -9,6 +9,8 @@ mod control;
 mod cycle;
 mod disk;
 mod error;
+pub mod group;
+pub mod group_record;
 pub mod jobs;
 pub mod local_control;
 mod logimage;
@@ -152,6 +154,7 @@ async fn run_jobs(
         .chain(added.iter().map(|a| VmSpec {
             name: a.vm.clone(),
             disks: a.disks.clone(),
+            group: a.group.clone(),
         }))
         .collect();
     let vms = &all[..];
@@ -293,6 +296,10 @@ async fn run_jobs(
                     .find(|a| a.vm == spec.name)
                     .map(|a| set.policy_for(a))
                     .unwrap_or_else(|| policy.clone());
+                // Joining refuses a 17th VM and a member with another interval.
+                let p = set
+                    .with_group(&spec.name, spec.group.as_deref(), p)
+                    .map_err(SendError::Group)?;
                 set.push(vmset::VmEntry {
                     name: spec.name.clone(),
                     paths: spec.disks.clone(),

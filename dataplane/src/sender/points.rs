@@ -6,10 +6,12 @@
 //! sender killed in between resends the point at its next start (the receiver answers a
 //! resent point again).
 //!
-//! A switch whose plan was never written (the sender died right after the renames) ships
-//! its disks' cycles without a VM point: the VM's previous point stays the latest, never a
-//! partial one. A plan one of whose disks cannot ship its part (it needs a resync) is
-//! dropped with a warning: that switch is no point of the VM.
+//! The plan is written before the switch renames anything (`cycle::switch_vms`), so a
+//! switch interrupted by a crash and completed later (by a writer or the next start) still
+//! becomes a point; a switch whose plan could not be written ships its disks' cycles
+//! without a VM point: the VM's previous point stays the latest, never a partial one. A
+//! plan one of whose disks cannot ship its part (it needs a resync, or the switch never
+//! happened) is dropped with a warning: that switch is no point of the VM.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

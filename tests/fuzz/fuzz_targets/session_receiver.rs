@@ -126,6 +126,7 @@ fn done(e: &Effect, i: &mut In<'_>) -> Done {
         Effect::RecordJob { .. } => or!(JobRecorded, ()),
         Effect::QueryCapacity { .. } => or!(Capacity, Some(5)),
         Effect::CommitPoint { .. } => or!(PointCommitted, 1),
+        Effect::ClaimGroup { .. } => or!(GroupClaimed, 3),
     }
 }
 

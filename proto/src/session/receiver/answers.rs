@@ -162,6 +162,10 @@ impl ReceiverSession {
                     }),
                 )
             }
+            (Pending::ClaimGroup { req, group, vms }, Done::GroupClaimed(Ok(group_cycle))) => (
+                Control::GroupClaimed { req, group_cycle },
+                Some(Report::GroupClaimed { group, vms }),
+            ),
             (
                 Pending::CommitPoint {
                     req,
@@ -212,6 +216,7 @@ impl Pending {
             | Pending::Root { req, .. }
             | Pending::RecordJob { req, .. }
             | Pending::Capacity { req, .. }
+            | Pending::ClaimGroup { req, .. }
             | Pending::CommitPoint { req, .. } => *req,
         }
     }
@@ -229,6 +234,7 @@ impl Done {
             | Done::Root(Err(r))
             | Done::JobRecorded(Err(r))
             | Done::Capacity(Err(r))
+            | Done::GroupClaimed(Err(r))
             | Done::PointCommitted(Err(r)) => Some(r),
             _ => None,
         }

@@ -106,6 +106,27 @@ pub(super) fn check_job(job: &Job) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// A group claim names the group and its member VMs once each (the wire already bounds
+/// their number).
+pub(super) fn check_group(group: &str, vms: &[String]) -> Result<(), Refusal> {
+    let bad = |m: String| Refusal::new(ErrorClass::Protocol, m);
+    if group.is_empty() || group.len() > 64 {
+        return Err(bad(format!(
+            "a group name has 1 to 64 characters, not {}",
+            group.len()
+        )));
+    }
+    if vms.is_empty() {
+        return Err(bad(format!("group {group}: a claim names its member VMs")));
+    }
+    for (i, vm) in vms.iter().enumerate() {
+        if vms[..i].contains(vm) {
+            return Err(bad(format!("group {group}: VM {vm} is named twice")));
+        }
+    }
+    Ok(())
+}
+
 /// The frame's name for messages (never its contents: they may be large or hostile).
 pub(crate) fn name(m: &Control) -> &'static str {
     match m {
@@ -127,6 +148,8 @@ pub(crate) fn name(m: &Control) -> &'static str {
         Control::JobRecorded { .. } => "JobRecorded",
         Control::QueryCapacity { .. } => "QueryCapacity",
         Control::Capacity { .. } => "Capacity",
+        Control::ClaimGroup { .. } => "ClaimGroup",
+        Control::GroupClaimed { .. } => "GroupClaimed",
         Control::ProgressRequest { .. } => "ProgressRequest",
         Control::ProgressPage { .. } => "ProgressPage",
         Control::CommitPoint { .. } => "CommitPoint",

@@ -88,6 +88,17 @@ pub enum Effect {
         /// Bytes it expects to write.
         needed: u64,
     },
+    /// Make consistency group `group` this connection's, unless another sender's
+    /// connection holds it (the holders span connections: the driver keeps them). Its VMs
+    /// are authorised. Answer with [`Done::GroupClaimed`].
+    ClaimGroup {
+        /// The group.
+        group: String,
+        /// Its member VMs on this sender.
+        vms: Vec<String>,
+        /// Their interval in seconds.
+        interval_secs: u32,
+    },
     /// Record VM cycle `vm_cycle` of `vm` as its recovery point: the store checks that every
     /// disk's part is a committed point of that disk, writes the VM's manifest (the point
     /// is visible only then), and prunes whole VM points older than `retention_secs`. A
@@ -158,6 +169,8 @@ pub enum Done {
     JobRecorded(Result<(), Refusal>),
     /// Outcome of [`Effect::QueryCapacity`]: free bytes, `None` when the store does not say.
     Capacity(Result<Option<u64>, Refusal>),
+    /// Outcome of [`Effect::ClaimGroup`]: the newest group cycle the store holds (0: none).
+    GroupClaimed(Result<u64, Refusal>),
     /// Outcome of [`Effect::CommitPoint`]: the VM points pruned by retention.
     PointCommitted(Result<usize, Refusal>),
 }
@@ -214,6 +227,13 @@ pub enum Report {
         needed: u64,
         /// Free bytes (`u64::MAX`: unknown).
         available: u64,
+    },
+    /// A consistency group was claimed by this connection.
+    GroupClaimed {
+        /// The group.
+        group: String,
+        /// Its member VMs.
+        vms: Vec<String>,
     },
     /// VM cycle `vm_cycle` of `vm` is recorded as the VM's recovery point.
     PointCommitted {

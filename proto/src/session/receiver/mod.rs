@@ -105,6 +105,11 @@ enum Pending {
         vm: String,
         needed: u64,
     },
+    ClaimGroup {
+        req: u32,
+        group: String,
+        vms: Vec<String>,
+    },
     CommitPoint {
         req: u32,
         vm: String,

@@ -1,7 +1,9 @@
 //! The receiver's checks of each request, made before any store work: what passes becomes
 //! an [`Effect`] and leaves the stream busy until [`ReceiverSession::handle_done`].
 
-use super::checks::{check_disk_size, check_hash_request, check_job, name, MAX_RETENTION_SECS};
+use super::checks::{
+    check_disk_size, check_group, check_hash_request, check_job, name, MAX_RETENTION_SECS,
+};
 use super::{ControlStep, Effect, Pending, PointDisk, ReceiverSession, Stream};
 use crate::session::{Refusal, StreamId};
 use crate::wire::{Control, ErrorClass, PointPart, VM_POINTS_VERSION};
@@ -176,6 +178,43 @@ impl ReceiverSession {
                         needed,
                     },
                     Effect::QueryCapacity { vm, needed },
+                )
+            }
+            Control::ClaimGroup {
+                req,
+                group,
+                vms,
+                interval_secs,
+            } => {
+                if version < VM_POINTS_VERSION {
+                    return self.close(
+                        stream,
+                        req,
+                        Refusal::new(
+                            ErrorClass::Protocol,
+                            format!("ClaimGroup needs protocol version {VM_POINTS_VERSION}, this stream speaks {version}"),
+                        ),
+                    );
+                }
+                if let Err(r) = check_group(&group, &vms) {
+                    return self.refuse(stream, req, r);
+                }
+                for vm in &vms {
+                    if let Some(step) = self.refuse_vm(stream, req, vm) {
+                        return step;
+                    }
+                }
+                (
+                    Pending::ClaimGroup {
+                        req,
+                        group: group.clone(),
+                        vms: vms.clone(),
+                    },
+                    Effect::ClaimGroup {
+                        group,
+                        vms,
+                        interval_secs,
+                    },
                 )
             }
             Control::ProgressRequest { req, handle, after } => {

@@ -36,6 +36,7 @@ enum Expect {
     Root { handle: u32 },
     JobRecorded,
     Capacity,
+    GroupClaimed,
     Progress { handle: u32 },
     Point { vm_cycle: u64 },
 }
@@ -128,6 +129,7 @@ impl SenderControl {
             Control::RootRequest { req, handle } => (req, Expect::Root { handle }),
             Control::ReportJob { req, .. } => (req, Expect::JobRecorded),
             Control::QueryCapacity { req, .. } => (req, Expect::Capacity),
+            Control::ClaimGroup { req, .. } => (req, Expect::GroupClaimed),
             Control::ProgressRequest { req, handle, .. }
                 if self.version >= PAGED_PROGRESS_VERSION =>
             {
@@ -210,7 +212,8 @@ impl SenderControl {
         let ok = match (expect, &msg) {
             (Some(Expect::DiskOpened), Control::DiskOpened { req: r, .. })
             | (Some(Expect::JobRecorded), Control::JobRecorded { req: r })
-            | (Some(Expect::Capacity), Control::Capacity { req: r, .. }) => *r == req,
+            | (Some(Expect::Capacity), Control::Capacity { req: r, .. })
+            | (Some(Expect::GroupClaimed), Control::GroupClaimed { req: r, .. }) => *r == req,
             (
                 Some(Expect::Committed { handle, cycle }),
                 Control::Committed {

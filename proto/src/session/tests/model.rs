@@ -207,6 +207,7 @@ impl Model {
                 Done::JobRecorded(Ok(()))
             }
             Effect::QueryCapacity { .. } => Done::Capacity(Ok(self.available)),
+            Effect::ClaimGroup { .. } => Done::GroupClaimed(Ok(0)),
             Effect::CommitPoint {
                 vm,
                 vm_cycle,

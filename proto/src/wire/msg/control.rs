@@ -203,6 +203,28 @@ pub enum Control {
         /// Free bytes.
         available: u64,
     },
+    /// Sender → receiver, before its members' disks are opened: this connection protects
+    /// consistency group `group` with the member VMs `vms` (each authorised like its disks;
+    /// at most [`MAX_GROUP_VMS`]). A group is protected by one sender: the receiver refuses
+    /// the claim while another sender's connection holds the group.
+    ClaimGroup {
+        /// Request id.
+        req: u32,
+        /// The group's name.
+        group: String,
+        /// Its member VMs on this sender.
+        vms: Vec<String>,
+        /// The members' switch interval in seconds (for the receiver's log).
+        interval_secs: u32,
+    },
+    /// Receiver → sender: the group is this connection's.
+    GroupClaimed {
+        /// The request.
+        req: u32,
+        /// The newest group cycle the store holds of the group (0: none known); the sender
+        /// numbers its next switches above it.
+        group_cycle: u64,
+    },
     /// Sender → receiver (version 4): the next page of the progress the last `DiskOpened`
     /// or `CycleOpened` of `handle` announced, starting at the first range at or after
     /// `after` (the end of the last range received).
@@ -272,6 +294,9 @@ pub struct PointPart {
     pub digest: [u8; 32],
 }
 
+/// Most VMs in one consistency group (ASR's limit), and in one [`Control::ClaimGroup`].
+pub const MAX_GROUP_VMS: usize = 16;
+
 pub(super) const K_HELLO: u8 = 1;
 const K_HELLO_ACK: u8 = 2;
 const K_OPEN_DISK: u8 = 3;
@@ -291,6 +316,10 @@ const K_REPORT_JOB: u8 = 15;
 const K_JOB_RECORDED: u8 = 16;
 const K_QUERY_CAPACITY: u8 = 17;
 const K_CAPACITY: u8 = 18;
+// Consistency groups: numbered apart from the others so that messages added beside them
+// at the same time cannot take the same numbers.
+const K_CLAIM_GROUP: u8 = 40;
+const K_GROUP_CLAIMED: u8 = 41;
 const K_PROGRESS_REQUEST: u8 = 19;
 const K_PROGRESS_PAGE: u8 = 20;
 const K_COMMIT_POINT: u8 = 21;
@@ -468,6 +497,23 @@ impl Control {
                 w.u32(*req).u64(*available);
                 K_CAPACITY
             }
+            Control::ClaimGroup {
+                req,
+                group,
+                vms,
+                interval_secs,
+            } => {
+                w.u32(*req).str(group).u32(vms.len() as u32);
+                for vm in vms {
+                    w.str(vm);
+                }
+                w.u32(*interval_secs);
+                K_CLAIM_GROUP
+            }
+            Control::GroupClaimed { req, group_cycle } => {
+                w.u32(*req).u64(*group_cycle);
+                K_GROUP_CLAIMED
+            }
             Control::ProgressRequest { req, handle, after } => {
                 w.u32(*req).u32(*handle).u64(*after);
                 K_PROGRESS_REQUEST
@@ -626,6 +672,32 @@ impl Control {
             K_CAPACITY => Control::Capacity {
                 req: r.u32()?,
                 available: r.u64()?,
+            },
+            K_CLAIM_GROUP => {
+                let req = r.u32()?;
+                let group = r.str(MAX_STRING)?;
+                let n = r.u32()? as usize;
+                if n > MAX_GROUP_VMS {
+                    return Err(FormatError::new(
+                        what,
+                        0,
+                        format!("a group of {n} VMs; a group has at most {MAX_GROUP_VMS}"),
+                    ));
+                }
+                let mut vms = Vec::with_capacity(n);
+                for _ in 0..n {
+                    vms.push(r.str(MAX_STRING)?);
+                }
+                Control::ClaimGroup {
+                    req,
+                    group,
+                    vms,
+                    interval_secs: r.u32()?,
+                }
+            }
+            K_GROUP_CLAIMED => Control::GroupClaimed {
+                req: r.u32()?,
+                group_cycle: r.u64()?,
             },
             K_PROGRESS_REQUEST => Control::ProgressRequest {
                 req: r.u32()?,

@@ -241,6 +241,30 @@ fn every_control() -> Vec<Control> {
     ]
 }
 
+#[test]
+fn group_claims_round_trip_and_a_claim_of_17_vms_does_not_decode() {
+    roundtrip(Control::ClaimGroup {
+        req: 4,
+        group: "erp".into(),
+        vms: vec!["db".into(), "app".into()],
+        interval_secs: 30,
+    });
+    roundtrip(Control::GroupClaimed {
+        req: 4,
+        group_cycle: 12,
+    });
+    let claim = Control::ClaimGroup {
+        req: 1,
+        group: "g".into(),
+        vms: (0..17).map(|i| format!("vm{i}")).collect(),
+        interval_secs: 30,
+    }
+    .encode();
+    let (k, body, _) = decode_frame(&claim, MAX_CONTROL_BODY).unwrap().unwrap();
+    let e = Control::decode(k, body).unwrap_err();
+    assert!(e.to_string().contains("at most 16"), "{e}");
+}
+
 /// A data stream as a sender writes it: batch start, a write, a clear, a sparse write.
 fn sample_data_stream() -> Vec<u8> {
     let mut s = BatchStart {
