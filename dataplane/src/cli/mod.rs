@@ -5,6 +5,7 @@
 mod cat;
 mod certs;
 pub(crate) mod config;
+mod confirm;
 mod convert;
 mod demo;
 mod error;
