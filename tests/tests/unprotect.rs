@@ -11,28 +11,92 @@
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use vdrep::sink::azure::{AzureConfig, AzureStore};
+use vdrep_tests::azurite::Azurite;
 use vdrep_tests::images::seeded_raw;
-use vdrep_tests::procs::{certs, finish, Receiver, Send};
-use vdrep_tests::{vdrep, vdrep_command, vdrep_ok};
+use vdrep_tests::procs::{certs, finish, read_log, Receiver, Send};
+use vdrep_tests::vdrep_command;
 
 const MIB: u64 = 1 << 20;
+const CONTAINER: &str = "replicas";
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// `vdrep points --store STORE --vm VM --json`, parsed.
-fn points(store: &Path, vm: &str) -> serde_json::Value {
-    let out = vdrep_ok(&["points", "--store", s(store), "--vm", vm, "--json"]);
-    serde_json::from_slice(&out.stdout).expect("points --json prints JSON")
+/// Where the replicas are: a local store, or a container in Azurite.
+enum Site {
+    Local(PathBuf),
+    Azure(Azurite),
+}
+
+impl Site {
+    /// The store options of every command.
+    fn args(&self) -> Vec<String> {
+        match self {
+            Site::Local(p) => vec!["--store".into(), s(p).into()],
+            Site::Azure(az) => vec![
+                "--azure-url".into(),
+                az.url(),
+                "--azure-container".into(),
+                CONTAINER.into(),
+            ],
+        }
+    }
+
+    /// `vdrep ARGS` with the store's options (the SAS in the environment).
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = vdrep_command();
+        c.args(args).args(self.args());
+        if let Site::Azure(az) = self {
+            c.env("VDREP_AZURE_SAS", format!("?{}", az.sas()));
+        }
+        c
+    }
+
+    fn vdrep(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("cannot start vdrep")
+    }
+
+    fn vdrep_ok(&self, args: &[&str]) -> Output {
+        vdrep_tests::run(&mut self.command(args))
+    }
+
+    /// What the store holds of VM vm1, sorted: files under `STORE/vm1`, or blobs and
+    /// snapshots under `vm1/`.
+    fn tree(&self) -> Vec<String> {
+        match self {
+            Site::Local(p) => tree(&p.join("vm1")),
+            Site::Azure(az) => {
+                let mut cfg = AzureConfig::new(&az.url(), CONTAINER);
+                cfg.sas = Some(az.sas());
+                let st = AzureStore::open(cfg).unwrap();
+                let mut v: Vec<String> = st
+                    .container()
+                    .list("vm1/", true)
+                    .unwrap()
+                    .into_iter()
+                    .map(|b| format!("{}@{}", b.name, b.snapshot.unwrap_or_default()))
+                    .collect();
+                v.sort();
+                v
+            }
+        }
+    }
+
+    /// `vdrep points --vm VM --json`, parsed.
+    fn points(&self, vm: &str) -> serde_json::Value {
+        let out = self.vdrep_ok(&["points", "--vm", vm, "--json"]);
+        serde_json::from_slice(&out.stdout).expect("points --json prints JSON")
+    }
 }
 
 /// Disk name → number of recovery points, from `points --json`.
-fn disk_points(store: &Path, vm: &str) -> Vec<(String, usize)> {
-    points(store, vm)["disks"]
+fn disk_points(site: &Site, vm: &str) -> Vec<(String, usize)> {
+    site.points(vm)["disks"]
         .as_array()
         .unwrap()
         .iter()
@@ -57,10 +121,13 @@ fn tracking(disk: &Path) -> Vec<String> {
     v
 }
 
-/// Every file under `dir`, relative, sorted: a snapshot to show nothing changed.
+/// Every file under `dir`, relative, sorted (none when `dir` is absent).
 fn tree(dir: &Path) -> Vec<String> {
     fn walk(root: &Path, d: &Path, out: &mut Vec<String>) {
-        for e in std::fs::read_dir(d).unwrap() {
+        let Ok(list) = std::fs::read_dir(d) else {
+            return;
+        };
+        for e in list {
             let p = e.unwrap().path();
             if p.is_dir() {
                 walk(root, &p, out);
@@ -75,9 +142,9 @@ fn tree(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Runs `vdrep ARGS` with stdin and stderr on a new pseudo-terminal, typing `answer`;
-/// returns the exit code, stdout and what the terminal showed.
-fn on_terminal(args: &[&str], answer: &str) -> (Option<i32>, String, String) {
+/// Runs `c` with stdin and stderr on a new pseudo-terminal, typing `answer`; returns the
+/// exit code, stdout and what the terminal showed.
+fn on_terminal(mut c: Command, answer: &str) -> (Option<i32>, String, String) {
     let (mut master, slave) = {
         let (mut m, mut sl) = (0, 0);
         // SAFETY: openpty writes two new descriptors we then own; no name, termios or size.
@@ -94,9 +161,7 @@ fn on_terminal(args: &[&str], answer: &str) -> (Option<i32>, String, String) {
         // SAFETY: both descriptors are open and owned by nobody else.
         unsafe { (std::fs::File::from_raw_fd(m), OwnedFd::from_raw_fd(sl)) }
     };
-    let mut c = vdrep_command();
-    c.args(args)
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
+    c.stdin(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::from(slave))
         .stdout(Stdio::piped());
     let mut child = c.spawn().expect("cannot start vdrep");
@@ -127,7 +192,7 @@ fn on_terminal(args: &[&str], answer: &str) -> (Option<i32>, String, String) {
         }
         if t0.elapsed() > Duration::from_secs(30) {
             let _ = child.kill();
-            panic!("vdrep {args:?} still waits on the terminal after 30 s");
+            panic!("vdrep still waits on the terminal after 30 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -139,39 +204,48 @@ fn on_terminal(args: &[&str], answer: &str) -> (Option<i32>, String, String) {
 /// cycle, so change tracking lies beside every disk; then sender and receiver are stopped.
 struct Protected {
     _tmp: tempfile::TempDir,
-    store: PathBuf,
+    dir: PathBuf,
+    site: Site,
     os: PathBuf,
     os2: PathBuf,
     data: PathBuf,
 }
 
-fn protected() -> Protected {
+fn protected(azure: bool) -> Protected {
     let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
+    let d = tmp.path().to_path_buf();
     let tls = certs(&d.join("tls"), &["hv01"]);
-    let store = d.join("store");
     for sub in ["a", "b"] {
         std::fs::create_dir_all(d.join(sub)).unwrap();
     }
     let os = seeded_raw(&d.join("a/os.raw"), 2 * MIB, 1, 64 << 10, 0);
     let os2 = seeded_raw(&d.join("b/os.raw"), 2 * MIB, 2, 64 << 10, 0);
     let data = seeded_raw(&d.join("a/data.raw"), 3 * MIB, 3, 64 << 10, 0);
-    let rx = Receiver::start(&store, &tls, &["hv01=vm1"]);
-    let send = Send::new(
-        &rx.to(),
-        &tls,
-        "hv01",
-        "vm1",
-        &[&os, &os2, &data],
-        &d.join("send.log"),
-    )
-    .arg("--interval")
-    .arg("1s");
+    let (site, rx) = if azure {
+        let az = Azurite::start();
+        let rx = Receiver::start_azure(
+            &az.url(),
+            CONTAINER,
+            &format!("?{}", az.sas()),
+            &tls,
+            &["hv01=vm1"],
+            &d.join("receiver.log"),
+        );
+        (Site::Azure(az), rx)
+    } else {
+        let store = d.join("store");
+        let rx = Receiver::start(&store, &tls, &["hv01=vm1"]);
+        (Site::Local(store), rx)
+    };
+    let log = d.join("send.log");
+    let send = Send::new(&rx.to(), &tls, "hv01", "vm1", &[&os, &os2, &data], &log)
+        .arg("--interval")
+        .arg("1s");
     let t0 = Instant::now();
     let mut child = send.spawn();
     let deadline = t0 + Duration::from_secs(90);
     loop {
-        let out = vdrep(&["points", "--store", s(&store), "--vm", "vm1", "--json"]);
+        let out = site.vdrep(&["points", "--vm", "vm1", "--json"]);
         let enough = out.status.success()
             && serde_json::from_slice::<serde_json::Value>(&out.stdout)
                 .ok()
@@ -189,19 +263,17 @@ fn protected() -> Protected {
             break;
         }
         if let Ok(Some(st)) = child.try_wait() {
-            panic!(
-                "send ended ({st}):\n{}",
-                vdrep_tests::procs::read_log(&d.join("send.log"))
-            );
+            panic!("send ended ({st}):\n{}", read_log(&log));
         }
         assert!(Instant::now() < deadline, "no cycle of every disk in 90 s");
         std::thread::sleep(Duration::from_millis(200));
     }
-    // SIGTERM drains; the receiver, stopped after, releases the disks.
+    // SIGTERM drains; the receiver, stopped after, releases the disks (lock or lease).
     // SAFETY: signalling our own child by its pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = finish(child, t0, Duration::from_secs(120), &d.join("send.log"));
-    drop(rx);
+    let _ = finish(child, t0, Duration::from_secs(120), &log);
+    let mut rx = rx;
+    rx.stop();
     for disk in [&os, &os2, &data] {
         assert!(
             tracking(disk).iter().any(|n| n.ends_with(".hrl")),
@@ -212,93 +284,73 @@ fn protected() -> Protected {
     }
     Protected {
         _tmp: tmp,
-        store,
+        dir: d,
+        site,
         os,
         os2,
         data,
     }
 }
 
-#[test]
-fn unprotect_disk_removes_only_the_disks_named_and_asks_first() {
-    let p = protected();
-    let st = s(&p.store);
-    assert_eq!(
-        disk_points(&p.store, "vm1")
-            .iter()
-            .map(|(d, _)| d.as_str())
-            .collect::<Vec<_>>(),
-        ["data", "os", "os-2"]
-    );
+fn names(v: &[(String, usize)]) -> Vec<&str> {
+    v.iter().map(|(d, _)| d.as_str()).collect()
+}
+
+/// The first half of both tests: scripts need `--yes`; on a terminal "n" keeps everything
+/// and "y" removes `os-2` (named by its store name) and only it.
+fn unprotect_os2(p: &Protected) {
+    let site = &p.site;
+    assert_eq!(names(&disk_points(site, "vm1")), ["data", "os", "os-2"]);
     let os2_arg = format!("{}=os-2", s(&p.os2));
-    let before = (tree(&p.store), tracking(&p.os), tracking(&p.os2));
+    let args = ["unprotect", "--vm", "vm1", "--disk", &os2_arg];
+    let before = (site.tree(), tracking(&p.os), tracking(&p.os2));
+    assert!(
+        before.0.iter().any(|f| f.contains("os-2")),
+        "{:?}",
+        before.0
+    );
 
     // A script without --yes: refused as a usage error, nothing removed, no hang.
-    let out = vdrep(&[
-        "unprotect",
-        "--store",
-        st,
-        "--vm",
-        "vm1",
-        "--disk",
-        &os2_arg,
-    ]);
+    let out = site.vdrep(&args);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("not a terminal") && err.contains("--yes"),
         "{err}"
     );
-    assert_eq!((tree(&p.store), tracking(&p.os), tracking(&p.os2)), before);
+    assert_eq!((site.tree(), tracking(&p.os), tracking(&p.os2)), before);
 
     // On a terminal it lists what goes and what stays; "n" keeps everything.
-    let args = [
-        "unprotect",
-        "--store",
-        st,
-        "--vm",
-        "vm1",
-        "--disk",
-        &os2_arg,
-    ];
-    let (code, _, shown) = on_terminal(&args, "n\n");
+    let (code, _, shown) = on_terminal(site.command(&args), "n\n");
     assert_eq!(code, Some(1), "{shown}");
     assert!(shown.contains("replica vm1/os-2 and its "), "{shown}");
     assert!(shown.contains("change tracking of "), "{shown}");
     assert!(shown.contains("staying: disks data, os"), "{shown}");
     assert!(shown.contains("Remove them? [y/N]"), "{shown}");
     assert!(shown.contains("cancelled: nothing removed"), "{shown}");
-    assert_eq!((tree(&p.store), tracking(&p.os), tracking(&p.os2)), before);
+    assert_eq!((site.tree(), tracking(&p.os), tracking(&p.os2)), before);
 
-    // "y": only os-2 goes (replica and the logs beside b/os.raw), named by its store name.
-    let (code, stdout, shown) = on_terminal(&args, "y\n");
+    // "y": only os-2 goes (replica, points, the logs beside b/os.raw).
+    let (code, stdout, shown) = on_terminal(site.command(&args), "y\n");
     assert_eq!(code, Some(0), "{shown}\n{stdout}");
     assert!(stdout.contains("removed replica vm1/os-2"), "{stdout}");
     assert!(tracking(&p.os2).is_empty(), "{:?}", tracking(&p.os2));
     assert_eq!(tracking(&p.os), before.1, "the other os disk's logs stay");
-    let left = disk_points(&p.store, "vm1");
-    assert_eq!(
-        left.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>(),
-        ["data", "os"]
-    );
+    let left = disk_points(site, "vm1");
+    assert_eq!(names(&left), ["data", "os"]);
     assert!(left.iter().all(|(_, n)| *n >= 2), "{left:?}");
-    assert!(
-        !tree(&p.store).iter().any(|f| f.contains("os-2")),
-        "{:?}",
-        tree(&p.store)
-    );
-    let jobs = vdrep_ok(&["jobs", "--store", st, "--vm", "vm1", "--json"]);
+    let kept: Vec<String> = before.0.into_iter().filter(|f| !f.contains("os-2")).collect();
+    assert_eq!(site.tree(), kept, "exactly os-2's files went");
+    let jobs = site.vdrep_ok(&["jobs", "--vm", "vm1", "--json"]);
     assert!(
         String::from_utf8_lossy(&jobs.stdout).contains("initial-replication"),
         "the VM's jobs stay while it has disks"
     );
     // What remains still fails over.
-    let fo = p.store.parent().unwrap().join("fo");
-    vdrep_ok(&[
+    let fo = p.dir.join("fo");
+    site.vdrep_ok(&[
         "failover",
         "--test",
-        "--store",
-        st,
         "--vm",
         "vm1",
         "--point",
@@ -308,13 +360,18 @@ fn unprotect_disk_removes_only_the_disks_named_and_asks_first() {
     ]);
     assert!(fo.join("os.vhd").is_file() && fo.join("data.vhd").is_file());
     assert!(!fo.join("os-2.vhd").exists());
+}
+
+#[test]
+fn unprotect_disk_removes_only_the_disks_named_and_asks_first() {
+    let p = protected(false);
+    unprotect_os2(&p);
+    let site = &p.site;
 
     // A name the store does not hold, with no logs beside the path: refused, nothing goes.
-    let before = tree(&p.store);
-    let out = vdrep(&[
+    let before = site.tree();
+    let out = site.vdrep(&[
         "unprotect",
-        "--store",
-        st,
         "--vm",
         "vm1",
         "--disk",
@@ -324,38 +381,40 @@ fn unprotect_disk_removes_only_the_disks_named_and_asks_first() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"db\"") && err.contains("data, os"), "{err}");
-    assert_eq!(tree(&p.store), before);
+    assert_eq!(site.tree(), before);
 
     // --yes; the name defaults to the stem: a/os.raw is `os`.
-    let out = vdrep_ok(&[
-        "unprotect",
-        "--store",
-        st,
-        "--vm",
-        "vm1",
-        "--disk",
-        s(&p.os),
-        "--yes",
-    ]);
+    let out = site.vdrep_ok(&["unprotect", "--vm", "vm1", "--disk", s(&p.os), "--yes"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed replica vm1/os "));
     assert!(tracking(&p.os).is_empty());
     assert!(!tracking(&p.data).is_empty());
-    assert_eq!(disk_points(&p.store, "vm1")[0].0, "data");
+    assert_eq!(names(&disk_points(site, "vm1")), ["data"]);
 
     // The VM's last disk: the VM goes, with its jobs and folder.
-    vdrep_ok(&[
-        "unprotect",
-        "--store",
-        st,
-        "--vm",
-        "vm1",
-        "--disk",
-        s(&p.data),
-        "--yes",
-    ]);
+    site.vdrep_ok(&["unprotect", "--vm", "vm1", "--disk", s(&p.data), "--yes"]);
     assert!(tracking(&p.data).is_empty());
-    assert!(!p.store.join("vm1").exists(), "{:?}", tree(&p.store));
+    assert!(site.tree().is_empty(), "{:?}", site.tree());
+    let Site::Local(store) = site else {
+        unreachable!()
+    };
+    assert!(!store.join("vm1").exists());
     for disk in [&p.os, &p.os2, &p.data] {
         assert!(disk.is_file(), "the source disks themselves stay");
     }
+}
+
+#[test]
+fn on_azure_unprotect_disk_removes_only_that_disks_blobs_and_snapshots() {
+    let p = protected(true);
+    unprotect_os2(&p);
+    // Without --disk: the whole VM, every blob, snapshot, index and the jobs blob.
+    let out = p.site.vdrep_ok(&["unprotect", "--vm", "vm1", "--yes"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("removed replica vm1/os ") && text.contains("removed replica vm1/data "),
+        "{text}"
+    );
+    assert!(p.site.tree().is_empty(), "{:?}", p.site.tree());
+    // Without --disk nothing beside the sources is touched.
+    assert!(!tracking(&p.os).is_empty() && !tracking(&p.data).is_empty());
 }
