@@ -339,7 +339,11 @@ fn unprotect_os2(p: &Protected) {
     let left = disk_points(site, "vm1");
     assert_eq!(names(&left), ["data", "os"]);
     assert!(left.iter().all(|(_, n)| *n >= 2), "{left:?}");
-    let kept: Vec<String> = before.0.into_iter().filter(|f| !f.contains("os-2")).collect();
+    let kept: Vec<String> = before
+        .0
+        .into_iter()
+        .filter(|f| !f.contains("os-2"))
+        .collect();
     assert_eq!(site.tree(), kept, "exactly os-2's files went");
     let jobs = site.vdrep_ok(&["jobs", "--vm", "vm1", "--json"]);
     assert!(
