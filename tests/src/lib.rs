@@ -7,6 +7,7 @@ pub mod azurite;
 pub mod cycles;
 pub mod delta_rig;
 pub mod fixtures;
+pub mod hostile;
 pub mod http;
 pub mod images;
 pub mod procs;

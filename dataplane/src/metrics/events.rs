@@ -181,6 +181,12 @@ pub fn refused_peer(reason: &'static str) {
     counter!(REFUSED_PEERS, "reason" => reason).increment(1);
 }
 
+/// The receiver refused a request, a batch or a stream (`class`: a wire error class name, or
+/// `connection_limit`; a bounded set).
+pub fn refusal(class: &'static str) {
+    counter!(REFUSALS, "class" => class).increment(1);
+}
+
 /// The store holds `n` recovery points of a disk.
 pub fn recovery_points(vm: &str, disk: &str, n: usize) {
     gauge!(RECOVERY_POINTS, "vm" => vm.to_string(), "disk" => disk.to_string()).set(n as f64);

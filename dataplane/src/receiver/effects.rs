@@ -110,6 +110,47 @@ impl Receiver {
                     },
                 )
             }
+            Effect::CommitPoint {
+                vm,
+                vm_cycle,
+                switch_unix_ms,
+                group,
+                group_cycle,
+                retention_secs,
+                disks,
+            } => {
+                let store = self.store.clone();
+                let point = crate::sink::vm_points::VmPoint {
+                    vm_cycle,
+                    switch_unix_ms,
+                    committed_unix: super::disk::unix_now(),
+                    group,
+                    group_cycle,
+                    // Initial copies (cycle 0) are made disk after disk: not one instant.
+                    consistent: disks.iter().all(|d| d.cycle > 0),
+                    disks: disks
+                        .iter()
+                        .map(|d| {
+                            crate::sink::vm_points::PointPart::new(
+                                &d.disk, d.cycle, d.bytes, &d.digest,
+                            )
+                        })
+                        .collect(),
+                };
+                Done::PointCommitted(
+                    match tokio::task::spawn_blocking(move || {
+                        crate::sink::vm_points::commit(store.as_ref(), &vm, point, retention_secs)
+                    })
+                    .await
+                    {
+                        Ok(r) => r.map_err(|e| refusal(&e)),
+                        Err(e) => Err(Refusal::new(
+                            ErrorClass::Internal,
+                            format!("VM point task failed: {e}"),
+                        )),
+                    },
+                )
+            }
             Effect::QueryCapacity { .. } => {
                 let store = self.store.clone();
                 Done::Capacity(

@@ -114,9 +114,31 @@ impl Classify for SendError {
 }
 
 impl SendError {
+    /// The receiver closed the connection because it serves as many connections as it may
+    /// (`receiver::limits::BUSY_CLOSE_CODE`): retried, and a Warning, not a fault.
+    pub fn is_receiver_busy(&self) -> bool {
+        use quinn::{ReadError, ReadExactError, WriteError};
+        let closed = match self {
+            SendError::Connection { source, .. } => source,
+            SendError::Frame {
+                source:
+                    FrameError::Read(ReadExactError::ReadError(ReadError::ConnectionLost(c)))
+                    | FrameError::Write(WriteError::ConnectionLost(c)),
+                ..
+            } => c,
+            _ => return false,
+        };
+        matches!(
+            closed,
+            quinn::ConnectionError::ApplicationClosed(c)
+                if u64::from(c.error_code) == u64::from(crate::receiver::limits::BUSY_CLOSE_CODE)
+        )
+    }
+
     /// Short class name for logs and metrics.
     pub fn class(&self) -> &'static str {
         match self {
+            e if e.is_receiver_busy() => ErrorClass::TargetBusy.as_str(),
             SendError::Disk(_) => "disk",
             SendError::Tls(_) => "tls",
             SendError::Resolve(_) => "resolve",
@@ -147,6 +169,9 @@ impl SendError {
         }
         SendError::Tls(_) => "the certificates or keys are unusable: check --tls and --identity",
         SendError::Resolve(_) => "the receiver's address does not resolve: check --to",
+        e if e.is_receiver_busy() => {
+            "the receiver is at its connection limit (--max-connections); retrying"
+        }
         SendError::Connection { source, .. }
             if crate::tls::advice::for_connection(source).is_some() =>
         {

@@ -13,7 +13,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use frames::{read_frame, write_frame, FrameError};
+pub use frames::{read_body, read_frame, read_frame_header, write_frame, FrameError};
 pub use window::{send_window_for, SendWindowGuard, MIN_SEND_WINDOW};
 
 /// Socket buffer size asked of the kernel.
@@ -202,6 +202,43 @@ pub fn server_endpoint_with_reset_key(
     reset_key: Option<StatelessResetKey>,
 ) -> std::io::Result<quinn::Endpoint> {
     cfg.transport_config(Arc::new(transport_config()));
+    endpoint_with(addr, cfg, reset_key)
+}
+
+/// What a receiver bounds in its transport (see `receiver::limits`).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerBounds {
+    /// The receive window a connection starts with.
+    pub receive_window: u64,
+    /// The send window of each connection.
+    pub send_window: u64,
+    /// Connections still in their handshake at once.
+    pub max_incoming: usize,
+}
+
+/// [`server_endpoint_with_reset_key`] with a receiver's bounds on its windows and on the
+/// handshakes in progress.
+pub fn server_endpoint_bounded(
+    addr: SocketAddr,
+    mut cfg: quinn::ServerConfig,
+    reset_key: Option<StatelessResetKey>,
+    b: ServerBounds,
+) -> std::io::Result<quinn::Endpoint> {
+    let mut t = transport_config();
+    let rw = quinn::VarInt::from_u64(b.receive_window).unwrap_or(quinn::VarInt::MAX);
+    t.receive_window(rw)
+        .stream_receive_window(rw.min((8u32 << 20).into()))
+        .send_window(b.send_window);
+    cfg.transport_config(Arc::new(t));
+    cfg.max_incoming(b.max_incoming);
+    endpoint_with(addr, cfg, reset_key)
+}
+
+fn endpoint_with(
+    addr: SocketAddr,
+    cfg: quinn::ServerConfig,
+    reset_key: Option<StatelessResetKey>,
+) -> std::io::Result<quinn::Endpoint> {
     let sock = bind_udp(addr)?;
     let ep_cfg = match reset_key {
         Some(k) => {

@@ -127,5 +127,9 @@ pub(crate) fn name(m: &Control) -> &'static str {
         Control::JobRecorded { .. } => "JobRecorded",
         Control::QueryCapacity { .. } => "QueryCapacity",
         Control::Capacity { .. } => "Capacity",
+        Control::ProgressRequest { .. } => "ProgressRequest",
+        Control::ProgressPage { .. } => "ProgressPage",
+        Control::CommitPoint { .. } => "CommitPoint",
+        Control::PointCommitted { .. } => "PointCommitted",
     }
 }

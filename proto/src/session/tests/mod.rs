@@ -8,6 +8,8 @@ mod model;
 mod pair;
 mod pair_disk;
 mod pair_tests;
+mod points;
+mod progress_pages;
 mod receiver_batch;
 mod receiver_control;
 mod receiver_limits;

@@ -22,6 +22,7 @@ fn opened(committed: bool, known_empty: bool, progress: Vec<(u64, u64)>) -> Cont
         generation: 9,
         known_empty,
         progress,
+        more_progress: false,
     }
 }
 
@@ -39,6 +40,7 @@ fn cycle_opened(cycle: u64, progress: Vec<(u64, u64)>) -> Control {
         handle: 5,
         cycle,
         progress,
+        more_progress: false,
     }
 }
 

@@ -37,6 +37,7 @@ fn control_messages_round_trip() {
         generation: 4,
         known_empty: true,
         progress: vec![(0, 512), (4096, 8192)],
+        more_progress: false,
     });
     roundtrip(Control::BeginCycle {
         req: 2,
@@ -48,6 +49,7 @@ fn control_messages_round_trip() {
         handle: 1,
         cycle: 9,
         progress: vec![(512, 1024)],
+        more_progress: false,
     });
     roundtrip(Control::CommitCycle {
         req: 3,
@@ -159,6 +161,7 @@ fn every_control() -> Vec<Control> {
             generation: 4,
             known_empty: false,
             progress: vec![(0, 512), (4096, 8192)],
+            more_progress: false,
         },
         Control::CommitInitial {
             req: 8,
@@ -180,6 +183,7 @@ fn every_control() -> Vec<Control> {
             handle: 1,
             cycle: 9,
             progress: vec![(512, 1024)],
+            more_progress: false,
         },
         Control::CommitCycle {
             req: 3,
@@ -193,6 +197,46 @@ fn every_control() -> Vec<Control> {
             req: 1,
             class: ErrorClass::Unauthorized,
             message: "no".into(),
+        },
+        Control::CommitPoint {
+            req: 4,
+            vm_cycle: 12,
+            switch_unix_ms: 1_700_000_000_123,
+            group: None,
+            group_cycle: None,
+            retention_secs: 3600,
+            disks: vec![
+                PointPart {
+                    handle: 1,
+                    cycle: 9,
+                    bytes: 4096,
+                    digest: [7; 32],
+                },
+                PointPart {
+                    handle: 2,
+                    cycle: 12,
+                    bytes: 0,
+                    digest: [0; 32],
+                },
+            ],
+        },
+        Control::CommitPoint {
+            req: 5,
+            vm_cycle: 13,
+            switch_unix_ms: 1,
+            group: Some("erp".into()),
+            group_cycle: Some(40),
+            retention_secs: 0,
+            disks: vec![PointPart {
+                handle: 1,
+                cycle: 10,
+                bytes: 1,
+                digest: [1; 32],
+            }],
+        },
+        Control::PointCommitted {
+            req: 5,
+            vm_cycle: 13,
         },
     ]
 }
@@ -284,7 +328,7 @@ fn every_control_kind_and_a_data_stream_decode_whole() {
     for m in every_control() {
         s.extend_from_slice(&m.encode());
     }
-    assert_eq!(decode_stream(&s).unwrap(), 10);
+    assert_eq!(decode_stream(&s).unwrap(), every_control().len());
     assert_eq!(decode_stream(&sample_data_stream()).unwrap(), 4);
 }
 

@@ -16,6 +16,7 @@ mod points;
 mod reader;
 pub mod state;
 mod synced;
+mod vm_points;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -312,7 +313,10 @@ impl ReplicaStore for LocalStore {
             .sync_dir(&p.dir)
             .map_err(io(&p.dir, "fsync directory"))?;
         drop(_lock);
-        // The VM's folder goes with its last disk.
+        // The VM's points go with its last disk, and so does its folder.
+        if self.list_disks(Some(&key.vm))?.is_empty() {
+            vm_points::ManifestFile::new(self.fs.clone(), &p.dir).remove()?;
+        }
         self.fs.remove_dir(&p.dir).map_err(io(&p.dir, "remove"))?;
         Ok(())
     }
@@ -366,6 +370,20 @@ impl ReplicaStore for LocalStore {
 
     fn available_bytes(&self) -> Result<Option<u64>, SinkError> {
         free_bytes(&self.root).map(Some)
+    }
+
+    fn vm_points(&self, vm: &str) -> Result<Option<crate::sink::vm_points::VmPoints>, SinkError> {
+        validate_name("VM name", vm)?;
+        vm_points::ManifestFile::new(self.fs.clone(), &self.root.join(vm)).load()
+    }
+
+    fn update_vm_points(
+        &self,
+        vm: &str,
+        f: &mut dyn FnMut(&mut crate::sink::vm_points::VmPoints, bool) -> Result<bool, SinkError>,
+    ) -> Result<(), SinkError> {
+        validate_name("VM name", vm)?;
+        vm_points::ManifestFile::new(self.fs.clone(), &self.root.join(vm)).update(f)
     }
 }
 

@@ -1,0 +1,546 @@
+//! The VM's recovery points: a manifest, one per VM, that names for each point the cycle of
+//! every disk of one switch (DESIGN §1: "recovery points are the VM's").
+//!
+//! **Invariant:** a VM point is written to the manifest only after every disk's part of it
+//! is a committed point of that disk, and the manifest is replaced whole (local: `VM/points`
+//! through `VM/points.tmp`; Azure: the blob `VM/points`), so a reader sees either the
+//! previous manifest or the new one, never a point holding some disks of a switch but not
+//! others. A receiver killed between two disks' commits of a cycle leaves the previous
+//! point as the latest.
+//!
+//! The manifest is JSON (`{"format": "vdrep-vm-points 1", "points": [...]}`), points oldest
+//! first with strictly increasing `vm_cycle`. This module is pure: encoding, the checks of
+//! a new point ([`VmPoints::add`]), retention ([`VmPoints::prune`]), removing a disk's parts
+//! ([`VmPoints::remove_disk`]) and the points of stores made before VM points
+//! ([`legacy_points`]). The backends keep only the bytes
+//! ([`super::ReplicaStore::commit_vm_point`]).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{validate_name, RecoveryPoint, ReplicaStore, SinkError};
+
+/// Names the manifest's format; another value is refused.
+pub const VM_POINTS_FORMAT: &str = "vdrep-vm-points 1";
+/// The manifest's name inside the VM's folder (local) or under the VM's prefix (Azure). No
+/// suffix: every file of a disk `NAME` has one (`NAME.vhd`, `NAME.state`, …), so even a disk
+/// named `points` never collides with it.
+pub const VM_POINTS_FILE: &str = "points";
+/// Where the local store writes a new manifest before renaming it over [`VM_POINTS_FILE`].
+pub const VM_POINTS_TMP: &str = "points.tmp";
+/// A manifest larger than this is not one (24 h of 30 s points of 16 disks is ~2 MiB).
+pub const MAX_MANIFEST_BYTES: usize = 64 << 20;
+
+/// One disk's part of a VM point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointPart {
+    /// The disk's name inside the VM.
+    pub disk: String,
+    /// The disk's own committed cycle that holds its state at the switch (a recovery point
+    /// of that disk: `PointReader::read_point(cycle, ..)`).
+    pub cycle: u64,
+    /// Bytes that cycle changed.
+    pub bytes: u64,
+    /// BLAKE3 of the disk at the switch as the sender computed it, hex; `None`: none sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+impl PointPart {
+    /// The part of a disk point: the digest in hex unless all zero (none sent).
+    pub fn new(disk: &str, cycle: u64, bytes: u64, digest: &[u8; 32]) -> PointPart {
+        PointPart {
+            disk: disk.to_string(),
+            cycle,
+            bytes,
+            digest: (*digest != [0; 32]).then(|| hex32(digest)),
+        }
+    }
+
+    /// The digest as bytes (all zero when none, as the disk's [`RecoveryPoint`] has it).
+    pub fn digest_bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        if let Some(h) = &self.digest {
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = h
+                    .get(i * 2..i * 2 + 2)
+                    .and_then(|s| u8::from_str_radix(s, 16).ok())
+                    .unwrap_or(0);
+            }
+        }
+        out
+    }
+}
+
+fn hex32(d: &[u8; 32]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One recovery point of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmPoint {
+    /// The VM cycle: the switch's number and the point's id (`failover --point ID`).
+    pub vm_cycle: u64,
+    /// The sender's switch instant, Unix milliseconds: the point's source time, which the
+    /// RPO measures. For points made before VM-wide switches ([`legacy_points`]) the
+    /// earliest of its disks' commit times.
+    pub switch_unix_ms: u64,
+    /// When the receiver recorded the point, Unix seconds (receiver clock).
+    pub committed_unix: u64,
+    /// The consistency group whose switch made the point (`None` outside a group).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// The group's switch number (`None` outside a group).
+    #[serde(default)]
+    pub group_cycle: Option<u64>,
+    /// True when every disk switched at one instant (a VM-wide switch); false for points
+    /// from before VM-wide switches, whose disks switched one after another, and for the
+    /// initial copies (disk after disk).
+    pub consistent: bool,
+    /// Every disk of the point, sorted by name.
+    pub disks: Vec<PointPart>,
+}
+
+impl VmPoint {
+    /// Bytes its disks' cycles changed.
+    pub fn bytes(&self) -> u64 {
+        self.disks.iter().map(|d| d.bytes).sum()
+    }
+
+    /// The part of disk `disk`, if the point has one.
+    pub fn part(&self, disk: &str) -> Option<&PointPart> {
+        self.disks.iter().find(|d| d.disk == disk)
+    }
+}
+
+/// What adding a point did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// The point is new: write the manifest.
+    New,
+    /// The same point was recorded already (a resent commit): nothing to write.
+    Again,
+}
+
+/// The manifest of one VM: its points, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmPoints {
+    format: String,
+    /// The points, oldest first, `vm_cycle` strictly increasing.
+    pub points: Vec<VmPoint>,
+}
+
+impl VmPoints {
+    /// A manifest holding `points` (oldest first).
+    pub fn new(points: Vec<VmPoint>) -> VmPoints {
+        VmPoints {
+            format: VM_POINTS_FORMAT.into(),
+            points,
+        }
+    }
+
+    /// The newest point.
+    pub fn latest(&self) -> Option<&VmPoint> {
+        self.points.last()
+    }
+
+    /// The manifest's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut doc = self.clone();
+        doc.format = VM_POINTS_FORMAT.into();
+        // Plain strings and numbers: serialising cannot fail.
+        let mut v = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    /// Reads a manifest; anything but a well-formed one of this format (points in order,
+    /// valid names, parts sorted and distinct) is [`SinkError::CorruptState`] naming `path`.
+    pub fn decode(bytes: &[u8], path: &Path) -> Result<VmPoints, SinkError> {
+        let corrupt = |problem: String| SinkError::CorruptState {
+            path: path.to_path_buf(),
+            offset: 0,
+            problem,
+        };
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(corrupt(format!("{} bytes: not a manifest", bytes.len())));
+        }
+        let doc: VmPoints = serde_json::from_slice(bytes)
+            .map_err(|e| corrupt(format!("not a VM points manifest: {e}")))?;
+        if doc.format != VM_POINTS_FORMAT {
+            return Err(corrupt(format!(
+                "format {:?}, expected {VM_POINTS_FORMAT:?}",
+                doc.format
+            )));
+        }
+        for (i, p) in doc.points.iter().enumerate() {
+            check_point(p).map_err(|e| corrupt(format!("point {}: {e}", p.vm_cycle)))?;
+            if i > 0 && doc.points[i - 1].vm_cycle >= p.vm_cycle {
+                return Err(corrupt(format!(
+                    "point {} follows point {}: points must be in increasing order",
+                    p.vm_cycle,
+                    doc.points[i - 1].vm_cycle
+                )));
+            }
+        }
+        Ok(doc)
+    }
+
+    /// Adds `point` as the newest. The same point again (same cycle, group and parts) is
+    /// [`Added::Again`]; a different point under a recorded cycle, or one older than the
+    /// newest, is refused (`InvalidState` at `path`). `committed_unix` never goes back
+    /// before the previous point's.
+    pub fn add(&mut self, mut point: VmPoint, path: &Path) -> Result<Added, SinkError> {
+        let invalid = |problem: String| SinkError::InvalidState {
+            path: path.to_path_buf(),
+            offset: 0,
+            problem,
+        };
+        check_point(&point).map_err(invalid)?;
+        if let Some(old) = self.points.iter().find(|p| p.vm_cycle == point.vm_cycle) {
+            if old.disks == point.disks
+                && old.group == point.group
+                && old.group_cycle == point.group_cycle
+            {
+                return Ok(Added::Again);
+            }
+            return Err(invalid(format!(
+                "VM point {} is recorded already with other disks' cycles",
+                point.vm_cycle
+            )));
+        }
+        if let Some(last) = self.points.last() {
+            if last.vm_cycle > point.vm_cycle {
+                return Err(invalid(format!(
+                    "VM point {} is older than the newest point {}",
+                    point.vm_cycle, last.vm_cycle
+                )));
+            }
+            point.committed_unix = point.committed_unix.max(last.committed_unix);
+        }
+        self.points.push(point);
+        Ok(Added::New)
+    }
+
+    /// Retention: drops the longest prefix of points committed before `cutoff_unix`, never
+    /// the newest, and every point one of whose parts is no longer a point of its disk
+    /// (`has(disk, cycle)` false: pruned by the disk's own retention or gone with a new
+    /// copy). Returns how many were dropped.
+    pub fn prune(&mut self, cutoff_unix: u64, has: impl Fn(&str, u64) -> bool) -> usize {
+        let n = self.points.len();
+        let keep_from = self
+            .points
+            .iter()
+            .take(n.saturating_sub(1))
+            .take_while(|p| p.committed_unix < cutoff_unix)
+            .count();
+        self.points.drain(..keep_from);
+        self.points
+            .retain(|p| p.disks.iter().all(|d| has(&d.disk, d.cycle)));
+        n - self.points.len()
+    }
+
+    /// Removes disk `disk`'s parts from every point (`unprotect --disk`); points left
+    /// without a disk go. Returns true when anything changed.
+    pub fn remove_disk(&mut self, disk: &str) -> bool {
+        let mut changed = false;
+        for p in &mut self.points {
+            let n = p.disks.len();
+            p.disks.retain(|d| d.disk != disk);
+            changed |= p.disks.len() != n;
+        }
+        self.points.retain(|p| !p.disks.is_empty());
+        changed
+    }
+}
+
+fn check_point(p: &VmPoint) -> Result<(), String> {
+    if p.disks.is_empty() {
+        return Err("a VM point needs at least one disk".into());
+    }
+    if let Some(g) = &p.group {
+        validate_name("group name", g).map_err(|e| e.to_string())?;
+    }
+    for (i, d) in p.disks.iter().enumerate() {
+        validate_name("disk name", &d.disk).map_err(|e| e.to_string())?;
+        if i > 0 && p.disks[i - 1].disk >= d.disk {
+            return Err(format!(
+                "disks {} and {} are not sorted by name or named twice",
+                p.disks[i - 1].disk,
+                d.disk
+            ));
+        }
+        if let Some(h) = &d.digest {
+            if h.len() != 64 || !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "disk {}: digest {h:?} is not 64 hex digits",
+                    d.disk
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The VM points of a store made before VM points existed (store format 3): the cycles
+/// every disk has a point of, each listed with `consistent: false` (the disks switched
+/// one after another), the source time the earliest of the disks' commits. `disks` are
+/// `(name, its points)`.
+pub fn legacy_points(disks: &[(String, Vec<RecoveryPoint>)]) -> Vec<VmPoint> {
+    let Some((_, first)) = disks.first() else {
+        return Vec::new();
+    };
+    let mut sorted: Vec<&(String, Vec<RecoveryPoint>)> = disks.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Vec::new();
+    for p in first {
+        let parts: Option<Vec<(&str, &RecoveryPoint)>> = sorted
+            .iter()
+            .map(|(name, pts)| {
+                pts.iter()
+                    .find(|q| q.cycle == p.cycle)
+                    .map(|q| (name.as_str(), q))
+            })
+            .collect();
+        let Some(parts) = parts else { continue };
+        let earliest = parts.iter().map(|(_, q)| q.created_unix).min().unwrap_or(0);
+        let latest = parts.iter().map(|(_, q)| q.created_unix).max().unwrap_or(0);
+        out.push(VmPoint {
+            vm_cycle: p.cycle,
+            switch_unix_ms: earliest.saturating_mul(1000),
+            committed_unix: latest,
+            group: None,
+            group_cycle: None,
+            consistent: false,
+            disks: parts
+                .iter()
+                .map(|(n, q)| PointPart::new(n, q.cycle, q.bytes, &q.digest))
+                .collect(),
+        });
+    }
+    out.sort_by_key(|p| p.vm_cycle);
+    out
+}
+
+/// The recovery points of every disk of `vm` in `store`, by disk name.
+pub fn disk_points(
+    store: &dyn ReplicaStore,
+    vm: &str,
+) -> Result<Vec<(String, Vec<RecoveryPoint>)>, SinkError> {
+    let mut out = Vec::new();
+    for k in store.list_disks(Some(vm))? {
+        let pts = match store.point_reader(&k) {
+            Ok(r) => r.points()?,
+            // Removed meanwhile, or not committed yet: no points.
+            Err(SinkError::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        out.push((k.disk, pts));
+    }
+    Ok(out)
+}
+
+/// The VM's recovery points, oldest first: its manifest's, or, in a store without one
+/// (made before VM points, or before the VM's first VM-wide switch committed), the
+/// [`legacy_points`] of its disks.
+pub fn list(store: &dyn ReplicaStore, vm: &str) -> Result<Vec<VmPoint>, SinkError> {
+    validate_name("VM name", vm)?;
+    match store.vm_points(vm)? {
+        Some(m) => Ok(m.points),
+        None => Ok(legacy_points(&disk_points(store, vm)?)),
+    }
+}
+
+/// Records `point` as the newest recovery point of `vm` (a VM cycle whose every disk's
+/// part was committed), then prunes whole points committed more than `retention_secs`
+/// before it and points whose parts are gone. Every part must be a recovery point of its
+/// disk (else `InvalidState`: the manifest is not written). The first manifest of a VM
+/// starts with its [`legacy_points`] older than `point`. Returns how many points were
+/// pruned.
+pub fn commit(
+    store: &dyn ReplicaStore,
+    vm: &str,
+    point: VmPoint,
+    retention_secs: u64,
+) -> Result<usize, SinkError> {
+    validate_name("VM name", vm)?;
+    let disks = disk_points(store, vm)?;
+    let has = |disk: &str, cycle: u64| {
+        disks
+            .iter()
+            .any(|(d, pts)| d == disk && pts.iter().any(|p| p.cycle == cycle))
+    };
+    let where_ = std::path::PathBuf::from(format!("{}: VM {vm} points", store.describe()));
+    for part in &point.disks {
+        if !has(&part.disk, part.cycle) {
+            return Err(SinkError::InvalidState {
+                path: where_.clone(),
+                offset: 0,
+                problem: format!(
+                    "disk {} has no recovery point {}: a VM point holds only committed cycles",
+                    part.disk, part.cycle
+                ),
+            });
+        }
+    }
+    let mut pruned = 0;
+    store.update_vm_points(vm, &mut |m, existed| {
+        if !existed {
+            m.points = legacy_points(&disks)
+                .into_iter()
+                .filter(|p| p.vm_cycle < point.vm_cycle)
+                .collect();
+        }
+        match m.add(point.clone(), &where_)? {
+            Added::Again => Ok(!existed),
+            Added::New => {
+                let newest = m.latest().map_or(0, |p| p.committed_unix);
+                pruned = m.prune(newest.saturating_sub(retention_secs), has);
+                Ok(true)
+            }
+        }
+    })?;
+    Ok(pruned)
+}
+
+/// Removes disk `disk`'s parts from the points of `vm` (`unprotect --disk`); points left
+/// with no disk go, and so does a manifest left with no point. Absent is not an error.
+pub fn remove_disk(store: &dyn ReplicaStore, vm: &str, disk: &str) -> Result<(), SinkError> {
+    validate_name("VM name", vm)?;
+    if store.vm_points(vm)?.is_none() {
+        return Ok(());
+    }
+    store.update_vm_points(vm, &mut |m, existed| Ok(existed && m.remove_disk(disk)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(c: u64, committed: u64, disks: &[(&str, u64)]) -> VmPoint {
+        VmPoint {
+            vm_cycle: c,
+            switch_unix_ms: committed * 1000,
+            committed_unix: committed,
+            group: None,
+            group_cycle: None,
+            consistent: true,
+            disks: disks
+                .iter()
+                .map(|(d, cy)| PointPart::new(d, *cy, 1, &[0; 32]))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_manifest_round_trips_and_a_damaged_or_unordered_one_is_corrupt() {
+        let p = Path::new("/s/vm1/points");
+        let mut m = VmPoints::default();
+        m.add(point(3, 10, &[("data", 2), ("os", 3)]), p).unwrap();
+        let mut q = point(4, 11, &[("os", 4)]);
+        q.disks[0].digest = Some("ab".repeat(32));
+        m.add(q, p).unwrap();
+        let back = VmPoints::decode(&m.encode(), p).unwrap();
+        assert_eq!(back.points, m.points);
+        assert_eq!(back.points[1].disks[0].digest_bytes(), [0xab; 32]);
+        for bad in [
+            b"{}".to_vec(),
+            b"not json".to_vec(),
+            String::from_utf8(m.encode())
+                .unwrap()
+                .replace("\"vm_cycle\": 4", "\"vm_cycle\": 2")
+                .into_bytes(),
+            String::from_utf8(m.encode())
+                .unwrap()
+                .replace("vdrep-vm-points 1", "vdrep-vm-points 9")
+                .into_bytes(),
+        ] {
+            assert!(matches!(
+                VmPoints::decode(&bad, p),
+                Err(SinkError::CorruptState { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn the_same_point_again_is_no_change_and_a_different_or_older_one_is_refused() {
+        let p = Path::new("x");
+        let mut m = VmPoints::default();
+        assert_eq!(
+            m.add(point(5, 10, &[("a", 5), ("b", 4)]), p).unwrap(),
+            Added::New
+        );
+        assert_eq!(
+            m.add(point(5, 99, &[("a", 5), ("b", 4)]), p).unwrap(),
+            Added::Again
+        );
+        assert!(m.add(point(5, 10, &[("a", 5), ("b", 5)]), p).is_err());
+        assert!(m.add(point(4, 10, &[("a", 4)]), p).is_err());
+        assert!(
+            m.add(point(6, 10, &[("b", 5), ("a", 6)]), p).is_err(),
+            "unsorted"
+        );
+        assert!(m.add(point(6, 10, &[]), p).is_err());
+        // The clock went back: the commit time does not.
+        m.add(point(6, 3, &[("a", 6)]), p).unwrap();
+        assert_eq!(m.points[1].committed_unix, 10);
+    }
+
+    #[test]
+    fn retention_drops_whole_old_points_never_the_newest_and_points_whose_parts_are_gone() {
+        let mut m = VmPoints::new(vec![
+            point(1, 10, &[("a", 1), ("b", 1)]),
+            point(2, 20, &[("a", 2), ("b", 2)]),
+            point(3, 30, &[("a", 3), ("b", 3)]),
+        ]);
+        assert_eq!(m.prune(25, |_, _| true), 2);
+        assert_eq!(m.points[0].vm_cycle, 3);
+        assert_eq!(m.prune(1000, |_, _| true), 0, "the newest stays");
+        let mut m = VmPoints::new(vec![
+            point(1, 10, &[("a", 1), ("b", 1)]),
+            point(2, 20, &[("a", 2), ("b", 2)]),
+        ]);
+        assert_eq!(m.prune(0, |d, c| !(d == "b" && c == 1)), 1);
+        assert_eq!(m.points[0].vm_cycle, 2);
+    }
+
+    #[test]
+    fn removing_a_disk_removes_its_parts_and_points_left_empty() {
+        let mut m = VmPoints::new(vec![
+            point(1, 10, &[("a", 1)]),
+            point(2, 20, &[("a", 2), ("b", 2)]),
+        ]);
+        assert!(m.remove_disk("a"));
+        assert_eq!(m.points.len(), 1);
+        assert_eq!(m.points[0].disks.len(), 1);
+        assert!(!m.remove_disk("zz"));
+    }
+
+    #[test]
+    fn points_from_before_vm_switches_are_the_cycles_every_disk_has_and_not_consistent() {
+        let rp = |cycle, t| RecoveryPoint {
+            cycle,
+            created_unix: t,
+            bytes: 7,
+            digest: [0; 32],
+        };
+        let v = legacy_points(&[
+            (
+                "os".into(),
+                vec![rp(0, 100), rp(1, 130), rp(2, 160), rp(3, 190)],
+            ),
+            ("data".into(), vec![rp(0, 110), rp(1, 135), rp(2, 165)]),
+        ]);
+        let ids: Vec<u64> = v.iter().map(|p| p.vm_cycle).collect();
+        assert_eq!(ids, vec![0, 1, 2]);
+        assert!(v.iter().all(|p| !p.consistent));
+        assert_eq!(v[1].switch_unix_ms, 130_000);
+        assert_eq!(v[1].committed_unix, 135);
+        assert_eq!(v[1].disks[0].disk, "data");
+        assert!(legacy_points(&[]).is_empty());
+    }
+}
