@@ -24,7 +24,7 @@ use anyhow::anyhow;
 use super::confirm::{confirm, Answer};
 use super::store_args::StoreArgs;
 use super::CliError;
-use crate::sink::{DiskKey, ReplicaStore, SinkError};
+use crate::sink::{vm_points, DiskKey, ReplicaStore, SinkError};
 use crate::tracking::LogPaths;
 
 #[derive(clap::Args, Debug)]
@@ -83,9 +83,13 @@ fn parse_disk(s: &str) -> Result<DiskSpec, String> {
 
 /// What unprotecting one disk removes, found before anything is removed.
 struct Item {
+    /// The disk's name in the store.
+    name: String,
     /// The replica in the store (`None`: the store has none by that name; only the change
-    /// tracking is left, e.g. after a removal cut short).
+    /// tracking or parts of the VM's points are left, e.g. after a removal cut short).
     key: Option<DiskKey>,
+    /// The VM's recovery points name the disk.
+    in_vm_points: bool,
     /// Its recovery points, when they could be counted.
     points: Option<usize>,
     /// The source disk (`--disk`), and its tracking files now.
@@ -104,7 +108,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
     }
     let store = a.store.open_existing()?;
     let keys = store.list_disks(Some(&a.vm))?;
-    let items = plan(store.as_ref(), &a.vm, &keys, &a.disks)?;
+    let in_points = point_disks(store.as_ref(), &a.vm)?;
+    let items = plan(store.as_ref(), &a.vm, &keys, &in_points, &a.disks)?;
     // Naming every disk of the VM is unprotecting the VM: its jobs go too.
     let whole_vm = keys
         .iter()
@@ -117,6 +122,12 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 Some(n) => format!("replica {k} and its {n} recovery point{}", plural(n)),
                 None => format!("replica {k} and its recovery points"),
             });
+        }
+        if i.in_vm_points {
+            lines.push(format!(
+                "disk {}'s parts of the VM's recovery points",
+                i.name
+            ));
         }
         if let Some((p, files)) = &i.source {
             if !files.is_empty() {
@@ -148,24 +159,19 @@ pub fn run(a: Args) -> Result<(), CliError> {
         return Err(anyhow!("unprotect cancelled: nothing removed").into());
     }
 
+    // Per disk: the replica first, then its parts of the VM's points (a removal cut short
+    // in between leaves points naming a missing disk, which running unprotect again
+    // finishes; the other order would drop the parts of a disk a receiver still holds).
     for i in &items {
-        let Some(k) = &i.key else { continue };
-        match store.remove_disk(k) {
-            Ok(()) => println!(
-                "removed replica {k} and its recovery points from {}",
-                store.describe()
-            ),
-            // A plain message, not the recoverable sink error: this needs the operator.
-            Err(SinkError::Locked { path }) => {
-                return Err(anyhow!(
-                    "{}: disk {k} is being replicated (a receiver holds it): stop replication \
-                     of VM {} first, then run unprotect again",
-                    path.display(),
-                    a.vm
-                )
-                .into())
-            }
-            Err(e) => return Err(e.into()),
+        if let Some(k) = &i.key {
+            remove_replica(store.as_ref(), k, &a.vm)?;
+        }
+        if i.in_vm_points {
+            vm_points::remove_disk(store.as_ref(), &a.vm, &i.name)?;
+            println!(
+                "removed disk {} from the recovery points of VM {}",
+                i.name, a.vm
+            );
         }
     }
     if keys.is_empty() {
@@ -190,12 +196,52 @@ pub fn run(a: Args) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Removes one replica with its own recovery points.
+fn remove_replica(store: &dyn ReplicaStore, k: &DiskKey, vm: &str) -> Result<(), CliError> {
+    match store.remove_disk(k) {
+        Ok(()) => {
+            println!(
+                "removed replica {k} and its recovery points from {}",
+                store.describe()
+            );
+            Ok(())
+        }
+        // A plain message, not the recoverable sink error: this needs the operator.
+        Err(SinkError::Locked { path }) => Err(anyhow!(
+            "{}: disk {k} is being replicated (a receiver holds it): stop replication of VM \
+             {vm} first, then run unprotect again",
+            path.display()
+        )
+        .into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The disks the VM's recovery-point manifest names (none without a manifest, or on a
+/// store that keeps no VM points).
+fn point_disks(store: &dyn ReplicaStore, vm: &str) -> Result<Vec<String>, CliError> {
+    let m = match store.vm_points(vm) {
+        Ok(Some(m)) => m,
+        Ok(None) | Err(SinkError::NotSupported { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut v: Vec<String> = m
+        .points
+        .iter()
+        .flat_map(|p| p.disks.iter().map(|d| d.disk.clone()))
+        .collect();
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
 /// The disks to unprotect: every disk of the VM without `--disk`, else the named ones, each
 /// of which must have a replica in the store or tracking files beside it.
 fn plan(
     store: &dyn ReplicaStore,
     vm: &str,
     keys: &[DiskKey],
+    in_points: &[String],
     specs: &[DiskSpec],
 ) -> Result<Vec<Item>, CliError> {
     let count = |k: &DiskKey| {
@@ -206,21 +252,36 @@ fn plan(
             .map(|p| p.len())
     };
     if specs.is_empty() {
-        if keys.is_empty() {
+        if keys.is_empty() && in_points.is_empty() {
             return Err(anyhow!(
                 "{} holds no disks of VM {vm:?}: nothing to unprotect",
                 store.describe()
             )
             .into());
         }
-        return Ok(keys
+        let mut items: Vec<Item> = keys
             .iter()
             .map(|k| Item {
+                name: k.disk.clone(),
                 key: Some(k.clone()),
+                in_vm_points: in_points.contains(&k.disk),
                 points: count(k),
                 source: None,
             })
-            .collect());
+            .collect();
+        // Parts of disks whose replica went already (a removal cut short).
+        for d in in_points {
+            if !keys.iter().any(|k| &k.disk == d) {
+                items.push(Item {
+                    name: d.clone(),
+                    key: None,
+                    in_vm_points: true,
+                    points: None,
+                    source: None,
+                });
+            }
+        }
+        return Ok(items);
     }
     let mut items = Vec::new();
     let mut missing = Vec::new();
@@ -236,10 +297,13 @@ fn plan(
             }
         };
         let held = keys.contains(&key);
-        if !held && files.is_empty() {
+        let in_vm_points = in_points.contains(&s.name);
+        if !held && !in_vm_points && files.is_empty() {
             missing.push(s);
         }
         items.push(Item {
+            name: s.name.clone(),
+            in_vm_points,
             points: if held { count(&key) } else { None },
             key: held.then_some(key),
             source: Some((s.path.clone(), files)),
