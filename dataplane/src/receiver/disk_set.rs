@@ -45,10 +45,9 @@ pub(crate) fn check(
         ErrorClass::DiskSetChanged,
         format!(
             "VM {vm}: {store} holds {} but the sender protects {}: a VM's disks are one set, \
-             and {} would keep stale recovery points. Stop the sender and unprotect what it \
-             no longer names with `vdrep unprotect --vm {vm} {}` and this store's options \
-             (PATH: the disk's image on the host, whose change logs go too), or name {} \
-             again",
+             and {} would keep stale recovery points; unprotect what the sender no longer \
+             names (`vdrep unprotect --vm {vm} {}` with this store's options; PATH is the \
+             disk's image, whose change logs go too) or name {} again",
             disks(&{
                 let mut h: Vec<&str> = held.iter().map(String::as_str).collect();
                 h.sort_unstable();

@@ -182,6 +182,7 @@ fn template(i: &mut In<'_>) -> Control {
             virtual_size: i.size(),
             source_id: Guid([i.u8(); 16]),
             full_copy: i.u8() & 1 == 1,
+            vm_disks: Vec::new(),
         },
         2 => Control::CommitInitial {
             req,
