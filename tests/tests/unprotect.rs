@@ -11,102 +11,17 @@
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vdrep::sink::azure::{AzureConfig, AzureStore};
-use vdrep_tests::azurite::Azurite;
 use vdrep_tests::images::seeded_raw;
-use vdrep_tests::procs::{certs, finish, read_log, Receiver, Send};
-use vdrep_tests::vdrep_command;
+use vdrep_tests::procs::{certs, finish, read_log, Send};
+use vdrep_tests::site::Site;
 
 const MIB: u64 = 1 << 20;
-const CONTAINER: &str = "replicas";
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// Where the replicas are: a local store, or a container in Azurite.
-enum Site {
-    Local(PathBuf),
-    Azure(Azurite),
-}
-
-impl Site {
-    /// The store options of every command.
-    fn args(&self) -> Vec<String> {
-        match self {
-            Site::Local(p) => vec!["--store".into(), s(p).into()],
-            Site::Azure(az) => vec![
-                "--azure-url".into(),
-                az.url(),
-                "--azure-container".into(),
-                CONTAINER.into(),
-            ],
-        }
-    }
-
-    /// `vdrep ARGS` with the store's options (the SAS in the environment).
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = vdrep_command();
-        c.args(args).args(self.args());
-        if let Site::Azure(az) = self {
-            c.env("VDREP_AZURE_SAS", format!("?{}", az.sas()));
-        }
-        c
-    }
-
-    fn vdrep(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("cannot start vdrep")
-    }
-
-    fn vdrep_ok(&self, args: &[&str]) -> Output {
-        vdrep_tests::run(&mut self.command(args))
-    }
-
-    /// What the store holds of VM vm1, sorted: files under `STORE/vm1`, or blobs and
-    /// snapshots under `vm1/`.
-    fn tree(&self) -> Vec<String> {
-        match self {
-            Site::Local(p) => tree(&p.join("vm1")),
-            Site::Azure(az) => {
-                let mut cfg = AzureConfig::new(&az.url(), CONTAINER);
-                cfg.sas = Some(az.sas());
-                let st = AzureStore::open(cfg).unwrap();
-                let mut v: Vec<String> = st
-                    .container()
-                    .list("vm1/", true)
-                    .unwrap()
-                    .into_iter()
-                    .map(|b| format!("{}@{}", b.name, b.snapshot.unwrap_or_default()))
-                    .collect();
-                v.sort();
-                v
-            }
-        }
-    }
-
-    /// `vdrep points --vm VM --json`, parsed.
-    fn points(&self, vm: &str) -> serde_json::Value {
-        let out = self.vdrep_ok(&["points", "--vm", vm, "--json"]);
-        serde_json::from_slice(&out.stdout).expect("points --json prints JSON")
-    }
-}
-
-/// Disk name → number of recovery points, from `points --json`.
-fn disk_points(site: &Site, vm: &str) -> Vec<(String, usize)> {
-    site.points(vm)["disks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["disk"].as_str().unwrap().to_string(),
-                d["points"].as_array().unwrap().len(),
-            )
-        })
-        .collect()
 }
 
 /// The change-tracking files beside `disk` (names starting with its file name and a dot).
@@ -117,27 +32,6 @@ fn tracking(disk: &Path) -> Vec<String> {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(&name))
         .collect();
-    v.sort();
-    v
-}
-
-/// Every file under `dir`, relative, sorted (none when `dir` is absent).
-fn tree(dir: &Path) -> Vec<String> {
-    fn walk(root: &Path, d: &Path, out: &mut Vec<String>) {
-        let Ok(list) = std::fs::read_dir(d) else {
-            return;
-        };
-        for e in list {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                out.push(p.strip_prefix(root).unwrap().display().to_string());
-            }
-        }
-    }
-    let mut v = Vec::new();
-    walk(dir, dir, &mut v);
     v.sort();
     v
 }
@@ -221,22 +115,8 @@ fn protected(azure: bool) -> Protected {
     let os = seeded_raw(&d.join("a/os.raw"), 2 * MIB, 1, 64 << 10, 0);
     let os2 = seeded_raw(&d.join("b/os.raw"), 2 * MIB, 2, 64 << 10, 0);
     let data = seeded_raw(&d.join("a/data.raw"), 3 * MIB, 3, 64 << 10, 0);
-    let (site, rx) = if azure {
-        let az = Azurite::start();
-        let rx = Receiver::start_azure(
-            &az.url(),
-            CONTAINER,
-            &format!("?{}", az.sas()),
-            &tls,
-            &["hv01=vm1"],
-            &d.join("receiver.log"),
-        );
-        (Site::Azure(az), rx)
-    } else {
-        let store = d.join("store");
-        let rx = Receiver::start(&store, &tls, &["hv01=vm1"]);
-        (Site::Local(store), rx)
-    };
+    let site = Site::new(azure, &d);
+    let mut rx = site.receiver(&tls, &["hv01=vm1"], &d.join("receiver.log"));
     let log = d.join("send.log");
     let send = Send::new(&rx.to(), &tls, "hv01", "vm1", &[&os, &os2, &data], &log)
         .arg("--interval")
@@ -272,7 +152,6 @@ fn protected(azure: bool) -> Protected {
     // SAFETY: signalling our own child by its pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = finish(child, t0, Duration::from_secs(120), &log);
-    let mut rx = rx;
     rx.stop();
     for disk in [&os, &os2, &data] {
         assert!(
@@ -300,10 +179,10 @@ fn names(v: &[(String, usize)]) -> Vec<&str> {
 /// and "y" removes `os-2` (named by its store name) and only it.
 fn unprotect_os2(p: &Protected) {
     let site = &p.site;
-    assert_eq!(names(&disk_points(site, "vm1")), ["data", "os", "os-2"]);
+    assert_eq!(names(&site.disk_points("vm1")), ["data", "os", "os-2"]);
     let os2_arg = format!("{}=os-2", s(&p.os2));
     let args = ["unprotect", "--vm", "vm1", "--disk", &os2_arg];
-    let before = (site.tree(), tracking(&p.os), tracking(&p.os2));
+    let before = (site.tree("vm1"), tracking(&p.os), tracking(&p.os2));
     assert!(
         before.0.iter().any(|f| f.contains("os-2")),
         "{:?}",
@@ -318,7 +197,10 @@ fn unprotect_os2(p: &Protected) {
         err.contains("not a terminal") && err.contains("--yes"),
         "{err}"
     );
-    assert_eq!((site.tree(), tracking(&p.os), tracking(&p.os2)), before);
+    assert_eq!(
+        (site.tree("vm1"), tracking(&p.os), tracking(&p.os2)),
+        before
+    );
 
     // On a terminal it lists what goes and what stays; "n" keeps everything.
     let (code, _, shown) = on_terminal(site.command(&args), "n\n");
@@ -328,7 +210,10 @@ fn unprotect_os2(p: &Protected) {
     assert!(shown.contains("staying: disks data, os"), "{shown}");
     assert!(shown.contains("Remove them? [y/N]"), "{shown}");
     assert!(shown.contains("cancelled: nothing removed"), "{shown}");
-    assert_eq!((site.tree(), tracking(&p.os), tracking(&p.os2)), before);
+    assert_eq!(
+        (site.tree("vm1"), tracking(&p.os), tracking(&p.os2)),
+        before
+    );
 
     // "y": only os-2 goes (replica, points, the logs beside b/os.raw).
     let (code, stdout, shown) = on_terminal(site.command(&args), "y\n");
@@ -336,7 +221,7 @@ fn unprotect_os2(p: &Protected) {
     assert!(stdout.contains("removed replica vm1/os-2"), "{stdout}");
     assert!(tracking(&p.os2).is_empty(), "{:?}", tracking(&p.os2));
     assert_eq!(tracking(&p.os), before.1, "the other os disk's logs stay");
-    let left = disk_points(site, "vm1");
+    let left = site.disk_points("vm1");
     assert_eq!(names(&left), ["data", "os"]);
     assert!(left.iter().all(|(_, n)| *n >= 2), "{left:?}");
     let kept: Vec<String> = before
@@ -344,7 +229,7 @@ fn unprotect_os2(p: &Protected) {
         .into_iter()
         .filter(|f| !f.contains("os-2"))
         .collect();
-    assert_eq!(site.tree(), kept, "exactly os-2's files went");
+    assert_eq!(site.tree("vm1"), kept, "exactly os-2's files went");
     let jobs = site.vdrep_ok(&["jobs", "--vm", "vm1", "--json"]);
     assert!(
         String::from_utf8_lossy(&jobs.stdout).contains("initial-replication"),
@@ -373,7 +258,7 @@ fn unprotect_disk_removes_only_the_disks_named_and_asks_first() {
     let site = &p.site;
 
     // A name the store does not hold, with no logs beside the path: refused, nothing goes.
-    let before = site.tree();
+    let before = site.tree("vm1");
     let out = site.vdrep(&[
         "unprotect",
         "--vm",
@@ -385,19 +270,19 @@ fn unprotect_disk_removes_only_the_disks_named_and_asks_first() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"db\"") && err.contains("data, os"), "{err}");
-    assert_eq!(site.tree(), before);
+    assert_eq!(site.tree("vm1"), before);
 
     // --yes; the name defaults to the stem: a/os.raw is `os`.
     let out = site.vdrep_ok(&["unprotect", "--vm", "vm1", "--disk", s(&p.os), "--yes"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed replica vm1/os "));
     assert!(tracking(&p.os).is_empty());
     assert!(!tracking(&p.data).is_empty());
-    assert_eq!(names(&disk_points(site, "vm1")), ["data"]);
+    assert_eq!(names(&site.disk_points("vm1")), ["data"]);
 
     // The VM's last disk: the VM goes, with its jobs and folder.
     site.vdrep_ok(&["unprotect", "--vm", "vm1", "--disk", s(&p.data), "--yes"]);
     assert!(tracking(&p.data).is_empty());
-    assert!(site.tree().is_empty(), "{:?}", site.tree());
+    assert!(site.tree("vm1").is_empty(), "{:?}", site.tree("vm1"));
     let Site::Local(store) = site else {
         unreachable!()
     };
@@ -418,7 +303,7 @@ fn on_azure_unprotect_disk_removes_only_that_disks_blobs_and_snapshots() {
         text.contains("removed replica vm1/os ") && text.contains("removed replica vm1/data "),
         "{text}"
     );
-    assert!(p.site.tree().is_empty(), "{:?}", p.site.tree());
+    assert!(p.site.tree("vm1").is_empty(), "{:?}", p.site.tree("vm1"));
     // Without --disk nothing beside the sources is touched.
     assert!(!tracking(&p.os).is_empty() && !tracking(&p.data).is_empty());
 }
