@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vdrep::sink::local::LocalStore;
+use vdrep::sink::{vm_points, ReplicaStore};
 use vdrep_tests::images::seeded_raw;
 use vdrep_tests::procs::{certs, finish, read_log, Send};
 use vdrep_tests::site::Site;
@@ -171,6 +173,35 @@ fn protected(azure: bool) -> Protected {
     }
 }
 
+/// Makes sure the VM has a recovery-point manifest (`STORE/vm1/points`), written through
+/// the store's API from the disks' common points when the receiver did not write one;
+/// returns how many points it holds.
+fn ensure_vm_points(store: &Path) -> usize {
+    let st = LocalStore::open(store).unwrap();
+    if st.vm_points("vm1").unwrap().is_none() {
+        let points = vm_points::legacy_points(&vm_points::disk_points(&st, "vm1").unwrap());
+        st.update_vm_points("vm1", &mut |m, _| {
+            m.points = points.clone();
+            Ok(true)
+        })
+        .unwrap();
+    }
+    let v = vm_point_disks(store);
+    assert!(v.len() >= 2, "{v:?}");
+    assert!(v.iter().all(|p| p == &["data", "os", "os-2"]), "{v:?}");
+    v.len()
+}
+
+/// The disks of each of the VM's points, oldest first.
+fn vm_point_disks(store: &Path) -> Vec<Vec<String>> {
+    let st = LocalStore::open(store).unwrap();
+    let m = st.vm_points("vm1").unwrap().expect("the VM's points");
+    m.points
+        .iter()
+        .map(|p| p.disks.iter().map(|d| d.disk.clone()).collect())
+        .collect()
+}
+
 fn names(v: &[(String, usize)]) -> Vec<&str> {
     v.iter().map(|(d, _)| d.as_str()).collect()
 }
@@ -254,8 +285,14 @@ fn unprotect_os2(p: &Protected) {
 #[test]
 fn unprotect_disk_removes_only_the_disks_named_and_asks_first() {
     let p = protected(false);
+    let Site::Local(store) = &p.site else {
+        unreachable!()
+    };
+    let n = ensure_vm_points(store);
     unprotect_os2(&p);
     let site = &p.site;
+    // The VM's points keep every point, without os-2's parts.
+    assert_eq!(vm_point_disks(store), vec![vec!["data", "os"]; n]);
 
     // A name the store does not hold, with no logs beside the path: refused, nothing goes.
     let before = site.tree("vm1");
@@ -278,14 +315,12 @@ fn unprotect_disk_removes_only_the_disks_named_and_asks_first() {
     assert!(tracking(&p.os).is_empty());
     assert!(!tracking(&p.data).is_empty());
     assert_eq!(names(&site.disk_points("vm1")), ["data"]);
+    assert_eq!(vm_point_disks(store), vec![vec!["data"]; n]);
 
     // The VM's last disk: the VM goes, with its jobs and folder.
     site.vdrep_ok(&["unprotect", "--vm", "vm1", "--disk", s(&p.data), "--yes"]);
     assert!(tracking(&p.data).is_empty());
     assert!(site.tree("vm1").is_empty(), "{:?}", site.tree("vm1"));
-    let Site::Local(store) = site else {
-        unreachable!()
-    };
     assert!(!store.join("vm1").exists());
     for disk in [&p.os, &p.os2, &p.data] {
         assert!(disk.is_file(), "the source disks themselves stay");
