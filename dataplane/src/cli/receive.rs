@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::Context;
+use super::{Classed, Context};
 use serde::Deserialize;
 
 use super::config;
@@ -108,6 +108,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
     }
     let store = store_args.open()?;
     tracing::info!(store = %store.describe(), "replica store");
+    // Before any disk is opened: a store of an earlier build gets this build's format.
+    if let Some(what) = store.upgrade().classed()? {
+        tracing::info!(store = %store.describe(), "{what}");
+    }
     let rt = super::runtime()?;
     let metrics = a.metrics.or(f.metrics);
     rt.block_on(async {

@@ -3,6 +3,7 @@
 //! and shipping the closed logs' coalesced extents until the receiver commits each cycle as
 //! a recovery point.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +12,7 @@ use vdrep_proto::{Guid, RangeSet};
 
 use super::disk::{begin_cycle, commit_cycle, send_all, DiskJob, Opened, Shared};
 use super::logimage::LogImage;
+use super::points::{PlanDisk, PointPlan};
 use super::progress::log_secs;
 use super::protect::{poisoned, resync_required, skip, Policy, Protected};
 use super::{ControlStream, SendError};
@@ -84,6 +86,7 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
         return out;
     }
     let now = std::time::SystemTime::from(sh.clock.now_utc());
+    record_plan(disks.len(), &members, now);
     let ms = members.clone();
     let res = tokio::task::spawn_blocking(move || {
         let set: Vec<SwitchDisk<'_>> = ms
@@ -115,6 +118,43 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
         }
     }
     out
+}
+
+/// Records the switch about to be made as the VM's point plan ([`super::points`]) beside
+/// each of its disks, *before* the switch: a switch completed by another process (a tracked
+/// write that finds the intent of a sender killed inside the switch) is still the VM's
+/// point. A plan whose switch never happened names cycles that never close: it is dropped
+/// as incomplete, or rewritten by the next switch of the same cycles. A switch without
+/// every disk of the VM (one waits for a resync) is no VM point: no plan.
+fn record_plan(vm_disks: usize, members: &[Member], now: std::time::SystemTime) {
+    let Some(first) = members.first() else { return };
+    if members.len() != vm_disks {
+        info!(vm = %first.vm, "not every disk of the VM switches: no VM recovery point for this switch");
+        return;
+    }
+    let plan = PointPlan {
+        vm: first.vm.clone(),
+        // As the switch numbers it (`switch_set`): the highest of its disks' cycles.
+        vm_cycle: members.iter().map(|m| m.cycle).max().unwrap_or(0),
+        switch_unix_ms: now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        group: None,
+        group_cycle: None,
+        disks: members
+            .iter()
+            .map(|m| PlanDisk {
+                name: m.name.clone(),
+                cycle: m.cycle,
+            })
+            .collect(),
+    };
+    let at: Vec<(&crate::tracking::Tracker, u64)> =
+        members.iter().map(|m| (&m.tracker, m.cycle)).collect();
+    if let Err(e) = super::points::record(&plan, &at) {
+        warn!(vm = %plan.vm, vm_cycle = plan.vm_cycle, error = %e,
+              "cannot record the VM point plan: this switch ships without a VM point");
+    }
 }
 
 fn switch_failed(
@@ -210,6 +250,12 @@ pub(super) async fn ensure_hash_table(d: &Arc<Mutex<Protected>>) {
     }
 }
 
+/// Ships the closed logs of every disk of the VM, one VM switch after another: for the
+/// oldest switch with a point plan ([`super::points`]), each of its disks ships its cycles
+/// up to its part, then the switch is committed as the VM's recovery point; what no plan
+/// names (a switch whose plan was never written) ships last. So a VM point is made only of
+/// committed parts, and no disk's part is pruned by its retention before its VM point
+/// exists.
 pub(super) async fn ship_all(
     conn: &quinn::Connection,
     ctrl: &mut ControlStream,
@@ -218,25 +264,48 @@ pub(super) async fn ship_all(
     policy: &Policy,
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
-    for (d, o) in disks.iter().zip(opened.iter_mut()) {
-        let Some(o) = o else { continue };
-        if skip(d) {
-            continue;
+    let retention = policy.retention.as_secs().min(86_400) as u32;
+    let mut known = BTreeMap::new();
+    let mut handled = std::collections::BTreeSet::new();
+    loop {
+        let plans = super::points::pending(disks);
+        // A plan whose files could not be removed is not taken twice.
+        let plan = plans.iter().find(|p| !handled.contains(&p.vm_cycle));
+        for (d, o) in disks.iter().zip(opened.iter_mut()) {
+            let Some(o) = o else { continue };
+            if skip(d) {
+                continue;
+            }
+            let name = d.lock().map_err(poisoned)?.job.name.clone();
+            let up_to = match plan {
+                Some(p) => match p.cycle_of(&name) {
+                    Some(c) => Some(c),
+                    None => continue,
+                },
+                None => None,
+            };
+            for (cycle, bytes, digest) in ship_pending(conn, ctrl, d, o, up_to, policy, sh).await? {
+                known.insert((name.clone(), cycle), (bytes, digest));
+            }
         }
-        ship_pending(conn, ctrl, d, o, policy, sh).await?;
+        let Some(plan) = plan else { return Ok(()) };
+        handled.insert(plan.vm_cycle);
+        super::points::commit(ctrl, plan, disks, opened, &known, retention, sh).await?;
     }
-    Ok(())
 }
 
-/// Ships every closed log of a disk as its cycle, oldest first.
+/// Ships the closed logs of a disk as its cycles, oldest first, up to cycle `up_to` (all
+/// when `None`). Returns the cycles committed, with their bytes and digests.
 pub(super) async fn ship_pending(
     conn: &quinn::Connection,
     ctrl: &mut ControlStream,
     d: &Arc<Mutex<Protected>>,
     o: &mut Opened,
+    up_to: Option<u64>,
     policy: &Policy,
     sh: &Arc<Shared>,
-) -> Result<(), SendError> {
+) -> Result<Vec<(u64, u64, [u8; 32])>, SendError> {
+    let mut done = Vec::new();
     let (job, tracker) = {
         let g = d.lock().map_err(poisoned)?;
         (g.job.clone(), g.tracker.clone())
@@ -245,6 +314,9 @@ pub(super) async fn ship_pending(
         .pending()
         .map_err(|e| SendError::Internal(e.to_string()))?;
     for (cycle, path) in pending {
+        if up_to.is_some_and(|u| cycle > u) {
+            break;
+        }
         let committed = d.lock().map_err(poisoned)?.committed_cycle.unwrap_or(0);
         let t0 = crate::clock::tokio_now();
         // The log's structure is checked before anything ships; its data checksums (a read
@@ -267,7 +339,7 @@ pub(super) async fn ship_pending(
             Ok(l) => l,
             Err(e) if e.needs_resync() => {
                 resync_required(&*d.lock().map_err(poisoned)?, format!("cycle {cycle}: {e}"));
-                return Ok(());
+                return Ok(done);
             }
             Err(e) => return Err(SendError::Internal(e.to_string())),
         };
@@ -288,7 +360,7 @@ pub(super) async fn ship_pending(
                     log.header().previous_unique_id
                 ),
             );
-            return Ok(());
+            return Ok(done);
         }
         let open_s = t0.elapsed().as_secs_f64();
         let bytes: u64 = extents.iter().map(|e| e.length).sum();
@@ -316,7 +388,7 @@ pub(super) async fn ship_pending(
             Ok(Ok(())) => {}
             Ok(Err(e)) if e.needs_resync() => {
                 resync_required(&*d.lock().map_err(poisoned)?, format!("cycle {cycle}: {e}"));
-                return Ok(());
+                return Ok(done);
             }
             Ok(Err(e)) => return Err(SendError::Internal(e.to_string())),
             Err(e) => return Err(SendError::Internal(format!("log check task: {e}"))),
@@ -324,13 +396,13 @@ pub(super) async fn ship_pending(
         // The switch's digest was computed while the cycle shipped.
         await_digest(d).await;
         let digest_wait_s = t0.elapsed().as_secs_f64() - shipped_s;
-        let digest = tracker.cycle_digest(cycle);
+        // Recorded at the switch; none (zeros) when the table was not ready then.
+        let digest = tracker.cycle_digest(cycle).unwrap_or([0; 32]);
         commit_cycle(
             ctrl,
             o,
             bytes,
-            // Recorded at the switch; none (zeros) when the table was not ready then.
-            digest.unwrap_or([0; 32]),
+            digest,
             policy.retention.as_secs().min(86_400) as u32,
         )
         .await?;
@@ -354,8 +426,9 @@ pub(super) async fn ship_pending(
               seconds = log_secs(t0.elapsed().as_secs_f64()), open_seconds = log_secs(open_s),
               shipped_seconds = log_secs(shipped_s), digest_wait_seconds = log_secs(digest_wait_s),
               "cycle committed");
+        done.push((cycle, bytes, digest));
     }
-    Ok(())
+    Ok(done)
 }
 
 /// The work items of a cycle: its extents less what the receiver already holds, in pieces of

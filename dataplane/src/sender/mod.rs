@@ -14,6 +14,7 @@ pub mod local_control;
 mod logimage;
 mod options;
 pub mod pending;
+pub mod points;
 pub mod progress;
 pub mod protect;
 mod renew;

@@ -229,6 +229,14 @@ pub trait ReplicaStore: Send + Sync {
     fn available_bytes(&self) -> Result<Option<u64>, SinkError> {
         Ok(None)
     }
+    /// Brings a store written by an earlier build to this build's format; the receiver
+    /// calls it at start, before any disk is opened. Stores from before VM points get each
+    /// VM's manifest with its [`vm_points::legacy_points`] (listed `"consistent": false`);
+    /// the local store's `FORMAT` then moves on. Returns what was done, for the log (`None`:
+    /// nothing to do). Readers (`points`, failover) need no upgrade: they list the same.
+    fn upgrade(&self) -> Result<Option<String>, SinkError> {
+        Ok(None)
+    }
     /// The VM's recovery-point manifest ([`vm_points`]), `None` when none was written yet
     /// (a VM whose first VM-wide switch has not committed, or a store from before VM
     /// points). Read without any lock: the manifest is replaced whole. Use

@@ -244,6 +244,33 @@ impl VmPoints {
         n - self.points.len()
     }
 
+    /// Writes the manifest of every VM of `store` that has none, holding its
+    /// [`legacy_points`] (a store from before VM points: the disks switched one after another,
+    /// so none is consistent). VMs with no common point get none. Returns the VMs upgraded.
+    pub fn migrate(store: &dyn ReplicaStore) -> Result<Vec<String>, SinkError> {
+        let mut vms: Vec<String> = store.list_disks(None)?.into_iter().map(|k| k.vm).collect();
+        vms.dedup();
+        let mut out = Vec::new();
+        for vm in vms {
+            if store.vm_points(&vm)?.is_some() {
+                continue;
+            }
+            let legacy = legacy_points(&disk_points(store, &vm)?);
+            if legacy.is_empty() {
+                continue;
+            }
+            store.update_vm_points(&vm, &mut |m, existed| {
+                if existed {
+                    return Ok(false);
+                }
+                m.points = legacy.clone();
+                Ok(true)
+            })?;
+            out.push(vm);
+        }
+        Ok(out)
+    }
+
     /// Removes disk `disk`'s parts from every point (`unprotect --disk`); points left
     /// without a disk go. Returns true when anything changed.
     pub fn remove_disk(&mut self, disk: &str) -> bool {
@@ -356,7 +383,8 @@ pub fn list(store: &dyn ReplicaStore, vm: &str) -> Result<Vec<VmPoint>, SinkErro
 }
 
 /// Records `point` as the newest recovery point of `vm` (a VM cycle whose every disk's
-/// part was committed), then prunes whole points committed more than `retention_secs`
+/// part was committed; each part's bytes and digest are taken from its disk's point), then
+/// prunes whole points committed more than `retention_secs`
 /// before it and points whose parts are gone. Every part must be a recovery point of its
 /// disk (else `InvalidState`: the manifest is not written). The first manifest of a VM
 /// starts with its [`legacy_points`] older than `point`. Returns how many points were
@@ -374,9 +402,14 @@ pub fn commit(
             .iter()
             .any(|(d, pts)| d == disk && pts.iter().any(|p| p.cycle == cycle))
     };
+    let mut point = point;
     let where_ = std::path::PathBuf::from(format!("{}: VM {vm} points", store.describe()));
-    for part in &point.disks {
-        if !has(&part.disk, part.cycle) {
+    for part in &mut point.disks {
+        let dp = disks
+            .iter()
+            .find(|(d, _)| *d == part.disk)
+            .and_then(|(_, pts)| pts.iter().find(|p| p.cycle == part.cycle));
+        let Some(dp) = dp else {
             return Err(SinkError::InvalidState {
                 path: where_.clone(),
                 offset: 0,
@@ -385,7 +418,10 @@ pub fn commit(
                     part.disk, part.cycle
                 ),
             });
-        }
+        };
+        // The disk's point is the record of its part: its bytes and digest (what failover
+        // verifies), whatever the request said.
+        *part = PointPart::new(&part.disk, dp.cycle, dp.bytes, &dp.digest);
     }
     let mut pruned = 0;
     store.update_vm_points(vm, &mut |m, existed| {
@@ -405,6 +441,33 @@ pub fn commit(
         }
     })?;
     Ok(pruned)
+}
+
+/// Writes the manifest of every VM of `store` that has none, holding its
+/// [`legacy_points`] (a store from before VM points: the disks switched one after another,
+/// so none is consistent). VMs with no common point get none. Returns the VMs upgraded.
+pub fn migrate(store: &dyn ReplicaStore) -> Result<Vec<String>, SinkError> {
+    let mut vms: Vec<String> = store.list_disks(None)?.into_iter().map(|k| k.vm).collect();
+    vms.dedup();
+    let mut out = Vec::new();
+    for vm in vms {
+        if store.vm_points(&vm)?.is_some() {
+            continue;
+        }
+        let legacy = legacy_points(&disk_points(store, &vm)?);
+        if legacy.is_empty() {
+            continue;
+        }
+        store.update_vm_points(&vm, &mut |m, existed| {
+            if existed {
+                return Ok(false);
+            }
+            m.points = legacy.clone();
+            Ok(true)
+        })?;
+        out.push(vm);
+    }
+    Ok(out)
 }
 
 /// Removes disk `disk`'s parts from the points of `vm` (`unprotect --disk`); points left

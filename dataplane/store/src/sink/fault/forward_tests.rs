@@ -86,6 +86,10 @@ impl ReplicaStore for ProbeStore {
         note(&self.calls, "available_bytes");
         Ok(Some(7))
     }
+    fn upgrade(&self) -> Result<Option<String>, SinkError> {
+        note(&self.calls, "upgrade");
+        Ok(None)
+    }
     fn vm_points(&self, _vm: &str) -> Result<Option<VmPoints>, SinkError> {
         note(&self.calls, "vm_points");
         Ok(None)
@@ -207,6 +211,9 @@ fn the_fault_wrappers_forward_every_method_defaults_included() {
     reaches(&calls, "remove_jobs", || s.remove_jobs("vm").unwrap());
     reaches(&calls, "available_bytes", || {
         assert_eq!(s.available_bytes().unwrap(), Some(7))
+    });
+    reaches(&calls, "upgrade", || {
+        assert!(s.upgrade().unwrap().is_none())
     });
     reaches(&calls, "vm_points", || {
         assert!(s.vm_points("vm").unwrap().is_none())

@@ -167,6 +167,9 @@ impl ReplicaStore for FaultStore {
     fn available_bytes(&self) -> Result<Option<u64>, SinkError> {
         self.inner.available_bytes()
     }
+    fn upgrade(&self) -> Result<Option<String>, SinkError> {
+        self.inner.upgrade()
+    }
     fn vm_points(&self, vm: &str) -> Result<Option<crate::sink::vm_points::VmPoints>, SinkError> {
         self.inner.vm_points(vm)
     }
