@@ -254,6 +254,23 @@ fn unprotect_os2(p: &Protected) {
     assert_eq!(tracking(&p.os), before.1, "the other os disk's logs stay");
     let left = site.disk_points("vm1");
     assert_eq!(names(&left), ["data", "os"]);
+    // Every VM point keeps its other disks and loses os-2 (`points --json`, top level).
+    let vm_points = site.points("vm1")["points"].clone();
+    let parts: Vec<Vec<&str>> = vm_points
+        .as_array()
+        .expect("top-level points")
+        .iter()
+        .map(|p| {
+            p["disks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["disk"].as_str().unwrap())
+                .collect()
+        })
+        .collect();
+    assert!(parts.len() >= 2, "{vm_points:#}");
+    assert!(parts.iter().all(|p| p == &["data", "os"]), "{vm_points:#}");
     assert!(left.iter().all(|(_, n)| *n >= 2), "{left:?}");
     let kept: Vec<String> = before
         .0

@@ -6,7 +6,7 @@
 //! points from the store (NAME, by default PATH's stem as `send` names it; the store's name
 //! must be given when `send` made it `STEM-2`), and the change-tracking files beside PATH
 //! (`D.hrl`, closed `D.NNNNNNNN.hrl` logs, `D.hrl.lock`, `D.hrl.shipped`, `D.hrl.resync`,
-//! `D.hrl.hashes`, `D.hrl.switch`, digests; [`LogPaths::existing_files`]). The VM's other
+//! `D.hrl.hashes`, `D.hrl.switch`, digests, point plans; [`LogPaths::existing_files`]). The VM's other
 //! disks, and its jobs, stay; naming every disk of the VM is the whole VM. This is how a
 //! disk leaves a protected VM: a `send` whose disks differ from the store's is refused until
 //! the disks it no longer names are unprotected.

@@ -106,7 +106,8 @@ impl LogPaths {
     }
 
     /// Every change-tracking file of this disk now in its folder, sorted: the ones named
-    /// above plus closed logs, digests, prepared next logs and the `.tmp` files their
+    /// above plus closed logs, digests, VM point plans (`D.NNNNNNNN.hrl.point`, see
+    /// `sender/points.rs`), prepared next logs and the `.tmp` files their
     /// replacements leave after a crash. `unprotect` removes exactly these, so it matches
     /// names by their form instead of by the cycles it can still find (a committed cycle's
     /// digest may outlive its log). The disk itself never matches: every name here has the
@@ -144,6 +145,7 @@ impl LogPaths {
         }
         let num = rest
             .strip_suffix(".hrl.digest")
+            .or_else(|| rest.strip_suffix(".hrl.point"))
             .or_else(|| rest.strip_suffix(".hrl"));
         num.is_some_and(|n| n.len() >= 8 && n.bytes().all(|c| c.is_ascii_digit()))
     }
@@ -180,6 +182,8 @@ mod tests {
             "os.vhdx.hrl.next.12",
             "os.vhdx.00000011.hrl",
             "os.vhdx.00000009.hrl.digest",
+            "os.vhdx.00000009.hrl.point",
+            "os.vhdx.00000010.hrl.point.tmp",
             "os.vhdx.123456789.hrl",
         ];
         let others = [
@@ -189,6 +193,7 @@ mod tests {
             "os.vhdx.hrl.next.",
             "os.vhdx.0001.hrl",
             "os.vhdx.0000000x.hrl",
+            "os.vhdx.00000009.hrl.plan",
             "os.vhd.hrl",
             "xos.vhdx.hrl",
             "data.vhdx.hrl",
