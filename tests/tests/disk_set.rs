@@ -5,7 +5,9 @@
 //! receiver refuses the open (class `disk_set_changed`, permanent): the sender exits 1 with
 //! the VM Critical, naming the store's disks, the sender's, and the `unprotect` command;
 //! nothing is written. Once `data` is unprotected, the same command protects `os` alone. A
-//! disk the store does not hold yet (added to the command line) is copied as before.
+//! disk the store does not hold yet (added to the command line) is copied as before. Through
+//! the sidecar's API the enable-protection job fails with the same reason, and the sender's
+//! other VMs go on.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -179,4 +181,83 @@ fn a_vm_sent_with_fewer_disks_than_the_store_holds_is_refused_until_they_are_unp
 #[test]
 fn on_azure_a_vm_sent_with_fewer_disks_than_the_container_holds_is_refused() {
     run_disk_set(true);
+}
+
+/// Through the sidecar's API (enable protection of a VM the sender does not list yet, with
+/// its disks): the store's disks are checked the same way, and the job fails saying why.
+#[test]
+fn enabling_protection_through_the_api_with_fewer_disks_than_the_store_holds_fails_the_job() {
+    use serde_json::json;
+    use vdrep_tests::images::seeded_raw;
+    use vdrep_tests::roles::{eventually, Role};
+    use vdrep_tests::sidecar::{Stack, TOKEN};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tls = certs(&d.join("tls"), &["hv01"]);
+    let web = seeded_raw(&d.join("web.raw"), 4 * MIB, 5, 1 << 20, 3);
+    let db_os = seeded_raw(&d.join("dbos.raw"), 4 * MIB, 6, 1 << 20, 3);
+    let db_data = seeded_raw(&d.join("dbdata.raw"), 4 * MIB, 7, 1 << 20, 3);
+    vdrep_tests::sidecar::write_token(d);
+    let rx = Role::receiver(d, &tls, "hv01=web,db", false);
+    // db was replicated once with both disks.
+    Send::new(
+        &rx.addr("listening on "),
+        &tls,
+        "hv01",
+        "db",
+        &[&db_os, &db_data],
+        &d.join("first.log"),
+    )
+    .run(Duration::from_secs(60))
+    .ok();
+    let mut tx = Stack::sender(d, &tls, &web, &rx);
+    let sc = Stack::sidecar(d);
+    let api = sc.addr("sidecar on ");
+    let r = vdrep_tests::http::request(
+        &api,
+        "POST",
+        "/v1/vms/db/protection",
+        Some(TOKEN),
+        Some(&json!({"interval_seconds": 1, "disks": [s(&db_os)]}).to_string()),
+    )
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let done = eventually(Duration::from_secs(60), || {
+        let j = vdrep_tests::http::get(&api, &format!("/v1/jobs/{id}")).json();
+        (j["state"] == "succeeded" || j["state"] == "failed").then_some(j)
+    })
+    .unwrap_or_else(|| panic!("the job did not end; sender log:\n{}", tx.log_text()));
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let text = done.to_string();
+    assert!(
+        text.contains("holds disks dbdata, dbos but the sender protects disk dbos"),
+        "{done:#}"
+    );
+    assert!(
+        text.contains("vdrep unprotect --vm db --disk PATH=dbdata"),
+        "{done:#}"
+    );
+    let site = Site::Local(d.join("store"));
+    assert_eq!(
+        site.disk_points("db"),
+        [("dbdata".into(), 1), ("dbos".into(), 1)],
+        "nothing written"
+    );
+    // db is Critical for the operator; web, on the same sender, goes on cycling.
+    let db = vdrep_tests::http::get(&api, "/v1/vms/db").json();
+    assert_eq!(db["health"], "critical", "{db:#}");
+    let cycle = |v: &serde_json::Value| v["disks"][0]["last_cycle"].as_u64().unwrap_or(0);
+    let now = cycle(&vdrep_tests::http::get(&api, "/v1/vms/web").json());
+    let later = eventually(Duration::from_secs(30), || {
+        let v = vdrep_tests::http::get(&api, "/v1/vms/web").json();
+        (cycle(&v) >= now + 2).then_some(v)
+    });
+    assert!(later.is_some(), "web stopped cycling:\n{}", tx.log_text());
+    assert!(
+        tx.try_wait().is_none(),
+        "the sender ended:\n{}",
+        tx.log_text()
+    );
 }
