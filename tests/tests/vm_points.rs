@@ -315,7 +315,7 @@ fn a_receiver_killed_between_two_disks_commits_keeps_the_previous_vm_point_five_
     let send = vm.send("send.log");
     let mut child = send.spawn();
     vm.wait("both initial copies", 90, |d| {
-        disk_cycles(d, "os").len() >= 1 && disk_cycles(d, "data").len() >= 1
+        !disk_cycles(d, "os").is_empty() && !disk_cycles(d, "data").is_empty()
     });
     let w = Writer {
         next: AtomicU64::new(1),
@@ -413,7 +413,7 @@ fn on_azure_the_vm_points_and_their_failover_come_from_snapshots() {
     let t0 = Instant::now();
     let child = send.spawn();
     vm.wait("both initial copies", 120, |d| {
-        disk_cycles(d, "os").len() >= 1 && disk_cycles(d, "data").len() >= 1
+        !disk_cycles(d, "os").is_empty() && !disk_cycles(d, "data").is_empty()
     });
     let stop = AtomicBool::new(false);
     let res = std::thread::scope(|sc| {

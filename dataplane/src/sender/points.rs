@@ -204,9 +204,22 @@ pub async fn commit(
         retention_secs,
         disks: parts,
     };
-    match ctrl.call(msg).await? {
-        Control::PointCommitted { .. } => {}
-        other => return Err(ctrl.unexpected(other)),
+    match ctrl.call(msg).await {
+        Ok(Control::PointCommitted { .. }) => {}
+        Ok(other) => return Err(ctrl.unexpected(other)),
+        // The store will never take this point (a part it no longer holds): the switch is
+        // no point of the VM, and the VM's protection goes on.
+        Err(SendError::Remote {
+            class: vdrep_proto::wire::ErrorClass::InvalidState,
+            message,
+            ..
+        }) => {
+            warn!(vm = %plan.vm, vm_cycle = plan.vm_cycle, reason = %message,
+                  "the receiver refused this VM recovery point: the VM's previous point stays the latest");
+            forget(plan, disks);
+            return Ok(Outcome::Incomplete);
+        }
+        Err(e) => return Err(e),
     }
     forget(plan, disks);
     let at = jiff::Timestamp::from_millisecond(plan.switch_unix_ms as i64)

@@ -41,6 +41,9 @@ pub struct Replica {
     pub points: Vec<u64>,
 }
 
+/// A VM point as the model records it: the VM cycle and its parts as (disk, cycle).
+pub type VmPointModel = (u64, Vec<(String, u64)>);
+
 /// The model store, shared by successive connections (sessions) of a test.
 #[derive(Debug, Default)]
 pub struct Model {
@@ -56,8 +59,8 @@ pub struct Model {
     pub fail_next_write: Option<Refusal>,
     /// Free bytes the store reports.
     pub available: Option<u64>,
-    /// VM points recorded, per VM: (vm_cycle, its parts as (disk, cycle)).
-    pub vm_points: BTreeMap<String, Vec<(u64, Vec<(String, u64)>)>>,
+    /// VM points recorded, per VM.
+    pub vm_points: BTreeMap<String, Vec<VmPointModel>>,
 }
 
 impl Model {
