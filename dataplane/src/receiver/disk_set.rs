@@ -22,17 +22,13 @@ pub(crate) fn check(
     held: &[String],
     sender: &[String],
 ) -> Result<(), Refusal> {
-    let mut extra: Vec<&str> = held
-        .iter()
-        .filter(|h| !sender.contains(h))
-        .map(String::as_str)
+    let extra: Vec<&str> = sorted(held)
+        .into_iter()
+        .filter(|h| !sender.iter().any(|s| s == h))
         .collect();
     if extra.is_empty() {
         return Ok(());
     }
-    extra.sort_unstable();
-    let mut named: Vec<&str> = sender.iter().map(String::as_str).collect();
-    named.sort_unstable();
     let disks = |v: &[&str]| {
         format!(
             "disk{} {}",
@@ -48,17 +44,20 @@ pub(crate) fn check(
              and {} would keep stale recovery points; unprotect what the sender no longer \
              names (`vdrep unprotect --vm {vm} {}` with this store's options; PATH is the \
              disk's image, whose change logs go too) or name {} again",
-            disks(&{
-                let mut h: Vec<&str> = held.iter().map(String::as_str).collect();
-                h.sort_unstable();
-                h
-            }),
-            disks(&named),
+            disks(&sorted(held)),
+            disks(&sorted(sender)),
             extra.join(", "),
             flags.join(" "),
             if extra.len() == 1 { "it" } else { "them" },
         ),
     ))
+}
+
+/// The names, sorted, as the message lists them.
+fn sorted(v: &[String]) -> Vec<&str> {
+    let mut v: Vec<&str> = v.iter().map(String::as_str).collect();
+    v.sort_unstable();
+    v
 }
 
 #[cfg(test)]
