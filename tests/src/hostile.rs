@@ -244,6 +244,7 @@ pub fn open_disk(vm: &str, disk: &str, size: u64) -> Control {
         virtual_size: size,
         source_id: Guid([9; 16]),
         full_copy: false,
+        vm_disks: Vec::new(),
     }
 }
 

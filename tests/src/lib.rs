@@ -14,6 +14,7 @@ pub mod procs;
 pub mod relay;
 pub mod roles;
 pub mod sidecar;
+pub mod site;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

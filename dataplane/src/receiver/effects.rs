@@ -39,14 +39,17 @@ impl Receiver {
                 virtual_size,
                 source_id,
                 full_copy,
-            } => Done::Opened(
-                self.open(conn, &vm, &disk, virtual_size, source_id, full_copy)
+                vm_disks,
+            } => Done::Opened(match self.check_disk_set(&vm, vm_disks).await {
+                Err(r) => Err(r),
+                Ok(()) => self
+                    .open(conn, &vm, &disk, virtual_size, source_id, full_copy)
                     .await
                     .map(|(s, r)| {
                         *opened = Some(s);
                         r
                     }),
-            ),
+            }),
             Effect::CommitInitial { handle } => Done::InitialCommitted(match disk(handle) {
                 Ok(s) => s.commit_initial().await.map_err(|e| refusal(&e)),
                 Err(r) => Err(r),
@@ -196,6 +199,27 @@ impl Receiver {
                 )
             }
         }
+    }
+
+    /// Refuses the open when the store holds a disk of `vm` that the sender's disk set does
+    /// not name ([`super::disk_set`]); an empty set (not said) passes.
+    async fn check_disk_set(&self, vm: &str, vm_disks: Vec<String>) -> Result<(), Refusal> {
+        if vm_disks.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let vm = vm.to_string();
+        tokio::task::spawn_blocking(move || {
+            let held: Vec<String> = store
+                .list_disks(Some(&vm))
+                .map_err(|e| refusal(&e))?
+                .into_iter()
+                .map(|k| k.disk)
+                .collect();
+            super::disk_set::check(&vm, &store.describe(), &held, &vm_disks)
+        })
+        .await
+        .map_err(|e| Refusal::new(ErrorClass::Internal, format!("disk set check failed: {e}")))?
     }
 
     /// Opens (creating if needed) a replica at the store and wraps it for writing.

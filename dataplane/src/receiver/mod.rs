@@ -5,6 +5,7 @@
 mod batch;
 mod control;
 mod disk;
+mod disk_set;
 mod effects;
 mod groups;
 pub mod limits;

@@ -196,6 +196,9 @@ impl SendError {
             ErrorClass::InvalidState | ErrorClass::SizeChanged => {
                 "the replica's state does not match the source: a new initial replication is needed"
             }
+            ErrorClass::DiskSetChanged => {
+                "the store holds disks of this VM that the sender no longer names: unprotect them (vdrep unprotect --disk) or name them again"
+            }
             ErrorClass::Protocol | ErrorClass::VersionMismatch => {
                 "sender and receiver do not speak the same protocol version: upgrade one"
             }
@@ -244,6 +247,7 @@ mod tests {
             ErrorClass::NotFound,
             ErrorClass::InvalidState,
             ErrorClass::VersionMismatch,
+            ErrorClass::DiskSetChanged,
         ] {
             assert!(!remote(c).verdict().recoverable, "{c:?}");
         }

@@ -494,13 +494,14 @@ async fn attempt_once(
             // Open every disk first: the receiver authorises the VM, and the capacity
             // check knows what is left to copy.
             let mut opened = Vec::new();
+            let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
             for job in &jobs {
                 let key = (job.vm.clone(), job.name.clone());
                 if done.lock().map(|d| d.contains(&key)).unwrap_or(false) {
                     continue;
                 }
                 // Not fresh: a committed replica is kept and resynchronised.
-                let o = disk::open_disk(&mut ctrl, job, false).await?;
+                let o = disk::open_disk(&mut ctrl, job, &names, false).await?;
                 let copy = !o.initial_committed || o.known_empty;
                 opened.push((job.clone(), o, copy));
             }

@@ -183,9 +183,13 @@ pub async fn protect_vm(
     // then copy those whose initial replication is not committed.
     let mut opened: Vec<Option<Opened>> = Vec::new();
     let mut to_check = Vec::new();
+    let vm_disks = disks
+        .iter()
+        .map(|d| d.lock().map(|g| g.job.name.clone()).map_err(poisoned))
+        .collect::<Result<Vec<String>, SendError>>()?;
     for d in disks.iter() {
         let job = d.lock().map(|g| g.job.clone()).map_err(poisoned)?;
-        let o = open_disk(&mut ctrl, &job, false).await?;
+        let o = open_disk(&mut ctrl, &job, &vm_disks, false).await?;
         // `known_empty` is set while an initial copy is in progress.
         let copy = !o.initial_committed || o.known_empty;
         to_check.push((job, o.clone(), copy));

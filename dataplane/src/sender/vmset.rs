@@ -420,7 +420,8 @@ pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
 
 /// Runs every VM of `set` on `conn`, starting VMs added meanwhile; the first error aborts
 /// the others, except a refusal of one VM alone (the receiver does not authorise this
-/// sender for it): that VM goes Critical with the receiver's reason and the others go on.
+/// sender for it, or holds disks of it the sender does not name): that VM goes Critical
+/// with the receiver's reason and the others go on.
 /// Ends when every VM ended (`--max-cycles`), never while the set is empty; a VM refused
 /// alone then ends the run with its refusal.
 pub async fn run_all(
@@ -463,6 +464,7 @@ pub async fn run_all(
                     Err(e) if refused_alone(&e) && !tasks.is_empty() => {
                         let class = e.verdict();
                         sh.health.vm_failed(&vm, &class, &e.to_string());
+                        sh.jobs.fail_vm(&vm, &e);
                         warn!(%vm, error = %e, advice = class.advice,
                               "VM refused by the receiver (Critical); the other VMs go on");
                         refused = Some(e);
@@ -483,12 +485,14 @@ pub async fn run_all(
     }
 }
 
-/// A refusal that concerns one VM only: the receiver does not authorise this sender for it.
+/// A refusal that concerns one VM only: the receiver does not authorise this sender for it,
+/// or its store holds disks of it that the sender does not name (issue 17, item 6).
 fn refused_alone(e: &SendError) -> bool {
+    use vdrep_proto::wire::ErrorClass;
     matches!(
         e,
         SendError::Remote {
-            class: vdrep_proto::wire::ErrorClass::Unauthorized,
+            class: ErrorClass::Unauthorized | ErrorClass::DiskSetChanged,
             ..
         }
     )
@@ -564,5 +568,19 @@ mod tests {
         assert_eq!(load(dir.path()).unwrap(), v);
         std::fs::write(dir.path().join(FILE), b"{").unwrap();
         assert!(load(dir.path()).unwrap_err().to_string().contains(FILE));
+    }
+
+    #[test]
+    fn refusals_of_one_vm_leave_the_others_running_and_others_end_the_run() {
+        use vdrep_proto::wire::ErrorClass;
+        let remote = |class| SendError::Remote {
+            peer: "rx".into(),
+            class,
+            message: "m".into(),
+        };
+        assert!(refused_alone(&remote(ErrorClass::Unauthorized)));
+        assert!(refused_alone(&remote(ErrorClass::DiskSetChanged)));
+        assert!(!refused_alone(&remote(ErrorClass::InvalidState)));
+        assert!(!refused_alone(&remote(ErrorClass::VersionMismatch)));
     }
 }

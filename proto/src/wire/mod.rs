@@ -25,6 +25,9 @@ pub const PROTOCOL_VERSION: u16 = 5;
 /// The first version with VM recovery points ([`Control::CommitPoint`]): with an older peer
 /// a sender commits per-disk points only.
 pub const VM_POINTS_VERSION: u16 = 5;
+/// The first version whose `OpenDisk` may carry the VM's disk set ([`Control::OpenDisk`]'s
+/// `vm_disks`), which the receiver checks against the store's disks of the VM.
+pub const DISK_SET_VERSION: u16 = 5;
 /// The first version whose progress travels in pages of [`PROGRESS_PAGE`] ranges: before it,
 /// progress of more than one frame's worth cannot cross, and the receiver coarsens it to
 /// [`V3_PROGRESS_RANGES`] (a subset of what is durable: the sender sends the rest again).

@@ -183,6 +183,10 @@ fn template(i: &mut In<'_>) -> Control {
             virtual_size: i.size(),
             source_id: Guid([i.u8(); 16]),
             full_copy: i.u8() & 1 == 1,
+            vm_disks: [&[][..], &["d"], &["d", "jobs"], &["d", "d"], &["x"]][i.u8() as usize % 5]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         },
         2 => Control::CommitInitial {
             req,

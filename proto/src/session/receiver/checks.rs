@@ -85,6 +85,31 @@ pub(super) fn check_disk_size(virtual_size: u64) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// An `OpenDisk`'s disk set, when given, names the disk opened and no name twice (names are
+/// the store's to validate, like the disk's own).
+pub(super) fn check_vm_disks(disk: &str, vm_disks: &[String]) -> Result<(), Refusal> {
+    if vm_disks.is_empty() {
+        return Ok(());
+    }
+    if !vm_disks.iter().any(|d| d == disk) {
+        return Err(Refusal::new(
+            ErrorClass::InvalidState,
+            format!("OpenDisk of disk {disk:?}: the VM's disk set it names leaves it out"),
+        ));
+    }
+    if let Some((_, d)) = vm_disks
+        .iter()
+        .enumerate()
+        .find(|(i, d)| vm_disks[..*i].contains(d))
+    {
+        return Err(Refusal::new(
+            ErrorClass::InvalidState,
+            format!("OpenDisk of disk {disk:?}: the VM's disk set names {d:?} twice"),
+        ));
+    }
+    Ok(())
+}
+
 /// A job's text is bounded (see [`MAX_JOB_BYTES`]).
 pub(super) fn check_job(job: &Job) -> Result<(), Refusal> {
     let bytes: usize = job.id.len()

@@ -28,6 +28,10 @@ pub enum Effect {
         source_id: Guid,
         /// Start a new full copy even if one is committed.
         full_copy: bool,
+        /// The sender's disk set of the VM (`OpenDisk.vm_disks`, checked by
+        /// [`super::checks::check_vm_disks`]); the store refuses the open when it holds a
+        /// disk of the VM not in it. Empty: not said, not checked.
+        vm_disks: Vec<String>,
     },
     /// Make every written range durable and commit the initial copy of `handle`.
     /// Answer with [`Done::InitialCommitted`].

@@ -2,7 +2,8 @@
 //! an [`Effect`] and leaves the stream busy until [`ReceiverSession::handle_done`].
 
 use super::checks::{
-    check_disk_size, check_group, check_hash_request, check_job, name, MAX_RETENTION_SECS,
+    check_disk_size, check_group, check_hash_request, check_job, check_vm_disks, name,
+    MAX_RETENTION_SECS,
 };
 use super::{ControlStep, Effect, Pending, PointDisk, ReceiverSession, Stream};
 use crate::session::{Refusal, StreamId};
@@ -18,11 +19,15 @@ impl ReceiverSession {
                 virtual_size,
                 source_id,
                 full_copy,
+                vm_disks,
             } => {
                 if let Some(step) = self.refuse_vm(stream, req, &vm) {
                     return step;
                 }
                 if let Err(r) = check_disk_size(virtual_size) {
+                    return self.refuse(stream, req, r);
+                }
+                if let Err(r) = check_vm_disks(&disk, &vm_disks) {
                     return self.refuse(stream, req, r);
                 }
                 if let Err(r) = self.check_disk_limit(&vm, &disk) {
@@ -41,6 +46,7 @@ impl ReceiverSession {
                         virtual_size,
                         source_id,
                         full_copy,
+                        vm_disks,
                     },
                 )
             }

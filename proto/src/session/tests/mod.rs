@@ -3,6 +3,7 @@
 //! a receiver session against each other in memory — every frame crossing as bytes through
 //! the real codecs — over a model store.
 
+mod disk_set;
 mod hostile;
 mod model;
 mod pair;

@@ -179,6 +179,7 @@ impl Pair {
             virtual_size: size,
             source_id: Guid([7; 16]),
             full_copy,
+            vm_disks: Vec::new(),
         })? {
             Control::DiskOpened {
                 handle,

@@ -192,6 +192,7 @@ fn a_page_past_the_end_is_empty_and_final() {
             virtual_size: SIZE,
             source_id: crate::Guid([7; 16]),
             full_copy: false,
+            vm_disks: Vec::new(),
         })
         .unwrap();
     let Control::DiskOpened {

@@ -68,6 +68,7 @@ pub(super) fn open_msg(vm: &str, size: u64) -> Control {
         virtual_size: size,
         source_id: Guid([1; 16]),
         full_copy: false,
+        vm_disks: Vec::new(),
     }
 }
 
@@ -147,7 +148,8 @@ fn a_request_makes_the_stream_busy_until_its_store_work_is_done() {
             disk: "d".into(),
             virtual_size: 1 << 20,
             source_id: Guid([1; 16]),
-            full_copy: false
+            full_copy: false,
+            vm_disks: Vec::new(),
         }
     );
     assert_eq!(

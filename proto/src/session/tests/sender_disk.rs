@@ -85,6 +85,7 @@ fn opening_a_disk_sends_its_identity_and_an_uncommitted_copy_resumes_from_its_pr
             virtual_size: SIZE,
             source_id: Guid([7; 16]),
             full_copy: true,
+            vm_disks: Vec::new(),
         }
     );
     assert_eq!(d.state(), DiskState::Opening);

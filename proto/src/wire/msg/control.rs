@@ -38,6 +38,12 @@ pub enum Control {
         source_id: Guid,
         /// Start a new full copy even if one is committed.
         full_copy: bool,
+        /// The VM's disk set (version 5, [`crate::wire::DISK_SET_VERSION`]): the name of every
+        /// disk the sender protects of this VM, this one included, at most
+        /// [`MAX_POINT_DISKS`]. The receiver refuses the open (`DiskSetChanged`) when the
+        /// store holds a disk of the VM that is not in it. Trailing, sent only when not
+        /// empty; empty: the sender does not say (an older sender), and is not checked.
+        vm_disks: Vec<String>,
     },
     /// Receiver → sender: the replica's durable state.
     DiskOpened {
@@ -325,6 +331,23 @@ const K_PROGRESS_PAGE: u8 = 20;
 const K_COMMIT_POINT: u8 = 21;
 const K_POINT_COMMITTED: u8 = 22;
 
+/// `OpenDisk.vm_disks`: absent reads as empty; present, 1 ..= [`MAX_POINT_DISKS`] names (an
+/// empty list would give one message two encodings).
+fn vm_disks_r(r: &mut Reader<'_>) -> Result<Vec<String>, FormatError> {
+    if r.at_end() {
+        return Ok(Vec::new());
+    }
+    let n = r.u32()? as usize;
+    if n == 0 || n > MAX_POINT_DISKS {
+        return Err(FormatError::new(
+            "control frame",
+            0,
+            format!("OpenDisk names {n} disks of its VM: 1 to {MAX_POINT_DISKS} expected"),
+        ));
+    }
+    (0..n).map(|_| r.str(MAX_STRING)).collect()
+}
+
 /// A trailing flag sent only when set (WIRE.md §2): absent reads as false, present must be 1
 /// (a 0 would give one message two encodings).
 fn optional_flag(r: &mut Reader<'_>) -> Result<bool, FormatError> {
@@ -365,6 +388,7 @@ impl Control {
                 virtual_size,
                 source_id,
                 full_copy,
+                vm_disks,
             } => {
                 w.u32(*req)
                     .str(vm)
@@ -372,6 +396,12 @@ impl Control {
                     .u64(*virtual_size)
                     .raw(&source_id.0)
                     .u8(*full_copy as u8);
+                if !vm_disks.is_empty() {
+                    w.u32(vm_disks.len() as u32);
+                    for d in vm_disks {
+                        w.str(d);
+                    }
+                }
                 K_OPEN_DISK
             }
             Control::DiskOpened {
@@ -584,6 +614,7 @@ impl Control {
                 virtual_size: r.u64()?,
                 source_id: Guid(r.array()?),
                 full_copy: r.bool()?,
+                vm_disks: vm_disks_r(&mut r)?,
             },
             K_DISK_OPENED => Control::DiskOpened {
                 req: r.u32()?,

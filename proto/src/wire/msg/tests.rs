@@ -28,6 +28,7 @@ fn control_messages_round_trip() {
         virtual_size: 1 << 40,
         source_id: Guid([3; 16]),
         full_copy: true,
+        vm_disks: Vec::new(),
     });
     roundtrip(Control::DiskOpened {
         req: 7,
@@ -63,6 +64,44 @@ fn control_messages_round_trip() {
         req: 1,
         class: ErrorClass::Unauthorized,
         message: "no".into(),
+    });
+}
+
+#[test]
+fn open_disk_carries_the_vms_disk_set_as_a_trailing_list_only_when_given() {
+    let open = |vm_disks: Vec<String>| Control::OpenDisk {
+        req: 7,
+        vm: "vm1".into(),
+        disk: "os".into(),
+        virtual_size: 1 << 30,
+        source_id: Guid([3; 16]),
+        full_copy: false,
+        vm_disks,
+    };
+    let without = open(Vec::new()).encode();
+    let with = open(vec!["os".into(), "data".into()]).encode();
+    roundtrip(open(vec!["os".into(), "data".into()]));
+    // Absent: the frame an older sender sends, byte for byte (it decodes as "not said").
+    let (_, old_body, _) = decode_frame(&without, MAX_CONTROL_BODY).unwrap().unwrap();
+    let (k, new_body, _) = decode_frame(&with, MAX_CONTROL_BODY).unwrap().unwrap();
+    assert_eq!(&new_body[..old_body.len()], old_body);
+    // An empty list (a second encoding of "absent") and more than MAX_POINT_DISKS names
+    // are malformed; so is a list cut short.
+    let mut empty = old_body.to_vec();
+    empty.extend_from_slice(&0u32.to_le_bytes());
+    assert!(Control::decode(k, &empty).is_err());
+    let mut many = old_body.to_vec();
+    many.extend_from_slice(&(MAX_POINT_DISKS as u32 + 1).to_le_bytes());
+    for _ in 0..=MAX_POINT_DISKS {
+        many.extend_from_slice(&1u32.to_le_bytes());
+        many.push(b'd');
+    }
+    assert!(Control::decode(k, &many).is_err());
+    assert!(Control::decode(k, &new_body[..new_body.len() - 1]).is_err());
+    roundtrip(Control::Error {
+        req: 7,
+        class: ErrorClass::DiskSetChanged,
+        message: "VM vm1: the store holds disks data, os".into(),
     });
 }
 
@@ -152,6 +191,7 @@ fn every_control() -> Vec<Control> {
             virtual_size: 1 << 40,
             source_id: Guid([3; 16]),
             full_copy: true,
+            vm_disks: vec!["data".into(), "os".into()],
         },
         Control::DiskOpened {
             req: 7,
