@@ -199,6 +199,7 @@ fn initial_replication_holds_the_disks_at_protection_start_and_cycles_converge_r
         "data",
         "--state",
         state.to_str().unwrap(),
+        "--yes",
     ]);
     assert!(
         out.status.success(),

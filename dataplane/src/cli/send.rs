@@ -63,6 +63,11 @@ pub struct Args {
     /// vdrep starts one on a private socket in --state and stops it when done].
     #[arg(long, value_name = "SOCKET", help_heading = "VM")]
     pub(super) nbd: Option<PathBuf>,
+    /// With --interval: the consistency group of --vm. VMs of one group (this one and the
+    /// [[vm]]s of --config with the same `group`) switch their change logs together, so
+    /// each group point is one instant of all their disks; at most 16 VMs, one sender.
+    #[arg(long, value_name = "NAME", requires = "vm", help_heading = "VM")]
+    pub(super) group: Option<String>,
     /// Parallel streams per disk (upload threads per VM), 1..=32 [default: 4].
     #[arg(long, value_name = "N", help_heading = "Transfer")]
     threads: Option<usize>,
@@ -171,6 +176,9 @@ pub(super) struct FileVm {
     /// The VM's own NBD server socket, as `--nbd`.
     #[serde(default)]
     pub(super) nbd: Option<PathBuf>,
+    /// The VM's consistency group.
+    #[serde(default)]
+    pub(super) group: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -334,6 +342,7 @@ pub(super) fn options(a: &Args) -> anyhow::Result<Options> {
             interval,
             retention,
             max_cycles: a.max_cycles,
+            group: None,
             initial_at: match a.initial_at.as_ref().or(f.initial_at.as_ref()) {
                 Some(t) => Some(
                     start_time(
@@ -414,12 +423,18 @@ pub(super) fn options(a: &Args) -> anyhow::Result<Options> {
             vms.push(VmSpec {
                 name: vm.clone(),
                 disks: a.disks.clone(),
+                group: a.group.clone(),
             });
         }
         (Some(vm), true) => bail!("--vm {vm}: name at least one DISK"),
         (None, false) => bail!("DISK given without --vm VM"),
         (None, true) => {}
     }
+    if vms.iter().any(|v| v.group.is_some()) && policy.is_none() {
+        bail!("a consistency group (--group, `group` of a [[vm]]) needs --interval: its VMs switch their change logs together");
+    }
+    crate::sender::group::check_members(vms.iter().map(|v| (v.name.as_str(), v.group.as_deref())))
+        .map_err(anyhow::Error::msg)?;
     // A protecting sender with a control channel may start empty: the sidecar enables
     // protection of VMs at run time (and the state folder keeps those it added before).
     if vms.is_empty() && qemu.is_empty() && (policy.is_none() || endpoints.control.is_none()) {

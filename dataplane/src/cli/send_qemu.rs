@@ -24,6 +24,9 @@ pub(super) fn split_vms(
                 if !v.disks.is_empty() {
                     bail!("[[vm]] {}: give either disks or qmp, not both", v.name);
                 }
+                if let Some(g) = &v.group {
+                    bail!("[[vm]] {}: a qemu VM (qmp) cannot join a consistency group yet (group {g}): protect it alone", v.name);
+                }
                 let drives = v
                     .drives
                     .iter()
@@ -44,6 +47,7 @@ pub(super) fn split_vms(
                 vms.push(VmSpec {
                     name: v.name,
                     disks: v.disks,
+                    group: v.group,
                 })
             }
         }
@@ -55,6 +59,9 @@ pub(super) fn split_vms(
         (Some(vm), Some(qmp)) => {
             if !a.disks.is_empty() {
                 bail!("--vm {vm} --qmp: qemu's disks are named with --drive, not as DISK");
+            }
+            if let Some(g) = &a.group {
+                bail!("--vm {vm} --qmp: a qemu VM cannot join a consistency group yet (--group {g}): protect it alone");
             }
             vms.retain(|v| &v.name != vm);
             qemu.retain(|q| &q.vm != vm);

@@ -3,11 +3,13 @@
 //! and shipping the closed logs' coalesced extents until the receiver commits each cycle as
 //! a recovery point.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 
 use super::disk::{Opened, Shared};
+use super::points::{PlanDisk, PointPlan};
 use super::protect::{poisoned, resync_required, skip, Policy, Protected};
 use super::source::hrl::HrlCycles;
 use super::source::ship_pending;
@@ -17,6 +19,8 @@ use crate::tracking::{catch_up, switch_digest, switch_set, HashTable, SwitchDige
 /// A disk taking part in a VM switch.
 #[derive(Clone)]
 struct Member {
+    /// Which VM of the switch (index into the sets given) and which of its disks.
+    set: usize,
     index: usize,
     vm: String,
     name: String,
@@ -27,7 +31,7 @@ struct Member {
 
 /// The disk's next cycle, unless its logs already hold half the disk (then a resync is
 /// cheaper than shipping them).
-fn member(index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
+fn member(set: usize, index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
     let g = d.lock().map_err(|_| "lock poisoned".to_string())?;
     if !g.tracker.is_active() {
         // This disk alone leaves delta replication; the VM's other disks still switch.
@@ -46,6 +50,7 @@ fn member(index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
         ));
     }
     Ok(Member {
+        set,
         index,
         vm: g.job.vm.clone(),
         name: g.job.name.clone(),
@@ -59,19 +64,46 @@ fn member(index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
 /// one instant (`tracking::switch_set`: the tracking locks are held only for renames), so
 /// the VM's next recovery point is one instant of all its disks. Each disk's cycle digest
 /// is computed afterwards, without the locks, while the closed logs already ship; it is
-/// awaited before the cycle commits. Returns, per disk, the cycle switched to.
+/// awaited before the cycle commits. Before the switch, it is recorded as the VM's point
+/// plan ([`record_plan`]): [`ship_all`] commits it as the VM's recovery point once every
+/// disk's part is committed. Returns, per disk, the cycle switched to.
 pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> Vec<Option<u64>> {
-    let mut out = vec![None; disks.len()];
+    let now = std::time::SystemTime::from(sh.clock.now_utc());
+    switch_vms(&[disks], now, |_| Ok(None))
+        .await
+        .pop()
+        .unwrap_or_default()
+}
+
+/// [`switch_vm`] for the disks of several VMs at one instant `now` (a consistency group:
+/// one `switch_set` over every member's disks, all their locks held at once). `before` is
+/// told each VM's cycle (the highest of its switching disks') before anything is prepared
+/// or renamed, so a record of the switch can be made durable first, and answers the
+/// consistency group and group cycle of the switch (`None` outside a group); an error from
+/// it cancels the switch (the writes stay in the active logs for the next one). Each VM
+/// whose every disk switches gets its point plan ([`super::points`]) before the renames
+/// too, so a switch interrupted by a crash and completed later still becomes a point.
+/// Returns, per VM and disk, the cycle switched to.
+pub(super) async fn switch_vms(
+    vms: &[&[Arc<Mutex<Protected>>]],
+    now: std::time::SystemTime,
+    before: impl FnOnce(&[crate::tracking::IntentVm]) -> Result<Option<(String, u64)>, String>
+        + Send
+        + 'static,
+) -> Vec<Vec<Option<u64>>> {
+    let mut out: Vec<Vec<Option<u64>>> = vms.iter().map(|d| vec![None; d.len()]).collect();
     let mut members = Vec::new();
-    for (i, d) in disks.iter().enumerate() {
-        if skip(d) {
-            continue;
-        }
-        match member(i, d) {
-            Ok(m) => members.push(m),
-            Err(reason) => {
-                if let Ok(g) = d.lock() {
-                    resync_required(&g, format!("log switch failed: {reason}"));
+    for (s, disks) in vms.iter().enumerate() {
+        for (i, d) in disks.iter().enumerate() {
+            if skip(d) {
+                continue;
+            }
+            match member(s, i, d) {
+                Ok(m) => members.push(m),
+                Err(reason) => {
+                    if let Ok(g) = d.lock() {
+                        resync_required(&g, format!("log switch failed: {reason}"));
+                    }
                 }
             }
         }
@@ -79,8 +111,8 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
     if members.is_empty() {
         return out;
     }
-    let now = std::time::SystemTime::from(sh.clock.now_utc());
     let ms = members.clone();
+    let sizes: Vec<usize> = vms.iter().map(|d| d.len()).collect();
     let res = tokio::task::spawn_blocking(move || {
         let set: Vec<SwitchDisk<'_>> = ms
             .iter()
@@ -90,21 +122,40 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
                 cycle: m.cycle,
             })
             .collect();
-        switch_set(&set, now)
+        let mut cycles: BTreeMap<&str, u64> = Default::default();
+        for m in &ms {
+            let c = cycles.entry(&m.vm).or_insert(0);
+            *c = (*c).max(m.cycle);
+        }
+        let intent_vms: Vec<crate::tracking::IntentVm> = cycles
+            .into_iter()
+            .map(|(vm, cycle)| crate::tracking::IntentVm {
+                vm: vm.to_string(),
+                cycle,
+            })
+            .collect();
+        let group = before(&intent_vms).map_err(NoSwitch::Cancelled)?;
+        record_plans(&ms, &sizes, &intent_vms, now, group);
+        switch_set(&set, now).map_err(|e| NoSwitch::Failed(e.to_string()))
     })
     .await;
     let sw = match res {
         Ok(Ok(sw)) => sw,
-        Ok(Err(e)) => return switch_failed(disks, &members, e.to_string(), out),
-        Err(e) => return switch_failed(disks, &members, format!("switch task failed: {e}"), out),
+        Ok(Err(NoSwitch::Cancelled(e))) => {
+            // Nothing was renamed: the writes stay in the active logs for the next switch.
+            warn!(error = %e, "log switch cancelled before any log was renamed");
+            return out;
+        }
+        Ok(Err(NoSwitch::Failed(e))) => return switch_failed(vms, &members, e, out),
+        Err(e) => return switch_failed(vms, &members, format!("switch task failed: {e}"), out),
     };
     for v in &sw.vms {
         info!(vm = %v.vm, vm_cycle = v.cycle, disks = members.len(),
               hold_ms = sw.hold.as_secs_f64() * 1e3, "log switch of the VM's disks");
     }
     for m in members {
-        out[m.index] = Some(m.cycle);
-        let d = &disks[m.index];
+        out[m.set][m.index] = Some(m.cycle);
+        let d = &vms[m.set][m.index];
         let task = tokio::task::spawn_blocking(move || digest(m));
         if let Ok(mut g) = d.lock() {
             g.digest_task = Some(task);
@@ -113,14 +164,71 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
     out
 }
 
+/// Writes the point plan of each VM of a switch about to happen (`sizes`: each VM's
+/// number of disks): the switch becomes the VM's recovery point once every disk's part
+/// commits; a switch without every disk of the VM (one waits for a resync) is none. Written
+/// before the renames: a plan whose switch never happened (a crash before them) names
+/// cycles its disks never commit, and is dropped when shipping finds that; the next switch
+/// of the same cycles writes it again.
+fn record_plans(
+    members: &[Member],
+    sizes: &[usize],
+    vms: &[crate::tracking::IntentVm],
+    now: std::time::SystemTime,
+    group: Option<(String, u64)>,
+) {
+    let switch_unix_ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for v in vms {
+        let mine: Vec<&Member> = members.iter().filter(|m| m.vm == v.vm).collect();
+        let all = mine
+            .first()
+            .and_then(|m| sizes.get(m.set))
+            .is_some_and(|&n| n == mine.len());
+        if !all {
+            info!(vm = %v.vm, vm_cycle = v.cycle, "not every disk of the VM switched: no VM recovery point for this switch");
+            continue;
+        }
+        let plan = PointPlan {
+            vm: v.vm.clone(),
+            vm_cycle: v.cycle,
+            switch_unix_ms,
+            group: group.as_ref().map(|g| g.0.clone()),
+            group_cycle: group.as_ref().map(|g| g.1),
+            disks: mine
+                .iter()
+                .map(|m| PlanDisk {
+                    name: m.name.clone(),
+                    cycle: m.cycle,
+                })
+                .collect(),
+        };
+        let at: Vec<(&crate::tracking::Tracker, u64)> =
+            mine.iter().map(|m| (&m.tracker, m.cycle)).collect();
+        if let Err(e) = super::points::record(&plan, &at) {
+            warn!(vm = %v.vm, vm_cycle = v.cycle, error = %e,
+                  "cannot record the VM point plan: this switch ships without a VM point");
+        }
+    }
+}
+
+/// Why a switch did not happen.
+enum NoSwitch {
+    /// `before` refused: nothing was prepared or renamed.
+    Cancelled(String),
+    /// The switch itself failed: its disks need a resync.
+    Failed(String),
+}
+
 fn switch_failed(
-    disks: &[Arc<Mutex<Protected>>],
+    vms: &[&[Arc<Mutex<Protected>>]],
     members: &[Member],
     reason: String,
-    out: Vec<Option<u64>>,
-) -> Vec<Option<u64>> {
+    out: Vec<Vec<Option<u64>>>,
+) -> Vec<Vec<Option<u64>>> {
     for m in members {
-        if let Ok(g) = disks[m.index].lock() {
+        if let Ok(g) = vms[m.set][m.index].lock() {
             resync_required(&g, format!("log switch failed: {reason}"));
         }
     }
@@ -206,6 +314,12 @@ pub(super) async fn ensure_hash_table(d: &Arc<Mutex<Protected>>) {
     }
 }
 
+/// Ships the closed logs of every disk of the VM, one VM switch after another: for the
+/// oldest switch with a point plan ([`super::points`]), each of its disks ships its cycles
+/// up to its part, then the switch is committed as the VM's recovery point; what no plan
+/// names (a switch whose plan was never written) ships last. So a VM point is made only of
+/// committed parts, and no disk's part is pruned by its retention before its VM point
+/// exists.
 pub(super) async fn ship_all(
     conn: &quinn::Connection,
     ctrl: &mut ControlStream,
@@ -214,16 +328,37 @@ pub(super) async fn ship_all(
     policy: &Policy,
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
-    for (d, o) in disks.iter().zip(opened.iter_mut()) {
-        let Some(o) = o else { continue };
-        if skip(d) {
-            continue;
+    let retention = policy.retention.as_secs().min(86_400) as u32;
+    let mut known = BTreeMap::new();
+    let mut handled = std::collections::BTreeSet::new();
+    loop {
+        let plans = super::points::pending(disks);
+        // A plan whose files could not be removed is not taken twice.
+        let plan = plans.iter().find(|p| !handled.contains(&p.vm_cycle));
+        for (d, o) in disks.iter().zip(opened.iter_mut()) {
+            let Some(o) = o else { continue };
+            if skip(d) {
+                continue;
+            }
+            let job = d.lock().map_err(poisoned)?.job.clone();
+            let name = job.name.clone();
+            let up_to = match plan {
+                Some(p) => match p.cycle_of(&name) {
+                    Some(c) => Some(c),
+                    None => continue,
+                },
+                None => None,
+            };
+            let Some(src) = HrlCycles::new(d) else {
+                return Err(poisoned(()));
+            };
+            let shipped = ship_pending(conn, ctrl, &job, Arc::new(src), o, up_to, policy, sh);
+            for (cycle, bytes, digest) in shipped.await? {
+                known.insert((name.clone(), cycle), (bytes, digest));
+            }
         }
-        let job = d.lock().map_err(poisoned)?.job.clone();
-        let Some(src) = HrlCycles::new(d) else {
-            return Err(poisoned(()));
-        };
-        ship_pending(conn, ctrl, &job, Arc::new(src), o, policy, sh).await?;
+        let Some(plan) = plan else { return Ok(()) };
+        handled.insert(plan.vm_cycle);
+        super::points::commit(ctrl, plan, disks, opened, &known, retention, sh).await?;
     }
-    Ok(())
 }

@@ -245,12 +245,12 @@ async fn round(
             read_before: before,
         });
         let dirty_before = vm.counters[i].dirty.load(Ordering::Relaxed);
-        let last = ship_pending(conn, ctrl, job, src, o, policy, sh).await?;
+        let shipped = ship_pending(conn, ctrl, job, src, o, None, policy, sh).await?;
         let read = reader.read_bytes() - before;
         vm.counters[i].read.fetch_add(read, Ordering::Relaxed);
         let dirty = vm.counters[i].dirty.load(Ordering::Relaxed) - dirty_before;
         crate::metrics::events::view_cycle_read(&vm.name, name, dirty, read);
-        advanced[i] = last == Some(cycle);
+        advanced[i] = shipped.last().map(|c| c.0) == Some(cycle);
     }
     Ok(())
 }

@@ -110,18 +110,21 @@ fn failed(vm: &str, e: SourceError) -> SendError {
     }
 }
 
-/// Ships every closed cycle of a disk, oldest first, each committed as a recovery point.
-/// A gap marks the disk "resync required" and stops there (`Ok`). Returns the newest cycle
-/// committed, if any.
+/// Ships the closed cycles of a disk, oldest first, up to cycle `up_to` (all when `None`),
+/// each committed as the disk's recovery point. A gap marks the disk "resync required" and
+/// stops there (`Ok`). Returns the cycles committed, with their bytes and digests (a VM
+/// point is made of them: `sender::points`).
+#[allow(clippy::too_many_arguments)]
 pub async fn ship_pending(
     conn: &quinn::Connection,
     ctrl: &mut ControlStream,
     job: &DiskJob,
     src: Arc<dyn CycleSource>,
     o: &mut Opened,
+    up_to: Option<u64>,
     policy: &Policy,
     sh: &Arc<Shared>,
-) -> Result<Option<u64>, SendError> {
+) -> Result<Vec<(u64, u64, [u8; 32])>, SendError> {
     let s = src.clone();
     let pending = tokio::task::spawn_blocking(move || s.pending())
         .await
@@ -132,8 +135,11 @@ pub async fn ship_pending(
                "resync required: delta replication stops for this disk");
         src.mark_resync(&reason);
     };
-    let mut last = None;
+    let mut done = Vec::new();
     for cycle in pending {
+        if up_to.is_some_and(|u| cycle > u) {
+            break;
+        }
         let t0 = crate::clock::tokio_now();
         let s = src.clone();
         let opening = tokio::task::spawn_blocking(move || s.open(cycle))
@@ -144,7 +150,7 @@ pub async fn ship_pending(
             Ok(Opening::AlreadyCommitted) => continue,
             Err(SourceError::Gap(reason)) => {
                 gap(format!("cycle {cycle}: {reason}"));
-                return Ok(last);
+                return Ok(done);
             }
             Err(e) => return Err(failed(&job.vm, e)),
         };
@@ -178,7 +184,7 @@ pub async fn ship_pending(
                 Ok(()) => {}
                 Err(SourceError::Gap(reason)) => {
                     gap(format!("cycle {cycle}: {reason}"));
-                    return Ok(last);
+                    return Ok(done);
                 }
                 Err(e) => return Err(failed(&job.vm, e)),
             }
@@ -188,12 +194,13 @@ pub async fn ship_pending(
             .await
             .map_err(task_err("cycle digest"))?;
         let digest_wait_s = t0.elapsed().as_secs_f64() - shipped_s;
+        // None (zeros) when the source has no digest for the cycle.
+        let digest = digest.unwrap_or([0; 32]);
         commit_cycle(
             ctrl,
             o,
             bytes,
-            // None (zeros) when the source has no digest for the cycle.
-            digest.unwrap_or([0; 32]),
+            digest,
             policy.retention.as_secs().min(86_400) as u32,
         )
         .await?;
@@ -202,7 +209,7 @@ pub async fn ship_pending(
             .await
             .map_err(task_err("release cycle"))?
             .map_err(|e| failed(&job.vm, e))?;
-        last = Some(cycle);
+        done.push((cycle, bytes, digest));
         sh.stats.cycles.fetch_add(1, Ordering::Relaxed);
         sh.health.cycle_committed(&job.vm, &job.name, cycle);
         sh.board.committed(&job.vm, &job.name, cycle);
@@ -215,7 +222,7 @@ pub async fn ship_pending(
               shipped_seconds = log_secs(shipped_s), digest_wait_seconds = log_secs(digest_wait_s),
               "cycle committed");
     }
-    Ok(last)
+    Ok(done)
 }
 
 /// The work items of a cycle: its extents less what the receiver already holds, in pieces of
