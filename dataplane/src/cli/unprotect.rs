@@ -126,12 +126,12 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let keys = store.list_disks(Some(&a.vm))?;
     let in_points = point_disks(store.as_ref(), &a.vm)?;
     // A qemu VM whose store holds nothing (yet, or any more) still has vdrep's bitmaps.
-    let items =
-        if a.qmp.is_some() && keys.is_empty() && in_points.is_empty() && a.disks.is_empty() {
-            Vec::new()
-        } else {
-            plan(store.as_ref(), &a.vm, &keys, &in_points, &a.disks)?
-        };
+    let nothing_stored = keys.is_empty() && in_points.is_empty() && a.disks.is_empty();
+    let items = if a.qmp.is_some() && nothing_stored {
+        Vec::new()
+    } else {
+        plan(store.as_ref(), &a.vm, &keys, &in_points, &a.disks)?
+    };
     // Naming every disk of the VM is unprotecting the VM: its jobs go too.
     let whole_vm = keys
         .iter()
