@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::procs::{certs, read_log, Receiver, Send};
 use crate::qsd::{make_disk, Qsd};
 use crate::vdrep;
-use vdrep_store::sink::ReplicaDisk;
+use vdrep_store::sink::{ReplicaDisk, ReplicaStore};
 
 /// Logged by the sender per committed qemu cycle, with its counters.
 pub const CYCLE_READ: &str = "qemu cycle: bytes read from views against dirty bytes";
@@ -302,10 +302,12 @@ pub fn writes_in(bytes: &[u8], disk: u64, fill: u8) -> Vec<u64> {
 }
 
 impl Rig {
-    /// Checks every point holds exactly the writes 1..m for some m across both disks (the
-    /// disks' points paired by number); returns (point, m) per point. Stops the receiver
-    /// (the store is read directly).
-    pub fn check_prefixes(&mut self, size: u64) -> Vec<(u64, u64)> {
+    /// Checks every recovery point of the VM (the store's VM points: one per qemu switch
+    /// whose every disk reached its view) names both disks and holds exactly the writes
+    /// 1..m for some m across them (each disk read at its part's cycle), and that the newest
+    /// holds all `written` writes; returns (VM point, m) per point. Stops the receiver (the
+    /// store is read directly).
+    pub fn check_prefixes(&mut self, size: u64, written: u64) -> Vec<(u64, u64)> {
         self.rx.kill9();
         let store = vdrep_store::sink::local::LocalStore::open(&self.store).expect("open store");
         let open = |name: &str| {
@@ -316,15 +318,28 @@ impl Rig {
                 .expect("open replica")
         };
         let (os, data) = (open("os"), open("data"));
-        let cycles = |d: &vdrep_store::sink::local::LocalDisk| -> Vec<u64> {
-            d.points().unwrap().iter().map(|p| p.cycle).collect()
-        };
-        assert_eq!(cycles(&os), cycles(&data), "the disks' points differ");
+        // The manifest itself: a store without one lists the disks' common cycles instead
+        // (`vm_points::list`), which would hide a sender that commits no VM point.
+        let points = store
+            .vm_points("vm1")
+            .expect("read the VM points")
+            .expect("no VM points of vm1 in the store: qemu switches made none")
+            .points;
         let mut out = Vec::new();
-        for p in cycles(&os) {
-            let mut all = writes_in(&os.read_point(p, 0, size as usize).unwrap(), 0, 0x11);
+        for p in &points {
+            let cycle = |name: &str| {
+                p.part(name)
+                    .unwrap_or_else(|| panic!("VM point {} has no part of {name}", p.vm_cycle))
+                    .cycle
+            };
+            assert_eq!(p.disks.len(), 2, "VM point {}: {:?}", p.vm_cycle, p.disks);
+            let (c_os, c_data) = (cycle("os"), cycle("data"));
+            if c_os > 0 && c_data > 0 {
+                assert!(p.consistent, "VM point {} is not consistent", p.vm_cycle);
+            }
+            let mut all = writes_in(&os.read_point(c_os, 0, size as usize).unwrap(), 0, 0x11);
             all.extend(writes_in(
-                &data.read_point(p, 0, size as usize).unwrap(),
+                &data.read_point(c_data, 0, size as usize).unwrap(),
                 1,
                 0x22,
             ));
@@ -333,51 +348,16 @@ impl Rig {
             let want: Vec<u64> = (1..=m).collect();
             assert_eq!(
                 all, want,
-                "point {p} holds writes {all:?}: not a prefix 1..{m} of the writes"
+                "VM point {} (os {c_os}, data {c_data}) holds writes {all:?}: not a prefix 1..{m} of the writes",
+                p.vm_cycle
             );
-            out.push((p, m));
+            out.push((p.vm_cycle, m));
         }
+        assert_eq!(
+            out.last().map(|p| p.1),
+            Some(written),
+            "the newest VM point misses writes: {out:?}"
+        );
         out
-    }
-}
-
-impl Rig {
-    /// Per disk (its points are its own until points are the VM's): every point of the
-    /// disk holds exactly the disk's first n numbered writes for some n, and the newest
-    /// holds all `written` writes. Returns the (point, n) of each point, per disk. Stops the
-    /// receiver (the store is read directly).
-    pub fn check_disk_prefixes(&mut self, size: u64, written: u64) -> [Vec<(u64, u64)>; 2] {
-        self.rx.kill9();
-        let store = vdrep_store::sink::local::LocalStore::open(&self.store).expect("open store");
-        let mut res: [Vec<(u64, u64)>; 2] = [Vec::new(), Vec::new()];
-        for (i, (name, fill)) in [("os", 0x11u8), ("data", 0x22u8)].iter().enumerate() {
-            let key = vdrep_store::sink::DiskKey::new("vm1", name).unwrap();
-            // qemu disks carry no identity of their own (NIL).
-            let d = store
-                .open_local(&key, size, vdrep_proto::Guid::default())
-                .expect("open replica");
-            for p in d.points().expect("points") {
-                let b = d.read_point(p.cycle, 0, size as usize).expect("read point");
-                let mut got = writes_in(&b, i as u64, *fill);
-                got.sort_unstable();
-                let want: Vec<u64> = (0..got.len() as u64)
-                    .map(|j| i as u64 + 1 + 2 * j)
-                    .collect();
-                assert_eq!(
-                    got, want,
-                    "{name} point {}: not a prefix of the disk's writes",
-                    p.cycle
-                );
-                res[i].push((p.cycle, got.len() as u64));
-            }
-            let all = (written + 1 - i as u64) / 2;
-            assert_eq!(
-                res[i].last().map(|x| x.1),
-                Some(all),
-                "{name}: the newest point misses writes: {:?}",
-                res[i]
-            );
-        }
-        res
     }
 }

@@ -8,7 +8,8 @@
 //! bitmap. The sender then reads from each view what the disk needs: everything (the
 //! initial copy: the view of protection start), the previous bitmap's dirty extents (a
 //! cycle, see [`cycle::ViewCycle`]) or a block-checksum resync (a bitmap was lost), and the
-//! view and the shipped bitmap go. [`ctl::QemuVm`] holds the QMP session and the state
+//! view and the shipped bitmap go; once every disk holds its view, the switch is the VM's
+//! recovery point ([`point`]). [`ctl::QemuVm`] holds the QMP session and the state
 //! kept across restarts ([`state`]); [`protect::protect`] is the loop.
 //!
 //! vdrep-qemu is blocking: every QMP and NBD call runs on a blocking thread.
@@ -16,6 +17,7 @@
 pub mod ctl;
 pub mod cycle;
 pub mod discover;
+pub mod point;
 pub mod protect;
 pub mod state;
 pub mod test_hook;

@@ -9,7 +9,8 @@
 //! - otherwise: the previous bitmap's dirty extents, shipped and committed as the next
 //!   cycle ([`crate::sender::source::ship_pending`]).
 //!
-//! Then the views go, with the bitmaps whose writes are committed. The first round runs at
+//! Once every disk holds its view, the switch is committed as the VM's recovery point
+//! ([`super::point`]). Then the views go, with the bitmaps whose writes are committed. The first round runs at
 //! once (it enables protection, or ships what was written while the sender was stopped),
 //! then one every interval; every round counts toward `--max-cycles`.
 
@@ -76,6 +77,9 @@ pub async fn protect(
         } else if let Ok(mut n) = sched.next.lock() {
             *n = crate::clock::tokio_now() + sched.interval();
         }
+        // The switch instant (taken before the transaction, as for a log switch): the VM
+        // point's time.
+        let switch_unix_ms = sh.clock.now_utc().as_millisecond().max(0) as u64;
         let views = match blocking(vm, |v| v.switch()).await? {
             Switched::Views(v) => v,
             Switched::NoRoom(message) => {
@@ -113,6 +117,17 @@ pub async fn protect(
             blocking(vm, move |v| v.finish_switch(&adv)).await
         };
         r?;
+        let retention = policy.retention.as_secs().min(86_400) as u32;
+        super::point::commit(
+            &mut ctrl,
+            vm,
+            switch_unix_ms,
+            &advanced,
+            &opened,
+            retention,
+            sh,
+        )
+        .await?;
         fin?;
         sched.cycles.fetch_add(1, Ordering::Relaxed);
     }
@@ -158,8 +173,10 @@ async fn round(
         // Enable protection's checks at the receiver (authorised, capacity), once per
         // connection.
         let mut to_check = Vec::new();
+        // The VM's disk set: the receiver refuses a VM whose store holds other disks too.
+        let vm_disks: Vec<String> = vm.disks.iter().map(|d| d.name.clone()).collect();
         for (job, o) in jobs.iter().zip(opened.iter_mut()) {
-            let op = open_disk(ctrl, job, false).await?;
+            let op = open_disk(ctrl, job, &vm_disks, false).await?;
             let copy = !op.initial_committed || op.known_empty;
             to_check.push((job.clone(), op.clone(), copy));
             *o = Some(op);
