@@ -162,4 +162,45 @@ mod qemu_tests {
             .to_string();
         assert!(e.contains("need --qmp"), "{e}");
     }
+
+    #[test]
+    fn a_qemu_vm_in_a_consistency_group_is_refused_for_now() {
+        let e = parse(&[
+            "--vm",
+            "vm1",
+            "--qmp",
+            "/q",
+            "--group",
+            "g1",
+            "--interval",
+            "1s",
+        ])
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("consistency group") && e.contains("g1"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("s.toml");
+        std::fs::write(
+            &conf,
+            "interval = \"5m\"\n[[vm]]\nname = \"db\"\nqmp = \"/run/db.qmp\"\ngroup = \"g1\"\n",
+        )
+        .unwrap();
+        let e = parse(&["--config", conf.to_str().unwrap()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("[[vm]] db") && e.contains("consistency group"),
+            "{e}"
+        );
+        // A VM with disks keeps its group.
+        std::fs::write(
+            &conf,
+            "interval = \"5m\"\n[[vm]]\nname = \"web\"\ndisks = [\"/vms/web.vhdx\"]\ngroup = \"g1\"\n",
+        )
+        .unwrap();
+        let (vms, _, _, _) = parse(&["--config", conf.to_str().unwrap()]).unwrap();
+        assert_eq!(vms[0].group.as_deref(), Some("g1"));
+    }
 }
