@@ -73,8 +73,10 @@ pub async fn read_frame(
     // uninitialised capacity: zero-filling the buffer first (`vec![0; len]` for
     // `read_exact`) cost the receiver 5.6 % of its instructions (bench/results/ANALYSIS.md,
     // session 7).
+    // A body of 1 MiB or more (a raw 1 MiB extent) reuses an earlier frame's pages
+    // (`crate::memory::pool`).
     let len = hdr.len as usize;
-    let mut body = Vec::with_capacity(len);
+    let mut body = crate::memory::PooledBuf::with_capacity(len);
     while body.len() < len {
         match recv
             .read_chunk(len - body.len(), true)
@@ -85,7 +87,7 @@ pub async fn read_frame(
             None => return Err(quinn::ReadExactError::FinishedEarly(body.len()).into()),
         }
     }
-    Ok((hdr.kind, Bytes::from(body)))
+    Ok((hdr.kind, body.freeze()))
 }
 
 /// Writes an encoded frame.
