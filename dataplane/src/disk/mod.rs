@@ -102,8 +102,10 @@ pub trait VirtualDisk: Send + Sync {
     /// bounded on multi-TiB disks: callers walk a disk with [`ExtentWalker`].
     fn extents_in(&self, start: u64, end: u64) -> Result<Vec<Extent>, DiskError>;
 
-    /// Fills `buf` with the virtual disk's bytes at `offset`. Reads past the virtual size are
-    /// errors, never silently zero.
+    /// Fills `buf` with the virtual disk's bytes at `offset`: every byte of it, zeros
+    /// included, whatever `buf` held before ([`VirtualDisk::read_at`] hands in reused buffers
+    /// that hold an earlier extent's bytes). Reads past the virtual size are errors, never
+    /// silently zero.
     fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError>;
 
     /// Reads `len` bytes into a buffer of their own. This is the one place a payload is
