@@ -93,8 +93,10 @@ pub async fn read_body(
     // uninitialised capacity: zero-filling the buffer first (`vec![0; len]` for
     // `read_exact`) cost the receiver 5.6 % of its instructions (bench/results/ANALYSIS.md,
     // session 7).
+    // A body of 1 MiB or more (a raw 1 MiB extent) reuses an earlier frame's pages
+    // (`crate::memory::pool`).
     let len = len as usize;
-    let mut body = Vec::with_capacity(len);
+    let mut body = crate::memory::PooledBuf::with_capacity(len);
     body.extend_from_slice(&head[..head.len().min(len)]);
     while body.len() < len {
         match recv
@@ -106,7 +108,7 @@ pub async fn read_body(
             None => return Err(quinn::ReadExactError::FinishedEarly(body.len()).into()),
         }
     }
-    Ok(Bytes::from(body))
+    Ok(body.freeze())
 }
 
 /// Writes an encoded frame.
