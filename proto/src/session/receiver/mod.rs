@@ -11,6 +11,10 @@
 //! `VersionMismatch` also close the stream ([`Refusal::is_fatal`]). Checks that need no store
 //! — authorisation, handles, generations, sizes, tree geometry — happen here, before any
 //! store work is asked for.
+//!
+//! Time comes in as a value: the session's checkpoint timer (`timer.rs`) says when it next
+//! needs the time ([`ReceiverSession::poll_timeout`]) and which disks to checkpoint then
+//! ([`ReceiverSession::handle_timeout`]).
 
 mod answers;
 mod batch;
@@ -18,12 +22,14 @@ mod checks;
 mod effects;
 mod limits;
 mod requests;
+mod timer;
 
 pub use batch::{BatchEnd, BatchReceiver, BatchReport, BatchStep, ExtentWrite, WriteOutcome};
 pub(crate) use checks::name;
 pub use checks::{tree_nodes, MAX_DISK_SIZE, MAX_JOB_BYTES, MAX_RETENTION_SECS};
 pub use effects::{ControlStep, Done, Effect, OpenedReplica, Report};
 pub use limits::DEFAULT_MAX_DISKS_PER_CONNECTION;
+pub use timer::{CheckpointRound, CHECKPOINT_INTERVAL};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -145,6 +151,8 @@ pub struct ReceiverSession {
     running: BTreeMap<u32, u32>,
     /// Distinct disks this connection may hold open ([`ReceiverSession::with_max_disks`]).
     max_disks: usize,
+    /// When open disks are next checkpointed (`timer.rs`).
+    timer: timer::CheckpointTimer,
 }
 
 impl ReceiverSession {
@@ -159,6 +167,7 @@ impl ReceiverSession {
             next_handle: 1,
             running: BTreeMap::new(),
             max_disks: DEFAULT_MAX_DISKS_PER_CONNECTION,
+            timer: Default::default(),
         }
     }
 
