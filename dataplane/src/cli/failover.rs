@@ -11,14 +11,14 @@
 //! All disks use the same point, so a multi-disk VM comes up crash-consistent across its
 //! disks: `latest` is the newest point that every disk has committed.
 
+use super::CliResult;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::{Classed, Context};
-use anyhow::bail;
+use super::Context;
 use serde::Serialize;
 
 use super::points::{has_digest, rfc3339, vm_readers};
@@ -182,7 +182,7 @@ pub fn materialise(
     vm: &str,
     sel: PointSel,
     out: &Path,
-) -> anyhow::Result<Vec<DiskOut>> {
+) -> CliResult<Vec<DiskOut>> {
     let readers = vm_readers(store, vm)?;
     let mut job = Job::start(JobKind::TestFailover, vm);
     let mut plan = vec![STEP_CHOOSE.to_string()];
@@ -193,10 +193,7 @@ pub fn materialise(
     let res = write_point(&readers, sel, out, &mut job);
     match &res {
         Ok(_) => job.succeed(),
-        Err(e) => job.fail(
-            &super::one_line(e),
-            super::error::recovery(e).is_transient(),
-        ),
+        Err(e) => job.fail(&super::one_line(&e.error), e.recovery.is_transient()),
     }
     record(store, &job);
     res
@@ -208,11 +205,11 @@ fn write_point(
     sel: PointSel,
     out: &Path,
     job: &mut Job,
-) -> anyhow::Result<Vec<DiskOut>> {
+) -> CliResult<Vec<DiskOut>> {
     job.begin(STEP_CHOOSE);
     let mut listed = Vec::new();
     for r in readers {
-        listed.push(r.points().classed()?);
+        listed.push(r.points()?);
     }
     let cycle = choose(readers, &listed, sel)?;
     job.step_ok(
@@ -265,7 +262,7 @@ fn choose(
     readers: &[Box<dyn PointReader>],
     listed: &[Vec<RecoveryPoint>],
     sel: PointSel,
-) -> anyhow::Result<u64> {
+) -> CliResult<u64> {
     let kept = |pts: &[RecoveryPoint]| match (pts.first(), pts.last()) {
         (Some(a), Some(b)) => format!("points {}..={} are kept", a.cycle, b.cycle),
         _ => "nothing is committed yet".to_string(),
@@ -314,7 +311,7 @@ fn write_disk(
     r: &dyn PointReader,
     point: &RecoveryPoint,
     dst: &Path,
-) -> anyhow::Result<(tempfile::NamedTempFile, DiskOut)> {
+) -> CliResult<(tempfile::NamedTempFile, DiskOut)> {
     let size = r.virtual_size();
     let dir = dst.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
@@ -325,7 +322,7 @@ fn write_disk(
     out.set_len(layout::replica_file_size(size))
         .with_context(|| format!("{}: cannot size the output", dst.display()))?;
     let end = size.div_ceil(SECTOR) * SECTOR;
-    let allocated = r.allocated(point.cycle).classed()?;
+    let allocated = r.allocated(point.cycle)?;
     let mut streamed = DigestBuilder::new(size);
     let mut off = 0u64;
     while off < end {
@@ -338,7 +335,7 @@ fn write_disk(
             off += n;
             continue;
         }
-        let data = r.read_point(point.cycle, off, n as usize).classed()?;
+        let data = r.read_point(point.cycle, off, n as usize)?;
         streamed.update(&data);
         for (i, piece) in data.chunks(ZERO_PIECE).enumerate() {
             if piece.iter().any(|&b| b != 0) {
@@ -365,13 +362,13 @@ fn write_disk(
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("{}: fsync failed", dst.display()))?;
-    let streamed = streamed.finish().classed()?;
+    let streamed = streamed.finish()?;
     let verified = has_digest(point);
     let got = if verified {
         // Read back what landed in the file, through the VHD reader: the check covers the
         // store, the copy and the output's layout.
-        let written = disk::open(tmp.path(), OpenOptions::default()).classed()?;
-        let got = digest::digest_of_first(written.as_ref(), size).classed()?;
+        let written = disk::open(tmp.path(), OpenOptions::default())?;
+        let got = digest::digest_of_first(written.as_ref(), size)?;
         if got != point.digest {
             bail!(
                 "{}: the output of recovery point {} does not match the sender's digest \

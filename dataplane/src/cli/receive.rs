@@ -56,12 +56,8 @@ struct File {
     max_disks_per_connection: Option<usize>,
 }
 
-fn usage(e: anyhow::Error) -> CliError {
-    CliError {
-        error: e,
-        recovery: crate::error::Recovery::Permanent,
-        usage: true,
-    }
+fn usage(e: impl Into<CliError>) -> CliError {
+    CliError::usage(e)
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {

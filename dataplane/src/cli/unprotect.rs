@@ -6,6 +6,7 @@
 //! Unprotecting is an operator action with replication stopped: a disk a receiver holds
 //! (local lock, Azure lease) is refused with exit 1, and nothing of that disk is removed.
 
+use super::CliResult;
 use std::path::{Path, PathBuf};
 
 use super::Context;
@@ -79,7 +80,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
 }
 
 /// Removes the change-tracking files beside `disk`; returns how many there were.
-fn remove_tracking(disk: &Path) -> anyhow::Result<usize> {
+fn remove_tracking(disk: &Path) -> CliResult<usize> {
     let p = LogPaths::new(disk);
     let mut files: Vec<PathBuf> = match p.closed_logs() {
         Ok(v) => v.into_iter().flat_map(|(c, f)| [f, p.digest(c)]).collect(),
