@@ -350,3 +350,44 @@ fn the_command_line_never_converts_into_anyhow_directly() {
         hits.join("\n")
     );
 }
+
+/// One clock in two files: `vdrep_store::clock` (std's readers, in the lowest crate that
+/// reads time; it has no tokio and cannot import `vdrep`) is the lower half of
+/// `vdrep::clock`, which re-exports every reader of it and adds tokio's. So `vdrep` code
+/// names only `crate::clock`, and the store's file is never a second clock to choose from.
+#[test]
+fn the_store_clock_is_re_exported_whole_and_named_only_by_the_clock() {
+    let dataplane = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let store = std::fs::read_to_string(dataplane.join("store/src/clock.rs")).unwrap();
+    let store = code(&store);
+    let readers: BTreeSet<&str> = store
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub fn "))
+        .map(ident)
+        .collect();
+    assert!(readers.contains("system_time") && readers.contains("std_now"));
+    let clock = std::fs::read_to_string(src().join("clock.rs")).unwrap();
+    let export = code(&clock)
+        .lines()
+        .find(|l| l.starts_with("pub use vdrep_store::clock::"))
+        .map(str::to_string)
+        .expect("dataplane/src/clock.rs re-exports vdrep_store::clock");
+    for r in &readers {
+        assert!(
+            export.contains(r),
+            "vdrep::clock does not re-export the store clock's {r}: {export}"
+        );
+    }
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let stray: Vec<String> = files
+        .iter()
+        .filter(|f| **f != src().join("clock.rs"))
+        .filter(|f| code(&std::fs::read_to_string(f).unwrap()).contains("vdrep_store::clock"))
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "use crate::clock, not vdrep_store::clock: {stray:?}"
+    );
+}
