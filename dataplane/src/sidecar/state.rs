@@ -16,7 +16,7 @@ pub use vdrep_proto::job::{Job, JobKind, JobState};
 
 /// A job the sidecar runs (enable protection, resync, test failover): the one job record,
 /// [`Job`], and what the sidecar keeps about handing it to the sender. The API and
-/// `sidecar.json` write it as its [`JobView`](super::job_view::JobView). The record's times
+/// `sidecar.json` write it as its `JobView` (`job_view.rs`). The record's times
 /// are Unix ms; the sidecar's clock here is whole Unix seconds (`now` below).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(into = "super::job_view::JobView", from = "super::job_view::JobView")]
