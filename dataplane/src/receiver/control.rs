@@ -133,6 +133,8 @@ impl ConnState {
 /// `vdrep-proto`, where they are tested with time as a value); this only sleeps and does IO.
 async fn checkpoint_loop(conn: Weak<ConnState>, stop: Arc<tokio::sync::Notify>) {
     loop {
+        // Always armed here: this loop is the only caller of `handle_timeout` and reports
+        // every round done before it asks again. A connection gone ends the loop.
         let Some((origin, due)) = conn.upgrade().and_then(|c| {
             let due = c.with_session(|s| s.poll_timeout()).ok().flatten()?;
             Some((c.origin, due))

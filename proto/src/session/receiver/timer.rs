@@ -58,6 +58,7 @@ impl ReceiverSession {
 
     /// Tells the session the time is `now`: a checkpoint round when one is due (then the
     /// timer waits for [`ReceiverSession::checkpoints_done`]), else nothing.
+    #[must_use = "a due checkpoint round must be run and reported done"]
     pub fn handle_timeout(&mut self, now: Duration) -> Option<CheckpointRound> {
         match self.timer {
             CheckpointTimer::Armed(at) if now >= at => {
