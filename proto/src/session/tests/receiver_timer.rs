@@ -24,6 +24,7 @@ fn open(s: &mut ReceiverSession, disk: &str) -> u32 {
             virtual_size: 1 << 30,
             source_id: Guid([1; 16]),
             full_copy: false,
+            vm_disks: Vec::new(),
         },
     ));
     match answer(s.handle_done(S, opened(true))).0 {
