@@ -24,6 +24,15 @@
 //! value. The free functions read the host as it is, without the test offset: file and image
 //! timestamps, HTTP dates, token lifetimes and elapsed-time measurements must follow the real
 //! clock, and only the schedule-facing wall time ([`Clock::now_utc`]) is shifted.
+//!
+//! **One clock, two files.** std's readers ([`system_time`], [`unix_secs`], [`unix_millis`],
+//! [`std_now`]) live in `dataplane/store/src/clock.rs` because the store crate reads time too
+//! (HTTP dates, token expiry, job times) and can neither import this crate (Cargo keeps the
+//! arrows pointing down) nor take on tokio. That file is this clock's lower half, not a
+//! second clock: everything is re-exported here, `vdrep` code names only `crate::clock`, and
+//! `dataplane/tests/layers.rs` checks both (every store reader re-exported, no other
+//! `vdrep_store::clock` user, no system-clock read anywhere else). The protocol sessions
+//! (`proto/`) read no clock at all: they are given time as a value.
 
 use std::fmt::Debug;
 use std::path::PathBuf;

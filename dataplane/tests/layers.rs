@@ -285,3 +285,109 @@ fn only_the_clock_reads_the_system_clocks() {
         hits.join("\n")
     );
 }
+
+/// What would let a typed error into `anyhow` without its class: `anyhow`'s own `?`
+/// conversion (a function or closure returning `anyhow::Result` or `Result<_, anyhow::Error>`),
+/// `anyhow::Context` and an explicit `anyhow::Error::new`/`from`. The command line uses
+/// `CliResult`, its own `Context` and `IntoAnyhow` instead (`cli/error.rs`).
+const CLASS_LOSING: &[&str] = &[
+    "anyhow::Result",
+    "anyhow::Error>",
+    "anyhow::Context",
+    "anyhow::Error::new",
+    "anyhow::Error::from",
+    "Into<anyhow::Error>",
+    "use anyhow::{",
+];
+
+/// The lines of `text` (comments left out) that name a [`CLASS_LOSING`] form.
+fn class_losing_lines(text: &str) -> Vec<(usize, String)> {
+    code(text)
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| CLASS_LOSING.iter().any(|p| l.contains(p)))
+        .map(|(i, l)| (i + 1, l.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn the_checker_sees_each_way_a_class_is_lost() {
+    let bad = "fn a() -> anyhow::Result<()> {}\n\
+               fn b() -> Result<(), anyhow::Error> {}\n\
+               use anyhow::Context;\n\
+               let e = anyhow::Error::new(x);\n\
+               let f = x.map_err(anyhow::Error::from);\n\
+               use anyhow::{bail, Context};\n";
+    assert_eq!(class_losing_lines(bad).len(), 6);
+    let good = "fn a() -> CliResult<()> { bail!(\"x\") }\n\
+                // anyhow::Result in a comment\n\
+                let e = anyhow::anyhow!(\"m\");\n\
+                let f = x.map_err(anyhow::Error::msg);\n";
+    assert_eq!(class_losing_lines(good), vec![]);
+}
+
+#[test]
+fn the_command_line_never_converts_into_anyhow_directly() {
+    let cli = src().join("cli");
+    let mut files = Vec::new();
+    rust_files(&cli, &mut files);
+    assert!(
+        files.len() > 10,
+        "no command-line sources under {}",
+        cli.display()
+    );
+    let mut hits = Vec::new();
+    for f in files.iter().filter(|f| !f.ends_with("cli/error.rs")) {
+        let text = std::fs::read_to_string(f).unwrap();
+        for (n, l) in class_losing_lines(&text) {
+            hits.push(format!("{}:{n}: {l}", f.display()));
+        }
+    }
+    assert!(
+        hits.is_empty(),
+        "these would drop a typed error's transient/permanent class (exit 75 would read as 1): \
+         return CliResult<T> and use cli::Context / IntoAnyhow (cli/error.rs):\n{}",
+        hits.join("\n")
+    );
+}
+
+/// One clock in two files: `vdrep_store::clock` (std's readers, in the lowest crate that
+/// reads time; it has no tokio and cannot import `vdrep`) is the lower half of
+/// `vdrep::clock`, which re-exports every reader of it and adds tokio's. So `vdrep` code
+/// names only `crate::clock`, and the store's file is never a second clock to choose from.
+#[test]
+fn the_store_clock_is_re_exported_whole_and_named_only_by_the_clock() {
+    let dataplane = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let store = std::fs::read_to_string(dataplane.join("store/src/clock.rs")).unwrap();
+    let store = code(&store);
+    let readers: BTreeSet<&str> = store
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub fn "))
+        .map(ident)
+        .collect();
+    assert!(readers.contains("system_time") && readers.contains("std_now"));
+    let clock = std::fs::read_to_string(src().join("clock.rs")).unwrap();
+    let export = code(&clock)
+        .lines()
+        .find(|l| l.starts_with("pub use vdrep_store::clock::"))
+        .map(str::to_string)
+        .expect("dataplane/src/clock.rs re-exports vdrep_store::clock");
+    for r in &readers {
+        assert!(
+            export.contains(r),
+            "vdrep::clock does not re-export the store clock's {r}: {export}"
+        );
+    }
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let stray: Vec<String> = files
+        .iter()
+        .filter(|f| **f != src().join("clock.rs"))
+        .filter(|f| code(&std::fs::read_to_string(f).unwrap()).contains("vdrep_store::clock"))
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "use crate::clock, not vdrep_store::clock: {stray:?}"
+    );
+}

@@ -1,10 +1,11 @@
-//! The job record (DESIGN.md §1): enable protection, initial replication, finalize protection
-//! and test failover, each with an id, a state, steps, timings and an error that says whether
-//! a retry can help.
+//! The job record (DESIGN.md §1): enable protection, initial replication, finalize protection,
+//! test failover and resync, each with an id, a state, steps, timings and an error that says
+//! whether a retry can help.
 //!
 //! One type for every place a job lives: the sender builds it, the control stream carries it
 //! (`wire::Control::ReportJob`, encoded in `wire/job.rs`), the store keeps it as JSON in the
-//! VM's `jobs.json`, and `vdrep jobs` lists it. Times are Unix milliseconds given as values
+//! VM's `jobs.json`, `vdrep jobs` lists it, and the sidecar runs its API's jobs with it (its
+//! JSON view, `sidecar/job_view.rs` in `vdrep`, writes the same record in the API's shape). Times are Unix milliseconds given as values
 //! (this crate reads no clock); `None` is "not yet", which the wire writes as 0.
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,8 @@ pub enum JobKind {
     FinalizeProtection,
     /// Materialising a recovery point as fixed VHDs.
     TestFailover,
+    /// Resynchronising a VM's disks (asked through the sidecar's API; a sender reports none).
+    Resync,
 }
 
 impl JobKind {
@@ -30,6 +33,7 @@ impl JobKind {
             JobKind::InitialReplication => 2,
             JobKind::FinalizeProtection => 3,
             JobKind::TestFailover => 4,
+            JobKind::Resync => 5,
         }
     }
     pub(crate) fn from_code(c: u8) -> Option<Self> {
@@ -38,6 +42,7 @@ impl JobKind {
             2 => JobKind::InitialReplication,
             3 => JobKind::FinalizeProtection,
             4 => JobKind::TestFailover,
+            5 => JobKind::Resync,
             _ => return None,
         })
     }
@@ -48,6 +53,7 @@ impl JobKind {
             JobKind::InitialReplication => "initial-replication",
             JobKind::FinalizeProtection => "finalize-protection",
             JobKind::TestFailover => "test-failover",
+            JobKind::Resync => "resync",
         }
     }
     /// Parses [`JobKind::as_str`].
@@ -57,6 +63,7 @@ impl JobKind {
             JobKind::InitialReplication,
             JobKind::FinalizeProtection,
             JobKind::TestFailover,
+            JobKind::Resync,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -197,6 +204,46 @@ impl Job {
             steps: Vec::new(),
             error: None,
         }
+    }
+
+    /// A job asked for at `now` (Unix ms) that has not started, its steps queued: the
+    /// sidecar's jobs, which wait for a window or for the sender, begin so.
+    pub fn queued_at(id: String, kind: JobKind, vm: &str, steps: &[&str], now: u64) -> Job {
+        let mut job = Job {
+            id,
+            kind,
+            vm: vm.to_string(),
+            state: JobState::Queued,
+            start_ms: now,
+            end_ms: None,
+            steps: Vec::new(),
+            error: None,
+        };
+        job.plan(steps);
+        job
+    }
+
+    /// Sets step number `i` (in plan order) to `state` with `detail` at `now`: it starts
+    /// when it first leaves `Queued` and ends when it first becomes final. A job driven by
+    /// someone else's progress (the sidecar's, from the sender's status) moves its steps so.
+    /// No step `i`: nothing happens.
+    pub fn set_step_at(&mut self, i: usize, state: JobState, detail: impl Into<String>, now: u64) {
+        if let Some(s) = self.steps.get_mut(i) {
+            if s.start_ms.is_none() && state != JobState::Queued {
+                s.start_ms = Some(now);
+            }
+            if state.is_final() && s.end_ms.is_none() {
+                s.end_ms = Some(now);
+            }
+            s.state = state;
+            s.detail = detail.into();
+        }
+    }
+
+    /// Ends the job in `state` at `now`, its steps left as they are (each was set already).
+    pub fn end_at(&mut self, state: JobState, now: u64) {
+        self.state = state;
+        self.end_ms = Some(now);
     }
 
     /// Adds steps that will run, queued, so a listing shows the plan.

@@ -7,10 +7,12 @@
 //!
 //! Wire and on-disk encoding (little-endian): `count: u32`, then `count` pairs
 //! `start: u64, end: u64`, strictly increasing with `start < end` and
-//! `previous end < start`. There are no dependencies here (no serde), so callers embed the
-//! bytes in their own records.
+//! `previous end < start`. Binary records embed these bytes; JSON records write the set as a
+//! list of pairs through [`pairs`] (`#[serde(with = "vdrep_proto::ranges::pairs")]`).
 
 use std::ops::Range;
+
+pub mod pairs;
 
 use crate::error::Cursor;
 use crate::FormatError;

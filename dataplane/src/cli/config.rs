@@ -4,6 +4,7 @@
 //! command line wins over the file. Unknown keys are errors, so a typo is not silently
 //! ignored.
 
+use super::CliResult;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use super::Context;
 use serde::de::DeserializeOwned;
 
 /// Reads a TOML file into `T`.
-pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> CliResult<T> {
     let Some(path) = path else {
         return Ok(T::default());
     };
@@ -22,8 +23,9 @@ pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Resul
 
 /// Parses `30s`, `5m`, `15m`, `1h`, `250ms`, `1h30m` or plain seconds
 /// ([`crate::clock::parse_duration`], the one duration syntax).
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    crate::clock::parse_duration(s).map_err(anyhow::Error::msg)
+/// A value parser of `clap` and `serde`, so its error is the message itself.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::clock::parse_duration(s)
 }
 
 /// Serde helper for durations written as strings in TOML.

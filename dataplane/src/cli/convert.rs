@@ -1,11 +1,12 @@
 //! `vdrep convert SRC DST`: any readable image to an Azure-ready fixed VHD.
 
+use super::CliResult;
 use std::fs::{self, File, OpenOptions as FsOpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{Classed, Context};
+use super::Context;
 
 use super::CliError;
 use crate::disk::{self, ExtentKind, ExtentWalker, OpenOptions, VirtualDisk};
@@ -32,7 +33,7 @@ const CHUNK: usize = 4 << 20;
 /// Writes `d` to `dst` as a fixed VHD, sparse where the source is unallocated or zero. The
 /// output is built in a temporary file beside `dst` and renamed over it, so a failed convert
 /// never leaves a half-written file under the destination's name.
-pub fn convert(d: &dyn VirtualDisk, dst: &Path) -> anyhow::Result<()> {
+pub fn convert(d: &dyn VirtualDisk, dst: &Path) -> CliResult<()> {
     let size = d.info().virtual_size;
     let dir = dst
         .parent()
@@ -48,7 +49,7 @@ pub fn convert(d: &dyn VirtualDisk, dst: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{}: cannot size output", dst.display()))?;
     let mut buf = vec![0u8; CHUNK];
     for ext in ExtentWalker::new(d, 1 << 30) {
-        let ext = ext.classed()?;
+        let ext = ext?;
         if ext.kind == ExtentKind::Zero {
             continue; // already zero in the sparse output
         }
@@ -56,7 +57,7 @@ pub fn convert(d: &dyn VirtualDisk, dst: &Path) -> anyhow::Result<()> {
         while off < ext.end() {
             let n = ((ext.end() - off) as usize).min(CHUNK);
             let b = &mut buf[..n];
-            d.read_into(off, b).classed()?;
+            d.read_into(off, b)?;
             if b.iter().any(|&x| x != 0) {
                 out.write_all_at(b, off)
                     .with_context(|| format!("{}: write at offset {off} failed", dst.display()))?;

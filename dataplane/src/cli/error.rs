@@ -5,11 +5,25 @@
 //! [`Tagged`] carrier; [`CliError`] reads the class back from the cause chain
 //! ([`crate::error::recovery_of`]). No specific error type is downcast, so a new error enum
 //! needs only its `Classify` impl to exit 75 when it is transient.
+//!
+//! No class can be lost on the way: every function of the command line returns
+//! [`CliResult`], so a `?` converts through `From<E: IntoAnyhow> for CliError` (a typed error
+//! with no `IntoAnyhow` does not compile), and [`Context`] adds context after tagging.
+//! `anyhow`'s own `?` conversion and `anyhow::Context` would drop the class; the command line
+//! names neither (`dataplane/tests/layers.rs` fails on a function returning
+//! `anyhow::Result`, on `anyhow::Context` and on `anyhow::Error::new`/`from` outside this
+//! file).
 
 use std::error::Error as StdError;
 use std::fmt::Display;
 
 use crate::error::{recovery_of, Classify, Recovery, Tagged};
+
+/// What every function of the command line returns. Its `?` goes through
+/// `From<E: IntoAnyhow> for CliError`, which keeps a typed error's class; `anyhow`'s own
+/// `?` would drop it, so no function here returns `anyhow::Result` (checked by
+/// `dataplane/tests/layers.rs`, `the_command_line_never_converts_into_anyhow_directly`).
+pub type CliResult<T> = Result<T, CliError>;
 
 /// An error at the binary's edge, with the exit code it maps to.
 #[derive(Debug)]
@@ -24,11 +38,11 @@ pub struct CliError {
 
 impl CliError {
     /// A usage error (exit 2): the command line or the configuration is wrong.
-    pub fn usage(error: impl Into<anyhow::Error>) -> Self {
+    pub fn usage(error: impl Into<CliError>) -> Self {
         CliError {
-            error: error.into(),
             recovery: Recovery::Permanent,
             usage: true,
+            ..error.into()
         }
     }
 
@@ -40,6 +54,17 @@ impl CliError {
             super::EXIT_TEMPFAIL
         } else {
             super::EXIT_FATAL
+        }
+    }
+}
+
+impl Display for CliError {
+    /// The error as `anyhow` writes it (`{:#}`: with its causes).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if f.alternate() {
+            write!(f, "{:#}", self.error)
+        } else {
+            write!(f, "{}", self.error)
         }
     }
 }
@@ -99,58 +124,59 @@ impl<E: IntoAnyhow> From<E> for CliError {
     }
 }
 
-/// The class of an error already in `anyhow` (for job records).
-pub fn recovery(error: &anyhow::Error) -> Recovery {
-    recovery_of(error.chain())
-}
-
-/// `?` into `anyhow` inside the command line's helpers (functions returning
-/// `anyhow::Result`): `anyhow`'s own conversion would drop a typed error's class, so such a
-/// `?` goes through [`IntoAnyhow`] with `.classed()?`.
-pub trait Classed<T> {
-    /// The result with its error in `anyhow`, class kept.
-    fn classed(self) -> anyhow::Result<T>;
-}
-
-impl<T, E: IntoAnyhow> Classed<T> for Result<T, E> {
-    fn classed(self) -> anyhow::Result<T> {
-        self.map_err(IntoAnyhow::into_anyhow)
-    }
-}
-
-/// `anyhow::Context` for the command line: the same two methods, but a classified error
-/// keeps its class under the added context (through [`IntoAnyhow`]).
+/// `anyhow::Context` for the command line: the same two methods, giving a [`CliError`]
+/// whose class is the error's own (a classified error is tagged through [`IntoAnyhow`]
+/// before the context goes in front of it).
 pub trait Context<T> {
     /// Adds `context` in front of the error.
-    fn context<C: Display + Send + Sync + 'static>(self, context: C) -> anyhow::Result<T>;
+    fn context<C: Display + Send + Sync + 'static>(self, context: C) -> CliResult<T>;
     /// Adds the context `f` returns in front of the error.
     fn with_context<C: Display + Send + Sync + 'static, F: FnOnce() -> C>(
         self,
         f: F,
-    ) -> anyhow::Result<T>;
+    ) -> CliResult<T>;
 }
 
 impl<T, E: IntoAnyhow> Context<T> for Result<T, E> {
-    fn context<C: Display + Send + Sync + 'static>(self, context: C) -> anyhow::Result<T> {
-        self.map_err(|e| e.into_anyhow().context(context))
+    fn context<C: Display + Send + Sync + 'static>(self, context: C) -> CliResult<T> {
+        self.map_err(|e| CliError::from(e.into_anyhow().context(context)))
     }
     fn with_context<C: Display + Send + Sync + 'static, F: FnOnce() -> C>(
         self,
         f: F,
-    ) -> anyhow::Result<T> {
-        self.map_err(|e| e.into_anyhow().context(f()))
+    ) -> CliResult<T> {
+        self.map_err(|e| CliError::from(e.into_anyhow().context(f())))
+    }
+}
+
+/// Context on a command-line error keeps its class and whether it is a usage error.
+impl<T> Context<T> for CliResult<T> {
+    fn context<C: Display + Send + Sync + 'static>(self, context: C) -> CliResult<T> {
+        self.map_err(|e| CliError {
+            error: e.error.context(context),
+            ..e
+        })
+    }
+    fn with_context<C: Display + Send + Sync + 'static, F: FnOnce() -> C>(
+        self,
+        f: F,
+    ) -> CliResult<T> {
+        self.map_err(|e| CliError {
+            error: e.error.context(f()),
+            ..e
+        })
     }
 }
 
 impl<T> Context<T> for Option<T> {
-    fn context<C: Display + Send + Sync + 'static>(self, context: C) -> anyhow::Result<T> {
-        anyhow::Context::context(self, context)
+    fn context<C: Display + Send + Sync + 'static>(self, context: C) -> CliResult<T> {
+        Ok(anyhow::Context::context(self, context)?)
     }
     fn with_context<C: Display + Send + Sync + 'static, F: FnOnce() -> C>(
         self,
         f: F,
-    ) -> anyhow::Result<T> {
-        anyhow::Context::with_context(self, f)
+    ) -> CliResult<T> {
+        Ok(anyhow::Context::with_context(self, f)?)
     }
 }
 
@@ -168,9 +194,9 @@ mod tests {
 
     #[test]
     fn a_transient_send_error_wrapped_in_context_exits_75() {
-        let wrapped: anyhow::Result<()> =
+        let wrapped: CliResult<()> =
             Err(transient_send_error()).context("replicating vm1 to rx:4433");
-        let e = CliError::from(wrapped.unwrap_err());
+        let e = wrapped.unwrap_err();
         assert_eq!(e.exit_code(), super::super::EXIT_TEMPFAIL);
         // The message reads as before: the context, then the error itself.
         assert_eq!(
@@ -189,8 +215,8 @@ mod tests {
         let tls = crate::tls::TlsError::PeerCertificate {
             problem: "expired".into(),
         };
-        let wrapped: anyhow::Result<()> = Err(tls).context("loading --tls");
-        assert_eq!(CliError::from(wrapped.unwrap_err()).exit_code(), 1);
+        let wrapped: CliResult<()> = Err(tls).context("loading --tls");
+        assert_eq!(wrapped.unwrap_err().exit_code(), 1);
         let io = std::io::Error::from(std::io::ErrorKind::TimedOut);
         assert_eq!(
             CliError::from(io).exit_code(),
@@ -203,14 +229,14 @@ mod tests {
 
     #[test]
     fn a_typed_error_passed_up_by_a_helper_keeps_its_class() {
-        fn helper() -> anyhow::Result<()> {
+        fn helper() -> CliResult<()> {
             let locked: Result<(), _> = Err(crate::sink::SinkError::Locked {
                 path: "/store/vm1/d.vhd".into(),
             });
-            locked.classed()?;
+            locked?;
             Ok(())
         }
-        assert_eq!(CliError::from(helper().unwrap_err()).exit_code(), 75);
+        assert_eq!(helper().unwrap_err().exit_code(), 75);
     }
 
     #[test]
@@ -220,8 +246,30 @@ mod tests {
         };
         let e = Err::<(), _>(sink)
             .context("opening the replica")
-            .map_err(|e| e.context("receiving vm1"))
+            .context("receiving vm1")
             .unwrap_err();
-        assert_eq!(CliError::from(e).exit_code(), 75);
+        assert_eq!(e.exit_code(), 75);
+        let line = super::super::one_line(&e.error);
+        assert!(
+            line.starts_with("receiving vm1: opening the replica: /store/vm1/d.vhd: "),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn context_on_a_usage_error_keeps_it_a_usage_error() {
+        let e = Err::<(), _>(CliError::usage(anyhow::anyhow!("--tls DIR is required")))
+            .context("receive")
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn a_foreign_error_under_context_is_permanent_and_a_classified_one_transient() {
+        let io: CliResult<()> =
+            Err(std::io::Error::from(std::io::ErrorKind::TimedOut)).context("reading x");
+        assert_eq!(io.unwrap_err().exit_code(), 1);
+        let none: CliResult<()> = None.context("no value");
+        assert_eq!(none.unwrap_err().exit_code(), 1);
     }
 }

@@ -13,14 +13,14 @@
 //! comes up crash-consistent across them; `latest` is the VM's newest point. Each disk's
 //! line says which of its points that is and when it was committed.
 
+use super::CliResult;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::{Classed, Context};
-use anyhow::bail;
+use super::Context;
 use serde::Serialize;
 
 use super::points::{has_digest, rfc3339, vm_readers};
@@ -241,7 +241,7 @@ pub fn materialise(
     vm: &str,
     sel: PointSel,
     out: &Path,
-) -> anyhow::Result<Vec<DiskOut>> {
+) -> CliResult<Vec<DiskOut>> {
     let readers = vm_readers(store, vm)?;
     let mut job = Job::start(JobKind::TestFailover, vm);
     let mut plan = vec![STEP_CHOOSE.to_string()];
@@ -252,10 +252,7 @@ pub fn materialise(
     let res = write_point(store, vm, &readers, sel, out, &mut job);
     match &res {
         Ok(_) => job.succeed(),
-        Err(e) => job.fail(
-            &super::one_line(e),
-            super::error::recovery(e).is_transient(),
-        ),
+        Err(e) => job.fail(&super::one_line(&e.error), e.recovery.is_transient()),
     }
     record(store, &job);
     res
@@ -270,13 +267,13 @@ fn write_point(
     sel: PointSel,
     out: &Path,
     job: &mut Job,
-) -> anyhow::Result<Vec<DiskOut>> {
+) -> CliResult<Vec<DiskOut>> {
     job.begin(STEP_CHOOSE);
     let mut listed = Vec::new();
     for r in readers {
-        listed.push(r.points().classed()?);
+        listed.push(r.points()?);
     }
-    let vm_points = crate::sink::vm_points::list(store, vm).classed()?;
+    let vm_points = crate::sink::vm_points::list(store, vm)?;
     let chosen = choose(readers, &listed, &vm_points, sel)?;
     job.step_ok(
         STEP_CHOOSE,
@@ -355,7 +352,7 @@ fn choose(
     listed: &[Vec<RecoveryPoint>],
     vm_points: &[crate::sink::vm_points::VmPoint],
     sel: PointSel,
-) -> anyhow::Result<Chosen> {
+) -> CliResult<Chosen> {
     let mut cands: Vec<Chosen> = Vec::new();
     for p in vm_points {
         let mut cycles = Vec::new();
@@ -445,7 +442,7 @@ pub(super) fn write_disk(
     r: &dyn PointReader,
     point: &RecoveryPoint,
     dst: &Path,
-) -> anyhow::Result<(tempfile::NamedTempFile, DiskOut)> {
+) -> CliResult<(tempfile::NamedTempFile, DiskOut)> {
     let size = r.virtual_size();
     let dir = dst.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
@@ -456,7 +453,7 @@ pub(super) fn write_disk(
     out.set_len(layout::replica_file_size(size))
         .with_context(|| format!("{}: cannot size the output", dst.display()))?;
     let end = size.div_ceil(SECTOR) * SECTOR;
-    let allocated = r.allocated(point.cycle).classed()?;
+    let allocated = r.allocated(point.cycle)?;
     let mut streamed = DigestBuilder::new(size);
     let mut off = 0u64;
     while off < end {
@@ -469,7 +466,7 @@ pub(super) fn write_disk(
             off += n;
             continue;
         }
-        let data = r.read_point(point.cycle, off, n as usize).classed()?;
+        let data = r.read_point(point.cycle, off, n as usize)?;
         streamed.update(&data);
         for (i, piece) in data.chunks(ZERO_PIECE).enumerate() {
             if piece.iter().any(|&b| b != 0) {
@@ -496,13 +493,13 @@ pub(super) fn write_disk(
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("{}: fsync failed", dst.display()))?;
-    let streamed = streamed.finish().classed()?;
+    let streamed = streamed.finish()?;
     let verified = has_digest(point);
     let got = if verified {
         // Read back what landed in the file, through the VHD reader: the check covers the
         // store, the copy and the output's layout.
-        let written = disk::open(tmp.path(), OpenOptions::default()).classed()?;
-        let got = digest::digest_of_first(written.as_ref(), size).classed()?;
+        let written = disk::open(tmp.path(), OpenOptions::default())?;
+        let got = digest::digest_of_first(written.as_ref(), size)?;
         if got != point.digest {
             bail!(
                 "{}: the output of recovery point {} does not match the sender's digest \

@@ -12,15 +12,15 @@
 //! As for one VM, every output is verified against its point's digest where it has one,
 //! and nothing is published unless every disk of every member was written.
 
+use super::CliResult;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
 use serde::Serialize;
 
 use super::failover::{write_disk, DiskOut, PointSel};
-use super::{Classed, Context};
+use super::Context;
 use crate::jobs::{Job, JobNow};
 use crate::sink::vm_points::{self, VmPoint};
 use crate::sink::{DiskKey, ReplicaStore};
@@ -51,24 +51,15 @@ pub struct GroupOut {
 }
 
 /// The points of `group` of every VM in `store` that has any, by VM.
-pub fn members(
-    store: &dyn ReplicaStore,
-    group: &str,
-) -> anyhow::Result<BTreeMap<String, Vec<VmPoint>>> {
-    let mut vms: Vec<String> = store
-        .list_disks(None)
-        .classed()?
-        .into_iter()
-        .map(|k| k.vm)
-        .collect();
+pub fn members(store: &dyn ReplicaStore, group: &str) -> CliResult<BTreeMap<String, Vec<VmPoint>>> {
+    let mut vms: Vec<String> = store.list_disks(None)?.into_iter().map(|k| k.vm).collect();
     vms.dedup();
     let mut out = BTreeMap::new();
     for vm in vms {
         if out.contains_key(&vm) {
             continue;
         }
-        let pts: Vec<VmPoint> = vm_points::list(store, &vm)
-            .classed()?
+        let pts: Vec<VmPoint> = vm_points::list(store, &vm)?
             .into_iter()
             .filter(|p| p.group.as_deref() == Some(group) && p.group_cycle.is_some())
             .collect();
@@ -85,7 +76,7 @@ pub fn choose(
     group: &str,
     members: &BTreeMap<String, Vec<VmPoint>>,
     sel: PointSel,
-) -> anyhow::Result<u64> {
+) -> CliResult<u64> {
     let cycles =
         |pts: &[VmPoint]| -> Vec<u64> { pts.iter().filter_map(|p| p.group_cycle).collect() };
     let held = |pts: &[VmPoint]| {
@@ -146,7 +137,7 @@ pub fn materialise(
     group: &str,
     sel: PointSel,
     out: &Path,
-) -> anyhow::Result<GroupOut> {
+) -> CliResult<GroupOut> {
     let members = members(store, group)?;
     let mut jobs: Vec<Job> = members
         .keys()
@@ -163,10 +154,7 @@ pub fn materialise(
     for j in &mut jobs {
         match &res {
             Ok(_) => j.succeed(),
-            Err(e) => j.fail(
-                &super::one_line(e),
-                super::error::recovery(e).is_transient(),
-            ),
+            Err(e) => j.fail(&super::one_line(&e.error), e.recovery.is_transient()),
         }
         record(store, j);
     }
@@ -193,7 +181,7 @@ fn write_group(
     sel: PointSel,
     out: &Path,
     jobs: &mut [Job],
-) -> anyhow::Result<GroupOut> {
+) -> CliResult<GroupOut> {
     jobs.iter_mut().for_each(|j| j.begin(STEP_CHOOSE));
     let gc = choose(group, members, sel)?;
     let mut staged: Vec<(tempfile::NamedTempFile, PathBuf)> = Vec::new();
@@ -217,9 +205,9 @@ fn write_group(
             .with_context(|| format!("{}: cannot create folder", dir.display()))?;
         let mut disks = Vec::new();
         for part in &point.disks {
-            let key = DiskKey::new(vm, &part.disk).classed()?;
-            let r = store.point_reader(&key).classed()?;
-            let listed = r.points().classed()?;
+            let key = DiskKey::new(vm, &part.disk)?;
+            let r = store.point_reader(&key)?;
+            let listed = r.points()?;
             let Some(rp) = listed.iter().find(|p| p.cycle == part.cycle) else {
                 bail!(
                     "{}: recovery point {} of group point {gc} is gone (pruned?)",

@@ -2,9 +2,10 @@
 //! from the command line's own definitions, so they cannot drift from the options the binary
 //! accepts. `ops/package.sh` runs both to fill the Debian package.
 
+use super::CliResult;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use super::Context;
 
 use super::CliError;
 
@@ -42,7 +43,7 @@ pub fn man(a: ManArgs, cmd: clap::Command) -> Result<(), CliError> {
 
 /// One page per command, named as `man` finds them (`vdrep-send.1` for `vdrep send`);
 /// hidden commands get none.
-fn write_pages(cmd: clap::Command, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+fn write_pages(cmd: clap::Command, dir: &Path) -> CliResult<Vec<PathBuf>> {
     let mut cmd = cmd;
     cmd.build();
     let mut out = Vec::new();

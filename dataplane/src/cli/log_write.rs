@@ -3,12 +3,12 @@
 //! where vdrep can (raw and fixed VHD, whose bytes sit at their virtual offsets). A switch
 //! intent beside the disk left by a crashed sender is completed before the write.
 
+use super::CliResult;
 use std::fs::OpenOptions as FsOpen;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use super::{Classed, Context};
-use anyhow::bail;
+use super::Context;
 use bytes::Bytes;
 
 use super::CliError;
@@ -33,11 +33,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
-    Ok(log_write(a)?)
+    log_write(a)
 }
 
-fn log_write(a: Args) -> anyhow::Result<()> {
-    let d = disk::open(&a.disk, OpenOptions::default()).classed()?;
+fn log_write(a: Args) -> CliResult<()> {
+    let d = disk::open(&a.disk, OpenOptions::default())?;
     let info = d.info().clone();
     drop(d);
     let data =
@@ -75,7 +75,7 @@ fn log_write(a: Args) -> anyhow::Result<()> {
     // A log switch of the disk's VM interrupted by a crash is completed first (for all its
     // disks), so this write lands wholly after it on every disk.
     let now = std::time::SystemTime::from(crate::clock::Clock::now_utc(crate::clock::process()));
-    let locked = tracker.lock_for_write(now).classed()?;
+    let locked = tracker.lock_for_write(now)?;
     // Checked under the lock before the disk is touched: a write with no log to record it
     // would be a gap in the replica's history.
     if !tracker.is_active() {
@@ -85,7 +85,7 @@ fn log_write(a: Args) -> anyhow::Result<()> {
             tracker.paths().active.display()
         );
     }
-    let mut log = locked.active_writer().classed()?;
+    let mut log = locked.active_writer()?;
     if writes_disk && !a.log_only {
         let f = FsOpen::new()
             .write(true)

@@ -2,6 +2,14 @@
 //! error, 2 usage, 75 recoverable error given up on; errors are one line naming the file or
 //! peer, the offset and the problem.
 
+/// `anyhow::bail!` for the command line's functions ([`CliResult`]): returns a message,
+/// which carries no class (permanent, exit 1).
+macro_rules! bail {
+    ($($t:tt)*) => {
+        return Err($crate::cli::CliError::from(anyhow::anyhow!($($t)*)))
+    };
+}
+
 mod cat;
 mod certs;
 pub(crate) mod config;
@@ -28,7 +36,7 @@ mod watch;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-pub use error::{Classed, CliError, Context, IntoAnyhow};
+pub use error::{CliError, CliResult, Context, IntoAnyhow};
 
 /// Exit code for success.
 pub const EXIT_OK: i32 = 0;
@@ -145,7 +153,7 @@ pub fn main() -> i32 {
 }
 
 /// The async runtime of the network roles ([`crate::transport::runtime`]).
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn runtime() -> CliResult<tokio::runtime::Runtime> {
     Ok(crate::transport::runtime()?)
 }
 

@@ -6,11 +6,11 @@
 //! 127.0.0.1:9640); state-changing calls send the token from `--token-file` (env
 //! `VDREP_TOKEN_FILE`, default /etc/vdrep/sidecar.token).
 
+use super::CliResult;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::Context;
-use anyhow::bail;
 use serde_json::Value;
 
 use super::CliError;
@@ -68,7 +68,7 @@ pub struct ResyncArgs {
     conn: Conn,
 }
 
-fn call(conn: &Conn, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+fn call(conn: &Conn, method: &str, path: &str, body: Option<Value>) -> CliResult<Value> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))

@@ -7,8 +7,7 @@
 //! every disk at it. Then each disk's own points (`disks[].points`, id = the disk's cycle,
 //! 0 = its initial replication).
 
-use super::Classed;
-use anyhow::bail;
+use super::CliResult;
 use serde::Serialize;
 
 use super::store_args::StoreArgs;
@@ -166,20 +165,20 @@ pub fn rfc3339(unix: u64) -> String {
 }
 
 /// Point readers of every disk of `vm`, sorted by disk name; an error when there is none.
-pub fn vm_readers(store: &dyn ReplicaStore, vm: &str) -> anyhow::Result<Vec<Box<dyn PointReader>>> {
-    let keys = store.list_disks(Some(vm)).classed()?;
+pub fn vm_readers(store: &dyn ReplicaStore, vm: &str) -> CliResult<Vec<Box<dyn PointReader>>> {
+    let keys = store.list_disks(Some(vm))?;
     if keys.is_empty() {
         bail!("{} holds no disks of VM {vm:?}", store.describe());
     }
     let mut out = Vec::new();
     for k in keys {
-        out.push(store.point_reader(&k).classed()?);
+        out.push(store.point_reader(&k)?);
     }
     Ok(out)
 }
 
 /// The recovery points of every disk of `vm` in `store`: what `--json` prints.
-pub fn document(store: &dyn ReplicaStore, vm: &str) -> anyhow::Result<VmJson> {
+pub fn document(store: &dyn ReplicaStore, vm: &str) -> CliResult<VmJson> {
     let readers = vm_readers(store, vm)?;
     let mut disks = Vec::new();
     for r in &readers {
@@ -190,8 +189,7 @@ pub fn document(store: &dyn ReplicaStore, vm: &str) -> anyhow::Result<VmJson> {
             points: r.points()?.iter().map(PointJson::of).collect(),
         });
     }
-    let points = crate::sink::vm_points::list(store, vm)
-        .classed()?
+    let points = crate::sink::vm_points::list(store, vm)?
         .iter()
         .map(VmPointJson::of)
         .collect();

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::{Classed, Context};
+use super::Context;
 use serde::Deserialize;
 
 use super::config;
@@ -61,12 +61,8 @@ struct File {
     max_connections: Option<usize>,
 }
 
-fn usage(e: anyhow::Error) -> CliError {
-    CliError {
-        error: e,
-        recovery: crate::error::Recovery::Permanent,
-        usage: true,
-    }
+fn usage(e: impl Into<CliError>) -> CliError {
+    CliError::usage(e)
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
@@ -109,7 +105,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let store = store_args.open()?;
     tracing::info!(store = %store.describe(), "replica store");
     // Before any disk is opened: a store of an earlier build gets this build's format.
-    if let Some(what) = store.upgrade().classed()? {
+    if let Some(what) = store.upgrade()? {
         tracing::info!(store = %store.describe(), "{what}");
     }
     let rt = super::runtime()?;

@@ -6,11 +6,11 @@
 //! config and applies its bandwidth policy at once (flags given on the command line still
 //! win); an invalid file is reported and the policy in force stays.
 
+use super::CliResult;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::Context;
-use anyhow::bail;
 use serde::Deserialize;
 
 use super::config::{self, duration_str};
@@ -248,10 +248,10 @@ fn flag_policy(a: &Args) -> PolicySpec {
 /// The policy of flags over a config file's `[bandwidth]`: a flag replaces the whole
 /// file section when it names a different kind of policy, so `--bandwidth` on the command
 /// line is not refused for a schedule in the file.
-fn merged_policy(flags: &PolicySpec, file: PolicySpec) -> anyhow::Result<BandwidthPolicy> {
+fn merged_policy(flags: &PolicySpec, file: PolicySpec) -> CliResult<BandwidthPolicy> {
     let flags_set = *flags != PolicySpec::default();
     let spec = if flags_set { flags.clone() } else { file };
-    spec.build().map_err(anyhow::Error::new)
+    Ok(spec.build()?)
 }
 
 /// Every required option that neither the flags nor `--config` give, so one usage error
@@ -297,7 +297,7 @@ fn policy_source(flags: &PolicySpec, file: &PolicySpec) -> &'static str {
 }
 
 /// Re-reads `--config` for its bandwidth policy (SIGHUP).
-fn reload_policy(flags: &PolicySpec, path: &std::path::Path) -> anyhow::Result<BandwidthPolicy> {
+fn reload_policy(flags: &PolicySpec, path: &std::path::Path) -> CliResult<BandwidthPolicy> {
     let f: File = config::load(Some(path))?;
     merged_policy(
         flags,
@@ -313,7 +313,7 @@ pub(super) struct Endpoints {
 
 pub(super) type Options = (Vec<VmSpec>, SendOptions, Option<Policy>, Endpoints);
 
-pub(super) fn options(a: &Args) -> anyhow::Result<Options> {
+pub(super) fn options(a: &Args) -> CliResult<Options> {
     let mut f: File = config::load(a.config.as_deref())?;
     let endpoints = Endpoints {
         control: a.control.clone().or(f.control.clone()),
@@ -445,11 +445,7 @@ pub(super) fn options(a: &Args) -> anyhow::Result<Options> {
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
-    let (vms, opts, policy, ends) = options(&a).map_err(|e| CliError {
-        error: e,
-        recovery: crate::error::Recovery::Permanent,
-        usage: true,
-    })?;
+    let (vms, opts, policy, ends) = options(&a).map_err(CliError::usage)?;
     let clock = SystemClock::from_env().map_err(|e| CliError {
         error: anyhow::anyhow!(e),
         recovery: crate::error::Recovery::Permanent,

@@ -2,8 +2,6 @@
 //! SOCKET]`, or `qmp`, `drives` and `nbd` on a `[[vm]]` of the config (issue 18), split
 //! from the VMs whose disks are image files.
 
-use anyhow::bail;
-
 use super::send::{Args, FileVm};
 use crate::sender::qemu::QemuSpec;
 use crate::sender::VmSpec;
@@ -15,7 +13,7 @@ pub(super) fn split_vms(
     a: &Args,
     file_vms: Vec<FileVm>,
     interval: bool,
-) -> anyhow::Result<(Vec<VmSpec>, Vec<QemuSpec>)> {
+) -> super::CliResult<(Vec<VmSpec>, Vec<QemuSpec>)> {
     let mut vms: Vec<VmSpec> = Vec::new();
     let mut qemu: Vec<QemuSpec> = Vec::new();
     for v in file_vms {
@@ -97,7 +95,7 @@ mod qemu_tests {
     fn parse(args: &[&str]) -> anyhow::Result<super::super::send::Options> {
         let mut v = vec!["send", "--to", "r:1", "--tls", "t", "--identity", "h"];
         v.extend_from_slice(args);
-        super::super::send::options(&Cli::try_parse_from(v)?.a)
+        super::super::send::options(&Cli::try_parse_from(v)?.a).map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     #[test]

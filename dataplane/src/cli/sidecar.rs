@@ -1,6 +1,7 @@
 //! `vdrep sidecar --listen ADDR --sender-control PATH --token-file F [--read-token-file F]
 //! --state DIR [--metrics ADDR] [--store DIR | --azure-url …] [--failover-dir DIR]`.
 
+use super::CliResult;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -63,21 +64,17 @@ struct File {
     failover_dir: Option<PathBuf>,
 }
 
-fn usage(e: anyhow::Error) -> CliError {
-    CliError {
-        error: e,
-        recovery: crate::error::Recovery::Permanent,
-        usage: true,
-    }
+fn usage(e: impl Into<CliError>) -> CliError {
+    CliError::usage(e)
 }
 
 /// Reads a token file: its first line, which must be non-empty.
-pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+pub fn read_token(path: &std::path::Path) -> CliResult<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read the token file", path.display()))?;
     let t = text.lines().next().unwrap_or("").trim().to_string();
     if t.is_empty() {
-        anyhow::bail!("{}: the token file is empty", path.display());
+        bail!("{}: the token file is empty", path.display());
     }
     Ok(t)
 }
@@ -134,10 +131,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
 }
 
 /// The test-failover target: the store to read and the documented output folder.
-fn failover_target(
-    store: StoreArgs,
-    dir: Option<PathBuf>,
-) -> anyhow::Result<Option<FailoverTarget>> {
+fn failover_target(store: StoreArgs, dir: Option<PathBuf>) -> CliResult<Option<FailoverTarget>> {
     let dir = match (&store.store, &store.azure_url, dir) {
         (None, None, _) => return Ok(None),
         (_, _, Some(d)) => d,
@@ -150,9 +144,7 @@ fn failover_target(
             s.with_file_name(n)
         }
         (_, Some(_), None) => {
-            anyhow::bail!(
-                "--failover-dir DIR is required with --azure-url (where test failovers write)"
-            )
+            bail!("--failover-dir DIR is required with --azure-url (where test failovers write)")
         }
     };
     // The store is opened for each failover and listing: it may come up after the sidecar.

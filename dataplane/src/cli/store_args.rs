@@ -2,10 +2,11 @@
 //! `--azure-url URL --azure-container NAME [--azure-sas TOKEN]` (Azure page blobs). Shared
 //! by `receive` and the operator commands that read replicas (`points`, `failover`).
 
+use super::CliResult;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{Classed, Context};
+use super::Context;
 use serde::Deserialize;
 
 use crate::sink::azure::{AzureConfig, AzureStore};
@@ -79,10 +80,10 @@ impl StoreArgs {
     /// Opens the chosen store for an operator command that reads or removes replicas: a
     /// local store folder must already exist (a typo must not create an empty store that
     /// then "has no disks").
-    pub fn open_existing(&self) -> anyhow::Result<Arc<dyn ReplicaStore>> {
+    pub fn open_existing(&self) -> CliResult<Arc<dyn ReplicaStore>> {
         if let (None, Some(dir)) = (&self.azure_url, &self.store) {
             if !dir.join("FORMAT").is_file() {
-                anyhow::bail!(
+                bail!(
                     "{}: no vdrep store here (no FORMAT file); check --store",
                     dir.display()
                 );
@@ -92,7 +93,7 @@ impl StoreArgs {
     }
 
     /// Opens the chosen store.
-    pub fn open(&self) -> anyhow::Result<Arc<dyn ReplicaStore>> {
+    pub fn open(&self) -> CliResult<Arc<dyn ReplicaStore>> {
         if let Some(url) = &self.azure_url {
             let container = self
                 .azure_container
@@ -113,22 +114,18 @@ impl StoreArgs {
             cfg.sas = secret(&self.azure_sas, &self.azure_sas_file, "--azure-sas")?;
             cfg.shared_key = secret(&self.azure_key, &self.azure_key_file, "--azure-key")?;
             cfg.ca_file = self.azure_ca_file.clone();
-            return Ok(Arc::new(AzureStore::open(cfg).classed()?));
+            return Ok(Arc::new(AzureStore::open(cfg)?));
         }
         let dir = self
             .store
             .as_ref()
             .context("--store DIR or --azure-url URL --azure-container NAME is required")?;
-        Ok(Arc::new(LocalStore::open(dir).classed()?))
+        Ok(Arc::new(LocalStore::open(dir)?))
     }
 }
 
 /// The secret given by value or by file (`FLAG-file`), if any; both is an error.
-fn secret(
-    value: &Option<String>,
-    file: &Option<PathBuf>,
-    flag: &str,
-) -> anyhow::Result<Option<String>> {
+fn secret(value: &Option<String>, file: &Option<PathBuf>, flag: &str) -> CliResult<Option<String>> {
     let from_file = match file {
         None => None,
         Some(p) => Some(
@@ -140,7 +137,7 @@ fn secret(
     };
     let value = value.clone().filter(|s| !s.trim().is_empty());
     match (value, from_file) {
-        (Some(_), Some(_)) => anyhow::bail!("give {flag} or {flag}-file, not both"),
+        (Some(_), Some(_)) => bail!("give {flag} or {flag}-file, not both"),
         (v, f) => Ok(v.or(f).filter(|s| !s.is_empty())),
     }
 }

@@ -25,7 +25,7 @@ use anyhow::anyhow;
 
 use super::confirm::{confirm, Answer};
 use super::store_args::StoreArgs;
-use super::CliError;
+use super::{CliError, CliResult};
 use crate::sink::{vm_points, DiskKey, ReplicaStore, SinkError};
 use crate::tracking::LogPaths;
 
@@ -350,9 +350,8 @@ fn plan(
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => {
-                return Err(anyhow::Error::new(e)
-                    .context(format!("{}: cannot list the change logs", s.path.display()))
-                    .into())
+                return Err(e)
+                    .with_context(|| format!("{}: cannot list the change logs", s.path.display()))
             }
         };
         let held = keys.contains(&key);
@@ -400,7 +399,7 @@ fn plural(n: usize) -> &'static str {
 
 /// Removes `files` (one disk's change tracking, listed by the plan); returns how many were
 /// still there.
-fn remove_files(disk: &Path, files: &[PathBuf]) -> anyhow::Result<usize> {
+fn remove_files(disk: &Path, files: &[PathBuf]) -> CliResult<usize> {
     let mut n = 0;
     for f in files {
         match std::fs::remove_file(f) {

@@ -3,6 +3,7 @@
 //! RPO and health. On a terminal it redraws in place; otherwise (a pipe, a log) it prints one
 //! plain line per disk per refresh, each with the time, so it reads as a log.
 
+use super::CliResult;
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -73,9 +74,9 @@ pub fn rows(v: &Value, seen: &mut Seen, dt: Duration) -> Vec<Vec<String>> {
 pub fn watch(
     every: Duration,
     count: Option<u64>,
-    poll: impl Fn() -> anyhow::Result<Value>,
+    poll: impl Fn() -> CliResult<Value>,
     table: impl Fn(&[Vec<String>]) -> String,
-) -> anyhow::Result<()> {
+) -> CliResult<()> {
     let clock = crate::clock::process();
     let terminal = std::io::stdout().is_terminal();
     let mut seen = Seen::new();

@@ -27,7 +27,7 @@ use crate::io::ReadAt;
 pub use chain::{resolve_parent_path, OpenContext};
 pub use error::DiskError;
 pub use extent::{all_extents, merge_overlay, normalize, Extent, ExtentKind, ExtentWalker};
-pub use overlay::{read_overlay, SectorRuns};
+pub use overlay::read_overlay;
 
 /// The image formats vdrep reads, as `inspect` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

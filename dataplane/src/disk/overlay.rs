@@ -1,25 +1,24 @@
 //! Reading a differencing disk: sectors the child holds come from the child, every other byte
 //! from the parent. Shared by the VHD and VHDX differencing readers.
 
+use vdrep_proto::RangeSet;
+
 use super::{DiskError, VirtualDisk};
 
-/// Ranges `[start, end)` of the virtual disk that a child holds itself, sorted and disjoint.
-pub type SectorRuns = Vec<(u64, u64)>;
-
-/// Fills `buf` (virtual offset `offset`) from the child where `present` says so and from
-/// `parent` everywhere else. `read_own(virtual_offset, dst)` reads the child's copy.
+/// Fills `buf` (virtual offset `offset`) from the child where `present` (the virtual ranges
+/// the child holds itself) says so and from `parent` everywhere else. `read_own(virtual_offset, dst)` reads the child's copy.
 pub fn read_overlay(
     offset: u64,
     buf: &mut [u8],
-    present: &[(u64, u64)],
+    present: &RangeSet,
     mut read_own: impl FnMut(u64, &mut [u8]) -> Result<(), DiskError>,
     parent: &dyn VirtualDisk,
 ) -> Result<(), DiskError> {
     let end = offset + buf.len() as u64;
     let mut cur = offset;
-    for &(s, e) in present {
-        let s = s.max(offset);
-        let e = e.min(end);
+    for r in present.iter() {
+        let s = r.start.max(offset);
+        let e = r.end.min(end);
         if s >= e {
             continue;
         }

@@ -53,10 +53,10 @@ impl VirtualDisk for RawDisk {
             .data_ranges(start, end)
             .map_err(|e| DiskError::io(&self.info.path, start, e))?;
         Ok(ranges
-            .into_iter()
-            .map(|(s, e)| Extent {
-                offset: s,
-                length: e - s,
+            .iter()
+            .map(|r| Extent {
+                offset: r.start,
+                length: r.end - r.start,
                 kind: ExtentKind::Data,
             })
             .collect())

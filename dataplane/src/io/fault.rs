@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::ReadAt;
+use vdrep_proto::RangeSet;
 
 /// What a matching read gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +144,7 @@ impl<R: ReadAt> ReadAt for FaultyReadAt<R> {
     fn path(&self) -> &Path {
         self.inner.path()
     }
-    fn data_ranges(&self, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
+    fn data_ranges(&self, start: u64, end: u64) -> io::Result<RangeSet> {
         self.inner.data_ranges(start, end)
     }
     fn backend(&self) -> &'static str {

@@ -45,6 +45,8 @@ use std::io;
 use std::path::Path;
 use std::sync::{Once, OnceLock};
 
+use vdrep_proto::RangeSet;
+
 pub use pread::{seek_data_ranges, PreadFile};
 
 /// A source of bytes addressed by absolute offset.
@@ -63,14 +65,10 @@ pub trait ReadAt: Send + Sync {
     }
     /// The path, for error messages.
     fn path(&self) -> &Path;
-    /// Ranges `[start, end)` of the file that hold data, for sparse raw and fixed images.
-    /// The default says "all of it", which is always correct, only slower.
-    fn data_ranges(&self, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
-        Ok(if start < end {
-            vec![(start, end)]
-        } else {
-            vec![]
-        })
+    /// The part of `[start, end)` of the file that holds data, for sparse raw and fixed
+    /// images. The default says "all of it", which is always correct, only slower.
+    fn data_ranges(&self, start: u64, end: u64) -> io::Result<RangeSet> {
+        Ok(RangeSet::from_range(start, end))
     }
     /// Which backend serves the reads, for logs and the summary.
     fn backend(&self) -> &'static str {
@@ -88,7 +86,7 @@ impl<R: ReadAt + ?Sized> ReadAt for Box<R> {
     fn path(&self) -> &Path {
         (**self).path()
     }
-    fn data_ranges(&self, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
+    fn data_ranges(&self, start: u64, end: u64) -> io::Result<RangeSet> {
         (**self).data_ranges(start, end)
     }
     fn backend(&self) -> &'static str {

@@ -5,6 +5,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use vdrep_proto::RangeSet;
+
 use super::ReadAt;
 
 /// pread(2) on a regular file: the portable backend, used where io_uring is unavailable or
@@ -37,7 +39,7 @@ impl ReadAt for PreadFile {
     fn path(&self) -> &Path {
         &self.path
     }
-    fn data_ranges(&self, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
+    fn data_ranges(&self, start: u64, end: u64) -> io::Result<RangeSet> {
         seek_data_ranges(&self.file, start, end)
     }
     fn backend(&self) -> &'static str {
@@ -47,10 +49,10 @@ impl ReadAt for PreadFile {
 
 /// Walks SEEK_DATA/SEEK_HOLE so that holes of a sparse file are never read. Falls back to
 /// "all data" where the filesystem does not support it.
-pub fn seek_data_ranges(file: &File, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
+pub fn seek_data_ranges(file: &File, start: u64, end: u64) -> io::Result<RangeSet> {
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
-    let mut out = Vec::new();
+    let mut out = RangeSet::new();
     let mut pos = start;
     while pos < end {
         // SAFETY: lseek on a valid fd owned by `file` has no memory-safety preconditions.
@@ -60,7 +62,7 @@ pub fn seek_data_ranges(file: &File, start: u64, end: u64) -> io::Result<Vec<(u6
             return match err.raw_os_error() {
                 Some(libc::ENXIO) => Ok(out), // no data after pos
                 Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
-                    out.push((pos, end));
+                    out.insert(pos, end);
                     Ok(out)
                 }
                 _ => Err(err),
@@ -76,7 +78,7 @@ pub fn seek_data_ranges(file: &File, start: u64, end: u64) -> io::Result<Vec<(u6
             return Err(io::Error::last_os_error());
         }
         let hole = (hole as u64).min(end);
-        out.push((data, hole));
+        out.insert(data, hole);
         pos = hole;
     }
     Ok(out)

@@ -25,6 +25,7 @@ use io_uring::{opcode, types, IoUring, Probe};
 use super::direct::{is_direct_aligned, open_direct, AlignedBuf, DIRECT_ALIGN};
 use super::pread::seek_data_ranges;
 use super::ReadAt;
+use vdrep_proto::RangeSet;
 
 /// Entries of each thread's ring: the largest depth a call may use.
 pub const MAX_DEPTH: u32 = 64;
@@ -218,7 +219,7 @@ impl ReadAt for UringFile {
     fn path(&self) -> &Path {
         &self.path
     }
-    fn data_ranges(&self, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
+    fn data_ranges(&self, start: u64, end: u64) -> io::Result<RangeSet> {
         seek_data_ranges(&self.file, start, end)
     }
     fn backend(&self) -> &'static str {

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use tracing::{info, warn};
 use vdrep_proto::session::receiver::{ControlStep, FirstStep, Report};
@@ -15,7 +15,7 @@ use vdrep_proto::wire::{
     Control, ErrorClass, EXTENT_HEADER_LEN, MAX_CONTROL_BODY, MAX_EXTENT_PAYLOAD,
 };
 
-use super::disk::{checkpoint_loop, DiskSession};
+use super::disk::DiskSession;
 use super::limits::FramePermits;
 use super::Receiver;
 use crate::sink::SinkError;
@@ -34,29 +34,40 @@ pub struct ConnState {
     checkpointer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// This connection's share of the receiver's frame budget.
     pub(crate) frames: Arc<tokio::sync::Semaphore>,
+    /// The session's time origin: it is given monotonic time as the duration since this.
+    origin: tokio::time::Instant,
 }
 
 impl ConnState {
+    /// The state of a new connection, its checkpoint timer running.
     pub(crate) fn new(
         sender: String,
         conn: quinn::Connection,
         allow: &Authorizations,
         max_disks: usize,
         frames: Arc<tokio::sync::Semaphore>,
-    ) -> Self {
-        let sessions = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let h = tokio::spawn(checkpoint_loop(sessions.clone(), stop.clone()));
-        ConnState {
+    ) -> Arc<Self> {
+        let state = Arc::new(ConnState {
             session: Mutex::new(ReceiverSession::new(&sender, allow).with_max_disks(max_disks)),
             sender,
             conn,
             disks: Mutex::new(HashMap::new()),
-            sessions,
-            stop,
-            checkpointer: Mutex::new(Some(h)),
+            sessions: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(tokio::sync::Notify::new()),
+            checkpointer: Mutex::new(None),
             frames,
+            origin: crate::clock::tokio_now(),
+        });
+        let h = tokio::spawn(checkpoint_loop(Arc::downgrade(&state), state.stop.clone()));
+        if let Ok(mut c) = state.checkpointer.lock() {
+            *c = Some(h);
         }
+        state
+    }
+
+    /// Monotonic time as the session takes it: since this connection's start.
+    fn session_now(&self) -> std::time::Duration {
+        crate::clock::tokio_now().saturating_duration_since(self.origin)
     }
 
     pub(crate) fn disk(&self, handle: u32) -> Option<Arc<DiskSession>> {
@@ -116,6 +127,43 @@ impl ConnState {
         }
         if let Ok(mut s) = self.sessions.lock() {
             s.clear();
+        }
+    }
+}
+
+/// Runs the session's checkpoint timer until `stop` fires: sleeps until the session's
+/// next timeout, hands it the time, checkpoints the disks of the round it answers (each
+/// records only what is durable already; a clean disk has nothing to do) and reports the
+/// round done. When and which disks are the session's decisions (`receiver/timer.rs` in
+/// `vdrep-proto`, where they are tested with time as a value); this only sleeps and does IO.
+async fn checkpoint_loop(conn: Weak<ConnState>, stop: Arc<tokio::sync::Notify>) {
+    loop {
+        // Always armed here: this loop is the only caller of `handle_timeout` and reports
+        // every round done before it asks again. A connection gone ends the loop.
+        let Some((origin, due)) = conn.upgrade().and_then(|c| {
+            let due = c.with_session(|s| s.poll_timeout()).ok().flatten()?;
+            Some((c.origin, due))
+        }) else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(origin + due) => {}
+            _ = stop.notified() => return,
+        }
+        let Some(c) = conn.upgrade() else { return };
+        let Ok(round) = c.with_session(|s| s.handle_timeout(c.session_now())) else {
+            return;
+        };
+        let Some(round) = round else { continue };
+        for h in round.handles {
+            let Some(d) = c.disk(h) else { continue };
+            if let Err(e) = d.checkpoint(false).await {
+                warn!(disk = %d.replica.key(), error = %e, "checkpoint failed");
+            }
+        }
+        let now = c.session_now();
+        if c.with_session(|s| s.checkpoints_done(now)).is_err() {
+            return;
         }
     }
 }

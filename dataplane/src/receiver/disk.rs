@@ -1,17 +1,13 @@
-//! One replica open for writing by one connection, with its checkpointing.
+//! One replica open for writing by one connection, with its checkpointing (when: the
+//! session's checkpoint timer, `vdrep_proto::session::receiver`, driven by `control.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use vdrep_proto::ranges::RangeSet;
 
 use crate::resync::index::{full_node_hashes, Index};
 use crate::sink::{retention, RecoveryPoint, ReplicaDisk, SinkError};
-
-/// How often written ranges are made durable and recorded (resume granularity: a crash
-/// loses at most this much acknowledged-but-unsynced progress, which is simply resent).
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A replica being written.
 pub struct DiskSession {
@@ -203,25 +199,6 @@ fn lock_err(r: &Arc<dyn ReplicaDisk>) -> SinkError {
         0,
         std::io::Error::other("lock poisoned"),
     )
-}
-
-/// Periodic checkpoints of the sessions of a connection, until `stop` fires.
-pub async fn checkpoint_loop(
-    sessions: Arc<Mutex<Vec<Arc<DiskSession>>>>,
-    stop: Arc<tokio::sync::Notify>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
-            _ = stop.notified() => return,
-        }
-        let list: Vec<_> = sessions.lock().map(|s| s.clone()).unwrap_or_default();
-        for s in list {
-            if let Err(e) = s.checkpoint(false).await {
-                tracing::warn!(disk = %s.replica.key(), error = %e, "checkpoint failed");
-            }
-        }
-    }
 }
 
 impl DiskSession {

@@ -203,14 +203,14 @@ impl Receiver {
         // Known senders only: the label values stay bounded by --allow.
         crate::metrics::events::certificate("peer", &name, not_after);
         info!(peer = %remote, sender = %name, "sender connected");
-        let conn_state = Arc::new(control::ConnState::new(
+        let conn_state = control::ConnState::new(
             name.clone(),
             conn.clone(),
             &self.allow,
             self.max_disks_per_connection
                 .load(std::sync::atomic::Ordering::Relaxed),
             self.limits.connection_frames(),
-        ));
+        );
         loop {
             let (send, recv) = match conn.accept_bi().await {
                 Ok(s) => s,

@@ -128,8 +128,7 @@ pub async fn resync(
         // `--verify`: the receiver rehashes its whole working image once, in the first round.
         let verify = sh.opts.verify && out.rounds == 1;
         let diff = compare(ctrl, &mut o.session, &tree, &src, sh, verify).await?;
-        let ranges: Vec<(u64, u64)> = diff.iter().map(|r| (r.start, r.end)).collect();
-        let bytes: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+        let bytes = diff.covered_len();
         out.changed += bytes;
         info!(vm = %job.vm, disk = %job.name, round = out.rounds, differing_bytes = bytes,
               ranges = diff.range_count(), "resync comparison done");
@@ -141,10 +140,10 @@ pub async fn resync(
             send_all(conn, job, &co, Some(items), &RangeSet::new(), sh).await?;
         }
         let (t2, s2) = (tree.clone(), src.clone());
-        let r2: Vec<(u64, u64)> = diff.iter().map(|r| (r.start, r.end)).collect();
+        let r2 = diff.clone();
         let mine = tokio::task::spawn_blocking(move || {
             let mut t = t2.lock().map_err(|_| "tree lock poisoned".to_string())?;
-            t.refresh(s2.as_ref(), r2)?;
+            t.refresh(s2.as_ref(), &r2)?;
             Ok::<_, String>(t.root())
         })
         .await

@@ -164,7 +164,7 @@ async fn get_vm(State(sc): Sc, Path(vm): Path<String>) -> Response {
                     s.jobs
                         .iter()
                         .rev()
-                        .filter(|j| j.vm == vm)
+                        .filter(|j| j.record.vm == vm)
                         .take(20)
                         .map(|j| json!(j))
                         .collect()
@@ -209,7 +209,7 @@ async fn put_policy(State(sc): Sc, Path(vm): Path<String>, h: HeaderMap, b: Byte
     Json(json!(p)).into_response()
 }
 
-fn created(sc: &Sidecar, job: super::state::Job) -> Response {
+fn created(sc: &Sidecar, job: super::state::SidecarJob) -> Response {
     let view = json!(job);
     match sc.update(|s| s.jobs.push(job)) {
         Ok(()) => (StatusCode::ACCEPTED, Json(view)).into_response(),
@@ -285,9 +285,11 @@ async fn enable_protection(
     }
     let busy = sc
         .read(|s| {
-            s.jobs
-                .iter()
-                .any(|j| j.vm == vm && j.kind == JobKind::EnableProtection && !j.state.is_final())
+            s.jobs.iter().any(|j| {
+                j.record.vm == vm
+                    && j.record.kind == JobKind::EnableProtection
+                    && !j.record.state.is_final()
+            })
         })
         .unwrap_or(false);
     if busy {
@@ -406,8 +408,8 @@ async fn list_jobs(State(sc): Sc, q: Result<Query<JobFilter>, QueryRejection>) -
             s.jobs
                 .iter()
                 .rev()
-                .filter(|j| f.vm.as_ref().is_none_or(|v| *v == j.vm))
-                .filter(|j| f.state.is_none_or(|st| st == j.state))
+                .filter(|j| f.vm.as_ref().is_none_or(|v| *v == j.record.vm))
+                .filter(|j| f.state.is_none_or(|st| st == j.record.state))
                 .map(|j| json!(j))
                 .collect()
         })
@@ -417,7 +419,7 @@ async fn list_jobs(State(sc): Sc, q: Result<Query<JobFilter>, QueryRejection>) -
 
 async fn get_job(State(sc): Sc, Path(id): Path<String>) -> Response {
     match sc
-        .read(|s| s.jobs.iter().find(|j| j.id == id).cloned())
+        .read(|s| s.jobs.iter().find(|j| j.record.id == id).cloned())
         .flatten()
     {
         Some(j) => Json(json!(j)).into_response(),

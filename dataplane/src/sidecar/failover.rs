@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use super::state::{Job, JobState};
+use super::state::{JobState, SidecarJob as Job};
 use super::Sidecar;
 
 /// Writes every disk of VM `vm` at point `point` (`None`: the newest all disks share) into
@@ -63,7 +63,7 @@ pub fn advance(sc: &Arc<Sidecar>, job: &mut Job, now: u64) {
     let started = sc
         .running
         .lock()
-        .map(|mut r| r.insert(job.id.clone()))
+        .map(|mut r| r.insert(job.record.id.clone()))
         .unwrap_or(false);
     if !started {
         return;
@@ -72,15 +72,15 @@ pub fn advance(sc: &Arc<Sidecar>, job: &mut Job, now: u64) {
         .result
         .as_ref()
         .and_then(|r| r["requested_point"].as_u64());
-    let folder = target.dir.join(&job.vm).join(&job.id);
-    job.state = JobState::Running;
+    let folder = target.dir.join(&job.record.vm).join(&job.record.id);
+    job.record.state = JobState::Running;
     job.step(
         0,
         JobState::Running,
         format!("writing into {}", folder.display()),
         now,
     );
-    let (sc, id, vm) = (sc.clone(), job.id.clone(), job.vm.clone());
+    let (sc, id, vm) = (sc.clone(), job.record.id.clone(), job.record.vm.clone());
     tokio::spawn(async move {
         let (run, f2, vm2) = (target.run.clone(), folder.clone(), vm.clone());
         let out = tokio::task::spawn_blocking(move || run(&vm2, point, &f2))
@@ -93,7 +93,7 @@ pub fn advance(sc: &Arc<Sidecar>, job: &mut Job, now: u64) {
             Err(e) => warn!(%vm, job = %id, error = %e, "test failover failed"),
         }
         let _ = sc.update(|s| {
-            if let Some(j) = s.jobs.iter_mut().find(|j| j.id == id) {
+            if let Some(j) = s.jobs.iter_mut().find(|j| j.record.id == id) {
                 finish(j, out, &folder, now);
             }
         });

@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use super::client::ClientError;
-use super::state::{Job, JobKind, JobState};
+use super::state::{JobKind, JobState, SidecarJob as Job};
 use super::Sidecar;
 use crate::sender::local_control::{Request, SenderStatus};
 use crate::sender::DiskStatus;
@@ -41,7 +41,7 @@ pub async fn advance(sc: &std::sync::Arc<Sidecar>, now: u64, up: bool) {
         .read(|s| {
             s.jobs
                 .iter()
-                .filter(|j| !j.state.is_final())
+                .filter(|j| !j.record.state.is_final())
                 .cloned()
                 .collect()
         })
@@ -49,14 +49,16 @@ pub async fn advance(sc: &std::sync::Arc<Sidecar>, now: u64, up: bool) {
     let status = sc.cached_status().map(|(s, _)| s).filter(|_| up);
     for mut job in open {
         let before = serde_json::to_string(&job).unwrap_or_default();
-        match job.kind {
+        match job.record.kind {
             JobKind::Resync => resync(sc, &mut job, status.as_ref(), now).await,
             JobKind::TestFailover => super::failover::advance(sc, &mut job, now),
             JobKind::EnableProtection => protect(sc, &mut job, status.as_ref(), now).await,
+            // The sender's own kinds: the API creates none and the state file loads none.
+            _ => {}
         }
         if serde_json::to_string(&job).unwrap_or_default() != before {
             let _ = sc.update(|s| {
-                if let Some(j) = s.jobs.iter_mut().find(|j| j.id == job.id) {
+                if let Some(j) = s.jobs.iter_mut().find(|j| j.record.id == job.record.id) {
                     *j = job;
                 }
             });
@@ -72,7 +74,7 @@ pub fn note_error(job: &mut Job, msg: String) {
 }
 
 async fn resync(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u64) {
-    if job.state == JobState::Queued {
+    if job.record.state == JobState::Queued {
         if let Some(t) = job.not_before_unix.filter(|t| *t > now) {
             job.step(
                 0,
@@ -92,17 +94,19 @@ async fn resync(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u64
             );
             return;
         };
-        let baseline: serde_json::Map<String, serde_json::Value> = vm_disks(st, &job.vm)
+        let baseline: serde_json::Map<String, serde_json::Value> = vm_disks(st, &job.record.vm)
             .iter()
             .map(|d| (d.disk.clone(), json!(d.resyncs_completed)))
             .collect();
         match sc
             .client
-            .call(&Request::Resync { vm: job.vm.clone() })
+            .call(&Request::Resync {
+                vm: job.record.vm.clone(),
+            })
             .await
         {
             Ok(_) => {
-                job.state = JobState::Running;
+                job.record.state = JobState::Running;
                 job.sender_pid = Some(st.pid);
                 job.requested_unix = Some(now);
                 job.result = Some(json!({ "baseline": baseline }));
@@ -136,11 +140,11 @@ async fn resync(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u64
                 st.pid
             ),
         );
-        job.state = JobState::Queued;
+        job.record.state = JobState::Queued;
         job.not_before_unix = None;
         return;
     }
-    let disks = vm_disks(st, &job.vm);
+    let disks = vm_disks(st, &job.record.vm);
     let baseline = job.result.clone().unwrap_or_default();
     let done = |d: &DiskStatus| {
         let b = baseline["baseline"][&d.disk].as_u64().unwrap_or(0);
@@ -227,7 +231,7 @@ fn checks(st: &SenderStatus, vm: &str) -> Option<(JobState, String)> {
 
 async fn protect(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u64) {
     let Some(st) = st else {
-        job.state = JobState::Running;
+        job.record.state = JobState::Running;
         job.step(
             0,
             JobState::Running,
@@ -236,18 +240,18 @@ async fn protect(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u6
         );
         return;
     };
-    job.state = JobState::Running;
+    job.record.state = JobState::Running;
     let wanted = requested_disks(job);
-    let disks = vm_disks(st, &job.vm);
+    let disks = vm_disks(st, &job.record.vm);
     if disks.is_empty() && !wanted.is_empty() {
         // A VM the sender does not list: hand it the VM with its disks and policy; the
         // sender checks the disks at once and answers a refusal.
         let policy = sc
-            .read(|s| s.policies.get(&job.vm).cloned())
+            .read(|s| s.policies.get(&job.record.vm).cloned())
             .flatten()
             .unwrap_or_default();
         let req = Request::Protect {
-            vm: job.vm.clone(),
+            vm: job.record.vm.clone(),
             disks: wanted.iter().map(std::path::PathBuf::from).collect(),
             interval_seconds: policy.interval_seconds,
             rpo_threshold_seconds: Some(policy.rpo_threshold_seconds),
@@ -278,7 +282,7 @@ async fn protect(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u6
             "VM {} is not configured on the sender: name its disk images in the request's \
              \"disks\" (absolute paths on the sender's host), or add a [[vm]] entry to the \
              sender's config and restart it",
-            job.vm
+            job.record.vm
         );
         note_error(job, m.clone());
         job.step(0, JobState::Failed, m, now);
@@ -289,7 +293,7 @@ async fn protect(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u6
     if !wanted.is_empty() && listed != wanted {
         let m = format!(
             "VM {} is already protected with other disks ({}): disable its protection first",
-            job.vm,
+            job.record.vm,
             listed.join(", ")
         );
         note_error(job, m.clone());
@@ -297,7 +301,7 @@ async fn protect(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u6
         job.finish(JobState::Failed, now);
         return;
     }
-    match checks(st, &job.vm) {
+    match checks(st, &job.record.vm) {
         Some((JobState::Running, words)) => {
             job.step(0, JobState::Running, words, now);
             return;

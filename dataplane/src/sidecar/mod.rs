@@ -18,6 +18,7 @@ mod auth;
 pub mod client;
 mod console;
 pub mod failover;
+mod job_view;
 mod jobs;
 mod points;
 pub mod policy;
@@ -136,8 +137,12 @@ impl Sidecar {
         }
         jobs::advance(self, now, up).await;
         if let Some(counts) = self.read(|s| {
-            state::JobState::ALL
-                .map(|st| (st.as_str(), s.jobs.iter().filter(|j| j.state == st).count()))
+            state::JobState::ALL.map(|st| {
+                (
+                    st.as_str(),
+                    s.jobs.iter().filter(|j| j.record.state == st).count(),
+                )
+            })
         }) {
             events::jobs(&counts);
         }
@@ -189,9 +194,9 @@ impl Sidecar {
                     .iter()
                     .rev()
                     .filter(|j| {
-                        j.vm == vm
-                            && j.kind == state::JobKind::EnableProtection
-                            && j.state != state::JobState::Failed
+                        j.record.vm == vm
+                            && j.record.kind == state::JobKind::EnableProtection
+                            && j.record.state != state::JobState::Failed
                     })
                     .find_map(|j| j.result.as_ref()?.get("disks").cloned())
             })

@@ -12,83 +12,61 @@ use serde::{Deserialize, Serialize};
 use super::policy::ReplicationPolicy;
 use crate::throttle::PolicyDocument;
 
-pub use vdrep_proto::job::JobState;
+pub use vdrep_proto::job::{Job, JobKind, JobState};
 
-/// One step of a job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Step {
-    /// What the step does.
-    pub name: String,
-    /// Its state.
-    pub state: JobState,
-    /// When it started (Unix seconds).
-    pub started_unix: Option<u64>,
-    /// When it ended.
-    pub ended_unix: Option<u64>,
-    /// Progress or outcome in words.
-    pub message: String,
-}
-
-/// What a job does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    /// Enable protection of a VM with its policy.
-    EnableProtection,
-    /// Resynchronise a VM's disks.
-    Resync,
-    /// Materialise a recovery point as bootable fixed VHDs, beside the replicas.
-    TestFailover,
-}
-
-/// A job (ASR's jobs: listed, drilled into for steps, timings and errors).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Job {
-    /// `job-NNNNNN`.
-    pub id: String,
-    /// What it does.
-    pub kind: JobKind,
-    /// The VM.
-    pub vm: String,
-    /// Overall state.
-    pub state: JobState,
-    /// When it was asked for.
-    pub created_unix: u64,
-    /// Not before this time (a scheduled resync waits for its window).
+/// A job the sidecar runs (enable protection, resync, test failover): the one job record,
+/// [`Job`], and what the sidecar keeps about handing it to the sender. The API and
+/// `sidecar.json` write it as its `JobView` (`job_view.rs`). The record's times
+/// are Unix ms; the sidecar's clock here is whole Unix seconds (`now` below).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "super::job_view::JobView", from = "super::job_view::JobView")]
+pub struct SidecarJob {
+    /// The job: id (`job-NNNNNN`), kind, VM, state, times, steps.
+    pub record: Job,
+    /// Not before this time, Unix seconds (a scheduled resync waits for its window).
     pub not_before_unix: Option<u64>,
-    /// When it ended.
-    pub ended_unix: Option<u64>,
-    /// Its steps, in order.
-    pub steps: Vec<Step>,
     /// Errors met, oldest first (retried ones too).
     pub errors: Vec<String>,
     /// What it produced (e.g. where a test failover put the disks).
     pub result: Option<serde_json::Value>,
     /// The sender process the request was handed to (a restarted sender lost it).
     pub sender_pid: Option<u32>,
-    /// When the request was handed to the sender.
+    /// When the request was handed to the sender, Unix seconds.
     pub requested_unix: Option<u64>,
 }
 
-impl Job {
-    /// Sets step `i`'s state and message, with its timings.
-    pub fn step(&mut self, i: usize, state: JobState, message: impl Into<String>, now: u64) {
-        if let Some(s) = self.steps.get_mut(i) {
-            if s.started_unix.is_none() && state != JobState::Queued {
-                s.started_unix = Some(now);
-            }
-            if state.is_final() && s.ended_unix.is_none() {
-                s.ended_unix = Some(now);
-            }
-            s.state = state;
-            s.message = message.into();
+impl SidecarJob {
+    /// A job nothing has happened to yet.
+    pub fn queued(record: Job) -> SidecarJob {
+        SidecarJob {
+            record,
+            not_before_unix: None,
+            errors: Vec::new(),
+            result: None,
+            sender_pid: None,
+            requested_unix: None,
         }
     }
 
-    /// Ends the job.
+    /// Sets step `i`'s state and message, with its timings, at `now` (Unix seconds).
+    pub fn step(&mut self, i: usize, state: JobState, message: impl Into<String>, now: u64) {
+        self.record
+            .set_step_at(i, state, message, now.saturating_mul(1000));
+    }
+
+    /// Ends the job at `now` (Unix seconds). A failed job's record carries the last error
+    /// met (permanent: the sidecar retries transient ones itself and never ends on them).
     pub fn finish(&mut self, state: JobState, now: u64) {
-        self.state = state;
-        self.ended_unix = Some(now);
+        self.record.end_at(state, now.saturating_mul(1000));
+        if state == JobState::Failed {
+            self.record.error = self
+                .errors
+                .last()
+                .map(|message| vdrep_proto::job::JobError {
+                    message: message.clone(),
+                    recoverable: false,
+                });
+        }
     }
 }
 
@@ -101,7 +79,7 @@ pub struct State {
     /// Next job number.
     pub next_job: u64,
     /// Every job, oldest first.
-    pub jobs: Vec<Job>,
+    pub jobs: Vec<SidecarJob>,
     /// The host's bandwidth policy.
     pub bandwidth: PolicyDocument,
     /// Replication policy per VM.
@@ -138,7 +116,7 @@ impl Store {
     /// Replaces the file with `state`, durably.
     pub fn save(&self, state: &mut State) -> Result<(), String> {
         while state.jobs.len() > MAX_JOBS {
-            match state.jobs.iter().position(|j| j.state.is_final()) {
+            match state.jobs.iter().position(|j| j.record.state.is_final()) {
                 Some(i) => {
                     state.jobs.remove(i);
                 }
@@ -161,31 +139,15 @@ impl Store {
     }
 }
 
-/// A new job with its steps queued.
-pub fn new_job(state: &mut State, kind: JobKind, vm: &str, steps: &[&str], now: u64) -> Job {
+/// A new job with its steps queued, asked for at `now` (Unix seconds).
+pub fn new_job(state: &mut State, kind: JobKind, vm: &str, steps: &[&str], now: u64) -> SidecarJob {
     let id = format!("job-{:06}", state.next_job.max(1));
     state.next_job = state.next_job.max(1) + 1;
-    Job {
+    SidecarJob::queued(Job::queued_at(
         id,
         kind,
-        vm: vm.to_string(),
-        state: JobState::Queued,
-        created_unix: now,
-        not_before_unix: None,
-        ended_unix: None,
-        steps: steps
-            .iter()
-            .map(|n| Step {
-                name: n.to_string(),
-                state: JobState::Queued,
-                started_unix: None,
-                ended_unix: None,
-                message: String::new(),
-            })
-            .collect(),
-        errors: Vec::new(),
-        result: None,
-        sender_pid: None,
-        requested_unix: None,
-    }
+        vm,
+        steps,
+        now.saturating_mul(1000),
+    ))
 }

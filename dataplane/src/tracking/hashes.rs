@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::{block_hash, zero_block_hash, DIGEST_BLOCK};
 use crate::disk::{DiskError, ExtentKind, VirtualDisk};
+use vdrep_proto::RangeSet;
 
 const MAGIC: &[u8; 8] = b"vdrephsh";
 const VERSION: u32 = 2;
@@ -190,13 +191,13 @@ impl HashTable {
         self.write_header(true)
     }
 
-    /// Recomputes the blocks overlapping the given disk ranges (sorted by offset), which
-    /// cover every write of the logs up to cycle `through`. A failure leaves the table
+    /// Recomputes the blocks overlapping the given disk ranges, which cover every write of
+    /// the logs up to cycle `through`. A failure leaves the table
     /// marked incomplete, so no later digest is computed from stale entries.
     pub fn refresh(
         &mut self,
         disk: &dyn VirtualDisk,
-        ranges: impl IntoIterator<Item = (u64, u64)>,
+        ranges: &RangeSet,
         through: u64,
     ) -> Result<(), HashTableError> {
         let r = self.refresh_inner(disk, ranges);
@@ -214,13 +215,11 @@ impl HashTable {
     fn refresh_inner(
         &mut self,
         disk: &dyn VirtualDisk,
-        ranges: impl IntoIterator<Item = (u64, u64)>,
+        ranges: &RangeSet,
     ) -> Result<(), HashTableError> {
         let mut last = u64::MAX;
-        for (s, e) in ranges {
-            if e <= s {
-                continue;
-            }
+        for r in ranges.iter() {
+            let (s, e) = (r.start, r.end);
             let from = (s / DIGEST_BLOCK).max(if last == u64::MAX { 0 } else { last + 1 });
             let to = (e - 1) / DIGEST_BLOCK;
             for b in from..=to.min(blocks(self.virtual_size).saturating_sub(1)) {
@@ -327,10 +326,9 @@ mod tests {
         let stale = t.digest().unwrap();
         t.refresh(
             disk(&raw).as_ref(),
-            [
-                (DIGEST_BLOCK - 1024, DIGEST_BLOCK + 3072),
-                (SIZE - 512, SIZE),
-            ],
+            &[DIGEST_BLOCK - 1024..DIGEST_BLOCK + 3072, SIZE - 512..SIZE]
+                .into_iter()
+                .collect(),
             5,
         )
         .unwrap();

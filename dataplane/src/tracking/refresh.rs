@@ -30,6 +30,7 @@ use crate::hrl::{
 };
 
 use super::{HashTable, Tracker, TrackingError};
+use vdrep_proto::RangeSet;
 
 /// What [`switch_digest`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,11 +280,13 @@ pub fn catch_up(
                 continue;
             }
             let log = tracker.open_closed_with(&p, false)?;
-            ranges.extend(coalesce_log(&log).into_iter().map(|e| (e.offset, e.end())));
+            ranges.extend(coalesce_log(&log).into_iter().map(|e| e.offset..e.end()));
             newest = newest.max(c);
         }
-        ranges.sort_unstable();
-        t.refresh(disk, ranges, newest)?;
+        // Sorted first: a set grows by appending then, never by shifting.
+        ranges.sort_unstable_by_key(|r| r.start);
+        let ranges: RangeSet = ranges.into_iter().collect();
+        t.refresh(disk, &ranges, newest)?;
         Ok(())
     })();
     if res.is_err() {

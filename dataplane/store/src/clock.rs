@@ -2,7 +2,9 @@
 //! them here and `vdrep`'s clock (`vdrep::clock`) re-exports these readers, adding only
 //! tokio's monotonic time (which the store, having no async runtime, never needs) and the
 //! test-offset wall clock built on top of them. Nothing else under `proto/` and `dataplane/`
-//! calls `SystemTime::now` or `Instant::now` (`dataplane/tests/layers.rs` checks).
+//! calls `SystemTime::now` or `Instant::now` (`dataplane/tests/layers.rs` checks, and that
+//! `vdrep::clock` re-exports every reader here). Why a file here at all: see `vdrep::clock`
+//! ("One clock, two files") — this crate cannot import `vdrep` and has no tokio.
 
 use std::time::SystemTime;
 

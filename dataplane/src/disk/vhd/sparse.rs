@@ -15,6 +15,7 @@
 //! request (one sector per 2 MiB block), so memory stays bounded on any disk size.
 
 use vdrep_proto::formats::vhd::dynamic::{bitmap_bytes, bitmap_runs, BAT_ABSENT, SECTOR};
+use vdrep_proto::RangeSet;
 
 use crate::disk::{
     merge_overlay, normalize, read_overlay, DiskError, DiskInfo, Extent, ExtentKind, VirtualDisk,
@@ -45,9 +46,9 @@ impl Sparse {
         idx: u64,
         lo: u64,
         hi: u64,
-    ) -> Result<Vec<(u64, u64)>, DiskError> {
+    ) -> Result<RangeSet, DiskError> {
         let Some(data) = self.data_offset(idx) else {
-            return Ok(Vec::new());
+            return Ok(RangeSet::new());
         };
         let bm_len = bitmap_bytes(self.block_size);
         let bm_at = data - bm_len;
@@ -58,8 +59,7 @@ impl Sparse {
         let last_sector = (hi - vstart).div_ceil(SECTOR);
         Ok(bitmap_runs(&bitmap, last_sector)
             .into_iter()
-            .map(|(a, b)| ((vstart + a * SECTOR).max(lo), (vstart + b * SECTOR).min(hi)))
-            .filter(|(a, b)| a < b)
+            .map(|(a, b)| (vstart + a * SECTOR).max(lo)..(vstart + b * SECTOR).min(hi))
             .collect())
     }
 
@@ -119,11 +119,11 @@ impl Sparse {
                 let runs = if self.parent.is_some() {
                     self.present_runs(file, idx, lo, hi)?
                 } else {
-                    vec![(lo, hi)]
+                    RangeSet::from_range(lo, hi)
                 };
-                own.extend(runs.into_iter().map(|(a, b)| Extent {
-                    offset: a,
-                    length: b - a,
+                own.extend(runs.iter().map(|r| Extent {
+                    offset: r.start,
+                    length: r.end - r.start,
                     kind: ExtentKind::Data,
                 }));
             }

@@ -26,11 +26,12 @@ mod replay;
 use std::path::PathBuf;
 
 use vdrep_proto::formats::vhdx::bat::{BatEntry, BatGeometry, PayloadState, SB_BLOCK_PRESENT};
+use vdrep_proto::RangeSet;
 
 use super::raw::check_range;
 use super::{
     merge_overlay, normalize, DiskError, DiskFormat, DiskInfo, Extent, ExtentKind, OpenContext,
-    SectorRuns, VirtualDisk,
+    VirtualDisk,
 };
 use crate::io::ReadAt;
 
@@ -125,7 +126,7 @@ impl VhdxDisk {
 
     /// Virtual ranges in `[start, end)` (inside one block) that this file holds, from the
     /// chunk's sector bitmap. No bitmap block = nothing held.
-    fn present_runs(&self, start: u64, end: u64) -> Result<SectorRuns, DiskError> {
+    fn present_runs(&self, start: u64, end: u64) -> Result<RangeSet, DiskError> {
         let lss = self.geo.logical_sector_size;
         let chunk = start / self.geo.chunk_size();
         let bi = self.geo.bitmap_index(chunk);
@@ -134,7 +135,7 @@ impl VhdxDisk {
         self.file.read_exact_at(&mut b, off).map_err(self.io(off))?;
         let e = BatEntry::from_le(b);
         if e.state_code() != SB_BLOCK_PRESENT {
-            return Ok(Vec::new());
+            return Ok(RangeSet::new());
         }
         let chunk_start = chunk * self.geo.chunk_size();
         let s0 = (start - chunk_start) / lss;
@@ -145,16 +146,13 @@ impl VhdxDisk {
         self.file
             .read_exact_at(&mut bits, boff)
             .map_err(self.io(boff))?;
-        let mut runs: SectorRuns = Vec::new();
+        let mut runs = RangeSet::new();
         for s in s0..=s1 {
             let byte = bits[((s / 8) - byte0) as usize];
             if (byte >> (s % 8)) & 1 == 1 {
                 let vs = (chunk_start + s * lss).max(start);
                 let ve = (chunk_start + (s + 1) * lss).min(end);
-                match runs.last_mut() {
-                    Some(r) if r.1 == vs => r.1 = ve,
-                    _ => runs.push((vs, ve)),
-                }
+                runs.insert(vs, ve);
             }
         }
         Ok(runs)
@@ -208,10 +206,10 @@ impl VirtualDisk for VhdxDisk {
                 PayloadState::FullyPresent => Some(ExtentKind::Data),
                 PayloadState::Zero => Some(ExtentKind::Zero),
                 PayloadState::PartiallyPresent if self.parent.is_some() => {
-                    for (rs, re) in self.present_runs(s, t)? {
+                    for r in self.present_runs(s, t)?.iter() {
                         own.push(Extent {
-                            offset: rs,
-                            length: re - rs,
+                            offset: r.start,
+                            length: r.end - r.start,
                             kind: ExtentKind::Data,
                         });
                     }
@@ -265,7 +263,8 @@ impl VirtualDisk for VhdxDisk {
                 PayloadState::Zero => piece.fill(0),
                 PayloadState::PartiallyPresent if self.parent.is_some() => {
                     let mut cur = s;
-                    for (rs, re) in self.present_runs(s, t)? {
+                    for r in self.present_runs(s, t)?.iter() {
+                        let (rs, re) = (r.start, r.end);
                         if rs > cur {
                             self.read_parent(
                                 cur,

@@ -12,6 +12,7 @@ use std::io;
 use std::path::Path;
 
 use vdrep_proto::formats::vhdx::log::{ActiveSequence, LogOp, LOG_SECTOR};
+use vdrep_proto::RangeSet;
 
 use crate::io::ReadAt;
 
@@ -21,8 +22,8 @@ pub struct ReplayedFile {
     inner_len: u64,
     /// Replayed sectors by file offset (4 KiB aligned), newest write wins.
     sectors: BTreeMap<u64, Box<[u8]>>,
-    /// Zeroed ranges `start -> end`, disjoint, never overlapping `sectors`.
-    zeros: BTreeMap<u64, u64>,
+    /// Zeroed file ranges, never overlapping `sectors`.
+    zeros: RangeSet,
     len: u64,
 }
 
@@ -35,7 +36,7 @@ impl ReplayedFile {
             inner,
             inner_len,
             sectors: BTreeMap::new(),
-            zeros: BTreeMap::new(),
+            zeros: RangeSet::new(),
             len: inner_len,
         };
         if let Some(h) = seq.head() {
@@ -46,7 +47,7 @@ impl ReplayedFile {
                 match op {
                     LogOp::Data { file_offset, data } => {
                         let end = file_offset.saturating_add(LOG_SECTOR as u64);
-                        f.unzero(*file_offset, end);
+                        f.zeros.remove(*file_offset, end);
                         f.sectors
                             .insert(*file_offset, data.clone().into_boxed_slice());
                         f.len = f.len.max(end);
@@ -64,7 +65,6 @@ impl ReplayedFile {
                         for k in keys {
                             f.sectors.remove(&k);
                         }
-                        f.unzero(*file_offset, end);
                         f.zeros.insert(*file_offset, end);
                         f.len = f.len.max(end);
                     }
@@ -74,28 +74,9 @@ impl ReplayedFile {
         f
     }
 
-    /// Removes `[s, e)` from the zeroed ranges, splitting where needed.
-    fn unzero(&mut self, s: u64, e: u64) {
-        let hits: Vec<(u64, u64)> = self
-            .zeros
-            .range(..e)
-            .filter(|(_, &ze)| ze > s)
-            .map(|(&zs, &ze)| (zs, ze))
-            .collect();
-        for (zs, ze) in hits {
-            self.zeros.remove(&zs);
-            if zs < s {
-                self.zeros.insert(zs, s);
-            }
-            if ze > e {
-                self.zeros.insert(e, ze);
-            }
-        }
-    }
-
     /// How many sectors and ranges the replay changed (for `tracing`).
     pub fn changes(&self) -> (usize, usize) {
-        (self.sectors.len(), self.zeros.len())
+        (self.sectors.len(), self.zeros.range_count())
     }
 }
 
@@ -122,13 +103,8 @@ impl ReadAt for ReplayedFile {
             self.inner.read_exact_at(&mut buf[..n], offset)?;
         }
         buf[n..].fill(0);
-        for (&zs, &ze) in self.zeros.range(..end) {
-            if ze <= offset {
-                continue;
-            }
-            let s = zs.max(offset);
-            let e = ze.min(end);
-            buf[(s - offset) as usize..(e - offset) as usize].fill(0);
+        for z in self.zeros.clipped(offset, end).iter() {
+            buf[(z.start - offset) as usize..(z.end - offset) as usize].fill(0);
         }
         let first = offset - offset % LOG_SECTOR as u64;
         for (&so, data) in self.sectors.range(first..end) {

@@ -33,6 +33,7 @@ pub mod index;
 
 use bytes::Bytes;
 pub use vdrep_proto::wire::{RESYNC_FANOUT, RESYNC_NODE_SIZES};
+use vdrep_proto::RangeSet;
 
 /// Levels of the tree (the last holds pages).
 pub const LEVELS: usize = RESYNC_NODE_SIZES.len();
@@ -212,16 +213,13 @@ impl Tree {
     }
 
     /// Rehashes the 256 KiB nodes overlapping `ranges` from `src` (after writes), then the
-    /// levels above.
-    pub fn refresh(
-        &mut self,
-        src: &dyn Source,
-        ranges: impl IntoIterator<Item = (u64, u64)>,
-    ) -> Result<(), String> {
+    /// levels above. A [`RangeSet`] is ascending and disjoint, so each node is read once.
+    pub fn refresh(&mut self, src: &dyn Source, ranges: &RangeSet) -> Result<(), String> {
         let k = RESYNC_NODE_SIZES[KEPT];
         let mut last = None;
-        for (s, e) in ranges {
-            if e <= s || s >= self.size {
+        for r in ranges.iter() {
+            let (s, e) = (r.start, r.end);
+            if s >= self.size {
                 continue;
             }
             let from = (s / k).max(last.map(|l: u64| l + 1).unwrap_or(0));
@@ -411,7 +409,8 @@ mod tests {
         let d: Vec<usize> = (0..pa.len()).filter(|&i| pa[i] != pb[i]).collect();
         assert_eq!(d, vec![(off % (256 << 10)) / 4096]);
         b.0[off] ^= 1;
-        tb.refresh(&b, [(off as u64, off as u64 + 1)]).unwrap();
+        tb.refresh(&b, &RangeSet::from_range(off as u64, off as u64 + 1))
+            .unwrap();
         assert_eq!(ta.root(), tb.root());
     }
 

@@ -11,6 +11,10 @@
 //! `VersionMismatch` also close the stream ([`Refusal::is_fatal`]). Checks that need no store
 //! — authorisation, handles, generations, sizes, tree geometry — happen here, before any
 //! store work is asked for.
+//!
+//! Time comes in as a value: the session's checkpoint timer (`timer.rs`) says when it next
+//! needs the time ([`ReceiverSession::poll_timeout`]) and which disks to checkpoint then
+//! ([`ReceiverSession::handle_timeout`]).
 
 mod answers;
 mod batch;
@@ -19,12 +23,14 @@ mod effects;
 mod limits;
 mod progress;
 mod requests;
+mod timer;
 
 pub use batch::{BatchEnd, BatchReceiver, BatchReport, BatchStep, ExtentWrite, WriteOutcome};
 pub(crate) use checks::name;
 pub use checks::{tree_nodes, MAX_DISK_SIZE, MAX_JOB_BYTES, MAX_RETENTION_SECS};
 pub use effects::{ControlStep, Done, Effect, OpenedReplica, PointDisk, Report};
 pub use limits::DEFAULT_MAX_DISKS_PER_CONNECTION;
+pub use timer::{CheckpointRound, CHECKPOINT_INTERVAL};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -160,6 +166,8 @@ pub struct ReceiverSession {
     /// Per handle, the progress snapshot of its last `DiskOpened`/`CycleOpened` while pages
     /// of it are still to be asked for (version 4, [`progress`]).
     progress: BTreeMap<u32, Vec<(u64, u64)>>,
+    /// When open disks are next checkpointed (`timer.rs`).
+    timer: timer::CheckpointTimer,
 }
 
 impl ReceiverSession {
@@ -175,6 +183,7 @@ impl ReceiverSession {
             running: BTreeMap::new(),
             max_disks: DEFAULT_MAX_DISKS_PER_CONNECTION,
             progress: BTreeMap::new(),
+            timer: Default::default(),
         }
     }
 

@@ -15,5 +15,6 @@ mod receiver_batch;
 mod receiver_control;
 mod receiver_limits;
 mod receiver_refusals;
+mod receiver_timer;
 mod sender;
 mod sender_disk;

@@ -87,7 +87,9 @@ fn job_kinds_and_states_have_stable_names() {
         JobKind::InitialReplication,
         JobKind::FinalizeProtection,
         JobKind::TestFailover,
+        JobKind::Resync,
     ] {
+        assert_eq!(JobKind::from_code(k.code()), Some(k));
         assert_eq!(JobKind::parse(k.as_str()), Some(k));
     }
     assert_eq!(JobKind::EnableProtection.as_str(), "enable-protection");
@@ -166,7 +168,7 @@ proptest! {
 
     #[test]
     fn any_valid_job_round_trips(
-        id in "[a-z0-9-]{1,40}", vm in "[a-z0-9]{1,20}", kind in 1u8..=4, state in 0u8..=3,
+        id in "[a-z0-9-]{1,40}", vm in "[a-z0-9]{1,20}", kind in 1u8..=5, state in 0u8..=3,
         start in any::<u64>(), end in proptest::option::of(1u64..),
         steps in proptest::collection::vec(("[ -~]{0,30}", 0u8..=3, proptest::option::of(1u64..), proptest::option::of(1u64..), "\\PC{0,40}"), 0..10),
         err in proptest::option::of(("\\PC{0,60}", any::<bool>())),

@@ -30,37 +30,33 @@ pub struct StateDoc {
     pub replica_id: String,
     /// Footer id the copy in progress will get.
     pub copy_id: String,
-    /// Durable ranges of the copy in progress, `[start, end)` pairs.
-    pub progress: Vec<(u64, u64)>,
+    /// Durable ranges of the copy in progress, as `[start, end)` pairs.
+    #[serde(with = "vdrep_proto::ranges::pairs")]
+    pub progress: RangeSet,
     /// The delta cycle opened by `begin_cycle` and not yet committed.
     pub open_cycle: Option<u64>,
     /// Durable ranges of the open cycle.
-    pub cycle_progress: Vec<(u64, u64)>,
+    #[serde(with = "vdrep_proto::ranges::pairs")]
+    pub cycle_progress: RangeSet,
 }
 
-fn ranges(r: &RangeSet) -> Vec<(u64, u64)> {
-    r.iter().map(|x| (x.start, x.end)).collect()
-}
-
-fn to_set(v: &[(u64, u64)], end: u64) -> Result<RangeSet, String> {
-    let mut s = RangeSet::new();
-    for &(a, b) in v {
-        if a >= b || b > end {
-            return Err(format!(
-                "range [{a}, {b}) is empty or beyond the disk end {end}"
-            ));
-        }
-        s.insert(a, b);
+/// `set`, refused if it reaches past the disk's end (empty ranges never decode).
+fn within(set: RangeSet, end: u64) -> Result<RangeSet, String> {
+    match set.bounds() {
+        Some(b) if b.end > end => Err(format!(
+            "range ending at {} is beyond the disk end {end}",
+            b.end
+        )),
+        _ => Ok(set),
     }
-    Ok(s)
 }
 
 /// Encodes a state. The document keeps an open cycle's progress apart from a copy's
 /// (`cycle_progress`, `progress`): the lifecycle never has both at once.
 pub fn encode(d: &DiskState) -> Vec<u8> {
     let (progress, cycle_progress) = match d.open_cycle {
-        Some(_) => (Vec::new(), ranges(&d.progress)),
-        None => (ranges(&d.progress), Vec::new()),
+        Some(_) => (RangeSet::new(), d.progress.clone()),
+        None => (d.progress.clone(), RangeSet::new()),
     };
     let doc = StateDoc {
         format: AZURE_STATE_VERSION,
@@ -94,8 +90,8 @@ pub fn decode(b: &[u8]) -> Result<DiskState, String> {
             .map_err(|e| format!("bad GUID {s:?}: {e:?}"))
     };
     let end = doc.virtual_size.div_ceil(512) * 512;
-    let copy = to_set(&doc.progress, end)?;
-    let cycle = to_set(&doc.cycle_progress, end)?;
+    let copy = within(doc.progress, end)?;
+    let cycle = within(doc.cycle_progress, end)?;
     let progress = match doc.open_cycle {
         Some(_) if copy.is_empty() => cycle,
         None if cycle.is_empty() => copy,
@@ -142,7 +138,9 @@ mod tests {
         let bad = String::from_utf8(encode(&s))
             .unwrap()
             .replace("4096", "99999999999");
-        assert!(decode(bad.as_bytes()).is_err());
+        assert!(decode(bad.as_bytes())
+            .unwrap_err()
+            .contains("beyond the disk end"));
         // A cycle that does not follow the committed one breaks the lifecycle.
         let bad = String::from_utf8(encode(&s))
             .unwrap()
@@ -150,5 +148,39 @@ mod tests {
         assert!(decode(bad.as_bytes())
             .unwrap_err()
             .contains("does not follow"));
+    }
+
+    /// A state blob as vdrep wrote it before the one range type (pairs, one per line).
+    const WRITTEN: &str = r#"{
+  "format": 1,
+  "virtual_size": 10485760,
+  "source_id": "07070707-0707-4707-8707-070707070707",
+  "initial_committed": false,
+  "committed_cycle": 0,
+  "generation": 1,
+  "initial_in_progress": true,
+  "replica_id": "00000000-0000-0000-0000-000000000000",
+  "copy_id": "01010101-0101-4101-8101-010101010101",
+  "progress": [
+    [
+      0,
+      4096
+    ],
+    [
+      65536,
+      131072
+    ]
+  ],
+  "open_cycle": null,
+  "cycle_progress": []
+}"#;
+
+    #[test]
+    fn a_state_blob_written_before_loads_and_is_written_back_byte_for_byte() {
+        let st = decode(WRITTEN.as_bytes()).unwrap();
+        let mut want = RangeSet::from_range(0, 4096);
+        want.insert(65536, 131072);
+        assert_eq!(st.progress, want);
+        assert_eq!(String::from_utf8(encode(&st)).unwrap(), WRITTEN);
     }
 }
