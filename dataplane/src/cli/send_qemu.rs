@@ -92,10 +92,11 @@ mod qemu_tests {
         a: super::super::send::Args,
     }
 
-    fn parse(args: &[&str]) -> anyhow::Result<super::super::send::Options> {
+    fn parse(args: &[&str]) -> super::super::CliResult<super::super::send::Options> {
         let mut v = vec!["send", "--to", "r:1", "--tls", "t", "--identity", "h"];
         v.extend_from_slice(args);
-        super::super::send::options(&Cli::try_parse_from(v)?.a).map_err(|e| anyhow::anyhow!("{e}"))
+        let cli = Cli::try_parse_from(v).expect("the test's arguments parse");
+        super::super::send::options(&cli.a)
     }
 
     #[test]
