@@ -11,6 +11,8 @@ pub mod hostile;
 pub mod http;
 pub mod images;
 pub mod procs;
+pub mod qemu_rig;
+pub mod qsd;
 pub mod relay;
 pub mod roles;
 pub mod sidecar;

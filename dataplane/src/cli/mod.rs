@@ -28,6 +28,7 @@ mod ops;
 mod points;
 mod receive;
 mod send;
+mod send_qemu;
 mod sidecar;
 pub mod store_args;
 mod unprotect;

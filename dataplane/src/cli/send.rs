@@ -46,15 +46,28 @@ pub struct Args {
     /// The VM the disks belong to (required with its disks, unless --control; or [[vm]] in
     /// --config).
     #[arg(long, value_name = "VM", help_heading = "VM")]
-    vm: Option<String>,
-    /// Disk images of the VM, replicated in this order (required with --vm).
+    pub(super) vm: Option<String>,
+    /// Disk images of the VM, replicated in this order (required with --vm, unless --qmp).
     #[arg(value_name = "DISK")]
-    disks: Vec<PathBuf>,
+    pub(super) disks: Vec<PathBuf>,
+    /// Protect the running qemu VM --vm through its QMP socket (with --interval): qemu's
+    /// dirty bitmaps track the writes and point-in-time views are read over NBD.
+    #[arg(long, value_name = "SOCKET", help_heading = "VM")]
+    pub(super) qmp: Option<PathBuf>,
+    /// With --qmp: a block node to protect, stored as NAME [default: the node-name, else
+    /// the image's stem]. Repeatable; required with qemu-storage-daemon [default: the
+    /// guest's writable block devices].
+    #[arg(long = "drive", value_name = "NODE[=NAME]", help_heading = "VM")]
+    pub(super) drives: Vec<crate::sender::qemu::Drive>,
+    /// With --qmp: the NBD server socket the VM already runs (qemu allows one) [default:
+    /// vdrep starts one on a private socket in --state and stops it when done].
+    #[arg(long, value_name = "SOCKET", help_heading = "VM")]
+    pub(super) nbd: Option<PathBuf>,
     /// With --interval: the consistency group of --vm. VMs of one group (this one and the
     /// [[vm]]s of --config with the same `group`) switch their change logs together, so
     /// each group point is one instant of all their disks; at most 16 VMs, one sender.
     #[arg(long, value_name = "NAME", requires = "vm", help_heading = "VM")]
-    group: Option<String>,
+    pub(super) group: Option<String>,
     /// Parallel streams per disk (upload threads per VM), 1..=32 [default: 4].
     #[arg(long, value_name = "N", help_heading = "Transfer")]
     threads: Option<usize>,
@@ -150,12 +163,22 @@ pub struct Args {
 
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
-struct FileVm {
-    name: String,
-    disks: Vec<PathBuf>,
+pub(super) struct FileVm {
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) disks: Vec<PathBuf>,
+    /// qemu's QMP socket (then `disks` stays empty).
+    #[serde(default)]
+    pub(super) qmp: Option<PathBuf>,
+    /// `NODE[=NAME]` entries, as `--drive`.
+    #[serde(default)]
+    pub(super) drives: Vec<String>,
+    /// The VM's own NBD server socket, as `--nbd`.
+    #[serde(default)]
+    pub(super) nbd: Option<PathBuf>,
     /// The VM's consistency group.
     #[serde(default)]
-    group: Option<String>,
+    pub(super) group: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -283,14 +306,14 @@ fn reload_policy(flags: &PolicySpec, path: &std::path::Path) -> CliResult<Bandwi
 }
 
 /// Where the sender answers besides the data path.
-struct Endpoints {
+pub(super) struct Endpoints {
     control: Option<PathBuf>,
     metrics: Option<std::net::SocketAddr>,
 }
 
-type Options = (Vec<VmSpec>, SendOptions, Option<Policy>, Endpoints);
+pub(super) type Options = (Vec<VmSpec>, SendOptions, Option<Policy>, Endpoints);
 
-fn options(a: &Args) -> CliResult<Options> {
+pub(super) fn options(a: &Args) -> CliResult<Options> {
     let mut f: File = config::load(a.config.as_deref())?;
     let endpoints = Endpoints {
         control: a.control.clone().or(f.control.clone()),
@@ -375,6 +398,7 @@ fn options(a: &Args) -> CliResult<Options> {
             }
             (None, None) => None,
         },
+        qemu: Vec::new(),
     };
     if a.verify && !a.resync {
         bail!("--verify applies to --resync");
@@ -391,15 +415,9 @@ fn options(a: &Args) -> CliResult<Options> {
             opts.level
         );
     }
-    let mut vms: Vec<VmSpec> =
-        f.vm.into_iter()
-            .map(|v| VmSpec {
-                name: v.name,
-                disks: v.disks,
-                group: v.group,
-            })
-            .collect();
+    let (mut vms, qemu) = super::send_qemu::split_vms(a, f.vm, policy.is_some())?;
     match (&a.vm, a.disks.is_empty()) {
+        _ if a.qmp.is_some() => {}
         (Some(vm), false) => {
             vms.retain(|v| &v.name != vm);
             vms.push(VmSpec {
@@ -419,9 +437,10 @@ fn options(a: &Args) -> CliResult<Options> {
         .map_err(anyhow::Error::msg)?;
     // A protecting sender with a control channel may start empty: the sidecar enables
     // protection of VMs at run time (and the state folder keeps those it added before).
-    if vms.is_empty() && (policy.is_none() || endpoints.control.is_none()) {
+    if vms.is_empty() && qemu.is_empty() && (policy.is_none() || endpoints.control.is_none()) {
         bail!("nothing to send: give --vm VM DISK... or [[vm]] entries in --config (or --interval with --control, to protect VMs enabled through the sidecar)");
     }
+    let opts = SendOptions { qemu, ..opts };
     Ok((vms, opts, policy, endpoints))
 }
 
@@ -450,7 +469,19 @@ pub fn run(a: Args) -> Result<(), CliError> {
                     .await
                     .map_err(|e| sender::SendError::Internal(e.to_string()))?;
             }
-            sender::run_controlled(&vms, &opts, policy, ctl, ends.control).await
+            if opts.qemu.is_empty() {
+                return sender::run_controlled(&vms, &opts, policy, ctl, ends.control).await;
+            }
+            // qemu VMs stop cleanly on SIGTERM: vdrep's views, jobs, exports and NBD
+            // server go, the bitmaps stay (writes made while stopped ship at the next start).
+            tokio::select! {
+                r = sender::run_controlled(&vms, &opts, policy, ctl, ends.control) => r,
+                _ = crate::signals::shutdown() => {
+                    let _ = tokio::task::spawn_blocking(sender::qemu::ctl::stop_all).await;
+                    tracing::info!("stopped");
+                    std::process::exit(0);
+                }
+            }
         })
         .map_err(CliError::from)?;
     // The summary is in the log already (its last line): printed again only as JSON.

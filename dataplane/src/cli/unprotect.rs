@@ -1,5 +1,7 @@
-//! `vdrep unprotect --vm VM (--store DIR | --azure-*) [--disk PATH[=NAME]...] [--yes]`:
-//! disables protection of a VM, or of some of its disks.
+//! `vdrep unprotect --vm VM (--store DIR | --azure-*) [--disk PATH[=NAME]...] [--yes]
+//! [--qmp SOCKET [--drive NODE[=NAME]...] [--state DIR]]`: disables protection of a VM, or
+//! of some of its disks; with `--qmp`, of a qemu VM: vdrep's bitmaps and leftovers go from
+//! qemu too.
 //!
 //! Without `--disk` the whole VM goes: every replica with its recovery points, and the VM's
 //! job history. With `--disk` only the disks named go — each one's replica and recovery
@@ -47,6 +49,17 @@ pub struct Args {
     /// Remove without asking (needed when stdin is not a terminal).
     #[arg(long, short = 'y')]
     yes: bool,
+    /// A qemu VM: remove vdrep's bitmaps, views, jobs and exports from it through this
+    /// QMP socket, and its folder in --state.
+    #[arg(long, value_name = "SOCKET")]
+    qmp: Option<PathBuf>,
+    /// With --qmp: the nodes protected, as `send --drive` named them [default: the guest's
+    /// writable block devices].
+    #[arg(long = "drive", value_name = "NODE[=NAME]")]
+    drives: Vec<crate::sender::qemu::Drive>,
+    /// With --qmp: the sender's state folder [default: as `send`].
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
 }
 
 /// One `--disk PATH[=NAME]`.
@@ -97,6 +110,9 @@ struct Item {
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
+    if a.qmp.is_none() && (!a.drives.is_empty() || a.state.is_some()) {
+        return Err(CliError::usage(anyhow!("--drive and --state need --qmp")));
+    }
     for (i, d) in a.disks.iter().enumerate() {
         if a.disks[..i].iter().any(|e| e.name == d.name) {
             return Err(CliError::usage(anyhow!(
@@ -109,7 +125,13 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let store = a.store.open_existing()?;
     let keys = store.list_disks(Some(&a.vm))?;
     let in_points = point_disks(store.as_ref(), &a.vm)?;
-    let items = plan(store.as_ref(), &a.vm, &keys, &in_points, &a.disks)?;
+    // A qemu VM whose store holds nothing (yet, or any more) still has vdrep's bitmaps.
+    let nothing_stored = keys.is_empty() && in_points.is_empty() && a.disks.is_empty();
+    let items = if a.qmp.is_some() && nothing_stored {
+        Vec::new()
+    } else {
+        plan(store.as_ref(), &a.vm, &keys, &in_points, &a.disks)?
+    };
     // Naming every disk of the VM is unprotecting the VM: its jobs go too.
     let whole_vm = keys
         .iter()
@@ -139,6 +161,12 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 ));
             }
         }
+    }
+    if let Some(qmp) = &a.qmp {
+        lines.push(format!(
+            "vdrep's dirty bitmaps, views and exports in qemu ({}) and its qemu state folder",
+            qmp.display()
+        ));
     }
     if whole_vm {
         lines.push(format!("the job history of VM {}", a.vm));
@@ -193,6 +221,37 @@ pub fn run(a: Args) -> Result<(), CliError> {
             plural(n)
         );
     }
+    if let Some(qmp) = &a.qmp {
+        unprotect_qemu(&a, qmp)?;
+    }
+    Ok(())
+}
+
+/// Removes everything vdrep added to the qemu VM (its bitmaps too) and the VM's qemu state.
+fn unprotect_qemu(a: &Args, qmp: &Path) -> Result<(), CliError> {
+    let spec = crate::sender::qemu::QemuSpec {
+        vm: a.vm.clone(),
+        qmp: qmp.to_path_buf(),
+        drives: a.drives.clone(),
+        nbd: None,
+    };
+    let state = a
+        .state
+        .clone()
+        .unwrap_or_else(crate::sender::pending::default_state_dir);
+    let r = crate::sender::qemu::unprotect::unprotect(&spec, &state).map_err(|e| anyhow!(e))?;
+    println!(
+        "removed from qemu: {} bitmap(s) {:?}, {} leftover(s){}{}",
+        r.bitmaps.len(),
+        r.bitmaps,
+        r.leftovers,
+        if r.nbd_server {
+            ", vdrep's NBD server"
+        } else {
+            ""
+        },
+        if r.state { ", its state folder" } else { "" }
+    );
     Ok(())
 }
 

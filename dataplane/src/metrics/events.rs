@@ -133,6 +133,14 @@ pub fn cycle_committed(vm: &str, disk: &str, seconds: f64) {
     counter!(CYCLES, &l).increment(1);
 }
 
+/// A qemu cycle of `vm`/`disk` shipped: its bitmap marked `dirty` bytes and `read` bytes
+/// were read from its view.
+pub fn view_cycle_read(vm: &str, disk: &str, dirty: u64, read: u64) {
+    let l = [("vm", vm.to_string()), ("disk", disk.to_string())];
+    counter!(DIRTY_BYTES, &l).increment(dirty);
+    counter!(VIEW_READ_BYTES, &l).increment(read);
+}
+
 /// A replication attempt failed with an error of `class`; `retry` says whether the sender
 /// reconnects and resumes.
 pub fn attempt_failed(class: &'static str, retry: bool) {

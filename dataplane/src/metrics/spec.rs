@@ -73,6 +73,10 @@ specs! {
         "Time from the start of shipping a delta cycle to the receiver's commit acknowledgement.";
     CYCLES = "vdrep_cycles_total", Counter, "count", ["vm", "disk"], [Sender],
         "Delta cycles committed by the receiver (acknowledged to this sender).";
+    DIRTY_BYTES = "vdrep_dirty_bytes_total", Counter, "bytes", ["vm", "disk"], [Sender],
+        "Bytes the qemu change source's dirty bitmaps marked written in shipped cycles (at the bitmaps' granularity).";
+    VIEW_READ_BYTES = "vdrep_view_read_bytes_total", Counter, "bytes", ["vm", "disk"], [Sender],
+        "Bytes the qemu change source's cycles read from fleecing views over NBD (no more than the dirty bytes).";
     RPO = "vdrep_rpo_seconds", Gauge, "seconds", ["vm", "disk"], [Sender, Receiver],
         "Age of the newest recovery point (the sender knows it from the receiver's commit acknowledgements).";
     RECOVERY_POINTS = "vdrep_recovery_points", Gauge, "count", ["vm", "disk"], [Receiver],

@@ -4,20 +4,16 @@
 //! a recovery point.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
-use vdrep_proto::{Guid, RangeSet};
 
-use super::disk::{begin_cycle, commit_cycle, send_all, DiskJob, Opened, Shared};
-use super::logimage::LogImage;
+use super::disk::{Opened, Shared};
 use super::points::{PlanDisk, PointPlan};
-use super::progress::log_secs;
 use super::protect::{poisoned, resync_required, skip, Policy, Protected};
+use super::source::hrl::HrlCycles;
+use super::source::ship_pending;
 use super::{ControlStream, SendError};
-use crate::hrl::coalesce_log;
-use crate::pipeline::WorkItem;
 use crate::tracking::{catch_up, switch_digest, switch_set, HashTable, SwitchDigest, SwitchDisk};
 
 /// A disk taking part in a VM switch.
@@ -344,7 +340,8 @@ pub(super) async fn ship_all(
             if skip(d) {
                 continue;
             }
-            let name = d.lock().map_err(poisoned)?.job.name.clone();
+            let job = d.lock().map_err(poisoned)?.job.clone();
+            let name = job.name.clone();
             let up_to = match plan {
                 Some(p) => match p.cycle_of(&name) {
                     Some(c) => Some(c),
@@ -352,202 +349,16 @@ pub(super) async fn ship_all(
                 },
                 None => None,
             };
-            for (cycle, bytes, digest) in ship_pending(conn, ctrl, d, o, up_to, policy, sh).await? {
+            let Some(src) = HrlCycles::new(d) else {
+                return Err(poisoned(()));
+            };
+            let shipped = ship_pending(conn, ctrl, &job, Arc::new(src), o, up_to, policy, sh);
+            for (cycle, bytes, digest) in shipped.await? {
                 known.insert((name.clone(), cycle), (bytes, digest));
             }
         }
         let Some(plan) = plan else { return Ok(()) };
         handled.insert(plan.vm_cycle);
         super::points::commit(ctrl, plan, disks, opened, &known, retention, sh).await?;
-    }
-}
-
-/// Ships the closed logs of a disk as its cycles, oldest first, up to cycle `up_to` (all
-/// when `None`). Returns the cycles committed, with their bytes and digests.
-pub(super) async fn ship_pending(
-    conn: &quinn::Connection,
-    ctrl: &mut ControlStream,
-    d: &Arc<Mutex<Protected>>,
-    o: &mut Opened,
-    up_to: Option<u64>,
-    policy: &Policy,
-    sh: &Arc<Shared>,
-) -> Result<Vec<(u64, u64, [u8; 32])>, SendError> {
-    let mut done = Vec::new();
-    let (job, tracker) = {
-        let g = d.lock().map_err(poisoned)?;
-        (g.job.clone(), g.tracker.clone())
-    };
-    let pending = tracker
-        .pending()
-        .map_err(|e| SendError::Internal(e.to_string()))?;
-    for (cycle, path) in pending {
-        if up_to.is_some_and(|u| cycle > u) {
-            break;
-        }
-        let committed = d.lock().map_err(poisoned)?.committed_cycle.unwrap_or(0);
-        let t0 = crate::clock::tokio_now();
-        // The log's structure is checked before anything ships; its data checksums (a read
-        // of the whole log) are checked while the cycle ships and before it commits: a
-        // damaged log's bytes then reach at most the receiver's open cycle, which is never
-        // committed — the resync that follows reopens that cycle and brings the replica in
-        // line (`sender/resync.rs`), so no recovery point holds the damage.
-        let (t, p) = (tracker.clone(), path.clone());
-        let data_check = tokio::task::spawn_blocking(move || t.open_closed(&p).map(|_| ()));
-        let (t, p) = (tracker.clone(), path.clone());
-        let opened = tokio::task::spawn_blocking(move || {
-            t.open_closed_with(&p, false).map(|log| {
-                let extents = coalesce_log(&log);
-                (log, extents)
-            })
-        })
-        .await
-        .map_err(|e| SendError::Internal(format!("open log task: {e}")))?;
-        let (log, extents) = match opened {
-            Ok(l) => l,
-            Err(e) if e.needs_resync() => {
-                resync_required(&*d.lock().map_err(poisoned)?, format!("cycle {cycle}: {e}"));
-                return Ok(done);
-            }
-            Err(e) => return Err(SendError::Internal(e.to_string())),
-        };
-        let id = log.header().unique_id;
-        if cycle <= committed {
-            // Committed before a crash deleted the log: record the chain and drop it.
-            let _ = tracker.set_shipped_id(id);
-            let _ = tracker.remove_shipped(&path);
-            continue;
-        }
-        let expected = tracker.shipped_id().unwrap_or(Guid::NIL);
-        if log.header().previous_unique_id != expected {
-            resync_required(
-                &*d.lock().map_err(poisoned)?,
-                format!(
-                    "cycle {cycle}: log {} follows {} but the last shipped log is {expected}: a log is missing",
-                    path.display(),
-                    log.header().previous_unique_id
-                ),
-            );
-            return Ok(done);
-        }
-        let open_s = t0.elapsed().as_secs_f64();
-        let bytes: u64 = extents.iter().map(|e| e.length).sum();
-        let resume = begin_cycle(ctrl, o, cycle).await?;
-        let items = cycle_items(
-            &extents,
-            &super::disk::durable(&resume.done),
-            sh.opts.chunk as u64,
-        );
-        let image = LogImage::new(log, extents, job.disk.info().clone());
-        let cjob = DiskJob {
-            vm: job.vm.clone(),
-            name: job.name.clone(),
-            disk: Arc::new(image),
-            progress: Default::default(),
-        };
-        // A cycle's zeros are real writes: never "known empty".
-        let co = Opened {
-            known_empty: false,
-            ..o.clone()
-        };
-        send_all(conn, &cjob, &co, Some(items), &RangeSet::new(), sh).await?;
-        let shipped_s = t0.elapsed().as_secs_f64();
-        match data_check.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if e.needs_resync() => {
-                resync_required(&*d.lock().map_err(poisoned)?, format!("cycle {cycle}: {e}"));
-                return Ok(done);
-            }
-            Ok(Err(e)) => return Err(SendError::Internal(e.to_string())),
-            Err(e) => return Err(SendError::Internal(format!("log check task: {e}"))),
-        }
-        // The switch's digest was computed while the cycle shipped.
-        await_digest(d).await;
-        let digest_wait_s = t0.elapsed().as_secs_f64() - shipped_s;
-        // Recorded at the switch; none (zeros) when the table was not ready then.
-        let digest = tracker.cycle_digest(cycle).unwrap_or([0; 32]);
-        commit_cycle(
-            ctrl,
-            o,
-            bytes,
-            digest,
-            policy.retention.as_secs().min(86_400) as u32,
-        )
-        .await?;
-        tracker
-            .set_shipped_id(id)
-            .map_err(|e| SendError::Internal(e.to_string()))?;
-        tracker
-            .remove_shipped(&path)
-            .map_err(|e| SendError::Internal(e.to_string()))?;
-        if let Ok(mut g) = d.lock() {
-            g.committed_cycle = Some(cycle);
-        }
-        sh.stats.cycles.fetch_add(1, Ordering::Relaxed);
-        sh.health.cycle_committed(&job.vm, &job.name, cycle);
-        sh.board.committed(&job.vm, &job.name, cycle);
-        crate::metrics::events::cycle_committed(&job.vm, &job.name, t0.elapsed().as_secs_f64());
-        // `open_seconds`: reading the log's structure; `shipped_seconds`: to the last
-        // extent acknowledged; `digest_wait_seconds`: then waiting for the data check and
-        // the digest.
-        info!(vm = %job.vm, disk = %job.name, cycle, bytes,
-              seconds = log_secs(t0.elapsed().as_secs_f64()), open_seconds = log_secs(open_s),
-              shipped_seconds = log_secs(shipped_s), digest_wait_seconds = log_secs(digest_wait_s),
-              "cycle committed");
-        done.push((cycle, bytes, digest));
-    }
-    Ok(done)
-}
-
-/// The work items of a cycle: its extents less what the receiver already holds, in pieces of
-/// at most `chunk` bytes.
-fn cycle_items(
-    extents: &[crate::hrl::CoalescedExtent],
-    done: &RangeSet,
-    chunk: u64,
-) -> Vec<WorkItem> {
-    let mut out = Vec::new();
-    for e in extents {
-        for g in done.gaps_in(e.offset, e.end()) {
-            crate::pipeline::push_split(&mut out, g.start, g.end, chunk, false);
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hrl::CoalescedExtent;
-
-    #[test]
-    fn cycle_items_skip_durable_ranges_and_respect_the_chunk() {
-        let ext = |o, l| CoalescedExtent {
-            offset: o,
-            length: l,
-            pieces: vec![],
-        };
-        let v = cycle_items(
-            &[ext(0, 4096), ext(8192, 3 << 20)],
-            &[1024..2048, 8192..9216].into_iter().collect(),
-            1 << 20,
-        );
-        let got: Vec<(u64, u32)> = v
-            .iter()
-            .map(|w| match *w {
-                WorkItem::Read { offset, len } => (offset, len),
-                WorkItem::Clear { offset, len } => (offset, len),
-            })
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (0, 1024),
-                (2048, 2048),
-                (9216, 1 << 20),
-                (9216 + (1 << 20), 1 << 20),
-                (9216 + (2 << 20), (3 << 20) - 1024 - (2 << 20)),
-            ]
-        );
     }
 }

@@ -81,6 +81,17 @@ pub enum SendError {
     /// A local failure of the pipeline's threads.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The change source failed (qemu: QMP or NBD); `transient` when retrying may help (the
+    /// socket went away, no room for a view yet).
+    #[error("{vm}: change source: {message}")]
+    Source {
+        /// The VM.
+        vm: String,
+        /// What failed and what to do.
+        message: String,
+        /// Whether to retry on the schedule.
+        transient: bool,
+    },
     /// A consistency group's rules are broken (more than 16 VMs, members with different
     /// intervals): the configuration must change.
     #[error("{0}")]
@@ -112,6 +123,7 @@ impl Classify for SendError {
             SendError::Remote { class, .. } => class.recovery().is_transient(),
             SendError::Integrity { .. } => true,
             SendError::Internal(_) | SendError::Group(_) => false,
+            SendError::Source { transient, .. } => *transient,
         })
     }
 }
@@ -152,6 +164,7 @@ impl SendError {
             SendError::Protocol { .. } => "protocol",
             SendError::Integrity { .. } => "integrity",
             SendError::Internal(_) => "internal",
+            SendError::Source { .. } => "source",
             SendError::Group(_) => "group",
         }
     }
@@ -210,6 +223,8 @@ impl SendError {
         SendError::Protocol { .. } => "the receiver broke the protocol: check both versions",
         SendError::Integrity { .. } => "data kept arriving corrupted; retrying",
         SendError::Internal(_) => "an internal failure of the sender: see its log",
+        SendError::Source { transient: true, .. } => "the change source (qemu) is unreachable or busy; retrying",
+        SendError::Source { .. } => "the change source (qemu) refused: see the message",
         SendError::Group(_) => {
             "a consistency group has at most 16 VMs, one interval and one sender: fix its members"
         }

@@ -13,14 +13,16 @@ pub mod group;
 pub mod group_record;
 pub mod jobs;
 pub mod local_control;
-mod logimage;
+pub(crate) mod logimage;
 mod options;
 pub mod pending;
 pub mod points;
 pub mod progress;
 pub mod protect;
+pub mod qemu;
 mod renew;
 pub mod resync;
+pub mod source;
 pub mod status;
 mod stream;
 pub mod vmset;
@@ -306,8 +308,17 @@ async fn run_jobs(
                     disks: vmset::protected_disks(vm_jobs, &spec.disks, opts.resync)?,
                     sched: Arc::new(protect::Schedule::new(p.interval)),
                     policy: p,
+                    qemu: None,
                 });
             }
+            qemu::add_vms(
+                &sh,
+                &set,
+                state,
+                &policy,
+                opts.rpo_threshold.unwrap_or(threshold),
+            )
+            .await?;
             Mode::Protect(set)
         }
         _ => Mode::OneShot(done.clone()),

@@ -63,6 +63,8 @@ pub struct SendOptions {
     pub state_dir: Option<PathBuf>,
     /// CPU budget of the sender process (`--cpu-limit`; `None`: unlimited).
     pub cpu_limit: Option<crate::cpu::CpuLimit>,
+    /// qemu VMs to protect through QMP (`--vm VM --qmp SOCKET`; protection only).
+    pub qemu: Vec<crate::sender::qemu::QemuSpec>,
 }
 
 impl Default for SendOptions {
@@ -86,6 +88,7 @@ impl Default for SendOptions {
             verify: false,
             state_dir: None,
             cpu_limit: None,
+            qemu: Vec::new(),
         }
     }
 }

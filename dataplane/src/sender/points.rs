@@ -173,8 +173,24 @@ pub async fn commit(
         forget(plan, disks);
         return Ok(Outcome::Incomplete);
     }
+    let out = send(ctrl, plan, parts, retention_secs, sh).await?;
+    forget(plan, disks);
+    Ok(out)
+}
+
+/// Asks the receiver to record `plan` as the VM's recovery point made of `parts` (every
+/// one a cycle its disk has committed). Shared by every change source: the [MS-HRL] logs
+/// through their plans ([`commit`]), qemu once a switch's cycles are committed
+/// (`sender::qemu::point`). An error is worth retrying; a point the receiver refuses for
+/// good is [`Outcome::Incomplete`] (the VM's previous point stays the latest).
+pub async fn send(
+    ctrl: &mut ControlStream,
+    plan: &PointPlan,
+    parts: Vec<PointPart>,
+    retention_secs: u32,
+    sh: &super::disk::Shared,
+) -> Result<Outcome, SendError> {
     if ctrl.version() < vdrep_proto::wire::VM_POINTS_VERSION {
-        forget(plan, disks);
         return Ok(Outcome::NotSupported);
     }
     let req = ctrl.req();
@@ -199,12 +215,10 @@ pub async fn commit(
         }) => {
             warn!(vm = %plan.vm, vm_cycle = plan.vm_cycle, reason = %message,
                   "the receiver refused this VM recovery point: the VM's previous point stays the latest");
-            forget(plan, disks);
             return Ok(Outcome::Incomplete);
         }
         Err(e) => return Err(e),
     }
-    forget(plan, disks);
     let at = jiff::Timestamp::from_millisecond(plan.switch_unix_ms as i64)
         .unwrap_or_else(|_| sh.clock.now_utc());
     let consistent = plan.disks.iter().all(|d| d.cycle > 0);

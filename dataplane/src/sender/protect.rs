@@ -104,8 +104,8 @@ pub(super) fn tracking_err(job: &DiskJob) -> impl Fn(TrackingError) -> SendError
 /// The schedule of one VM's switches, kept across reconnects.
 #[derive(Debug)]
 pub struct Schedule {
-    next: Mutex<Instant>,
-    cycles: std::sync::atomic::AtomicU64,
+    pub(super) next: Mutex<Instant>,
+    pub(super) cycles: std::sync::atomic::AtomicU64,
     /// Time between switches; a policy change (the control channel) replaces it, from the
     /// switch after the one awaited now.
     interval: Mutex<Duration>,

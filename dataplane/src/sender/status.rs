@@ -309,11 +309,16 @@ impl Board {
             .values()
             .map(|e| {
                 let (vm, disk) = (e.job.vm.clone(), e.job.name.clone());
-                let resync = e.tracker.as_ref().and_then(|t| t.resync_reason());
                 let newest = events::newest_point(&vm, &disk);
                 let resyncing = e.copying && e.resyncs > e.resyncs_completed;
                 let vh = report.vms.iter().find(|v| v.vm == vm);
                 let dh = vh.and_then(|v| v.disks.iter().find(|d| d.disk == disk));
+                // Change logs keep the mark beside the disk; other sources (qemu) report it
+                // to health.
+                let resync = match &e.tracker {
+                    Some(t) => t.resync_reason(),
+                    None => dh.and_then(|d| d.resync_required.clone()),
+                };
                 // The VM's error (retrying, or not retried) is every disk's too.
                 let (mut state, mut reason) = dh
                     .map(|d| (d.state, d.reasons.first().cloned().unwrap_or_default()))

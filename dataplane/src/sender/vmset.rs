@@ -34,6 +34,9 @@ pub struct VmEntry {
     pub sched: Arc<Schedule>,
     /// Its cycle policy.
     pub policy: Policy,
+    /// Set for a qemu VM: its changes come from qemu (`sender::qemu`), not from change
+    /// logs, and `disks` is empty.
+    pub qemu: Option<Arc<super::qemu::QemuVm>>,
 }
 
 /// A VM added at run time, as `STATE/vms.json` keeps it (and the control channel asks).
@@ -414,6 +417,7 @@ pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
         sched: Arc::new(Schedule::new(policy.interval)),
         disks,
         policy,
+        qemu: None,
     });
     Ok(Added::Started(names))
 }
@@ -446,7 +450,12 @@ pub async fn run_all(
         for e in list.iter().skip(started) {
             let (conn, sh, e) = (conn.clone(), sh.clone(), e.clone());
             tasks.spawn(async move {
-                let r = protect::protect_vm(&conn, &e.disks, &e.sched, &e.policy, &sh).await;
+                let r = match &e.qemu {
+                    Some(q) => {
+                        super::qemu::protect::protect(&conn, q, &e.sched, &e.policy, &sh).await
+                    }
+                    None => protect::protect_vm(&conn, &e.disks, &e.sched, &e.policy, &sh).await,
+                };
                 (e.name.clone(), r)
             });
         }

@@ -1,0 +1,480 @@
+//! One protected qemu VM: its QMP session (reconnected and set up again after a loss), the
+//! disks found in it, and the state kept across restarts. Every method blocks (QMP, NBD):
+//! call them from a blocking thread.
+//!
+//! Set-up after every (re)connection, before the first switch:
+//! 1. a crashed run's leftovers — exports, snapshot nodes, backup jobs with their filters,
+//!    scratch images, all named `vdrep-` — are removed; bitmaps stay;
+//! 2. the NBD server: the VM's own (`--nbd`), or one vdrep starts on a private socket (one a
+//!    crashed run started is stopped first);
+//! 3. per disk, the bitmap the state names is checked: usable, it takes back every newer
+//!    `vdrep-` bitmap (a switch whose cycle never committed: the result over-approximates,
+//!    never misses a write); lost or inconsistent, the disk is marked "resync required".
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tracing::{info, warn};
+use vdrep_qemu::fleece::{
+    bitmap_state, cleanup_leftovers, reconcile_bitmaps, remove_all_bitmaps, start_nbd_server,
+    stop_nbd_server, FleeceError, Fleecer, SwitchDisk, View,
+};
+use vdrep_qemu::qmp::{Qmp, QmpError};
+
+use super::discover::{discover, DiscoverError, FoundDisk};
+use super::state::{DiskState, StateDir, VmState};
+use super::QemuSpec;
+use crate::sender::SendError;
+
+/// How long a QMP command may take.
+const QMP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Per-disk counters: a cycle must read only its dirty extents.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Bytes the cycles' bitmaps marked dirty (at the bitmap's granularity).
+    pub dirty: AtomicU64,
+    /// Bytes the cycles read from their views.
+    pub read: AtomicU64,
+}
+
+/// The mutable part, behind one lock: one QMP command at a time.
+struct Inner {
+    qmp: Option<Qmp>,
+    fleecer: Option<Fleecer>,
+    st: VmState,
+    /// The views of the switch in progress.
+    views: Vec<View>,
+}
+
+/// A protected qemu VM.
+pub struct QemuVm {
+    /// The VM's name.
+    pub name: String,
+    /// What was asked.
+    pub spec: QemuSpec,
+    /// Its disks, in order.
+    pub disks: Vec<FoundDisk>,
+    /// `STATE/qemu/VM`.
+    pub state: StateDir,
+    /// Per disk.
+    pub counters: Vec<Counters>,
+    inner: Mutex<Inner>,
+}
+
+fn source_err(vm: &str, transient: bool, message: String) -> SendError {
+    SendError::Source {
+        vm: vm.to_string(),
+        message,
+        transient,
+    }
+}
+
+impl QemuVm {
+    /// Connects to qemu and finds the disks (enable protection's first checks: QMP
+    /// reachable, disks found). Nothing is changed in qemu yet.
+    pub fn open(spec: QemuSpec, state_root: &std::path::Path) -> Result<QemuVm, SendError> {
+        let vm = spec.vm.clone();
+        let mut qmp = Qmp::connect(&spec.qmp, QMP_TIMEOUT)
+            .map_err(|e| source_err(&vm, e.is_transient(), e.to_string()))?;
+        let disks = discover(&mut qmp, &spec.drives).map_err(|e| {
+            let transient = matches!(&e, DiscoverError::Qmp(q) if q.is_transient());
+            source_err(&vm, transient, e.to_string())
+        })?;
+        let state = StateDir::new(state_root, &vm);
+        let st = state
+            .load()
+            .map_err(|e| source_err(&vm, false, e.to_string()))?;
+        info!(vm = %vm, qmp = %spec.qmp.display(), qemu = %format!("{:?}", qmp.version()),
+              disks = ?disks.iter().map(|d| (&d.node, &d.name)).collect::<Vec<_>>(),
+              "qemu VM found");
+        Ok(QemuVm {
+            name: vm,
+            counters: disks.iter().map(|_| Counters::default()).collect(),
+            disks,
+            state,
+            spec,
+            inner: Mutex::new(Inner {
+                qmp: Some(qmp),
+                fleecer: None,
+                st,
+                views: Vec::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn fleece_err(&self, e: FleeceError) -> SendError {
+        source_err(&self.name, e.is_transient(), e.to_string())
+    }
+
+    fn nbd_socket(&self) -> PathBuf {
+        self.spec
+            .nbd
+            .clone()
+            .unwrap_or_else(|| self.state.path().join("nbd.sock"))
+    }
+
+    /// Connects (again) and sets up (the steps at the top of this file) unless done.
+    fn ready<'a>(&self, g: &'a mut Inner) -> Result<(&'a mut Qmp, &'a Fleecer), SendError> {
+        if g.qmp.is_none() {
+            let q = Qmp::connect(&self.spec.qmp, QMP_TIMEOUT)
+                .map_err(|e| source_err(&self.name, e.is_transient(), e.to_string()))?;
+            g.qmp = Some(q);
+            g.fleecer = None;
+        }
+        if g.fleecer.is_none() {
+            let f = self.set_up(g)?;
+            g.fleecer = Some(f);
+        }
+        match (g.qmp.as_mut(), g.fleecer.as_ref()) {
+            (Some(q), Some(f)) => Ok((q, f)),
+            _ => Err(source_err(&self.name, true, "QMP session lost".into())),
+        }
+    }
+
+    fn set_up(&self, g: &mut Inner) -> Result<Fleecer, SendError> {
+        let Inner { qmp, st, views, .. } = g;
+        let Some(qmp) = qmp.as_mut() else {
+            return Err(source_err(&self.name, true, "QMP session lost".into()));
+        };
+        views.clear();
+        let fe = |e| self.fleece_err(e);
+        let left = cleanup_leftovers(qmp, Duration::from_secs(30)).map_err(fe)?;
+        if !left.is_empty() {
+            warn!(vm = %self.name, exports = ?left.exports, jobs = ?left.jobs, nodes = ?left.nodes,
+                  files = ?left.files, "removed what an earlier run left in qemu (its bitmaps stay)");
+        }
+        let socket = self.nbd_socket();
+        if self.spec.nbd.is_none() {
+            std::fs::create_dir_all(self.state.path()).map_err(|e| {
+                source_err(
+                    &self.name,
+                    true,
+                    format!("{}: {e}", self.state.path().display()),
+                )
+            })?;
+            if st.nbd_started {
+                // Ours, from a run that did not stop it.
+                let _ = stop_nbd_server(qmp);
+            }
+            let _ = std::fs::remove_file(&socket);
+            st.nbd_started = true;
+            self.save(st)?;
+            start_nbd_server(qmp, &socket).map_err(fe)?;
+        }
+        let scratch = self.state.path().join("scratch");
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| source_err(&self.name, true, format!("{}: {e}", scratch.display())))?;
+        let fleecer = Fleecer::new(&scratch, &socket).map_err(fe)?;
+        for d in &self.disks {
+            let keep = st
+                .disks
+                .get(&d.name)
+                .filter(|s| s.node == d.node)
+                .and_then(|s| s.bitmap.clone());
+            let Some(keep) = keep else {
+                // No trusted bitmap: any `vdrep-` bitmap is a leftover of a switch never
+                // recorded; the disk is read in full from the next view.
+                let removed = remove_all_bitmaps(qmp, std::slice::from_ref(&d.node)).map_err(fe)?;
+                if !removed.is_empty() {
+                    info!(vm = %self.name, disk = %d.name, ?removed, "unrecorded bitmaps removed");
+                }
+                continue;
+            };
+            let lost = bitmap_state(qmp, &d.node, &keep).map_err(fe)?.loss();
+            match lost {
+                None => {
+                    let merged = reconcile_bitmaps(qmp, &d.node, &keep).map_err(fe)?;
+                    if !merged.is_empty() {
+                        info!(vm = %self.name, disk = %d.name, bitmap = %keep, ?merged,
+                              "a switch whose cycle never committed: its bitmaps are merged back");
+                    }
+                }
+                Some(reason) => {
+                    let why = format!("dirty bitmap {keep} on {} {reason}", d.node);
+                    tracing::error!(vm = %self.name, disk = %d.name, reason = %why,
+                                    "resync required: the writes since the last cycle are unknown");
+                    self.state
+                        .mark_resync(&d.name, &why)
+                        .map_err(|e| source_err(&self.name, true, e.to_string()))?;
+                    remove_all_bitmaps(qmp, std::slice::from_ref(&d.node)).map_err(fe)?;
+                    st.disks.insert(
+                        d.name.clone(),
+                        DiskState {
+                            node: d.node.clone(),
+                            bitmap: None,
+                        },
+                    );
+                    self.save(st)?;
+                }
+            }
+        }
+        Ok(fleecer)
+    }
+
+    fn save(&self, st: &VmState) -> Result<(), SendError> {
+        self.state.save(st).map_err(|e| {
+            source_err(
+                &self.name,
+                true,
+                format!("{}: {e}", self.state.path().display()),
+            )
+        })
+    }
+
+    /// Drops the QMP session after a transient failure: the next call reconnects and sets
+    /// up again.
+    fn on_error(&self, g: &mut Inner, e: &SendError) {
+        if matches!(
+            e,
+            SendError::Source {
+                transient: true,
+                ..
+            }
+        ) {
+            g.qmp = None;
+            g.fleecer = None;
+        }
+    }
+
+    /// Switches every disk at one instant (one QMP transaction) and returns the views, in
+    /// disk order. A disk without a trusted bitmap gets one now (recorded at once: its
+    /// next read is a full one from this view). A bitmap found lost marks its disk for a
+    /// resync and the switch is taken again.
+    pub fn switch(&self) -> Result<Switched, SendError> {
+        let mut g = self.lock();
+        match self.switch_locked(&mut g) {
+            Ok(v) => Ok(Switched::Views(v)),
+            Err(Blocked::NoRoom(message)) => Ok(Switched::NoRoom(message)),
+            Err(Blocked::Failed(e)) => {
+                self.on_error(&mut g, &e);
+                Err(e)
+            }
+        }
+    }
+
+    fn switch_locked(&self, g: &mut Inner) -> Result<Vec<View>, Blocked> {
+        for _ in 0..2 {
+            // Set up first: it may find a bitmap lost and change the state.
+            self.ready(g)?;
+            let generation = g.st.generation.wrapping_add(1).max(1);
+            let disks: Vec<SwitchDisk> = self
+                .disks
+                .iter()
+                .map(|d| SwitchDisk {
+                    node: d.node.clone(),
+                    previous_bitmap: g
+                        .st
+                        .disks
+                        .get(&d.name)
+                        .filter(|s| s.node == d.node)
+                        .and_then(|s| s.bitmap.clone()),
+                })
+                .collect();
+            let r = {
+                let (qmp, fleecer) = self.ready(g)?;
+                fleecer.switch(qmp, generation, &disks)
+            };
+            match r {
+                Ok(views) => {
+                    g.st.generation = generation;
+                    for (d, v) in self.disks.iter().zip(&views) {
+                        if v.previous_bitmap.is_none() {
+                            g.st.disks.insert(
+                                d.name.clone(),
+                                DiskState {
+                                    node: d.node.clone(),
+                                    bitmap: Some(v.bitmap.clone()),
+                                },
+                            );
+                        }
+                    }
+                    self.save(&g.st)?;
+                    g.views = views.clone();
+                    return Ok(views);
+                }
+                Err(FleeceError::BitmapLost {
+                    node,
+                    bitmap,
+                    reason,
+                }) => {
+                    let Some(d) = self.disks.iter().find(|d| d.node == node) else {
+                        return Err(source_err(
+                            &self.name,
+                            false,
+                            format!("bitmap {bitmap} lost on unknown node {node}"),
+                        )
+                        .into());
+                    };
+                    let why = format!("dirty bitmap {bitmap} on {node} {reason}");
+                    tracing::error!(vm = %self.name, disk = %d.name, reason = %why,
+                                    "resync required: the writes since the last cycle are unknown");
+                    self.state
+                        .mark_resync(&d.name, &why)
+                        .map_err(|e| source_err(&self.name, true, e.to_string()))?;
+                    if let Some(q) = g.qmp.as_mut() {
+                        remove_all_bitmaps(q, std::slice::from_ref(&node))
+                            .map_err(|e| self.fleece_err(e))?;
+                    }
+                    g.st.disks.insert(
+                        d.name.clone(),
+                        DiskState {
+                            node: node.clone(),
+                            bitmap: None,
+                        },
+                    );
+                    self.save(&g.st)?;
+                }
+                Err(FleeceError::BitmapExists { .. }) => {
+                    // A generation a crashed run used without recording it: skip past it.
+                    g.st.generation = generation;
+                    self.save(&g.st)?;
+                }
+                Err(e @ FleeceError::NoRoom { .. }) => return Err(Blocked::NoRoom(e.to_string())),
+                Err(e) => return Err(self.fleece_err(e).into()),
+            }
+        }
+        Err(source_err(
+            &self.name,
+            true,
+            "the switch did not settle; retrying".into(),
+        )
+        .into())
+    }
+
+    /// Disk `index`'s cycle (or copy, or resync) from the current view committed: its
+    /// unshipped writes are now those of `bitmap`, the bitmap the switch started.
+    pub fn advance(&self, index: usize, bitmap: &str) -> Result<(), SendError> {
+        let mut g = self.lock();
+        let d = &self.disks[index];
+        g.st.disks.insert(
+            d.name.clone(),
+            DiskState {
+                node: d.node.clone(),
+                bitmap: Some(bitmap.to_string()),
+            },
+        );
+        self.save(&g.st)
+    }
+
+    /// Removes the switch's views (exports, snapshot nodes, jobs, scratch images). For
+    /// each disk whose part committed (`advanced`), its previous bitmap goes too; for the
+    /// others, the bitmap the switch started is merged back into the previous one, which
+    /// records again, so their next cycle ships these writes as well.
+    pub fn finish_switch(&self, advanced: &[bool]) -> Result<(), SendError> {
+        let mut g = self.lock();
+        let r = self.finish_locked(&mut g, advanced);
+        if let Err(e) = &r {
+            self.on_error(&mut g, e);
+        }
+        r
+    }
+
+    fn finish_locked(&self, g: &mut Inner, advanced: &[bool]) -> Result<(), SendError> {
+        let views = std::mem::take(&mut g.views);
+        let (qmp, fleecer) = self.ready(g)?;
+        let fe = |e| self.fleece_err(e);
+        for (i, v) in views.iter().enumerate() {
+            let done = advanced.get(i).copied().unwrap_or(false);
+            fleecer
+                .teardown(qmp, std::slice::from_ref(v), done)
+                .map_err(fe)?;
+            if !done {
+                if let Some(prev) = &v.previous_bitmap {
+                    reconcile_bitmaps(qmp, &v.node, prev).map_err(fe)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A clean stop: removes every view, filter, job and export vdrep added (merging an
+    /// unfinished switch's bitmaps back, so no write is lost) and the NBD server vdrep
+    /// started; the bitmaps stay, so writes made while the sender is stopped ship when it
+    /// starts again.
+    pub fn stop(&self) -> Result<(), SendError> {
+        let mut g = self.lock();
+        let views = std::mem::take(&mut g.views);
+        g.fleecer = None;
+        let Inner { qmp, st, .. } = &mut *g;
+        let Some(qmp) = qmp.as_mut() else {
+            return Ok(());
+        };
+        let fe = |e| self.fleece_err(e);
+        cleanup_leftovers(qmp, Duration::from_secs(30)).map_err(fe)?;
+        for v in &views {
+            if let Some(prev) = &v.previous_bitmap {
+                reconcile_bitmaps(qmp, &v.node, prev).map_err(fe)?;
+            }
+        }
+        if self.spec.nbd.is_none() && st.nbd_started {
+            match stop_nbd_server(qmp) {
+                Ok(()) | Err(FleeceError::Qmp(QmpError::Command { .. })) => {}
+                Err(e) => return Err(fe(e)),
+            }
+            st.nbd_started = false;
+            self.save(st)?;
+            let _ = std::fs::remove_file(self.nbd_socket());
+        }
+        info!(vm = %self.name, "qemu: views, jobs and exports removed; bitmaps kept");
+        Ok(())
+    }
+}
+
+/// What a switch gave.
+pub enum Switched {
+    /// The views, in disk order.
+    Views(Vec<View>),
+    /// The scratch filesystem cannot hold the disks' full size: no view was taken (a full
+    /// copy-before-write target would fail the guest's writes); the cycle waits.
+    NoRoom(String),
+}
+
+/// Why `switch_locked` took no views.
+enum Blocked {
+    NoRoom(String),
+    Failed(SendError),
+}
+
+impl From<SendError> for Blocked {
+    fn from(e: SendError) -> Blocked {
+        Blocked::Failed(e)
+    }
+}
+
+/// The process's qemu VMs, for the clean stop on SIGTERM.
+static RUNNING: Mutex<Vec<std::sync::Weak<QemuVm>>> = Mutex::new(Vec::new());
+
+/// Records `vm` for [`stop_all`].
+pub fn register(vm: &std::sync::Arc<QemuVm>) {
+    if let Ok(mut l) = RUNNING.lock() {
+        l.push(std::sync::Arc::downgrade(vm));
+    }
+}
+
+/// Stops every qemu VM of the process cleanly (SIGTERM): see [`QemuVm::stop`].
+pub fn stop_all() {
+    let vms: Vec<_> = RUNNING
+        .lock()
+        .map(|l| l.iter().filter_map(|w| w.upgrade()).collect())
+        .unwrap_or_default();
+    for vm in vms {
+        if let Err(e) = vm.stop() {
+            warn!(vm = %vm.name, error = %e, "qemu clean stop incomplete; the next start removes the rest");
+        }
+    }
+}
+
+/// True when the process protects a qemu VM.
+pub fn any_running() -> bool {
+    RUNNING.lock().map(|l| !l.is_empty()).unwrap_or(false)
+}

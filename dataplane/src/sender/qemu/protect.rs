@@ -1,0 +1,273 @@
+//! The protection loop of a qemu VM, on an established connection. Each round is one
+//! switch of all the VM's disks (one QMP transaction), then per disk what its replica
+//! needs, read from the disk's view:
+//! - no committed replica: the initial copy (the first round's view is the disks at
+//!   protection start), followed by the previous bitmap's cycle when a copy interrupted by
+//!   a restart resumed from a later view;
+//! - marked "resync required", or no bitmap of its own yet while the receiver holds a
+//!   replica: the block-checksum resync (`sender/resync.rs`), committed as one cycle;
+//! - otherwise: the previous bitmap's dirty extents, shipped and committed as the next
+//!   cycle ([`crate::sender::source::ship_pending`]).
+//!
+//! Once every disk holds its view, the switch is committed as the VM's recovery point
+//! ([`super::point`]). Then the views go, with the bitmaps whose writes are committed. The first round runs at
+//! once (it enables protection, or ships what was written while the sender was stopped),
+//! then one every interval; every round counts toward `--max-cycles`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::ctl::{QemuVm, Switched};
+use super::cycle::ViewCycle;
+use super::view::NbdView;
+use crate::sender::disk::{copy_initial, open_disk, DiskJob, Opened, Shared};
+use crate::sender::protect::{Policy, Schedule, OPERATOR_RESYNC};
+use crate::sender::source::ship_pending;
+use crate::sender::{ControlStream, SendError};
+
+fn task(e: tokio::task::JoinError) -> SendError {
+    SendError::Internal(format!("qemu task: {e}"))
+}
+
+async fn blocking<T: Send + 'static>(
+    vm: &Arc<QemuVm>,
+    f: impl FnOnce(&QemuVm) -> Result<T, SendError> + Send + 'static,
+) -> Result<T, SendError> {
+    let vm = vm.clone();
+    tokio::task::spawn_blocking(move || f(&vm))
+        .await
+        .map_err(task)?
+}
+
+/// Protects `vm` on `conn` until `policy.max_cycles` rounds or an error.
+pub async fn protect(
+    conn: &quinn::Connection,
+    vm: &Arc<QemuVm>,
+    sched: &Schedule,
+    policy: &Policy,
+    sh: &Arc<Shared>,
+) -> Result<(), SendError> {
+    let mut ctrl = ControlStream::open(conn, &sh.peer).await?;
+    let mut opened: Vec<Option<Opened>> = vec![None; vm.disks.len()];
+    let mut first = true;
+    loop {
+        if let Some(max) = policy.max_cycles {
+            if sched.cycles.load(Ordering::Relaxed) >= max {
+                ctrl.finish();
+                blocking(vm, |v| v.stop()).await?;
+                return Ok(());
+            }
+        }
+        if !first {
+            let at = *sched
+                .next
+                .lock()
+                .map_err(|_| SendError::Internal("schedule lock poisoned".into()))?;
+            let left = at
+                .saturating_duration_since(crate::clock::tokio_now())
+                .as_secs();
+            sh.board
+                .next_switch(&vm.name, crate::metrics::events::now_unix() + left);
+            tokio::time::sleep_until(at).await;
+            if let Ok(mut n) = sched.next.lock() {
+                *n = (*n + sched.interval()).max(crate::clock::tokio_now());
+            }
+        } else if let Ok(mut n) = sched.next.lock() {
+            *n = crate::clock::tokio_now() + sched.interval();
+        }
+        // The switch instant (taken before the transaction, as for a log switch): the VM
+        // point's time.
+        let switch_unix_ms = sh.clock.now_utc().as_millisecond().max(0) as u64;
+        let views = match blocking(vm, |v| v.switch()).await? {
+            Switched::Views(v) => v,
+            Switched::NoRoom(message) => {
+                // No room for the views' scratch images: the cycle waits (a full target would
+                // fail the guest's writes).
+                warn!(vm = %vm.name, %message, "no room for the fleecing views: the cycle waits");
+                let class = crate::retry::Classified {
+                    class: "source",
+                    recoverable: true,
+                    advice: "free space in the sender's state folder (the views' scratch images need the disks' full size); the cycle waits",
+                };
+                sh.health.vm_failed(&vm.name, &class, &message);
+                first = false;
+                continue;
+            }
+        };
+        first = false;
+        info!(vm = %vm.name, generation = views.first().map(|v| v.generation).unwrap_or(0),
+              disks = views.len(), "qemu switch of the VM's disks (one transaction)");
+        super::test_hook::after_switch().await;
+        let mut advanced = vec![false; views.len()];
+        let r = round(
+            conn,
+            &mut ctrl,
+            vm,
+            &views,
+            &mut opened,
+            &mut advanced,
+            policy,
+            sh,
+        )
+        .await;
+        let fin = {
+            let adv = advanced.clone();
+            blocking(vm, move |v| v.finish_switch(&adv)).await
+        };
+        r?;
+        let retention = policy.retention.as_secs().min(86_400) as u32;
+        super::point::commit(
+            &mut ctrl,
+            vm,
+            switch_unix_ms,
+            &advanced,
+            &opened,
+            retention,
+            sh,
+        )
+        .await?;
+        fin?;
+        sched.cycles.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn round(
+    conn: &quinn::Connection,
+    ctrl: &mut ControlStream,
+    vm: &Arc<QemuVm>,
+    views: &[vdrep_qemu::fleece::View],
+    opened: &mut [Option<Opened>],
+    advanced: &mut [bool],
+    policy: &Policy,
+    sh: &Arc<Shared>,
+) -> Result<(), SendError> {
+    // Open the views over NBD.
+    let mut readers = Vec::new();
+    for v in views {
+        let (v, threads) = (v.clone(), sh.opts.threads);
+        let r = tokio::task::spawn_blocking(move || NbdView::open(&v, threads))
+            .await
+            .map_err(task)?
+            .map_err(|e| SendError::Source {
+                vm: vm.name.clone(),
+                message: format!("NBD: {e}"),
+                transient: e.is_transient(),
+            })?;
+        readers.push(Arc::new(r));
+    }
+    let jobs: Vec<DiskJob> = vm
+        .disks
+        .iter()
+        .zip(&readers)
+        .map(|(d, r)| DiskJob {
+            vm: vm.name.clone(),
+            name: d.name.clone(),
+            disk: r.clone(),
+            progress: Default::default(),
+        })
+        .collect();
+    if opened.iter().any(Option::is_none) {
+        // Enable protection's checks at the receiver (authorised, capacity), once per
+        // connection.
+        let mut to_check = Vec::new();
+        // The VM's disk set: the receiver refuses a VM whose store holds other disks too.
+        let vm_disks: Vec<String> = vm.disks.iter().map(|d| d.name.clone()).collect();
+        for (job, o) in jobs.iter().zip(opened.iter_mut()) {
+            let op = open_disk(ctrl, job, &vm_disks, false).await?;
+            let copy = !op.initial_committed || op.known_empty;
+            to_check.push((job.clone(), op.clone(), copy));
+            *o = Some(op);
+        }
+        sh.jobs
+            .connected(ctrl, &vm.name, &to_check, &sh.opts.identity)
+            .await?;
+    }
+    for (i, ((job, view), reader)) in jobs.iter().zip(views).zip(&readers).enumerate() {
+        let Some(o) = opened[i].as_mut() else {
+            continue;
+        };
+        let name = &vm.disks[i].name;
+        let mark = vm.state.resync_reason(name);
+        sh.health.resync_required(&vm.name, name, mark.clone());
+        if !o.initial_committed || o.known_empty {
+            info!(vm = %vm.name, disk = %name, "initial replication from the view of protection start");
+            let t0 = crate::clock::tokio_now();
+            sh.board.copy_started(&vm.name, name, false);
+            sh.jobs.copy_started(ctrl, &vm.name, name).await;
+            let out = copy_initial(conn, ctrl, job, o, sh).await?;
+            // The replica is point 0 now: later rounds ship cycles.
+            o.initial_committed = true;
+            o.known_empty = false;
+            sh.health.committed(&vm.name, name, sh.clock.now_utc());
+            let detail = format!(
+                "{} bytes committed as recovery point 0 in {:.1} s ({} bytes resumed)",
+                view.size,
+                t0.elapsed().as_secs_f64(),
+                out.resumed
+            );
+            sh.jobs.copy_done(ctrl, &vm.name, name, &detail).await;
+            sh.board.committed(&vm.name, name, 0);
+            if view.previous_bitmap.is_none() {
+                let b = view.bitmap.clone();
+                blocking(vm, move |v| v.advance(i, &b)).await?;
+                vm.state.clear_resync(name).ok();
+                advanced[i] = true;
+                continue;
+            }
+            // A copy resumed from this later view: blocks copied from an earlier view and
+            // written since are in the previous bitmap; its cycle follows.
+        } else if mark.is_some() || view.previous_bitmap.is_none() {
+            // A resync vdrep starts by itself (a bitmap lost) waits for the next non-work
+            // period, as for change logs; a new protection and an operator's do not.
+            let automatic = mark.as_deref().is_some_and(|m| m != OPERATOR_RESYNC);
+            if automatic && !sh.bandwidth.resync_allowed_now() {
+                info!(vm = %vm.name, disk = %name, reason = mark.as_deref().unwrap_or(""),
+                      "resync required: it waits for the next non-work period (send --resync starts it now)");
+                continue;
+            }
+            info!(vm = %vm.name, disk = %name, reason = mark.as_deref().unwrap_or("no bitmap of this protection yet"),
+                  "resync from the view");
+            sh.board.copy_started(&vm.name, name, true);
+            sh.health.resync_running(&vm.name, name, true);
+            let out =
+                crate::sender::resync::resync(conn, ctrl, job, o, sh, policy.retention, false)
+                    .await;
+            sh.health.resync_running(&vm.name, name, false);
+            let out = out?;
+            let b = view.bitmap.clone();
+            blocking(vm, move |v| v.advance(i, &b)).await?;
+            if let Err(e) = vm.state.clear_resync(name) {
+                warn!(error = %e, "cannot clear the resync mark");
+            }
+            sh.health.resync_required(&vm.name, name, None);
+            sh.board.committed(&vm.name, name, out.cycle);
+            info!(vm = %vm.name, disk = %name, cycle = out.cycle, changed_bytes = out.changed,
+                  "resync committed; delta replication resumes");
+            advanced[i] = true;
+            continue;
+        }
+        let cycle = o.committed_cycle + 1;
+        sh.health
+            .switched(&vm.name, name, cycle, sh.clock.now_utc());
+        let before = reader.read_bytes();
+        let src = Arc::new(ViewCycle {
+            vm: vm.clone(),
+            index: i,
+            cycle,
+            view: reader.clone(),
+            new_bitmap: view.bitmap.clone(),
+            read_before: before,
+        });
+        let dirty_before = vm.counters[i].dirty.load(Ordering::Relaxed);
+        let shipped = ship_pending(conn, ctrl, job, src, o, None, policy, sh).await?;
+        let read = reader.read_bytes() - before;
+        vm.counters[i].read.fetch_add(read, Ordering::Relaxed);
+        let dirty = vm.counters[i].dirty.load(Ordering::Relaxed) - dirty_before;
+        crate::metrics::events::view_cycle_read(&vm.name, name, dirty, read);
+        advanced[i] = shipped.last().map(|c| c.0) == Some(cycle);
+    }
+    Ok(())
+}

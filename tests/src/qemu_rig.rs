@@ -1,0 +1,358 @@
+//! The rig of the qemu change source's end-to-end tests (`tests/qemu_*.rs`): a receiver,
+//! certificates, a qemu-storage-daemon VM with a raw and a qcow2 disk, and the commands
+//! the tests run against them (send, points, failover, `qemu-img compare -U`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::procs::{certs, read_log, Receiver, Send};
+use crate::qsd::{make_disk, Qsd};
+use crate::vdrep;
+use vdrep_store::sink::{ReplicaDisk, ReplicaStore};
+
+/// Logged by the sender per committed qemu cycle, with its counters.
+pub const CYCLE_READ: &str = "qemu cycle: bytes read from views against dirty bytes";
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A receiver, its certificates and a qemu-storage-daemon with two disks (`os` raw,
+/// `data` qcow2) filled with 0x11 and 0x22.
+pub struct Rig {
+    _tmp: tempfile::TempDir,
+    /// The test folder.
+    pub dir: PathBuf,
+    tls: PathBuf,
+    /// The receiver's store.
+    pub store: PathBuf,
+    rx: Receiver,
+    /// The VM.
+    pub qsd: Qsd,
+}
+
+impl Rig {
+    /// Disks of `size` bytes.
+    pub fn new(size: u64) -> Rig {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let tls = certs(&dir.join("tls"), &["hv01"]);
+        let store = dir.join("store");
+        let rx = Receiver::start(&store, &tls, &["hv01=vm1"]);
+        let q = dir.join("qsd");
+        std::fs::create_dir_all(&q).unwrap();
+        let disks = vec![
+            make_disk(&q, "os", "raw", size, 0x11),
+            make_disk(&q, "data", "qcow2", size, 0x22),
+        ];
+        let qsd = Qsd::start(&q, disks);
+        Rig {
+            _tmp: tmp,
+            dir,
+            tls,
+            store,
+            rx,
+            qsd,
+        }
+    }
+
+    /// `vdrep send --vm vm1 --qmp ... --drive os --drive data --interval 1s`, logging to
+    /// `DIR/LOG`, state in `DIR/state`.
+    pub fn send(&self, log: &str) -> Send {
+        self.send_every(log, "1s")
+    }
+
+    /// [`Rig::send`] with another interval.
+    pub fn send_every(&self, log: &str, interval: &str) -> Send {
+        let mut snd = Send::new(
+            &self.rx.to(),
+            &self.tls,
+            "hv01",
+            "vm1",
+            &[],
+            &self.dir.join(log),
+        );
+        for a in [
+            "--qmp",
+            s(&self.qsd.qmp_socket()),
+            "--drive",
+            "os",
+            "--drive",
+            "data",
+            "--interval",
+            interval,
+            "--give-up-after",
+            "60s",
+            "--state",
+            s(&self.dir.join("state")),
+        ] {
+            snd = snd.arg(a);
+        }
+        snd
+    }
+
+    /// The ids of the VM's recovery points (`points --json`, top level), each checked to name
+    /// both disks.
+    pub fn points(&self) -> Vec<u64> {
+        let out = vdrep(&["points", "--store", s(&self.store), "--vm", "vm1", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["points"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no VM points: {doc:#}"))
+            .iter()
+            .map(|p| {
+                let n = p["disks"].as_array().map_or(0, |d| d.len());
+                assert_eq!(n, 2, "a VM point without both disks: {p:#}");
+                p["id"].as_u64().unwrap()
+            })
+            .collect()
+    }
+
+    /// Fails point `p` over into `DIR/fo-P`; returns the folder (`os.vhd`, `data.vhd`).
+    pub fn failover(&self, p: u64) -> PathBuf {
+        let out_dir = self.dir.join(format!("fo-{p}"));
+        let _ = std::fs::remove_dir_all(&out_dir);
+        let out = vdrep(&[
+            "failover",
+            "--test",
+            "--store",
+            s(&self.store),
+            "--vm",
+            "vm1",
+            "--point",
+            &p.to_string(),
+            "--out",
+            s(&out_dir),
+        ]);
+        assert!(
+            out.status.success(),
+            "failover of point {p}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out_dir
+    }
+}
+
+/// `qemu-img compare -U` of a source image (in use by the daemon) and a replica.
+pub fn compare(src: &Path, fmt: &str, replica: &Path) -> Result<(), String> {
+    let out = Command::new("qemu-img")
+        .args(["compare", "-U", "-f", fmt, "-F", "vpc"])
+        .arg(src)
+        .arg(replica)
+        .output()
+        .expect("qemu-img compare");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} vs {}: {}{}",
+            src.display(),
+            replica.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Copies an image as raw bytes (`qemu-img convert -U`), to keep a disk's state.
+pub fn snapshot(src: &Path, fmt: &str, out: &Path) {
+    let ok = Command::new("qemu-img")
+        .args(["convert", "-U", "-f", fmt, "-O", "raw"])
+        .arg(src)
+        .arg(out)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "qemu-img convert {}", src.display());
+}
+
+/// The counters of the newest cycle-read line of disk `disk`: (dirty, read) bytes.
+pub fn counters(log: &str, disk: &str) -> Option<(u64, u64)> {
+    let line = log
+        .lines()
+        .rfind(|l| l.contains(CYCLE_READ) && l.contains(&format!("disk={disk}")))?;
+    let field = |k: &str| -> u64 {
+        let at = line.find(&format!("{k}=")).unwrap() + k.len() + 1;
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    Some((field("dirty_bytes_total"), field("view_read_bytes_total")))
+}
+
+/// Waits until `f` holds, failing with the log after `timeout`.
+pub fn wait_until(what: &str, log: &Path, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {what}:\n{}",
+            read_log(log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops the guest when the test fails while it writes.
+pub struct StopOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A 4 KiB numbered write.
+pub const SLOT: u64 = 4096;
+const MAGIC: &[u8; 8] = b"VDREPQ18";
+
+/// The guest writing numbered 4 KiB blocks in strict order (each complete, `O_DSYNC`,
+/// before the next starts), alternating between the disks: write `k` (from 1) goes to disk
+/// `(k-1) % 2` at slot `(k-1) / 2`.
+pub struct NumberedWriter {
+    next: std::sync::atomic::AtomicU64,
+    size: u64,
+}
+
+impl NumberedWriter {
+    /// A writer for disks of `size` bytes.
+    pub fn new(size: u64) -> NumberedWriter {
+        NumberedWriter {
+            next: std::sync::atomic::AtomicU64::new(1),
+            size,
+        }
+    }
+
+    /// Writes the next write; false when the disks are full.
+    pub fn write_one(&self, qsd: &Qsd) -> bool {
+        let k = self.next.load(Ordering::SeqCst);
+        let offset = (k - 1) / 2 * SLOT;
+        if offset + SLOT > self.size {
+            return false;
+        }
+        qsd.write(((k - 1) % 2) as usize, offset, &payload(k));
+        self.next.store(k + 1, Ordering::SeqCst);
+        true
+    }
+
+    /// Writes until `stop` (or the disks are full), `pause` between writes.
+    pub fn run(&self, qsd: &Qsd, stop: &AtomicBool, pause: Duration) {
+        while !stop.load(Ordering::SeqCst) && self.write_one(qsd) {
+            std::thread::sleep(pause);
+        }
+    }
+
+    /// Writes made so far.
+    pub fn written(&self) -> u64 {
+        self.next.load(Ordering::SeqCst) - 1
+    }
+}
+
+fn payload(k: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(SLOT as usize);
+    while v.len() < SLOT as usize {
+        v.extend_from_slice(MAGIC);
+        v.extend_from_slice(&k.to_le_bytes());
+    }
+    v
+}
+
+/// The numbered writes disk `disk`'s bytes hold, each checked to be whole and in its place
+/// (slots the writer never reached hold the fill byte `fill`).
+pub fn writes_in(bytes: &[u8], disk: u64, fill: u8) -> Vec<u64> {
+    let mut out = Vec::new();
+    for (slot, b) in bytes.chunks(SLOT as usize).enumerate() {
+        if b.iter().all(|&x| x == fill) {
+            continue;
+        }
+        assert_eq!(
+            &b[..8],
+            MAGIC,
+            "disk {disk} slot {slot}: not a numbered write"
+        );
+        let k = u64::from_le_bytes(b[8..16].try_into().unwrap());
+        assert_eq!(
+            b,
+            &payload(k)[..],
+            "disk {disk} slot {slot}: torn write {k}"
+        );
+        assert_eq!(
+            ((k - 1) % 2, (k - 1) / 2),
+            (disk, slot as u64),
+            "write {k} is in the wrong place"
+        );
+        out.push(k);
+    }
+    out
+}
+
+impl Rig {
+    /// Checks every recovery point of the VM (the store's VM points: one per qemu switch
+    /// whose every disk reached its view) names both disks and holds exactly the writes
+    /// 1..m for some m across them (each disk read at its part's cycle), and that the newest
+    /// holds all `written` writes; returns (VM point, m) per point. Stops the receiver (the
+    /// store is read directly).
+    pub fn check_prefixes(&mut self, size: u64, written: u64) -> Vec<(u64, u64)> {
+        self.rx.kill9();
+        let store = vdrep_store::sink::local::LocalStore::open(&self.store).expect("open store");
+        let open = |name: &str| {
+            let key = vdrep_store::sink::DiskKey::new("vm1", name).unwrap();
+            // qemu disks carry no identity of their own (NIL).
+            store
+                .open_local(&key, size, vdrep_proto::Guid::default())
+                .expect("open replica")
+        };
+        let (os, data) = (open("os"), open("data"));
+        // The manifest itself: a store without one lists the disks' common cycles instead
+        // (`vm_points::list`), which would hide a sender that commits no VM point.
+        let points = store
+            .vm_points("vm1")
+            .expect("read the VM points")
+            .expect("no VM points of vm1 in the store: qemu switches made none")
+            .points;
+        let mut out = Vec::new();
+        for p in &points {
+            let cycle = |name: &str| {
+                p.part(name)
+                    .unwrap_or_else(|| panic!("VM point {} has no part of {name}", p.vm_cycle))
+                    .cycle
+            };
+            assert_eq!(p.disks.len(), 2, "VM point {}: {:?}", p.vm_cycle, p.disks);
+            let (c_os, c_data) = (cycle("os"), cycle("data"));
+            if c_os > 0 && c_data > 0 {
+                assert!(p.consistent, "VM point {} is not consistent", p.vm_cycle);
+            }
+            let mut all = writes_in(&os.read_point(c_os, 0, size as usize).unwrap(), 0, 0x11);
+            all.extend(writes_in(
+                &data.read_point(c_data, 0, size as usize).unwrap(),
+                1,
+                0x22,
+            ));
+            all.sort_unstable();
+            let m = all.len() as u64;
+            let want: Vec<u64> = (1..=m).collect();
+            assert_eq!(
+                all, want,
+                "VM point {} (os {c_os}, data {c_data}) holds writes {all:?}: not a prefix 1..{m} of the writes",
+                p.vm_cycle
+            );
+            out.push((p.vm_cycle, m));
+        }
+        assert_eq!(
+            out.last().map(|p| p.1),
+            Some(written),
+            "the newest VM point misses writes: {out:?}"
+        );
+        out
+    }
+}

@@ -1,0 +1,256 @@
+//! Faults of the qemu change source (issue 18 item 2): the sender killed with SIGKILL while
+//! a round's views, backup jobs, filters and exports are in place in qemu (the test hook
+//! `VDREP_TEST_QEMU_PAUSE` holds the round there). The restarted sender removes those
+//! leftovers, takes the interrupted switch's bitmaps back, and misses no write: every VM
+//! point holds a prefix of the guest's ordered writes across both disks and the last one
+//! all of them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use vdrep_store::sink::ReplicaDisk;
+use vdrep_tests::procs::{finish, read_log, wait_for_log};
+use vdrep_tests::qemu_rig::{compare, snapshot, wait_until, NumberedWriter, Rig, StopOnDrop};
+
+const SIZE: u64 = 8 << 20;
+const PAUSED: &str = "test hook: qemu round paused with its views in place";
+const SWITCHED: &str = "qemu switch of the VM's disks";
+
+#[test]
+fn a_sender_killed_mid_cycle_leaves_leftovers_that_the_next_start_removes_and_misses_no_write() {
+    let mut rig = Rig::new(SIZE);
+    let w = NumberedWriter::new(SIZE);
+    let stop = AtomicBool::new(false);
+    let first = rig
+        .send_every("send1.log", "300ms")
+        .env("VDREP_TEST_QEMU_PAUSE", "3000");
+    let t0 = Instant::now();
+    let mut child = first.spawn();
+    assert!(
+        wait_for_log(&first.log, SWITCHED, Duration::from_secs(60)),
+        "no first switch: {}",
+        read_log(&first.log)
+    );
+    std::thread::scope(|sc| {
+        let h = sc.spawn(|| w.run(&rig.qsd, &stop, Duration::from_millis(2)));
+        let _stop = StopOnDrop(&stop);
+        // The third round: a cycle (not the initial copy) with its views in place.
+        wait_until(
+            "a paused cycle",
+            &first.log,
+            Duration::from_secs(60),
+            || read_log(&first.log).matches(PAUSED).count() >= 3,
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let (left, _) = rig.qsd.vdrep_objects();
+        assert!(
+            left.iter().any(|o| o.starts_with("export vdrep-"))
+                && left.iter().any(|o| o.starts_with("job vdrep-")),
+            "the kill did not hit a round with views in place: {left:?}"
+        );
+        // Writes go on while no sender runs, and after it restarts.
+        std::thread::sleep(Duration::from_millis(300));
+        let again = rig
+            .send_every("send2.log", "300ms")
+            .arg("--max-cycles")
+            .arg("6");
+        let t1 = Instant::now();
+        let child2 = again.spawn();
+        wait_until(
+            "two rounds after the restart",
+            &again.log,
+            Duration::from_secs(60),
+            || read_log(&again.log).matches(SWITCHED).count() >= 3,
+        );
+        stop.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        let res = finish(child2, t1, Duration::from_secs(90), &again.log);
+        assert!(res.status.success(), "restart: {}\n{}", res.status, res.log);
+        assert!(
+            res.log.contains("removed what an earlier run left in qemu"),
+            "no leftovers removed: {}",
+            res.log
+        );
+    });
+    let _ = t0;
+    let (left, bitmaps) = rig.qsd.vdrep_objects();
+    assert!(left.is_empty(), "left in qemu: {left:?}");
+    assert_eq!(bitmaps.len(), 2, "one bitmap per disk: {bitmaps:?}");
+    let prefixes = rig.check_prefixes(SIZE, w.written());
+    eprintln!(
+        "VM points (point, writes): {prefixes:?}; {} writes",
+        w.written()
+    );
+    let q = rig.dir.join("qsd");
+    let last = rig.failover(prefixes.last().unwrap().0);
+    compare(&q.join("os.raw"), "raw", &last.join("os.vhd")).unwrap();
+    compare(&q.join("data.qcow2"), "qcow2", &last.join("data.vhd")).unwrap();
+    rig.qsd.stop();
+}
+
+/// Counts the sender's "resync from the view" lines of disk `disk`.
+fn resyncs(log: &str, disk: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("resync from the view") && l.contains(&format!("disk={disk}")))
+        .count()
+}
+
+#[test]
+fn a_restarted_qemu_storage_daemon_loses_in_memory_bitmaps_and_the_disks_are_resynced_exactly() {
+    let mut rig = Rig::new(SIZE);
+    let w = NumberedWriter::new(SIZE);
+    let send = rig.send_every("send.log", "300ms");
+    let t0 = Instant::now();
+    let child = send.spawn();
+    let rounds = |n: usize| read_log(&send.log).matches(SWITCHED).count() >= n;
+    wait_until("protection", &send.log, Duration::from_secs(60), || {
+        rounds(3)
+    });
+    let writes = |qsd: &vdrep_tests::qsd::Qsd, n: u64| {
+        for _ in 0..n {
+            assert!(w.write_one(qsd));
+        }
+    };
+    writes(&rig.qsd, 100);
+    wait_until("a cycle", &send.log, Duration::from_secs(60), || rounds(5));
+
+    // A clean restart of the daemon: the raw disk's in-memory bitmap is gone (resync);
+    // the qcow2 disk's persistent bitmap was saved, so its delta replication goes on.
+    rig.qsd.restart(libc::SIGTERM);
+    writes(&rig.qsd, 100);
+    wait_until(
+        "the raw disk resynced",
+        &send.log,
+        Duration::from_secs(90),
+        || {
+            let log = read_log(&send.log);
+            resyncs(&log, "os") >= 1 && log.matches("resync committed").count() >= 1
+        },
+    );
+    let log = read_log(&send.log);
+    assert!(
+        log.contains("dirty bitmap vdrep-") && log.contains("on os is missing"),
+        "no loss of the raw disk's bitmap said: {log}"
+    );
+    assert_eq!(
+        resyncs(&log, "data"),
+        0,
+        "the qcow2 disk's saved bitmap was not used: {log}"
+    );
+    writes(&rig.qsd, 50);
+    let n = read_log(&send.log).matches(SWITCHED).count();
+    wait_until(
+        "two more rounds",
+        &send.log,
+        Duration::from_secs(60),
+        || rounds(n + 2),
+    );
+
+    // A crash of the daemon: the qcow2 bitmap cannot be trusted either.
+    rig.qsd.restart(libc::SIGKILL);
+    writes(&rig.qsd, 100);
+    wait_until(
+        "both disks resynced",
+        &send.log,
+        Duration::from_secs(120),
+        || resyncs(&read_log(&send.log), "data") >= 1,
+    );
+    let n = read_log(&send.log).matches(SWITCHED).count();
+    wait_until(
+        "two more rounds",
+        &send.log,
+        Duration::from_secs(60),
+        || rounds(n + 3),
+    );
+    let mut child = child;
+    child.kill().unwrap();
+    let _ = finish(child, t0, Duration::from_secs(10), &send.log);
+    let log = read_log(&send.log);
+    assert!(!std::path::Path::new(&rig.dir.join("state/qemu/vm1/os.resync")).exists());
+    assert!(!std::path::Path::new(&rig.dir.join("state/qemu/vm1/data.resync")).exists());
+    // The replica is exact, and every VM point a prefix of the writes across both disks (a
+    // round that fails between the disks commits one and not the other: that switch is no
+    // VM point, so the disks' parts of one VM point may have different cycles).
+    let prefixes = rig.check_prefixes(SIZE, w.written());
+    eprintln!(
+        "VM points (point, writes): {prefixes:?}; {} writes",
+        w.written()
+    );
+    assert!(log.contains("resync committed"), "{log}");
+    // ... and the newest points equal the disks (the store read directly: exact bytes).
+    let store = vdrep_store::sink::local::LocalStore::open(&rig.store).unwrap();
+    let q = rig.dir.join("qsd");
+    for (name, src, fmt) in [("os", "os.raw", "raw"), ("data", "data.qcow2", "qcow2")] {
+        let key = vdrep_store::sink::DiskKey::new("vm1", name).unwrap();
+        let d = store
+            .open_local(&key, SIZE, vdrep_proto::Guid::default())
+            .unwrap();
+        let newest = d.points().unwrap().last().unwrap().cycle;
+        let bytes = d.read_point(newest, 0, SIZE as usize).unwrap();
+        let raw = rig.dir.join(format!("{name}-now.raw"));
+        snapshot(&q.join(src), fmt, &raw);
+        assert!(
+            std::fs::read(&raw).unwrap() == bytes[..],
+            "{name}: the newest point differs from the disk"
+        );
+    }
+}
+
+/// The sender's health.json: (the VM's state, its last error).
+fn vm_health(rig: &Rig) -> Option<(String, String)> {
+    let h: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rig.dir.join("state/health.json")).ok()?).ok()?;
+    let vm = &h["vms"][0];
+    Some((
+        vm["state"].as_str()?.to_string(),
+        vm["last_error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+    ))
+}
+
+#[test]
+fn a_gone_qmp_socket_is_retried_with_a_warning_and_protection_resumes_when_qemu_is_back() {
+    let mut rig = Rig::new(SIZE);
+    let w = NumberedWriter::new(SIZE);
+    let send = rig.send_every("send.log", "300ms");
+    let t0 = Instant::now();
+    let mut child = send.spawn();
+    let rounds = |n: usize| read_log(&send.log).matches(SWITCHED).count() >= n;
+    wait_until("protection", &send.log, Duration::from_secs(60), || {
+        rounds(3)
+    });
+    for _ in 0..50 {
+        assert!(w.write_one(&rig.qsd));
+    }
+    rig.qsd.crash();
+    // The sender retries on the schedule; its health says why, as a warning.
+    wait_until("a warning", &send.log, Duration::from_secs(30), || {
+        vm_health(&rig).is_some_and(|(s, e)| s == "Warning" && e.contains("QMP"))
+    });
+    assert!(child.try_wait().unwrap().is_none(), "the sender gave up");
+    assert!(read_log(&send.log).contains("recoverable error; reconnecting and resuming"));
+    rig.qsd.start_again();
+    for _ in 0..50 {
+        assert!(w.write_one(&rig.qsd));
+    }
+    let n = read_log(&send.log).matches(SWITCHED).count();
+    wait_until(
+        "rounds after qemu is back",
+        &send.log,
+        Duration::from_secs(60),
+        || rounds(n + 3),
+    );
+    wait_until(
+        "health back to Normal",
+        &send.log,
+        Duration::from_secs(30),
+        || vm_health(&rig).is_some_and(|(s, _)| s == "Normal"),
+    );
+    child.kill().unwrap();
+    let _ = finish(child, t0, Duration::from_secs(10), &send.log);
+    let prefixes = rig.check_prefixes(SIZE, w.written());
+    eprintln!("VM points: {prefixes:?}; {} writes", w.written());
+}
