@@ -40,8 +40,16 @@ impl DataFile for MemData {
 pub struct MemIndex(pub Vec<u8>);
 
 impl IndexFile for MemIndex {
-    fn read_all(&self) -> io::Result<Option<Vec<u8>>> {
-        Ok(Some(self.0.clone()))
+    fn size(&self) -> io::Result<Option<u64>> {
+        Ok(Some(self.0.len() as u64))
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|s| self.0.get(s..s.checked_add(buf.len())?))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
     }
     fn write_at(&self, _: u64, _: &[u8]) -> io::Result<()> {
         Ok(())

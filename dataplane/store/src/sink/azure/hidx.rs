@@ -90,6 +90,8 @@ struct Mirror {
     blob: Option<(u64, u64)>,
     /// True once the content was read or written (later reads answer from memory).
     loaded: bool,
+    /// A blob found in another layout, handed to reads as it is until the first write.
+    foreign: Option<Vec<u8>>,
 }
 
 /// A file kept as dirty-page-tracked content over an [`IndexBlob`].
@@ -120,16 +122,27 @@ impl<B: IndexBlob> PagedIndex<B> {
     }
 }
 
-impl<B: IndexBlob> IndexFile for PagedIndex<B> {
-    fn read_all(&self) -> std::io::Result<Option<Vec<u8>>> {
+impl<B: IndexBlob> PagedIndex<B> {
+    /// The whole content, or `None` if there is none yet (fetched once, then answered
+    /// from memory).
+    #[cfg(test)]
+    pub(super) fn read_all(&self) -> std::io::Result<Option<Vec<u8>>> {
         let mut m = self.lock();
+        self.load(&mut m)?;
+        if let Some(f) = &m.foreign {
+            return Ok(Some(f.clone()));
+        }
+        Ok((!m.data.is_empty()).then(|| m.data.clone()))
+    }
+
+    fn load(&self, m: &mut Mirror) -> std::io::Result<()> {
         if m.loaded {
-            return Ok((!m.data.is_empty()).then(|| m.data.clone()));
+            return Ok(());
         }
         let got = self.blob.get().map_err(io_err)?;
         m.loaded = true;
         let Some((body, len)) = got else {
-            return Ok(None);
+            return Ok(());
         };
         let size = body.len() as u64;
         match len {
@@ -137,15 +150,41 @@ impl<B: IndexBlob> IndexFile for PagedIndex<B> {
                 m.data = body;
                 m.data.truncate(len as usize);
                 m.blob = Some((len, size));
-                Ok((len > 0).then(|| m.data.clone()))
             }
             // Not our layout: handed over as it is (the index finds it damaged), and
             // rewritten at the next sync.
             _ => {
                 m.blob = None;
-                Ok(Some(body))
+                m.foreign = Some(body);
             }
         }
+        Ok(())
+    }
+}
+
+impl<B: IndexBlob> IndexFile for PagedIndex<B> {
+    fn size(&self) -> std::io::Result<Option<u64>> {
+        let mut m = self.lock();
+        self.load(&mut m)?;
+        let len = m.foreign.as_ref().unwrap_or(&m.data).len() as u64;
+        Ok((len > 0).then_some(len))
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let mut m = self.lock();
+        self.load(&mut m)?;
+        let m = &*m;
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|a| {
+                m.foreign
+                    .as_ref()
+                    .unwrap_or(&m.data)
+                    .get(a..a.checked_add(buf.len())?)
+            })
+            .ok_or_else(|| std::io::Error::other("index read past its end"))?;
+        buf.copy_from_slice(src);
+        Ok(())
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
@@ -158,6 +197,7 @@ impl<B: IndexBlob> IndexFile for PagedIndex<B> {
             .ok_or_else(|| std::io::Error::other("index write beyond the largest blob"))?;
         let mut m = self.lock();
         m.loaded = true;
+        m.foreign = None;
         if (m.data.len() as u64) < end {
             m.data.resize(end as usize, 0);
         }
@@ -331,8 +371,11 @@ impl AzureIndexFile {
 }
 
 impl IndexFile for AzureIndexFile {
-    fn read_all(&self) -> std::io::Result<Option<Vec<u8>>> {
-        self.inner.read_all()
+    fn size(&self) -> std::io::Result<Option<u64>> {
+        self.inner.size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_at(offset, buf)
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         self.inner.write_at(offset, data)

@@ -213,7 +213,7 @@ fn an_index_on_a_page_blob_sends_only_changed_pages_and_is_unclean_after_a_crash
     let full = full_node_hashes(size, off, data.len() as u64, Some(&data));
     ix.before_write().unwrap();
     assert_eq!(blob.take_puts(), vec![(0, 512)]);
-    ix.after_write(off, data.len() as u64, &full, true);
+    ix.after_write(off, data.len() as u64, &full, true).unwrap();
     ix.persist_clean().unwrap();
     let puts = blob.take_puts();
     let sent: usize = puts.iter().map(|p| p.1).sum();
@@ -221,9 +221,9 @@ fn an_index_on_a_page_blob_sends_only_changed_pages_and_is_unclean_after_a_crash
     assert_eq!(open(false).stale_reason(), None);
     // The crash: a write reaches the replica, the index is never persisted again.
     ix.before_write().unwrap();
-    ix.after_write(0, 4096, &[], true);
+    ix.after_write(0, 4096, &[], true).unwrap();
     drop(ix);
-    let after = open(false);
+    let mut after = open(false);
     assert!(
         after
             .stale_reason()
@@ -231,5 +231,5 @@ fn an_index_on_a_page_blob_sends_only_changed_pages_and_is_unclean_after_a_crash
         "{:?}",
         after.stale_reason()
     );
-    assert_eq!(after.dirty_count(), 1024);
+    assert_eq!(after.dirty_count(), Ok(1024));
 }
