@@ -98,7 +98,7 @@ impl IndexPages {
         let npages = len.div_ceil(cfg.page as u64);
         let words = npages.div_ceil(64) as usize;
         let mut on_file = vec![if valid { u64::MAX } else { 0 }; words];
-        if valid && npages % 64 != 0 {
+        if valid && !npages.is_multiple_of(64) {
             if let Some(last) = on_file.last_mut() {
                 *last = (1u64 << (npages % 64)) - 1;
             }
