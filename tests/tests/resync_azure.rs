@@ -279,6 +279,7 @@ fn the_index_blob_is_written_only_under_the_disks_lease_and_removed_with_the_dis
         .unwrap();
     let f1 = d1.resync_index().expect("the Azure sink keeps an index");
     assert_eq!(f1.size().unwrap(), None, "a new disk has no index yet");
+    f1.set_len(29).unwrap();
     f1.write_at(0, b"written by the first receiver").unwrap();
     f1.sync().unwrap();
     assert_eq!(c.lease_state("vm/d.hidx").unwrap(), "leased");

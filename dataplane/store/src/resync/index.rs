@@ -65,6 +65,13 @@ pub trait IndexFile: Send + Sync {
     fn size(&self) -> io::Result<Option<u64>>;
     /// Reads `buf.len()` bytes at `offset` (inside the file).
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Announces that the file will be `len` bytes, before the first write to a file whose
+    /// content the index does not use (a fresh copy's, a stale one): a page blob is then
+    /// created once at that length. The content may be lost. The default keeps the file
+    /// as it is (a local file grows with its writes).
+    fn set_len(&self, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// Writes `data` at `offset` (not yet durable).
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Makes the writes durable.

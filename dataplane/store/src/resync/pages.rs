@@ -73,6 +73,9 @@ pub(super) struct IndexPages {
     clean: Vec<u8>,
     /// True while the durable header may say clean.
     durable_clean: bool,
+    /// True once the file's length is settled: it held a valid index, or
+    /// [`IndexFile::set_len`] was called before the first write.
+    sized: bool,
     /// Most bytes of pages held at once (tests and figures).
     peak: usize,
 }
@@ -115,6 +118,7 @@ impl IndexPages {
             unclean: headers.0,
             clean: headers.1,
             durable_clean: true,
+            sized: valid,
             peak: 0,
         }
     }
@@ -147,9 +151,22 @@ impl IndexPages {
         (a, (a + self.cfg.page as u64).min(self.len))
     }
 
+    /// The file, about to be written: a file whose content was not used is given its
+    /// length first.
+    fn writable(&mut self) -> io::Result<()> {
+        if !self.sized {
+            if let Some(f) = &self.file {
+                f.set_len(self.base + self.len)?;
+            }
+            self.sized = true;
+        }
+        Ok(())
+    }
+
     /// Makes the durable header say unclean (a no-op when it already does).
     pub(super) fn mark_unclean(&mut self) -> io::Result<()> {
         if self.durable_clean {
+            self.writable()?;
             if let Some(f) = &self.file {
                 f.write_at(0, &self.unclean)?;
                 f.sync()?;
@@ -164,6 +181,7 @@ impl IndexPages {
     fn write_back(&mut self, p: u64, data: Option<(usize, &[u8])>) -> io::Result<()> {
         self.mark_unclean()?;
         let (a, b) = self.span(p);
+        self.writable()?;
         let Some(f) = &self.file else { return Ok(()) };
         match data {
             Some((at, d)) => f.write_at(self.base + a + at as u64, d)?,
@@ -336,6 +354,7 @@ impl IndexPages {
         // body (a fresh copy's file is never read) is rewritten as unclean first.
         self.mark_unclean()?;
         self.flush()?;
+        self.writable()?;
         if let Some(f) = &self.file {
             f.write_at(0, &self.clean)?;
             f.sync()?;

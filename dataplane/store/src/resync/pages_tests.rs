@@ -238,7 +238,10 @@ fn a_crash_at_any_point_leaves_an_unclean_file_or_a_clean_one_that_is_exact() {
             }
         }
     }
-    assert!(unclean > 0 && clean > 0, "{clean} clean, {unclean} unclean outcomes");
+    assert!(
+        unclean > 0 && clean > 0,
+        "{clean} clean, {unclean} unclean outcomes"
+    );
 }
 
 #[test]
