@@ -226,10 +226,39 @@ impl Index {
         Ok(())
     }
 
-    fn is_dirty(&mut self, i: u64) -> io::Result<bool> {
+    /// Byte `j` of the dirty bitmap (nodes 8j..8j+8; bits past the last node ignored).
+    fn dirty_byte(&mut self, j: u64) -> io::Result<u8> {
         let mut b = [0u8];
-        self.body.read(32 * self.n + i / 8, &mut b)?;
-        Ok(b[0] & (1 << (i % 8)) != 0)
+        self.body.read(32 * self.n + j, &mut b)?;
+        let valid = (self.n - 8 * j).min(8);
+        Ok(if valid == 8 {
+            b[0]
+        } else {
+            b[0] & ((1u8 << valid) - 1)
+        })
+    }
+
+    /// The dirty nodes in `[from, to)` (`to` ≤ N), or every node when `all`.
+    fn dirty_in(&mut self, from: u64, to: u64, all: bool) -> io::Result<Vec<u64>> {
+        if all {
+            return Ok((from..to).collect());
+        }
+        let mut out = Vec::new();
+        let mut i = from;
+        while i < to {
+            let byte = self.dirty_byte(i / 8)? >> (i % 8);
+            if byte == 0 {
+                i = (i / 8 + 1) * 8;
+                continue;
+            }
+            for k in 0..(8 - i % 8).min(to - i) {
+                if byte & (1 << k) != 0 {
+                    out.push(i + k);
+                }
+            }
+            i = (i / 8 + 1) * 8;
+        }
+        Ok(out)
     }
 
     fn set_dirty(&mut self, i: u64, on: bool) -> io::Result<()> {
@@ -259,8 +288,12 @@ impl Index {
             return Ok(d);
         }
         let mut d = 0;
-        for i in 0..self.n {
-            d += u64::from(self.is_dirty(i).map_err(|e| self.fail("read", e))?);
+        for j in 0..self.n.div_ceil(8) {
+            d += u64::from(
+                self.dirty_byte(j)
+                    .map_err(|e| self.fail("read", e))?
+                    .count_ones(),
+            );
         }
         self.ndirty = Some(d);
         Ok(d)
@@ -392,12 +425,9 @@ impl Index {
         let mut from = 0;
         while from < self.n {
             let to = (from + REHASH_BATCH).min(self.n);
-            let mut nodes = Vec::new();
-            for i in from..to {
-                if all || self.is_dirty(i).map_err(|e| self.fail("read", e))? {
-                    nodes.push(i);
-                }
-            }
+            let nodes = self
+                .dirty_in(from, to, all)
+                .map_err(|e| self.fail("read", e))?;
             from = to;
             if nodes.is_empty() {
                 continue;
