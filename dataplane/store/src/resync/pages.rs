@@ -285,6 +285,19 @@ impl IndexPages {
         Ok(())
     }
 
+    /// Reads `buf.len()` body bytes at `off`, across pages.
+    pub(super) fn read_span(&mut self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        let page = self.cfg.page as u64;
+        let mut done = 0;
+        while done < buf.len() {
+            let at = off + done as u64;
+            let n = ((page - at % page) as usize).min(buf.len() - done);
+            self.read(at, &mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
     /// Changes body bytes at `off` (inside one page) through `f`; the page becomes dirty
     /// when they change.
     pub(super) fn update(
