@@ -6,7 +6,7 @@ use std::io;
 
 use vdrep::resync::index::IndexFile;
 use vdrep::sink::local::fs::DataFile;
-use vdrep::sink::local::state::{encode, CyclePhase, Listed, Record, STATE_VERSION};
+use vdrep::sink::local::state::{encode, Listed, Record, STATE_VERSION};
 use vdrep::sink::{DiskState, RecoveryPoint};
 use vdrep_proto::{Guid, RangeSet};
 
@@ -88,7 +88,6 @@ pub fn valid_state_record(mode: u8) -> Vec<u8> {
             copy_id: Guid([2; 16]),
             open_cycle: None,
         },
-        phase: CyclePhase::Idle,
         pending: Some(point(0)),
         points: vec![
             Listed {
@@ -105,7 +104,6 @@ pub fn valid_state_record(mode: u8) -> Vec<u8> {
         r.disk.initial_in_progress = false;
         r.disk.copy_id = Guid::NIL;
         r.disk.open_cycle = Some(6);
-        r.phase = CyclePhase::Open;
         r.pending = None;
         r.points[1].undo_len = 4096;
     }
