@@ -20,6 +20,7 @@ mod renew;
 pub mod resync;
 pub mod status;
 mod stream;
+pub mod tree;
 pub mod vmset;
 
 use std::collections::HashSet;
