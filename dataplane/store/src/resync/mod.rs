@@ -16,10 +16,11 @@
 //! more than the few equal pages they spare.
 //!
 //! **What is kept.** Each side keeps the 256 KiB level (32 bytes per 256 KiB: 2 MiB for a
-//! 16 GiB disk, 512 MiB for 4 TiB) and the levels above ([`Levels`]): the sender in memory
-//! for the session ([`Tree`]), the receiver in its index file, paged through a bounded
-//! cache ([`pages`]: 1 MiB per open disk whatever its size), the 16 MiB level derived from
-//! it when asked. Page hashes are computed on demand by reading the 256 KiB nodes that
+//! 16 GiB disk, 512 MiB for 4 TiB) and the levels above ([`Levels`]) in an [`index`] file
+//! paged through a bounded cache ([`pages`]: 1 MiB per disk whatever its size), the 16 MiB
+//! level derived from the 256 KiB one when asked: the receiver in its durable `NAME.hidx`,
+//! the sender in an unlinked temporary file for the session (`vdrep::sender::tree`). The
+//! in-memory [`Tree`] answers the same ([`Levels`]) and serves as the tests' reference. Page hashes are computed on demand by reading the 256 KiB nodes that
 //! differ again. All-zero ranges hash to constants
 //! without hashing (a cheap zero test), and ranges the source format reports unallocated
 //! are not even read.
