@@ -7,12 +7,14 @@ pub mod azurite;
 pub mod cycles;
 pub mod delta_rig;
 pub mod fixtures;
+pub mod hostile;
 pub mod http;
 pub mod images;
 pub mod procs;
 pub mod relay;
 pub mod roles;
 pub mod sidecar;
+pub mod site;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

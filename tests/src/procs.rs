@@ -212,6 +212,24 @@ impl Receiver {
         }
     }
 
+    /// SIGTERM, then waits (up to 15 s, kill -9 after) until it exited: it drains, so the
+    /// disks it held (local locks, Azure leases) are released.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child by its pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let t0 = Instant::now();
+            while c.try_wait().ok().flatten().is_none() {
+                if t0.elapsed() > Duration::from_secs(15) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("the receiver did not stop within 15 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
     /// Starts the receiver again on the same port, store and log (after [`Self::kill9`]).
     /// UDP ports are free again at once; a few tries cover a slow kernel.
     pub fn restart(&mut self) {

@@ -120,7 +120,7 @@ fn test_failover_writes_every_point_as_the_source_was_while_replication_runs() {
     let running = d.join("fo-running");
     failover(&store, "vm1", Some("0"), &running);
     assert!(disk_bytes(&running.join("d1.vhd"), size) == states[0]);
-    let refused = vdrep(&["unprotect", "--store", s(&store), "--vm", "vm1"]);
+    let refused = vdrep(&["unprotect", "--store", s(&store), "--vm", "vm1", "--yes"]);
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("being replicated"), "{err}");
@@ -214,6 +214,7 @@ fn test_failover_writes_every_point_as_the_source_was_while_replication_runs() {
         "vm1",
         "--disk",
         s(&src),
+        "--yes",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("removed replica vm1/d1"), "{text}");

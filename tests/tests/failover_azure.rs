@@ -136,11 +136,11 @@ fn azure_points_read_without_the_lease_and_failover_and_unprotect_use_azure_opti
         "{e}"
     );
 
-    let refused = vdrep_az(&az, &["unprotect", "--vm", "vm1"]);
+    let refused = vdrep_az(&az, &["unprotect", "--vm", "vm1", "--yes"]);
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("being replicated"));
     drop(disk); // releases the lease
-    ok(vdrep_az(&az, &["unprotect", "--vm", "vm1"]));
+    ok(vdrep_az(&az, &["unprotect", "--vm", "vm1", "--yes"]));
     assert!(st.list_disks(None).unwrap().is_empty());
     assert!(
         st.container().list("vm1/", true).unwrap().is_empty(),

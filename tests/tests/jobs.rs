@@ -424,7 +424,7 @@ fn test_failover_records_a_succeeded_job_and_an_unknown_point_a_failed_one() {
     );
     assert!(!store.join("nope").exists());
     // Unprotecting the VM removes its job history with its replicas.
-    vdrep_ok(&["unprotect", "--store", s(&store), "--vm", "vm1"]);
+    vdrep_ok(&["unprotect", "--store", s(&store), "--vm", "vm1", "--yes"]);
     assert!(jobs(&["--store", s(&store), "--vm", "vm1"]).is_empty());
     assert!(!store.join("vm1").exists());
 }

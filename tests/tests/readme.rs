@@ -268,12 +268,17 @@ fn the_using_it_blocks_run_as_written_across_two_network_namespaces() {
         }
     }
     // What the blocks did, in the private folders: the failover's disks in /tmp, the
-    // converted disk beside the source; unprotect removed the VM's replicas from /srv.
+    // converted disk beside the source; `unprotect --disk os.vhdx` removed that disk's
+    // replica from /srv and only that one.
     assert!(site.tmp.join("vm1/os.vhd").is_file(), "no failover output");
     assert!(site.work.join("azure-ready.vhd").is_file());
     assert!(
         !site.srv.join("vdrep/vm1/os.vhd").exists(),
         "unprotect left the replica"
+    );
+    assert!(
+        site.srv.join("vdrep/vm1/data.vhd").is_file(),
+        "unprotect --disk os.vhdx removed the VM's other disk"
     );
     drop(background);
     drop(net);

@@ -85,6 +85,25 @@ fn enabling_protection_is_a_job_through_checks_initial_replication_and_first_cyc
     let vm = vdrep_tests::http::get(&api, "/v1/vms/web").json();
     assert_eq!(vm["protected"], true);
     assert!(vm["disks"][0]["last_cycle"].as_u64() >= Some(1), "{vm:#}");
+    // The VM's newest recovery point, from the sender's health model (issue 17): the first
+    // cycle's switch, one instant of the VM.
+    let latest = eventually(Duration::from_secs(30), || {
+        let vm = vdrep_tests::http::get(&api, "/v1/vms/web").json();
+        let p = vm["latest_point"].clone();
+        (p["id"].as_u64() >= Some(1)).then_some(p)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no latest_point: {:#}",
+            vdrep_tests::http::get(&api, "/v1/vms").json()
+        )
+    });
+    assert_eq!(latest["consistent"], true, "{latest:#}");
+    assert!(
+        latest["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{latest:#}"
+    );
+    assert!(latest["unix"].as_u64() > Some(1_700_000_000), "{latest:#}");
     tx.kill();
 }
 

@@ -213,7 +213,10 @@ fn writes_in(bytes: &[u8], disk: u64) -> Vec<u64> {
     out
 }
 
-/// The recovery points' cycles of the VM (the first disk's list; the second must agree).
+/// The VM's recovery points (`points --json`'s top-level `points`): their ids, checked
+/// against the disks' own points (here the disks' cycles go in step, so each VM point is
+/// every disk at the same cycle) and for consistency: the initial copies (point 0) were
+/// made disk after disk, every later point is one VM-wide switch.
 fn points(store: &Path) -> Vec<u64> {
     let out = vdrep_ok(&["points", "--store", s(store), "--vm", "vm1", "--json"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -226,7 +229,29 @@ fn points(store: &Path) -> Vec<u64> {
             .collect()
     };
     assert_eq!(list(0), list(1), "the disks' points differ: {doc:#}");
-    list(0)
+    let vm: Vec<&serde_json::Value> = doc["points"]
+        .as_array()
+        .expect("top-level points")
+        .iter()
+        .collect();
+    let ids: Vec<u64> = vm.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, list(0), "the VM's points are its switches: {doc:#}");
+    for p in &vm {
+        let parts: Vec<&str> = p["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["disk"].as_str().unwrap())
+            .collect();
+        assert_eq!(parts, ["data", "os"], "{p:#}");
+        assert_eq!(p["consistent"], p["id"].as_u64() != Some(0), "{p:#}");
+        assert!(p["group"].is_null() && p["group_cycle"].is_null(), "{p:#}");
+        assert!(
+            p["unix"].as_u64().unwrap() <= p["committed_unix"].as_u64().unwrap(),
+            "{p:#}"
+        );
+    }
+    ids
 }
 
 /// Fails over every point and checks each holds writes 1..m; returns the m of each point.

@@ -8,8 +8,10 @@
 //! sender computed for that point. A mismatch fails the command (exit 1) and no output is
 //! left; a point without a sender digest is written and says so.
 //!
-//! All disks use the same point, so a multi-disk VM comes up crash-consistent across its
-//! disks: `latest` is the newest point that every disk has committed.
+//! All disks are written at one VM recovery point (`vdrep points`' top-level `points`): each
+//! disk at its part of it, never a mix of points, so a VM whose disks switched together
+//! comes up crash-consistent across them; `latest` is the VM's newest point. Each disk's
+//! line says which of its points that is and when it was committed.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -36,12 +38,12 @@ const CHUNK: u64 = 4 << 20;
 /// Granularity of the zero check: all-zero pieces stay holes in the sparse output.
 const ZERO_PIECE: usize = 64 << 10;
 
-/// Which recovery point.
+/// Which recovery point of the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PointSel {
-    /// The newest point every disk has.
+    /// The VM's newest point.
     Latest,
-    /// The point with this id (its cycle number).
+    /// The VM point with this id (its VM cycle, as `vdrep points` lists it).
     Id(u64),
 }
 
@@ -69,8 +71,13 @@ pub struct Args {
     #[arg(long)]
     test: bool,
     /// The protected VM; all its disks are written.
-    #[arg(long)]
-    vm: String,
+    #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+    vm: Option<String>,
+    /// A consistency group instead of one VM: every member VM at the group point (a group
+    /// cycle, or `latest`: the newest every member has) as DIR/VM/NAME.vhd; a group cycle
+    /// some member lacks is refused, naming those VMs. Needs --store or --azure-url.
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
     /// Recovery point id (see `vdrep points`) or `latest`.
     #[arg(long, default_value = "latest")]
     point: PointSel,
@@ -99,7 +106,11 @@ pub struct Args {
 pub struct DiskOut {
     disk: String,
     path: PathBuf,
+    /// The VM point written (its id).
+    vm_point: u64,
+    /// The disk's own point that is its part of the VM point.
     point: u64,
+    /// That disk point's commit time.
     time: String,
     virtual_size: u64,
     /// The output's digest (read back from the file when it was verified).
@@ -119,12 +130,16 @@ pub fn run(a: Args) -> Result<(), CliError> {
             usage: true,
         });
     }
+    if let Some(group) = &a.group {
+        return run_group(&a, group);
+    }
+    let vm = a.vm.clone().unwrap_or_default();
     if a.store.store.is_none() && a.store.azure_url.is_none() {
         let point = match a.point {
             PointSel::Latest => None,
             PointSel::Id(c) => Some(c),
         };
-        return super::ops::failover(&a.sidecar, &a.token_file, &a.vm, point, a.json);
+        return super::ops::failover(&a.sidecar, &a.token_file, &vm, point, a.json);
     }
     let Some(out) = &a.out else {
         return Err(CliError {
@@ -134,7 +149,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         });
     };
     let store = a.store.open_existing()?;
-    let done = materialise(store.as_ref(), &a.vm, a.point, out)?;
+    let done = materialise(store.as_ref(), &vm, a.point, out)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&done)?);
     } else {
@@ -145,13 +160,57 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 "the point carries no sender digest: not verified"
             };
             println!(
-                "{}: point {} ({}) written to {} ({} bytes; {check}; digest {})",
+                "{}: VM point {} (disk point {} of {}) written to {} ({} bytes; {check}; digest {})",
                 d.disk,
+                d.vm_point,
                 d.point,
                 d.time,
                 d.path.display(),
                 d.virtual_size,
                 d.digest
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `failover --test --group NAME` (see [`super::failover_group`]).
+fn run_group(a: &Args, group: &str) -> Result<(), CliError> {
+    let usage = |m: &str| CliError {
+        error: anyhow::anyhow!("{m}"),
+        recovery: crate::error::Recovery::Permanent,
+        usage: true,
+    };
+    if a.store.store.is_none() && a.store.azure_url.is_none() {
+        return Err(usage(
+            "--group needs --store DIR or --azure-url: the sidecar fails over one VM",
+        ));
+    }
+    let Some(out) = &a.out else {
+        return Err(usage("--out DIR is required with --store or --azure-url"));
+    };
+    let store = a.store.open_existing()?;
+    let done = super::failover_group::materialise(store.as_ref(), group, a.point, out)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+        return Ok(());
+    }
+    for v in &done.vms {
+        for d in &v.disks {
+            let check = if d.verified {
+                "digest verified against the sender's"
+            } else {
+                "the point carries no sender digest: not verified"
+            };
+            println!(
+                "{}/{}: group point {} (VM point {}, disk point {}, {}) written to {} ({check})",
+                v.vm,
+                d.disk,
+                done.group_cycle,
+                v.point,
+                d.point,
+                d.time,
+                d.path.display()
             );
         }
     }
@@ -190,7 +249,7 @@ pub fn materialise(
     plan.push(STEP_PUBLISH.to_string());
     job.plan(&plan.iter().map(String::as_str).collect::<Vec<_>>());
     record(store, &job);
-    let res = write_point(&readers, sel, out, &mut job);
+    let res = write_point(store, vm, &readers, sel, out, &mut job);
     match &res {
         Ok(_) => job.succeed(),
         Err(e) => job.fail(
@@ -202,8 +261,11 @@ pub fn materialise(
     res
 }
 
-/// Chooses the point and writes every disk (staged, then renamed once all are verified).
+/// Chooses the VM point and writes every disk at its part of it (staged, then renamed once
+/// all are verified).
 fn write_point(
+    store: &dyn ReplicaStore,
+    vm: &str,
     readers: &[Box<dyn PointReader>],
     sel: PointSel,
     out: &Path,
@@ -214,23 +276,38 @@ fn write_point(
     for r in readers {
         listed.push(r.points().classed()?);
     }
-    let cycle = choose(readers, &listed, sel)?;
+    let vm_points = crate::sink::vm_points::list(store, vm).classed()?;
+    let chosen = choose(readers, &listed, &vm_points, sel)?;
     job.step_ok(
         STEP_CHOOSE,
-        &format!("recovery point {cycle} ({sel:?} asked)"),
+        &format!(
+            "recovery point {} of {} ({sel:?} asked{})",
+            chosen.id,
+            rfc3339(chosen.switch_unix),
+            if chosen.consistent {
+                ""
+            } else {
+                "; its disks did not switch at one instant"
+            }
+        ),
     );
     fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
     // Written beside their destinations and renamed only once every disk is verified: a
     // failed run leaves no output (and replaces nothing).
     let mut staged = Vec::new();
-    for (r, pts) in readers.iter().zip(&listed) {
+    for ((r, pts), cycle) in readers.iter().zip(&listed).zip(&chosen.cycles) {
         let step = write_step(&r.key().disk);
         job.begin(&step);
-        let Some(point) = pts.iter().find(|p| p.cycle == cycle) else {
-            bail!("{}: recovery point {cycle} vanished", r.describe());
+        let Some(point) = pts.iter().find(|p| p.cycle == *cycle) else {
+            bail!(
+                "{}: recovery point {cycle} (its part of VM point {}) vanished",
+                r.describe(),
+                chosen.id
+            );
         };
         let dst = out.join(format!("{}.vhd", r.key().disk));
-        let (tmp, written) = write_disk(r.as_ref(), point, &dst)?;
+        let (tmp, mut written) = write_disk(r.as_ref(), point, &dst)?;
+        written.vm_point = chosen.id;
         let check = if written.verified {
             "digest verified against the sender's"
         } else {
@@ -239,8 +316,8 @@ fn write_point(
         job.step_ok(
             &step,
             &format!(
-                "{} bytes, {check}, digest {}",
-                written.virtual_size, written.digest
+                "{} bytes at its point {} ({}), {check}, digest {}",
+                written.virtual_size, written.point, written.time, written.digest
             ),
         );
         staged.push((tmp, dst, written));
@@ -259,58 +336,112 @@ fn write_point(
     Ok(done)
 }
 
-/// The cycle to write: the one asked for (every disk must have it) or the newest that all
-/// disks share.
+/// A VM point resolved against the VM's disks: each disk's cycle, in the readers' order.
+#[derive(Debug)]
+struct Chosen {
+    id: u64,
+    switch_unix: u64,
+    consistent: bool,
+    cycles: Vec<u64>,
+}
+
+/// The VM point to write: the one asked for, or the newest. Every disk of the VM must have
+/// a part in it that its store still holds — points are never mixed: a disk missing from
+/// the point is an error naming it, not an older point of that disk. A VM of one disk also
+/// takes each of its disk's points (one disk is consistent with itself), so a cycle a
+/// resync committed is a point of it.
 fn choose(
     readers: &[Box<dyn PointReader>],
     listed: &[Vec<RecoveryPoint>],
+    vm_points: &[crate::sink::vm_points::VmPoint],
     sel: PointSel,
-) -> anyhow::Result<u64> {
-    let kept = |pts: &[RecoveryPoint]| match (pts.first(), pts.last()) {
-        (Some(a), Some(b)) => format!("points {}..={} are kept", a.cycle, b.cycle),
-        _ => "nothing is committed yet".to_string(),
-    };
-    match sel {
-        PointSel::Id(c) => {
-            for (r, pts) in readers.iter().zip(listed) {
-                if !pts.iter().any(|p| p.cycle == c) {
-                    bail!(
-                        "{}: recovery point {c} does not exist ({}; see `vdrep points`)",
-                        r.describe(),
-                        kept(pts)
-                    );
-                }
+) -> anyhow::Result<Chosen> {
+    let mut cands: Vec<Chosen> = Vec::new();
+    for p in vm_points {
+        let mut cycles = Vec::new();
+        let mut missing = Vec::new();
+        for r in readers {
+            match p.part(&r.key().disk) {
+                Some(part) => cycles.push(part.cycle),
+                None => missing.push(r.key().disk.clone()),
             }
-            Ok(c)
         }
-        PointSel::Latest => {
-            let (first, rest) = listed.split_first().context("the VM has no disks")?;
-            let common = first
-                .iter()
-                .rev()
-                .map(|p| p.cycle)
-                .find(|c| rest.iter().all(|pts| pts.iter().any(|p| p.cycle == *c)));
-            match common {
-                Some(c) => Ok(c),
-                None => {
-                    let what: Vec<String> = readers
-                        .iter()
-                        .zip(listed)
-                        .map(|(r, pts)| format!("{}: {}", r.key(), kept(pts)))
-                        .collect();
-                    bail!(
-                        "VM has no recovery point that all its disks share ({})",
-                        what.join("; ")
-                    )
-                }
+        if !missing.is_empty() {
+            if sel == PointSel::Id(p.vm_cycle) {
+                bail!(
+                    "VM point {} has no part of disk(s) {} (added to the VM later?): no disk is \
+                     written at another point; choose a newer point (see `vdrep points`)",
+                    p.vm_cycle,
+                    missing.join(", ")
+                );
             }
+            continue;
+        }
+        cands.push(Chosen {
+            id: p.vm_cycle,
+            switch_unix: p.switch_unix_ms / 1000,
+            consistent: p.consistent,
+            cycles,
+        });
+    }
+    if let ([_], [pts]) = (readers, listed) {
+        for q in pts {
+            if !cands.iter().any(|c| c.id == q.cycle) {
+                cands.push(Chosen {
+                    id: q.cycle,
+                    switch_unix: q.created_unix,
+                    consistent: true,
+                    cycles: vec![q.cycle],
+                });
+            }
+        }
+        cands.sort_by_key(|c| c.id);
+    }
+    let kept = match (cands.first(), cands.last()) {
+        (Some(a), Some(b)) => format!("points {}..={} are kept", a.id, b.id),
+        _ => "no VM point is committed yet".to_string(),
+    };
+    let c = match sel {
+        PointSel::Id(id) => match cands.into_iter().find(|c| c.id == id) {
+            Some(c) => c,
+            None => {
+                let vm = readers
+                    .first()
+                    .map(|r| r.key().vm.clone())
+                    .unwrap_or_default();
+                bail!("VM {vm}: recovery point {id} does not exist ({kept}; see `vdrep points`)")
+            }
+        },
+        PointSel::Latest => match cands.pop() {
+            Some(c) => c,
+            None => {
+                let what: Vec<String> = readers
+                    .iter()
+                    .zip(listed)
+                    .map(|(r, pts)| format!("{}: {} disk points", r.key(), pts.len()))
+                    .collect();
+                bail!(
+                    "VM has no recovery point that all its disks are part of ({})",
+                    what.join("; ")
+                )
+            }
+        },
+    };
+    for ((r, pts), cycle) in readers.iter().zip(listed).zip(&c.cycles) {
+        if !pts.iter().any(|p| p.cycle == *cycle) {
+            bail!(
+                "{}: its part of VM point {} (disk point {cycle}) is no longer kept (see `vdrep points`)",
+                r.describe(),
+                c.id
+            );
         }
     }
+    Ok(c)
 }
 
 /// Writes point `point` of `r` as a fixed VHD into a temporary file beside `dst` and
 /// verifies it; returns the file (not yet renamed) and its summary.
-fn write_disk(
+pub(super) fn write_disk(
     r: &dyn PointReader,
     point: &RecoveryPoint,
     dst: &Path,
@@ -391,6 +522,7 @@ fn write_disk(
     let summary = DiskOut {
         disk: r.key().disk.clone(),
         path: dst.to_path_buf(),
+        vm_point: point.cycle,
         point: point.cycle,
         time: rfc3339(point.created_unix),
         virtual_size: size,

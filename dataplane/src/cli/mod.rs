@@ -5,10 +5,12 @@
 mod cat;
 mod certs;
 pub(crate) mod config;
+mod confirm;
 mod convert;
 mod demo;
 mod error;
 pub mod failover;
+mod failover_group;
 mod generate;
 mod inspect;
 mod jobs;
@@ -85,8 +87,8 @@ enum Command {
     /// List the jobs recorded in the store (or kept in a sender's --state folder); without
     /// either, the sidecar's jobs, or one of them with its steps.
     Jobs(jobs::Args),
-    /// Disable protection of a VM: remove its replicas, points and state, and the change
-    /// logs beside the source disks given with --disk.
+    /// Disable protection of a VM, or only of the disks given with --disk: remove their
+    /// replicas, points and state, and the change logs beside those disks (asks first).
     Unprotect(unprotect::Args),
     /// Run the control sidecar: the HTTP/JSON API over VMs, jobs and policies.
     Sidecar(sidecar::Args),

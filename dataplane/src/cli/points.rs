@@ -2,7 +2,10 @@
 //! recovery points of every disk of a VM, oldest first, read without the disks' locks or
 //! leases (replication goes on).
 //!
-//! A point's id is its cycle number (0 = the initial replication); `latest` names the newest.
+//! The VM's recovery points come first (the top-level `points` of `--json`): a point's id
+//! is its VM cycle, `latest` names the newest, and `failover --vm VM --point ID` writes
+//! every disk at it. Then each disk's own points (`disks[].points`, id = the disk's cycle,
+//! 0 = its initial replication).
 
 use super::Classed;
 use anyhow::bail;
@@ -11,6 +14,7 @@ use serde::Serialize;
 use super::store_args::StoreArgs;
 use super::CliError;
 use crate::digest;
+use crate::sink::vm_points::VmPoint;
 use crate::sink::{PointReader, RecoveryPoint, ReplicaStore};
 
 #[derive(clap::Args, Debug)]
@@ -65,13 +69,78 @@ struct DiskJson {
     points: Vec<PointJson>,
 }
 
+/// One disk's part of a VM point as `--json` prints it.
+#[derive(Serialize, Debug)]
+pub struct PartJson {
+    /// The disk.
+    pub disk: String,
+    /// Bytes its cycle changed.
+    pub bytes: u64,
+    /// Its BLAKE3 digest at the point in hex; `null` when the sender sent none.
+    pub digest: Option<String>,
+}
+
+/// One VM recovery point as `--json` prints it (the top-level `points`).
+#[derive(Serialize, Debug)]
+pub struct VmPointJson {
+    /// The id to pass to `failover --vm VM --point` (the VM cycle).
+    pub id: u64,
+    /// The sender's switch instant, RFC 3339 UTC: the point's source time (the RPO's).
+    pub time: String,
+    /// The switch instant, Unix seconds.
+    pub unix: u64,
+    /// The VM cycle.
+    pub cycle: u64,
+    /// The consistency group whose switch made it (`null` outside a group).
+    pub group: Option<String>,
+    /// The group's switch number (`null` outside a group).
+    pub group_cycle: Option<u64>,
+    /// When the receiver recorded the point, Unix seconds.
+    pub committed_unix: u64,
+    /// Bytes its disks' cycles changed.
+    pub bytes: u64,
+    /// True when every disk switched at one instant (false for points from before VM-wide
+    /// switches and for the initial copies).
+    pub consistent: bool,
+    /// Each disk's part.
+    pub disks: Vec<PartJson>,
+}
+
+impl VmPointJson {
+    fn of(p: &VmPoint) -> VmPointJson {
+        let unix = p.switch_unix_ms / 1000;
+        VmPointJson {
+            id: p.vm_cycle,
+            time: rfc3339(unix),
+            unix,
+            cycle: p.vm_cycle,
+            group: p.group.clone(),
+            group_cycle: p.group_cycle,
+            committed_unix: p.committed_unix,
+            bytes: p.bytes(),
+            consistent: p.consistent,
+            disks: p
+                .disks
+                .iter()
+                .map(|d| PartJson {
+                    disk: d.disk.clone(),
+                    bytes: d.bytes,
+                    digest: d.digest.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The document `--json` prints; the sidecar serves the same at `GET /v1/vms/{vm}/points`
-/// (built by [`document`], so the two cannot drift).
+/// (built by [`document`], so the two cannot drift). `disks[].points` are each disk's own
+/// points (their `time` the receiver's commit); `points` are the VM's, oldest first.
 #[derive(Serialize)]
 pub struct VmJson {
     vm: String,
     store: String,
     disks: Vec<DiskJson>,
+    points: Vec<VmPointJson>,
 }
 
 /// True when the sender sent a digest with the point (all zero means none).
@@ -121,10 +190,16 @@ pub fn document(store: &dyn ReplicaStore, vm: &str) -> anyhow::Result<VmJson> {
             points: r.points()?.iter().map(PointJson::of).collect(),
         });
     }
+    let points = crate::sink::vm_points::list(store, vm)
+        .classed()?
+        .iter()
+        .map(VmPointJson::of)
+        .collect();
     Ok(VmJson {
         vm: vm.to_string(),
         store: store.describe(),
         disks,
+        points,
     })
 }
 
@@ -136,6 +211,29 @@ pub fn run(a: Args) -> Result<(), CliError> {
         return Ok(());
     }
     println!("VM {} in {}", a.vm, store.describe());
+    println!(
+        "{} recovery point{} of the VM (failover --vm {} --point ID):",
+        doc.points.len(),
+        if doc.points.len() == 1 { "" } else { "s" },
+        a.vm
+    );
+    if !doc.points.is_empty() {
+        println!(
+            "  {:>6}  {:<20}  {:>14}  {:<10}  DISKS",
+            "ID", "TIME (UTC)", "BYTES", "CONSISTENT"
+        );
+    }
+    for p in &doc.points {
+        let parts: Vec<&str> = p.disks.iter().map(|d| d.disk.as_str()).collect();
+        println!(
+            "  {:>6}  {:<20}  {:>14}  {:<10}  {}",
+            p.id,
+            p.time,
+            p.bytes,
+            if p.consistent { "yes" } else { "no" },
+            parts.join(" ")
+        );
+    }
     for d in doc.disks {
         println!(
             "disk {} ({} bytes, {}): {} recovery point{}",

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::Context;
+use super::{Classed, Context};
 use serde::Deserialize;
 
 use super::config;
@@ -39,6 +39,10 @@ pub struct Args {
     /// receiver hold (disk state, resync index) however many disks it announces.
     #[arg(long, env = "VDREP_MAX_DISKS_PER_CONNECTION")]
     max_disks_per_connection: Option<usize>,
+    /// Most sender connections served at once (1 to 64, default 16); one more is refused
+    /// as busy and its sender retries later. The connections share one memory budget.
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// TOML file with any of the options above (flags win; `allow` entries add up).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -54,6 +58,7 @@ struct File {
     allow: Vec<String>,
     metrics: Option<SocketAddr>,
     max_disks_per_connection: Option<usize>,
+    max_connections: Option<usize>,
 }
 
 fn usage(e: anyhow::Error) -> CliError {
@@ -90,25 +95,44 @@ pub fn run(a: Args) -> Result<(), CliError> {
             "--store DIR or --azure-url URL --azure-container NAME is required"
         )));
     }
+    let max_connections = a
+        .max_connections
+        .or(f.max_connections)
+        .unwrap_or(receiver::limits::DEFAULT_MAX_CONNECTIONS);
+    if !(1..=receiver::limits::MAX_CONNECTIONS).contains(&max_connections) {
+        return Err(usage(anyhow::anyhow!(
+            "--max-connections {max_connections}: must be 1 to {} (the connections share one \
+             memory budget)",
+            receiver::limits::MAX_CONNECTIONS
+        )));
+    }
     let store = store_args.open()?;
     tracing::info!(store = %store.describe(), "replica store");
+    // Before any disk is opened: a store of an earlier build gets this build's format.
+    if let Some(what) = store.upgrade().classed()? {
+        tracing::info!(store = %store.describe(), "{what}");
+    }
     let rt = super::runtime()?;
     let metrics = a.metrics.or(f.metrics);
     rt.block_on(async {
         if let Some(addr) = metrics {
             crate::metrics::serve(addr, crate::metrics::Role::Receiver).await?;
         }
-        let cfg = ReceiverConfig {
-            listen,
-            tls,
-            allow,
-            max_disks_per_connection: a
-                .max_disks_per_connection
-                .or(f.max_disks_per_connection)
-                .unwrap_or(receiver::DEFAULT_MAX_DISKS_PER_CONNECTION)
-                .max(1),
-        };
-        receiver::run(cfg, store).await
+        receiver::run(
+            ReceiverConfig {
+                listen,
+                tls,
+                allow,
+                max_connections,
+                max_disks_per_connection: a
+                    .max_disks_per_connection
+                    .or(f.max_disks_per_connection)
+                    .unwrap_or(receiver::DEFAULT_MAX_DISKS_PER_CONNECTION)
+                    .max(1),
+            },
+            store,
+        )
+        .await
     })?;
     Ok(())
 }

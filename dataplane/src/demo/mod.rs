@@ -226,6 +226,7 @@ pub fn run_demo(o: &DemoOptions) -> anyhow::Result<(Summary, PathBuf)> {
     let vms = [VmSpec {
         name: "demo-vm".into(),
         disks: vec![disk_path.clone()],
+        group: None,
     }];
     let rt = crate::transport::runtime()?;
     let summary = rt.block_on(sender::run(&vms, &opts))?;

@@ -213,6 +213,34 @@ fn every_sample_image_opens_as_its_format() {
     assert_eq!(&d.read_at(4096, 4).unwrap()[..], &[0; 4]);
 }
 
+#[test]
+fn reads_into_reused_buffers_still_see_zeros_where_the_disk_holds_none() {
+    // `read_at` hands out pooled 1 MiB buffers that hold an earlier extent's bytes: every
+    // reader must write each byte, unallocated ones included.
+    let d = open_from(mem(vhdx(false)), OpenOptions::default()).unwrap();
+    let mib = MIB as usize;
+    for _ in 0..3 {
+        let mut dirty = crate::memory::PooledBuf::for_overwrite(mib);
+        dirty.fill(0xee);
+        drop(dirty);
+        // Block 2 is unallocated; block 5 holds 8 KiB of 0x22 and zeros after them.
+        let b = d.read_at(2 * MIB, mib).unwrap();
+        assert!(
+            b.iter().all(|&x| x == 0),
+            "an unallocated block read stale bytes"
+        );
+        drop(b);
+        let mut dirty = crate::memory::PooledBuf::for_overwrite(mib);
+        dirty.fill(0xee);
+        drop(dirty);
+        let b = d.read_at(5 * MIB, mib).unwrap();
+        assert!(
+            !b.contains(&0xee),
+            "a partly written block read stale bytes"
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

@@ -73,6 +73,19 @@ pub struct DiskHealth {
     pub resync_running: bool,
 }
 
+/// The newest recovery point of a VM (its VM point), as `/v1/vms` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatestPoint {
+    /// The point's id (its VM cycle; `failover --vm VM --point ID`).
+    pub id: u64,
+    /// The switch instant (RFC 3339, UTC): the point's source time.
+    pub time: String,
+    /// The switch instant, Unix seconds.
+    pub unix: u64,
+    /// All disks switched at one instant.
+    pub consistent: bool,
+}
+
 /// One VM's report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmHealth {
@@ -90,6 +103,10 @@ pub struct VmHealth {
     pub rpo_seconds: Option<f64>,
     /// The RPO threshold in seconds.
     pub rpo_threshold_seconds: f64,
+    /// The VM's newest recovery point (`None` before its first VM point this run, or
+    /// with a receiver that keeps per-disk points only).
+    #[serde(default)]
+    pub latest_point: Option<LatestPoint>,
     /// Per disk.
     pub disks: Vec<DiskHealth>,
 }
@@ -123,6 +140,8 @@ struct VmState {
     next_retry: Option<Timestamp>,
     /// This VM's RPO threshold (`None`: the sender's).
     threshold: Option<Duration>,
+    /// The newest VM point: id, switch instant, consistent.
+    latest_point: Option<(u64, Timestamp, bool)>,
 }
 
 /// The health of every VM of a sender.
@@ -211,6 +230,18 @@ impl Health {
             .flatten()
             .unwrap_or(now);
         self.committed(vm, disk, at);
+    }
+
+    /// The receiver recorded VM point `id` of `vm`, switched at `at`: from now on the VM's
+    /// RPO (reported for each of its disks) is that point's age.
+    pub fn point_committed(&self, vm: &str, id: u64, at: Timestamp, consistent: bool) {
+        self.with(|m| {
+            let v = m.entry(vm.to_string()).or_default();
+            if v.latest_point.is_none_or(|(old, _, _)| old < id) {
+                v.latest_point = Some((id, at, consistent));
+            }
+        });
+        self.progressed();
     }
 
     /// Durable progress was made: errors are over.
@@ -339,9 +370,9 @@ fn vm_report(name: &str, v: &VmState, now: Timestamp, th: f64) -> VmHealth {
     for (dname, d) in &v.disks {
         let mut reasons = Vec::new();
         let mut state = State::Normal;
-        let rpo = d
-            .newest_point
-            .map(|p| now.duration_since(p).as_secs_f64().max(0.0));
+        // The VM's point, once it has one: the VM's RPO for each disk.
+        let newest = v.latest_point.map(|(_, at, _)| at).or(d.newest_point);
+        let rpo = newest.map(|p| now.duration_since(p).as_secs_f64().max(0.0));
         if let Some(rpo) = rpo.filter(|r| *r > th * CRITICAL_FACTOR as f64) {
             state = Condition::RpoFarAboveThreshold.severity();
             reasons.push(format!(
@@ -363,7 +394,7 @@ fn vm_report(name: &str, v: &VmState, now: Timestamp, th: f64) -> VmHealth {
             disk: dname.clone(),
             state,
             reasons,
-            newest_point: d.newest_point.map(|p| p.to_string()),
+            newest_point: newest.map(|p| p.to_string()),
             rpo_seconds: rpo,
             resync_required: d.resync.clone(),
             resync_running: d.resync_running,
@@ -394,6 +425,12 @@ fn vm_report(name: &str, v: &VmState, now: Timestamp, th: f64) -> VmHealth {
             .filter_map(|d| d.rpo_seconds)
             .fold(None, |a: Option<f64>, r| Some(a.map_or(r, |a| a.max(r)))),
         rpo_threshold_seconds: th,
+        latest_point: v.latest_point.map(|(id, at, consistent)| LatestPoint {
+            id,
+            time: at.to_string(),
+            unix: at.as_second().max(0) as u64,
+            consistent,
+        }),
         disks,
     }
 }
@@ -442,6 +479,31 @@ mod tests {
         h.committed("vm1", "os", h.clock.now_utc());
         h.committed("vm1", "data", h.clock.now_utc());
         assert_eq!(vm(&h).state, State::Normal);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_the_vm_has_a_point_its_rpo_is_that_points_age_for_every_disk() {
+        let h = health();
+        let t0: Timestamp = "2025-01-06T12:00:00Z".parse().unwrap();
+        assert_eq!(vm(&h).latest_point, None);
+        // Disk commits of the next switch arrive one by one: the VM's point is older.
+        h.point_committed("vm1", 4, t0, true);
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        h.committed("vm1", "os", h.clock.now_utc());
+        let v = vm(&h);
+        assert_eq!(v.rpo_seconds, Some(40.0));
+        assert!(v.disks.iter().all(|d| d.rpo_seconds == Some(40.0)), "{v:?}");
+        let p = v.latest_point.unwrap();
+        assert_eq!(
+            (p.id, p.unix, p.consistent),
+            (4, t0.as_second() as u64, true)
+        );
+        assert_eq!(p.time, "2025-01-06T12:00:00Z");
+        // An older point reported late does not go back.
+        h.point_committed("vm1", 3, t0, false);
+        assert_eq!(vm(&h).latest_point.unwrap().id, 4);
+        h.point_committed("vm1", 5, h.clock.now_utc(), true);
+        assert_eq!(vm(&h).rpo_seconds, Some(0.0));
     }
 
     #[tokio::test(start_paused = true)]

@@ -88,6 +88,19 @@ pub fn recovery_point(vm: &str, disk: &str, created_unix: u64) {
     rpo_tick(now_unix());
 }
 
+/// The newest VM recovery point of each VM (its switch instant): once a VM has one, its
+/// disks' RPO is the age of the VM's point (issue 17: the VM's RPO for each disk).
+static VM_POINT: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+/// A VM recovery point of `vm` whose switch was at `switch_unix` is committed.
+pub fn vm_point(vm: &str, switch_unix: u64) {
+    if let Ok(mut m) = VM_POINT.lock() {
+        let e = m.entry(vm.to_string()).or_insert(0);
+        *e = (*e).max(switch_unix);
+    }
+    rpo_tick(now_unix());
+}
+
 /// The newest recovery point known for a disk.
 pub fn newest_point(vm: &str, disk: &str) -> Option<u64> {
     NEWEST_POINT
@@ -99,8 +112,10 @@ pub fn newest_point(vm: &str, disk: &str) -> Option<u64> {
 
 /// Sets every disk's RPO gauge to its newest point's age (called every second).
 pub fn rpo_tick(now_unix: u64) {
+    let vm_points = VM_POINT.lock().map(|m| m.clone()).unwrap_or_default();
     let Ok(m) = NEWEST_POINT.lock() else { return };
     for ((vm, disk), t) in m.iter() {
+        let t = vm_points.get(vm).unwrap_or(t);
         gauge!(RPO, "vm" => vm.clone(), "disk" => disk.clone())
             .set(now_unix.saturating_sub(*t) as f64);
     }
@@ -179,6 +194,12 @@ pub fn blake3_mismatch(vm: &str, disk: &str) {
 /// unauthorized_vm).
 pub fn refused_peer(reason: &'static str) {
     counter!(REFUSED_PEERS, "reason" => reason).increment(1);
+}
+
+/// The receiver refused a request, a batch or a stream (`class`: a wire error class name, or
+/// `connection_limit`; a bounded set).
+pub fn refusal(class: &'static str) {
+    counter!(REFUSALS, "class" => class).increment(1);
 }
 
 /// The store holds `n` recovery points of a disk.

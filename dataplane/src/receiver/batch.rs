@@ -18,7 +18,7 @@ use super::disk::DiskSession;
 use super::Receiver;
 use crate::codec::{zero_hash, zero_runs, zstd_ctx};
 use crate::sink::SinkError;
-use crate::transport::{read_frame, write_frame, FrameError};
+use crate::transport::{write_frame, FrameError};
 
 /// Verifies and writes one extent the session accepted. Runs on a blocking thread:
 /// decompression, hashing and the write are CPU and disk work.
@@ -131,6 +131,9 @@ impl Receiver {
         };
         // Before the result goes out: the sender may commit as soon as it has read it.
         let _ = conn.with_session(|s| s.batch_ended(batch.handle()));
+        if let Some((class, message)) = &end.result.error {
+            self.refused(&conn.sender, class.as_str(), message);
+        }
         send_result(&conn, end, &mut send, &mut recv).await;
     }
 
@@ -142,26 +145,35 @@ impl Receiver {
         recv: &mut quinn::RecvStream,
     ) -> BatchEnd {
         loop {
-            let (kind, body) =
-                match read_frame(recv, EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD).await {
-                    Ok(f) => f,
-                    Err(FrameError::End) => return batch.finish(),
-                    Err(e) => {
-                        let class = if crate::error::Classify::is_transient(&e) {
-                            ErrorClass::Internal
-                        } else {
-                            ErrorClass::Protocol
-                        };
-                        return batch.fail_stream(Refusal::new(class, e.to_string()));
-                    }
-                };
+            let (kind, body, _permits) = match self
+                .read_charged(conn, recv, EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD)
+                .await
+            {
+                Ok(f) => f,
+                Err(FrameError::End) => return batch.finish(),
+                Err(e) => {
+                    let class = if crate::error::Classify::is_transient(&e) {
+                        ErrorClass::Internal
+                    } else {
+                        ErrorClass::Protocol
+                    };
+                    return batch.fail_stream(Refusal::new(class, e.to_string()));
+                }
+            };
             let mut step = batch.handle_frame(kind, body);
             loop {
                 match step {
                     BatchStep::Apply(w) => {
                         let s2 = s.clone();
                         let offset = w.header.offset;
-                        let out = match tokio::task::spawn_blocking(move || apply(&s2, w)).await {
+                        let slot = self.limits.apply_slot().await;
+                        let out = match tokio::task::spawn_blocking(move || {
+                            let r = apply(&s2, w);
+                            drop(slot);
+                            r
+                        })
+                        .await
+                        {
                             Ok(Ok(o)) => o,
                             Ok(Err(e)) => {
                                 warn!(sender = %conn.sender, disk = %s.replica.key(), offset, error = %e, "write failed");

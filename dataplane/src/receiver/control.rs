@@ -16,9 +16,10 @@ use vdrep_proto::wire::{
 };
 
 use super::disk::{checkpoint_loop, DiskSession};
+use super::limits::FramePermits;
 use super::Receiver;
 use crate::sink::SinkError;
-use crate::transport::{read_frame, write_frame, FrameError};
+use crate::transport::{read_body, read_frame_header, write_frame, FrameError};
 
 /// Per-connection state: the protocol session and the IO state of its open disks.
 pub struct ConnState {
@@ -31,6 +32,8 @@ pub struct ConnState {
     sessions: Arc<Mutex<Vec<Arc<DiskSession>>>>,
     stop: Arc<tokio::sync::Notify>,
     checkpointer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// This connection's share of the receiver's frame budget.
+    pub(crate) frames: Arc<tokio::sync::Semaphore>,
 }
 
 impl ConnState {
@@ -39,6 +42,7 @@ impl ConnState {
         conn: quinn::Connection,
         allow: &Authorizations,
         max_disks: usize,
+        frames: Arc<tokio::sync::Semaphore>,
     ) -> Self {
         let sessions = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(tokio::sync::Notify::new());
@@ -51,6 +55,7 @@ impl ConnState {
             sessions,
             stop,
             checkpointer: Mutex::new(Some(h)),
+            frames,
         }
     }
 
@@ -148,11 +153,11 @@ impl Receiver {
         mut recv: quinn::RecvStream,
     ) {
         let max = (EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD).max(MAX_CONTROL_BODY);
-        let (kind, body) = match read_frame(&mut recv, max).await {
+        let (kind, body, permit) = match self.read_charged(&conn, &mut recv, max).await {
             Ok(f) => f,
             Err(FrameError::End) => return,
             Err(e) => {
-                warn!(sender = %conn.sender, error = %e, "bad first frame on a stream");
+                self.refused_stream(&conn.sender, &e, "bad first frame on a stream");
                 return;
             }
         };
@@ -164,10 +169,14 @@ impl Receiver {
                 return;
             }
         };
+        drop(permit);
         let step = match first {
             FirstStep::Batch(batch) => return self.handle_batch(conn, batch, send, recv).await,
             FirstStep::BatchRefused(end) => {
-                return super::batch::send_result(&conn, end, &mut send, &mut recv).await
+                if let Some((class, message)) = &end.result.error {
+                    self.refused(&conn.sender, class.as_str(), message);
+                }
+                return super::batch::send_result(&conn, end, &mut send, &mut recv).await;
             }
             FirstStep::Control(step) => step,
         };
@@ -179,7 +188,7 @@ impl Receiver {
             if e.is_peer_close() {
                 tracing::debug!(sender = %conn.sender, "control stream closed by the sender");
             } else {
-                warn!(sender = %conn.sender, error = %e, "control stream ended");
+                self.refused_stream(&conn.sender, &e, "control stream ended");
             }
         }
     }
@@ -212,14 +221,42 @@ impl Receiver {
             if let Some(r) = report {
                 self.report(conn, r, opened.take()).await;
             }
+            if let Control::Error { class, message, .. } = &answer {
+                self.refused(&conn.sender, class.as_str(), message);
+            }
             write_frame(send, &answer.encode()).await?;
             if close {
                 let _ = send.finish();
                 return Ok(());
             }
-            let (kind, body) = read_frame(recv, MAX_CONTROL_BODY).await?;
+            let (kind, body, _permits) = self.read_charged(conn, recv, MAX_CONTROL_BODY).await?;
             step = conn.step(|s| s.handle_control(id, kind, &body));
         }
+    }
+
+    /// Reads a frame once the frame budgets hold its body (`limits`): until then the bytes
+    /// stay in QUIC, whose flow control holds the peer back.
+    pub(crate) async fn read_charged(
+        &self,
+        conn: &ConnState,
+        recv: &mut quinn::RecvStream,
+        max: u32,
+    ) -> Result<(u8, bytes::Bytes, FramePermits), FrameError> {
+        let (kind, len) = read_frame_header(recv, max).await?;
+        let permits = self.limits.frame_permits(&conn.frames, len as usize).await;
+        let body = read_body(recv, len, &[]).await?;
+        Ok((kind, body, permits))
+    }
+
+    /// A stream that broke on the peer's bytes (malformed or oversized frames, a torn
+    /// frame) counts as a refusal of its class.
+    pub(crate) fn refused_stream(&self, sender: &str, e: &FrameError, what: &str) {
+        let class = if crate::error::Classify::is_transient(e) {
+            ErrorClass::Internal
+        } else {
+            ErrorClass::Protocol
+        };
+        self.refused(sender, class.as_str(), &format!("{what}: {e}"));
     }
 
     /// Logs and counts what the session reports; a disk it opened gets its IO state kept
@@ -261,7 +298,17 @@ impl Receiver {
                     info!(sender = %conn.sender, disk = %s.replica.key(), cycle, bytes,
                           pruned, "cycle committed as a recovery point");
                     s.export_points().await;
+                    super::test_hook::after_disk_commit(&s.replica.key().to_string(), cycle).await;
                 }
+            }
+            Report::PointCommitted {
+                vm,
+                vm_cycle,
+                disks,
+                pruned,
+            } => {
+                info!(sender = %conn.sender, %vm, vm_cycle, disks, pruned,
+                      "VM recovery point committed");
             }
             Report::CapacityChecked {
                 vm,
@@ -269,6 +316,9 @@ impl Receiver {
                 available,
             } => {
                 info!(sender = %conn.sender, %vm, needed, available, "capacity check");
+            }
+            Report::GroupClaimed { group, vms } => {
+                info!(sender = %conn.sender, %group, ?vms, "consistency group claimed by this connection");
             }
             Report::JobRecorded { vm, id } => {
                 tracing::debug!(sender = %conn.sender, %vm, job = %id, "job recorded");

@@ -39,14 +39,17 @@ impl Receiver {
                 virtual_size,
                 source_id,
                 full_copy,
-            } => Done::Opened(
-                self.open(conn, &vm, &disk, virtual_size, source_id, full_copy)
+                vm_disks,
+            } => Done::Opened(match self.check_disk_set(&vm, vm_disks).await {
+                Err(r) => Err(r),
+                Ok(()) => self
+                    .open(conn, &vm, &disk, virtual_size, source_id, full_copy)
                     .await
                     .map(|(s, r)| {
                         *opened = Some(s);
                         r
                     }),
-            ),
+            }),
             Effect::CommitInitial { handle } => Done::InitialCommitted(match disk(handle) {
                 Ok(s) => s.commit_initial().await.map_err(|e| refusal(&e)),
                 Err(r) => Err(r),
@@ -110,6 +113,79 @@ impl Receiver {
                     },
                 )
             }
+            Effect::ClaimGroup { group, vms, .. } => Done::GroupClaimed(
+                match super::groups::claim(&self.groups, &group, &conn.sender, &vms, &conn.conn) {
+                    Ok(()) => {
+                        // The newest group cycle the members' points hold: the sender
+                        // numbers its switches above it even if its own record is lost.
+                        let (store, g) = (self.store.clone(), group.clone());
+                        match tokio::task::spawn_blocking(move || {
+                            super::groups::newest_group_cycle(store.as_ref(), &g, &vms)
+                        })
+                        .await
+                        {
+                            Ok(r) => r.map_err(|e| refusal(&e)),
+                            Err(e) => Err(Refusal::new(
+                                ErrorClass::Internal,
+                                format!("group claim task failed: {e}"),
+                            )),
+                        }
+                    }
+                    Err(r) => {
+                        warn!(sender = %conn.sender, %group, reason = %r.message,
+                              "consistency group claim refused");
+                        Err(r)
+                    }
+                },
+            ),
+            Effect::CommitPoint {
+                vm,
+                vm_cycle,
+                switch_unix_ms,
+                group,
+                group_cycle,
+                retention_secs,
+                disks,
+            } => {
+                let store = self.store.clone();
+                let point = crate::sink::vm_points::VmPoint {
+                    vm_cycle,
+                    switch_unix_ms,
+                    committed_unix: super::disk::unix_now(),
+                    group,
+                    group_cycle,
+                    // Initial copies (cycle 0) are made disk after disk: not one instant.
+                    consistent: disks.iter().all(|d| d.cycle > 0),
+                    disks: disks
+                        .iter()
+                        .map(|d| {
+                            crate::sink::vm_points::PointPart::new(
+                                &d.disk, d.cycle, d.bytes, &d.digest,
+                            )
+                        })
+                        .collect(),
+                };
+                let switch_unix = switch_unix_ms / 1000;
+                let name = vm.clone();
+                Done::PointCommitted(
+                    match tokio::task::spawn_blocking(move || {
+                        crate::sink::vm_points::commit(store.as_ref(), &vm, point, retention_secs)
+                    })
+                    .await
+                    {
+                        Ok(r) => r
+                            .inspect(|_| {
+                                // The VM's RPO, for each of its disks, is this point's age.
+                                crate::metrics::events::vm_point(&name, switch_unix)
+                            })
+                            .map_err(|e| refusal(&e)),
+                        Err(e) => Err(Refusal::new(
+                            ErrorClass::Internal,
+                            format!("VM point task failed: {e}"),
+                        )),
+                    },
+                )
+            }
             Effect::QueryCapacity { .. } => {
                 let store = self.store.clone();
                 Done::Capacity(
@@ -123,6 +199,27 @@ impl Receiver {
                 )
             }
         }
+    }
+
+    /// Refuses the open when the store holds a disk of `vm` that the sender's disk set does
+    /// not name ([`super::disk_set`]); an empty set (not said) passes.
+    async fn check_disk_set(&self, vm: &str, vm_disks: Vec<String>) -> Result<(), Refusal> {
+        if vm_disks.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let vm = vm.to_string();
+        tokio::task::spawn_blocking(move || {
+            let held: Vec<String> = store
+                .list_disks(Some(&vm))
+                .map_err(|e| refusal(&e))?
+                .into_iter()
+                .map(|k| k.disk)
+                .collect();
+            super::disk_set::check(&vm, &store.describe(), &held, &vm_disks)
+        })
+        .await
+        .map_err(|e| Refusal::new(ErrorClass::Internal, format!("disk set check failed: {e}")))?
     }
 
     /// Opens (creating if needed) a replica at the store and wraps it for writing.
@@ -211,7 +308,7 @@ impl Receiver {
         warn!(sender = %conn.sender, disk = %key, old_peer = %old.remote_address(),
               "the sender reconnected: closing its previous connection, which still holds the disk");
         old.close(
-            3u32.into(),
+            crate::transport::close::SUPERSEDED.into(),
             b"superseded by a newer connection of the same sender",
         );
         // Wait (bounded) until that connection's shutdown released the disk; if it takes

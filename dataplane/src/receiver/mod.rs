@@ -5,7 +5,11 @@
 mod batch;
 mod control;
 mod disk;
+mod disk_set;
 mod effects;
+mod groups;
+pub mod limits;
+pub mod test_hook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +33,8 @@ pub struct ReceiverConfig {
     pub allow: Authorizations,
     /// Most disks one connection may hold open ([`DEFAULT_MAX_DISKS_PER_CONNECTION`]).
     pub max_disks_per_connection: usize,
+    /// Most authorised connections served at once (`--max-connections`).
+    pub max_connections: usize,
 }
 
 /// Default of `--max-disks-per-connection`. A connection opening more is refused by its
@@ -50,6 +56,10 @@ pub struct Receiver {
     pub(crate) holders: std::sync::Mutex<std::collections::HashMap<String, Holder>>,
     /// See [`ReceiverConfig::max_disks_per_connection`].
     pub(crate) max_disks_per_connection: std::sync::atomic::AtomicUsize,
+    /// Which connection protects each consistency group ([`groups`]).
+    pub(crate) groups: std::sync::Mutex<std::collections::HashMap<String, groups::GroupHolder>>,
+    /// Connection admission and the shared memory budgets.
+    pub(crate) limits: limits::Limits,
 }
 
 /// The connection holding a disk open.
@@ -69,11 +79,23 @@ pub struct ReceiverStats {
     pub hash_mismatches: std::sync::atomic::AtomicU64,
     /// Bytes written to replicas.
     pub written: std::sync::atomic::AtomicU64,
+    /// Requests, batches and streams refused (each also counted by class in
+    /// `vdrep_refusals_total`).
+    pub refusals: std::sync::atomic::AtomicU64,
 }
 
 impl Receiver {
-    /// A receiver over `store`.
+    /// A receiver over `store` with the default connection limit.
     pub fn new(store: Arc<dyn ReplicaStore>, allow: Authorizations) -> Arc<Self> {
+        Self::with_limits(store, allow, limits::DEFAULT_MAX_CONNECTIONS)
+    }
+
+    /// A receiver over `store` serving at most `max_connections` connections at once.
+    pub fn with_limits(
+        store: Arc<dyn ReplicaStore>,
+        allow: Authorizations,
+        max_connections: usize,
+    ) -> Arc<Self> {
         Arc::new(Receiver {
             store,
             allow,
@@ -81,7 +103,9 @@ impl Receiver {
             active: std::sync::atomic::AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
             holders: Default::default(),
+            limits: limits::Limits::new(max_connections),
             max_disks_per_connection: DEFAULT_MAX_DISKS_PER_CONNECTION.into(),
+            groups: Default::default(),
         })
     }
 
@@ -89,6 +113,16 @@ impl Receiver {
     pub fn set_max_disks_per_connection(&self, n: usize) {
         self.max_disks_per_connection
             .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts and logs a refusal of class `class` (an [`ErrorClass`](vdrep_proto::wire::ErrorClass)
+    /// name, or `connection_limit`).
+    pub(crate) fn refused(&self, sender: &str, class: &'static str, what: &str) {
+        self.stats
+            .refusals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::events::refusal(class);
+        warn!(sender, class, reason = what, "refused");
     }
 
     /// Counters.
@@ -131,7 +165,10 @@ impl Receiver {
                     .refused_peers
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 warn!(peer = %remote, error = %e, "refused connection: no usable client certificate");
-                conn.close(1u32.into(), b"no usable client certificate");
+                conn.close(
+                    crate::transport::close::NO_CERTIFICATE.into(),
+                    b"no usable client certificate",
+                );
                 return;
             }
         };
@@ -143,11 +180,26 @@ impl Receiver {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             warn!(peer = %remote, sender = %name, "refused connection: sender is not in --allow");
             conn.close(
-                2u32.into(),
+                crate::transport::close::UNKNOWN_SENDER.into(),
                 format!("sender {name} is not authorised on this receiver").as_bytes(),
             );
             return;
         }
+        let _admission = match self.limits.admit() {
+            Ok(a) => a,
+            Err(busy) => {
+                crate::metrics::events::refused_peer("busy");
+                self.stats
+                    .refused_peers
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.refused(&name, "connection_limit", &busy.to_string());
+                conn.close(
+                    crate::transport::close::BUSY.into(),
+                    busy.to_string().as_bytes(),
+                );
+                return;
+            }
+        };
         // Known senders only: the label values stay bounded by --allow.
         crate::metrics::events::certificate("peer", &name, not_after);
         info!(peer = %remote, sender = %name, "sender connected");
@@ -157,6 +209,7 @@ impl Receiver {
             &self.allow,
             self.max_disks_per_connection
                 .load(std::sync::atomic::Ordering::Relaxed),
+            self.limits.connection_frames(),
         ));
         loop {
             let (send, recv) = match conn.accept_bi().await {
@@ -174,6 +227,9 @@ impl Receiver {
         if let Ok(mut h) = self.holders.lock() {
             h.retain(|_, v| v.conn.stable_id() != conn.stable_id());
         }
+        if let Ok(mut g) = self.groups.lock() {
+            g.retain(|_, v| v.conn.stable_id() != conn.stable_id());
+        }
     }
 }
 
@@ -185,10 +241,23 @@ pub async fn run(cfg: ReceiverConfig, store: Arc<dyn ReplicaStore>) -> anyhow::R
     let reset_key = std::fs::read(&files.key)
         .ok()
         .map(|k| crate::transport::StatelessResetKey::derive(&k));
-    let endpoint = crate::transport::server_endpoint_with_reset_key(cfg.listen, server, reset_key)
+    let rx = Receiver::with_limits(store.clone(), cfg.allow, cfg.max_connections);
+    rx.set_max_disks_per_connection(cfg.max_disks_per_connection);
+    let t = rx.limits.transport();
+    let bounds = crate::transport::ServerBounds {
+        receive_window: t.window,
+        stream_window: t.stream_window,
+        max_streams: t.max_streams,
+        send_window: limits::SEND_WINDOW,
+        max_incoming: 2 * rx.limits.max_connections(),
+    };
+    let endpoint = crate::transport::server_endpoint_bounded(cfg.listen, server, reset_key, bounds)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     let local = endpoint.local_addr()?;
-    info!(listen = %local, store = %store.describe(), "receiver ready");
+    info!(listen = %local, store = %store.describe(),
+          max_connections = rx.limits.max_connections(), connection_window = t.window,
+          streams_per_connection = t.max_streams, stream_window = t.stream_window,
+          "receiver ready");
     // Tests and scripts read this line to learn the bound port.
     println!("listening on {local}");
     crate::metrics::certs::export_files(&files.ca, &files.cert);
@@ -201,7 +270,7 @@ pub async fn run(cfg: ReceiverConfig, store: Arc<dyn ReplicaStore>) -> anyhow::R
             files.key.clone(),
             move || {
                 let cfg = crate::tls::config::receiver_quic(&f).map_err(|e| e.to_string())?;
-                crate::transport::replace_server_config(&ep, cfg);
+                crate::transport::replace_server_config_bounded(&ep, cfg, bounds);
                 Ok(())
             },
         )
@@ -212,8 +281,6 @@ pub async fn run(cfg: ReceiverConfig, store: Arc<dyn ReplicaStore>) -> anyhow::R
             crate::metrics::events::rpo_tick(crate::metrics::events::now_unix());
         }
     });
-    let rx = Receiver::new(store, cfg.allow);
-    rx.set_max_disks_per_connection(cfg.max_disks_per_connection);
     let serve = tokio::spawn(rx.clone().serve(endpoint.clone()));
     crate::signals::shutdown().await;
     info!("shutting down: closing connections");

@@ -58,8 +58,20 @@ impl ControlStream {
     }
 
     /// Sends a request and waits for its answer, which the session checked against the
-    /// request; a receiver error becomes [`SendError::Remote`].
+    /// request; a receiver error becomes [`SendError::Remote`]. Progress announced in pages
+    /// (protocol version 4) is fetched here, so callers see it whole.
     pub async fn call(&mut self, msg: Control) -> Result<Control, SendError> {
+        let mut answer = self.call_one(msg).await?;
+        while let Some(next) = self.session.next_page(&answer) {
+            let page = self.call_one(next).await?;
+            self.session
+                .add_page(&mut answer, page)
+                .map_err(|e| self.error(e))?;
+        }
+        Ok(answer)
+    }
+
+    async fn call_one(&mut self, msg: Control) -> Result<Control, SendError> {
         if !self.broken {
             self.session.request(&msg).map_err(|e| self.error(e))?;
         }

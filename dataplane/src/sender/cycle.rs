@@ -3,6 +3,7 @@
 //! and shipping the closed logs' coalesced extents until the receiver commits each cycle as
 //! a recovery point.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +12,7 @@ use vdrep_proto::{Guid, RangeSet};
 
 use super::disk::{begin_cycle, commit_cycle, send_all, DiskJob, Opened, Shared};
 use super::logimage::LogImage;
+use super::points::{PlanDisk, PointPlan};
 use super::progress::log_secs;
 use super::protect::{poisoned, resync_required, skip, Policy, Protected};
 use super::{ControlStream, SendError};
@@ -21,6 +23,8 @@ use crate::tracking::{catch_up, switch_digest, switch_set, HashTable, SwitchDige
 /// A disk taking part in a VM switch.
 #[derive(Clone)]
 struct Member {
+    /// Which VM of the switch (index into the sets given) and which of its disks.
+    set: usize,
     index: usize,
     vm: String,
     name: String,
@@ -31,7 +35,7 @@ struct Member {
 
 /// The disk's next cycle, unless its logs already hold half the disk (then a resync is
 /// cheaper than shipping them).
-fn member(index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
+fn member(set: usize, index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
     let g = d.lock().map_err(|_| "lock poisoned".to_string())?;
     if !g.tracker.is_active() {
         // This disk alone leaves delta replication; the VM's other disks still switch.
@@ -50,6 +54,7 @@ fn member(index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
         ));
     }
     Ok(Member {
+        set,
         index,
         vm: g.job.vm.clone(),
         name: g.job.name.clone(),
@@ -63,19 +68,46 @@ fn member(index: usize, d: &Mutex<Protected>) -> Result<Member, String> {
 /// one instant (`tracking::switch_set`: the tracking locks are held only for renames), so
 /// the VM's next recovery point is one instant of all its disks. Each disk's cycle digest
 /// is computed afterwards, without the locks, while the closed logs already ship; it is
-/// awaited before the cycle commits. Returns, per disk, the cycle switched to.
+/// awaited before the cycle commits. Before the switch, it is recorded as the VM's point
+/// plan ([`record_plan`]): [`ship_all`] commits it as the VM's recovery point once every
+/// disk's part is committed. Returns, per disk, the cycle switched to.
 pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> Vec<Option<u64>> {
-    let mut out = vec![None; disks.len()];
+    let now = std::time::SystemTime::from(sh.clock.now_utc());
+    switch_vms(&[disks], now, |_| Ok(None))
+        .await
+        .pop()
+        .unwrap_or_default()
+}
+
+/// [`switch_vm`] for the disks of several VMs at one instant `now` (a consistency group:
+/// one `switch_set` over every member's disks, all their locks held at once). `before` is
+/// told each VM's cycle (the highest of its switching disks') before anything is prepared
+/// or renamed, so a record of the switch can be made durable first, and answers the
+/// consistency group and group cycle of the switch (`None` outside a group); an error from
+/// it cancels the switch (the writes stay in the active logs for the next one). Each VM
+/// whose every disk switches gets its point plan ([`super::points`]) before the renames
+/// too, so a switch interrupted by a crash and completed later still becomes a point.
+/// Returns, per VM and disk, the cycle switched to.
+pub(super) async fn switch_vms(
+    vms: &[&[Arc<Mutex<Protected>>]],
+    now: std::time::SystemTime,
+    before: impl FnOnce(&[crate::tracking::IntentVm]) -> Result<Option<(String, u64)>, String>
+        + Send
+        + 'static,
+) -> Vec<Vec<Option<u64>>> {
+    let mut out: Vec<Vec<Option<u64>>> = vms.iter().map(|d| vec![None; d.len()]).collect();
     let mut members = Vec::new();
-    for (i, d) in disks.iter().enumerate() {
-        if skip(d) {
-            continue;
-        }
-        match member(i, d) {
-            Ok(m) => members.push(m),
-            Err(reason) => {
-                if let Ok(g) = d.lock() {
-                    resync_required(&g, format!("log switch failed: {reason}"));
+    for (s, disks) in vms.iter().enumerate() {
+        for (i, d) in disks.iter().enumerate() {
+            if skip(d) {
+                continue;
+            }
+            match member(s, i, d) {
+                Ok(m) => members.push(m),
+                Err(reason) => {
+                    if let Ok(g) = d.lock() {
+                        resync_required(&g, format!("log switch failed: {reason}"));
+                    }
                 }
             }
         }
@@ -83,8 +115,8 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
     if members.is_empty() {
         return out;
     }
-    let now = std::time::SystemTime::from(sh.clock.now_utc());
     let ms = members.clone();
+    let sizes: Vec<usize> = vms.iter().map(|d| d.len()).collect();
     let res = tokio::task::spawn_blocking(move || {
         let set: Vec<SwitchDisk<'_>> = ms
             .iter()
@@ -94,21 +126,40 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
                 cycle: m.cycle,
             })
             .collect();
-        switch_set(&set, now)
+        let mut cycles: BTreeMap<&str, u64> = Default::default();
+        for m in &ms {
+            let c = cycles.entry(&m.vm).or_insert(0);
+            *c = (*c).max(m.cycle);
+        }
+        let intent_vms: Vec<crate::tracking::IntentVm> = cycles
+            .into_iter()
+            .map(|(vm, cycle)| crate::tracking::IntentVm {
+                vm: vm.to_string(),
+                cycle,
+            })
+            .collect();
+        let group = before(&intent_vms).map_err(NoSwitch::Cancelled)?;
+        record_plans(&ms, &sizes, &intent_vms, now, group);
+        switch_set(&set, now).map_err(|e| NoSwitch::Failed(e.to_string()))
     })
     .await;
     let sw = match res {
         Ok(Ok(sw)) => sw,
-        Ok(Err(e)) => return switch_failed(disks, &members, e.to_string(), out),
-        Err(e) => return switch_failed(disks, &members, format!("switch task failed: {e}"), out),
+        Ok(Err(NoSwitch::Cancelled(e))) => {
+            // Nothing was renamed: the writes stay in the active logs for the next switch.
+            warn!(error = %e, "log switch cancelled before any log was renamed");
+            return out;
+        }
+        Ok(Err(NoSwitch::Failed(e))) => return switch_failed(vms, &members, e, out),
+        Err(e) => return switch_failed(vms, &members, format!("switch task failed: {e}"), out),
     };
     for v in &sw.vms {
         info!(vm = %v.vm, vm_cycle = v.cycle, disks = members.len(),
               hold_ms = sw.hold.as_secs_f64() * 1e3, "log switch of the VM's disks");
     }
     for m in members {
-        out[m.index] = Some(m.cycle);
-        let d = &disks[m.index];
+        out[m.set][m.index] = Some(m.cycle);
+        let d = &vms[m.set][m.index];
         let task = tokio::task::spawn_blocking(move || digest(m));
         if let Ok(mut g) = d.lock() {
             g.digest_task = Some(task);
@@ -117,14 +168,71 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
     out
 }
 
+/// Writes the point plan of each VM of a switch about to happen (`sizes`: each VM's
+/// number of disks): the switch becomes the VM's recovery point once every disk's part
+/// commits; a switch without every disk of the VM (one waits for a resync) is none. Written
+/// before the renames: a plan whose switch never happened (a crash before them) names
+/// cycles its disks never commit, and is dropped when shipping finds that; the next switch
+/// of the same cycles writes it again.
+fn record_plans(
+    members: &[Member],
+    sizes: &[usize],
+    vms: &[crate::tracking::IntentVm],
+    now: std::time::SystemTime,
+    group: Option<(String, u64)>,
+) {
+    let switch_unix_ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for v in vms {
+        let mine: Vec<&Member> = members.iter().filter(|m| m.vm == v.vm).collect();
+        let all = mine
+            .first()
+            .and_then(|m| sizes.get(m.set))
+            .is_some_and(|&n| n == mine.len());
+        if !all {
+            info!(vm = %v.vm, vm_cycle = v.cycle, "not every disk of the VM switched: no VM recovery point for this switch");
+            continue;
+        }
+        let plan = PointPlan {
+            vm: v.vm.clone(),
+            vm_cycle: v.cycle,
+            switch_unix_ms,
+            group: group.as_ref().map(|g| g.0.clone()),
+            group_cycle: group.as_ref().map(|g| g.1),
+            disks: mine
+                .iter()
+                .map(|m| PlanDisk {
+                    name: m.name.clone(),
+                    cycle: m.cycle,
+                })
+                .collect(),
+        };
+        let at: Vec<(&crate::tracking::Tracker, u64)> =
+            mine.iter().map(|m| (&m.tracker, m.cycle)).collect();
+        if let Err(e) = super::points::record(&plan, &at) {
+            warn!(vm = %v.vm, vm_cycle = v.cycle, error = %e,
+                  "cannot record the VM point plan: this switch ships without a VM point");
+        }
+    }
+}
+
+/// Why a switch did not happen.
+enum NoSwitch {
+    /// `before` refused: nothing was prepared or renamed.
+    Cancelled(String),
+    /// The switch itself failed: its disks need a resync.
+    Failed(String),
+}
+
 fn switch_failed(
-    disks: &[Arc<Mutex<Protected>>],
+    vms: &[&[Arc<Mutex<Protected>>]],
     members: &[Member],
     reason: String,
-    out: Vec<Option<u64>>,
-) -> Vec<Option<u64>> {
+    out: Vec<Vec<Option<u64>>>,
+) -> Vec<Vec<Option<u64>>> {
     for m in members {
-        if let Ok(g) = disks[m.index].lock() {
+        if let Ok(g) = vms[m.set][m.index].lock() {
             resync_required(&g, format!("log switch failed: {reason}"));
         }
     }
@@ -210,6 +318,12 @@ pub(super) async fn ensure_hash_table(d: &Arc<Mutex<Protected>>) {
     }
 }
 
+/// Ships the closed logs of every disk of the VM, one VM switch after another: for the
+/// oldest switch with a point plan ([`super::points`]), each of its disks ships its cycles
+/// up to its part, then the switch is committed as the VM's recovery point; what no plan
+/// names (a switch whose plan was never written) ships last. So a VM point is made only of
+/// committed parts, and no disk's part is pruned by its retention before its VM point
+/// exists.
 pub(super) async fn ship_all(
     conn: &quinn::Connection,
     ctrl: &mut ControlStream,
@@ -218,25 +332,48 @@ pub(super) async fn ship_all(
     policy: &Policy,
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
-    for (d, o) in disks.iter().zip(opened.iter_mut()) {
-        let Some(o) = o else { continue };
-        if skip(d) {
-            continue;
+    let retention = policy.retention.as_secs().min(86_400) as u32;
+    let mut known = BTreeMap::new();
+    let mut handled = std::collections::BTreeSet::new();
+    loop {
+        let plans = super::points::pending(disks);
+        // A plan whose files could not be removed is not taken twice.
+        let plan = plans.iter().find(|p| !handled.contains(&p.vm_cycle));
+        for (d, o) in disks.iter().zip(opened.iter_mut()) {
+            let Some(o) = o else { continue };
+            if skip(d) {
+                continue;
+            }
+            let name = d.lock().map_err(poisoned)?.job.name.clone();
+            let up_to = match plan {
+                Some(p) => match p.cycle_of(&name) {
+                    Some(c) => Some(c),
+                    None => continue,
+                },
+                None => None,
+            };
+            for (cycle, bytes, digest) in ship_pending(conn, ctrl, d, o, up_to, policy, sh).await? {
+                known.insert((name.clone(), cycle), (bytes, digest));
+            }
         }
-        ship_pending(conn, ctrl, d, o, policy, sh).await?;
+        let Some(plan) = plan else { return Ok(()) };
+        handled.insert(plan.vm_cycle);
+        super::points::commit(ctrl, plan, disks, opened, &known, retention, sh).await?;
     }
-    Ok(())
 }
 
-/// Ships every closed log of a disk as its cycle, oldest first.
+/// Ships the closed logs of a disk as its cycles, oldest first, up to cycle `up_to` (all
+/// when `None`). Returns the cycles committed, with their bytes and digests.
 pub(super) async fn ship_pending(
     conn: &quinn::Connection,
     ctrl: &mut ControlStream,
     d: &Arc<Mutex<Protected>>,
     o: &mut Opened,
+    up_to: Option<u64>,
     policy: &Policy,
     sh: &Arc<Shared>,
-) -> Result<(), SendError> {
+) -> Result<Vec<(u64, u64, [u8; 32])>, SendError> {
+    let mut done = Vec::new();
     let (job, tracker) = {
         let g = d.lock().map_err(poisoned)?;
         (g.job.clone(), g.tracker.clone())
@@ -245,6 +382,9 @@ pub(super) async fn ship_pending(
         .pending()
         .map_err(|e| SendError::Internal(e.to_string()))?;
     for (cycle, path) in pending {
+        if up_to.is_some_and(|u| cycle > u) {
+            break;
+        }
         let committed = d.lock().map_err(poisoned)?.committed_cycle.unwrap_or(0);
         let t0 = crate::clock::tokio_now();
         // The log's structure is checked before anything ships; its data checksums (a read
@@ -267,7 +407,7 @@ pub(super) async fn ship_pending(
             Ok(l) => l,
             Err(e) if e.needs_resync() => {
                 resync_required(&*d.lock().map_err(poisoned)?, format!("cycle {cycle}: {e}"));
-                return Ok(());
+                return Ok(done);
             }
             Err(e) => return Err(SendError::Internal(e.to_string())),
         };
@@ -288,7 +428,7 @@ pub(super) async fn ship_pending(
                     log.header().previous_unique_id
                 ),
             );
-            return Ok(());
+            return Ok(done);
         }
         let open_s = t0.elapsed().as_secs_f64();
         let bytes: u64 = extents.iter().map(|e| e.length).sum();
@@ -316,7 +456,7 @@ pub(super) async fn ship_pending(
             Ok(Ok(())) => {}
             Ok(Err(e)) if e.needs_resync() => {
                 resync_required(&*d.lock().map_err(poisoned)?, format!("cycle {cycle}: {e}"));
-                return Ok(());
+                return Ok(done);
             }
             Ok(Err(e)) => return Err(SendError::Internal(e.to_string())),
             Err(e) => return Err(SendError::Internal(format!("log check task: {e}"))),
@@ -324,13 +464,13 @@ pub(super) async fn ship_pending(
         // The switch's digest was computed while the cycle shipped.
         await_digest(d).await;
         let digest_wait_s = t0.elapsed().as_secs_f64() - shipped_s;
-        let digest = tracker.cycle_digest(cycle);
+        // Recorded at the switch; none (zeros) when the table was not ready then.
+        let digest = tracker.cycle_digest(cycle).unwrap_or([0; 32]);
         commit_cycle(
             ctrl,
             o,
             bytes,
-            // Recorded at the switch; none (zeros) when the table was not ready then.
-            digest.unwrap_or([0; 32]),
+            digest,
             policy.retention.as_secs().min(86_400) as u32,
         )
         .await?;
@@ -354,8 +494,9 @@ pub(super) async fn ship_pending(
               seconds = log_secs(t0.elapsed().as_secs_f64()), open_seconds = log_secs(open_s),
               shipped_seconds = log_secs(shipped_s), digest_wait_seconds = log_secs(digest_wait_s),
               "cycle committed");
+        done.push((cycle, bytes, digest));
     }
-    Ok(())
+    Ok(done)
 }
 
 /// The work items of a cycle: its extents less what the receiver already holds, in pieces of

@@ -203,11 +203,14 @@ pub(super) fn out_of_order(ev: DiskEvent) -> SendError {
     SendError::Internal(format!("the disk session answered {ev:?} out of order"))
 }
 
-/// Opens `job`'s replica at the receiver. `full_copy` starts a new copy of a committed disk
-/// (a one-shot send); without it a committed replica is kept for delta cycles.
+/// Opens `job`'s replica at the receiver. `vm_disks` names every disk of the VM (the
+/// receiver refuses a VM whose store holds other disks too: issue 17, item 6). `full_copy`
+/// starts a new copy of a committed disk (a one-shot send); without it a committed replica
+/// is kept for delta cycles.
 pub async fn open_disk(
     ctrl: &mut ControlStream,
     job: &DiskJob,
+    vm_disks: &[String],
     full_copy: bool,
 ) -> Result<Opened, SendError> {
     let info = job.disk.info();
@@ -217,7 +220,8 @@ pub async fn open_disk(
         info.virtual_size,
         info.disk_id.unwrap_or_default(),
         ctrl.version(),
-    );
+    )
+    .with_vm_disks(vm_disks.to_vec());
     let req = ctrl.req();
     let msg = session.open(req, full_copy).map_err(|e| ctrl.error(e))?;
     match disk_call(ctrl, &mut session, msg).await? {

@@ -81,6 +81,10 @@ pub enum SendError {
     /// A local failure of the pipeline's threads.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A consistency group's rules are broken (more than 16 VMs, members with different
+    /// intervals): the configuration must change.
+    #[error("{0}")]
+    Group(String),
 }
 
 impl Classify for SendError {
@@ -99,8 +103,7 @@ impl Classify for SendError {
                 }
                 // The receiver closed with a refusal code (see receiver::handle_connection).
                 quinn::ConnectionError::ApplicationClosed(c) => {
-                    let code: u64 = c.error_code.into();
-                    !(code == 1 || code == 2)
+                    !crate::transport::close::is_permanent_refusal(c.error_code.into())
                 }
                 quinn::ConnectionError::VersionMismatch => false,
                 _ => true,
@@ -108,15 +111,37 @@ impl Classify for SendError {
             SendError::Frame { source, .. } => source.is_transient(),
             SendError::Remote { class, .. } => class.recovery().is_transient(),
             SendError::Integrity { .. } => true,
-            SendError::Internal(_) => false,
+            SendError::Internal(_) | SendError::Group(_) => false,
         })
     }
 }
 
 impl SendError {
+    /// The receiver closed the connection because it serves as many connections as it may
+    /// ([`crate::transport::close::BUSY`]): retried, and a Warning, not a fault.
+    pub fn is_receiver_busy(&self) -> bool {
+        use quinn::{ReadError, ReadExactError, WriteError};
+        let closed = match self {
+            SendError::Connection { source, .. } => source,
+            SendError::Frame {
+                source:
+                    FrameError::Read(ReadExactError::ReadError(ReadError::ConnectionLost(c)))
+                    | FrameError::Write(WriteError::ConnectionLost(c)),
+                ..
+            } => c,
+            _ => return false,
+        };
+        matches!(
+            closed,
+            quinn::ConnectionError::ApplicationClosed(c)
+                if u64::from(c.error_code) == u64::from(crate::transport::close::BUSY)
+        )
+    }
+
     /// Short class name for logs and metrics.
     pub fn class(&self) -> &'static str {
         match self {
+            e if e.is_receiver_busy() => ErrorClass::TargetBusy.as_str(),
             SendError::Disk(_) => "disk",
             SendError::Tls(_) => "tls",
             SendError::Resolve(_) => "resolve",
@@ -127,6 +152,7 @@ impl SendError {
             SendError::Protocol { .. } => "protocol",
             SendError::Integrity { .. } => "integrity",
             SendError::Internal(_) => "internal",
+            SendError::Group(_) => "group",
         }
     }
 }
@@ -147,6 +173,9 @@ impl SendError {
         }
         SendError::Tls(_) => "the certificates or keys are unusable: check --tls and --identity",
         SendError::Resolve(_) => "the receiver's address does not resolve: check --to",
+        e if e.is_receiver_busy() => {
+            "the receiver is at its connection limit (--max-connections); retrying"
+        }
         SendError::Connection { source, .. }
             if crate::tls::advice::for_connection(source).is_some() =>
         {
@@ -167,6 +196,9 @@ impl SendError {
             ErrorClass::InvalidState | ErrorClass::SizeChanged => {
                 "the replica's state does not match the source: a new initial replication is needed"
             }
+            ErrorClass::DiskSetChanged => {
+                "the store holds disks of this VM that the sender no longer names: unprotect them (vdrep unprotect --disk) or name them again"
+            }
             ErrorClass::Protocol | ErrorClass::VersionMismatch => {
                 "sender and receiver do not speak the same protocol version: upgrade one"
             }
@@ -178,6 +210,9 @@ impl SendError {
         SendError::Protocol { .. } => "the receiver broke the protocol: check both versions",
         SendError::Integrity { .. } => "data kept arriving corrupted; retrying",
         SendError::Internal(_) => "an internal failure of the sender: see its log",
+        SendError::Group(_) => {
+            "a consistency group has at most 16 VMs, one interval and one sender: fix its members"
+        }
         #[allow(unreachable_patterns)]
         _ => {
             if recoverable {
@@ -212,6 +247,7 @@ mod tests {
             ErrorClass::NotFound,
             ErrorClass::InvalidState,
             ErrorClass::VersionMismatch,
+            ErrorClass::DiskSetChanged,
         ] {
             assert!(!remote(c).verdict().recoverable, "{c:?}");
         }

@@ -169,22 +169,35 @@ impl SenderJobs {
     /// The run ends with `e`: each VM's running job fails with it and is kept in the state
     /// folder until a connection reports it.
     pub fn fail_all(&self, e: &SendError) {
-        let msg = e.to_string();
-        let rec = crate::error::Classify::is_transient(e);
         let mut g = self.vms.lock().unwrap_or_else(|p| p.into_inner());
         for v in g.values_mut() {
-            let job = if !v.enable.state.is_final() {
-                Some(&mut v.enable)
-            } else if v.initial.as_ref().is_some_and(|j| !j.state.is_final()) {
-                v.initial.as_mut()
-            } else {
-                v.finalize.as_mut().filter(|j| !j.state.is_final())
-            };
-            if let Some(job) = job {
-                job.fail(&msg, rec);
-                if let Err(err) = self.pending.save(job) {
-                    warn!(error = %err, job = %job.id, "cannot keep the failed job in the state folder");
-                }
+            self.fail_running(v, e);
+        }
+    }
+
+    /// VM `vm` alone is refused with `e` (the others go on): its running job fails with it,
+    /// kept in the state folder like [`SenderJobs::fail_all`]'s, so the sidecar's job of it
+    /// ends too.
+    pub fn fail_vm(&self, vm: &str, e: &SendError) {
+        let mut g = self.vms.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = g.get_mut(vm) {
+            self.fail_running(v, e);
+        }
+    }
+
+    /// Fails the VM's job that is still running (enable, else initial, else finalize).
+    fn fail_running(&self, v: &mut VmJobs, e: &SendError) {
+        let job = if !v.enable.state.is_final() {
+            Some(&mut v.enable)
+        } else if v.initial.as_ref().is_some_and(|j| !j.state.is_final()) {
+            v.initial.as_mut()
+        } else {
+            v.finalize.as_mut().filter(|j| !j.state.is_final())
+        };
+        if let Some(job) = job {
+            job.fail(&e.to_string(), crate::error::Classify::is_transient(e));
+            if let Err(err) = self.pending.save(job) {
+                warn!(error = %err, job = %job.id, "cannot keep the failed job in the state folder");
             }
         }
     }

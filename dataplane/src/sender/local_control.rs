@@ -62,6 +62,10 @@ pub enum Request {
         /// Start of the initial replication, Unix seconds (`None`: at once).
         #[serde(default)]
         initial_replication_unix: Option<u64>,
+        /// The consistency group the VM switches with (`None`: alone); refused when the
+        /// group has 16 VMs or another interval.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
     },
 }
 
@@ -216,6 +220,7 @@ fn answer(req: Request, sh: &Shared) -> serde_json::Value {
             rpo_threshold_seconds,
             retention_hours,
             initial_replication_unix,
+            group,
         } => {
             let Some(set) = &sh.vms else {
                 return serde_json::json!({"ok": false, "error":
@@ -228,6 +233,7 @@ fn answer(req: Request, sh: &Shared) -> serde_json::Value {
                 rpo_threshold_seconds,
                 retention_hours,
                 initial_replication_unix,
+                group,
             };
             match super::vmset::add(sh, set, req) {
                 Ok(super::vmset::Added::Started(d)) => {

@@ -9,11 +9,14 @@ mod control;
 mod cycle;
 mod disk;
 mod error;
+pub mod group;
+pub mod group_record;
 pub mod jobs;
 pub mod local_control;
 mod logimage;
 mod options;
 pub mod pending;
+pub mod points;
 pub mod progress;
 pub mod protect;
 mod renew;
@@ -152,6 +155,7 @@ async fn run_jobs(
         .chain(added.iter().map(|a| VmSpec {
             name: a.vm.clone(),
             disks: a.disks.clone(),
+            group: a.group.clone(),
         }))
         .collect();
     let vms = &all[..];
@@ -293,6 +297,10 @@ async fn run_jobs(
                     .find(|a| a.vm == spec.name)
                     .map(|a| set.policy_for(a))
                     .unwrap_or_else(|| policy.clone());
+                // Joining refuses a 17th VM and a member with another interval.
+                let p = set
+                    .with_group(&spec.name, spec.group.as_deref(), p)
+                    .map_err(SendError::Group)?;
                 set.push(vmset::VmEntry {
                     name: spec.name.clone(),
                     paths: spec.disks.clone(),
@@ -487,13 +495,14 @@ async fn attempt_once(
             // Open every disk first: the receiver authorises the VM, and the capacity
             // check knows what is left to copy.
             let mut opened = Vec::new();
+            let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
             for job in &jobs {
                 let key = (job.vm.clone(), job.name.clone());
                 if done.lock().map(|d| d.contains(&key)).unwrap_or(false) {
                     continue;
                 }
                 // Not fresh: a committed replica is kept and resynchronised.
-                let o = disk::open_disk(&mut ctrl, job, false).await?;
+                let o = disk::open_disk(&mut ctrl, job, &names, false).await?;
                 let copy = !o.initial_committed || o.known_empty;
                 opened.push((job.clone(), o, copy));
             }

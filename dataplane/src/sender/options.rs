@@ -14,6 +14,9 @@ pub struct VmSpec {
     pub name: String,
     /// Disk image paths, replicated in this order.
     pub disks: Vec<PathBuf>,
+    /// The consistency group the VM switches with (`send --group`, `group` of a `[[vm]]`);
+    /// `None`: the VM switches alone.
+    pub group: Option<String>,
 }
 
 /// How to send.

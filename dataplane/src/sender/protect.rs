@@ -33,6 +33,9 @@ pub struct Policy {
     /// big first copy out of work hours): change tracking starts at once, so no write is
     /// missed, and disks whose replica is not committed wait until then. `None`: now.
     pub initial_at: Option<jiff::Timestamp>,
+    /// The consistency group the VM belongs to (`None`: it switches alone): its switches
+    /// are the group's ([`super::group`]).
+    pub group: Option<Arc<super::group::Group>>,
 }
 
 /// One protected disk across reconnects.
@@ -172,15 +175,21 @@ pub async fn protect_vm(
     policy: &Policy,
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
+    // A group member is waited for by the group's switches from now on.
+    let member = policy.group.as_ref().map(|g| g.enter(&vm_name(disks)));
     let mut ctrl = ControlStream::open(conn, &sh.peer).await?;
     report_resync(disks, sh);
     // Open every disk first (the receiver authorises the VM; enable protection's checks),
     // then copy those whose initial replication is not committed.
     let mut opened: Vec<Option<Opened>> = Vec::new();
     let mut to_check = Vec::new();
+    let vm_disks = disks
+        .iter()
+        .map(|d| d.lock().map(|g| g.job.name.clone()).map_err(poisoned))
+        .collect::<Result<Vec<String>, SendError>>()?;
     for d in disks.iter() {
         let job = d.lock().map(|g| g.job.clone()).map_err(poisoned)?;
-        let o = open_disk(&mut ctrl, &job, false).await?;
+        let o = open_disk(&mut ctrl, &job, &vm_disks, false).await?;
         // `known_empty` is set while an initial copy is in progress.
         let copy = !o.initial_committed || o.known_empty;
         to_check.push((job, o.clone(), copy));
@@ -261,7 +270,10 @@ pub async fn protect_vm(
                 return Ok(());
             }
         }
-        let at = *sched.next.lock().map_err(poisoned)?;
+        let at = match &member {
+            Some(m) => m.group().next_at(),
+            None => *sched.next.lock().map_err(poisoned)?,
+        };
         if let Some(vm) = disks
             .first()
             .and_then(|d| d.lock().ok().map(|g| g.job.vm.clone()))
@@ -286,16 +298,23 @@ pub async fn protect_vm(
             }
         }
         tokio::time::sleep_until(at).await;
-        // One switch for all the VM's disks: their next points are one instant.
-        for (d, cycle) in disks.iter().zip(switch_vm(disks, sh).await) {
+        // One switch for all the VM's disks: their next points are one instant. A group
+        // member's is the group's: every member's disks at one instant.
+        let cycles = match &member {
+            Some(m) => m.switch(disks, &sh.clock).await,
+            None => switch_vm(disks, sh).await,
+        };
+        for (d, cycle) in disks.iter().zip(cycles) {
             if let (Some(cycle), Ok(g)) = (cycle, d.lock()) {
                 sh.health
                     .switched(&g.job.vm, &g.job.name, cycle, sh.clock.now_utc());
             }
         }
-        if let Ok(mut n) = sched.next.lock() {
-            // Fixed cadence; a late switch does not pile up a burst of switches after it.
-            *n = (*n + sched.interval()).max(crate::clock::tokio_now());
+        if member.is_none() {
+            if let Ok(mut n) = sched.next.lock() {
+                // Fixed cadence; a late switch does not pile up a burst of switches after it.
+                *n = (*n + sched.interval()).max(crate::clock::tokio_now());
+            }
         }
         ship_all(conn, &mut ctrl, disks, &mut opened, policy, sh).await?;
         // A gap found while shipping: resynchronise now, then cycles resume.
@@ -303,6 +322,14 @@ pub async fn protect_vm(
         report_resync(disks, sh);
         sched.cycles.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The VM of a VM's disks.
+fn vm_name(disks: &[Arc<Mutex<Protected>>]) -> String {
+    disks
+        .first()
+        .and_then(|d| d.lock().ok().map(|g| g.job.vm.clone()))
+        .unwrap_or_default()
 }
 
 /// Tells health which disks need a resync (the marks live beside the disks).

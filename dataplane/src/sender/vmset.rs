@@ -55,6 +55,9 @@ pub struct AddedVm {
     /// Start of the initial replication, Unix seconds (`None`: at once).
     #[serde(default)]
     pub initial_replication_unix: Option<u64>,
+    /// The consistency group the VM switches with (`None`: alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// Every protected VM of the run.
@@ -67,6 +70,8 @@ pub struct VmSet {
     /// Retention and cycle limit of added VMs (the command line's).
     base: Policy,
     state: PathBuf,
+    /// The consistency groups of the VMs.
+    groups: super::group::Groups,
 }
 
 /// The file of added VMs in the state folder.
@@ -81,7 +86,28 @@ impl VmSet {
             grew: tokio::sync::watch::Sender::new(0),
             base,
             state: state.to_path_buf(),
+            groups: Default::default(),
         }
+    }
+
+    /// The consistency groups.
+    pub fn groups(&self) -> &super::group::Groups {
+        &self.groups
+    }
+
+    /// `policy` with `vm`'s consistency group, which `vm` joins (refused when the group
+    /// holds 16 VMs already or switches at another interval).
+    pub fn with_group(
+        &self,
+        vm: &str,
+        group: Option<&str>,
+        policy: Policy,
+    ) -> Result<Policy, String> {
+        let group = match group {
+            Some(g) => Some(self.groups.join(g, vm, policy.interval, &self.state)?),
+            None => None,
+        };
+        Ok(Policy { group, ..policy })
     }
 
     /// Adds a VM (at start, or after a request was checked).
@@ -229,6 +255,9 @@ fn check_request(a: &AddedVm) -> Result<(), String> {
     if !(1..=86_400).contains(&a.interval_seconds) {
         return Err("interval_seconds ranges from 1 to 86400".into());
     }
+    if let Some(g) = &a.group {
+        super::group::check_name(g)?;
+    }
     if a.rpo_threshold_seconds == Some(0) {
         return Err("rpo_threshold_seconds must be at least 1".into());
     }
@@ -254,6 +283,28 @@ fn update_policy(
     names: &[String],
 ) -> Result<(), String> {
     let interval = Duration::from_secs(req.interval_seconds);
+    if let Some(g) = &e.policy.group {
+        if g.interval() != interval {
+            return Err(format!(
+                "VM {} is a member of consistency group {}: its interval stays the group's {} s (members switch together)",
+                req.vm,
+                g.name(),
+                g.interval().as_secs_f64()
+            ));
+        }
+    }
+    // No group in the request keeps the VM's (the sidecar may not know a group the command
+    // line gave); another group is refused.
+    if req.group.is_some() && req.group.as_deref() != e.policy.group.as_ref().map(|g| g.name()) {
+        return Err(format!(
+            "VM {} is protected {}; a VM changes its consistency group only when its protection is disabled and enabled again",
+            req.vm,
+            match &e.policy.group {
+                Some(g) => format!("in consistency group {}", g.name()),
+                None => "outside any consistency group".into(),
+            }
+        ));
+    }
     if e.sched.interval() != interval {
         info!(vm = %req.vm, interval_s = req.interval_seconds, "cycle interval changed over the control channel");
         e.sched.set_interval(interval);
@@ -263,6 +314,10 @@ fn update_policy(
         .map(Duration::from_secs)
         .unwrap_or_else(|| crate::health::default_rpo_threshold(interval));
     sh.health.add_vm(&req.vm, names, Some(threshold));
+    let req = &AddedVm {
+        group: e.policy.group.as_ref().map(|g| g.name().to_string()),
+        ..req.clone()
+    };
     let mut kept = load(&set.state).map_err(|e| e.to_string())?;
     if let Some(k) = kept.iter_mut().find(|k| k.vm == req.vm) {
         if k != req {
@@ -308,6 +363,10 @@ pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
             ));
         }
     }
+    if let Some(g) = &req.group {
+        set.groups
+            .check(g, &req.vm, Duration::from_secs(req.interval_seconds))?;
+    }
     // Enable protection's local checks: every disk opens and its format is supported.
     let mut jobs = Vec::new();
     for (p, name) in req.disks.iter().zip(&names) {
@@ -331,6 +390,8 @@ pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
             set.state.join(FILE).display()
         )
     })?;
+    // Checked above, under the add lock: joining cannot be refused now.
+    let policy = set.with_group(&req.vm, req.group.as_deref(), set.policy_for(&req))?;
     sh.jobs.start_vm(&req.vm);
     sh.jobs.disks_checked(&req.vm, &jobs);
     let threshold = req
@@ -345,8 +406,7 @@ pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
             sh.board.add_disk(&g.job, Some(g.tracker.clone()));
         }
     }
-    let policy = set.policy_for(&req);
-    info!(vm = %req.vm, disks = ?req.disks, interval_s = req.interval_seconds,
+    info!(vm = %req.vm, disks = ?req.disks, interval_s = req.interval_seconds, group = ?req.group,
           "protection enabled over the control channel");
     set.push(VmEntry {
         name: req.vm.clone(),
@@ -360,7 +420,8 @@ pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
 
 /// Runs every VM of `set` on `conn`, starting VMs added meanwhile; the first error aborts
 /// the others, except a refusal of one VM alone (the receiver does not authorise this
-/// sender for it): that VM goes Critical with the receiver's reason and the others go on.
+/// sender for it, or holds disks of it the sender does not name): that VM goes Critical
+/// with the receiver's reason and the others go on.
 /// Ends when every VM ended (`--max-cycles`), never while the set is empty; a VM refused
 /// alone then ends the run with its refusal.
 pub async fn run_all(
@@ -372,8 +433,16 @@ pub async fn run_all(
     let mut tasks = tokio::task::JoinSet::new();
     let mut started = 0;
     let mut refused: Option<SendError> = None;
+    let mut claimed = 0;
     loop {
         let list = set.list();
+        if claimed < list.len() {
+            // This connection protects the groups (again, when a VM joined one).
+            if list[claimed..].iter().any(|e| e.policy.group.is_some()) {
+                super::group::claim_all(conn, &set.groups, &sh.peer).await?;
+            }
+            claimed = list.len();
+        }
         for e in list.iter().skip(started) {
             let (conn, sh, e) = (conn.clone(), sh.clone(), e.clone());
             tasks.spawn(async move {
@@ -395,6 +464,7 @@ pub async fn run_all(
                     Err(e) if refused_alone(&e) && !tasks.is_empty() => {
                         let class = e.verdict();
                         sh.health.vm_failed(&vm, &class, &e.to_string());
+                        sh.jobs.fail_vm(&vm, &e);
                         warn!(%vm, error = %e, advice = class.advice,
                               "VM refused by the receiver (Critical); the other VMs go on");
                         refused = Some(e);
@@ -415,12 +485,14 @@ pub async fn run_all(
     }
 }
 
-/// A refusal that concerns one VM only: the receiver does not authorise this sender for it.
+/// A refusal that concerns one VM only: the receiver does not authorise this sender for it,
+/// or its store holds disks of it that the sender does not name (issue 17, item 6).
 fn refused_alone(e: &SendError) -> bool {
+    use vdrep_proto::wire::ErrorClass;
     matches!(
         e,
         SendError::Remote {
-            class: vdrep_proto::wire::ErrorClass::Unauthorized,
+            class: ErrorClass::Unauthorized | ErrorClass::DiskSetChanged,
             ..
         }
     )
@@ -438,6 +510,7 @@ mod tests {
             rpo_threshold_seconds: None,
             retention_hours: None,
             initial_replication_unix: None,
+            group: None,
         }
     }
 
@@ -470,6 +543,7 @@ mod tests {
             retention: Duration::from_secs(24 * 3600),
             max_cycles: Some(7),
             initial_at: None,
+            group: None,
         };
         let set = VmSet::new(base, Path::new("/nonexistent"));
         let p = set.policy_for(&req(&["/a.vhd"]));
@@ -494,5 +568,19 @@ mod tests {
         assert_eq!(load(dir.path()).unwrap(), v);
         std::fs::write(dir.path().join(FILE), b"{").unwrap();
         assert!(load(dir.path()).unwrap_err().to_string().contains(FILE));
+    }
+
+    #[test]
+    fn refusals_of_one_vm_leave_the_others_running_and_others_end_the_run() {
+        use vdrep_proto::wire::ErrorClass;
+        let remote = |class| SendError::Remote {
+            peer: "rx".into(),
+            class,
+            message: "m".into(),
+        };
+        assert!(refused_alone(&remote(ErrorClass::Unauthorized)));
+        assert!(refused_alone(&remote(ErrorClass::DiskSetChanged)));
+        assert!(!refused_alone(&remote(ErrorClass::InvalidState)));
+        assert!(!refused_alone(&remote(ErrorClass::VersionMismatch)));
     }
 }

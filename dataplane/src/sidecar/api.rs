@@ -137,6 +137,8 @@ fn vms_view(sc: &Sidecar) -> (Value, Vec<Value>) {
                 "rpo_seconds": h.and_then(|h| h.rpo_seconds).map(|r| r as u64),
                 // The threshold the sender's health model applies (the console shows it).
                 "rpo_threshold_seconds": h.map(|h| h.rpo_threshold_seconds.round() as u64),
+                // The VM's newest point (its RPO is this point's age), from the health model.
+                "latest_point": h.and_then(|h| h.latest_point.clone()),
                 "last_cycle_unix": disks.iter().filter_map(|d| d.last_cycle_unix).min(),
                 "next_cycle_unix": disks.iter().filter_map(|d| d.next_cycle_unix).min(),
                 "next_retry_unix": h.and_then(|h| h.next_retry.as_deref()).and_then(unix),

@@ -253,6 +253,7 @@ async fn protect(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u6
             rpo_threshold_seconds: Some(policy.rpo_threshold_seconds),
             retention_hours: Some(policy.retention_hours),
             initial_replication_unix: policy.initial_replication_unix,
+            group: policy.group.clone(),
         };
         match sc.client.call(&req).await {
             Ok(_) => {

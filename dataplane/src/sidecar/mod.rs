@@ -211,6 +211,7 @@ impl Sidecar {
             rpo_threshold_seconds: Some(p.rpo_threshold_seconds),
             retention_hours: Some(p.retention_hours),
             initial_replication_unix: p.initial_replication_unix,
+            group: p.group.clone(),
         };
         match self.client.call(&req).await {
             Ok(_) => {

@@ -33,6 +33,11 @@ pub struct ReplicationPolicy {
     /// `None`: at once). Change tracking starts at once either way.
     #[serde(default)]
     pub initial_replication_unix: Option<u64>,
+    /// The consistency group the VM switches its change logs with (ASR's multi-VM
+    /// consistency; `None`: alone). Members have one interval and one sender, at most 16.
+    /// Handed to the sender when protection is enabled; a protected VM keeps its group.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 fn default_interval() -> u64 {
@@ -61,6 +66,7 @@ impl Default for ReplicationPolicy {
             resync_window_end_hour: default_resync_end(),
             utc_offset_minutes: 0,
             initial_replication_unix: None,
+            group: None,
         }
     }
 }
@@ -87,6 +93,9 @@ impl ReplicationPolicy {
         }
         if !(-14 * 60..=14 * 60).contains(&self.utc_offset_minutes) {
             return Err("utc_offset_minutes ranges from -840 to 840".into());
+        }
+        if let Some(g) = &self.group {
+            crate::sender::group::check_name(g)?;
         }
         Ok(())
     }

@@ -48,6 +48,17 @@ pub async fn read_frame(
     recv: &mut quinn::RecvStream,
     max_body: u32,
 ) -> Result<(u8, Bytes), FrameError> {
+    let (kind, len) = read_frame_header(recv, max_body).await?;
+    Ok((kind, read_body(recv, len, &[]).await?))
+}
+
+/// Reads a frame's header: `(kind, body length)`, the length checked against `max_body`
+/// before anything else is read, so a caller can reserve memory for the body first
+/// ([`read_body`]).
+pub async fn read_frame_header(
+    recv: &mut quinn::RecvStream,
+    max_body: u32,
+) -> Result<(u8, u32), FrameError> {
     let mut h = [0u8; FRAME_HEADER_LEN];
     // Distinguish a clean end (no byte of a new frame) from a torn frame.
     match recv.read(&mut h[..1]).await {
@@ -68,13 +79,25 @@ pub async fn read_frame(
             ),
         )));
     }
+    Ok((hdr.kind, hdr.len))
+}
+
+/// Reads the rest of a body of `len` bytes whose first bytes, `head`, were read already.
+pub async fn read_body(
+    recv: &mut quinn::RecvStream,
+    len: u32,
+    head: &[u8],
+) -> Result<Bytes, FrameError> {
     // Receive side: the one copy of a payload, from QUIC's packet buffers into one
     // contiguous buffer that the decompressor and hasher read. Chunks are appended to
     // uninitialised capacity: zero-filling the buffer first (`vec![0; len]` for
     // `read_exact`) cost the receiver 5.6 % of its instructions (bench/results/ANALYSIS.md,
     // session 7).
-    let len = hdr.len as usize;
-    let mut body = Vec::with_capacity(len);
+    // A body of 1 MiB or more (a raw 1 MiB extent) reuses an earlier frame's pages
+    // (`crate::memory::pool`).
+    let len = len as usize;
+    let mut body = crate::memory::PooledBuf::with_capacity(len);
+    body.extend_from_slice(&head[..head.len().min(len)]);
     while body.len() < len {
         match recv
             .read_chunk(len - body.len(), true)
@@ -85,7 +108,7 @@ pub async fn read_frame(
             None => return Err(quinn::ReadExactError::FinishedEarly(body.len()).into()),
         }
     }
-    Ok((hdr.kind, Bytes::from(body)))
+    Ok(body.freeze())
 }
 
 /// Writes an encoded frame.

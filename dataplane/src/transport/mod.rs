@@ -6,6 +6,7 @@
 //! large as possible, which hurts on loopback. Congestion control is quinn's CUBIC unless
 //! `VDREP_QUIC_CONGESTION=bbr` (see `congestion_controller`: 13× the goodput on a lossy WAN).
 
+pub mod close;
 mod frames;
 mod window;
 
@@ -13,7 +14,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use frames::{read_frame, write_frame, FrameError};
+pub use frames::{read_body, read_frame, read_frame_header, write_frame, FrameError};
 pub use window::{send_window_for, SendWindowGuard, MIN_SEND_WINDOW};
 
 /// Socket buffer size asked of the kernel.
@@ -202,6 +203,74 @@ pub fn server_endpoint_with_reset_key(
     reset_key: Option<StatelessResetKey>,
 ) -> std::io::Result<quinn::Endpoint> {
     cfg.transport_config(Arc::new(transport_config()));
+    endpoint_with(addr, cfg, reset_key)
+}
+
+/// What a receiver bounds in its transport (see `receiver::limits`).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerBounds {
+    /// The receive window of each connection.
+    pub receive_window: u64,
+    /// The receive window of each stream.
+    pub stream_window: u64,
+    /// Streams a connection may have open at once (QUIC stream credit). With
+    /// `max_streams × stream_window ≤ receive_window`, bytes waiting in streams the
+    /// receiver does not read yet can never use up the connection's window.
+    pub max_streams: u64,
+    /// The send window of each connection.
+    pub send_window: u64,
+    /// Connections still in their handshake at once.
+    pub max_incoming: usize,
+}
+
+impl ServerBounds {
+    /// The transport parameters with these bounds.
+    fn transport_config(&self) -> quinn::TransportConfig {
+        let v = |n: u64| quinn::VarInt::from_u64(n).unwrap_or(quinn::VarInt::MAX);
+        let mut t = transport_config();
+        t.receive_window(v(self.receive_window))
+            .stream_receive_window(v(self.stream_window))
+            .max_concurrent_bidi_streams(v(self.max_streams))
+            .send_window(self.send_window);
+        t
+    }
+
+    /// `cfg` with these bounds.
+    fn apply(&self, mut cfg: quinn::ServerConfig) -> quinn::ServerConfig {
+        cfg.transport_config(Arc::new(self.transport_config()));
+        cfg.max_incoming(self.max_incoming);
+        cfg
+    }
+}
+
+/// [`server_endpoint_with_reset_key`] with a receiver's bounds on its windows, its streams
+/// and the handshakes in progress.
+pub fn server_endpoint_bounded(
+    addr: SocketAddr,
+    cfg: quinn::ServerConfig,
+    reset_key: Option<StatelessResetKey>,
+    b: ServerBounds,
+) -> std::io::Result<quinn::Endpoint> {
+    endpoint_with(addr, b.apply(cfg), reset_key)
+}
+
+/// [`replace_server_config`] for an endpoint made by [`server_endpoint_bounded`]: a renewed
+/// certificate keeps the receiver's bounds (without them, connections made after the
+/// renewal would get the default windows and streams, and the receiver's memory bound and
+/// its freedom from flow-control deadlock would be gone).
+pub fn replace_server_config_bounded(
+    endpoint: &quinn::Endpoint,
+    cfg: quinn::ServerConfig,
+    b: ServerBounds,
+) {
+    endpoint.set_server_config(Some(b.apply(cfg)));
+}
+
+fn endpoint_with(
+    addr: SocketAddr,
+    cfg: quinn::ServerConfig,
+    reset_key: Option<StatelessResetKey>,
+) -> std::io::Result<quinn::Endpoint> {
     let sock = bind_udp(addr)?;
     let ep_cfg = match reset_key {
         Some(k) => {

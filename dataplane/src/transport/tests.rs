@@ -67,3 +67,65 @@ async fn a_restarted_receiver_resets_a_stale_connection_at_once() {
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     drop(again);
 }
+
+/// A receiver's bounds hold for its connections, also for those made after a renewed
+/// certificate was taken: a sender gets no more streams than the bound at once (the others
+/// wait for stream credit), which is what keeps the receiver's frame budget from
+/// deadlocking QUIC's flow control (`receiver::limits`).
+#[tokio::test]
+async fn a_bounded_receiver_grants_its_stream_credit_also_after_a_renewal() {
+    let t = tempfile::tempdir().unwrap();
+    crate::tls::certs::init(t.path(), &["hv01".into()], &[], 30, false).unwrap();
+    let rf = ReceiverFiles::in_dir(t.path());
+    let bounds = ServerBounds {
+        receive_window: 1 << 20,
+        stream_window: 64 << 10,
+        max_streams: 2,
+        send_window: 256 << 10,
+        max_incoming: 4,
+    };
+    let server = server_endpoint_bounded(
+        "127.0.0.1:0".parse().unwrap(),
+        receiver_quic(&rf).unwrap(),
+        None,
+        bounds,
+    )
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let accept = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(inc) = server.accept().await {
+                if let Ok(c) = inc.await {
+                    held.push(c);
+                }
+            }
+        })
+    };
+    let client = client_endpoint(
+        addr,
+        sender_quic(&SenderFiles::in_dir(t.path(), "hv01")).unwrap(),
+    )
+    .unwrap();
+    // Streams open at once on one connection before the third waits.
+    async fn streams_at_once(client: &quinn::Endpoint, addr: std::net::SocketAddr) -> usize {
+        let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+        let mut open = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(300), conn.open_bi()).await {
+                Ok(Ok((mut s, r))) => {
+                    s.write_all(b"x").await.unwrap();
+                    open.push((s, r));
+                }
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => return open.len(),
+            }
+            assert!(open.len() <= 16, "no bound on streams");
+        }
+    }
+    assert_eq!(streams_at_once(&client, addr).await, 2);
+    replace_server_config_bounded(&server, receiver_quic(&rf).unwrap(), bounds);
+    assert_eq!(streams_at_once(&client, addr).await, 2, "after a renewal");
+    accept.abort();
+}

@@ -19,8 +19,22 @@ pub use job::{Job, JobError, JobKind, JobState, Step, MAX_JOB_STEPS};
 pub use msg::*;
 
 /// The protocol version this build speaks. 2 added [`ExtentOp::WriteSparse`], 3
-/// [`ExtentOp::WritePacked`].
-pub const PROTOCOL_VERSION: u16 = 3;
+/// [`ExtentOp::WritePacked`], 4 paged progress ([`Control::ProgressRequest`]), 5 the VM's
+/// recovery points ([`Control::CommitPoint`]).
+pub const PROTOCOL_VERSION: u16 = 5;
+/// The first version with VM recovery points ([`Control::CommitPoint`]): with an older peer
+/// a sender commits per-disk points only.
+pub const VM_POINTS_VERSION: u16 = 5;
+/// The first version whose `OpenDisk` may carry the VM's disk set ([`Control::OpenDisk`]'s
+/// `vm_disks`), which the receiver checks against the store's disks of the VM.
+pub const DISK_SET_VERSION: u16 = 5;
+/// The first version whose progress travels in pages of [`PROGRESS_PAGE`] ranges: before it,
+/// progress of more than one frame's worth cannot cross, and the receiver coarsens it to
+/// [`V3_PROGRESS_RANGES`] (a subset of what is durable: the sender sends the rest again).
+pub const PAGED_PROGRESS_VERSION: u16 = 4;
+/// Most ranges a receiver puts in a `DiskOpened`/`CycleOpened` for a peer older than
+/// [`PAGED_PROGRESS_VERSION`]: the frame stays under [`MAX_CONTROL_BODY`] (65,534 would).
+pub const V3_PROGRESS_RANGES: usize = 65_000;
 /// The oldest version this build still accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// ALPN token of the protocol.

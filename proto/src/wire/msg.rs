@@ -3,6 +3,7 @@
 mod control;
 mod error;
 mod extent;
+mod fields;
 mod packed;
 
 pub use control::*;

@@ -170,16 +170,25 @@ function detail(vmName) {
         setRegion('vm-points', el('p', { class: e.status === 409 ? 'muted' : 'error' }, 'Recovery points cannot be listed: ' + e.message));
         return;
       }
-      // A VM's point id is the cycle all its disks share; bytes add up over the disks.
+      // The VM's points (`points`: each disk at its part of one switch); a document
+      // without them (an older sidecar) gives the cycles all disks share.
       const byId = new Map();
-      for (const d of doc.disks) {
-        for (const pt of d.points) {
-          const a = byId.get(pt.id) || { id: pt.id, unix: pt.unix, bytes: 0, disks: 0, digests: 0 };
-          a.bytes += pt.bytes;
-          a.disks += 1;
-          a.digests += pt.digest ? 1 : 0;
-          a.unix = Math.max(a.unix, pt.unix);
-          byId.set(pt.id, a);
+      if (Array.isArray(doc.points)) {
+        for (const pt of doc.points) {
+          // A point without every disk (one added later) cannot be failed over: dropped below.
+          byId.set(pt.id, { id: pt.id, unix: pt.unix, bytes: pt.bytes, disks: pt.disks.length,
+            digests: pt.disks.filter((d) => d.digest).length });
+        }
+      } else {
+        for (const d of doc.disks) {
+          for (const pt of d.points) {
+            const a = byId.get(pt.id) || { id: pt.id, unix: pt.unix, bytes: 0, disks: 0, digests: 0 };
+            a.bytes += pt.bytes;
+            a.disks += 1;
+            a.digests += pt.digest ? 1 : 0;
+            a.unix = Math.max(a.unix, pt.unix);
+            byId.set(pt.id, a);
+          }
         }
       }
       // Newest first, and only the newest POINTS_SHOWN: a day of 30-second cycles is

@@ -38,6 +38,7 @@ pub mod job_file;
 pub mod lifecycle;
 pub mod local;
 pub mod retention;
+pub mod vm_points;
 
 use std::fmt;
 use std::sync::Arc;
@@ -227,6 +228,41 @@ pub trait ReplicaStore: Send + Sync {
     /// Free bytes for replicas, if the store can tell (enable protection's capacity check).
     fn available_bytes(&self) -> Result<Option<u64>, SinkError> {
         Ok(None)
+    }
+    /// Brings a store written by an earlier build to this build's format; the receiver
+    /// calls it at start, before any disk is opened. Stores from before VM points get each
+    /// VM's manifest with its [`vm_points::legacy_points`] (listed `"consistent": false`);
+    /// the local store's `FORMAT` then moves on. Returns what was done, for the log (`None`:
+    /// nothing to do). Readers (`points`, failover) need no upgrade: they list the same.
+    fn upgrade(&self) -> Result<Option<String>, SinkError> {
+        Ok(None)
+    }
+    /// The VM's recovery-point manifest ([`vm_points`]), `None` when none was written yet
+    /// (a VM whose first VM-wide switch has not committed, or a store from before VM
+    /// points). Read without any lock: the manifest is replaced whole. Use
+    /// [`vm_points::list`], which also gives the points of stores without a manifest.
+    fn vm_points(&self, vm: &str) -> Result<Option<vm_points::VmPoints>, SinkError> {
+        let _ = vm;
+        Err(SinkError::NotSupported {
+            store: self.describe(),
+            what: "VM recovery points",
+        })
+    }
+    /// Changes the VM's manifest: `f` gets it (empty and `false` when none exists yet) and
+    /// says whether it changed it; only then is it written, replacing the old one whole
+    /// (local: `VM/points.tmp`, fsync, rename over `VM/points`, fsync `VM/`; Azure: the blob
+    /// `VM/points` with `If-Match`), under the backend's exclusion of other writers. Callers
+    /// use [`vm_points::commit`] and [`vm_points::remove_disk`].
+    fn update_vm_points(
+        &self,
+        vm: &str,
+        f: &mut dyn FnMut(&mut vm_points::VmPoints, bool) -> Result<bool, SinkError>,
+    ) -> Result<(), SinkError> {
+        let _ = (vm, f);
+        Err(SinkError::NotSupported {
+            store: self.describe(),
+            what: "VM recovery points",
+        })
     }
 }
 

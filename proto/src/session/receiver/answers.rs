@@ -52,6 +52,7 @@ impl ReceiverSession {
                     },
                 );
                 let resumed_bytes = r.progress.iter().map(|(a, b)| b.saturating_sub(*a)).sum();
+                let (progress, more_progress) = self.first_page(version, handle, r.progress);
                 (
                     Control::DiskOpened {
                         req,
@@ -60,7 +61,8 @@ impl ReceiverSession {
                         committed_cycle: r.committed_cycle,
                         generation: r.generation,
                         known_empty: r.initial_in_progress,
-                        progress: r.progress,
+                        progress,
+                        more_progress,
                     },
                     Some(Report::DiskOpened {
                         handle,
@@ -89,12 +91,14 @@ impl ReceiverSession {
                 if let Some(d) = self.disks.get_mut(&handle) {
                     d.open_cycle = Some(cycle);
                 }
+                let (progress, more_progress) = self.first_page(version, handle, progress);
                 (
                     Control::CycleOpened {
                         req,
                         handle,
                         cycle,
                         progress,
+                        more_progress,
                     },
                     None,
                 )
@@ -158,6 +162,27 @@ impl ReceiverSession {
                     }),
                 )
             }
+            (Pending::ClaimGroup { req, group, vms }, Done::GroupClaimed(Ok(group_cycle))) => (
+                Control::GroupClaimed { req, group_cycle },
+                Some(Report::GroupClaimed { group, vms }),
+            ),
+            (
+                Pending::CommitPoint {
+                    req,
+                    vm,
+                    vm_cycle,
+                    disks,
+                },
+                Done::PointCommitted(Ok(pruned)),
+            ) => (
+                Control::PointCommitted { req, vm_cycle },
+                Some(Report::PointCommitted {
+                    vm,
+                    vm_cycle,
+                    disks,
+                    pruned,
+                }),
+            ),
             (_, done) => match done.refusal() {
                 Some(r) => return self.refuse(stream, req, r),
                 None => {
@@ -190,7 +215,9 @@ impl Pending {
             | Pending::Hashes { req, .. }
             | Pending::Root { req, .. }
             | Pending::RecordJob { req, .. }
-            | Pending::Capacity { req, .. } => *req,
+            | Pending::Capacity { req, .. }
+            | Pending::ClaimGroup { req, .. }
+            | Pending::CommitPoint { req, .. } => *req,
         }
     }
 }
@@ -206,7 +233,9 @@ impl Done {
             | Done::Hashes(Err(r))
             | Done::Root(Err(r))
             | Done::JobRecorded(Err(r))
-            | Done::Capacity(Err(r)) => Some(r),
+            | Done::Capacity(Err(r))
+            | Done::GroupClaimed(Err(r))
+            | Done::PointCommitted(Err(r)) => Some(r),
             _ => None,
         }
     }

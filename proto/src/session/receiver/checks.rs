@@ -85,6 +85,31 @@ pub(super) fn check_disk_size(virtual_size: u64) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// An `OpenDisk`'s disk set, when given, names the disk opened and no name twice (names are
+/// the store's to validate, like the disk's own).
+pub(super) fn check_vm_disks(disk: &str, vm_disks: &[String]) -> Result<(), Refusal> {
+    if vm_disks.is_empty() {
+        return Ok(());
+    }
+    if !vm_disks.iter().any(|d| d == disk) {
+        return Err(Refusal::new(
+            ErrorClass::InvalidState,
+            format!("OpenDisk of disk {disk:?}: the VM's disk set it names leaves it out"),
+        ));
+    }
+    if let Some((_, d)) = vm_disks
+        .iter()
+        .enumerate()
+        .find(|(i, d)| vm_disks[..*i].contains(d))
+    {
+        return Err(Refusal::new(
+            ErrorClass::InvalidState,
+            format!("OpenDisk of disk {disk:?}: the VM's disk set names {d:?} twice"),
+        ));
+    }
+    Ok(())
+}
+
 /// A job's text is bounded (see [`MAX_JOB_BYTES`]).
 pub(super) fn check_job(job: &Job) -> Result<(), Refusal> {
     let bytes: usize = job.id.len()
@@ -102,6 +127,27 @@ pub(super) fn check_job(job: &Job) -> Result<(), Refusal> {
                 job.id, job.vm
             ),
         ));
+    }
+    Ok(())
+}
+
+/// A group claim names the group and its member VMs once each (the wire already bounds
+/// their number).
+pub(super) fn check_group(group: &str, vms: &[String]) -> Result<(), Refusal> {
+    let bad = |m: String| Refusal::new(ErrorClass::Protocol, m);
+    if group.is_empty() || group.len() > 64 {
+        return Err(bad(format!(
+            "a group name has 1 to 64 characters, not {}",
+            group.len()
+        )));
+    }
+    if vms.is_empty() {
+        return Err(bad(format!("group {group}: a claim names its member VMs")));
+    }
+    for (i, vm) in vms.iter().enumerate() {
+        if vms[..i].contains(vm) {
+            return Err(bad(format!("group {group}: VM {vm} is named twice")));
+        }
     }
     Ok(())
 }
@@ -127,5 +173,11 @@ pub(crate) fn name(m: &Control) -> &'static str {
         Control::JobRecorded { .. } => "JobRecorded",
         Control::QueryCapacity { .. } => "QueryCapacity",
         Control::Capacity { .. } => "Capacity",
+        Control::ClaimGroup { .. } => "ClaimGroup",
+        Control::GroupClaimed { .. } => "GroupClaimed",
+        Control::ProgressRequest { .. } => "ProgressRequest",
+        Control::ProgressPage { .. } => "ProgressPage",
+        Control::CommitPoint { .. } => "CommitPoint",
+        Control::PointCommitted { .. } => "PointCommitted",
     }
 }

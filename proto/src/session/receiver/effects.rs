@@ -28,6 +28,10 @@ pub enum Effect {
         source_id: Guid,
         /// Start a new full copy even if one is committed.
         full_copy: bool,
+        /// The sender's disk set of the VM (`OpenDisk.vm_disks`, checked by
+        /// [`super::checks::check_vm_disks`]); the store refuses the open when it holds a
+        /// disk of the VM not in it. Empty: not said, not checked.
+        vm_disks: Vec<String>,
     },
     /// Make every written range durable and commit the initial copy of `handle`.
     /// Answer with [`Done::InitialCommitted`].
@@ -88,6 +92,51 @@ pub enum Effect {
         /// Bytes it expects to write.
         needed: u64,
     },
+    /// Make consistency group `group` this connection's, unless another sender's
+    /// connection holds it (the holders span connections: the driver keeps them). Its VMs
+    /// are authorised. Answer with [`Done::GroupClaimed`].
+    ClaimGroup {
+        /// The group.
+        group: String,
+        /// Its member VMs on this sender.
+        vms: Vec<String>,
+        /// Their interval in seconds.
+        interval_secs: u32,
+    },
+    /// Record VM cycle `vm_cycle` of `vm` as its recovery point: the store checks that every
+    /// disk's part is a committed point of that disk, writes the VM's manifest (the point
+    /// is visible only then), and prunes whole VM points older than `retention_secs`. A
+    /// point already recorded with the same parts succeeds again. Answer with
+    /// [`Done::PointCommitted`].
+    CommitPoint {
+        /// The VM (its disks are open on this connection, so authorised).
+        vm: String,
+        /// The VM cycle (the point's id).
+        vm_cycle: u64,
+        /// The sender's switch instant, Unix milliseconds.
+        switch_unix_ms: u64,
+        /// Consistency group, if the switch was a group's.
+        group: Option<String>,
+        /// The group's switch number, if any.
+        group_cycle: Option<u64>,
+        /// Retention, already clamped to one day.
+        retention_secs: u64,
+        /// The disks' parts, by disk name, sorted by name.
+        disks: Vec<PointDisk>,
+    },
+}
+
+/// One disk's part of a VM point, as [`Effect::CommitPoint`] names it to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointDisk {
+    /// Disk name inside the VM.
+    pub disk: String,
+    /// The disk's committed cycle that is part of the point.
+    pub cycle: u64,
+    /// Bytes that cycle changed.
+    pub bytes: u64,
+    /// Digest of the disk at the switch (all zero: none).
+    pub digest: [u8; 32],
 }
 
 /// What the store holds of a replica just opened, as [`Effect::OpenReplica`] found it.
@@ -124,6 +173,10 @@ pub enum Done {
     JobRecorded(Result<(), Refusal>),
     /// Outcome of [`Effect::QueryCapacity`]: free bytes, `None` when the store does not say.
     Capacity(Result<Option<u64>, Refusal>),
+    /// Outcome of [`Effect::ClaimGroup`]: the newest group cycle the store holds (0: none).
+    GroupClaimed(Result<u64, Refusal>),
+    /// Outcome of [`Effect::CommitPoint`]: the VM points pruned by retention.
+    PointCommitted(Result<usize, Refusal>),
 }
 
 /// Something worth a log line or a metric, as the session saw it happen.
@@ -178,6 +231,24 @@ pub enum Report {
         needed: u64,
         /// Free bytes (`u64::MAX`: unknown).
         available: u64,
+    },
+    /// A consistency group was claimed by this connection.
+    GroupClaimed {
+        /// The group.
+        group: String,
+        /// Its member VMs.
+        vms: Vec<String>,
+    },
+    /// VM cycle `vm_cycle` of `vm` is recorded as the VM's recovery point.
+    PointCommitted {
+        /// The VM.
+        vm: String,
+        /// The VM cycle.
+        vm_cycle: u64,
+        /// Disks in the point.
+        disks: usize,
+        /// VM points pruned by retention.
+        pruned: usize,
     },
     /// A job report was recorded.
     JobRecorded {

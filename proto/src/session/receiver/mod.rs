@@ -17,12 +17,13 @@ mod batch;
 mod checks;
 mod effects;
 mod limits;
+mod progress;
 mod requests;
 
 pub use batch::{BatchEnd, BatchReceiver, BatchReport, BatchStep, ExtentWrite, WriteOutcome};
 pub(crate) use checks::name;
 pub use checks::{tree_nodes, MAX_DISK_SIZE, MAX_JOB_BYTES, MAX_RETENTION_SECS};
-pub use effects::{ControlStep, Done, Effect, OpenedReplica, Report};
+pub use effects::{ControlStep, Done, Effect, OpenedReplica, PointDisk, Report};
 pub use limits::DEFAULT_MAX_DISKS_PER_CONNECTION;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -104,6 +105,17 @@ enum Pending {
         vm: String,
         needed: u64,
     },
+    ClaimGroup {
+        req: u32,
+        group: String,
+        vms: Vec<String>,
+    },
+    CommitPoint {
+        req: u32,
+        vm: String,
+        vm_cycle: u64,
+        disks: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +157,9 @@ pub struct ReceiverSession {
     running: BTreeMap<u32, u32>,
     /// Distinct disks this connection may hold open ([`ReceiverSession::with_max_disks`]).
     max_disks: usize,
+    /// Per handle, the progress snapshot of its last `DiskOpened`/`CycleOpened` while pages
+    /// of it are still to be asked for (version 4, [`progress`]).
+    progress: BTreeMap<u32, Vec<(u64, u64)>>,
 }
 
 impl ReceiverSession {
@@ -159,6 +174,7 @@ impl ReceiverSession {
             next_handle: 1,
             running: BTreeMap::new(),
             max_disks: DEFAULT_MAX_DISKS_PER_CONNECTION,
+            progress: BTreeMap::new(),
         }
     }
 

@@ -1,10 +1,13 @@
 //! The receiver's checks of each request, made before any store work: what passes becomes
 //! an [`Effect`] and leaves the stream busy until [`ReceiverSession::handle_done`].
 
-use super::checks::{check_disk_size, check_hash_request, check_job, name, MAX_RETENTION_SECS};
-use super::{ControlStep, Effect, Pending, ReceiverSession, Stream};
+use super::checks::{
+    check_disk_size, check_group, check_hash_request, check_job, check_vm_disks, name,
+    MAX_RETENTION_SECS,
+};
+use super::{ControlStep, Effect, Pending, PointDisk, ReceiverSession, Stream};
 use crate::session::{Refusal, StreamId};
-use crate::wire::{Control, ErrorClass};
+use crate::wire::{Control, ErrorClass, PointPart, VM_POINTS_VERSION};
 
 impl ReceiverSession {
     pub(super) fn request(&mut self, stream: StreamId, version: u16, msg: Control) -> ControlStep {
@@ -16,11 +19,15 @@ impl ReceiverSession {
                 virtual_size,
                 source_id,
                 full_copy,
+                vm_disks,
             } => {
                 if let Some(step) = self.refuse_vm(stream, req, &vm) {
                     return step;
                 }
                 if let Err(r) = check_disk_size(virtual_size) {
+                    return self.refuse(stream, req, r);
+                }
+                if let Err(r) = check_vm_disks(&disk, &vm_disks) {
                     return self.refuse(stream, req, r);
                 }
                 if let Err(r) = self.check_disk_limit(&vm, &disk) {
@@ -39,6 +46,7 @@ impl ReceiverSession {
                         virtual_size,
                         source_id,
                         full_copy,
+                        vm_disks,
                     },
                 )
             }
@@ -178,6 +186,93 @@ impl ReceiverSession {
                     Effect::QueryCapacity { vm, needed },
                 )
             }
+            Control::ClaimGroup {
+                req,
+                group,
+                vms,
+                interval_secs,
+            } => {
+                if version < VM_POINTS_VERSION {
+                    return self.close(
+                        stream,
+                        req,
+                        Refusal::new(
+                            ErrorClass::Protocol,
+                            format!("ClaimGroup needs protocol version {VM_POINTS_VERSION}, this stream speaks {version}"),
+                        ),
+                    );
+                }
+                if let Err(r) = check_group(&group, &vms) {
+                    return self.refuse(stream, req, r);
+                }
+                for vm in &vms {
+                    if let Some(step) = self.refuse_vm(stream, req, vm) {
+                        return step;
+                    }
+                }
+                (
+                    Pending::ClaimGroup {
+                        req,
+                        group: group.clone(),
+                        vms: vms.clone(),
+                    },
+                    Effect::ClaimGroup {
+                        group,
+                        vms,
+                        interval_secs,
+                    },
+                )
+            }
+            Control::ProgressRequest { req, handle, after } => {
+                return self.progress_page(stream, version, req, handle, after)
+            }
+            Control::CommitPoint {
+                req,
+                vm_cycle,
+                switch_unix_ms,
+                group,
+                group_cycle,
+                retention_secs,
+                disks,
+            } => {
+                if version < VM_POINTS_VERSION {
+                    return self.close(
+                        stream,
+                        req,
+                        Refusal::new(
+                            ErrorClass::Protocol,
+                            format!("CommitPoint needs protocol version {VM_POINTS_VERSION}, this stream speaks {version}"),
+                        ),
+                    );
+                }
+                let (vm, parts) = match self.point_parts(&disks) {
+                    Ok(v) => v,
+                    Err(r) => return self.refuse(stream, req, r),
+                };
+                if let Some(step) = disks
+                    .iter()
+                    .find_map(|d| self.refuse_while_writing(stream, req, d.handle))
+                {
+                    return step;
+                }
+                (
+                    Pending::CommitPoint {
+                        req,
+                        vm: vm.clone(),
+                        vm_cycle,
+                        disks: parts.len(),
+                    },
+                    Effect::CommitPoint {
+                        vm,
+                        vm_cycle,
+                        switch_unix_ms,
+                        group,
+                        group_cycle,
+                        retention_secs: retention_secs.min(MAX_RETENTION_SECS) as u64,
+                        disks: parts,
+                    },
+                )
+            }
             other => {
                 return self.close(
                     stream,
@@ -192,6 +287,53 @@ impl ReceiverSession {
         self.streams
             .insert(stream, Stream::Busy { version, pending });
         ControlStep::Perform(effect)
+    }
+
+    /// The disks of a VM point by name: every handle open on this connection, all of one
+    /// VM, no disk twice, each part a cycle the disk has committed. An unknown handle is a
+    /// protocol violation (closes); the rest are `InvalidState`.
+    fn point_parts(&self, parts: &[PointPart]) -> Result<(String, Vec<PointDisk>), Refusal> {
+        let invalid = |m: String| Refusal::new(ErrorClass::InvalidState, m);
+        if parts.is_empty() {
+            return Err(invalid("a VM point needs at least one disk".into()));
+        }
+        let mut vm: Option<&str> = None;
+        let mut out: Vec<PointDisk> = Vec::with_capacity(parts.len());
+        for p in parts {
+            let Some(d) = self.disks.get(&p.handle) else {
+                return Err(Refusal::new(
+                    ErrorClass::Protocol,
+                    format!("unknown disk handle {}", p.handle),
+                ));
+            };
+            match vm {
+                None => vm = Some(&d.vm),
+                Some(v) if v != d.vm => {
+                    return Err(invalid(format!(
+                        "a VM point names disks of VMs {v} and {}",
+                        d.vm
+                    )))
+                }
+                Some(_) => {}
+            }
+            if out.iter().any(|o| o.disk == d.disk) {
+                return Err(invalid(format!("a VM point names disk {} twice", d.disk)));
+            }
+            if d.initial_in_progress || p.cycle > d.committed_cycle {
+                return Err(invalid(format!(
+                    "disk {}/{}: cycle {} is not committed (newest committed: {})",
+                    d.vm, d.disk, p.cycle, d.committed_cycle
+                )));
+            }
+            out.push(PointDisk {
+                disk: d.disk.clone(),
+                cycle: p.cycle,
+                bytes: p.bytes,
+                digest: p.digest,
+            });
+        }
+        out.sort_by(|a, b| a.disk.cmp(&b.disk));
+        Ok((vm.unwrap_or_default().to_string(), out))
     }
 
     /// A commit while batches of its disk are still writing would record (or miss) bytes

@@ -6,7 +6,7 @@
 
 use super::SessionError;
 use crate::session::receiver::name;
-use crate::wire::{self, Control, ErrorClass};
+use crate::wire::{self, Control, ErrorClass, PAGED_PROGRESS_VERSION, VM_POINTS_VERSION};
 
 /// Where a sender's control stream is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,9 @@ enum Expect {
     Root { handle: u32 },
     JobRecorded,
     Capacity,
+    GroupClaimed,
+    Progress { handle: u32 },
+    Point { vm_cycle: u64 },
 }
 
 /// The sender's protocol state on one control stream.
@@ -67,6 +70,12 @@ impl SenderControl {
     /// Where the stream is.
     pub fn state(&self) -> SenderState {
         self.state
+    }
+
+    /// Whether the receiver records VM points ([`Control::CommitPoint`], version 5); with an
+    /// older receiver the sender commits per-disk points only.
+    pub fn vm_points(&self) -> bool {
+        self.version >= VM_POINTS_VERSION
     }
 
     /// The negotiated version (`None` before the hello is answered).
@@ -120,6 +129,15 @@ impl SenderControl {
             Control::RootRequest { req, handle } => (req, Expect::Root { handle }),
             Control::ReportJob { req, .. } => (req, Expect::JobRecorded),
             Control::QueryCapacity { req, .. } => (req, Expect::Capacity),
+            Control::ClaimGroup { req, .. } => (req, Expect::GroupClaimed),
+            Control::ProgressRequest { req, handle, .. }
+                if self.version >= PAGED_PROGRESS_VERSION =>
+            {
+                (req, Expect::Progress { handle })
+            }
+            Control::CommitPoint { req, vm_cycle, .. } if self.version >= VM_POINTS_VERSION => {
+                (req, Expect::Point { vm_cycle })
+            }
             _ => {
                 return Err(SessionError::Misuse(format!(
                     "{} is not a request a sender makes",
@@ -194,7 +212,8 @@ impl SenderControl {
         let ok = match (expect, &msg) {
             (Some(Expect::DiskOpened), Control::DiskOpened { req: r, .. })
             | (Some(Expect::JobRecorded), Control::JobRecorded { req: r })
-            | (Some(Expect::Capacity), Control::Capacity { req: r, .. }) => *r == req,
+            | (Some(Expect::Capacity), Control::Capacity { req: r, .. })
+            | (Some(Expect::GroupClaimed), Control::GroupClaimed { req: r, .. }) => *r == req,
             (
                 Some(Expect::Committed { handle, cycle }),
                 Control::Committed {
@@ -226,7 +245,20 @@ impl SenderControl {
                 Control::Root {
                     req: r, handle: h, ..
                 },
+            )
+            | (
+                Some(Expect::Progress { handle }),
+                Control::ProgressPage {
+                    req: r, handle: h, ..
+                },
             ) => *r == req && *h == handle,
+            (
+                Some(Expect::Point { vm_cycle }),
+                Control::PointCommitted {
+                    req: r,
+                    vm_cycle: c,
+                },
+            ) => *r == req && *c == vm_cycle,
             _ => false,
         };
         if !ok {
@@ -234,6 +266,79 @@ impl SenderControl {
         }
         self.state = SenderState::Ready;
         Ok(msg)
+    }
+
+    /// The request for the next page of progress when `answer` (a `DiskOpened`,
+    /// `CycleOpened` or an earlier page folded into it by [`SenderControl::add_page`])
+    /// announces more; `None` once the progress is whole. The driver sends it with
+    /// [`SenderControl::request`] like any request.
+    pub fn next_page(&mut self, answer: &Control) -> Option<Control> {
+        let (handle, progress, more) = match answer {
+            Control::DiskOpened {
+                handle,
+                progress,
+                more_progress,
+                ..
+            }
+            | Control::CycleOpened {
+                handle,
+                progress,
+                more_progress,
+                ..
+            } => (*handle, progress, *more_progress),
+            _ => return None,
+        };
+        if !more {
+            return None;
+        }
+        let after = progress.last().map_or(0, |r| r.1);
+        Some(Control::ProgressRequest {
+            req: self.next_req(),
+            handle,
+            after,
+        })
+    }
+
+    /// Folds a `ProgressPage` into the answer it continues: its ranges must follow the ones
+    /// already received (ascending, not overlapping) and a page announcing more must carry
+    /// some, so a receiver can neither reorder progress nor keep the sender asking forever.
+    pub fn add_page(&mut self, answer: &mut Control, page: Control) -> Result<(), SessionError> {
+        let Control::ProgressPage {
+            progress: ranges,
+            more,
+            ..
+        } = page
+        else {
+            return Err(self.unexpected(&page));
+        };
+        let (progress, more_progress) = match answer {
+            Control::DiskOpened {
+                progress,
+                more_progress,
+                ..
+            }
+            | Control::CycleOpened {
+                progress,
+                more_progress,
+                ..
+            } => (progress, more_progress),
+            other => {
+                let n = name(other);
+                return Err(self.broken(format!("a progress page continues {n}")));
+            }
+        };
+        let last = progress.last().map_or(0, |r| r.1);
+        if ranges.first().is_some_and(|r| r.0 < last) {
+            return Err(self.broken(format!(
+                "a progress page starts before the end of the last range received ({last})"
+            )));
+        }
+        if more && ranges.is_empty() {
+            return Err(self.broken("an empty progress page announces more".into()));
+        }
+        progress.extend(ranges);
+        *more_progress = more;
+        Ok(())
     }
 
     fn unexpected(&mut self, got: &Control) -> SessionError {

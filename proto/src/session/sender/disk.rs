@@ -16,7 +16,7 @@
 
 use super::{Resume, SessionError};
 use crate::session::receiver::{name, tree_nodes};
-use crate::wire::{Control, ErrorClass, RESYNC_FANOUT, RESYNC_NODE_SIZES};
+use crate::wire::{Control, ErrorClass, DISK_SET_VERSION, RESYNC_FANOUT, RESYNC_NODE_SIZES};
 use crate::Guid;
 
 /// Where a disk is at the sender.
@@ -164,6 +164,8 @@ pub struct SenderDisk {
     virtual_size: u64,
     source_id: Guid,
     protocol: u16,
+    /// The VM's disk set, sent with `OpenDisk` from [`DISK_SET_VERSION`] on.
+    vm_disks: Vec<String>,
     state: DiskState,
     /// The state to return to when a request is refused with a recoverable class.
     before: DiskState,
@@ -180,10 +182,20 @@ impl SenderDisk {
             virtual_size,
             source_id,
             protocol,
+            vm_disks: Vec::new(),
             state: DiskState::Closed,
             before: DiskState::Closed,
             opened: None,
         }
+    }
+
+    /// Names every disk the sender protects of this VM (this one included): `OpenDisk`
+    /// carries them on a connection of [`DISK_SET_VERSION`] or later, and the receiver
+    /// refuses the open when its store holds a disk of the VM that is not among them (a
+    /// disk dropped from the VM would keep stale points). Not set: not said.
+    pub fn with_vm_disks(mut self, names: Vec<String>) -> Self {
+        self.vm_disks = names;
+        self
     }
 
     /// Where the disk is.
@@ -208,6 +220,11 @@ impl SenderDisk {
             virtual_size: self.virtual_size,
             source_id: self.source_id,
             full_copy,
+            vm_disks: if self.protocol >= DISK_SET_VERSION {
+                self.vm_disks.clone()
+            } else {
+                Vec::new()
+            },
         })
     }
 

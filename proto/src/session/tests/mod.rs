@@ -3,11 +3,14 @@
 //! a receiver session against each other in memory — every frame crossing as bytes through
 //! the real codecs — over a model store.
 
+mod disk_set;
 mod hostile;
 mod model;
 mod pair;
 mod pair_disk;
 mod pair_tests;
+mod points;
+mod progress_pages;
 mod receiver_batch;
 mod receiver_control;
 mod receiver_limits;

@@ -41,6 +41,9 @@ pub struct Replica {
     pub points: Vec<u64>,
 }
 
+/// A VM point as the model records it: the VM cycle and its parts as (disk, cycle).
+pub type VmPointModel = (u64, Vec<(String, u64)>);
+
 /// The model store, shared by successive connections (sessions) of a test.
 #[derive(Debug, Default)]
 pub struct Model {
@@ -56,6 +59,8 @@ pub struct Model {
     pub fail_next_write: Option<Refusal>,
     /// Free bytes the store reports.
     pub available: Option<u64>,
+    /// VM points recorded, per VM.
+    pub vm_points: BTreeMap<String, Vec<VmPointModel>>,
 }
 
 impl Model {
@@ -202,6 +207,46 @@ impl Model {
                 Done::JobRecorded(Ok(()))
             }
             Effect::QueryCapacity { .. } => Done::Capacity(Ok(self.available)),
+            Effect::ClaimGroup { .. } => Done::GroupClaimed(Ok(0)),
+            Effect::CommitPoint {
+                vm,
+                vm_cycle,
+                disks,
+                ..
+            } => {
+                let parts: Vec<(String, u64)> =
+                    disks.iter().map(|d| (d.disk.clone(), d.cycle)).collect();
+                for (disk, cycle) in &parts {
+                    let has = self
+                        .disks
+                        .get(&format!("{vm}/{disk}"))
+                        .is_some_and(|r| r.points.contains(cycle));
+                    if !has {
+                        return Done::PointCommitted(Err(Refusal::new(
+                            ErrorClass::InvalidState,
+                            format!("{vm}/{disk} has no point {cycle}"),
+                        )));
+                    }
+                }
+                let list = self.vm_points.entry(vm).or_default();
+                match list.iter().find(|(c, _)| *c == vm_cycle) {
+                    Some((_, p)) if *p == parts => {}
+                    Some(_) => {
+                        return Done::PointCommitted(Err(Refusal::new(
+                            ErrorClass::InvalidState,
+                            format!("VM point {vm_cycle} was recorded with other parts"),
+                        )))
+                    }
+                    None if list.last().is_some_and(|(c, _)| *c > vm_cycle) => {
+                        return Done::PointCommitted(Err(Refusal::new(
+                            ErrorClass::InvalidState,
+                            format!("VM point {vm_cycle} is older than the newest"),
+                        )))
+                    }
+                    None => list.push((vm_cycle, parts)),
+                }
+                Done::PointCommitted(Ok(0))
+            }
         }
     }
 

@@ -59,6 +59,8 @@ pub struct Pair {
     pub extents_sent: usize,
     /// Most extents per batch (forces several data streams).
     pub per_batch: usize,
+    /// Progress pages fetched.
+    pub pages: usize,
 }
 
 impl Pair {
@@ -77,6 +79,7 @@ impl Pair {
             corrupt: BTreeSet::new(),
             extents_sent: 0,
             per_batch: 8,
+            pages: 0,
         };
         p.hello().unwrap();
         p
@@ -137,8 +140,20 @@ impl Pair {
         }
     }
 
-    /// A request and its checked answer.
+    /// A request and its checked answer, with every page of progress it announces
+    /// fetched and folded in (as the driver's `ControlStream::call` does).
     pub fn call(&mut self, msg: Control) -> Result<Control, SessionError> {
+        let mut answer = self.call_one(msg)?;
+        while let Some(next) = self.tx.next_page(&answer) {
+            self.pages += 1;
+            let page = self.call_one(next)?;
+            self.tx.add_page(&mut answer, page)?;
+        }
+        Ok(answer)
+    }
+
+    /// One request and its checked answer, nothing more.
+    pub fn call_one(&mut self, msg: Control) -> Result<Control, SessionError> {
         self.tx.request(&msg)?;
         let answer = self.deliver(&msg);
         let (k, b) = self.wire(&answer.encode(), MAX_CONTROL_BODY);
@@ -146,14 +161,25 @@ impl Pair {
     }
 
     pub fn open(&mut self, vm: &str, size: u64, full_copy: bool) -> Result<Opened, SessionError> {
+        self.open_disk(vm, "os.vhdx", size, full_copy)
+    }
+
+    pub fn open_disk(
+        &mut self,
+        vm: &str,
+        disk: &str,
+        size: u64,
+        full_copy: bool,
+    ) -> Result<Opened, SessionError> {
         let req = self.tx.next_req();
         match self.call(Control::OpenDisk {
             req,
             vm: vm.into(),
-            disk: "os.vhdx".into(),
+            disk: disk.into(),
             virtual_size: size,
             source_id: Guid([7; 16]),
             full_copy,
+            vm_disks: Vec::new(),
         })? {
             Control::DiskOpened {
                 handle,

@@ -372,6 +372,7 @@ fn every_frame_type_crosses_the_pair() {
     assert_eq!(p.model.jobs, vec!["j1".to_string()]);
     // An error answer (kind 7).
     let _ = p.open("vm2", SIZE, false).unwrap_err();
+    // Progress pages (19, 20) only cross when progress exceeds a page: `progress_pages`.
     let mut all: Vec<u8> = (1..=18).collect();
     all.extend([K_BATCH_START, K_EXTENT, K_BATCH_RESULT]);
     assert_eq!(p.kinds.iter().copied().collect::<Vec<_>>(), all);

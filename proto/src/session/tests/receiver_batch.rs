@@ -33,6 +33,7 @@ fn session() -> ReceiverSession {
             virtual_size: SIZE,
             source_id: Guid([0; 16]),
             full_copy: false,
+            vm_disks: Vec::new(),
         },
     );
     let _ = s.handle_done(

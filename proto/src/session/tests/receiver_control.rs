@@ -68,6 +68,7 @@ pub(super) fn open_msg(vm: &str, size: u64) -> Control {
         virtual_size: size,
         source_id: Guid([1; 16]),
         full_copy: false,
+        vm_disks: Vec::new(),
     }
 }
 
@@ -147,7 +148,8 @@ fn a_request_makes_the_stream_busy_until_its_store_work_is_done() {
             disk: "d".into(),
             virtual_size: 1 << 20,
             source_id: Guid([1; 16]),
-            full_copy: false
+            full_copy: false,
+            vm_disks: Vec::new(),
         }
     );
     assert_eq!(
@@ -167,6 +169,7 @@ fn a_request_makes_the_stream_busy_until_its_store_work_is_done() {
             generation: 4,
             known_empty: true,
             progress: vec![(0, 512)],
+            more_progress: false,
         }
     );
     assert!(!close);
@@ -254,7 +257,8 @@ fn a_commit_and_a_cycle_move_the_disk_through_its_states() {
             req: 3,
             handle: 1,
             cycle: 1,
-            progress: vec![(0, 4096)]
+            progress: vec![(0, 4096)],
+            more_progress: false,
         }
     );
     assert_eq!(s.disk(1).unwrap().open_cycle, Some(1));

@@ -15,6 +15,7 @@ fn open(disk: &str) -> Control {
         virtual_size: 1 << 30,
         source_id: Guid([1; 16]),
         full_copy: false,
+        vm_disks: Vec::new(),
     }
 }
 

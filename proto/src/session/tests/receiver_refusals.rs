@@ -376,3 +376,45 @@ fn a_disk_size_no_page_blob_can_hold_is_refused_before_the_store_computes_with_i
         }
     ));
 }
+
+#[test]
+fn a_group_claim_needs_every_member_authorised_and_passes_its_group_cycle_through() {
+    let claim = |vms: &[&str]| Control::ClaimGroup {
+        req: 5,
+        group: "erp".into(),
+        vms: vms.iter().map(|v| v.to_string()).collect(),
+        interval_secs: 30,
+    };
+    // host1 is allowed vm1 only: a group naming vm2 too is refused before any store work.
+    let mut s = ready();
+    let (class, msg, close) = refusal(s.handle_message(S, claim(&["vm1", "vm2"])));
+    assert_eq!((class, close), (ErrorClass::Unauthorized, false));
+    assert!(msg.contains("vm2"), "{msg}");
+    let (class, msg, _) = refusal(s.handle_message(S, claim(&["vm1", "vm1"])));
+    assert_eq!(class, ErrorClass::Protocol);
+    assert!(msg.contains("named twice"), "{msg}");
+    let mut s = ready();
+    match s.handle_message(S, claim(&["vm1"])) {
+        crate::session::receiver::ControlStep::Perform(Effect::ClaimGroup {
+            group, vms, ..
+        }) => assert_eq!((group.as_str(), vms), ("erp", vec!["vm1".to_string()])),
+        other => panic!("{other:?}"),
+    }
+    let (a, _, r) = answer(s.handle_done(S, Done::GroupClaimed(Ok(7))));
+    assert_eq!(
+        a,
+        Control::GroupClaimed {
+            req: 5,
+            group_cycle: 7
+        }
+    );
+    assert!(matches!(r, Some(Report::GroupClaimed { .. })));
+    // Another sender's connection holds it: the driver's refusal is the answer.
+    let _ = effect(s.handle_message(S, claim(&["vm1"])));
+    let (class, msg, close) = refusal(s.handle_done(
+        S,
+        Done::GroupClaimed(Err(Refusal::new(ErrorClass::InvalidState, "held by host2"))),
+    ));
+    assert_eq!((class, close), (ErrorClass::InvalidState, false));
+    assert_eq!(msg, "held by host2");
+}

@@ -22,6 +22,7 @@ fn opened(committed: bool, known_empty: bool, progress: Vec<(u64, u64)>) -> Cont
         generation: 9,
         known_empty,
         progress,
+        more_progress: false,
     }
 }
 
@@ -39,6 +40,7 @@ fn cycle_opened(cycle: u64, progress: Vec<(u64, u64)>) -> Control {
         handle: 5,
         cycle,
         progress,
+        more_progress: false,
     }
 }
 
@@ -83,6 +85,7 @@ fn opening_a_disk_sends_its_identity_and_an_uncommitted_copy_resumes_from_its_pr
             virtual_size: SIZE,
             source_id: Guid([7; 16]),
             full_copy: true,
+            vm_disks: Vec::new(),
         }
     );
     assert_eq!(d.state(), DiskState::Opening);

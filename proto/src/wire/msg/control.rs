@@ -2,6 +2,8 @@
 
 use super::super::codec::{Reader, Writer};
 use super::super::{MAX_CONTROL_BODY, MAX_STRING};
+use super::fields::{ranges_r, ranges_w, u64s_r, u64s_w};
+pub use super::fields::{MAX_HASHES, MAX_HASH_PARENTS, MAX_RANGES, PROGRESS_PAGE};
 use super::ErrorClass;
 use crate::{FormatError, Guid};
 
@@ -36,6 +38,12 @@ pub enum Control {
         source_id: Guid,
         /// Start a new full copy even if one is committed.
         full_copy: bool,
+        /// The VM's disk set (version 5, [`crate::wire::DISK_SET_VERSION`]): the name of every
+        /// disk the sender protects of this VM, this one included, at most
+        /// [`MAX_POINT_DISKS`]. The receiver refuses the open (`DiskSetChanged`) when the
+        /// store holds a disk of the VM that is not in it. Trailing, sent only when not
+        /// empty; empty: the sender does not say (an older sender), and is not checked.
+        vm_disks: Vec<String>,
     },
     /// Receiver → sender: the replica's durable state.
     DiskOpened {
@@ -52,8 +60,12 @@ pub enum Control {
         /// The replica is known to hold only zeros outside `progress` (a fresh copy), so
         /// zero ranges need no clear.
         known_empty: bool,
-        /// Ranges already durable in this generation: the sender skips them.
+        /// Ranges already durable in this generation: the sender skips them. From version 4
+        /// at most [`PROGRESS_PAGE`] of them; the rest follow in [`Control::ProgressPage`]s.
         progress: Vec<(u64, u64)>,
+        /// Version 4: more progress follows (ask with [`Control::ProgressRequest`]). A
+        /// trailing byte sent only when set, so a version-3 peer never sees it.
+        more_progress: bool,
     },
     /// Sender → receiver: every extent of the initial copy was accepted; commit it.
     CommitInitial {
@@ -91,8 +103,11 @@ pub enum Control {
         handle: u32,
         /// The cycle.
         cycle: u64,
-        /// Ranges of this cycle already durable: the sender skips them.
+        /// Ranges of this cycle already durable: the sender skips them (paged from version
+        /// 4, as in [`Control::DiskOpened`]).
         progress: Vec<(u64, u64)>,
+        /// Version 4: more progress follows (see [`Control::DiskOpened`]).
+        more_progress: bool,
     },
     /// Sender → receiver: every extent of the cycle was accepted; commit it as a recovery
     /// point and prune points older than the retention.
@@ -194,7 +209,99 @@ pub enum Control {
         /// Free bytes.
         available: u64,
     },
+    /// Sender → receiver, before its members' disks are opened: this connection protects
+    /// consistency group `group` with the member VMs `vms` (each authorised like its disks;
+    /// at most [`MAX_GROUP_VMS`]). A group is protected by one sender: the receiver refuses
+    /// the claim while another sender's connection holds the group.
+    ClaimGroup {
+        /// Request id.
+        req: u32,
+        /// The group's name.
+        group: String,
+        /// Its member VMs on this sender.
+        vms: Vec<String>,
+        /// The members' switch interval in seconds (for the receiver's log).
+        interval_secs: u32,
+    },
+    /// Receiver → sender: the group is this connection's.
+    GroupClaimed {
+        /// The request.
+        req: u32,
+        /// The newest group cycle the store holds of the group (0: none known); the sender
+        /// numbers its next switches above it.
+        group_cycle: u64,
+    },
+    /// Sender → receiver (version 4): the next page of the progress the last `DiskOpened`
+    /// or `CycleOpened` of `handle` announced, starting at the first range at or after
+    /// `after` (the end of the last range received).
+    ProgressRequest {
+        /// Request id.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// Offset the page starts from.
+        after: u64,
+    },
+    /// Receiver → sender (version 4): one page of progress, at most [`PROGRESS_PAGE`] ranges,
+    /// all at or after the `after` asked for.
+    ProgressPage {
+        /// The request.
+        req: u32,
+        /// Disk handle.
+        handle: u32,
+        /// The ranges of this page.
+        progress: Vec<(u64, u64)>,
+        /// Another page follows.
+        more: bool,
+    },
+    /// Sender → receiver (version 5): every disk's part of VM cycle `vm_cycle` is
+    /// committed (each by its `CommitCycle`); record them together as the VM's recovery
+    /// point, written last, so a point never holds some disks of a switch but not others
+    /// (WIRE.md §4.5). Resending it after a lost answer is harmless.
+    CommitPoint {
+        /// Request id.
+        req: u32,
+        /// The VM cycle: the switch's number, the point's id.
+        vm_cycle: u64,
+        /// The sender's switch instant, Unix milliseconds (the point's source time).
+        switch_unix_ms: u64,
+        /// The consistency group the switch was made for (`None` outside a group).
+        group: Option<String>,
+        /// The group's switch number (`None` outside a group).
+        group_cycle: Option<u64>,
+        /// Recovery-point retention in seconds (0..=86400): older VM points are pruned.
+        retention_secs: u32,
+        /// Every disk of the switch, at most [`MAX_POINT_DISKS`].
+        disks: Vec<PointPart>,
+    },
+    /// Receiver → sender (version 5): the VM point is durable.
+    PointCommitted {
+        /// The request.
+        req: u32,
+        /// The VM cycle recorded.
+        vm_cycle: u64,
+    },
 }
+
+/// Most disks one [`Control::CommitPoint`] may name (a VM has far fewer).
+pub const MAX_POINT_DISKS: usize = 256;
+
+/// One disk's part of a VM point: the disk (by its handle on this connection) at its own
+/// committed cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointPart {
+    /// Disk handle (open on this connection).
+    pub handle: u32,
+    /// The disk's cycle that belongs to the point (committed before the point).
+    pub cycle: u64,
+    /// Bytes that cycle changed.
+    pub bytes: u64,
+    /// BLAKE3 digest of the disk at the switch (all zero: none).
+    pub digest: [u8; 32],
+}
+
+/// Most VMs in one consistency group (ASR's limit), and in one [`Control::ClaimGroup`].
+pub const MAX_GROUP_VMS: usize = 16;
 
 pub(super) const K_HELLO: u8 = 1;
 const K_HELLO_ACK: u8 = 2;
@@ -211,73 +318,50 @@ const K_HASHES: u8 = 12;
 const K_ROOT_REQUEST: u8 = 13;
 const K_ROOT: u8 = 14;
 
-/// Most parents one [`Control::HashRequest`] may list: the answer (64 × 8 bytes each) stays
-/// at half of [`MAX_CONTROL_BODY`].
-pub const MAX_HASH_PARENTS: usize = 1024;
-/// Most hashes one [`Control::Hashes`] may carry (also bounds the top level: 64 TiB disks).
-pub const MAX_HASHES: usize = 1 << 16;
-
-fn u64s_w(w: &mut Writer, v: &[u64]) {
-    w.u32(v.len() as u32);
-    for &x in v {
-        w.u64(x);
-    }
-}
-
-fn u64s_r(r: &mut Reader<'_>, max: usize, what: &str) -> Result<Vec<u64>, FormatError> {
-    let n = r.u32()? as usize;
-    if n > max {
-        return Err(FormatError::new(
-            what,
-            0,
-            format!("{n} entries exceed the limit of {max}"),
-        ));
-    }
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        v.push(r.u64()?);
-    }
-    Ok(v)
-}
 const K_REPORT_JOB: u8 = 15;
 const K_JOB_RECORDED: u8 = 16;
 const K_QUERY_CAPACITY: u8 = 17;
 const K_CAPACITY: u8 = 18;
+// Consistency groups: numbered apart from the others so that messages added beside them
+// at the same time cannot take the same numbers.
+const K_CLAIM_GROUP: u8 = 40;
+const K_GROUP_CLAIMED: u8 = 41;
+const K_PROGRESS_REQUEST: u8 = 19;
+const K_PROGRESS_PAGE: u8 = 20;
+const K_COMMIT_POINT: u8 = 21;
+const K_POINT_COMMITTED: u8 = 22;
 
-/// Most ranges a progress list may carry (bounded decode).
-pub const MAX_RANGES: usize = 1 << 16;
-
-fn ranges_w(w: &mut Writer, r: &[(u64, u64)]) {
-    w.u32(r.len() as u32);
-    for &(a, b) in r {
-        w.u64(a).u64(b);
+/// `OpenDisk.vm_disks`: absent reads as empty; present, 1 ..= [`MAX_POINT_DISKS`] names (an
+/// empty list would give one message two encodings).
+fn vm_disks_r(r: &mut Reader<'_>) -> Result<Vec<String>, FormatError> {
+    if r.at_end() {
+        return Ok(Vec::new());
     }
-}
-
-fn ranges_r(r: &mut Reader<'_>, what: &str) -> Result<Vec<(u64, u64)>, FormatError> {
     let n = r.u32()? as usize;
-    if n > MAX_RANGES {
+    if n == 0 || n > MAX_POINT_DISKS {
         return Err(FormatError::new(
-            what,
+            "control frame",
             0,
-            format!("{n} ranges exceed the limit"),
+            format!("OpenDisk names {n} disks of its VM: 1 to {MAX_POINT_DISKS} expected"),
         ));
     }
-    let mut v = Vec::with_capacity(n);
-    let mut last = 0u64;
-    for i in 0..n {
-        let (a, b) = (r.u64()?, r.u64()?);
-        if a >= b || (i > 0 && a < last) {
-            return Err(FormatError::new(
-                what,
-                0,
-                format!("range {i} [{a}, {b}) is empty or out of order"),
-            ));
-        }
-        last = b;
-        v.push((a, b));
+    (0..n).map(|_| r.str(MAX_STRING)).collect()
+}
+
+/// A trailing flag sent only when set (WIRE.md §2): absent reads as false, present must be 1
+/// (a 0 would give one message two encodings).
+fn optional_flag(r: &mut Reader<'_>) -> Result<bool, FormatError> {
+    if r.at_end() {
+        return Ok(false);
     }
-    Ok(v)
+    match r.u8()? {
+        1 => Ok(true),
+        v => Err(FormatError::new(
+            "control frame",
+            0,
+            format!("trailing flag {v}: only 1 may be sent"),
+        )),
+    }
 }
 
 impl Control {
@@ -304,6 +388,7 @@ impl Control {
                 virtual_size,
                 source_id,
                 full_copy,
+                vm_disks,
             } => {
                 w.u32(*req)
                     .str(vm)
@@ -311,6 +396,12 @@ impl Control {
                     .u64(*virtual_size)
                     .raw(&source_id.0)
                     .u8(*full_copy as u8);
+                if !vm_disks.is_empty() {
+                    w.u32(vm_disks.len() as u32);
+                    for d in vm_disks {
+                        w.str(d);
+                    }
+                }
                 K_OPEN_DISK
             }
             Control::DiskOpened {
@@ -321,6 +412,7 @@ impl Control {
                 generation,
                 known_empty,
                 progress,
+                more_progress,
             } => {
                 w.u32(*req)
                     .u32(*handle)
@@ -329,6 +421,9 @@ impl Control {
                     .u64(*generation)
                     .u8(*known_empty as u8);
                 ranges_w(&mut w, progress);
+                if *more_progress {
+                    w.u8(1);
+                }
                 K_DISK_OPENED
             }
             Control::CommitInitial {
@@ -360,9 +455,13 @@ impl Control {
                 handle,
                 cycle,
                 progress,
+                more_progress,
             } => {
                 w.u32(*req).u32(*handle).u64(*cycle);
                 ranges_w(&mut w, progress);
+                if *more_progress {
+                    w.u8(1);
+                }
                 K_CYCLE_OPENED
             }
             Control::CommitCycle {
@@ -428,6 +527,66 @@ impl Control {
                 w.u32(*req).u64(*available);
                 K_CAPACITY
             }
+            Control::ClaimGroup {
+                req,
+                group,
+                vms,
+                interval_secs,
+            } => {
+                w.u32(*req).str(group).u32(vms.len() as u32);
+                for vm in vms {
+                    w.str(vm);
+                }
+                w.u32(*interval_secs);
+                K_CLAIM_GROUP
+            }
+            Control::GroupClaimed { req, group_cycle } => {
+                w.u32(*req).u64(*group_cycle);
+                K_GROUP_CLAIMED
+            }
+            Control::ProgressRequest { req, handle, after } => {
+                w.u32(*req).u32(*handle).u64(*after);
+                K_PROGRESS_REQUEST
+            }
+            Control::ProgressPage {
+                req,
+                handle,
+                progress,
+                more,
+            } => {
+                w.u32(*req).u32(*handle);
+                ranges_w(&mut w, progress);
+                w.u8(*more as u8);
+                K_PROGRESS_PAGE
+            }
+            Control::CommitPoint {
+                req,
+                vm_cycle,
+                switch_unix_ms,
+                group,
+                group_cycle,
+                retention_secs,
+                disks,
+            } => {
+                w.u32(*req).u64(*vm_cycle).u64(*switch_unix_ms);
+                match group {
+                    Some(g) => w.u8(1).str(g),
+                    None => w.u8(0),
+                };
+                match group_cycle {
+                    Some(c) => w.u8(1).u64(*c),
+                    None => w.u8(0),
+                };
+                w.u32(*retention_secs).u32(disks.len() as u32);
+                for d in disks {
+                    w.u32(d.handle).u64(d.cycle).u64(d.bytes).raw(&d.digest);
+                }
+                K_COMMIT_POINT
+            }
+            Control::PointCommitted { req, vm_cycle } => {
+                w.u32(*req).u64(*vm_cycle);
+                K_POINT_COMMITTED
+            }
         };
         let mut out = Vec::with_capacity(w.buf.len() + 5);
         super::super::encode_frame(kind, &w.buf, &mut out);
@@ -455,6 +614,7 @@ impl Control {
                 virtual_size: r.u64()?,
                 source_id: Guid(r.array()?),
                 full_copy: r.bool()?,
+                vm_disks: vm_disks_r(&mut r)?,
             },
             K_DISK_OPENED => Control::DiskOpened {
                 req: r.u32()?,
@@ -464,6 +624,7 @@ impl Control {
                 generation: r.u64()?,
                 known_empty: r.bool()?,
                 progress: ranges_r(&mut r, what)?,
+                more_progress: optional_flag(&mut r)?,
             },
             K_COMMIT_INITIAL => Control::CommitInitial {
                 req: r.u32()?,
@@ -497,6 +658,7 @@ impl Control {
                 handle: r.u32()?,
                 cycle: r.u64()?,
                 progress: ranges_r(&mut r, what)?,
+                more_progress: optional_flag(&mut r)?,
             },
             K_COMMIT_CYCLE => Control::CommitCycle {
                 req: r.u32()?,
@@ -541,6 +703,85 @@ impl Control {
             K_CAPACITY => Control::Capacity {
                 req: r.u32()?,
                 available: r.u64()?,
+            },
+            K_CLAIM_GROUP => {
+                let req = r.u32()?;
+                let group = r.str(MAX_STRING)?;
+                let n = r.u32()? as usize;
+                if n > MAX_GROUP_VMS {
+                    return Err(FormatError::new(
+                        what,
+                        0,
+                        format!("a group of {n} VMs; a group has at most {MAX_GROUP_VMS}"),
+                    ));
+                }
+                let mut vms = Vec::with_capacity(n);
+                for _ in 0..n {
+                    vms.push(r.str(MAX_STRING)?);
+                }
+                Control::ClaimGroup {
+                    req,
+                    group,
+                    vms,
+                    interval_secs: r.u32()?,
+                }
+            }
+            K_GROUP_CLAIMED => Control::GroupClaimed {
+                req: r.u32()?,
+                group_cycle: r.u64()?,
+            },
+            K_PROGRESS_REQUEST => Control::ProgressRequest {
+                req: r.u32()?,
+                handle: r.u32()?,
+                after: r.u64()?,
+            },
+            K_PROGRESS_PAGE => Control::ProgressPage {
+                req: r.u32()?,
+                handle: r.u32()?,
+                progress: ranges_r(&mut r, what)?,
+                more: r.bool()?,
+            },
+            K_COMMIT_POINT => {
+                let req = r.u32()?;
+                let vm_cycle = r.u64()?;
+                let switch_unix_ms = r.u64()?;
+                let group = if r.bool()? {
+                    Some(r.str(MAX_STRING)?)
+                } else {
+                    None
+                };
+                let group_cycle = if r.bool()? { Some(r.u64()?) } else { None };
+                let retention_secs = r.u32()?;
+                let n = r.u32()? as usize;
+                if n > MAX_POINT_DISKS {
+                    return Err(FormatError::new(
+                        what,
+                        0,
+                        format!("{n} disks in a point exceed the limit of {MAX_POINT_DISKS}"),
+                    ));
+                }
+                let mut disks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    disks.push(PointPart {
+                        handle: r.u32()?,
+                        cycle: r.u64()?,
+                        bytes: r.u64()?,
+                        digest: r.array()?,
+                    });
+                }
+                Control::CommitPoint {
+                    req,
+                    vm_cycle,
+                    switch_unix_ms,
+                    group,
+                    group_cycle,
+                    retention_secs,
+                    disks,
+                }
+            }
+            K_POINT_COMMITTED => Control::PointCommitted {
+                req: r.u32()?,
+                vm_cycle: r.u64()?,
             },
             k => {
                 return Err(FormatError::new(

@@ -24,6 +24,9 @@ pub enum ErrorClass {
     TargetBusy,
     /// An unexpected receiver-side failure that may pass.
     Internal,
+    /// The store holds disks of the VM that the sender's disk set (`OpenDisk.vm_disks`)
+    /// does not name: an operator unprotects them or names them again.
+    DiskSetChanged,
 }
 
 impl ErrorClass {
@@ -38,6 +41,7 @@ impl ErrorClass {
             ErrorClass::TargetFull => 7,
             ErrorClass::TargetBusy => 8,
             ErrorClass::Internal => 9,
+            ErrorClass::DiskSetChanged => 10,
         }
     }
     pub(super) fn from_code(c: u16) -> Option<Self> {
@@ -51,6 +55,7 @@ impl ErrorClass {
             7 => ErrorClass::TargetFull,
             8 => ErrorClass::TargetBusy,
             9 => ErrorClass::Internal,
+            10 => ErrorClass::DiskSetChanged,
             _ => return None,
         })
     }
@@ -74,6 +79,7 @@ impl ErrorClass {
             ErrorClass::TargetFull => "target_full",
             ErrorClass::TargetBusy => "target_busy",
             ErrorClass::Internal => "internal",
+            ErrorClass::DiskSetChanged => "disk_set_changed",
         }
     }
 }

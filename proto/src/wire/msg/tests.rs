@@ -28,6 +28,7 @@ fn control_messages_round_trip() {
         virtual_size: 1 << 40,
         source_id: Guid([3; 16]),
         full_copy: true,
+        vm_disks: Vec::new(),
     });
     roundtrip(Control::DiskOpened {
         req: 7,
@@ -37,6 +38,7 @@ fn control_messages_round_trip() {
         generation: 4,
         known_empty: true,
         progress: vec![(0, 512), (4096, 8192)],
+        more_progress: false,
     });
     roundtrip(Control::BeginCycle {
         req: 2,
@@ -48,6 +50,7 @@ fn control_messages_round_trip() {
         handle: 1,
         cycle: 9,
         progress: vec![(512, 1024)],
+        more_progress: false,
     });
     roundtrip(Control::CommitCycle {
         req: 3,
@@ -61,6 +64,44 @@ fn control_messages_round_trip() {
         req: 1,
         class: ErrorClass::Unauthorized,
         message: "no".into(),
+    });
+}
+
+#[test]
+fn open_disk_carries_the_vms_disk_set_as_a_trailing_list_only_when_given() {
+    let open = |vm_disks: Vec<String>| Control::OpenDisk {
+        req: 7,
+        vm: "vm1".into(),
+        disk: "os".into(),
+        virtual_size: 1 << 30,
+        source_id: Guid([3; 16]),
+        full_copy: false,
+        vm_disks,
+    };
+    let without = open(Vec::new()).encode();
+    let with = open(vec!["os".into(), "data".into()]).encode();
+    roundtrip(open(vec!["os".into(), "data".into()]));
+    // Absent: the frame an older sender sends, byte for byte (it decodes as "not said").
+    let (_, old_body, _) = decode_frame(&without, MAX_CONTROL_BODY).unwrap().unwrap();
+    let (k, new_body, _) = decode_frame(&with, MAX_CONTROL_BODY).unwrap().unwrap();
+    assert_eq!(&new_body[..old_body.len()], old_body);
+    // An empty list (a second encoding of "absent") and more than MAX_POINT_DISKS names
+    // are malformed; so is a list cut short.
+    let mut empty = old_body.to_vec();
+    empty.extend_from_slice(&0u32.to_le_bytes());
+    assert!(Control::decode(k, &empty).is_err());
+    let mut many = old_body.to_vec();
+    many.extend_from_slice(&(MAX_POINT_DISKS as u32 + 1).to_le_bytes());
+    for _ in 0..=MAX_POINT_DISKS {
+        many.extend_from_slice(&1u32.to_le_bytes());
+        many.push(b'd');
+    }
+    assert!(Control::decode(k, &many).is_err());
+    assert!(Control::decode(k, &new_body[..new_body.len() - 1]).is_err());
+    roundtrip(Control::Error {
+        req: 7,
+        class: ErrorClass::DiskSetChanged,
+        message: "VM vm1: the store holds disks data, os".into(),
     });
 }
 
@@ -150,6 +191,7 @@ fn every_control() -> Vec<Control> {
             virtual_size: 1 << 40,
             source_id: Guid([3; 16]),
             full_copy: true,
+            vm_disks: vec!["data".into(), "os".into()],
         },
         Control::DiskOpened {
             req: 7,
@@ -159,6 +201,7 @@ fn every_control() -> Vec<Control> {
             generation: 4,
             known_empty: false,
             progress: vec![(0, 512), (4096, 8192)],
+            more_progress: false,
         },
         Control::CommitInitial {
             req: 8,
@@ -180,6 +223,7 @@ fn every_control() -> Vec<Control> {
             handle: 1,
             cycle: 9,
             progress: vec![(512, 1024)],
+            more_progress: false,
         },
         Control::CommitCycle {
             req: 3,
@@ -194,7 +238,71 @@ fn every_control() -> Vec<Control> {
             class: ErrorClass::Unauthorized,
             message: "no".into(),
         },
+        Control::CommitPoint {
+            req: 4,
+            vm_cycle: 12,
+            switch_unix_ms: 1_700_000_000_123,
+            group: None,
+            group_cycle: None,
+            retention_secs: 3600,
+            disks: vec![
+                PointPart {
+                    handle: 1,
+                    cycle: 9,
+                    bytes: 4096,
+                    digest: [7; 32],
+                },
+                PointPart {
+                    handle: 2,
+                    cycle: 12,
+                    bytes: 0,
+                    digest: [0; 32],
+                },
+            ],
+        },
+        Control::CommitPoint {
+            req: 5,
+            vm_cycle: 13,
+            switch_unix_ms: 1,
+            group: Some("erp".into()),
+            group_cycle: Some(40),
+            retention_secs: 0,
+            disks: vec![PointPart {
+                handle: 1,
+                cycle: 10,
+                bytes: 1,
+                digest: [1; 32],
+            }],
+        },
+        Control::PointCommitted {
+            req: 5,
+            vm_cycle: 13,
+        },
     ]
+}
+
+#[test]
+fn group_claims_round_trip_and_a_claim_of_17_vms_does_not_decode() {
+    roundtrip(Control::ClaimGroup {
+        req: 4,
+        group: "erp".into(),
+        vms: vec!["db".into(), "app".into()],
+        interval_secs: 30,
+    });
+    roundtrip(Control::GroupClaimed {
+        req: 4,
+        group_cycle: 12,
+    });
+    let claim = Control::ClaimGroup {
+        req: 1,
+        group: "g".into(),
+        vms: (0..17).map(|i| format!("vm{i}")).collect(),
+        interval_secs: 30,
+    }
+    .encode();
+    let (k, body, _) = decode_frame(&claim, MAX_CONTROL_BODY).unwrap().unwrap();
+    let e = Control::decode(k, body).unwrap_err();
+    assert!(e.to_string().contains("at most 16"), "{e}");
 }
 
 /// A data stream as a sender writes it: batch start, a write, a clear, a sparse write.
@@ -284,7 +392,7 @@ fn every_control_kind_and_a_data_stream_decode_whole() {
     for m in every_control() {
         s.extend_from_slice(&m.encode());
     }
-    assert_eq!(decode_stream(&s).unwrap(), 10);
+    assert_eq!(decode_stream(&s).unwrap(), every_control().len());
     assert_eq!(decode_stream(&sample_data_stream()).unwrap(), 4);
 }
 

@@ -55,6 +55,7 @@ mod replica;
 pub mod rest;
 mod state;
 mod stats;
+mod vm_manifest;
 mod writes;
 
 use std::sync::Arc;
@@ -346,7 +347,12 @@ impl ReplicaStore for AzureStore {
 
     fn remove_disk(&self, key: &DiskKey) -> Result<(), SinkError> {
         key.validate()?;
-        reader::remove_disk(&self.container, key)
+        reader::remove_disk(&self.container, key)?;
+        // The VM's points go with its last disk.
+        if self.list_disks(Some(&key.vm))?.is_empty() {
+            vm_manifest::remove(&self.container, &key.vm)?;
+        }
+        Ok(())
     }
 
     fn record_job(&self, job: &crate::jobs::Job) -> Result<(), SinkError> {
@@ -359,6 +365,29 @@ impl ReplicaStore for AzureStore {
 
     fn remove_jobs(&self, vm: &str) -> Result<(), SinkError> {
         jobs::remove(&self.container, vm)
+    }
+
+    fn upgrade(&self) -> Result<Option<String>, SinkError> {
+        // No format marker on Azure: a VM without a manifest gets its earlier points.
+        let vms = crate::sink::vm_points::migrate(self)?;
+        Ok((!vms.is_empty()).then(|| {
+            format!(
+                "VM points from before VM-wide switches recorded for {}",
+                vms.join(", ")
+            )
+        }))
+    }
+
+    fn vm_points(&self, vm: &str) -> Result<Option<crate::sink::vm_points::VmPoints>, SinkError> {
+        vm_manifest::load(&self.container, vm)
+    }
+
+    fn update_vm_points(
+        &self,
+        vm: &str,
+        f: &mut dyn FnMut(&mut crate::sink::vm_points::VmPoints, bool) -> Result<bool, SinkError>,
+    ) -> Result<(), SinkError> {
+        vm_manifest::update(&self.container, vm, f)
     }
 }
 

@@ -13,6 +13,7 @@ use vdrep_proto::{Guid, RangeSet};
 
 use super::{FaultPlan, FaultStore};
 use crate::jobs::{Job, JobNow};
+use crate::sink::vm_points::VmPoints;
 use crate::sink::{
     DiskKey, DiskState, PointReader, RecoveryPoint, ReplicaDisk, ReplicaStore, SinkError,
 };
@@ -84,6 +85,22 @@ impl ReplicaStore for ProbeStore {
     fn available_bytes(&self) -> Result<Option<u64>, SinkError> {
         note(&self.calls, "available_bytes");
         Ok(Some(7))
+    }
+    fn upgrade(&self) -> Result<Option<String>, SinkError> {
+        note(&self.calls, "upgrade");
+        Ok(None)
+    }
+    fn vm_points(&self, _vm: &str) -> Result<Option<VmPoints>, SinkError> {
+        note(&self.calls, "vm_points");
+        Ok(None)
+    }
+    fn update_vm_points(
+        &self,
+        _vm: &str,
+        _f: &mut dyn FnMut(&mut VmPoints, bool) -> Result<bool, SinkError>,
+    ) -> Result<(), SinkError> {
+        note(&self.calls, "update_vm_points");
+        Ok(())
     }
 }
 
@@ -194,6 +211,15 @@ fn the_fault_wrappers_forward_every_method_defaults_included() {
     reaches(&calls, "remove_jobs", || s.remove_jobs("vm").unwrap());
     reaches(&calls, "available_bytes", || {
         assert_eq!(s.available_bytes().unwrap(), Some(7))
+    });
+    reaches(&calls, "upgrade", || {
+        assert!(s.upgrade().unwrap().is_none())
+    });
+    reaches(&calls, "vm_points", || {
+        assert!(s.vm_points("vm").unwrap().is_none())
+    });
+    reaches(&calls, "update_vm_points", || {
+        s.update_vm_points("vm", &mut |_, _| Ok(false)).unwrap()
     });
     let mut disk = None;
     reaches(&calls, "open_disk", || {

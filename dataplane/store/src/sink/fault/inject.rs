@@ -43,6 +43,8 @@ pub enum Op {
     PrunePoints,
     /// [`ReplicaDisk::read_point`].
     ReadPoint,
+    /// [`ReplicaStore::update_vm_points`]: the VM point manifest's write.
+    UpdateVmPoints,
 }
 
 #[derive(Debug, Default)]
@@ -164,6 +166,25 @@ impl ReplicaStore for FaultStore {
     }
     fn available_bytes(&self) -> Result<Option<u64>, SinkError> {
         self.inner.available_bytes()
+    }
+    fn upgrade(&self) -> Result<Option<String>, SinkError> {
+        self.inner.upgrade()
+    }
+    fn vm_points(&self, vm: &str) -> Result<Option<crate::sink::vm_points::VmPoints>, SinkError> {
+        self.inner.vm_points(vm)
+    }
+    fn update_vm_points(
+        &self,
+        vm: &str,
+        f: &mut dyn FnMut(&mut crate::sink::vm_points::VmPoints, bool) -> Result<bool, SinkError>,
+    ) -> Result<(), SinkError> {
+        self.plan.fail(
+            Op::UpdateVmPoints,
+            &format!("{} {vm}/points", self.inner.describe()),
+            "write VM points",
+            0,
+        )?;
+        self.inner.update_vm_points(vm, f)
     }
 }
 

@@ -16,6 +16,7 @@ mod points;
 mod reader;
 pub mod state;
 mod synced;
+mod vm_points;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,10 +34,15 @@ pub use reader::LocalPointReader;
 ///
 /// Version 2 added delta cycles (redo logs), recovery points (undo logs) and the state
 /// record version 2. Version 3 writes cycles in place behind the newest point's undo log
-/// (no redo log, no "applying" phase; state record version 3). Versions 1 and 2 are
-/// refused: neither was deployed, and a version 2 store could hold a half-applied cycle
-/// only its redo log can finish.
-pub const STORE_FORMAT: &str = "vdrep-store 3";
+/// (no redo log, no "applying" phase; state record version 3). Version 4 adds the VM's
+/// recovery points (`VM/points`, [`crate::sink::vm_points`]); a version 3 store is opened
+/// as it is and upgraded by [`ReplicaStore::upgrade`] (the receiver, at start). Versions 1
+/// and 2 are refused: neither was deployed, and a version 2 store could hold a
+/// half-applied cycle only its redo log can finish.
+pub const STORE_FORMAT: &str = "vdrep-store 4";
+/// The previous format: the same files without VM points. Opened, listed, and upgraded by
+/// the receiver at start.
+pub const STORE_FORMAT_V3: &str = "vdrep-store 3";
 
 /// The files of one disk (see `LAYOUT.md`).
 #[derive(Debug, Clone)]
@@ -104,6 +110,8 @@ pub struct LocalStore {
     root: PathBuf,
     fs: Arc<dyn StoreFs>,
     cycle_buffer: usize,
+    /// The store's `FORMAT` was [`STORE_FORMAT_V3`] when opened (not upgraded yet).
+    v3: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -127,13 +135,15 @@ impl LocalStore {
         let format = root.join("FORMAT");
         fs.create_dir_all(root)
             .map_err(|e| SinkError::io(root, "create store directory", 0, e))?;
+        let mut v3 = false;
         match fs
             .read_file(&format)
             .map_err(|e| SinkError::io(&format, "read", 0, e))?
         {
             Some(bytes) => {
                 let found = String::from_utf8_lossy(&bytes).trim_end().to_string();
-                if found != STORE_FORMAT {
+                v3 = found == STORE_FORMAT_V3;
+                if found != STORE_FORMAT && !v3 {
                     return Err(SinkError::StoreVersion {
                         path: format,
                         found,
@@ -165,6 +175,7 @@ impl LocalStore {
             root: root.to_path_buf(),
             fs,
             cycle_buffer: CYCLE_BUFFER,
+            v3: std::sync::atomic::AtomicBool::new(v3),
         })
     }
 
@@ -312,7 +323,10 @@ impl ReplicaStore for LocalStore {
             .sync_dir(&p.dir)
             .map_err(io(&p.dir, "fsync directory"))?;
         drop(_lock);
-        // The VM's folder goes with its last disk.
+        // The VM's points go with its last disk, and so does its folder.
+        if self.list_disks(Some(&key.vm))?.is_empty() {
+            vm_points::ManifestFile::new(self.fs.clone(), &p.dir).remove()?;
+        }
         self.fs.remove_dir(&p.dir).map_err(io(&p.dir, "remove"))?;
         Ok(())
     }
@@ -366,6 +380,46 @@ impl ReplicaStore for LocalStore {
 
     fn available_bytes(&self) -> Result<Option<u64>, SinkError> {
         free_bytes(&self.root).map(Some)
+    }
+
+    fn upgrade(&self) -> Result<Option<String>, SinkError> {
+        use std::sync::atomic::Ordering;
+        if !self.v3.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        // The manifests first, then FORMAT: an upgrade cut short is run again.
+        let vms = crate::sink::vm_points::migrate(self)?;
+        let format = self.root.join("FORMAT");
+        let tmp = self
+            .root
+            .join(format!(".FORMAT.tmp.{}", std::process::id()));
+        let data = format!("{STORE_FORMAT}\n");
+        self.fs
+            .write_file(&tmp, data.as_bytes())
+            .and_then(|_| self.fs.sync_file(&tmp))
+            .and_then(|_| self.fs.rename(&tmp, &format))
+            .and_then(|_| self.fs.sync_dir(&self.root))
+            .map_err(|e| SinkError::io(&format, "write", 0, e))?;
+        self.v3.store(false, Ordering::SeqCst);
+        Ok(Some(format!(
+            "store upgraded from {STORE_FORMAT_V3:?} to {STORE_FORMAT:?}: {} VM(s) got their points from before VM-wide switches ({})",
+            vms.len(),
+            vms.join(", ")
+        )))
+    }
+
+    fn vm_points(&self, vm: &str) -> Result<Option<crate::sink::vm_points::VmPoints>, SinkError> {
+        validate_name("VM name", vm)?;
+        vm_points::ManifestFile::new(self.fs.clone(), &self.root.join(vm)).load()
+    }
+
+    fn update_vm_points(
+        &self,
+        vm: &str,
+        f: &mut dyn FnMut(&mut crate::sink::vm_points::VmPoints, bool) -> Result<bool, SinkError>,
+    ) -> Result<(), SinkError> {
+        validate_name("VM name", vm)?;
+        vm_points::ManifestFile::new(self.fs.clone(), &self.root.join(vm)).update(f)
     }
 }
 

@@ -16,6 +16,10 @@
 //! throughput back (base 450, 1 MiB alone 335, both 440 MB/s) and the Azure peak stays
 //! at 174 MiB.
 
+pub mod pool;
+
+pub use pool::PooledBuf;
+
 /// Blocks of this size or more are mapped on their own and unmapped on free.
 pub const MMAP_THRESHOLD: usize = 1 << 20;
 

@@ -1,0 +1,32 @@
+#!/bin/sh
+# Native profile of one warm, unlimited loopback copy, sender and receiver each under
+# `perf record` with the software event `cpu-clock` (this VM has no hardware counters, but
+# clock sampling works and, unlike callgrind, sees the kernel and the real AVX-512/VAES
+# code paths). Usage: bench/profile/perf-copy.sh VDREP_BIN IMAGE OUTDIR [send flags...]
+# Writes OUTDIR/send.data, OUTDIR/recv.data (perf report -i ... --children --sort sym)
+# and OUTDIR/send.json. PERF_ARGS replaces the sampling options, e.g.
+# PERF_ARGS="-e page-faults -c 4 --call-graph dwarf,4096" to see where pages are faulted.
+set -eu
+bin=$(realpath "$1"); img=$(realpath "$2"); out=$3; shift 3
+mkdir -p "$out"; out=$(realpath "$out")
+args=${PERF_ARGS:-"-e cpu-clock -F 1999 --call-graph dwarf,8192"}
+work=$(mktemp -d)
+trap 'kill $rpid 2>/dev/null || true; rm -rf "$work"' EXIT
+"$bin" certs init "$work/certs" --sender prof --host 127.0.0.1 >/dev/null
+port=$((20000 + $$ % 20000))
+# Warm: one untimed read first.
+cat "$img" >/dev/null
+# shellcheck disable=SC2086
+perf record -q $args -o "$out/recv.data" -- "$bin" receive --listen 127.0.0.1:$port \
+  --store "$work/store" --tls "$work/certs" --allow prof=vm >"$work/recv.stdout" 2>"$out/recv.log" &
+rpid=$!
+i=0
+until grep -q "listening on" "$work/recv.stdout" 2>/dev/null; do
+  i=$((i + 1)); [ $i -lt 600 ] || { echo "receiver did not start" >&2; exit 1; }; sleep 0.1
+done
+# shellcheck disable=SC2086
+perf record -q $args -o "$out/send.data" -- "$bin" send --to 127.0.0.1:$port --tls "$work/certs" \
+  --identity prof --vm vm --json --no-progress "$@" "$img" >"$out/send.json" 2>"$out/send.log"
+# perf passes SIGINT on to the receiver it runs.
+for c in $(cat /proc/$rpid/task/$rpid/children); do kill -INT "$c"; done
+wait $rpid || true

@@ -1,0 +1,323 @@
+//! The receiver's resource limits (issue 16): a receiver in Azure serves many hosts, and no
+//! sequence of frames from any number of authorised senders may take its memory past
+//! 256 MiB (DESIGN §5).
+//!
+//! - **Connections**: at most `--max-connections` authorised connections at once. One more is
+//!   closed with [`crate::transport::close::BUSY`] and a reason naming the limit; the sender
+//!   retries on its schedule (a full receiver is not the sender's fault: receivers scale out).
+//! - **QUIC receive windows**: each connection's window is its share of [`WINDOW_BUDGET`]
+//!   under a full receiver ([`connection_window`]`(max_connections)`), so all windows
+//!   together stay within the budget.
+//! - **Frames being handled** (read off a stream, then verified and written) share
+//!   [`FRAME_BUDGET`], and one connection holds at most [`CONNECTION_FRAME_BUDGET`] of it: a
+//!   stream reads a frame's body only once it holds permits for it from both. Waiting leaves
+//!   the bytes in QUIC, whose flow control then holds the peer back: streams are never
+//!   refused, only slowed. Both queues are first come, first served, and the per-connection
+//!   share keeps one peer that starts frames and never finishes them (slowloris) from
+//!   holding the whole budget: it takes [`FRAME_BUDGET`] / [`CONNECTION_FRAME_BUDGET`] such
+//!   connections to stall the others.
+//! - **Streams** (QUIC stream credit): a connection may have at most
+//!   [`TransportLimits::max_streams`] streams open, each with a receive window of
+//!   [`TransportLimits::stream_window`], and their product is at most the connection's
+//!   window. This is what keeps the frame budget from deadlocking QUIC: bytes QUIC holds
+//!   for a stream nobody reads (one waiting for permits, or for its write) still count
+//!   against the *connection's* window. Were the stream windows of all open streams larger
+//!   than it, the streams waiting for permits could fill it, and the few streams holding
+//!   permits would never receive the rest of their bodies: nothing would move again (32
+//!   streams sending 4 MiB extents at once did exactly that, `tests/tests/stream_flow.rs`).
+//!   With `streams × stream window ≤ connection window` the connection's window never runs
+//!   out before a stream's own does, so a stream holding permits always gets its bytes.
+//!   More streams than that wait in the sender's `open_bi` (QUIC flow control, not a
+//!   refusal) until one ends. The price is paid on long round trips: a stream reads about
+//!   one stream window per round trip, so a connection's throughput is about the streams
+//!   reading at once (those holding permits) × [`TransportLimits::stream_window`] / RTT.
+//! - **Writes** (decompression, hashing, the store write, on blocking threads) run at most
+//!   [`APPLY_SLOTS`] at once; each such thread keeps a 4 MiB decompression buffer, so what
+//!   an extent decompresses to is bounded here, not by the frame budget.
+//! - **Answers**: the receiver's QUIC send window is [`SEND_WINDOW`] per connection (it only
+//!   sends answers and batch results), so a peer that never reads them holds little.
+//!
+//! Peak memory is then about: the binary and its runtime (~30 MiB) + [`WINDOW_BUDGET`] +
+//! [`FRAME_BUDGET`] + [`APPLY_SLOTS`] × 4 MiB + [`MAX_CONNECTIONS`] × [`SEND_WINDOW`]
+//! ≈ 30 + 64 + 64 + 32 + 16 = 206 MiB, under the 256 MiB bound, whatever the peers send
+//! (the hostile-peer harness measures it: `tests/tests/hostile.rs`).
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::transport::CONNECTION_WINDOW;
+
+/// Default `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+/// Most `--max-connections` the budgets allow (each connection keeps at least
+/// [`MIN_CONNECTION_WINDOW`] of [`WINDOW_BUDGET`]).
+pub const MAX_CONNECTIONS: usize = (WINDOW_BUDGET / MIN_CONNECTION_WINDOW) as usize;
+/// The QUIC receive windows of all connections together.
+pub const WINDOW_BUDGET: u64 = 64 << 20;
+/// The least window of a connection: a 4 MiB extent still streams through it (the reader
+/// consumes as it arrives), only with more round trips.
+pub const MIN_CONNECTION_WINDOW: u64 = 1 << 20;
+/// Bytes of frames being read and written at once, over all streams of all connections.
+pub const FRAME_BUDGET: usize = 64 << 20;
+/// The part of [`FRAME_BUDGET`] one connection may hold: four extents of 4 MiB.
+pub const CONNECTION_FRAME_BUDGET: usize = (16 << 20) + 4096;
+/// Extent writes (decompress, hash, store) running at once on blocking threads.
+pub const APPLY_SLOTS: usize = 8;
+/// The receiver's QUIC send window per connection: it sends answers only.
+pub const SEND_WINDOW: u64 = 256 << 10;
+/// Most streams a connection may have open: as many as before the limits (a sender with
+/// many VMs holds one control stream per VM, and up to three data streams per thread).
+pub const MAX_STREAMS: u64 = 256;
+/// The least receive window of a stream; a connection whose window cannot give
+/// [`MAX_STREAMS`] streams this much gets fewer streams instead. A stream holding permits
+/// reads its body at about one stream window per round trip: with 32 KiB one sender
+/// thread's streams carried only 170 Mbit/s through the throttle tests' relay where
+/// 200 Mbit/s were due (`throttle.rs`, the long matrix); 64 KiB is 500 MiB/s at 0.125 ms
+/// (loopback) and 52 Mbit/s at 10 ms, per stream.
+pub const MIN_STREAM_WINDOW: u64 = 64 << 10;
+
+/// The receive window of each of `n` connections sharing [`WINDOW_BUDGET`].
+pub fn connection_window(n: usize) -> u64 {
+    (WINDOW_BUDGET / n.max(1) as u64).clamp(MIN_CONNECTION_WINDOW, CONNECTION_WINDOW as u64)
+}
+
+/// The QUIC bounds of every connection of a receiver (see the module's "Streams").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportLimits {
+    /// The connection's receive window.
+    pub window: u64,
+    /// Streams the connection may have open at once (QUIC stream credit).
+    pub max_streams: u64,
+    /// The receive window of each stream.
+    pub stream_window: u64,
+}
+
+impl TransportLimits {
+    /// The bounds of a connection whose receive window is `window`: the largest stream
+    /// window that still allows [`MAX_STREAMS`] streams, but at least
+    /// [`MIN_STREAM_WINDOW`], and as many streams as fit the window at that size.
+    pub fn for_window(window: u64) -> Self {
+        let stream_window = (window / MAX_STREAMS).max(MIN_STREAM_WINDOW);
+        TransportLimits {
+            window,
+            max_streams: (window / stream_window).clamp(1, MAX_STREAMS),
+            stream_window,
+        }
+    }
+}
+
+/// Connection admission and the shared budgets of one receiver.
+pub struct Limits {
+    max_connections: usize,
+    admitted: Mutex<usize>,
+    frames: Arc<Semaphore>,
+    applies: Arc<Semaphore>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("receiver busy: it serves {limit} connections, its limit (--max-connections); retry later")]
+pub struct Busy {
+    /// The limit.
+    pub limit: usize,
+}
+
+/// An admitted connection; dropping it frees its place.
+pub struct Admission<'a> {
+    limits: &'a Limits,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut n) = self.limits.admitted.lock() {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl Limits {
+    /// Limits for at most `max_connections` connections (clamped to 1..=[`MAX_CONNECTIONS`]).
+    pub fn new(max_connections: usize) -> Self {
+        Limits {
+            max_connections: max_connections.clamp(1, MAX_CONNECTIONS),
+            admitted: Mutex::new(0),
+            frames: Arc::new(Semaphore::new(FRAME_BUDGET)),
+            applies: Arc::new(Semaphore::new(APPLY_SLOTS)),
+        }
+    }
+
+    /// The connection limit.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// The QUIC bounds of each connection: its share of [`WINDOW_BUDGET`] under a full
+    /// receiver, and the streams that share allows.
+    pub fn transport(&self) -> TransportLimits {
+        TransportLimits::for_window(connection_window(self.max_connections))
+    }
+
+    /// Admits a connection unless the receiver is at its limit.
+    pub fn admit(&self) -> Result<Admission<'_>, Busy> {
+        let busy = Busy {
+            limit: self.max_connections,
+        };
+        let mut n = self.admitted.lock().map_err(|_| busy.clone())?;
+        if *n >= self.max_connections {
+            return Err(busy);
+        }
+        *n += 1;
+        Ok(Admission { limits: self })
+    }
+
+    /// Connections admitted now.
+    pub fn admitted(&self) -> usize {
+        self.admitted.lock().map_or(0, |n| *n)
+    }
+
+    /// Waits until `bytes` of the frame budget are free and holds them until the permit is
+    /// dropped. A request larger than the budget waits for all of it.
+    pub async fn frame_permit(&self, bytes: usize) -> OwnedSemaphorePermit {
+        acquire(&self.frames, bytes.clamp(1, FRAME_BUDGET)).await
+    }
+
+    /// A connection's share of the frame budget (see [`Limits::frame_permits`]).
+    pub fn connection_frames(&self) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(CONNECTION_FRAME_BUDGET))
+    }
+
+    /// Permits for a frame of `bytes` on a connection whose share is `conn`: the share
+    /// first, then the receiver's budget, both held until dropped.
+    pub async fn frame_permits(&self, conn: &Arc<Semaphore>, bytes: usize) -> FramePermits {
+        let own = acquire(conn, bytes.clamp(1, CONNECTION_FRAME_BUDGET)).await;
+        let all = self.frame_permit(bytes).await;
+        FramePermits {
+            _own: own,
+            _all: all,
+        }
+    }
+
+    /// Waits for one of the [`APPLY_SLOTS`]; the write runs while the permit is held.
+    pub async fn apply_slot(&self) -> OwnedSemaphorePermit {
+        loop {
+            if let Ok(p) = self.applies.clone().acquire_owned().await {
+                return p;
+            }
+        }
+    }
+
+    /// Bytes of the frame budget free now (for tests and logs).
+    pub fn frame_budget_free(&self) -> usize {
+        self.frames.available_permits()
+    }
+}
+
+/// A frame's hold on its connection's share and on the receiver's frame budget.
+pub struct FramePermits {
+    _own: OwnedSemaphorePermit,
+    _all: OwnedSemaphorePermit,
+}
+
+async fn acquire(s: &Arc<Semaphore>, n: usize) -> OwnedSemaphorePermit {
+    let n = n.min(u32::MAX as usize) as u32;
+    // The semaphores are never closed, so acquiring only fails if one were.
+    loop {
+        if let Ok(p) = s.clone().acquire_many_owned(n).await {
+            return p;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_share_the_budget_between_the_least_and_the_largest_window() {
+        assert_eq!(connection_window(0), CONNECTION_WINDOW as u64);
+        assert_eq!(connection_window(1), CONNECTION_WINDOW as u64);
+        assert_eq!(connection_window(2), CONNECTION_WINDOW as u64);
+        assert_eq!(connection_window(4), 16 << 20);
+        assert_eq!(connection_window(16), 4 << 20);
+        assert_eq!(connection_window(MAX_CONNECTIONS), MIN_CONNECTION_WINDOW);
+        assert_eq!(connection_window(10_000), MIN_CONNECTION_WINDOW);
+        for n in 1..=MAX_CONNECTIONS {
+            assert!(connection_window(n) * n as u64 <= WINDOW_BUDGET, "{n}");
+        }
+    }
+
+    #[test]
+    fn the_connection_limit_is_clamped_to_what_the_budget_allows() {
+        assert_eq!(Limits::new(0).max_connections(), 1);
+        assert_eq!(Limits::new(1 << 20).max_connections(), MAX_CONNECTIONS);
+        assert_eq!(Limits::new(16).transport().window, 4 << 20);
+    }
+
+    #[test]
+    fn open_streams_can_never_fill_their_connections_window() {
+        // The invariant that keeps the frame budget from deadlocking QUIC (module doc).
+        for n in 1..=MAX_CONNECTIONS {
+            let t = Limits::new(n).transport();
+            assert!(t.max_streams * t.stream_window <= t.window, "{n}: {t:?}");
+            assert!(t.stream_window >= MIN_STREAM_WINDOW, "{n}: {t:?}");
+            assert!(t.max_streams >= 16, "{n}: {t:?}");
+            assert!(t.window * n as u64 <= WINDOW_BUDGET, "{n}: {t:?}");
+        }
+        let default = Limits::new(DEFAULT_MAX_CONNECTIONS).transport();
+        assert_eq!(
+            (default.window, default.max_streams, default.stream_window),
+            (4 << 20, 64, 64 << 10)
+        );
+        // A receiver for few connections keeps the streams of before, with larger windows.
+        let few = Limits::new(2).transport();
+        assert_eq!((few.max_streams, few.stream_window), (256, 128 << 10));
+        let most = Limits::new(MAX_CONNECTIONS).transport();
+        assert_eq!((most.max_streams, most.stream_window), (16, 64 << 10));
+    }
+
+    #[test]
+    fn admission_stops_at_the_limit_and_a_departure_frees_a_place() {
+        let l = Limits::new(2);
+        let a = l.admit().unwrap();
+        let _b = l.admit().unwrap();
+        assert_eq!(l.admit().err(), Some(Busy { limit: 2 }));
+        assert_eq!(l.admitted(), 2);
+        drop(a);
+        assert_eq!(l.admitted(), 1);
+        assert!(l.admit().is_ok());
+    }
+
+    #[tokio::test]
+    async fn frame_permits_hold_the_budget_until_dropped() {
+        let l = Limits::new(4);
+        let a = l.frame_permit(FRAME_BUDGET - 10).await;
+        assert_eq!(l.frame_budget_free(), 10);
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(50), l.frame_permit(11));
+        assert!(waiting.await.is_err(), "over the budget: waits");
+        drop(a);
+        let _b = l.frame_permit(usize::MAX).await;
+        assert_eq!(l.frame_budget_free(), 0);
+    }
+
+    #[tokio::test]
+    async fn one_connection_holds_at_most_its_share() {
+        let l = Limits::new(4);
+        let (c1, c2) = (l.connection_frames(), l.connection_frames());
+        let _a = l.frame_permits(&c1, CONNECTION_FRAME_BUDGET).await;
+        let more = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            l.frame_permits(&c1, 1),
+        );
+        assert!(
+            more.await.is_err(),
+            "the first connection's share is used up"
+        );
+        let _b = l.frame_permits(&c2, 4 << 20).await;
+        assert_eq!(
+            l.frame_budget_free(),
+            FRAME_BUDGET - CONNECTION_FRAME_BUDGET - (4 << 20)
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! Issue 16: the receiver's frame budget must never deadlock QUIC's flow control.
+//!
+//! The receiver reads a frame's header, then waits for frame-budget permits before it reads
+//! the body; the body waits in QUIC meanwhile. Bytes QUIC holds for a stream nobody reads
+//! still count against the connection's receive window, so when many streams each send a
+//! whole 4 MiB extent at once, the streams waiting for permits can fill the connection's
+//! window, and the few streams holding permits never receive the rest of their bodies:
+//! nothing moves again (`a_sender_copying_8_vms…` in `memory.rs` hung this way). The
+//! receiver's transport bounds the streams a connection may have open (QUIC stream credit)
+//! so that all of them together can never fill the window (`receiver::limits`).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use vdrep_proto::wire::{BatchResult, ExtentOp, K_BATCH_RESULT, MAX_CONTROL_BODY, MAX_EXTENT_LEN};
+use vdrep_tests::hostile::{batch_start, extent, hash, Peer};
+use vdrep_tests::procs::certs;
+use vdrep_tests::roles::Role;
+
+/// Streams that each send one whole extent at the same time: eight times the 16 MiB a
+/// connection may hold in frames, four times its largest receive window.
+const STREAMS: usize = 32;
+/// Well above the time the transfer takes (under a second; the receiver without the
+/// stream bound answered 7 to 11 of the 32 and then nothing), well below a hang.
+const BOUND: Duration = Duration::from_secs(30);
+
+#[test]
+fn many_streams_sending_whole_extents_at_once_all_get_their_results() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let tls = certs(&d.join("tls"), &["hv01"]);
+    let store = d.join("store");
+    let args: Vec<String> = [
+        "receive",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        store.to_str().unwrap(),
+        "--tls",
+        tls.to_str().unwrap(),
+        "--allow",
+        "hv01=vm1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let rx = Role::start(&args, &d.join("receiver.log"), &["listening on "]);
+    let to: SocketAddr = rx.addr("listening on ").parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let len = MAX_EXTENT_LEN as usize;
+    let payload: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let digest = hash(&payload);
+    let t0 = Instant::now();
+    let results = rt.block_on(async {
+        let mut p = Peer::connect(to, &tls, "hv01").await.unwrap();
+        let mut ctl = p.control().await;
+        let size = (STREAMS * len) as u64;
+        let (h, g) = p.open(&mut ctl, "vm1", "d1", size).await;
+        let mut set = tokio::task::JoinSet::new();
+        for k in 0..STREAMS {
+            let conn = p.conn.clone();
+            let mut frame = batch_start(h, g);
+            frame.extend(extent(
+                (k * len) as u64,
+                MAX_EXTENT_LEN,
+                ExtentOp::Write,
+                digest,
+                &payload,
+            ));
+            // Each stream writes its whole frame at once, as a sender with many VMs and
+            // threads does: QUIC interleaves them on the wire.
+            set.spawn(async move {
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                send.write_all(&frame).await.map_err(|e| e.to_string())?;
+                send.finish().map_err(|e| e.to_string())?;
+                let (kind, body) = vdrep::transport::read_frame(&mut recv, MAX_CONTROL_BODY)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                assert_eq!(kind, K_BATCH_RESULT);
+                BatchResult::decode(&body).map_err(|e| e.to_string())
+            });
+        }
+        let mut results = Vec::new();
+        let waited = tokio::time::timeout(BOUND, async {
+            while let Some(r) = set.join_next().await {
+                results.push(r.unwrap());
+            }
+        })
+        .await;
+        let st = p.conn.stats();
+        assert!(
+            waited.is_ok(),
+            "deadlock: {} of {STREAMS} batches answered in {BOUND:?}; the peer was blocked \
+             by the connection's window {} times (DATA_BLOCKED sent), by stream windows {} \
+             times (STREAM_DATA_BLOCKED)",
+            results.len(),
+            st.frame_tx.data_blocked,
+            st.frame_tx.stream_data_blocked,
+        );
+        results
+    });
+    eprintln!(
+        "{STREAMS} streams × {} MiB answered in {:.1} s",
+        len >> 20,
+        t0.elapsed().as_secs_f64()
+    );
+    for r in results {
+        let r = r.unwrap();
+        assert_eq!((r.written, r.error), (1, None), "{:?}", r.rejected);
+    }
+}
