@@ -22,9 +22,9 @@ pub struct DiskSession {
     dirty: AtomicBool,
     /// Serialises checkpoints and commits.
     sync: tokio::sync::Mutex<()>,
-    /// The resync hash tree of the working image, built from the index at a resync's
-    /// first hash request and again before each root answer.
-    tree: Arc<Mutex<Option<crate::resync::Tree>>>,
+    /// Whether a resync comparison started in this session (its first hash request
+    /// rehashes the index's dirty nodes, as does every level-0 request).
+    compared: Arc<AtomicBool>,
     /// The durable resync index ([`crate::resync::index`]). Its lock also serialises the
     /// disk's writes, so an index persisted as clean reflects exactly the writes made.
     index: Arc<Mutex<Index>>,
@@ -60,7 +60,7 @@ impl DiskSession {
             written: Mutex::new(progress),
             dirty: AtomicBool::new(false),
             sync: tokio::sync::Mutex::new(()),
-            tree: Default::default(),
+            compared: Default::default(),
             index: Arc::new(Mutex::new(index)),
             hash_read: AtomicU64::new(0),
         }
@@ -79,8 +79,16 @@ impl DiskSession {
             Some(d) => self.replica.write(off, d),
             None => self.replica.clear(off, len),
         };
-        ix.after_write_data(off, len, data, &full, r.is_ok());
+        let recorded = ix.after_write_data(off, len, data, &full, r.is_ok());
         r?;
+        recorded.map_err(|e| {
+            SinkError::io(
+                ix.describe(),
+                "update the resync index",
+                off,
+                std::io::Error::other(e),
+            )
+        })?;
         self.mark_written(off, off + len);
         Ok(())
     }
@@ -273,8 +281,8 @@ impl DiskSession {
 
 impl DiskSession {
     /// Answers a resync hash request. At level 0 (a comparison starts) the index's dirty
-    /// nodes are rehashed from the working image — every node with `verify` — and the tree
-    /// is built from the index.
+    /// nodes are rehashed from the working image — every node with `verify` — and the
+    /// answers come from the index itself, paged from its file ([`crate::resync::index`]).
     pub async fn hashes(
         &self,
         level: u8,
@@ -282,44 +290,38 @@ impl DiskSession {
         verify: bool,
     ) -> Result<Vec<u64>, String> {
         let src = ReplicaSource(self.replica.clone(), self.virtual_size);
-        let tree = self.tree.clone();
+        let compared = self.compared.clone();
         let index = self.index.clone();
         let key = self.replica.key().to_string();
         let (out, read) = tokio::task::spawn_blocking(move || {
-            let mut t = tree.lock().map_err(|_| "tree lock poisoned".to_string())?;
+            // The index's lock also holds writes off while hashes are answered, so the
+            // page hashes read below may be remembered (see `Index::remember_pages`).
+            let mut ix = index
+                .lock()
+                .map_err(|_| "index lock poisoned".to_string())?;
             let mut read = 0;
-            if level == 0 || t.is_none() {
-                let mut ix = index
-                    .lock()
-                    .map_err(|_| "index lock poisoned".to_string())?;
-                let dirty = ix.dirty_count();
+            if level == 0 || !compared.load(Ordering::Acquire) {
+                let dirty = ix.dirty_count()?;
                 let reason = ix.stale_reason().map(str::to_string);
                 read = ix.rehash(&src, verify, build_threads())?;
                 ix.forget_pages();
+                compared.store(true, Ordering::Release);
                 tracing::info!(disk = %key, verify, dirty_nodes = dirty, read_bytes = read,
                                stale = reason.as_deref().unwrap_or("no"),
                                "resync index rehashed");
-                *t = Some(ix.tree()?);
             }
-            let t = t.as_ref().ok_or("no tree")?;
+            let size = src.1;
             let out = if level == crate::resync::PAGE_LEVEL {
-                // Read with writes held off, so the index may remember the page hashes:
-                // the resync's pages written next set their nodes' hashes without a reread.
-                let mut ix = index
-                    .lock()
-                    .map_err(|_| "index lock poisoned".to_string())?;
+                // The resync's pages written next set their nodes' hashes without a reread.
                 let mut out = Vec::with_capacity(parents.len() * 64);
-                for (&p, pages) in parents.iter().zip(t.answer_pages(&src, &parents)?) {
+                for (&p, pages) in parents
+                    .iter()
+                    .zip(crate::resync::answer_pages(size, &src, &parents)?)
+                {
                     out.extend(pages.iter().map(crate::resync::trunc));
                     ix.remember_pages(p, pages);
                 }
-                out
-            } else {
-                t.answer(&src, level, &parents)?
-            };
-            // Page hashes are computed by reading their 256 KiB parents.
-            if level == crate::resync::PAGE_LEVEL {
-                let size = t.size();
+                // Page hashes are computed by reading their 256 KiB parents.
                 read += parents
                     .iter()
                     .map(|&p| {
@@ -327,7 +329,10 @@ impl DiskSession {
                         b - a
                     })
                     .sum::<u64>();
-            }
+                out
+            } else {
+                crate::resync::answer(&mut *ix, &src, level, &parents)?
+            };
             Ok::<_, String>((out, read))
         })
         .await
@@ -336,22 +341,17 @@ impl DiskSession {
         Ok(out)
     }
 
-    /// The full-strength root of the working image now: the nodes written since the tree
-    /// was built (dirty in the index) are read again first.
+    /// The full-strength root of the working image now: the nodes written since the
+    /// comparison (dirty in the index) are read again first.
     pub async fn root(&self) -> Result<[u8; 32], String> {
         let src = ReplicaSource(self.replica.clone(), self.virtual_size);
-        let tree = self.tree.clone();
         let index = self.index.clone();
         let (root, read) = tokio::task::spawn_blocking(move || {
-            let mut t = tree.lock().map_err(|_| "tree lock poisoned".to_string())?;
             let mut ix = index
                 .lock()
                 .map_err(|_| "index lock poisoned".to_string())?;
             let read = ix.rehash(&src, false, build_threads())?;
-            let nt = ix.tree()?;
-            let root = nt.root();
-            *t = Some(nt);
-            Ok::<_, String>((root, read))
+            Ok::<_, String>((ix.root()?, read))
         })
         .await
         .map_err(|e| format!("root task failed: {e}"))??;

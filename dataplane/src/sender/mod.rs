@@ -25,6 +25,7 @@ pub mod resync;
 pub mod source;
 pub mod status;
 mod stream;
+pub mod tree;
 pub mod vmset;
 
 use std::collections::HashSet;

@@ -30,10 +30,11 @@ use vdrep_proto::RangeSet;
 use super::disk::{
     begin_cycle, commit_cycle, disk_call, out_of_order, send_all, DiskJob, Opened, Shared,
 };
+use super::tree::SourceTree as Tree;
 use super::{ControlStream, SendError};
 use crate::disk::{ExtentKind, VirtualDisk};
 use crate::pipeline::WorkItem;
-use crate::resync::{children, node_range, trunc, Source, Tree, PAGE, PAGE_LEVEL};
+use crate::resync::{children, node_range, trunc, Source, PAGE, PAGE_LEVEL};
 
 /// Comparison rounds before the roots must agree.
 pub const MAX_ROUNDS: usize = 3;
@@ -144,7 +145,7 @@ pub async fn resync(
         let mine = tokio::task::spawn_blocking(move || {
             let mut t = t2.lock().map_err(|_| "tree lock poisoned".to_string())?;
             t.refresh(s2.as_ref(), &r2)?;
-            Ok::<_, String>(t.root())
+            t.root()
         })
         .await
         .map_err(|e| SendError::Internal(format!("hash task: {e}")))?
@@ -247,7 +248,7 @@ async fn compare(
     // (`SenderDisk::hash_request`); the slices below only stay in bounds.
     let theirs = ask(ctrl, disk, 0, &[], sh, verify).await?;
     let mut nodes: Vec<u64> = {
-        let t = tree.lock().map_err(|_| poisoned())?;
+        let mut t = tree.lock().map_err(|_| poisoned())?;
         (0..theirs.len() as u64)
             .filter(|&i| t.at(0, i) != Some(theirs[i as usize]))
             .collect()
@@ -257,7 +258,7 @@ async fn compare(
         let mut next = Vec::new();
         let mut dense: Vec<(u64, Vec<u64>)> = Vec::new();
         {
-            let t = tree.lock().map_err(|_| poisoned())?;
+            let mut t = tree.lock().map_err(|_| poisoned())?;
             let mut k = 0usize;
             for &p in &nodes {
                 let kids = children(size, level as usize - 1, p);

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vdrep::pipeline::zstd_ctx;
+use vdrep::codec::zstd_ctx;
 use vdrep_proto::wire::{PackedMap, PACK_BLOCK};
 
 fuzz_target!(|data: &[u8]| {

@@ -6,7 +6,7 @@ use std::io;
 
 use vdrep::resync::index::IndexFile;
 use vdrep::sink::local::fs::DataFile;
-use vdrep::sink::local::state::{encode, CyclePhase, Listed, Record, STATE_VERSION};
+use vdrep::sink::local::state::{encode, Listed, Record, STATE_VERSION};
 use vdrep::sink::{DiskState, RecoveryPoint};
 use vdrep_proto::{Guid, RangeSet};
 
@@ -40,8 +40,16 @@ impl DataFile for MemData {
 pub struct MemIndex(pub Vec<u8>);
 
 impl IndexFile for MemIndex {
-    fn read_all(&self) -> io::Result<Option<Vec<u8>>> {
-        Ok(Some(self.0.clone()))
+    fn size(&self) -> io::Result<Option<u64>> {
+        Ok(Some(self.0.len() as u64))
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|s| self.0.get(s..s.checked_add(buf.len())?))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
     }
     fn write_at(&self, _: u64, _: &[u8]) -> io::Result<()> {
         Ok(())
@@ -80,7 +88,6 @@ pub fn valid_state_record(mode: u8) -> Vec<u8> {
             copy_id: Guid([2; 16]),
             open_cycle: None,
         },
-        phase: CyclePhase::Idle,
         pending: Some(point(0)),
         points: vec![
             Listed {
@@ -97,7 +104,6 @@ pub fn valid_state_record(mode: u8) -> Vec<u8> {
         r.disk.initial_in_progress = false;
         r.disk.copy_id = Guid::NIL;
         r.disk.open_cycle = Some(6);
-        r.phase = CyclePhase::Open;
         r.pending = None;
         r.points[1].undo_len = 4096;
     }

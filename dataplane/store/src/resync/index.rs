@@ -24,18 +24,27 @@
 //! dirty bits persisted with a clean header are therefore only those of nodes written
 //! partially and not rehashed since, never a guess.
 //!
+//! **Memory.** The index is not held whole: its file's body is read and written back
+//! through a bounded page cache ([`super::pages`], [`CacheConfig::DEFAULT`]: 1 MiB per
+//! open disk), the 16 MiB level is derived from the 256 KiB one when asked, and only the
+//! top level (32 bytes per GiB) stays in memory, recomputed for the 1 GiB regions whose
+//! nodes changed. A page is written back to the file only with the header durably unclean
+//! (the invariant of [`super::pages`]), so eviction never lets a file that says clean
+//! describe anything but the replica.
+//!
 //! **File** (little-endian; `NAME.hidx` in the local store, see `sink/local/LAYOUT.md`):
 //! a 64-byte header — magic `vdrepHX\0`, version u32 (1), flags u32 (bit 0 clean), virtual
 //! size u64, copy generation u64, node size u64 (262144), node count N u64, 12 zero bytes,
 //! CRC-32C of bytes 0..60 at 60 — then N 32-byte node hashes, then the dirty bitmap
 //! (⌈N/8⌉ bytes, node i is bit i % 8 of byte i / 8).
 
+use std::collections::HashMap;
 use std::io;
 
-use std::collections::HashMap;
-
+use super::pages::{CacheConfig, IndexPages};
 use super::{
-    combine, count, kept_hash, node_range, Hash, Source, Tree, KEPT, PAGE, RESYNC_NODE_SIZES,
+    combine, count, kept_hash, node_range, root_of, Hash, Levels, Source, KEPT, PAGE,
+    RESYNC_FANOUT, RESYNC_NODE_SIZES,
 };
 
 /// Nodes whose page hashes a session remembers at most (2 KiB each: 16 MiB).
@@ -45,11 +54,24 @@ const MAGIC: &[u8; 8] = b"vdrepHX\0";
 const VERSION: u32 = 1;
 const HEADER: u64 = 64;
 const CLEAN: u32 = 1;
+/// 256 KiB nodes under one top (1 GiB) node.
+const PER_TOP: u64 = RESYNC_FANOUT * RESYNC_FANOUT;
+/// Nodes rehashed per batch (16 GiB of disk), so a rehash holds a bounded list.
+const REHASH_BATCH: u64 = 65_536;
 
-/// Where an index is kept: positional writes on one small file or blob.
+/// Where an index is kept: positional reads and writes on one file or blob.
 pub trait IndexFile: Send + Sync {
-    /// The whole content, or `None` if there is none yet.
-    fn read_all(&self) -> io::Result<Option<Vec<u8>>>;
+    /// The file's length in bytes, or `None` if there is no file yet.
+    fn size(&self) -> io::Result<Option<u64>>;
+    /// Reads `buf.len()` bytes at `offset` (inside the file).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Announces that the file will be `len` bytes, before the first write to a file whose
+    /// content the index does not use (a fresh copy's, a stale one): a page blob is then
+    /// created once at that length. The content may be lost. The default keeps the file
+    /// as it is (a local file grows with its writes).
+    fn set_len(&self, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// Writes `data` at `offset` (not yet durable).
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Makes the writes durable.
@@ -63,140 +85,106 @@ fn zero_node(len: usize) -> Hash {
     kept_hash(&vec![0u8; len])
 }
 
-/// A replica's index in memory, with the file that keeps it.
+/// A replica's index: its file's body through a bounded cache, and the top level.
 pub struct Index {
     size: u64,
-    generation: u64,
-    hashes: Vec<Hash>,
-    dirty: Vec<u8>,
-    /// Hash entries changed since the index was last persisted.
-    touched: Vec<u8>,
-    /// True while the file's header says clean (a write must first say otherwise).
-    durable_clean: bool,
-    /// True while the file's entries are of no use (absent, another layout): the next
-    /// persist writes every entry.
-    rewrite_all: bool,
-    file: Option<Box<dyn IndexFile>>,
+    /// Nodes of the 256 KiB level.
+    n: u64,
+    body: IndexPages,
     /// Why the index did not describe the replica when it was opened (then all dirty).
     stale: Option<String>,
+    /// Why the index can no longer be trusted in this session (a failed read or
+    /// write-back of its file): it is then never persisted as clean.
+    broken: Option<String>,
+    /// Dirty nodes, once counted.
+    ndirty: Option<u64>,
+    /// Top-level (1 GiB) hashes, and which are out of date (their nodes changed).
+    top: Vec<Hash>,
+    top_stale: Vec<bool>,
     /// Page hashes of nodes read for a resync's page-level answers in this session (not
     /// persisted): a later write of whole pages into such a node (the resync's own data)
     /// sets the node's hash from them instead of leaving it dirty to be read again.
     pages: HashMap<u64, Vec<Hash>>,
 }
 
-fn bit(v: &[u8], i: usize) -> bool {
-    v[i / 8] & (1 << (i % 8)) != 0
-}
-fn set(v: &mut [u8], i: usize, on: bool) {
-    if on {
-        v[i / 8] |= 1 << (i % 8);
-    } else {
-        v[i / 8] &= !(1 << (i % 8));
-    }
-}
-
 impl Index {
     /// The index of a `size`-byte replica at copy generation `generation`, kept in `file`
     /// (`None`: the sink keeps none, `why` says so). `fresh_zero`: the working image is a new
-    /// all-zero copy, so every hash is known without reading or loading anything.
+    /// all-zero copy, so every hash is known without reading anything.
     pub fn open(
         file: Result<Box<dyn IndexFile>, String>,
         size: u64,
         generation: u64,
         fresh_zero: bool,
     ) -> Index {
-        let n = count(size, KEPT) as usize;
-        let (file, why) = match file {
+        Self::open_with(file, size, generation, fresh_zero, CacheConfig::DEFAULT)
+    }
+
+    /// [`Index::open`] with a cache of `cfg` (tests use tiny pages to force evictions).
+    pub fn open_with(
+        file: Result<Box<dyn IndexFile>, String>,
+        size: u64,
+        generation: u64,
+        fresh_zero: bool,
+        cfg: CacheConfig,
+    ) -> Index {
+        let n = count(size, KEPT);
+        let (file, mut stale) = match file {
             Ok(f) => (Some(f), None),
             Err(why) => (None, Some(why)),
         };
-        let mut ix = Index {
-            size,
-            generation,
-            hashes: vec![[0; 32]; n],
-            dirty: vec![0xff; n.div_ceil(8)],
-            touched: vec![0xff; n.div_ceil(8)],
-            durable_clean: false,
-            rewrite_all: true,
-            file,
-            stale: why,
-            pages: HashMap::new(),
-        };
         // Only a sink that keeps an index guarantees that a fresh copy starts all zero.
-        if fresh_zero && ix.file.is_some() {
-            ix.stale = None;
-            ix.dirty.fill(0);
+        let fresh = fresh_zero && file.is_some();
+        let valid = if fresh {
             // The file is not read, so it may still say clean (an index persisted for a
             // copy of this generation that was started again from zero): the first write
-            // must mark it unclean all the same.
-            ix.durable_clean = true;
-            let full = zero_node(RESYNC_NODE_SIZES[KEPT] as usize);
-            for i in 0..n {
-                let (a, b) = node_range(size, KEPT, i as u64);
-                ix.hashes[i] = if b - a == RESYNC_NODE_SIZES[KEPT] {
-                    full
-                } else {
-                    zero_node((b - a) as usize)
-                };
-            }
-            return ix;
-        }
-        if let Some(f) = ix.file.take() {
-            match f.read_all() {
-                Ok(Some(bytes)) => {
-                    if let Err(why) = ix.load(&bytes) {
-                        ix.stale = Some(format!("{}: {why}", f.describe()));
-                    }
+            // must mark it unclean all the same (the pages' rule).
+            true
+        } else if let Some(f) = &file {
+            match check(f.as_ref(), size, generation, n) {
+                Ok(()) => true,
+                Err(why) => {
+                    stale = Some(format!("{}: {why}", f.describe()));
+                    false
                 }
-                Ok(None) => ix.stale = Some(format!("{} does not exist yet", f.describe())),
-                Err(e) => ix.stale = Some(format!("{}: read failed: {e}", f.describe())),
             }
-            ix.file = Some(f);
+        } else {
+            false
+        };
+        let fill: super::pages::Fill = if fresh {
+            let full = zero_node(RESYNC_NODE_SIZES[KEPT] as usize);
+            let (la, lb) = node_range(size, KEPT, n.saturating_sub(1));
+            let last = zero_node((lb - la) as usize);
+            Box::new(move |off, buf| {
+                fill_body(n, off, buf, |i| if i + 1 == n { last } else { full }, 0)
+            })
+        } else {
+            Box::new(move |off, buf| fill_body(n, off, buf, |_| [0; 32], 0xff))
+        };
+        let body_len = 32 * n + n.div_ceil(8);
+        let headers = (
+            header(size, generation, n, false).to_vec(),
+            header(size, generation, n, true).to_vec(),
+        );
+        let body = IndexPages::new(file, HEADER, body_len, cfg, valid && !fresh, fill, headers);
+        let tops = count(size, 0) as usize;
+        Index {
+            size,
+            n,
+            body,
+            stale,
+            broken: None,
+            ndirty: if fresh {
+                Some(0)
+            } else if valid {
+                None
+            } else {
+                Some(n)
+            },
+            top: vec![[0; 32]; tops],
+            top_stale: vec![true; tops],
+            pages: HashMap::new(),
         }
-        ix
-    }
-
-    fn load(&mut self, b: &[u8]) -> Result<(), String> {
-        let n = self.hashes.len();
-        let want = HEADER as usize + 32 * n + n.div_ceil(8);
-        let h = b.get(..HEADER as usize).ok_or("shorter than its header")?;
-        let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
-        let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or([0; 8]));
-        if &h[..8] != MAGIC || u32_at(8) != VERSION {
-            return Err("not a version-1 resync index".into());
-        }
-        if crc32c::crc32c(&h[..60]) != u32_at(60) {
-            return Err("header checksum mismatch".into());
-        }
-        if u32_at(12) & CLEAN == 0 {
-            return Err("not closed cleanly (the receiver stopped while writing)".into());
-        }
-        if u64_at(16) != self.size
-            || u64_at(32) != RESYNC_NODE_SIZES[KEPT]
-            || u64_at(40) != n as u64
-        {
-            return Err("describes a disk of another size".into());
-        }
-        if u64_at(24) != self.generation {
-            return Err(format!(
-                "describes copy generation {}, the replica is generation {}",
-                u64_at(24),
-                self.generation
-            ));
-        }
-        if b.len() != want {
-            return Err(format!("{} bytes, expected {want}", b.len()));
-        }
-        let body = &b[HEADER as usize..];
-        for (i, c) in body[..32 * n].chunks_exact(32).enumerate() {
-            self.hashes[i].copy_from_slice(c);
-        }
-        self.dirty.copy_from_slice(&body[32 * n..]);
-        self.touched.fill(0);
-        self.durable_clean = true;
-        self.rewrite_all = false;
-        Ok(())
     }
 
     /// Why the index did not describe the replica when opened (all nodes dirty), if so.
@@ -206,68 +194,149 @@ impl Index {
 
     /// Where the index is kept, for messages.
     pub fn describe(&self) -> String {
-        match &self.file {
+        match self.body.file() {
             Some(f) => f.describe(),
             None => "the resync index (kept in memory only)".into(),
         }
     }
 
-    /// Nodes marked dirty.
-    pub fn dirty_count(&self) -> usize {
-        (0..self.hashes.len())
-            .filter(|&i| bit(&self.dirty, i))
-            .count()
+    /// Most bytes of the index's file held in memory at once since opened (the page
+    /// cache's peak; the top level adds 32 bytes per GiB of disk).
+    pub fn peak_cache_bytes(&self) -> usize {
+        self.body.peak_bytes()
     }
 
-    fn header(&self, clean: bool) -> [u8; HEADER as usize] {
-        let mut h = [0u8; HEADER as usize];
-        h[..8].copy_from_slice(MAGIC);
-        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        h[12..16].copy_from_slice(&(if clean { CLEAN } else { 0 }).to_le_bytes());
-        h[16..24].copy_from_slice(&self.size.to_le_bytes());
-        h[24..32].copy_from_slice(&self.generation.to_le_bytes());
-        h[32..40].copy_from_slice(&RESYNC_NODE_SIZES[KEPT].to_le_bytes());
-        h[40..48].copy_from_slice(&(self.hashes.len() as u64).to_le_bytes());
-        let crc = crc32c::crc32c(&h[..60]);
-        h[60..].copy_from_slice(&crc.to_le_bytes());
-        h
+    fn fail(&mut self, what: &str, e: io::Error) -> String {
+        let m = format!("{}: {what}: {e}", self.describe());
+        self.broken.get_or_insert(m.clone());
+        m
     }
 
-    /// Before a write or clear of `[off, off+len)` reaches the replica: the file must no
-    /// longer claim to be clean (durably). Call with writes to this replica serialised.
-    pub fn before_write(&mut self) -> io::Result<()> {
-        if self.durable_clean {
-            if let Some(f) = &self.file {
-                f.write_at(0, &self.header(false))?;
-                f.sync()?;
-            }
-            self.durable_clean = false;
+    fn hash(&mut self, i: u64) -> io::Result<Hash> {
+        let mut h = [0u8; 32];
+        self.body.read(32 * i, &mut h)?;
+        Ok(h)
+    }
+
+    fn set_hash(&mut self, i: u64, h: Hash) -> io::Result<()> {
+        self.body.update(32 * i, 32, |s| s.copy_from_slice(&h))?;
+        if let Some(t) = self.top_stale.get_mut((i / PER_TOP) as usize) {
+            *t = true;
         }
         Ok(())
     }
 
-    /// After a write (`data`) or clear (`None`) of `[off, off+len)` was applied (`ok`) or
-    /// failed half-way (`!ok`): whole nodes it covered get their new hashes, others are
-    /// marked dirty. `full` holds the precomputed hashes of the whole nodes
-    /// ([`full_node_hashes`]).
-    pub fn after_write(&mut self, off: u64, len: u64, full: &[(u64, Hash)], ok: bool) {
-        let k = RESYNC_NODE_SIZES[KEPT];
-        if len == 0 || off >= self.size {
-            return;
+    /// Byte `j` of the dirty bitmap (nodes 8j..8j+8; bits past the last node ignored).
+    fn dirty_byte(&mut self, j: u64) -> io::Result<u8> {
+        let mut b = [0u8];
+        self.body.read(32 * self.n + j, &mut b)?;
+        let valid = (self.n - 8 * j).min(8);
+        Ok(if valid == 8 {
+            b[0]
+        } else {
+            b[0] & ((1u8 << valid) - 1)
+        })
+    }
+
+    /// The dirty nodes in `[from, to)` (`to` ≤ N), or every node when `all`.
+    fn dirty_in(&mut self, from: u64, to: u64, all: bool) -> io::Result<Vec<u64>> {
+        if all {
+            return Ok((from..to).collect());
         }
-        let end = (off + len).min(self.size);
-        for i in off / k..=(end - 1) / k {
-            set(&mut self.dirty, i as usize, true);
-        }
-        if ok {
-            for &(i, h) in full {
-                if let Some(slot) = self.hashes.get_mut(i as usize) {
-                    *slot = h;
-                    set(&mut self.dirty, i as usize, false);
-                    set(&mut self.touched, i as usize, true);
+        let mut out = Vec::new();
+        let mut i = from;
+        while i < to {
+            let byte = self.dirty_byte(i / 8)? >> (i % 8);
+            if byte == 0 {
+                i = (i / 8 + 1) * 8;
+                continue;
+            }
+            for k in 0..(8 - i % 8).min(to - i) {
+                if byte & (1 << k) != 0 {
+                    out.push(i + k);
                 }
             }
+            i = (i / 8 + 1) * 8;
         }
+        Ok(out)
+    }
+
+    fn set_dirty(&mut self, i: u64, on: bool) -> io::Result<()> {
+        let mask = 1u8 << (i % 8);
+        let mut was = false;
+        self.body.update(32 * self.n + i / 8, 1, |b| {
+            was = b[0] & mask != 0;
+            if on {
+                b[0] |= mask;
+            } else {
+                b[0] &= !mask;
+            }
+        })?;
+        if let Some(d) = self.ndirty.as_mut() {
+            match (was, on) {
+                (false, true) => *d += 1,
+                (true, false) => *d -= 1,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Nodes marked dirty (counted once by reading the bitmap, then kept up to date).
+    pub fn dirty_count(&mut self) -> Result<u64, String> {
+        if let Some(d) = self.ndirty {
+            return Ok(d);
+        }
+        let mut d = 0;
+        for j in 0..self.n.div_ceil(8) {
+            d += u64::from(
+                self.dirty_byte(j)
+                    .map_err(|e| self.fail("read", e))?
+                    .count_ones(),
+            );
+        }
+        self.ndirty = Some(d);
+        Ok(d)
+    }
+
+    /// Before a write or clear reaches the replica: the file must no longer claim to be
+    /// clean (durably). Call with writes to this replica serialised.
+    pub fn before_write(&mut self) -> io::Result<()> {
+        self.body.mark_unclean()
+    }
+
+    /// After a write or clear of `[off, off+len)` was applied (`ok`) or failed half-way
+    /// (`!ok`): whole nodes it covered get their new hashes, others are marked dirty.
+    /// `full` holds the precomputed hashes of the whole nodes ([`full_node_hashes`]). A
+    /// failure of the index's file leaves the index untrusted for the session (never
+    /// persisted clean; its file says unclean since [`Index::before_write`]).
+    pub fn after_write(
+        &mut self,
+        off: u64,
+        len: u64,
+        full: &[(u64, Hash)],
+        ok: bool,
+    ) -> Result<(), String> {
+        let k = RESYNC_NODE_SIZES[KEPT];
+        if len == 0 || off >= self.size {
+            return Ok(());
+        }
+        let end = off.saturating_add(len).min(self.size);
+        let r = (|| {
+            for i in off / k..=(end - 1) / k {
+                self.set_dirty(i, true)?;
+            }
+            if ok {
+                for &(i, h) in full {
+                    if i < self.n {
+                        self.set_hash(i, h)?;
+                        self.set_dirty(i, false)?;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        r.map_err(|e| self.fail("record a write", e))
     }
 
     /// Remembers the page hashes of node `node` as read from the working image, with writes
@@ -295,12 +364,12 @@ impl Index {
         data: Option<&[u8]>,
         full: &[(u64, Hash)],
         ok: bool,
-    ) {
+    ) -> Result<(), String> {
         let k = RESYNC_NODE_SIZES[KEPT];
         if self.pages.is_empty() || len == 0 || off >= self.size {
             return self.after_write(off, len, full, ok);
         }
-        let end = (off + len).min(self.size);
+        let end = off.saturating_add(len).min(self.size);
         let mut all = full.to_vec();
         for i in off / k..=(end - 1) / k {
             let Some(mut ph) = self.pages.remove(&i) else {
@@ -340,74 +409,182 @@ impl Index {
                 self.pages.insert(i, ph);
             }
         }
-        self.after_write(off, len, &all, ok);
+        self.after_write(off, len, &all, ok)
     }
 
-    /// Rehashes the dirty nodes (every node when `all`) from `src`, the working image;
-    /// returns the bytes read.
+    /// Rehashes the dirty nodes (every node when `all`) from `src`, the working image, in
+    /// batches of [`REHASH_BATCH`] nodes; returns the bytes read.
     pub fn rehash(&mut self, src: &dyn Source, all: bool, threads: usize) -> Result<u64, String> {
-        let nodes: Vec<u64> = (0..self.hashes.len())
-            .filter(|&i| all || bit(&self.dirty, i))
-            .map(|i| i as u64)
-            .collect();
-        if nodes.is_empty() {
+        if let Some(b) = &self.broken {
+            return Err(b.clone());
+        }
+        if !all && self.dirty_count()? == 0 {
             return Ok(0);
         }
-        let (hashes, read) = super::hash_nodes(src, &nodes, threads)?;
-        for (&i, h) in nodes.iter().zip(hashes) {
-            let i = i as usize;
-            if self.hashes[i] != h {
-                self.hashes[i] = h;
-                set(&mut self.touched, i, true);
+        let mut read = 0;
+        let mut from = 0;
+        while from < self.n {
+            let to = (from + REHASH_BATCH).min(self.n);
+            let nodes = self
+                .dirty_in(from, to, all)
+                .map_err(|e| self.fail("read", e))?;
+            from = to;
+            if nodes.is_empty() {
+                continue;
             }
-            set(&mut self.dirty, i, false);
+            let (hashes, r) = super::hash_nodes(src, &nodes, threads)?;
+            read += r;
+            let res = (|| {
+                for (&i, h) in nodes.iter().zip(hashes) {
+                    if self.hash(i)? != h {
+                        self.set_hash(i, h)?;
+                    }
+                    self.set_dirty(i, false)?;
+                }
+                Ok(())
+            })();
+            res.map_err(|e| self.fail("record a rehash", e))?;
         }
         self.stale = None;
         Ok(read)
     }
 
-    /// The hash tree of the index (meaningful once no node is dirty).
-    pub fn tree(&self) -> Result<Tree, String> {
-        Tree::from_kept(self.size, self.hashes.clone())
+    /// The full-strength root (meaningful once no node is dirty).
+    pub fn root(&mut self) -> Result<Hash, String> {
+        for t in 0..self.top.len() as u64 {
+            self.node(0, t)?;
+        }
+        Ok(root_of(self.size, &self.top))
+    }
+
+    /// Hash of 16 MiB node `j`, from its 256 KiB children.
+    fn mid(&mut self, j: u64) -> io::Result<Hash> {
+        let kids = super::children(self.size, 1, j);
+        let mut buf = vec![0u8; 32 * (kids.end - kids.start) as usize];
+        self.body.read_span(32 * kids.start, &mut buf)?;
+        let mut h = blake3::Hasher::new();
+        h.update(&buf);
+        Ok(*h.finalize().as_bytes())
     }
 
     /// Persists the index as clean. Only call when every write it reflects is durable in
     /// the store and no write runs meanwhile. A no-op without a file.
     pub fn persist_clean(&mut self) -> io::Result<()> {
-        let Some(f) = &self.file else { return Ok(()) };
-        let n = self.hashes.len();
-        let all = self.rewrite_all;
-        let any_touched = all || self.touched.iter().any(|&b| b != 0);
-        if self.durable_clean && !any_touched {
-            return Ok(());
+        if let Some(b) = &self.broken {
+            return Err(io::Error::other(format!(
+                "not persisted as clean after an earlier failure: {b}"
+            )));
         }
-        if self.durable_clean || all {
-            f.write_at(0, &self.header(false))?;
-            f.sync()?;
-            self.durable_clean = false;
+        self.body.persist_clean()
+    }
+}
+
+impl Levels for Index {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The 256 KiB level from the file, the 16 MiB level derived from it, the top level
+    /// from memory (recomputed when its nodes changed).
+    fn node(&mut self, level: usize, i: u64) -> Result<Hash, String> {
+        if let Some(b) = &self.broken {
+            return Err(b.clone());
         }
-        // Runs of touched entries, written at once.
-        let mut i = 0;
-        while i < n {
-            if !(all || bit(&self.touched, i)) {
-                i += 1;
-                continue;
+        if i >= count(self.size, level.min(KEPT)) || level > KEPT {
+            return Err(format!("node {i} at level {level} does not exist"));
+        }
+        let r = match level {
+            0 => {
+                if self.top_stale[i as usize] {
+                    let mids = super::children(self.size, 0, i);
+                    let mut h = Vec::with_capacity((mids.end - mids.start) as usize);
+                    for j in mids {
+                        match self.mid(j) {
+                            Ok(m) => h.push(m),
+                            Err(e) => return Err(self.fail("read", e)),
+                        }
+                    }
+                    self.top[i as usize] = combine(&h);
+                    self.top_stale[i as usize] = false;
+                }
+                Ok(self.top[i as usize])
             }
-            let s = i;
-            while i < n && (all || bit(&self.touched, i)) && i - s < 4096 {
-                i += 1;
-            }
-            let buf: Vec<u8> = self.hashes[s..i].iter().flatten().copied().collect();
-            f.write_at(HEADER + 32 * s as u64, &buf)?;
+            1 => self.mid(i),
+            _ => self.hash(i),
+        };
+        r.map_err(|e| self.fail("read", e))
+    }
+}
+
+/// Checks that `f` holds a clean index of this layout: header first, then the length.
+fn check(f: &dyn IndexFile, size: u64, generation: u64, n: u64) -> Result<(), String> {
+    let len = match f.size() {
+        Ok(Some(l)) => l,
+        Ok(None) => return Err("does not exist yet".into()),
+        Err(e) => return Err(format!("read failed: {e}")),
+    };
+    if len < HEADER {
+        return Err("shorter than its header".into());
+    }
+    let mut h = [0u8; HEADER as usize];
+    f.read_at(0, &mut h)
+        .map_err(|e| format!("read failed: {e}"))?;
+    let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or([0; 8]));
+    if &h[..8] != MAGIC || u32_at(8) != VERSION {
+        return Err("not a version-1 resync index".into());
+    }
+    if crc32c::crc32c(&h[..60]) != u32_at(60) {
+        return Err("header checksum mismatch".into());
+    }
+    if u32_at(12) & CLEAN == 0 {
+        return Err("not closed cleanly (the receiver stopped while writing)".into());
+    }
+    if u64_at(16) != size || u64_at(32) != RESYNC_NODE_SIZES[KEPT] || u64_at(40) != n {
+        return Err("describes a disk of another size".into());
+    }
+    if u64_at(24) != generation {
+        return Err(format!(
+            "describes copy generation {}, the replica is generation {generation}",
+            u64_at(24)
+        ));
+    }
+    let want = HEADER + 32 * n + n.div_ceil(8);
+    if len != want {
+        return Err(format!("{len} bytes, expected {want}"));
+    }
+    Ok(())
+}
+
+/// The header of an index of `n` nodes over a `size`-byte disk.
+fn header(size: u64, generation: u64, n: u64, clean: bool) -> [u8; HEADER as usize] {
+    let mut h = [0u8; HEADER as usize];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&(if clean { CLEAN } else { 0 }).to_le_bytes());
+    h[16..24].copy_from_slice(&size.to_le_bytes());
+    h[24..32].copy_from_slice(&generation.to_le_bytes());
+    h[32..40].copy_from_slice(&RESYNC_NODE_SIZES[KEPT].to_le_bytes());
+    h[40..48].copy_from_slice(&n.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..60]);
+    h[60..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Body bytes `[off, off + buf.len())` of an index of `n` nodes not yet on file: hashes
+/// from `hash`, every bitmap byte `bits`.
+fn fill_body(n: u64, off: u64, buf: &mut [u8], hash: impl Fn(u64) -> Hash, bits: u8) {
+    let mut k = 0;
+    while k < buf.len() {
+        let at = off + k as u64;
+        if at >= 32 * n {
+            buf[k..].fill(bits);
+            return;
         }
-        f.write_at(HEADER + 32 * n as u64, &self.dirty)?;
-        f.sync()?;
-        f.write_at(0, &self.header(true))?;
-        f.sync()?;
-        self.touched.fill(0);
-        self.rewrite_all = false;
-        self.durable_clean = true;
-        Ok(())
+        let (i, s) = (at / 32, (at % 32) as usize);
+        let take = (32 - s).min(buf.len() - k);
+        buf[k..k + take].copy_from_slice(&hash(i)[s..s + take]);
+        k += take;
     }
 }
 
@@ -441,151 +618,5 @@ pub fn full_node_hashes(size: u64, off: u64, len: u64, data: Option<&[u8]>) -> V
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-    use std::sync::{Arc, Mutex};
-
-    /// Bytes written, and bytes durable (as of the last sync; `None` before any).
-    type Written = (Vec<u8>, Option<Vec<u8>>);
-    #[derive(Clone, Default)]
-    struct MemFile(Arc<Mutex<Written>>);
-    impl IndexFile for MemFile {
-        fn read_all(&self) -> io::Result<Option<Vec<u8>>> {
-            Ok(self.0.lock().unwrap().1.clone())
-        }
-        fn write_at(&self, off: u64, data: &[u8]) -> io::Result<()> {
-            let mut g = self.0.lock().unwrap();
-            let v = &mut g.0;
-            let e = off as usize + data.len();
-            if v.len() < e {
-                v.resize(e, 0);
-            }
-            v[off as usize..e].copy_from_slice(data);
-            Ok(())
-        }
-        fn sync(&self) -> io::Result<()> {
-            let mut g = self.0.lock().unwrap();
-            g.1 = Some(g.0.clone());
-            Ok(())
-        }
-        fn describe(&self) -> String {
-            "mem".into()
-        }
-    }
-    struct Mem(Vec<u8>);
-    impl Source for Mem {
-        fn size(&self) -> u64 {
-            self.0.len() as u64
-        }
-        fn read(&self, off: u64, len: usize) -> Result<Bytes, String> {
-            Ok(Bytes::copy_from_slice(
-                &self.0[off as usize..off as usize + len],
-            ))
-        }
-    }
-
-    fn write(ix: &mut Index, img: &mut Mem, off: u64, data: &[u8]) {
-        let full = full_node_hashes(img.size(), off, data.len() as u64, Some(data));
-        ix.before_write().unwrap();
-        img.0[off as usize..off as usize + data.len()].copy_from_slice(data);
-        ix.after_write(off, data.len() as u64, &full, true);
-    }
-
-    /// A write (`Some`) or clear (`None`) as the receiver applies it, bytes at hand.
-    fn apply(ix: &mut Index, img: &mut Mem, off: u64, len: usize, data: Option<&[u8]>) {
-        let full = full_node_hashes(img.size(), off, len as u64, data);
-        ix.before_write().unwrap();
-        let zeros = vec![0u8; len];
-        img.0[off as usize..off as usize + len].copy_from_slice(data.unwrap_or(&zeros));
-        ix.after_write_data(off, len as u64, data, &full, true);
-    }
-
-    #[test]
-    fn whole_pages_written_into_nodes_whose_pages_were_read_set_their_hashes_without_a_reread() {
-        let k = 256 << 10;
-        let size = (1 << 20) + 4096 + 512; // five nodes, the last of a page and a half
-        let mut img = Mem((0..size).map(|i| (i * 7 % 251) as u8).collect());
-        let mut ix = Index::open(Ok(Box::new(MemFile::default())), size as u64, 1, false);
-        ix.rehash(&img, true, 1).unwrap();
-        // The page-level answer for nodes 1 and 4, remembered.
-        let pages = ix.tree().unwrap().answer_pages(&img, &[1, 4]).unwrap();
-        for (n, p) in [1, 4].into_iter().zip(pages) {
-            ix.remember_pages(n, p);
-        }
-        apply(&mut ix, &mut img, k + 8192, 8192, Some(&[3u8; 8192]));
-        apply(&mut ix, &mut img, k + 40960, 4096, None);
-        apply(&mut ix, &mut img, (1 << 20) + 4096, 512, Some(&[9u8; 512])); // the short page
-        assert_eq!(ix.dirty_count(), 0);
-        let built = Tree::build(&img, 1).unwrap();
-        assert_eq!(ix.tree().unwrap().root(), built.root());
-        // Part of a page, and a node whose pages were not read, stay dirty.
-        apply(&mut ix, &mut img, k + 512, 512, Some(&[4u8; 512]));
-        apply(&mut ix, &mut img, 2 * k + 4096, 4096, Some(&[5u8; 4096]));
-        assert_eq!(ix.dirty_count(), 2);
-        assert_eq!(ix.rehash(&img, false, 1).unwrap(), 2 * k);
-        assert_eq!(
-            ix.tree().unwrap().root(),
-            Tree::build(&img, 1).unwrap().root()
-        );
-        // Node 1's pages were forgotten at the write of part of a page: dirty again.
-        apply(&mut ix, &mut img, k, 4096, Some(&[6u8; 4096]));
-        assert_eq!(ix.dirty_count(), 1);
-    }
-
-    #[test]
-    fn an_index_kept_with_every_write_matches_a_tree_built_by_reading() {
-        let size = (3 << 20) + 4096 + 512;
-        let f = MemFile::default();
-        let mut img = Mem(vec![0; size]);
-        let mut ix = Index::open(Ok(Box::new(f.clone())), size as u64, 1, true);
-        write(&mut ix, &mut img, 0, &vec![7u8; 1 << 20]); // whole nodes
-        write(&mut ix, &mut img, (2 << 20) + 4096, &[9u8; 512]); // partial
-        write(&mut ix, &mut img, 3 << 20, &vec![5u8; 4096 + 512]); // the short last node
-        assert_eq!(ix.dirty_count(), 1);
-        ix.persist_clean().unwrap();
-        let mut again = Index::open(Ok(Box::new(f.clone())), size as u64, 1, false);
-        assert_eq!(again.stale_reason(), None);
-        assert_eq!(again.rehash(&img, false, 1).unwrap(), 256 << 10);
-        let built = Tree::build(&img, 1).unwrap();
-        assert_eq!(again.tree().unwrap().root(), built.root());
-    }
-
-    #[test]
-    fn a_fresh_copy_marks_an_index_left_clean_for_its_generation_unclean_at_its_first_write() {
-        let size = 1 << 20;
-        let f = MemFile::default();
-        let mut img = Mem(vec![0; size]);
-        let mut ix = Index::open(Ok(Box::new(f.clone())), size as u64, 1, true);
-        ix.persist_clean().unwrap();
-        // The copy starts again from zero at the same generation; a write, then a crash.
-        let mut ix = Index::open(Ok(Box::new(f.clone())), size as u64, 1, true);
-        write(&mut ix, &mut img, 0, &[1u8; 4096]);
-        drop(ix);
-        let after = Index::open(Ok(Box::new(f)), size as u64, 1, false);
-        assert!(after
-            .stale_reason()
-            .is_some_and(|r| r.contains("not closed cleanly")));
-    }
-
-    #[test]
-    fn an_index_not_persisted_after_a_write_is_stale_at_the_next_open() {
-        let size = 1 << 20;
-        let f = MemFile::default();
-        let mut img = Mem(vec![0; size]);
-        let mut ix = Index::open(Ok(Box::new(f.clone())), size as u64, 1, true);
-        ix.persist_clean().unwrap();
-        assert!(Index::open(Ok(Box::new(f.clone())), size as u64, 1, false)
-            .stale_reason()
-            .is_none());
-        // The "crash": a write, no persist.
-        write(&mut ix, &mut img, 4096, &[1u8; 4096]);
-        let ix2 = Index::open(Ok(Box::new(f.clone())), size as u64, 1, false);
-        assert!(ix2.stale_reason().unwrap().contains("not closed cleanly"));
-        assert_eq!(ix2.dirty_count(), 4);
-        // Another generation is stale too.
-        ix.persist_clean().unwrap();
-        let ix3 = Index::open(Ok(Box::new(f)), size as u64, 2, false);
-        assert!(ix3.stale_reason().unwrap().contains("generation"));
-    }
-}
+#[path = "index_tests.rs"]
+mod tests;

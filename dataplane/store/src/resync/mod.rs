@@ -16,8 +16,12 @@
 //! more than the few equal pages they spare.
 //!
 //! **What is kept.** Each side keeps the 256 KiB level (32 bytes per 256 KiB: 2 MiB for a
-//! 16 GiB disk) and the levels above in memory for the session; page hashes are computed on
-//! demand by reading the 256 KiB nodes that differ again. All-zero ranges hash to constants
+//! 16 GiB disk, 512 MiB for 4 TiB) and the levels above ([`Levels`]) in an [`index`] file
+//! paged through a bounded cache ([`pages`]: 1 MiB per disk whatever its size), the 16 MiB
+//! level derived from the 256 KiB one when asked: the receiver in its durable `NAME.hidx`,
+//! the sender in an unlinked temporary file for the session (`vdrep::sender::tree`). The
+//! in-memory [`Tree`] answers the same ([`Levels`]) and serves as the tests' reference. Page hashes are computed on demand by reading the 256 KiB nodes that
+//! differ again. All-zero ranges hash to constants
 //! without hashing (a cheap zero test), and ranges the source format reports unallocated
 //! are not even read.
 //!
@@ -30,6 +34,7 @@
 //! one, a receiver that stopped uncleanly), the receiver rehashes everything and logs why.
 
 pub mod index;
+pub mod pages;
 
 use bytes::Bytes;
 pub use vdrep_proto::wire::{RESYNC_FANOUT, RESYNC_NODE_SIZES};
@@ -85,7 +90,8 @@ pub fn children(size: u64, level: usize, parent: u64) -> std::ops::Range<u64> {
     first..(first + RESYNC_FANOUT).min(count(size, level + 1))
 }
 
-fn combine(children: &[Hash]) -> Hash {
+/// A node's hash from its children's.
+pub fn combine(children: &[Hash]) -> Hash {
     let mut h = blake3::Hasher::new();
     for c in children {
         h.update(c);
@@ -167,23 +173,6 @@ impl Tree {
         Ok(t)
     }
 
-    /// The tree whose 256 KiB level is `kept` (one hash per node of a `size`-byte disk).
-    pub fn from_kept(size: u64, kept: Vec<Hash>) -> Result<Tree, String> {
-        if kept.len() as u64 != count(size, KEPT) {
-            return Err(format!(
-                "{} node hashes for a disk of {size} bytes",
-                kept.len()
-            ));
-        }
-        let mut t = Tree {
-            size,
-            levels: vec![Vec::new(); KEPT + 1],
-        };
-        t.levels[KEPT] = kept;
-        t.derive_upper();
-        Ok(t)
-    }
-
     fn derive_upper(&mut self) {
         for l in (0..KEPT).rev() {
             let below = std::mem::take(&mut self.levels[l + 1]);
@@ -199,12 +188,7 @@ impl Tree {
 
     /// The full-strength root.
     pub fn root(&self) -> Hash {
-        let mut h = blake3::Hasher::new();
-        h.update(&self.size.to_le_bytes());
-        for c in &self.levels[0] {
-            h.update(c);
-        }
-        *h.finalize().as_bytes()
+        root_of(self.size, &self.levels[0])
     }
 
     /// Truncated hash of node `i` at a kept `level` (0..=2).
@@ -234,73 +218,142 @@ impl Tree {
         Ok(())
     }
 
-    /// The truncated hashes of `level` a peer asks for: every top node when `parents` is
-    /// empty (level 0), else the children of each parent (level ≥ 1). Page hashes (the last
-    /// level) are computed by reading the parents' bytes from `src`.
+    /// The truncated hashes of `level` a peer asks for ([`answer`]).
     pub fn answer(&self, src: &dyn Source, level: u8, parents: &[u64]) -> Result<Vec<u64>, String> {
-        let level = level as usize;
-        if level >= LEVELS {
-            return Err(format!("tree level {level} does not exist"));
-        }
-        if level == 0 {
-            if !parents.is_empty() {
-                return Err("the top level has no parents".into());
-            }
-            return Ok(self.levels[0].iter().map(trunc).collect());
-        }
-        let np = count(self.size, level - 1);
-        let mut out = Vec::with_capacity(parents.len() * RESYNC_FANOUT as usize);
-        let mut prev = None;
-        for &p in parents {
-            if p >= np || prev.is_some_and(|q| p <= q) {
-                return Err(format!(
-                    "parent {p} at level {} is out of range or order",
-                    level - 1
-                ));
-            }
-            prev = Some(p);
-            if level <= KEPT {
-                out.extend(
-                    children(self.size, level - 1, p)
-                        .map(|c| trunc(&self.levels[level][c as usize])),
-                );
-            } else {
-                out.extend(self.pages(src, p)?.iter().map(trunc));
-            }
-        }
-        Ok(out)
+        let mut me = self;
+        answer(&mut me, src, level, parents)
     }
 
-    /// Full page hashes under each of `parents` (256 KiB nodes, ascending), read from
-    /// `src`: the page level's answer before truncation.
+    /// Full page hashes under each of `parents` ([`answer_pages`]).
     pub fn answer_pages(
         &self,
         src: &dyn Source,
         parents: &[u64],
     ) -> Result<Vec<Vec<Hash>>, String> {
-        let np = count(self.size, KEPT);
-        let mut prev = None;
-        let mut out = Vec::with_capacity(parents.len());
-        for &p in parents {
-            if p >= np || prev.is_some_and(|q| p <= q) {
-                return Err(format!(
-                    "parent {p} at level {KEPT} is out of range or order"
-                ));
-            }
-            prev = Some(p);
-            out.push(self.pages(src, p)?);
-        }
-        Ok(out)
+        answer_pages(self.size, src, parents)
     }
 
     /// Full page hashes under 256 KiB node `i`, read from `src`.
     pub fn pages(&self, src: &dyn Source, i: u64) -> Result<Vec<Hash>, String> {
-        let (a, b) = node_range(self.size, KEPT, i);
-        if src.known_zero(a, b - a) {
-            return Ok(page_hashes(&vec![0u8; (b - a) as usize]));
-        }
-        Ok(page_hashes(&src.read(a, (b - a) as usize)?))
+        pages(self.size, src, i)
     }
+}
+
+/// The kept levels of a disk's tree (0..=[`KEPT`]: 1 GiB, 16 MiB and 256 KiB nodes),
+/// wherever they are held: all in memory ([`Tree`], the sender's), or paged from the
+/// receiver's index file ([`index::Index`]), so the answers below are written once.
+pub trait Levels {
+    /// Virtual size of the disk.
+    fn size(&self) -> u64;
+    /// The full hash of node `i` at `level` (0..=[`KEPT`]; `i` inside the level).
+    fn node(&mut self, level: usize, i: u64) -> Result<Hash, String>;
+}
+
+impl Levels for &Tree {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn node(&mut self, level: usize, i: u64) -> Result<Hash, String> {
+        self.levels
+            .get(level)
+            .and_then(|l| l.get(i as usize))
+            .copied()
+            .ok_or_else(|| format!("node {i} at level {level} does not exist"))
+    }
+}
+
+/// The full-strength root of a `size`-byte disk whose top nodes hash to `top`.
+pub fn root_of(size: u64, top: &[Hash]) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(&size.to_le_bytes());
+    for c in top {
+        h.update(c);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// The full-strength root of `t`.
+pub fn root(t: &mut dyn Levels) -> Result<Hash, String> {
+    let size = t.size();
+    let top = (0..count(size, 0))
+        .map(|i| t.node(0, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(root_of(size, &top))
+}
+
+/// The truncated hashes of `level` a peer asks for: every top node when `parents` is
+/// empty (level 0), else the children of each parent (level ≥ 1). Page hashes (the last
+/// level) are computed by reading the parents' bytes from `src`.
+pub fn answer(
+    t: &mut dyn Levels,
+    src: &dyn Source,
+    level: u8,
+    parents: &[u64],
+) -> Result<Vec<u64>, String> {
+    let level = level as usize;
+    let size = t.size();
+    if level >= LEVELS {
+        return Err(format!("tree level {level} does not exist"));
+    }
+    if level == 0 {
+        if !parents.is_empty() {
+            return Err("the top level has no parents".into());
+        }
+        return (0..count(size, 0))
+            .map(|i| Ok(trunc(&t.node(0, i)?)))
+            .collect();
+    }
+    let np = count(size, level - 1);
+    let mut out = Vec::with_capacity(parents.len() * RESYNC_FANOUT as usize);
+    let mut prev = None;
+    for &p in parents {
+        if p >= np || prev.is_some_and(|q| p <= q) {
+            return Err(format!(
+                "parent {p} at level {} is out of range or order",
+                level - 1
+            ));
+        }
+        prev = Some(p);
+        if level <= KEPT {
+            for c in children(size, level - 1, p) {
+                out.push(trunc(&t.node(level, c)?));
+            }
+        } else {
+            out.extend(pages(size, src, p)?.iter().map(trunc));
+        }
+    }
+    Ok(out)
+}
+
+/// Full page hashes under each of `parents` (256 KiB nodes of a `size`-byte disk,
+/// ascending), read from `src`: the page level's answer before truncation.
+pub fn answer_pages(
+    size: u64,
+    src: &dyn Source,
+    parents: &[u64],
+) -> Result<Vec<Vec<Hash>>, String> {
+    let np = count(size, KEPT);
+    let mut prev = None;
+    let mut out = Vec::with_capacity(parents.len());
+    for &p in parents {
+        if p >= np || prev.is_some_and(|q| p <= q) {
+            return Err(format!(
+                "parent {p} at level {KEPT} is out of range or order"
+            ));
+        }
+        prev = Some(p);
+        out.push(pages(size, src, p)?);
+    }
+    Ok(out)
+}
+
+/// Full page hashes under 256 KiB node `i` of a `size`-byte disk, read from `src`.
+pub fn pages(size: u64, src: &dyn Source, i: u64) -> Result<Vec<Hash>, String> {
+    let (a, b) = node_range(size, KEPT, i);
+    if src.known_zero(a, b - a) {
+        return Ok(page_hashes(&vec![0u8; (b - a) as usize]));
+    }
+    Ok(page_hashes(&src.read(a, (b - a) as usize)?))
 }
 
 /// The 256 KiB-level hashes of `nodes` (ascending indices), read from `src` on `threads`

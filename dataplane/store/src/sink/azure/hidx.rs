@@ -6,23 +6,28 @@
 //! whole 512-byte page; the file's exact length is the blob's metadata `vdreplen` (the index
 //! checks its length). A blob of length 0 is "no index yet".
 //!
-//! **Writes.** The index writes small pieces at any offset (a 64-byte header, runs of
-//! 32-byte hashes) and needs a barrier ([`IndexFile::sync`]) between them. Page blobs take
-//! only whole 512-byte pages, at most 4 MiB per Put Page, so the content is kept in memory
-//! ([`PagedIndex`]): `write_at` changes the copy and marks the pages it touches dirty,
-//! `sync` sends the dirty pages, joined into runs of at most 4 MiB, and returns once every
-//! Put Page returned (a returned Put Page is durable). A page is atomic on the service, and
-//! the index's protocol never relies on the order of pages inside one sync. A failed sync
-//! keeps the unsent pages dirty, so the next sync sends them again. The memory cost is the
-//! index's size: 32 bytes per 256 KiB of disk (128 MiB per TiB), the same as the hashes the
-//! index keeps anyway.
+//! **Memory.** Nothing of the file is kept but the pages written and not yet sent
+//! ([`PagedIndex`]): reads are ranged Get Blobs (the index reads through its own bounded
+//! page cache, `resync::pages`), so a receiver's memory does not grow with the disk.
 //!
-//! **Length changes** (the first persist of a new disk, or a blob left by another layout)
-//! recreate the blob at the new length: all zero, then every non-zero page is sent. A crash
-//! in between leaves an all-zero (or partly written) file, which the index rejects as
-//! damaged: it is then all dirty, never trusted. Content never read (no `read_all` before
-//! the first write: a fresh copy, whose index is rewritten whole) is not fetched; the blob
-//! is recreated at the first sync instead.
+//! **Writes.** The index writes pieces at any offset (a 64-byte header, runs of 32-byte
+//! hashes, bitmap bytes) and needs a barrier ([`IndexFile::sync`]) between them. Page blobs
+//! take only whole 512-byte pages, at most 4 MiB per Put Page, so `write_at` changes the
+//! pages it touches (the rest of a partly written page is read from the blob first) and
+//! keeps them as pending; `sync` sends the pending pages, joined into runs of at most 4 MiB,
+//! and returns once every Put Page returned (a returned Put Page is durable). More than
+//! [`MAX_PENDING`] pending bytes are sent at once by the write (sending early is allowed:
+//! only `sync` promises anything). A page is atomic on the service, and the index's protocol
+//! never relies on the order of pages inside one sync. A failed send keeps the unsent pages
+//! pending, so the next sync sends them again.
+//!
+//! **Length.** The index announces its file's length ([`IndexFile::set_len`]) before the
+//! first write to a file whose content it does not use (a fresh copy's, a stale one): the
+//! blob is then recreated all zero at that length at the next send, and reads answer zeros
+//! until then. Writes past the blob's recorded length without it are refused: the blob
+//! holds content this side does not have, so it cannot be recreated silently. A crash
+//! between the recreation and the index's clean persist leaves an all-zero (or partly
+//! written) file, which the index rejects as damaged: it is then all dirty, never trusted.
 //!
 //! **Single writer.** The blob carries a lease with the same id and duration as the
 //! replica's, renewed by its own thread and released on drop; every write names it, so a
@@ -30,6 +35,7 @@
 //! owns the index: a lease still held on the index (a fenced receiver's, or one that expires
 //! a moment after the replica's) is broken and taken.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -37,7 +43,6 @@ use std::thread::JoinHandle;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use md5::{Digest, Md5};
-use vdrep_proto::RangeSet;
 
 use super::blob::{check_put_page, Container, MAX_PUT_PAGE, PAGE};
 use super::points::renew_loop;
@@ -47,14 +52,17 @@ use crate::resync::index::IndexFile;
 /// Metadata name of the index file's exact length.
 const LEN_META: &str = "x-ms-meta-vdreplen";
 
-/// A blob's bytes and the file length recorded with them (`None`: missing or not a number).
-pub(super) type Stored = (Vec<u8>, Option<u64>);
+/// Bytes of pending pages a write may hold before it sends them.
+const MAX_PENDING: usize = 4 << 20;
 
 /// The blob operations the index needs: a trait so that the page tracking is tested in
 /// memory, with faults.
 pub(super) trait IndexBlob: Send + Sync {
-    /// The whole blob and its recorded length; `None` if there is no blob.
-    fn get(&self) -> Result<Option<Stored>, RestError>;
+    /// The blob's size and recorded file length (`None` inside: missing or not a number);
+    /// `None` if there is no blob.
+    fn props(&self) -> Result<Option<(u64, Option<u64>)>, RestError>;
+    /// Bytes `[offset, offset + len)` of the blob (inside its size).
+    fn get_range(&self, offset: u64, len: u64) -> Result<Vec<u8>, RestError>;
     /// Replaces the blob by an all-zero one of `size` bytes recording length `len`.
     fn create(&self, size: u64, len: u64) -> Result<(), RestError>;
     /// One Put Page (512-aligned, at most 4 MiB).
@@ -78,21 +86,30 @@ fn round_up(n: u64) -> u64 {
     n.div_ceil(PAGE) * PAGE
 }
 
-/// What is known of the blob and the content it should hold.
+/// What is known of the blob, and the pages written but not sent.
 #[derive(Default)]
 struct Mirror {
-    /// The index file's bytes as written (durable once `dirty` is empty).
-    data: Vec<u8>,
-    /// Page-aligned byte ranges of `data` the blob does not hold yet.
-    dirty: RangeSet,
-    /// The blob's recorded length and size when they are known to match `data`'s layout;
-    /// `None`: unknown, or another layout (the next sync recreates the blob).
+    /// The blob's size and the file's length in it (the recorded length, or the blob's
+    /// size when none is recorded: another layout); `None` before they were fetched, or
+    /// when there is no blob.
     blob: Option<(u64, u64)>,
-    /// True once the content was read or written (later reads answer from memory).
-    loaded: bool,
+    /// True once the blob's properties were fetched.
+    fetched: bool,
+    /// A recreation at this file length is due before the next Put Page (`set_len`): the
+    /// blob's current content is not used (reads answer zeros).
+    recreate: Option<u64>,
+    /// Pages written and not yet sent, by page number (512 bytes each).
+    pending: BTreeMap<u64, Box<[u8]>>,
 }
 
-/// A file kept as dirty-page-tracked content over an [`IndexBlob`].
+impl Mirror {
+    /// The file's length now.
+    fn len(&self) -> u64 {
+        self.recreate.or(self.blob.map(|b| b.1)).unwrap_or(0)
+    }
+}
+
+/// A file kept as pending pages over an [`IndexBlob`].
 pub(super) struct PagedIndex<B> {
     blob: B,
     m: Mutex<Mirror>,
@@ -109,43 +126,117 @@ impl<B: IndexBlob> PagedIndex<B> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Mirror> {
-        self.m.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::io::Result<std::sync::MutexGuard<'_, Mirror>> {
+        let mut m = self.m.lock().unwrap_or_else(|p| p.into_inner());
+        if !m.fetched {
+            m.blob = self
+                .blob
+                .props()
+                .map_err(io_err)?
+                .map(|(size, len)| match len {
+                    Some(len) if len <= size && round_up(len) == size => (size, len),
+                    // Not our layout: handed over as it is (the index finds it damaged).
+                    _ => (size, size),
+                });
+            m.fetched = true;
+        }
+        Ok(m)
     }
 
     /// Bytes not yet sent (tests).
     #[cfg(test)]
     fn pending(&self) -> u64 {
-        self.lock().dirty.covered_len()
+        self.m
+            .lock()
+            .map(|m| m.pending.len() as u64 * PAGE)
+            .unwrap_or(0)
+    }
+
+    /// Reads `[a, b)` (whole pages) as the file holds them now: pending pages, else the
+    /// blob (zeros past its end, or when it is to be recreated).
+    fn read_pages(&self, m: &Mirror, a: u64, b: u64) -> std::io::Result<Vec<u8>> {
+        let mut out = vec![0u8; (b - a) as usize];
+        let stored = match (m.recreate, m.blob) {
+            (None, Some((size, _))) => size.min(b),
+            _ => a,
+        };
+        if stored > a && (a / PAGE..b / PAGE).any(|p| !m.pending.contains_key(&p)) {
+            let got = self.blob.get_range(a, stored - a).map_err(io_err)?;
+            let n = got.len().min(out.len());
+            out[..n].copy_from_slice(&got[..n]);
+        }
+        for (p, page) in m.pending.range(a / PAGE..b / PAGE) {
+            let at = (p * PAGE - a) as usize;
+            out[at..at + PAGE as usize].copy_from_slice(page);
+        }
+        Ok(out)
+    }
+
+    /// Sends every pending page (after the due recreation), in runs of at most `max_put`.
+    fn send(&self, m: &mut Mirror) -> std::io::Result<()> {
+        if let Some(len) = m.recreate {
+            self.blob.create(round_up(len), len).map_err(io_err)?;
+            m.blob = Some((round_up(len), len));
+            m.recreate = None;
+        }
+        let size = m.blob.map(|b| b.0).unwrap_or(0);
+        if let Some((&last, _)) = m.pending.last_key_value() {
+            if (last + 1) * PAGE > size {
+                return Err(std::io::Error::other(format!(
+                    "{}: write past the index blob's length ({size} bytes) without a new length",
+                    self.blob.url()
+                )));
+            }
+        }
+        while let Some((&first, _)) = m.pending.first_key_value() {
+            let mut run = vec![];
+            let mut p = first;
+            while run.len() < self.max_put {
+                match m.pending.get(&p) {
+                    Some(page) => run.extend_from_slice(page),
+                    None => break,
+                }
+                p += 1;
+            }
+            self.blob.put(first * PAGE, &run).map_err(io_err)?;
+            for q in first..p {
+                m.pending.remove(&q);
+            }
+        }
+        Ok(())
     }
 }
 
 impl<B: IndexBlob> IndexFile for PagedIndex<B> {
-    fn read_all(&self) -> std::io::Result<Option<Vec<u8>>> {
-        let mut m = self.lock();
-        if m.loaded {
-            return Ok((!m.data.is_empty()).then(|| m.data.clone()));
+    fn size(&self) -> std::io::Result<Option<u64>> {
+        let m = self.lock()?;
+        let len = m.len();
+        Ok((len > 0).then_some(len))
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let m = self.lock()?;
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= m.len())
+            .ok_or_else(|| std::io::Error::other("index read past its end"))?;
+        let a = offset / PAGE * PAGE;
+        let got = self.read_pages(&m, a, round_up(end))?;
+        let at = (offset - a) as usize;
+        buf.copy_from_slice(&got[at..at + buf.len()]);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        if len > crate::layout::MAX_BLOB {
+            return Err(std::io::Error::other(
+                "index length beyond the largest blob",
+            ));
         }
-        let got = self.blob.get().map_err(io_err)?;
-        m.loaded = true;
-        let Some((body, len)) = got else {
-            return Ok(None);
-        };
-        let size = body.len() as u64;
-        match len {
-            Some(len) if len <= size && round_up(len) == size => {
-                m.data = body;
-                m.data.truncate(len as usize);
-                m.blob = Some((len, size));
-                Ok((len > 0).then(|| m.data.clone()))
-            }
-            // Not our layout: handed over as it is (the index finds it damaged), and
-            // rewritten at the next sync.
-            _ => {
-                m.blob = None;
-                Ok(Some(body))
-            }
-        }
+        let mut m = self.lock()?;
+        m.recreate = Some(len);
+        m.pending = BTreeMap::new();
+        Ok(())
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
@@ -156,46 +247,32 @@ impl<B: IndexBlob> IndexFile for PagedIndex<B> {
             .checked_add(data.len() as u64)
             .filter(|&e| e <= crate::layout::MAX_BLOB)
             .ok_or_else(|| std::io::Error::other("index write beyond the largest blob"))?;
-        let mut m = self.lock();
-        m.loaded = true;
-        if (m.data.len() as u64) < end {
-            m.data.resize(end as usize, 0);
+        let mut m = self.lock()?;
+        for p in offset / PAGE..end.div_ceil(PAGE) {
+            let (a, b) = (p * PAGE, (p + 1) * PAGE);
+            let (s, e) = (offset.max(a), end.min(b));
+            if !m.pending.contains_key(&p) {
+                let page = if s == a && e == b {
+                    vec![0u8; PAGE as usize]
+                } else {
+                    self.read_pages(&m, a, b)?
+                };
+                m.pending.insert(p, page.into_boxed_slice());
+            }
+            if let Some(page) = m.pending.get_mut(&p) {
+                page[(s - a) as usize..(e - a) as usize]
+                    .copy_from_slice(&data[(s - offset) as usize..(e - offset) as usize]);
+            }
         }
-        m.data[offset as usize..end as usize].copy_from_slice(data);
-        m.dirty.insert(offset / PAGE * PAGE, round_up(end));
+        if m.pending.len() * PAGE as usize > MAX_PENDING {
+            self.send(&mut m)?;
+        }
         Ok(())
     }
 
     fn sync(&self) -> std::io::Result<()> {
-        let mut m = self.lock();
-        let len = m.data.len() as u64;
-        let size = round_up(len);
-        if m.blob != Some((len, size)) {
-            self.blob.create(size, len).map_err(io_err)?;
-            m.blob = Some((len, size));
-            // The blob is all zero now: every page holding anything must go.
-            let mut dirty = RangeSet::new();
-            for (i, p) in m.data.chunks(PAGE as usize).enumerate() {
-                if p.iter().any(|&b| b != 0) {
-                    dirty.insert(i as u64 * PAGE, (i as u64 + 1) * PAGE);
-                }
-            }
-            m.dirty = dirty;
-        }
-        let runs: Vec<_> = m.dirty.iter().collect();
-        for r in runs {
-            let mut a = r.start;
-            while a < r.end {
-                let b = (a + self.max_put as u64).min(r.end);
-                let mut page = vec![0u8; (b - a) as usize];
-                let have = (b.min(len).saturating_sub(a)) as usize;
-                page[..have].copy_from_slice(&m.data[a as usize..a as usize + have]);
-                self.blob.put(a, &page).map_err(io_err)?;
-                m.dirty.remove(a, b);
-                a = b;
-            }
-        }
-        Ok(())
+        let mut m = self.lock()?;
+        self.send(&mut m)
     }
 
     fn describe(&self) -> String {
@@ -211,16 +288,28 @@ pub(super) struct LeasedBlob {
 }
 
 impl IndexBlob for LeasedBlob {
-    fn get(&self) -> Result<Option<Stored>, RestError> {
-        let r = Req::new("GET", self.c.path(&self.name), "read resync index");
+    fn props(&self) -> Result<Option<(u64, Option<u64>)>, RestError> {
+        let r = Req::new(
+            "HEAD",
+            self.c.path(&self.name),
+            "read resync index properties",
+        );
         match self.c.client.send(&r) {
             Ok(resp) => {
+                let size = resp
+                    .header("content-length")
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
                 let len = resp.header(LEN_META).and_then(|v| v.trim().parse().ok());
-                Ok(Some((resp.body, len)))
+                Ok(Some((size, len)))
             }
             Err(e) if e.status == Some(404) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    fn get_range(&self, offset: u64, len: u64) -> Result<Vec<u8>, RestError> {
+        self.c.get_range(&self.name, None, offset, len)
     }
 
     fn create(&self, size: u64, len: u64) -> Result<(), RestError> {
@@ -331,8 +420,14 @@ impl AzureIndexFile {
 }
 
 impl IndexFile for AzureIndexFile {
-    fn read_all(&self) -> std::io::Result<Option<Vec<u8>>> {
-        self.inner.read_all()
+    fn size(&self) -> std::io::Result<Option<u64>> {
+        self.inner.size()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_at(offset, buf)
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         self.inner.write_at(offset, data)

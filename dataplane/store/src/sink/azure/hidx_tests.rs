@@ -15,6 +15,8 @@ struct Blob {
     /// (offset, length) of every Put Page that succeeded.
     puts: Vec<(u64, usize)>,
     creates: usize,
+    /// Ranged Get Blobs served.
+    gets: usize,
     /// Put Pages to refuse, counted down: the request with this number (1-based) fails.
     fail_put: Option<usize>,
 }
@@ -35,9 +37,16 @@ fn refused(op: &'static str) -> RestError {
 }
 
 impl IndexBlob for MemBlob {
-    fn get(&self) -> Result<Option<Stored>, RestError> {
+    fn props(&self) -> Result<Option<(u64, Option<u64>)>, RestError> {
         let b = self.0.lock().unwrap();
-        Ok(b.exists.then(|| (b.data.clone(), b.len)))
+        Ok(b.exists.then(|| (b.data.len() as u64, b.len)))
+    }
+    fn get_range(&self, offset: u64, len: u64) -> Result<Vec<u8>, RestError> {
+        let mut b = self.0.lock().unwrap();
+        b.gets += 1;
+        let end = (offset + len) as usize;
+        assert!(end <= b.data.len(), "Get Blob beyond the blob's size");
+        Ok(b.data[offset as usize..end].to_vec())
     }
     fn create(&self, size: u64, len: u64) -> Result<(), RestError> {
         assert_eq!(size % PAGE, 0, "a page blob's size is whole pages");
@@ -69,6 +78,14 @@ impl IndexBlob for MemBlob {
     }
 }
 
+/// The whole file through the index file interface (`None`: no file).
+fn read_all(f: &dyn IndexFile) -> Option<Vec<u8>> {
+    let len = f.size().unwrap()?;
+    let mut v = vec![0u8; len as usize];
+    f.read_at(0, &mut v).unwrap();
+    Some(v)
+}
+
 impl MemBlob {
     fn take_puts(&self) -> Vec<(u64, usize)> {
         std::mem::take(&mut self.0.lock().unwrap().puts)
@@ -84,7 +101,8 @@ impl MemBlob {
 fn small_writes_reach_the_blob_only_at_sync_as_the_whole_pages_they_touch() {
     let blob = MemBlob::default();
     let f = PagedIndex::new(blob.clone(), MAX_PUT_PAGE);
-    assert_eq!(f.read_all().unwrap(), None);
+    assert_eq!(read_all(&f), None);
+    f.set_len(3000).unwrap();
     f.write_at(0, &[1u8; 3000]).unwrap();
     f.sync().unwrap();
     assert_eq!(blob.0.lock().unwrap().creates, 1);
@@ -105,7 +123,7 @@ fn small_writes_reach_the_blob_only_at_sync_as_the_whole_pages_they_touch() {
     assert_eq!(blob.0.lock().unwrap().data.len(), 3072);
     // Another instance (a receiver that takes over) reads exactly the file's bytes.
     let again = PagedIndex::new(blob.clone(), MAX_PUT_PAGE);
-    assert_eq!(again.read_all().unwrap(), Some(want));
+    assert_eq!(read_all(&again), Some(want));
     // A sync with nothing dirty sends nothing.
     again.sync().unwrap();
     assert!(blob.take_puts().is_empty());
@@ -115,6 +133,7 @@ fn small_writes_reach_the_blob_only_at_sync_as_the_whole_pages_they_touch() {
 fn long_dirty_runs_are_sent_in_put_pages_no_larger_than_the_limit() {
     let blob = MemBlob::default();
     let f = PagedIndex::new(blob.clone(), 2048);
+    f.set_len(10_000).unwrap();
     f.write_at(0, &vec![9u8; 10_000]).unwrap();
     f.sync().unwrap();
     let puts = blob.take_puts();
@@ -129,6 +148,7 @@ fn long_dirty_runs_are_sent_in_put_pages_no_larger_than_the_limit() {
 fn a_failed_put_page_leaves_its_pages_dirty_and_the_next_sync_sends_them() {
     let blob = MemBlob::default();
     let f = PagedIndex::new(blob.clone(), 1024);
+    f.set_len(8192).unwrap();
     f.write_at(0, &vec![0u8; 8192]).unwrap();
     f.sync().unwrap();
     blob.take_puts();
@@ -153,24 +173,64 @@ fn a_failed_put_page_leaves_its_pages_dirty_and_the_next_sync_sends_them() {
 }
 
 #[test]
-fn a_length_change_recreates_the_blob_and_sends_only_pages_holding_data() {
+fn a_new_length_recreates_the_blob_once_and_a_write_past_the_length_is_refused() {
     let blob = MemBlob::default();
     let f = PagedIndex::new(blob.clone(), MAX_PUT_PAGE);
+    f.set_len(64).unwrap();
     f.write_at(0, &[1u8; 64]).unwrap();
     f.sync().unwrap();
     assert_eq!(blob.take_puts(), vec![(0, 512)]);
-    // Grows to 20 pages; pages 1..19 hold only zeros but for the last one.
-    f.write_at(64, &vec![0u8; 19 * 512]).unwrap();
+    // Past the recorded length: this side does not have the blob's content to recreate it.
+    f.write_at(600, &[2u8; 8]).unwrap();
+    let e = f.sync().expect_err("a write past the length went through");
+    assert!(
+        e.to_string().contains("past the index blob's length"),
+        "{e}"
+    );
+    // A new length: the blob is recreated all zero at it, then only written pages go.
+    f.set_len(20 * 512).unwrap();
+    assert_eq!(
+        read_all(&f),
+        Some(vec![0u8; 20 * 512]),
+        "reads answer zeros"
+    );
     f.write_at(19 * 512 + 10, &[7u8; 2]).unwrap();
     f.sync().unwrap();
     assert_eq!(blob.0.lock().unwrap().creates, 2);
-    assert_eq!(blob.take_puts(), vec![(0, 512), (19 * 512, 512)]);
-    assert_eq!(blob.durable().len(), 64 + 19 * 512);
-    assert_eq!(&blob.durable()[..64], &[1u8; 64]);
+    assert_eq!(blob.take_puts(), vec![(19 * 512, 512)]);
+    let mut want = vec![0u8; 20 * 512];
+    want[19 * 512 + 10..19 * 512 + 12].fill(7);
+    assert_eq!(blob.durable(), want);
 }
 
 #[test]
-fn a_blob_of_another_layout_is_handed_over_as_is_and_rewritten_at_the_next_sync() {
+fn only_pending_pages_are_held_and_partial_pages_are_read_from_the_blob() {
+    let blob = MemBlob::default();
+    let f = PagedIndex::new(blob.clone(), MAX_PUT_PAGE);
+    let len = 3 * MAX_PENDING as u64;
+    f.set_len(len).unwrap();
+    // Writes of a whole 12 MiB file: at most MAX_PENDING bytes are held at any time.
+    for k in 0..len / 4096 {
+        f.write_at(k * 4096, &[k as u8; 4096]).unwrap();
+        assert!(f.pending() as usize <= MAX_PENDING + 4096);
+    }
+    f.sync().unwrap();
+    assert_eq!(f.pending(), 0);
+    // A 32-byte write into a sent page reads that page back (one ranged Get) first.
+    let gets = blob.0.lock().unwrap().gets;
+    f.write_at(4096 + 100, &[0xEE; 32]).unwrap();
+    assert_eq!(blob.0.lock().unwrap().gets, gets + 1);
+    f.sync().unwrap();
+    let again = PagedIndex::new(blob.clone(), MAX_PUT_PAGE);
+    let mut b = vec![0u8; 512];
+    again.read_at(4096, &mut b).unwrap();
+    assert_eq!(&b[..100], &[1u8; 100][..]);
+    assert_eq!(&b[100..132], &[0xEE; 32][..]);
+    assert_eq!(&b[132..], &[1u8; 380][..]);
+}
+
+#[test]
+fn a_blob_of_another_layout_is_handed_over_as_is_and_recreated_at_its_new_length() {
     let blob = MemBlob::default();
     {
         let mut b = blob.0.lock().unwrap();
@@ -179,7 +239,9 @@ fn a_blob_of_another_layout_is_handed_over_as_is_and_rewritten_at_the_next_sync(
         b.len = None; // no length recorded
     }
     let f = PagedIndex::new(blob.clone(), MAX_PUT_PAGE);
-    assert_eq!(f.read_all().unwrap(), Some(vec![4u8; 1024]));
+    assert_eq!(read_all(&f), Some(vec![4u8; 1024]));
+    // The index finds it damaged and gives its file a length before writing.
+    f.set_len(100).unwrap();
     f.write_at(0, &[1u8; 100]).unwrap();
     f.sync().unwrap();
     assert_eq!(blob.0.lock().unwrap().creates, 1);
@@ -213,7 +275,7 @@ fn an_index_on_a_page_blob_sends_only_changed_pages_and_is_unclean_after_a_crash
     let full = full_node_hashes(size, off, data.len() as u64, Some(&data));
     ix.before_write().unwrap();
     assert_eq!(blob.take_puts(), vec![(0, 512)]);
-    ix.after_write(off, data.len() as u64, &full, true);
+    ix.after_write(off, data.len() as u64, &full, true).unwrap();
     ix.persist_clean().unwrap();
     let puts = blob.take_puts();
     let sent: usize = puts.iter().map(|p| p.1).sum();
@@ -221,9 +283,9 @@ fn an_index_on_a_page_blob_sends_only_changed_pages_and_is_unclean_after_a_crash
     assert_eq!(open(false).stale_reason(), None);
     // The crash: a write reaches the replica, the index is never persisted again.
     ix.before_write().unwrap();
-    ix.after_write(0, 4096, &[], true);
+    ix.after_write(0, 4096, &[], true).unwrap();
     drop(ix);
-    let after = open(false);
+    let mut after = open(false);
     assert!(
         after
             .stale_reason()
@@ -231,5 +293,5 @@ fn an_index_on_a_page_blob_sends_only_changed_pages_and_is_unclean_after_a_crash
         "{:?}",
         after.stale_reason()
     );
-    assert_eq!(after.dirty_count(), 1024);
+    assert_eq!(after.dirty_count(), Ok(1024));
 }

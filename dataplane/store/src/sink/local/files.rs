@@ -201,8 +201,15 @@ impl IndexFile {
 }
 
 impl crate::resync::index::IndexFile for IndexFile {
-    fn read_all(&self) -> std::io::Result<Option<Vec<u8>>> {
-        self.fs.read_file(&self.path)
+    fn size(&self) -> std::io::Result<Option<u64>> {
+        let open = self.file.lock().map(|g| g.is_some()).unwrap_or(false);
+        if !open && !self.fs.exists(&self.path)? {
+            return Ok(None);
+        }
+        self.with(|(f, _)| f.size()).map(Some)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.with(|(f, _)| f.read_at(offset, buf))
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         self.with(|(f, _)| f.write_at(offset, data))
