@@ -60,11 +60,7 @@ impl SourceTree {
     }
 
     /// Rehashes the 256 KiB nodes overlapping `ranges` from `src` (after they were sent).
-    pub fn refresh(
-        &mut self,
-        src: &dyn Source,
-        ranges: &RangeSet,
-    ) -> Result<(), String> {
+    pub fn refresh(&mut self, src: &dyn Source, ranges: &RangeSet) -> Result<(), String> {
         for r in ranges.iter() {
             if r.end > r.start {
                 self.ix.after_write(r.start, r.end - r.start, &[], false)?;
