@@ -21,7 +21,7 @@ until grep -q "listening on" "$work/recv.stdout" 2>/dev/null; do
   i=$((i + 1)); [ $i -lt 600 ] || { echo "receiver did not start" >&2; exit 1; }; sleep 0.1
 done
 valgrind --tool=callgrind --callgrind-out-file="$out/send.out" \
-  "$bin" send --to 127.0.0.1:$port --tls "$work/certs" --identity prof --vm vm \
+  "$bin" send --to 127.0.0.1:$port --tls "$work/certs" --identity prof --state "$work/state" --vm vm \
   --json --no-progress --give-up-after 10m "$@" "$img" >"$out/send.json" 2>"$out/send.log"
 kill -TERM $rpid; wait $rpid || true
 grep -h "Collected" "$out/send.log" "$out/recv.log" || true

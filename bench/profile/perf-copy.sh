@@ -26,7 +26,7 @@ until grep -q "listening on" "$work/recv.stdout" 2>/dev/null; do
 done
 # shellcheck disable=SC2086
 perf record -q $args -o "$out/send.data" -- "$bin" send --to 127.0.0.1:$port --tls "$work/certs" \
-  --identity prof --vm vm --json --no-progress "$@" "$img" >"$out/send.json" 2>"$out/send.log"
+  --identity prof --state "$work/state" --vm vm --json --no-progress "$@" "$img" >"$out/send.json" 2>"$out/send.log"
 # perf passes SIGINT on to the receiver it runs.
 for c in $(cat /proc/$rpid/task/$rpid/children); do kill -INT "$c"; done
 wait $rpid || true

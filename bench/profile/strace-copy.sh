@@ -18,7 +18,7 @@ until grep -q "listening on" "$work/recv.stdout" 2>/dev/null; do
   i=$((i + 1)); [ $i -lt 600 ] || { echo "receiver did not start" >&2; exit 1; }; sleep 0.1
 done
 strace -c -f -o "$out/send.strace" "$bin" send --to 127.0.0.1:$port --tls "$work/certs" \
-  --identity prof --vm vm --json --no-progress "$@" "$img" >"$out/send.json" 2>"$out/send.log"
+  --identity prof --state "$work/state" --vm vm --json --no-progress "$@" "$img" >"$out/send.json" 2>"$out/send.log"
 # strace does not pass SIGTERM on: stop the traced receiver itself.
 for c in $(cat /proc/$rpid/task/$rpid/children); do kill -TERM "$c"; done
 wait $rpid || true
