@@ -10,6 +10,7 @@ pub mod fixtures;
 pub mod hostile;
 pub mod http;
 pub mod images;
+pub mod numbered;
 pub mod procs;
 pub mod qemu_rig;
 pub mod qsd;

@@ -213,8 +213,12 @@ impl Drop for StopOnDrop<'_> {
 }
 
 /// A 4 KiB numbered write.
-pub const SLOT: u64 = 4096;
-const MAGIC: &[u8; 8] = b"VDREPQ18";
+pub use crate::numbered::SLOT;
+/// The strict-order writer's writes (`crate::numbered`).
+const WRITES: crate::numbered::Numbered = crate::numbered::Numbered {
+    magic: *b"VDREPQ18",
+    disks: 2,
+};
 
 /// The guest writing numbered 4 KiB blocks in strict order (each complete, `O_DSYNC`,
 /// before the next starts), alternating between the disks: write `k` (from 1) goes to disk
@@ -259,41 +263,13 @@ impl NumberedWriter {
 }
 
 fn payload(k: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(SLOT as usize);
-    while v.len() < SLOT as usize {
-        v.extend_from_slice(MAGIC);
-        v.extend_from_slice(&k.to_le_bytes());
-    }
-    v
+    WRITES.payload(k)
 }
 
 /// The numbered writes disk `disk`'s bytes hold, each checked to be whole and in its place
 /// (slots the writer never reached hold the fill byte `fill`).
 pub fn writes_in(bytes: &[u8], disk: u64, fill: u8) -> Vec<u64> {
-    let mut out = Vec::new();
-    for (slot, b) in bytes.chunks(SLOT as usize).enumerate() {
-        if b.iter().all(|&x| x == fill) {
-            continue;
-        }
-        assert_eq!(
-            &b[..8],
-            MAGIC,
-            "disk {disk} slot {slot}: not a numbered write"
-        );
-        let k = u64::from_le_bytes(b[8..16].try_into().unwrap());
-        assert_eq!(
-            b,
-            &payload(k)[..],
-            "disk {disk} slot {slot}: torn write {k}"
-        );
-        assert_eq!(
-            ((k - 1) % 2, (k - 1) / 2),
-            (disk, slot as u64),
-            "write {k} is in the wrong place"
-        );
-        out.push(k);
-    }
-    out
+    WRITES.writes_in(bytes, disk, fill)
 }
 
 impl Rig {

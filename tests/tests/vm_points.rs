@@ -24,8 +24,12 @@ use vdrep_tests::{require_qemu, vdrep_ok};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;
-const SLOT: u64 = 4096;
-const MAGIC: &[u8; 8] = b"VDREPP17";
+use vdrep_tests::numbered::SLOT;
+/// The strict-order writer's writes (`vdrep_tests::numbered`).
+const WRITES: vdrep_tests::numbered::Numbered = vdrep_tests::numbered::Numbered {
+    magic: *b"VDREPP17",
+    disks: 2,
+};
 /// The receiver hook's log line (`vdrep::receiver::test_hook::PAUSED_LOG`).
 const PAUSED: &str = "test hook: paused after a disk's cycle commit";
 
@@ -208,40 +212,12 @@ impl Writer {
 }
 
 fn payload(k: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(SLOT as usize);
-    while v.len() < SLOT as usize {
-        v.extend_from_slice(MAGIC);
-        v.extend_from_slice(&k.to_le_bytes());
-    }
-    v
+    WRITES.payload(k)
 }
 
 /// The numbered writes a disk's bytes hold (disk 0 = os, 1 = data), each where it belongs.
 fn writes_in(bytes: &[u8], disk: u64) -> Vec<u64> {
-    let mut out = Vec::new();
-    for (slot, b) in bytes.chunks(SLOT as usize).enumerate() {
-        if b.iter().all(|&x| x == 0) {
-            continue;
-        }
-        assert_eq!(
-            &b[..8],
-            MAGIC,
-            "disk {disk} slot {slot}: not a numbered write"
-        );
-        let k = u64::from_le_bytes(b[8..16].try_into().unwrap());
-        assert_eq!(
-            b,
-            &payload(k)[..],
-            "disk {disk} slot {slot}: torn write {k}"
-        );
-        assert_eq!(
-            ((k - 1) % 2, (k - 1) / 2),
-            (disk, slot as u64),
-            "write {k} misplaced"
-        );
-        out.push(k);
-    }
-    out
+    WRITES.writes_in(bytes, disk, 0)
 }
 
 /// Fails over every VM point (by its id) and checks each holds writes 1..m; returns

@@ -14,8 +14,12 @@ use vdrep_tests::{require_qemu, vdrep, vdrep_ok};
 
 pub const MIB: u64 = 1 << 20;
 pub const SIZE: u64 = 8 * MIB;
-pub const SLOT: u64 = 4096;
-pub const MAGIC: &[u8; 8] = b"VDREPG17";
+pub use vdrep_tests::numbered::SLOT;
+/// The strict-order writer's writes (`vdrep_tests::numbered`).
+const WRITES: vdrep_tests::numbered::Numbered = vdrep_tests::numbered::Numbered {
+    magic: *b"VDREPG17",
+    disks: 4,
+};
 /// The hook's log line (`vdrep::tracking::test_hook::PAUSED_LOG`).
 pub const PAUSED: &str = "test hook: log switch paused between disks";
 pub const VMS: [&str; 2] = ["vm1", "vm2"];
@@ -378,38 +382,10 @@ impl Writer {
 }
 
 pub fn payload(k: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(SLOT as usize);
-    while v.len() < SLOT as usize {
-        v.extend_from_slice(MAGIC);
-        v.extend_from_slice(&k.to_le_bytes());
-    }
-    v
+    WRITES.payload(k)
 }
 
 /// The numbered writes a disk's bytes hold, checked to sit where the writer put them.
 pub fn writes_in(bytes: &[u8], disk: u64) -> Vec<u64> {
-    let mut out = Vec::new();
-    for (slot, b) in bytes.chunks(SLOT as usize).enumerate() {
-        if b.iter().all(|&x| x == 0) {
-            continue;
-        }
-        assert_eq!(
-            &b[..8],
-            MAGIC,
-            "disk {disk} slot {slot}: not a numbered write"
-        );
-        let k = u64::from_le_bytes(b[8..16].try_into().unwrap());
-        assert_eq!(
-            b,
-            &payload(k)[..],
-            "disk {disk} slot {slot}: torn write {k}"
-        );
-        assert_eq!(
-            ((k - 1) % 4, (k - 1) / 4),
-            (disk, slot as u64),
-            "write {k} is in the wrong place"
-        );
-        out.push(k);
-    }
-    out
+    WRITES.writes_in(bytes, disk, 0)
 }
