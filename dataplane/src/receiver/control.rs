@@ -36,6 +36,13 @@ pub struct ConnState {
     pub(crate) frames: Arc<tokio::sync::Semaphore>,
     /// The session's time origin: it is given monotonic time as the duration since this.
     origin: tokio::time::Instant,
+    /// The stream credit of the connection's data streams, and its control streams open
+    /// now: each gets credit of its own on top, up to the connection's disk limit (a VM
+    /// has one control stream and at least one disk), so many VMs cannot spend the data
+    /// streams' credit on their control streams (`receiver/windows.rs`, "Streams").
+    data_streams: u64,
+    control_streams: Mutex<u64>,
+    max_control_streams: u64,
 }
 
 impl ConnState {
@@ -46,6 +53,7 @@ impl ConnState {
         allow: &Authorizations,
         max_disks: usize,
         frames: Arc<tokio::sync::Semaphore>,
+        data_streams: u64,
     ) -> Arc<Self> {
         let state = Arc::new(ConnState {
             session: Mutex::new(ReceiverSession::new(&sender, allow).with_max_disks(max_disks)),
@@ -57,12 +65,28 @@ impl ConnState {
             checkpointer: Mutex::new(None),
             frames,
             origin: crate::clock::tokio_now(),
+            data_streams,
+            control_streams: Mutex::new(0),
+            max_control_streams: max_disks as u64,
         });
         let h = tokio::spawn(checkpoint_loop(Arc::downgrade(&state), state.stop.clone()));
         if let Ok(mut c) = state.checkpointer.lock() {
             *c = Some(h);
         }
         state
+    }
+
+    /// A control stream began (`+1`) or ended (`-1`): the connection's stream credit
+    /// follows, so the control streams open never take the data streams' credit.
+    fn control_stream(&self, delta: i64) {
+        let Ok(mut n) = self.control_streams.lock() else {
+            return;
+        };
+        *n = n.saturating_add_signed(delta);
+        let credit = self.data_streams + (*n).min(self.max_control_streams);
+        self.conn.set_max_concurrent_bi_streams(
+            quinn::VarInt::from_u64(credit).unwrap_or(quinn::VarInt::MAX),
+        );
     }
 
     /// Monotonic time as the session takes it: since this connection's start.
@@ -228,9 +252,11 @@ impl Receiver {
             }
             FirstStep::Control(step) => step,
         };
+        conn.control_stream(1);
         let r = self
             .control_loop(&conn, id, step, &mut send, &mut recv)
             .await;
+        conn.control_stream(-1);
         let _ = conn.with_session(|s| s.stream_ended(id));
         if let Err(e) = r {
             if e.is_peer_close() {
