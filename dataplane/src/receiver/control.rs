@@ -318,13 +318,36 @@ impl Receiver {
     ) -> Result<(u8, bytes::Bytes, FramePermits), FrameError> {
         let (kind, len) = read_frame_header(recv, max).await?;
         let permits = self.limits.frame_permits(&conn.frames, len as usize).await;
-        let body = read_body(recv, len, &[]).await?;
-        Ok((kind, body, permits))
+        let deadline = super::limits::body_deadline(len);
+        match tokio::time::timeout(deadline, read_body(recv, len, &[])).await {
+            Ok(body) => Ok((kind, body?, permits)),
+            Err(_) => {
+                // A trickled body holds permits others wait for: the peer is closed, its
+                // permits freed, and it may come back at an honest rate.
+                let e = FrameError::Slow {
+                    len,
+                    secs: deadline.as_secs(),
+                };
+                let why = format!(
+                    "{e}: closed so it cannot hold the frame budget (a body must arrive at \
+                     {} KiB/s or more after a grace of {} s)",
+                    super::limits::MIN_BODY_RATE >> 10,
+                    super::limits::BODY_GRACE.as_secs()
+                );
+                self.refused(&conn.sender, "slow_frame", &why);
+                conn.conn
+                    .close(crate::transport::close::SLOW_FRAME.into(), why.as_bytes());
+                Err(e)
+            }
+        }
     }
 
     /// A stream that broke on the peer's bytes (malformed or oversized frames, a torn
     /// frame) counts as a refusal of its class.
     pub(crate) fn refused_stream(&self, sender: &str, e: &FrameError, what: &str) {
+        if matches!(e, FrameError::Slow { .. }) {
+            return; // counted when the connection was closed for it
+        }
         let class = if crate::error::Classify::is_transient(e) {
             ErrorClass::Internal
         } else {

@@ -16,7 +16,11 @@
 //!   refused, only slowed. Both queues are first come, first served, and the per-connection
 //!   share keeps one peer that starts frames and never finishes them (slowloris) from
 //!   holding the whole budget: it takes [`FRAME_BUDGET`] / [`CONNECTION_FRAME_BUDGET`] such
-//!   connections to stall the others.
+//!   connections to stall the others. So a frame's body must also arrive by its deadline,
+//!   [`body_deadline`] from when its permits were granted ([`BODY_GRACE`] plus its length at
+//!   [`MIN_BODY_RATE`]): a peer that trickles bodies is closed with
+//!   [`crate::transport::close::SLOW_FRAME`] (counted as `slow_frame` in
+//!   `vdrep_refusals_total`), and its permits go to the frames waiting behind it.
 //! - **Streams** (QUIC stream credit): a connection may have at most
 //!   [`TransportLimits::max_streams`] data streams open, each with a receive window of
 //!   [`TransportLimits::stream_window`], and their product is at most the connection's
@@ -64,6 +68,24 @@ pub const MAX_CONNECTIONS: usize = (WINDOW_BUDGET / MIN_CONNECTION_WINDOW) as us
 pub const FRAME_BUDGET: usize = 64 << 20;
 /// The part of [`FRAME_BUDGET`] one connection may hold: four extents of 4 MiB.
 pub const CONNECTION_FRAME_BUDGET: usize = (16 << 20) + 4096;
+/// The least rate at which a frame's body must arrive once it holds its permits: an
+/// honest sender on a 1 Mbit/s link copying on 4 threads still delivers each frame at
+/// ~30 KiB/s, twice this; a peer that holds permits with a trickle is closed after
+/// [`body_deadline`].
+pub const MIN_BODY_RATE: u64 = 16 << 10;
+/// The time any frame body has beyond its length at [`MIN_BODY_RATE`] (a round trip, a
+/// congestion window's start, a lost packet's recovery).
+pub const BODY_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long a body of `len` bytes may take to arrive once its permits are held:
+/// [`BODY_GRACE`] + `len` / [`MIN_BODY_RATE`] (4 MiB: 271 s), unless the test hook
+/// [`super::test_hook::BODY_DEADLINE_ENV`] sets it.
+pub fn body_deadline(len: u32) -> std::time::Duration {
+    super::test_hook::body_deadline().unwrap_or(
+        BODY_GRACE + std::time::Duration::from_millis(u64::from(len) * 1000 / MIN_BODY_RATE),
+    )
+}
+
 /// Extent writes (decompress, hash, store) running at once on blocking threads.
 pub const APPLY_SLOTS: usize = 8;
 /// The receiver's QUIC send window per connection: it sends answers only.
@@ -219,6 +241,15 @@ mod tests {
         assert!(l.windows_granted().0 <= WINDOW_BUDGET);
         drop(g);
         assert_eq!(l.windows_granted(), (0, 0));
+    }
+
+    #[test]
+    fn a_body_has_its_grace_and_its_length_at_the_least_rate() {
+        assert_eq!(body_deadline(0), BODY_GRACE);
+        assert_eq!(
+            body_deadline(4 << 20),
+            BODY_GRACE + std::time::Duration::from_secs(256)
+        );
     }
 
     #[test]
