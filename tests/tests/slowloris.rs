@@ -2,10 +2,11 @@
 //! frame budget for all of it (64 MiB over all connections, 16 MiB per connection), so
 //! connections that announce large frames and then trickle their bytes can hold the whole
 //! budget: five of them starve an honest sender for as long as they keep trickling. A body
-//! must now arrive by its deadline (`receiver::limits::body_deadline`: 15 s + its length
-//! at 16 KiB/s; the test hook `VDREP_TEST_BODY_DEADLINE` shortens it to 3 s here): the
-//! slow connections are closed with close code 5 (`SLOW_FRAME`), counted as `slow_frame`,
-//! and the honest copy completes.
+//! must now arrive by its deadline (`receiver::limits::body_deadline`: 30 s + its length
+//! at 4 KiB/s; the test hook `VDREP_TEST_BODY_DEADLINE` shortens it to 3 s here) whenever
+//! other frames wait for the budget: the slow connections are then closed with close code
+//! 5 (`SLOW_FRAME`), counted as `slow_frame`, and the honest copy completes. A slow
+//! connection nobody waits behind is left alone.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -104,8 +105,17 @@ fn slowloris_connections_are_closed_and_an_honest_sender_completes() {
         .build()
         .unwrap();
     let slow: Vec<Peer> = rt.block_on(async {
-        let mut v = Vec::new();
-        for n in 0..SLOW {
+        // Alone, a slow connection past its deadline is left alone: nobody waits behind
+        // it (a sender on a slow link looks the same).
+        let first = slowloris(to, &tls, 0).await;
+        tokio::time::sleep(Duration::from_millis(DEADLINE_MS + 1500)).await;
+        assert!(
+            first.conn.close_reason().is_none(),
+            "a slow frame nobody waits behind was closed: {:?}",
+            first.conn.close_reason()
+        );
+        let mut v = vec![first];
+        for n in 1..SLOW {
             v.push(slowloris(to, &tls, n).await);
         }
         // Let the receiver read every header and take the permits.
@@ -130,12 +140,11 @@ fn slowloris_connections_are_closed_and_an_honest_sender_completes() {
         .iter()
         .filter_map(|p| p.conn.close_reason().map(|r| r.to_string()))
         .collect();
-    // Four hold the whole budget; the fifth's frames wait for permits behind them (its
-    // bodies' deadlines start only when it holds them), so it may still be waiting when
-    // the honest copy is done.
+    // Slow connections are closed only while frames wait behind them: as many as the
+    // honest copy needed room from (at least one), not necessarily all five.
     assert!(
-        closed.len() >= SLOW - 1,
-        "the slow connections holding the budget are closed: {closed:?}"
+        !closed.is_empty(),
+        "the slow connections holding the budget are closed"
     );
     for c in &closed {
         assert!(

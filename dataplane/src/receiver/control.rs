@@ -319,26 +319,36 @@ impl Receiver {
         let (kind, len) = read_frame_header(recv, max).await?;
         let permits = self.limits.frame_permits(&conn.frames, len as usize).await;
         let deadline = super::limits::body_deadline(len);
-        match tokio::time::timeout(deadline, read_body(recv, len, &[])).await {
-            Ok(body) => Ok((kind, body?, permits)),
-            Err(_) => {
-                // A trickled body holds permits others wait for: the peer is closed, its
-                // permits freed, and it may come back at an honest rate.
-                let e = FrameError::Slow {
-                    len,
-                    secs: deadline.as_secs(),
-                };
-                let why = format!(
-                    "{e}: closed so it cannot hold the frame budget (a body must arrive at \
-                     {} KiB/s or more after a grace of {} s)",
-                    super::limits::MIN_BODY_RATE >> 10,
-                    super::limits::BODY_GRACE.as_secs()
-                );
-                self.refused(&conn.sender, "slow_frame", &why);
-                conn.conn
-                    .close(crate::transport::close::SLOW_FRAME.into(), why.as_bytes());
-                Err(e)
+        let mut due = crate::clock::tokio_now() + deadline;
+        let body = read_body(recv, len, &[]);
+        tokio::pin!(body);
+        loop {
+            tokio::select! {
+                b = &mut body => return Ok((kind, b?, permits)),
+                _ = tokio::time::sleep_until(due) => {}
             }
+            if !self.limits.frames_waiting() {
+                // Nobody waits behind this frame: a slow link, or a slow peer that holds
+                // nothing anyone needs yet.
+                due += super::limits::BODY_RECHECK;
+                continue;
+            }
+            // A trickled body holds permits others wait for: the peer is closed, its
+            // permits freed, and it may come back at an honest rate.
+            let e = FrameError::Slow {
+                len,
+                secs: deadline.as_secs(),
+            };
+            let why = format!(
+                "{e}: closed so it cannot hold the frame budget (a body must arrive at \
+                 {} KiB/s or more after a grace of {} s)",
+                super::limits::MIN_BODY_RATE >> 10,
+                super::limits::BODY_GRACE.as_secs()
+            );
+            self.refused(&conn.sender, "slow_frame", &why);
+            conn.conn
+                .close(crate::transport::close::SLOW_FRAME.into(), why.as_bytes());
+            return Err(e);
         }
     }
 

@@ -18,9 +18,11 @@
 //!   holding the whole budget: it takes [`FRAME_BUDGET`] / [`CONNECTION_FRAME_BUDGET`] such
 //!   connections to stall the others. So a frame's body must also arrive by its deadline,
 //!   [`body_deadline`] from when its permits were granted ([`BODY_GRACE`] plus its length at
-//!   [`MIN_BODY_RATE`]): a peer that trickles bodies is closed with
-//!   [`crate::transport::close::SLOW_FRAME`] (counted as `slow_frame` in
-//!   `vdrep_refusals_total`), and its permits go to the frames waiting behind it.
+//!   [`MIN_BODY_RATE`]), whenever frames wait for the budget: a peer that trickles bodies
+//!   while others wait is closed with [`crate::transport::close::SLOW_FRAME`] (counted as
+//!   `slow_frame` in `vdrep_refusals_total`), and its permits go to the frames waiting
+//!   behind it. A slow frame nobody waits behind (a lone sender on a slow link) is left
+//!   alone.
 //! - **Streams** (QUIC stream credit): a connection may have at most
 //!   [`TransportLimits::max_streams`] data streams open, each with a receive window of
 //!   [`TransportLimits::stream_window`], and their product is at most the connection's
@@ -68,17 +70,21 @@ pub const MAX_CONNECTIONS: usize = (WINDOW_BUDGET / MIN_CONNECTION_WINDOW) as us
 pub const FRAME_BUDGET: usize = 64 << 20;
 /// The part of [`FRAME_BUDGET`] one connection may hold: four extents of 4 MiB.
 pub const CONNECTION_FRAME_BUDGET: usize = (16 << 20) + 4096;
-/// The least rate at which a frame's body must arrive once it holds its permits: an
-/// honest sender on a 1 Mbit/s link copying on 4 threads still delivers each frame at
-/// ~30 KiB/s, twice this; a peer that holds permits with a trickle is closed after
-/// [`body_deadline`].
-pub const MIN_BODY_RATE: u64 = 16 << 10;
+/// The least rate at which a frame's body must arrive once it holds its permits (while
+/// other frames wait for the budget). An honest sender at the least `--bandwidth`
+/// (512 Kbit/s) writes one frame per thread at once: on the default 4 threads each gets
+/// ~16 KiB/s, on 32 threads ~2 KiB/s while the other streams fill their windows and
+/// ~16 KiB/s after (the receiver reads at most 4 frames of a connection at once), so a
+/// 4 MiB frame takes ~640 s at worst, within its deadline (1,054 s).
+pub const MIN_BODY_RATE: u64 = 4 << 10;
 /// The time any frame body has beyond its length at [`MIN_BODY_RATE`] (a round trip, a
 /// congestion window's start, a lost packet's recovery).
-pub const BODY_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+pub const BODY_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often a frame past its deadline, which nobody waited behind, looks again.
+pub const BODY_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long a body of `len` bytes may take to arrive once its permits are held:
-/// [`BODY_GRACE`] + `len` / [`MIN_BODY_RATE`] (4 MiB: 271 s), unless the test hook
+/// [`BODY_GRACE`] + `len` / [`MIN_BODY_RATE`] (4 MiB: 1,054 s), unless the test hook
 /// [`super::test_hook::BODY_DEADLINE_ENV`] sets it.
 pub fn body_deadline(len: u32) -> std::time::Duration {
     super::test_hook::body_deadline().unwrap_or(
@@ -95,6 +101,8 @@ pub struct Limits {
     max_connections: usize,
     admitted: Mutex<usize>,
     frames: Arc<Semaphore>,
+    /// Frames waiting for [`FRAME_BUDGET`] now (not for their connection's share).
+    frames_waiting: std::sync::atomic::AtomicUsize,
     applies: Arc<Semaphore>,
     windows: WindowPool,
 }
@@ -127,6 +135,7 @@ impl Limits {
             max_connections: max_connections.clamp(1, MAX_CONNECTIONS),
             admitted: Mutex::new(0),
             frames: Arc::new(Semaphore::new(FRAME_BUDGET)),
+            frames_waiting: Default::default(),
             applies: Arc::new(Semaphore::new(APPLY_SLOTS)),
             windows: WindowPool::new(max_connections.clamp(1, MAX_CONNECTIONS)),
         }
@@ -181,11 +190,22 @@ impl Limits {
     /// first, then the receiver's budget, both held until dropped.
     pub async fn frame_permits(&self, conn: &Arc<Semaphore>, bytes: usize) -> FramePermits {
         let own = acquire(conn, bytes.clamp(1, CONNECTION_FRAME_BUDGET)).await;
-        let all = self.frame_permit(bytes).await;
+        let all = {
+            let _waiting = Waiting::new(&self.frames_waiting);
+            self.frame_permit(bytes).await
+        };
         FramePermits {
             _own: own,
             _all: all,
         }
+    }
+
+    /// Whether frames wait for the receiver's frame budget now: a slow body holding
+    /// permits is then closed at its deadline ([`body_deadline`]).
+    pub fn frames_waiting(&self) -> bool {
+        self.frames_waiting
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
     }
 
     /// Waits for one of the [`APPLY_SLOTS`]; the write runs while the permit is held.
@@ -200,6 +220,22 @@ impl Limits {
     /// Bytes of the frame budget free now (for tests and logs).
     pub fn frame_budget_free(&self) -> usize {
         self.frames.available_permits()
+    }
+}
+
+/// Counts a frame waiting for the budget while it lives (also when its wait is dropped).
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -248,7 +284,7 @@ mod tests {
         assert_eq!(body_deadline(0), BODY_GRACE);
         assert_eq!(
             body_deadline(4 << 20),
-            BODY_GRACE + std::time::Duration::from_secs(256)
+            BODY_GRACE + std::time::Duration::from_secs(1024)
         );
     }
 
@@ -295,5 +331,24 @@ mod tests {
             l.frame_budget_free(),
             FRAME_BUDGET - CONNECTION_FRAME_BUDGET - (4 << 20)
         );
+    }
+
+    #[tokio::test]
+    async fn frames_waiting_for_the_budget_are_counted_while_they_wait() {
+        let l = Limits::new(4);
+        let held = l.frame_permit(FRAME_BUDGET).await;
+        let c = l.connection_frames();
+        assert!(!l.frames_waiting());
+        {
+            let wait = l.frame_permits(&c, 10);
+            tokio::pin!(wait);
+            let r = tokio::time::timeout(std::time::Duration::from_millis(50), &mut wait);
+            assert!(r.await.is_err(), "the budget is held");
+            assert!(l.frames_waiting());
+        }
+        assert!(!l.frames_waiting(), "a wait given up is no longer counted");
+        drop(held);
+        let _p = l.frame_permits(&c, 10).await;
+        assert!(!l.frames_waiting());
     }
 }
