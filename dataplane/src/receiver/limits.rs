@@ -47,7 +47,8 @@
 //! - **Answers**: the receiver's QUIC send window is [`SEND_WINDOW`] per connection (it only
 //!   sends answers and batch results), so a peer that never reads them holds little.
 //!
-//! Peak memory is then about: the binary and its runtime (~30 MiB) + [`WINDOW_BUDGET`] +
+//! Peak memory is then about (the windows granted at accept never sum past their budget,
+//! `receiver/windows.rs`): the binary and its runtime (~30 MiB) + [`WINDOW_BUDGET`] +
 //! [`FRAME_BUDGET`] + [`APPLY_SLOTS`] × 4 MiB + [`MAX_CONNECTIONS`] × [`SEND_WINDOW`]
 //! ≈ 30 + 64 + 64 + 32 + 16 = 206 MiB, under the 256 MiB bound, whatever the peers send
 //! (the hostile-peer harness measures it: `tests/tests/hostile.rs`).
