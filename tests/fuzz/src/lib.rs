@@ -20,17 +20,23 @@ use vdrep_proto::Guid;
 
 pub use store::{reseal_hidx, reseal_state, valid_state_record, MemData, MemIndex};
 
+/// `buf.len()` bytes of `data` at `offset`, as a file in memory reads them: past the end is
+/// an `UnexpectedEof`, never a panic. One reader for every in-memory file of the targets.
+pub(crate) fn read_mem(data: &[u8], offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    let src = usize::try_from(offset)
+        .ok()
+        .and_then(|s| data.get(s..s.checked_add(buf.len())?))
+        .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+    buf.copy_from_slice(src);
+    Ok(())
+}
+
 /// An image in memory.
 pub struct Mem(pub Vec<u8>, pub PathBuf);
 
 impl ReadAt for Mem {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let src = usize::try_from(offset)
-            .ok()
-            .and_then(|s| self.0.get(s..s.checked_add(buf.len())?))
-            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-        buf.copy_from_slice(src);
-        Ok(())
+        read_mem(&self.0, offset, buf)
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.len() as u64)
