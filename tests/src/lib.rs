@@ -12,6 +12,7 @@ pub mod http;
 pub mod images;
 pub mod numbered;
 pub mod procs;
+pub mod prom;
 pub mod qemu_rig;
 pub mod qsd;
 pub mod relay;

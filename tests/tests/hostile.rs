@@ -19,9 +19,9 @@ const K_HELLO: u8 = 1;
 use vdrep_tests::hostile::{
     batch_start, bytes, extent, hash, header, open_disk, Got, Peer, Target,
 };
-use vdrep_tests::http::{get, sample};
 use vdrep_tests::images::random_raw;
 use vdrep_tests::procs::{assert_replica_identical, finish, Send};
+use vdrep_tests::prom::{sample, scrape};
 
 const MIB: u64 = 1 << 20;
 const DISK: u64 = 64 * MIB;
@@ -459,7 +459,7 @@ fn hostile_peers_are_refused_counted_and_bounded_while_an_honest_sender_replicat
     r.ok();
     assert_replica_identical(&img, "raw", &store.join("vm1").join("legit.vhd"));
 
-    let m = get(&rx.addr("metrics on "), "/metrics").body;
+    let m = scrape(&rx.addr("metrics on "));
     let count = |c: &str| sample(&m, "vdrep_refusals_total", &[("class", c)]).unwrap_or(0.0) as u64;
     let refused_answers: u64 = answers
         .iter()
