@@ -18,8 +18,8 @@ use vdrep_proto::session::receiver::{
 };
 use vdrep_proto::session::{Authorizations, BatchReceiver, ReceiverSession, Refusal};
 use vdrep_proto::wire::{
-    decode_frame, BatchResult, BatchStart, Codec, Control, ErrorClass, ExtentHeader, ExtentOp,
-    Rejection, FRAME_HEADER_LEN, K_BATCH_RESULT, K_EXTENT, MAX_CONTROL_BODY,
+    decode_frame, BatchResult, Codec, Control, ErrorClass, ExtentHeader, ExtentOp, Rejection,
+    BatchStart, FRAME_HEADER_LEN, K_BATCH_RESULT, K_EXTENT, MAX_CONTROL_BODY,
 };
 use vdrep_proto::Guid;
 
@@ -224,7 +224,10 @@ fn template(i: &mut In<'_>) -> Control {
             vm: i.vm(),
             needed: i.u64(),
         },
-        9 => Control::Capacity { req, available: 1 },
+        9 => Control::Capacity {
+            req,
+            available: 1,
+        },
         10 => Control::Error {
             req,
             class: ErrorClass::Protocol,
@@ -235,17 +238,9 @@ fn template(i: &mut In<'_>) -> Control {
 }
 
 fn extent(i: &mut In<'_>) -> (u8, Bytes) {
-    let op = [
-        ExtentOp::Write,
-        ExtentOp::Clear,
-        ExtentOp::WriteSparse,
-        ExtentOp::WritePacked,
-    ][i.u8() as usize % 4];
-    let codec = if i.u8() & 1 == 1 {
-        Codec::Zstd
-    } else {
-        Codec::Raw
-    };
+    let op = [ExtentOp::Write, ExtentOp::Clear, ExtentOp::WriteSparse, ExtentOp::WritePacked]
+        [i.u8() as usize % 4];
+    let codec = if i.u8() & 1 == 1 { Codec::Zstd } else { Codec::Raw };
     let n = i.u16() as usize % 8192;
     let payload = i.bytes(n);
     let h = ExtentHeader {
@@ -301,7 +296,10 @@ fuzz_target!(|data: &[u8]| {
                     let closed = s.control_state(stream) == ControlState::Closed;
                     let step = s.handle_control(stream, kind, &body);
                     if closed {
-                        assert!(matches!(&step, ControlStep::Answer { close: true, .. }));
+                        assert!(matches!(
+                            &step,
+                            ControlStep::Answer { close: true, .. }
+                        ));
                     }
                     drive(&mut s, stream, step, &mut i);
                 }
@@ -332,10 +330,8 @@ fuzz_target!(|data: &[u8]| {
                     loop {
                         match step {
                             BatchStep::Apply(w) => {
-                                assert!(
-                                    w.header.payload_len as usize == w.payload.len()
-                                        || w.packed.is_some()
-                                );
+                                assert!(w.header.payload_len as usize == w.payload.len()
+                                    || w.packed.is_some());
                                 step = b.handle_write_done(match verdict % 4 {
                                     0 => WriteOutcome::Rejected(Rejection::HashMismatch),
                                     1 => WriteOutcome::Failed(Refusal::new(

@@ -27,9 +27,7 @@ fn build(mode: u8, input: &[u8]) -> (Vec<u8>, u64) {
         if zero {
             f.extend_from_slice(&rec_header(offset, len, None));
         } else {
-            let data: Vec<u8> = (0..len)
-                .map(|i| rest.first().copied().unwrap_or(0) ^ i as u8)
-                .collect();
+            let data: Vec<u8> = (0..len).map(|i| rest.first().copied().unwrap_or(0) ^ i as u8).collect();
             f.extend_from_slice(&rec_header(offset, len, Some(&data)));
             f.extend_from_slice(&data);
         }
