@@ -3,6 +3,8 @@
 //! `(k-1) / disks` and fills its slot with `MAGIC` and `k`, so a disk image says which writes
 //! it holds, and that each is whole and in its place.
 
+use std::path::{Path, PathBuf};
+
 /// Bytes per write (one slot).
 pub const SLOT: u64 = 4096;
 
@@ -24,6 +26,15 @@ impl Numbered {
             v.extend_from_slice(&k.to_le_bytes());
         }
         v
+    }
+
+    /// Makes write `k` with `vdrep log-write` into its disk of `disks` (each `size` bytes;
+    /// the data goes through the file `scratch`).
+    pub fn log_write(&self, k: u64, disks: &[PathBuf], size: u64, scratch: &Path) {
+        let disk = &disks[((k - 1) % self.disks) as usize];
+        let offset = (k - 1) / self.disks * SLOT;
+        assert!(offset + SLOT <= size, "the test ran out of slots");
+        crate::log_write(disk, offset, &self.payload(k), scratch);
     }
 
     /// The numbered writes disk `disk`'s bytes hold, each checked to be whole and in its

@@ -20,11 +20,10 @@ use std::time::{Duration, Instant};
 use vdrep_tests::azurite::Azurite;
 use vdrep_tests::images::{make_image, Kind};
 use vdrep_tests::procs::{certs, finish, read_log, Receiver, Send};
-use vdrep_tests::{require_qemu, vdrep_ok};
+use vdrep_tests::require_qemu;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;
-use vdrep_tests::numbered::SLOT;
 /// The strict-order writer's writes (`vdrep_tests::numbered`).
 const WRITES: vdrep_tests::numbered::Numbered = vdrep_tests::numbered::Numbered {
     magic: *b"VDREPP17",
@@ -190,29 +189,13 @@ struct Writer {
 impl Writer {
     fn write_one(&self, disks: &[PathBuf; 2], dir: &Path) {
         let k = self.next.load(Ordering::SeqCst);
-        let disk = &disks[((k - 1) % 2) as usize];
-        let offset = (k - 1) / 2 * SLOT;
-        assert!(offset + SLOT <= SIZE, "the test ran out of slots");
-        let file = dir.join("w.bin");
-        std::fs::write(&file, payload(k)).unwrap();
-        vdrep_ok(&[
-            "log-write",
-            s(disk),
-            "--offset",
-            &offset.to_string(),
-            "--file",
-            s(&file),
-        ]);
+        WRITES.log_write(k, disks, SIZE, &dir.join("w.bin"));
         self.next.store(k + 1, Ordering::SeqCst);
     }
 
     fn written(&self) -> u64 {
         self.next.load(Ordering::SeqCst) - 1
     }
-}
-
-fn payload(k: u64) -> Vec<u8> {
-    WRITES.payload(k)
 }
 
 /// The numbered writes a disk's bytes hold (disk 0 = os, 1 = data), each where it belongs.

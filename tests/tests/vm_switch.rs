@@ -22,7 +22,6 @@ use vdrep_tests::{require_qemu, vdrep, vdrep_ok};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 8 * MIB;
-use vdrep_tests::numbered::SLOT;
 /// The strict-order writer's writes (`vdrep_tests::numbered`).
 const WRITES: vdrep_tests::numbered::Numbered = vdrep_tests::numbered::Numbered {
     magic: *b"VDREPW17",
@@ -133,20 +132,8 @@ impl Writer {
     /// Writes the next numbered write; returns its number.
     fn write_one(&self, vm: &Vm) -> u64 {
         let k = self.next.load(Ordering::SeqCst);
-        let disk = &vm.disks[((k - 1) % 2) as usize];
-        let offset = (k - 1) / 2 * SLOT;
-        assert!(offset + SLOT <= SIZE, "the test ran out of slots");
-        let file = vm.dir.join("w.bin");
-        std::fs::write(&file, payload(k)).unwrap();
         let t0 = Instant::now();
-        vdrep_ok(&[
-            "log-write",
-            s(disk),
-            "--offset",
-            &offset.to_string(),
-            "--file",
-            s(&file),
-        ]);
+        WRITES.log_write(k, &vm.disks, SIZE, &vm.dir.join("w.bin"));
         let ms = t0.elapsed().as_millis() as u64;
         self.longest_ms.fetch_max(ms, Ordering::SeqCst);
         self.next.store(k + 1, Ordering::SeqCst);
@@ -178,10 +165,6 @@ impl Writer {
             }
         }
     }
-}
-
-fn payload(k: u64) -> Vec<u8> {
-    WRITES.payload(k)
 }
 
 /// The numbered writes a disk's bytes hold, checked to sit where the writer put them.

@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use vdrep_tests::images::{make_image, Kind};
 use vdrep_tests::procs::{certs, read_log, Receiver, Send};
-use vdrep_tests::{require_qemu, vdrep, vdrep_ok};
+use vdrep_tests::{require_qemu, vdrep};
 
 pub const MIB: u64 = 1 << 20;
 pub const SIZE: u64 = 8 * MIB;
-pub use vdrep_tests::numbered::SLOT;
 /// The strict-order writer's writes (`vdrep_tests::numbered`).
 const WRITES: vdrep_tests::numbered::Numbered = vdrep_tests::numbered::Numbered {
     magic: *b"VDREPG17",
@@ -349,20 +348,8 @@ impl Writer {
 
     pub fn write_one(&self, rig: &Rig) -> u64 {
         let k = self.next.load(Ordering::SeqCst);
-        let disk = &rig.disks[((k - 1) % 4) as usize];
-        let offset = (k - 1) / 4 * SLOT;
-        assert!(offset + SLOT <= SIZE, "the test ran out of slots");
-        let file = rig.dir.join("w.bin");
-        std::fs::write(&file, payload(k)).unwrap();
         let t0 = Instant::now();
-        vdrep_ok(&[
-            "log-write",
-            s(disk),
-            "--offset",
-            &offset.to_string(),
-            "--file",
-            s(&file),
-        ]);
+        WRITES.log_write(k, &rig.disks, SIZE, &rig.dir.join("w.bin"));
         self.longest_ms
             .fetch_max(t0.elapsed().as_millis() as u64, Ordering::SeqCst);
         self.next.store(k + 1, Ordering::SeqCst);
@@ -379,10 +366,6 @@ impl Writer {
             self.write_one(rig);
         }
     }
-}
-
-pub fn payload(k: u64) -> Vec<u8> {
-    WRITES.payload(k)
 }
 
 /// The numbered writes a disk's bytes hold, checked to sit where the writer put them.
