@@ -5,11 +5,10 @@
 
 use std::io;
 
+use vdrep::disk::fuzzing::read_mem;
 use vdrep::resync::index::IndexFile;
 use vdrep::sink::local::fs::DataFile;
 use vdrep::sink::local::state::{encode, fuzzing};
-
-use crate::read_mem;
 
 /// A read-only data file in memory (writes and syncs fail: decoders must not write).
 pub struct MemData(pub Vec<u8>);
