@@ -434,7 +434,10 @@ mod tests {
         b[16 + 60] |= 0x80;
         assert!(decode(&b).unwrap_err().1.contains("checksum"));
         fuzzing::reseal(&mut b);
-        assert_eq!(decode(&b).unwrap_err(), (16 + 60, "unknown flags 0x85".into()));
+        assert_eq!(
+            decode(&b).unwrap_err(),
+            (16 + 60, "unknown flags 0x85".into())
+        );
         let mut b = encode(&open());
         b.insert(b.len() - 4, 0);
         assert!(decode(&b).unwrap_err().1.contains("header says"));
