@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use vdrep_proto::wire::{ExtentOp, MAX_EXTENT_LEN};
 use vdrep_tests::hostile::{batch_start, bytes, extent, Peer};
-use vdrep_tests::http::{get, sample};
 use vdrep_tests::images::random_raw;
 use vdrep_tests::procs::{assert_replica_identical, certs, finish, Send};
+use vdrep_tests::prom::{sample, scrape};
 use vdrep_tests::roles::Role;
 
 const MIB: u64 = 1 << 20;
@@ -152,7 +152,7 @@ fn slowloris_connections_are_closed_and_an_honest_sender_completes() {
             "the close names the problem: {c}"
         );
     }
-    let m = get(&rx.addr("metrics on "), "/metrics").body;
+    let m = scrape(&rx.addr("metrics on "));
     let counted = sample(&m, "vdrep_refusals_total", &[("class", "slow_frame")]).unwrap_or(0.0);
     assert!(
         counted >= closed.len() as f64,
