@@ -11,10 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use vdrep_tests::procs::{finish, read_log, wait_for_log};
-use vdrep_tests::qemu_rig::{wait_until, writes_in, NumberedWriter, Rig, StopOnDrop};
+use vdrep_tests::qemu_rig::{wait_until, writes_in, NumberedWriter, Rig, StopOnDrop, SWITCHED};
 
 const SIZE: u64 = 16 << 20;
-const SWITCHED: &str = "qemu switch of the VM's disks";
 const ROUNDS: usize = 32;
 
 #[test]

@@ -381,6 +381,12 @@ impl QemuVm {
 
     fn finish_locked(&self, g: &mut Inner, advanced: &[bool]) -> Result<(), SendError> {
         let views = std::mem::take(&mut g.views);
+        if g.fleecer.is_none() {
+            // The session was lost since the switch (qemu restarted): the views went with
+            // it, and setting up again removes what is left and takes bitmaps back.
+            self.ready(g)?;
+            return Ok(());
+        }
         let (qmp, fleecer) = self.ready(g)?;
         let fe = |e| self.fleece_err(e);
         for (i, v) in views.iter().enumerate() {

@@ -41,7 +41,11 @@ async fn blocking<T: Send + 'static>(
         .map_err(task)?
 }
 
-/// Protects `vm` on `conn` until `policy.max_cycles` rounds or an error.
+/// Protects `vm` on `conn` until `policy.max_cycles` rounds or an error. A round that
+/// fails because qemu is unreachable (a transient source error) is retried for this VM
+/// alone, on its control stream and with its disks still open ([`crate::sender::vm_retry`]:
+/// Warning, then Critical and an error once `--give-up-after` passed without a round of
+/// its own).
 pub async fn protect(
     conn: &quinn::Connection,
     vm: &Arc<QemuVm>,
@@ -77,59 +81,92 @@ pub async fn protect(
         } else if let Ok(mut n) = sched.next.lock() {
             *n = crate::clock::tokio_now() + sched.interval();
         }
-        // The switch instant (taken before the transaction, as for a log switch): the VM
-        // point's time.
-        let switch_unix_ms = sh.clock.now_utc().as_millisecond().max(0) as u64;
-        let views = match blocking(vm, |v| v.switch()).await? {
-            Switched::Views(v) => v,
-            Switched::NoRoom(message) => {
-                // No room for the views' scratch images: the cycle waits (a full target would
-                // fail the guest's writes).
-                warn!(vm = %vm.name, %message, "no room for the fleecing views: the cycle waits");
-                let class = crate::retry::Classified {
-                    class: "source",
-                    recoverable: true,
-                    advice: "free space in the sender's state folder (the views' scratch images need the disks' full size); the cycle waits",
-                };
-                sh.health.vm_failed(&vm.name, &class, &message);
-                first = false;
-                continue;
-            }
-        };
         first = false;
-        info!(vm = %vm.name, generation = views.first().map(|v| v.generation).unwrap_or(0),
-              disks = views.len(), "qemu switch of the VM's disks (one transaction)");
-        super::test_hook::after_switch().await;
-        let mut advanced = vec![false; views.len()];
-        let r = round(
-            conn,
-            &mut ctrl,
-            vm,
-            &views,
-            &mut opened,
-            &mut advanced,
-            policy,
-            sh,
-        )
-        .await;
-        let fin = {
-            let adv = advanced.clone();
-            blocking(vm, move |v| v.finish_switch(&adv)).await
-        };
-        r?;
-        let retention = policy.retention.as_secs().min(86_400) as u32;
-        super::point::commit(
-            &mut ctrl,
-            vm,
-            switch_unix_ms,
-            &advanced,
-            &opened,
-            retention,
-            sh,
-        )
-        .await?;
-        fin?;
-        sched.cycles.fetch_add(1, Ordering::Relaxed);
+        match switch_and_ship(conn, &mut ctrl, vm, &mut opened, sched, policy, sh).await {
+            Ok(()) => {}
+            Err(e) if crate::sender::vm_retry::source_alone(&e) => {
+                let rounds = sched.cycles.load(Ordering::Relaxed);
+                let verdict = match &sh.vms {
+                    Some(set) => {
+                        set.retries
+                            .failed(&vm.name, rounds, sh.opts.protect_give_up_after)
+                    }
+                    None => crate::sender::vm_retry::Verdict::GaveUp,
+                };
+                let crate::sender::vm_retry::Verdict::RetryIn(delay) = verdict else {
+                    return Err(e);
+                };
+                sh.health
+                    .vm_source_failed(&vm.name, &e.verdict(), &e.to_string(), Some(delay));
+                warn!(vm = %vm.name, error = %e, retry_in_ms = delay.as_millis() as u64,
+                      "the VM's change source failed; retrying this VM alone (the others go on)");
+                tokio::time::sleep(delay).await;
+                // The retry's round runs at once, then the schedule goes on.
+                first = true;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One round: the switch of every disk, what each disk needs from its view, the VM point.
+async fn switch_and_ship(
+    conn: &quinn::Connection,
+    ctrl: &mut ControlStream,
+    vm: &Arc<QemuVm>,
+    opened: &mut [Option<Opened>],
+    sched: &Schedule,
+    policy: &Policy,
+    sh: &Arc<Shared>,
+) -> Result<(), SendError> {
+    // The switch instant (taken before the transaction, as for a log switch): the VM
+    // point's time.
+    let switch_unix_ms = sh.clock.now_utc().as_millisecond().max(0) as u64;
+    let views = match blocking(vm, |v| v.switch()).await? {
+        Switched::Views(v) => v,
+        Switched::NoRoom(message) => {
+            // No room for the views' scratch images: the cycle waits (a full target would
+            // fail the guest's writes).
+            warn!(vm = %vm.name, %message, "no room for the fleecing views: the cycle waits");
+            let class = crate::retry::Classified {
+                class: "source",
+                recoverable: true,
+                advice: "free space in the sender's state folder (the views' scratch images need the disks' full size); the cycle waits",
+            };
+            sh.health.vm_failed(&vm.name, &class, &message);
+            return Ok(());
+        }
+    };
+    info!(vm = %vm.name, generation = views.first().map(|v| v.generation).unwrap_or(0),
+          disks = views.len(), "qemu switch of the VM's disks (one transaction)");
+    super::test_hook::after_switch().await;
+    let mut advanced = vec![false; views.len()];
+    let r = round(conn, ctrl, vm, &views, opened, &mut advanced, policy, sh)
+        .await
+        .map_err(|e| view_lost(vm, e));
+    let fin = {
+        let adv = advanced.clone();
+        blocking(vm, move |v| v.finish_switch(&adv)).await
+    };
+    r?;
+    let retention = policy.retention.as_secs().min(86_400) as u32;
+    super::point::commit(ctrl, vm, switch_unix_ms, &advanced, opened, retention, sh).await?;
+    fin?;
+    sched.cycles.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// A round's disk reads are reads of its views: one that failed transiently (qemu went
+/// away, its NBD connection lost) is the VM's change source failing, retried for the VM
+/// alone.
+fn view_lost(vm: &QemuVm, e: SendError) -> SendError {
+    match e {
+        SendError::Disk(d) if crate::error::Classify::is_transient(&d) => SendError::Source {
+            vm: vm.name.clone(),
+            message: d.to_string(),
+            transient: true,
+        },
+        e => e,
     }
 }
 
@@ -154,7 +191,10 @@ async fn round(
             .map_err(|e| SendError::Source {
                 vm: vm.name.clone(),
                 message: format!("NBD: {e}"),
-                transient: e.is_transient(),
+                // The switch has just added this export: missing, qemu is stopping or was
+                // restarted (seen with a qemu-storage-daemon stopped mid-round); the retry
+                // sets up again and finds what qemu lost.
+                transient: e.is_transient() || e.is_export_missing(),
             })?;
         readers.push(Arc::new(r));
     }

@@ -28,8 +28,15 @@ pub struct NbdView {
     dirty_context: Option<String>,
 }
 
+/// A view read that failed because qemu went away (its NBD connection lost, the export
+/// gone) is transient (`NotConnected`: a retry reads a new view); anything else is not.
 fn nbd_err(path: &std::path::Path, offset: u64, e: NbdError) -> DiskError {
-    DiskError::io(path, offset, std::io::Error::other(e.to_string()))
+    let kind = if e.is_transient() || e.is_export_missing() {
+        std::io::ErrorKind::NotConnected
+    } else {
+        std::io::ErrorKind::Other
+    };
+    DiskError::io(path, offset, std::io::Error::new(kind, e.to_string()))
 }
 
 impl NbdView {
