@@ -300,3 +300,76 @@ fn a_views_export_gone_before_the_round_opens_it_is_retried_and_no_write_is_miss
     let prefixes = rig.check_prefixes(SIZE, w.written());
     eprintln!("VM points: {prefixes:?}; {} writes", w.written());
 }
+
+/// A kill -9 between the disks' commits and the VM point (the test hook
+/// `VDREP_TEST_QEMU_POINT_PAUSE` holds the round there) must not lose that point: the
+/// round's plan is on disk (`STATE/qemu/VM/point.json`) before anything ships, and the
+/// restarted sender sends the point before its first new round.
+#[test]
+fn a_sender_killed_between_the_disks_commits_and_the_vm_point_sends_that_point_at_restart() {
+    const HELD: &str = "test hook: qemu round paused before its VM point";
+    let mut rig = Rig::new(SIZE);
+    let w = NumberedWriter::new(SIZE);
+    let first = rig
+        .send_every("send1.log", "300ms")
+        .env("VDREP_TEST_QEMU_POINT_PAUSE", "3000");
+    let mut child = first.spawn();
+    let held = |n: usize| read_log(&first.log).matches(HELD).count() >= n;
+    wait_until(
+        "the initial round held",
+        &first.log,
+        Duration::from_secs(60),
+        || held(1),
+    );
+    for _ in 0..40 {
+        assert!(w.write_one(&rig.qsd));
+    }
+    // A round of cycles (after the initial copies' point), its disks committed.
+    wait_until(
+        "a cycle round held",
+        &first.log,
+        Duration::from_secs(60),
+        || held(2),
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let plan_file = rig.dir.join("state/qemu/vm1/point.json");
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plan_file).expect("the round's plan is on disk"))
+            .unwrap();
+    let vm_cycle = plan["vm_cycle"].as_u64().unwrap();
+    assert!(vm_cycle > 0, "{plan}");
+    let log = read_log(&first.log);
+    assert!(
+        log.matches("VM recovery point committed").count() == 1,
+        "only the initial copies' point was committed before the kill: {log}"
+    );
+    let before = rig.points();
+    assert!(!before.contains(&vm_cycle), "{before:?} {plan}");
+
+    let again = rig
+        .send_every("send2.log", "300ms")
+        .arg("--max-cycles")
+        .arg("1");
+    let res = again.run(Duration::from_secs(90));
+    assert!(res.status.success(), "restart: {}\n{}", res.status, res.log);
+    assert!(
+        res.log.contains(
+            "sending the VM recovery point of a round committed before the sender stopped"
+        ),
+        "{}",
+        res.log
+    );
+    let after = rig.points();
+    assert!(
+        after.contains(&vm_cycle),
+        "point {vm_cycle} lost: {after:?}"
+    );
+    assert!(!plan_file.exists(), "the plan outlived its point");
+    // Every point is one instant of both disks; the newest holds every write.
+    let prefixes = rig.check_prefixes(SIZE, w.written());
+    eprintln!("VM points: {prefixes:?}; {} writes", w.written());
+    assert!(prefixes
+        .iter()
+        .any(|p| p.0 == vm_cycle && p.1 == w.written()));
+}

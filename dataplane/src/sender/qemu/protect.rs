@@ -141,9 +141,19 @@ async fn switch_and_ship(
           disks = views.len(), "qemu switch of the VM's disks (one transaction)");
     super::test_hook::after_switch().await;
     let mut advanced = vec![false; views.len()];
-    let r = round(conn, ctrl, vm, &views, opened, &mut advanced, policy, sh)
-        .await
-        .map_err(|e| view_lost(vm, e));
+    let r = round(
+        conn,
+        ctrl,
+        vm,
+        &views,
+        opened,
+        &mut advanced,
+        switch_unix_ms,
+        policy,
+        sh,
+    )
+    .await
+    .map_err(|e| view_lost(vm, e));
     let fin = {
         let adv = advanced.clone();
         blocking(vm, move |v| v.finish_switch(&adv)).await
@@ -178,6 +188,7 @@ async fn round(
     views: &[vdrep_qemu::fleece::View],
     opened: &mut [Option<Opened>],
     advanced: &mut [bool],
+    switch_unix_ms: u64,
     policy: &Policy,
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
@@ -224,15 +235,37 @@ async fn round(
         sh.jobs
             .connected(ctrl, &vm.name, &to_check, &sh.opts.identity)
             .await?;
+        // A point a killed sender planned, before this round ships anything.
+        let retention = policy.retention.as_secs().min(86_400) as u32;
+        super::point::resend(ctrl, vm, opened, retention, sh).await?;
     }
+    // What each disk does from its view, and so the cycle it commits: the round's VM point
+    // plan, durable before anything ships.
+    let resync_now = sh.bandwidth.resync_allowed_now();
+    let steps: Vec<Option<Step>> = views
+        .iter()
+        .zip(opened.iter())
+        .zip(&vm.disks)
+        .map(|((view, o), d)| {
+            let mark = vm.state.resync_reason(&d.name);
+            o.as_ref()
+                .map(|o| Step::of(o, view, mark.as_deref(), resync_now))
+        })
+        .collect();
+    let planned: Vec<Option<u64>> = steps
+        .iter()
+        .zip(opened.iter())
+        .map(|(s, o)| Some(s.as_ref()?.cycle(o.as_ref()?.committed_cycle)?))
+        .collect();
+    super::point::record(vm, switch_unix_ms, &planned);
     for (i, ((job, view), reader)) in jobs.iter().zip(views).zip(&readers).enumerate() {
-        let Some(o) = opened[i].as_mut() else {
+        let (Some(o), Some(step)) = (opened[i].as_mut(), steps[i]) else {
             continue;
         };
         let name = &vm.disks[i].name;
         let mark = vm.state.resync_reason(name);
         sh.health.resync_required(&vm.name, name, mark.clone());
-        if !o.initial_committed || o.known_empty {
+        if matches!(step, Step::Copy | Step::CopyThenCycle) {
             info!(vm = %vm.name, disk = %name, "initial replication from the view of protection start");
             let t0 = crate::clock::tokio_now();
             sh.board.copy_started(&vm.name, name, false);
@@ -250,7 +283,7 @@ async fn round(
             );
             sh.jobs.copy_done(ctrl, &vm.name, name, &detail).await;
             sh.board.committed(&vm.name, name, 0);
-            if view.previous_bitmap.is_none() {
+            if step == Step::Copy {
                 let b = view.bitmap.clone();
                 blocking(vm, move |v| v.advance(i, &b)).await?;
                 vm.state.clear_resync(name).ok();
@@ -259,15 +292,11 @@ async fn round(
             }
             // A copy resumed from this later view: blocks copied from an earlier view and
             // written since are in the previous bitmap; its cycle follows.
-        } else if mark.is_some() || view.previous_bitmap.is_none() {
-            // A resync vdrep starts by itself (a bitmap lost) waits for the next non-work
-            // period, as for change logs; a new protection and an operator's do not.
-            let automatic = mark.as_deref().is_some_and(|m| m != OPERATOR_RESYNC);
-            if automatic && !sh.bandwidth.resync_allowed_now() {
-                info!(vm = %vm.name, disk = %name, reason = mark.as_deref().unwrap_or(""),
-                      "resync required: it waits for the next non-work period (send --resync starts it now)");
-                continue;
-            }
+        } else if step == Step::Wait {
+            info!(vm = %vm.name, disk = %name, reason = mark.as_deref().unwrap_or(""),
+                  "resync required: it waits for the next non-work period (send --resync starts it now)");
+            continue;
+        } else if step == Step::Resync {
             info!(vm = %vm.name, disk = %name, reason = mark.as_deref().unwrap_or("no bitmap of this protection yet"),
                   "resync from the view");
             sh.board.copy_started(&vm.name, name, true);
@@ -310,4 +339,58 @@ async fn round(
         advanced[i] = shipped.last().map(|c| c.0) == Some(cycle);
     }
     Ok(())
+}
+
+/// What a disk does from its view in a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The initial copy (no committed replica), as recovery point 0.
+    Copy,
+    /// A copy resumed from this later view: blocks copied from an earlier view and written
+    /// since are in the previous bitmap, whose cycle (1) follows.
+    CopyThenCycle,
+    /// The block-checksum resync, as the next cycle: marked "resync required", or no
+    /// bitmap of this protection yet while the receiver holds a replica.
+    Resync,
+    /// A resync vdrep starts by itself (a bitmap lost) waits for the next non-work period,
+    /// as for change logs (a new protection and an operator's do not): no cycle this round.
+    Wait,
+    /// The previous bitmap's dirty extents, as the next cycle.
+    Cycle,
+}
+
+impl Step {
+    fn of(
+        o: &Opened,
+        view: &vdrep_qemu::fleece::View,
+        mark: Option<&str>,
+        resync_now: bool,
+    ) -> Step {
+        if !o.initial_committed || o.known_empty {
+            if view.previous_bitmap.is_none() {
+                Step::Copy
+            } else {
+                Step::CopyThenCycle
+            }
+        } else if mark.is_some() || view.previous_bitmap.is_none() {
+            let automatic = mark.is_some_and(|m| m != OPERATOR_RESYNC);
+            if automatic && !resync_now {
+                Step::Wait
+            } else {
+                Step::Resync
+            }
+        } else {
+            Step::Cycle
+        }
+    }
+
+    /// The cycle the disk commits from the view (`committed`: its newest now).
+    fn cycle(self, committed: u64) -> Option<u64> {
+        match self {
+            Step::Copy => Some(0),
+            Step::CopyThenCycle => Some(1),
+            Step::Resync | Step::Cycle => Some(committed + 1),
+            Step::Wait => None,
+        }
+    }
 }
