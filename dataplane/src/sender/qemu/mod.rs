@@ -16,6 +16,7 @@
 
 pub mod ctl;
 pub mod cycle;
+pub mod digest;
 pub mod discover;
 pub mod point;
 pub mod protect;

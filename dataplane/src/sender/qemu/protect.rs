@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use super::ctl::{QemuVm, Switched};
 use super::cycle::ViewCycle;
-use super::view::NbdView;
+use super::view::{NbdView, Uncounted};
 use crate::sender::disk::{copy_initial, open_disk, DiskJob, Opened, Shared};
 use crate::sender::protect::{Policy, Schedule, OPERATOR_RESYNC};
 use crate::sender::source::ship_pending;
@@ -265,6 +265,13 @@ async fn round(
         let name = &vm.disks[i].name;
         let mark = vm.state.resync_reason(name);
         sh.health.resync_required(&vm.name, name, mark.clone());
+        if matches!(step, Step::Copy | Step::CopyThenCycle | Step::Resync) {
+            // The digest table stops reflecting the disk from here (durably, before
+            // anything ships); it is computed again from this view once committed.
+            if let Err(e) = blocking(vm, move |v| Ok(v.with_digest(i, |d| d.invalidate()))).await? {
+                warn!(vm = %vm.name, disk = %name, error = %e, "cannot mark the digest table stale");
+            }
+        }
         if matches!(step, Step::Copy | Step::CopyThenCycle) {
             info!(vm = %vm.name, disk = %name, "initial replication from the view of protection start");
             let t0 = crate::clock::tokio_now();
@@ -284,6 +291,7 @@ async fn round(
             sh.jobs.copy_done(ctrl, &vm.name, name, &detail).await;
             sh.board.committed(&vm.name, name, 0);
             if step == Step::Copy {
+                rehash(vm, i, reader, 0).await;
                 let b = view.bitmap.clone();
                 blocking(vm, move |v| v.advance(i, &b)).await?;
                 vm.state.clear_resync(name).ok();
@@ -306,6 +314,7 @@ async fn round(
                     .await;
             sh.health.resync_running(&vm.name, name, false);
             let out = out?;
+            rehash(vm, i, reader, out.cycle).await;
             let b = view.bitmap.clone();
             blocking(vm, move |v| v.advance(i, &b)).await?;
             if let Err(e) = vm.state.clear_resync(name) {
@@ -329,6 +338,7 @@ async fn round(
             view: reader.clone(),
             new_bitmap: view.bitmap.clone(),
             read_before: before,
+            extents: Default::default(),
         });
         let dirty_before = vm.counters[i].dirty.load(Ordering::Relaxed);
         let shipped = ship_pending(conn, ctrl, job, src, o, None, policy, sh).await?;
@@ -339,6 +349,34 @@ async fn round(
         advanced[i] = shipped.last().map(|c| c.0) == Some(cycle);
     }
     Ok(())
+}
+
+/// Computes disk `index`'s digest table from `reader`, the view of its committed cycle
+/// `through` (after a copy or a resync): the next cycle's digest refreshes it. A failure
+/// leaves it stale, and the next cycle computes it (without it, that cycle has no digest
+/// only if that fails too).
+async fn rehash(vm: &Arc<QemuVm>, index: usize, reader: &Arc<NbdView>, through: u64) {
+    let r = reader.clone();
+    let res = blocking(vm, move |v| {
+        Ok(v.with_digest(index, |d| {
+            let before = d.read;
+            d.compute_all(&Uncounted(&r), through)?;
+            Ok(d.read - before)
+        }))
+    })
+    .await;
+    match res {
+        Ok(Ok(read)) => {
+            vm.counters[index]
+                .digest_read
+                .fetch_add(read, Ordering::Relaxed);
+            info!(vm = %vm.name, disk = %vm.disks[index].name, cycle = through, read_bytes = read,
+                  "digest table computed from the view");
+        }
+        Ok(Err(e)) => warn!(vm = %vm.name, disk = %vm.disks[index].name, error = %e,
+                            "cannot compute the digest table; the next cycle tries again"),
+        Err(e) => warn!(vm = %vm.name, error = %e, "digest task failed"),
+    }
 }
 
 /// What a disk does from its view in a round.
