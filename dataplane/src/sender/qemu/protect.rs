@@ -255,7 +255,7 @@ async fn round(
     let planned: Vec<Option<u64>> = steps
         .iter()
         .zip(opened.iter())
-        .map(|(s, o)| Some(s.as_ref()?.cycle(o.as_ref()?.committed_cycle)?))
+        .map(|(s, o)| s.as_ref()?.cycle(o.as_ref()?.committed_cycle))
         .collect();
     super::point::record(vm, switch_unix_ms, &planned);
     for (i, ((job, view), reader)) in jobs.iter().zip(views).zip(&readers).enumerate() {
