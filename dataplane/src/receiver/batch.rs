@@ -179,7 +179,7 @@ impl Receiver {
         mut send: quinn::SendStream,
         recv: quinn::RecvStream,
     ) {
-        let (end, mut recv) = match conn.disk(batch.handle()) {
+        let (end, mut recv, counted) = match conn.disk(batch.handle()) {
             Some(s) => self.batch_loop(&conn, &s, &mut batch, recv).await,
             None => (
                 batch.fail_stream(Refusal::new(
@@ -187,12 +187,15 @@ impl Receiver {
                     format!("disk handle {} has no open replica", batch.handle()),
                 )),
                 Some(recv),
+                false,
             ),
         };
         // Before the result goes out: the sender may commit as soon as it has read it.
         let _ = conn.with_session(|s| s.batch_ended(batch.handle()));
         if let Some((class, message)) = &end.result.error {
-            self.refused(&conn.sender, class.as_str(), message);
+            if !counted {
+                self.refused(&conn.sender, class.as_str(), message);
+            }
         }
         send_result(&conn, end, &mut send, recv.as_mut()).await;
     }
@@ -216,23 +219,26 @@ impl Receiver {
         s: &Arc<DiskSession>,
         batch: &mut BatchReceiver,
         recv: quinn::RecvStream,
-    ) -> (BatchEnd, Option<quinn::RecvStream>) {
+    ) -> (BatchEnd, Option<quinn::RecvStream>, bool) {
         let mut next = Next::Idle(recv);
         loop {
             let (recv, frame) = next.frame(self, conn).await;
             // The frame's budget is held until its extent is written (end of this round).
             let (kind, body, _permits) = match frame {
                 Ok(f) => f,
-                Err(FrameError::End) => return (batch.finish(), Some(recv)),
+                Err(FrameError::End) => return (batch.finish(), Some(recv), false),
                 Err(e) => {
                     let class = if crate::error::Classify::is_transient(&e) {
                         ErrorClass::Internal
                     } else {
                         ErrorClass::Protocol
                     };
+                    // A slow body was counted when its connection was closed.
+                    let counted = matches!(e, FrameError::Slow { .. });
                     return (
                         batch.fail_stream(Refusal::new(class, e.to_string())),
                         Some(recv),
+                        counted,
                     );
                 }
             };
@@ -291,7 +297,7 @@ impl Receiver {
                         }
                         break;
                     }
-                    BatchStep::End(end) => return (end, ahead.into_stream()),
+                    BatchStep::End(end) => return (end, ahead.into_stream(), false),
                 }
             }
             next = ahead;
