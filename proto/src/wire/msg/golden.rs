@@ -6,13 +6,12 @@
 
 use super::*;
 use crate::job::{Job, JobKind, JobState};
+use crate::ranges::RangeSet;
 use crate::wire::{decode_frame, MAX_CONTROL_BODY};
 use crate::{FormatError, Guid};
 
-type Progress = Vec<(u64, u64)>;
-
-fn ranges(p: &[(u64, u64)]) -> Progress {
-    p.to_vec()
+fn ranges(p: &[(u64, u64)]) -> RangeSet {
+    p.iter().map(|&(a, b)| a..b).collect()
 }
 
 /// One message of every control kind, and each optional field both present and absent.
