@@ -58,7 +58,6 @@ impl Receiver {
                 Ok(s) => s
                     .begin_cycle(cycle)
                     .await
-                    .map(|p| p.iter().map(|r| (r.start, r.end)).collect())
                     .map_err(|e| refusal(&e)),
                 Err(r) => Err(r),
             }),
@@ -284,11 +283,7 @@ impl Receiver {
             initial_committed: st.initial_committed,
             committed_cycle: st.committed_cycle,
             initial_in_progress: st.initial_in_progress,
-            progress: session
-                .progress_snapshot()
-                .iter()
-                .map(|r| (r.start, r.end))
-                .collect(),
+            progress: session.progress_snapshot(),
         };
         Ok((session, opened))
     }

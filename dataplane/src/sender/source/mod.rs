@@ -163,7 +163,7 @@ pub async fn ship_pending(
         let resume = begin_cycle(ctrl, o, cycle).await?;
         let items = cycle_items(
             &changes.extents,
-            &super::disk::durable(&resume.done),
+            &resume.done,
             sh.opts.chunk as u64,
         );
         let cjob = DiskJob {
