@@ -55,10 +55,7 @@ impl Receiver {
                 Err(r) => Err(r),
             }),
             Effect::BeginCycle { handle, cycle } => Done::CycleOpened(match disk(handle) {
-                Ok(s) => s
-                    .begin_cycle(cycle)
-                    .await
-                    .map_err(|e| refusal(&e)),
+                Ok(s) => s.begin_cycle(cycle).await.map_err(|e| refusal(&e)),
                 Err(r) => Err(r),
             }),
             Effect::CommitCycle {
