@@ -1,4 +1,4 @@
-//! The bytes of the control messages (WIRE.md §3): each message's type code, and its body
+//! The bytes of the control messages (WIRE.md §4): each message's type code, and its body
 //! as a sequence of field groups. Messages that carry the same fields share one arm (and
 //! the field encodings in [`super::super::fields`]), so equal fields cannot drift apart.
 
