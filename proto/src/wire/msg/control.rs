@@ -275,6 +275,12 @@ pub enum Control {
         retention_secs: u32,
         /// Every disk of the switch, at most [`MAX_POINT_DISKS`].
         disks: Vec<PointPart>,
+        /// Every part holds the VM at the switch's one instant, initial copies included
+        /// (a qemu switch: all the VM's views come from one transaction), so the point is
+        /// consistent even with parts at cycle 0. A trailing flag sent only when set:
+        /// without it (senders that predate it; [MS-HRL] switches, whose initial copies run
+        /// disk after disk) a point is consistent only when every part is past cycle 0.
+        one_instant: bool,
     },
     /// Receiver → sender (version 5): the VM point is durable.
     PointCommitted {

@@ -206,6 +206,7 @@ pub(super) fn golden_messages() -> Vec<Control> {
                     digest: [0; 32],
                 },
             ],
+            one_instant: false,
         },
         Control::CommitPoint {
             req: 18,
@@ -215,6 +216,7 @@ pub(super) fn golden_messages() -> Vec<Control> {
             group_cycle: Some(40),
             retention_secs: 0,
             disks: Vec::new(),
+            one_instant: false,
         },
         Control::PointCommitted {
             req: 18,

@@ -5,8 +5,8 @@
 use super::super::super::codec::{Reader, Writer};
 use super::super::super::{MAX_CONTROL_BODY, MAX_STRING};
 use super::super::fields::{
-    count_r, items_r, list_r, list_w, opt_r, opt_w, progress_r, progress_w, ranges_r, ranges_w,
-    u64s_r, u64s_w,
+    count_r, items_r, list_r, list_w, opt_r, opt_w, optional_flag, progress_r, progress_w,
+    ranges_r, ranges_w, u64s_r, u64s_w,
 };
 use super::{Control, PointPart, MAX_GROUP_VMS, MAX_HASHES, MAX_HASH_PARENTS, MAX_POINT_DISKS};
 use crate::wire::ErrorClass;
@@ -273,6 +273,7 @@ impl Control {
                 group_cycle,
                 retention_secs,
                 disks,
+                one_instant,
             } => {
                 w.u32(*req).u64(*vm_cycle).u64(*switch_unix_ms);
                 opt_w(&mut w, group.as_ref(), |w, g| {
@@ -285,6 +286,9 @@ impl Control {
                 list_w(&mut w, disks, |w, d| {
                     w.u32(d.handle).u64(d.cycle).u64(d.bytes).raw(&d.digest);
                 });
+                if *one_instant {
+                    w.u8(1);
+                }
             }
         }
         let mut out = Vec::with_capacity(w.buf.len() + 5);
@@ -471,6 +475,7 @@ impl Control {
                         })
                     },
                 )?,
+                one_instant: optional_flag(&mut r)?,
             },
             k => {
                 return Err(FormatError::new(
