@@ -31,10 +31,32 @@ pub struct Target {
 /// Most disks (or drives) per VM.
 const MAX_DISKS: usize = 64;
 
+/// Longest path (the API description's `maxLength`).
+const MAX_PATH: usize = 4096;
+
 fn absolute(what: &str, p: &str) -> Result<(), String> {
     if !Path::new(p).is_absolute() || p.contains('\0') {
         return Err(format!(
             "{what}: {p:?} is not an absolute path on the sender's host"
+        ));
+    }
+    if p.chars().count() > MAX_PATH {
+        return Err(format!("{what}: a path has at most {MAX_PATH} characters"));
+    }
+    Ok(())
+}
+
+/// qemu's rule for node-names (a letter, then up to 30 letters, digits, `-`, `.`, `_`): a
+/// drive naming anything else can match no node, and the API description says the same.
+fn node_name(d: &str) -> Result<(), String> {
+    let node = d.split_once('=').map_or(d, |(n, _)| n);
+    let mut b = node.bytes();
+    let ok = node.len() <= 31
+        && b.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
+    if !ok {
+        return Err(format!(
+            "drives: {d:?}: a node-name is a letter followed by up to 30 letters, digits, '-', '.' or '_'"
         ));
     }
     Ok(())
@@ -95,6 +117,7 @@ impl Target {
             return Err(format!("drives: at most {MAX_DISKS} drives per VM"));
         }
         for (i, d) in self.drives.iter().enumerate() {
+            node_name(d)?;
             d.parse::<crate::sender::qemu::Drive>()
                 .map_err(|e| format!("drives: {e}"))?;
             if self.drives[..i].contains(d) {
@@ -160,6 +183,8 @@ mod tests {
         assert!(e.contains("twice"), "{e}");
         let e = take(json!({"qmp": "/q", "drives": ["n=../x"]})).unwrap_err();
         assert!(e.contains("drives"), "{e}");
+        let e = take(json!({"qmp": "/q", "drives": ["1os"]})).unwrap_err();
+        assert!(e.contains("node-name"), "{e}");
         assert!(take(json!({"interval_seconds": 30})).unwrap().is_empty());
     }
 
