@@ -566,16 +566,8 @@ fn add_qemu(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
         .unwrap_or_else(|| {
             crate::health::default_rpo_threshold(Duration::from_secs(req.interval_seconds))
         });
-    let names = super::qemu::register(
-        sh,
-        set,
-        q,
-        &details,
-        set.policy_for(&req),
-        threshold,
-        false,
-    )
-    .map_err(|e| e.to_string())?;
+    let names = super::qemu::register(sh, set, q, &details, set.policy_for(&req), threshold, false)
+        .map_err(|e| e.to_string())?;
     info!(vm = %req.vm, qmp = %req.qmp.as_deref().unwrap_or(Path::new("")).display(),
           drives = ?req.drives, interval_s = req.interval_seconds,
           "protection of a qemu VM enabled over the control channel");

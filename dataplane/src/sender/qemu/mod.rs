@@ -35,8 +35,8 @@ use super::disk::{DiskJob, Shared};
 use super::protect::{Policy, Schedule, OPERATOR_RESYNC};
 use super::vmset::{VmEntry, VmSet};
 use super::SendError;
-use tracing::warn;
 pub use discover::Drive;
+use tracing::warn;
 
 /// Why a qemu VM may not join a consistency group (yet). A group point must be one
 /// instant of every member's disks: image VMs get it by holding all their tracking locks
@@ -87,7 +87,15 @@ pub async fn add_vms(
         let (q, details) = tokio::task::spawn_blocking(move || open_checked(&sh2, spec2))
             .await
             .map_err(|e| SendError::Internal(format!("qemu task: {e}")))??;
-        register(sh, set, q, &details, policy.clone(), rpo_threshold, sh.opts.resync)?;
+        register(
+            sh,
+            set,
+            q,
+            &details,
+            policy.clone(),
+            rpo_threshold,
+            sh.opts.resync,
+        )?;
     }
     for a in added.iter().filter(|a| a.qmp.is_some()) {
         if sh.opts.qemu.iter().any(|q| q.vm == a.vm) {
@@ -115,7 +123,15 @@ pub async fn add_vms(
                             a.interval_seconds,
                         ))
                     });
-                register(sh, set, q, &details, set.policy_for(a), threshold, sh.opts.resync)?;
+                register(
+                    sh,
+                    set,
+                    q,
+                    &details,
+                    set.policy_for(a),
+                    threshold,
+                    sh.opts.resync,
+                )?;
             }
             Err(e) => {
                 tracing::error!(vm = %a.vm, error = %e,
