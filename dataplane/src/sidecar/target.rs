@@ -75,6 +75,11 @@ impl Target {
         let mut t = serde_json::Map::new();
         for k in ["disks", "qmp", "drives", "nbd"] {
             if let Some(v) = body.remove(k) {
+                // null is no value here (the API description has none): refused, not
+                // taken for "omitted".
+                if v.is_null() {
+                    return Err(format!("invalid body: {k}: null (omit it instead)"));
+                }
                 t.insert(k.to_string(), v);
             }
         }
@@ -186,6 +191,9 @@ mod tests {
         let e = take(json!({"qmp": "/q", "drives": ["1os"]})).unwrap_err();
         assert!(e.contains("node-name"), "{e}");
         assert!(take(json!({"interval_seconds": 30})).unwrap().is_empty());
+        // null is not "omitted" (schemathesis found `{"nbd": null}` accepted).
+        let e = take(json!({"nbd": null})).unwrap_err();
+        assert!(e.contains("null"), "{e}");
     }
 
     #[test]
