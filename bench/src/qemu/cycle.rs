@@ -165,7 +165,11 @@ fn send(
 
 /// Runs the benchmark.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    if a.size == 0 || a.size % BLOCK != 0 || a.disk < a.size || a.disk % BLOCK != 0 {
+    if a.size == 0
+        || !a.size.is_multiple_of(BLOCK)
+        || a.disk < a.size
+        || !a.disk.is_multiple_of(BLOCK)
+    {
         bail!("--size must be a non-zero multiple of 64 KiB, --disk a multiple at least as large");
     }
     let vdrep = vdrep_bin(a.vdrep.clone())?;

@@ -103,7 +103,7 @@ fn measure(script: &std::path::Path, sock: &std::path::Path, a: &Args) -> anyhow
 
 /// Runs the benchmark.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    if a.region == 0 || a.region > a.disk || a.region % 4096 != 0 {
+    if a.region == 0 || a.region > a.disk || !a.region.is_multiple_of(4096) {
         bail!("--region must be a non-zero multiple of 4 KiB within --disk");
     }
     let vdrep = vdrep_bin(a.vdrep.clone())?;
