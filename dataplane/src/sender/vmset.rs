@@ -420,6 +420,13 @@ pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
     }
     let names = super::disk_names(&req.disks);
     for e in set.list() {
+        if let Some(q) = e.qemu.as_ref().filter(|_| e.name == req.vm) {
+            return Err(format!(
+                "VM {} is protected as a running qemu VM (QMP socket {}): disable its protection first",
+                req.vm,
+                q.spec.qmp.display()
+            ));
+        }
         if e.name == req.vm {
             if e.paths == req.disks {
                 update_policy(sh, set, &e, &req, &names)?;
