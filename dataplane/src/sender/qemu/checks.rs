@@ -68,7 +68,14 @@ pub fn run(spec: &QemuSpec, timeout: Duration) -> Result<Checked, CheckFailed> {
         transient: e.is_transient(),
         message: e.to_string(),
     })?;
-    let qmp_detail = format!("{} answers (qemu {:?})", spec.qmp.display(), qmp.version());
+    let v = qmp.version();
+    let qmp_detail = format!(
+        "{} answers (qemu {}.{}.{})",
+        spec.qmp.display(),
+        v.major,
+        v.minor,
+        v.micro
+    );
     let disks = discover(&mut qmp, &spec.drives).map_err(|e| CheckFailed {
         step: STEP_DISKS,
         transient: matches!(&e, DiscoverError::Qmp(q) if q.is_transient()),
