@@ -7,23 +7,15 @@
 # and OUTDIR/send.json. PERF_ARGS replaces the sampling options, e.g.
 # PERF_ARGS="-e page-faults -c 4 --call-graph dwarf,4096" to see where pages are faulted.
 set -eu
-bin=$(realpath "$1"); img=$(realpath "$2"); out=$3; shift 3
-mkdir -p "$out"; out=$(realpath "$out")
+# shellcheck source=copy-common.sh
+. "$(dirname "$0")/copy-common.sh"
+shift 3
 args=${PERF_ARGS:-"-e cpu-clock -F 1999 --call-graph dwarf,8192"}
-work=$(mktemp -d)
-trap 'kill $rpid 2>/dev/null || true; rm -rf "$work"' EXIT
-"$bin" certs init "$work/certs" --sender prof --host 127.0.0.1 >/dev/null
-port=$((20000 + $$ % 20000))
-# Warm: one untimed read first.
-cat "$img" >/dev/null
 # shellcheck disable=SC2086
 perf record -q $args -o "$out/recv.data" -- "$bin" receive --listen 127.0.0.1:$port \
   --store "$work/store" --tls "$work/certs" --allow prof=vm >"$work/recv.stdout" 2>"$out/recv.log" &
 rpid=$!
-i=0
-until grep -q "listening on" "$work/recv.stdout" 2>/dev/null; do
-  i=$((i + 1)); [ $i -lt 600 ] || { echo "receiver did not start" >&2; exit 1; }; sleep 0.1
-done
+wait_listening
 # shellcheck disable=SC2086
 perf record -q $args -o "$out/send.data" -- "$bin" send --to 127.0.0.1:$port --tls "$work/certs" \
   --identity prof --state "$work/state" --vm vm --json --no-progress "$@" "$img" >"$out/send.json" 2>"$out/send.log"

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,8 +18,48 @@ use vdrep_proto::wire::{
 };
 use vdrep_proto::Guid;
 
+use crate::procs::certs;
+use crate::roles::Role;
+
 /// How long the peer waits for any one answer before it calls the stream stalled.
 pub const ANSWER_WAIT: Duration = Duration::from_secs(20);
+
+/// A receiver for [`Peer`]s to connect to, with what they need to reach it: one setup for
+/// the tests that drive the receiver with this client (busy, hostile, stream flow) rather
+/// than a copy in each.
+pub struct Target {
+    /// A runtime to drive the peers on (`block_on`).
+    pub rt: tokio::runtime::Runtime,
+    /// The `vdrep receive` process (store in `DIR/store`, log in `DIR/receiver.log`).
+    pub rx: Role,
+    /// Its QUIC address.
+    pub to: SocketAddr,
+    /// The certificate folder, with a sender certificate for each identity asked for.
+    pub tls: PathBuf,
+}
+
+impl Target {
+    /// Certificates for the sender `identities` in `DIR/tls`, a receiver allowing `allow`
+    /// (`SENDER=VM`) with the further arguments `extra` ([`Role::receiver_with`]), and a
+    /// multi-threaded runtime of `workers` threads.
+    pub fn start(
+        dir: &Path,
+        identities: &[&str],
+        allow: &[&str],
+        extra: &[&str],
+        workers: usize,
+    ) -> Target {
+        let tls = certs(&dir.join("tls"), identities);
+        let rx = Role::receiver_with(dir, &tls, allow, extra);
+        let to: SocketAddr = rx.addr("listening on ").parse().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .unwrap();
+        Target { rt, rx, to, tls }
+    }
+}
 
 /// A hostile connection and what it sent.
 pub struct Peer {

@@ -12,6 +12,7 @@ pub mod http;
 pub mod images;
 pub mod numbered;
 pub mod procs;
+pub mod prom;
 pub mod qemu_rig;
 pub mod qsd;
 pub mod relay;
@@ -250,20 +251,25 @@ pub fn jump_clock_to(file: &Path, target: jiff::Timestamp) {
     std::fs::rename(&tmp, file).unwrap();
 }
 
+/// `vdrep log-write DISK --offset OFFSET` of `data` (put in the file `scratch` first): a
+/// write tracked in the disk's active change log, as the guest's writes are.
+pub fn log_write(disk: &Path, offset: u64, data: &[u8], scratch: &Path) {
+    std::fs::write(scratch, data).unwrap();
+    vdrep_ok(&[
+        "log-write",
+        disk.to_str().unwrap(),
+        "--offset",
+        &offset.to_string(),
+        "--file",
+        scratch.to_str().unwrap(),
+    ]);
+}
+
 /// `vdrep log-write` of 12 KiB at 5 MiB into the raw disk `img` (tracked in its active change
 /// log), then that log is deleted before anything shipped it: the "lost log" case of the
 /// resync tests. `dir` holds the data file.
 pub fn tracked_write_then_lose_the_log(img: &Path, dir: &Path) {
-    let data = dir.join("w.bin");
-    std::fs::write(&data, vec![0x42u8; 3 * 4096]).unwrap();
-    vdrep_ok(&[
-        "log-write",
-        img.to_str().unwrap(),
-        "--offset",
-        &(5u64 << 20).to_string(),
-        "--file",
-        data.to_str().unwrap(),
-    ]);
+    log_write(img, 5 << 20, &[0x42u8; 3 * 4096], &dir.join("w.bin"));
     let mut active = img.as_os_str().to_owned();
     active.push(".hrl");
     let active = PathBuf::from(active);

@@ -3,6 +3,10 @@
 //! `(k-1) / disks` and fills its slot with `MAGIC` and `k`, so a disk image says which writes
 //! it holds, and that each is whole and in its place.
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
 /// Bytes per write (one slot).
 pub const SLOT: u64 = 4096;
 
@@ -24,6 +28,15 @@ impl Numbered {
             v.extend_from_slice(&k.to_le_bytes());
         }
         v
+    }
+
+    /// Makes write `k` with `vdrep log-write` into its disk of `disks` (each `size` bytes;
+    /// the data goes through the file `scratch`).
+    pub fn log_write(&self, k: u64, disks: &[PathBuf], size: u64, scratch: &Path) {
+        let disk = &disks[((k - 1) % self.disks) as usize];
+        let offset = (k - 1) / self.disks * SLOT;
+        assert!(offset + SLOT <= size, "the test ran out of slots");
+        crate::log_write(disk, offset, &self.payload(k), scratch);
     }
 
     /// The numbered writes disk `disk`'s bytes hold, each checked to be whole and in its
@@ -53,5 +66,63 @@ impl Numbered {
             out.push(k);
         }
         out
+    }
+}
+
+/// The strict-order writer itself: makes writes 1, 2, 3, … of a [`Numbered`] into its disks
+/// with `vdrep log-write`, each complete before the next, and records how long the longest
+/// call took (a paused switch holds a write up). Shared by threads: a test writes from one
+/// while it kills and restarts processes in another.
+pub struct Writer {
+    numbered: Numbered,
+    disks: Vec<PathBuf>,
+    size: u64,
+    scratch: PathBuf,
+    next: AtomicU64,
+    longest_ms: AtomicU64,
+}
+
+impl Writer {
+    /// A writer of `numbered` into `disks` (each `size` bytes), passing each write's data
+    /// through the file `scratch`.
+    pub fn new(numbered: Numbered, disks: &[PathBuf], size: u64, scratch: PathBuf) -> Writer {
+        assert_eq!(disks.len() as u64, numbered.disks, "one path per disk");
+        Writer {
+            numbered,
+            disks: disks.to_vec(),
+            size,
+            scratch,
+            next: AtomicU64::new(1),
+            longest_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Makes the next write; returns its number.
+    pub fn write_one(&self) -> u64 {
+        let k = self.next.load(Ordering::SeqCst);
+        let t0 = Instant::now();
+        self.numbered
+            .log_write(k, &self.disks, self.size, &self.scratch);
+        self.longest_ms
+            .fetch_max(t0.elapsed().as_millis() as u64, Ordering::SeqCst);
+        self.next.store(k + 1, Ordering::SeqCst);
+        k
+    }
+
+    /// Writes made so far.
+    pub fn written(&self) -> u64 {
+        self.next.load(Ordering::SeqCst) - 1
+    }
+
+    /// The longest `vdrep log-write` call so far, in milliseconds.
+    pub fn longest_ms(&self) -> u64 {
+        self.longest_ms.load(Ordering::SeqCst)
+    }
+
+    /// Writes until `stop`.
+    pub fn run(&self, stop: &AtomicBool) {
+        while !stop.load(Ordering::SeqCst) {
+            self.write_one();
+        }
     }
 }

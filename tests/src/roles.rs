@@ -28,6 +28,19 @@ impl Role {
     /// (`SENDER=VM`), with `/metrics` on a free port when `metrics`; logs to
     /// `DIR/receiver.log`.
     pub fn receiver(dir: &Path, tls: &Path, allow: &str, metrics: bool) -> Role {
+        let extra: &[&str] = if metrics {
+            &["--metrics", "127.0.0.1:0"]
+        } else {
+            &[]
+        };
+        Role::receiver_with(dir, tls, &[allow], extra)
+    }
+
+    /// `vdrep receive` on a free loopback port into `DIR/store`, allowing each of `allow`
+    /// (`SENDER=VM`), with the further arguments `extra` (e.g. `--max-connections 1`; a
+    /// `--metrics` among them is waited for too); logs to `DIR/receiver.log`. One place
+    /// for the receiver the peer tests (busy, hostile, stream flow) attack.
+    pub fn receiver_with(dir: &Path, tls: &Path, allow: &[&str], extra: &[&str]) -> Role {
         let store = dir.join("store");
         let mut args: Vec<String> = [
             "receive",
@@ -37,15 +50,16 @@ impl Role {
             store.to_str().unwrap(),
             "--tls",
             tls.to_str().unwrap(),
-            "--allow",
-            allow,
         ]
         .iter()
         .map(|a| a.to_string())
         .collect();
+        for a in allow {
+            args.extend(["--allow".to_string(), a.to_string()]);
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut expect = vec!["listening on "];
-        if metrics {
-            args.extend(["--metrics".to_string(), "127.0.0.1:0".to_string()]);
+        if extra.contains(&"--metrics") {
             expect.push("metrics on ");
         }
         Role::start(&args, &dir.join("receiver.log"), &expect)
@@ -139,12 +153,12 @@ impl Role {
         None
     }
 
-    /// kill -9.
     /// The process id (None once killed).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// kill -9.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

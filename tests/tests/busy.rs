@@ -3,13 +3,11 @@
 //! `target_busy`, health Warning: receivers scale out, a full one is no fault of the sender)
 //! and finishes once a slot frees.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use vdrep_tests::hostile::Peer;
+use vdrep_tests::hostile::{Peer, Target};
 use vdrep_tests::images::random_raw;
-use vdrep_tests::procs::{assert_replica_identical, certs, finish, Send};
-use vdrep_tests::roles::Role;
+use vdrep_tests::procs::{assert_replica_identical, finish, Send};
 
 const MIB: u64 = 1 << 20;
 
@@ -17,33 +15,14 @@ const MIB: u64 = 1 << 20;
 fn a_sender_refused_by_a_full_receiver_retries_as_a_warning_and_finishes_once_a_slot_frees() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let tls = certs(&d.join("tls"), &["hv01", "evil"]);
+    let Target { rt, rx, to, tls } = Target::start(
+        d,
+        &["hv01", "evil"],
+        &["hv01=vm1", "evil=vm2"],
+        &["--max-connections", "1"],
+        1,
+    );
     let store = d.join("store");
-    let args: Vec<String> = [
-        "receive",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        store.to_str().unwrap(),
-        "--tls",
-        tls.to_str().unwrap(),
-        "--allow",
-        "hv01=vm1",
-        "--allow",
-        "evil=vm2",
-        "--max-connections",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let rx = Role::start(&args, &d.join("receiver.log"), &["listening on "]);
-    let to: SocketAddr = rx.addr("listening on ").parse().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
     // Another sender holds the only slot.
     let holder = rt.block_on(async {
         let mut p = Peer::connect(to, &tls, "evil").await.unwrap();

@@ -15,7 +15,7 @@ use vdrep::sink::{DiskKey, RecoveryPoint, ReplicaStore};
 use vdrep_proto::{Guid, RangeSet};
 use vdrep_tests::images::seeded_raw;
 use vdrep_tests::procs::{certs, finish, Receiver, Send};
-use vdrep_tests::{require_qemu, run, vdrep, vdrep_ok};
+use vdrep_tests::{log_write, require_qemu, run, vdrep, vdrep_ok};
 
 const MIB: u64 = 1 << 20;
 
@@ -61,19 +61,6 @@ fn disk_bytes(vhd: &Path, size: u64) -> Vec<u8> {
     );
     assert_eq!(&b[b.len() - 512..b.len() - 504], b"conectix");
     b[..size as usize].to_vec()
-}
-
-fn log_write(disk: &Path, offset: u64, data: &[u8], dir: &Path) {
-    let f = dir.join("write.bin");
-    std::fs::write(&f, data).unwrap();
-    vdrep_ok(&[
-        "log-write",
-        s(disk),
-        "--offset",
-        &offset.to_string(),
-        "--file",
-        s(&f),
-    ]);
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -135,7 +122,7 @@ fn test_failover_writes_every_point_as_the_source_was_while_replication_runs() {
     ] {
         rng_data = rng_data.wrapping_mul(31).wrapping_add(17);
         let data: Vec<u8> = (0..len).map(|i| (i as u8) ^ rng_data).collect();
-        log_write(&src, off, &data, d);
+        log_write(&src, off, &data, &d.join("write.bin"));
         states.push(std::fs::read(&src).unwrap());
     }
     let seen = cycles(&points(&store, "vm1")).len();

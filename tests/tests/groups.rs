@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use group_rig::{s, Rig, Writer, PAUSED, SIZE};
+use group_rig::{s, Rig, PAUSED, SIZE};
 use serde_json::json;
 use vdrep_tests::procs::{read_log, wait_for_log, Send};
 use vdrep_tests::vdrep;
@@ -49,11 +49,11 @@ fn every_group_point_holds_a_prefix_of_the_writes_across_both_vms_disks() {
     let a = rig.protect_vm2(Some("erp"), 2);
     assert_eq!(a["ok"], true, "{a}");
     rig.wait_initial("vm2", &send.log);
-    let w = Writer::new();
+    let w = rig.writer();
     let stop = AtomicBool::new(false);
     let before = rig.group_points().len();
     std::thread::scope(|sc| {
-        let h = sc.spawn(|| w.run(&rig, &stop));
+        let h = sc.spawn(|| w.run(&stop));
         // Writes through three group switches, then two more with the writer stopped: the
         // last point must hold every write.
         rig.wait_group_points(before + 3, &send.log);
@@ -120,9 +120,9 @@ fn every_group_point_holds_a_prefix_of_the_writes_across_both_vms_disks() {
     );
     // Writes arrived inside group switches and waited for all four disks (3 × 300 ms).
     assert!(
-        w.longest_ms.load(Ordering::SeqCst) >= 300,
+        w.longest_ms() >= 300,
         "no write waited for a switch (longest {} ms)",
-        w.longest_ms.load(Ordering::SeqCst)
+        w.longest_ms()
     );
     // The sender's record of the group's switches is lost: a restarted sender (vm2 comes
     // back from the state folder, in its group) numbers the group's switches above the
@@ -172,10 +172,10 @@ fn a_sender_killed_inside_a_group_switch_loses_nothing_and_the_final_failover_is
     let mut child = send.spawn();
     rig.wait_initial("vm1", &send.log);
     rig.wait_initial("vm2", &send.log);
-    let w = Writer::new();
+    let w = rig.writer();
     let stop = AtomicBool::new(false);
     std::thread::scope(|sc| {
-        let h = sc.spawn(|| w.run(&rig, &stop));
+        let h = sc.spawn(|| w.run(&stop));
         assert!(
             wait_for_log(&send.log, PAUSED, Duration::from_secs(60)),
             "the switch never paused: {}",

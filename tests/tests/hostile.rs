@@ -16,11 +16,12 @@ use vdrep_proto::wire::{Control, ErrorClass, ExtentOp, K_EXTENT, MAX_EXTENT_LEN}
 
 /// Kind of `Hello` (WIRE.md §4).
 const K_HELLO: u8 = 1;
-use vdrep_tests::hostile::{batch_start, bytes, extent, hash, header, open_disk, Got, Peer};
-use vdrep_tests::http::{get, sample};
+use vdrep_tests::hostile::{
+    batch_start, bytes, extent, hash, header, open_disk, Got, Peer, Target,
+};
 use vdrep_tests::images::random_raw;
-use vdrep_tests::procs::{assert_replica_identical, certs, finish, Send};
-use vdrep_tests::roles::Role;
+use vdrep_tests::procs::{assert_replica_identical, finish, Send};
+use vdrep_tests::prom::{sample, scrape};
 
 const MIB: u64 = 1 << 20;
 const DISK: u64 = 64 * MIB;
@@ -373,40 +374,20 @@ async fn data_attacks(p: &mut Peer, h: u32, g: u64) {
 fn hostile_peers_are_refused_counted_and_bounded_while_an_honest_sender_replicates() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let tls = certs(&d.join("tls"), &["hv01", "evil"]);
-    let store = d.join("store");
-    let args: Vec<String> = [
-        "receive",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        store.to_str().unwrap(),
-        "--tls",
-        tls.to_str().unwrap(),
-        "--allow",
-        "hv01=vm1",
-        "--allow",
-        "evil=vm2",
-        "--metrics",
-        "127.0.0.1:0",
-        "--max-connections",
-        &MAX_CONNECTIONS.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let rx = Role::start(
-        &args,
-        &d.join("receiver.log"),
-        &["listening on ", "metrics on "],
+    let Target { rt, rx, to, tls } = Target::start(
+        d,
+        &["hv01", "evil"],
+        &["hv01=vm1", "evil=vm2"],
+        &[
+            "--metrics",
+            "127.0.0.1:0",
+            "--max-connections",
+            &MAX_CONNECTIONS.to_string(),
+        ],
+        2,
     );
+    let store = d.join("store");
     let pid = rx.pid().unwrap();
-    let to: SocketAddr = rx.addr("listening on ").parse().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
 
     // Half-sent frames on hundreds of streams first, so the honest copy runs under them.
     let flooders: Vec<Peer> = rt.block_on(async {
@@ -478,7 +459,7 @@ fn hostile_peers_are_refused_counted_and_bounded_while_an_honest_sender_replicat
     r.ok();
     assert_replica_identical(&img, "raw", &store.join("vm1").join("legit.vhd"));
 
-    let m = get(&rx.addr("metrics on "), "/metrics").body;
+    let m = scrape(&rx.addr("metrics on "));
     let count = |c: &str| sample(&m, "vdrep_refusals_total", &[("class", c)]).unwrap_or(0.0) as u64;
     let refused_answers: u64 = answers
         .iter()

@@ -2,39 +2,12 @@
 //! exposition passes `promtool check metrics` (lint included) and carries the expected
 //! series and values.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use vdrep_tests::http::{get, sample};
 use vdrep_tests::images::seeded_raw;
 use vdrep_tests::procs::certs;
-use vdrep_tests::require_tool;
+use vdrep_tests::prom::{promtool_check, sample, scrape};
 use vdrep_tests::roles::{eventually, Role};
-
-/// `promtool check metrics` on `text`; returns its complaints (empty = accepted).
-fn promtool_check(text: &str) -> String {
-    require_tool("promtool", "apt-get install prometheus");
-    let mut c = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = c.wait_with_output().unwrap();
-    let msg = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        msg
-    } else {
-        format!("promtool failed ({}): {msg}", out.status)
-    }
-}
 
 fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
@@ -74,13 +47,13 @@ fn sender_and_receiver_expose_lint_clean_metrics_with_the_replication_figures() 
     let web = [("vm", "web"), ("disk", "os")];
     // Two cycles committed and the sampler has run since: every series is there.
     let sender = eventually(Duration::from_secs(60), || {
-        let t = get(&sm, "/metrics").body;
+        let t = scrape(&sm);
         (sample(&t, "vdrep_cycles_total", &web)? >= 2.0
             && sample(&t, "vdrep_health", &[("state", "normal")])? == 1.0)
             .then_some(t)
     })
     .unwrap_or_else(|| panic!("no cycles in the sender's metrics; log:\n{}", tx.log_text()));
-    let receiver = get(&rm, "/metrics").body;
+    let receiver = scrape(&rm);
 
     assert_eq!(promtool_check(&sender), "", "sender exposition:\n{sender}");
     assert_eq!(
@@ -203,7 +176,7 @@ fn receiver_counts_refused_peers_by_reason() {
         Some(1),
         "an unknown sender is non-recoverable"
     );
-    let t = get(&rx.addr("metrics on "), "/metrics").body;
+    let t = scrape(&rx.addr("metrics on "));
     let refused = sample(
         &t,
         "vdrep_refused_peers_total",
@@ -238,7 +211,7 @@ fn receiver_rereads_a_replaced_certificate_and_exports_its_expiry_timestamp() {
     let m = rx.addr("metrics on ");
     let identity = [("cert", "identity")];
     let expiry = || {
-        let t = get(&m, "/metrics").body;
+        let t = scrape(&m);
         sample(&t, "vdrep_certificate_expiry_timestamp_seconds", &identity)
     };
     let now = || {
@@ -344,7 +317,7 @@ fn a_protecting_sender_uses_its_renewed_certificate_at_the_next_connection() {
         &[],
     );
     let peer_days = |rx: &Role| {
-        let t = get(&rx.addr("metrics on "), "/metrics").body;
+        let t = scrape(&rx.addr("metrics on "));
         let ts = sample(
             &t,
             "vdrep_certificate_expiry_timestamp_seconds",

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use vdrep_tests::http::{get, request, sample};
+use vdrep_tests::http::{get, request};
+use vdrep_tests::prom::{promtool_check, sample, scrape};
 use vdrep_tests::require_tool;
 use vdrep_tests::roles::eventually;
 use vdrep_tests::sidecar::{Stack, TOKEN};
@@ -290,7 +291,7 @@ fn every_endpoint_answers_and_state_changes_need_the_token() {
     );
 
     // The sidecar's own metrics pass promtool too.
-    let m = get(&st.sc.addr("metrics on "), "/metrics").body;
+    let m = scrape(&st.sc.addr("metrics on "));
     assert_eq!(sample(&m, "vdrep_sender_up", &[]), Some(1.0));
     assert!(
         sample(
@@ -301,28 +302,8 @@ fn every_endpoint_answers_and_state_changes_need_the_token() {
     );
     // Two succeeded (a scheduled resync may have run too, between 22:00 and 06:00 UTC).
     assert!(sample(&m, "vdrep_jobs", &[("state", "succeeded")]) >= Some(2.0));
-    promtool_check(&m);
+    assert_eq!(promtool_check(&m), "", "{m}");
     let _ = (&st.tls, &st.disk, &st.rx);
-}
-
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    require_tool("promtool", "apt-get install prometheus");
-    let mut c = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = c.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use vdrep_tests::images::seeded_raw;
 use vdrep_tests::jump_clock_to;
 use vdrep_tests::procs::certs;
+use vdrep_tests::prom::{sample, scrape};
 use vdrep_tests::roles::{eventually, Role};
 use vdrep_tests::sidecar::{s, Stack, TOKEN};
 
@@ -117,18 +118,6 @@ fn a_pushed_schedule_is_the_senders_own_it_switches_at_work_hours_without_the_si
     tx.kill();
 }
 
-/// `vdrep_health{vm="web",state=...}` values of a /metrics text, per state.
-fn gauge(text: &str, state: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| {
-            l.starts_with("vdrep_health{")
-                && l.contains("vm=\"web\"")
-                && l.contains(&format!("state=\"{state}\""))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn vms_health_is_the_senders_health_model_in_health_json_and_the_gauge_alike() {
     let dir = tempfile::tempdir().unwrap();
@@ -143,12 +132,12 @@ fn vms_health_is_the_senders_health_model_in_health_json_and_the_gauge_alike() {
                 serde_json::from_slice(&std::fs::read(d.join("sender-state/health.json")).ok()?)
                     .ok()?;
             let h = &file["vms"][0];
-            let text = vdrep_tests::http::get(metrics, "/metrics").body;
+            let text = scrape(metrics);
             let same = vm["health"] == want
                 && h["state"].as_str()?.to_lowercase() == want
                 && vm["reason"] == h["reasons"].get(0).cloned().unwrap_or(json!(""))
                 && vm["disks"][0]["health"] == want
-                && gauge(&text, want) == Some(1.0)
+                && sample(&text, "vdrep_health", &[("vm", "web"), ("state", want)]) == Some(1.0)
                 && match h["next_retry"].as_str() {
                     Some(t) => {
                         vm["next_retry_unix"].as_i64()

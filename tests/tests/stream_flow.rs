@@ -9,13 +9,10 @@
 //! receiver's transport bounds the streams a connection may have open (QUIC stream credit)
 //! so that all of them together can never fill the window (`receiver::limits`).
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use vdrep_proto::wire::{BatchResult, ExtentOp, K_BATCH_RESULT, MAX_CONTROL_BODY, MAX_EXTENT_LEN};
-use vdrep_tests::hostile::{batch_start, extent, hash, Peer};
-use vdrep_tests::procs::certs;
-use vdrep_tests::roles::Role;
+use vdrep_tests::hostile::{batch_start, extent, hash, Peer, Target};
 
 /// Streams that each send one whole extent at the same time: eight times the 16 MiB a
 /// connection may hold in frames, four times its largest receive window.
@@ -28,29 +25,12 @@ const BOUND: Duration = Duration::from_secs(30);
 fn many_streams_sending_whole_extents_at_once_all_get_their_results() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let tls = certs(&d.join("tls"), &["hv01"]);
-    let store = d.join("store");
-    let args: Vec<String> = [
-        "receive",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        store.to_str().unwrap(),
-        "--tls",
-        tls.to_str().unwrap(),
-        "--allow",
-        "hv01=vm1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let rx = Role::start(&args, &d.join("receiver.log"), &["listening on "]);
-    let to: SocketAddr = rx.addr("listening on ").parse().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let Target {
+        rt,
+        rx: _rx,
+        to,
+        tls,
+    } = Target::start(d, &["hv01"], &["hv01=vm1"], &[], 2);
     let len = MAX_EXTENT_LEN as usize;
     let payload: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
     let digest = hash(&payload);

@@ -14,17 +14,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use vdrep_tests::azurite::Azurite;
 use vdrep_tests::images::{make_image, Kind};
+use vdrep_tests::numbered::Writer;
 use vdrep_tests::procs::{certs, finish, read_log, Receiver, Send};
-use vdrep_tests::{require_qemu, vdrep_ok};
+use vdrep_tests::require_qemu;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;
-use vdrep_tests::numbered::SLOT;
 /// The strict-order writer's writes (`vdrep_tests::numbered`).
 const WRITES: vdrep_tests::numbered::Numbered = vdrep_tests::numbered::Numbered {
     magic: *b"VDREPP17",
@@ -130,6 +130,11 @@ impl Vm {
             .arg("180s")
     }
 
+    /// The strict-order writer of both disks.
+    fn writer(&self) -> Writer {
+        Writer::new(WRITES, &self.disks, SIZE, self.dir.join("w.bin"))
+    }
+
     /// `vdrep points --json`, parsed (`None` while the store cannot be read).
     fn doc(&self) -> Option<serde_json::Value> {
         let out = self.vdrep(&["points", "--vm", "vm1", "--json"]);
@@ -181,38 +186,6 @@ fn assert_whole(doc: &serde_json::Value) {
         let n = p["disks"].as_array().unwrap().len();
         assert_eq!(n, 2, "a VM point without every disk: {p:#}");
     }
-}
-
-struct Writer {
-    next: AtomicU64,
-}
-
-impl Writer {
-    fn write_one(&self, disks: &[PathBuf; 2], dir: &Path) {
-        let k = self.next.load(Ordering::SeqCst);
-        let disk = &disks[((k - 1) % 2) as usize];
-        let offset = (k - 1) / 2 * SLOT;
-        assert!(offset + SLOT <= SIZE, "the test ran out of slots");
-        let file = dir.join("w.bin");
-        std::fs::write(&file, payload(k)).unwrap();
-        vdrep_ok(&[
-            "log-write",
-            s(disk),
-            "--offset",
-            &offset.to_string(),
-            "--file",
-            s(&file),
-        ]);
-        self.next.store(k + 1, Ordering::SeqCst);
-    }
-
-    fn written(&self) -> u64 {
-        self.next.load(Ordering::SeqCst) - 1
-    }
-}
-
-fn payload(k: u64) -> Vec<u8> {
-    WRITES.payload(k)
 }
 
 /// The numbered writes a disk's bytes hold (disk 0 = os, 1 = data), each where it belongs.
@@ -293,11 +266,8 @@ fn a_receiver_killed_between_two_disks_commits_keeps_the_previous_vm_point_five_
     vm.wait("both initial copies", 90, |d| {
         !disk_cycles(d, "os").is_empty() && !disk_cycles(d, "data").is_empty()
     });
-    let w = Writer {
-        next: AtomicU64::new(1),
-    };
+    let w = vm.writer();
     let stop = AtomicBool::new(false);
-    let (disks, dir) = (vm.disks.clone(), vm.dir.clone());
     let os_paused = |log: &str| {
         log.lines()
             .filter(|l| l.contains(PAUSED) && l.contains("vm1/os"))
@@ -306,7 +276,7 @@ fn a_receiver_killed_between_two_disks_commits_keeps_the_previous_vm_point_five_
     std::thread::scope(|sc| {
         let h = sc.spawn(|| {
             while !stop.load(Ordering::SeqCst) {
-                w.write_one(&disks, &dir);
+                w.write_one();
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
@@ -382,10 +352,7 @@ fn a_receiver_killed_between_two_disks_commits_keeps_the_previous_vm_point_five_
 fn on_azure_the_vm_points_and_their_failover_come_from_snapshots() {
     let vm = Vm::on_azure();
     let send = vm.send("send.log").arg("--max-cycles").arg("4");
-    let w = Writer {
-        next: AtomicU64::new(1),
-    };
-    let (disks, dir) = (vm.disks.clone(), vm.dir.clone());
+    let w = vm.writer();
     let t0 = Instant::now();
     let child = send.spawn();
     vm.wait("both initial copies", 120, |d| {
@@ -394,11 +361,7 @@ fn on_azure_the_vm_points_and_their_failover_come_from_snapshots() {
     let stop = AtomicBool::new(false);
     let res = std::thread::scope(|sc| {
         // Writes through two VM points; the last two cycles come with the writer stopped.
-        let h = sc.spawn(|| {
-            while !stop.load(Ordering::SeqCst) {
-                w.write_one(&disks, &dir);
-            }
-        });
+        let h = sc.spawn(|| w.run(&stop));
         vm.wait("two VM points with writes", 120, |d| {
             vm_ids(d).last().is_some_and(|&l| l >= 2)
         });

@@ -13,16 +13,16 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use vdrep_tests::images::{make_image, Kind};
+use vdrep_tests::numbered::Writer;
 use vdrep_tests::procs::{certs, finish, read_log, wait_for_log, Receiver, Send};
 use vdrep_tests::{require_qemu, vdrep, vdrep_ok};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 8 * MIB;
-use vdrep_tests::numbered::SLOT;
 /// The strict-order writer's writes (`vdrep_tests::numbered`).
 const WRITES: vdrep_tests::numbered::Numbered = vdrep_tests::numbered::Numbered {
     magic: *b"VDREPW17",
@@ -88,6 +88,11 @@ impl Vm {
         .arg("120s")
     }
 
+    /// The strict-order writer of both disks.
+    fn writer(&self) -> Writer {
+        Writer::new(WRITES, &self.disks, SIZE, self.dir.join("w.bin"))
+    }
+
     /// Waits until both disks' initial replication is committed (point 0).
     fn wait_initial(&self, log: &Path) {
         let end = Instant::now() + Duration::from_secs(90);
@@ -115,73 +120,25 @@ impl Vm {
     }
 }
 
-/// The numbered writer: `vdrep log-write` of write `k` (from 1), each complete before the
-/// next; records how long the longest call took.
-struct Writer {
-    next: AtomicU64,
-    longest_ms: AtomicU64,
-}
-
-impl Writer {
-    fn new() -> Writer {
-        Writer {
-            next: AtomicU64::new(1),
-            longest_ms: AtomicU64::new(0),
-        }
-    }
-
-    /// Writes the next numbered write; returns its number.
-    fn write_one(&self, vm: &Vm) -> u64 {
-        let k = self.next.load(Ordering::SeqCst);
-        let disk = &vm.disks[((k - 1) % 2) as usize];
-        let offset = (k - 1) / 2 * SLOT;
-        assert!(offset + SLOT <= SIZE, "the test ran out of slots");
-        let file = vm.dir.join("w.bin");
-        std::fs::write(&file, payload(k)).unwrap();
-        let t0 = Instant::now();
-        vdrep_ok(&[
-            "log-write",
-            s(disk),
-            "--offset",
-            &offset.to_string(),
-            "--file",
-            s(&file),
-        ]);
-        let ms = t0.elapsed().as_millis() as u64;
-        self.longest_ms.fetch_max(ms, Ordering::SeqCst);
-        self.next.store(k + 1, Ordering::SeqCst);
-        k
-    }
-
-    /// Writes made so far.
-    fn written(&self) -> u64 {
-        self.next.load(Ordering::SeqCst) - 1
-    }
-
-    /// Writes until the sender's log at `log` shows `pauses` paused switches (or `stop`).
-    fn write_until_paused(&self, vm: &Vm, log: &Path, pauses: usize, stop: &AtomicBool) {
-        while read_log(log).matches(PAUSED).count() < pauses && !stop.load(Ordering::SeqCst) {
-            self.write_one(vm);
-        }
-    }
-
-    /// Writes until `switches` switches of the first disk were seen (or `stop`).
-    fn write_until_switches(&self, vm: &Vm, switches: usize, stop: &AtomicBool) {
-        let mut seen = 0;
-        let mut ino = vm.active_ino();
-        while seen < switches && !stop.load(Ordering::SeqCst) {
-            self.write_one(vm);
-            let now = vm.active_ino();
-            if now != ino {
-                seen += 1;
-                ino = now;
-            }
-        }
+/// Writes until the sender's log at `log` shows `pauses` paused switches (or `stop`).
+fn write_until_paused(w: &Writer, log: &Path, pauses: usize, stop: &AtomicBool) {
+    while read_log(log).matches(PAUSED).count() < pauses && !stop.load(Ordering::SeqCst) {
+        w.write_one();
     }
 }
 
-fn payload(k: u64) -> Vec<u8> {
-    WRITES.payload(k)
+/// Writes until `switches` switches of the first disk were seen (or `stop`).
+fn write_until_switches(w: &Writer, vm: &Vm, switches: usize, stop: &AtomicBool) {
+    let mut seen = 0;
+    let mut ino = vm.active_ino();
+    while seen < switches && !stop.load(Ordering::SeqCst) {
+        w.write_one();
+        let now = vm.active_ino();
+        if now != ino {
+            seen += 1;
+            ino = now;
+        }
+    }
 }
 
 /// The numbered writes a disk's bytes hold, checked to sit where the writer put them.
@@ -280,7 +237,7 @@ fn every_point_of_a_vm_holds_a_prefix_of_its_writes_even_with_a_switch_paused_be
         .arg("--max-cycles")
         .arg("5")
         .env("VDREP_TEST_SWITCH_PAUSE", "600");
-    let w = Writer::new();
+    let w = vm.writer();
     let stop = AtomicBool::new(false);
     let t0 = Instant::now();
     let child = send.spawn();
@@ -290,7 +247,7 @@ fn every_point_of_a_vm_holds_a_prefix_of_its_writes_even_with_a_switch_paused_be
     let res = std::thread::scope(|sc| {
         // Writes through three switches; two more follow with the writer stopped, so the
         // last point must hold every write.
-        let h = sc.spawn(|| w.write_until_paused(&vm, &send.log, 3, &stop));
+        let h = sc.spawn(|| write_until_paused(&w, &send.log, 3, &stop));
         let res = finish(child, t0, Duration::from_secs(180), &send.log);
         stop.store(true, Ordering::SeqCst);
         h.join().unwrap();
@@ -315,9 +272,9 @@ fn every_point_of_a_vm_holds_a_prefix_of_its_writes_even_with_a_switch_paused_be
     );
     // Writes arrived inside switches and waited for them (600 ms pauses).
     assert!(
-        w.longest_ms.load(Ordering::SeqCst) >= 300,
+        w.longest_ms() >= 300,
         "no write waited for a switch (longest {} ms): none arrived inside one",
-        w.longest_ms.load(Ordering::SeqCst)
+        w.longest_ms()
     );
 }
 
@@ -335,14 +292,14 @@ fn a_sender_killed_inside_a_vm_switch_has_it_completed_by_the_next_write_and_los
     let vm = Vm::new();
     // Long pauses: the kill lands inside the first switch, between the two disks.
     let send = vm.send("send.log").env("VDREP_TEST_SWITCH_PAUSE", "20000");
-    let w = Writer::new();
+    let w = vm.writer();
     let mut child = send.spawn();
     vm.wait_initial(&send.log);
     let stop = AtomicBool::new(false);
     std::thread::scope(|sc| {
         let h = sc.spawn(|| {
             while !stop.load(Ordering::SeqCst) {
-                w.write_one(&vm);
+                w.write_one();
             }
         });
         assert!(
@@ -384,7 +341,7 @@ fn a_sender_killed_inside_a_vm_switch_has_it_completed_by_the_next_write_and_los
     let t0 = Instant::now();
     let child = send2.spawn();
     let res = std::thread::scope(|sc| {
-        let h = sc.spawn(|| w.write_until_switches(&vm, 1, &stop));
+        let h = sc.spawn(|| write_until_switches(&w, &vm, 1, &stop));
         let res = finish(child, t0, Duration::from_secs(180), &send2.log);
         stop.store(true, Ordering::SeqCst);
         h.join().unwrap();
@@ -407,11 +364,11 @@ fn a_sender_killed_inside_a_vm_switch_completes_it_for_all_disks_when_it_starts_
     let send = vm
         .send_every("send.log", "8s")
         .env("VDREP_TEST_SWITCH_PAUSE", "20000");
-    let w = Writer::new();
+    let w = vm.writer();
     let mut child = send.spawn();
     vm.wait_initial(&send.log);
     for _ in 0..6 {
-        w.write_one(&vm);
+        w.write_one();
     }
     assert!(
         !read_log(&send.log).contains(PAUSED),

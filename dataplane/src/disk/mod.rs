@@ -13,6 +13,8 @@ pub mod raw;
 pub mod vhd;
 pub mod vhdx;
 
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(test)]
 pub(crate) mod tests;
 

@@ -4,17 +4,16 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vdrep_tests::images::{make_image, Kind};
+use vdrep_tests::numbered::Writer;
 use vdrep_tests::procs::{certs, read_log, Receiver, Send};
-use vdrep_tests::{require_qemu, vdrep, vdrep_ok};
+use vdrep_tests::{require_qemu, vdrep};
 
 pub const MIB: u64 = 1 << 20;
 pub const SIZE: u64 = 8 * MIB;
-pub use vdrep_tests::numbered::SLOT;
 /// The strict-order writer's writes (`vdrep_tests::numbered`).
 const WRITES: vdrep_tests::numbered::Numbered = vdrep_tests::numbered::Numbered {
     magic: *b"VDREPG17",
@@ -42,6 +41,11 @@ pub struct Rig {
 }
 
 impl Rig {
+    /// The strict-order writer across the group's four disks.
+    pub fn writer(&self) -> Writer {
+        Writer::new(WRITES, &self.disks, SIZE, self.dir.join("w.bin"))
+    }
+
     pub fn new(allow: &[&str]) -> Rig {
         require_qemu();
         let tmp = tempfile::tempdir().unwrap();
@@ -331,58 +335,6 @@ impl Rig {
         }
         (out, last)
     }
-}
-
-/// The numbered writer across the group's four disks.
-pub struct Writer {
-    pub next: AtomicU64,
-    pub longest_ms: AtomicU64,
-}
-
-impl Writer {
-    pub fn new() -> Writer {
-        Writer {
-            next: AtomicU64::new(1),
-            longest_ms: AtomicU64::new(0),
-        }
-    }
-
-    pub fn write_one(&self, rig: &Rig) -> u64 {
-        let k = self.next.load(Ordering::SeqCst);
-        let disk = &rig.disks[((k - 1) % 4) as usize];
-        let offset = (k - 1) / 4 * SLOT;
-        assert!(offset + SLOT <= SIZE, "the test ran out of slots");
-        let file = rig.dir.join("w.bin");
-        std::fs::write(&file, payload(k)).unwrap();
-        let t0 = Instant::now();
-        vdrep_ok(&[
-            "log-write",
-            s(disk),
-            "--offset",
-            &offset.to_string(),
-            "--file",
-            s(&file),
-        ]);
-        self.longest_ms
-            .fetch_max(t0.elapsed().as_millis() as u64, Ordering::SeqCst);
-        self.next.store(k + 1, Ordering::SeqCst);
-        k
-    }
-
-    pub fn written(&self) -> u64 {
-        self.next.load(Ordering::SeqCst) - 1
-    }
-
-    /// Writes until `stop`.
-    pub fn run(&self, rig: &Rig, stop: &AtomicBool) {
-        while !stop.load(Ordering::SeqCst) {
-            self.write_one(rig);
-        }
-    }
-}
-
-pub fn payload(k: u64) -> Vec<u8> {
-    WRITES.payload(k)
 }
 
 /// The numbered writes a disk's bytes hold, checked to sit where the writer put them.
