@@ -94,6 +94,14 @@ impl Qsd {
             self.qmp_socket().display()
         ));
         cmd.args(["--monitor", "chardev=mon"]);
+        // A second monitor for the test itself: a QMP socket serves one client at a time,
+        // and the sender holds the first.
+        let _ = std::fs::remove_file(self.test_qmp_socket());
+        cmd.arg("--chardev").arg(format!(
+            "socket,id=test,path={},server=on,wait=off",
+            self.test_qmp_socket().display()
+        ));
+        cmd.args(["--monitor", "chardev=test"]);
         for (i, d) in self.disks.iter().enumerate() {
             let mount = self.guest(i);
             std::fs::write(&mount, b"")
@@ -127,7 +135,7 @@ impl Qsd {
                     .map(|m| m.len() > 0)
                     .unwrap_or(false)
             });
-            if self.qmp_socket().exists() && mounted {
+            if self.qmp_socket().exists() && self.test_qmp_socket().exists() && mounted {
                 return;
             }
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
@@ -138,9 +146,14 @@ impl Qsd {
         panic!("qemu-storage-daemon did not come up within 10 s");
     }
 
-    /// A QMP session.
+    /// The test's own QMP socket (a second monitor: the sender holds the first).
+    pub fn test_qmp_socket(&self) -> PathBuf {
+        self.dir.join("test-qmp.sock")
+    }
+
+    /// A QMP session of the test's own, also while a sender holds the VM's monitor.
     pub fn qmp(&self) -> Qmp {
-        Qmp::connect(self.qmp_socket(), Duration::from_secs(20)).expect("QMP connect")
+        Qmp::connect(self.test_qmp_socket(), Duration::from_secs(20)).expect("QMP connect")
     }
 
     /// Writes `data` at `offset` of disk `i` as the guest (`O_DSYNC`: on the node when

@@ -11,10 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use vdrep_tests::procs::{finish, read_log, wait_for_log};
-use vdrep_tests::qemu_rig::{wait_until, writes_in, NumberedWriter, Rig, StopOnDrop};
+use vdrep_tests::qemu_rig::{wait_until, writes_in, NumberedWriter, Rig, StopOnDrop, SWITCHED};
 
 const SIZE: u64 = 16 << 20;
-const SWITCHED: &str = "qemu switch of the VM's disks";
 const ROUNDS: usize = 32;
 
 #[test]
@@ -73,6 +72,21 @@ fn thirty_qemu_switches_of_two_disks_each_hold_a_prefix_of_ordered_writes() {
         String::from_utf8_lossy(&out.stderr)
     );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Every point is one instant of both disks, the initial copies' too (one transaction);
+    // every cycle's part carries the sender's digest of the disk at that view.
+    for p in doc["points"].as_array().expect("top-level points") {
+        assert_eq!(p["consistent"], true, "{p:#}");
+        for d in p["disks"].as_array().unwrap() {
+            // Point 0 is the initial copies (no digest, as for change logs); no resync here,
+            // so every later part is a cycle.
+            if p["id"].as_u64().unwrap() > 0 {
+                let digest = d["digest"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no digest: {p:#}"));
+                assert_eq!(digest.len(), 64, "{p:#}");
+            }
+        }
+    }
     let ids: Vec<u64> = doc["points"]
         .as_array()
         .expect("top-level points")
@@ -82,6 +96,14 @@ fn thirty_qemu_switches_of_two_disks_each_hold_a_prefix_of_ordered_writes() {
     assert_eq!(ids, prefixes.iter().map(|p| p.0).collect::<Vec<_>>());
     let (id, m) = *prefixes.last().unwrap();
     let dir = rig.failover(id);
+    assert!(
+        rig.last_failover
+            .lock()
+            .unwrap()
+            .contains("digest verified against the sender's"),
+        "{}",
+        rig.last_failover.lock().unwrap()
+    );
     let mut all = Vec::new();
     for (i, (name, fill)) in [("os.vhd", 0x11), ("data.vhd", 0x22)].iter().enumerate() {
         let b = std::fs::read(dir.join(name)).unwrap();

@@ -13,15 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use vdrep_tests::procs::{finish, read_log, wait_for_log};
-use vdrep_tests::qemu_rig::{compare, counters, snapshot, wait_until, Rig, StopOnDrop};
+use vdrep_tests::qemu_rig::{
+    compare, counters, snapshot, wait_until, Rig, StopOnDrop, SWITCHED, VM_POINT,
+};
 use vdrep_tests::qsd::Qsd;
 
-/// Logged by the sender per VM recovery point committed.
-const VM_POINT: &str = "VM recovery point committed";
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;
-/// Logged by the sender after each switch.
-const SWITCHED: &str = "qemu switch of the VM's disks";
 
 /// The guest: scattered writes of 4..64 KiB to both disks until `stop`.
 fn guest_writes(qsd: &Qsd, seed: u64, stop: &AtomicBool, max: usize) -> usize {

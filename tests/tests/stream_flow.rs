@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use vdrep_proto::wire::{BatchResult, ExtentOp, K_BATCH_RESULT, MAX_CONTROL_BODY, MAX_EXTENT_LEN};
 use vdrep_tests::hostile::{batch_start, extent, hash, Peer, Target};
+use vdrep_tests::images::seeded_raw;
+use vdrep_tests::procs::{certs, Receiver, Send};
 
 /// Streams that each send one whole extent at the same time: eight times the 16 MiB a
 /// connection may hold in frames, four times its largest receive window.
@@ -20,6 +22,8 @@ const STREAMS: usize = 32;
 /// Well above the time the transfer takes (under a second; the receiver without the
 /// stream bound answered 7 to 11 of the 32 and then nothing), well below a hang.
 const BOUND: Duration = Duration::from_secs(30);
+
+const MIB: u64 = 1 << 20;
 
 #[test]
 fn many_streams_sending_whole_extents_at_once_all_get_their_results() {
@@ -92,4 +96,51 @@ fn many_streams_sending_whole_extents_at_once_all_get_their_results() {
         let r = r.unwrap();
         assert_eq!((r.written, r.error), (1, None), "{:?}", r.rejected);
     }
+}
+
+/// VMs one sender copies over its one connection: more than the stream credit of a
+/// connection of a default receiver before control streams had credit of their own (64).
+const MANY_VMS: usize = 70;
+
+#[test]
+fn a_sender_copying_70_vms_over_one_connection_completes_them_all() {
+    // Each VM holds a control stream for its whole copy. When they counted against the
+    // connection's stream credit, 64 control streams took all of it: the data streams of
+    // every VM waited in `open_bi` for credit that never came, and the send hung. Control
+    // streams now get credit of their own (`receiver/windows.rs`, "Streams").
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let tls = certs(&d.join("tls"), &["hv01"]);
+    let vms: Vec<String> = (1..=MANY_VMS).map(|i| format!("vm{i}")).collect();
+    let mut toml = String::new();
+    for (i, vm) in vms.iter().enumerate() {
+        let disk = seeded_raw(&d.join(format!("{vm}.raw")), MIB, i as u64, 64 << 10, 0);
+        toml += &format!(
+            "[[vm]]\nname = \"{vm}\"\ndisks = [{:?}]\n",
+            disk.display().to_string()
+        );
+    }
+    let config = d.join("sender.toml");
+    std::fs::write(&config, toml).unwrap();
+    let allow = format!("hv01={}", vms.join(","));
+    let rx = Receiver::start(&d.join("store"), &tls, &[&allow]);
+    let mut send = Send::new(&rx.to(), &tls, "hv01", "-", &[], &d.join("send.log"));
+    send.vm = None;
+    let t0 = Instant::now();
+    let res = send
+        .arg("--config")
+        .arg(&config.display().to_string())
+        .run(Duration::from_secs(120));
+    assert_eq!(
+        res.code(),
+        Some(0),
+        "the send of {MANY_VMS} VMs did not end in {:?}:\n{}",
+        t0.elapsed(),
+        res.log
+    );
+    for vm in &vms {
+        let replica = d.join("store").join(vm).join(format!("{vm}.vhd"));
+        assert!(replica.is_file(), "{vm} has no replica");
+    }
+    eprintln!("{MANY_VMS} VMs in {:.1} s", t0.elapsed().as_secs_f64());
 }

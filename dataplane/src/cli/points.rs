@@ -99,7 +99,8 @@ pub struct VmPointJson {
     /// Bytes its disks' cycles changed.
     pub bytes: u64,
     /// True when every disk switched at one instant (false for points from before VM-wide
-    /// switches and for the initial copies).
+    /// switches and for initial copies made disk after disk; a qemu VM's initial copies are
+    /// one instant).
     pub consistent: bool,
     /// Each disk's part.
     pub disks: Vec<PartJson>,

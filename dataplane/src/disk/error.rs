@@ -93,7 +93,8 @@ impl DiskError {
 
 impl crate::error::Classify for DiskError {
     /// Corrupt images, broken chains and unsupported features never heal by themselves (the
-    /// VM goes Critical); transient OS conditions (out of memory, interrupted, timed out) do.
+    /// VM goes Critical); transient OS conditions (out of memory, interrupted, timed out) do,
+    /// and so does a lost connection of a disk read over a socket (a qemu view over NBD).
     fn recovery(&self) -> crate::error::Recovery {
         crate::error::Recovery::transient_if(match self {
             DiskError::Io { source, .. } => matches!(
@@ -102,6 +103,10 @@ impl crate::error::Classify for DiskError {
                     | io::ErrorKind::WouldBlock
                     | io::ErrorKind::TimedOut
                     | io::ErrorKind::OutOfMemory
+                    | io::ErrorKind::NotConnected
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
             ),
             _ => false,
         })

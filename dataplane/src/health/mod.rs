@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::SharedClock;
 
+mod own;
 mod severity;
 
 pub use severity::{lowercase, Condition, State};
@@ -142,6 +143,9 @@ struct VmState {
     threshold: Option<Duration>,
     /// The newest VM point: id, switch instant, consistent.
     latest_point: Option<(u64, Timestamp, bool)>,
+    /// `last_error` is the VM's own (its change source failed while the other VMs went
+    /// on): only the VM's own progress clears it ([`own`]).
+    own: bool,
 }
 
 /// The health of every VM of a sender.
@@ -208,6 +212,7 @@ impl Health {
             d.resync_running = false;
         });
         self.progressed();
+        self.own_progress(vm);
     }
 
     /// The log of `cycle` was closed at `at`: that is the recovery point's time.
@@ -242,13 +247,15 @@ impl Health {
             }
         });
         self.progressed();
+        self.own_progress(vm);
     }
 
     /// Durable progress was made: errors are over.
     pub fn progressed(&self) {
         self.with(|m| {
             for v in m.values_mut() {
-                if !v.critical {
+                // A VM's own fault is cleared by its own progress only.
+                if !v.critical && !v.own {
                     v.last_error = None;
                     v.next_retry = None;
                 }
@@ -278,10 +285,12 @@ impl Health {
                 .and_then(|d| now.checked_add(d).ok())
         });
         self.with(|m| {
-            for v in m.values_mut() {
+            // A VM given up on alone ([`own`]) stays Critical with its own reason.
+            for v in m.values_mut().filter(|v| !(v.own && v.critical)) {
                 v.last_error = Some(err.clone());
                 v.critical = !class.recoverable;
                 v.next_retry = next;
+                v.own = false;
             }
         });
     }

@@ -108,7 +108,7 @@ specs! {
     REFUSED_PEERS = "vdrep_refused_peers_total", Counter, "count", ["reason"], [Receiver],
         "Connections refused: reason handshake (bad or untrusted certificate), no_certificate, unknown_sender, unauthorized_vm, busy (at --max-connections).";
     REFUSALS = "vdrep_refusals_total", Counter, "count", ["class"], [Receiver],
-        "Requests, batches and streams the receiver refused, by class: the wire error class (protocol, invalid_state, unauthorized, target_busy, ...), or connection_limit.";
+        "Requests, batches and streams the receiver refused, by class: the wire error class (protocol, invalid_state, unauthorized, target_busy, ...), connection_limit, or slow_frame (a connection closed for a trickled frame body).";
     CERT_EXPIRY = "vdrep_certificate_expiry_timestamp_seconds", Gauge, "seconds", ["cert", "name"], [Sender, Receiver],
         "Unix time at which the certificate expires (compare with time()): cert is identity, ca or peer; re-read when the file changes.";
     API_REQUESTS = "vdrep_api_requests_total", Counter, "count", ["method", "status"], [Sidecar],

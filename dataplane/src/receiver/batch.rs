@@ -122,17 +122,22 @@ impl Receiver {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let end = match conn.disk(batch.handle()) {
+        let (end, counted) = match conn.disk(batch.handle()) {
             Some(s) => self.batch_loop(&conn, &s, &mut batch, &mut recv).await,
-            None => batch.fail_stream(Refusal::new(
-                ErrorClass::Internal,
-                format!("disk handle {} has no open replica", batch.handle()),
-            )),
+            None => (
+                batch.fail_stream(Refusal::new(
+                    ErrorClass::Internal,
+                    format!("disk handle {} has no open replica", batch.handle()),
+                )),
+                false,
+            ),
         };
         // Before the result goes out: the sender may commit as soon as it has read it.
         let _ = conn.with_session(|s| s.batch_ended(batch.handle()));
         if let Some((class, message)) = &end.result.error {
-            self.refused(&conn.sender, class.as_str(), message);
+            if !counted {
+                self.refused(&conn.sender, class.as_str(), message);
+            }
         }
         send_result(&conn, end, &mut send, &mut recv).await;
     }
@@ -143,21 +148,26 @@ impl Receiver {
         s: &Arc<DiskSession>,
         batch: &mut BatchReceiver,
         recv: &mut quinn::RecvStream,
-    ) -> BatchEnd {
+    ) -> (BatchEnd, bool) {
         loop {
             let (kind, body, _permits) = match self
                 .read_charged(conn, recv, EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD)
                 .await
             {
                 Ok(f) => f,
-                Err(FrameError::End) => return batch.finish(),
+                Err(FrameError::End) => return (batch.finish(), false),
                 Err(e) => {
                     let class = if crate::error::Classify::is_transient(&e) {
                         ErrorClass::Internal
                     } else {
                         ErrorClass::Protocol
                     };
-                    return batch.fail_stream(Refusal::new(class, e.to_string()));
+                    // A slow body was counted when its connection was closed.
+                    let counted = matches!(e, FrameError::Slow { .. });
+                    return (
+                        batch.fail_stream(Refusal::new(class, e.to_string())),
+                        counted,
+                    );
                 }
             };
             let mut step = batch.handle_frame(kind, body);
@@ -192,7 +202,7 @@ impl Receiver {
                         }
                         break;
                     }
-                    BatchStep::End(end) => return end,
+                    BatchStep::End(end) => return (end, false),
                 }
             }
         }

@@ -36,6 +36,13 @@ pub struct ConnState {
     pub(crate) frames: Arc<tokio::sync::Semaphore>,
     /// The session's time origin: it is given monotonic time as the duration since this.
     origin: tokio::time::Instant,
+    /// The stream credit of the connection's data streams, and its control streams open
+    /// now: each gets credit of its own on top, up to the connection's disk limit (a VM
+    /// has one control stream and at least one disk), so many VMs cannot spend the data
+    /// streams' credit on their control streams (`receiver/windows.rs`, "Streams").
+    data_streams: u64,
+    control_streams: Mutex<u64>,
+    max_control_streams: u64,
 }
 
 impl ConnState {
@@ -46,6 +53,7 @@ impl ConnState {
         allow: &Authorizations,
         max_disks: usize,
         frames: Arc<tokio::sync::Semaphore>,
+        data_streams: u64,
     ) -> Arc<Self> {
         let state = Arc::new(ConnState {
             session: Mutex::new(ReceiverSession::new(&sender, allow).with_max_disks(max_disks)),
@@ -57,12 +65,28 @@ impl ConnState {
             checkpointer: Mutex::new(None),
             frames,
             origin: crate::clock::tokio_now(),
+            data_streams,
+            control_streams: Mutex::new(0),
+            max_control_streams: max_disks as u64,
         });
         let h = tokio::spawn(checkpoint_loop(Arc::downgrade(&state), state.stop.clone()));
         if let Ok(mut c) = state.checkpointer.lock() {
             *c = Some(h);
         }
         state
+    }
+
+    /// A control stream began (`+1`) or ended (`-1`): the connection's stream credit
+    /// follows, so the control streams open never take the data streams' credit.
+    fn control_stream(&self, delta: i64) {
+        let Ok(mut n) = self.control_streams.lock() else {
+            return;
+        };
+        *n = n.saturating_add_signed(delta);
+        let credit = self.data_streams + (*n).min(self.max_control_streams);
+        self.conn.set_max_concurrent_bi_streams(
+            quinn::VarInt::from_u64(credit).unwrap_or(quinn::VarInt::MAX),
+        );
     }
 
     /// Monotonic time as the session takes it: since this connection's start.
@@ -228,9 +252,11 @@ impl Receiver {
             }
             FirstStep::Control(step) => step,
         };
+        conn.control_stream(1);
         let r = self
             .control_loop(&conn, id, step, &mut send, &mut recv)
             .await;
+        conn.control_stream(-1);
         let _ = conn.with_session(|s| s.stream_ended(id));
         if let Err(e) = r {
             if e.is_peer_close() {
@@ -292,13 +318,46 @@ impl Receiver {
     ) -> Result<(u8, bytes::Bytes, FramePermits), FrameError> {
         let (kind, len) = read_frame_header(recv, max).await?;
         let permits = self.limits.frame_permits(&conn.frames, len as usize).await;
-        let body = read_body(recv, len, &[]).await?;
-        Ok((kind, body, permits))
+        let deadline = super::limits::body_deadline(len);
+        let mut due = crate::clock::tokio_now() + deadline;
+        let body = read_body(recv, len, &[]);
+        tokio::pin!(body);
+        loop {
+            tokio::select! {
+                b = &mut body => return Ok((kind, b?, permits)),
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            if !self.limits.frames_waiting() {
+                // Nobody waits behind this frame: a slow link, or a slow peer that holds
+                // nothing anyone needs yet.
+                due += super::limits::BODY_RECHECK;
+                continue;
+            }
+            // A trickled body holds permits others wait for: the peer is closed, its
+            // permits freed, and it may come back at an honest rate.
+            let e = FrameError::Slow {
+                len,
+                secs: deadline.as_secs(),
+            };
+            let why = format!(
+                "{e}: closed so it cannot hold the frame budget (a body must arrive at \
+                 {} KiB/s or more after a grace of {} s)",
+                super::limits::MIN_BODY_RATE >> 10,
+                super::limits::BODY_GRACE.as_secs()
+            );
+            self.refused(&conn.sender, "slow_frame", &why);
+            conn.conn
+                .close(crate::transport::close::SLOW_FRAME.into(), why.as_bytes());
+            return Err(e);
+        }
     }
 
     /// A stream that broke on the peer's bytes (malformed or oversized frames, a torn
     /// frame) counts as a refusal of its class.
     pub(crate) fn refused_stream(&self, sender: &str, e: &FrameError, what: &str) {
+        if matches!(e, FrameError::Slow { .. }) {
+            return; // counted when the connection was closed for it
+        }
         let class = if crate::error::Classify::is_transient(e) {
             ErrorClass::Internal
         } else {

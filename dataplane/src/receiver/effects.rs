@@ -146,6 +146,7 @@ impl Receiver {
                 group_cycle,
                 retention_secs,
                 disks,
+                one_instant,
             } => {
                 let store = self.store.clone();
                 let point = crate::sink::vm_points::VmPoint {
@@ -154,8 +155,9 @@ impl Receiver {
                     committed_unix: super::disk::unix_now(),
                     group,
                     group_cycle,
-                    // Initial copies (cycle 0) are made disk after disk: not one instant.
-                    consistent: disks.iter().all(|d| d.cycle > 0),
+                    // Initial copies (cycle 0) are made disk after disk, not one instant,
+                    // unless the sender read them all at one instant (a qemu switch).
+                    consistent: one_instant || disks.iter().all(|d| d.cycle > 0),
                     disks: disks
                         .iter()
                         .map(|d| {

@@ -5,9 +5,10 @@
 //! - **Connections**: at most `--max-connections` authorised connections at once. One more is
 //!   closed with [`crate::transport::close::BUSY`] and a reason naming the limit; the sender
 //!   retries on its schedule (a full receiver is not the sender's fault: receivers scale out).
-//! - **QUIC receive windows**: each connection's window is its share of [`WINDOW_BUDGET`]
-//!   under a full receiver ([`connection_window`]`(max_connections)`), so all windows
-//!   together stay within the budget.
+//! - **QUIC receive windows**: each connection's window is granted when it is accepted, from
+//!   what is free of [`WINDOW_BUDGET`] then, keeping the least window for every connection
+//!   that may still come ([`super::windows`], "The rule"): a lone sender gets a large window,
+//!   many senders share the budget, and all windows together never exceed it.
 //! - **Frames being handled** (read off a stream, then verified and written) share
 //!   [`FRAME_BUDGET`], and one connection holds at most [`CONNECTION_FRAME_BUDGET`] of it: a
 //!   stream reads a frame's body only once it holds permits for it from both. Waiting leaves
@@ -15,9 +16,15 @@
 //!   refused, only slowed. Both queues are first come, first served, and the per-connection
 //!   share keeps one peer that starts frames and never finishes them (slowloris) from
 //!   holding the whole budget: it takes [`FRAME_BUDGET`] / [`CONNECTION_FRAME_BUDGET`] such
-//!   connections to stall the others.
+//!   connections to stall the others. So a frame's body must also arrive by its deadline,
+//!   [`body_deadline`] from when its permits were granted ([`BODY_GRACE`] plus its length at
+//!   [`MIN_BODY_RATE`]), whenever frames wait for the budget: a peer that trickles bodies
+//!   while others wait is closed with [`crate::transport::close::SLOW_FRAME`] (counted as
+//!   `slow_frame` in `vdrep_refusals_total`), and its permits go to the frames waiting
+//!   behind it. A slow frame nobody waits behind (a lone sender on a slow link) is left
+//!   alone.
 //! - **Streams** (QUIC stream credit): a connection may have at most
-//!   [`TransportLimits::max_streams`] streams open, each with a receive window of
+//!   [`TransportLimits::max_streams`] data streams open, each with a receive window of
 //!   [`TransportLimits::stream_window`], and their product is at most the connection's
 //!   window. This is what keeps the frame budget from deadlocking QUIC: bytes QUIC holds
 //!   for a stream nobody reads (one waiting for permits, or for its write) still count
@@ -28,16 +35,20 @@
 //!   With `streams × stream window ≤ connection window` the connection's window never runs
 //!   out before a stream's own does, so a stream holding permits always gets its bytes.
 //!   More streams than that wait in the sender's `open_bi` (QUIC flow control, not a
-//!   refusal) until one ends. The price is paid on long round trips: a stream reads about
-//!   one stream window per round trip, so a connection's throughput is about the streams
-//!   reading at once (those holding permits) × [`TransportLimits::stream_window`] / RTT.
+//!   refusal) until one ends. Control streams (one per VM, request and answer) get credit
+//!   of their own on top, up to the connection's disk limit, so that many VMs on
+//!   one connection cannot take all the credit and starve their own data streams. A stream
+//!   reads about one stream window per round trip, so a connection's throughput is about
+//!   the streams reading at once × [`TransportLimits::stream_window`] / RTT: larger
+//!   windows get fewer, larger streams ([`super::windows`], "Streams").
 //! - **Writes** (decompression, hashing, the store write, on blocking threads) run at most
 //!   [`APPLY_SLOTS`] at once; each such thread keeps a 4 MiB decompression buffer, so what
 //!   an extent decompresses to is bounded here, not by the frame budget.
 //! - **Answers**: the receiver's QUIC send window is [`SEND_WINDOW`] per connection (it only
 //!   sends answers and batch results), so a peer that never reads them holds little.
 //!
-//! Peak memory is then about: the binary and its runtime (~30 MiB) + [`WINDOW_BUDGET`] +
+//! Peak memory is then about (the windows granted at accept never sum past their budget,
+//! `receiver/windows.rs`): the binary and its runtime (~30 MiB) + [`WINDOW_BUDGET`] +
 //! [`FRAME_BUDGET`] + [`APPLY_SLOTS`] × 4 MiB + [`MAX_CONNECTIONS`] × [`SEND_WINDOW`]
 //! ≈ 30 + 64 + 64 + 32 + 16 = 206 MiB, under the 256 MiB bound, whatever the peers send
 //! (the hostile-peer harness measures it: `tests/tests/hostile.rs`).
@@ -46,73 +57,55 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::transport::CONNECTION_WINDOW;
+pub use super::windows::{
+    TransportLimits, WindowGrant, WindowPool, MIN_CONNECTION_WINDOW, MIN_STREAM_WINDOW,
+    WINDOW_BUDGET,
+};
 
 /// Default `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
 /// Most `--max-connections` the budgets allow (each connection keeps at least
 /// [`MIN_CONNECTION_WINDOW`] of [`WINDOW_BUDGET`]).
 pub const MAX_CONNECTIONS: usize = (WINDOW_BUDGET / MIN_CONNECTION_WINDOW) as usize;
-/// The QUIC receive windows of all connections together.
-pub const WINDOW_BUDGET: u64 = 64 << 20;
-/// The least window of a connection: a 4 MiB extent still streams through it (the reader
-/// consumes as it arrives), only with more round trips.
-pub const MIN_CONNECTION_WINDOW: u64 = 1 << 20;
 /// Bytes of frames being read and written at once, over all streams of all connections.
 pub const FRAME_BUDGET: usize = 64 << 20;
 /// The part of [`FRAME_BUDGET`] one connection may hold: four extents of 4 MiB.
 pub const CONNECTION_FRAME_BUDGET: usize = (16 << 20) + 4096;
+/// The least rate at which a frame's body must arrive once it holds its permits (while
+/// other frames wait for the budget). An honest sender at the least `--bandwidth`
+/// (512 Kbit/s) writes one frame per thread at once: on the default 4 threads each gets
+/// ~16 KiB/s, on 32 threads ~2 KiB/s while the other streams fill their windows and
+/// ~16 KiB/s after (the receiver reads at most 4 frames of a connection at once), so a
+/// 4 MiB frame takes ~640 s at worst, within its deadline (1,054 s).
+pub const MIN_BODY_RATE: u64 = 4 << 10;
+/// The time any frame body has beyond its length at [`MIN_BODY_RATE`] (a round trip, a
+/// congestion window's start, a lost packet's recovery).
+pub const BODY_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often a frame past its deadline, which nobody waited behind, looks again.
+pub const BODY_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a body of `len` bytes may take to arrive once its permits are held:
+/// [`BODY_GRACE`] + `len` / [`MIN_BODY_RATE`] (4 MiB: 1,054 s), unless the test hook
+/// [`super::test_hook::BODY_DEADLINE_ENV`] sets it.
+pub fn body_deadline(len: u32) -> std::time::Duration {
+    super::test_hook::body_deadline().unwrap_or(
+        BODY_GRACE + std::time::Duration::from_millis(u64::from(len) * 1000 / MIN_BODY_RATE),
+    )
+}
+
 /// Extent writes (decompress, hash, store) running at once on blocking threads.
 pub const APPLY_SLOTS: usize = 8;
 /// The receiver's QUIC send window per connection: it sends answers only.
 pub const SEND_WINDOW: u64 = 256 << 10;
-/// Most streams a connection may have open: as many as before the limits (a sender with
-/// many VMs holds one control stream per VM, and up to three data streams per thread).
-pub const MAX_STREAMS: u64 = 256;
-/// The least receive window of a stream; a connection whose window cannot give
-/// [`MAX_STREAMS`] streams this much gets fewer streams instead. A stream holding permits
-/// reads its body at about one stream window per round trip: with 32 KiB one sender
-/// thread's streams carried only 170 Mbit/s through the throttle tests' relay where
-/// 200 Mbit/s were due (`throttle.rs`, the long matrix); 64 KiB is 500 MiB/s at 0.125 ms
-/// (loopback) and 52 Mbit/s at 10 ms, per stream.
-pub const MIN_STREAM_WINDOW: u64 = 64 << 10;
-
-/// The receive window of each of `n` connections sharing [`WINDOW_BUDGET`].
-pub fn connection_window(n: usize) -> u64 {
-    (WINDOW_BUDGET / n.max(1) as u64).clamp(MIN_CONNECTION_WINDOW, CONNECTION_WINDOW as u64)
-}
-
-/// The QUIC bounds of every connection of a receiver (see the module's "Streams").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TransportLimits {
-    /// The connection's receive window.
-    pub window: u64,
-    /// Streams the connection may have open at once (QUIC stream credit).
-    pub max_streams: u64,
-    /// The receive window of each stream.
-    pub stream_window: u64,
-}
-
-impl TransportLimits {
-    /// The bounds of a connection whose receive window is `window`: the largest stream
-    /// window that still allows [`MAX_STREAMS`] streams, but at least
-    /// [`MIN_STREAM_WINDOW`], and as many streams as fit the window at that size.
-    pub fn for_window(window: u64) -> Self {
-        let stream_window = (window / MAX_STREAMS).max(MIN_STREAM_WINDOW);
-        TransportLimits {
-            window,
-            max_streams: (window / stream_window).clamp(1, MAX_STREAMS),
-            stream_window,
-        }
-    }
-}
-
 /// Connection admission and the shared budgets of one receiver.
 pub struct Limits {
     max_connections: usize,
     admitted: Mutex<usize>,
     frames: Arc<Semaphore>,
+    /// Frames waiting for [`FRAME_BUDGET`] now (not for their connection's share).
+    frames_waiting: std::sync::atomic::AtomicUsize,
     applies: Arc<Semaphore>,
+    windows: WindowPool,
 }
 
 /// Why a connection was not admitted.
@@ -143,7 +136,9 @@ impl Limits {
             max_connections: max_connections.clamp(1, MAX_CONNECTIONS),
             admitted: Mutex::new(0),
             frames: Arc::new(Semaphore::new(FRAME_BUDGET)),
+            frames_waiting: Default::default(),
             applies: Arc::new(Semaphore::new(APPLY_SLOTS)),
+            windows: WindowPool::new(max_connections.clamp(1, MAX_CONNECTIONS)),
         }
     }
 
@@ -152,10 +147,15 @@ impl Limits {
         self.max_connections
     }
 
-    /// The QUIC bounds of each connection: its share of [`WINDOW_BUDGET`] under a full
-    /// receiver, and the streams that share allows.
-    pub fn transport(&self) -> TransportLimits {
-        TransportLimits::for_window(connection_window(self.max_connections))
+    /// The window of a connection being accepted (see [`super::windows`]); `None` when
+    /// `max_connections` connections hold windows: that one is to be closed as busy.
+    pub fn grant_window(&self) -> Option<WindowGrant> {
+        self.windows.grant()
+    }
+
+    /// Bytes of receive windows granted now, and to how many connections.
+    pub fn windows_granted(&self) -> (u64, usize) {
+        self.windows.granted()
     }
 
     /// Admits a connection unless the receiver is at its limit.
@@ -191,11 +191,22 @@ impl Limits {
     /// first, then the receiver's budget, both held until dropped.
     pub async fn frame_permits(&self, conn: &Arc<Semaphore>, bytes: usize) -> FramePermits {
         let own = acquire(conn, bytes.clamp(1, CONNECTION_FRAME_BUDGET)).await;
-        let all = self.frame_permit(bytes).await;
+        let all = {
+            let _waiting = Waiting::new(&self.frames_waiting);
+            self.frame_permit(bytes).await
+        };
         FramePermits {
             _own: own,
             _all: all,
         }
+    }
+
+    /// Whether frames wait for the receiver's frame budget now: a slow body holding
+    /// permits is then closed at its deadline ([`body_deadline`]).
+    pub fn frames_waiting(&self) -> bool {
+        self.frames_waiting
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
     }
 
     /// Waits for one of the [`APPLY_SLOTS`]; the write runs while the permit is held.
@@ -210,6 +221,22 @@ impl Limits {
     /// Bytes of the frame budget free now (for tests and logs).
     pub fn frame_budget_free(&self) -> usize {
         self.frames.available_permits()
+    }
+}
+
+/// Counts a frame waiting for the budget while it lives (also when its wait is dropped).
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -234,46 +261,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn windows_share_the_budget_between_the_least_and_the_largest_window() {
-        assert_eq!(connection_window(0), CONNECTION_WINDOW as u64);
-        assert_eq!(connection_window(1), CONNECTION_WINDOW as u64);
-        assert_eq!(connection_window(2), CONNECTION_WINDOW as u64);
-        assert_eq!(connection_window(4), 16 << 20);
-        assert_eq!(connection_window(16), 4 << 20);
-        assert_eq!(connection_window(MAX_CONNECTIONS), MIN_CONNECTION_WINDOW);
-        assert_eq!(connection_window(10_000), MIN_CONNECTION_WINDOW);
-        for n in 1..=MAX_CONNECTIONS {
-            assert!(connection_window(n) * n as u64 <= WINDOW_BUDGET, "{n}");
-        }
-    }
-
-    #[test]
     fn the_connection_limit_is_clamped_to_what_the_budget_allows() {
         assert_eq!(Limits::new(0).max_connections(), 1);
         assert_eq!(Limits::new(1 << 20).max_connections(), MAX_CONNECTIONS);
-        assert_eq!(Limits::new(16).transport().window, 4 << 20);
+        assert_eq!(
+            MAX_CONNECTIONS as u64 * MIN_CONNECTION_WINDOW,
+            WINDOW_BUDGET
+        );
     }
 
     #[test]
-    fn open_streams_can_never_fill_their_connections_window() {
-        // The invariant that keeps the frame budget from deadlocking QUIC (module doc).
-        for n in 1..=MAX_CONNECTIONS {
-            let t = Limits::new(n).transport();
-            assert!(t.max_streams * t.stream_window <= t.window, "{n}: {t:?}");
-            assert!(t.stream_window >= MIN_STREAM_WINDOW, "{n}: {t:?}");
-            assert!(t.max_streams >= 16, "{n}: {t:?}");
-            assert!(t.window * n as u64 <= WINDOW_BUDGET, "{n}: {t:?}");
-        }
-        let default = Limits::new(DEFAULT_MAX_CONNECTIONS).transport();
+    fn a_receiver_grants_windows_to_as_many_connections_as_it_admits() {
+        let l = Limits::new(3);
+        let g: Vec<_> = (0..3).map(|_| l.grant_window().unwrap()).collect();
+        assert!(l.grant_window().is_none());
+        assert!(l.windows_granted().0 <= WINDOW_BUDGET);
+        drop(g);
+        assert_eq!(l.windows_granted(), (0, 0));
+    }
+
+    #[test]
+    fn a_body_has_its_grace_and_its_length_at_the_least_rate() {
+        assert_eq!(body_deadline(0), BODY_GRACE);
         assert_eq!(
-            (default.window, default.max_streams, default.stream_window),
-            (4 << 20, 64, 64 << 10)
+            body_deadline(4 << 20),
+            BODY_GRACE + std::time::Duration::from_secs(1024)
         );
-        // A receiver for few connections keeps the streams of before, with larger windows.
-        let few = Limits::new(2).transport();
-        assert_eq!((few.max_streams, few.stream_window), (256, 128 << 10));
-        let most = Limits::new(MAX_CONNECTIONS).transport();
-        assert_eq!((most.max_streams, most.stream_window), (16, 64 << 10));
     }
 
     #[test]
@@ -319,5 +332,24 @@ mod tests {
             l.frame_budget_free(),
             FRAME_BUDGET - CONNECTION_FRAME_BUDGET - (4 << 20)
         );
+    }
+
+    #[tokio::test]
+    async fn frames_waiting_for_the_budget_are_counted_while_they_wait() {
+        let l = Limits::new(4);
+        let held = l.frame_permit(FRAME_BUDGET).await;
+        let c = l.connection_frames();
+        assert!(!l.frames_waiting());
+        {
+            let wait = l.frame_permits(&c, 10);
+            tokio::pin!(wait);
+            let r = tokio::time::timeout(std::time::Duration::from_millis(50), &mut wait);
+            assert!(r.await.is_err(), "the budget is held");
+            assert!(l.frames_waiting());
+        }
+        assert!(!l.frames_waiting(), "a wait given up is no longer counted");
+        drop(held);
+        let _p = l.frame_permits(&c, 10).await;
+        assert!(!l.frames_waiting());
     }
 }

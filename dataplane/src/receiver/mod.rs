@@ -10,6 +10,7 @@ mod effects;
 mod groups;
 pub mod limits;
 pub mod test_hook;
+pub mod windows;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,6 +61,10 @@ pub struct Receiver {
     pub(crate) groups: std::sync::Mutex<std::collections::HashMap<String, groups::GroupHolder>>,
     /// Connection admission and the shared memory budgets.
     pub(crate) limits: limits::Limits,
+    /// The TLS configuration new connections are accepted with (renewed with the
+    /// certificate), each with its own windows ([`windows`]); without one, connections get
+    /// the endpoint's configuration.
+    tls: std::sync::RwLock<Option<quinn::ServerConfig>>,
 }
 
 /// The connection holding a disk open.
@@ -106,6 +111,7 @@ impl Receiver {
             limits: limits::Limits::new(max_connections),
             max_disks_per_connection: DEFAULT_MAX_DISKS_PER_CONNECTION.into(),
             groups: Default::default(),
+            tls: std::sync::RwLock::new(None),
         })
     }
 
@@ -130,20 +136,49 @@ impl Receiver {
         &self.stats
     }
 
-    /// Accepts connections on `endpoint` until it is closed.
+    /// Sets the TLS configuration of the connections accepted from now on: each gets its
+    /// own receive windows from the receiver's budget (see [`windows`]).
+    pub fn set_server_config(&self, cfg: quinn::ServerConfig) {
+        if let Ok(mut t) = self.tls.write() {
+            *t = Some(cfg);
+        }
+    }
+
+    /// The configuration of a connection with `limits`, from the TLS configuration set by
+    /// [`Receiver::set_server_config`].
+    fn connection_config(&self, t: windows::TransportLimits) -> Option<Arc<quinn::ServerConfig>> {
+        let base = self.tls.read().ok()?.clone()?;
+        Some(t.server_bounds(limits::SEND_WINDOW).config(base))
+    }
+
+    /// Accepts connections on `endpoint` until it is closed; each gets its receive windows
+    /// from what is free of the budget now, and gives them back when it ends.
     pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
         while let Some(incoming) = endpoint.accept().await {
             let me = self.clone();
+            let grant = self.limits.grant_window();
+            let limits = grant
+                .as_ref()
+                .map_or_else(windows::TransportLimits::refused, |g| g.limits());
+            let remote = incoming.remote_address();
+            let connecting = match self.connection_config(limits) {
+                Some(cfg) => incoming.accept_with(cfg),
+                None => incoming.accept(),
+            };
             tokio::spawn(async move {
-                let remote = incoming.remote_address();
-                match incoming.await {
+                let result = match connecting {
+                    Ok(c) => c.await,
+                    Err(e) => Err(e),
+                };
+                match result {
                     Ok(conn) => {
                         me.active.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                        me.clone().handle_connection(conn).await;
+                        me.clone().handle_connection(conn, grant).await;
                         me.active.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                         me.idle.notify_waiters();
                     }
                     Err(e) => {
+                        drop(grant);
                         me.stats
                             .refused_peers
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -155,7 +190,11 @@ impl Receiver {
         }
     }
 
-    async fn handle_connection(self: Arc<Self>, conn: quinn::Connection) {
+    async fn handle_connection(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        grant: Option<windows::WindowGrant>,
+    ) {
         let remote = conn.remote_address();
         let name = match crate::tls::identity::peer_identity(&conn) {
             Ok(id) => id,
@@ -185,7 +224,15 @@ impl Receiver {
             );
             return;
         }
-        let _admission = match self.limits.admit() {
+        // A connection accepted with no window (the receiver held `max_connections`
+        // windows then) is over the limit like one refused by admission.
+        let admission = match grant {
+            Some(_) => self.limits.admit(),
+            None => Err(limits::Busy {
+                limit: self.limits.max_connections(),
+            }),
+        };
+        let _admission = match admission {
             Ok(a) => a,
             Err(busy) => {
                 crate::metrics::events::refused_peer("busy");
@@ -202,7 +249,10 @@ impl Receiver {
         };
         // Known senders only: the label values stay bounded by --allow.
         crate::metrics::events::certificate("peer", &name, not_after);
-        info!(peer = %remote, sender = %name, "sender connected");
+        let t = grant.as_ref().map(|g| g.limits());
+        info!(peer = %remote, sender = %name, window = t.map(|t| t.window),
+              data_streams = t.map(|t| t.max_streams),
+              stream_window = t.map(|t| t.stream_window), "sender connected");
         let conn_state = control::ConnState::new(
             name.clone(),
             conn.clone(),
@@ -210,6 +260,7 @@ impl Receiver {
             self.max_disks_per_connection
                 .load(std::sync::atomic::Ordering::Relaxed),
             self.limits.connection_frames(),
+            t.map_or(0, |t| t.max_streams),
         );
         loop {
             let (send, recv) = match conn.accept_bi().await {
@@ -243,33 +294,32 @@ pub async fn run(cfg: ReceiverConfig, store: Arc<dyn ReplicaStore>) -> anyhow::R
         .map(|k| crate::transport::StatelessResetKey::derive(&k));
     let rx = Receiver::with_limits(store.clone(), cfg.allow, cfg.max_connections);
     rx.set_max_disks_per_connection(cfg.max_disks_per_connection);
-    let t = rx.limits.transport();
+    rx.set_server_config(server.clone());
+    // The endpoint's own configuration is never used for a connection (each gets its own
+    // windows at accept, `Receiver::serve`); it bounds the handshakes in progress.
     let bounds = crate::transport::ServerBounds {
-        receive_window: t.window,
-        stream_window: t.stream_window,
-        max_streams: t.max_streams,
-        send_window: limits::SEND_WINDOW,
         max_incoming: 2 * rx.limits.max_connections(),
+        ..windows::TransportLimits::refused().server_bounds(limits::SEND_WINDOW)
     };
     let endpoint = crate::transport::server_endpoint_bounded(cfg.listen, server, reset_key, bounds)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     let local = endpoint.local_addr()?;
     info!(listen = %local, store = %store.describe(),
-          max_connections = rx.limits.max_connections(), connection_window = t.window,
-          streams_per_connection = t.max_streams, stream_window = t.stream_window,
+          max_connections = rx.limits.max_connections(), window_budget = limits::WINDOW_BUDGET,
           "receiver ready");
     // Tests and scripts read this line to learn the bound port.
     println!("listening on {local}");
     crate::metrics::certs::export_files(&files.ca, &files.cert);
     // A renewed certificate is taken without restart (and its expiry exported).
     let cert_watch = {
-        let (ep, f) = (endpoint.clone(), files.clone());
+        let (ep, f, rx) = (endpoint.clone(), files.clone(), rx.clone());
         crate::metrics::certs::watch(
             files.ca.clone(),
             files.cert.clone(),
             files.key.clone(),
             move || {
                 let cfg = crate::tls::config::receiver_quic(&f).map_err(|e| e.to_string())?;
+                rx.set_server_config(cfg.clone());
                 crate::transport::replace_server_config_bounded(&ep, cfg, bounds);
                 Ok(())
             },

@@ -1,4 +1,5 @@
-//! **Test hook** (tests only): pause the receiver after a disk's cycle commit.
+//! **Test hooks** (tests only): pause the receiver after a disk's cycle commit; shorten the
+//! deadline of frame bodies.
 //!
 //! A VM point is written only after every disk's part of the cycle is committed (issue 17:
 //! a receiver killed while one disk of a cycle is durable and another is not keeps the VM's
@@ -45,4 +46,31 @@ pub async fn after_disk_commit(disk: &str, cycle: u64) {
         tracing::warn!(%disk, cycle, ms = d.as_millis() as u64, "{PAUSED_LOG}");
         tokio::time::sleep(d).await;
     }
+}
+
+/// The environment variable that replaces every frame body's deadline
+/// (`limits::body_deadline`, minutes for a large frame) with this many milliseconds, so a
+/// test of the slowloris bound ends in seconds. Nothing else reads it; a process that
+/// honours it warns in its log.
+pub const BODY_DEADLINE_ENV: &str = "VDREP_TEST_BODY_DEADLINE";
+
+/// The deadline set by [`BODY_DEADLINE_ENV`], if any.
+pub fn body_deadline() -> Option<Duration> {
+    static DEADLINE: OnceLock<Option<Duration>> = OnceLock::new();
+    *DEADLINE.get_or_init(|| {
+        let v = std::env::var(BODY_DEADLINE_ENV).ok()?;
+        match v.trim().parse::<u64>() {
+            Ok(ms) => {
+                tracing::warn!(
+                    ms,
+                    "{BODY_DEADLINE_ENV} is set: every frame body must arrive within it (a test hook)"
+                );
+                Some(Duration::from_millis(ms))
+            }
+            Err(_) => {
+                tracing::error!(value = %v, "ignoring {BODY_DEADLINE_ENV}: not a number of milliseconds");
+                None
+            }
+        }
+    })
 }

@@ -203,6 +203,7 @@ fn record_plans(
                     cycle: m.cycle,
                 })
                 .collect(),
+            one_instant: false,
         };
         let at: Vec<(&crate::tracking::Tracker, u64)> =
             mine.iter().map(|m| (&m.tracker, m.cycle)).collect();

@@ -26,6 +26,7 @@ pub mod source;
 pub mod status;
 mod stream;
 pub mod tree;
+pub mod vm_retry;
 pub mod vmset;
 
 use std::collections::HashSet;
@@ -404,7 +405,12 @@ async fn run_jobs(
         if connected && matches!(class.class, "network") {
             backoff.restart_burst();
         }
-        match backoff.next_delay(class.recoverable) {
+        // Every VM was given up alone (`vm_retry`): nothing is left to protect.
+        let none_left = match &mode {
+            Mode::Protect(set) => set.retries.given_up() >= set.list().len().max(1),
+            Mode::OneShot(_) => false,
+        };
+        match backoff.next_delay(class.recoverable).filter(|_| !none_left) {
             Some(delay) => {
                 health.failed(&class, &e.to_string(), Some(delay));
                 sh.board.failed(class.class, Some(delay));

@@ -54,6 +54,10 @@ pub struct PointPlan {
     pub group_cycle: Option<u64>,
     /// Every disk of the switch.
     pub disks: Vec<PlanDisk>,
+    /// Every disk's part is the VM at the switch's one instant, initial copies included (a
+    /// qemu switch); change-log switches copy disks one after another (`false`, not written).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_instant: bool,
 }
 
 impl PointPlan {
@@ -202,6 +206,7 @@ pub async fn send(
         group_cycle: plan.group_cycle,
         retention_secs,
         disks: parts,
+        one_instant: plan.one_instant,
     };
     match ctrl.call(msg).await {
         Ok(Control::PointCommitted { .. }) => {}
@@ -221,7 +226,7 @@ pub async fn send(
     }
     let at = jiff::Timestamp::from_millisecond(plan.switch_unix_ms as i64)
         .unwrap_or_else(|_| sh.clock.now_utc());
-    let consistent = plan.disks.iter().all(|d| d.cycle > 0);
+    let consistent = plan.one_instant || plan.disks.iter().all(|d| d.cycle > 0);
     sh.health
         .point_committed(&plan.vm, plan.vm_cycle, at, consistent);
     crate::metrics::events::vm_point(&plan.vm, plan.switch_unix_ms / 1000);
@@ -255,6 +260,7 @@ mod tests {
                     cycle: 7,
                 },
             ],
+            one_instant: false,
         };
         record(&plan, &[(&a, 7), (&b, 6)]).unwrap();
         assert!(dir.path().join("os.raw.00000007.hrl.point").is_file());

@@ -105,6 +105,8 @@ pub struct VmSet {
     state: PathBuf,
     /// The consistency groups of the VMs.
     groups: super::group::Groups,
+    /// VMs whose change source failed alone: retried alone, or given up.
+    pub retries: super::vm_retry::VmRetries,
 }
 
 /// The file of added VMs in the state folder.
@@ -120,6 +122,7 @@ impl VmSet {
             base,
             state: state.to_path_buf(),
             groups: Default::default(),
+            retries: Default::default(),
         }
     }
 
@@ -584,9 +587,11 @@ fn add_qemu(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
 /// Runs every VM of `set` on `conn`, starting VMs added meanwhile; the first error aborts
 /// the others, except a refusal of one VM alone (the receiver does not authorise this
 /// sender for it, or holds disks of it the sender does not name): that VM goes Critical
-/// with the receiver's reason and the others go on.
+/// with the receiver's reason and the others go on; and except a transient failure of one
+/// VM's change source, which is retried for that VM alone or given up alone
+/// ([`super::vm_retry`]).
 /// Ends when every VM ended (`--max-cycles`), never while the set is empty; a VM refused
-/// alone then ends the run with its refusal.
+/// alone or given up then ends the run with its error.
 pub async fn run_all(
     conn: &quinn::Connection,
     set: &VmSet,
@@ -607,16 +612,11 @@ pub async fn run_all(
             claimed = list.len();
         }
         for e in list.iter().skip(started) {
-            let (conn, sh, e) = (conn.clone(), sh.clone(), e.clone());
-            tasks.spawn(async move {
-                let r = match &e.qemu {
-                    Some(q) => {
-                        super::qemu::protect::protect(&conn, q, &e.sched, &e.policy, &sh).await
-                    }
-                    None => protect::protect_vm(&conn, &e.disks, &e.sched, &e.policy, &sh).await,
-                };
-                (e.name.clone(), r)
-            });
+            if set.retries.gave_up(&e.name) {
+                refused.get_or_insert_with(|| super::vm_retry::gave_up_error(&e.name));
+                continue;
+            }
+            spawn_vm(&mut tasks, conn, sh, e, None);
         }
         started = started.max(list.len());
         if started > 0 && tasks.is_empty() {
@@ -624,22 +624,56 @@ pub async fn run_all(
         }
         tokio::select! {
             Some(r) = tasks.join_next(), if !tasks.is_empty() => {
-                let (vm, r) = r.unwrap_or_else(|e| {
-                    (String::new(), Err(SendError::Internal(format!("VM task: {e}"))))
-                });
+                let (e, r) = match r {
+                    Ok(x) => x,
+                    Err(j) => {
+                        tasks.abort_all();
+                        return Err(SendError::Internal(format!("VM task: {j}")));
+                    }
+                };
+                let vm = e.name.clone();
                 match r {
                     Ok(()) => {}
-                    Err(e) if refused_alone(&e) && !tasks.is_empty() => {
-                        let class = e.verdict();
-                        sh.health.vm_failed(&vm, &class, &e.to_string());
-                        sh.jobs.fail_vm(&vm, &e);
-                        warn!(%vm, error = %e, advice = class.advice,
+                    Err(err) if refused_alone(&err) && !tasks.is_empty() => {
+                        let class = err.verdict();
+                        sh.health.vm_failed(&vm, &class, &err.to_string());
+                        sh.jobs.fail_vm(&vm, &err);
+                        warn!(%vm, error = %err, advice = class.advice,
                               "VM refused by the receiver (Critical); the other VMs go on");
-                        refused = Some(e);
+                        refused = Some(err);
                     }
-                    Err(e) => {
+                    Err(err) if super::vm_retry::source_alone(&err) => {
+                        // A qemu VM retries in place and ends only once given up; another
+                        // source's VM starts again after the delay.
+                        let rounds = e.sched.cycles.load(std::sync::atomic::Ordering::Relaxed);
+                        let verdict = if set.retries.gave_up(&vm) {
+                            super::vm_retry::Verdict::GaveUp
+                        } else {
+                            set.retries.failed(&vm, rounds, sh.opts.protect_give_up_after)
+                        };
+                        match verdict {
+                            super::vm_retry::Verdict::RetryIn(delay) => {
+                                sh.health.vm_source_failed(&vm, &err.verdict(), &err.to_string(), Some(delay));
+                                warn!(%vm, error = %err, retry_in_ms = delay.as_millis() as u64,
+                                      "the VM's change source failed; retrying this VM alone (the others go on)");
+                                spawn_vm(&mut tasks, conn, sh, &e, Some(delay));
+                            }
+                            super::vm_retry::Verdict::GaveUp => {
+                                let class = super::vm_retry::gave_up_class();
+                                sh.health.vm_source_failed(&vm, &class, &err.to_string(), None);
+                                sh.jobs.fail_vm(&vm, &err);
+                                tracing::error!(%vm, error = %err, advice = class.advice,
+                                                "giving up on this VM after --give-up-after (Critical); the other VMs go on");
+                                if let Some(q) = &e.qemu {
+                                    tokio::spawn(super::qemu::stop_given_up(q.clone()));
+                                }
+                                refused = Some(err);
+                            }
+                        }
+                    }
+                    Err(err) => {
                         tasks.abort_all();
-                        return Err(e);
+                        return Err(err);
                     }
                 }
             }
@@ -651,6 +685,29 @@ pub async fn run_all(
             }
         }
     }
+}
+
+type VmTask = (Arc<VmEntry>, Result<(), SendError>);
+
+/// Starts the protection of `e` on `conn` (after `delay`, for a retry of the VM alone).
+fn spawn_vm(
+    tasks: &mut tokio::task::JoinSet<VmTask>,
+    conn: &quinn::Connection,
+    sh: &Arc<Shared>,
+    e: &Arc<VmEntry>,
+    delay: Option<Duration>,
+) {
+    let (conn, sh, e) = (conn.clone(), sh.clone(), e.clone());
+    tasks.spawn(async move {
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        let r = match &e.qemu {
+            Some(q) => super::qemu::protect::protect(&conn, q, &e.sched, &e.policy, &sh).await,
+            None => protect::protect_vm(&conn, &e.disks, &e.sched, &e.policy, &sh).await,
+        };
+        (e, r)
+    });
 }
 
 /// A refusal that concerns one VM only: the receiver does not authorise this sender for it,
@@ -667,130 +724,5 @@ fn refused_alone(e: &SendError) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(disks: &[&str]) -> AddedVm {
-        AddedVm {
-            vm: "db".into(),
-            disks: disks.iter().map(PathBuf::from).collect(),
-            interval_seconds: 30,
-            rpo_threshold_seconds: None,
-            retention_hours: None,
-            initial_replication_unix: None,
-            group: None,
-            qmp: None,
-            drives: Vec::new(),
-            nbd: None,
-        }
-    }
-
-    #[test]
-    fn requests_with_relative_repeated_or_no_disks_are_refused_with_the_reason() {
-        assert!(check_request(&req(&["/vms/db/os.vhdx"])).is_ok());
-        let e = check_request(&req(&["db/os.vhdx"])).unwrap_err();
-        assert!(e.contains("not absolute"), "{e}");
-        let e = check_request(&req(&["/a.vhd", "/a.vhd"])).unwrap_err();
-        assert!(e.contains("twice"), "{e}");
-        assert!(check_request(&req(&[]))
-            .unwrap_err()
-            .contains("at least one"));
-        let bad_name = AddedVm {
-            vm: "../x".into(),
-            ..req(&["/a.vhd"])
-        };
-        assert!(check_request(&bad_name).is_err());
-        let no_interval = AddedVm {
-            interval_seconds: 0,
-            ..req(&["/a.vhd"])
-        };
-        assert!(check_request(&no_interval).is_err());
-    }
-
-    #[test]
-    fn a_qemu_request_names_a_qmp_socket_without_disk_images_and_joins_no_group() {
-        let q = AddedVm {
-            qmp: Some(PathBuf::from("/run/db.qmp")),
-            drives: vec!["os0=os".into()],
-            ..req(&[])
-        };
-        assert!(check_request(&q).is_ok());
-        let e = check_request(&AddedVm {
-            disks: vec![PathBuf::from("/a.vhd")],
-            ..q.clone()
-        })
-        .unwrap_err();
-        assert!(e.contains("not both"), "{e}");
-        let e = check_request(&AddedVm {
-            qmp: Some(PathBuf::from("db.qmp")),
-            ..q.clone()
-        })
-        .unwrap_err();
-        assert!(e.contains("not absolute"), "{e}");
-        let e = check_request(&AddedVm {
-            group: Some("g1".into()),
-            ..q.clone()
-        })
-        .unwrap_err();
-        assert!(e.contains("own QMP transaction"), "{e}");
-        let e = check_request(&AddedVm {
-            drives: vec!["os0".into()],
-            ..req(&["/a.vhd"])
-        })
-        .unwrap_err();
-        assert!(e.contains("qmp"), "{e}");
-        // vms.json of a qemu VM names no disks and loads back.
-        let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), std::slice::from_ref(&q)).unwrap();
-        assert_eq!(load(dir.path()).unwrap(), vec![q.clone()]);
-        assert_eq!(qemu_spec(&q).unwrap().drives[0].node, "os0");
-    }
-
-    #[test]
-    fn an_added_vms_policy_takes_its_interval_retention_and_start_time_over_the_command_lines() {
-        let base = Policy {
-            interval: Duration::from_secs(300),
-            retention: Duration::from_secs(24 * 3600),
-            max_cycles: Some(7),
-            initial_at: None,
-            group: None,
-        };
-        let set = VmSet::new(base, Path::new("/nonexistent"));
-        let p = set.policy_for(&req(&["/a.vhd"]));
-        assert_eq!(p.interval, Duration::from_secs(30));
-        assert_eq!(p.retention, Duration::from_secs(24 * 3600), "the sender's");
-        assert_eq!((p.max_cycles, p.initial_at), (Some(7), None));
-        let p = set.policy_for(&AddedVm {
-            retention_hours: Some(2),
-            initial_replication_unix: Some(1_900_000_000),
-            ..req(&["/a.vhd"])
-        });
-        assert_eq!(p.retention, Duration::from_secs(2 * 3600));
-        assert_eq!(p.initial_at.map(|t| t.as_second()), Some(1_900_000_000));
-    }
-
-    #[test]
-    fn added_vms_are_kept_in_the_state_folder() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(load(dir.path()).unwrap(), Vec::new());
-        let v = vec![req(&["/vms/db/os.vhdx", "/vms/db/data.vhdx"])];
-        save(dir.path(), &v).unwrap();
-        assert_eq!(load(dir.path()).unwrap(), v);
-        std::fs::write(dir.path().join(FILE), b"{").unwrap();
-        assert!(load(dir.path()).unwrap_err().to_string().contains(FILE));
-    }
-
-    #[test]
-    fn refusals_of_one_vm_leave_the_others_running_and_others_end_the_run() {
-        use vdrep_proto::wire::ErrorClass;
-        let remote = |class| SendError::Remote {
-            peer: "rx".into(),
-            class,
-            message: "m".into(),
-        };
-        assert!(refused_alone(&remote(ErrorClass::Unauthorized)));
-        assert!(refused_alone(&remote(ErrorClass::DiskSetChanged)));
-        assert!(!refused_alone(&remote(ErrorClass::InvalidState)));
-        assert!(!refused_alone(&remote(ErrorClass::VersionMismatch)));
-    }
-}
+#[path = "vmset_tests.rs"]
+mod tests;

@@ -234,7 +234,7 @@ impl HashTable {
     }
 
     /// Records the hash of block `b` (the caller computed it; see `tracking::refresh`).
-    pub(super) fn write_entry(&self, b: u64, hash: &[u8; 32]) -> Result<(), HashTableError> {
+    pub(crate) fn write_entry(&self, b: u64, hash: &[u8; 32]) -> Result<(), HashTableError> {
         self.file
             .write_all_at(hash, HEADER + b * 32)
             .map_err(self.io("write entry"))
@@ -242,7 +242,7 @@ impl HashTable {
 
     /// Makes the entries written so far durable (`wrote`: any were) and records that they
     /// reflect every log up to cycle `through`.
-    pub(super) fn commit_entries(
+    pub(crate) fn commit_entries(
         &mut self,
         wrote: bool,
         through: u64,
@@ -253,6 +253,14 @@ impl HashTable {
         }
         self.through = through;
         self.write_header(self.complete)
+    }
+
+    /// Marks every entry computed (the caller wrote them all, durably) as of cycle
+    /// `through` (the qemu source's tables: `sender::qemu::digest`).
+    pub(crate) fn set_complete(&mut self, through: u64) -> Result<(), HashTableError> {
+        self.file.sync_data().map_err(self.io("sync"))?;
+        self.through = through;
+        self.write_header(true)
     }
 
     /// The disk's virtual size.

@@ -13,6 +13,12 @@ pub const SUPERSEDED: u32 = 3;
 /// sender's schedule, a Warning and not a fault (receivers scale out).
 pub const BUSY: u32 = 4;
 
+/// A frame body did not arrive at the least rate the receiver allows
+/// (`receiver::limits::body_deadline`): a peer that announces large frames and then
+/// trickles their bytes would hold the receiver's frame budget. Retried like any lost
+/// connection: an honest sender on a slow link stays far above the rate.
+pub const SLOW_FRAME: u32 = 5;
+
 /// Whether a close code refuses the sender for good (a retry cannot help).
 pub fn is_permanent_refusal(code: u64) -> bool {
     code == u64::from(NO_CERTIFICATE) || code == u64::from(UNKNOWN_SENDER)

@@ -19,6 +19,14 @@ pub enum FrameError {
     /// The peer sent something malformed.
     #[error("malformed frame from peer: {0}")]
     Malformed(#[from] FormatError),
+    /// A frame's body did not arrive within its deadline (the receiver's slowloris bound).
+    #[error("frame body of {len} bytes not received within {secs} s")]
+    Slow {
+        /// The body's length.
+        len: u32,
+        /// The deadline, in seconds.
+        secs: u64,
+    },
 }
 
 impl FrameError {

@@ -256,6 +256,12 @@ impl ServerBounds {
         t
     }
 
+    /// The configuration of one connection accepted with these bounds
+    /// (`Incoming::accept_with`): `base`'s TLS with these windows and streams.
+    pub fn config(&self, base: quinn::ServerConfig) -> Arc<quinn::ServerConfig> {
+        Arc::new(self.apply(base))
+    }
+
     /// `cfg` with these bounds.
     fn apply(&self, mut cfg: quinn::ServerConfig) -> quinn::ServerConfig {
         cfg.transport_config(Arc::new(self.transport_config()));

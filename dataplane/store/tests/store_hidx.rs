@@ -170,3 +170,38 @@ fn an_index_larger_than_its_cache_answers_like_a_tree_built_by_reading() {
     }
     assert!(ix.peak_cache_bytes() <= 64);
 }
+
+#[test]
+fn a_stale_index_file_longer_than_the_index_is_truncated_and_counts_as_clean_again() {
+    // A `NAME.hidx` left longer than its index needs (by a disk that was larger before, or
+    // a crash while it grew) is stale; once rewritten it must have the index's length,
+    // or every later open would find it stale again and every resync read the whole disk.
+    let fs = SimFs::new();
+    let hidx = Path::new("/store/vm/d.hidx");
+    {
+        let d = open(&fs);
+        let mut ix = index(&d);
+        session(&d, &mut ix, 1).unwrap();
+    }
+    let exact = fs.file_bytes(hidx).expect("the index file").len();
+    fs.tamper(hidx, exact as u64, &[0xa5; 5000]).unwrap();
+    assert_eq!(fs.file_bytes(hidx).unwrap().len(), exact + 5000);
+    {
+        let d = open(&fs);
+        let mut ix = index(&d);
+        let why = ix
+            .stale_reason()
+            .expect("a longer file is stale")
+            .to_string();
+        assert!(why.contains("expected"), "{why}");
+        session(&d, &mut ix, 2).unwrap();
+    }
+    assert_eq!(
+        fs.file_bytes(hidx).unwrap().len(),
+        exact,
+        "the rewritten index keeps the stale file's length"
+    );
+    let d = open(&fs);
+    let ix = index(&d);
+    assert_eq!(ix.stale_reason(), None, "clean and of the right length");
+}

@@ -51,7 +51,7 @@ pub fn cleanup_leftovers(qmp: &mut Qmp, wait_limit: Duration) -> Result<Leftover
     for n in qmp.named_block_nodes()? {
         if let Some(name) = n.node_name.filter(|x| is_ours(x)) {
             if n.drv == "snapshot-access" {
-                qmp.execute("blockdev-del", Some(json!({"node-name": name})))?;
+                super::view::del_node(qmp, &name)?;
                 out.nodes.push(name);
             }
         }

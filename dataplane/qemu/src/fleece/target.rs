@@ -138,7 +138,7 @@ pub(crate) fn remove_target(
             .iter()
             .any(|x| x.node_name.as_deref() == Some(n.as_str()))
         {
-            qmp.execute("blockdev-del", Some(json!({"node-name": n})))?;
+            super::view::del_node(qmp, n)?;
         }
     }
     remove_file(path)

@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::nbd::{wire, NbdClient, NbdError};
-use crate::qmp::Qmp;
+use crate::qmp::{Qmp, QmpError};
 
 use super::bitmap::{rollback, state_in, BitmapState};
 use super::error::FleeceError;
@@ -212,7 +212,7 @@ impl Fleecer {
     ) -> Result<(), FleeceError> {
         remove_export(qmp, &v.names.export, self.wait_limit)?;
         if qmp.node(&v.names.snapshot)?.is_some() {
-            qmp.execute("blockdev-del", Some(json!({"node-name": v.names.snapshot})))?;
+            del_node(qmp, &v.names.snapshot)?;
         }
         cancel_job(qmp, &v.names.job, self.wait_limit)?;
         remove_target(qmp, &v.names, &v.scratch_path)?;
@@ -322,11 +322,31 @@ impl Fleecer {
 
 /// Removes export `id` if it exists (`mode: hard`: our own reader is done or gone) and waits
 /// until qemu has let go of it.
+/// Deletes node `name`; one that qemu removed itself meanwhile (a qemu-storage-daemon
+/// stopping ends its jobs while its monitor still answers) counts as deleted: the refusal
+/// is returned only while the node is still there.
+pub(crate) fn del_node(qmp: &mut Qmp, name: &str) -> Result<(), FleeceError> {
+    match qmp.execute("blockdev-del", Some(json!({ "node-name": name }))) {
+        Ok(_) => Ok(()),
+        Err(e @ QmpError::Command { .. }) => match qmp.node(name)? {
+            None => Ok(()),
+            Some(_) => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub(crate) fn remove_export(qmp: &mut Qmp, id: &str, limit: Duration) -> Result<(), FleeceError> {
     if !qmp.block_exports()?.iter().any(|e| e.id == id) {
         return Ok(());
     }
-    qmp.execute("block-export-del", Some(json!({"id": id, "mode": "hard"})))?;
+    if let Err(e) = qmp.execute("block-export-del", Some(json!({"id": id, "mode": "hard"}))) {
+        // Gone meanwhile (qemu stopping closes its exports): deleted all the same.
+        if !matches!(e, QmpError::Command { .. }) || qmp.block_exports()?.iter().any(|x| x.id == id)
+        {
+            return Err(e.into());
+        }
+    }
     poll_until(qmp, &format!("export {id} going away"), limit, |q| {
         Ok(!q.block_exports()?.iter().any(|e| e.id == id))
     })?;
@@ -341,7 +361,12 @@ pub(crate) fn cancel_job(qmp: &mut Qmp, id: &str, limit: Duration) -> Result<(),
         None => return Ok(()),
         Some(j) if j.status == "concluded" || j.status == "aborting" => {}
         Some(_) => {
-            qmp.execute("job-cancel", Some(json!({ "id": id })))?;
+            if let Err(e) = qmp.execute("job-cancel", Some(json!({ "id": id }))) {
+                // Ended meanwhile: the wait below sees it gone.
+                if !matches!(e, QmpError::Command { .. }) {
+                    return Err(e.into());
+                }
+            }
         }
     }
     poll_until(qmp, &format!("job {id} ending"), limit, |q| {

@@ -96,4 +96,38 @@ impl NbdError {
             NbdError::Connect { .. } | NbdError::Io { .. } | NbdError::Broken { .. }
         )
     }
+
+    /// True when the server says the export does not exist (`NBD_REP_ERR_UNKNOWN`). For an
+    /// export the caller has just added itself this is no refusal but a server that changed
+    /// under it: qemu stopping (it closes its exports before its NBD server) or restarted.
+    pub fn is_export_missing(&self) -> bool {
+        matches!(
+            self,
+            NbdError::Refused {
+                code: "NBD_REP_ERR_UNKNOWN",
+                ..
+            }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_export_is_told_apart_from_other_refusals() {
+        let refused = |code| NbdError::Refused {
+            export: "vdrep-exp-5-1".into(),
+            option: 10,
+            code,
+            message: "export 'vdrep-exp-5-1' not present".into(),
+        };
+        assert!(refused("NBD_REP_ERR_UNKNOWN").is_export_missing());
+        assert!(
+            !refused("NBD_REP_ERR_UNKNOWN").is_transient(),
+            "for a general client"
+        );
+        assert!(!refused("NBD_REP_ERR_POLICY").is_export_missing());
+    }
 }

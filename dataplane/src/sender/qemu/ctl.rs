@@ -23,6 +23,7 @@ use vdrep_qemu::fleece::{
 };
 use vdrep_qemu::qmp::{Qmp, QmpError};
 
+use super::digest::{DigestError, ViewDigest};
 use super::discover::FoundDisk;
 use super::state::{DiskState, StateDir, VmState};
 use super::QemuSpec;
@@ -38,6 +39,8 @@ pub struct Counters {
     pub dirty: AtomicU64,
     /// Bytes the cycles read from their views.
     pub read: AtomicU64,
+    /// Bytes read from views for the cycles' digests (`super::digest`), apart.
+    pub digest_read: AtomicU64,
 }
 
 /// The mutable part, behind one lock: one QMP command at a time.
@@ -61,6 +64,8 @@ pub struct QemuVm {
     pub state: StateDir,
     /// Per disk.
     pub counters: Vec<Counters>,
+    /// Per disk, its digest state, opened on first use.
+    digests: Vec<Mutex<Option<ViewDigest>>>,
     inner: Mutex<Inner>,
 }
 
@@ -93,6 +98,7 @@ impl QemuVm {
         Ok(QemuVm {
             name: vm,
             counters: disks.iter().map(|_| Counters::default()).collect(),
+            digests: disks.iter().map(|_| Mutex::new(None)).collect(),
             disks,
             state,
             spec,
@@ -103,6 +109,29 @@ impl QemuVm {
                 views: Vec::new(),
             }),
         })
+    }
+
+    /// Runs `f` on disk `index`'s digest state (opened in the state folder on first use).
+    pub fn with_digest<R>(
+        &self,
+        index: usize,
+        f: impl FnOnce(&mut ViewDigest) -> Result<R, DigestError>,
+    ) -> Result<R, DigestError> {
+        let (Some(slot), Some(d)) = (self.digests.get(index), self.disks.get(index)) else {
+            return Err(DigestError::Io {
+                path: self.state.path().display().to_string(),
+                source: std::io::Error::other(format!("no disk {index}")),
+            });
+        };
+        let mut g = match slot.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let v = match g.take() {
+            Some(v) => g.insert(v),
+            None => g.insert(ViewDigest::open(self.state.path(), &d.name, d.size)?),
+        };
+        f(v)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -381,6 +410,12 @@ impl QemuVm {
 
     fn finish_locked(&self, g: &mut Inner, advanced: &[bool]) -> Result<(), SendError> {
         let views = std::mem::take(&mut g.views);
+        if g.fleecer.is_none() {
+            // The session was lost since the switch (qemu restarted): the views went with
+            // it, and setting up again removes what is left and takes bitmaps back.
+            self.ready(g)?;
+            return Ok(());
+        }
         let (qmp, fleecer) = self.ready(g)?;
         let fe = |e| self.fleece_err(e);
         for (i, v) in views.iter().enumerate() {

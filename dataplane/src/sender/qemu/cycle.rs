@@ -1,13 +1,15 @@
 //! A qemu disk's cycle as a [`CycleSource`]: the previous bitmap's dirty extents, read from
-//! the view taken by the switch that stopped that bitmap.
+//! the view taken by the switch that stopped that bitmap; its digest is the disk at that
+//! view ([`super::digest`]).
 
+use std::ops::Range;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 
 use super::ctl::QemuVm;
-use super::view::NbdView;
+use super::view::{NbdView, Uncounted};
 use crate::sender::source::{CycleChanges, CycleSource, Opening, SourceError};
 
 /// One disk's cycle at one switch.
@@ -25,6 +27,8 @@ pub struct ViewCycle {
     pub new_bitmap: String,
     /// Bytes read from the view before this cycle (a resumed copy reads it too).
     pub read_before: u64,
+    /// The extents of the cycle, once opened (its digest re-reads the pieces they touch).
+    pub extents: Mutex<Vec<Range<u64>>>,
 }
 
 impl CycleSource for ViewCycle {
@@ -38,6 +42,9 @@ impl CycleSource for ViewCycle {
             .dirty_extents()
             .map_err(|e| SourceError::Transient(e.to_string()))?;
         let dirty: u64 = extents.iter().map(|e| e.end - e.start).sum();
+        if let Ok(mut x) = self.extents.lock() {
+            x.clone_from(&extents);
+        }
         self.vm.counters[self.index]
             .dirty
             .fetch_add(dirty, Ordering::Relaxed);
@@ -48,10 +55,34 @@ impl CycleSource for ViewCycle {
         }))
     }
 
-    fn digest(&self, _cycle: u64) -> Option<[u8; 32]> {
-        // No block-hash table is kept for qemu disks yet: the point carries no digest and
-        // failover does not verify it.
-        None
+    fn digest(&self, cycle: u64) -> Option<[u8; 32]> {
+        let extents = self.extents.lock().map(|x| x.clone()).unwrap_or_default();
+        let view = Uncounted(&self.view);
+        let r = self.vm.with_digest(self.index, |d| {
+            let before = d.read;
+            // A table made stale (a copy or resync that did not finish hashing) is computed
+            // again from this view: a full read, once.
+            let digest = if d.complete() {
+                d.refresh(&view, &extents, cycle)?
+            } else {
+                Some(d.compute_all(&view, cycle)?)
+            };
+            Ok((digest, d.read - before))
+        });
+        let name = &self.vm.disks[self.index].name;
+        match r {
+            Ok((digest, read)) => {
+                self.vm.counters[self.index]
+                    .digest_read
+                    .fetch_add(read, Ordering::Relaxed);
+                digest
+            }
+            Err(e) => {
+                warn!(vm = %self.vm.name, disk = %name, cycle, error = %e,
+                      "no digest for this cycle (failover cannot verify it)");
+                None
+            }
+        }
     }
 
     fn committed(&self, cycle: u64) -> Result<(), SourceError> {
@@ -63,6 +94,7 @@ impl CycleSource for ViewCycle {
         info!(vm = %self.vm.name, disk = %self.vm.disks[self.index].name, cycle,
               dirty_bytes_total = c.dirty.load(Ordering::Relaxed),
               view_read_bytes_total = read,
+              digest_read_bytes_total = c.digest_read.load(Ordering::Relaxed),
               "qemu cycle: bytes read from views against dirty bytes (bitmap granularity)");
         Ok(())
     }

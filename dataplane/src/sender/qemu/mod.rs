@@ -17,6 +17,7 @@
 pub mod checks;
 pub mod ctl;
 pub mod cycle;
+pub mod digest;
 pub mod discover;
 pub mod point;
 pub mod protect;
@@ -207,4 +208,16 @@ pub fn register(
         qemu: Some(q),
     });
     Ok(names)
+}
+
+/// Stops the protection of a VM given up alone (`sender::vm_retry`): what vdrep added in
+/// qemu goes if qemu answers again (its bitmaps stay, as at a clean stop).
+pub async fn stop_given_up(vm: Arc<QemuVm>) {
+    let q = vm.clone();
+    match tokio::task::spawn_blocking(move || q.stop()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::info!(vm = %vm.name, error = %e,
+            "qemu unreachable: what vdrep added there is removed at the next start"),
+        Err(e) => tracing::warn!(vm = %vm.name, error = %e, "qemu stop task failed"),
+    }
 }

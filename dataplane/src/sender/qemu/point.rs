@@ -1,18 +1,23 @@
 //! The recovery points of a qemu VM. A qemu switch is one QMP transaction for all the VM's
-//! disks, so the views of one switch are one instant of the VM. Once every disk's replica
-//! holds its view — its initial copy, its resync or its cycle of the previous bitmap,
-//! committed — that switch becomes the VM's recovery point: the sender asks the receiver to
-//! record it ([`crate::sender::points::send`], `CommitPoint`), with the switch instant and
-//! each disk's committed cycle. A round in which some disk does not reach its view (a resync
-//! waiting for non-work hours, a failure) is no VM point: the VM's previous point stays the
-//! latest, never a partial one.
+//! disks, so the views of one switch are one instant of the VM — initial copies included
+//! (the point says `one_instant`, so the receiver lists it consistent even at cycle 0).
+//! Once every disk's replica holds its view — its initial copy, its resync or its cycle of
+//! the previous bitmap, committed — that switch becomes the VM's recovery point: the sender
+//! asks the receiver to record it ([`crate::sender::points::send`], `CommitPoint`), with the
+//! switch instant and each disk's committed cycle. A round in which some disk does not
+//! reach its view (a resync waiting for non-work hours, a failure) is no VM point: the VM's
+//! previous point stays the latest, never a partial one.
 //!
-//! Unlike the [MS-HRL] logs' point plans, nothing is written to disk first: the views end
-//! with the round, so a sender killed between the disks' commits and the point loses only
-//! that point (its disks' cycles stay committed, each a point of its own disk); the next
-//! round's views make the VM's next point.
+//! As for the [MS-HRL] logs' point plans, the round's plan is written first
+//! (`STATE/qemu/VM/point.json`, durably: [`record`]), once the disks are open and before
+//! any of them ships, naming the cycle each disk commits from this switch's view. It is
+//! removed once the receiver answered the point, or when the round ends without one. A
+//! sender killed between the disks' commits and the point finds the plan at its next
+//! connection, before any new round ships ([`resend`]): if every disk committed its
+//! planned cycle, the point is sent again (the receiver answers a resent point again);
+//! otherwise that switch is no point, and the plan is dropped.
 
-use tracing::info;
+use tracing::{info, warn};
 use vdrep_proto::wire::PointPart;
 
 use super::ctl::QemuVm;
@@ -57,12 +62,32 @@ pub fn plan(
         group: None,
         group_cycle: None,
         disks,
+        one_instant: true,
     };
     Some((plan, parts))
 }
 
+/// Writes the round's plan before anything ships: `planned` is, per disk, the cycle it
+/// commits from this switch's view (`None`: it does not reach the view this round, so
+/// there is no VM point and any older plan goes). A plan that cannot be written is said
+/// and the round goes on: only a crash before its point would lose that point.
+pub fn record(vm: &QemuVm, switch_unix_ms: u64, planned: &[Option<u64>]) {
+    let names: Vec<&str> = vm.disks.iter().map(|d| d.name.as_str()).collect();
+    // Handles are not part of the plan (they are the connection's).
+    let reached: Vec<Option<(u32, u64)>> = planned.iter().map(|c| c.map(|c| (0, c))).collect();
+    let r = match plan(&vm.name, &names, switch_unix_ms, &reached) {
+        Some((p, _)) => vm.state.save_plan(&p),
+        None => vm.state.clear_plan(),
+    };
+    if let Err(e) = r {
+        warn!(vm = %vm.name, error = %e,
+              "cannot record the round's VM point plan: a crash before its point would lose that point");
+    }
+}
+
 /// Commits the round's VM point, if it has one ([`plan`]): `advanced` says which disks
-/// reached their view, `opened` their replicas now.
+/// reached their view, `opened` their replicas now. The plan on disk goes once the
+/// receiver answered (or when there is no point); an error keeps it for the next start.
 pub async fn commit(
     ctrl: &mut ControlStream,
     vm: &QemuVm,
@@ -84,11 +109,69 @@ pub async fn commit(
         .collect();
     let Some((plan, parts)) = plan(&vm.name, &names, switch_unix_ms, &reached) else {
         info!(vm = %vm.name, "not every disk of the VM reached this switch's view: no VM recovery point for it");
+        forget(vm);
         return Ok(None);
     };
-    crate::sender::points::send(ctrl, &plan, parts, retention_secs, sh)
-        .await
-        .map(Some)
+    super::test_hook::before_point().await;
+    let out = crate::sender::points::send(ctrl, &plan, parts, retention_secs, sh).await?;
+    forget(vm);
+    Ok(Some(out))
+}
+
+/// Sends the point of a round a killed sender planned but never committed (see the top of
+/// this file), once the disks are open on a new connection and before a new round ships.
+pub async fn resend(
+    ctrl: &mut ControlStream,
+    vm: &QemuVm,
+    opened: &[Option<Opened>],
+    retention_secs: u32,
+    sh: &Shared,
+) -> Result<(), SendError> {
+    let plan = match vm.state.load_plan() {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            warn!(vm = %vm.name, error = %e, "ignoring an unreadable VM point plan");
+            forget(vm);
+            return Ok(());
+        }
+    };
+    let mut parts = Vec::new();
+    for pd in &plan.disks {
+        let o = vm
+            .disks
+            .iter()
+            .position(|d| d.name == pd.name)
+            .and_then(|i| opened.get(i))
+            .and_then(Option::as_ref);
+        match o {
+            Some(o) if o.initial_committed && o.committed_cycle >= pd.cycle => {
+                parts.push(PointPart {
+                    handle: o.handle,
+                    cycle: pd.cycle,
+                    bytes: 0,
+                    digest: [0; 32],
+                })
+            }
+            _ => {
+                info!(vm = %vm.name, vm_cycle = plan.vm_cycle, disk = %pd.name,
+                      "a planned VM point whose disks did not all commit before the sender stopped: that switch is no point");
+                forget(vm);
+                return Ok(());
+            }
+        }
+    }
+    info!(vm = %vm.name, vm_cycle = plan.vm_cycle,
+          "sending the VM recovery point of a round committed before the sender stopped");
+    crate::sender::points::send(ctrl, &plan, parts, retention_secs, sh).await?;
+    forget(vm);
+    Ok(())
+}
+
+fn forget(vm: &QemuVm) {
+    if let Err(e) = vm.state.clear_plan() {
+        warn!(vm = %vm.name, error = %e, "cannot remove the VM point plan");
+    }
 }
 
 #[cfg(test)]
@@ -101,6 +184,7 @@ mod tests {
             .expect("every disk reached its view");
         assert_eq!(p.vm_cycle, 7, "the highest disk cycle");
         assert_eq!(p.switch_unix_ms, 1234);
+        assert!(p.one_instant, "a qemu switch is one instant");
         assert_eq!((p.cycle_of("os"), p.cycle_of("data")), (Some(7), Some(5)));
         assert_eq!(
             parts

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use super::ctl::{QemuVm, Switched};
 use super::cycle::ViewCycle;
-use super::view::NbdView;
+use super::view::{NbdView, Uncounted};
 use crate::sender::disk::{copy_initial, open_disk, DiskJob, Opened, Shared};
 use crate::sender::protect::{Policy, Schedule, OPERATOR_RESYNC};
 use crate::sender::source::ship_pending;
@@ -41,7 +41,11 @@ async fn blocking<T: Send + 'static>(
         .map_err(task)?
 }
 
-/// Protects `vm` on `conn` until `policy.max_cycles` rounds or an error.
+/// Protects `vm` on `conn` until `policy.max_cycles` rounds or an error. A round that
+/// fails because qemu is unreachable (a transient source error) is retried for this VM
+/// alone, on its control stream and with its disks still open ([`crate::sender::vm_retry`]:
+/// Warning, then Critical and an error once `--give-up-after` passed without a round of
+/// its own).
 pub async fn protect(
     conn: &quinn::Connection,
     vm: &Arc<QemuVm>,
@@ -77,59 +81,102 @@ pub async fn protect(
         } else if let Ok(mut n) = sched.next.lock() {
             *n = crate::clock::tokio_now() + sched.interval();
         }
-        // The switch instant (taken before the transaction, as for a log switch): the VM
-        // point's time.
-        let switch_unix_ms = sh.clock.now_utc().as_millisecond().max(0) as u64;
-        let views = match blocking(vm, |v| v.switch()).await? {
-            Switched::Views(v) => v,
-            Switched::NoRoom(message) => {
-                // No room for the views' scratch images: the cycle waits (a full target would
-                // fail the guest's writes).
-                warn!(vm = %vm.name, %message, "no room for the fleecing views: the cycle waits");
-                let class = crate::retry::Classified {
-                    class: "source",
-                    recoverable: true,
-                    advice: "free space in the sender's state folder (the views' scratch images need the disks' full size); the cycle waits",
-                };
-                sh.health.vm_failed(&vm.name, &class, &message);
-                first = false;
-                continue;
-            }
-        };
         first = false;
-        info!(vm = %vm.name, generation = views.first().map(|v| v.generation).unwrap_or(0),
-              disks = views.len(), "qemu switch of the VM's disks (one transaction)");
-        super::test_hook::after_switch().await;
-        let mut advanced = vec![false; views.len()];
-        let r = round(
-            conn,
-            &mut ctrl,
-            vm,
-            &views,
-            &mut opened,
-            &mut advanced,
-            policy,
-            sh,
-        )
-        .await;
-        let fin = {
-            let adv = advanced.clone();
-            blocking(vm, move |v| v.finish_switch(&adv)).await
-        };
-        r?;
-        let retention = policy.retention.as_secs().min(86_400) as u32;
-        super::point::commit(
-            &mut ctrl,
-            vm,
-            switch_unix_ms,
-            &advanced,
-            &opened,
-            retention,
-            sh,
-        )
-        .await?;
-        fin?;
-        sched.cycles.fetch_add(1, Ordering::Relaxed);
+        match switch_and_ship(conn, &mut ctrl, vm, &mut opened, sched, policy, sh).await {
+            Ok(()) => {}
+            Err(e) if crate::sender::vm_retry::source_alone(&e) => {
+                let rounds = sched.cycles.load(Ordering::Relaxed);
+                let verdict = match &sh.vms {
+                    Some(set) => {
+                        set.retries
+                            .failed(&vm.name, rounds, sh.opts.protect_give_up_after)
+                    }
+                    None => crate::sender::vm_retry::Verdict::GaveUp,
+                };
+                let crate::sender::vm_retry::Verdict::RetryIn(delay) = verdict else {
+                    return Err(e);
+                };
+                sh.health
+                    .vm_source_failed(&vm.name, &e.verdict(), &e.to_string(), Some(delay));
+                warn!(vm = %vm.name, error = %e, retry_in_ms = delay.as_millis() as u64,
+                      "the VM's change source failed; retrying this VM alone (the others go on)");
+                tokio::time::sleep(delay).await;
+                // The retry's round runs at once, then the schedule goes on.
+                first = true;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One round: the switch of every disk, what each disk needs from its view, the VM point.
+async fn switch_and_ship(
+    conn: &quinn::Connection,
+    ctrl: &mut ControlStream,
+    vm: &Arc<QemuVm>,
+    opened: &mut [Option<Opened>],
+    sched: &Schedule,
+    policy: &Policy,
+    sh: &Arc<Shared>,
+) -> Result<(), SendError> {
+    // The switch instant (taken before the transaction, as for a log switch): the VM
+    // point's time.
+    let switch_unix_ms = sh.clock.now_utc().as_millisecond().max(0) as u64;
+    let views = match blocking(vm, |v| v.switch()).await? {
+        Switched::Views(v) => v,
+        Switched::NoRoom(message) => {
+            // No room for the views' scratch images: the cycle waits (a full target would
+            // fail the guest's writes).
+            warn!(vm = %vm.name, %message, "no room for the fleecing views: the cycle waits");
+            let class = crate::retry::Classified {
+                class: "source",
+                recoverable: true,
+                advice: "free space in the sender's state folder (the views' scratch images need the disks' full size); the cycle waits",
+            };
+            sh.health.vm_failed(&vm.name, &class, &message);
+            return Ok(());
+        }
+    };
+    info!(vm = %vm.name, generation = views.first().map(|v| v.generation).unwrap_or(0),
+          disks = views.len(), "qemu switch of the VM's disks (one transaction)");
+    super::test_hook::after_switch().await;
+    let mut advanced = vec![false; views.len()];
+    let r = round(
+        conn,
+        ctrl,
+        vm,
+        &views,
+        opened,
+        &mut advanced,
+        switch_unix_ms,
+        policy,
+        sh,
+    )
+    .await
+    .map_err(|e| view_lost(vm, e));
+    let fin = {
+        let adv = advanced.clone();
+        blocking(vm, move |v| v.finish_switch(&adv)).await
+    };
+    r?;
+    let retention = policy.retention.as_secs().min(86_400) as u32;
+    super::point::commit(ctrl, vm, switch_unix_ms, &advanced, opened, retention, sh).await?;
+    fin?;
+    sched.cycles.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// A round's disk reads are reads of its views: one that failed transiently (qemu went
+/// away, its NBD connection lost) is the VM's change source failing, retried for the VM
+/// alone.
+fn view_lost(vm: &QemuVm, e: SendError) -> SendError {
+    match e {
+        SendError::Disk(d) if crate::error::Classify::is_transient(&d) => SendError::Source {
+            vm: vm.name.clone(),
+            message: d.to_string(),
+            transient: true,
+        },
+        e => e,
     }
 }
 
@@ -141,6 +188,7 @@ async fn round(
     views: &[vdrep_qemu::fleece::View],
     opened: &mut [Option<Opened>],
     advanced: &mut [bool],
+    switch_unix_ms: u64,
     policy: &Policy,
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
@@ -154,7 +202,10 @@ async fn round(
             .map_err(|e| SendError::Source {
                 vm: vm.name.clone(),
                 message: format!("NBD: {e}"),
-                transient: e.is_transient(),
+                // The switch has just added this export: missing, qemu is stopping or was
+                // restarted (seen with a qemu-storage-daemon stopped mid-round); the retry
+                // sets up again and finds what qemu lost.
+                transient: e.is_transient() || e.is_export_missing(),
             })?;
         readers.push(Arc::new(r));
     }
@@ -184,15 +235,44 @@ async fn round(
         sh.jobs
             .connected(ctrl, &vm.name, &to_check, &sh.opts.identity)
             .await?;
+        // A point a killed sender planned, before this round ships anything.
+        let retention = policy.retention.as_secs().min(86_400) as u32;
+        super::point::resend(ctrl, vm, opened, retention, sh).await?;
     }
+    // What each disk does from its view, and so the cycle it commits: the round's VM point
+    // plan, durable before anything ships.
+    let resync_now = sh.bandwidth.resync_allowed_now();
+    let steps: Vec<Option<Step>> = views
+        .iter()
+        .zip(opened.iter())
+        .zip(&vm.disks)
+        .map(|((view, o), d)| {
+            let mark = vm.state.resync_reason(&d.name);
+            o.as_ref()
+                .map(|o| Step::of(o, view, mark.as_deref(), resync_now))
+        })
+        .collect();
+    let planned: Vec<Option<u64>> = steps
+        .iter()
+        .zip(opened.iter())
+        .map(|(s, o)| s.as_ref()?.cycle(o.as_ref()?.committed_cycle))
+        .collect();
+    super::point::record(vm, switch_unix_ms, &planned);
     for (i, ((job, view), reader)) in jobs.iter().zip(views).zip(&readers).enumerate() {
-        let Some(o) = opened[i].as_mut() else {
+        let (Some(o), Some(step)) = (opened[i].as_mut(), steps[i]) else {
             continue;
         };
         let name = &vm.disks[i].name;
         let mark = vm.state.resync_reason(name);
         sh.health.resync_required(&vm.name, name, mark.clone());
-        if !o.initial_committed || o.known_empty {
+        if matches!(step, Step::Copy | Step::CopyThenCycle | Step::Resync) {
+            // The digest table stops reflecting the disk from here (durably, before
+            // anything ships); it is computed again from this view once committed.
+            if let Err(e) = blocking(vm, move |v| Ok(v.with_digest(i, |d| d.invalidate()))).await? {
+                warn!(vm = %vm.name, disk = %name, error = %e, "cannot mark the digest table stale");
+            }
+        }
+        if matches!(step, Step::Copy | Step::CopyThenCycle) {
             info!(vm = %vm.name, disk = %name, "initial replication from the view of protection start");
             let t0 = crate::clock::tokio_now();
             sh.board.copy_started(&vm.name, name, false);
@@ -210,7 +290,8 @@ async fn round(
             );
             sh.jobs.copy_done(ctrl, &vm.name, name, &detail).await;
             sh.board.committed(&vm.name, name, 0);
-            if view.previous_bitmap.is_none() {
+            if step == Step::Copy {
+                rehash(vm, i, reader, 0).await;
                 let b = view.bitmap.clone();
                 blocking(vm, move |v| v.advance(i, &b)).await?;
                 vm.state.clear_resync(name).ok();
@@ -219,15 +300,11 @@ async fn round(
             }
             // A copy resumed from this later view: blocks copied from an earlier view and
             // written since are in the previous bitmap; its cycle follows.
-        } else if mark.is_some() || view.previous_bitmap.is_none() {
-            // A resync vdrep starts by itself (a bitmap lost) waits for the next non-work
-            // period, as for change logs; a new protection and an operator's do not.
-            let automatic = mark.as_deref().is_some_and(|m| m != OPERATOR_RESYNC);
-            if automatic && !sh.bandwidth.resync_allowed_now() {
-                info!(vm = %vm.name, disk = %name, reason = mark.as_deref().unwrap_or(""),
-                      "resync required: it waits for the next non-work period (send --resync starts it now)");
-                continue;
-            }
+        } else if step == Step::Wait {
+            info!(vm = %vm.name, disk = %name, reason = mark.as_deref().unwrap_or(""),
+                  "resync required: it waits for the next non-work period (send --resync starts it now)");
+            continue;
+        } else if step == Step::Resync {
             info!(vm = %vm.name, disk = %name, reason = mark.as_deref().unwrap_or("no bitmap of this protection yet"),
                   "resync from the view");
             sh.board.copy_started(&vm.name, name, true);
@@ -237,6 +314,7 @@ async fn round(
                     .await;
             sh.health.resync_running(&vm.name, name, false);
             let out = out?;
+            rehash(vm, i, reader, out.cycle).await;
             let b = view.bitmap.clone();
             blocking(vm, move |v| v.advance(i, &b)).await?;
             if let Err(e) = vm.state.clear_resync(name) {
@@ -260,6 +338,7 @@ async fn round(
             view: reader.clone(),
             new_bitmap: view.bitmap.clone(),
             read_before: before,
+            extents: Default::default(),
         });
         let dirty_before = vm.counters[i].dirty.load(Ordering::Relaxed);
         let shipped = ship_pending(conn, ctrl, job, src, o, None, policy, sh).await?;
@@ -270,4 +349,86 @@ async fn round(
         advanced[i] = shipped.last().map(|c| c.0) == Some(cycle);
     }
     Ok(())
+}
+
+/// Computes disk `index`'s digest table from `reader`, the view of its committed cycle
+/// `through` (after a copy or a resync): the next cycle's digest refreshes it. A failure
+/// leaves it stale, and the next cycle computes it (without it, that cycle has no digest
+/// only if that fails too).
+async fn rehash(vm: &Arc<QemuVm>, index: usize, reader: &Arc<NbdView>, through: u64) {
+    let r = reader.clone();
+    let res = blocking(vm, move |v| {
+        Ok(v.with_digest(index, |d| {
+            let before = d.read;
+            d.compute_all(&Uncounted(&r), through)?;
+            Ok(d.read - before)
+        }))
+    })
+    .await;
+    match res {
+        Ok(Ok(read)) => {
+            vm.counters[index]
+                .digest_read
+                .fetch_add(read, Ordering::Relaxed);
+            info!(vm = %vm.name, disk = %vm.disks[index].name, cycle = through, read_bytes = read,
+                  "digest table computed from the view");
+        }
+        Ok(Err(e)) => warn!(vm = %vm.name, disk = %vm.disks[index].name, error = %e,
+                            "cannot compute the digest table; the next cycle tries again"),
+        Err(e) => warn!(vm = %vm.name, error = %e, "digest task failed"),
+    }
+}
+
+/// What a disk does from its view in a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The initial copy (no committed replica), as recovery point 0.
+    Copy,
+    /// A copy resumed from this later view: blocks copied from an earlier view and written
+    /// since are in the previous bitmap, whose cycle (1) follows.
+    CopyThenCycle,
+    /// The block-checksum resync, as the next cycle: marked "resync required", or no
+    /// bitmap of this protection yet while the receiver holds a replica.
+    Resync,
+    /// A resync vdrep starts by itself (a bitmap lost) waits for the next non-work period,
+    /// as for change logs (a new protection and an operator's do not): no cycle this round.
+    Wait,
+    /// The previous bitmap's dirty extents, as the next cycle.
+    Cycle,
+}
+
+impl Step {
+    fn of(
+        o: &Opened,
+        view: &vdrep_qemu::fleece::View,
+        mark: Option<&str>,
+        resync_now: bool,
+    ) -> Step {
+        if !o.initial_committed || o.known_empty {
+            if view.previous_bitmap.is_none() {
+                Step::Copy
+            } else {
+                Step::CopyThenCycle
+            }
+        } else if mark.is_some() || view.previous_bitmap.is_none() {
+            let automatic = mark.is_some_and(|m| m != OPERATOR_RESYNC);
+            if automatic && !resync_now {
+                Step::Wait
+            } else {
+                Step::Resync
+            }
+        } else {
+            Step::Cycle
+        }
+    }
+
+    /// The cycle the disk commits from the view (`committed`: its newest now).
+    fn cycle(self, committed: u64) -> Option<u64> {
+        match self {
+            Step::Copy => Some(0),
+            Step::CopyThenCycle => Some(1),
+            Step::Resync | Step::Cycle => Some(committed + 1),
+            Step::Wait => None,
+        }
+    }
 }

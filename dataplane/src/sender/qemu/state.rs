@@ -5,7 +5,9 @@
 //!   full from the next view);
 //! - `NAME.resync`: present, with the reason, while the disk needs a resync (a bitmap lost
 //!   or inconsistent): delta replication stops for it until a block-checksum resync from a
-//!   view commits.
+//!   view commits;
+//! - `point.json`: the round's VM point plan while its point is not committed
+//!   (`super::point`).
 //!
 //! The file is replaced durably (write, fsync, rename); a disk's bitmap moves to the new
 //! generation only once the cycle that shipped the old one is committed, so a crash at any
@@ -17,6 +19,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::sender::points::PointPlan;
+
+/// The round's VM point plan.
+const PLAN: &str = "point.json";
 
 /// A disk's part of the state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,16 +93,45 @@ impl StateDir {
 
     /// Replaces the state durably.
     pub fn save(&self, s: &VmState) -> std::io::Result<()> {
+        self.replace("state.json", s)
+    }
+
+    /// Writes `FILE` in the folder durably (write, fsync, rename, fsync of the folder).
+    fn replace(&self, file: &str, value: &impl Serialize) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let tmp = self.dir.join(".state.json.tmp");
+        let tmp = self.dir.join(format!(".{file}.tmp"));
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(s).map_err(std::io::Error::other)?)?;
+        f.write_all(&serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, self.file())?;
+        std::fs::rename(&tmp, self.dir.join(file))?;
         if let Ok(d) = std::fs::File::open(&self.dir) {
             let _ = d.sync_all();
         }
         Ok(())
+    }
+
+    /// Records the round's VM point plan durably (`point.json`).
+    pub fn save_plan(&self, plan: &PointPlan) -> std::io::Result<()> {
+        self.replace(PLAN, plan)
+    }
+
+    /// The VM point plan of a round whose point is not committed, if any.
+    pub fn load_plan(&self) -> std::io::Result<Option<PointPlan>> {
+        match std::fs::read(self.dir.join(PLAN)) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| std::io::Error::other(format!("{PLAN}: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes the VM point plan (none is fine).
+    pub fn clear_plan(&self) -> std::io::Result<()> {
+        match std::fs::remove_file(self.dir.join(PLAN)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Why disk `name` needs a resync, if it does.
@@ -153,5 +189,24 @@ mod tests {
         s.clear_resync("os").unwrap();
         s.clear_resync("os").unwrap();
         assert_eq!(s.resync_reason("os"), None);
+
+        assert_eq!(s.load_plan().unwrap(), None);
+        let plan = PointPlan {
+            vm: "vm1".into(),
+            vm_cycle: 8,
+            switch_unix_ms: 99,
+            group: None,
+            group_cycle: None,
+            disks: vec![crate::sender::points::PlanDisk {
+                name: "os".into(),
+                cycle: 8,
+            }],
+            one_instant: true,
+        };
+        s.save_plan(&plan).unwrap();
+        assert_eq!(s.load_plan().unwrap(), Some(plan));
+        s.clear_plan().unwrap();
+        s.clear_plan().unwrap();
+        assert_eq!(s.load_plan().unwrap(), None);
     }
 }

@@ -28,8 +28,15 @@ pub struct NbdView {
     dirty_context: Option<String>,
 }
 
+/// A view read that failed because qemu went away (its NBD connection lost, the export
+/// gone) is transient (`NotConnected`: a retry reads a new view); anything else is not.
 fn nbd_err(path: &std::path::Path, offset: u64, e: NbdError) -> DiskError {
-    DiskError::io(path, offset, std::io::Error::other(e.to_string()))
+    let kind = if e.is_transient() || e.is_export_missing() {
+        std::io::ErrorKind::NotConnected
+    } else {
+        std::io::ErrorKind::Other
+    };
+    DiskError::io(path, offset, std::io::Error::new(kind, e.to_string()))
 }
 
 impl NbdView {
@@ -142,6 +149,32 @@ impl VirtualDisk for NbdView {
     }
 
     fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.read_uncounted(offset, buf)?;
+        self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The same view read for a cycle's digest: its reads are not the cycle's
+/// ([`NbdView::read_bytes`] counts what shipping read, against the dirty bytes).
+pub struct Uncounted<'a>(pub &'a NbdView);
+
+impl VirtualDisk for Uncounted<'_> {
+    fn info(&self) -> &DiskInfo {
+        self.0.info()
+    }
+
+    fn extents_in(&self, start: u64, end: u64) -> Result<Vec<Extent>, DiskError> {
+        self.0.extents_in(start, end)
+    }
+
+    fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.0.read_uncounted(offset, buf)
+    }
+}
+
+impl NbdView {
+    fn read_uncounted(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         let len = buf.len() as u64;
         if offset
             .checked_add(len)
@@ -156,9 +189,7 @@ impl VirtualDisk for NbdView {
         }
         self.client()
             .read(offset, buf)
-            .map_err(|e| nbd_err(&self.info.path, offset, e))?;
-        self.read.fetch_add(len, Ordering::Relaxed);
-        Ok(())
+            .map_err(|e| nbd_err(&self.info.path, offset, e))
     }
 }
 

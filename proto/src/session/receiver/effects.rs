@@ -123,6 +123,9 @@ pub enum Effect {
         retention_secs: u64,
         /// The disks' parts, by disk name, sorted by name.
         disks: Vec<PointDisk>,
+        /// The sender vouches that every part is one instant of the VM, initial copies
+        /// included ([`crate::wire::Control::CommitPoint`]).
+        one_instant: bool,
     },
 }
 

@@ -234,6 +234,7 @@ impl ReceiverSession {
                 group_cycle,
                 retention_secs,
                 disks,
+                one_instant,
             } => {
                 if version < VM_POINTS_VERSION {
                     return self.close(
@@ -270,6 +271,7 @@ impl ReceiverSession {
                         group_cycle,
                         retention_secs: retention_secs.min(MAX_RETENTION_SECS) as u64,
                         disks: parts,
+                        one_instant,
                     },
                 )
             }

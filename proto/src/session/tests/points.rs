@@ -43,6 +43,7 @@ fn commit_point(
         group_cycle: None,
         retention_secs: 3600,
         disks: parts,
+        one_instant: false,
     })
 }
 
@@ -179,6 +180,7 @@ fn a_version_4_stream_never_carries_a_vm_point() {
         group_cycle: None,
         retention_secs: 0,
         disks: vec![part(&a, 0)],
+        one_instant: false,
     };
     let (k, b) = p.wire(&point.encode(), MAX_CONTROL_BODY);
     match p.rx.handle_control(s, k, &b) {

@@ -273,6 +273,12 @@ pub enum Control {
         retention_secs: u32,
         /// Every disk of the switch, at most [`MAX_POINT_DISKS`].
         disks: Vec<PointPart>,
+        /// Every part holds the VM at the switch's one instant, initial copies included
+        /// (a qemu switch: all the VM's views come from one transaction), so the point is
+        /// consistent even with parts at cycle 0. A trailing flag sent only when set:
+        /// without it (senders that predate it; [MS-HRL] switches, whose initial copies run
+        /// disk after disk) a point is consistent only when every part is past cycle 0.
+        one_instant: bool,
     },
     /// Receiver → sender (version 5): the VM point is durable.
     PointCommitted {
@@ -567,6 +573,7 @@ impl Control {
                 group_cycle,
                 retention_secs,
                 disks,
+                one_instant,
             } => {
                 w.u32(*req).u64(*vm_cycle).u64(*switch_unix_ms);
                 match group {
@@ -580,6 +587,9 @@ impl Control {
                 w.u32(*retention_secs).u32(disks.len() as u32);
                 for d in disks {
                     w.u32(d.handle).u64(d.cycle).u64(d.bytes).raw(&d.digest);
+                }
+                if *one_instant {
+                    w.u8(1);
                 }
                 K_COMMIT_POINT
             }
@@ -777,6 +787,7 @@ impl Control {
                     group_cycle,
                     retention_secs,
                     disks,
+                    one_instant: optional_flag(&mut r)?,
                 }
             }
             K_POINT_COMMITTED => Control::PointCommitted {

@@ -259,6 +259,7 @@ fn every_control() -> Vec<Control> {
                     digest: [0; 32],
                 },
             ],
+            one_instant: false,
         },
         Control::CommitPoint {
             req: 5,
@@ -273,6 +274,8 @@ fn every_control() -> Vec<Control> {
                 bytes: 1,
                 digest: [1; 32],
             }],
+            // A qemu switch's point: the trailing flag, sent only when set.
+            one_instant: true,
         },
         Control::PointCommitted {
             req: 5,

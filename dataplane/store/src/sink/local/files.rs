@@ -211,6 +211,22 @@ impl crate::resync::index::IndexFile for IndexFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.with(|(f, _)| f.read_at(offset, buf))
     }
+    /// Creates the file anew at `len` (sparse): a stale file left longer (a disk that was
+    /// larger before, a crash while it grew) would otherwise keep its length, and an index
+    /// whose file is not exactly its length is stale at every later open, so every resync
+    /// would read the whole replica.
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        let mut g = self
+            .file
+            .lock()
+            .map_err(|_| std::io::Error::other("index file lock poisoned"))?;
+        let created = match g.as_ref() {
+            Some((_, created)) => *created,
+            None => !self.fs.exists(&self.path)?,
+        };
+        *g = Some((self.fs.open_data(&self.path, Some(len))?, created));
+        Ok(())
+    }
     fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         self.with(|(f, _)| f.write_at(offset, data))
     }
