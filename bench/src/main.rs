@@ -3,6 +3,7 @@
 mod cache;
 mod gen;
 mod netns;
+mod qemu;
 mod read;
 mod replicate;
 mod report;
@@ -42,6 +43,10 @@ enum Cmd {
     Replicate(replicate::Args),
     /// Per-stage breakdown of vdrep's pipeline on the realistic image.
     Stages(stages::Args),
+    /// qemu source: guest write latency protected vs not (python3-libnbd, queue depth 1).
+    QemuLatency(qemu::latency::Args),
+    /// qemu source: a cycle of scattered dirty 64 KiB blocks vs an initial copy, on the veth link.
+    QemuCycle(qemu::cycle::Args),
 }
 
 /// Parses `8GiB`, `512MiB`, `1G` (binary), `1000000` (bytes).
@@ -86,5 +91,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::ReadPass(a) => read::pass(a),
         Cmd::Replicate(a) => replicate::run(a),
         Cmd::Stages(a) => stages::run(a),
+        Cmd::QemuLatency(a) => qemu::latency::run(a),
+        Cmd::QemuCycle(a) => qemu::cycle::run(a),
     }
 }

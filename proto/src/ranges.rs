@@ -195,6 +195,20 @@ impl RangeSet {
         self.intersect(&RangeSet::from_range(start, end))
     }
 
+    /// Up to `max` ranges of the set that start at or after `at`, in order, and whether
+    /// more such ranges follow: one page of a set too large for one message (progress
+    /// pages, WIRE.md §4.3). Ranges that start before `at` are not clipped but left out, so
+    /// pages asked for from the end of the previous page never repeat or split a range.
+    pub fn page(&self, at: u64, max: usize) -> (RangeSet, bool) {
+        let from = self.ranges.partition_point(|&(s, _)| s < at);
+        let to = from.saturating_add(max).min(self.ranges.len());
+        // A run of consecutive ranges of a canonical set is canonical.
+        let page = RangeSet {
+            ranges: self.ranges[from..to].to_vec(),
+        };
+        (page, to < self.ranges.len())
+    }
+
     /// Bytes [`RangeSet::encode`] produces.
     pub fn encoded_len(&self) -> usize {
         4 + 16 * self.ranges.len()

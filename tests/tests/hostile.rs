@@ -230,7 +230,7 @@ async fn control_attacks(p: &mut Peer, h: u32, g: u64) {
                 committed_cycle: 9,
                 generation: g,
                 known_empty: false,
-                progress: vec![],
+                progress: vdrep_proto::RangeSet::new(),
                 more_progress: false,
             },
         ),

@@ -361,3 +361,50 @@ fn a_switch_waits_when_the_scratch_filesystem_cannot_hold_the_disk() {
     assert_only_bitmaps_left(&mut qmp);
     assert!(scratch_files(scratch.path()).is_empty());
 }
+
+#[test]
+fn the_bitmap_probe_passes_where_protection_can_add_its_bitmap_and_leaves_nothing_behind() {
+    use vdrep_qemu::fleece::{probe_bitmap, PROBE_BITMAP};
+    watchdog(LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    // A qcow2 v2 image (compat=0.10) cannot store a persistent bitmap.
+    let v2 = dir.path().join("old.qcow2");
+    support::run(&[
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        v2.to_str().unwrap(),
+        "4M",
+    ]);
+    let disks = vec![
+        disk(dir.path(), "raw0", "raw", 1),
+        disk(dir.path(), "qcow0", "qcow2", 2),
+        support::Disk {
+            path: v2,
+            format: "qcow2".into(),
+            node: "old0".into(),
+        },
+    ];
+    let q = Qsd::start(dir.path(), disks, false);
+    let mut qmp = q.qmp();
+    probe_bitmap(&mut qmp, "raw0", false).unwrap();
+    probe_bitmap(&mut qmp, "qcow0", true).unwrap();
+    probe_bitmap(&mut qmp, "old0", false).unwrap();
+    let e = probe_bitmap(&mut qmp, "old0", true).unwrap_err();
+    assert!(e.to_string().contains("v2"), "{e}");
+    assert!(matches!(
+        probe_bitmap(&mut qmp, "nosuch", false),
+        Err(FleeceError::NodeNotFound { .. })
+    ));
+    for node in ["raw0", "qcow0", "old0"] {
+        assert_eq!(
+            bitmap_state(&mut qmp, node, PROBE_BITMAP).unwrap(),
+            BitmapState::Missing,
+            "{node}"
+        );
+    }
+}

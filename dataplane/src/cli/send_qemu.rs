@@ -23,7 +23,11 @@ pub(super) fn split_vms(
                     bail!("[[vm]] {}: give either disks or qmp, not both", v.name);
                 }
                 if let Some(g) = &v.group {
-                    bail!("[[vm]] {}: a qemu VM (qmp) cannot join a consistency group yet (group {g}): protect it alone", v.name);
+                    bail!(
+                        "[[vm]] {}: {}",
+                        v.name,
+                        crate::sender::qemu::group_refusal(&v.name, g)
+                    );
                 }
                 let drives = v
                     .drives
@@ -59,7 +63,10 @@ pub(super) fn split_vms(
                 bail!("--vm {vm} --qmp: qemu's disks are named with --drive, not as DISK");
             }
             if let Some(g) = &a.group {
-                bail!("--vm {vm} --qmp: a qemu VM cannot join a consistency group yet (--group {g}): protect it alone");
+                bail!(
+                    "--vm {vm} --qmp --group {g}: {}",
+                    crate::sender::qemu::group_refusal(vm, g)
+                );
             }
             vms.retain(|v| &v.name != vm);
             qemu.retain(|q| &q.vm != vm);
@@ -178,6 +185,8 @@ mod qemu_tests {
         .unwrap()
         .to_string();
         assert!(e.contains("consistency group") && e.contains("g1"), "{e}");
+        // The refusal says why: a qemu VM's cut is its own transaction, not the group's instant.
+        assert!(e.contains("own QMP transaction"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("s.toml");
         std::fs::write(

@@ -55,11 +55,7 @@ impl Receiver {
                 Err(r) => Err(r),
             }),
             Effect::BeginCycle { handle, cycle } => Done::CycleOpened(match disk(handle) {
-                Ok(s) => s
-                    .begin_cycle(cycle)
-                    .await
-                    .map(|p| p.iter().map(|r| (r.start, r.end)).collect())
-                    .map_err(|e| refusal(&e)),
+                Ok(s) => s.begin_cycle(cycle).await.map_err(|e| refusal(&e)),
                 Err(r) => Err(r),
             }),
             Effect::CommitCycle {
@@ -286,11 +282,7 @@ impl Receiver {
             initial_committed: st.initial_committed,
             committed_cycle: st.committed_cycle,
             initial_in_progress: st.initial_in_progress,
-            progress: session
-                .progress_snapshot()
-                .iter()
-                .map(|r| (r.start, r.end))
-                .collect(),
+            progress: session.progress_snapshot(),
         };
         Ok((session, opened))
     }

@@ -239,11 +239,6 @@ pub async fn open_disk(
     }
 }
 
-/// The durable ranges a receiver reported (the wire's sorted disjoint pairs) as a set.
-pub(super) fn durable(progress: &[(u64, u64)]) -> RangeSet {
-    progress.iter().map(|&(s, e)| s..e).collect()
-}
-
 /// Opens cycle `cycle` of an opened disk at the receiver (a delta cycle, or a resync as the
 /// next cycle); returns the cycle's durable progress, for a resumed cycle.
 pub async fn begin_cycle(
@@ -298,7 +293,7 @@ pub async fn copy_initial(
         stats.durable_growth.fetch_add(1, Ordering::Relaxed);
     }
     debug!(vm = %job.vm, disk = %job.name, handle = o.handle, generation = o.generation, resumed, "initial copy");
-    send_all(conn, job, o, None, &durable(&o.resume.done), sh).await?;
+    send_all(conn, job, o, None, &o.resume.done, sh).await?;
     let req = ctrl.req();
     let msg = o.session.commit_initial(req).map_err(|e| ctrl.error(e))?;
     match disk_call(ctrl, &mut o.session, msg).await? {

@@ -151,6 +151,61 @@ impl SenderJobs {
         });
     }
 
+    /// Starts a qemu VM's enable-protection job: its local checks are qemu's
+    /// ([`super::qemu::checks`]: QMP reachable, disks found, bitmaps supported), then the
+    /// receiver's as for any VM.
+    pub fn start_qemu_vm(&self, vm: &str) {
+        use super::qemu::checks::STEPS;
+        let mut enable = Job::start(JobKind::EnableProtection, vm);
+        self.mine(&enable);
+        enable.plan(&[STEPS[0], STEPS[1], STEPS[2], STEP_RECEIVER, STEP_CAPACITY]);
+        enable.begin(STEPS[0]);
+        let mut g = self.vms.lock().unwrap_or_else(|p| p.into_inner());
+        g.insert(
+            vm.to_string(),
+            VmJobs {
+                enable,
+                initial: None,
+                finalize: None,
+                allocated: BTreeMap::new(),
+            },
+        );
+    }
+
+    /// A qemu VM's checks passed (`details` in [`super::qemu::checks::STEPS`] order); the
+    /// receiver check begins. The capacity estimate is each disk's full size: what qemu
+    /// allocates is not known without reading the view.
+    pub fn qemu_checked(&self, vm: &str, details: &[String; 3], disks: &[DiskJob]) {
+        use super::qemu::checks::STEPS;
+        let allocated = disks
+            .iter()
+            .map(|d| (d.name.clone(), d.disk.info().virtual_size))
+            .collect();
+        self.with(vm, |v| {
+            for (step, detail) in STEPS.iter().zip(details) {
+                v.enable.step_ok(step, detail);
+            }
+            v.enable.begin(STEP_RECEIVER);
+            v.allocated = allocated;
+        });
+    }
+
+    /// A qemu VM's check failed: the checks before it passed, it fails with the job (kept in
+    /// the state folder; there is no connection yet).
+    pub fn qemu_check_failed(&self, vm: &str, e: &super::qemu::checks::CheckFailed) {
+        use super::qemu::checks::STEPS;
+        let mut g = self.vms.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(v) = g.get_mut(vm) else { return };
+        for step in STEPS.iter().take_while(|s| **s != e.step) {
+            v.enable.step_ok(step, "passed");
+        }
+        v.enable.step_failed(e.step, &e.message);
+        v.enable.fail(&e.to_string(), e.transient);
+        if let Err(err) = self.pending.save(&v.enable) {
+            warn!(error = %err, job = %v.enable.id, "cannot keep the failed job in the state folder");
+        }
+    }
+
     /// A disk did not open: the step it belongs to fails with the job (kept in the state
     /// folder; there is no connection yet).
     pub fn disk_failed(&self, vm: &str, e: &crate::disk::DiskError) {

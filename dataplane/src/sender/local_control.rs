@@ -4,8 +4,8 @@
 //! by the sender's user) can talk to it.
 //!
 //! Requests (`op`): `status`; `set_bandwidth` with `bytes_per_second` (null = no limit);
-//! `resync` with `vm`; `protect` with `vm`, `disks`, `interval_seconds` and optionally
-//! `rpo_threshold_seconds`. Answers: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
+//! `resync` with `vm`; `protect` with `vm`, `disks` (or a qemu VM's `qmp` with optional
+//! `drives` and `nbd`), `interval_seconds` and optionally `rpo_threshold_seconds`. Answers: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -49,7 +49,8 @@ pub enum Request {
     Protect {
         /// The VM.
         vm: String,
-        /// Absolute paths of its disk images, in disk order.
+        /// Absolute paths of its disk images, in disk order (empty for a qemu VM).
+        #[serde(default)]
         disks: Vec<std::path::PathBuf>,
         /// Seconds between cycles.
         interval_seconds: u64,
@@ -66,6 +67,15 @@ pub enum Request {
         /// group has 16 VMs or another interval.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group: Option<String>,
+        /// A running qemu VM's QMP socket, instead of `disks` (`send --qmp`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        qmp: Option<std::path::PathBuf>,
+        /// With `qmp`: `NODE[=NAME]` of the nodes to protect (`send --drive`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        drives: Vec<String>,
+        /// With `qmp`: the VM's own NBD server socket (`send --nbd`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nbd: Option<std::path::PathBuf>,
     },
 }
 
@@ -158,7 +168,7 @@ pub fn serve(path: &Path, sh: Arc<Shared>) -> Result<tokio::task::JoinHandle<()>
                         serde_json::json!({"ok": false, "error": "request too long"})
                     } else {
                         match serde_json::from_str::<Request>(&line) {
-                            Ok(req) => answer(req, &sh),
+                            Ok(req) => answer(req, &sh).await,
                             Err(e) => {
                                 serde_json::json!({"ok": false, "error": format!("bad request: {e}")})
                             }
@@ -177,7 +187,7 @@ pub fn serve(path: &Path, sh: Arc<Shared>) -> Result<tokio::task::JoinHandle<()>
 
 use tokio::io::AsyncReadExt as _;
 
-fn answer(req: Request, sh: &Shared) -> serde_json::Value {
+async fn answer(req: Request, sh: &Arc<Shared>) -> serde_json::Value {
     match req {
         Request::Status => {
             let st = SenderStatus {
@@ -221,8 +231,11 @@ fn answer(req: Request, sh: &Shared) -> serde_json::Value {
             retention_hours,
             initial_replication_unix,
             group,
+            qmp,
+            drives,
+            nbd,
         } => {
-            let Some(set) = &sh.vms else {
+            let Some(set) = sh.vms.clone() else {
                 return serde_json::json!({"ok": false, "error":
                     "this sender makes one initial copy (no --interval): start it with --interval to protect VMs"});
             };
@@ -234,8 +247,15 @@ fn answer(req: Request, sh: &Shared) -> serde_json::Value {
                 retention_hours,
                 initial_replication_unix,
                 group,
+                qmp,
+                drives,
+                nbd,
             };
-            match super::vmset::add(sh, set, req) {
+            // Disks open and qemu's checks talk QMP: off the runtime's threads.
+            let sh = sh.clone();
+            let added =
+                tokio::task::spawn_blocking(move || super::vmset::add(&sh, &set, req)).await;
+            match added.unwrap_or_else(|e| Err(format!("protection task: {e}"))) {
                 Ok(super::vmset::Added::Started(d)) => {
                     serde_json::json!({"ok": true, "disks": d, "already": false})
                 }

@@ -155,7 +155,8 @@ async fn run_jobs(
     let all: Vec<VmSpec> = vms
         .iter()
         .cloned()
-        .chain(added.iter().map(|a| VmSpec {
+        // Added qemu VMs (`qmp`) are opened with the command line's (`qemu::add_vms`).
+        .chain(added.iter().filter(|a| a.qmp.is_none()).map(|a| VmSpec {
             name: a.vm.clone(),
             disks: a.disks.clone(),
             group: a.group.clone(),
@@ -202,7 +203,7 @@ async fn run_jobs(
         })
         .collect();
     let health = Arc::new(Health::new(clock.clone(), threshold, &names));
-    for a in &added {
+    for a in added.iter().filter(|a| a.qmp.is_none()) {
         let t = a
             .rpo_threshold_seconds
             .map(Duration::from_secs)
@@ -316,7 +317,7 @@ async fn run_jobs(
             qemu::add_vms(
                 &sh,
                 &set,
-                state,
+                &added,
                 &policy,
                 opts.rpo_threshold.unwrap_or(threshold),
             )

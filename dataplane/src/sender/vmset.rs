@@ -61,6 +61,36 @@ pub struct AddedVm {
     /// The consistency group the VM switches with (`None`: alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// A running qemu VM's QMP socket (then `disks` is empty: the disks are qemu's, see
+    /// [`super::qemu`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qmp: Option<PathBuf>,
+    /// With `qmp`: the nodes to protect, `NODE[=NAME]` as `send --drive` takes them (empty:
+    /// the guest's writable block devices).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drives: Vec<String>,
+    /// With `qmp`: the NBD server socket the VM already runs (`send --nbd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<PathBuf>,
+}
+
+/// The qemu VM an added VM with `qmp` names.
+pub fn qemu_spec(a: &AddedVm) -> Result<super::qemu::QemuSpec, String> {
+    let qmp = a
+        .qmp
+        .clone()
+        .ok_or_else(|| format!("VM {} names no QMP socket", a.vm))?;
+    let drives = a
+        .drives
+        .iter()
+        .map(|d| d.parse::<super::qemu::Drive>())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(super::qemu::QemuSpec {
+        vm: a.vm.clone(),
+        qmp,
+        drives,
+        nbd: a.nbd.clone(),
+    })
 }
 
 /// Every protected VM of the run.
@@ -182,6 +212,7 @@ pub fn load_for_start(state: &Path, flagged: &[super::VmSpec]) -> Result<Vec<Add
                 warn!(vm = %a.vm, "VM added over the control channel is also on the command line; the command line wins");
                 return false;
             }
+            // A qemu VM's checks run when it is opened (`qemu::add_vms`).
             match a
                 .disks
                 .iter()
@@ -238,9 +269,50 @@ pub fn protected_disks(
     ))
 }
 
+/// Checks a qemu request's shape: no disk images, absolute sockets, valid drives, no group.
+fn check_qemu_request(a: &AddedVm) -> Result<(), String> {
+    if !a.disks.is_empty() {
+        return Err(format!(
+            "VM {}: name either disk images (disks) or a running qemu VM's QMP socket (qmp), not both",
+            a.vm
+        ));
+    }
+    for (what, p) in [("qmp", &a.qmp), ("nbd", &a.nbd)] {
+        if let Some(p) = p.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(format!(
+                "{what} socket {:?} is not absolute: the sender resolves no relative paths",
+                p.display().to_string()
+            ));
+        }
+    }
+    if a.drives.len() > 64 {
+        return Err(format!("VM {}: at most 64 drives", a.vm));
+    }
+    qemu_spec(a)?;
+    if let Some(g) = &a.group {
+        return Err(super::qemu::group_refusal(&a.vm, g));
+    }
+    Ok(())
+}
+
 /// Checks a request's shape: names, absolute and distinct paths, the interval.
 fn check_request(a: &AddedVm) -> Result<(), String> {
     crate::sink::validate_name("VM name", &a.vm).map_err(|e| e.to_string())?;
+    if !(1..=86_400).contains(&a.interval_seconds) {
+        return Err("interval_seconds ranges from 1 to 86400".into());
+    }
+    if a.rpo_threshold_seconds == Some(0) {
+        return Err("rpo_threshold_seconds must be at least 1".into());
+    }
+    if a.qmp.is_some() {
+        return check_qemu_request(a);
+    }
+    if !a.drives.is_empty() || a.nbd.is_some() {
+        return Err(format!(
+            "VM {}: drives and nbd name a qemu VM's nodes and NBD socket: give its QMP socket (qmp) too",
+            a.vm
+        ));
+    }
     if a.disks.is_empty() {
         return Err(format!("VM {}: name at least one disk", a.vm));
     }
@@ -339,13 +411,25 @@ fn update_policy(
     Ok(())
 }
 
-/// Handles a protection request: checks it, opens the disks, starts tracking, records the
-/// VM and wakes the attempt loop. The error is the refusal, said to the operator.
+/// Handles a protection request: checks it, opens the disks (or runs a qemu VM's checks:
+/// QMP reachable, disks found, bitmaps supported), starts tracking, records the VM and
+/// wakes the attempt loop. The error is the refusal, said to the operator.
+/// Blocks (disk images open, qemu's checks talk QMP): call it from a blocking thread.
 pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
     check_request(&req)?;
     let _adding = set.adding.lock().map_err(|_| "add lock poisoned")?;
+    if req.qmp.is_some() {
+        return add_qemu(sh, set, req);
+    }
     let names = super::disk_names(&req.disks);
     for e in set.list() {
+        if let Some(q) = e.qemu.as_ref().filter(|_| e.name == req.vm) {
+            return Err(format!(
+                "VM {} is protected as a running qemu VM (QMP socket {}): disable its protection first",
+                req.vm,
+                q.spec.qmp.display()
+            ));
+        }
         if e.name == req.vm {
             if e.paths == req.disks {
                 update_policy(sh, set, &e, &req, &names)?;
@@ -422,6 +506,81 @@ pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
         policy,
         qemu: None,
     });
+    Ok(Added::Started(names))
+}
+
+/// [`add`] for a running qemu VM (`qmp`), under the add lock: the same socket and drives
+/// again are `already` (a policy change), anything else for a protected VM or socket is
+/// refused; otherwise the checks run and the VM is recorded and started.
+fn add_qemu(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
+    let spec = qemu_spec(&req)?;
+    for e in set.list() {
+        let Some(q) = &e.qemu else {
+            if e.name == req.vm {
+                return Err(format!(
+                    "VM {} is already protected with disk images ({}): disable its protection first",
+                    req.vm,
+                    e.paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            continue;
+        };
+        let same = q.spec.qmp == spec.qmp && q.spec.drives == spec.drives && q.spec.nbd == spec.nbd;
+        if e.name == req.vm {
+            if same {
+                let names: Vec<String> = q.disks.iter().map(|d| d.name.clone()).collect();
+                update_policy(sh, set, &e, &req, &names)?;
+                return Ok(Added::Already(names));
+            }
+            return Err(format!(
+                "VM {} is already protected through QMP socket {} with drives [{}]: disable its protection first",
+                req.vm,
+                q.spec.qmp.display(),
+                q.spec
+                    .drives
+                    .iter()
+                    .map(|d| d.node.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if q.spec.qmp == spec.qmp {
+            return Err(format!(
+                "QMP socket {} is already protected as VM {}: one qemu process is one VM",
+                spec.qmp.display(),
+                e.name
+            ));
+        }
+    }
+    let (q, details) = super::qemu::open_checked(sh, spec).map_err(|e| match e {
+        SendError::Source { message, .. } => message,
+        e => e.to_string(),
+    })?;
+    // Durable before it runs: a sender killed from here on protects it after its restart.
+    let mut kept = load(&set.state).map_err(|e| e.to_string())?;
+    kept.retain(|a| a.vm != req.vm);
+    kept.push(req.clone());
+    save(&set.state, &kept).map_err(|e| {
+        format!(
+            "cannot record the VM in {}: {e}",
+            set.state.join(FILE).display()
+        )
+    })?;
+    let threshold = req
+        .rpo_threshold_seconds
+        .map(Duration::from_secs)
+        .unwrap_or_else(|| {
+            crate::health::default_rpo_threshold(Duration::from_secs(req.interval_seconds))
+        });
+    let names = super::qemu::register(sh, set, q, &details, set.policy_for(&req), threshold, false)
+        .map_err(|e| e.to_string())?;
+    info!(vm = %req.vm, qmp = %req.qmp.as_deref().unwrap_or(Path::new("")).display(),
+          drives = ?req.drives, interval_s = req.interval_seconds,
+          "protection of a qemu VM enabled over the control channel");
     Ok(Added::Started(names))
 }
 

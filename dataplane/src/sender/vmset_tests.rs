@@ -11,6 +11,9 @@ fn req(disks: &[&str]) -> AddedVm {
         retention_hours: None,
         initial_replication_unix: None,
         group: None,
+        qmp: None,
+        drives: Vec::new(),
+        nbd: None,
     }
 }
 
@@ -82,4 +85,43 @@ fn refusals_of_one_vm_leave_the_others_running_and_others_end_the_run() {
     assert!(refused_alone(&remote(ErrorClass::DiskSetChanged)));
     assert!(!refused_alone(&remote(ErrorClass::InvalidState)));
     assert!(!refused_alone(&remote(ErrorClass::VersionMismatch)));
+}
+
+#[test]
+fn a_qemu_request_names_a_qmp_socket_without_disk_images_and_joins_no_group() {
+    let q = AddedVm {
+        qmp: Some(PathBuf::from("/run/db.qmp")),
+        drives: vec!["os0=os".into()],
+        ..req(&[])
+    };
+    assert!(check_request(&q).is_ok());
+    let e = check_request(&AddedVm {
+        disks: vec![PathBuf::from("/a.vhd")],
+        ..q.clone()
+    })
+    .unwrap_err();
+    assert!(e.contains("not both"), "{e}");
+    let e = check_request(&AddedVm {
+        qmp: Some(PathBuf::from("db.qmp")),
+        ..q.clone()
+    })
+    .unwrap_err();
+    assert!(e.contains("not absolute"), "{e}");
+    let e = check_request(&AddedVm {
+        group: Some("g1".into()),
+        ..q.clone()
+    })
+    .unwrap_err();
+    assert!(e.contains("own QMP transaction"), "{e}");
+    let e = check_request(&AddedVm {
+        drives: vec!["os0".into()],
+        ..req(&["/a.vhd"])
+    })
+    .unwrap_err();
+    assert!(e.contains("qmp"), "{e}");
+    // vms.json of a qemu VM names no disks and loads back.
+    let dir = tempfile::tempdir().unwrap();
+    save(dir.path(), std::slice::from_ref(&q)).unwrap();
+    assert_eq!(load(dir.path()).unwrap(), vec![q.clone()]);
+    assert_eq!(qemu_spec(&q).unwrap().drives[0].node, "os0");
 }

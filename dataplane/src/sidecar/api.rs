@@ -20,6 +20,7 @@ use super::auth::{authorized, ApiError};
 use super::jobs::{FAILOVER_STEPS, PROTECT_STEPS, RESYNC_STEPS};
 use super::policy::ReplicationPolicy;
 use super::state::{new_job, JobKind, JobState};
+use super::target::Target;
 use super::{console, Sidecar, OPENAPI};
 use crate::health::State as Health;
 use crate::metrics::events;
@@ -217,38 +218,24 @@ fn created(sc: &Sidecar, job: super::state::SidecarJob) -> Response {
     }
 }
 
-/// The body of an enable-protection request: the replication policy's fields plus
-/// `disks`, the absolute paths of the VM's disk images on the sender's host (needed for a
-/// VM the sender does not list yet).
-fn protection_body(b: &Bytes) -> Result<(ReplicationPolicy, Vec<String>), ApiError> {
+/// The body of an enable-protection request: the replication policy's fields plus what
+/// to protect ([`Target`]: `disks`, the absolute paths of the VM's disk images on the
+/// sender's host, or a running qemu VM's `qmp` socket with its `drives` and `nbd`; needed
+/// for a VM the sender does not list yet).
+fn protection_body(b: &Bytes) -> Result<(ReplicationPolicy, Target), ApiError> {
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
     if b.iter().all(|c| c.is_ascii_whitespace()) {
-        return Ok((ReplicationPolicy::default(), Vec::new()));
+        return Ok((ReplicationPolicy::default(), Target::default()));
     }
     let mut v: Value = serde_json::from_slice(b).map_err(|e| bad(format!("invalid body: {e}")))?;
-    let disks = match v.as_object_mut().map(|o| o.remove("disks")) {
+    let target = match v.as_object_mut() {
         None => return Err(bad("invalid body: expected a JSON object".into())),
-        Some(None) => Vec::new(),
-        Some(Some(d)) => serde_json::from_value::<Vec<String>>(d)
-            .map_err(|e| bad(format!("invalid body: disks: {e}")))?,
+        Some(o) => Target::take(o).map_err(bad)?,
     };
     let policy: ReplicationPolicy =
         serde_json::from_value(v).map_err(|e| bad(format!("invalid body: {e}")))?;
     policy.validate().map_err(bad)?;
-    if disks.len() > 64 {
-        return Err(bad("disks: at most 64 disks per VM".into()));
-    }
-    for (i, d) in disks.iter().enumerate() {
-        if !std::path::Path::new(d).is_absolute() || d.contains('\0') {
-            return Err(bad(format!(
-                "disks: {d:?} is not an absolute path on the sender's host"
-            )));
-        }
-        if disks[..i].contains(d) {
-            return Err(bad(format!("disks: {d:?} is named twice")));
-        }
-    }
-    Ok((policy, disks))
+    Ok((policy, target))
 }
 
 async fn enable_protection(
@@ -260,7 +247,7 @@ async fn enable_protection(
     if let Err(r) = authorized(&sc, &h).and_then(|_| valid_vm(&vm)) {
         return r.into_response();
     }
-    let (p, disks) = match protection_body(&b) {
+    let (p, target) = match protection_body(&b) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
@@ -273,7 +260,7 @@ async fn enable_protection(
             .filter(|d| d.vm == vm)
             .map(|d| d.path.clone())
             .collect();
-        if !listed.is_empty() && !disks.is_empty() && listed != disks {
+        if !listed.is_empty() && !target.disks.is_empty() && listed != target.disks {
             return err(
                 StatusCode::CONFLICT,
                 format!(
@@ -304,8 +291,8 @@ async fn enable_protection(
         new_job(s, JobKind::EnableProtection, &vm, &PROTECT_STEPS, now)
     }) {
         Ok(mut j) => {
-            if !disks.is_empty() {
-                j.result = Some(json!({ "disks": disks }));
+            if !target.is_empty() {
+                j.result = Some(json!(target));
             }
             j
         }

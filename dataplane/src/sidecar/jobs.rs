@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::client::ClientError;
 use super::state::{JobKind, JobState, SidecarJob as Job};
+use super::target::Target;
 use super::Sidecar;
 use crate::sender::local_control::{Request, SenderStatus};
 use crate::sender::DiskStatus;
@@ -177,7 +178,6 @@ async fn resync(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u64
     }
 }
 
-/// The disk paths an enable-protection request named (none: the sender's own VM).
 /// A request handing step `step` of `job` to the sender failed: a refusal fails the job
 /// with the sender's reason; an unreachable sender leaves the step running, to be retried
 /// at the next tick.
@@ -198,14 +198,6 @@ fn handed_over_failed(job: &mut Job, step: usize, e: ClientError, now: u64) {
             );
         }
     }
-}
-
-fn requested_disks(job: &Job) -> Vec<String> {
-    job.result
-        .as_ref()
-        .and_then(|r| r.get("disks"))
-        .and_then(|d| serde_json::from_value(d.clone()).ok())
-        .unwrap_or_default()
 }
 
 /// The sender's enable-protection checks of a VM in words, and whether they are over.
@@ -241,33 +233,31 @@ async fn protect(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u6
         return;
     };
     job.record.state = JobState::Running;
-    let wanted = requested_disks(job);
+    let target = Target::of_result(job.result.as_ref());
+    let wanted = &target.disks;
     let disks = vm_disks(st, &job.record.vm);
-    if disks.is_empty() && !wanted.is_empty() {
-        // A VM the sender does not list: hand it the VM with its disks and policy; the
-        // sender checks the disks at once and answers a refusal.
+    if disks.is_empty() && !target.is_empty() {
+        // A VM the sender does not list: hand it the VM with its disks (or qemu socket) and
+        // policy; the sender runs the local checks at once and answers a refusal.
         let policy = sc
             .read(|s| s.policies.get(&job.record.vm).cloned())
             .flatten()
             .unwrap_or_default();
-        let req = Request::Protect {
-            vm: job.record.vm.clone(),
-            disks: wanted.iter().map(std::path::PathBuf::from).collect(),
-            interval_seconds: policy.interval_seconds,
-            rpo_threshold_seconds: Some(policy.rpo_threshold_seconds),
-            retention_hours: Some(policy.retention_hours),
-            initial_replication_unix: policy.initial_replication_unix,
-            group: policy.group.clone(),
-        };
+        let req = target.request(&job.record.vm, &policy);
         match sc.client.call(&req).await {
             Ok(_) => {
                 job.sender_pid = Some(st.pid);
                 job.requested_unix = Some(now);
+                let checked = if target.qmp.is_some() {
+                    "QMP reachable, disks found, bitmaps supported"
+                } else {
+                    "disks readable, formats supported"
+                };
                 job.step(
                     0,
                     JobState::Running,
                     format!(
-                        "sender pid {} took the VM: disks readable, formats supported; checking the receiver",
+                        "sender pid {} took the VM: {checked}; checking the receiver",
                         st.pid
                     ),
                     now,
@@ -280,8 +270,8 @@ async fn protect(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u6
     if disks.is_empty() {
         let m = format!(
             "VM {} is not configured on the sender: name its disk images in the request's \
-             \"disks\" (absolute paths on the sender's host), or add a [[vm]] entry to the \
-             sender's config and restart it",
+             \"disks\" (absolute paths on the sender's host) or a running qemu VM's QMP socket \
+             in \"qmp\", or add a [[vm]] entry to the sender's config and restart it",
             job.record.vm
         );
         note_error(job, m.clone());
@@ -290,7 +280,7 @@ async fn protect(sc: &Sidecar, job: &mut Job, st: Option<&SenderStatus>, now: u6
         return;
     }
     let listed: Vec<String> = disks.iter().map(|d| d.path.clone()).collect();
-    if !wanted.is_empty() && listed != wanted {
+    if !wanted.is_empty() && listed != *wanted {
         let m = format!(
             "VM {} is already protected with other disks ({}): disable its protection first",
             job.record.vm,

@@ -23,6 +23,7 @@ mod jobs;
 mod points;
 pub mod policy;
 pub mod state;
+mod target;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -188,7 +189,7 @@ impl Sidecar {
     /// enabled through the API with its disks; the next enable-protection hand-over carries
     /// it anyway, so a sender that is down now gets it then (or at its next request).
     async fn push_policy(&self, vm: &str, p: &policy::ReplicationPolicy) {
-        let disks: Option<Vec<String>> = self
+        let target = self
             .read(|s| {
                 s.jobs
                     .iter()
@@ -198,26 +199,18 @@ impl Sidecar {
                             && j.record.kind == state::JobKind::EnableProtection
                             && j.record.state != state::JobState::Failed
                     })
-                    .find_map(|j| j.result.as_ref()?.get("disks").cloned())
+                    .map(|j| target::Target::of_result(j.result.as_ref()))
+                    .find(|t| !t.is_empty())
             })
-            .flatten()
-            .and_then(|d| serde_json::from_value(d).ok());
-        let Some(disks) = disks else { return };
+            .flatten();
+        let Some(target) = target else { return };
         let listed = self
             .cached_status()
             .is_some_and(|(st, _)| st.disks.iter().any(|d| d.vm == vm));
         if !listed {
             return;
         }
-        let req = crate::sender::local_control::Request::Protect {
-            vm: vm.to_string(),
-            disks: disks.into_iter().map(PathBuf::from).collect(),
-            interval_seconds: p.interval_seconds,
-            rpo_threshold_seconds: Some(p.rpo_threshold_seconds),
-            retention_hours: Some(p.retention_hours),
-            initial_replication_unix: p.initial_replication_unix,
-            group: p.group.clone(),
-        };
+        let req = target.request(vm, p);
         match self.client.call(&req).await {
             Ok(_) => {
                 info!(%vm, interval_s = p.interval_seconds, "replication policy handed to the sender")

@@ -184,3 +184,49 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn pages_follow_each_other_without_repeating_or_splitting_a_range() {
+    let set: RangeSet = (0..10u64).map(|i| i * 10..i * 10 + 5).collect();
+    let (first, more) = set.page(0, 4);
+    assert_eq!(
+        first.iter().collect::<Vec<_>>(),
+        vec![0..5, 10..15, 20..25, 30..35]
+    );
+    assert!(more);
+    // From the end of the last range received: the next range starts after it.
+    let (second, more) = set.page(35, 4);
+    assert_eq!(second.iter().next(), Some(40..45));
+    assert!(more);
+    // A range that starts before `at` is left out whole, never clipped.
+    let (rest, more) = set.page(82, 4);
+    assert_eq!(rest.iter().collect::<Vec<_>>(), vec![90..95]);
+    assert!(!more);
+    let (exact, more) = set.page(60, 4);
+    assert_eq!(exact.range_count(), 4);
+    assert!(!more, "the last four ranges: nothing follows");
+    assert_eq!(set.page(200, 4), (RangeSet::new(), false));
+    assert_eq!(set.page(0, 0), (RangeSet::new(), true));
+}
+
+proptest! {
+    #[test]
+    fn pages_of_any_size_put_together_are_the_set(
+        ops in prop::collection::vec(op(), 0..40), max in 1usize..6,
+    ) {
+        let (set, _) = build(&ops);
+        let mut whole = RangeSet::new();
+        let mut at = 0;
+        loop {
+            let (page, more) = set.page(at, max);
+            assert_canonical(&page);
+            prop_assert!(page.range_count() <= max);
+            whole.union_with(&page);
+            at = page.bounds().map_or(at, |b| b.end);
+            if !more {
+                break;
+            }
+        }
+        prop_assert_eq!(whole, set);
+    }
+}

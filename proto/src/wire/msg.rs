@@ -12,4 +12,6 @@ pub use extent::*;
 pub use packed::{PackedMap, PACK_BLOCK};
 
 #[cfg(test)]
+mod golden;
+#[cfg(test)]
 mod tests;

@@ -21,7 +21,7 @@ use vdrep_proto::wire::{
     decode_frame, BatchResult, Codec, Control, ErrorClass, ExtentHeader, ExtentOp, Rejection,
     BatchStart, FRAME_HEADER_LEN, K_BATCH_RESULT, K_EXTENT, MAX_CONTROL_BODY,
 };
-use vdrep_proto::Guid;
+use vdrep_proto::{Guid, RangeSet};
 
 struct In<'a>(&'a [u8]);
 
@@ -78,7 +78,7 @@ impl In<'_> {
         ][self.u8() as usize % 9];
         Refusal::new(class, "store says no")
     }
-    fn ranges(&mut self) -> Vec<(u64, u64)> {
+    fn ranges(&mut self) -> RangeSet {
         // Canonical progress of up to ~70,000 ranges: pages, and the v3 subset, are reached.
         let n = match self.u8() % 4 {
             0 => 0,
@@ -86,7 +86,7 @@ impl In<'_> {
             2 => 32_768 + self.u8() as usize,
             _ => 70_000,
         };
-        (0..n as u64).map(|i| (i * 1024, i * 1024 + 512)).collect()
+        (0..n as u64).map(|i| i * 1024..i * 1024 + 512).collect()
     }
 }
 

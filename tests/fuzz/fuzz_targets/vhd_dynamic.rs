@@ -34,8 +34,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let sectors = (data.len() as u64 * 8).min(1 << 16);
     let runs = bitmap_runs(data, sectors);
-    for &(a, b) in runs.iter().take(64) {
-        assert!(a < b && b <= sectors);
-        assert!(bitmap_bit(data, a) && bitmap_bit(data, b - 1));
+    for r in runs.iter().take(64) {
+        assert!(r.start < r.end && r.end <= sectors);
+        assert!(bitmap_bit(data, r.start) && bitmap_bit(data, r.end - 1));
     }
 });

@@ -162,6 +162,34 @@ pub fn reconcile_bitmaps(
     Ok(others)
 }
 
+/// The name of the bitmap [`probe_bitmap`] adds and removes at once: a `vdrep-` name, so
+/// one a crash left behind is merged into the disk's own bitmap or removed like any other
+/// leftover `vdrep-` bitmap (an over-approximation, never a lost write).
+pub const PROBE_BITMAP: &str = "vdrep-probe";
+
+/// Checks that `node` takes the dirty bitmap protection would add (persistent on qcow2,
+/// in memory otherwise) by adding one and removing it again. Enable protection runs it so
+/// that a node that refuses bitmaps (a qcow2 v2 image cannot store persistent ones) fails
+/// the prerequisite check with qemu's reason instead of the first switch.
+pub fn probe_bitmap(qmp: &mut Qmp, node: &str, persistent: bool) -> Result<(), FleeceError> {
+    if qmp.node(node)?.is_none() {
+        return Err(FleeceError::NodeNotFound {
+            node: node.to_string(),
+        });
+    }
+    // A probe a crashed run left behind goes first.
+    remove_bitmap(qmp, node, PROBE_BITMAP)?;
+    qmp.execute(
+        "block-dirty-bitmap-add",
+        Some(json!({"node": node, "name": PROBE_BITMAP, "persistent": persistent})),
+    )?;
+    qmp.execute(
+        "block-dirty-bitmap-remove",
+        Some(json!({"node": node, "name": PROBE_BITMAP})),
+    )?;
+    Ok(())
+}
+
 /// Undoes a switch's bitmap part on one disk when its views could not be completed: the
 /// previous bitmap records again and takes over what the new one saw, and the new one goes,
 /// in one transaction, so no write is ever tracked by neither.

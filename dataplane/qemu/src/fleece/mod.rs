@@ -13,7 +13,8 @@ mod view;
 mod wait;
 
 pub use bitmap::{
-    bitmap_state, lost_bitmaps, reconcile_bitmaps, remove_bitmap, BitmapState, LossReason,
+    bitmap_state, lost_bitmaps, probe_bitmap, reconcile_bitmaps, remove_bitmap, BitmapState,
+    LossReason, PROBE_BITMAP,
 };
 pub use cleanup::{cleanup_leftovers, remove_all_bitmaps, Leftovers};
 pub use error::FleeceError;

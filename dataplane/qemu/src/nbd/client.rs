@@ -214,6 +214,10 @@ impl<S: Read + Write> NbdClient<S> {
             len as u32,
         ))?;
         let end = offset + len;
+        // The chunks as the server sent them, not a set of ranges (so not a `RangeSet`):
+        // they must tile the request exactly, and two chunks claiming one byte is a protocol
+        // violation that merging into a set would hide. Sorting them once and scanning
+        // finds overlaps and gaps in O(n log n) whatever order a server sends them in.
         let mut covered: Vec<(u64, u64)> = Vec::new();
         let mut failure: Option<(u32, String)> = None;
         // Every data or hole chunk covers at least one byte; errors and NONE are few.

@@ -58,8 +58,8 @@ impl Sparse {
         let vstart = idx * self.block_size;
         let last_sector = (hi - vstart).div_ceil(SECTOR);
         Ok(bitmap_runs(&bitmap, last_sector)
-            .into_iter()
-            .map(|(a, b)| (vstart + a * SECTOR).max(lo)..(vstart + b * SECTOR).min(hi))
+            .iter()
+            .map(|r| (vstart + r.start * SECTOR).max(lo)..(vstart + r.end * SECTOR).min(hi))
             .collect())
     }
 

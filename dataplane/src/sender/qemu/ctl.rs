@@ -24,13 +24,13 @@ use vdrep_qemu::fleece::{
 use vdrep_qemu::qmp::{Qmp, QmpError};
 
 use super::digest::{DigestError, ViewDigest};
-use super::discover::{discover, DiscoverError, FoundDisk};
+use super::discover::FoundDisk;
 use super::state::{DiskState, StateDir, VmState};
 use super::QemuSpec;
 use crate::sender::SendError;
 
 /// How long a QMP command may take.
-const QMP_TIMEOUT: Duration = Duration::from_secs(20);
+pub const QMP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Per-disk counters: a cycle must read only its dirty extents.
 #[derive(Debug, Default)]
@@ -78,16 +78,16 @@ fn source_err(vm: &str, transient: bool, message: String) -> SendError {
 }
 
 impl QemuVm {
-    /// Connects to qemu and finds the disks (enable protection's first checks: QMP
-    /// reachable, disks found). Nothing is changed in qemu yet.
-    pub fn open(spec: QemuSpec, state_root: &std::path::Path) -> Result<QemuVm, SendError> {
+    /// Takes over a VM whose prerequisite checks passed ([`super::checks::run`]: QMP
+    /// reachable, disks found, bitmaps supported) with the checks' QMP session. Nothing is
+    /// changed in qemu yet.
+    pub fn from_checked(
+        spec: QemuSpec,
+        state_root: &std::path::Path,
+        checked: super::checks::Checked,
+    ) -> Result<QemuVm, SendError> {
         let vm = spec.vm.clone();
-        let mut qmp = Qmp::connect(&spec.qmp, QMP_TIMEOUT)
-            .map_err(|e| source_err(&vm, e.is_transient(), e.to_string()))?;
-        let disks = discover(&mut qmp, &spec.drives).map_err(|e| {
-            let transient = matches!(&e, DiscoverError::Qmp(q) if q.is_transient());
-            source_err(&vm, transient, e.to_string())
-        })?;
+        let super::checks::Checked { qmp, disks, .. } = checked;
         let state = StateDir::new(state_root, &vm);
         let st = state
             .load()

@@ -14,6 +14,7 @@
 //!
 //! vdrep-qemu is blocking: every QMP and NBD call runs on a blocking thread.
 
+pub mod checks;
 pub mod ctl;
 pub mod cycle;
 pub mod digest;
@@ -25,7 +26,7 @@ pub mod test_hook;
 pub mod unprotect;
 pub mod view;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,23 @@ use super::protect::{Policy, Schedule, OPERATOR_RESYNC};
 use super::vmset::{VmEntry, VmSet};
 use super::SendError;
 pub use discover::Drive;
+use tracing::warn;
+
+/// Why a qemu VM may not join a consistency group (yet). A group point must be one
+/// instant of every member's disks: image VMs get it by holding all their tracking locks
+/// while their logs switch, so no write to them happens in between. A qemu VM's cut is a
+/// QMP transaction in its own qemu process, and its guest goes on writing while the other
+/// members switch: a write to another member made after this VM's cut could be in the
+/// point while an earlier write to this VM is not, so the group point would not be a
+/// prefix of the writes. qemu-storage-daemon has no `stop` to pause the guests meanwhile.
+pub fn group_refusal(vm: &str, group: &str) -> String {
+    format!(
+        "VM {vm} is a qemu VM and cannot join consistency group {group}: a qemu VM switches \
+         in its own QMP transaction while its guest keeps writing, so a group point could hold \
+         a write to another member made after an earlier write to {vm} that it lacks (not one \
+         instant of all members); protect it alone (see README, \"Protecting qemu/KVM VMs\")"
+    )
+}
 
 /// One qemu VM to protect, as the command line or config names it.
 #[derive(Debug, Clone)]
@@ -52,57 +70,144 @@ pub struct QemuSpec {
     pub nbd: Option<PathBuf>,
 }
 
-/// Opens the qemu VMs of `sh.opts.qemu` (enable protection's local checks: QMP reachable,
-/// disks found) and adds them to `set`, with their jobs, status and health entries.
+/// Opens the qemu VMs of `sh.opts.qemu` and those `added` over the control channel by
+/// earlier runs (`STATE/vms.json`), runs enable protection's local checks
+/// ([`checks`]: QMP reachable, disks found, bitmaps supported) and adds them to `set`, with
+/// their jobs, status and health entries. A command-line VM that fails its checks ends the
+/// run with the check's error; an added one is left out with the error logged (as an added
+/// VM whose disk image no longer opens: enable it again once fixed).
 pub async fn add_vms(
-    sh: &Shared,
+    sh: &Arc<Shared>,
     set: &VmSet,
-    state: &Path,
+    added: &[super::vmset::AddedVm],
     policy: &Policy,
     rpo_threshold: Duration,
 ) -> Result<(), SendError> {
     for spec in &sh.opts.qemu {
-        let (spec, st) = (spec.clone(), state.to_path_buf());
-        let q = tokio::task::spawn_blocking(move || QemuVm::open(spec, &st))
+        let (sh2, spec2) = (sh.clone(), spec.clone());
+        let (q, details) = tokio::task::spawn_blocking(move || open_checked(&sh2, spec2))
             .await
             .map_err(|e| SendError::Internal(format!("qemu task: {e}")))??;
-        if sh.opts.resync {
-            // `send --resync`: every disk is resynchronised from the first view.
-            for d in &q.disks {
-                q.state
-                    .mark_resync(&d.name, OPERATOR_RESYNC)
-                    .map_err(|e| SendError::Internal(format!("{}: {e}", q.name)))?;
+        register(
+            sh,
+            set,
+            q,
+            &details,
+            policy.clone(),
+            rpo_threshold,
+            sh.opts.resync,
+        )?;
+    }
+    for a in added.iter().filter(|a| a.qmp.is_some()) {
+        if sh.opts.qemu.iter().any(|q| q.vm == a.vm) {
+            warn!(vm = %a.vm, "VM added over the control channel is also on the command line; the command line wins");
+            continue;
+        }
+        let spec = match super::vmset::qemu_spec(a) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(vm = %a.vm, error = %e, "a qemu VM enabled through the control channel cannot be protected: its entry in vms.json is invalid; enable it again");
+                continue;
+            }
+        };
+        let sh2 = sh.clone();
+        let opened = tokio::task::spawn_blocking(move || open_checked(&sh2, spec))
+            .await
+            .map_err(|e| SendError::Internal(format!("qemu task: {e}")))?;
+        match opened {
+            Ok((q, details)) => {
+                let threshold = a
+                    .rpo_threshold_seconds
+                    .map(Duration::from_secs)
+                    .unwrap_or_else(|| {
+                        crate::health::default_rpo_threshold(Duration::from_secs(
+                            a.interval_seconds,
+                        ))
+                    });
+                register(
+                    sh,
+                    set,
+                    q,
+                    &details,
+                    set.policy_for(a),
+                    threshold,
+                    sh.opts.resync,
+                )?;
+            }
+            Err(e) => {
+                tracing::error!(vm = %a.vm, error = %e,
+                    "a qemu VM enabled through the control channel cannot be protected: a prerequisite check failed; enable it again once fixed");
             }
         }
-        let q = Arc::new(q);
-        ctl::register(&q);
-        sh.jobs.start_vm(&q.name);
-        let jobs: Vec<DiskJob> = q
-            .disks
-            .iter()
-            .map(|d| DiskJob {
-                vm: q.name.clone(),
-                name: d.name.clone(),
-                disk: Arc::new(view::QemuDisk::new(&d.node, &d.file, d.size)),
-                progress: Default::default(),
-            })
-            .collect();
-        sh.jobs.disks_checked(&q.name, &jobs);
-        for j in &jobs {
-            sh.board.add_disk(j, None);
-        }
-        let names: Vec<String> = q.disks.iter().map(|d| d.name.clone()).collect();
-        sh.health.add_vm(&q.name, &names, Some(rpo_threshold));
-        set.push(VmEntry {
-            name: q.name.clone(),
-            paths: Vec::new(),
-            disks: Arc::new(Vec::new()),
-            sched: Arc::new(Schedule::new(policy.interval)),
-            policy: policy.clone(),
-            qemu: Some(q),
-        });
     }
     Ok(())
+}
+
+/// Runs a qemu VM's prerequisite checks ([`checks::run`]), recording each in its
+/// enable-protection job, and takes the VM over. Blocks (QMP): call it from a blocking
+/// thread.
+pub fn open_checked(sh: &Shared, spec: QemuSpec) -> Result<(QemuVm, [String; 3]), SendError> {
+    let vm = spec.vm.clone();
+    sh.jobs.start_qemu_vm(&vm);
+    match checks::run(&spec, ctl::QMP_TIMEOUT) {
+        Ok(c) => {
+            let details = c.details.clone();
+            let q = QemuVm::from_checked(spec, &sh.state, c)?;
+            Ok((q, details))
+        }
+        Err(e) => {
+            sh.jobs.qemu_check_failed(&vm, &e);
+            Err(e.into_send_error(&vm))
+        }
+    }
+}
+
+/// Adds a checked qemu VM to `set` under `policy`: its disks on the status board, its
+/// health entry (RPO threshold `rpo_threshold`), its job's checks; `resync` marks every
+/// disk for a resync from the first view (`send --resync`).
+pub fn register(
+    sh: &Shared,
+    set: &VmSet,
+    q: QemuVm,
+    details: &[String; 3],
+    policy: Policy,
+    rpo_threshold: Duration,
+    resync: bool,
+) -> Result<Vec<String>, SendError> {
+    if resync {
+        for d in &q.disks {
+            q.state
+                .mark_resync(&d.name, OPERATOR_RESYNC)
+                .map_err(|e| SendError::Internal(format!("{}: {e}", q.name)))?;
+        }
+    }
+    let q = Arc::new(q);
+    ctl::register(&q);
+    let jobs: Vec<DiskJob> = q
+        .disks
+        .iter()
+        .map(|d| DiskJob {
+            vm: q.name.clone(),
+            name: d.name.clone(),
+            disk: Arc::new(view::QemuDisk::new(&d.node, &d.file, d.size)),
+            progress: Default::default(),
+        })
+        .collect();
+    sh.jobs.qemu_checked(&q.name, details, &jobs);
+    for j in &jobs {
+        sh.board.add_disk(j, None);
+    }
+    let names: Vec<String> = q.disks.iter().map(|d| d.name.clone()).collect();
+    sh.health.add_vm(&q.name, &names, Some(rpo_threshold));
+    set.push(VmEntry {
+        name: q.name.clone(),
+        paths: Vec::new(),
+        disks: Arc::new(Vec::new()),
+        sched: Arc::new(Schedule::new(policy.interval)),
+        policy,
+        qemu: Some(q),
+    });
+    Ok(names)
 }
 
 /// Stops the protection of a VM given up alone (`sender::vm_retry`): what vdrep added in

@@ -161,11 +161,7 @@ pub async fn ship_pending(
         let open_s = t0.elapsed().as_secs_f64();
         let bytes: u64 = changes.extents.iter().map(|e| e.end - e.start).sum();
         let resume = begin_cycle(ctrl, o, cycle).await?;
-        let items = cycle_items(
-            &changes.extents,
-            &super::disk::durable(&resume.done),
-            sh.opts.chunk as u64,
-        );
+        let items = cycle_items(&changes.extents, &resume.done, sh.opts.chunk as u64);
         let cjob = DiskJob {
             vm: job.vm.clone(),
             name: job.name.clone(),

@@ -5,6 +5,7 @@
 
 use crate::error::Cursor;
 use crate::formats::vhd::footer::vhd_checksum;
+use crate::ranges::RangeSet;
 use crate::{FormatError, Guid};
 
 /// Size of the dynamic disk header.
@@ -306,10 +307,11 @@ pub fn set_bitmap_bit(bitmap: &mut [u8], sector: u64, value: bool) {
     }
 }
 
-/// Runs `[first, end)` of set sectors among the first `sectors` sectors of a bitmap, in
-/// order, adjacent sectors merged.
-pub fn bitmap_runs(bitmap: &[u8], sectors: u64) -> Vec<(u64, u64)> {
-    let mut runs = Vec::new();
+/// The set sectors among the first `sectors` sectors of a bitmap, as runs of sector numbers
+/// `[first, end)` (adjacent sectors merged).
+pub fn bitmap_runs(bitmap: &[u8], sectors: u64) -> RangeSet {
+    // Runs are found in ascending order, so each insert appends.
+    let mut runs = RangeSet::new();
     let mut start: Option<u64> = None;
     let mut s = 0;
     while s < sectors {
@@ -328,7 +330,7 @@ pub fn bitmap_runs(bitmap: &[u8], sectors: u64) -> Vec<(u64, u64)> {
         match (bitmap_bit(bitmap, s), start) {
             (true, None) => start = Some(s),
             (false, Some(st)) => {
-                runs.push((st, s));
+                runs.insert(st, s);
                 start = None;
             }
             _ => {}
@@ -336,7 +338,7 @@ pub fn bitmap_runs(bitmap: &[u8], sectors: u64) -> Vec<(u64, u64)> {
         s += 1;
     }
     if let Some(st) = start {
-        runs.push((st, sectors));
+        runs.insert(st, sectors);
     }
     runs
 }
@@ -445,8 +447,9 @@ mod tests {
         assert!(bitmap_bit(&bm, 7));
         assert!(bitmap_bit(&bm, 25));
         assert!(!bitmap_bit(&bm, 1000));
-        assert_eq!(bitmap_runs(&bm, 32), vec![(0, 1), (7, 16), (25, 26)]);
-        assert_eq!(bitmap_runs(&bm, 10), vec![(0, 1), (7, 10)]);
+        let runs = |n| bitmap_runs(&bm, n).iter().collect::<Vec<_>>();
+        assert_eq!(runs(32), vec![0..1, 7..16, 25..26]);
+        assert_eq!(runs(10), vec![0..1, 7..10]);
         let mut m = [0u8; 2];
         set_bitmap_bit(&mut m, 9, true);
         assert_eq!(m, [0, 0x40]);
@@ -494,8 +497,7 @@ mod tests {
         fn bitmap_runs_match_bit_by_bit(bytes in proptest::collection::vec(any::<u8>(), 0..40), sectors in 0u64..400) {
             let runs = bitmap_runs(&bytes, sectors);
             for s in 0..sectors {
-                let in_run = runs.iter().any(|&(a, b)| a <= s && s < b);
-                prop_assert_eq!(in_run, bitmap_bit(&bytes, s));
+                prop_assert_eq!(runs.contains(s), bitmap_bit(&bytes, s));
             }
         }
     }

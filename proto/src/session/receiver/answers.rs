@@ -51,7 +51,7 @@ impl ReceiverSession {
                         open_cycle: None,
                     },
                 );
-                let resumed_bytes = r.progress.iter().map(|(a, b)| b.saturating_sub(*a)).sum();
+                let resumed_bytes = r.progress.covered_len();
                 let (progress, more_progress) = self.first_page(version, handle, r.progress);
                 (
                     Control::DiskOpened {

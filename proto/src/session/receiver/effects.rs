@@ -2,6 +2,7 @@
 //! session answers: the vocabulary between [`ReceiverSession`](super::ReceiverSession) and the
 //! IO that stores replicas.
 
+use crate::ranges::RangeSet;
 use crate::wire::{Control, Job};
 use crate::Guid;
 
@@ -154,7 +155,7 @@ pub struct OpenedReplica {
     /// An initial copy is in progress (its working image holds zeros outside `progress`).
     pub initial_in_progress: bool,
     /// Ranges already durable in this generation (canonical: sorted, disjoint, non-empty).
-    pub progress: Vec<(u64, u64)>,
+    pub progress: RangeSet,
 }
 
 /// The outcome of an [`Effect`], in the same order: one variant per effect.
@@ -165,7 +166,7 @@ pub enum Done {
     /// Outcome of [`Effect::CommitInitial`].
     InitialCommitted(Result<(), Refusal>),
     /// Outcome of [`Effect::BeginCycle`]: the ranges of the cycle already durable.
-    CycleOpened(Result<Vec<(u64, u64)>, Refusal>),
+    CycleOpened(Result<RangeSet, Refusal>),
     /// Outcome of [`Effect::CommitCycle`]: the cycles pruned by retention.
     CycleCommitted(Result<Vec<u64>, Refusal>),
     /// Outcome of [`Effect::Hashes`].

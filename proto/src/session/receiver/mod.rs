@@ -35,6 +35,7 @@ pub use timer::{CheckpointRound, CHECKPOINT_INTERVAL};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Refusal, StreamId};
+use crate::ranges::RangeSet;
 use crate::wire::{self, BatchStart, Control, ErrorClass, K_BATCH_START};
 
 /// Where a control stream is, as [`ReceiverSession::control_state`] tells it.
@@ -165,7 +166,7 @@ pub struct ReceiverSession {
     max_disks: usize,
     /// Per handle, the progress snapshot of its last `DiskOpened`/`CycleOpened` while pages
     /// of it are still to be asked for (version 4, [`progress`]).
-    progress: BTreeMap<u32, Vec<(u64, u64)>>,
+    progress: BTreeMap<u32, RangeSet>,
     /// When open disks are next checkpointed (`timer.rs`).
     timer: timer::CheckpointTimer,
 }

@@ -5,6 +5,7 @@
 //! largest ranges: every range reported is durable, the sender sends the others again.
 
 use super::{ControlStep, ReceiverSession};
+use crate::ranges::RangeSet;
 use crate::session::{Refusal, StreamId};
 use crate::wire::{Control, ErrorClass, PAGED_PROGRESS_VERSION, PROGRESS_PAGE, V3_PROGRESS_RANGES};
 
@@ -15,16 +16,16 @@ impl ReceiverSession {
         &mut self,
         version: u16,
         handle: u32,
-        progress: Vec<(u64, u64)>,
-    ) -> (Vec<(u64, u64)>, bool) {
+        progress: RangeSet,
+    ) -> (RangeSet, bool) {
         self.progress.remove(&handle);
         if version < PAGED_PROGRESS_VERSION {
             return (coarsen(progress, V3_PROGRESS_RANGES), false);
         }
-        if progress.len() <= PROGRESS_PAGE {
+        if progress.range_count() <= PROGRESS_PAGE {
             return (progress, false);
         }
-        let first = progress[..PROGRESS_PAGE].to_vec();
+        let (first, _) = progress.page(0, PROGRESS_PAGE);
         self.progress.insert(handle, progress);
         (first, true)
     }
@@ -65,10 +66,7 @@ impl ReceiverSession {
                 ),
             );
         };
-        let from = all.partition_point(|r| r.0 < after);
-        let to = from.saturating_add(PROGRESS_PAGE).min(all.len());
-        let page = all[from..to].to_vec();
-        let more = to < all.len();
+        let (page, more) = all.page(after, PROGRESS_PAGE);
         if !more {
             self.progress.remove(&handle);
         }
@@ -87,12 +85,14 @@ impl ReceiverSession {
 
 /// At most `max` of `ranges` — the largest, in their original order — so a peer that cannot
 /// page still skips most of what is durable.
-pub(crate) fn coarsen(mut ranges: Vec<(u64, u64)>, max: usize) -> Vec<(u64, u64)> {
-    if ranges.len() <= max {
-        return ranges;
+pub(crate) fn coarsen(set: RangeSet, max: usize) -> RangeSet {
+    if set.range_count() <= max {
+        return set;
     }
-    ranges.sort_by_key(|&(a, b)| std::cmp::Reverse(b - a));
+    let mut ranges: Vec<_> = set.iter().collect();
+    // Stable: of equally long ranges the lower ones are kept, as before.
+    ranges.sort_by_key(|r| std::cmp::Reverse(r.end - r.start));
     ranges.truncate(max);
-    ranges.sort_unstable();
-    ranges
+    // Ranges of one set stay separated: any subset of them is a set again.
+    ranges.into_iter().collect()
 }

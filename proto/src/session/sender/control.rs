@@ -291,7 +291,7 @@ impl SenderControl {
         if !more {
             return None;
         }
-        let after = progress.last().map_or(0, |r| r.1);
+        let after = progress.bounds().map_or(0, |r| r.end);
         Some(Control::ProgressRequest {
             req: self.next_req(),
             handle,
@@ -327,8 +327,8 @@ impl SenderControl {
                 return Err(self.broken(format!("a progress page continues {n}")));
             }
         };
-        let last = progress.last().map_or(0, |r| r.1);
-        if ranges.first().is_some_and(|r| r.0 < last) {
+        let last = progress.bounds().map_or(0, |r| r.end);
+        if ranges.bounds().is_some_and(|r| r.start < last) {
             return Err(self.broken(format!(
                 "a progress page starts before the end of the last range received ({last})"
             )));
@@ -336,7 +336,9 @@ impl SenderControl {
         if more && ranges.is_empty() {
             return Err(self.broken("an empty progress page announces more".into()));
         }
-        progress.extend(ranges);
+        // Ascending after `last`: each range lands at the end (one that starts exactly at
+        // `last` merges with the range before, as within a frame).
+        progress.union_with(&ranges);
         *more_progress = more;
         Ok(())
     }

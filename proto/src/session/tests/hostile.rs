@@ -43,7 +43,7 @@ fn with_disk() -> ReceiverSession {
             initial_committed: true,
             committed_cycle: 0,
             initial_in_progress: false,
-            progress: vec![],
+            progress: crate::RangeSet::new(),
         })),
     );
     s

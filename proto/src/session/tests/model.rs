@@ -123,9 +123,9 @@ impl Model {
                     committed_cycle: r.committed_cycle,
                     initial_in_progress: r.initial_in_progress,
                     progress: if r.initial_in_progress {
-                        r.durable.iter().map(|x| (x.start, x.end)).collect()
+                        r.durable.clone()
                     } else {
-                        Vec::new()
+                        RangeSet::new()
                     },
                 }))
             }
@@ -142,7 +142,7 @@ impl Model {
             Effect::BeginCycle { handle, cycle } => {
                 Done::CycleOpened(self.disk(handle).and_then(|d| {
                     if d.open_cycle == Some(cycle) {
-                        return Ok(d.durable.iter().map(|x| (x.start, x.end)).collect());
+                        return Ok(d.durable.clone());
                     }
                     if d.initial_in_progress
                         || d.open_cycle.is_some()
@@ -155,7 +155,7 @@ impl Model {
                     }
                     d.open_cycle = Some(cycle);
                     d.durable = RangeSet::new();
-                    Ok(Vec::new())
+                    Ok(RangeSet::new())
                 }))
             }
             Effect::CommitCycle {

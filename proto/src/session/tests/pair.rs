@@ -15,7 +15,7 @@ use crate::wire::{
     decode_frame, Codec, Control, ExtentHeader, ExtentOp, PackedMap, EXTENT_HEADER_LEN,
     MAX_CONTROL_BODY, MAX_EXTENT_PAYLOAD, PACK_BLOCK,
 };
-use crate::Guid;
+use crate::{Guid, RangeSet};
 
 /// Bytes per planned extent of the harness's sender.
 pub const CHUNK: u64 = 64 << 10;
@@ -28,7 +28,7 @@ pub struct Opened {
     pub initial_committed: bool,
     pub committed_cycle: u64,
     pub known_empty: bool,
-    pub progress: Vec<(u64, u64)>,
+    pub progress: RangeSet,
 }
 
 /// One item of a batch: a frame, or source bytes that need none.
@@ -210,7 +210,7 @@ impl Pair {
         })
     }
 
-    pub fn begin_cycle(&mut self, o: &Opened, cycle: u64) -> Result<Vec<(u64, u64)>, SessionError> {
+    pub fn begin_cycle(&mut self, o: &Opened, cycle: u64) -> Result<RangeSet, SessionError> {
         let req = self.tx.next_req();
         match self.call(Control::BeginCycle {
             req,
@@ -339,6 +339,14 @@ impl Pair {
             "extents still refused after 4 passes".into(),
         ))
     }
+}
+
+/// What of `[0, size)` is not in `done`: the ranges left to send, as [`Pair::send`] takes them.
+pub fn rest(done: &RangeSet, size: u64) -> Vec<(u64, u64)> {
+    done.gaps_in(0, size)
+        .into_iter()
+        .map(|r| (r.start, r.end))
+        .collect()
 }
 
 /// The harness sender's plan of `ranges` of `src` (the whole source when empty), in

@@ -40,18 +40,7 @@ fn open(p: &mut Pair) -> (SenderDisk, Opened, Resume) {
 
 /// What of `[0, SIZE)` `resume` leaves to send.
 fn remaining(resume: &Resume) -> Vec<(u64, u64)> {
-    let mut rest = Vec::new();
-    let mut at = 0;
-    for &(a, b) in &resume.done {
-        if a > at {
-            rest.push((at, a));
-        }
-        at = at.max(b);
-    }
-    if at < SIZE {
-        rest.push((at, SIZE));
-    }
-    rest
+    super::pair::rest(&resume.done, SIZE)
 }
 
 fn begin(p: &mut Pair, d: &mut SenderDisk, cycle: u64) -> Resume {

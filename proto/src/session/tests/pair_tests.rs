@@ -130,21 +130,13 @@ fn an_interrupted_copy_resumes_from_its_durable_progress_without_resending_it() 
     let o2 = p.open("vm1", SIZE, false).unwrap();
     assert_eq!(o2.generation, o.generation, "the same copy resumes");
     assert!(o2.known_empty);
-    let durable: u64 = o2.progress.iter().map(|(a, b)| b - a).sum();
+    let durable: u64 = o2.progress.covered_len();
     assert!(durable > 0 && durable <= SIZE / 2, "{:?}", o2.progress);
     assert!(p.reports.iter().any(
         |r| matches!(r, Report::DiskOpened { resumed_bytes, .. } if *resumed_bytes == durable)
     ));
     // The rest: everything outside the durable progress.
-    let mut rest = Vec::new();
-    let mut at = 0;
-    for &(a, b) in &o2.progress {
-        if a > at {
-            rest.push((at, a));
-        }
-        at = b;
-    }
-    rest.push((at, SIZE));
+    let rest = super::pair::rest(&o2.progress, SIZE);
     let before = p.extents_sent;
     p.send(&o2, &src, &rest, false).unwrap();
     let sent_now = p.extents_sent - before;
@@ -189,7 +181,10 @@ fn an_interrupted_cycle_reopens_with_its_progress_and_a_resent_commit_is_accepte
     p.send(&o, &src, &[(0, 2 << 16)], false).unwrap();
     p.reconnect();
     let o = p.open("vm1", SIZE, false).unwrap();
-    assert_eq!(p.begin_cycle(&o, 1).unwrap(), vec![(0, 2 << 16)]);
+    assert_eq!(
+        p.begin_cycle(&o, 1).unwrap(),
+        crate::RangeSet::from_range(0, 2 << 16)
+    );
     p.commit_cycle(&o, 1).unwrap();
     // The commit's answer was lost; the sender commits again after reconnecting.
     p.reconnect();
@@ -418,17 +413,7 @@ proptest::proptest! {
         p.send(&o, &src, &[(0, cut << 16)], packed).unwrap();
         p.reconnect();
         let o = p.open("vm1", SIZE, false).unwrap();
-        let mut rest = Vec::new();
-        let mut at = 0;
-        for &(a, b) in &o.progress {
-            if a > at {
-                rest.push((at, a));
-            }
-            at = b;
-        }
-        if at < SIZE {
-            rest.push((at, SIZE));
-        }
+        let rest = super::pair::rest(&o.progress, SIZE);
         if !rest.is_empty() {
             p.send(&o, &src, &rest, packed).unwrap();
         }

@@ -43,7 +43,7 @@ fn session() -> ReceiverSession {
             initial_committed: false,
             committed_cycle: 0,
             initial_in_progress: true,
-            progress: vec![],
+            progress: crate::RangeSet::new(),
         })),
     );
     s

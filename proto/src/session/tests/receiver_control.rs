@@ -78,7 +78,7 @@ pub(super) fn opened(initial_in_progress: bool) -> Done {
         initial_committed: !initial_in_progress,
         committed_cycle: 2,
         initial_in_progress,
-        progress: vec![(0, 512)],
+        progress: crate::RangeSet::from_range(0, 512),
     }))
 }
 
@@ -168,7 +168,7 @@ fn a_request_makes_the_stream_busy_until_its_store_work_is_done() {
             committed_cycle: 2,
             generation: 4,
             known_empty: true,
-            progress: vec![(0, 512)],
+            progress: crate::RangeSet::from_range(0, 512),
             more_progress: false,
         }
     );
@@ -250,14 +250,17 @@ fn a_commit_and_a_cycle_move_the_disk_through_its_states() {
             cycle: 1
         }
     );
-    let (a, ..) = answer(s.handle_done(S, Done::CycleOpened(Ok(vec![(0, 4096)]))));
+    let (a, ..) = answer(s.handle_done(
+        S,
+        Done::CycleOpened(Ok(crate::RangeSet::from_range(0, 4096))),
+    ));
     assert_eq!(
         a,
         Control::CycleOpened {
             req: 3,
             handle: 1,
             cycle: 1,
-            progress: vec![(0, 4096)],
+            progress: crate::RangeSet::from_range(0, 4096),
             more_progress: false,
         }
     );

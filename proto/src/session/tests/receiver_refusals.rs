@@ -340,7 +340,7 @@ fn a_second_handle_on_a_replica_sees_a_new_copy_started_through_another() {
             initial_committed: true,
             committed_cycle: 2,
             initial_in_progress: true,
-            progress: vec![],
+            progress: crate::RangeSet::new(),
         })),
     ));
     assert_eq!(s.disk(1).unwrap().generation, 5);

@@ -37,7 +37,10 @@ fn control_messages_round_trip() {
         committed_cycle: 0,
         generation: 4,
         known_empty: true,
-        progress: vec![(0, 512), (4096, 8192)],
+        progress: [(0, 512), (4096, 8192)]
+            .into_iter()
+            .map(|(a, b)| a..b)
+            .collect(),
         more_progress: false,
     });
     roundtrip(Control::BeginCycle {
@@ -49,7 +52,7 @@ fn control_messages_round_trip() {
         req: 2,
         handle: 1,
         cycle: 9,
-        progress: vec![(512, 1024)],
+        progress: [(512, 1024)].into_iter().map(|(a, b)| a..b).collect(),
         more_progress: false,
     });
     roundtrip(Control::CommitCycle {
@@ -200,7 +203,10 @@ fn every_control() -> Vec<Control> {
             committed_cycle: 5,
             generation: 4,
             known_empty: false,
-            progress: vec![(0, 512), (4096, 8192)],
+            progress: [(0, 512), (4096, 8192)]
+                .into_iter()
+                .map(|(a, b)| a..b)
+                .collect(),
             more_progress: false,
         },
         Control::CommitInitial {
@@ -222,7 +228,7 @@ fn every_control() -> Vec<Control> {
             req: 2,
             handle: 1,
             cycle: 9,
-            progress: vec![(512, 1024)],
+            progress: [(512, 1024)].into_iter().map(|(a, b)| a..b).collect(),
             more_progress: false,
         },
         Control::CommitCycle {

@@ -3,11 +3,11 @@
 //! *before* anything is sent — Azurite does not enforce them, Azure does.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use md5::{Digest, Md5};
+use vdrep_proto::RangeSet;
 
 use super::rest::{xml_sections, xml_text, xml_unescape, Client, Req, Resp, RestError};
 
@@ -193,30 +193,24 @@ impl Container {
         Ok(self.client.send(&r)?.body)
     }
 
-    /// Get Page Ranges: the ranges of a blob (or snapshot) that hold pages, as half-open
-    /// byte ranges, sorted.
-    pub fn page_ranges(
-        &self,
-        blob: &str,
-        snapshot: Option<&str>,
-    ) -> Result<Vec<Range<u64>>, RestError> {
+    /// Get Page Ranges: the bytes of a blob (or snapshot) that hold pages. The service's
+    /// list (inclusive ends, in any order it likes, possibly touching) becomes one set.
+    pub fn page_ranges(&self, blob: &str, snapshot: Option<&str>) -> Result<RangeSet, RestError> {
         let mut r = Req::new("GET", self.path(blob), "get page ranges").q("comp", "pagelist");
         if let Some(s) = snapshot {
             r = r.q("snapshot", s);
         }
         let resp = self.client.send(&r)?;
         let body = String::from_utf8_lossy(&resp.body).into_owned();
-        let mut out = Vec::new();
+        let mut out = RangeSet::new();
         for sec in xml_sections(&body, "PageRange") {
             let start = xml_text(sec.as_bytes(), "Start").and_then(|s| s.parse::<u64>().ok());
             let end = xml_text(sec.as_bytes(), "End").and_then(|s| s.parse::<u64>().ok());
             if let (Some(s), Some(e)) = (start, end) {
-                if e >= s {
-                    out.push(s..e + 1);
-                }
+                // `End` is inclusive; a range ending at u64::MAX has no exclusive end.
+                out.insert(s, e.saturating_add(1));
             }
         }
-        out.sort_by_key(|r| r.start);
         Ok(out)
     }
 

@@ -128,7 +128,7 @@ pub fn download_snapshot(
     let f = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
     f.set_len(size).map_err(|e| io("truncate", e))?;
     let mut done = 0u64;
-    for r in c.page_ranges(blob, Some(snap)).map_err(rest_err)? {
+    for r in c.page_ranges(blob, Some(snap)).map_err(rest_err)?.iter() {
         let mut at = r.start;
         let end = r.end.min(size);
         while at < end {

@@ -170,14 +170,10 @@ impl PointReader for AzurePointReader {
 
     fn allocated(&self, cycle: u64) -> Result<Option<RangeSet>, SinkError> {
         let snap = self.snap(cycle, false)?;
-        let mut set = RangeSet::new();
-        for r in self
+        let set = self
             .c
             .page_ranges(&self.blob, Some(&snap.id))
-            .map_err(rest_err)?
-        {
-            set.insert(r.start, r.end);
-        }
+            .map_err(rest_err)?;
         Ok(Some(set))
     }
 

@@ -43,6 +43,8 @@ const CACHE_FILES: usize = 32;
 struct View {
     replica_id: Guid,
     committed_cycle: u64,
+    /// `(cycle, undo_len)` of each point, oldest first: pairs of a cycle and a length,
+    /// not byte ranges.
     points: Vec<(u64, u64)>,
 }
 
