@@ -3,6 +3,8 @@
 //! accepts are verified (BLAKE3, decompression) and written here on blocking threads, and
 //! the batch result it composes is sent back.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use vdrep_proto::wire::{
 
 use super::control::{refusal, ConnState};
 use super::disk::DiskSession;
+use super::limits::FramePermits;
 use super::Receiver;
 use crate::codec::{zero_hash, zero_runs, zstd_ctx};
 use crate::sink::SinkError;
@@ -98,14 +101,15 @@ fn write_sparse(s: &DiskSession, offset: u64, data: &[u8]) -> Result<(), SinkErr
     Ok(())
 }
 
-/// Sends a batch's result, stopping the stream first when the batch failed.
+/// Sends a batch's result, stopping the stream first when the batch failed (`recv` is
+/// `None` when it was dropped, which stopped it already).
 pub(super) async fn send_result(
     conn: &ConnState,
     end: BatchEnd,
     send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
+    recv: Option<&mut quinn::RecvStream>,
 ) {
-    if end.stop {
+    if let (true, Some(recv)) = (end.stop, recv) {
         let _ = recv.stop(1u32.into());
     }
     if let Err(e) = write_frame(send, &end.result.encode()).await {
@@ -114,21 +118,75 @@ pub(super) async fn send_result(
     let _ = send.finish();
 }
 
+/// A frame as [`Receiver::read_charged`] gives it: kind, body, and the budget it holds.
+type Frame = (u8, bytes::Bytes, FramePermits);
+/// A frame being read: the read owns the stream and gives it back with the frame.
+type Reading<'a> =
+    Pin<Box<dyn Future<Output = (quinn::RecvStream, Result<Frame, FrameError>)> + Send + 'a>>;
+
+/// Where a data stream's next frame is. While an extent is verified and written the next
+/// frame is read (at most one ahead): otherwise the stream's bytes pile up in quinn during
+/// every write, and quinn copies the pile once more whenever it passes 2,048 chunks
+/// (`bench/results/ANALYSIS.md`, session 8: 4.5 % of the receiver).
+enum Next<'a> {
+    /// Not asked for yet.
+    Idle(quinn::RecvStream),
+    /// Being read.
+    Reading(Reading<'a>),
+    /// Read, not handled yet.
+    Ready(quinn::RecvStream, Result<Frame, FrameError>),
+}
+
+impl<'a> Next<'a> {
+    /// The next frame, and the stream.
+    async fn frame(
+        self,
+        rx: &'a Receiver,
+        conn: &'a ConnState,
+    ) -> (quinn::RecvStream, Result<Frame, FrameError>) {
+        match self {
+            Next::Idle(r) => rx.read_data_frame(conn, r).await,
+            Next::Reading(f) => f.await,
+            Next::Ready(r, f) => (r, f),
+        }
+    }
+
+    /// Starts reading the next frame unless that has begun.
+    fn start(self, rx: &'a Receiver, conn: &'a ConnState) -> Next<'a> {
+        match self {
+            Next::Idle(r) => Next::Reading(rx.read_data_frame(conn, r)),
+            other => other,
+        }
+    }
+
+    /// The stream back when a batch fails mid-stream. A frame being read is abandoned: the
+    /// batch result goes out now, not after a frame the sender may be slow to finish, and
+    /// dropping the read drops the stream, which stops it (quinn sends STOP_SENDING, code
+    /// 0, for a stream dropped unread), so there is no stream left to stop: `None`.
+    fn into_stream(self) -> Option<quinn::RecvStream> {
+        match self {
+            Next::Idle(r) | Next::Ready(r, _) => Some(r),
+            Next::Reading(_) => None,
+        }
+    }
+}
+
 impl Receiver {
     pub(crate) async fn handle_batch(
         self: Arc<Self>,
         conn: Arc<ConnState>,
         mut batch: BatchReceiver,
         mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
+        recv: quinn::RecvStream,
     ) {
-        let (end, counted) = match conn.disk(batch.handle()) {
-            Some(s) => self.batch_loop(&conn, &s, &mut batch, &mut recv).await,
+        let (end, mut recv, counted) = match conn.disk(batch.handle()) {
+            Some(s) => self.batch_loop(&conn, &s, &mut batch, recv).await,
             None => (
                 batch.fail_stream(Refusal::new(
                     ErrorClass::Internal,
                     format!("disk handle {} has no open replica", batch.handle()),
                 )),
+                Some(recv),
                 false,
             ),
         };
@@ -139,7 +197,20 @@ impl Receiver {
                 self.refused(&conn.sender, class.as_str(), message);
             }
         }
-        send_result(&conn, end, &mut send, &mut recv).await;
+        send_result(&conn, end, &mut send, recv.as_mut()).await;
+    }
+
+    /// Reads one frame of a data stream, owning the stream meanwhile (see [`Next`]).
+    fn read_data_frame<'a>(
+        &'a self,
+        conn: &'a ConnState,
+        mut recv: quinn::RecvStream,
+    ) -> Reading<'a> {
+        Box::pin(async move {
+            let max = EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD;
+            let r = self.read_charged(conn, &mut recv, max).await;
+            (recv, r)
+        })
     }
 
     async fn batch_loop(
@@ -147,15 +218,15 @@ impl Receiver {
         conn: &ConnState,
         s: &Arc<DiskSession>,
         batch: &mut BatchReceiver,
-        recv: &mut quinn::RecvStream,
-    ) -> (BatchEnd, bool) {
+        recv: quinn::RecvStream,
+    ) -> (BatchEnd, Option<quinn::RecvStream>, bool) {
+        let mut next = Next::Idle(recv);
         loop {
-            let (kind, body, _permits) = match self
-                .read_charged(conn, recv, EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD)
-                .await
-            {
+            let (recv, frame) = next.frame(self, conn).await;
+            // The frame's budget is held until its extent is written (end of this round).
+            let (kind, body, _permits) = match frame {
                 Ok(f) => f,
-                Err(FrameError::End) => return (batch.finish(), false),
+                Err(FrameError::End) => return (batch.finish(), Some(recv), false),
                 Err(e) => {
                     let class = if crate::error::Classify::is_transient(&e) {
                         ErrorClass::Internal
@@ -166,24 +237,48 @@ impl Receiver {
                     let counted = matches!(e, FrameError::Slow { .. });
                     return (
                         batch.fail_stream(Refusal::new(class, e.to_string())),
+                        Some(recv),
                         counted,
                     );
                 }
             };
             let mut step = batch.handle_frame(kind, body);
+            let mut ahead = Next::Idle(recv);
             loop {
                 match step {
                     BatchStep::Apply(w) => {
+                        ahead = ahead.start(self, conn);
                         let s2 = s.clone();
                         let offset = w.header.offset;
-                        let slot = self.limits.apply_slot().await;
-                        let out = match tokio::task::spawn_blocking(move || {
-                            let r = apply(&s2, w);
-                            drop(slot);
-                            r
-                        })
-                        .await
-                        {
+                        let work = async {
+                            let slot = self.limits.apply_slot().await;
+                            tokio::task::spawn_blocking(move || {
+                                let r = apply(&s2, w);
+                                drop(slot);
+                                r
+                            })
+                            .await
+                        };
+                        tokio::pin!(work);
+                        // The write's result is taken as soon as it is there: the frame
+                        // being read may wait for budget this one still holds.
+                        let done = match ahead {
+                            Next::Reading(mut rd) => tokio::select! {
+                                o = &mut work => {
+                                    ahead = Next::Reading(rd);
+                                    o
+                                }
+                                (r, f) = &mut rd => {
+                                    ahead = Next::Ready(r, f);
+                                    work.await
+                                }
+                            },
+                            other => {
+                                ahead = other;
+                                work.await
+                            }
+                        };
+                        let out = match done {
                             Ok(Ok(o)) => o,
                             Ok(Err(e)) => {
                                 warn!(sender = %conn.sender, disk = %s.replica.key(), offset, error = %e, "write failed");
@@ -202,9 +297,10 @@ impl Receiver {
                         }
                         break;
                     }
-                    BatchStep::End(end) => return (end, false),
+                    BatchStep::End(end) => return (end, ahead.into_stream(), false),
                 }
             }
+            next = ahead;
         }
     }
 

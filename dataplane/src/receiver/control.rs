@@ -248,7 +248,7 @@ impl Receiver {
                 if let Some((class, message)) = &end.result.error {
                     self.refused(&conn.sender, class.as_str(), message);
                 }
-                return super::batch::send_result(&conn, end, &mut send, &mut recv).await;
+                return super::batch::send_result(&conn, end, &mut send, Some(&mut recv)).await;
             }
             FirstStep::Control(step) => step,
         };

@@ -6,4 +6,4 @@ mod inject;
 mod simfs;
 
 pub use inject::{FaultPlan, FaultStore, Op};
-pub use simfs::{Crash, SimFs};
+pub use simfs::{Crash, SimFs, SyncHold};

@@ -17,6 +17,10 @@
 //! succeeds without writing them. A store that retries a failed fdatasync and then trusts it
 //! claims bytes that are not there (PostgreSQL's "fsyncgate").
 //!
+//! [`SimFs::hold_next_sync`] makes a file's next sync wait until the test releases it, so a
+//! test can write, read or crash while a store call is inside its fdatasync; writes made
+//! meanwhile stay pending (not durable) when the held sync completes.
+//!
 //! Simplifications (documented, deliberate): directories are durable when created; a single
 //! write either persists whole or not at all at a crash (sector-atomic writes are not
 //! modelled below the granularity of one call).
@@ -24,7 +28,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -177,6 +182,8 @@ struct State {
     budget: Option<u64>,
     /// Data-file syncs left to fail (see [`SimFs::fail_syncs`]).
     failing_syncs: u32,
+    /// The next sync of these inodes waits (see [`SimFs::hold_next_sync`]).
+    holds: HashMap<u64, SyncHold>,
 }
 
 impl State {
@@ -192,6 +199,56 @@ impl State {
                 Ok(())
             }
             None => Ok(()),
+        }
+    }
+}
+
+/// A data-file sync held by [`SimFs::hold_next_sync`].
+#[derive(Debug, Clone, Default)]
+pub struct SyncHold {
+    gate: Arc<(Mutex<HoldState>, Condvar)>,
+}
+
+#[derive(Debug, Default)]
+struct HoldState {
+    entered: bool,
+    released: bool,
+}
+
+impl SyncHold {
+    fn state(&self) -> MutexGuard<'_, HoldState> {
+        self.gate.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits up to `timeout` for the held sync to start; true once it has.
+    pub fn wait_entered(&self, timeout: Duration) -> bool {
+        let g = self.state();
+        let (g, _) = self
+            .gate
+            .1
+            .wait_timeout_while(g, timeout, |s| !s.entered)
+            .unwrap_or_else(|p| p.into_inner());
+        g.entered
+    }
+
+    /// True while the held sync has started and not been released.
+    pub fn is_waiting(&self) -> bool {
+        let s = self.state();
+        s.entered && !s.released
+    }
+
+    /// Lets the held sync finish.
+    pub fn release(&self) {
+        self.state().released = true;
+        self.gate.1.notify_all();
+    }
+
+    fn enter_and_wait(&self) {
+        let mut g = self.state();
+        g.entered = true;
+        self.gate.1.notify_all();
+        while !g.released {
+            g = self.gate.1.wait(g).unwrap_or_else(|p| p.into_inner());
         }
     }
 }
@@ -263,6 +320,18 @@ impl SimFs {
     /// writes each would have made durable (see the module docs).
     pub fn fail_syncs(&self, n: u32) {
         self.lock().failing_syncs = n;
+    }
+
+    /// Makes the next [`DataFile::sync_data`] of the file at `path` wait until the returned
+    /// hold is released, as a slow disk's fdatasync does, so a test can act while it runs
+    /// (writes made meanwhile are not made durable by it). A crash meanwhile makes the held
+    /// sync fail as stale once released.
+    pub fn hold_next_sync(&self, path: &Path) -> io::Result<SyncHold> {
+        let mut st = self.lock();
+        let ino = SimFs::ino(&st, path)?;
+        let hold = SyncHold::default();
+        st.holds.insert(ino, hold.clone());
+        Ok(hold)
     }
 
     /// Lets only the next `ops` changing operations (writes, syncs, creates, renames,
@@ -518,18 +587,31 @@ impl DataFile for SimFile {
         self.push(DataOp::Zero(offset, len))
     }
     fn sync_data(&self) -> io::Result<()> {
-        let failing = {
+        let (failing, hold, before) = {
             let mut st = self.fs.lock();
             let f = st.failing_syncs > 0;
             st.failing_syncs = st.failing_syncs.saturating_sub(1);
-            f
+            let hold = st.holds.remove(&self.ino);
+            let before = st.inodes.get(&self.ino).map_or(0, |i| i.pending.len());
+            (f, hold, before)
         };
+        if let Some(h) = hold {
+            h.enter_and_wait();
+        }
         self.with_state(true, |i| {
             if failing {
                 // Writeback failed: the pages are dropped, as Linux does.
                 i.current = i.durable.clone();
                 i.pending.clear();
                 return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            if before < i.pending.len() {
+                // Written while the sync was held: a real fdatasync may or may not take
+                // those along; the model never does, so nothing relies on it.
+                for op in i.pending.drain(..before) {
+                    i.durable.apply(&op);
+                }
+                return Ok(());
             }
             i.durable = i.current.clone();
             i.pending.clear();

@@ -237,7 +237,7 @@ impl LocalDisk {
     /// Moves the buffered writes into the replica, undo first: fdatasync the undo log,
     /// persist its length in the state record, then write the replica (not synced here).
     /// On an error the buffer is kept, so a retry replays it whole, in order.
-    fn flush_cycle(&self, inner: &mut Inner) -> Result<(), SinkError> {
+    pub(super) fn flush_cycle(&self, inner: &mut Inner) -> Result<(), SinkError> {
         let replica = self.require_replica(inner, "flush")?;
         let Some(c) = inner.cycle.as_ref() else {
             return Ok(());

@@ -36,6 +36,38 @@ pub(super) struct Inner {
     pub(super) cycle: Option<OpenCycle>,
 }
 
+/// What a checkpoint's unlocked sync relies on staying the same: the same image file of
+/// the same copy generation, in the same copy or cycle. If any of it changed (a commit, a
+/// new copy) the sync may not have covered what `durable` names, so the checkpoint is done
+/// again under the lock.
+#[derive(PartialEq, Eq)]
+struct Era {
+    same_file: bool,
+    generation: u64,
+    copying: bool,
+    cycle: Option<u64>,
+    committed_cycle: u64,
+}
+
+impl Era {
+    fn of(inner: &Inner, file: &Arc<dyn DataFile>) -> Era {
+        let st = &inner.rec.disk;
+        let now = if st.open_cycle.is_some() {
+            inner.committed.as_ref()
+        } else {
+            inner.working.as_ref()
+        };
+        Era {
+            // The file the checkpoint synced must still be the one writes go to.
+            same_file: now.is_some_and(|f| Arc::ptr_eq(f, file)),
+            generation: st.generation,
+            copying: st.initial_in_progress,
+            cycle: st.open_cycle,
+            committed_cycle: st.committed_cycle,
+        }
+    }
+}
+
 /// A disk of the [`super::LocalStore`]; holds the disk's lock until dropped.
 pub struct LocalDisk {
     key: DiskKey,
@@ -264,6 +296,30 @@ impl LocalDisk {
         Ok((g, w))
     }
 
+    /// [`ReplicaDisk::checkpoint`] wholly under the write lock: the fallback when the
+    /// disk's state changed while the unlocked sync ran.
+    fn checkpoint_locked(&self, inner: &mut Inner, durable: &RangeSet) -> Result<(), SinkError> {
+        let path = inner.working_path.clone();
+        let next = lifecycle::checkpoint(&path, &inner.rec.disk, durable)?;
+        // Data first, then the progress that claims it.
+        if inner.rec.disk.open_cycle.is_some() {
+            self.cycle_sync(inner)?;
+        } else {
+            let w = self.ensure_working(inner)?;
+            self.sync(w.as_ref(), &path, 0)?;
+            w.drop_cache();
+        }
+        if let Some(disk) = next {
+            let next = Record {
+                disk,
+                ..inner.rec.clone()
+            };
+            self.persist(&next)?;
+            inner.rec = next;
+        }
+        Ok(())
+    }
+
     pub(super) fn persist(&self, rec: &Record) -> Result<(), SinkError> {
         persist(self.fs.as_ref(), &self.paths, rec)
     }
@@ -316,19 +372,39 @@ impl ReplicaDisk for LocalDisk {
 
     fn checkpoint(&self, durable: &RangeSet) -> Result<(), SinkError> {
         self.usable("checkpoint")?;
-        let mut inner = self.write_inner();
-        let path = inner.working_path.clone();
-        let next = lifecycle::checkpoint(&path, &inner.rec.disk, durable)?;
-        // Data first, then the progress that claims it.
-        if inner.rec.disk.open_cycle.is_some() {
-            self.cycle_sync(&mut inner)?;
-        } else {
-            let w = self.ensure_working(&mut inner)?;
-            self.sync(w.as_ref(), &path, 0)?;
-            // Clean now: the pages the copy wrote since the last checkpoint can go.
-            w.drop_cache();
+        // Under the lock only briefly: validate, move an open cycle's buffer into the replica
+        // (undo first, `cycle.rs`) and pick the file to sync.
+        let (file, path, era) = {
+            let mut inner = self.write_inner();
+            let path = inner.working_path.clone();
+            lifecycle::checkpoint(&path, &inner.rec.disk, durable)?;
+            let file = if inner.rec.disk.open_cycle.is_some() {
+                self.flush_cycle(&mut inner)?;
+                self.require_replica(&inner, "checkpoint")?
+            } else {
+                self.ensure_working(&mut inner)?
+            };
+            let era = Era::of(&inner, &file);
+            (file, path, era)
+        };
+        // The sync runs without the lock, so the disk's writes go on meanwhile (an fdatasync
+        // takes tens of milliseconds, at every checkpoint). `durable` names only writes that
+        // completed before this call (the caller's snapshot), so they are in the page cache
+        // or were just flushed into it, and this sync makes them durable; writes made during
+        // it may or may not be, and `durable` does not claim them.
+        self.sync(file.as_ref(), &path, 0)?;
+        if era.cycle.is_none() {
+            // Clean now: the pages the copy wrote before the sync can go (dirty ones stay).
+            file.drop_cache();
         }
-        if let Some(disk) = next {
+        let mut inner = self.write_inner();
+        if Era::of(&inner, &file) != era {
+            // A commit or a new copy ran meanwhile (not the receiver's order: it serialises
+            // them with checkpoints): do it all again under the lock.
+            return self.checkpoint_locked(&mut inner, durable);
+        }
+        // Data first, then the progress that claims it.
+        if let Some(disk) = lifecycle::checkpoint(&path, &inner.rec.disk, durable)? {
             let next = Record {
                 disk,
                 ..inner.rec.clone()
