@@ -15,6 +15,8 @@ use vdrep_tests::images::Kind;
 use vdrep_tests::procs::{finish, read_log, wait_for_log};
 
 const MIB: u64 = 1 << 20;
+/// The receiver's log line of a committed cycle.
+const COMMITTED: &str = "cycle committed as a recovery point";
 
 /// kill -9 of the receiver while a large cycle is shipped (`transfer` times, at seeded
 /// moments after the receiver started saving the cycle's pre-images in the undo log) and
@@ -48,6 +50,10 @@ fn kill_receiver_during_cycle(
     let mut found = Vec::new();
     let mut during_flush = 0;
     let mut opens = count(&rig.rx.log_text(), "disk opened");
+    // Commits seen before the latest restart: a faster receiver can finish the cycle's
+    // last writes and commit it before this loop looks at the files again, and then no
+    // fresh write will ever come.
+    let mut commits = count(&rig.rx.log_text(), COMMITTED);
     for k in 0..transfer + flush {
         // The sender (re)opened the disk on this receiver instance.
         let w = wait_count(&rig.rx, "disk opened", opens, Duration::from_secs(30))
@@ -73,12 +79,17 @@ fn kill_receiver_during_cycle(
             (&replica, "replica write")
         };
         let end = Instant::now() + Duration::from_secs(60);
+        let mut polls = 0u32;
         loop {
             let fresh = std::fs::metadata(file)
                 .and_then(|m| m.modified())
                 .map(|t| t > started)
                 .unwrap_or(false);
             if fresh {
+                break;
+            }
+            polls += 1;
+            if polls % 100 == 0 && count(&rig.rx.log_text(), COMMITTED) > commits {
                 break;
             }
             assert!(
@@ -93,8 +104,6 @@ fn kill_receiver_during_cycle(
         } else {
             std::thread::sleep(Duration::from_millis(rng.gen_range(0..40)));
         }
-        let committed_before_kill =
-            count(&rig.rx.log_text(), "cycle committed as a recovery point");
         let (c, out) = rig.newest_point_stopped();
         if same_bytes(&out, &before) {
             assert_eq!(c, c1, "kill {k}: the previous point changed number");
@@ -105,8 +114,8 @@ fn kill_receiver_during_cycle(
         if k >= transfer && c == c1 {
             during_flush += 1;
         }
-        let _ = committed_before_kill;
         opens = count(&rig.rx.log_text(), "disk opened");
+        commits = count(&rig.rx.log_text(), COMMITTED);
         rig.rx.restart();
         if c > c1 {
             // Committed before this kill: later kill points cannot hit this cycle.
