@@ -89,7 +89,7 @@ fn kill_receiver_during_cycle(
                 break;
             }
             polls += 1;
-            if polls % 100 == 0 && count(&rig.rx.log_text(), COMMITTED) > commits {
+            if polls.is_multiple_of(100) && count(&rig.rx.log_text(), COMMITTED) > commits {
                 break;
             }
             assert!(
