@@ -159,10 +159,15 @@ fn loopback(ctx: &Ctx, image: &Path, extra: &[&str]) -> anyhow::Result<(Usage, U
         }
     };
     std::thread::spawn(move || lines.for_each(drop));
+    let state = ctx.dir.join("send-state");
+    let _ = std::fs::remove_dir_all(&state);
+    let state = state.display().to_string();
     let mut args = sv(&[
         "send",
         "--to",
         &addr,
+        "--state",
+        &state,
         "--tls",
         &ce,
         "--identity",

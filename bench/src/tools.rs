@@ -138,10 +138,14 @@ fn vdrep(ctx: &Ctx, image: &Path) -> anyhow::Result<Transfer> {
     });
     rx.recv_timeout(Duration::from_secs(10))
         .context("vdrep receive did not print 'listening on' within 10 s")?;
+    let state = ctx.dir.join("send-state");
+    let _ = std::fs::remove_dir_all(&state);
     let mut args = strs(&[
         "send",
         "--to",
         &addr,
+        "--state",
+        &s(&state),
         "--tls",
         &s(&certs),
         "--identity",

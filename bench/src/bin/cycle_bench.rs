@@ -454,6 +454,9 @@ fn spawn_sender(
         .args(["send", "--to", addr, "--identity", "hv01", "--vm", vm])
         .arg("--tls")
         .arg(tls)
+        // The run's own sender state, beside its certificates (never the operator's).
+        .arg("--state")
+        .arg(tls.with_file_name("send-state"))
         .args(["--json", "--no-progress"])
         .args(extra)
         .arg(disk)

@@ -135,6 +135,8 @@ fn main() -> anyhow::Result<()> {
             ])
             .arg("--tls")
             .arg(&tls)
+            .arg("--state")
+            .arg(work.join("send-state"))
             .args(extra)
             .arg(&img))?;
         Ok(serde_json::from_str(&out)?)

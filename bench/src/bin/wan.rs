@@ -201,6 +201,8 @@ fn run_vdrep(
     let bin = vdrep_tests::vdrep_bin();
     let tls = dir.join("tls");
     let store = dir.join(format!("store-{}", rand::random::<u32>()));
+    // The sender's own state folder (not the operator's ~/.local/state/vdrep).
+    let state = store.with_extension("send-state");
     if !tls.exists() {
         sh(&[
             bin.to_str().unwrap(),
@@ -256,6 +258,8 @@ fn run_vdrep(
             "--identity",
             "hv01",
         ])
+        .arg("--state")
+        .arg(&state)
         .args(["--no-progress", "--vm", "vm1", "--tls"])
         .arg(&tls)
         .arg(disk)
@@ -265,6 +269,7 @@ fn run_vdrep(
     let _ = rx.kill();
     let _ = rx.wait();
     let _ = std::fs::remove_dir_all(&store);
+    let _ = std::fs::remove_dir_all(&state);
     if !st.success() {
         bail!("vdrep send: {st}");
     }
