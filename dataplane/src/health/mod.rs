@@ -263,14 +263,14 @@ impl Health {
         });
     }
 
-    /// An attempt failed with an error affecting every VM of the connection; `next_retry`
-    /// `None` means no retry (Critical when not recoverable).
-    pub fn failed(
+    /// The record of a failure now, and when its retry is due (`None`: no retry), for the
+    /// connection's failures ([`Health::failed`]) and a VM's own ([`own`]) alike.
+    fn failure(
         &self,
         class: &crate::retry::Classified,
         message: &str,
         next_retry: Option<Duration>,
-    ) {
+    ) -> (LastError, Option<Timestamp>) {
         let now = self.clock.now_utc();
         let err = LastError {
             at: now.to_string(),
@@ -284,6 +284,18 @@ impl Health {
                 .ok()
                 .and_then(|d| now.checked_add(d).ok())
         });
+        (err, next)
+    }
+
+    /// An attempt failed with an error affecting every VM of the connection; `next_retry`
+    /// `None` means no retry (Critical when not recoverable).
+    pub fn failed(
+        &self,
+        class: &crate::retry::Classified,
+        message: &str,
+        next_retry: Option<Duration>,
+    ) {
+        let (err, next) = self.failure(class, message, next_retry);
         self.with(|m| {
             // A VM given up on alone ([`own`]) stays Critical with its own reason.
             for v in m.values_mut().filter(|v| !(v.own && v.critical)) {

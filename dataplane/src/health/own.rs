@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::{Health, LastError};
+use super::Health;
 use crate::retry::Classified;
 
 impl Health {
@@ -20,19 +20,7 @@ impl Health {
         message: &str,
         next_retry: Option<Duration>,
     ) {
-        let now = self.clock.now_utc();
-        let err = LastError {
-            at: now.to_string(),
-            class: class.class.to_string(),
-            recoverable: class.recoverable,
-            message: message.to_string(),
-            advice: class.advice.to_string(),
-        };
-        let next = next_retry.and_then(|d| {
-            jiff::SignedDuration::try_from(d)
-                .ok()
-                .and_then(|d| now.checked_add(d).ok())
-        });
+        let (err, next) = self.failure(class, message, next_retry);
         self.with(|m| {
             let v = m.entry(vm.to_string()).or_default();
             v.last_error = Some(err);
