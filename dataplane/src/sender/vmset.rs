@@ -471,15 +471,7 @@ pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
     }
     let disks = protected_disks(&jobs, &req.disks, false).map_err(|e| e.to_string())?;
     // Durable before it runs: a sender killed from here on protects it after its restart.
-    let mut kept = load(&set.state).map_err(|e| e.to_string())?;
-    kept.retain(|a| a.vm != req.vm);
-    kept.push(req.clone());
-    save(&set.state, &kept).map_err(|e| {
-        format!(
-            "cannot record the VM in {}: {e}",
-            set.state.join(FILE).display()
-        )
-    })?;
+    record(set, &req)?;
     // Checked above, under the add lock: joining cannot be refused now.
     let policy = set.with_group(&req.vm, req.group.as_deref(), set.policy_for(&req))?;
     sh.jobs.start_vm(&req.vm);
@@ -561,15 +553,7 @@ fn add_qemu(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
         e => e.to_string(),
     })?;
     // Durable before it runs: a sender killed from here on protects it after its restart.
-    let mut kept = load(&set.state).map_err(|e| e.to_string())?;
-    kept.retain(|a| a.vm != req.vm);
-    kept.push(req.clone());
-    save(&set.state, &kept).map_err(|e| {
-        format!(
-            "cannot record the VM in {}: {e}",
-            set.state.join(FILE).display()
-        )
-    })?;
+    record(set, &req)?;
     let threshold = req
         .rpo_threshold_seconds
         .map(Duration::from_secs)
@@ -721,6 +705,19 @@ fn refused_alone(e: &SendError) -> bool {
             ..
         }
     )
+}
+
+/// Records `req` in the VM list of the state folder (replacing an earlier request for its VM).
+fn record(set: &VmSet, req: &AddedVm) -> Result<(), String> {
+    let mut kept = load(&set.state).map_err(|e| e.to_string())?;
+    kept.retain(|a| a.vm != req.vm);
+    kept.push(req.clone());
+    save(&set.state, &kept).map_err(|e| {
+        format!(
+            "cannot record the VM in {}: {e}",
+            set.state.join(FILE).display()
+        )
+    })
 }
 
 #[cfg(test)]
