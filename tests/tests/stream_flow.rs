@@ -144,3 +144,66 @@ fn a_sender_copying_70_vms_over_one_connection_completes_them_all() {
     }
     eprintln!("{MANY_VMS} VMs in {:.1} s", t0.elapsed().as_secs_f64());
 }
+
+/// Batch streams 3 VMs on 32 threads each keep busy: three times the data streams a lone
+/// connection gets (32).
+const BUSY_VMS: usize = 3;
+const BUSY_THREADS: usize = 32;
+
+#[test]
+fn three_vms_on_32_threads_each_complete_though_their_streams_outnumber_the_credit() {
+    // 96 stream workers, 32 data credits. Each worker takes an extent (and its share of the
+    // prepared budget) before it waits for credit; streams with credit used to wait for
+    // their batch's next extent while the waiting workers held the whole budget, so nothing
+    // more was prepared and the copy sent nothing at all (`sender/credit.rs`). Random data,
+    // so that extents travel whole and the budget holds few of them.
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let tls = certs(&d.join("tls"), &["hv01"]);
+    let mut toml = String::new();
+    let mut vms = Vec::new();
+    for i in 0..BUSY_VMS {
+        let vm = format!("vm{i}");
+        let disk = seeded_raw(
+            &d.join(format!("{vm}.raw")),
+            96 * MIB,
+            100 + i as u64,
+            1 << 20,
+            0,
+        );
+        toml += &format!(
+            "[[vm]]\nname = \"{vm}\"\ndisks = [{:?}]\n",
+            disk.display().to_string()
+        );
+        vms.push(vm);
+    }
+    let config = d.join("sender.toml");
+    std::fs::write(&config, toml).unwrap();
+    let allow = format!("hv01={}", vms.join(","));
+    let rx = Receiver::start(&d.join("store"), &tls, &[&allow]);
+    let mut send = Send::new(&rx.to(), &tls, "hv01", "-", &[], &d.join("send.log"));
+    send.vm = None;
+    let t0 = Instant::now();
+    let res = send
+        .arg("--config")
+        .arg(&config.display().to_string())
+        .arg("--threads")
+        .arg(&BUSY_THREADS.to_string())
+        .run(Duration::from_secs(60));
+    assert_eq!(
+        res.code(),
+        Some(0),
+        "the send of {BUSY_VMS} VMs on {BUSY_THREADS} threads did not end in {:?}:\n{}",
+        t0.elapsed(),
+        res.log
+    );
+    for (i, vm) in vms.iter().enumerate() {
+        let replica = d.join("store").join(vm).join(format!("{vm}.vhd"));
+        let source = d.join(format!("vm{i}.raw"));
+        vdrep_tests::cycles::assert_same(&source, &replica, "vpc", vm);
+    }
+    eprintln!(
+        "{BUSY_VMS} VMs × {BUSY_THREADS} threads in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}

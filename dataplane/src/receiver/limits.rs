@@ -35,7 +35,9 @@
 //!   With `streams × stream window ≤ connection window` the connection's window never runs
 //!   out before a stream's own does, so a stream holding permits always gets its bytes.
 //!   More streams than that wait in the sender's `open_bi` (QUIC flow control, not a
-//!   refusal) until one ends. Control streams (one per VM, request and answer) get credit
+//!   refusal) until one ends (a sender's batch ends early while streams wait for credit,
+//!   `sender/credit.rs`, or streams holding credit could wait for extents the waiting
+//!   ones hold). Control streams (one per VM, request and answer) get credit
 //!   of their own on top, up to the connection's disk limit, so that many VMs on
 //!   one connection cannot take all the credit and starve their own data streams. A stream
 //!   reads about one stream window per round trip, so a connection's throughput is about

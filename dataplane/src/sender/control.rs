@@ -22,8 +22,12 @@ pub struct ControlStream {
 
 impl ControlStream {
     /// Opens the stream and says hello.
-    pub async fn open(conn: &quinn::Connection, peer: &str) -> Result<Self, SendError> {
-        let (send, recv) = conn.open_bi().await.map_err(|e| SendError::Connection {
+    pub async fn open(
+        conn: &quinn::Connection,
+        peer: &str,
+        credit: &super::credit::StreamCredit,
+    ) -> Result<Self, SendError> {
+        let (send, recv) = credit.open(conn).await.map_err(|e| SendError::Connection {
             peer: peer.to_string(),
             source: e,
         })?;

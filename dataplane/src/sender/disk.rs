@@ -50,6 +50,9 @@ pub struct Shared {
     pub prepared: Arc<MemoryBudget>,
     /// The process's CPU budget (`--cpu-limit`), which holds back the reads.
     pub cpu: Option<Arc<crate::cpu::CpuBudget>>,
+    /// Streams waiting for QUIC stream credit: a batch that would wait for its next extent
+    /// ends instead while any does (`sender/credit.rs`).
+    pub credit: Arc<super::credit::StreamCredit>,
 }
 
 /// One disk to replicate.

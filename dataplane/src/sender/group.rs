@@ -374,12 +374,13 @@ pub async fn claim_all(
     conn: &quinn::Connection,
     groups: &Groups,
     peer: &str,
+    credit: &super::credit::StreamCredit,
 ) -> Result<(), super::SendError> {
     let list = groups.list();
     if list.is_empty() {
         return Ok(());
     }
-    let mut ctrl = super::ControlStream::open(conn, peer).await?;
+    let mut ctrl = super::ControlStream::open(conn, peer, credit).await?;
     let version = ctrl.version();
     if version < vdrep_proto::wire::VM_POINTS_VERSION {
         return Err(super::SendError::Group(format!(

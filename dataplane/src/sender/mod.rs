@@ -6,6 +6,7 @@
 //! [`BandwidthControl`] that can be changed while the transfer runs.
 
 mod control;
+mod credit;
 mod cycle;
 mod disk;
 mod error;
@@ -239,6 +240,7 @@ async fn run_jobs(
         state: state.to_path_buf(),
         // Small until the compression controller has seen the link (see the controller).
         prepared: crate::pipeline::MemoryBudget::new(crate::pipeline::WARMUP_BUDGET),
+        credit: Default::default(),
     });
     if let Some(p) = &policy {
         sh.board.set_interval(p.interval);
@@ -506,7 +508,7 @@ async fn attempt_once(
         let sh = sh.clone();
         let done = done.clone();
         vms.spawn(async move {
-            let mut ctrl = ControlStream::open(&conn, &sh.peer).await?;
+            let mut ctrl = ControlStream::open(&conn, &sh.peer, &sh.credit).await?;
             let Some(vm) = jobs.first().map(|j| j.vm.clone()) else {
                 return Ok(());
             };

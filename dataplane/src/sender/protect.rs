@@ -177,7 +177,7 @@ pub async fn protect_vm(
 ) -> Result<(), SendError> {
     // A group member is waited for by the group's switches from now on.
     let member = policy.group.as_ref().map(|g| g.enter(&vm_name(disks)));
-    let mut ctrl = ControlStream::open(conn, &sh.peer).await?;
+    let mut ctrl = ControlStream::open(conn, &sh.peer, &sh.credit).await?;
     report_resync(disks, sh);
     // Open every disk first (the receiver authorises the VM; enable protection's checks),
     // then copy those whose initial replication is not committed.

@@ -120,6 +120,7 @@ pub async fn resync(
         vms: sh.vms.clone(),
         state: sh.state.clone(),
         prepared: sh.prepared.clone(),
+        credit: sh.credit.clone(),
         // The budget paces the resync's reads too (its cap acts on the run's level, which
         // a resync does not use: a resync sends little, at its fixed level).
         cpu: sh.cpu.clone(),

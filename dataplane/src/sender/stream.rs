@@ -50,7 +50,7 @@ pub(super) async fn stream_worker(
             Err(_) => break,
         };
         level.waited_for_cpu(t.elapsed());
-        let (mut send, mut recv) = conn.open_bi().await.map_err(conn_err)?;
+        let (mut send, mut recv) = sh.credit.open(conn).await.map_err(conn_err)?;
         let mut batch = BatchSender::new(handle, generation);
         write_frame(&mut send, &batch.start_frame())
             .await
@@ -88,8 +88,14 @@ pub(super) async fn stream_worker(
             if batch.is_full() {
                 break;
             }
+            // The batch's next extent, unless other streams wait for credit: then this one
+            // ends its batch rather than hold credit while it waits (`sender/credit.rs`).
             let t = crate::clock::std_now();
-            next = rx.recv().await.ok();
+            next = tokio::select! {
+                biased;
+                n = rx.recv() => n.ok(),
+                _ = sh.credit.wanted() => rx.try_recv().ok(),
+            };
             level.waited_for_cpu(t.elapsed());
         }
         let _ = send.finish();

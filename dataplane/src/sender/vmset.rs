@@ -591,7 +591,7 @@ pub async fn run_all(
         if claimed < list.len() {
             // This connection protects the groups (again, when a VM joined one).
             if list[claimed..].iter().any(|e| e.policy.group.is_some()) {
-                super::group::claim_all(conn, &set.groups, &sh.peer).await?;
+                super::group::claim_all(conn, &set.groups, &sh.peer, &sh.credit).await?;
             }
             claimed = list.len();
         }

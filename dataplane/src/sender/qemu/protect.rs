@@ -53,7 +53,7 @@ pub async fn protect(
     policy: &Policy,
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
-    let mut ctrl = ControlStream::open(conn, &sh.peer).await?;
+    let mut ctrl = ControlStream::open(conn, &sh.peer, &sh.credit).await?;
     let mut opened: Vec<Option<Opened>> = vec![None; vm.disks.len()];
     let mut first = true;
     loop {
