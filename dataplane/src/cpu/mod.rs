@@ -4,13 +4,14 @@
 //!
 //! [`Governor`] is the pure controller (samples in, a level cap and a pacing delay out);
 //! [`CpuBudget`] applies it to a running sender: the CPU worker threads pass through
-//! [`CpuBudget::gate`] before every read, and the compression controller obeys the cap.
+//! [`CpuBudget::gate`] before every read, and the compression controller obeys the cap and
+//! climbs only while [`CpuBudget::review`] says the level in use leaves room.
 
 mod budget;
 mod governor;
 
-pub use budget::CpuBudget;
-pub use governor::{Decision, Governor, Sample, BURST, START_CREDIT};
+pub use budget::{BudgetState, CpuBudget};
+pub use governor::{Decision, Governor, Sample, BURST, SETTLE, START_CREDIT};
 
 use std::fmt;
 use std::time::Duration;
