@@ -33,7 +33,8 @@ pub struct BudgetState {
     pub tokens: f64,
     /// The cap on the ladder (`None`: no cap).
     pub cap: Option<i32>,
-    /// Whether the compression controller may climb.
+    /// Whether the compression controller may climb to the next step (whose cost
+    /// [`super::step_cost`] weighs).
     pub headroom: bool,
 }
 
@@ -93,7 +94,7 @@ impl CpuBudget {
                 steady_rate: g.steady_rate(),
                 tokens: g.tokens(),
                 cap: g.cap(),
-                headroom: g.headroom(),
+                headroom: g.headroom_for(super::step_cost(self.level.next_up())),
             },
             Err(_) => BudgetState {
                 steady_rate: None,

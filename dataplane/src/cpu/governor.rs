@@ -64,6 +64,15 @@ const CLIMB_BELOW: f64 = 0.9;
 /// Share of the budget from which a low bucket lowers the cap (pacing keeps the CPU rate at
 /// the budget, give or take a read, while the level costs more than it).
 const DRAIN_AT: f64 = 0.95;
+/// What a step up into the ladder's deep levels (from level
+/// [`JOIN_FROM_LEVEL`](crate::pipeline::JOIN_FROM_LEVEL) on: level 6 and 11, reads joined into
+/// 4 MiB frames) costs against the level in use: level 6's compression alone costs 3.1×
+/// level 3's (zstd on the bench mix, 128 MiB, one thread: 1.24 against 0.40 CPU-s) for 3.5 %
+/// fewer bytes. Under a budget such a step is taken only when the budget would still hold the
+/// level in use at this many times its steady rate: a link that decides the speed leaves the
+/// sender at level 3 (session 10, 100 Mbit/s at 0.18 cores: level 6 took a third of the
+/// sender's CPU for about 1 % of speed).
+pub const DEEP_STEP_COST: f64 = 3.0;
 /// Longest single wait returned: the caller samples again afterwards.
 const MAX_PACE: Duration = Duration::from_millis(500);
 
@@ -160,6 +169,18 @@ impl Governor {
         self.steady_rate()
             .is_some_and(|r| r < CLIMB_BELOW * self.cores)
             || self.tokens >= RAISE_AT * self.cores * BURST.as_secs_f64()
+    }
+
+    /// [`Governor::headroom`] for a step up that costs `factor` times the level in use
+    /// (1 for the ladder's cheap steps, [`DEEP_STEP_COST`] into its deep levels): the steady
+    /// rate times `factor` must fit. A full bucket is no reason for a costly step: the budget
+    /// is a cap, not a target, and what a deep level buys on a slow link is a few per cent.
+    pub fn headroom_for(&self, factor: f64) -> bool {
+        if factor <= 1.0 {
+            return self.headroom();
+        }
+        self.steady_rate()
+            .is_some_and(|r| r * factor < CLIMB_BELOW * self.cores)
     }
 
     /// Forgets the measurements: the level or the cap changed, so the cost is measured

@@ -11,7 +11,18 @@ mod budget;
 mod governor;
 
 pub use budget::{BudgetState, CpuBudget};
-pub use governor::{Decision, Governor, Sample, BURST, SETTLE, START_CREDIT};
+pub use governor::{Decision, Governor, Sample, BURST, DEEP_STEP_COST, SETTLE, START_CREDIT};
+
+use crate::pipeline::{Compression, JOIN_FROM_LEVEL};
+
+/// What a step up to `next` costs against the level in use, for [`Governor::headroom_for`]:
+/// [`DEEP_STEP_COST`] into the ladder's deep levels, 1 below them.
+pub fn step_cost(next: Option<Compression>) -> f64 {
+    match next {
+        Some(Compression::Zstd(l)) if l >= JOIN_FROM_LEVEL => DEEP_STEP_COST,
+        _ => 1.0,
+    }
+}
 
 use std::fmt;
 use std::time::Duration;

@@ -129,6 +129,13 @@ impl AdaptiveLevel {
             .store(step.map_or(top, |s| s.clamp(0, top)), Ordering::Relaxed);
     }
 
+    /// The level one step up from the one in use, if the ladder and the cap allow one.
+    pub fn next_up(&self) -> Option<Compression> {
+        let s = self.step_in_use();
+        let cap = self.cap.load(Ordering::Relaxed).min(self.top());
+        (s < cap).then(|| self.ladder[s as usize + 1])
+    }
+
     /// The level to use now.
     pub fn current(&self) -> Compression {
         self.ladder[self.step_in_use() as usize]
