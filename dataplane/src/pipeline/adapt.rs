@@ -16,6 +16,7 @@
 //! the wrong way on slow links (measured in bench/results/ANALYSIS.md).
 
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The encoding choice for the next extent.
@@ -128,6 +129,13 @@ impl AdaptiveLevel {
             .store(step.map_or(top, |s| s.clamp(0, top)), Ordering::Relaxed);
     }
 
+    /// The level one step up from the one in use, if the ladder and the cap allow one.
+    pub fn next_up(&self) -> Option<Compression> {
+        let s = self.step_in_use();
+        let cap = self.cap.load(Ordering::Relaxed).min(self.top());
+        (s < cap).then(|| self.ladder[s as usize + 1])
+    }
+
     /// The level to use now.
     pub fn current(&self) -> Compression {
         self.ladder[self.step_in_use() as usize]
@@ -186,6 +194,44 @@ impl AdaptiveLevel {
     /// An extent did not compress; counted for the summary.
     pub fn note_incompressible(&self) {
         self.incompressible.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs the compression controller of a sender's run until aborted: it decides every
+/// [`tick_after`], often at first with a small prepared budget (`prepared` starts at
+/// [`WARMUP_BUDGET`](super::WARMUP_BUDGET)), so that little of the disk is compressed at a
+/// level chosen before the link was seen; after [`WARMUP`] the whole
+/// [`PREPARED_BUDGET`](super::PREPARED_BUDGET).
+///
+/// It climbs only while there is CPU to spend. `budget()` says whether the sender's own CPU
+/// budget (`--cpu-limit`) leaves room for a step up (`cpu::Governor::headroom`), or `None`
+/// without a budget: then the host's idle share decides ([`CpuIdle`]). With a budget the
+/// operator has said how much of the host the sender may use, and the budget is measured
+/// where the host's idle share is guessed: on a host whose other work runs niced (or whose
+/// guests are idle for a moment) the idle share reads zero, and a sender held at its
+/// starting level paid wire bytes for CPU it was allowed to spend.
+pub async fn run_controller(
+    level: Arc<AdaptiveLevel>,
+    prepared: Arc<super::MemoryBudget>,
+    budget: impl Fn() -> Option<bool>,
+) {
+    let mut idle = CpuIdle::default();
+    let start = crate::clock::std_now();
+    let mut warm = false;
+    tokio::time::sleep(tick_after(start.elapsed())).await;
+    level.discard_waits();
+    idle.spare();
+    loop {
+        tokio::time::sleep(tick_after(start.elapsed())).await;
+        let spare = match budget() {
+            Some(room) => room,
+            None => idle.spare(),
+        };
+        level.tick_with_spare_cpu(spare);
+        if !warm && start.elapsed() >= WARMUP {
+            prepared.set_total(super::PREPARED_BUDGET);
+            warm = true;
+        }
     }
 }
 

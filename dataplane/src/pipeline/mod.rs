@@ -13,7 +13,7 @@ mod plan;
 mod prepare;
 mod stats;
 
-pub use adapt::{tick_after, AdaptiveLevel, Compression, CpuIdle, TICK, WARMUP};
+pub use adapt::{run_controller, tick_after, AdaptiveLevel, Compression, CpuIdle, TICK, WARMUP};
 pub use budget::{MemoryBudget, Ticket, PREPARED_BUDGET, WARMUP_BUDGET};
 pub use plan::{join_reads, plan_disk, push_split, PlanOptions, WorkItem, JOIN_FROM_LEVEL};
 pub use prepare::{prepare, Prepared, Zeros, ZERO_BLOCK};

@@ -220,13 +220,19 @@ async fn run_jobs(
     // health.json lives in the state folder, beside the pending jobs.
     let _health_task = AbortOnDrop(tokio::spawn(health.clone().run_writer(state.to_path_buf())));
     let level = Arc::new(AdaptiveLevel::new(opts.level, opts.adaptive));
+    let stats = Arc::new(Stats::default());
     let cpu = opts.cpu_limit.map(|l| {
         info!(limit = %l, "CPU budget of the sender");
-        Arc::new(crate::cpu::CpuBudget::new(l, level.clone(), clock.clone()))
+        Arc::new(crate::cpu::CpuBudget::new(
+            l,
+            level.clone(),
+            stats.clone(),
+            clock.clone(),
+        ))
     });
     let sh = Arc::new(Shared {
         opts: opts.clone(),
-        stats: Arc::new(Stats::default()),
+        stats,
         level,
         cpu,
         throttle: ctl.throttle().clone(),
@@ -270,28 +276,16 @@ async fn run_jobs(
         }
     }
     let stats = &sh.stats;
-    // The compression controller decides every tick for the whole run: often at first,
-    // with a small prepared budget, so that little of the disk is compressed at a level
-    // chosen before the link was seen; then the whole budget.
+    // The compression controller, for the whole run (`pipeline::run_controller`); under a
+    // CPU budget it climbs only while the budget has room (`cpu::Governor::headroom`),
+    // without one while the host has idle CPU.
     let controller = {
-        let (level, prepared) = (sh.level.clone(), sh.prepared.clone());
-        tokio::spawn(async move {
-            use crate::pipeline::{tick_after, CpuIdle, PREPARED_BUDGET, WARMUP};
-            let mut idle = CpuIdle::default();
-            let start = crate::clock::std_now();
-            let mut warm = false;
-            tokio::time::sleep(tick_after(start.elapsed())).await;
-            level.discard_waits();
-            idle.spare();
-            loop {
-                tokio::time::sleep(tick_after(start.elapsed())).await;
-                level.tick_with_spare_cpu(idle.spare());
-                if !warm && start.elapsed() >= WARMUP {
-                    prepared.set_total(PREPARED_BUDGET);
-                    warm = true;
-                }
-            }
-        })
+        let (level, prepared, budget) = (sh.level.clone(), sh.prepared.clone(), sh.cpu.clone());
+        tokio::spawn(crate::pipeline::run_controller(
+            level,
+            prepared,
+            move || budget.as_ref().map(|b| b.review().headroom),
+        ))
     };
     let _stop_controller = AbortOnDrop(controller);
     let done: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Default::default();
