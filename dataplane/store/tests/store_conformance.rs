@@ -7,6 +7,7 @@
 //! The Azure cases start Azurite (`ops/node_modules/.bin/azurite-blob`); without it they
 //! fail saying how to install it (`bash ops/setup.sh`).
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
@@ -16,21 +17,6 @@ use common::model::*;
 use rand::Rng;
 use vdrep_proto::{Guid, RangeSet};
 use vdrep_store::sink::{DiskKey, ReplicaDisk, SinkError};
-
-/// One `#[test]` per case and backend: `local::case`, `azure::case`, `fault::case`.
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        mod local {
-            $(#[test] fn $case() { super::$case(&super::Local::new()); })*
-        }
-        mod azure {
-            $(#[test] fn $case() { super::$case(&super::Azure::start()); })*
-        }
-        mod fault {
-            $(#[test] fn $case() { super::$case(&super::Fault::new()); })*
-        }
-    };
-}
 
 suite!(
     writes_anywhere_inside_the_disk_including_the_last_sector_read_back,
