@@ -63,13 +63,12 @@ pub(super) async fn copy_vm(
             let out = disk::copy_initial(conn, &mut ctrl, job, o, sh).await?;
             info!(vm = %job.vm, disk = %job.name, resumed_bytes = out.resumed,
                   seconds = progress::log_secs(t0.elapsed().as_secs_f64()), "disk committed at the receiver");
-            let detail = format!(
-                "{} bytes committed as recovery point 0 in {:.1} s ({} bytes resumed)",
+            let copied = (
                 job.disk.info().virtual_size,
                 t0.elapsed().as_secs_f64(),
-                out.resumed
+                out.resumed,
             );
-            sh.jobs.copy_done(&mut ctrl, &vm, &job.name, &detail).await;
+            sh.jobs.copy_done(&mut ctrl, &vm, &job.name, copied).await;
             sh.board.committed(&job.vm, &job.name, 0);
         }
         if let Ok(mut d) = done.lock() {
