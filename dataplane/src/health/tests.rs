@@ -5,15 +5,26 @@ use crate::clock::TokioClock;
 use crate::retry::Classified;
 use std::sync::Arc;
 
-fn health() -> Health {
+/// The health of `vms` (name, disks) on a paused clock at 2025-01-06 12:00 UTC, RPO
+/// threshold 60 s.
+pub(super) fn health_of(vms: &[(&str, &[&str])]) -> Health {
     let clock = Arc::new(TokioClock::starting_at(
         "2025-01-06T12:00:00Z".parse().unwrap(),
     ));
-    Health::new(
-        clock,
-        Duration::from_secs(60),
-        &[("vm1".into(), vec!["os".into(), "data".into()])],
-    )
+    let vms: Vec<(String, Vec<String>)> = vms
+        .iter()
+        .map(|(vm, disks)| {
+            (
+                vm.to_string(),
+                disks.iter().map(|d| d.to_string()).collect(),
+            )
+        })
+        .collect();
+    Health::new(clock, Duration::from_secs(60), &vms)
+}
+
+fn health() -> Health {
+    health_of(&[("vm1", &["os", "data"])])
 }
 
 fn vm(h: &Health) -> VmHealth {
