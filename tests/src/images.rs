@@ -78,6 +78,17 @@ pub fn make_image(dir: &Path, name: &str, kind: Kind, size: u64, writes: &[QWrit
     path
 }
 
+/// A VM of two zero disks of different formats in `dir` (created): `os.raw` and a fixed
+/// VHD `data.vhd`, `size` bytes each (the disks the strict-order writer of
+/// [`crate::numbered`] writes in the VM point and switch tests).
+pub fn zero_vm_disks(dir: &Path, size: u64) -> [PathBuf; 2] {
+    std::fs::create_dir_all(dir).unwrap();
+    let os = dir.join("os.raw");
+    std::fs::write(&os, vec![0u8; size as usize]).unwrap();
+    let data = make_image(dir, "data", Kind::VhdFixed, size, &[]);
+    [os, data]
+}
+
 /// Applies `writes` to an existing image with one qemu-io process.
 pub fn qemu_io(path: &Path, fmt: &str, writes: &[QWrite]) {
     if writes.is_empty() {

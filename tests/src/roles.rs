@@ -126,6 +126,23 @@ impl Role {
         r
     }
 
+    /// The start of a `vdrep send` to this receiver: `send --to ADDR --tls TLS --identity
+    /// ID`; the caller adds the VMs, disks and options its test is about.
+    pub fn send_args(&self, tls: &Path, identity: &str) -> Vec<String> {
+        [
+            "send",
+            "--to",
+            &self.addr("listening on "),
+            "--tls",
+            &tls.display().to_string(),
+            "--identity",
+            identity,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    }
+
     /// The address announced after `prefix` (e.g. `"metrics on "`).
     pub fn addr(&self, prefix: &str) -> String {
         self.announced

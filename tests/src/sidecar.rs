@@ -72,14 +72,8 @@ impl Stack {
     /// The arguments of a protecting sender of VM `web`: `--interval 1s`, state in
     /// `d/sender-state`, control socket `d/run/sender.sock`; callers add their own.
     pub fn sender_args(d: &Path, tls: &Path, disk: &Path, rx: &Role) -> Vec<String> {
-        s(&[
-            "send",
-            "--to",
-            &rx.addr("listening on "),
-            "--tls",
-            tls.to_str().unwrap(),
-            "--identity",
-            "hv01",
+        let mut args = rx.send_args(tls, "hv01");
+        args.extend(s(&[
             "--vm",
             "web",
             disk.to_str().unwrap(),
@@ -90,7 +84,8 @@ impl Stack {
             d.join("sender-state").to_str().unwrap(),
             "--control",
             d.join("run/sender.sock").to_str().unwrap(),
-        ])
+        ]));
+        args
     }
 
     /// Starts the sender of [`Stack::sender_args`] with metrics on.
@@ -100,25 +95,35 @@ impl Stack {
         Role::start(&args, &d.join("sender.log"), &["metrics on "])
     }
 
+    /// The arguments of a sidecar on a free port managing the sender whose control socket
+    /// is `control` (the sender of [`Stack::sender_args`]: `d/run/sender.sock`), token
+    /// `d/token`, with its state in `state`; callers add their own.
+    pub fn sidecar_args(d: &Path, control: &Path, state: &Path) -> Vec<String> {
+        s(&[
+            "sidecar",
+            "--listen",
+            "127.0.0.1:0",
+            "--sender-control",
+            control.to_str().unwrap(),
+            "--token-file",
+            d.join("token").to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ])
+    }
+
     /// Starts the sidecar with state in `d/sidecar-state`, reading the store `d/store`
     /// for test failovers (written to `d/store-failover`).
     pub fn sidecar(d: &Path) -> Role {
+        let mut args = Self::sidecar_args(d, &d.join("run/sender.sock"), &d.join("sidecar-state"));
+        args.extend(s(&[
+            "--store",
+            d.join("store").to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ]));
         Role::start(
-            &s(&[
-                "sidecar",
-                "--listen",
-                "127.0.0.1:0",
-                "--sender-control",
-                d.join("run/sender.sock").to_str().unwrap(),
-                "--token-file",
-                d.join("token").to_str().unwrap(),
-                "--state",
-                d.join("sidecar-state").to_str().unwrap(),
-                "--store",
-                d.join("store").to_str().unwrap(),
-                "--metrics",
-                "127.0.0.1:0",
-            ]),
+            &args,
             &d.join("sidecar.log"),
             &["sidecar on ", "metrics on "],
         )

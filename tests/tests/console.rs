@@ -194,17 +194,7 @@ fn the_console_in_chromium_shows_health_resyncs_and_fails_over_at_a_chosen_point
 /// A sidecar with no sender behind it and no store: enough for the HTTP rules.
 fn lone_sidecar(d: &Path, extra: &[&str]) -> Role {
     write_token(d);
-    let mut args = s(&[
-        "sidecar",
-        "--listen",
-        "127.0.0.1:0",
-        "--sender-control",
-        d.join("no-sender.sock").to_str().unwrap(),
-        "--token-file",
-        d.join("token").to_str().unwrap(),
-        "--state",
-        d.join("state").to_str().unwrap(),
-    ]);
+    let mut args = Stack::sidecar_args(d, &d.join("no-sender.sock"), &d.join("state"));
     args.extend(s(extra));
     Role::start(&args, &d.join("sidecar.log"), &["sidecar on "])
 }

@@ -100,20 +100,17 @@ fn a_send_prints_its_summary_once_and_seconds_for_people() {
     let tls = vdrep_tests::procs::certs(&d.join("tls"), &["hv01"]);
     let rx = vdrep_tests::roles::Role::receiver(d, &tls, "hv01=vm1", false);
     let disk = vdrep_tests::images::seeded_raw(&d.join("os.raw"), 4 << 20, 3, 1 << 20, 3);
-    let out = vdrep(&[
-        "send",
-        "--to",
-        &rx.addr("listening on "),
-        "--tls",
-        tls.to_str().unwrap(),
-        "--identity",
-        "hv01",
-        "--vm",
-        "vm1",
-        disk.to_str().unwrap(),
-        "--state",
-        d.join("state").to_str().unwrap(),
-    ]);
+    let out = vdrep_tests::vdrep_command()
+        .args(rx.send_args(&tls, "hv01"))
+        .args([
+            "--vm",
+            "vm1",
+            disk.to_str().unwrap(),
+            "--state",
+            d.join("state").to_str().unwrap(),
+        ])
+        .output()
+        .expect("cannot start vdrep");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert_eq!(err.matches("replicated 4.0 MiB").count(), 1, "{err}");

@@ -22,27 +22,18 @@ fn sender_and_receiver_expose_lint_clean_metrics_with_the_replication_figures() 
     // Every 4th MiB stays zero: skipped bytes are counted, data bytes are the rest.
     let disk = seeded_raw(&d.join("os.raw"), size, 7, 1 << 20, 4);
     let rx = Role::receiver(d, &tls, "hv01=web", true);
-    let tx = Role::start(
-        &s(&[
-            "send",
-            "--to",
-            &rx.addr("listening on "),
-            "--tls",
-            tls.to_str().unwrap(),
-            "--identity",
-            "hv01",
-            "--vm",
-            "web",
-            disk.to_str().unwrap(),
-            "--interval",
-            "1s",
-            "--no-progress",
-            "--metrics",
-            "127.0.0.1:0",
-        ]),
-        &d.join("sender.log"),
-        &["metrics on "],
-    );
+    let mut args = rx.send_args(&tls, "hv01");
+    args.extend(s(&[
+        "--vm",
+        "web",
+        disk.to_str().unwrap(),
+        "--interval",
+        "1s",
+        "--no-progress",
+        "--metrics",
+        "127.0.0.1:0",
+    ]));
+    let tx = Role::start(&args, &d.join("sender.log"), &["metrics on "]);
     let (sm, rm) = (tx.addr("metrics on "), rx.addr("metrics on "));
     let web = [("vm", "web"), ("disk", "os")];
     // Two cycles committed and the sampler has run since: every series is there.
@@ -156,19 +147,8 @@ fn receiver_counts_refused_peers_by_reason() {
     let disk = seeded_raw(&d.join("os.raw"), 1 << 20, 1, 1 << 20, 0);
     let rx = Role::receiver(d, &tls, "hv01=web", true);
     let out = vdrep_tests::vdrep_command()
-        .args([
-            "send",
-            "--to",
-            &rx.addr("listening on "),
-            "--tls",
-            tls.to_str().unwrap(),
-            "--identity",
-            "intruder",
-            "--vm",
-            "web",
-            disk.to_str().unwrap(),
-            "--no-progress",
-        ])
+        .args(rx.send_args(&tls, "intruder"))
+        .args(["--vm", "web", disk.to_str().unwrap(), "--no-progress"])
         .output()
         .unwrap();
     assert_eq!(

@@ -20,14 +20,8 @@ const MIB: u64 = 1 << 20;
 
 /// A sender that protects no VM yet: `--interval 1s`, control socket for the sidecar.
 fn sender(d: &Path, tls: &Path, rx: &Role) -> Role {
-    let args = s(&[
-        "send",
-        "--to",
-        &rx.addr("listening on "),
-        "--tls",
-        tls.to_str().unwrap(),
-        "--identity",
-        "hv01",
+    let mut args = rx.send_args(tls, "hv01");
+    args.extend(s(&[
         "--interval",
         "1s",
         "--no-progress",
@@ -37,7 +31,7 @@ fn sender(d: &Path, tls: &Path, rx: &Role) -> Role {
         d.join("run/sender.sock").to_str().unwrap(),
         "--metrics",
         "127.0.0.1:0",
-    ]);
+    ]));
     Role::start(&args, &d.join("sender.log"), &["metrics on "])
 }
 

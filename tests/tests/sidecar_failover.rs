@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 use vdrep_tests::roles::Role;
-use vdrep_tests::sidecar::{s, Stack, TOKEN};
+use vdrep_tests::sidecar::{Stack, TOKEN};
 use vdrep_tests::vdrep_command;
 
 fn vdrep(args: &[&str], dir: &Path) -> std::process::Output {
@@ -121,17 +121,7 @@ fn a_test_failover_through_the_api_writes_the_point_beside_the_store_and_says_wh
 
     // A sidecar that cannot read the store says so instead of pretending.
     let blind = Role::start(
-        &s(&[
-            "sidecar",
-            "--listen",
-            "127.0.0.1:0",
-            "--sender-control",
-            d.join("run/sender.sock").to_str().unwrap(),
-            "--token-file",
-            d.join("token").to_str().unwrap(),
-            "--state",
-            d.join("blind-state").to_str().unwrap(),
-        ]),
+        &Stack::sidecar_args(d, &d.join("run/sender.sock"), &d.join("blind-state")),
         &d.join("blind.log"),
         &["sidecar on "],
     );

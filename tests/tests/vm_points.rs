@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use vdrep_tests::azurite::Azurite;
-use vdrep_tests::images::{make_image, Kind};
+use vdrep_tests::images::zero_vm_disks;
 use vdrep_tests::numbered::Writer;
 use vdrep_tests::procs::{certs, finish, read_log, Receiver, Send};
 use vdrep_tests::require_qemu;
@@ -76,11 +76,7 @@ impl Vm {
                 &dir.join("receiver.log"),
             ),
         };
-        let src = dir.join("src");
-        std::fs::create_dir_all(&src).unwrap();
-        let os = src.join("os.raw");
-        std::fs::write(&os, vec![0u8; SIZE as usize]).unwrap();
-        let data = make_image(&src, "data", Kind::VhdFixed, SIZE, &[]);
+        let disks = zero_vm_disks(&dir.join("src"), SIZE);
         Vm {
             _tmp: tmp,
             dir,
@@ -88,7 +84,7 @@ impl Vm {
             store,
             az,
             rx,
-            disks: [os, data],
+            disks,
         }
     }
 

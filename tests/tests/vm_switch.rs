@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use vdrep_tests::images::{make_image, Kind};
+use vdrep_tests::images::zero_vm_disks;
 use vdrep_tests::numbered::Writer;
 use vdrep_tests::procs::{certs, finish, read_log, wait_for_log, Receiver, Send};
 use vdrep_tests::{require_qemu, vdrep, vdrep_ok};
@@ -53,18 +53,14 @@ impl Vm {
         let tls = certs(&dir.join("tls"), &["hv01"]);
         let store = dir.join("store");
         let rx = Receiver::start(&store, &tls, &["hv01=vm1"]);
-        let src = dir.join("src");
-        std::fs::create_dir_all(&src).unwrap();
-        let os = src.join("os.raw");
-        std::fs::write(&os, vec![0u8; SIZE as usize]).unwrap();
-        let data = make_image(&src, "data", Kind::VhdFixed, SIZE, &[]);
+        let disks = zero_vm_disks(&dir.join("src"), SIZE);
         Vm {
             _tmp: tmp,
             dir,
             tls,
             store,
             rx,
-            disks: [os, data],
+            disks,
         }
     }
 

@@ -44,24 +44,12 @@ impl Health {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::clock::TokioClock;
+    use crate::health::tests::health_of;
     use crate::health::State;
 
     fn health() -> Health {
-        let clock = Arc::new(TokioClock::starting_at(
-            "2025-01-06T12:00:00Z".parse().unwrap(),
-        ));
-        Health::new(
-            clock,
-            Duration::from_secs(60),
-            &[
-                ("lost".into(), vec!["os".into()]),
-                ("fine".into(), vec!["os".into()]),
-            ],
-        )
+        health_of(&[("lost", &["os"]), ("fine", &["os"])])
     }
 
     fn state(h: &Health, vm: &str) -> (State, Vec<String>) {

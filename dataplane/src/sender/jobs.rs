@@ -408,11 +408,22 @@ impl SenderJobs {
         self.report_with(ctrl, vm, |v| v.initial.as_ref()).await;
     }
 
-    /// A disk's initial copy is committed (recovery point 0).
-    pub async fn copy_done(&self, ctrl: &mut ControlStream, vm: &str, disk: &str, detail: &str) {
+    /// A disk's initial copy of `bytes` is committed (recovery point 0) after `seconds`,
+    /// `resumed` of its bytes kept from an earlier connection: the step's detail says so,
+    /// in the same words whichever source copied it.
+    pub async fn copy_done(
+        &self,
+        ctrl: &mut ControlStream,
+        vm: &str,
+        disk: &str,
+        (bytes, seconds, resumed): (u64, f64, u64),
+    ) {
+        let detail = format!(
+            "{bytes} bytes committed as recovery point 0 in {seconds:.1} s ({resumed} bytes resumed)"
+        );
         self.with(vm, |v| {
             if let Some(j) = &mut v.initial {
-                j.step_ok(&copy_step(disk), detail);
+                j.step_ok(&copy_step(disk), &detail);
             }
         });
         self.report_with(ctrl, vm, |v| v.initial.as_ref()).await;

@@ -4,7 +4,13 @@
 //! continuous protection on the retry schedule forever (`crate::retry`). Health goes to
 //! `state/health.json` (`crate::health`); the bandwidth policy is applied by a
 //! [`BandwidthControl`] that can be changed while the transfer runs.
+//!
+//! A run, in files: [`run_controlled`] (here) sets up and then reconnects until done or
+//! given up; `start` opens the disks and starts what runs beside the transfer (bandwidth,
+//! compression controller, status board); `attempt` is one connection; on it `oneshot`
+//! copies each disk once, or [`vmset`] runs the protected VMs' cycles (`protect`, `cycle`).
 
+mod attempt;
 mod control;
 mod credit;
 mod cycle;
@@ -15,6 +21,7 @@ pub mod group_record;
 pub mod jobs;
 pub mod local_control;
 pub(crate) mod logimage;
+mod oneshot;
 mod options;
 pub mod pending;
 pub mod points;
@@ -24,6 +31,7 @@ pub mod qemu;
 mod renew;
 pub mod resync;
 pub mod source;
+mod start;
 pub mod status;
 mod stream;
 pub mod tree;
@@ -31,10 +39,9 @@ pub mod vm_retry;
 pub mod vmset;
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::{error, info, warn};
 
@@ -46,32 +53,11 @@ pub use progress::{human, Summary};
 pub use status::{Board, DiskStatus};
 
 use crate::clock::{SharedClock, SystemClock};
-use crate::disk::{self as vdisk, OpenOptions};
 use crate::health::Health;
 use crate::pipeline::{AdaptiveLevel, Stats};
 use crate::retry::{Backoff, RetrySchedule};
 use crate::throttle::{BandwidthControl, Throttle};
 
-fn resolve(to: &str) -> Result<(SocketAddr, String), SendError> {
-    let addr = to
-        .to_socket_addrs()
-        .map_err(|e| SendError::Resolve(format!("{to}: {e}")))?
-        .next()
-        .ok_or_else(|| SendError::Resolve(to.to_string()))?;
-    let host = to
-        .rsplit_once(':')
-        .map(|(h, _)| h)
-        .unwrap_or(to)
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    Ok((addr, host))
-}
-
-/// Longest wait for a handshake. QUIC ignores ICMP, so an unreachable receiver would only
-/// show as the 15 s idle timeout; a shorter bound keeps reconnects fast and lets
-/// `--give-up-after` be honoured within about a second.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a finished sender waits for its close to go out. A receiver that misses it
 /// drops the connection at its idle timeout; nothing it holds depends on the close.
 const CLOSE_LINGER: Duration = Duration::from_millis(50);
@@ -164,27 +150,7 @@ async fn run_jobs(
         }))
         .collect();
     let vms = &all[..];
-    // Prerequisites (enable protection's first checks): every disk opens, its format is
-    // supported, it has 512-byte sectors.
-    let mut jobs: Vec<Vec<DiskJob>> = Vec::new();
-    for vm in vms {
-        sj.start_vm(&vm.name);
-        let names = disk_names(&vm.disks);
-        let mut v = Vec::new();
-        for (p, name) in vm.disks.iter().zip(names) {
-            let d = vdisk::open(p, OpenOptions::default()).inspect_err(|e| {
-                sj.disk_failed(&vm.name, e);
-            })?;
-            v.push(DiskJob {
-                vm: vm.name.clone(),
-                name,
-                disk: Arc::from(d),
-                progress: Default::default(),
-            });
-        }
-        sj.disks_checked(&vm.name, &v);
-        jobs.push(v);
-    }
+    let jobs = start::open_disks(vms, &sj)?;
     let total: u64 = jobs
         .iter()
         .flatten()
@@ -205,13 +171,7 @@ async fn run_jobs(
         .collect();
     let health = Arc::new(Health::new(clock.clone(), threshold, &names));
     for a in added.iter().filter(|a| a.qmp.is_none()) {
-        let t = a
-            .rpo_threshold_seconds
-            .map(Duration::from_secs)
-            .unwrap_or_else(|| {
-                crate::health::default_rpo_threshold(Duration::from_secs(a.interval_seconds))
-            });
-        health.add_vm(&a.vm, &disk_names(&a.disks), Some(t));
+        health.add_vm(&a.vm, &disk_names(&a.disks), Some(a.rpo_threshold()));
     }
     let set = policy
         .as_ref()
@@ -251,43 +211,9 @@ async fn run_jobs(
     if let Some(p) = &policy {
         sh.board.set_interval(p.interval);
     }
-    // Which bandwidth policy wins, said once. With --control (a sidecar manages this
-    // sender) the schedule it pushed to an earlier run, kept in STATE/bandwidth.json, wins
-    // over the flags, which win over the config; without --control the file is never read:
-    // a file left behind must not silently override the command line.
-    let pushed_file = state.join(local_control::SCHEDULE_FILE);
-    let pushed = match &control {
-        Some(_) => local_control::load_schedule(state),
-        None => None,
-    };
-    match pushed {
-        Some(p) => {
-            info!(policy = %p.policy(), source = "pushed schedule", file = %pushed_file.display(),
-                  "bandwidth: the schedule the sidecar pushed wins over flags and config (delete the file to return to them)");
-            local_control::apply_schedule(&sh, p);
-        }
-        None if control.is_some() => {
-            info!(policy = %ctl.policy(), source = opts.bandwidth_source, file = %pushed_file.display(),
-                  "bandwidth: no pushed schedule yet; flags win over config")
-        }
-        None => {
-            info!(policy = %ctl.policy(), source = opts.bandwidth_source, file = %pushed_file.display(),
-                      "bandwidth: flags win over config; the pushed-schedule file is not read without --control")
-        }
-    }
+    start::announce_bandwidth(&sh, &ctl, opts, control.as_deref(), state);
     let stats = &sh.stats;
-    // The compression controller, for the whole run (`pipeline::run_controller`); under a
-    // CPU budget it climbs only while the budget has room (`cpu::Governor::headroom`),
-    // without one while the host has idle CPU.
-    let controller = {
-        let (level, prepared, budget) = (sh.level.clone(), sh.prepared.clone(), sh.cpu.clone());
-        tokio::spawn(crate::pipeline::run_controller(
-            level,
-            prepared,
-            move || budget.as_ref().map(|b| b.review().headroom),
-        ))
-    };
-    let _stop_controller = AbortOnDrop(controller);
+    let _stop_controller = AbortOnDrop(start::spawn_controller(&sh));
     let done: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Default::default();
     let mode = match (policy, set) {
         (Some(policy), Some(set)) => {
@@ -322,7 +248,7 @@ async fn run_jobs(
         }
         _ => Mode::OneShot(done.clone()),
     };
-    register_disks(&sh.board, &jobs, &mode);
+    start::register_disks(&sh.board, &jobs, &mode);
     let files = crate::tls::config::SenderFiles::in_dir(&opts.tls, &opts.identity);
     crate::metrics::certs::export_files(&files.ca, &files.cert);
     let sampler = tokio::spawn(status::sample(sh.board.clone(), sh.clone()));
@@ -331,7 +257,7 @@ async fn run_jobs(
         Some(path) => Some(AbortOnDrop(local_control::serve(path, sh.clone())?)),
         None => None,
     };
-    let (addr, host) = resolve(&opts.to)?;
+    let (addr, host) = attempt::resolve(&opts.to)?;
     let server_name = opts.server_name.clone().unwrap_or(host);
     let client = crate::tls::config::sender_quic(&crate::tls::config::SenderFiles::in_dir(
         &opts.tls,
@@ -364,7 +290,7 @@ async fn run_jobs(
         if cert_files.changed() {
             renew::reload_client_certificate(&mut endpoint, addr, &files);
         }
-        let res = attempt_once(
+        let res = attempt::attempt_once(
             &endpoint,
             addr,
             &server_name,
@@ -444,178 +370,6 @@ async fn run_jobs(
     let summary = Summary::from_stats(stats, total, started.elapsed());
     info!("{}", summary.one_line());
     Ok(summary)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn attempt_once(
-    endpoint: &quinn::Endpoint,
-    addr: SocketAddr,
-    server_name: &str,
-    jobs: &[Vec<DiskJob>],
-    sh: &Arc<Shared>,
-    mode: &Mode,
-    deadline: Instant,
-    connected: &mut bool,
-) -> Result<(), SendError> {
-    let peer = sh.peer.as_str();
-    let connecting = endpoint
-        .connect(addr, server_name)
-        .map_err(|e| SendError::Connect {
-            peer: peer.to_string(),
-            source: e,
-        })?;
-    let wait = CONNECT_TIMEOUT
-        .min(deadline.saturating_duration_since(crate::clock::std_now()))
-        .max(Duration::from_millis(500));
-    let conn = match tokio::time::timeout(wait, connecting).await {
-        Ok(r) => r,
-        Err(_) => Err(quinn::ConnectionError::TimedOut),
-    }
-    .map_err(|e| SendError::Connection {
-        peer: peer.to_string(),
-        source: e,
-    })?;
-    info!(receiver = %peer, "connected");
-    *connected = true;
-    let _meter = crate::throttle::wire::MeterGuard::start(&conn, &sh.throttle);
-    let _window = crate::transport::SendWindowGuard::start(&conn);
-    sh.board.connected(&conn);
-    let mut vms = tokio::task::JoinSet::new();
-    let done = match mode {
-        Mode::OneShot(d) => d,
-        Mode::Protect(set) => {
-            let res = vmset::run_all(&conn, set, sh).await;
-            conn.close(
-                0u32.into(),
-                if res.is_ok() {
-                    b"done"
-                } else {
-                    b"sender error"
-                },
-            );
-            return res;
-        }
-    };
-    for vm_jobs in jobs {
-        let conn = conn.clone();
-        let jobs: Vec<DiskJob> = vm_jobs.to_vec();
-        let sh = sh.clone();
-        let done = done.clone();
-        vms.spawn(async move {
-            let mut ctrl = ControlStream::open(&conn, &sh.peer, &sh.credit).await?;
-            let Some(vm) = jobs.first().map(|j| j.vm.clone()) else {
-                return Ok(());
-            };
-            // Open every disk first: the receiver authorises the VM, and the capacity
-            // check knows what is left to copy.
-            let mut opened = Vec::new();
-            let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
-            for job in &jobs {
-                let key = (job.vm.clone(), job.name.clone());
-                if done.lock().map(|d| d.contains(&key)).unwrap_or(false) {
-                    continue;
-                }
-                // Not fresh: a committed replica is kept and resynchronised.
-                let o = disk::open_disk(&mut ctrl, job, &names, false).await?;
-                let copy = !o.initial_committed || o.known_empty;
-                opened.push((job.clone(), o, copy));
-            }
-            sh.jobs
-                .connected(&mut ctrl, &vm, &opened, &sh.opts.identity)
-                .await?;
-            for (job, o, _) in opened.iter_mut() {
-                let key = (job.vm.clone(), job.name.clone());
-                let t0 = crate::clock::std_now();
-                if o.initial_committed && !o.known_empty {
-                    // A committed replica is brought in line by a resync, not copied again.
-                    let out = resync::resync(
-                        &conn,
-                        &mut ctrl,
-                        job,
-                        o,
-                        &sh,
-                        crate::sink::DEFAULT_RETENTION,
-                        true,
-                    )
-                    .await?;
-                    info!(vm = %job.vm, disk = %job.name, cycle = out.cycle, changed_bytes = out.changed,
-                          rounds = out.rounds, seconds = progress::log_secs(t0.elapsed().as_secs_f64()),
-                          "resync committed at the receiver");
-                    sh.board.committed(&job.vm, &job.name, out.cycle);
-                } else {
-                    sh.jobs.copy_started(&mut ctrl, &vm, &job.name).await;
-                    let out = disk::copy_initial(&conn, &mut ctrl, job, o, &sh).await?;
-                    info!(vm = %job.vm, disk = %job.name, resumed_bytes = out.resumed,
-                          seconds = progress::log_secs(t0.elapsed().as_secs_f64()), "disk committed at the receiver");
-                    let detail = format!(
-                        "{} bytes committed as recovery point 0 in {:.1} s ({} bytes resumed)",
-                        job.disk.info().virtual_size,
-                        t0.elapsed().as_secs_f64(),
-                        out.resumed
-                    );
-                    sh.jobs.copy_done(&mut ctrl, &vm, &job.name, &detail).await;
-                    sh.board.committed(&job.vm, &job.name, 0);
-                }
-                if let Ok(mut d) = done.lock() {
-                    d.insert(key);
-                }
-                sh.health.committed(&job.vm, &job.name, sh.clock.now_utc());
-            }
-            let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
-            sh.jobs.finalize(&mut ctrl, &vm, &names, None).await;
-            ctrl.finish();
-            Ok::<(), SendError>(())
-        });
-    }
-    finish_vms(vms, conn).await
-}
-
-/// Waits for the VM tasks of an attempt; the first error aborts the others.
-async fn finish_vms(
-    mut vms: tokio::task::JoinSet<Result<(), SendError>>,
-    conn: quinn::Connection,
-) -> Result<(), SendError> {
-    let mut first_err = None;
-    while let Some(r) = vms.join_next().await {
-        let r = r.unwrap_or_else(|e| Err(SendError::Internal(format!("VM task: {e}"))));
-        if let Err(e) = r {
-            if first_err.is_none() {
-                first_err = Some(e);
-                vms.abort_all();
-            }
-        }
-    }
-    match first_err {
-        Some(e) => {
-            conn.close(0u32.into(), b"sender error");
-            Err(e)
-        }
-        None => {
-            tracing::debug!(stats = ?conn.stats(), "connection statistics at close");
-            conn.close(0u32.into(), b"done");
-            Ok(())
-        }
-    }
-}
-
-/// Puts every disk on the status board (with its change tracker when protecting).
-fn register_disks(board: &Board, jobs: &[Vec<DiskJob>], mode: &Mode) {
-    match mode {
-        Mode::OneShot(_) => {
-            for j in jobs.iter().flatten() {
-                board.add_disk(j, None);
-            }
-        }
-        Mode::Protect(set) => {
-            for e in set.list() {
-                for d in e.disks.iter() {
-                    if let Ok(g) = d.lock() {
-                        board.add_disk(&g.job, Some(g.tracker.clone()));
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// The default state folder name beside a path, for tools that need one.

@@ -235,13 +235,12 @@ pub async fn protect_vm(
             sh.jobs.copy_started(&mut ctrl, &vm, &job.name).await;
             let out = copy_initial(conn, &mut ctrl, &job, o, sh).await?;
             sh.health.committed(&job.vm, &job.name, sh.clock.now_utc());
-            let detail = format!(
-                "{} bytes committed as recovery point 0 in {:.1} s ({} bytes resumed)",
+            let copied = (
                 job.disk.info().virtual_size,
                 t0.elapsed().as_secs_f64(),
-                out.resumed
+                out.resumed,
             );
-            sh.jobs.copy_done(&mut ctrl, &vm, &job.name, &detail).await;
+            sh.jobs.copy_done(&mut ctrl, &vm, &job.name, copied).await;
             clear_resync(d);
             sh.board.committed(&job.vm, &job.name, 0);
             0

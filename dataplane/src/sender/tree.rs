@@ -79,24 +79,11 @@ impl SourceTree {
 mod tests {
     use super::*;
     use crate::resync::Tree;
-    use bytes::Bytes;
-
-    struct Mem(Vec<u8>);
-    impl Source for Mem {
-        fn size(&self) -> u64 {
-            self.0.len() as u64
-        }
-        fn read(&self, off: u64, len: usize) -> Result<Bytes, String> {
-            Ok(Bytes::copy_from_slice(
-                &self.0[off as usize..off as usize + len],
-            ))
-        }
-    }
 
     #[test]
     fn a_source_tree_on_a_scratch_file_answers_like_the_tree_in_memory() {
         let size = (70 << 20) + 4096 + 512;
-        let mut img = Mem((0..size).map(|i| (i % 253) as u8).collect());
+        let mut img = (0..size).map(|i| (i % 253) as u8).collect::<Vec<u8>>();
         let mut t = SourceTree::build(&img, 2).unwrap();
         let m = Tree::build(&img, 1).unwrap();
         assert_eq!(t.root().unwrap(), m.root());
@@ -107,7 +94,7 @@ mod tests {
         }
         assert_eq!(t.at(2, 281), None);
         // Sent ranges are rehashed.
-        img.0[(33 << 20) + 7] ^= 0xFF;
+        img[(33 << 20) + 7] ^= 0xFF;
         t.refresh(&img, &RangeSet::from_range((33 << 20) + 7, (33 << 20) + 8))
             .unwrap();
         assert_eq!(t.root().unwrap(), Tree::build(&img, 1).unwrap().root());

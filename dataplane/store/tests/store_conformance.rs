@@ -7,30 +7,14 @@
 //! The Azure cases start Azurite (`ops/node_modules/.bin/azurite-blob`); without it they
 //! fail saying how to install it (`bash ops/setup.sh`).
 
+#[macro_use]
 mod common;
-
-use std::collections::BTreeMap;
 
 use common::backends::{Azure, Backend, Fault, Local};
 use common::model::*;
 use rand::Rng;
 use vdrep_proto::{Guid, RangeSet};
 use vdrep_store::sink::{DiskKey, ReplicaDisk, SinkError};
-
-/// One `#[test]` per case and backend: `local::case`, `azure::case`, `fault::case`.
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        mod local {
-            $(#[test] fn $case() { super::$case(&super::Local::new()); })*
-        }
-        mod azure {
-            $(#[test] fn $case() { super::$case(&super::Azure::start()); })*
-        }
-        mod fault {
-            $(#[test] fn $case() { super::$case(&super::Fault::new()); })*
-        }
-    };
-}
 
 suite!(
     writes_anywhere_inside_the_disk_including_the_last_sector_read_back,
@@ -418,22 +402,7 @@ fn a_new_full_copy_keeps_the_old_points_until_it_commits_then_starts_at_point_0(
     let store = b.store();
     let mut rng = rng(8);
     let size = 1 << 20;
-    let (d, mut m) = initial(store.as_ref(), size, &mut rng);
-    for n in 1..=2 {
-        let ch = random_changes(&mut rng, size, 4, 16);
-        cycle(d.as_ref(), &mut m, n, &ch);
-    }
-    d.begin_cycle(3).unwrap();
-    d.write(0, &[7; 4096]).unwrap();
-    d.begin_initial().unwrap(); // drops the open cycle
-    assert_eq!(d.state().open_cycle, None);
-    assert_points_read_as_model(d.as_ref(), &m);
-    let img = random(&mut rng, size as usize);
-    d.write(0, &img).unwrap();
-    d.checkpoint(&RangeSet::from_range(0, size)).unwrap();
-    d.commit_initial(&point(0, size)).unwrap();
-    m.points = BTreeMap::from([(0, img)]);
-    assert_points_read_as_model(d.as_ref(), &m);
+    let (d, mut m) = recopied(store.as_ref(), size, &mut rng);
     cycle(d.as_ref(), &mut m, 1, &random_changes(&mut rng, size, 3, 8));
     assert_points_read_as_model(d.as_ref(), &m);
 }

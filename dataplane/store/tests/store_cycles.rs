@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
@@ -183,22 +182,7 @@ fn a_new_full_copy_keeps_the_old_points_until_it_commits_then_starts_at_point_0(
     let store = LocalStore::open(dir.path()).unwrap();
     let mut rng = StdRng::seed_from_u64(8);
     let size = 1 << 20;
-    let (d, mut m) = initial(&store, size, &mut rng);
-    for n in 1..=2 {
-        let ch = random_changes(&mut rng, size, 4, 16);
-        cycle(d.as_ref(), &mut m, n, &ch);
-    }
-    d.begin_cycle(3).unwrap();
-    d.write(0, &[7; 4096]).unwrap();
-    d.begin_initial().unwrap(); // drops the open cycle
-    assert_eq!(d.state().open_cycle, None);
-    assert_points_read_as_model(d.as_ref(), &m);
-    let img = random(&mut rng, size as usize);
-    d.write(0, &img).unwrap();
-    d.checkpoint(&RangeSet::from_range(0, size)).unwrap();
-    d.commit_initial(&point(0, size)).unwrap();
-    m.points = BTreeMap::from([(0, img)]);
-    assert_points_read_as_model(d.as_ref(), &m);
+    let (d, mut m) = recopied(&store, size, &mut rng);
     let logs = std::fs::read_dir(dir.path().join("vm"))
         .unwrap()
         .filter(|e| {

@@ -4,6 +4,7 @@
 //! only when every part is a point of its disk, read back whole, resent without change,
 //! pruned whole, and a disk's removal removes its parts (the last disk the manifest).
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -14,20 +15,6 @@ use vdrep_proto::RangeSet;
 use vdrep_store::sink::fault::Op;
 use vdrep_store::sink::vm_points::{self, PointPart, VmPoint};
 use vdrep_store::sink::{DiskKey, ReplicaDisk, ReplicaStore, SinkError};
-
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        mod local {
-            $(#[test] fn $case() { super::$case(&super::Local::new()); })*
-        }
-        mod azure {
-            $(#[test] fn $case() { super::$case(&super::Azure::start()); })*
-        }
-        mod fault {
-            $(#[test] fn $case() { super::$case(&super::Fault::new()); })*
-        }
-    };
-}
 
 suite!(
     a_vm_point_is_recorded_once_every_part_is_a_disk_point_and_reads_back_whole,

@@ -282,13 +282,8 @@ async fn round(
             o.initial_committed = true;
             o.known_empty = false;
             sh.health.committed(&vm.name, name, sh.clock.now_utc());
-            let detail = format!(
-                "{} bytes committed as recovery point 0 in {:.1} s ({} bytes resumed)",
-                view.size,
-                t0.elapsed().as_secs_f64(),
-                out.resumed
-            );
-            sh.jobs.copy_done(ctrl, &vm.name, name, &detail).await;
+            let copied = (view.size, t0.elapsed().as_secs_f64(), out.resumed);
+            sh.jobs.copy_done(ctrl, &vm.name, name, copied).await;
             sh.board.committed(&vm.name, name, 0);
             if step == Step::Copy {
                 rehash(vm, i, reader, 0).await;

@@ -65,6 +65,25 @@ pub trait Source: Sync {
     }
 }
 
+/// A disk image held in memory (tests, tools); a read past its end fails.
+impl Source for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn read(&self, off: u64, len: usize) -> Result<Bytes, String> {
+        usize::try_from(off)
+            .ok()
+            .and_then(|o| self.get(o..o.checked_add(len)?))
+            .map(Bytes::copy_from_slice)
+            .ok_or_else(|| {
+                format!(
+                    "read of {len} bytes at {off}: past the end of a {}-byte image",
+                    self.len()
+                )
+            })
+    }
+}
+
 /// A 32-byte hash.
 pub type Hash = [u8; 32];
 
@@ -431,25 +450,13 @@ fn unit_hashes(src: &dyn Source, off: u64, end: u64) -> Result<Vec<Hash>, String
 mod tests {
     use super::*;
 
-    struct Mem(Vec<u8>);
-    impl Source for Mem {
-        fn size(&self) -> u64 {
-            self.0.len() as u64
-        }
-        fn read(&self, off: u64, len: usize) -> Result<Bytes, String> {
-            Ok(Bytes::copy_from_slice(
-                &self.0[off as usize..off as usize + len],
-            ))
-        }
-    }
-
     #[test]
     fn one_changed_page_differs_on_its_path_only() {
         let size = (40 << 20) + 4096 + 512;
-        let a = Mem((0..size).map(|i| (i % 251) as u8).collect());
-        let mut b = Mem(a.0.clone());
+        let a = (0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
+        let mut b = a.clone();
         let off = (17 << 20) + 5 * 4096 + 100;
-        b.0[off] ^= 1;
+        b[off] ^= 1;
         let (ta, mut tb) = (Tree::build(&a, 2).unwrap(), Tree::build(&b, 1).unwrap());
         assert_ne!(ta.root(), tb.root());
         let l1a = ta.answer(&a, 1, &[0]).unwrap();
@@ -461,7 +468,7 @@ mod tests {
         let pb = tb.answer(&b, 3, &[p]).unwrap();
         let d: Vec<usize> = (0..pa.len()).filter(|&i| pa[i] != pb[i]).collect();
         assert_eq!(d, vec![(off % (256 << 10)) / 4096]);
-        b.0[off] ^= 1;
+        b[off] ^= 1;
         tb.refresh(&b, &RangeSet::from_range(off as u64, off as u64 + 1))
             .unwrap();
         assert_eq!(ta.root(), tb.root());
@@ -469,7 +476,7 @@ mod tests {
 
     #[test]
     fn answers_refuse_bad_parents() {
-        let a = Mem(vec![0; 1 << 20]);
+        let a = vec![0u8; 1 << 20];
         let t = Tree::build(&a, 1).unwrap();
         assert!(t.answer(&a, 1, &[1]).is_err());
         assert!(t.answer(&a, 2, &[0, 0]).is_err());

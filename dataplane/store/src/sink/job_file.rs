@@ -9,11 +9,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::local::fs::StoreFs;
+use super::local::fs::{lock_waiting, StoreFs};
 use super::SinkError;
 use crate::jobs::{Job, MAX_JOBS_PER_VM};
 
@@ -25,8 +24,6 @@ pub const JOBS_FILE: &str = "jobs.json";
 pub const JOBS_LOCK: &str = ".jobs.lock";
 /// The lock file of builds before issue 16, the same as a disk named `jobs` locks.
 const LEGACY_LOCK: &str = "jobs.lock";
-/// How long a writer waits for another process's lock before giving up (recoverable).
-const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// Errors of the job file are [`SinkError`]s: IO (recoverability by OS error) and
 /// [`SinkError::CorruptJobs`], which names the file.
@@ -130,24 +127,7 @@ impl JobFile {
 
     /// Read, change under the lock, write back atomically if `f` says it changed something.
     fn update(&self, f: impl FnOnce(&mut Vec<Job>) -> bool) -> Result<(), SinkError> {
-        self.fs
-            .create_dir_all(&self.dir)
-            .map_err(|e| SinkError::io(&self.dir, "create folder", 0, e))?;
-        let lock = self.lock_path();
-        let deadline = crate::clock::std_now() + LOCK_WAIT;
-        let _guard = loop {
-            match self
-                .fs
-                .try_lock(&lock)
-                .map_err(|e| SinkError::io(&lock, "lock", 0, e))?
-            {
-                Some(g) => break g,
-                None if crate::clock::std_now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                None => return Err(SinkError::Locked { path: lock }),
-            }
-        };
+        let _guard = lock_waiting(self.fs.as_ref(), &self.dir, &self.lock_path())?;
         let mut jobs = self.load()?;
         if !f(&mut jobs) {
             return Ok(());

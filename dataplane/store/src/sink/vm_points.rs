@@ -244,33 +244,6 @@ impl VmPoints {
         n - self.points.len()
     }
 
-    /// Writes the manifest of every VM of `store` that has none, holding its
-    /// [`legacy_points`] (a store from before VM points: the disks switched one after another,
-    /// so none is consistent). VMs with no common point get none. Returns the VMs upgraded.
-    pub fn migrate(store: &dyn ReplicaStore) -> Result<Vec<String>, SinkError> {
-        let mut vms: Vec<String> = store.list_disks(None)?.into_iter().map(|k| k.vm).collect();
-        vms.dedup();
-        let mut out = Vec::new();
-        for vm in vms {
-            if store.vm_points(&vm)?.is_some() {
-                continue;
-            }
-            let legacy = legacy_points(&disk_points(store, &vm)?);
-            if legacy.is_empty() {
-                continue;
-            }
-            store.update_vm_points(&vm, &mut |m, existed| {
-                if existed {
-                    return Ok(false);
-                }
-                m.points = legacy.clone();
-                Ok(true)
-            })?;
-            out.push(vm);
-        }
-        Ok(out)
-    }
-
     /// Removes disk `disk`'s parts from every point (`unprotect --disk`); points left
     /// without a disk go. Returns true when anything changed.
     pub fn remove_disk(&mut self, disk: &str) -> bool {

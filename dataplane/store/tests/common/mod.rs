@@ -2,6 +2,23 @@
 //! suite runs against. Each test binary uses a part of them.
 #![allow(dead_code)]
 
+/// One `#[test]` per case and backend: `local::case`, `azure::case`, `fault::case` (the
+/// test file imports `Local`, `Azure` and `Fault` from [`backends`]).
+#[allow(unused_macros)]
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod local {
+            $(#[test] fn $case() { super::$case(&super::Local::new()); })*
+        }
+        mod azure {
+            $(#[test] fn $case() { super::$case(&super::Azure::start()); })*
+        }
+        mod fault {
+            $(#[test] fn $case() { super::$case(&super::Fault::new()); })*
+        }
+    };
+}
+
 pub mod backends;
 pub mod model;
 

@@ -132,6 +132,33 @@ pub fn initial(
     (d, Model { size, points })
 }
 
+/// A disk with an initial copy and two cycles, then a cycle begun and dropped by a new full
+/// copy, which commits as point 0: each step checked against the model (the old points
+/// stay readable until the new copy commits).
+pub fn recopied(
+    store: &dyn ReplicaStore,
+    size: u64,
+    rng: &mut StdRng,
+) -> (Arc<dyn ReplicaDisk>, Model) {
+    let (d, mut m) = initial(store, size, rng);
+    for n in 1..=2 {
+        let ch = random_changes(rng, size, 4, 16);
+        cycle(d.as_ref(), &mut m, n, &ch);
+    }
+    d.begin_cycle(3).unwrap();
+    d.write(0, &[7; 4096]).unwrap();
+    d.begin_initial().unwrap(); // drops the open cycle
+    assert_eq!(d.state().open_cycle, None);
+    assert_points_read_as_model(d.as_ref(), &m);
+    let img = random(rng, size as usize);
+    d.write(0, &img).unwrap();
+    d.checkpoint(&RangeSet::from_range(0, size)).unwrap();
+    d.commit_initial(&point(0, size)).unwrap();
+    m.points = BTreeMap::from([(0, img)]);
+    assert_points_read_as_model(d.as_ref(), &m);
+    (d, m)
+}
+
 /// Runs cycle `n` with `changes` sent in the given order, then commits it.
 pub fn cycle(d: &dyn ReplicaDisk, m: &mut Model, n: u64, changes: &[Change]) {
     assert_eq!(d.begin_cycle(n).unwrap(), RangeSet::new());

@@ -2,7 +2,10 @@
 //! size, plus the limits they enforce.
 
 use crate::session::Refusal;
-use crate::wire::{Control, ErrorClass, Job, MAX_HASHES, RESYNC_FANOUT, RESYNC_NODE_SIZES};
+use crate::wire::{
+    Control, ErrorClass, Job, MAX_HASHES, MAX_HASH_PARENTS, RESYNC_FANOUT, RESYNC_NODE_SIZES,
+    VM_POINTS_VERSION,
+};
 
 /// Most text one recorded job may hold (ids, names, details, error): a VM keeps 100 jobs,
 /// and bounding each keeps its job file small whatever a sender sends (a frame alone may
@@ -24,7 +27,8 @@ pub fn tree_nodes(size: u64, level: usize) -> u64 {
 }
 
 /// A hash request names a level of the tree and, below the top, parents that exist on this
-/// disk; the answer must fit one frame. Checked before anything is hashed.
+/// disk; a top-level answer must fit one frame (the codec bounds the parents, and with them
+/// every lower answer). Checked before anything is hashed.
 pub(super) fn check_hash_request(size: u64, level: u8, parents: &[u64]) -> Result<(), Refusal> {
     let l = level as usize;
     if l >= RESYNC_NODE_SIZES.len() {
@@ -61,10 +65,22 @@ pub(super) fn check_hash_request(size: u64, level: u8, parents: &[u64]) -> Resul
             ),
         ));
     }
-    if parents.len() as u64 * RESYNC_FANOUT > MAX_HASHES as u64 {
+    Ok(())
+}
+
+// The number of parents is the codec's to bound (what a frame can hold): its bound keeps
+// every answer within one `Hashes` frame, so the session need not count them again.
+const _: () = assert!(MAX_HASH_PARENTS as u64 * RESYNC_FANOUT <= MAX_HASHES as u64);
+
+/// A request that protocol 5 added (VM points, consistency groups) on a stream that
+/// negotiated an older version: refused, and the stream closed.
+pub(super) fn check_points_version(frame: &str, version: u16) -> Result<(), Refusal> {
+    if version < VM_POINTS_VERSION {
         return Err(Refusal::new(
             ErrorClass::Protocol,
-            "too many hashes asked for at once",
+            format!(
+                "{frame} needs protocol version {VM_POINTS_VERSION}, this stream speaks {version}"
+            ),
         ));
     }
     Ok(())

@@ -2,12 +2,12 @@
 //! an [`Effect`] and leaves the stream busy until [`ReceiverSession::handle_done`].
 
 use super::checks::{
-    check_disk_size, check_group, check_hash_request, check_job, check_vm_disks, name,
-    MAX_RETENTION_SECS,
+    check_disk_size, check_group, check_hash_request, check_job, check_points_version,
+    check_vm_disks, name, MAX_RETENTION_SECS,
 };
 use super::{ControlStep, Effect, Pending, PointDisk, ReceiverSession, Stream};
 use crate::session::{Refusal, StreamId};
-use crate::wire::{Control, ErrorClass, PointPart, VM_POINTS_VERSION};
+use crate::wire::{Control, ErrorClass, PointPart};
 
 impl ReceiverSession {
     pub(super) fn request(&mut self, stream: StreamId, version: u16, msg: Control) -> ControlStep {
@@ -192,15 +192,8 @@ impl ReceiverSession {
                 vms,
                 interval_secs,
             } => {
-                if version < VM_POINTS_VERSION {
-                    return self.close(
-                        stream,
-                        req,
-                        Refusal::new(
-                            ErrorClass::Protocol,
-                            format!("ClaimGroup needs protocol version {VM_POINTS_VERSION}, this stream speaks {version}"),
-                        ),
-                    );
+                if let Err(r) = check_points_version("ClaimGroup", version) {
+                    return self.close(stream, req, r);
                 }
                 if let Err(r) = check_group(&group, &vms) {
                     return self.refuse(stream, req, r);
@@ -236,15 +229,8 @@ impl ReceiverSession {
                 disks,
                 one_instant,
             } => {
-                if version < VM_POINTS_VERSION {
-                    return self.close(
-                        stream,
-                        req,
-                        Refusal::new(
-                            ErrorClass::Protocol,
-                            format!("CommitPoint needs protocol version {VM_POINTS_VERSION}, this stream speaks {version}"),
-                        ),
-                    );
+                if let Err(r) = check_points_version("CommitPoint", version) {
+                    return self.close(stream, req, r);
                 }
                 let (vm, parts) = match self.point_parts(&disks) {
                     Ok(v) => v,

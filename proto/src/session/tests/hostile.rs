@@ -5,48 +5,28 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 
+use super::receiver_control::v3_with_replica;
 use crate::session::receiver::{
     BatchStep, ControlState, ControlStep, Done, OpenedReplica, WriteOutcome,
 };
-use crate::session::{Authorizations, ReceiverSession, SenderControl};
+use crate::session::{ReceiverSession, SenderControl};
 use crate::wire::{Control, K_EXTENT};
-use crate::Guid;
 
 const SIZE: u64 = 1 << 20;
 
+/// A session with a committed disk of `SIZE` bytes open (generation 1).
 fn with_disk() -> ReceiverSession {
-    let mut s = ReceiverSession::new("h", &Authorizations::parse(&["h=vm".into()]).unwrap());
-    let _ = s.handle_message(
+    v3_with_replica(
         0,
-        Control::Hello {
-            min_version: 1,
-            max_version: 3,
-            software: String::new(),
-        },
-    );
-    let _ = s.handle_message(
-        0,
-        Control::OpenDisk {
-            req: 1,
-            vm: "vm".into(),
-            disk: "d".into(),
-            virtual_size: SIZE,
-            source_id: Guid([0; 16]),
-            full_copy: false,
-            vm_disks: Vec::new(),
-        },
-    );
-    let _ = s.handle_done(
-        0,
-        Done::Opened(Ok(OpenedReplica {
+        SIZE,
+        OpenedReplica {
             generation: 1,
             initial_committed: true,
             committed_cycle: 0,
             initial_in_progress: false,
             progress: crate::RangeSet::new(),
-        })),
-    );
-    s
+        },
+    )
 }
 
 proptest! {

@@ -3,50 +3,29 @@
 
 use bytes::Bytes;
 
+use super::receiver_control::v3_with_replica;
 use crate::session::receiver::{BatchEnd, BatchReport, BatchStep, WriteOutcome};
-use crate::session::{Authorizations, BatchReceiver, ReceiverSession, Refusal};
+use crate::session::{BatchReceiver, ReceiverSession, Refusal};
 use crate::wire::{
     BatchStart, Codec, Control, ErrorClass, ExtentHeader, ExtentOp, PackedMap, Rejection,
     K_BATCH_START, K_EXTENT, PACK_BLOCK,
 };
-use crate::Guid;
 
 const SIZE: u64 = 1 << 20;
 
 /// A session with disk 1 (generation 4, `SIZE` bytes) open.
 fn session() -> ReceiverSession {
-    let mut s = ReceiverSession::new("h", &Authorizations::parse(&["h=vm".into()]).unwrap());
-    let _ = s.handle_message(
+    v3_with_replica(
         0,
-        Control::Hello {
-            min_version: 1,
-            max_version: 3,
-            software: String::new(),
-        },
-    );
-    let _ = s.handle_message(
-        0,
-        Control::OpenDisk {
-            req: 1,
-            vm: "vm".into(),
-            disk: "d".into(),
-            virtual_size: SIZE,
-            source_id: Guid([0; 16]),
-            full_copy: false,
-            vm_disks: Vec::new(),
-        },
-    );
-    let _ = s.handle_done(
-        0,
-        crate::session::receiver::Done::Opened(Ok(crate::session::receiver::OpenedReplica {
+        SIZE,
+        crate::session::receiver::OpenedReplica {
             generation: 4,
             initial_committed: false,
             committed_cycle: 0,
             initial_in_progress: true,
             progress: crate::RangeSet::new(),
-        })),
-    );
-    s
+        },
+    )
 }
 
 fn start_body(handle: u32, generation: u64) -> Vec<u8> {

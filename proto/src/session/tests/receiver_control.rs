@@ -91,6 +91,23 @@ pub(super) fn with_disk(size: u64, initial_in_progress: bool) -> ReceiverSession
     s
 }
 
+/// A session of [`session`] whose stream `stream` negotiated protocol 3 at most (the
+/// frames before VM points), with a disk of `size` bytes open as handle 1 in the state
+/// `replica` gives: the start of the hostile-frame and batch tests.
+pub(super) fn v3_with_replica(stream: u64, size: u64, replica: OpenedReplica) -> ReceiverSession {
+    let mut s = session();
+    let hello = Control::Hello {
+        min_version: MIN_PROTOCOL_VERSION,
+        max_version: 3,
+        software: String::new(),
+    };
+    let _ = answer(s.handle_message(stream, hello));
+    let _ = effect(s.handle_message(stream, open_msg("vm1", size)));
+    let (a, _, _) = answer(s.handle_done(stream, Done::Opened(Ok(replica))));
+    assert!(matches!(a, Control::DiskOpened { handle: 1, .. }), "{a:?}");
+    s
+}
+
 // ---- States and their transitions.
 
 #[test]

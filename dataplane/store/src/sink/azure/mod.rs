@@ -11,7 +11,7 @@
 //! VM/jobs.json           block blob, the VM's jobs (the local store's job file format),
 //!                        replaced with If-Match on its ETag (jobs.rs)
 //! VM/NAME.hidx           page blob, the receiver's resync index of the working image
-//!                        (resync/index.rs's file, padded to whole pages; its exact length
+//!                        (resync/index/'s file, padded to whole pages; its exact length
 //!                        in metadata `vdreplen`), leased like the replica (hidx.rs)
 //! ```
 //! Snapshot metadata: `vdrepcycle`, `vdrepcreated` (Unix s), `vdrepbytes`, `vdrepdigest`

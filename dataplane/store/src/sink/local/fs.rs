@@ -13,6 +13,9 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+use crate::sink::SinkError;
 
 /// Holds a lock until dropped.
 pub type LockGuard = Box<dyn Any + Send + Sync>;
@@ -52,6 +55,34 @@ pub trait StoreFs: Send + Sync {
     fn remove_dir(&self, dir: &Path) -> io::Result<()> {
         let _ = dir;
         Ok(())
+    }
+}
+
+/// How long a writer of a small shared file (a VM's jobs, its VM points) waits for another
+/// writer's lock before giving up (recoverable: the other writer is a live process).
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Creates `dir` and takes the lock `lock` in it, waiting up to [`LOCK_WAIT`] for another
+/// writer to release it.
+pub fn lock_waiting(fs: &dyn StoreFs, dir: &Path, lock: &Path) -> Result<LockGuard, SinkError> {
+    fs.create_dir_all(dir)
+        .map_err(|e| SinkError::io(dir, "create folder", 0, e))?;
+    let deadline = crate::clock::std_now() + LOCK_WAIT;
+    loop {
+        match fs
+            .try_lock(lock)
+            .map_err(|e| SinkError::io(lock, "lock", 0, e))?
+        {
+            Some(g) => return Ok(g),
+            None if crate::clock::std_now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            None => {
+                return Err(SinkError::Locked {
+                    path: lock.to_path_buf(),
+                })
+            }
+        }
     }
 }
 

@@ -5,16 +5,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::fs::StoreFs;
+use super::fs::{lock_waiting, StoreFs};
 use crate::sink::vm_points::{VmPoints, VM_POINTS_FILE, VM_POINTS_TMP};
 use crate::sink::SinkError;
 
 /// The lock writers of the manifest take.
 pub const VM_POINTS_LOCK: &str = ".points.lock";
-/// How long a writer waits for another's lock before giving up (recoverable).
-const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// The manifest of the VM whose folder is `dir`.
 pub struct ManifestFile {
@@ -52,24 +49,7 @@ impl ManifestFile {
         &self,
         f: &mut dyn FnMut(&mut VmPoints, bool) -> Result<bool, SinkError>,
     ) -> Result<(), SinkError> {
-        self.fs
-            .create_dir_all(&self.dir)
-            .map_err(|e| SinkError::io(&self.dir, "create folder", 0, e))?;
-        let lock = self.dir.join(VM_POINTS_LOCK);
-        let deadline = crate::clock::std_now() + LOCK_WAIT;
-        let _guard = loop {
-            match self
-                .fs
-                .try_lock(&lock)
-                .map_err(|e| SinkError::io(&lock, "lock", 0, e))?
-            {
-                Some(g) => break g,
-                None if crate::clock::std_now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                None => return Err(SinkError::Locked { path: lock }),
-            }
-        };
+        let _guard = lock_waiting(self.fs.as_ref(), &self.dir, &self.dir.join(VM_POINTS_LOCK))?;
         let old = self.load()?;
         let existed = old.is_some();
         let mut m = old.unwrap_or_else(|| VmPoints::new(Vec::new()));

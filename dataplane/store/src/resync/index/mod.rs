@@ -37,48 +37,32 @@
 //! size u64, copy generation u64, node size u64 (262144), node count N u64, 12 zero bytes,
 //! CRC-32C of bytes 0..60 at 60 — then N 32-byte node hashes, then the dirty bitmap
 //! (⌈N/8⌉ bytes, node i is bit i % 8 of byte i / 8).
+//!
+//! Where each part lives: [`file`] is the file's layout and the trait of where it is kept,
+//! [`writes`] keeps the index in step with the replica's writes; this file holds the index
+//! itself (its node hashes, dirty bits and top level), its rehash and its answers to a
+//! resync ([`Levels`]).
+
+mod file;
+mod writes;
 
 use std::collections::HashMap;
 use std::io;
 
+pub use file::IndexFile;
+use file::{check, fill_body, header, HEADER};
+pub use writes::full_node_hashes;
+
 use super::pages::{CacheConfig, IndexPages};
 use super::{
-    combine, count, kept_hash, node_range, root_of, Hash, Levels, Source, KEPT, PAGE,
-    RESYNC_FANOUT, RESYNC_NODE_SIZES,
+    combine, count, kept_hash, node_range, root_of, Hash, Levels, Source, KEPT, RESYNC_FANOUT,
+    RESYNC_NODE_SIZES,
 };
 
-/// Nodes whose page hashes a session remembers at most (2 KiB each: 16 MiB).
-const REMEMBERED_NODES: usize = 8192;
-
-const MAGIC: &[u8; 8] = b"vdrepHX\0";
-const VERSION: u32 = 1;
-const HEADER: u64 = 64;
-const CLEAN: u32 = 1;
 /// 256 KiB nodes under one top (1 GiB) node.
 const PER_TOP: u64 = RESYNC_FANOUT * RESYNC_FANOUT;
 /// Nodes rehashed per batch (16 GiB of disk), so a rehash holds a bounded list.
 const REHASH_BATCH: u64 = 65_536;
-
-/// Where an index is kept: positional reads and writes on one file or blob.
-pub trait IndexFile: Send + Sync {
-    /// The file's length in bytes, or `None` if there is no file yet.
-    fn size(&self) -> io::Result<Option<u64>>;
-    /// Reads `buf.len()` bytes at `offset` (inside the file).
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
-    /// Announces that the file will be `len` bytes, before the first write to a file whose
-    /// content the index does not use (a fresh copy's, a stale one): a page blob is then
-    /// created once at that length. The content may be lost. The default keeps the file
-    /// as it is (a local file grows with its writes).
-    fn set_len(&self, _len: u64) -> io::Result<()> {
-        Ok(())
-    }
-    /// Writes `data` at `offset` (not yet durable).
-    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
-    /// Makes the writes durable.
-    fn sync(&self) -> io::Result<()>;
-    /// Where it is, for messages.
-    fn describe(&self) -> String;
-}
 
 /// The hash of a 256 KiB-level node of `len` zero bytes.
 fn zero_node(len: usize) -> Hash {
@@ -305,113 +289,6 @@ impl Index {
         self.body.mark_unclean()
     }
 
-    /// After a write or clear of `[off, off+len)` was applied (`ok`) or failed half-way
-    /// (`!ok`): whole nodes it covered get their new hashes, others are marked dirty.
-    /// `full` holds the precomputed hashes of the whole nodes ([`full_node_hashes`]). A
-    /// failure of the index's file leaves the index untrusted for the session (never
-    /// persisted clean; its file says unclean since [`Index::before_write`]).
-    pub fn after_write(
-        &mut self,
-        off: u64,
-        len: u64,
-        full: &[(u64, Hash)],
-        ok: bool,
-    ) -> Result<(), String> {
-        let k = RESYNC_NODE_SIZES[KEPT];
-        if len == 0 || off >= self.size {
-            return Ok(());
-        }
-        let end = off.saturating_add(len).min(self.size);
-        let r = (|| {
-            for i in off / k..=(end - 1) / k {
-                self.set_dirty(i, true)?;
-            }
-            if ok {
-                for &(i, h) in full {
-                    if i < self.n {
-                        self.set_hash(i, h)?;
-                        self.set_dirty(i, false)?;
-                    }
-                }
-            }
-            Ok(())
-        })();
-        r.map_err(|e| self.fail("record a write", e))
-    }
-
-    /// Remembers the page hashes of node `node` as read from the working image, with writes
-    /// to the replica held off since the read (see [`Index::after_write_data`]).
-    pub fn remember_pages(&mut self, node: u64, pages: Vec<Hash>) {
-        let (a, b) = node_range(self.size, KEPT, node);
-        let fits = b > a && pages.len() as u64 == (b - a).div_ceil(PAGE);
-        if fits && (self.pages.len() < REMEMBERED_NODES || self.pages.contains_key(&node)) {
-            self.pages.insert(node, pages);
-        }
-    }
-
-    /// Drops the remembered page hashes (a new comparison starts).
-    pub fn forget_pages(&mut self) {
-        self.pages = HashMap::new();
-    }
-
-    /// [`Index::after_write`] for a write whose bytes (`data`, `None` for a clear) are at
-    /// hand: a node whose page hashes are remembered and that the write changes in whole
-    /// pages gets its new hash from them, without being read again.
-    pub fn after_write_data(
-        &mut self,
-        off: u64,
-        len: u64,
-        data: Option<&[u8]>,
-        full: &[(u64, Hash)],
-        ok: bool,
-    ) -> Result<(), String> {
-        let k = RESYNC_NODE_SIZES[KEPT];
-        if self.pages.is_empty() || len == 0 || off >= self.size {
-            return self.after_write(off, len, full, ok);
-        }
-        let end = off.saturating_add(len).min(self.size);
-        let mut all = full.to_vec();
-        for i in off / k..=(end - 1) / k {
-            let Some(mut ph) = self.pages.remove(&i) else {
-                continue;
-            };
-            if !ok || full.iter().any(|f| f.0 == i) {
-                continue;
-            }
-            let (a, b) = node_range(self.size, KEPT, i);
-            let (s, e) = (off.max(a), end.min(b));
-            if (s - a) % PAGE != 0 || ((e - a) % PAGE != 0 && e != b) {
-                continue; // part of a page: the node is dirty
-            }
-            let mut patched = true;
-            for p in (s - a) / PAGE..(e - a).div_ceil(PAGE) {
-                let (ps, pe) = (a + p * PAGE, (a + (p + 1) * PAGE).min(b));
-                let h = match data {
-                    Some(d) => match d.get((ps - off) as usize..(pe - off) as usize) {
-                        Some(bytes) => *blake3::hash(bytes).as_bytes(),
-                        None => {
-                            patched = false;
-                            break;
-                        }
-                    },
-                    None => *blake3::hash(&vec![0u8; (pe - ps) as usize]).as_bytes(),
-                };
-                match ph.get_mut(p as usize) {
-                    Some(slot) => *slot = h,
-                    None => {
-                        patched = false;
-                        break;
-                    }
-                }
-            }
-            if patched {
-                all.push((i, combine(&ph)));
-                self.pages.insert(i, ph);
-            }
-        }
-        self.after_write(off, len, &all, ok)
-    }
-
     /// Rehashes the dirty nodes (every node when `all`) from `src`, the working image, in
     /// batches of [`REHASH_BATCH`] nodes; returns the bytes read.
     pub fn rehash(&mut self, src: &dyn Source, all: bool, threads: usize) -> Result<u64, String> {
@@ -516,107 +393,5 @@ impl Levels for Index {
     }
 }
 
-/// Checks that `f` holds a clean index of this layout: header first, then the length.
-fn check(f: &dyn IndexFile, size: u64, generation: u64, n: u64) -> Result<(), String> {
-    let len = match f.size() {
-        Ok(Some(l)) => l,
-        Ok(None) => return Err("does not exist yet".into()),
-        Err(e) => return Err(format!("read failed: {e}")),
-    };
-    if len < HEADER {
-        return Err("shorter than its header".into());
-    }
-    let mut h = [0u8; HEADER as usize];
-    f.read_at(0, &mut h)
-        .map_err(|e| format!("read failed: {e}"))?;
-    let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
-    let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or([0; 8]));
-    if &h[..8] != MAGIC || u32_at(8) != VERSION {
-        return Err("not a version-1 resync index".into());
-    }
-    if crc32c::crc32c(&h[..60]) != u32_at(60) {
-        return Err("header checksum mismatch".into());
-    }
-    if u32_at(12) & CLEAN == 0 {
-        return Err("not closed cleanly (the receiver stopped while writing)".into());
-    }
-    if u64_at(16) != size || u64_at(32) != RESYNC_NODE_SIZES[KEPT] || u64_at(40) != n {
-        return Err("describes a disk of another size".into());
-    }
-    if u64_at(24) != generation {
-        return Err(format!(
-            "describes copy generation {}, the replica is generation {generation}",
-            u64_at(24)
-        ));
-    }
-    let want = HEADER + 32 * n + n.div_ceil(8);
-    if len != want {
-        return Err(format!("{len} bytes, expected {want}"));
-    }
-    Ok(())
-}
-
-/// The header of an index of `n` nodes over a `size`-byte disk.
-fn header(size: u64, generation: u64, n: u64, clean: bool) -> [u8; HEADER as usize] {
-    let mut h = [0u8; HEADER as usize];
-    h[..8].copy_from_slice(MAGIC);
-    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    h[12..16].copy_from_slice(&(if clean { CLEAN } else { 0 }).to_le_bytes());
-    h[16..24].copy_from_slice(&size.to_le_bytes());
-    h[24..32].copy_from_slice(&generation.to_le_bytes());
-    h[32..40].copy_from_slice(&RESYNC_NODE_SIZES[KEPT].to_le_bytes());
-    h[40..48].copy_from_slice(&n.to_le_bytes());
-    let crc = crc32c::crc32c(&h[..60]);
-    h[60..].copy_from_slice(&crc.to_le_bytes());
-    h
-}
-
-/// Body bytes `[off, off + buf.len())` of an index of `n` nodes not yet on file: hashes
-/// from `hash`, every bitmap byte `bits`.
-fn fill_body(n: u64, off: u64, buf: &mut [u8], hash: impl Fn(u64) -> Hash, bits: u8) {
-    let mut k = 0;
-    while k < buf.len() {
-        let at = off + k as u64;
-        if at >= 32 * n {
-            buf[k..].fill(bits);
-            return;
-        }
-        let (i, s) = (at / 32, (at % 32) as usize);
-        let take = (32 - s).min(buf.len() - k);
-        buf[k..k + take].copy_from_slice(&hash(i)[s..s + take]);
-        k += take;
-    }
-}
-
-/// The hashes of the 256 KiB nodes that a write of `data` (or a clear, `None`) of
-/// `[off, off+len)` covers entirely on a `size`-byte disk. Computed before the write,
-/// outside any lock.
-pub fn full_node_hashes(size: u64, off: u64, len: u64, data: Option<&[u8]>) -> Vec<(u64, Hash)> {
-    let k = RESYNC_NODE_SIZES[KEPT];
-    let end = (off + len).min(size);
-    let mut out = Vec::new();
-    if end <= off {
-        return out;
-    }
-    let zero_full = std::sync::OnceLock::new();
-    for i in off.div_ceil(k)..=(end - 1) / k {
-        let (a, b) = node_range(size, KEPT, i);
-        if a < off || b > end {
-            continue;
-        }
-        let h = match data {
-            Some(d) => match d.get((a - off) as usize..(b - off) as usize) {
-                Some(s) => kept_hash(s),
-                None => continue,
-            },
-            None if b - a == k => *zero_full.get_or_init(|| zero_node(k as usize)),
-            None => zero_node((b - a) as usize),
-        };
-        out.push((i, h));
-    }
-    out
-}
-
 #[cfg(test)]
-#[path = "index_tests.rs"]
 mod tests;

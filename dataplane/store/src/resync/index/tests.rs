@@ -1,6 +1,5 @@
 use super::*;
 use crate::resync::Tree;
-use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 
 /// Bytes written, and bytes durable (as of the last sync; `None` before any).
@@ -46,31 +45,19 @@ impl MemFile {
     }
 }
 
-struct Mem(Vec<u8>);
-impl Source for Mem {
-    fn size(&self) -> u64 {
-        self.0.len() as u64
-    }
-    fn read(&self, off: u64, len: usize) -> Result<Bytes, String> {
-        Ok(Bytes::copy_from_slice(
-            &self.0[off as usize..off as usize + len],
-        ))
-    }
-}
-
-fn write(ix: &mut Index, img: &mut Mem, off: u64, data: &[u8]) {
+fn write(ix: &mut Index, img: &mut Vec<u8>, off: u64, data: &[u8]) {
     let full = full_node_hashes(img.size(), off, data.len() as u64, Some(data));
     ix.before_write().unwrap();
-    img.0[off as usize..off as usize + data.len()].copy_from_slice(data);
+    img[off as usize..off as usize + data.len()].copy_from_slice(data);
     ix.after_write(off, data.len() as u64, &full, true).unwrap();
 }
 
 /// A write (`Some`) or clear (`None`) as the receiver applies it, bytes at hand.
-fn apply(ix: &mut Index, img: &mut Mem, off: u64, len: usize, data: Option<&[u8]>) {
+fn apply(ix: &mut Index, img: &mut Vec<u8>, off: u64, len: usize, data: Option<&[u8]>) {
     let full = full_node_hashes(img.size(), off, len as u64, data);
     ix.before_write().unwrap();
     let zeros = vec![0u8; len];
-    img.0[off as usize..off as usize + len].copy_from_slice(data.unwrap_or(&zeros));
+    img[off as usize..off as usize + len].copy_from_slice(data.unwrap_or(&zeros));
     ix.after_write_data(off, len as u64, data, &full, true)
         .unwrap();
 }
@@ -79,7 +66,7 @@ fn apply(ix: &mut Index, img: &mut Mem, off: u64, len: usize, data: Option<&[u8]
 fn whole_pages_written_into_nodes_whose_pages_were_read_set_their_hashes_without_a_reread() {
     let k = 256 << 10;
     let size = (1 << 20) + 4096 + 512; // five nodes, the last of a page and a half
-    let mut img = Mem((0..size).map(|i| (i * 7 % 251) as u8).collect());
+    let mut img = (0..size).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>();
     let mut ix = Index::open(Ok(Box::new(MemFile::default())), size as u64, 1, false);
     ix.rehash(&img, true, 1).unwrap();
     // The page-level answer for nodes 1 and 4, remembered.
@@ -108,7 +95,7 @@ fn whole_pages_written_into_nodes_whose_pages_were_read_set_their_hashes_without
 fn an_index_kept_with_every_write_matches_a_tree_built_by_reading() {
     let size = (3 << 20) + 4096 + 512;
     let f = MemFile::default();
-    let mut img = Mem(vec![0; size]);
+    let mut img = vec![0u8; size];
     let mut ix = Index::open(Ok(Box::new(f.clone())), size as u64, 1, true);
     write(&mut ix, &mut img, 0, &vec![7u8; 1 << 20]); // whole nodes
     write(&mut ix, &mut img, (2 << 20) + 4096, &[9u8; 512]); // partial
@@ -126,7 +113,7 @@ fn an_index_kept_with_every_write_matches_a_tree_built_by_reading() {
 fn a_fresh_copy_marks_an_index_left_clean_for_its_generation_unclean_at_its_first_write() {
     let size = 1 << 20;
     let f = MemFile::default();
-    let mut img = Mem(vec![0; size]);
+    let mut img = vec![0u8; size];
     let mut ix = Index::open(Ok(Box::new(f.clone())), size as u64, 1, true);
     ix.persist_clean().unwrap();
     // The copy starts again from zero at the same generation; a write, then a crash.
@@ -144,7 +131,7 @@ fn a_fresh_copy_marks_an_index_left_clean_for_its_generation_unclean_at_its_firs
 fn an_index_not_persisted_after_a_write_is_stale_at_the_next_open() {
     let size = 1 << 20;
     let f = MemFile::default();
-    let mut img = Mem(vec![0; size]);
+    let mut img = vec![0u8; size];
     let mut ix = Index::open(Ok(Box::new(f.clone())), size as u64, 1, true);
     ix.persist_clean().unwrap();
     assert!(Index::open(Ok(Box::new(f.clone())), size as u64, 1, false)

@@ -1,6 +1,12 @@
 //! The VM set's requests, policies, kept list and one-VM refusals.
 
+use std::path::PathBuf;
+
+use super::kept::save;
+use super::request::check_request;
+use super::run::refused_alone;
 use super::*;
+use crate::sender::SendError;
 
 fn req(disks: &[&str]) -> AddedVm {
     AddedVm {
