@@ -102,19 +102,27 @@ pub async fn read_body(
     // `read_exact`) cost the receiver 5.6 % of its instructions (bench/results/ANALYSIS.md,
     // session 7).
     // A body of 1 MiB or more (a raw 1 MiB extent) reuses an earlier frame's pages
-    // (`crate::memory::pool`).
+    // (`crate::memory::pool`). Each read copies every chunk QUIC holds for the stream, up
+    // to the body's end, under one lock of the connection (`poll_read_buf`): `read_chunk`
+    // took the lock, polled and dropped one ~1.4 KB chunk per call (session 10).
     let len = len as usize;
     let mut body = crate::memory::PooledBuf::with_capacity(len);
     body.extend_from_slice(&head[..head.len().min(len)]);
     while body.len() < len {
-        match recv
-            .read_chunk(len - body.len(), true)
-            .await
-            .map_err(quinn::ReadExactError::ReadError)?
-        {
-            Some(c) => body.extend_from_slice(&c.bytes),
-            None => return Err(quinn::ReadExactError::FinishedEarly(body.len()).into()),
+        let want = len - body.len();
+        let n = std::future::poll_fn(|cx| {
+            let mut rb = tokio::io::ReadBuf::uninit(&mut body.spare_capacity_mut()[..want]);
+            recv.poll_read_buf(cx, &mut rb)
+                .map_ok(|()| rb.filled().len())
+        })
+        .await
+        .map_err(quinn::ReadExactError::ReadError)?;
+        if n == 0 {
+            return Err(quinn::ReadExactError::FinishedEarly(body.len()).into());
         }
+        // SAFETY: poll_read_buf initialised the first `n` bytes of the spare capacity.
+        let filled = body.len() + n;
+        unsafe { body.set_len(filled) };
     }
     Ok(body.freeze())
 }

@@ -299,7 +299,7 @@ fn endpoint_with(
     reset_key: Option<StatelessResetKey>,
 ) -> std::io::Result<quinn::Endpoint> {
     let sock = bind_udp(addr)?;
-    let ep_cfg = match reset_key {
+    let mut ep_cfg = match reset_key {
         Some(k) => {
             let mut c = quinn::EndpointConfig::new(Arc::new(k));
             // quinn's default generator signs CIDs with a per-process key and drops packets
@@ -310,6 +310,11 @@ fn endpoint_with(
         }
         None => quinn::EndpointConfig::default(),
     };
+    // What a sender may send us, not what any sender sends: only a sender on the same host
+    // looks for datagrams this large (`client_config`).
+    ep_cfg
+        .max_udp_payload_size(LOOPBACK_MAX_UDP_PAYLOAD)
+        .expect("within QUIC's limits");
     quinn::Endpoint::new(ep_cfg, Some(cfg), sock, Arc::new(quinn::TokioRuntime))
 }
 
@@ -323,6 +328,15 @@ pub fn replace_server_config(endpoint: &quinn::Endpoint, mut cfg: quinn::ServerC
 
 /// The largest UDP payload on a 1500-byte path over IPv4 (20 bytes IP, 8 bytes UDP).
 const IPV4_MAX_UDP_PAYLOAD: u16 = 1500 - 20 - 8;
+
+/// The largest datagram a sender looks for (QUIC path MTU discovery) when its receiver is on
+/// the same host, and the largest a receiver accepts. Loopback's MTU is 64 KiB, and QUIC's
+/// CPU is per datagram on both ends (packet building and parsing, acknowledgements, GSO
+/// batches; bench/results/ANALYSIS.md, session 10): 16 KiB datagrams instead of 1,472-byte
+/// ones cut the CPU of a loopback copy by about a third. Not larger: quinn's receive buffer
+/// is this size × 64 GRO segments × 32 messages (32 MiB of address space at 16 KiB, touched
+/// only as datagrams arrive). Other peers keep the Ethernet bound (`IPV4_MAX_UDP_PAYLOAD`).
+pub const LOOPBACK_MAX_UDP_PAYLOAD: u16 = 16 << 10;
 
 /// A client endpoint bound to an ephemeral port of the right address family.
 pub fn client_endpoint(
@@ -358,6 +372,11 @@ pub fn client_config(peer: SocketAddr, mut cfg: quinn::ClientConfig) -> quinn::C
         // that cannot take them just fails the probe.
         let mut mtu = quinn::MtuDiscoveryConfig::default();
         mtu.upper_bound(IPV4_MAX_UDP_PAYLOAD);
+        t.mtu_discovery_config(Some(mtu));
+    }
+    if peer.ip().is_loopback() {
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(LOOPBACK_MAX_UDP_PAYLOAD);
         t.mtu_discovery_config(Some(mtu));
     }
     cfg.transport_config(Arc::new(t));

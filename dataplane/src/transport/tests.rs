@@ -1,5 +1,6 @@
 //! The receiver's endpoint over real QUIC and TLS on 127.0.0.1.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::*;
@@ -128,4 +129,87 @@ async fn a_bounded_receiver_grants_its_stream_credit_also_after_a_renewal() {
     replace_server_config_bounded(&server, receiver_quic(&rf).unwrap(), bounds);
     assert_eq!(streams_at_once(&client, addr).await, 2, "after a renewal");
     accept.abort();
+}
+
+/// A receiver on 127.0.0.1 that reads everything sent on its streams, and a sender's
+/// connection to it with the transport settings [`client_config`] gives for
+/// `peer_for_config` (loopback, or a peer elsewhere).
+async fn bulk_pair(
+    t: &std::path::Path,
+    peer_for_config: SocketAddr,
+) -> (quinn::Endpoint, quinn::Endpoint, quinn::Connection) {
+    crate::tls::certs::init(t, &["hv01".into()], &[], 30, false).unwrap();
+    let server = server_endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        receiver_quic(&ReceiverFiles::in_dir(t)).unwrap(),
+    )
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn({
+        let server = server.clone();
+        async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            while let Ok((_s, mut r)) = conn.accept_bi().await {
+                tokio::spawn(async move {
+                    while let Ok(Some(_)) = r.read_chunk(1 << 20, true).await {}
+                });
+            }
+        }
+    });
+    let sender = sender_quic(&SenderFiles::in_dir(t, "hv01")).unwrap();
+    let client = client_endpoint(addr, sender.clone()).unwrap();
+    let conn = client
+        .connect_with(client_config(peer_for_config, sender), addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    (server, client, conn)
+}
+
+/// Sends `mib` MiB on a new stream of `conn` and waits until the peer has all of it.
+async fn send_mib(conn: &quinn::Connection, mib: usize) {
+    let (mut s, _r) = conn.open_bi().await.unwrap();
+    let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
+    for _ in 0..mib {
+        s.write_chunk(chunk.clone()).await.unwrap();
+    }
+    s.finish().unwrap();
+    s.stopped().await.unwrap();
+}
+
+/// Bulk data leaves in GSO batches of more than quinn's upstream 10 datagrams
+/// (`dataplane/vendor/quinn`, up to 44 of 1,472 bytes): each batch is one `sendmsg` and one
+/// receive at the peer, which is what the CPU of both ends scales with. On the Ethernet
+/// bound (the configuration for a peer that is not on this host).
+#[tokio::test]
+async fn bulk_data_leaves_in_gso_batches_of_more_than_ten_datagrams() {
+    let t = tempfile::tempdir().unwrap();
+    let (_server, _client, conn) = bulk_pair(t.path(), "192.0.2.1:7400".parse().unwrap()).await;
+    send_mib(&conn, 32).await;
+    let s = conn.stats();
+    assert!(s.path.current_mtu <= IPV4_MAX_UDP_PAYLOAD, "{:?}", s.path);
+    let per_io = s.udp_tx.datagrams as f64 / s.udp_tx.ios as f64;
+    assert!(
+        per_io > 10.0,
+        "{per_io:.1} datagrams per sendmsg: {:?}",
+        s.udp_tx
+    );
+}
+
+/// A sender whose receiver is on the same host finds datagrams larger than Ethernet's
+/// (loopback's MTU is 64 KiB; QUIC's CPU is per datagram): [`LOOPBACK_MAX_UDP_PAYLOAD`].
+#[tokio::test]
+async fn a_loopback_connection_sends_datagrams_larger_than_ethernet_frames() {
+    let t = tempfile::tempdir().unwrap();
+    let (_server, _client, conn) = bulk_pair(t.path(), "127.0.0.1:7400".parse().unwrap()).await;
+    let t0 = crate::clock::std_now();
+    while conn.stats().path.current_mtu <= IPV4_MAX_UDP_PAYLOAD {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "path MTU still {} after 20 s",
+            conn.stats().path.current_mtu
+        );
+        send_mib(&conn, 4).await;
+    }
+    assert!(conn.stats().path.current_mtu <= LOOPBACK_MAX_UDP_PAYLOAD);
 }
