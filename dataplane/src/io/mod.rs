@@ -35,9 +35,12 @@
 //! unaligned requests through a per-thread 1 MiB bounce buffer and copies (one memcpy, ~10 GB/s,
 //! small next to the device) and reads aligned ones (see [`direct::aligned_bytes_mut`]) in place.
 
+#[cfg(target_os = "linux")]
+pub mod ahead;
 pub mod direct;
 pub mod fault;
 mod pread;
+pub mod residency;
 #[cfg(target_os = "linux")]
 pub mod uring;
 
@@ -74,6 +77,13 @@ pub trait ReadAt: Send + Sync {
     fn backend(&self) -> &'static str {
         "custom"
     }
+    /// The O_DIRECT descriptor to read `[offset, offset + len)` ahead of its use with
+    /// ([`ahead::DirectQueue`]), if this backend would read that range with O_DIRECT now
+    /// (it is large and not in the page cache). The default, `None`, reads it the ordinary
+    /// way when it is needed.
+    fn cold_direct(&self, _offset: u64, _len: usize) -> Option<std::sync::Arc<std::fs::File>> {
+        None
+    }
 }
 
 impl<R: ReadAt + ?Sized> ReadAt for Box<R> {
@@ -92,6 +102,9 @@ impl<R: ReadAt + ?Sized> ReadAt for Box<R> {
     fn backend(&self) -> &'static str {
         (**self).backend()
     }
+    fn cold_direct(&self, offset: u64, len: usize) -> Option<std::sync::Arc<std::fs::File>> {
+        (**self).cold_direct(offset, len)
+    }
 }
 
 /// The environment variable that overrides the backend choice.
@@ -106,6 +119,9 @@ pub enum Backend {
     Uring,
     /// io_uring with O_DIRECT (uncached; bounce buffer for unaligned reads).
     UringDirect,
+    /// io_uring, each large read with O_DIRECT if its range is not in the page cache and
+    /// through the page cache if it is ([`uring::DirectMode::WhenCold`]).
+    UringColdDirect,
 }
 
 impl Backend {
@@ -116,9 +132,10 @@ impl Backend {
             "pread" => Ok(Some(Backend::Pread)),
             "uring" | "io_uring" => Ok(Some(Backend::Uring)),
             "uring-direct" => Ok(Some(Backend::UringDirect)),
+            "uring-cold-direct" => Ok(Some(Backend::UringColdDirect)),
             other => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{IO_ENV}={other:?} is not a read backend; use pread, uring, uring-direct or auto"),
+                format!("{IO_ENV}={other:?} is not a read backend; use pread, uring, uring-direct, uring-cold-direct or auto"),
             )),
         }
     }
@@ -190,9 +207,14 @@ pub fn open_with(path: &Path, backend: Backend) -> io::Result<Box<dyn ReadAt>> {
     match backend {
         Backend::Pread => Ok(Box::new(PreadFile::open(path)?)),
         #[cfg(target_os = "linux")]
-        Backend::Uring | Backend::UringDirect => {
+        Backend::Uring | Backend::UringDirect | Backend::UringColdDirect => {
+            let direct = match backend {
+                Backend::UringDirect => uring::DirectMode::Always,
+                Backend::UringColdDirect => uring::DirectMode::WhenCold,
+                _ => uring::DirectMode::Off,
+            };
             let opts = uring::UringOptions {
-                direct: backend == Backend::UringDirect,
+                direct,
                 ..Default::default()
             };
             Ok(Box::new(uring::UringFile::open_with(path, opts)?))
