@@ -114,7 +114,11 @@ pub trait VirtualDisk: Send + Sync {
     /// in one piece, if the disk's reader would read that range with O_DIRECT now (see
     /// [`crate::io::ReadAt::cold_direct`]): the pipeline's read-ahead reads it early. Only a
     /// raw image maps virtual ranges onto its file one to one; the default says no.
-    fn cold_direct(&self, _offset: u64, _len: usize) -> Option<(std::sync::Arc<std::fs::File>, u64)> {
+    fn cold_direct(
+        &self,
+        _offset: u64,
+        _len: usize,
+    ) -> Option<(std::sync::Arc<std::fs::File>, u64)> {
         None
     }
 

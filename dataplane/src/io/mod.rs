@@ -6,11 +6,18 @@
 //! - [`uring::UringFile`]: io_uring on the maintained `io-uring` crate, one ring per thread,
 //!   each call split into pieces kept in flight together; optionally O_DIRECT.
 //! - [`fault::FaultyReadAt`]: wraps any backend and fails or corrupts chosen reads, for tests.
+//! - `uring-cold-direct` ([`uring::DirectMode::WhenCold`]): io_uring, each read of 128 KiB or
+//!   more with O_DIRECT when cachestat(2) says less than half of its range is in the page
+//!   cache, through the page cache otherwise; the sender's read-ahead stage
+//!   (`pipeline::readahead`, [`ahead::DirectQueue`]) then reads cold raw images 8 MiB ahead.
+//!   Opt-in (bench/results/ANALYSIS.md, session 10): on an 8 GiB cold copy it cut the
+//!   sender's CPU by a third (no page cache to fill, charge, reclaim and copy out of) at the
+//!   same speed, but on this loaded 2-core machine its wall time was no better and varied more.
 //!
-//! [`open`] picks the backend at run time: `VDREP_IO=pread|uring|uring-direct` forces one (an
-//! unknown value, or `uring` where the kernel refuses io_uring, is an error rather than a silent
-//! substitute); unset or `auto` takes io_uring if a probe ring can be created (kernel allows it,
-//! no seccomp filter) and pread otherwise. The choice is logged once per process.
+//! [`open`] picks the backend at run time: `VDREP_IO=pread|uring|uring-direct|uring-cold-direct`
+//! forces one (an unknown value, or `uring` where the kernel refuses io_uring, is an error
+//! rather than a silent substitute); unset or `auto` takes io_uring through the page cache if
+//! a probe ring can be created (kernel allows it, no seccomp filter) and pread otherwise. The choice is logged once per process.
 //!
 //! # Why `io-uring` and not tokio-uring
 //! The reads are issued from the pipeline's CPU threads, which are plain threads doing blocking

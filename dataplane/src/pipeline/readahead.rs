@@ -90,12 +90,16 @@ pub fn run(
             // JOIN_FROM_LEVEL) and the device is not what they wait for: no read-ahead.
             let joining = matches!(level.current(), Compression::Zstd(l) if l >= JOIN_FROM_LEVEL);
             #[cfg(target_os = "linux")]
-            if let (WorkItem::Read { offset, len }, Some(q), false) = (item, queue.as_mut(), joining) {
-                // Never waits: without budget, the CPU thread reads the item itself.
-                let started = budget().acquire(len as u64, || true).and_then(|t| {
-                    let (file, at) = disk.cold_direct(offset, len as usize)?;
-                    Some((q.start(&file, at, len as usize)?, t))
-                });
+            if let (WorkItem::Read { offset, len }, Some(q), false) =
+                (item, queue.as_mut(), joining)
+            {
+                // Never waits for the budget: without it, the CPU thread reads the item.
+                let started = disk
+                    .cold_direct(offset, len as usize)
+                    .and_then(|(file, at)| {
+                        let t = budget().acquire(len as u64, || true)?;
+                        Some((q.start(&file, at, len as usize)?, t))
+                    });
                 if let Some((ticket, t)) = started {
                     order.push_back(Entry::Reading(item, ticket, t));
                     continue;
@@ -177,6 +181,9 @@ mod tests {
         assert_eq!((rest.item, rest.data.is_some()), (r(2), true));
         // An item that was read ahead goes on alone.
         let (j, rest) = join_loaded(with(5), 4 * mib, || panic!("not asked"));
-        assert_eq!((j.item, j.data.is_some(), rest.is_none()), (r(5), true, true));
+        assert_eq!(
+            (j.item, j.data.is_some(), rest.is_none()),
+            (r(5), true, true)
+        );
     }
 }

@@ -471,15 +471,7 @@ async fn run_pass(
         thread::Builder::new()
             .name("vdrep-ahead".into())
             .spawn(move || {
-                if std::env::var_os("VDREP_EXP_NO_AHEAD").is_some() {
-                    while let Ok(i) = rx.recv_blocking() {
-                        if tx.send_blocking(Loaded::plain(i)).is_err() {
-                            break;
-                        }
-                    }
-                } else {
-                    readahead::run(disk.as_ref(), &level, rx.clone(), tx.clone());
-                }
+                readahead::run(disk.as_ref(), &level, rx.clone(), tx.clone());
                 // Whichever side ended it, both ends stop: the CPU threads finish what they
                 // hold, the planner stops planning.
                 tx.close();
@@ -493,11 +485,7 @@ async fn run_pass(
     // CPU stages: one thread per core.
     let workers = thread::available_parallelism()
         .map(|n| n.get())
-        .unwrap_or(2)
-        + std::env::var("VDREP_EXP_EXTRA_WORKERS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0);
+        .unwrap_or(2);
     let mut cpu = Vec::new();
     for i in 0..workers {
         let rx = loaded_rx.clone();
