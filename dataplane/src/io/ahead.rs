@@ -71,7 +71,11 @@ impl DirectQueue {
     /// range the ordinary way).
     pub fn start(&mut self, file: &Arc<File>, offset: u64, len: usize) -> Option<usize> {
         let align = DIRECT_ALIGN as u64;
-        if len == 0 || len > u32::MAX as usize || offset % align != 0 || len % DIRECT_ALIGN != 0 {
+        if len == 0
+            || len > u32::MAX as usize
+            || !offset.is_multiple_of(align)
+            || !len.is_multiple_of(DIRECT_ALIGN)
+        {
             return None;
         }
         let ticket = self.slots.iter().position(|s| s.is_none())?;

@@ -156,6 +156,84 @@ pub fn join_loaded(
 mod tests {
     use super::*;
 
+    /// Drops `[offset, offset + len)` of `f` from the page cache.
+    #[cfg(target_os = "linux")]
+    fn evict(f: &std::fs::File, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fadvise on a valid descriptor has no memory-safety preconditions.
+        let rc = unsafe {
+            libc::posix_fadvise(
+                f.as_raw_fd(),
+                offset as i64,
+                len as i64,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        assert_eq!(rc, 0);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn cold_reads_come_with_their_bytes_in_plan_order_and_the_rest_without() {
+        use crate::io::uring::{DirectMode, UringFile, UringOptions};
+        use rand::{RngCore, SeedableRng};
+        use std::io::Write;
+        use std::os::unix::fs::FileExt;
+
+        let mib = 1usize << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.raw");
+        let mut data = vec![0u8; 4 * mib];
+        rand::rngs::StdRng::seed_from_u64(3).fill_bytes(&mut data);
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+        let plain = std::fs::File::open(&path).unwrap();
+        // MiB 2 cached, the others cold.
+        evict(&plain, 0, 0);
+        plain
+            .read_exact_at(&mut vec![0; mib], 2 * mib as u64)
+            .unwrap();
+        evict(&plain, 3 * mib as u64, mib as u64);
+        let opts = UringOptions {
+            direct: DirectMode::WhenCold,
+            ..Default::default()
+        };
+        let file = UringFile::open_with(&path, opts).unwrap();
+        assert!(file.is_direct(), "TMPDIR must allow O_DIRECT");
+        let disk = crate::disk::raw::RawDisk::new(Box::new(file)).unwrap();
+
+        let read = |m: usize| WorkItem::Read {
+            offset: (m * mib) as u64,
+            len: mib as u32,
+        };
+        let clear = WorkItem::Clear {
+            offset: 0,
+            len: 4096,
+        };
+        let items = vec![read(0), read(1), clear, read(2), read(3)];
+        let (wtx, wrx) = async_channel::bounded(16);
+        for &i in &items {
+            wtx.send_blocking(i).unwrap();
+        }
+        wtx.close();
+        let (ltx, lrx) = async_channel::bounded(16);
+        run(&disk, &AdaptiveLevel::new(0, false), wrx, ltx);
+        let out: Vec<Loaded> = std::iter::from_fn(|| lrx.try_recv().ok()).collect();
+        assert_eq!(
+            out.iter().map(|l| l.item).collect::<Vec<_>>(),
+            items,
+            "plan order"
+        );
+        let read_ahead: Vec<bool> = out.iter().map(|l| l.data.is_some()).collect();
+        assert_eq!(read_ahead, vec![true, true, false, false, true]);
+        for (l, m) in out.iter().zip([0, 1, 9, 9, 3]) {
+            if let Some(d) = &l.data {
+                assert!(d[..] == data[m * mib..(m + 1) * mib], "MiB {m}");
+            }
+        }
+    }
+
     #[test]
     fn a_read_ahead_item_ends_a_join_and_is_handed_back() {
         let mib = 1u32 << 20;
