@@ -10,8 +10,8 @@
 //!   more with O_DIRECT when cachestat(2) says less than half of its range is in the page
 //!   cache, through the page cache otherwise; the sender's read-ahead stage
 //!   (`pipeline::readahead`, [`ahead::DirectQueue`]) then reads cold raw images 8 MiB ahead.
-//!   Opt-in (bench/results/ANALYSIS.md, session 10): on an 8 GiB cold copy it cut the
-//!   sender's CPU by a third (no page cache to fill, charge, reclaim and copy out of) at the
+//!   Opt-in (bench/results/ANALYSIS.md, session 10): on 8 GiB cold copies it cut the
+//!   sender's CPU by 16–32 % (no page cache to fill, charge, reclaim and copy out of) at the
 //!   same speed, but on this loaded 2-core machine its wall time was no better and varied more.
 //!
 //! [`open`] picks the backend at run time: `VDREP_IO=pread|uring|uring-direct|uring-cold-direct`
