@@ -27,7 +27,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Serialize;
 use vdrep::io::direct::{evict_cached_pages, open_direct, AlignedBuf};
-use vdrep::io::uring::{UringFile, UringOptions};
+use vdrep::io::uring::{DirectMode, UringFile, UringOptions};
 use vdrep::io::{open_with, Backend, ReadAt};
 
 #[derive(Parser, Debug)]
@@ -309,7 +309,11 @@ fn uring_depth(path: &Path, direct: bool, depth: usize, size: usize, run: u64) -
     let opts = UringOptions {
         depth: depth as u32,
         piece: size,
-        direct,
+        direct: if direct {
+            DirectMode::Always
+        } else {
+            DirectMode::Off
+        },
     };
     let f = UringFile::open_with(path, opts)?;
     if direct && !f.is_direct() {

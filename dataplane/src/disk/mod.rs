@@ -110,14 +110,36 @@ pub trait VirtualDisk: Send + Sync {
     /// silently zero.
     fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError>;
 
+    /// The O_DIRECT file and its offset holding `[offset, offset + len)` of the virtual disk
+    /// in one piece, if the disk's reader would read that range with O_DIRECT now (see
+    /// [`crate::io::ReadAt::cold_direct`]): the pipeline's read-ahead reads it early. Only a
+    /// raw image maps virtual ranges onto its file one to one; the default says no.
+    fn cold_direct(
+        &self,
+        _offset: u64,
+        _len: usize,
+    ) -> Option<(std::sync::Arc<std::fs::File>, u64)> {
+        None
+    }
+
     /// Reads `len` bytes into a buffer of their own. This is the one place a payload is
     /// materialised on the sender: the file's bytes land directly in the `Bytes` that travels
     /// to the socket. Reads of 1 MiB and more reuse the pages of an earlier extent's buffer
     /// ([`crate::memory::pool`]): a fresh mapping per read cost 20 % of the sender's CPU.
+    /// Large reads start at a page-aligned address, so that an O_DIRECT read of a cold
+    /// source (`crate::io::uring::DirectMode`) lands in place rather than through a bounce
+    /// buffer and a copy; the alignment costs one page of address space per buffer.
     fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, DiskError> {
-        let mut buf = crate::memory::PooledBuf::for_overwrite(len);
-        self.read_into(offset, &mut buf)?;
-        Ok(buf.freeze())
+        use crate::io::direct::{COLD_DIRECT_MIN, DIRECT_ALIGN};
+        if len < COLD_DIRECT_MIN {
+            let mut buf = crate::memory::PooledBuf::for_overwrite(len);
+            self.read_into(offset, &mut buf)?;
+            return Ok(buf.freeze());
+        }
+        let mut buf = crate::memory::PooledBuf::for_overwrite(len + DIRECT_ALIGN);
+        let pad = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        self.read_into(offset, &mut buf[pad..pad + len])?;
+        Ok(buf.freeze().slice(pad..pad + len))
     }
 }
 

@@ -62,6 +62,11 @@ impl VirtualDisk for RawDisk {
             .collect())
     }
 
+    fn cold_direct(&self, offset: u64, len: usize) -> Option<(std::sync::Arc<std::fs::File>, u64)> {
+        check_range(&self.info, offset, len).ok()?;
+        Some((self.file.cold_direct(offset, len)?, offset))
+    }
+
     fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         check_range(&self.info, offset, buf.len())?;
         self.file

@@ -18,6 +18,11 @@ use bytes::{Buf, BytesMut};
 /// Alignment used for O_DIRECT addresses, offsets and lengths.
 pub const DIRECT_ALIGN: usize = 4096;
 
+/// Reads shorter than this never take O_DIRECT when only cold ranges do
+/// (`uring::DirectMode::WhenCold`): image metadata (headers, allocation tables, bitmaps) is
+/// small, read more than once, and worth caching.
+pub const COLD_DIRECT_MIN: usize = 128 << 10;
+
 /// True if a read of `buf` at `offset` can go to an O_DIRECT descriptor without a bounce buffer.
 pub fn is_direct_aligned(buf: &[u8], offset: u64) -> bool {
     const MASK: usize = DIRECT_ALIGN - 1;

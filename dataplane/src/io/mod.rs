@@ -6,11 +6,18 @@
 //! - [`uring::UringFile`]: io_uring on the maintained `io-uring` crate, one ring per thread,
 //!   each call split into pieces kept in flight together; optionally O_DIRECT.
 //! - [`fault::FaultyReadAt`]: wraps any backend and fails or corrupts chosen reads, for tests.
+//! - `uring-cold-direct` ([`uring::DirectMode::WhenCold`]): io_uring, each read of 128 KiB or
+//!   more with O_DIRECT when cachestat(2) says less than half of its range is in the page
+//!   cache, through the page cache otherwise; the sender's read-ahead stage
+//!   (`pipeline::readahead`, [`ahead::DirectQueue`]) then reads cold raw images 8 MiB ahead.
+//!   Opt-in (bench/results/ANALYSIS.md, session 10): on 8 GiB cold copies it cut the
+//!   sender's CPU by 16–32 % (no page cache to fill, charge, reclaim and copy out of) at the
+//!   same speed, but on this loaded 2-core machine its wall time was no better and varied more.
 //!
-//! [`open`] picks the backend at run time: `VDREP_IO=pread|uring|uring-direct` forces one (an
-//! unknown value, or `uring` where the kernel refuses io_uring, is an error rather than a silent
-//! substitute); unset or `auto` takes io_uring if a probe ring can be created (kernel allows it,
-//! no seccomp filter) and pread otherwise. The choice is logged once per process.
+//! [`open`] picks the backend at run time: `VDREP_IO=pread|uring|uring-direct|uring-cold-direct`
+//! forces one (an unknown value, or `uring` where the kernel refuses io_uring, is an error
+//! rather than a silent substitute); unset or `auto` takes io_uring through the page cache if
+//! a probe ring can be created (kernel allows it, no seccomp filter) and pread otherwise. The choice is logged once per process.
 //!
 //! # Why `io-uring` and not tokio-uring
 //! The reads are issued from the pipeline's CPU threads, which are plain threads doing blocking
@@ -35,9 +42,12 @@
 //! unaligned requests through a per-thread 1 MiB bounce buffer and copies (one memcpy, ~10 GB/s,
 //! small next to the device) and reads aligned ones (see [`direct::aligned_bytes_mut`]) in place.
 
+#[cfg(target_os = "linux")]
+pub mod ahead;
 pub mod direct;
 pub mod fault;
 mod pread;
+pub mod residency;
 #[cfg(target_os = "linux")]
 pub mod uring;
 
@@ -74,6 +84,13 @@ pub trait ReadAt: Send + Sync {
     fn backend(&self) -> &'static str {
         "custom"
     }
+    /// The O_DIRECT descriptor to read `[offset, offset + len)` ahead of its use with
+    /// ([`ahead::DirectQueue`]), if this backend would read that range with O_DIRECT now
+    /// (it is large and not in the page cache). The default, `None`, reads it the ordinary
+    /// way when it is needed.
+    fn cold_direct(&self, _offset: u64, _len: usize) -> Option<std::sync::Arc<std::fs::File>> {
+        None
+    }
 }
 
 impl<R: ReadAt + ?Sized> ReadAt for Box<R> {
@@ -92,6 +109,9 @@ impl<R: ReadAt + ?Sized> ReadAt for Box<R> {
     fn backend(&self) -> &'static str {
         (**self).backend()
     }
+    fn cold_direct(&self, offset: u64, len: usize) -> Option<std::sync::Arc<std::fs::File>> {
+        (**self).cold_direct(offset, len)
+    }
 }
 
 /// The environment variable that overrides the backend choice.
@@ -106,6 +126,9 @@ pub enum Backend {
     Uring,
     /// io_uring with O_DIRECT (uncached; bounce buffer for unaligned reads).
     UringDirect,
+    /// io_uring, each large read with O_DIRECT if its range is not in the page cache and
+    /// through the page cache if it is ([`uring::DirectMode::WhenCold`]).
+    UringColdDirect,
 }
 
 impl Backend {
@@ -116,9 +139,10 @@ impl Backend {
             "pread" => Ok(Some(Backend::Pread)),
             "uring" | "io_uring" => Ok(Some(Backend::Uring)),
             "uring-direct" => Ok(Some(Backend::UringDirect)),
+            "uring-cold-direct" => Ok(Some(Backend::UringColdDirect)),
             other => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{IO_ENV}={other:?} is not a read backend; use pread, uring, uring-direct or auto"),
+                format!("{IO_ENV}={other:?} is not a read backend; use pread, uring, uring-direct, uring-cold-direct or auto"),
             )),
         }
     }
@@ -190,9 +214,14 @@ pub fn open_with(path: &Path, backend: Backend) -> io::Result<Box<dyn ReadAt>> {
     match backend {
         Backend::Pread => Ok(Box::new(PreadFile::open(path)?)),
         #[cfg(target_os = "linux")]
-        Backend::Uring | Backend::UringDirect => {
+        Backend::Uring | Backend::UringDirect | Backend::UringColdDirect => {
+            let direct = match backend {
+                Backend::UringDirect => uring::DirectMode::Always,
+                Backend::UringColdDirect => uring::DirectMode::WhenCold,
+                _ => uring::DirectMode::Off,
+            };
             let opts = uring::UringOptions {
-                direct: backend == Backend::UringDirect,
+                direct,
                 ..Default::default()
             };
             Ok(Box::new(uring::UringFile::open_with(path, opts)?))

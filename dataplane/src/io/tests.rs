@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
 use super::fault::{Fault, FaultyReadAt};
-use super::uring::{UringFile, UringOptions};
+use super::uring::{DirectMode, UringFile, UringOptions};
 use super::*;
 
 /// A file whose size is deliberately not a multiple of 512 or 4096.
@@ -31,16 +31,17 @@ fn backends(path: &Path) -> Vec<(String, Box<dyn ReadAt>)> {
     let small = UringOptions {
         depth: 3,
         piece: 4096,
-        direct: false,
+        direct: DirectMode::Off,
     };
     let direct_small = UringOptions {
-        direct: true,
+        direct: DirectMode::Always,
         ..small
     };
     let all: Vec<Box<dyn ReadAt>> = vec![
         open_with(path, Backend::Pread).unwrap(),
         open_with(path, Backend::Uring).unwrap(),
         open_with(path, Backend::UringDirect).unwrap(),
+        open_with(path, Backend::UringColdDirect).unwrap(),
         Box::new(UringFile::open_with(path, small).unwrap()),
         Box::new(UringFile::open_with(path, direct_small).unwrap()),
     ];
@@ -110,6 +111,56 @@ fn aligned_buffers_take_the_zero_copy_direct_path_and_read_correctly() {
     let mut a = direct::AlignedBuf::new(8192);
     f.read_exact_at(&mut a, 4096).unwrap();
     assert!(a[..] == data[4096..4096 + 8192]);
+}
+
+#[test]
+fn cold_direct_reads_cold_ranges_around_the_page_cache_and_cached_ones_through_it() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, data) = random_file(dir.path(), 4 << 20);
+    let opts = UringOptions {
+        direct: DirectMode::WhenCold,
+        ..Default::default()
+    };
+    let f = UringFile::open_with(&path, opts).unwrap();
+    assert!(f.is_direct(), "TMPDIR must allow O_DIRECT");
+    let plain = std::fs::File::open(&path).unwrap();
+    let mib = 1usize << 20;
+    let cached = |off: usize, len: usize| {
+        residency::cached_bytes(&plain, off as u64, len as u64)
+            .expect("this host's kernel has cachestat (6.5+)")
+    };
+
+    // Cold: O_DIRECT, so the read leaves nothing in the page cache.
+    direct::evict_cached_pages(&plain).unwrap();
+    let mut b = direct::aligned_bytes_mut(mib);
+    f.read_exact_at(&mut b, 0).unwrap();
+    assert!(b[..] == data[..mib]);
+    assert_eq!(f.cold_choices(), (1, 0));
+    assert_eq!(cached(0, mib), 0, "an O_DIRECT read caches nothing");
+
+    // Cached (a plain read put the second MiB there): through the page cache.
+    plain.read_exact_at(&mut vec![0; mib], mib as u64).unwrap();
+    assert_eq!(cached(mib, mib), mib as u64);
+    f.read_exact_at(&mut b, mib as u64).unwrap();
+    assert!(b[..] == data[mib..2 * mib]);
+    assert_eq!(f.cold_choices(), (1, 1));
+
+    // Small reads (metadata) always go through the cache; they are not counted.
+    direct::evict_cached_pages(&plain).unwrap();
+    let mut small = vec![0u8; 4096];
+    f.read_exact_at(&mut small, (3 * mib) as u64).unwrap();
+    assert!(small[..] == data[3 * mib..3 * mib + 4096]);
+    assert_eq!(f.cold_choices(), (1, 1));
+
+    // A cold, unaligned read goes direct through the bounce buffer.
+    direct::evict_cached_pages(&plain).unwrap();
+    let (off, len) = (2 * mib + 1000, 300_000);
+    let mut v = vec![0u8; len];
+    f.read_exact_at(&mut v, off as u64).unwrap();
+    assert!(v[..] == data[off..off + len]);
+    assert_eq!(f.cold_choices(), (2, 1));
+    assert_eq!(cached(2 * mib, mib), 0);
 }
 
 #[test]
@@ -204,6 +255,10 @@ fn choice_honours_the_override_and_falls_back_to_pread_only_when_automatic() {
     assert_eq!(
         Backend::parse("uring-direct").unwrap(),
         Some(Backend::UringDirect)
+    );
+    assert_eq!(
+        Backend::parse("uring-cold-direct").unwrap(),
+        Some(Backend::UringColdDirect)
     );
     assert_eq!(Backend::parse("auto").unwrap(), None);
     assert_eq!(Backend::parse("").unwrap(), None);

@@ -18,12 +18,14 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Once};
 
 use io_uring::{opcode, types, IoUring, Probe};
 
-use super::direct::{is_direct_aligned, open_direct, AlignedBuf, DIRECT_ALIGN};
+use super::direct::{is_direct_aligned, open_direct, AlignedBuf, COLD_DIRECT_MIN, DIRECT_ALIGN};
 use super::pread::seek_data_ranges;
+use super::residency::cached_bytes;
 use super::ReadAt;
 use vdrep_proto::RangeSet;
 
@@ -34,6 +36,21 @@ pub const MAX_DEPTH: u32 = 64;
 /// payload plus one alignment unit, so a 1 MiB read at an unaligned address takes one window.
 const BOUNCE_LEN: usize = (1 << 20) + DIRECT_ALIGN;
 
+/// Whether an [`UringFile`] reads through the page cache or around it (O_DIRECT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectMode {
+    /// Every read through the page cache.
+    Off,
+    /// Every read with O_DIRECT.
+    Always,
+    /// Reads of at least [`COLD_DIRECT_MIN`] bytes of which less than half is in the page
+    /// cache (cachestat(2)) with O_DIRECT, the others through the page cache. A cold source
+    /// is read once: filling the page cache with it costs the CPU to allocate, charge and
+    /// later reclaim every page and to copy it out, on the cores the pipeline needs; a range
+    /// that is cached already is cheaper to copy than to read again. See [`super`].
+    WhenCold,
+}
+
 /// How an [`UringFile`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UringOptions {
@@ -41,9 +58,9 @@ pub struct UringOptions {
     pub depth: u32,
     /// Bytes per piece; rounded up to [`DIRECT_ALIGN`].
     pub piece: usize,
-    /// Read through an O_DIRECT descriptor (uncached). Falls back to cached reads where the
-    /// filesystem refuses O_DIRECT.
-    pub direct: bool,
+    /// Page cache or O_DIRECT. Reads go through the page cache where the filesystem refuses
+    /// O_DIRECT, and in [`DirectMode::WhenCold`] where the kernel has no cachestat(2).
+    pub direct: DirectMode,
 }
 
 impl Default for UringOptions {
@@ -53,7 +70,7 @@ impl Default for UringOptions {
         UringOptions {
             depth: 4,
             piece: 256 << 10,
-            direct: false,
+            direct: DirectMode::Off,
         }
     }
 }
@@ -90,10 +107,22 @@ pub fn probe() -> io::Result<()> {
 pub struct UringFile {
     /// Cached descriptor: metadata, SEEK_DATA, and reads unless `direct` is set.
     file: File,
-    /// O_DIRECT descriptor when direct mode is on and the filesystem allows it.
-    direct: Option<File>,
+    /// O_DIRECT descriptor when direct mode is on and the filesystem allows it (shared with
+    /// read-ahead, [`super::ahead`], which keeps it open while its reads are in flight).
+    direct: Option<Arc<File>>,
     path: PathBuf,
     opts: UringOptions,
+    /// Which way reads went, and whether cachestat failed once ([`DirectMode::WhenCold`]).
+    cold: ColdReads,
+}
+
+/// The choices of [`DirectMode::WhenCold`], counted for tests and the logs.
+#[derive(Debug, Default)]
+struct ColdReads {
+    direct: AtomicU64,
+    cached: AtomicU64,
+    /// cachestat(2) failed (old kernel, seccomp): every later read goes through the cache.
+    unsupported: AtomicBool,
 }
 
 impl UringFile {
@@ -105,9 +134,9 @@ impl UringFile {
     /// Opens `path` read-only with `opts`.
     pub fn open_with(path: &Path, opts: UringOptions) -> io::Result<Self> {
         let file = File::open(path)?;
-        let direct = if opts.direct {
+        let direct = if opts.direct != DirectMode::Off {
             match open_direct(path) {
-                Ok(f) => Some(f),
+                Ok(f) => Some(Arc::new(f)),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::debug!(path = %path.display(), "O_DIRECT refused by the filesystem; reading through the page cache");
                     None
@@ -122,17 +151,63 @@ impl UringFile {
             direct,
             path: path.to_path_buf(),
             opts,
+            cold: ColdReads::default(),
         })
     }
 
-    /// True if reads bypass the page cache.
+    /// True if reads may bypass the page cache (always, or when cold).
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()
     }
 
+    /// Reads of [`DirectMode::WhenCold`] that went around the page cache and through it.
+    pub fn cold_choices(&self) -> (u64, u64) {
+        (
+            self.cold.direct.load(Ordering::Relaxed),
+            self.cold.cached.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The O_DIRECT descriptor if a read of `[offset, offset + len)` should take it.
+    fn direct_for(&self, offset: u64, len: usize) -> Option<&Arc<File>> {
+        let direct = self.direct.as_ref()?;
+        match self.opts.direct {
+            DirectMode::Off => None,
+            DirectMode::Always => Some(direct),
+            DirectMode::WhenCold => {
+                let cold = self.is_cold(offset, len)?;
+                let counter = if cold {
+                    &self.cold.direct
+                } else {
+                    &self.cold.cached
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                cold.then_some(direct)
+            }
+        }
+    }
+
+    /// Whether less than half of a large range is in the page cache; `None` for small
+    /// ranges and where cachestat(2) is unavailable (both read through the cache).
+    fn is_cold(&self, offset: u64, len: usize) -> Option<bool> {
+        if len < COLD_DIRECT_MIN || self.cold.unsupported.load(Ordering::Relaxed) {
+            return None;
+        }
+        match cached_bytes(&self.file, offset, len as u64) {
+            Ok(c) => Some(c < len as u64 / 2),
+            Err(e) => {
+                if !self.cold.unsupported.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(path = %self.path.display(), error = %e,
+                        "cachestat(2) unavailable; reading through the page cache");
+                }
+                None
+            }
+        }
+    }
+
     fn read_with_ring(&self, st: &mut ThreadState, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let (depth, piece) = (self.opts.depth(), self.opts.piece());
-        let Some(direct) = &self.direct else {
+        let Some(direct) = self.direct_for(offset, buf.len()) else {
             let ring = st.ring.as_mut().expect("ring created by with_thread_state");
             // SAFETY: buf is valid for writes for the whole call; read_pieces drains.
             let n = unsafe {
@@ -222,11 +297,17 @@ impl ReadAt for UringFile {
     fn data_ranges(&self, start: u64, end: u64) -> io::Result<RangeSet> {
         seek_data_ranges(&self.file, start, end)
     }
+    fn cold_direct(&self, offset: u64, len: usize) -> Option<Arc<File>> {
+        match self.opts.direct {
+            DirectMode::WhenCold if self.is_cold(offset, len)? => self.direct.clone(),
+            _ => None,
+        }
+    }
     fn backend(&self) -> &'static str {
-        if self.is_direct() {
-            "io_uring+O_DIRECT"
-        } else {
-            "io_uring"
+        match (self.is_direct(), self.opts.direct) {
+            (true, DirectMode::WhenCold) => "io_uring+O_DIRECT when cold",
+            (true, _) => "io_uring+O_DIRECT",
+            (false, _) => "io_uring",
         }
     }
 }

@@ -81,15 +81,32 @@ pub fn prepare(
     level: &AdaptiveLevel,
     stats: &Stats,
 ) -> Result<Vec<Prepared>, DiskError> {
-    let (offset, len) = match item {
+    prepare_loaded(disk, super::Loaded::plain(item), zeros, level, stats)
+}
+
+/// [`prepare`] for an item that the read-ahead stage may have read already
+/// ([`super::readahead`]): its bytes are used as they are, and only an item without them is
+/// read here.
+pub fn prepare_loaded(
+    disk: &dyn VirtualDisk,
+    loaded: super::Loaded,
+    zeros: Zeros,
+    level: &AdaptiveLevel,
+    stats: &Stats,
+) -> Result<Vec<Prepared>, DiskError> {
+    let (offset, len) = match loaded.item {
         WorkItem::Clear { offset, len } => {
             stats.add_skipped_unallocated(len as u64);
             return Ok(vec![clear(offset, len)]);
         }
         WorkItem::Read { offset, len } => (offset, len),
     };
-    // The one write of the payload into memory: the disk reader fills this buffer directly.
-    let data = disk.read_at(offset, len as usize)?;
+    // The one write of the payload into memory: the disk reader (or the read-ahead) fills
+    // this buffer directly.
+    let data = match loaded.data {
+        Some(d) if d.len() == len as usize => d,
+        _ => disk.read_at(offset, len as usize)?,
+    };
     stats.add_read(len as u64);
     let runs = zero_runs(&data);
     if let (Zeros::Pack { .. }, super::Compression::Zstd(l)) = (zeros, level.current()) {

@@ -15,8 +15,9 @@ use super::stream::stream_worker;
 use super::{ControlStream, SendError, SendOptions};
 use crate::disk::{DiskError, VirtualDisk};
 use crate::pipeline::{
-    join_reads, plan_disk, prepare, AdaptiveLevel, Compression, MemoryBudget, PlanOptions,
-    Prepared, Stats, Ticket, WorkItem, Zeros, JOIN_FROM_LEVEL, PREPARED_BUDGET,
+    join_loaded, plan_disk, prepare_loaded, readahead, AdaptiveLevel, Compression, Loaded,
+    MemoryBudget, PlanOptions, Prepared, Stats, Ticket, WorkItem, Zeros, JOIN_FROM_LEVEL,
+    PREPARED_BUDGET,
 };
 use crate::throttle::Throttle;
 
@@ -126,16 +127,18 @@ pub struct DiskOutcome {
     pub resumed: u64,
 }
 
-/// Closes both channels when dropped, so the producer and CPU threads stop whenever the
-/// sending side gives up.
+/// Closes the channels when dropped, so the producer, read-ahead and CPU threads stop
+/// whenever the sending side gives up.
 struct Closer {
     work: async_channel::Sender<WorkItem>,
+    loaded: async_channel::Sender<Loaded>,
     prep: async_channel::Receiver<Queued>,
 }
 
 impl Drop for Closer {
     fn drop(&mut self) {
         self.work.close();
+        self.loaded.close();
         self.prep.close();
     }
 }
@@ -386,8 +389,12 @@ async fn run_pass(
     // budget: incompressible extents travel raw, so an item can be as large as its read.
     let join_max =
         (PREPARED_BUDGET / queue as u64).clamp(opts.chunk as u64, MAX_EXTENT_LEN as u64) as u32;
+    // Items the read-ahead stage handed on (with their bytes when it read them): a few, as
+    // the stage holds its reads in flight itself.
+    let (loaded_tx, loaded_rx) = async_channel::bounded::<Loaded>(2);
     let _closer = Closer {
         work: work_tx.clone(),
+        loaded: loaded_tx.clone(),
         prep: prep_rx.clone(),
     };
     let failure: Arc<Mutex<Option<DiskError>>> = Arc::new(Mutex::new(None));
@@ -455,13 +462,33 @@ async fn run_pass(
     };
     drop(work_tx);
 
+    // Read-ahead: the cold reads of the CPU threads' next items, started before they ask.
+    let ahead = {
+        let disk = job.disk.clone();
+        let level = sh.level.clone();
+        let tx = loaded_tx.clone();
+        let rx = work_rx.clone();
+        thread::Builder::new()
+            .name("vdrep-ahead".into())
+            .spawn(move || {
+                readahead::run(disk.as_ref(), &level, rx.clone(), tx.clone());
+                // Whichever side ended it, both ends stop: the CPU threads finish what they
+                // hold, the planner stops planning.
+                tx.close();
+                rx.close();
+            })
+            .map_err(|e| SendError::Internal(format!("cannot start read-ahead: {e}")))?
+    };
+    drop(loaded_tx);
+    drop(work_rx);
+
     // CPU stages: one thread per core.
     let workers = thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
     let mut cpu = Vec::new();
     for i in 0..workers {
-        let rx = work_rx.clone();
+        let rx = loaded_rx.clone();
         let tx = prep_tx.clone();
         let disk = job.disk.clone();
         let failure = failure.clone();
@@ -473,7 +500,7 @@ async fn run_pass(
             thread::Builder::new()
                 .name(format!("vdrep-cpu-{i}"))
                 .spawn(move || {
-                    let mut held: Option<WorkItem> = None;
+                    let mut held: Option<Loaded> = None;
                     loop {
                         let item = match held.take() {
                             Some(i) => i,
@@ -489,13 +516,13 @@ async fn run_pass(
                         let item = match level.current() {
                             Compression::Zstd(l) if l >= JOIN_FROM_LEVEL => {
                                 let (joined, rest) =
-                                    join_reads(item, join_max, || rx.try_recv().ok());
+                                    join_loaded(item, join_max, || rx.try_recv().ok());
                                 held = rest;
                                 joined
                             }
                             _ => item,
                         };
-                        match prepare(disk.as_ref(), item, zeros, &level, &stats) {
+                        match prepare_loaded(disk.as_ref(), item, zeros, &level, &stats) {
                             Ok(v) => {
                                 for p in v {
                                     let ticket = match p.payload.len() {
@@ -524,7 +551,7 @@ async fn run_pass(
         );
     }
     drop(prep_tx);
-    drop(work_rx);
+    drop(loaded_rx);
 
     // Streams.
     let refused = Arc::new(Mutex::new(Vec::new()));
@@ -556,6 +583,7 @@ async fn run_pass(
     // The channels are closed now; the threads finish their current item and exit.
     prep_rx.close();
     let _ = producer.join();
+    let _ = ahead.join();
     for t in cpu {
         let _ = t.join();
     }
