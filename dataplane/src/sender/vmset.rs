@@ -90,6 +90,7 @@ pub fn qemu_spec(a: &AddedVm) -> Result<super::qemu::QemuSpec, String> {
         qmp,
         drives,
         nbd: a.nbd.clone(),
+        group: a.group.clone(),
     })
 }
 
@@ -131,16 +132,21 @@ impl VmSet {
         &self.groups
     }
 
-    /// `policy` with `vm`'s consistency group, which `vm` joins (refused when the group
-    /// holds 16 VMs already or switches at another interval).
+    /// `policy` with `vm`'s consistency group, which `vm` (`qemu`: a qemu VM) joins
+    /// (refused when the group holds 16 VMs already, switches at another interval, or
+    /// holds a qemu VM already and `vm` is one).
     pub fn with_group(
         &self,
         vm: &str,
         group: Option<&str>,
+        qemu: bool,
         policy: Policy,
     ) -> Result<Policy, String> {
         let group = match group {
-            Some(g) => Some(self.groups.join(g, vm, policy.interval, &self.state)?),
+            Some(g) => Some(
+                self.groups
+                    .join(g, vm, qemu, policy.interval, &self.state)?,
+            ),
             None => None,
         };
         Ok(Policy { group, ..policy })
@@ -269,7 +275,8 @@ pub fn protected_disks(
     ))
 }
 
-/// Checks a qemu request's shape: no disk images, absolute sockets, valid drives, no group.
+/// Checks a qemu request's shape: no disk images, absolute sockets, valid drives and group
+/// name.
 fn check_qemu_request(a: &AddedVm) -> Result<(), String> {
     if !a.disks.is_empty() {
         return Err(format!(
@@ -290,7 +297,7 @@ fn check_qemu_request(a: &AddedVm) -> Result<(), String> {
     }
     qemu_spec(a)?;
     if let Some(g) = &a.group {
-        return Err(super::qemu::group_refusal(&a.vm, g));
+        super::group::check_name(g)?;
     }
     Ok(())
 }
@@ -455,7 +462,7 @@ pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
     }
     if let Some(g) = &req.group {
         set.groups
-            .check(g, &req.vm, Duration::from_secs(req.interval_seconds))?;
+            .check(g, &req.vm, false, Duration::from_secs(req.interval_seconds))?;
     }
     // Enable protection's local checks: every disk opens and its format is supported.
     let mut jobs = Vec::new();
@@ -473,7 +480,7 @@ pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
     // Durable before it runs: a sender killed from here on protects it after its restart.
     record(set, &req)?;
     // Checked above, under the add lock: joining cannot be refused now.
-    let policy = set.with_group(&req.vm, req.group.as_deref(), set.policy_for(&req))?;
+    let policy = set.with_group(&req.vm, req.group.as_deref(), false, set.policy_for(&req))?;
     sh.jobs.start_vm(&req.vm);
     sh.jobs.disks_checked(&req.vm, &jobs);
     let threshold = req
@@ -548,7 +555,12 @@ fn add_qemu(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
             ));
         }
     }
-    let (q, details) = super::qemu::open_checked(sh, spec).map_err(|e| match e {
+    if let Some(g) = &req.group {
+        // Before anything runs in qemu: a refused request changes nothing.
+        set.groups
+            .check(g, &req.vm, true, Duration::from_secs(req.interval_seconds))?;
+    }
+    let (q, details) = super::qemu::open_requested(sh, spec).map_err(|e| match e {
         SendError::Source { message, .. } => message,
         e => e.to_string(),
     })?;
