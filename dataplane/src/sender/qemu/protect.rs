@@ -401,6 +401,24 @@ async fn round(
         crate::metrics::events::view_cycle_read(&vm.name, name, dirty, read);
         advanced[i] = shipped.last().map(|c| c.0) == Some(cycle);
     }
+    // Every disk's initial copy committed: the initial replication job succeeds and
+    // protection is finalized (once; as for change logs). Left running, the job would be
+    // failed as "interrupted" by the next sender process.
+    if opened.iter().all(|o| {
+        o.as_ref()
+            .is_some_and(|o| o.initial_committed && !o.known_empty)
+    }) {
+        let names: Vec<String> = vm.disks.iter().map(|d| d.name.clone()).collect();
+        let bitmaps: Vec<String> = vm
+            .disks
+            .iter()
+            .map(|d| format!("{} on node {}", d.name, d.node))
+            .collect();
+        let tracking = format!("qemu dirty bitmaps: {}", bitmaps.join(", "));
+        sh.jobs
+            .finalize(ctrl, &vm.name, &names, Some(tracking))
+            .await;
+    }
     Ok(())
 }
 
