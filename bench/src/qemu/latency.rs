@@ -42,6 +42,12 @@ pub struct Args {
     /// Scratch folder (recreated; holds the disk).
     #[arg(long, default_value = "/var/tmp/vdrep-qemu-latency")]
     work: PathBuf,
+    /// The receiver's store (recreated). The receiver of a deployment runs in Azure, not on
+    /// the protected host; here it shares the machine, and its writes of each cycle (the
+    /// replica and its undo log) on the guest's disk would slow the guest's writes as no
+    /// deployment does, so the store is on tmpfs by default (its CPU still shares the host's).
+    #[arg(long, default_value = "/dev/shm/vdrep-qemu-latency-store")]
+    store: PathBuf,
     /// The vdrep binary [default: the one beside vdrep-bench].
     #[arg(long)]
     vdrep: Option<PathBuf>,
@@ -134,6 +140,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     let bare = measure(&script, &qsd.nbd(), &a)?;
 
+    let _ = std::fs::remove_dir_all(&a.store);
+    std::fs::create_dir_all(&a.store)?;
     let certs = certs(&vdrep, w, None)?;
     let mut rx = Proc::spawn(
         None,
@@ -143,7 +151,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--store".into(),
-            s(&w.join("store")),
+            s(&a.store),
             "--tls".into(),
             s(&certs),
             "--allow".into(),
@@ -237,7 +245,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
          4 KiB random writes at queue depth 1 (python3-libnbd through qemu-storage-daemon's NBD \
          export) over the first {} MiB of a {} MiB raw disk (`cache.direct=on`), {} s per run; \
          protected: `vdrep send --qmp` at a {} s interval after its initial copy, {} switch(es) \
-         during the run.\n\n{}\n\
+         during the run; the receiver's store in `{}` (a deployment's receiver is not on the \
+         host).\n\n{}\n\
          Ratio protected / not protected: median **{:.2}×** (target ≤ 1.1×: {}), p99 **{:.2}×** \
          (target ≤ 2×: {}).\n\n{} · {} · load {}\n",
         a.region >> 20,
@@ -245,6 +254,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.seconds,
         a.interval,
         r.switches_during_protected,
+        a.store.display(),
         report::table(
             &[
                 "run",
@@ -270,5 +280,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     report::write(&a.results, &a.name, &r, &md)?;
     println!("{md}");
+    let _ = std::fs::remove_dir_all(&a.store);
     Ok(())
 }

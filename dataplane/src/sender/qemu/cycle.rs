@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 use super::ctl::QemuVm;
-use super::view::{NbdView, Uncounted};
+use super::digest::PieceTee;
+use super::view::{HashingView, NbdView, Uncounted};
 use crate::sender::source::{CycleChanges, CycleSource, Opening, SourceError};
 
 /// One disk's cycle at one switch.
@@ -27,8 +28,12 @@ pub struct ViewCycle {
     pub new_bitmap: String,
     /// Bytes read from the view before this cycle (a resumed copy reads it too).
     pub read_before: u64,
-    /// The extents of the cycle, once opened (its digest re-reads the pieces they touch).
+    /// The extents of the cycle, once opened (its digest re-reads the pieces they touch and
+    /// the shipping did not hash).
     pub extents: Mutex<Vec<Range<u64>>>,
+    /// Hashes the pieces the cycle's shipping reads (`None` before `open`, or when the
+    /// digest state cannot be opened: the digest then reads them again).
+    pub tee: Mutex<Option<Arc<PieceTee>>>,
 }
 
 impl CycleSource for ViewCycle {
@@ -48,22 +53,46 @@ impl CycleSource for ViewCycle {
         self.vm.counters[self.index]
             .dirty
             .fetch_add(dirty, Ordering::Relaxed);
+        let tee = match self.vm.with_digest(self.index, |d| d.tee()) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                warn!(vm = %self.vm.name, disk = %self.vm.disks[self.index].name, error = %e,
+                      "the cycle's digest will read the view again");
+                None
+            }
+        };
+        let view: Arc<dyn crate::disk::VirtualDisk> = match &tee {
+            Some(t) => Arc::new(HashingView {
+                view: self.view.clone(),
+                tee: t.clone(),
+            }),
+            None => self.view.clone(),
+        };
+        if let Ok(mut g) = self.tee.lock() {
+            *g = tee;
+        }
         Ok(Opening::Ship(CycleChanges {
             extents,
-            view: self.view.clone(),
+            view,
             check: None,
         }))
     }
 
     fn digest(&self, cycle: u64) -> Option<[u8; 32]> {
         let extents = self.extents.lock().map(|x| x.clone()).unwrap_or_default();
+        let hashed = self
+            .tee
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().map(|t| t.hashed()))
+            .unwrap_or_default();
         let view = Uncounted(&self.view);
         let r = self.vm.with_digest(self.index, |d| {
             let before = d.read;
             // A table made stale (a copy or resync that did not finish hashing) is computed
             // again from this view: a full read, once.
             let digest = if d.complete() {
-                d.refresh(&view, &extents, cycle)?
+                d.refresh(&view, &extents, &hashed, cycle)?
             } else {
                 Some(d.compute_all(&view, cycle)?)
             };

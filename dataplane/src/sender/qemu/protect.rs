@@ -392,6 +392,7 @@ async fn round(
             new_bitmap: view.bitmap.clone(),
             read_before: before,
             extents: Default::default(),
+            tee: Default::default(),
         });
         let dirty_before = vm.counters[i].dirty.load(Ordering::Relaxed);
         let shipped = ship_pending(conn, ctrl, job, src, o, None, policy, sh).await?;

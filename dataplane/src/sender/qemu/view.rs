@@ -14,6 +14,7 @@ use std::time::Duration;
 use vdrep_qemu::fleece::View;
 use vdrep_qemu::nbd::{wire, NbdClient, NbdError};
 
+use super::digest::PieceTee;
 use crate::disk::{DiskError, DiskFormat, DiskInfo, Extent, ExtentKind, VirtualDisk};
 
 /// How long one NBD request may take before the view counts as broken.
@@ -170,6 +171,31 @@ impl VirtualDisk for Uncounted<'_> {
 
     fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.0.read_uncounted(offset, buf)
+    }
+}
+
+/// A cycle's view whose reads also feed the cycle's digest ([`PieceTee`]): the pipeline
+/// reads each dirty piece once, for shipping and hashing both.
+pub struct HashingView {
+    /// The view.
+    pub view: std::sync::Arc<NbdView>,
+    /// Where the pieces' chaining values go.
+    pub tee: std::sync::Arc<PieceTee>,
+}
+
+impl VirtualDisk for HashingView {
+    fn info(&self) -> &DiskInfo {
+        self.view.info()
+    }
+
+    fn extents_in(&self, start: u64, end: u64) -> Result<Vec<Extent>, DiskError> {
+        self.view.extents_in(start, end)
+    }
+
+    fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.view.read_into(offset, buf)?;
+        self.tee.record(offset, buf);
+        Ok(())
     }
 }
 
