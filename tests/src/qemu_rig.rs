@@ -122,6 +122,12 @@ impl Rig {
                 q.qmp_socket().display()
             );
         }
+        self.send_config(log, &conf, give_up)
+    }
+
+    /// A sender of the config `conf` (written to `DIR/LOG.toml`), giving up after
+    /// `give_up`, state in `DIR/state`.
+    pub fn send_config(&self, log: &str, conf: &str, give_up: &str) -> Send {
         let path = self.dir.join(format!("{log}.toml"));
         std::fs::write(&path, conf).unwrap();
         let mut snd = Send::new(

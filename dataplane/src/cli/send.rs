@@ -65,7 +65,8 @@ pub struct Args {
     pub(super) nbd: Option<PathBuf>,
     /// With --interval: the consistency group of --vm. VMs of one group (this one and the
     /// [[vm]]s of --config with the same `group`) switch their change logs together, so
-    /// each group point is one instant of all their disks; at most 16 VMs, one sender.
+    /// each group point is one instant of all their disks; at most 16 VMs, one of them a
+    /// qemu VM (--qmp), one sender.
     #[arg(long, value_name = "NAME", requires = "vm", help_heading = "VM")]
     pub(super) group: Option<String>,
     /// Parallel streams per disk (upload threads per VM), 1..=32 [default: 4].
@@ -433,8 +434,15 @@ pub(super) fn options(a: &Args) -> CliResult<Options> {
     if vms.iter().any(|v| v.group.is_some()) && policy.is_none() {
         bail!("a consistency group (--group, `group` of a [[vm]]) needs --interval: its VMs switch their change logs together");
     }
-    crate::sender::group::check_members(vms.iter().map(|v| (v.name.as_str(), v.group.as_deref())))
-        .map_err(anyhow::Error::msg)?;
+    crate::sender::group::check_members(
+        vms.iter()
+            .map(|v| (v.name.as_str(), v.group.as_deref(), false))
+            .chain(
+                qemu.iter()
+                    .map(|q| (q.vm.as_str(), q.group.as_deref(), true)),
+            ),
+    )
+    .map_err(anyhow::Error::msg)?;
     // A protecting sender with a control channel may start empty: the sidecar enables
     // protection of VMs at run time (and the state folder keeps those it added before).
     if vms.is_empty() && qemu.is_empty() && (policy.is_none() || endpoints.control.is_none()) {

@@ -22,13 +22,6 @@ pub(super) fn split_vms(
                 if !v.disks.is_empty() {
                     bail!("[[vm]] {}: give either disks or qmp, not both", v.name);
                 }
-                if let Some(g) = &v.group {
-                    bail!(
-                        "[[vm]] {}: {}",
-                        v.name,
-                        crate::sender::qemu::group_refusal(&v.name, g)
-                    );
-                }
                 let drives = v
                     .drives
                     .iter()
@@ -40,6 +33,7 @@ pub(super) fn split_vms(
                     qmp,
                     drives,
                     nbd: v.nbd,
+                    group: v.group,
                 });
             }
             None => {
@@ -62,12 +56,6 @@ pub(super) fn split_vms(
             if !a.disks.is_empty() {
                 bail!("--vm {vm} --qmp: qemu's disks are named with --drive, not as DISK");
             }
-            if let Some(g) = &a.group {
-                bail!(
-                    "--vm {vm} --qmp --group {g}: {}",
-                    crate::sender::qemu::group_refusal(vm, g)
-                );
-            }
             vms.retain(|v| &v.name != vm);
             qemu.retain(|q| &q.vm != vm);
             qemu.push(QemuSpec {
@@ -75,6 +63,7 @@ pub(super) fn split_vms(
                 qmp: qmp.clone(),
                 drives: a.drives.clone(),
                 nbd: a.nbd.clone(),
+                group: a.group.clone(),
             });
         }
         (None, Some(_)) => bail!("--qmp needs --vm VM"),
@@ -170,8 +159,8 @@ mod qemu_tests {
     }
 
     #[test]
-    fn a_qemu_vm_in_a_consistency_group_is_refused_for_now() {
-        let e = parse(&[
+    fn a_qemu_vm_joins_a_consistency_group_and_a_second_qemu_vm_in_it_is_refused() {
+        let (_, opts, _, _) = parse(&[
             "--vm",
             "vm1",
             "--qmp",
@@ -181,34 +170,37 @@ mod qemu_tests {
             "--interval",
             "1s",
         ])
+        .unwrap();
+        assert_eq!(opts.qemu[0].group.as_deref(), Some("g1"));
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("s.toml");
+        // One qemu VM and an image VM in one group.
+        std::fs::write(
+            &conf,
+            "interval = \"5m\"\n[[vm]]\nname = \"db\"\nqmp = \"/run/db.qmp\"\ngroup = \"g1\"\n[[vm]]\nname = \"web\"\ndisks = [\"/vms/web.vhdx\"]\ngroup = \"g1\"\n",
+        )
+        .unwrap();
+        let (vms, opts, _, _) = parse(&["--config", conf.to_str().unwrap()]).unwrap();
+        assert_eq!(vms[0].group.as_deref(), Some("g1"));
+        assert_eq!(opts.qemu[0].group.as_deref(), Some("g1"));
+        // A second qemu VM in it: refused, saying why.
+        let e = parse(&[
+            "--config",
+            conf.to_str().unwrap(),
+            "--vm",
+            "app",
+            "--qmp",
+            "/run/app.qmp",
+            "--group",
+            "g1",
+        ])
         .err()
         .unwrap()
         .to_string();
-        assert!(e.contains("consistency group") && e.contains("g1"), "{e}");
-        // The refusal says why: a qemu VM's cut is its own transaction, not the group's instant.
-        assert!(e.contains("own QMP transaction"), "{e}");
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("s.toml");
-        std::fs::write(
-            &conf,
-            "interval = \"5m\"\n[[vm]]\nname = \"db\"\nqmp = \"/run/db.qmp\"\ngroup = \"g1\"\n",
-        )
-        .unwrap();
-        let e = parse(&["--config", conf.to_str().unwrap()])
-            .err()
-            .unwrap()
-            .to_string();
         assert!(
-            e.contains("[[vm]] db") && e.contains("consistency group"),
+            e.contains("consistency group g1") && e.contains("holds qemu VM db already"),
             "{e}"
         );
-        // A VM with disks keeps its group.
-        std::fs::write(
-            &conf,
-            "interval = \"5m\"\n[[vm]]\nname = \"web\"\ndisks = [\"/vms/web.vhdx\"]\ngroup = \"g1\"\n",
-        )
-        .unwrap();
-        let (vms, _, _, _) = parse(&["--config", conf.to_str().unwrap()]).unwrap();
-        assert_eq!(vms[0].group.as_deref(), Some("g1"));
+        assert!(e.contains("at most one qemu VM"), "{e}");
     }
 }

@@ -234,6 +234,7 @@ fn unprotect_qemu(a: &Args, qmp: &Path) -> Result<(), CliError> {
         qmp: qmp.to_path_buf(),
         drives: a.drives.clone(),
         nbd: None,
+        group: None,
     };
     let state = a
         .state

@@ -14,7 +14,9 @@ use super::protect::{poisoned, resync_required, skip, Policy, Protected};
 use super::source::hrl::HrlCycles;
 use super::source::ship_pending;
 use super::{ControlStream, SendError};
-use crate::tracking::{catch_up, switch_digest, switch_set, HashTable, SwitchDigest, SwitchDisk};
+use crate::tracking::{
+    catch_up, switch_digest, switch_set_with, HashTable, SwitchDigest, SwitchDisk,
+};
 
 /// A disk taking part in a VM switch.
 #[derive(Clone)]
@@ -69,7 +71,7 @@ fn member(set: usize, index: usize, d: &Mutex<Protected>) -> Result<Member, Stri
 /// disk's part is committed. Returns, per disk, the cycle switched to.
 pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> Vec<Option<u64>> {
     let now = std::time::SystemTime::from(sh.clock.now_utc());
-    switch_vms(&[disks], now, |_| Ok(None))
+    switch_vms(&[disks], now, |_| Ok(None), None)
         .await
         .pop()
         .unwrap_or_default()
@@ -83,6 +85,9 @@ pub(super) async fn switch_vm(disks: &[Arc<Mutex<Protected>>], sh: &Shared) -> V
 /// it cancels the switch (the writes stay in the active logs for the next one). Each VM
 /// whose every disk switches gets its point plan ([`super::points`]) before the renames
 /// too, so a switch interrupted by a crash and completed later still becomes a point.
+/// `inside` runs while every lock is held, before any rename (a group's qemu VM's cut:
+/// `super::group_qemu`); after `before` and without locks when no disk switches; never
+/// when `before` cancels the switch or it fails before the hold.
 /// Returns, per VM and disk, the cycle switched to.
 pub(super) async fn switch_vms(
     vms: &[&[Arc<Mutex<Protected>>]],
@@ -90,6 +95,7 @@ pub(super) async fn switch_vms(
     before: impl FnOnce(&[crate::tracking::IntentVm]) -> Result<Option<(String, u64)>, String>
         + Send
         + 'static,
+    inside: Option<Box<dyn FnOnce() + Send>>,
 ) -> Vec<Vec<Option<u64>>> {
     let mut out: Vec<Vec<Option<u64>>> = vms.iter().map(|d| vec![None; d.len()]).collect();
     let mut members = Vec::new();
@@ -109,6 +115,15 @@ pub(super) async fn switch_vms(
         }
     }
     if members.is_empty() {
+        if let Some(inside) = inside {
+            // No log to switch, so no write to order against: the cut alone, recorded.
+            let r = tokio::task::spawn_blocking(move || before(&[]).map(|_| inside())).await;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "switch cancelled before anything switched"),
+                Err(e) => warn!(error = %e, "switch task failed"),
+            }
+        }
         return out;
     }
     let ms = members.clone();
@@ -136,7 +151,13 @@ pub(super) async fn switch_vms(
             .collect();
         let group = before(&intent_vms).map_err(NoSwitch::Cancelled)?;
         record_plans(&ms, &sizes, &intent_vms, now, group);
-        switch_set(&set, now).map_err(|e| NoSwitch::Failed(e.to_string()))
+        let mut inside = inside;
+        switch_set_with(&set, now, &mut || {
+            if let Some(f) = inside.take() {
+                f()
+            }
+        })
+        .map_err(|e| NoSwitch::Failed(e.to_string()))
     })
     .await;
     let sw = match res {

@@ -7,9 +7,10 @@
 //! `super::points`) before any log is renamed.
 //!
 //! **Rules**, checked where the members are named ([`check_members`], [`Groups::join`]): a
-//! group has at most [`MAX_VMS`] VMs; its members have the same interval; one sender
-//! process protects it (the receiver refuses a second sender's claim: see
-//! `receiver::groups`).
+//! group has at most [`MAX_VMS`] VMs; its members have the same interval; at most one of
+//! them is a qemu VM ([`super::group_qemu`]: its QMP switch is cut while the other
+//! members' tracking locks are held); one sender process protects it (the receiver
+//! refuses a second sender's claim: see `receiver::groups`).
 //!
 //! **How the members meet.** Each member VM runs its own protection task (copy, resync,
 //! shipping, on the one connection). At each of the group's switch times every member
@@ -20,7 +21,7 @@
 //! refusal of that VM alone, the end of `--max-cycles`) is no longer waited for, and the
 //! group's later points lack it (`failover --group` then names it).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,20 +30,23 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::cycle::switch_vms;
+use super::group_qemu::{Arrival, Cut, Outcome, QemuCut};
 use super::group_record;
 use super::protect::Protected;
+use super::qemu::QemuVm;
 use crate::clock::SharedClock;
 
 /// Most VMs in one group (ASR's limit for multi-VM consistency).
 pub const MAX_VMS: usize = 16;
 
-type Disks = Arc<Vec<Arc<Mutex<Protected>>>>;
+pub(super) type Disks = Arc<Vec<Arc<Mutex<Protected>>>>;
 
 /// One consistency group of this sender.
 pub struct Group {
     name: String,
     interval: Duration,
-    members: Mutex<BTreeSet<String>>,
+    /// The member VMs, each with whether it is a qemu VM.
+    members: Mutex<BTreeMap<String, bool>>,
     next: Mutex<Instant>,
     meet: Mutex<Meeting>,
     changed: tokio::sync::Notify,
@@ -66,14 +70,14 @@ struct Meeting {
     /// Members whose task runs (a count: a task of the next attempt may start before the
     /// old one has ended).
     expected: BTreeMap<String, usize>,
-    /// Members waiting for the switch, with their disks.
-    arrived: BTreeMap<String, Disks>,
+    /// Members waiting for the switch, with their disks (or their qemu VM).
+    arrived: BTreeMap<String, Arrival>,
     /// A member performs a switch now.
     switching: bool,
     /// Switches performed.
     generation: u64,
-    /// Each member's cycles from the switch that took it, with that switch's generation.
-    results: BTreeMap<String, (u64, Vec<Option<u64>>)>,
+    /// Each member's outcome of the switch that took it, with that switch's generation.
+    results: BTreeMap<String, (u64, Outcome)>,
 }
 
 impl Group {
@@ -91,7 +95,7 @@ impl Group {
     pub fn members(&self) -> Vec<String> {
         self.members
             .lock()
-            .map(|m| m.iter().cloned().collect())
+            .map(|m| m.keys().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -126,33 +130,66 @@ impl Group {
         }
     }
 
-    /// Performs one switch of every arrived member's disks.
+    /// Performs one switch of every arrived member: one `switch_set` over the image
+    /// members' disks, with the qemu member's QMP switch cut inside its hold
+    /// ([`super::group_qemu`]).
     async fn perform(
         &self,
-        arrived: BTreeMap<String, Disks>,
+        arrived: BTreeMap<String, Arrival>,
         clock: &SharedClock,
-    ) -> Vec<(String, Vec<Option<u64>>)> {
+    ) -> Vec<(String, Outcome)> {
         let now = std::time::SystemTime::from(clock.now_utc());
         let unix_ms = now
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        let names: Vec<String> = arrived.keys().cloned().collect();
-        let sets: Vec<&[Arc<Mutex<Protected>>]> = arrived.values().map(|d| &d[..]).collect();
+        let mut images: Vec<(String, Disks)> = Vec::new();
+        let mut qemu: Option<(String, Arc<QemuVm>)> = None;
+        let mut extra = Vec::new();
+        for (vm, a) in arrived {
+            match a {
+                Arrival::Disks(d) => images.push((vm, d)),
+                Arrival::Qemu(q) if qemu.is_none() => qemu = Some((vm, q)),
+                // Admission refuses a second qemu VM ([`admissible`]); never cut two.
+                Arrival::Qemu(_) => extra.push(vm),
+            }
+        }
+        let cut = Cut::prepare(qemu, u64::try_from(unix_ms).unwrap_or(0)).await;
+        let sets: Vec<&[Arc<Mutex<Protected>>]> = images.iter().map(|(_, d)| &d[..]).collect();
         let (path, group) = (self.record.clone(), self.name.clone());
         let floor = self.floor.load(std::sync::atomic::Ordering::Relaxed);
-        let out = switch_vms(&sets, now, move |vms| {
-            let gc = group_record::record(&path, &group, unix_ms, vms, floor)
-                .map_err(|e| format!("group {group}: cannot record the switch: {e}"))?;
-            info!(%group, group_cycle = gc, vms = ?vms.iter().map(|v| (&v.vm, v.cycle)).collect::<Vec<_>>(),
-                  "group switch: every member's disks at one instant");
-            Ok(Some((group, gc)))
-        })
+        let recorded = cut.recorded();
+        let qemu_vm = cut.vm().map(str::to_string);
+        let out = switch_vms(
+            &sets,
+            now,
+            move |vms| {
+                let gc = group_record::record(&path, &group, unix_ms, vms, floor)
+                    .map_err(|e| format!("group {group}: cannot record the switch: {e}"))?;
+                info!(%group, group_cycle = gc, vms = ?vms.iter().map(|v| (&v.vm, v.cycle)).collect::<Vec<_>>(),
+                      qemu_vm = ?qemu_vm, "group switch: every member's disks at one instant");
+                if let Ok(mut r) = recorded.lock() {
+                    *r = Some((group.clone(), gc));
+                }
+                Ok(Some((group, gc)))
+            },
+            cut.inside(),
+        )
         .await;
         if let Ok(mut n) = self.next.lock() {
             // Fixed cadence; a late switch does not pile up a burst of switches after it.
             *n = (*n + self.interval).max(crate::clock::tokio_now());
         }
-        names.into_iter().zip(out).collect()
+        let mut res: Vec<(String, Outcome)> = images
+            .into_iter()
+            .map(|(vm, _)| vm)
+            .zip(out.into_iter().map(Outcome::Disks))
+            .collect();
+        res.extend(cut.finish().await);
+        for vm in extra {
+            warn!(group = %self.name, %vm, "a second qemu VM in the group is not cut");
+            res.push((vm, Outcome::Qemu(QemuCut::missed())));
+        }
+        res
     }
 }
 
@@ -184,7 +221,27 @@ impl Membership {
     /// cycle the group switch closed (as `cycle::switch_vm` does for a VM alone). Waits
     /// until every expected member has arrived; the last to arrive performs the switch.
     pub async fn switch(&self, disks: &Disks, clock: &SharedClock) -> Vec<Option<u64>> {
+        match self.arrive(Arrival::Disks(disks.clone()), clock).await {
+            Outcome::Disks(cycles) => cycles,
+            Outcome::Qemu(_) => vec![None; disks.len()],
+        }
+    }
+
+    /// Arrives at the group's switch with the member's qemu VM and returns its cut: the
+    /// views of its disks, taken by the group switch while the image members' tracking
+    /// locks were held, with the group cycle and instant its VM point carries.
+    pub async fn switch_qemu(&self, vm: &Arc<QemuVm>, clock: &SharedClock) -> QemuCut {
+        match self.arrive(Arrival::Qemu(vm.clone()), clock).await {
+            Outcome::Qemu(cut) => cut,
+            Outcome::Disks(_) => QemuCut::missed(),
+        }
+    }
+
+    /// Waits at the rendezvous with `arrival` until the switch that takes it is done.
+    async fn arrive(&self, arrival: Arrival, clock: &SharedClock) -> Outcome {
         let g = &*self.group;
+        let missed = arrival.missed();
+        let mut arrival = Some(arrival);
         let mut mine: Option<u64> = None;
         let mut said = false;
         loop {
@@ -193,19 +250,15 @@ impl Membership {
             notified.as_mut().enable();
             let perform = {
                 let Ok(mut m) = g.meet.lock() else {
-                    return vec![None; disks.len()];
+                    return missed;
                 };
                 if let Some(at) = mine {
                     if m.results.get(&self.vm).is_some_and(|(gen, _)| *gen > at) {
-                        return m
-                            .results
-                            .remove(&self.vm)
-                            .map(|(_, r)| r)
-                            .unwrap_or_default();
+                        return m.results.remove(&self.vm).map(|(_, r)| r).unwrap_or(missed);
                     }
-                } else {
+                } else if let Some(a) = arrival.take() {
                     m.results.remove(&self.vm);
-                    m.arrived.insert(self.vm.clone(), disks.clone());
+                    m.arrived.insert(self.vm.clone(), a);
                     mine = Some(m.generation);
                 }
                 let complete = m.expected.keys().all(|v| m.arrived.contains_key(v));
@@ -270,32 +323,41 @@ pub struct Groups {
 }
 
 impl Groups {
-    /// Adds `vm` to `group` (created at its first member), refusing a member whose interval
-    /// differs from the group's and a 17th VM. `state` is the sender's state folder.
+    /// Adds `vm` (`qemu`: a qemu VM) to `group` (created at its first member), refusing a
+    /// member whose interval differs from the group's, a 17th VM and a second qemu VM.
+    /// `state` is the sender's state folder.
     pub fn join(
         &self,
         group: &str,
         vm: &str,
+        qemu: bool,
         interval: Duration,
         state: &Path,
     ) -> Result<Arc<Group>, String> {
-        self.admit(group, vm, interval, state)
+        self.admit(group, vm, qemu, interval, state)
     }
 
     /// Whether [`Groups::join`] would admit `vm`, without joining.
-    pub fn check(&self, group: &str, vm: &str, interval: Duration) -> Result<(), String> {
+    pub fn check(
+        &self,
+        group: &str,
+        vm: &str,
+        qemu: bool,
+        interval: Duration,
+    ) -> Result<(), String> {
         check_name(group)?;
         let Some(g) = self.list.lock().ok().and_then(|l| l.get(group).cloned()) else {
             return Ok(());
         };
         let members = g.members.lock().map_err(|_| "group members poisoned")?;
-        admissible(&g, &members, vm, interval)
+        admissible(&g, &members, vm, qemu, interval)
     }
 
     fn admit(
         &self,
         group: &str,
         vm: &str,
+        qemu: bool,
         interval: Duration,
         state: &Path,
     ) -> Result<Arc<Group>, String> {
@@ -307,7 +369,7 @@ impl Groups {
                 Arc::new(Group {
                     name: group.to_string(),
                     interval,
-                    members: Mutex::new(BTreeSet::new()),
+                    members: Mutex::new(BTreeMap::new()),
                     next: Mutex::new(crate::clock::tokio_now() + interval),
                     meet: Mutex::new(Meeting::default()),
                     changed: tokio::sync::Notify::new(),
@@ -317,8 +379,8 @@ impl Groups {
             })
             .clone();
         let mut members = g.members.lock().map_err(|_| "group members poisoned")?;
-        admissible(&g, &members, vm, interval)?;
-        members.insert(vm.to_string());
+        admissible(&g, &members, vm, qemu, interval)?;
+        members.insert(vm.to_string(), qemu);
         drop(members);
         Ok(g)
     }
@@ -339,14 +401,16 @@ impl Groups {
     }
 }
 
-/// Why `vm` may not join `g` (whose members are `members`), if it may not.
+/// Why `vm` (`qemu`: a qemu VM) may not join `g` (whose members are `members`), if it may
+/// not.
 fn admissible(
     g: &Group,
-    members: &BTreeSet<String>,
+    members: &BTreeMap<String, bool>,
     vm: &str,
+    qemu: bool,
     interval: Duration,
 ) -> Result<(), String> {
-    if members.contains(vm) {
+    if members.contains_key(vm) {
         return Ok(());
     }
     let group = &g.name;
@@ -360,8 +424,11 @@ fn admissible(
     if members.len() >= MAX_VMS {
         return Err(format!(
             "VM {vm} cannot join consistency group {group}: it has {MAX_VMS} VMs already, the most a group may have ({})",
-            members.iter().cloned().collect::<Vec<_>>().join(", ")
+            members.keys().cloned().collect::<Vec<_>>().join(", ")
         ));
+    }
+    if let Some(other) = members.iter().find(|(_, q)| qemu && **q).map(|(v, _)| v) {
+        return Err(super::group_qemu::second_qemu_refusal(vm, group, other));
     }
     Ok(())
 }
@@ -420,17 +487,23 @@ pub fn check_name(group: &str) -> Result<(), String> {
     crate::sink::validate_name("group name", group).map_err(|e| e.to_string())
 }
 
-/// Checks the groups a command line or config names: every name valid and at most
-/// [`MAX_VMS`] VMs per group (the interval is one for all VMs of a command line). The
-/// error names the group and its VMs.
+/// Checks the groups a command line or config names, as `(vm, group, qemu)`: every name
+/// valid, at most [`MAX_VMS`] VMs and one qemu VM per group (the interval is one for all
+/// VMs of a command line). The error names the group and its VMs.
 pub fn check_members<'a>(
-    vms: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    vms: impl IntoIterator<Item = (&'a str, Option<&'a str>, bool)>,
 ) -> Result<(), String> {
     let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (vm, group) in vms {
+    let mut qemu: BTreeMap<&str, &str> = BTreeMap::new();
+    for (vm, group, is_qemu) in vms {
         if let Some(g) = group {
             check_name(g)?;
             groups.entry(g).or_default().push(vm);
+            if is_qemu {
+                if let Some(other) = qemu.insert(g, vm) {
+                    return Err(super::group_qemu::second_qemu_refusal(vm, g, other));
+                }
+            }
         }
     }
     for (g, members) in groups {

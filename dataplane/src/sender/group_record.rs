@@ -12,6 +12,10 @@
 //! cycles are switched again by the next switch, recorded later with a higher
 //! `group_cycle`, and the newest record of a VM cycle wins.
 //!
+//! A qemu member (`super::group_qemu`) is not in a record's VMs: its VM cycle follows from
+//! its views, known only after the switch, and its own point plan (`STATE/qemu/VM/
+//! point.json`, written before it ships) carries the group cycle recorded here.
+//!
 //! `group_cycle` only grows: the next is one more than the newest recorded (at least 1).
 //! The file keeps the newest [`KEEP`] switches (a sender ships each switch's cycles before
 //! the group's next switch, so only the newest few are ever looked up).

@@ -52,10 +52,10 @@ async fn a_group_switch_closes_every_members_disks_with_one_group_cycle() {
     let a = vm(dir.path(), "a", &["os.raw", "data.raw"]);
     let b = vm(dir.path(), "b", &["os.raw", "log.raw"]);
     let g = groups
-        .join("erp", "a", Duration::from_secs(1), &state)
+        .join("erp", "a", false, Duration::from_secs(1), &state)
         .unwrap();
     let g2 = groups
-        .join("erp", "b", Duration::from_secs(1), &state)
+        .join("erp", "b", false, Duration::from_secs(1), &state)
         .unwrap();
     assert!(Arc::ptr_eq(&g, &g2));
     let (ma, mb) = (g.enter("a"), g.enter("b"));
@@ -96,13 +96,13 @@ async fn the_switch_waits_for_every_expected_member_and_not_for_one_that_stopped
     let a = vm(dir.path(), "a", &["os.raw"]);
     let b = vm(dir.path(), "b", &["os.raw"]);
     let g = groups
-        .join("g", "a", Duration::from_secs(1), &state)
+        .join("g", "a", false, Duration::from_secs(1), &state)
         .unwrap();
     groups
-        .join("g", "b", Duration::from_secs(1), &state)
+        .join("g", "b", false, Duration::from_secs(1), &state)
         .unwrap();
     groups
-        .join("g", "c", Duration::from_secs(1), &state)
+        .join("g", "c", false, Duration::from_secs(1), &state)
         .unwrap();
     let (ma, mb, mc) = (g.enter("a"), g.enter("b"), g.enter("c"));
     let c = clock();
@@ -133,31 +133,69 @@ fn a_group_refuses_a_17th_vm_and_a_member_with_another_interval() {
     let state = Path::new("/nonexistent");
     let i = Duration::from_secs(30);
     for n in 0..MAX_VMS {
-        groups.join("g", &format!("vm{n}"), i, state).unwrap();
+        groups
+            .join("g", &format!("vm{n}"), false, i, state)
+            .unwrap();
     }
     // Joining again is no new member.
-    groups.join("g", "vm0", i, state).unwrap();
-    let e = groups.join("g", "vm16", i, state).unwrap_err();
+    groups.join("g", "vm0", false, i, state).unwrap();
+    let e = groups.join("g", "vm16", false, i, state).unwrap_err();
     assert!(e.contains("16 VMs already"), "{e}");
-    assert!(groups.check("g", "vm16", i).is_err());
+    assert!(groups.check("g", "vm16", false, i).is_err());
     let e = groups
-        .join("h", "a", i, state)
-        .and_then(|_| groups.join("h", "b", Duration::from_secs(60), state))
+        .join("h", "a", false, i, state)
+        .and_then(|_| groups.join("h", "b", false, Duration::from_secs(60), state))
         .unwrap_err();
     assert!(
         e.contains("interval 60s differs from the group's 30s"),
         "{e}"
     );
-    assert!(groups.check("h", "b", Duration::from_secs(60)).is_err());
-    assert!(groups.check("h", "b", i).is_ok());
+    assert!(groups
+        .check("h", "b", false, Duration::from_secs(60))
+        .is_err());
+    assert!(groups.check("h", "b", false, i).is_ok());
     assert!(
-        groups.join("../x", "a", i, state).is_err(),
+        groups.join("../x", "a", false, i, state).is_err(),
         "group names are checked"
     );
 
     let vms: Vec<String> = (0..17).map(|n| format!("vm{n}")).collect();
-    let e = check_members(vms.iter().map(|v| (v.as_str(), Some("g")))).unwrap_err();
+    let e = check_members(vms.iter().map(|v| (v.as_str(), Some("g"), false))).unwrap_err();
     assert!(e.contains("17 VMs") && e.contains("at most 16"), "{e}");
-    assert!(check_members(vms[..16].iter().map(|v| (v.as_str(), Some("g")))).is_ok());
-    assert!(check_members(vms.iter().map(|v| (v.as_str(), None))).is_ok());
+    assert!(check_members(vms[..16].iter().map(|v| (v.as_str(), Some("g"), false))).is_ok());
+    assert!(check_members(vms.iter().map(|v| (v.as_str(), None, false))).is_ok());
+}
+
+#[test]
+fn a_group_holds_one_qemu_vm_beside_image_vms_and_refuses_a_second_saying_why() {
+    let groups = Groups::default();
+    let state = Path::new("/nonexistent");
+    let i = Duration::from_secs(30);
+    groups.join("erp", "web", false, i, state).unwrap();
+    groups.join("erp", "db", true, i, state).unwrap();
+    groups.join("erp", "app", false, i, state).unwrap();
+    // The qemu VM again is no new member.
+    groups.join("erp", "db", true, i, state).unwrap();
+    let e = groups.join("erp", "cache", true, i, state).unwrap_err();
+    assert!(
+        e.contains("VM cache cannot join consistency group erp")
+            && e.contains("holds qemu VM db already")
+            && e.contains("qemu-storage-daemon cannot be paused"),
+        "{e}"
+    );
+    assert!(groups.check("erp", "cache", true, i).is_err());
+    assert!(groups.check("erp", "cache", false, i).is_ok());
+    assert_eq!(
+        groups.of("db").map(|g| g.members()),
+        Some(vec!["app".to_string(), "db".into(), "web".into()])
+    );
+    // A command line or config naming two qemu VMs in one group is refused too.
+    let e = check_members([
+        ("db", Some("erp"), true),
+        ("web", Some("erp"), false),
+        ("cache", Some("erp"), true),
+    ])
+    .unwrap_err();
+    assert!(e.contains("holds qemu VM db already"), "{e}");
+    assert!(check_members([("db", Some("erp"), true), ("cache", Some("other"), true)]).is_ok());
 }

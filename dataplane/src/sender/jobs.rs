@@ -258,7 +258,10 @@ impl SenderJobs {
     }
 
     /// Reports the state folder's jobs of `vm` left by earlier runs, forgetting each once
-    /// recorded; one still running there was interrupted (that sender process ended).
+    /// recorded; one still running there was interrupted (that sender process ended). A
+    /// job of this process that ended there unreported (its VM failed before it connected:
+    /// a check of an added VM at start, a VM refused alone) is reported now too, once, and
+    /// not left for the next process; this process's running jobs are its own to report.
     async fn flush_pending(&self, ctrl: &mut ControlStream, vm: &str) {
         let list = match self.pending.list(Some(vm)) {
             Ok(l) => l,
@@ -268,7 +271,7 @@ impl SenderJobs {
             }
         };
         for mut job in list {
-            if self.is_mine(&job.id) {
+            if self.is_mine(&job.id) && !job.state.is_final() {
                 continue;
             }
             if !job.state.is_final() {

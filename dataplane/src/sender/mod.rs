@@ -17,6 +17,7 @@ mod cycle;
 mod disk;
 mod error;
 pub mod group;
+pub mod group_qemu;
 pub mod group_record;
 pub mod jobs;
 pub mod local_control;
@@ -225,7 +226,7 @@ async fn run_jobs(
                     .unwrap_or_else(|| policy.clone());
                 // Joining refuses a 17th VM and a member with another interval.
                 let p = set
-                    .with_group(&spec.name, spec.group.as_deref(), p)
+                    .with_group(&spec.name, spec.group.as_deref(), false, p)
                     .map_err(SendError::Group)?;
                 set.push(vmset::VmEntry {
                     name: spec.name.clone(),

@@ -50,7 +50,9 @@ pub use intent::{IntentDisk, IntentVm, SwitchIntent};
 pub use lock::LockGuard;
 pub use paths::LogPaths;
 pub use refresh::{catch_up, switch_digest, SwitchDigest};
-pub use switch::{complete_interrupted, switch_set, SetSwitch, SwitchDisk, Switched};
+pub use switch::{
+    complete_interrupted, switch_set, switch_set_with, SetSwitch, SwitchDisk, Switched,
+};
 
 /// Why tracking cannot go on; every variant says whether a resync is needed.
 #[derive(Debug, thiserror::Error)]

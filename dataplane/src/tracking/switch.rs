@@ -131,6 +131,20 @@ fn now_mono() -> tokio::time::Instant {
 /// cycle is the highest of its disks' cycles. On an error after the intents were written
 /// they stay, unlocked: the switch is then completed by the next tracked write or start.
 pub fn switch_set(set: &[SwitchDisk<'_>], now: SystemTime) -> Result<SetSwitch, TrackingError> {
+    switch_set_with(set, now, &mut || {})
+}
+
+/// [`switch_set`] that runs `inside` during the hold, once every tracking lock of the set
+/// is taken and before any log is renamed: no tracked write to the set lands while it
+/// runs, so whatever `inside` cuts (a consistency group's qemu VM: its QMP switch
+/// transaction, `sender::group`) is the same instant as the set's switch for any writer
+/// that writes in order. Tracked writers of the set wait for `inside` too: keep it short.
+/// It does not run when the switch fails before the hold.
+pub fn switch_set_with(
+    set: &[SwitchDisk<'_>],
+    now: SystemTime,
+    inside: &mut dyn FnMut(),
+) -> Result<SetSwitch, TrackingError> {
     if set.is_empty() {
         return Err(TrackingError::Switch {
             problem: "a switch needs at least one disk".into(),
@@ -226,6 +240,7 @@ pub fn switch_set(set: &[SwitchDisk<'_>], now: SystemTime) -> Result<SetSwitch, 
     // 2. The hold: every lock in the fixed order, renames, one sync per folder.
     let trackers: Vec<&Tracker> = set.iter().map(|d| d.tracker).collect();
     let (locks, locked_at) = lock_all(&trackers)?;
+    inside();
     let mut order: Vec<usize> = (0..set.len()).collect();
     order.sort_by_key(|&i| absolute(&set[i].tracker.paths().lock).unwrap_or_default());
     for (k, &i) in order.iter().enumerate() {

@@ -390,3 +390,45 @@ fn a_corrupt_intent_stops_writes_with_an_error_naming_it() {
     assert!(e.contains(name.to_str().unwrap()), "{e}");
     assert!(e.contains("torn or corrupt"), "{e}");
 }
+
+#[test]
+fn what_runs_inside_a_set_switch_sees_every_lock_held_and_no_log_renamed_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let ts = disks(dir.path(), &["a/os.raw", "a/data.raw", "b/web.raw"]);
+    let mut seen = Vec::new();
+    switch_set_with(
+        &set(&ts, &[1, 1, 1]),
+        crate::clock::system_time(),
+        &mut || {
+            for t in &ts {
+                // Another open file of the lock, as a writer's: flock refuses it while held.
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&t.paths().lock)
+                    .unwrap();
+                let free = super::LockGuard::try_on_file(f).unwrap().is_some();
+                seen.push((free, t.paths().closed(1).exists()));
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        seen,
+        vec![(false, false); 3],
+        "inside: every lock held, nothing renamed"
+    );
+    for t in &ts {
+        assert!(t.paths().closed(1).is_file(), "switched after it");
+    }
+    // A switch refused before the hold does not run it.
+    std::fs::remove_file(&ts[2].paths().active).unwrap();
+    let mut ran = false;
+    assert!(switch_set_with(
+        &set(&ts, &[2, 2, 2]),
+        crate::clock::system_time(),
+        &mut || { ran = true }
+    )
+    .is_err());
+    assert!(!ran, "ran although the switch failed before the hold");
+}

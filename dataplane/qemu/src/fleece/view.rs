@@ -134,7 +134,27 @@ impl Fleecer {
     /// into the previous one). When the connection breaks during the transaction its
     /// outcome is unknown: reconnect, [`super::cleanup_leftovers`], then
     /// [`super::reconcile_bitmaps`] onto the previous bitmap, and switch again.
+    ///
+    /// The three steps are also [`Fleecer::prepare`], [`Fleecer::cut`] and
+    /// [`Fleecer::export`], for a caller that must run the transaction alone at a moment
+    /// of its choosing (vdrep cuts a qemu VM of a consistency group while the other
+    /// members' writes are held).
     pub fn switch(
+        &self,
+        qmp: &mut Qmp,
+        generation: u32,
+        disks: &[SwitchDisk],
+    ) -> Result<Vec<View>, FleeceError> {
+        let views = self.prepare(qmp, generation, disks)?;
+        self.cut(qmp, &views)?;
+        self.export(qmp, &views)?;
+        Ok(views)
+    }
+
+    /// The steps before the transaction: looks the disks up, checks their bitmaps and the
+    /// scratch filesystem's room, and creates and opens the scratch images. Nothing is cut
+    /// yet; [`Fleecer::cut`] follows, or [`Fleecer::abandon`].
+    pub fn prepare(
         &self,
         qmp: &mut Qmp,
         generation: u32,
@@ -164,25 +184,41 @@ impl Fleecer {
             }
             ready.push(v);
         }
+        Ok(views)
+    }
 
+    /// The instant: one transaction for all the prepared `views` (new bitmaps started,
+    /// previous ones stopped, copy-before-write filters inserted). On error the scratch
+    /// images go and nothing is cut.
+    pub fn cut(&self, qmp: &mut Qmp, views: &[View]) -> Result<(), FleeceError> {
         let actions: Vec<Value> = views.iter().flat_map(|v| self.actions(v)).collect();
         if let Err(e) = qmp.execute("transaction", Some(json!({ "actions": actions }))) {
-            for v in &views {
-                let _ = remove_target(qmp, &v.names, &v.scratch_path);
-            }
+            self.abandon(qmp, views);
             return Err(e.into());
         }
+        Ok(())
+    }
 
-        for v in &views {
+    /// Removes the scratch images of views prepared but not cut.
+    pub fn abandon(&self, qmp: &mut Qmp, views: &[View]) {
+        for v in views {
+            let _ = remove_target(qmp, &v.names, &v.scratch_path);
+        }
+    }
+
+    /// After the cut: exports each view over NBD. On error the views go and the new
+    /// bitmaps are merged back into the previous ones (nothing of the switch is left).
+    pub fn export(&self, qmp: &mut Qmp, views: &[View]) -> Result<(), FleeceError> {
+        for v in views {
             if let Err(e) = self.export_view(qmp, v) {
-                let _ = self.teardown(qmp, &views, false);
-                for v in &views {
+                let _ = self.teardown(qmp, views, false);
+                for v in views {
                     let _ = rollback(qmp, &v.node, &v.bitmap, v.previous_bitmap.as_deref());
                 }
                 return Err(e);
             }
         }
-        Ok(views)
+        Ok(())
     }
 
     /// Removes the views' exports, snapshot nodes, jobs (with their filters) and scratch

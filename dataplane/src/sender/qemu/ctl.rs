@@ -29,6 +29,9 @@ use super::state::{DiskState, StateDir, VmState};
 use super::QemuSpec;
 use crate::sender::SendError;
 
+#[path = "ctl_cut.rs"]
+mod cut;
+
 /// How long a QMP command may take.
 pub const QMP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -50,6 +53,8 @@ struct Inner {
     st: VmState,
     /// The views of the switch in progress.
     views: Vec<View>,
+    /// A switch prepared up to its transaction ([`QemuVm::prepare_switch`]).
+    prepared: Option<cut::Prepared>,
 }
 
 /// A protected qemu VM.
@@ -107,6 +112,7 @@ impl QemuVm {
                 fleecer: None,
                 st,
                 views: Vec::new(),
+                prepared: None,
             }),
         })
     }
@@ -292,6 +298,27 @@ impl QemuVm {
     }
 
     fn switch_locked(&self, g: &mut Inner) -> Result<Vec<View>, Blocked> {
+        let (generation, views) = self.prepare_locked(g)?;
+        {
+            let (qmp, fleecer) = self.ready(g)?;
+            fleecer.cut(qmp, &views).map_err(|e| self.fleece_err(e))?;
+        }
+        Ok(self.export_locked(g, generation, views)?)
+    }
+
+    /// A switch up to its transaction: the disks and their bitmaps checked, the scratch
+    /// images made. A bitmap found lost marks its disk for a resync (the disk gets a new
+    /// bitmap from this switch) and the switch is prepared again; a generation a crashed
+    /// run used is skipped.
+    fn prepare_locked(&self, g: &mut Inner) -> Result<(u32, Vec<View>), Blocked> {
+        if let Some(p) = g.prepared.take() {
+            // An earlier preparation that was never cut (its group switch did not run).
+            if let Ok((qmp, fleecer)) = self.ready(g) {
+                if !p.cut {
+                    fleecer.abandon(qmp, &p.views);
+                }
+            }
+        }
         for _ in 0..2 {
             // Set up first: it may find a bitmap lost and change the state.
             self.ready(g)?;
@@ -311,26 +338,10 @@ impl QemuVm {
                 .collect();
             let r = {
                 let (qmp, fleecer) = self.ready(g)?;
-                fleecer.switch(qmp, generation, &disks)
+                fleecer.prepare(qmp, generation, &disks)
             };
             match r {
-                Ok(views) => {
-                    g.st.generation = generation;
-                    for (d, v) in self.disks.iter().zip(&views) {
-                        if v.previous_bitmap.is_none() {
-                            g.st.disks.insert(
-                                d.name.clone(),
-                                DiskState {
-                                    node: d.node.clone(),
-                                    bitmap: Some(v.bitmap.clone()),
-                                },
-                            );
-                        }
-                    }
-                    self.save(&g.st)?;
-                    g.views = views.clone();
-                    return Ok(views);
-                }
+                Ok(views) => return Ok((generation, views)),
                 Err(FleeceError::BitmapLost {
                     node,
                     bitmap,
@@ -378,6 +389,37 @@ impl QemuVm {
             "the switch did not settle; retrying".into(),
         )
         .into())
+    }
+
+    /// After the transaction: exports the views and records the switch (its generation,
+    /// the bitmap of each disk that had none: its next read is a full one from this view).
+    fn export_locked(
+        &self,
+        g: &mut Inner,
+        generation: u32,
+        views: Vec<View>,
+    ) -> Result<Vec<View>, SendError> {
+        {
+            let (qmp, fleecer) = self.ready(g)?;
+            fleecer
+                .export(qmp, &views)
+                .map_err(|e| self.fleece_err(e))?;
+        }
+        g.st.generation = generation;
+        for (d, v) in self.disks.iter().zip(&views) {
+            if v.previous_bitmap.is_none() {
+                g.st.disks.insert(
+                    d.name.clone(),
+                    DiskState {
+                        node: d.node.clone(),
+                        bitmap: Some(v.bitmap.clone()),
+                    },
+                );
+            }
+        }
+        self.save(&g.st)?;
+        g.views = views.clone();
+        Ok(views)
     }
 
     /// Disk `index`'s cycle (or copy, or resync) from the current view committed: its

@@ -39,22 +39,6 @@ use super::SendError;
 pub use discover::Drive;
 use tracing::warn;
 
-/// Why a qemu VM may not join a consistency group (yet). A group point must be one
-/// instant of every member's disks: image VMs get it by holding all their tracking locks
-/// while their logs switch, so no write to them happens in between. A qemu VM's cut is a
-/// QMP transaction in its own qemu process, and its guest goes on writing while the other
-/// members switch: a write to another member made after this VM's cut could be in the
-/// point while an earlier write to this VM is not, so the group point would not be a
-/// prefix of the writes. qemu-storage-daemon has no `stop` to pause the guests meanwhile.
-pub fn group_refusal(vm: &str, group: &str) -> String {
-    format!(
-        "VM {vm} is a qemu VM and cannot join consistency group {group}: a qemu VM switches \
-         in its own QMP transaction while its guest keeps writing, so a group point could hold \
-         a write to another member made after an earlier write to {vm} that it lacks (not one \
-         instant of all members); protect it alone (see README, \"Protecting qemu/KVM VMs\")"
-    )
-}
-
 /// One qemu VM to protect, as the command line or config names it.
 #[derive(Debug, Clone)]
 pub struct QemuSpec {
@@ -68,6 +52,9 @@ pub struct QemuSpec {
     /// The NBD server socket the VM already runs (qemu allows one); `None`: vdrep starts
     /// one on a private socket in its state folder and stops it when done.
     pub nbd: Option<PathBuf>,
+    /// The consistency group the VM switches with (`None`: alone); a group holds at most
+    /// one qemu VM ([`crate::sender::group_qemu`]).
+    pub group: Option<String>,
 }
 
 /// Opens the qemu VMs of `sh.opts.qemu` and those `added` over the control channel by
@@ -124,7 +111,7 @@ pub async fn add_vms(
                             a.interval_seconds,
                         ))
                     });
-                register(
+                let r = register(
                     sh,
                     set,
                     q,
@@ -132,7 +119,13 @@ pub async fn add_vms(
                     set.policy_for(a),
                     threshold,
                     sh.opts.resync,
-                )?;
+                );
+                if let Err(e) = r {
+                    // As a failed check: this VM is left out, the others go on.
+                    sh.jobs.fail_vm(&a.vm, &e);
+                    tracing::error!(vm = %a.vm, error = %e,
+                        "a qemu VM enabled through the control channel cannot be protected; enable it again once fixed");
+                }
             }
             Err(e) => {
                 tracing::error!(vm = %a.vm, error = %e,
@@ -162,9 +155,26 @@ pub fn open_checked(sh: &Shared, spec: QemuSpec) -> Result<(QemuVm, [String; 3])
     }
 }
 
-/// Adds a checked qemu VM to `set` under `policy`: its disks on the status board, its
-/// health entry (RPO threshold `rpo_threshold`), its job's checks; `resync` marks every
-/// disk for a resync from the first view (`send --resync`).
+/// Runs a qemu VM's prerequisite checks for a request over the control channel (the
+/// sidecar's enable-protection job) and takes the VM over. Unlike [`open_checked`], a
+/// failing check leaves no job behind: the refusal is the request's answer, and the
+/// sidecar's job fails with it once and stays listed as failed — as for an image VM whose
+/// disk does not open ([`super::vmset::add`]). A failed job kept in the state folder would
+/// wait there for a connection of a VM that was never protected, and be reported to the
+/// receiver as that VM's job by whichever later run protected it.
+pub fn open_requested(sh: &Shared, spec: QemuSpec) -> Result<(QemuVm, [String; 3]), SendError> {
+    let vm = spec.vm.clone();
+    let c = checks::run(&spec, ctl::QMP_TIMEOUT).map_err(|e| e.into_send_error(&vm))?;
+    let details = c.details.clone();
+    let q = QemuVm::from_checked(spec, &sh.state, c)?;
+    sh.jobs.start_qemu_vm(&vm);
+    Ok((q, details))
+}
+
+/// Adds a checked qemu VM to `set` under `policy`, in its consistency group if it names
+/// one (joining refuses a second qemu VM, another interval, a 17th VM): its disks on the
+/// status board, its health entry (RPO threshold `rpo_threshold`), its job's checks;
+/// `resync` marks every disk for a resync from the first view (`send --resync`).
 pub fn register(
     sh: &Shared,
     set: &VmSet,
@@ -174,6 +184,9 @@ pub fn register(
     rpo_threshold: Duration,
     resync: bool,
 ) -> Result<Vec<String>, SendError> {
+    let policy = set
+        .with_group(&q.name, q.spec.group.as_deref(), true, policy)
+        .map_err(SendError::Group)?;
     if resync {
         for d in &q.disks {
             q.state

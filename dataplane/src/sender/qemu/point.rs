@@ -16,6 +16,10 @@
 //! connection, before any new round ships ([`resend`]): if every disk committed its
 //! planned cycle, the point is sent again (the receiver answers a resent point again);
 //! otherwise that switch is no point, and the plan is dropped.
+//!
+//! A round cut by a consistency group's switch (`crate::sender::group_qemu`) makes the VM's
+//! part of that group point: its plan carries the group, the group cycle and the group
+//! switch's instant, which the image members' points carry too.
 
 use tracing::{info, warn};
 use vdrep_proto::wire::PointPart;
@@ -28,11 +32,13 @@ use crate::sender::{ControlStream, SendError};
 /// The VM point of a round: `reached` holds, per disk of the VM (`names`, in order), its
 /// handle and committed cycle when the disk reached its view this round. Every disk must
 /// have: otherwise `None` (no VM point). The VM cycle is the highest disk cycle (as for a
-/// log switch).
+/// log switch). `group`: the consistency group and group cycle of the switch that took
+/// the views (`sender::group_qemu`), `None` for a switch of the VM alone.
 pub fn plan(
     vm: &str,
     names: &[&str],
     switch_unix_ms: u64,
+    group: Option<&(String, u64)>,
     reached: &[Option<(u32, u64)>],
 ) -> Option<(PointPlan, Vec<PointPart>)> {
     if reached.len() != names.len() || names.is_empty() {
@@ -59,8 +65,8 @@ pub fn plan(
         vm: vm.to_string(),
         vm_cycle,
         switch_unix_ms,
-        group: None,
-        group_cycle: None,
+        group: group.map(|g| g.0.clone()),
+        group_cycle: group.map(|g| g.1),
         disks,
         one_instant: true,
     };
@@ -71,11 +77,16 @@ pub fn plan(
 /// commits from this switch's view (`None`: it does not reach the view this round, so
 /// there is no VM point and any older plan goes). A plan that cannot be written is said
 /// and the round goes on: only a crash before its point would lose that point.
-pub fn record(vm: &QemuVm, switch_unix_ms: u64, planned: &[Option<u64>]) {
+pub fn record(
+    vm: &QemuVm,
+    switch_unix_ms: u64,
+    group: Option<&(String, u64)>,
+    planned: &[Option<u64>],
+) {
     let names: Vec<&str> = vm.disks.iter().map(|d| d.name.as_str()).collect();
     // Handles are not part of the plan (they are the connection's).
     let reached: Vec<Option<(u32, u64)>> = planned.iter().map(|c| c.map(|c| (0, c))).collect();
-    let r = match plan(&vm.name, &names, switch_unix_ms, &reached) {
+    let r = match plan(&vm.name, &names, switch_unix_ms, group, &reached) {
         Some((p, _)) => vm.state.save_plan(&p),
         None => vm.state.clear_plan(),
     };
@@ -88,10 +99,12 @@ pub fn record(vm: &QemuVm, switch_unix_ms: u64, planned: &[Option<u64>]) {
 /// Commits the round's VM point, if it has one ([`plan`]): `advanced` says which disks
 /// reached their view, `opened` their replicas now. The plan on disk goes once the
 /// receiver answered (or when there is no point); an error keeps it for the next start.
+#[allow(clippy::too_many_arguments)]
 pub async fn commit(
     ctrl: &mut ControlStream,
     vm: &QemuVm,
     switch_unix_ms: u64,
+    group: Option<&(String, u64)>,
     advanced: &[bool],
     opened: &[Option<Opened>],
     retention_secs: u32,
@@ -107,7 +120,7 @@ pub async fn commit(
                 .map(|o| (o.handle, o.committed_cycle))
         })
         .collect();
-    let Some((plan, parts)) = plan(&vm.name, &names, switch_unix_ms, &reached) else {
+    let Some((plan, parts)) = plan(&vm.name, &names, switch_unix_ms, group, &reached) else {
         info!(vm = %vm.name, "not every disk of the VM reached this switch's view: no VM recovery point for it");
         forget(vm);
         return Ok(None);
@@ -180,8 +193,15 @@ mod tests {
 
     #[test]
     fn a_round_is_a_vm_point_only_when_every_disk_reached_its_view() {
-        let (p, parts) = plan("vm1", &["os", "data"], 1234, &[Some((1, 7)), Some((2, 5))])
-            .expect("every disk reached its view");
+        let (p, parts) = plan(
+            "vm1",
+            &["os", "data"],
+            1234,
+            None,
+            &[Some((1, 7)), Some((2, 5))],
+        )
+        .expect("every disk reached its view");
+        assert_eq!((p.group.as_deref(), p.group_cycle), (None, None));
         assert_eq!(p.vm_cycle, 7, "the highest disk cycle");
         assert_eq!(p.switch_unix_ms, 1234);
         assert!(p.one_instant, "a qemu switch is one instant");
@@ -201,10 +221,15 @@ mod tests {
         // A disk waiting for its resync: that switch is no point of the VM.
         assert!(plan_of(&[Some((1, 8)), None]).is_none());
         assert!(plan_of(&[Some((1, 8))]).is_none(), "a disk missing");
-        assert!(plan("vm1", &[], 0, &[]).is_none());
+        assert!(plan("vm1", &[], 0, None, &[]).is_none());
+        // A round cut by a consistency group's switch: its point is the group's.
+        let g = ("erp".to_string(), 12);
+        let (p, _) = plan("vm1", &["os"], 99, Some(&g), &[Some((1, 4))]).unwrap();
+        assert_eq!((p.group.as_deref(), p.group_cycle), (Some("erp"), Some(12)));
+        assert_eq!(p.switch_unix_ms, 99, "the group switch's instant");
     }
 
     fn plan_of(reached: &[Option<(u32, u64)>]) -> Option<PointPlan> {
-        plan("vm1", &["os", "data"], 0, reached).map(|p| p.0)
+        plan("vm1", &["os", "data"], 0, None, reached).map(|p| p.0)
     }
 }

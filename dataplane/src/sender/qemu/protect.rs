@@ -13,6 +13,11 @@
 //! ([`super::point`]). Then the views go, with the bitmaps whose writes are committed. The first round runs at
 //! once (it enables protection, or ships what was written while the sender was stopped),
 //! then one every interval; every round counts toward `--max-cycles`.
+//!
+//! A VM in a consistency group (`crate::sender::group_qemu`) runs its first round, and a
+//! round retried after qemu was unreachable, alone; every other round's switch is the
+//! group's, cut while the image members' tracking locks are held, at the group's times,
+//! and its VM point carries the group cycle.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,6 +28,7 @@ use super::ctl::{QemuVm, Switched};
 use super::cycle::ViewCycle;
 use super::view::{NbdView, Uncounted};
 use crate::sender::disk::{copy_initial, open_disk, DiskJob, Opened, Shared};
+use crate::sender::group::Membership;
 use crate::sender::protect::{Policy, Schedule, OPERATOR_RESYNC};
 use crate::sender::source::ship_pending;
 use crate::sender::{ControlStream, SendError};
@@ -56,6 +62,9 @@ pub async fn protect(
     let mut ctrl = ControlStream::open(conn, &sh.peer, &sh.credit).await?;
     let mut opened: Vec<Option<Opened>> = vec![None; vm.disks.len()];
     let mut first = true;
+    // A group member is waited for by the group's switches from now on (its first round,
+    // alone, included: as an image member's initial copy is).
+    let mut member = policy.group.as_ref().map(|g| g.enter(&vm.name));
     loop {
         if let Some(max) = policy.max_cycles {
             if sched.cycles.load(Ordering::Relaxed) >= max {
@@ -65,26 +74,39 @@ pub async fn protect(
             }
         }
         if !first {
-            let at = *sched
-                .next
-                .lock()
-                .map_err(|_| SendError::Internal("schedule lock poisoned".into()))?;
+            let at = match &member {
+                Some(m) => m.group().next_at(),
+                None => *sched
+                    .next
+                    .lock()
+                    .map_err(|_| SendError::Internal("schedule lock poisoned".into()))?,
+            };
             let left = at
                 .saturating_duration_since(crate::clock::tokio_now())
                 .as_secs();
             sh.board
                 .next_switch(&vm.name, crate::metrics::events::now_unix() + left);
             tokio::time::sleep_until(at).await;
-            if let Ok(mut n) = sched.next.lock() {
-                *n = (*n + sched.interval()).max(crate::clock::tokio_now());
+            if member.is_none() {
+                if let Ok(mut n) = sched.next.lock() {
+                    *n = (*n + sched.interval()).max(crate::clock::tokio_now());
+                }
             }
         } else if let Ok(mut n) = sched.next.lock() {
             *n = crate::clock::tokio_now() + sched.interval();
         }
+        let cut = if first { None } else { member.as_ref() };
         first = false;
-        match switch_and_ship(conn, &mut ctrl, vm, &mut opened, sched, policy, sh).await {
-            Ok(()) => {}
+        match switch_and_ship(conn, &mut ctrl, vm, &mut opened, cut, sched, policy, sh).await {
+            Ok(()) => {
+                if member.is_none() {
+                    // Back in the group once a round of its own went through.
+                    member = policy.group.as_ref().map(|g| g.enter(&vm.name));
+                }
+            }
             Err(e) if crate::sender::vm_retry::source_alone(&e) => {
+                // The group switches without this VM until it is back.
+                member = None;
                 let rounds = sched.cycles.load(Ordering::Relaxed);
                 let verdict = match &sh.vms {
                     Some(set) => {
@@ -109,20 +131,37 @@ pub async fn protect(
     }
 }
 
-/// One round: the switch of every disk, what each disk needs from its view, the VM point.
+/// One round: the switch of every disk (the group's switch when `member` is given), what
+/// each disk needs from its view, the VM point.
+#[allow(clippy::too_many_arguments)]
 async fn switch_and_ship(
     conn: &quinn::Connection,
     ctrl: &mut ControlStream,
     vm: &Arc<QemuVm>,
     opened: &mut [Option<Opened>],
+    member: Option<&Membership>,
     sched: &Schedule,
     policy: &Policy,
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
     // The switch instant (taken before the transaction, as for a log switch): the VM
-    // point's time.
-    let switch_unix_ms = sh.clock.now_utc().as_millisecond().max(0) as u64;
-    let views = match blocking(vm, |v| v.switch()).await? {
+    // point's time; a group's switch has its own, every member's points' time.
+    let (switched, switch_unix_ms, group) = match member {
+        None => {
+            let at = sh.clock.now_utc().as_millisecond().max(0) as u64;
+            (blocking(vm, |v| v.switch()).await?, at, None)
+        }
+        Some(m) => {
+            let cut = m.switch_qemu(vm, &sh.clock).await;
+            let Some(switched) = cut.switched else {
+                info!(vm = %vm.name, group = %m.group().name(),
+                      "the group switch did not reach this VM; its round waits for the next");
+                return Ok(());
+            };
+            (switched?, cut.unix_ms, cut.group)
+        }
+    };
+    let views = match switched {
         Switched::Views(v) => v,
         Switched::NoRoom(message) => {
             // No room for the views' scratch images: the cycle waits (a full target would
@@ -138,7 +177,9 @@ async fn switch_and_ship(
         }
     };
     info!(vm = %vm.name, generation = views.first().map(|v| v.generation).unwrap_or(0),
-          disks = views.len(), "qemu switch of the VM's disks (one transaction)");
+          disks = views.len(), group = ?group.as_ref().map(|g| &g.0),
+          group_cycle = ?group.as_ref().map(|g| g.1),
+          "qemu switch of the VM's disks (one transaction)");
     super::test_hook::after_switch().await;
     let mut advanced = vec![false; views.len()];
     let r = round(
@@ -149,6 +190,7 @@ async fn switch_and_ship(
         opened,
         &mut advanced,
         switch_unix_ms,
+        group.as_ref(),
         policy,
         sh,
     )
@@ -160,7 +202,17 @@ async fn switch_and_ship(
     };
     r?;
     let retention = policy.retention.as_secs().min(86_400) as u32;
-    super::point::commit(ctrl, vm, switch_unix_ms, &advanced, opened, retention, sh).await?;
+    super::point::commit(
+        ctrl,
+        vm,
+        switch_unix_ms,
+        group.as_ref(),
+        &advanced,
+        opened,
+        retention,
+        sh,
+    )
+    .await?;
     fin?;
     sched.cycles.fetch_add(1, Ordering::Relaxed);
     Ok(())
@@ -189,6 +241,7 @@ async fn round(
     opened: &mut [Option<Opened>],
     advanced: &mut [bool],
     switch_unix_ms: u64,
+    group: Option<&(String, u64)>,
     policy: &Policy,
     sh: &Arc<Shared>,
 ) -> Result<(), SendError> {
@@ -257,7 +310,7 @@ async fn round(
         .zip(opened.iter())
         .map(|(s, o)| s.as_ref()?.cycle(o.as_ref()?.committed_cycle))
         .collect();
-    super::point::record(vm, switch_unix_ms, &planned);
+    super::point::record(vm, switch_unix_ms, group, &planned);
     for (i, ((job, view), reader)) in jobs.iter().zip(views).zip(&readers).enumerate() {
         let (Some(o), Some(step)) = (opened[i].as_mut(), steps[i]) else {
             continue;
@@ -343,6 +396,24 @@ async fn round(
         let dirty = vm.counters[i].dirty.load(Ordering::Relaxed) - dirty_before;
         crate::metrics::events::view_cycle_read(&vm.name, name, dirty, read);
         advanced[i] = shipped.last().map(|c| c.0) == Some(cycle);
+    }
+    // Every disk's initial copy committed: the initial replication job succeeds and
+    // protection is finalized (once; as for change logs). Left running, the job would be
+    // failed as "interrupted" by the next sender process.
+    if opened.iter().all(|o| {
+        o.as_ref()
+            .is_some_and(|o| o.initial_committed && !o.known_empty)
+    }) {
+        let names: Vec<String> = vm.disks.iter().map(|d| d.name.clone()).collect();
+        let bitmaps: Vec<String> = vm
+            .disks
+            .iter()
+            .map(|d| format!("{} on node {}", d.name, d.node))
+            .collect();
+        let tracking = format!("qemu dirty bitmaps: {}", bitmaps.join(", "));
+        sh.jobs
+            .finalize(ctrl, &vm.name, &names, Some(tracking))
+            .await;
     }
     Ok(())
 }

@@ -135,7 +135,7 @@ pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
     }
     if let Some(g) = &req.group {
         set.groups
-            .check(g, &req.vm, Duration::from_secs(req.interval_seconds))?;
+            .check(g, &req.vm, false, Duration::from_secs(req.interval_seconds))?;
     }
     // Enable protection's local checks: every disk opens and its format is supported.
     let mut jobs = Vec::new();
@@ -153,7 +153,7 @@ pub fn add(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
     // Durable before it runs: a sender killed from here on protects it after its restart.
     record(set, &req)?;
     // Checked above, under the add lock: joining cannot be refused now.
-    let policy = set.with_group(&req.vm, req.group.as_deref(), set.policy_for(&req))?;
+    let policy = set.with_group(&req.vm, req.group.as_deref(), false, set.policy_for(&req))?;
     sh.jobs.start_vm(&req.vm);
     sh.jobs.disks_checked(&req.vm, &jobs);
     sh.health.add_vm(&req.vm, &names, Some(req.rpo_threshold()));
@@ -218,7 +218,12 @@ fn add_qemu(sh: &Shared, set: &VmSet, req: AddedVm) -> Result<Added, String> {
             ));
         }
     }
-    let (q, details) = crate::sender::qemu::open_checked(sh, spec).map_err(|e| match e {
+    if let Some(g) = &req.group {
+        // Before anything runs in qemu: a refused request changes nothing.
+        set.groups
+            .check(g, &req.vm, true, Duration::from_secs(req.interval_seconds))?;
+    }
+    let (q, details) = crate::sender::qemu::open_requested(sh, spec).map_err(|e| match e {
         SendError::Source { message, .. } => message,
         e => e.to_string(),
     })?;

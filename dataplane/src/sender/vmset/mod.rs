@@ -82,16 +82,21 @@ impl VmSet {
         &self.groups
     }
 
-    /// `policy` with `vm`'s consistency group, which `vm` joins (refused when the group
-    /// holds 16 VMs already or switches at another interval).
+    /// `policy` with `vm`'s consistency group, which `vm` (`qemu`: a qemu VM) joins
+    /// (refused when the group holds 16 VMs already, switches at another interval, or
+    /// holds a qemu VM already and `vm` is one).
     pub fn with_group(
         &self,
         vm: &str,
         group: Option<&str>,
+        qemu: bool,
         policy: Policy,
     ) -> Result<Policy, String> {
         let group = match group {
-            Some(g) => Some(self.groups.join(g, vm, policy.interval, &self.state)?),
+            Some(g) => Some(
+                self.groups
+                    .join(g, vm, qemu, policy.interval, &self.state)?,
+            ),
             None => None,
         };
         Ok(Policy { group, ..policy })

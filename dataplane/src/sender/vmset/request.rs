@@ -59,6 +59,7 @@ pub fn qemu_spec(a: &AddedVm) -> Result<crate::sender::qemu::QemuSpec, String> {
         qmp,
         drives,
         nbd: a.nbd.clone(),
+        group: a.group.clone(),
     })
 }
 
@@ -73,7 +74,8 @@ impl AddedVm {
     }
 }
 
-/// Checks a qemu request's shape: no disk images, absolute sockets, valid drives, no group.
+/// Checks a qemu request's shape: no disk images, absolute sockets, valid drives and group
+/// name.
 pub(super) fn check_qemu_request(a: &AddedVm) -> Result<(), String> {
     if !a.disks.is_empty() {
         return Err(format!(
@@ -94,7 +96,7 @@ pub(super) fn check_qemu_request(a: &AddedVm) -> Result<(), String> {
     }
     qemu_spec(a)?;
     if let Some(g) = &a.group {
-        return Err(crate::sender::qemu::group_refusal(&a.vm, g));
+        crate::sender::group::check_name(g)?;
     }
     Ok(())
 }

@@ -94,7 +94,7 @@ fn refusals_of_one_vm_leave_the_others_running_and_others_end_the_run() {
 }
 
 #[test]
-fn a_qemu_request_names_a_qmp_socket_without_disk_images_and_joins_no_group() {
+fn a_qemu_request_names_a_qmp_socket_without_disk_images_and_a_valid_group() {
     let q = AddedVm {
         qmp: Some(PathBuf::from("/run/db.qmp")),
         drives: vec!["os0=os".into()],
@@ -113,12 +113,19 @@ fn a_qemu_request_names_a_qmp_socket_without_disk_images_and_joins_no_group() {
     })
     .unwrap_err();
     assert!(e.contains("not absolute"), "{e}");
-    let e = check_request(&AddedVm {
+    // A group is checked where the VM joins it (one qemu VM per group); its name here.
+    let g = AddedVm {
         group: Some("g1".into()),
+        ..q.clone()
+    };
+    assert!(check_request(&g).is_ok());
+    assert_eq!(qemu_spec(&g).unwrap().group.as_deref(), Some("g1"));
+    let e = check_request(&AddedVm {
+        group: Some("../g".into()),
         ..q.clone()
     })
     .unwrap_err();
-    assert!(e.contains("own QMP transaction"), "{e}");
+    assert!(e.contains("group name"), "{e}");
     let e = check_request(&AddedVm {
         drives: vec!["os0".into()],
         ..req(&["/a.vhd"])
