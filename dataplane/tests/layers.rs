@@ -62,8 +62,10 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
+            // `vendor/`: third-party crates kept as upstream wrote them (a patched quinn);
+            // the project's rules are for the project's code.
             if p.file_name()
-                .is_some_and(|n| n == "target" || n == "node_modules")
+                .is_some_and(|n| n == "target" || n == "node_modules" || n == "vendor")
             {
                 continue;
             }
