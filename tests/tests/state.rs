@@ -60,9 +60,11 @@ fn pushed_schedule(state: &Path) {
     .unwrap();
 }
 
+/// The sender's line that says which bandwidth policy wins (its target is the sender's
+/// start-up module, `vdrep::sender::start`).
 fn bandwidth_lines(log: &str) -> Vec<&str> {
     log.lines()
-        .filter(|l| l.contains("vdrep::sender: bandwidth: "))
+        .filter(|l| l.contains("vdrep::sender") && l.contains(": bandwidth: "))
         .collect()
 }
 
