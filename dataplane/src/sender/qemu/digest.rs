@@ -6,10 +6,10 @@
 //! hash only what changed, each block's BLAKE3 is kept as the chaining values of its 64 KiB
 //! subtrees (`NAME.cvs`, 32 bytes per 64 KiB: 512 MiB per TiB of disk; BLAKE3's tree makes
 //! a 1 MiB block's hash the merge of its 16 aligned 64 KiB subtrees), beside the block
-//! hashes (`NAME.hashes`, the change logs' [`HashTable`]). A cycle re-reads the 64 KiB
-//! pieces its dirty extents touch (qemu's default bitmap granularity is 64 KiB, so about
-//! its dirty bytes again; counted apart from the cycle's reads), merges the touched blocks
-//! and hashes the table. The initial copy and a resync compute everything from their view
+//! hashes (`NAME.hashes`, the change logs' [`HashTable`]). A cycle hashes the pieces its
+//! shipping reads as they pass ([`PieceTee`]), reads again only touched pieces no read held
+//! whole (counted apart from the cycle's reads), merges the touched blocks and hashes the
+//! table. The initial copy and a resync compute everything from their view
 //! (a second read of the disk, as change logs' tables are computed after tracking starts).
 //!
 //! The table reflects the view of cycle `through`, except pieces in the VM's current
