@@ -126,8 +126,9 @@ def vdrep_run(url, container, path, tmp, log=None):
         line = rc.stdout.readline()
     addr = line.strip().removeprefix("listening on ")
     t0 = time.time(); c0 = cpu_secs(rc.pid)
+    # The sender's state (jobs, health) in the run's folder, never the invoking user's.
     subprocess.run([vdrep, "send", "--to", addr, "--tls", tls, "--identity", "bench", "--vm", "benchvm",
-        "--no-progress", path], check=True, capture_output=True)
+        "--state", os.path.join(tmp, "sender-state"), "--no-progress", path], check=True, capture_output=True)
     dt = time.time() - t0
     rcpu = cpu_secs(rc.pid) - c0
     with open(f"/proc/{rc.pid}/status") as f:

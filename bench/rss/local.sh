@@ -19,7 +19,7 @@ line=$(head -1 "$tmp/addr")
 addr=${line#listening on }
 t0=$(date +%s.%N)
 /usr/bin/time -f '%M' -o "$tmp/send.rss" "$vdrep" send --to "$addr" --tls "$tmp/tls" \
-  --identity bench --vm benchvm --no-progress "$tmp/disk0.raw"
+  --identity bench --vm benchvm --state "$tmp/sender-state" --no-progress "$tmp/disk0.raw"
 t1=$(date +%s.%N)
 rhwm=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$rpid/status")
 bytes=$(stat -c %s "$tmp/disk0.raw")
