@@ -9,12 +9,13 @@
 //! receiver's transport bounds the streams a connection may have open (QUIC stream credit)
 //! so that all of them together can never fill the window (`receiver::limits`).
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use vdrep_proto::wire::{BatchResult, ExtentOp, K_BATCH_RESULT, MAX_CONTROL_BODY, MAX_EXTENT_LEN};
 use vdrep_tests::hostile::{batch_start, extent, hash, Peer, Target};
 use vdrep_tests::images::seeded_raw;
-use vdrep_tests::procs::{certs, Receiver, Send};
+use vdrep_tests::procs::{certs, Receiver, Send, SendResult};
 
 /// Streams that each send one whole extent at the same time: eight times the 16 MiB a
 /// connection may hold in frames, four times its largest receive window.
@@ -98,6 +99,40 @@ fn many_streams_sending_whole_extents_at_once_all_get_their_results() {
     }
 }
 
+/// Sends `vms` (each one disk, `disk(folder, vm, index)` makes it) with one
+/// `vdrep send --config` and `extra` flags to a receiver that allows them all, killed after
+/// `limit`; returns the result and how long it took.
+fn send_vms(
+    d: &Path,
+    vms: &[String],
+    disk: impl Fn(&Path, &str, usize) -> PathBuf,
+    extra: &[&str],
+    limit: Duration,
+) -> (SendResult, Duration) {
+    let tls = certs(&d.join("tls"), &["hv01"]);
+    let mut toml = String::new();
+    for (i, vm) in vms.iter().enumerate() {
+        toml += &format!(
+            "[[vm]]\nname = \"{vm}\"\ndisks = [{:?}]\n",
+            disk(d, vm, i).display().to_string()
+        );
+    }
+    let config = d.join("sender.toml");
+    std::fs::write(&config, toml).unwrap();
+    let allow = format!("hv01={}", vms.join(","));
+    let rx = Receiver::start(&d.join("store"), &tls, &[&allow]);
+    let mut send = Send::new(&rx.to(), &tls, "hv01", "-", &[], &d.join("send.log"))
+        .arg("--config")
+        .arg(&config.display().to_string());
+    send.vm = None;
+    for a in extra {
+        send = send.arg(a);
+    }
+    let t0 = Instant::now();
+    let res = send.run(limit);
+    (res, t0.elapsed())
+}
+
 /// VMs one sender copies over its one connection: more than the stream credit of a
 /// connection of a default receiver before control streams had credit of their own (64).
 const MANY_VMS: usize = 70;
@@ -110,45 +145,28 @@ fn a_sender_copying_70_vms_over_one_connection_completes_them_all() {
     // streams now get credit of their own (`receiver/windows.rs`, "Streams").
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let tls = certs(&d.join("tls"), &["hv01"]);
     let vms: Vec<String> = (1..=MANY_VMS).map(|i| format!("vm{i}")).collect();
-    let mut toml = String::new();
-    for (i, vm) in vms.iter().enumerate() {
-        let disk = seeded_raw(&d.join(format!("{vm}.raw")), MIB, i as u64, 64 << 10, 0);
-        toml += &format!(
-            "[[vm]]\nname = \"{vm}\"\ndisks = [{:?}]\n",
-            disk.display().to_string()
-        );
-    }
-    let config = d.join("sender.toml");
-    std::fs::write(&config, toml).unwrap();
-    let allow = format!("hv01={}", vms.join(","));
-    let rx = Receiver::start(&d.join("store"), &tls, &[&allow]);
-    let mut send = Send::new(&rx.to(), &tls, "hv01", "-", &[], &d.join("send.log"));
-    send.vm = None;
-    let t0 = Instant::now();
-    let res = send
-        .arg("--config")
-        .arg(&config.display().to_string())
-        .run(Duration::from_secs(120));
+    let disk = |d: &Path, vm: &str, i: usize| {
+        seeded_raw(&d.join(format!("{vm}.raw")), MIB, i as u64, 64 << 10, 0)
+    };
+    let (res, took) = send_vms(d, &vms, disk, &[], Duration::from_secs(120));
     assert_eq!(
         res.code(),
         Some(0),
-        "the send of {MANY_VMS} VMs did not end in {:?}:\n{}",
-        t0.elapsed(),
+        "the send of {MANY_VMS} VMs did not end in {took:?}:\n{}",
         res.log
     );
     for vm in &vms {
         let replica = d.join("store").join(vm).join(format!("{vm}.vhd"));
         assert!(replica.is_file(), "{vm} has no replica");
     }
-    eprintln!("{MANY_VMS} VMs in {:.1} s", t0.elapsed().as_secs_f64());
+    eprintln!("{MANY_VMS} VMs in {:.1} s", took.as_secs_f64());
 }
 
 /// Batch streams 3 VMs on 32 threads each keep busy: three times the data streams a lone
 /// connection gets (32).
 const BUSY_VMS: usize = 3;
-const BUSY_THREADS: usize = 32;
+const BUSY_THREADS: &str = "32";
 
 #[test]
 fn three_vms_on_32_threads_each_complete_though_their_streams_outnumber_the_credit() {
@@ -159,51 +177,36 @@ fn three_vms_on_32_threads_each_complete_though_their_streams_outnumber_the_cred
     // so that extents travel whole and the budget holds few of them.
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let tls = certs(&d.join("tls"), &["hv01"]);
-    let mut toml = String::new();
-    let mut vms = Vec::new();
-    for i in 0..BUSY_VMS {
-        let vm = format!("vm{i}");
-        let disk = seeded_raw(
+    let vms: Vec<String> = (0..BUSY_VMS).map(|i| format!("vm{i}")).collect();
+    let disk = |d: &Path, vm: &str, i: usize| {
+        seeded_raw(
             &d.join(format!("{vm}.raw")),
             96 * MIB,
             100 + i as u64,
             1 << 20,
             0,
-        );
-        toml += &format!(
-            "[[vm]]\nname = \"{vm}\"\ndisks = [{:?}]\n",
-            disk.display().to_string()
-        );
-        vms.push(vm);
-    }
-    let config = d.join("sender.toml");
-    std::fs::write(&config, toml).unwrap();
-    let allow = format!("hv01={}", vms.join(","));
-    let rx = Receiver::start(&d.join("store"), &tls, &[&allow]);
-    let mut send = Send::new(&rx.to(), &tls, "hv01", "-", &[], &d.join("send.log"));
-    send.vm = None;
-    let t0 = Instant::now();
-    let res = send
-        .arg("--config")
-        .arg(&config.display().to_string())
-        .arg("--threads")
-        .arg(&BUSY_THREADS.to_string())
-        .run(Duration::from_secs(60));
+        )
+    };
+    let (res, took) = send_vms(
+        d,
+        &vms,
+        disk,
+        &["--threads", BUSY_THREADS],
+        Duration::from_secs(60),
+    );
     assert_eq!(
         res.code(),
         Some(0),
-        "the send of {BUSY_VMS} VMs on {BUSY_THREADS} threads did not end in {:?}:\n{}",
-        t0.elapsed(),
+        "the send of {BUSY_VMS} VMs on {BUSY_THREADS} threads did not end in {took:?}:\n{}",
         res.log
     );
-    for (i, vm) in vms.iter().enumerate() {
+    for vm in &vms {
         let replica = d.join("store").join(vm).join(format!("{vm}.vhd"));
-        let source = d.join(format!("vm{i}.raw"));
+        let source = d.join(format!("{vm}.raw"));
         vdrep_tests::cycles::assert_same(&source, &replica, "vpc", vm);
     }
     eprintln!(
         "{BUSY_VMS} VMs × {BUSY_THREADS} threads in {:.1} s",
-        t0.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
 }
