@@ -106,6 +106,36 @@ pub fn vdrep(args: &[&str]) -> Output {
         .expect("cannot start vdrep")
 }
 
+/// The VM points of `vm` in `store` that belong to consistency group `group` (`vdrep points
+/// --json`): group cycle → (VM point id, switch time in Unix seconds); empty while the store
+/// has none.
+pub fn group_points(
+    store: &Path,
+    vm: &str,
+    group: &str,
+) -> std::collections::BTreeMap<u64, (u64, u64)> {
+    let store = store.to_str().expect("store path is UTF-8");
+    let out = vdrep(&["points", "--store", store, "--vm", vm, "--json"]);
+    if !out.status.success() {
+        return Default::default();
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["points"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|p| p["group"] == group)
+                .map(|p| {
+                    (
+                        p["group_cycle"].as_u64().unwrap(),
+                        (p["id"].as_u64().unwrap(), p["unix"].as_u64().unwrap()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Runs `vdrep ARGS` and requires success.
 pub fn vdrep_ok(args: &[&str]) -> Output {
     run(vdrep_command().args(args))

@@ -93,25 +93,10 @@ impl Guest<'_> {
 
 /// The points of `vm` in group `erp`: group cycle → switch time (`points --json`).
 fn group_points_of(store: &Path, vm: &str) -> std::collections::BTreeMap<u64, u64> {
-    let out = vdrep(&["points", "--store", s(store), "--vm", vm, "--json"]);
-    if !out.status.success() {
-        return Default::default();
-    }
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-    doc["points"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|p| p["group"] == "erp")
-                .map(|p| {
-                    (
-                        p["group_cycle"].as_u64().unwrap(),
-                        p["unix"].as_u64().unwrap(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    vdrep_tests::group_points(store, vm, "erp")
+        .into_iter()
+        .map(|(cycle, (_, unix))| (cycle, unix))
+        .collect()
 }
 
 /// The group cycles both members committed, each checked to have one time in both.

@@ -191,25 +191,7 @@ impl Rig {
 
     /// The VM points of `vm` in group `erp`: group cycle → (VM point id, switch time).
     pub fn vm_group_points(&self, vm: &str) -> std::collections::BTreeMap<u64, (u64, u64)> {
-        let out = vdrep(&["points", "--store", s(&self.store), "--vm", vm, "--json"]);
-        if !out.status.success() {
-            return Default::default();
-        }
-        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-        doc["points"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter(|p| p["group"] == "erp")
-                    .map(|p| {
-                        (
-                            p["group_cycle"].as_u64().unwrap(),
-                            (p["id"].as_u64().unwrap(), p["unix"].as_u64().unwrap()),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        vdrep_tests::group_points(&self.store, vm, "erp")
     }
 
     /// The group cycles of `vm`'s points in group `erp`, in the order of its points.
