@@ -53,6 +53,42 @@ fn qcow2_v2(dir: &Path, node: &str) -> QsdDisk {
     }
 }
 
+/// Asks the sidecar at `api` to protect `vm` (`POST /v1/vms/VM/protection`, accepted);
+/// returns the job's id.
+fn post_protection(api: &str, vm: &str, body: &Value) -> String {
+    let r = vdrep_tests::http::request(
+        api,
+        "POST",
+        &format!("/v1/vms/{vm}/protection"),
+        Some(TOKEN),
+        Some(&body.to_string()),
+    )
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
+/// Job `id` as the sidecar at `api` shows it.
+fn job_of(api: &str, id: &str) -> Value {
+    vdrep_tests::http::get(api, &format!("/v1/jobs/{id}")).json()
+}
+
+/// Job `id` once it succeeded or failed, within `within` seconds (else the test fails with
+/// the job and the sender's `log`).
+fn job_ended(api: &str, id: &str, within: u64, log: &Path) -> Value {
+    eventually(Duration::from_secs(within), || {
+        let j = job_of(api, id);
+        (j["state"] == "succeeded" || j["state"] == "failed").then_some(j)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "job {id} did not end: {:#}\n{}",
+            job_of(api, id),
+            read_log(log)
+        )
+    })
+}
+
 #[test]
 fn a_qemu_vm_is_protected_through_the_api_after_its_checks_and_each_failing_check_fails_the_job() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,27 +111,8 @@ fn a_qemu_vm_is_protected_through_the_api_after_its_checks_and_each_failing_chec
     let log = d.join("sender.log");
     let sc = Stack::sidecar(d);
     let api = sc.addr("sidecar on ");
-    let post = |vm: &str, body: Value| {
-        let b = body.to_string();
-        let r = vdrep_tests::http::request(
-            &api,
-            "POST",
-            &format!("/v1/vms/{vm}/protection"),
-            Some(TOKEN),
-            Some(&b),
-        )
-        .unwrap();
-        assert_eq!(r.status, 202, "{}", r.body);
-        r.json()["id"].as_str().unwrap().to_string()
-    };
-    let job = |id: &str| vdrep_tests::http::get(&api, &format!("/v1/jobs/{id}")).json();
-    let ended = |id: &str, within: u64| {
-        eventually(Duration::from_secs(within), || {
-            let j = job(id);
-            (j["state"] == "succeeded" || j["state"] == "failed").then_some(j)
-        })
-        .unwrap_or_else(|| panic!("job {id} did not end: {:#}\n{}", job(id), read_log(&log)))
-    };
+    let post = |vm: &str, body: Value| post_protection(&api, vm, &body);
+    let ended = |id: &str, within: u64| job_ended(&api, id, within, &log);
     // The job's failure, as the API shows it (its errors and its first step's message).
     let failure = |j: &Value| {
         assert_eq!(j["state"], "failed", "{j:#}");
@@ -298,26 +315,9 @@ fn a_qemu_vm_whose_check_fails_through_the_api_leaves_only_its_failed_job() {
     let log = d.join("sender.log");
     let sc = Stack::sidecar(d);
     let api = sc.addr("sidecar on ");
-    let post = |vm: &str, body: Value| {
-        let r = vdrep_tests::http::request(
-            &api,
-            "POST",
-            &format!("/v1/vms/{vm}/protection"),
-            Some(TOKEN),
-            Some(&body.to_string()),
-        )
-        .unwrap();
-        assert_eq!(r.status, 202, "{}", r.body);
-        r.json()["id"].as_str().unwrap().to_string()
-    };
-    let job = |id: &str| vdrep_tests::http::get(&api, &format!("/v1/jobs/{id}")).json();
-    let ended = |id: &str, within: u64| {
-        eventually(Duration::from_secs(within), || {
-            let j = job(id);
-            (j["state"] == "succeeded" || j["state"] == "failed").then_some(j)
-        })
-        .unwrap_or_else(|| panic!("job {id} did not end: {:#}\n{}", job(id), read_log(&log)))
-    };
+    let post = |vm: &str, body: Value| post_protection(&api, vm, &body);
+    let job = |id: &str| job_of(&api, id);
+    let ended = |id: &str, within: u64| job_ended(&api, id, within, &log);
     let state = d.join("sender-state");
     let store = d.join("store");
 
