@@ -91,7 +91,10 @@ impl OpenCycle {
     }
 
     /// Saves the replica's bytes under the parts of `[offset, offset + len)` not yet covered
-    /// (zero runs at sector granularity as zero records), appending to the undo log.
+    /// (zero runs at sector granularity as zero records), appending to the undo log. Where
+    /// the replica holds a hole ([`DataFile::next_data`]) the pre-image is a zero record
+    /// made without reading: a cycle's writes into space the guest never used before cost
+    /// a seek each, not a read of zero pages.
     fn save_pre_image(
         &mut self,
         fs: &dyn StoreFs,
@@ -114,40 +117,46 @@ impl OpenCycle {
                 f
             }
         };
-        let mut buf = vec![0u8; CHUNK.min(len as usize)];
+        let mut buf = Vec::new();
         let mut out = Vec::new();
         for g in gaps {
             let mut pos = g.start;
             while pos < g.end {
-                let n = (g.end - pos).min(buf.len() as u64) as usize;
-                let b = &mut buf[..n];
-                replica
-                    .read_at(pos, b)
-                    .map_err(io_err(&paths.vhd, "read pre-image", pos))?;
-                out.clear();
-                let mut i = 0;
-                while i < n {
-                    let sector = |k: usize| &b[k..(k + SECTOR as usize).min(n)];
-                    let zero = sector(i).iter().all(|&x| x == 0);
-                    let mut j = i;
-                    while j < n && sector(j).iter().all(|&x| x == 0) == zero {
-                        j = (j + SECTOR as usize).min(n);
-                    }
-                    let data = (!zero).then(|| &b[i..j]);
-                    out.extend_from_slice(&log::rec_header(pos + i as u64, (j - i) as u64, data));
-                    if let Some(d) = data {
-                        out.extend_from_slice(d);
-                    }
-                    i = j;
-                }
+                let data_at = replica
+                    .next_data(pos)
+                    .map_err(io_err(&paths.vhd, "find data", pos))?
+                    .map_or(g.end, |d| d.clamp(pos, g.end));
+                let n = if data_at > pos {
+                    out.clear();
+                    out.extend_from_slice(&log::rec_header(pos, data_at - pos, None));
+                    data_at - pos
+                } else {
+                    let hole_at =
+                        replica
+                            .next_hole(pos)
+                            .map_err(io_err(&paths.vhd, "find data", pos))?;
+                    let upto = if hole_at > pos {
+                        hole_at.min(g.end)
+                    } else {
+                        g.end
+                    };
+                    let n = (upto - pos).min(CHUNK as u64) as usize;
+                    buf.resize(n, 0);
+                    let b = &mut buf[..n];
+                    replica
+                        .read_at(pos, b)
+                        .map_err(io_err(&paths.vhd, "read pre-image", pos))?;
+                    encode_pre_image(pos, b, &mut out);
+                    n as u64
+                };
                 file.write_at(self.end, &out).map_err(io_err(
                     &self.path,
                     "append to undo log",
                     self.end,
                 ))?;
                 self.end += out.len() as u64;
-                self.covered.insert(pos, pos + n as u64);
-                pos += n as u64;
+                self.covered.insert(pos, pos + n);
+                pos += n;
             }
         }
         Ok(())
@@ -171,6 +180,31 @@ impl OpenCycle {
                 None => out.fill(0),
             }
         }
+    }
+}
+
+/// Appends to `out` the undo records of `b`, the replica's bytes at `pos`: runs of all-zero
+/// sectors as zero records, the rest as data records.
+fn encode_pre_image(pos: u64, b: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let n = b.len();
+    let step = SECTOR as usize;
+    // An OR over the sector, without an early exit: the compiler vectorises it (a
+    // byte-by-byte `all` ran at 2 GB/s, 19 % of a receiver's cycle).
+    let zero = |k: usize| b[k..(k + step).min(n)].iter().fold(0u8, |a, &x| a | x) == 0;
+    let mut i = 0;
+    while i < n {
+        let z = zero(i);
+        let mut j = (i + step).min(n);
+        while j < n && zero(j) == z {
+            j = (j + step).min(n);
+        }
+        let data = (!z).then(|| &b[i..j]);
+        out.extend_from_slice(&log::rec_header(pos + i as u64, (j - i) as u64, data));
+        if let Some(d) = data {
+            out.extend_from_slice(d);
+        }
+        i = j;
     }
 }
 
