@@ -130,6 +130,12 @@ pub trait VirtualDisk: Send + Sync {
         None
     }
 
+    /// Bytes at `offset` that the read-ahead stage read through [`VirtualDisk::read_queue`],
+    /// as a CPU thread takes them: a disk that watches its reads (a qemu cycle's digest,
+    /// which hashes every piece shipping reads) sees them here, on the CPU threads, not on
+    /// the one read-ahead thread. The default ignores them.
+    fn read_ahead_taken(&self, _offset: u64, _data: &[u8]) {}
+
     /// Reads `len` bytes into a buffer of their own. This is the one place a payload is
     /// materialised on the sender: the file's bytes land directly in the `Bytes` that travels
     /// to the socket. Reads of 1 MiB and more reuse the pages of an earlier extent's buffer

@@ -172,16 +172,10 @@ impl VirtualDisk for NbdView {
         Ok(())
     }
 
-    fn read_queue(&self) -> Option<Box<dyn ReadQueue + '_>> {
-        self.queue(None)
-    }
-}
-
-impl NbdView {
     /// The read-ahead stage's queue on its own connection (kept for the next pass), its
-    /// reads counted and, for a cycle, hashed into `tee`. `None` when no connection can be
-    /// had: the CPU threads then read as before, and report what failed.
-    fn queue<'a>(&'a self, tee: Option<&'a PieceTee>) -> Option<Box<dyn ReadQueue + 'a>> {
+    /// reads counted. `None` when no connection can be had: the CPU threads then read as
+    /// before, and report what failed.
+    fn read_queue(&self) -> Option<Box<dyn ReadQueue + '_>> {
         let kept = self.ahead.lock().ok().and_then(|mut a| a.take());
         let client = match kept {
             Some(c) => c,
@@ -189,21 +183,16 @@ impl NbdView {
         };
         Some(Box::new(ViewQueue {
             view: self,
-            tee,
             q: Some(nbd::ReadQueue::new(client, VIEW_READ_AHEAD)),
-            offsets: Vec::with_capacity(VIEW_READ_AHEAD),
         }))
     }
 }
 
-/// Reads in flight on a view ([`NbdView::queue`]).
+/// Reads in flight on a view ([`NbdView::read_queue`]).
 struct ViewQueue<'a> {
     view: &'a NbdView,
-    tee: Option<&'a PieceTee>,
     /// `None` only while being dropped.
     q: Option<nbd::ReadQueue<UnixStream, PooledBuf>>,
-    /// The offset of each read in flight, by ticket (for the tee).
-    offsets: Vec<(u64, u64)>,
 }
 
 impl Drop for ViewQueue<'_> {
@@ -226,23 +215,15 @@ impl ReadQueue for ViewQueue<'_> {
         if len > q.max_read() {
             return None;
         }
-        let ticket = q.start(offset, PooledBuf::for_overwrite(len)).ok()?;
-        self.offsets.push((ticket, offset));
-        Some(ticket)
+        q.start(offset, PooledBuf::for_overwrite(len)).ok()
     }
 
     fn finish(&mut self, ticket: u64) -> Option<Bytes> {
-        let i = self.offsets.iter().position(|&(t, _)| t == ticket)?;
-        let (_, offset) = self.offsets.swap_remove(i);
         let buf = self.q.as_mut()?.finish(ticket).ok()?;
         self.view
             .read
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        let bytes = buf.freeze();
-        if let Some(tee) = self.tee {
-            tee.record(offset, &bytes);
-        }
-        Some(bytes)
+        Some(buf.freeze())
     }
 }
 
@@ -289,7 +270,11 @@ impl VirtualDisk for HashingView {
     }
 
     fn read_queue(&self) -> Option<Box<dyn ReadQueue + '_>> {
-        self.view.queue(Some(&self.tee))
+        self.view.read_queue()
+    }
+
+    fn read_ahead_taken(&self, offset: u64, data: &[u8]) {
+        self.tee.record(offset, data);
     }
 }
 

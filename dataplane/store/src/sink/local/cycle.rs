@@ -31,6 +31,11 @@ use crate::sink::{RecoveryPoint, SinkError, SECTOR};
 pub const CYCLE_BUFFER: usize = 32 << 20;
 /// Most buffered operations (clears carry no bytes but are counted here).
 const MAX_OPS: usize = 1 << 16;
+/// Bytes of undo records gathered before they are written to the log.
+const UNDO_WRITE: usize = 1 << 20;
+/// Writes larger than this are copied into the cycle's buffer before the disk's lock is
+/// taken (smaller copies cost less than taking the lock twice).
+const COPY_UNLOCKED: usize = 16 << 10;
 
 /// A write or clear of the open cycle not yet in the replica.
 struct Pending {
@@ -49,6 +54,10 @@ pub(super) struct OpenCycle {
     undo: Option<Arc<dyn DataFile>>,
     /// Where the next undo record goes; the state names the durable prefix.
     end: u64,
+    /// Records appended but not yet written to the file: they end at `end`. Written when
+    /// [`UNDO_WRITE`] bytes gather, and always before the log is synced (a flush), so a
+    /// cycle of small writes costs one write of its pre-images per megabyte, not one each.
+    tail: Vec<u8>,
     /// Ranges whose pre-image is in the undo log (durable or not yet).
     covered: RangeSet,
     /// Writes and clears not yet in the replica, in arrival order (later ones win).
@@ -64,6 +73,7 @@ impl OpenCycle {
             path: paths.undo(point),
             undo: None,
             end: 0,
+            tail: Vec::new(),
             covered: RangeSet::new(),
             ops: Vec::new(),
             buffered: 0,
@@ -149,16 +159,28 @@ impl OpenCycle {
                     encode_pre_image(pos, b, &mut out);
                     n as u64
                 };
-                file.write_at(self.end, &out).map_err(io_err(
-                    &self.path,
-                    "append to undo log",
-                    self.end,
-                ))?;
+                self.tail.extend_from_slice(&out);
                 self.end += out.len() as u64;
                 self.covered.insert(pos, pos + n);
                 pos += n;
+                if self.tail.len() >= UNDO_WRITE {
+                    self.write_tail(file.as_ref())?;
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Writes the gathered undo records to the log (not synced). On an error they stay
+    /// gathered, for the next attempt.
+    fn write_tail(&mut self, file: &dyn DataFile) -> Result<(), SinkError> {
+        if self.tail.is_empty() {
+            return Ok(());
+        }
+        let at = self.end - self.tail.len() as u64;
+        file.write_at(at, &self.tail)
+            .map_err(io_err(&self.path, "append to undo log", at))?;
+        self.tail.clear();
         Ok(())
     }
 
@@ -219,13 +241,26 @@ impl LocalDisk {
         len: u64,
         data: Option<&[u8]>,
     ) -> Option<Result<(), SinkError>> {
-        let mut inner = self.write_inner();
-        match lifecycle::write_target(&inner.working_path, op, &inner.rec.disk, offset, len) {
-            Ok(Target::Copy) => None,
-            Ok(Target::Cycle(_)) => {
-                Some(self.cycle_write_locked(&mut inner, op, offset, len, data))
+        // The cycle's own copy of the bytes is made without the disk's lock, which
+        // serialises every write of the cycle: the lock is taken again after the copy and
+        // the target checked anew.
+        let mut owned: Option<Vec<u8>> = None;
+        loop {
+            let mut inner = self.write_inner();
+            match lifecycle::write_target(&inner.working_path, op, &inner.rec.disk, offset, len) {
+                Ok(Target::Copy) => return None,
+                Ok(Target::Cycle(_)) => match (data, owned.take()) {
+                    (Some(d), None) if d.len() > COPY_UNLOCKED => {
+                        drop(inner);
+                        owned = Some(d.to_vec());
+                    }
+                    (d, o) => {
+                        let bytes = o.or_else(|| d.map(<[u8]>::to_vec));
+                        return Some(self.cycle_write_locked(&mut inner, op, offset, len, bytes));
+                    }
+                },
+                Err(e) => return Some(Err(e)),
             }
-            Err(e) => Some(Err(e)),
         }
     }
 
@@ -235,7 +270,7 @@ impl LocalDisk {
         op: &'static str,
         offset: u64,
         len: u64,
-        data: Option<&[u8]>,
+        data: Option<Vec<u8>>,
     ) -> Result<(), SinkError> {
         if inner.cycle.is_none() {
             return Err(invalid(
@@ -254,12 +289,8 @@ impl LocalDisk {
                 return Ok(());
             };
             c.save_pre_image(self.fs.as_ref(), &self.paths, replica.as_ref(), offset, len)?;
-            c.ops.push(Pending {
-                offset,
-                len,
-                data: data.map(|d| d.to_vec()),
-            });
-            c.buffered += data.map_or(0, |d| d.len());
+            c.buffered += data.as_ref().map_or(0, Vec::len);
+            c.ops.push(Pending { offset, len, data });
             c.buffered >= limit || c.ops.len() >= MAX_OPS
         };
         if full {
@@ -273,12 +304,13 @@ impl LocalDisk {
     /// On an error the buffer is kept, so a retry replays it whole, in order.
     pub(super) fn flush_cycle(&self, inner: &mut Inner) -> Result<(), SinkError> {
         let replica = self.require_replica(inner, "flush")?;
-        let Some(c) = inner.cycle.as_ref() else {
+        let Some(c) = inner.cycle.as_mut() else {
             return Ok(());
         };
         let durable = inner.rec.points.last().map_or(0, |l| l.undo_len);
         if c.end > durable {
-            if let Some(f) = &c.undo {
+            if let Some(f) = c.undo.clone() {
+                c.write_tail(f.as_ref())?;
                 self.sync(f.as_ref(), &c.path, 0)?;
             }
             let mut next = inner.rec.clone();

@@ -321,3 +321,40 @@ impl DataFile for RealDataFile {
         Ok(self.file.metadata()?.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the file system under the test's temporary folder, `next_data` and
+    /// `next_hole` never call data a hole; where it tracks holes, they find them.
+    #[test]
+    fn seek_data_and_hole_never_call_data_a_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mib = 1u64 << 20;
+        let f = RealFs.open_data(&path, Some(4 * mib)).unwrap();
+        f.write_at(mib, &[1u8; 4096]).unwrap();
+        f.write_at(3 * mib, &[2u8; 4096]).unwrap();
+        let real = RealFs.open_read(&path).unwrap();
+        for f in [f.as_ref(), real.as_ref()] {
+            let d = f.next_data(0).unwrap().expect("data follows");
+            assert!(d <= mib, "data at {d}, not before {mib}");
+            let h = f.next_hole(mib).unwrap();
+            assert!(h >= mib + 4096, "a hole at {h} inside the data");
+            let d = f.next_data(mib + 4096).unwrap().expect("data follows");
+            assert!(d <= 3 * mib, "data at {d}");
+            let d = f.next_data(mib + 2048).unwrap().expect("inside data");
+            assert_eq!(d, mib + 2048);
+            assert!(f.next_hole(3 * mib).unwrap() >= 3 * mib + 4096);
+            // Past the last data: a hole to the end, or (without hole tracking) data.
+            if let Some(d) = f.next_data(3 * mib + 4096).unwrap() {
+                assert_eq!(d, 3 * mib + 4096, "data can only be where it starts");
+            }
+        }
+        // Where holes are tracked, the first MiB is one.
+        if f.next_data(0).unwrap() == Some(mib) {
+            assert_eq!(f.next_hole(0).unwrap(), 0);
+        }
+    }
+}
