@@ -350,9 +350,12 @@ fn a_qemu_vm_joins_a_group_through_the_api_and_stays_in_it_after_a_restart() {
     let send = start("send.log");
     let mut child = send.spawn();
     let log = send.log.clone();
-    wait_until("vm2's first group point", &log, Duration::from_secs(120), || {
-        !group_points_of(&rig.store, "vm2").is_empty()
-    });
+    wait_until(
+        "vm2's first group point",
+        &log,
+        Duration::from_secs(120),
+        || !group_points_of(&rig.store, "vm2").is_empty(),
+    );
     assert!(
         group_points_of(&rig.store, "vm1").is_empty(),
         "vm1 has group points before it was protected"
@@ -376,9 +379,12 @@ fn a_qemu_vm_joins_a_group_through_the_api_and_stays_in_it_after_a_restart() {
     std::thread::scope(|sc| {
         let h = sc.spawn(|| guest.run(&stop));
         let _stop = StopOnDrop(&stop);
-        wait_until("group points with vm1", &log, Duration::from_secs(180), || {
-            group_points(&rig.store).len() >= 4
-        });
+        wait_until(
+            "group points with vm1",
+            &log,
+            Duration::from_secs(180),
+            || group_points(&rig.store).len() >= 4,
+        );
         stop.store(true, Ordering::SeqCst);
         h.join().unwrap();
     });
@@ -402,7 +408,13 @@ fn a_qemu_vm_joins_a_group_through_the_api_and_stays_in_it_after_a_restart() {
         "group points with vm1 after the restart",
         &log2,
         Duration::from_secs(120),
-        || group_points(&rig.store).iter().filter(|gc| **gc > last).count() >= 2,
+        || {
+            group_points(&rig.store)
+                .iter()
+                .filter(|gc| **gc > last)
+                .count()
+                >= 2
+        },
     );
     let _ = child.kill();
     let _ = child.wait();
