@@ -50,6 +50,15 @@ pub fn free_bytes(dir: &Path) -> Result<u64, FleeceError> {
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
+/// The most the scratch image of a `size`-byte disk can take on its filesystem: every block
+/// copied, plus qcow2's metadata: per 64 KiB cluster an L2 entry (8 bytes) and a refcount
+/// (2 bytes), under `size / 4096` together, and the header, L1 and refcount tables (a few
+/// clusters: 1 MiB). Checking for `size` alone left a view whose guest overwrote the whole
+/// disk short of a few clusters, and the filter would then have failed the guest's write.
+pub fn scratch_need(size: u64) -> u64 {
+    size.saturating_add(size / 4096).saturating_add(1 << 20)
+}
+
 /// Fails with [`FleeceError::NoRoom`] unless `dir`'s filesystem has `need` bytes free.
 pub fn check_room(dir: &Path, need: u64) -> Result<(), FleeceError> {
     let available = free_bytes(dir)?;
