@@ -4,7 +4,8 @@
 //! of the measurement allocates) runs in qemu-storage-daemon with `cache.direct=on`. The
 //! guest (`nbd_writer.py latency`, python3-libnbd over the daemon's NBD export) writes 4 KiB
 //! at random 4 KiB-aligned offsets of the region, one request at a time (queue depth 1),
-//! for `--seconds`, and times each write. One round is two runs, one after the other:
+//! for `--seconds`, and times each write. One round is two runs (in this order in odd
+//! rounds, the other way round in even ones):
 //! 1. **not protected**: nothing else runs (no bitmap, no sender);
 //! 2. **protected**: `vdrep send --qmp --drive disk0 --nbd SOCKET --interval I` (receiver on
 //!    loopback, fresh store) has committed its initial copy; the writes run while it
@@ -12,8 +13,8 @@
 //!    read over NBD). Afterwards the sender stops and `vdrep unprotect` removes its
 //!    bitmaps, so the next round's unprotected run is as the first.
 //!
-//! `--rounds N` alternates the two N times: the machine is shared and one run's p99 moves
-//! by several times between runs, so each round gives its own ratios (protected /
+//! `--rounds N` runs N rounds, the protected run first in even rounds: the machine is shared
+//! and one run's p99 moves by several times between runs, so each round gives its own ratios (protected /
 //! unprotected, median and p99) and the verdict is on the median of the rounds' ratios,
 //! reported with their spread; every run is in the results.
 //!
@@ -95,6 +96,8 @@ struct Run {
 #[derive(Serialize)]
 struct Round {
     round: u32,
+    /// Even rounds run the protected run first.
+    protected_first: bool,
     not_protected: Run,
     protected: Run,
     ratio_median: f64,
@@ -266,21 +269,32 @@ impl Rig<'_> {
         Ok(())
     }
 
-    /// One round: not protected, then protected.
+    /// One round: not protected then protected, or the other way round in even rounds, so a
+    /// drift of the machine's load over the rounds weighs on both sides alike.
     fn round(&self, round: u32) -> anyhow::Result<Round> {
-        let a = self.a;
-        eprintln!(
-            "round {round}: not protected, {} s of 4 KiB writes at queue depth 1",
-            a.seconds
-        );
-        let (bare, bare_t) = self.measure(round, "bare")?;
+        let protected_first = round.is_multiple_of(2);
+        let bare_run = || {
+            eprintln!(
+                "round {round}: not protected, {} s of 4 KiB writes at queue depth 1",
+                self.a.seconds
+            );
+            self.measure(round, "bare")
+        };
+        let mut bare = None;
+        if !protected_first {
+            bare = Some(bare_run()?);
+        }
         let (rx, tx, log) = self.protect(round)?;
         eprintln!(
             "round {round}: protected (interval {} s), {} s of 4 KiB writes at queue depth 1",
-            a.interval, a.seconds
+            self.a.interval, self.a.seconds
         );
         let (prot, prot_t) = self.measure(round, "prot")?;
         self.unprotect(rx, tx)?;
+        let (bare, bare_t) = match bare {
+            Some(b) => b,
+            None => bare_run()?,
+        };
         let ev = events(&log)?;
         let (first, last) = prot_t.span();
         let switches = ev
@@ -290,6 +304,7 @@ impl Rig<'_> {
         let slow = SLOW_FACTOR * bare.median_us;
         Ok(Round {
             round,
+            protected_first,
             ratio_median: prot.median_us / bare.median_us,
             ratio_p99: prot.p99_us / bare.p99_us,
             slow_threshold_us: slow,
@@ -486,8 +501,8 @@ fn markdown(a: &Args, r: &Results) -> String {
          export) over the first {} MiB of a {} MiB raw disk (`cache.direct=on`), {} s per run; \
          protected: `vdrep send --qmp` at a {} s interval after its initial copy; the receiver's \
          store in `{}` (a deployment's receiver is not on the host). {} round(s), each a run not \
-         protected then a protected one (then `vdrep unprotect`); a write is slow above {}× its \
-         round's unprotected median.\n\n\
+         protected and a protected one (the protected first in even rounds; `vdrep unprotect` \
+         after it); a write is slow above {}× its round's unprotected median.\n\n\
          Not protected / protected, per round:\n\n{}\n\
          The protected runs' writes by the views' windows (switch → views removed, from the \
          sender's log):\n\n{}\nEach view (\"first to a 64 KiB block\": the writes that waited for a \
