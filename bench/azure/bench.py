@@ -9,7 +9,7 @@ Usage: bench/.venv-azure/bin/python bench/azure/bench.py [--size-mib N] [--out b
 Needs: cargo build --release --bins; bash ops/setup.sh (Azurite);
        python3 -m venv bench/.venv-azure && bench/.venv-azure/bin/pip install azure-storage-blob
 """
-import argparse, json, os, random, shutil, socket, subprocess, sys, tempfile, threading, time
+import argparse, json, os, random, resource, shutil, socket, subprocess, sys, tempfile, threading, time
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -108,7 +108,8 @@ def sdk_upload(url, container, path, size, threads, blob):
 
 
 def vdrep_run(url, container, path, tmp, log=None):
-    vdrep = os.path.join(ROOT, "target/release/vdrep")
+    # VDREP_BIN: another build to compare (e.g. an older tree's), as bench/rss/local.sh takes.
+    vdrep = os.environ.get("VDREP_BIN") or os.path.join(ROOT, "target/release/vdrep")
     tls = os.path.join(tmp, "tls")
     if not os.path.exists(tls):
         subprocess.run([vdrep, "certs", "init", tls, "--sender", "bench"], check=True, capture_output=True)
@@ -126,10 +127,13 @@ def vdrep_run(url, container, path, tmp, log=None):
         line = rc.stdout.readline()
     addr = line.strip().removeprefix("listening on ")
     t0 = time.time(); c0 = cpu_secs(rc.pid)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     # The sender's state (jobs, health) in the run's folder, never the invoking user's.
     subprocess.run([vdrep, "send", "--to", addr, "--tls", tls, "--identity", "bench", "--vm", "benchvm",
         "--state", os.path.join(tmp, "sender-state"), "--no-progress", path], check=True, capture_output=True)
     dt = time.time() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the sender: the only child waited for
+    scpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
     rcpu = cpu_secs(rc.pid) - c0
     with open(f"/proc/{rc.pid}/status") as f:
         hwm = [l for l in f if l.startswith("VmHWM:")]
@@ -140,7 +144,7 @@ def vdrep_run(url, container, path, tmp, log=None):
     else:
         rc.terminate()
     rc.wait()
-    return dt, rcpu, rss_mib
+    return dt, rcpu, rss_mib, scpu
 
 
 def main():
@@ -179,6 +183,7 @@ def main():
             rows.append({"name": name, "seconds": round(dt, 2), "MB_per_s": round(size / dt / 1e6, 1),
                          "put_pages": az.put_pages(), "azurite_cpu_s": round(acpu, 2),
                          "receiver_cpu_s": round(v[1], 2) if v else None,
+                         "sender_cpu_s": round(v[3], 2) if v else None,
                          "receiver_peak_rss_mib": v[2] if v else None})
             az.stop()
             print(json.dumps(rows[-1]), flush=True)
@@ -192,9 +197,9 @@ def main():
             json.dump(res, f, indent=2)
         with open(os.path.join(a.out, "azure.md"), "w") as f:
             f.write(f"# Azure sink into Azurite, {size >> 20} MiB realistic image\n\n")
-            f.write("| run | s | MB/s (source) | Put Pages | Azurite CPU s | receiver CPU s | receiver peak RSS MiB |\n|---|---|---|---|---|---|---|\n")
+            f.write("| run | s | MB/s (source) | Put Pages | Azurite CPU s | receiver CPU s | receiver peak RSS MiB | sender CPU s |\n|---|---|---|---|---|---|---|---|\n")
             for r in rows:
-                f.write(f"| {r['name']} | {r['seconds']} | {r['MB_per_s']} | {r['put_pages']} | {r['azurite_cpu_s']} | {r['receiver_cpu_s'] or ''} | {r['receiver_peak_rss_mib'] or ''} |\n")
+                f.write(f"| {r['name']} | {r['seconds']} | {r['MB_per_s']} | {r['put_pages']} | {r['azurite_cpu_s']} | {r['receiver_cpu_s'] or ''} | {r['receiver_peak_rss_mib'] or ''} | {r['sender_cpu_s'] or ''} |\n")
             f.write(f"\nvdrep / SDK 4 threads: **{res['vdrep_vs_sdk_4_threads']}x**\n")
         print(json.dumps(res, indent=2))
     finally:
