@@ -122,6 +122,20 @@ pub trait VirtualDisk: Send + Sync {
         None
     }
 
+    /// A queue of reads kept in flight from one thread, if this disk's reads are worth
+    /// overlapping that way (a network source: an NBD view answers requests sent ahead of
+    /// their replies). The pipeline's read-ahead stage starts its next items' reads there
+    /// before the CPU threads ask for them. The default has none.
+    fn read_queue(&self) -> Option<Box<dyn ReadQueue + '_>> {
+        None
+    }
+
+    /// Bytes at `offset` that the read-ahead stage read through [`VirtualDisk::read_queue`],
+    /// as a CPU thread takes them: a disk that watches its reads (a qemu cycle's digest,
+    /// which hashes every piece shipping reads) sees them here, on the CPU threads, not on
+    /// the one read-ahead thread. The default ignores them.
+    fn read_ahead_taken(&self, _offset: u64, _data: &[u8]) {}
+
     /// Reads `len` bytes into a buffer of their own. This is the one place a payload is
     /// materialised on the sender: the file's bytes land directly in the `Bytes` that travels
     /// to the socket. Reads of 1 MiB and more reuse the pages of an earlier extent's buffer
@@ -141,6 +155,21 @@ pub trait VirtualDisk: Send + Sync {
         self.read_into(offset, &mut buf[pad..pad + len])?;
         Ok(buf.freeze().slice(pad..pad + len))
     }
+}
+
+/// Reads in flight from one thread ([`VirtualDisk::read_queue`]), collected in whatever
+/// order the caller chooses.
+pub trait ReadQueue: Send {
+    /// Most reads in flight at once.
+    fn depth(&self) -> usize;
+
+    /// Starts reading `len` bytes at `offset`: its ticket, or `None` when the read cannot
+    /// start here (the caller reads the range the ordinary way, which reports any error).
+    fn start(&mut self, offset: u64, len: usize) -> Option<u64>;
+
+    /// The bytes of a started read, exactly its length; `None` when it failed (read it the
+    /// ordinary way).
+    fn finish(&mut self, ticket: u64) -> Option<Bytes>;
 }
 
 /// How [`open`] treats disks that vdrep can read but not replicate.

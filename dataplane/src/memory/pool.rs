@@ -142,6 +142,12 @@ impl AsRef<[u8]> for PooledBuf {
     }
 }
 
+impl AsMut<[u8]> for PooledBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
 impl Drop for PooledBuf {
     fn drop(&mut self) {
         give(std::mem::take(&mut self.0));

@@ -104,7 +104,10 @@ pub fn prepare_loaded(
     // The one write of the payload into memory: the disk reader (or the read-ahead) fills
     // this buffer directly.
     let data = match loaded.data {
-        Some(d) if d.len() == len as usize => d,
+        Some(d) if d.len() == len as usize => {
+            disk.read_ahead_taken(offset, &d);
+            d
+        }
         _ => disk.read_at(offset, len as usize)?,
     };
     stats.add_read(len as u64);

@@ -9,6 +9,10 @@
 //! range, a clear, a disk format that does not map onto one file, a failed or short read)
 //! go on without bytes, and the CPU thread reads them as before: warm reads stay spread over
 //! the CPU threads, and every read error is reported by the ordinary read.
+//!
+//! A disk that keeps reads in flight itself ([`VirtualDisk::read_queue`]: a qemu view over
+//! NBD, whose every read is a round trip to qemu) has all its reads started here, on its
+//! queue, up to the queue's depth.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
@@ -54,25 +58,36 @@ impl Loaded {
 enum Entry {
     Ready(Loaded),
     Reading(WorkItem, usize, Ticket),
+    /// A read in flight on the disk's own queue ([`VirtualDisk::read_queue`]).
+    Queued(WorkItem, u64, Ticket),
 }
 
-/// Runs the stage until `rx` is closed and drained or `tx` is closed. Without io_uring (or
-/// with a queue that cannot be created) every item passes through unread.
+/// Runs the stage until `rx` is closed and drained or `tx` is closed. A disk with a read
+/// queue of its own ([`VirtualDisk::read_queue`]: an NBD view) has its reads kept in flight
+/// there, up to the queue's depth; otherwise cold ranges are read on an io_uring of the
+/// stage's own. Without either every item passes through unread.
 pub fn run(
     disk: &dyn VirtualDisk,
     level: &AdaptiveLevel,
     rx: async_channel::Receiver<WorkItem>,
     tx: async_channel::Sender<Loaded>,
 ) {
+    let mut own = disk.read_queue();
+    let depth = own
+        .as_ref()
+        .map_or(READ_AHEAD as usize, |q| q.depth().max(1));
     #[cfg(target_os = "linux")]
-    let mut queue = crate::io::ahead::DirectQueue::new(READ_AHEAD).ok();
+    let mut queue = match own {
+        Some(_) => None,
+        None => crate::io::ahead::DirectQueue::new(READ_AHEAD).ok(),
+    };
     let mut order: VecDeque<Entry> = VecDeque::new();
     let mut open = true;
     loop {
         // Take items while a read may start (never more than the queue's depth on their way,
         // so that an item is never passed on unread for want of a slot): wait for one only
         // when nothing is on its way.
-        while open && order.len() < READ_AHEAD as usize {
+        while open && order.len() < depth {
             let got = if order.is_empty() {
                 rx.recv_blocking().ok()
             } else {
@@ -89,11 +104,21 @@ pub fn run(
             // On a slow link the CPU threads join reads into larger frames (see
             // JOIN_FROM_LEVEL) and the device is not what they wait for: no read-ahead.
             let joining = matches!(level.current(), Compression::Zstd(l) if l >= JOIN_FROM_LEVEL);
+            if let (WorkItem::Read { offset, len }, Some(q), false) = (item, own.as_mut(), joining)
+            {
+                // Never waits for the budget: without it, the CPU thread reads the item.
+                let started = budget()
+                    .acquire(len as u64, || true)
+                    .and_then(|t| Some((q.start(offset, len as usize)?, t)));
+                if let Some((ticket, t)) = started {
+                    order.push_back(Entry::Queued(item, ticket, t));
+                    continue;
+                }
+            }
             #[cfg(target_os = "linux")]
             if let (WorkItem::Read { offset, len }, Some(q), false) =
                 (item, queue.as_mut(), joining)
             {
-                // Never waits for the budget: without it, the CPU thread reads the item.
                 let started = disk
                     .cold_direct(offset, len as usize)
                     .and_then(|(file, at)| {
@@ -123,6 +148,10 @@ pub fn run(
             },
             #[cfg(not(target_os = "linux"))]
             Entry::Reading(item, _, _) => Loaded::plain(item),
+            Entry::Queued(item, ticket, _budget) => Loaded {
+                item,
+                data: own.as_mut().and_then(|q| q.finish(ticket)),
+            },
         };
         if tx.send_blocking(loaded).is_err() {
             return;

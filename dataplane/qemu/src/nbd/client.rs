@@ -1,6 +1,7 @@
 //! A small blocking NBD client: fixed newstyle handshake, structured replies, metadata
 //! contexts (`base:allocation`, `qemu:dirty-bitmap:NAME`), `NBD_OPT_GO`, and the two
-//! commands a change source needs: read and block status. One request at a time.
+//! commands a change source needs: read and block status. One request at a time here;
+//! [`super::ReadQueue`] keeps several reads in flight on a connection.
 //!
 //! Invariant: nothing the server sends can make this code panic, index out of bounds or
 //! allocate more than [`wire::MAX_CHUNK_PAYLOAD`] / the request's length; every offset and
@@ -14,6 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::error::NbdError;
+use super::reads::ReadReply;
 use super::wire::{self, Payload};
 
 /// An extent of block status: `length` bytes from `offset` share `flags` (the context's
@@ -213,86 +215,15 @@ impl<S: Read + Write> NbdClient<S> {
             offset,
             len as u32,
         ))?;
-        let end = offset + len;
-        // The chunks as the server sent them, not a set of ranges (so not a `RangeSet`):
-        // they must tile the request exactly, and two chunks claiming one byte is a protocol
-        // violation that merging into a set would hide. Sorting them once and scanning
-        // finds overlaps and gaps in O(n log n) whatever order a server sends them in.
-        let mut covered: Vec<(u64, u64)> = Vec::new();
-        let mut failure: Option<(u32, String)> = None;
-        // Every data or hole chunk covers at least one byte; errors and NONE are few.
-        let max_chunks = len.saturating_add(64);
-        let mut chunks = 0u64;
-        loop {
-            chunks += 1;
-            if chunks > max_chunks {
-                return Err(self.protocol("more reply chunks than bytes requested".into()));
-            }
+        let mut reply = ReadReply::new(offset, len);
+        while !reply.done {
             let Some(h) = self.reply_header(cookie)? else {
                 // A simple reply: allowed only as an error.
                 return Err(self.protocol("simple reply without error to a read".into()));
             };
-            match h.kind {
-                wire::CHUNK_OFFSET_DATA => {
-                    let Some(data_len) = u64::from(h.length).checked_sub(8).filter(|n| *n > 0)
-                    else {
-                        return Err(self.protocol(format!("data chunk of {} bytes", h.length)));
-                    };
-                    let mut o = [0u8; 8];
-                    self.read_exact(&mut o)?;
-                    let at = u64::from_be_bytes(o);
-                    let rel = self.within(at, data_len, offset, end, "data")?;
-                    self.read_exact(&mut buf[rel..rel + data_len as usize])?;
-                    covered.push((at, at + data_len));
-                }
-                wire::CHUNK_OFFSET_HOLE => {
-                    if h.length != 12 {
-                        return Err(self.protocol(format!("hole chunk of {} bytes", h.length)));
-                    }
-                    let mut b = [0u8; 12];
-                    self.read_exact(&mut b)?;
-                    let mut p = Payload::new(&b);
-                    let (at, hole) = (p.u64().unwrap_or(0), u64::from(p.u32().unwrap_or(0)));
-                    if hole == 0 {
-                        return Err(self.protocol("empty hole chunk".into()));
-                    }
-                    let rel = self.within(at, hole, offset, end, "hole")?;
-                    buf[rel..rel + hole as usize].fill(0);
-                    covered.push((at, at + hole));
-                }
-                wire::CHUNK_NONE => {
-                    if h.length != 0 || h.flags & wire::REPLY_FLAG_DONE == 0 {
-                        return Err(self.protocol("NONE chunk with payload or not final".into()));
-                    }
-                }
-                k if k & 0x8000 != 0 => {
-                    let e = self.error_chunk(h.length)?;
-                    failure.get_or_insert(e);
-                }
-                k => return Err(self.protocol(format!("chunk type {k} in a read reply"))),
-            }
-            if h.flags & wire::REPLY_FLAG_DONE != 0 {
-                break;
-            }
+            self.read_chunk(h, &mut reply, buf)?;
         }
-        if let Some((errno, message)) = failure {
-            return Err(self.command_error("read", offset, len, errno, message));
-        }
-        covered.sort_unstable();
-        let mut next = offset;
-        for (s, e) in covered {
-            if s != next {
-                return Err(self.protocol(format!(
-                    "read reply chunks overlap or leave a gap at {}",
-                    s.min(next)
-                )));
-            }
-            next = e;
-        }
-        if next != end {
-            return Err(self.protocol(format!("read reply ends at {next}, not {end}")));
-        }
-        Ok(())
+        reply.finish(self)
     }
 
     /// One block status request; returns the descriptors of context `id`.
@@ -383,6 +314,23 @@ impl<S: Read + Write> NbdClient<S> {
     /// Reads a reply header for `cookie`. `None` is never returned for an error simple
     /// reply: that becomes [`NbdError::Command`].
     fn reply_header(&mut self, cookie: u64) -> Result<Option<ChunkHeader>, NbdError> {
+        let (c, h) = match self.next_reply()? {
+            Reply::Simple { errno, cookie: c } => {
+                if c == cookie && errno != 0 {
+                    return Err(self.command_error("request", 0, 0, errno, String::new()));
+                }
+                (c, None)
+            }
+            Reply::Chunk(h) => (h.cookie, Some(h)),
+        };
+        if c != cookie {
+            return Err(self.protocol(format!("reply for cookie {c}, {cookie} expected")));
+        }
+        Ok(h)
+    }
+
+    /// Reads the next reply header, whatever request it answers.
+    pub(super) fn next_reply(&mut self) -> Result<Reply, NbdError> {
         let mut m = [0u8; 4];
         self.read_exact(&mut m)?;
         match u32::from_be_bytes(m) {
@@ -390,40 +338,26 @@ impl<S: Read + Write> NbdClient<S> {
                 let mut b = [0u8; 12];
                 self.read_exact(&mut b)?;
                 let mut p = Payload::new(&b);
-                let (errno, c) = (p.u32().unwrap_or(0), p.u64().unwrap_or(0));
-                if c != cookie {
-                    return Err(self.protocol(format!("reply for cookie {c}, {cookie} expected")));
-                }
-                if errno != 0 {
-                    return Err(self.command_error("request", 0, 0, errno, String::new()));
-                }
-                Ok(None)
+                let (errno, cookie) = (p.u32().unwrap_or(0), p.u64().unwrap_or(0));
+                Ok(Reply::Simple { errno, cookie })
             }
             wire::STRUCTURED_REPLY_MAGIC => {
                 let mut b = [0u8; 16];
                 self.read_exact(&mut b)?;
                 let mut p = Payload::new(&b);
-                let h = ChunkHeader {
+                Ok(Reply::Chunk(ChunkHeader {
                     flags: p.u16().unwrap_or(0),
                     kind: p.u16().unwrap_or(0),
-                    length: {
-                        let c = p.u64().unwrap_or(0);
-                        if c != cookie {
-                            return Err(
-                                self.protocol(format!("reply for cookie {c}, {cookie} expected"))
-                            );
-                        }
-                        p.u32().unwrap_or(0)
-                    },
-                };
-                Ok(Some(h))
+                    cookie: p.u64().unwrap_or(0),
+                    length: p.u32().unwrap_or(0),
+                }))
             }
             other => Err(self.protocol(format!("bad reply magic {other:#x}"))),
         }
     }
 
     /// Reads an error chunk's payload: the errno and the message.
-    fn error_chunk(&mut self, length: u32) -> Result<(u32, String), NbdError> {
+    pub(super) fn error_chunk(&mut self, length: u32) -> Result<(u32, String), NbdError> {
         if !(6..=wire::MAX_OPTION_REPLY).contains(&length) {
             return Err(self.protocol(format!("error chunk of {length} bytes")));
         }
@@ -443,7 +377,7 @@ impl<S: Read + Write> NbdClient<S> {
 
     /// Checks that `[at, at + len)` lies inside the request `[start, end)`; returns its
     /// position relative to `start`.
-    fn within(
+    pub(super) fn within(
         &self,
         at: u64,
         len: u64,
@@ -459,7 +393,7 @@ impl<S: Read + Write> NbdClient<S> {
         }
     }
 
-    fn check_range(&self, what: &str, offset: u64, length: u64) -> Result<(), NbdError> {
+    pub(super) fn check_range(&self, what: &str, offset: u64, length: u64) -> Result<(), NbdError> {
         let ok = offset.checked_add(length).is_some_and(|e| e <= self.size)
             && length > 0
             && offset.is_multiple_of(u64::from(self.min_block))
@@ -477,13 +411,13 @@ impl<S: Read + Write> NbdClient<S> {
         }
     }
 
-    fn cookie(&mut self) -> u64 {
+    pub(super) fn cookie(&mut self) -> u64 {
         let c = self.next_cookie;
         self.next_cookie = self.next_cookie.wrapping_add(1);
         c
     }
 
-    fn usable(&self) -> Result<(), NbdError> {
+    pub(super) fn usable(&self) -> Result<(), NbdError> {
         if self.broken {
             Err(NbdError::Broken {
                 export: self.export.clone(),
@@ -494,7 +428,7 @@ impl<S: Read + Write> NbdClient<S> {
     }
 
     /// Marks the connection broken after an error that leaves the stream position unknown.
-    fn guard<T>(&mut self, r: Result<T, NbdError>) -> Result<T, NbdError> {
+    pub(super) fn guard<T>(&mut self, r: Result<T, NbdError>) -> Result<T, NbdError> {
         if let Err(NbdError::Io { .. } | NbdError::Protocol { .. }) = &r {
             self.broken = true;
         }
@@ -532,7 +466,7 @@ impl<S: Read + Write> NbdClient<S> {
         }
     }
 
-    fn command_error(
+    pub(super) fn command_error(
         &self,
         command: &'static str,
         offset: u64,
@@ -552,12 +486,22 @@ impl<S: Read + Write> NbdClient<S> {
     }
 }
 
-/// A structured reply chunk's header (after the magic and the checked cookie).
+/// A structured reply chunk's header (after the magic).
 #[derive(Debug, Clone, Copy)]
-struct ChunkHeader {
-    flags: u16,
-    kind: u16,
-    length: u32,
+pub(super) struct ChunkHeader {
+    pub(super) flags: u16,
+    pub(super) kind: u16,
+    pub(super) cookie: u64,
+    pub(super) length: u32,
+}
+
+/// A reply header: a simple reply (its error) or a structured reply's chunk.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Reply {
+    /// A simple reply: `errno` 0 is success.
+    Simple { errno: u32, cookie: u64 },
+    /// A chunk of a structured reply.
+    Chunk(ChunkHeader),
 }
 
 /// Appends `e`, merging it into the last extent when they touch and share flags.

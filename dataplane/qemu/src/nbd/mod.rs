@@ -7,7 +7,9 @@ mod error;
 mod handshake;
 #[cfg(test)]
 mod hostile_tests;
+mod reads;
 pub mod wire;
 
 pub use client::{is_timeout, Extent, NbdClient, MAX_READ_REQUEST};
 pub use error::NbdError;
+pub use reads::ReadQueue;

@@ -2,8 +2,11 @@
 //! resync of a qemu disk run through the same pipeline as a file's.
 //!
 //! The pipeline reads with several streams at once; an NBD client serves one request at a
-//! time, so the view holds a small pool of connections to the same export. Every byte read
-//! is counted ([`NbdView::read_bytes`]): a cycle must read only its dirty extents.
+//! time, so the view holds a small pool of connections to the same export. The pipeline's
+//! read-ahead stage keeps its reads in flight on one more connection
+//! ([`VirtualDisk::read_queue`], [`vdrep_qemu::nbd::ReadQueue`]): a cycle's scattered
+//! 64 KiB dirty blocks no longer wait qemu's round trip one by one. Every byte read is
+//! counted ([`NbdView::read_bytes`]): a cycle must read only its dirty extents.
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -11,19 +14,28 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bytes::Bytes;
 use vdrep_qemu::fleece::View;
-use vdrep_qemu::nbd::{wire, NbdClient, NbdError};
+use vdrep_qemu::nbd::{self, wire, NbdClient, NbdError};
 
 use super::digest::PieceTee;
-use crate::disk::{DiskError, DiskFormat, DiskInfo, Extent, ExtentKind, VirtualDisk};
+use crate::disk::{DiskError, DiskFormat, DiskInfo, Extent, ExtentKind, ReadQueue, VirtualDisk};
+use crate::memory::PooledBuf;
 
 /// How long one NBD request may take before the view counts as broken.
 pub const NBD_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Reads the read-ahead stage keeps in flight on a view: qemu's NBD server handles up to 16
+/// requests of a client at once (`NBD_MAX_REQUESTS`); more would only wait in its socket.
+pub const VIEW_READ_AHEAD: usize = 16;
+
 /// A view of one disk at one switch.
 pub struct NbdView {
     info: DiskInfo,
+    view: View,
     pool: Vec<Mutex<NbdClient<UnixStream>>>,
+    /// The read-ahead stage's connection between two passes (opened by the first).
+    ahead: Mutex<Option<NbdClient<UnixStream>>>,
     next: AtomicUsize,
     read: AtomicU64,
     dirty_context: Option<String>,
@@ -61,7 +73,9 @@ impl NbdView {
                 identity: None,
                 disk_id: None,
             },
+            view: view.clone(),
             pool,
+            ahead: Mutex::new(None),
             next: AtomicUsize::new(0),
             read: AtomicU64::new(0),
             dirty_context: view.dirty_context(),
@@ -103,6 +117,9 @@ impl NbdView {
 
     /// Closes the connections (the export can then go without `mode: hard` cutting reads).
     pub fn close(self) {
+        if let Ok(Some(c)) = self.ahead.into_inner() {
+            c.disconnect();
+        }
         for m in self.pool {
             if let Ok(c) = m.into_inner() {
                 c.disconnect();
@@ -154,6 +171,60 @@ impl VirtualDisk for NbdView {
         self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
         Ok(())
     }
+
+    /// The read-ahead stage's queue on its own connection (kept for the next pass), its
+    /// reads counted. `None` when no connection can be had: the CPU threads then read as
+    /// before, and report what failed.
+    fn read_queue(&self) -> Option<Box<dyn ReadQueue + '_>> {
+        let kept = self.ahead.lock().ok().and_then(|mut a| a.take());
+        let client = match kept {
+            Some(c) => c,
+            None => self.view.connect(NBD_TIMEOUT).ok()?,
+        };
+        Some(Box::new(ViewQueue {
+            view: self,
+            q: Some(nbd::ReadQueue::new(client, VIEW_READ_AHEAD)),
+        }))
+    }
+}
+
+/// Reads in flight on a view ([`NbdView::read_queue`]).
+struct ViewQueue<'a> {
+    view: &'a NbdView,
+    /// `None` only while being dropped.
+    q: Option<nbd::ReadQueue<UnixStream, PooledBuf>>,
+}
+
+impl Drop for ViewQueue<'_> {
+    fn drop(&mut self) {
+        // Reads still in flight are collected and dropped; a sound connection is kept.
+        let client = self.q.take().and_then(|q| q.into_client());
+        if let (Some(c), Ok(mut a)) = (client, self.view.ahead.lock()) {
+            *a = Some(c);
+        }
+    }
+}
+
+impl ReadQueue for ViewQueue<'_> {
+    fn depth(&self) -> usize {
+        self.q.as_ref().map_or(1, |q| q.depth())
+    }
+
+    fn start(&mut self, offset: u64, len: usize) -> Option<u64> {
+        let q = self.q.as_mut()?;
+        if len > q.max_read() {
+            return None;
+        }
+        q.start(offset, PooledBuf::for_overwrite(len)).ok()
+    }
+
+    fn finish(&mut self, ticket: u64) -> Option<Bytes> {
+        let buf = self.q.as_mut()?.finish(ticket).ok()?;
+        self.view
+            .read
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Some(buf.freeze())
+    }
 }
 
 /// The same view read for a cycle's digest: its reads are not the cycle's
@@ -196,6 +267,14 @@ impl VirtualDisk for HashingView {
         self.view.read_into(offset, buf)?;
         self.tee.record(offset, buf);
         Ok(())
+    }
+
+    fn read_queue(&self) -> Option<Box<dyn ReadQueue + '_>> {
+        self.view.read_queue()
+    }
+
+    fn read_ahead_taken(&self, offset: u64, data: &[u8]) {
+        self.tee.record(offset, data);
     }
 }
 
