@@ -2,16 +2,45 @@
 //! its wire bytes can be read from the interface counters. The [`Link`] guard removes both
 //! namespaces (and with them the veth pair and anything started inside) on drop, also when
 //! a benchmark fails half-way.
+//!
+//! The namespaces are named `PREFIX-snd` and `PREFIX-rcv`, PREFIX from the environment
+//! variable `VDREP_BENCH_NETNS_PREFIX` (default `vdrep-bench`). Setting a link up removes
+//! namespaces of the same names first (leftovers of a killed run), so two benchmarks that
+//! share a machine need different prefixes, or one would tear down the other's link.
 
 use std::process::Command;
+use std::sync::OnceLock;
 
 use anyhow::{bail, Context};
 
-/// Namespace of the sender.
-pub const SND_NS: &str = "vdrep-bench-snd";
-/// Namespace of the receiver.
-pub const RCV_NS: &str = "vdrep-bench-rcv";
-/// veth end in the sender namespace (egress carries the data; the shaper sits here).
+/// The environment variable that names the namespaces' prefix.
+pub const PREFIX_VAR: &str = "VDREP_BENCH_NETNS_PREFIX";
+const DEFAULT_PREFIX: &str = "vdrep-bench";
+
+/// `(sender, receiver)` namespace names, read once from [`PREFIX_VAR`].
+fn names() -> &'static (String, String) {
+    static NAMES: OnceLock<(String, String)> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        let prefix = std::env::var(PREFIX_VAR)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+        (format!("{prefix}-snd"), format!("{prefix}-rcv"))
+    })
+}
+
+/// Namespace of the sender (`vdrep-bench-snd` by default).
+pub fn snd_ns() -> &'static str {
+    &names().0
+}
+
+/// Namespace of the receiver (`vdrep-bench-rcv` by default).
+pub fn rcv_ns() -> &'static str {
+    &names().1
+}
+
+/// veth end in the sender namespace (egress carries the data; the shaper sits here). The veth
+/// pair is created inside the namespaces, so its names need not differ between prefixes.
 pub const SND_IF: &str = "vdb-snd";
 /// veth end in the receiver namespace.
 pub const RCV_IF: &str = "vdb-rcv";
@@ -50,7 +79,7 @@ pub struct Link {
 }
 
 fn remove_all() {
-    for ns in [SND_NS, RCV_NS] {
+    for ns in [snd_ns(), rcv_ns()] {
         // Kill what is still running inside (only our own processes live there).
         if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
             for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
@@ -72,13 +101,14 @@ impl Link {
     pub fn up(shape: Shape) -> anyhow::Result<Link> {
         remove_all(); // leftovers of a killed earlier run
         let link = Link { shape };
-        ip(&["netns", "add", SND_NS])?;
-        ip(&["netns", "add", RCV_NS])?;
+        let (snd, rcv) = (snd_ns(), rcv_ns());
+        ip(&["netns", "add", snd])?;
+        ip(&["netns", "add", rcv])?;
         ip(&[
-            "link", "add", SND_IF, "netns", SND_NS, "type", "veth", "peer", "name", RCV_IF,
-            "netns", RCV_NS,
+            "link", "add", SND_IF, "netns", snd, "type", "veth", "peer", "name", RCV_IF,
+            "netns", rcv,
         ])?;
-        for (ns, dev, cidr) in [(SND_NS, SND_IF, SND_CIDR), (RCV_NS, RCV_IF, RCV_CIDR)] {
+        for (ns, dev, cidr) in [(snd, SND_IF, SND_CIDR), (rcv, RCV_IF, RCV_CIDR)] {
             in_ns(ns, "ip", &["addr", "add", cidr, "dev", dev])?;
             in_ns(ns, "ip", &["link", "set", dev, "up"])?;
             in_ns(ns, "ip", &["link", "set", "lo", "up"])?;
@@ -89,7 +119,7 @@ impl Link {
             let rate = format!("{bps}bit");
             let burst = format!("{burst}b");
             in_ns(
-                SND_NS,
+                snd,
                 "tc",
                 &[
                     "qdisc", "add", "dev", SND_IF, "root", "tbf", "rate", &rate, "burst", &burst,
@@ -124,7 +154,7 @@ impl Link {
                 .parse()
                 .with_context(|| format!("tx_bytes of {dev} in {ns}"))
         };
-        Ok((read(SND_NS, SND_IF)?, read(RCV_NS, RCV_IF)?))
+        Ok((read(snd_ns(), SND_IF)?, read(rcv_ns(), RCV_IF)?))
     }
 }
 

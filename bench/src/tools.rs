@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use crate::netns::{RCV_ADDR, RCV_NS, SND_NS};
+use crate::netns::{rcv_ns, snd_ns, RCV_ADDR};
 use crate::timed::{Timed, Usage};
 
 /// A contender.
@@ -76,14 +76,14 @@ fn wait_tcp_listen(port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let o = Command::new("ip")
-            .args(["netns", "exec", RCV_NS, "ss", "-Hltn"])
+            .args(["netns", "exec", rcv_ns(), "ss", "-Hltn"])
             .output()?;
         if String::from_utf8_lossy(&o.stdout).contains(&format!(":{port} ")) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("nothing listened on TCP {port} in {RCV_NS} within 10 s")
+    bail!("nothing listened on TCP {port} in {} within 10 s", rcv_ns())
 }
 
 /// Creates the vdrep certificates once.
@@ -111,7 +111,7 @@ fn vdrep(ctx: &Ctx, image: &Path) -> anyhow::Result<Transfer> {
     let bin = s(&ctx.vdrep);
     let addr = format!("{RCV_ADDR}:7400");
     let mut recv = Timed::spawn(
-        Some(RCV_NS),
+        Some(rcv_ns()),
         &ctx.dir,
         "vdrep-receive",
         &bin,
@@ -158,7 +158,7 @@ fn vdrep(ctx: &Ctx, image: &Path) -> anyhow::Result<Transfer> {
     args.extend(ctx.vdrep_args.iter().cloned());
     args.push(s(image));
     let t0 = Instant::now();
-    let mut send = Timed::spawn(Some(SND_NS), &ctx.dir, "vdrep-send", &bin, &args)?;
+    let mut send = Timed::spawn(Some(snd_ns()), &ctx.dir, "vdrep-send", &bin, &args)?;
     let mut so = send.stdout().context("sender stdout")?;
     let reader = std::thread::spawn(move || {
         let mut j = String::new();
@@ -196,7 +196,7 @@ fn rsync(ctx: &Ctx, image: &Path, extra: &str) -> anyhow::Result<Transfer> {
         ),
     )?;
     let daemon = Timed::spawn(
-        Some(RCV_NS),
+        Some(rcv_ns()),
         &ctx.dir,
         "rsyncd",
         "rsync",
@@ -214,7 +214,7 @@ fn rsync(ctx: &Ctx, image: &Path, extra: &str) -> anyhow::Result<Transfer> {
     wait_tcp_listen(8730)?;
     let t0 = Instant::now();
     let sender = Timed::spawn(
-        Some(SND_NS),
+        Some(snd_ns()),
         &ctx.dir,
         "rsync",
         "rsync",
@@ -238,7 +238,7 @@ fn zstd_socat(ctx: &Ctx, image: &Path) -> anyhow::Result<Transfer> {
     let dst = ctx.dir.join("zstd-dst.img");
     let _ = std::fs::remove_file(&dst);
     let recv = Timed::spawn(
-        Some(RCV_NS),
+        Some(rcv_ns()),
         &ctx.dir,
         "zstd-receive",
         "sh",
@@ -253,7 +253,7 @@ fn zstd_socat(ctx: &Ctx, image: &Path) -> anyhow::Result<Transfer> {
     wait_tcp_listen(9400)?;
     let t0 = Instant::now();
     let sender = Timed::spawn(
-        Some(SND_NS),
+        Some(snd_ns()),
         &ctx.dir,
         "zstd-send",
         "sh",

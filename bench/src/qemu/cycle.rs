@@ -28,7 +28,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use super::{certs, events, msg, raw_image, run_writer, s, vdrep_bin, writer, Event, Proc, Qsd};
-use crate::netns::{Link, RCV_ADDR, RCV_NS, SND_NS};
+use crate::netns::{rcv_ns, snd_ns, Link, RCV_ADDR};
 use crate::report;
 
 /// `qemu-cycle`'s flags; the defaults are the figure.
@@ -128,7 +128,7 @@ fn send(
     state: &Path,
     log: &Path,
 ) -> anyhow::Result<()> {
-    let netns = ends.link.as_ref().map(|_| SND_NS);
+    let netns = ends.link.as_ref().map(|_| snd_ns());
     let mut p = Proc::spawn(
         netns,
         vdrep,
@@ -203,7 +203,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let link = Link::up(None)?;
         let certs = certs(&vdrep, w, Some(RCV_ADDR))?;
         let listen = format!("{RCV_ADDR}:7400");
-        let rx = receiver(&vdrep, w, &certs, Some(RCV_NS), &listen)?;
+        let rx = receiver(&vdrep, w, &certs, Some(rcv_ns()), &listen)?;
         rx.announced("listening on ", Duration::from_secs(20))?;
         Ends {
             link: Some(link),
