@@ -14,9 +14,11 @@
 //! byte at a level (compression *and* everything else: reads, zero detection, hashing,
 //! framing, and QUIC/TLS per datagram, which grows with the wire bytes a cheap level makes)
 //! and `ratio` its payload per source byte. The governor measures both at each level it
-//! uses ([`Yield`], over the last 1–3 s at that level), and the link's pace while the streams
-//! wait for the link, and chooses the level with the highest predicted speed
-//! ([`Governor::choose`]):
+//! uses ([`Yield`]: sums over the time spent at that level, decaying over [`TAU`], since a
+//! few seconds at 0.10 cores are too few to tell levels apart that differ by 5–10 % per
+//! source byte while the data's mix moves the figures by as much), and the link's pace
+//! while the streams wait for the link, and chooses the level with the highest predicted
+//! speed ([`Governor::choose`]):
 //!
 //! - where the budget binds, that is the level with the lowest cost per source byte — not
 //!   the cheapest zstd level: on the bench mix at 100 Mbit/s levels −3 and −1 cost as much
@@ -30,7 +32,7 @@
 //!
 //! Levels not measured yet (or measured more than [`STALE`] ago) are estimated from the
 //! level in use: a step up costs as much (a deep level [`DEEP_STEP_COST`] times as much) for
-//! 3 % fewer bytes, a step down 5 % less for 3 % more bytes — a mild optimism that makes a
+//! 4 % fewer bytes, a step down 5 % less for 4 % more bytes — a mild optimism that makes a
 //! sender whose budget binds try the step below once, measure it, and come back if it was
 //! not cheaper. A level runs [`SETTLE`] before it is judged: at 0.10 cores a 200 ms window
 //! holds one or two reads' CPU, too few to tell a level's cost.
@@ -54,8 +56,14 @@ pub const SETTLE: Duration = Duration::from_secs(1);
 /// estimated again (and so tried again when the estimate says it could pay), because the
 /// data along a disk, the link's pace and the host's load change.
 pub const STALE: Duration = Duration::from_secs(20);
-/// Longest span a level's cost is measured over: long enough to smooth reads of 4 MiB,
-/// short enough to follow a disk whose data changes.
+/// Time constant of the decay of a level's sums: the cost is measured over about this much
+/// time at the level (the bench's per-level differences, 5–10 %, against the data's own
+/// variation over seconds), short enough to follow a disk whose data changes.
+pub const TAU: Duration = Duration::from_secs(10);
+/// The start of a run, measured at no level: connection set-up, TLS and the threads
+/// starting cost CPU that no level's bytes caused.
+const START: Duration = Duration::from_secs(1);
+/// Longest span the link's pace and the CPU rate are measured over.
 const WINDOW: Duration = Duration::from_secs(3);
 /// Least spacing of the samples kept for the window.
 const KEEP_EVERY: Duration = Duration::from_millis(100);
@@ -64,7 +72,7 @@ const KEEP_EVERY: Duration = Duration::from_millis(100);
 const MIN_PREPARED: u64 = 1 << 20;
 /// Predicted gain in speed below which the level stays: measurements over a few seconds
 /// differ by a few per cent at the same level.
-const GAIN: f64 = 0.02;
+const GAIN: f64 = 0.03;
 /// What a step up into the ladder's deep levels (from level [`JOIN_FROM_LEVEL`] on: level 6
 /// and 11, reads joined into 4 MiB frames) is estimated to cost against the level in use,
 /// until measured: level 6's compression alone costs 3.1× level 3's (zstd on the bench mix,
@@ -73,7 +81,7 @@ const GAIN: f64 = 0.02;
 /// 0.18 cores: level 6 took a third of the sender's CPU for about 1 % of speed).
 pub const DEEP_STEP_COST: f64 = 3.0;
 /// Estimated payload of a level one step up against the level in use, until measured.
-const STEP_RATIO: f64 = 0.97;
+const STEP_RATIO: f64 = 0.96;
 /// Estimated cost of the level one step down against the level in use, until measured.
 const STEP_DOWN_COST: f64 = 0.95;
 /// Longest single wait returned: the caller samples again afterwards.
@@ -119,13 +127,43 @@ pub struct Yield {
     pub at: Duration,
 }
 
+/// Sums of what the process spent and prepared at one ladder step, each older second
+/// weighing `exp(-1 / TAU)` of the next.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    wall: f64,
+    cpu: f64,
+    data: f64,
+    prepared: f64,
+    /// When it was last added to.
+    at: Duration,
+}
+
+impl Tally {
+    fn add(&mut self, from: Sample, to: Sample) {
+        let dw = to.wall.saturating_sub(from.wall).as_secs_f64();
+        let k = (-dw / TAU.as_secs_f64()).exp();
+        self.wall = self.wall * k + dw;
+        self.cpu = self.cpu * k + to.cpu.saturating_sub(from.cpu).as_secs_f64();
+        self.data = self.data * k + to.data.saturating_sub(from.data) as f64;
+        self.prepared = self.prepared * k + to.prepared.saturating_sub(from.prepared) as f64;
+        self.at = to.wall;
+    }
+
+    fn get(&self) -> Option<Yield> {
+        (self.wall >= SETTLE.as_secs_f64() && self.data >= MIN_PREPARED as f64).then(|| Yield {
+            cost: self.cpu / self.data,
+            ratio: self.prepared / self.data,
+            at: self.at,
+        })
+    }
+}
+
 /// The span of the samples kept for the level in use.
 #[derive(Debug, Clone, Copy)]
 struct Window {
     wall: f64,
     cpu: f64,
-    data: u64,
-    prepared: u64,
     sent: u64,
 }
 
@@ -141,11 +179,13 @@ pub struct Governor {
     history: VecDeque<Sample>,
     /// The ladder step in use at the last sample.
     step: Option<i32>,
+    /// When the sender moved to that step.
+    entered: Duration,
     /// Per ladder step: what a step up into it costs against the step below, until measured
     /// (1, or [`DEEP_STEP_COST`] into the deep levels).
     climb_cost: Vec<f64>,
-    /// Per ladder step: its last measurement.
-    seen: Vec<Option<Yield>>,
+    /// Per ladder step: what it cost and yielded.
+    seen: Vec<Tally>,
     /// Payload bytes per second the streams handed to QUIC the last time they waited for the
     /// link, and when.
     link: Option<(f64, Duration)>,
@@ -162,6 +202,7 @@ impl Governor {
             last: None,
             history: VecDeque::new(),
             step: None,
+            entered: Duration::ZERO,
             climb_cost: ladder
                 .iter()
                 .map(|c| match c {
@@ -169,7 +210,7 @@ impl Governor {
                     _ => 1.0,
                 })
                 .collect(),
-            seen: vec![None; ladder.len()],
+            seen: vec![Tally::default(); ladder.len()],
             link: None,
         }
     }
@@ -181,10 +222,7 @@ impl Governor {
 
     /// The last measurement of ladder step `step`, if any; for tests and logs.
     pub fn measured(&self, step: i32) -> Option<Yield> {
-        self.seen
-            .get(usize::try_from(step).ok()?)
-            .copied()
-            .flatten()
+        self.seen.get(usize::try_from(step).ok()?)?.get()
     }
 
     /// Payload bytes per second the link took the last time the streams waited for it.
@@ -202,8 +240,6 @@ impl Governor {
         Some(Window {
             wall: wall.as_secs_f64(),
             cpu: now.cpu.saturating_sub(from.cpu).as_secs_f64(),
-            data: now.data.saturating_sub(from.data),
-            prepared: now.prepared.saturating_sub(from.prepared),
             sent: now.sent.saturating_sub(from.sent),
         })
     }
@@ -212,6 +248,7 @@ impl Governor {
     /// are ignored. Returns how long to wait before the next read (zero: go on).
     pub fn observe(&mut self, s: Sample, step: i32) -> Duration {
         let capacity = self.cores * BURST.as_secs_f64();
+        let mut prev = None;
         match self.last {
             Some(l) if s.wall < l.wall || s.cpu < l.cpu => {}
             Some(l) => {
@@ -219,15 +256,31 @@ impl Governor {
                 let dc = (s.cpu - l.cpu).as_secs_f64();
                 self.tokens = (self.tokens + self.cores * dw - dc).min(capacity);
                 self.last = Some(s);
+                prev = Some(l);
             }
             None => self.last = Some(s),
         }
         let now = self.last.unwrap_or(s);
+        let slot = usize::try_from(step).ok().filter(|&i| i < self.seen.len());
         if self.step != Some(step) {
             self.step = Some(step);
+            self.entered = now.wall;
             self.history.clear();
             self.history.push_back(now);
-        } else if self
+            // A level measured long ago is measured afresh.
+            if let Some(t) = slot.map(|i| &mut self.seen[i]) {
+                if now.wall.saturating_sub(t.at) > STALE {
+                    *t = Tally::default();
+                }
+            }
+            return self.pace();
+        }
+        if let (Some(l), Some(i)) = (prev, slot) {
+            if l.wall >= START {
+                self.seen[i].add(l, now);
+            }
+        }
+        if self
             .history
             .back()
             .is_none_or(|b| now.wall >= b.wall + KEEP_EVERY)
@@ -238,18 +291,11 @@ impl Governor {
                 self.history.pop_front();
             }
         }
-        if let Some(w) = self.window().filter(|w| w.data >= MIN_PREPARED) {
-            if let Some(slot) = usize::try_from(step)
-                .ok()
-                .and_then(|i| self.seen.get_mut(i))
-            {
-                *slot = Some(Yield {
-                    cost: w.cpu / w.data as f64,
-                    ratio: w.prepared as f64 / w.data as f64,
-                    at: now.wall,
-                });
-            }
-        }
+        self.pace()
+    }
+
+    /// How long to wait before the next read: until the budget has paid the debt back.
+    fn pace(&self) -> Duration {
         if self.tokens < 0.0 {
             Duration::from_secs_f64(-self.tokens / self.cores).min(MAX_PACE)
         } else {
@@ -261,10 +307,11 @@ impl Governor {
     /// measurement while fresh (the level in use's is always fresh), else an estimate from
     /// the level in use for the steps next to it, else none.
     fn estimate(&self, s: usize, cur: usize, now: Duration) -> Option<(f64, f64)> {
-        if let Some(y) = self.seen[s].filter(|y| s == cur || now.saturating_sub(y.at) <= STALE) {
+        let fresh = |y: &Yield| s == cur || now.saturating_sub(y.at) <= STALE;
+        if let Some(y) = self.seen[s].get().filter(fresh) {
             return Some((y.cost, y.ratio));
         }
-        let here = self.seen[cur]?;
+        let here = self.seen[cur].get()?;
         if s == cur + 1 {
             Some((here.cost * self.climb_cost[s], here.ratio * STEP_RATIO))
         } else if s + 1 == cur {
@@ -282,6 +329,9 @@ impl Governor {
     pub fn choose(&mut self, bound: Bound) -> Option<i32> {
         let (cur, now) = (usize::try_from(self.step?).ok()?, self.last?.wall);
         let w = self.window()?;
+        if now.saturating_sub(self.entered) < SETTLE {
+            return None;
+        }
         self.measured(cur as i32)?;
         if bound == Bound::Link {
             self.link = Some((w.sent as f64 / w.wall, now));

@@ -9,12 +9,13 @@ use crate::pipeline::AdaptiveLevel;
 /// The bench's 1 GiB mix on this machine, per ladder step (off, -3, -1, 1, 3, 6, 11):
 /// payload MB per GiB of source (`bench/results/stages.md`), and the CPU workers' CPU-s per
 /// GiB (read, zero detection, hashing, compression). Steps off to 3: the sender's CPU-s for
-/// the GiB at each fixed level on the 100 Mbit/s veth link (session 11: 3.12, 3.97, 4.00,
-/// 3.57, 4.38) less [`QUIC_PER_GB`] × the payload; levels −3 and −1 cost *more* per source
-/// byte than level 1 (their zstd is hardly cheaper, and their 10 % more wire bytes cost QUIC
-/// time). Steps 6 and 11: `stages.md` × 2.2 (session 9).
+/// the GiB at each fixed level on the 100 Mbit/s veth link (session 11, two series: 3.12 and
+/// 3.10, 3.97 and 3.74, 4.00 and 3.66, 3.57 and 3.52, 4.38 and 3.91) less [`QUIC_PER_GB`] ×
+/// the payload: levels −3 and −1 cost *more* per source byte than level 1 (their zstd is
+/// hardly cheaper on this mix — the zstd CLI at −1 and `--fast=3`: 2.71 and 2.61 CPU-s — and
+/// their 10 % more wire bytes cost QUIC time). Steps 6 and 11: `stages.md` × 2.2 (session 9).
 const PAYLOAD_MB: [f64; 7] = [811.0, 447.0, 434.0, 394.0, 377.0, 364.0, 356.0];
-const PREP_S: [f64; 7] = [0.69, 2.63, 2.70, 2.39, 3.25, 8.3, 20.0];
+const PREP_S: [f64; 7] = [0.68, 2.52, 2.53, 2.37, 3.02, 8.3, 20.0];
 /// QUIC, TLS, UDP and framing, CPU-s per GB of payload sent: the sender's tokio thread took
 /// 38 % of its 3.56 CPU-s for 456 MB on the wire (`perf`, `--cpu-limit 0.10`, session 11).
 const QUIC_PER_GB: f64 = 3.0;
