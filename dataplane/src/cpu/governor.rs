@@ -30,12 +30,16 @@
 //!   pace; over time a sender between two levels moves between them, in about the shares
 //!   that keep both the link and the budget busy.
 //!
-//! Levels not measured yet (or measured more than [`STALE`] ago) are estimated from the
-//! level in use: a step up costs as much (a deep level [`DEEP_STEP_COST`] times as much) for
-//! 4 % fewer bytes, a step down 5 % less for 4 % more bytes — a mild optimism that makes a
-//! sender whose budget binds try the step below once, measure it, and come back if it was
-//! not cheaper. A level runs [`SETTLE`] before it is judged: at 0.10 cores a 200 ms window
-//! holds one or two reads' CPU, too few to tell a level's cost.
+//! Levels not measured yet are estimated from the level in use: a step up costs as much (a
+//! deep level [`DEEP_STEP_COST`] times as much) for 4 % fewer bytes, a step down 5 % less
+//! for 4 % more bytes — a mild optimism that makes a sender whose budget binds try the step
+//! below once, measure it, and come back if it was not cheaper. A move must promise 3 % more
+//! speed, a move *down* to a measured level 10 %: on the bench the levels below 1 cost about
+//! as much per source byte as level 1, and a level's cost moves by 5–8 % with the data. A
+//! measurement older than [`STALE`] gets the benefit of that doubt, so a level left on a
+//! passing expensive stretch of the disk is tried again. A level runs [`SETTLE`] before it is
+//! judged: at 0.10 cores a 200 ms window holds one or two reads' CPU, too few to tell a
+//! level's cost.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -52,9 +56,10 @@ pub const BURST: Duration = Duration::from_secs(2);
 pub const START_CREDIT: Duration = Duration::from_millis(250);
 /// Least time a level runs before it is judged.
 pub const SETTLE: Duration = Duration::from_secs(1);
-/// How long a level's measurement stands after the sender left it: after that it is
-/// estimated again (and so tried again when the estimate says it could pay), because the
-/// data along a disk, the link's pace and the host's load change.
+/// How long a level's measurement stands after the sender left it: after that it gets the
+/// benefit of the doubt of the data's variation (and so is tried again if it was close),
+/// and is measured afresh when used, because the data along a disk, the link's pace and the
+/// host's load change.
 pub const STALE: Duration = Duration::from_secs(20);
 /// Time constant of the decay of a level's sums: the cost is measured over about this much
 /// time at the level (the bench's per-level differences, 5–10 %, against the data's own
@@ -73,6 +78,11 @@ const MIN_PREPARED: u64 = 1 << 20;
 /// Predicted gain in speed below which the level stays: measurements over a few seconds
 /// differ by a few per cent at the same level.
 const GAIN: f64 = 0.03;
+/// The gain a step down to a measured level must promise: on the bench mix the levels below
+/// 1 cost about as much per source byte as level 1 (3.86, 3.83 and 3.55 CPU-s per GiB for
+/// −3, −1 and 1) and put 10 % more bytes on the wire, while a level's cost measured over
+/// seconds moves by 5–8 % with the data; a step down on such a difference buys ratio loss.
+const DOWN_GAIN: f64 = 0.10;
 /// What a step up into the ladder's deep levels (from level [`JOIN_FROM_LEVEL`] on: level 6
 /// and 11, reads joined into 4 MiB frames) is estimated to cost against the level in use,
 /// until measured: level 6's compression alone costs 3.1× level 3's (zstd on the bench mix,
@@ -303,14 +313,9 @@ impl Governor {
         }
     }
 
-    /// Cost and ratio of ladder step `s` for a choice made at `now` from step `cur`: its
-    /// measurement while fresh (the level in use's is always fresh), else an estimate from
-    /// the level in use for the steps next to it, else none.
-    fn estimate(&self, s: usize, cur: usize, now: Duration) -> Option<(f64, f64)> {
-        let fresh = |y: &Yield| s == cur || now.saturating_sub(y.at) <= STALE;
-        if let Some(y) = self.seen[s].get().filter(fresh) {
-            return Some((y.cost, y.ratio));
-        }
+    /// Cost and ratio of ladder step `s` estimated from the level in use, `cur`, for the
+    /// steps next to it (see the module documentation).
+    fn prior(&self, s: usize, cur: usize) -> Option<(f64, f64)> {
         let here = self.seen[cur].get()?;
         if s == cur + 1 {
             Some((here.cost * self.climb_cost[s], here.ratio * STEP_RATIO))
@@ -347,19 +352,35 @@ impl Governor {
             Bound::Cpu => (w.cpu / w.wall).clamp(self.cores * 0.1, self.cores),
             _ => self.cores,
         };
-        let speed = |s: usize| {
-            self.estimate(s, cur, now)
-                .map(|(cost, ratio)| (cores / cost.max(1e-15)).min(link / ratio.max(1e-9)))
-        };
-        let here = speed(cur)?;
+        let speed =
+            |(cost, ratio): (f64, f64)| (cores / cost.max(1e-15)).min(link / ratio.max(1e-9));
+        let here = speed(self.measured(cur as i32).map(|y| (y.cost, y.ratio))?);
+        // Each other step's predicted speed, and the gain it must promise: its measurement
+        // while fresh; once stale, its measurement given the benefit of the doubt of the
+        // data's variation (DOWN_GAIN), so that a level left on a measurement within that
+        // band is tried again; unmeasured, the estimate. A step down to a measured level must
+        // promise DOWN_GAIN, other steps GAIN.
         let best = (0..self.seen.len())
-            .filter_map(|s| speed(s).map(|v| (s, v)))
-            .fold((cur, here), |b, c| if c.1 > b.1 { c } else { b });
-        Some(if best.1 > here * (1.0 + GAIN) {
-            best.0 as i32
-        } else {
-            cur as i32
-        })
+            .filter(|&s| s != cur)
+            .filter_map(|s| {
+                let measured = self.seen[s].get();
+                let v = match measured {
+                    Some(y) if now.saturating_sub(y.at) <= STALE => speed((y.cost, y.ratio)),
+                    Some(y) => speed((y.cost, y.ratio)) * (1.0 + DOWN_GAIN),
+                    None => self.prior(s, cur).map(speed)?,
+                };
+                let gain = if s < cur && measured.is_some() {
+                    DOWN_GAIN
+                } else {
+                    GAIN
+                };
+                (v > here * (1.0 + gain)).then_some((s, v))
+            })
+            .fold(None, |b: Option<(usize, f64)>, c| match b {
+                Some(b) if b.1 >= c.1 => Some(b),
+                _ => Some(c),
+            });
+        Some(best.map_or(cur, |b| b.0) as i32)
     }
 }
 

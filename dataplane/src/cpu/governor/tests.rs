@@ -205,16 +205,41 @@ fn a_level_is_judged_after_it_settled_and_a_dearer_neighbour_is_not_tried_again_
     // Step 2 costs 15 % more per source byte: back to 3 once it settled.
     assert_eq!(run(&mut g, 2, 0.5, 0.0038), None);
     assert_eq!(run(&mut g, 2, 1.0, 0.0038), Some(3));
-    // At 3 again: step 2 is known dearer and stays so for STALE.
+    // At 3 again: step 2 is known dearer, beyond the data's variation: not tried again,
+    // neither while its measurement is fresh nor after.
     assert_eq!(run(&mut g, 3, 10.0, 0.0033), Some(3));
     let m = g.measured(2).unwrap();
     assert!((m.cost * MIB as f64 - 0.0038).abs() < 1e-4, "{m:?}");
     assert!((m.ratio - 0.4).abs() < 1e-3, "{m:?}");
-    assert_eq!(
-        run(&mut g, 3, STALE.as_secs_f64(), 0.0033),
-        Some(2),
-        "tried again"
-    );
+    assert_eq!(run(&mut g, 3, STALE.as_secs_f64(), 0.0033), Some(3));
+}
+
+#[test]
+fn a_level_left_on_a_measurement_within_the_datas_variation_is_tried_again_once_stale() {
+    // Step 3 measured 5 % dearer than step 2 (a passing expensive stretch of the disk, say):
+    // the sender at step 2 does not go back while that is fresh, but tries 3 again after
+    // STALE; steps 4 and 1, measured 20 % dearer, are not tried again.
+    let mut g = gov(0.1);
+    let mut t = 0.0;
+    let (mut cpu, mut data) = (0.0, 0u64);
+    let mut run = |g: &mut Governor, step: i32, secs: f64, cost_per_mib: f64| {
+        let mut chosen = None;
+        for _ in 0..(secs * 10.0) as usize {
+            t += 0.1;
+            data += 3 * MIB;
+            cpu += 3.0 * cost_per_mib;
+            g.observe(sample(t, cpu, data, data / 2, data / 2), step);
+            chosen = g.choose(Bound::Cpu).or(chosen);
+        }
+        chosen
+    };
+    run(&mut g, 4, 3.0, 0.0040);
+    run(&mut g, 3, 2.0, 0.00347);
+    run(&mut g, 1, 2.0, 0.0040);
+    assert_eq!(run(&mut g, 2, 2.0, 0.0033), Some(2));
+    // Step 3 was last measured at 5 s; at 9 s the sender is at step 2.
+    assert_eq!(run(&mut g, 2, STALE.as_secs_f64() - 8.0, 0.0033), Some(2));
+    assert_eq!(run(&mut g, 2, 6.0, 0.0033), Some(3), "tried again");
 }
 
 #[test]

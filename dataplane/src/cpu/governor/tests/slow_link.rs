@@ -51,6 +51,18 @@ fn slow_link(budget: Option<f64>, link: f64, secs: f64) -> Run {
     let mut workers = [Worker::default(); 2];
     let mut steps = [0u32; 7];
     let mut next_tick = 0.25;
+    // The data's mix along the disk: each read's compression cost and payload vary by up to
+    // ±15 % from read to read and ±8 % over seconds (the bench's windows of 1–3 s at
+    // 0.10 cores moved by 5 %), the same for every level, so levels must be told apart by
+    // what they cost over time, not in one window.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut mix = move |t: f64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let noise = (seed >> 11) as f64 / (1u64 << 53) as f64 * 0.3 - 0.15;
+        1.0 + noise + 0.08 * (t * 0.9).sin()
+    };
     let at = |t: f64, cpu: f64, d: f64, p: f64, s: f64| Sample {
         wall: Duration::from_secs_f64(t),
         cpu: Duration::from_secs_f64(cpu),
@@ -81,8 +93,12 @@ fn slow_link(budget: Option<f64>, link: f64, secs: f64) -> Run {
                 }
                 let s = level.step_in_use() as usize;
                 steps[s] += 1;
-                let src = MIB as f64;
-                w.busy = Some((PREP_S[s] * src / GIB, PAYLOAD_MB[s] * 1e6 * src / GIB, src));
+                let (src, m) = (MIB as f64, mix(t));
+                w.busy = Some((
+                    PREP_S[s] * src / GIB * m,
+                    PAYLOAD_MB[s] * 1e6 * src / GIB * m.sqrt(),
+                    src,
+                ));
             }
             if let Some((left, p, s)) = w.busy.as_mut() {
                 let used = left.min(dt);
