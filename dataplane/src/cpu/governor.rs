@@ -34,7 +34,7 @@
 //! deep level [`DEEP_STEP_COST`] times as much) for 4 % fewer bytes, a step down 5 % less
 //! for 4 % more bytes — a mild optimism that makes a sender whose budget binds try the step
 //! below once, measure it, and come back if it was not cheaper. A move must promise 3 % more
-//! speed, a move *down* to a measured level 10 %: on the bench the levels below 1 cost about
+//! speed, a move *down* to a measured level 6 %: on the bench the levels below 1 cost about
 //! as much per source byte as level 1, and a level's cost moves by 5–8 % with the data. A
 //! measurement older than [`STALE`] gets the benefit of that doubt, so a level left on a
 //! passing expensive stretch of the disk is tried again. A level runs [`SETTLE`] before it is
@@ -65,9 +65,12 @@ pub const STALE: Duration = Duration::from_secs(20);
 /// time at the level (the bench's per-level differences, 5–10 %, against the data's own
 /// variation over seconds), short enough to follow a disk whose data changes.
 pub const TAU: Duration = Duration::from_secs(10);
-/// The start of a run, measured at no level: connection set-up, TLS and the threads
-/// starting cost CPU that no level's bytes caused.
-const START: Duration = Duration::from_secs(1);
+/// The start of a run, measured at no level: connection set-up, TLS, the threads starting
+/// and the queue of prepared extents filling cost CPU that no level's bytes caused (on the
+/// bench at 0.10 cores level 1 read 10 % dearer over seconds 1–2 than later).
+const START: Duration = Duration::from_secs(2);
+/// Least span of samples the link's pace is read over.
+const LINK_SPAN: Duration = Duration::from_millis(500);
 /// Longest span the link's pace and the CPU rate are measured over.
 const WINDOW: Duration = Duration::from_secs(3);
 /// Least spacing of the samples kept for the window.
@@ -82,7 +85,8 @@ const GAIN: f64 = 0.03;
 /// 1 cost about as much per source byte as level 1 (3.86, 3.83 and 3.55 CPU-s per GiB for
 /// −3, −1 and 1) and put 10 % more bytes on the wire, while a level's cost measured over
 /// seconds moves by 5–8 % with the data; a step down on such a difference buys ratio loss.
-const DOWN_GAIN: f64 = 0.10;
+/// Not more: at 0.12 cores the step from 3 back to 1 promises 7 %.
+const DOWN_GAIN: f64 = 0.06;
 /// What a step up into the ladder's deep levels (from level [`JOIN_FROM_LEVEL`] on: level 6
 /// and 11, reads joined into 4 MiB frames) is estimated to cost against the level in use,
 /// until measured: level 6's compression alone costs 3.1× level 3's (zstd on the bench mix,
@@ -332,15 +336,23 @@ impl Governor {
     /// module documentation), where `bound` says what held the streams back since the last
     /// call. `None`: the level in use has not run [`SETTLE`] with data yet; keep it.
     pub fn choose(&mut self, bound: Bound) -> Option<i32> {
-        let (cur, now) = (usize::try_from(self.step?).ok()?, self.last?.wall);
+        let (cur, last) = (usize::try_from(self.step?).ok()?, self.last?);
+        let now = last.wall;
+        // The link's pace is read as soon as the streams wait for it (in the first second of a
+        // run, while the queue of prepared extents fills), so that the first judgements know
+        // what a cheaper level's bytes would cost in link time.
+        if let Some(from) = self.history.front().filter(|_| bound == Bound::Link) {
+            let span = now.saturating_sub(from.wall);
+            if span >= LINK_SPAN {
+                let sent = last.sent.saturating_sub(from.sent) as f64;
+                self.link = Some((sent / span.as_secs_f64(), now));
+            }
+        }
         let w = self.window()?;
         if now.saturating_sub(self.entered) < SETTLE {
             return None;
         }
         self.measured(cur as i32)?;
-        if bound == Bound::Link {
-            self.link = Some((w.sent as f64 / w.wall, now));
-        }
         // The link's pace, while known; unknown, only the CPU decides.
         let link = self
             .link
