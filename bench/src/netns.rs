@@ -105,8 +105,8 @@ impl Link {
         ip(&["netns", "add", snd])?;
         ip(&["netns", "add", rcv])?;
         ip(&[
-            "link", "add", SND_IF, "netns", snd, "type", "veth", "peer", "name", RCV_IF,
-            "netns", rcv,
+            "link", "add", SND_IF, "netns", snd, "type", "veth", "peer", "name", RCV_IF, "netns",
+            rcv,
         ])?;
         for (ns, dev, cidr) in [(snd, SND_IF, SND_CIDR), (rcv, RCV_IF, RCV_CIDR)] {
             in_ns(ns, "ip", &["addr", "add", cidr, "dev", dev])?;

@@ -321,3 +321,132 @@ fn every_group_point_of_a_qemu_vm_and_an_image_vm_holds_a_prefix_of_ordered_writ
         "no write to the image VM waited for a group switch's hold ({longest_image_ms} ms)"
     );
 }
+
+/// A qemu VM that joins a group through the control socket (the API's `protect` with `qmp`
+/// and `group`) switches with it, and after a restart it comes back into the group from
+/// `STATE/vms.json` (the config names only the image VM): the group points from both runs
+/// hold both VMs and a prefix of the ordered writes.
+#[test]
+fn a_qemu_vm_joins_a_group_through_the_api_and_stays_in_it_after_a_restart() {
+    let rig = Rig::new(SIZE);
+    let img = rig.dir.join("vm2");
+    std::fs::create_dir_all(&img).unwrap();
+    let os = img.join("os.raw");
+    std::fs::write(&os, vec![0u8; SIZE as usize]).unwrap();
+    let data = make_image(&img, "data", Kind::VhdFixed, SIZE, &[]);
+    let conf = format!(
+        "interval = \"2s\"\n\
+         [[vm]]\nname = \"vm2\"\ndisks = [\"{}\", \"{}\"]\ngroup = \"erp\"\n",
+        s(&os),
+        s(&data)
+    );
+    let sock = rig.dir.join("sender.sock");
+    let start = |log: &str| {
+        rig.send_config(log, &conf, "60s")
+            .arg("--control")
+            .arg(s(&sock))
+            .env("VDREP_TEST_SWITCH_PAUSE", "300")
+    };
+    let send = start("send.log");
+    let mut child = send.spawn();
+    let log = send.log.clone();
+    wait_until(
+        "vm2's first group point",
+        &log,
+        Duration::from_secs(120),
+        || !group_points_of(&rig.store, "vm2").is_empty(),
+    );
+    assert!(
+        group_points_of(&rig.store, "vm1").is_empty(),
+        "vm1 has group points before it was protected"
+    );
+
+    let a = control(
+        &sock,
+        json!({"op": "protect", "vm": "vm1", "qmp": s(&rig.qsd.qmp_socket()),
+               "drives": ["os", "data"], "group": "erp", "interval_seconds": 2}),
+    );
+    assert_eq!(a["ok"], true, "protect vm1 in group erp: {a}");
+
+    let guest = Guest {
+        qsd: &rig.qsd,
+        images: [os.clone(), data.clone()],
+        scratch: rig.dir.join("w.bin"),
+        next: AtomicU64::new(1),
+        longest_image_ms: AtomicU64::new(0),
+    };
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let h = sc.spawn(|| guest.run(&stop));
+        let _stop = StopOnDrop(&stop);
+        wait_until(
+            "group points with vm1",
+            &log,
+            Duration::from_secs(180),
+            || group_points(&rig.store).len() >= 4,
+        );
+        stop.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+    });
+    let written = guest.written();
+    drop(guest);
+    let joined = group_points(&rig.store);
+    let _ = child.kill();
+    let _ = child.wait();
+    let saved = std::fs::read_to_string(rig.dir.join("state/vms.json")).unwrap();
+    assert!(
+        saved.contains("\"vm1\"") && saved.contains("erp"),
+        "vms.json does not keep vm1 in group erp: {saved}"
+    );
+
+    // The restart's config names vm2 only: vm1 comes back from vms.json, into the group.
+    let send = start("send2.log");
+    let mut child = send.spawn();
+    let log2 = send.log.clone();
+    let last = *joined.last().unwrap();
+    wait_until(
+        "group points with vm1 after the restart",
+        &log2,
+        Duration::from_secs(120),
+        || {
+            group_points(&rig.store)
+                .iter()
+                .filter(|gc| **gc > last)
+                .count()
+                >= 2
+        },
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let mut ms = Vec::new();
+    for gc in group_points(&rig.store) {
+        let disks = group_failover(&rig.dir, &rig.store, gc);
+        let mut all = Vec::new();
+        for (i, (b, fill)) in disks.iter().zip([0x11, 0, 0x22, 0]).enumerate() {
+            all.extend(WRITES.writes_in(b, i as u64, fill));
+        }
+        all.sort_unstable();
+        let m = all.len() as u64;
+        assert_eq!(
+            all,
+            (1..=m).collect::<Vec<_>>(),
+            "group point {gc} holds writes {all:?}: not a prefix 1..{m}"
+        );
+        ms.push((gc, m));
+    }
+    eprintln!("group points (group cycle, writes): {ms:?}; {written} writes");
+    assert!(
+        ms.iter().filter(|(gc, _)| *gc > last).count() >= 2,
+        "no group point with vm1 after the restart: {ms:?}"
+    );
+    assert_eq!(
+        ms.last().unwrap().1,
+        written,
+        "the last group point holds every write: {ms:?}"
+    );
+    assert!(
+        ms.iter().any(|&(_, m)| m > 0 && m < written),
+        "the writes did not span a group switch: {ms:?}"
+    );
+}

@@ -4,21 +4,34 @@
 //! of the measurement allocates) runs in qemu-storage-daemon with `cache.direct=on`. The
 //! guest (`nbd_writer.py latency`, python3-libnbd over the daemon's NBD export) writes 4 KiB
 //! at random 4 KiB-aligned offsets of the region, one request at a time (queue depth 1),
-//! for `--seconds`, and times each write:
-//! 1. **not protected**: nothing else runs;
+//! for `--seconds`, and times each write. One round is two runs (in this order in odd
+//! rounds, the other way round in even ones):
+//! 1. **not protected**: nothing else runs (no bitmap, no sender);
 //! 2. **protected**: `vdrep send --qmp --drive disk0 --nbd SOCKET --interval I` (receiver on
-//!    loopback) has committed its initial copy; the writes run while it switches every
-//!    `I` (each switch: a new bitmap, a copy-before-write view, its cycle read over NBD).
+//!    loopback, fresh store) has committed its initial copy; the writes run while it
+//!    switches every `I` (each switch: a new bitmap, a copy-before-write view, its cycle
+//!    read over NBD). Afterwards the sender stops and `vdrep unprotect` removes its
+//!    bitmaps, so the next round's unprotected run is as the first.
 //!
-//! Reported: median and p99 of each and their ratios (targets: median ≤ 1.1×, p99 ≤ 2×),
-//! and the switches the protected run saw. Results: `qemu_latency.{json,md}`.
+//! `--rounds N` runs N rounds, the protected run first in even rounds: the machine is shared
+//! and one run's p99 moves by several times between runs, so each round gives its own ratios (protected /
+//! unprotected, median and p99) and the verdict is on the median of the rounds' ratios,
+//! reported with their spread; every run is in the results.
+//!
+//! Each write is kept (`latency_trace.rs`), so the results also say how many writes a view
+//! costs: the share of writes slower than 2× the round's unprotected median, in both runs;
+//! the views' windows (switch → views removed, from the sender's log), the writes inside
+//! and outside them, the first write to each 64 KiB block inside a window (the one that
+//! waits for the copy-before-write) and the guest time each view cost. Results:
+//! `qemu_latency.{json,md}`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Serialize;
 
+use super::latency_trace::{attribute, median, windows, Attribution, Trace, SLOW_FACTOR};
 use super::{
     certs, events, msg, raw_image, run_writer, s, vdrep_bin, wait_events, writer, Proc, Qsd,
 };
@@ -39,6 +52,10 @@ pub struct Args {
     /// The protected run's cycle interval, seconds.
     #[arg(long, default_value_t = 30)]
     interval: u64,
+    /// Rounds of (not protected, protected) runs; the verdict is on the median of the
+    /// rounds' ratios.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    rounds: u32,
     /// Scratch folder (recreated; holds the disk).
     #[arg(long, default_value = "/var/tmp/vdrep-qemu-latency")]
     work: PathBuf,
@@ -57,7 +74,7 @@ pub struct Args {
     /// Results name (`NAME.json`, `NAME.md`); a smoke run should name its own.
     #[arg(long, default_value = "qemu_latency")]
     name: String,
-    /// Seed of the offsets.
+    /// Seed of the offsets (round R's runs use SEED + R - 1).
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
@@ -75,6 +92,47 @@ struct Run {
     mean_us: f64,
 }
 
+/// One round: an unprotected run, then a protected one.
+#[derive(Serialize)]
+struct Round {
+    round: u32,
+    /// Even rounds run the protected run first.
+    protected_first: bool,
+    not_protected: Run,
+    protected: Run,
+    ratio_median: f64,
+    ratio_p99: f64,
+    /// [`SLOW_FACTOR`] × the unprotected run's median: a write above it is slow.
+    slow_threshold_us: f64,
+    share_slow_not_protected: f64,
+    share_slow_protected: f64,
+    /// Switches the sender made while the protected run wrote.
+    switches_during_protected: usize,
+    /// The protected run's writes inside and outside the views' windows.
+    protected_writes: Attribution,
+    /// /proc/loadavg after the round.
+    loadavg: String,
+}
+
+/// The median of a figure over the rounds, and its range.
+#[derive(Serialize)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(xs: impl Iterator<Item = f64>) -> Spread {
+        let v: Vec<f64> = xs.collect();
+        Spread {
+            median: median(&v),
+            min: v.iter().copied().fold(f64::INFINITY, f64::min),
+            max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Results {
     environment: report::Environment,
@@ -82,29 +140,201 @@ struct Results {
     region_bytes: u64,
     seconds: f64,
     interval_seconds: u64,
-    not_protected: Run,
-    protected: Run,
-    /// Switches the sender made while the protected run wrote.
-    switches_during_protected: usize,
-    ratio_median: f64,
-    ratio_p99: f64,
+    rounds: Vec<Round>,
+    /// Over the rounds: the verdict is on the medians.
+    ratio_median: Spread,
+    ratio_p99: Spread,
+    share_slow_not_protected: Spread,
+    share_slow_protected: Spread,
     target_ratio_median: f64,
     target_ratio_p99: f64,
 }
 
-fn measure(script: &std::path::Path, sock: &std::path::Path, a: &Args) -> anyhow::Result<Run> {
-    let v = run_writer(
-        script,
-        &[
-            "latency".into(),
-            s(sock),
-            "disk0".into(),
-            a.region.to_string(),
-            a.seconds.to_string(),
-            a.seed.to_string(),
-        ],
-    )?;
-    serde_json::from_value(v).context("the writer's JSON")
+/// What every round shares: the VM, the guest's script, the vdrep binary and certificates.
+struct Rig<'a> {
+    a: &'a Args,
+    vdrep: PathBuf,
+    script: PathBuf,
+    certs: PathBuf,
+    qsd: Qsd,
+}
+
+impl Rig<'_> {
+    /// One run of writes; returns the writer's figures and every write.
+    fn measure(&self, round: u32, what: &str) -> anyhow::Result<(Run, Trace)> {
+        let a = self.a;
+        let trace = a.work.join(format!("trace-{round}-{what}.bin"));
+        let v = run_writer(
+            &self.script,
+            &[
+                "latency".into(),
+                s(&self.qsd.nbd()),
+                "disk0".into(),
+                a.region.to_string(),
+                a.seconds.to_string(),
+                (a.seed + u64::from(round) - 1).to_string(),
+                s(&trace),
+            ],
+        )?;
+        let run: Run = serde_json::from_value(v).context("the writer's JSON")?;
+        let t = Trace::read(&trace, run.writes as usize)?;
+        let _ = std::fs::remove_file(&trace);
+        Ok((run, t))
+    }
+
+    fn state(&self) -> PathBuf {
+        self.a.work.join("state")
+    }
+
+    /// Starts a receiver on a fresh store and a sender protecting the VM; returns once the
+    /// initial copy committed (point 0): from there on the sender only switches and ships
+    /// cycles.
+    fn protect(&self, round: u32) -> anyhow::Result<(Proc, Proc, PathBuf)> {
+        let a = self.a;
+        let _ = std::fs::remove_dir_all(&a.store);
+        std::fs::create_dir_all(&a.store)?;
+        let rx = Proc::spawn(
+            None,
+            &self.vdrep,
+            &[
+                "receive".into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--store".into(),
+                s(&a.store),
+                "--tls".into(),
+                s(&self.certs),
+                "--allow".into(),
+                "bench=vm1".into(),
+            ],
+            &a.work.join(format!("receiver-{round}.log")),
+        )?;
+        let addr = rx.announced("listening on ", Duration::from_secs(20))?;
+        let log = a.work.join(format!("sender-{round}.log"));
+        let tx = Proc::spawn(
+            None,
+            &self.vdrep,
+            &[
+                "send".into(),
+                "--to".into(),
+                addr,
+                "--tls".into(),
+                s(&self.certs),
+                "--identity".into(),
+                "bench".into(),
+                "--vm".into(),
+                "vm1".into(),
+                "--qmp".into(),
+                s(&self.qsd.qmp()),
+                "--drive".into(),
+                "disk0".into(),
+                "--nbd".into(),
+                s(&self.qsd.nbd()),
+                "--interval".into(),
+                format!("{}s", a.interval),
+                "--state".into(),
+                s(&self.state()),
+                "--no-progress".into(),
+                "--log-format".into(),
+                "json".into(),
+            ],
+            &log,
+        )?;
+        wait_events(&log, msg::POINT, 1, Duration::from_secs(1800))?;
+        Ok((rx, tx, log))
+    }
+
+    /// Stops the sender (a clean stop: views go, bitmaps stay) and the receiver, then
+    /// `vdrep unprotect` removes the bitmaps, the replica and the sender's state: the VM is
+    /// as before protection.
+    fn unprotect(&self, mut rx: Proc, mut tx: Proc) -> anyhow::Result<()> {
+        tx.stop()?;
+        rx.stop().ok();
+        let out = std::process::Command::new(&self.vdrep)
+            .args(["unprotect", "--yes", "--vm", "vm1", "--drive", "disk0"])
+            .arg("--store")
+            .arg(&self.a.store)
+            .arg("--qmp")
+            .arg(self.qsd.qmp())
+            .arg("--state")
+            .arg(self.state())
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "vdrep unprotect: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// One round: not protected then protected, or the other way round in even rounds, so a
+    /// drift of the machine's load over the rounds weighs on both sides alike.
+    fn round(&self, round: u32) -> anyhow::Result<Round> {
+        let protected_first = round.is_multiple_of(2);
+        let bare_run = || {
+            eprintln!(
+                "round {round}: not protected, {} s of 4 KiB writes at queue depth 1",
+                self.a.seconds
+            );
+            self.measure(round, "bare")
+        };
+        let mut bare = None;
+        if !protected_first {
+            bare = Some(bare_run()?);
+        }
+        let (rx, tx, log) = self.protect(round)?;
+        eprintln!(
+            "round {round}: protected (interval {} s), {} s of 4 KiB writes at queue depth 1",
+            self.a.interval, self.a.seconds
+        );
+        let (prot, prot_t) = self.measure(round, "prot")?;
+        self.unprotect(rx, tx)?;
+        let (bare, bare_t) = match bare {
+            Some(b) => b,
+            None => bare_run()?,
+        };
+        let ev = events(&log)?;
+        let (first, last) = prot_t.span();
+        let switches = ev
+            .iter()
+            .filter(|e| e.message.contains(msg::SWITCH) && e.t >= first && e.t <= last)
+            .count();
+        let slow = SLOW_FACTOR * bare.median_us;
+        Ok(Round {
+            round,
+            protected_first,
+            ratio_median: prot.median_us / bare.median_us,
+            ratio_p99: prot.p99_us / bare.p99_us,
+            slow_threshold_us: slow,
+            share_slow_not_protected: bare_t.share_above(slow),
+            share_slow_protected: prot_t.share_above(slow),
+            switches_during_protected: switches,
+            protected_writes: attribute(&prot_t, &windows(&ev), slow),
+            loadavg: std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            not_protected: bare,
+            protected: prot,
+        })
+    }
+}
+
+/// Writes the region once: no measured write allocates a block of the file.
+fn fill_region(disk: &Path, region: u64) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(disk)?;
+    let buf = vec![0x5au8; 1 << 20];
+    let mut off = 0;
+    while off < region {
+        let n = (region - off).min(buf.len() as u64) as usize;
+        f.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+    }
+    f.sync_all()?;
+    Ok(())
 }
 
 /// Runs the benchmark.
@@ -119,96 +349,31 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let script = writer(w)?;
     let disk = w.join("disk.raw");
     raw_image(&disk, a.disk)?;
-    {
-        // The region written once: no measured write allocates a block of the file.
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&disk)?;
-        let buf = vec![0x5au8; 1 << 20];
-        let mut off = 0;
-        while off < a.region {
-            let n = (a.region - off).min(buf.len() as u64) as usize;
-            f.write_all_at(&buf[..n], off)?;
-            off += n as u64;
-        }
-        f.sync_all()?;
-    }
+    fill_region(&disk, a.region)?;
     let qsd = Qsd::start(w, &[("disk0", &disk)], true)?;
-
-    eprintln!(
-        "not protected: {} s of 4 KiB writes at queue depth 1",
-        a.seconds
-    );
-    let bare = measure(&script, &qsd.nbd(), &a)?;
-
-    let _ = std::fs::remove_dir_all(&a.store);
-    std::fs::create_dir_all(&a.store)?;
     let certs = certs(&vdrep, w, None)?;
-    let mut rx = Proc::spawn(
-        None,
-        &vdrep,
-        &[
-            "receive".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--store".into(),
-            s(&a.store),
-            "--tls".into(),
-            s(&certs),
-            "--allow".into(),
-            "bench=vm1".into(),
-        ],
-        &w.join("receiver.log"),
-    )?;
-    let addr = rx.announced("listening on ", Duration::from_secs(20))?;
-    let log = w.join("sender.log");
-    let mut tx = Proc::spawn(
-        None,
-        &vdrep,
-        &[
-            "send".into(),
-            "--to".into(),
-            addr,
-            "--tls".into(),
-            s(&certs),
-            "--identity".into(),
-            "bench".into(),
-            "--vm".into(),
-            "vm1".into(),
-            "--qmp".into(),
-            s(&qsd.qmp()),
-            "--drive".into(),
-            "disk0".into(),
-            "--nbd".into(),
-            s(&qsd.nbd()),
-            "--interval".into(),
-            format!("{}s", a.interval),
-            "--state".into(),
-            s(&w.join("state")),
-            "--no-progress".into(),
-            "--log-format".into(),
-            "json".into(),
-        ],
-        &log,
-    )?;
-    // The initial copy committed (point 0): from here on the sender only switches and ships
-    // cycles.
-    wait_events(&log, msg::POINT, 1, Duration::from_secs(1800))?;
-    eprintln!(
-        "protected (interval {} s): {} s of 4 KiB writes at queue depth 1",
-        a.interval, a.seconds
-    );
-    let before = events(&log)?
-        .iter()
-        .filter(|e| e.message.contains(msg::SWITCH))
-        .count();
-    let prot = measure(&script, &qsd.nbd(), &a)?;
-    let after = events(&log)?
-        .iter()
-        .filter(|e| e.message.contains(msg::SWITCH))
-        .count();
-    tx.stop()?;
-    rx.stop().ok();
-    drop(qsd);
+    let rig = Rig {
+        a: &a,
+        vdrep,
+        script,
+        certs,
+        qsd,
+    };
+    let mut rounds = Vec::new();
+    for r in 1..=a.rounds {
+        let round = rig.round(r)?;
+        eprintln!(
+            "round {r}: median {:.0} / {:.0} µs = {:.2}×, p99 {:.0} / {:.0} µs = {:.2}×",
+            round.not_protected.median_us,
+            round.protected.median_us,
+            round.ratio_median,
+            round.not_protected.p99_us,
+            round.protected.p99_us,
+            round.ratio_p99
+        );
+        rounds.push(round);
+    }
+    drop(rig);
     let _ = std::fs::remove_file(&disk);
 
     let r = Results {
@@ -220,66 +385,154 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         region_bytes: a.region,
         seconds: a.seconds,
         interval_seconds: a.interval,
-        switches_during_protected: after - before,
-        ratio_median: prot.median_us / bare.median_us,
-        ratio_p99: prot.p99_us / bare.p99_us,
+        ratio_median: Spread::of(rounds.iter().map(|x| x.ratio_median)),
+        ratio_p99: Spread::of(rounds.iter().map(|x| x.ratio_p99)),
+        share_slow_not_protected: Spread::of(rounds.iter().map(|x| x.share_slow_not_protected)),
+        share_slow_protected: Spread::of(rounds.iter().map(|x| x.share_slow_protected)),
         target_ratio_median: 1.1,
         target_ratio_p99: 2.0,
-        not_protected: bare,
-        protected: prot,
+        rounds,
     };
-    let row = |name: &str, x: &Run| {
-        vec![
-            name.to_string(),
-            x.writes.to_string(),
-            format!("{:.0}", x.median_us),
-            format!("{:.0}", x.p90_us),
-            format!("{:.0}", x.p99_us),
-            format!("{:.0}", x.p999_us),
-            format!("{:.0}", x.max_us),
-        ]
-    };
-    let verdict = |x: f64, t: f64| if x <= t { "met" } else { "NOT met" };
-    let md = format!(
-        "# Guest write latency of a protected qemu VM\n\n\
-         4 KiB random writes at queue depth 1 (python3-libnbd through qemu-storage-daemon's NBD \
-         export) over the first {} MiB of a {} MiB raw disk (`cache.direct=on`), {} s per run; \
-         protected: `vdrep send --qmp` at a {} s interval after its initial copy, {} switch(es) \
-         during the run; the receiver's store in `{}` (a deployment's receiver is not on the \
-         host).\n\n{}\n\
-         Ratio protected / not protected: median **{:.2}×** (target ≤ 1.1×: {}), p99 **{:.2}×** \
-         (target ≤ 2×: {}).\n\n{} · {} · load {}\n",
-        a.region >> 20,
-        a.disk >> 20,
-        a.seconds,
-        a.interval,
-        r.switches_during_protected,
-        a.store.display(),
-        report::table(
-            &[
-                "run",
-                "writes",
-                "median µs",
-                "p90 µs",
-                "p99 µs",
-                "p99.9 µs",
-                "max µs"
-            ],
-            &[
-                row("not protected", &r.not_protected),
-                row("protected", &r.protected)
-            ]
-        ),
-        r.ratio_median,
-        verdict(r.ratio_median, 1.1),
-        r.ratio_p99,
-        verdict(r.ratio_p99, 2.0),
-        r.environment.date_utc,
-        r.environment.git_commit,
-        r.environment.loadavg,
-    );
+    let md = markdown(&a, &r);
     report::write(&a.results, &a.name, &r, &md)?;
     println!("{md}");
     let _ = std::fs::remove_dir_all(&a.store);
     Ok(())
+}
+
+/// The results as Markdown: every round, every view, the verdict on the medians.
+fn markdown(a: &Args, r: &Results) -> String {
+    let pct = |x: f64| format!("{:.2} %", x * 100.0);
+    let rows: Vec<Vec<String>> = r
+        .rounds
+        .iter()
+        .map(|x| {
+            let (b, p) = (&x.not_protected, &x.protected);
+            vec![
+                x.round.to_string(),
+                format!("{} / {}", b.writes, p.writes),
+                format!(
+                    "{:.0} / {:.0} = {:.2}×",
+                    b.median_us, p.median_us, x.ratio_median
+                ),
+                format!("{:.0} / {:.0} = {:.2}×", b.p99_us, p.p99_us, x.ratio_p99),
+                format!("{:.0} / {:.0}", b.p999_us, p.p999_us),
+                format!(
+                    "{} / {}",
+                    pct(x.share_slow_not_protected),
+                    pct(x.share_slow_protected)
+                ),
+                x.switches_during_protected.to_string(),
+                x.loadavg.split(' ').take(3).collect::<Vec<_>>().join(" "),
+            ]
+        })
+        .collect();
+    let rounds = report::table(
+        &[
+            "round",
+            "writes",
+            "median µs",
+            "p99 µs",
+            "p99.9 µs",
+            "slow writes",
+            "switches",
+            "load",
+        ],
+        &rows,
+    );
+    let mut views = Vec::new();
+    for x in &r.rounds {
+        let w = &x.protected_writes;
+        for v in &w.views {
+            views.push(vec![
+                x.round.to_string(),
+                v.generation.to_string(),
+                format!("{:.1}–{:.1}", v.from_s, v.to_s),
+                v.writes.to_string(),
+                v.first_to_block.to_string(),
+                v.slow.to_string(),
+                format!("{:.0}", v.excess_ms),
+            ]);
+        }
+    }
+    let views = report::table(
+        &[
+            "round",
+            "view",
+            "window s",
+            "writes",
+            "first to a 64 KiB block",
+            "slow",
+            "guest ms lost",
+        ],
+        &views,
+    );
+    let inside: Vec<Vec<String>> = r
+        .rounds
+        .iter()
+        .map(|x| {
+            let w = &x.protected_writes;
+            vec![
+                x.round.to_string(),
+                format!("{:.0} / {:.0}", w.outside.median_us, w.outside.p99_us),
+                format!("{:.0} / {:.0}", w.inside.median_us, w.inside.p99_us),
+                format!(
+                    "{:.0} / {:.0}",
+                    w.first_to_block.median_us, w.first_to_block.p99_us
+                ),
+                format!("{} / {}", w.slow_inside, w.slow_outside),
+            ]
+        })
+        .collect();
+    let inside = report::table(
+        &[
+            "round",
+            "outside views: median / p99 µs",
+            "inside: median / p99 µs",
+            "first to a block: median / p99 µs",
+            "slow inside / outside",
+        ],
+        &inside,
+    );
+    let verdict = |x: f64, t: f64| if x <= t { "met" } else { "NOT met" };
+    format!(
+        "# Guest write latency of a protected qemu VM\n\n\
+         4 KiB random writes at queue depth 1 (python3-libnbd through qemu-storage-daemon's NBD \
+         export) over the first {} MiB of a {} MiB raw disk (`cache.direct=on`), {} s per run; \
+         protected: `vdrep send --qmp` at a {} s interval after its initial copy; the receiver's \
+         store in `{}` (a deployment's receiver is not on the host). {} round(s), each a run not \
+         protected and a protected one (the protected first in even rounds; `vdrep unprotect` \
+         after it); a write is slow above {}× its round's unprotected median.\n\n\
+         Not protected / protected, per round:\n\n{}\n\
+         The protected runs' writes by the views' windows (switch → views removed, from the \
+         sender's log):\n\n{}\nEach view (\"first to a 64 KiB block\": the writes that waited for a \
+         copy-before-write; \"guest ms lost\": the window's writes' time minus as many at the \
+         median outside the views):\n\n{}\n\
+         Ratio protected / not protected, median of {} rounds: median **{:.2}×** (range \
+         {:.2}–{:.2}; target ≤ 1.1×: {}), p99 **{:.2}×** (range {:.2}–{:.2}; target ≤ 2×: {}). \
+         Slow writes: {} not protected, {} protected (medians).\n\n{} · {}\n",
+        a.region >> 20,
+        a.disk >> 20,
+        a.seconds,
+        a.interval,
+        a.store.display(),
+        r.rounds.len(),
+        SLOW_FACTOR,
+        rounds,
+        inside,
+        views,
+        r.rounds.len(),
+        r.ratio_median.median,
+        r.ratio_median.min,
+        r.ratio_median.max,
+        verdict(r.ratio_median.median, r.target_ratio_median),
+        r.ratio_p99.median,
+        r.ratio_p99.min,
+        r.ratio_p99.max,
+        verdict(r.ratio_p99.median, r.target_ratio_p99),
+        pct(r.share_slow_not_protected.median),
+        pct(r.share_slow_protected.median),
+        r.environment.date_utc,
+        r.environment.git_commit,
+    )
 }

@@ -11,6 +11,7 @@
 
 pub mod cycle;
 pub mod latency;
+pub mod latency_trace;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -344,6 +345,9 @@ pub fn wait_events(log: &Path, what: &str, n: usize, within: Duration) -> anyhow
 pub mod msg {
     /// Each switch of the VM's disks (one QMP transaction).
     pub const SWITCH: &str = "qemu switch of the VM's disks";
+    /// A switch's views removed (after its cycle read them): the end of the guest's
+    /// copy-before-write waits.
+    pub const VIEWS_REMOVED: &str = "qemu views removed";
     /// A VM recovery point committed (after the copy or the cycle of a switch).
     pub const POINT: &str = "VM recovery point committed";
     /// A cycle committed (`bytes`, `seconds`, `open_seconds`, `shipped_seconds`).

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use support::checks::*;
 use support::{guest_write_via, watchdog, Disk, Qsd, Rng};
-use vdrep_qemu::fleece::{bitmap_state, BitmapState, FleeceError, Fleecer};
+use vdrep_qemu::fleece::{bitmap_state, scratch_need, BitmapState, FleeceError, Fleecer};
 
 fn view_is_the_disk_at_the_switch_while_writes_continue(format: &str) {
     watchdog(LIMIT);
@@ -238,6 +238,78 @@ fn a_clean_teardown_of_two_disks_leaves_only_the_bitmaps() {
     assert_eq!(bitmap_count(&mut qmp, "data", "vdrep-2"), 65536);
 }
 
+/// A scratch image never outlives its view (a crashed run's is deleted at the next start),
+/// so its nodes skip flushes: closing one at teardown must not write the blocks copied into
+/// it to the disk first (the guest's writes waited behind that flush, ~0.5 s per GiB).
+#[test]
+fn the_scratch_image_is_opened_without_flushes() {
+    watchdog(LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let q = Qsd::start(dir.path(), vec![disk(dir.path(), "disk0", "raw", 3)], true);
+    let mut qmp = q.qmp();
+    let f = Fleecer::new(scratch.path(), &q.nbd_socket()).unwrap();
+    let views = f
+        .switch(&mut qmp, 1, &switch_disks(&[("disk0", None)]))
+        .unwrap();
+    let nodes = qmp.execute("query-named-block-nodes", None).unwrap();
+    let names = &views[0].names;
+    for want in [&names.target, &names.target_file] {
+        let node = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node-name"].as_str() == Some(want.as_str()))
+            .unwrap_or_else(|| panic!("no node {want}"));
+        assert_eq!(node["cache"]["no-flush"], true, "{want}: {}", node["cache"]);
+        assert_eq!(node["cache"]["direct"], false, "{want}: {}", node["cache"]);
+    }
+    // The guest's disk keeps its own cache mode.
+    let guest = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node-name"].as_str() == Some("disk0"))
+        .unwrap();
+    assert_eq!(guest["cache"]["no-flush"], false, "{}", guest["cache"]);
+    q.guest_write("disk0", &[(0, 4096, 9)]);
+    f.teardown(&mut qmp, &views, false).unwrap();
+    assert_only_bitmaps_left(&mut qmp);
+    assert!(scratch_files(scratch.path()).is_empty());
+}
+
+/// The room check asks for what a scratch image can take: a guest that overwrites its whole
+/// disk while a view lives makes qemu copy every block, and the image then holds the disk's
+/// size plus its metadata, more than the disk's size alone but within `scratch_need`.
+#[test]
+fn a_scratch_image_with_every_block_copied_fits_in_the_room_checked() {
+    watchdog(LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let size = SIZE;
+    let q = Qsd::start(dir.path(), vec![disk(dir.path(), "disk0", "raw", 4)], true);
+    let mut qmp = q.qmp();
+    let f = Fleecer::new(scratch.path(), &q.nbd_socket()).unwrap();
+    let views = f
+        .switch(&mut qmp, 1, &switch_disks(&[("disk0", None)]))
+        .unwrap();
+    let all: Vec<(u64, u64, u8)> = (0..size / (1 << 20))
+        .map(|i| (i << 20, 1 << 20, 7))
+        .collect();
+    q.guest_write("disk0", &all);
+    let taken = std::fs::metadata(&views[0].scratch_path).unwrap().len();
+    assert!(
+        taken > size,
+        "{taken} bytes: every block copied, and metadata"
+    );
+    assert!(
+        taken <= scratch_need(size),
+        "{taken} bytes > {} checked",
+        scratch_need(size)
+    );
+    f.teardown(&mut qmp, &views, false).unwrap();
+}
+
 /// An unknown disk, an existing bitmap, a transaction qemu refuses, an export that cannot be
 /// added after the transaction: each fails the switch and leaves qemu as it was.
 #[test]
@@ -350,7 +422,7 @@ fn a_switch_waits_when_the_scratch_filesystem_cannot_hold_the_disk() {
         .switch(&mut qmp, 1, &switch_disks(&[("big", None)]))
         .unwrap_err();
     assert!(
-        matches!(e, FleeceError::NoRoom { need, .. } if need == size),
+        matches!(e, FleeceError::NoRoom { need, .. } if need == scratch_need(size)),
         "{e}"
     );
     assert!(e.is_transient());

@@ -20,7 +20,7 @@ pub enum FleeceError {
     },
     /// The scratch directory's filesystem cannot hold a full copy of the disks: the
     /// copy-before-write filter would fail guest writes once its target fills up.
-    #[error("{dir}: {available} bytes free, the views need up to {need} (the disks' full size); free space or choose another scratch directory")]
+    #[error("{dir}: {available} bytes free, the views need up to {need} (the disks' full size and the scratch images' metadata); free space or choose another scratch directory")]
     NoRoom {
         /// The scratch directory.
         dir: PathBuf,

@@ -19,5 +19,5 @@ pub use bitmap::{
 pub use cleanup::{cleanup_leftovers, remove_all_bitmaps, Leftovers};
 pub use error::FleeceError;
 pub use nbd_server::{start_nbd_server, stop_nbd_server};
-pub use target::{check_room, free_bytes};
+pub use target::{check_room, free_bytes, scratch_need};
 pub use view::{Fleecer, SwitchDisk, View};

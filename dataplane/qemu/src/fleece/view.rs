@@ -4,7 +4,8 @@
 //! The recipe (qemu 10.0, where `blockdev-reopen` is no transaction action and there is no
 //! `blockdev-replace`), per disk:
 //! 1. a scratch qcow2 of the disk's size is created and opened (`blockdev-create`,
-//!    `blockdev-add`) after checking its filesystem has room for the disk's full size;
+//!    `blockdev-add`) after checking its filesystem has room for the disk's full size and
+//!    the image's metadata ([`super::target::scratch_need`]);
 //! 2. **one `transaction`** for all disks: `block-dirty-bitmap-add` (the new bitmap,
 //!    persistent on qcow2, in memory otherwise), `block-dirty-bitmap-disable` (the previous
 //!    bitmap), `blockdev-backup sync=none` into the scratch image with a `vdrep-`
@@ -33,7 +34,7 @@ use crate::qmp::{Qmp, QmpError};
 use super::bitmap::{rollback, state_in, BitmapState};
 use super::error::FleeceError;
 use super::names::{bitmap_name, ViewNames, MAX_DISKS};
-use super::target::{check_room, create_target, remove_target};
+use super::target::{check_room, create_target, remove_target, scratch_need};
 use super::wait::poll_until;
 
 /// One disk of a switch.
@@ -172,7 +173,10 @@ impl Fleecer {
             }
         }
         let views = self.plan(qmp, generation, disks)?;
-        check_room(&self.scratch_dir, views.iter().map(|v| v.size).sum())?;
+        check_room(
+            &self.scratch_dir,
+            views.iter().map(|v| scratch_need(v.size)).sum(),
+        )?;
 
         let mut ready: Vec<&View> = Vec::new();
         for v in &views {

@@ -170,7 +170,7 @@ async fn switch_and_ship(
             let class = crate::retry::Classified {
                 class: "source",
                 recoverable: true,
-                advice: "free space in the sender's state folder (the views' scratch images need the disks' full size); the cycle waits",
+                advice: "free space in the sender's state folder (the views' scratch images need the disks' full size and their metadata, size/4096 + 1 MiB each); the cycle waits",
             };
             sh.health.vm_failed(&vm.name, &class, &message);
             return Ok(());

@@ -1107,6 +1107,11 @@ impl State {
                 Poll::Ready(Some(ConnectionEvent::Proto(event))) => {
                     self.inner.handle_event(event);
                 }
+                Poll::Ready(Some(ConnectionEvent::Batch(events))) => {
+                    for event in events {
+                        self.inner.handle_event(event);
+                    }
+                }
                 Poll::Ready(Some(ConnectionEvent::Close { reason, error_code })) => {
                     self.close(error_code, reason, shared);
                 }

@@ -593,6 +593,47 @@ fn proto_ecn(ecn: udp::EcnCodepoint) -> proto::EcnCodepoint {
     }
 }
 
+/// vdrep: the connection events of one received message, sent to their connection together
+/// (see `poll_socket`). A message's datagrams almost always belong to one connection; an
+/// event for another connection sends what was gathered first, so each connection's events
+/// keep their order.
+#[derive(Default)]
+struct EventBatch {
+    handle: Option<ConnectionHandle>,
+    events: Vec<proto::ConnectionEvent>,
+}
+
+impl EventBatch {
+    fn push(
+        &mut self,
+        handle: ConnectionHandle,
+        event: proto::ConnectionEvent,
+        connections: &mut ConnectionSet,
+    ) {
+        if self.handle.is_some_and(|h| h != handle) {
+            self.flush(connections);
+        }
+        self.handle = Some(handle);
+        if self.events.capacity() == 0 {
+            // A GRO message holds at most 64 datagrams (quinn-udp's `BATCH_SIZE` aside).
+            self.events.reserve(64);
+        }
+        self.events.push(event);
+    }
+
+    fn flush(&mut self, connections: &mut ConnectionSet) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        let event = match self.events.len() {
+            1 => ConnectionEvent::Proto(self.events.pop().expect("one event")),
+            _ => ConnectionEvent::Batch(std::mem::take(&mut self.events)),
+        };
+        // Ignoring errors from dropped connections that haven't yet been cleaned up
+        let _ = connections.senders.get_mut(&handle).unwrap().send(event);
+    }
+}
+
 #[derive(Debug)]
 struct ConnectionSet {
     /// Senders for communicating with the endpoint's connections
@@ -796,6 +837,10 @@ impl RecvState {
                     self.recv_limiter.record_work(msgs);
                     for (meta, buf) in metas.iter().zip(iovs.iter()).take(msgs) {
                         let mut data: BytesMut = buf[0..meta.len].into();
+                        // vdrep: the events of one received message (a GRO batch of up to
+                        // 64 datagrams, all from one peer) go to their connection in one
+                        // channel send, in order, instead of one send and wake-up each.
+                        let mut batch = EventBatch::default();
                         while !data.is_empty() {
                             let buf = data.split_to(meta.stride.min(data.len()));
                             let mut response_buffer = Vec::new();
@@ -817,14 +862,8 @@ impl RecvState {
                                     }
                                 }
                                 Some(DatagramEvent::ConnectionEvent(handle, event)) => {
-                                    // Ignoring errors from dropped connections that haven't yet been cleaned up
                                     received_connection_packet = true;
-                                    let _ = self
-                                        .connections
-                                        .senders
-                                        .get_mut(&handle)
-                                        .unwrap()
-                                        .send(ConnectionEvent::Proto(event));
+                                    batch.push(handle, event, &mut self.connections);
                                 }
                                 Some(DatagramEvent::Response(transmit)) => {
                                     respond(transmit, &response_buffer, socket);
@@ -832,6 +871,7 @@ impl RecvState {
                                 None => {}
                             }
                         }
+                        batch.flush(&mut self.connections);
                     }
                 }
                 Poll::Pending => {

@@ -100,6 +100,8 @@ enum ConnectionEvent {
         reason: bytes::Bytes,
     },
     Proto(proto::ConnectionEvent),
+    /// vdrep: the events of one received message, in order (`endpoint::EventBatch`).
+    Batch(Vec<proto::ConnectionEvent>),
     Rebind(Arc<dyn AsyncUdpSocket>),
 }
 
