@@ -178,7 +178,6 @@ impl Tally {
 struct Window {
     wall: f64,
     cpu: f64,
-    sent: u64,
 }
 
 /// The controller (see the module documentation).
@@ -254,7 +253,6 @@ impl Governor {
         Some(Window {
             wall: wall.as_secs_f64(),
             cpu: now.cpu.saturating_sub(from.cpu).as_secs_f64(),
-            sent: now.sent.saturating_sub(from.sent),
         })
     }
 
