@@ -188,11 +188,13 @@ fn best_fixed(budget: f64, link: f64) -> f64 {
 /// as much per source byte as level 1 or more while putting more bytes on the wire. The level
 /// must settle where the budget buys the most source bytes: at least 97 % of the best fixed
 /// level (level 1 in this model), not at −3 or −1 (session 10's rule: 0.77× and 0.84× the pipe
-/// on the bench).
+/// on the bench; in this model 0.90, 0.85 and 0.91 of the best at 0.10, 0.11 and 0.115 cores
+/// with 87–92 % of the reads at −3 or −1, but the best at 0.12, where its ratchet — down at
+/// 95 % of the budget, up only under 80 % — is not set off here as on the bench).
 #[test]
 fn under_a_budget_that_binds_the_level_is_the_one_that_costs_least_per_source_byte() {
     let link = 12.2e6;
-    for budget in [0.10, 0.12] {
+    for budget in [0.10, 0.11, 0.115, 0.12] {
         let r = slow_link(Some(budget), link, 90.0);
         let best = best_fixed(budget, link);
         eprintln!("budget {budget}: {r:?}, best fixed {:.1} MB/s", best / 1e6);
