@@ -6,7 +6,9 @@
 set -eu
 img=$(realpath "$1")
 work=$(mktemp -d /var/tmp/rlo.XXXX)
-trap 'kill $dpid 2>/dev/null || true; rm -rf "$work"' EXIT
+dpid=
+# The daemon runs under /usr/bin/time: stop its child (the daemon), then time reports.
+trap '[ -n "$dpid" ] && { pkill -TERM -P $dpid 2>/dev/null; wait $dpid 2>/dev/null; }; rm -rf "$work"' EXIT
 mkdir "$work/dst"
 cat > "$work/rsyncd.conf" <<C
 use chroot = no
@@ -19,12 +21,13 @@ C
 port=$((30000 + $$ % 20000))
 /usr/bin/time -f "rsyncd %e s %U user %S sys" rsync --daemon --no-detach --address 127.0.0.1 --port $port --config "$work/rsyncd.conf" 2>"$work/d.time" &
 dpid=$!
-sleep 0.5
+for _ in $(seq 100); do ss -Hltn "sport = :$port" | grep -q . && break; sleep 0.05; done
 cat "$img" >/dev/null
 s=$(date +%s.%N)
 /usr/bin/time -f "send %e s %U user %S sys" rsync --whole-file "$img" rsync://127.0.0.1:$port/dst/ 2>"$work/s.time"
 e=$(date +%s.%N)
 sz=$(stat -c %s "$img")
 pkill -TERM -P $dpid; wait $dpid 2>/dev/null || true
+dpid=
 python3 -c "w=$e-$s;print('rsync wall %.2f s  %.1f MB/s'%(w,$sz/w/1e6))"
 cat "$work/s.time" "$work/d.time"
