@@ -106,6 +106,28 @@ pub fn vdrep(args: &[&str]) -> Output {
         .expect("cannot start vdrep")
 }
 
+/// One request on a sender's control socket (`send --control SOCK`), waiting up to 30 s
+/// for the socket to appear (the sender makes it at start) and for the answer.
+pub fn control_request(sock: &Path, req: &serde_json::Value) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    use std::time::{Duration, Instant};
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut c = loop {
+        match std::os::unix::net::UnixStream::connect(sock) {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(Instant::now() < end, "no control socket: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    writeln!(c, "{req}").unwrap();
+    let mut line = String::new();
+    BufReader::new(c).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
 /// The VM points of `vm` in `store` that belong to consistency group `group` (`vdrep points
 /// --json`): group cycle → (VM point id, switch time in Unix seconds); empty while the store
 /// has none.

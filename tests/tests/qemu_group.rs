@@ -54,7 +54,18 @@ struct Guest<'a> {
     longest_image_ms: AtomicU64,
 }
 
-impl Guest<'_> {
+impl<'a> Guest<'a> {
+    /// The guest of vm1 (`qsd`) and vm2's disks `images`, before its first write.
+    fn new(qsd: &'a Qsd, images: [PathBuf; 2], scratch: PathBuf) -> Guest<'a> {
+        Guest {
+            qsd,
+            images,
+            scratch,
+            next: AtomicU64::new(1),
+            longest_image_ms: AtomicU64::new(0),
+        }
+    }
+
     /// Writes the next write; false when the disks are full.
     fn write_one(&self) -> bool {
         let k = self.next.load(Ordering::SeqCst);
@@ -154,32 +165,46 @@ fn group_failover(dir: &Path, store: &Path, gc: u64) -> Vec<Vec<u8>> {
 
 /// One request on the sender's control socket.
 fn control(sock: &Path, req: Value) -> Value {
-    use std::io::{BufRead, BufReader, Write};
-    let end = Instant::now() + Duration::from_secs(30);
-    let mut c = loop {
-        match std::os::unix::net::UnixStream::connect(sock) {
-            Ok(c) => break c,
-            Err(e) => {
-                assert!(Instant::now() < end, "no control socket: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    };
-    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    writeln!(c, "{req}").unwrap();
-    let mut line = String::new();
-    BufReader::new(c).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap()
+    vdrep_tests::control_request(sock, &req)
 }
 
-#[test]
-fn every_group_point_of_a_qemu_vm_and_an_image_vm_holds_a_prefix_of_ordered_writes() {
-    let mut rig = Rig::new(SIZE);
+/// vm2's disks in the rig's folder, all zero: `vm2/os.raw` and a fixed VHD `vm2/data.vhd`.
+fn image_vm_disks(rig: &Rig) -> (PathBuf, PathBuf) {
     let img = rig.dir.join("vm2");
     std::fs::create_dir_all(&img).unwrap();
     let os = img.join("os.raw");
     std::fs::write(&os, vec![0u8; SIZE as usize]).unwrap();
     let data = make_image(&img, "data", Kind::VhdFixed, SIZE, &[]);
+    (os, data)
+}
+
+/// Every group point failed over (`group_failover`), each checked to hold the writes
+/// 1..m for some m: (group cycle, m) in order.
+fn prefixes_of_group_points(rig: &Rig) -> Vec<(u64, u64)> {
+    let mut ms = Vec::new();
+    for gc in group_points(&rig.store) {
+        let disks = group_failover(&rig.dir, &rig.store, gc);
+        let mut all = Vec::new();
+        for (i, (b, fill)) in disks.iter().zip([0x11, 0, 0x22, 0]).enumerate() {
+            all.extend(WRITES.writes_in(b, i as u64, fill));
+        }
+        all.sort_unstable();
+        let m = all.len() as u64;
+        assert_eq!(
+            all,
+            (1..=m).collect::<Vec<_>>(),
+            "group point {gc} holds writes {all:?}: not a prefix 1..{m} (the qemu VM was not \
+             cut at the image VM's instant)"
+        );
+        ms.push((gc, m));
+    }
+    ms
+}
+
+#[test]
+fn every_group_point_of_a_qemu_vm_and_an_image_vm_holds_a_prefix_of_ordered_writes() {
+    let mut rig = Rig::new(SIZE);
+    let (os, data) = image_vm_disks(&rig);
     let conf = format!(
         "interval = \"2s\"\n\
          [[vm]]\nname = \"vm1\"\nqmp = \"{}\"\ndrives = [\"os\", \"data\"]\ngroup = \"erp\"\n\
@@ -218,13 +243,7 @@ fn every_group_point_of_a_qemu_vm_and_an_image_vm_holds_a_prefix_of_ordered_writ
         "{e}"
     );
 
-    let guest = Guest {
-        qsd: &rig.qsd,
-        images: [os.clone(), data.clone()],
-        scratch: rig.dir.join("w.bin"),
-        next: AtomicU64::new(1),
-        longest_image_ms: AtomicU64::new(0),
-    };
+    let guest = Guest::new(&rig.qsd, [os.clone(), data.clone()], rig.dir.join("w.bin"));
     let stop = AtomicBool::new(false);
     let before = group_points(&rig.store).len();
     std::thread::scope(|sc| {
@@ -287,23 +306,7 @@ fn every_group_point_of_a_qemu_vm_and_an_image_vm_holds_a_prefix_of_ordered_writ
             && text.contains("retrying this VM alone"),
         "vm1 did not leave the group while its qemu was gone:\n{text}"
     );
-    let mut ms = Vec::new();
-    for gc in group_points(&rig.store) {
-        let disks = group_failover(&rig.dir, &rig.store, gc);
-        let mut all = Vec::new();
-        for (i, (b, fill)) in disks.iter().zip([0x11, 0, 0x22, 0]).enumerate() {
-            all.extend(WRITES.writes_in(b, i as u64, fill));
-        }
-        all.sort_unstable();
-        let m = all.len() as u64;
-        assert_eq!(
-            all,
-            (1..=m).collect::<Vec<_>>(),
-            "group point {gc} holds writes {all:?}: not a prefix 1..{m} (the qemu VM was not \
-             cut at the image VM's instant)"
-        );
-        ms.push((gc, m));
-    }
+    let ms = prefixes_of_group_points(&rig);
     eprintln!("group points (group cycle, writes): {ms:?}; {written} writes");
     assert!(ms.len() >= GROUP_POINTS, "group points: {ms:?}");
     assert_eq!(
@@ -329,11 +332,7 @@ fn every_group_point_of_a_qemu_vm_and_an_image_vm_holds_a_prefix_of_ordered_writ
 #[test]
 fn a_qemu_vm_joins_a_group_through_the_api_and_stays_in_it_after_a_restart() {
     let rig = Rig::new(SIZE);
-    let img = rig.dir.join("vm2");
-    std::fs::create_dir_all(&img).unwrap();
-    let os = img.join("os.raw");
-    std::fs::write(&os, vec![0u8; SIZE as usize]).unwrap();
-    let data = make_image(&img, "data", Kind::VhdFixed, SIZE, &[]);
+    let (os, data) = image_vm_disks(&rig);
     let conf = format!(
         "interval = \"2s\"\n\
          [[vm]]\nname = \"vm2\"\ndisks = [\"{}\", \"{}\"]\ngroup = \"erp\"\n",
@@ -368,13 +367,7 @@ fn a_qemu_vm_joins_a_group_through_the_api_and_stays_in_it_after_a_restart() {
     );
     assert_eq!(a["ok"], true, "protect vm1 in group erp: {a}");
 
-    let guest = Guest {
-        qsd: &rig.qsd,
-        images: [os.clone(), data.clone()],
-        scratch: rig.dir.join("w.bin"),
-        next: AtomicU64::new(1),
-        longest_image_ms: AtomicU64::new(0),
-    };
+    let guest = Guest::new(&rig.qsd, [os.clone(), data.clone()], rig.dir.join("w.bin"));
     let stop = AtomicBool::new(false);
     std::thread::scope(|sc| {
         let h = sc.spawn(|| guest.run(&stop));
@@ -419,22 +412,7 @@ fn a_qemu_vm_joins_a_group_through_the_api_and_stays_in_it_after_a_restart() {
     let _ = child.kill();
     let _ = child.wait();
 
-    let mut ms = Vec::new();
-    for gc in group_points(&rig.store) {
-        let disks = group_failover(&rig.dir, &rig.store, gc);
-        let mut all = Vec::new();
-        for (i, (b, fill)) in disks.iter().zip([0x11, 0, 0x22, 0]).enumerate() {
-            all.extend(WRITES.writes_in(b, i as u64, fill));
-        }
-        all.sort_unstable();
-        let m = all.len() as u64;
-        assert_eq!(
-            all,
-            (1..=m).collect::<Vec<_>>(),
-            "group point {gc} holds writes {all:?}: not a prefix 1..{m}"
-        );
-        ms.push((gc, m));
-    }
+    let ms = prefixes_of_group_points(&rig);
     eprintln!("group points (group cycle, writes): {ms:?}; {written} writes");
     assert!(
         ms.iter().filter(|(gc, _)| *gc > last).count() >= 2,

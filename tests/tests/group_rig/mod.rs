@@ -2,7 +2,6 @@
 //! disk each, their receiver and sender, the group's points as the store lists them, and
 //! the numbered writer across the group's four disks.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -131,21 +130,7 @@ impl Rig {
 
     /// One request on the sender's control socket.
     pub fn control(&self, req: Value) -> Value {
-        let end = Instant::now() + Duration::from_secs(30);
-        let mut c = loop {
-            match std::os::unix::net::UnixStream::connect(&self.sock) {
-                Ok(c) => break c,
-                Err(e) => {
-                    assert!(Instant::now() < end, "no control socket: {e}");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        };
-        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        writeln!(c, "{req}").unwrap();
-        let mut line = String::new();
-        BufReader::new(c).read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap()
+        vdrep_tests::control_request(&self.sock, &req)
     }
 
     /// Enables protection of vm2 over the control channel (the sidecar's request).
