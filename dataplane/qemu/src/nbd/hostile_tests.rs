@@ -292,27 +292,39 @@ fn hostile_handshakes_are_refused() {
     assert!(matches!(c.read(0, &mut buf), Err(NbdError::Broken { .. })));
 }
 
+/// The corruption tests' random numbers (xorshift64: deterministic, no dependency).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// `good` with 1 to 4 random bytes overwritten, and cut short one time in eight.
+    fn corrupt(&mut self, good: &[u8]) -> Vec<u8> {
+        let mut b = good.to_vec();
+        for _ in 0..(1 + self.next() % 4) {
+            let i = (self.next() % b.len() as u64) as usize;
+            b[i] = self.next() as u8;
+        }
+        if self.next().is_multiple_of(8) {
+            let n = (self.next() % b.len() as u64) as usize;
+            b.truncate(n);
+        }
+        b
+    }
+}
+
 #[test]
 fn random_corruption_never_panics() {
     let good = transcript(read_reply(), status_reply());
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let mut failures = 0;
     for _ in 0..4000 {
-        let mut b = good.clone();
-        for _ in 0..(1 + next() % 4) {
-            let i = (next() % b.len() as u64) as usize;
-            b[i] = next() as u8;
-        }
-        if next() % 8 == 0 {
-            let n = (next() % b.len() as u64) as usize;
-            b.truncate(n);
-        }
+        let b = rng.corrupt(&good);
         if session(b).is_err() {
             failures += 1;
         }
@@ -449,25 +461,11 @@ fn random_corruption_of_replies_in_flight_never_panics() {
         chunk(REPLY_FLAG_DONE, CHUNK_OFFSET_HOLE, 1, &hole),
     ]
     .concat();
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
     let mut failures = 0;
     for _ in 0..4000 {
-        let mut b = good.clone();
-        for _ in 0..(1 + next() % 4) {
-            let i = (next() % b.len() as u64) as usize;
-            b[i] = next() as u8;
-        }
-        if next() % 8 == 0 {
-            let n = (next() % b.len() as u64) as usize;
-            b.truncate(n);
-        }
-        let (a, c) = queued(b, next() % 2 == 0);
+        let b = rng.corrupt(&good);
+        let (a, c) = queued(b, rng.next().is_multiple_of(2));
         if a.is_err() || c.is_err() {
             failures += 1;
         }
