@@ -599,3 +599,7 @@ impl VirtualDisk for QemuDisk {
         Err(self.no_view())
     }
 }
+
+#[cfg(test)]
+#[path = "view_tests.rs"]
+mod tests;
