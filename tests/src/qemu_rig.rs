@@ -283,7 +283,10 @@ pub fn discard_counters(log: &str, disk: &str) -> Option<(u64, u64)> {
             .parse()
             .ok()
     };
-    Some((field("discarded_bytes_total")?, field("refused_reads_total")?))
+    Some((
+        field("discarded_bytes_total")?,
+        field("refused_reads_total")?,
+    ))
 }
 
 /// Waits until `f` holds, failing with the log after `timeout`.

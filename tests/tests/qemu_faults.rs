@@ -97,7 +97,11 @@ fn killed_mid_cycle(spooled: bool) {
         } else {
             "removed what an earlier run left in qemu"
         };
-        assert!(res.log.contains(removed), "no leftovers removed: {}", res.log);
+        assert!(
+            res.log.contains(removed),
+            "no leftovers removed: {}",
+            res.log
+        );
     });
     let (left, bitmaps) = rig.qsd.vdrep_objects();
     assert!(left.is_empty(), "left in qemu: {left:?}");

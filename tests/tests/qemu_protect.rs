@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use vdrep_tests::procs::{finish, read_log, wait_for_log};
 use vdrep_tests::qemu_rig::{
-    compare, counters, discard_counters, snapshot, wait_until, Rig, StopOnDrop, SWITCHED,
-    VM_POINT,
+    compare, counters, discard_counters, snapshot, wait_until, Rig, StopOnDrop, SWITCHED, VM_POINT,
 };
 use vdrep_tests::qsd::Qsd;
 

@@ -515,7 +515,10 @@ fn a_discarded_block_of_a_view_is_not_copied_on_the_guests_next_write() {
     // which fails over a trimmed range.
     let dirty = c.dirty_extents("vdrep-1").unwrap();
     assert_eq!(
-        dirty.iter().map(|e| (e.offset, e.length)).collect::<Vec<_>>(),
+        dirty
+            .iter()
+            .map(|e| (e.offset, e.length))
+            .collect::<Vec<_>>(),
         vec![(0, block)]
     );
     c.trim(0, half).unwrap();
@@ -576,7 +579,13 @@ fn a_discarded_block_of_a_view_is_not_copied_on_the_guests_next_write() {
         q.nbd_socket().display()
     );
     let out = std::process::Command::new("qemu-io")
-        .args(["-f", "raw", "-c", &format!("write -q -P 1 {half} 4096"), &url])
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            &format!("write -q -P 1 {half} 4096"),
+            &url,
+        ])
         .output()
         .unwrap();
     let said = format!(

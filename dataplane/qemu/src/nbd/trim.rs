@@ -143,11 +143,7 @@ impl<S: Read + Write> NbdClient<S> {
     }
 
     /// A chunk of a trim's structured reply: no data may come, only NONE or errors.
-    pub(super) fn trim_chunk(
-        &mut self,
-        h: ChunkHeader,
-        r: &mut TrimReply,
-    ) -> Result<(), NbdError> {
+    pub(super) fn trim_chunk(&mut self, h: ChunkHeader, r: &mut TrimReply) -> Result<(), NbdError> {
         r.chunks += 1;
         if r.chunks > MAX_TRIM_CHUNKS {
             return Err(self.protocol("too many chunks in a trim reply".into()));

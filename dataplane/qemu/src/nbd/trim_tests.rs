@@ -7,9 +7,7 @@ use std::io::Cursor;
 
 use super::client::NbdClient;
 use super::error::NbdError;
-use super::hostile_tests::{
-    chunk, data_chunk, handshake_flags, Script, XorShift, BITMAP, SIZE,
-};
+use super::hostile_tests::{chunk, data_chunk, handshake_flags, Script, XorShift, BITMAP, SIZE};
 use super::wire::*;
 use super::ReadQueue;
 
@@ -126,7 +124,11 @@ fn a_trim_takes_a_simple_or_a_structured_reply_and_a_failed_one_leaves_the_clien
 #[test]
 fn a_trim_longer_than_a_request_takes_several() {
     let size = 4u64 << 30;
-    let mut c = client(size, TRIM_FLAGS, [simple(0, 1), none(2), simple(0, 3)].concat());
+    let mut c = client(
+        size,
+        TRIM_FLAGS,
+        [simple(0, 1), none(2), simple(0, 3)].concat(),
+    );
     c.trim(65536, (2u64 << 30) + 4096).unwrap();
     assert_eq!(
         requests(&c),
@@ -146,8 +148,14 @@ fn hostile_trim_replies_break_the_connection() {
             "simple reply after a chunk",
             [chunk(0, CHUNK_ERROR, 1, &[0, 0, 0, 5, 0, 0]), simple(0, 1)].concat(),
         ),
-        ("NONE not final", [chunk(0, CHUNK_NONE, 1, &[]), none(1)].concat()),
-        ("NONE with payload", chunk(REPLY_FLAG_DONE, CHUNK_NONE, 1, &[0; 4])),
+        (
+            "NONE not final",
+            [chunk(0, CHUNK_NONE, 1, &[]), none(1)].concat(),
+        ),
+        (
+            "NONE with payload",
+            chunk(REPLY_FLAG_DONE, CHUNK_NONE, 1, &[0; 4]),
+        ),
         ("another cookie", simple(0, 9)),
         (
             "block status for a trim",
@@ -250,7 +258,11 @@ fn trims_in_flight_share_the_connection_with_reads() {
 #[test]
 fn the_trims_in_flight_are_bounded_by_the_depth() {
     // Depth 2: the third trim waits for the first's reply before it is sent.
-    let c = client(SIZE, TRIM_FLAGS, [simple(0, 1), simple(0, 2), simple(0, 3)].concat());
+    let c = client(
+        SIZE,
+        TRIM_FLAGS,
+        [simple(0, 1), simple(0, 2), simple(0, 3)].concat(),
+    );
     let mut q: ReadQueue<Script, Vec<u8>> = ReadQueue::new(c, 2);
     for i in 0..3u64 {
         q.start_trim(i * 65536, 65536).unwrap();

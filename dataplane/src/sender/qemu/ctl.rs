@@ -192,8 +192,12 @@ impl QemuVm {
         views.clear();
         match super::spool::remove_leftovers(self.state.path()) {
             Ok(0) => {}
-            Ok(n) => info!(vm = %self.name, files = n, "removed the cycle spools a killed run left"),
-            Err(e) => warn!(vm = %self.name, error = %e, "cannot remove the spools a killed run left"),
+            Ok(n) => {
+                info!(vm = %self.name, files = n, "removed the cycle spools a killed run left")
+            }
+            Err(e) => {
+                warn!(vm = %self.name, error = %e, "cannot remove the spools a killed run left")
+            }
         }
         let fe = |e| self.fleece_err(e);
         let left = cleanup_leftovers(qmp, Duration::from_secs(30)).map_err(fe)?;

@@ -555,9 +555,13 @@ mod tests {
         // it); every other piece of both blocks was clean, and discarded at opening.
         let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
         f.write_all_at(&[0x77; 4096], 3 * PIECE + 512).unwrap();
-        f.write_all_at(&vec![0x99; PIECE as usize], 20 * PIECE).unwrap();
+        f.write_all_at(&vec![0x99; PIECE as usize], 20 * PIECE)
+            .unwrap();
         let tee = d.tee().unwrap();
-        tee.record(20 * PIECE, &raw(&img).read_at(20 * PIECE, PIECE as usize).unwrap());
+        tee.record(
+            20 * PIECE,
+            &raw(&img).read_at(20 * PIECE, PIECE as usize).unwrap(),
+        );
         let mut gone = RangeSet::from_range(0, 3 * PIECE);
         gone.insert(4 * PIECE, size);
         let view = Discarded {

@@ -396,7 +396,8 @@ async fn round(
         let c = &vm.counters[i];
         c.discarded
             .fetch_add(reader.discarded_bytes(), Ordering::Relaxed);
-        c.refused.fetch_add(reader.refused_reads(), Ordering::Relaxed);
+        c.refused
+            .fetch_add(reader.refused_reads(), Ordering::Relaxed);
         let shipped = shipped?;
         let dirty = vm.counters[i].dirty.load(Ordering::Relaxed) - dirty_before;
         crate::metrics::events::view_cycle_read(&vm.name, name, dirty, read);

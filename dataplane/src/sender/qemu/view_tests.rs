@@ -17,7 +17,12 @@ fn only_whole_blocks_are_discarded() {
 fn the_clean_blocks_are_those_no_dirty_extent_touches() {
     let size = 10 * B + 4096;
     // Dirty: block 1 whole, a sector inside block 4, blocks 6..8 and the short tail.
-    let dirty = [B..2 * B, 4 * B + 512..4 * B + 1024, 6 * B..8 * B, 10 * B..size];
+    let dirty = [
+        B..2 * B,
+        4 * B + 512..4 * B + 1024,
+        6 * B..8 * B,
+        10 * B..size,
+    ];
     assert_eq!(
         clean_blocks(&dirty, size),
         vec![0..B, 2 * B..4 * B, 5 * B..6 * B, 8 * B..10 * B]
@@ -47,12 +52,13 @@ fn the_clean_blocks_are_those_no_dirty_extent_touches() {
         dirty.push(start..end);
         at = end + 1;
     }
-    let clean: RangeSet = clean_blocks(&dirty, size)
-        .into_iter()
-        .fold(RangeSet::new(), |mut s, r| {
-            s.insert(r.start, r.end);
-            s
-        });
+    let clean: RangeSet =
+        clean_blocks(&dirty, size)
+            .into_iter()
+            .fold(RangeSet::new(), |mut s, r| {
+                s.insert(r.start, r.end);
+                s
+            });
     for b in 0..size / B {
         let touched = dirty.iter().any(|d| d.start < (b + 1) * B && d.end > b * B);
         assert_eq!(
