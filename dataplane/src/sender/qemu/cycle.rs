@@ -79,7 +79,7 @@ impl ViewCycle {
     /// beside what the scratch image may still take. `None`: the cycle reads the view.
     fn spool(&self, extents: &[Range<u64>], tee: &PieceTee) -> Result<Option<Spool>, SourceError> {
         let disk = &self.vm.disks[self.index];
-        let whole = |x: u64| x % PIECE == 0 || x == disk.size;
+        let whole = |x: u64| x.is_multiple_of(PIECE) || x == disk.size;
         if !SPOOL || extents.iter().any(|e| !whole(e.start) || !whole(e.end)) {
             return Ok(None);
         }

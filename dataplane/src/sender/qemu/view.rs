@@ -43,6 +43,9 @@ pub const NBD_TIMEOUT: Duration = Duration::from_secs(60);
 /// requests of a client at once (`NBD_MAX_REQUESTS`); more would only wait in its socket.
 pub const VIEW_READ_AHEAD: usize = 16;
 
+/// Where [`NbdView::drain`] hands each read's bytes, with their disk offset.
+pub type Sink<'a> = dyn FnMut(u64, &[u8]) -> Result<(), DiskError> + 'a;
+
 /// The unit of qemu's copy-before-write (`block-copy`'s cluster: 64 KiB unless the scratch
 /// image's clusters are larger; qemu rounds a discard inward to it): only whole blocks of
 /// it are discarded.
@@ -144,7 +147,7 @@ impl NbdView {
     /// connection. The ranges count as discarded from the moment they are sent, whatever
     /// qemu answers.
     pub fn discard(&self, ranges: &[Range<u64>]) -> Result<u64, NbdError> {
-        let blocks: Vec<Range<u64>> = ranges.iter().filter_map(|r| whole_blocks(r)).collect();
+        let blocks: Vec<Range<u64>> = ranges.iter().filter_map(whole_blocks).collect();
         if blocks.is_empty() {
             return Ok(0);
         }
@@ -179,11 +182,7 @@ impl NbdView {
     /// most 1 MiB in flight, hands each read's bytes to `sink` in disk order, and gives each
     /// whole block read back to qemu (`super::spool`: the view goes right after). Memory:
     /// the reads in flight.
-    pub fn drain(
-        &self,
-        extents: &[Range<u64>],
-        sink: &mut dyn FnMut(u64, &[u8]) -> Result<(), DiskError>,
-    ) -> Result<(), DiskError> {
+    pub fn drain(&self, extents: &[Range<u64>], sink: &mut Sink<'_>) -> Result<(), DiskError> {
         let path = &self.info.path;
         let kept = self.ahead.lock().ok().and_then(|mut a| a.take());
         let client = match kept {
