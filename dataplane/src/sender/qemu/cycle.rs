@@ -74,13 +74,13 @@ impl ViewCycle {
     }
 
     /// Drains the cycle's extents from the view into a spool file and removes the view
-    /// (`super::spool`), when every extent is made of whole digest pieces (the digest then
+    /// (`super::spool`), when turned on ([`spool_on`]) and every extent is made of whole digest pieces (the digest then
     /// reads nothing from the view) and the spool's filesystem has room for the dirty bytes
     /// beside what the scratch image may still take. `None`: the cycle reads the view.
     fn spool(&self, extents: &[Range<u64>], tee: &PieceTee) -> Result<Option<Spool>, SourceError> {
         let disk = &self.vm.disks[self.index];
         let whole = |x: u64| x.is_multiple_of(PIECE) || x == disk.size;
-        if !SPOOL || extents.iter().any(|e| !whole(e.start) || !whole(e.end)) {
+        if !spool_on() || extents.iter().any(|e| !whole(e.start) || !whole(e.end)) {
             return Ok(None);
         }
         let dir = spool::dir(self.vm.state.path());
@@ -111,8 +111,26 @@ impl ViewCycle {
     }
 }
 
-/// Drain a cycle into a spool and remove its view before shipping (`super::spool`).
-pub const SPOOL: bool = true;
+/// The environment variable that turns the spool on (`1`): off by default. It shortens the
+/// views (1–3 s instead of 5–14 s per GiB) and halves the guest's slow writes, but the
+/// cycle then takes 2.3× as long (`vdrep-bench qemu-cycle`: 7.3 s against 3.1 s per GiB:
+/// the drain, then shipping from a file whose writeback meets the receiver's writes), and
+/// the guest's p99 target is not met with it alone (`bench/results/ANALYSIS.md`, session
+/// 12, Q18V). A process that honours it says so in its log.
+pub const SPOOL_ENV: &str = "VDREP_QEMU_SPOOL";
+
+/// Whether cycles drain into a spool and remove their view before shipping
+/// (`super::spool`; [`SPOOL_ENV`]).
+pub fn spool_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = std::env::var(SPOOL_ENV).is_ok_and(|v| v.trim() == "1");
+        if on {
+            warn!("{SPOOL_ENV}=1: qemu cycles drain their views into spools (experimental)");
+        }
+        on
+    })
+}
 
 impl CycleSource for ViewCycle {
     fn pending(&self) -> Result<Vec<u64>, SourceError> {

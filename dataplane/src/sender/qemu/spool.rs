@@ -1,5 +1,6 @@
 //! A cycle's dirty extents drained from its view into a local file, so that the view can go
-//! before the cycle ships.
+//! before the cycle ships. Off unless `VDREP_QEMU_SPOOL=1` (`super::cycle::SPOOL_ENV`: what
+//! it costs the cycle is there).
 //!
 //! Why: while a view lives, the guest's first write to each 64 KiB block waits for qemu's
 //! copy-before-write (125–170 µs against ~50 µs), and a view that lives while its cycle
