@@ -61,13 +61,43 @@ impl ViewCycle {
             return false;
         }
         let size = self.vm.disks[self.index].size;
-        let t0 = std::time::Instant::now();
-        match self.view.discard(&clean_blocks(extents, size)) {
-            Ok(bytes) => info!(vm = %self.vm.name, disk = %name, cycle = self.cycle, bytes,
-                               seconds = t0.elapsed().as_secs_f64(),
-                               "qemu cycle: the blocks clean in its bitmap given back to qemu"),
-            Err(e) => warn!(vm = %self.vm.name, disk = %name, error = %e,
-                            "cannot discard the clean blocks of the view: the guest's first writes there wait for their copy"),
+        let clean = clean_blocks(extents, size);
+        // On a thread of its own: a disk with its dirty blocks scattered has as many clean
+        // runs (12,300 trims for 16,384 scattered blocks of 4 GiB: 0.17 s), which the
+        // shipping need not wait for; it never reads them.
+        let (view, vm, disk, cycle) = (
+            self.view.clone(),
+            self.vm.name.clone(),
+            name.clone(),
+            self.cycle,
+        );
+        let job = move || {
+            let t0 = std::time::Instant::now();
+            match view.discard(&clean) {
+                Ok(bytes) => info!(%vm, %disk, cycle, bytes, seconds = t0.elapsed().as_secs_f64(),
+                                   "qemu cycle: the blocks clean in its bitmap given back to qemu"),
+                Err(e) => warn!(%vm, %disk, error = %e,
+                                "cannot discard the clean blocks of the view: the guest's first writes there wait for their copy"),
+            }
+        };
+        let job = std::sync::Arc::new(std::sync::Mutex::new(Some(job)));
+        let run = {
+            let job = job.clone();
+            move || {
+                if let Some(j) = job.lock().ok().and_then(|mut j| j.take()) {
+                    j();
+                }
+            }
+        };
+        if std::thread::Builder::new()
+            .name("vdrep-discard".into())
+            .spawn(run)
+            .is_err()
+        {
+            // No thread: discard here.
+            if let Some(j) = job.lock().ok().and_then(|mut j| j.take()) {
+                j();
+            }
         }
         self.view.discard_as_read(tee);
         tee
