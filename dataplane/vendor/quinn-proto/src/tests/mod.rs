@@ -37,6 +37,9 @@ use util::*;
 
 mod token;
 
+// vdrep: bulk transfers through a lossy, reordering link (README.vdrep.md)
+mod lossy;
+
 #[cfg(all(target_family = "wasm", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
