@@ -72,7 +72,7 @@ fn transfer(link: Link, len: usize, seed: u64) -> (Vec<u8>, Vec<u8>, ConnectionS
         .collect::<Vec<_>>();
     let s = pair.client_streams(client_ch).open(Dir::Uni).unwrap();
 
-    let mut rng = Pcg32::new(seed, 0xa02b_dbf7_bb3c_0a7);
+    let mut rng = Pcg32::new(seed, 0x0a02_bdbf_7bb3_c0a7);
     let (mut held_to_server, mut held_to_client) = (Vec::new(), Vec::new());
     let (mut dropped_data, mut dropped_acks) = (0, 0);
     let mut written = 0;
