@@ -20,6 +20,8 @@ pub const SWITCHED: &str = "qemu switch of the VM's disks";
 pub const VM_POINT: &str = "VM recovery point committed";
 /// Logged when the test hook `VDREP_TEST_QEMU_PAUSE` holds a round with its views in place.
 pub const PAUSED: &str = "test hook: qemu round paused with its views in place";
+/// The sender's log line when the test hook holds a cycle drained into its spool.
+pub const SPOOLED: &str = "test hook: qemu cycle paused with its view drained and removed";
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -265,6 +267,26 @@ pub fn counters(log: &str, disk: &str) -> Option<(u64, u64)> {
             .unwrap()
     };
     Some((field("dirty_bytes_total"), field("view_read_bytes_total")))
+}
+
+/// The newest `qemu cycle` line's discard counters of `disk`: bytes given back to qemu, and
+/// reads of discarded ranges the views refused (`None` without such a line).
+pub fn discard_counters(log: &str, disk: &str) -> Option<(u64, u64)> {
+    let line = log
+        .lines()
+        .rfind(|l| l.contains(CYCLE_READ) && l.contains(&format!("disk={disk}")))?;
+    let field = |k: &str| -> Option<u64> {
+        let at = line.find(&format!("{k}="))? + k.len() + 1;
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((
+        field("discarded_bytes_total")?,
+        field("refused_reads_total")?,
+    ))
 }
 
 /// Waits until `f` holds, failing with the log after `timeout`.

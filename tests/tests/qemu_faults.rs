@@ -11,43 +11,72 @@ use std::time::{Duration, Instant};
 use vdrep_store::sink::ReplicaDisk;
 use vdrep_tests::procs::{finish, read_log, wait_for_log};
 use vdrep_tests::qemu_rig::{
-    compare, snapshot, wait_until, NumberedWriter, Rig, StopOnDrop, PAUSED, SWITCHED, VM_POINT,
+    compare, snapshot, wait_until, NumberedWriter, Rig, StopOnDrop, PAUSED, SPOOLED, SWITCHED,
+    VM_POINT,
 };
 
 const SIZE: u64 = 8 << 20;
 
 #[test]
 fn a_sender_killed_mid_cycle_leaves_leftovers_that_the_next_start_removes_and_misses_no_write() {
+    killed_mid_cycle(false);
+}
+
+/// The cycle's view drained into its spool and removed (`sender/qemu/spool.rs`), its bitmap
+/// stopped, nothing shipped: the restart removes the spool, merges the newer bitmap back
+/// into the cycle's and ships every write again.
+#[test]
+fn a_sender_killed_after_its_cycle_was_spooled_and_its_view_removed_misses_no_write() {
+    killed_mid_cycle(true);
+}
+
+/// Kills the sender in the third round, held by a test hook: with its views in place
+/// (`spooled` false), or with its first disk's view drained into its spool and removed.
+fn killed_mid_cycle(spooled: bool) {
     let mut rig = Rig::new(SIZE);
     let w = NumberedWriter::new(SIZE);
     let stop = AtomicBool::new(false);
-    let first = rig
-        .send_every("send1.log", "300ms")
-        .env("VDREP_TEST_QEMU_PAUSE", "3000");
+    let (hook, paused) = if spooled {
+        ("VDREP_TEST_QEMU_SPOOL_PAUSE", SPOOLED)
+    } else {
+        ("VDREP_TEST_QEMU_PAUSE", PAUSED)
+    };
+    let mut first = rig.send_every("send1.log", "300ms").env(hook, "3000");
+    if spooled {
+        first = first.env("VDREP_QEMU_SPOOL", "1");
+    }
     let mut child = first.spawn();
     assert!(
         wait_for_log(&first.log, SWITCHED, Duration::from_secs(60)),
         "no first switch: {}",
         read_log(&first.log)
     );
+    let spool = rig.dir.join("state/qemu/vm1/spool");
     std::thread::scope(|sc| {
         let h = sc.spawn(|| w.run(&rig.qsd, &stop, Duration::from_millis(2)));
         let _stop = StopOnDrop(&stop);
-        // The third round: a cycle (not the initial copy) with its views in place.
+        // A cycle (not the initial copy) held by the hook: the third round's, or the second
+        // spooled cycle.
+        let count = if spooled { 2 } else { 3 };
         wait_until(
             "a paused cycle",
             &first.log,
             Duration::from_secs(60),
-            || read_log(&first.log).matches(PAUSED).count() >= 3,
+            || read_log(&first.log).matches(paused).count() >= count,
         );
         child.kill().unwrap();
         child.wait().unwrap();
         let (left, _) = rig.qsd.vdrep_objects();
-        assert!(
-            left.iter().any(|o| o.starts_with("export vdrep-"))
-                && left.iter().any(|o| o.starts_with("job vdrep-")),
-            "the kill did not hit a round with views in place: {left:?}"
-        );
+        if spooled {
+            let files = std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0);
+            assert!(files > 0, "the kill did not hit a spooled cycle: {left:?}");
+        } else {
+            assert!(
+                left.iter().any(|o| o.starts_with("export vdrep-"))
+                    && left.iter().any(|o| o.starts_with("job vdrep-")),
+                "the kill did not hit a round with views in place: {left:?}"
+            );
+        }
         // Writes go on while no sender runs, and after it restarts.
         std::thread::sleep(Duration::from_millis(300));
         let again = rig
@@ -66,8 +95,13 @@ fn a_sender_killed_mid_cycle_leaves_leftovers_that_the_next_start_removes_and_mi
         h.join().unwrap();
         let res = finish(child2, t1, Duration::from_secs(90), &again.log);
         assert!(res.status.success(), "restart: {}\n{}", res.status, res.log);
+        let removed = if spooled {
+            "removed the cycle spools a killed run left"
+        } else {
+            "removed what an earlier run left in qemu"
+        };
         assert!(
-            res.log.contains("removed what an earlier run left in qemu"),
+            res.log.contains(removed),
             "no leftovers removed: {}",
             res.log
         );
@@ -75,6 +109,8 @@ fn a_sender_killed_mid_cycle_leaves_leftovers_that_the_next_start_removes_and_mi
     let (left, bitmaps) = rig.qsd.vdrep_objects();
     assert!(left.is_empty(), "left in qemu: {left:?}");
     assert_eq!(bitmaps.len(), 2, "one bitmap per disk: {bitmaps:?}");
+    let files = std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(files, 0, "spool files left after a clean end");
     let prefixes = rig.check_prefixes(SIZE, w.written());
     eprintln!(
         "VM points (point, writes): {prefixes:?}; {} writes",

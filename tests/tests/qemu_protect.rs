@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use vdrep_tests::procs::{finish, read_log, wait_for_log};
 use vdrep_tests::qemu_rig::{
-    compare, counters, snapshot, wait_until, Rig, StopOnDrop, SWITCHED, VM_POINT,
+    compare, counters, discard_counters, snapshot, wait_until, Rig, StopOnDrop, SWITCHED, VM_POINT,
 };
 use vdrep_tests::qsd::Qsd;
 
@@ -161,6 +161,13 @@ fn initial_replication_holds_the_disks_at_protection_start_and_cycles_converge_r
             read as f64 <= dirty as f64 * 1.05,
             "{disk}: read {read} bytes from views for {dirty} dirty bytes"
         );
+        // The cycles gave back to qemu the blocks they did not need (clean, or read), and
+        // no read ever asked for a discarded range (the replicas above are exact).
+        let (discarded, refused) =
+            discard_counters(&res.log, disk).expect("discard counters logged");
+        eprintln!("{disk}: {discarded} bytes discarded from views, {refused} refused reads");
+        assert!(discarded > 0, "{disk}: nothing discarded");
+        assert_eq!(refused, 0, "{disk}: reads of discarded ranges");
     }
 
     // A clean stop leaves only the bitmaps: one per disk.

@@ -12,10 +12,16 @@
 //!    `filter-node-name`: the job inserts a copy-before-write filter above the disk, so from
 //!    this instant on the old contents of every block the guest overwrites are kept;
 //! 3. `blockdev-add` of a `snapshot-access` node over the filter: the disk as it was at the
-//!    transaction's instant;
+//!    transaction's instant, opened with `discard: unmap`;
 //! 4. `block-export-add` of that node over NBD, with the previous bitmap
 //!    (`bitmaps: [{"node", "name"}]`), so the reader asks block status of
-//!    `qemu:dirty-bitmap:NAME` and reads only the dirty extents.
+//!    `qemu:dirty-bitmap:NAME` and reads only the dirty extents. The export is writable
+//!    only so that the reader can trim (`NBD_CMD_TRIM`) what it no longer needs: a trimmed
+//!    range ends its copy-before-write, so the guest's next write there does not wait for
+//!    the old block's copy (`crate::nbd`'s `trim`). `snapshot-access` refuses writes, so
+//!    the view's bytes stay the disk at the instant; a trimmed range can no longer be read,
+//!    nor its block status asked, of any context (qemu answers every negotiated context,
+//!    `base:allocation` included): list the dirty extents before trimming.
 //!
 //! Invariant (never under-approximate): because one transaction starts the new bitmap,
 //! stops the old one and inserts the filter, every guest write lands either before the
@@ -342,7 +348,7 @@ impl Fleecer {
             "blockdev-add",
             Some(
                 json!({"driver": "snapshot-access", "node-name": v.names.snapshot,
-                        "file": v.names.filter}),
+                        "file": v.names.filter, "discard": "unmap"}),
             ),
         )?;
         let mut export = json!({
@@ -350,7 +356,8 @@ impl Fleecer {
             "id": v.names.export,
             "node-name": v.names.snapshot,
             "name": v.names.export,
-            "writable": false,
+            // For trims only: `snapshot-access` has no write path.
+            "writable": true,
         });
         if let Some(prev) = &v.previous_bitmap {
             export["bitmaps"] = json!([{"node": v.node, "name": prev}]);

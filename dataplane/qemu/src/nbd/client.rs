@@ -1,7 +1,8 @@
 //! A small blocking NBD client: fixed newstyle handshake, structured replies, metadata
-//! contexts (`base:allocation`, `qemu:dirty-bitmap:NAME`), `NBD_OPT_GO`, and the two
-//! commands a change source needs: read and block status. One request at a time here;
-//! [`super::ReadQueue`] keeps several reads in flight on a connection.
+//! contexts (`base:allocation`, `qemu:dirty-bitmap:NAME`), `NBD_OPT_GO`, and the
+//! commands a change source needs: read, block status, and trim (`super::trim`: a fleecing
+//! view's reader gives back what it no longer needs). One request at a time here;
+//! [`super::ReadQueue`] keeps several reads and trims in flight on a connection.
 //!
 //! Invariant: nothing the server sends can make this code panic, index out of bounds or
 //! allocate more than [`wire::MAX_CHUNK_PAYLOAD`] / the request's length; every offset and

@@ -9,9 +9,9 @@ use super::error::NbdError;
 use super::wire::*;
 
 /// A server whose bytes are fixed in advance; what the client writes is kept.
-struct Script {
-    input: Cursor<Vec<u8>>,
-    output: Vec<u8>,
+pub(super) struct Script {
+    pub(super) input: Cursor<Vec<u8>>,
+    pub(super) output: Vec<u8>,
 }
 
 impl Read for Script {
@@ -30,10 +30,10 @@ impl Write for Script {
     }
 }
 
-const SIZE: u64 = 1 << 20;
-const BITMAP: &str = "qemu:dirty-bitmap:b";
+pub(super) const SIZE: u64 = 1 << 20;
+pub(super) const BITMAP: &str = "qemu:dirty-bitmap:b";
 
-fn opt_reply(opt: u32, t: u32, data: &[u8]) -> Vec<u8> {
+pub(super) fn opt_reply(opt: u32, t: u32, data: &[u8]) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
     b.extend_from_slice(&opt.to_be_bytes());
@@ -43,7 +43,7 @@ fn opt_reply(opt: u32, t: u32, data: &[u8]) -> Vec<u8> {
     b
 }
 
-fn chunk(flags: u16, kind: u16, cookie: u64, payload: &[u8]) -> Vec<u8> {
+pub(super) fn chunk(flags: u16, kind: u16, cookie: u64, payload: &[u8]) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
     b.extend_from_slice(&flags.to_be_bytes());
@@ -55,6 +55,12 @@ fn chunk(flags: u16, kind: u16, cookie: u64, payload: &[u8]) -> Vec<u8> {
 }
 
 fn handshake(size: u64) -> Vec<u8> {
+    // A read-only export, as a view was until it took trims.
+    handshake_flags(size, 3)
+}
+
+/// A server's handshake for an export of `size` bytes with transmission flags `tflags`.
+pub(super) fn handshake_flags(size: u64, tflags: u16) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&NBDMAGIC.to_be_bytes());
     b.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -68,7 +74,7 @@ fn handshake(size: u64) -> Vec<u8> {
     b.extend(opt_reply(OPT_SET_META_CONTEXT, REP_ACK, &[]));
     let mut info = INFO_EXPORT.to_be_bytes().to_vec();
     info.extend_from_slice(&size.to_be_bytes());
-    info.extend_from_slice(&3u16.to_be_bytes());
+    info.extend_from_slice(&tflags.to_be_bytes());
     b.extend(opt_reply(OPT_GO, REP_INFO, &info));
     let mut bs = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
     for v in [1u32, 4096, 32 << 20] {
@@ -293,10 +299,10 @@ fn hostile_handshakes_are_refused() {
 }
 
 /// The corruption tests' random numbers (xorshift64: deterministic, no dependency).
-struct XorShift(u64);
+pub(super) struct XorShift(pub(super) u64);
 
 impl XorShift {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -304,7 +310,7 @@ impl XorShift {
     }
 
     /// `good` with 1 to 4 random bytes overwritten, and cut short one time in eight.
-    fn corrupt(&mut self, good: &[u8]) -> Vec<u8> {
+    pub(super) fn corrupt(&mut self, good: &[u8]) -> Vec<u8> {
         let mut b = good.to_vec();
         for _ in 0..(1 + self.next() % 4) {
             let i = (self.next() % b.len() as u64) as usize;
@@ -334,7 +340,7 @@ fn random_corruption_never_panics() {
 }
 
 /// A chunk of `cookie`'s read: `len` bytes of `fill` at `at`, final or not.
-fn data_chunk(done: bool, cookie: u64, at: u64, len: usize, fill: u8) -> Vec<u8> {
+pub(super) fn data_chunk(done: bool, cookie: u64, at: u64, len: usize, fill: u8) -> Vec<u8> {
     let mut d = at.to_be_bytes().to_vec();
     d.extend(std::iter::repeat_n(fill, len));
     let flags = if done { REPLY_FLAG_DONE } else { 0 };

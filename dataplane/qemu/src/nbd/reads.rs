@@ -13,11 +13,16 @@
 //! one. Its checks are those of the whole client: every chunk must lie inside its own
 //! request, the chunks must tile the request exactly, and a chunk for a cookie no read in
 //! flight holds is a protocol violation.
+//!
+//! Trims ride on the same connection ([`ReadQueue::start_trim`]): a cycle's reader gives a
+//! range back to qemu as soon as its bytes are in hand, without waiting for the reply;
+//! their replies are taken as they come, in between the reads'.
 
 use std::io::{Read, Write};
 
 use super::client::{ChunkHeader, NbdClient, Reply, MAX_READ_REQUEST};
 use super::error::NbdError;
+use super::trim::{trim_step, TrimReply};
 use super::wire::{self, Payload};
 
 /// What the chunks of one read's reply have delivered so far.
@@ -151,10 +156,16 @@ struct InFlight<B> {
 /// bytes never grow anything else beyond what one request allows (as [`NbdClient`]).
 /// Requests are 28 bytes: the socket's buffers hold a queue's requests whatever the server
 /// does with its replies, so sending never waits for collecting.
+///
+/// Trims in flight are bounded by the same depth, apart from the reads: starting one more
+/// first waits for the oldest. A trim's failure does not fail the reads; it is kept for
+/// [`ReadQueue::take_trim_failures`].
 #[derive(Debug)]
 pub struct ReadQueue<S: Read + Write, B> {
     client: NbdClient<S>,
     reads: Vec<InFlight<B>>,
+    trims: Vec<TrimReply>,
+    trim_failures: Vec<NbdError>,
     depth: usize,
 }
 
@@ -164,6 +175,8 @@ impl<S: Read + Write, B: AsMut<[u8]>> ReadQueue<S, B> {
         ReadQueue {
             client,
             reads: Vec::new(),
+            trims: Vec::new(),
+            trim_failures: Vec::new(),
             depth: depth.max(1),
         }
     }
@@ -240,7 +253,60 @@ impl<S: Read + Write, B: AsMut<[u8]>> ReadQueue<S, B> {
         }
     }
 
-    /// Collects every read in flight and gives the connection back, unless it broke.
+    /// True when the export takes trims ([`NbdClient::can_trim`]).
+    pub fn can_trim(&self) -> bool {
+        self.client.can_trim()
+    }
+
+    /// Sends a request to trim `[offset, offset + length)` (several for a range longer than
+    /// [`super::MAX_TRIM_REQUEST`]) and returns without waiting for the reply. Once this
+    /// returns `Ok`, or fails after a request went out, the server may have discarded the
+    /// range. Refused ([`NbdError::InvalidRequest`]) when the export does not take trims or
+    /// the range is outside it, misaligned or empty. With [`ReadQueue::depth`] trims in
+    /// flight, first waits for the oldest.
+    pub fn start_trim(&mut self, offset: u64, length: u64) -> Result<(), NbdError> {
+        self.client.usable()?;
+        self.client.check_trim(offset, length)?;
+        let end = offset + length;
+        let mut at = offset;
+        while at < end {
+            while self.trims.len() >= self.depth {
+                let r = self.next_chunk();
+                self.fail_all_on_error(r)?;
+            }
+            let n = trim_step(end - at, self.client.min_block);
+            let cookie = self.client.cookie();
+            let req = wire::request(0, wire::CMD_TRIM, cookie, at, n as u32);
+            let r = self.client.write_all(&req);
+            self.fail_all_on_error(r)?;
+            self.trims.push(TrimReply::new(cookie, at, n));
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Trims in flight (sent, reply not complete).
+    pub fn trims_in_flight(&self) -> usize {
+        self.trims.len()
+    }
+
+    /// Waits for every trim in flight (reads' replies that come first are kept for them).
+    pub fn settle_trims(&mut self) -> Result<(), NbdError> {
+        while !self.trims.is_empty() {
+            let r = self.next_chunk();
+            self.fail_all_on_error(r)?;
+        }
+        Ok(())
+    }
+
+    /// The trims the server failed since the last call (their ranges were not, or not
+    /// all, discarded).
+    pub fn take_trim_failures(&mut self) -> Vec<NbdError> {
+        std::mem::take(&mut self.trim_failures)
+    }
+
+    /// Collects every read and trim in flight and gives the connection back, unless it
+    /// broke.
     pub fn into_client(mut self) -> Option<NbdClient<S>> {
         while let Some(t) = self.reads.first().map(|r| r.cookie) {
             if let Err(NbdError::Io { .. } | NbdError::Protocol { .. } | NbdError::Broken { .. }) =
@@ -249,23 +315,40 @@ impl<S: Read + Write, B: AsMut<[u8]>> ReadQueue<S, B> {
                 return None;
             }
         }
+        if self.settle_trims().is_err() {
+            return None;
+        }
         (!self.client.broken).then_some(self.client)
     }
 
-    /// Reads one reply header and what follows it, for whichever read it names.
+    /// Reads one reply header and what follows it, for whichever read or trim it names.
     fn next_chunk(&mut self) -> Result<(), NbdError> {
         let reply = self.client.next_reply()?;
         let cookie = match reply {
             Reply::Simple { cookie, .. } => cookie,
             Reply::Chunk(h) => h.cookie,
         };
+        if let Some(i) = self.trims.iter().position(|t| t.cookie == cookie) {
+            let t = &mut self.trims[i];
+            match reply {
+                Reply::Simple { errno, .. } => self.client.trim_simple(t, errno)?,
+                Reply::Chunk(h) => self.client.trim_chunk(h, t)?,
+            }
+            if t.done {
+                let t = self.trims.swap_remove(i);
+                if let Err(e) = t.finish(&self.client) {
+                    self.trim_failures.push(e);
+                }
+            }
+            return Ok(());
+        }
         let Some(r) = self
             .reads
             .iter_mut()
             .find(|r| r.cookie == cookie && !r.reply.done)
         else {
             return Err(self.client.protocol(format!(
-                "reply for cookie {cookie}, which no read in flight has"
+                "reply for cookie {cookie}, which no read or trim in flight has"
             )));
         };
         match reply {
@@ -286,6 +369,7 @@ impl<S: Read + Write, B: AsMut<[u8]>> ReadQueue<S, B> {
         let r = self.client.guard(r);
         if self.client.broken {
             self.reads.clear();
+            self.trims.clear();
         }
         r
     }

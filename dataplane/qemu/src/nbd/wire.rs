@@ -49,11 +49,15 @@ pub const INFO_BLOCK_SIZE: u16 = 3;
 
 /// Transmission flag: the export is read-only.
 pub const TFLAG_READ_ONLY: u16 = 1 << 1;
+/// Transmission flag: the server takes `NBD_CMD_TRIM`.
+pub const TFLAG_SEND_TRIM: u16 = 1 << 5;
 
 /// Command: read.
 pub const CMD_READ: u16 = 0;
 /// Command: disconnect (no reply).
 pub const CMD_DISC: u16 = 2;
+/// Command: trim (discard), a hint that a range is no longer needed.
+pub const CMD_TRIM: u16 = 4;
 /// Command: block status.
 pub const CMD_BLOCK_STATUS: u16 = 7;
 

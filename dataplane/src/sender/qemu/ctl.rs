@@ -44,6 +44,11 @@ pub struct Counters {
     pub read: AtomicU64,
     /// Bytes read from views for the cycles' digests (`super::digest`), apart.
     pub digest_read: AtomicU64,
+    /// Bytes the cycles gave back to qemu (discarded from their views,
+    /// `super::view::NbdView::discard`).
+    pub discarded: AtomicU64,
+    /// Reads of discarded ranges the cycles' views refused (a bug if ever non-zero).
+    pub refused: AtomicU64,
 }
 
 /// The mutable part, behind one lock: one QMP command at a time.
@@ -53,6 +58,8 @@ struct Inner {
     st: VmState,
     /// The views of the switch in progress.
     views: Vec<View>,
+    /// Per view, removed before the switch's end ([`QemuVm::drop_view`]).
+    dropped: Vec<bool>,
     /// A switch prepared up to its transaction ([`QemuVm::prepare_switch`]).
     prepared: Option<cut::Prepared>,
 }
@@ -112,6 +119,7 @@ impl QemuVm {
                 fleecer: None,
                 st,
                 views: Vec::new(),
+                dropped: Vec::new(),
                 prepared: None,
             }),
         })
@@ -182,6 +190,15 @@ impl QemuVm {
             return Err(source_err(&self.name, true, "QMP session lost".into()));
         };
         views.clear();
+        match super::spool::remove_leftovers(self.state.path()) {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(vm = %self.name, files = n, "removed the cycle spools a killed run left")
+            }
+            Err(e) => {
+                warn!(vm = %self.name, error = %e, "cannot remove the spools a killed run left")
+            }
+        }
         let fe = |e| self.fleece_err(e);
         let left = cleanup_leftovers(qmp, Duration::from_secs(30)).map_err(fe)?;
         if !left.is_empty() {
@@ -418,8 +435,42 @@ impl QemuVm {
             }
         }
         self.save(&g.st)?;
+        g.dropped = vec![false; views.len()];
         g.views = views.clone();
         Ok(views)
+    }
+
+    /// Removes disk `index`'s view of the switch in progress (export, snapshot node, job
+    /// with its filter, scratch image) before its cycle ships: its bytes are in the cycle's
+    /// spool (`super::spool`). The bitmaps stay (the cycle's until it commits). Once every
+    /// view of the switch is gone, the guest's writes no longer wait for copy-before-write:
+    /// said as at the switch's end. A lost QMP session is left to the switch's end.
+    pub fn drop_view(&self, index: usize) -> Result<(), SendError> {
+        let mut g = self.lock();
+        let Some(v) = g.views.get(index).cloned() else {
+            return Ok(());
+        };
+        let r = {
+            let Inner { qmp, fleecer, .. } = &mut *g;
+            let (Some(qmp), Some(f)) = (qmp.as_mut(), fleecer.as_ref()) else {
+                return Ok(());
+            };
+            f.teardown(qmp, std::slice::from_ref(&v), false)
+                .map_err(|e| self.fleece_err(e))
+        };
+        match &r {
+            Ok(()) => {
+                if let Some(d) = g.dropped.get_mut(index) {
+                    *d = true;
+                }
+                if g.dropped.iter().all(|&d| d) {
+                    info!(vm = %self.name, generation = v.generation, disks = g.views.len(),
+                          early = true, "qemu views removed");
+                }
+            }
+            Err(e) => self.on_error(&mut g, e),
+        }
+        r
     }
 
     /// Disk `index`'s cycle (or copy, or resync) from the current view committed: its

@@ -1,6 +1,15 @@
 //! A qemu disk's cycle as a [`CycleSource`]: the previous bitmap's dirty extents, read from
 //! the view taken by the switch that stopped that bitmap; its digest is the disk at that
 //! view ([`super::digest`]).
+//!
+//! A cycle gives back to qemu what it will not read ([`super::view::NbdView::discard`]),
+//! so that the guest's first writes there stop waiting for copy-before-write: at opening,
+//! the blocks clean in the bitmap; while shipping, each block once read. Only when nothing
+//! reads those blocks again: the digest table must be complete (an incomplete one is
+//! computed from the whole view) and the shipping's reads must feed the digest (the tee);
+//! otherwise the cycle discards nothing. What else could re-read a range (a resend of
+//! extents the receiver refused) is refused by the view as a transient error, and the
+//! next round reads it from a new view.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -9,8 +18,9 @@ use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 use super::ctl::QemuVm;
-use super::digest::PieceTee;
-use super::view::{HashingView, NbdView, Uncounted};
+use super::digest::{PieceTee, PIECE};
+use super::spool::{self, Spool};
+use super::view::{clean_blocks, HashingView, NbdView, Uncounted};
 use crate::sender::source::{CycleChanges, CycleSource, Opening, SourceError};
 
 /// One disk's cycle at one switch.
@@ -34,6 +44,122 @@ pub struct ViewCycle {
     /// Hashes the pieces the cycle's shipping reads (`None` before `open`, or when the
     /// digest state cannot be opened: the digest then reads them again).
     pub tee: Mutex<Option<Arc<PieceTee>>>,
+}
+
+impl ViewCycle {
+    /// Gives back to qemu the blocks clean in the cycle's bitmap and, when `tee` (the
+    /// shipping's reads feed the digest), turns on discarding each block once read (see
+    /// the top of this file); says whether it did. A failure only costs the guest the
+    /// waits.
+    fn discard_unread(&self, extents: &[Range<u64>], tee: bool) -> bool {
+        let name = &self.vm.disks[self.index].name;
+        let complete = self
+            .vm
+            .with_digest(self.index, |d| Ok(d.complete()))
+            .unwrap_or(false);
+        if !complete || !self.view.can_trim() {
+            return false;
+        }
+        let size = self.vm.disks[self.index].size;
+        let clean = clean_blocks(extents, size);
+        // On a thread of its own: a disk with its dirty blocks scattered has as many clean
+        // runs (12,300 trims for 16,384 scattered blocks of 4 GiB: 0.17 s), which the
+        // shipping need not wait for; it never reads them.
+        let (view, vm, disk, cycle) = (
+            self.view.clone(),
+            self.vm.name.clone(),
+            name.clone(),
+            self.cycle,
+        );
+        let job = move || {
+            let t0 = std::time::Instant::now();
+            match view.discard(&clean) {
+                Ok(bytes) => info!(%vm, %disk, cycle, bytes, seconds = t0.elapsed().as_secs_f64(),
+                                   "qemu cycle: the blocks clean in its bitmap given back to qemu"),
+                Err(e) => warn!(%vm, %disk, error = %e,
+                                "cannot discard the clean blocks of the view: the guest's first writes there wait for their copy"),
+            }
+        };
+        let job = std::sync::Arc::new(std::sync::Mutex::new(Some(job)));
+        let run = {
+            let job = job.clone();
+            move || {
+                if let Some(j) = job.lock().ok().and_then(|mut j| j.take()) {
+                    j();
+                }
+            }
+        };
+        if std::thread::Builder::new()
+            .name("vdrep-discard".into())
+            .spawn(run)
+            .is_err()
+        {
+            // No thread: discard here.
+            if let Some(j) = job.lock().ok().and_then(|mut j| j.take()) {
+                j();
+            }
+        }
+        self.view.discard_as_read(tee);
+        tee
+    }
+
+    /// Drains the cycle's extents from the view into a spool file and removes the view
+    /// (`super::spool`), when turned on ([`spool_on`]) and every extent is made of whole digest pieces (the digest then
+    /// reads nothing from the view) and the spool's filesystem has room for the dirty bytes
+    /// beside what the scratch image may still take. `None`: the cycle reads the view.
+    fn spool(&self, extents: &[Range<u64>], tee: &PieceTee) -> Result<Option<Spool>, SourceError> {
+        let disk = &self.vm.disks[self.index];
+        let whole = |x: u64| x.is_multiple_of(PIECE) || x == disk.size;
+        if !spool_on() || extents.iter().any(|e| !whole(e.start) || !whole(e.end)) {
+            return Ok(None);
+        }
+        let dir = spool::dir(self.vm.state.path());
+        let dirty: u64 = extents.iter().map(|e| e.end - e.start).sum();
+        let need = dirty.saturating_add(vdrep_qemu::fleece::scratch_need(disk.size));
+        let room = std::fs::create_dir_all(&dir)
+            .ok()
+            .and_then(|()| vdrep_qemu::fleece::free_bytes(&dir).ok());
+        if room.is_none_or(|free| free < need) {
+            info!(vm = %self.vm.name, disk = %disk.name, need, free = ?room,
+                  "no room to spool the cycle: it ships from the view");
+            return Ok(None);
+        }
+        let t0 = std::time::Instant::now();
+        let sp = Spool::fill(&self.view, extents, &dir, &disk.name, tee).map_err(|e| {
+            SourceError::Transient(format!("draining the view into the spool: {e}"))
+        })?;
+        let drained = t0.elapsed().as_secs_f64();
+        if let Err(e) = self.vm.drop_view(self.index) {
+            warn!(vm = %self.vm.name, disk = %disk.name, error = %e,
+                  "cannot remove the drained view; it goes at the round's end");
+        }
+        info!(vm = %self.vm.name, disk = %disk.name, cycle = self.cycle, bytes = sp.len(),
+              drain_seconds = drained, seconds = t0.elapsed().as_secs_f64(),
+              "qemu cycle: dirty extents drained from the view into the spool, view removed");
+        super::test_hook::after_spool();
+        Ok(Some(sp))
+    }
+}
+
+/// The environment variable that turns the spool on (`1`): off by default. It shortens the
+/// views (1–3 s instead of 5–14 s per GiB) and halves the guest's slow writes, but the
+/// cycle then takes 2.3× as long (`vdrep-bench qemu-cycle`: 7.3 s against 3.1 s per GiB:
+/// the drain, then shipping from a file whose writeback meets the receiver's writes), and
+/// the guest's p99 target is not met with it alone (`bench/results/ANALYSIS.md`, session
+/// 12, Q18V). A process that honours it says so in its log.
+pub const SPOOL_ENV: &str = "VDREP_QEMU_SPOOL";
+
+/// Whether cycles drain into a spool and remove their view before shipping
+/// (`super::spool`; [`SPOOL_ENV`]).
+pub fn spool_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = std::env::var(SPOOL_ENV).is_ok_and(|v| v.trim() == "1");
+        if on {
+            warn!("{SPOOL_ENV}=1: qemu cycles drain their views into spools (experimental)");
+        }
+        on
+    })
 }
 
 impl CycleSource for ViewCycle {
@@ -61,12 +187,18 @@ impl CycleSource for ViewCycle {
                 None
             }
         };
-        let view: Arc<dyn crate::disk::VirtualDisk> = match &tee {
-            Some(t) => Arc::new(HashingView {
+        let discarding = self.discard_unread(&extents, tee.is_some());
+        let spooled = match (&tee, discarding) {
+            (Some(t), true) => self.spool(&extents, t)?,
+            _ => None,
+        };
+        let view: Arc<dyn crate::disk::VirtualDisk> = match (spooled, &tee) {
+            (Some(sp), _) => Arc::new(sp),
+            (None, Some(t)) => Arc::new(HashingView {
                 view: self.view.clone(),
                 tee: t.clone(),
             }),
-            None => self.view.clone(),
+            (None, None) => self.view.clone(),
         };
         if let Ok(mut g) = self.tee.lock() {
             *g = tee;
@@ -124,6 +256,8 @@ impl CycleSource for ViewCycle {
               dirty_bytes_total = c.dirty.load(Ordering::Relaxed),
               view_read_bytes_total = read,
               digest_read_bytes_total = c.digest_read.load(Ordering::Relaxed),
+              discarded_bytes_total = c.discarded.load(Ordering::Relaxed) + self.view.discarded_bytes(),
+              refused_reads_total = c.refused.load(Ordering::Relaxed) + self.view.refused_reads(),
               "qemu cycle: bytes read from views against dirty bytes (bitmap granularity)");
         Ok(())
     }

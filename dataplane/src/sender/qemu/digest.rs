@@ -286,11 +286,15 @@ impl ViewDigest {
                 (off, PIECE.min(self.size - off))
             };
             let wanted: Vec<bool> = (0..n).map(|i| fresh(b * PER_BLOCK + i)).collect();
-            let extents = if wanted.iter().any(|&w| w) {
-                view.extents_in(start, start + len)?
-            } else {
-                Vec::new()
-            };
+            // Block status of the runs of wanted pieces only: a cycle may have given the
+            // block's other pieces back to qemu (`super::view`), where it can no longer be
+            // asked.
+            let mut extents = Vec::new();
+            for (first, end) in runs(&wanted) {
+                let (off, _) = piece(first);
+                let (last_off, last_len) = piece(end - 1);
+                extents.extend(view.extents_in(off, last_off + last_len)?);
+            }
             let zero = |i: u64| {
                 let (off, plen) = piece(i);
                 extents
@@ -300,18 +304,9 @@ impl ViewDigest {
             };
             // Which pieces are read: fresh and not known to be zero.
             let read: Vec<bool> = (0..n).map(|i| wanted[i as usize] && !zero(i)).collect();
-            let mut i = 0;
-            while i < n {
-                if !read[i as usize] {
-                    i += 1;
-                    continue;
-                }
-                let first = i;
-                while i < n && read[i as usize] {
-                    i += 1;
-                }
+            for (first, end) in runs(&read) {
                 let (off, _) = piece(first);
-                let (last_off, last_len) = piece(i - 1);
+                let (last_off, last_len) = piece(end - 1);
                 let run = (last_off + last_len - off) as usize;
                 let at = (off - start) as usize;
                 view.read_into(off, &mut buf[at..at + run])?;
@@ -355,6 +350,24 @@ impl ViewDigest {
             source: std::io::Error::other("block-hash table incomplete"),
         })
     }
+}
+
+/// The runs of `true` in `flags`, as `first..end` piece indices.
+fn runs(flags: &[bool]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < flags.len() {
+        if !flags[i] {
+            i += 1;
+            continue;
+        }
+        let first = i;
+        while i < flags.len() && flags[i] {
+            i += 1;
+        }
+        out.push((first as u64, i as u64));
+    }
+    out
 }
 
 fn io(p: &Path, e: std::io::Error) -> DigestError {
@@ -492,5 +505,73 @@ mod tests {
         let got = d.refresh(disk.as_ref(), &dirty, &tee.hashed(), 2).unwrap();
         assert_eq!(got, Some(digest_of(disk.as_ref()).unwrap()));
         assert_eq!(d.read, PIECE, "only piece 8, which no read held whole");
+    }
+
+    /// A view whose pieces `gone` were given back to qemu: reading them or asking their
+    /// block status fails, as qemu's does (EACCES).
+    struct Discarded {
+        disk: Box<dyn VirtualDisk>,
+        gone: RangeSet,
+    }
+
+    impl Discarded {
+        fn check(&self, start: u64, end: u64) -> Result<(), DiskError> {
+            if self.gone.clipped(start, end).is_empty() {
+                return Ok(());
+            }
+            Err(DiskError::io(
+                &self.disk.info().path,
+                start,
+                std::io::Error::other(format!("{start}..{end} was discarded")),
+            ))
+        }
+    }
+
+    impl VirtualDisk for Discarded {
+        fn info(&self) -> &crate::disk::DiskInfo {
+            self.disk.info()
+        }
+        fn extents_in(&self, start: u64, end: u64) -> Result<Vec<crate::disk::Extent>, DiskError> {
+            self.check(start, end)?;
+            self.disk.extents_in(start, end)
+        }
+        fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+            self.check(offset, offset + buf.len() as u64)?;
+            self.disk.read_into(offset, buf)
+        }
+    }
+
+    #[test]
+    fn a_refresh_asks_nothing_of_the_pieces_a_cycle_gave_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 2 * DIGEST_BLOCK;
+        let img = dir.path().join("d.raw");
+        let data: Vec<u8> = (0..size).map(|i| (i * 11 % 241) as u8).collect();
+        std::fs::write(&img, &data).unwrap();
+        let mut d = ViewDigest::open(&dir.path().join("st"), "os", size).unwrap();
+        d.compute_all(raw(&img).as_ref(), 0).unwrap();
+        // A write inside piece 3 (no read held the piece whole: the digest reads it) and
+        // one over piece 20 (the shipping read it whole, through the tee, then discarded
+        // it); every other piece of both blocks was clean, and discarded at opening.
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&[0x77; 4096], 3 * PIECE + 512).unwrap();
+        f.write_all_at(&vec![0x99; PIECE as usize], 20 * PIECE)
+            .unwrap();
+        let tee = d.tee().unwrap();
+        tee.record(
+            20 * PIECE,
+            &raw(&img).read_at(20 * PIECE, PIECE as usize).unwrap(),
+        );
+        let mut gone = RangeSet::from_range(0, 3 * PIECE);
+        gone.insert(4 * PIECE, size);
+        let view = Discarded {
+            disk: raw(&img),
+            gone,
+        };
+        let dirty = [3 * PIECE + 512..3 * PIECE + 4608, 20 * PIECE..21 * PIECE];
+        d.read = 0;
+        let got = d.refresh(&view, &dirty, &tee.hashed(), 1).unwrap();
+        assert_eq!(got, Some(digest_of(raw(&img).as_ref()).unwrap()));
+        assert_eq!(d.read, PIECE, "only piece 3");
     }
 }

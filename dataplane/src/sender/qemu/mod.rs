@@ -21,6 +21,7 @@ pub mod digest;
 pub mod discover;
 pub mod point;
 pub mod protect;
+pub mod spool;
 pub mod state;
 pub mod test_hook;
 pub mod unprotect;

@@ -390,9 +390,15 @@ async fn round(
             tee: Default::default(),
         });
         let dirty_before = vm.counters[i].dirty.load(Ordering::Relaxed);
-        let shipped = ship_pending(conn, ctrl, job, src, o, None, policy, sh).await?;
+        let shipped = ship_pending(conn, ctrl, job, src, o, None, policy, sh).await;
         let read = reader.read_bytes() - before;
         vm.counters[i].read.fetch_add(read, Ordering::Relaxed);
+        let c = &vm.counters[i];
+        c.discarded
+            .fetch_add(reader.discarded_bytes(), Ordering::Relaxed);
+        c.refused
+            .fetch_add(reader.refused_reads(), Ordering::Relaxed);
+        let shipped = shipped?;
         let dirty = vm.counters[i].dirty.load(Ordering::Relaxed) - dirty_before;
         crate::metrics::events::view_cycle_read(&vm.name, name, dirty, read);
         advanced[i] = shipped.last().map(|c| c.0) == Some(cycle);

@@ -7,7 +7,10 @@
 //! round sleeps `MS` milliseconds once its switch is done and logs [`PAUSED_LOG`] first, so
 //! an end-to-end test can kill the sender there. Likewise `VDREP_TEST_QEMU_POINT_PAUSE=MS`
 //! holds a round whose every disk committed before its `CommitPoint` ([`POINT_LOG`]): a
-//! kill there must not lose the VM point (`super::point`). Nothing else reads the
+//! kill there must not lose the VM point (`super::point`). And
+//! `VDREP_TEST_QEMU_SPOOL_PAUSE=MS` holds a cycle whose view was drained into its spool and
+//! removed, before it ships ([`SPOOL_LOG`]): a kill there, with the cycle's bitmap stopped
+//! and no view left, must miss no write (`super::spool`). Nothing else reads the
 //! variables; a process that honours one warns in its log.
 
 use std::sync::OnceLock;
@@ -24,6 +27,22 @@ pub const POINT_PAUSE_ENV: &str = "VDREP_TEST_QEMU_POINT_PAUSE";
 
 /// The log line written when the hook pauses a round before its VM point.
 pub const POINT_LOG: &str = "test hook: qemu round paused before its VM point";
+
+/// The environment variable of the hook after a cycle's spool (milliseconds).
+pub const SPOOL_PAUSE_ENV: &str = "VDREP_TEST_QEMU_SPOOL_PAUSE";
+
+/// The log line written when the hook pauses a spooled cycle.
+pub const SPOOL_LOG: &str = "test hook: qemu cycle paused with its view drained and removed";
+
+/// Called on a blocking thread once a cycle's view is drained into its spool and removed;
+/// sleeps when the hook is set.
+pub fn after_spool() {
+    static PAUSE: OnceLock<Option<Duration>> = OnceLock::new();
+    if let Some(d) = *PAUSE.get_or_init(|| read(SPOOL_PAUSE_ENV)) {
+        tracing::warn!(ms = d.as_millis() as u64, "{SPOOL_LOG}");
+        std::thread::sleep(d);
+    }
+}
 
 fn read(var: &str) -> Option<Duration> {
     let v = std::env::var(var).ok()?;
