@@ -12,7 +12,7 @@ mod governor;
 
 pub use budget::CpuBudget;
 pub use governor::{
-    Bound, Governor, Sample, Yield, BURST, DEEP_STEP_COST, SETTLE, STALE, START_CREDIT,
+    Bound, Governor, Sample, Yield, BURST, DEEP_STEP_COST, PACE_SLACK, SETTLE, STALE, START_CREDIT,
 };
 
 use std::fmt;

@@ -1,5 +1,6 @@
 use super::*;
 
+mod gate;
 mod slow_link;
 
 const MIB: u64 = 1 << 20;
