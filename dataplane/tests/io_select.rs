@@ -20,8 +20,8 @@ fn vdrep_io_overrides_the_backend_and_rejects_unknown_values() {
     let auto = open(&path).unwrap();
     assert_eq!(
         auto.backend(),
-        "io_uring",
-        "io_uring is allowed on this host, so auto takes it"
+        "io_uring+O_DIRECT when cold",
+        "io_uring is allowed on this host, so auto takes it, with O_DIRECT for cold ranges"
     );
     assert_eq!(read(&*auto), [7; 3]);
 
@@ -29,7 +29,8 @@ fn vdrep_io_overrides_the_backend_and_rejects_unknown_values() {
         ("pread", "pread"),
         ("uring", "io_uring"),
         ("uring-direct", "io_uring+O_DIRECT"),
-        ("auto", "io_uring"),
+        ("uring-cold-direct", "io_uring+O_DIRECT when cold"),
+        ("auto", "io_uring+O_DIRECT when cold"),
     ] {
         std::env::set_var(IO_ENV, value);
         let f = open(&path).unwrap();

@@ -6,18 +6,19 @@
 //! - [`uring::UringFile`]: io_uring on the maintained `io-uring` crate, one ring per thread,
 //!   each call split into pieces kept in flight together; optionally O_DIRECT.
 //! - [`fault::FaultyReadAt`]: wraps any backend and fails or corrupts chosen reads, for tests.
-//! - `uring-cold-direct` ([`uring::DirectMode::WhenCold`]): io_uring, each read of 128 KiB or
-//!   more with O_DIRECT when cachestat(2) says less than half of its range is in the page
-//!   cache, through the page cache otherwise; the sender's read-ahead stage
+//! - `uring-cold-direct` ([`uring::DirectMode::WhenCold`], `auto`'s choice): io_uring, each read
+//!   of 128 KiB or more with O_DIRECT when cachestat(2) says less than half of its range is in
+//!   the page cache, through the page cache otherwise; the sender's read-ahead stage
 //!   (`pipeline::readahead`, [`ahead::DirectQueue`]) then reads cold raw images 8 MiB ahead.
-//!   Opt-in (bench/results/ANALYSIS.md, session 10): on 8 GiB cold copies it cut the
-//!   sender's CPU by 16–32 % (no page cache to fill, charge, reclaim and copy out of) at the
-//!   same speed, but on this loaded 2-core machine its wall time was no better and varied more.
+//!   A VM disk on a hypervisor is cold, and its host's CPUs belong to the guests: on the quiet
+//!   machine's 8 GiB cold copy (bench/results/replicate-unlimited-cold{,-direct}-s11.md) it
+//!   cut the sender's CPU from 1.15 to 0.99 CPU-s per GiB (no page cache to fill, charge,
+//!   reclaim and copy out of) at the same speed; a warm range still takes the page cache.
 //!
 //! [`open`] picks the backend at run time: `VDREP_IO=pread|uring|uring-direct|uring-cold-direct`
 //! forces one (an unknown value, or `uring` where the kernel refuses io_uring, is an error
-//! rather than a silent substitute); unset or `auto` takes io_uring through the page cache if
-//! a probe ring can be created (kernel allows it, no seccomp filter) and pread otherwise. The choice is logged once per process.
+//! rather than a silent substitute); unset or `auto` takes `uring-cold-direct` if a probe ring
+//! can be created (kernel allows it, no seccomp filter) and pread otherwise. The choice is logged once per process.
 //!
 //! # Why `io-uring` and not tokio-uring
 //! The reads are issued from the pipeline's CPU threads, which are plain threads doing blocking
@@ -26,8 +27,9 @@
 //! adds no runtime.
 //!
 //! # Which is faster (bench/results/io_backends.md, `cargo run --release -p vdrep-bench --bin io_backends`)
-//! No backend wins on the project's machine (2 shared cores, virtio disk), so `auto` takes
-//! io_uring as the design asks, at no measurable cost, and O_DIRECT stays opt-in:
+//! No backend wins on raw speed on the project's machine (2 shared cores, virtio disk), so
+//! `auto` takes io_uring as the design asks, at no measurable cost; O_DIRECT always
+//! (`uring-direct`) stays opt-in, O_DIRECT for cold ranges only is the default for its CPU:
 //! - As the pipeline uses it (2 threads × 1 MiB reads): cold io_uring 3.15 GB/s vs pread 2.91
 //!   (+8 %), cached 10.2 vs 10.0 (+2.5 %), both inside the run-to-run spread: a tie.
 //! - O_DIRECT runs at 1.1–1.3 GB/s at every depth (1–32) and size (64 KiB–1 MiB), for pread and
@@ -147,8 +149,9 @@ impl Backend {
         }
     }
 
-    /// The backend `auto` picks when io_uring is available.
-    pub const AUTO_WITH_URING: Backend = Backend::Uring;
+    /// The backend `auto` picks when io_uring is available: cold ranges with O_DIRECT, warm
+    /// ones through the page cache (see the module docs for the figures).
+    pub const AUTO_WITH_URING: Backend = Backend::UringColdDirect;
 }
 
 /// Decides the backend from an explicit request and the probe's verdict.
