@@ -1,14 +1,14 @@
 //! The CPU budget applied to a running sender: the [`Governor`] behind a lock, fed with
-//! this process's CPU time, the run's monotonic clock and the run's byte counters, driving
-//! the compression level's cap, telling the compression controller whether a step up fits
-//! ([`CpuBudget::review`]) and holding back the CPU worker threads before each read.
+//! this process's CPU time, the run's monotonic clock and the run's byte counters, holding
+//! back the CPU worker threads before each read ([`CpuBudget::gate`]) and choosing the
+//! compression level at each tick of the compression controller ([`CpuBudget::steer`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{process_cpu_time, CpuLimit, Decision, Governor, Sample};
+use super::{process_cpu_time, Bound, CpuLimit, Governor, Sample};
 use crate::pipeline::{AdaptiveLevel, Stats};
 
 /// A sender's CPU budget (`--cpu-limit`).
@@ -23,24 +23,9 @@ pub struct CpuBudget {
     cpu_origin: Duration,
 }
 
-/// The budget's state, for the compression controller's log line.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BudgetState {
-    /// CPU (cores) the level in use costs at the pace the streams send (`None`: not
-    /// measured yet at this level).
-    pub steady_rate: Option<f64>,
-    /// Budget left in CPU seconds (negative: overdrawn).
-    pub tokens: f64,
-    /// The cap on the ladder (`None`: no cap).
-    pub cap: Option<i32>,
-    /// Whether the compression controller may climb to the next step (whose cost
-    /// [`super::step_cost`] weighs).
-    pub headroom: bool,
-}
-
 impl CpuBudget {
-    /// A budget of `limit` for the process, capping `level`; wall time from `clock`, the
-    /// payload prepared and sent from the run's `stats`.
+    /// A budget of `limit` for the process, steering `level`; wall time from `clock`, the
+    /// bytes prepared and sent from the run's `stats`.
     pub fn new(
         limit: CpuLimit,
         level: Arc<AdaptiveLevel>,
@@ -49,7 +34,7 @@ impl CpuBudget {
     ) -> Self {
         CpuBudget {
             limit,
-            governor: Mutex::new(Governor::new(limit, level.top())),
+            governor: Mutex::new(Governor::new(limit, level.ladder())),
             origin: clock.now(),
             cpu_origin: process_cpu_time(),
             level,
@@ -63,62 +48,57 @@ impl CpuBudget {
         self.limit
     }
 
-    /// Samples the process now, applies the cap, and says how long to wait.
-    pub fn decide(&self) -> Decision {
-        let s = Sample {
+    fn sample(&self) -> Sample {
+        Sample {
             wall: self.clock.now().saturating_duration_since(self.origin),
             cpu: process_cpu_time().saturating_sub(self.cpu_origin),
+            data: Stats::get(&self.stats.data),
             prepared: Stats::get(&self.stats.payload),
             sent: Stats::get(&self.stats.wire),
-        };
-        let d = match self.governor.lock() {
-            Ok(mut g) => g.observe(s, self.level.step_in_use()),
-            // A thread panicked holding the lock: no budget is better than a stuck sender.
-            Err(_) => {
-                return Decision {
-                    level_cap: None,
-                    pace: Duration::ZERO,
-                }
-            }
-        };
-        self.level.set_cap(d.level_cap);
-        d
+        }
     }
 
-    /// Samples the process now (as [`CpuBudget::decide`]) and says whether the level in
-    /// use leaves room for the compression controller to climb, with the state behind it.
-    pub fn review(&self) -> BudgetState {
-        self.decide();
-        let st = match self.governor.lock() {
-            Ok(g) => BudgetState {
-                steady_rate: g.steady_rate(),
-                tokens: g.tokens(),
-                cap: g.cap(),
-                headroom: g.headroom_for(super::step_cost(self.level.next_up())),
-            },
-            Err(_) => BudgetState {
-                steady_rate: None,
-                tokens: 0.0,
-                cap: None,
-                headroom: true,
-            },
+    /// Samples the process now and says how long to wait before the next read.
+    pub fn decide(&self) -> Duration {
+        let s = self.sample();
+        match self.governor.lock() {
+            Ok(mut g) => g.observe(s, self.level.step_in_use()),
+            // A thread panicked holding the lock: no budget is better than a stuck sender.
+            Err(_) => Duration::ZERO,
+        }
+    }
+
+    /// The compression controller's tick under a budget: samples the process, lets the
+    /// governor choose the level from what it measured and from `bound` (where the streams
+    /// waited since the last tick), and sets it.
+    pub fn steer(&self, bound: Bound) {
+        let s = self.sample();
+        let step = self.level.step_in_use();
+        let Ok(mut g) = self.governor.lock() else {
+            return;
         };
+        g.observe(s, step);
+        let chosen = g.choose(bound);
+        if let Some(c) = chosen.filter(|&c| c != step) {
+            self.level.set_step(c);
+        }
         // `VDREP_LOG=vdrep::cpu=debug`: the per-tick trace of level, cost and budget.
-        tracing::debug!(step = self.level.step_in_use(), level = ?self.level.current(),
-                        steady = ?st.steady_rate, tokens = st.tokens, cap = ?st.cap,
-                        headroom = st.headroom, "CPU budget");
-        st
+        let y = g.measured(step);
+        tracing::debug!(step, level = ?self.level.current(), ?bound, ?chosen,
+                        cost_s_per_gib = y.map(|y| y.cost * (1u64 << 30) as f64),
+                        ratio = y.map(|y| y.ratio), link_mb_s = g.link_rate().map(|l| l / 1e6),
+                        tokens = g.tokens(), "CPU budget");
     }
 
     /// Blocks the calling (worker) thread until the budget allows the next read. Returns
     /// early, without waiting the rest, when `stop()` says the run is over.
     pub fn gate(&self, stop: impl Fn() -> bool) {
         loop {
-            let d = self.decide();
-            if d.pace.is_zero() || stop() {
+            let pace = self.decide();
+            if pace.is_zero() || stop() {
                 return;
             }
-            std::thread::sleep(d.pace);
+            std::thread::sleep(pace);
         }
     }
 }

@@ -2,27 +2,18 @@
 //! budget an operator may give it (`--cpu-limit CORES`), because the cores of a hypervisor
 //! belong to its guests and replication must be able to stay out of their way.
 //!
-//! [`Governor`] is the pure controller (samples in, a level cap and a pacing delay out);
-//! [`CpuBudget`] applies it to a running sender: the CPU worker threads pass through
-//! [`CpuBudget::gate`] before every read, and the compression controller obeys the cap and
-//! climbs only while [`CpuBudget::review`] says the level in use leaves room.
+//! [`Governor`] is the pure controller (samples in, a pacing delay and a choice of level
+//! out); [`CpuBudget`] applies it to a running sender: the CPU worker threads pass through
+//! [`CpuBudget::gate`] before every read, and under a budget the compression controller's
+//! tick is [`CpuBudget::steer`]: the level the budget buys the most source bytes with.
 
 mod budget;
 mod governor;
 
-pub use budget::{BudgetState, CpuBudget};
-pub use governor::{Decision, Governor, Sample, BURST, DEEP_STEP_COST, SETTLE, START_CREDIT};
-
-use crate::pipeline::{Compression, JOIN_FROM_LEVEL};
-
-/// What a step up to `next` costs against the level in use, for [`Governor::headroom_for`]:
-/// [`DEEP_STEP_COST`] into the ladder's deep levels, 1 below them.
-pub fn step_cost(next: Option<Compression>) -> f64 {
-    match next {
-        Some(Compression::Zstd(l)) if l >= JOIN_FROM_LEVEL => DEEP_STEP_COST,
-        _ => 1.0,
-    }
-}
+pub use budget::CpuBudget;
+pub use governor::{
+    Bound, Governor, Sample, Yield, BURST, DEEP_STEP_COST, PACE_SLACK, SETTLE, STALE, START_CREDIT,
+};
 
 use std::fmt;
 use std::time::Duration;

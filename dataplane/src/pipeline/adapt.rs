@@ -61,8 +61,6 @@ pub struct AdaptiveLevel {
     /// Steps from "off" upwards.
     ladder: Vec<Compression>,
     step: AtomicI32,
-    /// Highest step allowed (the CPU budget's cap; the top of the ladder without one).
-    cap: AtomicI32,
     adaptive: bool,
     /// Nanoseconds the streams waited for prepared extents since the last tick.
     wait_cpu: AtomicU64,
@@ -95,11 +93,9 @@ impl AdaptiveLevel {
                 }
             })
             .unwrap_or(0) as i32;
-        let top = ladder.len() as i32 - 1;
         AdaptiveLevel {
             ladder,
             step: AtomicI32::new(start),
-            cap: AtomicI32::new(top),
             adaptive,
             wait_cpu: AtomicU64::new(0),
             wait_link: AtomicU64::new(0),
@@ -112,28 +108,21 @@ impl AdaptiveLevel {
         self.ladder.len() as i32 - 1
     }
 
-    /// The ladder step in use now (after the cap).
+    /// The ladder, step 0 (no compression) first.
+    pub fn ladder(&self) -> &[Compression] {
+        &self.ladder
+    }
+
+    /// The ladder step in use now.
     pub fn step_in_use(&self) -> i32 {
-        let cap = self.cap.load(Ordering::Relaxed);
+        self.step.load(Ordering::Relaxed).clamp(0, self.top())
+    }
+
+    /// Sets the ladder step (clamped to the ladder), for the CPU budget (`crate::cpu`),
+    /// which chooses the level itself: it measures what each level costs and buys.
+    pub fn set_step(&self, step: i32) {
         self.step
-            .load(Ordering::Relaxed)
-            .min(cap)
-            .clamp(0, self.top())
-    }
-
-    /// Caps the ladder at `step` (`None`: no cap), for the CPU budget (`crate::cpu`): the
-    /// level in use never exceeds the cap, and the controller does not climb past it.
-    pub fn set_cap(&self, step: Option<i32>) {
-        let top = self.top();
-        self.cap
-            .store(step.map_or(top, |s| s.clamp(0, top)), Ordering::Relaxed);
-    }
-
-    /// The level one step up from the one in use, if the ladder and the cap allow one.
-    pub fn next_up(&self) -> Option<Compression> {
-        let s = self.step_in_use();
-        let cap = self.cap.load(Ordering::Relaxed).min(self.top());
-        (s < cap).then(|| self.ladder[s as usize + 1])
+            .store(step.clamp(0, self.top()), Ordering::Relaxed);
     }
 
     /// The level to use now.
@@ -168,20 +157,41 @@ impl AdaptiveLevel {
 
     /// As [`AdaptiveLevel::tick`]; without spare CPU the level never climbs.
     pub fn tick_with_spare_cpu(&self, spare: bool) -> i32 {
+        let dir = self.bottleneck();
+        self.move_by(dir, spare)
+    }
+
+    /// Where the streams waited since the last call, and forgets the waits: +1 mostly for
+    /// the link (compression could spend more CPU on ratio), -1 mostly for prepared extents
+    /// (the CPU stages are behind), 0 neither clearly or hardly any waits.
+    pub fn bottleneck(&self) -> i32 {
         let cpu = self.wait_cpu.swap(0, Ordering::Relaxed) as f64;
         let link = self.wait_link.swap(0, Ordering::Relaxed) as f64;
-        if !self.adaptive || cpu + link < 1e6 {
-            return 0;
-        }
-        let dir = if link / (cpu + link) > MOVE_SHARE {
-            i32::from(spare)
+        if cpu + link < 1e6 {
+            0
+        } else if link / (cpu + link) > MOVE_SHARE {
+            1
         } else if cpu / (cpu + link) > MOVE_SHARE {
             -1
         } else {
             0
+        }
+    }
+
+    /// Moves one step in the direction `bottleneck` (from [`AdaptiveLevel::bottleneck`]):
+    /// up when the link waits and `spare` says there is CPU to spend, down when the CPU
+    /// stages are behind. Returns the step taken; a fixed level never moves.
+    fn move_by(&self, bottleneck: i32, spare: bool) -> i32 {
+        if !self.adaptive {
+            return 0;
+        }
+        let dir = match bottleneck {
+            1 => i32::from(spare),
+            -1 => -1,
+            _ => 0,
         };
         if dir != 0 {
-            let top = self.top().min(self.cap.load(Ordering::Relaxed));
+            let top = self.top();
             let _ = self
                 .step
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
@@ -203,17 +213,17 @@ impl AdaptiveLevel {
 /// level chosen before the link was seen; after [`WARMUP`] the whole
 /// [`PREPARED_BUDGET`](super::PREPARED_BUDGET).
 ///
-/// It climbs only while there is CPU to spend. `budget()` says whether the sender's own CPU
-/// budget (`--cpu-limit`) leaves room for a step up (`cpu::Governor::headroom`), or `None`
-/// without a budget: then the host's idle share decides ([`CpuIdle`]). With a budget the
-/// operator has said how much of the host the sender may use, and the budget is measured
-/// where the host's idle share is guessed: on a host whose other work runs niced (or whose
-/// guests are idle for a moment) the idle share reads zero, and a sender held at its
-/// starting level paid wire bytes for CPU it was allowed to spend.
+/// Without a CPU budget it moves by the waits, and climbs only while the host has idle CPU
+/// ([`CpuIdle`]). Under a budget (`--cpu-limit`) `steer` gets the waits' verdict
+/// ([`AdaptiveLevel::bottleneck`]) each tick, chooses the level itself and returns true: the
+/// budget's governor (`cpu::Governor::choose`) measures what each level costs per source byte
+/// and buys on the link, where the waits alone would step down whenever the budget holds the
+/// CPU back — to levels that cost as much per source byte and put more bytes on the wire. It
+/// returns false without a budget.
 pub async fn run_controller(
     level: Arc<AdaptiveLevel>,
     prepared: Arc<super::MemoryBudget>,
-    budget: impl Fn() -> Option<bool>,
+    steer: impl Fn(i32) -> bool,
 ) {
     let mut idle = CpuIdle::default();
     let start = crate::clock::std_now();
@@ -223,11 +233,11 @@ pub async fn run_controller(
     idle.spare();
     loop {
         tokio::time::sleep(tick_after(start.elapsed())).await;
-        let spare = match budget() {
-            Some(room) => room,
-            None => idle.spare(),
-        };
-        level.tick_with_spare_cpu(spare);
+        let bottleneck = level.bottleneck();
+        if !steer(bottleneck) {
+            let spare = idle.spare();
+            level.move_by(bottleneck, spare);
+        }
         if !warm && start.elapsed() >= WARMUP {
             prepared.set_total(super::PREPARED_BUDGET);
             warm = true;
@@ -354,23 +364,22 @@ mod tests {
     }
 
     #[test]
-    fn a_cap_holds_the_level_down_and_the_controller_below_it() {
+    fn a_step_set_for_the_budget_holds_until_the_waits_move_it() {
         let a = AdaptiveLevel::new(3, true);
-        a.set_cap(Some(1));
+        a.set_step(1);
         assert_eq!(a.current(), Compression::Zstd(-3));
         assert_eq!(a.step_in_use(), 1);
-        // A waiting link does not climb past the cap; once lifted, it climbs from there.
-        for _ in 0..3 {
-            a.waited_for_link(ms(200));
-            a.tick();
-        }
-        assert_eq!(a.current(), Compression::Zstd(-3));
-        a.set_cap(None);
-        a.waited_for_link(ms(200));
-        a.tick();
-        assert_eq!(a.current(), Compression::Zstd(-1));
-        a.set_cap(Some(-5));
+        a.set_step(-5);
         assert_eq!(a.current(), Compression::Off);
+        a.set_step(99);
+        assert_eq!(a.current(), Compression::Zstd(MAX_ADAPTIVE_LEVEL));
+        // The waits' verdict is read once: it forgets them.
+        a.waited_for_cpu(ms(200));
+        assert_eq!(a.bottleneck(), -1);
+        assert_eq!(a.bottleneck(), 0);
+        a.waited_for_link(ms(200));
+        a.waited_for_cpu(ms(10));
+        assert_eq!(a.bottleneck(), 1);
     }
 
     #[test]

@@ -75,14 +75,24 @@ pub(super) fn announce_bandwidth(
 }
 
 /// Starts the compression controller (`pipeline::run_controller`) for the whole run; it
-/// runs until the returned task is aborted. Under a CPU budget it climbs only while the
-/// budget has room (`cpu::Governor::headroom`), without one while the host has idle CPU.
+/// runs until the returned task is aborted. Under a CPU budget the budget chooses the level
+/// (`cpu::CpuBudget::steer`), without one the controller climbs while the host has idle CPU.
 pub(super) fn spawn_controller(sh: &Shared) -> tokio::task::JoinHandle<()> {
     let (level, prepared, budget) = (sh.level.clone(), sh.prepared.clone(), sh.cpu.clone());
     tokio::spawn(crate::pipeline::run_controller(
         level,
         prepared,
-        move || budget.as_ref().map(|b| b.review().headroom),
+        move |bottleneck| match &budget {
+            Some(b) => {
+                b.steer(match bottleneck {
+                    1 => crate::cpu::Bound::Link,
+                    -1 => crate::cpu::Bound::Cpu,
+                    _ => crate::cpu::Bound::Neither,
+                });
+                true
+            }
+            None => false,
+        },
     ))
 }
 
