@@ -262,6 +262,14 @@ impl CycleSource for ViewCycle {
         Ok(())
     }
 
+    /// Never: a `ViewCycle` is one switch's view, opened once, and every round takes a new
+    /// one. What the receiver holds of an open cycle came from an earlier view (a killed
+    /// sender, a failed round: their bitmaps were merged back into this cycle's), and the
+    /// guest may have written there since.
+    fn same_bytes_as_before(&self, _cycle: u64) -> bool {
+        false
+    }
+
     fn mark_resync(&self, reason: &str) {
         let name = &self.vm.disks[self.index].name;
         if let Err(e) = self.vm.state.mark_resync(name, reason) {

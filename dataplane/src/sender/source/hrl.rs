@@ -142,6 +142,11 @@ impl CycleSource for HrlCycles {
         Ok(())
     }
 
+    /// A closed log never changes: what the receiver holds of it stays right.
+    fn same_bytes_as_before(&self, _cycle: u64) -> bool {
+        true
+    }
+
     fn mark_resync(&self, reason: &str) {
         if let Err(e) = self.tracker.mark_resync(reason) {
             warn!(error = %e, "cannot record the resync mark");

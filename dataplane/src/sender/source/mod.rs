@@ -93,6 +93,13 @@ pub trait CycleSource: Send + Sync {
     fn committed(&self, cycle: u64) -> Result<(), SourceError>;
     /// Records that the disk needs a resync, with the reason (kept across restarts).
     fn mark_resync(&self, reason: &str);
+    /// Whether cycle `cycle`'s bytes are the ones an earlier opening shipped (a closed
+    /// [MS-HRL] log never changes: yes). Only then does a cycle the receiver holds in part
+    /// (a killed sender, a failed round) skip the ranges it holds; otherwise — a qemu
+    /// cycle opened from a new view, which may hold writes made there since the old view —
+    /// every extent ships again over the receiver's partial bytes (its undo log keeps each
+    /// range's pre-image once, so the point stays one instant).
+    fn same_bytes_as_before(&self, cycle: u64) -> bool;
 }
 
 fn task_err(what: &str) -> impl Fn(tokio::task::JoinError) -> SendError + '_ {
@@ -161,7 +168,14 @@ pub async fn ship_pending(
         let open_s = t0.elapsed().as_secs_f64();
         let bytes: u64 = changes.extents.iter().map(|e| e.end - e.start).sum();
         let resume = begin_cycle(ctrl, o, cycle).await?;
-        let items = cycle_items(&changes.extents, &resume.done, sh.opts.chunk as u64);
+        let held = if resume.done.is_empty() || src.same_bytes_as_before(cycle) {
+            resume.done
+        } else {
+            info!(vm = %job.vm, disk = %job.name, cycle, held_bytes = resume.done.covered_len(),
+                  "the receiver holds part of this cycle from an earlier view: every extent ships again");
+            RangeSet::new()
+        };
+        let items = cycle_items(&changes.extents, &held, sh.opts.chunk as u64);
         let cjob = DiskJob {
             vm: job.vm.clone(),
             name: job.name.clone(),
