@@ -72,7 +72,7 @@ impl ViewCycle {
             self.cycle,
         );
         let job = move || {
-            let t0 = std::time::Instant::now();
+            let t0 = crate::clock::std_now();
             match view.discard(&clean) {
                 Ok(bytes) => info!(%vm, %disk, cycle, bytes, seconds = t0.elapsed().as_secs_f64(),
                                    "qemu cycle: the blocks clean in its bitmap given back to qemu"),
@@ -124,7 +124,7 @@ impl ViewCycle {
                   "no room to spool the cycle: it ships from the view");
             return Ok(None);
         }
-        let t0 = std::time::Instant::now();
+        let t0 = crate::clock::std_now();
         let sp = Spool::fill(&self.view, extents, &dir, &disk.name, tee).map_err(|e| {
             SourceError::Transient(format!("draining the view into the spool: {e}"))
         })?;
