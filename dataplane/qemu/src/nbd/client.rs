@@ -357,6 +357,29 @@ impl<S: Read + Write> NbdClient<S> {
         }
     }
 
+    /// The chunks any structured reply may carry besides its own kinds: NONE (no payload,
+    /// final) and errors (the first one kept in `failure`). `Ok(false)`: another kind, which
+    /// the reply's own rules judge.
+    pub(super) fn none_or_error_chunk(
+        &mut self,
+        h: ChunkHeader,
+        failure: &mut Option<(u32, String)>,
+    ) -> Result<bool, NbdError> {
+        match h.kind {
+            wire::CHUNK_NONE => {
+                if h.length != 0 || h.flags & wire::REPLY_FLAG_DONE == 0 {
+                    return Err(self.protocol("NONE chunk with payload or not final".into()));
+                }
+            }
+            k if k & 0x8000 != 0 => {
+                let e = self.error_chunk(h.length)?;
+                failure.get_or_insert(e);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
     /// Reads an error chunk's payload: the errno and the message.
     pub(super) fn error_chunk(&mut self, length: u32) -> Result<(u32, String), NbdError> {
         if !(6..=wire::MAX_OPTION_REPLY).contains(&length) {

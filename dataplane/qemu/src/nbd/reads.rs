@@ -121,16 +121,11 @@ impl<S: Read + Write> NbdClient<S> {
                 buf[rel..rel + hole as usize].fill(0);
                 r.covered.push((at, at + hole));
             }
-            wire::CHUNK_NONE => {
-                if h.length != 0 || h.flags & wire::REPLY_FLAG_DONE == 0 {
-                    return Err(self.protocol("NONE chunk with payload or not final".into()));
+            k => {
+                if !self.none_or_error_chunk(h, &mut r.failure)? {
+                    return Err(self.protocol(format!("chunk type {k} in a read reply")));
                 }
             }
-            k if k & 0x8000 != 0 => {
-                let e = self.error_chunk(h.length)?;
-                r.failure.get_or_insert(e);
-            }
-            k => return Err(self.protocol(format!("chunk type {k} in a read reply"))),
         }
         if h.flags & wire::REPLY_FLAG_DONE != 0 {
             r.done = true;

@@ -148,17 +148,8 @@ impl<S: Read + Write> NbdClient<S> {
         if r.chunks > MAX_TRIM_CHUNKS {
             return Err(self.protocol("too many chunks in a trim reply".into()));
         }
-        match h.kind {
-            wire::CHUNK_NONE => {
-                if h.length != 0 || h.flags & wire::REPLY_FLAG_DONE == 0 {
-                    return Err(self.protocol("NONE chunk with payload or not final".into()));
-                }
-            }
-            k if k & 0x8000 != 0 => {
-                let e = self.error_chunk(h.length)?;
-                r.failure.get_or_insert(e);
-            }
-            k => return Err(self.protocol(format!("chunk type {k} in a trim reply"))),
+        if !self.none_or_error_chunk(h, &mut r.failure)? {
+            return Err(self.protocol(format!("chunk type {} in a trim reply", h.kind)));
         }
         if h.flags & wire::REPLY_FLAG_DONE != 0 {
             r.done = true;
