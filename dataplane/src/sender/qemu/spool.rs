@@ -112,16 +112,28 @@ impl Spool {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        self.pieces(offset, data.len(), |at, r| {
+            self.file.write_all_at(&data[r], at)
+        })
+    }
+
+    /// Runs `io` on each piece of `[offset, offset + len)` that lies in one extent, with the
+    /// piece's file position and its range relative to `offset`: an extent's bytes are
+    /// contiguous in the file, two extents' bytes are not.
+    fn pieces(
+        &self,
+        offset: u64,
+        len: usize,
+        mut io: impl FnMut(u64, Range<usize>) -> std::io::Result<()>,
+    ) -> Result<(), DiskError> {
         let mut done = 0usize;
-        while done < data.len() {
+        while done < len {
             let off = offset + done as u64;
             let Some((at, left)) = self.locate(off) else {
-                return Err(self.outside(off, data.len() - done));
+                return Err(self.outside(off, len - done));
             };
-            let n = (left as usize).min(data.len() - done);
-            self.file
-                .write_all_at(&data[done..done + n], at)
-                .map_err(|e| DiskError::io(&self.path, at, e))?;
+            let n = (left as usize).min(len - done);
+            io(at, done..done + n).map_err(|e| DiskError::io(&self.path, at, e))?;
             done += n;
         }
         Ok(())
@@ -174,18 +186,8 @@ impl VirtualDisk for Spool {
     }
 
     fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let off = offset + done as u64;
-            let Some((at, left)) = self.locate(off) else {
-                return Err(self.outside(off, buf.len() - done));
-            };
-            let n = (left as usize).min(buf.len() - done);
-            self.file
-                .read_exact_at(&mut buf[done..done + n], at)
-                .map_err(|e| DiskError::io(&self.path, at, e))?;
-            done += n;
-        }
-        Ok(())
+        self.pieces(offset, buf.len(), |at, r| {
+            self.file.read_exact_at(&mut buf[r], at)
+        })
     }
 }
