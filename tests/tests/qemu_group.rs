@@ -125,6 +125,14 @@ fn group_points(store: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// Waits until the store holds two group points newer than `last` (`what` names the wait in
+/// its timeout message, with the sender's log).
+fn wait_for_group_points_after(store: &Path, log: &Path, last: u64, what: &str, secs: u64) {
+    wait_until(what, log, Duration::from_secs(secs), || {
+        group_points(store).iter().filter(|gc| **gc > last).count() >= 2
+    });
+}
+
 /// `failover --test --group erp --point GC`: the four disks' bytes in the guest's order.
 fn group_failover(dir: &Path, store: &Path, gc: u64) -> Vec<Vec<u8>> {
     let out_dir = dir.join(format!("fo-{gc}"));
@@ -257,18 +265,7 @@ fn every_group_point_of_a_qemu_vm_and_an_image_vm_holds_a_prefix_of_ordered_writ
     });
     // Two more group points switched after the guest stopped: the newest holds every write.
     let last = *group_points(&rig.store).last().unwrap();
-    wait_until(
-        "group points after the writes",
-        &log,
-        Duration::from_secs(60),
-        || {
-            group_points(&rig.store)
-                .iter()
-                .filter(|gc| **gc > last)
-                .count()
-                >= 2
-        },
-    );
+    wait_for_group_points_after(&rig.store, &log, last, "group points after the writes", 60);
     let written = guest.written();
     let longest_image_ms = guest.longest_image_ms.load(Ordering::SeqCst);
     drop(guest);
@@ -397,17 +394,12 @@ fn a_qemu_vm_joins_a_group_through_the_api_and_stays_in_it_after_a_restart() {
     let mut child = send.spawn();
     let log2 = send.log.clone();
     let last = *joined.last().unwrap();
-    wait_until(
-        "group points with vm1 after the restart",
+    wait_for_group_points_after(
+        &rig.store,
         &log2,
-        Duration::from_secs(120),
-        || {
-            group_points(&rig.store)
-                .iter()
-                .filter(|gc| **gc > last)
-                .count()
-                >= 2
-        },
+        last,
+        "group points with vm1 after the restart",
+        120,
     );
     let _ = child.kill();
     let _ = child.wait();
