@@ -151,11 +151,7 @@ impl NbdView {
         if blocks.is_empty() {
             return Ok(0);
         }
-        let kept = self.ahead.lock().ok().and_then(|mut a| a.take());
-        let client = match kept {
-            Some(c) => c,
-            None => self.view.connect(NBD_TIMEOUT)?,
-        };
+        let client = self.ahead_client()?;
         let mut q: nbd::ReadQueue<UnixStream, Vec<u8>> =
             nbd::ReadQueue::new(client, VIEW_READ_AHEAD);
         let mut asked = 0;
@@ -172,9 +168,7 @@ impl NbdView {
             result = q.settle_trims();
         }
         self.note_trim_failures(q.take_trim_failures());
-        if let (Some(c), Ok(mut a)) = (q.into_client(), self.ahead.lock()) {
-            *a = Some(c);
-        }
+        self.keep_ahead(q.into_client());
         result.map(|()| asked)
     }
 
@@ -184,14 +178,7 @@ impl NbdView {
     /// the reads in flight.
     pub fn drain(&self, extents: &[Range<u64>], sink: &mut Sink<'_>) -> Result<(), DiskError> {
         let path = &self.info.path;
-        let kept = self.ahead.lock().ok().and_then(|mut a| a.take());
-        let client = match kept {
-            Some(c) => c,
-            None => self
-                .view
-                .connect(NBD_TIMEOUT)
-                .map_err(|e| nbd_err(path, 0, e))?,
-        };
+        let client = self.ahead_client().map_err(|e| nbd_err(path, 0, e))?;
         let mut q: nbd::ReadQueue<UnixStream, Vec<u8>> =
             nbd::ReadQueue::new(client, VIEW_READ_AHEAD);
         let step = (q.max_read() as u64).min(1 << 20);
@@ -233,10 +220,25 @@ impl NbdView {
             q.settle_trims().map_err(|e| nbd_err(path, 0, e))
         })();
         self.note_trim_failures(q.take_trim_failures());
-        if let (Some(c), Ok(mut a)) = (q.into_client(), self.ahead.lock()) {
+        self.keep_ahead(q.into_client());
+        r
+    }
+
+    /// The connection kept for the read-ahead stage, trims and drains (one at a time), or a
+    /// new one when none is kept.
+    fn ahead_client(&self) -> Result<NbdClient<UnixStream>, NbdError> {
+        match self.ahead.lock().ok().and_then(|mut a| a.take()) {
+            Some(c) => Ok(c),
+            None => self.view.connect(NBD_TIMEOUT),
+        }
+    }
+
+    /// Keeps a connection a queue gave back (it does so only when the connection is sound,
+    /// with nothing left in flight) for the next user of [`NbdView::ahead_client`].
+    fn keep_ahead(&self, client: Option<NbdClient<UnixStream>>) {
+        if let (Some(c), Ok(mut a)) = (client, self.ahead.lock()) {
             *a = Some(c);
         }
-        r
     }
 
     fn mark_discarded(&self, start: u64, end: u64) {
@@ -380,11 +382,7 @@ impl VirtualDisk for NbdView {
     /// reads counted. `None` when no connection can be had: the CPU threads then read as
     /// before, and report what failed.
     fn read_queue(&self) -> Option<Box<dyn ReadQueue + '_>> {
-        let kept = self.ahead.lock().ok().and_then(|mut a| a.take());
-        let client = match kept {
-            Some(c) => c,
-            None => self.view.connect(NBD_TIMEOUT).ok()?,
-        };
+        let client = self.ahead_client().ok()?;
         Some(Box::new(ViewQueue {
             view: self,
             q: Some(nbd::ReadQueue::new(client, VIEW_READ_AHEAD)),
@@ -431,9 +429,7 @@ impl Drop for ViewQueue<'_> {
             self.view.note_trim_failures(q.take_trim_failures());
             q.into_client()
         });
-        if let (Some(c), Ok(mut a)) = (client, self.view.ahead.lock()) {
-            *a = Some(c);
-        }
+        self.view.keep_ahead(client);
     }
 }
 
