@@ -70,7 +70,7 @@ pub struct AdaptiveLevel {
     /// Source bytes read while each step was in use (indexed like `ladder`).
     read_at: Vec<AtomicU64>,
     /// Ticks at which the link was the bottleneck but the host had no spare CPU, so the
-    /// level held instead of climbing.
+    /// level held below the top instead of climbing.
     held: AtomicU64,
 }
 
@@ -82,7 +82,7 @@ pub struct LevelReport {
     /// never used are left out.
     pub read_bytes_by_level: Vec<(String, u64)>,
     /// Ticks at which the link waited but the host had no spare CPU ([`CpuIdle`]), so the
-    /// level held instead of climbing.
+    /// level held below the top of the ladder instead of climbing.
     pub climbs_held: u64,
 }
 
@@ -230,7 +230,7 @@ impl AdaptiveLevel {
         if !self.adaptive {
             return 0;
         }
-        if bottleneck == 1 && !spare {
+        if bottleneck == 1 && !spare && self.step_in_use() < self.top() {
             self.held.fetch_add(1, Ordering::Relaxed);
         }
         let dir = match bottleneck {
@@ -445,6 +445,9 @@ mod tests {
             a.tick_with_spare_cpu(idle.spare_after(sample.unwrap()));
         }
         assert_eq!(a.current(), Compression::Zstd(MAX_ADAPTIVE_LEVEL));
+        // At the top there is nothing to hold back: not counted.
+        a.waited_for_link(ms(240));
+        a.tick_with_spare_cpu(false);
         assert_eq!(a.report().climbs_held, 0);
         // The same host with the other work at nice 0 has no CPU to give: the level holds,
         // and the report says why.
