@@ -306,7 +306,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ("zstd", "--version"),
         ("socat", "-V"),
     ]);
-    let md = markdown(&a, &sums, &env);
+    let md = markdown(&a, &sums, &env) + &controller(&rows);
     let tg: Vec<_> = targets(&sums)
         .into_iter()
         .map(|(what, target, got)| {
@@ -410,6 +410,40 @@ fn markdown(a: &Args, sums: &[Summary], env: &report::Environment) -> String {
         env.date_utc
     );
     md
+}
+
+/// What vdrep's compression controller did in each run (from `vdrep send --json`): the share
+/// of the source read at each level and the ticks it held for want of spare host CPU. On a
+/// slow link a run that stays low (session 12: a whole run at level 1, 1.00× the pipe) shows
+/// here rather than only as a ratio.
+fn controller(rows: &[Row]) -> String {
+    let lines: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let c = r.vdrep_summary.as_ref()?.get("compression")?;
+            let by: Vec<(String, u64)> =
+                serde_json::from_value(c.get("read_bytes_by_level")?.clone()).ok()?;
+            let total = by.iter().map(|b| b.1).sum::<u64>().max(1);
+            let levels: Vec<String> = by
+                .iter()
+                .map(|(l, n)| format!("{l}: {:.1} %", *n as f64 * 100.0 / total as f64))
+                .collect();
+            Some(format!(
+                "- {} run {}: {}; climbs held for want of spare CPU: {}\n",
+                r.shape,
+                r.run + 1,
+                levels.join(", "),
+                c.get("climbs_held")?.as_u64()?
+            ))
+        })
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n## vdrep's compression levels (share of the source read at each)\n\n{}",
+        lines.concat()
+    )
 }
 
 /// Copies the tools' stderr logs out of the temporary folder before it is deleted, so a

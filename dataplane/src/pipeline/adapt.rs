@@ -67,6 +67,23 @@ pub struct AdaptiveLevel {
     /// Nanoseconds the streams waited for the link since the last tick.
     wait_link: AtomicU64,
     incompressible: AtomicU32,
+    /// Source bytes read while each step was in use (indexed like `ladder`).
+    read_at: Vec<AtomicU64>,
+    /// Ticks at which the link was the bottleneck but the host had no spare CPU, so the
+    /// level held below the top instead of climbing.
+    held: AtomicU64,
+}
+
+/// What the controller did in a run, for the summary (`vdrep send --json`) and the bench's
+/// results: a run that stays at a low level on a slow link shows here, and why.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct LevelReport {
+    /// Source bytes read per level in use (`"off"` or the zstd level), lowest first; levels
+    /// never used are left out.
+    pub read_bytes_by_level: Vec<(String, u64)>,
+    /// Ticks at which the link waited but the host had no spare CPU ([`CpuIdle`]), so the
+    /// level held below the top of the ladder instead of climbing.
+    pub climbs_held: u64,
 }
 
 impl AdaptiveLevel {
@@ -94,12 +111,40 @@ impl AdaptiveLevel {
             })
             .unwrap_or(0) as i32;
         AdaptiveLevel {
-            ladder,
             step: AtomicI32::new(start),
             adaptive,
             wait_cpu: AtomicU64::new(0),
             wait_link: AtomicU64::new(0),
             incompressible: AtomicU32::new(0),
+            read_at: (0..ladder.len()).map(|_| AtomicU64::new(0)).collect(),
+            held: AtomicU64::new(0),
+            ladder,
+        }
+    }
+
+    /// `n` source bytes were read for extents prepared at the level in use now.
+    pub fn note_read(&self, n: u64) {
+        self.read_at[self.step_in_use() as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// What the controller did so far.
+    pub fn report(&self) -> LevelReport {
+        LevelReport {
+            read_bytes_by_level: self
+                .ladder
+                .iter()
+                .zip(&self.read_at)
+                .map(|(c, n)| (c, n.load(Ordering::Relaxed)))
+                .filter(|&(_, n)| n > 0)
+                .map(|(c, n)| {
+                    let name = match c {
+                        Compression::Off => "off".to_string(),
+                        Compression::Zstd(l) => l.to_string(),
+                    };
+                    (name, n)
+                })
+                .collect(),
+            climbs_held: self.held.load(Ordering::Relaxed),
         }
     }
 
@@ -185,6 +230,9 @@ impl AdaptiveLevel {
         if !self.adaptive {
             return 0;
         }
+        if bottleneck == 1 && !spare && self.step_in_use() < self.top() {
+            self.held.fetch_add(1, Ordering::Relaxed);
+        }
         let dir = match bottleneck {
             1 => i32::from(spare),
             -1 => -1,
@@ -192,11 +240,18 @@ impl AdaptiveLevel {
         };
         if dir != 0 {
             let top = self.top();
-            let _ = self
+            if let Ok(was) = self
                 .step
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
                     Some((s + dir).clamp(0, top))
-                });
+                })
+            {
+                let (was, now) = (was.clamp(0, top), (was + dir).clamp(0, top));
+                if was != now {
+                    tracing::debug!(from = ?self.ladder[was as usize],
+                                    to = ?self.ladder[now as usize], "compression level");
+                }
+            }
         }
         dir
     }
@@ -245,50 +300,65 @@ pub async fn run_controller(
     }
 }
 
-/// Share of the host's CPU time idle between samples (from `/proc/stat`): above
+/// Share of the host's CPU time spare between samples (from `/proc/stat`): above
 /// [`SPARE_IDLE`] there is CPU to spend on a higher level.
+///
+/// Spare is idle, I/O wait, and time spent at a positive nice value (`nice` column): niced
+/// work (builds, batch jobs) yields its CPU to the sender (CFS gives a nice-0 thread ~98 % of
+/// a core against a nice-19 one), so it does not take the CPU a higher level would use.
+/// Counting it as busy kept the level at its start (1) for a whole 100 Mbit/s run on a host
+/// where a build ran at nice 19 — 1.00× the zstd pipe instead of 1.10×
+/// (bench/results/ANALYSIS.md, session 13).
 #[derive(Debug, Default)]
 pub struct CpuIdle {
     last: Option<(u64, u64)>,
 }
 
-/// Idle share of the host's CPU above which compression may climb.
+/// Spare share of the host's CPU above which compression may climb.
 pub const SPARE_IDLE: f64 = 0.3;
 
 impl CpuIdle {
-    /// Whether the host was idle more than [`SPARE_IDLE`] since the last call (true when it
+    /// Whether the host had more than [`SPARE_IDLE`] spare since the last call (true when it
     /// cannot tell: no `/proc/stat`, first call).
     pub fn spare(&mut self) -> bool {
-        let Some((idle, total)) = read_proc_stat() else {
-            return true;
-        };
-        let prev = self.last.replace((idle, total));
-        match prev {
-            Some((i0, t0)) if total > t0 => {
-                (idle.saturating_sub(i0)) as f64 / (total - t0) as f64 > SPARE_IDLE
+        match read_proc_stat() {
+            Some(sample) => self.spare_after(sample),
+            None => true,
+        }
+    }
+
+    /// As [`CpuIdle::spare`] with the next (spare, total) sample given.
+    fn spare_after(&mut self, (spare, total): (u64, u64)) -> bool {
+        match self.last.replace((spare, total)) {
+            Some((s0, t0)) if total > t0 => {
+                (spare.saturating_sub(s0)) as f64 / (total - t0) as f64 > SPARE_IDLE
             }
             _ => true,
         }
     }
 }
 
-/// (idle + iowait, total) jiffies of the first `cpu` line of `/proc/stat`.
+/// (nice + idle + iowait, total) jiffies of the first `cpu` line of `/proc/stat`.
 fn read_proc_stat() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
     parse_proc_stat(&text)
 }
 
+/// The columns are user, nice, system, idle, iowait, irq, softirq, steal, guest,
+/// guest_nice; the kernel counts guest time in user and nice as well, so the total is the
+/// first eight.
 fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
+        .take(8)
         .filter_map(|x| x.parse().ok())
         .collect();
     if v.len() < 5 {
         return None;
     }
-    Some((v[3] + v[4], v.iter().sum()))
+    Some((v[1] + v[3] + v[4], v.iter().sum()))
 }
 
 #[cfg(test)]
@@ -342,9 +412,76 @@ mod tests {
     #[test]
     fn proc_stat_gives_idle_and_total() {
         let text = "cpu  100 5 50 800 45 0 0 0 0 0\ncpu0 1 2 3 4 5\n";
-        assert_eq!(parse_proc_stat(text), Some((845, 1000)));
+        assert_eq!(parse_proc_stat(text), Some((850, 1000)));
+        // Guest time is already in user and nice: not counted twice.
+        let text = "cpu  100 5 50 800 45 0 0 0 30 5\n";
+        assert_eq!(parse_proc_stat(text), Some((850, 1000)));
         assert_eq!(parse_proc_stat("intr 1 2\n"), None);
         assert!(CpuIdle::default().spare(), "the first sample cannot tell");
+    }
+
+    /// `/proc/stat`'s first line (100 jiffies a second) after `secs` seconds on 2 cores, of
+    /// which `own` core-seconds went to work at nice 0 (the sender and receiver) and `niced`
+    /// to work at nice 19 (a build).
+    fn proc_stat_after(secs: u64, own: f64, niced: f64) -> String {
+        let (user, nice) = ((own * 100.0) as u64, (niced * 100.0) as u64);
+        let idle = 200 * secs - user - nice;
+        format!("cpu  {user} {nice} 0 {idle} 0 0 0 0 0 0\n")
+    }
+
+    #[test]
+    fn a_build_at_nice_19_does_not_hold_the_level_at_its_start() {
+        // Session 12's 1.00× run: the link waited the whole run, the sender and receiver used
+        // 0.6 of the 2 cores and a build at nice 19 the rest; idle alone (0 %) said "no spare
+        // CPU" at every tick and the level stayed at 1.
+        let a = AdaptiveLevel::new(1, true);
+        let mut idle = CpuIdle::default();
+        let first = parse_proc_stat(&proc_stat_after(0, 0.0, 0.0)).unwrap();
+        assert!(idle.spare_after(first));
+        for t in 1..=20 {
+            let sample = parse_proc_stat(&proc_stat_after(t, 0.6 * t as f64, 1.4 * t as f64));
+            a.waited_for_link(ms(240));
+            a.waited_for_cpu(ms(5));
+            a.tick_with_spare_cpu(idle.spare_after(sample.unwrap()));
+        }
+        assert_eq!(a.current(), Compression::Zstd(MAX_ADAPTIVE_LEVEL));
+        // At the top there is nothing to hold back: not counted.
+        a.waited_for_link(ms(240));
+        a.tick_with_spare_cpu(false);
+        assert_eq!(a.report().climbs_held, 0);
+        // The same host with the other work at nice 0 has no CPU to give: the level holds,
+        // and the report says why.
+        let b = AdaptiveLevel::new(1, true);
+        let mut idle = CpuIdle::default();
+        assert!(idle.spare_after(first));
+        for t in 1..=20 {
+            let sample = parse_proc_stat(&proc_stat_after(t, 2.0 * t as f64, 0.0));
+            b.waited_for_link(ms(240));
+            b.note_read(1 << 20);
+            b.tick_with_spare_cpu(idle.spare_after(sample.unwrap()));
+        }
+        assert_eq!(b.current(), Compression::Zstd(1));
+        assert_eq!(
+            b.report(),
+            LevelReport {
+                read_bytes_by_level: vec![("1".to_string(), 20 << 20)],
+                climbs_held: 20,
+            }
+        );
+    }
+
+    #[test]
+    fn the_report_counts_reads_at_each_level_used() {
+        let a = AdaptiveLevel::new(0, true);
+        a.note_read(100);
+        a.set_step(3);
+        a.note_read(7);
+        a.note_read(3);
+        let r = a.report();
+        assert_eq!(
+            r.read_bytes_by_level,
+            vec![("off".to_string(), 100), ("1".to_string(), 10)]
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ mod prepare;
 pub mod readahead;
 mod stats;
 
-pub use adapt::{run_controller, tick_after, AdaptiveLevel, Compression, CpuIdle, TICK, WARMUP};
+pub use adapt::{
+    run_controller, tick_after, AdaptiveLevel, Compression, CpuIdle, LevelReport, TICK, WARMUP,
+};
 pub use budget::{MemoryBudget, Ticket, PREPARED_BUDGET, WARMUP_BUDGET};
 pub use plan::{join_reads, plan_disk, push_split, PlanOptions, WorkItem, JOIN_FROM_LEVEL};
 pub use prepare::{prepare, prepare_loaded, Prepared, Zeros, ZERO_BLOCK};

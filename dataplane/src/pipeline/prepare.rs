@@ -111,6 +111,7 @@ pub fn prepare_loaded(
         _ => disk.read_at(offset, len as usize)?,
     };
     stats.add_read(len as u64);
+    level.note_read(len as u64);
     let runs = zero_runs(&data);
     if let (Zeros::Pack { .. }, super::Compression::Zstd(l)) = (zeros, level.current()) {
         return Ok(super::pack::encode(

@@ -368,8 +368,11 @@ async fn run_jobs(
     // wire. `wait_idle` alone lingers for quinn's draining period (3 PTO, ~0.5 s behind a
     // 50 ms queue: 1.7 % of a 1 GiB copy at 100 Mbit/s) to answer a peer that missed it.
     let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
-    let summary = Summary::from_stats(stats, total, started.elapsed());
+    let mut summary = Summary::from_stats(stats, total, started.elapsed());
+    summary.compression = sh.level.report();
     info!("{}", summary.one_line());
+    info!(levels = ?summary.compression.read_bytes_by_level,
+          climbs_held = summary.compression.climbs_held, "compression controller");
     Ok(summary)
 }
 

@@ -109,6 +109,9 @@ pub struct Summary {
     /// CPU seconds (user + system, all threads) the sender process used from its start to
     /// the end of the run: what replication cost the host, beside what it achieved.
     pub cpu_seconds: f64,
+    /// What the compression controller did: source bytes read at each level, and how often
+    /// it held instead of climbing for want of spare CPU.
+    pub compression: crate::pipeline::LevelReport,
 }
 
 impl Summary {
@@ -136,6 +139,7 @@ impl Summary {
             seconds: secs,
             throughput_bytes_per_sec: total as f64 / secs,
             cpu_seconds: crate::cpu::process_cpu_time().as_secs_f64(),
+            compression: Default::default(),
         }
     }
 
