@@ -83,7 +83,7 @@ fn shipping_yields_to_the_guests(pid: u32) {
     let lowered = (base + 10).min(19);
     let workers: Vec<_> = threads
         .iter()
-        .filter(|t| t.0.starts_with("tokio-runtime") || t.0.starts_with("vdrep-cpu"))
+        .filter(|t| t.0.starts_with("tokio-r") || t.0.starts_with("vdrep-cpu"))
         .collect();
     assert!(!workers.is_empty(), "no runtime threads: {threads:?}");
     assert!(

@@ -89,8 +89,8 @@ struct Drained {
     upto: u64,
     /// The drain ended and its `then` ran (the view is gone): the last byte is readable.
     done: bool,
-    /// Why the drain stopped short.
-    failed: Option<String>,
+    /// Why the drain stopped short, as the error kind the cycle's reads fail with.
+    failed: Option<(std::io::ErrorKind, String)>,
 }
 
 /// What the spool and its drain thread share; the file goes with the last of them.
@@ -195,8 +195,14 @@ impl Spool {
                     then(sp);
                     sp.advance(|d| d.done = true);
                 }
-                Ok(()) => sp.advance(|d| d.failed = Some("the cycle stopped shipping".into())),
-                Err(e) => sp.advance(|d| d.failed = Some(e.to_string())),
+                Ok(()) => sp.advance(|d| {
+                    d.failed = Some((std::io::ErrorKind::Interrupted, "the cycle stopped".into()))
+                }),
+                // Transient, as a drain that failed before shipping started always was: the
+                // round is retried from a new view (the bitmap is kept until a commit).
+                Err(e) => sp.advance(|d| {
+                    d.failed = Some((std::io::ErrorKind::Interrupted, e.to_string()))
+                }),
             }
         };
         crate::sender::priority::spawn_unniced(&format!("vdrep-drain-{name}"), run)
@@ -213,34 +219,25 @@ impl Spool {
 
     /// Waits until the file holds every byte before `end` (the last one: until the drain
     /// ended).
-    fn wait_for(&self, end: u64) -> Result<(), DiskError> {
+    fn wait_for(&self, end: u64) -> std::io::Result<()> {
         let total = self.len();
-        let mut d = self
-            .shared
-            .drained
-            .lock()
-            .map_err(|_| self.failure("the drain's lock is poisoned"))?;
+        let poisoned = || std::io::Error::other("the drain's lock is poisoned");
+        let mut d = self.shared.drained.lock().map_err(|_| poisoned())?;
         loop {
             if d.upto >= end && (end < total || d.done) {
                 return Ok(());
             }
-            if let Some(why) = &d.failed {
-                return Err(self.failure(&format!("the drain from the view failed: {why}")));
+            if let Some((kind, why)) = &d.failed {
+                let why = format!("the drain from the view failed: {why}");
+                return Err(std::io::Error::new(*kind, why));
             }
-            d = self
-                .shared
-                .moved
-                .wait(d)
-                .map_err(|_| self.failure("the drain's lock is poisoned"))?;
+            d = self.shared.moved.wait(d).map_err(|_| poisoned())?;
         }
     }
 
     fn failure(&self, what: &str) -> DiskError {
-        DiskError::io(
-            &self.shared.path,
-            0,
-            std::io::Error::other(what.to_string()),
-        )
+        let e = std::io::Error::new(std::io::ErrorKind::Interrupted, what.to_string());
+        DiskError::io(&self.shared.path, 0, e)
     }
 
     /// Whether the drain ended with every extent in the file.
@@ -336,8 +333,7 @@ impl VirtualDisk for Spool {
 
     fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.pieces(offset, buf.len(), |at, r| {
-            self.wait_for(at + r.len() as u64)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            self.wait_for(at + r.len() as u64)?;
             self.shared.file.read_exact_at(&mut buf[r], at)
         })
     }
