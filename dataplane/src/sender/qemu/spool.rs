@@ -200,9 +200,8 @@ impl Spool {
                 }),
                 // Transient, as a drain that failed before shipping started always was: the
                 // round is retried from a new view (the bitmap is kept until a commit).
-                Err(e) => sp.advance(|d| {
-                    d.failed = Some((std::io::ErrorKind::Interrupted, e.to_string()))
-                }),
+                Err(e) => sp
+                    .advance(|d| d.failed = Some((std::io::ErrorKind::Interrupted, e.to_string()))),
             }
         };
         crate::sender::priority::spawn_unniced(&format!("vdrep-drain-{name}"), run)
