@@ -61,27 +61,6 @@ pub fn remove_leftovers(state: &Path) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Reads the drain keeps in flight on its view (`VDREP_QEMU_DRAIN_DEPTH` overrides it, 1–16,
-/// for measurements). Every one is a read of up to 1 MiB on the guest's disk inside the
-/// guest's own qemu, queued beside the guest's writes.
-pub const DRAIN_DEPTH: usize = 16;
-
-fn drain_depth() -> usize {
-    static DEPTH: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *DEPTH.get_or_init(|| {
-        match std::env::var("VDREP_QEMU_DRAIN_DEPTH").map(|v| v.trim().parse::<usize>()) {
-            Ok(Ok(n)) if (1..=16).contains(&n) => {
-                tracing::warn!(
-                    depth = n,
-                    "VDREP_QEMU_DRAIN_DEPTH: the drains keep this many reads in flight"
-                );
-                n
-            }
-            _ => DRAIN_DEPTH,
-        }
-    })
-}
-
 /// How far the drain got.
 #[derive(Default)]
 struct Drained {
@@ -175,7 +154,7 @@ impl Spool {
         let extents = extents.to_vec();
         let run = move || {
             let sp = &mine;
-            let r = view.drain(&extents, drain_depth(), &mut |offset, data| {
+            let r = view.drain(&extents, &mut |offset, data| {
                 if sp.shared.cancel.load(Ordering::Relaxed) {
                     return Err(sp.failure("the cycle stopped shipping"));
                 }

@@ -172,20 +172,15 @@ impl NbdView {
         result.map(|()| asked)
     }
 
-    /// Reads `extents` (sorted, disjoint) in order, up to `depth` reads (at most
-    /// [`VIEW_READ_AHEAD`]) of at most 1 MiB in flight, hands each read's bytes to `sink` in disk order, and gives each
+    /// Reads `extents` (sorted, disjoint) in order, up to [`VIEW_READ_AHEAD`] reads of at
+    /// most 1 MiB in flight, hands each read's bytes to `sink` in disk order, and gives each
     /// whole block read back to qemu (`super::spool`: the view goes right after). Memory:
     /// the reads in flight.
-    pub fn drain(
-        &self,
-        extents: &[Range<u64>],
-        depth: usize,
-        sink: &mut Sink<'_>,
-    ) -> Result<(), DiskError> {
+    pub fn drain(&self, extents: &[Range<u64>], sink: &mut Sink<'_>) -> Result<(), DiskError> {
         let path = &self.info.path;
         let client = self.ahead_client().map_err(|e| nbd_err(path, 0, e))?;
         let mut q: nbd::ReadQueue<UnixStream, Vec<u8>> =
-            nbd::ReadQueue::new(client, depth.clamp(1, VIEW_READ_AHEAD));
+            nbd::ReadQueue::new(client, VIEW_READ_AHEAD);
         let step = (q.max_read() as u64).min(1 << 20);
         let trim = q.can_trim();
         let mut pieces = extents.iter().flat_map(|e| {
