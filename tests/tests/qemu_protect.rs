@@ -41,6 +41,58 @@ fn guest_writes(qsd: &Qsd, seed: u64, stop: &AtomicBool, max: usize) -> usize {
     n
 }
 
+/// (name, nice) of each thread of process `pid`, from /proc.
+fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(e.unwrap().path().join("stat")) else {
+            continue;
+        };
+        let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
+        // Field 19 (nice) is the 17th after the name's closing parenthesis.
+        let nice = stat[close + 2..]
+            .split(' ')
+            .nth(16)
+            .unwrap()
+            .parse()
+            .unwrap();
+        v.push((stat[open + 1..close].to_string(), nice));
+    }
+    v
+}
+
+/// A sender protecting qemu VMs runs its threads 10 nice levels below the priority it was
+/// started at (`sender/priority.rs`), except the one that starts the drains' threads.
+fn shipping_yields_to_the_guests(pid: u32) {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let threads = thread_nices(pid);
+    let Some(base) = threads.iter().find(|t| t.0 == "vdrep-spawner").map(|t| t.1) else {
+        let nice: i32 = own[own.rfind(')').unwrap() + 2..]
+            .split(' ')
+            .nth(16)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            nice, 19,
+            "no vdrep-spawner thread below nice 19: {threads:?}"
+        );
+        eprintln!("the sender runs at nice 19: its priority cannot be checked");
+        return;
+    };
+    let lowered = (base + 10).min(19);
+    let workers: Vec<_> = threads
+        .iter()
+        .filter(|t| t.0.starts_with("tokio-r") || t.0.starts_with("vdrep-cpu"))
+        .collect();
+    assert!(!workers.is_empty(), "no runtime threads: {threads:?}");
+    assert!(
+        workers.iter().all(|t| t.1 == lowered),
+        "the shipping's threads not at nice {lowered}: {threads:?}"
+    );
+    eprintln!("sender threads (spawner at {base}): {threads:?}");
+}
+
 #[test]
 fn initial_replication_holds_the_disks_at_protection_start_and_cycles_converge_reading_only_dirty_extents(
 ) {
@@ -60,6 +112,12 @@ fn initial_replication_holds_the_disks_at_protection_start_and_cycles_converge_r
         .port();
     let metrics = format!("127.0.0.1:{port}");
     let send = rig.send("send.log").arg("--metrics").arg(&metrics);
+    // The sender inherits this thread's nice: 0 where allowed (tests run at 19, where
+    // nothing can be lowered further and the check below has nothing to see).
+    // SAFETY: setpriority of the calling thread only.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+    }
     let t0 = Instant::now();
     let child = send.spawn();
     assert!(
@@ -67,6 +125,7 @@ fn initial_replication_holds_the_disks_at_protection_start_and_cycles_converge_r
         "no first switch: {}",
         read_log(&send.log)
     );
+    shipping_yields_to_the_guests(child.id());
     // The guest writes throughout the initial copy and a few cycles.
     let stop = AtomicBool::new(false);
     let written = std::thread::scope(|sc| {

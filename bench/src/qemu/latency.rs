@@ -65,6 +65,13 @@ pub struct Args {
     /// deployment does, so the store is on tmpfs by default (its CPU still shares the host's).
     #[arg(long, default_value = "/dev/shm/vdrep-qemu-latency-store")]
     store: PathBuf,
+    /// Nice levels the receiver runs below the bench (`nice -n N`). A deployment's receiver
+    /// runs in Azure and takes no CPU from the protected host's guests; here it shares the
+    /// 2 cores with the guest and its qemu, so by default it yields to them as the sender's
+    /// shipping does by default (the sender runs as shipped). 0: the receiver at the guest's
+    /// priority (before session 13). The unprotected runs have no receiver.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=19))]
+    receiver_nice: u32,
     /// The vdrep binary [default: the one beside vdrep-bench].
     #[arg(long)]
     vdrep: Option<PathBuf>,
@@ -195,8 +202,11 @@ impl Rig<'_> {
         std::fs::create_dir_all(&a.store)?;
         let rx = Proc::spawn(
             None,
-            &self.vdrep,
+            Path::new("nice"),
             &[
+                "-n".into(),
+                a.receiver_nice.to_string(),
+                s(&self.vdrep),
                 "receive".into(),
                 "--listen".into(),
                 "127.0.0.1:0".into(),
@@ -500,7 +510,8 @@ fn markdown(a: &Args, r: &Results) -> String {
          4 KiB random writes at queue depth 1 (python3-libnbd through qemu-storage-daemon's NBD \
          export) over the first {} MiB of a {} MiB raw disk (`cache.direct=on`), {} s per run; \
          protected: `vdrep send --qmp` at a {} s interval after its initial copy; the receiver's \
-         store in `{}` (a deployment's receiver is not on the host). {} round(s), each a run not \
+         store in `{}` and the receiver at `nice -n {}` (a deployment's receiver is not on the \
+         host). {} round(s), each a run not \
          protected and a protected one (the protected first in even rounds; `vdrep unprotect` \
          after it); a write is slow above {}× its round's unprotected median.\n\n\
          Not protected / protected, per round:\n\n{}\n\
@@ -516,6 +527,7 @@ fn markdown(a: &Args, r: &Results) -> String {
         a.seconds,
         a.interval,
         a.store.display(),
+        a.receiver_nice,
         r.rounds.len(),
         SLOW_FACTOR,
         rounds,

@@ -146,6 +146,12 @@ pub struct Args {
     /// paced. Default: no cap.
     #[arg(long, value_name = "CORES", help_heading = "Transfer")]
     cpu_limit: Option<String>,
+    /// Run the shipping (reads, compression, hashing, QUIC) N nice levels below the
+    /// priority vdrep was started at (as `nice -n N`, capped at 19), so that it yields the
+    /// CPU to the guests; a qemu view's drain keeps the process's priority. 0–19.
+    /// Default: 10 when protecting qemu VMs, else 0.
+    #[arg(long, value_name = "N", help_heading = "Transfer")]
+    nice: Option<i32>,
     /// Print the summary as JSON on stdout (with `cpu_seconds`, the sender's CPU time).
     #[arg(long, help_heading = "Output")]
     json: bool,
@@ -206,6 +212,7 @@ struct File {
     control: Option<PathBuf>,
     metrics: Option<std::net::SocketAddr>,
     cpu_limit: Option<f64>,
+    nice: Option<i32>,
     vm: Vec<FileVm>,
 }
 
@@ -399,6 +406,7 @@ pub(super) fn options(a: &Args) -> CliResult<Options> {
             }
             (None, None) => None,
         },
+        nice: a.nice.or(f.nice),
         qemu: Vec::new(),
     };
     if a.verify && !a.resync {
@@ -459,6 +467,12 @@ pub fn run(a: Args) -> Result<(), CliError> {
         recovery: crate::error::Recovery::Permanent,
         usage: true,
     })?;
+    // Before the runtime and the pipeline start their threads: they inherit it.
+    let nice = sender::priority::resolve(opts.nice, !opts.qemu.is_empty())
+        .map_err(|e| CliError::usage(anyhow::anyhow!("--nice: {e}")))?;
+    if let Err(e) = sender::priority::yield_to_guests(nice) {
+        tracing::warn!(nice, error = %e, "cannot lower the sender's priority: its shipping competes with the guests");
+    }
     let rt = super::runtime()?;
     let ctl = rt.block_on(async {
         BandwidthControl::new(

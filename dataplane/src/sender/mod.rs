@@ -26,6 +26,7 @@ mod oneshot;
 mod options;
 pub mod pending;
 pub mod points;
+pub mod priority;
 pub mod progress;
 pub mod protect;
 pub mod qemu;

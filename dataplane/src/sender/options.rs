@@ -63,6 +63,9 @@ pub struct SendOptions {
     pub state_dir: Option<PathBuf>,
     /// CPU budget of the sender process (`--cpu-limit`; `None`: unlimited).
     pub cpu_limit: Option<crate::cpu::CpuLimit>,
+    /// The shipping's nice value (`--nice`; `None`: [`crate::sender::priority::resolve`]'s
+    /// default).
+    pub nice: Option<i32>,
     /// qemu VMs to protect through QMP (`--vm VM --qmp SOCKET`; protection only).
     pub qemu: Vec<crate::sender::qemu::QemuSpec>,
 }
@@ -88,6 +91,7 @@ impl Default for SendOptions {
             verify: false,
             state_dir: None,
             cpu_limit: None,
+            nice: None,
             qemu: Vec::new(),
         }
     }

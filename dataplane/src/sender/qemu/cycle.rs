@@ -89,11 +89,8 @@ impl ViewCycle {
                 }
             }
         };
-        if std::thread::Builder::new()
-            .name("vdrep-discard".into())
-            .spawn(run)
-            .is_err()
-        {
+        // At the process's priority: the guest's writes to those blocks wait until then.
+        if crate::sender::priority::spawn_unniced("vdrep-discard", run).is_err() {
             // No thread: discard here.
             if let Some(j) = job.lock().ok().and_then(|mut j| j.take()) {
                 j();
@@ -103,11 +100,17 @@ impl ViewCycle {
         tee
     }
 
-    /// Drains the cycle's extents from the view into a spool file and removes the view
-    /// (`super::spool`), when turned on ([`spool_on`]) and every extent is made of whole digest pieces (the digest then
-    /// reads nothing from the view) and the spool's filesystem has room for the dirty bytes
-    /// beside what the scratch image may still take. `None`: the cycle reads the view.
-    fn spool(&self, extents: &[Range<u64>], tee: &PieceTee) -> Result<Option<Spool>, SourceError> {
+    /// Starts draining the cycle's extents from the view into a spool file, which the
+    /// cycle then ships while the drain goes on; the view is removed once drained
+    /// (`super::spool`). Only when turned on ([`spool_on`]), every extent is made of whole
+    /// digest pieces (the digest then reads nothing from the view) and the spool's
+    /// filesystem has room for the dirty bytes beside what the scratch image may still
+    /// take. `None`: the cycle reads the view.
+    fn spool(
+        &self,
+        extents: &[Range<u64>],
+        tee: &Arc<PieceTee>,
+    ) -> Result<Option<Spool>, SourceError> {
         let disk = &self.vm.disks[self.index];
         let whole = |x: u64| x.is_multiple_of(PIECE) || x == disk.size;
         if !spool_on() || extents.iter().any(|e| !whole(e.start) || !whole(e.end)) {
@@ -125,40 +128,49 @@ impl ViewCycle {
             return Ok(None);
         }
         let t0 = crate::clock::std_now();
-        let sp = Spool::fill(&self.view, extents, &dir, &disk.name, tee).map_err(|e| {
-            SourceError::Transient(format!("draining the view into the spool: {e}"))
-        })?;
-        let drained = t0.elapsed().as_secs_f64();
-        if let Err(e) = self.vm.drop_view(self.index) {
-            warn!(vm = %self.vm.name, disk = %disk.name, error = %e,
-                  "cannot remove the drained view; it goes at the round's end");
-        }
-        info!(vm = %self.vm.name, disk = %disk.name, cycle = self.cycle, bytes = sp.len(),
-              drain_seconds = drained, seconds = t0.elapsed().as_secs_f64(),
-              "qemu cycle: dirty extents drained from the view into the spool, view removed");
-        super::test_hook::after_spool();
+        let (vm, index, cycle) = (self.vm.clone(), self.index, self.cycle);
+        let then: spool::Then = Box::new(move |sp: &Spool| {
+            let drained = t0.elapsed().as_secs_f64();
+            let name = &vm.disks[index].name;
+            if let Err(e) = vm.drop_view(index) {
+                warn!(vm = %vm.name, disk = %name, error = %e,
+                      "cannot remove the drained view; it goes at the round's end");
+            }
+            info!(vm = %vm.name, disk = %name, cycle, bytes = sp.len(),
+                  drain_seconds = drained, seconds = t0.elapsed().as_secs_f64(),
+                  "qemu cycle: dirty extents drained from the view into the spool, view removed");
+            super::test_hook::after_spool();
+        });
+        let sp = Spool::start(
+            self.view.clone(),
+            extents,
+            &dir,
+            &disk.name,
+            tee.clone(),
+            then,
+        )
+        .map_err(|e| SourceError::Transient(format!("starting the cycle's spool: {e}")))?;
         Ok(Some(sp))
     }
 }
 
-/// The environment variable that turns the spool on (`1`): off by default. It shortens the
-/// views (1–3 s instead of 5–14 s per GiB) and halves the guest's slow writes, but the
-/// cycle then takes 2.3× as long (`vdrep-bench qemu-cycle`: 7.3 s against 3.1 s per GiB:
-/// the drain, then shipping from a file whose writeback meets the receiver's writes), and
-/// the guest's p99 target is not met with it alone (`bench/results/ANALYSIS.md`, session
-/// 12, Q18V). A process that honours it says so in its log.
+/// The environment variable that turns the spool off (`0`): on by default. It shortens
+/// the views (1–3 s instead of 5–14 s per GiB) and halves the guest's slow writes
+/// (`bench/results/ANALYSIS.md`, session 12, Q18V); shipped while it drains, the cycle
+/// takes as long as from the view (session 13, Q18P). A process that honours it says so
+/// in its log.
 pub const SPOOL_ENV: &str = "VDREP_QEMU_SPOOL";
 
-/// Whether cycles drain into a spool and remove their view before shipping
-/// (`super::spool`; [`SPOOL_ENV`]).
+/// Whether cycles drain into a spool and remove their view early (`super::spool`;
+/// [`SPOOL_ENV`]).
 pub fn spool_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
-        let on = std::env::var(SPOOL_ENV).is_ok_and(|v| v.trim() == "1");
-        if on {
-            warn!("{SPOOL_ENV}=1: qemu cycles drain their views into spools (experimental)");
+        let off = std::env::var(SPOOL_ENV).is_ok_and(|v| v.trim() == "0");
+        if off {
+            warn!("{SPOOL_ENV}=0: qemu cycles read their views while they ship (no spool)");
         }
-        on
+        !off
     })
 }
 

@@ -1,31 +1,40 @@
-//! A cycle's dirty extents drained from its view into a local file, so that the view can go
-//! before the cycle ships. Off unless `VDREP_QEMU_SPOOL=1` (`super::cycle::SPOOL_ENV`: what
-//! it costs the cycle is there).
+//! A cycle's dirty extents drained from its view into a local file, so that the view goes
+//! long before the cycle has shipped. On by default (`super::cycle::SPOOL_ENV`=0 turns it
+//! off).
 //!
 //! Why: while a view lives, the guest's first write to each 64 KiB block waits for qemu's
 //! copy-before-write (125–170 µs against ~50 µs), and a view that lives while its cycle
 //! ships — 9–17 s for 1 GiB on a 2-core host shared by the guest, qemu and both vdrep ends —
 //! makes most blocks of a busy region wait once per cycle: the guest's p99 write latency
 //! was 3.2× unprotected (`bench/results/ANALYSIS.md`, session 11, Q18L). Draining reads the
-//! view as fast as NBD goes (16 reads in flight), giving each block back to qemu as soon as
-//! it is read ([`NbdView::drain`]), and the view is removed right after
-//! (`QemuVm::drop_view`); shipping then reads the file.
+//! view as fast as NBD goes, giving each block back to qemu as soon as it is read
+//! ([`NbdView::drain`]), and the view is removed right after (`QemuVm::drop_view`).
+//!
+//! The cycle ships while the drain runs (session 13, Q18P): each read of the spool waits
+//! until the drain has written its bytes, so the cycle takes about the longer of the two,
+//! not their sum (drained first, then shipped from the file, a GiB took 2.3× as long as
+//! from the view). The drain runs at the process's priority while the shipping yields to
+//! the guests (`crate::sender::priority`): the view stays short on a busy host.
 //!
 //! What stays as it was: the cycle's bitmap is kept until the cycle commits (a sender
 //! killed after the view went and before the commit finds it at restart, merges the newer
 //! bitmap back into it and ships the writes again), and the digest hashes the pieces as
-//! they are drained (the tee), so it reads nothing from the view afterwards.
+//! they are drained (the tee), so it reads nothing from the view afterwards. The last
+//! byte becomes readable only once the view is gone, so no cycle commits with its view
+//! still in place.
 //!
 //! Bounds: the file holds the dirty bytes (packed, in extent order), in
 //! `STATE/qemu/VM/spool/`, whose filesystem must have room for them (else the cycle reads
-//! the view as before); memory is the drain's reads in flight. The file goes when the
-//! cycle's shipping drops it (committed or failed), and a restart removes what a killed
-//! run left ([`remove_leftovers`]).
+//! the view as before); memory is the drain's reads in flight. The file goes when both the
+//! cycle's shipping (committed or failed) and the drain let go of it, and a restart removes
+//! what a killed run left ([`remove_leftovers`]).
 
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::digest::PieceTee;
 use super::view::NbdView;
@@ -52,25 +61,62 @@ pub fn remove_leftovers(state: &Path) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// A cycle's dirty extents, drained from its view.
-pub struct Spool {
-    info: DiskInfo,
+/// How far the drain got.
+#[derive(Default)]
+struct Drained {
+    /// The file holds every byte before this position.
+    upto: u64,
+    /// The drain ended and its `then` ran (the view is gone): the last byte is readable.
+    done: bool,
+    /// Why the drain stopped short, as the error kind the cycle's reads fail with.
+    failed: Option<(std::io::ErrorKind, String)>,
+}
+
+/// What the spool and its drain thread share; the file goes with the last of them.
+struct Shared {
     file: File,
     path: PathBuf,
     /// Per extent, in order: its start and end on the disk, and its offset in the file.
     index: Vec<(u64, u64, u64)>,
+    drained: Mutex<Drained>,
+    moved: Condvar,
+    /// Set when the spool is dropped: the drain stops at its next read.
+    cancel: AtomicBool,
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A cycle's dirty extents, drained from its view by a thread of their own while the cycle
+/// ships them: a read waits until the drain has passed its bytes (the drain goes in extent
+/// order, as the shipping reads), so the cycle takes about the longer of the drain and the
+/// shipping, not their sum.
+pub struct Spool {
+    info: DiskInfo,
+    shared: Arc<Shared>,
+}
+
+/// What the drain thread runs once every extent is in the file, before the last byte
+/// becomes readable (removing the view: a cycle never commits while its view lives on).
+pub type Then = Box<dyn FnOnce(&Spool) + Send + 'static>;
+
 impl Spool {
-    /// Drains `extents` (sorted, disjoint) of `view` into `dir/NAME.spool`, hashing every
-    /// whole piece into `tee` and giving each read block back to qemu. On error the file
-    /// is removed; the view may have lost blocks (a new view reads them).
-    pub fn fill(
-        view: &NbdView,
+    /// Starts draining `extents` (sorted, disjoint) of `view` into `dir/NAME.spool` on a
+    /// thread at the process's priority (`crate::sender::priority::spawn_unniced`: the
+    /// view lives until the drain ends), hashing every whole piece into `tee` and giving
+    /// each read block back to qemu; runs `then` once it drained everything. A failed
+    /// drain fails the reads of what it did not reach (the view may have lost blocks: a new
+    /// view reads them).
+    pub fn start(
+        view: Arc<NbdView>,
         extents: &[Range<u64>],
         dir: &Path,
         name: &str,
-        tee: &PieceTee,
+        tee: Arc<PieceTee>,
+        then: Then,
     ) -> Result<Spool, DiskError> {
         let path = dir.join(format!("{name}.spool"));
         let io = |e| DiskError::io(&path, 0, e);
@@ -92,28 +138,101 @@ impl Spool {
         info.path = path.clone();
         let spool = Spool {
             info,
-            file,
-            path,
-            index,
+            shared: Arc::new(Shared {
+                file,
+                path,
+                index,
+                drained: Mutex::new(Drained::default()),
+                moved: Condvar::new(),
+                cancel: AtomicBool::new(false),
+            }),
         };
-        view.drain(extents, &mut |offset, data| {
-            spool.write(offset, data)?;
-            tee.record(offset, data);
-            Ok(())
-        })?;
+        let mine = Spool {
+            info: spool.info.clone(),
+            shared: spool.shared.clone(),
+        };
+        let extents = extents.to_vec();
+        let run = move || {
+            let sp = &mine;
+            let r = view.drain(&extents, &mut |offset, data| {
+                if sp.shared.cancel.load(Ordering::Relaxed) {
+                    return Err(sp.failure("the cycle stopped shipping"));
+                }
+                sp.write(offset, data)?;
+                tee.record(offset, data);
+                // A read of the drain lies in one extent: its bytes end here in the file.
+                if let Some((at, _)) = sp.locate(offset) {
+                    sp.advance(|d| d.upto = d.upto.max(at + data.len() as u64));
+                }
+                Ok(())
+            });
+            // A spool dropped meanwhile belongs to a cycle that stopped shipping: its round
+            // ends (or ended) and removes the view itself, maybe already taking the next.
+            let stopped = sp.shared.cancel.load(Ordering::Relaxed);
+            match r {
+                Ok(()) if !stopped => {
+                    then(sp);
+                    sp.advance(|d| d.done = true);
+                }
+                Ok(()) => sp.advance(|d| {
+                    d.failed = Some((std::io::ErrorKind::Interrupted, "the cycle stopped".into()))
+                }),
+                // Transient, as a drain that failed before shipping started always was: the
+                // round is retried from a new view (the bitmap is kept until a commit).
+                Err(e) => sp
+                    .advance(|d| d.failed = Some((std::io::ErrorKind::Interrupted, e.to_string()))),
+            }
+        };
+        crate::sender::priority::spawn_unniced(&format!("vdrep-drain-{name}"), run)
+            .map_err(|e| DiskError::io(&spool.shared.path, 0, e))?;
         Ok(spool)
+    }
+
+    fn advance(&self, f: impl FnOnce(&mut Drained)) {
+        if let Ok(mut d) = self.shared.drained.lock() {
+            f(&mut d);
+        }
+        self.shared.moved.notify_all();
+    }
+
+    /// Waits until the file holds every byte before `end` (the last one: until the drain
+    /// ended).
+    fn wait_for(&self, end: u64) -> std::io::Result<()> {
+        let total = self.len();
+        let poisoned = || std::io::Error::other("the drain's lock is poisoned");
+        let mut d = self.shared.drained.lock().map_err(|_| poisoned())?;
+        loop {
+            if d.upto >= end && (end < total || d.done) {
+                return Ok(());
+            }
+            if let Some((kind, why)) = &d.failed {
+                let why = format!("the drain from the view failed: {why}");
+                return Err(std::io::Error::new(*kind, why));
+            }
+            d = self.shared.moved.wait(d).map_err(|_| poisoned())?;
+        }
+    }
+
+    fn failure(&self, what: &str) -> DiskError {
+        let e = std::io::Error::new(std::io::ErrorKind::Interrupted, what.to_string());
+        DiskError::io(&self.shared.path, 0, e)
+    }
+
+    /// Whether the drain ended with every extent in the file.
+    pub fn drained(&self) -> bool {
+        self.shared.drained.lock().is_ok_and(|d| d.done)
     }
 
     /// The file position of disk offset `offset` and the bytes of its extent from there.
     fn locate(&self, offset: u64) -> Option<(u64, u64)> {
-        let k = self.index.partition_point(|x| x.1 <= offset);
-        let &(start, end, at) = self.index.get(k)?;
+        let k = self.shared.index.partition_point(|x| x.1 <= offset);
+        let &(start, end, at) = self.shared.index.get(k)?;
         (start <= offset).then(|| (at + offset - start, end - offset))
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
         self.pieces(offset, data.len(), |at, r| {
-            self.file.write_all_at(&data[r], at)
+            self.shared.file.write_all_at(&data[r], at)
         })
     }
 
@@ -133,7 +252,7 @@ impl Spool {
                 return Err(self.outside(off, len - done));
             };
             let n = (left as usize).min(len - done);
-            io(at, done..done + n).map_err(|e| DiskError::io(&self.path, at, e))?;
+            io(at, done..done + n).map_err(|e| DiskError::io(&self.shared.path, at, e))?;
             done += n;
         }
         Ok(())
@@ -141,7 +260,7 @@ impl Spool {
 
     fn outside(&self, offset: u64, len: usize) -> DiskError {
         DiskError::io(
-            &self.path,
+            &self.shared.path,
             offset,
             std::io::Error::other(format!(
                 "{offset}+{len} is not in this cycle's dirty extents"
@@ -151,7 +270,7 @@ impl Spool {
 
     /// The bytes the file holds.
     pub fn len(&self) -> u64 {
-        self.index.last().map_or(0, |x| x.2 + x.1 - x.0)
+        self.shared.index.last().map_or(0, |x| x.2 + x.1 - x.0)
     }
 
     /// True when the spool holds nothing.
@@ -161,8 +280,13 @@ impl Spool {
 }
 
 impl Drop for Spool {
+    /// Stops the drain at its next read (when the cycle stops shipping first); the file
+    /// goes once the drain thread let go of it too.
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // The drain thread's own copy drops last without stopping anything: it is done.
+        if Arc::strong_count(&self.shared) > 1 {
+            self.shared.cancel.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -187,7 +311,8 @@ impl VirtualDisk for Spool {
 
     fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.pieces(offset, buf.len(), |at, r| {
-            self.file.read_exact_at(&mut buf[r], at)
+            self.wait_for(at + r.len() as u64)?;
+            self.shared.file.read_exact_at(&mut buf[r], at)
         })
     }
 }

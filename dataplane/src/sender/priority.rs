@@ -1,0 +1,210 @@
+//! The sender's CPU priority: its shipping yields to the guests, the drain of a qemu view
+//! does not.
+//!
+//! Why: on a host whose guests run beside the sender (qemu/KVM, where vdrep protects
+//! running VMs), every CPU-second the sender's compression, hashing, QUIC and reads take
+//! while a guest wants the core is a guest write served late. On the 2-core bench machine,
+//! the guest's p99 write latency under protection was 3–5× unprotected with the shipping
+//! at the guest's priority and 1.21× with it at nice 10 (`bench/results/ANALYSIS.md`,
+//! session 12, Q18V; session 13, Q18P). A nice value, not `SCHED_IDLE`: at nice 10 the
+//! shipping still gets about a tenth of a busy core (CFS weight 110 against 1024), so a
+//! guest that keeps the host busy slows replication instead of stopping it.
+//!
+//! What must not yield is a qemu cycle's drain (`super::qemu::spool`): while it runs, the
+//! view lives and every guest write to a block not yet copied waits for qemu's
+//! copy-before-write; the shorter the view, the fewer waits. Linux's nice is per thread
+//! and inherited by the threads a thread starts, and a thread may not raise its own
+//! priority again without `CAP_SYS_NICE`. So [`yield_to_guests`] first starts one small
+//! thread at the process's priority, then lowers the calling (main) thread, before the
+//! runtime and the pipeline start theirs: every thread started afterwards inherits the
+//! lower priority, except those started through [`spawn_unniced`], which that small thread
+//! starts for it.
+
+use std::io;
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+/// How far below its own priority the sender's shipping runs when it protects qemu VMs
+/// and nothing is given: see the top of this file. A sender with only Hyper-V logs or files keeps 0 unless told (its
+/// throughput figures are measured there, against baselines at the same priority).
+pub const QEMU_DEFAULT_NICE: i32 = 10;
+
+/// The highest nice value Linux knows.
+pub const MAX_NICE: i32 = 19;
+
+/// How many nice levels below the process's priority the sender's shipping runs: `given`
+/// (`--nice`, TOML `nice`), else [`QEMU_DEFAULT_NICE`] when it protects qemu VMs, else 0.
+pub fn resolve(given: Option<i32>, protects_qemu: bool) -> Result<i32, String> {
+    match given {
+        Some(n) if !(0..=MAX_NICE).contains(&n) => Err(format!(
+            "nice {n}: must be 0 (the guests' priority) to {MAX_NICE}"
+        )),
+        Some(n) => Ok(n),
+        None if protects_qemu => Ok(QEMU_DEFAULT_NICE),
+        None => Ok(0),
+    }
+}
+
+/// The calling thread's id (Linux).
+fn tid() -> libc::id_t {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::id_t }
+}
+
+/// The calling thread's nice value.
+pub fn thread_nice() -> io::Result<i32> {
+    // getpriority returns -1 both for nice -1 and for an error: errno tells them apart.
+    // SAFETY: errno is the calling thread's; getpriority only reads the thread's priority.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let n = libc::getpriority(libc::PRIO_PROCESS, tid());
+        if n == -1 && *libc::__errno_location() != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n)
+    }
+}
+
+/// Sets the calling thread's nice value (raising it again needs `CAP_SYS_NICE`).
+pub fn set_thread_nice(n: i32) -> io::Result<()> {
+    // SAFETY: setpriority only changes the calling thread's scheduling weight.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid(), n) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+type Reply = mpsc::Sender<io::Result<JoinHandle<()>>>;
+
+/// Starts threads at the priority it was started with.
+pub struct Spawner {
+    tx: Mutex<mpsc::Sender<(String, Job, Reply)>>,
+}
+
+impl Spawner {
+    /// Starts the spawner's thread, at the calling thread's priority.
+    pub fn start() -> io::Result<Spawner> {
+        let (tx, rx) = mpsc::channel::<(String, Job, Reply)>();
+        std::thread::Builder::new()
+            .name("vdrep-spawner".into())
+            .spawn(move || {
+                for (name, job, reply) in rx {
+                    let _ = reply.send(std::thread::Builder::new().name(name).spawn(job));
+                }
+            })?;
+        Ok(Spawner { tx: Mutex::new(tx) })
+    }
+
+    /// Starts thread `name` running `f` at the spawner's priority.
+    pub fn spawn(&self, name: &str, f: Job) -> io::Result<JoinHandle<()>> {
+        let (reply, answer) = mpsc::channel();
+        let sent = self
+            .tx
+            .lock()
+            .map_err(|_| io::Error::other("the spawner's lock is poisoned"))?
+            .send((name.to_string(), f, reply));
+        if sent.is_err() {
+            return Err(io::Error::other("the spawner's thread is gone"));
+        }
+        answer
+            .recv()
+            .map_err(|_| io::Error::other("the spawner's thread is gone"))?
+    }
+}
+
+static SPAWNER: OnceLock<Spawner> = OnceLock::new();
+
+/// Lowers the calling thread `by` nice levels below its priority (capped at
+/// [`MAX_NICE`], as `nice -n BY` would), after starting the thread that [`spawn_unniced`]
+/// uses at the current priority. Call it on the main thread before any thread that should
+/// yield is started. Returns the new nice value.
+pub fn yield_to_guests(by: i32) -> io::Result<i32> {
+    let now = thread_nice()?;
+    let n = now.saturating_add(by).min(MAX_NICE);
+    if n <= now {
+        return Ok(now);
+    }
+    if SPAWNER.get().is_none() {
+        let s = Spawner::start()?;
+        let _ = SPAWNER.set(s);
+    }
+    set_thread_nice(n)?;
+    tracing::info!(
+        nice = n,
+        was = now,
+        "the sender's shipping runs below the guests' priority (a qemu view's drain does not)"
+    );
+    Ok(n)
+}
+
+/// Starts thread `name` running `f` at the priority the process had before
+/// [`yield_to_guests`] (or at the caller's, when it was never called).
+pub fn spawn_unniced<F>(name: &str, f: F) -> io::Result<JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    match SPAWNER.get() {
+        Some(s) => s.spawn(name, Box::new(f)),
+        None => std::thread::Builder::new().name(name.to_string()).spawn(f),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The nice value of thread `tid` as /proc shows it (field 19 of its stat line).
+    fn proc_nice(tid: libc::id_t) -> i32 {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        // The command name may hold spaces: fields are counted after its closing ')'.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_lowered_threads_children_inherit_its_nice_except_the_spawners() {
+        // On a thread of its own: nice is per thread, the test harness's stays as it was.
+        std::thread::spawn(|| {
+            // Tests run at nice 19: back to 0 where allowed (root), else from where it is.
+            let _ = set_thread_nice(0);
+            let base = thread_nice().unwrap();
+            if base + 5 > MAX_NICE {
+                eprintln!("at nice {base}: cannot lower further, nothing to check");
+                return;
+            }
+            let spawner = Spawner::start().unwrap();
+            set_thread_nice(base + 5).unwrap();
+            assert_eq!(proc_nice(tid()), base + 5);
+            let (tx, rx) = mpsc::channel();
+            let tx2 = tx.clone();
+            std::thread::spawn(move || tx.send(("plain", proc_nice(tid()))).unwrap())
+                .join()
+                .unwrap();
+            spawner
+                .spawn(
+                    "vdrep-test",
+                    Box::new(move || tx2.send(("unniced", proc_nice(tid()))).unwrap()),
+                )
+                .unwrap()
+                .join()
+                .unwrap();
+            let got: Vec<_> = rx.try_iter().collect();
+            assert_eq!(got, vec![("plain", base + 5), ("unniced", base)]);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn the_default_is_nice_10_only_for_qemu_and_a_given_value_is_checked() {
+        assert_eq!(resolve(None, true), Ok(QEMU_DEFAULT_NICE));
+        assert_eq!(resolve(None, false), Ok(0));
+        assert_eq!(resolve(Some(0), true), Ok(0));
+        assert_eq!(resolve(Some(19), false), Ok(19));
+        assert!(resolve(Some(20), true).is_err());
+        assert!(resolve(Some(-1), true).is_err());
+    }
+}
