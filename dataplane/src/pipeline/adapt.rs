@@ -309,9 +309,16 @@ pub async fn run_controller(
 /// Counting it as busy kept the level at its start (1) for a whole 100 Mbit/s run on a host
 /// where a build ran at nice 19 — 1.00× the zstd pipe instead of 1.10×
 /// (bench/results/ANALYSIS.md, session 13).
+///
+/// The sender's own time is never spare: when its shipping runs at a positive nice value
+/// (`--nice`, the default for qemu VMs: `sender::priority`), its CPU lands in the same
+/// `nice` column, and counting it would let the level climb on the CPU the sender itself
+/// takes. So the process's own CPU time (`/proc/self/stat`) is taken off the spare time
+/// while the calling thread runs niced.
 #[derive(Debug, Default)]
 pub struct CpuIdle {
-    last: Option<(u64, u64)>,
+    /// (spare, total, the process's own) jiffies at the last sample.
+    last: Option<(u64, u64, u64)>,
 }
 
 /// Spare share of the host's CPU above which compression may climb.
@@ -321,21 +328,50 @@ impl CpuIdle {
     /// Whether the host had more than [`SPARE_IDLE`] spare since the last call (true when it
     /// cannot tell: no `/proc/stat`, first call).
     pub fn spare(&mut self) -> bool {
+        // SAFETY: getpriority only reads the calling thread's priority (who = 0 is the
+        // calling thread on Linux); -1 with errno set is an error, read as "not niced".
+        let niced = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) } > 0;
+        let own = if niced {
+            own_cpu_jiffies().unwrap_or(0)
+        } else {
+            0
+        };
         match read_proc_stat() {
-            Some(sample) => self.spare_after(sample),
+            Some(sample) => self.spare_after(sample, own),
             None => true,
         }
     }
 
-    /// As [`CpuIdle::spare`] with the next (spare, total) sample given.
-    fn spare_after(&mut self, (spare, total): (u64, u64)) -> bool {
-        match self.last.replace((spare, total)) {
-            Some((s0, t0)) if total > t0 => {
-                (spare.saturating_sub(s0)) as f64 / (total - t0) as f64 > SPARE_IDLE
+    /// As [`CpuIdle::spare`] with the next (spare, total) sample given, and the process's
+    /// own CPU jiffies (0 when its time does not count as spare).
+    fn spare_after(&mut self, (spare, total): (u64, u64), own: u64) -> bool {
+        match self.last.replace((spare, total, own)) {
+            Some((s0, t0, o0)) if total > t0 => {
+                let others = spare
+                    .saturating_sub(s0)
+                    .saturating_sub(own.saturating_sub(o0));
+                others as f64 / (total - t0) as f64 > SPARE_IDLE
             }
             _ => true,
         }
     }
+}
+
+/// The process's user + system time in clock ticks (`/proc/self/stat`), the unit of
+/// `/proc/stat`.
+fn own_cpu_jiffies() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    parse_own_stat(&text)
+}
+
+/// utime and stime are fields 14 and 15; the command name (field 2) may hold spaces and
+/// parentheses, so fields are counted after its last `)`.
+fn parse_own_stat(text: &str) -> Option<u64> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// (nice + idle + iowait, total) jiffies of the first `cpu` line of `/proc/stat`.
@@ -430,6 +466,35 @@ mod tests {
     }
 
     #[test]
+    fn the_senders_own_niced_time_is_not_spare() {
+        // A qemu sender ships at nice 10: its 1.5 cores land in the nice column beside a
+        // guest's 0.5 at nice 0, nothing idle. Counted as spare, the level would climb on
+        // the sender's own CPU; without it there is none.
+        let mut idle = CpuIdle::default();
+        let first = parse_proc_stat(&proc_stat_after(0, 0.0, 0.0)).unwrap();
+        assert!(idle.spare_after(first, 0));
+        let mut spare = Vec::new();
+        for t in 1..=5 {
+            let sample = parse_proc_stat(&proc_stat_after(t, 0.5 * t as f64, 1.5 * t as f64));
+            spare.push(idle.spare_after(sample.unwrap(), 150 * t));
+        }
+        assert_eq!(spare, [false; 5]);
+        // The same samples with the niced time another process's: spare.
+        let mut idle = CpuIdle::default();
+        assert!(idle.spare_after(first, 0));
+        let sample = parse_proc_stat(&proc_stat_after(1, 0.5, 1.5)).unwrap();
+        assert!(idle.spare_after(sample, 0));
+    }
+
+    #[test]
+    fn the_processs_own_cpu_time_is_read_after_its_name() {
+        let line = "4242 (vdrep (send) x) S 1 2 3 4 5 6 7 8 9 10 170 30 0 0 20 0 9 0 100\n";
+        assert_eq!(parse_own_stat(line), Some(200));
+        assert_eq!(parse_own_stat("4242 (vdrep"), None);
+        assert!(own_cpu_jiffies().is_some());
+    }
+
+    #[test]
     fn a_build_at_nice_19_does_not_hold_the_level_at_its_start() {
         // Session 12's 1.00× run: the link waited the whole run, the sender and receiver used
         // 0.6 of the 2 cores and a build at nice 19 the rest; idle alone (0 %) said "no spare
@@ -437,12 +502,12 @@ mod tests {
         let a = AdaptiveLevel::new(1, true);
         let mut idle = CpuIdle::default();
         let first = parse_proc_stat(&proc_stat_after(0, 0.0, 0.0)).unwrap();
-        assert!(idle.spare_after(first));
+        assert!(idle.spare_after(first, 0));
         for t in 1..=20 {
             let sample = parse_proc_stat(&proc_stat_after(t, 0.6 * t as f64, 1.4 * t as f64));
             a.waited_for_link(ms(240));
             a.waited_for_cpu(ms(5));
-            a.tick_with_spare_cpu(idle.spare_after(sample.unwrap()));
+            a.tick_with_spare_cpu(idle.spare_after(sample.unwrap(), 0));
         }
         assert_eq!(a.current(), Compression::Zstd(MAX_ADAPTIVE_LEVEL));
         // At the top there is nothing to hold back: not counted.
@@ -453,12 +518,12 @@ mod tests {
         // and the report says why.
         let b = AdaptiveLevel::new(1, true);
         let mut idle = CpuIdle::default();
-        assert!(idle.spare_after(first));
+        assert!(idle.spare_after(first, 0));
         for t in 1..=20 {
             let sample = parse_proc_stat(&proc_stat_after(t, 2.0 * t as f64, 0.0));
             b.waited_for_link(ms(240));
             b.note_read(1 << 20);
-            b.tick_with_spare_cpu(idle.spare_after(sample.unwrap()));
+            b.tick_with_spare_cpu(idle.spare_after(sample.unwrap(), 0));
         }
         assert_eq!(b.current(), Compression::Zstd(1));
         assert_eq!(
