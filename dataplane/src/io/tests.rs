@@ -164,6 +164,47 @@ fn cold_direct_reads_cold_ranges_around_the_page_cache_and_cached_ones_through_i
 }
 
 #[test]
+fn cold_direct_judges_a_range_from_its_first_middle_and_last_32_kib() {
+    use std::os::unix::fs::FileExt;
+    let kib = 1u64 << 10;
+    assert_eq!(
+        uring::cold_probes(1 << 20, 1 << 20),
+        [
+            (1 << 20, 32 * kib),
+            ((1 << 20) + 496 * kib, 32 * kib),
+            (2016 * kib, 32 * kib)
+        ]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (path, data) = random_file(dir.path(), 4 << 20);
+    let opts = UringOptions {
+        direct: DirectMode::WhenCold,
+        ..Default::default()
+    };
+    let f = UringFile::open_with(&path, opts).unwrap();
+    assert!(f.is_direct(), "TMPDIR must allow O_DIRECT");
+    let plain = std::fs::File::open(&path).unwrap();
+    let mib = 1usize << 20;
+    let mut b = direct::aligned_bytes_mut(mib);
+
+    // Only the first 64 KiB cached: one sample of three, cold, read direct.
+    direct::evict_cached_pages(&plain).unwrap();
+    plain.read_exact_at(&mut vec![0; 64 << 10], 0).unwrap();
+    f.read_exact_at(&mut b, 0).unwrap();
+    assert!(b[..] == data[..mib]);
+    assert_eq!(f.cold_choices(), (1, 0));
+
+    // The three samples cached and nothing else: the range counts as cached.
+    direct::evict_cached_pages(&plain).unwrap();
+    for (o, l) in uring::cold_probes(mib as u64, mib as u64) {
+        plain.read_exact_at(&mut vec![0; l as usize], o).unwrap();
+    }
+    f.read_exact_at(&mut b, mib as u64).unwrap();
+    assert!(b[..] == data[mib..2 * mib]);
+    assert_eq!(f.cold_choices(), (1, 1));
+}
+
+#[test]
 fn reads_past_the_end_are_unexpected_eof_and_empty_reads_succeed_everywhere() {
     let dir = tempfile::tempdir().unwrap();
     let (path, _) = random_file(dir.path(), SIZE);

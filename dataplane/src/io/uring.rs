@@ -51,6 +51,24 @@ pub enum DirectMode {
     WhenCold,
 }
 
+/// Bytes of each of the three samples [`UringFile`] asks cachestat(2) about per large read.
+pub const COLD_PROBE: u64 = 32 << 10;
+
+/// The samples of a read of `len` (at least [`COLD_DIRECT_MIN`]) bytes at `offset` whose
+/// residency decides how it is read: its first, middle and last [`COLD_PROBE`] bytes.
+/// Readahead and eviction work on runs of pages, so the three agree with the whole range
+/// except where a run starts or ends inside it.
+pub fn cold_probes(offset: u64, len: u64) -> [(u64, u64); 3] {
+    const _: () = assert!(COLD_DIRECT_MIN as u64 >= 3 * COLD_PROBE);
+    debug_assert!(len >= 3 * COLD_PROBE);
+    let mid = offset + len / 2 - COLD_PROBE / 2;
+    [
+        (offset, COLD_PROBE),
+        (mid, COLD_PROBE),
+        (offset + len - COLD_PROBE, COLD_PROBE),
+    ]
+}
+
 /// How an [`UringFile`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UringOptions {
@@ -187,22 +205,36 @@ impl UringFile {
         }
     }
 
-    /// Whether less than half of a large range is in the page cache; `None` for small
-    /// ranges and where cachestat(2) is unavailable (both read through the cache).
+    /// Whether less than half of a large range is in the page cache, judged from three
+    /// [`COLD_PROBE`]-byte samples of it ([`cold_probes`]); `None` for small ranges and where
+    /// cachestat(2) is unavailable (both read through the cache).
+    ///
+    /// Why samples: cachestat walks every page of the range it is given, ~8 µs per MiB
+    /// here, one call per pipeline read; that was 7–10 % of the reader's CPU on a warm
+    /// image (`bench/results/ANALYSIS.md`, session 13, C21B). Three 32 KiB samples ask a
+    /// tenth of the pages. A wrong guess costs time, never bytes: either way the read
+    /// returns the file's contents.
     fn is_cold(&self, offset: u64, len: usize) -> Option<bool> {
         if len < COLD_DIRECT_MIN || self.cold.unsupported.load(Ordering::Relaxed) {
             return None;
         }
-        match cached_bytes(&self.file, offset, len as u64) {
-            Ok(c) => Some(c < len as u64 / 2),
-            Err(e) => {
-                if !self.cold.unsupported.swap(true, Ordering::Relaxed) {
-                    tracing::debug!(path = %self.path.display(), error = %e,
-                        "cachestat(2) unavailable; reading through the page cache");
-                }
-                None
+        let mut cached = 0;
+        for (o, l) in cold_probes(offset, len as u64) {
+            match cached_bytes(&self.file, o, l) {
+                Ok(c) => cached += c,
+                Err(e) => return self.no_cachestat(e),
             }
         }
+        Some(cached < 3 * COLD_PROBE / 2)
+    }
+
+    /// Records that cachestat(2) failed (once, in the log): reads go through the cache.
+    fn no_cachestat(&self, e: io::Error) -> Option<bool> {
+        if !self.cold.unsupported.swap(true, Ordering::Relaxed) {
+            tracing::debug!(path = %self.path.display(), error = %e,
+                "cachestat(2) unavailable; reading through the page cache");
+        }
+        None
     }
 
     fn read_with_ring(&self, st: &mut ThreadState, buf: &mut [u8], offset: u64) -> io::Result<()> {
