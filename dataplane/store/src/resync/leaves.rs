@@ -120,9 +120,19 @@ mod tests {
     #[test]
     fn page_hashes_are_blake3_of_each_page_at_every_length() {
         let p = PAGE as usize;
-        for (i, n) in [0, 1, 512, p, 15 * p, 16 * p, 16 * p + 100, 37 * p, 64 * p + 3584]
-            .into_iter()
-            .enumerate()
+        for (i, n) in [
+            0,
+            1,
+            512,
+            p,
+            15 * p,
+            16 * p,
+            16 * p + 100,
+            37 * p,
+            64 * p + 3584,
+        ]
+        .into_iter()
+        .enumerate()
         {
             let d = noise(n, i as u32 + 1);
             assert_eq!(page_hashes(&d), reference(&d), "{n} bytes");
@@ -155,7 +165,12 @@ mod tests {
         let (a, b) = (512usize, 512 + p as usize);
         assert_eq!(
             x.hashes(),
-            &[h(&d[..a]), h(&d[a..b]), h(&d[b..b + p as usize]), h(&d[b + p as usize..])]
+            &[
+                h(&d[..a]),
+                h(&d[a..b]),
+                h(&d[b..b + p as usize]),
+                h(&d[b + p as usize..])
+            ]
         );
         assert_eq!(x.piece(5 * p, 6 * p), Some(h(&d[a..b])));
         assert_eq!(x.piece(6 * p, 7 * p), Some(h(&d[b..b + p as usize])));

@@ -12,8 +12,8 @@ use bytes::Bytes;
 
 use super::super::Refusal;
 use crate::wire::{
-    BatchResult, ErrorClass, ExtentHashing, ExtentHeader, ExtentOp, PackedMap, Rejection, EXTENT_HEADER_LEN,
-    K_EXTENT,
+    BatchResult, ErrorClass, ExtentHashing, ExtentHeader, ExtentOp, PackedMap, Rejection,
+    EXTENT_HEADER_LEN, K_EXTENT,
 };
 
 /// An extent ready for verification and writing: its header checked against the disk, its
