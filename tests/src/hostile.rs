@@ -350,8 +350,9 @@ pub fn page_hash(offset: u64, b: &[u8]) -> [u8; 32] {
     let mut cat = Vec::new();
     let mut at = 0usize;
     while at < b.len() {
-        let next = ((offset + at as u64) / 4096 + 1) * 4096 - offset;
-        let end = (next as usize).min(b.len());
+        // Bytes to the next page boundary (offsets past 2^64 wrap: a hostile extent's).
+        let to_boundary = 4096 - (offset.wrapping_add(at as u64) % 4096) as usize;
+        let end = (at + to_boundary).min(b.len());
         cat.extend_from_slice(blake3::hash(&b[at..end]).as_bytes());
         at = end;
     }
