@@ -82,7 +82,6 @@ fn cases(
     // The other version's hash of the right bytes: refused.
     let d = bytes_at(9, 8 * KIB as usize);
     write(&mut img, 2560 * KIB, other(2560 * KIB, &d), d);
-    drop(write);
     // Clears: one at an unaligned offset over written bytes (taken), one with the other
     // version's hash (refused).
     let (co, cl) = (512 * KIB - 1536, 8 * KIB as u32 + 512);

@@ -82,7 +82,7 @@ fn a_version_6_sender_takes_version_5_from_an_older_receiver() {
     };
     let frame = hello.encode();
     let (k, b, _) = decode_frame(&frame, MAX_CONTROL_BODY).unwrap().unwrap();
-    match rx.handle_first_frame(0, k, &b) {
+    match rx.handle_first_frame(0, k, b) {
         FirstStep::Control(crate::session::receiver::ControlStep::Answer { answer, .. }) => {
             assert_eq!(answer, Control::HelloAck { version: 5 })
         }
