@@ -165,6 +165,12 @@ impl Peer {
 
     /// Opens a control stream and says hello.
     pub async fn control(&mut self) -> Ctl {
+        self.control_at(PROTOCOL_VERSION).await
+    }
+
+    /// Opens a control stream and says hello offering versions up to `max` (an older
+    /// sender): the disks it opens take that version's extent hashes.
+    pub async fn control_at(&mut self, max: u16) -> Ctl {
         let (send, recv) = self.conn.open_bi().await.expect("open a control stream");
         let mut c = Ctl {
             send,
@@ -173,7 +179,7 @@ impl Peer {
         };
         let hello = Control::Hello {
             min_version: 1,
-            max_version: PROTOCOL_VERSION,
+            max_version: max,
             software: "hostile".into(),
         };
         match c.call_raw(&hello.encode()).await {
@@ -331,9 +337,26 @@ pub fn extent(offset: u64, length: u32, op: ExtentOp, hash: [u8; 32], payload: &
     f
 }
 
-/// The BLAKE3 of `b`, as an extent carries it.
+/// The BLAKE3 of `b`: an extent's hash up to protocol version 5.
 pub fn hash(b: &[u8]) -> [u8; 32] {
     *blake3::hash(b).as_bytes()
+}
+
+/// An extent's hash from protocol version 6 on (WIRE.md §5), written here from the
+/// definition rather than with the code under test: `b`, the bytes at disk offset
+/// `offset`, cut at every multiple of 4 KiB of the disk, each piece hashed, then BLAKE3 of
+/// the pieces' hashes in order.
+pub fn page_hash(offset: u64, b: &[u8]) -> [u8; 32] {
+    let mut cat = Vec::new();
+    let mut at = 0usize;
+    while at < b.len() {
+        // Bytes to the next page boundary (offsets past 2^64 wrap: a hostile extent's).
+        let to_boundary = 4096 - (offset.wrapping_add(at as u64) % 4096) as usize;
+        let end = (at + to_boundary).min(b.len());
+        cat.extend_from_slice(blake3::hash(&b[at..end]).as_bytes());
+        at = end;
+    }
+    *blake3::hash(&cat).as_bytes()
 }
 
 /// Bytes as a payload.

@@ -17,7 +17,7 @@ use vdrep_proto::wire::{Control, ErrorClass, ExtentOp, K_EXTENT, MAX_EXTENT_LEN}
 /// Kind of `Hello` (WIRE.md §4).
 const K_HELLO: u8 = 1;
 use vdrep_tests::hostile::{
-    batch_start, bytes, extent, hash, header, open_disk, Got, Peer, Target,
+    batch_start, bytes, extent, hash, header, open_disk, page_hash, Got, Peer, Target,
 };
 use vdrep_tests::images::random_raw;
 use vdrep_tests::procs::{assert_replica_identical, finish, Send};
@@ -288,7 +288,7 @@ async fn control_attacks(p: &mut Peer, h: u32, g: u64) {
 async fn data_attacks(p: &mut Peer, h: u32, g: u64) {
     let start = batch_start(h, g);
     let four_k = bytes(4096, 7);
-    let ok4k = |off| extent(off, 4096, ExtentOp::Write, hash(&four_k), &four_k);
+    let ok4k = |off| extent(off, 4096, ExtentOp::Write, page_hash(off, &four_k), &four_k);
     let bad: Vec<(&'static str, Vec<Vec<u8>>, ErrorClass)> = vec![
         ("past_end", vec![ok4k(DISK)], ErrorClass::Protocol),
         (

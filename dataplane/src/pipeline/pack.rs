@@ -11,7 +11,7 @@
 //! CPU (bench/results/ANALYSIS.md, session 6).
 
 use bytes::Bytes;
-use vdrep_proto::wire::{Codec, ExtentHeader, ExtentOp, PackedMap, PACK_BLOCK};
+use vdrep_proto::wire::{Codec, ExtentHashing, ExtentHeader, ExtentOp, PackedMap, PACK_BLOCK};
 
 use super::prepare::{raw_write, zero_run, Prepared, Zeros, ZERO_BLOCK};
 use super::{AdaptiveLevel, Stats};
@@ -69,12 +69,14 @@ fn incompressible(b: &[u8]) -> bool {
 /// Turns one read into extents: a packed write of its compressible blocks (when
 /// compression pays), raw writes of the rest of its data, and its zero runs as `zeros`
 /// says. Every source byte is accounted for by exactly one of them.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn encode(
     offset: u64,
     data: &Bytes,
     runs: &[(usize, usize, bool)],
     l: i32,
     zeros: Zeros,
+    hashing: ExtentHashing,
     level: &AdaptiveLevel,
     stats: &Stats,
 ) -> Vec<Prepared> {
@@ -90,7 +92,7 @@ pub(super) fn encode(
             });
         }
     }
-    let mut packed = packed_write(offset, data, &class, l, stats);
+    let mut packed = packed_write(offset, data, &class, l, hashing, stats);
     if packed.is_none() {
         // Nothing compressible, or the frame did not pay: those blocks go raw too.
         for c in class.iter_mut().filter(|c| **c == Class::Packed) {
@@ -107,7 +109,7 @@ pub(super) fn encode(
         let (s, e) = (i * ZERO_BLOCK, (j * ZERO_BLOCK).min(data.len()));
         let at = offset + s as u64;
         match c {
-            Class::Zero => out.push(zero_run(at, (e - s) as u64, zeros, stats)),
+            Class::Zero => out.push(zero_run(at, (e - s) as u64, zeros, hashing, stats)),
             Class::Raw => {
                 level.note_incompressible();
                 // A raw run that is part of the read is copied out: this is its one copy.
@@ -119,7 +121,7 @@ pub(super) fn encode(
                 } else {
                     Bytes::copy_from_slice(&data[s..e])
                 };
-                out.push(raw_write(at, raw, stats));
+                out.push(raw_write(at, raw, hashing, stats));
             }
             // The packed write goes where its first block is; later runs are inside it.
             Class::Packed => out.extend(packed.take()),
@@ -136,6 +138,7 @@ fn packed_write(
     data: &Bytes,
     class: &[Class],
     l: i32,
+    hashing: ExtentHashing,
     stats: &Stats,
 ) -> Option<Prepared> {
     let first = class.iter().position(|&c| c == Class::Packed)?;
@@ -146,11 +149,13 @@ fn packed_write(
     );
     let length = (e - s) as u32;
     let map = PackedMap::new(length, |i| class[first + i] == Class::Packed);
-    let parts: Vec<&[u8]> = map
+    let at = offset + s as u64;
+    let runs: Vec<(u64, &[u8])> = map
         .runs()
         .iter()
-        .map(|&(a, b)| &data[s + a as usize..s + b as usize])
+        .map(|&(a, b)| (at + a as u64, &data[s + a as usize..s + b as usize]))
         .collect();
+    let parts: Vec<&[u8]> = runs.iter().map(|r| r.1).collect();
     let carried = map.carried_len() as u64;
     // This compression is the one copy of the carried blocks (into the payload, after the
     // map); zstd reads the parts in place.
@@ -159,10 +164,7 @@ fn packed_write(
     if frame * 100 >= carried * 97 {
         return None;
     }
-    let mut h = blake3::Hasher::new();
-    for p in &parts {
-        h.update(p);
-    }
+    let hash = crate::codec::extent_hash(hashing, &runs);
     stats.add_payload(carried, c.len() as u64);
     Some(Prepared {
         header: Some(ExtentHeader {
@@ -170,7 +172,7 @@ fn packed_write(
             length,
             op: ExtentOp::WritePacked,
             codec: Codec::Zstd,
-            hash: *h.finalize().as_bytes(),
+            hash,
             payload_len: c.len() as u32,
         }),
         offset: offset + s as u64,

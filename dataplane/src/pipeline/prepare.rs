@@ -1,11 +1,11 @@
 //! The CPU stages for one work item: read, zero detection, compression, hashing.
 
 use bytes::Bytes;
-use vdrep_proto::wire::{Codec, ExtentHeader, ExtentOp};
+use vdrep_proto::wire::{Codec, ExtentHashing, ExtentHeader, ExtentOp};
 
 use super::{AdaptiveLevel, Stats, WorkItem};
 pub use crate::codec::ZERO_BLOCK;
-use crate::codec::{zero_hash, zero_runs};
+use crate::codec::{extent_hash, zero_extent_hash, zero_runs};
 use crate::disk::{DiskError, VirtualDisk};
 
 /// An extent ready for the wire: the header and, for writes, the payload.
@@ -23,14 +23,14 @@ pub struct Prepared {
     pub source_len: u64,
 }
 
-fn clear(offset: u64, len: u32) -> Prepared {
+fn clear(offset: u64, len: u32, hashing: ExtentHashing) -> Prepared {
     Prepared {
         header: Some(ExtentHeader {
             offset,
             length: len,
             op: ExtentOp::Clear,
             codec: Codec::Raw,
-            hash: zero_hash(len),
+            hash: zero_extent_hash(hashing, offset, len),
             payload_len: 0,
         }),
         offset,
@@ -81,23 +81,32 @@ pub fn prepare(
     level: &AdaptiveLevel,
     stats: &Stats,
 ) -> Result<Vec<Prepared>, DiskError> {
-    prepare_loaded(disk, super::Loaded::plain(item), zeros, level, stats)
+    let hashing = ExtentHashing::Whole;
+    prepare_loaded(
+        disk,
+        super::Loaded::plain(item),
+        zeros,
+        hashing,
+        level,
+        stats,
+    )
 }
 
 /// [`prepare`] for an item that the read-ahead stage may have read already
 /// ([`super::readahead`]): its bytes are used as they are, and only an item without them is
-/// read here.
+/// read here. Extent hashes are made as `hashing` says (the negotiated version).
 pub fn prepare_loaded(
     disk: &dyn VirtualDisk,
     loaded: super::Loaded,
     zeros: Zeros,
+    hashing: ExtentHashing,
     level: &AdaptiveLevel,
     stats: &Stats,
 ) -> Result<Vec<Prepared>, DiskError> {
     let (offset, len) = match loaded.item {
         WorkItem::Clear { offset, len } => {
             stats.add_skipped_unallocated(len as u64);
-            return Ok(vec![clear(offset, len)]);
+            return Ok(vec![clear(offset, len, hashing)]);
         }
         WorkItem::Read { offset, len } => (offset, len),
     };
@@ -115,12 +124,12 @@ pub fn prepare_loaded(
     let runs = zero_runs(&data);
     if let (Zeros::Pack { .. }, super::Compression::Zstd(l)) = (zeros, level.current()) {
         return Ok(super::pack::encode(
-            offset, &data, &runs, l, zeros, level, stats,
+            offset, &data, &runs, l, zeros, hashing, level, stats,
         ));
     }
     if zeros == Zeros::Span && runs.iter().filter(|r| !r.2).count() > 1 {
         if let super::Compression::Zstd(l) = level.current() {
-            if let Some(v) = encode_span(offset, &data, &runs, l, level, stats) {
+            if let Some(v) = encode_span(offset, &data, &runs, l, hashing, level, stats) {
                 return Ok(v);
             }
         }
@@ -128,11 +137,18 @@ pub fn prepare_loaded(
     let mut out = Vec::with_capacity(runs.len());
     for (s, e, zero) in runs {
         if zero {
-            out.push(zero_run(offset + s as u64, (e - s) as u64, zeros, stats));
+            out.push(zero_run(
+                offset + s as u64,
+                (e - s) as u64,
+                zeros,
+                hashing,
+                stats,
+            ));
         } else {
             out.push(encode_write(
                 offset + s as u64,
                 data.slice(s..e),
+                hashing,
                 level,
                 stats,
             ));
@@ -142,7 +158,13 @@ pub fn prepare_loaded(
 }
 
 /// A zero run: counted, and a clear unless the replica is known to hold zeros.
-pub(super) fn zero_run(offset: u64, len: u64, zeros: Zeros, stats: &Stats) -> Prepared {
+pub(super) fn zero_run(
+    offset: u64,
+    len: u64,
+    zeros: Zeros,
+    hashing: ExtentHashing,
+    stats: &Stats,
+) -> Prepared {
     stats.add_skipped_zero(len);
     if zeros.known_empty() {
         Prepared {
@@ -152,7 +174,7 @@ pub(super) fn zero_run(offset: u64, len: u64, zeros: Zeros, stats: &Stats) -> Pr
             source_len: len,
         }
     } else {
-        clear(offset, len as u32)
+        clear(offset, len as u32, hashing)
     }
 }
 
@@ -165,6 +187,7 @@ fn encode_span(
     data: &Bytes,
     runs: &[(usize, usize, bool)],
     l: i32,
+    hashing: ExtentHashing,
     level: &AdaptiveLevel,
     stats: &Stats,
 ) -> Option<Vec<Prepared>> {
@@ -185,13 +208,14 @@ fn encode_span(
             return None;
         }
     };
-    let hash = *blake3::hash(span).as_bytes();
+    let hash = extent_hash(hashing, &[(offset + s as u64, span)]);
     let mut out = Vec::with_capacity(3);
     for r in runs[..first].iter().chain(&runs[last + 1..]) {
         out.push(zero_run(
             offset + r.0 as u64,
             (r.1 - r.0) as u64,
             Zeros::Skip,
+            hashing,
             stats,
         ));
     }
@@ -214,21 +238,27 @@ fn encode_span(
 }
 
 /// Hashes and (maybe) compresses one run of bytes.
-fn encode_write(offset: u64, raw: Bytes, level: &AdaptiveLevel, stats: &Stats) -> Prepared {
+fn encode_write(
+    offset: u64,
+    raw: Bytes,
+    hashing: ExtentHashing,
+    level: &AdaptiveLevel,
+    stats: &Stats,
+) -> Prepared {
     let len = raw.len() as u32;
     let payload = match level.current() {
-        super::Compression::Off => return raw_write(offset, raw, stats),
+        super::Compression::Off => return raw_write(offset, raw, hashing, stats),
         super::Compression::Zstd(l) => match crate::codec::zstd_ctx::compress(&raw, l) {
             Ok(c) if (c.len() as u64) * 100 < (raw.len() as u64) * 97 => Bytes::from(c),
             // Store raw when compression saves less than 3 %: the receiver then skips the
             // decompression and the payload stays the zero-copy slice of the read.
             _ => {
                 level.note_incompressible();
-                return raw_write(offset, raw, stats);
+                return raw_write(offset, raw, hashing, stats);
             }
         },
     };
-    let hash = *blake3::hash(&raw).as_bytes();
+    let hash = extent_hash(hashing, &[(offset, &raw)]);
     stats.add_payload(len as u64, payload.len() as u64);
     Prepared {
         header: Some(ExtentHeader {
@@ -246,7 +276,12 @@ fn encode_write(offset: u64, raw: Bytes, level: &AdaptiveLevel, stats: &Stats) -
 }
 
 /// A write of `raw` as it is: the payload is `raw` itself (no copy here).
-pub(super) fn raw_write(offset: u64, raw: Bytes, stats: &Stats) -> Prepared {
+pub(super) fn raw_write(
+    offset: u64,
+    raw: Bytes,
+    hashing: ExtentHashing,
+    stats: &Stats,
+) -> Prepared {
     let len = raw.len() as u32;
     stats.add_payload(len as u64, len as u64);
     Prepared {
@@ -255,7 +290,7 @@ pub(super) fn raw_write(offset: u64, raw: Bytes, stats: &Stats) -> Prepared {
             length: len,
             op: ExtentOp::Write,
             codec: Codec::Raw,
-            hash: *blake3::hash(&raw).as_bytes(),
+            hash: extent_hash(hashing, &[(offset, &raw)]),
             payload_len: len,
         }),
         offset,

@@ -12,24 +12,32 @@ use tracing::warn;
 use vdrep_proto::session::receiver::{BatchEnd, BatchReport, BatchStep, ExtentWrite, WriteOutcome};
 use vdrep_proto::session::{BatchReceiver, Refusal};
 use vdrep_proto::wire::{
-    Codec, ErrorClass, ExtentOp, Rejection, EXTENT_HEADER_LEN, MAX_EXTENT_PAYLOAD,
+    Codec, ErrorClass, ExtentHashing, ExtentOp, Rejection, EXTENT_HEADER_LEN, MAX_EXTENT_PAYLOAD,
 };
 
 use super::control::{refusal, ConnState};
 use super::disk::DiskSession;
 use super::limits::FramePermits;
 use super::Receiver;
-use crate::codec::{zero_hash, zero_runs, zstd_ctx};
+use crate::codec::{pieces_hash, zero_extent_hash, zero_runs, zstd_ctx};
+use crate::resync::leaves::Pieces;
 use crate::sink::SinkError;
 use crate::transport::{write_frame, FrameError};
 
-/// Verifies and writes one extent the session accepted. Runs on a blocking thread:
-/// decompression, hashing and the write are CPU and disk work.
-fn apply(s: &DiskSession, w: ExtentWrite) -> Result<WriteOutcome, SinkError> {
+/// Verifies and writes one extent the session accepted, its hash made as `hashing` says
+/// (the version of the stream that opened the disk). Runs on a blocking thread:
+/// decompression, hashing and the write are CPU and disk work. With page hashes
+/// (version 6) the pieces that verified the extent also give the resync index its hashes.
+fn apply(
+    s: &DiskSession,
+    w: ExtentWrite,
+    hashing: ExtentHashing,
+) -> Result<WriteOutcome, SinkError> {
     let h = w.header;
+    let paged = hashing == ExtentHashing::Pages;
     match h.op {
         ExtentOp::Clear => {
-            if h.hash != zero_hash(h.length) {
+            if h.hash != zero_extent_hash(hashing, h.offset, h.length) {
                 return Ok(WriteOutcome::Rejected(Rejection::HashMismatch));
             }
             s.apply_write(h.offset, h.length as u64, None)?;
@@ -39,13 +47,18 @@ fn apply(s: &DiskSession, w: ExtentWrite) -> Result<WriteOutcome, SinkError> {
                 let Some(data) = data else {
                     return Ok(Some(Rejection::BadPayload));
                 };
-                if blake3::hash(data).as_bytes() != &h.hash {
+                let pieces = paged.then(|| Pieces::of(h.offset, data));
+                let hash = match &pieces {
+                    Some(p) => pieces_hash([p]),
+                    None => *blake3::hash(data).as_bytes(),
+                };
+                if hash != h.hash {
                     return Ok(Some(Rejection::HashMismatch));
                 }
                 if h.op == ExtentOp::Write {
-                    s.apply_write(h.offset, h.length as u64, Some(data))?;
+                    s.apply_write_hashed(h.offset, h.length as u64, Some(data), pieces.as_ref())?;
                 } else {
-                    write_sparse(s, h.offset, data)?;
+                    write_sparse(s, h.offset, data, pieces.as_ref())?;
                 }
                 Ok(None)
             };
@@ -68,14 +81,27 @@ fn apply(s: &DiskSession, w: ExtentWrite) -> Result<WriteOutcome, SinkError> {
                 let Some(data) = data else {
                     return Ok(WriteOutcome::Rejected(Rejection::BadPayload));
                 };
-                if blake3::hash(data).as_bytes() != &h.hash {
-                    return Ok(WriteOutcome::Rejected(Rejection::HashMismatch));
-                }
+                // Each carried run at its disk offset, and its bytes in `data`.
+                let mut runs = Vec::new();
                 let mut at = 0usize;
                 for (a, b) in map.runs() {
                     let n = (b - a) as usize;
-                    s.apply_write(h.offset + a as u64, n as u64, Some(&data[at..at + n]))?;
+                    runs.push((h.offset + a as u64, &data[at..at + n]));
                     at += n;
+                }
+                let pieces: Vec<Pieces> = match paged {
+                    true => runs.iter().map(|&(o, d)| Pieces::of(o, d)).collect(),
+                    false => Vec::new(),
+                };
+                let hash = match paged {
+                    true => pieces_hash(&pieces),
+                    false => *blake3::hash(data).as_bytes(),
+                };
+                if hash != h.hash {
+                    return Ok(WriteOutcome::Rejected(Rejection::HashMismatch));
+                }
+                for (i, &(o, d)) in runs.iter().enumerate() {
+                    s.apply_write_hashed(o, d.len() as u64, Some(d), pieces.get(i))?;
                 }
                 Ok(WriteOutcome::Written {
                     bytes: carried as u64,
@@ -90,11 +116,16 @@ fn apply(s: &DiskSession, w: ExtentWrite) -> Result<WriteOutcome, SinkError> {
 
 /// Writes the data runs of a sparse write and skips its all-zero blocks, which the replica
 /// holds already (the sender sends sparse writes only into a known-empty copy); the whole
-/// range then counts as written.
-fn write_sparse(s: &DiskSession, offset: u64, data: &[u8]) -> Result<(), SinkError> {
+/// range then counts as written. `pieces`: the page hashes of all of `data`, when known.
+fn write_sparse(
+    s: &DiskSession,
+    offset: u64,
+    data: &[u8],
+    pieces: Option<&Pieces>,
+) -> Result<(), SinkError> {
     for (a, b, zero) in zero_runs(data) {
         if !zero {
-            s.apply_write(offset + a as u64, (b - a) as u64, Some(&data[a..b]))?;
+            s.apply_write_hashed(offset + a as u64, (b - a) as u64, Some(&data[a..b]), pieces)?;
         }
     }
     s.mark_written(offset, offset + data.len() as u64);
@@ -250,10 +281,11 @@ impl Receiver {
                         ahead = ahead.start(self, conn);
                         let s2 = s.clone();
                         let offset = w.header.offset;
+                        let hashing = batch.hashing();
                         let work = async {
                             let slot = self.limits.apply_slot().await;
                             tokio::task::spawn_blocking(move || {
-                                let r = apply(&s2, w);
+                                let r = apply(&s2, w, hashing);
                                 drop(slot);
                                 r
                             })

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use vdrep_proto::ranges::RangeSet;
 
-use crate::resync::index::{full_node_hashes, Index};
+use crate::resync::index::{full_node_hashes_from, Index};
+use crate::resync::leaves::Pieces;
 use crate::sink::{retention, RecoveryPoint, ReplicaDisk, SinkError};
 
 /// A replica being written.
@@ -71,7 +72,20 @@ impl DiskSession {
     /// before the bytes reach the replica, and learns the new hashes of the whole nodes
     /// written. Writes of one disk are serialised here.
     pub fn apply_write(&self, off: u64, len: u64, data: Option<&[u8]>) -> Result<(), SinkError> {
-        let full = full_node_hashes(self.virtual_size, off, len, data);
+        self.apply_write_hashed(off, len, data, None)
+    }
+
+    /// [`DiskSession::apply_write`] of bytes whose page hashes the receiver computed to
+    /// verify them (`pieces`, protocol version 6): the index takes its node hashes from
+    /// them instead of hashing the bytes a second time.
+    pub fn apply_write_hashed(
+        &self,
+        off: u64,
+        len: u64,
+        data: Option<&[u8]>,
+        pieces: Option<&Pieces>,
+    ) -> Result<(), SinkError> {
+        let full = full_node_hashes_from(self.virtual_size, off, len, data, pieces);
         let mut ix = self.index.lock().map_err(|_| self.index_poisoned())?;
         ix.before_write()
             .map_err(|e| SinkError::io(ix.describe(), "mark the resync index unclean", 0, e))?;

@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 use vdrep_proto::session::sender::{
     DiskEvent, PassVerdict, Passes, Resume, SenderDisk, ZeroBlocks,
 };
-use vdrep_proto::wire::{Control, MAX_EXTENT_LEN};
+use vdrep_proto::wire::{Control, ExtentHashing, MAX_EXTENT_LEN};
 use vdrep_proto::RangeSet;
 
 use super::stream::stream_worker;
@@ -180,6 +180,11 @@ impl Opened {
             ZeroBlocks::Skip => Zeros::Skip,
         }
     }
+
+    /// What the extents' hashes are made of, by the protocol version (WIRE.md §5).
+    pub fn hashing(&self) -> ExtentHashing {
+        ExtentHashing::of_version(self.protocol)
+    }
 }
 
 /// Sends a request the disk's session made and feeds it the answer. A refusal reaches the
@@ -330,6 +335,7 @@ pub async fn send_all(
             o.handle,
             o.generation,
             o.zeros(),
+            o.hashing(),
             done,
             items.take(),
             sh,
@@ -377,6 +383,7 @@ async fn run_pass(
     handle: u32,
     generation: u64,
     zeros: Zeros,
+    hashing: ExtentHashing,
     progress: &RangeSet,
     items: Option<Vec<WorkItem>>,
     sh: &Arc<Shared>,
@@ -522,7 +529,7 @@ async fn run_pass(
                             }
                             _ => item,
                         };
-                        match prepare_loaded(disk.as_ref(), item, zeros, &level, &stats) {
+                        match prepare_loaded(disk.as_ref(), item, zeros, hashing, &level, &stats) {
                             Ok(v) => {
                                 for p in v {
                                     let ticket = match p.payload.len() {

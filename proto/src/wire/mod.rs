@@ -20,8 +20,13 @@ pub use msg::*;
 
 /// The protocol version this build speaks. 2 added [`ExtentOp::WriteSparse`], 3
 /// [`ExtentOp::WritePacked`], 4 paged progress ([`Control::ProgressRequest`]), 5 the VM's
-/// recovery points ([`Control::CommitPoint`]).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// recovery points ([`Control::CommitPoint`]), 6 the extent hash over page hashes
+/// ([`ExtentHashing::Pages`]).
+pub const PROTOCOL_VERSION: u16 = 6;
+/// The first version whose extent hash is BLAKE3 over the hashes of the extent's 4 KiB pages
+/// ([`ExtentHashing::Pages`]): the receiver hashes each byte once, for the check and for its
+/// resync index alike.
+pub const PAGE_HASH_VERSION: u16 = 6;
 /// The first version with VM recovery points ([`Control::CommitPoint`]): with an older peer
 /// a sender commits per-disk points only.
 pub const VM_POINTS_VERSION: u16 = 5;
@@ -58,6 +63,34 @@ pub const MAX_STRING: usize = 4096;
 pub const RESYNC_NODE_SIZES: [u64; 4] = [1 << 30, 1 << 24, 1 << 18, 1 << 12];
 /// Children per node of the resynchronisation tree.
 pub const RESYNC_FANOUT: u64 = 64;
+
+/// What an extent header's `hash` is the hash of (WIRE.md §5), by the version of the stream
+/// that opened the extent's disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtentHashing {
+    /// Versions 1 to 5: BLAKE3 of the extent's bytes.
+    Whole,
+    /// Version 6 on: the bytes are cut at every multiple of [`RESYNC_PAGE`] of the disk
+    /// (the first and the last piece may be shorter), each piece is hashed with BLAKE3, and
+    /// the extent's hash is BLAKE3 of the pieces' 32-byte hashes in order. The whole pages'
+    /// hashes are the resync tree's leaves (§6).
+    Pages,
+}
+
+impl ExtentHashing {
+    /// The hashing of a disk opened on a stream of `version`.
+    pub fn of_version(version: u16) -> Self {
+        if version >= PAGE_HASH_VERSION {
+            ExtentHashing::Pages
+        } else {
+            ExtentHashing::Whole
+        }
+    }
+}
+
+/// The resync tree's page (its leaves, [`RESYNC_NODE_SIZES`]' last), where version 6 cuts an
+/// extent for its hash ([`ExtentHashing::Pages`]).
+pub const RESYNC_PAGE: u64 = RESYNC_NODE_SIZES[RESYNC_NODE_SIZES.len() - 1];
 
 /// Picks the version both sides speak, or `None` when the ranges do not overlap.
 pub fn negotiate(peer_min: u16, peer_max: u16) -> Option<u16> {

@@ -46,6 +46,7 @@ impl ReceiverSession {
                         disk: disk.clone(),
                         virtual_size,
                         generation: r.generation,
+                        version,
                         initial_in_progress: r.initial_in_progress,
                         committed_cycle: r.committed_cycle,
                         open_cycle: None,

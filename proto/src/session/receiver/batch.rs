@@ -12,8 +12,8 @@ use bytes::Bytes;
 
 use super::super::Refusal;
 use crate::wire::{
-    BatchResult, ErrorClass, ExtentHeader, ExtentOp, PackedMap, Rejection, EXTENT_HEADER_LEN,
-    K_EXTENT,
+    BatchResult, ErrorClass, ExtentHashing, ExtentHeader, ExtentOp, PackedMap, Rejection,
+    EXTENT_HEADER_LEN, K_EXTENT,
 };
 
 /// An extent ready for verification and writing: its header checked against the disk, its
@@ -113,18 +113,21 @@ pub struct BatchReceiver {
     handle: u32,
     generation: u64,
     virtual_size: u64,
+    hashing: ExtentHashing,
     result: BatchResult,
     state: State,
 }
 
 impl BatchReceiver {
-    /// A batch for disk `handle` of `virtual_size` bytes in copy `generation`; built by
+    /// A batch for disk `handle` of `virtual_size` bytes in copy `generation`, whose extent
+    /// hashes are made as `hashing` says; built by
     /// [`ReceiverSession::start_batch`](super::ReceiverSession::start_batch).
-    pub fn new(handle: u32, generation: u64, virtual_size: u64) -> Self {
+    pub fn new(handle: u32, generation: u64, virtual_size: u64, hashing: ExtentHashing) -> Self {
         BatchReceiver {
             handle,
             generation,
             virtual_size,
+            hashing,
             result: BatchResult {
                 written: 0,
                 rejected: Vec::new(),
@@ -142,6 +145,11 @@ impl BatchReceiver {
     /// The copy generation of the batch.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// What the extents' hashes are hashes of: the driver verifies each extent so.
+    pub fn hashing(&self) -> ExtentHashing {
+        self.hashing
     }
 
     /// Feeds one frame of the stream (`kind`, `body`; the body is sliced, not copied).

@@ -144,6 +144,9 @@ pub struct OpenDisk {
     pub virtual_size: u64,
     /// Copy generation data streams must name.
     pub generation: u64,
+    /// The version of the control stream that opened the handle: its batches' extent
+    /// hashes follow it ([`wire::ExtentHashing::of_version`]).
+    pub version: u16,
     /// An initial copy is in progress (a resync needs a committed replica).
     pub initial_in_progress: bool,
     /// Newest committed cycle.
@@ -331,6 +334,7 @@ impl ReceiverSession {
                     start.handle,
                     start.generation,
                     d.virtual_size,
+                    wire::ExtentHashing::of_version(d.version),
                 ))
             }
             Some(d) => Err(BatchEnd::failed(Refusal::new(

@@ -48,6 +48,8 @@ pub struct SenderControl {
     expect: Option<Expect>,
     next_req: u32,
     version: u16,
+    /// The newest version offered in the hello ([`SenderControl::with_max_version`]).
+    max_version: u16,
 }
 
 impl Default for SenderControl {
@@ -59,11 +61,18 @@ impl Default for SenderControl {
 impl SenderControl {
     /// A fresh stream.
     pub fn new() -> Self {
+        Self::with_max_version(wire::PROTOCOL_VERSION)
+    }
+
+    /// A fresh stream that offers versions up to `max` only (clamped to what this build
+    /// speaks): a sender pinned to an older protocol, as the tests of mixed versions need.
+    pub fn with_max_version(max: u16) -> Self {
         SenderControl {
             state: SenderState::Start,
             expect: None,
             next_req: 1,
             version: 0,
+            max_version: max.clamp(wire::MIN_PROTOCOL_VERSION, wire::PROTOCOL_VERSION),
         }
     }
 
@@ -91,7 +100,7 @@ impl SenderControl {
         self.state = SenderState::AwaitingHelloAck;
         Ok(Control::Hello {
             min_version: wire::MIN_PROTOCOL_VERSION,
-            max_version: wire::PROTOCOL_VERSION,
+            max_version: self.max_version,
             software: software.to_string(),
         })
     }
@@ -164,7 +173,7 @@ impl SenderControl {
         match self.state {
             SenderState::AwaitingHelloAck => match msg {
                 Control::HelloAck { version }
-                    if (wire::MIN_PROTOCOL_VERSION..=wire::PROTOCOL_VERSION).contains(&version) =>
+                    if (wire::MIN_PROTOCOL_VERSION..=self.max_version).contains(&version) =>
                 {
                     self.version = version;
                     self.state = SenderState::Ready;
@@ -173,7 +182,7 @@ impl SenderControl {
                 Control::HelloAck { version } => Err(self.broken(format!(
                     "the receiver chose protocol version {version}, outside this sender's {}..={}",
                     wire::MIN_PROTOCOL_VERSION,
-                    wire::PROTOCOL_VERSION
+                    self.max_version
                 ))),
                 Control::Error { class, message, .. } => {
                     self.state = SenderState::Failed;

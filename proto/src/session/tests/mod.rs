@@ -4,6 +4,7 @@
 //! the real codecs — over a model store.
 
 mod disk_set;
+mod extent_hashing;
 mod hostile;
 mod model;
 mod pair;

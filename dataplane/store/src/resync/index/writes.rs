@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use super::super::leaves::Pieces;
 use super::super::{combine, kept_hash, node_range, Hash, KEPT, PAGE, RESYNC_NODE_SIZES};
 use super::{zero_node, Index};
 
@@ -124,6 +125,19 @@ impl Index {
 /// `[off, off+len)` covers entirely on a `size`-byte disk. Computed before the write,
 /// outside any lock.
 pub fn full_node_hashes(size: u64, off: u64, len: u64, data: Option<&[u8]>) -> Vec<(u64, Hash)> {
+    full_node_hashes_from(size, off, len, data, None)
+}
+
+/// [`full_node_hashes`] for a write whose page hashes are known already (`pieces`, of the
+/// same bytes: a receiver verified the extent from them, protocol version 6): a node whose
+/// pages are all whole pieces is combined from them, without hashing its bytes again.
+pub fn full_node_hashes_from(
+    size: u64,
+    off: u64,
+    len: u64,
+    data: Option<&[u8]>,
+    pieces: Option<&Pieces>,
+) -> Vec<(u64, Hash)> {
     let k = RESYNC_NODE_SIZES[KEPT];
     let end = (off + len).min(size);
     let mut out = Vec::new();
@@ -131,10 +145,26 @@ pub fn full_node_hashes(size: u64, off: u64, len: u64, data: Option<&[u8]>) -> V
         return out;
     }
     let zero_full = std::sync::OnceLock::new();
+    let mut pages = Vec::with_capacity((k / PAGE) as usize);
     for i in off.div_ceil(k)..=(end - 1) / k {
         let (a, b) = node_range(size, KEPT, i);
         if a < off || b > end {
             continue;
+        }
+        if let (Some(_), Some(p)) = (data, pieces) {
+            pages.clear();
+            let mut ps = a;
+            while ps < b {
+                match p.piece(ps, (ps + PAGE).min(b)) {
+                    Some(h) => pages.push(h),
+                    None => break,
+                }
+                ps += PAGE;
+            }
+            if ps >= b {
+                out.push((i, combine(&pages)));
+                continue;
+            }
         }
         let h = match data {
             Some(d) => match d.get((a - off) as usize..(b - off) as usize) {

@@ -1,0 +1,186 @@
+//! The tree's leaves, fast: BLAKE3 of many 4 KiB pages at once, and the pieces of an
+//! extent cut at the disk's page boundaries (protocol version 6 hashes an extent from them,
+//! `proto/WIRE.md` §5).
+//!
+//! `blake3::hash` of one 4 KiB page runs its four chunks in one 4-lane SIMD call: on this
+//! project's AVX-512 machine it hashes pages at 0.41 s/GiB where a 1 MiB buffer takes
+//! 0.11 s/GiB (`bench/results/ANALYSIS.md`, session 13). The `blake3` crate offers no call
+//! for many short inputs, so [`avx512`] hashes 16 pages side by side, one page per 32-bit
+//! lane of each vector: 0.14–0.16 s/GiB, the same bytes (checked against `blake3::hash` by
+//! the tests). Elsewhere, and for a short or lone page, `blake3::hash` does the work.
+
+use super::{Hash, PAGE};
+
+/// Appends the hashes of `data`'s pages to `out`: `data` cut every [`PAGE`] bytes from its
+/// start, the last piece short when `data.len()` is not a multiple of it.
+pub fn page_hashes_into(data: &[u8], out: &mut Vec<Hash>) {
+    let page = PAGE as usize;
+    out.reserve(data.len().div_ceil(page));
+    let mut rest = data;
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        let group = avx512::LANES * page;
+        let mut groups = rest.chunks_exact(group);
+        for g in groups.by_ref() {
+            out.extend_from_slice(&avx512::hash_pages(g));
+        }
+        rest = groups.remainder();
+    }
+    out.extend(rest.chunks(page).map(|p| *blake3::hash(p).as_bytes()));
+}
+
+/// The hashes of `data`'s pages ([`page_hashes_into`]).
+pub fn page_hashes(data: &[u8]) -> Vec<Hash> {
+    let mut v = Vec::new();
+    page_hashes_into(data, &mut v);
+    v
+}
+
+/// The hash of a 4 KiB page of zeros.
+pub fn zero_page_hash() -> Hash {
+    static Z: std::sync::OnceLock<Hash> = std::sync::OnceLock::new();
+    *Z.get_or_init(|| *blake3::hash(&[0u8; PAGE as usize]).as_bytes())
+}
+
+/// The bytes `[offset, offset + len)` of a disk cut at every multiple of [`PAGE`] (disk
+/// offsets, not offsets into the bytes), each piece hashed alone. A piece is a whole page
+/// except, when the range does not start or end on a page boundary, the first and the last.
+/// The whole pages' hashes are the resync tree's leaves, so a receiver that verified an
+/// extent from its pieces feeds its index with them instead of hashing the bytes again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pieces {
+    offset: u64,
+    len: u64,
+    hashes: Vec<Hash>,
+}
+
+impl Pieces {
+    /// Hashes `data`, the bytes at disk offset `offset`.
+    pub fn of(offset: u64, data: &[u8]) -> Pieces {
+        let head = ((PAGE - offset % PAGE) % PAGE).min(data.len() as u64) as usize;
+        let mut hashes = Vec::with_capacity(data.len().div_ceil(PAGE as usize) + 1);
+        if head > 0 {
+            hashes.push(*blake3::hash(&data[..head]).as_bytes());
+        }
+        page_hashes_into(&data[head..], &mut hashes);
+        Pieces {
+            offset,
+            len: data.len() as u64,
+            hashes,
+        }
+    }
+
+    /// The pieces' hashes in order.
+    pub fn hashes(&self) -> &[Hash] {
+        &self.hashes
+    }
+
+    /// The hash of the piece that is exactly `[start, end)`, if there is one: `start` on a
+    /// page boundary, `end` at most a page past it, the piece neither cut short nor longer.
+    pub fn piece(&self, start: u64, end: u64) -> Option<Hash> {
+        let stop = self.offset + self.len;
+        if !start.is_multiple_of(PAGE) || start < self.offset || end <= start || end - start > PAGE {
+            return None;
+        }
+        if end != (start + PAGE).min(stop) {
+            return None; // the piece at `start` is not `[start, end)`
+        }
+        // Piece 0 starts at `offset` (a head piece when it is not on a page boundary), and
+        // piece i > 0 at the i-th page boundary after the page holding `offset`.
+        let i = ((start - (self.offset - self.offset % PAGE)) / PAGE) as usize;
+        self.hashes.get(i).copied()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(n: usize, seed: u32) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(2654435761) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn reference(data: &[u8]) -> Vec<Hash> {
+        data.chunks(PAGE as usize)
+            .map(|p| *blake3::hash(p).as_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn page_hashes_are_blake3_of_each_page_at_every_length() {
+        let p = PAGE as usize;
+        for (i, n) in [
+            0,
+            1,
+            512,
+            p,
+            15 * p,
+            16 * p,
+            16 * p + 100,
+            37 * p,
+            64 * p + 3584,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let d = noise(n, i as u32 + 1);
+            assert_eq!(page_hashes(&d), reference(&d), "{n} bytes");
+        }
+        // A changed byte in any lane changes that page's hash only.
+        let mut d = noise(16 * p, 9);
+        let before = page_hashes(&d);
+        d[11 * p + 4095] ^= 1;
+        let after = page_hashes(&d);
+        let changed: Vec<_> = (0..16).filter(|&i| before[i] != after[i]).collect();
+        assert_eq!(changed, vec![11]);
+        assert_eq!(zero_page_hash(), reference(&[0u8; 4096])[0]);
+    }
+
+    #[test]
+    fn pieces_cut_at_disk_page_boundaries() {
+        let p = PAGE;
+        // Aligned: the pieces are the pages.
+        let d = noise(3 * p as usize, 3);
+        let x = Pieces::of(8 * p, &d);
+        assert_eq!(x.hashes(), reference(&d).as_slice());
+        assert_eq!(x.piece(9 * p, 10 * p), Some(reference(&d)[1]));
+        assert_eq!(x.piece(7 * p, 8 * p), None);
+        assert_eq!(x.piece(11 * p, 12 * p), None);
+        assert_eq!(x.piece(8 * p + 512, 9 * p), None);
+        // Unaligned at both ends: a 512-byte head, two pages, a 1 KiB tail.
+        let d = noise(512 + 2 * p as usize + 1024, 4);
+        let x = Pieces::of(5 * p - 512, &d);
+        let h = |s: &[u8]| *blake3::hash(s).as_bytes();
+        let (a, b) = (512usize, 512 + p as usize);
+        assert_eq!(
+            x.hashes(),
+            &[
+                h(&d[..a]),
+                h(&d[a..b]),
+                h(&d[b..b + p as usize]),
+                h(&d[b + p as usize..])
+            ]
+        );
+        assert_eq!(x.piece(5 * p, 6 * p), Some(h(&d[a..b])));
+        assert_eq!(x.piece(6 * p, 7 * p), Some(h(&d[b..b + p as usize])));
+        // The tail is a piece of its own but not a whole page.
+        assert_eq!(x.piece(7 * p, 8 * p), None);
+        assert_eq!(x.piece(7 * p, 7 * p + 1024), Some(h(&d[b + p as usize..])));
+        // Inside one page.
+        let d = noise(1024, 5);
+        let x = Pieces::of(p + 1024, &d);
+        assert_eq!(x.hashes(), &[h(&d)]);
+        assert_eq!(x.piece(p, 2 * p), None);
+    }
+}
