@@ -172,8 +172,8 @@ fn template(i: &mut In<'_>) -> Control {
     let handle = i.u8() as u32 % 4;
     match i.u8() % 12 {
         0 => Control::Hello {
-            min_version: i.u8() as u16 % 6,
-            max_version: i.u8() as u16 % 6,
+            min_version: i.u8() as u16 % 8, // up to one past PROTOCOL_VERSION (6)
+            max_version: i.u8() as u16 % 8, // up to one past PROTOCOL_VERSION (6)
             software: "f".into(),
         },
         1 => Control::OpenDisk {
