@@ -88,9 +88,7 @@ fn a_message_that_fills_its_buffer_makes_the_buffers_as_large_as_a_message_may_b
     let got = receive(&mut pool, std::slice::from_ref(&cut));
     assert_eq!(&got[0][..], &cut[..USUAL_MSG_SIZE]);
     assert_eq!(pool.msg_size(), max_msg);
-    let iovs = pool.iovs::<SLOTS>();
-    assert!(iovs.iter().all(|iov| iov.len() == max_msg));
-    drop(iovs);
+    assert!(pool.iovs::<SLOTS>().iter().all(|iov| iov.len() == max_msg));
     // From then on such a message arrives whole, beside a held one in the same slot.
     let held = receive(&mut pool, &[pattern(3, 100)]).pop().unwrap();
     let big = pattern(10, max_msg);
@@ -107,7 +105,9 @@ fn past_the_live_limit_messages_are_copied_until_held_arenas_are_dropped() {
     let mut round = 0u8;
     while pool.copied() == 0 {
         round = round.wrapping_add(1);
-        let msgs: Vec<Vec<u8>> = (0..SLOTS as u8).map(|m| pattern(round ^ m, 64_000)).collect();
+        let msgs: Vec<Vec<u8>> = (0..SLOTS as u8)
+            .map(|m| pattern(round ^ m, 64_000))
+            .collect();
         for (data, want) in receive(&mut pool, &msgs).into_iter().zip(&msgs) {
             assert_eq!(&data[..], &want[..]);
             held.push(data);
@@ -116,7 +116,10 @@ fn past_the_live_limit_messages_are_copied_until_held_arenas_are_dropped() {
     }
     // Past the limit, by at most one arena per slot, and not growing.
     let live = pool.live_bytes();
-    assert!(live > limit && live <= limit + SLOTS * MIN_ARENA_SIZE, "{live}");
+    assert!(
+        live > limit && live <= limit + SLOTS * MIN_ARENA_SIZE,
+        "{live}"
+    );
     for _ in 0..50 {
         let msgs = vec![pattern(7, 64_000); SLOTS];
         for data in receive(&mut pool, &msgs) {
@@ -129,7 +132,11 @@ fn past_the_live_limit_messages_are_copied_until_held_arenas_are_dropped() {
     drop(held);
     let got = receive(&mut pool, &[pattern(8, 64_000)]);
     assert_eq!(&got[0][..], &pattern(8, 64_000)[..]);
-    assert_eq!(pool.copied(), copied, "carving again once the arenas are freed");
+    assert_eq!(
+        pool.copied(),
+        copied,
+        "carving again once the arenas are freed"
+    );
     assert_eq!(pool.live_bytes(), 0);
 }
 
