@@ -5,7 +5,7 @@
 //! of bulk data that copy touches every byte once more than needed (with the copy of the
 //! frame bodies, 11 % of vdrep's receiver at compression level 0 on loopback;
 //! `bench/results/ANALYSIS.md`, session 12, C21R). Here each of the batch's message slots is
-//! the unused tail of an *arena*, a `BytesMut` of at least 256 KiB ([`MIN_ARENA_SIZE`]); a
+//! the unused tail of an *arena*, a `BytesMut` of at least 128 KiB ([`MIN_ARENA_SIZE`]); a
 //! received message is split off the front of its slot and becomes the datagrams' buffer as
 //! it is, so its bytes are next read by the decryption. A slot whose tail is shorter than a
 //! message's receive buffer takes a fresh arena; the old one is freed by the allocator when
@@ -15,7 +15,7 @@
 //! segments (1 MiB for vdrep's receiver, which accepts 16 KiB datagrams from a sender on
 //! the same host), but Linux merges at most 64 KiB into one message unless `gro_max_size`
 //! is raised (and a GSO send is at most one UDP payload). A slot's buffer is therefore
-//! 64 KiB ([`USUAL_MSG_SIZE`]) and an arena holds 4 of them. A message that fills its
+//! 64 KiB ([`USUAL_MSG_SIZE`]) and an arena holds 2 of them. A message that fills its
 //! buffer may have been cut short by the kernel (its tail is lost like datagrams dropped on
 //! the way, and QUIC sends them again); from then on every buffer is upstream's size.
 //!
@@ -25,10 +25,10 @@
 //! counted ([`RecvPool::live_bytes`]): past [`LIVE_LIMIT`] (64 MiB) the pool stops giving its
 //! arenas away and copies each message into a buffer of its own size, as upstream does,
 //! until enough of them are dropped. The memory held by received data is therefore at most:
-//! the slots' own arenas (32 × 256 KiB, of which only the pages written are touched; upstream
+//! the slots' own arenas (32 × 128 KiB, of which only the pages written are touched; upstream
 //! had one 32 MiB buffer), the live limit plus one arena per slot (at most 32 retire at
 //! once), and upstream's bound for the copied messages. A receiver that reads its streams as
-//! they arrive holds about the data in flight, in arenas of 4 messages each.
+//! they arrive holds about the data in flight, in arenas of 2 messages each.
 
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
@@ -42,13 +42,14 @@ pub(crate) const LIVE_LIMIT: usize = 64 << 20;
 /// (`gro_max_size`, the 16-bit IP length): a message this long may have been truncated.
 pub(crate) const USUAL_MSG_SIZE: usize = 64 << 10;
 
-/// The least size of an arena: 4 messages of [`USUAL_MSG_SIZE`]. Larger arenas take fewer
-/// allocations but let one datagram still held keep more memory alive: with 15 messages
-/// (960 KiB) a loopback receiver's peak RSS doubled (51 → 108 MiB, ANALYSIS.md, session
-/// 13). Below the 1 MiB from which vdrep's allocator settings map a block on its own
+/// The least size of an arena: 2 messages of [`USUAL_MSG_SIZE`]. Larger arenas take fewer
+/// allocations but let one datagram still held keep more memory alive: a receiver's peak
+/// RSS on the bench's veth link was 46–52 MiB with upstream's copies, 57–60 with arenas of
+/// 2 messages, 68–73 with 4, and 108 on loopback with 15 (ANALYSIS.md, session 13). Below
+/// the 1 MiB from which vdrep's allocator settings map a block on its own
 /// (`dataplane/src/memory/mod.rs`), where every arena would cost an `mmap`, its pages'
 /// faults and an `munmap`.
-pub(crate) const MIN_ARENA_SIZE: usize = 4 * USUAL_MSG_SIZE;
+pub(crate) const MIN_ARENA_SIZE: usize = 2 * USUAL_MSG_SIZE;
 
 /// Message slots of a `recvmmsg` batch, each the unused tail of an arena of its own.
 pub(crate) struct RecvPool {
