@@ -37,7 +37,10 @@ use udp::{BATCH_SIZE, RecvMeta};
 
 use crate::{
     ConnectionEvent, EndpointConfig, IO_LOOP_BOUND, RECV_TIME_BOUND, VarInt,
-    connection::Connecting, incoming::Incoming, work_limiter::WorkLimiter,
+    connection::Connecting,
+    incoming::Incoming,
+    recv_pool::{LIVE_LIMIT, RecvPool},
+    work_limiter::WorkLimiter,
 };
 
 /// A QUIC endpoint.
@@ -782,7 +785,8 @@ impl std::ops::Deref for EndpointRef {
 struct RecvState {
     incoming: VecDeque<proto::Incoming>,
     connections: ConnectionSet,
-    recv_buf: Box<[u8]>,
+    /// vdrep: receive buffers that become the datagrams' (`recv_pool.rs`).
+    recv_pool: RecvPool,
     recv_limiter: WorkLimiter,
 }
 
@@ -792,12 +796,8 @@ impl RecvState {
         max_receive_segments: usize,
         endpoint: &proto::Endpoint,
     ) -> Self {
-        let recv_buf = vec![
-            0;
-            endpoint.config().get_max_udp_payload_size().min(64 * 1024) as usize
-                * max_receive_segments
-                * BATCH_SIZE
-        ];
+        let max_msg = endpoint.config().get_max_udp_payload_size().min(64 * 1024) as usize
+            * max_receive_segments;
         Self {
             connections: ConnectionSet {
                 senders: FxHashMap::default(),
@@ -805,7 +805,7 @@ impl RecvState {
                 close: None,
             },
             incoming: VecDeque::new(),
-            recv_buf: recv_buf.into(),
+            recv_pool: RecvPool::new(BATCH_SIZE, max_msg, LIVE_LIMIT),
             recv_limiter: WorkLimiter::new(RECV_TIME_BOUND),
         }
     }
@@ -820,23 +820,18 @@ impl RecvState {
     ) -> Result<PollProgress, io::Error> {
         let mut received_connection_packet = false;
         let mut metas = [RecvMeta::default(); BATCH_SIZE];
-        let mut iovs: [IoSliceMut; BATCH_SIZE] = {
-            let mut bufs = self
-                .recv_buf
-                .chunks_mut(self.recv_buf.len() / BATCH_SIZE)
-                .map(IoSliceMut::new);
-
-            // expect() safe as self.recv_buf is chunked into BATCH_SIZE items
-            // and iovs will be of size BATCH_SIZE, thus from_fn is called
-            // exactly BATCH_SIZE times.
-            std::array::from_fn(|_| bufs.next().expect("BATCH_SIZE elements"))
-        };
         loop {
-            match socket.poll_recv(cx, &mut iovs, &mut metas) {
+            // vdrep: each message is received into the front of its slot's arena and split
+            // off as the datagrams' buffer, instead of copied out of one fixed buffer.
+            let polled = {
+                let mut iovs: [IoSliceMut; BATCH_SIZE] = self.recv_pool.iovs();
+                socket.poll_recv(cx, &mut iovs, &mut metas)
+            };
+            match polled {
                 Poll::Ready(Ok(msgs)) => {
                     self.recv_limiter.record_work(msgs);
-                    for (meta, buf) in metas.iter().zip(iovs.iter()).take(msgs) {
-                        let mut data: BytesMut = buf[0..meta.len].into();
+                    for (i, meta) in metas.iter().enumerate().take(msgs) {
+                        let mut data: BytesMut = self.recv_pool.take(i, meta.len);
                         // vdrep: the events of one received message (a GRO batch of up to
                         // 64 datagrams, all from one peer) go to their connection in one
                         // channel send, in order, instead of one send and wake-up each.
@@ -904,7 +899,7 @@ impl fmt::Debug for RecvState {
         f.debug_struct("RecvState")
             .field("incoming", &self.incoming)
             .field("connections", &self.connections)
-            // recv_buf too large
+            .field("recv_pool_copied", &self.recv_pool.copied())
             .field("recv_limiter", &self.recv_limiter)
             .finish_non_exhaustive()
     }
