@@ -79,7 +79,8 @@ impl Pieces {
     /// page boundary, `end` at most a page past it, the piece neither cut short nor longer.
     pub fn piece(&self, start: u64, end: u64) -> Option<Hash> {
         let stop = self.offset + self.len;
-        if !start.is_multiple_of(PAGE) || start < self.offset || end <= start || end - start > PAGE {
+        if !start.is_multiple_of(PAGE) || start < self.offset || end <= start || end - start > PAGE
+        {
             return None;
         }
         if end != (start + PAGE).min(stop) {
