@@ -113,18 +113,24 @@ fn aligned_buffers_take_the_zero_copy_direct_path_and_read_correctly() {
     assert!(a[..] == data[4096..4096 + 8192]);
 }
 
-#[test]
-fn cold_direct_reads_cold_ranges_around_the_page_cache_and_cached_ones_through_it() {
-    use std::os::unix::fs::FileExt;
-    let dir = tempfile::tempdir().unwrap();
-    let (path, data) = random_file(dir.path(), 4 << 20);
+/// A 4 MiB random file in `dir` opened in [`DirectMode::WhenCold`], a plain handle on it (to
+/// fill or evict its pages) and its bytes.
+fn when_cold_file(dir: &Path) -> (UringFile, std::fs::File, Vec<u8>) {
+    let (path, data) = random_file(dir, 4 << 20);
     let opts = UringOptions {
         direct: DirectMode::WhenCold,
         ..Default::default()
     };
     let f = UringFile::open_with(&path, opts).unwrap();
     assert!(f.is_direct(), "TMPDIR must allow O_DIRECT");
-    let plain = std::fs::File::open(&path).unwrap();
+    (f, std::fs::File::open(&path).unwrap(), data)
+}
+
+#[test]
+fn cold_direct_reads_cold_ranges_around_the_page_cache_and_cached_ones_through_it() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (f, plain, data) = when_cold_file(dir.path());
     let mib = 1usize << 20;
     let cached = |off: usize, len: usize| {
         residency::cached_bytes(&plain, off as u64, len as u64)
@@ -176,14 +182,7 @@ fn cold_direct_judges_a_range_from_its_first_middle_and_last_32_kib() {
         ]
     );
     let dir = tempfile::tempdir().unwrap();
-    let (path, data) = random_file(dir.path(), 4 << 20);
-    let opts = UringOptions {
-        direct: DirectMode::WhenCold,
-        ..Default::default()
-    };
-    let f = UringFile::open_with(&path, opts).unwrap();
-    assert!(f.is_direct(), "TMPDIR must allow O_DIRECT");
-    let plain = std::fs::File::open(&path).unwrap();
+    let (f, plain, data) = when_cold_file(dir.path());
     let mib = 1usize << 20;
     let mut b = direct::aligned_bytes_mut(mib);
 
