@@ -2,12 +2,16 @@
 //! extent cut at the disk's page boundaries (protocol version 6 hashes an extent from them,
 //! `proto/WIRE.md` §5).
 //!
-//! `blake3::hash` of one 4 KiB page runs its four chunks in one 4-lane SIMD call: on this
-//! project's AVX-512 machine it hashes pages at 0.41 s/GiB where a 1 MiB buffer takes
-//! 0.11 s/GiB (`bench/results/ANALYSIS.md`, session 13). The `blake3` crate offers no call
-//! for many short inputs, so [`avx512`] hashes 16 pages side by side, one page per 32-bit
-//! lane of each vector: 0.14–0.16 s/GiB, the same bytes (checked against `blake3::hash` by
-//! the tests). Elsewhere, and for a short or lone page, `blake3::hash` does the work.
+//! `blake3::hash` of one 4 KiB page runs its four chunks in one 4-lane SIMD call, then its
+//! three parents one at a time: on this project's AVX-512 machine it hashes pages at
+//! 0.41 s/GiB where a 1 MiB buffer takes 0.11 s/GiB, on a Zen 1 EPYC (AVX2 as 2×128 bit)
+//! 1.01 against 0.67 s/GiB (`bench/results/ANALYSIS.md`, sessions 13 and 14). The `blake3`
+//! crate offers no call for many short inputs, so a [`Kernel`] hashes several pages side by
+//! side, one page per 32-bit lane of each vector, parents included: [`avx512`] 16 pages
+//! (0.14–0.16 s/GiB there), [`avx2`] 8 (0.79 s/GiB on the Zen 1, 1.29× `blake3::hash` per
+//! page; an Intel AVX2 core runs 256-bit operations whole and should gain more). The same
+//! bytes: the tests check every kernel the CPU has against `blake3::hash`. Elsewhere, and for
+//! a short page or a group too small for the kernel, `blake3::hash` does the work.
 
 use super::{Hash, PAGE};
 
@@ -20,8 +24,6 @@ pub enum Kernel {
     Avx512,
     /// 8 pages per call in 256-bit vectors.
     Avx2,
-    /// 4 pages per call in 128-bit vectors.
-    Sse41,
     /// `blake3::hash` of each page (any CPU).
     PerPage,
 }
@@ -30,7 +32,7 @@ impl Kernel {
     /// Every kernel this CPU can run, the one [`Kernel::chosen`] picks first, [`Kernel::PerPage`]
     /// last: tests and benchmarks run each of them, whatever the choice.
     pub fn available() -> Vec<Kernel> {
-        [Kernel::Avx512, Kernel::Avx2, Kernel::Sse41, Kernel::PerPage]
+        [Kernel::Avx512, Kernel::Avx2, Kernel::PerPage]
             .into_iter()
             .filter(|k| k.runs_here())
             .collect()
@@ -43,8 +45,6 @@ impl Kernel {
             Kernel::Avx512 => avx512::available(),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => avx2::available(),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Sse41 => sse41::available(),
             Kernel::PerPage => true,
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
@@ -62,7 +62,6 @@ impl Kernel {
         match self {
             Kernel::Avx512 => 16,
             Kernel::Avx2 => 8,
-            Kernel::Sse41 => 4,
             Kernel::PerPage => 1,
         }
     }
@@ -91,8 +90,6 @@ pub fn page_hashes_with(kernel: Kernel, data: &[u8], out: &mut Vec<Hash>) {
             Kernel::Avx512 => out.extend_from_slice(&avx512::hash_pages(g)),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => out.extend_from_slice(&avx2::hash_pages(g)),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Sse41 => out.extend_from_slice(&sse41::hash_pages(g)),
             _ => out.push(*blake3::hash(g).as_bytes()),
         }
     }
@@ -172,8 +169,6 @@ impl Pieces {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
-#[cfg(target_arch = "x86_64")]
-mod sse41;
 
 #[cfg(test)]
 mod tests {
@@ -216,7 +211,7 @@ mod tests {
             "the AVX2 kernel runs wherever the CPU has AVX2"
         );
         let mut lengths = vec![0, 1, 512, p - 1, p, p + 1, 37 * p, 64 * p + 3584];
-        for lanes in [4, 8, 16] {
+        for lanes in [8, 16] {
             for pages in [lanes - 1, lanes, lanes + 1, 2 * lanes, 3 * lanes - 1] {
                 lengths.extend([pages * p, pages * p + 100]);
             }
