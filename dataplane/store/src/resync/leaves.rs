@@ -2,31 +2,103 @@
 //! extent cut at the disk's page boundaries (protocol version 6 hashes an extent from them,
 //! `proto/WIRE.md` §5).
 //!
-//! `blake3::hash` of one 4 KiB page runs its four chunks in one 4-lane SIMD call: on this
-//! project's AVX-512 machine it hashes pages at 0.41 s/GiB where a 1 MiB buffer takes
-//! 0.11 s/GiB (`bench/results/ANALYSIS.md`, session 13). The `blake3` crate offers no call
-//! for many short inputs, so [`avx512`] hashes 16 pages side by side, one page per 32-bit
-//! lane of each vector: 0.14–0.16 s/GiB, the same bytes (checked against `blake3::hash` by
-//! the tests). Elsewhere, and for a short or lone page, `blake3::hash` does the work.
+//! `blake3::hash` of one 4 KiB page runs its four chunks in one 4-lane SIMD call, then its
+//! three parents one at a time: on this project's AVX-512 machine it hashes pages at
+//! 0.41 s/GiB where a 1 MiB buffer takes 0.11 s/GiB, on a Zen 1 EPYC (AVX2 as 2×128 bit)
+//! 1.01 against 0.67 s/GiB (`bench/results/ANALYSIS.md`, sessions 13 and 14). The `blake3`
+//! crate offers no call for many short inputs, so a [`Kernel`] hashes several pages side by
+//! side, one page per 32-bit lane of each vector, parents included: [`avx512`] 16 pages
+//! (0.14–0.16 s/GiB there), [`avx2`] 8 (0.79 s/GiB on the Zen 1, 1.29× `blake3::hash` per
+//! page; an Intel AVX2 core runs 256-bit operations whole and should gain more). The same
+//! bytes: the tests check every kernel the CPU has against `blake3::hash`. Elsewhere, and for
+//! a short page or a group too small for the kernel, `blake3::hash` does the work.
 
 use super::{Hash, PAGE};
+
+/// The code that hashes whole pages, several side by side. Each gives the bytes
+/// `blake3::hash` gives for each page; they differ only in speed, and which one is fastest
+/// depends on the CPU ([`Kernel::chosen`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// 16 pages per call in 512-bit vectors.
+    Avx512,
+    /// 8 pages per call in 256-bit vectors.
+    Avx2,
+    /// `blake3::hash` of each page (any CPU).
+    PerPage,
+}
+
+impl Kernel {
+    /// Every kernel this CPU can run, the one [`Kernel::chosen`] picks first, [`Kernel::PerPage`]
+    /// last: tests and benchmarks run each of them, whatever the choice.
+    pub fn available() -> Vec<Kernel> {
+        [Kernel::Avx512, Kernel::Avx2, Kernel::PerPage]
+            .into_iter()
+            .filter(|k| k.runs_here())
+            .collect()
+    }
+
+    /// Whether this CPU has the instructions the kernel needs (checked once each).
+    fn runs_here(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::available(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => avx2::available(),
+            Kernel::PerPage => true,
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The kernel [`page_hashes_into`] uses on this CPU: the widest it has.
+    pub fn chosen() -> Kernel {
+        static K: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *K.get_or_init(|| Kernel::available()[0])
+    }
+
+    /// Pages per call.
+    fn lanes(self) -> usize {
+        match self {
+            Kernel::Avx512 => 16,
+            Kernel::Avx2 => 8,
+            Kernel::PerPage => 1,
+        }
+    }
+}
 
 /// Appends the hashes of `data`'s pages to `out`: `data` cut every [`PAGE`] bytes from its
 /// start, the last piece short when `data.len()` is not a multiple of it.
 pub fn page_hashes_into(data: &[u8], out: &mut Vec<Hash>) {
+    page_hashes_with(Kernel::chosen(), data, out)
+}
+
+/// [`page_hashes_into`] with the kernel given, for tests and benchmarks that compare the
+/// kernels on one CPU. Groups of whole pages go to `kernel`, what is left (fewer pages than
+/// it takes, a short last page) to `blake3::hash`.
+///
+/// # Panics
+/// When this CPU cannot run `kernel` (it is not in [`Kernel::available`]).
+pub fn page_hashes_with(kernel: Kernel, data: &[u8], out: &mut Vec<Hash>) {
+    assert!(kernel.runs_here(), "{kernel:?} does not run on this CPU");
     let page = PAGE as usize;
     out.reserve(data.len().div_ceil(page));
-    let mut rest = data;
-    #[cfg(target_arch = "x86_64")]
-    if avx512::available() {
-        let group = avx512::LANES * page;
-        let mut groups = rest.chunks_exact(group);
-        for g in groups.by_ref() {
-            out.extend_from_slice(&avx512::hash_pages(g));
+    let mut groups = data.chunks_exact(kernel.lanes() * page);
+    for g in groups.by_ref() {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => out.extend_from_slice(&avx512::hash_pages(g)),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => out.extend_from_slice(&avx2::hash_pages(g)),
+            _ => out.push(*blake3::hash(g).as_bytes()),
         }
-        rest = groups.remainder();
     }
-    out.extend(rest.chunks(page).map(|p| *blake3::hash(p).as_bytes()));
+    out.extend(
+        groups
+            .remainder()
+            .chunks(page)
+            .map(|p| *blake3::hash(p).as_bytes()),
+    );
 }
 
 /// The hashes of `data`'s pages ([`page_hashes_into`]).
@@ -94,6 +166,8 @@ impl Pieces {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 
 #[cfg(test)]
@@ -118,34 +192,75 @@ mod tests {
             .collect()
     }
 
+    /// Every kernel this CPU runs, each forced in turn (the dispatcher's choice would test
+    /// one only), on whole groups, partial groups, short last pages and unaligned input.
     #[test]
-    fn page_hashes_are_blake3_of_each_page_at_every_length() {
+    fn every_kernel_gives_blake3_of_each_page_at_every_length_and_alignment() {
         let p = PAGE as usize;
-        for (i, n) in [
-            0,
-            1,
-            512,
-            p,
-            15 * p,
-            16 * p,
-            16 * p + 100,
-            37 * p,
-            64 * p + 3584,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let d = noise(n, i as u32 + 1);
-            assert_eq!(page_hashes(&d), reference(&d), "{n} bytes");
+        let kernels = Kernel::available();
+        eprintln!(
+            "kernels on this CPU: {kernels:?}, chosen {:?}",
+            Kernel::chosen()
+        );
+        assert_eq!(kernels.last(), Some(&Kernel::PerPage));
+        assert_eq!(kernels[0], Kernel::chosen());
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            kernels.contains(&Kernel::Avx2),
+            is_x86_feature_detected!("avx2"),
+            "the AVX2 kernel runs wherever the CPU has AVX2"
+        );
+        let mut lengths = vec![0, 1, 512, p - 1, p, p + 1, 37 * p, 64 * p + 3584];
+        for lanes in [8, 16] {
+            for pages in [lanes - 1, lanes, lanes + 1, 2 * lanes, 3 * lanes - 1] {
+                lengths.extend([pages * p, pages * p + 100]);
+            }
         }
-        // A changed byte in any lane changes that page's hash only.
-        let mut d = noise(16 * p, 9);
-        let before = page_hashes(&d);
-        d[11 * p + 4095] ^= 1;
-        let after = page_hashes(&d);
-        let changed: Vec<_> = (0..16).filter(|&i| before[i] != after[i]).collect();
-        assert_eq!(changed, vec![11]);
+        let d = noise(64 * p + 3584 + 7, 1);
+        for k in &kernels {
+            for &n in &lengths {
+                // Start 0..7 bytes into the buffer: no kernel may rely on alignment.
+                for skew in [0, 1, 4, 7] {
+                    let data = &d[skew..skew + n];
+                    let mut got = vec![[0xAA; 32]];
+                    page_hashes_with(*k, data, &mut got);
+                    assert_eq!(got[0], [0xAA; 32], "{k:?} keeps what `out` held");
+                    assert_eq!(&got[1..], reference(data), "{k:?}, {n} bytes at +{skew}");
+                }
+            }
+        }
+        assert_eq!(page_hashes(&d), reference(&d), "the chosen kernel");
         assert_eq!(zero_page_hash(), reference(&[0u8; 4096])[0]);
+    }
+
+    /// Lanes must not mix: a changed byte at the start, the middle or the end of any page
+    /// of a 16-page group (one group of each kernel or several) changes that page's hash only.
+    #[test]
+    fn a_changed_byte_changes_only_its_pages_hash_in_every_kernel() {
+        let p = PAGE as usize;
+        for k in Kernel::available() {
+            let mut d = noise(16 * p, 9);
+            let mut before = Vec::new();
+            page_hashes_with(k, &d, &mut before);
+            for page in 0..16 {
+                for at in [0, 1000, p - 1] {
+                    d[page * p + at] ^= 0x40;
+                    let mut after = Vec::new();
+                    page_hashes_with(k, &d, &mut after);
+                    d[page * p + at] ^= 0x40;
+                    let changed: Vec<_> = (0..16).filter(|&i| before[i] != after[i]).collect();
+                    assert_eq!(changed, vec![page], "{k:?}, byte {at} of page {page}");
+                    assert_eq!(
+                        after,
+                        reference(&{
+                            let mut e = d.clone();
+                            e[page * p + at] ^= 0x40;
+                            e
+                        })
+                    );
+                }
+            }
+        }
     }
 
     #[test]
