@@ -72,6 +72,13 @@ pub struct Args {
     /// priority (before session 13). The unprotected runs have no receiver.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=19))]
     receiver_nice: u32,
+    /// The receiver's EEVDF slice, ms (0: the kernel's, before session 14). By default the
+    /// one `vdrep send` gives its shipping (`vdrep::sender::priority::SHIP_SLICE_NS`): the
+    /// receiver stands for one in Azure, which never delays a waking guest thread, and with
+    /// a slice longer than theirs a waking guest thread preempts it at once instead of
+    /// waiting up to its slice and the next tick.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=100))]
+    receiver_slice_ms: u64,
     /// The vdrep binary [default: the one beside vdrep-bench].
     #[arg(long)]
     vdrep: Option<PathBuf>,
@@ -184,8 +191,10 @@ impl Rig<'_> {
             ],
         )?;
         let run: Run = serde_json::from_value(v).context("the writer's JSON")?;
+        // The trace stays in `--work` (16 bytes a write, ~10 MB a run) beside the sender's
+        // and receiver's logs, so a round can be looked at again after the bench; the next
+        // invocation's fresh `--work` removes it.
         let t = Trace::read(&trace, run.writes as usize)?;
-        let _ = std::fs::remove_file(&trace);
         Ok((run, t))
     }
 
@@ -200,7 +209,8 @@ impl Rig<'_> {
         let a = self.a;
         let _ = std::fs::remove_dir_all(&a.store);
         std::fs::create_dir_all(&a.store)?;
-        let rx = Proc::spawn(
+        let slice = (a.receiver_slice_ms > 0).then(|| a.receiver_slice_ms * 1_000_000);
+        let rx = Proc::spawn_sliced(
             None,
             Path::new("nice"),
             &[
@@ -218,6 +228,7 @@ impl Rig<'_> {
                 "bench=vm1".into(),
             ],
             &a.work.join(format!("receiver-{round}.log")),
+            slice,
         )?;
         let addr = rx.announced("listening on ", Duration::from_secs(20))?;
         let log = a.work.join(format!("sender-{round}.log"));
@@ -510,8 +521,8 @@ fn markdown(a: &Args, r: &Results) -> String {
          4 KiB random writes at queue depth 1 (python3-libnbd through qemu-storage-daemon's NBD \
          export) over the first {} MiB of a {} MiB raw disk (`cache.direct=on`), {} s per run; \
          protected: `vdrep send --qmp` at a {} s interval after its initial copy; the receiver's \
-         store in `{}` and the receiver at `nice -n {}` (a deployment's receiver is not on the \
-         host). {} round(s), each a run not \
+         store in `{}` and the receiver at `nice -n {}`, slice {} ms (a deployment's receiver is \
+         not on the host). {} round(s), each a run not \
          protected and a protected one (the protected first in even rounds; `vdrep unprotect` \
          after it); a write is slow above {}× its round's unprotected median.\n\n\
          Not protected / protected, per round:\n\n{}\n\
@@ -528,6 +539,7 @@ fn markdown(a: &Args, r: &Results) -> String {
         a.interval,
         a.store.display(),
         a.receiver_nice,
+        a.receiver_slice_ms,
         r.rounds.len(),
         SLOW_FACTOR,
         rounds,

@@ -178,6 +178,20 @@ impl Proc {
         args: &[String],
         log: &Path,
     ) -> anyhow::Result<Proc> {
+        Proc::spawn_sliced(netns, bin, args, log, None)
+    }
+
+    /// [`Proc::spawn`], the process and its threads at an EEVDF slice of `slice_ns` (set
+    /// in the child before it runs `bin`, with the bench's nice: see
+    /// `vdrep::sender::priority::SHIP_SLICE_NS` for why a long slice lets the guest's
+    /// threads preempt it).
+    pub fn spawn_sliced(
+        netns: Option<&str>,
+        bin: &Path,
+        args: &[String],
+        log: &Path,
+        slice_ns: Option<u64>,
+    ) -> anyhow::Result<Proc> {
         let mut c = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -186,6 +200,15 @@ impl Proc {
             }
             None => Command::new(bin),
         };
+        if let Some(ns) = slice_ns {
+            let nice = vdrep::sender::priority::thread_nice()?;
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec the closure makes one system call and
+            // allocates nothing.
+            unsafe {
+                c.pre_exec(move || vdrep::sender::priority::set_thread_slice(nice, ns));
+            }
+        }
         let mut child = c
             .args(args)
             .env("NO_COLOR", "1")

@@ -132,12 +132,90 @@ pub fn yield_to_guests(by: i32) -> io::Result<i32> {
         let _ = SPAWNER.set(s);
     }
     set_thread_nice(n)?;
+    let slice = ship_slice();
+    let sched = match slice {
+        Some(ns) => match set_thread_slice(n, ns) {
+            Ok(()) => "long slice: a waking guest thread preempts it",
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set the shipping's scheduler slice: a waking guest thread may wait for it");
+                "kernel's slice"
+            }
+        },
+        None => "kernel's slice",
+    };
     tracing::info!(
         nice = n,
         was = now,
+        slice_ns = slice,
+        sched,
         "the sender's shipping runs below the guests' priority (a qemu view's drain does not)"
     );
     Ok(n)
+}
+
+/// The EEVDF slice the shipping threads run with, nanoseconds: longer than any default
+/// slice, so that a waking thread with the default one preempts them at once.
+///
+/// Why: the guest's write at queue depth 1 is a chain of wake-ups (its vCPU or I/O thread,
+/// qemu's event loop, the disk's completion), and each waits for the core it lands on.
+/// Nice alone sets the share, not the wait: since Linux 6.6 (EEVDF, `RUN_TO_PARITY`) a
+/// running thread keeps its core against a waking one until it has run its slice (1.4 ms
+/// on this 2-core machine), at any weight; with the 250 Hz tick and no kernel preemption
+/// the next chance may come up to 4 ms later. Since 6.12 a waking thread whose slice is
+/// shorter than the running one's cancels that protection (`PREEMPT_SHORT`), and picks
+/// by deadline then — where the guest's (nice 0 against 10) comes first. A long slice on
+/// our side is what gives every guest thread that shorter slice, without touching the
+/// guests, and it keeps the weight (unlike `SCHED_IDLE`, see the top of this file).
+/// `VDREP_SHIP_SLICE_MS` changes it (0: the kernel's); earlier kernels ignore it.
+pub const SHIP_SLICE_NS: u64 = 20_000_000;
+
+/// [`SHIP_SLICE_NS`], or `VDREP_SHIP_SLICE_MS` (0 or unparsable: `None`, the kernel's).
+fn ship_slice() -> Option<u64> {
+    match std::env::var("VDREP_SHIP_SLICE_MS") {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(0) | Err(_) => None,
+            // The kernel takes 0.1–100 ms.
+            Ok(ms) => Some(ms.clamp(1, 100) * 1_000_000),
+        },
+        Err(_) => Some(SHIP_SLICE_NS),
+    }
+}
+
+/// The kernel's `struct sched_attr` as `sched_setattr(2)` takes it (first version, 48 bytes).
+#[repr(C)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+}
+
+/// Sets the calling thread's policy to `SCHED_OTHER` at nice `nice` with an EEVDF slice
+/// of `slice_ns` (its `sched_runtime`; Linux ≥ 6.12, clamped there to 0.1–100 ms).
+/// Threads it starts afterwards inherit both. Needs no privilege at a nice not below the
+/// thread's own.
+pub fn set_thread_slice(nice: i32, slice_ns: u64) -> io::Result<()> {
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        policy: libc::SCHED_OTHER as u32,
+        flags: 0,
+        nice,
+        priority: 0,
+        runtime: slice_ns,
+        deadline: 0,
+        period: 0,
+    };
+    // SAFETY: attr is a valid sched_attr of the size it declares; 0 is the calling thread.
+    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Starts thread `name` running `f` at the priority the process had before
@@ -193,6 +271,58 @@ mod tests {
                 .unwrap();
             let got: Vec<_> = rx.try_iter().collect();
             assert_eq!(got, vec![("plain", base + 5), ("unniced", base)]);
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// The EEVDF slice of thread `tid` in ns (`se.slice` of /proc's sched file), if shown.
+    fn proc_slice(tid: libc::id_t) -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/sched")).ok()?;
+        let l = s.lines().find(|l| l.starts_with("se.slice"))?;
+        l.split(':').nth(1)?.trim().parse().ok()
+    }
+
+    #[test]
+    fn the_long_slice_is_inherited_by_the_shipping_threads_and_not_by_the_spawners() {
+        std::thread::spawn(|| {
+            let before = proc_slice(tid());
+            let spawner = Spawner::start().unwrap();
+            let nice = thread_nice().unwrap();
+            set_thread_slice(nice, SHIP_SLICE_NS).unwrap();
+            // The nice value is the one given: the call must not move it.
+            assert_eq!(thread_nice().unwrap(), nice);
+            // Linux >= 6.12 takes a fair thread's sched_runtime as its slice; earlier
+            // ones ignore it, and there is nothing to check.
+            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+            let mut v = release
+                .split(|c: char| !c.is_ascii_digit())
+                .map(|x| x.parse::<u32>().unwrap_or(0));
+            let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+            if (major, minor) < (6, 12) {
+                eprintln!("Linux {major}.{minor}: no custom slices, nothing to check");
+                return;
+            }
+            assert_eq!(proc_slice(tid()), Some(SHIP_SLICE_NS));
+            let (tx, rx) = mpsc::channel();
+            let tx2 = tx.clone();
+            std::thread::spawn(move || tx.send(("plain", proc_slice(tid()))).unwrap())
+                .join()
+                .unwrap();
+            spawner
+                .spawn(
+                    "vdrep-test",
+                    Box::new(move || tx2.send(("unniced", proc_slice(tid()))).unwrap()),
+                )
+                .unwrap()
+                .join()
+                .unwrap();
+            let got: Vec<_> = rx.try_iter().collect();
+            assert_eq!(
+                got,
+                vec![("plain", Some(SHIP_SLICE_NS)), ("unniced", before)]
+            );
+            assert_ne!(before, Some(SHIP_SLICE_NS));
         })
         .join()
         .unwrap();
