@@ -181,6 +181,18 @@ impl AdaptiveLevel {
             .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
 
+    /// A stream waited `d` for a prepared extent; `first`: its first one, which is not
+    /// counted. A stream's first wait is for the pipeline to fill (the disk's first reads
+    /// and frames, and at a run's start the control exchanges before the copy begins), not
+    /// for a compressor that is slower than the link: counted, it outweighed the link's
+    /// waits at the first tick and stepped a 100 Mbit/s run down from its start level
+    /// (1 → -1) before it climbed (bench/results/ANALYSIS.md, session 14, C21Z2).
+    pub fn waited_for_extent(&self, d: Duration, first: bool) {
+        if !first {
+            self.waited_for_cpu(d);
+        }
+    }
+
     /// A stream waited `d` for the link (throttle or send window).
     pub fn waited_for_link(&self, d: Duration) {
         self.wait_link
@@ -563,6 +575,35 @@ mod tests {
             a.tick();
         }
         assert!(t <= ms(150), "{t:?}");
+    }
+
+    #[test]
+    fn the_streams_first_waits_for_the_pipeline_to_fill_do_not_step_the_level_down() {
+        // A 100 Mbit/s run's first tick (session 14): four streams waited ~200 ms each for
+        // their first extents (the control exchanges before the copy, the first reads and
+        // frames), then the link held each of them ~40 ms. Counted, the fill outweighs the
+        // link 20 to 1 and the level steps down from its start.
+        let run = |count_first: bool| {
+            let a = AdaptiveLevel::new(1, true);
+            for _ in 0..4 {
+                if count_first {
+                    a.waited_for_cpu(ms(200));
+                } else {
+                    a.waited_for_extent(ms(200), true);
+                }
+                a.waited_for_link(ms(40));
+                a.waited_for_extent(ms(2), false);
+            }
+            a.tick();
+            a.current()
+        };
+        assert_eq!(run(true), Compression::Zstd(-1));
+        assert_eq!(run(false), Compression::Zstd(3));
+        // Later waits for extents count as before: a compressor behind the link steps down.
+        let a = AdaptiveLevel::new(3, true);
+        a.waited_for_extent(ms(200), false);
+        a.waited_for_link(ms(10));
+        assert_eq!(a.tick(), -1);
     }
 
     #[test]

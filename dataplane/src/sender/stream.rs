@@ -43,13 +43,15 @@ pub(super) async fn stream_worker(
         source: e,
     };
     let mut pending = tokio::task::JoinSet::new();
+    let mut filled = false;
     loop {
         let t = crate::clock::std_now();
         let first = match rx.recv().await {
             Ok(p) => p,
             Err(_) => break,
         };
-        level.waited_for_cpu(t.elapsed());
+        level.waited_for_extent(t.elapsed(), !filled);
+        filled = true;
         let (mut send, mut recv) = sh.credit.open(conn).await.map_err(conn_err)?;
         let mut batch = BatchSender::new(handle, generation);
         write_frame(&mut send, &batch.start_frame())
