@@ -4,6 +4,7 @@
 //! Tests fail (never skip) when a tool is missing: the message says how to install it.
 
 pub mod azurite;
+pub mod bytes;
 pub mod cycles;
 pub mod delta_rig;
 pub mod fixtures;

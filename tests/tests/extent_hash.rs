@@ -9,6 +9,7 @@
 
 use vdrep_proto::wire::{Control, ExtentOp, Rejection};
 use vdrep_store::resync::{root, Tree};
+use vdrep_tests::bytes::noise;
 use vdrep_tests::hostile::{batch_start, extent, hash, page_hash, Ctl, Peer, Target};
 
 const KIB: u64 = 1 << 10;
@@ -22,18 +23,6 @@ struct Case {
     hash: [u8; 32],
     payload: Vec<u8>,
     accepted: bool,
-}
-
-fn bytes_at(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// The extents for one disk, the hashes made by `hash_of` (the disk's version), and what
@@ -59,13 +48,13 @@ fn cases(
         });
     };
     // Aligned, whole index nodes (256 KiB each): the index takes the pieces' hashes.
-    let a = bytes_at(1, 512 * KIB as usize);
+    let a = noise(1, 512 * KIB as usize);
     write(&mut img, 0, hash_of(0, &a), a);
     // 512-byte aligned at both ends, across pages: a head and a tail piece.
-    let b = bytes_at(2, (12 * KIB + 1024) as usize);
+    let b = noise(2, (12 * KIB + 1024) as usize);
     write(&mut img, 1536 * KIB + 512, hash_of(1536 * KIB + 512, &b), b);
     // Inside one page.
-    let c = bytes_at(3, 1024);
+    let c = noise(3, 1024);
     write(
         &mut img,
         2048 * KIB + 1024,
@@ -74,13 +63,13 @@ fn cases(
     );
     // One page changed in transit (the sender hashed the original): refused, not written.
     for (offset, page) in [(1024 * KIB, 5usize), (3072 * KIB + 512, 0)] {
-        let orig = bytes_at(4 + offset, 64 * KIB as usize);
+        let orig = noise(4 + offset, 64 * KIB as usize);
         let mut sent = orig.clone();
         sent[page * 4096 + 77] ^= 0x20;
         write(&mut img, offset, hash_of(offset, &orig), sent);
     }
     // The other version's hash of the right bytes: refused.
-    let d = bytes_at(9, 8 * KIB as usize);
+    let d = noise(9, 8 * KIB as usize);
     write(&mut img, 2560 * KIB, other(2560 * KIB, &d), d);
     // Clears: one at an unaligned offset over written bytes (taken), one with the other
     // version's hash (refused).

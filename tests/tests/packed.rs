@@ -7,37 +7,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use vdrep_tests::bytes::{noise, text};
 use vdrep_tests::images::{make_image, Kind};
 use vdrep_tests::procs::{assert_replica_identical, certs, Receiver, Send};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const RUN_LIMIT: Duration = Duration::from_secs(50);
-
-/// Incompressible bytes (xorshift).
-fn noise(n: usize, mut x: u64) -> Vec<u8> {
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// Text-like bytes from a small vocabulary.
-fn text(n: usize, mut x: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(n + 16);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(format!("page{} blob{} ", x % 300, x % 7).as_bytes());
-    }
-    out.truncate(n);
-    out
-}
 
 /// Writes `blocks` (offset, bytes) into the image with one qemu-io run (`write -s`).
 fn qemu_write_files(img: &Path, fmt: &str, scratch: &Path, blocks: &[(u64, Vec<u8>)]) {
@@ -70,12 +46,12 @@ fn mixed_reads_travel_as_packed_text_frames_and_raw_blocks_bit_exact_and_sparse(
         let off = k * 64 * KIB;
         match k % 7 {
             1 | 4 => {
-                blocks.push((off, noise(64 << 10, k + 1)));
+                blocks.push((off, noise(k + 1, 64 << 10)));
                 random += 64 * KIB;
             }
             2 | 6 => zeros += 64 * KIB,
             _ => {
-                blocks.push((off, text(64 << 10, k + 1)));
+                blocks.push((off, text(k + 1, 64 << 10)));
                 texts += 64 * KIB;
             }
         }
