@@ -110,6 +110,9 @@ def sdk_upload(url, container, path, size, threads, blob):
 def vdrep_run(url, container, path, tmp, log=None):
     # VDREP_BIN: another build to compare (e.g. an older tree's), as bench/rss/local.sh takes.
     vdrep = os.environ.get("VDREP_BIN") or os.path.join(ROOT, "target/release/vdrep")
+    # VDREP_SENDER_BIN: the sender's build when it must differ from the receiver's (compare
+    # two receivers behind one sender: the sender's adaptive level sets what they decompress).
+    sender = os.environ.get("VDREP_SENDER_BIN") or vdrep
     tls = os.path.join(tmp, "tls")
     if not os.path.exists(tls):
         subprocess.run([vdrep, "certs", "init", tls, "--sender", "bench"], check=True, capture_output=True)
@@ -129,7 +132,7 @@ def vdrep_run(url, container, path, tmp, log=None):
     t0 = time.time(); c0 = cpu_secs(rc.pid)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     # The sender's state (jobs, health) in the run's folder, never the invoking user's.
-    subprocess.run([vdrep, "send", "--to", addr, "--tls", tls, "--identity", "bench", "--vm", "benchvm",
+    subprocess.run([sender, "send", "--to", addr, "--tls", tls, "--identity", "bench", "--vm", "benchvm",
         "--state", os.path.join(tmp, "sender-state"), "--no-progress", path], check=True, capture_output=True)
     dt = time.time() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the sender: the only child waited for
