@@ -132,6 +132,16 @@ pub fn yield_to_guests(by: i32) -> io::Result<i32> {
         let _ = SPAWNER.set(s);
     }
     set_thread_nice(n)?;
+    if ship_idle() {
+        set_thread_idle(n)?;
+        tracing::info!(
+            nice = n,
+            was = now,
+            sched = "SCHED_IDLE",
+            "the sender's shipping runs below the guests' priority (a qemu view's drain does not)"
+        );
+        return Ok(n);
+    }
     let slice = ship_slice();
     let sched = match slice {
         Some(ns) => match set_thread_slice(n, ns) {
@@ -181,6 +191,12 @@ fn ship_slice() -> Option<u64> {
     }
 }
 
+/// Whether the shipping runs at `SCHED_IDLE` (`VDREP_SHIP_POLICY=idle`) instead of a
+/// nice value with a long slice.
+fn ship_idle() -> bool {
+    std::env::var("VDREP_SHIP_POLICY").is_ok_and(|v| v.trim().eq_ignore_ascii_case("idle"))
+}
+
 /// The kernel's `struct sched_attr` as `sched_setattr(2)` takes it (first version, 48 bytes).
 #[repr(C)]
 struct SchedAttr {
@@ -206,6 +222,33 @@ pub fn set_thread_slice(nice: i32, slice_ns: u64) -> io::Result<()> {
         nice,
         priority: 0,
         runtime: slice_ns,
+        deadline: 0,
+        period: 0,
+    };
+    // SAFETY: attr is a valid sched_attr of the size it declares; 0 is the calling thread.
+    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `SCHED_IDLE` (Linux's `include/uapi/linux/sched.h`).
+pub const SCHED_IDLE: u32 = 5;
+
+/// Sets the calling thread's policy to `SCHED_IDLE` (nice `nice` kept for when it goes
+/// back to `SCHED_OTHER`): it runs only on a core no other fair thread wants, and a waking
+/// fair thread preempts it at once. Threads it starts afterwards inherit it. Needs no
+/// privilege (going back does, unless `RLIMIT_NICE` allows it).
+pub fn set_thread_idle(nice: i32) -> io::Result<()> {
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        policy: SCHED_IDLE,
+        flags: 0,
+        nice,
+        priority: 0,
+        runtime: 0,
         deadline: 0,
         period: 0,
     };
