@@ -179,6 +179,21 @@ pub fn yield_to_guests(by: i32) -> io::Result<i32> {
 /// `VDREP_SHIP_SLICE_MS` changes it (0: the kernel's); earlier kernels ignore it.
 pub const SHIP_SLICE_NS: u64 = 20_000_000;
 
+/// Gives the calling thread, which stays at its nice value, the shipping's long slice
+/// ([`ship_slice`]): a qemu view's drain runs at the guests' priority (its view must stay
+/// short), and at equal weight with the kernel's slice a guest thread that wakes on its core
+/// waits until the drain has run its slice and the next tick comes (up to 4 ms here;
+/// `bench/results/ANALYSIS.md`, session 15, P). With the long slice the waking guest
+/// thread preempts it, and the drain keeps its share. Best effort: earlier kernels ignore
+/// it, an error is logged.
+pub fn lengthen_own_slice() {
+    let Some(ns) = ship_slice() else { return };
+    let r = thread_nice().and_then(|n| set_thread_slice(n, ns));
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "cannot lengthen the thread's scheduler slice");
+    }
+}
+
 /// [`SHIP_SLICE_NS`], or `VDREP_SHIP_SLICE_MS` (0 or unparsable: `None`, the kernel's).
 fn ship_slice() -> Option<u64> {
     match std::env::var("VDREP_SHIP_SLICE_MS") {
