@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use super::latency_trace::{attribute, median, windows, Attribution, Trace, SLOW_FACTOR};
 use super::{
-    certs, events, msg, raw_image, run_writer, s, vdrep_bin, wait_events, writer, Proc, Qsd,
+    certs, events, msg, raw_image, run_writer, s, vdrep_bin, wait_events, writer, Proc, Qsd, Sched,
 };
 use crate::report;
 
@@ -82,6 +82,17 @@ pub struct Args {
     /// The vdrep binary [default: the one beside vdrep-bench].
     #[arg(long)]
     vdrep: Option<PathBuf>,
+    /// Extra argument for the protected run's `vdrep send` (repeat), e.g.
+    /// `--vdrep-arg=--cpu-limit=0.5`.
+    #[arg(long, allow_hyphen_values = true)]
+    vdrep_arg: Vec<String>,
+    /// Scheduling policy of the receiver (`other`: `--receiver-nice` and
+    /// `--receiver-slice-ms` as given; `idle`: `SCHED_IDLE`, which runs only when nothing
+    /// else wants a core). The receiver stands for one in Azure that takes no CPU from the
+    /// host: `idle` takes it as far out of the guests' way as Linux can, and makes no
+    /// statement about the sender's cost (the sender runs as shipped).
+    #[arg(long, default_value = "other", value_parser = ["other", "idle"])]
+    receiver_policy: String,
     /// Results folder.
     #[arg(long, default_value_os_t = crate::default_results())]
     results: PathBuf,
@@ -122,6 +133,8 @@ struct Round {
     share_slow_protected: f64,
     /// Switches the sender made while the protected run wrote.
     switches_during_protected: usize,
+    /// Seconds from each of those switches to its VM point (the cycle's time), in order.
+    cycle_seconds: Vec<f64>,
     /// The protected run's writes inside and outside the views' windows.
     protected_writes: Attribution,
     /// /proc/loadavg after the round.
@@ -154,6 +167,10 @@ struct Results {
     region_bytes: u64,
     seconds: f64,
     interval_seconds: u64,
+    /// Extra arguments of the protected run's `vdrep send`.
+    vdrep_args: Vec<String>,
+    /// The receiver's scheduling: `other` (nice, slice) or `idle`.
+    receiver_policy: String,
     rounds: Vec<Round>,
     /// Over the rounds: the verdict is on the medians.
     ratio_median: Spread,
@@ -209,7 +226,13 @@ impl Rig<'_> {
         let a = self.a;
         let _ = std::fs::remove_dir_all(&a.store);
         std::fs::create_dir_all(&a.store)?;
-        let slice = (a.receiver_slice_ms > 0).then(|| a.receiver_slice_ms * 1_000_000);
+        let sched = if a.receiver_policy == "idle" {
+            Sched::Idle
+        } else if a.receiver_slice_ms > 0 {
+            Sched::Slice(a.receiver_slice_ms * 1_000_000)
+        } else {
+            Sched::Kernel
+        };
         let rx = Proc::spawn_sliced(
             None,
             Path::new("nice"),
@@ -228,7 +251,7 @@ impl Rig<'_> {
                 "bench=vm1".into(),
             ],
             &a.work.join(format!("receiver-{round}.log")),
-            slice,
+            sched,
         )?;
         let addr = rx.announced("listening on ", Duration::from_secs(20))?;
         let log = a.work.join(format!("sender-{round}.log"));
@@ -258,7 +281,10 @@ impl Rig<'_> {
                 "--no-progress".into(),
                 "--log-format".into(),
                 "json".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(a.vdrep_arg.iter().cloned())
+            .collect::<Vec<_>>(),
             &log,
         )?;
         wait_events(&log, msg::POINT, 1, Duration::from_secs(1800))?;
@@ -322,6 +348,7 @@ impl Rig<'_> {
             .iter()
             .filter(|e| e.message.contains(msg::SWITCH) && e.t >= first && e.t <= last)
             .count();
+        let cycle_seconds = cycle_times(&ev, first, last);
         let slow = SLOW_FACTOR * bare.median_us;
         Ok(Round {
             round,
@@ -332,6 +359,7 @@ impl Rig<'_> {
             share_slow_not_protected: bare_t.share_above(slow),
             share_slow_protected: prot_t.share_above(slow),
             switches_during_protected: switches,
+            cycle_seconds,
             protected_writes: attribute(&prot_t, &windows(&ev), slow),
             loadavg: std::fs::read_to_string("/proc/loadavg")
                 .unwrap_or_default()
@@ -341,6 +369,20 @@ impl Rig<'_> {
             protected: prot,
         })
     }
+}
+
+/// Seconds from each switch between `first` and `last` (Unix seconds) to the next VM point.
+fn cycle_times(ev: &[super::Event], first: f64, last: f64) -> Vec<f64> {
+    ev.iter()
+        .enumerate()
+        .filter(|(_, e)| e.message.contains(msg::SWITCH) && e.t >= first && e.t <= last)
+        .filter_map(|(i, e)| {
+            ev[i + 1..]
+                .iter()
+                .find(|x| x.message.contains(msg::POINT))
+                .map(|x| x.t - e.t)
+        })
+        .collect()
 }
 
 /// Writes the region once: no measured write allocates a block of the file.
@@ -406,6 +448,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         region_bytes: a.region,
         seconds: a.seconds,
         interval_seconds: a.interval,
+        vdrep_args: a.vdrep_arg.clone(),
+        receiver_policy: a.receiver_policy.clone(),
         ratio_median: Spread::of(rounds.iter().map(|x| x.ratio_median)),
         ratio_p99: Spread::of(rounds.iter().map(|x| x.ratio_p99)),
         share_slow_not_protected: Spread::of(rounds.iter().map(|x| x.share_slow_not_protected)),
@@ -443,7 +487,15 @@ fn markdown(a: &Args, r: &Results) -> String {
                     pct(x.share_slow_not_protected),
                     pct(x.share_slow_protected)
                 ),
-                x.switches_during_protected.to_string(),
+                format!(
+                    "{} ({})",
+                    x.switches_during_protected,
+                    x.cycle_seconds
+                        .iter()
+                        .map(|c| format!("{c:.1}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 x.loadavg.split(' ').take(3).collect::<Vec<_>>().join(" "),
             ]
         })
@@ -456,7 +508,7 @@ fn markdown(a: &Args, r: &Results) -> String {
             "p99 µs",
             "p99.9 µs",
             "slow writes",
-            "switches",
+            "switches (cycle s)",
             "load",
         ],
         &rows,
@@ -520,9 +572,9 @@ fn markdown(a: &Args, r: &Results) -> String {
         "# Guest write latency of a protected qemu VM\n\n\
          4 KiB random writes at queue depth 1 (python3-libnbd through qemu-storage-daemon's NBD \
          export) over the first {} MiB of a {} MiB raw disk (`cache.direct=on`), {} s per run; \
-         protected: `vdrep send --qmp` at a {} s interval after its initial copy; the receiver's \
-         store in `{}` and the receiver at `nice -n {}`, slice {} ms (a deployment's receiver is \
-         not on the host). {} round(s), each a run not \
+         protected: `vdrep send --qmp` at a {} s interval after its initial copy (extra \
+         arguments: `{}`); the receiver's store in `{}` and the receiver at `nice -n {}`, slice {} \
+         ms, policy {} (a deployment's receiver is not on the host). {} round(s), each a run not \
          protected and a protected one (the protected first in even rounds; `vdrep unprotect` \
          after it); a write is slow above {}× its round's unprotected median.\n\n\
          Not protected / protected, per round:\n\n{}\n\
@@ -537,9 +589,11 @@ fn markdown(a: &Args, r: &Results) -> String {
         a.disk >> 20,
         a.seconds,
         a.interval,
+        a.vdrep_arg.join(" "),
         a.store.display(),
         a.receiver_nice,
         a.receiver_slice_ms,
+        a.receiver_policy,
         r.rounds.len(),
         SLOW_FACTOR,
         rounds,

@@ -161,6 +161,17 @@ pub fn run_writer(script: &Path, args: &[String]) -> anyhow::Result<serde_json::
     })
 }
 
+/// How [`Proc::spawn_sliced`] schedules a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sched {
+    /// As the bench runs.
+    Kernel,
+    /// `SCHED_OTHER` with this EEVDF slice, ns.
+    Slice(u64),
+    /// `SCHED_IDLE`.
+    Idle,
+}
+
 /// A vdrep process (optionally inside a network namespace), stderr to `log`; killed on
 /// drop.
 pub struct Proc {
@@ -178,11 +189,11 @@ impl Proc {
         args: &[String],
         log: &Path,
     ) -> anyhow::Result<Proc> {
-        Proc::spawn_sliced(netns, bin, args, log, None)
+        Proc::spawn_sliced(netns, bin, args, log, Sched::Kernel)
     }
 
-    /// [`Proc::spawn`], the process and its threads at an EEVDF slice of `slice_ns` (set
-    /// in the child before it runs `bin`, with the bench's nice: see
+    /// [`Proc::spawn`], the process and its threads scheduled as `sched` says (set in the
+    /// child before it runs `bin`, with the bench's nice: see
     /// `vdrep::sender::priority::SHIP_SLICE_NS` for why a long slice lets the guest's
     /// threads preempt it).
     pub fn spawn_sliced(
@@ -190,7 +201,7 @@ impl Proc {
         bin: &Path,
         args: &[String],
         log: &Path,
-        slice_ns: Option<u64>,
+        sched: Sched,
     ) -> anyhow::Result<Proc> {
         let mut c = match netns {
             Some(ns) => {
@@ -200,13 +211,17 @@ impl Proc {
             }
             None => Command::new(bin),
         };
-        if let Some(ns) = slice_ns {
+        if sched != Sched::Kernel {
             let nice = vdrep::sender::priority::thread_nice()?;
             use std::os::unix::process::CommandExt;
             // SAFETY: between fork and exec the closure makes one system call and
             // allocates nothing.
             unsafe {
-                c.pre_exec(move || vdrep::sender::priority::set_thread_slice(nice, ns));
+                c.pre_exec(move || match sched {
+                    Sched::Slice(ns) => vdrep::sender::priority::set_thread_slice(nice, ns),
+                    Sched::Idle => vdrep::sender::priority::set_thread_idle(nice),
+                    Sched::Kernel => Ok(()),
+                });
             }
         }
         let mut child = c

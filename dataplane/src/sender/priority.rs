@@ -132,6 +132,16 @@ pub fn yield_to_guests(by: i32) -> io::Result<i32> {
         let _ = SPAWNER.set(s);
     }
     set_thread_nice(n)?;
+    if ship_idle() {
+        set_thread_idle(n)?;
+        tracing::info!(
+            nice = n,
+            was = now,
+            sched = "SCHED_IDLE",
+            "the sender's shipping runs below the guests' priority (a qemu view's drain does not)"
+        );
+        return Ok(n);
+    }
     let slice = ship_slice();
     let sched = match slice {
         Some(ns) => match set_thread_slice(n, ns) {
@@ -169,6 +179,21 @@ pub fn yield_to_guests(by: i32) -> io::Result<i32> {
 /// `VDREP_SHIP_SLICE_MS` changes it (0: the kernel's); earlier kernels ignore it.
 pub const SHIP_SLICE_NS: u64 = 20_000_000;
 
+/// Gives the calling thread, which stays at its nice value, the shipping's long slice
+/// ([`ship_slice`]): a qemu view's drain runs at the guests' priority (its view must stay
+/// short), and at equal weight with the kernel's slice a guest thread that wakes on its core
+/// waits until the drain has run its slice and the next tick comes (up to 4 ms here;
+/// `bench/results/ANALYSIS.md`, session 15, P). With the long slice the waking guest
+/// thread preempts it, and the drain keeps its share. Best effort: earlier kernels ignore
+/// it, an error is logged.
+pub fn lengthen_own_slice() {
+    let Some(ns) = ship_slice() else { return };
+    let r = thread_nice().and_then(|n| set_thread_slice(n, ns));
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "cannot lengthen the thread's scheduler slice");
+    }
+}
+
 /// [`SHIP_SLICE_NS`], or `VDREP_SHIP_SLICE_MS` (0 or unparsable: `None`, the kernel's).
 fn ship_slice() -> Option<u64> {
     match std::env::var("VDREP_SHIP_SLICE_MS") {
@@ -179,6 +204,12 @@ fn ship_slice() -> Option<u64> {
         },
         Err(_) => Some(SHIP_SLICE_NS),
     }
+}
+
+/// Whether the shipping runs at `SCHED_IDLE` (`VDREP_SHIP_POLICY=idle`) instead of a
+/// nice value with a long slice.
+fn ship_idle() -> bool {
+    std::env::var("VDREP_SHIP_POLICY").is_ok_and(|v| v.trim().eq_ignore_ascii_case("idle"))
 }
 
 /// The kernel's `struct sched_attr` as `sched_setattr(2)` takes it (first version, 48 bytes).
@@ -206,6 +237,33 @@ pub fn set_thread_slice(nice: i32, slice_ns: u64) -> io::Result<()> {
         nice,
         priority: 0,
         runtime: slice_ns,
+        deadline: 0,
+        period: 0,
+    };
+    // SAFETY: attr is a valid sched_attr of the size it declares; 0 is the calling thread.
+    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `SCHED_IDLE` (Linux's `include/uapi/linux/sched.h`).
+pub const SCHED_IDLE: u32 = 5;
+
+/// Sets the calling thread's policy to `SCHED_IDLE` (nice `nice` kept for when it goes
+/// back to `SCHED_OTHER`): it runs only on a core no other fair thread wants, and a waking
+/// fair thread preempts it at once. Threads it starts afterwards inherit it. Needs no
+/// privilege (going back does, unless `RLIMIT_NICE` allows it).
+pub fn set_thread_idle(nice: i32) -> io::Result<()> {
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        policy: SCHED_IDLE,
+        flags: 0,
+        nice,
+        priority: 0,
+        runtime: 0,
         deadline: 0,
         period: 0,
     };

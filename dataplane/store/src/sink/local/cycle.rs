@@ -64,6 +64,10 @@ pub(super) struct OpenCycle {
     ops: Vec<Pending>,
     /// Data bytes in `ops`.
     buffered: usize,
+    /// The last `next_hole` answer of the replica, `(asked at, hole)`: the replica held
+    /// data over `[asked at, hole)`, so a later pre-image there needs no new `SEEK_HOLE`.
+    /// See [`OpenCycle::hole_after`].
+    hole_hint: Option<(u64, u64)>,
 }
 
 impl OpenCycle {
@@ -77,7 +81,32 @@ impl OpenCycle {
             covered: RangeSet::new(),
             ops: Vec::new(),
             buffered: 0,
+            hole_hint: None,
         }
+    }
+
+    /// The first hole of `replica` at or after `pos`, which lies in data (its
+    /// `next_data` said so), asking the file only when the last answer does not cover
+    /// `pos`.
+    ///
+    /// Why: every write of a cycle saves its pre-image, and each asked `SEEK_HOLE` from its
+    /// own offset. tmpfs answers that by visiting every cached page up to the hole, in one
+    /// RCU section the kernel cannot preempt: over a replica whose first GiB is data, a
+    /// cycle of a few thousand scattered writes spent seconds there, milliseconds at a time,
+    /// and a guest thread that woke on that core waited for it (`bench/results/ANALYSIS.md`,
+    /// session 15, P). An answer stays usable: writes only turn holes into data (the hole
+    /// then lies later than the hint says, and the next read past it asks again), and a
+    /// hole punched since makes the hint later than the real hole, which
+    /// [`DataFile::next_hole`] allows (the bytes read there are zeros).
+    fn hole_after(&mut self, replica: &dyn DataFile, pos: u64) -> std::io::Result<u64> {
+        if let Some((from, hole)) = self.hole_hint {
+            if from <= pos && pos < hole {
+                return Ok(hole);
+            }
+        }
+        let hole = replica.next_hole(pos)?;
+        self.hole_hint = Some((pos, hole));
+        Ok(hole)
     }
 
     /// The open cycle as a crash left it: the undo log's first `len` bytes (0: none) are
@@ -141,10 +170,11 @@ impl OpenCycle {
                     out.extend_from_slice(&log::rec_header(pos, data_at - pos, None));
                     data_at - pos
                 } else {
-                    let hole_at =
-                        replica
-                            .next_hole(pos)
-                            .map_err(io_err(&paths.vhd, "find data", pos))?;
+                    let hole_at = self.hole_after(replica, pos).map_err(io_err(
+                        &paths.vhd,
+                        "find data",
+                        pos,
+                    ))?;
                     let upto = if hole_at > pos {
                         hole_at.min(g.end)
                     } else {
@@ -449,3 +479,7 @@ impl LocalDisk {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "cycle_tests.rs"]
+mod tests;
