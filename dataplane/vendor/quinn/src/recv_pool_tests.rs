@@ -200,3 +200,48 @@ fn gso_batches_on_loopback_arrive_whole_in_the_pools_buffers() {
     assert_eq!(again, sent, "held datagrams unchanged by later receives");
     assert!(pool.live_bytes() > 0, "held datagrams keep their arenas");
 }
+
+#[test]
+fn arenas_whose_messages_were_dropped_are_reused_and_at_most_one_per_slot_kept() {
+    let mut pool = RecvPool::new(SLOTS, 1472 * 64, usize::MAX);
+    // Messages of almost half an arena: every slot takes a fresh arena every other receive.
+    let receive_round = |pool: &mut RecvPool, round: u8| {
+        let msgs: Vec<Vec<u8>> = (0..SLOTS as u8)
+            .map(|m| pattern(round ^ m, 60_000))
+            .collect();
+        let got = receive(pool, &msgs);
+        for (data, want) in got.iter().zip(&msgs) {
+            assert_eq!(&data[..], &want[..]);
+        }
+        got.into_iter().zip(msgs).collect::<Vec<_>>()
+    };
+    let mut held = Vec::new();
+    let mut starts = std::collections::HashSet::new();
+    for round in 0..40u8 {
+        for (data, want) in receive_round(&mut pool, round) {
+            starts.insert(data.as_ptr() as usize);
+            held.push((data, want));
+        }
+    }
+    assert!(pool.live_bytes() >= 19 * SLOTS * MIN_ARENA_SIZE);
+    assert_eq!(pool.free_arenas(), 0, "none free while their messages are held");
+    drop(held);
+    assert_eq!(pool.live_bytes(), 0);
+    assert_eq!(pool.free_arenas(), SLOTS, "at most one kept per slot, the rest freed");
+    // The slots' next arenas are the kept ones, whole again: their first messages start
+    // where earlier ones did, and arrive intact while later ones share the arena.
+    let mut later = Vec::new();
+    for round in 0..4u8 {
+        later.extend(receive_round(&mut pool, round ^ 0x55));
+    }
+    assert_eq!(pool.free_arenas(), 0, "every kept arena taken by a slot");
+    for (data, want) in &later {
+        assert_eq!(&data[..], &want[..]);
+    }
+    let reused = later
+        .iter()
+        .filter(|(d, _)| starts.contains(&(d.as_ptr() as usize)))
+        .count();
+    assert!(reused >= SLOTS, "{reused} of {} messages", later.len());
+    assert_eq!(pool.copied(), 0);
+}
