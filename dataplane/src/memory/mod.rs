@@ -15,23 +15,13 @@
 //! time, and loopback replication lost ~17 % of its MB/s. A 16 MiB trim threshold gives the
 //! throughput back (base 450, 1 MiB alone 335, both 440 MB/s) and the Azure peak stays
 //! at 174 MiB.
-//!
-//! The threshold is 128 KiB since session 15: the endpoint's receive arenas (128 KiB,
-//! `dataplane/vendor/quinn/src/recv_pool.rs`) and frame bodies under 1 MiB came from the
-//! thread arenas' heaps, and a receiver into Azurite, whose streams hold up to a connection
-//! window of them while its Put Pages lag, kept two heaps of 19–22 MiB resident after
-//! them (about 12 MiB of such blocks live at the peak): peak RSS 167–175 MiB against 132
-//! before the arenas (`bench/results/ANALYSIS.md`, session 15, R). A 2 MiB trim threshold
-//! (161) or one heap for all threads (160) kept most of it. Mapped on their own, these
-//! blocks go back to the kernel on free; the receive pool and [`pool`] reuse theirs, so
-//! the fast path does not map and fault them anew.
 
 pub mod pool;
 
 pub use pool::PooledBuf;
 
 /// Blocks of this size or more are mapped on their own and unmapped on free.
-pub const MMAP_THRESHOLD: usize = 128 << 10;
+pub const MMAP_THRESHOLD: usize = 1 << 20;
 
 /// Free space at the top of a heap kept for reuse rather than returned to the kernel.
 pub const TRIM_THRESHOLD: usize = 16 << 20;

@@ -1,6 +1,6 @@
 //! Large payload buffers reused from one extent to the next.
 //!
-//! [`MMAP_THRESHOLD`] gives every block of 128 KiB or more its own mapping, returned to the
+//! [`MMAP_THRESHOLD`] gives every block of 1 MiB or more its own mapping, returned to the
 //! kernel when freed: that is what holds the receiver into Azurite under the memory bound
 //! (see the module above). The data path allocates one such block per extent — the
 //! sender's read buffer (1 MiB reads, up to 4 MiB joined), the receiver's frame body (a

@@ -8,9 +8,8 @@
 //! the unused tail of an *arena*, a `BytesMut` of at least 128 KiB ([`MIN_ARENA_SIZE`]); a
 //! received message is split off the front of its slot and becomes the datagrams' buffer as
 //! it is, so its bytes are next read by the decryption. A slot whose tail is shorter than a
-//! message's receive buffer takes a fresh arena; once the last datagram or stream chunk
-//! carved from the old one is dropped, the pool keeps it, whole again, for a later slot (at
-//! most one per slot) or frees it.
+//! message's receive buffer takes a fresh arena; the old one is freed by the allocator when
+//! the last datagram or stream chunk carved from it is dropped.
 //!
 //! **The receive buffer.** Upstream gives each message the largest datagram × 64 GRO
 //! segments (1 MiB for vdrep's receiver, which accepts 16 KiB datagrams from a sender on
@@ -46,11 +45,10 @@ pub(crate) const USUAL_MSG_SIZE: usize = 64 << 10;
 /// The least size of an arena: 2 messages of [`USUAL_MSG_SIZE`]. Larger arenas take fewer
 /// allocations but let one datagram still held keep more memory alive: a receiver's peak
 /// RSS on the bench's veth link was 46–52 MiB with upstream's copies, 57–60 with arenas of
-/// 2 messages, 68–73 with 4, and 108 on loopback with 15 (ANALYSIS.md, session 13).
-/// vdrep's allocator settings map blocks from this size on (`dataplane/src/memory/mod.rs`),
-/// so an arena's memory goes back to the kernel when it is freed (left in the heaps, a
-/// receiver into Azurite kept ~40 MiB after them; session 15): arenas are reused
-/// ([`RecvPool::live_bytes`]) rather than mapped, faulted in and unmapped each time.
+/// 2 messages, 68–73 with 4, and 108 on loopback with 15 (ANALYSIS.md, session 13). Below
+/// the 1 MiB from which vdrep's allocator settings map a block on its own
+/// (`dataplane/src/memory/mod.rs`), where every arena would cost an `mmap`, its pages'
+/// faults and an `munmap`.
 pub(crate) const MIN_ARENA_SIZE: usize = 2 * USUAL_MSG_SIZE;
 
 /// Message slots of a `recvmmsg` batch, each the unused tail of an arena of its own.
@@ -67,9 +65,6 @@ pub(crate) struct RecvPool {
     /// An empty handle on every arena a slot has let go of while others still held it,
     /// with its size.
     retired: Vec<(Bytes, usize)>,
-    /// Arenas whose every message was dropped, whole again, for the slots' next arenas: at
-    /// most one per slot.
-    free: Vec<BytesMut>,
     live_limit: usize,
     /// Set by `iovs` while the retired arenas still held exceed `live_limit`.
     copying: bool,
@@ -88,7 +83,6 @@ impl RecvPool {
             msg_size,
             max_msg,
             retired: Vec::new(),
-            free: Vec::new(),
             live_limit,
             copying: false,
             copied: 0,
@@ -115,16 +109,15 @@ impl RecvPool {
         let arena_size = self.arena_size();
         for (slot, arena) in self.slots[..N].iter_mut().zip(&mut self.arenas) {
             if slot.capacity() < self.msg_size {
-                let fresh = match self.free.pop() {
-                    Some(a) if a.capacity() >= arena_size => a,
-                    _ => BytesMut::with_capacity(arena_size),
-                };
-                let old = std::mem::replace(slot, fresh);
+                let old = std::mem::replace(slot, BytesMut::with_capacity(arena_size));
                 let old_size = std::mem::replace(arena, arena_size);
                 // `old` is empty (every message was split off it) and shares the arena
                 // with what was split off: frozen, it is a handle that tells when the
                 // rest is gone.
-                self.retired.push((old.freeze(), old_size));
+                let handle = old.freeze();
+                if !handle.is_unique() {
+                    self.retired.push((handle, old_size));
+                }
             }
         }
         let live = self.live_bytes();
@@ -176,42 +169,10 @@ impl RecvPool {
     }
 
     /// Bytes of retired arenas that something (a datagram, a stream chunk) still holds;
-    /// the others are kept for reuse or freed.
+    /// forgets the others.
     pub(crate) fn live_bytes(&mut self) -> usize {
-        let mut live = 0;
-        let mut i = 0;
-        while i < self.retired.len() {
-            if self.retired[i].0.is_unique() {
-                let (handle, size) = self.retired.swap_remove(i);
-                self.recycle(handle, size);
-            } else {
-                live += self.retired[i].1;
-                i += 1;
-            }
-        }
-        live
-    }
-
-    /// Keeps an arena nothing else holds for a slot's next one, whole again (its handle is
-    /// the empty tail left after its last message), while the free list has room and the
-    /// arena is of the size slots take now; frees it otherwise.
-    fn recycle(&mut self, handle: Bytes, size: usize) {
-        if self.free.len() >= self.slots.len() || size != self.arena_size() {
-            return;
-        }
-        if let Ok(mut arena) = handle.try_into_mut() {
-            arena.clear();
-            // Unique, so this moves the handle back to the arena's start without copying.
-            if arena.try_reclaim(size) {
-                self.free.push(arena);
-            }
-        }
-    }
-
-    /// Arenas kept for reuse.
-    #[cfg(test)]
-    pub(crate) fn free_arenas(&self) -> usize {
-        self.free.len()
+        self.retired.retain(|(h, _)| !h.is_unique());
+        self.retired.iter().map(|(_, size)| size).sum()
     }
 
     /// Messages copied because of the live limit since the pool was made.
