@@ -22,6 +22,7 @@ pub mod discover;
 pub mod point;
 pub mod protect;
 pub mod spool;
+pub mod spool_mem;
 pub mod state;
 pub mod test_hook;
 pub mod unprotect;

@@ -23,6 +23,11 @@
 //! byte becomes readable only once the view is gone, so no cycle commits with its view
 //! still in place.
 //!
+//! Memory first (`super::spool_mem`): the drain's reads are kept in buffers the process
+//! reuses, up to a process-wide bound, and only what does not fit is written to the file —
+//! on a host that takes freed memory back, a GiB of new page cache per cycle cost the drain
+//! more CPU than reading the view. A kept buffer goes back to the pool once read.
+//!
 //! Bounds: the file holds the dirty bytes (packed, in extent order), in
 //! `STATE/qemu/VM/spool/`, whose filesystem must have room for them (else the cycle reads
 //! the view as before); memory is the drain's reads in flight. The file goes when both the
@@ -37,6 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::digest::PieceTee;
+use super::spool_mem::Slots;
 use super::view::NbdView;
 use crate::disk::{DiskError, DiskInfo, Extent, ExtentKind, VirtualDisk};
 
@@ -83,6 +89,9 @@ struct Shared {
     path: PathBuf,
     /// Per extent, in order: its start and end on the disk, and its offset in the file.
     index: Vec<(u64, u64, u64)>,
+    /// Where each drain read's bytes are: kept in memory or written to the file
+    /// (`super::spool_mem`).
+    slots: Slots,
     drained: Mutex<Drained>,
     moved: Condvar,
     /// Set when the spool is dropped: the drain stops at its next read.
@@ -147,6 +156,7 @@ impl Spool {
                 file,
                 path,
                 index,
+                slots: Slots::default(),
                 drained: Mutex::new(Drained::default()),
                 moved: Condvar::new(),
                 cancel: AtomicBool::new(false),
@@ -164,12 +174,18 @@ impl Spool {
                 if sp.shared.cancel.load(Ordering::Relaxed) {
                     return Err(sp.failure("the cycle stopped shipping"));
                 }
-                sp.write(offset, data)?;
                 tee.record(offset, data);
-                // A read of the drain lies in one extent: its bytes end here in the file.
-                if let Some((at, _)) = sp.locate(offset) {
-                    sp.advance(|d| d.upto = d.upto.max(at + data.len() as u64));
+                // A read of the drain lies in one extent: its bytes are contiguous in the
+                // file from `at`, kept in memory when the pool allows.
+                let Some((at, _)) = sp.locate(offset) else {
+                    return Err(sp.outside(offset, data.len()));
+                };
+                let len = data.len() as u64;
+                if !sp.shared.slots.keep(at, data) {
+                    sp.write(offset, data)?;
+                    sp.shared.slots.in_file(at, len);
                 }
+                sp.advance(|d| d.upto = d.upto.max(at + len));
                 Ok(())
             });
             // A spool dropped meanwhile belongs to a cycle that stopped shipping: its round
@@ -325,7 +341,10 @@ impl VirtualDisk for Spool {
     fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.pieces(offset, buf.len(), |at, r| {
             self.wait_for(at + r.len() as u64)?;
-            self.shared.file.read_exact_at(&mut buf[r], at)
+            let file = &self.shared.file;
+            self.shared
+                .slots
+                .read(at, &mut buf[r], |pos, b| file.read_exact_at(b, pos))
         })
     }
 }

@@ -43,8 +43,10 @@ pub const NBD_TIMEOUT: Duration = Duration::from_secs(60);
 /// requests of a client at once (`NBD_MAX_REQUESTS`); more would only wait in its socket.
 pub const VIEW_READ_AHEAD: usize = 16;
 
-/// Where [`NbdView::drain`] hands each read's bytes, with their disk offset.
-pub type Sink<'a> = dyn FnMut(u64, &[u8]) -> Result<(), DiskError> + 'a;
+/// Where [`NbdView::drain`] hands each read's bytes, with their disk offset. The sink may
+/// take the buffer (`std::mem::take` or a swap with one of its own): the drain reads its
+/// next request into whatever it leaves there.
+pub type Sink<'a> = dyn FnMut(u64, &mut Vec<u8>) -> Result<(), DiskError> + 'a;
 
 /// The unit of qemu's copy-before-write (`block-copy`'s cluster: 64 KiB unless the scratch
 /// image's clusters are larger; qemu rounds a discard inward to it): only whole blocks of
@@ -205,10 +207,10 @@ impl NbdView {
                 let Some((t, off)) = flight.pop_front() else {
                     break;
                 };
-                let buf = q.finish(t).map_err(|e| nbd_err(path, off, e))?;
+                let mut buf = q.finish(t).map_err(|e| nbd_err(path, off, e))?;
                 let len = buf.len() as u64;
                 self.read.fetch_add(len, Ordering::Relaxed);
-                sink(off, &buf)?;
+                sink(off, &mut buf)?;
                 free.push(buf);
                 if let (true, Some(b)) = (trim, whole_blocks(&(off..off + len))) {
                     self.mark_discarded(b.start, b.end);
