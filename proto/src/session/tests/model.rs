@@ -275,7 +275,7 @@ impl Model {
                 if w.payload.len() != n {
                     return WriteOutcome::Rejected(Rejection::BadPayload);
                 }
-                if toy_hash(&w.payload) != h.hash {
+                if toy_hash(&w.payload.to_bytes()) != h.hash {
                     return WriteOutcome::Rejected(Rejection::HashMismatch);
                 }
                 d.data[o..o + n].copy_from_slice(&w.payload);
@@ -289,7 +289,7 @@ impl Model {
                 if w.payload.len() != map.carried_len() as usize {
                     return WriteOutcome::Rejected(Rejection::BadPayload);
                 }
-                if toy_hash(&w.payload) != h.hash {
+                if toy_hash(&w.payload.to_bytes()) != h.hash {
                     return WriteOutcome::Rejected(Rejection::HashMismatch);
                 }
                 let mut at = 0;
