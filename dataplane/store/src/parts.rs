@@ -47,7 +47,7 @@ impl<'a> Parts<'a> {
         for s in self.slices {
             let (s0, s1) = (at, at + s.len());
             at = s1;
-            if s1 <= a || s0 >= b {
+            if s.is_empty() || s1 <= a || s0 >= b {
                 continue;
             }
             out.push(&s[a.max(s0) - s0..b.min(s1) - s0]);
