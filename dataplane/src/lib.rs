@@ -40,4 +40,4 @@ pub mod transport;
 
 // The stores live in their own crate, below the roles (no QUIC, no async runtime); their
 // modules keep their paths here.
-pub use vdrep_store::{jobs, layout, resync, sink};
+pub use vdrep_store::{jobs, layout, parts, resync, sink};

@@ -5,6 +5,8 @@
 /// enough to catch zero-filled file-system regions inside allocated blocks.
 pub const ZERO_BLOCK: usize = 64 << 10;
 
+use crate::parts::Parts;
+
 /// BLAKE3 of `len` zero bytes, which is what a clear asks the receiver to produce.
 pub fn zero_hash(len: u32) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
@@ -53,9 +55,63 @@ pub fn zero_runs(data: &[u8]) -> Vec<(usize, usize, bool)> {
     runs
 }
 
+/// [`zero_runs`] of bytes held in several slices (a received frame's chunks): the same
+/// runs as of the joined bytes, each block tested where it lies, piece by piece when it
+/// straddles slices.
+pub fn zero_runs_parts(data: Parts<'_>) -> Vec<(usize, usize, bool)> {
+    let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let end = (pos + ZERO_BLOCK).min(data.len());
+        let z = data
+            .sub(pos, end)
+            .unwrap_or_default()
+            .iter()
+            .all(|p| is_zero(p));
+        match runs.last_mut() {
+            Some(r) if r.2 == z => r.1 = end,
+            _ => runs.push((pos, end, z)),
+        }
+        pos = end;
+    }
+    runs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_of_slices_are_the_runs_of_the_joined_bytes() {
+        let z = ZERO_BLOCK;
+        let mut d = vec![0u8; 5 * z + 300];
+        d[z + 7] = 1; // block 1: data, its first byte near a cut below
+        d[3 * z - 1] = 2; // block 2: data only in its last byte, which straddles
+        d[5 * z + 299] = 3; // the short last block
+        let cuts_list: Vec<Vec<usize>> = vec![
+            vec![],
+            vec![0, 0, 5 * z + 300],
+            vec![z + 7, z + 8, 3 * z - 2],
+            (1410..d.len()).step_by(1410).collect(),
+            (16_330..d.len()).step_by(16_330).collect(),
+        ];
+        for cuts in cuts_list {
+            let mut sl: Vec<&[u8]> = Vec::new();
+            let mut at = 0;
+            for &c in &cuts {
+                sl.push(&d[at..c]);
+                at = c;
+            }
+            sl.push(&d[at..]);
+            assert_eq!(
+                zero_runs_parts(Parts::new(&sl)),
+                zero_runs(&d),
+                "cut at {cuts:?}"
+            );
+        }
+        let none: [&[u8]; 0] = [];
+        assert!(zero_runs_parts(Parts::new(&none)).is_empty());
+    }
 
     #[test]
     fn a_block_is_zero_only_if_every_byte_is_whatever_piece_holds_the_non_zero_one() {

@@ -9,7 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tracing::warn;
-use vdrep_proto::session::receiver::{BatchEnd, BatchReport, BatchStep, ExtentWrite, WriteOutcome};
+use vdrep_proto::session::receiver::{
+    BatchEnd, BatchReport, BatchStep, Body, ExtentWrite, WriteOutcome,
+};
 use vdrep_proto::session::{BatchReceiver, Refusal};
 use vdrep_proto::wire::{
     Codec, ErrorClass, ExtentHashing, ExtentOp, Rejection, EXTENT_HEADER_LEN, MAX_EXTENT_PAYLOAD,
@@ -19,10 +21,11 @@ use super::control::{refusal, ConnState};
 use super::disk::DiskSession;
 use super::limits::FramePermits;
 use super::Receiver;
-use crate::codec::{pieces_hash, zero_extent_hash, zero_runs, zstd_ctx};
+use crate::codec::{pieces_hash, zero_extent_hash, zero_runs, zero_runs_parts, zstd_ctx};
+use crate::parts::Parts;
 use crate::resync::leaves::Pieces;
 use crate::sink::SinkError;
-use crate::transport::{write_frame, FrameError};
+use crate::transport::{joined, write_frame, FrameError};
 
 /// Verifies and writes one extent the session accepted, its hash made as `hashing` says
 /// (the version of the stream that opened the disk). Runs on a blocking thread:
@@ -62,10 +65,14 @@ fn apply(
                 }
                 Ok(None)
             };
-            let refused = match h.codec {
-                Codec::Raw => write(Some(&w.payload))?,
+            let refused = match (h.codec, w.payload.parts()) {
+                (Codec::Raw, [_, _, ..]) => write_parts(s, &w, paged)?,
+                (Codec::Raw, _) => write(Some(&joined(&w.payload)[..]))?,
                 // Bounded: the frame must yield exactly the declared length.
-                Codec::Zstd => zstd_ctx::with_decompressed(&w.payload, h.length as usize, write)?,
+                (Codec::Zstd, _) => {
+                    let frame = joined(&w.payload);
+                    zstd_ctx::with_decompressed(&frame, h.length as usize, write)?
+                }
             };
             if let Some(why) = refused {
                 return Ok(WriteOutcome::Rejected(why));
@@ -77,7 +84,8 @@ fn apply(
             };
             let carried = map.carried_len();
             // Bounded: the frame must yield exactly the carried blocks.
-            return zstd_ctx::with_decompressed(&w.payload, carried as usize, |data| {
+            let frame = joined(&w.payload);
+            return zstd_ctx::with_decompressed(&frame, carried as usize, |data| {
                 let Some(data) = data else {
                     return Ok(WriteOutcome::Rejected(Rejection::BadPayload));
                 };
@@ -112,6 +120,47 @@ fn apply(
     Ok(WriteOutcome::Written {
         bytes: h.length as u64,
     })
+}
+
+/// The raw write or sparse write `w` whose payload came in several chunks: verified and
+/// written from them, never joined (each page hashed where it lies unless it straddles two
+/// chunks; a vectored write). Whether it was refused, as `apply`'s `write` says.
+fn write_parts(
+    s: &DiskSession,
+    w: &ExtentWrite,
+    paged: bool,
+) -> Result<Option<Rejection>, SinkError> {
+    let h = &w.header;
+    let slices: Vec<&[u8]> = w.payload.parts().iter().map(|b| &b[..]).collect();
+    let data = Parts::new(&slices);
+    if data.len() != h.length as usize {
+        return Ok(Some(Rejection::BadPayload));
+    }
+    let pieces = paged.then(|| Pieces::of_parts(h.offset, data));
+    let hash = match &pieces {
+        Some(p) => pieces_hash([p]),
+        None => {
+            let mut b = blake3::Hasher::new();
+            slices.iter().for_each(|p| {
+                b.update(p);
+            });
+            *b.finalize().as_bytes()
+        }
+    };
+    if hash != h.hash {
+        return Ok(Some(Rejection::HashMismatch));
+    }
+    if h.op == ExtentOp::Write {
+        s.apply_write_parts(h.offset, data, pieces.as_ref())?;
+        return Ok(None);
+    }
+    // Sparse: the data runs only, on the same grid as a joined payload (`write_sparse`).
+    for (a, b, _) in zero_runs_parts(data).into_iter().filter(|r| !r.2) {
+        let run = data.sub(a, b).unwrap_or_default();
+        s.apply_write_parts(h.offset + a as u64, Parts::new(&run), pieces.as_ref())?;
+    }
+    s.mark_written(h.offset, h.offset + data.len() as u64);
+    Ok(None)
 }
 
 /// Writes the data runs of a sparse write and skips its all-zero blocks, which the replica
@@ -149,8 +198,9 @@ pub(super) async fn send_result(
     let _ = send.finish();
 }
 
-/// A frame as [`Receiver::read_charged`] gives it: kind, body, and the budget it holds.
-type Frame = (u8, bytes::Bytes, FramePermits);
+/// A frame as [`Receiver::read_charged_as`] gives it: kind, body (the chunks as received),
+/// and the budget it holds.
+type Frame = (u8, Body, FramePermits);
 /// A frame being read: the read owns the stream and gives it back with the frame.
 type Reading<'a> =
     Pin<Box<dyn Future<Output = (quinn::RecvStream, Result<Frame, FrameError>)> + Send + 'a>>;
@@ -239,7 +289,7 @@ impl Receiver {
     ) -> Reading<'a> {
         Box::pin(async move {
             let max = EXTENT_HEADER_LEN as u32 + MAX_EXTENT_PAYLOAD;
-            let r = self.read_charged(conn, &mut recv, max).await;
+            let r = self.read_charged_as(conn, &mut recv, max, true).await;
             (recv, r)
         })
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
 use tracing::{info, warn};
-use vdrep_proto::session::receiver::{ControlStep, FirstStep, Report};
+use vdrep_proto::session::receiver::{Body, ControlStep, FirstStep, Report};
 use vdrep_proto::session::{Authorizations, ReceiverSession, Refusal, StreamId};
 use vdrep_proto::wire::{
     Control, ErrorClass, EXTENT_HEADER_LEN, MAX_CONTROL_BODY, MAX_EXTENT_PAYLOAD,
@@ -19,7 +19,7 @@ use super::disk::DiskSession;
 use super::limits::FramePermits;
 use super::Receiver;
 use crate::sink::SinkError;
-use crate::transport::{read_body, read_frame_header, write_frame, FrameError};
+use crate::transport::{read_body, read_body_parts, read_frame_header, write_frame, FrameError};
 
 /// Per-connection state: the protocol session and the IO state of its open disks.
 pub struct ConnState {
@@ -316,11 +316,29 @@ impl Receiver {
         recv: &mut quinn::RecvStream,
         max: u32,
     ) -> Result<(u8, bytes::Bytes, FramePermits), FrameError> {
+        let (kind, body, permits) = self.read_charged_as(conn, recv, max, false).await?;
+        Ok((kind, body.to_bytes(), permits))
+    }
+
+    /// [`Receiver::read_charged`] with the body in one buffer or, with `parts`, as the
+    /// chunks QUIC received it in (a data stream's extents: `read_body_parts`).
+    pub(crate) async fn read_charged_as(
+        &self,
+        conn: &ConnState,
+        recv: &mut quinn::RecvStream,
+        max: u32,
+        parts: bool,
+    ) -> Result<(u8, Body, FramePermits), FrameError> {
         let (kind, len) = read_frame_header(recv, max).await?;
         let permits = self.limits.frame_permits(&conn.frames, len as usize).await;
         let deadline = super::limits::body_deadline(len);
         let mut due = crate::clock::tokio_now() + deadline;
-        let body = read_body(recv, len, &[]);
+        let body = async {
+            match parts {
+                true => read_body_parts(recv, len).await,
+                false => read_body(recv, len, &[]).await.map(Body::from),
+            }
+        };
         tokio::pin!(body);
         loop {
             tokio::select! {

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use vdrep_proto::ranges::RangeSet;
 
-use crate::resync::index::{full_node_hashes_from, Index};
+use crate::parts::Parts;
+use crate::resync::index::{full_node_hashes_from, full_node_hashes_parts, Index};
 use crate::resync::leaves::Pieces;
 use crate::sink::{retention, RecoveryPoint, ReplicaDisk, SinkError};
 
@@ -94,6 +95,34 @@ impl DiskSession {
             None => self.replica.clear(off, len),
         };
         let recorded = ix.after_write_data(off, len, data, &full, r.is_ok());
+        r?;
+        recorded.map_err(|e| {
+            SinkError::io(
+                ix.describe(),
+                "update the resync index",
+                off,
+                std::io::Error::other(e),
+            )
+        })?;
+        self.mark_written(off, off + len);
+        Ok(())
+    }
+
+    /// [`DiskSession::apply_write_hashed`] of bytes held in several slices (a received
+    /// frame's chunks): written with one vectored write, never joined on the way.
+    pub fn apply_write_parts(
+        &self,
+        off: u64,
+        data: Parts<'_>,
+        pieces: Option<&Pieces>,
+    ) -> Result<(), SinkError> {
+        let len = data.len() as u64;
+        let full = full_node_hashes_parts(self.virtual_size, off, len, Some(data), pieces);
+        let mut ix = self.index.lock().map_err(|_| self.index_poisoned())?;
+        ix.before_write()
+            .map_err(|e| SinkError::io(ix.describe(), "mark the resync index unclean", 0, e))?;
+        let r = self.replica.write_parts(off, data);
+        let recorded = ix.after_write_parts(off, len, Some(data), &full, r.is_ok());
         r?;
         recorded.map_err(|e| {
             SinkError::io(

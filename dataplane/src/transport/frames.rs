@@ -1,6 +1,7 @@
 //! Reading and writing whole frames on quinn streams, with limits checked before buffering.
 
 use bytes::Bytes;
+use vdrep_proto::session::receiver::Body;
 use vdrep_proto::wire::{FrameHeader, FRAME_HEADER_LEN};
 use vdrep_proto::FormatError;
 
@@ -125,6 +126,40 @@ pub async fn read_body(
         unsafe { body.set_len(filled) };
     }
     Ok(body.freeze())
+}
+
+/// Reads a body of `len` bytes as the chunks QUIC holds it in, without joining them: a raw
+/// extent is then hashed and written from them (`vdrep_store::parts`). The chunks are
+/// slices of the receive arenas (`vendor/quinn`'s `recv_pool`), kept until the body is
+/// dropped. Each read takes every chunk QUIC holds for the stream, up to the body's end,
+/// under one lock of the connection.
+pub async fn read_body_parts(recv: &mut quinn::RecvStream, len: u32) -> Result<Body, FrameError> {
+    let len = len as usize;
+    let mut parts = Vec::new();
+    let mut got = 0usize;
+    while got < len {
+        let n = std::future::poll_fn(|cx| recv.poll_read_chunks_upto(cx, len - got, &mut parts))
+            .await
+            .map_err(quinn::ReadExactError::ReadError)?;
+        if n == 0 {
+            return Err(quinn::ReadExactError::FinishedEarly(got).into());
+        }
+        got += n;
+    }
+    Ok(Body::from_parts(parts))
+}
+
+/// A body's bytes in one buffer: its chunk when it has one, else joined into pooled pages
+/// as [`read_body`] would have read them (a compressed extent's frame, a packed write).
+pub fn joined(body: &Body) -> Bytes {
+    if let [one] = body.parts() {
+        return one.clone();
+    }
+    let mut b = crate::memory::PooledBuf::with_capacity(body.len());
+    for p in body.parts() {
+        b.extend_from_slice(p);
+    }
+    b.freeze()
 }
 
 /// Writes an encoded frame.

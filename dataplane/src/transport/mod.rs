@@ -14,7 +14,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use frames::{read_body, read_frame, read_frame_header, write_frame, FrameError};
+pub use frames::{
+    joined, read_body, read_body_parts, read_frame, read_frame_header, write_frame, FrameError,
+};
 pub use window::{send_window_for, SendWindowGuard, MIN_SEND_WINDOW};
 
 /// Socket buffer size asked of the kernel.

@@ -17,5 +17,6 @@
 pub mod clock;
 pub mod jobs;
 pub mod layout;
+pub mod parts;
 pub mod resync;
 pub mod sink;

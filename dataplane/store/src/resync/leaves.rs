@@ -14,6 +14,7 @@
 //! a short page or a group too small for the kernel, `blake3::hash` does the work.
 
 use super::{Hash, PAGE};
+use crate::parts::Parts;
 
 /// The code that hashes whole pages, several side by side. Each gives the bytes
 /// `blake3::hash` gives for each page; they differ only in speed, and which one is fastest
@@ -101,6 +102,72 @@ pub fn page_hashes_with(kernel: Kernel, data: &[u8], out: &mut Vec<Hash>) {
     );
 }
 
+/// [`page_hashes_into`] of bytes held in several slices (a received frame's chunks, which
+/// need not end on page boundaries): the same hashes as of the joined bytes. A page inside
+/// one slice is hashed where it lies; only a page that straddles slices is copied, into a
+/// staging page, so the kernel still takes whole groups.
+pub fn page_hashes_parts_into(parts: Parts<'_>, out: &mut Vec<Hash>) {
+    page_hashes_parts_with(Kernel::chosen(), parts, out)
+}
+
+/// [`page_hashes_parts_into`] with the kernel given (tests, benchmarks).
+///
+/// # Panics
+/// When this CPU cannot run `kernel` (it is not in [`Kernel::available`]).
+pub fn page_hashes_parts_with(kernel: Kernel, parts: Parts<'_>, out: &mut Vec<Hash>) {
+    assert!(kernel.runs_here(), "{kernel:?} does not run on this CPU");
+    let page = PAGE as usize;
+    let lanes = kernel.lanes();
+    out.reserve(parts.len().div_ceil(page));
+    let slices = parts.slices();
+    // A staging page per lane, for the pages that straddle slices (none in one slice).
+    let mut stage = match slices.iter().filter(|s| !s.is_empty()).count() > 1 {
+        true => vec![0u8; lanes * page],
+        false => Vec::new(),
+    };
+    // Where the next page starts: slice `i`, byte `at` of it; `left` bytes from there.
+    let (mut i, mut at, mut left) = (0usize, 0usize, parts.len());
+    while left > 0 {
+        // One group of up to `lanes` pages, each borrowed or copied into a slot of `stage`.
+        let mut slots = stage.chunks_exact_mut(page);
+        let mut group: [&[u8]; 16] = [&[]; 16];
+        let mut n = 0;
+        while n < lanes && left > 0 {
+            let want = page.min(left);
+            while at == slices[i].len() {
+                (i, at) = (i + 1, 0);
+            }
+            if slices[i].len() - at >= want {
+                group[n] = &slices[i][at..at + want];
+                at += want;
+            } else {
+                let slot = slots.next().expect("a slot per lane when pages straddle");
+                let mut got = 0;
+                while got < want {
+                    while at == slices[i].len() {
+                        (i, at) = (i + 1, 0);
+                    }
+                    let k = (want - got).min(slices[i].len() - at);
+                    slot[got..got + k].copy_from_slice(&slices[i][at..at + k]);
+                    (got, at) = (got + k, at + k);
+                }
+                group[n] = &slot[..want];
+            }
+            left -= want;
+            n += 1;
+        }
+        let g = &group[..n];
+        let whole = n == lanes && g.iter().all(|p| p.len() == page);
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 if whole => out.extend_from_slice(&avx512::hash_page_refs(g)),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 if whole => out.extend_from_slice(&avx2::hash_page_refs(g)),
+            _ => out.extend(g.iter().map(|p| *blake3::hash(p).as_bytes())),
+        }
+    }
+}
+
 /// The hashes of `data`'s pages ([`page_hashes_into`]).
 pub fn page_hashes(data: &[u8]) -> Vec<Hash> {
     let mut v = Vec::new();
@@ -138,6 +205,25 @@ impl Pieces {
         Pieces {
             offset,
             len: data.len() as u64,
+            hashes,
+        }
+    }
+
+    /// [`Pieces::of`] the bytes of `parts` (a received frame's chunks), each page hashed
+    /// where it lies unless it straddles two slices ([`page_hashes_parts_into`]).
+    pub fn of_parts(offset: u64, parts: Parts<'_>) -> Pieces {
+        let len = parts.len();
+        let head = ((PAGE - offset % PAGE) % PAGE).min(len as u64) as usize;
+        let mut hashes = Vec::with_capacity(len.div_ceil(PAGE as usize) + 1);
+        if let (true, Some(h)) = (head > 0, parts.range(0, head)) {
+            hashes.push(*blake3::hash(&h).as_bytes());
+        }
+        if let Some(rest) = parts.sub(head, len) {
+            page_hashes_parts_into(Parts::new(&rest), &mut hashes);
+        }
+        Pieces {
+            offset,
+            len: len as u64,
             hashes,
         }
     }
@@ -298,5 +384,74 @@ mod tests {
         let x = Pieces::of(p + 1024, &d);
         assert_eq!(x.hashes(), &[h(&d)]);
         assert_eq!(x.piece(p, 2 * p), None);
+    }
+
+    /// Cuts `d` at `cuts` (sorted offsets, repeats make empty slices).
+    fn split<'a>(d: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+        let mut v = Vec::new();
+        let mut at = 0;
+        for &c in cuts {
+            v.push(&d[at..c]);
+            at = c;
+        }
+        v.push(&d[at..]);
+        v
+    }
+
+    /// Bytes in slices hash as the joined bytes do, whatever the cuts: pages inside one
+    /// slice, pages straddling two or three slices, empty slices (first, last, between),
+    /// a short last page, a single slice, and nothing at all; every kernel.
+    #[test]
+    fn pages_hash_the_same_in_slices_as_joined_for_every_kernel() {
+        let p = PAGE as usize;
+        let d = noise(40 * p + 1000, 11);
+        let mut cases: Vec<(usize, Vec<usize>)> = vec![
+            (0, vec![]),
+            (0, vec![0, 0]),
+            (p, vec![]),
+            (p, vec![0]),
+            (p, vec![p]),
+            (p, vec![1, p - 1]),
+            (3 * p + 7, vec![p / 2, p / 2, 2 * p + 1]),
+            (17 * p, vec![100, 200, 5000, 5000, 9000]),
+            (40 * p + 1000, vec![0, 40 * p + 1000]),
+        ];
+        // Loopback-like and MTU-like chunks (16,330 and 1,410 bytes), all straddling.
+        for step in [16_330, 1_410, p, 8 * p] {
+            let n = 40 * p + 1000;
+            cases.push((n, (step..n).step_by(step).collect()));
+        }
+        for k in Kernel::available() {
+            for (n, cuts) in &cases {
+                let data = &d[..*n];
+                let sl = split(data, cuts);
+                let mut got = vec![[0xAA; 32]];
+                page_hashes_parts_with(k, Parts::new(&sl), &mut got);
+                assert_eq!(got[0], [0xAA; 32], "{k:?} keeps what `out` held");
+                assert_eq!(
+                    &got[1..],
+                    reference(data),
+                    "{k:?}, {n} bytes cut at {cuts:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pieces_of_slices_equal_pieces_of_the_joined_bytes() {
+        let p = PAGE;
+        let d = noise(20 * p as usize + 1536, 12);
+        for offset in [0, 512, p - 512, 7 * p, 7 * p + 3584] {
+            for len in [0usize, 512, 4096, 5 * 4096 + 512, d.len()] {
+                let data = &d[..len];
+                let cuts: Vec<usize> = (1000..len).step_by(1410).collect();
+                let sl = split(data, &cuts);
+                assert_eq!(
+                    Pieces::of_parts(offset, Parts::new(&sl)),
+                    Pieces::of(offset, data),
+                    "{len} bytes at {offset}"
+                );
+            }
+        }
     }
 }

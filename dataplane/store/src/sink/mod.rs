@@ -309,6 +309,14 @@ pub trait ReplicaDisk: Send + Sync {
     /// a committed replica with neither a copy in progress nor a cycle open it is an
     /// invalid-state error: it would change a recovery point ([`lifecycle::write_target`]).
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), SinkError>;
+    /// [`ReplicaDisk::write`] of bytes held in several slices (a received frame's chunks).
+    /// The default joins them; the local store writes them with one `pwritev`.
+    fn write_parts(&self, offset: u64, data: crate::parts::Parts<'_>) -> Result<(), SinkError> {
+        match data.slices() {
+            [one] => self.write(offset, one),
+            _ => self.write(offset, &data.to_vec()),
+        }
+    }
     /// Zeroes `[offset, offset+len)` (punching a hole where the filesystem can); same checks
     /// as [`ReplicaDisk::write`].
     fn clear(&self, offset: u64, len: u64) -> Result<(), SinkError>;

@@ -156,6 +156,37 @@ impl RecvStream {
         .map(|res| res.map(|_| ()))
     }
 
+    /// vdrep: reads the stream's next bytes, at most `max` of them, as the chunks QUIC holds
+    /// (no copy), appending them to `out`, all under one lock of the connection (like
+    /// [`Self::poll_read_buf`], unlike a loop of [`Self::read_chunk`], which locks per
+    /// chunk). `Ready(Ok(0))` when the stream is finished (or `max` is 0).
+    pub fn poll_read_chunks_upto(
+        &mut self,
+        cx: &mut Context,
+        max: usize,
+        out: &mut Vec<Bytes>,
+    ) -> Poll<Result<usize, ReadError>> {
+        if max == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        self.poll_read_generic(cx, true, |chunks| {
+            let mut read = 0;
+            loop {
+                if read == max {
+                    return ReadStatus::Readable(read);
+                }
+                match chunks.next(max - read) {
+                    Ok(Some(chunk)) => {
+                        read += chunk.bytes.len();
+                        out.push(chunk.bytes);
+                    }
+                    res => return (if read > 0 { Some(read) } else { None }, res.err()).into(),
+                }
+            }
+        })
+        .map(|res| res.map(|r| r.unwrap_or(0)))
+    }
+
     /// Read the next segment of data
     ///
     /// Yields `None` if the stream was finished. Otherwise, yields a segment of data and its

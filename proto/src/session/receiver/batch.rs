@@ -8,23 +8,22 @@
 //! ends the batch at once: extents after it are not written, and the driver stops the
 //! stream so the sender learns of it without sending the rest.
 
-use bytes::Bytes;
-
 use super::super::Refusal;
+use super::Body;
 use crate::wire::{
     BatchResult, ErrorClass, ExtentHashing, ExtentHeader, ExtentOp, PackedMap, Rejection,
     EXTENT_HEADER_LEN, K_EXTENT,
 };
 
 /// An extent ready for verification and writing: its header checked against the disk, its
-/// payload a slice of the received frame (never copied).
+/// payload a slice of the received frame (never copied): its chunks as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtentWrite {
     /// The validated header.
     pub header: ExtentHeader,
     /// The payload: raw bytes, one zstd frame, or — for a packed write — the zstd frame
     /// after the map.
-    pub payload: Bytes,
+    pub payload: Body,
     /// A packed write's map (which blocks the payload carries).
     pub packed: Option<PackedMap>,
 }
@@ -153,7 +152,8 @@ impl BatchReceiver {
     }
 
     /// Feeds one frame of the stream (`kind`, `body`; the body is sliced, not copied).
-    pub fn handle_frame(&mut self, kind: u8, body: Bytes) -> BatchStep {
+    pub fn handle_frame(&mut self, kind: u8, body: impl Into<Body>) -> BatchStep {
+        let body: Body = body.into();
         match self.state {
             State::Receiving => {}
             State::Writing { offset, .. } => {
@@ -170,10 +170,7 @@ impl BatchReceiver {
                 format!("frame type {kind} inside a batch"),
             ));
         }
-        let h = match ExtentHeader::decode(
-            body.get(..EXTENT_HEADER_LEN).unwrap_or(&body),
-            body.len() as u32,
-        ) {
+        let h = match ExtentHeader::decode(&body.head(EXTENT_HEADER_LEN), body.len() as u32) {
             Ok(h) => h,
             Err(e) => {
                 return self.fail(Refusal::new(
@@ -194,12 +191,14 @@ impl BatchReceiver {
                 ),
             ));
         }
-        let payload = body.slice(EXTENT_HEADER_LEN.min(body.len())..);
+        let payload = body.slice_from(EXTENT_HEADER_LEN);
         let (payload, packed) = if h.op == ExtentOp::WritePacked {
-            match PackedMap::split(h.length, &payload) {
+            // The map is read from one buffer (a packed payload is compressed: joined anyway).
+            let flat = payload.to_bytes();
+            match PackedMap::split(h.length, &flat) {
                 Ok((map, _)) => {
                     let at = PackedMap::encoded_len(h.length);
-                    (payload.slice(at..), Some(map))
+                    (Body::from(flat.slice(at..)), Some(map))
                 }
                 Err(_) => return self.reject(h.offset, h.length, Rejection::BadPayload),
             }

@@ -18,6 +18,7 @@
 
 mod answers;
 mod batch;
+mod body;
 mod checks;
 mod effects;
 mod limits;
@@ -26,6 +27,7 @@ mod requests;
 mod timer;
 
 pub use batch::{BatchEnd, BatchReceiver, BatchReport, BatchStep, ExtentWrite, WriteOutcome};
+pub use body::Body;
 pub(crate) use checks::name;
 pub use checks::{tree_nodes, MAX_DISK_SIZE, MAX_JOB_BYTES, MAX_RETENTION_SECS};
 pub use effects::{ControlStep, Done, Effect, OpenedReplica, PointDisk, Report};

@@ -275,10 +275,10 @@ impl Model {
                 if w.payload.len() != n {
                     return WriteOutcome::Rejected(Rejection::BadPayload);
                 }
-                if toy_hash(&w.payload) != h.hash {
+                if toy_hash(&w.payload.to_bytes()) != h.hash {
                     return WriteOutcome::Rejected(Rejection::HashMismatch);
                 }
-                d.data[o..o + n].copy_from_slice(&w.payload);
+                d.data[o..o + n].copy_from_slice(&w.payload.to_bytes());
                 d.written.insert(h.offset, h.offset + n as u64);
                 WriteOutcome::Written { bytes: n as u64 }
             }
@@ -289,13 +289,13 @@ impl Model {
                 if w.payload.len() != map.carried_len() as usize {
                     return WriteOutcome::Rejected(Rejection::BadPayload);
                 }
-                if toy_hash(&w.payload) != h.hash {
+                if toy_hash(&w.payload.to_bytes()) != h.hash {
                     return WriteOutcome::Rejected(Rejection::HashMismatch);
                 }
                 let mut at = 0;
                 for (a, b) in map.runs() {
                     let (a, b) = (a as usize, b as usize);
-                    d.data[o + a..o + b].copy_from_slice(&w.payload[at..at + (b - a)]);
+                    d.data[o + a..o + b].copy_from_slice(&w.payload.to_bytes()[at..at + (b - a)]);
                     d.written.insert((o + a) as u64, (o + b) as u64);
                     at += b - a;
                 }

@@ -96,7 +96,7 @@ fn an_accepted_extent_goes_to_the_driver_with_its_payload_unmodified_then_counts
         panic!("{step:?}")
     };
     assert_eq!((w.header.offset, w.header.length), (8192, 4096));
-    assert_eq!(&w.payload[..], &data[..]);
+    assert_eq!(&w.payload.to_bytes()[..], &data[..]);
     assert!(w.packed.is_none());
     let step = b.handle_write_done(WriteOutcome::Written { bytes: 4096 });
     assert_eq!(
@@ -221,7 +221,7 @@ fn a_packed_write_with_a_bad_map_is_refused_for_a_resend_without_reaching_the_dr
         panic!("{step:?}")
     };
     assert_eq!(w.packed, Some(PackedMap::new(len, |i| i != 1)));
-    assert_eq!(&w.payload[..], &[0x28, 0xb5]);
+    assert_eq!(&w.payload.to_bytes()[..], &[0x28, 0xb5]);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use super::super::leaves::Pieces;
 use super::super::{combine, kept_hash, node_range, Hash, KEPT, PAGE, RESYNC_NODE_SIZES};
 use super::{zero_node, Index};
+use crate::parts::Parts;
 
 /// Nodes whose page hashes a session remembers at most (2 KiB each: 16 MiB).
 const REMEMBERED_NODES: usize = 8192;
@@ -73,6 +74,26 @@ impl Index {
         full: &[(u64, Hash)],
         ok: bool,
     ) -> Result<(), String> {
+        let one: [&[u8]; 1];
+        let parts = match data {
+            Some(d) => {
+                one = [d];
+                Some(Parts::new(&one))
+            }
+            None => None,
+        };
+        self.after_write_parts(off, len, parts, full, ok)
+    }
+
+    /// [`Index::after_write_data`] of bytes held in several slices (a received frame's).
+    pub fn after_write_parts(
+        &mut self,
+        off: u64,
+        len: u64,
+        data: Option<Parts<'_>>,
+        full: &[(u64, Hash)],
+        ok: bool,
+    ) -> Result<(), String> {
         let k = RESYNC_NODE_SIZES[KEPT];
         if self.pages.is_empty() || len == 0 || off >= self.size {
             return self.after_write(off, len, full, ok);
@@ -95,8 +116,8 @@ impl Index {
             for p in (s - a) / PAGE..(e - a).div_ceil(PAGE) {
                 let (ps, pe) = (a + p * PAGE, (a + (p + 1) * PAGE).min(b));
                 let h = match data {
-                    Some(d) => match d.get((ps - off) as usize..(pe - off) as usize) {
-                        Some(bytes) => *blake3::hash(bytes).as_bytes(),
+                    Some(d) => match d.range((ps - off) as usize, (pe - off) as usize) {
+                        Some(bytes) => *blake3::hash(&bytes).as_bytes(),
                         None => {
                             patched = false;
                             break;
@@ -138,6 +159,25 @@ pub fn full_node_hashes_from(
     data: Option<&[u8]>,
     pieces: Option<&Pieces>,
 ) -> Vec<(u64, Hash)> {
+    let one: [&[u8]; 1];
+    let parts = match data {
+        Some(d) => {
+            one = [d];
+            Some(Parts::new(&one))
+        }
+        None => None,
+    };
+    full_node_hashes_parts(size, off, len, parts, pieces)
+}
+
+/// [`full_node_hashes_from`] of bytes held in several slices (a received frame's).
+pub fn full_node_hashes_parts(
+    size: u64,
+    off: u64,
+    len: u64,
+    data: Option<Parts<'_>>,
+    pieces: Option<&Pieces>,
+) -> Vec<(u64, Hash)> {
     let k = RESYNC_NODE_SIZES[KEPT];
     let end = (off + len).min(size);
     let mut out = Vec::new();
@@ -167,8 +207,8 @@ pub fn full_node_hashes_from(
             }
         }
         let h = match data {
-            Some(d) => match d.get((a - off) as usize..(b - off) as usize) {
-                Some(s) => kept_hash(s),
+            Some(d) => match d.range((a - off) as usize, (b - off) as usize) {
+                Some(s) => kept_hash(&s),
                 None => continue,
             },
             None if b - a == k => *zero_full.get_or_init(|| zero_node(k as usize)),

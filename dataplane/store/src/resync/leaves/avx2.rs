@@ -29,20 +29,28 @@ pub(super) fn available() -> bool {
 /// call it when [`available`] says so.
 pub(super) fn hash_pages(pages: &[u8]) -> [[u8; 32]; LANES] {
     assert!(available() && pages.len() == LANES * PAGE);
+    let ptr: [*const u8; LANES] = std::array::from_fn(|p| pages[p * PAGE..].as_ptr());
     // SAFETY: the CPU has AVX2 (asserted above), and `pages` holds the 8 pages every
     // (unaligned) load reads from.
-    unsafe { hash8(pages) }
+    unsafe { hash8(ptr) }
+}
+
+/// [`hash_pages`] of 8 pages that need not lie next to each other (each exactly 4 KiB).
+pub(super) fn hash_page_refs(pages: &[&[u8]]) -> [[u8; 32]; LANES] {
+    assert!(available() && pages.len() == LANES && pages.iter().all(|p| p.len() == PAGE));
+    let ptr: [*const u8; LANES] = std::array::from_fn(|p| pages[p].as_ptr());
+    // SAFETY: the CPU has AVX2, and each pointer starts a page of 4 KiB (asserted above).
+    unsafe { hash8(ptr) }
 }
 
 #[target_feature(enable = "avx2")]
-unsafe fn hash8(pages: &[u8]) -> [[u8; 32]; LANES] {
-    let ptr = pages.as_ptr();
+unsafe fn hash8(ptr: [*const u8; LANES]) -> [[u8; 32]; LANES] {
     let mut cvs = [[_mm256_setzero_si256(); 8]; 4];
     for (j, cv) in cvs.iter_mut().enumerate() {
         *cv = iv();
         for b in 0..CHUNK / BLOCK {
             let at = j * CHUNK + b * BLOCK;
-            let (lo, hi) = (load8(ptr, at), load8(ptr, at + 32));
+            let (lo, hi) = (load8(&ptr, at), load8(&ptr, at + 32));
             let m = [
                 lo[0], lo[1], lo[2], lo[3], lo[4], lo[5], lo[6], lo[7], hi[0], hi[1], hi[2], hi[3],
                 hi[4], hi[5], hi[6], hi[7],
@@ -216,10 +224,10 @@ unsafe fn compress(cv: &mut [__m256i; 8], m: &[__m256i; 16], counter: u32, flags
 /// Words 0..8 of the 32 bytes at `at` of the 8 pages: vector `w` holds word `w` of each page.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn load8(pages: *const u8, at: usize) -> [__m256i; 8] {
+unsafe fn load8(pages: &[*const u8; LANES], at: usize) -> [__m256i; 8] {
     let mut v = [_mm256_setzero_si256(); 8];
     for (p, x) in v.iter_mut().enumerate() {
-        *x = _mm256_loadu_si256(pages.add(p * PAGE + at).cast());
+        *x = _mm256_loadu_si256(pages[p].add(at).cast());
     }
     transpose(&mut v);
     v

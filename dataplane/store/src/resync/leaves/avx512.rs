@@ -28,21 +28,30 @@ pub(super) fn available() -> bool {
 /// [`available`] says so.
 pub(super) fn hash_pages(pages: &[u8]) -> [[u8; 32]; LANES] {
     assert!(available() && pages.len() == LANES * PAGE);
+    let ptr: [*const u8; LANES] = std::array::from_fn(|p| pages[p * PAGE..].as_ptr());
     // SAFETY: the CPU has AVX-512F and AVX2 (asserted above), and `pages` holds the
     // 16 pages every load reads from.
-    unsafe { hash16(pages) }
+    unsafe { hash16(ptr) }
+}
+
+/// [`hash_pages`] of 16 pages that need not lie next to each other (each exactly 4 KiB).
+pub(super) fn hash_page_refs(pages: &[&[u8]]) -> [[u8; 32]; LANES] {
+    assert!(available() && pages.len() == LANES && pages.iter().all(|p| p.len() == PAGE));
+    let ptr: [*const u8; LANES] = std::array::from_fn(|p| pages[p].as_ptr());
+    // SAFETY: the CPU has AVX-512F and AVX2, and each pointer starts a page of 4 KiB
+    // (asserted above).
+    unsafe { hash16(ptr) }
 }
 
 #[target_feature(enable = "avx512f,avx2")]
-unsafe fn hash16(pages: &[u8]) -> [[u8; 32]; LANES] {
-    let ptr = pages.as_ptr();
+unsafe fn hash16(ptr: [*const u8; LANES]) -> [[u8; 32]; LANES] {
     let mut cvs = [[_mm512_setzero_si512(); 8]; 4];
     for (j, cv) in cvs.iter_mut().enumerate() {
         *cv = iv();
         for b in 0..CHUNK / BLOCK {
             let at = j * CHUNK + b * BLOCK;
-            let (lo0, lo1) = (load8(ptr, 0, at), load8(ptr, 8, at));
-            let (hi0, hi1) = (load8(ptr, 0, at + 32), load8(ptr, 8, at + 32));
+            let (lo0, lo1) = (load8(&ptr, 0, at), load8(&ptr, 8, at));
+            let (hi0, hi1) = (load8(&ptr, 0, at + 32), load8(&ptr, 8, at + 32));
             let mut m = [_mm512_setzero_si512(); 16];
             for w in 0..8 {
                 m[w] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo0[w]), lo1[w]);
@@ -166,10 +175,10 @@ unsafe fn compress(cv: &mut [__m512i; 8], m: &[__m512i; 16], counter: u32, flags
 /// each page.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn load8(pages: *const u8, p0: usize, at: usize) -> [__m256i; 8] {
+unsafe fn load8(pages: &[*const u8; LANES], p0: usize, at: usize) -> [__m256i; 8] {
     let mut v = [_mm256_setzero_si256(); 8];
     for (p, x) in v.iter_mut().enumerate() {
-        *x = _mm256_loadu_si256(pages.add((p0 + p) * PAGE + at).cast());
+        *x = _mm256_loadu_si256(pages[p0 + p].add(at).cast());
     }
     transpose(&mut v);
     v

@@ -19,6 +19,7 @@ use super::DiskPaths;
 use crate::layout::{
     random_guid, replica_file_size, replica_footer, replica_virtual_size, vhd_timestamp,
 };
+use crate::parts::Parts;
 use crate::sink::{lifecycle, DiskKey, DiskState, RecoveryPoint, ReplicaDisk, SinkError};
 
 /// The mutable part of a disk: its durable state and the open images.
@@ -350,6 +351,35 @@ impl ReplicaDisk for LocalDisk {
         )?;
         w.write_at(offset, data)
             .map_err(io_err(&inner.working_path, "write", offset))
+    }
+
+    fn write_parts(&self, offset: u64, data: Parts<'_>) -> Result<(), SinkError> {
+        // Only the initial copy's writes go straight to the file (`write` above); a cycle
+        // keeps its own copy of the bytes, joined for it.
+        let joined = |data: Parts<'_>| self.write(offset, &data.to_vec());
+        if let [one] = data.slices() {
+            return self.write(offset, one);
+        }
+        self.usable("write")?;
+        let (inner, w) = self.working()?;
+        if !inner.rec.disk.initial_in_progress {
+            drop(inner);
+            return joined(data);
+        }
+        let len = data.len() as u64;
+        check_range(
+            &inner.working_path,
+            "write",
+            offset,
+            len,
+            &inner.rec.disk,
+            true,
+        )?;
+        w.write_parts_at(offset, data.slices()).map_err(io_err(
+            &inner.working_path,
+            "write",
+            offset,
+        ))
     }
 
     fn clear(&self, offset: u64, len: u64) -> Result<(), SinkError> {
