@@ -36,14 +36,23 @@ fn sender_and_receiver_expose_lint_clean_metrics_with_the_replication_figures() 
     let tx = Role::start(&args, &d.join("sender.log"), &["metrics on "]);
     let (sm, rm) = (tx.addr("metrics on "), rx.addr("metrics on "));
     let web = [("vm", "web"), ("disk", "os")];
-    // Two cycles committed and the sampler has run since: every series is there.
+    // Two cycles committed and the sampler has run since: every series is there. The
+    // sampler sets the gauges once a second, after the counters: under load a scrape can
+    // see the cycles counted before the copy's progress gauge reached 1 (a full suite saw
+    // 0.33), so the wait includes it; it must get there within the minute.
     let sender = eventually(Duration::from_secs(60), || {
         let t = scrape(&sm);
         (sample(&t, "vdrep_cycles_total", &web)? >= 2.0
-            && sample(&t, "vdrep_health", &[("state", "normal")])? == 1.0)
+            && sample(&t, "vdrep_health", &[("state", "normal")])? == 1.0
+            && sample(&t, "vdrep_resync_progress_ratio", &web)? == 1.0)
             .then_some(t)
     })
-    .unwrap_or_else(|| panic!("no cycles in the sender's metrics; log:\n{}", tx.log_text()));
+    .unwrap_or_else(|| {
+        panic!(
+            "no 2 cycles at full progress in the sender's metrics; log:\n{}",
+            tx.log_text()
+        )
+    });
     let receiver = scrape(&rm);
 
     assert_eq!(promtool_check(&sender), "", "sender exposition:\n{sender}");
