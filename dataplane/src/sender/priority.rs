@@ -230,13 +230,19 @@ struct SchedAttr {
 /// Threads it starts afterwards inherit both. Needs no privilege at a nice not below the
 /// thread's own.
 pub fn set_thread_slice(nice: i32, slice_ns: u64) -> io::Result<()> {
+    sched_setattr(libc::SCHED_OTHER as u32, nice, slice_ns)
+}
+
+/// `sched_setattr(2)` of the calling thread: `policy`, `nice` and `runtime` (the slice of a
+/// fair thread), nothing else.
+fn sched_setattr(policy: u32, nice: i32, runtime: u64) -> io::Result<()> {
     let attr = SchedAttr {
         size: std::mem::size_of::<SchedAttr>() as u32,
-        policy: libc::SCHED_OTHER as u32,
+        policy,
         flags: 0,
         nice,
         priority: 0,
-        runtime: slice_ns,
+        runtime,
         deadline: 0,
         period: 0,
     };
@@ -257,23 +263,7 @@ pub const SCHED_IDLE: u32 = 5;
 /// fair thread preempts it at once. Threads it starts afterwards inherit it. Needs no
 /// privilege (going back does, unless `RLIMIT_NICE` allows it).
 pub fn set_thread_idle(nice: i32) -> io::Result<()> {
-    let attr = SchedAttr {
-        size: std::mem::size_of::<SchedAttr>() as u32,
-        policy: SCHED_IDLE,
-        flags: 0,
-        nice,
-        priority: 0,
-        runtime: 0,
-        deadline: 0,
-        period: 0,
-    };
-    // SAFETY: attr is a valid sched_attr of the size it declares; 0 is the calling thread.
-    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    sched_setattr(SCHED_IDLE, nice, 0)
 }
 
 /// Starts thread `name` running `f` at the priority the process had before
