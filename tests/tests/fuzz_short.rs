@@ -9,6 +9,53 @@
 use std::path::Path;
 use std::process::Command;
 
+/// The `[patch.crates-io]` table of a Cargo manifest, each entry's `path` resolved against
+/// the manifest's folder (empty when the manifest has none).
+fn patches(manifest: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let text = std::fs::read_to_string(manifest)
+        .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+    let doc: toml::Table = text
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+    let dir = manifest.parent().expect("a manifest has a folder");
+    let mut out = Vec::new();
+    if let Some(t) = doc
+        .get("patch")
+        .and_then(|p| p.get("crates-io"))
+        .and_then(|c| c.as_table())
+    {
+        for (name, v) in t {
+            let path = v
+                .get("path")
+                .and_then(|p| p.as_str())
+                .unwrap_or_else(|| panic!("{}: patch {name} has no path", manifest.display()));
+            let full = dir.join(path).canonicalize().unwrap_or_else(|e| {
+                panic!("{}: patch {name} -> {path}: {e}", manifest.display())
+            });
+            out.push((name.clone(), full));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The fuzz targets build vdrep in a workspace of their own, which does not inherit the root
+/// workspace's `[patch]`: without the same entries they build against crates.io's quinn, and
+/// a method only the vendored one has breaks the long suite's fuzz build (session 16 found it
+/// so). Checked here, in the main suite, because the fuzz build itself only runs in the long one.
+#[test]
+fn the_fuzz_workspace_patches_the_same_crates_as_the_root_workspace() {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = patches(&tests.join("../Cargo.toml"));
+    let fuzz = patches(&tests.join("fuzz/Cargo.toml"));
+    assert!(!root.is_empty(), "the root workspace patches nothing: this check is stale");
+    assert_eq!(
+        fuzz, root,
+        "tests/fuzz/Cargo.toml's [patch.crates-io] must name the same crates at the same \
+         folders as the root Cargo.toml's"
+    );
+}
+
 #[test]
 #[ignore = "long suite: builds the fuzz targets (nightly, ASan; minutes the first time) and runs each 20 s"]
 fn every_fuzz_target_runs_without_a_crash() {
