@@ -12,8 +12,8 @@ use std::process::Command;
 /// The `[patch.crates-io]` table of a Cargo manifest, each entry's `path` resolved against
 /// the manifest's folder (empty when the manifest has none).
 fn patches(manifest: &Path) -> Vec<(String, std::path::PathBuf)> {
-    let text = std::fs::read_to_string(manifest)
-        .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+    let text =
+        std::fs::read_to_string(manifest).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
     let doc: toml::Table = text
         .parse()
         .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
@@ -29,9 +29,10 @@ fn patches(manifest: &Path) -> Vec<(String, std::path::PathBuf)> {
                 .get("path")
                 .and_then(|p| p.as_str())
                 .unwrap_or_else(|| panic!("{}: patch {name} has no path", manifest.display()));
-            let full = dir.join(path).canonicalize().unwrap_or_else(|e| {
-                panic!("{}: patch {name} -> {path}: {e}", manifest.display())
-            });
+            let full = dir
+                .join(path)
+                .canonicalize()
+                .unwrap_or_else(|e| panic!("{}: patch {name} -> {path}: {e}", manifest.display()));
             out.push((name.clone(), full));
         }
     }
@@ -48,7 +49,10 @@ fn the_fuzz_workspace_patches_the_same_crates_as_the_root_workspace() {
     let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = patches(&tests.join("../Cargo.toml"));
     let fuzz = patches(&tests.join("fuzz/Cargo.toml"));
-    assert!(!root.is_empty(), "the root workspace patches nothing: this check is stale");
+    assert!(
+        !root.is_empty(),
+        "the root workspace patches nothing: this check is stale"
+    );
     assert_eq!(
         fuzz, root,
         "tests/fuzz/Cargo.toml's [patch.crates-io] must name the same crates at the same \
