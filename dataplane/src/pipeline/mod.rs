@@ -9,6 +9,7 @@
 
 mod adapt;
 mod budget;
+mod idle;
 mod pack;
 mod plan;
 mod prepare;
@@ -16,9 +17,10 @@ pub mod readahead;
 mod stats;
 
 pub use adapt::{
-    run_controller, tick_after, AdaptiveLevel, Compression, CpuIdle, LevelReport, TICK, WARMUP,
+    run_controller, tick_after, AdaptiveLevel, Compression, LevelReport, TICK, WARMUP,
 };
 pub use budget::{MemoryBudget, Ticket, PREPARED_BUDGET, WARMUP_BUDGET};
+pub use idle::CpuIdle;
 pub use plan::{join_reads, plan_disk, push_split, PlanOptions, WorkItem, JOIN_FROM_LEVEL};
 pub use prepare::{prepare, prepare_loaded, Prepared, Zeros, ZERO_BLOCK};
 pub use readahead::{join_loaded, Loaded};

@@ -59,7 +59,9 @@ fn apply(
                     return Ok(Some(Rejection::HashMismatch));
                 }
                 if h.op == ExtentOp::Write {
-                    s.apply_write_hashed(h.offset, h.length as u64, Some(data), pieces.as_ref())?;
+                    let one = [data];
+                    let data = Some(Parts::new(&one));
+                    s.apply_write_parts(h.offset, h.length as u64, data, pieces.as_ref())?;
                 } else {
                     write_sparse(s, h.offset, data, pieces.as_ref())?;
                 }
@@ -109,7 +111,7 @@ fn apply(
                     return Ok(WriteOutcome::Rejected(Rejection::HashMismatch));
                 }
                 for (i, &(o, d)) in runs.iter().enumerate() {
-                    s.apply_write_hashed(o, d.len() as u64, Some(d), pieces.get(i))?;
+                    s.apply_write_parts(o, d.len() as u64, Some(Parts::new(&[d])), pieces.get(i))?;
                 }
                 Ok(WriteOutcome::Written {
                     bytes: carried as u64,
@@ -151,13 +153,19 @@ fn write_parts(
         return Ok(Some(Rejection::HashMismatch));
     }
     if h.op == ExtentOp::Write {
-        s.apply_write_parts(h.offset, data, pieces.as_ref())?;
+        s.apply_write_parts(h.offset, h.length as u64, Some(data), pieces.as_ref())?;
         return Ok(None);
     }
     // Sparse: the data runs only, on the same grid as a joined payload (`write_sparse`).
     for (a, b, _) in zero_runs_parts(data).into_iter().filter(|r| !r.2) {
         let run = data.sub(a, b).unwrap_or_default();
-        s.apply_write_parts(h.offset + a as u64, Parts::new(&run), pieces.as_ref())?;
+        let run = Parts::new(&run);
+        s.apply_write_parts(
+            h.offset + a as u64,
+            run.len() as u64,
+            Some(run),
+            pieces.as_ref(),
+        )?;
     }
     s.mark_written(h.offset, h.offset + data.len() as u64);
     Ok(None)
@@ -174,7 +182,13 @@ fn write_sparse(
 ) -> Result<(), SinkError> {
     for (a, b, zero) in zero_runs(data) {
         if !zero {
-            s.apply_write_hashed(offset + a as u64, (b - a) as u64, Some(&data[a..b]), pieces)?;
+            let one = [&data[a..b]];
+            s.apply_write_parts(
+                offset + a as u64,
+                (b - a) as u64,
+                Some(Parts::new(&one)),
+                pieces,
+            )?;
         }
     }
     s.mark_written(offset, offset + data.len() as u64);

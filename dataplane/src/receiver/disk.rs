@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use vdrep_proto::ranges::RangeSet;
 
 use crate::parts::Parts;
-use crate::resync::index::{full_node_hashes_from, full_node_hashes_parts, Index};
+use crate::resync::index::{full_node_hashes_parts, Index};
 use crate::resync::leaves::Pieces;
 use crate::sink::{retention, RecoveryPoint, ReplicaDisk, SinkError};
 
@@ -68,61 +68,37 @@ impl DiskSession {
         }
     }
 
-    /// Applies a write (`data`) or clear (`None`) of `[off, off+len)` to the working image
-    /// and keeps the resync index in step: the index stops claiming to be clean (durably)
-    /// before the bytes reach the replica, and learns the new hashes of the whole nodes
-    /// written. Writes of one disk are serialised here.
+    /// Applies a write (`data`) or clear (`None`) of `[off, off+len)`: as
+    /// [`DiskSession::apply_write_parts`], the bytes in one slice and their page hashes not
+    /// known.
     pub fn apply_write(&self, off: u64, len: u64, data: Option<&[u8]>) -> Result<(), SinkError> {
-        self.apply_write_hashed(off, len, data, None)
+        let one = data.map(|d| [d]);
+        self.apply_write_parts(off, len, one.as_ref().map(|o| Parts::new(o)), None)
     }
 
-    /// [`DiskSession::apply_write`] of bytes whose page hashes the receiver computed to
-    /// verify them (`pieces`, protocol version 6): the index takes its node hashes from
-    /// them instead of hashing the bytes a second time.
-    pub fn apply_write_hashed(
+    /// Applies a write (`data`, its bytes in one slice or several: a received frame's chunks
+    /// are written with one vectored write, never joined) or a clear (`None`) of
+    /// `[off, off+len)` to the working image and keeps the resync index in step: the index
+    /// stops claiming to be clean (durably) before the bytes reach the replica, and learns
+    /// the new hashes of the whole nodes written — from `pieces`, the page hashes the
+    /// receiver computed to verify the bytes (protocol version 6), instead of hashing them a
+    /// second time. Writes of one disk are serialised here.
+    pub fn apply_write_parts(
         &self,
         off: u64,
         len: u64,
-        data: Option<&[u8]>,
+        data: Option<Parts<'_>>,
         pieces: Option<&Pieces>,
     ) -> Result<(), SinkError> {
-        let full = full_node_hashes_from(self.virtual_size, off, len, data, pieces);
+        let full = full_node_hashes_parts(self.virtual_size, off, len, data, pieces);
         let mut ix = self.index.lock().map_err(|_| self.index_poisoned())?;
         ix.before_write()
             .map_err(|e| SinkError::io(ix.describe(), "mark the resync index unclean", 0, e))?;
         let r = match data {
-            Some(d) => self.replica.write(off, d),
+            Some(d) => self.replica.write_parts(off, d),
             None => self.replica.clear(off, len),
         };
         let recorded = ix.after_write_data(off, len, data, &full, r.is_ok());
-        r?;
-        recorded.map_err(|e| {
-            SinkError::io(
-                ix.describe(),
-                "update the resync index",
-                off,
-                std::io::Error::other(e),
-            )
-        })?;
-        self.mark_written(off, off + len);
-        Ok(())
-    }
-
-    /// [`DiskSession::apply_write_hashed`] of bytes held in several slices (a received
-    /// frame's chunks): written with one vectored write, never joined on the way.
-    pub fn apply_write_parts(
-        &self,
-        off: u64,
-        data: Parts<'_>,
-        pieces: Option<&Pieces>,
-    ) -> Result<(), SinkError> {
-        let len = data.len() as u64;
-        let full = full_node_hashes_parts(self.virtual_size, off, len, Some(data), pieces);
-        let mut ix = self.index.lock().map_err(|_| self.index_poisoned())?;
-        ix.before_write()
-            .map_err(|e| SinkError::io(ix.describe(), "mark the resync index unclean", 0, e))?;
-        let r = self.replica.write_parts(off, data);
-        let recorded = ix.after_write_parts(off, len, Some(data), &full, r.is_ok());
         r?;
         recorded.map_err(|e| {
             SinkError::io(

@@ -24,6 +24,7 @@ pub mod local_control;
 pub(crate) mod logimage;
 mod oneshot;
 mod options;
+mod pass;
 pub mod pending;
 pub mod points;
 pub mod priority;

@@ -27,9 +27,8 @@ use vdrep_proto::session::sender::{DiskEvent, SenderDisk};
 use vdrep_proto::wire::MAX_HASH_PARENTS;
 use vdrep_proto::RangeSet;
 
-use super::disk::{
-    begin_cycle, commit_cycle, disk_call, out_of_order, send_all, DiskJob, Opened, Shared,
-};
+use super::disk::{begin_cycle, commit_cycle, disk_call, out_of_order, DiskJob, Opened, Shared};
+use super::pass::send_all;
 use super::tree::SourceTree as Tree;
 use super::{ControlStream, SendError};
 use crate::disk::{ExtentKind, VirtualDisk};

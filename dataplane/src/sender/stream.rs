@@ -11,7 +11,8 @@ use vdrep_proto::session::sender::BatchInFlight;
 use vdrep_proto::session::BatchSender;
 use vdrep_proto::wire::{BatchResult, K_BATCH_RESULT, MAX_CONTROL_BODY};
 
-use super::disk::{DiskProgress, Queued, Shared};
+use super::disk::{DiskProgress, Shared};
+use super::pass::Queued;
 use super::SendError;
 use crate::pipeline::Stats;
 use crate::throttle::Throttle;

@@ -137,7 +137,7 @@ impl ViewCycle {
                       "cannot remove the drained view; it goes at the round's end");
             }
             info!(vm = %vm.name, disk = %name, cycle, bytes = sp.len(),
-                  drain_seconds = drained, seconds = t0.elapsed().as_secs_f64(),
+                  file_bytes = sp.file_bytes(), drain_seconds = drained, seconds = t0.elapsed().as_secs_f64(),
                   "qemu cycle: dirty extents drained from the view into the spool, view removed");
             super::test_hook::after_spool();
         });

@@ -38,7 +38,7 @@ use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::digest::PieceTee;
@@ -92,6 +92,8 @@ struct Shared {
     /// Where each drain read's bytes are: kept in memory or written to the file
     /// (`super::spool_mem`).
     slots: Slots,
+    /// Bytes the drain wrote to the file: what did not fit in the process's buffers.
+    in_file: AtomicU64,
     drained: Mutex<Drained>,
     moved: Condvar,
     /// Set when the spool is dropped: the drain stops at its next read.
@@ -157,6 +159,7 @@ impl Spool {
                 path,
                 index,
                 slots: Slots::default(),
+                in_file: AtomicU64::new(0),
                 drained: Mutex::new(Drained::default()),
                 moved: Condvar::new(),
                 cancel: AtomicBool::new(false),
@@ -184,6 +187,7 @@ impl Spool {
                 if !sp.shared.slots.keep(at, data) {
                     sp.write(offset, data)?;
                     sp.shared.slots.in_file(at, len);
+                    sp.shared.in_file.fetch_add(len, Ordering::Relaxed);
                 }
                 sp.advance(|d| d.upto = d.upto.max(at + len));
                 Ok(())
@@ -300,6 +304,12 @@ impl Spool {
     /// The bytes the file holds.
     pub fn len(&self) -> u64 {
         self.shared.index.last().map_or(0, |x| x.2 + x.1 - x.0)
+    }
+
+    /// The bytes the drain wrote to the file so far, the rest of [`Spool::len`] having been
+    /// kept in the process's buffers (`super::spool_mem`).
+    pub fn file_bytes(&self) -> u64 {
+        self.shared.in_file.load(Ordering::Relaxed)
     }
 
     /// True when the spool holds nothing.

@@ -32,7 +32,6 @@ use vdrep_proto::RangeSet;
 use vdrep_qemu::fleece::View;
 use vdrep_qemu::nbd::{self, wire, NbdClient, NbdError};
 
-use super::digest::PieceTee;
 use crate::disk::{DiskError, DiskFormat, DiskInfo, Extent, ExtentKind, ReadQueue, VirtualDisk};
 use crate::memory::PooledBuf;
 
@@ -479,57 +478,6 @@ impl ReadQueue for ViewQueue<'_> {
     }
 }
 
-/// The same view read for a cycle's digest: its reads are not the cycle's
-/// ([`NbdView::read_bytes`] counts what shipping read, against the dirty bytes).
-pub struct Uncounted<'a>(pub &'a NbdView);
-
-impl VirtualDisk for Uncounted<'_> {
-    fn info(&self) -> &DiskInfo {
-        self.0.info()
-    }
-
-    fn extents_in(&self, start: u64, end: u64) -> Result<Vec<Extent>, DiskError> {
-        self.0.extents_in(start, end)
-    }
-
-    fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        self.0.read_uncounted(offset, buf)
-    }
-}
-
-/// A cycle's view whose reads also feed the cycle's digest ([`PieceTee`]): the pipeline
-/// reads each dirty piece once, for shipping and hashing both.
-pub struct HashingView {
-    /// The view.
-    pub view: std::sync::Arc<NbdView>,
-    /// Where the pieces' chaining values go.
-    pub tee: std::sync::Arc<PieceTee>,
-}
-
-impl VirtualDisk for HashingView {
-    fn info(&self) -> &DiskInfo {
-        self.view.info()
-    }
-
-    fn extents_in(&self, start: u64, end: u64) -> Result<Vec<Extent>, DiskError> {
-        self.view.extents_in(start, end)
-    }
-
-    fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        self.view.read_into(offset, buf)?;
-        self.tee.record(offset, buf);
-        Ok(())
-    }
-
-    fn read_queue(&self) -> Option<Box<dyn ReadQueue + '_>> {
-        self.view.read_queue()
-    }
-
-    fn read_ahead_taken(&self, offset: u64, data: &[u8]) {
-        self.tee.record(offset, data);
-    }
-}
-
 impl NbdView {
     fn read_uncounted(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         let len = buf.len() as u64;
@@ -551,51 +499,9 @@ impl NbdView {
     }
 }
 
-/// A qemu disk between switches: its size and name are known (status, jobs, health show
-/// them), its bytes are read only through a switch's view ([`NbdView`]).
-pub struct QemuDisk {
-    info: DiskInfo,
-}
-
-impl QemuDisk {
-    /// Disk `node` of `size` bytes, image `file`.
-    pub fn new(node: &str, file: &str, size: u64) -> QemuDisk {
-        QemuDisk {
-            info: DiskInfo {
-                path: PathBuf::from(format!("qemu:{node} ({file})")),
-                format: DiskFormat::Raw,
-                virtual_size: size,
-                logical_sector_size: 512,
-                physical_sector_size: 512,
-                block_size: None,
-                parent: None,
-                identity: None,
-                disk_id: None,
-            },
-        }
-    }
-
-    fn no_view(&self) -> DiskError {
-        DiskError::Unsupported {
-            path: self.info.path.clone(),
-            what: "a running qemu disk is read through a fleecing view of a switch".into(),
-        }
-    }
-}
-
-impl VirtualDisk for QemuDisk {
-    fn info(&self) -> &DiskInfo {
-        &self.info
-    }
-
-    fn extents_in(&self, _start: u64, _end: u64) -> Result<Vec<Extent>, DiskError> {
-        Err(self.no_view())
-    }
-
-    fn read_into(&self, _offset: u64, _buf: &mut [u8]) -> Result<(), DiskError> {
-        Err(self.no_view())
-    }
-}
+#[path = "view_disks.rs"]
+mod disks;
+pub use disks::{HashingView, QemuDisk, Uncounted};
 
 #[cfg(test)]
 #[path = "view_tests.rs"]

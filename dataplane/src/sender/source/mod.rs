@@ -32,7 +32,8 @@ use std::sync::Arc;
 use tracing::{error, info};
 use vdrep_proto::RangeSet;
 
-use super::disk::{begin_cycle, commit_cycle, send_all, DiskJob, Opened, Shared};
+use super::disk::{begin_cycle, commit_cycle, DiskJob, Opened, Shared};
+use super::pass::send_all;
 use super::progress::log_secs;
 use super::protect::Policy;
 use super::{ControlStream, SendError};

@@ -255,6 +255,8 @@ impl Pieces {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod lanes;
 
 #[cfg(test)]
 mod tests {

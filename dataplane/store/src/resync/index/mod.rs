@@ -51,7 +51,7 @@ use std::io;
 
 pub use file::IndexFile;
 use file::{check, fill_body, header, HEADER};
-pub use writes::{full_node_hashes, full_node_hashes_from, full_node_hashes_parts};
+pub use writes::{full_node_hashes, full_node_hashes_parts};
 
 use super::pages::{CacheConfig, IndexPages};
 use super::{

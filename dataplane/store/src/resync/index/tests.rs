@@ -1,4 +1,5 @@
 use super::*;
+use crate::parts::Parts;
 use crate::resync::Tree;
 use std::sync::{Arc, Mutex};
 
@@ -58,7 +59,9 @@ fn apply(ix: &mut Index, img: &mut Vec<u8>, off: u64, len: usize, data: Option<&
     ix.before_write().unwrap();
     let zeros = vec![0u8; len];
     img[off as usize..off as usize + len].copy_from_slice(data.unwrap_or(&zeros));
-    ix.after_write_data(off, len as u64, data, &full, true)
+    let one = data.map(|d| [d]);
+    let parts = one.as_ref().map(|o| Parts::new(o));
+    ix.after_write_data(off, len as u64, parts, &full, true)
         .unwrap();
 }
 

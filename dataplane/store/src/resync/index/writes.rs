@@ -64,29 +64,10 @@ impl Index {
     }
 
     /// [`Index::after_write`] for a write whose bytes (`data`, `None` for a clear) are at
-    /// hand: a node whose page hashes are remembered and that the write changes in whole
+    /// hand, in one slice or several (a received frame's chunks: a single slice is one
+    /// part): a node whose page hashes are remembered and that the write changes in whole
     /// pages gets its new hash from them, without being read again.
     pub fn after_write_data(
-        &mut self,
-        off: u64,
-        len: u64,
-        data: Option<&[u8]>,
-        full: &[(u64, Hash)],
-        ok: bool,
-    ) -> Result<(), String> {
-        let one: [&[u8]; 1];
-        let parts = match data {
-            Some(d) => {
-                one = [d];
-                Some(Parts::new(&one))
-            }
-            None => None,
-        };
-        self.after_write_parts(off, len, parts, full, ok)
-    }
-
-    /// [`Index::after_write_data`] of bytes held in several slices (a received frame's).
-    pub fn after_write_parts(
         &mut self,
         off: u64,
         len: u64,
@@ -146,31 +127,14 @@ impl Index {
 /// `[off, off+len)` covers entirely on a `size`-byte disk. Computed before the write,
 /// outside any lock.
 pub fn full_node_hashes(size: u64, off: u64, len: u64, data: Option<&[u8]>) -> Vec<(u64, Hash)> {
-    full_node_hashes_from(size, off, len, data, None)
+    let one = data.map(|d| [d]);
+    full_node_hashes_parts(size, off, len, one.as_ref().map(|o| Parts::new(o)), None)
 }
 
-/// [`full_node_hashes`] for a write whose page hashes are known already (`pieces`, of the
-/// same bytes: a receiver verified the extent from them, protocol version 6): a node whose
-/// pages are all whole pieces is combined from them, without hashing its bytes again.
-pub fn full_node_hashes_from(
-    size: u64,
-    off: u64,
-    len: u64,
-    data: Option<&[u8]>,
-    pieces: Option<&Pieces>,
-) -> Vec<(u64, Hash)> {
-    let one: [&[u8]; 1];
-    let parts = match data {
-        Some(d) => {
-            one = [d];
-            Some(Parts::new(&one))
-        }
-        None => None,
-    };
-    full_node_hashes_parts(size, off, len, parts, pieces)
-}
-
-/// [`full_node_hashes_from`] of bytes held in several slices (a received frame's).
+/// [`full_node_hashes`] of bytes held in one slice or several (a received frame's), whose
+/// page hashes may be known already (`pieces`, of the same bytes: a receiver verified the
+/// extent from them, protocol version 6): a node whose pages are all whole pieces is
+/// combined from them, without hashing its bytes again.
 pub fn full_node_hashes_parts(
     size: u64,
     off: u64,

@@ -6,18 +6,11 @@
 
 use std::arch::x86_64::*;
 
+use super::lanes::{block_flags, load8, page_ptrs, page_ref_ptrs, transpose};
+use super::lanes::{BLOCK, CHUNK, IV, PARENT, ROOT};
+
 /// Pages hashed per call.
 pub(super) const LANES: usize = 8;
-const PAGE: usize = super::PAGE as usize;
-const CHUNK: usize = 1024;
-const BLOCK: usize = 64;
-const IV: [u32; 8] = [
-    0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A, 0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19,
-];
-const CHUNK_START: u32 = 1;
-const CHUNK_END: u32 = 2;
-const PARENT: u32 = 4;
-const ROOT: u32 = 8;
 
 /// Whether this CPU runs [`hash_pages`] (checked once).
 pub(super) fn available() -> bool {
@@ -28,18 +21,19 @@ pub(super) fn available() -> bool {
 /// The BLAKE3 hashes of the 8 pages of `pages` (exactly `8 × 4 KiB`, any alignment). Only
 /// call it when [`available`] says so.
 pub(super) fn hash_pages(pages: &[u8]) -> [[u8; 32]; LANES] {
-    assert!(available() && pages.len() == LANES * PAGE);
-    let ptr: [*const u8; LANES] = std::array::from_fn(|p| pages[p * PAGE..].as_ptr());
+    assert!(available());
+    let ptr = page_ptrs::<LANES>(pages);
     // SAFETY: the CPU has AVX2 (asserted above), and `pages` holds the 8 pages every
-    // (unaligned) load reads from.
+    // (unaligned) load reads from (`page_ptrs` asserts it).
     unsafe { hash8(ptr) }
 }
 
 /// [`hash_pages`] of 8 pages that need not lie next to each other (each exactly 4 KiB).
 pub(super) fn hash_page_refs(pages: &[&[u8]]) -> [[u8; 32]; LANES] {
-    assert!(available() && pages.len() == LANES && pages.iter().all(|p| p.len() == PAGE));
-    let ptr: [*const u8; LANES] = std::array::from_fn(|p| pages[p].as_ptr());
-    // SAFETY: the CPU has AVX2, and each pointer starts a page of 4 KiB (asserted above).
+    assert!(available());
+    let ptr = page_ref_ptrs::<LANES>(pages);
+    // SAFETY: the CPU has AVX2 (asserted above), and each pointer starts a page of 4 KiB
+    // (`page_ref_ptrs` asserts it).
     unsafe { hash8(ptr) }
 }
 
@@ -50,19 +44,12 @@ unsafe fn hash8(ptr: [*const u8; LANES]) -> [[u8; 32]; LANES] {
         *cv = iv();
         for b in 0..CHUNK / BLOCK {
             let at = j * CHUNK + b * BLOCK;
-            let (lo, hi) = (load8(&ptr, at), load8(&ptr, at + 32));
+            let (lo, hi) = (load8(&ptr, 0, at), load8(&ptr, 0, at + 32));
             let m = [
                 lo[0], lo[1], lo[2], lo[3], lo[4], lo[5], lo[6], lo[7], hi[0], hi[1], hi[2], hi[3],
                 hi[4], hi[5], hi[6], hi[7],
             ];
-            let mut flags = 0;
-            if b == 0 {
-                flags |= CHUNK_START;
-            }
-            if b == CHUNK / BLOCK - 1 {
-                flags |= CHUNK_END;
-            }
-            compress(cv, &m, j as u32, flags);
+            compress(cv, &m, j as u32, block_flags(b));
         }
     }
     let left = parent(&cvs[0], &cvs[1], PARENT);
@@ -219,46 +206,4 @@ unsafe fn compress(cv: &mut [__m256i; 8], m: &[__m256i; 16], counter: u32, flags
     for i in 0..8 {
         cv[i] = _mm256_xor_si256(v[i], v[i + 8]);
     }
-}
-
-/// Words 0..8 of the 32 bytes at `at` of the 8 pages: vector `w` holds word `w` of each page.
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn load8(pages: &[*const u8; LANES], at: usize) -> [__m256i; 8] {
-    let mut v = [_mm256_setzero_si256(); 8];
-    for (p, x) in v.iter_mut().enumerate() {
-        *x = _mm256_loadu_si256(pages[p].add(at).cast());
-    }
-    transpose(&mut v);
-    v
-}
-
-/// Transposes an 8×8 matrix of 32-bit words held as 8 vectors.
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn transpose(v: &mut [__m256i; 8]) {
-    let ab_0145 = _mm256_unpacklo_epi32(v[0], v[1]);
-    let ab_2367 = _mm256_unpackhi_epi32(v[0], v[1]);
-    let cd_0145 = _mm256_unpacklo_epi32(v[2], v[3]);
-    let cd_2367 = _mm256_unpackhi_epi32(v[2], v[3]);
-    let ef_0145 = _mm256_unpacklo_epi32(v[4], v[5]);
-    let ef_2367 = _mm256_unpackhi_epi32(v[4], v[5]);
-    let gh_0145 = _mm256_unpacklo_epi32(v[6], v[7]);
-    let gh_2367 = _mm256_unpackhi_epi32(v[6], v[7]);
-    let abcd_04 = _mm256_unpacklo_epi64(ab_0145, cd_0145);
-    let abcd_15 = _mm256_unpackhi_epi64(ab_0145, cd_0145);
-    let abcd_26 = _mm256_unpacklo_epi64(ab_2367, cd_2367);
-    let abcd_37 = _mm256_unpackhi_epi64(ab_2367, cd_2367);
-    let efgh_04 = _mm256_unpacklo_epi64(ef_0145, gh_0145);
-    let efgh_15 = _mm256_unpackhi_epi64(ef_0145, gh_0145);
-    let efgh_26 = _mm256_unpacklo_epi64(ef_2367, gh_2367);
-    let efgh_37 = _mm256_unpackhi_epi64(ef_2367, gh_2367);
-    v[0] = _mm256_permute2x128_si256::<0x20>(abcd_04, efgh_04);
-    v[1] = _mm256_permute2x128_si256::<0x20>(abcd_15, efgh_15);
-    v[2] = _mm256_permute2x128_si256::<0x20>(abcd_26, efgh_26);
-    v[3] = _mm256_permute2x128_si256::<0x20>(abcd_37, efgh_37);
-    v[4] = _mm256_permute2x128_si256::<0x31>(abcd_04, efgh_04);
-    v[5] = _mm256_permute2x128_si256::<0x31>(abcd_15, efgh_15);
-    v[6] = _mm256_permute2x128_si256::<0x31>(abcd_26, efgh_26);
-    v[7] = _mm256_permute2x128_si256::<0x31>(abcd_37, efgh_37);
 }
