@@ -185,21 +185,6 @@ fn write_sparse(
     Ok(())
 }
 
-/// Joins a compressed payload into one buffer as soon as its frame is handled, not when its
-/// write runs. The payload arrives as slices of QUIC's 128 KiB receive arenas, which the
-/// other streams' packets share; held while the write waits (for a write slot, for the
-/// sink's room), one frame kept arenas full of bytes long consumed, and the receiver into
-/// Azure held ~40 MiB more in its heaps than with payloads copied out at once (`fb2a211`,
-/// `bench/results/rss-azure-m-s16.md`). Decompression needs the joined frame anyway, so
-/// this is the same one copy, made earlier; raw payloads stay in their chunks (hashed and
-/// written from them, no copy).
-fn compact(w: &mut ExtentWrite) {
-    let compressed = w.header.codec == Codec::Zstd || w.header.op == ExtentOp::WritePacked;
-    if compressed && w.payload.parts().len() > 1 {
-        w.payload = Body::from(joined(&w.payload));
-    }
-}
-
 /// Sends a batch's result, stopping the stream first when the batch failed (`recv` is
 /// `None` when it was dropped, which stopped it already).
 pub(super) async fn send_result(
@@ -346,8 +331,7 @@ impl Receiver {
             let mut ahead = Next::Idle(recv);
             loop {
                 match step {
-                    BatchStep::Apply(mut w) => {
-                        compact(&mut w);
+                    BatchStep::Apply(w) => {
                         ahead = ahead.start(self, conn);
                         let s2 = s.clone();
                         let offset = w.header.offset;
@@ -441,46 +425,5 @@ impl Receiver {
                 return;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use bytes::Bytes;
-    use vdrep_proto::wire::ExtentHeader;
-
-    use super::*;
-
-    fn write(op: ExtentOp, codec: Codec, parts: &[&'static [u8]]) -> ExtentWrite {
-        let payload = Body::from_parts(parts.iter().map(|p| Bytes::from_static(p)).collect());
-        ExtentWrite {
-            header: ExtentHeader {
-                offset: 0,
-                length: 4096,
-                op,
-                codec,
-                hash: [0; 32],
-                payload_len: payload.len() as u32,
-            },
-            payload,
-            packed: None,
-        }
-    }
-
-    #[test]
-    fn compressed_payloads_are_joined_at_once_and_raw_ones_stay_in_their_chunks() {
-        for (op, codec) in [
-            (ExtentOp::Write, Codec::Zstd),
-            (ExtentOp::WriteSparse, Codec::Zstd),
-            (ExtentOp::WritePacked, Codec::Zstd),
-        ] {
-            let mut w = write(op, codec, &[b"abc", b"de", b"f"]);
-            compact(&mut w);
-            assert_eq!(w.payload.parts().len(), 1, "{op:?}");
-            assert_eq!(&w.payload.parts()[0][..], b"abcdef");
-        }
-        let mut raw = write(ExtentOp::Write, Codec::Raw, &[b"abc", b"de"]);
-        compact(&mut raw);
-        assert_eq!(raw.payload.parts().len(), 2);
     }
 }
