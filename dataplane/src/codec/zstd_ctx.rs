@@ -10,16 +10,26 @@
 //! would be VMs × cores of them (14.7 MiB each from level 9: four VMs on two cores held 118
 //! MiB of match tables where two contexts keep both cores busy). A thread that finds every
 //! context in use waits; more threads than cores compressing would not go faster anyway.
-//! The receiver's blocking threads each keep one decompression context and output buffer.
+//! The receiver's blocking threads each keep one decompression context (one-shot: it holds
+//! no window, the frame is decompressed straight into the output). The output buffers come
+//! from [`crate::memory::pool`], not one per thread: a thread kept its 4 MiB buffer resident
+//! as long as it lived, and the receiver into Azure had 8–9 of them (34 MiB at its peak,
+//! `bench/results/ANALYSIS.md`, session 14) whether or not a write was running.
 
 use std::cell::RefCell;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
+use crate::memory::PooledBuf;
+
 thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { RefCell::new(None) };
-    static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Capacity of every decompression buffer: the largest extent. Buffers of one size fit every
+/// extent, so the pool hands each one back to the next extent whatever its length, and a
+/// small extent's buffer never lands in a thread's heap (untouched pages cost nothing).
+const OUTPUT_CAPACITY: usize = vdrep_proto::wire::MAX_EXTENT_LEN as usize;
 
 /// Most compression contexts on any host. Eight at level 9–12 are 118 MiB, which with the
 /// 64 MiB of prepared extents and the 32 MiB QUIC window keeps a sender on a many-core host
@@ -210,27 +220,22 @@ fn reserve_some(out: &mut Vec<u8>) {
 }
 
 /// Decompresses one frame that must yield exactly `len` bytes and hands them to `f`
-/// (`None` when the payload is not such a frame). The bytes live in this thread's buffer,
-/// which keeps its capacity for the next extent; the decompressor writes at most the
-/// buffer's capacity, which is at least `len` and never more than the largest extent seen.
+/// (`None` when the payload is not such a frame). The bytes live in a pooled buffer, back
+/// in the pool once `f` returns; the decompressor writes at most the buffer's capacity,
+/// the largest extent (or `len` if larger), twice that at most for a reused buffer.
 pub fn with_decompressed<T>(src: &[u8], len: usize, f: impl FnOnce(Option<&[u8]>) -> T) -> T {
-    let out = OUTPUT.with(|o| std::mem::take(&mut *o.borrow_mut()));
-    let mut out = out;
-    out.clear();
-    out.reserve(len);
+    let mut out = PooledBuf::with_capacity(len.max(OUTPUT_CAPACITY));
     let ok = DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
         if d.is_none() {
             *d = zstd::bulk::Decompressor::new().ok();
         }
         match d.as_mut() {
-            Some(d) => matches!(d.decompress_to_buffer(src, &mut out), Ok(n) if n == len),
+            Some(d) => matches!(d.decompress_to_buffer(src, &mut *out), Ok(n) if n == len),
             None => false,
         }
     });
-    let r = f(ok.then_some(&out[..]));
-    OUTPUT.with(|o| *o.borrow_mut() = out);
-    r
+    f(ok.then_some(&out[..]))
 }
 
 #[cfg(test)]
@@ -255,9 +260,29 @@ mod tests {
             with_decompressed(&c, text.len() + 512, |d| assert!(d.is_none()));
         }
         with_decompressed(b"not zstd", 512, |d| assert!(d.is_none()));
+        // A frame yielding more than the largest extent is refused, not decompressed whole.
+        let big = compress(&vec![7u8; OUTPUT_CAPACITY * 2 + 4096], 1).unwrap();
+        with_decompressed(&big, OUTPUT_CAPACITY, |d| assert!(d.is_none()));
         // A small extent after a large one still yields exactly its bytes.
         let small = compress(&text[..4096], 1).unwrap();
         with_decompressed(&small, 4096, |d| assert_eq!(d, Some(&text[..4096])));
+    }
+
+    #[test]
+    fn decompression_buffers_are_shared_through_the_pool_not_kept_per_thread() {
+        let text = words(1 << 20);
+        let c = compress(&text, 3).unwrap();
+        let first = with_decompressed(&c, text.len(), |d| d.unwrap().as_ptr() as usize);
+        // Another thread, a shorter extent: the same buffer, from the pool, whatever the
+        // length; the thread that made it keeps nothing.
+        let small = compress(&text[..8192], 3).unwrap();
+        let other = std::thread::spawn(move || {
+            with_decompressed(&small, 8192, |d| d.unwrap().as_ptr() as usize)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(first, other);
+        assert!(crate::memory::pool::idle_bytes() >= OUTPUT_CAPACITY);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! kernel when freed: that is what holds the receiver into Azurite under the memory bound
 //! (see the module above). The data path allocates one such block per extent — the
 //! sender's read buffer (1 MiB reads, up to 4 MiB joined), the receiver's frame body (a
-//! 1 MiB raw extent plus its header) — so every extent's pages were faulted in, zeroed by
+//! 1 MiB raw extent plus its header) and its decompressed extent (4 MiB buffers,
+//! `codec::zstd_ctx`) — so every extent's pages were faulted in, zeroed by
 //! the kernel and unmapped again when QUIC had them acknowledged: 20 % of a warm unlimited
 //! sender's CPU and ~4 % of the receiver's (perf, bench/results/ANALYSIS.md, session 8).
 //!

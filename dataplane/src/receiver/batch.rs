@@ -70,8 +70,10 @@ fn apply(
             let refused = match (h.codec, w.payload.parts()) {
                 (Codec::Raw, [_, _, ..]) => write_parts(s, &w, paged)?,
                 (Codec::Raw, _) => write(Some(&joined(&w.payload)[..]))?,
-                // Bounded: the frame must yield exactly the declared length.
+                // Bounded: the frame must yield exactly the declared length. Decompressed
+                // only once the sink has room for the bytes (`ReplicaDisk::room`).
                 (Codec::Zstd, _) => {
+                    let _room = s.replica.room(h.length as usize);
                     let frame = joined(&w.payload);
                     zstd_ctx::with_decompressed(&frame, h.length as usize, write)?
                 }
@@ -85,7 +87,9 @@ fn apply(
                 return Ok(WriteOutcome::Rejected(Rejection::BadPayload));
             };
             let carried = map.carried_len();
-            // Bounded: the frame must yield exactly the carried blocks.
+            // Bounded: the frame must yield exactly the carried blocks; decompressed once
+            // the sink has room for them.
+            let _room = s.replica.room(carried as usize);
             let frame = joined(&w.payload);
             return zstd_ctx::with_decompressed(&frame, carried as usize, |data| {
                 let Some(data) = data else {

@@ -44,8 +44,11 @@
 //!   the streams reading at once × [`TransportLimits::stream_window`] / RTT: larger
 //!   windows get fewer, larger streams ([`super::windows`], "Streams").
 //! - **Writes** (decompression, hashing, the store write, on blocking threads) run at most
-//!   [`APPLY_SLOTS`] at once; each such thread keeps a 4 MiB decompression buffer, so what
-//!   an extent decompresses to is bounded here, not by the frame budget.
+//!   [`APPLY_SLOTS`] at once; each holds a 4 MiB decompression buffer while it runs (from
+//!   `memory::pool`, which keeps at most `memory::pool::MAX_IDLE` of them idle), so what an
+//!   extent decompresses to is bounded here, not by the frame budget. A write decompresses
+//!   only once its sink has room for the bytes (`ReplicaDisk::room`): into Azure, writes
+//!   waiting for the Put Pages wait with their compressed frames.
 //! - **Answers**: the receiver's QUIC send window is [`SEND_WINDOW`] per connection (it only
 //!   sends answers and batch results), so a peer that never reads them holds little.
 //!

@@ -293,6 +293,51 @@ pub trait PointReader: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// Room a replica keeps for a write on its way ([`ReplicaDisk::room`]), given back when
+/// dropped.
+#[must_use = "the room is given back when dropped"]
+pub struct Room<'a> {
+    held: Option<(&'a dyn GiveRoom, usize)>,
+}
+
+/// What keeps [`Room`] for writes, and takes it back.
+pub trait GiveRoom: Sync {
+    /// `len` bytes of room are no longer needed.
+    fn give_room(&self, len: usize);
+}
+
+impl<'a> Room<'a> {
+    /// No room kept (a sink that writes through).
+    pub fn none() -> Room<'static> {
+        Room { held: None }
+    }
+
+    /// `len` bytes kept by `by`, given back to it on drop.
+    pub fn held(by: &'a dyn GiveRoom, len: usize) -> Room<'a> {
+        Room {
+            held: Some((by, len)),
+        }
+    }
+
+    /// Bytes kept.
+    pub fn len(&self) -> usize {
+        self.held.map_or(0, |(_, n)| n)
+    }
+
+    /// True when nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        if let Some((by, len)) = self.held.take() {
+            by.give_room(len);
+        }
+    }
+}
+
 /// One open replica. Dropping the last handle releases the disk for other receivers.
 ///
 /// Reads and writes address the *working image*: the in-progress copy while an initial copy
@@ -316,6 +361,16 @@ pub trait ReplicaDisk: Send + Sync {
             [one] => self.write(offset, one),
             _ => self.write(offset, &data.to_vec()),
         }
+    }
+    /// Waits until the replica can take a write of `len` bytes without holding its writer
+    /// back, and keeps that room until the [`Room`] is dropped. The receiver asks before it
+    /// decompresses an extent: a sink that buffers writes and sends them on in the
+    /// background (Azure) then has it wait with the compressed frame, not with the
+    /// decompressed bytes as well. Sinks that write through (the local store) keep no room
+    /// and return at once.
+    fn room(&self, len: usize) -> Room<'_> {
+        let _ = len;
+        Room::none()
     }
     /// Zeroes `[offset, offset+len)` (punching a hole where the filesystem can); same checks
     /// as [`ReplicaDisk::write`].

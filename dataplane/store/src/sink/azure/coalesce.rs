@@ -97,6 +97,8 @@ pub struct Coalescer {
     ticks: u64,
     /// Runs taken, by [`Why`], since [`Coalescer::take_counts`].
     counts: [u64; 4],
+    /// Bytes of room kept for writes on their way ([`Coalescer::may_reserve`]).
+    reserved: usize,
 }
 
 fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
@@ -117,6 +119,7 @@ impl Coalescer {
             queued: BTreeMap::new(),
             ticks: 0,
             counts: [0; 4],
+            reserved: 0,
         }
     }
 
@@ -222,6 +225,25 @@ impl Coalescer {
     /// Bytes taken out and not yet done (queued or being sent): the writers' back-pressure.
     pub fn taken_bytes(&self) -> usize {
         self.taken_bytes
+    }
+
+    /// True when room for a write of `len` bytes may be kept now: the runs queued or in
+    /// flight, the room kept already and `len` stay within `limit` (the writers'
+    /// back-pressure, [`Coalescer::taken_bytes`]), or no room is kept at all, so that one
+    /// write always goes ahead however far the senders are behind (as a write without room
+    /// does: it waits only after buffering its bytes).
+    pub fn may_reserve(&self, len: usize, limit: usize) -> bool {
+        self.reserved == 0 || self.taken_bytes + self.reserved + len <= limit
+    }
+
+    /// Keeps room for `len` bytes.
+    pub fn reserve(&mut self, len: usize) {
+        self.reserved += len;
+    }
+
+    /// Gives back room kept for `len` bytes.
+    pub fn unreserve(&mut self, len: usize) {
+        self.reserved = self.reserved.saturating_sub(len);
     }
 
     /// The bytes not known to be on the blob: pending, queued or being sent.

@@ -205,3 +205,37 @@ fn a_discarded_copy_drops_queued_runs_but_not_those_being_sent() {
     c.done(sending.id);
     assert!(!c.busy_before(c.next_id(), &(0..u64::MAX)));
 }
+
+#[test]
+fn room_is_kept_within_the_limit_but_one_write_always_goes_ahead() {
+    let mut c = Coalescer::new(8 * MIB);
+    let limit = 12 * MIB;
+    // Nothing in flight: room for writes up to the limit, not past it.
+    assert!(c.may_reserve(4 * MIB, limit));
+    c.reserve(4 * MIB);
+    assert!(c.may_reserve(8 * MIB, limit));
+    assert!(!c.may_reserve(8 * MIB + 512, limit));
+    // Runs taken out count against the same limit.
+    let mut full = Vec::new();
+    for i in 0..4u64 {
+        full.extend(c.push(i * MIB as u64, &[1; MIB]));
+    }
+    assert!(c.push(4 * MIB as u64, &[1; 512]).is_empty()); // pending: not counted
+    assert_eq!(shape(&full), vec![(0, 4 * MIB)]);
+    c.queue(full);
+    assert_eq!(c.taken_bytes(), 4 * MIB);
+    assert!(c.may_reserve(4 * MIB, limit));
+    assert!(!c.may_reserve(4 * MIB + 512, limit));
+    // With no room kept, one write goes ahead however far the senders are behind.
+    c.unreserve(4 * MIB);
+    assert!(c.may_reserve(64 * MIB, limit));
+    c.reserve(64 * MIB);
+    assert!(!c.may_reserve(512, limit));
+    c.unreserve(64 * MIB);
+    // Done runs free their part of the limit.
+    let t = c.next_to_send().unwrap();
+    c.done(t.id);
+    assert_eq!(c.taken_bytes(), 0);
+    c.reserve(4 * MIB);
+    assert!(c.may_reserve(8 * MIB, limit));
+}

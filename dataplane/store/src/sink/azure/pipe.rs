@@ -122,6 +122,13 @@ impl Target {
     }
 }
 
+impl crate::sink::GiveRoom for Pipe {
+    fn give_room(&self, len: usize) {
+        self.lock().unreserve(len);
+        self.cv.notify_all();
+    }
+}
+
 /// Failures of background sends.
 #[derive(Default)]
 struct Failures {

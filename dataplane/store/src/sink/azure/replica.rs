@@ -8,7 +8,7 @@ use super::disk::AzureDisk;
 use super::rest_err;
 use crate::layout::{random_guid, replica_footer, replica_virtual_size, vhd_timestamp};
 use crate::sink::lifecycle::{self, CycleCommit, CycleStart};
-use crate::sink::{DiskKey, DiskState, RecoveryPoint, ReplicaDisk, SinkError};
+use crate::sink::{DiskKey, DiskState, RecoveryPoint, ReplicaDisk, Room, SinkError};
 
 impl ReplicaDisk for AzureDisk {
     fn key(&self) -> &DiskKey {
@@ -33,6 +33,10 @@ impl ReplicaDisk for AzureDisk {
         // Buffered: joined with adjacent writes into Put Pages of up to 4 MiB; durable by
         // the next checkpoint (which sends whatever is pending before recording progress).
         self.buffered_write(offset, data)
+    }
+
+    fn room(&self, len: usize) -> Room<'_> {
+        self.keep_room(len)
     }
 
     fn clear(&self, offset: u64, len: u64) -> Result<(), SinkError> {

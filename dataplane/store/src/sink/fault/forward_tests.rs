@@ -117,6 +117,10 @@ impl ReplicaDisk for ProbeDisk {
         note(&self.calls, "write");
         Ok(())
     }
+    fn room(&self, _len: usize) -> crate::sink::Room<'_> {
+        note(&self.calls, "room");
+        crate::sink::Room::none()
+    }
     fn clear(&self, _offset: u64, _len: u64) -> Result<(), SinkError> {
         note(&self.calls, "clear");
         Ok(())
@@ -236,6 +240,7 @@ fn the_fault_wrappers_forward_every_method_defaults_included() {
     reaches(&calls, "key", || assert_eq!(d.key().disk, "d"));
     reaches(&calls, "state", || drop(d.state()));
     reaches(&calls, "write", || d.write(0, &[0; 512]).unwrap());
+    reaches(&calls, "room", || drop(d.room(512)));
     reaches(&calls, "clear", || d.clear(0, 512).unwrap());
     reaches(&calls, "checkpoint", || d.checkpoint(&r).unwrap());
     reaches(&calls, "checkpoint_acknowledged", || {

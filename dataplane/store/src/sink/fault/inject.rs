@@ -212,6 +212,9 @@ impl ReplicaDisk for FaultDisk {
         self.fail(Op::Write, "write", offset)?;
         self.inner.write(offset, data)
     }
+    fn room(&self, len: usize) -> crate::sink::Room<'_> {
+        self.inner.room(len)
+    }
     fn clear(&self, offset: u64, len: u64) -> Result<(), SinkError> {
         self.fail(Op::Clear, "clear", offset)?;
         self.inner.clear(offset, len)
