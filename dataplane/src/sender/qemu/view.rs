@@ -42,6 +42,23 @@ pub const NBD_TIMEOUT: Duration = Duration::from_secs(60);
 /// requests of a client at once (`NBD_MAX_REQUESTS`); more would only wait in its socket.
 pub const VIEW_READ_AHEAD: usize = 16;
 
+/// The drain's reads in flight and their size: [`VIEW_READ_AHEAD`] of 1 MiB, or
+/// `VDREP_QEMU_DRAIN_DEPTH` (1–16) and `VDREP_QEMU_DRAIN_READ_KIB` (64–1024, whole 64 KiB
+/// digest pieces). Experiment knobs (session 16, P): 256 KiB reads made qemu-storage-daemon
+/// stop faulting in a new buffer per read, but did not shorten the views nor lower the
+/// guest's slow writes inside them (`bench/results/ANALYSIS.md`).
+fn drain_shape() -> (usize, u64) {
+    let env = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let depth = env("VDREP_QEMU_DRAIN_DEPTH").map_or(VIEW_READ_AHEAD, |d| d.clamp(1, 16) as usize);
+    let read =
+        env("VDREP_QEMU_DRAIN_READ_KIB").map_or(1 << 20, |k| (k.clamp(64, 1024) / 64 * 64) << 10);
+    (depth, read)
+}
+
 /// Where [`NbdView::drain`] hands each read's bytes, with their disk offset. The sink may
 /// take the buffer (`std::mem::take` or a swap with one of its own): the drain reads its
 /// next request into whatever it leaves there.
@@ -180,9 +197,9 @@ impl NbdView {
     pub fn drain(&self, extents: &[Range<u64>], sink: &mut Sink<'_>) -> Result<(), DiskError> {
         let path = &self.info.path;
         let client = self.ahead_client().map_err(|e| nbd_err(path, 0, e))?;
-        let mut q: nbd::ReadQueue<UnixStream, Vec<u8>> =
-            nbd::ReadQueue::new(client, VIEW_READ_AHEAD);
-        let step = (q.max_read() as u64).min(1 << 20);
+        let (depth, read) = drain_shape();
+        let mut q: nbd::ReadQueue<UnixStream, Vec<u8>> = nbd::ReadQueue::new(client, depth);
+        let step = (q.max_read() as u64).min(read);
         let trim = q.can_trim();
         let mut pieces = extents.iter().flat_map(|e| {
             (e.start..e.end)
