@@ -9,4 +9,4 @@ mod zeros;
 pub mod zstd_ctx;
 
 pub use extent_hash::{extent_hash, pieces_hash, zero_extent_hash};
-pub use zeros::{zero_hash, zero_runs, zero_runs_parts, ZERO_BLOCK};
+pub use zeros::{is_zero, zero_hash, zero_runs, zero_runs_parts, ZERO_BLOCK};

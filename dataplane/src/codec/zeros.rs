@@ -27,7 +27,7 @@ const ZERO_PIECE: usize = 1024;
 /// Whether a block is all zero; vectorised, ~35 GB/s on zero blocks, and a data block is
 /// usually decided by its first [`ZERO_PIECE`] (folding all 64 KiB of every data block was
 /// 2 % of a level-0 sender's instructions: bench/results/ANALYSIS.md, session 8).
-fn is_zero(b: &[u8]) -> bool {
+pub fn is_zero(b: &[u8]) -> bool {
     b.chunks(ZERO_PIECE).all(|piece| {
         // OR-fold 16-byte words; the compiler vectorises this loop.
         let mut words = piece.chunks_exact(16);

@@ -1,6 +1,6 @@
 //! Large payload buffers reused from one extent to the next.
 //!
-//! [`MMAP_THRESHOLD`] gives every block of 1 MiB or more its own mapping, returned to the
+//! [`MMAP_THRESHOLD`](super::MMAP_THRESHOLD) gives every block of 1 MiB or more its own mapping, returned to the
 //! kernel when freed: that is what holds the receiver into Azurite under the memory bound
 //! (see the module above). The data path allocates one such block per extent — the
 //! sender's read buffer (1 MiB reads, up to 4 MiB joined), the receiver's frame body (a
@@ -9,23 +9,28 @@
 //! the kernel and unmapped again when QUIC had them acknowledged: 20 % of a warm unlimited
 //! sender's CPU and ~4 % of the receiver's (perf, bench/results/ANALYSIS.md, session 8).
 //!
-//! The pool keeps buffers of at least [`MMAP_THRESHOLD`] that their last user dropped, up to
+//! The pool keeps buffers of at least [`POOL_MIN`] (64 KiB) that their last user dropped, up to
 //! [`MAX_IDLE`] bytes in all, and hands them to the next extent with their pages still
 //! mapped. Buffers in use are bounded where they were before (the prepared budget, QUIC's
 //! windows); the pool adds at most [`MAX_IDLE`] of idle ones, and a process that stops
 //! copying keeps no more than that. Smaller buffers never enter it: the heap arenas reuse
-//! them without faults already.
+//! them without faults already, and zeroing them costs little.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use super::MMAP_THRESHOLD;
 
 /// Bytes of idle buffers the pool keeps at most: four 4 MiB extents, sixteen 1 MiB ones.
 /// In a steady copy buffers come back about as fast as they are taken, so a few suffice.
 pub const MAX_IDLE: usize = 16 << 20;
+
+/// The smallest buffer the pool keeps: a 64 KiB extent's (a qemu cycle of scattered
+/// blocks reads one per dirty block). The heap reuses smaller and such buffers without
+/// faults, but a read's buffer from the heap is zeroed first (`vec![0; len]`): a GiB of
+/// 64 KiB extents cost the sender 0.2 CPU-s of `memset` per cycle (session 16, Q).
+pub const POOL_MIN: usize = 64 << 10;
 
 /// Idle buffers, and their capacities summed.
 struct Idle {
@@ -46,7 +51,7 @@ fn idle() -> std::sync::MutexGuard<'static, Idle> {
 /// An idle buffer with room for `cap` bytes and at most twice that (a larger one would hold
 /// pages the extent does not need), the smallest that fits.
 fn take(cap: usize) -> Option<Vec<u8>> {
-    if cap < MMAP_THRESHOLD {
+    if cap < POOL_MIN {
         return None;
     }
     let mut st = idle();
@@ -63,7 +68,7 @@ fn take(cap: usize) -> Option<Vec<u8>> {
 
 /// Keeps `b` for reuse if it is large and the pool has room; frees it otherwise.
 fn give(b: Vec<u8>) {
-    if b.capacity() < MMAP_THRESHOLD {
+    if b.capacity() < POOL_MIN {
         return;
     }
     let mut st = idle();
@@ -117,7 +122,7 @@ impl PooledBuf {
     /// The buffer as shared bytes; the pool gets it back when the last slice is dropped.
     /// Small buffers become plain `Bytes` (they never enter the pool).
     pub fn freeze(mut self) -> Bytes {
-        if self.0.capacity() < MMAP_THRESHOLD {
+        if self.0.capacity() < POOL_MIN {
             return Bytes::from(std::mem::take(&mut self.0));
         }
         Bytes::from_owner(self)
@@ -158,6 +163,7 @@ impl Drop for PooledBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::MMAP_THRESHOLD;
 
     /// The pool is process-wide: tests that count its contents run one at a time.
     static SERIAL: Mutex<()> = Mutex::new(());
@@ -198,8 +204,15 @@ mod tests {
     fn small_buffers_stay_out_and_idle_bytes_are_capped() {
         let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         drain();
-        drop(PooledBuf::for_overwrite(64 << 10).freeze());
+        drop(PooledBuf::for_overwrite(POOL_MIN - 1).freeze());
         assert_eq!(idle_bytes(), 0);
+        // A 64 KiB extent's buffer is kept, and handed back without zeroing.
+        let mut e = PooledBuf::for_overwrite(POOL_MIN);
+        e[0] = 3;
+        drop(e.freeze());
+        assert_eq!(idle_bytes(), POOL_MIN);
+        assert_eq!(PooledBuf::for_overwrite(POOL_MIN)[0], 3);
+        drain();
         let bufs: Vec<_> = (0..MAX_IDLE / MMAP_THRESHOLD + 3)
             .map(|_| PooledBuf::for_overwrite(MMAP_THRESHOLD))
             .collect();

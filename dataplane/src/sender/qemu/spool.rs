@@ -44,6 +44,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use super::digest::PieceTee;
 use super::spool_mem::Slots;
 use super::view::NbdView;
+use crate::codec::is_zero;
 use crate::disk::{DiskError, DiskInfo, Extent, ExtentKind, VirtualDisk};
 
 /// The most bytes the drain writes into the spool file in one `pwrite` (session 15, P:
@@ -184,7 +185,11 @@ impl Spool {
                     return Err(sp.outside(offset, data.len()));
                 };
                 let len = data.len() as u64;
-                if !sp.shared.slots.keep(at, data) {
+                if is_zero(data) {
+                    // Neither memory nor the file: the shipping reads zeros (and sends a
+                    // clear, as it would have after reading them).
+                    sp.shared.slots.zeros(at, len);
+                } else if !sp.shared.slots.keep(at, data) {
                     sp.write(offset, data)?;
                     sp.shared.slots.in_file(at, len);
                     sp.shared.in_file.fetch_add(len, Ordering::Relaxed);

@@ -70,6 +70,8 @@ enum Slot {
     Mem { buf: Vec<u8>, read: u64 },
     /// In the spool file.
     File,
+    /// All zero: kept nowhere, read as zeros (as often as asked).
+    Zero,
     /// Read whole and given back.
     Gone,
 }
@@ -138,6 +140,14 @@ impl Slots {
         }
     }
 
+    /// Records that the read of `len` bytes at file position `at` is all zero: neither
+    /// kept nor written, and read back as zeros.
+    pub fn zeros(&self, at: u64, len: u64) {
+        if let Ok(mut m) = self.map.lock() {
+            m.insert(at, (len, Slot::Zero));
+        }
+    }
+
     /// Fills `buf` with the bytes from file position `at`, from memory or through `file`
     /// (`file(pos, out)` reads the file). A buffer read whole goes back to the pool.
     pub fn read(
@@ -173,6 +183,10 @@ impl Slots {
                         (n, false)
                     }
                     Slot::File => (n, true),
+                    Slot::Zero => {
+                        buf[done..done + n].fill(0);
+                        (n, false)
+                    }
                     Slot::Gone => {
                         return Err(Error::new(
                             ErrorKind::Interrupted,
@@ -250,6 +264,25 @@ mod tests {
         assert!(slots.read(8192, &mut out[..1], |_, _| Ok(())).is_err());
         // Never drained: an error, not zeros.
         assert!(slots.read(1 << 30, &mut out[..1], |_, _| Ok(())).is_err());
+    }
+
+    #[test]
+    fn zero_reads_come_back_as_zeros_without_the_file_and_as_often_as_asked() {
+        let slots = Slots::with_bound(1 << 20);
+        slots.zeros(0, 4096);
+        let mut a = vec![9u8; 4096];
+        assert!(slots.keep(4096, &mut a));
+        let mut out = vec![7u8; 8192];
+        slots
+            .read(0, &mut out, |_, _| panic!("nothing is in the file"))
+            .unwrap();
+        assert!(out[..4096].iter().all(|&x| x == 0));
+        assert!(out[4096..].iter().all(|&x| x == 9));
+        out.fill(7);
+        slots
+            .read(1024, &mut out[..2048], |_, _| panic!("nothing is in the file"))
+            .unwrap();
+        assert!(out[..2048].iter().all(|&x| x == 0));
     }
 
     #[test]

@@ -208,6 +208,7 @@ impl NbdView {
         });
         let mut flight: std::collections::VecDeque<(u64, u64)> = Default::default();
         let mut free: Vec<Vec<u8>> = Vec::new();
+        let mut untrimmed = Untrimmed::default();
         let r = (|| -> Result<(), DiskError> {
             loop {
                 while flight.len() < q.depth() {
@@ -228,18 +229,31 @@ impl NbdView {
                 self.read.fetch_add(len, Ordering::Relaxed);
                 sink(off, &mut buf)?;
                 free.push(buf);
-                if let (true, Some(b)) = (trim, whole_blocks(&(off..off + len))) {
-                    self.mark_discarded(b.start, b.end);
-                    if q.start_trim(b.start, b.end - b.start).is_err() {
-                        self.trim_failures.fetch_add(1, Ordering::Relaxed);
+                if trim {
+                    if let Some(r) = untrimmed.read(off..off + len) {
+                        self.trim_read(&mut q, r);
                     }
                 }
+            }
+            if let Some(r) = untrimmed.rest() {
+                self.trim_read(&mut q, r);
             }
             q.settle_trims().map_err(|e| nbd_err(path, 0, e))
         })();
         self.note_trim_failures(q.take_trim_failures());
         self.keep_ahead(q.into_client());
         r
+    }
+
+    /// Gives back to qemu the whole blocks of `r`, which the drain has read up to its end
+    /// (the rest of it is clean: discarded at the cycle's opening, never read).
+    fn trim_read(&self, q: &mut nbd::ReadQueue<UnixStream, Vec<u8>>, r: Range<u64>) {
+        if let Some(b) = whole_blocks(&r) {
+            self.mark_discarded(b.start, b.end);
+            if q.start_trim(b.start, b.end - b.start).is_err() {
+                self.trim_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The connection kept for the read-ahead stage, trims and drains (one at a time), or a
@@ -259,12 +273,15 @@ impl NbdView {
         }
     }
 
+    /// Counts `[start, end)` as discarded; the byte count grows by what was not already
+    /// (a drain's trim spans clean blocks the cycle's opening discarded).
     fn mark_discarded(&self, start: u64, end: u64) {
+        let mut new = end - start;
         if let Ok(mut d) = self.discarded.lock() {
+            new -= d.clipped(start, end).covered_len();
             d.insert(start, end);
         }
-        self.discarded_bytes
-            .fetch_add(end - start, Ordering::Relaxed);
+        self.discarded_bytes.fetch_add(new, Ordering::Relaxed);
     }
 
     fn note_trim_failures(&self, failures: Vec<NbdError>) {
@@ -414,6 +431,43 @@ fn whole_blocks(r: &Range<u64>) -> Option<Range<u64>> {
     let start = r.start.div_ceil(DISCARD_BLOCK) * DISCARD_BLOCK;
     let end = r.end - r.end % DISCARD_BLOCK;
     (start < end).then_some(start..end)
+}
+
+/// Reads a drain gives back together: at most this many ...
+const TRIM_READS: usize = 32;
+/// ... or this many bytes read.
+const TRIM_BYTES: u64 = 8 << 20;
+
+/// The drain's reads not yet given back to qemu, as one range: from the first one's start
+/// to the last one's end. The drain reads its extents in order, so everything in that range
+/// is either read or clean (discarded when the cycle opened, and never read): one trim
+/// covers a run of reads instead of one trim each (16,384 scattered 64 KiB blocks were
+/// 16,384 trims, about as many requests for qemu as the reads themselves).
+#[derive(Default)]
+struct Untrimmed {
+    range: Option<Range<u64>>,
+    reads: usize,
+    bytes: u64,
+}
+
+impl Untrimmed {
+    /// Adds a read; returns the range to give back when it is due.
+    fn read(&mut self, r: Range<u64>) -> Option<Range<u64>> {
+        let start = self.range.as_ref().map_or(r.start, |u| u.start);
+        self.range = Some(start..r.end);
+        self.reads += 1;
+        self.bytes += r.end - r.start;
+        (self.reads >= TRIM_READS || self.bytes >= TRIM_BYTES)
+            .then(|| self.rest())
+            .flatten()
+    }
+
+    /// The range not given back yet, emptied.
+    fn rest(&mut self) -> Option<Range<u64>> {
+        self.reads = 0;
+        self.bytes = 0;
+        self.range.take()
+    }
 }
 
 /// The whole [`DISCARD_BLOCK`]s of a disk of `size` bytes that no extent of `dirty`

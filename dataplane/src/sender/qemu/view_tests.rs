@@ -69,3 +69,22 @@ fn the_clean_blocks_are_those_no_dirty_extent_touches() {
         );
     }
 }
+
+#[test]
+fn a_drain_gives_its_reads_back_in_runs_from_the_first_start_to_the_last_end() {
+    let mut u = Untrimmed::default();
+    assert_eq!(u.rest(), None, "nothing read, nothing to give back");
+    // Scattered reads: one run spans them and the clean blocks between them.
+    for k in 0..TRIM_READS as u64 - 1 {
+        assert_eq!(u.read(10 * k * B..(10 * k + 1) * B), None);
+    }
+    let last = 10 * (TRIM_READS as u64 - 1) * B;
+    assert_eq!(u.read(last..last + B), Some(0..last + B));
+    assert_eq!(u.rest(), None, "given back once");
+    // Large reads: due by bytes before the count.
+    assert_eq!(u.read(0..TRIM_BYTES / 2), None);
+    assert_eq!(u.read(TRIM_BYTES..2 * TRIM_BYTES), Some(0..2 * TRIM_BYTES));
+    // What is left at the end of the drain.
+    assert_eq!(u.read(3 * B..4 * B), None);
+    assert_eq!(u.rest(), Some(3 * B..4 * B));
+}

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use vdrep_proto::RangeSet;
 
+use super::cycle_bufs::Bufs;
 use super::disk::{Inner, LocalDisk};
 use super::files::{corrupt, create_log, invalid, io_err};
 use super::fs::{DataFile, StoreFs};
@@ -264,28 +265,36 @@ impl LocalDisk {
     /// Routes a write or clear as the lifecycle says ([`lifecycle::write_target`]): to the
     /// open cycle (done here), or `None` when the disk takes it directly (an initial copy is
     /// in progress).
+    /// `data`: the write's bytes, in one slice or several (a frame's chunks), or `None` for
+    /// a clear.
     pub(super) fn cycle_write(
         &self,
         op: &'static str,
         offset: u64,
         len: u64,
-        data: Option<&[u8]>,
+        data: Option<&[&[u8]]>,
     ) -> Option<Result<(), SinkError>> {
         // The cycle's own copy of the bytes is made without the disk's lock, which
         // serialises every write of the cycle: the lock is taken again after the copy and
-        // the target checked anew.
+        // the target checked anew. The copy goes into a reused buffer (`super::cycle_bufs`).
+        let bufs = Bufs::global();
         let mut owned: Option<Vec<u8>> = None;
         loop {
             let mut inner = self.write_inner();
             match lifecycle::write_target(&inner.working_path, op, &inner.rec.disk, offset, len) {
-                Ok(Target::Copy) => return None,
+                Ok(Target::Copy) => {
+                    if let Some(b) = owned {
+                        bufs.give_back(b);
+                    }
+                    return None;
+                }
                 Ok(Target::Cycle(_)) => match (data, owned.take()) {
-                    (Some(d), None) if d.len() > COPY_UNLOCKED => {
+                    (Some(d), None) if len as usize > COPY_UNLOCKED => {
                         drop(inner);
-                        owned = Some(d.to_vec());
+                        owned = Some(bufs.copy_of(d));
                     }
                     (d, o) => {
-                        let bytes = o.or_else(|| d.map(<[u8]>::to_vec));
+                        let bytes = o.or_else(|| d.map(|d| bufs.copy_of(d)));
                         return Some(self.cycle_write_locked(&mut inner, op, offset, len, bytes));
                     }
                 },
@@ -364,7 +373,12 @@ impl LocalDisk {
                     .map_err(io_err(vhd, "clear", p.offset))?,
             }
         }
-        c.ops.clear();
+        let bufs = Bufs::global();
+        for p in c.ops.drain(..) {
+            if let Some(d) = p.data {
+                bufs.give_back(d);
+            }
+        }
         c.buffered = 0;
         Ok(())
     }

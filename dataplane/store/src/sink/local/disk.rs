@@ -337,7 +337,7 @@ impl ReplicaDisk for LocalDisk {
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
         self.usable("write")?;
-        if let Some(r) = self.cycle_write("write", offset, data.len() as u64, Some(data)) {
+        if let Some(r) = self.cycle_write("write", offset, data.len() as u64, Some(&[data])) {
             return r;
         }
         let (inner, w) = self.working()?;
@@ -355,8 +355,7 @@ impl ReplicaDisk for LocalDisk {
 
     fn write_parts(&self, offset: u64, data: Parts<'_>) -> Result<(), SinkError> {
         // Only the initial copy's writes go straight to the file (`write` above); a cycle
-        // keeps its own copy of the bytes, joined for it.
-        let joined = |data: Parts<'_>| self.write(offset, &data.to_vec());
+        // keeps its own copy of the bytes, joined into it from the parts.
         if let [one] = data.slices() {
             return self.write(offset, one);
         }
@@ -364,7 +363,11 @@ impl ReplicaDisk for LocalDisk {
         let (inner, w) = self.working()?;
         if !inner.rec.disk.initial_in_progress {
             drop(inner);
-            return joined(data);
+            let len = data.len() as u64;
+            if let Some(r) = self.cycle_write("write", offset, len, Some(data.slices())) {
+                return r;
+            }
+            return self.write(offset, &data.to_vec());
         }
         let len = data.len() as u64;
         check_range(

@@ -8,6 +8,7 @@
 //! durability model ([`crate::sink::fault::SimFs`]).
 
 mod cycle;
+mod cycle_bufs;
 mod disk;
 mod files;
 pub mod fs;
