@@ -351,6 +351,9 @@ impl LocalDisk {
             if let Some(f) = c.undo.clone() {
                 c.write_tail(f.as_ref())?;
                 self.sync(f.as_ref(), &c.path, 0)?;
+                // The undo log is read back only to roll a point back: its clean pages go,
+                // as the replica's do at a checkpoint (`DataFile::drop_cache`).
+                f.drop_cache();
             }
             let mut next = inner.rec.clone();
             if let Some(last) = next.points.last_mut() {

@@ -305,6 +305,9 @@ impl LocalDisk {
         // Data first, then the progress that claims it.
         if inner.rec.disk.open_cycle.is_some() {
             self.cycle_sync(inner)?;
+            if let Ok(r) = self.require_replica(inner, "checkpoint") {
+                r.drop_cache();
+            }
         } else {
             let w = self.ensure_working(inner)?;
             self.sync(w.as_ref(), &path, 0)?;
@@ -426,10 +429,13 @@ impl ReplicaDisk for LocalDisk {
         // or were just flushed into it, and this sync makes them durable; writes made during
         // it may or may not be, and `durable` does not claim them.
         self.sync(file.as_ref(), &path, 0)?;
-        if era.cycle.is_none() {
-            // Clean now: the pages the copy wrote before the sync can go (dirty ones stay).
-            file.drop_cache();
-        }
+        // Clean now: the pages written before the sync can go (dirty ones stay), in a copy
+        // and in a cycle alike. A cycle's replica pages were kept until session 17: 1 GiB of
+        // scattered 64 KiB writes then grew the page cache by a GiB of fresh pages, 1.3
+        // CPU-s of the receiver's 4.3 (`bench/results/ANALYSIS.md`, session 17). A later
+        // cycle reads its pre-images from the disk instead of the cache, as a receiver into
+        // Azure does.
+        file.drop_cache();
         let mut inner = self.write_inner();
         if Era::of(&inner, &file) != era {
             // A commit or a new copy ran meanwhile (not the receiver's order: it serialises
