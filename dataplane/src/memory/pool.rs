@@ -21,7 +21,6 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-
 /// Bytes of idle buffers the pool keeps at most: four 4 MiB extents, sixteen 1 MiB ones.
 /// In a steady copy buffers come back about as fast as they are taken, so a few suffice.
 pub const MAX_IDLE: usize = 16 << 20;

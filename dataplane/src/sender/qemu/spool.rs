@@ -36,6 +36,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -95,10 +96,60 @@ struct Shared {
     slots: Slots,
     /// Bytes the drain wrote to the file: what did not fit in the process's buffers.
     in_file: AtomicU64,
+    /// File bytes the shipping read whole and that are not yet freed: freed together once
+    /// contiguous and at least [`RELEASE_RUN`] long.
+    released: Mutex<Range<u64>>,
     drained: Mutex<Drained>,
     moved: Condvar,
     /// Set when the spool is dropped: the drain stops at its next read.
     cancel: AtomicBool,
+}
+
+/// The file bytes freed together (see [`Shared::release`]).
+const RELEASE_RUN: u64 = 4 << 20;
+
+impl Shared {
+    /// Frees the pages of file bytes the shipping read whole (`FALLOC_FL_PUNCH_HOLE`: dirty
+    /// pages go without being written back), in contiguous runs of [`RELEASE_RUN`]. Why:
+    /// the drain runs ahead of the shipping, and every byte it writes into the file is a
+    /// page of new page cache; freed as soon as read, the same pages serve the drain's
+    /// next writes while the host still backs them, instead of a fresh page per byte (on
+    /// a virtual machine each costs a hypervisor fault: `bench/results/ANALYSIS.md`,
+    /// session 17). The slots refuse a second read of what was released (a new view reads
+    /// it), so no one reads the hole. A hint: a failed punch leaves the bytes in place.
+    fn release(&self, pos: u64, len: u64) {
+        let Ok(mut r) = self.released.lock() else {
+            return;
+        };
+        if r.end != pos {
+            let run = std::mem::replace(&mut *r, pos..pos);
+            self.punch(run);
+        }
+        r.end = pos + len;
+        if r.end - r.start >= RELEASE_RUN {
+            let end = r.end;
+            let run = std::mem::replace(&mut *r, end..end);
+            self.punch(run);
+        }
+    }
+
+    fn punch(&self, run: Range<u64>) {
+        const PAGE: u64 = 4096;
+        let start = run.start.next_multiple_of(PAGE);
+        let end = run.end / PAGE * PAGE;
+        if start >= end {
+            return;
+        }
+        // SAFETY: fallocate on a descriptor this struct owns; no memory is passed.
+        unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start as libc::off_t,
+                (end - start) as libc::off_t,
+            );
+        }
+    }
 }
 
 impl Drop for Shared {
@@ -161,6 +212,7 @@ impl Spool {
                 index,
                 slots: Slots::default(),
                 in_file: AtomicU64::new(0),
+                released: Mutex::new(0..0),
                 drained: Mutex::new(Drained::default()),
                 moved: Condvar::new(),
                 cancel: AtomicBool::new(false),
@@ -357,9 +409,12 @@ impl VirtualDisk for Spool {
         self.pieces(offset, buf.len(), |at, r| {
             self.wait_for(at + r.len() as u64)?;
             let file = &self.shared.file;
-            self.shared
-                .slots
-                .read(at, &mut buf[r], |pos, b| file.read_exact_at(b, pos))
+            self.shared.slots.read(
+                at,
+                &mut buf[r],
+                |pos, b| file.read_exact_at(b, pos),
+                |pos, len| self.shared.release(pos, len),
+            )
         })
     }
 }

@@ -13,7 +13,8 @@
 //! A buffer is given back once the shipping has read all its bytes: a range read a second
 //! time (a resend of extents the receiver refused) is refused as a transient error when its
 //! buffer went back, as a view refuses a range it gave back to qemu — the next round reads
-//! it from a new view. Ranges in the file can be read again.
+//! it from a new view. A read in the file is released the same way once read whole (the
+//! spool frees its pages: `super::spool`).
 //!
 //! The bound is process-wide ([`MEMORY_ENV`], MiB; default [`DEFAULT_MEMORY`]): the buffers
 //! of every spool and the pool's free ones together. `0` turns the memory half off.
@@ -68,8 +69,8 @@ fn give_back(buf: Vec<u8>, bound: u64) {
 enum Slot {
     /// In memory; `read` bytes of it were read by the shipping.
     Mem { buf: Vec<u8>, read: u64 },
-    /// In the spool file.
-    File,
+    /// In the spool file; `read` bytes of it were read by the shipping.
+    File { read: u64 },
     /// All zero: kept nowhere, read as zeros (as often as asked).
     Zero,
     /// Read whole and given back.
@@ -136,7 +137,7 @@ impl Slots {
     /// Records that the read of `len` bytes at file position `at` is in the file.
     pub fn in_file(&self, at: u64, len: u64) {
         if let Ok(mut m) = self.map.lock() {
-            m.insert(at, (len, Slot::File));
+            m.insert(at, (len, Slot::File { read: 0 }));
         }
     }
 
@@ -149,12 +150,15 @@ impl Slots {
     }
 
     /// Fills `buf` with the bytes from file position `at`, from memory or through `file`
-    /// (`file(pos, out)` reads the file). A buffer read whole goes back to the pool.
+    /// (`file(pos, out)` reads the file). A buffer read whole goes back to the pool; a
+    /// read's bytes in the file read whole are handed to `release(pos, len)` (the spool
+    /// frees their pages) and, like a buffer given back, cannot be read again.
     pub fn read(
         &self,
         at: u64,
         buf: &mut [u8],
         mut file: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+        mut release: impl FnMut(u64, u64),
     ) -> std::io::Result<()> {
         let poisoned = || Error::other("the spool's slots lock is poisoned");
         let mut done = 0usize;
@@ -182,7 +186,7 @@ impl Slots {
                         }
                         (n, false)
                     }
-                    Slot::File => (n, true),
+                    Slot::File { .. } => (n, true),
                     Slot::Zero => {
                         buf[done..done + n].fill(0);
                         (n, false)
@@ -202,6 +206,23 @@ impl Slots {
             }
             if from_file {
                 file(pos, &mut buf[done..done + n])?;
+                // Counted once the bytes are in hand: a failed read can be tried again.
+                let mut gone = None;
+                {
+                    let mut m = self.map.lock().map_err(|_| poisoned())?;
+                    if let Some((&key, (len, slot))) = m.range_mut(..=pos).next_back() {
+                        if let Slot::File { read } = slot {
+                            *read += n as u64;
+                            if *read >= *len {
+                                gone = Some((key, *len));
+                                *slot = Slot::Gone;
+                            }
+                        }
+                    }
+                }
+                if let Some((key, len)) = gone {
+                    release(key, len);
+                }
             }
             done += n;
         }
@@ -233,37 +254,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kept_reads_are_served_from_memory_once_and_the_rest_from_the_file() {
+    fn kept_reads_are_served_from_memory_and_the_rest_from_the_file_each_once() {
         let slots = Slots::with_bound(1 << 20);
         let mut a = vec![1u8; 4096];
         assert!(slots.keep(0, &mut a));
         assert!(a.is_empty(), "the drain gets a buffer back, not the bytes");
         slots.in_file(4096, 4096);
+        slots.in_file(8192, 4096);
         let mut files = Vec::new();
+        let mut released = Vec::new();
         let mut out = vec![0u8; 8192];
+        let mut rel = |pos, len| released.push((pos, len));
         slots
-            .read(0, &mut out, |pos, b| {
-                files.push((pos, b.len()));
-                b.fill(2);
-                Ok(())
-            })
+            .read(
+                0,
+                &mut out,
+                |pos, b| {
+                    files.push((pos, b.len()));
+                    b.fill(2);
+                    Ok(())
+                },
+                &mut rel,
+            )
             .unwrap();
         assert!(out[..4096].iter().all(|&x| x == 1));
         assert!(out[4096..].iter().all(|&x| x == 2));
         assert_eq!(files, vec![(4096, 4096)]);
-        // The memory read was given back: a second read of it is refused, transiently;
-        // the file's range can be read again.
-        let e = slots.read(0, &mut out[..10], |_, _| Ok(())).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Interrupted);
-        slots.read(4096, &mut out[..10], |_, _| Ok(())).unwrap();
+        // A failed file read counts nothing: the range is read again, and released once
+        // read whole, in two halves.
+        let fail = |_, _: &mut [u8]| Err(Error::other("EIO"));
+        assert!(slots.read(8192, &mut out[..2048], fail, &mut rel).is_err());
+        slots
+            .read(8192, &mut out[..2048], |_, _| Ok(()), &mut rel)
+            .unwrap();
+        slots
+            .read(10240, &mut out[..2048], |_, _| Ok(()), &mut rel)
+            .unwrap();
+        assert_eq!(released, vec![(4096, 4096), (8192, 4096)]);
+        // The memory read was given back and the file's reads released: a second read of
+        // either is refused, transiently (a new view reads it).
+        for at in [0, 4096, 8192] {
+            let e = slots
+                .read(at, &mut out[..10], |_, _| Ok(()), |_, _| {})
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Interrupted);
+        }
         // Half a buffer read keeps it; the other half gives it back.
         let mut c = vec![3u8; 4096];
-        assert!(slots.keep(8192, &mut c));
-        slots.read(8192, &mut out[..2048], |_, _| Ok(())).unwrap();
-        slots.read(10240, &mut out[..2048], |_, _| Ok(())).unwrap();
-        assert!(slots.read(8192, &mut out[..1], |_, _| Ok(())).is_err());
+        assert!(slots.keep(16384, &mut c));
+        slots
+            .read(16384, &mut out[..2048], |_, _| Ok(()), |_, _| {})
+            .unwrap();
+        slots
+            .read(18432, &mut out[..2048], |_, _| Ok(()), |_, _| {})
+            .unwrap();
+        assert!(slots
+            .read(16384, &mut out[..1], |_, _| Ok(()), |_, _| {})
+            .is_err());
         // Never drained: an error, not zeros.
-        assert!(slots.read(1 << 30, &mut out[..1], |_, _| Ok(())).is_err());
+        assert!(slots
+            .read(1 << 30, &mut out[..1], |_, _| Ok(()), |_, _| {})
+            .is_err());
     }
 
     #[test]
@@ -274,13 +325,23 @@ mod tests {
         assert!(slots.keep(4096, &mut a));
         let mut out = vec![7u8; 8192];
         slots
-            .read(0, &mut out, |_, _| panic!("nothing is in the file"))
+            .read(
+                0,
+                &mut out,
+                |_, _| panic!("nothing is in the file"),
+                |_, _| {},
+            )
             .unwrap();
         assert!(out[..4096].iter().all(|&x| x == 0));
         assert!(out[4096..].iter().all(|&x| x == 9));
         out.fill(7);
         slots
-            .read(1024, &mut out[..2048], |_, _| panic!("nothing is in the file"))
+            .read(
+                1024,
+                &mut out[..2048],
+                |_, _| panic!("nothing is in the file"),
+                |_, _| {},
+            )
             .unwrap();
         assert!(out[..2048].iter().all(|&x| x == 0));
     }
