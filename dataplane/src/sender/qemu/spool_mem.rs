@@ -69,8 +69,9 @@ fn give_back(buf: Vec<u8>, bound: u64) {
 enum Slot {
     /// In memory; `read` bytes of it were read by the shipping.
     Mem { buf: Vec<u8>, read: u64 },
-    /// In the spool file; `read` bytes of it were read by the shipping.
-    File { read: u64 },
+    /// In the spool file; `read` bytes of it were read by the shipping, and `busy` reads of
+    /// it are under way (it is released only once none is: no read finds a hole).
+    File { read: u64, busy: u32 },
     /// All zero: kept nowhere, read as zeros (as often as asked).
     Zero,
     /// Read whole and given back.
@@ -137,7 +138,7 @@ impl Slots {
     /// Records that the read of `len` bytes at file position `at` is in the file.
     pub fn in_file(&self, at: u64, len: u64) {
         if let Ok(mut m) = self.map.lock() {
-            m.insert(at, (len, Slot::File { read: 0 }));
+            m.insert(at, (len, Slot::File { read: 0, busy: 0 }));
         }
     }
 
@@ -186,7 +187,10 @@ impl Slots {
                         }
                         (n, false)
                     }
-                    Slot::File { .. } => (n, true),
+                    Slot::File { busy, .. } => {
+                        *busy += 1;
+                        (n, true)
+                    }
                     Slot::Zero => {
                         buf[done..done + n].fill(0);
                         (n, false)
@@ -205,15 +209,19 @@ impl Slots {
                 give_back(b, self.bound);
             }
             if from_file {
-                file(pos, &mut buf[done..done + n])?;
-                // Counted once the bytes are in hand: a failed read can be tried again.
+                let r = file(pos, &mut buf[done..done + n]);
+                // Counted once the bytes are in hand (a failed read can be tried again), and
+                // released once read whole with no other read of it under way.
                 let mut gone = None;
                 {
                     let mut m = self.map.lock().map_err(|_| poisoned())?;
                     if let Some((&key, (len, slot))) = m.range_mut(..=pos).next_back() {
-                        if let Slot::File { read } = slot {
-                            *read += n as u64;
-                            if *read >= *len {
+                        if let Slot::File { read, busy } = slot {
+                            *busy = busy.saturating_sub(1);
+                            if r.is_ok() {
+                                *read += n as u64;
+                            }
+                            if *read >= *len && *busy == 0 {
                                 gone = Some((key, *len));
                                 *slot = Slot::Gone;
                             }
@@ -223,6 +231,7 @@ impl Slots {
                 if let Some((key, len)) = gone {
                     release(key, len);
                 }
+                r?;
             }
             done += n;
         }
@@ -344,6 +353,41 @@ mod tests {
             )
             .unwrap();
         assert!(out[..2048].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn a_file_read_is_released_only_once_no_other_read_of_it_is_under_way() {
+        // A resend may read a range again while its first read is still in the file: the
+        // second read completing the count must not free the pages under the first.
+        let slots = Slots::with_bound(0);
+        slots.in_file(0, 4096);
+        let inner = std::cell::RefCell::new(Vec::new());
+        let mut outer = Vec::new();
+        let mut out = vec![0u8; 4096];
+        slots
+            .read(
+                0,
+                &mut out,
+                |_, b| {
+                    let mut again = vec![0u8; 4096];
+                    slots
+                        .read(
+                            0,
+                            &mut again,
+                            |_, _| Ok(()),
+                            |p, l| inner.borrow_mut().push((p, l)),
+                        )
+                        .unwrap();
+                    assert!(inner.borrow().is_empty(), "freed under a read in progress");
+                    b.fill(5);
+                    Ok(())
+                },
+                |p, l| outer.push((p, l)),
+            )
+            .unwrap();
+        assert_eq!(outer, vec![(0, 4096)], "released when the last read ended");
+        assert!(out.iter().all(|&x| x == 5));
+        assert!(slots.read(0, &mut out, |_, _| Ok(()), |_, _| {}).is_err());
     }
 
     #[test]
