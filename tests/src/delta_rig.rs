@@ -77,7 +77,8 @@ impl LocalRig {
         }
     }
 
-    /// `vdrep send --interval 1s` of the disk, plus `extra` flags.
+    /// `vdrep send --interval 1s` of the disk, plus `extra` flags (`--give-up-after 120s`
+    /// unless `extra` sets it).
     pub fn send(&self, extra: &[&str]) -> Send {
         let mut s = Send::new(
             &self.rx.to(),
@@ -88,9 +89,10 @@ impl LocalRig {
             &self.dir.join("send.log"),
         )
         .arg("--interval")
-        .arg("1s")
-        .arg("--give-up-after")
-        .arg("120s");
+        .arg("1s");
+        if !extra.contains(&"--give-up-after") {
+            s = s.arg("--give-up-after").arg("120s");
+        }
         for a in extra {
             s = s.arg(a);
         }

@@ -37,7 +37,17 @@ fn kill_receiver_during_cycle(
     let c1 = rig.check_newest(&before, "initial");
     rig.disk.write(&big_cycle(size, change, 32));
     let after = rig.freeze();
-    let send = rig.send(&["--max-cycles", "1", "--bandwidth", bandwidth]);
+    // The give-up window counts from the last durable progress; a loaded machine can go
+    // 120 s of kills without a checkpoint between them (session 16's and 17's long suites,
+    // beside builds). Giving up is not what this test checks: each step has its own limit.
+    let send = rig.send(&[
+        "--max-cycles",
+        "1",
+        "--bandwidth",
+        bandwidth,
+        "--give-up-after",
+        "600s",
+    ]);
     let t0 = Instant::now();
     let child = send.spawn();
     let mut rng = StdRng::seed_from_u64(33);
