@@ -217,6 +217,34 @@ impl Rig {
         }
         out_dir
     }
+
+    /// Checks that the newest VM point's disks equal the guest's disks now (no write runs):
+    /// its failover (which checks the sender's digests) compared with both images.
+    pub fn newest_point_is_the_disks(&self, when: &str) {
+        let p = *self.points().last().expect("no VM point");
+        let fo = self.failover(p);
+        let q = self.dir.join("qsd");
+        compare(&q.join("os.raw"), "raw", &fo.join("os.vhd"))
+            .unwrap_or_else(|e| panic!("{when}: point {p}, disk os: {e}"));
+        compare(&q.join("data.qcow2"), "qcow2", &fo.join("data.vhd"))
+            .unwrap_or_else(|e| panic!("{when}: point {p}, disk data: {e}"));
+    }
+}
+
+/// The `file_bytes` of each qemu drain's log line in a sender's log: what went into the
+/// spool files beyond the process's buffers.
+pub fn spool_file_bytes(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("dirty extents drained from the view into the spool"))
+        .filter_map(|l| {
+            let at = l.find("file_bytes=")? + "file_bytes=".len();
+            l[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
 }
 
 /// `qemu-img compare -U` of a source image (in use by the daemon) and a replica.

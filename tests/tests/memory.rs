@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use vdrep_tests::azurite::Azurite;
 use vdrep_tests::images::seeded_raw;
 use vdrep_tests::procs::{certs, read_log, Receiver, Send};
-use vdrep_tests::qemu_rig::{counters, Rig};
+use vdrep_tests::qemu_rig::{counters, spool_file_bytes, Rig};
 
 const MIB: u64 = 1 << 20;
 
@@ -175,22 +175,6 @@ fn run_measured(send: &Send, timeout: Duration) -> (Option<i32>, u64) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// The `file_bytes` of each "drained into the spool" line of `log`: what did not fit in
-/// the process's spool buffers.
-fn spool_file_bytes(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter(|l| l.contains("dirty extents drained from the view into the spool"))
-        .filter_map(|l| {
-            let at = l.find("file_bytes=")? + "file_bytes=".len();
-            l[at..]
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
 }
 
 #[test]

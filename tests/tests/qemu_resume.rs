@@ -52,19 +52,6 @@ fn rounds(rig: &Rig, log: &str, rounds: u64) -> String {
     res.log
 }
 
-/// Checks the newest VM point's disks equal the guest's disks now (no write runs).
-fn newest_point_is_the_disks(rig: &Rig, when: &str) {
-    let p = *rig.points().last().expect("no VM point");
-    // On failure the failover itself may refuse: the point's bytes against the sender's
-    // digest of its view.
-    let fo = rig.failover(p);
-    let q = rig.dir.join("qsd");
-    compare(&q.join("os.raw"), "raw", &fo.join("os.vhd"))
-        .unwrap_or_else(|e| panic!("{when}: point {p}, disk os: {e}"));
-    compare(&q.join("data.qcow2"), "qcow2", &fo.join("data.vhd"))
-        .unwrap_or_else(|e| panic!("{when}: point {p}, disk data: {e}"));
-}
-
 #[test]
 fn a_qemu_cycle_resumed_after_a_kill_ships_again_the_ranges_written_since_its_first_view() {
     let rig = Rig::new(SIZE);
@@ -129,7 +116,7 @@ fn a_qemu_cycle_resumed_after_a_kill_ships_again_the_ranges_written_since_its_fi
         log3.contains("its bitmaps are merged back"),
         "the restart did not merge the killed switch's bitmap back: {log3}"
     );
-    newest_point_is_the_disks(&rig, "the cycle resumed after the kill");
+    rig.newest_point_is_the_disks("the cycle resumed after the kill");
     // The initial copies' point is intact: the re-sent ranges' pre-images in its undo log
     // are the initial bytes, taken once (not the killed run's bytes).
     let points = rig.points();
@@ -139,5 +126,5 @@ fn a_qemu_cycle_resumed_after_a_kill_ships_again_the_ranges_written_since_its_fi
     compare(&data0, "raw", &fo.join("data.vhd")).expect("point 0, disk data");
     // One more cycle: the replica stays exact.
     rounds(&rig, "send4.log", 1);
-    newest_point_is_the_disks(&rig, "the cycle after");
+    rig.newest_point_is_the_disks("the cycle after");
 }

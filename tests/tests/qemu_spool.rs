@@ -6,23 +6,12 @@
 
 use std::time::{Duration, Instant};
 
+use vdrep_tests::bytes::noise;
 use vdrep_tests::procs::finish;
-use vdrep_tests::qemu_rig::{compare, Rig};
+use vdrep_tests::qemu_rig::{spool_file_bytes, Rig};
 
 const SIZE: u64 = 32 << 20;
 const KIB: u64 = 1024;
-
-/// `len` bytes of xorshift noise (incompressible).
-fn noise(seed: &mut u64, len: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len as usize);
-    while out.len() < len as usize {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 7;
-        *seed ^= *seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out
-}
 
 /// One round of `vdrep send` with the spool's memory off; returns its log.
 /// `bandwidth`: a pace for the shipping, or none.
@@ -42,31 +31,6 @@ fn round(rig: &Rig, log: &str, bandwidth: Option<&str>) -> String {
     res.log
 }
 
-/// The `file_bytes` of each drain's line: what went into the spool files.
-fn spool_file_bytes(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter(|l| l.contains("dirty extents drained from the view into the spool"))
-        .filter_map(|l| {
-            let at = l.find("file_bytes=")? + "file_bytes=".len();
-            l[at..]
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
-fn newest_point_is_the_disks(rig: &Rig, when: &str) {
-    let p = *rig.points().last().expect("no VM point");
-    let fo = rig.failover(p);
-    let q = rig.dir.join("qsd");
-    compare(&q.join("os.raw"), "raw", &fo.join("os.vhd"))
-        .unwrap_or_else(|e| panic!("{when}: point {p}, disk os: {e}"));
-    compare(&q.join("data.qcow2"), "qcow2", &fo.join("data.vhd"))
-        .unwrap_or_else(|e| panic!("{when}: point {p}, disk data: {e}"));
-}
-
 #[test]
 fn a_cycle_shipped_from_the_spool_file_whose_read_runs_are_freed_commits_the_disks_exactly() {
     let rig = Rig::new(SIZE);
@@ -74,15 +38,19 @@ fn a_cycle_shipped_from_the_spool_file_whose_read_runs_are_freed_commits_the_dis
     // 12 MiB a disk: 64 KiB blocks of noise every 128 KiB over the first 16 MiB (runs of
     // scattered extents, as a cycle's), a dense 4 MiB of noise, and zero blocks inside it.
     let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut fresh = |len: u64| {
+        seed += 1;
+        noise(seed, len as usize)
+    };
     for disk in 0..2 {
         for off in (0..16 << 20).step_by((128 * KIB) as usize) {
-            rig.qsd.write(disk, off, &noise(&mut seed, 64 * KIB));
+            rig.qsd.write(disk, off, &fresh(64 * KIB));
         }
         for off in (20u64 << 20..24 << 20).step_by((64 * KIB) as usize) {
             let block = if (off >> 16) % 7 == 0 {
                 vec![0u8; 64 * KIB as usize]
             } else {
-                noise(&mut seed, 64 * KIB)
+                fresh(64 * KIB)
             };
             rig.qsd.write(disk, off, &block);
         }
@@ -95,16 +63,15 @@ fn a_cycle_shipped_from_the_spool_file_whose_read_runs_are_freed_commits_the_dis
         in_file.iter().all(|&b| b >= 8 << 20),
         "with the memory half off, the drains' bytes go to the files: {in_file:?}"
     );
-    newest_point_is_the_disks(&rig, "the cycle shipped from the spool files");
+    rig.newest_point_is_the_disks("the cycle shipped from the spool files");
     // Writes over the same blocks again: the next cycle's pre-images and bytes are exact.
     for disk in 0..2 {
         for off in (0..16 << 20).step_by((256 * KIB) as usize) {
-            rig.qsd
-                .write(disk, off + 4 * KIB, &noise(&mut seed, 8 * KIB));
+            rig.qsd.write(disk, off + 4 * KIB, &fresh(8 * KIB));
         }
     }
     round(&rig, "send3.log", Some("40Mbit"));
-    newest_point_is_the_disks(&rig, "the cycle after");
+    rig.newest_point_is_the_disks("the cycle after");
     let points = rig.points();
     assert_eq!(points.len(), 3, "points: {points:?}");
 }
