@@ -28,6 +28,25 @@ fn resumed_on_open(receiver_log: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Waits until the receiver has logged `n` disk opens: a kill is meant to land after its
+/// run opened the disk (a reconnecting sender first waits for its previous connection's
+/// final checkpoint, `receiver/effects.rs`, which can take a second on a busy disk).
+fn wait_for_opens(rx: &Receiver, n: usize, within: Duration) {
+    let end = Instant::now() + within;
+    loop {
+        let seen = resumed_on_open(&rx.log_text()).len();
+        if seen >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "the disk was opened {seen} times, not {n}, within {within:?}; receiver log:\n{}",
+            rx.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn replica(store: &Path, vm: &str, disk: &str) -> PathBuf {
     store.join(vm).join(format!("{disk}.vhd"))
 }
@@ -51,6 +70,7 @@ fn kill_sender_repeatedly(seed: u64, size: u64, kills: usize, budget: Duration) 
     let t0 = Instant::now();
     for i in 0..kills {
         let mut child = send.spawn();
+        wait_for_opens(&rx, i + 1, Duration::from_secs(20));
         // Past the 0.5 s checkpoint interval, so each run leaves durable progress behind.
         let ms = rng.gen_range(1300..2600);
         std::thread::sleep(Duration::from_millis(ms));
@@ -116,6 +136,9 @@ fn kill_receiver_repeatedly(seed: u64, size: u64, kills: usize, budget: Duration
     let t0 = Instant::now();
     let mut child = send.spawn();
     for i in 0..kills {
+        // Each receiver life (the first, then one per restart) first sees the sender
+        // reconnect and open the disk; the sender's retries take their own time.
+        wait_for_opens(&rx, i + 1, Duration::from_secs(30));
         std::thread::sleep(Duration::from_millis(rng.gen_range(1300..2600)));
         if let Ok(Some(st)) = child.try_wait() {
             panic!(
