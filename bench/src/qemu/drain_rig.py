@@ -17,7 +17,11 @@ first writes to a 64 KiB block among them.
 
 VARIANT: `none` (no view: the baseline, name it first; 3 s of writes) or
 `d=DEPTH,s=SIZE_KIB[,notrim][,gap=US]`: `gap` sleeps that long after each completed read
-before the next is started (a paced drain).
+before the next is started (a paced drain), or `backup[,warm=S][,w=N][,c=KIB]` (session 18): instead of a
+view and a drain, qemu copies the dirty blocks itself — a dirty bitmap added, S seconds
+(default 30) of the guest's writes, then in one transaction a new bitmap, the old one
+disabled and `blockdev-backup sync=bitmap bitmap-mode=never` into a sparse local raw file;
+the "view" lives until the job concludes (P's candidate of session 16).
 """
 import json, math, os, subprocess, sys, threading, time
 import random, resource
@@ -143,6 +147,44 @@ def take_view(q, path):
     return t
 
 
+def perf_of(opts):
+    """`w=N` (block-copy's workers, qemu's default 64) and `c=KIB` (its largest chunk,
+    default unlimited) as `blockdev-backup`'s `x-perf`."""
+    p = {}
+    if 'w' in opts:
+        p['max-workers'] = int(opts['w'])
+    if 'c' in opts:
+        p['max-chunk'] = int(opts['c']) << 10
+    return {'x-perf': p} if p else {}
+
+
+def backup(q, path, warm, qsd_pid, perf):
+    """Variant `backup`: qemu copies the bitmap's dirty blocks into a local raw file."""
+    q.cmd('block-dirty-bitmap-add', node='disk0', name='bm0')
+    time.sleep(warm)
+    q.cmd('blockdev-create', **{'job-id': 'mk', 'options': {'driver': 'file', 'filename': path, 'size': DISK}}); q.job('mk')
+    cache = {'direct': False, 'no-flush': True}
+    q.cmd('blockdev-add', **{'driver': 'file', 'node-name': 'tf', 'filename': path, 'cache': cache})
+    dirty = [b for d in q.cmd('query-block') for b in d.get('inserted', {}).get('dirty-bitmaps', []) if b['name'] == 'bm0']
+    cpu0 = proc_cpu(qsd_pid)
+    t = time.monotonic_ns()
+    q.cmd('transaction', actions=[
+        {'type': 'block-dirty-bitmap-add', 'data': {'node': 'disk0', 'name': 'bm1'}},
+        {'type': 'block-dirty-bitmap-disable', 'data': {'node': 'disk0', 'name': 'bm0'}},
+        {'type': 'blockdev-backup', 'data': {
+            'job-id': 'job', 'device': 'disk0', 'target': 'tf', 'sync': 'bitmap', 'bitmap': 'bm0',
+            'bitmap-mode': 'never', 'auto-finalize': True, 'auto-dismiss': False, **perf}}])
+    q.job('job')
+    t1 = time.monotonic_ns()
+    cpu = proc_cpu(qsd_pid) - cpu0
+    q.cmd('blockdev-del', **{'node-name': 'tf'})
+    q.cmd('block-dirty-bitmap-remove', node='disk0', name='bm0')
+    q.cmd('block-dirty-bitmap-remove', node='disk0', name='bm1')
+    alloc = os.stat(path).st_blocks * 512
+    os.remove(path)
+    return t, t1, (dirty[0]['count'] if dirty else None), alloc, cpu
+
+
 def drop_view(q, path):
     q.cmd('block-export-del', id='vexp', mode='hard')
     while any(e.get('id') == 'vexp' for e in q.cmd('query-block-exports')):
@@ -197,6 +239,21 @@ def main():
                 print(var, json.dumps({'all': stats(inside)}), flush=True)
                 continue
             path = os.path.join(SCR, f'scratch-{i}')
+            if var.startswith('backup'):
+                t_view, t_end, dirty, alloc, qcpu = backup(q, path, float(opts.get('warm', '30')), qsd.pid, perf_of(opts))
+                seen = set(); first, allw = [], []
+                for (t, lat, c, _) in list(wr.rec):
+                    if t_view <= t < t_end:
+                        allw.append(lat)
+                        if c not in seen:
+                            seen.add(c); first.append(lat)
+                r = {'job_s': round((t_end - t_view) / 1e9, 3), 'qsd_cpu_s': round(qcpu, 2),
+                     'dirty_bytes': dirty, 'target_bytes': alloc,
+                     'all': stats(allw), 'first': stats(first)}
+                print(var, json.dumps(r), flush=True)
+                with open(os.path.join(W, 'windows.txt'), 'a') as f:
+                    f.write(f'{var} {t_view} {t_end} 0\n')
+                continue
             cpu0 = proc_cpu(qsd.pid); ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t_view = take_view(q, path)
             p = subprocess.run([sys.executable, __file__, '--drain', nbd_p, opts['d'], str(int(opts['s']) << 10),

@@ -61,6 +61,7 @@ fn qmp_answers_refusals_events_and_a_dead_daemon() {
     let disks = [SwitchDisk {
         node: "d".into(),
         previous_bitmap: None,
+        copy: false,
     }];
     let v = f.switch(&mut qmp, 1, &disks).unwrap();
     f.teardown(&mut qmp, &v, false).unwrap();

@@ -65,6 +65,15 @@ pub enum FleeceError {
         /// qemu's error.
         detail: String,
     },
+    /// qemu's copy of a cycle's dirty blocks (`super::copy`) failed: the next round copies
+    /// them again from the same bitmap (the job leaves it as it is).
+    #[error("qemu's copy of the dirty blocks of {node} failed: {detail}")]
+    CopyFailed {
+        /// The disk's node.
+        node: String,
+        /// qemu's error.
+        detail: String,
+    },
     /// qemu already runs an NBD server (qemu allows one): give its socket instead.
     #[error(
         "qemu already runs an NBD server; name its socket (--nbd) so vdrep adds its exports there"
@@ -80,7 +89,9 @@ impl FleeceError {
     pub fn is_transient(&self) -> bool {
         match self {
             FleeceError::Qmp(e) => e.is_transient(),
-            FleeceError::NoRoom { .. } | FleeceError::Scratch { .. } => true,
+            FleeceError::NoRoom { .. }
+            | FleeceError::Scratch { .. }
+            | FleeceError::CopyFailed { .. } => true,
             FleeceError::NodeNotFound { .. }
             | FleeceError::BitmapLost { .. }
             | FleeceError::BitmapExists { .. }

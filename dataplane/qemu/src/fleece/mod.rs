@@ -5,6 +5,7 @@
 
 mod bitmap;
 mod cleanup;
+mod copy;
 mod error;
 pub mod names;
 mod nbd_server;
@@ -17,6 +18,7 @@ pub use bitmap::{
     LossReason, PROBE_BITMAP,
 };
 pub use cleanup::{cleanup_leftovers, remove_all_bitmaps, Leftovers};
+pub use copy::copy_need;
 pub use error::FleeceError;
 pub use nbd_server::{start_nbd_server, stop_nbd_server};
 pub use target::{check_room, free_bytes, scratch_need};

@@ -74,7 +74,7 @@ pub fn check_room(dir: &Path, need: u64) -> Result<(), FleeceError> {
 
 /// The cache options of the scratch image's nodes: flushes are skipped (see the top of this
 /// file); writes go through the page cache, as by default.
-fn scratch_cache() -> serde_json::Value {
+pub(crate) fn scratch_cache() -> serde_json::Value {
     json!({"direct": false, "no-flush": true})
 }
 
@@ -125,7 +125,7 @@ fn create_steps(
 }
 
 /// Runs one `blockdev-create` job to its end and dismisses it.
-fn run_create_job(
+pub(crate) fn run_create_job(
     qmp: &mut Qmp,
     job: &str,
     options: serde_json::Value,

@@ -38,6 +38,7 @@ use crate::nbd::{wire, NbdClient, NbdError};
 use crate::qmp::{Qmp, QmpError};
 
 use super::bitmap::{rollback, state_in, BitmapState};
+use super::copy::{copy_action, copy_need, create_copy_target, export_copy, wait_copied};
 use super::error::FleeceError;
 use super::names::{bitmap_name, ViewNames, MAX_DISKS};
 use super::target::{check_room, create_target, remove_target, scratch_need};
@@ -50,6 +51,10 @@ pub struct SwitchDisk {
     pub node: String,
     /// The bitmap started by the previous switch, `None` when protection starts.
     pub previous_bitmap: Option<String>,
+    /// Take qemu's copy of the previous bitmap's dirty blocks instead of a fleecing view
+    /// (`super::copy`): the guest waits only while qemu copies. Only for a disk whose next
+    /// read is its cycle (the copy holds nothing else); ignored without a previous bitmap.
+    pub copy: bool,
 }
 
 /// A disk's point-in-time view, exported over NBD, and the bitmaps of its switch.
@@ -72,7 +77,10 @@ pub struct View {
     pub previous_bitmap: Option<String>,
     /// The names of everything the view added to qemu.
     pub names: ViewNames,
-    /// The scratch image.
+    /// True when the view is qemu's copy of the previous bitmap's dirty blocks
+    /// (`super::copy`): it holds those blocks only, and zeros elsewhere.
+    pub copied: bool,
+    /// The scratch image (the copy's raw file when [`View::copied`]).
     pub scratch_path: PathBuf,
     /// The NBD server's socket the view is exported on.
     pub nbd_socket: PathBuf,
@@ -181,12 +189,22 @@ impl Fleecer {
         let views = self.plan(qmp, generation, disks)?;
         check_room(
             &self.scratch_dir,
-            views.iter().map(|v| scratch_need(v.size)).sum(),
+            views
+                .iter()
+                .map(|v| match v.copied {
+                    true => copy_need(v.size),
+                    false => scratch_need(v.size),
+                })
+                .sum(),
         )?;
 
         let mut ready: Vec<&View> = Vec::new();
         for v in &views {
-            if let Err(e) = create_target(qmp, &v.names, &v.scratch_path, v.size, self.wait_limit) {
+            let made = match v.copied {
+                true => create_copy_target(qmp, &v.names, &v.scratch_path, v.size, self.wait_limit),
+                false => create_target(qmp, &v.names, &v.scratch_path, v.size, self.wait_limit),
+            };
+            if let Err(e) = made {
                 for r in ready {
                     let _ = remove_target(qmp, &r.names, &r.scratch_path);
                 }
@@ -216,11 +234,19 @@ impl Fleecer {
         }
     }
 
-    /// After the cut: exports each view over NBD. On error the views go and the new
-    /// bitmaps are merged back into the previous ones (nothing of the switch is left).
+    /// After the cut: exports each view over NBD (a copy once qemu has made it: this waits
+    /// for qemu's copy jobs, so it runs outside any hold of other disks' writes). On error
+    /// the views go and the new bitmaps are merged back into the previous ones (nothing of
+    /// the switch is left).
     pub fn export(&self, qmp: &mut Qmp, views: &[View]) -> Result<(), FleeceError> {
         for v in views {
-            if let Err(e) = self.export_view(qmp, v) {
+            let done = match (v.copied, v.previous_bitmap.as_deref()) {
+                (true, Some(prev)) => {
+                    wait_copied(qmp, v, self.wait_limit).and_then(|()| export_copy(qmp, v, prev))
+                }
+                _ => self.export_view(qmp, v),
+            };
+            if let Err(e) = done {
                 let _ = self.teardown(qmp, views, false);
                 for v in views {
                     let _ = rollback(qmp, &v.node, &v.bitmap, v.previous_bitmap.as_deref());
@@ -303,6 +329,11 @@ impl Fleecer {
                 });
             }
             let names = ViewNames::new(generation, i);
+            let copied = d.copy && d.previous_bitmap.is_some();
+            let scratch_file = match copied {
+                true => names.scratch_file.replace(".qcow2", ".raw"),
+                false => names.scratch_file.clone(),
+            };
             views.push(View {
                 node: d.node.clone(),
                 generation,
@@ -311,7 +342,8 @@ impl Fleecer {
                 bitmap: bitmap.clone(),
                 persistent: n.drv == "qcow2",
                 previous_bitmap: d.previous_bitmap.clone(),
-                scratch_path: self.scratch_dir.join(&names.scratch_file),
+                scratch_path: self.scratch_dir.join(scratch_file),
+                copied,
                 names,
                 nbd_socket: self.nbd_socket.clone(),
             });
@@ -329,6 +361,10 @@ impl Fleecer {
         if let Some(prev) = &v.previous_bitmap {
             a.push(json!({"type": "block-dirty-bitmap-disable",
                           "data": {"node": v.node, "name": prev}}));
+            if v.copied {
+                a.push(copy_action(v, prev));
+                return a;
+            }
         }
         a.push(json!({"type": "blockdev-backup", "data": {
             "job-id": v.names.job,

@@ -85,6 +85,13 @@ pub struct Job {
     /// Set when the job failed.
     #[serde(default)]
     pub error: Option<String>,
+    /// Work done so far, in the job's own unit (bytes for a backup); with
+    /// [`Job::total_progress`], says whether a long job still moves.
+    #[serde(default, rename = "current-progress")]
+    pub current_progress: u64,
+    /// Work in all (it may grow while the job runs).
+    #[serde(default, rename = "total-progress")]
+    pub total_progress: u64,
 }
 
 /// A block export (`BlockExportInfo`, an element of `query-block-exports`).

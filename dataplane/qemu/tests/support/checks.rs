@@ -58,6 +58,7 @@ pub fn switch_disks(nodes: &[(&str, Option<&str>)]) -> Vec<SwitchDisk> {
         .map(|(n, p)| SwitchDisk {
             node: n.to_string(),
             previous_bitmap: p.map(str::to_string),
+            copy: false,
         })
         .collect()
 }

@@ -29,6 +29,8 @@ use super::state::{DiskState, StateDir, VmState};
 use super::QemuSpec;
 use crate::sender::SendError;
 
+#[path = "ctl_copy.rs"]
+mod copy;
 #[path = "ctl_cut.rs"]
 mod cut;
 #[path = "ctl_stop.rs"]
@@ -82,6 +84,9 @@ pub struct QemuVm {
     pub counters: Vec<Counters>,
     /// Per disk, its digest state, opened on first use.
     digests: Vec<Mutex<Option<ViewDigest>>>,
+    /// Per disk, whether its next switch may take qemu's copy of its dirty blocks
+    /// (`ctl_copy.rs`).
+    pub(super) copy_ok: Vec<std::sync::atomic::AtomicBool>,
     inner: Mutex<Inner>,
 }
 
@@ -115,6 +120,7 @@ impl QemuVm {
             name: vm,
             counters: disks.iter().map(|_| Counters::default()).collect(),
             digests: disks.iter().map(|_| Mutex::new(None)).collect(),
+            copy_ok: disks.iter().map(|_| Default::default()).collect(),
             disks,
             state,
             spec,
@@ -347,7 +353,8 @@ impl QemuVm {
             let disks: Vec<SwitchDisk> = self
                 .disks
                 .iter()
-                .map(|d| SwitchDisk {
+                .enumerate()
+                .map(|(i, d)| SwitchDisk {
                     node: d.node.clone(),
                     previous_bitmap: g
                         .st
@@ -355,6 +362,7 @@ impl QemuVm {
                         .get(&d.name)
                         .filter(|s| s.node == d.node)
                         .and_then(|s| s.bitmap.clone()),
+                    copy: self.copy_wanted(i),
                 })
                 .collect();
             let r = {

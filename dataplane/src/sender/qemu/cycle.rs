@@ -199,6 +199,14 @@ impl CycleSource for ViewCycle {
                 None
             }
         };
+        if self.view.is_copy() {
+            // qemu's copy holds the dirty blocks only (`vdrep_qemu::fleece`'s `copy.rs`):
+            // what lies outside them reads as zeros there, so it is refused instead. Its
+            // export is read-only: nothing is discarded, and nothing is spooled (the copy
+            // is qemu's spool; the guest no longer waits for it).
+            self.view
+                .fence(&clean_blocks(&extents, self.vm.disks[self.index].size));
+        }
         let discarding = self.discard_unread(&extents, tee.is_some());
         let spooled = match (&tee, discarding) {
             (Some(t), true) => self.spool(&extents, t)?,

@@ -181,6 +181,8 @@ async fn switch_and_ship(
           group_cycle = ?group.as_ref().map(|g| g.1),
           "qemu switch of the VM's disks (one transaction)");
     super::test_hook::after_switch().await;
+    // Copies are armed again only by a round that commits (`ctl_copy.rs`).
+    vm.disarm_copies();
     let mut advanced = vec![false; views.len()];
     let r = round(
         conn,
@@ -214,6 +216,7 @@ async fn switch_and_ship(
     )
     .await?;
     fin?;
+    vm.arm_copies(&advanced);
     sched.cycles.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
@@ -310,6 +313,20 @@ async fn round(
         .zip(opened.iter())
         .map(|(s, o)| s.as_ref()?.cycle(o.as_ref()?.committed_cycle))
         .collect();
+    for ((view, step), d) in views.iter().zip(&steps).zip(&vm.disks) {
+        if let Some(step) = step.filter(|s| view.copied && *s != Step::Cycle) {
+            // qemu's copy holds the dirty blocks only; this step reads more. The retry's
+            // switch takes a fleecing view (copies stay disarmed until a round commits).
+            return Err(SendError::Source {
+                vm: vm.name.clone(),
+                message: format!(
+                    "disk {}: the switch took qemu's copy of its dirty blocks, but its step is {step:?}; retrying with a fleecing view",
+                    d.name
+                ),
+                transient: true,
+            });
+        }
+    }
     super::point::record(vm, switch_unix_ms, group, &planned);
     for (i, ((job, view), reader)) in jobs.iter().zip(views).zip(&readers).enumerate() {
         let (Some(o), Some(step)) = (opened[i].as_mut(), steps[i]) else {

@@ -142,6 +142,23 @@ impl NbdView {
         self.client().can_trim()
     }
 
+    /// True when the view is qemu's copy of the cycle's dirty blocks
+    /// (`vdrep_qemu::fleece::View::copied`): nothing outside them may be read.
+    pub fn is_copy(&self) -> bool {
+        self.view.copied
+    }
+
+    /// Fences `ranges` (sorted, disjoint; each rounded inward to whole [`DISCARD_BLOCK`]s)
+    /// off without telling qemu: a read or block-status query touching them is refused as a
+    /// discarded one is. For a copy's clean blocks, which hold zeros, not the disk.
+    pub fn fence(&self, ranges: &[Range<u64>]) {
+        if let Ok(mut d) = self.discarded.lock() {
+            for b in ranges.iter().filter_map(whole_blocks) {
+                d.insert(b.start, b.end);
+            }
+        }
+    }
+
     /// Bytes given back to qemu so far.
     pub fn discarded_bytes(&self) -> u64 {
         self.discarded_bytes.load(Ordering::Relaxed)
