@@ -17,9 +17,26 @@ use vdrep_tests::qemu_rig::{
 
 const SIZE: u64 = 8 << 20;
 
+/// What the kill meets in qemu.
+#[derive(Clone, Copy, PartialEq)]
+enum Held {
+    /// A fleecing view (`VDREP_QEMU_VIEW=fleece`): export, snapshot node, backup job.
+    View,
+    /// qemu's copy of the cycle's dirty blocks (the default for a cycle): export and the
+    /// copy's file node; the job has ended.
+    Copy,
+    /// The first disk's view drained into its spool and removed (fleecing views).
+    Spooled,
+}
+
 #[test]
 fn a_sender_killed_mid_cycle_leaves_leftovers_that_the_next_start_removes_and_misses_no_write() {
-    killed_mid_cycle(false);
+    killed_mid_cycle(Held::View);
+}
+
+#[test]
+fn a_sender_killed_while_its_cycle_reads_qemus_copy_leaves_leftovers_that_the_next_start_removes() {
+    killed_mid_cycle(Held::Copy);
 }
 
 /// The cycle's view drained into its spool and removed (`sender/qemu/spool.rs`), its bitmap
@@ -27,12 +44,13 @@ fn a_sender_killed_mid_cycle_leaves_leftovers_that_the_next_start_removes_and_mi
 /// into the cycle's and ships every write again.
 #[test]
 fn a_sender_killed_after_its_cycle_was_spooled_and_its_view_removed_misses_no_write() {
-    killed_mid_cycle(true);
+    killed_mid_cycle(Held::Spooled);
 }
 
-/// Kills the sender in the third round, held by a test hook: with its views in place
-/// (`spooled` false), or with its first disk's view drained into its spool and removed.
-fn killed_mid_cycle(spooled: bool) {
+/// Kills the sender in the third round, held by a test hook: with its views or copies in
+/// place, or with its first disk's view drained into its spool and removed.
+fn killed_mid_cycle(held: Held) {
+    let spooled = held == Held::Spooled;
     let mut rig = Rig::new(SIZE);
     let w = NumberedWriter::new(SIZE);
     let stop = AtomicBool::new(false);
@@ -43,7 +61,10 @@ fn killed_mid_cycle(spooled: bool) {
     };
     // The spool is the default: the hook holds the drain's end, the view gone and the
     // cycle's last bytes not yet readable, so nothing commits before the kill.
-    let first = rig.send_every("send1.log", "300ms").env(hook, "3000");
+    let mut first = rig.send_every("send1.log", "300ms").env(hook, "3000");
+    if held != Held::Copy {
+        first = first.env("VDREP_QEMU_VIEW", "fleece");
+    }
     let mut child = first.spawn();
     assert!(
         wait_for_log(&first.log, SWITCHED, Duration::from_secs(60)),
@@ -70,11 +91,22 @@ fn killed_mid_cycle(spooled: bool) {
             let files = std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0);
             assert!(files > 0, "the kill did not hit a spooled cycle: {left:?}");
         } else {
+            let held_by = match held {
+                Held::Copy => "node vdrep-tf-",
+                _ => "job vdrep-",
+            };
             assert!(
                 left.iter().any(|o| o.starts_with("export vdrep-"))
-                    && left.iter().any(|o| o.starts_with("job vdrep-")),
-                "the kill did not hit a round with views in place: {left:?}"
+                    && left.iter().any(|o| o.starts_with(held_by)),
+                "the kill did not hit a round with its views or copies in place: {left:?}"
             );
+            if held == Held::Copy {
+                let log = read_log(&first.log);
+                assert!(
+                    log.contains("read from qemu's copy"),
+                    "no copy was read: {log}"
+                );
+            }
         }
         // Writes go on while no sender runs, and after it restarts.
         std::thread::sleep(Duration::from_millis(300));

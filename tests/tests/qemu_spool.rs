@@ -19,6 +19,8 @@ fn round(rig: &Rig, log: &str, bandwidth: Option<&str>) -> String {
     let mut snd = rig
         .send_every(log, "300ms")
         .env("VDREP_QEMU_SPOOL_MEMORY", "0")
+        // Fleecing views: qemu's copies need no spool.
+        .env("VDREP_QEMU_VIEW", "fleece")
         .arg("--max-cycles")
         .arg("1");
     if let Some(b) = bandwidth {

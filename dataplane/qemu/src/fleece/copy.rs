@@ -68,7 +68,11 @@ pub(crate) fn create_copy_target(
 }
 
 /// The copy job's transaction action (after the bitmap actions of the switch). The job is
-/// not dismissed by itself, so that its error can be read ([`wait_copied`]).
+/// neither finalized nor dismissed by itself ([`wait_copied`] does both): finalizing removes
+/// its copy-before-write filter, which drains the disk, and a job finalizing itself does
+/// that from whatever ran qemu's event loop. Inside a FUSE export's synchronous guest write
+/// that drain waits for the write that runs it: qemu-storage-daemon 10.0 hung so in the
+/// tests. Finalized from QMP, the drain runs between guest requests.
 pub(crate) fn copy_action(v: &View, previous_bitmap: &str) -> Value {
     json!({"type": "blockdev-backup", "data": {
         "job-id": v.names.job,
@@ -78,12 +82,13 @@ pub(crate) fn copy_action(v: &View, previous_bitmap: &str) -> Value {
         "bitmap": previous_bitmap,
         "bitmap-mode": "never",
         "filter-node-name": v.names.filter,
-        "auto-finalize": true,
+        "auto-finalize": false,
         "auto-dismiss": false,
     }})
 }
 
-/// Waits until the copy job of `v` has ended and dismisses it. A job that fails, or makes
+/// Waits until the copy job of `v` has copied, finalizes it (its filter leaves the disk)
+/// and dismisses it. A job that fails, or makes
 /// no progress for `stall_limit`, is an error (transient: the next round takes a new view
 /// from the same bitmap). A big cycle takes as long as qemu needs to copy it: only a stall
 /// is bounded.
@@ -103,6 +108,10 @@ pub(crate) fn wait_copied(
                 detail: format!("job {id} is gone before it ended"),
             });
         };
+        if job.status == "pending" {
+            qmp.execute("job-finalize", Some(json!({ "id": id })))?;
+            continue;
+        }
         if job.status == "concluded" {
             qmp.execute("job-dismiss", Some(json!({ "id": id })))?;
             return match job.error {

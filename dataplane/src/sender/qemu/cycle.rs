@@ -206,6 +206,8 @@ impl CycleSource for ViewCycle {
             // is qemu's spool; the guest no longer waits for it).
             self.view
                 .fence(&clean_blocks(&extents, self.vm.disks[self.index].size));
+            info!(vm = %self.vm.name, disk = %self.vm.disks[self.index].name, cycle = self.cycle,
+                  dirty_bytes = dirty, "qemu cycle: read from qemu's copy of its dirty blocks");
         }
         let discarding = self.discard_unread(&extents, tee.is_some());
         let spooled = match (&tee, discarding) {
