@@ -120,7 +120,9 @@ impl QemuVm {
             name: vm,
             counters: disks.iter().map(|_| Counters::default()).collect(),
             digests: disks.iter().map(|_| Mutex::new(None)).collect(),
-            copy_ok: disks.iter().map(|_| Default::default()).collect(),
+            // Armed from the start: a complete digest table means the disk's copy or resync
+            // committed (`ctl_copy.rs`).
+            copy_ok: disks.iter().map(|_| true.into()).collect(),
             disks,
             state,
             spec,

@@ -1,12 +1,13 @@
 //! Which disks' switches take qemu's copy of their dirty blocks instead of a fleecing view
 //! (`vdrep_qemu::fleece`'s `copy.rs`: the guest waits only while qemu copies, not while
 //! vdrep reads). A copy holds the previous bitmap's blocks and nothing else, so it serves
-//! a cycle only: a disk gets one when its last round committed its step (the receiver
-//! holds its replica, so this round is a cycle unless something changed), it has no
-//! resync mark and its digest table is complete (an incomplete one is computed from the
-//! whole view). Anything else (the first round of a connection, a failed round) takes a
-//! fleecing view; a copy that meets another step after all fails the round, transiently,
-//! and the retry takes a fleecing view.
+//! a cycle only: a disk gets one when it has a previous bitmap, no resync mark and a
+//! complete digest table (the table is made stale when a copy or resync starts and
+//! computed again once it commits, so a complete one says the receiver holds the replica;
+//! an incomplete one is computed from the whole view), and no round of this process failed
+//! since its last commit. After a failed round the switch takes fleecing views until a
+//! round commits; a copy that meets another step after all (the receiver lost the
+//! replica) fails the round, transiently, and the retry takes a fleecing view.
 
 use std::sync::atomic::Ordering;
 
