@@ -12,6 +12,10 @@
 //! 0.89 s and 1.0 CPU-s of qemu-storage-daemon, against a view drained over NBD of
 //! 1.6–2.0 s with 1.3–1.6 CPU-s of qemu-storage-daemon and 0.9 of the drain; 12–17 guest
 //! writes inside it were slow, against 520–590, and the guest lost 0.88 s against 1.6–1.9 s.
+//! The price: those few writes waited up to 0.27 s each (the guest's writes nearly stop
+//! while qemu copies, where a drained view lets ~1,100 through at a p99 of 18–24 ms).
+//! `blockdev-backup`'s `x-perf` (fewer workers, smaller chunks) traded that back for more
+//! slow writes and a longer copy (`drain_rig_s18_backup.txt`); qemu's defaults are kept.
 //!
 //! Only a cycle's view can be a copy: it holds the dirty blocks alone (each 64 KiB
 //! block-copy cluster touched by the bitmap, which is every digest piece a dirty extent
