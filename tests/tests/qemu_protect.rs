@@ -234,6 +234,15 @@ fn initial_replication_holds_the_disks_at_protection_start_and_cycles_converge_r
             .count();
         eprintln!("{disk}: cycles read from qemu's copies (both disks): {copies}");
         assert!(copies > 0, "{disk}: no cycle read qemu's copy");
+        // Read from the file itself (the test runs as qemu's user), not over NBD.
+        assert!(
+            res.log
+                .lines()
+                .filter(|l| l.contains("read from qemu's copy"))
+                .all(|l| l.contains("from_file=true")),
+            "a copy was read over NBD: {}",
+            res.log
+        );
         assert_eq!(refused, 0, "{disk}: reads of discarded ranges");
     }
 

@@ -207,7 +207,8 @@ impl CycleSource for ViewCycle {
             self.view
                 .fence(&clean_blocks(&extents, self.vm.disks[self.index].size));
             info!(vm = %self.vm.name, disk = %self.vm.disks[self.index].name, cycle = self.cycle,
-                  dirty_bytes = dirty, "qemu cycle: read from qemu's copy of its dirty blocks");
+                  dirty_bytes = dirty, from_file = self.view.reads_file(),
+                  "qemu cycle: read from qemu's copy of its dirty blocks");
         }
         let discarding = self.discard_unread(&extents, tee.is_some());
         let spooled = match (&tee, discarding) {

@@ -89,6 +89,9 @@ pub struct NbdView {
     refused: AtomicU64,
     /// Trims qemu failed (their ranges stay refused all the same).
     trim_failures: AtomicU64,
+    /// A copy's file, read directly (`None`: over NBD): it is local, and NBD costs
+    /// qemu-storage-daemon a read, a socket copy and CPU per byte on the guest's cores.
+    local: Option<std::fs::File>,
 }
 
 /// A view read that failed because qemu went away (its NBD connection lost, the export
@@ -134,6 +137,7 @@ impl NbdView {
             discarded_bytes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             trim_failures: AtomicU64::new(0),
+            local: view.copied.then(|| open_copy(view)).flatten(),
         })
     }
 
@@ -146,6 +150,11 @@ impl NbdView {
     /// (`vdrep_qemu::fleece::View::copied`): nothing outside them may be read.
     pub fn is_copy(&self) -> bool {
         self.view.copied
+    }
+
+    /// True when a copy is read from its file, not over NBD.
+    pub fn reads_file(&self) -> bool {
+        self.local.is_some()
     }
 
     /// Fences `ranges` (sorted, disjoint; each rounded inward to whole [`DISCARD_BLOCK`]s)
@@ -434,12 +443,34 @@ impl VirtualDisk for NbdView {
     /// reads counted. `None` when no connection can be had: the CPU threads then read as
     /// before, and report what failed.
     fn read_queue(&self) -> Option<Box<dyn ReadQueue + '_>> {
+        if self.local.is_some() {
+            return None; // Page-cache reads: nothing to keep in flight.
+        }
         let client = self.ahead_client().ok()?;
         Some(Box::new(ViewQueue {
             view: self,
             q: Some(nbd::ReadQueue::new(client, VIEW_READ_AHEAD)),
             started: Vec::new(),
         }))
+    }
+}
+
+/// Opens a copy's file for reading, `None` (read over NBD) when vdrep may not: qemu made it,
+/// under its own user, and its size must be the disk's.
+fn open_copy(view: &View) -> Option<std::fs::File> {
+    let f = std::fs::File::open(&view.scratch_path);
+    match f.and_then(|f| Ok((f.metadata()?.len(), f))) {
+        Ok((len, f)) if len == view.size => Some(f),
+        Ok((len, _)) => {
+            warn!(file = %view.scratch_path.display(), len, size = view.size,
+                  "qemu's copy is not the disk's size; reading it over NBD");
+            None
+        }
+        Err(e) => {
+            warn!(file = %view.scratch_path.display(), error = %e,
+                  "cannot open qemu's copy; reading it over NBD");
+            None
+        }
     }
 }
 
@@ -581,6 +612,18 @@ impl NbdView {
             });
         }
         self.check_kept("read", offset, offset + len)?;
+        if let Some(f) = &self.local {
+            use std::os::unix::fs::FileExt;
+            // Gone or cut short under us: the view is broken; a retry takes a new one.
+            return f.read_exact_at(buf, offset).map_err(|e| {
+                let kind = std::io::ErrorKind::NotConnected;
+                DiskError::io(
+                    &self.view.scratch_path,
+                    offset,
+                    std::io::Error::new(kind, e),
+                )
+            });
+        }
         self.client()
             .read(offset, buf)
             .map_err(|e| nbd_err(&self.info.path, offset, e))
