@@ -23,6 +23,11 @@
 //!    nor its block status asked, of any context (qemu answers every negotiated context,
 //!    `base:allocation` included): list the dirty extents before trimming.
 //!
+//! A cycle's disk may instead take qemu's copy of its previous bitmap's blocks
+//! ([`SwitchDisk::copy`], `copy.rs`): in step 2 the backup is `sync=bitmap` into a raw
+//! file, step 3 is skipped, and step 4 waits for the copy (holding the caller's lock on the
+//! VM: about a second per GiB) and exports the file read-only with the bitmap.
+//!
 //! Invariant (never under-approximate): because one transaction starts the new bitmap,
 //! stops the old one and inserts the filter, every guest write lands either before the
 //! instant (in the old bitmap and in the view) or after it (in the new bitmap, not in the
