@@ -6,10 +6,10 @@
 //! rightly does: a closed log never changes) would commit a point that mixes two instants
 //! and lose those writes for good (the bitmap that had them is dropped at the commit).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vdrep_store::sink::local::state::decode;
-use vdrep_tests::procs::{finish, read_log};
+use vdrep_tests::procs::read_log;
 use vdrep_tests::qemu_rig::{compare, snapshot, wait_until, Rig, SWITCHED};
 
 const SIZE: u64 = 16 << 20;
@@ -45,9 +45,7 @@ fn rounds(rig: &Rig, log: &str, rounds: u64) -> String {
         .send_every(log, "300ms")
         .arg("--max-cycles")
         .arg(&rounds.to_string());
-    let t0 = Instant::now();
-    let child = snd.spawn();
-    let res = finish(child, t0, Duration::from_secs(120), &snd.log);
+    let res = snd.run(Duration::from_secs(120));
     assert!(res.status.success(), "{log}: {}\n{}", res.status, res.log);
     res.log
 }

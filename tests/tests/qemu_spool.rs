@@ -4,10 +4,9 @@
 //! punched behind the reader), so a read that reached a freed run would get zeros, not the
 //! guest's bytes. The point must equal the disks, and the next cycle too.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vdrep_tests::bytes::noise;
-use vdrep_tests::procs::finish;
 use vdrep_tests::qemu_rig::{spool_file_bytes, Rig};
 
 const SIZE: u64 = 32 << 20;
@@ -26,9 +25,7 @@ fn round(rig: &Rig, log: &str, bandwidth: Option<&str>) -> String {
     if let Some(b) = bandwidth {
         snd = snd.arg("--bandwidth").arg(b);
     }
-    let t0 = Instant::now();
-    let child = snd.spawn();
-    let res = finish(child, t0, Duration::from_secs(120), &snd.log);
+    let res = snd.run(Duration::from_secs(120));
     assert!(res.status.success(), "{log}: {}\n{}", res.status, res.log);
     res.log
 }

@@ -126,6 +126,18 @@ class Writer(threading.Thread):
             s.rec.append((t0, d, off >> 16, off)); i += 1
 
 
+def in_window(wr, t_view, t_end):
+    """The latencies of the writes started in [t_view, t_end), and of those among them that
+    were the first to their 64 KiB block."""
+    seen = set(); first, allw = [], []
+    for (t, lat, c, _) in list(wr.rec):
+        if t_view <= t < t_end:
+            allw.append(lat)
+            if c not in seen:
+                seen.add(c); first.append(lat)
+    return allw, first
+
+
 def proc_cpu(pid):
     """CPU-s (user + system) process `pid` has used."""
     f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
@@ -241,12 +253,7 @@ def main():
             path = os.path.join(SCR, f'scratch-{i}')
             if var.startswith('backup'):
                 t_view, t_end, dirty, alloc, qcpu = backup(q, path, float(opts.get('warm', '30')), qsd.pid, perf_of(opts))
-                seen = set(); first, allw = [], []
-                for (t, lat, c, _) in list(wr.rec):
-                    if t_view <= t < t_end:
-                        allw.append(lat)
-                        if c not in seen:
-                            seen.add(c); first.append(lat)
+                allw, first = in_window(wr, t_view, t_end)
                 r = {'job_s': round((t_end - t_view) / 1e9, 3), 'qsd_cpu_s': round(qcpu, 2),
                      'dirty_bytes': dirty, 'target_bytes': alloc,
                      'all': stats(allw), 'first': stats(first)}
@@ -264,12 +271,7 @@ def main():
             t_end = time.monotonic_ns()
             cpu1 = proc_cpu(qsd.pid); ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             drain_cpu = (ch1.ru_utime + ch1.ru_stime) - (ch0.ru_utime + ch0.ru_stime)
-            seen = set(); first, allw = [], []
-            for (t, lat, c, _) in list(wr.rec):
-                if t_view <= t < t_end:
-                    allw.append(lat)
-                    if c not in seen:
-                        seen.add(c); first.append(lat)
+            allw, first = in_window(wr, t_view, t_end)
             r = {'drain_s': round((d['t1'] - d['t0']) / 1e9, 3), 'view_s': round((t_end - t_view) / 1e9, 3),
                  'qsd_cpu_s': round(cpu1 - cpu0, 2), 'drain_cpu_s': round(drain_cpu, 2),
                  'all': stats(allw), 'first': stats(first)}

@@ -32,7 +32,7 @@ use crate::qmp::{Qmp, QmpError};
 
 use super::error::FleeceError;
 use super::names::ViewNames;
-use super::target::{remove_target, run_create_job, scratch_cache};
+use super::target::{create_file_node, remove_target};
 use super::view::View;
 use super::wait::POLL_INTERVAL;
 
@@ -52,19 +52,7 @@ pub(crate) fn create_copy_target(
     size: u64,
     limit: Duration,
 ) -> Result<(), FleeceError> {
-    let r = (|| {
-        let filename = path.to_string_lossy();
-        let file = json!({"driver": "file", "filename": filename, "size": size});
-        run_create_job(qmp, &names.create_job, file, path, limit)?;
-        qmp.execute(
-            "blockdev-add",
-            Some(
-                json!({"driver": "file", "node-name": names.target_file, "filename": filename,
-                        "cache": scratch_cache()}),
-            ),
-        )?;
-        Ok(())
-    })();
+    let r = create_file_node(qmp, names, path, size, limit);
     if r.is_err() {
         let _ = remove_target(qmp, names, path);
     }

@@ -74,7 +74,7 @@ pub fn check_room(dir: &Path, need: u64) -> Result<(), FleeceError> {
 
 /// The cache options of the scratch image's nodes: flushes are skipped (see the top of this
 /// file); writes go through the page cache, as by default.
-pub(crate) fn scratch_cache() -> serde_json::Value {
+fn scratch_cache() -> serde_json::Value {
     json!({"direct": false, "no-flush": true})
 }
 
@@ -101,17 +101,7 @@ fn create_steps(
     size: u64,
     limit: Duration,
 ) -> Result<(), FleeceError> {
-    // qemu creates the file itself, so it owns it with its own user and umask.
-    let filename = path.to_string_lossy();
-    let file = json!({"driver": "file", "filename": filename, "size": 0});
-    run_create_job(qmp, &names.create_job, file, path, limit)?;
-    qmp.execute(
-        "blockdev-add",
-        Some(
-            json!({"driver": "file", "node-name": names.target_file, "filename": filename,
-                    "cache": scratch_cache()}),
-        ),
-    )?;
+    create_file_node(qmp, names, path, 0, limit)?;
     let qcow2 = json!({"driver": "qcow2", "file": names.target_file, "size": size});
     run_create_job(qmp, &names.create_job, qcow2, path, limit)?;
     qmp.execute(
@@ -124,8 +114,31 @@ fn create_steps(
     Ok(())
 }
 
+/// Creates file `path` of `size` bytes (sparse) and opens it as node `names.target_file`,
+/// with the scratch image's cache options. qemu creates the file itself, so it owns it with
+/// its own user and umask.
+pub(crate) fn create_file_node(
+    qmp: &mut Qmp,
+    names: &ViewNames,
+    path: &Path,
+    size: u64,
+    limit: Duration,
+) -> Result<(), FleeceError> {
+    let filename = path.to_string_lossy();
+    let file = json!({"driver": "file", "filename": filename, "size": size});
+    run_create_job(qmp, &names.create_job, file, path, limit)?;
+    qmp.execute(
+        "blockdev-add",
+        Some(
+            json!({"driver": "file", "node-name": names.target_file, "filename": filename,
+                    "cache": scratch_cache()}),
+        ),
+    )?;
+    Ok(())
+}
+
 /// Runs one `blockdev-create` job to its end and dismisses it.
-pub(crate) fn run_create_job(
+fn run_create_job(
     qmp: &mut Qmp,
     job: &str,
     options: serde_json::Value,
