@@ -177,7 +177,9 @@ def backup(q, path, warm, qsd_pid, perf):
     q.cmd('blockdev-create', **{'job-id': 'mk', 'options': {'driver': 'file', 'filename': path, 'size': DISK}}); q.job('mk')
     cache = {'direct': False, 'no-flush': True}
     q.cmd('blockdev-add', **{'driver': 'file', 'node-name': 'tf', 'filename': path, 'cache': cache})
-    dirty = [b for d in q.cmd('query-block') for b in d.get('inserted', {}).get('dirty-bitmaps', []) if b['name'] == 'bm0']
+    # qemu-storage-daemon has no devices (`query-block` is empty): ask the node.
+    dirty = [b for n in q.cmd('query-named-block-nodes') if n.get('node-name') == 'disk0'
+             for b in n.get('dirty-bitmaps', []) if b.get('name') == 'bm0']
     cpu0 = proc_cpu(qsd_pid)
     t = time.monotonic_ns()
     q.cmd('transaction', actions=[
