@@ -1,7 +1,9 @@
 //! A checkpoint's fdatasync does not stop the disk's writes (issue 21): the local store
-//! syncs the working image without its lock and takes the lock only to record progress.
-//! The durability model ([`SimFs`]) holds the sync on demand, so each test writes while a
-//! checkpoint is inside its fdatasync and then checks what a crash keeps.
+//! syncs the working image without its lock, and makes its new state record durable while
+//! the writes go on (`sink/local/locks.rs`), holding off only other changes of the record.
+//! The durability model ([`SimFs`]) holds a sync on demand, so each test writes while a
+//! checkpoint is inside its fdatasync or its record's fsync and then checks what a crash
+//! keeps.
 
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -104,6 +106,66 @@ fn a_copy_write_proceeds_while_a_checkpoint_syncs_and_only_the_snapshot_is_claim
     let d = open(&fs);
     assert_eq!(d.state().progress, RangeSet::from_range(0, PART));
     assert_eq!(&d.read(0, PART as usize).unwrap()[..], &bytes(1)[..]);
+}
+
+#[test]
+fn a_copy_write_proceeds_while_a_checkpoint_makes_its_record_durable() {
+    let fs = SimFs::new();
+    let paths = store(&fs).paths(&key());
+    let d = open(&fs);
+    d.write(0, &bytes(1)).unwrap();
+    let hold = fs.hold_next_file_sync(&paths.state_tmp);
+    let cp = checkpoint_held(&d, &hold, RangeSet::from_range(0, PART));
+    assert!(
+        write_during(&d, &hold, PART, bytes(2)),
+        "a write waited for the checkpoint's state record to become durable"
+    );
+    // The new progress is published only once its record is durable.
+    assert_eq!(d.state().progress, RangeSet::new());
+    hold.release();
+    cp.join().unwrap().expect("the checkpoint succeeds");
+    assert_eq!(d.state().progress, RangeSet::from_range(0, PART));
+    drop(d);
+    fs.crash(Crash::DropVolatile);
+    let d = open(&fs);
+    assert_eq!(d.state().progress, RangeSet::from_range(0, PART));
+    assert_eq!(&d.read(0, PART as usize).unwrap()[..], &bytes(1)[..]);
+}
+
+#[test]
+fn a_commit_waits_for_a_checkpoint_persisting_its_record_and_is_not_undone_by_it() {
+    let fs = SimFs::new();
+    let paths = store(&fs).paths(&key());
+    let d = open(&fs);
+    d.write(0, &bytes(1)).unwrap();
+    d.write(PART, &bytes(2)).unwrap();
+    // The checkpoint that claims the whole disk, held at its record's fsync: the commit,
+    // which needs that claim, must see it published, and the checkpoint must not publish
+    // its (older) record over the commit's.
+    let hold = fs.hold_next_file_sync(&paths.state_tmp);
+    let cp = checkpoint_held(&d, &hold, RangeSet::from_range(0, SIZE));
+    let commit = {
+        let d = d.clone();
+        thread::spawn(move || d.commit_initial(&point(0)))
+    };
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        !commit.is_finished(),
+        "a commit ran while a checkpoint was persisting its record"
+    );
+    hold.release();
+    cp.join().unwrap().expect("the checkpoint succeeds");
+    commit.join().unwrap().expect("the commit succeeds");
+    let st = d.state();
+    assert!(!st.initial_in_progress, "the checkpoint undid the commit");
+    drop(d);
+    fs.crash(Crash::DropVolatile);
+    let d = open(&fs);
+    assert!(!d.state().initial_in_progress);
+    assert_eq!(
+        &d.read_committed(0, 2 * PART as usize).unwrap()[..],
+        &[bytes(1), bytes(2)].concat()[..]
+    );
 }
 
 #[test]

@@ -277,6 +277,16 @@ impl LocalDisk {
         // The cycle's own copy of the bytes is made without the disk's lock, which
         // serialises every write of the cycle: the lock is taken again after the copy and
         // the target checked anew. The copy goes into a reused buffer (`super::cycle_bufs`).
+        // A copy's write is told so under the read lock: the write lock would wait for a
+        // checkpoint that is making its state record durable (`locks.rs`).
+        {
+            let inner = self.read_inner();
+            let target =
+                lifecycle::write_target(&inner.working_path, op, &inner.rec.disk, offset, len);
+            if matches!(target, Ok(Target::Copy)) {
+                return None;
+            }
+        }
         let bufs = Bufs::global();
         let mut owned: Option<Vec<u8>> = None;
         loop {

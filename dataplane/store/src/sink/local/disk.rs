@@ -2,7 +2,7 @@
 //! crash-safe steps of checkpoint, commit and a new full copy.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use bytes::{Bytes, BytesMut};
 use vdrep_proto::{Guid, RangeSet};
@@ -74,7 +74,9 @@ pub struct LocalDisk {
     key: DiskKey,
     pub(super) fs: Arc<dyn StoreFs>,
     pub(super) paths: DiskPaths,
-    inner: RwLock<Inner>,
+    /// See `locks.rs`: `records` before `inner`.
+    pub(super) inner: RwLock<Inner>,
+    pub(super) records: Mutex<()>,
     undo: Mutex<UndoCache>,
     /// Bytes an open cycle buffers before writing them into the replica.
     pub(super) cycle_buffer: usize,
@@ -221,6 +223,7 @@ impl LocalDisk {
             key,
             fs,
             paths,
+            records: Mutex::new(()),
             inner: RwLock::new(Inner {
                 rec: st,
                 working: Some(working),
@@ -243,12 +246,6 @@ impl LocalDisk {
         &self.paths
     }
 
-    pub(super) fn read_inner(&self) -> RwLockReadGuard<'_, Inner> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner())
-    }
-    pub(super) fn write_inner(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(|p| p.into_inner())
-    }
     pub(super) fn undo_cache(&self) -> MutexGuard<'_, UndoCache> {
         self.undo.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -436,21 +433,27 @@ impl ReplicaDisk for LocalDisk {
         // cycle reads its pre-images from the disk instead of the cache, as a receiver into
         // Azure does.
         file.drop_cache();
-        let mut inner = self.write_inner();
+        // The record's writers wait from here on; the data path's writes do not, while the
+        // new record is made durable (two journal commits, `locks.rs`).
+        let records = self.records();
+        let inner = self.read_inner();
         if Era::of(&inner, &file) != era {
             // A commit or a new copy ran meanwhile (not the receiver's order: it serialises
             // them with checkpoints): do it all again under the lock.
-            return self.checkpoint_locked(&mut inner, durable);
+            drop(inner);
+            return self.checkpoint_locked(&mut self.write_inner_holding(records), durable);
         }
         // Data first, then the progress that claims it.
-        if let Some(disk) = lifecycle::checkpoint(&path, &inner.rec.disk, durable)? {
-            let next = Record {
-                disk,
-                ..inner.rec.clone()
-            };
-            self.persist(&next)?;
-            inner.rec = next;
-        }
+        let Some(disk) = lifecycle::checkpoint(&path, &inner.rec.disk, durable)? else {
+            return Ok(());
+        };
+        let next = Record {
+            disk,
+            ..inner.rec.clone()
+        };
+        drop(inner);
+        self.persist(&next)?;
+        self.write_inner_holding(records).rec = next;
         Ok(())
     }
 

@@ -12,6 +12,7 @@ mod cycle_bufs;
 mod disk;
 mod files;
 pub mod fs;
+mod locks;
 pub mod log;
 mod points;
 mod reader;

@@ -73,6 +73,8 @@ struct State {
     failing_syncs: u32,
     /// The next sync of these inodes waits (see [`SimFs::hold_next_sync`]).
     holds: HashMap<u64, SyncHold>,
+    /// The next whole-file sync of these paths waits (see [`SimFs::hold_next_file_sync`]).
+    file_holds: HashMap<PathBuf, SyncHold>,
 }
 
 impl State {
@@ -183,6 +185,18 @@ impl SimFs {
         let hold = SyncHold::default();
         st.holds.insert(ino, hold.clone());
         Ok(hold)
+    }
+
+    /// Makes the next [`StoreFs::sync_file`](crate::sink::local::fs::StoreFs::sync_file) of
+    /// `path` wait until the returned hold is released: a small file's fsync (a disk's state
+    /// record, written to a temporary name and synced before its rename), which a test may
+    /// name before the file exists, since the store creates it just before syncing it.
+    pub fn hold_next_file_sync(&self, path: &Path) -> SyncHold {
+        let hold = SyncHold::default();
+        self.lock()
+            .file_holds
+            .insert(path.to_path_buf(), hold.clone());
+        hold
     }
 
     /// Lets only the next `ops` changing operations (writes, syncs, creates, renames,

@@ -46,6 +46,10 @@ impl StoreFs for SimFs {
         Ok(())
     }
     fn sync_file(&self, path: &Path) -> io::Result<()> {
+        let hold = self.lock().file_holds.remove(path);
+        if let Some(h) = hold {
+            h.enter_and_wait();
+        }
         let mut st = self.lock();
         st.spend()?;
         let ino = SimFs::ino(&st, path)?;
