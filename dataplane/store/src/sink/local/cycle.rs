@@ -274,9 +274,6 @@ impl LocalDisk {
         len: u64,
         data: Option<&[&[u8]]>,
     ) -> Option<Result<(), SinkError>> {
-        // The cycle's own copy of the bytes is made without the disk's lock, which
-        // serialises every write of the cycle: the lock is taken again after the copy and
-        // the target checked anew. The copy goes into a reused buffer (`super::cycle_bufs`).
         // A copy's write is told so under the read lock: the write lock would wait for a
         // checkpoint that is making its state record durable (`locks.rs`).
         {
@@ -287,6 +284,9 @@ impl LocalDisk {
                 return None;
             }
         }
+        // The cycle's own copy of the bytes is made without the disk's lock, which
+        // serialises every write of the cycle: the lock is taken again after the copy and
+        // the target checked anew. The copy goes into a reused buffer (`super::cycle_bufs`).
         let bufs = Bufs::global();
         let mut owned: Option<Vec<u8>> = None;
         loop {

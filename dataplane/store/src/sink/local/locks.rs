@@ -1,14 +1,14 @@
 //! The two locks of an open disk and their order.
 //!
-//! `inner` (a read-write lock) guards the disk's state record and open images: every write
-//! of the data path reads it, every change of the record writes it. `records` (a mutex)
+//! `inner` (a read-write lock) guards the disk's state record and open images: a copy's
+//! writes read it, a cycle's writes and every change of the record write it. `records` (a mutex)
 //! serialises the changes of the record: whoever changes it holds `records` from reading
 //! the record to publishing the new one, and takes it *before* `inner`.
 //!
 //! Why two: a checkpoint makes its new record durable with two fsyncs (the record, then its
 //! folder), each a journal commit on ext4 — 50–120 ms on the bench machine's disk, at every
 //! checkpoint (twice a second). Under `inner`'s write lock that stopped every write of the
-//! copy for that long: 10 % of a 2 GiB copy's time on the bench's veth link
+//! copy for that long, about once a second on the bench's veth link
 //! (`bench/results/ANALYSIS.md`, session 19). Holding only `records` (and `inner` for
 //! reading) while it persists, a checkpoint lets the data path go on, and no other change
 //! of the record can slip in between its read and its publication.
