@@ -43,6 +43,13 @@ fn point(cycle: u64) -> RecoveryPoint {
     }
 }
 
+/// Closes `d`, cuts the power (what was not made durable is lost) and opens the disk again.
+fn power_cut(fs: &SimFs, d: Arc<dyn ReplicaDisk>) -> Arc<dyn ReplicaDisk> {
+    drop(d);
+    fs.crash(Crash::DropVolatile);
+    open(fs)
+}
+
 /// Starts `checkpoint(durable)` on a thread and waits until its sync is held.
 fn checkpoint_held(
     d: &Arc<dyn ReplicaDisk>,
@@ -101,9 +108,7 @@ fn a_copy_write_proceeds_while_a_checkpoint_syncs_and_only_the_snapshot_is_claim
 
     // A power cut now keeps the claim and its bytes; the write made during the sync was
     // never claimed.
-    drop(d);
-    fs.crash(Crash::DropVolatile);
-    let d = open(&fs);
+    let d = power_cut(&fs, d);
     assert_eq!(d.state().progress, RangeSet::from_range(0, PART));
     assert_eq!(&d.read(0, PART as usize).unwrap()[..], &bytes(1)[..]);
 }
@@ -125,9 +130,7 @@ fn a_copy_write_proceeds_while_a_checkpoint_makes_its_record_durable() {
     hold.release();
     cp.join().unwrap().expect("the checkpoint succeeds");
     assert_eq!(d.state().progress, RangeSet::from_range(0, PART));
-    drop(d);
-    fs.crash(Crash::DropVolatile);
-    let d = open(&fs);
+    let d = power_cut(&fs, d);
     assert_eq!(d.state().progress, RangeSet::from_range(0, PART));
     assert_eq!(&d.read(0, PART as usize).unwrap()[..], &bytes(1)[..]);
 }
@@ -158,9 +161,7 @@ fn a_commit_waits_for_a_checkpoint_persisting_its_record_and_is_not_undone_by_it
     commit.join().unwrap().expect("the commit succeeds");
     let st = d.state();
     assert!(!st.initial_in_progress, "the checkpoint undid the commit");
-    drop(d);
-    fs.crash(Crash::DropVolatile);
-    let d = open(&fs);
+    let d = power_cut(&fs, d);
     assert!(!d.state().initial_in_progress);
     assert_eq!(
         &d.read_committed(0, 2 * PART as usize).unwrap()[..],
@@ -266,9 +267,7 @@ fn a_held_cycle_checkpoint_records_its_progress_after_the_sync() {
     hold.release();
     cp.join().unwrap().unwrap();
     assert_eq!(d.state().progress, RangeSet::from_range(0, PART));
-    drop(d);
-    fs.crash(Crash::DropVolatile);
-    let d = open(&fs);
+    let d = power_cut(&fs, d);
     assert_eq!(d.state().progress, RangeSet::from_range(0, PART));
     assert_eq!(&d.read(0, PART as usize).unwrap()[..], &bytes(11)[..]);
     assert_eq!(

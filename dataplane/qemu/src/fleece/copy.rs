@@ -32,7 +32,7 @@ use crate::qmp::{Qmp, QmpError};
 
 use super::error::FleeceError;
 use super::names::ViewNames;
-use super::target::{create_file_node, remove_target};
+use super::target::{create_file_node, created_or_removed};
 use super::view::View;
 use super::wait::POLL_INTERVAL;
 
@@ -52,11 +52,9 @@ pub(crate) fn create_copy_target(
     size: u64,
     limit: Duration,
 ) -> Result<(), FleeceError> {
-    let r = create_file_node(qmp, names, path, size, limit);
-    if r.is_err() {
-        let _ = remove_target(qmp, names, path);
-    }
-    r
+    created_or_removed(qmp, names, path, |q| {
+        create_file_node(q, names, path, size, limit)
+    })
 }
 
 /// The copy job's transaction action (after the bitmap actions of the switch). The job is

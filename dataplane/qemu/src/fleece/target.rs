@@ -87,7 +87,21 @@ pub(crate) fn create_target(
     size: u64,
     limit: Duration,
 ) -> Result<(), FleeceError> {
-    let r = create_steps(qmp, names, path, size, limit);
+    created_or_removed(qmp, names, path, |q| {
+        create_steps(q, names, path, size, limit)
+    })
+}
+
+/// Runs `steps`, which create a view's target at `path`; on failure removes whatever they
+/// created, so no half-made target outlives the error (the scratch image and the copy's
+/// file alike).
+pub(crate) fn created_or_removed(
+    qmp: &mut Qmp,
+    names: &ViewNames,
+    path: &Path,
+    steps: impl FnOnce(&mut Qmp) -> Result<(), FleeceError>,
+) -> Result<(), FleeceError> {
+    let r = steps(qmp);
     if r.is_err() {
         let _ = remove_target(qmp, names, path);
     }
