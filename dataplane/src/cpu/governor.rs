@@ -67,8 +67,13 @@ pub const STALE: Duration = Duration::from_secs(20);
 pub const TAU: Duration = Duration::from_secs(10);
 /// The start of a run, measured at no level: connection set-up, TLS, the threads starting
 /// and the queue of prepared extents filling cost CPU that no level's bytes caused (on the
-/// bench at 0.10 cores level 1 read 10 % dearer over seconds 1–2 than later).
-const START: Duration = Duration::from_secs(2);
+/// bench at 0.10 cores level 1 read 10 % dearer over seconds 1–2 than later). Four seconds,
+/// not two: at 0.17 cores on the Zen 1 machine (session 20) level 1 measured over seconds
+/// 2–3.4 of a run cost 8.5 CPU-s per GiB of data in one run and 6.9 in the next, against
+/// 7.4 over the whole run; judged on the dear figure, the first step down (to −1, dearer per
+/// byte on that data and 10 % more bytes) looked cheaper and stayed for the run's last
+/// 20 s, until level 1's figure went stale (0.92–0.98× the zstd pipe instead of 1.0×).
+const START: Duration = Duration::from_secs(4);
 /// Least span of samples the link's pace is read over.
 const LINK_SPAN: Duration = Duration::from_millis(500);
 /// Longest span the link's pace and the CPU rate are measured over.
