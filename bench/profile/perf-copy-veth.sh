@@ -9,6 +9,8 @@
 # vdrep-prof), removed on exit. Writes OUTDIR/send.data, OUTDIR/recv.data (perf report -i ...
 # --children --sort sym), OUTDIR/send.json and OUTDIR/{send,recv}.time (/usr/bin/time: CPU-s).
 # PERF_ARGS replaces the sampling options; PERF_ARGS=none runs without perf (CPU-s only).
+# RATE (bits/s, e.g. 100000000) shapes the sender's side with tc tbf as the bench's 100mbit
+# shape does (burst rate/800, at least 64 KiB; latency 50 ms); unset: unlimited.
 set -eu
 bin=$(realpath "$1"); img=$(realpath "$2"); out=$3
 shift 3
@@ -33,6 +35,10 @@ ip -n "$snd" addr add 10.231.77.1/30 dev vdb-snd
 ip -n "$rcv" addr add $addr/30 dev vdb-rcv
 for ns in "$snd" "$rcv"; do ip -n "$ns" link set lo up; done
 ip -n "$snd" link set vdb-snd up; ip -n "$rcv" link set vdb-rcv up
+if [ -n "${RATE:-}" ]; then
+  burst=$((RATE / 800)); [ $burst -ge 65536 ] || burst=65536
+  ip netns exec "$snd" tc qdisc add dev vdb-snd root tbf rate "${RATE}bit" burst "${burst}b" latency 50ms
+fi
 
 "$bin" certs init "$work/certs" --sender prof --host $addr >/dev/null
 cat "$img" >/dev/null # warm: one untimed read first
