@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::idle::CpuIdle;
+use super::JOIN_FROM_LEVEL;
 
 /// The encoding choice for the next extent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +75,10 @@ pub struct AdaptiveLevel {
     /// Ticks at which the link was the bottleneck but the host had no spare CPU, so the
     /// level held below the top instead of climbing.
     held: AtomicU64,
+    /// Level from which the CPU threads join consecutive reads into one extent
+    /// ([`JOIN_FROM_LEVEL`], or every level under a CPU budget:
+    /// [`AdaptiveLevel::join_under_budget`]).
+    join_from: AtomicI32,
 }
 
 /// What the controller did in a run, for the summary (`vdrep send --json`) and the bench's
@@ -120,8 +125,26 @@ impl AdaptiveLevel {
             incompressible: AtomicU32::new(0),
             read_at: (0..ladder.len()).map(|_| AtomicU64::new(0)).collect(),
             held: AtomicU64::new(0),
+            join_from: AtomicI32::new(JOIN_FROM_LEVEL),
             ladder,
         }
+    }
+
+    /// Whether the CPU threads join consecutive reads into one extent at the level in use:
+    /// larger frames compress better, and the read-ahead stands aside (the CPU threads read
+    /// joined items themselves).
+    pub fn joins(&self) -> bool {
+        matches!(self.current(), Compression::Zstd(l) if l >= self.join_from.load(Ordering::Relaxed))
+    }
+
+    /// Joins reads at every zstd level: for a sender under a CPU budget. There the budget,
+    /// not the device, paces the reads, and a frame of a joined 4 MiB read costs less CPU
+    /// per byte than four of 1 MiB and is smaller (the bench's text at level 1: 2 MiB frames
+    /// against 512 KiB, 6 % less time and 3 % fewer bytes; −1 likewise;
+    /// `bench/results/ANALYSIS.md`, session 20). Without a budget the cheap levels serve fast
+    /// links, which need the read-ahead (cold sources), so they keep 1 MiB reads.
+    pub fn join_under_budget(&self) {
+        self.join_from.store(i32::MIN, Ordering::Relaxed);
     }
 
     /// `n` source bytes were read for extents prepared at the level in use now.
@@ -438,6 +461,28 @@ mod tests {
         a.waited_for_link(ms(200));
         a.waited_for_cpu(ms(10));
         assert_eq!(a.bottleneck(), 1);
+    }
+
+    #[test]
+    fn reads_join_from_level_six_and_under_a_cpu_budget_at_every_zstd_level() {
+        let a = AdaptiveLevel::new(1, true);
+        let joins_at = |a: &AdaptiveLevel| {
+            (0..=a.top())
+                .filter(|&s| {
+                    a.set_step(s);
+                    a.joins()
+                })
+                .map(|s| a.ladder()[s as usize])
+                .collect::<Vec<_>>()
+        };
+        let z = Compression::Zstd;
+        assert_eq!(joins_at(&a), [z(6), z(MAX_ADAPTIVE_LEVEL)]);
+        a.join_under_budget();
+        assert_eq!(
+            joins_at(&a),
+            [z(-3), z(-1), z(1), z(3), z(6), z(MAX_ADAPTIVE_LEVEL)],
+            "not off: raw reads gain nothing from joining and keep the read-ahead"
+        );
     }
 
     #[test]

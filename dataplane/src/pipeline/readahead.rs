@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
-use super::{AdaptiveLevel, Compression, MemoryBudget, Ticket, WorkItem, JOIN_FROM_LEVEL};
+use super::{AdaptiveLevel, MemoryBudget, Ticket, WorkItem};
 use crate::disk::VirtualDisk;
 
 /// Reads in flight at most per disk pass: 8 MiB of 1 MiB items. The device's latency under
@@ -101,9 +101,10 @@ pub fn run(
                 open = false;
                 break;
             };
-            // On a slow link the CPU threads join reads into larger frames (see
-            // JOIN_FROM_LEVEL) and the device is not what they wait for: no read-ahead.
-            let joining = matches!(level.current(), Compression::Zstd(l) if l >= JOIN_FROM_LEVEL);
+            // On a slow link (or under a CPU budget) the CPU threads join reads into larger
+            // frames (see JOIN_FROM_LEVEL, AdaptiveLevel::joins) and the device is not what
+            // they wait for: no read-ahead.
+            let joining = level.joins();
             if let (WorkItem::Read { offset, len }, Some(q), false) = (item, own.as_mut(), joining)
             {
                 // Never waits for the budget: without it, the CPU thread reads the item.

@@ -186,6 +186,7 @@ async fn run_jobs(
     let stats = Arc::new(Stats::default());
     let cpu = opts.cpu_limit.map(|l| {
         info!(limit = %l, "CPU budget of the sender");
+        level.join_under_budget();
         Arc::new(crate::cpu::CpuBudget::new(
             l,
             level.clone(),

@@ -18,8 +18,8 @@ use super::stream::stream_worker;
 use super::SendError;
 use crate::disk::DiskError;
 use crate::pipeline::{
-    join_loaded, plan_disk, prepare_loaded, readahead, Compression, Loaded, PlanOptions, Prepared,
-    Stats, Ticket, WorkItem, Zeros, JOIN_FROM_LEVEL, PREPARED_BUDGET,
+    join_loaded, plan_disk, prepare_loaded, readahead, Loaded, PlanOptions, Prepared, Stats,
+    Ticket, WorkItem, Zeros, PREPARED_BUDGET,
 };
 
 /// Closes the channels when dropped, so the producer, read-ahead and CPU threads stop
@@ -246,15 +246,14 @@ async fn run_pass(
                         if let Some(b) = &cpu_budget {
                             b.gate(|| tx.is_closed());
                         }
-                        // On a slow link, larger frames buy ratio (see JOIN_FROM_LEVEL).
-                        let item = match level.current() {
-                            Compression::Zstd(l) if l >= JOIN_FROM_LEVEL => {
-                                let (joined, rest) =
-                                    join_loaded(item, join_max, || rx.try_recv().ok());
-                                held = rest;
-                                joined
-                            }
-                            _ => item,
+                        // On a slow link or under a CPU budget, larger frames buy ratio
+                        // (see JOIN_FROM_LEVEL, AdaptiveLevel::joins).
+                        let item = if level.joins() {
+                            let (joined, rest) = join_loaded(item, join_max, || rx.try_recv().ok());
+                            held = rest;
+                            joined
+                        } else {
+                            item
                         };
                         match prepare_loaded(disk.as_ref(), item, zeros, hashing, &level, &stats) {
                             Ok(v) => {
