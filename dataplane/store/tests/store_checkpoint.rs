@@ -65,6 +65,22 @@ fn checkpoint_held(
     h
 }
 
+/// Releases `hold` and lets the checkpoint `cp` of `[0, PART)` finish: its claim is
+/// published, and after a power cut the disk still claims it and holds `bytes(1)` there.
+fn finish_then_power_cut(
+    fs: &SimFs,
+    d: Arc<dyn ReplicaDisk>,
+    hold: SyncHold,
+    cp: thread::JoinHandle<Result<(), vdrep_store::sink::SinkError>>,
+) {
+    hold.release();
+    cp.join().unwrap().expect("the checkpoint succeeds");
+    assert_eq!(d.state().progress, RangeSet::from_range(0, PART));
+    let d = power_cut(fs, d);
+    assert_eq!(d.state().progress, RangeSet::from_range(0, PART));
+    assert_eq!(&d.read(0, PART as usize).unwrap()[..], &bytes(1)[..]);
+}
+
 /// Writes `data` at `off` on a thread; true if it finished while `hold` still held the
 /// checkpoint's sync. The hold is released either way, so a failing run does not hang.
 fn write_during(d: &Arc<dyn ReplicaDisk>, hold: &SyncHold, off: u64, data: Vec<u8>) -> bool {
@@ -102,15 +118,9 @@ fn a_copy_write_proceeds_while_a_checkpoint_syncs_and_only_the_snapshot_is_claim
         !cp.is_finished(),
         "the checkpoint did not wait for its sync"
     );
-    hold.release();
-    cp.join().unwrap().expect("the checkpoint succeeds");
-    assert_eq!(d.state().progress, RangeSet::from_range(0, PART));
-
-    // A power cut now keeps the claim and its bytes; the write made during the sync was
-    // never claimed.
-    let d = power_cut(&fs, d);
-    assert_eq!(d.state().progress, RangeSet::from_range(0, PART));
-    assert_eq!(&d.read(0, PART as usize).unwrap()[..], &bytes(1)[..]);
+    // A power cut after it keeps the claim and its bytes; the write made during the sync
+    // was never claimed.
+    finish_then_power_cut(&fs, d, hold, cp);
 }
 
 #[test]
@@ -127,12 +137,7 @@ fn a_copy_write_proceeds_while_a_checkpoint_makes_its_record_durable() {
     );
     // The new progress is published only once its record is durable.
     assert_eq!(d.state().progress, RangeSet::new());
-    hold.release();
-    cp.join().unwrap().expect("the checkpoint succeeds");
-    assert_eq!(d.state().progress, RangeSet::from_range(0, PART));
-    let d = power_cut(&fs, d);
-    assert_eq!(d.state().progress, RangeSet::from_range(0, PART));
-    assert_eq!(&d.read(0, PART as usize).unwrap()[..], &bytes(1)[..]);
+    finish_then_power_cut(&fs, d, hold, cp);
 }
 
 #[test]
