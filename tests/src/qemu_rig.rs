@@ -317,17 +317,37 @@ pub fn discard_counters(log: &str, disk: &str) -> Option<(u64, u64)> {
     ))
 }
 
-/// Waits until `f` holds, failing with the log after `timeout`.
+/// Waits until `f` holds, failing with the log's excerpt after `timeout`.
 pub fn wait_until(what: &str, log: &Path, timeout: Duration, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + timeout;
     while !f() {
         assert!(
             Instant::now() < end,
-            "timed out waiting for {what}:\n{}",
-            read_log(log)
+            "timed out waiting for {what} ({timeout:?}); {}",
+            excerpt(&read_log(log))
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A failing test's view of a long sender log: its warnings and errors, then its end. A CI
+/// report keeps the head of a failure's output, and a whole log's head is its start, which
+/// rarely says why a wait timed out.
+pub fn excerpt(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let bad: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    let last = |v: &[&str], n: usize| v[v.len().saturating_sub(n)..].join("\n");
+    format!(
+        "the log has {} lines; its last {} warnings and errors:\n{}\nits last 40 lines:\n{}",
+        lines.len(),
+        bad.len().min(30),
+        last(&bad, 30),
+        last(&lines, 40)
+    )
 }
 
 /// Stops the guest when the test fails while it writes.
