@@ -9,6 +9,8 @@
 # vdrep-prof), removed on exit. Writes OUTDIR/send.data, OUTDIR/recv.data (perf report -i ...
 # --children --sort sym), OUTDIR/send.json and OUTDIR/{send,recv}.time (/usr/bin/time: CPU-s).
 # PERF_ARGS replaces the sampling options; PERF_ARGS=none runs without perf (CPU-s only).
+# COLD=1 drops the image from the page cache (POSIX_FADV_DONTNEED, as the bench's
+# --source-cache cold) instead of the warm-up read.
 # RATE (bits/s, e.g. 100000000) shapes the sender's side with tc tbf as the bench's 100mbit
 # shape does (burst rate/800, at least 64 KiB; latency 50 ms); unset: unlimited.
 set -eu
@@ -41,7 +43,11 @@ if [ -n "${RATE:-}" ]; then
 fi
 
 "$bin" certs init "$work/certs" --sender prof --host $addr >/dev/null
-cat "$img" >/dev/null # warm: one untimed read first
+if [ -n "${COLD:-}" ]; then
+  python3 -c 'import os, sys; f = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(f, 0, 0, os.POSIX_FADV_DONTNEED)' "$img"
+else
+  cat "$img" >/dev/null # warm: one untimed read first
+fi
 
 args=${PERF_ARGS:-"-e cpu-clock -F 1999 --call-graph dwarf,8192"}
 run() { # run NS NAME PROGRAM ARGS...: under /usr/bin/time, and perf unless PERF_ARGS=none
