@@ -9,7 +9,7 @@
 //! - `uring-cold-direct` ([`uring::DirectMode::WhenCold`], `auto`'s choice): io_uring, each read
 //!   of 128 KiB or more with O_DIRECT when cachestat(2) says less than half of its range is in
 //!   the page cache, through the page cache otherwise; the sender's read-ahead stage
-//!   (`pipeline::readahead`, [`ahead::DirectQueue`]) then reads cold raw images 8 MiB ahead.
+//!   (`pipeline::readahead`, [`ahead::DirectQueue`]) then reads cold raw images 32 MiB ahead.
 //!   A VM disk on a hypervisor is cold, and its host's CPUs belong to the guests: on the quiet
 //!   machine's 8 GiB cold copy (bench/results/replicate-unlimited-cold{,-direct}-s11.md) it
 //!   cut the sender's CPU from 1.15 to 0.99 CPU-s per GiB (no page cache to fill, charge,

@@ -22,10 +22,14 @@ use bytes::Bytes;
 use super::{AdaptiveLevel, MemoryBudget, Ticket, WorkItem};
 use crate::disk::VirtualDisk;
 
-/// Reads in flight at most per disk pass: 8 MiB of 1 MiB items. The device's latency under
-/// the receiver's writeback was 5–10 ms per request (session 10); 8 MiB in flight covers
-/// ~1 GB/s at that latency, twice what the pipeline's CPU threads consume.
-pub const READ_AHEAD: u32 = 8;
+/// Reads in flight at most per disk pass: 32 MiB of 1 MiB items. The device's latency under
+/// the receiver's writeback was 5–10 ms per request (session 10), and the source's device is
+/// shared with other writers (a hypervisor's guests; the bench's receiver, whose durable
+/// checkpoints write to the same disk): with 8 MiB in flight an 8 GiB cold copy on the
+/// veth link ran at 247–262 MB/s, with 32 MiB at 259–272 MB/s, faster in each of four
+/// alternated pairs (session 21, `bench/results/ANALYSIS.md`). The memory it holds is
+/// bounded across passes by [`READ_AHEAD_BUDGET`].
+pub const READ_AHEAD: u32 = 32;
 
 /// Bytes of reads in flight at most across every disk pass of the process: a host that
 /// copies many cold disks at once keeps its device busy with two passes' worth, and stays
