@@ -330,6 +330,26 @@ pub fn wait_until(what: &str, log: &Path, timeout: Duration, mut f: impl FnMut()
     }
 }
 
+/// [`wait_until`] while `child` runs: a sender that ended (it gave up, or failed) fails the
+/// wait at once, with its exit status, instead of after `timeout`.
+pub fn wait_running(
+    what: &str,
+    log: &Path,
+    child: &mut std::process::Child,
+    timeout: Duration,
+    mut f: impl FnMut() -> bool,
+) {
+    wait_until(what, log, timeout, || {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!(
+                "the sender ended ({st}) while the test waited for {what}; {}",
+                excerpt(&read_log(log))
+            );
+        }
+        f()
+    })
+}
+
 /// A failing test's view of a long sender log: its warnings and errors, then its end. A CI
 /// report keeps the head of a failure's output, and a whole log's head is its start, which
 /// rarely says why a wait timed out.

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use vdrep_store::sink::ReplicaDisk;
 use vdrep_tests::procs::{finish, read_log, wait_for_log};
 use vdrep_tests::qemu_rig::{
-    compare, snapshot, wait_until, NumberedWriter, Rig, StopOnDrop, PAUSED, SPOOLED, SWITCHED,
-    VM_POINT,
+    compare, snapshot, wait_running, wait_until, NumberedWriter, Rig, StopOnDrop, PAUSED, SPOOLED,
+    SWITCHED, VM_POINT,
 };
 
 const SIZE: u64 = 8 << 20;
@@ -166,7 +166,7 @@ fn a_restarted_qemu_storage_daemon_loses_in_memory_bitmaps_and_the_disks_are_res
     let mut rig = Rig::new(SIZE);
     let w = NumberedWriter::new(SIZE);
     let send = rig.send_every("send.log", "300ms");
-    let child = send.spawn();
+    let mut child = send.spawn();
     let rounds = |n: usize| read_log(&send.log).matches(SWITCHED).count() >= n;
     wait_until("protection", &send.log, Duration::from_secs(60), || {
         rounds(3)
@@ -177,15 +177,22 @@ fn a_restarted_qemu_storage_daemon_loses_in_memory_bitmaps_and_the_disks_are_res
         }
     };
     writes(&rig.qsd, 100);
-    wait_until("a cycle", &send.log, Duration::from_secs(60), || rounds(5));
+    wait_running(
+        "a cycle",
+        &send.log,
+        &mut child,
+        Duration::from_secs(60),
+        || rounds(5),
+    );
 
     // A clean restart of the daemon: the raw disk's in-memory bitmap is gone (resync);
     // the qcow2 disk's persistent bitmap was saved, so its delta replication goes on.
     rig.qsd.restart(libc::SIGTERM);
     writes(&rig.qsd, 100);
-    wait_until(
+    wait_running(
         "the raw disk resynced",
         &send.log,
+        &mut child,
         Duration::from_secs(90),
         || {
             let log = read_log(&send.log);
@@ -204,9 +211,10 @@ fn a_restarted_qemu_storage_daemon_loses_in_memory_bitmaps_and_the_disks_are_res
     );
     writes(&rig.qsd, 50);
     let n = read_log(&send.log).matches(SWITCHED).count();
-    wait_until(
+    wait_running(
         "two more rounds",
         &send.log,
+        &mut child,
         Duration::from_secs(60),
         || rounds(n + 2),
     );
@@ -214,20 +222,21 @@ fn a_restarted_qemu_storage_daemon_loses_in_memory_bitmaps_and_the_disks_are_res
     // A crash of the daemon: the qcow2 bitmap cannot be trusted either.
     rig.qsd.restart(libc::SIGKILL);
     writes(&rig.qsd, 100);
-    wait_until(
+    wait_running(
         "both disks resynced",
         &send.log,
+        &mut child,
         Duration::from_secs(120),
         || resyncs(&read_log(&send.log), "data") >= 1,
     );
     let n = read_log(&send.log).matches(SWITCHED).count();
-    wait_until(
+    wait_running(
         "two more rounds",
         &send.log,
+        &mut child,
         Duration::from_secs(60),
         || rounds(n + 3),
     );
-    let mut child = child;
     child.kill().unwrap();
     // From the kill: SIGKILL lands asynchronously, so the child may still be running
     // an instant after it (with the test's start as t0 that was a failure).
