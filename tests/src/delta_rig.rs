@@ -11,6 +11,7 @@ use rand::SeedableRng;
 
 use crate::cycles::{assert_same, changes, failover_local, written, Change, Pattern, TrackedDisk};
 use crate::images::{make_image, scattered_writes, seeded_raw, Kind};
+pub use crate::procs::tail;
 use crate::procs::{certs, finish, read_log, Receiver, Send, SendResult};
 use crate::vdrep_ok;
 
@@ -184,11 +185,6 @@ impl LocalRig {
         res.ok();
         (frozen, batches)
     }
-}
-
-pub fn tail(log: &str, n: usize) -> String {
-    let v: Vec<&str> = log.lines().collect();
-    v[v.len().saturating_sub(n)..].join("\n")
 }
 
 pub fn count(log: &str, needle: &str) -> usize {

@@ -34,6 +34,12 @@ pub fn read_log(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The last `n` lines of `log`.
+pub fn tail(log: &str, n: usize) -> String {
+    let v: Vec<&str> = log.lines().collect();
+    v[v.len().saturating_sub(n)..].join("\n")
+}
+
 /// Waits until `path` contains `needle`, up to `timeout`; returns whether it did.
 pub fn wait_for_log(path: &Path, needle: &str, timeout: Duration) -> bool {
     let end = Instant::now() + timeout;

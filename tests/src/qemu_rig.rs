@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::procs::{certs, read_log, Receiver, Send};
+use crate::procs::{certs, read_log, tail, Receiver, Send};
 use crate::qsd::{make_disk, Qsd};
 use crate::vdrep;
 use vdrep_store::sink::{ReplicaDisk, ReplicaStore};
@@ -354,19 +354,16 @@ pub fn wait_running(
 /// report keeps the head of a failure's output, and a whole log's head is its start, which
 /// rarely says why a wait timed out.
 pub fn excerpt(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    let bad: Vec<&str> = lines
-        .iter()
-        .copied()
+    let bad: Vec<&str> = log
+        .lines()
         .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
         .collect();
-    let last = |v: &[&str], n: usize| v[v.len().saturating_sub(n)..].join("\n");
     format!(
         "the log has {} lines; its last {} warnings and errors:\n{}\nits last 40 lines:\n{}",
-        lines.len(),
+        log.lines().count(),
         bad.len().min(30),
-        last(&bad, 30),
-        last(&lines, 40)
+        tail(&bad.join("\n"), 30),
+        tail(log, 40)
     )
 }
 

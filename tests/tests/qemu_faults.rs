@@ -168,9 +168,13 @@ fn a_restarted_qemu_storage_daemon_loses_in_memory_bitmaps_and_the_disks_are_res
     let send = rig.send_every("send.log", "300ms");
     let mut child = send.spawn();
     let rounds = |n: usize| read_log(&send.log).matches(SWITCHED).count() >= n;
-    wait_until("protection", &send.log, Duration::from_secs(60), || {
-        rounds(3)
-    });
+    wait_running(
+        "protection",
+        &send.log,
+        &mut child,
+        Duration::from_secs(60),
+        || rounds(3),
+    );
     let writes = |qsd: &vdrep_tests::qsd::Qsd, n: u64| {
         for _ in 0..n {
             assert!(w.write_one(qsd));
