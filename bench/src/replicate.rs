@@ -121,9 +121,12 @@ struct Summary {
     receiver_peak_rss_mib: f64,
     vs_rsync_whole: Option<f64>,
     vs_zstd_socat: Option<f64>,
+    /// Against the copy made durable in its timed run ([`Tool::RsyncWholeFsync`]).
+    vs_rsync_durable: Option<f64>,
     /// The same ratios of the best runs.
     best_vs_rsync_whole: Option<f64>,
     best_vs_zstd_socat: Option<f64>,
+    best_vs_rsync_durable: Option<f64>,
 }
 
 fn summarize(rows: &[Row], shape: &str, tools: &[Tool]) -> Vec<Summary> {
@@ -152,22 +155,28 @@ fn summarize(rows: &[Row], shape: &str, tools: &[Tool]) -> Vec<Summary> {
                 receiver_peak_rss_mib: m(&|x| x.receiver.peak_rss_mib),
                 vs_rsync_whole: None,
                 vs_zstd_socat: None,
+                vs_rsync_durable: None,
                 best_vs_rsync_whole: None,
                 best_vs_zstd_socat: None,
+                best_vs_rsync_durable: None,
             })
         })
         .collect();
     let rate = |t: Tool, v: &[Summary]| v.iter().find(|s| s.tool == t).map(|s| s.source_mbps);
     let (rw, zs) = (rate(Tool::RsyncWhole, &out), rate(Tool::ZstdSocat, &out));
+    let rd = rate(Tool::RsyncWholeFsync, &out);
     for s in &mut out {
         s.vs_rsync_whole = rw.map(|b| s.source_mbps / b);
         s.vs_zstd_socat = zs.map(|b| s.source_mbps / b);
+        s.vs_rsync_durable = rd.map(|b| s.source_mbps / b);
     }
     let best = |t: Tool, v: &[Summary]| v.iter().find(|s| s.tool == t).map(|s| s.best_source_mbps);
     let (brw, bzs) = (best(Tool::RsyncWhole, &out), best(Tool::ZstdSocat, &out));
+    let brd = best(Tool::RsyncWholeFsync, &out);
     for s in &mut out {
         s.best_vs_rsync_whole = brw.map(|b| s.best_source_mbps / b);
         s.best_vs_zstd_socat = bzs.map(|b| s.best_source_mbps / b);
+        s.best_vs_rsync_durable = brd.map(|b| s.best_source_mbps / b);
     }
     out
 }
@@ -182,6 +191,16 @@ fn targets(sums: &[Summary]) -> Vec<(String, f64, Option<f64>)> {
             if limited { 2.5 } else { 1.0 },
             s.vs_rsync_whole,
         ));
+        if s.vs_rsync_durable.is_some() {
+            t.push((
+                format!(
+                    "{}: vdrep / rsync --whole-file --fsync (both copies durable; reference)",
+                    s.shape
+                ),
+                if limited { 2.5 } else { 1.0 },
+                s.vs_rsync_durable,
+            ));
+        }
         if limited {
             let slow = s.shape != "1gbit";
             t.push((
@@ -356,6 +375,7 @@ fn markdown(a: &Args, sums: &[Summary], env: &report::Environment) -> String {
                 r(s.best_vs_rsync_whole),
                 r(s.vs_zstd_socat),
                 r(s.best_vs_zstd_socat),
+                format!("{} / {}", r(s.vs_rsync_durable), r(s.best_vs_rsync_durable)),
                 format!("{:.0}", s.wire_bytes / 1e6),
                 format!(
                     "{:.2} / {:.2}",
@@ -379,6 +399,7 @@ fn markdown(a: &Args, sums: &[Summary], env: &report::Environment) -> String {
             "best vs rsync --whole-file",
             "vs zstd|socat",
             "best vs zstd|socat",
+            "vs rsync --fsync median / best",
             "wire MB",
             "CPU s/GiB snd / rcv",
             "peak RSS MiB snd / rcv",

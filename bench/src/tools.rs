@@ -1,4 +1,4 @@
-//! The four contenders of the replication benchmark, each started as a receiver in the
+//! The contenders of the replication benchmark, each started as a receiver in the
 //! receiver namespace and a sender in the sender namespace, both under `/usr/bin/time`.
 
 use std::io::{BufRead, BufReader, Read};
@@ -21,6 +21,14 @@ pub enum Tool {
     Vdrep,
     /// `rsync --whole-file` to an rsync daemon (no compression).
     RsyncWhole,
+    /// `rsync --whole-file --fsync`: the same copy, made durable before the client exits.
+    /// rsync's daemon otherwise leaves its copy in the page cache, and the bench deletes it
+    /// before the next run's `sync`, so none of its bytes reach the device in a timed run;
+    /// vdrep's receiver makes every byte durable (an fdatasync per checkpoint and at the
+    /// end), and on a VM those writes cost the guest CPU and time (`bench/results/ANALYSIS.md`,
+    /// session 22). This is the baseline that does the same work; `RsyncWhole` stays the
+    /// issue's.
+    RsyncWholeFsync,
     /// `rsync -z` to an rsync daemon.
     RsyncZ,
     /// `zstd -1 -T2 | socat` to `socat | zstd -d` (no TLS, no hashing, no resume).
@@ -33,6 +41,7 @@ impl Tool {
         match self {
             Tool::Vdrep => "vdrep",
             Tool::RsyncWhole => "rsync --whole-file",
+            Tool::RsyncWholeFsync => "rsync --whole-file --fsync",
             Tool::RsyncZ => "rsync -z",
             Tool::ZstdSocat => "zstd -1 -T2 | socat",
         }
@@ -182,7 +191,7 @@ fn vdrep(ctx: &Ctx, image: &Path) -> anyhow::Result<Transfer> {
     })
 }
 
-fn rsync(ctx: &Ctx, image: &Path, extra: &str) -> anyhow::Result<Transfer> {
+fn rsync(ctx: &Ctx, image: &Path, extra: &[&str]) -> anyhow::Result<Transfer> {
     let dst = ctx.dir.join("rsync-dst");
     let _ = std::fs::remove_dir_all(&dst);
     std::fs::create_dir_all(&dst)?;
@@ -218,7 +227,11 @@ fn rsync(ctx: &Ctx, image: &Path, extra: &str) -> anyhow::Result<Transfer> {
         &ctx.dir,
         "rsync",
         "rsync",
-        &strs(&[extra, &s(image), &format!("rsync://{RCV_ADDR}:8730/dst/")]),
+        &[
+            strs(extra),
+            vec![s(image), format!("rsync://{RCV_ADDR}:8730/dst/")],
+        ]
+        .concat(),
     )?
     .wait()?;
     let wall = t0.elapsed().as_secs_f64();
@@ -280,8 +293,9 @@ fn zstd_socat(ctx: &Ctx, image: &Path) -> anyhow::Result<Transfer> {
 pub fn run(tool: Tool, ctx: &Ctx, image: &Path) -> anyhow::Result<Transfer> {
     match tool {
         Tool::Vdrep => vdrep(ctx, image),
-        Tool::RsyncWhole => rsync(ctx, image, "--whole-file"),
-        Tool::RsyncZ => rsync(ctx, image, "-z"),
+        Tool::RsyncWhole => rsync(ctx, image, &["--whole-file"]),
+        Tool::RsyncWholeFsync => rsync(ctx, image, &["--whole-file", "--fsync"]),
+        Tool::RsyncZ => rsync(ctx, image, &["-z"]),
         Tool::ZstdSocat => zstd_socat(ctx, image),
     }
 }
