@@ -72,6 +72,9 @@ pub struct Health {
     threshold: Duration,
     vms: Mutex<BTreeMap<String, VmState>>,
     bandwidth: Mutex<String>,
+    /// Held while `health.json` is replaced: the periodic writer (a blocking thread) and the
+    /// sender's final write share one temporary file, and the later report must land last.
+    file: Mutex<()>,
 }
 
 impl Health {
@@ -90,6 +93,7 @@ impl Health {
             threshold,
             vms: Mutex::new(m),
             bandwidth: Mutex::new(String::new()),
+            file: Mutex::new(()),
         }
     }
 

@@ -118,6 +118,7 @@ impl Health {
 
     /// Writes `DIR/health.json` (replaced atomically).
     pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        let _file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         std::fs::create_dir_all(dir)?;
         let path = dir.join("health.json");
         let tmp = dir.join(".health.json.tmp");
@@ -127,11 +128,24 @@ impl Health {
         Ok(path)
     }
 
-    /// Writes the report every second until dropped.
+    /// Writes the report every second until dropped. Each write runs on a blocking thread:
+    /// replacing the file frees the old one's blocks, and on a filesystem mounted with
+    /// `discard` that waits for the device (54 ms per write while the disk was busy with a
+    /// receiver's writes, `bench/results/ANALYSIS.md` session 22), time a runtime worker
+    /// of the copy must not spend.
     pub async fn run_writer(self: std::sync::Arc<Self>, dir: PathBuf) {
         loop {
-            if let Err(e) = self.write(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot write health.json");
+            let (h, d) = (self.clone(), dir.clone());
+            let r = tokio::task::spawn_blocking(move || h.write(&d)).await;
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot write health.json")
+                }
+                // A panicking writer is a bug; the next second tries again.
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "health.json writer failed")
+                }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

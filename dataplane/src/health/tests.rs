@@ -153,3 +153,33 @@ async fn a_disk_needing_resync_warns_and_health_json_is_written() {
     assert_eq!(j["vms"][0]["state"], "Warning");
     assert_eq!(j["vms"][0]["disks"][0]["resync_required"], "log 3 missing");
 }
+
+#[tokio::test]
+async fn the_periodic_writer_keeps_health_json_current() {
+    let h = Arc::new(health());
+    h.committed("vm1", "os", h.clock.now_utc());
+    h.committed("vm1", "data", h.clock.now_utc());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let task = tokio::spawn(h.clone().run_writer(state.clone()));
+    let read = |want: &str| {
+        let p = state.join("health.json");
+        let want = want.to_string();
+        async move {
+            for _ in 0..50 {
+                if let Ok(b) = std::fs::read(&p) {
+                    let j: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                    if j["vms"][0]["state"] == want.as_str() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("{} never said {want}", p.display());
+        }
+    };
+    read("Normal").await;
+    h.resync_required("vm1", "data", Some("log 3 missing".into()));
+    read("Warning").await;
+    task.abort();
+}
