@@ -1,14 +1,25 @@
 //! How fast this CPU hashes 4 KiB pages, each way the resync tree's leaves can be hashed:
 //! `blake3::hash` of the whole buffer as one input (what SIMD gives when the crate has many
 //! chunks of one input: the ceiling), `blake3::hash` of each page, and every page kernel of
-//! `resync::leaves` this CPU runs. One thread, warm buffer, the methods alternated round by
-//! round; thread CPU seconds per GiB (wall seconds beside them).
+//! `resync::leaves` this CPU runs, on the buffer whole and cut into 1,440-byte slices (a
+//! frame received over a 1500-MTU link, as the receiver hashes it). One thread, warm buffer,
+//! the methods alternated round by round; thread CPU seconds per GiB (wall seconds beside
+//! them).
 //!
 //! `cargo run --release -p vdrep-store --example page_hash_speed -- [BUFFER_KIB [ROUNDS [GIB]]]`
 //! (defaults 1024 KiB, 5 rounds, 1 GiB per method and round).
 
 use vdrep_store::clock::std_now;
-use vdrep_store::resync::leaves::{page_hashes_with, Kernel};
+use vdrep_store::parts::Parts;
+use vdrep_store::resync::leaves::{page_hashes_parts_with, page_hashes_with, Kernel};
+
+/// How a method hashes the buffer.
+#[derive(Clone, Copy)]
+enum Method {
+    Whole,
+    Pages(Kernel),
+    Slices(Kernel),
+}
 
 /// CPU seconds this thread has used.
 fn thread_cpu() -> f64 {
@@ -41,14 +52,19 @@ fn main() {
         .collect();
     let reps = (gib << 30) / buf.len();
     let mut out = Vec::with_capacity(buf.len() / 4096);
-    let mut methods: Vec<(String, Option<Kernel>)> = vec![
-        ("blake3::hash whole buffer".into(), None),
-        ("blake3::hash per page".into(), Some(Kernel::PerPage)),
+    let slices: Vec<&[u8]> = buf.chunks(1440).collect();
+    let mut methods: Vec<(String, Method)> = vec![
+        ("blake3::hash whole buffer".into(), Method::Whole),
+        (
+            "blake3::hash per page".into(),
+            Method::Pages(Kernel::PerPage),
+        ),
     ];
     for k in Kernel::available() {
         if k != Kernel::PerPage {
-            methods.push((format!("kernel {k:?}"), Some(k)));
+            methods.push((format!("kernel {k:?}"), Method::Pages(k)));
         }
+        methods.push((format!("kernel {k:?}, 1,440 B slices"), Method::Slices(k)));
     }
     println!(
         "buffer {kib} KiB, {gib} GiB per method and round, chosen kernel {:?}",
@@ -59,16 +75,20 @@ fn main() {
         for (i, (name, kernel)) in methods.iter().enumerate() {
             let (c0, w0) = (thread_cpu(), std_now());
             for _ in 0..reps {
+                out.clear();
                 match kernel {
-                    None => {
+                    Method::Whole => {
                         std::hint::black_box(blake3::hash(std::hint::black_box(&buf)));
                     }
-                    Some(k) => {
-                        out.clear();
+                    Method::Pages(k) => {
                         page_hashes_with(*k, std::hint::black_box(&buf), &mut out);
-                        std::hint::black_box(&out);
+                    }
+                    Method::Slices(k) => {
+                        let p = Parts::new(std::hint::black_box(&slices));
+                        page_hashes_parts_with(*k, p, &mut out);
                     }
                 }
+                std::hint::black_box(&out);
             }
             let (c, w) = (thread_cpu() - c0, w0.elapsed().as_secs_f64());
             let per = (reps * buf.len()) as f64 / (1u64 << 30) as f64;
