@@ -186,9 +186,11 @@ fn targets(sums: &[Summary]) -> Vec<(String, f64, Option<f64>)> {
     let mut t = Vec::new();
     for s in sums.iter().filter(|s| s.tool == Tool::Vdrep) {
         let limited = s.shape != "unlimited";
+        // Against rsync, durable or not: the same target.
+        let vs_rsync = if limited { 2.5 } else { 1.0 };
         t.push((
             format!("{}: vdrep / rsync --whole-file", s.shape),
-            if limited { 2.5 } else { 1.0 },
+            vs_rsync,
             s.vs_rsync_whole,
         ));
         if s.vs_rsync_durable.is_some() {
@@ -197,7 +199,7 @@ fn targets(sums: &[Summary]) -> Vec<(String, f64, Option<f64>)> {
                     "{}: vdrep / rsync --whole-file --fsync (both copies durable; reference)",
                     s.shape
                 ),
-                if limited { 2.5 } else { 1.0 },
+                vs_rsync,
                 s.vs_rsync_durable,
             ));
         }
